@@ -1,0 +1,14 @@
+# LC_ENABLE_SANITIZERS: --enable-sanitizers builds everything with ASan + UBSan.
+AC_DEFUN([LC_ENABLE_SANITIZERS], [
+  AC_ARG_ENABLE([sanitizers],
+    [AS_HELP_STRING([--enable-sanitizers], [build with AddressSanitizer and UndefinedBehaviorSanitizer])],
+    [], [enable_sanitizers=no])
+  SAN_CFLAGS=
+  SAN_LDFLAGS=
+  AS_IF([test "x$enable_sanitizers" = xyes], [
+    SAN_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+    SAN_LDFLAGS="-fsanitize=address,undefined"])
+  AC_SUBST([SAN_CFLAGS])
+  AC_SUBST([SAN_LDFLAGS])
+  AM_CONDITIONAL([SANITIZERS], [test "x$enable_sanitizers" = xyes])
+])

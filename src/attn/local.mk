@@ -1,0 +1,1 @@
+# attn: file list for the non-recursive build (see Makefile.am).

@@ -1,0 +1,5 @@
+# common: status codes, logging, clocks, config.
+liblacuna_a_SOURCES += \
+	src/common/status.c src/common/status.h \
+	src/common/log.c src/common/log.h \
+	src/common/timeutil.c src/common/timeutil.h

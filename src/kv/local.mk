@@ -1,0 +1,1 @@
+# kv: file list for the non-recursive build (see Makefile.am).

@@ -1,0 +1,1 @@
+# model: file list for the non-recursive build (see Makefile.am).

@@ -1,0 +1,1 @@
+# ops: file list for the non-recursive build (see Makefile.am).

@@ -1,0 +1,1 @@
+# scheduler: file list for the non-recursive build (see Makefile.am).

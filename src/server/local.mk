@@ -1,0 +1,1 @@
+# server: file list for the non-recursive build (see Makefile.am).

@@ -1,0 +1,9 @@
+# tests: one Check suite per module (added by each module's section below),
+# plus integration tests that start lacunad.
+if HAVE_CHECK
+check_PROGRAMS += tests/check_common
+tests_check_common_SOURCES = tests/check_common.c
+tests_check_common_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_common_LDADD = $(CHECK_LDADD)
+endif
+TESTS += $(check_PROGRAMS)

@@ -1,0 +1,1 @@
+# tools: the lacuna CLI.
