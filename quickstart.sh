@@ -20,4 +20,4 @@ cat <<MSG
       -d '{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"Name three colours."}],"max_tokens":64}'
 
 MSG
-exec ./lacunad --config conf/lacuna.conf --model "$MODEL" --host "$HOST" --port "$PORT"
+exec ./build/lacunad --config conf/lacuna.conf --model "$MODEL" --host "$HOST" --port "$PORT"
