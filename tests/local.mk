@@ -7,3 +7,5 @@ tests_check_common_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_common_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)
+AM_TESTS_ENVIRONMENT = LACUNA_SRCDIR='$(abs_top_srcdir)' LACUNA_BUILDDIR='$(abs_top_builddir)'; \
+	export LACUNA_SRCDIR LACUNA_BUILDDIR;

@@ -45,7 +45,17 @@ static void sampling_default(sampler_params_t *p) {
 /* ---- typed getters ------------------------------------------------------------ */
 /* Each returns 1 when the field was present (not null) and valid, 0 when absent
  * or null, and -1 after filling err. */
-#define BAD(param, ...) (srv_error_set(err, 400, "invalid_request_error", param, NULL, __VA_ARGS__), -1)
+static int bad(srv_error_t *err, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(srv_error_t *err, const char *param, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    srv_error_set(err, 400, "invalid_request_error", param, NULL, "%s", msg);
+    return -1;
+}
+#define BAD(param, ...) bad(err, param, __VA_ARGS__)
 
 static const cJSON *field(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -67,7 +77,7 @@ static int get_num(const cJSON *o, const char *k, double lo, double hi, double *
 }
 
 static int get_float(const cJSON *o, const char *k, double lo, double hi, float *out, srv_error_t *err) {
-    double d;
+    double d = 0;
     int rc = get_num(o, k, lo, hi, &d, err);
     if (rc == 1) *out = (float)d;
     return rc;
@@ -218,9 +228,7 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
         get_int32(v, "min_budget", 1, 1 << 30, &a->min_budget, &sub) < 0 ||
         get_int32(v, "decode_budget", 1, 1 << 30, &a->decode_budget, &sub) < 0) {
         *err = sub;
-        char p[64];
-        snprintf(p, sizeof(p), "sparse_attention.%s", sub.param);
-        snprintf(err->param, sizeof(err->param), "%s", p);
+        snprintf(err->param, sizeof(err->param), "sparse_attention.%.40s", sub.param);
         /* Name the nested field in the message too. */
         char msg[512];
         const char *q = strstr(sub.message, sub.param);

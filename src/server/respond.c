@@ -66,9 +66,12 @@ char *srv_utf8_dup(const char *s, size_t len) {
             o += n;
             p += n;
         } else {
+            /* One U+FFFD per maximal ill-formed subpart (lead byte plus the
+             * continuation bytes that follow it), as lossy decoders do. */
             memcpy(o, "\xEF\xBF\xBD", 3);
             o += 3;
             p++;
+            for (int i = 1; i < n && p < end && (*p & 0xC0) == 0x80; i++) p++;
         }
     }
     *o = 0;
