@@ -1,5 +1,9 @@
-# model: file list for the non-recursive build (see Makefile.am).
+# model: GGUF reading/writing and weight (de)quantization; loading, the
+# forward pass and sampling.
 liblacuna_a_SOURCES += \
+	src/model/gguf.c src/model/gguf.h src/model/gguf_internal.h \
+	src/model/gguf_meta.c src/model/gguf_write.c \
+	src/model/quant.c src/model/quant.h \
 	src/model/model.h src/model/model_internal.h \
 	src/model/model_load.c \
 	src/model/forward.c \
