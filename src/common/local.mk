@@ -2,4 +2,5 @@
 liblacuna_a_SOURCES += \
 	src/common/status.c src/common/status.h \
 	src/common/log.c src/common/log.h \
-	src/common/timeutil.c src/common/timeutil.h
+	src/common/timeutil.c src/common/timeutil.h \
+	src/common/hist.c src/common/hist.h

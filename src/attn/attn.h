@@ -1,0 +1,130 @@
+/* Attention over the paged KV cache: dense and sparse prefill, dense and
+ * sparse decode. The kernels know nothing about requests: they take plain
+ * arrays (queries, one sequence's block table, lengths) and a policy.
+ *
+ * Every kernel returns the per-row log-sum-exp of the scaled scores it
+ * computed, so that partial results over disjoint key sets merge exactly
+ * (chunked prefill, prefix reuse, context-parallel rings):
+ *   o = sum_i exp(lse_i - lse) o_i,  lse = log sum_i exp(lse_i).
+ *
+ * Threading: a call may use several threads internally (OpenMP over heads);
+ * callers run one call at a time per attn_state_t. */
+#ifndef LC_ATTN_H
+#define LC_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- shapes and views ------------------------------------------------------- */
+typedef struct {
+    int n_heads;    // query heads
+    int n_kv_heads; // key/value heads (GQA: n_heads % n_kv_heads == 0)
+    int head_dim;
+    float scale;    // usually 1/sqrt(head_dim)
+} attn_shape_t;
+
+/* One layer of one sequence's KV, paged. Block table entry i holds keys of
+ * positions [i*block_size, (i+1)*block_size). */
+typedef struct {
+    const float *k;      // block b at k + b*blk_stride: (n_kv_heads, block_size, head_dim)
+    const float *v;      // same layout as k
+    const float *kmin;   // block b at kmin + b*sum_stride: (n_kv_heads, head_dim); may be NULL
+    const float *kmax;   // same as kmin
+    size_t blk_stride;   // floats between consecutive blocks
+    size_t sum_stride;   // floats between consecutive summaries
+    const int32_t *blocks; // (ceil(n_kv / block_size)) block table
+    int block_size;
+    int64_t n_kv;        // keys at positions 0..n_kv-1 are valid
+} attn_kv_t;
+
+/* ---- policy ------------------------------------------------------------------ */
+typedef enum {
+    ATTN_PREFILL_DENSE = 0,
+    ATTN_PREFILL_FLEX,      // FlexPrefill
+    ATTN_PREFILL_ANCHOR,    // AnchorAttention
+    ATTN_PREFILL_STREAMING, // sinks + local window (baseline)
+} attn_prefill_method_t;
+
+typedef enum {
+    ATTN_DECODE_DENSE = 0,
+    ATTN_DECODE_QUEST,
+    ATTN_DECODE_TIDAL,
+    ATTN_DECODE_STREAMING,
+} attn_decode_method_t;
+
+/* A resolved policy: no "auto" here (the scheduler resolves auto per request). */
+typedef struct {
+    attn_prefill_method_t prefill;
+    float gamma;          // FlexPrefill coverage (0,1], default 0.9
+    float tau;            // FlexPrefill JS-divergence threshold, default 0.1
+    int min_budget;       // FlexPrefill min tokens per vertical-slash head, default 1024
+    int max_budget;       // FlexPrefill max tokens, 0 = none
+    float theta;          // AnchorAttention threshold (nats), default 12; INFINITY = all keys
+    int block;            // sparse prefill block size, default 128
+    int anchor_init;      // AnchorAttention initial window, default 2048
+    int anchor_local;     // AnchorAttention local window/group, default 2048
+
+    attn_decode_method_t decode;
+    int decode_budget;    // tokens kept by Quest / TidalDecode, default 2048
+    int dense_layers;     // first layers that stay dense for sparse decode, default 2
+    int tidal_select_layer;   // TidalDecode: selection layer, default 2
+    int tidal_reselect_layer; // TidalDecode: re-selection layer, default n_layers/2 (-1 = auto)
+
+    int sink_tokens;      // StreamingLLM sinks, default 4
+    int window_tokens;    // StreamingLLM local window, default 1024
+} attn_policy_t;
+
+/* Fills the defaults listed above. */
+void attn_policy_default(attn_policy_t *p);
+const char *attn_prefill_method_name(attn_prefill_method_t m);
+const char *attn_decode_method_name(attn_decode_method_t m);
+/* Parses "dense", "flexprefill", "anchor", "streaming" (prefill) and "dense",
+ * "quest", "tidal", "streaming" (decode); returns 0 or LC_EINVAL. */
+int attn_prefill_method_parse(const char *s, attn_prefill_method_t *out);
+int attn_decode_method_parse(const char *s, attn_decode_method_t *out);
+
+/* ---- per-sequence state ------------------------------------------------------------ */
+/* Density counters: query-key pairs computed vs. causal pairs, summed over
+ * heads and layers. */
+typedef struct {
+    double prefill_computed, prefill_total;
+    double decode_computed, decode_total;
+} attn_stats_t;
+
+/* Per-sequence attention state: the policy, density counters and the
+ * cross-layer selection TidalDecode carries. Created by the scheduler with
+ * the request; destroyed with it. */
+typedef struct attn_state attn_state_t;
+attn_state_t *attn_state_create(const attn_shape_t *shape, int n_layers, const attn_policy_t *policy);
+void attn_state_destroy(attn_state_t *st);
+const attn_policy_t *attn_state_policy(const attn_state_t *st);
+const attn_stats_t *attn_state_stats(const attn_state_t *st);
+void attn_state_reset_stats(attn_state_t *st);
+
+/* ---- kernels ---------------------------------------------------------------------- */
+/* Prefill: n_q query rows at positions q_pos0..q_pos0+n_q-1 attend causally to
+ * keys 0..q_pos0+n_q-1 (kv->n_kv must be >= q_pos0 + n_q). Uses the policy's
+ * prefill method (st may be NULL for dense).
+ *   q:   (n_q, n_heads, head_dim)
+ *   out: (n_q, n_heads, head_dim)
+ *   lse: (n_q, n_heads) or NULL
+ * Returns 0 or a negative status (LC_ENOMEM, LC_EINVAL). */
+int attn_prefill(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q,
+                 int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse);
+
+/* Decode: one query row at position kv->n_kv - 1 attends to keys 0..n_kv-1,
+ * with the policy's decode method for this layer.
+ *   q: (n_heads, head_dim); out: (n_heads, head_dim); lse: (n_heads) or NULL */
+int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, const attn_kv_t *kv,
+                float *out, float *lse);
+
+/* Dense reference kernels (also the baselines). Same argument conventions. */
+int attn_prefill_dense(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
+                       float *out, float *lse);
+int attn_decode_dense(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, float *out, float *lse);
+
+/* Merges two partial results over disjoint key sets in place into (o1, lse1).
+ * o: (rows, head_dim) per head flattened as (rows*heads, head_dim); lse (rows*heads). */
+void attn_merge(float *o1, float *lse1, const float *o2, const float *lse2, int rows, int head_dim);
+
+#endif

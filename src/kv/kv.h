@@ -1,0 +1,103 @@
+/* Paged KV cache: one pool of fixed-size blocks per device, per-sequence
+ * block tables, reference counts, a prefix cache of full blocks, and per-block
+ * key summaries for sparse decode.
+ *
+ * Layout (CPU, f32). For each layer there is one K and one V array:
+ *   K[layer]: (n_blocks, n_kv_heads, block_size, head_dim)
+ * so that one head's keys inside a block are contiguous (block_size x head_dim).
+ * Key summaries, per layer: (n_blocks, n_kv_heads, head_dim) for min and max,
+ * over the filled slots of the block.
+ *
+ * Ownership: the pool owns all memory. A block is referenced by every sequence
+ * whose table holds it; at refcount 0 a hashed (full, registered) block stays
+ * cached and is evicted LRU when a new block is needed, an unhashed one goes
+ * straight back to the free list. Not thread-safe: only the engine thread
+ * touches a pool. */
+#ifndef LC_KV_H
+#define LC_KV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int n_layers;
+    int n_kv_heads;
+    int head_dim;
+    int block_size;   // tokens per block (16 on CPU)
+    int64_t n_blocks; // pool capacity
+} kv_config_t;
+
+typedef struct kv_pool kv_pool_t;
+
+/* A sequence's block table. Embedded by the caller; kv_seq_init/kv_seq_release. */
+typedef struct {
+    int32_t *blocks;    // (cap) block ids; the first n_blocks are valid
+    int n_blocks;
+    int cap;
+    int64_t n_tokens;   // positions covered by reserved blocks that hold valid K/V
+    int n_hashed;       // leading blocks registered in the prefix cache
+    uint64_t last_hash; // hash chain value of block n_hashed-1 (0 when none)
+} kv_seq_t;
+
+/* Bytes one block costs (K and V of every layer plus summaries). */
+size_t kv_block_bytes(const kv_config_t *cfg);
+
+/* Returns NULL on OOM or a bad config. */
+kv_pool_t *kv_pool_create(const kv_config_t *cfg);
+void kv_pool_destroy(kv_pool_t *p);
+const kv_config_t *kv_pool_config(const kv_pool_t *p);
+
+/* Counts: total blocks; blocks with refcount > 0; blocks allocatable now
+ * (free list plus evictable cached blocks). */
+int64_t kv_pool_n_blocks(const kv_pool_t *p);
+int64_t kv_pool_n_used(const kv_pool_t *p);
+int64_t kv_pool_n_available(const kv_pool_t *p);
+/* Blocks held only by the prefix cache (refcount 0, hashed). */
+int64_t kv_pool_n_cached(const kv_pool_t *p);
+/* Drops every cached unreferenced block (tests; memory pressure). */
+void kv_pool_clear_cache(kv_pool_t *p);
+
+/* ---- raw memory access (attention kernels, model forward) ----------------- */
+/* Base of a layer's K / V arrays; block b starts at base + b * kv_block_stride. */
+float *kv_layer_k(kv_pool_t *p, int layer);
+float *kv_layer_v(kv_pool_t *p, int layer);
+size_t kv_block_stride(const kv_pool_t *p); // floats: n_kv_heads * block_size * head_dim
+/* Key summaries of a layer; block b at base + b * kv_summary_stride. */
+float *kv_layer_kmin(kv_pool_t *p, int layer);
+float *kv_layer_kmax(kv_pool_t *p, int layer);
+size_t kv_summary_stride(const kv_pool_t *p); // floats: n_kv_heads * head_dim
+
+/* ---- sequences ------------------------------------------------------------- */
+void kv_seq_init(kv_seq_t *s);
+/* Unreferences every block and frees the table. Safe to call twice. */
+void kv_seq_release(kv_pool_t *p, kv_seq_t *s);
+/* Makes sure blocks exist for positions [0, n_tokens). Allocates (evicting
+ * cached blocks LRU) as needed. Returns LC_ENOSPC and leaves s unchanged if the
+ * pool cannot supply them. Does not change s->n_tokens. */
+int kv_seq_reserve(kv_pool_t *p, kv_seq_t *s, int64_t n_tokens);
+/* Blocks kv_seq_reserve would need to allocate to reach n_tokens. */
+int64_t kv_seq_blocks_needed(const kv_pool_t *p, const kv_seq_t *s, int64_t n_tokens);
+/* Before writing positions [pos0, pos1): any block in that range shared with
+ * another sequence is copied (copy-on-write). LC_ENOSPC if no block is free. */
+int kv_seq_prepare_write(kv_pool_t *p, kv_seq_t *s, int64_t pos0, int64_t pos1);
+/* dst shares src's blocks (refcounts raised); dst must be freshly initialised. */
+int kv_seq_fork(kv_pool_t *p, const kv_seq_t *src, kv_seq_t *dst);
+
+/* Writes one token's K and V for one layer at position pos (block must be
+ * reserved and exclusively owned) and updates the block's key summary.
+ * k, v: (n_kv_heads, head_dim). */
+void kv_write(kv_pool_t *p, const kv_seq_t *s, int layer, int64_t pos, const float *k, const float *v);
+
+/* ---- prefix cache -------------------------------------------------------------- */
+/* Looks up the longest chain of cached full blocks matching tokens[0..n) and
+ * appends them to the empty sequence s (refcount raised), leaving at least one
+ * token uncovered so the caller still computes logits. Returns the number of
+ * tokens reused (a multiple of block_size). */
+int64_t kv_prefix_attach(kv_pool_t *p, kv_seq_t *s, const int32_t *tokens, int64_t n);
+/* Registers s's full blocks covering tokens[0..n_valid) (whose K/V are now
+ * written) in the prefix cache. tokens are the sequence's tokens from 0. */
+void kv_prefix_commit(kv_pool_t *p, kv_seq_t *s, const int32_t *tokens, int64_t n_valid);
+/* Lifetime counters for metrics: lookups (queried tokens) and hits (reused tokens). */
+void kv_prefix_counters(const kv_pool_t *p, uint64_t *queried_tokens, uint64_t *hit_tokens);
+
+#endif

@@ -1,0 +1,89 @@
+/* A loaded Llama-family model: hyper-parameters, weights (dequantized to f32
+ * rows for BLAS at load), tokenizer and chat template, and the batched
+ * forward pass.
+ *
+ * The forward pass is batched from the start: one call takes the tokens of
+ * several sequences at different positions (prefill chunks and decode tokens
+ * mixed), writes their K/V into the paged cache and returns logits for the
+ * rows each sequence asks for. A model_t is immutable after load and may be
+ * shared; a model_ctx_t (scratch activations) belongs to one thread. */
+#ifndef LC_MODEL_H
+#define LC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn/attn.h"
+#include "kv/kv.h"
+
+typedef struct tok tok_t;
+
+typedef struct {
+    char arch[32];        // "llama"
+    char name[128];       // general.name, or the file name
+    int n_vocab;
+    int n_embd;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;
+    int n_ff;
+    int n_ctx_train;      // context length the model was trained for
+    float rms_eps;
+    float rope_theta;
+    float rope_freq_scale; // 1 / linear scaling factor (1 = none)
+    int rope_neox;         // 0: adjacent pairs (llama GGUF), 1: NEOX halves
+    int tied_embeddings;
+} model_hparams_t;
+
+typedef struct model model_t;
+
+/* Loads a GGUF model. Returns NULL and a message in err on failure (bad file,
+ * unsupported architecture, missing tensor, unknown chat template). */
+model_t *model_load(const char *path, char *err, size_t errlen);
+void model_free(model_t *m);
+
+const model_hparams_t *model_hparams(const model_t *m);
+const tok_t *model_tok(const model_t *m);
+/* Chat template family (chat.h), or -1 when the model has none we know. */
+int model_chat_template(const model_t *m);
+/* Attention shape of this model. */
+attn_shape_t model_attn_shape(const model_t *m);
+/* A kv_config_t for this model with the given block size and count. */
+kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks);
+
+/* ---- forward ------------------------------------------------------------------ */
+/* One sequence's slice of a batch. Its tokens are batch->tokens[tok0 ..
+ * tok0+n_tok) at positions pos0 .. pos0+n_tok-1, and the sequence's KV cache
+ * already holds positions 0 .. pos0-1. Blocks for pos0+n_tok positions must be
+ * reserved (kv_seq_reserve) and writable (kv_seq_prepare_write). */
+typedef struct {
+    int tok0;
+    int n_tok;
+    int64_t pos0;
+    const kv_seq_t *kv;
+    attn_state_t *attn;   // per-sequence policy and state; NULL = dense
+    int decode;           // 1: this slice is one generated token (decode kernels)
+    /* Logits: 0 none, 1 the last token's row, 2 every token's row (echo
+     * logprobs). Written to `logits`: (1 or n_tok, n_vocab). */
+    int logits_mode;
+    float *logits;
+} model_seq_t;
+
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens;  // (n_tokens)
+    int n_seqs;
+    const model_seq_t *seqs; // (n_seqs); token slices are disjoint and cover the batch
+} model_batch_t;
+
+typedef struct model_ctx model_ctx_t;
+
+/* Scratch for batches of up to max_tokens tokens. NULL on OOM. */
+model_ctx_t *model_ctx_create(const model_t *m, int max_tokens);
+void model_ctx_destroy(model_ctx_t *c);
+
+/* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM. */
+int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *batch);
+
+#endif
