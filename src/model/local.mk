@@ -1,1 +1,23 @@
-# model: file list for the non-recursive build (see Makefile.am).
+# model: GGUF reading/writing and weight (de)quantization; loading, the
+# forward pass and sampling.
+liblacuna_a_SOURCES += \
+	src/model/gguf.c src/model/gguf.h src/model/gguf_internal.h \
+	src/model/gguf_meta.c src/model/gguf_write.c \
+	src/model/quant.c src/model/quant.h \
+	src/model/model.h src/model/model_internal.h \
+	src/model/model_load.c \
+	src/model/forward.c \
+	src/model/sampler.h src/model/sampler.c
+# INTERIM (until attn and engine are merged): private dense attention and KV
+# pool for the model's own tests and tools; never part of liblacuna.
+LC_MODEL_INTERIM = src/model/interim/attn_fallback.c src/model/interim/kv_fallback.c
+EXTRA_DIST += $(LC_MODEL_INTERIM)
+
+
+
+# ---- tokenizer and chat templates ------------------------------------------
+liblacuna_a_SOURCES += \
+	src/model/tokenizer.c src/model/tokenizer.h src/model/tok_impl.h \
+	src/model/chat.c src/model/chat.h \
+	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
+	src/model/tok_gguf.c
