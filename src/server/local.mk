@@ -11,3 +11,8 @@ tests_check_server_SOURCES = tests/check_server.c
 tests_check_server_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_server_LDADD = $(CHECK_LDADD)
 endif
+
+# Integration tests: pytest against a running lacunad (tests/integration).
+TESTS += tests/integration/run.sh
+EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
+	tests/integration/test_malformed.py tests/integration/test_ops.py
