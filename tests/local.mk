@@ -5,5 +5,9 @@ check_PROGRAMS += tests/check_common
 tests_check_common_SOURCES = tests/check_common.c
 tests_check_common_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_common_LDADD = $(CHECK_LDADD)
+check_PROGRAMS += tests/check_attn
+tests_check_attn_SOURCES = tests/check_attn.c
+tests_check_attn_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_attn_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)
