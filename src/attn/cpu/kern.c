@@ -165,13 +165,52 @@ LC_INLINE void tile_scores(attn_tile_t *t, int mr, int ncol) {
     mm_acc(mr, ncol, t->d, t->q, t->d, t->kt, ATTN_BK, t->s, ATTN_BK);
 }
 
+/* Few rows (decode): scores straight from the page rows, no gather. */
+LC_INLINE void direct_scores(attn_tile_t *t, int mr, int ncol) {
+    const int d = t->d;
+    for (int u = 0; u < t->nk; u++) {
+        const float *kr = t->kptr[u];
+        for (int r = 0; r < mr; r++) {
+            const float *qr = t->q + (size_t)r * d;
+            v8 a = bc8(0.0f);
+            for (int c = 0; c < d; c += 8)
+                a += ld8(qr + c) * ld8(kr + c);
+            float x = 0.0f;
+            for (int i = 0; i < 8; i++)
+                x += a[i];
+            t->s[(size_t)r * ATTN_BK + u] = x;
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        for (int u = t->nk; u < ncol; u++)
+            t->s[(size_t)r * ATTN_BK + u] = 0.0f;
+}
+
+LC_INLINE void direct_pv(attn_tile_t *t, int mr) {
+    const int d = t->d;
+    for (int r = 0; r < mr; r++) {
+        float *a = t->acc + (size_t)r * d;
+        const float *p = t->s + (size_t)r * ATTN_BK;
+        for (int c = 0; c < d; c += 8) {
+            v8 x = ld8(a + c);
+            for (int u = 0; u < t->nk; u++)
+                x += bc8(p[u]) * ld8(t->vptr[u] + c);
+            st8(a + c, x);
+        }
+    }
+}
+
 LC_HOT static void tile_process(attn_tile_t *t) {
     const int nk = t->nk, d = t->d, mr = (t->nr + 3) & ~3;
     const int ncol = (nk + 15) & ~15;
-    for (int c = 0; c < d; c++) // zero the padding columns of K
-        for (int j = nk; j < ncol; j++)
-            t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
-    tile_scores(t, mr, ncol);
+    if (t->direct) {
+        direct_scores(t, mr, ncol);
+    } else {
+        for (int c = 0; c < d; c++) // zero the padding columns of K
+            for (int j = nk; j < ncol; j++)
+                t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
+        tile_scores(t, mr, ncol);
+    }
     const int64_t kmin = t->kpos[0], kmax = t->kpos[nk - 1];
     double computed = 0;
     for (int r = 0; r < mr; r++) {
@@ -227,7 +266,10 @@ LC_HOT static void tile_process(attn_tile_t *t) {
         t->l[r] += sum;
     }
     t->computed += computed;
-    mm_acc(mr, d, nk, t->s, ATTN_BK, t->vt, d, t->acc, d);
+    if (t->direct)
+        direct_pv(t, mr);
+    else
+        mm_acc(mr, d, nk, t->s, ATTN_BK, t->vt, d, t->acc, d);
     t->nk = 0;
 }
 
@@ -236,6 +278,7 @@ LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const at
                           int64_t skip, int64_t take) {
     const int d = t->d, bs = kv->block_size;
     t->nk = 0;
+    t->direct = t->nr <= 4 && d % 8 == 0;
     for (int i = 0; i < n_rg && take != 0; i++) {
         int64_t lo = rg[i].lo, hi = rg[i].hi;
         if (hi - lo <= skip) {
@@ -256,6 +299,18 @@ LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const at
             if (run > ATTN_BK - t->nk)
                 run = ATTN_BK - t->nk;
             const float *kp = attn_kv_krow(kv, kvh, d, j), *vp = attn_kv_vrow(kv, kvh, d, j);
+            if (t->direct) {
+                for (int64_t u = 0; u < run; u++) {
+                    t->kptr[t->nk + u] = kp + u * d;
+                    t->vptr[t->nk + u] = vp + u * d;
+                    t->kpos[t->nk + u] = j + u;
+                }
+                t->nk += (int)run;
+                j += run;
+                if (t->nk == ATTN_BK)
+                    tile_process(t);
+                continue;
+            }
             memcpy(t->vt + (size_t)t->nk * d, vp, (size_t)run * d * sizeof(float));
             for (int64_t u = 0; u < run; u++) {
                 const float *kr = kp + u * d;

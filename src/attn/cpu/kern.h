@@ -37,6 +37,9 @@ typedef struct {
     float *vt;      // (ATTN_BK, d) gathered values
     float *s;       // (max_rows, ATTN_BK) scores / probabilities of one tile
     int64_t kpos[ATTN_BK];
+    const float *kptr[ATTN_BK]; // few-row path: key / value rows read in place
+    const float *vptr[ATTN_BK];
+    int direct;     // few-row path in use for the current run
     int nk;         // keys in the current gathered tile
     double computed; // visible query-key pairs folded in so far
 } attn_tile_t;
