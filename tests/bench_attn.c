@@ -69,7 +69,7 @@ int main(int argc, char **argv) {
         int b = blocks[p / BS], off = (int)(p % BS);
         for (int h = 0; h < KH; h++) {
             int heavy = p == 0 ? 2 : (urand() < 0.002f ? 1 : 0);
-            feat(x, p, h, 1.2f, heavy == 2 ? 6.0f : heavy ? 3.5f : 0.0f, 1.0f);
+            feat(x, p, h, 1.6f, heavy == 2 ? 9.0f : heavy ? 6.0f : 0.0f, 1.0f);
             float *kd = k + b * bstride + ((size_t)h * BS + off) * D;
             memcpy(kd, x, sizeof x);
             for (int c = 0; c < D; c++)
@@ -85,7 +85,7 @@ int main(int argc, char **argv) {
     float *q = malloc(sizeof(float) * n * H * D);
     for (int64_t p = 0; p < n; p++)
         for (int h = 0; h < H; h++)
-            feat(q + ((size_t)p * H + h) * D, p, h / (H / KH), 1.2f * (1.0f + 0.3f * (h % 3)), 2.0f, 0.8f);
+            feat(q + ((size_t)p * H + h) * D, p, h / (H / KH), 1.6f * (1.0f + 0.3f * (h % 3)), 4.0f, 1.0f);
     float *ref = malloc(sizeof(float) * n * H * D), *out = malloc(sizeof(float) * n * H * D);
     float *lse = malloc(sizeof(float) * n * H);
 
