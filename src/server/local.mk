@@ -16,3 +16,8 @@ endif
 TESTS += tests/integration/run.sh
 EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
 	tests/integration/test_malformed.py tests/integration/test_ops.py
+
+# The daemon (links once the engine, src/scheduler, is in the tree).
+bin_PROGRAMS += lacunad
+lacunad_SOURCES = src/server/main.c src/server/http.c src/server/routes.c src/server/gen.c src/server/server.h
+lacunad_LDADD = liblacuna.a $(LC_LIBS)

@@ -91,7 +91,7 @@ typedef struct srv_conn {
     srv_usage_t usage;
     srv_error_t err;
     int has_err;
-    char id[48];        // cmpl-… / chatcmpl-…
+    char id[96];        // cmpl-… / chatcmpl-…
     int64_t created;
     double t_first;     // first token seen
     srv_buf_t out;      // SSE bytes not yet handed to MHD
@@ -132,7 +132,7 @@ struct srv {
     const tok_t *tok;
     chat_template_t chat;
     int have_chat;
-    char served_name[256];
+    char served_name[LC_CONFIG_STR];
     char load_err[512];
     int n_ctx;
     int n_vocab;

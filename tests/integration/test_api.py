@@ -76,7 +76,7 @@ def test_curl_completion(daemon):
                           "-H", "Content-Type: application/json", "-d",
                           json.dumps({"model": MODEL, "prompt": "abc", "max_tokens": 3})],
                          capture_output=True, text=True, check=True).stdout
-    head, body = out.split("\r\n\r\n", 1)
+    head, body = out.replace("\r\n", "\n").split("\n\n", 1)
     assert head.startswith("HTTP/1.1 200")
     assert "x-request-id:" in head.lower()
     assert json.loads(body)["choices"][0]["index"] == 0
