@@ -7,5 +7,7 @@
 /* lacuna inspect MODEL.gguf: version, metadata, tensor table, parameter count.
  * Exits 1 with the loader's message on a bad file. */
 int cmd_inspect(int argc, char **argv);
+/* lacuna mkmodel -o OUT.gguf [...]: a tiny random-weight Llama model (tests). */
+int cmd_mkmodel(int argc, char **argv);
 
 #endif

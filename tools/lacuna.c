@@ -14,6 +14,7 @@ static const struct {
     const char *help;
 } cmds[] = {
     {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
+    {"mkmodel", cmd_mkmodel, "-o OUT.gguf  write a tiny random-weight Llama model"},
 };
 
 static void usage(FILE *f) {
