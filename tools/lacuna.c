@@ -15,6 +15,7 @@ static const struct {
 } cmds[] = {
     {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
     {"mkmodel", cmd_mkmodel, "-o OUT.gguf  write a tiny random-weight Llama model"},
+    {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 
 static void usage(FILE *f) {

@@ -198,7 +198,7 @@ static gguf_str_t tensor_name_of(const gguf_ctx_t *g, int64_t i) { return g->ten
 
 /* ---- parsing ------------------------------------------------------------- */
 
-static int parse_kv(gguf_ctx_t *g, rd_t *r, int64_t idx, gguf_kv_t *kv) {
+static int parse_kv(rd_t *r, int64_t idx, gguf_kv_t *kv) {
     char ctx[160], nm[80];
     snprintf(ctx, sizeof ctx, "metadata entry %lld: ", (long long)idx);
     if (rd_str(r, &kv->key, GGUF_MAX_KEY, ctx, "key")) return LC_EFORMAT;
@@ -279,11 +279,10 @@ static int parse_kv(gguf_ctx_t *g, rd_t *r, int64_t idx, gguf_kv_t *kv) {
         kv->str_off[i] = r->pos - start;
         if (rd_str(r, &s, 0, ctx, "array string")) return LC_EFORMAT;
     }
-    (void)g;
     return 0;
 }
 
-static int parse_tensor(gguf_ctx_t *g, rd_t *r, int64_t idx, gguf_tensor_t *t) {
+static int parse_tensor(rd_t *r, int64_t idx, gguf_tensor_t *t) {
     char ctx[160], nm[80];
     snprintf(ctx, sizeof ctx, "tensor info %lld: ", (long long)idx);
     if (rd_str(r, &t->name, GGUF_MAX_NAME, ctx, "name")) return LC_EFORMAT;
@@ -331,7 +330,6 @@ static int parse_tensor(gguf_ctx_t *g, rd_t *r, int64_t idx, gguf_tensor_t *t) {
         return LC_EFORMAT;
     }
     if (rd_u64(r, &t->offset, ctx, "offset")) return LC_EFORMAT;
-    (void)g;
     return 0;
 }
 
@@ -423,11 +421,11 @@ static int parse(gguf_ctx_t *g, char *err, size_t errlen) {
     if (rd_u64(&r, &n_tensors, "header: ", "tensor_count") || rd_u64(&r, &n_kv, "header: ", "kv_count"))
         return LC_EFORMAT;
     if (n_kv > rd_left(&r) / KV_MIN_BYTES) {
-        seterr(err, errlen, "kv_count %llu is impossible in a file of %zu bytes", (unsigned long long)n_kv, g->size);
+        seterr(err, errlen, "kv_count %llu is impossible in a file of %zu bytes (truncated?)", (unsigned long long)n_kv, g->size);
         return LC_EFORMAT;
     }
     if (n_tensors > rd_left(&r) / TI_MIN_BYTES) {
-        seterr(err, errlen, "tensor_count %llu is impossible in a file of %zu bytes", (unsigned long long)n_tensors,
+        seterr(err, errlen, "tensor_count %llu is impossible in a file of %zu bytes (truncated?)", (unsigned long long)n_tensors,
                g->size);
         return LC_EFORMAT;
     }
@@ -438,7 +436,7 @@ static int parse(gguf_ctx_t *g, char *err, size_t errlen) {
         if (grow((void **)&g->kvs, &cap, i, sizeof *g->kvs)) goto oom;
         memset(&g->kvs[i], 0, sizeof g->kvs[i]);
         g->n_kv = i + 1;
-        int rc = parse_kv(g, &r, i, &g->kvs[i]);
+        int rc = parse_kv(&r, i, &g->kvs[i]);
         if (rc) return rc;
     }
     int64_t dup;
@@ -465,7 +463,7 @@ static int parse(gguf_ctx_t *g, char *err, size_t errlen) {
         if (grow((void **)&g->tensors, &cap, i, sizeof *g->tensors)) goto oom;
         memset(&g->tensors[i], 0, sizeof g->tensors[i]);
         g->n_tensors = i + 1;
-        int rc = parse_tensor(g, &r, i, &g->tensors[i]);
+        int rc = parse_tensor(&r, i, &g->tensors[i]);
         if (rc) return rc;
     }
     g->data_off = ((uint64_t)r.pos + g->alignment - 1) / g->alignment * g->alignment;   // pos < 2^63
