@@ -21,6 +21,11 @@ check_PROGRAMS += tests/check_model
 tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c $(LC_MODEL_INTERIM)
 tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
 tests_check_model_LDADD = $(CHECK_LDADD)
+
+check_PROGRAMS += tests/check_sampler
+tests_check_sampler_SOURCES = tests/check_sampler.c
+tests_check_sampler_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sampler_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)
 
