@@ -16,6 +16,7 @@
 #include "model/gguf.h"
 #include "model/model.h"
 #include "tools/mkmodel.h"
+#include "testutil.h"
 
 #ifndef LC_SRCDIR
 #define LC_SRCDIR "."
@@ -331,14 +332,17 @@ START_TEST(test_load_errors)
 END_TEST
 
 /* ---- the real model against Hugging Face transformers ------------------------------ */
+/* $LACUNA_MODEL through testutil.h (make check sets it; LACUNA_REQUIRE_MODEL=1
+ * turns a missing model into a failure), else models/ in the source tree. */
 static const char *real_model_path(void)
 {
     static char buf[1024];
-    struct stat st;
-    const char *p = getenv("LACUNA_MODEL");
-    if (p && *p && stat(p, &st) == 0) return p;
+    if (getenv("LACUNA_MODEL")) return tu_model_path();
     snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
-    return stat(buf, &st) == 0 ? buf : NULL;
+    struct stat st;
+    if (stat(buf, &st) == 0) return buf;
+    fprintf(stderr, "SKIP: real model not found at %s (set LACUNA_MODEL)\n", buf);
+    return NULL;
 }
 
 static char *read_all(const char *path)
@@ -388,10 +392,7 @@ static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
 START_TEST(test_real_model_vs_hf)
 {
     const char *path = real_model_path();
-    if (!path) {
-        fprintf(stderr, "check_model: SmolLM2 model not found (set LACUNA_MODEL or put it in models/); skipping\n");
-        return;
-    }
+    if (!path) return;
     char *json = read_all(LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
     ck_assert_msg(json != NULL, "fixture missing: " LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
     cJSON *doc = cJSON_Parse(json);
