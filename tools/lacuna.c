@@ -14,6 +14,8 @@ static const struct {
     const char *help;
 } cmds[] = {
     {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
+    {"generate", cmd_generate, "-m MODEL (-p TEXT | --chat TEXT) [-n N] [--temp T]   generate text"},
+    {"mkmodel", cmd_mkmodel, "-o OUT.gguf  write a tiny random-weight Llama model"},
     {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 
