@@ -5,5 +5,10 @@ check_PROGRAMS += tests/check_common
 tests_check_common_SOURCES = tests/check_common.c
 tests_check_common_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_common_LDADD = $(CHECK_LDADD)
+
+check_PROGRAMS += tests/check_kv
+tests_check_kv_SOURCES = tests/check_kv.c
+tests_check_kv_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_kv_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)
