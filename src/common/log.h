@@ -5,6 +5,10 @@
 #ifndef LC_LOG_H
 #define LC_LOG_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum { LC_LOG_ERROR = 0, LC_LOG_WARN, LC_LOG_INFO, LC_LOG_DEBUG } lc_log_level_t;
 
 void lc_log_set_level(lc_log_level_t level);
@@ -18,5 +22,9 @@ void lc_log(lc_log_level_t level, const char *fmt, ...) __attribute__((format(pr
 #define LC_INFO(...) lc_log(LC_LOG_INFO, __VA_ARGS__)
 #define LC_DEBUG(...) \
     do { if (lc_log_get_level() >= LC_LOG_DEBUG) lc_log(LC_LOG_DEBUG, __VA_ARGS__); } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

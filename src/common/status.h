@@ -6,6 +6,10 @@
 #ifndef LC_STATUS_H
 #define LC_STATUS_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define LC_STATUS_MAP(X)                                                     \
     X(OK, 0, "success")                                                      \
     X(ENOMEM, -1, "out of memory")                                           \
@@ -32,5 +36,9 @@ typedef enum {
 const char *lc_strerror(int status);
 /* Returns the symbolic name ("ENOMEM") of a status code. */
 const char *lc_status_name(int status);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

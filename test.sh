@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Everything on a fresh Debian 12 machine: dependencies, the verified default
+# model, the build, then the whole test suite (make check). A second build with
+# AddressSanitizer + UndefinedBehaviorSanitizer runs the suite again unless
+# LACUNA_SANITIZE=0.
+set -euo pipefail
+cd "$(dirname "$0")"
+./scripts/install_deps.sh
+./scripts/fetch_model.sh
+
+run_suite() { # build-dir, configure args...
+  local bdir=$1; shift
+  LACUNA_BUILD_DIR=$bdir ./scripts/build.sh "$@"
+  echo "==> running the test suite in $bdir"
+  if ! make -C "$bdir" -j"$(nproc)" check; then
+    find "$bdir/tests" -name '*.log' -newer "$bdir/Makefile" -exec tail -n 60 {} + 2>/dev/null | tail -n 300
+    return 1
+  fi
+}
+
+run_suite build ${LACUNA_CONFIGURE_ARGS:-}
+if [ "${LACUNA_SANITIZE:-1}" != 0 ]; then
+  run_suite build-asan --enable-sanitizers --without-cuda
+fi

@@ -1,0 +1,87 @@
+/* Check suite for device selection and, where a GPU exists, the CUDA kernels
+ * against CPU references. On a machine without a GPU the fallback path is what
+ * is tested: asking for cuda:0 must select the CPU, not fail. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "common/status.h"
+#include "config.h"
+#include "ops/device.h"
+#ifdef HAVE_CUDA
+#include "ops/cuda/cuda_ops.h"
+#endif
+
+START_TEST(test_parse_specs) {
+    lc_device_t d;
+    ck_assert_int_eq(lc_device_select("cpu", &d), 0);
+    ck_assert_int_eq(d.is_gpu, 0);
+    ck_assert_str_eq(d.name, "cpu");
+    ck_assert_int_eq(lc_device_select("tpu:0", &d), LC_EINVAL);
+    ck_assert_int_eq(lc_device_select("cuda:x", &d), LC_EINVAL);
+    ck_assert_int_eq(lc_device_select("cuda:-1", &d), LC_EINVAL);
+}
+END_TEST
+
+START_TEST(test_fallback_or_gpu) {
+    char why[256] = "";
+    int n = lc_device_count(why, sizeof why);
+    lc_device_t d;
+    ck_assert_int_eq(lc_device_select("cuda:0", &d), 0);
+    if (n == 0) {
+        ck_assert_int_eq(d.is_gpu, 0);  // fell back to the CPU
+        ck_assert_msg(why[0] != 0, "a missing GPU must come with a reason");
+    } else {
+        ck_assert_int_eq(d.is_gpu, 1);
+        ck_assert_int_eq(d.index, 0);
+    }
+    /* An index past the last device falls back too. */
+    ck_assert_int_eq(lc_device_select("cuda:1000", &d), 0);
+    ck_assert_int_eq(d.is_gpu, 0);
+}
+END_TEST
+
+#ifdef HAVE_CUDA
+START_TEST(test_rmsnorm_vs_cpu) {
+    if (lc_device_count(NULL, 0) == 0) return;  // nothing to compare on this machine
+    const int rows = 37, dim = 576;
+    float *x = malloc(sizeof(float) * rows * dim), *w = malloc(sizeof(float) * dim);
+    float *y = malloc(sizeof(float) * rows * dim);
+    srand(7);
+    for (int i = 0; i < rows * dim; i++) x[i] = (float)rand() / RAND_MAX * 4.f - 2.f;
+    for (int i = 0; i < dim; i++) w[i] = (float)rand() / RAND_MAX + 0.5f;
+    ck_assert_int_eq(ops_cuda_rmsnorm_host(x, w, y, rows, dim, 1e-5f), 0);
+    double max_rel = 0;
+    for (int r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int i = 0; i < dim; i++) ss += (double)x[r * dim + i] * x[r * dim + i];
+        double inv = 1.0 / sqrt(ss / dim + 1e-5);
+        for (int i = 0; i < dim; i++) {
+            double ref = x[r * dim + i] * inv * w[i];
+            double rel = fabs(y[r * dim + i] - ref) / (fabs(ref) + 1e-6);
+            if (rel > max_rel) max_rel = rel;
+        }
+    }
+    ck_assert_msg(max_rel < 1e-4, "GPU rmsnorm max relative error %g >= 1e-4", max_rel);
+    free(x);
+    free(w);
+    free(y);
+}
+END_TEST
+#endif
+
+int main(void) {
+    Suite *s = suite_create("device");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_parse_specs);
+    tcase_add_test(tc, test_fallback_or_gpu);
+#ifdef HAVE_CUDA
+    tcase_add_test(tc, test_rmsnorm_vs_cpu);
+#endif
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
