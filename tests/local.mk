@@ -10,5 +10,10 @@ check_PROGRAMS += tests/check_kv
 tests_check_kv_SOURCES = tests/check_kv.c
 tests_check_kv_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_kv_LDADD = $(CHECK_LDADD)
+
+check_PROGRAMS += tests/check_gguf
+tests_check_gguf_SOURCES = tests/check_gguf.c tests/check_gguf_quant.c
+tests_check_gguf_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_gguf_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)

@@ -1,0 +1,11 @@
+/* Subcommands of the `lacuna` CLI. Each takes the arguments after its name
+ * (argv[0] is the subcommand) and returns the process exit status; tools/lacuna.c
+ * lists them in its dispatch table. */
+#ifndef LC_TOOLS_CMDS_H
+#define LC_TOOLS_CMDS_H
+
+/* lacuna inspect MODEL.gguf: version, metadata, tensor table, parameter count.
+ * Exits 1 with the loader's message on a bad file. */
+int cmd_inspect(int argc, char **argv);
+
+#endif

@@ -1,0 +1,39 @@
+/* The `lacuna` command-line tool: a thin dispatcher over subcommands that
+ * share the daemon's library (inspect a GGUF, and more as they are added to
+ * the table below). */
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/cmds.h"
+
+typedef int (*cmd_cb)(int argc, char **argv);
+
+static const struct {
+    const char *name;
+    cmd_cb fn;
+    const char *help;
+} cmds[] = {
+    {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: lacuna COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].help);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (strcmp(argv[1], cmds[i].name) == 0) return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "lacuna: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
