@@ -1,5 +1,14 @@
-# model: GGUF reading/writing and weight (de)quantization.
+# model: GGUF reading/writing and weight (de)quantization; loading, the
+# forward pass and sampling.
 liblacuna_a_SOURCES += \
 	src/model/gguf.c src/model/gguf.h src/model/gguf_internal.h \
 	src/model/gguf_meta.c src/model/gguf_write.c \
-	src/model/quant.c src/model/quant.h
+	src/model/quant.c src/model/quant.h \
+	src/model/model.h src/model/model_internal.h \
+	src/model/model_load.c \
+	src/model/forward.c \
+	src/model/sampler.h src/model/sampler.c
+# INTERIM (until attn and engine are merged): private dense attention and KV
+# pool for the model's own tests and tools; never part of liblacuna.
+LC_MODEL_INTERIM = src/model/interim/attn_fallback.c src/model/interim/kv_fallback.c
+EXTRA_DIST += $(LC_MODEL_INTERIM)

@@ -1,0 +1,200 @@
+/* The batched forward pass. All tokens of a batch go through each weight
+ * matrix in one sgemm; attention runs per sequence slice over the paged KV
+ * cache (prefill or decode kernel, the slice's own policy). Scratch lives in
+ * model_ctx_t so that a step allocates nothing. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "model/model_internal.h"
+
+/* ---- scratch ------------------------------------------------------------------- */
+static void *amalloc(size_t n)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
+}
+
+model_ctx_t *model_ctx_create(const model_t *m, int max_tokens)
+{
+    if (!m || max_tokens <= 0) return NULL;
+    const model_hparams_t *hp = &m->hp;
+    size_t T = (size_t)max_tokens, E = hp->n_embd, F = hp->n_ff;
+    size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
+    model_ctx_t *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->m = m;
+    c->max_tokens = max_tokens;
+    c->x = amalloc(T * E * sizeof(float));
+    c->xb = amalloc(T * E * sizeof(float));
+    c->q = amalloc(T * QD * sizeof(float));
+    c->k = amalloc(T * KD * sizeof(float));
+    c->v = amalloc(T * KD * sizeof(float));
+    c->att = amalloc(T * QD * sizeof(float));
+    c->proj = amalloc(T * E * sizeof(float));
+    c->gate = amalloc(T * F * sizeof(float));
+    c->up = amalloc(T * F * sizeof(float));
+    c->pos = amalloc(T * sizeof(int64_t));
+    c->rows = amalloc(T * sizeof(int));
+    c->lbuf = amalloc((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
+    c->mark = amalloc(T);
+    c->dst = amalloc(T * sizeof(float *));
+    if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up || !c->pos ||
+        !c->rows || !c->lbuf || !c->mark || !c->dst) {
+        model_ctx_destroy(c);
+        return NULL;
+    }
+    return c;
+}
+
+void model_ctx_destroy(model_ctx_t *c)
+{
+    if (!c) return;
+    free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
+    free(c->gate), free(c->up), free(c->pos), free(c->rows), free(c->lbuf), free(c->mark);
+    free(c->dst);
+    free(c);
+}
+
+/* ---- validation ---------------------------------------------------------------- */
+static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
+{
+    const model_hparams_t *hp = &c->m->hp;
+    if (!kv || !b || b->n_tokens <= 0 || b->n_tokens > c->max_tokens || !b->tokens || b->n_seqs <= 0 || !b->seqs)
+        return LC_EINVAL;
+    const kv_config_t *cfg = kv_pool_config(kv);
+    if (cfg->n_layers != hp->n_layers || cfg->n_kv_heads != hp->n_kv_heads || cfg->head_dim != hp->head_dim)
+        return LC_EINVAL;
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= hp->n_vocab) return LC_EINVAL;
+    memset(c->mark, 0, (size_t)b->n_tokens);
+    int covered = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (q->n_tok <= 0 || q->tok0 < 0 || q->tok0 > b->n_tokens - q->n_tok || q->pos0 < 0 || !q->kv) return LC_EINVAL;
+        if (q->decode && q->n_tok != 1) return LC_EINVAL;
+        if (q->logits_mode < 0 || q->logits_mode > 2 || (q->logits_mode && !q->logits)) return LC_EINVAL;
+        if ((int64_t)q->kv->n_blocks * cfg->block_size < q->pos0 + q->n_tok) return LC_EINVAL;
+        for (int i = q->tok0; i < q->tok0 + q->n_tok; i++) {
+            if (c->mark[i]) return LC_EINVAL;
+            c->mark[i] = 1;
+        }
+        covered += q->n_tok;
+    }
+    return covered == b->n_tokens ? 0 : LC_EINVAL;
+}
+
+/* ---- attention ------------------------------------------------------------------ */
+/* Writes the batch's K/V for layer l into the cache, then runs attention for
+ * every slice into c->att. */
+static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int l)
+{
+    const model_hparams_t *hp = &c->m->hp;
+    size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
+    attn_shape_t shape = model_attn_shape(c->m);
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        for (int i = 0; i < q->n_tok; i++) {
+            size_t t = (size_t)q->tok0 + i;
+            kv_write(kv, q->kv, l, q->pos0 + i, c->k + t * KD, c->v + t * KD);
+        }
+    }
+    attn_kv_t view = {
+        .k = kv_layer_k(kv, l),
+        .v = kv_layer_v(kv, l),
+        .kmin = kv_layer_kmin(kv, l),
+        .kmax = kv_layer_kmax(kv, l),
+        .blk_stride = kv_block_stride(kv),
+        .sum_stride = kv_summary_stride(kv),
+        .block_size = kv_pool_config(kv)->block_size,
+    };
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        view.blocks = q->kv->blocks;
+        view.n_kv = q->pos0 + q->n_tok;
+        const float *qr = c->q + (size_t)q->tok0 * QD;
+        float *out = c->att + (size_t)q->tok0 * QD;
+        int rc;
+        if (q->decode)
+            rc = q->attn ? attn_decode(&shape, q->attn, l, qr, &view, out, NULL)
+                         : attn_decode_dense(&shape, qr, &view, out, NULL);
+        else
+            rc = q->attn ? attn_prefill(&shape, q->attn, l, qr, q->n_tok, q->pos0, &view, out, NULL)
+                         : attn_prefill_dense(&shape, qr, q->n_tok, q->pos0, &view, out, NULL);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* ---- logits ---------------------------------------------------------------------- */
+/* Final norm and LM head for the rows some sequence asked for. Rows of all
+ * sequences share each sgemm (the LM head is the largest matrix: reading it
+ * once per decode token of the batch would dominate), MODEL_LOGIT_CHUNK rows
+ * at a time through a staging buffer; a single sequence writes directly. */
+static void logits(model_ctx_t *c, const model_batch_t *b)
+{
+    const model_t *m = c->m;
+    int E = m->hp.n_embd, V = m->hp.n_vocab;
+    int n = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        int cnt = q->logits_mode == 1 ? 1 : q->logits_mode == 2 ? q->n_tok : 0;
+        for (int i = 0; i < cnt; i++) {
+            c->rows[n] = q->tok0 + q->n_tok - cnt + i;
+            c->dst[n] = q->logits + (size_t)i * V;
+            n++;
+        }
+    }
+    if (!n) return;
+    for (int r = 0; r < n; r++)
+        ops_rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)c->rows[r] * E, m->out_norm, 1, E, m->hp.rms_eps);
+    if (b->n_seqs == 1) {
+        ops_matmul(c->dst[0], c->xb, m->output, n, E, V);
+        return;
+    }
+    for (int r0 = 0; r0 < n; r0 += MODEL_LOGIT_CHUNK) {
+        int cnt = n - r0 < MODEL_LOGIT_CHUNK ? n - r0 : MODEL_LOGIT_CHUNK;
+        ops_matmul(c->lbuf, c->xb + (size_t)r0 * E, m->output, cnt, E, V);
+        for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
+    }
+}
+
+/* ---- forward ------------------------------------------------------------------- */
+int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
+{
+    int rc = check_batch(c, kv, b);
+    if (rc) return rc;
+    const model_t *m = c->m;
+    const model_hparams_t *hp = &m->hp;
+    int T = b->n_tokens, E = hp->n_embd, F = hp->n_ff;
+    int QD = hp->n_heads * hp->head_dim, KD = hp->n_kv_heads * hp->head_dim;
+
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int i = 0; i < b->seqs[s].n_tok; i++) c->pos[b->seqs[s].tok0 + i] = b->seqs[s].pos0 + i;
+    for (int t = 0; t < T; t++)
+        memcpy(c->x + (size_t)t * E, m->tok_embd + (size_t)b->tokens[t] * E, (size_t)E * sizeof(float));
+
+    for (int l = 0; l < hp->n_layers; l++) {
+        const model_layer_t *L = &m->layers[l];
+        /* attention block */
+        ops_rmsnorm(c->xb, c->x, L->attn_norm, T, E, hp->rms_eps);
+        ops_matmul(c->q, c->xb, L->wq, T, E, QD);
+        ops_matmul(c->k, c->xb, L->wk, T, E, KD);
+        ops_matmul(c->v, c->xb, L->wv, T, E, KD);
+        ops_rope(&m->rope, c->q, T, c->pos, hp->n_heads, hp->head_dim, hp->rope_neox);
+        ops_rope(&m->rope, c->k, T, c->pos, hp->n_kv_heads, hp->head_dim, hp->rope_neox);
+        if ((rc = attention(c, kv, b, l))) return rc;
+        ops_matmul(c->proj, c->att, L->wo, T, QD, E);
+        ops_add(c->x, c->proj, (size_t)T * E);
+        /* feed-forward block (SwiGLU) */
+        ops_rmsnorm(c->xb, c->x, L->ffn_norm, T, E, hp->rms_eps);
+        ops_matmul(c->gate, c->xb, L->w_gate, T, E, F);
+        ops_matmul(c->up, c->xb, L->w_up, T, E, F);
+        ops_swiglu(c->gate, c->up, (size_t)T * F);
+        ops_matmul(c->proj, c->gate, L->w_down, T, F, E);
+        ops_add(c->x, c->proj, (size_t)T * E);
+    }
+    logits(c, b);
+    return 0;
+}

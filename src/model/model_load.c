@@ -1,0 +1,372 @@
+/* Loading a Llama-family GGUF: hyper-parameters from the metadata, every
+ * tensor's shape checked against them, weights dequantized to f32 so that
+ * the forward pass is plain sgemm. Also owns the accessors of model_t. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "model/gguf.h"
+#include "model/model_internal.h"
+#include "model/quant.h"
+/* INTEGRATION(tok, chat): the tokenizer and chat template live on other
+ * branches until merged; the guards go away once both are in main. */
+#if __has_include("model/tokenizer.h")
+#include "model/tokenizer.h"
+#define LC_MODEL_HAVE_TOK 1
+#endif
+#if __has_include("model/chat.h")
+#include "model/chat.h"
+#define LC_MODEL_HAVE_CHAT 1
+#endif
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- metadata --------------------------------------------------------------- */
+/* Reads "<arch>.<suffix>" as an integer; required keys fail when missing. */
+static int get_int(const gguf_ctx_t *g, const char *arch, const char *suffix, int required, int64_t def,
+                   int64_t lo, int64_t hi, int64_t *out, char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int64_t v;
+    int rc = gguf_get_i64(g, key, &v);
+    if (rc == LC_ENOTFOUND && !required) {
+        *out = def;
+        return 0;
+    }
+    if (rc) {
+        set_err(err, errlen, "metadata %s: %s", key, rc == LC_ENOTFOUND ? "missing" : "not an integer");
+        return LC_EFORMAT;
+    }
+    if (v < lo || v > hi) {
+        set_err(err, errlen, "metadata %s = %lld out of range [%lld, %lld]", key, (long long)v, (long long)lo,
+                (long long)hi);
+        return LC_EFORMAT;
+    }
+    *out = v;
+    return 0;
+}
+
+static int get_float(const gguf_ctx_t *g, const char *arch, const char *suffix, float def, float *out, char *err,
+                     size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = gguf_get_f32(g, key, out);
+    if (rc == LC_ENOTFOUND) {
+        *out = def;
+        return 0;
+    }
+    if (rc || !isfinite(*out)) {
+        set_err(err, errlen, "metadata %s: not a finite number", key);
+        return LC_EFORMAT;
+    }
+    return 0;
+}
+
+static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen)
+{
+    model_hparams_t *hp = &m->hp;
+    gguf_str_t s;
+    if (gguf_get_str(g, "general.architecture", &s)) {
+        set_err(err, errlen, "metadata general.architecture missing");
+        return LC_EFORMAT;
+    }
+    if (s.len >= sizeof hp->arch) s.len = sizeof hp->arch - 1;
+    memcpy(hp->arch, s.ptr, s.len);
+    hp->arch[s.len] = 0;
+    if (strcmp(hp->arch, "llama") != 0) {
+        set_err(err, errlen, "unsupported architecture '%s' (only llama)", hp->arch);
+        return LC_EUNSUPPORTED;
+    }
+    if (!gguf_get_str(g, "general.name", &s)) {
+        if (s.len >= sizeof hp->name) s.len = sizeof hp->name - 1;
+        memcpy(hp->name, s.ptr, s.len);
+        hp->name[s.len] = 0;
+    }
+    const char *a = hp->arch;
+    int64_t v;
+    int rc;
+#define GI(suffix, req, def, lo, hi, field)                                             \
+    do {                                                                                \
+        if ((rc = get_int(g, a, suffix, req, def, lo, hi, &v, err, errlen))) return rc; \
+        field = (int)v;                                                                 \
+    } while (0)
+    GI("embedding_length", 1, 0, 1, 1 << 16, hp->n_embd);
+    GI("block_count", 1, 0, 1, 1024, hp->n_layers);
+    GI("feed_forward_length", 1, 0, 1, 1 << 18, hp->n_ff);
+    GI("attention.head_count", 1, 0, 1, 1024, hp->n_heads);
+    GI("attention.head_count_kv", 0, hp->n_heads, 1, 1024, hp->n_kv_heads);
+    GI("context_length", 0, 4096, 1, 1 << 30, hp->n_ctx_train);
+    if (hp->n_embd % hp->n_heads) {
+        set_err(err, errlen, "embedding_length %d not divisible by head_count %d", hp->n_embd, hp->n_heads);
+        return LC_EFORMAT;
+    }
+    GI("attention.key_length", 0, hp->n_embd / hp->n_heads, 2, 1024, hp->head_dim);
+    GI("rope.dimension_count", 0, hp->head_dim, 2, hp->head_dim, m->rope_dim);
+#undef GI
+    if (hp->n_heads % hp->n_kv_heads) {
+        set_err(err, errlen, "head_count %d not a multiple of head_count_kv %d", hp->n_heads, hp->n_kv_heads);
+        return LC_EFORMAT;
+    }
+    if (hp->head_dim % 2 || m->rope_dim % 2) {
+        set_err(err, errlen, "head dimension %d / rope dimension %d must be even", hp->head_dim, m->rope_dim);
+        return LC_EFORMAT;
+    }
+    if ((rc = get_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps, err, errlen))) return rc;
+    if ((rc = get_float(g, a, "rope.freq_base", 10000.0f, &hp->rope_theta, err, errlen))) return rc;
+    if (!(hp->rms_eps >= 0) || !(hp->rope_theta > 0)) {
+        set_err(err, errlen, "bad rms epsilon or rope.freq_base");
+        return LC_EFORMAT;
+    }
+    /* Linear RoPE scaling only; other schemes would silently change outputs. */
+    hp->rope_freq_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof key, "%s.rope.scaling.type", a);
+    float factor = 1.0f;
+    if (!gguf_get_str(g, key, &s)) {
+        if (s.len == 6 && !memcmp(s.ptr, "linear", 6)) {
+            if ((rc = get_float(g, a, "rope.scaling.factor", 1.0f, &factor, err, errlen))) return rc;
+        } else if (!(s.len == 4 && !memcmp(s.ptr, "none", 4))) {
+            set_err(err, errlen, "unsupported rope scaling '%.*s'", (int)s.len, s.ptr);
+            return LC_EUNSUPPORTED;
+        }
+    } else if ((rc = get_float(g, a, "rope.scale_linear", 1.0f, &factor, err, errlen))) {
+        return rc;
+    }
+    if (!(factor > 0)) {
+        set_err(err, errlen, "bad rope scaling factor %g", factor);
+        return LC_EFORMAT;
+    }
+    hp->rope_freq_scale = 1.0f / factor;
+    hp->rope_neox = 0; // llama GGUFs: Q/K rows were permuted for adjacent-pair rotation
+    return 0;
+}
+
+/* ---- tensors ------------------------------------------------------------------ */
+/* Finds `name`, checks its shape is exactly dims[0..n_dims) and returns a
+ * freshly allocated f32 copy (dequantized). NULL with a message otherwise. */
+static float *load_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const int64_t *dims,
+                          size_t *bytes, char *err, size_t errlen)
+{
+    const gguf_tensor_t *t = gguf_find_tensor(g, name);
+    if (!t) {
+        set_err(err, errlen, "tensor %s missing", name);
+        return NULL;
+    }
+    int ok = 1;
+    uint64_t n = 1;
+    for (uint32_t i = 0; i < 4; i++) {
+        uint64_t want = i < n_dims ? (uint64_t)dims[i] : 1;
+        uint64_t have = i < t->n_dims ? t->dims[i] : 1;
+        if (want != have) ok = 0;
+        n *= want;
+    }
+    if (!ok) {
+        char have[96] = "", want[96] = "";
+        size_t hl = 0, wl = 0;
+        for (uint32_t i = 0; i < t->n_dims && hl < sizeof have; i++)
+            hl += snprintf(have + hl, sizeof have - hl, "%s%llu", i ? ", " : "", (unsigned long long)t->dims[i]);
+        for (uint32_t i = 0; i < n_dims && wl < sizeof want; i++)
+            wl += snprintf(want + wl, sizeof want - wl, "%s%lld", i ? ", " : "", (long long)dims[i]);
+        set_err(err, errlen, "tensor %s has shape [%s], expected [%s]", name, have, want);
+        return NULL;
+    }
+    uint32_t bs = ggml_block_size(t->type);
+    if (!bs || n % bs) {
+        set_err(err, errlen, "tensor %s: unsupported type %s (%u) for %llu elements", name,
+                ggml_type_name(t->type) ? ggml_type_name(t->type) : "?", (unsigned)t->type, (unsigned long long)n);
+        return NULL;
+    }
+    float *dst = NULL;
+    if (n > SIZE_MAX / sizeof(float) || posix_memalign((void **)&dst, 64, n * sizeof(float))) {
+        set_err(err, errlen, "tensor %s: out of memory (%llu floats)", name, (unsigned long long)n);
+        return NULL;
+    }
+    int rc = quant_dequantize(t->type, t->data, dst, n);
+    if (rc) {
+        free(dst);
+        set_err(err, errlen, "tensor %s: cannot dequantize %s: %s", name, ggml_type_name(t->type),
+                lc_strerror(rc));
+        return NULL;
+    }
+    for (uint64_t i = 0; i < n; i++)
+        if (!isfinite(dst[i])) {
+            free(dst);
+            set_err(err, errlen, "tensor %s: non-finite value at element %llu", name, (unsigned long long)i);
+            return NULL;
+        }
+    *bytes += n * sizeof(float);
+    return dst;
+}
+
+static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen)
+{
+    const model_hparams_t *hp = &m->hp;
+    const gguf_tensor_t *te = gguf_find_tensor(g, "token_embd.weight");
+    if (!te || te->n_dims != 2) {
+        set_err(err, errlen, "tensor token_embd.weight %s", te ? "is not 2-D" : "missing");
+        return LC_EFORMAT;
+    }
+    if (te->dims[1] < 1 || te->dims[1] > (1u << 24)) {
+        set_err(err, errlen, "tensor token_embd.weight: bad vocabulary size %llu", (unsigned long long)te->dims[1]);
+        return LC_EFORMAT;
+    }
+    m->hp.n_vocab = (int)te->dims[1];
+    int64_t vs;
+    char key[96];
+    snprintf(key, sizeof key, "%s.vocab_size", hp->arch);
+    if (!gguf_get_i64(g, key, &vs) && vs != hp->n_vocab) {
+        set_err(err, errlen, "metadata %s = %lld but token_embd.weight has %d rows", key, (long long)vs, hp->n_vocab);
+        return LC_EFORMAT;
+    }
+    int64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
+    int64_t QD = (int64_t)hp->n_heads * hp->head_dim, KD = (int64_t)hp->n_kv_heads * hp->head_dim;
+    size_t *b = &m->weight_bytes;
+#define LOAD(dst, name, nd, ...)                                              \
+    do {                                                                      \
+        const int64_t dims_[] = {__VA_ARGS__};                                \
+        if (!((dst) = load_tensor(g, name, nd, dims_, b, err, errlen))) return LC_EFORMAT; \
+    } while (0)
+    LOAD(m->tok_embd, "token_embd.weight", 2, E, V);
+    LOAD(m->out_norm, "output_norm.weight", 1, E);
+    if (gguf_find_tensor(g, "output.weight")) {
+        LOAD(m->output, "output.weight", 2, E, V);
+        m->hp.tied_embeddings = 0;
+    } else {
+        m->output = m->tok_embd;
+        m->hp.tied_embeddings = 1;
+    }
+    m->layers = calloc((size_t)hp->n_layers, sizeof *m->layers);
+    if (!m->layers) {
+        set_err(err, errlen, "out of memory");
+        return LC_ENOMEM;
+    }
+    char name[96];
+    for (int l = 0; l < hp->n_layers; l++) {
+        model_layer_t *L = &m->layers[l];
+#define LN(field, suffix, nd, ...)                                   \
+    do {                                                             \
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);  \
+        LOAD(L->field, name, nd, __VA_ARGS__);                       \
+    } while (0)
+        LN(attn_norm, "attn_norm", 1, E);
+        LN(wq, "attn_q", 2, E, QD);
+        LN(wk, "attn_k", 2, E, KD);
+        LN(wv, "attn_v", 2, E, KD);
+        LN(wo, "attn_output", 2, QD, E);
+        LN(ffn_norm, "ffn_norm", 1, E);
+        LN(w_gate, "ffn_gate", 2, E, F);
+        LN(w_up, "ffn_up", 2, E, F);
+        LN(w_down, "ffn_down", 2, F, E);
+#undef LN
+    }
+#undef LOAD
+    return 0;
+}
+
+/* ---- public ------------------------------------------------------------------- */
+model_t *model_load(const char *path, char *err, size_t errlen)
+{
+    char gerr[256] = "";
+    gguf_ctx_t *g = gguf_open(path, gerr, sizeof gerr);
+    if (!g) {
+        set_err(err, errlen, "%s: %s", path, gerr);
+        return NULL;
+    }
+    model_t *m = calloc(1, sizeof *m);
+    char merr[256] = "";
+    if (!m) {
+        snprintf(merr, sizeof merr, "out of memory");
+        goto fail;
+    }
+    m->chat_tmpl = -1;
+    const char *base = strrchr(path, '/');
+    snprintf(m->hp.name, sizeof m->hp.name, "%s", base ? base + 1 : path);
+    if (read_hparams(g, m, merr, sizeof merr)) goto fail;
+    if (load_weights(g, m, merr, sizeof merr)) goto fail;
+    int n_pos = m->hp.n_ctx_train > 4096 ? m->hp.n_ctx_train : 4096;
+    if (n_pos > (1 << 20)) n_pos = 1 << 20;
+    if (ops_rope_init(&m->rope, m->rope_dim, n_pos, m->hp.rope_theta, m->hp.rope_freq_scale)) {
+        snprintf(merr, sizeof merr, "out of memory (rope tables)");
+        goto fail;
+    }
+#ifdef LC_MODEL_HAVE_TOK
+    m->tok = tok_create_from_gguf(g, merr, sizeof merr);
+    if (!m->tok) goto fail;
+    if (tok_n_vocab(m->tok) > m->hp.n_vocab) {
+        snprintf(merr, sizeof merr, "tokenizer has %d tokens but the embedding only %d rows", tok_n_vocab(m->tok),
+                 m->hp.n_vocab);
+        goto fail;
+    }
+#endif
+#ifdef LC_MODEL_HAVE_CHAT
+    m->chat_tmpl = chat_detect(g); /* INTEGRATION(chat): adjust to chat.h's detection call */
+#endif
+    gguf_close(g);
+    return m;
+fail:
+    set_err(err, errlen, "%s: %s", path, merr);
+    model_free(m);
+    gguf_close(g);
+    return NULL;
+}
+
+void model_free(model_t *m)
+{
+    if (!m) return;
+    if (m->layers) {
+        for (int l = 0; l < m->hp.n_layers; l++) {
+            model_layer_t *L = &m->layers[l];
+            free(L->attn_norm), free(L->wq), free(L->wk), free(L->wv), free(L->wo);
+            free(L->ffn_norm), free(L->w_gate), free(L->w_up), free(L->w_down);
+        }
+        free(m->layers);
+    }
+    if (m->output != m->tok_embd) free(m->output);
+    free(m->tok_embd);
+    free(m->out_norm);
+    ops_rope_fini(&m->rope);
+#ifdef LC_MODEL_HAVE_TOK
+    if (m->tok) tok_destroy(m->tok);
+#endif
+    free(m);
+}
+
+const model_hparams_t *model_hparams(const model_t *m) { return &m->hp; }
+const tok_t *model_tok(const model_t *m) { return m->tok; }
+int model_chat_template(const model_t *m) { return m->chat_tmpl; }
+
+attn_shape_t model_attn_shape(const model_t *m)
+{
+    attn_shape_t s = {
+        .n_heads = m->hp.n_heads,
+        .n_kv_heads = m->hp.n_kv_heads,
+        .head_dim = m->hp.head_dim,
+        .scale = 1.0f / sqrtf((float)m->hp.head_dim),
+    };
+    return s;
+}
+
+kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks)
+{
+    kv_config_t c = {
+        .n_layers = m->hp.n_layers,
+        .n_kv_heads = m->hp.n_kv_heads,
+        .head_dim = m->hp.head_dim,
+        .block_size = block_size,
+        .n_blocks = n_blocks,
+    };
+    return c;
+}

@@ -1,0 +1,294 @@
+/* Token sampling. The order of operations is the one sampler.h states (as
+ * vLLM). Candidates are selected, never fully sorted: top-k is a quickselect,
+ * top-p sorts only a growing prefix of the best candidates until it holds the
+ * requested mass, min-p is a linear filter. The RNG (xoshiro256**, seeded by
+ * splitmix64) lives in the sampler, so a seed gives the same tokens whatever
+ * else shares the batch. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "model/sampler.h"
+
+struct sampler {
+    sampler_params_t p;
+    int n_vocab;
+    uint64_t rng[4];
+    int32_t *count;      // (n_vocab) times each token was generated
+    uint8_t *seen;       // (n_vocab) in the prompt or generated (repetition penalty)
+    int32_t *idx;        // (n_vocab) candidate ids
+    float *val;          // (n_vocab) candidate logits / probabilities, by id
+    int n_output;
+};
+
+/* ---- RNG ----------------------------------------------------------------------- */
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t xoshiro_next(uint64_t *s)
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+/* Uniform double in [0, 1). */
+static double rng_uniform(sampler_t *s) { return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53; }
+
+/* ---- lifecycle ----------------------------------------------------------------- */
+void sampler_params_default(sampler_params_t *p)
+{
+    memset(p, 0, sizeof *p);
+    p->temperature = 1.0f;
+    p->top_p = 1.0f;
+    p->top_k = 0;
+    p->min_p = 0.0f;
+    p->repetition_penalty = 1.0f;
+}
+
+sampler_t *sampler_create(const sampler_params_t *p, int n_vocab, const int32_t *prompt, int n_prompt)
+{
+    if (!p || n_vocab <= 0) return NULL;
+    sampler_t *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->p = *p;
+    if (s->p.n_logprobs < 0) s->p.n_logprobs = 0;
+    if (s->p.n_logprobs > SAMPLER_MAX_LOGPROBS) s->p.n_logprobs = SAMPLER_MAX_LOGPROBS;
+    s->n_vocab = n_vocab;
+    s->count = calloc((size_t)n_vocab, sizeof *s->count);
+    s->seen = calloc((size_t)n_vocab, 1);
+    s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
+    s->val = malloc((size_t)n_vocab * sizeof *s->val);
+    if (!s->count || !s->seen || !s->idx || !s->val) {
+        sampler_destroy(s);
+        return NULL;
+    }
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    for (int i = 0; i < n_prompt; i++)
+        if (prompt[i] >= 0 && prompt[i] < n_vocab) s->seen[prompt[i]] = 1;
+    return s;
+}
+
+void sampler_destroy(sampler_t *s)
+{
+    if (!s) return;
+    free(s->count);
+    free(s->seen);
+    free(s->idx);
+    free(s->val);
+    free(s);
+}
+
+void sampler_accept(sampler_t *s, int32_t token)
+{
+    if (token < 0 || token >= s->n_vocab) return;
+    s->count[token]++;
+    s->seen[token] = 1;
+    s->n_output++;
+}
+
+/* ---- selection ----------------------------------------------------------------- */
+/* Total order: larger value first, then lower id. */
+static int better(const float *v, int32_t a, int32_t b) { return v[a] > v[b] || (v[a] == v[b] && a < b); }
+
+/* Rearranges idx[0..n) so that its first k entries are the k best (in any
+ * order). Quickselect with a median-of-three pivot. */
+static void select_top(int32_t *idx, int n, int k, const float *v)
+{
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        /* median of three to idx[hi] as pivot */
+        if (better(v, idx[mid], idx[lo])) { int32_t t = idx[mid]; idx[mid] = idx[lo]; idx[lo] = t; }
+        if (better(v, idx[hi], idx[lo])) { int32_t t = idx[hi]; idx[hi] = idx[lo]; idx[lo] = t; }
+        if (better(v, idx[mid], idx[hi])) { int32_t t = idx[mid]; idx[mid] = idx[hi]; idx[hi] = t; }
+        int32_t pv = idx[hi];
+        int st = lo;
+        for (int i = lo; i < hi; i++)
+            if (better(v, idx[i], pv)) { int32_t t = idx[i]; idx[i] = idx[st]; idx[st] = t; st++; }
+        idx[hi] = idx[st];
+        idx[st] = pv;
+        if (st == k - 1 || st == k) return; // idx[0..k) all beat idx[k]
+        if (st < k - 1) lo = st + 1;
+        else hi = st - 1;
+    }
+}
+
+/* qsort has no context argument; the key array travels in a thread-local. */
+static _Thread_local const float *tl_sort_v;
+
+static int cmp_desc(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    const float *v = tl_sort_v;
+    if (v[x] != v[y]) return v[x] > v[y] ? -1 : 1;
+    return x < y ? -1 : x > y;
+}
+
+static void sort_desc(int32_t *idx, int n, const float *v)
+{
+    tl_sort_v = v;
+    qsort(idx, (size_t)n, sizeof *idx, cmp_desc);
+}
+
+/* The best n_top ids of logits (n) in order, written to ids. */
+static int top_n(const float *logits, int n, int n_top, int32_t *ids)
+{
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        if (logits[i] == -INFINITY || isnan(logits[i])) continue;
+        if (m == n_top && !better(logits, i, ids[m - 1])) continue;
+        int j = m < n_top ? m++ : m - 1;
+        while (j > 0 && better(logits, i, ids[j - 1])) {
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        ids[j] = i;
+    }
+    return m;
+}
+
+static double log_sum_exp(const float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) return -INFINITY;
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += expf(x[i] - mx);
+    return mx + log(sum);
+}
+
+static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n_top, double lse,
+                          sampler_result_t *out)
+{
+    out->token = token;
+    out->logprob = (float)(logits[token] - lse);
+    if (n_top > SAMPLER_MAX_LOGPROBS) n_top = SAMPLER_MAX_LOGPROBS;
+    out->n_top = n_top > 0 ? top_n(logits, n_vocab, n_top, out->top_ids) : 0;
+    for (int i = 0; i < out->n_top; i++) out->top_logprobs[i] = (float)(logits[out->top_ids[i]] - lse);
+}
+
+void sampler_logprobs_of(const float *logits, int n_vocab, int32_t token, int n_top, sampler_result_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (token < 0 || token >= n_vocab) return;
+    fill_logprobs(logits, n_vocab, token, n_top, log_sum_exp(logits, n_vocab), out);
+}
+
+/* ---- sampling ------------------------------------------------------------------ */
+static void apply_penalties(sampler_t *s, float *logits)
+{
+    const sampler_params_t *p = &s->p;
+    int V = s->n_vocab;
+    float rp = p->repetition_penalty;
+    if (rp > 0 && rp != 1.0f)
+        for (int i = 0; i < V; i++)
+            if (s->seen[i]) logits[i] = logits[i] > 0 ? logits[i] / rp : logits[i] * rp;
+    if (s->n_output && (p->presence_penalty != 0 || p->frequency_penalty != 0))
+        for (int i = 0; i < V; i++)
+            if (s->count[i]) logits[i] -= p->presence_penalty + p->frequency_penalty * (float)s->count[i];
+}
+
+int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out)
+{
+    const sampler_params_t *p = &s->p;
+    int V = s->n_vocab;
+    memset(out, 0, sizeof *out);
+    /* 1. logit bias (<= -100 bans outright) and banned tokens */
+    for (int i = 0; i < p->n_logit_bias; i++) {
+        int32_t t = p->logit_bias[i].token;
+        if (t < 0 || t >= V) continue;
+        logits[t] = p->logit_bias[i].bias <= -100.0f ? -INFINITY : logits[t] + p->logit_bias[i].bias;
+    }
+    for (int i = 0; i < n_banned; i++)
+        if (banned[i] >= 0 && banned[i] < V) logits[banned[i]] = -INFINITY;
+    for (int i = 0; i < V; i++)
+        if (isnan(logits[i])) logits[i] = -INFINITY;
+    /* 2. penalties */
+    apply_penalties(s, logits);
+    /* 3. log-probabilities come from these logits */
+    double lse = log_sum_exp(logits, V);
+    if (lse == -INFINITY) return LC_EINVAL; // everything banned
+
+    int32_t token;
+    int top_k = p->top_k;
+    if (p->temperature <= 0 || top_k == 1) {
+        /* 4. greedy: argmax, ties to the lowest id */
+        token = 0;
+        for (int i = 1; i < V; i++)
+            if (logits[i] > logits[token]) token = i;
+    } else {
+        /* candidates: every token that is still allowed, logits / T in val */
+        float invt = 1.0f / p->temperature;
+        int n = 0;
+        for (int i = 0; i < V; i++) {
+            s->val[i] = logits[i] * invt;
+            if (logits[i] != -INFINITY) s->idx[n++] = i;
+        }
+        /* 5. top-k */
+        if (top_k > 0 && top_k < n) {
+            select_top(s->idx, n, top_k, s->val);
+            n = top_k;
+        }
+        /* probabilities over the surviving candidates (unnormalised, max = 1) */
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++) mx = s->val[s->idx[i]] > mx ? s->val[s->idx[i]] : mx;
+        double sum = 0;
+        for (int i = 0; i < n; i++) {
+            float e = expf(s->val[s->idx[i]] - mx);
+            s->val[s->idx[i]] = e;
+            sum += e;
+        }
+        /* 6. top-p: sort a growing prefix of the best candidates until it
+         * holds the mass, then cut after the token that crosses p */
+        if (p->top_p > 0 && p->top_p < 1.0f && n > 1) {
+            double want = p->top_p * sum;
+            int m = n < 64 ? n : 64;
+            for (;;) {
+                if (m < n) select_top(s->idx, n, m, s->val);
+                sort_desc(s->idx, m, s->val);
+                double cum = 0;
+                int cut = -1;
+                for (int i = 0; i < m; i++) {
+                    cum += s->val[s->idx[i]];
+                    if (cum >= want) { cut = i + 1; break; }
+                }
+                if (cut > 0) { n = cut; break; }
+                if (m == n) break; // rounding: keep everything
+                m = m * 4 < n ? m * 4 : n;
+            }
+        }
+        /* 7. min-p relative to the most likely candidate (whose value is 1) */
+        if (p->min_p > 0) {
+            int k = 0;
+            for (int i = 0; i < n; i++)
+                if (s->val[s->idx[i]] >= p->min_p) s->idx[k++] = s->idx[i];
+            n = k;
+        }
+        /* 8. draw */
+        double tot = 0;
+        for (int i = 0; i < n; i++) tot += s->val[s->idx[i]];
+        double u = rng_uniform(s) * tot, acc = 0;
+        token = s->idx[n - 1];
+        for (int i = 0; i < n; i++) {
+            acc += s->val[s->idx[i]];
+            if (u < acc) { token = s->idx[i]; break; }
+        }
+    }
+    fill_logprobs(logits, V, token, p->n_logprobs, lse, out);
+    return 0;
+}
