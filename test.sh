@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install_deps.sh
 ./scripts/fetch_model.sh
+export LACUNA_REQUIRE_MODEL=1
 
 run_suite() { # build-dir, configure args...
   local bdir=$1; shift

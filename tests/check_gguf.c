@@ -7,6 +7,8 @@
  * Writer output is read back key by key and tensor by tensor. Quantization
  * tests live in check_gguf_quant.c and join this suite. */
 #include <check.h>
+
+#include "testutil.h"
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -555,20 +557,9 @@ END_TEST
 
 /* ---- the real default model (skipped when absent) ------------------------------ */
 
-static const char *model_path(void) {
-    const char *p = getenv("LACUNA_MODEL");
-    struct stat st;
-    if (p && *p && stat(p, &st) == 0) return p;
-    p = "/work/main/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    return stat(p, &st) == 0 ? p : NULL;
-}
-
 START_TEST(test_real_model) {
-    const char *path = model_path();
-    if (!path) {
-        fprintf(stderr, "check_gguf: SmolLM2 model not found (set LACUNA_MODEL); skipping real-model test\n");
-        return;
-    }
+    const char *path = tu_model_path();
+    if (!path) return;
     char err[512], name[64];
     gguf_ctx_t *g = gguf_open(path, err, sizeof err);
     ck_assert_msg(g != NULL, "%s: %s", path, err);

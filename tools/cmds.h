@@ -8,4 +8,9 @@
  * Exits 1 with the loader's message on a bad file. */
 int cmd_inspect(int argc, char **argv);
 
+/* lacuna tokenize -m MODEL [-p TEXT | -f FILE] [--no-special] [--ids-only]:
+ * prints each token's id and piece, then the count. Exits 1 on a bad model or
+ * unreadable input, 2 on bad usage. */
+int cmd_tokenize(int argc, char **argv);
+
 #endif

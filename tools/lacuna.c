@@ -14,6 +14,7 @@ static const struct {
     const char *help;
 } cmds[] = {
     {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
+    {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 
 static void usage(FILE *f) {

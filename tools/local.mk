@@ -1,4 +1,4 @@
 # tools: the lacuna CLI.
 bin_PROGRAMS += lacuna
-lacuna_SOURCES = tools/lacuna.c tools/inspect.c tools/cmds.h
+lacuna_SOURCES = tools/lacuna.c tools/cmds.h tools/inspect.c tools/tokenize.c
 lacuna_LDADD = liblacuna.a $(LC_LIBS)

@@ -12,3 +12,12 @@ liblacuna_a_SOURCES += \
 # pool for the model's own tests and tools; never part of liblacuna.
 LC_MODEL_INTERIM = src/model/interim/attn_fallback.c src/model/interim/kv_fallback.c
 EXTRA_DIST += $(LC_MODEL_INTERIM)
+
+
+
+# ---- tokenizer and chat templates ------------------------------------------
+liblacuna_a_SOURCES += \
+	src/model/tokenizer.c src/model/tokenizer.h src/model/tok_impl.h \
+	src/model/chat.c src/model/chat.h \
+	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
+	src/model/tok_gguf.c
