@@ -35,3 +35,14 @@ tests_check_tokenizer_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_tokenizer_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py
+
+# ---- scheduler ---------------------------------------------------------------
+# Tiny random models are written by the test itself (mkmodel's vocabulary);
+# the SmolLM2 case reads $LACUNA_MODEL or models/ and skips when absent.
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched
+tests_check_sched_SOURCES = tests/check_sched.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
+tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_LDADD = $(CHECK_LDADD)
+endif

@@ -69,7 +69,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
         if (t >= 0 && t != e) s->eos[s->n_eos++] = t;
     }
     s->m.kv_blocks_total = nb;
-    LC_INFO("sched: KV pool %lld blocks of %d tokens (%.1f MiB)", (long long)nb, s->cfg.block_size,
+    LC_DEBUG("sched: KV pool %lld blocks of %d tokens (%.1f MiB)", (long long)nb, s->cfg.block_size,
             (double)nb * (double)kv_block_bytes(&kc) / (1024.0 * 1024.0));
     return s;
 fail:
