@@ -1,4 +1,5 @@
 # tools: the lacuna CLI.
 bin_PROGRAMS += lacuna
-lacuna_SOURCES = tools/lacuna.c tools/cmds.h tools/inspect.c tools/tokenize.c
+lacuna_SOURCES = tools/lacuna.c tools/cmds.h tools/inspect.c tools/tokenize.c \
+	tools/bench_engine.c
 lacuna_LDADD = liblacuna.a $(LC_LIBS)
