@@ -191,6 +191,13 @@ static void drop_slices(sched_t *s, batch_t *b, sched_req_t *r) {
     }
 }
 
+/* Index of the most recently admitted request still running, or -1. */
+static int newest_live(const sched_t *s) {
+    for (int i = s->running.n - 1; i >= 0; i--)
+        if (s->running.v[i]->state != REQ_DONE) return i;
+    return -1;
+}
+
 /* Gets room for a slice, preempting the newest running requests while the
  * pool is short. Returns 1 on success, 0 if r itself was preempted, or a
  * negative status. */
@@ -199,7 +206,7 @@ static int room_or_preempt(sched_t *s, batch_t *b, sched_req_t *r, kv_seq_t *kv,
         int rc = make_room(s, kv, n);
         if (rc == 0) return 1;
         if (rc != LC_ENOSPC) return rc;
-        int victim = s->running.n - 1;
+        int victim = newest_live(s);
         sched_req_t *v = s->running.v[victim];
         if (v == r) drop_slices(s, b, r);
         preempt(s, victim);
@@ -208,9 +215,26 @@ static int room_or_preempt(sched_t *s, batch_t *b, sched_req_t *r, kv_seq_t *kv,
     }
 }
 
-/* Schedules r's work for this step. Returns 1 if r is still running, 0 if
- * it was preempted, or a negative status. */
-static int schedule_req(sched_t *s, batch_t *b, sched_req_t *r) {
+/* Decode slices of r (choices with exactly one token pending). A decode
+ * that finds no block preempts the newest running request, possibly r.
+ * Returns 1 if r is still running, 0 if it was preempted, or a status. */
+static int schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
+    if (r->prompt_phase) return 1;
+    for (int c = 0; c < r->p.n_choices && b->budget > 0; c++) {
+        sched_choice_t *ch = &r->ch[c];
+        if (ch->finish != SCHED_FINISH_NONE) continue;
+        if (r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens != 1) continue;
+        int rc = room_or_preempt(s, b, r, &ch->kv, 1);
+        if (rc <= 0) return rc;
+        add_slice(s, b, r, c, &ch->kv, ch->toks, 1, 1, 1);
+    }
+    return 1;
+}
+
+/* Prefill chunks of r: its prompt, or (after a preemption) a choice's
+ * generated tokens being recomputed. These never preempt: without blocks
+ * they wait. Returns 0 or a negative status. */
+static int schedule_prefills(sched_t *s, batch_t *b, sched_req_t *r) {
     if (r->prompt_phase) {
         int pending = r->p.n_prompt - (int)r->pkv.n_tokens;
         int want_lp = r->prompt_lps && !r->prompt_lp_done;
@@ -218,26 +242,26 @@ static int schedule_req(sched_t *s, batch_t *b, sched_req_t *r) {
         if (n > s->cfg.prefill_chunk) n = s->cfg.prefill_chunk;
         if (want_lp && n > lp_chunk_cap(s)) n = lp_chunk_cap(s);
         if (n > b->budget) n = b->budget;
-        if (n <= 0) return 1;
-        int rc = room_or_preempt(s, b, r, &r->pkv, n);
-        if (rc <= 0) return rc;
+        if (n <= 0) return 0;
+        int rc = make_room(s, &r->pkv, n);
+        if (rc) return rc == LC_ENOSPC ? 0 : rc;
         int mode = want_lp ? 2 : (n == pending && !r->sampled_once ? 1 : 0);
         add_slice(s, b, r, -1, &r->pkv, r->prompt, n, mode, 0);
-        return 1;
+        return 0;
     }
-    for (int c = 0; c < r->p.n_choices; c++) {
+    for (int c = 0; c < r->p.n_choices && b->budget > 0; c++) {
         sched_choice_t *ch = &r->ch[c];
         if (ch->finish != SCHED_FINISH_NONE) continue;
         int pending = r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens;
+        if (pending <= 1) continue;
         int n = pending;
-        if (n > 1 && n > s->cfg.prefill_chunk) n = s->cfg.prefill_chunk;
+        if (n > s->cfg.prefill_chunk) n = s->cfg.prefill_chunk;
         if (n > b->budget) n = b->budget;
-        if (n <= 0) continue;
-        int rc = room_or_preempt(s, b, r, &ch->kv, n);
-        if (rc <= 0) return rc;
-        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? 1 : 0, pending == 1);
+        int rc = make_room(s, &ch->kv, n);
+        if (rc) return rc == LC_ENOSPC ? 0 : rc;
+        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? 1 : 0, 0);
     }
-    return 1;
+    return 0;
 }
 
 static int running_seqs(const sched_t *s) {
@@ -289,9 +313,8 @@ static int admit(sched_t *s, batch_t *b) {
         r->state = REQ_RUNNING;
         r->admit_seq = ++s->admit_counter;
         if (sched__reqv_push(&s->running, r)) return LC_ENOMEM;
-        int rc = schedule_req(s, b, r);
+        int rc = schedule_prefills(s, b, r);
         if (rc < 0) return rc;
-        if (b->preempted) break;
     }
     return 0;
 }
@@ -509,16 +532,28 @@ int sched__step(sched_t *s) {
     handle_cancels(s);
     batch_t b = {.budget = s->cfg.max_batch_tokens};
     int rc = 0;
+    /* Running decodes first, oldest first; then prefill chunks of running
+     * requests; then new admissions (not in a step that had to preempt). */
     for (int i = 0; i < s->running.n && b.budget > 0; i++) {
         sched_req_t *r = s->running.v[i];
         if (r->state == REQ_DONE) continue;
-        rc = schedule_req(s, &b, r);
-        if (rc < 0) goto out;
-        if (rc == 0) i--; // r left the running set (it was the last one)
+        if ((rc = schedule_decodes(s, &b, r)) < 0) goto out;
+    }
+    for (int i = 0; i < s->running.n && b.budget > 0; i++) {
+        sched_req_t *r = s->running.v[i];
+        if (r->state == REQ_DONE) continue;
+        if ((rc = schedule_prefills(s, &b, r)) < 0) goto out;
     }
     if (!b.preempted && (rc = admit(s, &b)) < 0) goto out;
     rc = 0;
-    if (b.n_seq == 0) goto out;
+    if (b.n_seq == 0) {
+        /* Every running request waits for blocks that only another one
+         * holds: give the pool to the older ones. */
+        int live = 0;
+        for (int i = 0; i < s->running.n; i++) live += s->running.v[i]->state != REQ_DONE;
+        if (live > 1) preempt(s, newest_live(s));
+        goto out;
+    }
 
     size_t nv = (size_t)s->hp.n_vocab, rows = 0;
     for (int i = 0; i < b.n_seq; i++) rows += (size_t)s->slot[i].rows;
