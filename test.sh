@@ -23,3 +23,7 @@ run_suite build ${LACUNA_CONFIGURE_ARGS:-}
 if [ "${LACUNA_SANITIZE:-1}" != 0 ]; then
   run_suite build-asan --enable-sanitizers --without-cuda
 fi
+if [ "${LACUNA_FUZZ_SECONDS:-60}" != 0 ]; then
+  echo "==> fuzzing each target for ${LACUNA_FUZZ_SECONDS:-60}s"
+  ./scripts/fuzz.sh
+fi

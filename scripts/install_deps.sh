@@ -6,12 +6,10 @@ set -euo pipefail
 
 APT_PKGS=(build-essential autoconf automake pkg-config unzip curl ca-certificates
   libmicrohttpd-dev libuv1-dev libcjson-dev libpcre2-dev libinih-dev libopenblas-dev
-  check libsystemd-dev systemd python3 python3-pip)
-# Optional tools used by parts of the test suite when present.
-APT_OPT=(clang valgrind)
+  check libsystemd-dev systemd python3 python3-pip clang valgrind)
 
 missing=()
-for p in "${APT_PKGS[@]}" ${LACUNA_WITH_OPT_TOOLS:+"${APT_OPT[@]}"}; do
+for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -21,6 +21,10 @@ check_PROGRAMS += tests/check_gguf
 tests_check_gguf_SOURCES = tests/check_gguf.c tests/check_gguf_quant.c
 tests_check_gguf_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_gguf_LDADD = $(CHECK_LDADD)
+check_PROGRAMS += tests/check_attn
+tests_check_attn_SOURCES = tests/check_attn.c
+tests_check_attn_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_attn_LDADD = $(CHECK_LDADD)
 endif
 TESTS += $(check_PROGRAMS)
 

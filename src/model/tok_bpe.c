@@ -212,7 +212,9 @@ static bpe_item_t heap_pop(bpe_ctx_t *c) {
 }
 
 static int emit(bpe_ctx_t *c, int32_t id) {
-    if (id < 0) id = c->t->unk; // a byte with no token: only broken vocabularies
+    /* A byte the vocabulary has no token for (SmolLM2 lacks some C0 control
+     * bytes) is dropped, as Hugging Face's byte-level BPE does: mapping it to
+     * an unknown id would put <|endoftext|> into the prompt. */
     return id < 0 ? 0 : tok__push(c->out, id);
 }
 

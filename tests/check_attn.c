@@ -1,0 +1,470 @@
+/* Check suite for src/attn: dense kernels against a naive double-precision
+ * reference over shuffled paged KV views; every sparse method against dense at
+ * a full budget; and each method finding a planted pattern at a real budget. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/attn.h"
+#include "common/status.h"
+
+/* ---- fixtures ---------------------------------------------------------------- */
+static uint64_t rng_state;
+static float frand(void) { // uniform in [-1, 1)
+    rng_state = rng_state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((rng_state >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
+}
+
+/* One layer of one sequence: contiguous copies for the reference, and a paged
+ * pool with a shuffled block table, poisoned spare blocks and poisoned slots
+ * past n so that an indexing bug shows up as NaN. */
+typedef struct {
+    attn_shape_t sh;
+    int bs, nb, pool_blocks;
+    int64_t n;
+    float *kc, *vc;           // (n, n_kv_heads, head_dim)
+    float *kp, *vp, *kmn, *kmx; // pool
+    int32_t *blocks;
+    attn_kv_t kv;
+} tkv_t;
+
+static void tkv_build_pool(tkv_t *t) {
+    const int KH = t->sh.n_kv_heads, d = t->sh.head_dim, bs = t->bs;
+    size_t bstride = (size_t)KH * bs * d, sstride = (size_t)KH * d;
+    t->nb = (int)((t->n + bs - 1) / bs);
+    t->pool_blocks = t->nb + 3;
+    t->kp = malloc(sizeof(float) * bstride * t->pool_blocks);
+    t->vp = malloc(sizeof(float) * bstride * t->pool_blocks);
+    t->kmn = malloc(sizeof(float) * sstride * t->pool_blocks);
+    t->kmx = malloc(sizeof(float) * sstride * t->pool_blocks);
+    t->blocks = malloc(sizeof(int32_t) * t->pool_blocks);
+    for (size_t i = 0; i < bstride * t->pool_blocks; i++)
+        t->kp[i] = t->vp[i] = NAN;
+    for (size_t i = 0; i < sstride * t->pool_blocks; i++)
+        t->kmn[i] = t->kmx[i] = NAN;
+    for (int i = 0; i < t->pool_blocks; i++)
+        t->blocks[i] = i;
+    for (int i = t->pool_blocks - 1; i > 0; i--) { // Fisher-Yates
+        int j = (int)((frand() * 0.5f + 0.5f) * (i + 1));
+        j = j > i ? i : j;
+        int32_t x = t->blocks[i];
+        t->blocks[i] = t->blocks[j];
+        t->blocks[j] = x;
+    }
+    for (int64_t p = 0; p < t->n; p++) {
+        int32_t b = t->blocks[p / bs];
+        int off = (int)(p % bs);
+        for (int h = 0; h < KH; h++) {
+            const float *ks = t->kc + ((size_t)p * KH + h) * d, *vs = t->vc + ((size_t)p * KH + h) * d;
+            float *kd = t->kp + b * bstride + ((size_t)h * bs + off) * d;
+            float *vd = t->vp + b * bstride + ((size_t)h * bs + off) * d;
+            memcpy(kd, ks, sizeof(float) * d);
+            memcpy(vd, vs, sizeof(float) * d);
+            float *mn = t->kmn + b * sstride + (size_t)h * d, *mx = t->kmx + b * sstride + (size_t)h * d;
+            for (int c = 0; c < d; c++) {
+                if (off == 0 || ks[c] < mn[c])
+                    mn[c] = ks[c];
+                if (off == 0 || ks[c] > mx[c])
+                    mx[c] = ks[c];
+            }
+        }
+    }
+    t->kv = (attn_kv_t){.k = t->kp, .v = t->vp, .kmin = t->kmn, .kmax = t->kmx, .blk_stride = bstride,
+                        .sum_stride = sstride, .blocks = t->blocks, .block_size = bs, .n_kv = t->n};
+}
+
+static void tkv_random(tkv_t *t, int H, int KH, int d, int bs, int64_t n, uint64_t seed) {
+    rng_state = seed;
+    t->sh = (attn_shape_t){H, KH, d, 1.0f / sqrtf((float)d)};
+    t->bs = bs;
+    t->n = n;
+    t->kc = malloc(sizeof(float) * n * KH * d);
+    t->vc = malloc(sizeof(float) * n * KH * d);
+    for (int64_t i = 0; i < n * KH * d; i++) {
+        t->kc[i] = frand() * 1.5f;
+        t->vc[i] = frand();
+    }
+}
+
+static void tkv_free(tkv_t *t) {
+    free(t->kc), free(t->vc), free(t->kp), free(t->vp), free(t->kmn), free(t->kmx), free(t->blocks);
+}
+
+static float *rand_q(int rows, int H, int d, float amp) {
+    float *q = malloc(sizeof(float) * rows * H * d);
+    for (int i = 0; i < rows * H * d; i++)
+        q[i] = frand() * amp;
+    return q;
+}
+
+/* Naive reference in double: row (i, h) at position pos0+i over keys j <= pos. */
+static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, double *out, double *lse) {
+    const int H = t->sh.n_heads, KH = t->sh.n_kv_heads, d = t->sh.head_dim, G = H / KH;
+    double *s = malloc(sizeof(double) * (pos0 + n_q));
+    for (int i = 0; i < n_q; i++)
+        for (int h = 0; h < H; h++) {
+            const float *qr = q + ((size_t)i * H + h) * d;
+            int64_t p = pos0 + i;
+            double m = -INFINITY;
+            for (int64_t j = 0; j <= p; j++) {
+                const float *kr = t->kc + ((size_t)j * KH + h / G) * d;
+                double acc = 0;
+                for (int c = 0; c < d; c++)
+                    acc += (double)qr[c] * kr[c];
+                s[j] = acc * t->sh.scale;
+                m = s[j] > m ? s[j] : m;
+            }
+            double l = 0;
+            double *o = out + ((size_t)i * H + h) * d;
+            memset(o, 0, sizeof(double) * d);
+            for (int64_t j = 0; j <= p; j++) {
+                double w = exp(s[j] - m);
+                l += w;
+                const float *vr = t->vc + ((size_t)j * KH + h / G) * d;
+                for (int c = 0; c < d; c++)
+                    o[c] += w * vr[c];
+            }
+            for (int c = 0; c < d; c++)
+                o[c] /= l;
+            lse[(size_t)i * H + h] = m + log(l);
+        }
+    free(s);
+}
+
+static double max_abs_diff(const float *a, const double *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= m))
+            m = isnan(e) ? INFINITY : e;
+    }
+    return m;
+}
+static double max_abs_diff_f(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e <= m))
+            m = isnan(e) ? INFINITY : e;
+    }
+    return m;
+}
+
+/* ---- dense -------------------------------------------------------------------- */
+START_TEST(test_dense_prefill_chunked) {
+    tkv_t t;
+    tkv_random(&t, 4, 2, 32, 16, 301, 11);
+    tkv_build_pool(&t);
+    const int H = 4, d = 32, n = 301;
+    float *q = rand_q(n, H, d, 2.0f);
+    float *out = malloc(sizeof(float) * n * H * d), *lse = malloc(sizeof(float) * n * H);
+    double *ro = malloc(sizeof(double) * n * H * d), *rl = malloc(sizeof(double) * n * H);
+    ref_attn(&t, q, n, 0, ro, rl);
+    const int cuts[] = {0, 37, 150, 151, 233, 301};
+    for (int c = 0; c + 1 < 6; c++) {
+        int a = cuts[c], b = cuts[c + 1];
+        attn_kv_t kv = t.kv;
+        kv.n_kv = b; // the cache holds exactly the keys written so far
+        ck_assert_int_eq(attn_prefill_dense(&t.sh, q + (size_t)a * H * d, b - a, a, &kv, out + (size_t)a * H * d,
+                                            lse + (size_t)a * H),
+                         0);
+    }
+    ck_assert_double_lt(max_abs_diff(out, ro, (size_t)n * H * d), 2e-5);
+    ck_assert_double_lt(max_abs_diff(lse, rl, (size_t)n * H), 2e-5);
+    // an invalid call: queries past the cache
+    attn_kv_t kv = t.kv;
+    kv.n_kv = 10;
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, 20, 0, &kv, out, lse), LC_EINVAL);
+    free(q), free(out), free(lse), free(ro), free(rl);
+    tkv_free(&t);
+}
+END_TEST
+
+START_TEST(test_dense_decode) {
+    const int lens[] = {1, 17, 300, 1100};
+    for (int li = 0; li < 4; li++) {
+        tkv_t t;
+        const int H = 6, d = 16;
+        tkv_random(&t, H, 2, d, 16, lens[li], 100 + li);
+        tkv_build_pool(&t);
+        float *q = rand_q(1, H, d, 3.0f);
+        float out[6 * 16], lse[6];
+        double ro[6 * 16], rl[6];
+        ref_attn(&t, q, 1, lens[li] - 1, ro, rl);
+        ck_assert_int_eq(attn_decode_dense(&t.sh, q, &t.kv, out, lse), 0);
+        ck_assert_double_lt(max_abs_diff(out, ro, (size_t)H * d), 2e-5);
+        ck_assert_double_lt(max_abs_diff(lse, rl, H), 2e-5);
+        free(q);
+        tkv_free(&t);
+    }
+}
+END_TEST
+
+START_TEST(test_merge_halves) {
+    tkv_t t;
+    const int H = 4, d = 32, n = 320, half = 144; // half: a whole number of blocks
+    tkv_random(&t, H, 4, d, 16, n, 7);
+    tkv_build_pool(&t);
+    float *q = rand_q(1, H, d, 2.0f);
+    float o_all[4 * 32], l_all[4], o1[4 * 32], l1[4], o2[4 * 32], l2[4];
+    ck_assert_int_eq(attn_decode_dense(&t.sh, q, &t.kv, o_all, l_all), 0);
+    attn_kv_t a = t.kv, b = t.kv;
+    a.n_kv = half;
+    b.blocks = t.blocks + half / 16;
+    b.n_kv = n - half;
+    ck_assert_int_eq(attn_decode_dense(&t.sh, q, &a, o1, l1), 0);
+    ck_assert_int_eq(attn_decode_dense(&t.sh, q, &b, o2, l2), 0);
+    attn_merge(o1, l1, o2, l2, H, d);
+    ck_assert_double_lt(max_abs_diff_f(o1, o_all, (size_t)H * d), 1e-5);
+    ck_assert_double_lt(max_abs_diff_f(l1, l_all, H), 1e-5);
+    free(q);
+    tkv_free(&t);
+}
+END_TEST
+
+START_TEST(test_policy_names) {
+    attn_policy_t p;
+    attn_policy_default(&p);
+    ck_assert_float_eq(p.gamma, 0.9f);
+    ck_assert_int_eq(p.block, 128);
+    ck_assert_int_eq(p.decode_budget, 2048);
+    attn_prefill_method_t pm;
+    attn_decode_method_t dm;
+    ck_assert_int_eq(attn_prefill_method_parse("flexprefill", &pm), 0);
+    ck_assert_int_eq(pm, ATTN_PREFILL_FLEX);
+    ck_assert_str_eq(attn_prefill_method_name(ATTN_PREFILL_ANCHOR), "anchor");
+    ck_assert_int_eq(attn_decode_method_parse("tidal", &dm), 0);
+    ck_assert_int_eq(dm, ATTN_DECODE_TIDAL);
+    ck_assert_str_eq(attn_decode_method_name(ATTN_DECODE_QUEST), "quest");
+    ck_assert_int_eq(attn_decode_method_parse("sparse", &dm), LC_EINVAL);
+}
+END_TEST
+
+
+/* ---- sparse methods ------------------------------------------------------------- */
+/* Runs prefill of all n rows in chunks through attn_prefill with policy pol. */
+static double run_prefill(const tkv_t *t, const attn_policy_t *pol, const float *q, const int *cuts, int n_cuts,
+                          float *out, float *lse) {
+    const int H = t->sh.n_heads, d = t->sh.head_dim;
+    attn_state_t *st = attn_state_create(&t->sh, 4, pol);
+    ck_assert_ptr_nonnull(st);
+    for (int c = 0; c + 1 < n_cuts; c++) {
+        int a = cuts[c], b = cuts[c + 1];
+        attn_kv_t kv = t->kv;
+        kv.n_kv = b;
+        ck_assert_int_eq(attn_prefill(&t->sh, st, 0, q + (size_t)a * H * d, b - a, a, &kv, out + (size_t)a * H * d,
+                                      lse + (size_t)a * H),
+                         0);
+    }
+    const attn_stats_t *s = attn_state_stats(st);
+    double dens = s->prefill_computed / s->prefill_total;
+    attn_state_destroy(st);
+    return dens;
+}
+
+static double rel_err(const float *a, const float *b, size_t n) {
+    double e = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        e += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)b[i] * b[i];
+    }
+    return sqrt(e / r);
+}
+
+static void small_policy(attn_policy_t *p) {
+    attn_policy_default(p);
+    p->block = 16;
+    p->min_budget = 16;
+    p->anchor_init = 32;
+    p->anchor_local = 128;
+    p->sink_tokens = 4;
+    p->window_tokens = 64;
+    p->dense_layers = 1;
+    p->tidal_select_layer = 1;
+    p->tidal_reselect_layer = 3;
+}
+
+START_TEST(test_full_budget_prefill_equals_dense) {
+    tkv_t t;
+    const int H = 4, d = 32, n = 517;
+    tkv_random(&t, H, 2, d, 16, n, 21);
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 2.0f);
+    size_t no = (size_t)n * H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    const int cuts[] = {0, 45, 200, 201, 389, 517};
+    for (int variant = 0; variant < 4; variant++) {
+        attn_policy_t p;
+        small_policy(&p);
+        if (variant <= 1) { // FlexPrefill, both pattern kinds
+            p.prefill = ATTN_PREFILL_FLEX;
+            p.gamma = 1.0f;
+            p.tau = variant == 0 ? 100.0f : 0.0f; // 100: query-aware; 0: vertical-slash
+        } else if (variant == 2) {
+            p.prefill = ATTN_PREFILL_ANCHOR;
+            p.theta = INFINITY;
+        } else {
+            p.prefill = ATTN_PREFILL_STREAMING;
+            p.window_tokens = n;
+        }
+        for (int chunked = 0; chunked < 2; chunked++) {
+            const int whole[] = {0, n};
+            double dens = chunked ? run_prefill(&t, &p, q, cuts, 6, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
+            ck_assert_msg(max_abs_diff_f(out, ref, no) < 2e-5, "variant %d chunked %d: out diff %g", variant, chunked,
+                          max_abs_diff_f(out, ref, no));
+            ck_assert_msg(max_abs_diff_f(lse, rl, (size_t)n * H) < 2e-5, "variant %d: lse", variant);
+            ck_assert_msg(fabs(dens - 1.0) < 1e-9, "variant %d: density %g", variant, dens);
+        }
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
+START_TEST(test_full_budget_decode_equals_dense) {
+    tkv_t t;
+    const int H = 6, d = 32, n = 403;
+    tkv_random(&t, H, 2, d, 16, n, 33);
+    tkv_build_pool(&t);
+    float *q = rand_q(1, H, d, 3.0f);
+    float ref[6 * 32], rl[6], out[6 * 32], lse[6];
+    ck_assert_int_eq(attn_decode_dense(&t.sh, q, &t.kv, ref, rl), 0);
+    for (int m = ATTN_DECODE_QUEST; m <= ATTN_DECODE_STREAMING; m++) {
+        attn_policy_t p;
+        small_policy(&p);
+        p.decode = (attn_decode_method_t)m;
+        p.decode_budget = n;
+        p.window_tokens = n;
+        attn_state_t *st = attn_state_create(&t.sh, 4, &p);
+        for (int layer = 0; layer < 4; layer++) {
+            ck_assert_int_eq(attn_decode(&t.sh, st, layer, q, &t.kv, out, lse), 0);
+            ck_assert_msg(max_abs_diff_f(out, ref, (size_t)H * d) < 2e-5, "method %d layer %d", m, layer);
+            ck_assert_double_lt(max_abs_diff_f(lse, rl, H), 2e-5);
+        }
+        const attn_stats_t *s = attn_state_stats(st);
+        ck_assert_double_eq_tol(s->decode_computed / s->decode_total, 1.0, 1e-9);
+        attn_state_destroy(st);
+    }
+    free(q);
+    tkv_free(&t);
+}
+END_TEST
+
+/* Planted needles: a few keys per KV head strongly aligned with every query of
+ * the group (direction u), all other keys weak. */
+static const int64_t needles[] = {70, 213, 350, 601};
+static float *planted(tkv_t *t, int H, int KH, int d, int64_t n, int n_q, uint64_t seed) {
+    tkv_random(t, H, KH, d, 16, n, seed);
+    float *u = malloc(sizeof(float) * KH * d);
+    for (int h = 0; h < KH; h++) {
+        double nn = 0;
+        for (int c = 0; c < d; c++) {
+            u[h * d + c] = frand();
+            nn += (double)u[h * d + c] * u[h * d + c];
+        }
+        for (int c = 0; c < d; c++)
+            u[h * d + c] /= (float)sqrt(nn);
+    }
+    for (int64_t i = 0; i < n * KH * d; i++)
+        t->kc[i] *= 0.3f;
+    for (int i = 0; i < 4; i++)
+        for (int h = 0; h < KH; h++)
+            for (int c = 0; c < d; c++)
+                t->kc[((size_t)needles[i] * KH + h) * d + c] = 12.0f * u[h * d + c];
+    tkv_build_pool(t);
+    float *q = rand_q(n_q, H, d, 0.3f);
+    for (int i = 0; i < n_q; i++)
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < d; c++)
+                q[((size_t)i * H + h) * d + c] += 4.0f * u[(h / (H / KH)) * d + c];
+    free(u);
+    return q;
+}
+
+START_TEST(test_planted_decode) {
+    tkv_t t;
+    const int H = 4, KH = 2, d = 32, n = 900;
+    float *q = planted(&t, H, KH, d, n, 1, 5);
+    float ref[4 * 32], rl[4], out[4 * 32], lse[4];
+    ck_assert_int_eq(attn_decode_dense(&t.sh, q, &t.kv, ref, rl), 0);
+    double err[4], dens[4];
+    for (int m = ATTN_DECODE_QUEST; m <= ATTN_DECODE_STREAMING; m++) {
+        attn_policy_t p;
+        small_policy(&p);
+        p.decode = (attn_decode_method_t)m;
+        p.decode_budget = m == ATTN_DECODE_QUEST ? 96 : 16; // 6 pages / 16 tokens
+        attn_state_t *st = attn_state_create(&t.sh, 4, &p);
+        for (int layer = 0; layer < 3; layer++)
+            ck_assert_int_eq(attn_decode(&t.sh, st, layer, q, &t.kv, out, lse), 0);
+        attn_state_reset_stats(st);
+        ck_assert_int_eq(attn_decode(&t.sh, st, 2, q, &t.kv, out, lse), 0); // a sparse layer
+        const attn_stats_t *s = attn_state_stats(st);
+        dens[m] = s->decode_computed / s->decode_total;
+        err[m] = rel_err(out, ref, (size_t)H * d);
+        attn_state_destroy(st);
+    }
+    ck_assert_msg(err[ATTN_DECODE_QUEST] < 0.05 && dens[ATTN_DECODE_QUEST] < 0.12, "quest err %g density %g",
+                  err[ATTN_DECODE_QUEST], dens[ATTN_DECODE_QUEST]);
+    ck_assert_msg(err[ATTN_DECODE_TIDAL] < 0.05 && dens[ATTN_DECODE_TIDAL] < 0.03, "tidal err %g density %g",
+                  err[ATTN_DECODE_TIDAL], dens[ATTN_DECODE_TIDAL]);
+    // the baseline misses the needles: the test can tell
+    ck_assert_msg(err[ATTN_DECODE_STREAMING] > 0.5, "streaming err %g", err[ATTN_DECODE_STREAMING]);
+    free(q);
+    tkv_free(&t);
+}
+END_TEST
+
+START_TEST(test_planted_prefill) {
+    tkv_t t;
+    const int H = 4, KH = 2, d = 32, n = 1024;
+    float *q = planted(&t, H, KH, d, n, n, 9);
+    size_t no = (size_t)n * H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    const int cuts[] = {0, 300, 701, 1024};
+    for (int m = ATTN_PREFILL_FLEX; m <= ATTN_PREFILL_STREAMING; m++) {
+        attn_policy_t p;
+        small_policy(&p);
+        p.prefill = (attn_prefill_method_t)m;
+        p.theta = 0.0f; // weak keys here score within ~0.3 nats of each other
+        double dens = run_prefill(&t, &p, q, cuts, 4, out, lse);
+        // rows after the first needle: their output is the needles' values
+        double err = rel_err(out + (size_t)100 * H * d, ref + (size_t)100 * H * d, no - (size_t)100 * H * d);
+        if (m == ATTN_PREFILL_STREAMING)
+            ck_assert_msg(err > 0.5, "streaming err %g", err);
+        else
+            ck_assert_msg(err < 0.05 && dens < 0.6, "%s: err %g density %g",
+                          attn_prefill_method_name((attn_prefill_method_t)m), err, dens);
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("attn");
+    TCase *tc = tcase_create("dense");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_dense_prefill_chunked);
+    tcase_add_test(tc, test_dense_decode);
+    tcase_add_test(tc, test_merge_halves);
+    tcase_add_test(tc, test_policy_names);
+    suite_add_tcase(s, tc);
+    TCase *ts = tcase_create("sparse");
+    tcase_set_timeout(ts, 60);
+    tcase_add_test(ts, test_full_budget_prefill_equals_dense);
+    tcase_add_test(ts, test_full_budget_decode_equals_dense);
+    tcase_add_test(ts, test_planted_decode);
+    tcase_add_test(ts, test_planted_prefill);
+    suite_add_tcase(s, ts);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
