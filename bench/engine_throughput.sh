@@ -10,6 +10,6 @@ shift || true
 model=${LACUNA_MODEL:-$src/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 [ -x "$build/lacuna" ] || { echo "no $build/lacuna: build first (scripts/build.sh)" >&2; exit 1; }
 [ -r "$model" ] || { echo "no model at $model (scripts/fetch_model.sh, or set LACUNA_MODEL)" >&2; exit 1; }
-echo "Engine throughput: $(basename "$model"), $(nproc) CPUs, OMP_NUM_THREADS=${OMP_NUM_THREADS:-default}, OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-default}, $(date -u +%Y-%m-%d)"
+echo "Engine throughput: $(basename "$model"), $(nproc --all) CPUs, OMP_NUM_THREADS=${OMP_NUM_THREADS:-default}, OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-default}, $(date -u +%Y-%m-%d)"
 echo
 exec "$build/lacuna" bench-engine -m "$model" -c 1,4,16,64 -n 64 --markdown "$@"
