@@ -7,10 +7,19 @@
 /* lacuna inspect MODEL.gguf: version, metadata, tensor table, parameter count.
  * Exits 1 with the loader's message on a bad file. */
 int cmd_inspect(int argc, char **argv);
+/* lacuna mkmodel -o OUT.gguf [...]: a tiny random-weight Llama model (tests). */
+int cmd_mkmodel(int argc, char **argv);
+/* lacuna generate -m MODEL (-p TEXT | -f FILE | --chat TEXT) [...]: streams a
+ * continuation; prefill and decode tokens/s to stderr. */
+int cmd_generate(int argc, char **argv);
 
 /* lacuna tokenize -m MODEL [-p TEXT | -f FILE] [--no-special] [--ids-only]:
  * prints each token's id and piece, then the count. Exits 1 on a bad model or
  * unreadable input, 2 on bad usage. */
 int cmd_tokenize(int argc, char **argv);
+
+/* lacuna bench-engine -m MODEL [-c LIST] [-n M] [--markdown]: aggregate
+ * decode tokens/s of the scheduler at each concurrency level. */
+int cmd_bench_engine(int argc, char **argv);
 
 #endif

@@ -8,10 +8,10 @@ liblacuna_a_SOURCES += \
 	src/model/model_load.c \
 	src/model/forward.c \
 	src/model/sampler.h src/model/sampler.c
-# INTERIM (until attn and engine are merged): private dense attention and KV
-# pool for the model's own tests and tools; never part of liblacuna.
-LC_MODEL_INTERIM = src/model/interim/attn_fallback.c src/model/interim/kv_fallback.c
-EXTRA_DIST += $(LC_MODEL_INTERIM)
+# INTERIM (until the engine branch's kv is merged): a private trivial KV pool
+# for the model's own tests and tools; never part of liblacuna.
+LC_MODEL_INTERIM = src/model/interim/kv_fallback.c
+EXTRA_DIST +=
 
 
 

@@ -312,7 +312,18 @@ model_t *model_load(const char *path, char *err, size_t errlen)
     }
 #endif
 #ifdef LC_MODEL_HAVE_CHAT
-    m->chat_tmpl = chat_detect(g); /* INTEGRATION(chat): adjust to chat.h's detection call */
+    {
+        /* No usable template is not fatal here: the daemon reports it, or
+         * falls back to a configured family (model_chat_template() = -1). */
+        gguf_str_t ts = {0};
+        chat_template_t ct;
+        char cerr[128];
+        int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
+        if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &ct, cerr, sizeof cerr) == 0)
+            m->chat_tmpl = (int)ct.family;
+        else
+            LC_WARN("%s: %s", m->hp.name, cerr);
+    }
 #endif
     gguf_close(g);
     return m;

@@ -1,0 +1,498 @@
+/* Check suite for the model module: the forward pass on tiny random models
+ * made by mkmodel (batching, chunked prefill and decode must agree with
+ * one-shot prefill), load-time validation, and the real SmolLM2 model against
+ * logits and greedy continuations computed by Hugging Face transformers
+ * (tests/fixtures/logits_smollm2.json, scripts/gen_logits_fixtures.py). */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/status.h"
+#include "model/gguf.h"
+#include "model/model.h"
+#include "tools/mkmodel.h"
+#include "testutil.h"
+
+#ifndef LC_SRCDIR
+#define LC_SRCDIR "."
+#endif
+
+/* ---- helpers --------------------------------------------------------------------- */
+static char tmp_path[64];
+
+static model_t *tiny_model(uint32_t type, uint64_t seed)
+{
+    mkmodel_opts_t o;
+    mkmodel_opts_default(&o);
+    o.type = type;
+    o.seed = seed;
+    o.n_layers = 3;
+    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
+    int fd = mkstemp(tmp_path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char err[512];
+    ck_assert_msg(mkmodel_write(&o, tmp_path, err, sizeof err) == 0, "%s", err);
+    model_t *m = model_load(tmp_path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    unlink(tmp_path);
+    return m;
+}
+
+static kv_pool_t *make_pool(const model_t *m, int64_t n_blocks)
+{
+    kv_config_t cfg = model_kv_config(m, 16, n_blocks);
+    kv_pool_t *p = kv_pool_create(&cfg);
+    ck_assert_ptr_nonnull(p);
+    return p;
+}
+
+static void tokens_for(int32_t *t, int n, int n_vocab, unsigned seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        t[i] = (int32_t)((seed >> 8) % (unsigned)n_vocab);
+    }
+}
+
+/* Runs tokens[0..n) of one sequence at pos0 alone (reserving blocks). */
+static void run_one(model_ctx_t *c, kv_pool_t *kv, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int mode,
+                    int decode, float *logits)
+{
+    ck_assert_int_eq(kv_seq_reserve(kv, s, pos0 + n), 0);
+    ck_assert_int_eq(kv_seq_prepare_write(kv, s, pos0, pos0 + n), 0);
+    model_seq_t seq = {.tok0 = 0, .n_tok = n, .pos0 = pos0, .kv = s, .decode = decode, .logits_mode = mode,
+                       .logits = logits};
+    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &seq};
+    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    s->n_tokens = pos0 + n;
+}
+
+static double max_abs_diff(const float *a, const float *b, size_t n)
+{
+    double d = 0;
+    for (size_t i = 0; i < n; i++) {
+        double x = fabs((double)a[i] - b[i]);
+        if (!(x <= d)) d = x; // NaN propagates as a failure
+    }
+    return d;
+}
+
+/* Tiny models: logits are O(1..10); 1e-4 absolute is a few ulps of f32 sums. */
+#define TINY_TOL 1e-4
+
+/* ---- tiny random models -------------------------------------------------------------- */
+START_TEST(test_batched_equals_alone)
+{
+    model_t *m = tiny_model(GGML_TYPE_F32, 7);
+    int V = model_hparams(m)->n_vocab;
+    enum { NS = 3 };
+    const int len[NS] = {5, 11, 17};
+    int total = 0;
+    for (int i = 0; i < NS; i++) total += len[i];
+    int32_t *tok = malloc(total * sizeof *tok);
+    float *ref = malloc((size_t)total * V * sizeof(float)), *got = malloc((size_t)total * V * sizeof(float));
+    tokens_for(tok, total, V, 42);
+    model_ctx_t *c = model_ctx_create(m, 64);
+    kv_pool_t *kv = make_pool(m, 64);
+    /* each alone */
+    int off = 0;
+    for (int i = 0; i < NS; i++) {
+        kv_seq_t s;
+        kv_seq_init(&s);
+        run_one(c, kv, &s, tok + off, len[i], 0, 2, 0, ref + (size_t)off * V);
+        kv_seq_release(kv, &s);
+        off += len[i];
+    }
+    /* all together */
+    kv_seq_t s[NS];
+    model_seq_t seqs[NS];
+    off = 0;
+    for (int i = 0; i < NS; i++) {
+        kv_seq_init(&s[i]);
+        ck_assert_int_eq(kv_seq_reserve(kv, &s[i], len[i]), 0);
+        seqs[i] = (model_seq_t){.tok0 = off, .n_tok = len[i], .kv = &s[i], .logits_mode = 2,
+                                .logits = got + (size_t)off * V};
+        off += len[i];
+    }
+    model_batch_t b = {.n_tokens = total, .tokens = tok, .n_seqs = NS, .seqs = seqs};
+    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    double d = max_abs_diff(ref, got, (size_t)total * V);
+    ck_assert_msg(d < TINY_TOL, "batched vs alone: max |diff| %g", d);
+    /* logits_mode 1 gives exactly the last row; mode 0 leaves the buffer alone */
+    float *last = malloc((size_t)V * sizeof(float));
+    for (int i = 0; i < NS; i++) {
+        kv_seq_release(kv, &s[i]);
+        kv_seq_init(&s[i]);
+    }
+    float sentinel = 12345.0f;
+    got[0] = sentinel;
+    off = 0;
+    for (int i = 0; i < NS; i++) {
+        ck_assert_int_eq(kv_seq_reserve(kv, &s[i], len[i]), 0);
+        seqs[i].logits_mode = i == 1 ? 1 : 0;
+        seqs[i].logits = i == 1 ? last : got;
+    }
+    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_float_eq(got[0], sentinel);
+    d = max_abs_diff(last, ref + (size_t)(len[0] + len[1] - 1) * V, V);
+    ck_assert_msg(d < TINY_TOL, "mode 1 vs mode 2 last row: %g", d);
+    for (int i = 0; i < NS; i++) kv_seq_release(kv, &s[i]);
+    free(last), free(tok), free(ref), free(got);
+    kv_pool_destroy(kv);
+    model_ctx_destroy(c);
+    model_free(m);
+}
+END_TEST
+
+START_TEST(test_chunked_and_decode)
+{
+    model_t *m = tiny_model(GGML_TYPE_F32, 11);
+    int V = model_hparams(m)->n_vocab;
+    enum { N = 37 };
+    int32_t tok[N];
+    tokens_for(tok, N, V, 7);
+    float *ref = malloc((size_t)N * V * sizeof(float)), *got = malloc((size_t)N * V * sizeof(float));
+    model_ctx_t *c = model_ctx_create(m, N);
+    kv_pool_t *kv = make_pool(m, 32);
+    kv_seq_t s;
+    kv_seq_init(&s);
+    run_one(c, kv, &s, tok, N, 0, 2, 0, ref);
+    kv_seq_release(kv, &s);
+
+    /* chunked prefill in three chunks that straddle block boundaries */
+    const int ch[3] = {13, 9, N - 22};
+    kv_seq_init(&s);
+    for (int i = 0, p = 0; i < 3; p += ch[i], i++) run_one(c, kv, &s, tok + p, ch[i], p, 2, 0, got + (size_t)p * V);
+    double d = max_abs_diff(ref, got, (size_t)N * V);
+    ck_assert_msg(d < TINY_TOL, "chunked vs one-shot: max |diff| %g", d);
+    kv_seq_release(kv, &s);
+
+    /* prefill 30 tokens, then decode the remaining 7 one by one */
+    kv_seq_init(&s);
+    run_one(c, kv, &s, tok, 30, 0, 1, 0, got);
+    d = max_abs_diff(got, ref + (size_t)29 * V, V);
+    ck_assert_msg(d < TINY_TOL, "prefill last row: %g", d);
+    for (int p = 30; p < N; p++) {
+        run_one(c, kv, &s, tok + p, 1, p, 1, 1, got);
+        d = max_abs_diff(got, ref + (size_t)p * V, V);
+        ck_assert_msg(d < TINY_TOL, "decode at %d vs prefill row: %g", p, d);
+    }
+    kv_seq_release(kv, &s);
+
+    /* a mixed batch: one decode token of A next to a prefill chunk of B */
+    kv_seq_t a, bq;
+    kv_seq_init(&a), kv_seq_init(&bq);
+    run_one(c, kv, &a, tok, 20, 0, 0, 0, NULL);
+    ck_assert_int_eq(kv_seq_reserve(kv, &a, 21), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, &bq, 12), 0);
+    int32_t mixed[13];
+    mixed[0] = tok[20];
+    memcpy(mixed + 1, tok, 12 * sizeof(int32_t));
+    float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)12 * V * sizeof(float));
+    model_seq_t seqs[2] = {
+        {.tok0 = 0, .n_tok = 1, .pos0 = 20, .kv = &a, .decode = 1, .logits_mode = 1, .logits = la},
+        {.tok0 = 1, .n_tok = 12, .pos0 = 0, .kv = &bq, .logits_mode = 2, .logits = lb},
+    };
+    model_batch_t b = {.n_tokens = 13, .tokens = mixed, .n_seqs = 2, .seqs = seqs};
+    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    d = max_abs_diff(la, ref + (size_t)20 * V, V);
+    ck_assert_msg(d < TINY_TOL, "mixed batch decode row: %g", d);
+    d = max_abs_diff(lb, ref, (size_t)12 * V);
+    ck_assert_msg(d < TINY_TOL, "mixed batch prefill rows: %g", d);
+    kv_seq_release(kv, &a), kv_seq_release(kv, &bq);
+    free(la), free(lb), free(ref), free(got);
+    kv_pool_destroy(kv);
+    model_ctx_destroy(c);
+    model_free(m);
+}
+END_TEST
+
+START_TEST(test_bad_batches)
+{
+    model_t *m = tiny_model(GGML_TYPE_F32, 3);
+    int V = model_hparams(m)->n_vocab;
+    model_ctx_t *c = model_ctx_create(m, 8);
+    kv_pool_t *kv = make_pool(m, 8);
+    kv_seq_t s;
+    kv_seq_init(&s);
+    ck_assert_int_eq(kv_seq_reserve(kv, &s, 16), 0);
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    float *lg = malloc((size_t)8 * V * sizeof(float));
+    model_seq_t q = {.tok0 = 0, .n_tok = 4, .kv = &s, .logits_mode = 1, .logits = lg};
+    model_batch_t b = {.n_tokens = 4, .tokens = tok, .n_seqs = 1, .seqs = &q};
+    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    b.n_tokens = 9; // more than the context was made for
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    b.n_tokens = 5; // slices do not cover the batch
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    b.n_tokens = 4;
+    tok[2] = V; // token out of range
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    tok[2] = 3;
+    q.pos0 = 14; // beyond the reserved blocks
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    q.pos0 = 0;
+    q.decode = 1; // decode slices hold one token
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    q.decode = 0;
+    model_seq_t two[2] = {q, q}; // overlapping slices
+    two[0].n_tok = 2;
+    b.n_seqs = 2;
+    b.seqs = two;
+    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    kv_seq_release(kv, &s);
+    free(lg);
+    kv_pool_destroy(kv);
+    model_ctx_destroy(c);
+    model_free(m);
+}
+END_TEST
+
+/* Every quantized type loads and gives logits close to the f32 model made
+ * from the same random draws. */
+START_TEST(test_quantized_types)
+{
+    static const uint32_t types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_1};
+    /* max |diff| relative to max |f32 logit| (logits here reach ~30) */
+    static const double tol[] = {2e-3, 3e-2, 0.2};
+    model_t *ref = tiny_model(GGML_TYPE_F32, 5);
+    int V = model_hparams(ref)->n_vocab;
+    int32_t tok[9];
+    tokens_for(tok, 9, V, 3);
+    float *lr = malloc((size_t)V * sizeof(float)), *lq = malloc((size_t)V * sizeof(float));
+    model_ctx_t *c = model_ctx_create(ref, 9);
+    kv_pool_t *kv = make_pool(ref, 4);
+    kv_seq_t s;
+    kv_seq_init(&s);
+    run_one(c, kv, &s, tok, 9, 0, 1, 0, lr);
+    kv_seq_release(kv, &s);
+    model_ctx_destroy(c);
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        model_t *m = tiny_model(types[i], 5);
+        c = model_ctx_create(m, 9);
+        kv_seq_init(&s);
+        run_one(c, kv, &s, tok, 9, 0, 1, 0, lq);
+        kv_seq_release(kv, &s);
+        double mx = 0;
+        for (int j = 0; j < V; j++) mx = fabs(lr[j]) > mx ? fabs(lr[j]) : mx;
+        double d = max_abs_diff(lr, lq, V) / mx;
+        fprintf(stderr, "check_model: %s vs f32: relative logit difference %.2e\n", ggml_type_name(types[i]), d);
+        ck_assert_msg(d < tol[i], "%s vs f32: relative difference %g", ggml_type_name(types[i]), d);
+        ck_assert_msg(d > 0 || types[i] == GGML_TYPE_F32, "%s identical to f32?", ggml_type_name(types[i]));
+        model_ctx_destroy(c);
+        model_free(m);
+    }
+    kv_pool_destroy(kv);
+    free(lr), free(lq);
+    model_free(ref);
+}
+END_TEST
+
+START_TEST(test_load_errors)
+{
+    char err[512] = "";
+    ck_assert_ptr_null(model_load("/nonexistent/model.gguf", err, sizeof err));
+    ck_assert_msg(strstr(err, "/nonexistent/model.gguf") != NULL, "%s", err);
+    /* a model whose attn_q has the wrong shape: the error names the tensor */
+    gguf_writer_t *w = gguf_writer_create();
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    gguf_writer_set_u32(w, "llama.embedding_length", 32);
+    gguf_writer_set_u32(w, "llama.block_count", 1);
+    gguf_writer_set_u32(w, "llama.feed_forward_length", 64);
+    gguf_writer_set_u32(w, "llama.attention.head_count", 2);
+    static float zeros[64 * 64];
+    uint64_t d_embd[2] = {32, 16}, d_norm[1] = {32}, d_bad[2] = {32, 16};
+    gguf_writer_add_tensor(w, "token_embd.weight", 2, d_embd, GGML_TYPE_F32, zeros, 32 * 16 * 4);
+    gguf_writer_add_tensor(w, "output_norm.weight", 1, d_norm, GGML_TYPE_F32, zeros, 32 * 4);
+    gguf_writer_add_tensor(w, "blk.0.attn_norm.weight", 1, d_norm, GGML_TYPE_F32, zeros, 32 * 4);
+    gguf_writer_add_tensor(w, "blk.0.attn_q.weight", 2, d_bad, GGML_TYPE_F32, zeros, 32 * 16 * 4);
+    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
+    int fd = mkstemp(tmp_path);
+    close(fd);
+    ck_assert_int_eq(gguf_writer_write(w, tmp_path), 0);
+    gguf_writer_destroy(w);
+    ck_assert_ptr_null(model_load(tmp_path, err, sizeof err));
+    ck_assert_msg(strstr(err, "blk.0.attn_q.weight") && strstr(err, "[32, 16]") && strstr(err, "[32, 32]"), "%s",
+                  err);
+    /* wrong architecture */
+    w = gguf_writer_create();
+    gguf_writer_set_str(w, "general.architecture", "gemma3");
+    ck_assert_int_eq(gguf_writer_write(w, tmp_path), 0);
+    gguf_writer_destroy(w);
+    ck_assert_ptr_null(model_load(tmp_path, err, sizeof err));
+    ck_assert_msg(strstr(err, "gemma3") != NULL, "%s", err);
+    unlink(tmp_path);
+}
+END_TEST
+
+/* ---- the real model against Hugging Face transformers ------------------------------ */
+/* $LACUNA_MODEL through testutil.h (make check sets it; LACUNA_REQUIRE_MODEL=1
+ * turns a missing model into a failure), else models/ in the source tree. */
+static const char *real_model_path(void)
+{
+    static char buf[1024];
+    if (getenv("LACUNA_MODEL")) return tu_model_path();
+    snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
+    struct stat st;
+    if (stat(buf, &st) == 0) return buf;
+    fprintf(stderr, "SKIP: real model not found at %s (set LACUNA_MODEL)\n", buf);
+    return NULL;
+}
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    if (b) b[n] = 0;
+    fclose(f);
+    return b;
+}
+
+static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
+{
+    static int8_t map[256];
+    static const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    memset(map, -1, sizeof map);
+    for (int i = 0; i < 64; i++) map[(unsigned char)tab[i]] = (int8_t)i;
+    size_t n = 0;
+    uint32_t acc = 0;
+    int bits = 0;
+    for (const char *p = in; *p && *p != '='; p++) {
+        if (map[(unsigned char)*p] < 0) continue;
+        acc = (acc << 6) | (uint32_t)map[(unsigned char)*p];
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n < cap) out[n] = (unsigned char)(acc >> bits);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Relative tolerance of the logits: max |ours - HF| over the vocabulary,
+ * divided by max |HF|. Both sides dequantize the same Q4_1/Q8_0 weights and
+ * compute in f32; 1e-3 allows for different summation orders over 30 layers. */
+#define REAL_REL_TOL 1e-3
+
+START_TEST(test_real_model_vs_hf)
+{
+    const char *path = real_model_path();
+    if (!path) return;
+    char *json = read_all(LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
+    ck_assert_msg(json != NULL, "fixture missing: " LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
+    cJSON *doc = cJSON_Parse(json);
+    ck_assert_ptr_nonnull(doc);
+    char err[512];
+    model_t *m = model_load(path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    int V = model_hparams(m)->n_vocab;
+    ck_assert_int_eq(V, cJSON_GetObjectItem(doc, "n_vocab")->valueint);
+    model_ctx_t *c = model_ctx_create(m, 128);
+    kv_pool_t *kv = make_pool(m, 64);
+    float *ref = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)128 * V * sizeof(float));
+    cJSON *cases = cJSON_GetObjectItem(doc, "cases"), *cs;
+    int ci = 0;
+    cJSON_ArrayForEach(cs, cases)
+    {
+        cJSON *ids = cJSON_GetObjectItem(cs, "ids");
+        int n = cJSON_GetArraySize(ids);
+        ck_assert_int_le(n, 96);
+        int32_t tok[128];
+        for (int i = 0; i < n; i++) tok[i] = cJSON_GetArrayItem(ids, i)->valueint;
+        kv_seq_t s;
+        kv_seq_init(&s);
+        run_one(c, kv, &s, tok, n, 0, 2, 0, lg);
+        /* full last-position vector */
+        size_t got = b64_decode(cJSON_GetObjectItem(cs, "last_logits_f32_b64")->valuestring, (unsigned char *)ref,
+                                (size_t)V * sizeof(float));
+        ck_assert_uint_eq(got, (size_t)V * sizeof(float));
+        const float *last = lg + (size_t)(n - 1) * V;
+        double mx = 0;
+        for (int i = 0; i < V; i++) mx = fabs(ref[i]) > mx ? fabs(ref[i]) : mx;
+        double rel = max_abs_diff(last, ref, V) / mx;
+        fprintf(stderr, "check_model: case %d (%d tokens): max rel logit error %.2e\n", ci, n, rel);
+        ck_assert_msg(rel < REAL_REL_TOL, "case %d: relative logit error %g", ci, rel);
+        /* top-20 of every position */
+        cJSON *pt = cJSON_GetObjectItem(cs, "positions_top"), *row;
+        int p = 0;
+        cJSON_ArrayForEach(row, pt)
+        {
+            cJSON *tid = cJSON_GetObjectItem(row, "ids"), *tl = cJSON_GetObjectItem(row, "logits");
+            double rmx = fabs(cJSON_GetArrayItem(tl, 0)->valuedouble);
+            for (int j = 0; j < cJSON_GetArraySize(tid); j++) {
+                double want = cJSON_GetArrayItem(tl, j)->valuedouble;
+                double have = lg[(size_t)p * V + cJSON_GetArrayItem(tid, j)->valueint];
+                ck_assert_msg(fabs(have - want) <= REAL_REL_TOL * rmx + 1e-4, "case %d pos %d top %d: %g vs %g", ci,
+                              p, j, have, want);
+            }
+            p++;
+        }
+        /* greedy continuation, token for token */
+        cJSON *gr = cJSON_GetObjectItem(cs, "greedy");
+        int ng = cJSON_GetArraySize(gr);
+        int32_t next = 0;
+        for (int i = 1; i < V; i++)
+            if (last[i] > last[next]) next = i;
+        for (int g = 0; g < ng; g++) {
+            int32_t want = cJSON_GetArrayItem(gr, g)->valueint;
+            ck_assert_msg(next == want, "case %d: greedy token %d is %d, HF %d", ci, g, next, want);
+            if (g + 1 == ng) break;
+            run_one(c, kv, &s, &next, 1, n + g, 1, 1, lg);
+            int32_t best = 0;
+            for (int i = 1; i < V; i++)
+                if (lg[i] > lg[best]) best = i;
+            next = best;
+        }
+        kv_seq_release(kv, &s);
+        ci++;
+    }
+    ck_assert_int_eq(ci, 5);
+    free(ref), free(lg), free(json);
+    cJSON_Delete(doc);
+    kv_pool_destroy(kv);
+    model_ctx_destroy(c);
+    model_free(m);
+}
+END_TEST
+
+static Suite *model_suite(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("tiny");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_batched_equals_alone);
+    tcase_add_test(tc, test_chunked_and_decode);
+    tcase_add_test(tc, test_bad_batches);
+    tcase_add_test(tc, test_quantized_types);
+    tcase_add_test(tc, test_load_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("real");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_real_model_vs_hf);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(model_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,296 @@
+/* Check suite for the sampler: greedy, the drawn distribution against the
+ * softmax (chi-square with fixed seeds), each filter restricting the support
+ * as specified, penalties and biases hitting the right logits, seeding, and
+ * log-probabilities. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "model/sampler.h"
+
+static sampler_t *mk(sampler_params_t *p, int V)
+{
+    sampler_t *s = sampler_create(p, V, NULL, 0);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+/* Draws n tokens from fixed logits; counts per token. */
+static void draw(sampler_t *s, const float *logits, int V, int n, int *count)
+{
+    float *l = malloc((size_t)V * sizeof *l);
+    memset(count, 0, (size_t)V * sizeof *count);
+    for (int i = 0; i < n; i++) {
+        memcpy(l, logits, (size_t)V * sizeof *l);
+        sampler_result_t r;
+        ck_assert_int_eq(sampler_sample(s, l, NULL, 0, &r), 0);
+        ck_assert(r.token >= 0 && r.token < V);
+        count[r.token]++;
+    }
+    free(l);
+}
+
+/* Pearson chi-square of counts against probabilities p (n draws). */
+static double chi2(const int *count, const double *p, int k, int n)
+{
+    double x = 0;
+    for (int i = 0; i < k; i++) {
+        double e = p[i] * n;
+        x += (count[i] - e) * (count[i] - e) / e;
+    }
+    return x;
+}
+
+START_TEST(test_greedy)
+{
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.temperature = 0;
+    sampler_t *s = mk(&p, 6);
+    float l[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, 0.0f};
+    sampler_result_t r;
+    ck_assert_int_eq(sampler_sample(s, l, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.token, 1); // tie between 1 and 3 goes to the lower id
+    int32_t banned[1] = {1};
+    float l2[6] = {0.5f, 3.0f, -1.0f, 3.0f, 2.9f, 0.0f};
+    ck_assert_int_eq(sampler_sample(s, l2, banned, 1, &r), 0);
+    ck_assert_int_eq(r.token, 3);
+    ck_assert(isinf(l2[1]) && l2[1] < 0);
+    /* everything banned is an error, not a random token */
+    int32_t all[6] = {0, 1, 2, 3, 4, 5};
+    float l3[6] = {0};
+    ck_assert_int_lt(sampler_sample(s, l3, all, 6, &r), 0);
+    sampler_destroy(s);
+}
+END_TEST
+
+/* 20000 draws from p = (.1,.2,.3,.4), and at T = 0.5 from p² normalised.
+ * chi-square with 3 degrees of freedom: 16.27 is the 0.1% critical value. */
+START_TEST(test_temperature_distribution)
+{
+    const int N = 20000;
+    double p[4] = {0.1, 0.2, 0.3, 0.4}, q[4];
+    float l[4];
+    double z = 0;
+    for (int i = 0; i < 4; i++) l[i] = (float)log(p[i]) + 1.7f, z += p[i] * p[i];
+    for (int i = 0; i < 4; i++) q[i] = p[i] * p[i] / z;
+    int count[4];
+    sampler_params_t sp;
+    sampler_params_default(&sp);
+    sp.seed = 1234;
+    sampler_t *s = mk(&sp, 4);
+    draw(s, l, 4, N, count);
+    double x = chi2(count, p, 4, N);
+    ck_assert_msg(x < 16.27, "T=1 chi2 %g (counts %d %d %d %d)", x, count[0], count[1], count[2], count[3]);
+    sampler_destroy(s);
+    sp.temperature = 0.5f;
+    s = mk(&sp, 4);
+    draw(s, l, 4, N, count);
+    x = chi2(count, q, 4, N);
+    ck_assert_msg(x < 16.27, "T=0.5 chi2 %g", x);
+    /* the wrong distribution is rejected by the same statistic (the test can fail) */
+    ck_assert_msg(chi2(count, p, 4, N) > 100, "T=0.5 indistinguishable from T=1");
+    sampler_destroy(s);
+}
+END_TEST
+
+START_TEST(test_top_k_top_p_min_p)
+{
+    enum { V = 1000 };
+    float *l = malloc(V * sizeof *l);
+    int *count = malloc(V * sizeof *count);
+    for (int i = 0; i < V; i++) l[i] = (float)((i * 7919) % 1000) / 200.0f; // distinct, shuffled
+    /* top-k = 5: exactly the five largest logits appear */
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.top_k = 5;
+    p.temperature = 3.0f; // flatten so all five show up
+    sampler_t *s = mk(&p, V);
+    draw(s, l, V, 2000, count);
+    int n_seen = 0;
+    for (int i = 0; i < V; i++)
+        if (count[i]) {
+            n_seen++;
+            ck_assert_msg(l[i] >= 995 / 200.0f - 1e-6f, "token %d (logit %g) outside top-5", i, l[i]);
+        }
+    ck_assert_int_eq(n_seen, 5);
+    sampler_destroy(s);
+
+    /* top-p over (.5, .3, .15, .05): 0.7 keeps {0,1}; 0.85 keeps {0,1,2} */
+    float lp[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
+    const float tp[2] = {0.7f, 0.85f};
+    const int support[2] = {2, 3};
+    for (int t = 0; t < 2; t++) {
+        sampler_params_default(&p);
+        p.top_p = tp[t];
+        s = mk(&p, 4);
+        draw(s, lp, 4, 3000, count);
+        for (int i = 0; i < 4; i++)
+            ck_assert_msg(i < support[t] ? count[i] > 0 : count[i] == 0, "top_p %g token %d count %d", tp[t], i,
+                          count[i]);
+        sampler_destroy(s);
+    }
+    /* min-p 0.2 of the top probability 0.5 = 0.1: drops only the 0.05 token */
+    sampler_params_default(&p);
+    p.min_p = 0.2f;
+    s = mk(&p, 4);
+    draw(s, lp, 4, 3000, count);
+    ck_assert(count[0] && count[1] && count[2] && !count[3]);
+    sampler_destroy(s);
+
+    /* top-p over a flat 49152-token vocabulary (beyond the first sorted
+     * prefix): half the mass is the lowest half of the ids (ties by id) */
+    enum { BV = 49152 };
+    float *flat = calloc(BV, sizeof *flat);
+    int *bc = malloc(BV * sizeof *bc);
+    sampler_params_default(&p);
+    p.top_p = 0.5f;
+    s = mk(&p, BV);
+    draw(s, flat, BV, 300, bc);
+    for (int i = BV / 2 + 1; i < BV; i++) ck_assert_msg(bc[i] == 0, "flat top-p drew %d", i);
+    sampler_destroy(s);
+    free(flat), free(bc), free(l), free(count);
+}
+END_TEST
+
+START_TEST(test_penalties)
+{
+    int32_t prompt[2] = {1, 2};
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.temperature = 0;
+    p.repetition_penalty = 2.0f;
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    sampler_t *s = sampler_create(&p, 5, prompt, 2);
+    sampler_accept(s, 3);
+    sampler_accept(s, 3);
+    float l[5] = {1.0f, 2.0f, -1.0f, 4.0f, 0.5f};
+    sampler_result_t r;
+    ck_assert_int_eq(sampler_sample(s, l, NULL, 0, &r), 0);
+    ck_assert_float_eq_tol(l[0], 1.0f, 1e-6);  // never seen: untouched
+    ck_assert_float_eq_tol(l[1], 1.0f, 1e-6);  // prompt, positive: divided
+    ck_assert_float_eq_tol(l[2], -2.0f, 1e-6); // prompt, negative: multiplied
+    /* generated twice: repetition (4/2) then presence 0.5 and frequency 2*0.25 */
+    ck_assert_float_eq_tol(l[3], 2.0f - 0.5f - 0.5f, 1e-6);
+    ck_assert_float_eq_tol(l[4], 0.5f, 1e-6);
+    ck_assert_int_eq(r.token, 0); // 1.0 ties 1.0 at id 1 and 3: lowest id
+    sampler_destroy(s);
+}
+END_TEST
+
+START_TEST(test_logit_bias)
+{
+    float base[4] = {5.0f, 1.0f, 0.0f, -3.0f};
+    sampler_bias_t bias[2] = {{0, -100.0f}, {3, 100.0f}};
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.logit_bias = bias;
+    p.n_logit_bias = 1; // ban the favourite only
+    sampler_t *s = mk(&p, 4);
+    int count[4];
+    draw(s, base, 4, 500, count);
+    ck_assert_int_eq(count[0], 0);
+    ck_assert(count[1] > 0);
+    sampler_destroy(s);
+    p.n_logit_bias = 2; // and force the least likely one
+    s = mk(&p, 4);
+    draw(s, base, 4, 500, count);
+    ck_assert_int_eq(count[3], 500);
+    sampler_destroy(s);
+}
+END_TEST
+
+START_TEST(test_seed_reproducible)
+{
+    enum { V = 300, N = 200 };
+    float l[V], w[V];
+    for (int i = 0; i < V; i++) l[i] = sinf((float)i) * 2.0f;
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.top_p = 0.9f;
+    p.top_k = 50;
+    p.seed = 99;
+    int32_t a[N], b[N], c[N];
+    for (int run = 0; run < 3; run++) {
+        if (run == 2) p.seed = 100;
+        sampler_t *s = mk(&p, V);
+        int32_t *out = run == 0 ? a : run == 1 ? b : c;
+        for (int i = 0; i < N; i++) {
+            memcpy(w, l, sizeof w);
+            sampler_result_t r;
+            ck_assert_int_eq(sampler_sample(s, w, NULL, 0, &r), 0);
+            out[i] = r.token;
+        }
+        sampler_destroy(s);
+    }
+    ck_assert(memcmp(a, b, sizeof a) == 0);
+    ck_assert(memcmp(a, c, sizeof a) != 0);
+}
+END_TEST
+
+START_TEST(test_logprobs)
+{
+    enum { V = 12 };
+    float l[V];
+    for (int i = 0; i < V; i++) l[i] = cosf((float)i * 1.3f) * 4.0f;
+    sampler_result_t r;
+    sampler_logprobs_of(l, V, 5, V, &r);
+    ck_assert_int_eq(r.n_top, V);
+    double mx = r.top_logprobs[0], sum = 0;
+    for (int i = 0; i < r.n_top; i++) {
+        if (i) ck_assert(r.top_logprobs[i] <= r.top_logprobs[i - 1]);
+        ck_assert_float_eq_tol(r.top_logprobs[i], l[r.top_ids[i]] - (l[r.top_ids[0]] - r.top_logprobs[0]), 1e-5);
+        sum += exp(r.top_logprobs[i] - mx);
+    }
+    ck_assert_double_eq_tol(mx + log(sum), 0.0, 1e-5); // logsumexp of all logprobs = 0
+    for (int i = 0; i < V; i++)
+        if (r.top_ids[i] == 5) ck_assert_float_eq_tol(r.logprob, r.top_logprobs[i], 1e-6);
+
+    /* sampled: logprobs come from the logits before temperature */
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.temperature = 0.3f;
+    p.n_logprobs = 3;
+    sampler_t *s = mk(&p, V);
+    float w[V];
+    memcpy(w, l, sizeof w);
+    ck_assert_int_eq(sampler_sample(s, w, NULL, 0, &r), 0);
+    ck_assert_int_eq(r.n_top, 3);
+    sampler_result_t ref;
+    sampler_logprobs_of(l, V, r.token, 3, &ref);
+    ck_assert_float_eq_tol(r.logprob, ref.logprob, 1e-6);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(r.top_ids[i], ref.top_ids[i]);
+        ck_assert_float_eq_tol(r.top_logprobs[i], ref.top_logprobs[i], 1e-6);
+    }
+    sampler_destroy(s);
+}
+END_TEST
+
+static Suite *sampler_suite(void)
+{
+    Suite *s = suite_create("sampler");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_greedy);
+    tcase_add_test(tc, test_temperature_distribution);
+    tcase_add_test(tc, test_top_k_top_p_min_p);
+    tcase_add_test(tc, test_penalties);
+    tcase_add_test(tc, test_logit_bias);
+    tcase_add_test(tc, test_seed_reproducible);
+    tcase_add_test(tc, test_logprobs);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(sampler_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? EXIT_FAILURE : EXIT_SUCCESS;
+}

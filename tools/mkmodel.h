@@ -1,0 +1,38 @@
+/* Tiny random-weight Llama GGUF models for tests (`lacuna mkmodel`). The
+ * writer is a function so that the Check suites can make their own models
+ * without running the CLI. */
+#ifndef LC_TOOLS_MKMODEL_H
+#define LC_TOOLS_MKMODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct gguf_writer;
+
+typedef struct {
+    int n_layers;            // default 2
+    int n_embd;              // default 64
+    int n_heads;             // default 4
+    int n_kv_heads;          // default 2
+    int n_ff;                // default 128
+    int n_ctx;               // context_length, default 2048
+    uint32_t type;           // ggml type of the 2-D weights, default F32
+    uint64_t seed;           // default 1
+    float rope_theta;        // default 10000
+    const char *vocab_from;  // copy tokenizer.* from this GGUF; NULL = synthetic
+} mkmodel_opts_t;
+
+void mkmodel_opts_default(mkmodel_opts_t *o);
+/* Writes the model to path. Returns 0, or a negative status with a message in
+ * err (bad dimensions for the type, unreadable vocab source, I/O). */
+int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t errlen);
+
+/* Adds the synthetic byte-level BPE vocabulary (gpt2, pre "smollm", ChatML
+ * template, <|endoftext|> <|im_start|> <|im_end|> as ids 0..2) to w and
+ * returns its size, or a negative status. */
+int mkmodel_synthetic_vocab(struct gguf_writer *w);
+
+/* SmolLM2-135M-Instruct's tokenizer.chat_template, verbatim. */
+extern const char mkmodel_chatml_template[];
+
+#endif
