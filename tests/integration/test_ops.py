@@ -94,35 +94,44 @@ def test_queue_full_gives_429(slow_model, tmp_path):
         d.stop()
 
 
-def test_sigterm_drains(tiny_model, tmp_path):
-    d = Daemon(tiny_model, tmp_path, conf={"server": {"drain_timeout_s": "60"}})
-    body = {"model": "tiny", "prompt": "drain", "max_tokens": 300, "stream": True, "ignore_eos": True}
+def test_sigterm_drains(slow_model, tmp_path):
+    d = Daemon(slow_model, tmp_path, conf={"server": {"drain_timeout_s": "120"}})
+    body = {"model": "slow", "prompt": "drain", "max_tokens": 150, "stream": True, "ignore_eos": True}
     result = {}
+    started = threading.Event()
     sess = requests.Session()  # a keep-alive connection opened before the signal
     assert sess.get(d.url + "/health", timeout=5).status_code == 200
 
     def run():
         try:
-            r = d.post("/v1/completions", body, stream=True, timeout=120)
-            result["text"] = r.text
+            r = d.post("/v1/completions", body, stream=True, timeout=180)
             result["status"] = r.status_code
+            chunks = []
+            for chunk in r.iter_content(chunk_size=None):
+                chunks.append(chunk)
+                started.set()
+            result["text"] = b"".join(chunks).decode()
         except Exception as e:  # reported below
             result["error"] = repr(e)
+        started.set()
 
     t = threading.Thread(target=run)
     t.start()
-    assert wait_for(lambda: d.metrics()["lacuna:num_requests_running"] == 1, 10)
+    assert started.wait(30)
     d.proc.send_signal(signal.SIGTERM)
+    in_flight = t.is_alive()
     time.sleep(0.3)
     # While draining: health and new work answer 503 on open connections.
     h = sess.get(d.url + "/health", timeout=5)
     assert h.status_code == 503
-    r = sess.post(d.url + "/v1/completions", json={"model": "tiny", "prompt": "late", "max_tokens": 1},
+    r = sess.post(d.url + "/v1/completions", json={"model": "slow", "prompt": "late", "max_tokens": 1},
                   headers=d.headers(), timeout=5)
     assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
-    t.join(120)
+    t.join(180)
+    assert in_flight, "the stream ended before SIGTERM; make it longer"
     assert result.get("status") == 200, (result, d.logtext())
     assert result["text"].rstrip().endswith("data: [DONE]")
+    assert result["text"].count('"finish_reason":"length"') == 1
     assert d.proc.wait(60) == 0
     d.log.close()
     log = d.log_path.read_text()
