@@ -14,6 +14,7 @@
 #include "common/status.h"
 #include "common/timeutil.h"
 #include "config.h"
+#include "model/gguf.h"
 #include "server/server.h"
 
 #ifdef HAVE_LIBSYSTEMD
@@ -140,6 +141,18 @@ static void heartbeat_cb(void *ud) { sd_notify(0, "WATCHDOG=1"); }
 static void load_work(uv_work_t *w) {
     srv_t *s = w->data;
     s->model = model_load(s->cfg.model_path, s->load_err, sizeof(s->load_err));
+    /* model_chat_template() gives only the family; the detected template also
+     * carries the default system message some models insert (SmolLM2). */
+    if (!s->model) return;
+    char gerr[256];
+    gguf_ctx_t *g = gguf_open(s->cfg.model_path, gerr, sizeof(gerr));
+    if (!g) return;
+    gguf_str_t ts = {0};
+    int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
+    char cerr[128];
+    s->have_chat = chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &s->chat, cerr,
+                                        sizeof(cerr)) == 0;
+    gguf_close(g);
 }
 
 static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
@@ -178,7 +191,8 @@ static void load_after(uv_work_t *w, int status) {
     s->n_ctx = hp->n_ctx_train;
     s->n_vocab = hp->n_vocab;
     int fam = model_chat_template(s->model);
-    s->have_chat = fam > 0 && chat_template_from_name(chat_family_name((chat_family_t)fam), &s->chat) == 0;
+    if (!s->have_chat && fam > 0)
+        s->have_chat = chat_template_from_name(chat_family_name((chat_family_t)fam), &s->chat) == 0;
     sched_config_t sc;
     sched_config_from(&s->cfg, &sc);
     char err[512] = "";
