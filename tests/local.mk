@@ -22,6 +22,11 @@ tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vo
 tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
 tests_check_model_LDADD = $(CHECK_LDADD)
 
+check_PROGRAMS += tests/check_ops
+tests_check_ops_SOURCES = tests/check_ops.c
+tests_check_ops_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_ops_LDADD = $(CHECK_LDADD)
+
 check_PROGRAMS += tests/check_sampler
 tests_check_sampler_SOURCES = tests/check_sampler.c
 tests_check_sampler_CFLAGS = $(CHECK_CFLAGS_ALL)
