@@ -5,7 +5,7 @@
 set -euo pipefail
 
 APT_PKGS=(build-essential autoconf automake pkg-config unzip curl ca-certificates
-  libmicrohttpd-dev libuv1-dev libcjson-dev libpcre2-dev libinih-dev libopenblas-dev
+  libmicrohttpd-dev libuv1-dev libcjson-dev libpcre2-dev libinih-dev libopenblas-openmp-dev
   check libsystemd-dev systemd python3 python3-pip clang valgrind)
 
 missing=()

@@ -15,13 +15,18 @@ tests_check_common_SOURCES = tests/check_common.c
 tests_check_common_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_common_LDADD = $(CHECK_LDADD)
 
+check_PROGRAMS += tests/check_kv
+tests_check_kv_SOURCES = tests/check_kv.c
+tests_check_kv_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_kv_LDADD = $(CHECK_LDADD)
+
 check_PROGRAMS += tests/check_gguf
 tests_check_gguf_SOURCES = tests/check_gguf.c tests/check_gguf_quant.c
 tests_check_gguf_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_gguf_LDADD = $(CHECK_LDADD)
 
 check_PROGRAMS += tests/check_model
-tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c $(LC_MODEL_INTERIM)
+tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c
 tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
 tests_check_model_LDADD = $(CHECK_LDADD)
 
@@ -54,3 +59,15 @@ tests_check_tokenizer_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py \
 	tests/fixtures/logits_smollm2.json scripts/gen_logits_fixtures.py
+EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py
+
+# ---- scheduler ---------------------------------------------------------------
+# Tiny random models are written by the test itself (mkmodel's vocabulary);
+# the SmolLM2 case reads $LACUNA_MODEL or models/ and skips when absent.
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched
+tests_check_sched_SOURCES = tests/check_sched.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
+tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_LDADD = $(CHECK_LDADD)
+endif

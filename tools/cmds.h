@@ -18,4 +18,8 @@ int cmd_generate(int argc, char **argv);
  * unreadable input, 2 on bad usage. */
 int cmd_tokenize(int argc, char **argv);
 
+/* lacuna bench-engine -m MODEL [-c LIST] [-n M] [--markdown]: aggregate
+ * decode tokens/s of the scheduler at each concurrency level. */
+int cmd_bench_engine(int argc, char **argv);
+
 #endif

@@ -18,6 +18,7 @@ static const struct {
     {"inspect", cmd_inspect, "MODEL.gguf   print GGUF metadata and the tensor table"},
     {"generate", cmd_generate, "-m MODEL (-p TEXT | --chat TEXT) [-n N] [--temp T]   generate text"},
     {"mkmodel", cmd_mkmodel, "-o OUT.gguf  write a tiny random-weight Llama model"},
+    {"bench-engine", cmd_bench_engine, "-m MODEL [-c 1,4,16,64] [-n M] [--markdown]   engine decode throughput"},
     {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 

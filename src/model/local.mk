@@ -11,7 +11,7 @@ liblacuna_a_SOURCES += \
 # INTERIM (until the engine branch's kv is merged): a private trivial KV pool
 # for the model's own tests and tools; never part of liblacuna.
 LC_MODEL_INTERIM = src/model/interim/kv_fallback.c
-EXTRA_DIST += $(LC_MODEL_INTERIM)
+EXTRA_DIST +=
 
 
 

@@ -1,0 +1,135 @@
+/* Scheduler internals shared by req.c, policy.c, sched.c and step.c. */
+#ifndef LC_SCHED_INTERNAL_H
+#define LC_SCHED_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "kv/kv.h"
+#include "model/tokenizer.h"
+#include "scheduler/sched.h"
+#include "scheduler/stop.h"
+
+/* ---- one choice (an independent sequence after the shared prompt) ----------- */
+typedef struct {
+    kv_seq_t kv;            // blocks of this choice (empty in the prompt phase)
+    int32_t *toks;          // (cap) prompt then generated tokens
+    int n_gen;              // generated tokens (the last one is not yet in kv)
+    sampler_t *sampler;
+    tok_stream_t *detok;
+    sched_stopm_t stopm;
+    attn_state_t *attn;
+    sched_finish_t finish;  // NONE while running
+    double t_last;          // time of the last token (ITL)
+} sched_choice_t;
+
+typedef enum {
+    REQ_NEW = 0,   // created, not submitted
+    REQ_WAITING,   // in the waiting queue (also after preemption)
+    REQ_RUNNING,
+    REQ_DONE,
+} req_state_t;
+
+struct sched_req {
+    atomic_int refs;
+    atomic_int cancel;
+    uint64_t id;
+
+    /* Parameters, deep copies owned by the request. */
+    sched_params_t p;
+    int32_t *prompt;            // (n_prompt)
+    char *stops[SCHED_MAX_STOP];
+    int32_t *stop_ids;
+    sampler_bias_t *bias;
+
+    /* Event queue: any thread polls, the engine pushes. */
+    pthread_mutex_t lock;
+    sched_event_t *evq;         // ring (evq_cap)
+    int evq_head, evq_n, evq_cap;
+    sched_usage_t usage;        // under lock
+    int wake_pending;           // engine only: events queued this step
+
+    /* Engine thread only. */
+    req_state_t state;
+    int prompt_phase;           // 1: computing the shared prompt into pkv
+    kv_seq_t pkv;               // the prompt's blocks before the fork
+    attn_state_t *pattn;        // prompt phase attention state
+    attn_policy_t policy;
+    sched_choice_t *ch;         // (n_choices)
+    int n_live;                 // choices not finished
+    int sampled_once;           // first tokens drawn (the prompt's logits are used)
+    int prompt_lp_done;
+    sched_logprob_t *prompt_lps; // (n_prompt) while gathering prompt logprobs
+    int cached_tokens;
+    int preemptions;
+    uint64_t admit_seq;         // admission order (preemption victim: the largest)
+    double t_submit, t_sched, t_first;
+};
+
+/* req.c */
+int sched__req_push(sched_req_t *r, sched_event_t *ev); // takes ev's heap parts
+void sched__req_set_usage(sched_req_t *r, const sched_usage_t *u);
+void sched__req_free_engine_state(sched_req_t *r);     // samplers, streams, attn states
+
+/* policy.c: "auto" resolved against the config for a prompt length. */
+void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt,
+                           attn_policy_t *out);
+
+/* ---- the engine ---------------------------------------------------------------- */
+/* What one slice of the batch is for. */
+struct sched_slot {
+    sched_req_t *r;
+    int choice;     // -1: the prompt phase (pkv)
+    int rows;       // logits rows (0, 1 or n_tok)
+};
+
+typedef struct {
+    sched_req_t **v;
+    int n, cap;
+} sched_reqv_t;
+
+struct sched {
+    const model_t *model;
+    const tok_t *tok;
+    model_hparams_t hp;
+    sched_config_t cfg;
+    kv_pool_t *kv;
+    model_ctx_t *mctx;
+    int32_t eos[2];
+    int n_eos;
+
+    /* Shared with submitters: waiting queue and flags, under lock. */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    sched_reqv_t waiting;   // FIFO; index 0 is the head
+    int draining, stop, thread_running;
+    pthread_t thread;
+    void (*heartbeat_cb)(void *);
+    void *heartbeat_ud;
+
+    /* Engine thread only. */
+    sched_reqv_t running;   // admission order
+    uint64_t admit_counter;
+    int32_t *btok;          // (max_batch_tokens) batch tokens
+    model_seq_t *bseq;      // (max_batch_tokens) batch slices
+    struct sched_slot *slot; // (max_batch_tokens) what each slice is for
+    float *logits;          // scratch (rows, n_vocab)
+    float *tmp;             // (n_vocab) one row for a choice's sampler
+    size_t logits_cap;      // floats
+    sched_reqv_t touched;   // requests with events this step
+
+    /* Metrics, under mlock. */
+    pthread_mutex_t mlock;
+    sched_metrics_t m;
+    lc_hist_t h_ttft, h_itl, h_e2e, h_queue;
+};
+
+int sched__reqv_push(sched_reqv_t *v, sched_req_t *r);
+void sched__reqv_remove(sched_reqv_t *v, int i);
+int sched__reqv_insert(sched_reqv_t *v, int i, sched_req_t *r);
+
+/* step.c */
+int sched__step(sched_t *s);
+void sched__finish_all(sched_t *s, sched_req_t *r, sched_finish_t f, int status);
+
+#endif

@@ -1,0 +1,815 @@
+/* Check suite for src/scheduler: the stop-string matcher and policy
+ * resolution on their own, then the engine end to end on tiny random
+ * models (batched == alone, a randomized submit/step/cancel run under a tiny
+ * KV pool, prefix reuse, preemption, n > 1 choices, stop strings, prompt
+ * logprobs, the engine thread), and on SmolLM2 when the file is present. */
+#include <check.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/status.h"
+#include "kv/kv.h"
+#include "model/gguf.h"
+#include "model/tokenizer.h"
+#include "scheduler/sched.h"
+#include "scheduler/sched_internal.h"
+#include "scheduler/stop.h"
+#include "tools/mkmodel.h"
+
+#ifndef LC_SRCDIR
+#define LC_SRCDIR "."
+#endif
+
+/* ---- stop strings --------------------------------------------------------------- */
+static char *run_stops(char *const *stops, int n, const char *const *deltas, int *matched) {
+    sched_stopm_t m;
+    sched_stopm_init(&m, stops, n);
+    sched_text_t out = {0};
+    sched_text_append(&out, "", 0);
+    *matched = 0;
+    for (int i = 0; deltas[i] && !*matched; i++) {
+        size_t before = out.len;
+        *matched = sched_stopm_push(&m, deltas[i], strlen(deltas[i]), &out) == 1;
+        /* Released text never contains a stop string. */
+        for (int j = 0; j < n; j++) ck_assert_ptr_null(strstr(out.s, stops[j]));
+        (void)before;
+    }
+    if (!*matched) sched_stopm_flush(&m, &out);
+    sched_stopm_fini(&m);
+    return out.s;
+}
+
+START_TEST(test_stop_strings) {
+    char *s1[] = {"STOP", "\n\n"};
+    int matched;
+    const char *d1[] = {"Hello wor", "ld ST", "O", "P and more", NULL};
+    char *o = run_stops(s1, 2, d1, &matched);
+    ck_assert(matched);
+    ck_assert_str_eq(o, "Hello world ");
+    free(o);
+    /* A partial match that fails is released. */
+    const char *d2[] = {"a ST", "OX b", NULL};
+    o = run_stops(s1, 2, d2, &matched);
+    ck_assert(!matched);
+    ck_assert_str_eq(o, "a STOX b");
+    free(o);
+    /* Held text comes out at the end when nothing matched. */
+    const char *d3[] = {"tail S", "TO", NULL};
+    o = run_stops(s1, 2, d3, &matched);
+    ck_assert(!matched);
+    ck_assert_str_eq(o, "tail STO");
+    free(o);
+    /* Earliest match wins; one delta holds a whole stop string. */
+    const char *d4[] = {"x\n", "\nSTOP", NULL};
+    o = run_stops(s1, 2, d4, &matched);
+    ck_assert(matched);
+    ck_assert_str_eq(o, "x");
+    free(o);
+    /* Hold-back: while a prefix may still match, nothing of it is released. */
+    sched_stopm_t m;
+    sched_stopm_init(&m, s1, 2);
+    sched_text_t out = {0};
+    ck_assert_int_eq(sched_stopm_push(&m, "abcST", 5, &out), 0);
+    ck_assert_int_eq((int)out.len, 3);
+    ck_assert_int_eq(sched_stopm_push(&m, "O", 1, &out), 0);
+    ck_assert_int_eq((int)out.len, 3);
+    ck_assert_int_eq(sched_stopm_push(&m, "PP", 2, &out), 1);
+    ck_assert_str_eq(out.s, "abc");
+    free(out.s);
+    sched_stopm_fini(&m);
+    /* No stop strings: everything passes straight through. */
+    const char *d5[] = {"ab", "cd", NULL};
+    o = run_stops(NULL, 0, d5, &matched);
+    ck_assert_str_eq(o, "abcd");
+    free(o);
+}
+END_TEST
+
+START_TEST(test_policy) {
+    sched_config_t c;
+    sched_config_default(&c);
+    sched_attn_spec_t sp;
+    sched_attn_spec_default(&sp);
+    attn_policy_t p;
+    sched__resolve_policy(&c, &sp, 100, &p);
+    ck_assert_int_eq(p.prefill, ATTN_PREFILL_DENSE);
+    ck_assert_int_eq(p.decode, ATTN_DECODE_DENSE);
+    sched__resolve_policy(&c, &sp, c.sparse_prefill_min_tokens, &p);
+    ck_assert_int_eq(p.prefill, c.attn_default.prefill);
+    ck_assert_int_eq(p.decode, c.attn_default.decode);
+    sp.prefill = ATTN_PREFILL_ANCHOR;
+    sp.decode = ATTN_DECODE_DENSE;
+    sp.theta = 5.0f;
+    sp.gamma = NAN;
+    sp.decode_budget = 256;
+    sched__resolve_policy(&c, &sp, 100000, &p);
+    ck_assert_int_eq(p.prefill, ATTN_PREFILL_ANCHOR);
+    ck_assert_int_eq(p.decode, ATTN_DECODE_DENSE);
+    ck_assert_float_eq(p.theta, 5.0f);
+    ck_assert_float_eq(p.gamma, c.attn_default.gamma);
+    ck_assert_int_eq(p.decode_budget, 256);
+}
+END_TEST
+
+START_TEST(test_req_queue) {
+    int32_t prompt[3] = {1, 2, 3};
+    sched_params_t p = {.prompt = prompt, .n_prompt = 3, .n_choices = 1};
+    int st;
+    p.n_prompt = 0;
+    ck_assert_ptr_null(sched_req_create(&p, &st));
+    ck_assert_int_eq(st, LC_EINVAL);
+    p.n_prompt = 3;
+    p.stop[0] = "x";
+    p.n_stop = 1;
+    sched_req_t *r = sched_req_create(&p, &st);
+    ck_assert_ptr_nonnull(r);
+    prompt[0] = 99; // copied
+    ck_assert_int_eq(r->prompt[0], 1);
+    for (int i = 0; i < 40; i++) {
+        sched_event_t ev = {.kind = SCHED_EV_TOKEN, .token = i, .text = strdup("t"), .text_len = 1};
+        ck_assert_int_eq(sched__req_push(r, &ev), 0);
+    }
+    sched_event_t out[16];
+    int got = 0, n;
+    while ((n = sched_req_poll(r, out, 16)) > 0) {
+        for (int i = 0; i < n; i++) {
+            ck_assert_int_eq(out[i].token, got + i);
+            sched_event_clear(&out[i]);
+        }
+        got += n;
+    }
+    ck_assert_int_eq(got, 40);
+    sched_event_t ev = {.kind = SCHED_EV_TOKEN, .text = strdup("left")};
+    sched__req_push(r, &ev); // freed with the request
+    sched_req_retain(r);
+    sched_req_release(r);
+    sched_req_release(r);
+    ck_assert_str_eq(sched_finish_name(SCHED_FINISH_LENGTH), "length");
+}
+END_TEST
+
+/* ---- tiny models ------------------------------------------------------------------ */
+/* mkmodel's vocabulary with our own random weights: an untied output matrix
+ * makes the next token depend on the whole context rather than echo the
+ * last one, so that a wrong K/V anywhere shows up in the outputs. */
+static uint64_t g_rng;
+static float randn(void) {
+    double u = 0;
+    for (int i = 0; i < 4; i++) { // Irwin-Hall, good enough for weights
+        g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        u += (double)(g_rng >> 11) * 0x1.0p-53;
+    }
+    return (float)((u - 2.0) * 1.7320508);
+}
+
+static void add_f32(gguf_writer_t *w, const char *name, int rows, int cols, float mean, float std) {
+    size_t n = (size_t)rows * (size_t)cols;
+    float *f = malloc(n * sizeof *f);
+    ck_assert_ptr_nonnull(f);
+    for (size_t i = 0; i < n; i++) f[i] = mean + std * randn();
+    uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
+    ck_assert_int_eq(gguf_writer_add_tensor(w, name, rows == 1 ? 1 : 2, dims, GGML_TYPE_F32, f, n * sizeof *f), 0);
+    free(f);
+}
+
+static void write_tiny(const char *path, int L, int E, int H, int KVH, int F, int n_ctx, uint64_t seed) {
+    gguf_writer_t *w = gguf_writer_create();
+    int V = mkmodel_synthetic_vocab(w);
+    ck_assert_int_gt(V, 0);
+    int HD = E / H;
+    ck_assert_int_eq(gguf_writer_set_str(w, "general.architecture", "llama"), 0);
+    gguf_writer_set_str(w, "general.name", "check-sched-tiny");
+    gguf_writer_set_u32(w, "llama.context_length", (uint32_t)n_ctx);
+    gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)E);
+    gguf_writer_set_u32(w, "llama.block_count", (uint32_t)L);
+    gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)F);
+    gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)H);
+    gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)KVH);
+    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
+    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)HD);
+    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)V);
+    g_rng = seed;
+    float se = 1.0f / sqrtf((float)E), sf = 1.0f / sqrtf((float)F);
+    add_f32(w, "token_embd.weight", V, E, 0, 1.0f);
+    add_f32(w, "output_norm.weight", 1, E, 1.0f, 0.1f);
+    add_f32(w, "output.weight", V, E, 0, 2.0f * se);
+    for (int l = 0; l < L; l++) {
+        char n[64];
+#define T(sfx, r, c, mean, std) snprintf(n, sizeof n, "blk.%d." sfx ".weight", l), add_f32(w, n, r, c, mean, std)
+        T("attn_norm", 1, E, 1.0f, 0.1f);
+        T("attn_q", E, E, 0, 2.0f * se);
+        T("attn_k", HD * KVH, E, 0, 2.0f * se);
+        T("attn_v", HD * KVH, E, 0, 2.0f * se);
+        T("attn_output", E, E, 0, 2.0f * se);
+        T("ffn_norm", 1, E, 1.0f, 0.1f);
+        T("ffn_gate", F, E, 0, se);
+        T("ffn_up", F, E, 0, se);
+        T("ffn_down", E, F, 0, sf);
+#undef T
+    }
+    ck_assert_int_eq(gguf_writer_write(w, path), 0);
+    gguf_writer_destroy(w);
+}
+
+static char g_tiny[256];
+static model_t *g_model;
+
+static model_t *tiny_model(void) {
+    if (g_model) return g_model;
+    snprintf(g_tiny, sizeof g_tiny, "/tmp/lacuna_check_sched_%d.gguf", (int)getpid());
+    write_tiny(g_tiny, 2, 32, 4, 2, 64, 512, 7);
+    char err[256];
+    g_model = model_load(g_tiny, err, sizeof err);
+    ck_assert_msg(g_model != NULL, "%s", err);
+    unlink(g_tiny);
+    return g_model;
+}
+
+static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int chunk, int prefix) {
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = blocks;
+    c.max_batch_tokens = max_batch;
+    c.prefill_chunk = chunk;
+    c.enable_prefix_cache = prefix;
+    c.max_running = 16;
+    c.max_waiting = 1024;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+typedef struct {
+    sched_req_t *r;
+    int n_choices;
+    int32_t toks[4][256];
+    int n[4];
+    char text[4][2048];
+    size_t tlen[4];
+    sched_finish_t finish[4];
+    int done, n_prompt_lps;
+    float prompt_lp1;
+} out_t;
+
+static void drain(out_t *o) {
+    sched_event_t ev[32];
+    int n;
+    while ((n = sched_req_poll(o->r, ev, 32)) > 0)
+        for (int i = 0; i < n; i++) {
+            int c = ev[i].choice;
+            ck_assert(!o->done);
+            switch (ev[i].kind) {
+            case SCHED_EV_TOKEN:
+                ck_assert_int_eq(o->finish[c], SCHED_FINISH_NONE);
+                o->toks[c][o->n[c]++] = ev[i].token;
+                ck_assert_uint_lt(o->tlen[c] + ev[i].text_len, sizeof o->text[c]);
+                memcpy(o->text[c] + o->tlen[c], ev[i].text, ev[i].text_len);
+                o->tlen[c] += ev[i].text_len;
+                o->text[c][o->tlen[c]] = 0;
+                break;
+            case SCHED_EV_FINISH: o->finish[c] = ev[i].finish; break;
+            case SCHED_EV_DONE: o->done = 1; break;
+            case SCHED_EV_PROMPT_LOGPROBS:
+                o->n_prompt_lps = ev[i].n_prompt_lps;
+                o->prompt_lp1 = ev[i].prompt_lps[1].logprob;
+                break;
+            }
+            sched_event_clear(&ev[i]);
+        }
+}
+
+static void mk_prompt(int32_t *p, int n, unsigned seed, int n_vocab) {
+    for (int i = 0; i < n; i++) p[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(n_vocab - 3));
+}
+
+static void greedy_params(sched_params_t *p, const int32_t *prompt, int n, int max_tokens) {
+    memset(p, 0, sizeof *p);
+    p->prompt = prompt;
+    p->n_prompt = n;
+    p->n_choices = 1;
+    p->max_tokens = max_tokens;
+    p->ignore_eos = 1;
+    p->logprobs = -1;
+    p->prompt_logprobs = -1;
+    sampler_params_default(&p->sampling);
+    p->sampling.temperature = 0;
+    sched_attn_spec_default(&p->attn);
+}
+
+static void submit(sched_t *s, out_t *o, const sched_params_t *p) {
+    memset(o, 0, sizeof *o);
+    int st;
+    o->r = sched_req_create(p, &st);
+    ck_assert_ptr_nonnull(o->r);
+    o->n_choices = p->n_choices;
+    ck_assert_int_eq(sched_submit(s, o->r), 0);
+}
+
+static void finish_out(out_t *o) {
+    drain(o);
+    ck_assert(o->done);
+    sched_req_release(o->r);
+    o->r = NULL;
+}
+
+/* Reference: one request alone on a fresh engine with a large pool. */
+static void run_alone(const model_t *m, const int32_t *prompt, int n, int max_tokens, out_t *o) {
+    sched_t *s = mk_sched(m, 256, 512, 512, 0);
+    sched_params_t p;
+    greedy_params(&p, prompt, n, max_tokens);
+    submit(s, o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(o);
+    ck_assert_int_eq(o->n[0], max_tokens);
+    ck_assert_int_eq(o->finish[0], SCHED_FINISH_LENGTH);
+    sched_destroy(s);
+}
+
+static void assert_pool_clean(sched_t *s) {
+    kv_pool_t *kv = sched_kv(s);
+    ck_assert_int_eq(kv_pool_n_used(kv), 0);
+    ck_assert_int_eq(kv_pool_n_available(kv), kv_pool_n_blocks(kv));
+}
+
+#define NB 12
+START_TEST(test_batched_equals_alone) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompts[NB][200];
+    static out_t ref[NB], got[NB];
+    int lens[NB];
+    for (int i = 0; i < NB; i++) {
+        lens[i] = 1 + (i * 37) % 150;
+        mk_prompt(prompts[i], lens[i], 100 + i, nv);
+        run_alone(m, prompts[i], lens[i], 10 + i, &ref[i]);
+        if (getenv("CHECK_SCHED_DUMP")) {
+            for (int j = 0; j < ref[i].n[0]; j++) fprintf(stderr, "%d ", ref[i].toks[0][j]);
+            fprintf(stderr, "| %s\n", ref[i].text[0]);
+        }
+    }
+    /* Small budget and chunks: prompts are split across steps and mixed with
+     * decodes of the others. */
+    sched_t *s = mk_sched(m, 256, 48, 16, 0);
+    for (int i = 0; i < NB; i++) {
+        sched_params_t p;
+        greedy_params(&p, prompts[i], lens[i], 10 + i);
+        submit(s, &got[i], &p);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < NB; i++) {
+        finish_out(&got[i]);
+        ck_assert_int_eq(got[i].n[0], ref[i].n[0]);
+        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], (size_t)ref[i].n[0] * sizeof(int32_t));
+        ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
+    }
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    ck_assert_uint_eq(mt.requests_finished[SCHED_FINISH_LENGTH], NB);
+    ck_assert_uint_eq(mt.ttft.count, NB);
+    ck_assert_int_eq(mt.running, 0);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_preemption_tiny_pool) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    enum { N = 8 };
+    static int32_t prompts[N][64];
+    static out_t ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        mk_prompt(prompts[i], 20 + i, 500 + i, nv);
+        run_alone(m, prompts[i], 20 + i, 40, &ref[i]);
+    }
+    /* 10 blocks of 16 tokens; every request needs 4 at its end. */
+    sched_t *s = mk_sched(m, 10, 256, 64, 1);
+    for (int i = 0; i < N; i++) {
+        sched_params_t p;
+        greedy_params(&p, prompts[i], 20 + i, 40);
+        submit(s, &got[i], &p);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    int preempted = 0;
+    for (int i = 0; i < N; i++) {
+        sched_usage_t u;
+        sched_req_usage(got[i].r, &u);
+        preempted += u.preemptions;
+        finish_out(&got[i]);
+        ck_assert_int_eq(got[i].n[0], 40);
+        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], 40 * sizeof(int32_t));
+        ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
+    }
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    ck_assert_int_gt(preempted, 0);
+    ck_assert_uint_eq(mt.preemptions_total, (uint64_t)preempted);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_prefix_reuse) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[120], other[120];
+    mk_prompt(prompt, 120, 9, nv);
+    memcpy(other, prompt, sizeof other);
+    mk_prompt(other + 100, 20, 10, nv); // shares 100 tokens
+    out_t ref1, ref2, a, b, c;
+    run_alone(m, prompt, 120, 12, &ref1);
+    run_alone(m, other, 120, 12, &ref2);
+    sched_t *s = mk_sched(m, 64, 256, 64, 1);
+    sched_params_t p;
+    greedy_params(&p, prompt, 120, 12);
+    submit(s, &a, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    submit(s, &b, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    greedy_params(&p, other, 120, 12);
+    submit(s, &c, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    sched_usage_t ua, ub, uc;
+    sched_req_usage(a.r, &ua);
+    sched_req_usage(b.r, &ub);
+    sched_req_usage(c.r, &uc);
+    ck_assert_int_eq(ua.cached_tokens, 0);
+    ck_assert_int_eq(ub.cached_tokens, 112); // 7 full blocks of 16
+    ck_assert_int_eq(uc.cached_tokens, 96);  // the 6 blocks before token 100
+    ck_assert_int_eq(ub.prompt_tokens, 120);
+    ck_assert_int_eq(ub.completion_tokens, 12);
+    finish_out(&a);
+    finish_out(&b);
+    finish_out(&c);
+    ck_assert_mem_eq(a.toks[0], ref1.toks[0], 12 * sizeof(int32_t));
+    ck_assert_mem_eq(b.toks[0], ref1.toks[0], 12 * sizeof(int32_t));
+    ck_assert_mem_eq(c.toks[0], ref2.toks[0], 12 * sizeof(int32_t));
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    ck_assert_uint_eq(mt.prefix_hit_tokens, 112 + 96);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+/* ---- randomized ------------------------------------------------------------------- */
+#define RP 10   // distinct prompts
+#define RMAX 24 // max_tokens of the references
+START_TEST(test_random_ops) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompts[RP][64];
+    static out_t ref[RP];
+    int lens[RP];
+    for (int i = 0; i < RP; i++) {
+        lens[i] = 1 + (i * 13) % 50;
+        mk_prompt(prompts[i], lens[i], 900 + (unsigned)(i % 4), nv); // shared prefixes
+        run_alone(m, prompts[i], lens[i], RMAX, &ref[i]);
+    }
+    sched_t *s = mk_sched(m, 14, 40, 8, 1);
+    enum { LIVE = 12 };
+    static out_t live[LIVE];
+    int which[LIVE], used[LIVE] = {0};
+    unsigned seed = 4242;
+    int ops = 0, finished = 0, cancelled = 0;
+    for (ops = 0; ops < 3000; ops++) {
+        int op = rand_r(&seed) % 10;
+        int i = rand_r(&seed) % LIVE;
+        if (op < 3 && !used[i]) {
+            which[i] = rand_r(&seed) % RP;
+            sched_params_t p;
+            greedy_params(&p, prompts[which[i]], lens[which[i]], 1 + rand_r(&seed) % RMAX);
+            submit(s, &live[i], &p);
+            used[i] = 1;
+        } else if (op == 3 && used[i]) {
+            sched_req_cancel(live[i].r);
+        } else {
+            ck_assert_int_ge(sched_step(s), 0);
+            kv_pool_t *kv = sched_kv(s);
+            ck_assert_int_eq(kv_pool_n_used(kv) + kv_pool_n_available(kv), kv_pool_n_blocks(kv));
+        }
+        for (int j = 0; j < LIVE; j++) {
+            if (!used[j]) continue;
+            drain(&live[j]);
+            /* Whatever came out so far is the reference's prefix. */
+            ck_assert_mem_eq(live[j].toks[0], ref[which[j]].toks[0], (size_t)live[j].n[0] * sizeof(int32_t));
+            if (live[j].done) {
+                if (live[j].finish[0] == SCHED_FINISH_CANCELLED) cancelled++;
+                else finished++;
+                sched_req_release(live[j].r);
+                used[j] = 0;
+            }
+        }
+    }
+    for (int j = 0; j < LIVE; j++)
+        if (used[j]) sched_req_cancel(live[j].r);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int j = 0; j < LIVE; j++)
+        if (used[j]) finish_out(&live[j]);
+    ck_assert_int_gt(finished, 100);
+    ck_assert_int_gt(cancelled, 20);
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    ck_assert_uint_gt(mt.preemptions_total, 0);
+    ck_assert_uint_gt(mt.prefix_hit_tokens, 0);
+    assert_pool_clean(s);
+    kv_pool_clear_cache(sched_kv(s));
+    ck_assert_int_eq(kv_pool_n_cached(sched_kv(s)), 0);
+    sched_destroy(s);
+}
+END_TEST
+
+/* ---- choices, stop strings, logprobs ---------------------------------------------- */
+START_TEST(test_choices) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    int32_t prompt[37];
+    mk_prompt(prompt, 37, 77, nv);
+    out_t ref, g, t1, t2;
+    run_alone(m, prompt, 37, 15, &ref);
+    sched_t *s = mk_sched(m, 64, 128, 32, 1);
+    sched_params_t p;
+    greedy_params(&p, prompt, 37, 15);
+    p.n_choices = 3;
+    submit(s, &g, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    sched_usage_t u;
+    sched_req_usage(g.r, &u);
+    ck_assert_int_eq(u.completion_tokens, 45);
+    finish_out(&g);
+    for (int c = 0; c < 3; c++) {
+        ck_assert_int_eq(g.n[c], 15);
+        ck_assert_mem_eq(g.toks[c], ref.toks[0], 15 * sizeof(int32_t));
+        ck_assert_int_eq(g.finish[c], SCHED_FINISH_LENGTH);
+    }
+    /* Sampling with a seed: reproducible, and the choices differ. */
+    p.sampling.temperature = 1.5f;
+    p.sampling.seed = 1234;
+    submit(s, &t1, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    submit(s, &t2, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(&t1);
+    finish_out(&t2);
+    for (int c = 0; c < 3; c++) ck_assert_mem_eq(t1.toks[c], t2.toks[c], 15 * sizeof(int32_t));
+    ck_assert(memcmp(t1.toks[0], t1.toks[1], 15 * sizeof(int32_t)) != 0 ||
+              memcmp(t1.toks[1], t1.toks[2], 15 * sizeof(int32_t)) != 0);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_stop_conditions) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    int32_t prompt[11];
+    mk_prompt(prompt, 11, 31, nv);
+    out_t ref, g;
+    run_alone(m, prompt, 11, 40, &ref);
+    /* A 3-character ASCII stop string from the middle of the reference text. */
+    const char *t = ref.text[0];
+    size_t len = strlen(t), pos = len / 3;
+    while (pos + 3 <= len && !(t[pos] > ' ' && t[pos] < 127 && t[pos + 1] > ' ' && t[pos + 1] < 127 &&
+                               t[pos + 2] > ' ' && t[pos + 2] < 127))
+        pos++;
+    ck_assert_msg(pos + 3 <= len, "no ASCII run in \"%s\"", t);
+    char stop[4] = {t[pos], t[pos + 1], t[pos + 2], 0};
+    size_t first = (size_t)(strstr(t, stop) - t);
+    sched_t *s = mk_sched(m, 64, 128, 32, 1);
+    sched_params_t p;
+    greedy_params(&p, prompt, 11, 40);
+    p.stop[0] = "\x01never";
+    p.stop[1] = stop;
+    p.n_stop = 2;
+    submit(s, &g, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(&g);
+    ck_assert_int_eq(g.finish[0], SCHED_FINISH_STOP);
+    ck_assert_uint_eq(g.tlen[0], first);
+    ck_assert_int_eq(memcmp(g.text[0], t, first), 0);
+    ck_assert_int_lt(g.n[0], 40);
+    ck_assert_mem_eq(g.toks[0], ref.toks[0], (size_t)g.n[0] * sizeof(int32_t));
+
+    /* A stop token id: the request ends on that token. */
+    int k = 5;
+    greedy_params(&p, prompt, 11, 40);
+    p.stop_token_ids = &ref.toks[0][k];
+    p.n_stop_token_ids = 1;
+    int first_k = k;
+    for (int i = 0; i < k; i++)
+        if (ref.toks[0][i] == ref.toks[0][k]) first_k = i;
+    submit(s, &g, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(&g);
+    ck_assert_int_eq(g.finish[0], SCHED_FINISH_STOP);
+    ck_assert_int_le(g.n[0], first_k + 1);
+    /* min_tokens bans it before: then it runs past position k. */
+    p.min_tokens = 30;
+    submit(s, &g, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(&g);
+    ck_assert_int_ge(g.n[0], 30);
+    for (int i = 0; i < 30; i++) ck_assert_int_ne(g.toks[0][i], ref.toks[0][k]);
+
+    /* Prompt logprobs with max_tokens 0: prefill only. */
+    greedy_params(&p, prompt, 11, 0);
+    p.prompt_logprobs = 2;
+    submit(s, &g, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish_out(&g);
+    ck_assert_int_eq(g.n[0], 0);
+    ck_assert_int_eq(g.finish[0], SCHED_FINISH_LENGTH);
+    ck_assert_int_eq(g.n_prompt_lps, 11);
+    ck_assert(g.prompt_lp1 <= 0.0f && isfinite(g.prompt_lp1));
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+START_TEST(test_submit_errors) {
+    const model_t *m = tiny_model();
+    int32_t prompt[100] = {0};
+    sched_t *s = mk_sched(m, 4, 64, 16, 1);
+    sched_params_t p;
+    greedy_params(&p, prompt, 100, 500); // beyond n_ctx 512
+    int st;
+    sched_req_t *r = sched_req_create(&p, &st);
+    ck_assert_int_eq(sched_submit(s, r), LC_ETOOLONG);
+    sched_req_release(r);
+    greedy_params(&p, prompt, 60, 10); // 5 blocks > 4
+    r = sched_req_create(&p, &st);
+    ck_assert_int_eq(sched_submit(s, r), LC_ETOOLONG);
+    sched_req_release(r);
+    sched_destroy(s);
+
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = 16;
+    c.max_waiting = 2;
+    char err[128];
+    s = sched_create(m, &c, err, sizeof err);
+    ck_assert_ptr_nonnull(s);
+    greedy_params(&p, prompt, 10, 5);
+    sched_req_t *rs[3];
+    for (int i = 0; i < 3; i++) rs[i] = sched_req_create(&p, &st);
+    ck_assert_int_eq(sched_submit(s, rs[0]), 0);
+    ck_assert_int_eq(sched_submit(s, rs[1]), 0);
+    ck_assert_int_eq(sched_submit(s, rs[2]), LC_EBUSY);
+    sched_drain(s);
+    ck_assert_int_eq(sched_submit(s, rs[2]), LC_ESHUTDOWN);
+    sched_destroy(s); // cancels the two queued requests
+    for (int i = 0; i < 2; i++) {
+        out_t o = {.r = rs[i]};
+        finish_out(&o);
+        ck_assert_int_eq(o.finish[0], SCHED_FINISH_CANCELLED);
+    }
+    sched_req_release(rs[2]);
+}
+END_TEST
+
+/* ---- the engine thread ------------------------------------------------------------- */
+static atomic_int g_wakes;
+static void wake(void *ud) { atomic_fetch_add((atomic_int *)ud, 1); }
+
+START_TEST(test_thread) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    enum { N = 6 };
+    static int32_t prompts[N][40];
+    static out_t ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        mk_prompt(prompts[i], 5 + i * 5, 300 + i, nv);
+        run_alone(m, prompts[i], 5 + i * 5, 20, &ref[i]);
+    }
+    sched_t *s = mk_sched(m, 64, 64, 16, 1);
+    ck_assert_int_eq(sched_start(s), 0);
+    atomic_store(&g_wakes, 0);
+    for (int i = 0; i < N; i++) {
+        sched_params_t p;
+        greedy_params(&p, prompts[i], 5 + i * 5, 20);
+        p.wake_cb = wake;
+        p.wake_ud = &g_wakes;
+        submit(s, &got[i], &p);
+    }
+    /* One long request that is cancelled from this thread mid-way. */
+    static int32_t longp[200];
+    mk_prompt(longp, 200, 1, nv);
+    out_t lo;
+    sched_params_t p;
+    greedy_params(&p, longp, 200, 300);
+    submit(s, &lo, &p);
+    for (int spin = 0; spin < 20000; spin++) {
+        int all = 1;
+        for (int i = 0; i < N; i++) {
+            drain(&got[i]);
+            all &= got[i].done;
+        }
+        drain(&lo);
+        if (lo.n[0] > 0) sched_req_cancel(lo.r);
+        if (all && lo.done) break;
+        usleep(500);
+    }
+    for (int i = 0; i < N; i++) {
+        ck_assert(got[i].done);
+        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], 20 * sizeof(int32_t));
+        finish_out(&got[i]);
+    }
+    ck_assert(lo.done);
+    ck_assert_int_eq(lo.finish[0], SCHED_FINISH_CANCELLED);
+    ck_assert_int_lt(lo.n[0], 300);
+    finish_out(&lo);
+    ck_assert_int_gt(atomic_load(&g_wakes), N);
+    sched_stop(s);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+/* ---- SmolLM2 ---------------------------------------------------------------------- */
+static model_t *real_model(void) {
+    static char path[1024];
+    const char *env = getenv("LACUNA_MODEL");
+    if (env && *env) snprintf(path, sizeof path, "%s", env);
+    else snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
+    if (access(path, R_OK) != 0) return NULL;
+    char err[256];
+    model_t *m = model_load(path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    return m;
+}
+
+START_TEST(test_smollm2) {
+    model_t *m = real_model();
+    if (!m) {
+        fprintf(stderr, "check_sched: SmolLM2 not found, skipping the real-model test\n");
+        return;
+    }
+    const tok_t *tk = model_tok(m);
+    const char *texts[4] = {"The capital of France is", "Once upon a time, in a small village by the sea,",
+                            "def fibonacci(n):", "The three primary colors are"};
+    tok_ids_t ids[4];
+    memset(ids, 0, sizeof ids);
+    static out_t ref[4], got[4];
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(tok_encode(tk, texts[i], strlen(texts[i]), 0, 0, &ids[i]), 0);
+        run_alone(m, ids[i].ids, (int)ids[i].n, 8, &ref[i]);
+    }
+    sched_t *s = mk_sched(m, 64, 32, 8, 1);
+    for (int i = 0; i < 4; i++) {
+        sched_params_t p;
+        greedy_params(&p, ids[i].ids, (int)ids[i].n, 8);
+        submit(s, &got[i], &p);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < 4; i++) {
+        finish_out(&got[i]);
+        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], 8 * sizeof(int32_t));
+        ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
+    }
+    ck_assert_ptr_nonnull(strstr(ref[0].text[0], "Paris"));
+    assert_pool_clean(s);
+    sched_destroy(s);
+    for (int i = 0; i < 4; i++) tok_ids_free(&ids[i]);
+    model_free(m);
+}
+END_TEST
+
+int main(void) {
+#ifdef _OPENMP
+    /* The tiny models gain nothing from threads, and on a shared machine
+     * OpenMP's spinning workers make each step slow. */
+    omp_set_num_threads(1);
+#endif
+    Suite *s = suite_create("sched");
+    TCase *tc = tcase_create("units");
+    tcase_add_test(tc, test_stop_strings);
+    tcase_add_test(tc, test_policy);
+    tcase_add_test(tc, test_req_queue);
+    suite_add_tcase(s, tc);
+    TCase *te = tcase_create("engine");
+    tcase_set_timeout(te, 60);
+    tcase_add_test(te, test_batched_equals_alone);
+    tcase_add_test(te, test_preemption_tiny_pool);
+    tcase_add_test(te, test_prefix_reuse);
+    tcase_add_test(te, test_random_ops);
+    tcase_add_test(te, test_choices);
+    tcase_add_test(te, test_stop_conditions);
+    tcase_add_test(te, test_submit_errors);
+    tcase_add_test(te, test_thread);
+    tcase_add_test(te, test_smollm2);
+    suite_add_tcase(s, te);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
