@@ -4,3 +4,4 @@ liblacuna_a_SOURCES += \
 	src/common/log.c src/common/log.h \
 	src/common/timeutil.c src/common/timeutil.h \
 	src/common/hist.c src/common/hist.h
+liblacuna_a_SOURCES += src/common/config.c src/common/config.h
