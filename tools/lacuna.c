@@ -2,7 +2,9 @@
  * share the daemon's library (inspect a GGUF, and more as they are added to
  * the table below). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tools/cmds.h"
 
@@ -26,7 +28,19 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].help);
 }
 
+/* OpenMP's idle threads spin by default, taking the cores the next BLAS call
+ * or another process needs: on a small or shared machine that makes the
+ * forward pass several times slower. libgomp reads OMP_WAIT_POLICY only at
+ * start-up, so when it is unset we set it and re-execute ourselves once. */
+static void passive_openmp(char **argv) {
+    if (getenv("OMP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    execv("/proc/self/exe", argv);
+    /* exec failed: carry on with the default policy */
+}
+
 int main(int argc, char **argv) {
+    passive_openmp(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
