@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/threads.h"
 #include "tools/cmds.h"
 
 typedef int (*cmd_cb)(int argc, char **argv);
@@ -28,19 +29,8 @@ static void usage(FILE *f) {
         fprintf(f, "  %-10s %s\n", cmds[i].name, cmds[i].help);
 }
 
-/* OpenMP's idle threads spin by default, taking the cores the next BLAS call
- * or another process needs: on a small or shared machine that makes the
- * forward pass several times slower. libgomp reads OMP_WAIT_POLICY only at
- * start-up, so when it is unset we set it and re-execute ourselves once. */
-static void passive_openmp(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the default policy */
-}
-
 int main(int argc, char **argv) {
-    passive_openmp(argv);
+    lc_threads_passive_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -11,6 +11,7 @@
 
 #include "common/config.h"
 #include "common/log.h"
+#include "common/threads.h"
 #include "common/status.h"
 #include "common/timeutil.h"
 #include "config.h"
@@ -224,6 +225,7 @@ static void pick_served_name(srv_t *s) {
 }
 
 int main(int argc, char **argv) {
+    lc_threads_passive_reexec(argv);
     srv_t *s = &g_srv;
     char err[512] = "";
     int action = 0;
