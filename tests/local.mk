@@ -71,3 +71,11 @@ tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
 tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- valgrind -----------------------------------------------------------------
+# A subset of the unit tests and the fuzz replays under memcheck (see the
+# script for which and why).
+check-valgrind: $(check_PROGRAMS)
+	$(top_srcdir)/scripts/valgrind.sh $(abs_top_builddir)
+.PHONY: check-valgrind
+EXTRA_DIST += scripts/valgrind.sh
