@@ -63,3 +63,11 @@ tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
 tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- sparse attention end to end (tiny model through the scheduler) -------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sparse
+tests_check_sparse_SOURCES = tests/check_sparse.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sparse_LDADD = $(CHECK_LDADD)
+endif
