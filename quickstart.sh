@@ -17,7 +17,7 @@ cat <<MSG
     try, from another terminal:
 
     curl -s http://$HOST:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-      -d '{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"Name three colours."}],"max_tokens":64}'
+      -d '{"model":"SmolLM2-135M-Instruct","messages":[{"role":"user","content":"Name three colours."}],"max_tokens":64,"temperature":0}'
 
 MSG
 exec ./build/lacunad --config conf/lacuna.conf --model "$MODEL" --host "$HOST" --port "$PORT"

@@ -14,7 +14,9 @@
 
 #include "common/status.h"
 #include "model/gguf.h"
+#include "model/chat.h"
 #include "model/model.h"
+#include "model/tokenizer.h"
 #include "tools/mkmodel.h"
 #include "testutil.h"
 
@@ -331,6 +333,51 @@ START_TEST(test_load_errors)
 }
 END_TEST
 
+/* mkmodel's synthetic vocabulary gives a working byte-level BPE tokenizer and
+ * the ChatML template; --vocab-from copies a real model's tokenizer. */
+START_TEST(test_vocab_and_template)
+{
+    model_t *m = tiny_model(GGML_TYPE_F32, 1);
+    ck_assert_int_eq(model_chat_template(m), CHAT_CHATML);
+    const tok_t *t = model_tok(m);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_int_eq(tok_n_vocab(t), model_hparams(m)->n_vocab);
+    ck_assert_int_eq(tok_eos(t), 2);
+    const char *text = "<|im_start|>user\nthe question, and the answer<|im_end|>";
+    tok_ids_t ids = {0};
+    ck_assert_int_eq(tok_encode(t, text, strlen(text), 0, 1, &ids), 0);
+    ck_assert_int_eq(ids.ids[0], 1);
+    ck_assert_int_eq(ids.ids[ids.n - 1], 2);
+    ck_assert_msg(ids.n < strlen(text) - 30, "merges unused: %zu tokens", ids.n); // " the", " answer" merge
+    char *back = NULL;
+    size_t blen;
+    ck_assert_int_eq(tok_decode(t, ids.ids, ids.n, 0, &back, &blen), 0);
+    ck_assert_str_eq(back, text);
+    free(back);
+    tok_ids_free(&ids);
+    model_free(m);
+
+    const char *real = getenv("LACUNA_MODEL");
+    struct stat st;
+    if (!real || stat(real, &st)) return; // the real-model test reports the skip
+    mkmodel_opts_t o;
+    mkmodel_opts_default(&o);
+    o.n_layers = 1;
+    o.vocab_from = real;
+    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
+    int fd = mkstemp(tmp_path);
+    close(fd);
+    char err[512];
+    ck_assert_msg(mkmodel_write(&o, tmp_path, err, sizeof err) == 0, "%s", err);
+    m = model_load(tmp_path, err, sizeof err);
+    unlink(tmp_path);
+    ck_assert_msg(m != NULL, "%s", err);
+    ck_assert_int_eq(model_hparams(m)->n_vocab, 49152);
+    ck_assert_int_eq(model_chat_template(m), CHAT_CHATML);
+    model_free(m);
+}
+END_TEST
+
 /* ---- the real model against Hugging Face transformers ------------------------------ */
 /* $LACUNA_MODEL through testutil.h (make check sets it; LACUNA_REQUIRE_MODEL=1
  * turns a missing model into a failure), else models/ in the source tree. */
@@ -480,6 +527,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_bad_batches);
     tcase_add_test(tc, test_quantized_types);
     tcase_add_test(tc, test_load_errors);
+    tcase_add_test(tc, test_vocab_and_template);
     suite_add_tcase(s, tc);
     tc = tcase_create("real");
     tcase_set_timeout(tc, 300);

@@ -1,10 +1,13 @@
 # tests: one Check suite per module (added by each module's section below),
 # plus integration tests that start lacunad.
 # Tests find the sources, the build and the real model through the environment
-# (tests/testutil.h): LACUNA_MODEL defaults to the fetched SmolLM2.
+# (tests/testutil.h): LACUNA_MODEL defaults to the fetched SmolLM2. OpenMP
+# threads wait passively: spinning ones starve BLAS and the other suites
+# running in parallel (10x slower forward passes on 2 cores).
 AM_TESTS_ENVIRONMENT = LACUNA_SRCDIR='$(abs_top_srcdir)' LACUNA_BUILDDIR='$(abs_top_builddir)' \
-	LACUNA_MODEL="$${LACUNA_MODEL:-$(abs_top_srcdir)/models/SmolLM2-135M-Instruct.Q4_1.gguf}"; \
-	export LACUNA_SRCDIR LACUNA_BUILDDIR LACUNA_MODEL;
+	LACUNA_MODEL="$${LACUNA_MODEL:-$(abs_top_srcdir)/models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
+	OMP_WAIT_POLICY="$${OMP_WAIT_POLICY:-passive}"; \
+	export LACUNA_SRCDIR LACUNA_BUILDDIR LACUNA_MODEL OMP_WAIT_POLICY;
 EXTRA_DIST += tests/testutil.h
 if HAVE_CHECK
 check_PROGRAMS += tests/check_common
@@ -26,6 +29,11 @@ check_PROGRAMS += tests/check_model
 tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c
 tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
 tests_check_model_LDADD = $(CHECK_LDADD)
+
+check_PROGRAMS += tests/check_ops
+tests_check_ops_SOURCES = tests/check_ops.c
+tests_check_ops_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_ops_LDADD = $(CHECK_LDADD)
 
 check_PROGRAMS += tests/check_sampler
 tests_check_sampler_SOURCES = tests/check_sampler.c

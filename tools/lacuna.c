@@ -2,8 +2,11 @@
  * share the daemon's library (inspect a GGUF, and more as they are added to
  * the table below). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "common/threads.h"
 #include "tools/cmds.h"
 
 typedef int (*cmd_cb)(int argc, char **argv);
@@ -29,6 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    lc_threads_passive_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

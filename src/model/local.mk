@@ -8,12 +8,6 @@ liblacuna_a_SOURCES += \
 	src/model/model_load.c \
 	src/model/forward.c \
 	src/model/sampler.h src/model/sampler.c
-# INTERIM (until the engine branch's kv is merged): a private trivial KV pool
-# for the model's own tests and tools; never part of liblacuna.
-LC_MODEL_INTERIM = src/model/interim/kv_fallback.c
-EXTRA_DIST +=
-
-
 
 # ---- tokenizer and chat templates ------------------------------------------
 liblacuna_a_SOURCES += \

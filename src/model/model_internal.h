@@ -28,7 +28,7 @@ struct model {
     float *output;         // (n_vocab, n_embd); aliases tok_embd when tied
     model_layer_t *layers; // (n_layers)
     ops_rope_t rope;       // tables for positions < max(n_ctx_train, 4096)
-    tok_t *tok;            // owned; NULL only before the tokenizer branch is merged
+    tok_t *tok;            // owned
     int chat_tmpl;         // chat.h family or -1
     size_t weight_bytes;   // f32 bytes held
 };

@@ -12,16 +12,8 @@
 #include "model/gguf.h"
 #include "model/model_internal.h"
 #include "model/quant.h"
-/* INTEGRATION(tok, chat): the tokenizer and chat template live on other
- * branches until merged; the guards go away once both are in main. */
-#if __has_include("model/tokenizer.h")
 #include "model/tokenizer.h"
-#define LC_MODEL_HAVE_TOK 1
-#endif
-#if __has_include("model/chat.h")
 #include "model/chat.h"
-#define LC_MODEL_HAVE_CHAT 1
-#endif
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -302,7 +294,6 @@ model_t *model_load(const char *path, char *err, size_t errlen)
         snprintf(merr, sizeof merr, "out of memory (rope tables)");
         goto fail;
     }
-#ifdef LC_MODEL_HAVE_TOK
     m->tok = tok_create_from_gguf(g, merr, sizeof merr);
     if (!m->tok) goto fail;
     if (tok_n_vocab(m->tok) > m->hp.n_vocab) {
@@ -310,8 +301,6 @@ model_t *model_load(const char *path, char *err, size_t errlen)
                  m->hp.n_vocab);
         goto fail;
     }
-#endif
-#ifdef LC_MODEL_HAVE_CHAT
     {
         /* No usable template is not fatal here: the daemon reports it, or
          * falls back to a configured family (model_chat_template() = -1). */
@@ -324,7 +313,6 @@ model_t *model_load(const char *path, char *err, size_t errlen)
         else
             LC_WARN("%s: %s", m->hp.name, cerr);
     }
-#endif
     gguf_close(g);
     return m;
 fail:
@@ -349,9 +337,7 @@ void model_free(model_t *m)
     free(m->tok_embd);
     free(m->out_norm);
     ops_rope_fini(&m->rope);
-#ifdef LC_MODEL_HAVE_TOK
     if (m->tok) tok_destroy(m->tok);
-#endif
     free(m);
 }
 

@@ -1,1 +1,23 @@
-# server: file list for the non-recursive build (see Makefile.am).
+# server: the OpenAI-compatible HTTP front end (see Makefile.am).
+liblacuna_a_SOURCES += \
+	src/server/parse.c src/server/parse.h \
+	src/server/respond.c src/server/respond.h \
+	src/server/metrics.c src/server/metrics.h \
+	src/server/auth.c src/server/auth.h
+
+if HAVE_CHECK
+check_PROGRAMS += tests/check_server
+tests_check_server_SOURCES = tests/check_server.c
+tests_check_server_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_server_LDADD = $(CHECK_LDADD)
+endif
+
+# Integration tests: pytest against a running lacunad (tests/integration).
+TESTS += tests/integration/run.sh
+EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
+	tests/integration/test_malformed.py tests/integration/test_ops.py
+
+# The daemon (links once the engine, src/scheduler, is in the tree).
+bin_PROGRAMS += lacunad
+lacunad_SOURCES = src/server/main.c src/server/http.c src/server/routes.c src/server/gen.c src/server/server.h
+lacunad_LDADD = liblacuna.a $(LC_LIBS)

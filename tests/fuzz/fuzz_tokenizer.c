@@ -44,6 +44,8 @@ static void load_once(void) {
     gguf_ctx_t *g = gguf_open(path, err, sizeof err);
     if (!g) {
         fprintf(stderr, "fuzz_tokenizer: %s: %s\n", path, err);
+        const char *req = getenv("LACUNA_REQUIRE_MODEL");
+        if (!req || strcmp(req, "1") != 0) exit(77);  // automake's SKIP: no model here
         abort();
     }
     g_tok = tok_create_from_gguf(g, err, sizeof err);

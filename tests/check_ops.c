@@ -1,0 +1,130 @@
+/* Check suite for the CPU ops: each against a direct double-precision
+ * reference on random inputs, with a stated tolerance. RoPE is checked in
+ * both pairings (adjacent for llama GGUFs, NEOX halves) and beyond its table. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "ops/ops.h"
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static float *rnd(size_t n, unsigned seed)
+{
+    float *v = malloc(n * sizeof *v);
+    for (size_t i = 0; i < n; i++) v[i] = frand(&seed);
+    return v;
+}
+
+/* Matmul: relative 1e-5 of the row's |x|·|w| scale, both the one-row (gemv)
+ * and many-row (sgemm) paths, sizes that do not divide the thread slices. */
+START_TEST(test_matmul)
+{
+    const int shapes[][3] = {{1, 64, 40}, {1, 576, 1536}, {7, 576, 577}, {33, 96, 200}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int n = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+        float *x = rnd((size_t)n * in, 1 + s), *w = rnd((size_t)out * in, 100 + s);
+        float *y = malloc((size_t)n * out * sizeof *y);
+        ops_matmul(y, x, w, n, in, out);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < out; j++) {
+                double ref = 0, mag = 0;
+                for (int k = 0; k < in; k++) {
+                    ref += (double)x[(size_t)r * in + k] * w[(size_t)j * in + k];
+                    mag += fabs((double)x[(size_t)r * in + k] * w[(size_t)j * in + k]);
+                }
+                ck_assert_msg(fabs(y[(size_t)r * out + j] - ref) <= 1e-5 * mag + 1e-6, "shape %zu (%d,%d): %g vs %g",
+                              s, r, j, y[(size_t)r * out + j], ref);
+            }
+        free(x), free(w), free(y);
+    }
+}
+END_TEST
+
+START_TEST(test_rmsnorm_softmax_swiglu)
+{
+    enum { N = 3, D = 100 };
+    float *x = rnd(N * D, 5), *w = rnd(D, 6), y[N * D];
+    ops_rmsnorm(y, x, w, N, D, 1e-5f);
+    for (int r = 0; r < N; r++) {
+        double ss = 0;
+        for (int i = 0; i < D; i++) ss += (double)x[r * D + i] * x[r * D + i];
+        double sc = 1.0 / sqrt(ss / D + 1e-5);
+        for (int i = 0; i < D; i++) ck_assert_double_eq_tol(y[r * D + i], x[r * D + i] * sc * w[i], 1e-5);
+    }
+    float sm[D];
+    double mx = -1e30, z = 0;
+    for (int i = 0; i < D; i++) sm[i] = x[i] * 20.0f, mx = sm[i] > mx ? sm[i] : mx;
+    for (int i = 0; i < D; i++) z += exp(sm[i] - mx);
+    float xs[D];
+    for (int i = 0; i < D; i++) xs[i] = sm[i];
+    float lse = ops_softmax(sm, D);
+    ck_assert_double_eq_tol(lse, mx + log(z), 1e-4);
+    for (int i = 0; i < D; i++) ck_assert_double_eq_tol(sm[i], exp(xs[i] - mx) / z, 1e-6);
+    float g[D], u[D];
+    for (int i = 0; i < D; i++) g[i] = x[i] * 4, u[i] = w[i];
+    ops_swiglu(g, u, D);
+    for (int i = 0; i < D; i++) {
+        double a = x[i] * 4.0;
+        ck_assert_double_eq_tol(g[i], a / (1 + exp(-a)) * w[i], 1e-5);
+    }
+    float a[4] = {1, 2, 3, 4}, b[4] = {0.5f, -2, 0, 1};
+    ops_add(a, b, 4);
+    ck_assert(a[0] == 1.5f && a[1] == 0 && a[2] == 3 && a[3] == 5);
+    free(x), free(w);
+}
+END_TEST
+
+/* Rotation angle p * scale * base^(-2i/d) applied to pair i; for adjacent
+ * pairs that is (x[2i], x[2i+1]), for NEOX (x[i], x[i+d/2]). */
+START_TEST(test_rope)
+{
+    enum { H = 3, D = 16, T = 4 };
+    ops_rope_t r;
+    ck_assert_int_eq(ops_rope_init(&r, D, 64, 10000.0f, 0.5f), 0);
+    const int64_t pos[T] = {0, 5, 63, 1000}; // 1000: beyond the table
+    for (int neox = 0; neox <= 1; neox++) {
+        float *x = rnd(T * H * D, 9 + neox), y[T * H * D];
+        for (int i = 0; i < T * H * D; i++) y[i] = x[i];
+        ops_rope(&r, y, T, pos, H, D, neox);
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < D / 2; i++) {
+                    double ang = pos[t] * 0.5 * pow(10000.0, -2.0 * i / D);
+                    int a = neox ? i : 2 * i, b = neox ? i + D / 2 : 2 * i + 1;
+                    const float *xv = x + (t * H + h) * D;
+                    const float *yv = y + (t * H + h) * D;
+                    double ra = xv[a] * cos(ang) - xv[b] * sin(ang), rb = xv[a] * sin(ang) + xv[b] * cos(ang);
+                    ck_assert_msg(fabs(yv[a] - ra) < 1e-5 && fabs(yv[b] - rb) < 1e-5,
+                                  "neox %d pos %lld pair %d: (%g,%g) vs (%g,%g)", neox, (long long)pos[t], i, yv[a],
+                                  yv[b], ra, rb);
+                }
+        free(x);
+    }
+    ops_rope_fini(&r);
+}
+END_TEST
+
+static Suite *ops_suite(void)
+{
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("cpu");
+    tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
+    tcase_add_test(tc, test_rope);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(ops_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int nf = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return nf ? EXIT_FAILURE : EXIT_SUCCESS;
+}
