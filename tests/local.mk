@@ -79,3 +79,10 @@ check-valgrind: $(check_PROGRAMS)
 	$(top_srcdir)/scripts/valgrind.sh $(abs_top_builddir)
 .PHONY: check-valgrind
 EXTRA_DIST += scripts/valgrind.sh
+# ---- sparse attention end to end (tiny model through the scheduler) -------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sparse
+tests_check_sparse_SOURCES = tests/check_sparse.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sparse_LDADD = $(CHECK_LDADD)
+endif

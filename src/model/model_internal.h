@@ -50,6 +50,8 @@ struct model_ctx {
     float *lbuf;   // (MODEL_LOGIT_CHUNK, n_vocab) logits staging for multi-sequence batches
     unsigned char *mark; // (T) batch coverage check
     float **dst;   // (T) where each logits row goes
+    model_attn_hook_cb hook; // analysis hook or NULL
+    void *hook_ud;
 };
 
 #define MODEL_LOGIT_CHUNK 16
