@@ -50,6 +50,7 @@ LIMITS = {
     "server": {"max_waiting": "4", "request_deadline_s": "3", "connection_timeout_s": "10",
                "max_body_bytes": "65536", "keepalive_ping_s": "1", "drain_timeout_s": "30",
                "max_n": "4", "max_prompts": "4", "log_level": "info", "api_keys": KEY},
+    "model": {"served_name": "soak"},
     "engine": {"max_running": "4", "kv_blocks": "1024", "max_batch_tokens": "512", "prefill_chunk": "256"},
 }
 SLOWLORIS_SLACK_S = 2.5   # beyond request_deadline_s: the 1 s sweep plus scheduling on a busy host
@@ -582,7 +583,8 @@ def phase_sigterm(args, workdir, summary, st, d):
     started = [threading.Event() for _ in range(4)]
 
     def one(i):
-        results.append(generate(d.port, st, random.Random(i), i % 2 == 0, True, 400, "drain", started=started[i]))
+        results.append(generate(d.port, st, random.Random(i), i % 2 == 0, True, args.drain_tokens, "drain",
+                                started=started[i]))
     th = [threading.Thread(target=one, args=(i,)) for i in range(4)]
     for t in th:
         t.start()
@@ -671,6 +673,8 @@ def main():
     ap.add_argument("--duration", type=float, default=float(os.environ.get("LACUNA_SOAK_SECONDS", 120)))
     ap.add_argument("--clients", type=int, default=3, help="streaming and non-streaming clients, each")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--drain-tokens", type=int, default=400,
+                    help="tokens of each stream in flight at SIGTERM; must finish within drain_timeout_s (30 s)")
     ap.add_argument("--workdir")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--no-rss-check", action="store_true", help="report RSS but do not judge it (sanitizer builds)")

@@ -15,7 +15,8 @@ bdir=${LACUNA_BUILD_DIR:-build}
 secs=${LACUNA_SOAK_SECONDS:-120}
 model=()
 if [ "${1:-}" = --smollm2 ]; then
-  model=(--model "${LACUNA_MODEL:-$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf}")
+  # Shorter streams at SIGTERM: they must finish within drain_timeout_s on a slow CPU.
+  model=(--model "${LACUNA_MODEL:-$PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf}" --drain-tokens 48)
   shift
 fi
 [ "${1:-}" = -- ] && shift
