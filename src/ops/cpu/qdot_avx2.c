@@ -256,6 +256,55 @@ DOT_FX(dot_f16x, ld_f16, 2, qf_f16(qf_rd16(w + 2 * t)))
 DOT_FX(dot_bf16x, ld_bf16, 2, qf_bf16(qf_rd16(w + 2 * t)))
 DOT_FX(dot_f32x, ld_f32, 4, ((const float *)(const void *)w)[t])
 
+/* ---- row expansion (the f32 panels of prefill) ---------------------------------- */
+/* Bit-exact with the scalar versions: the same single products and sums,
+ * mul and add kept separate (no FMA contraction in ISO C mode). */
+TGT_INLINE void store_u8x32(float *y, __m256i q, __m256 d, __m256 m)
+{
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+    for (int k = 0; k < 4; k++)
+        _mm256_storeu_ps(y + 8 * k,
+                         _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[k])), d), m));
+}
+
+TGT static void deq_q4_1(const uint8_t *w, float *y, int in)
+{
+    for (int b = 0; b < in / QK; b++, w += Q4_1_BYTES, y += QK)
+        store_u8x32(y, nibbles32(w + 4), _mm256_set1_ps(f16(w)), _mm256_set1_ps(f16(w + 2)));
+}
+
+TGT static void deq_q4_0(const uint8_t *w, float *y, int in)
+{
+    for (int b = 0; b < in / QK; b++, w += Q4_0_BYTES, y += QK) {
+        const __m256i q = _mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8));
+        const __m256 d = _mm256_set1_ps(f16(w));
+        const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+        const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        for (int k = 0; k < 4; k++)
+            _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[k])), d));
+    }
+}
+
+TGT static void deq_q8_0(const uint8_t *w, float *y, int in)
+{
+    for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
+        const __m256 d = _mm256_set1_ps(f16(w));
+        for (int k = 0; k < 4; k++)
+            _mm256_storeu_ps(y + 8 * k,
+                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                               (const __m128i *)(const void *)(w + 2 + 8 * k)))),
+                                           d));
+    }
+}
+
+TGT static void deq_f16(const uint8_t *w, float *y, int in)
+{
+    int i = 0;
+    for (; i + 8 <= in; i += 8) _mm256_storeu_ps(y + i, ld_f16(w + 2 * i));
+    for (; i < in; i++) y[i] = qf_f16(qf_rd16(w + 2 * i));
+}
+
 /* ---- entry points: one specialisation per activation count ---------------------- */
 #define ENTRY(NAME, CALL)                                                                                    \
     TGT static void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) \
@@ -296,6 +345,10 @@ void qf_kernels_avx2(qf_kernels_t *k)
     k->dot[QF_F16] = dot_f16;
     k->dot[QF_BF16] = dot_bf16;
     k->dot[QF_F32] = dot_f32;
+    k->dequant[QF_Q4_0] = deq_q4_0;
+    k->dequant[QF_Q4_1] = deq_q4_1;
+    k->dequant[QF_Q8_0] = deq_q8_0;
+    k->dequant[QF_F16] = deq_f16;
 }
 
 #else
