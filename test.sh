@@ -2,7 +2,9 @@
 # Everything on a fresh Debian 12 machine: dependencies, the verified default
 # model, the build, then the whole test suite (make check). A second build with
 # AddressSanitizer + UndefinedBehaviorSanitizer runs the suite again unless
-# LACUNA_SANITIZE=0.
+# LACUNA_SANITIZE=0; then the fuzz targets run for LACUNA_FUZZ_SECONDS each
+# (default 60; 0 skips) and a subset of the unit tests runs under valgrind
+# (LACUNA_VALGRIND=0 skips). About 20 minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install_deps.sh
@@ -26,4 +28,8 @@ fi
 if [ "${LACUNA_FUZZ_SECONDS:-60}" != 0 ]; then
   echo "==> fuzzing each target for ${LACUNA_FUZZ_SECONDS:-60}s"
   ./scripts/fuzz.sh
+fi
+if [ "${LACUNA_VALGRIND:-1}" != 0 ] && command -v valgrind >/dev/null; then
+  echo "==> unit tests under valgrind"
+  ./scripts/valgrind.sh build
 fi

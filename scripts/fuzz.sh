@@ -9,11 +9,14 @@ src=$PWD
 secs=${LACUNA_FUZZ_SECONDS:-60}
 command -v clang >/dev/null || { echo "fuzz: clang not installed; skipping"; exit 0; }
 export LACUNA_MODEL=${LACUNA_MODEL:-$src/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+# Any UBSan report is a crash (by default UBSan prints and carries on, and
+# libFuzzer would not notice).
+cflags="-g -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined"
 mkdir -p build-fuzz
 cd build-fuzz
-if [ ! -f Makefile ]; then
-  CC=clang CFLAGS="-g -O1 -fsanitize=fuzzer-no-link,address,undefined" \
-    "$src/configure" -q --without-cuda --without-systemd --disable-openmp
+if [ ! -f Makefile ] || [ "$(cat .fuzz-cflags 2>/dev/null)" != "$cflags" ]; then
+  CC=clang CFLAGS="$cflags" "$src/configure" -q --without-cuda --without-systemd --disable-openmp
+  echo "$cflags" > .fuzz-cflags
 fi
 make -s -j"$(nproc)" liblacuna.a
 make -s fuzz

@@ -76,3 +76,18 @@ tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
 tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- valgrind -----------------------------------------------------------------
+# A subset of the unit tests and the fuzz replays under memcheck (see the
+# script for which and why).
+check-valgrind: $(check_PROGRAMS)
+	$(top_srcdir)/scripts/valgrind.sh $(abs_top_builddir)
+.PHONY: check-valgrind
+EXTRA_DIST += scripts/valgrind.sh
+# ---- sparse attention end to end (tiny model through the scheduler) -------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sparse
+tests_check_sparse_SOURCES = tests/check_sparse.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sparse_LDADD = $(CHECK_LDADD)
+endif

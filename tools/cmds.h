@@ -22,4 +22,14 @@ int cmd_tokenize(int argc, char **argv);
  * decode tokens/s of the scheduler at each concurrency level. */
 int cmd_bench_engine(int argc, char **argv);
 
+/* lacuna complete -m MODEL [-i IN.jsonl] [-o OUT.jsonl] [policy options]:
+ * batch completions through the engine (greedy), JSONL in and out, with
+ * each request's attention density and timings. */
+int cmd_complete(int argc, char **argv);
+
+/* lacuna attn-eval -m MODEL -f TEXT [-n LENGTHS] [...]: relative error,
+ * attention-mass recall and density of each sparse method against dense on
+ * the model's own activations. */
+int cmd_attn_eval(int argc, char **argv);
+
 #endif

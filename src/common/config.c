@@ -92,7 +92,7 @@ void lc_config_default(lc_config_t *c) {
     snprintf(c->device, sizeof(c->device), "cpu");
     c->block_size = 16;
     c->kv_blocks = 0;
-    c->kv_bytes = 256LL << 20;
+    c->kv_bytes = 1LL << 30; // SmolLM2 at f32: ~46 KB a token, so ~23K tokens, 2.8 full contexts
     c->max_batch_tokens = 2048;
     c->max_running = 64;
     c->prefill_chunk = 512;

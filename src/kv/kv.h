@@ -37,6 +37,11 @@ typedef struct {
     int64_t n_tokens;   // positions covered by reserved blocks that hold valid K/V
     int n_hashed;       // leading blocks registered in the prefix cache
     uint64_t last_hash; // hash chain value of block n_hashed-1 (0 when none)
+    /* Root of the prefix hash chain. Sequences with different salts never
+     * share cached blocks (the scheduler salts K/V computed with sparse
+     * attention, so exact requests never reuse approximate K/V). Set by the
+     * owner; kept by kv_seq_release, copied by kv_seq_fork. */
+    uint64_t salt;
 } kv_seq_t;
 
 /* Bytes one block costs (K and V of every layer plus summaries). */

@@ -65,7 +65,7 @@ int64_t kv_prefix_attach(kv_pool_t *p, kv_seq_t *s, const int32_t *tokens, int64
     int64_t max_blocks = (n - 1) / bs; // leave at least one token to compute
     if (max_blocks <= 0) return 0;
     if (max_blocks > INT32_MAX) max_blocks = INT32_MAX;
-    uint64_t parent = 0;
+    uint64_t parent = s->salt;
     int64_t i = 0;
     for (; i < max_blocks; i++) {
         const int32_t *tok = tokens + i * bs;
@@ -98,7 +98,7 @@ void kv_prefix_commit(kv_pool_t *p, kv_seq_t *s, const int32_t *tokens, int64_t 
     for (int64_t i = s->n_hashed; i < full; i++) {
         int32_t b = s->blocks[i];
         const int32_t *tok = tokens + i * bs;
-        uint64_t parent = s->last_hash;
+        uint64_t parent = i > 0 ? s->last_hash : s->salt;
         uint64_t h = block_hash(parent, tok, bs);
         kv_block_t *k = &p->blk[b];
         if (!k->hashed) {

@@ -13,7 +13,9 @@ void kv_seq_release(kv_pool_t *p, kv_seq_t *s) {
      * before their heads (a head's loss makes its tail unreachable). */
     for (int i = s->n_blocks - 1; i >= 0; i--) kv__unref_block(p, s->blocks[i]);
     free(s->blocks);
+    uint64_t salt = s->salt;
     kv_seq_init(s);
+    s->salt = salt;
 }
 
 static int grow_table(kv_seq_t *s, int want) {
@@ -45,6 +47,7 @@ int kv_seq_reserve(kv_pool_t *p, kv_seq_t *s, int64_t n_tokens) {
 
 int kv_seq_fork(kv_pool_t *p, const kv_seq_t *src, kv_seq_t *dst) {
     kv_seq_init(dst);
+    dst->salt = src->salt;
     int rc = grow_table(dst, src->n_blocks);
     if (rc) return rc;
     for (int i = 0; i < src->n_blocks; i++) {

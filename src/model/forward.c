@@ -60,6 +60,12 @@ void model_ctx_destroy(model_ctx_t *c)
     free(c);
 }
 
+void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud)
+{
+    c->hook = cb;
+    c->hook_ud = ud;
+}
+
 /* ---- validation ---------------------------------------------------------------- */
 static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
 {
@@ -138,6 +144,7 @@ static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int 
         const float *qr = c->q + (size_t)q->tok0 * QD;
         float *out = c->att + (size_t)q->tok0 * QD;
         int rc;
+        if (c->hook) c->hook(c->hook_ud, l, s, &shape, qr, q->n_tok, q->pos0, &view);
         if (q->decode)
             rc = q->attn ? attn_decode(&shape, q->attn, l, qr, &view, out, NULL)
                          : attn_decode_dense(&shape, qr, &view, out, NULL);

@@ -91,6 +91,17 @@ typedef struct model_ctx model_ctx_t;
 model_ctx_t *model_ctx_create(const model_t *m, int max_tokens);
 void model_ctx_destroy(model_ctx_t *c);
 
+/* Analysis hook (attn-eval): called for every layer and every slice of a
+ * batch after the slice's K/V for that layer are in the cache and before its
+ * attention runs, with the slice's queries after RoPE and the cache view the
+ * kernel will read (positions 0 .. pos0+n_tok-1). The hook may run kernels on
+ * them but must not write either. NULL (the default) disables it; the
+ * forward pass then costs nothing extra.
+ *   q: (n_tok, n_heads, head_dim) */
+typedef void (*model_attn_hook_cb)(void *ud, int layer, int seq, const attn_shape_t *shape, const float *q,
+                                   int n_tok, int64_t pos0, const attn_kv_t *kv);
+void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud);
+
 /* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM. */
 int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *batch);
 

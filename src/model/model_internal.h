@@ -55,6 +55,8 @@ struct model_ctx {
     unsigned char *mark; // (T) batch coverage check, then the kinds of the logits rows
     unsigned char *q8row; // (T) 1 where the row is a decode token (8-bit activation matmul)
     float **dst;   // (T) where each logits row goes
+    model_attn_hook_cb hook; // analysis hook or NULL
+    void *hook_ud;
 };
 
 #define MODEL_LOGIT_CHUNK 16

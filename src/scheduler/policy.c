@@ -3,6 +3,7 @@
  * resolved attn_policy_t. "auto" means dense below the configured prompt
  * length thresholds and the server's default sparse method above them. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "scheduler/sched_internal.h"
@@ -52,4 +53,43 @@ void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spe
     if (set_f(spec->theta)) out->theta = spec->theta;
     if (spec->min_budget >= 0) out->min_budget = spec->min_budget;
     if (spec->decode_budget >= 0) out->decode_budget = spec->decode_budget;
+}
+
+/* ---- prefix-cache salts -------------------------------------------------------------- */
+static uint64_t mix(uint64_t h, uint64_t x) {
+    h ^= x + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    h ^= h >> 31;
+    h *= 0x94d049bb133111ebULL;
+    return h ^ (h >> 29);
+}
+static uint64_t fbits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+uint64_t sched__prefill_salt(const attn_policy_t *p) {
+    uint64_t h = 0x5eed0001ULL;
+    switch (p->prefill) {
+    case ATTN_PREFILL_DENSE: return 0;
+    case ATTN_PREFILL_FLEX:
+        h = mix(mix(mix(mix(mix(h, 1), fbits(p->gamma)), fbits(p->tau)), (uint64_t)p->min_budget), (uint64_t)p->max_budget);
+        break;
+    case ATTN_PREFILL_ANCHOR:
+        h = mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local);
+        break;
+    case ATTN_PREFILL_STREAMING: h = mix(mix(mix(h, 3), (uint64_t)p->sink_tokens), (uint64_t)p->window_tokens); break;
+    }
+    h = mix(h, (uint64_t)p->block);
+    return h ? h : 1;
+}
+
+uint64_t sched__decode_salt(const attn_policy_t *p) {
+    uint64_t h = sched__prefill_salt(p);
+    if (p->decode == ATTN_DECODE_DENSE) return h;
+    h = mix(mix(mix(h, 0xdec0de00ULL + (uint64_t)p->decode), (uint64_t)p->decode_budget), (uint64_t)p->dense_layers);
+    if (p->decode == ATTN_DECODE_TIDAL)
+        h = mix(mix(h, (uint64_t)p->tidal_select_layer), (uint64_t)p->tidal_reselect_layer);
+    if (p->decode == ATTN_DECODE_STREAMING) h = mix(mix(h, (uint64_t)p->sink_tokens), (uint64_t)p->window_tokens);
+    return h ? h : 1;
 }

@@ -139,7 +139,12 @@ typedef struct {
     int completion_tokens;  // over all choices
     int cached_tokens;      // prompt tokens reused from the prefix cache
     int preemptions;
-    double prefill_density; // computed / causal query-key pairs (1 = dense)
+    /* Computed / causal query-key pairs over every head and layer of the
+     * attention this request ran (1 = dense). Cached prefix tokens are not
+     * counted (nothing was computed for them); recomputation after a
+     * preemption is. NaN when the phase computed nothing (a prompt served
+     * whole from the cache cannot happen, but max_tokens <= 1 has no decode). */
+    double prefill_density;
     double decode_density;
     int prefill_method;     // attn_prefill_method_t actually used
     int decode_method;      // attn_decode_method_t actually used
@@ -204,9 +209,13 @@ typedef struct {
     uint64_t prefix_queried_tokens;
     uint64_t prefix_hit_tokens;
     uint64_t requests_finished[5];  // by sched_finish_t
-    double prefill_density_sum;     // sums over finished requests (mean = sum / count)
+    /* Sums of the usage densities over finished requests that ran that phase:
+     * mean prefill density = prefill_density_sum / density_count, mean decode
+     * density = decode_density_sum / decode_density_count. */
+    double prefill_density_sum;
     double decode_density_sum;
-    uint64_t density_count;
+    uint64_t density_count;         // requests in prefill_density_sum
+    uint64_t decode_density_count;  // requests in decode_density_sum
     lc_hist_snapshot_t ttft, itl, e2e, queue;
 } sched_metrics_t;
 

@@ -74,6 +74,13 @@ void sched__req_free_engine_state(sched_req_t *r);     // samplers, streams, att
 /* policy.c: "auto" resolved against the config for a prompt length. */
 void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt,
                            attn_policy_t *out);
+/* Prefix-cache salts (kv_seq_t.salt): 0 when every token of the sequence is
+ * computed with dense attention (exact K/V, shareable by anyone), else a
+ * fingerprint of the methods and knobs that shaped the K/V: the prompt's
+ * blocks depend on the prefill policy, generated tokens' also on the decode
+ * policy. */
+uint64_t sched__prefill_salt(const attn_policy_t *p);
+uint64_t sched__decode_salt(const attn_policy_t *p);
 
 /* ---- the engine ---------------------------------------------------------------- */
 /* What one slice of the batch is for. */

@@ -54,8 +54,8 @@ static void fill_usage(sched_req_t *r, sched_usage_t *u, double now) {
         st.decode_computed += a->decode_computed;
         st.decode_total += a->decode_total;
     }
-    u->prefill_density = st.prefill_total > 0 ? st.prefill_computed / st.prefill_total : 1.0;
-    u->decode_density = st.decode_total > 0 ? st.decode_computed / st.decode_total : 1.0;
+    u->prefill_density = st.prefill_total > 0 ? st.prefill_computed / st.prefill_total : NAN;
+    u->decode_density = st.decode_total > 0 ? st.decode_computed / st.decode_total : NAN;
     u->prefill_method = (int)r->policy.prefill;
     u->decode_method = (int)r->policy.decode;
     u->queue_s = r->t_sched > 0 ? r->t_sched - r->t_submit : 0;
@@ -78,9 +78,14 @@ static void request_done(sched_t *s, sched_req_t *r) {
         if (r->ch[c].finish == SCHED_FINISH_ERROR || r->ch[c].finish == SCHED_FINISH_CANCELLED) f = r->ch[c].finish;
     pthread_mutex_lock(&s->mlock);
     s->m.requests_finished[f]++;
-    s->m.prefill_density_sum += u.prefill_density;
-    s->m.decode_density_sum += u.decode_density;
-    s->m.density_count++;
+    if (!isnan(u.prefill_density)) {
+        s->m.prefill_density_sum += u.prefill_density;
+        s->m.density_count++;
+    }
+    if (!isnan(u.decode_density)) {
+        s->m.decode_density_sum += u.decode_density;
+        s->m.decode_density_count++;
+    }
     pthread_mutex_unlock(&s->mlock);
     lc_hist_observe(&s->h_e2e, u.e2e_s);
 }
@@ -108,6 +113,7 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
     sched__resolve_policy(&s->cfg, &r->p.attn, r->p.n_prompt, &r->policy);
     attn_shape_t shape = model_attn_shape(s->model);
     if (!(r->pattn = attn_state_create(&shape, hp->n_layers, &r->policy))) return LC_ENOMEM;
+    r->pkv.salt = sched__prefill_salt(&r->policy);
     if (r->p.prompt_logprobs >= 0 && !(r->prompt_lps = calloc((size_t)r->p.n_prompt, sizeof *r->prompt_lps)))
         return LC_ENOMEM;
     size_t cap = (size_t)r->p.n_prompt + (size_t)r->p.max_tokens + 1;
@@ -425,8 +431,20 @@ static void prompt_complete(sched_t *s, sched_req_t *r, const model_seq_t *ms, d
     }
     for (int c = 0; c < r->p.n_choices; c++) {
         if (r->ch[c].finish != SCHED_FINISH_NONE) continue;
-        int rc = kv_seq_fork(s->kv, &r->pkv, &r->ch[c].kv);
-        if (rc) finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
+        kv_seq_t *ck = &r->ch[c].kv;
+        int rc = kv_seq_fork(s->kv, &r->pkv, ck);
+        if (rc) {
+            finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
+            continue;
+        }
+        /* Generated tokens under a sparse decode policy start a chain of
+         * their own (the prompt's blocks stay shared and cached as they are). */
+        uint64_t salt = sched__decode_salt(&r->policy);
+        if (salt != ck->salt) {
+            ck->salt = salt;
+            ck->n_hashed = 0;
+            ck->last_hash = 0;
+        }
     }
     kv_seq_release(s->kv, &r->pkv);
     r->prompt_phase = 0;

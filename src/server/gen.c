@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/timeutil.h"
+#include "kv/kv.h"
 #include "server/server.h"
 
 void srv_conn_work_done(srv_conn_t *k);
@@ -165,12 +166,22 @@ static int submit_all(srv_conn_t *k) {
             k->retry_after = 1;
         } else if (st == LC_ESHUTDOWN) {
             srv_error_set(&k->err, 503, "service_unavailable", NULL, "draining", "The server is shutting down.");
-        } else if (st == LC_ETOOLONG) {
+        } else if (st == LC_ETOOLONG && k->pn[i] + p.max_tokens > s->n_ctx) {
             srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
                           "This model's maximum context length is %d tokens. However, you requested %d tokens "
                           "(%d in the prompt, %d in the completion). Please reduce the length of the prompt or "
                           "completion.",
                           s->n_ctx, k->pn[i] + p.max_tokens, k->pn[i], p.max_tokens);
+        } else if (st == LC_ETOOLONG) {
+            /* Within the model's context, but more than the whole KV pool holds: say
+             * so, since retrying cannot help and the operator can raise kv_bytes. */
+            kv_pool_t *kv = sched_kv(s->sched);
+            long long cap = (long long)kv_pool_n_blocks(kv) * kv_pool_config(kv)->block_size;
+            srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
+                          "This request needs up to %d tokens of KV cache (%d in the prompt, %d in the completion, "
+                          "%d choice(s)) but this server's KV cache holds %lld tokens in all. Reduce max_tokens or "
+                          "n, or ask the operator to raise [engine] kv_bytes.",
+                          k->pn[i] + p.max_tokens, k->pn[i], p.max_tokens, p.n_choices, cap);
         } else if (st) {
             srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot submit the request: %s.", lc_strerror(st));
         }

@@ -6,9 +6,11 @@
  * (which MHD cannot see), and enforces the absolute request deadline. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/status.h"
@@ -180,6 +182,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         k->state = CONN_DONE;
         k->last_write = lc_now_s();
         s->http.streams_open++;
+        k->stream_open = 1;
         s->http.by_code[200]++;
         enum MHD_Result rc = MHD_queue_response(c, 200, r);
         MHD_destroy_response(r);
@@ -236,8 +239,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         if (k->state != CONN_DONE || k->n_prompts) srv_gen_cancel(k);
         if (k->status == 200 || k->status == 0) k->status = 499; /* log: client closed */
     }
-    if (k->route == ROUTE_COMPLETIONS || k->route == ROUTE_CHAT) {
-        if (k->req.stream && k->status == 200) s->http.streams_open--;
+    if (k->stream_open) { /* also when the client left mid-stream (status 499 above) */
+        k->stream_open = 0;
+        s->http.streams_open--;
     }
     srv_log_request(k);
     k->mhd_done = 1;
@@ -376,6 +380,33 @@ int srv_http_start(srv_t *s, char *err, size_t errlen) {
     s->listen_fd = MHD_INVALID_SOCKET;
     srv_http_run(s);
     return 0;
+}
+
+void srv_http_close_listener(srv_t *s) {
+    if (s->listen_fd == MHD_INVALID_SOCKET) return;
+    static const char body[] = "{\"error\":{\"message\":\"The server is shutting down.\",\"type\":"
+                               "\"service_unavailable\",\"param\":null,\"code\":\"draining\"}}";
+    char head[256];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                      "Connection: close\r\nContent-Length: %zu\r\n\r\n",
+                      sizeof(body) - 1);
+    int n = 0;
+    for (; n < 1024; n++) { /* bounded: the backlog is finite anyway */
+        int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) break;
+        /* Read what the client sent so far (closing with unread data sends
+         * a reset that can discard our answer), then answer and close. */
+        char junk[4096];
+        while (recv(fd, junk, sizeof(junk), 0) > 0) {
+        }
+        if (send(fd, head, (size_t)hl, MSG_NOSIGNAL) == hl) send(fd, body, sizeof(body) - 1, MSG_NOSIGNAL);
+        shutdown(fd, SHUT_WR);
+        close(fd);
+    }
+    if (n) LC_INFO("draining: answered %d connection%s from the listen backlog with 503", n, n == 1 ? "" : "s");
+    close(s->listen_fd);
+    s->listen_fd = MHD_INVALID_SOCKET;
 }
 
 void srv_http_stop(srv_t *s) {

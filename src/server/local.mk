@@ -15,7 +15,8 @@ endif
 # Integration tests: pytest against a running lacunad (tests/integration).
 TESTS += tests/integration/run.sh
 EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
-	tests/integration/test_malformed.py tests/integration/test_ops.py
+	tests/integration/test_malformed.py tests/integration/test_ops.py tests/integration/test_limits.py \
+	tests/integration/test_soak.py bench/soak.sh bench/soak.py
 
 # The daemon (links once the engine, src/scheduler, is in the tree).
 bin_PROGRAMS += lacunad

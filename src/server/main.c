@@ -123,9 +123,13 @@ static void on_sigterm(uv_signal_t *h, int sig) {
     s->drain_deadline = lc_now_s() + s->cfg.drain_timeout_s;
     sd_notify(0, "STOPPING=1\nSTATUS=draining");
     LC_INFO("signal %d: draining (up to %d s)", sig, s->cfg.drain_timeout_s);
-    /* Stop accepting; requests on connections already open get 503
+    /* Stop accepting (new connections are refused; those already in the
+     * backlog get 503); requests on connections already open get 503
      * "draining" and /health turns 503 so load balancers stop sending. */
-    if (s->mhd) s->listen_fd = MHD_quiesce_daemon(s->mhd);
+    if (s->mhd) {
+        s->listen_fd = MHD_quiesce_daemon(s->mhd);
+        srv_http_close_listener(s);
+    }
     if (s->sched) sched_drain(s->sched);
     uv_timer_start(&g_drain_timer, on_drain_tick, 0, 100);
 }

@@ -77,7 +77,7 @@ int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m
     rc |= out_printf(b, "lacuna:attention_density{model_name=\"%s\",phase=\"prefill\"} %.17g\n", model,
                      cnt ? m->prefill_density_sum / cnt : 1.0);
     rc |= out_printf(b, "lacuna:attention_density{model_name=\"%s\",phase=\"decode\"} %.17g\n", model,
-                     cnt ? m->decode_density_sum / cnt : 1.0);
+                     m->decode_density_count ? m->decode_density_sum / (double)m->decode_density_count : 1.0);
     if (h) {
         rc |= out_printf(b, "# HELP lacuna:http_requests_total HTTP responses by status code.\n"
                             "# TYPE lacuna:http_requests_total counter\n");

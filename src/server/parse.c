@@ -87,9 +87,12 @@ static int get_int(const cJSON *o, const char *k, long long lo, long long hi, lo
     const cJSON *v = field(o, k);
     if (!v) return 0;
     if (!is_integral(v)) return BAD(k, "Invalid type for '%s': expected an integer.", k);
-    if (v->valuedouble < (double)lo || v->valuedouble > (double)hi)
+    /* (double)INT64_MAX rounds up to 2^63, which does not fit: converting
+     * it would be undefined, so the range is checked as [-2^63, 2^63) first. */
+    double d = v->valuedouble;
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0) || (long long)d < lo || (long long)d > hi)
         return BAD(k, "Invalid value for '%s': must be between %lld and %lld.", k, lo, hi);
-    *out = (long long)v->valuedouble;
+    *out = (long long)d;
     return 1;
 }
 

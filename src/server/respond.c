@@ -103,7 +103,6 @@ static char *print_delete(cJSON *o) {
     return s;
 }
 
-static cJSON *str_or_null(const char *s) { return s && *s ? cJSON_CreateString(s) : cJSON_CreateNull(); }
 
 static cJSON *num_or_null(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
 
@@ -125,12 +124,22 @@ static cJSON *bytes_array(const srv_resp_ctx_t *c, int32_t id) {
 }
 
 /* ---- errors and models -------------------------------------------------------- */
+/* Messages quote client bytes (an unknown key, a URL) cut to a fixed width,
+ * which can split a UTF-8 character or carry bad bytes: cJSON would copy them
+ * raw, so every string is made valid UTF-8 first. */
+static cJSON *utf8_string(const char *s) {
+    char *v = srv_utf8_dup(s, strlen(s));
+    cJSON *o = cJSON_CreateString(v ? v : "");
+    free(v);
+    return o;
+}
+
 static cJSON *error_obj(const srv_error_t *e) {
     cJSON *root = cJSON_CreateObject(), *o = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(o, "message", e->message);
-    cJSON_AddStringToObject(o, "type", e->type[0] ? e->type : "invalid_request_error");
-    cJSON_AddItemToObject(o, "param", str_or_null(e->param));
-    cJSON_AddItemToObject(o, "code", str_or_null(e->code));
+    cJSON_AddItemToObject(o, "message", utf8_string(e->message));
+    cJSON_AddItemToObject(o, "type", utf8_string(e->type[0] ? e->type : "invalid_request_error"));
+    cJSON_AddItemToObject(o, "param", e->param[0] ? utf8_string(e->param) : cJSON_CreateNull());
+    cJSON_AddItemToObject(o, "code", e->code[0] ? utf8_string(e->code) : cJSON_CreateNull());
     return root;
 }
 

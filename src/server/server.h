@@ -68,6 +68,7 @@ typedef struct srv_conn {
     int mhd_done;       // completed callback ran
     int work_pending;   // uv_work in flight
     int client_gone;
+    int stream_open;    // counted in http.streams_open until completion
     int status;         // for the log line and metrics
     srv_buf_t body;
     int too_large;
@@ -156,6 +157,10 @@ struct srv {
 int srv_http_start(srv_t *s, char *err, size_t errlen);
 void srv_http_run(srv_t *s);              // MHD_run + re-arm the timer
 void srv_http_stop(srv_t *s);
+/* Draining: MHD is quiesced; answer the connections already waiting in the
+ * listen backlog with 503 and close the listener, so later clients are
+ * refused at once instead of being reset when the process exits. */
+void srv_http_close_listener(srv_t *s);
 void srv_conn_resume(srv_conn_t *k);      // resume if suspended (caller runs srv_http_run)
 void srv_conn_reply(srv_conn_t *k, int status, char *body, const char *type); // CONN_REPLY + resume
 void srv_conn_error(srv_conn_t *k, const srv_error_t *e);

@@ -106,6 +106,10 @@ class Daemon:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        # Under --enable-sanitizers any report (a leak at exit included) fails the test.
+        text = self.log_path.read_text(errors="replace")
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in text, text[max(0, text.index(marker) - 200):][:6000]
         return self.proc.returncode
 
 

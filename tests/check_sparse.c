@@ -1,0 +1,422 @@
+/* Check suite for sparse attention end to end: requests with a
+ * `sparse_attention` spec go through the scheduler and the model forward on a
+ * tiny random model (4 layers, so TidalDecode has layers after its selection
+ * layer), with chunked prefill, prefix reuse, n > 1 choices and preemption.
+ *
+ * - With a full budget (gamma = 1, theta = inf, budgets and windows beyond
+ *   the context) every method produces the dense greedy tokens and reports
+ *   density 1.
+ * - With real budgets on a long-enough prompt each method reports density
+ *   < 1, and the metrics sum what the requests reported.
+ * - K/V computed with sparse attention is never handed to a dense request by
+ *   the prefix cache, while the same policy reuses its own blocks.
+ * The tiny model's geometry is scaled down (sparse block 16, anchor windows
+ * 32/64, windows and budgets of 64 tokens) so that a 300-token prompt is
+ * "long"; gamma, tau and theta keep their defaults. */
+#include <check.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/status.h"
+#include "kv/kv.h"
+#include "model/gguf.h"
+#include "scheduler/sched.h"
+#include "tools/mkmodel.h"
+
+/* ---- tiny model ------------------------------------------------------------------ */
+static uint64_t g_rng;
+static float randn(void) {
+    double u = 0;
+    for (int i = 0; i < 4; i++) {
+        g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        u += (double)(g_rng >> 11) * 0x1.0p-53;
+    }
+    return (float)((u - 2.0) * 1.7320508);
+}
+
+static void add_f32(gguf_writer_t *w, const char *name, int rows, int cols, float mean, float std) {
+    size_t n = (size_t)rows * (size_t)cols;
+    float *f = malloc(n * sizeof *f);
+    ck_assert_ptr_nonnull(f);
+    for (size_t i = 0; i < n; i++) f[i] = mean + std * randn();
+    uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
+    ck_assert_int_eq(gguf_writer_add_tensor(w, name, rows == 1 ? 1 : 2, dims, GGML_TYPE_F32, f, n * sizeof *f), 0);
+    free(f);
+}
+
+/* Attention weights larger than check_sched's so that the random model's
+ * attention is peaked enough for the sparse methods to have something to skip. */
+static model_t *g_model;
+static model_t *tiny_model(void) {
+    if (g_model) return g_model;
+    enum { L = 4, E = 64, H = 4, KVH = 2, F = 128, HD = E / H };
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/lacuna_check_sparse_%d.gguf", (int)getpid());
+    gguf_writer_t *w = gguf_writer_create();
+    int V = mkmodel_synthetic_vocab(w);
+    ck_assert_int_gt(V, 0);
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    gguf_writer_set_str(w, "general.name", "check-sparse-tiny");
+    gguf_writer_set_u32(w, "llama.context_length", 1024);
+    gguf_writer_set_u32(w, "llama.embedding_length", E);
+    gguf_writer_set_u32(w, "llama.block_count", L);
+    gguf_writer_set_u32(w, "llama.feed_forward_length", F);
+    gguf_writer_set_u32(w, "llama.attention.head_count", H);
+    gguf_writer_set_u32(w, "llama.attention.head_count_kv", KVH);
+    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
+    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    gguf_writer_set_u32(w, "llama.rope.dimension_count", HD);
+    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)V);
+    g_rng = 11;
+    float se = 1.0f / sqrtf((float)E), sf = 1.0f / sqrtf((float)F);
+    add_f32(w, "token_embd.weight", V, E, 0, 1.0f);
+    add_f32(w, "output_norm.weight", 1, E, 1.0f, 0.1f);
+    add_f32(w, "output.weight", V, E, 0, 2.0f * se);
+    for (int l = 0; l < L; l++) {
+        char n[64];
+#define T(sfx, r, c, mean, std) snprintf(n, sizeof n, "blk.%d." sfx ".weight", l), add_f32(w, n, r, c, mean, std)
+        T("attn_norm", 1, E, 1.0f, 0.1f);
+        T("attn_q", E, E, 0, 4.0f * se);
+        T("attn_k", HD * KVH, E, 0, 4.0f * se);
+        T("attn_v", HD * KVH, E, 0, 2.0f * se);
+        T("attn_output", E, E, 0, 2.0f * se);
+        T("ffn_norm", 1, E, 1.0f, 0.1f);
+        T("ffn_gate", F, E, 0, se);
+        T("ffn_up", F, E, 0, se);
+        T("ffn_down", E, F, 0, sf);
+#undef T
+    }
+    ck_assert_int_eq(gguf_writer_write(w, path), 0);
+    gguf_writer_destroy(w);
+    char err[256];
+    g_model = model_load(path, err, sizeof err);
+    ck_assert_msg(g_model != NULL, "%s", err);
+    unlink(path);
+    return g_model;
+}
+
+/* ---- engine helpers ------------------------------------------------------------------ */
+static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int chunk, int prefix) {
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = blocks;
+    c.max_batch_tokens = max_batch;
+    c.prefill_chunk = chunk;
+    c.enable_prefix_cache = prefix;
+    c.max_running = 16;
+    c.max_waiting = 64;
+    /* Geometry scaled to the tiny model; gamma, tau, theta stay default. */
+    c.attn_default.block = 16;
+    c.attn_default.min_budget = 32;
+    c.attn_default.anchor_init = 32;
+    c.attn_default.anchor_local = 64;
+    c.attn_default.window_tokens = 64;
+    c.attn_default.decode_budget = 64;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+enum { MAXTOK = 16 };
+typedef struct {
+    sched_req_t *r;
+    int32_t toks[2][MAXTOK];
+    int n[2];
+    int done;
+} out_t;
+
+static void drain(out_t *o) {
+    sched_event_t ev[32];
+    int n;
+    while ((n = sched_req_poll(o->r, ev, 32)) > 0)
+        for (int i = 0; i < n; i++) {
+            if (ev[i].kind == SCHED_EV_TOKEN && o->n[ev[i].choice] < MAXTOK)
+                o->toks[ev[i].choice][o->n[ev[i].choice]++] = ev[i].token;
+            if (ev[i].kind == SCHED_EV_DONE) o->done = 1;
+            sched_event_clear(&ev[i]);
+        }
+}
+
+static void params(sched_params_t *p, const int32_t *prompt, int n, int max_tokens, int choices) {
+    memset(p, 0, sizeof *p);
+    p->prompt = prompt;
+    p->n_prompt = n;
+    p->n_choices = choices;
+    p->max_tokens = max_tokens;
+    p->ignore_eos = 1;
+    p->logprobs = p->prompt_logprobs = -1;
+    sampler_params_default(&p->sampling);
+    p->sampling.temperature = 0;
+    sched_attn_spec_default(&p->attn);
+    p->attn.prefill = ATTN_PREFILL_DENSE;
+    p->attn.decode = ATTN_DECODE_DENSE;
+}
+
+static void submit(sched_t *s, out_t *o, const sched_params_t *p) {
+    memset(o, 0, sizeof *o);
+    int st;
+    o->r = sched_req_create(p, &st);
+    ck_assert_ptr_nonnull(o->r);
+    ck_assert_int_eq(sched_submit(s, o->r), 0);
+}
+
+static void finish(out_t *o, sched_usage_t *u) {
+    drain(o);
+    ck_assert(o->done);
+    if (u) sched_req_usage(o->r, u);
+    sched_req_release(o->r);
+    o->r = NULL;
+}
+
+static void mk_prompt(int32_t *p, int n, unsigned seed, int n_vocab) {
+    for (int i = 0; i < n; i++) p[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(n_vocab - 3));
+}
+
+/* The methods under test: a prefill or a decode method, the other dense. */
+typedef struct {
+    const char *name;
+    int prefill, decode;
+} method_t;
+static const method_t methods[] = {
+    {"flexprefill", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE},   {"anchor", ATTN_PREFILL_ANCHOR, ATTN_DECODE_DENSE},
+    {"streaming", ATTN_PREFILL_STREAMING, ATTN_DECODE_DENSE}, {"quest", ATTN_PREFILL_DENSE, ATTN_DECODE_QUEST},
+    {"tidal", ATTN_PREFILL_DENSE, ATTN_DECODE_TIDAL},         {"streaming-decode", ATTN_PREFILL_DENSE, ATTN_DECODE_STREAMING},
+};
+#define N_METHODS (int)(sizeof methods / sizeof methods[0])
+
+static void set_method(sched_params_t *p, const method_t *m, int full) {
+    p->attn.prefill = m->prefill;
+    p->attn.decode = m->decode;
+    if (full) {
+        p->attn.gamma = 1.0f;
+        p->attn.theta = INFINITY;
+        p->attn.decode_budget = 1 << 20;
+    }
+}
+
+/* Full budget: StreamingLLM's window is a config knob, not a request field. */
+static sched_t *mk_sched_full(const model_t *m, int64_t blocks, int max_batch, int chunk, int prefix) {
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = blocks;
+    c.max_batch_tokens = max_batch;
+    c.prefill_chunk = chunk;
+    c.enable_prefix_cache = prefix;
+    c.max_running = 16;
+    c.max_waiting = 64;
+    c.attn_default.block = 16;
+    c.attn_default.min_budget = 32;
+    c.attn_default.anchor_init = 32;
+    c.attn_default.anchor_local = 64;
+    c.attn_default.window_tokens = 1 << 20;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+#define NP 300 // prompt tokens
+#define NG 12  // generated tokens
+
+/* ---- full budget == dense -------------------------------------------------------------- */
+START_TEST(test_full_budget_equals_dense) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[NP];
+    mk_prompt(prompt, NP, 1, nv);
+    sched_params_t p;
+    out_t ref, got;
+    /* Dense reference: one chunk, no prefix cache. */
+    sched_t *s = mk_sched_full(m, 256, 512, 512, 0);
+    params(&p, prompt, NP, NG, 1);
+    submit(s, &ref, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    sched_usage_t u;
+    finish(&ref, &u);
+    ck_assert_int_eq(ref.n[0], NG);
+    ck_assert_double_eq_tol(u.prefill_density, 1.0, 1e-12);
+    sched_destroy(s);
+    /* Every method, with chunked prefill (chunks of 48 cut blocks and
+     * anchor groups), then again through the prefix cache, with n = 2. */
+    for (int i = 0; i < N_METHODS; i++) {
+        s = mk_sched_full(m, 256, 512, 48, 1);
+        for (int pass = 0; pass < 2; pass++) {
+            params(&p, prompt, NP, NG, 1 + pass);
+            set_method(&p, &methods[i], 1);
+            submit(s, &got, &p);
+            ck_assert_int_eq(sched_run_until_idle(s), 0);
+            finish(&got, &u);
+            for (int c = 0; c <= pass; c++) {
+                ck_assert_int_eq(got.n[c], NG);
+                ck_assert_msg(memcmp(got.toks[c], ref.toks[0], sizeof(int32_t) * NG) == 0,
+                              "%s pass %d choice %d: tokens differ from dense", methods[i].name, pass, c);
+            }
+            ck_assert_int_eq(u.prefill_method, methods[i].prefill);
+            ck_assert_int_eq(u.decode_method, methods[i].decode);
+            ck_assert_msg(fabs(u.prefill_density - 1.0) < 1e-9, "%s: prefill density %g", methods[i].name,
+                          u.prefill_density);
+            ck_assert_msg(fabs(u.decode_density - 1.0) < 1e-9, "%s: decode density %g", methods[i].name,
+                          u.decode_density);
+            ck_assert_int_eq(u.cached_tokens, pass ? (NP - 1) / 16 * 16 : 0);
+        }
+        sched_destroy(s);
+    }
+}
+END_TEST
+
+/* Every method at once with a full budget in a pool too small for all of
+ * them: chunks, decodes and preemption by recomputation mix. */
+START_TEST(test_full_budget_preemption) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[N_METHODS][200];
+    static out_t ref[N_METHODS], got[N_METHODS];
+    sched_params_t p;
+    sched_t *s = mk_sched_full(m, 256, 512, 512, 0);
+    for (int i = 0; i < N_METHODS; i++) {
+        mk_prompt(prompt[i], 150 + 10 * i, 40 + i, nv);
+        params(&p, prompt[i], 150 + 10 * i, NG, 1);
+        submit(s, &ref[i], &p);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        finish(&ref[i], NULL);
+    }
+    sched_destroy(s);
+    s = mk_sched_full(m, 40, 128, 32, 0); // 40 blocks of 16: about three requests at a time
+    for (int i = 0; i < N_METHODS; i++) {
+        params(&p, prompt[i], 150 + 10 * i, NG, 1);
+        set_method(&p, &methods[i], 1);
+        submit(s, &got[i], &p);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    int preempted = 0;
+    for (int i = 0; i < N_METHODS; i++) {
+        sched_usage_t u;
+        finish(&got[i], &u);
+        preempted += u.preemptions;
+        ck_assert_msg(memcmp(got[i].toks[0], ref[i].toks[0], sizeof(int32_t) * NG) == 0, "%s: tokens differ",
+                      methods[i].name);
+        ck_assert_msg(fabs(u.prefill_density - 1.0) < 1e-9, "%s: density %g", methods[i].name, u.prefill_density);
+    }
+    ck_assert_int_gt(preempted, 0);
+    sched_destroy(s);
+}
+END_TEST
+
+/* ---- real budgets --------------------------------------------------------------------- */
+START_TEST(test_budgets_report_density) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[NP];
+    mk_prompt(prompt, NP, 2, nv);
+    sched_t *s = mk_sched(m, 512, 512, 128, 0);
+    sched_params_t p;
+    out_t o;
+    double psum = 0, dsum = 0;
+    int pcnt = 0, dcnt = 0;
+    for (int i = 0; i < N_METHODS; i++) {
+        params(&p, prompt, NP, NG, 1);
+        set_method(&p, &methods[i], 0);
+        submit(s, &o, &p);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        sched_usage_t u;
+        finish(&o, &u);
+        ck_assert_int_eq(o.n[0], NG);
+        double d = methods[i].prefill != ATTN_PREFILL_DENSE ? u.prefill_density : u.decode_density;
+        fprintf(stderr, "check_sparse: %-16s prefill density %.3f decode density %.3f\n", methods[i].name,
+                u.prefill_density, u.decode_density);
+        ck_assert_msg(d > 0.0 && d < 0.999, "%s: density %g with a %d-token prompt", methods[i].name, d, NP);
+        psum += u.prefill_density, pcnt++;
+        dsum += u.decode_density, dcnt++;
+    }
+    /* max_tokens 1: the first token comes from the prompt's logits; no decode. */
+    params(&p, prompt, NP, 1, 1);
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    sched_usage_t u;
+    finish(&o, &u);
+    ck_assert(isnan(u.decode_density));
+    psum += u.prefill_density, pcnt++;
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    ck_assert_uint_eq(mt.density_count, (uint64_t)pcnt);
+    ck_assert_uint_eq(mt.decode_density_count, (uint64_t)dcnt);
+    ck_assert_double_eq_tol(mt.prefill_density_sum, psum, 1e-9);
+    ck_assert_double_eq_tol(mt.decode_density_sum, dsum, 1e-9);
+    sched_destroy(s);
+}
+END_TEST
+
+/* ---- prefix cache and policies ------------------------------------------------------------ */
+START_TEST(test_prefix_salt) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[NP];
+    mk_prompt(prompt, NP, 3, nv);
+    sched_t *s = mk_sched(m, 512, 512, 128, 1);
+    sched_params_t p;
+    out_t o, ref;
+    sched_usage_t u;
+    const int full = (NP - 1) / 16 * 16;
+    /* Sparse first: its blocks must not serve the dense request. */
+    params(&p, prompt, NP, 4, 1);
+    set_method(&p, &methods[0], 0);
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, 0);
+    params(&p, prompt, NP, 4, 1);
+    submit(s, &ref, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&ref, &u);
+    ck_assert_int_eq(u.cached_tokens, 0);
+    /* The same sparse policy reuses its own blocks; the dense one its own. */
+    params(&p, prompt, NP, 4, 1);
+    set_method(&p, &methods[0], 0);
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, full);
+    params(&p, prompt, NP, 4, 1);
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, full);
+    ck_assert_mem_eq(o.toks[0], ref.toks[0], 4 * sizeof(int32_t));
+    /* Another gamma is another salt. */
+    params(&p, prompt, NP, 4, 1);
+    set_method(&p, &methods[0], 0);
+    p.attn.gamma = 0.5f;
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, 0);
+    sched_destroy(s);
+}
+END_TEST
+
+int main(void) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    Suite *s = suite_create("sparse");
+    TCase *tc = tcase_create("engine");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_full_budget_equals_dense);
+    tcase_add_test(tc, test_full_budget_preemption);
+    tcase_add_test(tc, test_budgets_report_density);
+    tcase_add_test(tc, test_prefix_salt);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    if (g_model) model_free(g_model);
+    return failed ? 1 : 0;
+}
