@@ -14,6 +14,7 @@
 
 #include "common/status.h"
 #include "model/gguf.h"
+#include "ops/ops.h"
 #include "model/chat.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
@@ -431,15 +432,39 @@ static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
     return n;
 }
 
-/* Relative tolerance of the logits: max |ours - HF| over the vocabulary,
- * divided by max |HF|. Both sides dequantize the same Q4_1/Q8_0 weights and
- * compute in f32; 1e-3 allows for different summation orders over 30 layers. */
+/* The real model against Hugging Face transformers, on both matmul paths.
+ *
+ * Exact path (f32 panels: what every batch above OPS_MM_QMAX_DEFAULT tokens
+ * takes): both sides dequantize the same Q4_1/Q8_0 weights and compute in
+ * f32, so the tolerance is 1e-3 of max |logit| (different summation orders
+ * over 30 layers; measured ~2e-6) and the free-running greedy continuation
+ * must be HF's token for token.
+ *
+ * Quantized path (8-bit activations, what decode tokens take; here the
+ * prompt is fed one decode step at a time so that every position goes
+ * through it): activations lose ~0.5% each (per-32 scale, see
+ * check_qmatmul), which over 30 layers moves logits by up to ~5% of the
+ * largest. Measured over the five prompts (AVX2 / scalar kernels / the same
+ * rounding emulated in f32 before sgemm, which rules out a kernel bug):
+ * last-position max error 4.6e-2 / 4.4e-2 / 4.3e-2 of max |logit|; worst
+ * top-20 entry of any position 1.7 / 2.6 / 1.7 logits. Tolerances Q8_REL_TOL
+ * and Q8_TOP_ABS leave ~1.5x. Free-running greedy then diverges where HF's
+ * own top-2 margin is below that error (seen at margins 0.01-0.22), so the
+ * decode check is teacher-forced: feed HF's tokens; at every step HF's token
+ * must be our argmax whenever HF's margin is at least Q8_TIE, and always
+ * within Q8_TIE of our best logit (worst seen 0.27). */
 #define REAL_REL_TOL 1e-3
+#define Q8_REL_TOL 8e-2
+#define Q8_TOP_ABS 4.0
+#define Q8_TIE 0.4
 
-START_TEST(test_real_model_vs_hf)
+static void real_vs_hf(int quant)
 {
     const char *path = real_model_path();
     if (!path) return;
+    ops_mm_set_q8(quant);
+    const double tol = quant ? Q8_REL_TOL : REAL_REL_TOL;
+    const char *tag = quant ? "q8" : "f32";
     char *json = read_all(LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
     ck_assert_msg(json != NULL, "fixture missing: " LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
     cJSON *doc = cJSON_Parse(json);
@@ -454,6 +479,7 @@ START_TEST(test_real_model_vs_hf)
     float *ref = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)128 * V * sizeof(float));
     cJSON *cases = cJSON_GetObjectItem(doc, "cases"), *cs;
     int ci = 0;
+    double worst_rel = 0, worst_short = 0;
     cJSON_ArrayForEach(cs, cases)
     {
         cJSON *ids = cJSON_GetObjectItem(cs, "ids");
@@ -463,7 +489,10 @@ START_TEST(test_real_model_vs_hf)
         for (int i = 0; i < n; i++) tok[i] = cJSON_GetArrayItem(ids, i)->valueint;
         kv_seq_t s;
         kv_seq_init(&s);
-        run_one(c, kv, &s, tok, n, 0, 2, 0, lg);
+        if (quant)
+            for (int i = 0; i < n; i++) run_one(c, kv, &s, tok + i, 1, i, 1, 1, lg + (size_t)i * V);
+        else
+            run_one(c, kv, &s, tok, n, 0, 2, 0, lg);
         /* full last-position vector */
         size_t got = b64_decode(cJSON_GetObjectItem(cs, "last_logits_f32_b64")->valuestring, (unsigned char *)ref,
                                 (size_t)V * sizeof(float));
@@ -472,8 +501,9 @@ START_TEST(test_real_model_vs_hf)
         double mx = 0;
         for (int i = 0; i < V; i++) mx = fabs(ref[i]) > mx ? fabs(ref[i]) : mx;
         double rel = max_abs_diff(last, ref, V) / mx;
-        fprintf(stderr, "check_model: case %d (%d tokens): max rel logit error %.2e\n", ci, n, rel);
-        ck_assert_msg(rel < REAL_REL_TOL, "case %d: relative logit error %g", ci, rel);
+        worst_rel = rel > worst_rel ? rel : worst_rel;
+        fprintf(stderr, "check_model: %s case %d (%d tokens): max rel logit error %.2e\n", tag, ci, n, rel);
+        ck_assert_msg(rel < tol, "%s case %d: relative logit error %g", tag, ci, rel);
         /* top-20 of every position */
         cJSON *pt = cJSON_GetObjectItem(cs, "positions_top"), *row;
         int p = 0;
@@ -484,37 +514,53 @@ START_TEST(test_real_model_vs_hf)
             for (int j = 0; j < cJSON_GetArraySize(tid); j++) {
                 double want = cJSON_GetArrayItem(tl, j)->valuedouble;
                 double have = lg[(size_t)p * V + cJSON_GetArrayItem(tid, j)->valueint];
-                ck_assert_msg(fabs(have - want) <= REAL_REL_TOL * rmx + 1e-4, "case %d pos %d top %d: %g vs %g", ci,
-                              p, j, have, want);
+                ck_assert_msg(fabs(have - want) <= (quant ? Q8_TOP_ABS : tol * rmx + 1e-4),
+                              "%s case %d pos %d top %d: %g vs %g", tag, ci, p, j, have, want);
             }
             p++;
         }
-        /* greedy continuation, token for token */
-        cJSON *gr = cJSON_GetObjectItem(cs, "greedy");
+        /* greedy continuation: free-running on the exact path, teacher-forced
+         * (HF's tokens fed back) on the quantized one */
+        cJSON *gr = cJSON_GetObjectItem(cs, "greedy"), *gm = cJSON_GetObjectItem(cs, "greedy_margins");
         int ng = cJSON_GetArraySize(gr);
-        int32_t next = 0;
-        for (int i = 1; i < V; i++)
-            if (last[i] > last[next]) next = i;
+        const float *cur = last;
         for (int g = 0; g < ng; g++) {
-            int32_t want = cJSON_GetArrayItem(gr, g)->valueint;
-            ck_assert_msg(next == want, "case %d: greedy token %d is %d, HF %d", ci, g, next, want);
-            if (g + 1 == ng) break;
-            run_one(c, kv, &s, &next, 1, n + g, 1, 1, lg);
-            int32_t best = 0;
+            int32_t want = cJSON_GetArrayItem(gr, g)->valueint, best = 0;
             for (int i = 1; i < V; i++)
-                if (lg[i] > lg[best]) best = i;
-            next = best;
+                if (cur[i] > cur[best]) best = i;
+            if (!quant) {
+                ck_assert_msg(best == want, "case %d: greedy token %d is %d, HF %d", ci, g, best, want);
+            } else {
+                double margin = cJSON_GetArrayItem(gm, g)->valuedouble, shortfall = cur[best] - cur[want];
+                worst_short = shortfall > worst_short ? shortfall : worst_short;
+                ck_assert_msg(shortfall <= Q8_TIE, "q8 case %d step %d: HF token %d is %.3f below our best %d", ci,
+                              g, want, shortfall, best);
+                ck_assert_msg(best == want || margin < Q8_TIE, "q8 case %d step %d: argmax %d, HF %d (HF margin %.3f)",
+                              ci, g, best, want, margin);
+            }
+            if (g + 1 == ng) break;
+            run_one(c, kv, &s, &want, 1, n + g, 1, 1, lg);
+            cur = lg;
         }
         kv_seq_release(kv, &s);
         ci++;
     }
+    if (quant)
+        fprintf(stderr, "check_model: q8 worst relative logit error %.2e, worst HF-token shortfall %.3f\n", worst_rel,
+                worst_short);
     ck_assert_int_eq(ci, 5);
     free(ref), free(lg), free(json);
     cJSON_Delete(doc);
     kv_pool_destroy(kv);
     model_ctx_destroy(c);
     model_free(m);
+    ops_mm_set_q8(1);
 }
+
+START_TEST(test_real_model_vs_hf) { real_vs_hf(0); }
+END_TEST
+
+START_TEST(test_real_model_vs_hf_q8) { real_vs_hf(1); }
 END_TEST
 
 static Suite *model_suite(void)
@@ -532,6 +578,7 @@ static Suite *model_suite(void)
     tc = tcase_create("real");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_real_model_vs_hf);
+    tcase_add_test(tc, test_real_model_vs_hf_q8);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -35,6 +35,11 @@ tests_check_ops_SOURCES = tests/check_ops.c
 tests_check_ops_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_ops_LDADD = $(CHECK_LDADD)
 
+check_PROGRAMS += tests/check_qmatmul
+tests_check_qmatmul_SOURCES = tests/check_qmatmul.c
+tests_check_qmatmul_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_qmatmul_LDADD = $(CHECK_LDADD)
+
 check_PROGRAMS += tests/check_sampler
 tests_check_sampler_SOURCES = tests/check_sampler.c
 tests_check_sampler_CFLAGS = $(CHECK_CFLAGS_ALL)

@@ -1,6 +1,7 @@
 /* The batched forward pass. All tokens of a batch go through each weight
- * matrix in one sgemm; attention runs per sequence slice over the paged KV
- * cache (prefill or decode kernel, the slice's own policy). Scratch lives in
+ * matrix in one matmul (ops_matmul_w, reading the weights' block format);
+ * attention runs per sequence slice over the paged KV cache (prefill or
+ * decode kernel, the slice's own policy). Scratch lives in
  * model_ctx_t so that a step allocates nothing. */
 #include <math.h>
 #include <stdlib.h>
@@ -39,9 +40,10 @@ model_ctx_t *model_ctx_create(const model_t *m, int max_tokens)
     c->rows = amalloc(T * sizeof(int));
     c->lbuf = amalloc((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
     c->mark = amalloc(T);
+    c->q8row = amalloc(T);
     c->dst = amalloc(T * sizeof(float *));
     if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up || !c->pos ||
-        !c->rows || !c->lbuf || !c->mark || !c->dst) {
+        !c->rows || !c->lbuf || !c->mark || !c->q8row || !c->dst) {
         model_ctx_destroy(c);
         return NULL;
     }
@@ -53,6 +55,7 @@ void model_ctx_destroy(model_ctx_t *c)
     if (!c) return;
     free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
     free(c->gate), free(c->up), free(c->pos), free(c->rows), free(c->lbuf), free(c->mark);
+    free(c->q8row);
     free(c->dst);
     free(c);
 }
@@ -89,6 +92,25 @@ static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
         covered += q->n_tok;
     }
     return covered == b->n_tokens ? 0 : LC_EINVAL;
+}
+
+/* ---- matmul ------------------------------------------------------------------- */
+/* y = x · wᵀ for n rows, in runs of one kind: decode tokens (kind[r] = 1)
+ * take the 8-bit activation kernels, prefill rows the exact f32 path. So a
+ * row's result depends only on its own sequence's step, never on what else
+ * shares the batch (continuous batching stays deterministic).
+ *   x: (n, w->cols)   y: (n, w->rows)   kind: (n) */
+static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned char *kind)
+{
+    for (int r0 = 0; r0 < n;) {
+        int r1 = r0 + 1;
+        while (r1 < n && kind[r1] == kind[r0]) r1++;
+        int rc = ops_matmul_w(y + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, w, r1 - r0,
+                              kind[r0] ? OPS_MM_Q8 : OPS_MM_F32);
+        if (rc) return rc;
+        r0 = r1;
+    }
+    return 0;
 }
 
 /* ---- attention ------------------------------------------------------------------ */
@@ -136,10 +158,10 @@ static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int 
 
 /* ---- logits ---------------------------------------------------------------------- */
 /* Final norm and LM head for the rows some sequence asked for. Rows of all
- * sequences share each sgemm (the LM head is the largest matrix: reading it
+ * sequences share each matmul (the LM head is the largest matrix: reading it
  * once per decode token of the batch would dominate), MODEL_LOGIT_CHUNK rows
  * at a time through a staging buffer; a single sequence writes directly. */
-static void logits(model_ctx_t *c, const model_batch_t *b)
+static int logits(model_ctx_t *c, const model_batch_t *b)
 {
     const model_t *m = c->m;
     int E = m->hp.n_embd, V = m->hp.n_vocab;
@@ -153,18 +175,21 @@ static void logits(model_ctx_t *c, const model_batch_t *b)
             n++;
         }
     }
-    if (!n) return;
-    for (int r = 0; r < n; r++)
+    if (!n) return 0;
+    for (int r = 0; r < n; r++) {
         ops_rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)c->rows[r] * E, m->out_norm, 1, E, m->hp.rms_eps);
+        c->mark[r] = c->q8row[c->rows[r]]; // kinds of the gathered rows
+    }
     if (b->n_seqs == 1) {
-        ops_matmul(c->dst[0], c->xb, m->output, n, E, V);
-        return;
+        return mm(c->dst[0], c->xb, &m->output, n, c->mark);
     }
     for (int r0 = 0; r0 < n; r0 += MODEL_LOGIT_CHUNK) {
         int cnt = n - r0 < MODEL_LOGIT_CHUNK ? n - r0 : MODEL_LOGIT_CHUNK;
-        ops_matmul(c->lbuf, c->xb + (size_t)r0 * E, m->output, cnt, E, V);
+        int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->mark + r0);
+        if (rc) return rc;
         for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
     }
+    return 0;
 }
 
 /* ---- forward ------------------------------------------------------------------- */
@@ -175,33 +200,34 @@ int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
     const model_t *m = c->m;
     const model_hparams_t *hp = &m->hp;
     int T = b->n_tokens, E = hp->n_embd, F = hp->n_ff;
-    int QD = hp->n_heads * hp->head_dim, KD = hp->n_kv_heads * hp->head_dim;
 
     for (int s = 0; s < b->n_seqs; s++)
-        for (int i = 0; i < b->seqs[s].n_tok; i++) c->pos[b->seqs[s].tok0 + i] = b->seqs[s].pos0 + i;
+        for (int i = 0; i < b->seqs[s].n_tok; i++) {
+            c->pos[b->seqs[s].tok0 + i] = b->seqs[s].pos0 + i;
+            c->q8row[b->seqs[s].tok0 + i] = (unsigned char)(b->seqs[s].decode != 0);
+        }
     for (int t = 0; t < T; t++)
-        memcpy(c->x + (size_t)t * E, m->tok_embd + (size_t)b->tokens[t] * E, (size_t)E * sizeof(float));
+        ops_w_row_f32(&m->tok_embd, b->tokens[t], c->x + (size_t)t * E);
 
     for (int l = 0; l < hp->n_layers; l++) {
         const model_layer_t *L = &m->layers[l];
         /* attention block */
         ops_rmsnorm(c->xb, c->x, L->attn_norm, T, E, hp->rms_eps);
-        ops_matmul(c->q, c->xb, L->wq, T, E, QD);
-        ops_matmul(c->k, c->xb, L->wk, T, E, KD);
-        ops_matmul(c->v, c->xb, L->wv, T, E, KD);
+        if ((rc = mm(c->q, c->xb, &L->wq, T, c->q8row))) return rc;
+        if ((rc = mm(c->k, c->xb, &L->wk, T, c->q8row))) return rc;
+        if ((rc = mm(c->v, c->xb, &L->wv, T, c->q8row))) return rc;
         ops_rope(&m->rope, c->q, T, c->pos, hp->n_heads, hp->head_dim, hp->rope_neox);
         ops_rope(&m->rope, c->k, T, c->pos, hp->n_kv_heads, hp->head_dim, hp->rope_neox);
         if ((rc = attention(c, kv, b, l))) return rc;
-        ops_matmul(c->proj, c->att, L->wo, T, QD, E);
+        if ((rc = mm(c->proj, c->att, &L->wo, T, c->q8row))) return rc;
         ops_add(c->x, c->proj, (size_t)T * E);
         /* feed-forward block (SwiGLU) */
         ops_rmsnorm(c->xb, c->x, L->ffn_norm, T, E, hp->rms_eps);
-        ops_matmul(c->gate, c->xb, L->w_gate, T, E, F);
-        ops_matmul(c->up, c->xb, L->w_up, T, E, F);
+        if ((rc = mm(c->gate, c->xb, &L->w_gate, T, c->q8row))) return rc;
+        if ((rc = mm(c->up, c->xb, &L->w_up, T, c->q8row))) return rc;
         ops_swiglu(c->gate, c->up, (size_t)T * F);
-        ops_matmul(c->proj, c->gate, L->w_down, T, F, E);
+        if ((rc = mm(c->proj, c->gate, &L->w_down, T, c->q8row))) return rc;
         ops_add(c->x, c->proj, (size_t)T * E);
     }
-    logits(c, b);
-    return 0;
+    return logits(c, b);
 }

@@ -1,6 +1,6 @@
-/* A loaded Llama-family model: hyper-parameters, weights (dequantized to f32
- * rows for BLAS at load), tokenizer and chat template, and the batched
- * forward pass.
+/* A loaded Llama-family model: hyper-parameters, weights (kept in their GGUF
+ * block format; see ops_matmul_w), tokenizer and chat template, and the
+ * batched forward pass.
  *
  * The forward pass is batched from the start: one call takes the tokens of
  * several sequences at different positions (prefill chunks and decode tokens
@@ -41,6 +41,14 @@ typedef struct model model_t;
 /* Loads a GGUF model. Returns NULL and a message in err on failure (bad file,
  * unsupported architecture, missing tensor, unknown chat template). */
 model_t *model_load(const char *path, char *err, size_t errlen);
+
+typedef struct {
+    int f32_weights; // expand every matrix to f32 at load (4-8x the memory; A/B only)
+} model_load_opts_t;
+/* model_load with options; o may be NULL (defaults). */
+model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, size_t errlen);
+/* Bytes of weights the model holds. */
+size_t model_weight_bytes(const model_t *m);
 void model_free(model_t *m);
 
 const model_hparams_t *model_hparams(const model_t *m);

@@ -6,31 +6,35 @@
 #include "model/model.h"
 #include "ops/ops.h"
 
-/* One transformer block's weights, dequantized to f32 at load. Matrices are
- * (out, in) row-major, exactly the GGUF order (dims[0] = in is contiguous). */
+/* One transformer block's weights. Matrices stay in their GGUF block format
+ * (ops_w_t: (out, in) rows, dims[0] = in contiguous, exactly the file's
+ * order) in buffers the model owns; norms are f32. */
 typedef struct {
     float *attn_norm;  // (n_embd)
-    float *wq;         // (n_heads * head_dim, n_embd)
-    float *wk;         // (n_kv_heads * head_dim, n_embd)
-    float *wv;         // (n_kv_heads * head_dim, n_embd)
-    float *wo;         // (n_embd, n_heads * head_dim)
+    ops_w_t wq;        // (n_heads * head_dim, n_embd)
+    ops_w_t wk;        // (n_kv_heads * head_dim, n_embd)
+    ops_w_t wv;        // (n_kv_heads * head_dim, n_embd)
+    ops_w_t wo;        // (n_embd, n_heads * head_dim)
     float *ffn_norm;   // (n_embd)
-    float *w_gate;     // (n_ff, n_embd)
-    float *w_up;       // (n_ff, n_embd)
-    float *w_down;     // (n_embd, n_ff)
+    ops_w_t w_gate;    // (n_ff, n_embd)
+    ops_w_t w_up;      // (n_ff, n_embd)
+    ops_w_t w_down;    // (n_embd, n_ff)
 } model_layer_t;
 
 struct model {
     model_hparams_t hp;
     int rope_dim;          // rotated dims per head (rope.dimension_count)
-    float *tok_embd;       // (n_vocab, n_embd)
+    ops_w_t tok_embd;      // (n_vocab, n_embd); rows expanded per token
     float *out_norm;       // (n_embd)
-    float *output;         // (n_vocab, n_embd); aliases tok_embd when tied
+    ops_w_t output;        // (n_vocab, n_embd); shares tok_embd's data when tied
     model_layer_t *layers; // (n_layers)
     ops_rope_t rope;       // tables for positions < max(n_ctx_train, 4096)
     tok_t *tok;            // owned
     int chat_tmpl;         // chat.h family or -1
-    size_t weight_bytes;   // f32 bytes held
+    void **bufs;           // (n_bufs) every weight and norm buffer, owned; freed by model_free
+    int n_bufs, cap_bufs;
+    size_t weight_bytes;   // bytes held in bufs
+    int f32_weights;       // load option: matrices expanded to f32
 };
 
 struct model_ctx {
@@ -48,7 +52,8 @@ struct model_ctx {
     int64_t *pos;  // (T) position of each token
     int *rows;     // (T) token indices whose logits are needed
     float *lbuf;   // (MODEL_LOGIT_CHUNK, n_vocab) logits staging for multi-sequence batches
-    unsigned char *mark; // (T) batch coverage check
+    unsigned char *mark; // (T) batch coverage check, then the kinds of the logits rows
+    unsigned char *q8row; // (T) 1 where the row is a decode token (8-bit activation matmul)
     float **dst;   // (T) where each logits row goes
     model_attn_hook_cb hook; // analysis hook or NULL
     void *hook_ud;

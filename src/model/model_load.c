@@ -1,6 +1,7 @@
 /* Loading a Llama-family GGUF: hyper-parameters from the metadata, every
- * tensor's shape checked against them, weights dequantized to f32 so that
- * the forward pass is plain sgemm. Also owns the accessors of model_t. */
+ * tensor's shape checked against them, weight matrices copied in their
+ * block format (the matmul reads them in place; see ops_matmul_w), or
+ * expanded to f32 on request. Also owns the accessors of model_t. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -147,10 +148,35 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
 }
 
 /* ---- tensors ------------------------------------------------------------------ */
-/* Finds `name`, checks its shape is exactly dims[0..n_dims) and returns a
- * freshly allocated f32 copy (dequantized). NULL with a message otherwise. */
-static float *load_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const int64_t *dims,
-                          size_t *bytes, char *err, size_t errlen)
+/* Takes ownership of p (a weight buffer) so that model_free releases it.
+ * Returns p, or NULL after freeing it when the list cannot grow. */
+static void *own(model_t *m, void *p)
+{
+    if (!p) return NULL;
+    if (m->n_bufs == m->cap_bufs) {
+        int cap = m->cap_bufs ? 2 * m->cap_bufs : 64;
+        void **nb = realloc(m->bufs, (size_t)cap * sizeof *nb);
+        if (!nb) {
+            free(p);
+            return NULL;
+        }
+        m->bufs = nb;
+        m->cap_bufs = cap;
+    }
+    m->bufs[m->n_bufs++] = p;
+    return p;
+}
+
+static void *alloc64(size_t n)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
+}
+
+/* Finds `name` and checks its shape is exactly dims[0..n_dims) and its type
+ * one the matmul reads. NULL with a message otherwise. */
+static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims,
+                                        const int64_t *dims, char *err, size_t errlen)
 {
     const gguf_tensor_t *t = gguf_find_tensor(g, name);
     if (!t) {
@@ -158,12 +184,10 @@ static float *load_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims
         return NULL;
     }
     int ok = 1;
-    uint64_t n = 1;
     for (uint32_t i = 0; i < 4; i++) {
         uint64_t want = i < n_dims ? (uint64_t)dims[i] : 1;
         uint64_t have = i < t->n_dims ? t->dims[i] : 1;
         if (want != have) ok = 0;
-        n *= want;
     }
     if (!ok) {
         char have[96] = "", want[96] = "";
@@ -175,32 +199,64 @@ static float *load_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims
         set_err(err, errlen, "tensor %s has shape [%s], expected [%s]", name, have, want);
         return NULL;
     }
-    uint32_t bs = ggml_block_size(t->type);
-    if (!bs || n % bs) {
-        set_err(err, errlen, "tensor %s: unsupported type %s (%u) for %llu elements", name,
-                ggml_type_name(t->type) ? ggml_type_name(t->type) : "?", (unsigned)t->type, (unsigned long long)n);
+    if (!ops_w_row_bytes((int)t->type, (int)dims[0])) {
+        set_err(err, errlen, "tensor %s: unsupported type %s (%u) for rows of %lld", name,
+                ggml_type_name(t->type) ? ggml_type_name(t->type) : "?", (unsigned)t->type, (long long)dims[0]);
         return NULL;
     }
-    float *dst = NULL;
-    if (n > SIZE_MAX / sizeof(float) || posix_memalign((void **)&dst, 64, n * sizeof(float))) {
-        set_err(err, errlen, "tensor %s: out of memory (%llu floats)", name, (unsigned long long)n);
-        return NULL;
+    return t;
+}
+
+/* Loads a (rows, cols) matrix (dims {cols, rows}) into w, kept in its file
+ * format; every value is expanded once to check it is finite. With f32 set,
+ * the matrix is stored expanded instead (type OPS_W_F32). */
+static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t cols, int64_t rows, int f32,
+                    ops_w_t *w, char *err, size_t errlen)
+{
+    const int64_t dims[2] = {cols, rows};
+    const gguf_tensor_t *t = find_tensor(g, name, rows > 1 ? 2 : 1, dims, err, errlen);
+    if (!t) return LC_EFORMAT;
+    const size_t rb = ops_w_row_bytes((int)t->type, (int)cols);
+    if ((uint64_t)rb * (uint64_t)rows != t->nbytes) {
+        set_err(err, errlen, "tensor %s: %llu bytes of data, expected %llu", name, (unsigned long long)t->nbytes,
+                (unsigned long long)rb * (unsigned long long)rows);
+        return LC_EFORMAT;
     }
-    int rc = quant_dequantize(t->type, t->data, dst, n);
-    if (rc) {
-        free(dst);
-        set_err(err, errlen, "tensor %s: cannot dequantize %s: %s", name, ggml_type_name(t->type),
-                lc_strerror(rc));
-        return NULL;
+    ops_w_t src = {.type = (int)t->type, .rows = (int)rows, .cols = (int)cols, .row_bytes = rb, .data = t->data};
+    *w = src;
+    if (f32) w->type = OPS_W_F32, w->row_bytes = (size_t)cols * sizeof(float);
+    size_t bytes = w->row_bytes * (size_t)rows;
+    uint8_t *dst = own(m, alloc64(bytes));
+    float *row = f32 ? NULL : malloc((size_t)cols * sizeof(float));
+    if (!dst || (!f32 && !row)) {
+        free(row);
+        set_err(err, errlen, "tensor %s: out of memory (%zu bytes)", name, bytes);
+        return LC_ENOMEM;
     }
-    for (uint64_t i = 0; i < n; i++)
-        if (!isfinite(dst[i])) {
-            free(dst);
-            set_err(err, errlen, "tensor %s: non-finite value at element %llu", name, (unsigned long long)i);
-            return NULL;
-        }
-    *bytes += n * sizeof(float);
-    return dst;
+    if (!f32) memcpy(dst, t->data, bytes);
+    for (int64_t r = 0; r < rows; r++) {
+        float *v = f32 ? (float *)(void *)(dst + (size_t)r * w->row_bytes) : row;
+        ops_w_row_f32(&src, (int)r, v);
+        for (int64_t i = 0; i < cols; i++)
+            if (!isfinite(v[i])) {
+                free(row);
+                set_err(err, errlen, "tensor %s: non-finite value at element %llu", name,
+                        (unsigned long long)(r * cols + i));
+                return LC_EFORMAT;
+            }
+    }
+    free(row);
+    w->data = dst;
+    m->weight_bytes += bytes;
+    return 0;
+}
+
+/* A norm vector, expanded to f32. */
+static float *load_vec(const gguf_ctx_t *g, model_t *m, const char *name, int64_t n, char *err, size_t errlen)
+{
+    ops_w_t w;
+    if (load_mat(g, m, name, n, 1, 1, &w, err, errlen)) return NULL;
+    return (float *)(uintptr_t)w.data;
 }
 
 static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen)
@@ -225,16 +281,16 @@ static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     }
     int64_t E = hp->n_embd, V = hp->n_vocab, F = hp->n_ff;
     int64_t QD = (int64_t)hp->n_heads * hp->head_dim, KD = (int64_t)hp->n_kv_heads * hp->head_dim;
-    size_t *b = &m->weight_bytes;
-#define LOAD(dst, name, nd, ...)                                              \
-    do {                                                                      \
-        const int64_t dims_[] = {__VA_ARGS__};                                \
-        if (!((dst) = load_tensor(g, name, nd, dims_, b, err, errlen))) return LC_EFORMAT; \
-    } while (0)
-    LOAD(m->tok_embd, "token_embd.weight", 2, E, V);
-    LOAD(m->out_norm, "output_norm.weight", 1, E);
+    const int f32 = m->f32_weights;
+    int rc;
+#define MAT(dst, name, cols, rows) \
+    do { if ((rc = load_mat(g, m, name, cols, rows, f32, &(dst), err, errlen))) return rc; } while (0)
+#define VEC(dst, name, n) \
+    do { if (!((dst) = load_vec(g, m, name, n, err, errlen))) return LC_EFORMAT; } while (0)
+    MAT(m->tok_embd, "token_embd.weight", E, V);
+    VEC(m->out_norm, "output_norm.weight", E);
     if (gguf_find_tensor(g, "output.weight")) {
-        LOAD(m->output, "output.weight", 2, E, V);
+        MAT(m->output, "output.weight", E, V);
         m->hp.tied_embeddings = 0;
     } else {
         m->output = m->tok_embd;
@@ -248,28 +304,33 @@ static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     char name[96];
     for (int l = 0; l < hp->n_layers; l++) {
         model_layer_t *L = &m->layers[l];
-#define LN(field, suffix, nd, ...)                                   \
-    do {                                                             \
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);  \
-        LOAD(L->field, name, nd, __VA_ARGS__);                       \
+#define LN(KIND, field, suffix, ...)                                \
+    do {                                                            \
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix); \
+        KIND(L->field, name, __VA_ARGS__);                          \
     } while (0)
-        LN(attn_norm, "attn_norm", 1, E);
-        LN(wq, "attn_q", 2, E, QD);
-        LN(wk, "attn_k", 2, E, KD);
-        LN(wv, "attn_v", 2, E, KD);
-        LN(wo, "attn_output", 2, QD, E);
-        LN(ffn_norm, "ffn_norm", 1, E);
-        LN(w_gate, "ffn_gate", 2, E, F);
-        LN(w_up, "ffn_up", 2, E, F);
-        LN(w_down, "ffn_down", 2, F, E);
+        LN(VEC, attn_norm, "attn_norm", E);
+        LN(MAT, wq, "attn_q", E, QD);
+        LN(MAT, wk, "attn_k", E, KD);
+        LN(MAT, wv, "attn_v", E, KD);
+        LN(MAT, wo, "attn_output", QD, E);
+        LN(VEC, ffn_norm, "ffn_norm", E);
+        LN(MAT, w_gate, "ffn_gate", E, F);
+        LN(MAT, w_up, "ffn_up", E, F);
+        LN(MAT, w_down, "ffn_down", F, E);
 #undef LN
     }
-#undef LOAD
+#undef MAT
+#undef VEC
     return 0;
 }
 
 /* ---- public ------------------------------------------------------------------- */
-model_t *model_load(const char *path, char *err, size_t errlen)
+model_t *model_load(const char *path, char *err, size_t errlen) { return model_load_ex(path, NULL, err, errlen); }
+
+size_t model_weight_bytes(const model_t *m) { return m->weight_bytes; }
+
+model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, size_t errlen)
 {
     char gerr[256] = "";
     gguf_ctx_t *g = gguf_open(path, gerr, sizeof gerr);
@@ -284,6 +345,7 @@ model_t *model_load(const char *path, char *err, size_t errlen)
         goto fail;
     }
     m->chat_tmpl = -1;
+    m->f32_weights = o ? o->f32_weights : 0;
     const char *base = strrchr(path, '/');
     snprintf(m->hp.name, sizeof m->hp.name, "%s", base ? base + 1 : path);
     if (read_hparams(g, m, merr, sizeof merr)) goto fail;
@@ -325,17 +387,9 @@ fail:
 void model_free(model_t *m)
 {
     if (!m) return;
-    if (m->layers) {
-        for (int l = 0; l < m->hp.n_layers; l++) {
-            model_layer_t *L = &m->layers[l];
-            free(L->attn_norm), free(L->wq), free(L->wk), free(L->wv), free(L->wo);
-            free(L->ffn_norm), free(L->w_gate), free(L->w_up), free(L->w_down);
-        }
-        free(m->layers);
-    }
-    if (m->output != m->tok_embd) free(m->output);
-    free(m->tok_embd);
-    free(m->out_norm);
+    for (int i = 0; i < m->n_bufs; i++) free(m->bufs[i]);
+    free(m->bufs);
+    free(m->layers);
     ops_rope_fini(&m->rope);
     if (m->tok) tok_destroy(m->tok);
     free(m);

@@ -13,6 +13,49 @@
  *   x: (n, in)   w: (out, in)   y: (n, out)   (all row-major, contiguous) */
 void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out);
 
+/* ---- weights in their file format ---------------------------------------------- */
+/* A weight matrix kept in its GGUF block format and multiplied in place (no
+ * f32 copy). Type values are ggml's type ids, so a GGUF tensor's type passes
+ * through unchanged. */
+enum {
+    OPS_W_F32 = 0, OPS_W_F16 = 1, OPS_W_Q4_0 = 2, OPS_W_Q4_1 = 3, OPS_W_Q8_0 = 8,
+    OPS_W_Q4_K = 12, OPS_W_Q6_K = 14, OPS_W_BF16 = 30,
+};
+
+typedef struct {
+    int type;           // OPS_W_*
+    int rows;           // out
+    int cols;           // in, a multiple of the type's block size
+    size_t row_bytes;   // ops_w_row_bytes(type, cols)
+    const void *data;   // (rows, row_bytes), borrowed: the holder frees it
+} ops_w_t;
+
+/* Bytes of one row of `cols` weights of `type`; 0 when the type is not
+ * supported or cols is not a multiple of its block size. */
+size_t ops_w_row_bytes(int type, int cols);
+/* Expands row r of w to f32. dst: (w->cols) */
+void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
+
+/* y = x · wᵀ with w in its block format.
+ *   x: (n, w->cols)   y: (n, w->rows)
+ * OPS_MM_Q8 quantizes each row of x to 8-bit blocks (per 32, or per 256 for
+ * the K-quants) and uses integer dot products: fast for small n (decode),
+ * with an activation error of up to max|x|/254 per block. f32/f16/bf16
+ * weights take f32 dots instead. OPS_MM_F32 expands panels of w to f32 and
+ * runs sgemm: exact f32 arithmetic on the dequantized weights, fast for
+ * large n (prefill). Either way each row of y depends only on its own row of
+ * x, never on n. Thread-safe; uses the OpenMP pool. Returns 0 or LC_ENOMEM. */
+enum { OPS_MM_F32 = 0, OPS_MM_Q8 = 1 };
+int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode);
+
+/* Turns OPS_MM_Q8 into OPS_MM_F32 everywhere when off (default on; the
+ * environment's LACUNA_MM_Q8=0 turns it off at first use). */
+void ops_mm_set_q8(int on);
+int ops_mm_q8(void);
+/* Forces the scalar kernels (tests, and machines without AVX2); 0 restores
+ * detection. Returns the name of the kernel set now in use. */
+const char *ops_mm_force_scalar(int on);
+
 /* Row-wise RMSNorm: y[r] = x[r] / sqrt(mean(x[r]²) + eps) * w. y may equal x.
  *   x, y: (n, dim)   w: (dim) */
 void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float eps);

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Side-by-side CPU benchmark against llama.cpp on the same GGUF and thread
+# count: llama.cpp's llama-bench (pp512, tg128) and our bench/cpu_forward.sh
+# (512-token prompt, 128 decode tokens), in one run, as one markdown table.
+# Not part of make check.
+#
+#   bench/vs_llamacpp.sh [--build-peer] [BUILD_DIR] [MODEL.gguf]
+#     --build-peer  fetch llama.cpp's source from the llama-cpp-python sdist
+#                   on PyPI (pip download; the only network use) and build
+#                   llama-bench into peers/llama.cpp/build (CPU, GGML_NATIVE)
+#     BUILD_DIR     directory holding our lacuna binary (default: build, then .)
+#     MODEL         default: models/SmolLM2-135M-Instruct.Q4_1.gguf
+#   env: THREADS (2), RUNS (3, both sides), LLAMA_CPP_PY_VERSION (sdist
+#        version, default 0.3.36), LLAMA_BENCH (path to a llama-bench binary)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(dirname "$here")
+build_peer=0
+if [ "${1:-}" = "--build-peer" ]; then build_peer=1; shift; fi
+bdir=${1:-}
+if [ -z "$bdir" ]; then
+  if [ -x "$top/build/lacuna" ]; then bdir=$top/build; else bdir=.; fi
+fi
+model=${2:-${LACUNA_MODEL:-$top/models/SmolLM2-135M-Instruct.Q4_1.gguf}}
+threads=${THREADS:-2}
+runs=${RUNS:-3}
+peer=$top/peers/llama.cpp
+ver=${LLAMA_CPP_PY_VERSION:-0.3.36}
+
+if [ "$build_peer" = 1 ]; then
+  mkdir -p "$top/peers/dl"
+  if [ ! -f "$peer/CMakeLists.txt" ]; then
+    pip download --no-deps --no-binary :all: --no-build-isolation "llama-cpp-python==$ver" -d "$top/peers/dl" ||
+      pip download --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$top/peers/dl"
+    tar -xzf "$top/peers/dl/llama_cpp_python-$ver.tar.gz" -C "$top/peers/dl"
+    rm -rf "$peer"
+    mv "$top/peers/dl/llama_cpp_python-$ver/vendor/llama.cpp" "$peer"
+  fi
+  cmake -S "$peer" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$peer/build" --target llama-bench -j 2
+fi
+llama_bench=${LLAMA_BENCH:-$peer/build/bin/llama-bench}
+[ -x "$llama_bench" ] || { echo "vs_llamacpp: no llama-bench at $llama_bench (run with --build-peer)" >&2; exit 2; }
+[ -f "$model" ] || { echo "vs_llamacpp: model not found: $model" >&2; exit 2; }
+
+# llama.cpp: one JSON record per test, avg_ts is tokens/s (mean of -r runs)
+lj=$("$llama_bench" -m "$model" -t "$threads" -p 512 -n 128 -r "$runs" -o jsonl 2>/dev/null)
+l_pp=$(grep '"n_prompt": 512' <<<"$lj" | sed -E 's/.*"avg_ts": ([0-9.]+).*/\1/' | head -1)
+l_tg=$(grep '"n_gen": 128' <<<"$lj" | sed -E 's/.*"avg_ts": ([0-9.]+).*/\1/' | head -1)
+l_commit=$(sed -E 's/.*"build_commit": "([^"]*)".*/\1/' <<<"$lj" | head -1)
+l_sd=$(grep '"n_gen": 128' <<<"$lj" | sed -E 's/.*"stddev_ts": ([0-9.]+).*/\1/' | head -1)
+l_psd=$(grep '"n_prompt": 512' <<<"$lj" | sed -E 's/.*"stddev_ts": ([0-9.]+).*/\1/' | head -1)
+
+# ours: median of RUNS generate runs (prefill 512, decode 128)
+o=$(OMP_NUM_THREADS=$threads RUNS=$runs N_GEN=128 "$here/cpu_forward.sh" "$bdir" "$model" | tail -1)
+o_pp=$(sed -E 's/.*prefill_tok_s=([0-9.]+).*/\1/' <<<"$o")
+o_tg=$(sed -E 's/.*decode_tok_s=([0-9.]+).*/\1/' <<<"$o")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+echo
+echo "model $(basename "$model"), $threads threads, $(nproc --all) CPUs; llama.cpp $l_commit (llama-cpp-python $ver sdist)"
+echo
+echo "| test | llama.cpp tok/s | lacuna tok/s | lacuna / llama.cpp |"
+echo "|---|---:|---:|---:|"
+echo "| pp512 (prefill) | $l_pp ± $l_psd | $o_pp | $(ratio "$o_pp" "$l_pp") |"
+echo "| tg128 (decode) | $l_tg ± $l_sd | $o_tg | $(ratio "$o_tg" "$l_tg") |"
+echo
+echo "llama.cpp: mean ± sd of $runs runs (llama-bench); lacuna: median of $runs runs (bench/cpu_forward.sh)"

@@ -1,0 +1,118 @@
+/* Private to src/ops/cpu/: the ggml block layouts the quantized matmul reads
+ * in place, the 8-bit activation blocks it multiplies them with, and the
+ * kernel table that run-time CPU detection fills (scalar or AVX2).
+ *
+ * Weight blocks are read byte-wise (they are packed: 18, 20, 34, 144 and 210
+ * bytes, so nothing is aligned). Activation blocks are ours and aligned. */
+#ifndef LC_OPS_QFORMAT_H
+#define LC_OPS_QFORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ops/ops.h"
+
+#define QK 32    // weights per Q4_0 / Q4_1 / Q8_0 block, activations per q8b_t
+#define QK_K 256 // weights per K-quant super-block, activations per q8k_t
+
+/* Bytes per block: Q4_0 = f16 d + 16 nibble bytes; Q4_1 adds f16 m; Q8_0 =
+ * f16 d + 32 int8; Q4_K = f16 d, dmin + 12 scale bytes + 128 nibble bytes;
+ * Q6_K = 128 low-nibble + 64 high-2-bit bytes + 16 int8 scales + f16 d. */
+#define Q4_0_BYTES 18
+#define Q4_1_BYTES 20
+#define Q8_0_BYTES 34
+#define Q4_K_BYTES 144
+#define Q6_K_BYTES 210
+
+/* 32 activations as int8 against one scale: x[i] ≈ d * q[i]. s = d * Σq[i]
+ * carries the block sum that Q4_0's offset and Q4_1's min need. */
+typedef struct {
+    float d;
+    float s;
+    int8_t q[QK];
+} q8b_t;
+
+/* 256 activations as int8 against one scale, with the sum of each 16 (the
+ * K-quants' sub-block mins and Q6_K's offset need them). */
+typedef struct {
+    float d;
+    int16_t bsum[QK_K / 16];
+    int8_t q[QK_K];
+} q8k_t;
+
+/* ---- f16 --------------------------------------------------------------------- */
+static inline uint16_t qf_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+/* IEEE half to single, exact for every input (normals rebias the exponent,
+ * subnormals go through a magic-number subtraction). */
+static inline float qf_f16(uint16_t h)
+{
+    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
+    uint32_t nb = (two_w >> 4) + (0xE0u << 23), db = (two_w >> 17) | (126u << 23), r;
+    float nf, df;
+    memcpy(&nf, &nb, 4);
+    memcpy(&df, &db, 4);
+    nf *= 0x1.0p-112f;
+    df -= 0.5f;
+    if (two_w < (1u << 27))
+        memcpy(&r, &df, 4);
+    else
+        memcpy(&r, &nf, 4);
+    r |= sign;
+    float f;
+    memcpy(&f, &r, 4);
+    return f;
+}
+
+static inline float qf_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Q4_K's 12 scale bytes: eight 6-bit scales and eight 6-bit mins. */
+static inline void qf_q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn)
+{
+    if (j < 4) {
+        *sc = s[j] & 63;
+        *mn = s[j + 4] & 63;
+    } else {
+        *sc = (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4);
+        *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+    }
+}
+
+/* ---- kernels ------------------------------------------------------------------- */
+/* Dense indices of the weight types (qf_type_index). */
+enum { QF_F32, QF_F16, QF_BF16, QF_Q4_0, QF_Q4_1, QF_Q8_0, QF_Q4_K, QF_Q6_K, QF_NTYPES };
+
+/* Which activation blocks a weight type multiplies against. */
+enum { QF_ACT_F32, QF_ACT_Q8B, QF_ACT_Q8K };
+
+/* y[j * ldy] = dot(weight row w, activation row j) for j < na (na <= QF_NA).
+ * Activation row j starts at a + j * astride bytes; `in` is the row length. */
+#define QF_NA 4
+typedef void (*qf_dot_fn)(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy);
+
+typedef struct {
+    qf_dot_fn dot[QF_NTYPES];
+    /* n activations (a multiple of QK / QK_K) into blocks */
+    void (*quant_q8b)(const float *x, q8b_t *y, int n);
+    void (*quant_q8k)(const float *x, q8k_t *y, int n);
+    /* one weight row of `in` elements to f32 */
+    void (*dequant[QF_NTYPES])(const uint8_t *w, float *y, int in);
+} qf_kernels_t;
+
+/* Scalar reference kernels (always available). */
+void qf_kernels_scalar(qf_kernels_t *k);
+/* Overrides what AVX2+FMA+F16C speed up; call only when the CPU has them. */
+void qf_kernels_avx2(qf_kernels_t *k);
+
+/* Dense index of a weight type in the tables above, or -1. */
+int qf_type_index(int type);
+int qf_act_kind(int type);
+
+#endif

@@ -1,0 +1,74 @@
+/* Microbenchmark of ops_matmul_w: for SmolLM2-135M's matrix shapes and a
+ * range of batch sizes, the time of the quantized-activation path, the f32
+ * panel + sgemm path, and plain sgemm on a pre-expanded f32 copy (what the
+ * loader used to keep). Shows where the 8-bit path stops paying and whether
+ * f32 copies are worth their memory.
+ * Usage: bench_qmatmul [type (ggml id, default 3 = Q4_1)] [reps] */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/timeutil.h"
+#include "model/gguf.h"
+#include "model/quant.h"
+#include "ops/ops.h"
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static double now(void) { return (double)lc_now_ns() * 1e-9; }
+
+/* median-of-reps seconds per call of one path */
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv)
+{
+    int type = argc > 1 ? atoi(argv[1]) : OPS_W_Q4_1, reps = argc > 2 ? atoi(argv[2]) : 5;
+    /* (in, out): q/o, k/v, gate/up, down, LM head */
+    static const int shapes[][2] = {{576, 576}, {576, 192}, {576, 1536}, {1536, 576}, {576, 49152}};
+    static const int ns[] = {1, 2, 4, 8, 12, 16, 24, 32, 64, 128, 512};
+    unsigned seed = 1;
+    printf("type %s, %s kernels, median of %d\n", ggml_type_name((uint32_t)type), ops_mm_force_scalar(0), reps);
+    printf("%6s %6s %4s %12s %12s %12s\n", "in", "out", "n", "quant_us", "panels_us", "f32_us");
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int in = shapes[s][0], out = shapes[s][1];
+        float *wf = malloc((size_t)in * out * sizeof *wf), *x = malloc((size_t)512 * in * sizeof *x);
+        float *y = malloc((size_t)512 * out * sizeof *y);
+        for (size_t i = 0; i < (size_t)in * out; i++) wf[i] = 0.05f * frand(&seed);
+        for (size_t i = 0; i < (size_t)512 * in; i++) x[i] = frand(&seed);
+        size_t rb = ops_w_row_bytes(type, in);
+        void *q = malloc(rb * out);
+        quant_quantize((uint32_t)type, wf, q, (size_t)in * out);
+        quant_dequantize((uint32_t)type, q, wf, (size_t)in * out);
+        ops_w_t w = {.type = type, .rows = out, .cols = in, .row_bytes = rb, .data = q};
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            int n = ns[k];
+            double t[3][64];
+            int r_eff = reps > 64 ? 64 : reps;
+            for (int r = 0; r < r_eff; r++) {
+                /* interleave the three so that machine noise hits all alike */
+                double t0 = now();
+                ops_matmul_w(y, x, &w, n, OPS_MM_Q8);
+                double t1 = now();
+                ops_matmul_w(y, x, &w, n, OPS_MM_F32);
+                double t2 = now();
+                ops_matmul(y, x, wf, n, in, out);
+                double t3 = now();
+                t[0][r] = t1 - t0, t[1][r] = t2 - t1, t[2][r] = t3 - t2;
+            }
+            for (int p = 0; p < 3; p++) qsort(t[p], (size_t)r_eff, sizeof(double), cmp_d);
+            printf("%6d %6d %4d %12.1f %12.1f %12.1f\n", in, out, n, t[0][r_eff / 2] * 1e6, t[1][r_eff / 2] * 1e6,
+                   t[2][r_eff / 2] * 1e6);
+            fflush(stdout);
+        }
+        free(wf), free(x), free(y), free(q);
+    }
+    return 0;
+}

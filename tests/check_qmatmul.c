@@ -1,0 +1,258 @@
+/* Check suite for the matmul on weights in block format (ops_matmul_w):
+ * every weight type, both kernel sets (scalar and, where the CPU has it,
+ * AVX2), both paths (8-bit activations, f32 panels + sgemm), odd shapes,
+ * and that a row's result does not depend on the rows batched with it. The reference is the model's own dequantizer
+ * (src/model/quant.c, written separately) and a double-precision product.
+ *
+ * Tolerances, per output y = Σ_i x_i w_i, with mag = Σ_i |x_i w_i|:
+ *  - f32 panels, and f32/f16/bf16 weights on either path: 1e-5 · mag.
+ *  - 8-bit activations: each x_i is replaced by d·q with |x - d·q| <= d/2,
+ *    d = max|x| over its block / 127 (blocks of 32, or 256 for Q4_K/Q6_K),
+ *    so |y - y_ref| <= Σ_blocks d_b/2 · Σ_{i in b} |w_i|, plus 1e-5 · mag
+ *    for float rounding. The test computes that bound for every output and
+ *    also checks the error is not zero (the path really ran quantized).
+ *  - scalar vs AVX2 on the quantized path: identical activation blocks and
+ *    exact integer sums; only float summation order differs: 1e-5 · mag. */
+#include <check.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/gguf.h"
+#include "model/quant.h"
+#include "ops/ops.h"
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static const int types[] = {OPS_W_F32, OPS_W_F16, OPS_W_BF16, OPS_W_Q4_0, OPS_W_Q4_1,
+                            OPS_W_Q8_0, OPS_W_Q4_K, OPS_W_Q6_K};
+#define N_TYPES ((int)(sizeof types / sizeof types[0]))
+
+static int is_k(int t) { return t == OPS_W_Q4_K || t == OPS_W_Q6_K; }
+static int act_block(int t) { return is_k(t) ? 256 : t == OPS_W_F32 || t == OPS_W_F16 || t == OPS_W_BF16 ? 0 : 32; }
+
+/* A random (out, in) matrix in `type`, its reference expansion in wd. Rows
+ * get different scales and some an offset, so that Q4_1/Q4_K mins matter. */
+static ops_w_t make_w(int type, int out, int in, unsigned seed, float **wd)
+{
+    float *w = malloc((size_t)out * in * sizeof *w);
+    for (int r = 0; r < out; r++) {
+        float sc = 0.02f + 0.1f * (float)(r % 7), off = r % 3 == 0 ? 0.05f : 0.0f;
+        for (int i = 0; i < in; i++) w[(size_t)r * in + i] = sc * frand(&seed) + off;
+    }
+    size_t rb = ops_w_row_bytes(type, in);
+    ck_assert_uint_gt(rb, 0);
+    void *q = malloc(rb * out);
+    ck_assert_int_eq(quant_quantize((uint32_t)type, w, q, (size_t)out * in), 0);
+    ck_assert_int_eq(quant_dequantize((uint32_t)type, q, w, (size_t)out * in), 0);
+    *wd = w;
+    ops_w_t m = {.type = type, .rows = out, .cols = in, .row_bytes = rb, .data = q};
+    return m;
+}
+
+static float *make_x(int n, int in, unsigned seed)
+{
+    float *x = malloc((size_t)n * in * sizeof *x);
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < in; i++) {
+            float v = frand(&seed);
+            /* an outlier now and then: the block scale follows it */
+            x[(size_t)r * in + i] = (i % 97 == 5) ? 8.0f * v : v;
+        }
+    return x;
+}
+
+/* x with the activation quantization applied (blocks of `qb`): d = max|x| /
+ * 127 in float, q = round-to-even(x · (1/d)), x' = d·q — the format's
+ * definition, written out here independently of the kernels. */
+static float *quantize_x(const float *x, int n, int in, int qb)
+{
+    float *xq = malloc((size_t)n * in * sizeof *xq);
+    for (size_t b = 0; b < (size_t)n * in; b += qb) {
+        float amax = 0;
+        for (int i = 0; i < qb; i++) amax = fmaxf(amax, fabsf(x[b + i]));
+        const float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        for (int i = 0; i < qb; i++) xq[b + i] = d * (float)lrintf(x[b + i] * id);
+    }
+    return xq;
+}
+
+/* Checks y against x · wdᵀ. quant > 0 (the activation block size): within
+ * the activation-quantization bound of the f32 product, and within float
+ * rounding (2e-5 · mag) of the product with quantize_x's activations.
+ * Returns the largest error seen relative to its bound, to show that the
+ * quantized path was taken. */
+static double check_y(const float *y, const float *x, const float *wd, int n, int in, int out, int quant,
+                      const char *what)
+{
+    double worst = 0;
+    float *xq = quant ? quantize_x(x, n, in, quant) : NULL;
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < out; j++) {
+            const float *xr = x + (size_t)r * in, *wr = wd + (size_t)j * in;
+            double ref = 0, mag = 0, bound = 0, refq = 0;
+            for (int i = 0; i < in; i++) {
+                ref += (double)xr[i] * wr[i];
+                mag += fabs((double)xr[i] * wr[i]);
+            }
+            const double have = y[(size_t)r * out + j];
+            if (quant) {
+                for (int b = 0; b < in; b += quant) {
+                    double amax = 0, wsum = 0;
+                    for (int i = b; i < b + quant; i++) {
+                        amax = fmax(amax, fabs(xr[i]));
+                        wsum += fabs(wr[i]);
+                        refq += (double)xq[(size_t)r * in + i] * wr[i];
+                    }
+                    bound += amax / 127.0 / 2.0 * wsum * 1.001;
+                }
+                ck_assert_msg(fabs(have - refq) <= 2e-5 * mag + 1e-6,
+                              "%s: y[%d,%d] = %.7g, with quantized activations %.7g", what, r, j, have, refq);
+            }
+            double err = fabs(have - ref), tol = bound + 1e-5 * mag + 1e-6;
+            ck_assert_msg(err <= tol, "%s: y[%d,%d] = %.7g, reference %.7g (error %.3g > bound %.3g)", what, r, j,
+                          have, ref, err, tol);
+            if (tol > 0) worst = fmax(worst, err / tol);
+        }
+    free(xq);
+    return worst;
+}
+
+static const int shapes[][3] = {
+    /* n, in (32-block types; K types round up to 256), out */
+    {1, 64, 1}, {1, 576, 193}, {2, 96, 67}, {3, 512, 130}, {4, 256, 64}, {5, 768, 65}, {17, 256, 33}, {40, 320, 71},
+};
+
+static void run_types(int scalar)
+{
+    const char *kset = ops_mm_force_scalar(scalar);
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int t = types[ti];
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int n = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
+            if (is_k(t)) in = (in + 255) / 256 * 256;
+            float *wd, *x = make_x(n, in, 7 + (unsigned)s);
+            ops_w_t w = make_w(t, out, in, 100 + (unsigned)(s * 13 + ti), &wd);
+            float *y = malloc((size_t)n * out * sizeof *y);
+            char what[96];
+            /* quantized-activation path */
+            snprintf(what, sizeof what, "%s %s quant (%d,%d,%d)", kset, ggml_type_name((uint32_t)t), n, in, out);
+            ck_assert_int_eq(ops_matmul_w(y, x, &w, n, OPS_MM_Q8), 0);
+            double worst = check_y(y, x, wd, n, in, out, act_block(t), what);
+            if (act_block(t) && in >= 256)
+                ck_assert_msg(worst > 1e-3, "%s: error %.3g of the bound: not quantized?", what, worst);
+            /* each row alone gives the same bits: results never depend on the batch */
+            float *y1 = malloc((size_t)out * sizeof *y1);
+            for (int r = 0; r < n; r++) {
+                ck_assert_int_eq(ops_matmul_w(y1, x + (size_t)r * in, &w, 1, OPS_MM_Q8), 0);
+                ck_assert_msg(memcmp(y1, y + (size_t)r * out, (size_t)out * sizeof *y1) == 0,
+                              "%s: row %d alone differs from the batch", what, r);
+            }
+            free(y1);
+            /* f32 panel path */
+            snprintf(what, sizeof what, "%s %s panels (%d,%d,%d)", kset, ggml_type_name((uint32_t)t), n, in, out);
+            ck_assert_int_eq(ops_matmul_w(y, x, &w, n, OPS_MM_F32), 0);
+            check_y(y, x, wd, n, in, out, 0, what);
+            free(y), free(x), free(wd), free((void *)(uintptr_t)w.data);
+        }
+    }
+    ops_mm_force_scalar(0);
+}
+
+START_TEST(test_scalar) { run_types(1); }
+END_TEST
+
+/* Skips (with a note) where the CPU has no AVX2. */
+START_TEST(test_simd)
+{
+    if (strcmp(ops_mm_force_scalar(0), "scalar") == 0) {
+        fprintf(stderr, "check_qmatmul: no AVX2 on this CPU, SIMD kernels not tested\n");
+        return;
+    }
+    run_types(0);
+}
+END_TEST
+
+/* Scalar and AVX2 agree on the quantized path to float summation order. */
+START_TEST(test_simd_vs_scalar)
+{
+    if (strcmp(ops_mm_force_scalar(0), "scalar") == 0) return;
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int t = types[ti], n = 6, in = 1536, out = 45;
+        float *wd, *x = make_x(n, in, 3);
+        ops_w_t w = make_w(t, out, in, 77 + (unsigned)ti, &wd);
+        float *ya = malloc((size_t)n * out * sizeof *ya), *ys = malloc((size_t)n * out * sizeof *ys);
+        ops_mm_force_scalar(0);
+        ck_assert_int_eq(ops_matmul_w(ya, x, &w, n, OPS_MM_Q8), 0);
+        ops_mm_force_scalar(1);
+        ck_assert_int_eq(ops_matmul_w(ys, x, &w, n, OPS_MM_Q8), 0);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < out; j++) {
+                double mag = 0;
+                for (int i = 0; i < in; i++) mag += fabs((double)x[(size_t)r * in + i] * wd[(size_t)j * in + i]);
+                ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag, "%s [%d,%d]: avx2 %.7g scalar %.7g",
+                              ggml_type_name((uint32_t)t), r, j, ya[r * out + j], ys[r * out + j]);
+            }
+        free(ya), free(ys), free(x), free(wd), free((void *)(uintptr_t)w.data);
+    }
+    ops_mm_force_scalar(0);
+}
+END_TEST
+
+/* Row expansion is bit-exact with the model's dequantizer; row sizes refuse
+ * what the kernels cannot read. */
+START_TEST(test_rows)
+{
+    for (int scalar = 1; scalar >= 0; scalar--) {
+        ops_mm_force_scalar(scalar);
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            int t = types[ti], in = 512, out = 3;
+            float *wd;
+            ops_w_t w = make_w(t, out, in, 5, &wd);
+            float row[512];
+            for (int r = 0; r < out; r++) {
+                ops_w_row_f32(&w, r, row);
+                ck_assert_msg(memcmp(row, wd + (size_t)r * in, sizeof row) == 0, "%s row %d differs",
+                              ggml_type_name((uint32_t)t), r);
+            }
+            free(wd), free((void *)(uintptr_t)w.data);
+        }
+    }
+    ops_mm_force_scalar(0);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_0, 48), 0);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_K, 512 + 32), 0);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_1, 64), 40);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q6_K, 256), 210);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_F16, 3), 6);
+    ck_assert_uint_eq(ops_w_row_bytes(7 /* Q5_1: not read */, 64), 0);
+    ck_assert_uint_eq(ops_w_row_bytes(OPS_W_F32, 0), 0);
+}
+END_TEST
+
+static Suite *qmatmul_suite(void)
+{
+    Suite *s = suite_create("qmatmul");
+    TCase *tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_rows);
+    tcase_add_test(tc, test_scalar);
+    tcase_add_test(tc, test_simd);
+    tcase_add_test(tc, test_simd_vs_scalar);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(qmatmul_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
