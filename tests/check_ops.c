@@ -7,6 +7,10 @@
 
 #include "ops/ops.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 static float frand(unsigned *s)
 {
     *s = *s * 1664525u + 1013904223u;
@@ -42,6 +46,26 @@ START_TEST(test_matmul)
             }
         free(x), free(w), free(y);
     }
+}
+END_TEST
+
+/* The first matmul makes BLAS single-threaded; that must not shrink the
+ * calling thread's own OpenMP team (OpenBLAS's OpenMP build did, through
+ * omp_set_num_threads: every later parallel region ran on one thread). */
+START_TEST(test_matmul_keeps_omp_threads)
+{
+#ifdef _OPENMP
+    omp_set_num_threads(3);
+    const int in = 64, out = 256, n = 4;
+    float *w = calloc((size_t)in * out, sizeof(float)), *x = calloc((size_t)in * n, sizeof(float));
+    float *y = calloc((size_t)out * n, sizeof(float));
+    ops_matmul(y, x, w, n, in, out);
+    ops_matmul(y, x, w, 1, in, out);
+    ck_assert_int_eq(omp_get_max_threads(), 3);
+    free(w);
+    free(x);
+    free(y);
+#endif
 }
 END_TEST
 
@@ -114,6 +138,7 @@ static Suite *ops_suite(void)
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("cpu");
     tcase_add_test(tc, test_matmul);
+    tcase_add_test(tc, test_matmul_keeps_omp_threads);
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
     suite_add_tcase(s, tc);

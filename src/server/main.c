@@ -213,6 +213,8 @@ static void load_after(uv_work_t *w, int status) {
     LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on http://%s:%d", s->served_name, hp->name,
             hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host,
             s->cfg.port);
+    const char *blas = lc_threads_blas_core();
+    if (blas) LC_INFO("cpu matmul: OpenBLAS %s kernels", blas);
     sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s:%d", s->served_name, s->cfg.host, s->cfg.port);
 }
 

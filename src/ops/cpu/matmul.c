@@ -33,10 +33,16 @@ static void mm_serial(float *y, int ldy, const float *x, const float *w, int n, 
 
 #ifdef _OPENMP
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+/* Our OpenMP regions split the work; every BLAS call runs on one thread.
+ * OpenBLAS's OpenMP build implements openblas_set_num_threads with
+ * omp_set_num_threads, which would also pin the calling thread's own
+ * parallel regions to one thread: put that thread's setting back. */
 static void blas_single(void)
 {
 #ifdef OPENBLAS_VERSION
+    const int nt = omp_get_max_threads();
     openblas_set_num_threads(1);
+    omp_set_num_threads(nt);
 #endif
 }
 #endif
