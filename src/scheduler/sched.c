@@ -8,6 +8,10 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common/log.h"
 #include "common/status.h"
 #include "common/timeutil.h"
@@ -154,6 +158,9 @@ int sched_submit(sched_t *s, sched_req_t *r) {
 /* ---- the engine thread ------------------------------------------------------------- */
 static void *engine_main(void *arg) {
     sched_t *s = arg;
+#ifdef _OPENMP
+    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
+#endif
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
         void (*hb)(void *) = s->heartbeat_cb;

@@ -33,6 +33,7 @@ typedef struct {
     int prefill_chunk;       // most prompt tokens of one request per step, default 512
     double kv_watermark;     // fraction of blocks kept free at admission, default 0.01
     int enable_prefix_cache; // default 1
+    int threads;             // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
 
     /* Attention: the default policy for "auto" and when it switches to sparse. */
     attn_policy_t attn_default;            // methods used when auto selects sparse

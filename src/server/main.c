@@ -9,6 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common/config.h"
 #include "common/log.h"
 #include "common/threads.h"
@@ -166,6 +170,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->kv_blocks = c->kv_blocks;
     sc->kv_bytes = (size_t)c->kv_bytes;
     sc->max_batch_tokens = c->max_batch_tokens;
+    sc->threads = c->threads;
     sc->max_running = c->max_running;
     sc->max_waiting = c->max_waiting;
     sc->prefill_chunk = c->prefill_chunk;
@@ -213,8 +218,13 @@ static void load_after(uv_work_t *w, int status) {
     LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on http://%s:%d", s->served_name, hp->name,
             hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host,
             s->cfg.port);
+    int nt = s->cfg.threads;
+#ifdef _OPENMP
+    if (nt <= 0) nt = omp_get_max_threads();
+#endif
     const char *blas = lc_threads_blas_core();
-    if (blas) LC_INFO("cpu matmul: OpenBLAS %s kernels", blas);
+    LC_INFO("cpu: %d engine thread%s, matmul by %s%s%s", nt > 0 ? nt : 1, nt > 1 ? "s" : "",
+            blas ? "OpenBLAS " : "CBLAS", blas ? blas : "", blas ? " kernels" : "");
     sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s:%d", s->served_name, s->cfg.host, s->cfg.port);
 }
 
