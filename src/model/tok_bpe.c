@@ -151,8 +151,7 @@ typedef struct {
     tok_ids_t *out;
     int32_t *id, *next, *prev;
     size_t cap;
-    bpe_item_t *heap;
-    size_t n_heap, cap_heap;
+    tok_heap_t heap;     // of bpe_item_t
     char *map;           // byte-level form of a word (ignore_merges lookups)
     size_t cap_map;
 } bpe_ctx_t;
@@ -171,44 +170,18 @@ static int merge_find(const tok_t *t, int32_t a, int32_t b, int32_t *rank, int32
     }
 }
 
-static int item_less(const bpe_item_t *x, const bpe_item_t *y) {
+_Static_assert(sizeof(bpe_item_t) <= TOK_HEAP_MAX_ITEM, "merge queue item too large");
+
+static int item_less(const void *xp, const void *yp) {
+    const bpe_item_t *x = xp, *y = yp;
     return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
 }
 
 static int heap_push(bpe_ctx_t *c, int32_t left, int32_t right) {
     int32_t rank, res;
     if (!merge_find(c->t, c->id[left], c->id[right], &rank, &res)) return 0;
-    if (c->n_heap == c->cap_heap) {
-        size_t cap = c->cap_heap ? c->cap_heap * 2 : 64;
-        bpe_item_t *h = realloc(c->heap, cap * sizeof(*h));
-        if (!h) return LC_ENOMEM;
-        c->heap = h;
-        c->cap_heap = cap;
-    }
     bpe_item_t it = {rank, left, c->id[left], c->id[right]};
-    size_t i = c->n_heap++;
-    while (i > 0 && item_less(&it, &c->heap[(i - 1) / 2])) {
-        c->heap[i] = c->heap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    c->heap[i] = it;
-    return 0;
-}
-
-static bpe_item_t heap_pop(bpe_ctx_t *c) {
-    bpe_item_t top = c->heap[0], last = c->heap[--c->n_heap];
-    size_t i = 0, n = c->n_heap;
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        const bpe_item_t *best = &last;
-        if (l < n && item_less(&c->heap[l], best)) m = l, best = &c->heap[l];
-        if (l + 1 < n && item_less(&c->heap[l + 1], best)) m = l + 1;
-        if (m == i) break;
-        c->heap[i] = c->heap[m];
-        i = m;
-    }
-    if (n) c->heap[i] = last;
-    return top;
+    return tok__heap_push(&c->heap, &it);
 }
 
 static int emit(bpe_ctx_t *c, int32_t id) {
@@ -251,11 +224,12 @@ static int bpe_word(bpe_ctx_t *c, const char *s, size_t n) {
         c->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
         c->prev[i] = (int32_t)i - 1;
     }
-    c->n_heap = 0;
+    c->heap.n = 0;
     for (size_t i = 0; i + 1 < n; i++)
         if ((rc = heap_push(c, (int32_t)i, (int32_t)i + 1))) return rc;
-    while (c->n_heap) {
-        bpe_item_t it = heap_pop(c);
+    while (c->heap.n) {
+        bpe_item_t it;
+        tok__heap_pop(&c->heap, &it);
         int32_t l = it.left, r = c->next[l];
         /* Dead left symbols have id -2; a changed pair means a stale entry. */
         if (c->id[l] != it.idl || r < 0 || c->id[r] != it.idr) continue;
@@ -303,7 +277,7 @@ static int split(bpe_ctx_t *c, int stage, const char *s, size_t n) {
 }
 
 int tok__bpe_encode(const tok_t *t, const char *s, size_t len, tok_ids_t *out) {
-    bpe_ctx_t c = {.t = t, .out = out};
+    bpe_ctx_t c = {.t = t, .out = out, .heap = {.esz = sizeof(bpe_item_t), .less = item_less}};
     c.md = pcre2_match_data_create(1, NULL);
     if (!c.md) return LC_ENOMEM;
     int rc = split(&c, 0, s, len);
@@ -311,7 +285,7 @@ int tok__bpe_encode(const tok_t *t, const char *s, size_t len, tok_ids_t *out) {
     free(c.id);
     free(c.next);
     free(c.prev);
-    free(c.heap);
+    free(c.heap.a);
     free(c.map);
     return rc;
 }

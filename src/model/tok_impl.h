@@ -59,6 +59,19 @@ uint32_t tok__hash(const char *s, size_t len);
 /* Stored text -> id, or -1. */
 int32_t tok__lookup(const tok_t *t, const char *s, size_t len);
 
+/* A growable binary min-heap of fixed-size items (the BPE and SentencePiece
+ * merge queues). `less` orders items; `esz` <= TOK_HEAP_MAX_ITEM. */
+#define TOK_HEAP_MAX_ITEM 32
+typedef struct {
+    unsigned char *a;
+    size_t n, cap, esz;
+    int (*less)(const void *x, const void *y);
+} tok_heap_t;
+/* 0 or LC_ENOMEM. */
+int tok__heap_push(tok_heap_t *h, const void *item);
+/* Removes the least item into *out; the heap must not be empty. */
+void tok__heap_pop(tok_heap_t *h, void *out);
+
 /* A growable byte buffer. */
 typedef struct {
     char *p;

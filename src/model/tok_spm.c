@@ -51,11 +51,13 @@ typedef struct {
 typedef struct {
     const tok_t *t;
     spm_sym_t *sym;
-    spm_item_t *heap;
-    size_t n_heap, cap_heap;
+    tok_heap_t heap;     // of spm_item_t
 } spm_ctx_t;
 
-static int item_less(const spm_item_t *x, const spm_item_t *y) {
+_Static_assert(sizeof(spm_item_t) <= TOK_HEAP_MAX_ITEM, "merge queue item too large");
+
+static int item_less(const void *xp, const void *yp) {
+    const spm_item_t *x = xp, *y = yp;
     return x->score > y->score || (x->score == y->score && x->left < y->left);
 }
 
@@ -64,42 +66,13 @@ static int try_pair(spm_ctx_t *c, int32_t l, int32_t r) {
     const spm_sym_t *a = &c->sym[l], *b = &c->sym[r];
     int32_t id = tok__lookup(c->t, a->text, a->n + b->n); // neighbours are contiguous
     if (id < 0) return 0;
-    if (c->n_heap == c->cap_heap) {
-        size_t cap = c->cap_heap ? c->cap_heap * 2 : 64;
-        spm_item_t *h = realloc(c->heap, cap * sizeof(*h));
-        if (!h) return LC_ENOMEM;
-        c->heap = h;
-        c->cap_heap = cap;
-    }
     spm_item_t it = {c->t->scores[id], l, r, a->n + b->n};
-    size_t i = c->n_heap++;
-    while (i > 0 && item_less(&it, &c->heap[(i - 1) / 2])) {
-        c->heap[i] = c->heap[(i - 1) / 2];
-        i = (i - 1) / 2;
-    }
-    c->heap[i] = it;
-    return 0;
-}
-
-static spm_item_t heap_pop(spm_ctx_t *c) {
-    spm_item_t top = c->heap[0], last = c->heap[--c->n_heap];
-    size_t i = 0, n = c->n_heap;
-    for (;;) {
-        size_t l = 2 * i + 1, m = i;
-        const spm_item_t *best = &last;
-        if (l < n && item_less(&c->heap[l], best)) m = l, best = &c->heap[l];
-        if (l + 1 < n && item_less(&c->heap[l + 1], best)) m = l + 1;
-        if (m == i) break;
-        c->heap[i] = c->heap[m];
-        i = m;
-    }
-    if (n) c->heap[i] = last;
-    return top;
+    return tok__heap_push(&c->heap, &it);
 }
 
 int tok__spm_encode(const tok_t *t, const char *s, size_t len, int prefix, tok_ids_t *out) {
     int rc = LC_ENOMEM;
-    spm_ctx_t c = {.t = t};
+    spm_ctx_t c = {.t = t, .heap = {.esz = sizeof(spm_item_t), .less = item_less}};
     /* Escape: every space (and the dummy prefix) becomes ▁. */
     size_t cap = (len + 1) * 3;
     char *esc = malloc(cap);
@@ -121,8 +94,9 @@ int tok__spm_encode(const tok_t *t, const char *s, size_t len, int prefix, tok_i
     }
     for (int32_t i = 0; i + 1 < ns; i++)
         if ((rc = try_pair(&c, i, i + 1))) goto done;
-    while (c.n_heap) {
-        spm_item_t it = heap_pop(&c);
+    while (c.heap.n) {
+        spm_item_t it;
+        tok__heap_pop(&c.heap, &it);
         spm_sym_t *a = &c.sym[it.left], *b = &c.sym[it.right];
         if (a->n == 0 || b->n == 0 || a->n + b->n != it.size) continue;
         a->n += b->n;
@@ -149,6 +123,6 @@ int tok__spm_encode(const tok_t *t, const char *s, size_t len, int prefix, tok_i
 done:
     free(esc);
     free(c.sym);
-    free(c.heap);
+    free(c.heap.a);
     return rc;
 }

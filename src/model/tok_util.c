@@ -157,3 +157,40 @@ int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size
     *used = n;
     return 0;
 }
+
+/* ---- merge queue --------------------------------------------------------- */
+#define HEAP_AT(h, i) ((h)->a + (size_t)(i) * (h)->esz)
+
+int tok__heap_push(tok_heap_t *h, const void *item) {
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 64;
+        unsigned char *a = realloc(h->a, cap * h->esz);
+        if (!a) return LC_ENOMEM;
+        h->a = a;
+        h->cap = cap;
+    }
+    size_t i = h->n++;
+    while (i > 0 && h->less(item, HEAP_AT(h, (i - 1) / 2))) {
+        memcpy(HEAP_AT(h, i), HEAP_AT(h, (i - 1) / 2), h->esz);
+        i = (i - 1) / 2;
+    }
+    memcpy(HEAP_AT(h, i), item, h->esz);
+    return 0;
+}
+
+void tok__heap_pop(tok_heap_t *h, void *out) {
+    unsigned char last[TOK_HEAP_MAX_ITEM];
+    memcpy(out, HEAP_AT(h, 0), h->esz);
+    memcpy(last, HEAP_AT(h, --h->n), h->esz);
+    size_t i = 0, n = h->n;
+    for (;;) {
+        size_t l = 2 * i + 1, m = i;
+        const void *best = last;
+        if (l < n && h->less(HEAP_AT(h, l), best)) m = l, best = HEAP_AT(h, l);
+        if (l + 1 < n && h->less(HEAP_AT(h, l + 1), best)) m = l + 1;
+        if (m == i) break;
+        memcpy(HEAP_AT(h, i), HEAP_AT(h, m), h->esz);
+        i = m;
+    }
+    if (n) memcpy(HEAP_AT(h, i), last, h->esz);
+}
