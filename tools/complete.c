@@ -82,6 +82,7 @@ typedef struct {
     size_t len, cap;
     int n_gen, done;
     sched_finish_t finish;
+    const char *error;  // why the engine refused it (the line says so; the batch goes on)
 } job_t;
 
 static int append(job_t *j, const char *s, size_t n) {
@@ -117,11 +118,16 @@ static void drain(job_t *j) {
 static cJSON *num_or_null(double x) { return isnan(x) ? cJSON_CreateNull() : cJSON_CreateNumber(x); }
 
 static void write_result(FILE *out, job_t *j) {
-    sched_usage_t u;
-    sched_req_usage(j->r, &u);
     cJSON *o = cJSON_CreateObject();
     cJSON *id = cJSON_GetObjectItem(j->in, "id");
     cJSON_AddItemToObject(o, "id", id ? cJSON_Duplicate(id, 1) : cJSON_CreateNull());
+    if (j->error) {
+        cJSON_AddStringToObject(o, "error", j->error);
+        cJSON_AddNumberToObject(o, "prompt_tokens", (double)j->ids.n);
+        goto print;
+    }
+    sched_usage_t u;
+    sched_req_usage(j->r, &u);
     cJSON_AddStringToObject(o, "text", j->text ? j->text : "");
     cJSON_AddStringToObject(o, "finish", sched_finish_name(j->finish));
     cJSON_AddNumberToObject(o, "prompt_tokens", u.prompt_tokens);
@@ -133,6 +139,7 @@ static void write_result(FILE *out, job_t *j) {
     cJSON_AddItemToObject(o, "decode_density", num_or_null(u.decode_density));
     cJSON_AddNumberToObject(o, "ttft_s", u.ttft_s);
     cJSON_AddNumberToObject(o, "e2e_s", u.e2e_s);
+print:;
     char *s = cJSON_PrintUnformatted(o);
     if (s) fprintf(out, "%s\n", s);
     fflush(out);
@@ -294,7 +301,7 @@ int cmd_complete(int argc, char **argv) {
         goto out;
     }
     double t0 = lc_now_s();
-    int next = 0, written = 0;
+    int next = 0, written = 0, n_failed = 0;
     while (written < n_jobs) {
         /* keep conc requests in flight */
         int inflight = 0;
@@ -313,20 +320,20 @@ int cmd_complete(int argc, char **argv) {
             p.sampling.temperature = 0;
             p.attn = spec;
             const cJSON *sa = cJSON_GetObjectItem(j->in, "sparse_attention");
-            if (sa && apply_spec(sa, &p.attn)) {
-                fprintf(stderr, "lacuna complete: request %d: bad sparse_attention\n", next + 1);
-                rc = LC_EINVAL;
-                break;
-            }
-            int st;
-            if (!(j->r = sched_req_create(&p, &st)) || (st = sched_submit(s, j->r))) {
-                fprintf(stderr, "lacuna complete: request %d: %s\n", next + 1, lc_strerror(st));
-                rc = st;
-                break;
+            int st = 0;
+            if (sa && apply_spec(sa, &p.attn))
+                j->error = "bad sparse_attention";
+            else if (!(j->r = sched_req_create(&p, &st)) || (st = sched_submit(s, j->r)))
+                j->error = lc_strerror(st);
+            if (j->error) {
+                fprintf(stderr, "lacuna complete: request %d: %s\n", next + 1, j->error);
+                n_failed++;
+                j->done = 1;
+                next++;
+                continue;
             }
             next++, inflight++;
         }
-        if (rc) break;
         int n = sched_step(s);
         if (n < 0) {
             rc = n;
@@ -339,7 +346,7 @@ int cmd_complete(int argc, char **argv) {
             written++;
         }
     }
-    fprintf(stderr, "lacuna complete: %d requests in %.2f s\n", written, lc_now_s() - t0);
+    fprintf(stderr, "lacuna complete: %d requests in %.2f s (%d refused)\n", written, lc_now_s() - t0, n_failed);
     sched_destroy(s);
 out:
     for (int i = 0; i < n_jobs; i++) {

@@ -66,3 +66,24 @@ def test_damaged_gguf_is_refused(tmp_path):
         r = lacuna(*cmd)
         assert r.returncode == 1, (cmd, r.returncode, r.stderr)
         assert "past end of file" in r.stderr or "truncated" in r.stderr, r.stderr
+
+
+def test_complete_reports_a_refused_line_and_goes_on(tiny_model, tmp_path):
+    """lacuna complete (batch JSONL): a request the engine refuses (longer than
+    the model's context) gets an error line; the others still run, in order."""
+    import json
+    reqs = [{"id": "a", "prompt": "hello world", "max_tokens": 4},
+            {"id": "long", "prompt": "word " * 2000, "max_tokens": 4},
+            {"id": "b", "prompt": "more text", "max_tokens": 3,
+             "sparse_attention": {"prefill": "dense", "decode": "quest"}}]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    out = tmp_path / "out.jsonl"
+    r = lacuna("complete", "-m", str(tiny_model), "-i", str(inp), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["a", "long", "b"]
+    assert rows[1]["error"] and rows[1]["prompt_tokens"] > 512
+    assert "error" not in rows[0] and rows[0]["completion_tokens"] == 4
+    assert rows[2]["completion_tokens"] == 3 and rows[2]["decode_method"] == "quest"
+    assert "1 refused" in r.stderr
