@@ -9,6 +9,7 @@
  * on, the matmul splits the output columns over the same OpenMP threads and
  * runs a single-threaded BLAS on each slice; one pool does all the work. */
 #include <cblas.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdatomic.h>
@@ -74,12 +75,22 @@ static const char *kern_name = "scalar";
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 static atomic_int q8_on = -1;
 
+/* What the AVX2 kernels are compiled for (qdot_avx2.c): all three. */
+static int cpu_has_avx2(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+    return 0;
+#endif
+}
+
 static void kern_init(void)
 {
     qf_kernels_scalar(&kern);
 #if defined(__x86_64__) || defined(__i386__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !getenv("LACUNA_NO_AVX2")) {
+    if (cpu_has_avx2() && !getenv("LACUNA_NO_AVX2")) {
         qf_kernels_avx2(&kern);
         kern_name = "avx2";
     }
@@ -99,7 +110,7 @@ const char *ops_mm_force_scalar(int on)
     qf_kernels_scalar(&kern);
     kern_name = "scalar";
 #if defined(__x86_64__) || defined(__i386__)
-    if (!on && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (!on && cpu_has_avx2() && !getenv("LACUNA_NO_AVX2")) {
         qf_kernels_avx2(&kern);
         kern_name = "avx2";
     }
@@ -194,6 +205,17 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n)
         for (int j = 0; j < n; j += QF_NA)
             dot(in, wd + (size_t)r * rb, (const uint8_t *)act + (size_t)j * astride, astride,
                 n - j < QF_NA ? n - j : QF_NA, y + (size_t)j * out + r, (size_t)out);
+    /* 8-bit quantization would turn NaN or Inf into ordinary numbers; give a
+     * row that had any the NaN outputs the f32 path would, so corrupted
+     * activations are seen instead of yielding plausible logits. */
+    if (ak != QF_ACT_F32)
+        for (int j = 0; j < n; j++) {
+            const float *xj = x + (size_t)j * in;
+            float acc = 0;
+            for (int i = 0; i < in; i++) acc += xj[i] * 0.0f;
+            if (acc != 0)
+                for (int r = 0; r < out; r++) y[(size_t)j * out + r] = NAN;
+        }
     return 0;
 }
 
@@ -219,7 +241,12 @@ static int mm_tiles(float *y, const float *x, const ops_w_t *w, int n)
 #endif
     {
         float *tile = buf_get(BUF_TILE, (size_t)panel * in * sizeof(float));
-        if (!tile) fail = 1;
+        if (!tile) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+            fail = 1;
+        }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
