@@ -434,8 +434,7 @@ static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
 
 /* The real model against Hugging Face transformers, on both matmul paths.
  *
- * Exact path (f32 panels: what prefill rows take):
- * takes): both sides dequantize the same Q4_1/Q8_0 weights and compute in
+ * Exact path (f32 panels: what prefill rows take): both sides dequantize the same Q4_1/Q8_0 weights and compute in
  * f32, so the tolerance is 1e-3 of max |logit| (different summation orders
  * over 30 layers; measured ~2e-6) and the free-running greedy continuation
  * must be HF's token for token.
