@@ -13,10 +13,19 @@ chunk=${CHUNK:-2048}
 export OMP_WAIT_POLICY=passive
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# 29,000 characters of the repository's docs and comments: ~8.1K tokens.
+# The start of the repository's docs and comments, cut to ~8,100 tokens as the
+# model's tokenizer counts them (characters per token vary with the text).
 python3 "$here/accuracy/corpus.py" | python3 -c '
-import json, sys
-print(json.dumps({"id": "8k", "prompt": sys.stdin.read()[:29000], "max_tokens": 1}))' >"$tmp/p.jsonl"
+import json, subprocess, sys
+lacuna, model, text = sys.argv[1], sys.argv[2], sys.stdin.read()
+def n_tok(n):
+    return len(subprocess.run([lacuna, "tokenize", "-m", model, "--ids-only"], input=text[:n],
+                              capture_output=True, text=True, check=True).stdout.split())
+lo, hi = 0, min(len(text), 40000)   # the longest prefix of at most 8,100 tokens, to 100 characters
+while hi - lo > 100:
+    mid = (lo + hi) // 2
+    lo, hi = (mid, hi) if n_tok(mid) <= 8100 else (lo, mid)
+print(json.dumps({"id": "8k", "prompt": text[:lo], "max_tokens": 1}))' "$build/lacuna" "$model" >"$tmp/p.jsonl"
 echo "machine: $(nproc) CPUs ($(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //")), prefill chunk $chunk" >&2
 echo "| prefill | prompt tokens | time (s) | speedup vs dense | density |"
 echo "|---|---:|---:|---:|---:|"
