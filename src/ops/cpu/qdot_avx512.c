@@ -8,20 +8,33 @@
  * What is exploited:
  *  - 32-block types (Q4_0, Q4_1, Q8_0): two blocks per 512-bit vector. The
  *    unsigned-weight · int8-activation dot is one VNNI _mm512_dpbusd_epi32
- *    (AVX2 needs maddubs + madd against ones), and the two blocks' scales
- *    d_w·d_a sit in the low and high 256-bit halves of one float vector, so
- *    a block pair costs one convert and one FMA per activation row. Signed
- *    Q8_0 weights use |w| · (a negated where w < 0, by a byte mask). An odd
- *    last block runs alone with the upper half zeroed.
+ *    (AVX2 needs maddubs + madd against ones). Both blocks' scales and
+ *    offset terms come from one 4-lane multiply, (d_w0, m_w0, d_w1, m_w1) ·
+ *    (d_a0, s_a0, d_a1, s_a1), and one permute spreads d_w·d_a over the low
+ *    and high 256-bit halves, so a block pair costs one convert and one FMA
+ *    per activation row. Nibbles unpack with two broadcast loads and one
+ *    masked shift (no shuffles). Signed Q8_0 weights use |w| · (a negated
+ *    under the mask of negative w). An odd last block runs with the upper
+ *    half zeroed.
  *  - K-quants (Q4_K, Q6_K): 64 weights (two or four sub-blocks) per vector;
  *    maddubs to int16, then VNNI _mm512_dpwssd_epi32 multiplies by the
- *    sub-block scales and accumulates in one instruction. Integer sums are
- *    exact, as in the AVX2 and scalar kernels.
- * A row's arithmetic does not depend on how many rows share the call.
+ *    sub-block scales and accumulates in one instruction. Q4_K's 6-bit
+ *    scales and mins are decoded four at a time and its min term is a
+ *    vector madd against the activation block sums.
+ *  - The per-row loops are unrolled, so four rows' accumulators stay in
+ *    registers.
+ * Integer sums are exact, as in the AVX2 and scalar kernels; only float
+ * summation order differs. A row's arithmetic does not depend on how many
+ * rows share the call.
  *
- * Measured on a 2-vCPU Sapphire Rapids VM (busy machine, medians; see the
- * commit message for the runs): bench_qmatmul Q4_1 n = 1 about 1.3-1.6x the
- * AVX2 kernels; SmolLM2-135M Q4_1 decode about 1.1x tok/s. */
+ * Measured on a 2-vCPU Sapphire Rapids VM shared with another benchmark job
+ * (noisy; AVX2 and AVX-512 interleaved call by call, medians): one row
+ * (decode), Q4_1 1.5-1.7x the AVX2 kernels, Q4_0 1.1-1.2x, Q4_K and Q6_K
+ * 1.8x; four rows, Q4_1 1.6-1.9x, Q8_0 1.5x. Q8_0 on one row gains nothing:
+ * SmolLM2's 30 MB LM head streams from memory either way. SmolLM2-135M Q4_1
+ * decode (512-token prompt, 128 tokens, 2 threads, 11 alternating runs):
+ * median 31.5 -> 35.6 tok/s (1.13x); the rest of a token is attention,
+ * norms and the memory-bound head. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 
