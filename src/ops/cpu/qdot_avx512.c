@@ -144,9 +144,8 @@ TGT_INLINE void dot_qbx(int in, const uint8_t *w, const void *a, size_t astride,
     }
 #pragma GCC unroll 4
     for (int j = 0; j < NA; j++) {
-        float o = 0;
-        if (kind != 2)
-            o = _mm_cvtss_f32(_mm_add_ss(_mm_movehdup_ps(offs[j]), _mm_shuffle_ps(offs[j], offs[j], _MM_SHUFFLE(3, 3, 3, 3))));
+        const __m128 o1 = _mm_movehdup_ps(offs[j]), o3 = _mm_shuffle_ps(offs[j], offs[j], _MM_SHUFFLE(3, 3, 3, 3));
+        const float o = kind != 2 ? _mm_cvtss_f32(_mm_add_ss(o1, o3)) : 0.0f; // lanes 1 + 3
         y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]) + o;
     }
 }
