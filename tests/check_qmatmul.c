@@ -1,6 +1,6 @@
 /* Check suite for the matmul on weights in block format (ops_matmul_w):
- * every weight type, both kernel sets (scalar and, where the CPU has it,
- * AVX2), both paths (8-bit activations, f32 panels + sgemm), odd shapes,
+ * every weight type, every kernel set (scalar and, where the CPU has them,
+ * AVX2 and AVX-512 VNNI), both paths (8-bit activations, f32 panels + sgemm), odd shapes,
  * and that a row's result does not depend on the rows batched with it. The reference is the model's own dequantizer
  * (src/model/quant.c, written separately) and a double-precision product.
  *
@@ -11,8 +11,9 @@
  *    so |y - y_ref| <= Σ_blocks d_b/2 · Σ_{i in b} |w_i|, plus 1e-5 · mag
  *    for float rounding. The test computes that bound for every output and
  *    also checks the error is not zero (the path really ran quantized).
- *  - scalar vs AVX2 on the quantized path: identical activation blocks and
- *    exact integer sums; only float summation order differs: 1e-5 · mag. */
+ *  - scalar vs AVX2 / AVX-512 on the quantized path: identical activation
+ *    blocks and exact integer sums; only float summation order differs:
+ *    1e-5 · mag. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -171,40 +172,70 @@ static void run_types(int scalar)
 START_TEST(test_scalar) { run_types(1); }
 END_TEST
 
+/* The SIMD kernel sets this CPU has, best first: the default choice, then
+ * AVX2 alone (LACUNA_NO_AVX512) when the default was AVX-512. Selects set i
+ * and returns its name, or NULL when there is no set i. */
+static const char *simd_set(int i)
+{
+    unsetenv("LACUNA_NO_AVX512");
+    const char *best = ops_mm_force_scalar(0);
+    if (strcmp(best, "scalar") == 0) return NULL;
+    if (i == 0) return best;
+    if (i > 1 || strcmp(best, "avx512vnni") != 0) return NULL;
+    setenv("LACUNA_NO_AVX512", "1", 1);
+    const char *k = ops_mm_force_scalar(0);
+    ck_assert_str_eq(k, "avx2");
+    return k;
+}
+
+static void simd_restore(void)
+{
+    unsetenv("LACUNA_NO_AVX512");
+    ops_mm_force_scalar(0);
+}
+
 /* Skips (with a note) where the CPU has no AVX2. */
 START_TEST(test_simd)
 {
-    if (strcmp(ops_mm_force_scalar(0), "scalar") == 0) {
+    if (!simd_set(0)) {
         fprintf(stderr, "check_qmatmul: no AVX2 on this CPU, SIMD kernels not tested\n");
         return;
     }
-    run_types(0);
+    for (int i = 0; simd_set(i); i++) {
+        if (i == 0 && strcmp(ops_mm_force_scalar(0), "avx2") == 0)
+            fprintf(stderr, "check_qmatmul: no AVX-512 VNNI on this CPU, only AVX2 tested\n");
+        run_types(0);
+    }
+    simd_restore();
 }
 END_TEST
 
-/* Scalar and AVX2 agree on the quantized path to float summation order. */
+/* Every SIMD set agrees with scalar on the quantized path to float
+ * summation order. */
 START_TEST(test_simd_vs_scalar)
 {
-    if (strcmp(ops_mm_force_scalar(0), "scalar") == 0) return;
-    for (int ti = 0; ti < N_TYPES; ti++) {
-        int t = types[ti], n = 6, in = 1536, out = 45;
-        float *wd, *x = make_x(n, in, 3);
-        ops_w_t w = make_w(t, out, in, 77 + (unsigned)ti, &wd);
-        float *ya = malloc((size_t)n * out * sizeof *ya), *ys = malloc((size_t)n * out * sizeof *ys);
-        ops_mm_force_scalar(0);
-        ck_assert_int_eq(ops_matmul_w(ya, x, &w, n, OPS_MM_Q8), 0);
-        ops_mm_force_scalar(1);
-        ck_assert_int_eq(ops_matmul_w(ys, x, &w, n, OPS_MM_Q8), 0);
-        for (int r = 0; r < n; r++)
-            for (int j = 0; j < out; j++) {
-                double mag = 0;
-                for (int i = 0; i < in; i++) mag += fabs((double)x[(size_t)r * in + i] * wd[(size_t)j * in + i]);
-                ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag, "%s [%d,%d]: avx2 %.7g scalar %.7g",
-                              ggml_type_name((uint32_t)t), r, j, ya[r * out + j], ys[r * out + j]);
-            }
-        free(ya), free(ys), free(x), free(wd), free((void *)(uintptr_t)w.data);
-    }
-    ops_mm_force_scalar(0);
+    const char *kset;
+    for (int i = 0; (kset = simd_set(i)); i++)
+        for (int ti = 0; ti < N_TYPES; ti++) {
+            int t = types[ti], n = 6, in = 1536, out = 45;
+            float *wd, *x = make_x(n, in, 3);
+            ops_w_t w = make_w(t, out, in, 77 + (unsigned)ti, &wd);
+            float *ya = malloc((size_t)n * out * sizeof *ya), *ys = malloc((size_t)n * out * sizeof *ys);
+            simd_set(i);
+            ck_assert_int_eq(ops_matmul_w(ya, x, &w, n, OPS_MM_Q8), 0);
+            ops_mm_force_scalar(1);
+            ck_assert_int_eq(ops_matmul_w(ys, x, &w, n, OPS_MM_Q8), 0);
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < out; j++) {
+                    double mag = 0;
+                    for (int k = 0; k < in; k++) mag += fabs((double)x[(size_t)r * in + k] * wd[(size_t)j * in + k]);
+                    ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag,
+                                  "%s [%d,%d]: %s %.7g scalar %.7g", ggml_type_name((uint32_t)t), r, j, kset,
+                                  ya[r * out + j], ys[r * out + j]);
+                }
+            free(ya), free(ys), free(x), free(wd), free((void *)(uintptr_t)w.data);
+        }
+    simd_restore();
 }
 END_TEST
 

@@ -1,9 +1,11 @@
 # ops: non-attention compute (CPU through CBLAS, and the quantized matmul
-# whose AVX2 kernels are compiled by function attribute, chosen at run time).
+# whose AVX2 and AVX-512 kernels are compiled by function attribute, chosen
+# at run time).
 liblacuna_a_SOURCES += \
 	src/ops/ops.h \
 	src/ops/cpu/matmul.c \
 	src/ops/cpu/qformat.c src/ops/cpu/qformat.h src/ops/cpu/qdot_avx2.c \
+	src/ops/cpu/qdot_avx512.c \
 	src/ops/cpu/norm.c \
 	src/ops/cpu/rope.c
 

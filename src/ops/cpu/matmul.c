@@ -86,15 +86,40 @@ static int cpu_has_avx2(void)
 #endif
 }
 
-static void kern_init(void)
+/* What the AVX-512 kernels are compiled for (qdot_avx512.c), on top of the
+ * AVX2 set they start from. */
+static int cpu_has_avx512(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
+/* The best kernel set the CPU and the environment allow: LACUNA_NO_AVX512
+ * stops at AVX2, LACUNA_NO_AVX2 at scalar. */
+static void kern_best(void)
 {
     qf_kernels_scalar(&kern);
+    kern_name = "scalar";
 #if defined(__x86_64__) || defined(__i386__)
-    if (cpu_has_avx2() && !getenv("LACUNA_NO_AVX2")) {
+    if (!cpu_has_avx2() || getenv("LACUNA_NO_AVX2")) return;
+    if (cpu_has_avx512() && !getenv("LACUNA_NO_AVX512")) {
+        qf_kernels_avx512(&kern);
+        kern_name = "avx512vnni";
+    } else {
         qf_kernels_avx2(&kern);
         kern_name = "avx2";
     }
 #endif
+}
+
+static void kern_init(void)
+{
+    kern_best();
     if (atomic_load(&q8_on) < 0) {
         const char *e = getenv("LACUNA_MM_Q8");
         atomic_store(&q8_on, e && *e ? atoi(e) != 0 : 1);
@@ -107,14 +132,12 @@ static void kern_init(void)
 const char *ops_mm_force_scalar(int on)
 {
     pthread_once(&kern_once, kern_init);
-    qf_kernels_scalar(&kern);
-    kern_name = "scalar";
-#if defined(__x86_64__) || defined(__i386__)
-    if (!on && cpu_has_avx2() && !getenv("LACUNA_NO_AVX2")) {
-        qf_kernels_avx2(&kern);
-        kern_name = "avx2";
+    if (on) {
+        qf_kernels_scalar(&kern);
+        kern_name = "scalar";
+    } else {
+        kern_best();
     }
-#endif
     return kern_name;
 }
 

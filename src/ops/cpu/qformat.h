@@ -1,6 +1,6 @@
 /* Private to src/ops/cpu/: the ggml block layouts the quantized matmul reads
  * in place, the 8-bit activation blocks it multiplies them with, and the
- * kernel table that run-time CPU detection fills (scalar or AVX2).
+ * kernel table that run-time CPU detection fills (scalar, AVX2 or AVX-512).
  *
  * Weight blocks are read byte-wise (they are packed: 18, 20, 34, 144 and 210
  * bytes, so nothing is aligned). Activation blocks are ours and aligned. */
@@ -110,6 +110,9 @@ typedef struct {
 void qf_kernels_scalar(qf_kernels_t *k);
 /* Overrides what AVX2+FMA+F16C speed up; call only when the CPU has them. */
 void qf_kernels_avx2(qf_kernels_t *k);
+/* The AVX2 table with the 8-bit-activation dot products replaced by AVX-512
+ * VNNI ones; call only when the CPU has AVX-512 F/BW/VL/DQ/VNNI and AVX2. */
+void qf_kernels_avx512(qf_kernels_t *k);
 
 /* Dense index of a weight type in the tables above, or -1. */
 int qf_type_index(int type);
