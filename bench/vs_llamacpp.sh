@@ -36,7 +36,16 @@ if [ "$build_peer" = 1 ]; then
     rm -rf "$peer"
     mv "$top/peers/dl/llama_cpp_python-$ver/vendor/llama.cpp" "$peer"
   fi
-  cmake -S "$peer" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF \
+  # The ISA flags of this CPU, named one by one rather than GGML_NATIVE: -march=native
+  # also turns on AMX where the CPU lists it, and virtual machines that list AMX
+  # without enabling it kill llama-bench with SIGILL.
+  isa=()
+  has() { grep -qw "$1" /proc/cpuinfo; }
+  for f in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 avx512vbmi:AVX512_VBMI \
+           avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    if has "${f%%:*}"; then isa+=("-DGGML_${f##*:}=ON"); else isa+=("-DGGML_${f##*:}=OFF"); fi
+  done
+  cmake -S "$peer" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_CUDA=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
   cmake --build "$peer/build" --target llama-bench -j 2
 fi
