@@ -342,18 +342,96 @@ LC_INLINE void direct_pv(attn_tile_t *t, int mr) {
     }
 }
 
-LC_HOT static void tile_process(attn_tile_t *t) {
-    const int nk = t->nk, d = t->d, mr = (t->nr + 3) & ~3;
-    const int ncol = (nk + 15) & ~15;
-    if (t->direct) {
-        direct_scores(t, mr, ncol);
-    } else {
-        for (int c = 0; c < d; c++) // zero the padding columns of K
-            for (int j = nk; j < ncol; j++)
-                t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
-        tile_scores(t, mr, ncol);
+/* Masks row r's scores s (ncol columns) for the current tile: -inf on keys the
+ * row cannot see and on the padding nk..ncol. Returns the visible keys. */
+LC_INLINE int row_mask(const attn_tile_t *t, int r, float *s, int ncol, int64_t kmin, int64_t kmax) {
+    const int nk = t->nk;
+    int64_t qp = t->qpos[r], lo_vis = qp - t->window + 1;
+    int visible = nk;
+    if (kmax > qp || (kmin < lo_vis && kmax >= t->sink)) {
+        visible = 0;
+        for (int j = 0; j < nk; j++) {
+            int64_t kp = t->kpos[j];
+            if (kp > qp || (kp >= t->sink && kp < lo_vis))
+                s[j] = -INFINITY;
+            else
+                visible++;
+        }
     }
-    const int64_t kmin = t->kpos[0], kmax = t->kpos[nk - 1];
+    for (int j = nk; j < ncol; j++)
+        s[j] = -INFINITY;
+    return visible;
+}
+
+#ifdef LC_MM_X86
+/* vexp8 on 16 lanes, same split and polynomial (Horner steps fused). */
+LC_AVX512 LC_INLINE __m512 vexp16(__m512 x) {
+    __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm512_mask_mov_ps(x, under, _mm512_set1_ps(-87.0f));
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 y = _mm512_mul_ps(_mm512_sub_ps(t, r), _mm512_set1_ps(0.693147180559945309f));
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.0f));
+    __m512i n = _mm512_cvtps_epi32(r);
+    __m512 sc = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n, _mm512_set1_epi32(127)), 23));
+    return _mm512_maskz_mul_ps((__mmask16)~under, p, sc);
+}
+
+/* rows_softmax on 16 lanes (ncol is a multiple of 16). */
+LC_AVX512 __attribute__((noinline)) static double rows_avx512(attn_tile_t *t, int mr, int ncol) {
+    const int d = t->d;
+    const int64_t kmin = t->kpos[0], kmax = t->kpos[t->nk - 1];
+    double computed = 0;
+    for (int r = 0; r < mr; r++) {
+        float *s = t->s + (size_t)r * ATTN_BK;
+        int visible = r < t->nr ? row_mask(t, r, s, ncol, kmin, kmax) : 0;
+        if (visible == 0) {
+            memset(s, 0, (size_t)ncol * sizeof(float));
+            continue;
+        }
+        computed += visible;
+        __m512 vm = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < ncol; j += 16)
+            vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
+        float mx = _mm512_reduce_max_ps(vm);
+        float m_old = t->m[r], m_new = mx > m_old ? mx : m_old;
+        __m512 vs = _mm512_setzero_ps(), mn = _mm512_set1_ps(m_new);
+        for (int j = 0; j < ncol; j += 16) {
+            __m512 p = vexp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), mn));
+            _mm512_storeu_ps(s + j, p);
+            vs = _mm512_add_ps(vs, p);
+        }
+        float sum = _mm512_reduce_add_ps(vs);
+        if (m_old != m_new) {
+            float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
+            float *a = t->acc + (size_t)r * d;
+            __m512 va = _mm512_set1_ps(alpha);
+            int c = 0;
+            for (; c + 16 <= d; c += 16)
+                _mm512_storeu_ps(a + c, _mm512_mul_ps(_mm512_loadu_ps(a + c), va));
+            for (; c < d; c++)
+                a[c] *= alpha;
+            t->l[r] *= alpha;
+            t->m[r] = m_new;
+        }
+        t->l[r] += sum;
+    }
+    return computed;
+}
+#endif
+
+/* Masks the scores of rows [0, mr) in t->s, turns them into exp(s - m_new) and
+ * folds max / sum into m, l, rescaling acc where the max moved. Returns the
+ * visible pairs. */
+LC_INLINE double rows_softmax(attn_tile_t *t, int mr, int ncol) {
+    const int d = t->d;
+    const int64_t kmin = t->kpos[0], kmax = t->kpos[t->nk - 1];
     double computed = 0;
     for (int r = 0; r < mr; r++) {
         float *s = t->s + (size_t)r * ATTN_BK;
@@ -361,20 +439,7 @@ LC_HOT static void tile_process(attn_tile_t *t) {
             memset(s, 0, (size_t)ncol * sizeof(float));
             continue;
         }
-        int64_t qp = t->qpos[r], lo_vis = qp - t->window + 1;
-        int visible = nk;
-        if (kmax > qp || (kmin < lo_vis && kmax >= t->sink)) {
-            visible = 0;
-            for (int j = 0; j < nk; j++) {
-                int64_t kp = t->kpos[j];
-                if (kp > qp || (kp >= t->sink && kp < lo_vis))
-                    s[j] = -INFINITY;
-                else
-                    visible++;
-            }
-        }
-        for (int j = nk; j < ncol; j++)
-            s[j] = -INFINITY;
+        int visible = row_mask(t, r, s, ncol, kmin, kmax);
         if (visible == 0) {
             memset(s, 0, (size_t)ncol * sizeof(float));
             continue;
@@ -407,6 +472,27 @@ LC_HOT static void tile_process(attn_tile_t *t) {
         }
         t->l[r] += sum;
     }
+    return computed;
+}
+
+LC_HOT static void tile_process(attn_tile_t *t) {
+    const int nk = t->nk, d = t->d, mr = (t->nr + 3) & ~3;
+    const int ncol = (nk + 15) & ~15;
+    if (t->direct) {
+        direct_scores(t, mr, ncol);
+    } else {
+        for (int c = 0; c < d; c++) // zero the padding columns of K
+            for (int j = nk; j < ncol; j++)
+                t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
+        tile_scores(t, mr, ncol);
+    }
+    double computed;
+#ifdef LC_MM_X86
+    if (!t->direct && __builtin_cpu_supports("avx512f"))
+        computed = rows_avx512(t, mr, ncol);
+    else
+#endif
+        computed = rows_softmax(t, mr, ncol);
     t->computed += computed;
     if (t->direct)
         direct_pv(t, mr);
