@@ -153,7 +153,7 @@ int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size
         i += bad ? bad : n - i;
         run = i;
     }
-    if ((rc = tok__buf_put(out, in + run, n - run))) return rc;
+    if ((rc = tok__buf_put(out, n > run ? (const void *)(in + run) : "", n - run))) return rc; // in may be NULL when n is 0
     *used = n;
     return 0;
 }

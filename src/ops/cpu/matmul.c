@@ -9,6 +9,9 @@
  * on, the matmul splits the output columns over the same OpenMP threads and
  * runs a single-threaded BLAS on each slice; one pool does all the work. */
 #include <cblas.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -75,12 +78,15 @@ static const char *kern_name = "scalar";
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 static atomic_int q8_on = -1;
 
-/* What the AVX2 kernels are compiled for (qdot_avx2.c): all three. */
+/* What the AVX2 kernels are compiled for (qdot_avx2.c): all three. F16C from
+ * CPUID itself: clang's __builtin_cpu_supports does not know it. */
 static int cpu_has_avx2(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c = 0, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return 0;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif
