@@ -113,22 +113,21 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
             for (int r = 0; r < R; r++) {
                 int64_t p = c->q_pos0 + r0 + r, jmax = p + 1 < j1 ? p + 1 : j1;
                 float *s = S + (size_t)r * CH;
+                if (jmax <= j0)
+                    continue;
                 if (pass == 0) {
-                    float mx = m[r];
-                    for (int64_t j = j0; j < jmax; j++)
-                        mx = s[j - j0] > mx ? s[j - j0] : mx;
-                    float sum = 0;
-                    for (int64_t j = j0; j < jmax; j++)
-                        sum += expf(s[j - j0] - mx);
+                    float mx = attn_row_max(s, jmax - j0);
+                    mx = mx > m[r] ? mx : m[r];
+                    float sum = attn_row_exp_sum(s, jmax - j0, mx);
                     l[r] = (m[r] == -INFINITY ? 0 : l[r] * expf(m[r] - mx)) + sum;
                     m[r] = mx;
                 } else {
-                    float w = 1.0f / (l[r] * R);
-                    for (int64_t j = j0; j < jmax; j++) {
-                        float a = expf(s[j - j0] - m[r]) * w;
-                        vert[j] += a;
-                        slash[p - j] += a;
-                    }
+                    const float w = 1.0f / (l[r] * R);
+                    attn_row_exp_sum(s, jmax - j0, m[r]);
+                    for (int64_t j = j0; j < jmax; j++)
+                        vert[j] += s[j - j0] * w;
+                    for (int64_t j = j0; j < jmax; j++)
+                        slash[p - j] += s[j - j0] * w;
                 }
             }
         }

@@ -589,6 +589,43 @@ void attn_tile_finish(attn_tile_t *t) {
     }
 }
 
+LC_HOT float attn_row_max(const float *x, int64_t n) {
+    v8 vm = bc8(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        vm = vmax8(ld8(x + j), vm);
+    float mx = -INFINITY;
+    for (int i = 0; i < 8; i++)
+        mx = vm[i] > mx ? vm[i] : mx;
+    for (; j < n; j++)
+        mx = x[j] > mx ? x[j] : mx;
+    return mx;
+}
+
+LC_HOT float attn_row_exp_sum(float *x, int64_t n, float sub) {
+    v8 vs = bc8(0.0f), m = bc8(sub);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        v8 p = vexp8(ld8(x + j) - m);
+        st8(x + j, p);
+        vs += p;
+    }
+    if (j < n) { // the tail through the same exp, padded with -inf (exp 0)
+        float tail[8];
+        for (int i = 0; i < 8; i++)
+            tail[i] = j + i < n ? x[j + i] : -INFINITY;
+        v8 p = vexp8(ld8(tail) - m);
+        st8(tail, p);
+        vs += p;
+        for (int i = 0; j + i < n; i++)
+            x[j + i] = tail[i];
+    }
+    float sum = 0.0f;
+    for (int i = 0; i < 8; i++)
+        sum += vs[i];
+    return sum;
+}
+
 LC_HOT void attn_tile_scores(attn_tile_t *t, const attn_kv_t *kv, int kvh, int64_t lo, int64_t hi, float *S,
                              int64_t lds) {
     const int d = t->d, mr = (t->nr + 3) & ~3;

@@ -62,6 +62,11 @@ void attn_tile_finish(attn_tile_t *t);
 /* Raw scaled scores of the rows against keys [lo, hi) of kv head kvh, no mask:
  * S (nr, lds) receives columns 0..hi-lo. */
 void attn_tile_scores(attn_tile_t *t, const attn_kv_t *kv, int kvh, int64_t lo, int64_t hi, float *S, int64_t lds);
+/* Row helpers on the tile engine's vector exp (relative error ~2e-7):
+ * the largest of x[0..n) (-inf when n is 0), and x[i] = exp(x[i] - sub) in
+ * place with the sum returned (sub finite). */
+float attn_row_max(const float *x, int64_t n);
+float attn_row_exp_sum(float *x, int64_t n, float sub);
 
 /* Pointer to key / value row of position pos, kv head kvh. */
 static inline const float *attn_kv_krow(const attn_kv_t *kv, int kvh, int d, int64_t pos) {
