@@ -6,7 +6,7 @@
 #   bench/cpu_forward.sh [BUILD_DIR] [MODEL.gguf]
 #     BUILD_DIR  directory holding the lacuna binary (default: build, then .)
 #     MODEL      default: $LACUNA_MODEL or models/SmolLM2-135M-Instruct.Q4_1.gguf
-#   env: RUNS (3), N_GEN decode tokens (128), OMP_NUM_THREADS (2), OMP_WAIT_POLICY (passive)
+#   env: RUNS (3), N_GEN decode tokens (128), OMP_NUM_THREADS (2), OMP_WAIT_POLICY (libgomp's default)
 # Prints one line per run and a final median line:
 #   cpu_forward: model=... prompt=512 prefill_tok_s=... decode_tok_s=... (median of 3)
 set -euo pipefail
@@ -23,9 +23,6 @@ model=${2:-${LACUNA_MODEL:-$top/models/SmolLM2-135M-Instruct.Q4_1.gguf}}
 runs=${RUNS:-3}
 n_gen=${N_GEN:-128}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-2} OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-# Idle OpenMP threads that spin steal the cores the next matmul needs; on a
-# shared or small machine that halves throughput. Override to compare.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 
 pre=() dec=()
 n_prompt=0
@@ -38,5 +35,5 @@ for i in $(seq 1 "$runs"); do
   dec+=("$(sed -E 's/.*decode: [^(]*\(([0-9.]+) tok\/s\).*/\1/' <<<"$line")")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-echo "cpu_forward: model=$(basename "$model") prompt=$n_prompt decode=$n_gen threads=$OMP_NUM_THREADS wait=$OMP_WAIT_POLICY" \
+echo "cpu_forward: model=$(basename "$model") prompt=$n_prompt decode=$n_gen threads=$OMP_NUM_THREADS wait=${OMP_WAIT_POLICY:-default}" \
      "prefill_tok_s=$(median "${pre[@]}") decode_tok_s=$(median "${dec[@]}") (median of $runs)"

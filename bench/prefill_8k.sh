@@ -4,13 +4,12 @@
 # sparse prefill method with its defaults, one after the other in the same
 # run. Prints a markdown table: time to first token (= prefill), speedup vs
 # dense, and the prefill density the engine reported.
-#   bench/prefill_8k.sh [BUILD_DIR] [MODEL]   (OMP_WAIT_POLICY=passive is set)
+#   bench/prefill_8k.sh [BUILD_DIR] [MODEL]
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-.}
 model=${2:-$here/../models/SmolLM2-135M-Instruct.Q4_1.gguf}
 chunk=${CHUNK:-2048}
-export OMP_WAIT_POLICY=passive
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # The start of the repository's docs and comments, cut to ~8,100 tokens as the

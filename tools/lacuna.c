@@ -32,7 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    lc_threads_passive_reexec(argv);
+    lc_threads_reexec(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -8,7 +8,6 @@ here=$(cd "$(dirname "$0")" && pwd)
 build=$1
 out=$here/results
 mkdir -p "$out"
-export OMP_WAIT_POLICY=passive
 model=$here/../../models/SmolLM2-135M-Instruct.Q4_1.gguf
 "$here/../prefill_8k.sh" "$build" "$model" >"$out/prefill_8k.md"
 python3 "$here/corpus.py" -o "$out/corpus.txt"

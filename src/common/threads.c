@@ -1,5 +1,5 @@
-/* See threads.h: one re-exec so that OpenMP and OpenBLAS start with the
- * settings this machine needs. */
+/* See threads.h: one re-exec so that OpenBLAS starts with the kernels this
+ * machine's CPU can run. */
 #include "common/threads.h"
 
 #include <stdlib.h>
@@ -38,18 +38,11 @@ static const char *blas_core_override(void) {
     return NULL;
 }
 
-void lc_threads_passive_reexec(char **argv) {
-    int change = 0;
-    if (!getenv("OMP_WAIT_POLICY")) {
-        setenv("OMP_WAIT_POLICY", "passive", 1);
-        change = 1;
-    }
-    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : blas_core_override();
-    if (core) {
-        setenv("OPENBLAS_CORETYPE", core, 1);
-        change = 1;
-    }
-    if (!change) return;
+void lc_threads_reexec(char **argv) {
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char *core = blas_core_override();
+    if (!core) return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
     execv("/proc/self/exe", argv);
     /* exec failed: carry on with the defaults */
 }

@@ -241,7 +241,7 @@ static void pick_served_name(srv_t *s) {
 }
 
 int main(int argc, char **argv) {
-    lc_threads_passive_reexec(argv);
+    lc_threads_reexec(argv);
     srv_t *s = &g_srv;
     char err[512] = "";
     int action = 0;
