@@ -329,7 +329,7 @@ LC_INLINE void direct_scores(attn_tile_t *t, int mr, int ncol) {
     const int d = t->d;
     for (int u = 0; u < t->nk; u++) {
         const float *kr = t->kptr[u];
-        for (int r = 0; r < mr; r++) {
+        for (int r = 0; r < t->nr; r++) {
             const float *qr = t->q + (size_t)r * d;
             v8 a = bc8(0.0f);
             for (int c = 0; c < d; c += 8)
@@ -345,9 +345,9 @@ LC_INLINE void direct_scores(attn_tile_t *t, int mr, int ncol) {
             t->s[(size_t)r * ATTN_BK + u] = 0.0f;
 }
 
-LC_INLINE void direct_pv(attn_tile_t *t, int mr) {
+LC_INLINE void direct_pv(attn_tile_t *t) {
     const int d = t->d;
-    for (int r = 0; r < mr; r++) {
+    for (int r = 0; r < t->nr; r++) {
         float *a = t->acc + (size_t)r * d;
         const float *p = t->s + (size_t)r * ATTN_BK;
         for (int c = 0; c < d; c += 8) {
@@ -358,6 +358,60 @@ LC_INLINE void direct_pv(attn_tile_t *t, int mr) {
         }
     }
 }
+
+#ifdef LC_MM_X86
+/* The direct (decode) path with explicit FMA and single-instruction
+ * broadcasts, as the products above; rows past nr (padding) are skipped. */
+LC_AVX2 __attribute__((noinline)) static void direct_scores_avx2(attn_tile_t *t, int ncol) {
+    const int d = t->d, nr = t->nr;
+    for (int u = 0; u < t->nk; u++) {
+        const float *kr = t->kptr[u];
+        for (int r = 0; r < nr; r++) {
+            const float *qr = t->q + (size_t)r * d;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int c = 0;
+            for (; c + 16 <= d; c += 16) {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c), _mm256_loadu_ps(kr + c), a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c + 8), _mm256_loadu_ps(kr + c + 8), a1);
+            }
+            if (c < d) // d % 8 == 0 on this path
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c), _mm256_loadu_ps(kr + c), a0);
+            a0 = _mm256_add_ps(a0, a1);
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));
+            t->s[(size_t)r * ATTN_BK + u] = _mm_cvtss_f32(h);
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int u = t->nk; u < ncol; u++)
+            t->s[(size_t)r * ATTN_BK + u] = 0.0f;
+}
+
+/* acc[r] += sum_u p[r][u] v[u], 64 columns of acc in 8 ymm at a time. */
+LC_AVX2 __attribute__((noinline)) static void direct_pv_avx2(attn_tile_t *t) {
+    const int d = t->d;
+    for (int r = 0; r < t->nr; r++) {
+        float *a = t->acc + (size_t)r * d;
+        const float *p = t->s + (size_t)r * ATTN_BK;
+        for (int c0 = 0; c0 < d; c0 += 64) {
+            const int nv = (d - c0 >= 64 ? 64 : d - c0) / 8;
+            __m256 x[8];
+            for (int v = 0; v < nv; v++)
+                x[v] = _mm256_loadu_ps(a + c0 + 8 * v);
+            for (int u = 0; u < t->nk; u++) {
+                const __m256 pu = _mm256_broadcast_ss(p + u);
+                const float *vr = t->vptr[u] + c0;
+#pragma GCC unroll 8
+                for (int v = 0; v < nv; v++)
+                    x[v] = _mm256_fmadd_ps(pu, _mm256_loadu_ps(vr + 8 * v), x[v]);
+            }
+            for (int v = 0; v < nv; v++)
+                _mm256_storeu_ps(a + c0 + 8 * v, x[v]);
+        }
+    }
+}
+#endif
 
 /* Masks row r's scores s (ncol columns) for the current tile: -inf on keys the
  * row cannot see and on the padding nk..ncol. Returns the visible keys. */
@@ -496,7 +550,12 @@ LC_HOT static void tile_process(attn_tile_t *t) {
     const int nk = t->nk, d = t->d, mr = (t->nr + 3) & ~3;
     const int ncol = (nk + 15) & ~15;
     if (t->direct) {
-        direct_scores(t, mr, ncol);
+#ifdef LC_MM_X86
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            direct_scores_avx2(t, ncol);
+        else
+#endif
+            direct_scores(t, mr, ncol);
     } else {
         for (int c = 0; c < d; c++) // zero the padding columns of K
             for (int j = nk; j < ncol; j++)
@@ -511,9 +570,14 @@ LC_HOT static void tile_process(attn_tile_t *t) {
 #endif
         computed = rows_softmax(t, mr, ncol);
     t->computed += computed;
-    if (t->direct)
-        direct_pv(t, mr);
-    else
+    if (t->direct) {
+#ifdef LC_MM_X86
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+            direct_pv_avx2(t);
+        else
+#endif
+            direct_pv(t);
+    } else
         mm_best(mr, d, nk, t->s, ATTN_BK, t->vt, d, t->acc, d, 0);
     t->nk = 0;
 }
