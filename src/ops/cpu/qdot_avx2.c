@@ -306,16 +306,7 @@ TGT static void deq_f16(const uint8_t *w, float *y, int in)
 }
 
 /* ---- entry points: one specialisation per activation count ---------------------- */
-#define ENTRY(NAME, CALL)                                                                                    \
-    TGT static void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) \
-    {                                                                                                        \
-        switch (na) {                                                                                        \
-        case 1: CALL(1); break;                                                                              \
-        case 2: CALL(2); break;                                                                              \
-        case 3: CALL(3); break;                                                                              \
-        default: CALL(4); break;                                                                             \
-        }                                                                                                    \
-    }
+#define ENTRY(NAME, CALL) QF_DOT_ENTRY(TGT, NAME, CALL)
 #define C_Q4_0(N) dot_q4x(in, w, a, astride, na, y, ldy, N, 0)
 #define C_Q4_1(N) dot_q4x(in, w, a, astride, na, y, ldy, N, 1)
 #define C_Q8_0(N) dot_q8x(in, w, a, astride, na, y, ldy, N)

@@ -97,6 +97,19 @@ enum { QF_ACT_F32, QF_ACT_Q8B, QF_ACT_Q8K };
 #define QF_NA 4
 typedef void (*qf_dot_fn)(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy);
 
+/* A qf_dot_fn named NAME with target attribute ATTR that dispatches na to a
+ * compile-time row count: CALL(N) expands the kernel body for N rows. */
+#define QF_DOT_ENTRY(ATTR, NAME, CALL)                                                                       \
+    ATTR static void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) \
+    {                                                                                                        \
+        switch (na) {                                                                                        \
+        case 1: CALL(1); break;                                                                              \
+        case 2: CALL(2); break;                                                                              \
+        case 3: CALL(3); break;                                                                              \
+        default: CALL(4); break;                                                                             \
+        }                                                                                                    \
+    }
+
 typedef struct {
     qf_dot_fn dot[QF_NTYPES];
     /* n activations (a multiple of QK / QK_K) into blocks */
