@@ -28,8 +28,7 @@ enum { H = 9, KH = 3, D = 64, BS = 16 };
 /* Row vector for position p: noise + rotary-like features (locality) +
  * a shared direction per head (sink and heavy columns). */
 static void feat(float *x, int64_t p, int head, float pos_amp, float dir_amp, float noise) {
-    for (int c = 0; c < D; c++)
-        x[c] = noise * nrand();
+    for (int c = 0; c < D; c++) x[c] = noise * nrand();
     for (int f = 0; f < 16; f++) {
         float w = powf(10000.0f, -(float)f / 16) * 4.0f;
         x[2 * f] += pos_amp * cosf(w * (float)p);
@@ -58,8 +57,7 @@ int main(int argc, char **argv) {
     float *k = calloc(bstride * nb, sizeof(float)), *v = calloc(bstride * nb, sizeof(float));
     float *kmn = malloc(sizeof(float) * sstride * nb), *kmx = malloc(sizeof(float) * sstride * nb);
     int32_t *blocks = malloc(sizeof(int32_t) * nb);
-    for (int i = 0; i < nb; i++)
-        blocks[i] = i;
+    for (int i = 0; i < nb; i++) blocks[i] = i;
     for (int i = nb - 1; i > 0; i--) {
         int j = (int)(urand() * (i + 1)) % (i + 1), x = blocks[i];
         blocks[i] = blocks[j], blocks[j] = x;
@@ -72,8 +70,7 @@ int main(int argc, char **argv) {
             feat(x, p, h, 1.6f, heavy == 2 ? 9.0f : heavy ? 6.0f : 0.0f, 1.0f);
             float *kd = k + b * bstride + ((size_t)h * BS + off) * D;
             memcpy(kd, x, sizeof x);
-            for (int c = 0; c < D; c++)
-                v[b * bstride + ((size_t)h * BS + off) * D + c] = nrand();
+            for (int c = 0; c < D; c++) v[b * bstride + ((size_t)h * BS + off) * D + c] = nrand();
             float *mn = kmn + b * sstride + (size_t)h * D, *mx = kmx + b * sstride + (size_t)h * D;
             for (int c = 0; c < D; c++) {
                 mn[c] = off == 0 || x[c] < mn[c] ? x[c] : mn[c];
@@ -95,12 +92,10 @@ int main(int argc, char **argv) {
     printf("|------------------------|------------|----------|-----------|\n");
     /* prefill */
     double t0 = now();
-    for (int r = 0; r < reps; r++)
-        attn_prefill_dense(&sh, q, (int)n, 0, &kv, ref, lse);
+    for (int r = 0; r < reps; r++) attn_prefill_dense(&sh, q, (int)n, 0, &kv, ref, lse);
     double td = (now() - t0) / reps;
     double gflop = 4.0 * H * D * (double)n * (n + 1) / 2 / 1e9;
-    printf("| %-22s | %10.1f | %8.3f | %9.2e |   (%.1f GFLOP/s)\n", "prefill dense", td * 1e3, 1.0, 0.0,
-           gflop / td);
+    printf("| %-22s | %10.1f | %8.3f | %9.2e |   (%.1f GFLOP/s)\n", "prefill dense", td * 1e3, 1.0, 0.0, gflop / td);
     struct {
         const char *name;
         attn_prefill_method_t m;
@@ -118,8 +113,7 @@ int main(int argc, char **argv) {
         pol.theta = pm[i].theta;
         attn_state_t *st = attn_state_create(&sh, 30, &pol);
         t0 = now();
-        for (int r = 0; r < reps; r++)
-            attn_prefill(&sh, st, 0, q, (int)n, 0, &kv, out, lse);
+        for (int r = 0; r < reps; r++) attn_prefill(&sh, st, 0, q, (int)n, 0, &kv, out, lse);
         double t = (now() - t0) / reps;
         const attn_stats_t *s = attn_state_stats(st);
         printf("| %-22s | %10.1f | %8.3f | %9.2e |\n", pm[i].name, t * 1e3, s->prefill_computed / s->prefill_total,
@@ -131,8 +125,7 @@ int main(int argc, char **argv) {
     float dref[H * D], dout[H * D], dl[H];
     int dreps = reps * 50;
     t0 = now();
-    for (int r = 0; r < dreps; r++)
-        attn_decode_dense(&sh, qd, &kv, dref, dl);
+    for (int r = 0; r < dreps; r++) attn_decode_dense(&sh, qd, &kv, dref, dl);
     td = (now() - t0) / dreps;
     printf("| %-22s | %10.3f | %8.3f | %9.2e |\n", "decode dense", td * 1e3, 1.0, 0.0);
     struct {

@@ -13,8 +13,7 @@
 #include "model/quant.h"
 #include "ops/ops.h"
 
-static float frand(unsigned *s)
-{
+static float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
@@ -22,14 +21,12 @@ static float frand(unsigned *s)
 static double now(void) { return (double)lc_now_ns() * 1e-9; }
 
 /* median-of-reps seconds per call of one path */
-static int cmp_d(const void *a, const void *b)
-{
+static int cmp_d(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     int type = argc > 1 ? atoi(argv[1]) : OPS_W_Q4_1, reps = argc > 2 ? atoi(argv[2]) : 5;
     /* (in, out): q/o, k/v, gate/up, down, LM head */
     static const int shapes[][2] = {{576, 576}, {576, 192}, {576, 1536}, {1536, 576}, {576, 49152}};

@@ -24,7 +24,7 @@ typedef struct {
     attn_shape_t sh;
     int bs, nb, pool_blocks;
     int64_t n;
-    float *kc, *vc;           // (n, n_kv_heads, head_dim)
+    float *kc, *vc;             // (n, n_kv_heads, head_dim)
     float *kp, *vp, *kmn, *kmx; // pool
     int32_t *blocks;
     attn_kv_t kv;
@@ -40,12 +40,9 @@ static void tkv_build_pool(tkv_t *t) {
     t->kmn = malloc(sizeof(float) * sstride * t->pool_blocks);
     t->kmx = malloc(sizeof(float) * sstride * t->pool_blocks);
     t->blocks = malloc(sizeof(int32_t) * t->pool_blocks);
-    for (size_t i = 0; i < bstride * t->pool_blocks; i++)
-        t->kp[i] = t->vp[i] = NAN;
-    for (size_t i = 0; i < sstride * t->pool_blocks; i++)
-        t->kmn[i] = t->kmx[i] = NAN;
-    for (int i = 0; i < t->pool_blocks; i++)
-        t->blocks[i] = i;
+    for (size_t i = 0; i < bstride * t->pool_blocks; i++) t->kp[i] = t->vp[i] = NAN;
+    for (size_t i = 0; i < sstride * t->pool_blocks; i++) t->kmn[i] = t->kmx[i] = NAN;
+    for (int i = 0; i < t->pool_blocks; i++) t->blocks[i] = i;
     for (int i = t->pool_blocks - 1; i > 0; i--) { // Fisher-Yates
         int j = (int)((frand() * 0.5f + 0.5f) * (i + 1));
         j = j > i ? i : j;
@@ -64,15 +61,20 @@ static void tkv_build_pool(tkv_t *t) {
             memcpy(vd, vs, sizeof(float) * d);
             float *mn = t->kmn + b * sstride + (size_t)h * d, *mx = t->kmx + b * sstride + (size_t)h * d;
             for (int c = 0; c < d; c++) {
-                if (off == 0 || ks[c] < mn[c])
-                    mn[c] = ks[c];
-                if (off == 0 || ks[c] > mx[c])
-                    mx[c] = ks[c];
+                if (off == 0 || ks[c] < mn[c]) mn[c] = ks[c];
+                if (off == 0 || ks[c] > mx[c]) mx[c] = ks[c];
             }
         }
     }
-    t->kv = (attn_kv_t){.k = t->kp, .v = t->vp, .kmin = t->kmn, .kmax = t->kmx, .blk_stride = bstride,
-                        .sum_stride = sstride, .blocks = t->blocks, .block_size = bs, .n_kv = t->n};
+    t->kv = (attn_kv_t){.k = t->kp,
+                        .v = t->vp,
+                        .kmin = t->kmn,
+                        .kmax = t->kmx,
+                        .blk_stride = bstride,
+                        .sum_stride = sstride,
+                        .blocks = t->blocks,
+                        .block_size = bs,
+                        .n_kv = t->n};
 }
 
 static void tkv_random(tkv_t *t, int H, int KH, int d, int bs, int64_t n, uint64_t seed) {
@@ -94,8 +96,7 @@ static void tkv_free(tkv_t *t) {
 
 static float *rand_q(int rows, int H, int d, float amp) {
     float *q = malloc(sizeof(float) * rows * H * d);
-    for (int i = 0; i < rows * H * d; i++)
-        q[i] = frand() * amp;
+    for (int i = 0; i < rows * H * d; i++) q[i] = frand() * amp;
     return q;
 }
 
@@ -111,8 +112,7 @@ static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, doub
             for (int64_t j = 0; j <= p; j++) {
                 const float *kr = t->kc + ((size_t)j * KH + h / G) * d;
                 double acc = 0;
-                for (int c = 0; c < d; c++)
-                    acc += (double)qr[c] * kr[c];
+                for (int c = 0; c < d; c++) acc += (double)qr[c] * kr[c];
                 s[j] = acc * t->sh.scale;
                 m = s[j] > m ? s[j] : m;
             }
@@ -123,11 +123,9 @@ static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, doub
                 double w = exp(s[j] - m);
                 l += w;
                 const float *vr = t->vc + ((size_t)j * KH + h / G) * d;
-                for (int c = 0; c < d; c++)
-                    o[c] += w * vr[c];
+                for (int c = 0; c < d; c++) o[c] += w * vr[c];
             }
-            for (int c = 0; c < d; c++)
-                o[c] /= l;
+            for (int c = 0; c < d; c++) o[c] /= l;
             lse[(size_t)i * H + h] = m + log(l);
         }
     free(s);
@@ -137,8 +135,7 @@ static double max_abs_diff(const float *a, const double *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)a[i] - b[i]);
-        if (!(e <= m))
-            m = isnan(e) ? INFINITY : e;
+        if (!(e <= m)) m = isnan(e) ? INFINITY : e;
     }
     return m;
 }
@@ -146,8 +143,7 @@ static double max_abs_diff_f(const float *a, const float *b, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)a[i] - b[i]);
-        if (!(e <= m))
-            m = isnan(e) ? INFINITY : e;
+        if (!(e <= m)) m = isnan(e) ? INFINITY : e;
     }
     return m;
 }
@@ -313,7 +309,8 @@ START_TEST(test_full_budget_prefill_equals_dense) {
         }
         for (int chunked = 0; chunked < 2; chunked++) {
             const int whole[] = {0, n};
-            double dens = chunked ? run_prefill(&t, &p, q, cuts, 6, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
+            double dens =
+                chunked ? run_prefill(&t, &p, q, cuts, 6, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
             ck_assert_msg(max_abs_diff_f(out, ref, no) < 2e-5, "variant %d chunked %d: out diff %g", variant, chunked,
                           max_abs_diff_f(out, ref, no));
             ck_assert_msg(max_abs_diff_f(lse, rl, (size_t)n * H) < 2e-5, "variant %d: lse", variant);
@@ -366,21 +363,17 @@ static float *planted(tkv_t *t, int H, int KH, int d, int64_t n, int n_q, uint64
             u[h * d + c] = frand();
             nn += (double)u[h * d + c] * u[h * d + c];
         }
-        for (int c = 0; c < d; c++)
-            u[h * d + c] /= (float)sqrt(nn);
+        for (int c = 0; c < d; c++) u[h * d + c] /= (float)sqrt(nn);
     }
-    for (int64_t i = 0; i < n * KH * d; i++)
-        t->kc[i] *= 0.3f;
+    for (int64_t i = 0; i < n * KH * d; i++) t->kc[i] *= 0.3f;
     for (int i = 0; i < 4; i++)
         for (int h = 0; h < KH; h++)
-            for (int c = 0; c < d; c++)
-                t->kc[((size_t)needles[i] * KH + h) * d + c] = 12.0f * u[h * d + c];
+            for (int c = 0; c < d; c++) t->kc[((size_t)needles[i] * KH + h) * d + c] = 12.0f * u[h * d + c];
     tkv_build_pool(t);
     float *q = rand_q(n_q, H, d, 0.3f);
     for (int i = 0; i < n_q; i++)
         for (int h = 0; h < H; h++)
-            for (int c = 0; c < d; c++)
-                q[((size_t)i * H + h) * d + c] += 4.0f * u[(h / (H / KH)) * d + c];
+            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] += 4.0f * u[(h / (H / KH)) * d + c];
     free(u);
     return q;
 }
@@ -398,8 +391,7 @@ START_TEST(test_planted_decode) {
         p.decode = (attn_decode_method_t)m;
         p.decode_budget = m == ATTN_DECODE_QUEST ? 96 : 16; // 6 pages / 16 tokens
         attn_state_t *st = attn_state_create(&t.sh, 4, &p);
-        for (int layer = 0; layer < 3; layer++)
-            ck_assert_int_eq(attn_decode(&t.sh, st, layer, q, &t.kv, out, lse), 0);
+        for (int layer = 0; layer < 3; layer++) ck_assert_int_eq(attn_decode(&t.sh, st, layer, q, &t.kv, out, lse), 0);
         attn_state_reset_stats(st);
         ck_assert_int_eq(attn_decode(&t.sh, st, 2, q, &t.kv, out, lse), 0); // a sparse layer
         const attn_stats_t *s = attn_state_stats(st);

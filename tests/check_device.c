@@ -29,7 +29,7 @@ START_TEST(test_fallback_or_gpu) {
     lc_device_t d;
     ck_assert_int_eq(lc_device_select("cuda:0", &d), 0);
     if (n == 0) {
-        ck_assert_int_eq(d.is_gpu, 0);  // fell back to the CPU
+        ck_assert_int_eq(d.is_gpu, 0); // fell back to the CPU
         ck_assert_msg(why[0] != 0, "a missing GPU must come with a reason");
     } else {
         ck_assert_int_eq(d.is_gpu, 1);
@@ -43,7 +43,7 @@ END_TEST
 
 #ifdef HAVE_CUDA
 START_TEST(test_rmsnorm_vs_cpu) {
-    if (lc_device_count(NULL, 0) == 0) return;  // nothing to compare on this machine
+    if (lc_device_count(NULL, 0) == 0) return; // nothing to compare on this machine
     const int rows = 37, dim = 576;
     float *x = malloc(sizeof(float) * rows * dim), *w = malloc(sizeof(float) * dim);
     float *y = malloc(sizeof(float) * rows * dim);

@@ -60,14 +60,10 @@ static gguf_writer_t *make_writer(void) {
         uint32_t n_dims;
         uint64_t dims[4];
     } ts[] = {
-        {"token_embd.weight", GGML_TYPE_Q8_0, 2, {64, 3}},
-        {"blk.0.attn_norm.weight", GGML_TYPE_F32, 1, {7}},
-        {"blk.0.attn_q.weight", GGML_TYPE_Q4_1, 2, {32, 2}},
-        {"blk.0.attn_k.weight", GGML_TYPE_Q4_0, 3, {32, 1, 2}},
-        {"blk.0.attn_v.weight", GGML_TYPE_F16, 4, {3, 2, 1, 2}},
-        {"blk.0.ffn_up.weight", GGML_TYPE_BF16, 1, {5}},
-        {"blk.0.ffn_gate.weight", GGML_TYPE_Q4_K, 2, {256, 2}},
-        {"blk.0.ffn_down.weight", GGML_TYPE_Q6_K, 1, {256}},
+        {"token_embd.weight", GGML_TYPE_Q8_0, 2, {64, 3}},       {"blk.0.attn_norm.weight", GGML_TYPE_F32, 1, {7}},
+        {"blk.0.attn_q.weight", GGML_TYPE_Q4_1, 2, {32, 2}},     {"blk.0.attn_k.weight", GGML_TYPE_Q4_0, 3, {32, 1, 2}},
+        {"blk.0.attn_v.weight", GGML_TYPE_F16, 4, {3, 2, 1, 2}}, {"blk.0.ffn_up.weight", GGML_TYPE_BF16, 1, {5}},
+        {"blk.0.ffn_gate.weight", GGML_TYPE_Q4_K, 2, {256, 2}},  {"blk.0.ffn_down.weight", GGML_TYPE_Q6_K, 1, {256}},
     };
     for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
         uint64_t n = 1;
@@ -176,7 +172,7 @@ START_TEST(test_roundtrip) {
     ck_assert_str_eq(v, "[i32 x 4] 3, 1, 1, 6");
     gguf_format_value(g, gguf_find_key(g, "tokenizer.ggml.tokens"), v, sizeof v);
     ck_assert_str_eq(v, "[string x 4] \"<|endoftext|>\", \"hello\", \"\", \"w\xc3\xb6rld\"");
-    gguf_format_value(g, gguf_find_key(g, "tokenizer.ggml.tokens"), v, 12);    // truncation stays terminated
+    gguf_format_value(g, gguf_find_key(g, "tokenizer.ggml.tokens"), v, 12); // truncation stays terminated
     ck_assert_uint_eq(strlen(v), 11);
 
     ck_assert_int_eq(gguf_n_tensors(g), 8);
@@ -218,7 +214,7 @@ START_TEST(test_writer_rejects) {
     uint8_t data[64] = {0};
     uint64_t d32[1] = {32}, d48[1] = {48}, d5[5] = {1, 1, 1, 1, 1}, d0[2] = {32, 0};
     ck_assert_int_eq(gguf_writer_set_u32(w, "a", 1), 0);
-    ck_assert_int_eq(gguf_writer_set_str(w, "a", "x"), LC_EINVAL);          // duplicate key
+    ck_assert_int_eq(gguf_writer_set_str(w, "a", "x"), LC_EINVAL); // duplicate key
     ck_assert_int_eq(gguf_writer_set_u32(w, "", 1), LC_EINVAL);
     ck_assert_int_eq(gguf_writer_add_tensor(w, "t", 1, d32, GGML_TYPE_Q8_0, data, 34), 0);
     ck_assert_int_eq(gguf_writer_add_tensor(w, "t", 1, d32, GGML_TYPE_Q8_0, data, 34), LC_EINVAL);
@@ -272,7 +268,7 @@ START_TEST(test_truncation) {
     end += gguf_data_offset(g);
     gguf_close(g);
     free(copy);
-    ck_assert_uint_lt(end, len);    // the padding case is exercised too
+    ck_assert_uint_lt(end, len); // the padding case is exercised too
     for (size_t k = 0; k < len; k++) {
         g = open_copy(good, k, &copy, err, sizeof err);
         if (k < end) {
@@ -340,7 +336,7 @@ START_TEST(test_random_damage) {
             ck_assert(err[0] != '\0');
         }
     }
-    ck_assert_int_gt(opened, 0);    // flips inside tensor data must still load
+    ck_assert_int_gt(opened, 0); // flips inside tensor data must still load
     free(bad);
     free(good);
 }
@@ -350,8 +346,27 @@ END_TEST
 
 /* Which field of the reference file a case overrides. */
 typedef enum {
-    F_NONE, F_MAGIC, F_VERSION, F_NTENSORS, F_NKV, F_KEYLEN, F_STRLEN, F_VTYPE, F_ELEMTYPE, F_ARRCOUNT,
-    F_BOOL, F_DUPKEY, F_ALIGN, F_ALIGN_STR, F_NAMELEN, F_NDIMS, F_DIM0, F_DIM1, F_TTYPE, F_OFFSET, F_DUPNAME,
+    F_NONE,
+    F_MAGIC,
+    F_VERSION,
+    F_NTENSORS,
+    F_NKV,
+    F_KEYLEN,
+    F_STRLEN,
+    F_VTYPE,
+    F_ELEMTYPE,
+    F_ARRCOUNT,
+    F_BOOL,
+    F_DUPKEY,
+    F_ALIGN,
+    F_ALIGN_STR,
+    F_NAMELEN,
+    F_NDIMS,
+    F_DIM0,
+    F_DIM1,
+    F_TTYPE,
+    F_OFFSET,
+    F_DUPNAME,
 } field_t;
 
 typedef struct {
@@ -445,7 +460,7 @@ static void build(raw_t *r, field_t f, uint64_t v) {
 static const struct {
     field_t f;
     uint64_t v;
-    const char *expect;     // NULL: must open
+    const char *expect; // NULL: must open
 } k_cases[] = {
     {F_NONE, 0, NULL},
     {F_ALIGN, 32, NULL},
@@ -458,7 +473,7 @@ static const struct {
     {F_NTENSORS, UINT64_MAX, "tensor_count 18446744073709551615 is impossible"},
     {F_NTENSORS, 3, "tensor info 2: "},
     {F_NKV, 1ull << 40, "kv_count 1099511627776 is impossible"},
-    {F_NKV, 0, "tensor 'general.architecture': n_dims 8"},   // keys misread as tensor infos
+    {F_NKV, 0, "tensor 'general.architecture': n_dims 8"}, // keys misread as tensor infos
     {F_KEYLEN, 1ull << 40, "metadata entry 0: key length 1099511627776 exceeds the limit"},
     {F_KEYLEN, 4000, "metadata entry 0: key length 4000 exceeds the"},
     {F_KEYLEN, 0, "metadata entry 0: empty key"},
@@ -468,8 +483,8 @@ static const struct {
     {F_ELEMTYPE, GGUF_T_ARRAY, "metadata key 'tokenizer.ggml.tokens': nested arrays are not supported"},
     {F_ELEMTYPE, 77, "unknown array element type 77"},
     {F_ARRCOUNT, 1ull << 60, "array of 1152921504606846976 strings exceeds"},
-    {F_ARRCOUNT, 3, "metadata entry 3: key length"},     // reads the next key as a string
-    {F_ELEMTYPE, GGUF_T_U64, "metadata entry 3: key length"},   // strings reread as two u64s
+    {F_ARRCOUNT, 3, "metadata entry 3: key length"},          // reads the next key as a string
+    {F_ELEMTYPE, GGUF_T_U64, "metadata entry 3: key length"}, // strings reread as two u64s
     {F_BOOL, 2, "metadata key 'general.flag': bool value 2 is neither 0 nor 1"},
     {F_DUPKEY, 0, "duplicate metadata key 'llama.block_count'"},
     {F_ALIGN, 0, "general.alignment 0 is not a power of two"},
@@ -487,7 +502,7 @@ static const struct {
     {F_DIM1, 1ull << 40, "tensor 'b.weight': data [offset "},
     {F_DIM0, 48, "tensor 'b.weight': dims[0] = 48 is not a multiple of the Q4_0 block size 32"},
     {F_TTYPE, 99, "tensor 'b.weight': unknown or unsupported tensor type 99"},
-    {F_TTYPE, 6, "unknown or unsupported tensor type 6"},       // Q5_0: real ggml type, not ours
+    {F_TTYPE, 6, "unknown or unsupported tensor type 6"}, // Q5_0: real ggml type, not ours
     {F_TTYPE, GGML_TYPE_Q4_K, "dims[0] = 64 is not a multiple of the Q4_K block size 256"},
     {F_OFFSET, 100, "tensor 'b.weight': offset 100 is not a multiple of the alignment 32"},
     {F_OFFSET, 96, "tensors 'a.weight' and 'b.weight' overlap"},
@@ -551,7 +566,7 @@ START_TEST(test_open_errors) {
     ck_assert_ptr_null(gguf_open(path, err, sizeof err));
     ck_assert_msg(strstr(err, "empty file") != NULL, "%s", err);
     unlink(path);
-    ck_assert_ptr_null(gguf_open_buffer(NULL, 0, NULL, 0));     // no message buffer is fine
+    ck_assert_ptr_null(gguf_open_buffer(NULL, 0, NULL, 0)); // no message buffer is fine
 }
 END_TEST
 
@@ -568,10 +583,13 @@ START_TEST(test_real_model) {
     float f;
     ck_assert_int_eq(gguf_get_str(g, "general.architecture", &s), 0);
     check_str(s, "llama");
-    static const struct { const char *key; uint32_t v; } ints[] = {
-        {"llama.block_count", 30}, {"llama.embedding_length", 576}, {"llama.feed_forward_length", 1536},
-        {"llama.attention.head_count", 9}, {"llama.attention.head_count_kv", 3}, {"llama.context_length", 8192},
-        {"llama.rope.dimension_count", 64}, {"tokenizer.ggml.bos_token_id", 1}, {"tokenizer.ggml.eos_token_id", 2},
+    static const struct {
+        const char *key;
+        uint32_t v;
+    } ints[] = {
+        {"llama.block_count", 30},          {"llama.embedding_length", 576},      {"llama.feed_forward_length", 1536},
+        {"llama.attention.head_count", 9},  {"llama.attention.head_count_kv", 3}, {"llama.context_length", 8192},
+        {"llama.rope.dimension_count", 64}, {"tokenizer.ggml.bos_token_id", 1},   {"tokenizer.ggml.eos_token_id", 2},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         ck_assert_msg(gguf_get_u32(g, ints[i].key, &u) == 0, "%s", ints[i].key);
@@ -590,7 +608,7 @@ START_TEST(test_real_model) {
     check_str(s, "<|im_start|>");
 
     ck_assert_int_eq(gguf_n_tensors(g), 272);
-    ck_assert_ptr_null(gguf_find_tensor(g, "output.weight"));       // tied embeddings
+    ck_assert_ptr_null(gguf_find_tensor(g, "output.weight")); // tied embeddings
     uint64_t embd[2] = {576, 49152}, norm[1] = {576};
     const gguf_tensor_t *t = gguf_expect_tensor(g, "token_embd.weight", 2, embd, err, sizeof err);
     ck_assert_msg(t != NULL, "%s", err);
@@ -608,12 +626,22 @@ START_TEST(test_real_model) {
         ck_assert_int_eq(gguf_expect_tensor(g, name, 1, norm, err, sizeof err)->type, GGML_TYPE_F32);
     }
     // Values and sums from the gguf Python package's dequantizer.
-    static const struct { const char *name; float first[3], last; double sum; } ref[] = {
-        {"token_embd.weight", {-0.10654449462890625f, 0.032978057861328125f, 0.048198699951171875f},
-         -0.0417022705078125f, -15353.04449415207},
-        {"blk.0.attn_q.weight", {-0.0963134765625f, 0.1573486328125f, -0.0963134765625f}, -0.255859375f,
+    static const struct {
+        const char *name;
+        float first[3], last;
+        double sum;
+    } ref[] = {
+        {"token_embd.weight",
+         {-0.10654449462890625f, 0.032978057861328125f, 0.048198699951171875f},
+         -0.0417022705078125f,
+         -15353.04449415207},
+        {"blk.0.attn_q.weight",
+         {-0.0963134765625f, 0.1573486328125f, -0.0963134765625f},
+         -0.255859375f,
          59.22322082519531},
-        {"blk.29.ffn_down.weight", {-0.2733154296875f, 0.186279296875f, 0.186279296875f}, 0.056640625f,
+        {"blk.29.ffn_down.weight",
+         {-0.2733154296875f, 0.186279296875f, 0.186279296875f},
+         0.056640625f,
          49.83570861816406},
         {"output_norm.weight", {1.7578125f, 1.8203125f, 1.78125f}, 1.984375f, 1038.33203125},
     };

@@ -42,9 +42,9 @@ START_TEST(test_f16) {
     ck_assert_float_eq(quant_f16_to_f32(0x3C00), 1.0f);
     ck_assert_float_eq(quant_f16_to_f32(0xC000), -2.0f);
     ck_assert_float_eq(quant_f16_to_f32(0x7BFF), 65504.0f);
-    ck_assert_float_eq(quant_f16_to_f32(0x0400), ldexpf(1, -14));          // smallest normal
-    ck_assert_float_eq(quant_f16_to_f32(0x0001), ldexpf(1, -24));          // smallest subnormal
-    ck_assert_float_eq(quant_f16_to_f32(0x03FF), ldexpf(1023, -24));       // largest subnormal
+    ck_assert_float_eq(quant_f16_to_f32(0x0400), ldexpf(1, -14));    // smallest normal
+    ck_assert_float_eq(quant_f16_to_f32(0x0001), ldexpf(1, -24));    // smallest subnormal
+    ck_assert_float_eq(quant_f16_to_f32(0x03FF), ldexpf(1023, -24)); // largest subnormal
     ck_assert_float_eq(quant_f16_to_f32(0x8001), -ldexpf(1, -24));
     ck_assert(signbit(quant_f16_to_f32(0x8000)) && quant_f16_to_f32(0x8000) == 0.0f);
     ck_assert(isinf(quant_f16_to_f32(0x7C00)) && quant_f16_to_f32(0x7C00) > 0);
@@ -56,24 +56,26 @@ START_TEST(test_f16) {
     ck_assert_uint_eq(quant_f32_to_f16(-0.0f), 0x8000);
     ck_assert_uint_eq(quant_f32_to_f16(65504.0f), 0x7BFF);
     ck_assert_uint_eq(quant_f32_to_f16(65519.0f), 0x7BFF);
-    ck_assert_uint_eq(quant_f32_to_f16(65520.0f), 0x7C00);                  // rounds up to inf
+    ck_assert_uint_eq(quant_f32_to_f16(65520.0f), 0x7C00); // rounds up to inf
     ck_assert_uint_eq(quant_f32_to_f16(1e9f), 0x7C00);
     ck_assert_uint_eq(quant_f32_to_f16(-INFINITY), 0xFC00);
     uint16_t nan = quant_f32_to_f16(NAN);
     ck_assert((nan & 0x7C00) == 0x7C00 && (nan & 0x03FF) != 0);
     ck_assert_uint_eq(quant_f32_to_f16(ldexpf(1, -24)), 0x0001);
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(1, -25)), 0x0000);            // tie to even: 0
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(3, -25)), 0x0002);            // tie to even: 2
+    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(1, -25)), 0x0000); // tie to even: 0
+    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(3, -25)), 0x0002); // tie to even: 2
     ck_assert_uint_eq(quant_f32_to_f16(ldexpf(3, -26)), 0x0001);
-    ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(1, -11)), 0x3C00);     // tie to even
+    ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(1, -11)), 0x3C00); // tie to even
     ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(3, -11)), 0x3C02);
     ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(1, -10)), 0x3C01);
     // Every half survives a round trip through float (NaNs stay NaN).
     for (uint32_t h = 0; h < 65536; h++) {
         float f = quant_f16_to_f32((uint16_t)h);
         uint16_t back = quant_f32_to_f16(f);
-        if (isnan(f)) ck_assert(isnan(quant_f16_to_f32(back)));
-        else ck_assert_uint_eq(back, h);
+        if (isnan(f))
+            ck_assert(isnan(quant_f16_to_f32(back)));
+        else
+            ck_assert_uint_eq(back, h);
     }
 }
 END_TEST
@@ -86,14 +88,14 @@ START_TEST(test_bf16) {
     uint32_t a = 0x3F808000u, b = 0x3F818000u, c = 0x3F808001u;
     memcpy(&tie, &a, 4);
     memcpy(&up, &b, 4);
-    ck_assert_uint_eq(quant_f32_to_bf16(tie), 0x3F80);      // tie to even (down)
-    ck_assert_uint_eq(quant_f32_to_bf16(up), 0x3F82);       // tie to even (up)
+    ck_assert_uint_eq(quant_f32_to_bf16(tie), 0x3F80); // tie to even (down)
+    ck_assert_uint_eq(quant_f32_to_bf16(up), 0x3F82);  // tie to even (up)
     memcpy(&tie, &c, 4);
     ck_assert_uint_eq(quant_f32_to_bf16(tie), 0x3F81);
     ck_assert_uint_eq(quant_f32_to_bf16(INFINITY), 0x7F80);
     uint16_t nan = quant_f32_to_bf16(NAN);
     ck_assert(isnan(quant_bf16_to_f32(nan)));
-    uint32_t snan_bits = 0x7F800001u;                        // would round to inf if not special-cased
+    uint32_t snan_bits = 0x7F800001u; // would round to inf if not special-cased
     float snan;
     memcpy(&snan, &snan_bits, 4);
     ck_assert(isnan(quant_bf16_to_f32(quant_f32_to_bf16(snan))));
@@ -147,10 +149,10 @@ START_TEST(test_deq_q4_k) {
     float y[512];
     for (int b = 0; b < 2; b++) {
         uint8_t *x = blk + 144 * b, sc[8], mn[8];
-        put16(x, b ? 0x2E66 : 0x3266);          // d ~ 0.1 / 0.2
-        put16(x + 2, b ? 0x2A66 : 0x2C00);      // dmin ~ 0.05 / 0.0625
+        put16(x, b ? 0x2E66 : 0x3266);     // d ~ 0.1 / 0.2
+        put16(x + 2, b ? 0x2A66 : 0x2C00); // dmin ~ 0.05 / 0.0625
         for (int j = 0; j < 8; j++) {
-            sc[j] = (uint8_t)((63 - 7 * j + b) & 63);   // values >= 16 exercise the high bits
+            sc[j] = (uint8_t)((63 - 7 * j + b) & 63); // values >= 16 exercise the high bits
             mn[j] = (uint8_t)((9 * j + 5 + b) & 63);
         }
         // Pack per the format: bytes 0-3 hold sc 0-3 (+ high bits of sc 4-7),
@@ -181,7 +183,7 @@ START_TEST(test_deq_q6_k) {
     float y[512];
     for (int k = 0; k < (int)sizeof blk; k++) blk[k] = (uint8_t)rnd();
     put16(blk + 208, 0x2A66);
-    put16(blk + 210 + 208, 0xA800);             // negative d in the second block
+    put16(blk + 210 + 208, 0xA800); // negative d in the second block
     ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q6_K, blk, y, 512), 0);
     for (int i = 0; i < 512; i++) {
         const uint8_t *x = blk + 210 * (i / 256);
@@ -207,7 +209,7 @@ START_TEST(test_bad_args) {
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q4_1, 576), 18 * 20);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 512), 420);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 500), 0);
-    ck_assert_uint_eq(ggml_row_size(GGML_TYPE_F32, UINT64_MAX), 0);         // overflow
+    ck_assert_uint_eq(ggml_row_size(GGML_TYPE_F32, UINT64_MAX), 0); // overflow
     ck_assert_str_eq(ggml_type_name(GGML_TYPE_Q4_K), "Q4_K");
     ck_assert_ptr_null(ggml_type_name(7));
 }
@@ -277,7 +279,7 @@ END_TEST
 START_TEST(test_quantize_known) {
     float x[32];
     uint8_t q[34];
-    for (int j = 0; j < 32; j++) x[j] = (float)(j - 16) * 0.5f;     // amax 8 -> d = 8/127
+    for (int j = 0; j < 32; j++) x[j] = (float)(j - 16) * 0.5f; // amax 8 -> d = 8/127
     ck_assert_int_eq(quant_quantize(GGML_TYPE_Q8_0, x, q, 32), 0);
     ck_assert_uint_eq(q[0] | (q[1] << 8), quant_f32_to_f16(8.0f / 127));
     for (int j = 0; j < 32; j++) ck_assert_int_eq((int8_t)q[2 + j], (int)roundf((j - 16) * 0.5f * 127 / 8));

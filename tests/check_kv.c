@@ -319,8 +319,10 @@ START_TEST(test_random_ops) {
             int64_t n = s->kv.n_tokens + 1 + rand_r(&seed) % 6;
             if (n > MAXTOK) n = MAXTOK;
             int64_t used = kv_pool_n_used(p);
-            if (extend(p, &s->kv, s->toks, n) == 0) kv_prefix_commit(p, &s->kv, s->toks, s->kv.n_tokens);
-            else ck_assert_int_ge(kv_pool_n_used(p), used); // failed ops allocate nothing net
+            if (extend(p, &s->kv, s->toks, n) == 0)
+                kv_prefix_commit(p, &s->kv, s->toks, s->kv.n_tokens);
+            else
+                ck_assert_int_ge(kv_pool_n_used(p), used); // failed ops allocate nothing net
         } else if (what < 7) {
             int j = rand_r(&seed) % NSEQ;
             if (!seqs[j].live) {

@@ -28,8 +28,7 @@
 /* ---- helpers --------------------------------------------------------------------- */
 static char tmp_path[64];
 
-static model_t *tiny_model(uint32_t type, uint64_t seed)
-{
+static model_t *tiny_model(uint32_t type, uint64_t seed) {
     mkmodel_opts_t o;
     mkmodel_opts_default(&o);
     o.type = type;
@@ -47,16 +46,14 @@ static model_t *tiny_model(uint32_t type, uint64_t seed)
     return m;
 }
 
-static kv_pool_t *make_pool(const model_t *m, int64_t n_blocks)
-{
+static kv_pool_t *make_pool(const model_t *m, int64_t n_blocks) {
     kv_config_t cfg = model_kv_config(m, 16, n_blocks);
     kv_pool_t *p = kv_pool_create(&cfg);
     ck_assert_ptr_nonnull(p);
     return p;
 }
 
-static void tokens_for(int32_t *t, int n, int n_vocab, unsigned seed)
-{
+static void tokens_for(int32_t *t, int n, int n_vocab, unsigned seed) {
     for (int i = 0; i < n; i++) {
         seed = seed * 1103515245u + 12345u;
         t[i] = (int32_t)((seed >> 8) % (unsigned)n_vocab);
@@ -65,19 +62,17 @@ static void tokens_for(int32_t *t, int n, int n_vocab, unsigned seed)
 
 /* Runs tokens[0..n) of one sequence at pos0 alone (reserving blocks). */
 static void run_one(model_ctx_t *c, kv_pool_t *kv, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int mode,
-                    int decode, float *logits)
-{
+                    int decode, float *logits) {
     ck_assert_int_eq(kv_seq_reserve(kv, s, pos0 + n), 0);
     ck_assert_int_eq(kv_seq_prepare_write(kv, s, pos0, pos0 + n), 0);
-    model_seq_t seq = {.tok0 = 0, .n_tok = n, .pos0 = pos0, .kv = s, .decode = decode, .logits_mode = mode,
-                       .logits = logits};
+    model_seq_t seq = {
+        .tok0 = 0, .n_tok = n, .pos0 = pos0, .kv = s, .decode = decode, .logits_mode = mode, .logits = logits};
     model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &seq};
     ck_assert_int_eq(model_forward(c, kv, &b), 0);
     s->n_tokens = pos0 + n;
 }
 
-static double max_abs_diff(const float *a, const float *b, size_t n)
-{
+static double max_abs_diff(const float *a, const float *b, size_t n) {
     double d = 0;
     for (size_t i = 0; i < n; i++) {
         double x = fabs((double)a[i] - b[i]);
@@ -90,8 +85,7 @@ static double max_abs_diff(const float *a, const float *b, size_t n)
 #define TINY_TOL 1e-4
 
 /* ---- tiny random models -------------------------------------------------------------- */
-START_TEST(test_batched_equals_alone)
-{
+START_TEST(test_batched_equals_alone) {
     model_t *m = tiny_model(GGML_TYPE_F32, 7);
     int V = model_hparams(m)->n_vocab;
     enum { NS = 3 };
@@ -119,8 +113,8 @@ START_TEST(test_batched_equals_alone)
     for (int i = 0; i < NS; i++) {
         kv_seq_init(&s[i]);
         ck_assert_int_eq(kv_seq_reserve(kv, &s[i], len[i]), 0);
-        seqs[i] = (model_seq_t){.tok0 = off, .n_tok = len[i], .kv = &s[i], .logits_mode = 2,
-                                .logits = got + (size_t)off * V};
+        seqs[i] =
+            (model_seq_t){.tok0 = off, .n_tok = len[i], .kv = &s[i], .logits_mode = 2, .logits = got + (size_t)off * V};
         off += len[i];
     }
     model_batch_t b = {.n_tokens = total, .tokens = tok, .n_seqs = NS, .seqs = seqs};
@@ -153,8 +147,7 @@ START_TEST(test_batched_equals_alone)
 }
 END_TEST
 
-START_TEST(test_chunked_and_decode)
-{
+START_TEST(test_chunked_and_decode) {
     model_t *m = tiny_model(GGML_TYPE_F32, 11);
     int V = model_hparams(m)->n_vocab;
     enum { N = 37 };
@@ -216,8 +209,7 @@ START_TEST(test_chunked_and_decode)
 }
 END_TEST
 
-START_TEST(test_bad_batches)
-{
+START_TEST(test_bad_batches) {
     model_t *m = tiny_model(GGML_TYPE_F32, 3);
     int V = model_hparams(m)->n_vocab;
     model_ctx_t *c = model_ctx_create(m, 8);
@@ -259,8 +251,7 @@ END_TEST
 
 /* Every quantized type loads and gives logits close to the f32 model made
  * from the same random draws. */
-START_TEST(test_quantized_types)
-{
+START_TEST(test_quantized_types) {
     static const uint32_t types[] = {GGML_TYPE_F16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_1};
     /* max |diff| relative to max |f32 logit| (logits here reach ~30) */
     static const double tol[] = {2e-3, 3e-2, 0.2};
@@ -297,8 +288,7 @@ START_TEST(test_quantized_types)
 }
 END_TEST
 
-START_TEST(test_load_errors)
-{
+START_TEST(test_load_errors) {
     char err[512] = "";
     ck_assert_ptr_null(model_load("/nonexistent/model.gguf", err, sizeof err));
     ck_assert_msg(strstr(err, "/nonexistent/model.gguf") != NULL, "%s", err);
@@ -321,8 +311,7 @@ START_TEST(test_load_errors)
     ck_assert_int_eq(gguf_writer_write(w, tmp_path), 0);
     gguf_writer_destroy(w);
     ck_assert_ptr_null(model_load(tmp_path, err, sizeof err));
-    ck_assert_msg(strstr(err, "blk.0.attn_q.weight") && strstr(err, "[32, 16]") && strstr(err, "[32, 32]"), "%s",
-                  err);
+    ck_assert_msg(strstr(err, "blk.0.attn_q.weight") && strstr(err, "[32, 16]") && strstr(err, "[32, 32]"), "%s", err);
     /* wrong architecture */
     w = gguf_writer_create();
     gguf_writer_set_str(w, "general.architecture", "gemma3");
@@ -336,8 +325,7 @@ END_TEST
 
 /* mkmodel's synthetic vocabulary gives a working byte-level BPE tokenizer and
  * the ChatML template; --vocab-from copies a real model's tokenizer. */
-START_TEST(test_vocab_and_template)
-{
+START_TEST(test_vocab_and_template) {
     model_t *m = tiny_model(GGML_TYPE_F32, 1);
     ck_assert_int_eq(model_chat_template(m), CHAT_CHATML);
     const tok_t *t = model_tok(m);
@@ -382,8 +370,7 @@ END_TEST
 /* ---- the real model against Hugging Face transformers ------------------------------ */
 /* $LACUNA_MODEL through testutil.h (make check sets it; LACUNA_REQUIRE_MODEL=1
  * turns a missing model into a failure), else models/ in the source tree. */
-static const char *real_model_path(void)
-{
+static const char *real_model_path(void) {
     static char buf[1024];
     if (getenv("LACUNA_MODEL")) return tu_model_path();
     snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
@@ -393,8 +380,7 @@ static const char *real_model_path(void)
     return NULL;
 }
 
-static char *read_all(const char *path)
-{
+static char *read_all(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     fseek(f, 0, SEEK_END);
@@ -410,8 +396,7 @@ static char *read_all(const char *path)
     return b;
 }
 
-static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
-{
+static size_t b64_decode(const char *in, unsigned char *out, size_t cap) {
     static int8_t map[256];
     static const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     memset(map, -1, sizeof map);
@@ -457,8 +442,7 @@ static size_t b64_decode(const char *in, unsigned char *out, size_t cap)
 #define Q8_TOP_ABS 4.0
 #define Q8_TIE 0.4
 
-static void real_vs_hf(int quant)
-{
+static void real_vs_hf(int quant) {
     const char *path = real_model_path();
     if (!path) return;
     ops_mm_set_q8(quant);
@@ -479,8 +463,7 @@ static void real_vs_hf(int quant)
     cJSON *cases = cJSON_GetObjectItem(doc, "cases"), *cs;
     int ci = 0;
     double worst_rel = 0, worst_short = 0;
-    cJSON_ArrayForEach(cs, cases)
-    {
+    cJSON_ArrayForEach(cs, cases) {
         cJSON *ids = cJSON_GetObjectItem(cs, "ids");
         int n = cJSON_GetArraySize(ids);
         ck_assert_int_le(n, 96);
@@ -506,8 +489,7 @@ static void real_vs_hf(int quant)
         /* top-20 of every position */
         cJSON *pt = cJSON_GetObjectItem(cs, "positions_top"), *row;
         int p = 0;
-        cJSON_ArrayForEach(row, pt)
-        {
+        cJSON_ArrayForEach(row, pt) {
             cJSON *tid = cJSON_GetObjectItem(row, "ids"), *tl = cJSON_GetObjectItem(row, "logits");
             double rmx = fabs(cJSON_GetArrayItem(tl, 0)->valuedouble);
             for (int j = 0; j < cJSON_GetArraySize(tid); j++) {
@@ -532,8 +514,8 @@ static void real_vs_hf(int quant)
             } else {
                 double margin = cJSON_GetArrayItem(gm, g)->valuedouble, shortfall = cur[best] - cur[want];
                 worst_short = shortfall > worst_short ? shortfall : worst_short;
-                ck_assert_msg(shortfall <= Q8_TIE, "q8 case %d step %d: HF token %d is %.3f below our best %d", ci,
-                              g, want, shortfall, best);
+                ck_assert_msg(shortfall <= Q8_TIE, "q8 case %d step %d: HF token %d is %.3f below our best %d", ci, g,
+                              want, shortfall, best);
                 ck_assert_msg(best == want || margin < Q8_TIE, "q8 case %d step %d: argmax %d, HF %d (HF margin %.3f)",
                               ci, g, best, want, margin);
             }
@@ -562,8 +544,7 @@ END_TEST
 START_TEST(test_real_model_vs_hf_q8) { real_vs_hf(1); }
 END_TEST
 
-static Suite *model_suite(void)
-{
+static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("tiny");
     tcase_set_timeout(tc, 60);
@@ -582,8 +563,7 @@ static Suite *model_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(model_suite());
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);

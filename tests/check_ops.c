@@ -11,14 +11,12 @@
 #include <omp.h>
 #endif
 
-static float frand(unsigned *s)
-{
+static float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-static float *rnd(size_t n, unsigned seed)
-{
+static float *rnd(size_t n, unsigned seed) {
     float *v = malloc(n * sizeof *v);
     for (size_t i = 0; i < n; i++) v[i] = frand(&seed);
     return v;
@@ -26,8 +24,7 @@ static float *rnd(size_t n, unsigned seed)
 
 /* Matmul: relative 1e-5 of the row's |x|·|w| scale, both the one-row (gemv)
  * and many-row (sgemm) paths, sizes that do not divide the thread slices. */
-START_TEST(test_matmul)
-{
+START_TEST(test_matmul) {
     const int shapes[][3] = {{1, 64, 40}, {1, 576, 1536}, {7, 576, 577}, {33, 96, 200}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int n = shapes[s][0], in = shapes[s][1], out = shapes[s][2];
@@ -41,8 +38,8 @@ START_TEST(test_matmul)
                     ref += (double)x[(size_t)r * in + k] * w[(size_t)j * in + k];
                     mag += fabs((double)x[(size_t)r * in + k] * w[(size_t)j * in + k]);
                 }
-                ck_assert_msg(fabs(y[(size_t)r * out + j] - ref) <= 1e-5 * mag + 1e-6, "shape %zu (%d,%d): %g vs %g",
-                              s, r, j, y[(size_t)r * out + j], ref);
+                ck_assert_msg(fabs(y[(size_t)r * out + j] - ref) <= 1e-5 * mag + 1e-6, "shape %zu (%d,%d): %g vs %g", s,
+                              r, j, y[(size_t)r * out + j], ref);
             }
         free(x), free(w), free(y);
     }
@@ -52,8 +49,7 @@ END_TEST
 /* The first matmul makes BLAS single-threaded; that must not shrink the
  * calling thread's own OpenMP team (OpenBLAS's OpenMP build did, through
  * omp_set_num_threads: every later parallel region ran on one thread). */
-START_TEST(test_matmul_keeps_omp_threads)
-{
+START_TEST(test_matmul_keeps_omp_threads) {
 #ifdef _OPENMP
     omp_set_num_threads(3);
     const int in = 64, out = 256, n = 4;
@@ -69,8 +65,7 @@ START_TEST(test_matmul_keeps_omp_threads)
 }
 END_TEST
 
-START_TEST(test_rmsnorm_softmax_swiglu)
-{
+START_TEST(test_rmsnorm_softmax_swiglu) {
     enum { N = 3, D = 100 };
     float *x = rnd(N * D, 5), *w = rnd(D, 6), y[N * D];
     ops_rmsnorm(y, x, w, N, D, 1e-5f);
@@ -105,8 +100,7 @@ END_TEST
 
 /* Rotation angle p * scale * base^(-2i/d) applied to pair i; for adjacent
  * pairs that is (x[2i], x[2i+1]), for NEOX (x[i], x[i+d/2]). */
-START_TEST(test_rope)
-{
+START_TEST(test_rope) {
     enum { H = 3, D = 16, T = 4 };
     ops_rope_t r;
     ck_assert_int_eq(ops_rope_init(&r, D, 64, 10000.0f, 0.5f), 0);
@@ -133,8 +127,7 @@ START_TEST(test_rope)
 }
 END_TEST
 
-static Suite *ops_suite(void)
-{
+static Suite *ops_suite(void) {
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("cpu");
     tcase_add_test(tc, test_matmul);
@@ -145,8 +138,7 @@ static Suite *ops_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(ops_suite());
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);

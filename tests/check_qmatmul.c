@@ -25,14 +25,13 @@
 #include "model/quant.h"
 #include "ops/ops.h"
 
-static float frand(unsigned *s)
-{
+static float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-static const int types[] = {OPS_W_F32, OPS_W_F16, OPS_W_BF16, OPS_W_Q4_0, OPS_W_Q4_1,
-                            OPS_W_Q8_0, OPS_W_Q4_K, OPS_W_Q6_K};
+static const int types[] = {OPS_W_F32,  OPS_W_F16,  OPS_W_BF16, OPS_W_Q4_0,
+                            OPS_W_Q4_1, OPS_W_Q8_0, OPS_W_Q4_K, OPS_W_Q6_K};
 #define N_TYPES ((int)(sizeof types / sizeof types[0]))
 
 static int is_k(int t) { return t == OPS_W_Q4_K || t == OPS_W_Q6_K; }
@@ -40,8 +39,7 @@ static int act_block(int t) { return is_k(t) ? 256 : t == OPS_W_F32 || t == OPS_
 
 /* A random (out, in) matrix in `type`, its reference expansion in wd. Rows
  * get different scales and some an offset, so that Q4_1/Q4_K mins matter. */
-static ops_w_t make_w(int type, int out, int in, unsigned seed, float **wd)
-{
+static ops_w_t make_w(int type, int out, int in, unsigned seed, float **wd) {
     float *w = malloc((size_t)out * in * sizeof *w);
     for (int r = 0; r < out; r++) {
         float sc = 0.02f + 0.1f * (float)(r % 7), off = r % 3 == 0 ? 0.05f : 0.0f;
@@ -57,8 +55,7 @@ static ops_w_t make_w(int type, int out, int in, unsigned seed, float **wd)
     return m;
 }
 
-static float *make_x(int n, int in, unsigned seed)
-{
+static float *make_x(int n, int in, unsigned seed) {
     float *x = malloc((size_t)n * in * sizeof *x);
     for (int r = 0; r < n; r++)
         for (int i = 0; i < in; i++) {
@@ -72,8 +69,7 @@ static float *make_x(int n, int in, unsigned seed)
 /* x with the activation quantization applied (blocks of `qb`): d = max|x| /
  * 127 in float, q = round-to-even(x · (1/d)), x' = d·q — the format's
  * definition, written out here independently of the kernels. */
-static float *quantize_x(const float *x, int n, int in, int qb)
-{
+static float *quantize_x(const float *x, int n, int in, int qb) {
     float *xq = malloc((size_t)n * in * sizeof *xq);
     for (size_t b = 0; b < (size_t)n * in; b += qb) {
         float amax = 0;
@@ -90,8 +86,7 @@ static float *quantize_x(const float *x, int n, int in, int qb)
  * Returns the largest error seen relative to its bound, to show that the
  * quantized path was taken. */
 static double check_y(const float *y, const float *x, const float *wd, int n, int in, int out, int quant,
-                      const char *what)
-{
+                      const char *what) {
     double worst = 0;
     float *xq = quant ? quantize_x(x, n, in, quant) : NULL;
     for (int r = 0; r < n; r++)
@@ -117,8 +112,8 @@ static double check_y(const float *y, const float *x, const float *wd, int n, in
                               "%s: y[%d,%d] = %.7g, with quantized activations %.7g", what, r, j, have, refq);
             }
             double err = fabs(have - ref), tol = bound + 1e-5 * mag + 1e-6;
-            ck_assert_msg(err <= tol, "%s: y[%d,%d] = %.7g, reference %.7g (error %.3g > bound %.3g)", what, r, j,
-                          have, ref, err, tol);
+            ck_assert_msg(err <= tol, "%s: y[%d,%d] = %.7g, reference %.7g (error %.3g > bound %.3g)", what, r, j, have,
+                          ref, err, tol);
             if (tol > 0) worst = fmax(worst, err / tol);
         }
     free(xq);
@@ -127,13 +122,21 @@ static double check_y(const float *y, const float *x, const float *wd, int n, in
 
 static const int shapes[][3] = {
     /* n, in (32-block types; K types round up to 256), out */
-    {1, 64, 1}, {1, 576, 193}, {2, 96, 67}, {3, 512, 130}, {4, 256, 64}, {5, 768, 65}, {17, 256, 33}, {40, 320, 71},
+    {1, 64, 1},
+    {1, 576, 193},
+    {2, 96, 67},
+    {3, 512, 130},
+    {4, 256, 64},
+    {5, 768, 65},
+    {17, 256, 33},
+    {40, 320, 71},
     /* in not a multiple of 32: f32/f16/bf16 only (their kernels' tails) */
-    {3, 37, 5}, {1, 45, 70}, {6, 291, 9},
+    {3, 37, 5},
+    {1, 45, 70},
+    {6, 291, 9},
 };
 
-static void run_types(int scalar)
-{
+static void run_types(int scalar) {
     const char *kset = ops_mm_force_scalar(scalar);
     for (int ti = 0; ti < N_TYPES; ti++) {
         int t = types[ti];
@@ -175,8 +178,7 @@ END_TEST
 /* The SIMD kernel sets this CPU has, best first: the default choice, then
  * AVX2 alone (LACUNA_NO_AVX512) when the default was AVX-512. Selects set i
  * and returns its name, or NULL when there is no set i. */
-static const char *simd_set(int i)
-{
+static const char *simd_set(int i) {
     unsetenv("LACUNA_NO_AVX512");
     const char *best = ops_mm_force_scalar(0);
     if (strcmp(best, "scalar") == 0) return NULL;
@@ -188,15 +190,13 @@ static const char *simd_set(int i)
     return k;
 }
 
-static void simd_restore(void)
-{
+static void simd_restore(void) {
     unsetenv("LACUNA_NO_AVX512");
     ops_mm_force_scalar(0);
 }
 
 /* Skips (with a note) where the CPU has no AVX2. */
-START_TEST(test_simd)
-{
+START_TEST(test_simd) {
     if (!simd_set(0)) {
         fprintf(stderr, "check_qmatmul: no AVX2 on this CPU, SIMD kernels not tested\n");
         return;
@@ -212,8 +212,7 @@ END_TEST
 
 /* Every SIMD set agrees with scalar on the quantized path to float
  * summation order. */
-START_TEST(test_simd_vs_scalar)
-{
+START_TEST(test_simd_vs_scalar) {
     const char *kset;
     for (int i = 0; (kset = simd_set(i)); i++)
         for (int ti = 0; ti < N_TYPES; ti++) {
@@ -241,8 +240,7 @@ END_TEST
 
 /* Row expansion is bit-exact with the model's dequantizer; row sizes refuse
  * what the kernels cannot read. */
-START_TEST(test_rows)
-{
+START_TEST(test_rows) {
     for (int scalar = 1; scalar >= 0; scalar--) {
         ops_mm_force_scalar(scalar);
         for (int ti = 0; ti < N_TYPES; ti++) {
@@ -272,8 +270,7 @@ END_TEST
 /* A NaN or Inf in an activation row gives that row non-finite outputs on both
  * paths and both kernel sets (8-bit quantization used to hide it); the other
  * rows are untouched. */
-START_TEST(test_nonfinite_propagates)
-{
+START_TEST(test_nonfinite_propagates) {
     const float bad[2] = {NAN, INFINITY};
     for (int scalar = 1; scalar >= 0; scalar--) {
         ops_mm_force_scalar(scalar);
@@ -287,8 +284,8 @@ START_TEST(test_nonfinite_propagates)
                     x[1 * in + 77] = bad[b];
                     ck_assert_int_eq(ops_matmul_w(y, x, &w, n, mode ? OPS_MM_Q8 : OPS_MM_F32), 0);
                     for (int r = 0; r < out; r++) {
-                        ck_assert_msg(!isfinite(y[out + r]), "%s %s: row with %f gave %f",
-                                      ggml_type_name((uint32_t)t), mode ? "q8" : "f32", bad[b], y[out + r]);
+                        ck_assert_msg(!isfinite(y[out + r]), "%s %s: row with %f gave %f", ggml_type_name((uint32_t)t),
+                                      mode ? "q8" : "f32", bad[b], y[out + r]);
                         ck_assert(isfinite(y[r]) && isfinite(y[2 * out + r]));
                     }
                     free(x), free(wd), free((void *)(uintptr_t)w.data);
@@ -298,8 +295,7 @@ START_TEST(test_nonfinite_propagates)
 }
 END_TEST
 
-static Suite *qmatmul_suite(void)
-{
+static Suite *qmatmul_suite(void) {
     Suite *s = suite_create("qmatmul");
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 120);
@@ -312,8 +308,7 @@ static Suite *qmatmul_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(qmatmul_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

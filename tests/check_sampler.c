@@ -10,16 +10,14 @@
 #include "common/status.h"
 #include "model/sampler.h"
 
-static sampler_t *mk(sampler_params_t *p, int V)
-{
+static sampler_t *mk(sampler_params_t *p, int V) {
     sampler_t *s = sampler_create(p, V, NULL, 0);
     ck_assert_ptr_nonnull(s);
     return s;
 }
 
 /* Draws n tokens from fixed logits; counts per token. */
-static void draw(sampler_t *s, const float *logits, int V, int n, int *count)
-{
+static void draw(sampler_t *s, const float *logits, int V, int n, int *count) {
     float *l = malloc((size_t)V * sizeof *l);
     memset(count, 0, (size_t)V * sizeof *count);
     for (int i = 0; i < n; i++) {
@@ -33,8 +31,7 @@ static void draw(sampler_t *s, const float *logits, int V, int n, int *count)
 }
 
 /* Pearson chi-square of counts against probabilities p (n draws). */
-static double chi2(const int *count, const double *p, int k, int n)
-{
+static double chi2(const int *count, const double *p, int k, int n) {
     double x = 0;
     for (int i = 0; i < k; i++) {
         double e = p[i] * n;
@@ -43,8 +40,7 @@ static double chi2(const int *count, const double *p, int k, int n)
     return x;
 }
 
-START_TEST(test_greedy)
-{
+START_TEST(test_greedy) {
     sampler_params_t p;
     sampler_params_default(&p);
     p.temperature = 0;
@@ -68,8 +64,7 @@ END_TEST
 
 /* 20000 draws from p = (.1,.2,.3,.4), and at T = 0.5 from p² normalised.
  * chi-square with 3 degrees of freedom: 16.27 is the 0.1% critical value. */
-START_TEST(test_temperature_distribution)
-{
+START_TEST(test_temperature_distribution) {
     const int N = 20000;
     double p[4] = {0.1, 0.2, 0.3, 0.4}, q[4];
     float l[4];
@@ -96,8 +91,7 @@ START_TEST(test_temperature_distribution)
 }
 END_TEST
 
-START_TEST(test_top_k_top_p_min_p)
-{
+START_TEST(test_top_k_top_p_min_p) {
     enum { V = 1000 };
     float *l = malloc(V * sizeof *l);
     int *count = malloc(V * sizeof *count);
@@ -155,8 +149,7 @@ START_TEST(test_top_k_top_p_min_p)
 }
 END_TEST
 
-START_TEST(test_penalties)
-{
+START_TEST(test_penalties) {
     int32_t prompt[2] = {1, 2};
     sampler_params_t p;
     sampler_params_default(&p);
@@ -181,8 +174,7 @@ START_TEST(test_penalties)
 }
 END_TEST
 
-START_TEST(test_logit_bias)
-{
+START_TEST(test_logit_bias) {
     float base[4] = {5.0f, 1.0f, 0.0f, -3.0f};
     sampler_bias_t bias[2] = {{0, -100.0f}, {3, 100.0f}};
     sampler_params_t p;
@@ -203,8 +195,7 @@ START_TEST(test_logit_bias)
 }
 END_TEST
 
-START_TEST(test_seed_reproducible)
-{
+START_TEST(test_seed_reproducible) {
     enum { V = 300, N = 200 };
     float l[V], w[V];
     for (int i = 0; i < V; i++) l[i] = sinf((float)i) * 2.0f;
@@ -231,8 +222,7 @@ START_TEST(test_seed_reproducible)
 }
 END_TEST
 
-START_TEST(test_logprobs)
-{
+START_TEST(test_logprobs) {
     enum { V = 12 };
     float l[V];
     for (int i = 0; i < V; i++) l[i] = cosf((float)i * 1.3f) * 4.0f;
@@ -270,8 +260,7 @@ START_TEST(test_logprobs)
 }
 END_TEST
 
-static Suite *sampler_suite(void)
-{
+static Suite *sampler_suite(void) {
     Suite *s = suite_create("sampler");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
@@ -286,8 +275,7 @@ static Suite *sampler_suite(void)
     return s;
 }
 
-int main(void)
-{
+int main(void) {
     SRunner *sr = srunner_create(sampler_suite());
     srunner_run_all(sr, CK_NORMAL);
     int nf = srunner_ntests_failed(sr);

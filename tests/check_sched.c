@@ -503,8 +503,10 @@ START_TEST(test_random_ops) {
             /* Whatever came out so far is the reference's prefix. */
             ck_assert_mem_eq(live[j].toks[0], ref[which[j]].toks[0], (size_t)live[j].n[0] * sizeof(int32_t));
             if (live[j].done) {
-                if (live[j].finish[0] == SCHED_FINISH_CANCELLED) cancelled++;
-                else finished++;
+                if (live[j].finish[0] == SCHED_FINISH_CANCELLED)
+                    cancelled++;
+                else
+                    finished++;
                 sched_req_release(live[j].r);
                 used[j] = 0;
             }
@@ -738,8 +740,10 @@ END_TEST
 static model_t *real_model(void) {
     static char path[1024];
     const char *env = getenv("LACUNA_MODEL");
-    if (env && *env) snprintf(path, sizeof path, "%s", env);
-    else snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
+    if (env && *env)
+        snprintf(path, sizeof path, "%s", env);
+    else
+        snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
     if (access(path, R_OK) != 0) return NULL;
     char err[256];
     model_t *m = model_load(path, err, sizeof err);

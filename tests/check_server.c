@@ -163,7 +163,8 @@ static const bad_case_t bad_cases[] = {
      "Invalid value for 'prompt': token ids must be non-negative integers."},
     {0, "{\"model\":\"m\",\"prompt\":[\"a\",\"b\",\"c\",\"d\",\"e\"]}", "prompt",
      "Invalid value for 'prompt': at most 4 prompts per request."},
-    {0, "{\"model\":\"m\",\"prompt\":\"x\",\"suffix\":\"tail\"}", "suffix", "'suffix' is not supported by this server."},
+    {0, "{\"model\":\"m\",\"prompt\":\"x\",\"suffix\":\"tail\"}", "suffix",
+     "'suffix' is not supported by this server."},
     {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"prefill\":\"magic\"}}", "sparse_attention.prefill",
      "Invalid value for 'sparse_attention.prefill': expected one of auto, dense, flexprefill, anchor, streaming."},
     {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"gamma\":2}}", "sparse_attention.gamma",
@@ -376,8 +377,10 @@ START_TEST(test_metrics_text) {
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:kv_cache_usage_perc{model_name=\"tiny\"} 0.1"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:generation_tokens_total{model_name=\"tiny\"} 77\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "# TYPE lacuna:time_to_first_token_seconds histogram\n"));
-    ck_assert_ptr_nonnull(strstr(b.data, "lacuna:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"1\"} 3\n"));
-    ck_assert_ptr_nonnull(strstr(b.data, "lacuna:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"+Inf\"} 4\n"));
+    ck_assert_ptr_nonnull(
+        strstr(b.data, "lacuna:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"1\"} 3\n"));
+    ck_assert_ptr_nonnull(
+        strstr(b.data, "lacuna:time_to_first_token_seconds_bucket{model_name=\"tiny\",le=\"+Inf\"} 4\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:time_to_first_token_seconds_count{model_name=\"tiny\"} 4\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:attention_density{model_name=\"tiny\",phase=\"decode\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:http_requests_total{code=\"429\"} 1\n"));
@@ -422,8 +425,9 @@ START_TEST(test_config) {
     lc_config_t c;
     char err[256] = "";
     int action;
-    char *argv1[] = {"lacunad", "--config", path, "--port=9100", "--device", "cuda:1", "--set",
-                     "engine.max_running=8", "--check-config", NULL};
+    char *argv1[] = {"lacunad",        "--config", path,    "--port=9100",
+                     "--device",       "cuda:1",   "--set", "engine.max_running=8",
+                     "--check-config", NULL};
     ck_assert_msg(lc_config_from_args(&c, 9, argv1, &action, err, sizeof(err)) == 0, "%s", err);
     ck_assert_int_eq(action, 1);
     ck_assert_int_eq(c.port, 9100);

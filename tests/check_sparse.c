@@ -185,9 +185,12 @@ typedef struct {
     int prefill, decode;
 } method_t;
 static const method_t methods[] = {
-    {"flexprefill", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE},   {"anchor", ATTN_PREFILL_ANCHOR, ATTN_DECODE_DENSE},
-    {"streaming", ATTN_PREFILL_STREAMING, ATTN_DECODE_DENSE}, {"quest", ATTN_PREFILL_DENSE, ATTN_DECODE_QUEST},
-    {"tidal", ATTN_PREFILL_DENSE, ATTN_DECODE_TIDAL},         {"streaming-decode", ATTN_PREFILL_DENSE, ATTN_DECODE_STREAMING},
+    {"flexprefill", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE},
+    {"anchor", ATTN_PREFILL_ANCHOR, ATTN_DECODE_DENSE},
+    {"streaming", ATTN_PREFILL_STREAMING, ATTN_DECODE_DENSE},
+    {"quest", ATTN_PREFILL_DENSE, ATTN_DECODE_QUEST},
+    {"tidal", ATTN_PREFILL_DENSE, ATTN_DECODE_TIDAL},
+    {"streaming-decode", ATTN_PREFILL_DENSE, ATTN_DECODE_STREAMING},
 };
 #define N_METHODS (int)(sizeof methods / sizeof methods[0])
 

@@ -45,17 +45,17 @@ static void assert_ids(const tok_ids_t *v, const int32_t *want, size_t n) {
 
 /* Byte-level vocabulary: the 256 byte tokens in byte order, then extra
  * tokens, merges and specials given by the test. */
-static tok_t *mk_bpe(const char *pre, const char *const *extra, size_t n_extra,
-                     const char *const *merges, size_t n_merges, const int32_t *extra_types) {
+static tok_t *mk_bpe(const char *pre, const char *const *extra, size_t n_extra, const char *const *merges,
+                     size_t n_merges, const int32_t *extra_types) {
     static char store[256][4];
     const char *toks[512];
     int32_t types[512];
     for (int b = 0; b < 256; b++) {
         /* The GPT-2 stand-in for byte b (same table as tok_bpe.c). */
         uint32_t cp = ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) ? (uint32_t)b
-                      : b <= 32   ? 256u + (uint32_t)b
-                      : b <= 160  ? 256u + 33 + (uint32_t)(b - 127)
-                                  : 256u + 67;
+                      : b <= 32                                                     ? 256u + (uint32_t)b
+                      : b <= 160                                                    ? 256u + 33 + (uint32_t)(b - 127)
+                                                                                    : 256u + 67;
         memset(store[b], 0, 4);
         if (cp < 0x80) {
             store[b][0] = (char)cp;
@@ -70,9 +70,18 @@ static tok_t *mk_bpe(const char *pre, const char *const *extra, size_t n_extra,
         toks[256 + i] = extra[i];
         types[256 + i] = extra_types ? extra_types[i] : TOK_TYPE_NORMAL;
     }
-    tok_spec_t sp = {.model = "gpt2", .pre = pre, .n_tokens = (uint32_t)(256 + n_extra),
-                     .tokens = toks, .types = types, .n_merges = (uint32_t)n_merges,
-                     .merges = merges, .bos = -1, .eos = -1, .eot = -1, .pad = -1, .unk = -1,
+    tok_spec_t sp = {.model = "gpt2",
+                     .pre = pre,
+                     .n_tokens = (uint32_t)(256 + n_extra),
+                     .tokens = toks,
+                     .types = types,
+                     .n_merges = (uint32_t)n_merges,
+                     .merges = merges,
+                     .bos = -1,
+                     .eos = -1,
+                     .eot = -1,
+                     .pad = -1,
+                     .unk = -1,
                      .add_space_prefix = -1};
     char err[256] = "";
     tok_t *t = tok_create(&sp, err, sizeof(err));
@@ -126,8 +135,8 @@ END_TEST
 START_TEST(test_bpe_errors) {
     char err[256] = "";
     const char *toks[] = {"a"};
-    tok_spec_t sp = {.model = "wordpiece", .n_tokens = 1, .tokens = toks, .bos = -1, .eos = -1,
-                     .eot = -1, .pad = -1, .unk = -1};
+    tok_spec_t sp = {
+        .model = "wordpiece", .n_tokens = 1, .tokens = toks, .bos = -1, .eos = -1, .eot = -1, .pad = -1, .unk = -1};
     ck_assert_ptr_null(tok_create(&sp, err, sizeof(err)));
     ck_assert_ptr_nonnull(strstr(err, "wordpiece"));
     sp.model = "gpt2";
@@ -155,17 +164,26 @@ START_TEST(test_spm_small) {
         toks[n] = bytes[b], types[n++] = TOK_TYPE_BYTE;
     }
     /* Pieces with scores: higher merges first. ids 259.. */
-    const char *pieces[] = {"▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "hell", "hello",
-                            "▁hello", "▁w", "or", "▁wor", "▁world", "ld"};
+    const char *pieces[] = {"▁",  "h",    "e",     "l",      "o",  "w",  "r",    "d",      "he",
+                            "ll", "hell", "hello", "▁hello", "▁w", "or", "▁wor", "▁world", "ld"};
     const float sc[] = {-1, -2, -2, -2, -2, -2, -2, -2, -3, -3, -4, -5, -6, -4, -3, -7, -8, -20};
     for (size_t i = 0; i < sizeof(pieces) / sizeof(pieces[0]); i++) {
         toks[n] = pieces[i];
         scores[n] = sc[i];
         types[n++] = TOK_TYPE_NORMAL;
     }
-    tok_spec_t sp = {.model = "llama", .n_tokens = (uint32_t)n, .tokens = toks, .scores = scores,
-                     .types = types, .bos = 1, .eos = 2, .eot = -1, .pad = -1, .unk = 0,
-                     .add_bos = 1, .add_space_prefix = -1};
+    tok_spec_t sp = {.model = "llama",
+                     .n_tokens = (uint32_t)n,
+                     .tokens = toks,
+                     .scores = scores,
+                     .types = types,
+                     .bos = 1,
+                     .eos = 2,
+                     .eot = -1,
+                     .pad = -1,
+                     .unk = 0,
+                     .add_bos = 1,
+                     .add_space_prefix = -1};
     char err[256] = "";
     tok_t *t = tok_create(&sp, err, sizeof(err));
     ck_assert_msg(t != NULL, "%s", err);
@@ -217,8 +235,10 @@ static char *stream_all(const tok_t *t, const int32_t *ids, size_t n, int skip) 
     for (size_t i = 0; i <= n; i++) {
         const char *d;
         size_t dl;
-        if (i < n) ck_assert_int_eq(tok_stream_push(st, ids[i], &d, &dl), 0);
-        else ck_assert_int_eq(tok_stream_flush(st, &d, &dl), 0);
+        if (i < n)
+            ck_assert_int_eq(tok_stream_push(st, ids[i], &d, &dl), 0);
+        else
+            ck_assert_int_eq(tok_stream_flush(st, &d, &dl), 0);
         /* A delta must start on a character boundary and end complete. */
         for (size_t k = 0; k < dl;) {
             unsigned char c = (unsigned char)d[k];
@@ -271,11 +291,14 @@ START_TEST(test_stream_invalid) {
         const char *in, *out;
     } cases[] = {
         {"\xff", "\xef\xbf\xbd"},
-        {"a\xe2\x82" "b", "a\xef\xbf\xbd" "b"},        // truncated 3-byte char: one U+FFFD
-        {"\xf0\x9f", "\xef\xbf\xbd"},                 // dangling at the end, flushed
-        {"\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd"},     // lone continuations: one each
+        {"a\xe2\x82"
+         "b",
+         "a\xef\xbf\xbd"
+         "b"},                                                    // truncated 3-byte char: one U+FFFD
+        {"\xf0\x9f", "\xef\xbf\xbd"},                             // dangling at the end, flushed
+        {"\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd"},                 // lone continuations: one each
         {"\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"}, // surrogate
-        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},     // overlong
+        {"\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd"},                 // overlong
         {"\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
         {"x\xf0\x9f\x98", "x\xef\xbf\xbd"},
     };

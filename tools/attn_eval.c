@@ -81,7 +81,7 @@ typedef struct {
 
 typedef struct {
     int n_layers, n_tok, dec_rows;
-    const int *sample; // (n_layers) 1 = evaluate prefill methods here
+    const int *sample;     // (n_layers) 1 = evaluate prefill methods here
     attn_state_t **dstate; // (N_SET * dec_rows) decode states (NULL for prefill settings)
     acc_t acc[N_SET];
     double dense_secs;
@@ -158,8 +158,8 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
     for (int r = 0; r < e->dec_rows; r++) {
         int64_t p = n_tok - e->dec_rows + r;
         v.n_kv = p + 1;
-        if ((e->err = attn_decode_dense(sh, q + (size_t)p * H * d, &v, e->od + (size_t)r * H * d,
-                                        e->ld + (size_t)r * H)))
+        if ((e->err =
+                 attn_decode_dense(sh, q + (size_t)p * H * d, &v, e->od + (size_t)r * H * d, e->ld + (size_t)r * H)))
             return;
     }
     for (int i = 0; i < N_SET; i++) {
@@ -176,7 +176,8 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
         compare(e, (size_t)e->dec_rows * H, d, e->od, e->ld, e->o, e->l, &re, &rm, &p5);
         acc_t *a = &e->acc[i];
         a->relerr_sum += re, a->recall_sum += rm, a->p05_sum += p5, a->layers++;
-        if (e->csv) fprintf(e->csv, "%d,decode,\"%s\",%d,%.6g,%.6g,%.6g,,\n", n_tok, settings[i].name, layer, re, rm, p5);
+        if (e->csv)
+            fprintf(e->csv, "%d,decode,\"%s\",%d,%.6g,%.6g,%.6g,,\n", n_tok, settings[i].name, layer, re, rm, p5);
     }
 }
 
@@ -236,7 +237,8 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
         printf(fmt, n, settings[i].name, dens, a->relerr_sum / a->layers, a->recall_sum / a->layers,
                a->p05_sum / a->layers, msl);
     }
-    if (markdown) printf("| %d | dense | 1.000 | 0 | 1 | 1 | %.0f |\n", n, 1e3 * e.dense_secs / (n_sample ? n_sample : 1));
+    if (markdown)
+        printf("| %d | dense | 1.000 | 0 | 1 | 1 | %.0f |\n", n, 1e3 * e.dense_secs / (n_sample ? n_sample : 1));
     fflush(stdout);
 out:
     for (int i = 0; e.dstate && i < N_SET * dec_rows; i++) attn_state_destroy(e.dstate[i]);
@@ -281,11 +283,14 @@ int cmd_attn_eval(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL, *lens = "2048,4096,8192", *layers = NULL, *csv_path = NULL;
     int markdown = 0, dec_rows = 16;
     enum { O_LAYERS = 256, O_ROWS, O_CSV, O_MD };
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'}, {"file", required_argument, 0, 'f'},
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"file", required_argument, 0, 'f'},
                                          {"layers", required_argument, 0, O_LAYERS},
                                          {"decode-rows", required_argument, 0, O_ROWS},
-                                         {"csv", required_argument, 0, O_CSV}, {"markdown", no_argument, 0, O_MD},
-                                         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+                                         {"csv", required_argument, 0, O_CSV},
+                                         {"markdown", no_argument, 0, O_MD},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
     int o;
     optind = 1;
     while ((o = getopt_long(argc, argv, "m:f:n:h", opts, NULL)) != -1) {

@@ -30,12 +30,11 @@ static const char *const bench_prompts[] = {
 #define N_BENCH_PROMPTS (int)(sizeof bench_prompts / sizeof bench_prompts[0])
 
 static void bench_usage(FILE *f) {
-    fprintf(f,
-            "usage: lacuna bench-engine -m MODEL.gguf [-c LIST] [-n M] [--markdown]\n"
-            "  -c LIST       concurrency levels, comma-separated (default 1,4,16,64)\n"
-            "  -n M          tokens generated per request (default 64)\n"
-            "  --max-batch T tokens per engine step (default 2048)\n"
-            "  --markdown    print a markdown table\n");
+    fprintf(f, "usage: lacuna bench-engine -m MODEL.gguf [-c LIST] [-n M] [--markdown]\n"
+               "  -c LIST       concurrency levels, comma-separated (default 1,4,16,64)\n"
+               "  -n M          tokens generated per request (default 64)\n"
+               "  --max-batch T tokens per engine step (default 2048)\n"
+               "  --markdown    print a markdown table\n");
 }
 
 typedef struct {
@@ -193,8 +192,9 @@ int cmd_bench_engine(int argc, char **argv) {
             printf("| %d | %.1f | %.1f | %.3f | %ld | %.2f |\n", conc, r.decode_tps, r.total_tps, r.ttft_s, r.tokens,
                    r.wall_s);
         else
-            printf("concurrency %3d: decode %8.1f tok/s, end-to-end %8.1f tok/s, mean TTFT %.3f s (%ld tokens, %.2f s)\n",
-                   conc, r.decode_tps, r.total_tps, r.ttft_s, r.tokens, r.wall_s);
+            printf(
+                "concurrency %3d: decode %8.1f tok/s, end-to-end %8.1f tok/s, mean TTFT %.3f s (%ld tokens, %.2f s)\n",
+                conc, r.decode_tps, r.total_tps, r.ttft_s, r.tokens, r.wall_s);
         fflush(stdout);
     }
     free(dup);

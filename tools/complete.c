@@ -29,18 +29,17 @@
 #include "tools/cmds.h"
 
 static void complete_usage(FILE *f) {
-    fprintf(f,
-            "usage: lacuna complete -m MODEL.gguf [-i IN.jsonl] [-o OUT.jsonl] [options]\n"
-            "  -n N               max_tokens when a line has none (default 16)\n"
-            "  -c N               requests in flight at once (default 1)\n"
-            "  --prefill M        auto|dense|flexprefill|anchor|streaming (default auto)\n"
-            "  --decode M         auto|dense|quest|tidal|streaming (default auto)\n"
-            "  --gamma G --tau T --theta X --min-budget N --decode-budget N\n"
-            "  --threshold N      auto: sparse prefill from N prompt tokens (default 16384)\n"
-            "  --chunk N          prefill chunk per step (default 512)\n"
-            "  --max-batch N      tokens per step (default 2048)\n"
-            "  --window N         StreamingLLM window (default 1024)\n"
-            "  --no-prefix-cache\n");
+    fprintf(f, "usage: lacuna complete -m MODEL.gguf [-i IN.jsonl] [-o OUT.jsonl] [options]\n"
+               "  -n N               max_tokens when a line has none (default 16)\n"
+               "  -c N               requests in flight at once (default 1)\n"
+               "  --prefill M        auto|dense|flexprefill|anchor|streaming (default auto)\n"
+               "  --decode M         auto|dense|quest|tidal|streaming (default auto)\n"
+               "  --gamma G --tau T --theta X --min-budget N --decode-budget N\n"
+               "  --threshold N      auto: sparse prefill from N prompt tokens (default 16384)\n"
+               "  --chunk N          prefill chunk per step (default 512)\n"
+               "  --max-batch N      tokens per step (default 2048)\n"
+               "  --window N         StreamingLLM window (default 1024)\n"
+               "  --no-prefix-cache\n");
 }
 
 /* ---- policy fields --------------------------------------------------------------------- */
@@ -75,14 +74,14 @@ static int apply_spec(const cJSON *o, sched_attn_spec_t *sp) {
 
 /* ---- one request ------------------------------------------------------------------------ */
 typedef struct {
-    cJSON *in;          // parsed input line (owned)
+    cJSON *in; // parsed input line (owned)
     sched_req_t *r;
     tok_ids_t ids;
-    char *text;         // generated text (malloc'd)
+    char *text; // generated text (malloc'd)
     size_t len, cap;
     int n_gen, done;
     sched_finish_t finish;
-    const char *error;  // why the engine refused it (the line says so; the batch goes on)
+    const char *error; // why the engine refused it (the line says so; the batch goes on)
 } job_t;
 
 static int append(job_t *j, const char *s, size_t n) {

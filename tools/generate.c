@@ -19,22 +19,19 @@
 
 #define GEN_CHUNK 512 // prefill tokens per forward call
 
-static void gen_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: lacuna generate -m MODEL.gguf (-p TEXT | -f FILE | --chat TEXT) [-n N] [--temp T]\n"
-            "                       [--top-k K] [--top-p P] [--min-p P] [--seed S] [--system TEXT] [--ignore-eos]\n"
-            "  -p TEXT        raw prompt (control tokens written in it are recognised)\n"
-            "  -f FILE        raw prompt read from FILE\n"
-            "  --chat TEXT    a user message, rendered with the model's chat template\n"
-            "  --system TEXT  system message for --chat (default: the template's own)\n"
-            "  -n N           tokens to generate (default 128)\n"
-            "  --temp T       temperature, 0 = greedy (default 0.8); --top-k, --top-p, --min-p as OpenAI/vLLM\n"
-            "  --ignore-eos   keep generating past the end-of-sequence token (benchmarks)\n");
+static void gen_usage(FILE *f) {
+    fprintf(f, "usage: lacuna generate -m MODEL.gguf (-p TEXT | -f FILE | --chat TEXT) [-n N] [--temp T]\n"
+               "                       [--top-k K] [--top-p P] [--min-p P] [--seed S] [--system TEXT] [--ignore-eos]\n"
+               "  -p TEXT        raw prompt (control tokens written in it are recognised)\n"
+               "  -f FILE        raw prompt read from FILE\n"
+               "  --chat TEXT    a user message, rendered with the model's chat template\n"
+               "  --system TEXT  system message for --chat (default: the template's own)\n"
+               "  -n N           tokens to generate (default 128)\n"
+               "  --temp T       temperature, 0 = greedy (default 0.8); --top-k, --top-p, --min-p as OpenAI/vLLM\n"
+               "  --ignore-eos   keep generating past the end-of-sequence token (benchmarks)\n");
 }
 
-static char *slurp(const char *path, size_t *len)
-{
+static char *slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     size_t cap = 1 << 16, n = 0;
@@ -53,8 +50,7 @@ static char *slurp(const char *path, size_t *len)
 }
 
 /* Renders the chat prompt with the template the GGUF declares. */
-static char *render_chat(const char *path, const char *system, const char *user, int *renders_bos)
-{
+static char *render_chat(const char *path, const char *system, const char *user, int *renders_bos) {
     char err[256];
     gguf_ctx_t *g = gguf_open(path, err, sizeof err);
     if (!g) return NULL;
@@ -76,8 +72,7 @@ static char *render_chat(const char *path, const char *system, const char *user,
     return out;
 }
 
-int cmd_generate(int argc, char **argv)
-{
+int cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *file = NULL, *chat = NULL, *system = NULL;
     int n_gen = 128, ignore_eos = 0;
     sampler_params_t sp;
@@ -85,12 +80,18 @@ int cmd_generate(int argc, char **argv)
     sp.temperature = 0.8f;
     sp.seed = 42;
     static const struct option lo[] = {
-        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
-        {"file", required_argument, 0, 'f'},  {"chat", required_argument, 0, 'c'},
-        {"system", required_argument, 0, 'S'}, {"temp", required_argument, 0, 't'},
-        {"top-k", required_argument, 0, 'k'}, {"top-p", required_argument, 0, 'P'},
-        {"min-p", required_argument, 0, 'M'}, {"seed", required_argument, 0, 's'},
-        {"ignore-eos", no_argument, 0, 'i'},  {"help", no_argument, 0, 'h'},
+        {"model", required_argument, 0, 'm'},
+        {"prompt", required_argument, 0, 'p'},
+        {"file", required_argument, 0, 'f'},
+        {"chat", required_argument, 0, 'c'},
+        {"system", required_argument, 0, 'S'},
+        {"temp", required_argument, 0, 't'},
+        {"top-k", required_argument, 0, 'k'},
+        {"top-p", required_argument, 0, 'P'},
+        {"min-p", required_argument, 0, 'M'},
+        {"seed", required_argument, 0, 's'},
+        {"ignore-eos", no_argument, 0, 'i'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     optind = 1;
@@ -164,8 +165,8 @@ int cmd_generate(int argc, char **argv)
     int n_prompt = (int)ids.n;
     int64_t n_total = n_prompt + n_gen;
     if (n_total > hp->n_ctx_train)
-        fprintf(stderr, "lacuna generate: warning: %lld tokens exceed the trained context of %d\n",
-                (long long)n_total, hp->n_ctx_train);
+        fprintf(stderr, "lacuna generate: warning: %lld tokens exceed the trained context of %d\n", (long long)n_total,
+                hp->n_ctx_train);
 
     /* ---- engine: one sequence ---- */
     int chunk = n_prompt < GEN_CHUNK ? n_prompt : GEN_CHUNK;
@@ -183,8 +184,8 @@ int cmd_generate(int argc, char **argv)
     double tp0 = lc_now_s();
     for (int p = 0; p < n_prompt; p += chunk) {
         int n = n_prompt - p < chunk ? n_prompt - p : chunk;
-        model_seq_t s = {.tok0 = 0, .n_tok = n, .pos0 = p, .kv = &seq, .logits_mode = p + n == n_prompt,
-                         .logits = logits};
+        model_seq_t s = {
+            .tok0 = 0, .n_tok = n, .pos0 = p, .kv = &seq, .logits_mode = p + n == n_prompt, .logits = logits};
         model_batch_t b = {.n_tokens = n, .tokens = ids.ids + p, .n_seqs = 1, .seqs = &s};
         int rc = kv_seq_prepare_write(kv, &seq, p, p + n);
         if (!rc) rc = model_forward(ctx, kv, &b);
@@ -212,8 +213,8 @@ int cmd_generate(int argc, char **argv)
         }
         if (n_done >= n_gen) break;
         int64_t pos = n_prompt + n_done - 1;
-        model_seq_t s = {.tok0 = 0, .n_tok = 1, .pos0 = pos, .kv = &seq, .decode = 1, .logits_mode = 1,
-                         .logits = logits};
+        model_seq_t s = {
+            .tok0 = 0, .n_tok = 1, .pos0 = pos, .kv = &seq, .decode = 1, .logits_mode = 1, .logits = logits};
         model_batch_t b = {.n_tokens = 1, .tokens = &r.token, .n_seqs = 1, .seqs = &s};
         int rc = kv_seq_prepare_write(kv, &seq, pos, pos + 1);
         if (!rc) rc = model_forward(ctx, kv, &b);
@@ -230,9 +231,8 @@ int cmd_generate(int argc, char **argv)
     if (!tok_stream_flush(ts, &piece, &plen) && plen) fwrite(piece, 1, plen, stdout);
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "prefill: %d tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f tok/s)\n",
-            n_prompt, tp1 - tp0, n_prompt / (tp1 - tp0), n_decode, tp2 - tp1,
-            n_decode ? n_decode / (tp2 - tp1) : 0.0);
+    fprintf(stderr, "prefill: %d tokens in %.3f s (%.1f tok/s); decode: %d tokens in %.3f s (%.1f tok/s)\n", n_prompt,
+            tp1 - tp0, n_prompt / (tp1 - tp0), n_decode, tp2 - tp1, n_decode ? n_decode / (tp2 - tp1) : 0.0);
     ret = 0;
 out:
     if (kv) kv_seq_release(kv, &seq);

@@ -30,8 +30,8 @@ int cmd_inspect(int argc, char **argv) {
         printf("  %-40.*s %-7s %s\n", (int)k.len, k.ptr, gguf_vtype_name(gguf_key_type(g, i)), val);
     }
 
-    printf("\ntensors (%lld):\n  %-32s %-5s %-24s %12s %12s\n", (long long)gguf_n_tensors(g), "name", "type",
-           "dims", "bytes", "offset");
+    printf("\ntensors (%lld):\n  %-32s %-5s %-24s %12s %12s\n", (long long)gguf_n_tensors(g), "name", "type", "dims",
+           "bytes", "offset");
     uint64_t params = 0, bytes = 0;
     for (int64_t i = 0; i < gguf_n_tensors(g); i++) {
         const gguf_tensor_t *t = gguf_tensor(g, i);

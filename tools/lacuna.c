@@ -21,14 +21,14 @@ static const struct {
     {"mkmodel", cmd_mkmodel, "-o OUT.gguf  write a tiny random-weight Llama model"},
     {"bench-engine", cmd_bench_engine, "-m MODEL [-c 1,4,16,64] [-n M] [--markdown]   engine decode throughput"},
     {"complete", cmd_complete, "-m MODEL [-i IN.jsonl] [-o OUT.jsonl] [--prefill M] [--decode M]   batch completions"},
-    {"attn-eval", cmd_attn_eval, "-m MODEL -f TEXT [-n 2048,4096,8192]   sparse attention accuracy on real activations"},
+    {"attn-eval", cmd_attn_eval,
+     "-m MODEL -f TEXT [-n 2048,4096,8192]   sparse attention accuracy on real activations"},
     {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 
 static void usage(FILE *f) {
     fprintf(f, "usage: lacuna COMMAND [ARGS]\n\ncommands:\n");
-    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
-        fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) fprintf(f, "  %-12s %s\n", cmds[i].name, cmds[i].help);
 }
 
 int main(int argc, char **argv) {

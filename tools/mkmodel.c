@@ -14,8 +14,7 @@
 #include "tools/cmds.h"
 #include "tools/mkmodel.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
@@ -23,8 +22,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-void mkmodel_opts_default(mkmodel_opts_t *o)
-{
+void mkmodel_opts_default(mkmodel_opts_t *o) {
     memset(o, 0, sizeof *o);
     o->n_layers = 2;
     o->n_embd = 64;
@@ -38,8 +36,7 @@ void mkmodel_opts_default(mkmodel_opts_t *o)
 }
 
 /* ---- random numbers -------------------------------------------------------------- */
-static uint64_t mix(uint64_t *x)
-{
+static uint64_t mix(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -47,8 +44,7 @@ static uint64_t mix(uint64_t *x)
 }
 
 /* Approximately normal (sum of four uniforms, unit variance). */
-static float randn(uint64_t *st)
-{
+static float randn(uint64_t *st) {
     double s = 0;
     for (int i = 0; i < 4; i++) s += (double)(mix(st) >> 11) * 0x1.0p-53;
     return (float)((s - 2.0) * sqrt(3.0));
@@ -58,8 +54,7 @@ static float randn(uint64_t *st)
 /* Adds a tensor of rows x cols (cols contiguous) drawn as mean + std * N(0,1),
  * stored in `type`. */
 static int add_tensor(gguf_writer_t *w, const char *name, int rows, int cols, uint32_t type, float mean, float std,
-                      uint64_t *st, char *err, size_t errlen)
-{
+                      uint64_t *st, char *err, size_t errlen) {
     size_t n = (size_t)rows * cols;
     uint32_t bs = ggml_block_size(type), ts = ggml_type_size(type);
     if (!bs || cols % bs) {
@@ -88,8 +83,7 @@ out:
 
 /* ---- vocabulary from another model ------------------------------------------------ */
 /* Copies every tokenizer.* key of src into w; returns the vocabulary size. */
-static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errlen)
-{
+static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errlen) {
     char gerr[256];
     gguf_ctx_t *g = gguf_open(path, gerr, sizeof gerr);
     if (!g) {
@@ -107,8 +101,10 @@ static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errl
         if (t == GGUF_T_STRING) {
             gguf_str_t s;
             char *v = NULL;
-            if (!(rc = gguf_get_str(g, key, &s)) && (v = strndup(s.ptr, s.len))) rc = gguf_writer_set_str(w, key, v);
-            else if (!rc) rc = LC_ENOMEM;
+            if (!(rc = gguf_get_str(g, key, &s)) && (v = strndup(s.ptr, s.len)))
+                rc = gguf_writer_set_str(w, key, v);
+            else if (!rc)
+                rc = LC_ENOMEM;
             free(v);
         } else if (t == GGUF_T_BOOL) {
             int b;
@@ -150,8 +146,10 @@ static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errl
         } else { // integers
             int64_t x;
             if (!(rc = gguf_get_i64(g, key, &x))) {
-                if (x >= 0 && x <= UINT32_MAX) rc = gguf_writer_set_u32(w, key, (uint32_t)x);
-                else rc = gguf_writer_set_i32(w, key, (int32_t)x);
+                if (x >= 0 && x <= UINT32_MAX)
+                    rc = gguf_writer_set_u32(w, key, (uint32_t)x);
+                else
+                    rc = gguf_writer_set_i32(w, key, (int32_t)x);
             }
         }
         if (rc) set_err(err, errlen, "%s: copying %s: %s", path, key, lc_strerror(rc));
@@ -166,8 +164,7 @@ static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errl
 }
 
 /* ---- the model ----------------------------------------------------------------------- */
-int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t errlen)
-{
+int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t errlen) {
     if (o->n_layers < 1 || o->n_embd < 2 || o->n_heads < 1 || o->n_kv_heads < 1 || o->n_ff < 1 || o->n_ctx < 1 ||
         o->n_embd % o->n_heads || o->n_heads % o->n_kv_heads || (o->n_embd / o->n_heads) % 2) {
         set_err(err, errlen, "bad dimensions: embd must split into heads of even size; heads a multiple of kv-heads");
@@ -220,15 +217,15 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
             float mean, std;
             int f32;
         } t[] = {
-            {"attn_norm", 1, E, 1.0f, 0.1f, 1}, {"attn_q", E, E, 0, se, 0},    {"attn_k", KD, E, 0, se, 0},
+            {"attn_norm", 1, E, 1.0f, 0.1f, 1}, {"attn_q", E, E, 0, se, 0},      {"attn_k", KD, E, 0, se, 0},
             {"attn_v", KD, E, 0, se, 0},        {"attn_output", E, E, 0, se, 0}, {"ffn_norm", 1, E, 1.0f, 0.1f, 1},
-            {"ffn_gate", F, E, 0, se, 0},       {"ffn_up", F, E, 0, se, 0},    {"ffn_down", E, F, 0, sf, 0},
+            {"ffn_gate", F, E, 0, se, 0},       {"ffn_up", F, E, 0, se, 0},      {"ffn_down", E, F, 0, sf, 0},
         };
         for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
             char tn[64];
             snprintf(tn, sizeof tn, "blk.%d.%s.weight", l, t[i].suffix);
-            if ((rc = add_tensor(w, tn, t[i].rows, t[i].cols, t[i].f32 ? GGML_TYPE_F32 : o->type, t[i].mean,
-                                 t[i].std, &st, err, errlen)))
+            if ((rc = add_tensor(w, tn, t[i].rows, t[i].cols, t[i].f32 ? GGML_TYPE_F32 : o->type, t[i].mean, t[i].std,
+                                 &st, err, errlen)))
                 goto out;
         }
     }
@@ -239,8 +236,7 @@ out:
 }
 
 /* ---- command ------------------------------------------------------------------------- */
-static int parse_type(const char *s, uint32_t *out)
-{
+static int parse_type(const char *s, uint32_t *out) {
     static const struct {
         const char *name;
         uint32_t type;
@@ -256,8 +252,7 @@ static int parse_type(const char *s, uint32_t *out)
     return -1;
 }
 
-static void mk_usage(FILE *f)
-{
+static void mk_usage(FILE *f) {
     fprintf(f, "usage: lacuna mkmodel -o OUT.gguf [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N]\n"
                "                      [--vocab-from MODEL.gguf | --vocab synthetic] [--ctx N] [--seed S]\n"
                "                      [--type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k]\n"
@@ -265,18 +260,23 @@ static void mk_usage(FILE *f)
                "ff 128, ctx 2048, f32, seed 1, the synthetic byte-level BPE vocabulary).\n");
 }
 
-int cmd_mkmodel(int argc, char **argv)
-{
+int cmd_mkmodel(int argc, char **argv) {
     mkmodel_opts_t o;
     mkmodel_opts_default(&o);
     const char *out = NULL;
     static const struct option lo[] = {
-        {"output", required_argument, 0, 'o'}, {"layers", required_argument, 0, 'L'},
-        {"embd", required_argument, 0, 'E'},   {"heads", required_argument, 0, 'H'},
-        {"kv-heads", required_argument, 0, 'K'}, {"ff", required_argument, 0, 'F'},
-        {"vocab-from", required_argument, 0, 'V'}, {"vocab", required_argument, 0, 'v'},
-        {"type", required_argument, 0, 't'},   {"seed", required_argument, 0, 's'},
-        {"ctx", required_argument, 0, 'c'},    {"help", no_argument, 0, 'h'},
+        {"output", required_argument, 0, 'o'},
+        {"layers", required_argument, 0, 'L'},
+        {"embd", required_argument, 0, 'E'},
+        {"heads", required_argument, 0, 'H'},
+        {"kv-heads", required_argument, 0, 'K'},
+        {"ff", required_argument, 0, 'F'},
+        {"vocab-from", required_argument, 0, 'V'},
+        {"vocab", required_argument, 0, 'v'},
+        {"type", required_argument, 0, 't'},
+        {"seed", required_argument, 0, 's'},
+        {"ctx", required_argument, 0, 'c'},
+        {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     optind = 1;

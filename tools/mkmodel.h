@@ -10,16 +10,16 @@
 struct gguf_writer;
 
 typedef struct {
-    int n_layers;            // default 2
-    int n_embd;              // default 64
-    int n_heads;             // default 4
-    int n_kv_heads;          // default 2
-    int n_ff;                // default 128
-    int n_ctx;               // context_length, default 2048
-    uint32_t type;           // ggml type of the 2-D weights, default F32
-    uint64_t seed;           // default 1
-    float rope_theta;        // default 10000
-    const char *vocab_from;  // copy tokenizer.* from this GGUF; NULL = synthetic
+    int n_layers;           // default 2
+    int n_embd;             // default 64
+    int n_heads;            // default 4
+    int n_kv_heads;         // default 2
+    int n_ff;               // default 128
+    int n_ctx;              // context_length, default 2048
+    uint32_t type;          // ggml type of the 2-D weights, default F32
+    uint64_t seed;          // default 1
+    float rope_theta;       // default 10000
+    const char *vocab_from; // copy tokenizer.* from this GGUF; NULL = synthetic
 } mkmodel_opts_t;
 
 void mkmodel_opts_default(mkmodel_opts_t *o);

@@ -21,20 +21,20 @@ const char mkmodel_chatml_template[] =
 /* Words merged with a leading space (Ġ); the same list also yields the
  * bare forms of the first few, which start sentences. */
 static const char *const words[] = {
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on",
-    "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "had", "they",
-    "you", "were", "their", "one", "all", "we", "can", "her", "has", "there", "been", "if", "more",
-    "when", "will", "would", "who", "so", "no", "she", "other", "its", "may", "these", "what", "them",
-    "than", "some", "him", "time", "into", "only", "do", "could", "new", "about", "two", "first",
-    "then", "also", "after", "any", "like", "should", "people", "very", "over", "how", "most", "such",
-    "made", "world", "water", "hello", "model", "token", "question", "answer", "assistant", "user",
-    "system", "help", "write", "story", "once", "upon", "day", "good", "name", "number", "like",
-    "ing", "ed", "er", "ly", "tion", "es", "al", "re", "en", "st",
+    "the",   "of",     "and",  "to",    "in",    "is",    "that",   "for",    "it",       "as",     "was",
+    "with",  "be",     "by",   "on",    "not",   "he",    "this",   "are",    "or",       "his",    "from",
+    "at",    "which",  "but",  "have",  "an",    "had",   "they",   "you",    "were",     "their",  "one",
+    "all",   "we",     "can",  "her",   "has",   "there", "been",   "if",     "more",     "when",   "will",
+    "would", "who",    "so",   "no",    "she",   "other", "its",    "may",    "these",    "what",   "them",
+    "than",  "some",   "him",  "time",  "into",  "only",  "do",     "could",  "new",      "about",  "two",
+    "first", "then",   "also", "after", "any",   "like",  "should", "people", "very",     "over",   "how",
+    "most",  "such",   "made", "world", "water", "hello", "model",  "token",  "question", "answer", "assistant",
+    "user",  "system", "help", "write", "story", "once",  "upon",   "day",    "good",     "name",   "number",
+    "like",  "ing",    "ed",   "er",    "ly",    "tion",  "es",     "al",     "re",       "en",     "st",
 };
 
 /* GPT-2's byte-to-unicode map, as UTF-8 (at most 2 bytes + NUL). */
-static void byte_token(int b, char out[4])
-{
+static void byte_token(int b, char out[4]) {
     int cp;
     if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255)) {
         cp = b;
@@ -59,15 +59,13 @@ typedef struct {
     int n, cap;
 } strlist_t;
 
-static int sl_find(const strlist_t *l, const char *s)
-{
+static int sl_find(const strlist_t *l, const char *s) {
     for (int i = 0; i < l->n; i++)
         if (!strcmp(l->v[i], s)) return i;
     return -1;
 }
 
-static int sl_add(strlist_t *l, const char *s)
-{
+static int sl_add(strlist_t *l, const char *s) {
     if (l->n == l->cap) {
         int cap = l->cap ? l->cap * 2 : 512;
         char **v = realloc(l->v, (size_t)cap * sizeof *v);
@@ -80,16 +78,14 @@ static int sl_add(strlist_t *l, const char *s)
     return 0;
 }
 
-static void sl_free(strlist_t *l)
-{
+static void sl_free(strlist_t *l) {
     for (int i = 0; i < l->n; i++) free(l->v[i]);
     free(l->v);
 }
 
 /* Adds the merge chain spelling `w` (already in byte-token form, one token
  * per element of parts). */
-static int add_chain(strlist_t *toks, strlist_t *merges, char parts[][4], int n)
-{
+static int add_chain(strlist_t *toks, strlist_t *merges, char parts[][4], int n) {
     char cur[128] = "", merge[160], next[128];
     strcpy(cur, parts[0]);
     for (int i = 1; i < n; i++) {
@@ -109,8 +105,7 @@ static int add_chain(strlist_t *toks, strlist_t *merges, char parts[][4], int n)
     return 0;
 }
 
-int mkmodel_synthetic_vocab(struct gguf_writer *w)
-{
+int mkmodel_synthetic_vocab(struct gguf_writer *w) {
     strlist_t toks = {0}, merges = {0};
     int rc = 0;
     int32_t *types = NULL;
@@ -126,8 +121,10 @@ int mkmodel_synthetic_vocab(struct gguf_writer *w)
         for (int i = 0; i < n_words && !rc; i++) {
             char parts[40][4];
             int n = 0;
-            if (pass == 0) byte_token(' ', parts[n++]); // Ġ-prefixed form first: most frequent
-            else if (i >= 20) break;
+            if (pass == 0)
+                byte_token(' ', parts[n++]); // Ġ-prefixed form first: most frequent
+            else if (i >= 20)
+                break;
             for (const char *c = words[i]; *c && n < 40; c++) byte_token((unsigned char)*c, parts[n++]);
             if (n > 1) rc = add_chain(&toks, &merges, parts, n);
         }

@@ -42,11 +42,16 @@ static void print_piece(const char *p, size_t n) {
     putchar('\'');
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
-        if (c == '\n') fputs("\\n", stdout);
-        else if (c == '\t') fputs("\\t", stdout);
-        else if (c == '\r') fputs("\\r", stdout);
-        else if (c == '\\' || c == '\'') printf("\\%c", c);
-        else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
+        if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c == '\r')
+            fputs("\\r", stdout);
+        else if (c == '\\' || c == '\'')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\x%02x", c);
         else if (c >= 0x80) {
             /* Print whole valid characters; escape stray bytes. */
             size_t k = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0, j = 1;
@@ -57,7 +62,8 @@ static void print_piece(const char *p, size_t n) {
             } else {
                 printf("\\x%02x", c);
             }
-        } else putchar(c);
+        } else
+            putchar(c);
     }
     putchar('\'');
 }
@@ -67,11 +73,16 @@ int cmd_tokenize(int argc, char **argv) {
     int special = 1, ids_only = 0, rc = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "-m") == 0 && i + 1 < argc) model = argv[++i];
-        else if (strcmp(a, "-p") == 0 && i + 1 < argc) text = argv[++i];
-        else if (strcmp(a, "-f") == 0 && i + 1 < argc) file = argv[++i];
-        else if (strcmp(a, "--no-special") == 0) special = 0;
-        else if (strcmp(a, "--ids-only") == 0) ids_only = 1;
+        if (strcmp(a, "-m") == 0 && i + 1 < argc)
+            model = argv[++i];
+        else if (strcmp(a, "-p") == 0 && i + 1 < argc)
+            text = argv[++i];
+        else if (strcmp(a, "-f") == 0 && i + 1 < argc)
+            file = argv[++i];
+        else if (strcmp(a, "--no-special") == 0)
+            special = 0;
+        else if (strcmp(a, "--ids-only") == 0)
+            ids_only = 1;
         else if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
             return 0;
@@ -131,8 +142,10 @@ int cmd_tokenize(int argc, char **argv) {
         print_piece(p, n);
         putchar('\n');
     }
-    if (ids_only) putchar('\n');
-    else printf("%zu tokens\n", ids.n);
+    if (ids_only)
+        putchar('\n');
+    else
+        printf("%zu tokens\n", ids.n);
     rc = 0;
 fail:
     tok_ids_free(&ids);

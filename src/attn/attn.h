@@ -20,21 +20,21 @@ typedef struct {
     int n_heads;    // query heads
     int n_kv_heads; // key/value heads (GQA: n_heads % n_kv_heads == 0)
     int head_dim;
-    float scale;    // usually 1/sqrt(head_dim)
+    float scale; // usually 1/sqrt(head_dim)
 } attn_shape_t;
 
 /* One layer of one sequence's KV, paged. Block table entry i holds keys of
  * positions [i*block_size, (i+1)*block_size). */
 typedef struct {
-    const float *k;      // block b at k + b*blk_stride: (n_kv_heads, block_size, head_dim)
-    const float *v;      // same layout as k
-    const float *kmin;   // block b at kmin + b*sum_stride: (n_kv_heads, head_dim); may be NULL
-    const float *kmax;   // same as kmin
-    size_t blk_stride;   // floats between consecutive blocks
-    size_t sum_stride;   // floats between consecutive summaries
+    const float *k;        // block b at k + b*blk_stride: (n_kv_heads, block_size, head_dim)
+    const float *v;        // same layout as k
+    const float *kmin;     // block b at kmin + b*sum_stride: (n_kv_heads, head_dim); may be NULL
+    const float *kmax;     // same as kmin
+    size_t blk_stride;     // floats between consecutive blocks
+    size_t sum_stride;     // floats between consecutive summaries
     const int32_t *blocks; // (ceil(n_kv / block_size)) block table
     int block_size;
-    int64_t n_kv;        // keys at positions 0..n_kv-1 are valid
+    int64_t n_kv; // keys at positions 0..n_kv-1 are valid
 } attn_kv_t;
 
 /* ---- policy ------------------------------------------------------------------ */
@@ -55,23 +55,23 @@ typedef enum {
 /* A resolved policy: no "auto" here (the scheduler resolves auto per request). */
 typedef struct {
     attn_prefill_method_t prefill;
-    float gamma;          // FlexPrefill coverage (0,1], default 0.9
-    float tau;            // FlexPrefill JS-divergence threshold, default 0.1
-    int min_budget;       // FlexPrefill min tokens per vertical-slash head, default 1024
-    int max_budget;       // FlexPrefill max tokens, 0 = none
-    float theta;          // AnchorAttention threshold (nats), default 12; INFINITY = all keys
-    int block;            // sparse prefill block size, default 128
-    int anchor_init;      // AnchorAttention initial window, default 2048
-    int anchor_local;     // AnchorAttention local window/group, default 2048
+    float gamma;      // FlexPrefill coverage (0,1], default 0.9
+    float tau;        // FlexPrefill JS-divergence threshold, default 0.1
+    int min_budget;   // FlexPrefill min tokens per vertical-slash head, default 1024
+    int max_budget;   // FlexPrefill max tokens, 0 = none
+    float theta;      // AnchorAttention threshold (nats), default 12; INFINITY = all keys
+    int block;        // sparse prefill block size, default 128
+    int anchor_init;  // AnchorAttention initial window, default 2048
+    int anchor_local; // AnchorAttention local window/group, default 2048
 
     attn_decode_method_t decode;
-    int decode_budget;    // tokens kept by Quest / TidalDecode, default 2048
-    int dense_layers;     // first layers that stay dense for sparse decode, default 2
+    int decode_budget;        // tokens kept by Quest / TidalDecode, default 2048
+    int dense_layers;         // first layers that stay dense for sparse decode, default 2
     int tidal_select_layer;   // TidalDecode: selection layer, default 2
     int tidal_reselect_layer; // TidalDecode: re-selection layer, default n_layers/2 (-1 = auto)
 
-    int sink_tokens;      // StreamingLLM sinks, default 4
-    int window_tokens;    // StreamingLLM local window, default 1024
+    int sink_tokens;   // StreamingLLM sinks, default 4
+    int window_tokens; // StreamingLLM local window, default 1024
 } attn_policy_t;
 
 /* Fills the defaults listed above. */
@@ -109,14 +109,14 @@ void attn_state_reset_stats(attn_state_t *st);
  *   out: (n_q, n_heads, head_dim)
  *   lse: (n_q, n_heads) or NULL
  * Returns 0 or a negative status (LC_ENOMEM, LC_EINVAL). */
-int attn_prefill(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q,
-                 int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse);
+int attn_prefill(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q, int64_t q_pos0,
+                 const attn_kv_t *kv, float *out, float *lse);
 
 /* Decode: one query row at position kv->n_kv - 1 attends to keys 0..n_kv-1,
  * with the policy's decode method for this layer.
  *   q: (n_heads, head_dim); out: (n_heads, head_dim); lse: (n_heads) or NULL */
-int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, const attn_kv_t *kv,
-                float *out, float *lse);
+int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, const attn_kv_t *kv, float *out,
+                float *lse);
 
 /* Dense reference kernels (also the baselines). Same argument conventions. */
 int attn_prefill_dense(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,

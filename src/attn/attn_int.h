@@ -22,10 +22,10 @@ struct attn_state {
  * query-key pairs the call attended, summed over query heads. */
 int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
                       const attn_kv_t *kv, float *out, float *lse, double *computed);
-int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q,
-                        int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);
-int attn_prefill_streaming(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q,
-                           int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);
+int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
+                        const attn_kv_t *kv, float *out, float *lse, double *computed);
+int attn_prefill_streaming(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
+                           const attn_kv_t *kv, float *out, float *lse, double *computed);
 int attn_decode_streaming(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,
                           float *out, float *lse, double *computed);
 int attn_decode_quest(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,

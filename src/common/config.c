@@ -27,11 +27,16 @@ typedef struct {
 } centry_t;
 
 #define OFF(f) offsetof(lc_config_t, f)
-#define S(sec, k, f, ch) {sec, k, T_STR, OFF(f), sizeof(((lc_config_t *)0)->f), 0, 0, ch}
-#define I(sec, k, f, lo, hi) {sec, k, T_INT, OFF(f), 0, lo, hi, NULL}
-#define L(sec, k, f, lo, hi) {sec, k, T_I64, OFF(f), 0, lo, hi, NULL}
-#define B(sec, k, f) {sec, k, T_BOOL, OFF(f), 0, 0, 1, NULL}
-#define D(sec, k, f, lo, hi) {sec, k, T_DBL, OFF(f), 0, lo, hi, NULL}
+#define S(sec, k, f, ch)                                                                                               \
+    { sec, k, T_STR, OFF(f), sizeof(((lc_config_t *)0)->f), 0, 0, ch }
+#define I(sec, k, f, lo, hi)                                                                                           \
+    { sec, k, T_INT, OFF(f), 0, lo, hi, NULL }
+#define L(sec, k, f, lo, hi)                                                                                           \
+    { sec, k, T_I64, OFF(f), 0, lo, hi, NULL }
+#define B(sec, k, f)                                                                                                   \
+    { sec, k, T_BOOL, OFF(f), 0, 0, 1, NULL }
+#define D(sec, k, f, lo, hi)                                                                                           \
+    { sec, k, T_DBL, OFF(f), 0, lo, hi, NULL }
 
 static const centry_t table[] = {
     S("server", "host", host, NULL),
@@ -143,8 +148,7 @@ static int choice_ok(const char *choices, const char *v) {
     return 0;
 }
 
-int lc_config_set(lc_config_t *c, const char *section, const char *key, const char *value, char *err,
-                  size_t errlen) {
+int lc_config_set(lc_config_t *c, const char *section, const char *key, const char *value, char *err, size_t errlen) {
     const centry_t *e = NULL;
     for (int i = 0; i < N_TABLE; i++)
         if (!strcmp(table[i].section, section) && !strcmp(table[i].key, key)) e = &table[i];
@@ -338,9 +342,8 @@ int lc_config_from_args(lc_config_t *c, int argc, char **argv, int *action, char
     static const struct {
         const char *flag, *section, *key;
     } simple[] = {
-        {"--model", "model", "path"},        {"--served-name", "model", "served_name"},
-        {"--host", "server", "host"},        {"--port", "server", "port"},
-        {"--device", "model", "device"},     {"--log-level", "server", "log_level"},
+        {"--model", "model", "path"}, {"--served-name", "model", "served_name"}, {"--host", "server", "host"},
+        {"--port", "server", "port"}, {"--device", "model", "device"},           {"--log-level", "server", "log_level"},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

@@ -16,7 +16,7 @@ typedef struct {
     int port;
     char api_keys[LC_CONFIG_STR * 4]; // comma-separated
     char api_key_file[LC_CONFIG_STR];
-    int auth_metrics;         // 1: /health and /metrics need a key too
+    int auth_metrics; // 1: /health and /metrics need a key too
     long long max_body_bytes;
     int max_connections;
     int max_connections_per_ip;
@@ -31,8 +31,8 @@ typedef struct {
     /* [model] */
     char model_path[LC_CONFIG_STR];
     char served_name[LC_CONFIG_STR];
-    char device[32];          // cpu | cuda | cuda:N
-    int threads;              // 0: library default
+    char device[32]; // cpu | cuda | cuda:N
+    int threads;     // 0: library default
     /* [engine] */
     int block_size;
     long long kv_blocks;
@@ -43,8 +43,8 @@ typedef struct {
     double kv_watermark;
     int prefix_cache;
     /* [attention] */
-    char prefill_method[32];  // dense | flexprefill | anchor | streaming
-    char decode_method[32];   // dense | quest | tidal | streaming
+    char prefill_method[32]; // dense | flexprefill | anchor | streaming
+    char decode_method[32];  // dense | quest | tidal | streaming
     double gamma, tau, theta;
     int min_budget;
     int decode_budget;
@@ -58,8 +58,7 @@ typedef struct {
 void lc_config_default(lc_config_t *c);
 /* Sets one setting from text ("server", "port", "8080"). Returns 0, or
  * LC_ENOTFOUND for an unknown key, or LC_EINVAL with a message in err. */
-int lc_config_set(lc_config_t *c, const char *section, const char *key, const char *value, char *err,
-                  size_t errlen);
+int lc_config_set(lc_config_t *c, const char *section, const char *key, const char *value, char *err, size_t errlen);
 /* Reads an INI file on top of c. 0, or a negative status with a message. */
 int lc_config_load_file(lc_config_t *c, const char *path, char *err, size_t errlen);
 /* Cross-field checks (ranges are checked by lc_config_set). */

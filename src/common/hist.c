@@ -4,11 +4,11 @@
 
 #include <string.h>
 
-const double LC_HIST_LATENCY_BOUNDS[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5,
+const double LC_HIST_LATENCY_BOUNDS[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25, 0.5,
                                          0.75,  1.0,   2.5,  5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0};
 const int LC_HIST_LATENCY_N = (int)(sizeof LC_HIST_LATENCY_BOUNDS / sizeof LC_HIST_LATENCY_BOUNDS[0]);
-const double LC_HIST_ITL_BOUNDS[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15,
-                                     0.2,   0.3,   0.4,  0.5,   0.75, 1.0,   2.5, 5.0, 10.0};
+const double LC_HIST_ITL_BOUNDS[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                     0.3,   0.4,   0.5,  0.75,  1.0,  2.5,   5.0, 10.0};
 const int LC_HIST_ITL_N = (int)(sizeof LC_HIST_ITL_BOUNDS / sizeof LC_HIST_ITL_BOUNDS[0]);
 
 void lc_hist_init(lc_hist_t *h, const double *bounds, int n_bounds) {

@@ -9,8 +9,8 @@
 #define LC_HIST_MAX_BUCKETS 24
 
 typedef struct {
-    int n_bounds;                          // finite upper bounds; +Inf is implicit
-    double bounds[LC_HIST_MAX_BUCKETS];    // ascending, seconds
+    int n_bounds;                             // finite upper bounds; +Inf is implicit
+    double bounds[LC_HIST_MAX_BUCKETS];       // ascending, seconds
     uint64_t counts[LC_HIST_MAX_BUCKETS + 1]; // per bucket (not cumulative); last = +Inf
     double sum;
     uint64_t count;
@@ -28,9 +28,9 @@ void lc_hist_observe(lc_hist_t *h, double v);
 void lc_hist_snapshot(lc_hist_t *h, lc_hist_snapshot_t *out);
 
 /* Standard bucket sets (seconds). */
-extern const double LC_HIST_LATENCY_BOUNDS[];  // 1 ms .. 160 s
+extern const double LC_HIST_LATENCY_BOUNDS[]; // 1 ms .. 160 s
 extern const int LC_HIST_LATENCY_N;
-extern const double LC_HIST_ITL_BOUNDS[];      // 1 ms .. 10 s
+extern const double LC_HIST_ITL_BOUNDS[]; // 1 ms .. 10 s
 extern const int LC_HIST_ITL_N;
 
 #endif

@@ -20,8 +20,10 @@ void lc_log(lc_log_level_t level, const char *fmt, ...) __attribute__((format(pr
 #define LC_ERROR(...) lc_log(LC_LOG_ERROR, __VA_ARGS__)
 #define LC_WARN(...) lc_log(LC_LOG_WARN, __VA_ARGS__)
 #define LC_INFO(...) lc_log(LC_LOG_INFO, __VA_ARGS__)
-#define LC_DEBUG(...) \
-    do { if (lc_log_get_level() >= LC_LOG_DEBUG) lc_log(LC_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define LC_DEBUG(...)                                                                                                  \
+    do {                                                                                                               \
+        if (lc_log_get_level() >= LC_LOG_DEBUG) lc_log(LC_LOG_DEBUG, __VA_ARGS__);                                     \
+    } while (0)
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,7 @@
 
 const char *lc_strerror(int status) {
     switch (status) {
-#define LC_STATUS_MSG(name, val, msg) \
+#define LC_STATUS_MSG(name, val, msg)                                                                                  \
     case (val): return msg;
         LC_STATUS_MAP(LC_STATUS_MSG)
 #undef LC_STATUS_MSG
@@ -13,7 +13,7 @@ const char *lc_strerror(int status) {
 
 const char *lc_status_name(int status) {
     switch (status) {
-#define LC_STATUS_NAME(name, val, msg) \
+#define LC_STATUS_NAME(name, val, msg)                                                                                 \
     case (val): return #name;
         LC_STATUS_MAP(LC_STATUS_NAME)
 #undef LC_STATUS_NAME

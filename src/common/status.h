@@ -10,20 +10,20 @@
 extern "C" {
 #endif
 
-#define LC_STATUS_MAP(X)                                                     \
-    X(OK, 0, "success")                                                      \
-    X(ENOMEM, -1, "out of memory")                                           \
-    X(EINVAL, -2, "invalid argument")                                        \
-    X(EIO, -3, "input/output error")                                         \
-    X(EFORMAT, -4, "malformed file or data")                                 \
-    X(ERANGE, -5, "value out of range")                                      \
-    X(ENOSPC, -6, "no free KV blocks")                                       \
-    X(ECANCELED, -7, "operation canceled")                                   \
-    X(EUNSUPPORTED, -8, "not supported")                                     \
-    X(ENOTFOUND, -9, "not found")                                            \
-    X(EBUSY, -10, "resource busy")                                           \
-    X(ETOOLONG, -11, "input too long")                                       \
-    X(EDEVICE, -12, "device error")                                          \
+#define LC_STATUS_MAP(X)                                                                                               \
+    X(OK, 0, "success")                                                                                                \
+    X(ENOMEM, -1, "out of memory")                                                                                     \
+    X(EINVAL, -2, "invalid argument")                                                                                  \
+    X(EIO, -3, "input/output error")                                                                                   \
+    X(EFORMAT, -4, "malformed file or data")                                                                           \
+    X(ERANGE, -5, "value out of range")                                                                                \
+    X(ENOSPC, -6, "no free KV blocks")                                                                                 \
+    X(ECANCELED, -7, "operation canceled")                                                                             \
+    X(EUNSUPPORTED, -8, "not supported")                                                                               \
+    X(ENOTFOUND, -9, "not found")                                                                                      \
+    X(EBUSY, -10, "resource busy")                                                                                     \
+    X(ETOOLONG, -11, "input too long")                                                                                 \
+    X(EDEVICE, -12, "device error")                                                                                    \
     X(ESHUTDOWN, -13, "shutting down")
 
 typedef enum {

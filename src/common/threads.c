@@ -12,7 +12,7 @@ extern char *openblas_get_corename(void) __attribute__((weak));
 
 /* OpenBLAS kernel sets that use the vector units of an AVX2 (or better) CPU. */
 static int blas_core_is_modern(const char *name) {
-    static const char *const good[] = {"haswell", "zen", "skylakex", "cooperlake", "sapphirerapids",
+    static const char *const good[] = {"haswell",    "zen",        "skylakex",   "cooperlake", "sapphirerapids",
                                        "neoversen1", "neoversen2", "neoversev1", "armv8"};
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
         if (!strcasecmp(name, good[i])) return 1;
@@ -30,8 +30,8 @@ static const char *blas_core_override(void) {
     const char *cur = lc_threads_blas_core();
     if (!cur || blas_core_is_modern(cur)) return NULL;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
         return "SkylakeX";
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
 #endif

@@ -31,7 +31,7 @@ typedef struct kv_pool kv_pool_t;
 
 /* A sequence's block table. Embedded by the caller; kv_seq_init/kv_seq_release. */
 typedef struct {
-    int32_t *blocks;    // (cap) block ids; the first n_blocks are valid
+    int32_t *blocks; // (cap) block ids; the first n_blocks are valid
     int n_blocks;
     int cap;
     int64_t n_tokens;   // positions covered by reserved blocks that hold valid K/V

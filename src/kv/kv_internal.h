@@ -11,36 +11,36 @@
  *   used:   ref  > 0 (hashed or not; not on the LRU list). */
 typedef struct {
     int32_t ref;
-    int32_t hashed;        // registered in the hash table
-    uint64_t hash;         // chain hash of this block (valid when hashed)
-    uint64_t parent;       // chain hash of the previous block (collision check)
-    int32_t hnext;         // next block in the same hash bucket, -1 at end
+    int32_t hashed;             // registered in the hash table
+    uint64_t hash;              // chain hash of this block (valid when hashed)
+    uint64_t parent;            // chain hash of the previous block (collision check)
+    int32_t hnext;              // next block in the same hash bucket, -1 at end
     int32_t lru_prev, lru_next; // LRU links while cached, -1 at the ends
 } kv_block_t;
 
 struct kv_pool {
     kv_config_t cfg;
-    size_t blk_stride;     // floats per block per layer: n_kv_heads * block_size * head_dim
-    size_t sum_stride;     // floats per block summary: n_kv_heads * head_dim
-    float **k, **v;        // (n_layers) -> (n_blocks, blk_stride)
-    float **kmin, **kmax;  // (n_layers) -> (n_blocks, sum_stride)
+    size_t blk_stride;    // floats per block per layer: n_kv_heads * block_size * head_dim
+    size_t sum_stride;    // floats per block summary: n_kv_heads * head_dim
+    float **k, **v;       // (n_layers) -> (n_blocks, blk_stride)
+    float **kmin, **kmax; // (n_layers) -> (n_blocks, sum_stride)
 
-    kv_block_t *blk;       // (n_blocks)
-    int32_t *tokens;       // (n_blocks, block_size) token ids of hashed blocks
-    int32_t *free_stack;   // (n_blocks)
+    kv_block_t *blk;     // (n_blocks)
+    int32_t *tokens;     // (n_blocks, block_size) token ids of hashed blocks
+    int32_t *free_stack; // (n_blocks)
     int64_t n_free;
     int64_t n_cached;
     int32_t lru_head, lru_tail; // oldest first
 
-    int32_t *buckets;      // (n_buckets) hash table heads, -1 empty
+    int32_t *buckets; // (n_buckets) hash table heads, -1 empty
     uint64_t bucket_mask;
 
     uint64_t queried_tokens, hit_tokens;
 };
 
 /* pool.c */
-int32_t kv__alloc_block(kv_pool_t *p);          // ref 1, fresh summary; -1 when none
-void kv__unref_block(kv_pool_t *p, int32_t b);  // to LRU (hashed) or free stack at ref 0
+int32_t kv__alloc_block(kv_pool_t *p);         // ref 1, fresh summary; -1 when none
+void kv__unref_block(kv_pool_t *p, int32_t b); // to LRU (hashed) or free stack at ref 0
 void kv__lru_remove(kv_pool_t *p, int32_t b);
 void kv__copy_block(kv_pool_t *p, int32_t dst, int32_t src); // K, V and summaries
 

@@ -103,18 +103,24 @@ static void lru_push_tail(kv_pool_t *p, int32_t b) {
     kv_block_t *k = &p->blk[b];
     k->lru_next = -1;
     k->lru_prev = p->lru_tail;
-    if (p->lru_tail >= 0) p->blk[p->lru_tail].lru_next = b;
-    else p->lru_head = b;
+    if (p->lru_tail >= 0)
+        p->blk[p->lru_tail].lru_next = b;
+    else
+        p->lru_head = b;
     p->lru_tail = b;
     p->n_cached++;
 }
 
 void kv__lru_remove(kv_pool_t *p, int32_t b) {
     kv_block_t *k = &p->blk[b];
-    if (k->lru_prev >= 0) p->blk[k->lru_prev].lru_next = k->lru_next;
-    else p->lru_head = k->lru_next;
-    if (k->lru_next >= 0) p->blk[k->lru_next].lru_prev = k->lru_prev;
-    else p->lru_tail = k->lru_prev;
+    if (k->lru_prev >= 0)
+        p->blk[k->lru_prev].lru_next = k->lru_next;
+    else
+        p->lru_head = k->lru_next;
+    if (k->lru_next >= 0)
+        p->blk[k->lru_next].lru_prev = k->lru_prev;
+    else
+        p->lru_tail = k->lru_prev;
     k->lru_prev = k->lru_next = -1;
     p->n_cached--;
 }
@@ -159,8 +165,10 @@ int32_t kv__alloc_block(kv_pool_t *p) {
 void kv__unref_block(kv_pool_t *p, int32_t b) {
     kv_block_t *k = &p->blk[b];
     if (--k->ref > 0) return;
-    if (k->hashed) lru_push_tail(p, b);
-    else p->free_stack[p->n_free++] = b;
+    if (k->hashed)
+        lru_push_tail(p, b);
+    else
+        p->free_stack[p->n_free++] = b;
 }
 
 void kv__copy_block(kv_pool_t *p, int32_t dst, int32_t src) {

@@ -105,7 +105,8 @@ void kv_prefix_commit(kv_pool_t *p, kv_seq_t *s, const int32_t *tokens, int64_t 
             /* Another sequence may have registered identical contents first:
              * keep that one in the table; ours stays private but the chain
              * goes on (the hash is recorded for prepare_write's rollback). */
-            if (hash_find(p, h, parent, tok) < 0) hash_insert(p, b, h, parent, tok);
+            if (hash_find(p, h, parent, tok) < 0)
+                hash_insert(p, b, h, parent, tok);
             else {
                 k->hash = h;
                 k->parent = parent;

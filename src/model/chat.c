@@ -19,8 +19,7 @@ static int contains(const char *s, size_t n, const char *needle) {
     return 0;
 }
 
-int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, char *err,
-                         size_t errlen) {
+int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, char *err, size_t errlen) {
     if (!tmpl || len == 0) {
         if (err) snprintf(err, errlen, "model has no tokenizer.chat_template");
         return LC_ENOTFOUND;
@@ -118,8 +117,8 @@ static void put_trimmed(sbuf_t *b, const char *s) {
     put(b, s, n);
 }
 
-int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n,
-                int add_generation_prompt, char **out, char *err, size_t errlen) {
+int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char **out,
+                char *err, size_t errlen) {
     sbuf_t b = {0};
     *out = NULL;
     for (size_t i = 0; i < n; i++) {

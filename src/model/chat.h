@@ -27,8 +27,7 @@ typedef struct {
 /* Recognises a GGUF tokenizer.chat_template (tmpl may be NULL: missing).
  * Returns 0, LC_ENOTFOUND (missing) or LC_EUNSUPPORTED (unknown family); on
  * failure err says which, for the daemon to report at load. */
-int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, char *err,
-                         size_t errlen);
+int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, char *err, size_t errlen);
 /* A family chosen by name ("chatml", "llama3") when configured explicitly,
  * e.g. as the fallback for a model without a usable template; 0 or LC_EINVAL. */
 int chat_template_from_name(const char *name, chat_template_t *out);
@@ -40,7 +39,7 @@ int chat_renders_bos(const chat_template_t *ct);
 /* Renders n messages; with add_generation_prompt the text ends with the
  * assistant header. *out is malloc'd (caller frees). Returns 0, LC_ENOMEM, or
  * LC_EINVAL for an unknown role (err names it). */
-int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n,
-                int add_generation_prompt, char **out, char *err, size_t errlen);
+int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char **out,
+                char *err, size_t errlen);
 
 #endif

@@ -11,14 +11,12 @@
 #include "model/model_internal.h"
 
 /* ---- scratch ------------------------------------------------------------------- */
-static void *amalloc(size_t n)
-{
+static void *amalloc(size_t n) {
     void *p = NULL;
     return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
 }
 
-model_ctx_t *model_ctx_create(const model_t *m, int max_tokens)
-{
+model_ctx_t *model_ctx_create(const model_t *m, int max_tokens) {
     if (!m || max_tokens <= 0) return NULL;
     const model_hparams_t *hp = &m->hp;
     size_t T = (size_t)max_tokens, E = hp->n_embd, F = hp->n_ff;
@@ -50,8 +48,7 @@ model_ctx_t *model_ctx_create(const model_t *m, int max_tokens)
     return c;
 }
 
-void model_ctx_destroy(model_ctx_t *c)
-{
+void model_ctx_destroy(model_ctx_t *c) {
     if (!c) return;
     free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
     free(c->gate), free(c->up), free(c->pos), free(c->rows), free(c->lbuf), free(c->mark);
@@ -60,15 +57,13 @@ void model_ctx_destroy(model_ctx_t *c)
     free(c);
 }
 
-void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud)
-{
+void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud) {
     c->hook = cb;
     c->hook_ud = ud;
 }
 
 /* ---- validation ---------------------------------------------------------------- */
-static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
-{
+static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b) {
     const model_hparams_t *hp = &c->m->hp;
     if (!kv || !b || b->n_tokens <= 0 || b->n_tokens > c->max_tokens || !b->tokens || b->n_seqs <= 0 || !b->seqs)
         return LC_EINVAL;
@@ -100,8 +95,7 @@ static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
  * row's result depends only on its own sequence's step, never on what else
  * shares the batch (continuous batching stays deterministic).
  *   x: (n, w->cols)   y: (n, w->rows)   kind: (n) */
-static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned char *kind)
-{
+static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned char *kind) {
     for (int r0 = 0; r0 < n;) {
         int r1 = r0 + 1;
         while (r1 < n && kind[r1] == kind[r0]) r1++;
@@ -116,8 +110,7 @@ static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned 
 /* ---- attention ------------------------------------------------------------------ */
 /* Writes the batch's K/V for layer l into the cache, then runs attention for
  * every slice into c->att. */
-static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int l)
-{
+static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int l) {
     const model_hparams_t *hp = &c->m->hp;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
     attn_shape_t shape = model_attn_shape(c->m);
@@ -161,8 +154,7 @@ static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int 
  * sequences share each matmul (the LM head is the largest matrix: reading it
  * once per decode token of the batch would dominate), MODEL_LOGIT_CHUNK rows
  * at a time through a staging buffer; a single sequence writes directly. */
-static int logits(model_ctx_t *c, const model_batch_t *b)
-{
+static int logits(model_ctx_t *c, const model_batch_t *b) {
     const model_t *m = c->m;
     int E = m->hp.n_embd, V = m->hp.n_vocab;
     int n = 0;
@@ -193,8 +185,7 @@ static int logits(model_ctx_t *c, const model_batch_t *b)
 }
 
 /* ---- forward ------------------------------------------------------------------- */
-int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
-{
+int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b) {
     int rc = check_batch(c, kv, b);
     if (rc) return rc;
     const model_t *m = c->m;
@@ -206,8 +197,7 @@ int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b)
             c->pos[b->seqs[s].tok0 + i] = b->seqs[s].pos0 + i;
             c->q8row[b->seqs[s].tok0 + i] = (unsigned char)(b->seqs[s].decode != 0);
         }
-    for (int t = 0; t < T; t++)
-        ops_w_row_f32(&m->tok_embd, b->tokens[t], c->x + (size_t)t * E);
+    for (int t = 0; t < T; t++) ops_w_row_f32(&m->tok_embd, b->tokens[t], c->x + (size_t)t * E);
 
     for (int l = 0; l < hp->n_layers; l++) {
         const model_layer_t *L = &m->layers[l];

@@ -41,7 +41,10 @@ static const char *printable(gguf_str_t s, char out[80]) {
         unsigned char c = (unsigned char)s.ptr[i];
         out[j++] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
     }
-    if (s.len > n) { memcpy(out + j, "...", 3); j += 3; }
+    if (s.len > n) {
+        memcpy(out + j, "...", 3);
+        j += 3;
+    }
     out[j] = '\0';
     return out;
 }
@@ -59,8 +62,8 @@ static size_t rd_left(const rd_t *r) { return r->n - r->pos; }
 /* Fails unless k more bytes remain; `what` names the field for the message. */
 static int rd_need(rd_t *r, uint64_t k, const char *ctx, const char *what) {
     if (k > rd_left(r)) {
-        seterr(r->err, r->errlen, "%s%s at offset %zu needs %llu bytes, only %zu left (file truncated?)", ctx,
-               what, r->pos, (unsigned long long)k, rd_left(r));
+        seterr(r->err, r->errlen, "%s%s at offset %zu needs %llu bytes, only %zu left (file truncated?)", ctx, what,
+               r->pos, (unsigned long long)k, rd_left(r));
         return LC_EFORMAT;
     }
     return 0;
@@ -85,8 +88,8 @@ static int rd_str(rd_t *r, gguf_str_t *s, uint64_t maxlen, const char *ctx, cons
     uint64_t len;
     if (rd_u64(r, &len, ctx, what)) return LC_EFORMAT;
     if (maxlen && len > maxlen) {
-        seterr(r->err, r->errlen, "%s%s length %llu exceeds the limit of %llu", ctx, what,
-               (unsigned long long)len, (unsigned long long)maxlen);
+        seterr(r->err, r->errlen, "%s%s length %llu exceeds the limit of %llu", ctx, what, (unsigned long long)len,
+               (unsigned long long)maxlen);
         return LC_EFORMAT;
     }
     if (len > rd_left(r)) {
@@ -118,9 +121,14 @@ const char *ggml_type_name(uint32_t type) {
 
 uint32_t ggml_block_size(uint32_t type) {
     switch (type) {
-    case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16: return 1;
-    case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q8_0: return 32;
-    case GGML_TYPE_Q4_K: case GGML_TYPE_Q6_K: return 256;
+    case GGML_TYPE_F32:
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16: return 1;
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q8_0: return 32;
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q6_K: return 256;
     }
     return 0;
 }
@@ -128,7 +136,8 @@ uint32_t ggml_block_size(uint32_t type) {
 uint32_t ggml_type_size(uint32_t type) {
     switch (type) {
     case GGML_TYPE_F32: return 4;
-    case GGML_TYPE_F16: case GGML_TYPE_BF16: return 2;
+    case GGML_TYPE_F16:
+    case GGML_TYPE_BF16: return 2;
     case GGML_TYPE_Q4_0: return 18;
     case GGML_TYPE_Q4_1: return 20;
     case GGML_TYPE_Q8_0: return 34;
@@ -149,7 +158,7 @@ uint64_t ggml_row_size(uint32_t type, uint64_t n) {
 /* ---- hashing of names ------------------------------------------------------ */
 
 static uint64_t hash_bytes(const char *p, uint64_t n) {
-    uint64_t h = 1469598103934665603ull;          // FNV-1a
+    uint64_t h = 1469598103934665603ull; // FNV-1a
     for (uint64_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
     return h;
 }
@@ -164,13 +173,16 @@ static int hash_build(int64_t n, gguf_str_t (*name_of)(const gguf_ctx_t *, int64
     while (c < (uint64_t)n * 2) c <<= 1;
     int64_t *t = malloc(c * sizeof *t);
     if (!t) return LC_ENOMEM;
-    memset(t, 0xff, c * sizeof *t);     // all -1
+    memset(t, 0xff, c * sizeof *t); // all -1
     *dup = -1;
     for (int64_t i = 0; i < n; i++) {
         gguf_str_t s = name_of(g, i);
         uint64_t h = hash_bytes(s.ptr, s.len) & (c - 1);
         while (t[h] >= 0) {
-            if (str_eq(name_of(g, t[h]), s.ptr, s.len)) { *dup = i; break; }
+            if (str_eq(name_of(g, t[h]), s.ptr, s.len)) {
+                *dup = i;
+                break;
+            }
             h = (h + 1) & (c - 1);
         }
         if (*dup >= 0) break;
@@ -263,7 +275,7 @@ static int parse_kv(rd_t *r, int64_t idx, gguf_kv_t *kv) {
         r->pos += (size_t)(count * sz);
         return 0;
     }
-    if (count > rd_left(r) / 8) {       // each string needs at least its length
+    if (count > rd_left(r) / 8) { // each string needs at least its length
         seterr(r->err, r->errlen, "%sarray of %llu strings exceeds the %zu bytes left in the file", ctx,
                (unsigned long long)count, rd_left(r));
         return LC_EFORMAT;
@@ -382,7 +394,7 @@ static int place_tensors(gguf_ctx_t *g, char *err, size_t errlen) {
     qsort(by_off, (size_t)g->n_tensors, sizeof *by_off, cmp_by_offset);
     int rc = 0;
     for (int64_t i = 0; i + 1 < g->n_tensors; i++) {
-        if (by_off[i]->offset + by_off[i]->nbytes > by_off[i + 1]->offset) {   // both bounded by data_size
+        if (by_off[i]->offset + by_off[i]->nbytes > by_off[i + 1]->offset) { // both bounded by data_size
             seterr(err, errlen, "tensors '%s' and '%s' overlap", printable(by_off[i]->name, nm),
                    printable(by_off[i + 1]->name, nm2));
             rc = LC_EFORMAT;
@@ -421,12 +433,13 @@ static int parse(gguf_ctx_t *g, char *err, size_t errlen) {
     if (rd_u64(&r, &n_tensors, "header: ", "tensor_count") || rd_u64(&r, &n_kv, "header: ", "kv_count"))
         return LC_EFORMAT;
     if (n_kv > rd_left(&r) / KV_MIN_BYTES) {
-        seterr(err, errlen, "kv_count %llu is impossible in a file of %zu bytes (truncated?)", (unsigned long long)n_kv, g->size);
+        seterr(err, errlen, "kv_count %llu is impossible in a file of %zu bytes (truncated?)", (unsigned long long)n_kv,
+               g->size);
         return LC_EFORMAT;
     }
     if (n_tensors > rd_left(&r) / TI_MIN_BYTES) {
-        seterr(err, errlen, "tensor_count %llu is impossible in a file of %zu bytes (truncated?)", (unsigned long long)n_tensors,
-               g->size);
+        seterr(err, errlen, "tensor_count %llu is impossible in a file of %zu bytes (truncated?)",
+               (unsigned long long)n_tensors, g->size);
         return LC_EFORMAT;
     }
     // Arrays grow as entries are actually parsed, so a lying count costs
@@ -466,7 +479,7 @@ static int parse(gguf_ctx_t *g, char *err, size_t errlen) {
         int rc = parse_tensor(&r, i, &g->tensors[i]);
         if (rc) return rc;
     }
-    g->data_off = ((uint64_t)r.pos + g->alignment - 1) / g->alignment * g->alignment;   // pos < 2^63
+    g->data_off = ((uint64_t)r.pos + g->alignment - 1) / g->alignment * g->alignment; // pos < 2^63
     return place_tensors(g, err, errlen);
 oom:
     seterr(err, errlen, "out of memory");
@@ -576,8 +589,8 @@ static void format_dims(char *buf, size_t len, uint32_t n_dims, const uint64_t *
     if (o < len) snprintf(buf + o, len - o, "]");
 }
 
-const gguf_tensor_t *gguf_expect_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims,
-                                        const uint64_t *dims, char *err, size_t errlen) {
+const gguf_tensor_t *gguf_expect_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const uint64_t *dims,
+                                        char *err, size_t errlen) {
     const gguf_tensor_t *t = gguf_find_tensor(g, name);
     if (!t) {
         seterr(err, errlen, "tensor '%s': missing", name);

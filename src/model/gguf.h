@@ -24,9 +24,19 @@ typedef enum {
 
 /* GGUF metadata value types. */
 typedef enum {
-    GGUF_T_U8 = 0, GGUF_T_I8 = 1, GGUF_T_U16 = 2, GGUF_T_I16 = 3, GGUF_T_U32 = 4,
-    GGUF_T_I32 = 5, GGUF_T_F32 = 6, GGUF_T_BOOL = 7, GGUF_T_STRING = 8,
-    GGUF_T_ARRAY = 9, GGUF_T_U64 = 10, GGUF_T_I64 = 11, GGUF_T_F64 = 12,
+    GGUF_T_U8 = 0,
+    GGUF_T_I8 = 1,
+    GGUF_T_U16 = 2,
+    GGUF_T_I16 = 3,
+    GGUF_T_U32 = 4,
+    GGUF_T_I32 = 5,
+    GGUF_T_F32 = 6,
+    GGUF_T_BOOL = 7,
+    GGUF_T_STRING = 8,
+    GGUF_T_ARRAY = 9,
+    GGUF_T_U64 = 10,
+    GGUF_T_I64 = 11,
+    GGUF_T_F64 = 12,
 } gguf_vtype_t;
 
 /* A string inside the mapped file: not NUL-terminated. */
@@ -37,13 +47,13 @@ typedef struct {
 
 typedef struct {
     gguf_str_t name;
-    uint32_t n_dims;        // 1..4
-    uint64_t dims[4];       // dims[0] is contiguous; unused dims are 1
+    uint32_t n_dims;  // 1..4
+    uint64_t dims[4]; // dims[0] is contiguous; unused dims are 1
     ggml_type_t type;
-    uint64_t n_elements;    // product of dims
-    uint64_t nbytes;        // bytes of data in the file
-    const void *data;       // points into the mapping; valid until gguf_close
-    uint64_t offset;        // of data, relative to the data section
+    uint64_t n_elements; // product of dims
+    uint64_t nbytes;     // bytes of data in the file
+    const void *data;    // points into the mapping; valid until gguf_close
+    uint64_t offset;     // of data, relative to the data section
 } gguf_tensor_t;
 
 typedef struct gguf_ctx gguf_ctx_t;
@@ -97,8 +107,8 @@ const gguf_tensor_t *gguf_find_tensor(const gguf_ctx_t *g, const char *name);
 /* For the model loader: the tensor `name` with exactly the given shape
  * (n_dims dims; dims[0] contiguous). Returns NULL and writes "tensor 'x':
  * missing" or "tensor 'x': shape [a, b], expected [c, d]" into err otherwise. */
-const gguf_tensor_t *gguf_expect_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims,
-                                        const uint64_t *dims, char *err, size_t errlen);
+const gguf_tensor_t *gguf_expect_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const uint64_t *dims,
+                                        char *err, size_t errlen);
 
 /* ---- types --------------------------------------------------------------- */
 /* Name ("Q4_1"), or NULL for an unknown type. */
@@ -128,8 +138,8 @@ int gguf_writer_set_arr_str(gguf_writer_t *w, const char *key, const char *const
 int gguf_writer_set_arr_f32(gguf_writer_t *w, const char *key, const float *v, uint64_t n);
 int gguf_writer_set_arr_i32(gguf_writer_t *w, const char *key, const int32_t *v, uint64_t n);
 /* Adds a tensor; data (already in `type` layout, nbytes long) is copied. */
-int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t n_dims, const uint64_t *dims,
-                           ggml_type_t type, const void *data, size_t nbytes);
+int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t n_dims, const uint64_t *dims, ggml_type_t type,
+                           const void *data, size_t nbytes);
 int gguf_writer_set_u64(gguf_writer_t *w, const char *key, uint64_t v);
 /* Writes the file; returns 0 or a negative status (LC_EIO). */
 int gguf_writer_write(gguf_writer_t *w, const char *path);

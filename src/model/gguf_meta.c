@@ -14,7 +14,7 @@
 
 /* A number read from a value of any numeric type. */
 typedef struct {
-    int kind;       // 0 signed integer, 1 unsigned integer, 2 floating point
+    int kind; // 0 signed integer, 1 unsigned integer, 2 floating point
     int64_t i;
     uint64_t u;
     double f;
@@ -23,10 +23,22 @@ typedef struct {
 static int read_num(uint32_t type, const uint8_t *p, num_t *n) {
     memset(n, 0, sizeof *n);
     switch (type) {
-    case GGUF_T_U8: n->kind = 1; n->u = p[0]; return 0;
-    case GGUF_T_U16: n->kind = 1; n->u = le16(p); return 0;
-    case GGUF_T_U32: n->kind = 1; n->u = le32(p); return 0;
-    case GGUF_T_U64: n->kind = 1; n->u = le64(p); return 0;
+    case GGUF_T_U8:
+        n->kind = 1;
+        n->u = p[0];
+        return 0;
+    case GGUF_T_U16:
+        n->kind = 1;
+        n->u = le16(p);
+        return 0;
+    case GGUF_T_U32:
+        n->kind = 1;
+        n->u = le32(p);
+        return 0;
+    case GGUF_T_U64:
+        n->kind = 1;
+        n->u = le64(p);
+        return 0;
     case GGUF_T_I8: n->i = (int8_t)p[0]; return 0;
     case GGUF_T_I16: n->i = (int16_t)le16(p); return 0;
     case GGUF_T_I32: n->i = (int32_t)le32(p); return 0;
@@ -203,22 +215,32 @@ static void put_str(char *buf, size_t len, size_t *o, gguf_str_t s, size_t max) 
     size_t n = s.len > max ? max : (size_t)s.len;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s.ptr[i];
-        if (c == '\n') put(buf, len, o, "\\n");
-        else if (c == '\t') put(buf, len, o, "\\t");
-        else if (c == '"' || c == '\\') put(buf, len, o, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f) put(buf, len, o, "\\x%02x", c);
-        else put(buf, len, o, "%c", c);
+        if (c == '\n')
+            put(buf, len, o, "\\n");
+        else if (c == '\t')
+            put(buf, len, o, "\\t");
+        else if (c == '"' || c == '\\')
+            put(buf, len, o, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            put(buf, len, o, "\\x%02x", c);
+        else
+            put(buf, len, o, "%c", c);
     }
     put(buf, len, o, s.len > n ? "\"... (%llu bytes)" : "\"", (unsigned long long)s.len);
 }
 
 static void put_num(char *buf, size_t len, size_t *o, uint32_t type, const uint8_t *p) {
     num_t n;
-    if (type == GGUF_T_BOOL) put(buf, len, o, "%s", p[0] ? "true" : "false");
-    else if (read_num(type, p, &n)) put(buf, len, o, "?");
-    else if (n.kind == 0) put(buf, len, o, "%lld", (long long)n.i);
-    else if (n.kind == 1) put(buf, len, o, "%llu", (unsigned long long)n.u);
-    else put(buf, len, o, "%.9g", n.f);
+    if (type == GGUF_T_BOOL)
+        put(buf, len, o, "%s", p[0] ? "true" : "false");
+    else if (read_num(type, p, &n))
+        put(buf, len, o, "?");
+    else if (n.kind == 0)
+        put(buf, len, o, "%lld", (long long)n.i);
+    else if (n.kind == 1)
+        put(buf, len, o, "%llu", (unsigned long long)n.u);
+    else
+        put(buf, len, o, "%.9g", n.f);
 }
 
 void gguf_format_value(const gguf_ctx_t *g, int64_t i, char *buf, size_t len) {
@@ -237,10 +259,12 @@ void gguf_format_value(const gguf_ctx_t *g, int64_t i, char *buf, size_t len) {
         uint64_t shown = kv->count < 5 ? kv->count : 5;
         for (uint64_t k = 0; k < shown; k++) {
             put(buf, len, &o, k ? ", " : " ");
-            if (kv->elem_type == GGUF_T_STRING) put_str(buf, len, &o, arr_str_at(kv, k), 24);
-            else put_num(buf, len, &o, kv->elem_type, kv->val + k * gguf__vtype_size(kv->elem_type));
+            if (kv->elem_type == GGUF_T_STRING)
+                put_str(buf, len, &o, arr_str_at(kv, k), 24);
+            else
+                put_num(buf, len, &o, kv->elem_type, kv->val + k * gguf__vtype_size(kv->elem_type));
         }
         if (shown < kv->count) put(buf, len, &o, ", ...");
     }
-    if (o >= len && len > 4) memcpy(buf + len - 4, "...", 4);     // mark truncation
+    if (o >= len && len > 4) memcpy(buf + len - 4, "...", 4); // mark truncation
 }

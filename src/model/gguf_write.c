@@ -20,7 +20,7 @@ typedef struct {
 
 typedef struct {
     char *key;
-    buf_t val;                  // type u32 followed by the encoded value
+    buf_t val; // type u32 followed by the encoded value
 } wkv_t;
 
 typedef struct {
@@ -47,11 +47,17 @@ static void buf_put(buf_t *b, const void *src, size_t n) {
     if (n > b->cap - b->n) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap - b->n < n) {
-            if (cap > SIZE_MAX / 2) { b->oom = 1; return; }
+            if (cap > SIZE_MAX / 2) {
+                b->oom = 1;
+                return;
+            }
             cap *= 2;
         }
         uint8_t *p = realloc(b->p, cap);
-        if (!p) { b->oom = 1; return; }
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
         b->p = p;
         b->cap = cap;
     }
@@ -222,8 +228,8 @@ int gguf_writer_set_arr_i32(gguf_writer_t *w, const char *key, const int32_t *v,
     return done_kv(w, b);
 }
 
-int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t n_dims, const uint64_t *dims,
-                           ggml_type_t type, const void *data, size_t nbytes) {
+int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t n_dims, const uint64_t *dims, ggml_type_t type,
+                           const void *data, size_t nbytes) {
     if (!name || !*name || strlen(name) > GGUF_MAX_NAME || n_dims < 1 || n_dims > 4 || !dims) return LC_EINVAL;
     uint64_t n = 1;
     for (uint32_t d = 0; d < n_dims; d++) {

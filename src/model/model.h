@@ -19,8 +19,8 @@
 typedef struct tok tok_t;
 
 typedef struct {
-    char arch[32];        // "llama"
-    char name[128];       // general.name, or the file name
+    char arch[32];  // "llama"
+    char name[128]; // general.name, or the file name
     int n_vocab;
     int n_embd;
     int n_layers;
@@ -28,7 +28,7 @@ typedef struct {
     int n_kv_heads;
     int head_dim;
     int n_ff;
-    int n_ctx_train;      // context length the model was trained for
+    int n_ctx_train; // context length the model was trained for
     float rms_eps;
     float rope_theta;
     float rope_freq_scale; // 1 / linear scaling factor (1 = none)
@@ -70,8 +70,8 @@ typedef struct {
     int n_tok;
     int64_t pos0;
     const kv_seq_t *kv;
-    attn_state_t *attn;   // per-sequence policy and state; NULL = dense
-    int decode;           // 1: this slice is one generated token (decode kernels)
+    attn_state_t *attn; // per-sequence policy and state; NULL = dense
+    int decode;         // 1: this slice is one generated token (decode kernels)
     /* Logits: 0 none, 1 the last token's row, 2 every token's row (echo
      * logprobs). Written to `logits`: (1 or n_tok, n_vocab). */
     int logits_mode;
@@ -80,7 +80,7 @@ typedef struct {
 
 typedef struct {
     int n_tokens;
-    const int32_t *tokens;  // (n_tokens)
+    const int32_t *tokens; // (n_tokens)
     int n_seqs;
     const model_seq_t *seqs; // (n_seqs); token slices are disjoint and cover the batch
 } model_batch_t;
@@ -98,8 +98,8 @@ void model_ctx_destroy(model_ctx_t *c);
  * them but must not write either. NULL (the default) disables it; the
  * forward pass then costs nothing extra.
  *   q: (n_tok, n_heads, head_dim) */
-typedef void (*model_attn_hook_cb)(void *ud, int layer, int seq, const attn_shape_t *shape, const float *q,
-                                   int n_tok, int64_t pos0, const attn_kv_t *kv);
+typedef void (*model_attn_hook_cb)(void *ud, int layer, int seq, const attn_shape_t *shape, const float *q, int n_tok,
+                                   int64_t pos0, const attn_kv_t *kv);
 void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud);
 
 /* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM. */

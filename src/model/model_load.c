@@ -16,8 +16,7 @@
 #include "model/tokenizer.h"
 #include "model/chat.h"
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
@@ -27,9 +26,8 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- metadata --------------------------------------------------------------- */
 /* Reads "<arch>.<suffix>" as an integer; required keys fail when missing. */
-static int get_int(const gguf_ctx_t *g, const char *arch, const char *suffix, int required, int64_t def,
-                   int64_t lo, int64_t hi, int64_t *out, char *err, size_t errlen)
-{
+static int get_int(const gguf_ctx_t *g, const char *arch, const char *suffix, int required, int64_t def, int64_t lo,
+                   int64_t hi, int64_t *out, char *err, size_t errlen) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int64_t v;
@@ -52,8 +50,7 @@ static int get_int(const gguf_ctx_t *g, const char *arch, const char *suffix, in
 }
 
 static int get_float(const gguf_ctx_t *g, const char *arch, const char *suffix, float def, float *out, char *err,
-                     size_t errlen)
-{
+                     size_t errlen) {
     char key[128];
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int rc = gguf_get_f32(g, key, out);
@@ -68,8 +65,7 @@ static int get_float(const gguf_ctx_t *g, const char *arch, const char *suffix, 
     return 0;
 }
 
-static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen)
-{
+static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
     model_hparams_t *hp = &m->hp;
     gguf_str_t s;
     if (gguf_get_str(g, "general.architecture", &s)) {
@@ -91,10 +87,10 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     const char *a = hp->arch;
     int64_t v;
     int rc;
-#define GI(suffix, req, def, lo, hi, field)                                             \
-    do {                                                                                \
-        if ((rc = get_int(g, a, suffix, req, def, lo, hi, &v, err, errlen))) return rc; \
-        field = (int)v;                                                                 \
+#define GI(suffix, req, def, lo, hi, field)                                                                            \
+    do {                                                                                                               \
+        if ((rc = get_int(g, a, suffix, req, def, lo, hi, &v, err, errlen))) return rc;                                \
+        field = (int)v;                                                                                                \
     } while (0)
     GI("embedding_length", 1, 0, 1, 1 << 16, hp->n_embd);
     GI("block_count", 1, 0, 1, 1024, hp->n_layers);
@@ -150,8 +146,7 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
 /* ---- tensors ------------------------------------------------------------------ */
 /* Takes ownership of p (a weight buffer) so that model_free releases it.
  * Returns p, or NULL after freeing it when the list cannot grow. */
-static void *own(model_t *m, void *p)
-{
+static void *own(model_t *m, void *p) {
     if (!p) return NULL;
     if (m->n_bufs == m->cap_bufs) {
         int cap = m->cap_bufs ? 2 * m->cap_bufs : 64;
@@ -167,17 +162,15 @@ static void *own(model_t *m, void *p)
     return p;
 }
 
-static void *alloc64(size_t n)
-{
+static void *alloc64(size_t n) {
     void *p = NULL;
     return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
 }
 
 /* Finds `name` and checks its shape is exactly dims[0..n_dims) and its type
  * one the matmul reads. NULL with a message otherwise. */
-static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims,
-                                        const int64_t *dims, char *err, size_t errlen)
-{
+static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const int64_t *dims,
+                                        char *err, size_t errlen) {
     const gguf_tensor_t *t = gguf_find_tensor(g, name);
     if (!t) {
         set_err(err, errlen, "tensor %s missing", name);
@@ -210,9 +203,8 @@ static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, u
 /* Loads a (rows, cols) matrix (dims {cols, rows}) into w, kept in its file
  * format; every value is expanded once to check it is finite. With f32 set,
  * the matrix is stored expanded instead (type OPS_W_F32). */
-static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t cols, int64_t rows, int f32,
-                    ops_w_t *w, char *err, size_t errlen)
-{
+static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t cols, int64_t rows, int f32, ops_w_t *w,
+                    char *err, size_t errlen) {
     const int64_t dims[2] = {cols, rows};
     const gguf_tensor_t *t = find_tensor(g, name, rows > 1 ? 2 : 1, dims, err, errlen);
     if (!t) return LC_EFORMAT;
@@ -252,15 +244,13 @@ static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t c
 }
 
 /* A norm vector, expanded to f32. */
-static float *load_vec(const gguf_ctx_t *g, model_t *m, const char *name, int64_t n, char *err, size_t errlen)
-{
+static float *load_vec(const gguf_ctx_t *g, model_t *m, const char *name, int64_t n, char *err, size_t errlen) {
     ops_w_t w;
     if (load_mat(g, m, name, n, 1, 1, &w, err, errlen)) return NULL;
     return (float *)(uintptr_t)w.data;
 }
 
-static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen)
-{
+static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
     const model_hparams_t *hp = &m->hp;
     const gguf_tensor_t *te = gguf_find_tensor(g, "token_embd.weight");
     if (!te || te->n_dims != 2) {
@@ -283,10 +273,14 @@ static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     int64_t QD = (int64_t)hp->n_heads * hp->head_dim, KD = (int64_t)hp->n_kv_heads * hp->head_dim;
     const int f32 = m->f32_weights;
     int rc;
-#define MAT(dst, name, cols, rows) \
-    do { if ((rc = load_mat(g, m, name, cols, rows, f32, &(dst), err, errlen))) return rc; } while (0)
-#define VEC(dst, name, n) \
-    do { if (!((dst) = load_vec(g, m, name, n, err, errlen))) return LC_EFORMAT; } while (0)
+#define MAT(dst, name, cols, rows)                                                                                     \
+    do {                                                                                                               \
+        if ((rc = load_mat(g, m, name, cols, rows, f32, &(dst), err, errlen))) return rc;                              \
+    } while (0)
+#define VEC(dst, name, n)                                                                                              \
+    do {                                                                                                               \
+        if (!((dst) = load_vec(g, m, name, n, err, errlen))) return LC_EFORMAT;                                        \
+    } while (0)
     MAT(m->tok_embd, "token_embd.weight", E, V);
     VEC(m->out_norm, "output_norm.weight", E);
     if (gguf_find_tensor(g, "output.weight")) {
@@ -304,10 +298,10 @@ static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     char name[96];
     for (int l = 0; l < hp->n_layers; l++) {
         model_layer_t *L = &m->layers[l];
-#define LN(KIND, field, suffix, ...)                                \
-    do {                                                            \
-        snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix); \
-        KIND(L->field, name, __VA_ARGS__);                          \
+#define LN(KIND, field, suffix, ...)                                                                                   \
+    do {                                                                                                               \
+        snprintf(name, sizeof name, "blk.%d.%s.weight", l, suffix);                                                    \
+        KIND(L->field, name, __VA_ARGS__);                                                                             \
     } while (0)
         LN(VEC, attn_norm, "attn_norm", E);
         LN(MAT, wq, "attn_q", E, QD);
@@ -330,8 +324,7 @@ model_t *model_load(const char *path, char *err, size_t errlen) { return model_l
 
 size_t model_weight_bytes(const model_t *m) { return m->weight_bytes; }
 
-model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, size_t errlen)
-{
+model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, size_t errlen) {
     char gerr[256] = "";
     gguf_ctx_t *g = gguf_open(path, gerr, sizeof gerr);
     if (!g) {
@@ -384,8 +377,7 @@ fail:
     return NULL;
 }
 
-void model_free(model_t *m)
-{
+void model_free(model_t *m) {
     if (!m) return;
     for (int i = 0; i < m->n_bufs; i++) free(m->bufs[i]);
     free(m->bufs);
@@ -399,8 +391,7 @@ const model_hparams_t *model_hparams(const model_t *m) { return &m->hp; }
 const tok_t *model_tok(const model_t *m) { return m->tok; }
 int model_chat_template(const model_t *m) { return m->chat_tmpl; }
 
-attn_shape_t model_attn_shape(const model_t *m)
-{
+attn_shape_t model_attn_shape(const model_t *m) {
     attn_shape_t s = {
         .n_heads = m->hp.n_heads,
         .n_kv_heads = m->hp.n_kv_heads,
@@ -410,8 +401,7 @@ attn_shape_t model_attn_shape(const model_t *m)
     return s;
 }
 
-kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks)
-{
+kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks) {
     kv_config_t c = {
         .n_layers = m->hp.n_layers,
         .n_kv_heads = m->hp.n_kv_heads,

@@ -14,8 +14,8 @@
 #include "common/status.h"
 #include "model/gguf.h"
 
-#define QK 32       // weights per Q4_0/Q4_1/Q8_0 block
-#define QK_K 256    // weights per K-quant super-block
+#define QK 32    // weights per Q4_0/Q4_1/Q8_0 block
+#define QK_K 256 // weights per K-quant super-block
 
 /* ---- f16 / bf16 -------------------------------------------------------------- */
 
@@ -67,8 +67,8 @@ float quant_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
 
 uint16_t quant_f32_to_bf16(float f) {
     uint32_t u = f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64);     // NaN: force quiet
-    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);                  // round to nearest even
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); // NaN: force quiet
+    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);             // round to nearest even
 }
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }

@@ -15,16 +15,15 @@ struct sampler {
     sampler_params_t p;
     int n_vocab;
     uint64_t rng[4];
-    int32_t *count;      // (n_vocab) times each token was generated
-    uint8_t *seen;       // (n_vocab) in the prompt or generated (repetition penalty)
-    int32_t *idx;        // (n_vocab) candidate ids
-    float *val;          // (n_vocab) candidate logits / probabilities, by id
+    int32_t *count; // (n_vocab) times each token was generated
+    uint8_t *seen;  // (n_vocab) in the prompt or generated (repetition penalty)
+    int32_t *idx;   // (n_vocab) candidate ids
+    float *val;     // (n_vocab) candidate logits / probabilities, by id
     int n_output;
 };
 
 /* ---- RNG ----------------------------------------------------------------------- */
-static uint64_t splitmix64(uint64_t *x)
-{
+static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
@@ -33,8 +32,7 @@ static uint64_t splitmix64(uint64_t *x)
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-static uint64_t xoshiro_next(uint64_t *s)
-{
+static uint64_t xoshiro_next(uint64_t *s) {
     uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0];
     s[3] ^= s[1];
@@ -49,8 +47,7 @@ static uint64_t xoshiro_next(uint64_t *s)
 static double rng_uniform(sampler_t *s) { return (double)(xoshiro_next(s->rng) >> 11) * 0x1.0p-53; }
 
 /* ---- lifecycle ----------------------------------------------------------------- */
-void sampler_params_default(sampler_params_t *p)
-{
+void sampler_params_default(sampler_params_t *p) {
     memset(p, 0, sizeof *p);
     p->temperature = 1.0f;
     p->top_p = 1.0f;
@@ -59,8 +56,7 @@ void sampler_params_default(sampler_params_t *p)
     p->repetition_penalty = 1.0f;
 }
 
-sampler_t *sampler_create(const sampler_params_t *p, int n_vocab, const int32_t *prompt, int n_prompt)
-{
+sampler_t *sampler_create(const sampler_params_t *p, int n_vocab, const int32_t *prompt, int n_prompt) {
     if (!p || n_vocab <= 0) return NULL;
     sampler_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
@@ -83,8 +79,7 @@ sampler_t *sampler_create(const sampler_params_t *p, int n_vocab, const int32_t 
     return s;
 }
 
-void sampler_destroy(sampler_t *s)
-{
+void sampler_destroy(sampler_t *s) {
     if (!s) return;
     free(s->count);
     free(s->seen);
@@ -93,8 +88,7 @@ void sampler_destroy(sampler_t *s)
     free(s);
 }
 
-void sampler_accept(sampler_t *s, int32_t token)
-{
+void sampler_accept(sampler_t *s, int32_t token) {
     if (token < 0 || token >= s->n_vocab) return;
     s->count[token]++;
     s->seen[token] = 1;
@@ -107,47 +101,62 @@ static int better(const float *v, int32_t a, int32_t b) { return v[a] > v[b] || 
 
 /* Rearranges idx[0..n) so that its first k entries are the k best (in any
  * order). Quickselect with a median-of-three pivot. */
-static void select_top(int32_t *idx, int n, int k, const float *v)
-{
+static void select_top(int32_t *idx, int n, int k, const float *v) {
     int lo = 0, hi = n - 1;
     while (lo < hi) {
         int mid = lo + (hi - lo) / 2;
         /* median of three to idx[hi] as pivot */
-        if (better(v, idx[mid], idx[lo])) { int32_t t = idx[mid]; idx[mid] = idx[lo]; idx[lo] = t; }
-        if (better(v, idx[hi], idx[lo])) { int32_t t = idx[hi]; idx[hi] = idx[lo]; idx[lo] = t; }
-        if (better(v, idx[mid], idx[hi])) { int32_t t = idx[mid]; idx[mid] = idx[hi]; idx[hi] = t; }
+        if (better(v, idx[mid], idx[lo])) {
+            int32_t t = idx[mid];
+            idx[mid] = idx[lo];
+            idx[lo] = t;
+        }
+        if (better(v, idx[hi], idx[lo])) {
+            int32_t t = idx[hi];
+            idx[hi] = idx[lo];
+            idx[lo] = t;
+        }
+        if (better(v, idx[mid], idx[hi])) {
+            int32_t t = idx[mid];
+            idx[mid] = idx[hi];
+            idx[hi] = t;
+        }
         int32_t pv = idx[hi];
         int st = lo;
         for (int i = lo; i < hi; i++)
-            if (better(v, idx[i], pv)) { int32_t t = idx[i]; idx[i] = idx[st]; idx[st] = t; st++; }
+            if (better(v, idx[i], pv)) {
+                int32_t t = idx[i];
+                idx[i] = idx[st];
+                idx[st] = t;
+                st++;
+            }
         idx[hi] = idx[st];
         idx[st] = pv;
         if (st == k - 1 || st == k) return; // idx[0..k) all beat idx[k]
-        if (st < k - 1) lo = st + 1;
-        else hi = st - 1;
+        if (st < k - 1)
+            lo = st + 1;
+        else
+            hi = st - 1;
     }
 }
 
 /* qsort has no context argument; the key array travels in a thread-local. */
 static _Thread_local const float *tl_sort_v;
 
-static int cmp_desc(const void *a, const void *b)
-{
+static int cmp_desc(const void *a, const void *b) {
     int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
     const float *v = tl_sort_v;
     if (v[x] != v[y]) return v[x] > v[y] ? -1 : 1;
     return x < y ? -1 : x > y;
 }
 
-static void sort_desc(int32_t *idx, int n, const float *v)
-{
+static void sort_desc(int32_t *idx, int n, const float *v) {
     tl_sort_v = v;
     qsort(idx, (size_t)n, sizeof *idx, cmp_desc);
 }
 
 /* The best n_top ids of logits (n) in order, written to ids. */
-static int top_n(const float *logits, int n, int n_top, int32_t *ids)
-{
+static int top_n(const float *logits, int n, int n_top, int32_t *ids) {
     int m = 0;
     for (int i = 0; i < n; i++) {
         if (logits[i] == -INFINITY || isnan(logits[i])) continue;
@@ -162,8 +171,7 @@ static int top_n(const float *logits, int n, int n_top, int32_t *ids)
     return m;
 }
 
-static double log_sum_exp(const float *x, int n)
-{
+static double log_sum_exp(const float *x, int n) {
     float mx = -INFINITY;
     for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
     if (mx == -INFINITY) return -INFINITY;
@@ -173,8 +181,7 @@ static double log_sum_exp(const float *x, int n)
 }
 
 static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n_top, double lse,
-                          sampler_result_t *out)
-{
+                          sampler_result_t *out) {
     out->token = token;
     out->logprob = (float)(logits[token] - lse);
     if (n_top > SAMPLER_MAX_LOGPROBS) n_top = SAMPLER_MAX_LOGPROBS;
@@ -182,16 +189,14 @@ static void fill_logprobs(const float *logits, int n_vocab, int32_t token, int n
     for (int i = 0; i < out->n_top; i++) out->top_logprobs[i] = (float)(logits[out->top_ids[i]] - lse);
 }
 
-void sampler_logprobs_of(const float *logits, int n_vocab, int32_t token, int n_top, sampler_result_t *out)
-{
+void sampler_logprobs_of(const float *logits, int n_vocab, int32_t token, int n_top, sampler_result_t *out) {
     memset(out, 0, sizeof *out);
     if (token < 0 || token >= n_vocab) return;
     fill_logprobs(logits, n_vocab, token, n_top, log_sum_exp(logits, n_vocab), out);
 }
 
 /* ---- sampling ------------------------------------------------------------------ */
-static void apply_penalties(sampler_t *s, float *logits)
-{
+static void apply_penalties(sampler_t *s, float *logits) {
     const sampler_params_t *p = &s->p;
     int V = s->n_vocab;
     float rp = p->repetition_penalty;
@@ -203,8 +208,7 @@ static void apply_penalties(sampler_t *s, float *logits)
             if (s->count[i]) logits[i] -= p->presence_penalty + p->frequency_penalty * (float)s->count[i];
 }
 
-int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out)
-{
+int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out) {
     const sampler_params_t *p = &s->p;
     int V = s->n_vocab;
     memset(out, 0, sizeof *out);
@@ -265,9 +269,15 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
                 int cut = -1;
                 for (int i = 0; i < m; i++) {
                     cum += s->val[s->idx[i]];
-                    if (cum >= want) { cut = i + 1; break; }
+                    if (cum >= want) {
+                        cut = i + 1;
+                        break;
+                    }
                 }
-                if (cut > 0) { n = cut; break; }
+                if (cut > 0) {
+                    n = cut;
+                    break;
+                }
                 if (m == n) break; // rounding: keep everything
                 m = m * 4 < n ? m * 4 : n;
             }
@@ -286,7 +296,10 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
         token = s->idx[n - 1];
         for (int i = 0; i < n; i++) {
             acc += s->val[s->idx[i]];
-            if (u < acc) { token = s->idx[i]; break; }
+            if (u < acc) {
+                token = s->idx[i];
+                break;
+            }
         }
     }
     fill_logprobs(logits, V, token, p->n_logprobs, lse, out);

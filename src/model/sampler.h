@@ -17,24 +17,24 @@ typedef struct {
 } sampler_bias_t;
 
 typedef struct {
-    float temperature;        // 0 = greedy; default 1
-    float top_p;              // (0,1], default 1
-    int top_k;                // <= 0 = off
-    float min_p;              // [0,1], default 0
-    float repetition_penalty; // > 0, default 1 (off); applies to prompt and output tokens
-    float presence_penalty;   // [-2,2], output tokens only
-    float frequency_penalty;  // [-2,2], output tokens only
+    float temperature;                // 0 = greedy; default 1
+    float top_p;                      // (0,1], default 1
+    int top_k;                        // <= 0 = off
+    float min_p;                      // [0,1], default 0
+    float repetition_penalty;         // > 0, default 1 (off); applies to prompt and output tokens
+    float presence_penalty;           // [-2,2], output tokens only
+    float frequency_penalty;          // [-2,2], output tokens only
     const sampler_bias_t *logit_bias; // (n_logit_bias), caller-owned, outlives the sampler
     int n_logit_bias;
-    uint64_t seed;            // RNG seed
-    int n_logprobs;           // top alternatives to report, 0..20
+    uint64_t seed;  // RNG seed
+    int n_logprobs; // top alternatives to report, 0..20
 } sampler_params_t;
 
 #define SAMPLER_MAX_LOGPROBS 20
 
 typedef struct {
     int32_t token;
-    float logprob;            // log-probability of the chosen token
+    float logprob; // log-probability of the chosen token
     int n_top;
     int32_t top_ids[SAMPLER_MAX_LOGPROBS];
     float top_logprobs[SAMPLER_MAX_LOGPROBS];

@@ -68,11 +68,9 @@ size_t tok__bpe_unmap(const char *text, size_t len, char *out) {
 #define WS "\\x{09}-\\x{0D}\\x{85}\\p{Z}"
 
 static const char re_gpt2[] =
-    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS
-    "])|[" WS "]+";
-static const char re_llama3[] =
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^" WS
-    "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+|[" WS "]+(?![^" WS "])|[" WS "]+";
+static const char re_llama3[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^" WS
+                                "\\p{L}\\p{N}]+[\\r\\n]*|[" WS "]*[\\r\\n]+|[" WS "]+(?![^" WS "])|[" WS "]+";
 /* Digits(individual_digits=true): every numeric character on its own. */
 static const char re_digit[] = "\\p{N}";
 
@@ -112,11 +110,9 @@ int tok__bpe_init(tok_t *t, char *err, size_t errlen) {
          * the subject is not re-validated on every call (that would make a
          * long prompt quadratic). */
         pcre2_code *re = pcre2_compile((PCRE2_SPTR)pre_table[k].re[i], PCRE2_ZERO_TERMINATED,
-                                       PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &ec, &eo,
-                                       NULL);
+                                       PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &ec, &eo, NULL);
         if (!re) {
-            snprintf(err, errlen, "pre-tokenizer regex failed to compile (PCRE2 error %d at %zu)",
-                     ec, (size_t)eo);
+            snprintf(err, errlen, "pre-tokenizer regex failed to compile (PCRE2 error %d at %zu)", ec, (size_t)eo);
             return LC_EINVAL;
         }
         (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); // the interpreter is the fallback
@@ -140,8 +136,8 @@ void tok__bpe_fini(tok_t *t) {
  * ========================================================================== */
 
 typedef struct {
-    int32_t rank, left;  // order: rank, then position (Hugging Face's order)
-    int32_t idl, idr;    // the pair as it was when queued; stale if changed
+    int32_t rank, left; // order: rank, then position (Hugging Face's order)
+    int32_t idl, idr;   // the pair as it was when queued; stale if changed
 } bpe_item_t;
 
 /* Per-call scratch, grown as needed and freed at the end of the call. */
@@ -151,8 +147,8 @@ typedef struct {
     tok_ids_t *out;
     int32_t *id, *next, *prev;
     size_t cap;
-    tok_heap_t heap;     // of bpe_item_t
-    char *map;           // byte-level form of a word (ignore_merges lookups)
+    tok_heap_t heap; // of bpe_item_t
+    char *map;       // byte-level form of a word (ignore_merges lookups)
     size_t cap_map;
 } bpe_ctx_t;
 

@@ -10,8 +10,7 @@
 #include "model/tokenizer.h"
 
 /* Reads a string array into ptr/len arrays (malloc'd, caller frees both). */
-static int read_str_arr(const gguf_ctx_t *g, const char *key, uint64_t *n, const char ***ptrs,
-                        uint32_t **lens) {
+static int read_str_arr(const gguf_ctx_t *g, const char *key, uint64_t *n, const char ***ptrs, uint32_t **lens) {
     gguf_vtype_t et;
     int rc = gguf_get_arr(g, key, &et, n);
     if (rc) return rc;
@@ -118,8 +117,7 @@ tok_t *tok_create_from_gguf(const gguf_ctx_t *g, char *err, size_t errlen) {
     sp.unk = get_id(g, "tokenizer.ggml.unknown_token_id");
     /* Without the key, SentencePiece models add BOS and byte-level ones do
      * not (llama.cpp's defaults). */
-    sp.add_bos = gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b) == 0 ? b
-                                                                           : strcmp(model, "llama") == 0;
+    sp.add_bos = gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b) == 0 ? b : strcmp(model, "llama") == 0;
     sp.add_space_prefix = gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b) == 0 ? b : -1;
 
     t = tok_create(&sp, err, errlen);

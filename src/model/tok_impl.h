@@ -22,27 +22,27 @@ struct tok {
     /* All token strings live in two arenas: the stored text and the bytes it
      * decodes to (equal for SPM control tokens, different for Ġ forms). */
     char *text;
-    uint32_t *text_off, *text_len;  // (n_vocab)
+    uint32_t *text_off, *text_len; // (n_vocab)
     char *piece;
     uint32_t *piece_off, *piece_len; // (n_vocab)
-    float *scores;                  // (n_vocab)
-    uint8_t *types;                 // (n_vocab)
+    float *scores;                   // (n_vocab)
+    uint8_t *types;                  // (n_vocab)
 
     /* Open-addressing hash: stored text -> id; -1 marks an empty slot. */
     int32_t *vocab_slots;
     uint32_t vocab_mask;
 
     /* BPE merges: (left id, right id) -> rank and merged id. */
-    uint64_t *merge_keys;           // (merge_mask + 1); UINT64_MAX empty
+    uint64_t *merge_keys; // (merge_mask + 1); UINT64_MAX empty
     int32_t *merge_rank, *merge_res;
     uint32_t merge_mask;
 
     /* Tokens matched literally before pre-tokenization, longest first. */
     int32_t *specials;
     size_t n_specials;
-    uint8_t special_first[256];     // 1 if some special starts with this byte
+    uint8_t special_first[256]; // 1 if some special starts with this byte
 
-    int32_t byte_id[256];           // token of one raw byte (Ġ-char or <0xXX>), -1 none
+    int32_t byte_id[256]; // token of one raw byte (Ġ-char or <0xXX>), -1 none
     int32_t bos, eos, eot, pad, unk;
     int add_bos, add_space_prefix, ignore_merges;
 

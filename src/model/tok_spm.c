@@ -39,19 +39,19 @@ size_t tok__spm_unmap(const char *text, size_t len, char *out) {
 typedef struct {
     float score;
     int32_t left, right;
-    size_t size;        // bytes of the merged text when queued; stale if changed
+    size_t size; // bytes of the merged text when queued; stale if changed
 } spm_item_t;
 
 typedef struct {
-    const char *text;   // start of this symbol in the escaped string
-    size_t n;           // 0 once merged into its left neighbour
+    const char *text; // start of this symbol in the escaped string
+    size_t n;         // 0 once merged into its left neighbour
     int32_t prev, next;
 } spm_sym_t;
 
 typedef struct {
     const tok_t *t;
     spm_sym_t *sym;
-    tok_heap_t heap;     // of spm_item_t
+    tok_heap_t heap; // of spm_item_t
 } spm_ctx_t;
 
 _Static_assert(sizeof(spm_item_t) <= TOK_HEAP_MAX_ITEM, "merge queue item too large");
@@ -80,8 +80,10 @@ int tok__spm_encode(const tok_t *t, const char *s, size_t len, int prefix, tok_i
     size_t n = 0;
     if (prefix) memcpy(esc + n, ws_mark, 3), n += 3;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == ' ') memcpy(esc + n, ws_mark, 3), n += 3;
-        else esc[n++] = s[i];
+        if (s[i] == ' ')
+            memcpy(esc + n, ws_mark, 3), n += 3;
+        else
+            esc[n++] = s[i];
     }
     c.sym = malloc((n ? n : 1) * sizeof(spm_sym_t));
     if (!c.sym) goto done;

@@ -93,12 +93,24 @@ static int utf8_lead(uint8_t c, uint8_t *lo, uint8_t *hi) {
     *hi = 0xBF;
     if (c < 0x80) return 1;
     if (c >= 0xC2 && c <= 0xDF) return 2;
-    if (c == 0xE0) { *lo = 0xA0; return 3; }
-    if (c == 0xED) { *hi = 0x9F; return 3; }
+    if (c == 0xE0) {
+        *lo = 0xA0;
+        return 3;
+    }
+    if (c == 0xED) {
+        *hi = 0x9F;
+        return 3;
+    }
     if (c >= 0xE1 && c <= 0xEF) return 3;
-    if (c == 0xF0) { *lo = 0x90; return 4; }
+    if (c == 0xF0) {
+        *lo = 0x90;
+        return 4;
+    }
     if (c >= 0xF1 && c <= 0xF3) return 4;
-    if (c == 0xF4) { *hi = 0x8F; return 4; }
+    if (c == 0xF4) {
+        *hi = 0x8F;
+        return 4;
+    }
     return 0;
 }
 
@@ -153,7 +165,8 @@ int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size
         i += bad ? bad : n - i;
         run = i;
     }
-    if ((rc = tok__buf_put(out, n > run ? (const void *)(in + run) : "", n - run))) return rc; // in may be NULL when n is 0
+    if ((rc = tok__buf_put(out, n > run ? (const void *)(in + run) : "", n - run)))
+        return rc; // in may be NULL when n is 0
     *used = n;
     return 0;
 }

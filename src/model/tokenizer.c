@@ -24,13 +24,9 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
  * Construction
  * ========================================================================== */
 
-static size_t spec_len(const char *const *s, const uint32_t *lens, uint32_t i) {
-    return lens ? lens[i] : strlen(s[i]);
-}
+static size_t spec_len(const char *const *s, const uint32_t *lens, uint32_t i) { return lens ? lens[i] : strlen(s[i]); }
 
-static int32_t valid_id(const tok_t *t, int32_t id) {
-    return id >= 0 && id < t->n_vocab ? id : -1;
-}
+static int32_t valid_id(const tok_t *t, int32_t id) { return id >= 0 && id < t->n_vocab ? id : -1; }
 
 /* Longer specials first so that "<|im_start|>" beats a hypothetical "<|im";
  * ties by id. Keys pack (inverted length, id) so no sort context is needed. */
@@ -198,8 +194,7 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
             if (a < 0 || b < 0 || res < 0) continue; // Hugging Face refuses these; we skip
             uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
             uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->merge_mask;
-            while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != key)
-                i = (i + 1) & t->merge_mask;
+            while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != key) i = (i + 1) & t->merge_mask;
             if (t->merge_keys[i] == key) continue; // first rank wins
             t->merge_keys[i] = key;
             t->merge_rank[i] = (int32_t)r;
@@ -262,9 +257,7 @@ const char *tok_text(const tok_t *t, int32_t id, size_t *len) {
     return t->text + t->text_off[id];
 }
 
-int tok_type(const tok_t *t, int32_t id) {
-    return id >= 0 && id < t->n_vocab ? t->types[id] : 0;
-}
+int tok_type(const tok_t *t, int32_t id) { return id >= 0 && id < t->n_vocab ? t->types[id] : 0; }
 int tok_is_control(const tok_t *t, int32_t id) { return tok_type(t, id) == TOK_TYPE_CONTROL; }
 int tok_is_special(const tok_t *t, int32_t id) {
     int ty = tok_type(t, id);
@@ -295,8 +288,7 @@ static int encode_fragment(const tok_t *t, const char *s, size_t n, int prefix, 
     return tok__spm_encode(t, s, n, prefix && t->add_space_prefix, out);
 }
 
-int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int parse_special,
-               tok_ids_t *out) {
+int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int parse_special, tok_ids_t *out) {
     if (len > INT32_MAX) return LC_ETOOLONG;
     size_t n0 = out->n;
     int rc = 0;
@@ -349,8 +341,7 @@ static const char *emit_piece(const tok_t *t, int32_t id, int skip_special, int 
     return p;
 }
 
-int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, char **out,
-               size_t *out_len) {
+int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, char **out, size_t *out_len) {
     tok_buf_t raw = {0}, res = {0};
     int rc = 0, first = 1;
     *out = NULL;
@@ -383,9 +374,9 @@ fail:
 struct tok_stream {
     const tok_t *t;
     int skip_special, first;
-    uint8_t pend[8];   // an incomplete character carried over (at most 3 bytes)
+    uint8_t pend[8]; // an incomplete character carried over (at most 3 bytes)
     size_t n_pend;
-    tok_buf_t out;     // bytes handed out by the last call
+    tok_buf_t out; // bytes handed out by the last call
     tok_buf_t scratch;
 };
 
@@ -405,8 +396,7 @@ void tok_stream_destroy(tok_stream_t *s) {
     free(s);
 }
 
-static int stream_emit(tok_stream_t *s, const char *p, size_t n, int final, const char **text,
-                       size_t *len) {
+static int stream_emit(tok_stream_t *s, const char *p, size_t n, int final, const char **text, size_t *len) {
     int rc;
     s->out.n = 0;
     s->scratch.n = 0;
@@ -414,8 +404,7 @@ static int stream_emit(tok_stream_t *s, const char *p, size_t n, int final, cons
     if ((rc = tok__buf_put(&s->scratch, s->pend, s->n_pend))) return rc;
     if ((rc = tok__buf_put(&s->scratch, p, n))) return rc;
     size_t used;
-    if ((rc = tok__utf8_lossy(&s->out, (const uint8_t *)s->scratch.p, s->scratch.n, final, &used)))
-        return rc;
+    if ((rc = tok__utf8_lossy(&s->out, (const uint8_t *)s->scratch.p, s->scratch.n, final, &used))) return rc;
     s->n_pend = s->scratch.n - used; // < 4: only a valid prefix is ever held back
     memcpy(s->pend, s->scratch.p + used, s->n_pend);
     *text = s->out.p;
@@ -430,6 +419,4 @@ int tok_stream_push(tok_stream_t *s, int32_t id, const char **text, size_t *len)
     return stream_emit(s, p, n, 0, text, len);
 }
 
-int tok_stream_flush(tok_stream_t *s, const char **text, size_t *len) {
-    return stream_emit(s, "", 0, 1, text, len);
-}
+int tok_stream_flush(tok_stream_t *s, const char **text, size_t *len) { return stream_emit(s, "", 0, 1, text, len); }

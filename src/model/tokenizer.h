@@ -18,27 +18,31 @@ struct gguf_ctx;
 
 /* GGUF token types (tokenizer.ggml.token_type). */
 enum {
-    TOK_TYPE_NORMAL = 1, TOK_TYPE_UNKNOWN = 2, TOK_TYPE_CONTROL = 3,
-    TOK_TYPE_USER_DEFINED = 4, TOK_TYPE_UNUSED = 5, TOK_TYPE_BYTE = 6,
+    TOK_TYPE_NORMAL = 1,
+    TOK_TYPE_UNKNOWN = 2,
+    TOK_TYPE_CONTROL = 3,
+    TOK_TYPE_USER_DEFINED = 4,
+    TOK_TYPE_UNUSED = 5,
+    TOK_TYPE_BYTE = 6,
 };
 
 /* Everything a tokenizer is built from, as plain arrays. Strings need not be
  * NUL-terminated (they may point into a GGUF mapping); all are copied, so the
  * spec may die right after tok_create. */
 typedef struct {
-    const char *model;              // "gpt2" or "llama"
-    const char *pre;                // gpt2 pre-tokenizer name; NULL means "default"
+    const char *model; // "gpt2" or "llama"
+    const char *pre;   // gpt2 pre-tokenizer name; NULL means "default"
     uint32_t n_tokens;
-    const char *const *tokens;      // (n_tokens) token text as stored (Ġ / ▁ forms)
-    const uint32_t *token_lens;     // (n_tokens) byte lengths; NULL: NUL-terminated
-    const float *scores;            // (n_tokens) or NULL (all 0); SPM merge priority
-    const int32_t *types;           // (n_tokens) TOK_TYPE_*, or NULL (all normal)
+    const char *const *tokens;  // (n_tokens) token text as stored (Ġ / ▁ forms)
+    const uint32_t *token_lens; // (n_tokens) byte lengths; NULL: NUL-terminated
+    const float *scores;        // (n_tokens) or NULL (all 0); SPM merge priority
+    const int32_t *types;       // (n_tokens) TOK_TYPE_*, or NULL (all normal)
     uint32_t n_merges;
-    const char *const *merges;      // (n_merges) "left right", rank = index (gpt2)
-    const uint32_t *merge_lens;     // (n_merges) or NULL: NUL-terminated
+    const char *const *merges;       // (n_merges) "left right", rank = index (gpt2)
+    const uint32_t *merge_lens;      // (n_merges) or NULL: NUL-terminated
     int32_t bos, eos, eot, pad, unk; // -1 when absent
-    int add_bos;                    // default for callers that do not choose
-    int add_space_prefix;           // SPM dummy prefix: 1, 0, or -1 for the default (1)
+    int add_bos;                     // default for callers that do not choose
+    int add_space_prefix;            // SPM dummy prefix: 1, 0, or -1 for the default (1)
 } tok_spec_t;
 
 /* Builds a tokenizer from plain arrays. Returns NULL and writes a message into
@@ -49,10 +53,10 @@ tok_t *tok_create_from_gguf(const struct gguf_ctx *g, char *err, size_t errlen);
 void tok_destroy(tok_t *t);
 
 int32_t tok_n_vocab(const tok_t *t);
-int32_t tok_bos(const tok_t *t);          // -1 if none
-int32_t tok_eos(const tok_t *t);          // -1 if none
-int32_t tok_eot(const tok_t *t);          // -1 if none
-int tok_add_bos(const tok_t *t);          // the model's default for add_bos
+int32_t tok_bos(const tok_t *t); // -1 if none
+int32_t tok_eos(const tok_t *t); // -1 if none
+int32_t tok_eot(const tok_t *t); // -1 if none
+int tok_add_bos(const tok_t *t); // the model's default for add_bos
 /* Name of the model ("gpt2"/"llama") and pre-tokenizer, for logs. */
 const char *tok_model_name(const tok_t *t);
 const char *tok_pre_name(const tok_t *t);
@@ -70,8 +74,7 @@ void tok_ids_free(tok_ids_t *v);
  * do); otherwise they are tokenized as plain text. Returns 0, LC_ENOMEM or
  * LC_ETOOLONG (more than INT32_MAX bytes). Invalid UTF-8 is tokenized byte by
  * byte, never refused. */
-int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int parse_special,
-               tok_ids_t *out);
+int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int parse_special, tok_ids_t *out);
 
 /* Bytes a token stands for (a control token's own text); NULL for an id out of
  * range. Valid while t lives; not NUL-terminated, and possibly not valid
@@ -79,7 +82,7 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int pa
 const char *tok_piece(const tok_t *t, int32_t id, size_t *len);
 /* The token's text exactly as stored in the vocabulary ("Ġthe", "▁the"). */
 const char *tok_text(const tok_t *t, int32_t id, size_t *len);
-int tok_type(const tok_t *t, int32_t id);      // TOK_TYPE_*, 0 for out of range
+int tok_type(const tok_t *t, int32_t id);       // TOK_TYPE_*, 0 for out of range
 int tok_is_control(const tok_t *t, int32_t id); // type 3
 int tok_is_special(const tok_t *t, int32_t id); // type 3 or 4
 /* Id of the token whose stored text is exactly s[0..len), or -1. */
@@ -89,8 +92,7 @@ int32_t tok_find(const tok_t *t, const char *s, size_t len);
  * Face's lossy decode does). skip_special drops control tokens. *out is
  * malloc'd and NUL-terminated, owned by the caller. Returns 0, LC_ENOMEM, or
  * LC_EINVAL for an id out of range. */
-int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, char **out,
-               size_t *out_len);
+int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, char **out, size_t *out_len);
 
 /* ---- incremental detokenizer ---------------------------------------------- */
 /* Turns a stream of ids into text deltas that never split a UTF-8 character.

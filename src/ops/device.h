@@ -7,9 +7,9 @@
 #include <stddef.h>
 
 typedef struct {
-    int is_gpu;       // 1 when a CUDA device was selected
-    int index;        // CUDA device index when is_gpu
-    char name[128];   // "cpu" or the GPU's name
+    int is_gpu;     // 1 when a CUDA device was selected
+    int index;      // CUDA device index when is_gpu
+    char name[128]; // "cpu" or the GPU's name
 } lc_device_t;
 
 /* Number of usable CUDA devices (0 without CUDA, driver or GPU). When none,

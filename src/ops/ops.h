@@ -18,16 +18,22 @@ void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out
  * f32 copy). Type values are ggml's type ids, so a GGUF tensor's type passes
  * through unchanged. */
 enum {
-    OPS_W_F32 = 0, OPS_W_F16 = 1, OPS_W_Q4_0 = 2, OPS_W_Q4_1 = 3, OPS_W_Q8_0 = 8,
-    OPS_W_Q4_K = 12, OPS_W_Q6_K = 14, OPS_W_BF16 = 30,
+    OPS_W_F32 = 0,
+    OPS_W_F16 = 1,
+    OPS_W_Q4_0 = 2,
+    OPS_W_Q4_1 = 3,
+    OPS_W_Q8_0 = 8,
+    OPS_W_Q4_K = 12,
+    OPS_W_Q6_K = 14,
+    OPS_W_BF16 = 30,
 };
 
 typedef struct {
-    int type;           // OPS_W_*
-    int rows;           // out
-    int cols;           // in, a multiple of the type's block size
-    size_t row_bytes;   // ops_w_row_bytes(type, cols)
-    const void *data;   // (rows, row_bytes), borrowed: the holder frees it
+    int type;         // OPS_W_*
+    int rows;         // out
+    int cols;         // in, a multiple of the type's block size
+    size_t row_bytes; // ops_w_row_bytes(type, cols)
+    const void *data; // (rows, row_bytes), borrowed: the holder frees it
 } ops_w_t;
 
 /* Bytes of one row of `cols` weights of `type`; 0 when the type is not
@@ -65,12 +71,12 @@ void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float
  * table are computed on the fly (slower, same values). theta_i(p) =
  * p * freq_scale * base^(-2i/rot_dim), i < rot_dim/2. */
 typedef struct {
-    int rot_dim;        // rotated dimensions per head (<= head_dim, even)
-    int n_pos;          // rows of the tables
+    int rot_dim; // rotated dimensions per head (<= head_dim, even)
+    int n_pos;   // rows of the tables
     float freq_base;
     float freq_scale;
-    float *cos;         // (n_pos, rot_dim/2)
-    float *sin;         // (n_pos, rot_dim/2)
+    float *cos; // (n_pos, rot_dim/2)
+    float *sin; // (n_pos, rot_dim/2)
 } ops_rope_t;
 
 /* Returns 0 or LC_ENOMEM / LC_EINVAL. Free with ops_rope_fini. */

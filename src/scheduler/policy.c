@@ -35,8 +35,7 @@ void sched_attn_spec_default(sched_attn_spec_t *s) {
 
 static int set_f(float v) { return !isnan(v) && v >= 0.0f; }
 
-void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt,
-                           attn_policy_t *out) {
+void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt, attn_policy_t *out) {
     *out = c->attn_default;
     if (spec->prefill == SCHED_METHOD_AUTO)
         out->prefill = n_prompt >= c->sparse_prefill_min_tokens ? c->attn_default.prefill : ATTN_PREFILL_DENSE;
@@ -73,7 +72,8 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
     switch (p->prefill) {
     case ATTN_PREFILL_DENSE: return 0;
     case ATTN_PREFILL_FLEX:
-        h = mix(mix(mix(mix(mix(h, 1), fbits(p->gamma)), fbits(p->tau)), (uint64_t)p->min_budget), (uint64_t)p->max_budget);
+        h = mix(mix(mix(mix(mix(h, 1), fbits(p->gamma)), fbits(p->tau)), (uint64_t)p->min_budget),
+                (uint64_t)p->max_budget);
         break;
     case ATTN_PREFILL_ANCHOR:
         h = mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local);

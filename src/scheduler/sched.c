@@ -45,8 +45,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     int64_t nb = s->cfg.kv_blocks;
     if (nb <= 0) nb = (int64_t)(s->cfg.kv_bytes / kv_block_bytes(&kc));
     if (nb <= 0) {
-        snprintf(err, errlen, "KV pool of %zu bytes holds no block of %zu bytes", s->cfg.kv_bytes,
-                 kv_block_bytes(&kc));
+        snprintf(err, errlen, "KV pool of %zu bytes holds no block of %zu bytes", s->cfg.kv_bytes, kv_block_bytes(&kc));
         goto fail;
     }
     kc.n_blocks = nb;
@@ -74,7 +73,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     }
     s->m.kv_blocks_total = nb;
     LC_DEBUG("sched: KV pool %lld blocks of %d tokens (%.1f MiB)", (long long)nb, s->cfg.block_size,
-            (double)nb * (double)kv_block_bytes(&kc) / (1024.0 * 1024.0));
+             (double)nb * (double)kv_block_bytes(&kc) / (1024.0 * 1024.0));
     return s;
 fail:
     sched_destroy(s);
@@ -137,9 +136,12 @@ int sched_submit(sched_t *s, sched_req_t *r) {
     if (peak_blocks(s, r) > kv_pool_n_blocks(s->kv)) return LC_ETOOLONG;
     pthread_mutex_lock(&s->lock);
     int rc = 0;
-    if (s->draining) rc = LC_ESHUTDOWN;
-    else if (r->state != REQ_NEW) rc = LC_EINVAL;
-    else if (s->waiting.n >= s->cfg.max_waiting) rc = LC_EBUSY;
+    if (s->draining)
+        rc = LC_ESHUTDOWN;
+    else if (r->state != REQ_NEW)
+        rc = LC_EINVAL;
+    else if (s->waiting.n >= s->cfg.max_waiting)
+        rc = LC_EBUSY;
     if (rc == 0) {
         sched_req_retain(r);
         r->state = REQ_WAITING;

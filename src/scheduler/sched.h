@@ -36,9 +36,9 @@ typedef struct {
     int threads;             // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
 
     /* Attention: the default policy for "auto" and when it switches to sparse. */
-    attn_policy_t attn_default;            // methods used when auto selects sparse
-    int sparse_prefill_min_tokens;         // auto: dense below this prompt length, default 16384
-    int sparse_decode_min_tokens;          // auto: dense decode below this context, default 8192
+    attn_policy_t attn_default;    // methods used when auto selects sparse
+    int sparse_prefill_min_tokens; // auto: dense below this prompt length, default 16384
+    int sparse_decode_min_tokens;  // auto: dense decode below this context, default 8192
 } sched_config_t;
 
 void sched_config_default(sched_config_t *c);
@@ -52,8 +52,8 @@ typedef enum {
  * attn_*_method_t values or SCHED_METHOD_AUTO; numeric fields < 0 (or NaN)
  * mean "server default". */
 typedef struct {
-    int prefill;       // attn_prefill_method_t or SCHED_METHOD_AUTO
-    int decode;        // attn_decode_method_t or SCHED_METHOD_AUTO
+    int prefill; // attn_prefill_method_t or SCHED_METHOD_AUTO
+    int decode;  // attn_decode_method_t or SCHED_METHOD_AUTO
     float gamma, tau, theta;
     int min_budget, decode_budget;
 } sched_attn_spec_t;
@@ -75,11 +75,11 @@ const char *sched_finish_name(sched_finish_t f); // "stop", "length", "cancelled
 /* Everything the engine needs, in native types. sched_req_create copies it
  * (prompt, stop strings, logit bias), so the caller may free its copies. */
 typedef struct {
-    const int32_t *prompt;     // (n_prompt) token ids, n_prompt >= 1
+    const int32_t *prompt; // (n_prompt) token ids, n_prompt >= 1
     int n_prompt;
-    int n_choices;             // choices generated from the prompt (n or best_of), >= 1
-    int max_tokens;            // generated tokens per choice (>= 0; 0 = prefill only)
-    int min_tokens;            // EOS / stop tokens banned before this many
+    int n_choices;  // choices generated from the prompt (n or best_of), >= 1
+    int max_tokens; // generated tokens per choice (>= 0; 0 = prefill only)
+    int min_tokens; // EOS / stop tokens banned before this many
     int ignore_eos;
     const char *stop[SCHED_MAX_STOP]; // stop strings (NULL-terminated list or n_stop)
     int n_stop;
@@ -123,22 +123,22 @@ typedef struct {
     int32_t token;
     sched_logprob_t lp;
     int has_lp;
-    char *text;           // NUL-terminated, malloc'd (may be "")
+    char *text; // NUL-terminated, malloc'd (may be "")
     size_t text_len;
     /* PROMPT_LOGPROBS: n_prompt entries; entry 0 has no logprob (NaN). */
     sched_logprob_t *prompt_lps;
     int n_prompt_lps;
     /* FINISH */
     sched_finish_t finish;
-    int status;           // 0, or the error status for SCHED_FINISH_ERROR
+    int status; // 0, or the error status for SCHED_FINISH_ERROR
 } sched_event_t;
 
 void sched_event_clear(sched_event_t *ev);
 
 typedef struct {
     int prompt_tokens;
-    int completion_tokens;  // over all choices
-    int cached_tokens;      // prompt tokens reused from the prefix cache
+    int completion_tokens; // over all choices
+    int cached_tokens;     // prompt tokens reused from the prefix cache
     int preemptions;
     /* Computed / causal query-key pairs over every head and layer of the
      * attention this request ran (1 = dense). Cached prefix tokens are not
@@ -147,11 +147,11 @@ typedef struct {
      * whole from the cache cannot happen, but max_tokens <= 1 has no decode). */
     double prefill_density;
     double decode_density;
-    int prefill_method;     // attn_prefill_method_t actually used
-    int decode_method;      // attn_decode_method_t actually used
-    double queue_s;         // submit -> first scheduled
-    double ttft_s;          // submit -> first token
-    double e2e_s;           // submit -> done
+    int prefill_method; // attn_prefill_method_t actually used
+    int decode_method;  // attn_decode_method_t actually used
+    double queue_s;     // submit -> first scheduled
+    double ttft_s;      // submit -> first token
+    double e2e_s;       // submit -> done
 } sched_usage_t;
 
 /* Creates a request (one caller reference). NULL on OOM. Validates nothing
@@ -203,25 +203,25 @@ typedef struct {
     int waiting;
     int64_t kv_blocks_total;
     int64_t kv_blocks_used;
-    double kv_usage;                // used / total
+    double kv_usage; // used / total
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;
     uint64_t prefix_queried_tokens;
     uint64_t prefix_hit_tokens;
-    uint64_t requests_finished[5];  // by sched_finish_t
+    uint64_t requests_finished[5]; // by sched_finish_t
     /* Sums of the usage densities over finished requests that ran that phase:
      * mean prefill density = prefill_density_sum / density_count, mean decode
      * density = decode_density_sum / decode_density_count. */
     double prefill_density_sum;
     double decode_density_sum;
-    uint64_t density_count;         // requests in prefill_density_sum
-    uint64_t decode_density_count;  // requests in decode_density_sum
+    uint64_t density_count;        // requests in prefill_density_sum
+    uint64_t decode_density_count; // requests in decode_density_sum
     lc_hist_snapshot_t ttft, itl, e2e, queue;
 } sched_metrics_t;
 
 void sched_metrics(sched_t *s, sched_metrics_t *out);
-kv_pool_t *sched_kv(sched_t *s);   // tests
+kv_pool_t *sched_kv(sched_t *s); // tests
 const model_t *sched_model(const sched_t *s);
 
 #endif

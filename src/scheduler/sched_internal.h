@@ -12,20 +12,20 @@
 
 /* ---- one choice (an independent sequence after the shared prompt) ----------- */
 typedef struct {
-    kv_seq_t kv;            // blocks of this choice (empty in the prompt phase)
-    int32_t *toks;          // (cap) prompt then generated tokens
-    int n_gen;              // generated tokens (the last one is not yet in kv)
+    kv_seq_t kv;   // blocks of this choice (empty in the prompt phase)
+    int32_t *toks; // (cap) prompt then generated tokens
+    int n_gen;     // generated tokens (the last one is not yet in kv)
     sampler_t *sampler;
     tok_stream_t *detok;
     sched_stopm_t stopm;
     attn_state_t *attn;
-    sched_finish_t finish;  // NONE while running
-    double t_last;          // time of the last token (ITL)
+    sched_finish_t finish; // NONE while running
+    double t_last;         // time of the last token (ITL)
 } sched_choice_t;
 
 typedef enum {
-    REQ_NEW = 0,   // created, not submitted
-    REQ_WAITING,   // in the waiting queue (also after preemption)
+    REQ_NEW = 0, // created, not submitted
+    REQ_WAITING, // in the waiting queue (also after preemption)
     REQ_RUNNING,
     REQ_DONE,
 } req_state_t;
@@ -37,43 +37,42 @@ struct sched_req {
 
     /* Parameters, deep copies owned by the request. */
     sched_params_t p;
-    int32_t *prompt;            // (n_prompt)
+    int32_t *prompt; // (n_prompt)
     char *stops[SCHED_MAX_STOP];
     int32_t *stop_ids;
     sampler_bias_t *bias;
 
     /* Event queue: any thread polls, the engine pushes. */
     pthread_mutex_t lock;
-    sched_event_t *evq;         // ring (evq_cap)
+    sched_event_t *evq; // ring (evq_cap)
     int evq_head, evq_n, evq_cap;
-    sched_usage_t usage;        // under lock
-    int wake_pending;           // engine only: events queued this step
+    sched_usage_t usage; // under lock
+    int wake_pending;    // engine only: events queued this step
 
     /* Engine thread only. */
     req_state_t state;
-    int prompt_phase;           // 1: computing the shared prompt into pkv
-    kv_seq_t pkv;               // the prompt's blocks before the fork
-    attn_state_t *pattn;        // prompt phase attention state
+    int prompt_phase;    // 1: computing the shared prompt into pkv
+    kv_seq_t pkv;        // the prompt's blocks before the fork
+    attn_state_t *pattn; // prompt phase attention state
     attn_policy_t policy;
-    sched_choice_t *ch;         // (n_choices)
-    int n_live;                 // choices not finished
-    int sampled_once;           // first tokens drawn (the prompt's logits are used)
+    sched_choice_t *ch; // (n_choices)
+    int n_live;         // choices not finished
+    int sampled_once;   // first tokens drawn (the prompt's logits are used)
     int prompt_lp_done;
     sched_logprob_t *prompt_lps; // (n_prompt) while gathering prompt logprobs
     int cached_tokens;
     int preemptions;
-    uint64_t admit_seq;         // admission order (preemption victim: the largest)
+    uint64_t admit_seq; // admission order (preemption victim: the largest)
     double t_submit, t_sched, t_first;
 };
 
 /* req.c */
 int sched__req_push(sched_req_t *r, sched_event_t *ev); // takes ev's heap parts
 void sched__req_set_usage(sched_req_t *r, const sched_usage_t *u);
-void sched__req_free_engine_state(sched_req_t *r);     // samplers, streams, attn states
+void sched__req_free_engine_state(sched_req_t *r); // samplers, streams, attn states
 
 /* policy.c: "auto" resolved against the config for a prompt length. */
-void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt,
-                           attn_policy_t *out);
+void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt, attn_policy_t *out);
 /* Prefix-cache salts (kv_seq_t.salt): 0 when every token of the sequence is
  * computed with dense attention (exact K/V, shareable by anyone), else a
  * fingerprint of the methods and knobs that shaped the K/V: the prompt's
@@ -86,8 +85,8 @@ uint64_t sched__decode_salt(const attn_policy_t *p);
 /* What one slice of the batch is for. */
 struct sched_slot {
     sched_req_t *r;
-    int choice;     // -1: the prompt phase (pkv)
-    int rows;       // logits rows (0, 1 or n_tok)
+    int choice; // -1: the prompt phase (pkv)
+    int rows;   // logits rows (0, 1 or n_tok)
 };
 
 typedef struct {
@@ -108,22 +107,22 @@ struct sched {
     /* Shared with submitters: waiting queue and flags, under lock. */
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    sched_reqv_t waiting;   // FIFO; index 0 is the head
+    sched_reqv_t waiting; // FIFO; index 0 is the head
     int draining, stop, thread_running;
     pthread_t thread;
     void (*heartbeat_cb)(void *);
     void *heartbeat_ud;
 
     /* Engine thread only. */
-    sched_reqv_t running;   // admission order
+    sched_reqv_t running; // admission order
     uint64_t admit_counter;
-    int32_t *btok;          // (max_batch_tokens) batch tokens
-    model_seq_t *bseq;      // (max_batch_tokens) batch slices
+    int32_t *btok;           // (max_batch_tokens) batch tokens
+    model_seq_t *bseq;       // (max_batch_tokens) batch slices
     struct sched_slot *slot; // (max_batch_tokens) what each slice is for
-    float *logits;          // scratch (rows, n_vocab)
-    float *tmp;             // (n_vocab) one row for a choice's sampler
-    size_t logits_cap;      // floats
-    sched_reqv_t touched;   // requests with events this step
+    float *logits;           // scratch (rows, n_vocab)
+    float *tmp;              // (n_vocab) one row for a choice's sampler
+    size_t logits_cap;       // floats
+    sched_reqv_t touched;    // requests with events this step
 
     /* Metrics, under mlock. */
     pthread_mutex_t mlock;

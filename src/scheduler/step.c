@@ -170,8 +170,8 @@ static int make_room(sched_t *s, kv_seq_t *kv, int n) {
     return kv_seq_prepare_write(s->kv, kv, kv->n_tokens, kv->n_tokens + n);
 }
 
-static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks,
-                      int n, int logits_mode, int decode) {
+static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks, int n,
+                      int logits_mode, int decode) {
     model_seq_t *ms = &s->bseq[b->n_seq];
     memset(ms, 0, sizeof *ms);
     ms->tok0 = b->n_tok;
@@ -424,8 +424,8 @@ static void prompt_rows_lp(sched_t *s, sched_req_t *r, const model_seq_t *ms) {
 static void prompt_complete(sched_t *s, sched_req_t *r, const model_seq_t *ms, double now) {
     if (r->prompt_lps && !r->prompt_lp_done) {
         r->prompt_lp_done = 1;
-        sched_event_t ev = {.kind = SCHED_EV_PROMPT_LOGPROBS, .prompt_lps = r->prompt_lps,
-                            .n_prompt_lps = r->p.n_prompt};
+        sched_event_t ev = {
+            .kind = SCHED_EV_PROMPT_LOGPROBS, .prompt_lps = r->prompt_lps, .n_prompt_lps = r->p.n_prompt};
         r->prompt_lps = NULL; // the event owns it now
         push_ev(s, r, &ev);
     }

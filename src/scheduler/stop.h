@@ -10,7 +10,7 @@
 
 /* A growable text buffer; zero-initialise, free .s when done. */
 typedef struct {
-    char *s;   // NUL-terminated when non-NULL
+    char *s; // NUL-terminated when non-NULL
     size_t len, cap;
 } sched_text_t;
 
@@ -19,7 +19,7 @@ int sched_text_append(sched_text_t *t, const char *s, size_t n); // 0 or LC_ENOM
 typedef struct {
     char *const *stops; // (n_stops) NUL-terminated, borrowed; empty strings ignored
     int n_stops;
-    sched_text_t held;  // text not yet released
+    sched_text_t held; // text not yet released
 } sched_stopm_t;
 
 void sched_stopm_init(sched_stopm_t *m, char *const *stops, int n_stops);

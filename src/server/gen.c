@@ -72,8 +72,7 @@ static void gen_work(uv_work_t *w) {
             free(text);
             if (rc) goto oom;
         } else if (r->prompts[i].text) {
-            if (tok_encode(s->tok, r->prompts[i].text, r->prompts[i].text_len, tok_add_bos(s->tok), 1, &ids))
-                goto oom;
+            if (tok_encode(s->tok, r->prompts[i].text, r->prompts[i].text_len, tok_add_bos(s->tok), 1, &ids)) goto oom;
             if (r->echo) {
                 k->echo[i] = strdup(r->prompts[i].text);
                 k->echo_len[i] = r->prompts[i].text_len;
@@ -155,8 +154,7 @@ static int submit_all(srv_conn_t *k) {
         int st = 0;
         k->sr[i] = sched_req_create(&p, &st);
         if (!k->sr[i]) {
-            srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot create the request: %s.",
-                          lc_strerror(st));
+            srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot create the request: %s.", lc_strerror(st));
             return -1;
         }
         st = sched_submit(s->sched, k->sr[i]);

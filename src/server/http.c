@@ -117,8 +117,7 @@ fail:
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-                                  const char *version, const char *upload_data, size_t *upload_size,
-                                  void **con_cls) {
+                                  const char *version, const char *upload_data, size_t *upload_size, void **con_cls) {
     srv_t *s = cls;
     srv_conn_t *k = *con_cls;
     if (!k) {
@@ -172,8 +171,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return srv_queue(k, k->status, k->reply ? k->reply : "", k->reply ? strlen(k->reply) : 0, type);
     }
     if (k->state == CONN_STREAMING) {
-        struct MHD_Response *r =
-            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, srv_gen_reader, k, NULL);
+        struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, srv_gen_reader, k, NULL);
         if (!r) return MHD_NO;
         MHD_add_response_header(r, "Content-Type", "text/event-stream");
         MHD_add_response_header(r, "Cache-Control", "no-cache");
@@ -214,8 +212,10 @@ enum MHD_Result srv_queue(srv_conn_t *k, int status, const char *body, size_t le
 
 static void conn_free(srv_conn_t *k) {
     srv_t *s = k->s;
-    if (k->prev) k->prev->next = k->next;
-    else if (s->conns == k) s->conns = k->next;
+    if (k->prev)
+        k->prev->next = k->next;
+    else if (s->conns == k)
+        s->conns = k->next;
     if (k->next) k->next->prev = k->prev;
     s->n_conns--;
     srv_gen_free(k);
@@ -272,8 +272,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         s->http.connections_open++;
     } else if (*socket_context) {
         srv_sock_t *sk = *socket_context;
-        if (sk->prev) sk->prev->next = sk->next;
-        else s->socks = sk->next;
+        if (sk->prev)
+            sk->prev->next = sk->next;
+        else
+            s->socks = sk->next;
         if (sk->next) sk->next->prev = sk->prev;
         free(sk);
         *socket_context = NULL;
@@ -349,12 +351,12 @@ int srv_http_start(srv_t *s, char *err, size_t errlen) {
     }
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->mhd = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)s->cfg.max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+    s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
+                              (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
+                              MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections_per_ip,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+                              s, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", s->cfg.host, s->cfg.port, strerror(errno));
         return LC_EIO;

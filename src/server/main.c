@@ -37,8 +37,8 @@ void srv_log_request(srv_conn_t *k) {
         LC_DEBUG("req %s %s %d %.1fms", k->rid, k->path, k->status, (now - k->t0) * 1e3);
         return;
     }
-    LC_INFO("req %s \"%s\" %d prompt=%d completion=%d cached=%d ttft=%.1fms total=%.1fms%s", k->rid, k->path,
-            k->status, k->usage.prompt_tokens, k->usage.completion_tokens, k->usage.cached_tokens,
+    LC_INFO("req %s \"%s\" %d prompt=%d completion=%d cached=%d ttft=%.1fms total=%.1fms%s", k->rid, k->path, k->status,
+            k->usage.prompt_tokens, k->usage.completion_tokens, k->usage.cached_tokens,
             k->t_first > 0 ? (k->t_first - k->t0) * 1e3 : 0.0, (now - k->t0) * 1e3,
             k->client_gone || k->status == 499 ? " client-gone" : "");
 }
@@ -62,8 +62,7 @@ static void on_sighup(uv_signal_t *h, int sig) {
     lc_config_t c;
     int action;
     char err[512];
-    if (lc_config_from_args(&c, s->argc, s->argv, &action, err, sizeof(err)) ||
-        apply_live(s, &c, err, sizeof(err))) {
+    if (lc_config_from_args(&c, s->argc, s->argv, &action, err, sizeof(err)) || apply_live(s, &c, err, sizeof(err))) {
         LC_ERROR("reload failed, keeping the old settings: %s", err);
     } else {
         /* Live: keys, limits, log level, deadlines; the rest needs a restart. */
@@ -111,8 +110,10 @@ static int busy(const srv_t *s) {
 static void on_drain_tick(uv_timer_t *t) {
     srv_t *s = t->data;
     if (busy(s) && lc_now_s() < s->drain_deadline) return;
-    if (busy(s)) LC_WARN("drain timeout: cancelling the requests still running");
-    else LC_INFO("drained; exiting");
+    if (busy(s))
+        LC_WARN("drain timeout: cancelling the requests still running");
+    else
+        LC_INFO("drained; exiting");
     finish_shutdown(s);
 }
 
@@ -159,8 +160,8 @@ static void load_work(uv_work_t *w) {
     gguf_str_t ts = {0};
     int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
     char cerr[128];
-    s->have_chat = chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &s->chat, cerr,
-                                        sizeof(cerr)) == 0;
+    s->have_chat =
+        chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &s->chat, cerr, sizeof(cerr)) == 0;
     gguf_close(g);
 }
 
@@ -216,8 +217,7 @@ static void load_after(uv_work_t *w, int status) {
     sched_set_heartbeat_cb(s->sched, heartbeat_cb, s);
     s->loading = 0;
     LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on http://%s:%d", s->served_name, hp->name,
-            hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host,
-            s->cfg.port);
+            hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host, s->cfg.port);
     int nt = s->cfg.threads;
 #ifdef _OPENMP
     if (nt <= 0) nt = omp_get_max_threads();
@@ -274,8 +274,7 @@ int main(int argc, char **argv) {
         printf("# configuration OK (%d API key%s)\n", s->auth.n_keys, s->auth.n_keys == 1 ? "" : "s");
         return 0;
     }
-    if (!strncmp(s->cfg.device, "cuda", 4))
-        LC_WARN("device %s requested; this engine runs on cpu", s->cfg.device);
+    if (!strncmp(s->cfg.device, "cuda", 4)) LC_WARN("device %s requested; this engine runs on cpu", s->cfg.device);
     signal(SIGPIPE, SIG_IGN);
     s->argc = argc;
     s->argv = argv;

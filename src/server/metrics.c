@@ -26,12 +26,11 @@ static int gauge(srv_buf_t *b, const char *name, const char *help, const char *m
 }
 
 static int counter(srv_buf_t *b, const char *name, const char *help, const char *model, double v) {
-    return out_printf(b, "# HELP lacuna:%s %s\n# TYPE lacuna:%s counter\nlacuna:%s{model_name=\"%s\"} %.17g\n",
-                      name, help, name, name, model, v);
+    return out_printf(b, "# HELP lacuna:%s %s\n# TYPE lacuna:%s counter\nlacuna:%s{model_name=\"%s\"} %.17g\n", name,
+                      help, name, name, model, v);
 }
 
-static int histogram(srv_buf_t *b, const char *name, const char *help, const char *model,
-                     const lc_hist_snapshot_t *h) {
+static int histogram(srv_buf_t *b, const char *name, const char *help, const char *model, const lc_hist_snapshot_t *h) {
     int rc = out_printf(b, "# HELP lacuna:%s %s\n# TYPE lacuna:%s histogram\n", name, help, name);
     uint64_t cum = 0;
     for (int i = 0; i < h->n_bounds && !rc; i++) {
@@ -39,11 +38,11 @@ static int histogram(srv_buf_t *b, const char *name, const char *help, const cha
         rc = out_printf(b, "lacuna:%s_bucket{model_name=\"%s\",le=\"%g\"} %llu\n", name, model, h->bounds[i],
                         (unsigned long long)cum);
     }
-    if (!rc) rc = out_printf(b, "lacuna:%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", name, model,
-                             (unsigned long long)h->count);
+    if (!rc)
+        rc = out_printf(b, "lacuna:%s_bucket{model_name=\"%s\",le=\"+Inf\"} %llu\n", name, model,
+                        (unsigned long long)h->count);
     if (!rc) rc = out_printf(b, "lacuna:%s_sum{model_name=\"%s\"} %.17g\n", name, model, h->sum);
-    if (!rc) rc = out_printf(b, "lacuna:%s_count{model_name=\"%s\"} %llu\n", name, model,
-                             (unsigned long long)h->count);
+    if (!rc) rc = out_printf(b, "lacuna:%s_count{model_name=\"%s\"} %llu\n", name, model, (unsigned long long)h->count);
     return rc;
 }
 
@@ -85,14 +84,17 @@ int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m
             if (h->by_code[code])
                 rc |= out_printf(b, "lacuna:http_requests_total{code=\"%d\"} %llu\n", code,
                                  (unsigned long long)h->by_code[code]);
-        rc |= out_printf(b, "# HELP lacuna:http_connections_open Open HTTP connections.\n"
-                            "# TYPE lacuna:http_connections_open gauge\nlacuna:http_connections_open %llu\n",
+        rc |= out_printf(b,
+                         "# HELP lacuna:http_connections_open Open HTTP connections.\n"
+                         "# TYPE lacuna:http_connections_open gauge\nlacuna:http_connections_open %llu\n",
                          (unsigned long long)h->connections_open);
-        rc |= out_printf(b, "# HELP lacuna:http_streams_open Open SSE streams.\n"
-                            "# TYPE lacuna:http_streams_open gauge\nlacuna:http_streams_open %llu\n",
+        rc |= out_printf(b,
+                         "# HELP lacuna:http_streams_open Open SSE streams.\n"
+                         "# TYPE lacuna:http_streams_open gauge\nlacuna:http_streams_open %llu\n",
                          (unsigned long long)h->streams_open);
-        rc |= out_printf(b, "# HELP lacuna:client_disconnects_total Requests cancelled because the client left.\n"
-                            "# TYPE lacuna:client_disconnects_total counter\nlacuna:client_disconnects_total %llu\n",
+        rc |= out_printf(b,
+                         "# HELP lacuna:client_disconnects_total Requests cancelled because the client left.\n"
+                         "# TYPE lacuna:client_disconnects_total counter\nlacuna:client_disconnects_total %llu\n",
                          (unsigned long long)h->cancelled_total);
     }
     return rc ? LC_ENOMEM : 0;

@@ -13,8 +13,8 @@
 
 #include "common/status.h"
 
-void srv_error_set(srv_error_t *e, int status, const char *type, const char *param, const char *code,
-                   const char *fmt, ...) {
+void srv_error_set(srv_error_t *e, int status, const char *type, const char *param, const char *code, const char *fmt,
+                   ...) {
     if (!e) return;
     e->status = status;
     snprintf(e->type, sizeof(e->type), "%s", type ? type : "invalid_request_error");
@@ -195,8 +195,7 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
     srv_attn_spec_default(a);
     const cJSON *v = field(o, "sparse_attention");
     if (!v) return 0;
-    if (!cJSON_IsObject(v))
-        return BAD("sparse_attention", "Invalid type for 'sparse_attention': expected an object.");
+    if (!cJSON_IsObject(v)) return BAD("sparse_attention", "Invalid type for 'sparse_attention': expected an object.");
     const cJSON *e;
     cJSON_ArrayForEach(e, v) {
         int ok = 0;
@@ -205,9 +204,9 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
     }
     const cJSON *m = field(v, "prefill");
     if (m) {
-        int idx = cJSON_IsString(m) ? (strcmp(m->valuestring, "auto") ? method_index(m->valuestring, prefill, 4)
-                                                                        : SCHED_METHOD_AUTO)
-                                    : -2;
+        int idx = cJSON_IsString(m)
+                      ? (strcmp(m->valuestring, "auto") ? method_index(m->valuestring, prefill, 4) : SCHED_METHOD_AUTO)
+                      : -2;
         if (idx == -2)
             return BAD("sparse_attention.prefill",
                        "Invalid value for 'sparse_attention.prefill': expected one of auto, dense, flexprefill, "
@@ -216,9 +215,9 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
     }
     m = field(v, "decode");
     if (m) {
-        int idx = cJSON_IsString(m) ? (strcmp(m->valuestring, "auto") ? method_index(m->valuestring, decode, 4)
-                                                                        : SCHED_METHOD_AUTO)
-                                    : -2;
+        int idx = cJSON_IsString(m)
+                      ? (strcmp(m->valuestring, "auto") ? method_index(m->valuestring, decode, 4) : SCHED_METHOD_AUTO)
+                      : -2;
         if (idx == -2)
             return BAD("sparse_attention.decode",
                        "Invalid value for 'sparse_attention.decode': expected one of auto, dense, quest, tidal, "
@@ -274,8 +273,7 @@ static int parse_common(const cJSON *o, const srv_limits_t *lim, srv_request_t *
     if (get_bool(o, "stream", &r->stream, err) < 0) return -1;
     const cJSON *so = field(o, "stream_options");
     if (so) {
-        if (!cJSON_IsObject(so))
-            return BAD("stream_options", "Invalid type for 'stream_options': expected an object.");
+        if (!cJSON_IsObject(so)) return BAD("stream_options", "Invalid type for 'stream_options': expected an object.");
         if (get_bool(so, "include_usage", &r->include_usage, err) < 0) {
             snprintf(err->param, sizeof(err->param), "stream_options.include_usage");
             return -1;
@@ -396,18 +394,15 @@ static int parse_prompt(const cJSON *o, const srv_limits_t *lim, srv_request_t *
 static int check_counts(const srv_limits_t *lim, srv_request_t *r, srv_error_t *err) {
     int max_n = lim && lim->max_n > 0 ? lim->max_n : 128;
     if (r->best_of == 0) r->best_of = r->n;
-    if (r->best_of < r->n)
-        return BAD("best_of", "Invalid value for 'best_of': must be greater than or equal to 'n'.");
+    if (r->best_of < r->n) return BAD("best_of", "Invalid value for 'best_of': must be greater than or equal to 'n'.");
     if (r->best_of > max_n) return BAD("best_of", "Invalid value for 'best_of': must be between 1 and %d.", max_n);
-    if (r->stream && r->best_of > r->n)
-        return BAD("best_of", "'best_of' cannot be used with 'stream'.");
+    if (r->stream && r->best_of > r->n) return BAD("best_of", "'best_of' cannot be used with 'stream'.");
     if (r->max_tokens >= 0 && r->min_tokens > r->max_tokens)
         return BAD("min_tokens", "Invalid value for 'min_tokens': must not exceed 'max_tokens'.");
     return 0;
 }
 
-int srv_parse_completion(const char *body, size_t len, const srv_limits_t *lim, srv_request_t *r,
-                         srv_error_t *err) {
+int srv_parse_completion(const char *body, size_t len, const srv_limits_t *lim, srv_request_t *r, srv_error_t *err) {
     request_init(r, SRV_REQ_COMPLETION);
     cJSON *o = parse_body(body, len, err);
     if (!o) return LC_EINVAL;
@@ -480,12 +475,11 @@ static int parse_messages(const cJSON *o, srv_message_t **msgs, int *n, srv_erro
         snprintf(param, sizeof(param), "messages[%d].role", i);
         if (!role) return BAD(param, "Missing required parameter: '%s'.", param);
         if (!cJSON_IsString(role) || method_index(role->valuestring, roles, 5) < 0)
-            return BAD(param,
-                       "Invalid value for '%s': expected one of system, developer, user, assistant, tool.", param);
+            return BAD(param, "Invalid value for '%s': expected one of system, developer, user, assistant, tool.",
+                       param);
         (*msgs)[i].role = strdup(role->valuestring);
         (*n)++;
-        if (parse_content(cJSON_GetObjectItemCaseSensitive(e, "content"), i, &(*msgs)[i].content, err) < 0)
-            return -1;
+        if (parse_content(cJSON_GetObjectItemCaseSensitive(e, "content"), i, &(*msgs)[i].content, err) < 0) return -1;
         i++;
     }
     return 0;

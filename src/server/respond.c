@@ -287,9 +287,8 @@ static int sse_obj(srv_buf_t *out, cJSON *o) {
     return rc;
 }
 
-int srv_sse_chunk(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int role_first, const char *text,
-                  size_t len, const sched_logprob_t *lps, int n_lps, int want_lps, size_t text_offset,
-                  sched_finish_t finish) {
+int srv_sse_chunk(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int role_first, const char *text, size_t len,
+                  const sched_logprob_t *lps, int n_lps, int want_lps, size_t text_offset, sched_finish_t finish) {
     cJSON *root = envelope(c, 1);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices");
     cJSON *o = cJSON_CreateObject();

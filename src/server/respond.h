@@ -26,9 +26,9 @@ typedef const char *(*srv_piece_cb)(void *ud, int32_t id, size_t *len);
 
 /* What every body of one response shares. */
 typedef struct {
-    const char *id;        // "cmpl-…" / "chatcmpl-…"
+    const char *id; // "cmpl-…" / "chatcmpl-…"
     int64_t created;
-    const char *model;     // served name
+    const char *model; // served name
     srv_req_kind_t kind;
     srv_piece_cb piece;
     void *piece_ud;
@@ -43,13 +43,13 @@ typedef struct {
 /* One finished choice of a non-streaming response. */
 typedef struct {
     int index;
-    char *text;              // with the echoed prompt when echo
+    char *text; // with the echoed prompt when echo
     size_t len;
-    sched_logprob_t *lps;    // (n_lps); prompt entries first when echo; logprob NaN = null
+    sched_logprob_t *lps; // (n_lps); prompt entries first when echo; logprob NaN = null
     int n_lps;
-    int want_lps;            // render a logprobs object (else null)
+    int want_lps; // render a logprobs object (else null)
     sched_finish_t finish;
-    double cum_logprob;      // for best_of
+    double cum_logprob; // for best_of
 } srv_choice_t;
 
 /* The bodies below are malloc'd NUL-terminated strings owned by the caller;
@@ -63,9 +63,8 @@ int srv_sse_json(srv_buf_t *out, const char *json);
 /* A delta for one choice. role_first: chat's opening {"role":"assistant"}.
  * lps may be NULL (n_lps 0) or carry the tokens of this delta. finish NONE
  * renders finish_reason null. */
-int srv_sse_chunk(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int role_first, const char *text,
-                  size_t len, const sched_logprob_t *lps, int n_lps, int want_lps, size_t text_offset,
-                  sched_finish_t finish);
+int srv_sse_chunk(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int role_first, const char *text, size_t len,
+                  const sched_logprob_t *lps, int n_lps, int want_lps, size_t text_offset, sched_finish_t finish);
 int srv_sse_usage(srv_buf_t *out, const srv_resp_ctx_t *c, const srv_usage_t *u);
 int srv_sse_error(srv_buf_t *out, const srv_error_t *e);
 int srv_sse_done(srv_buf_t *out);

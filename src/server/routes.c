@@ -171,9 +171,9 @@ static enum MHD_Result start_tokenize(srv_conn_t *k) {
     if (unavailable(s, &e)) return reply_error(k, &e);
     tok_job_t *j = calloc(1, sizeof(*j));
     if (!j) return MHD_NO;
-    int rc = k->route == ROUTE_TOKENIZE ? srv_parse_tokenize(k->body.data ? k->body.data : "", k->body.len, &j->treq, &e)
-                                        : srv_parse_detokenize(k->body.data ? k->body.data : "", k->body.len, &j->ids,
-                                                               &j->n_ids, &e);
+    int rc = k->route == ROUTE_TOKENIZE
+                 ? srv_parse_tokenize(k->body.data ? k->body.data : "", k->body.len, &j->treq, &e)
+                 : srv_parse_detokenize(k->body.data ? k->body.data : "", k->body.len, &j->ids, &j->n_ids, &e);
     if (rc) {
         srv_tokenize_req_free(&j->treq);
         free(j->ids);
@@ -198,8 +198,7 @@ enum MHD_Result srv_route_dispatch(srv_conn_t *k) {
     case ROUTE_HEALTH:
         if (unavailable(s, &e)) return reply_error(k, &e);
         return reply_json(k, 200, strdup("{\"status\":\"ok\"}"));
-    case ROUTE_MODELS:
-        return reply_json(k, 200, srv_render_models(s->served_name, s->created));
+    case ROUTE_MODELS: return reply_json(k, 200, srv_render_models(s->served_name, s->created));
     case ROUTE_METRICS: {
         sched_metrics_t m;
         memset(&m, 0, sizeof(m));
@@ -212,8 +211,7 @@ enum MHD_Result srv_route_dispatch(srv_conn_t *k) {
         return rc;
     }
     case ROUTE_TOKENIZE:
-    case ROUTE_DETOKENIZE:
-        return start_tokenize(k);
+    case ROUTE_DETOKENIZE: return start_tokenize(k);
     case ROUTE_COMPLETIONS:
     case ROUTE_CHAT: {
         if (unavailable(s, &e)) {

@@ -42,13 +42,13 @@ typedef enum {
 /* One choice being generated (g = prompt * best_of + choice). */
 typedef struct {
     srv_buf_t text;
-    sched_logprob_t *lps;   // (n_lps) prompt entries first with echo
+    sched_logprob_t *lps; // (n_lps) prompt entries first with echo
     int n_lps, cap_lps;
     int n_tokens;
     double cum_logprob;
     sched_finish_t finish;
-    int role_sent;          // chat stream: first delta written
-    size_t text_offset;     // completions stream: bytes already sent
+    int role_sent;      // chat stream: first delta written
+    size_t text_offset; // completions stream: bytes already sent
 } srv_gen_choice_t;
 
 typedef struct srv srv_t;
@@ -65,11 +65,11 @@ typedef struct srv_conn {
     double t0;
     srv_conn_state_t state;
     int suspended;
-    int mhd_done;       // completed callback ran
-    int work_pending;   // uv_work in flight
+    int mhd_done;     // completed callback ran
+    int work_pending; // uv_work in flight
     int client_gone;
-    int stream_open;    // counted in http.streams_open until completion
-    int status;         // for the log line and metrics
+    int stream_open; // counted in http.streams_open until completion
+    int status;      // for the log line and metrics
     srv_buf_t body;
     int too_large;
 
@@ -80,23 +80,23 @@ typedef struct srv_conn {
 
     /* generation */
     srv_request_t req;
-    int32_t **pids;     // (n_prompts) tokenized prompts
+    int32_t **pids; // (n_prompts) tokenized prompts
     int *pn;
-    char **echo;        // (n_prompts) prompt text for echo, or NULL
+    char **echo; // (n_prompts) prompt text for echo, or NULL
     size_t *echo_len;
     int n_prompts;
-    sched_req_t **sr;   // (n_prompts)
-    int n_done;         // sched requests that reported DONE
+    sched_req_t **sr;     // (n_prompts)
+    int n_done;           // sched requests that reported DONE
     srv_gen_choice_t *ch; // (n_prompts * best_of)
     int n_ch;
     srv_usage_t usage;
     srv_error_t err;
     int has_err;
-    char id[96];        // cmpl-… / chatcmpl-…
+    char id[96]; // cmpl-… / chatcmpl-…
     int64_t created;
-    double t_first;     // first token seen
-    srv_buf_t out;      // SSE bytes not yet handed to MHD
-    int stream_end;     // everything, [DONE] included, is in out
+    double t_first; // first token seen
+    srv_buf_t out;  // SSE bytes not yet handed to MHD
+    int stream_end; // everything, [DONE] included, is in out
     double last_write;
     uv_work_t work;
     /* tokenize / detokenize results */
@@ -107,8 +107,8 @@ typedef struct srv_conn {
 typedef struct srv_sock {
     struct srv_sock *prev, *next;
     struct MHD_Connection *c;
-    double since;       // connection start or end of the last response
-    int busy;           // a full request was received; response pending
+    double since; // connection start or end of the last response
+    int busy;     // a full request was received; response pending
 } srv_sock_t;
 
 struct srv {
@@ -146,7 +146,7 @@ struct srv {
     double last_ping;
     int exit_code;
 
-    srv_conn_t *conns;  // requests in flight
+    srv_conn_t *conns; // requests in flight
     int n_conns;
     srv_sock_t *socks;
     srv_http_counts_t http;
@@ -155,13 +155,13 @@ struct srv {
 
 /* http.c */
 int srv_http_start(srv_t *s, char *err, size_t errlen);
-void srv_http_run(srv_t *s);              // MHD_run + re-arm the timer
+void srv_http_run(srv_t *s); // MHD_run + re-arm the timer
 void srv_http_stop(srv_t *s);
 /* Draining: MHD is quiesced; answer the connections already waiting in the
  * listen backlog with 503 and close the listener, so later clients are
  * refused at once instead of being reset when the process exits. */
 void srv_http_close_listener(srv_t *s);
-void srv_conn_resume(srv_conn_t *k);      // resume if suspended (caller runs srv_http_run)
+void srv_conn_resume(srv_conn_t *k); // resume if suspended (caller runs srv_http_run)
 void srv_conn_reply(srv_conn_t *k, int status, char *body, const char *type); // CONN_REPLY + resume
 void srv_conn_error(srv_conn_t *k, const srv_error_t *e);
 
@@ -173,9 +173,9 @@ int srv_route_needs_auth(const srv_t *s, srv_route_t r);
 enum MHD_Result srv_queue(srv_conn_t *k, int status, const char *body, size_t len, const char *type);
 
 /* gen.c: generation jobs. */
-enum MHD_Result srv_gen_start(srv_conn_t *k);   // parse done; tokenizes on the pool
-void srv_gen_poll_all(srv_t *s);                // drain engine events (async handler)
-void srv_gen_cancel(srv_conn_t *k);             // client gone
+enum MHD_Result srv_gen_start(srv_conn_t *k); // parse done; tokenizes on the pool
+void srv_gen_poll_all(srv_t *s);              // drain engine events (async handler)
+void srv_gen_cancel(srv_conn_t *k);           // client gone
 void srv_gen_free(srv_conn_t *k);
 ssize_t srv_gen_reader(void *cls, uint64_t pos, char *buf, size_t max);
 

@@ -34,7 +34,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *out = NULL;
         int rc = chat_render(&ct, msgs, n, gen, &out, err, sizeof err);
         if (rc == 0) {
-            for (size_t i = 0; i < n; i++) {  // every message's content appears (templates may trim it)
+            for (size_t i = 0; i < n; i++) { // every message's content appears (templates may trim it)
                 const char *c = msgs[i].content;
                 size_t b = 0, e = strlen(c);
                 while (b < e && strchr(" \t\n\r\v\f", c[b])) b++;

@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[256];
     gguf_ctx_t *g = gguf_open_buffer(data, size, err, sizeof err);
     if (!g) {
-        if (!err[0]) __builtin_trap();  // a refusal must say why
+        if (!err[0]) __builtin_trap(); // a refusal must say why
         return 0;
     }
     char buf[256];

@@ -18,9 +18,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(x) \
-    do {         \
-        if (!(x)) __builtin_trap(); \
+#define CHECK(x)                                                                                                       \
+    do {                                                                                                               \
+        if (!(x)) __builtin_trap();                                                                                    \
     } while (0)
 
 static int valid_utf8(const char *s) {

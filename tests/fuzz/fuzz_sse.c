@@ -19,9 +19,9 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(x) \
-    do {         \
-        if (!(x)) __builtin_trap(); \
+#define CHECK(x)                                                                                                       \
+    do {                                                                                                               \
+        if (!(x)) __builtin_trap();                                                                                    \
     } while (0)
 
 typedef struct {
@@ -113,8 +113,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
     }
 
-    srv_resp_ctx_t c = {.id = "cmpl-fuzz", .created = 1700000000, .model = "m",
-                        .kind = (flags & 1) ? SRV_REQ_CHAT : SRV_REQ_COMPLETION, .piece = piece, .piece_ud = &v};
+    srv_resp_ctx_t c = {.id = "cmpl-fuzz",
+                        .created = 1700000000,
+                        .model = "m",
+                        .kind = (flags & 1) ? SRV_REQ_CHAT : SRV_REQ_COMPLETION,
+                        .piece = piece,
+                        .piece_ud = &v};
     int role_first = (flags >> 1) & 1;
     int want_lps = (flags >> 2) & 1;
     sched_finish_t finish = (sched_finish_t)(((flags >> 3) & 7) % 5);
@@ -131,8 +135,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const cJSON *t = c.kind == SRV_REQ_CHAT
                          ? cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(ch, "delta"), "content")
                          : cJSON_GetObjectItemCaseSensitive(ch, "text");
-    if (t) CHECK(cJSON_IsString(t) && strcmp(t->valuestring, want) == 0);
-    else CHECK(c.kind == SRV_REQ_CHAT && !role_first && finish != SCHED_FINISH_NONE && !want[0]);
+    if (t)
+        CHECK(cJSON_IsString(t) && strcmp(t->valuestring, want) == 0);
+    else
+        CHECK(c.kind == SRV_REQ_CHAT && !role_first && finish != SCHED_FINISH_NONE && !want[0]);
     const cJSON *f = cJSON_GetObjectItemCaseSensitive(ch, "finish_reason");
     CHECK(fr ? (cJSON_IsString(f) && !strcmp(f->valuestring, fr)) : cJSON_IsNull(f));
     const cJSON *lo = cJSON_GetObjectItemCaseSensitive(ch, "logprobs");
@@ -147,9 +153,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     srv_buf_free(&out);
 
     /* Usage (densities from the floats), an error with arbitrary text, [DONE], a ping. */
-    srv_usage_t u = {.prompt_tokens = (int)v.len, .completion_tokens = n_lps, .cached_tokens = 0,
-                     .prefill_method = (int)(flags % 7) - 1, .decode_method = (int)(flags % 5) - 1,
-                     .prefill_density = n_lps ? lps[0].logprob : 1.0, .decode_density = n_lps ? -lps[0].logprob : 0};
+    srv_usage_t u = {.prompt_tokens = (int)v.len,
+                     .completion_tokens = n_lps,
+                     .cached_tokens = 0,
+                     .prefill_method = (int)(flags % 7) - 1,
+                     .decode_method = (int)(flags % 5) - 1,
+                     .prefill_density = n_lps ? lps[0].logprob : 1.0,
+                     .decode_density = n_lps ? -lps[0].logprob : 0};
     srv_error_t e = {.status = 400};
     snprintf(e.type, sizeof e.type, "invalid_request_error");
     snprintf(e.param, sizeof e.param, "%.*s", (int)(v.len < 63 ? v.len : 63), v.text);
@@ -163,8 +173,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     srv_buf_free(&out);
 
     /* The non-streaming body of the same choice, and the error body alone. */
-    srv_choice_t choice = {.index = 0, .text = (char *)v.text, .len = v.len, .lps = lps, .n_lps = n_lps,
-                           .want_lps = want_lps, .finish = finish};
+    srv_choice_t choice = {.index = 0,
+                           .text = (char *)v.text,
+                           .len = v.len,
+                           .lps = lps,
+                           .n_lps = n_lps,
+                           .want_lps = want_lps,
+                           .finish = finish};
     char *body = srv_render_response(&c, &choice, 1, &u);
     check_body(body);
     free(body);

@@ -48,7 +48,7 @@ static void load_once(void) {
     if (!g) {
         fprintf(stderr, "fuzz_tokenizer: %s: %s\n", path, err);
         const char *req = getenv("LACUNA_REQUIRE_MODEL");
-        if (!req || strcmp(req, "1") != 0) exit(77);  // automake's SKIP: no model here
+        if (!req || strcmp(req, "1") != 0) exit(77); // automake's SKIP: no model here
         abort();
     }
     g_tok = tok_create_from_gguf(g, err, sizeof err);

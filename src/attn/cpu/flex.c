@@ -45,16 +45,11 @@ static int64_t take_mass(const float *x, int64_t n, double gamma, int64_t lo, in
     qsort(tmp, (size_t)n, sizeof *tmp, cmp_vi_desc);
     int64_t cnt = 0;
     double cum = 0;
-    while (cnt < n && (gamma >= 1.0 || cum < gamma * total))
-        cum += tmp[cnt++].v;
-    if (cnt < lo)
-        cnt = lo;
-    if (hi > 0 && cnt > hi)
-        cnt = hi;
-    if (cnt > n)
-        cnt = n;
-    for (int64_t i = 0; i < cnt; i++)
-        idx[i] = tmp[i].i;
+    while (cnt < n && (gamma >= 1.0 || cum < gamma * total)) cum += tmp[cnt++].v;
+    if (cnt < lo) cnt = lo;
+    if (hi > 0 && cnt > hi) cnt = hi;
+    if (cnt > n) cnt = n;
+    for (int64_t i = 0; i < cnt; i++) idx[i] = tmp[i].i;
     return cnt;
 }
 
@@ -62,10 +57,8 @@ static double jsd(const double *p, const double *q, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) {
         double m = 0.5 * (p[i] + q[i]);
-        if (p[i] > 0)
-            s += 0.5 * p[i] * log(p[i] / m);
-        if (q[i] > 0)
-            s += 0.5 * q[i] * log(q[i] / m);
+        if (p[i] > 0) s += 0.5 * p[i] * log(p[i] / m);
+        if (q[i] > 0) s += 0.5 * q[i] * log(q[i] / m);
     }
     return s > 0 ? s : 0;
 }
@@ -94,8 +87,7 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
     vi_t *tmp = malloc(sizeof(vi_t) * (size_t)(N > (int64_t)c->n_qb * c->n_kb ? N : (int64_t)c->n_qb * c->n_kb));
     int64_t *idx = malloc(sizeof(int64_t) * (size_t)N);
     float *m = malloc(sizeof(float) * R), *l = malloc(sizeof(float) * R);
-    if (!t || !S || !vert || !slash || !kpool || !ahat || !atrue || !tmp || !idx || !m || !l)
-        goto done;
+    if (!t || !S || !vert || !slash || !kpool || !ahat || !atrue || !tmp || !idx || !m || !l) goto done;
     memset(mask, 0, (size_t)c->n_qb * c->n_kb);
 
     /* 1. exact attention of the representative rows (two passes over keys) */
@@ -104,8 +96,7 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
     for (int r = 0; r < R; r++)
         for (int e = 0; e < d; e++)
             t->q[(size_t)r * d + e] = c->q[((size_t)(r0 + r) * c->sh->n_heads + h) * d + e] * c->sh->scale;
-    for (int r = 0; r < R; r++)
-        m[r] = -INFINITY, l[r] = 0;
+    for (int r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0;
     for (int pass = 0; pass < 2; pass++)
         for (int64_t j0 = 0; j0 < N; j0 += CH) {
             int64_t j1 = j0 + CH < N ? j0 + CH : N;
@@ -113,8 +104,7 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
             for (int r = 0; r < R; r++) {
                 int64_t p = c->q_pos0 + r0 + r, jmax = p + 1 < j1 ? p + 1 : j1;
                 float *s = S + (size_t)r * CH;
-                if (jmax <= j0)
-                    continue;
+                if (jmax <= j0) continue;
                 if (pass == 0) {
                     float mx = attn_row_max(s, jmax - j0);
                     mx = mx > m[r] ? mx : m[r];
@@ -124,10 +114,8 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
                 } else {
                     const float w = 1.0f / (l[r] * R);
                     attn_row_exp_sum(s, jmax - j0, m[r]);
-                    for (int64_t j = j0; j < jmax; j++)
-                        vert[j] += s[j - j0] * w;
-                    for (int64_t j = j0; j < jmax; j++)
-                        slash[p - j] += s[j - j0] * w;
+                    for (int64_t j = j0; j < jmax; j++) vert[j] += s[j - j0] * w;
+                    for (int64_t j = j0; j < jmax; j++) slash[p - j] += s[j - j0] * w;
                 }
             }
         }
@@ -136,31 +124,26 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
     for (int64_t j = 0; j < N; j++) {
         const float *kr = attn_kv_krow(c->kv, kh, d, j);
         float *dst = kpool + (size_t)(j / B) * d;
-        for (int e = 0; e < d; e++)
-            dst[e] += kr[e];
+        for (int e = 0; e < d; e++) dst[e] += kr[e];
         atrue[j / B] += vert[j];
     }
     for (int kb = 0; kb < c->n_kb; kb++) {
         int64_t cnt = (int64_t)(kb + 1) * B < N ? B : N - (int64_t)kb * B;
-        for (int e = 0; e < d; e++)
-            kpool[(size_t)kb * d + e] /= (float)cnt;
+        for (int e = 0; e < d; e++) kpool[(size_t)kb * d + e] /= (float)cnt;
     }
     double mx = -INFINITY, sum = 0;
     for (int kb = 0; kb < c->n_kb; kb++) {
         double s = 0;
         for (int e = 0; e < d; e++) {
             double qm = 0;
-            for (int r = 0; r < R; r++)
-                qm += t->q[(size_t)r * d + e];
+            for (int r = 0; r < R; r++) qm += t->q[(size_t)r * d + e];
             s += qm / R * kpool[(size_t)kb * d + e];
         }
         ahat[kb] = s;
         mx = s > mx ? s : mx;
     }
-    for (int kb = 0; kb < c->n_kb; kb++)
-        sum += (ahat[kb] = exp(ahat[kb] - mx));
-    for (int kb = 0; kb < c->n_kb; kb++)
-        ahat[kb] /= sum;
+    for (int kb = 0; kb < c->n_kb; kb++) sum += (ahat[kb] = exp(ahat[kb] - mx));
+    for (int kb = 0; kb < c->n_kb; kb++) ahat[kb] /= sum;
     double D = sqrt(jsd(ahat, atrue, c->n_kb));
 
     if (D < c->pol->tau) {
@@ -174,23 +157,19 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
             int dd = d < 512 ? d : 512;
             for (int e = 0; e < dd; e++) {
                 double a = 0;
-                for (int64_t p = p0; p < p1; p++)
-                    a += c->q[((size_t)(p - c->q_pos0) * c->sh->n_heads + h) * d + e];
+                for (int64_t p = p0; p < p1; p++) a += c->q[((size_t)(p - c->q_pos0) * c->sh->n_heads + h) * d + e];
                 qp[e] = (float)(a / (double)(p1 - p0) * c->sh->scale);
             }
             double rm = -INFINITY, rs = 0;
             int64_t base = np;
             for (int kb = 0; kb <= qb; kb++) {
                 double s = 0;
-                for (int e = 0; e < dd; e++)
-                    s += qp[e] * kpool[(size_t)kb * d + e];
+                for (int e = 0; e < dd; e++) s += qp[e] * kpool[(size_t)kb * d + e];
                 tmp[np++] = (vi_t){(float)s, (int64_t)i * c->n_kb + kb};
                 rm = s > rm ? s : rm;
             }
-            for (int64_t u = base; u < np; u++)
-                rs += (tmp[u].v = (float)exp(tmp[u].v - rm));
-            for (int64_t u = base; u < np; u++)
-                tmp[u].v = (float)(tmp[u].v / rs / c->n_qb);
+            for (int64_t u = base; u < np; u++) rs += (tmp[u].v = (float)exp(tmp[u].v - rm));
+            for (int64_t u = base; u < np; u++) tmp[u].v = (float)(tmp[u].v / rs / c->n_qb);
         }
         qsort(tmp, (size_t)np, sizeof *tmp, cmp_vi_desc);
         double cum = 0;
@@ -205,8 +184,7 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
         for (int64_t u = 0; u < nv; u++) {
             int kb = (int)(idx[u] / B);
             for (int i = 0; i < c->n_qb; i++)
-                if (c->qb0 + i >= kb)
-                    mask[(size_t)i * c->n_kb + kb] = 1;
+                if (c->qb0 + i >= kb) mask[(size_t)i * c->n_kb + kb] = 1;
         }
         int64_t ns = take_mass(slash, N, c->pol->gamma, lo, hi, tmp, idx);
         for (int64_t u = 0; u < ns; u++) {
@@ -215,17 +193,14 @@ static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
                 int qb = c->qb0 + i;
                 int64_t p0 = (int64_t)qb * B > c->q_pos0 ? (int64_t)qb * B : c->q_pos0;
                 int64_t p1 = (int64_t)(qb + 1) * B - 1 < N - 1 ? (int64_t)(qb + 1) * B - 1 : N - 1;
-                if (p1 - s < 0)
-                    continue;
+                if (p1 - s < 0) continue;
                 int64_t j0 = p0 - s > 0 ? p0 - s : 0;
-                for (int64_t kb = j0 / B; kb <= (p1 - s) / B; kb++)
-                    mask[(size_t)i * c->n_kb + kb] = 1;
+                for (int64_t kb = j0 / B; kb <= (p1 - s) / B; kb++) mask[(size_t)i * c->n_kb + kb] = 1;
             }
         }
     }
     /* 4. sink and diagonal always */
-    for (int i = 0; i < c->n_qb; i++)
-        mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
+    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
     rc = 0;
 done:
     attn_tile_free(t);
@@ -241,15 +216,13 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
     if (n_q <= 0 || N <= small)
         return attn_prefill_window(shape, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, computed);
     int rc = attn_check_args(shape, kv, N);
-    if (rc || q_pos0 < 0 || !q || !out)
-        return rc ? rc : LC_EINVAL;
+    if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
     const int H = shape->n_heads, G = H / shape->n_kv_heads, d = shape->head_dim;
     flex_ctx_t c = {shape, pol, q, n_q, q_pos0, N, B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1, kv};
     c.n_qb = c.n_kb - c.qb0;
     size_t msz = (size_t)c.n_qb * c.n_kb;
     uint8_t *mask = malloc(msz * H);
-    if (!mask)
-        return LC_ENOMEM;
+    if (!mask) return LC_ENOMEM;
     int err = 0;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int h = 0; h < H; h++) {
@@ -261,8 +234,7 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
     }
     double comp = 0;
     const int n_items = H * c.n_qb;
-    if (err)
-        goto done;
+    if (err) goto done;
 #pragma omp parallel reduction(+ : comp)
     {
         attn_tile_t *t = attn_tile_alloc(B, d);
@@ -273,16 +245,14 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
         }
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
-            if (!t || !rg)
-                continue;
+            if (!t || !rg) continue;
             int i = c.n_qb - 1 - it / H, h = it % H, qb = c.qb0 + i;
             int64_t p0 = (int64_t)qb * B > q_pos0 ? (int64_t)qb * B : q_pos0;
             int64_t p1 = (int64_t)(qb + 1) * B < N ? (int64_t)(qb + 1) * B : N;
             const uint8_t *mrow = mask + msz * h + (size_t)i * c.n_kb;
             int nr = 0;
             for (int kb = 0; kb <= qb; kb++) {
-                if (!mrow[kb])
-                    continue;
+                if (!mrow[kb]) continue;
                 int64_t lo = (int64_t)kb * B, hi = lo + B < p1 ? lo + B : p1;
                 if (nr > 0 && rg[nr - 1].hi == lo)
                     rg[nr - 1].hi = hi;
@@ -293,8 +263,7 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
             attn_tile_begin(t, rows);
             for (int r = 0; r < rows; r++) {
                 const float *qr = q + ((size_t)(p0 + r - q_pos0) * H + h) * d;
-                for (int e = 0; e < d; e++)
-                    t->q[(size_t)r * d + e] = qr[e] * shape->scale;
+                for (int e = 0; e < d; e++) t->q[(size_t)r * d + e] = qr[e] * shape->scale;
                 t->qpos[r] = p0 + r;
             }
             attn_tile_run(t, kv, h / G, rg, nr, 0, -1);
@@ -302,8 +271,7 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
             for (int r = 0; r < rows; r++) {
                 size_t row = (size_t)(p0 + r - q_pos0) * H + h;
                 memcpy(out + row * d, t->acc + (size_t)r * d, sizeof(float) * d);
-                if (lse)
-                    lse[row] = t->l[r];
+                if (lse) lse[row] = t->l[r];
             }
             comp += t->computed;
         }
@@ -312,7 +280,6 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
     }
 done:
     free(mask);
-    if (computed)
-        *computed = comp;
+    if (computed) *computed = comp;
     return err;
 }

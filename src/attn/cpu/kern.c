@@ -139,16 +139,14 @@ LC_INLINE void mm_best(int M, int N, int K, const float *A, int lda, const float
     }
 #endif
     if (zero)
-        for (int r = 0; r < M; r++)
-            memset(C + (size_t)r * ldc, 0, (size_t)N * sizeof(float));
+        for (int r = 0; r < M; r++) memset(C + (size_t)r * ldc, 0, (size_t)N * sizeof(float));
     mm_acc(M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 /* ---- allocation ---------------------------------------------------------------- */
 attn_tile_t *attn_tile_alloc(int max_rows, int d) {
     attn_tile_t *t = calloc(1, sizeof *t);
-    if (!t)
-        return NULL;
+    if (!t) return NULL;
     max_rows = (max_rows + 3) & ~3;
     t->d = d;
     t->max_rows = max_rows;
@@ -160,8 +158,7 @@ attn_tile_t *attn_tile_alloc(int max_rows, int d) {
     t->kt = calloc((size_t)d * ATTN_BK, sizeof(float));
     t->vt = calloc((size_t)ATTN_BK * d, sizeof(float));
     t->s = calloc((size_t)max_rows * ATTN_BK, sizeof(float));
-    if (!t->q || !t->qpos || !t->m || !t->l || !t->acc || !t->kt || !t->vt || !t->s)
-        goto fail;
+    if (!t->q || !t->qpos || !t->m || !t->l || !t->acc || !t->kt || !t->vt || !t->s) goto fail;
     return t;
 fail:
     attn_tile_free(t);
@@ -169,8 +166,7 @@ fail:
 }
 
 void attn_tile_free(attn_tile_t *t) {
-    if (!t)
-        return;
+    if (!t) return;
     free(t->q), free(t->qpos), free(t->m), free(t->l), free(t->acc);
     free(t->kt), free(t->vt), free(t->s);
     free(t);
@@ -208,17 +204,14 @@ LC_INLINE void direct_scores(attn_tile_t *t, int mr, int ncol) {
         for (int r = 0; r < t->nr; r++) {
             const float *qr = t->q + (size_t)r * d;
             v8 a = bc8(0.0f);
-            for (int c = 0; c < d; c += 8)
-                a += ld8(qr + c) * ld8(kr + c);
+            for (int c = 0; c < d; c += 8) a += ld8(qr + c) * ld8(kr + c);
             float x = 0.0f;
-            for (int i = 0; i < 8; i++)
-                x += a[i];
+            for (int i = 0; i < 8; i++) x += a[i];
             t->s[(size_t)r * ATTN_BK + u] = x;
         }
     }
     for (int r = 0; r < mr; r++)
-        for (int u = t->nk; u < ncol; u++)
-            t->s[(size_t)r * ATTN_BK + u] = 0.0f;
+        for (int u = t->nk; u < ncol; u++) t->s[(size_t)r * ATTN_BK + u] = 0.0f;
 }
 
 LC_INLINE void direct_pv(attn_tile_t *t) {
@@ -228,14 +221,11 @@ LC_INLINE void direct_pv(attn_tile_t *t) {
         const float *p = t->s + (size_t)r * ATTN_BK;
         for (int c = 0; c < d; c += 8) {
             v8 x = ld8(a + c);
-            for (int u = 0; u < t->nk; u++)
-                x += bc8(p[u]) * ld8(t->vptr[u] + c);
+            for (int u = 0; u < t->nk; u++) x += bc8(p[u]) * ld8(t->vptr[u] + c);
             st8(a + c, x);
         }
     }
 }
-
-
 
 
 /* Masks the scores of rows [0, mr) in t->s, turns them into exp(s - m_new) and
@@ -262,8 +252,7 @@ LC_INLINE double rows_softmax(attn_tile_t *t, int mr, int ncol) {
             vm = vmax8(ld8(s + j), vm);
         }
         float mx = vm[0];
-        for (int i = 1; i < 8; i++)
-            mx = vm[i] > mx ? vm[i] : mx;
+        for (int i = 1; i < 8; i++) mx = vm[i] > mx ? vm[i] : mx;
         float m_old = t->m[r], m_new = mx > m_old ? mx : m_old;
         v8 vs = bc8(0.0f), mn = bc8(m_new);
         for (int j = 0; j < ncol; j += 8) {
@@ -272,13 +261,11 @@ LC_INLINE double rows_softmax(attn_tile_t *t, int mr, int ncol) {
             vs += p;
         }
         float sum = 0.0f;
-        for (int i = 0; i < 8; i++)
-            sum += vs[i];
+        for (int i = 0; i < 8; i++) sum += vs[i];
         if (m_old != m_new) {
             float alpha = m_old == -INFINITY ? 0.0f : expf(m_old - m_new);
             float *a = t->acc + (size_t)r * d;
-            for (int c = 0; c < d; c++)
-                a[c] *= alpha;
+            for (int c = 0; c < d; c++) a[c] *= alpha;
             t->l[r] *= alpha;
             t->m[r] = m_new;
         }
@@ -299,8 +286,7 @@ LC_HOT static void tile_process(attn_tile_t *t) {
             direct_scores(t, mr, ncol);
     } else {
         for (int c = 0; c < d; c++) // zero the padding columns of K
-            for (int j = nk; j < ncol; j++)
-                t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
+            for (int j = nk; j < ncol; j++) t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
         tile_scores(t, mr, ncol);
     }
     double computed;
@@ -324,8 +310,8 @@ LC_HOT static void tile_process(attn_tile_t *t) {
 }
 
 /* ---- gather ----------------------------------------------------------------------- */
-LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const attn_range_t *rg, int n_rg,
-                          int64_t skip, int64_t take) {
+LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const attn_range_t *rg, int n_rg, int64_t skip,
+                          int64_t take) {
     const int d = t->d, bs = kv->block_size;
     t->nk = 0;
     t->direct = t->nr <= 4 && d % 8 == 0;
@@ -337,17 +323,13 @@ LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const at
         }
         lo += skip;
         skip = 0;
-        if (take >= 0 && hi - lo > take)
-            hi = lo + take;
-        if (take >= 0)
-            take -= hi - lo;
+        if (take >= 0 && hi - lo > take) hi = lo + take;
+        if (take >= 0) take -= hi - lo;
         for (int64_t j = lo; j < hi;) {
             // a run inside one page, cut to the room left in the tile
             int64_t run = bs - j % bs;
-            if (run > hi - j)
-                run = hi - j;
-            if (run > ATTN_BK - t->nk)
-                run = ATTN_BK - t->nk;
+            if (run > hi - j) run = hi - j;
+            if (run > ATTN_BK - t->nk) run = ATTN_BK - t->nk;
             const float *kp = attn_kv_krow(kv, kvh, d, j), *vp = attn_kv_vrow(kv, kvh, d, j);
             if (t->direct) {
                 for (int64_t u = 0; u < run; u++) {
@@ -357,26 +339,22 @@ LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const at
                 }
                 t->nk += (int)run;
                 j += run;
-                if (t->nk == ATTN_BK)
-                    tile_process(t);
+                if (t->nk == ATTN_BK) tile_process(t);
                 continue;
             }
             memcpy(t->vt + (size_t)t->nk * d, vp, (size_t)run * d * sizeof(float));
             for (int64_t u = 0; u < run; u++) {
                 const float *kr = kp + u * d;
                 float *dst = t->kt + t->nk + u;
-                for (int c = 0; c < d; c++)
-                    dst[(size_t)c * ATTN_BK] = kr[c];
+                for (int c = 0; c < d; c++) dst[(size_t)c * ATTN_BK] = kr[c];
                 t->kpos[t->nk + u] = j + u;
             }
             t->nk += (int)run;
             j += run;
-            if (t->nk == ATTN_BK)
-                tile_process(t);
+            if (t->nk == ATTN_BK) tile_process(t);
         }
     }
-    if (t->nk > 0)
-        tile_process(t);
+    if (t->nk > 0) tile_process(t);
 }
 
 void attn_tile_finish(attn_tile_t *t) {
@@ -384,8 +362,7 @@ void attn_tile_finish(attn_tile_t *t) {
         float *a = t->acc + (size_t)r * t->d;
         if (t->l[r] > 0.0f) {
             float inv = 1.0f / t->l[r];
-            for (int c = 0; c < t->d; c++)
-                a[c] *= inv;
+            for (int c = 0; c < t->d; c++) a[c] *= inv;
             t->l[r] = t->m[r] + logf(t->l[r]);
         } else {
             memset(a, 0, (size_t)t->d * sizeof(float));
@@ -397,13 +374,10 @@ void attn_tile_finish(attn_tile_t *t) {
 LC_HOT float attn_row_max(const float *x, int64_t n) {
     v8 vm = bc8(-INFINITY);
     int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        vm = vmax8(ld8(x + j), vm);
+    for (; j + 8 <= n; j += 8) vm = vmax8(ld8(x + j), vm);
     float mx = -INFINITY;
-    for (int i = 0; i < 8; i++)
-        mx = vm[i] > mx ? vm[i] : mx;
-    for (; j < n; j++)
-        mx = x[j] > mx ? x[j] : mx;
+    for (int i = 0; i < 8; i++) mx = vm[i] > mx ? vm[i] : mx;
+    for (; j < n; j++) mx = x[j] > mx ? x[j] : mx;
     return mx;
 }
 
@@ -417,17 +391,14 @@ LC_HOT float attn_row_exp_sum(float *x, int64_t n, float sub) {
     }
     if (j < n) { // the tail through the same exp, padded with -inf (exp 0)
         float tail[8];
-        for (int i = 0; i < 8; i++)
-            tail[i] = j + i < n ? x[j + i] : -INFINITY;
+        for (int i = 0; i < 8; i++) tail[i] = j + i < n ? x[j + i] : -INFINITY;
         v8 p = vexp8(ld8(tail) - m);
         st8(tail, p);
         vs += p;
-        for (int i = 0; j + i < n; i++)
-            x[j + i] = tail[i];
+        for (int i = 0; j + i < n; i++) x[j + i] = tail[i];
     }
     float sum = 0.0f;
-    for (int i = 0; i < 8; i++)
-        sum += vs[i];
+    for (int i = 0; i < 8; i++) sum += vs[i];
     return sum;
 }
 
@@ -439,12 +410,10 @@ LC_HOT void attn_tile_scores(attn_tile_t *t, const attn_kv_t *kv, int kvh, int64
         int ncol = (nk + 15) & ~15;
         for (int u = 0; u < nk; u++) {
             const float *kr = attn_kv_krow(kv, kvh, d, j0 + u);
-            for (int c = 0; c < d; c++)
-                t->kt[(size_t)c * ATTN_BK + u] = kr[c];
+            for (int c = 0; c < d; c++) t->kt[(size_t)c * ATTN_BK + u] = kr[c];
         }
         for (int c = 0; c < d; c++)
-            for (int u = nk; u < ncol; u++)
-                t->kt[(size_t)c * ATTN_BK + u] = 0.0f;
+            for (int u = nk; u < ncol; u++) t->kt[(size_t)c * ATTN_BK + u] = 0.0f;
         tile_scores(t, mr, ncol);
         for (int r = 0; r < t->nr; r++)
             memcpy(S + (size_t)r * lds + (j0 - lo), t->s + (size_t)r * ATTN_BK, (size_t)nk * sizeof(float));
@@ -464,28 +433,24 @@ int attn_check_args(const attn_shape_t *shape, const attn_kv_t *kv, int64_t n_ke
     if (!shape || !kv || shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->head_dim <= 0 ||
         shape->n_heads % shape->n_kv_heads != 0 || kv->block_size <= 0 || !kv->k || !kv->v || !kv->blocks)
         return LC_EINVAL;
-    if (n_keys > kv->n_kv || n_keys <= 0)
-        return LC_EINVAL;
+    if (n_keys > kv->n_kv || n_keys <= 0) return LC_EINVAL;
     return 0;
 }
 
-int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_t *kv,
-                       const attn_range_t *const *rg, const int *n_rg, float *out, float *lse, double *computed) {
+int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, const attn_range_t *const *rg,
+                       const int *n_rg, float *out, float *lse, double *computed) {
     const int H = shape->n_heads, KH = shape->n_kv_heads, G = H / KH, d = shape->head_dim;
     const int64_t qpos = kv->n_kv - 1;
     int64_t maxkeys = 0;
     for (int kh = 0; kh < KH; kh++) {
         int64_t n = 0;
-        for (int i = 0; i < n_rg[kh]; i++)
-            n += rg[kh][i].hi - rg[kh][i].lo;
+        for (int i = 0; i < n_rg[kh]; i++) n += rg[kh][i].hi - rg[kh][i].lo;
         maxkeys = n > maxkeys ? n : maxkeys;
     }
     // split-K: enough pieces to occupy the threads, at least 256 keys each
     int nsplit = (2 * attn_max_threads() + KH - 1) / KH;
-    if (nsplit > maxkeys / 256)
-        nsplit = (int)(maxkeys / 256);
-    if (nsplit < 1)
-        nsplit = 1;
+    if (nsplit > maxkeys / 256) nsplit = (int)(maxkeys / 256);
+    if (nsplit < 1) nsplit = 1;
     const int n_items = KH * nsplit;
     float *po = malloc((size_t)n_items * G * d * sizeof(float));
     float *pl = malloc((size_t)n_items * G * sizeof(float));
@@ -504,22 +469,18 @@ int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_
         }
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
-            if (!t)
-                continue;
+            if (!t) continue;
             int kh = it / nsplit, sp = it % nsplit;
             int64_t n = 0;
-            for (int i = 0; i < n_rg[kh]; i++)
-                n += rg[kh][i].hi - rg[kh][i].lo;
+            for (int i = 0; i < n_rg[kh]; i++) n += rg[kh][i].hi - rg[kh][i].lo;
             int64_t a = n * sp / nsplit, b = n * (sp + 1) / nsplit;
             attn_tile_begin(t, G);
             for (int g = 0; g < G; g++) {
                 const float *qh = q + (size_t)(kh * G + g) * d;
-                for (int c = 0; c < d; c++)
-                    t->q[(size_t)g * d + c] = qh[c] * shape->scale;
+                for (int c = 0; c < d; c++) t->q[(size_t)g * d + c] = qh[c] * shape->scale;
                 t->qpos[g] = qpos;
             }
-            if (b > a)
-                attn_tile_run(t, kv, kh, rg[kh], n_rg[kh], a, b - a);
+            if (b > a) attn_tile_run(t, kv, kh, rg[kh], n_rg[kh], a, b - a);
             attn_tile_finish(t);
             memcpy(po + (size_t)it * G * d, t->acc, (size_t)G * d * sizeof(float));
             memcpy(pl + (size_t)it * G, t->l, (size_t)G * sizeof(float));
@@ -527,18 +488,14 @@ int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_
         }
         attn_tile_free(t);
     }
-    if (err)
-        goto done;
+    if (err) goto done;
     for (int kh = 0; kh < KH; kh++) {
         float *o1 = po + (size_t)kh * nsplit * G * d, *l1 = pl + (size_t)kh * nsplit * G;
-        for (int sp = 1; sp < nsplit; sp++)
-            attn_merge(o1, l1, o1 + (size_t)sp * G * d, l1 + (size_t)sp * G, G, d);
+        for (int sp = 1; sp < nsplit; sp++) attn_merge(o1, l1, o1 + (size_t)sp * G * d, l1 + (size_t)sp * G, G, d);
         memcpy(out + (size_t)kh * G * d, o1, (size_t)G * d * sizeof(float));
-        if (lse)
-            memcpy(lse + (size_t)kh * G, l1, (size_t)G * sizeof(float));
+        if (lse) memcpy(lse + (size_t)kh * G, l1, (size_t)G * sizeof(float));
     }
-    if (computed)
-        *computed = comp;
+    if (computed) *computed = comp;
 done:
     free(po);
     free(pl);
@@ -548,11 +505,9 @@ done:
 int attn_prefill_window(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
                         int64_t sink, int64_t window, float *out, float *lse, double *computed) {
     const int H = shape->n_heads, KH = shape->n_kv_heads, G = H / KH, d = shape->head_dim;
-    if (n_q <= 0)
-        return n_q == 0 ? 0 : LC_EINVAL;
+    if (n_q <= 0) return n_q == 0 ? 0 : LC_EINVAL;
     int rc = attn_check_args(shape, kv, q_pos0 + n_q);
-    if (rc || q_pos0 < 0 || !q || !out)
-        return rc ? rc : LC_EINVAL;
+    if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
     const int BQ = G <= 2 ? 48 : G <= 4 ? 32 : 16; // query positions per tile
     const int n_qt = (n_q + BQ - 1) / BQ, n_items = KH * n_qt;
     int err = 0;
@@ -566,8 +521,7 @@ int attn_prefill_window(const attn_shape_t *shape, const float *q, int n_q, int6
         }
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
-            if (!t)
-                continue;
+            if (!t) continue;
             // largest tiles first: later query tiles see more keys
             int kh = it % KH, qt = n_qt - 1 - it / KH;
             int i0 = qt * BQ, i1 = i0 + BQ < n_q ? i0 + BQ : n_q, nq = i1 - i0;
@@ -578,8 +532,7 @@ int attn_prefill_window(const attn_shape_t *shape, const float *q, int n_q, int6
                 for (int g = 0; g < G; g++) {
                     const float *qh = q + ((size_t)(i0 + i) * H + kh * G + g) * d;
                     float *dst = t->q + (size_t)(i * G + g) * d;
-                    for (int c = 0; c < d; c++)
-                        dst[c] = qh[c] * shape->scale;
+                    for (int c = 0; c < d; c++) dst[c] = qh[c] * shape->scale;
                     t->qpos[i * G + g] = q_pos0 + i0 + i;
                 }
             int64_t first = q_pos0 + i0, last = q_pos0 + i1 - 1;
@@ -598,14 +551,12 @@ int attn_prefill_window(const attn_shape_t *shape, const float *q, int n_q, int6
                 for (int g = 0; g < G; g++) {
                     size_t row = (size_t)(i0 + i) * H + kh * G + g;
                     memcpy(out + row * d, t->acc + (size_t)(i * G + g) * d, (size_t)d * sizeof(float));
-                    if (lse)
-                        lse[row] = t->l[i * G + g];
+                    if (lse) lse[row] = t->l[i * G + g];
                 }
             comp += t->computed;
         }
         attn_tile_free(t);
     }
-    if (computed)
-        *computed = comp;
+    if (computed) *computed = comp;
     return err;
 }

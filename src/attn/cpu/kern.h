@@ -39,8 +39,8 @@ typedef struct {
     int64_t kpos[ATTN_BK];
     const float *kptr[ATTN_BK]; // few-row path: key / value rows read in place
     const float *vptr[ATTN_BK];
-    int direct;     // few-row path in use for the current run
-    int nk;         // keys in the current gathered tile
+    int direct;      // few-row path in use for the current run
+    int nk;          // keys in the current gathered tile
     double computed; // visible query-key pairs folded in so far
 } attn_tile_t;
 
@@ -84,8 +84,8 @@ int attn_check_args(const attn_shape_t *shape, const attn_kv_t *kv, int64_t n_ke
 /* Decode over per-KV-head key lists: rg[kvh][0..n_rg[kvh]) for kv head kvh.
  * Splits each head's keys across threads (split-K) and merges by LSE.
  * *computed (may be NULL) receives visible query-key pairs summed over heads. */
-int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_t *kv,
-                       const attn_range_t *const *rg, const int *n_rg, float *out, float *lse, double *computed);
+int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, const attn_range_t *const *rg,
+                       const int *n_rg, float *out, float *lse, double *computed);
 
 /* Prefill where row at position p sees keys j <= p with j < sink or
  * j > p - window (dense: sink 0, window ATTN_NO_WINDOW). GQA heads of a group

@@ -34,21 +34,18 @@ LC_AVX512 LC_INLINE void mm16_tile(int R, int NV, int K, const float *A, int lda
             acc[r][v] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(C + (size_t)r * ldc + 16 * v);
     for (int k = 0; k < K; k++) {
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            b[v] = _mm512_loadu_ps(B + (size_t)k * ldb + 16 * v);
+        for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(B + (size_t)k * ldb + 16 * v);
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             __m512 a = _mm512_set1_ps(A[(size_t)r * lda + k]);
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; v++)
-                acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
         }
     }
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
 }
 
 /* R rows x 16 columns in ymm registers (R 6: 12 accumulators of AVX2's 16). */
@@ -72,8 +69,7 @@ LC_AVX2 LC_INLINE void mm8_tile(int R, int K, const float *A, int lda, const flo
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
-        for (int v = 0; v < 2; v++)
-            _mm256_storeu_ps(C + (size_t)r * ldc + 8 * v, acc[r][v]);
+        for (int v = 0; v < 2; v++) _mm256_storeu_ps(C + (size_t)r * ldc + 8 * v, acc[r][v]);
 }
 
 /* Columns N & ~15 .. N, scalar (d not a multiple of 16). */
@@ -82,38 +78,37 @@ LC_INLINE void mm_tail(int M, int N, int K, const float *A, int lda, const float
     for (int i = 0; i < M; i++)
         for (int j = N & ~15; j < N; j++) {
             float x = zero ? 0.0f : C[(size_t)i * ldc + j];
-            for (int k = 0; k < K; k++)
-                x += A[(size_t)i * lda + k] * B[(size_t)k * ldb + j];
+            for (int k = 0; k < K; k++) x += A[(size_t)i * lda + k] * B[(size_t)k * ldb + j];
             C[(size_t)i * ldc + j] = x;
         }
 }
 
 /* Row blocks of 6, then of 4 (M is a multiple of 4; 8 is cut 4 + 4). */
-#define MM_ROWS(i, M, TILE)                  \
-    for (i = 0; i < (M); i += R) {           \
-        R = (M) - i >= 6 && (M) - i != 8 ? 6 : 4;   \
-        if (R == 6)                          \
-            TILE(6);                         \
-        else                                 \
-            TILE(4);                         \
+#define MM_ROWS(i, M, TILE)                                                                                            \
+    for (i = 0; i < (M); i += R) {                                                                                     \
+        R = (M)-i >= 6 && (M)-i != 8 ? 6 : 4;                                                                          \
+        if (R == 6)                                                                                                    \
+            TILE(6);                                                                                                   \
+        else                                                                                                           \
+            TILE(4);                                                                                                   \
     }
 
-LC_AVX512 __attribute__((noinline)) void attn__mm_avx512(int M, int N, int K, const float *A, int lda,
-                                                          const float *B, int ldb, float *C, int ldc, int zero) {
+LC_AVX512 __attribute__((noinline)) void attn__mm_avx512(int M, int N, int K, const float *A, int lda, const float *B,
+                                                         int ldb, float *C, int ldc, int zero) {
     const int n16 = N & ~15;
     for (int j = 0; j < n16; j += 64) {
         const int nv = n16 - j >= 64 ? 4 : (n16 - j) / 16;
         int i, R;
-#define T16(RR)                                                                                                      \
-    do {                                                                                                             \
-        const float *a_ = A + (size_t)i * lda;                                                                       \
-        float *c_ = C + (size_t)i * ldc + j;                                                                         \
-        switch (nv) {                                                                                                \
-        case 4: mm16_tile(RR, 4, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                      \
-        case 3: mm16_tile(RR, 3, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                      \
-        case 2: mm16_tile(RR, 2, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                      \
-        default: mm16_tile(RR, 1, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                     \
-        }                                                                                                            \
+#define T16(RR)                                                                                                        \
+    do {                                                                                                               \
+        const float *a_ = A + (size_t)i * lda;                                                                         \
+        float *c_ = C + (size_t)i * ldc + j;                                                                           \
+        switch (nv) {                                                                                                  \
+        case 4: mm16_tile(RR, 4, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
+        case 3: mm16_tile(RR, 3, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
+        case 2: mm16_tile(RR, 2, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
+        default: mm16_tile(RR, 1, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                       \
+        }                                                                                                              \
     } while (0)
         MM_ROWS(i, M, T16)
 #undef T16
@@ -122,7 +117,7 @@ LC_AVX512 __attribute__((noinline)) void attn__mm_avx512(int M, int N, int K, co
 }
 
 LC_AVX2 __attribute__((noinline)) void attn__mm_avx2(int M, int N, int K, const float *A, int lda, const float *B,
-                                                      int ldb, float *C, int ldc, int zero) {
+                                                     int ldb, float *C, int ldc, int zero) {
     const int n16 = N & ~15;
     for (int j = 0; j < n16; j += 16) {
         int i, R;
@@ -158,8 +153,7 @@ LC_AVX2 __attribute__((noinline)) void attn__direct_scores_avx2(attn_tile_t *t, 
         }
     }
     for (int r = 0; r < nr; r++)
-        for (int u = t->nk; u < ncol; u++)
-            t->s[(size_t)r * ATTN_BK + u] = 0.0f;
+        for (int u = t->nk; u < ncol; u++) t->s[(size_t)r * ATTN_BK + u] = 0.0f;
 }
 
 /* acc[r] += sum_u p[r][u] v[u], 64 columns of acc in 8 ymm at a time. */
@@ -171,17 +165,14 @@ LC_AVX2 __attribute__((noinline)) void attn__direct_pv_avx2(attn_tile_t *t) {
         for (int c0 = 0; c0 < d; c0 += 64) {
             const int nv = (d - c0 >= 64 ? 64 : d - c0) / 8;
             __m256 x[8];
-            for (int v = 0; v < nv; v++)
-                x[v] = _mm256_loadu_ps(a + c0 + 8 * v);
+            for (int v = 0; v < nv; v++) x[v] = _mm256_loadu_ps(a + c0 + 8 * v);
             for (int u = 0; u < t->nk; u++) {
                 const __m256 pu = _mm256_broadcast_ss(p + u);
                 const float *vr = t->vptr[u] + c0;
 #pragma GCC unroll 8
-                for (int v = 0; v < nv; v++)
-                    x[v] = _mm256_fmadd_ps(pu, _mm256_loadu_ps(vr + 8 * v), x[v]);
+                for (int v = 0; v < nv; v++) x[v] = _mm256_fmadd_ps(pu, _mm256_loadu_ps(vr + 8 * v), x[v]);
             }
-            for (int v = 0; v < nv; v++)
-                _mm256_storeu_ps(a + c0 + 8 * v, x[v]);
+            for (int v = 0; v < nv; v++) _mm256_storeu_ps(a + c0 + 8 * v, x[v]);
         }
     }
 }
@@ -219,8 +210,7 @@ LC_AVX512 __attribute__((noinline)) double attn__rows_avx512(attn_tile_t *t, int
         }
         computed += visible;
         __m512 vm = _mm512_set1_ps(-INFINITY);
-        for (int j = 0; j < ncol; j += 16)
-            vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
+        for (int j = 0; j < ncol; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(s + j));
         float mx = _mm512_reduce_max_ps(vm);
         float m_old = t->m[r], m_new = mx > m_old ? mx : m_old;
         __m512 vs = _mm512_setzero_ps(), mn = _mm512_set1_ps(m_new);
@@ -235,10 +225,8 @@ LC_AVX512 __attribute__((noinline)) double attn__rows_avx512(attn_tile_t *t, int
             float *a = t->acc + (size_t)r * d;
             __m512 va = _mm512_set1_ps(alpha);
             int c = 0;
-            for (; c + 16 <= d; c += 16)
-                _mm512_storeu_ps(a + c, _mm512_mul_ps(_mm512_loadu_ps(a + c), va));
-            for (; c < d; c++)
-                a[c] *= alpha;
+            for (; c + 16 <= d; c += 16) _mm512_storeu_ps(a + c, _mm512_mul_ps(_mm512_loadu_ps(a + c), va));
+            for (; c < d; c++) a[c] *= alpha;
             t->l[r] *= alpha;
             t->m[r] = m_new;
         }

@@ -24,8 +24,7 @@ static inline int attn__row_mask(const attn_tile_t *t, int r, float *s, int ncol
                 visible++;
         }
     }
-    for (int j = nk; j < ncol; j++)
-        s[j] = -INFINITY;
+    for (int j = nk; j < ncol; j++) s[j] = -INFINITY;
     return visible;
 }
 
@@ -35,8 +34,7 @@ static inline int attn__row_mask(const attn_tile_t *t, int r, float *s, int ncol
  * overwrites C instead of accumulating. AVX-512F / AVX2+FMA. */
 void attn__mm_avx512(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
                      int zero);
-void attn__mm_avx2(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                   int zero);
+void attn__mm_avx2(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc, int zero);
 /* The direct path (few rows, keys read in place): scores into t->s, then
  * acc += P.V. AVX2+FMA. */
 void attn__direct_scores_avx2(attn_tile_t *t, int ncol);

@@ -29,16 +29,13 @@ static int cmp_page_asc(const void *a, const void *b) {
 int attn_decode_quest(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,
                       float *out, float *lse, double *computed) {
     int rc = attn_check_args(shape, kv, kv ? kv->n_kv : 0);
-    if (rc || !q || !out)
-        return rc ? rc : LC_EINVAL;
+    if (rc || !q || !out) return rc ? rc : LC_EINVAL;
     enum { MAXKH = 64 };
     const int KH = shape->n_kv_heads, G = shape->n_heads / KH, d = shape->head_dim, bs = kv->block_size;
     const int64_t n = kv->n_kv, n_pages = (n + bs - 1) / bs;
     int64_t budget_pages = ((int64_t)pol->decode_budget + bs - 1) / bs;
-    if (budget_pages < 1)
-        budget_pages = 1;
-    if (KH > MAXKH)
-        return LC_EINVAL;
+    if (budget_pages < 1) budget_pages = 1;
+    if (KH > MAXKH) return LC_EINVAL;
     if (!kv->kmin || !kv->kmax || n_pages <= budget_pages)
         return attn_decode_dense_count(shape, q, kv, out, lse, computed);
 

@@ -27,8 +27,7 @@
 /* Columns per slice are rounded to this so slices stay cache-line aligned. */
 #define MM_ALIGN 16
 
-static void mm_serial(float *y, int ldy, const float *x, const float *w, int n, int in, int out)
-{
+static void mm_serial(float *y, int ldy, const float *x, const float *w, int n, int in, int out) {
     if (n == 1)
         cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, w, in, x, 1, 0.0f, y, 1);
     else
@@ -41,8 +40,7 @@ static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
  * OpenBLAS's OpenMP build implements openblas_set_num_threads with
  * omp_set_num_threads, which would also pin the calling thread's own
  * parallel regions to one thread: put that thread's setting back. */
-static void blas_single(void)
-{
+static void blas_single(void) {
 #ifdef OPENBLAS_VERSION
     const int nt = omp_get_max_threads();
     openblas_set_num_threads(1);
@@ -51,8 +49,7 @@ static void blas_single(void)
 }
 #endif
 
-void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out)
-{
+void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out) {
     if (n <= 0 || out <= 0) return;
 #ifdef _OPENMP
     pthread_once(&blas_once, blas_single);
@@ -80,8 +77,7 @@ static atomic_int q8_on = -1;
 
 /* What the AVX2 kernels are compiled for (qdot_avx2.c): all three. F16C from
  * CPUID itself: clang's __builtin_cpu_supports does not know it. */
-static int cpu_has_avx2(void)
-{
+static int cpu_has_avx2(void) {
 #if defined(__x86_64__) || defined(__i386__)
     unsigned a, b, c = 0, d;
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return 0;
@@ -94,8 +90,7 @@ static int cpu_has_avx2(void)
 
 /* What the AVX-512 kernels are compiled for (qdot_avx512.c), on top of the
  * AVX2 set they start from. */
-static int cpu_has_avx512(void)
-{
+static int cpu_has_avx512(void) {
 #if defined(__x86_64__) || defined(__i386__)
     return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -107,8 +102,7 @@ static int cpu_has_avx512(void)
 
 /* The best kernel set the CPU and the environment allow: LACUNA_NO_AVX512
  * stops at AVX2, LACUNA_NO_AVX2 at scalar. */
-static void kern_best(void)
-{
+static void kern_best(void) {
     qf_kernels_scalar(&kern);
     kern_name = "scalar";
 #if defined(__x86_64__) || defined(__i386__)
@@ -123,8 +117,7 @@ static void kern_best(void)
 #endif
 }
 
-static void kern_init(void)
-{
+static void kern_init(void) {
     kern_best();
     if (atomic_load(&q8_on) < 0) {
         const char *e = getenv("LACUNA_MM_Q8");
@@ -135,8 +128,7 @@ static void kern_init(void)
 #endif
 }
 
-const char *ops_mm_force_scalar(int on)
-{
+const char *ops_mm_force_scalar(int on) {
     pthread_once(&kern_once, kern_init);
     if (on) {
         qf_kernels_scalar(&kern);
@@ -147,20 +139,17 @@ const char *ops_mm_force_scalar(int on)
     return kern_name;
 }
 
-int ops_mm_q8(void)
-{
+int ops_mm_q8(void) {
     pthread_once(&kern_once, kern_init);
     return atomic_load(&q8_on);
 }
 
-void ops_mm_set_q8(int on)
-{
+void ops_mm_set_q8(int on) {
     pthread_once(&kern_once, kern_init);
     atomic_store(&q8_on, on != 0);
 }
 
-void ops_w_row_f32(const ops_w_t *w, int r, float *dst)
-{
+void ops_w_row_f32(const ops_w_t *w, int r, float *dst) {
     pthread_once(&kern_once, kern_init);
     kern.dequant[qf_type_index(w->type)]((const uint8_t *)w->data + (size_t)r * w->row_bytes, dst, w->cols);
 }
@@ -175,20 +164,17 @@ typedef struct {
     size_t n;
 } tlbuf_t;
 
-static void buf_free(void *v)
-{
+static void buf_free(void *v) {
     tlbuf_t *b = v;
     free(b->p);
     free(b);
 }
 
-static void buf_keys(void)
-{
+static void buf_keys(void) {
     for (int i = 0; i < BUF_N; i++) pthread_key_create(&buf_key[i], buf_free);
 }
 
-static void *buf_get(int which, size_t n)
-{
+static void *buf_get(int which, size_t n) {
     pthread_once(&buf_once, buf_keys);
     tlbuf_t *b = pthread_getspecific(buf_key[which]);
     if (!b) {
@@ -207,8 +193,7 @@ static void *buf_get(int which, size_t n)
 
 /* 8-bit activations: each weight row is read once and dotted with up to QF_NA
  * activation rows at a time; output rows split over the threads. */
-static int mm_quant(float *y, const float *x, const ops_w_t *w, int n)
-{
+static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
     const int ti = qf_type_index(w->type), in = w->cols, out = w->rows, ak = qf_act_kind(w->type);
     const void *act = x;
     size_t astride = (size_t)in * sizeof(float);
@@ -254,8 +239,7 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n)
  * Panels are large because sgemm repacks x for every call (64-row panels
  * measured 10-30% slower than f32 weights at n = 512; 256 rows within ~5%),
  * but small enough that every thread gets one. */
-static int mm_tiles(float *y, const float *x, const ops_w_t *w, int n)
-{
+static int mm_tiles(float *y, const float *x, const ops_w_t *w, int n) {
     const int in = w->cols, out = w->rows, ti = qf_type_index(w->type);
     const size_t rb = w->row_bytes;
     int fail = 0, nt = 1;
@@ -284,15 +268,13 @@ static int mm_tiles(float *y, const float *x, const ops_w_t *w, int n)
             const int r0 = p * panel, np = out - r0 < panel ? out - r0 : panel;
             for (int r = 0; r < np; r++)
                 kern.dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, np, in, 1.0f, x, in, tile, in, 0.0f, y + r0,
-                        out);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, np, in, 1.0f, x, in, tile, in, 0.0f, y + r0, out);
         }
     }
     return fail ? LC_ENOMEM : 0;
 }
 
-int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode)
-{
+int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode) {
     if (n <= 0 || w->rows <= 0) return 0;
     pthread_once(&kern_once, kern_init);
     if (mode == OPS_MM_Q8 && atomic_load(&q8_on)) return mm_quant(y, x, w, n);

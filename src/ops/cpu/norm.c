@@ -5,8 +5,7 @@
 
 #include "ops/ops.h"
 
-void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float eps)
-{
+void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float eps) {
     for (int r = 0; r < n; r++) {
         const float *xr = x + (size_t)r * dim;
         float *yr = y + (size_t)r * dim;
@@ -17,18 +16,15 @@ void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float
     }
 }
 
-void ops_swiglu(float *restrict g, const float *restrict u, size_t n)
-{
+void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-void ops_add(float *restrict y, const float *restrict x, size_t n)
-{
+void ops_add(float *restrict y, const float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-float ops_softmax(float *x, int n)
-{
+float ops_softmax(float *x, int n) {
     if (n <= 0) return -INFINITY;
     float mx = x[0];
     for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;

@@ -16,16 +16,14 @@
 #define TGT __attribute__((target("avx2,fma,f16c")))
 #define TGT_INLINE __attribute__((target("avx2,fma,f16c"), always_inline)) static inline
 
-TGT_INLINE float hsum_ps(__m256 v)
-{
+TGT_INLINE float hsum_ps(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-TGT_INLINE int hsum_epi32(__m256i v)
-{
+TGT_INLINE int hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
@@ -35,25 +33,22 @@ TGT_INLINE int hsum_epi32(__m256i v)
 TGT_INLINE float f16(const uint8_t *p) { return _cvtsh_ss(qf_rd16(p)); }
 
 /* 16 bytes of nibbles → 32 unsigned bytes: low nibbles first, then high. */
-TGT_INLINE __m256i nibbles32(const uint8_t *p)
-{
+TGT_INLINE __m256i nibbles32(const uint8_t *p) {
     const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)p), m = _mm_set1_epi8(15);
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
 }
 
 /* unsigned bytes u · signed bytes s, summed per 32-bit lane */
-TGT_INLINE __m256i dot_us(__m256i u, __m256i s)
-{
+TGT_INLINE __m256i dot_us(__m256i u, __m256i s) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
-#define ACTP(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j) * astride))
+#define ACTP(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j)*astride))
 
 /* ---- activation quantization ------------------------------------------------ */
 /* Same arithmetic as the scalar version (x * (1/d), round to nearest even),
  * so both produce identical blocks. */
-TGT static void quant_q8b(const float *x, q8b_t *y, int n)
-{
+TGT static void quant_q8b(const float *x, q8b_t *y, int n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int b = 0; b < n / QK; b++, x += QK, y++) {
@@ -76,8 +71,7 @@ TGT static void quant_q8b(const float *x, q8b_t *y, int n)
     }
 }
 
-TGT static void quant_q8k(const float *x, q8k_t *y, int n)
-{
+TGT static void quant_q8k(const float *x, q8k_t *y, int n) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int b = 0; b < n / QK_K; b++, x += QK_K, y++) {
@@ -106,8 +100,7 @@ TGT static void quant_q8k(const float *x, q8k_t *y, int n)
 /* The acc vectors gather d_w·d_a·(q·a) per lane; the scalar `off` gathers the
  * per-block offset terms (Q4_0: -8·d_w·s_a, Q4_1: m_w·s_a). */
 TGT_INLINE void dot_q4x(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                        const int NA, const int is_q4_1)
-{
+                        const int NA, const int is_q4_1) {
     __m256 acc[QF_NA];
     float off[QF_NA];
     for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps(), off[j] = 0;
@@ -126,8 +119,7 @@ TGT_INLINE void dot_q4x(int in, const uint8_t *w, const void *a, size_t astride,
 }
 
 TGT_INLINE void dot_q8x(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                        const int NA)
-{
+                        const int NA) {
     __m256 acc[QF_NA];
     for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps();
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES) {
@@ -144,8 +136,7 @@ TGT_INLINE void dot_q8x(int in, const uint8_t *w, const void *a, size_t astride,
 
 /* ---- K-quants against q8k_t --------------------------------------------------- */
 TGT_INLINE void dot_q4kx(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                         const int NA)
-{
+                         const int NA) {
     __m256 acc[QF_NA];
     float off[QF_NA];
     for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps(), off[j] = 0;
@@ -165,8 +156,8 @@ TGT_INLINE void dot_q4kx(int in, const uint8_t *w, const void *a, size_t astride
                 const __m256i p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(const void *)xq));
                 const __m256i p_hi =
                     _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(const void *)(xq + 32)));
-                isum[j] = _mm256_add_epi32(isum[j], _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo),
-                                                                     _mm256_madd_epi16(p_hi, s_hi)));
+                isum[j] = _mm256_add_epi32(
+                    isum[j], _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi)));
             }
         }
         for (int j = 0; j < NA; j++) {
@@ -181,8 +172,7 @@ TGT_INLINE void dot_q4kx(int in, const uint8_t *w, const void *a, size_t astride
 }
 
 TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                         const int NA)
-{
+                         const int NA) {
     __m256 acc[QF_NA];
     for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
@@ -218,39 +208,38 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
             const q8k_t *x = ACTP(q8k_t, j) + b;
             const __m256i bs = _mm256_loadu_si256((const __m256i *)(const void *)x->bsum);
             const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs), 5); // 32 · sc · bsum
-            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[j], o)),
-                                     acc[j]);
+            acc[j] =
+                _mm256_fmadd_ps(_mm256_set1_ps(d * x->d), _mm256_cvtepi32_ps(_mm256_sub_epi32(isum[j], o)), acc[j]);
         }
     }
     for (int j = 0; j < NA; j++) y[(size_t)j * ldy] = hsum_ps(acc[j]);
 }
 
 /* ---- f16 / bf16 / f32 against f32 activations ---------------------------------- */
-TGT_INLINE __m256 ld_f16(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)); }
-TGT_INLINE __m256 ld_bf16(const uint8_t *p)
-{
+TGT_INLINE __m256 ld_f16(const uint8_t *p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+TGT_INLINE __m256 ld_bf16(const uint8_t *p) {
     return _mm256_castsi256_ps(
         _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p)), 16));
 }
 TGT_INLINE __m256 ld_f32(const uint8_t *p) { return _mm256_loadu_ps((const float *)(const void *)p); }
 
-#define DOT_FX(NAME, LOAD, ESZ, SCALAR)                                                                      \
-    TGT_INLINE void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy, \
-                         const int NA)                                                                       \
-    {                                                                                                        \
-        __m256 acc[QF_NA];                                                                                   \
-        for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps();                                           \
-        int i = 0;                                                                                           \
-        for (; i + 8 <= in; i += 8) {                                                                        \
-            const __m256 wv = LOAD(w + (size_t)ESZ * i);                                                     \
-            for (int j = 0; j < NA; j++)                                                                     \
-                acc[j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(ACTP(float, j) + i), acc[j]);                   \
-        }                                                                                                    \
-        for (int j = 0; j < NA; j++) {                                                                       \
-            float s = hsum_ps(acc[j]);                                                                       \
-            for (int t = i; t < in; t++) s += (SCALAR) * ACTP(float, j)[t];                                  \
-            y[(size_t)j * ldy] = s;                                                                          \
-        }                                                                                                    \
+#define DOT_FX(NAME, LOAD, ESZ, SCALAR)                                                                                \
+    TGT_INLINE void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,        \
+                         const int NA) {                                                                               \
+        __m256 acc[QF_NA];                                                                                             \
+        for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps();                                                     \
+        int i = 0;                                                                                                     \
+        for (; i + 8 <= in; i += 8) {                                                                                  \
+            const __m256 wv = LOAD(w + (size_t)ESZ * i);                                                               \
+            for (int j = 0; j < NA; j++) acc[j] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(ACTP(float, j) + i), acc[j]);    \
+        }                                                                                                              \
+        for (int j = 0; j < NA; j++) {                                                                                 \
+            float s = hsum_ps(acc[j]);                                                                                 \
+            for (int t = i; t < in; t++) s += (SCALAR)*ACTP(float, j)[t];                                              \
+            y[(size_t)j * ldy] = s;                                                                                    \
+        }                                                                                                              \
     }
 DOT_FX(dot_f16x, ld_f16, 2, qf_f16(qf_rd16(w + 2 * t)))
 DOT_FX(dot_bf16x, ld_bf16, 2, qf_bf16(qf_rd16(w + 2 * t)))
@@ -259,8 +248,7 @@ DOT_FX(dot_f32x, ld_f32, 4, ((const float *)(const void *)w)[t])
 /* ---- row expansion (the f32 panels of prefill) ---------------------------------- */
 /* Bit-exact with the scalar versions: the same single products and sums,
  * mul and add kept separate (no FMA contraction in ISO C mode). */
-TGT_INLINE void store_u8x32(float *y, __m256i q, __m256 d, __m256 m)
-{
+TGT_INLINE void store_u8x32(float *y, __m256i q, __m256 d, __m256 m) {
     const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
     const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
     for (int k = 0; k < 4; k++)
@@ -268,14 +256,12 @@ TGT_INLINE void store_u8x32(float *y, __m256i q, __m256 d, __m256 m)
                          _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(part[k])), d), m));
 }
 
-TGT static void deq_q4_1(const uint8_t *w, float *y, int in)
-{
+TGT static void deq_q4_1(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_1_BYTES, y += QK)
         store_u8x32(y, nibbles32(w + 4), _mm256_set1_ps(f16(w)), _mm256_set1_ps(f16(w + 2)));
 }
 
-TGT static void deq_q4_0(const uint8_t *w, float *y, int in)
-{
+TGT static void deq_q4_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_0_BYTES, y += QK) {
         const __m256i q = _mm256_sub_epi8(nibbles32(w + 2), _mm256_set1_epi8(8));
         const __m256 d = _mm256_set1_ps(f16(w));
@@ -286,20 +272,17 @@ TGT static void deq_q4_0(const uint8_t *w, float *y, int in)
     }
 }
 
-TGT static void deq_q8_0(const uint8_t *w, float *y, int in)
-{
+TGT static void deq_q8_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
         const __m256 d = _mm256_set1_ps(f16(w));
         for (int k = 0; k < 4; k++)
-            _mm256_storeu_ps(y + 8 * k,
-                             _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                               (const __m128i *)(const void *)(w + 2 + 8 * k)))),
-                                           d));
+            _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                                          (const __m128i *)(const void *)(w + 2 + 8 * k)))),
+                                                      d));
     }
 }
 
-TGT static void deq_f16(const uint8_t *w, float *y, int in)
-{
+TGT static void deq_f16(const uint8_t *w, float *y, int in) {
     int i = 0;
     for (; i + 8 <= in; i += 8) _mm256_storeu_ps(y + i, ld_f16(w + 2 * i));
     for (; i < in; i++) y[i] = qf_f16(qf_rd16(w + 2 * i));
@@ -324,8 +307,7 @@ ENTRY(dot_f16, C_F16)
 ENTRY(dot_bf16, C_BF16)
 ENTRY(dot_f32, C_F32)
 
-void qf_kernels_avx2(qf_kernels_t *k)
-{
+void qf_kernels_avx2(qf_kernels_t *k) {
     k->quant_q8b = quant_q8b;
     k->quant_q8k = quant_q8k;
     k->dot[QF_Q4_0] = dot_q4_0;

@@ -52,15 +52,14 @@ TGT_INLINE __m256i ld256(const void *p) { return _mm256_loadu_si256((const __m25
 /* two 256-bit halves: lo in bits 0..255, hi in 256..511 */
 TGT_INLINE __m512i cat256(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
 
-TGT_INLINE float hsum256(__m256 v)
-{
+TGT_INLINE float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-#define ACTP(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j) * astride))
+#define ACTP(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j)*astride))
 
 TGT_INLINE uint32_t ld32(const uint8_t *p) { return (uint32_t)qf_rd16(p) | (uint32_t)qf_rd16(p + 2) << 16; }
 
@@ -73,8 +72,7 @@ TGT_INLINE uint32_t ld32(const uint8_t *p) { return (uint32_t)qf_rd16(p) | (uint
  * offsets in lanes 1 and 3. `neg` (Q8_0) marks negative weights: q holds
  * |w| and the activations are negated under it. */
 TGT_INLINE void pair_row(__m512 *acc, __m128 *offs, __m512i q, __m128 wsc, const q8b_t *x, const int two,
-                         const int neg_on, __mmask64 neg)
-{
+                         const int neg_on, __mmask64 neg) {
     const __m512i sidx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
     __m128 ad = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)&x[0].d)); // d_a0, s_a0
     __m256i aq = ld256(x[0].q);
@@ -93,8 +91,7 @@ TGT_INLINE void pair_row(__m512 *acc, __m128 *offs, __m512i q, __m128 wsc, const
 }
 
 /* kind: 0 = Q4_0, 1 = Q4_1, 2 = Q8_0. */
-TGT_INLINE void pair_w(const uint8_t *w, const int kind, const int two, __m512i *q, __m128 *wsc, __mmask64 *neg)
-{
+TGT_INLINE void pair_w(const uint8_t *w, const int kind, const int two, __m512i *q, __m128 *wsc, __mmask64 *neg) {
     const int bytes = kind == 0 ? Q4_0_BYTES : kind == 1 ? Q4_1_BYTES : Q8_0_BYTES;
     const uint8_t *w1 = w + bytes;
     if (kind == 2) {
@@ -121,8 +118,7 @@ TGT_INLINE void pair_w(const uint8_t *w, const int kind, const int two, __m512i 
 }
 
 TGT_INLINE void dot_qbx(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                        const int NA, const int kind)
-{
+                        const int NA, const int kind) {
     __m512 acc[QF_NA];
     __m128 offs[QF_NA];
 #pragma GCC unroll 4
@@ -156,16 +152,15 @@ TGT_INLINE void dot_qbx(int in, const uint8_t *w, const void *a, size_t astride,
 TGT_INLINE __m512i spread16(__m512i sc16, __m512i idx) { return _mm512_permutexvar_epi16(idx, sc16); }
 
 TGT_INLINE void dot_q4kx(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                         const int NA)
-{
+                         const int NA) {
     __m512 acc[QF_NA];
     __m256 accm[QF_NA]; // dmin·d_a·Σ mn·bsum, per lane
 #pragma GCC unroll 4
     for (int j = 0; j < NA; j++) acc[j] = _mm512_setzero_ps(), accm[j] = _mm256_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15);
     /* c-th chunk of 64 weights: sub-block 2c in words 0..15, 2c+1 in 16..31 */
-    const __m512i idx0 = _mm512_set_epi64(0x0001000100010001, 0x0001000100010001, 0x0001000100010001,
-                                          0x0001000100010001, 0, 0, 0, 0);
+    const __m512i idx0 =
+        _mm512_set_epi64(0x0001000100010001, 0x0001000100010001, 0x0001000100010001, 0x0001000100010001, 0, 0, 0, 0);
     const __m512i two16 = _mm512_set1_epi16(2);
     for (int b = 0; b < in / QK_K; b++, w += Q4_K_BYTES) {
         const float d = f16(w), dmin = f16(w + 2);
@@ -201,15 +196,13 @@ TGT_INLINE void dot_q4kx(int in, const uint8_t *w, const void *a, size_t astride
         }
     }
 #pragma GCC unroll 4
-    for (int j = 0; j < NA; j++)
-        y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]) - hsum256(accm[j]);
+    for (int j = 0; j < NA; j++) y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]) - hsum256(accm[j]);
 }
 
 TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
-                         const int NA)
-{
+                         const int NA) {
     __m512 acc[QF_NA];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < NA; j++) acc[j] = _mm512_setzero_ps();
     const __m256i m4 = _mm256_set1_epi8(15), m30 = _mm256_set1_epi8(0x30);
     /* 64 weights = four 16-weight sub-blocks, one per 128-bit lane */
@@ -222,7 +215,7 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
         const __m256i sc16 = _mm256_cvtepi8_epi16(ld128(sc));
         const __m512i sc16z = _mm512_castsi256_si512(sc16);
         __m512i isum[QF_NA];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int j = 0; j < NA; j++) isum[j] = _mm512_setzero_si512();
         __m512i idx = idx0;
         for (int h = 0; h < 2; h++) {
@@ -232,14 +225,14 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
                 _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
             const __m256i q1 =
                 _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
-            const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
-                                               _mm256_and_si256(qh, m30));
+            const __m256i q2 =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
             const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
                                                _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
             const __m512i u[2] = {cat256(q0, q1), cat256(q2, q3)};
             for (int g = 0; g < 2; g++, idx = _mm512_add_epi16(idx, four16)) {
                 const __m512i s = spread16(sc16z, idx); // sub-blocks 8h + 4g .. 8h + 4g + 3
-                #pragma GCC unroll 4
+#pragma GCC unroll 4
                 for (int j = 0; j < NA; j++) {
                     const int8_t *xq = (ACTP(q8k_t, j) + b)->q + 128 * h + 64 * g;
                     const __m512i p = _mm512_maddubs_epi16(u[g], _mm512_loadu_si512((const void *)xq));
@@ -247,7 +240,7 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
                 }
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int j = 0; j < NA; j++) {
             const q8k_t *x = ACTP(q8k_t, j) + b;
             const __m256i o = _mm256_slli_epi32(_mm256_madd_epi16(sc16, ld256(x->bsum)), 5); // 32 · sc · bsum
@@ -255,7 +248,7 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
             acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(d * x->d), _mm512_cvtepi32_ps(t), acc[j]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int j = 0; j < NA; j++) y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]);
 }
 
@@ -272,8 +265,7 @@ ENTRY(dot_q8_0, C_Q8_0)
 ENTRY(dot_q4_k, C_Q4_K)
 ENTRY(dot_q6_k, C_Q6_K)
 
-void qf_kernels_avx512(qf_kernels_t *k)
-{
+void qf_kernels_avx512(qf_kernels_t *k) {
     qf_kernels_avx2(k);
     k->dot[QF_Q4_0] = dot_q4_0;
     k->dot[QF_Q4_1] = dot_q4_1;

@@ -7,8 +7,7 @@
 #include "ops/cpu/qformat.h"
 
 /* ---- types ------------------------------------------------------------------- */
-int qf_type_index(int type)
-{
+int qf_type_index(int type) {
     switch (type) {
     case OPS_W_F32: return QF_F32;
     case OPS_W_F16: return QF_F16;
@@ -22,22 +21,24 @@ int qf_type_index(int type)
     }
 }
 
-int qf_act_kind(int type)
-{
+int qf_act_kind(int type) {
     switch (qf_type_index(type)) {
-    case QF_Q4_0: case QF_Q4_1: case QF_Q8_0: return QF_ACT_Q8B;
-    case QF_Q4_K: case QF_Q6_K: return QF_ACT_Q8K;
+    case QF_Q4_0:
+    case QF_Q4_1:
+    case QF_Q8_0: return QF_ACT_Q8B;
+    case QF_Q4_K:
+    case QF_Q6_K: return QF_ACT_Q8K;
     default: return QF_ACT_F32;
     }
 }
 
-size_t ops_w_row_bytes(int type, int cols)
-{
+size_t ops_w_row_bytes(int type, int cols) {
     if (cols <= 0) return 0;
     size_t c = (size_t)cols;
     switch (qf_type_index(type)) {
     case QF_F32: return c * 4;
-    case QF_F16: case QF_BF16: return c * 2;
+    case QF_F16:
+    case QF_BF16: return c * 2;
     case QF_Q4_0: return c % QK ? 0 : c / QK * Q4_0_BYTES;
     case QF_Q4_1: return c % QK ? 0 : c / QK * Q4_1_BYTES;
     case QF_Q8_0: return c % QK ? 0 : c / QK * Q8_0_BYTES;
@@ -50,8 +51,7 @@ size_t ops_w_row_bytes(int type, int cols)
 /* ---- activation quantization ------------------------------------------------ */
 /* Symmetric, round to nearest even (lrintf in the default mode), the same
  * rounding the AVX2 version's cvtps gives: both produce identical blocks. */
-static void quant_q8b(const float *x, q8b_t *y, int n)
-{
+static void quant_q8b(const float *x, q8b_t *y, int n) {
     for (int b = 0; b < n / QK; b++, x += QK, y++) {
         float amax = 0;
         for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(x[i]));
@@ -66,8 +66,7 @@ static void quant_q8b(const float *x, q8b_t *y, int n)
     }
 }
 
-static void quant_q8k(const float *x, q8k_t *y, int n)
-{
+static void quant_q8k(const float *x, q8k_t *y, int n) {
     for (int b = 0; b < n / QK_K; b++, x += QK_K, y++) {
         float amax = 0;
         for (int i = 0; i < QK_K; i++) amax = fmaxf(amax, fabsf(x[i]));
@@ -85,18 +84,15 @@ static void quant_q8k(const float *x, q8k_t *y, int n)
 /* ---- dequantization ------------------------------------------------------------ */
 static void deq_f32(const uint8_t *w, float *y, int in) { memcpy(y, w, (size_t)in * 4); }
 
-static void deq_f16(const uint8_t *w, float *y, int in)
-{
+static void deq_f16(const uint8_t *w, float *y, int in) {
     for (int i = 0; i < in; i++) y[i] = qf_f16(qf_rd16(w + 2 * i));
 }
 
-static void deq_bf16(const uint8_t *w, float *y, int in)
-{
+static void deq_bf16(const uint8_t *w, float *y, int in) {
     for (int i = 0; i < in; i++) y[i] = qf_bf16(qf_rd16(w + 2 * i));
 }
 
-static void deq_q4_0(const uint8_t *w, float *y, int in)
-{
+static void deq_q4_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_0_BYTES, y += QK) {
         const float d = qf_f16(qf_rd16(w));
         for (int j = 0; j < QK / 2; j++) {
@@ -106,8 +102,7 @@ static void deq_q4_0(const uint8_t *w, float *y, int in)
     }
 }
 
-static void deq_q4_1(const uint8_t *w, float *y, int in)
-{
+static void deq_q4_1(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_1_BYTES, y += QK) {
         const float d = qf_f16(qf_rd16(w)), m = qf_f16(qf_rd16(w + 2));
         for (int j = 0; j < QK / 2; j++) {
@@ -117,16 +112,14 @@ static void deq_q4_1(const uint8_t *w, float *y, int in)
     }
 }
 
-static void deq_q8_0(const uint8_t *w, float *y, int in)
-{
+static void deq_q8_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
         const float d = qf_f16(qf_rd16(w));
         for (int j = 0; j < QK; j++) y[j] = (float)(int8_t)w[2 + j] * d;
     }
 }
 
-static void deq_q4_k(const uint8_t *w, float *y, int in)
-{
+static void deq_q4_k(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK_K; b++, w += Q4_K_BYTES) {
         const float d = qf_f16(qf_rd16(w)), dmin = qf_f16(qf_rd16(w + 2));
         const uint8_t *q = w + 16;
@@ -143,8 +136,7 @@ static void deq_q4_k(const uint8_t *w, float *y, int in)
 }
 
 /* Q6_K value e (0..255) of a block, as an int in [-32, 31]. */
-static inline int q6k_val(const uint8_t *w, int e)
-{
+static inline int q6k_val(const uint8_t *w, int e) {
     const uint8_t *ql = w + 64 * (e / 128), *qh = w + 128 + 32 * (e / 128);
     int h = e % 128, l = h % 32, g = h / 32; // g: which of the four 32-runs
     int lo = g & 1 ? ql[l + 32] : ql[l];
@@ -152,8 +144,7 @@ static inline int q6k_val(const uint8_t *w, int e)
     return (lo | (((qh[l] >> (2 * g)) & 3) << 4)) - 32;
 }
 
-static void deq_q6_k(const uint8_t *w, float *y, int in)
-{
+static void deq_q6_k(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK_K; b++, w += Q6_K_BYTES, y += QK_K) {
         const float d = qf_f16(qf_rd16(w + 208));
         const int8_t *sc = (const int8_t *)(w + 192);
@@ -163,34 +154,30 @@ static void deq_q6_k(const uint8_t *w, float *y, int in)
 
 /* ---- dot products ------------------------------------------------------------- */
 /* f32-activation types: expand 32 weights at a time and multiply in f32. */
-#define DOT_F32_BODY(EXPAND)                                                        \
-    for (int j = 0; j < na; j++) {                                                  \
-        const float *x = (const float *)((const uint8_t *)a + (size_t)j * astride); \
-        double acc = 0;                                                             \
-        for (int i = 0; i < in; i++) acc += (double)(EXPAND) * x[i];                \
-        y[(size_t)j * ldy] = (float)acc;                                            \
+#define DOT_F32_BODY(EXPAND)                                                                                           \
+    for (int j = 0; j < na; j++) {                                                                                     \
+        const float *x = (const float *)((const uint8_t *)a + (size_t)j * astride);                                    \
+        double acc = 0;                                                                                                \
+        for (int i = 0; i < in; i++) acc += (double)(EXPAND)*x[i];                                                     \
+        y[(size_t)j * ldy] = (float)acc;                                                                               \
     }
 
-static void dot_f32(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_f32(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     const float *wf = (const float *)(const void *)w;
     DOT_F32_BODY(wf[i])
 }
 
-static void dot_f16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_f16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     DOT_F32_BODY(qf_f16(qf_rd16(w + 2 * i)))
 }
 
-static void dot_bf16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_bf16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     DOT_F32_BODY(qf_bf16(qf_rd16(w + 2 * i)))
 }
 
-#define ACT(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j) * astride))
+#define ACT(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j)*astride))
 
-static void dot_q4_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_q4_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8b_t *x = ACT(q8b_t, j);
         const uint8_t *wb = w;
@@ -205,8 +192,7 @@ static void dot_q4_0(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
-static void dot_q4_1(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_q4_1(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8b_t *x = ACT(q8b_t, j);
         const uint8_t *wb = w;
@@ -220,8 +206,7 @@ static void dot_q4_1(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
-static void dot_q8_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_q8_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8b_t *x = ACT(q8b_t, j);
         const uint8_t *wb = w;
@@ -235,8 +220,7 @@ static void dot_q8_0(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
-static void dot_q4_k(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_q4_k(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8k_t *x = ACT(q8k_t, j);
         const uint8_t *wb = w;
@@ -257,8 +241,7 @@ static void dot_q4_k(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
-static void dot_q6_k(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy)
-{
+static void dot_q6_k(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8k_t *x = ACT(q8k_t, j);
         const uint8_t *wb = w;
@@ -277,8 +260,7 @@ static void dot_q6_k(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
-void qf_kernels_scalar(qf_kernels_t *k)
-{
+void qf_kernels_scalar(qf_kernels_t *k) {
     k->quant_q8b = quant_q8b;
     k->quant_q8k = quant_q8k;
     k->dot[QF_F32] = dot_f32, k->dequant[QF_F32] = deq_f32;

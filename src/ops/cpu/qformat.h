@@ -46,8 +46,7 @@ static inline uint16_t qf_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1
 
 /* IEEE half to single, exact for every input (normals rebias the exponent,
  * subnormals go through a magic-number subtraction). */
-static inline float qf_f16(uint16_t h)
-{
+static inline float qf_f16(uint16_t h) {
     const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
     uint32_t nb = (two_w >> 4) + (0xE0u << 23), db = (two_w >> 17) | (126u << 23), r;
     float nf, df;
@@ -65,8 +64,7 @@ static inline float qf_f16(uint16_t h)
     return f;
 }
 
-static inline float qf_bf16(uint16_t h)
-{
+static inline float qf_bf16(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
     float f;
     memcpy(&f, &u, 4);
@@ -74,8 +72,7 @@ static inline float qf_bf16(uint16_t h)
 }
 
 /* Q4_K's 12 scale bytes: eight 6-bit scales and eight 6-bit mins. */
-static inline void qf_q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn)
-{
+static inline void qf_q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn) {
     if (j < 4) {
         *sc = s[j] & 63;
         *mn = s[j + 4] & 63;
@@ -99,15 +96,14 @@ typedef void (*qf_dot_fn)(int in, const uint8_t *w, const void *a, size_t astrid
 
 /* A qf_dot_fn named NAME with target attribute ATTR that dispatches na to a
  * compile-time row count: CALL(N) expands the kernel body for N rows. */
-#define QF_DOT_ENTRY(ATTR, NAME, CALL)                                                                       \
-    ATTR static void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) \
-    {                                                                                                        \
-        switch (na) {                                                                                        \
-        case 1: CALL(1); break;                                                                              \
-        case 2: CALL(2); break;                                                                              \
-        case 3: CALL(3); break;                                                                              \
-        default: CALL(4); break;                                                                             \
-        }                                                                                                    \
+#define QF_DOT_ENTRY(ATTR, NAME, CALL)                                                                                 \
+    ATTR static void NAME(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {     \
+        switch (na) {                                                                                                  \
+        case 1: CALL(1); break;                                                                                        \
+        case 2: CALL(2); break;                                                                                        \
+        case 3: CALL(3); break;                                                                                        \
+        default: CALL(4); break;                                                                                       \
+        }                                                                                                              \
     }
 
 typedef struct {

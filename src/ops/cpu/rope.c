@@ -8,14 +8,12 @@
 #include "common/status.h"
 #include "ops/ops.h"
 
-static double rope_angle(const ops_rope_t *r, int64_t pos, int i)
-{
+static double rope_angle(const ops_rope_t *r, int64_t pos, int i) {
     double inv = pow((double)r->freq_base, -2.0 * i / (double)r->rot_dim);
     return (double)pos * (double)r->freq_scale * inv;
 }
 
-int ops_rope_init(ops_rope_t *r, int rot_dim, int n_pos, float freq_base, float freq_scale)
-{
+int ops_rope_init(ops_rope_t *r, int rot_dim, int n_pos, float freq_base, float freq_scale) {
     r->cos = r->sin = NULL;
     if (rot_dim <= 0 || (rot_dim & 1) || n_pos < 0 || !(freq_base > 0) || !(freq_scale > 0)) return LC_EINVAL;
     r->rot_dim = rot_dim;
@@ -39,15 +37,13 @@ int ops_rope_init(ops_rope_t *r, int rot_dim, int n_pos, float freq_base, float 
     return 0;
 }
 
-void ops_rope_fini(ops_rope_t *r)
-{
+void ops_rope_fini(ops_rope_t *r) {
     free(r->cos);
     free(r->sin);
     r->cos = r->sin = NULL;
 }
 
-void ops_rope(const ops_rope_t *r, float *x, int n, const int64_t *pos, int n_heads, int head_dim, int neox)
-{
+void ops_rope(const ops_rope_t *r, float *x, int n, const int64_t *pos, int n_heads, int head_dim, int neox) {
     int half = r->rot_dim / 2;
     float cbuf[512], sbuf[512]; // on-the-fly rows beyond the table (head_dim <= 1024)
     for (int t = 0; t < n; t++) {

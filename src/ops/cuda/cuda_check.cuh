@@ -6,12 +6,11 @@
 #include "common/log.h"
 #include "common/status.h"
 
-#define CUDA_CHECK_RET(call)                                                                   \
-    do {                                                                                       \
-        cudaError_t err_ = (call);                                                             \
-        if (err_ != cudaSuccess) {                                                             \
-            lc_log(LC_LOG_ERROR, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__,          \
-                   cudaGetErrorString(err_));                                                  \
-            return LC_EDEVICE;                                                                 \
-        }                                                                                      \
+#define CUDA_CHECK_RET(call)                                                                                           \
+    do {                                                                                                               \
+        cudaError_t err_ = (call);                                                                                     \
+        if (err_ != cudaSuccess) {                                                                                     \
+            lc_log(LC_LOG_ERROR, "%s failed at %s:%d: %s", #call, __FILE__, __LINE__, cudaGetErrorString(err_));       \
+            return LC_EDEVICE;                                                                                         \
+        }                                                                                                              \
     } while (0)

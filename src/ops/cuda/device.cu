@@ -10,7 +10,7 @@ extern "C" int ops_cuda_device_count(char *why, size_t len) {
     cudaError_t err = cudaGetDeviceCount(&n);
     if (err != cudaSuccess) {
         if (why && len) snprintf(why, len, "%s", cudaGetErrorString(err));
-        cudaGetLastError();  // clear the sticky error for later calls
+        cudaGetLastError(); // clear the sticky error for later calls
         return 0;
     }
     if (n == 0 && why && len) snprintf(why, len, "no CUDA device found");

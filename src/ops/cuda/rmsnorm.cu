@@ -3,8 +3,8 @@
 #include "ops/cuda/cuda_check.cuh"
 #include "ops/cuda/cuda_ops.h"
 
-static __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w,
-                                      float *__restrict__ y, int dim, float eps) {
+static __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ y,
+                                      int dim, float eps) {
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *yr = y + (size_t)blockIdx.x * dim;
     float ss = 0.f;
@@ -25,28 +25,24 @@ static __global__ void rmsnorm_kernel(const float *__restrict__ x, const float *
     for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
-static int launch_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps,
-                          cudaStream_t stream) {
+static int launch_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps, cudaStream_t stream) {
     int threads = dim >= 1024 ? 1024 : ((dim + 31) / 32) * 32;
     rmsnorm_kernel<<<rows, threads, 0, stream>>>(x, w, y, dim, eps);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
 
-extern "C" int ops_cuda_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps,
-                                void *stream) {
+extern "C" int ops_cuda_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps, void *stream) {
     if (!x || !w || !y || rows <= 0 || dim <= 0) return LC_EINVAL;
     return launch_rmsnorm(x, w, y, rows, dim, eps, (cudaStream_t)stream);
 }
 
-extern "C" int ops_cuda_rmsnorm_host(const float *x, const float *w, float *y, int rows, int dim,
-                                     float eps) {
+extern "C" int ops_cuda_rmsnorm_host(const float *x, const float *w, float *y, int rows, int dim, float eps) {
     if (!x || !w || !y || rows <= 0 || dim <= 0) return LC_EINVAL;
     size_t nx = (size_t)rows * dim * sizeof(float), nw = (size_t)dim * sizeof(float);
     float *dx = nullptr, *dw = nullptr, *dy = nullptr;
     int rc = LC_EDEVICE;
-    if (cudaMalloc(&dx, nx) != cudaSuccess || cudaMalloc(&dw, nw) != cudaSuccess ||
-        cudaMalloc(&dy, nx) != cudaSuccess)
+    if (cudaMalloc(&dx, nx) != cudaSuccess || cudaMalloc(&dw, nw) != cudaSuccess || cudaMalloc(&dy, nx) != cudaSuccess)
         goto done;
     if (cudaMemcpy(dx, x, nx, cudaMemcpyHostToDevice) != cudaSuccess) goto done;
     if (cudaMemcpy(dw, w, nw, cudaMemcpyHostToDevice) != cudaSuccess) goto done;
