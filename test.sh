@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install_deps.sh
 ./scripts/fetch_model.sh
+./scripts/check_format.sh
 export LACUNA_REQUIRE_MODEL=1
 
 run_suite() { # build-dir, configure args...

@@ -6,7 +6,7 @@ set -euo pipefail
 
 APT_PKGS=(build-essential autoconf automake pkg-config unzip curl ca-certificates
   libmicrohttpd-dev libuv1-dev libcjson-dev libpcre2-dev libinih-dev libopenblas-openmp-dev
-  check libsystemd-dev systemd python3 python3-pip clang valgrind)
+  check libsystemd-dev systemd python3 python3-pip clang clang-format valgrind)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
