@@ -1,6 +1,6 @@
 /* Check suite for the matmul on weights in block format (ops_matmul_w):
  * every weight type, every kernel set (scalar and, where the CPU has them,
- * AVX2 and AVX-512 VNNI), both paths (8-bit activations, f32 panels + sgemm), odd shapes,
+ * AVX2 and AVX-512 VNNI), both arithmetics (8-bit activations; exact f32 on expanded panels), odd shapes,
  * and that a row's result does not depend on the rows batched with it. The reference is the model's own dequantizer
  * (src/model/quant.c, written separately) and a double-precision product.
  *
@@ -23,6 +23,7 @@
 
 #include "model/gguf.h"
 #include "model/quant.h"
+#include "common/cpu.h"
 #include "ops/ops.h"
 
 static float frand(unsigned *s) {
@@ -136,8 +137,16 @@ static const int shapes[][3] = {
     {6, 291, 9},
 };
 
-static void run_types(int scalar) {
-    const char *kset = ops_mm_force_scalar(scalar);
+/* y = x · wᵀ, q8 or exact. */
+static int mm(float *y, const float *x, const ops_w_t *w, int n, int q8) {
+    return ops_matmul_w(y, x, w, n, q8 ? OPS_MM_Q8 : OPS_MM_EXACT);
+}
+
+/* Both arithmetics on kernel set `level` against the f64 reference, and each
+ * row alone bitwise equal to the same row in the batch. */
+static void run_types(lc_cpu_level_t level) {
+    ck_assert_int_eq(lc_cpu_set_max(level), level);
+    const char *kset = lc_cpu_level_name(level);
     for (int ti = 0; ti < N_TYPES; ti++) {
         int t = types[ti];
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
@@ -146,103 +155,85 @@ static void run_types(int scalar) {
             if (is_k(t)) in = (in + 255) / 256 * 256;
             float *wd, *x = make_x(n, in, 7 + (unsigned)s);
             ops_w_t w = make_w(t, out, in, 100 + (unsigned)(s * 13 + ti), &wd);
-            float *y = malloc((size_t)n * out * sizeof *y);
+            float *y = malloc((size_t)n * out * sizeof *y), *y1 = malloc((size_t)out * sizeof *y1);
             char what[96];
-            /* quantized-activation path */
-            snprintf(what, sizeof what, "%s %s quant (%d,%d,%d)", kset, ggml_type_name((uint32_t)t), n, in, out);
-            ck_assert_int_eq(ops_matmul_w(y, x, &w, n, OPS_MM_Q8), 0);
-            double worst = check_y(y, x, wd, n, in, out, act_block(t), what);
-            if (act_block(t) && in >= 256)
-                ck_assert_msg(worst > 1e-3, "%s: error %.3g of the bound: not quantized?", what, worst);
-            /* each row alone gives the same bits: results never depend on the batch */
-            float *y1 = malloc((size_t)out * sizeof *y1);
-            for (int r = 0; r < n; r++) {
-                ck_assert_int_eq(ops_matmul_w(y1, x + (size_t)r * in, &w, 1, OPS_MM_Q8), 0);
-                ck_assert_msg(memcmp(y1, y + (size_t)r * out, (size_t)out * sizeof *y1) == 0,
-                              "%s: row %d alone differs from the batch", what, r);
+            for (int q8 = 1; q8 >= 0; q8--) {
+                snprintf(what, sizeof what, "%s %s %s (%d,%d,%d)", kset, ggml_type_name((uint32_t)t),
+                         q8 ? "q8" : "exact", n, in, out);
+                ck_assert_int_eq(mm(y, x, &w, n, q8), 0);
+                double worst = check_y(y, x, wd, n, in, out, q8 ? act_block(t) : 0, what);
+                if (q8 && act_block(t) && in >= 256)
+                    ck_assert_msg(worst > 1e-3, "%s: error %.3g of the bound: not quantized?", what, worst);
+                /* each row alone gives the same bits: results never depend on the batch */
+                for (int r = 0; r < n; r++) {
+                    ck_assert_int_eq(mm(y1, x + (size_t)r * in, &w, 1, q8), 0);
+                    ck_assert_msg(memcmp(y1, y + (size_t)r * out, (size_t)out * sizeof *y1) == 0,
+                                  "%s: row %d alone differs from the batch", what, r);
+                }
             }
-            free(y1);
-            /* f32 panel path */
-            snprintf(what, sizeof what, "%s %s panels (%d,%d,%d)", kset, ggml_type_name((uint32_t)t), n, in, out);
-            ck_assert_int_eq(ops_matmul_w(y, x, &w, n, OPS_MM_F32), 0);
-            check_y(y, x, wd, n, in, out, 0, what);
-            free(y), free(x), free(wd), free((void *)(uintptr_t)w.data);
+            free(y), free(y1), free(x), free(wd), free((void *)(uintptr_t)w.data);
         }
     }
-    ops_mm_force_scalar(0);
+    lc_cpu_set_max(LC_CPU_AVX512);
 }
 
-START_TEST(test_scalar) { run_types(1); }
+START_TEST(test_scalar) { run_types(LC_CPU_SCALAR); }
 END_TEST
 
-/* The SIMD kernel sets this CPU has, best first: the default choice, then
- * AVX2 alone (LACUNA_NO_AVX512) when the default was AVX-512. Selects set i
- * and returns its name, or NULL when there is no set i. */
-static const char *simd_set(int i) {
-    unsetenv("LACUNA_NO_AVX512");
-    const char *best = ops_mm_force_scalar(0);
-    if (strcmp(best, "scalar") == 0) return NULL;
-    if (i == 0) return best;
-    if (i > 1 || strcmp(best, "avx512vnni") != 0) return NULL;
-    setenv("LACUNA_NO_AVX512", "1", 1);
-    const char *k = ops_mm_force_scalar(0);
-    ck_assert_str_eq(k, "avx2");
-    return k;
-}
-
-static void simd_restore(void) {
-    unsetenv("LACUNA_NO_AVX512");
-    ops_mm_force_scalar(0);
-}
-
-/* Skips (with a note) where the CPU has no AVX2. */
+/* Every SIMD set this CPU has (AVX2, then AVX-512 VNNI). */
 START_TEST(test_simd) {
-    if (!simd_set(0)) {
+    if (lc_cpu_detected() < LC_CPU_AVX2) {
         fprintf(stderr, "check_qmatmul: no AVX2 on this CPU, SIMD kernels not tested\n");
         return;
     }
-    for (int i = 0; simd_set(i); i++) {
-        if (i == 0 && strcmp(ops_mm_force_scalar(0), "avx2") == 0)
-            fprintf(stderr, "check_qmatmul: no AVX-512 VNNI on this CPU, only AVX2 tested\n");
-        run_types(0);
-    }
-    simd_restore();
+    if (lc_cpu_detected() < LC_CPU_AVX512)
+        fprintf(stderr, "check_qmatmul: no AVX-512 VNNI on this CPU, only AVX2 tested\n");
+    for (lc_cpu_level_t l = LC_CPU_AVX2; l <= lc_cpu_detected(); l++) run_types(l);
 }
 END_TEST
 
-/* Every SIMD set agrees with scalar on the quantized path to float
- * summation order. */
+/* Every SIMD set agrees with scalar to float summation order, on both
+ * arithmetics; on the exact one AVX2 and AVX-512 agree bitwise (one FMA
+ * chain per output either way). */
 START_TEST(test_simd_vs_scalar) {
-    const char *kset;
-    for (int i = 0; (kset = simd_set(i)); i++)
-        for (int ti = 0; ti < N_TYPES; ti++) {
-            int t = types[ti], n = 6, in = 1536, out = 45;
+    for (int ti = 0; ti < N_TYPES; ti++)
+        for (int q8 = 1; q8 >= 0; q8--) {
+            int t = types[ti], n = 7, in = 1536, out = 45;
             float *wd, *x = make_x(n, in, 3);
             ops_w_t w = make_w(t, out, in, 77 + (unsigned)ti, &wd);
             float *ya = malloc((size_t)n * out * sizeof *ya), *ys = malloc((size_t)n * out * sizeof *ys);
-            simd_set(i);
-            ck_assert_int_eq(ops_matmul_w(ya, x, &w, n, OPS_MM_Q8), 0);
-            ops_mm_force_scalar(1);
-            ck_assert_int_eq(ops_matmul_w(ys, x, &w, n, OPS_MM_Q8), 0);
-            for (int r = 0; r < n; r++)
-                for (int j = 0; j < out; j++) {
-                    double mag = 0;
-                    for (int k = 0; k < in; k++) mag += fabs((double)x[(size_t)r * in + k] * wd[(size_t)j * in + k]);
-                    ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag,
-                                  "%s [%d,%d]: %s %.7g scalar %.7g", ggml_type_name((uint32_t)t), r, j, kset,
-                                  ya[r * out + j], ys[r * out + j]);
-                }
-            free(ya), free(ys), free(x), free(wd), free((void *)(uintptr_t)w.data);
+            float *yp = malloc((size_t)n * out * sizeof *yp);
+            lc_cpu_set_max(LC_CPU_SCALAR);
+            ck_assert_int_eq(mm(ys, x, &w, n, q8), 0);
+            for (lc_cpu_level_t l = LC_CPU_AVX2; l <= lc_cpu_detected(); l++) {
+                lc_cpu_set_max(l);
+                ck_assert_int_eq(mm(ya, x, &w, n, q8), 0);
+                for (int r = 0; r < n; r++)
+                    for (int j = 0; j < out; j++) {
+                        double mag = 0;
+                        for (int k = 0; k < in; k++)
+                            mag += fabs((double)x[(size_t)r * in + k] * wd[(size_t)j * in + k]);
+                        ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag,
+                                      "%s %s [%d,%d]: %s %.7g scalar %.7g", ggml_type_name((uint32_t)t),
+                                      q8 ? "q8" : "exact", r, j, lc_cpu_level_name(l), ya[r * out + j],
+                                      ys[r * out + j]);
+                    }
+                if (!q8 && l > LC_CPU_AVX2)
+                    ck_assert_msg(memcmp(ya, yp, (size_t)n * out * sizeof *ya) == 0, "%s exact: avx512 != avx2",
+                                  ggml_type_name((uint32_t)t));
+                memcpy(yp, ya, (size_t)n * out * sizeof *ya);
+            }
+            free(ya), free(ys), free(yp), free(x), free(wd), free((void *)(uintptr_t)w.data);
         }
-    simd_restore();
+    lc_cpu_set_max(LC_CPU_AVX512);
 }
 END_TEST
 
 /* Row expansion is bit-exact with the model's dequantizer; row sizes refuse
  * what the kernels cannot read. */
 START_TEST(test_rows) {
-    for (int scalar = 1; scalar >= 0; scalar--) {
-        ops_mm_force_scalar(scalar);
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
         for (int ti = 0; ti < N_TYPES; ti++) {
             int t = types[ti], in = 512, out = 3;
             float *wd;
@@ -256,7 +247,7 @@ START_TEST(test_rows) {
             free(wd), free((void *)(uintptr_t)w.data);
         }
     }
-    ops_mm_force_scalar(0);
+    lc_cpu_set_max(LC_CPU_AVX512);
     ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_0, 48), 0);
     ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_K, 512 + 32), 0);
     ck_assert_uint_eq(ops_w_row_bytes(OPS_W_Q4_1, 64), 40);
@@ -272,8 +263,8 @@ END_TEST
  * rows are untouched. */
 START_TEST(test_nonfinite_propagates) {
     const float bad[2] = {NAN, INFINITY};
-    for (int scalar = 1; scalar >= 0; scalar--) {
-        ops_mm_force_scalar(scalar);
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
         for (int ti = 0; ti < N_TYPES; ti++)
             for (int b = 0; b < 2; b++)
                 for (int mode = 0; mode < 2; mode++) {
@@ -282,7 +273,7 @@ START_TEST(test_nonfinite_propagates) {
                     ops_w_t w = make_w(t, out, in, 9, &wd);
                     float *x = make_x(n, in, 4);
                     x[1 * in + 77] = bad[b];
-                    ck_assert_int_eq(ops_matmul_w(y, x, &w, n, mode ? OPS_MM_Q8 : OPS_MM_F32), 0);
+                    ck_assert_int_eq(mm(y, x, &w, n, mode), 0);
                     for (int r = 0; r < out; r++) {
                         ck_assert_msg(!isfinite(y[out + r]), "%s %s: row with %f gave %f", ggml_type_name((uint32_t)t),
                                       mode ? "q8" : "f32", bad[b], y[out + r]);
@@ -291,7 +282,7 @@ START_TEST(test_nonfinite_propagates) {
                     free(x), free(wd), free((void *)(uintptr_t)w.data);
                 }
     }
-    ops_mm_force_scalar(0);
+    lc_cpu_set_max(LC_CPU_AVX512);
 }
 END_TEST
 

@@ -100,7 +100,7 @@ static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned 
         int r1 = r0 + 1;
         while (r1 < n && kind[r1] == kind[r0]) r1++;
         int rc = ops_matmul_w(y + (size_t)r0 * w->rows, x + (size_t)r0 * w->cols, w, r1 - r0,
-                              kind[r0] ? OPS_MM_Q8 : OPS_MM_F32);
+                              kind[r0] ? OPS_MM_Q8 : OPS_MM_EXACT);
         if (rc) return rc;
         r0 = r1;
     }

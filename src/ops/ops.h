@@ -1,15 +1,18 @@
 /* Non-attention compute of the transformer forward pass on the host: matmul
- * (CBLAS sgemm), RMSNorm, RoPE, SwiGLU, softmax, add. Plain f32, row-major.
+ * (weights in their block format, our own kernels), RMSNorm, RoPE, SwiGLU,
+ * softmax, add. Plain f32, row-major.
  *
- * The kernels are stateless and thread-safe (the matmul uses the BLAS
- * library's own threads); the RoPE tables are built once per model. */
+ * The kernels are stateless and thread-safe; the matmul splits its work over
+ * the caller's OpenMP team. The RoPE tables are built once per model. */
 #ifndef LC_OPS_H
 #define LC_OPS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* y = x · wᵀ.
+/* y = x · wᵀ through CBLAS sgemm, for plain f32 matrices (tests and
+ * benchmarks; the forward pass uses ops_matmul_w). A BLAS picks its kernels by
+ * shape, so a row's result may depend on n.
  *   x: (n, in)   w: (out, in)   y: (n, out)   (all row-major, contiguous) */
 void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out);
 
@@ -44,23 +47,26 @@ void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
 
 /* y = x · wᵀ with w in its block format.
  *   x: (n, w->cols)   y: (n, w->rows)
- * OPS_MM_Q8 quantizes each row of x to 8-bit blocks (per 32, or per 256 for
- * the K-quants) and uses integer dot products: fast for small n (decode),
- * with an activation error of up to max|x|/254 per block. f32/f16/bf16
- * weights take f32 dots instead. OPS_MM_F32 expands panels of w to f32 and
- * runs sgemm: exact f32 arithmetic on the dequantized weights, fast for
- * large n (prefill). Either way each row of y depends only on its own row of
- * x, never on n. Thread-safe; uses the OpenMP pool. Returns 0 or LC_ENOMEM. */
-enum { OPS_MM_F32 = 0, OPS_MM_Q8 = 1 };
+ * Two arithmetics, chosen per call by the caller for a kind of row, never by
+ * the batch:
+ *  - OPS_MM_EXACT expands panels of w to f32 and runs our own kernels: each
+ *    output is one FMA chain over the input dimension in order (fast for
+ *    large n: prompts);
+ *  - OPS_MM_Q8 quantizes each row of x to 8-bit blocks (per 32, or per 256
+ *    for the K-quants) and uses integer dot products, with an activation error
+ *    of up to max|x|/254 per block (fast for small n: decode); f32/f16/bf16
+ *    weights take f32 dots instead.
+ * Either way each row of y depends only on its own row of x, the mode and
+ * the kernel set (common/cpu.h), never on n or on the other rows.
+ * Thread-safe; uses the caller's OpenMP team. Returns 0 or LC_ENOMEM. */
+enum { OPS_MM_EXACT = 0, OPS_MM_Q8 = 1 };
 int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode);
 
-/* Turns OPS_MM_Q8 into OPS_MM_F32 everywhere when off (default on; the
- * environment's LACUNA_MM_Q8=0 turns it off at first use). */
+/* Turns OPS_MM_Q8 into OPS_MM_EXACT for the whole process when off (default
+ * on; the environment's LACUNA_MM_Q8=0 turns it off at first use). Set it
+ * before any request runs: outputs are only comparable within one setting. */
 void ops_mm_set_q8(int on);
 int ops_mm_q8(void);
-/* Forces the scalar kernels (tests, and machines without AVX2); 0 restores
- * detection. Returns the name of the kernel set now in use. */
-const char *ops_mm_force_scalar(int on);
 
 /* Row-wise RMSNorm: y[r] = x[r] / sqrt(mean(x[r]²) + eps) * w. y may equal x.
  *   x, y: (n, dim)   w: (dim) */

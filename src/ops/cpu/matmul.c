@@ -1,13 +1,19 @@
-/* Matmul: f32 weights through CBLAS, and weights kept in their GGUF block
- * format (ops_matmul_w): decode multiplies them in place against activations
- * quantized to 8-bit blocks, prefill expands panels of rows to f32 in a
- * per-thread buffer and runs sgemm against them.
+/* Matmul: weights kept in their GGUF block format (ops_matmul_w), and plain
+ * f32 matrices through CBLAS (ops_matmul: tests and the benchmarks only).
  *
- * Threads: the attention kernels use OpenMP, and a pthreads OpenBLAS next to
- * an OpenMP pool oversubscribes the cores — each side's idle threads spin
- * while the other computes (10x slower decode on 2 cores). So when OpenMP is
- * on, the matmul splits the output columns over the same OpenMP threads and
- * runs a single-threaded BLAS on each slice; one pool does all the work. */
+ * Weights in block format take one of two arithmetics, which the caller
+ * picks per kind of row (the forward pass: prompt rows exact, generated rows
+ * q8), never by the batch:
+ *  - exact: panels of weights are expanded to f32 and multiplied by our own
+ *    kernels (gemm.c);
+ *  - q8: each activation row is quantized to 8-bit blocks and dotted with the
+ *    weight blocks in integer arithmetic (qdot_*.c).
+ * Either way a row's result depends only on that row, the mode, the kernel
+ * set (common/cpu.h) and the weights, never on the rows beside it.
+ *
+ * Threads: the work splits over output columns on the caller's OpenMP team;
+ * every BLAS call runs single-threaded inside it (a pthreads BLAS next to an
+ * OpenMP pool oversubscribes the cores). */
 #include <cblas.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -22,6 +28,8 @@
 
 #include "common/status.h"
 #include "ops/ops.h"
+#include "common/cpu.h"
+#include "ops/cpu/gemm.h"
 #include "ops/cpu/qformat.h"
 
 /* Columns per slice are rounded to this so slices stay cache-line aligned. */
@@ -70,55 +78,20 @@ void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out
 }
 
 /* ---- weights in block format ------------------------------------------------------ */
-static qf_kernels_t kern;
-static const char *kern_name = "scalar";
+static qf_kernels_t ktab[3]; // by lc_cpu_level_t
 static pthread_once_t kern_once = PTHREAD_ONCE_INIT;
 static atomic_int q8_on = -1;
 
-/* What the AVX2 kernels are compiled for (qdot_avx2.c): all three. F16C from
- * CPUID itself: clang's __builtin_cpu_supports does not know it. */
-static int cpu_has_avx2(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    unsigned a, b, c = 0, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return 0;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
-}
-
-/* What the AVX-512 kernels are compiled for (qdot_avx512.c), on top of the
- * AVX2 set they start from. */
-static int cpu_has_avx512(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512vnni");
-#else
-    return 0;
-#endif
-}
-
-/* The best kernel set the CPU and the environment allow: LACUNA_NO_AVX512
- * stops at AVX2, LACUNA_NO_AVX2 at scalar. */
-static void kern_best(void) {
-    qf_kernels_scalar(&kern);
-    kern_name = "scalar";
-#if defined(__x86_64__) || defined(__i386__)
-    if (!cpu_has_avx2() || getenv("LACUNA_NO_AVX2")) return;
-    if (cpu_has_avx512() && !getenv("LACUNA_NO_AVX512")) {
-        qf_kernels_avx512(&kern);
-        kern_name = "avx512vnni";
-    } else {
-        qf_kernels_avx2(&kern);
-        kern_name = "avx2";
-    }
-#endif
-}
-
 static void kern_init(void) {
-    kern_best();
+    qf_kernels_scalar(&ktab[LC_CPU_SCALAR]);
+    ktab[LC_CPU_AVX2] = ktab[LC_CPU_AVX512] = ktab[LC_CPU_SCALAR];
+#if defined(__x86_64__) || defined(__i386__)
+    if (lc_cpu_detected() >= LC_CPU_AVX2) {
+        qf_kernels_avx2(&ktab[LC_CPU_AVX2]);
+        ktab[LC_CPU_AVX512] = ktab[LC_CPU_AVX2];
+    }
+    if (lc_cpu_detected() >= LC_CPU_AVX512) qf_kernels_avx512(&ktab[LC_CPU_AVX512]);
+#endif
     if (atomic_load(&q8_on) < 0) {
         const char *e = getenv("LACUNA_MM_Q8");
         atomic_store(&q8_on, e && *e ? atoi(e) != 0 : 1);
@@ -128,15 +101,9 @@ static void kern_init(void) {
 #endif
 }
 
-const char *ops_mm_force_scalar(int on) {
+static const qf_kernels_t *kern(void) {
     pthread_once(&kern_once, kern_init);
-    if (on) {
-        qf_kernels_scalar(&kern);
-        kern_name = "scalar";
-    } else {
-        kern_best();
-    }
-    return kern_name;
+    return &ktab[lc_cpu_level()];
 }
 
 int ops_mm_q8(void) {
@@ -150,8 +117,7 @@ void ops_mm_set_q8(int on) {
 }
 
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst) {
-    pthread_once(&kern_once, kern_init);
-    kern.dequant[qf_type_index(w->type)]((const uint8_t *)w->data + (size_t)r * w->row_bytes, dst, w->cols);
+    kern()->dequant[qf_type_index(w->type)]((const uint8_t *)w->data + (size_t)r * w->row_bytes, dst, w->cols);
 }
 
 /* Per-thread scratch that grows and is kept (freed at thread exit): the
@@ -194,6 +160,7 @@ static void *buf_get(int which, size_t n) {
 /* 8-bit activations: each weight row is read once and dotted with up to QF_NA
  * activation rows at a time; output rows split over the threads. */
 static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
+    const qf_kernels_t *kt = kern();
     const int ti = qf_type_index(w->type), in = w->cols, out = w->rows, ak = qf_act_kind(w->type);
     const void *act = x;
     size_t astride = (size_t)in * sizeof(float);
@@ -203,13 +170,13 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
         if (!buf) return LC_ENOMEM;
         for (int j = 0; j < n; j++) {
             if (ak == QF_ACT_Q8B)
-                kern.quant_q8b(x + (size_t)j * in, (q8b_t *)((uint8_t *)buf + j * astride), in);
+                kt->quant_q8b(x + (size_t)j * in, (q8b_t *)((uint8_t *)buf + j * astride), in);
             else
-                kern.quant_q8k(x + (size_t)j * in, (q8k_t *)((uint8_t *)buf + j * astride), in);
+                kt->quant_q8k(x + (size_t)j * in, (q8k_t *)((uint8_t *)buf + j * astride), in);
         }
         act = buf;
     }
-    const qf_dot_fn dot = kern.dot[ti];
+    const qf_dot_fn dot = kt->dot[ti];
     const uint8_t *wd = w->data;
     const size_t rb = w->row_bytes;
 #ifdef _OPENMP
@@ -233,42 +200,38 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
     return 0;
 }
 
-#define MM_PANEL 256
-/* Exact: panels of up to MM_PANEL rows expanded to f32 and multiplied by
- * sgemm; the expansion costs one pass over the panel, amortised over n.
- * Panels are large because sgemm repacks x for every call (64-row panels
- * measured 10-30% slower than f32 weights at n = 512; 256 rows within ~5%),
- * but small enough that every thread gets one. */
-static int mm_tiles(float *y, const float *x, const ops_w_t *w, int n) {
+/* Exact: panels of GEMM_NP weight rows expanded to f32 and packed once per
+ * call (one pass over the panel, amortised over n rows), then every row of x
+ * through our kernels. */
+static int mm_exact(float *y, const float *x, const ops_w_t *w, int n) {
+    const qf_kernels_t *kt = kern();
+    const lc_cpu_level_t level = lc_cpu_level();
     const int in = w->cols, out = w->rows, ti = qf_type_index(w->type);
     const size_t rb = w->row_bytes;
-    int fail = 0, nt = 1;
+    const int n_panels = (out + GEMM_NP - 1) / GEMM_NP;
+    int fail = 0;
 #ifdef _OPENMP
-    if (!omp_in_parallel()) nt = omp_get_max_threads();
-#endif
-    int panel = ((out + nt - 1) / nt + 15) / 16 * 16;
-    if (panel > MM_PANEL) panel = MM_PANEL;
-    const int n_panels = (out + panel - 1) / panel;
-#ifdef _OPENMP
-#pragma omp parallel if (nt > 1)
+#pragma omp parallel if (n_panels > 1 && !omp_in_parallel())
 #endif
     {
-        float *tile = buf_get(BUF_TILE, (size_t)panel * in * sizeof(float));
+        float *tile = buf_get(BUF_TILE, (size_t)GEMM_NP * in * sizeof(float) * 2);
         if (!tile) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
             fail = 1;
         }
+        float *packed = tile ? tile + (size_t)GEMM_NP * in : NULL;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
         for (int p = 0; p < n_panels; p++) {
             if (!tile) continue;
-            const int r0 = p * panel, np = out - r0 < panel ? out - r0 : panel;
+            const int r0 = p * GEMM_NP, np = out - r0 < GEMM_NP ? out - r0 : GEMM_NP;
             for (int r = 0; r < np; r++)
-                kern.dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, np, in, 1.0f, x, in, tile, in, 0.0f, y + r0, out);
+                kt->dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
+            ops__gemm_pack(tile, np, in, packed);
+            ops__gemm_panel(level, n, in, x, packed, np, y + r0, out);
         }
     }
     return fail ? LC_ENOMEM : 0;
@@ -278,9 +241,5 @@ int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode) {
     if (n <= 0 || w->rows <= 0) return 0;
     pthread_once(&kern_once, kern_init);
     if (mode == OPS_MM_Q8 && atomic_load(&q8_on)) return mm_quant(y, x, w, n);
-    if (w->type == OPS_W_F32) {
-        ops_matmul(y, x, w->data, n, w->cols, w->rows);
-        return 0;
-    }
-    return mm_tiles(y, x, w, n);
+    return mm_exact(y, x, w, n);
 }
