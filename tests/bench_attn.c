@@ -68,8 +68,8 @@ int main(int argc, char **argv) {
         for (int h = 0; h < KH; h++) {
             int heavy = p == 0 ? 2 : (urand() < 0.002f ? 1 : 0);
             feat(x, p, h, 1.6f, heavy == 2 ? 9.0f : heavy ? 6.0f : 0.0f, 1.0f);
-            float *kd = k + b * bstride + ((size_t)h * BS + off) * D;
-            memcpy(kd, x, sizeof x);
+            float *kd = k + b * bstride + (size_t)h * D * BS + off; // K transposed per block
+            for (int c = 0; c < D; c++) kd[(size_t)c * BS] = x[c];
             for (int c = 0; c < D; c++) v[b * bstride + ((size_t)h * BS + off) * D + c] = nrand();
             float *mn = kmn + b * sstride + (size_t)h * D, *mx = kmx + b * sstride + (size_t)h * D;
             for (int c = 0; c < D; c++) {

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "attn/attn.h"
+#include "common/cpu.h"
 #include "common/status.h"
 
 /* ---- fixtures ---------------------------------------------------------------- */
@@ -55,9 +56,9 @@ static void tkv_build_pool(tkv_t *t) {
         int off = (int)(p % bs);
         for (int h = 0; h < KH; h++) {
             const float *ks = t->kc + ((size_t)p * KH + h) * d, *vs = t->vc + ((size_t)p * KH + h) * d;
-            float *kd = t->kp + b * bstride + ((size_t)h * bs + off) * d;
+            float *kd = t->kp + b * bstride + (size_t)h * d * bs + off; // K transposed per block
             float *vd = t->vp + b * bstride + ((size_t)h * bs + off) * d;
-            memcpy(kd, ks, sizeof(float) * d);
+            for (int c = 0; c < d; c++) kd[(size_t)c * bs] = ks[c];
             memcpy(vd, vs, sizeof(float) * d);
             float *mn = t->kmn + b * sstride + (size_t)h * d, *mx = t->kmx + b * sstride + (size_t)h * d;
             for (int c = 0; c < d; c++) {
@@ -438,6 +439,103 @@ START_TEST(test_planted_prefill) {
 }
 END_TEST
 
+/* ---- per-row invariance ------------------------------------------------------------ */
+/* The rows of a prompt computed in one chunk, in other chunks, as generated
+ * (decode) rows one at a time, and inside a batch next to other sequences all
+ * give the same bits: on every kernel set this CPU has, for dense attention
+ * and for the sink + window baseline, across pieces (ATTN_PIECE) and tiles. */
+static void rows_equal(const float *a, const float *b, size_t n, const char *what, lc_cpu_level_t l) {
+    ck_assert_msg(memcmp(a, b, n * sizeof(float)) == 0, "%s (%s): not bitwise equal (max |diff| %g)", what,
+                  lc_cpu_level_name(l), max_abs_diff_f(a, b, n));
+}
+
+static void invariance_case(int H, int KH, int d, int64_t n, const attn_policy_t *pol, lc_cpu_level_t l) {
+    tkv_t t;
+    tkv_random(&t, H, KH, d, 16, n, 101 + (uint64_t)d);
+    tkv_build_pool(&t);
+    float *q = rand_q((int)n, H, d, 1.5f);
+    const size_t rs = (size_t)H * d;
+    float *ref = malloc(sizeof(float) * n * rs), *rl = malloc(sizeof(float) * n * H);
+    float *got = malloc(sizeof(float) * n * rs), *gl = malloc(sizeof(float) * n * H);
+    attn_state_t *st = attn_state_create(&t.sh, 4, pol);
+    ck_assert_ptr_nonnull(st);
+    /* one chunk */
+    ck_assert_int_eq(attn_prefill(&t.sh, st, 0, q, (int)n, 0, &t.kv, ref, rl), 0);
+    /* uneven chunks, some of one token */
+    const int64_t cuts[] = {0, 1, 2, 37, 64, 65, 1023, 1024, 1025, 1500, n - 1, n};
+    for (size_t i = 0; i + 1 < sizeof cuts / sizeof cuts[0]; i++) {
+        const int64_t a = cuts[i], b = cuts[i + 1];
+        attn_kv_t kv = t.kv;
+        kv.n_kv = b;
+        ck_assert_int_eq(attn_prefill(&t.sh, st, 0, q + a * rs, (int)(b - a), a, &kv, got + a * rs, gl + a * H), 0);
+    }
+    rows_equal(got, ref, n * rs, "chunked prefill vs one chunk", l);
+    rows_equal(gl, rl, n * H, "chunked prefill LSE", l);
+    /* generated rows: each position alone through the decode path, and a
+     * run of them as one slice (a preempted sequence's recomputation) */
+    attn_policy_t dpol = *pol;
+    dpol.decode = pol->prefill == ATTN_PREFILL_STREAMING ? ATTN_DECODE_STREAMING : ATTN_DECODE_DENSE;
+    attn_state_t *dst = attn_state_create(&t.sh, 4, &dpol);
+    const int64_t probe[] = {0, 15, 16, 63, 64, 1023, 1024, 1100, n - 1};
+    for (size_t i = 0; i < sizeof probe / sizeof probe[0]; i++) {
+        attn_kv_t kv = t.kv;
+        kv.n_kv = probe[i] + 1;
+        ck_assert_int_eq(attn_decode(&t.sh, dst, 3, q + probe[i] * rs, &kv, got, gl), 0);
+        rows_equal(got, ref + probe[i] * rs, rs, "decode row vs prompt row", l);
+        rows_equal(gl, rl + probe[i] * H, (size_t)H, "decode row LSE", l);
+    }
+    /* one batch: a prompt chunk, a generated run of 5 rows and another chunk,
+     * all over the same cache, against the rows computed alone */
+    attn_plan_t *plan = attn_plan_create(&t.sh, 4);
+    const attn_seq_t seqs[3] = {
+        {.tok0 = 0, .n_tok = 700, .pos0 = 0, .blocks = t.blocks, .state = st},
+        {.tok0 = 700, .n_tok = 5, .pos0 = 1020, .blocks = t.blocks, .state = dst, .decode = 1},
+        {.tok0 = 705, .n_tok = (int)(n - 1800), .pos0 = 1800, .blocks = t.blocks, .state = st},
+    };
+    const int rows = 705 + (int)(n - 1800);
+    float *bq = malloc(sizeof(float) * rows * rs), *bo = malloc(sizeof(float) * rows * rs);
+    float *bl = malloc(sizeof(float) * rows * H);
+    memcpy(bq, q, sizeof(float) * 700 * rs);
+    memcpy(bq + 700 * rs, q + 1020 * rs, sizeof(float) * 5 * rs);
+    memcpy(bq + 705 * rs, q + 1800 * rs, sizeof(float) * (n - 1800) * rs);
+    attn_batch_t b = {.n_rows = rows, .n_seqs = 3, .seqs = seqs, .block_size = 16};
+    attn_store_t store = {.k = t.kv.k,
+                          .v = t.kv.v,
+                          .kmin = t.kv.kmin,
+                          .kmax = t.kv.kmax,
+                          .blk_stride = t.kv.blk_stride,
+                          .sum_stride = t.kv.sum_stride,
+                          .block_size = 16};
+    ck_assert_int_eq(attn_plan(plan, &b), 0);
+    ck_assert_int_eq(attn_run(plan, 3, &store, bq, bo, bl), 0);
+    rows_equal(bo, ref, 700 * rs, "batched chunk A", l);
+    rows_equal(bo + 700 * rs, ref + 1020 * rs, 5 * rs, "batched generated run", l);
+    rows_equal(bo + 705 * rs, ref + 1800 * rs, (size_t)(n - 1800) * rs, "batched chunk C", l);
+    rows_equal(bl + 700 * H, rl + 1020 * H, 5 * (size_t)H, "batched generated LSE", l);
+    attn_plan_destroy(plan);
+    attn_state_destroy(st), attn_state_destroy(dst);
+    free(bq), free(bo), free(bl), free(q), free(ref), free(rl), free(got), free(gl);
+    tkv_free(&t);
+}
+
+START_TEST(test_row_invariance) {
+    attn_policy_t dense, win;
+    attn_policy_default(&dense);
+    attn_policy_default(&win);
+    win.prefill = ATTN_PREFILL_STREAMING;
+    win.sink_tokens = 4;
+    win.window_tokens = 300;
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
+        invariance_case(9, 3, 64, 2100, &dense, l);
+        invariance_case(8, 2, 128, 1900, &dense, l);
+        invariance_case(4, 4, 40, 1850, &dense, l); // head_dim not a multiple of 16
+        invariance_case(9, 3, 64, 2100, &win, l);
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("attn");
     TCase *tc = tcase_create("dense");
@@ -447,6 +545,10 @@ int main(void) {
     tcase_add_test(tc, test_merge_halves);
     tcase_add_test(tc, test_policy_names);
     suite_add_tcase(s, tc);
+    TCase *ti = tcase_create("invariance");
+    tcase_set_timeout(ti, 300);
+    tcase_add_test(ti, test_row_invariance);
+    suite_add_tcase(s, ti);
     TCase *ts = tcase_create("sparse");
     tcase_set_timeout(ts, 60);
     tcase_add_test(ts, test_full_budget_prefill_equals_dense);

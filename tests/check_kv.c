@@ -11,17 +11,31 @@
 #include "common/status.h"
 #include "kv/kv.h"
 #include "kv/kv_internal.h"
+#include "kv/store.h"
 
 #define L 2
 #define H 2
 #define D 4
 #define BS 4
 
+/* The pool under test and the CPU store that holds its tensors, bound as an
+ * executor binds them (copy-on-write copies through the store). */
+static kv_store_t *g_st;
+
 static kv_pool_t *mkpool(int64_t n_blocks) {
     kv_config_t c = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .block_size = BS, .n_blocks = n_blocks};
     kv_pool_t *p = kv_pool_create(&c);
     ck_assert_ptr_nonnull(p);
+    g_st = kv_store_create(&c);
+    ck_assert_ptr_nonnull(g_st);
+    kv_pool_bind(p, kv_store_copy_cb, g_st);
     return p;
+}
+
+static void rmpool(kv_pool_t *p) {
+    kv_pool_destroy(p);
+    kv_store_destroy(g_st);
+    g_st = NULL;
 }
 
 /* The K/V a token at a position gets: a pure function of (token, pos, layer,
@@ -38,17 +52,17 @@ static void write_tok(kv_pool_t *p, kv_seq_t *s, int64_t pos, int32_t tok) {
                 k[h * D + d] = kval(tok, pos, l, h, d);
                 v[h * D + d] = -kval(tok, pos, l, h, d);
             }
-        kv_write(p, s, l, pos, k, v);
+        kv_store_write(g_st, s, l, pos, k, v);
     }
 }
 
 static float read_k(kv_pool_t *p, const kv_seq_t *s, int l, int64_t pos, int h, int d) {
     int32_t b = s->blocks[pos / BS];
-    return kv_layer_k(p, l)[(size_t)b * kv_block_stride(p) + ((size_t)h * BS + pos % BS) * D + d];
+    return kv_store_k(g_st, l)[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * D + d) * BS + pos % BS];
 }
 static float read_v(kv_pool_t *p, const kv_seq_t *s, int l, int64_t pos, int h, int d) {
     int32_t b = s->blocks[pos / BS];
-    return kv_layer_v(p, l)[(size_t)b * kv_block_stride(p) + ((size_t)h * BS + pos % BS) * D + d];
+    return kv_store_v(g_st, l)[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * BS + pos % BS) * D + d];
 }
 
 static int seq_ok(kv_pool_t *p, const kv_seq_t *s, const int32_t *toks) {
@@ -96,7 +110,7 @@ START_TEST(test_alloc_free) {
     ck_assert_int_eq(kv_pool_n_used(p), 0);
     kv_config_t bad = {.n_layers = 1, .n_kv_heads = 1, .head_dim = 1, .block_size = 0, .n_blocks = 4};
     ck_assert_ptr_null(kv_pool_create(&bad));
-    kv_pool_destroy(p);
+    rmpool(p);
 }
 END_TEST
 
@@ -126,8 +140,8 @@ START_TEST(test_fork_cow) {
     ck_assert(seq_ok(p, &a, toks));
     ck_assert(seq_ok(p, &b, tb));
     /* The copy's summary covers slots 4..6 of b only (kmin of layer 0 head 0 d 0). */
-    float mn = kv_layer_kmin(p, 0)[(size_t)b.blocks[1] * kv_summary_stride(p)];
-    float mx = kv_layer_kmax(p, 0)[(size_t)b.blocks[1] * kv_summary_stride(p)];
+    float mn = kv_store_kmin(g_st, 0)[(size_t)b.blocks[1] * kv_store_summary_stride(g_st)];
+    float mx = kv_store_kmax(g_st, 0)[(size_t)b.blocks[1] * kv_store_summary_stride(g_st)];
     ck_assert_float_eq(mn, kval(5, 4, 0, 0, 0));
     ck_assert_float_eq(mx, kval(9, 6, 0, 0, 0));
     /* No space: prepare_write on a shared block fails and changes nothing. */
@@ -144,7 +158,7 @@ START_TEST(test_fork_cow) {
     kv_seq_release(p, &a);
     kv_seq_release(p, &b);
     ck_assert_int_eq(kv_pool_n_available(p), 8);
-    kv_pool_destroy(p);
+    rmpool(p);
 }
 END_TEST
 
@@ -216,7 +230,7 @@ START_TEST(test_prefix_reuse_lru) {
     ck_assert_int_eq(kv_prefix_attach(p, &b, u, 9), 0);
     kv_seq_release(p, &big);
     ck_assert_int_eq(kv_pool_n_available(p), 8);
-    kv_pool_destroy(p);
+    rmpool(p);
 }
 END_TEST
 
@@ -231,7 +245,7 @@ START_TEST(test_summaries) {
         for (int l = 0; l < L; l++) {
             float v[H * D] = {0};
             for (int i = 0; i < H * D; i++) keys[pos][l][i] = (float)(rand_r(&seed) % 2001 - 1000) / 10.0f;
-            kv_write(p, &s, l, pos, keys[pos][l], v);
+            kv_store_write(g_st, &s, l, pos, keys[pos][l], v);
         }
     for (int blk = 0; blk < 2; blk++)
         for (int l = 0; l < L; l++)
@@ -241,9 +255,9 @@ START_TEST(test_summaries) {
                     mn = fminf(mn, keys[pos][l][i]);
                     mx = fmaxf(mx, keys[pos][l][i]);
                 }
-                size_t off = (size_t)s.blocks[blk] * kv_summary_stride(p) + (size_t)i;
-                ck_assert_float_eq(kv_layer_kmin(p, l)[off], mn);
-                ck_assert_float_eq(kv_layer_kmax(p, l)[off], mx);
+                size_t off = (size_t)s.blocks[blk] * kv_store_summary_stride(g_st) + (size_t)i;
+                ck_assert_float_eq(kv_store_kmin(g_st, l)[off], mn);
+                ck_assert_float_eq(kv_store_kmax(g_st, l)[off], mx);
             }
     kv_seq_release(p, &s);
     /* A reused block gets a fresh summary. */
@@ -251,11 +265,11 @@ START_TEST(test_summaries) {
     ck_assert_int_eq(kv_seq_reserve(p, &s, 1), 0);
     float k1[H * D], v1[H * D] = {0};
     for (int i = 0; i < H * D; i++) k1[i] = 3.0f;
-    kv_write(p, &s, 0, 0, k1, v1);
-    ck_assert_float_eq(kv_layer_kmin(p, 0)[(size_t)s.blocks[0] * kv_summary_stride(p)], 3.0f);
-    ck_assert_float_eq(kv_layer_kmax(p, 0)[(size_t)s.blocks[0] * kv_summary_stride(p)], 3.0f);
+    kv_store_write(g_st, &s, 0, 0, k1, v1);
+    ck_assert_float_eq(kv_store_kmin(g_st, 0)[(size_t)s.blocks[0] * kv_store_summary_stride(g_st)], 3.0f);
+    ck_assert_float_eq(kv_store_kmax(g_st, 0)[(size_t)s.blocks[0] * kv_store_summary_stride(g_st)], 3.0f);
     kv_seq_release(p, &s);
-    kv_pool_destroy(p);
+    rmpool(p);
 }
 END_TEST
 
@@ -349,7 +363,7 @@ START_TEST(test_random_ops) {
     ck_assert_int_eq(kv_pool_n_available(p), 24);
     kv_pool_clear_cache(p);
     ck_assert_int_eq(p->n_free, 24);
-    kv_pool_destroy(p);
+    rmpool(p);
 }
 END_TEST
 

@@ -12,10 +12,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cpu.h"
 #include "common/status.h"
 #include "model/gguf.h"
 #include "ops/ops.h"
 #include "model/chat.h"
+#include "model/exec.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "tools/mkmodel.h"
@@ -46,10 +48,22 @@ static model_t *tiny_model(uint32_t type, uint64_t seed) {
     return m;
 }
 
-static kv_pool_t *make_pool(const model_t *m, int64_t n_blocks) {
-    kv_config_t cfg = model_kv_config(m, 16, n_blocks);
+/* A CPU executor for batches of up to max_tokens rows with a store of
+ * n_blocks blocks of 16 tokens. */
+static model_exec_t *mk_exec(const model_t *m, int max_tokens, int64_t n_blocks) {
+    char err[256];
+    model_exec_opts_t o = {.device = "cpu", .max_batch_tokens = max_tokens, .block_size = 16, .kv_blocks = n_blocks};
+    model_exec_t *e = model_exec_create(m, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    return e;
+}
+
+/* The host pool of e's store, bound to it. */
+static kv_pool_t *make_pool(model_exec_t *e) {
+    kv_config_t cfg = model_exec_kv_config(e);
     kv_pool_t *p = kv_pool_create(&cfg);
     ck_assert_ptr_nonnull(p);
+    ck_assert_int_eq(model_exec_bind(e, p), 0);
     return p;
 }
 
@@ -61,14 +75,14 @@ static void tokens_for(int32_t *t, int n, int n_vocab, unsigned seed) {
 }
 
 /* Runs tokens[0..n) of one sequence at pos0 alone (reserving blocks). */
-static void run_one(model_ctx_t *c, kv_pool_t *kv, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int mode,
+static void run_one(model_exec_t *c, kv_pool_t *kv, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int mode,
                     int decode, float *logits) {
     ck_assert_int_eq(kv_seq_reserve(kv, s, pos0 + n), 0);
     ck_assert_int_eq(kv_seq_prepare_write(kv, s, pos0, pos0 + n), 0);
     model_seq_t seq = {
-        .tok0 = 0, .n_tok = n, .pos0 = pos0, .kv = s, .decode = decode, .logits_mode = mode, .logits = logits};
+        .tok0 = 0, .n_tok = n, .pos0 = pos0, .kv = s, .generated = decode, .logits_mode = mode, .logits = logits};
     model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &seq};
-    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
     s->n_tokens = pos0 + n;
 }
 
@@ -95,8 +109,8 @@ START_TEST(test_batched_equals_alone) {
     int32_t *tok = malloc(total * sizeof *tok);
     float *ref = malloc((size_t)total * V * sizeof(float)), *got = malloc((size_t)total * V * sizeof(float));
     tokens_for(tok, total, V, 42);
-    model_ctx_t *c = model_ctx_create(m, 64);
-    kv_pool_t *kv = make_pool(m, 64);
+    model_exec_t *c = mk_exec(m, 64, 64);
+    kv_pool_t *kv = make_pool(c);
     /* each alone */
     int off = 0;
     for (int i = 0; i < NS; i++) {
@@ -118,9 +132,9 @@ START_TEST(test_batched_equals_alone) {
         off += len[i];
     }
     model_batch_t b = {.n_tokens = total, .tokens = tok, .n_seqs = NS, .seqs = seqs};
-    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
     double d = max_abs_diff(ref, got, (size_t)total * V);
-    ck_assert_msg(d < TINY_TOL, "batched vs alone: max |diff| %g", d);
+    ck_assert_msg(d == 0, "batched vs alone: max |diff| %g (must be bitwise equal)", d);
     /* logits_mode 1 gives exactly the last row; mode 0 leaves the buffer alone */
     float *last = malloc((size_t)V * sizeof(float));
     for (int i = 0; i < NS; i++) {
@@ -135,14 +149,14 @@ START_TEST(test_batched_equals_alone) {
         seqs[i].logits_mode = i == 1 ? 1 : 0;
         seqs[i].logits = i == 1 ? last : got;
     }
-    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
     ck_assert_float_eq(got[0], sentinel);
     d = max_abs_diff(last, ref + (size_t)(len[0] + len[1] - 1) * V, V);
     ck_assert_msg(d < TINY_TOL, "mode 1 vs mode 2 last row: %g", d);
     for (int i = 0; i < NS; i++) kv_seq_release(kv, &s[i]);
     free(last), free(tok), free(ref), free(got);
     kv_pool_destroy(kv);
-    model_ctx_destroy(c);
+    model_exec_destroy(c);
     model_free(m);
 }
 END_TEST
@@ -154,8 +168,8 @@ START_TEST(test_chunked_and_decode) {
     int32_t tok[N];
     tokens_for(tok, N, V, 7);
     float *ref = malloc((size_t)N * V * sizeof(float)), *got = malloc((size_t)N * V * sizeof(float));
-    model_ctx_t *c = model_ctx_create(m, N);
-    kv_pool_t *kv = make_pool(m, 32);
+    model_exec_t *c = mk_exec(m, N, 32);
+    kv_pool_t *kv = make_pool(c);
     kv_seq_t s;
     kv_seq_init(&s);
     run_one(c, kv, &s, tok, N, 0, 2, 0, ref);
@@ -166,7 +180,7 @@ START_TEST(test_chunked_and_decode) {
     kv_seq_init(&s);
     for (int i = 0, p = 0; i < 3; p += ch[i], i++) run_one(c, kv, &s, tok + p, ch[i], p, 2, 0, got + (size_t)p * V);
     double d = max_abs_diff(ref, got, (size_t)N * V);
-    ck_assert_msg(d < TINY_TOL, "chunked vs one-shot: max |diff| %g", d);
+    ck_assert_msg(d == 0, "chunked vs one-shot: max |diff| %g (must be bitwise equal)", d);
     kv_seq_release(kv, &s);
 
     /* prefill 30 tokens, then decode the remaining 7 one by one */
@@ -192,19 +206,19 @@ START_TEST(test_chunked_and_decode) {
     memcpy(mixed + 1, tok, 12 * sizeof(int32_t));
     float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)12 * V * sizeof(float));
     model_seq_t seqs[2] = {
-        {.tok0 = 0, .n_tok = 1, .pos0 = 20, .kv = &a, .decode = 1, .logits_mode = 1, .logits = la},
+        {.tok0 = 0, .n_tok = 1, .pos0 = 20, .kv = &a, .generated = 1, .logits_mode = 1, .logits = la},
         {.tok0 = 1, .n_tok = 12, .pos0 = 0, .kv = &bq, .logits_mode = 2, .logits = lb},
     };
     model_batch_t b = {.n_tokens = 13, .tokens = mixed, .n_seqs = 2, .seqs = seqs};
-    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
     d = max_abs_diff(la, ref + (size_t)20 * V, V);
     ck_assert_msg(d < TINY_TOL, "mixed batch decode row: %g", d);
     d = max_abs_diff(lb, ref, (size_t)12 * V);
-    ck_assert_msg(d < TINY_TOL, "mixed batch prefill rows: %g", d);
+    ck_assert_msg(d == 0, "mixed batch prefill rows: %g (must be bitwise equal)", d);
     kv_seq_release(kv, &a), kv_seq_release(kv, &bq);
     free(la), free(lb), free(ref), free(got);
     kv_pool_destroy(kv);
-    model_ctx_destroy(c);
+    model_exec_destroy(c);
     model_free(m);
 }
 END_TEST
@@ -212,8 +226,8 @@ END_TEST
 START_TEST(test_bad_batches) {
     model_t *m = tiny_model(GGML_TYPE_F32, 3);
     int V = model_hparams(m)->n_vocab;
-    model_ctx_t *c = model_ctx_create(m, 8);
-    kv_pool_t *kv = make_pool(m, 8);
+    model_exec_t *c = mk_exec(m, 8, 8);
+    kv_pool_t *kv = make_pool(c);
     kv_seq_t s;
     kv_seq_init(&s);
     ck_assert_int_eq(kv_seq_reserve(kv, &s, 16), 0);
@@ -221,30 +235,30 @@ START_TEST(test_bad_batches) {
     float *lg = malloc((size_t)8 * V * sizeof(float));
     model_seq_t q = {.tok0 = 0, .n_tok = 4, .kv = &s, .logits_mode = 1, .logits = lg};
     model_batch_t b = {.n_tokens = 4, .tokens = tok, .n_seqs = 1, .seqs = &q};
-    ck_assert_int_eq(model_forward(c, kv, &b), 0);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
     b.n_tokens = 9; // more than the context was made for
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
     b.n_tokens = 5; // slices do not cover the batch
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
     b.n_tokens = 4;
     tok[2] = V; // token out of range
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
     tok[2] = 3;
     q.pos0 = 14; // beyond the reserved blocks
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
     q.pos0 = 0;
-    q.decode = 1; // decode slices hold one token
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
-    q.decode = 0;
+    q.logits_mode = 3; // not a logits mode
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
+    q.logits_mode = MODEL_LOGITS_LAST;
     model_seq_t two[2] = {q, q}; // overlapping slices
     two[0].n_tok = 2;
     b.n_seqs = 2;
     b.seqs = two;
-    ck_assert_int_eq(model_forward(c, kv, &b), LC_EINVAL);
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), LC_EINVAL);
     kv_seq_release(kv, &s);
     free(lg);
     kv_pool_destroy(kv);
-    model_ctx_destroy(c);
+    model_exec_destroy(c);
     model_free(m);
 }
 END_TEST
@@ -260,16 +274,17 @@ START_TEST(test_quantized_types) {
     int32_t tok[9];
     tokens_for(tok, 9, V, 3);
     float *lr = malloc((size_t)V * sizeof(float)), *lq = malloc((size_t)V * sizeof(float));
-    model_ctx_t *c = model_ctx_create(ref, 9);
-    kv_pool_t *kv = make_pool(ref, 4);
+    model_exec_t *c = mk_exec(ref, 9, 4);
+    kv_pool_t *kv = make_pool(c);
     kv_seq_t s;
     kv_seq_init(&s);
     run_one(c, kv, &s, tok, 9, 0, 1, 0, lr);
     kv_seq_release(kv, &s);
-    model_ctx_destroy(c);
+    model_exec_destroy(c);
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
         model_t *m = tiny_model(types[i], 5);
-        c = model_ctx_create(m, 9);
+        c = mk_exec(m, 9, 4);
+        ck_assert_int_eq(model_exec_bind(c, kv), 0);
         kv_seq_init(&s);
         run_one(c, kv, &s, tok, 9, 0, 1, 0, lq);
         kv_seq_release(kv, &s);
@@ -279,12 +294,100 @@ START_TEST(test_quantized_types) {
         fprintf(stderr, "check_model: %s vs f32: relative logit difference %.2e\n", ggml_type_name(types[i]), d);
         ck_assert_msg(d < tol[i], "%s vs f32: relative difference %g", ggml_type_name(types[i]), d);
         ck_assert_msg(d > 0 || types[i] == GGML_TYPE_F32, "%s identical to f32?", ggml_type_name(types[i]));
-        model_ctx_destroy(c);
+        model_exec_destroy(c);
         model_free(m);
     }
     kv_pool_destroy(kv);
     free(lr), free(lq);
     model_free(ref);
+}
+END_TEST
+
+/* Bitwise row invariance of the whole forward pass on every kernel set, for
+ * f32 and 4-bit weights: a prompt's logits are the same in one chunk, in
+ * uneven chunks and batched with other sequences; generated tokens (the 8-bit
+ * path and the decode attention) are the same decoded one at a time,
+ * recomputed as one slice of generated rows, and next to prompt chunks. */
+static void rows_bitwise(uint32_t type, lc_cpu_level_t level) {
+    model_t *m = tiny_model(type, 13);
+    const int V = model_hparams(m)->n_vocab;
+    enum { NP = 40, NG = 12 };
+    int32_t tok[NP + NG];
+    tokens_for(tok, NP + NG, V, 99);
+    float *ref = malloc((size_t)(NP + NG) * V * sizeof(float)), *got = malloc((size_t)(NP + NG) * V * sizeof(float));
+    model_exec_t *c = mk_exec(m, 96, 64);
+    kv_pool_t *kv = make_pool(c);
+    char what[96];
+    snprintf(what, sizeof what, "%s on %s", ggml_type_name(type), lc_cpu_level_name(level));
+    /* the reference: the prompt in one chunk, then each generated token decoded */
+    kv_seq_t a;
+    kv_seq_init(&a);
+    run_one(c, kv, &a, tok, NP, 0, MODEL_LOGITS_ALL, 0, ref);
+    for (int g = 0; g < NG; g++)
+        run_one(c, kv, &a, tok + NP + g, 1, NP + g, MODEL_LOGITS_LAST, 1, ref + (size_t)(NP + g) * V);
+    kv_seq_release(kv, &a);
+    /* the prompt in uneven chunks, then all generated tokens as one slice */
+    const int cuts[] = {0, 1, 17, 18, 33, NP};
+    kv_seq_init(&a);
+    for (int i = 0; i + 1 < (int)(sizeof cuts / sizeof cuts[0]); i++)
+        run_one(c, kv, &a, tok + cuts[i], cuts[i + 1] - cuts[i], cuts[i], MODEL_LOGITS_ALL, 0,
+                got + (size_t)cuts[i] * V);
+    run_one(c, kv, &a, tok + NP, NG, NP, MODEL_LOGITS_ALL, 1, got + (size_t)NP * V);
+    kv_seq_release(kv, &a);
+    ck_assert_msg(memcmp(got, ref, (size_t)NP * V * sizeof(float)) == 0, "%s: chunked prompt differs", what);
+    ck_assert_msg(memcmp(got + (size_t)NP * V, ref + (size_t)NP * V, (size_t)NG * V * sizeof(float)) == 0,
+                  "%s: generated rows recomputed as one slice differ from their decode steps", what);
+    /* a batch: A's prompt chunk [20, NP), B's full prompt, A's generated
+     * tokens 0..3 as one slice would need A's prompt done, so C = another
+     * sequence that already holds the prompt decodes its generated token 5 */
+    kv_seq_t sa, sb, sc;
+    kv_seq_init(&sa), kv_seq_init(&sb), kv_seq_init(&sc);
+    run_one(c, kv, &sa, tok, 20, 0, MODEL_LOGITS_NONE, 0, NULL);
+    run_one(c, kv, &sc, tok, NP, 0, MODEL_LOGITS_NONE, 0, NULL);
+    run_one(c, kv, &sc, tok + NP, 5, NP, MODEL_LOGITS_NONE, 1, NULL);
+    ck_assert_int_eq(kv_seq_reserve(kv, &sa, NP), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, &sb, NP), 0);
+    ck_assert_int_eq(kv_seq_reserve(kv, &sc, NP + 6), 0);
+    ck_assert_int_eq(kv_seq_prepare_write(kv, &sc, NP + 5, NP + 6), 0);
+    int32_t btok[NP - 20 + NP + 1];
+    memcpy(btok, tok + 20, (NP - 20) * sizeof(int32_t));
+    memcpy(btok + (NP - 20), tok, NP * sizeof(int32_t));
+    btok[2 * NP - 20] = tok[NP + 5];
+    float *la = malloc((size_t)(NP - 20) * V * sizeof(float)), *lb = malloc((size_t)NP * V * sizeof(float));
+    float *lc = malloc((size_t)V * sizeof(float));
+    model_seq_t seqs[3] = {
+        {.tok0 = 0, .n_tok = NP - 20, .pos0 = 20, .kv = &sa, .logits_mode = MODEL_LOGITS_ALL, .logits = la},
+        {.tok0 = NP - 20, .n_tok = NP, .pos0 = 0, .kv = &sb, .logits_mode = MODEL_LOGITS_ALL, .logits = lb},
+        {.tok0 = 2 * NP - 20,
+         .n_tok = 1,
+         .pos0 = NP + 5,
+         .kv = &sc,
+         .generated = 1,
+         .logits_mode = MODEL_LOGITS_LAST,
+         .logits = lc},
+    };
+    model_batch_t b = {.n_tokens = 2 * NP - 19, .tokens = btok, .n_seqs = 3, .seqs = seqs};
+    ck_assert_int_eq(model_exec_forward(c, kv, &b), 0);
+    ck_assert_msg(memcmp(la, ref + (size_t)20 * V, (size_t)(NP - 20) * V * sizeof(float)) == 0,
+                  "%s: batched prompt chunk differs", what);
+    ck_assert_msg(memcmp(lb, ref, (size_t)NP * V * sizeof(float)) == 0, "%s: batched prompt differs", what);
+    ck_assert_msg(memcmp(lc, ref + (size_t)(NP + 5) * V, (size_t)V * sizeof(float)) == 0,
+                  "%s: batched generated row differs", what);
+    kv_seq_release(kv, &sa), kv_seq_release(kv, &sb), kv_seq_release(kv, &sc);
+    free(la), free(lb), free(lc), free(ref), free(got);
+    kv_pool_destroy(kv);
+    model_exec_destroy(c);
+    model_free(m);
+}
+
+START_TEST(test_rows_bitwise) {
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
+        rows_bitwise(GGML_TYPE_F32, l);
+        rows_bitwise(GGML_TYPE_Q4_1, l);
+        rows_bitwise(GGML_TYPE_Q8_0, l);
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
 }
 END_TEST
 
@@ -457,8 +560,8 @@ static void real_vs_hf(int quant) {
     ck_assert_msg(m != NULL, "%s", err);
     int V = model_hparams(m)->n_vocab;
     ck_assert_int_eq(V, cJSON_GetObjectItem(doc, "n_vocab")->valueint);
-    model_ctx_t *c = model_ctx_create(m, 128);
-    kv_pool_t *kv = make_pool(m, 64);
+    model_exec_t *c = mk_exec(m, 128, 64);
+    kv_pool_t *kv = make_pool(c);
     float *ref = malloc((size_t)V * sizeof(float)), *lg = malloc((size_t)128 * V * sizeof(float));
     cJSON *cases = cJSON_GetObjectItem(doc, "cases"), *cs;
     int ci = 0;
@@ -533,7 +636,7 @@ static void real_vs_hf(int quant) {
     free(ref), free(lg), free(json);
     cJSON_Delete(doc);
     kv_pool_destroy(kv);
-    model_ctx_destroy(c);
+    model_exec_destroy(c);
     model_free(m);
     ops_mm_set_q8(1);
 }
@@ -551,6 +654,7 @@ static Suite *model_suite(void) {
     tcase_add_test(tc, test_batched_equals_alone);
     tcase_add_test(tc, test_chunked_and_decode);
     tcase_add_test(tc, test_bad_batches);
+    tcase_add_test(tc, test_rows_bitwise);
     tcase_add_test(tc, test_quantized_types);
     tcase_add_test(tc, test_load_errors);
     tcase_add_test(tc, test_vocab_and_template);

@@ -242,6 +242,7 @@ static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int ch
     c.enable_prefix_cache = prefix;
     c.max_running = 16;
     c.max_waiting = 1024;
+    c.target_step_ms = -1; // batches limited by max_batch_tokens only: the same schedule on any machine
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
     ck_assert_msg(s != NULL, "%s", err);

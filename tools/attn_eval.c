@@ -22,6 +22,7 @@
 
 #include "common/status.h"
 #include "common/timeutil.h"
+#include "model/exec.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "tools/cmds.h"
@@ -189,9 +190,12 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
     eval_t e = {.n_layers = hp->n_layers, .n_tok = n, .dec_rows = dec_rows, .sample = sample, .csv = csv};
     size_t QD = (size_t)sh.n_heads * sh.head_dim;
     int rc = LC_ENOMEM;
-    kv_config_t kc = model_kv_config(m, 16, (n + 15) / 16 + 1);
-    kv_pool_t *kv = kv_pool_create(&kc);
-    model_ctx_t *ctx = model_ctx_create(m, n);
+    char err[256];
+    model_exec_opts_t eo = {.device = "cpu", .max_batch_tokens = n, .max_seqs = 1, .kv_blocks = (n + 15) / 16 + 1};
+    model_exec_t *ctx = model_exec_create(m, &eo, err, sizeof err);
+    kv_config_t kc = ctx ? model_exec_kv_config(ctx) : (kv_config_t){0};
+    kv_pool_t *kv = ctx ? kv_pool_create(&kc) : NULL;
+    if (kv) model_exec_bind(ctx, kv);
     float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
     e.od = malloc(sizeof(float) * n * QD), e.o = malloc(sizeof(float) * n * QD);
     e.ld = malloc(sizeof(float) * n * sh.n_heads), e.l = malloc(sizeof(float) * n * sh.n_heads);
@@ -208,11 +212,11 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
             if (!(e.dstate[(size_t)i * dec_rows + r] = attn_state_create(&sh, hp->n_layers, &pol))) goto out;
     }
     if ((rc = kv_seq_reserve(kv, &seq, n)) || (rc = kv_seq_prepare_write(kv, &seq, 0, n))) goto out;
-    model_ctx_set_attn_hook(ctx, hook, &e);
-    model_seq_t ms = {.tok0 = 0, .n_tok = n, .pos0 = 0, .kv = &seq, .logits_mode = 1, .logits = logits};
+    model_exec_set_attn_hook(ctx, hook, &e);
+    model_seq_t ms = {.tok0 = 0, .n_tok = n, .pos0 = 0, .kv = &seq, .logits_mode = MODEL_LOGITS_LAST, .logits = logits};
     model_batch_t b = {.n_tokens = n, .tokens = ids, .n_seqs = 1, .seqs = &ms};
     double t0 = lc_now_s();
-    rc = model_forward(ctx, kv, &b);
+    rc = model_exec_forward(ctx, kv, &b);
     if (!rc) rc = e.err;
     if (rc) goto out;
     int n_sample = 0;
@@ -245,7 +249,7 @@ out:
     free(e.dstate);
     kv_seq_release(kv, &seq);
     kv_pool_destroy(kv);
-    model_ctx_destroy(ctx);
+    model_exec_destroy(ctx);
     free(logits), free(e.od), free(e.o), free(e.ld), free(e.l), free(e.rec);
     return rc;
 }

@@ -58,6 +58,7 @@ static int bench_one(const model_t *m, int conc, int max_tokens, int max_batch, 
     c.max_waiting = conc;
     c.max_batch_tokens = max_batch;
     c.enable_prefix_cache = 0; // measure the work, not the cache
+    c.block_size = 16;
     c.kv_blocks = (int64_t)conc * ((max_prompt + max_tokens + c.block_size - 1) / c.block_size + 1) + 8;
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);

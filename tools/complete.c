@@ -291,6 +291,7 @@ int cmd_complete(int argc, char **argv) {
     free(line);
     line = NULL;
     /* A pool for the requests in flight plus a spare request's worth (prefix cache). */
+    if (cfg.block_size <= 0) cfg.block_size = 16;
     cfg.kv_blocks = (int64_t)(conc + 1) * ((max_need + cfg.block_size - 1) / cfg.block_size + 2);
 
     sched_t *s = sched_create(m, &cfg, err, sizeof err);

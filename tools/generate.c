@@ -12,6 +12,7 @@
 #include "common/timeutil.h"
 #include "model/chat.h"
 #include "model/gguf.h"
+#include "model/exec.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "model/tokenizer.h"
@@ -123,7 +124,7 @@ int cmd_generate(int argc, char **argv) {
     char err[512];
     char *text = NULL;
     float *logits = NULL;
-    model_ctx_t *ctx = NULL;
+    model_exec_t *ctx = NULL;
     kv_pool_t *kv = NULL;
     sampler_t *smp = NULL;
     tok_stream_t *ts = NULL;
@@ -170,9 +171,15 @@ int cmd_generate(int argc, char **argv) {
 
     /* ---- engine: one sequence ---- */
     int chunk = n_prompt < GEN_CHUNK ? n_prompt : GEN_CHUNK;
-    kv_config_t cfg = model_kv_config(m, 16, (n_total + 15) / 16 + 1);
-    ctx = model_ctx_create(m, chunk);
+    model_exec_opts_t eo = {
+        .device = "cpu", .max_batch_tokens = chunk, .max_seqs = 1, .kv_blocks = (n_total + 15) / 16 + 1};
+    if (!(ctx = model_exec_create(m, &eo, err, sizeof err))) {
+        fprintf(stderr, "lacuna generate: %s\n", err);
+        goto out;
+    }
+    kv_config_t cfg = model_exec_kv_config(ctx);
     kv = kv_pool_create(&cfg);
+    if (kv) model_exec_bind(ctx, kv);
     logits = malloc((size_t)hp->n_vocab * sizeof *logits);
     smp = sampler_create(&sp, hp->n_vocab, ids.ids, n_prompt);
     ts = tok_stream_create(tok, 1);
@@ -184,11 +191,15 @@ int cmd_generate(int argc, char **argv) {
     double tp0 = lc_now_s();
     for (int p = 0; p < n_prompt; p += chunk) {
         int n = n_prompt - p < chunk ? n_prompt - p : chunk;
-        model_seq_t s = {
-            .tok0 = 0, .n_tok = n, .pos0 = p, .kv = &seq, .logits_mode = p + n == n_prompt, .logits = logits};
+        model_seq_t s = {.tok0 = 0,
+                         .n_tok = n,
+                         .pos0 = p,
+                         .kv = &seq,
+                         .logits_mode = p + n == n_prompt ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
+                         .logits = logits};
         model_batch_t b = {.n_tokens = n, .tokens = ids.ids + p, .n_seqs = 1, .seqs = &s};
         int rc = kv_seq_prepare_write(kv, &seq, p, p + n);
-        if (!rc) rc = model_forward(ctx, kv, &b);
+        if (!rc) rc = model_exec_forward(ctx, kv, &b);
         if (rc) {
             fprintf(stderr, "lacuna generate: forward: %s\n", lc_strerror(rc));
             goto out;
@@ -213,11 +224,16 @@ int cmd_generate(int argc, char **argv) {
         }
         if (n_done >= n_gen) break;
         int64_t pos = n_prompt + n_done - 1;
-        model_seq_t s = {
-            .tok0 = 0, .n_tok = 1, .pos0 = pos, .kv = &seq, .decode = 1, .logits_mode = 1, .logits = logits};
+        model_seq_t s = {.tok0 = 0,
+                         .n_tok = 1,
+                         .pos0 = pos,
+                         .kv = &seq,
+                         .generated = 1,
+                         .logits_mode = MODEL_LOGITS_LAST,
+                         .logits = logits};
         model_batch_t b = {.n_tokens = 1, .tokens = &r.token, .n_seqs = 1, .seqs = &s};
         int rc = kv_seq_prepare_write(kv, &seq, pos, pos + 1);
-        if (!rc) rc = model_forward(ctx, kv, &b);
+        if (!rc) rc = model_exec_forward(ctx, kv, &b);
         if (rc) {
             fprintf(stderr, "\nlacuna generate: forward: %s\n", lc_strerror(rc));
             goto out;
@@ -239,7 +255,7 @@ out:
     tok_stream_destroy(ts);
     sampler_destroy(smp);
     kv_pool_destroy(kv);
-    model_ctx_destroy(ctx);
+    model_exec_destroy(ctx);
     free(logits);
     free(text);
     tok_ids_free(&ids);

@@ -1,16 +1,36 @@
 /* Attention over the paged KV cache: dense and sparse prefill, dense and
  * sparse decode. The kernels know nothing about requests: they take plain
- * arrays (queries, one sequence's block table, lengths) and a policy.
+ * arrays (queries, block tables, lengths) and a per-sequence policy.
+ *
+ * Plan, then run. Once per step the executor plans over every sequence of
+ * the batch (attn_plan): the batch is checked, per-sequence state is sized
+ * and one workspace is sized and allocated. Then each layer runs
+ * (attn_run) with that layer's store, queries, outputs and LSE. attn_run
+ * allocates nothing. The per-call functions at the end (attn_prefill,
+ * attn_decode, ...) plan a one-sequence batch on every call: tests and tools.
+ *
+ * Arithmetic (CPU). A row's result is a function of its query, its keys and
+ * values, its policy and the CPU kernel set (common/cpu.h) only: never of the
+ * other rows of its chunk or batch, the chunk boundaries or the thread count.
+ * Dense attention (and the sink + window baseline) processes a row's keys in
+ * pieces of ATTN_PIECE positions aligned to multiples of ATTN_PIECE, each
+ * piece in tiles aligned to multiples of ATTN_BK, and merges the pieces in
+ * order; so a prompt row and a generated row at the same position with the
+ * same keys give the same bits, whichever kernel (prefill or decode) ran.
  *
  * Every kernel returns the per-row log-sum-exp of the scaled scores it
  * computed, so that partial results over disjoint key sets merge exactly
  * (chunked prefill, prefix reuse, context-parallel rings):
  *   o = sum_i exp(lse_i - lse) o_i,  lse = log sum_i exp(lse_i).
  *
- * Threading: a call may use several threads internally (OpenMP over heads);
- * callers run one call at a time per attn_state_t. */
+ * Threading: a call uses the calling thread's OpenMP team; callers run one
+ * call at a time per plan and per attn_state_t. */
 #ifndef LC_ATTN_H
 #define LC_ATTN_H
+
+/* Keys per gathered tile and per piece (see the arithmetic above). */
+#define ATTN_BK 64
+#define ATTN_PIECE 1024
 
 #include <stddef.h>
 #include <stdint.h>
@@ -26,8 +46,8 @@ typedef struct {
 /* One layer of one sequence's KV, paged. Block table entry i holds keys of
  * positions [i*block_size, (i+1)*block_size). */
 typedef struct {
-    const float *k;        // block b at k + b*blk_stride: (n_kv_heads, block_size, head_dim)
-    const float *v;        // same layout as k
+    const float *k;        // block b at k + b*blk_stride: (n_kv_heads, head_dim, block_size), transposed
+    const float *v;        // block b at v + b*blk_stride: (n_kv_heads, block_size, head_dim)
     const float *kmin;     // block b at kmin + b*sum_stride: (n_kv_heads, head_dim); may be NULL
     const float *kmax;     // same as kmin
     size_t blk_stride;     // floats between consecutive blocks
@@ -101,7 +121,61 @@ const attn_policy_t *attn_state_policy(const attn_state_t *st);
 const attn_stats_t *attn_state_stats(const attn_state_t *st);
 void attn_state_reset_stats(attn_state_t *st);
 
-/* ---- kernels ---------------------------------------------------------------------- */
+/* ---- plan and run ------------------------------------------------------------------ */
+/* One layer's KV store as the kernels read it (f32 on the CPU). */
+typedef struct {
+    const float *k;    // block b at k + b*blk_stride: (n_kv_heads, head_dim, block_size), transposed
+    const float *v;    // block b at v + b*blk_stride: (n_kv_heads, block_size, head_dim)
+    const float *kmin; // block b at kmin + b*sum_stride: (n_kv_heads, head_dim); may be NULL
+    const float *kmax; // same as kmin
+    size_t blk_stride; // floats between consecutive blocks
+    size_t sum_stride; // floats between consecutive summaries
+    int block_size;
+} attn_store_t;
+
+/* One sequence's rows in a step. Rows tok0 .. tok0+n_tok-1 of the batch sit at
+ * positions pos0 .. pos0+n_tok-1; after this step's K/V writes the keys
+ * 0 .. pos0+n_tok-1 are valid, through `blocks`. */
+typedef struct {
+    int tok0;
+    int n_tok;
+    int64_t pos0;
+    const int32_t *blocks; // (ceil((pos0 + n_tok) / block_size)) block table
+    attn_state_t *state;   // policy, counters, selections; NULL = dense
+    /* 0: prompt rows (the prefill method, causal over the chunk);
+     * 1: generated tokens: each row attends as the decode step of its
+     *    position did (the decode method with keys 0..pos) — one row when
+     *    decoding, several when recomputing a preempted sequence. */
+    int decode;
+} attn_seq_t;
+
+typedef struct {
+    int n_rows; // rows of the batch (q, out, lse)
+    int n_seqs;
+    const attn_seq_t *seqs; // (n_seqs); row ranges disjoint
+    int block_size;         // tokens per KV block of the store the run will read
+} attn_batch_t;
+
+typedef struct attn_plan attn_plan_t;
+/* NULL on OOM or a bad shape. */
+attn_plan_t *attn_plan_create(const attn_shape_t *shape, int n_layers);
+void attn_plan_destroy(attn_plan_t *p);
+/* Plans a step for the calling thread's OpenMP team: checks the batch, grows
+ * the sequences' states and the workspace as needed (the only allocations).
+ * The batch's arrays must stay valid until the last attn_run of the step.
+ * Returns 0, LC_EINVAL (bad batch) or LC_ENOMEM. */
+int attn_plan(attn_plan_t *p, const attn_batch_t *b);
+/* Runs one layer of the planned step and adds to each state's density
+ * counters. The store must hold the step's new K/V for this layer.
+ *   q, out: (n_rows, n_heads, head_dim);  lse: (n_rows, n_heads) or NULL
+ * Returns 0 or LC_EINVAL. */
+int attn_run(attn_plan_t *p, int layer, const attn_store_t *kv, const float *q, float *out, float *lse);
+/* Workspace bytes of the last plan (metrics, tests). */
+size_t attn_plan_workspace(const attn_plan_t *p);
+
+/* ---- per-call kernels (tests, tools) ------------------------------------------------ */
+/* Each plans a one-sequence batch per call (allocates); same arithmetic as
+ * attn_run. */
 /* Prefill: n_q query rows at positions q_pos0..q_pos0+n_q-1 attend causally to
  * keys 0..q_pos0+n_q-1 (kv->n_kv must be >= q_pos0 + n_q). Uses the policy's
  * prefill method (st may be NULL for dense).

@@ -1,40 +1,110 @@
-/* Internal to src/attn: the per-sequence state and the entry points of each
- * method, dispatched from policy.c. Not for other modules. */
+/* Internal to src/attn: the per-sequence state, the plan, and the entry
+ * points of each method, dispatched from plan.c. Not for other modules. */
 #ifndef LC_ATTN_INT_H
 #define LC_ATTN_INT_H
 
 #include "attn/attn.h"
+#include "attn/cpu/kern.h"
 
 struct attn_state {
     attn_shape_t shape;
     int n_layers;
     attn_policy_t pol;
     attn_stats_t stats;
-    // TidalDecode: positions chosen at the last selection layer, per KV head,
-    // sorted ascending; valid while tidal_nkv equals the current n_kv.
-    int64_t *tidal_pos; // (n_kv_heads, tidal_cap)
-    int *tidal_n;       // (n_kv_heads)
+    /* TidalDecode: per decode row of the current step (a step decodes one row
+     * per sequence, or several when a preempted sequence is recomputed) and
+     * per KV head, the positions chosen at the last selection layer, sorted;
+     * a row's selection is valid while tidal_nkv[row] equals its n_kv. Sized
+     * by the plan (attn__state_reserve). */
+    int64_t *tidal_pos; // (tidal_rows, n_kv_heads, tidal_cap)
+    int *tidal_n;       // (tidal_rows, n_kv_heads)
+    int64_t *tidal_nkv; // (tidal_rows); -1: no selection
     int tidal_cap;
-    int64_t tidal_nkv; // -1: no selection yet
+    int tidal_rows;
 };
 
+/* Grows st's per-row selection arrays to rows rows (plan time). 0 or LC_ENOMEM. */
+int attn__state_reserve(attn_state_t *st, int rows);
+
+/* ---- the plan -------------------------------------------------------------------- */
+/* A generated row of the step: decode rows of all sequences run together. */
+typedef struct {
+    int seq;      // index in the batch
+    int row;      // row within the sequence's slice (TidalDecode's selection slot)
+    int64_t n_kv; // keys it sees: 0 .. n_kv-1 (its position is n_kv-1)
+    int qrow;     // row of the batch
+    int rg_cap;   // ranges it may need per KV head
+} attn_drow_t;
+
+/* One piece of one decode row and KV head. */
+typedef struct {
+    int drow, kh;
+    int64_t piece;
+} attn_ditem_t;
+
+struct attn_plan {
+    attn_shape_t shape;
+    int n_layers;
+    int n_threads; // team size the workspace was sized for
+    int n_rows;
+    int block_size;
+    attn_seq_t *seqs; // (cap_seqs) copy of the batch's slices
+    int n_seqs, cap_seqs;
+    attn_drow_t *drows; // (cap_drows)
+    int n_drows, cap_drows;
+    /* decode bookkeeping, sized at plan time */
+    attn_range_t *drg; // ranges of (drow, kh) at drg + drg_off[drow * KH + kh]
+    size_t *drg_off;   // (n_drows * KH)
+    int *drg_n;        // (n_drows * KH)
+    size_t cap_drg, cap_dk;
+    int *dk_item0, *dk_nitem; // (n_drows * KH) first item and item count of (drow, kh)
+    attn_ditem_t *ditems;     // (cap_ditems)
+    double *dcomp;            // (cap_ditems) visible pairs of each item
+    float *dpart;             // (cap_ditems, G, head_dim + 1) piece results: out then lse
+    size_t cap_ditems;
+    /* workspace: one arena per thread, then one shared */
+    unsigned char *ws;
+    size_t ws_cap, per_thread, shared_bytes;
+    attn_arena_t *arenas; // (n_threads)
+    attn_arena_t shared;
+};
+
+/* ---- prefill methods (one sequence's prompt chunk) ---------------------------------- */
+typedef struct {
+    size_t per_thread, shared;
+} attn_ws_t;
+
 /* Each returns 0 or a negative status; *computed receives the visible
- * query-key pairs the call attended, summed over query heads. */
-int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                      const attn_kv_t *kv, float *out, float *lse, double *computed);
-int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                        const attn_kv_t *kv, float *out, float *lse, double *computed);
-int attn_prefill_streaming(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                           const attn_kv_t *kv, float *out, float *lse, double *computed);
-int attn_decode_streaming(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,
-                          float *out, float *lse, double *computed);
-int attn_decode_quest(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,
-                      float *out, float *lse, double *computed);
-/* select != 0: full attention, then refresh st's selection; else attend the
- * saved selection (full attention when there is none for this n_kv). */
-int attn_decode_tidal(attn_state_t *st, int select, const float *q, const attn_kv_t *kv, float *out, float *lse,
-                      double *computed);
-int attn_decode_dense_count(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, float *out, float *lse,
-                            double *computed);
+ * query-key pairs the call attended, summed over query heads. arenas: one per
+ * thread of the team; shared: one for the call. */
+attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
+int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
+                       const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
+                       double *computed);
+attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
+int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
+                         int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);
+
+/* StreamingLLM's mask (sinks plus a recent window, the baseline): prefill runs
+ * attn_prefill_window with it, decode rows the same ranges. */
+static inline void attn__streaming_window(const attn_policy_t *pol, int64_t *sink, int64_t *window) {
+    *sink = pol->sink_tokens > 0 ? pol->sink_tokens : 0;
+    *window = pol->window_tokens > 0 ? pol->window_tokens : 1;
+}
+
+/* ---- decode (every generated row of the step, decode.c) ----------------------------- */
+/* Ranges a row of this policy may need per KV head, and per-thread bytes. */
+int attn__decode_rg_cap(const attn_policy_t *pol, int64_t n_kv, int block_size);
+size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int64_t n_kv, int block_size);
+/* Runs layer `layer` for all the plan's decode rows. */
+int attn__decode_rows(attn_plan_t *p, int layer, const attn_store_t *kv, const float *q, float *out, float *lse);
+
+/* Method selection for decode rows (quest.c, tidal.c): the key ranges of row
+ * dr for KV head kh into rg (at most rg_cap); return the count. */
+int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,
+                       const attn_kv_t *kv, attn_range_t *rg);
+int attn__tidal_ranges(const attn_state_t *st, int row, int kh, int64_t n_kv, attn_range_t *rg);
+/* After a selection layer's dense pass: chooses row's positions for kh. */
+int attn__tidal_select(attn_state_t *st, attn_arena_t *ar, int row, int kh, const float *q, const attn_kv_t *kv);
 
 #endif

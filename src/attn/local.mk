@@ -2,8 +2,8 @@
 liblacuna_a_SOURCES += \
 	src/attn/attn.h src/attn/attn_int.h src/attn/policy.c \
 	src/attn/cpu/kern.h src/attn/cpu/kern.c src/attn/cpu/kern_x86.h src/attn/cpu/kern_x86.c \
-	src/attn/cpu/dense.c \
-	src/attn/cpu/streaming.c \
+	src/attn/cpu/plan.c \
+	src/attn/cpu/decode.c \
 	src/attn/cpu/quest.c \
 	src/attn/cpu/tidal.c \
 	src/attn/cpu/flex.c \

@@ -1,13 +1,12 @@
-/* Attention policy (defaults, names), per-sequence state (density counters,
- * TidalDecode's carried selection) and the dispatch of attn_prefill /
- * attn_decode to the method each policy names. */
+/* Attention policy (defaults, names) and the per-sequence state (density
+ * counters, TidalDecode's carried selections). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 #include "attn/attn.h"
 #include "attn/attn_int.h"
-#include "attn/cpu/kern.h"
 #include "common/status.h"
 
 void attn_policy_default(attn_policy_t *p) {
@@ -65,71 +64,42 @@ attn_state_t *attn_state_create(const attn_shape_t *shape, int n_layers, const a
     else
         attn_policy_default(&st->pol);
     if (st->pol.tidal_reselect_layer < 0) st->pol.tidal_reselect_layer = n_layers / 2;
-    st->tidal_nkv = -1;
     st->tidal_cap = st->pol.decode_budget > 0 ? st->pol.decode_budget + 1 : 1;
-    st->tidal_n = calloc((size_t)shape->n_kv_heads, sizeof(int));
-    st->tidal_pos = malloc((size_t)shape->n_kv_heads * st->tidal_cap * sizeof(int64_t));
-    if (!st->tidal_n || !st->tidal_pos) goto fail;
+    if (attn__state_reserve(st, 1)) goto fail;
     return st;
 fail:
     attn_state_destroy(st);
     return NULL;
 }
 
+int attn__state_reserve(attn_state_t *st, int rows) {
+    if (rows <= st->tidal_rows) return 0;
+    const size_t KH = (size_t)st->shape.n_kv_heads;
+    int64_t *pos = realloc(st->tidal_pos, (size_t)rows * KH * st->tidal_cap * sizeof *pos);
+    if (!pos) return LC_ENOMEM;
+    st->tidal_pos = pos;
+    int *n = realloc(st->tidal_n, (size_t)rows * KH * sizeof *n);
+    if (!n) return LC_ENOMEM;
+    st->tidal_n = n;
+    int64_t *nkv = realloc(st->tidal_nkv, (size_t)rows * sizeof *nkv);
+    if (!nkv) return LC_ENOMEM;
+    st->tidal_nkv = nkv;
+    for (int r = st->tidal_rows; r < rows; r++) {
+        st->tidal_nkv[r] = -1;
+        memset(st->tidal_n + (size_t)r * KH, 0, KH * sizeof *n);
+    }
+    st->tidal_rows = rows;
+    return 0;
+}
+
 void attn_state_destroy(attn_state_t *st) {
     if (!st) return;
     free(st->tidal_n);
     free(st->tidal_pos);
+    free(st->tidal_nkv);
     free(st);
 }
 
 const attn_policy_t *attn_state_policy(const attn_state_t *st) { return &st->pol; }
 const attn_stats_t *attn_state_stats(const attn_state_t *st) { return &st->stats; }
 void attn_state_reset_stats(attn_state_t *st) { st->stats = (attn_stats_t){0}; }
-
-/* ---- dispatch ---------------------------------------------------------------------- */
-int attn_prefill(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q, int64_t q_pos0,
-                 const attn_kv_t *kv, float *out, float *lse) {
-    double computed = 0;
-    int rc;
-    const attn_policy_t *pol = st ? &st->pol : NULL;
-    switch (pol ? pol->prefill : ATTN_PREFILL_DENSE) {
-    case ATTN_PREFILL_FLEX: rc = attn_prefill_flex(shape, pol, q, n_q, q_pos0, kv, out, lse, &computed); break;
-    case ATTN_PREFILL_ANCHOR: rc = attn_prefill_anchor(shape, pol, q, n_q, q_pos0, kv, out, lse, &computed); break;
-    case ATTN_PREFILL_STREAMING:
-        rc = attn_prefill_streaming(shape, pol, q, n_q, q_pos0, kv, out, lse, &computed);
-        break;
-    default: rc = attn_prefill_window(shape, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, &computed); break;
-    }
-    if (rc == 0 && st) {
-        st->stats.prefill_computed += computed;
-        st->stats.prefill_total += (double)shape->n_heads * ((double)n_q * q_pos0 + 0.5 * n_q * (n_q + 1.0));
-    }
-    return rc;
-}
-
-int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, const attn_kv_t *kv, float *out,
-                float *lse) {
-    double computed = 0;
-    int rc;
-    const attn_policy_t *pol = st ? &st->pol : NULL;
-    attn_decode_method_t m = pol ? pol->decode : ATTN_DECODE_DENSE;
-    if (m != ATTN_DECODE_STREAMING && pol && layer < pol->dense_layers) m = ATTN_DECODE_DENSE;
-    switch (m) {
-    case ATTN_DECODE_QUEST: rc = attn_decode_quest(shape, pol, q, kv, out, lse, &computed); break;
-    case ATTN_DECODE_TIDAL:
-        if (layer < pol->tidal_select_layer)
-            rc = attn_decode_dense_count(shape, q, kv, out, lse, &computed);
-        else
-            rc = attn_decode_tidal(st, layer == pol->tidal_select_layer || layer == pol->tidal_reselect_layer, q, kv,
-                                   out, lse, &computed);
-        break;
-    case ATTN_DECODE_STREAMING: rc = attn_decode_streaming(shape, pol, q, kv, out, lse, &computed); break;
-    default: rc = attn_decode_dense_count(shape, q, kv, out, lse, &computed); break;
-    }
-    if (rc == 0 && st) {
-        st->stats.decode_computed += computed;
-        st->stats.decode_total += (double)shape->n_heads * (double)kv->n_kv;
-    }
-    return rc;
-}

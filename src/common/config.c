@@ -59,12 +59,14 @@ static const centry_t table[] = {
     S("model", "served_name", served_name, NULL),
     S("model", "device", device, NULL),
     I("model", "threads", threads, 0, 1024),
-    I("engine", "block_size", block_size, 1, 4096),
+    I("engine", "block_size", block_size, 0, 4096),
     L("engine", "kv_blocks", kv_blocks, 0, 1LL << 40),
     L("engine", "kv_bytes", kv_bytes, 0, 1LL << 50),
     I("engine", "max_batch_tokens", max_batch_tokens, 1, 1 << 24),
     I("engine", "max_running", max_running, 1, 1 << 20),
     I("engine", "prefill_chunk", prefill_chunk, 1, 1 << 24),
+    I("engine", "target_step_ms", target_step_ms, -1, 1000000),
+    D("engine", "kv_gpu_fraction", kv_gpu_fraction, 0.01, 0.99),
     D("engine", "kv_watermark", kv_watermark, 0, 0.5),
     B("engine", "prefix_cache", prefix_cache),
     S("attention", "prefill", prefill_method, "dense|flexprefill|anchor|streaming"),
@@ -94,8 +96,10 @@ void lc_config_default(lc_config_t *c) {
     c->max_prompts = 64;
     c->max_waiting = 256;
     snprintf(c->log_level, sizeof(c->log_level), "info");
-    snprintf(c->device, sizeof(c->device), "cpu");
-    c->block_size = 16;
+    snprintf(c->device, sizeof(c->device), "auto");
+    c->block_size = 0;
+    c->target_step_ms = 0;
+    c->kv_gpu_fraction = 0.85;
     c->kv_blocks = 0;
     c->kv_bytes = 1LL << 30; // SmolLM2 at f32: ~46 KB a token, so ~23K tokens, 2.8 full contexts
     c->max_batch_tokens = 2048;
@@ -259,8 +263,9 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[server] host must not be empty");
         return LC_EINVAL;
     }
-    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strncmp(c->device, "cuda:", 5)) {
-        errf(err, errlen, "[model] device: '%s' is not cpu, cuda or cuda:N", c->device);
+    if (strcmp(c->device, "cpu") && strcmp(c->device, "auto") && strcmp(c->device, "cuda") &&
+        strncmp(c->device, "cuda:", 5)) {
+        errf(err, errlen, "[model] device: '%s' is not auto, cpu, cuda or cuda:N", c->device);
         return LC_EINVAL;
     }
     if (!strncmp(c->device, "cuda:", 5)) {
@@ -297,7 +302,7 @@ void lc_config_usage(FILE *f, const char *prog) {
             "  --host ADDR           listen address ([server] host)\n"
             "  --port N              listen port ([server] port)\n"
             "  --api-key KEY         accepted API key; repeatable, replaces [server] api_keys\n"
-            "  --device DEV          cpu | cuda | cuda:N ([model] device)\n"
+            "  --device DEV          auto | cpu | cuda | cuda:N ([model] device)\n"
             "  --log-level LEVEL     error | warn | info | debug\n"
             "  --set SECTION.KEY=VALUE  any setting of the file\n"
             "  --check-config        validate, print the effective configuration, exit\n"

@@ -31,15 +31,17 @@ typedef struct {
     /* [model] */
     char model_path[LC_CONFIG_STR];
     char served_name[LC_CONFIG_STR];
-    char device[32]; // cpu | cuda | cuda:N
+    char device[32]; // auto | cpu | cuda | cuda:N
     int threads;     // 0: library default
     /* [engine] */
-    int block_size;
+    int block_size; // 0: the device's choice
     long long kv_blocks;
     long long kv_bytes;
+    double kv_gpu_fraction;
     int max_batch_tokens;
     int max_running;
     int prefill_chunk;
+    int target_step_ms; // -1: off; 0: the device's default
     double kv_watermark;
     int prefix_cache;
     /* [attention] */

@@ -21,9 +21,8 @@ static lc_cpu_level_t detect(void) {
     if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_F16C)) return LC_CPU_SCALAR;
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return LC_CPU_SCALAR;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-        __builtin_cpu_supports("avx512vnni"))
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
         return LC_CPU_AVX512;
     return LC_CPU_AVX2;
 #else

@@ -1,18 +1,16 @@
-/* Paged KV cache: one pool of fixed-size blocks per device, per-sequence
- * block tables, reference counts, a prefix cache of full blocks, and per-block
- * key summaries for sparse decode.
+/* Paged KV cache, the host side: the block manager of one pool of fixed-size
+ * blocks (reference counts, free list, LRU), per-sequence block tables, and a
+ * prefix cache of full blocks. It holds no tensors: the executor's store does
+ * (kv/store.h on the CPU, device memory on a GPU), indexed by the same block
+ * ids. When the pool decides a copy-on-write it asks the store to copy through
+ * the callback it is bound to (kv_pool_bind), at once, so the copy is ordered
+ * before any later write.
  *
- * Layout (CPU, f32). For each layer there is one K and one V array:
- *   K[layer]: (n_blocks, n_kv_heads, block_size, head_dim)
- * so that one head's keys inside a block are contiguous (block_size x head_dim).
- * Key summaries, per layer: (n_blocks, n_kv_heads, head_dim) for min and max,
- * over the filled slots of the block.
- *
- * Ownership: the pool owns all memory. A block is referenced by every sequence
- * whose table holds it; at refcount 0 a hashed (full, registered) block stays
- * cached and is evicted LRU when a new block is needed, an unhashed one goes
- * straight back to the free list. Not thread-safe: only the engine thread
- * touches a pool. */
+ * Ownership: the pool owns its bookkeeping. A block is referenced by every
+ * sequence whose table holds it; at refcount 0 a hashed (full, registered)
+ * block stays cached and is evicted LRU when a new block is needed, an
+ * unhashed one goes straight back to the free list. Not thread-safe: only the
+ * engine thread touches a pool. */
 #ifndef LC_KV_H
 #define LC_KV_H
 
@@ -44,11 +42,16 @@ typedef struct {
     uint64_t salt;
 } kv_seq_t;
 
-/* Bytes one block costs (K and V of every layer plus summaries). */
+/* Host bytes of one block's bookkeeping (the store's tensors are extra). */
 size_t kv_block_bytes(const kv_config_t *cfg);
 
 /* Returns NULL on OOM or a bad config. */
 kv_pool_t *kv_pool_create(const kv_config_t *cfg);
+/* Copies block src to dst in the store (every layer). */
+typedef void (*kv_copy_cb)(void *ud, int32_t dst, int32_t src);
+/* Binds the store that holds the pool's tensors: copy-on-write calls cb.
+ * Unbound (NULL), copy-on-write only moves the bookkeeping (tests). */
+void kv_pool_bind(kv_pool_t *p, kv_copy_cb cb, void *ud);
 void kv_pool_destroy(kv_pool_t *p);
 const kv_config_t *kv_pool_config(const kv_pool_t *p);
 
@@ -62,16 +65,6 @@ int64_t kv_pool_n_cached(const kv_pool_t *p);
 /* Drops every cached unreferenced block (tests; memory pressure). */
 void kv_pool_clear_cache(kv_pool_t *p);
 
-/* ---- raw memory access (attention kernels, model forward) ----------------- */
-/* Base of a layer's K / V arrays; block b starts at base + b * kv_block_stride. */
-float *kv_layer_k(kv_pool_t *p, int layer);
-float *kv_layer_v(kv_pool_t *p, int layer);
-size_t kv_block_stride(const kv_pool_t *p); // floats: n_kv_heads * block_size * head_dim
-/* Key summaries of a layer; block b at base + b * kv_summary_stride. */
-float *kv_layer_kmin(kv_pool_t *p, int layer);
-float *kv_layer_kmax(kv_pool_t *p, int layer);
-size_t kv_summary_stride(const kv_pool_t *p); // floats: n_kv_heads * head_dim
-
 /* ---- sequences ------------------------------------------------------------- */
 void kv_seq_init(kv_seq_t *s);
 /* Unreferences every block and frees the table. Safe to call twice. */
@@ -83,15 +76,14 @@ int kv_seq_reserve(kv_pool_t *p, kv_seq_t *s, int64_t n_tokens);
 /* Blocks kv_seq_reserve would need to allocate to reach n_tokens. */
 int64_t kv_seq_blocks_needed(const kv_pool_t *p, const kv_seq_t *s, int64_t n_tokens);
 /* Before writing positions [pos0, pos1): any block in that range shared with
- * another sequence is copied (copy-on-write). LC_ENOSPC if no block is free. */
+ * another sequence or vouched for by the prefix cache is replaced by a copy
+ * (copy-on-write, through the bound store). LC_ENOSPC if no block is free. */
 int kv_seq_prepare_write(kv_pool_t *p, kv_seq_t *s, int64_t pos0, int64_t pos1);
+/* Keeps positions [0, n_tokens) (n_tokens a multiple of block_size, at most
+ * s->n_tokens) and unreferences the blocks after them. */
+void kv_seq_truncate(kv_pool_t *p, kv_seq_t *s, int64_t n_tokens);
 /* dst shares src's blocks (refcounts raised); dst must be freshly initialised. */
 int kv_seq_fork(kv_pool_t *p, const kv_seq_t *src, kv_seq_t *dst);
-
-/* Writes one token's K and V for one layer at position pos (block must be
- * reserved and exclusively owned) and updates the block's key summary.
- * k, v: (n_kv_heads, head_dim). */
-void kv_write(kv_pool_t *p, const kv_seq_t *s, int layer, int64_t pos, const float *k, const float *v);
 
 /* ---- prefix cache -------------------------------------------------------------- */
 /* Looks up the longest chain of cached full blocks matching tokens[0..n) and

@@ -20,10 +20,8 @@ typedef struct {
 
 struct kv_pool {
     kv_config_t cfg;
-    size_t blk_stride;    // floats per block per layer: n_kv_heads * block_size * head_dim
-    size_t sum_stride;    // floats per block summary: n_kv_heads * head_dim
-    float **k, **v;       // (n_layers) -> (n_blocks, blk_stride)
-    float **kmin, **kmax; // (n_layers) -> (n_blocks, sum_stride)
+    kv_copy_cb copy; // the store's block copy, or NULL
+    void *copy_ud;
 
     kv_block_t *blk;     // (n_blocks)
     int32_t *tokens;     // (n_blocks, block_size) token ids of hashed blocks
@@ -39,10 +37,9 @@ struct kv_pool {
 };
 
 /* pool.c */
-int32_t kv__alloc_block(kv_pool_t *p);         // ref 1, fresh summary; -1 when none
+int32_t kv__alloc_block(kv_pool_t *p);         // ref 1; -1 when none
 void kv__unref_block(kv_pool_t *p, int32_t b); // to LRU (hashed) or free stack at ref 0
 void kv__lru_remove(kv_pool_t *p, int32_t b);
-void kv__copy_block(kv_pool_t *p, int32_t dst, int32_t src); // K, V and summaries
 
 /* prefix.c */
 void kv__hash_remove(kv_pool_t *p, int32_t b);

@@ -1,8 +1,6 @@
-/* The block pool: memory for K, V and key summaries of every layer, the free
- * stack, the LRU list of cached unreferenced blocks and the allocator that
- * evicts from it. Sequences (seq.c) and the prefix cache (prefix.c) build on
- * the primitives here. */
-#include <float.h>
+/* The block pool: the free stack, the LRU list of cached unreferenced blocks
+ * and the allocator that evicts from it. Sequences (seq.c) and the prefix
+ * cache (prefix.c) build on the primitives here. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,30 +8,7 @@
 #include "kv/kv_internal.h"
 
 size_t kv_block_bytes(const kv_config_t *c) {
-    size_t kvf = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim;
-    size_t sumf = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    return (size_t)c->n_layers * (2 * kvf + 2 * sumf) * sizeof(float) + sizeof(kv_block_t) +
-           (size_t)c->block_size * sizeof(int32_t) + 3 * sizeof(int32_t);
-}
-
-static float **alloc_layers(int n_layers, size_t n_floats) {
-    float **a = calloc((size_t)n_layers, sizeof *a);
-    if (!a) return NULL;
-    for (int l = 0; l < n_layers; l++) {
-        a[l] = malloc(n_floats * sizeof(float));
-        if (!a[l]) {
-            for (int j = 0; j < l; j++) free(a[j]);
-            free(a);
-            return NULL;
-        }
-    }
-    return a;
-}
-
-static void free_layers(float **a, int n_layers) {
-    if (!a) return;
-    for (int l = 0; l < n_layers; l++) free(a[l]);
-    free(a);
+    return sizeof(kv_block_t) + (size_t)c->block_size * sizeof(int32_t) + 3 * sizeof(int32_t);
 }
 
 kv_pool_t *kv_pool_create(const kv_config_t *cfg) {
@@ -44,12 +19,6 @@ kv_pool_t *kv_pool_create(const kv_config_t *cfg) {
     if (!p) return NULL;
     p->cfg = *cfg;
     int64_t nb = cfg->n_blocks;
-    p->blk_stride = (size_t)cfg->n_kv_heads * (size_t)cfg->block_size * (size_t)cfg->head_dim;
-    p->sum_stride = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
-    if (!(p->k = alloc_layers(cfg->n_layers, (size_t)nb * p->blk_stride))) goto fail;
-    if (!(p->v = alloc_layers(cfg->n_layers, (size_t)nb * p->blk_stride))) goto fail;
-    if (!(p->kmin = alloc_layers(cfg->n_layers, (size_t)nb * p->sum_stride))) goto fail;
-    if (!(p->kmax = alloc_layers(cfg->n_layers, (size_t)nb * p->sum_stride))) goto fail;
     p->blk = calloc((size_t)nb, sizeof *p->blk);
     p->tokens = calloc((size_t)nb * (size_t)cfg->block_size, sizeof *p->tokens);
     p->free_stack = malloc((size_t)nb * sizeof *p->free_stack);
@@ -74,10 +43,6 @@ fail:
 
 void kv_pool_destroy(kv_pool_t *p) {
     if (!p) return;
-    free_layers(p->k, p->cfg.n_layers);
-    free_layers(p->v, p->cfg.n_layers);
-    free_layers(p->kmin, p->cfg.n_layers);
-    free_layers(p->kmax, p->cfg.n_layers);
     free(p->blk);
     free(p->tokens);
     free(p->free_stack);
@@ -91,12 +56,10 @@ int64_t kv_pool_n_used(const kv_pool_t *p) { return p->cfg.n_blocks - p->n_free 
 int64_t kv_pool_n_available(const kv_pool_t *p) { return p->n_free + p->n_cached; }
 int64_t kv_pool_n_cached(const kv_pool_t *p) { return p->n_cached; }
 
-float *kv_layer_k(kv_pool_t *p, int layer) { return p->k[layer]; }
-float *kv_layer_v(kv_pool_t *p, int layer) { return p->v[layer]; }
-size_t kv_block_stride(const kv_pool_t *p) { return p->blk_stride; }
-float *kv_layer_kmin(kv_pool_t *p, int layer) { return p->kmin[layer]; }
-float *kv_layer_kmax(kv_pool_t *p, int layer) { return p->kmax[layer]; }
-size_t kv_summary_stride(const kv_pool_t *p) { return p->sum_stride; }
+void kv_pool_bind(kv_pool_t *p, kv_copy_cb cb, void *ud) {
+    p->copy = cb;
+    p->copy_ud = ud;
+}
 
 /* ---- LRU of cached blocks --------------------------------------------------- */
 static void lru_push_tail(kv_pool_t *p, int32_t b) {
@@ -135,17 +98,6 @@ void kv_pool_clear_cache(kv_pool_t *p) {
 }
 
 /* ---- allocation ------------------------------------------------------------- */
-static void reset_summary(kv_pool_t *p, int32_t b) {
-    for (int l = 0; l < p->cfg.n_layers; l++) {
-        float *mn = p->kmin[l] + (size_t)b * p->sum_stride;
-        float *mx = p->kmax[l] + (size_t)b * p->sum_stride;
-        for (size_t i = 0; i < p->sum_stride; i++) {
-            mn[i] = FLT_MAX;
-            mx[i] = -FLT_MAX;
-        }
-    }
-}
-
 int32_t kv__alloc_block(kv_pool_t *p) {
     int32_t b;
     if (p->n_free > 0) {
@@ -158,7 +110,6 @@ int32_t kv__alloc_block(kv_pool_t *p) {
         return -1;
     }
     p->blk[b].ref = 1;
-    reset_summary(p, b);
     return b;
 }
 
@@ -169,17 +120,4 @@ void kv__unref_block(kv_pool_t *p, int32_t b) {
         lru_push_tail(p, b);
     else
         p->free_stack[p->n_free++] = b;
-}
-
-void kv__copy_block(kv_pool_t *p, int32_t dst, int32_t src) {
-    for (int l = 0; l < p->cfg.n_layers; l++) {
-        memcpy(p->k[l] + (size_t)dst * p->blk_stride, p->k[l] + (size_t)src * p->blk_stride,
-               p->blk_stride * sizeof(float));
-        memcpy(p->v[l] + (size_t)dst * p->blk_stride, p->v[l] + (size_t)src * p->blk_stride,
-               p->blk_stride * sizeof(float));
-        memcpy(p->kmin[l] + (size_t)dst * p->sum_stride, p->kmin[l] + (size_t)src * p->sum_stride,
-               p->sum_stride * sizeof(float));
-        memcpy(p->kmax[l] + (size_t)dst * p->sum_stride, p->kmax[l] + (size_t)src * p->sum_stride,
-               p->sum_stride * sizeof(float));
-    }
 }

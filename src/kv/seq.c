@@ -1,5 +1,4 @@
-/* Per-sequence block tables: growth, release, fork and copy-on-write, and
- * the token writer that keeps each block's key summary current. */
+/* Per-sequence block tables: growth, release, fork and copy-on-write. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +15,19 @@ void kv_seq_release(kv_pool_t *p, kv_seq_t *s) {
     uint64_t salt = s->salt;
     kv_seq_init(s);
     s->salt = salt;
+}
+
+void kv_seq_truncate(kv_pool_t *p, kv_seq_t *s, int64_t n_tokens) {
+    const int bs = p->cfg.block_size;
+    if (n_tokens < 0 || n_tokens % bs || n_tokens > s->n_tokens) return;
+    const int keep = (int)(n_tokens / bs);
+    for (int i = s->n_blocks - 1; i >= keep; i--) kv__unref_block(p, s->blocks[i]);
+    s->n_blocks = keep;
+    s->n_tokens = n_tokens;
+    if (s->n_hashed > keep) {
+        s->n_hashed = keep;
+        s->last_hash = keep > 0 ? p->blk[s->blocks[keep - 1]].hash : 0;
+    }
 }
 
 static int grow_table(kv_seq_t *s, int want) {
@@ -80,7 +92,7 @@ int kv_seq_prepare_write(kv_pool_t *p, kv_seq_t *s, int64_t pos0, int64_t pos1) 
         int32_t old = s->blocks[i];
         if (!must_copy(p, old)) continue;
         int32_t nb = kv__alloc_block(p);
-        kv__copy_block(p, nb, old);
+        if (p->copy) p->copy(p->copy_ud, nb, old);
         s->blocks[i] = nb;
         kv__unref_block(p, old);
         if (i < s->n_hashed) { // the chain is no longer ours from block i on
@@ -89,25 +101,4 @@ int kv_seq_prepare_write(kv_pool_t *p, kv_seq_t *s, int64_t pos0, int64_t pos1) 
         }
     }
     return 0;
-}
-
-void kv_write(kv_pool_t *p, const kv_seq_t *s, int layer, int64_t pos, const float *k, const float *v) {
-    int bs = p->cfg.block_size, hd = p->cfg.head_dim;
-    int32_t b = s->blocks[pos / bs];
-    int slot = (int)(pos % bs);
-    float *kb = p->k[layer] + (size_t)b * p->blk_stride;
-    float *vb = p->v[layer] + (size_t)b * p->blk_stride;
-    float *mn = p->kmin[layer] + (size_t)b * p->sum_stride;
-    float *mx = p->kmax[layer] + (size_t)b * p->sum_stride;
-    for (int h = 0; h < p->cfg.n_kv_heads; h++) {
-        size_t off = ((size_t)h * bs + slot) * hd;
-        const float *kh = k + (size_t)h * hd;
-        memcpy(kb + off, kh, (size_t)hd * sizeof(float));
-        memcpy(vb + off, v + (size_t)h * hd, (size_t)hd * sizeof(float));
-        float *mnh = mn + (size_t)h * hd, *mxh = mx + (size_t)h * hd;
-        for (int d = 0; d < hd; d++) {
-            if (kh[d] < mnh[d]) mnh[d] = kh[d];
-            if (kh[d] > mxh[d]) mxh[d] = kh[d];
-        }
-    }
 }

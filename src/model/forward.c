@@ -1,30 +1,65 @@
-/* The batched forward pass. All tokens of a batch go through each weight
- * matrix in one matmul (ops_matmul_w, reading the weights' block format);
- * attention runs per sequence slice over the paged KV cache (prefill or
- * decode kernel, the slice's own policy). Scratch lives in
- * model_ctx_t so that a step allocates nothing. */
+/* The CPU executor: the batched forward pass on the host. All tokens of a
+ * batch go through each weight matrix together (ops_matmul_w on the weights'
+ * block format): prompt rows with the exact f32 kernels, generated rows with
+ * the 8-bit activation kernels, each row's arithmetic its own. Attention is
+ * planned once per step over every slice (attn_plan) and run per layer
+ * (attn_run) on the f32 KV store this executor owns. The scratch, the store
+ * and the plan's workspace are sized at creation or plan time; the layers of
+ * a step allocate nothing. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/status.h"
+#include "kv/store.h"
 #include "model/model_internal.h"
 
-/* ---- scratch ------------------------------------------------------------------- */
+struct model_cpu {
+    const model_t *m;
+    int max_tokens, max_seqs;
+    kv_store_t *store;
+    attn_plan_t *plan;
+    attn_seq_t *aseq;       // (max_seqs) the step's slices for the plan
+    float *x;               // (T, n_embd) residual stream
+    float *xb;              // (T, n_embd) normed input of a sub-layer
+    float *q;               // (T, n_heads, head_dim)
+    float *k;               // (T, n_kv_heads, head_dim)
+    float *v;               // (T, n_kv_heads, head_dim)
+    float *att;             // (T, n_heads, head_dim) attention output
+    float *proj;            // (T, n_embd) output projection / FFN down result
+    float *gate;            // (T, n_ff)
+    float *up;              // (T, n_ff)
+    int64_t *pos;           // (T) position of each token
+    unsigned char *gen;     // (T) 1 where the token was generated (8-bit activation matmul)
+    unsigned char *covered; // (T) batch validation scratch
+    int *rows;              // (T) token indices whose logits are needed
+    unsigned char *rgen;    // (T) kinds of those rows
+    float **dst;            // (T) where each logits row goes
+    float *lbuf;            // (MODEL_LOGIT_CHUNK, n_vocab) logits staging for multi-sequence batches
+    model_attn_hook_cb hook;
+    void *hook_ud;
+};
+
+/* ---- creation ------------------------------------------------------------------- */
 static void *amalloc(size_t n) {
     void *p = NULL;
     return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
 }
 
-model_ctx_t *model_ctx_create(const model_t *m, int max_tokens) {
-    if (!m || max_tokens <= 0) return NULL;
+model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs) {
+    if (!m || !kvc || max_tokens <= 0 || max_seqs <= 0) return NULL;
     const model_hparams_t *hp = &m->hp;
     size_t T = (size_t)max_tokens, E = hp->n_embd, F = hp->n_ff;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
-    model_ctx_t *c = calloc(1, sizeof *c);
+    model_cpu_t *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->m = m;
     c->max_tokens = max_tokens;
+    c->max_seqs = max_seqs;
+    attn_shape_t shape = model_attn_shape(m);
+    c->store = kv_store_create(kvc);
+    c->plan = attn_plan_create(&shape, hp->n_layers);
+    c->aseq = malloc((size_t)max_seqs * sizeof *c->aseq);
     c->x = amalloc(T * E * sizeof(float));
     c->xb = amalloc(T * E * sizeof(float));
     c->q = amalloc(T * QD * sizeof(float));
@@ -35,65 +70,44 @@ model_ctx_t *model_ctx_create(const model_t *m, int max_tokens) {
     c->gate = amalloc(T * F * sizeof(float));
     c->up = amalloc(T * F * sizeof(float));
     c->pos = amalloc(T * sizeof(int64_t));
+    c->gen = amalloc(T);
+    c->covered = amalloc(T);
     c->rows = amalloc(T * sizeof(int));
-    c->lbuf = amalloc((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
-    c->mark = amalloc(T);
-    c->q8row = amalloc(T);
+    c->rgen = amalloc(T);
     c->dst = amalloc(T * sizeof(float *));
-    if (!c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj || !c->gate || !c->up || !c->pos ||
-        !c->rows || !c->lbuf || !c->mark || !c->q8row || !c->dst) {
-        model_ctx_destroy(c);
+    c->lbuf = amalloc((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
+    if (!c->store || !c->plan || !c->aseq || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj ||
+        !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen || !c->dst || !c->lbuf) {
+        model_cpu_destroy(c);
         return NULL;
     }
     return c;
 }
 
-void model_ctx_destroy(model_ctx_t *c) {
+void model_cpu_destroy(model_cpu_t *c) {
     if (!c) return;
+    kv_store_destroy(c->store);
+    attn_plan_destroy(c->plan);
+    free(c->aseq);
     free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
-    free(c->gate), free(c->up), free(c->pos), free(c->rows), free(c->lbuf), free(c->mark);
-    free(c->q8row);
-    free(c->dst);
+    free(c->gate), free(c->up), free(c->pos), free(c->gen), free(c->covered), free(c->rows), free(c->rgen);
+    free(c->dst), free(c->lbuf);
     free(c);
 }
 
-void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud) {
+void model_cpu_set_attn_hook(model_cpu_t *c, model_attn_hook_cb cb, void *ud) {
     c->hook = cb;
     c->hook_ud = ud;
 }
 
-/* ---- validation ---------------------------------------------------------------- */
-static int check_batch(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b) {
-    const model_hparams_t *hp = &c->m->hp;
-    if (!kv || !b || b->n_tokens <= 0 || b->n_tokens > c->max_tokens || !b->tokens || b->n_seqs <= 0 || !b->seqs)
-        return LC_EINVAL;
-    const kv_config_t *cfg = kv_pool_config(kv);
-    if (cfg->n_layers != hp->n_layers || cfg->n_kv_heads != hp->n_kv_heads || cfg->head_dim != hp->head_dim)
-        return LC_EINVAL;
-    for (int i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0 || b->tokens[i] >= hp->n_vocab) return LC_EINVAL;
-    memset(c->mark, 0, (size_t)b->n_tokens);
-    int covered = 0;
-    for (int s = 0; s < b->n_seqs; s++) {
-        const model_seq_t *q = &b->seqs[s];
-        if (q->n_tok <= 0 || q->tok0 < 0 || q->tok0 > b->n_tokens - q->n_tok || q->pos0 < 0 || !q->kv) return LC_EINVAL;
-        if (q->decode && q->n_tok != 1) return LC_EINVAL;
-        if (q->logits_mode < 0 || q->logits_mode > 2 || (q->logits_mode && !q->logits)) return LC_EINVAL;
-        if ((int64_t)q->kv->n_blocks * cfg->block_size < q->pos0 + q->n_tok) return LC_EINVAL;
-        for (int i = q->tok0; i < q->tok0 + q->n_tok; i++) {
-            if (c->mark[i]) return LC_EINVAL;
-            c->mark[i] = 1;
-        }
-        covered += q->n_tok;
-    }
-    return covered == b->n_tokens ? 0 : LC_EINVAL;
-}
+void model_cpu_copy_block(void *c, int32_t dst, int32_t src) { kv_store_copy(((model_cpu_t *)c)->store, dst, src); }
 
 /* ---- matmul ------------------------------------------------------------------- */
-/* y = x · wᵀ for n rows, in runs of one kind: decode tokens (kind[r] = 1)
- * take the 8-bit activation kernels, prefill rows the exact f32 path. So a
- * row's result depends only on its own sequence's step, never on what else
- * shares the batch (continuous batching stays deterministic).
+/* y = x · wᵀ for n rows, in runs of one kind: generated tokens (kind[r] = 1)
+ * take the 8-bit activation kernels, prompt rows the exact f32 kernels. A
+ * row's kind is a property of the row (did its own sequence generate the
+ * token?), so its result depends only on its own sequence, never on what
+ * else shares the batch.
  *   x: (n, w->cols)   y: (n, w->rows)   kind: (n) */
 static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned char *kind) {
     for (int r0 = 0; r0 < n;) {
@@ -108,45 +122,66 @@ static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned 
 }
 
 /* ---- attention ------------------------------------------------------------------ */
-/* Writes the batch's K/V for layer l into the cache, then runs attention for
+static attn_store_t store_view(model_cpu_t *c, int l) {
+    return (attn_store_t){
+        .k = kv_store_k(c->store, l),
+        .v = kv_store_v(c->store, l),
+        .kmin = kv_store_kmin(c->store, l),
+        .kmax = kv_store_kmax(c->store, l),
+        .blk_stride = kv_store_block_stride(c->store),
+        .sum_stride = kv_store_summary_stride(c->store),
+        .block_size = kv_store_config(c->store)->block_size,
+    };
+}
+
+/* Plans the step's attention: one slice per sequence. */
+static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        c->aseq[s] = (attn_seq_t){.tok0 = q->tok0,
+                                  .n_tok = q->n_tok,
+                                  .pos0 = q->pos0,
+                                  .blocks = q->kv->blocks,
+                                  .state = q->attn,
+                                  .decode = q->generated};
+    }
+    attn_batch_t ab = {.n_rows = b->n_tokens,
+                       .n_seqs = b->n_seqs,
+                       .seqs = c->aseq,
+                       .block_size = kv_store_config(c->store)->block_size};
+    return attn_plan(c->plan, &ab);
+}
+
+/* Writes the batch's K/V for layer l into the store, then runs attention for
  * every slice into c->att. */
-static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int l) {
+static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
     const model_hparams_t *hp = &c->m->hp;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
-    attn_shape_t shape = model_attn_shape(c->m);
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         for (int i = 0; i < q->n_tok; i++) {
             size_t t = (size_t)q->tok0 + i;
-            kv_write(kv, q->kv, l, q->pos0 + i, c->k + t * KD, c->v + t * KD);
+            kv_store_write(c->store, q->kv, l, q->pos0 + i, c->k + t * KD, c->v + t * KD);
         }
     }
-    attn_kv_t view = {
-        .k = kv_layer_k(kv, l),
-        .v = kv_layer_v(kv, l),
-        .kmin = kv_layer_kmin(kv, l),
-        .kmax = kv_layer_kmax(kv, l),
-        .blk_stride = kv_block_stride(kv),
-        .sum_stride = kv_summary_stride(kv),
-        .block_size = kv_pool_config(kv)->block_size,
-    };
-    for (int s = 0; s < b->n_seqs; s++) {
-        const model_seq_t *q = &b->seqs[s];
-        view.blocks = q->kv->blocks;
-        view.n_kv = q->pos0 + q->n_tok;
-        const float *qr = c->q + (size_t)q->tok0 * QD;
-        float *out = c->att + (size_t)q->tok0 * QD;
-        int rc;
-        if (c->hook) c->hook(c->hook_ud, l, s, &shape, qr, q->n_tok, q->pos0, &view);
-        if (q->decode)
-            rc = q->attn ? attn_decode(&shape, q->attn, l, qr, &view, out, NULL)
-                         : attn_decode_dense(&shape, qr, &view, out, NULL);
-        else
-            rc = q->attn ? attn_prefill(&shape, q->attn, l, qr, q->n_tok, q->pos0, &view, out, NULL)
-                         : attn_prefill_dense(&shape, qr, q->n_tok, q->pos0, &view, out, NULL);
-        if (rc) return rc;
+    attn_store_t view = store_view(c, l);
+    if (c->hook) {
+        attn_shape_t shape = model_attn_shape(c->m);
+        for (int s = 0; s < b->n_seqs; s++) {
+            const model_seq_t *q = &b->seqs[s];
+            attn_kv_t kv = {.k = view.k,
+                            .v = view.v,
+                            .kmin = view.kmin,
+                            .kmax = view.kmax,
+                            .blk_stride = view.blk_stride,
+                            .sum_stride = view.sum_stride,
+                            .blocks = q->kv->blocks,
+                            .block_size = view.block_size,
+                            .n_kv = q->pos0 + q->n_tok};
+            c->hook(c->hook_ud, l, s, &shape, c->q + (size_t)q->tok0 * QD, q->n_tok, q->pos0, &kv);
+        }
     }
-    return 0;
+    return attn_run(c->plan, l, &view, c->q, c->att, NULL);
 }
 
 /* ---- logits ---------------------------------------------------------------------- */
@@ -154,13 +189,13 @@ static int attention(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b, int 
  * sequences share each matmul (the LM head is the largest matrix: reading it
  * once per decode token of the batch would dominate), MODEL_LOGIT_CHUNK rows
  * at a time through a staging buffer; a single sequence writes directly. */
-static int logits(model_ctx_t *c, const model_batch_t *b) {
+static int logits(model_cpu_t *c, const model_batch_t *b) {
     const model_t *m = c->m;
     int E = m->hp.n_embd, V = m->hp.n_vocab;
     int n = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
-        int cnt = q->logits_mode == 1 ? 1 : q->logits_mode == 2 ? q->n_tok : 0;
+        int cnt = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->logits_mode == MODEL_LOGITS_ALL ? q->n_tok : 0;
         for (int i = 0; i < cnt; i++) {
             c->rows[n] = q->tok0 + q->n_tok - cnt + i;
             c->dst[n] = q->logits + (size_t)i * V;
@@ -170,14 +205,12 @@ static int logits(model_ctx_t *c, const model_batch_t *b) {
     if (!n) return 0;
     for (int r = 0; r < n; r++) {
         ops_rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)c->rows[r] * E, m->out_norm, 1, E, m->hp.rms_eps);
-        c->mark[r] = c->q8row[c->rows[r]]; // kinds of the gathered rows
+        c->rgen[r] = c->gen[c->rows[r]];
     }
-    if (b->n_seqs == 1) {
-        return mm(c->dst[0], c->xb, &m->output, n, c->mark);
-    }
+    if (b->n_seqs == 1) return mm(c->dst[0], c->xb, &m->output, n, c->rgen);
     for (int r0 = 0; r0 < n; r0 += MODEL_LOGIT_CHUNK) {
         int cnt = n - r0 < MODEL_LOGIT_CHUNK ? n - r0 : MODEL_LOGIT_CHUNK;
-        int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->mark + r0);
+        int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->rgen + r0);
         if (rc) return rc;
         for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
     }
@@ -185,8 +218,32 @@ static int logits(model_ctx_t *c, const model_batch_t *b) {
 }
 
 /* ---- forward ------------------------------------------------------------------- */
-int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b) {
-    int rc = check_batch(c, kv, b);
+int model__check_batch(const model_t *m, const kv_config_t *kvc, int max_tokens, const model_batch_t *b,
+                       unsigned char *covered) {
+    const model_hparams_t *hp = &m->hp;
+    if (!b || b->n_tokens <= 0 || b->n_tokens > max_tokens || !b->tokens || b->n_seqs <= 0 || !b->seqs)
+        return LC_EINVAL;
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= hp->n_vocab) return LC_EINVAL;
+    memset(covered, 0, (size_t)b->n_tokens);
+    int n = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (q->n_tok <= 0 || q->tok0 < 0 || q->tok0 > b->n_tokens - q->n_tok || q->pos0 < 0 || !q->kv) return LC_EINVAL;
+        if ((unsigned)q->logits_mode > MODEL_LOGITS_ALL || (q->logits_mode && !q->logits)) return LC_EINVAL;
+        if ((int64_t)q->kv->n_blocks * kvc->block_size < q->pos0 + q->n_tok) return LC_EINVAL;
+        for (int i = q->tok0; i < q->tok0 + q->n_tok; i++) {
+            if (covered[i]) return LC_EINVAL;
+            covered[i] = 1;
+        }
+        n += q->n_tok;
+    }
+    return n == b->n_tokens ? 0 : LC_EINVAL;
+}
+
+int model_cpu_forward(model_cpu_t *c, const model_batch_t *b) {
+    if (b && b->n_seqs > c->max_seqs) return LC_EINVAL;
+    int rc = model__check_batch(c->m, kv_store_config(c->store), c->max_tokens, b, c->covered);
     if (rc) return rc;
     const model_t *m = c->m;
     const model_hparams_t *hp = &m->hp;
@@ -195,28 +252,29 @@ int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *b) {
     for (int s = 0; s < b->n_seqs; s++)
         for (int i = 0; i < b->seqs[s].n_tok; i++) {
             c->pos[b->seqs[s].tok0 + i] = b->seqs[s].pos0 + i;
-            c->q8row[b->seqs[s].tok0 + i] = (unsigned char)(b->seqs[s].decode != 0);
+            c->gen[b->seqs[s].tok0 + i] = (unsigned char)(b->seqs[s].generated != 0);
         }
+    if ((rc = plan_attention(c, b))) return rc;
     for (int t = 0; t < T; t++) ops_w_row_f32(&m->tok_embd, b->tokens[t], c->x + (size_t)t * E);
 
     for (int l = 0; l < hp->n_layers; l++) {
         const model_layer_t *L = &m->layers[l];
         /* attention block */
         ops_rmsnorm(c->xb, c->x, L->attn_norm, T, E, hp->rms_eps);
-        if ((rc = mm(c->q, c->xb, &L->wq, T, c->q8row))) return rc;
-        if ((rc = mm(c->k, c->xb, &L->wk, T, c->q8row))) return rc;
-        if ((rc = mm(c->v, c->xb, &L->wv, T, c->q8row))) return rc;
+        if ((rc = mm(c->q, c->xb, &L->wq, T, c->gen))) return rc;
+        if ((rc = mm(c->k, c->xb, &L->wk, T, c->gen))) return rc;
+        if ((rc = mm(c->v, c->xb, &L->wv, T, c->gen))) return rc;
         ops_rope(&m->rope, c->q, T, c->pos, hp->n_heads, hp->head_dim, hp->rope_neox);
         ops_rope(&m->rope, c->k, T, c->pos, hp->n_kv_heads, hp->head_dim, hp->rope_neox);
-        if ((rc = attention(c, kv, b, l))) return rc;
-        if ((rc = mm(c->proj, c->att, &L->wo, T, c->q8row))) return rc;
+        if ((rc = attention(c, b, l))) return rc;
+        if ((rc = mm(c->proj, c->att, &L->wo, T, c->gen))) return rc;
         ops_add(c->x, c->proj, (size_t)T * E);
         /* feed-forward block (SwiGLU) */
         ops_rmsnorm(c->xb, c->x, L->ffn_norm, T, E, hp->rms_eps);
-        if ((rc = mm(c->gate, c->xb, &L->w_gate, T, c->q8row))) return rc;
-        if ((rc = mm(c->up, c->xb, &L->w_up, T, c->q8row))) return rc;
+        if ((rc = mm(c->gate, c->xb, &L->w_gate, T, c->gen))) return rc;
+        if ((rc = mm(c->up, c->xb, &L->w_up, T, c->gen))) return rc;
         ops_swiglu(c->gate, c->up, (size_t)T * F);
-        if ((rc = mm(c->proj, c->gate, &L->w_down, T, c->q8row))) return rc;
+        if ((rc = mm(c->proj, c->gate, &L->w_down, T, c->gen))) return rc;
         ops_add(c->x, c->proj, (size_t)T * E);
     }
     return logits(c, b);

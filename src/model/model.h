@@ -1,12 +1,7 @@
 /* A loaded Llama-family model: hyper-parameters, weights (kept in their GGUF
- * block format; see ops_matmul_w), tokenizer and chat template, and the
- * batched forward pass.
- *
- * The forward pass is batched from the start: one call takes the tokens of
- * several sequences at different positions (prefill chunks and decode tokens
- * mixed), writes their K/V into the paged cache and returns logits for the
- * rows each sequence asks for. A model_t is immutable after load and may be
- * shared; a model_ctx_t (scratch activations) belongs to one thread. */
+ * block format; see ops_matmul_w), tokenizer and chat template. A model_t is
+ * immutable after load and may be shared; the forward pass runs in an
+ * executor (model/exec.h) on the CPU or a GPU. */
 #ifndef LC_MODEL_H
 #define LC_MODEL_H
 
@@ -59,50 +54,5 @@ int model_chat_template(const model_t *m);
 attn_shape_t model_attn_shape(const model_t *m);
 /* A kv_config_t for this model with the given block size and count. */
 kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks);
-
-/* ---- forward ------------------------------------------------------------------ */
-/* One sequence's slice of a batch. Its tokens are batch->tokens[tok0 ..
- * tok0+n_tok) at positions pos0 .. pos0+n_tok-1, and the sequence's KV cache
- * already holds positions 0 .. pos0-1. Blocks for pos0+n_tok positions must be
- * reserved (kv_seq_reserve) and writable (kv_seq_prepare_write). */
-typedef struct {
-    int tok0;
-    int n_tok;
-    int64_t pos0;
-    const kv_seq_t *kv;
-    attn_state_t *attn; // per-sequence policy and state; NULL = dense
-    int decode;         // 1: this slice is one generated token (decode kernels)
-    /* Logits: 0 none, 1 the last token's row, 2 every token's row (echo
-     * logprobs). Written to `logits`: (1 or n_tok, n_vocab). */
-    int logits_mode;
-    float *logits;
-} model_seq_t;
-
-typedef struct {
-    int n_tokens;
-    const int32_t *tokens; // (n_tokens)
-    int n_seqs;
-    const model_seq_t *seqs; // (n_seqs); token slices are disjoint and cover the batch
-} model_batch_t;
-
-typedef struct model_ctx model_ctx_t;
-
-/* Scratch for batches of up to max_tokens tokens. NULL on OOM. */
-model_ctx_t *model_ctx_create(const model_t *m, int max_tokens);
-void model_ctx_destroy(model_ctx_t *c);
-
-/* Analysis hook (attn-eval): called for every layer and every slice of a
- * batch after the slice's K/V for that layer are in the cache and before its
- * attention runs, with the slice's queries after RoPE and the cache view the
- * kernel will read (positions 0 .. pos0+n_tok-1). The hook may run kernels on
- * them but must not write either. NULL (the default) disables it; the
- * forward pass then costs nothing extra.
- *   q: (n_tok, n_heads, head_dim) */
-typedef void (*model_attn_hook_cb)(void *ud, int layer, int seq, const attn_shape_t *shape, const float *q, int n_tok,
-                                   int64_t pos0, const attn_kv_t *kv);
-void model_ctx_set_attn_hook(model_ctx_t *c, model_attn_hook_cb cb, void *ud);
-
-/* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM. */
-int model_forward(model_ctx_t *c, kv_pool_t *kv, const model_batch_t *batch);
 
 #endif

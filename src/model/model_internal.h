@@ -3,6 +3,7 @@
 #ifndef LC_MODEL_INTERNAL_H
 #define LC_MODEL_INTERNAL_H
 
+#include "model/exec.h"
 #include "model/model.h"
 #include "ops/ops.h"
 
@@ -37,28 +38,22 @@ struct model {
     int f32_weights;     // load option: matrices expanded to f32
 };
 
-struct model_ctx {
-    const model_t *m;
-    int max_tokens;
-    float *x;                // (T, n_embd) residual stream
-    float *xb;               // (T, n_embd) normed input of a sub-layer
-    float *q;                // (T, n_heads, head_dim)
-    float *k;                // (T, n_kv_heads, head_dim)
-    float *v;                // (T, n_kv_heads, head_dim)
-    float *att;              // (T, n_heads, head_dim) attention output
-    float *proj;             // (T, n_embd) output projection / FFN down result
-    float *gate;             // (T, n_ff)
-    float *up;               // (T, n_ff)
-    int64_t *pos;            // (T) position of each token
-    int *rows;               // (T) token indices whose logits are needed
-    float *lbuf;             // (MODEL_LOGIT_CHUNK, n_vocab) logits staging for multi-sequence batches
-    unsigned char *mark;     // (T) batch coverage check, then the kinds of the logits rows
-    unsigned char *q8row;    // (T) 1 where the row is a decode token (8-bit activation matmul)
-    float **dst;             // (T) where each logits row goes
-    model_attn_hook_cb hook; // analysis hook or NULL
-    void *hook_ud;
-};
+/* ---- executors (exec.c dispatches to them) ------------------------------------- */
+/* The CPU executor (forward.c): scratch activations for up to max_tokens rows,
+ * the f32 KV store, and the attention plan. */
+typedef struct model_cpu model_cpu_t;
+model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs);
+void model_cpu_destroy(model_cpu_t *c);
+int model_cpu_forward(model_cpu_t *c, const model_batch_t *b);
+void model_cpu_set_attn_hook(model_cpu_t *c, model_attn_hook_cb cb, void *ud);
+/* kv_copy_cb: copies a block of the CPU store. */
+void model_cpu_copy_block(void *c, int32_t dst, int32_t src);
 
 #define MODEL_LOGIT_CHUNK 16
+
+/* Checks a batch against the model and the pool: token ids in the vocabulary,
+ * slices disjoint and covering, blocks reserved. covered: (n_tokens) scratch. */
+int model__check_batch(const model_t *m, const kv_config_t *kvc, int max_tokens, const model_batch_t *b,
+                       unsigned char *covered);
 
 #endif

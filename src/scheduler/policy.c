@@ -3,6 +3,7 @@
  * resolved attn_policy_t. "auto" means dense below the configured prompt
  * length thresholds and the server's default sparse method above them. */
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -10,7 +11,9 @@
 
 void sched_config_default(sched_config_t *c) {
     memset(c, 0, sizeof *c);
-    c->block_size = 16;
+    snprintf(c->device, sizeof c->device, "cpu");
+    c->block_size = 0;
+    c->kv_gpu_fraction = 0.85;
     c->kv_blocks = 0;
     c->kv_bytes = (size_t)1 << 30;
     c->max_batch_tokens = 2048;
@@ -85,8 +88,10 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
 }
 
 uint64_t sched__decode_salt(const attn_policy_t *p) {
-    uint64_t h = sched__prefill_salt(p);
-    if (p->decode == ATTN_DECODE_DENSE) return h;
+    /* Generated tokens never share blocks with prompts: their rows take the
+     * 8-bit matmul, prompt rows the exact one. */
+    uint64_t h = mix(sched__prefill_salt(p), 0x9e4e7a7edULL);
+    if (p->decode == ATTN_DECODE_DENSE) return h ? h : 1;
     h = mix(mix(mix(h, 0xdec0de00ULL + (uint64_t)p->decode), (uint64_t)p->decode_budget), (uint64_t)p->dense_layers);
     if (p->decode == ATTN_DECODE_TIDAL)
         h = mix(mix(h, (uint64_t)p->tidal_select_layer), (uint64_t)p->tidal_reselect_layer);

@@ -69,6 +69,8 @@ sched_req_t *sched_req_create(const sched_params_t *p, int *status) {
     }
     r->p.sampling.logit_bias = r->bias;
     if (!(r->ch = calloc((size_t)p->n_choices, sizeof *r->ch))) goto oom_r;
+    r->evq_cap = p->n_choices + 16; // the terminal events' room from the start (sched__req_push)
+    if (!(r->evq = malloc((size_t)r->evq_cap * sizeof *r->evq))) goto oom_r;
     for (int c = 0; c < p->n_choices; c++) kv_seq_init(&r->ch[c].kv);
     r->usage.prompt_tokens = p->n_prompt;
     return r;
@@ -137,10 +139,15 @@ void sched_req_usage(sched_req_t *r, sched_usage_t *out) {
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Room for every FINISH and the DONE event is always kept free: only a token
+ * or prompt-logprobs event can find the queue unable to grow, and then the
+ * engine fails the request with events that fit. */
 int sched__req_push(sched_req_t *r, sched_event_t *ev) {
+    const int terminal = ev->kind == SCHED_EV_FINISH || ev->kind == SCHED_EV_DONE;
     pthread_mutex_lock(&r->lock);
-    if (r->evq_n == r->evq_cap) {
-        int cap = r->evq_cap ? r->evq_cap * 2 : 16;
+    const int need = r->evq_n + 1 + (terminal ? 0 : r->p.n_choices + 1);
+    if (need > r->evq_cap) {
+        int cap = r->evq_cap * 2 > need ? r->evq_cap * 2 : need;
         sched_event_t *q = malloc((size_t)cap * sizeof *q);
         if (!q) {
             pthread_mutex_unlock(&r->lock);
@@ -156,7 +163,6 @@ int sched__req_push(sched_req_t *r, sched_event_t *ev) {
     r->evq[(r->evq_head + r->evq_n) % r->evq_cap] = *ev;
     r->evq_n++;
     pthread_mutex_unlock(&r->lock);
-    r->wake_pending = 1;
     return 0;
 }
 
@@ -167,14 +173,16 @@ void sched__req_set_usage(sched_req_t *r, const sched_usage_t *u) {
 }
 
 /* ---- request vectors ------------------------------------------------------------ */
+int sched__reqv_reserve(sched_reqv_t *v, int cap) {
+    sched_req_t **nv = realloc(v->v, (size_t)cap * sizeof *nv);
+    if (!nv) return LC_ENOMEM;
+    v->v = nv;
+    v->cap = cap;
+    return 0;
+}
+
 int sched__reqv_insert(sched_reqv_t *v, int i, sched_req_t *r) {
-    if (v->n == v->cap) {
-        int cap = v->cap ? v->cap * 2 : 16;
-        sched_req_t **nv = realloc(v->v, (size_t)cap * sizeof *nv);
-        if (!nv) return LC_ENOMEM;
-        v->v = nv;
-        v->cap = cap;
-    }
+    if (v->n == v->cap) return LC_ENOMEM;
     memmove(v->v + i + 1, v->v + i, (size_t)(v->n - i) * sizeof *v->v);
     v->v[i] = r;
     v->n++;

@@ -27,7 +27,6 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     s->hp = *model_hparams(model);
     s->tok = model_tok(model);
     s->cfg = *cfg;
-    if (s->cfg.block_size <= 0) s->cfg.block_size = 16;
     if (s->cfg.max_batch_tokens <= 0) s->cfg.max_batch_tokens = 2048;
     if (s->cfg.max_running <= 0) s->cfg.max_running = 64;
     if (s->cfg.max_waiting <= 0) s->cfg.max_waiting = 256;
@@ -41,21 +40,31 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     lc_hist_init(&s->h_queue, LC_HIST_LATENCY_BOUNDS, LC_HIST_LATENCY_N);
     lc_hist_init(&s->h_itl, LC_HIST_ITL_BOUNDS, LC_HIST_ITL_N);
 
-    kv_config_t kc = model_kv_config(model, s->cfg.block_size, 1);
-    int64_t nb = s->cfg.kv_blocks;
-    if (nb <= 0) nb = (int64_t)(s->cfg.kv_bytes / kv_block_bytes(&kc));
-    if (nb <= 0) {
-        snprintf(err, errlen, "KV pool of %zu bytes holds no block of %zu bytes", s->cfg.kv_bytes, kv_block_bytes(&kc));
-        goto fail;
-    }
-    kc.n_blocks = nb;
-    if (!(s->kv = kv_pool_create(&kc))) {
-        snprintf(err, errlen, "cannot allocate a KV pool of %lld blocks", (long long)nb);
-        goto fail;
-    }
     int mt = s->cfg.max_batch_tokens;
-    if (!(s->mctx = model_ctx_create(model, mt))) {
-        snprintf(err, errlen, "cannot allocate model scratch for %d tokens", mt);
+    model_exec_opts_t eo = {.device = s->cfg.device,
+                            .max_batch_tokens = mt,
+                            .max_seqs = mt,
+                            .block_size = s->cfg.block_size,
+                            .kv_blocks = s->cfg.kv_blocks,
+                            .kv_bytes = s->cfg.kv_bytes,
+                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction};
+    if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
+    kv_config_t kc = model_exec_kv_config(s->exec);
+    s->cfg.block_size = kc.block_size;
+    if (s->cfg.target_step_ms == 0) s->cfg.target_step_ms = model_exec_is_gpu(s->exec) ? 50 : 250;
+    /* Every queue move of the engine fits in room reserved here: waiting
+     * holds the admission limit plus every running request put back by a
+     * preemption, running every admitted request plus the finished ones
+     * swept at the end of a step, touched all of them. */
+    const int wcap = s->cfg.max_waiting + s->cfg.max_running + 1, rcap = s->cfg.max_running + 1 + wcap;
+    if (sched__reqv_reserve(&s->waiting, wcap) || sched__reqv_reserve(&s->running, rcap) ||
+        sched__reqv_reserve(&s->touched, rcap + wcap)) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    int64_t nb = kc.n_blocks;
+    if (!(s->kv = kv_pool_create(&kc)) || model_exec_bind(s->exec, s->kv)) {
+        snprintf(err, errlen, "cannot allocate a KV pool of %lld blocks", (long long)nb);
         goto fail;
     }
     s->btok = malloc((size_t)mt * sizeof *s->btok);
@@ -72,8 +81,8 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
         if (t >= 0 && t != e) s->eos[s->n_eos++] = t;
     }
     s->m.kv_blocks_total = nb;
-    LC_DEBUG("sched: KV pool %lld blocks of %d tokens (%.1f MiB)", (long long)nb, s->cfg.block_size,
-             (double)nb * (double)kv_block_bytes(&kc) / (1024.0 * 1024.0));
+    LC_DEBUG("sched: %s, KV pool %lld blocks of %d tokens (%.1f MiB)", model_exec_device(s->exec), (long long)nb,
+             s->cfg.block_size, (double)nb * (double)model_exec_kv_block_bytes(s->exec) / (1024.0 * 1024.0));
     return s;
 fail:
     sched_destroy(s);
@@ -104,8 +113,8 @@ void sched_destroy(sched_t *s) {
     free(s->running.v);
     free(s->waiting.v);
     free(s->touched.v);
-    model_ctx_destroy(s->mctx);
     kv_pool_destroy(s->kv);
+    model_exec_destroy(s->exec);
     free(s->btok);
     free(s->bseq);
     free(s->slot);
@@ -260,3 +269,4 @@ void sched_metrics(sched_t *s, sched_metrics_t *out) {
 
 kv_pool_t *sched_kv(sched_t *s) { return s->kv; }
 const model_t *sched_model(const sched_t *s) { return s->model; }
+const char *sched_device(const sched_t *s) { return model_exec_device(s->exec); }

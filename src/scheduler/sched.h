@@ -24,13 +24,17 @@
 
 /* ---- configuration ------------------------------------------------------------------ */
 typedef struct {
-    int block_size;          // KV tokens per block (16 on CPU)
-    int64_t kv_blocks;       // KV pool size in blocks (0: derive from kv_bytes)
-    size_t kv_bytes;         // KV pool size in bytes, when kv_blocks == 0
+    char device[32];         // "cpu", "cuda", "cuda:N" or "auto" (model/exec.h)
+    int block_size;          // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
+    int64_t kv_blocks;       // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
+    size_t kv_bytes;         // CPU: KV memory in bytes, when kv_blocks == 0
+    double kv_gpu_fraction;  // GPU: fraction of free device memory for KV, when kv_blocks == 0
     int max_batch_tokens;    // tokens per step (decode + prefill chunks), default 2048
     int max_running;         // sequences in the running set, default 64
     int max_waiting;         // bounded waiting queue; submit fails beyond it, default 256
     int prefill_chunk;       // most prompt tokens of one request per step, default 512
+    int target_step_ms;      // prompt rows per step sized to about this step time; < 0: only
+                             // max_batch_tokens limits them; 0 (default): 250 on the CPU, 50 on a GPU
     double kv_watermark;     // fraction of blocks kept free at admission, default 0.01
     int enable_prefix_cache; // default 1
     int threads;             // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
@@ -172,8 +176,9 @@ uint64_t sched_req_id(const sched_req_t *r);
 /* ---- the engine ---------------------------------------------------------------------------- */
 typedef struct sched sched_t;
 
-/* Creates the engine for a loaded model (which must outlive it), including
- * the KV pool. NULL with a message in err on failure. */
+/* Creates the engine for a loaded model (which must outlive it): the executor
+ * on the configured device, its KV store and the host pool. NULL with a
+ * message in err on failure. */
 sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err, size_t errlen);
 /* Stops the thread if running, cancels whatever is left, frees everything. */
 void sched_destroy(sched_t *s);
@@ -223,5 +228,7 @@ typedef struct {
 void sched_metrics(sched_t *s, sched_metrics_t *out);
 kv_pool_t *sched_kv(sched_t *s); // tests
 const model_t *sched_model(const sched_t *s);
+/* The executor's device, "cpu" or "cuda:N (<name>)". */
+const char *sched_device(const sched_t *s);
 
 #endif

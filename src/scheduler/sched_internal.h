@@ -6,6 +6,7 @@
 #include <stdatomic.h>
 
 #include "kv/kv.h"
+#include "model/exec.h"
 #include "model/tokenizer.h"
 #include "scheduler/sched.h"
 #include "scheduler/stop.h"
@@ -73,11 +74,11 @@ void sched__req_free_engine_state(sched_req_t *r); // samplers, streams, attn st
 
 /* policy.c: "auto" resolved against the config for a prompt length. */
 void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spec, int n_prompt, attn_policy_t *out);
-/* Prefix-cache salts (kv_seq_t.salt): 0 when every token of the sequence is
- * computed with dense attention (exact K/V, shareable by anyone), else a
- * fingerprint of the methods and knobs that shaped the K/V: the prompt's
- * blocks depend on the prefill policy, generated tokens' also on the decode
- * policy. */
+/* Prefix-cache salts (kv_seq_t.salt): a prompt's blocks get 0 under dense
+ * prefill (exact K/V, shareable by any dense prompt), else a fingerprint of
+ * the prefill method and knobs; generated tokens' blocks always a salt of
+ * their own (different arithmetic, and the decode policy), so they are never
+ * handed to a prompt. */
 uint64_t sched__prefill_salt(const attn_policy_t *p);
 uint64_t sched__decode_salt(const attn_policy_t *p);
 
@@ -89,6 +90,9 @@ struct sched_slot {
     int rows;   // logits rows (0, 1 or n_tok)
 };
 
+/* A vector of requests with a fixed capacity, reserved at creation so that
+ * the engine never allocates to move a request between queues (a failed
+ * allocation there would lose a request). */
 typedef struct {
     sched_req_t **v;
     int n, cap;
@@ -100,7 +104,7 @@ struct sched {
     model_hparams_t hp;
     sched_config_t cfg;
     kv_pool_t *kv;
-    model_ctx_t *mctx;
+    model_exec_t *exec;
     int32_t eos[2];
     int n_eos;
 
@@ -123,6 +127,7 @@ struct sched {
     float *tmp;              // (n_vocab) one row for a choice's sampler
     size_t logits_cap;       // floats
     sched_reqv_t touched;    // requests with events this step
+    double ms_per_row;       // measured cost of a batch row (EWMA over prompt-heavy steps); 0 = none yet
 
     /* Metrics, under mlock. */
     pthread_mutex_t mlock;
@@ -130,12 +135,18 @@ struct sched {
     lc_hist_t h_ttft, h_itl, h_e2e, h_queue;
 };
 
+/* Reserves room for cap requests (creation only). 0 or LC_ENOMEM. */
+int sched__reqv_reserve(sched_reqv_t *v, int cap);
+/* Never allocate; LC_ENOMEM when the reserved room is full. */
 int sched__reqv_push(sched_reqv_t *v, sched_req_t *r);
 void sched__reqv_remove(sched_reqv_t *v, int i);
 int sched__reqv_insert(sched_reqv_t *v, int i, sched_req_t *r);
 
 /* step.c */
 int sched__step(sched_t *s);
+/* output.c */
 void sched__finish_all(sched_t *s, sched_req_t *r, sched_finish_t f, int status);
+/* Samples, emits and advances every slice of the step's n_seq slices. */
+void sched__after_forward(sched_t *s, int n_seq);
 
 #endif

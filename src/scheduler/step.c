@@ -1,7 +1,24 @@
-/* One engine step: cancellations, batch building (running requests in
- * admission order, decodes and prefill chunks under the token budget, then
- * admission of waiting requests), the forward pass, and turning logits into
- * tokens, text and events.
+/* One engine step: cancellations, batch building, admission of waiting
+ * requests, the forward pass; output.c turns the logits into tokens and
+ * events.
+ *
+ * Batch building. Running requests decode first, oldest first (one token per
+ * live choice). Then prompt work — prompt chunks, and the recomputation of a
+ * preempted choice's tokens — in admission order, then admissions (FIFO),
+ * under two budgets: max_batch_tokens rows, and a prompt budget sized so a
+ * step takes about target_step_ms (from the measured cost per row), so that
+ * early requests start streaming early and decodes are never starved by a
+ * long prompt. While other prompt work waits, no request takes more than
+ * half of what is left, so a short prompt behind a long one starts within a
+ * step or two.
+ *
+ * Determinism. Where a prompt is cut into chunks never changes a dense row's
+ * result (attn.h: per-row arithmetic). Sparse prefill chooses its pattern per
+ * chunk, so a request with a sparse prefill method is cut only at multiples
+ * of prefill_chunk (a chunk that does not fit waits for the next step) and
+ * reuses cached prompt blocks only up to such a multiple. Generated tokens go
+ * through the decode arithmetic (8-bit matmul, the decode method), also when
+ * recomputed, and their blocks are never shared with prompts.
  *
  * A request starts in the prompt phase: its prompt is computed, in chunks,
  * into pkv. When the prompt is complete every unfinished choice forks pkv
@@ -14,7 +31,7 @@
  * request) and puts it back at the head of the waiting queue. Its generated
  * tokens, samplers, detokenizers and stop matchers are kept; on readmission
  * the prompt is recomputed into pkv, forked again, and each choice
- * recomputes its own generated tokens as a prefill chunk before it decodes
+ * recomputes its own generated tokens (as generated rows) before it decodes
  * again, so its output is unchanged. */
 #include <math.h>
 #include <stdlib.h>
@@ -24,88 +41,6 @@
 #include "common/status.h"
 #include "common/timeutil.h"
 #include "scheduler/sched_internal.h"
-
-
-/* ---- events -------------------------------------------------------------------- */
-static void touch(sched_t *s, sched_req_t *r) {
-    if (!r->wake_pending) sched__reqv_push(&s->touched, r);
-}
-
-static void push_ev(sched_t *s, sched_req_t *r, sched_event_t *ev) {
-    touch(s, r);
-    sched__req_push(r, ev);
-    r->wake_pending = 1;
-}
-
-static void fill_usage(sched_req_t *r, sched_usage_t *u, double now) {
-    sched_req_usage(r, u);
-    u->prompt_tokens = r->p.n_prompt;
-    u->completion_tokens = 0;
-    for (int c = 0; c < r->p.n_choices; c++) u->completion_tokens += r->ch[c].n_gen;
-    u->cached_tokens = r->cached_tokens;
-    u->preemptions = r->preemptions;
-    attn_stats_t st = {0};
-    const attn_stats_t *a;
-    if (r->pattn && (a = attn_state_stats(r->pattn))) st = *a;
-    for (int c = 0; c < r->p.n_choices; c++) {
-        if (!r->ch[c].attn || !(a = attn_state_stats(r->ch[c].attn))) continue;
-        st.prefill_computed += a->prefill_computed;
-        st.prefill_total += a->prefill_total;
-        st.decode_computed += a->decode_computed;
-        st.decode_total += a->decode_total;
-    }
-    u->prefill_density = st.prefill_total > 0 ? st.prefill_computed / st.prefill_total : NAN;
-    u->decode_density = st.decode_total > 0 ? st.decode_computed / st.decode_total : NAN;
-    u->prefill_method = (int)r->policy.prefill;
-    u->decode_method = (int)r->policy.decode;
-    u->queue_s = r->t_sched > 0 ? r->t_sched - r->t_submit : 0;
-    u->ttft_s = r->t_first > 0 ? r->t_first - r->t_submit : 0;
-    u->e2e_s = now - r->t_submit;
-}
-
-static void request_done(sched_t *s, sched_req_t *r) {
-    double now = lc_now_s();
-    kv_seq_release(s->kv, &r->pkv);
-    sched_usage_t u;
-    fill_usage(r, &u, now);
-    sched__req_set_usage(r, &u);
-    sched_event_t ev = {.kind = SCHED_EV_DONE};
-    push_ev(s, r, &ev);
-    r->state = REQ_DONE;
-    /* The request's overall outcome: an error or cancellation wins. */
-    sched_finish_t f = r->ch[0].finish;
-    for (int c = 0; c < r->p.n_choices; c++)
-        if (r->ch[c].finish == SCHED_FINISH_ERROR || r->ch[c].finish == SCHED_FINISH_CANCELLED) f = r->ch[c].finish;
-    pthread_mutex_lock(&s->mlock);
-    s->m.requests_finished[f]++;
-    if (!isnan(u.prefill_density)) {
-        s->m.prefill_density_sum += u.prefill_density;
-        s->m.density_count++;
-    }
-    if (!isnan(u.decode_density)) {
-        s->m.decode_density_sum += u.decode_density;
-        s->m.decode_density_count++;
-    }
-    pthread_mutex_unlock(&s->mlock);
-    lc_hist_observe(&s->h_e2e, u.e2e_s);
-}
-
-static void finish_choice(sched_t *s, sched_req_t *r, int c, sched_finish_t f, int status) {
-    sched_choice_t *ch = &r->ch[c];
-    if (ch->finish != SCHED_FINISH_NONE) return;
-    ch->finish = f;
-    kv_seq_release(s->kv, &ch->kv);
-    sched_event_t ev = {.kind = SCHED_EV_FINISH, .choice = c, .finish = f, .status = status};
-    push_ev(s, r, &ev);
-    if (--r->n_live == 0) request_done(s, r);
-}
-
-void sched__finish_all(sched_t *s, sched_req_t *r, sched_finish_t f, int status) {
-    if (r->state == REQ_DONE) return;
-    if (r->n_live == 0) r->n_live = r->p.n_choices; // never (fully) admitted
-    for (int c = 0; c < r->p.n_choices; c++) finish_choice(s, r, c, f, status);
-    kv_seq_release(s->kv, &r->pkv);
-}
 
 /* ---- first admission: per-choice state ---------------------------------------------- */
 static int req_init_engine(sched_t *s, sched_req_t *r) {
@@ -135,6 +70,9 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
     return 0;
 }
 
+/* 1 when r's prompt chunks must end at multiples of prefill_chunk. */
+static int fixed_chunks(const sched_req_t *r) { return r->policy.prefill != ATTN_PREFILL_DENSE; }
+
 /* ---- preemption ------------------------------------------------------------------- */
 static void preempt(sched_t *s, int idx) {
     sched_req_t *r = s->running.v[idx];
@@ -145,8 +83,13 @@ static void preempt(sched_t *s, int idx) {
     r->state = REQ_WAITING;
     sched__reqv_remove(&s->running, idx);
     pthread_mutex_lock(&s->lock);
-    if (sched__reqv_insert(&s->waiting, 0, r)) LC_ERROR("sched: out of memory re-queueing a request");
+    int rc = sched__reqv_insert(&s->waiting, 0, r); // room reserved at creation: cannot fail
     pthread_mutex_unlock(&s->lock);
+    if (rc) { // an invariant broke: fail the request rather than lose it
+        LC_ERROR("sched: waiting queue full re-queueing request %llu", (unsigned long long)r->id);
+        sched__finish_all(s, r, SCHED_FINISH_ERROR, rc);
+        sched__reqv_push(&s->running, r);
+    }
     pthread_mutex_lock(&s->mlock);
     s->m.preemptions_total++;
     pthread_mutex_unlock(&s->mlock);
@@ -155,7 +98,10 @@ static void preempt(sched_t *s, int idx) {
 
 /* ---- batch building -------------------------------------------------------------- */
 typedef struct {
-    int n_tok, n_seq, budget, preempted;
+    int n_tok, n_seq;
+    int budget;    // rows left under max_batch_tokens
+    int pf_budget; // prompt rows left under the step-time target
+    int preempted;
 } batch_t;
 
 static int lp_chunk_cap(const sched_t *s) {
@@ -171,7 +117,7 @@ static int make_room(sched_t *s, kv_seq_t *kv, int n) {
 }
 
 static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks, int n,
-                      int logits_mode, int decode) {
+                      model_logits_t logits, int generated) {
     model_seq_t *ms = &s->bseq[b->n_seq];
     memset(ms, 0, sizeof *ms);
     ms->tok0 = b->n_tok;
@@ -179,21 +125,25 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     ms->pos0 = kv->n_tokens;
     ms->kv = kv;
     ms->attn = choice < 0 ? r->pattn : r->ch[choice].attn;
-    ms->decode = decode;
-    ms->logits_mode = logits_mode;
+    ms->generated = generated;
+    ms->logits_mode = logits;
     memcpy(s->btok + b->n_tok, toks + kv->n_tokens, (size_t)n * sizeof *toks);
-    s->slot[b->n_seq] = (struct sched_slot){.r = r, .choice = choice, .rows = logits_mode == 2 ? n : logits_mode};
+    s->slot[b->n_seq] = (struct sched_slot){
+        .r = r, .choice = choice, .rows = logits == MODEL_LOGITS_ALL ? n : logits == MODEL_LOGITS_LAST};
     b->n_seq++;
     b->n_tok += n;
     b->budget -= n;
+    if (!generated || n > 1) b->pf_budget -= n;
 }
 
 /* Removes r's slices (the last ones added) after r preempted itself. */
 static void drop_slices(sched_t *s, batch_t *b, sched_req_t *r) {
     while (b->n_seq > 0 && s->slot[b->n_seq - 1].r == r) {
         b->n_seq--;
-        b->n_tok -= s->bseq[b->n_seq].n_tok;
-        b->budget += s->bseq[b->n_seq].n_tok;
+        const model_seq_t *ms = &s->bseq[b->n_seq];
+        b->n_tok -= ms->n_tok;
+        b->budget += ms->n_tok;
+        if (!ms->generated || ms->n_tok > 1) b->pf_budget += ms->n_tok;
     }
 }
 
@@ -206,7 +156,7 @@ static int newest_live(const sched_t *s) {
 
 /* Gets room for a slice, preempting the newest running requests while the
  * pool is short. Returns 1 on success, 0 if r itself was preempted, or a
- * negative status. */
+ * negative status (r's own failure, e.g. out of memory for its table). */
 static int room_or_preempt(sched_t *s, batch_t *b, sched_req_t *r, kv_seq_t *kv, int n) {
     for (;;) {
         int rc = make_room(s, kv, n);
@@ -221,53 +171,91 @@ static int room_or_preempt(sched_t *s, batch_t *b, sched_req_t *r, kv_seq_t *kv,
     }
 }
 
+/* A request whose own slice could not be set up (out of memory) fails alone. */
+static void fail_request(sched_t *s, batch_t *b, sched_req_t *r, int rc) {
+    LC_ERROR("sched: request %llu: %s", (unsigned long long)r->id, lc_strerror(rc));
+    drop_slices(s, b, r);
+    sched__finish_all(s, r, SCHED_FINISH_ERROR, rc);
+}
+
 /* Decode slices of r (choices with exactly one token pending). A decode
- * that finds no block preempts the newest running request, possibly r.
- * Returns 1 if r is still running, 0 if it was preempted, or a status. */
-static int schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
-    if (r->prompt_phase) return 1;
+ * that finds no block preempts the newest running request, possibly r. */
+static void schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
+    if (r->prompt_phase) return;
     for (int c = 0; c < r->p.n_choices && b->budget > 0; c++) {
         sched_choice_t *ch = &r->ch[c];
         if (ch->finish != SCHED_FINISH_NONE) continue;
         if (r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens != 1) continue;
         int rc = room_or_preempt(s, b, r, &ch->kv, 1);
-        if (rc <= 0) return rc;
-        add_slice(s, b, r, c, &ch->kv, ch->toks, 1, 1, 1);
+        if (rc < 0) return fail_request(s, b, r, rc);
+        if (rc == 0) return;
+        add_slice(s, b, r, c, &ch->kv, ch->toks, 1, MODEL_LOGITS_LAST, 1);
     }
-    return 1;
 }
 
-/* Prefill chunks of r: its prompt, or (after a preemption) a choice's
- * generated tokens being recomputed. These never preempt: without blocks
- * they wait. Returns 0 or a negative status. */
-static int schedule_prefills(sched_t *s, batch_t *b, sched_req_t *r) {
-    if (r->prompt_phase) {
-        int pending = r->p.n_prompt - (int)r->pkv.n_tokens;
-        int want_lp = r->prompt_lps && !r->prompt_lp_done;
-        int n = pending;
-        if (n > s->cfg.prefill_chunk) n = s->cfg.prefill_chunk;
+/* Prompt rows r may take now: its budget share, rounded to whole blocks when
+ * cut; pending is what r has left. */
+static int prompt_take(const sched_t *s, const batch_t *b, int pending, int others_wait) {
+    int n = pending < s->cfg.prefill_chunk ? pending : s->cfg.prefill_chunk;
+    int room = b->budget < b->pf_budget ? b->budget : b->pf_budget;
+    if (others_wait && room > 2 * s->cfg.block_size) room /= 2;
+    if (n > room) n = room / s->cfg.block_size * s->cfg.block_size;
+    return n > 0 ? n : 0;
+}
+
+/* The next prompt chunk of r. Returns 0, or a negative status for r. */
+static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int others_wait) {
+    const int pending = r->p.n_prompt - (int)r->pkv.n_tokens;
+    const int want_lp = r->prompt_lps && !r->prompt_lp_done;
+    int n;
+    if (fixed_chunks(r)) { // up to the next multiple of prefill_chunk, whole or not at all
+        const int64_t C = s->cfg.prefill_chunk, end = (r->pkv.n_tokens / C + 1) * C;
+        n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
+        if (n > b->budget || (n > b->pf_budget && b->n_tok > 0)) n = 0;
+    } else {
+        n = prompt_take(s, b, pending, others_wait);
         if (want_lp && n > lp_chunk_cap(s)) n = lp_chunk_cap(s);
-        if (n > b->budget) n = b->budget;
-        if (n <= 0) return 0;
-        int rc = make_room(s, &r->pkv, n);
-        if (rc) return rc == LC_ENOSPC ? 0 : rc;
-        int mode = want_lp ? 2 : (n == pending && !r->sampled_once ? 1 : 0);
-        add_slice(s, b, r, -1, &r->pkv, r->prompt, n, mode, 0);
-        return 0;
     }
+    if (n <= 0) return 0;
+    int rc = make_room(s, &r->pkv, n);
+    if (rc) return rc == LC_ENOSPC ? 0 : rc;
+    model_logits_t mode = want_lp                            ? MODEL_LOGITS_ALL
+                          : n == pending && !r->sampled_once ? MODEL_LOGITS_LAST
+                                                             : MODEL_LOGITS_NONE;
+    add_slice(s, b, r, -1, &r->pkv, r->prompt, n, mode, 0);
+    return 0;
+}
+
+/* Recomputes a preempted choice's generated tokens (generated rows: the same
+ * arithmetic as when they were decoded). Its last row samples the next
+ * token, as the decode step would have. */
+static int schedule_replays(sched_t *s, batch_t *b, sched_req_t *r, int others_wait) {
     for (int c = 0; c < r->p.n_choices && b->budget > 0; c++) {
         sched_choice_t *ch = &r->ch[c];
         if (ch->finish != SCHED_FINISH_NONE) continue;
         int pending = r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens;
         if (pending <= 1) continue;
-        int n = pending;
-        if (n > s->cfg.prefill_chunk) n = s->cfg.prefill_chunk;
-        if (n > b->budget) n = b->budget;
+        int n = prompt_take(s, b, pending, others_wait);
+        if (n <= 0) return 0;
         int rc = make_room(s, &ch->kv, n);
         if (rc) return rc == LC_ENOSPC ? 0 : rc;
-        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? 1 : 0, 0);
+        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE, 1);
     }
     return 0;
+}
+
+static int has_prompt_work(const sched_req_t *r) {
+    if (r->state == REQ_DONE) return 0;
+    if (r->prompt_phase) return 1;
+    for (int c = 0; c < r->p.n_choices; c++)
+        if (r->ch[c].finish == SCHED_FINISH_NONE && r->p.n_prompt + r->ch[c].n_gen - r->ch[c].kv.n_tokens > 1) return 1;
+    return 0;
+}
+
+static void schedule_prompt_work(sched_t *s, batch_t *b, int i, int others_wait) {
+    sched_req_t *r = s->running.v[i];
+    int rc = r->prompt_phase ? schedule_prompt(s, b, r, others_wait) : schedule_replays(s, b, r, others_wait);
+    if (rc < 0) fail_request(s, b, r, rc);
 }
 
 static int running_seqs(const sched_t *s) {
@@ -276,13 +264,27 @@ static int running_seqs(const sched_t *s) {
     return n;
 }
 
-/* Admits waiting requests (FIFO) while the budget, max_running and the KV
+/* Attaches r's cached prompt prefix; for fixed chunks only up to a multiple
+ * of prefill_chunk. Returns the tokens reused. */
+static int64_t attach_prefix(sched_t *s, sched_req_t *r) {
+    if (!s->cfg.enable_prefix_cache || r->prompt_lps || r->pkv.n_blocks != 0) return 0;
+    int64_t n = kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt);
+    if (n > 0 && fixed_chunks(r)) {
+        int64_t keep = n / s->cfg.prefill_chunk * s->cfg.prefill_chunk;
+        kv_seq_truncate(s->kv, &r->pkv, keep);
+        n = keep;
+    }
+    return n;
+}
+
+/* Admits waiting requests (FIFO) while the budgets, max_running and the KV
  * watermark allow. */
-static int admit(sched_t *s, batch_t *b) {
+static void admit(sched_t *s, batch_t *b) {
     int64_t wm = (int64_t)ceil(s->cfg.kv_watermark * (double)kv_pool_n_blocks(s->kv));
-    while (b->budget > 0) {
+    while (b->budget > 0 && b->pf_budget > 0) {
         pthread_mutex_lock(&s->lock);
         sched_req_t *r = s->waiting.n ? s->waiting.v[0] : NULL;
+        const int more_waiting = s->waiting.n > 1;
         pthread_mutex_unlock(&s->lock);
         if (!r) break;
         int first = r->ch[0].toks == NULL;
@@ -299,9 +301,7 @@ static int admit(sched_t *s, batch_t *b) {
                 continue;
             }
         }
-        int64_t cached = 0;
-        if (s->cfg.enable_prefix_cache && !r->prompt_lps && r->pkv.n_blocks == 0)
-            cached = kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt);
+        int64_t cached = attach_prefix(s, r);
         int64_t need = kv_seq_blocks_needed(s->kv, &r->pkv, r->p.n_prompt);
         int64_t avail = kv_pool_n_available(s->kv);
         if (need + (s->running.n > 0 ? wm : 0) > avail) {
@@ -318,172 +318,8 @@ static int admit(sched_t *s, batch_t *b) {
         }
         r->state = REQ_RUNNING;
         r->admit_seq = ++s->admit_counter;
-        if (sched__reqv_push(&s->running, r)) return LC_ENOMEM;
-        int rc = schedule_prefills(s, b, r);
-        if (rc < 0) return rc;
-    }
-    return 0;
-}
-
-/* ---- after the forward pass ---------------------------------------------------------- */
-static int is_in(int32_t t, const int32_t *v, int n) {
-    for (int i = 0; i < n; i++)
-        if (v[i] == t) return 1;
-    return 0;
-}
-
-/* Samples choice c from logits (modified) and emits the token. */
-static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, double now) {
-    sched_choice_t *ch = &r->ch[c];
-    int32_t banned[2 + 64];
-    int n_banned = 0;
-    if (ch->n_gen < r->p.min_tokens) {
-        if (!r->p.ignore_eos)
-            for (int i = 0; i < s->n_eos; i++) banned[n_banned++] = s->eos[i];
-        for (int i = 0; i < r->p.n_stop_token_ids && n_banned < (int)(sizeof banned / sizeof *banned); i++)
-            banned[n_banned++] = r->stop_ids[i];
-    }
-    sampler_result_t res;
-    int rc = sampler_sample(ch->sampler, logits, banned, n_banned, &res);
-    if (rc) {
-        finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
-        return;
-    }
-    int32_t t = res.token;
-    ch->toks[r->p.n_prompt + ch->n_gen] = t;
-    ch->n_gen++;
-    sampler_accept(ch->sampler, t);
-    if (r->t_first == 0) {
-        r->t_first = now;
-        lc_hist_observe(&s->h_ttft, now - r->t_submit);
-    }
-    if (ch->t_last > 0) lc_hist_observe(&s->h_itl, now - ch->t_last);
-    ch->t_last = now;
-    pthread_mutex_lock(&s->mlock);
-    s->m.generation_tokens_total++;
-    pthread_mutex_unlock(&s->mlock);
-
-    sched_finish_t f = SCHED_FINISH_NONE;
-    sched_text_t out = {0};
-    int matched = 0;
-    if ((!r->p.ignore_eos && is_in(t, s->eos, s->n_eos)) || is_in(t, r->stop_ids, r->p.n_stop_token_ids)) {
-        f = SCHED_FINISH_STOP; // the stop token's own text is never returned
-    } else if (ch->detok) {
-        const char *txt;
-        size_t len;
-        if (tok_stream_push(ch->detok, t, &txt, &len) == 0 && len)
-            matched = sched_stopm_push(&ch->stopm, txt, len, &out) == 1;
-        if (matched) f = SCHED_FINISH_STOP;
-    }
-    if (f == SCHED_FINISH_NONE && (ch->n_gen >= r->p.max_tokens || r->p.n_prompt + ch->n_gen >= s->hp.n_ctx_train))
-        f = SCHED_FINISH_LENGTH;
-    if (f != SCHED_FINISH_NONE && !matched) {
-        /* Nothing can match any more: release what was held. */
-        const char *txt;
-        size_t len;
-        if (ch->detok && tok_stream_flush(ch->detok, &txt, &len) == 0 && len)
-            matched = sched_stopm_push(&ch->stopm, txt, len, &out) == 1;
-        if (!matched) sched_stopm_flush(&ch->stopm, &out);
-    }
-    sched_event_t ev = {.kind = SCHED_EV_TOKEN, .choice = c, .token = t};
-    if (!out.s) sched_text_append(&out, "", 0);
-    ev.text = out.s;
-    ev.text_len = out.len;
-    if (r->p.logprobs >= 0) {
-        ev.has_lp = 1;
-        ev.lp.token = t;
-        ev.lp.logprob = res.logprob;
-        ev.lp.n_top = res.n_top;
-        memcpy(ev.lp.top_ids, res.top_ids, sizeof res.top_ids);
-        memcpy(ev.lp.top_logprobs, res.top_logprobs, sizeof res.top_logprobs);
-    }
-    push_ev(s, r, &ev);
-    if (f != SCHED_FINISH_NONE) finish_choice(s, r, c, f, 0);
-}
-
-static void prompt_rows_lp(sched_t *s, sched_req_t *r, const model_seq_t *ms) {
-    int nv = s->hp.n_vocab, top = r->p.prompt_logprobs;
-    if (top > SAMPLER_MAX_LOGPROBS) top = SAMPLER_MAX_LOGPROBS;
-    if (ms->pos0 == 0) {
-        r->prompt_lps[0] = (sched_logprob_t){.token = r->prompt[0], .logprob = NAN};
-    }
-    for (int j = 0; j < ms->n_tok; j++) {
-        int64_t pos = ms->pos0 + j + 1;
-        if (pos >= r->p.n_prompt) break;
-        sampler_result_t res;
-        sampler_logprobs_of(ms->logits + (size_t)j * nv, nv, r->prompt[pos], top, &res);
-        sched_logprob_t *lp = &r->prompt_lps[pos];
-        lp->token = res.token;
-        lp->logprob = res.logprob;
-        lp->n_top = res.n_top;
-        memcpy(lp->top_ids, res.top_ids, sizeof res.top_ids);
-        memcpy(lp->top_logprobs, res.top_logprobs, sizeof res.top_logprobs);
-    }
-}
-
-static void prompt_complete(sched_t *s, sched_req_t *r, const model_seq_t *ms, double now) {
-    if (r->prompt_lps && !r->prompt_lp_done) {
-        r->prompt_lp_done = 1;
-        sched_event_t ev = {
-            .kind = SCHED_EV_PROMPT_LOGPROBS, .prompt_lps = r->prompt_lps, .n_prompt_lps = r->p.n_prompt};
-        r->prompt_lps = NULL; // the event owns it now
-        push_ev(s, r, &ev);
-    }
-    for (int c = 0; c < r->p.n_choices; c++) {
-        if (r->ch[c].finish != SCHED_FINISH_NONE) continue;
-        kv_seq_t *ck = &r->ch[c].kv;
-        int rc = kv_seq_fork(s->kv, &r->pkv, ck);
-        if (rc) {
-            finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
-            continue;
-        }
-        /* Generated tokens under a sparse decode policy start a chain of
-         * their own (the prompt's blocks stay shared and cached as they are). */
-        uint64_t salt = sched__decode_salt(&r->policy);
-        if (salt != ck->salt) {
-            ck->salt = salt;
-            ck->n_hashed = 0;
-            ck->last_hash = 0;
-        }
-    }
-    kv_seq_release(s->kv, &r->pkv);
-    r->prompt_phase = 0;
-    if (r->sampled_once || r->state == REQ_DONE) return;
-    r->sampled_once = 1;
-    pthread_mutex_lock(&s->mlock);
-    s->m.prompt_tokens_total += (uint64_t)r->p.n_prompt;
-    pthread_mutex_unlock(&s->mlock);
-    if (r->p.max_tokens == 0) {
-        for (int c = 0; c < r->p.n_choices; c++) finish_choice(s, r, c, SCHED_FINISH_LENGTH, 0);
-        return;
-    }
-    size_t nv = (size_t)s->hp.n_vocab;
-    const float *last = ms->logits + (ms->logits_mode == 2 ? (size_t)(ms->n_tok - 1) * nv : 0);
-    for (int c = 0; c < r->p.n_choices; c++) {
-        if (r->ch[c].finish != SCHED_FINISH_NONE) continue;
-        memcpy(s->tmp, last, nv * sizeof *s->tmp);
-        sample_choice(s, r, c, s->tmp, now);
-    }
-}
-
-static void after_forward(sched_t *s, batch_t *b) {
-    double now = lc_now_s();
-    for (int i = 0; i < b->n_seq; i++) {
-        model_seq_t *ms = &s->bseq[i];
-        sched_req_t *r = s->slot[i].r;
-        if (r->state == REQ_DONE) continue;
-        if (s->slot[i].choice < 0) {
-            r->pkv.n_tokens += ms->n_tok;
-            if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &r->pkv, r->prompt, r->pkv.n_tokens);
-            if (ms->logits_mode == 2) prompt_rows_lp(s, r, ms);
-            if (r->pkv.n_tokens == r->p.n_prompt) prompt_complete(s, r, ms, now);
-        } else {
-            sched_choice_t *ch = &r->ch[s->slot[i].choice];
-            if (ch->finish != SCHED_FINISH_NONE) continue;
-            ch->kv.n_tokens += ms->n_tok;
-            if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &ch->kv, ch->toks, ch->kv.n_tokens);
-            if (ms->logits_mode) sample_choice(s, r, s->slot[i].choice, ms->logits, now);
-        }
+        sched__reqv_push(&s->running, r); // room reserved at creation
+        schedule_prompt_work(s, b, s->running.n - 1, more_waiting);
     }
 }
 
@@ -546,24 +382,39 @@ static int ensure_logits(sched_t *s, size_t floats) {
     return 0;
 }
 
+/* Prompt rows a step may take: what fits the step-time target at the measured
+ * cost per row (all of max_batch_tokens until a step was measured, or with
+ * no target), never fewer than one block. */
+static int prompt_budget(const sched_t *s, int n_decode) {
+    if (s->cfg.target_step_ms <= 0 || s->ms_per_row <= 0) return s->cfg.max_batch_tokens;
+    double rows = s->cfg.target_step_ms / s->ms_per_row - n_decode;
+    int min = s->cfg.block_size;
+    if (rows < min) return min;
+    return rows > s->cfg.max_batch_tokens ? s->cfg.max_batch_tokens : (int)rows;
+}
+
 int sched__step(sched_t *s) {
     handle_cancels(s);
     batch_t b = {.budget = s->cfg.max_batch_tokens};
     int rc = 0;
-    /* Running decodes first, oldest first; then prefill chunks of running
-     * requests; then new admissions (not in a step that had to preempt). */
-    for (int i = 0; i < s->running.n && b.budget > 0; i++) {
-        sched_req_t *r = s->running.v[i];
-        if (r->state == REQ_DONE) continue;
-        if ((rc = schedule_decodes(s, &b, r)) < 0) goto out;
+    /* Running decodes first, oldest first. */
+    for (int i = 0; i < s->running.n && b.budget > 0; i++)
+        if (s->running.v[i]->state != REQ_DONE) schedule_decodes(s, &b, s->running.v[i]);
+    /* Prompt work of running requests in admission order, then admissions
+     * (not in a step that had to preempt). */
+    const int n_decode = b.n_tok;
+    b.pf_budget = prompt_budget(s, n_decode);
+    int n_prompt_work = 0;
+    for (int i = 0; i < s->running.n; i++) n_prompt_work += has_prompt_work(s->running.v[i]);
+    pthread_mutex_lock(&s->lock);
+    const int n_waiting = s->waiting.n;
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < s->running.n && b.budget > 0 && b.pf_budget > 0; i++) {
+        if (!has_prompt_work(s->running.v[i])) continue;
+        n_prompt_work--;
+        schedule_prompt_work(s, &b, i, n_prompt_work > 0 || (n_waiting > 0 && !b.preempted));
     }
-    for (int i = 0; i < s->running.n && b.budget > 0; i++) {
-        sched_req_t *r = s->running.v[i];
-        if (r->state == REQ_DONE) continue;
-        if ((rc = schedule_prefills(s, &b, r)) < 0) goto out;
-    }
-    if (!b.preempted && (rc = admit(s, &b)) < 0) goto out;
-    rc = 0;
+    if (!b.preempted) admit(s, &b);
     if (b.n_seq == 0) {
         /* Every running request waits for blocks that only another one
          * holds: give the pool to the older ones. */
@@ -582,9 +433,16 @@ int sched__step(sched_t *s) {
         rows += (size_t)s->slot[i].rows;
     }
     model_batch_t mb = {.n_tokens = b.n_tok, .tokens = s->btok, .n_seqs = b.n_seq, .seqs = s->bseq};
-    rc = model_forward(s->mctx, s->kv, &mb);
+    const double t0 = lc_now_s();
+    rc = model_exec_forward(s->exec, s->kv, &mb);
     if (rc) goto fail;
-    after_forward(s, &b);
+    /* The cost of a row, from steps that are mostly prompt rows (decode rows
+     * take cheaper kernels on the CPU). */
+    if (2 * (b.n_tok - n_decode) >= b.n_tok) {
+        const double ms = (lc_now_s() - t0) * 1e3 / b.n_tok;
+        s->ms_per_row = s->ms_per_row > 0 ? 0.8 * s->ms_per_row + 0.2 * ms : ms;
+    }
+    sched__after_forward(s, b.n_seq);
     rc = b.n_tok;
     goto out;
 fail:

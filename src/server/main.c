@@ -167,7 +167,10 @@ static void load_work(uv_work_t *w) {
 
 static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sched_config_default(sc);
+    snprintf(sc->device, sizeof sc->device, "%s", c->device);
     sc->block_size = c->block_size;
+    sc->kv_gpu_fraction = c->kv_gpu_fraction;
+    sc->target_step_ms = c->target_step_ms;
     sc->kv_blocks = c->kv_blocks;
     sc->kv_bytes = (size_t)c->kv_bytes;
     sc->max_batch_tokens = c->max_batch_tokens;
@@ -216,8 +219,9 @@ static void load_after(uv_work_t *w, int status) {
     }
     sched_set_heartbeat_cb(s->sched, heartbeat_cb, s);
     s->loading = 0;
-    LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on http://%s:%d", s->served_name, hp->name,
-            hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host, s->cfg.port);
+    LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on %s at http://%s:%d", s->served_name, hp->name,
+            hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", sched_device(s->sched),
+            s->cfg.host, s->cfg.port);
     int nt = s->cfg.threads;
 #ifdef _OPENMP
     if (nt <= 0) nt = omp_get_max_threads();
@@ -274,7 +278,6 @@ int main(int argc, char **argv) {
         printf("# configuration OK (%d API key%s)\n", s->auth.n_keys, s->auth.n_keys == 1 ? "" : "s");
         return 0;
     }
-    if (!strncmp(s->cfg.device, "cuda", 4)) LC_WARN("device %s requested; this engine runs on cpu", s->cfg.device);
     signal(SIGPIPE, SIG_IGN);
     s->argc = argc;
     s->argv = argv;

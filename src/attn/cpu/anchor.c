@@ -20,32 +20,144 @@
 #include "attn/cpu/kern.h"
 #include "common/status.h"
 
-int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                        const attn_kv_t *kv, float *out, float *lse, double *computed) {
+/* One call's sizes. */
+typedef struct {
+    const attn_shape_t *sh;
+    const attn_policy_t *pol;
+    const float *q;
+    int64_t q_pos0, N;
+    int B;        // query block
+    int64_t A, L; // initial window, group (local window) length
+    int max_blk;  // query blocks one group can touch
+    const attn_kv_t *kv;
+} anchor_ctx_t;
+
+#define ANCHOR_CH 1024 // keys per stripe-scoring pass
+
+typedef struct {
+    attn_tile_t *tiles; // (max_blk) one per query block of the group
+    attn_tile_t pt;     // pooled (mean) queries of the group's blocks
+    float *S;           // (max_blk rounded to 4, ANCHOR_CH) pooled scores
+    float *abar;        // (max_blk) mean anchor of each block
+    attn_range_t *sel;  // (N / 2 + 1) selected stripes
+} anchor_scratch_t;
+
+static anchor_ctx_t anchor_ctx(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q,
+                               int64_t q_pos0, const attn_kv_t *kv) {
+    anchor_ctx_t c = {shape, pol, q, q_pos0, q_pos0 + n_q, pol->block > 0 ? pol->block : 128, 0, 0, 0, kv};
+    c.A = pol->anchor_init > 0 ? pol->anchor_init : 0;
+    c.L = pol->anchor_local >= c.B ? pol->anchor_local : c.B;
+    c.max_blk = (int)((c.L + c.B - 1) / c.B) + 1;
+    return c;
+}
+
+static size_t anchor_scratch_bytes(const anchor_ctx_t *c) {
+    const int d = c->sh->head_dim;
+    return attn_arena_need(sizeof(attn_tile_t) * c->max_blk) + (size_t)c->max_blk * attn_tile_bytes(c->B, d) +
+           attn_tile_bytes(c->max_blk, d) +
+           attn_arena_need(sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH) +
+           attn_arena_need(sizeof(float) * c->max_blk) + attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+}
+
+static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratch_t *x) {
+    const int d = c->sh->head_dim;
+    attn_arena_reset(ar);
+    x->tiles = attn_arena_alloc(ar, sizeof(attn_tile_t) * c->max_blk);
+    int rc = x->tiles ? 0 : LC_ENOMEM;
+    for (int b = 0; !rc && b < c->max_blk; b++) rc = attn_tile_init(&x->tiles[b], ar, c->B, d);
+    if (!rc) rc = attn_tile_init(&x->pt, ar, c->max_blk, d);
+    x->S = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH);
+    x->abar = attn_arena_alloc(ar, sizeof(float) * c->max_blk);
+    x->sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+    return rc || !x->S || !x->abar || !x->sel ? LC_ENOMEM : 0;
+}
+
+/* Step 1: each query block of group g (head h) attends the initial window and
+ * the group's local window exactly; its mean row max is the anchor. Returns
+ * the number of blocks. */
+static int anchor_pass(const anchor_ctx_t *c, int h, int64_t g0, anchor_scratch_t *x) {
+    const int H = c->sh->n_heads, kh = h / (H / c->sh->n_kv_heads), d = c->sh->head_dim, B = c->B;
+    const int64_t q0 = g0 > c->q_pos0 ? g0 : c->q_pos0, q1 = g0 + c->L < c->N ? g0 + c->L : c->N;
+    int nb = 0;
+    for (int64_t p0 = q0; p0 < q1; nb++) {
+        int64_t p1 = (p0 / B + 1) * B < q1 ? (p0 / B + 1) * B : q1;
+        attn_tile_t *t = &x->tiles[nb];
+        attn_tile_begin(t, (int)(p1 - p0));
+        float *qbar = x->pt.q + (size_t)nb * d;
+        memset(qbar, 0, sizeof(float) * d);
+        for (int64_t p = p0; p < p1; p++) {
+            const float *qr = c->q + ((size_t)(p - c->q_pos0) * H + h) * d;
+            float *dst = t->q + (size_t)(p - p0) * d;
+            for (int e = 0; e < d; e++) {
+                dst[e] = qr[e] * c->sh->scale;
+                qbar[e] += dst[e];
+            }
+            t->qpos[p - p0] = p;
+        }
+        for (int e = 0; e < d; e++) qbar[e] /= (float)(p1 - p0);
+        attn_range_t rg[2];
+        int nr = 0;
+        if (g0 <= c->A) {
+            rg[nr++] = (attn_range_t){0, p1};
+        } else {
+            rg[nr++] = (attn_range_t){0, c->A};
+            rg[nr++] = (attn_range_t){g0, p1};
+        }
+        attn_tile_run(t, c->kv, kh, rg, nr);
+        double am = 0;
+        for (int r = 0; r < t->nr; r++) am += t->m[r];
+        x->abar[nb] = (float)(am / t->nr);
+        p0 = p1;
+    }
+    return nb;
+}
+
+/* Step 2: the stripes over [A, g0): key j is kept when some block's pooled
+ * query scores it within theta of that block's anchor. Returns the ranges. */
+static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, anchor_scratch_t *x) {
+    const int kh = h / (c->sh->n_heads / c->sh->n_kv_heads), d = c->sh->head_dim;
+    const float theta = c->pol->theta;
+    int n_sel = 0;
+    if (g0 <= c->A) return 0;
+    x->pt.nr = nb;
+    for (int r = nb; r < ((nb + 3) & ~3); r++) memset(x->pt.q + (size_t)r * d, 0, sizeof(float) * d);
+    for (int64_t j0 = c->A; j0 < g0; j0 += ANCHOR_CH) {
+        int64_t j1 = j0 + ANCHOR_CH < g0 ? j0 + ANCHOR_CH : g0;
+        if (theta != INFINITY) attn_tile_scores(&x->pt, c->kv, kh, j0, j1, x->S, ANCHOR_CH);
+        for (int64_t j = j0; j < j1; j++) {
+            int keep = theta == INFINITY;
+            for (int b = 0; b < nb && !keep; b++) keep = x->S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >= x->abar[b];
+            if (!keep) continue;
+            if (n_sel > 0 && x->sel[n_sel - 1].hi == j)
+                x->sel[n_sel - 1].hi = j + 1;
+            else
+                x->sel[n_sel++] = (attn_range_t){j, j + 1};
+        }
+    }
+    return n_sel;
+}
+
+attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0) {
+    const anchor_ctx_t c = anchor_ctx(shape, pol, NULL, n_q, q_pos0, NULL);
+    return (attn_ws_t){anchor_scratch_bytes(&c), 0};
+}
+
+int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
+                         int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed) {
     const int64_t N = q_pos0 + n_q;
     if (n_q <= 0) return n_q == 0 ? 0 : LC_EINVAL;
     int rc = attn_check_args(shape, kv, N);
     if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
-    const int H = shape->n_heads, G = H / shape->n_kv_heads, d = shape->head_dim;
-    const int B = pol->block > 0 ? pol->block : 128;
-    const int64_t A = pol->anchor_init > 0 ? pol->anchor_init : 0;
-    const int64_t L = pol->anchor_local >= B ? pol->anchor_local : B;
-    const int64_t g_first = q_pos0 / L, g_last = (N - 1) / L;
+    const anchor_ctx_t c = anchor_ctx(shape, pol, q, n_q, q_pos0, kv);
+    const int H = shape->n_heads, d = shape->head_dim;
+    const int64_t g_first = q_pos0 / c.L, g_last = (N - 1) / c.L;
     const int n_groups = (int)(g_last - g_first + 1), n_items = H * n_groups;
-    const int max_blk = (int)((L + B - 1) / B) + 1; // query blocks one group can touch
-    const int CH = 1024;
-    const float theta = pol->theta;
     int err = 0;
     double comp = 0;
 #pragma omp parallel reduction(+ : comp)
     {
-        attn_tile_t **tiles = calloc((size_t)max_blk, sizeof *tiles);
-        attn_tile_t *pt = attn_tile_alloc(max_blk, d); // pooled queries of the group
-        float *S = malloc(sizeof(float) * (size_t)((max_blk + 3) & ~3) * CH);
-        float *abar = malloc(sizeof(float) * max_blk);
-        attn_range_t *sel = malloc(sizeof(attn_range_t) * (size_t)(N / 2 + 1));
-        int ok = tiles && pt && S && abar && sel;
-        for (int b = 0; ok && b < max_blk; b++) ok = (tiles[b] = attn_tile_alloc(B, d)) != NULL;
+        anchor_scratch_t x;
+        const int ok = anchor_scratch(&c, &arenas[attn_thread_num()], &x) == 0;
         if (!ok) {
 #pragma omp atomic write
             err = LC_ENOMEM;
@@ -53,64 +165,14 @@ int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, con
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
             if (!ok) continue;
-            const int h = it % H, kh = h / G;
-            const int64_t g = g_last - it / H, g0 = g * L; // later groups first: they carry more keys
-            int64_t q0 = g0 > q_pos0 ? g0 : q_pos0, q1 = g0 + L < N ? g0 + L : N;
-            /* 1. anchor pass, one tile per absolute query block */
-            int nb = 0;
-            for (int64_t p0 = q0; p0 < q1; nb++) {
-                int64_t p1 = (p0 / B + 1) * B < q1 ? (p0 / B + 1) * B : q1;
-                attn_tile_t *t = tiles[nb];
-                attn_tile_begin(t, (int)(p1 - p0));
-                float *qbar = pt->q + (size_t)nb * d;
-                memset(qbar, 0, sizeof(float) * d);
-                for (int64_t p = p0; p < p1; p++) {
-                    const float *qr = q + ((size_t)(p - q_pos0) * H + h) * d;
-                    float *dst = t->q + (size_t)(p - p0) * d;
-                    for (int e = 0; e < d; e++) {
-                        dst[e] = qr[e] * shape->scale;
-                        qbar[e] += dst[e];
-                    }
-                    t->qpos[p - p0] = p;
-                }
-                for (int e = 0; e < d; e++) qbar[e] /= (float)(p1 - p0);
-                attn_range_t rg[2];
-                int nr = 0;
-                if (g0 <= A) {
-                    rg[nr++] = (attn_range_t){0, p1};
-                } else {
-                    rg[nr++] = (attn_range_t){0, A};
-                    rg[nr++] = (attn_range_t){g0, p1};
-                }
-                attn_tile_run(t, kv, kh, rg, nr, 0, -1);
-                double am = 0;
-                for (int r = 0; r < t->nr; r++) am += t->m[r];
-                abar[nb] = (float)(am / t->nr);
-                p0 = p1;
-            }
-            /* 2. stripes over [A, g0) */
-            int n_sel = 0;
-            if (g0 > A) {
-                pt->nr = nb;
-                for (int r = nb; r < ((nb + 3) & ~3); r++) memset(pt->q + (size_t)r * d, 0, sizeof(float) * d);
-                for (int64_t j0 = A; j0 < g0; j0 += CH) {
-                    int64_t j1 = j0 + CH < g0 ? j0 + CH : g0;
-                    if (theta != INFINITY) attn_tile_scores(pt, kv, kh, j0, j1, S, CH);
-                    for (int64_t j = j0; j < j1; j++) {
-                        int keep = theta == INFINITY;
-                        for (int b = 0; b < nb && !keep; b++) keep = S[(size_t)b * CH + (j - j0)] + theta >= abar[b];
-                        if (!keep) continue;
-                        if (n_sel > 0 && sel[n_sel - 1].hi == j)
-                            sel[n_sel - 1].hi = j + 1;
-                        else
-                            sel[n_sel++] = (attn_range_t){j, j + 1};
-                    }
-                }
-            }
-            /* 3. continue each block with the stripes, finish, store */
+            const int h = it % H, kh = h / (H / shape->n_kv_heads);
+            const int64_t g0 = (g_last - it / H) * c.L; // later groups first: they carry more keys
+            const int nb = anchor_pass(&c, h, g0, &x);
+            const int n_sel = anchor_stripes(&c, h, g0, nb, &x);
+            /* step 3: continue each block with the stripes, finish, store */
             for (int b = 0; b < nb; b++) {
-                attn_tile_t *t = tiles[b];
-                if (n_sel > 0) attn_tile_run(t, kv, kh, sel, n_sel, 0, -1);
+                attn_tile_t *t = &x.tiles[b];
+                if (n_sel > 0) attn_tile_run(t, kv, kh, x.sel, n_sel);
                 attn_tile_finish(t);
                 for (int r = 0; r < t->nr; r++) {
                     size_t row = (size_t)(t->qpos[r] - q_pos0) * H + h;
@@ -120,10 +182,6 @@ int attn_prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, con
                 comp += t->computed;
             }
         }
-        for (int b = 0; tiles && b < max_blk; b++) attn_tile_free(tiles[b]);
-        free(tiles);
-        attn_tile_free(pt);
-        free(S), free(abar), free(sel);
     }
     if (computed) *computed = comp;
     return err;

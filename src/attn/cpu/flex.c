@@ -69,187 +69,230 @@ typedef struct {
     const float *q;
     int n_q;
     int64_t q_pos0, N; // N: keys visible to the chunk's last query
-    int B, qb0, n_qb, n_kb;
+    int B, R, qb0, n_qb, n_kb;
     const attn_kv_t *kv;
 } flex_ctx_t;
 
-/* Decides head h's block mask: mask (n_qb, n_kb), 1 = compute. */
-static int flex_pattern(const flex_ctx_t *c, int h, uint8_t *mask) {
-    const int d = c->sh->head_dim, KH = c->sh->n_kv_heads, G = c->sh->n_heads / KH, kh = h / G, B = c->B;
-    const int64_t N = c->N;
-    const int R = c->n_q < B ? c->n_q : B, CH = 1024;
-    int rc = LC_ENOMEM;
-    attn_tile_t *t = attn_tile_alloc(R > B ? R : B, d);
-    float *S = malloc(sizeof(float) * (size_t)R * CH);
-    float *vert = calloc((size_t)N, sizeof(float)), *slash = calloc((size_t)N, sizeof(float));
-    float *kpool = calloc((size_t)c->n_kb * d, sizeof(float));
-    double *ahat = malloc(sizeof(double) * c->n_kb), *atrue = calloc((size_t)c->n_kb, sizeof(double));
-    vi_t *tmp = malloc(sizeof(vi_t) * (size_t)(N > (int64_t)c->n_qb * c->n_kb ? N : (int64_t)c->n_qb * c->n_kb));
-    int64_t *idx = malloc(sizeof(int64_t) * (size_t)N);
-    float *m = malloc(sizeof(float) * R), *l = malloc(sizeof(float) * R);
-    if (!t || !S || !vert || !slash || !kpool || !ahat || !atrue || !tmp || !idx || !m || !l) goto done;
-    memset(mask, 0, (size_t)c->n_qb * c->n_kb);
+#define FLEX_CH 1024 // keys per score pass of the representative rows
 
-    /* 1. exact attention of the representative rows (two passes over keys) */
-    attn_tile_begin(t, R);
+/* One head's pattern scratch, carved from the thread's arena. */
+typedef struct {
+    attn_tile_t t; // the representative rows, scaled
+    float *S;      // (R, FLEX_CH) scores of a key chunk
+    float *vert;   // (N) mean attention of each key
+    float *slash;  // (N) mean attention of each diagonal offset
+    float *kpool;  // (n_kb, d) mean key of each block
+    double *ahat;  // (n_kb) estimated block distribution
+    double *atrue; // (n_kb) true block distribution
+    vi_t *tmp;     // (max(N, n_qb * n_kb)) sort buffer
+    int64_t *idx;  // (N)
+    float *m, *l;  // (R) running max and sum of the representative rows
+} flex_scratch_t;
+
+static size_t flex_scratch_bytes(const flex_ctx_t *c) {
+    const int d = c->sh->head_dim;
+    const int64_t N = c->N, cells = (int64_t)c->n_qb * c->n_kb;
+    return attn_tile_bytes(c->R, d) + attn_arena_need(sizeof(float) * (size_t)c->R * FLEX_CH) +
+           2 * attn_arena_need(sizeof(float) * (size_t)N) + attn_arena_need(sizeof(float) * (size_t)c->n_kb * d) +
+           2 * attn_arena_need(sizeof(double) * c->n_kb) +
+           attn_arena_need(sizeof(vi_t) * (size_t)(N > cells ? N : cells)) +
+           attn_arena_need(sizeof(int64_t) * (size_t)N) + 2 * attn_arena_need(sizeof(float) * c->R);
+}
+
+static int flex_scratch(const flex_ctx_t *c, attn_arena_t *ar, flex_scratch_t *x) {
+    const int d = c->sh->head_dim;
+    const int64_t N = c->N, cells = (int64_t)c->n_qb * c->n_kb;
+    attn_arena_reset(ar);
+    int rc = attn_tile_init(&x->t, ar, c->R, d);
+    x->S = attn_arena_alloc(ar, sizeof(float) * (size_t)c->R * FLEX_CH);
+    x->vert = attn_arena_alloc(ar, sizeof(float) * (size_t)N);
+    x->slash = attn_arena_alloc(ar, sizeof(float) * (size_t)N);
+    x->kpool = attn_arena_alloc(ar, sizeof(float) * (size_t)c->n_kb * d);
+    x->ahat = attn_arena_alloc(ar, sizeof(double) * c->n_kb);
+    x->atrue = attn_arena_alloc(ar, sizeof(double) * c->n_kb);
+    x->tmp = attn_arena_alloc(ar, sizeof(vi_t) * (size_t)(N > cells ? N : cells));
+    x->idx = attn_arena_alloc(ar, sizeof(int64_t) * (size_t)N);
+    x->m = attn_arena_alloc(ar, sizeof(float) * c->R);
+    x->l = attn_arena_alloc(ar, sizeof(float) * c->R);
+    if (rc || !x->S || !x->vert || !x->slash || !x->kpool || !x->ahat || !x->atrue || !x->tmp || !x->idx || !x->m ||
+        !x->l)
+        return LC_ENOMEM;
+    memset(x->vert, 0, sizeof(float) * (size_t)N);
+    memset(x->slash, 0, sizeof(float) * (size_t)N);
+    memset(x->kpool, 0, sizeof(float) * (size_t)c->n_kb * d);
+    memset(x->atrue, 0, sizeof(double) * c->n_kb);
+    return 0;
+}
+
+/* Step 1: exact attention of the representative rows (the chunk's last
+ * block) in two passes over the keys, summed into vertical and slash mass. */
+static void flex_representative(const flex_ctx_t *c, int h, flex_scratch_t *x) {
+    const int d = c->sh->head_dim, G = c->sh->n_heads / c->sh->n_kv_heads, kh = h / G, R = c->R;
+    const int64_t N = c->N;
+    attn_tile_begin(&x->t, R);
     const int r0 = c->n_q - R;
     for (int r = 0; r < R; r++)
         for (int e = 0; e < d; e++)
-            t->q[(size_t)r * d + e] = c->q[((size_t)(r0 + r) * c->sh->n_heads + h) * d + e] * c->sh->scale;
-    for (int r = 0; r < R; r++) m[r] = -INFINITY, l[r] = 0;
+            x->t.q[(size_t)r * d + e] = c->q[((size_t)(r0 + r) * c->sh->n_heads + h) * d + e] * c->sh->scale;
+    for (int r = 0; r < R; r++) x->m[r] = -INFINITY, x->l[r] = 0;
     for (int pass = 0; pass < 2; pass++)
-        for (int64_t j0 = 0; j0 < N; j0 += CH) {
-            int64_t j1 = j0 + CH < N ? j0 + CH : N;
-            attn_tile_scores(t, c->kv, kh, j0, j1, S, CH);
+        for (int64_t j0 = 0; j0 < N; j0 += FLEX_CH) {
+            int64_t j1 = j0 + FLEX_CH < N ? j0 + FLEX_CH : N;
+            attn_tile_scores(&x->t, c->kv, kh, j0, j1, x->S, FLEX_CH);
             for (int r = 0; r < R; r++) {
                 int64_t p = c->q_pos0 + r0 + r, jmax = p + 1 < j1 ? p + 1 : j1;
-                float *s = S + (size_t)r * CH;
+                float *s = x->S + (size_t)r * FLEX_CH;
                 if (jmax <= j0) continue;
                 if (pass == 0) {
                     float mx = attn_row_max(s, jmax - j0);
-                    mx = mx > m[r] ? mx : m[r];
+                    mx = mx > x->m[r] ? mx : x->m[r];
                     float sum = attn_row_exp_sum(s, jmax - j0, mx);
-                    l[r] = (m[r] == -INFINITY ? 0 : l[r] * expf(m[r] - mx)) + sum;
-                    m[r] = mx;
+                    x->l[r] = (x->m[r] == -INFINITY ? 0 : x->l[r] * expf(x->m[r] - mx)) + sum;
+                    x->m[r] = mx;
                 } else {
-                    const float w = 1.0f / (l[r] * R);
-                    attn_row_exp_sum(s, jmax - j0, m[r]);
-                    for (int64_t j = j0; j < jmax; j++) vert[j] += s[j - j0] * w;
-                    for (int64_t j = j0; j < jmax; j++) slash[p - j] += s[j - j0] * w;
+                    const float w = 1.0f / (x->l[r] * R);
+                    attn_row_exp_sum(s, jmax - j0, x->m[r]);
+                    for (int64_t j = j0; j < jmax; j++) x->vert[j] += s[j - j0] * w;
+                    for (int64_t j = j0; j < jmax; j++) x->slash[p - j] += s[j - j0] * w;
                 }
             }
         }
+}
 
-    /* 2. pattern decision: estimated vs. true key-block distribution */
+/* Step 2: JS distance between the estimated block distribution (mean query
+ * against mean keys) and the true one (vertical mass per block). */
+static double flex_divergence(const flex_ctx_t *c, int h, flex_scratch_t *x) {
+    const int d = c->sh->head_dim, G = c->sh->n_heads / c->sh->n_kv_heads, kh = h / G, B = c->B, R = c->R;
+    const int64_t N = c->N;
+    const int bs = c->kv->block_size;
     for (int64_t j = 0; j < N; j++) {
-        const float *kr = attn_kv_krow(c->kv, kh, d, j);
-        float *dst = kpool + (size_t)(j / B) * d;
-        for (int e = 0; e < d; e++) dst[e] += kr[e];
-        atrue[j / B] += vert[j];
+        const float *kc = attn_kv_kcol(c->kv, kh, d, j);
+        float *dst = x->kpool + (size_t)(j / B) * d;
+        for (int e = 0; e < d; e++) dst[e] += kc[(size_t)e * bs];
+        x->atrue[j / B] += x->vert[j];
     }
     for (int kb = 0; kb < c->n_kb; kb++) {
         int64_t cnt = (int64_t)(kb + 1) * B < N ? B : N - (int64_t)kb * B;
-        for (int e = 0; e < d; e++) kpool[(size_t)kb * d + e] /= (float)cnt;
+        for (int e = 0; e < d; e++) x->kpool[(size_t)kb * d + e] /= (float)cnt;
     }
     double mx = -INFINITY, sum = 0;
     for (int kb = 0; kb < c->n_kb; kb++) {
         double s = 0;
         for (int e = 0; e < d; e++) {
             double qm = 0;
-            for (int r = 0; r < R; r++) qm += t->q[(size_t)r * d + e];
-            s += qm / R * kpool[(size_t)kb * d + e];
+            for (int r = 0; r < R; r++) qm += x->t.q[(size_t)r * d + e];
+            s += qm / R * x->kpool[(size_t)kb * d + e];
         }
-        ahat[kb] = s;
+        x->ahat[kb] = s;
         mx = s > mx ? s : mx;
     }
-    for (int kb = 0; kb < c->n_kb; kb++) sum += (ahat[kb] = exp(ahat[kb] - mx));
-    for (int kb = 0; kb < c->n_kb; kb++) ahat[kb] /= sum;
-    double D = sqrt(jsd(ahat, atrue, c->n_kb));
+    for (int kb = 0; kb < c->n_kb; kb++) sum += (x->ahat[kb] = exp(x->ahat[kb] - mx));
+    for (int kb = 0; kb < c->n_kb; kb++) x->ahat[kb] /= sum;
+    return sqrt(jsd(x->ahat, x->atrue, c->n_kb));
+}
 
-    if (D < c->pol->tau) {
-        /* 3a. query-aware: pooled-query x pooled-key block scores */
-        int64_t np = 0;
+/* Step 3a, query-aware heads: pooled-query x pooled-key block scores, the
+ * largest until their mass reaches gamma. */
+static void flex_query_aware(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask) {
+    const int d = c->sh->head_dim, B = c->B;
+    int64_t np = 0;
+    for (int i = 0; i < c->n_qb; i++) {
+        int qb = c->qb0 + i;
+        int64_t p0 = (int64_t)qb * B > c->q_pos0 ? (int64_t)qb * B : c->q_pos0;
+        int64_t p1 = (int64_t)(qb + 1) * B < c->N ? (int64_t)(qb + 1) * B : c->N;
+        float qp[512];
+        int dd = d < 512 ? d : 512;
+        for (int e = 0; e < dd; e++) {
+            double a = 0;
+            for (int64_t p = p0; p < p1; p++) a += c->q[((size_t)(p - c->q_pos0) * c->sh->n_heads + h) * d + e];
+            qp[e] = (float)(a / (double)(p1 - p0) * c->sh->scale);
+        }
+        double rm = -INFINITY, rs = 0;
+        int64_t base = np;
+        for (int kb = 0; kb <= qb; kb++) {
+            double s = 0;
+            for (int e = 0; e < dd; e++) s += qp[e] * x->kpool[(size_t)kb * d + e];
+            x->tmp[np++] = (vi_t){(float)s, (int64_t)i * c->n_kb + kb};
+            rm = s > rm ? s : rm;
+        }
+        for (int64_t u = base; u < np; u++) rs += (x->tmp[u].v = (float)exp(x->tmp[u].v - rm));
+        for (int64_t u = base; u < np; u++) x->tmp[u].v = (float)(x->tmp[u].v / rs / c->n_qb);
+    }
+    qsort(x->tmp, (size_t)np, sizeof *x->tmp, cmp_vi_desc);
+    double cum = 0;
+    for (int64_t u = 0; u < np && (c->pol->gamma >= 1.0f || cum < c->pol->gamma); u++) {
+        cum += x->tmp[u].v;
+        mask[x->tmp[u].i] = 1;
+    }
+}
+
+/* Step 3b, vertical-slash heads: the fewest columns and diagonals whose mass
+ * reaches gamma, as blocks. */
+static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t *mask) {
+    const int B = c->B;
+    int64_t lo = c->pol->min_budget, hi = c->pol->max_budget;
+    int64_t nv = take_mass(x->vert, c->N, c->pol->gamma, lo, hi, x->tmp, x->idx);
+    for (int64_t u = 0; u < nv; u++) {
+        int kb = (int)(x->idx[u] / B);
+        for (int i = 0; i < c->n_qb; i++)
+            if (c->qb0 + i >= kb) mask[(size_t)i * c->n_kb + kb] = 1;
+    }
+    int64_t ns = take_mass(x->slash, c->N, c->pol->gamma, lo, hi, x->tmp, x->idx);
+    for (int64_t u = 0; u < ns; u++) {
+        int64_t s = x->idx[u];
         for (int i = 0; i < c->n_qb; i++) {
             int qb = c->qb0 + i;
             int64_t p0 = (int64_t)qb * B > c->q_pos0 ? (int64_t)qb * B : c->q_pos0;
-            int64_t p1 = (int64_t)(qb + 1) * B < N ? (int64_t)(qb + 1) * B : N;
-            float qp[512];
-            int dd = d < 512 ? d : 512;
-            for (int e = 0; e < dd; e++) {
-                double a = 0;
-                for (int64_t p = p0; p < p1; p++) a += c->q[((size_t)(p - c->q_pos0) * c->sh->n_heads + h) * d + e];
-                qp[e] = (float)(a / (double)(p1 - p0) * c->sh->scale);
-            }
-            double rm = -INFINITY, rs = 0;
-            int64_t base = np;
-            for (int kb = 0; kb <= qb; kb++) {
-                double s = 0;
-                for (int e = 0; e < dd; e++) s += qp[e] * kpool[(size_t)kb * d + e];
-                tmp[np++] = (vi_t){(float)s, (int64_t)i * c->n_kb + kb};
-                rm = s > rm ? s : rm;
-            }
-            for (int64_t u = base; u < np; u++) rs += (tmp[u].v = (float)exp(tmp[u].v - rm));
-            for (int64_t u = base; u < np; u++) tmp[u].v = (float)(tmp[u].v / rs / c->n_qb);
-        }
-        qsort(tmp, (size_t)np, sizeof *tmp, cmp_vi_desc);
-        double cum = 0;
-        for (int64_t u = 0; u < np && (c->pol->gamma >= 1.0f || cum < c->pol->gamma); u++) {
-            cum += tmp[u].v;
-            mask[tmp[u].i] = 1;
-        }
-    } else {
-        /* 3b. vertical-slash */
-        int64_t lo = c->pol->min_budget, hi = c->pol->max_budget;
-        int64_t nv = take_mass(vert, N, c->pol->gamma, lo, hi, tmp, idx);
-        for (int64_t u = 0; u < nv; u++) {
-            int kb = (int)(idx[u] / B);
-            for (int i = 0; i < c->n_qb; i++)
-                if (c->qb0 + i >= kb) mask[(size_t)i * c->n_kb + kb] = 1;
-        }
-        int64_t ns = take_mass(slash, N, c->pol->gamma, lo, hi, tmp, idx);
-        for (int64_t u = 0; u < ns; u++) {
-            int64_t s = idx[u];
-            for (int i = 0; i < c->n_qb; i++) {
-                int qb = c->qb0 + i;
-                int64_t p0 = (int64_t)qb * B > c->q_pos0 ? (int64_t)qb * B : c->q_pos0;
-                int64_t p1 = (int64_t)(qb + 1) * B - 1 < N - 1 ? (int64_t)(qb + 1) * B - 1 : N - 1;
-                if (p1 - s < 0) continue;
-                int64_t j0 = p0 - s > 0 ? p0 - s : 0;
-                for (int64_t kb = j0 / B; kb <= (p1 - s) / B; kb++) mask[(size_t)i * c->n_kb + kb] = 1;
-            }
+            int64_t p1 = (int64_t)(qb + 1) * B - 1 < c->N - 1 ? (int64_t)(qb + 1) * B - 1 : c->N - 1;
+            if (p1 - s < 0) continue;
+            int64_t j0 = p0 - s > 0 ? p0 - s : 0;
+            for (int64_t kb = j0 / B; kb <= (p1 - s) / B; kb++) mask[(size_t)i * c->n_kb + kb] = 1;
         }
     }
-    /* 4. sink and diagonal always */
-    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
-    rc = 0;
-done:
-    attn_tile_free(t);
-    free(S), free(vert), free(slash), free(kpool), free(ahat), free(atrue), free(tmp), free(idx), free(m), free(l);
-    return rc;
 }
 
-int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                      const attn_kv_t *kv, float *out, float *lse, double *computed) {
-    const int B = pol->block > 0 ? pol->block : 128;
-    const int64_t N = q_pos0 + n_q;
-    int64_t small = 2 * (int64_t)B > pol->min_budget ? 2 * (int64_t)B : pol->min_budget;
-    if (n_q <= 0 || N <= small)
-        return attn_prefill_window(shape, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, computed);
-    int rc = attn_check_args(shape, kv, N);
-    if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
-    const int H = shape->n_heads, G = H / shape->n_kv_heads, d = shape->head_dim;
-    flex_ctx_t c = {shape, pol, q, n_q, q_pos0, N, B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1, kv};
-    c.n_qb = c.n_kb - c.qb0;
-    size_t msz = (size_t)c.n_qb * c.n_kb;
-    uint8_t *mask = malloc(msz * H);
-    if (!mask) return LC_ENOMEM;
+/* Decides head h's block mask: mask (n_qb, n_kb), 1 = compute. */
+static int flex_pattern(const flex_ctx_t *c, int h, attn_arena_t *ar, uint8_t *mask) {
+    flex_scratch_t x;
+    int rc = flex_scratch(c, ar, &x);
+    if (rc) return rc;
+    memset(mask, 0, (size_t)c->n_qb * c->n_kb);
+    flex_representative(c, h, &x);
+    if (flex_divergence(c, h, &x) < c->pol->tau)
+        flex_query_aware(c, h, &x, mask);
+    else
+        flex_vertical_slash(c, &x, mask);
+    /* step 4: sink and diagonal always */
+    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
+    return 0;
+}
+
+/* Block-sparse attention over the masks: one item per (query block, head). */
+static int flex_compute(const flex_ctx_t *c, attn_arena_t *arenas, const uint8_t *mask, float *out, float *lse,
+                        double *computed) {
+    const int H = c->sh->n_heads, G = H / c->sh->n_kv_heads, d = c->sh->head_dim, B = c->B;
+    const size_t msz = (size_t)c->n_qb * c->n_kb;
+    const int n_items = H * c->n_qb;
     int err = 0;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int h = 0; h < H; h++) {
-        int e = flex_pattern(&c, h, mask + msz * h);
-        if (e) {
-#pragma omp atomic write
-            err = e;
-        }
-    }
     double comp = 0;
-    const int n_items = H * c.n_qb;
-    if (err) goto done;
 #pragma omp parallel reduction(+ : comp)
     {
-        attn_tile_t *t = attn_tile_alloc(B, d);
-        attn_range_t *rg = malloc(sizeof(attn_range_t) * c.n_kb);
-        if (!t || !rg) {
+        attn_arena_t *ar = &arenas[attn_thread_num()];
+        attn_arena_reset(ar);
+        attn_tile_t t;
+        attn_range_t *rg = attn_arena_alloc(ar, sizeof(attn_range_t) * c->n_kb);
+        const int ok = attn_tile_init(&t, ar, B, d) == 0 && rg;
+        if (!ok) {
 #pragma omp atomic write
             err = LC_ENOMEM;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
-            if (!t || !rg) continue;
-            int i = c.n_qb - 1 - it / H, h = it % H, qb = c.qb0 + i;
-            int64_t p0 = (int64_t)qb * B > q_pos0 ? (int64_t)qb * B : q_pos0;
-            int64_t p1 = (int64_t)(qb + 1) * B < N ? (int64_t)(qb + 1) * B : N;
-            const uint8_t *mrow = mask + msz * h + (size_t)i * c.n_kb;
+            if (!ok) continue;
+            int i = c->n_qb - 1 - it / H, h = it % H, qb = c->qb0 + i;
+            int64_t p0 = (int64_t)qb * B > c->q_pos0 ? (int64_t)qb * B : c->q_pos0;
+            int64_t p1 = (int64_t)(qb + 1) * B < c->N ? (int64_t)(qb + 1) * B : c->N;
+            const uint8_t *mrow = mask + msz * h + (size_t)i * c->n_kb;
             int nr = 0;
             for (int kb = 0; kb <= qb; kb++) {
                 if (!mrow[kb]) continue;
@@ -260,26 +303,83 @@ int attn_prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, const
                     rg[nr++] = (attn_range_t){lo, hi};
             }
             int rows = (int)(p1 - p0);
-            attn_tile_begin(t, rows);
+            attn_tile_begin(&t, rows);
             for (int r = 0; r < rows; r++) {
-                const float *qr = q + ((size_t)(p0 + r - q_pos0) * H + h) * d;
-                for (int e = 0; e < d; e++) t->q[(size_t)r * d + e] = qr[e] * shape->scale;
-                t->qpos[r] = p0 + r;
+                const float *qr = c->q + ((size_t)(p0 + r - c->q_pos0) * H + h) * d;
+                for (int e = 0; e < d; e++) t.q[(size_t)r * d + e] = qr[e] * c->sh->scale;
+                t.qpos[r] = p0 + r;
             }
-            attn_tile_run(t, kv, h / G, rg, nr, 0, -1);
-            attn_tile_finish(t);
+            attn_tile_run(&t, c->kv, h / G, rg, nr);
+            attn_tile_finish(&t);
             for (int r = 0; r < rows; r++) {
-                size_t row = (size_t)(p0 + r - q_pos0) * H + h;
-                memcpy(out + row * d, t->acc + (size_t)r * d, sizeof(float) * d);
-                if (lse) lse[row] = t->l[r];
+                size_t row = (size_t)(p0 + r - c->q_pos0) * H + h;
+                memcpy(out + row * d, t.acc + (size_t)r * d, sizeof(float) * d);
+                if (lse) lse[row] = t.l[r];
             }
-            comp += t->computed;
+            comp += t.computed;
         }
-        attn_tile_free(t);
-        free(rg);
     }
-done:
-    free(mask);
+    *computed = comp;
+    return err;
+}
+
+static flex_ctx_t flex_ctx(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
+                           const attn_kv_t *kv) {
+    const int B = pol->block > 0 ? pol->block : 128;
+    const int64_t N = q_pos0 + n_q;
+    flex_ctx_t c = {shape, pol, q, n_q, q_pos0, N, B, n_q < B ? n_q : B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1,
+                    kv};
+    c.n_qb = c.n_kb - c.qb0;
+    return c;
+}
+
+/* Inputs this short run dense. */
+static int flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0) {
+    const int B = pol->block > 0 ? pol->block : 128;
+    int64_t small = 2 * (int64_t)B > pol->min_budget ? 2 * (int64_t)B : pol->min_budget;
+    return n_q <= 0 || q_pos0 + n_q <= small;
+}
+
+attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0) {
+    attn_ws_t w = {attn_prefill_window_ws(shape), 0};
+    if (flex_is_small(pol, n_q, q_pos0)) return w;
+    flex_ctx_t c = flex_ctx(shape, pol, NULL, n_q, q_pos0, NULL);
+    size_t pat = flex_scratch_bytes(&c);
+    size_t comp = attn_tile_bytes(c.B, shape->head_dim) + attn_arena_need(sizeof(attn_range_t) * c.n_kb);
+    w.per_thread = pat > comp ? pat : comp;
+    w.shared = attn_arena_need((size_t)c.n_qb * c.n_kb * shape->n_heads);
+    return w;
+}
+
+int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
+                       const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
+                       double *computed) {
+    if (flex_is_small(pol, n_q, q_pos0))
+        return attn_prefill_window(shape, arenas, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, computed);
+    const int64_t N = q_pos0 + n_q;
+    int rc = attn_check_args(shape, kv, N);
+    if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
+    const int H = shape->n_heads;
+    const flex_ctx_t c = flex_ctx(shape, pol, q, n_q, q_pos0, kv);
+    const size_t msz = (size_t)c.n_qb * c.n_kb;
+    attn_arena_reset(shared);
+    uint8_t *mask = attn_arena_alloc(shared, msz * H);
+    if (!mask) return LC_ENOMEM;
+    int err = 0;
+#pragma omp parallel
+    {
+        attn_arena_t *ar = &arenas[attn_thread_num()];
+#pragma omp for schedule(dynamic, 1)
+        for (int h = 0; h < H; h++) {
+            int e = flex_pattern(&c, h, ar, mask + msz * h);
+            if (e) {
+#pragma omp atomic write
+                err = e;
+            }
+        }
+    }
+    double comp = 0;
+    if (!err) err = flex_compute(&c, arenas, mask, out, lse, &comp);
     if (computed) *computed = comp;
     return err;
 }

@@ -1,23 +1,18 @@
-/* The online-softmax tile engine (see kern.h). Per gathered tile of 64 keys,
- * mr query rows cost two (mr x 64 x d) products (scores, then P.V) and one row
- * pass (mask, max, exp, sum, rescale of acc).
+/* The online-softmax tile engine (see kern.h). Per tile of 64 keys, mr
+ * query rows cost two (mr x 64 x d) products (scores, then P.V) and one row
+ * pass (mask, max, exp, sum, rescale of acc), on keys read in place.
  *
- * On x86 under GCC the products run in explicit-intrinsic kernels
- * (kern_x86.c) picked per call by __builtin_cpu_supports: attn__mm_avx512
- * (AVX-512F: 6 rows x 64 columns in 24 zmm accumulators for the whole K loop,
- * A broadcast from memory into the FMA) and attn__mm_avx2 (AVX2+FMA: 6 rows x
- * 16 columns in 12 of the 16 ymm); the row pass has an AVX-512 version and
- * decode's few-row direct path an AVX2+FMA one. The rest (gather, the generic
- * kernels for other CPUs and compilers) is GCC vector extensions compiled
- * twice (x86-64-v3 and baseline) with target_clones, so one binary runs
- * everywhere.
+ * The products and the row pass come in three kernel sets, chosen by the
+ * process's CPU level (common/cpu.h) and recorded in the tile: AVX-512
+ * (kern_x86.c: 6 rows x 64 columns in 24 zmm accumulators, and a 16-lane row
+ * pass), AVX2+FMA (kern_x86.c: 6 x 16 in ymm; the generic row pass), and
+ * generic code (no FMA: ISO C does not contract). The generic row pass is
+ * compiled twice (x86-64-v3 and baseline) with target_clones; both clones do
+ * the same arithmetic per lane, so one binary runs everywhere with one result
+ * per kernel set.
  *
- * Measured (bench_attn 8192 1, SmolLM2-135M shape, 2 threads of a shared
- * 2-core Sapphire Rapids VM, 3 alternating runs): dense prefill 1247-1669 ms,
- * 46-62 GFLOP/s, against 4528-4886 ms, 16-17 GFLOP/s before (quiet: 618 ms,
- * 125 GFLOP/s); decode dense at 8K 2.08 -> 0.69 ms. What remains
- * outside the products is mostly the transposing K gather and the V copy,
- * redone for every query tile (~11% of the profile). */
+ * Decode rows go through the same tiles as prompt rows, which is what makes a
+ * generated row and a prompt row at the same position agree. */
 #include "attn/cpu/kern.h"
 #include "attn/cpu/kern_x86.h"
 
@@ -29,6 +24,7 @@
 #include <omp.h>
 #endif
 
+#include "common/cpu.h"
 #include "common/status.h"
 
 // Vector arguments of inlined helpers in the baseline clone; no ABI crosses a file.
@@ -92,88 +88,83 @@ LC_INLINE v8 vexp8(v8 x) {
     return res;
 }
 
-/* C (M x N, ldc) += A (M x K, lda) * B (K x N, ldb); M a multiple of 4. */
-LC_INLINE void mm_acc(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc) {
-    int n16 = N & ~15;
-    for (int i = 0; i < M; i += 4) {
-        const float *a0 = A + (size_t)i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
-        float *c0 = C + (size_t)i * ldc, *c1 = c0 + ldc, *c2 = c1 + ldc, *c3 = c2 + ldc;
-        for (int j = 0; j < n16; j += 16) {
-            v8 x00 = ld8(c0 + j), x01 = ld8(c0 + j + 8), x10 = ld8(c1 + j), x11 = ld8(c1 + j + 8);
-            v8 x20 = ld8(c2 + j), x21 = ld8(c2 + j + 8), x30 = ld8(c3 + j), x31 = ld8(c3 + j + 8);
-            const float *b = B + j;
-            for (int k = 0; k < K; k++, b += ldb) {
-                v8 b0 = ld8(b), b1 = ld8(b + 8);
-                v8 s0 = bc8(a0[k]), s1 = bc8(a1[k]), s2 = bc8(a2[k]), s3 = bc8(a3[k]);
-                x00 += s0 * b0;
-                x01 += s0 * b1;
-                x10 += s1 * b0;
-                x11 += s1 * b1;
-                x20 += s2 * b0;
-                x21 += s2 * b1;
-                x30 += s3 * b0;
-                x31 += s3 * b1;
+/* ---- generic products (the scalar set) ---------------------------------------------- */
+/* Scores and P.V as kern_x86.c's kernels define them, in plain multiply-add
+ * (one chain per output in the same order). */
+static void scores_generic(int M, int ng, int d, const float *Q, const float *const *kg, const int *ldk, float *S) {
+    for (int r = 0; r < M; r++)
+        for (int g = 0; g < ng; g++)
+            for (int i = 0; i < 16; i++) {
+                float acc = 0.0f;
+                for (int c = 0; c < d; c++) acc += Q[(size_t)r * d + c] * kg[g][(size_t)c * ldk[g] + i];
+                S[(size_t)r * ATTN_BK + 16 * g + i] = acc;
             }
-            st8(c0 + j, x00), st8(c0 + j + 8, x01), st8(c1 + j, x10), st8(c1 + j + 8, x11);
-            st8(c2 + j, x20), st8(c2 + j + 8, x21), st8(c3 + j, x30), st8(c3 + j + 8, x31);
-        }
-        for (int j = n16; j < N; j++)
-            for (int k = 0; k < K; k++) {
-                float bk = B[(size_t)k * ldb + j];
-                c0[j] += a0[k] * bk, c1[j] += a1[k] * bk, c2[j] += a2[k] * bk, c3[j] += a3[k] * bk;
-            }
-    }
 }
 
-/* C (M x N, ldc) (+)= A * B with the widest kernel the CPU runs; M a multiple of 4. */
-LC_INLINE void mm_best(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                       int zero) {
+static void pv_generic(int M, int nk, int d, const float *P, const float *const *vrow, float *A) {
+    for (int r = 0; r < M; r++)
+        for (int c = 0; c < d; c++) {
+            float x = A[(size_t)r * d + c];
+            for (int u = 0; u < nk; u++) x += P[(size_t)r * ATTN_BK + u] * vrow[u][c];
+            A[(size_t)r * d + c] = x;
+        }
+}
+
+static void tile_scores_level(attn_tile_t *t, int mr, int ng) {
 #ifdef LC_MM_X86
-    if (__builtin_cpu_supports("avx512f")) {
-        attn__mm_avx512(M, N, K, A, lda, B, ldb, C, ldc, zero);
+    if (t->level >= LC_CPU_AVX512) {
+        attn__scores_avx512(mr, ng, t->d, t->q, t->kg, t->ldk, t->s);
         return;
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        attn__mm_avx2(M, N, K, A, lda, B, ldb, C, ldc, zero);
+    if (t->level >= LC_CPU_AVX2) {
+        attn__scores_avx2(mr, ng, t->d, t->q, t->kg, t->ldk, t->s);
         return;
     }
 #endif
-    if (zero)
-        for (int r = 0; r < M; r++) memset(C + (size_t)r * ldc, 0, (size_t)N * sizeof(float));
-    mm_acc(M, N, K, A, lda, B, ldb, C, ldc);
+    scores_generic(mr, ng, t->d, t->q, t->kg, t->ldk, t->s);
 }
 
-/* ---- allocation ---------------------------------------------------------------- */
-attn_tile_t *attn_tile_alloc(int max_rows, int d) {
-    attn_tile_t *t = calloc(1, sizeof *t);
-    if (!t) return NULL;
+static void tile_pv_level(attn_tile_t *t, int mr) {
+#ifdef LC_MM_X86
+    if (t->level >= LC_CPU_AVX512) {
+        attn__pv_avx512(mr, t->nk, t->d, t->s, t->vrow, t->acc);
+        return;
+    }
+    if (t->level >= LC_CPU_AVX2) {
+        attn__pv_avx2(mr, t->nk, t->d, t->s, t->vrow, t->acc);
+        return;
+    }
+#endif
+    pv_generic(mr, t->nk, t->d, t->s, t->vrow, t->acc);
+}
+
+/* ---- tiles in the plan's workspace --------------------------------------------------- */
+size_t attn_tile_bytes(int max_rows, int d) {
+    size_t r = (size_t)((max_rows + 3) & ~3);
+    return attn_arena_need(r * d * sizeof(float)) * 2 + attn_arena_need(r * sizeof(int64_t)) +
+           attn_arena_need(r * sizeof(float)) * 2 + attn_arena_need((size_t)d * ATTN_BK * sizeof(float)) +
+           attn_arena_need(r * ATTN_BK * sizeof(float));
+}
+
+int attn_tile_init(attn_tile_t *t, attn_arena_t *a, int max_rows, int d) {
+    memset(t, 0, sizeof *t);
     max_rows = (max_rows + 3) & ~3;
     t->d = d;
     t->max_rows = max_rows;
-    t->q = calloc((size_t)max_rows * d, sizeof(float));
-    t->qpos = calloc((size_t)max_rows, sizeof(int64_t));
-    t->m = calloc((size_t)max_rows, sizeof(float));
-    t->l = calloc((size_t)max_rows, sizeof(float));
-    t->acc = calloc((size_t)max_rows * d, sizeof(float));
-    t->kt = calloc((size_t)d * ATTN_BK, sizeof(float));
-    t->vt = calloc((size_t)ATTN_BK * d, sizeof(float));
-    t->s = calloc((size_t)max_rows * ATTN_BK, sizeof(float));
-    if (!t->q || !t->qpos || !t->m || !t->l || !t->acc || !t->kt || !t->vt || !t->s) goto fail;
-    return t;
-fail:
-    attn_tile_free(t);
-    return NULL;
-}
-
-void attn_tile_free(attn_tile_t *t) {
-    if (!t) return;
-    free(t->q), free(t->qpos), free(t->m), free(t->l), free(t->acc);
-    free(t->kt), free(t->vt), free(t->s);
-    free(t);
+    t->level = (int)lc_cpu_level();
+    t->q = attn_arena_alloc(a, (size_t)max_rows * d * sizeof(float));
+    t->qpos = attn_arena_alloc(a, (size_t)max_rows * sizeof(int64_t));
+    t->m = attn_arena_alloc(a, (size_t)max_rows * sizeof(float));
+    t->l = attn_arena_alloc(a, (size_t)max_rows * sizeof(float));
+    t->acc = attn_arena_alloc(a, (size_t)max_rows * d * sizeof(float));
+    t->kst = attn_arena_alloc(a, (size_t)d * ATTN_BK * sizeof(float));
+    t->s = attn_arena_alloc(a, (size_t)max_rows * ATTN_BK * sizeof(float));
+    return t->q && t->qpos && t->m && t->l && t->acc && t->kst && t->s ? 0 : LC_ENOMEM;
 }
 
 void attn_tile_begin(attn_tile_t *t, int nr) {
     t->nr = nr;
+    t->nk = 0;
     t->computed = 0;
     t->sink = 0;
     t->window = ATTN_NO_WINDOW;
@@ -191,43 +182,6 @@ void attn_tile_begin(attn_tile_t *t, int nr) {
 }
 
 /* ---- one gathered tile ------------------------------------------------------------ */
-/* Scores of the gathered tile into t->s (columns rounded up to 16, padding 0). */
-LC_INLINE void tile_scores(attn_tile_t *t, int mr, int ncol) {
-    mm_best(mr, ncol, t->d, t->q, t->d, t->kt, ATTN_BK, t->s, ATTN_BK, 1);
-}
-
-/* Few rows (decode): scores straight from the page rows, no gather. */
-LC_INLINE void direct_scores(attn_tile_t *t, int mr, int ncol) {
-    const int d = t->d;
-    for (int u = 0; u < t->nk; u++) {
-        const float *kr = t->kptr[u];
-        for (int r = 0; r < t->nr; r++) {
-            const float *qr = t->q + (size_t)r * d;
-            v8 a = bc8(0.0f);
-            for (int c = 0; c < d; c += 8) a += ld8(qr + c) * ld8(kr + c);
-            float x = 0.0f;
-            for (int i = 0; i < 8; i++) x += a[i];
-            t->s[(size_t)r * ATTN_BK + u] = x;
-        }
-    }
-    for (int r = 0; r < mr; r++)
-        for (int u = t->nk; u < ncol; u++) t->s[(size_t)r * ATTN_BK + u] = 0.0f;
-}
-
-LC_INLINE void direct_pv(attn_tile_t *t) {
-    const int d = t->d;
-    for (int r = 0; r < t->nr; r++) {
-        float *a = t->acc + (size_t)r * d;
-        const float *p = t->s + (size_t)r * ATTN_BK;
-        for (int c = 0; c < d; c += 8) {
-            v8 x = ld8(a + c);
-            for (int u = 0; u < t->nk; u++) x += bc8(p[u]) * ld8(t->vptr[u] + c);
-            st8(a + c, x);
-        }
-    }
-}
-
-
 /* Masks the scores of rows [0, mr) in t->s, turns them into exp(s - m_new) and
  * folds max / sum into m, l, rescaling acc where the max moved. Returns the
  * visible pairs. */
@@ -248,9 +202,7 @@ LC_INLINE double rows_softmax(attn_tile_t *t, int mr, int ncol) {
         }
         computed += visible;
         v8 vm = bc8(-INFINITY);
-        for (int j = 0; j < ncol; j += 8) {
-            vm = vmax8(ld8(s + j), vm);
-        }
+        for (int j = 0; j < ncol; j += 8) vm = vmax8(ld8(s + j), vm);
         float mx = vm[0];
         for (int i = 1; i < 8; i++) mx = vm[i] > mx ? vm[i] : mx;
         float m_old = t->m[r], m_new = mx > m_old ? mx : m_old;
@@ -275,82 +227,65 @@ LC_INLINE double rows_softmax(attn_tile_t *t, int mr, int ncol) {
 }
 
 LC_HOT static void tile_process(attn_tile_t *t) {
-    const int nk = t->nk, d = t->d, mr = (t->nr + 3) & ~3;
-    const int ncol = (nk + 15) & ~15;
-    if (t->direct) {
-#ifdef LC_MM_X86
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            attn__direct_scores_avx2(t, ncol);
-        else
-#endif
-            direct_scores(t, mr, ncol);
-    } else {
-        for (int c = 0; c < d; c++) // zero the padding columns of K
-            for (int j = nk; j < ncol; j++) t->kt[(size_t)c * ATTN_BK + j] = 0.0f;
-        tile_scores(t, mr, ncol);
-    }
+    const int mr = (t->nr + 3) & ~3, ncol = (t->nk + 15) & ~15;
+    tile_scores_level(t, mr, ncol / 16);
     double computed;
 #ifdef LC_MM_X86
-    if (!t->direct && __builtin_cpu_supports("avx512f"))
+    if (t->level >= LC_CPU_AVX512)
         computed = attn__rows_avx512(t, mr, ncol);
     else
 #endif
         computed = rows_softmax(t, mr, ncol);
     t->computed += computed;
-    if (t->direct) {
-#ifdef LC_MM_X86
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-            attn__direct_pv_avx2(t);
-        else
-#endif
-            direct_pv(t);
-    } else
-        mm_best(mr, d, nk, t->s, ATTN_BK, t->vt, d, t->acc, d, 0);
+    tile_pv_level(t, mr);
     t->nk = 0;
 }
 
 /* ---- gather ----------------------------------------------------------------------- */
-LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const attn_range_t *rg, int n_rg, int64_t skip,
-                          int64_t take) {
+/* Appends up to `run` keys starting at position j (all in one block) to the
+ * tile's key groups: a whole aligned group of 16 in place, else staged one by
+ * one up to the end of the current group. Returns the keys taken. */
+static int add_keys(attn_tile_t *t, const attn_kv_t *kv, int kvh, int64_t j, int run) {
+    const int u = t->nk, bs = kv->block_size, d = t->d, g = u / 16;
+    if (u % 16 == 0 && j % 16 == 0 && bs % 16 == 0 && run >= 16) {
+        t->kg[g] = attn_kv_kcol(kv, kvh, d, j);
+        t->ldk[g] = bs;
+        return 16;
+    }
+    if (run > 16 - u % 16) run = 16 - u % 16;
+    float *dst = t->kst + (size_t)g * d * 16;
+    if (u % 16 == 0) {
+        t->kg[g] = dst;
+        t->ldk[g] = 16;
+    }
+    for (int i = 0; i < run; i++) {
+        const float *kc = attn_kv_kcol(kv, kvh, d, j + i);
+        const int lane = (u + i) % 16;
+        for (int c = 0; c < d; c++) dst[(size_t)c * 16 + lane] = kc[(size_t)c * bs];
+    }
+    return run;
+}
+
+LC_HOT void attn_tile_run(attn_tile_t *t, const attn_kv_t *kv, int kvh, const attn_range_t *rg, int n_rg) {
     const int d = t->d, bs = kv->block_size;
     t->nk = 0;
-    t->direct = t->nr <= 4 && d % 8 == 0;
-    for (int i = 0; i < n_rg && take != 0; i++) {
-        int64_t lo = rg[i].lo, hi = rg[i].hi;
-        if (hi - lo <= skip) {
-            skip -= hi > lo ? hi - lo : 0;
-            continue;
-        }
-        lo += skip;
-        skip = 0;
-        if (take >= 0 && hi - lo > take) hi = lo + take;
-        if (take >= 0) take -= hi - lo;
+    for (int i = 0; i < n_rg; i++) {
+        const int64_t lo = rg[i].lo, hi = rg[i].hi;
+        if (hi <= lo) continue;
+        if (lo % ATTN_BK == 0 && t->nk > 0) tile_process(t); // aligned ranges start their own tiles
         for (int64_t j = lo; j < hi;) {
-            // a run inside one page, cut to the room left in the tile
+            // keys inside one page, cut to the room left in the tile
             int64_t run = bs - j % bs;
             if (run > hi - j) run = hi - j;
             if (run > ATTN_BK - t->nk) run = ATTN_BK - t->nk;
-            const float *kp = attn_kv_krow(kv, kvh, d, j), *vp = attn_kv_vrow(kv, kvh, d, j);
-            if (t->direct) {
-                for (int64_t u = 0; u < run; u++) {
-                    t->kptr[t->nk + u] = kp + u * d;
-                    t->vptr[t->nk + u] = vp + u * d;
-                    t->kpos[t->nk + u] = j + u;
-                }
-                t->nk += (int)run;
-                j += run;
-                if (t->nk == ATTN_BK) tile_process(t);
-                continue;
-            }
-            memcpy(t->vt + (size_t)t->nk * d, vp, (size_t)run * d * sizeof(float));
-            for (int64_t u = 0; u < run; u++) {
-                const float *kr = kp + u * d;
-                float *dst = t->kt + t->nk + u;
-                for (int c = 0; c < d; c++) dst[(size_t)c * ATTN_BK] = kr[c];
+            const int took = add_keys(t, kv, kvh, j, (int)run);
+            const float *vp = attn_kv_vrow(kv, kvh, d, j);
+            for (int u = 0; u < took; u++) {
+                t->vrow[t->nk + u] = vp + (size_t)u * d;
                 t->kpos[t->nk + u] = j + u;
             }
-            t->nk += (int)run;
-            j += run;
+            t->nk += took;
+            j += took;
             if (t->nk == ATTN_BK) tile_process(t);
         }
     }
@@ -404,20 +339,36 @@ LC_HOT float attn_row_exp_sum(float *x, int64_t n, float sub) {
 
 LC_HOT void attn_tile_scores(attn_tile_t *t, const attn_kv_t *kv, int kvh, int64_t lo, int64_t hi, float *S,
                              int64_t lds) {
-    const int d = t->d, mr = (t->nr + 3) & ~3;
+    const int mr = (t->nr + 3) & ~3;
     for (int64_t j0 = lo; j0 < hi; j0 += ATTN_BK) {
-        int nk = (int)(hi - j0 < ATTN_BK ? hi - j0 : ATTN_BK);
-        int ncol = (nk + 15) & ~15;
-        for (int u = 0; u < nk; u++) {
-            const float *kr = attn_kv_krow(kv, kvh, d, j0 + u);
-            for (int c = 0; c < d; c++) t->kt[(size_t)c * ATTN_BK + u] = kr[c];
+        const int nk = (int)(hi - j0 < ATTN_BK ? hi - j0 : ATTN_BK);
+        t->nk = 0;
+        while (t->nk < nk) { // keys inside one page at a time
+            const int64_t j = j0 + t->nk;
+            int run = kv->block_size - (int)(j % kv->block_size);
+            if (run > nk - t->nk) run = nk - t->nk;
+            t->nk += add_keys(t, kv, kvh, j, run);
         }
-        for (int c = 0; c < d; c++)
-            for (int u = nk; u < ncol; u++) t->kt[(size_t)c * ATTN_BK + u] = 0.0f;
-        tile_scores(t, mr, ncol);
+        tile_scores_level(t, mr, (nk + 15) / 16);
         for (int r = 0; r < t->nr; r++)
             memcpy(S + (size_t)r * lds + (j0 - lo), t->s + (size_t)r * ATTN_BK, (size_t)nk * sizeof(float));
+        t->nk = 0;
     }
+}
+
+void attn_merge_row(float *o1, float *lse1, const float *o2, float lse2, int d) {
+    float a = *lse1, b = lse2;
+    if (b == -INFINITY) return;
+    if (a == -INFINITY) {
+        memcpy(o1, o2, (size_t)d * sizeof(float));
+        *lse1 = b;
+        return;
+    }
+    float m = a > b ? a : b;
+    float wa = expf(a - m), wb = expf(b - m), s = wa + wb;
+    wa /= s, wb /= s;
+    for (int c = 0; c < d; c++) o1[c] = wa * o1[c] + wb * o2[c];
+    *lse1 = m + logf(s);
 }
 
 /* ---- shared drivers ------------------------------------------------------------- */
@@ -437,125 +388,99 @@ int attn_check_args(const attn_shape_t *shape, const attn_kv_t *kv, int64_t n_ke
     return 0;
 }
 
-int attn_decode_ranges(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, const attn_range_t *const *rg,
-                       const int *n_rg, float *out, float *lse, double *computed) {
-    const int H = shape->n_heads, KH = shape->n_kv_heads, G = H / KH, d = shape->head_dim;
-    const int64_t qpos = kv->n_kv - 1;
-    int64_t maxkeys = 0;
-    for (int kh = 0; kh < KH; kh++) {
-        int64_t n = 0;
-        for (int i = 0; i < n_rg[kh]; i++) n += rg[kh][i].hi - rg[kh][i].lo;
-        maxkeys = n > maxkeys ? n : maxkeys;
+int attn_window_ranges(int64_t sink, int64_t window, int64_t first, int64_t last, attn_range_t *rg) {
+    const int64_t sink_al = (sink + ATTN_BK - 1) / ATTN_BK * ATTN_BK;
+    const int64_t wlo = window >= ATTN_NO_WINDOW ? 0 : first - window + 1;
+    if (wlo <= sink_al) {
+        rg[0] = (attn_range_t){0, last + 1};
+        return 1;
     }
-    // split-K: enough pieces to occupy the threads, at least 256 keys each
-    int nsplit = (2 * attn_max_threads() + KH - 1) / KH;
-    if (nsplit > maxkeys / 256) nsplit = (int)(maxkeys / 256);
-    if (nsplit < 1) nsplit = 1;
-    const int n_items = KH * nsplit;
-    float *po = malloc((size_t)n_items * G * d * sizeof(float));
-    float *pl = malloc((size_t)n_items * G * sizeof(float));
-    int err = 0;
-    double comp = 0;
-    if (!po || !pl) {
-        err = LC_ENOMEM;
-        goto done;
-    }
-#pragma omp parallel reduction(+ : comp)
-    {
-        attn_tile_t *t = attn_tile_alloc(G, d);
-        if (!t) {
-#pragma omp atomic write
-            err = LC_ENOMEM;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int it = 0; it < n_items; it++) {
-            if (!t) continue;
-            int kh = it / nsplit, sp = it % nsplit;
-            int64_t n = 0;
-            for (int i = 0; i < n_rg[kh]; i++) n += rg[kh][i].hi - rg[kh][i].lo;
-            int64_t a = n * sp / nsplit, b = n * (sp + 1) / nsplit;
-            attn_tile_begin(t, G);
-            for (int g = 0; g < G; g++) {
-                const float *qh = q + (size_t)(kh * G + g) * d;
-                for (int c = 0; c < d; c++) t->q[(size_t)g * d + c] = qh[c] * shape->scale;
-                t->qpos[g] = qpos;
-            }
-            if (b > a) attn_tile_run(t, kv, kh, rg[kh], n_rg[kh], a, b - a);
-            attn_tile_finish(t);
-            memcpy(po + (size_t)it * G * d, t->acc, (size_t)G * d * sizeof(float));
-            memcpy(pl + (size_t)it * G, t->l, (size_t)G * sizeof(float));
-            comp += t->computed;
-        }
-        attn_tile_free(t);
-    }
-    if (err) goto done;
-    for (int kh = 0; kh < KH; kh++) {
-        float *o1 = po + (size_t)kh * nsplit * G * d, *l1 = pl + (size_t)kh * nsplit * G;
-        for (int sp = 1; sp < nsplit; sp++) attn_merge(o1, l1, o1 + (size_t)sp * G * d, l1 + (size_t)sp * G, G, d);
-        memcpy(out + (size_t)kh * G * d, o1, (size_t)G * d * sizeof(float));
-        if (lse) memcpy(lse + (size_t)kh * G, l1, (size_t)G * sizeof(float));
-    }
-    if (computed) *computed = comp;
-done:
-    free(po);
-    free(pl);
-    return err;
+    int n = 0;
+    if (sink > 0) rg[n++] = (attn_range_t){0, sink_al};
+    rg[n++] = (attn_range_t){wlo / ATTN_BK * ATTN_BK, last + 1};
+    return n;
 }
 
-int attn_prefill_window(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
-                        int64_t sink, int64_t window, float *out, float *lse, double *computed) {
+int attn_piece_ranges(const attn_range_t *rg, int n, int64_t k, attn_range_t *out) {
+    const int64_t plo = k * ATTN_PIECE, phi = plo + ATTN_PIECE;
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t lo = rg[i].lo > plo ? rg[i].lo : plo, hi = rg[i].hi < phi ? rg[i].hi : phi;
+        if (lo < hi) out[m++] = (attn_range_t){lo, hi};
+    }
+    return m;
+}
+
+static int prefill_bq(const attn_shape_t *shape) {
+    const int G = shape->n_heads / shape->n_kv_heads;
+    return G <= 2 ? 48 : G <= 4 ? 32 : 16; // query positions per tile
+}
+
+size_t attn_prefill_window_ws(const attn_shape_t *shape) {
+    const int rows = prefill_bq(shape) * (shape->n_heads / shape->n_kv_heads);
+    return attn_tile_bytes(rows, shape->head_dim) + attn_arena_need((size_t)rows * sizeof(float));
+}
+
+int attn_prefill_window(const attn_shape_t *shape, attn_arena_t *arenas, const float *q, int n_q, int64_t q_pos0,
+                        const attn_kv_t *kv, int64_t sink, int64_t window, float *out, float *lse, double *computed) {
     const int H = shape->n_heads, KH = shape->n_kv_heads, G = H / KH, d = shape->head_dim;
     if (n_q <= 0) return n_q == 0 ? 0 : LC_EINVAL;
     int rc = attn_check_args(shape, kv, q_pos0 + n_q);
-    if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
-    const int BQ = G <= 2 ? 48 : G <= 4 ? 32 : 16; // query positions per tile
+    if (rc || q_pos0 < 0 || !q || !out || !arenas) return rc ? rc : LC_EINVAL;
+    const int BQ = prefill_bq(shape);
     const int n_qt = (n_q + BQ - 1) / BQ, n_items = KH * n_qt;
     int err = 0;
     double comp = 0;
 #pragma omp parallel reduction(+ : comp)
     {
-        attn_tile_t *t = attn_tile_alloc(BQ * G, d);
-        if (!t) {
+        attn_arena_t *ar = &arenas[attn_thread_num()];
+        attn_arena_reset(ar);
+        attn_tile_t t;
+        float *olse = attn_arena_alloc(ar, (size_t)BQ * G * sizeof(float));
+        const int ok = attn_tile_init(&t, ar, BQ * G, d) == 0 && olse;
+        if (!ok) {
 #pragma omp atomic write
             err = LC_ENOMEM;
         }
 #pragma omp for schedule(dynamic, 1)
         for (int it = 0; it < n_items; it++) {
-            if (!t) continue;
+            if (!ok) continue;
             // largest tiles first: later query tiles see more keys
-            int kh = it % KH, qt = n_qt - 1 - it / KH;
-            int i0 = qt * BQ, i1 = i0 + BQ < n_q ? i0 + BQ : n_q, nq = i1 - i0;
-            attn_tile_begin(t, nq * G);
-            t->sink = sink;
-            t->window = window;
+            const int kh = it % KH, qt = n_qt - 1 - it / KH;
+            const int i0 = qt * BQ, i1 = i0 + BQ < n_q ? i0 + BQ : n_q, nq = i1 - i0;
+            const int64_t first = q_pos0 + i0, last = q_pos0 + i1 - 1;
+            for (int r = 0; r < nq * G; r++) olse[r] = -INFINITY;
             for (int i = 0; i < nq; i++)
-                for (int g = 0; g < G; g++) {
-                    const float *qh = q + ((size_t)(i0 + i) * H + kh * G + g) * d;
-                    float *dst = t->q + (size_t)(i * G + g) * d;
-                    for (int c = 0; c < d; c++) dst[c] = qh[c] * shape->scale;
-                    t->qpos[i * G + g] = q_pos0 + i0 + i;
-                }
-            int64_t first = q_pos0 + i0, last = q_pos0 + i1 - 1;
-            attn_range_t rg[2];
-            int n_rg = 0;
-            int64_t wlo = first - window + 1;
-            if (wlo <= sink) {
-                rg[n_rg++] = (attn_range_t){0, last + 1};
-            } else {
-                rg[n_rg++] = (attn_range_t){0, sink};
-                rg[n_rg++] = (attn_range_t){wlo, last + 1};
+                for (int g = 0; g < G; g++) memset(out + ((size_t)(i0 + i) * H + kh * G + g) * d, 0, sizeof(float) * d);
+            attn_range_t rg[2], prg[2];
+            const int nrg = attn_window_ranges(sink, window, first, last, rg);
+            for (int64_t k = rg[0].lo / ATTN_PIECE; k <= last / ATTN_PIECE; k++) {
+                const int np = attn_piece_ranges(rg, nrg, k, prg);
+                if (np == 0) continue;
+                attn_tile_begin(&t, nq * G);
+                t.sink = sink;
+                t.window = window;
+                for (int i = 0; i < nq; i++)
+                    for (int g = 0; g < G; g++) {
+                        const float *qh = q + ((size_t)(i0 + i) * H + kh * G + g) * d;
+                        float *dst = t.q + (size_t)(i * G + g) * d;
+                        for (int c = 0; c < d; c++) dst[c] = qh[c] * shape->scale;
+                        t.qpos[i * G + g] = first + i;
+                    }
+                attn_tile_run(&t, kv, kh, prg, np);
+                attn_tile_finish(&t);
+                for (int i = 0; i < nq; i++)
+                    for (int g = 0; g < G; g++) {
+                        const int r = i * G + g;
+                        attn_merge_row(out + ((size_t)(i0 + i) * H + kh * G + g) * d, &olse[r], t.acc + (size_t)r * d,
+                                       t.l[r], d);
+                    }
+                comp += t.computed;
             }
-            attn_tile_run(t, kv, kh, rg, n_rg, 0, -1);
-            attn_tile_finish(t);
-            for (int i = 0; i < nq; i++)
-                for (int g = 0; g < G; g++) {
-                    size_t row = (size_t)(i0 + i) * H + kh * G + g;
-                    memcpy(out + row * d, t->acc + (size_t)(i * G + g) * d, (size_t)d * sizeof(float));
-                    if (lse) lse[row] = t->l[i * G + g];
-                }
-            comp += t->computed;
+            if (lse)
+                for (int i = 0; i < nq; i++)
+                    for (int g = 0; g < G; g++) lse[(size_t)(i0 + i) * H + kh * G + g] = olse[i * G + g];
         }
-        attn_tile_free(t);
     }
     if (computed) *computed = comp;
     return err;

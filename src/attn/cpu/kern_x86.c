@@ -1,9 +1,9 @@
-/* The x86 kernels of the tile engine (see kern.c, which picks them at run
- * time with __builtin_cpu_supports): register-blocked products for AVX-512F
- * and AVX2+FMA, the decode (direct) path on AVX2+FMA, and the AVX-512 row
- * pass. Intrinsics rather than vector extensions because -std=c11 does not
- * contract a * b + c into an FMA and GCC built the extension broadcasts from
- * scalar inserts. GCC only (kern_x86.h); elsewhere this file is empty. */
+/* The x86 kernels of the tile engine (see kern.c, which picks them by the
+ * process's CPU level): register-blocked products for AVX-512F and AVX2+FMA,
+ * and the AVX-512 row pass. Intrinsics rather than vector extensions because
+ * -std=c11 does not contract a * b + c into an FMA and GCC built the
+ * extension broadcasts from scalar inserts. GCC only (kern_x86.h); elsewhere
+ * this file is empty. */
 #include "attn/cpu/kern_x86.h"
 
 #ifdef LC_MM_X86
@@ -16,28 +16,34 @@
 #define LC_INLINE static inline __attribute__((always_inline))
 
 /* ---- x86 register-blocked products ------------------------------------------------- */
-/* The same product as mm_acc with intrinsics, so the FMA is explicit (ISO C mode
- * does not contract a * b + c) and broadcasts are single instructions. Chosen at
- * run time; the generic mm_acc stays for other CPUs and compilers. With `zero`
- * C is overwritten instead of accumulated into. */
+/* The tile's two products with intrinsics, so the FMA is explicit (ISO C mode
+ * does not contract a * b + c) and broadcasts are single instructions. Keys
+ * are read where they lie: 16-key groups of transposed K (kg, ldk) for the
+ * scores, V rows through per-key pointers for P.V. Each output is one FMA chain
+ * (over head_dim for a score, over the tile's keys for P.V), so a row's
+ * result does not depend on the other rows, the row blocking or where the
+ * keys were read from. */
 
-
-/* R rows x NV*16 columns of C held in zmm registers for the whole K loop (at
- * R 6, NV 4: 24 accumulators + 4 B vectors; A is broadcast from memory). */
-LC_AVX512 LC_INLINE void mm16_tile(int R, int NV, int K, const float *A, int lda, const float *B, int ldb, float *C,
-                                   int ldc, int zero) {
-    __m512 acc[6][4], b[4];
+/* R rows x NV groups: S[r][16v + lane] = sum_c Q[r][c] * kg[v][c * ldk[v] + lane]. */
+LC_AVX512 LC_INLINE void sc16(int R, int NV, int d, const float *Q, const float *const *kg, const int *ldk, float *S) {
+    __m512 acc[6][4];
+    const float *bp[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) bp[v] = kg[v];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++)
-            acc[r][v] = zero ? _mm512_setzero_ps() : _mm512_loadu_ps(C + (size_t)r * ldc + 16 * v);
-    for (int k = 0; k < K; k++) {
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (int c = 0; c < d; c++) {
+        __m512 b[4];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(B + (size_t)k * ldb + 16 * v);
+        for (int v = 0; v < NV; v++) {
+            b[v] = _mm512_loadu_ps(bp[v]);
+            bp[v] += ldk[v];
+        }
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
-            __m512 a = _mm512_set1_ps(A[(size_t)r * lda + k]);
+            const __m512 a = _mm512_set1_ps(Q[(size_t)r * d + c]);
 #pragma GCC unroll 4
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
         }
@@ -45,137 +51,158 @@ LC_AVX512 LC_INLINE void mm16_tile(int R, int NV, int K, const float *A, int lda
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; v++) _mm512_storeu_ps(C + (size_t)r * ldc + 16 * v, acc[r][v]);
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(S + (size_t)r * ATTN_BK + 16 * v, acc[r][v]);
 }
 
-/* R rows x 16 columns in ymm registers (R 6: 12 accumulators of AVX2's 16). */
-LC_AVX2 LC_INLINE void mm8_tile(int R, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                                int zero) {
-    __m256 acc[6][2];
+/* R rows x NV*16 columns of acc: A[r][c] += sum_u P[r][u] * vrow[u][c0 + c]. */
+LC_AVX512 LC_INLINE void pv16(int R, int NV, int nk, int d, int c0, const float *P, const float *const *vrow,
+                              float *A) {
+    __m512 acc[6][4];
 #pragma GCC unroll 6
     for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
-        for (int v = 0; v < 2; v++)
-            acc[r][v] = zero ? _mm256_setzero_ps() : _mm256_loadu_ps(C + (size_t)r * ldc + 8 * v);
-    for (int k = 0; k < K; k++) {
-        __m256 b0 = _mm256_loadu_ps(B + (size_t)k * ldb), b1 = _mm256_loadu_ps(B + (size_t)k * ldb + 8);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_loadu_ps(A + (size_t)r * d + c0 + 16 * v);
+    for (int u = 0; u < nk; u++) {
+        __m512 b[4];
+        const float *vr = vrow[u] + c0;
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(vr + 16 * v);
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
-            __m256 a = _mm256_broadcast_ss(A + (size_t)r * lda + k);
+            const __m512 a = _mm512_set1_ps(P[(size_t)r * ATTN_BK + u]);
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(A + (size_t)r * d + c0 + 16 * v, acc[r][v]);
+}
+
+/* AVX2: R rows x one group (two ymm). */
+LC_AVX2 LC_INLINE void sc8(int R, int d, const float *Q, const float *kg, int ldk, float *S) {
+    __m256 acc[6][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c++, kg += ldk) {
+        const __m256 b0 = _mm256_loadu_ps(kg), b1 = _mm256_loadu_ps(kg + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m256 a = _mm256_broadcast_ss(Q + (size_t)r * d + c);
             acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
         }
     }
 #pragma GCC unroll 6
-    for (int r = 0; r < R; r++)
-#pragma GCC unroll 2
-        for (int v = 0; v < 2; v++) _mm256_storeu_ps(C + (size_t)r * ldc + 8 * v, acc[r][v]);
+    for (int r = 0; r < R; r++) {
+        _mm256_storeu_ps(S + (size_t)r * ATTN_BK, acc[r][0]);
+        _mm256_storeu_ps(S + (size_t)r * ATTN_BK + 8, acc[r][1]);
+    }
 }
 
-/* Columns N & ~15 .. N, scalar (d not a multiple of 16). */
-LC_INLINE void mm_tail(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                       int zero) {
-    for (int i = 0; i < M; i++)
-        for (int j = N & ~15; j < N; j++) {
-            float x = zero ? 0.0f : C[(size_t)i * ldc + j];
-            for (int k = 0; k < K; k++) x += A[(size_t)i * lda + k] * B[(size_t)k * ldb + j];
-            C[(size_t)i * ldc + j] = x;
+/* AVX2: R rows x 16 columns of acc. */
+LC_AVX2 LC_INLINE void pv8(int R, int nk, int d, int c0, const float *P, const float *const *vrow, float *A) {
+    __m256 acc[6][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        acc[r][0] = _mm256_loadu_ps(A + (size_t)r * d + c0);
+        acc[r][1] = _mm256_loadu_ps(A + (size_t)r * d + c0 + 8);
+    }
+    for (int u = 0; u < nk; u++) {
+        const __m256 b0 = _mm256_loadu_ps(vrow[u] + c0), b1 = _mm256_loadu_ps(vrow[u] + c0 + 8);
+#pragma GCC unroll 6
+        for (int r = 0; r < R; r++) {
+            const __m256 a = _mm256_broadcast_ss(P + (size_t)r * ATTN_BK + u);
+            acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; r++) {
+        _mm256_storeu_ps(A + (size_t)r * d + c0, acc[r][0]);
+        _mm256_storeu_ps(A + (size_t)r * d + c0 + 8, acc[r][1]);
+    }
+}
+
+/* P.V columns d & ~15 .. d, scalar multiply-add (head_dim not a multiple of 16). */
+LC_INLINE void pv_tail(int M, int nk, int d, const float *P, const float *const *vrow, float *A) {
+    for (int r = 0; r < M; r++)
+        for (int c = d & ~15; c < d; c++) {
+            float x = A[(size_t)r * d + c];
+            for (int u = 0; u < nk; u++) x += P[(size_t)r * ATTN_BK + u] * vrow[u][c];
+            A[(size_t)r * d + c] = x;
         }
 }
 
 /* Row blocks of 6, then of 4 (M is a multiple of 4; 8 is cut 4 + 4). */
-#define MM_ROWS(i, M, TILE)                                                                                            \
-    for (i = 0; i < (M); i += R) {                                                                                     \
-        R = (M)-i >= 6 && (M)-i != 8 ? 6 : 4;                                                                          \
-        if (R == 6)                                                                                                    \
-            TILE(6);                                                                                                   \
+#define ROWS(i, M, BODY)                                                                                               \
+    for (int i = 0, R_; i < (M); i += R_) {                                                                            \
+        R_ = (M)-i >= 6 && (M)-i != 8 ? 6 : 4;                                                                         \
+        if (R_ == 6)                                                                                                   \
+            BODY(6);                                                                                                   \
         else                                                                                                           \
-            TILE(4);                                                                                                   \
+            BODY(4);                                                                                                   \
     }
 
-LC_AVX512 __attribute__((noinline)) void attn__mm_avx512(int M, int N, int K, const float *A, int lda, const float *B,
-                                                         int ldb, float *C, int ldc, int zero) {
-    const int n16 = N & ~15;
-    for (int j = 0; j < n16; j += 64) {
-        const int nv = n16 - j >= 64 ? 4 : (n16 - j) / 16;
-        int i, R;
-#define T16(RR)                                                                                                        \
+LC_AVX512 __attribute__((noinline)) void attn__scores_avx512(int M, int ng, int d, const float *Q,
+                                                             const float *const *kg, const int *ldk, float *S) {
+#define SC(RR)                                                                                                         \
     do {                                                                                                               \
-        const float *a_ = A + (size_t)i * lda;                                                                         \
-        float *c_ = C + (size_t)i * ldc + j;                                                                           \
-        switch (nv) {                                                                                                  \
-        case 4: mm16_tile(RR, 4, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
-        case 3: mm16_tile(RR, 3, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
-        case 2: mm16_tile(RR, 2, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                        \
-        default: mm16_tile(RR, 1, K, a_, lda, B + j, ldb, c_, ldc, zero); break;                                       \
+        const float *q_ = Q + (size_t)i * d;                                                                           \
+        float *s_ = S + (size_t)i * ATTN_BK;                                                                           \
+        switch (ng) {                                                                                                  \
+        case 4: sc16(RR, 4, d, q_, kg, ldk, s_); break;                                                                \
+        case 3: sc16(RR, 3, d, q_, kg, ldk, s_); break;                                                                \
+        case 2: sc16(RR, 2, d, q_, kg, ldk, s_); break;                                                                \
+        default: sc16(RR, 1, d, q_, kg, ldk, s_); break;                                                               \
         }                                                                                                              \
     } while (0)
-        MM_ROWS(i, M, T16)
-#undef T16
-    }
-    mm_tail(M, N, K, A, lda, B, ldb, C, ldc, zero);
+    ROWS(i, M, SC)
+#undef SC
 }
 
-LC_AVX2 __attribute__((noinline)) void attn__mm_avx2(int M, int N, int K, const float *A, int lda, const float *B,
-                                                     int ldb, float *C, int ldc, int zero) {
-    const int n16 = N & ~15;
-    for (int j = 0; j < n16; j += 16) {
-        int i, R;
-#define T8(RR) mm8_tile(RR, K, A + (size_t)i * lda, lda, B + j, ldb, C + (size_t)i * ldc + j, ldc, zero)
-        MM_ROWS(i, M, T8)
-#undef T8
+LC_AVX512 __attribute__((noinline)) void attn__pv_avx512(int M, int nk, int d, const float *P, const float *const *vrow,
+                                                         float *A) {
+    const int d16 = d & ~15;
+    for (int c0 = 0; c0 < d16; c0 += 64) {
+        const int nv = d16 - c0 >= 64 ? 4 : (d16 - c0) / 16;
+#define PV(RR)                                                                                                         \
+    do {                                                                                                               \
+        const float *p_ = P + (size_t)i * ATTN_BK;                                                                     \
+        float *a_ = A + (size_t)i * d;                                                                                 \
+        switch (nv) {                                                                                                  \
+        case 4: pv16(RR, 4, nk, d, c0, p_, vrow, a_); break;                                                           \
+        case 3: pv16(RR, 3, nk, d, c0, p_, vrow, a_); break;                                                           \
+        case 2: pv16(RR, 2, nk, d, c0, p_, vrow, a_); break;                                                           \
+        default: pv16(RR, 1, nk, d, c0, p_, vrow, a_); break;                                                          \
+        }                                                                                                              \
+    } while (0)
+        ROWS(i, M, PV)
+#undef PV
     }
-    mm_tail(M, N, K, A, lda, B, ldb, C, ldc, zero);
-}
-#undef MM_ROWS
-
-/* The direct (decode) path with explicit FMA and single-instruction
- * broadcasts, as the products above; rows past nr (padding) are skipped. */
-LC_AVX2 __attribute__((noinline)) void attn__direct_scores_avx2(attn_tile_t *t, int ncol) {
-    const int d = t->d, nr = t->nr;
-    for (int u = 0; u < t->nk; u++) {
-        const float *kr = t->kptr[u];
-        for (int r = 0; r < nr; r++) {
-            const float *qr = t->q + (size_t)r * d;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int c = 0;
-            for (; c + 16 <= d; c += 16) {
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c), _mm256_loadu_ps(kr + c), a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c + 8), _mm256_loadu_ps(kr + c + 8), a1);
-            }
-            if (c < d) // d % 8 == 0 on this path
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qr + c), _mm256_loadu_ps(kr + c), a0);
-            a0 = _mm256_add_ps(a0, a1);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a0), _mm256_extractf128_ps(a0, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            t->s[(size_t)r * ATTN_BK + u] = _mm_cvtss_f32(h);
-        }
-    }
-    for (int r = 0; r < nr; r++)
-        for (int u = t->nk; u < ncol; u++) t->s[(size_t)r * ATTN_BK + u] = 0.0f;
+    pv_tail(M, nk, d, P, vrow, A);
 }
 
-/* acc[r] += sum_u p[r][u] v[u], 64 columns of acc in 8 ymm at a time. */
-LC_AVX2 __attribute__((noinline)) void attn__direct_pv_avx2(attn_tile_t *t) {
-    const int d = t->d;
-    for (int r = 0; r < t->nr; r++) {
-        float *a = t->acc + (size_t)r * d;
-        const float *p = t->s + (size_t)r * ATTN_BK;
-        for (int c0 = 0; c0 < d; c0 += 64) {
-            const int nv = (d - c0 >= 64 ? 64 : d - c0) / 8;
-            __m256 x[8];
-            for (int v = 0; v < nv; v++) x[v] = _mm256_loadu_ps(a + c0 + 8 * v);
-            for (int u = 0; u < t->nk; u++) {
-                const __m256 pu = _mm256_broadcast_ss(p + u);
-                const float *vr = t->vptr[u] + c0;
-#pragma GCC unroll 8
-                for (int v = 0; v < nv; v++) x[v] = _mm256_fmadd_ps(pu, _mm256_loadu_ps(vr + 8 * v), x[v]);
-            }
-            for (int v = 0; v < nv; v++) _mm256_storeu_ps(a + c0 + 8 * v, x[v]);
-        }
+LC_AVX2 __attribute__((noinline)) void attn__scores_avx2(int M, int ng, int d, const float *Q, const float *const *kg,
+                                                         const int *ldk, float *S) {
+    for (int g = 0; g < ng; g++) {
+#define SC(RR) sc8(RR, d, Q + (size_t)i * d, kg[g], ldk[g], S + (size_t)i * ATTN_BK + 16 * g)
+        ROWS(i, M, SC)
+#undef SC
     }
 }
+
+LC_AVX2 __attribute__((noinline)) void attn__pv_avx2(int M, int nk, int d, const float *P, const float *const *vrow,
+                                                     float *A) {
+    for (int c0 = 0; c0 + 16 <= d; c0 += 16) {
+#define PV(RR) pv8(RR, nk, d, c0, P + (size_t)i * ATTN_BK, vrow, A + (size_t)i * d)
+        ROWS(i, M, PV)
+#undef PV
+    }
+    pv_tail(M, nk, d, P, vrow, A);
+}
+#undef ROWS
 
 /* vexp8 on 16 lanes, same split and polynomial (Horner steps fused). */
 LC_AVX512 LC_INLINE __m512 vexp16(__m512 x) {

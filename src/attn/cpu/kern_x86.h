@@ -30,15 +30,14 @@ static inline int attn__row_mask(const attn_tile_t *t, int r, float *s, int ncol
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LC_MM_X86 1
-/* C (M x N, ldc) (+)= A (M x K) * B (K x N); M a multiple of 4; `zero`
- * overwrites C instead of accumulating. AVX-512F / AVX2+FMA. */
-void attn__mm_avx512(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc,
-                     int zero);
-void attn__mm_avx2(int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C, int ldc, int zero);
-/* The direct path (few rows, keys read in place): scores into t->s, then
- * acc += P.V. AVX2+FMA. */
-void attn__direct_scores_avx2(attn_tile_t *t, int ncol);
-void attn__direct_pv_avx2(attn_tile_t *t);
+/* The tile's products, rows [0, M) (M a multiple of 4):
+ *   scores: S[r][16g + lane] = sum_c Q[r][c] * kg[g][c * ldk[g] + lane], g < ng;
+ *   P.V:    A[r][c] += sum_u P[r][u] * vrow[u][c], u < nk.
+ * Q: (M, d); S, P: (M, ATTN_BK); A: (M, d). AVX-512F / AVX2+FMA. */
+void attn__scores_avx512(int M, int ng, int d, const float *Q, const float *const *kg, const int *ldk, float *S);
+void attn__pv_avx512(int M, int nk, int d, const float *P, const float *const *vrow, float *A);
+void attn__scores_avx2(int M, int ng, int d, const float *Q, const float *const *kg, const int *ldk, float *S);
+void attn__pv_avx2(int M, int nk, int d, const float *P, const float *const *vrow, float *A);
 /* The row pass (mask, max, exp, sum, rescale) of rows [0, mr); returns the
  * visible keys summed over the rows. AVX-512F. */
 double attn__rows_avx512(attn_tile_t *t, int mr, int ncol);

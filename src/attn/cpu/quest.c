@@ -5,12 +5,12 @@
  * ceil(decode_budget / block_size). GQA: a page's score for a KV head is the
  * max of the bound over the group's query heads (scale is common to the
  * group, so the bounds are comparable), keeping any page some head needs.
- * Without summaries (kmin/kmax NULL) or when every page fits, runs dense. */
+ * Without summaries (kmin/kmax NULL) or when every page fits, runs dense.
+ * Ties keep the earlier page, so the selection is a function of the scores. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "attn/attn_int.h"
-#include "attn/cpu/kern.h"
 #include "common/status.h"
 
 typedef struct {
@@ -19,72 +19,50 @@ typedef struct {
 } page_score_t;
 
 static int cmp_score_desc(const void *a, const void *b) {
-    float x = ((const page_score_t *)a)->score, y = ((const page_score_t *)b)->score;
-    return x < y ? 1 : x > y ? -1 : 0;
+    const page_score_t *x = a, *y = b;
+    if (x->score != y->score) return x->score < y->score ? 1 : -1;
+    return x->page - y->page;
 }
 static int cmp_page_asc(const void *a, const void *b) {
     return ((const page_score_t *)a)->page - ((const page_score_t *)b)->page;
 }
 
-int attn_decode_quest(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, const attn_kv_t *kv,
-                      float *out, float *lse, double *computed) {
-    int rc = attn_check_args(shape, kv, kv ? kv->n_kv : 0);
-    if (rc || !q || !out) return rc ? rc : LC_EINVAL;
-    enum { MAXKH = 64 };
-    const int KH = shape->n_kv_heads, G = shape->n_heads / KH, d = shape->head_dim, bs = kv->block_size;
+int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,
+                       const attn_kv_t *kv, attn_range_t *rg) {
+    const int G = shape->n_heads / shape->n_kv_heads, d = shape->head_dim, bs = kv->block_size;
     const int64_t n = kv->n_kv, n_pages = (n + bs - 1) / bs;
     int64_t budget_pages = ((int64_t)pol->decode_budget + bs - 1) / bs;
     if (budget_pages < 1) budget_pages = 1;
-    if (KH > MAXKH) return LC_EINVAL;
-    if (!kv->kmin || !kv->kmax || n_pages <= budget_pages)
-        return attn_decode_dense_count(shape, q, kv, out, lse, computed);
-
-    page_score_t *ps = malloc(sizeof(page_score_t) * (size_t)n_pages * KH);
-    attn_range_t *rgbuf = malloc(sizeof(attn_range_t) * (size_t)budget_pages * KH);
-    if (!ps || !rgbuf) {
-        rc = LC_ENOMEM;
-        goto done;
-    }
-    const attn_range_t *rg[MAXKH];
-    int n_rg[MAXKH];
-#pragma omp parallel for schedule(static)
-    for (int kh = 0; kh < KH; kh++) {
-        page_score_t *s = ps + (size_t)kh * n_pages;
-        for (int64_t pg = 0; pg < n_pages - 1; pg++) { // the newest page is always kept
-            int64_t b = kv->blocks[pg];
-            const float *mn = kv->kmin + (size_t)b * kv->sum_stride + (size_t)kh * d;
-            const float *mx = kv->kmax + (size_t)b * kv->sum_stride + (size_t)kh * d;
-            float best = -INFINITY;
-            for (int g = 0; g < G; g++) {
-                const float *qh = q + (size_t)(kh * G + g) * d;
-                float ub = 0.0f;
-                for (int c = 0; c < d; c++) {
-                    float a = qh[c] * mx[c], z = qh[c] * mn[c];
-                    ub += a > z ? a : z;
-                }
-                best = ub > best ? ub : best;
+    if (!kv->kmin || !kv->kmax || n_pages <= budget_pages) return 0; // dense
+    page_score_t *s = attn_arena_alloc(ar, sizeof(page_score_t) * (size_t)n_pages);
+    if (!s) return LC_ENOMEM;
+    for (int64_t pg = 0; pg < n_pages - 1; pg++) { // the newest page is always kept
+        int64_t b = kv->blocks[pg];
+        const float *mn = kv->kmin + (size_t)b * kv->sum_stride + (size_t)kh * d;
+        const float *mx = kv->kmax + (size_t)b * kv->sum_stride + (size_t)kh * d;
+        float best = -INFINITY;
+        for (int g = 0; g < G; g++) {
+            const float *qh = q + (size_t)(kh * G + g) * d;
+            float ub = 0.0f;
+            for (int c = 0; c < d; c++) {
+                float a = qh[c] * mx[c], z = qh[c] * mn[c];
+                ub += a > z ? a : z;
             }
-            s[pg] = (page_score_t){best, (int32_t)pg};
+            best = ub > best ? ub : best;
         }
-        int64_t keep = budget_pages - 1;
-        qsort(s, (size_t)(n_pages - 1), sizeof *s, cmp_score_desc);
-        s[keep] = (page_score_t){0, (int32_t)(n_pages - 1)};
-        qsort(s, (size_t)keep + 1, sizeof *s, cmp_page_asc);
-        attn_range_t *r = rgbuf + (size_t)kh * budget_pages;
-        int nr = 0;
-        for (int64_t i = 0; i <= keep; i++) {
-            int64_t lo = (int64_t)s[i].page * bs, hi = lo + bs < n ? lo + bs : n;
-            if (nr > 0 && r[nr - 1].hi == lo)
-                r[nr - 1].hi = hi;
-            else
-                r[nr++] = (attn_range_t){lo, hi};
-        }
-        rg[kh] = r;
-        n_rg[kh] = nr;
+        s[pg] = (page_score_t){best, (int32_t)pg};
     }
-    rc = attn_decode_ranges(shape, q, kv, rg, n_rg, out, lse, computed);
-done:
-    free(ps);
-    free(rgbuf);
-    return rc;
+    const int64_t keep = budget_pages - 1;
+    qsort(s, (size_t)(n_pages - 1), sizeof *s, cmp_score_desc);
+    s[keep] = (page_score_t){0, (int32_t)(n_pages - 1)};
+    qsort(s, (size_t)keep + 1, sizeof *s, cmp_page_asc);
+    int nr = 0;
+    for (int64_t i = 0; i <= keep; i++) {
+        int64_t lo = (int64_t)s[i].page * bs, hi = lo + bs < n ? lo + bs : n;
+        if (nr > 0 && rg[nr - 1].hi == lo)
+            rg[nr - 1].hi = hi;
+        else
+            rg[nr++] = (attn_range_t){lo, hi};
+    }
+    return nr;
 }

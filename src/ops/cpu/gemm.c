@@ -68,14 +68,14 @@ static void panel_scalar(int n, int in, const float *x, const float *bp, int np,
         UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();        \
         for (int k = 0; k < in; k++) {                                                                                 \
             __m512 b[NV];                                                                                              \
-            UNROLL for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(bp + ((size_t)v * in + k) * 16);               \
+            UNROLL for (int v = 0; v < NV; v++) b[v] = _mm512_loadu_ps(bp + ((size_t)v * in + k) * 16);                \
             UNROLL for (int r = 0; r < R; r++) {                                                                       \
-                const __m512 a = _mm512_set1_ps(x[(size_t)r * in + k]);                                               \
-                UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);                  \
+                const __m512 a = _mm512_set1_ps(x[(size_t)r * in + k]);                                                \
+                UNROLL for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);                   \
             }                                                                                                          \
         }                                                                                                              \
-        UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++)                                        \
-            _mm512_storeu_ps(out + ((size_t)r * 4 + v) * 16, acc[r][v]);                                              \
+        UNROLL for (int r = 0; r < R; r++) UNROLL for (int v = 0; v < NV; v++)                                         \
+            _mm512_storeu_ps(out + ((size_t)r * 4 + v) * 16, acc[r][v]);                                               \
     }
 #define DEF512_ROWS(NV) DEF512(1, NV) DEF512(2, NV) DEF512(3, NV) DEF512(4, NV) DEF512(5, NV) DEF512(6, NV)
 DEF512_ROWS(1)
@@ -104,18 +104,18 @@ static void panel_avx512(int n, int in, const float *x, const float *bp, int np,
 #define DEF256(R)                                                                                                      \
     TGT256 static void k256_##R(int in, const float *x, const float *bp, float *out) {                                 \
         __m256 acc[R][2];                                                                                              \
-        UNROLL for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();                               \
+        UNROLL for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();                                \
         for (int k = 0; k < in; k++) {                                                                                 \
             const __m256 b0 = _mm256_loadu_ps(bp + (size_t)k * 16), b1 = _mm256_loadu_ps(bp + (size_t)k * 16 + 8);     \
             UNROLL for (int r = 0; r < R; r++) {                                                                       \
-                const __m256 a = _mm256_broadcast_ss(x + (size_t)r * in + k);                                         \
+                const __m256 a = _mm256_broadcast_ss(x + (size_t)r * in + k);                                          \
                 acc[r][0] = _mm256_fmadd_ps(a, b0, acc[r][0]);                                                         \
                 acc[r][1] = _mm256_fmadd_ps(a, b1, acc[r][1]);                                                         \
             }                                                                                                          \
         }                                                                                                              \
         UNROLL for (int r = 0; r < R; r++) {                                                                           \
-            _mm256_storeu_ps(out + (size_t)r * 16, acc[r][0]);                                                        \
-            _mm256_storeu_ps(out + (size_t)r * 16 + 8, acc[r][1]);                                                    \
+            _mm256_storeu_ps(out + (size_t)r * 16, acc[r][0]);                                                         \
+            _mm256_storeu_ps(out + (size_t)r * 16 + 8, acc[r][1]);                                                     \
         }                                                                                                              \
     }
 DEF256(1)
@@ -142,8 +142,7 @@ static void panel_avx2(int n, int in, const float *x, const float *bp, int np, f
 }
 #endif
 
-void ops__gemm_panel(lc_cpu_level_t level, int n, int in, const float *x, const float *bp, int np, float *y,
-                     int ldy) {
+void ops__gemm_panel(lc_cpu_level_t level, int n, int in, const float *x, const float *bp, int np, float *y, int ldy) {
 #ifdef GEMM_X86
     if (level >= LC_CPU_AVX512) {
         panel_avx512(n, in, x, bp, np, y, ldy);

@@ -1,0 +1,144 @@
+/* The executor front: picks the device, sizes the KV store, and forwards each
+ * call to the CPU executor (forward.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "kv/store.h"
+#include "model/model_internal.h"
+#include "ops/device.h"
+
+struct model_exec {
+    const model_t *m;
+    model_cpu_t *cpu;
+    kv_config_t kvc;
+    size_t block_bytes;
+    char device[160];
+};
+
+#define CPU_BLOCK 16
+
+/* "cpu" -> -1; "cuda" / "cuda:N" -> N; "auto" -> 0 when a GPU is there, else
+ * -1. LC_EINVAL for anything else, LC_EUNSUPPORTED with the reason in err
+ * when a GPU was asked for and cannot be had. */
+static int pick_device(const char *spec, int *index, char *err, size_t errlen) {
+    if (!spec || !*spec || !strcmp(spec, "cpu")) {
+        *index = -1;
+        return 0;
+    }
+    char why[160] = "";
+    const int auto_pick = !strcmp(spec, "auto");
+    int want = 0;
+    if (!auto_pick) {
+        if (strncmp(spec, "cuda", 4) || (spec[4] && spec[4] != ':')) {
+            snprintf(err, errlen, "unknown device '%s' (cpu, cuda, cuda:N or auto)", spec);
+            return LC_EINVAL;
+        }
+        if (spec[4] == ':') {
+            char *end;
+            long v = strtol(spec + 5, &end, 10);
+            if (end == spec + 5 || *end || v < 0 || v > 1023) {
+                snprintf(err, errlen, "bad device index in '%s'", spec);
+                return LC_EINVAL;
+            }
+            want = (int)v;
+        }
+    }
+    int n = lc_device_count(why, sizeof why);
+    if (auto_pick) {
+        *index = n > 0 ? 0 : -1;
+        if (n <= 0) LC_INFO("device auto: no GPU (%s); running on the CPU", why[0] ? why : "none found");
+        return 0;
+    }
+    if (n <= 0) {
+        snprintf(err, errlen, "device %s requested but no GPU is usable: %s", spec, why[0] ? why : "none found");
+        return LC_EUNSUPPORTED;
+    }
+    if (want >= n) {
+        snprintf(err, errlen, "device %s requested but this machine has %d GPU(s)", spec, n);
+        return LC_EUNSUPPORTED;
+    }
+    *index = want;
+    return 0;
+}
+
+static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, size_t errlen) {
+    int bs = o->block_size > 0 ? o->block_size : CPU_BLOCK;
+    kv_config_t kc = model_kv_config(e->m, bs, 1);
+    e->block_bytes = kv_store_block_bytes(&kc) + kv_block_bytes(&kc);
+    int64_t nb = o->kv_blocks > 0 ? o->kv_blocks : (int64_t)(o->kv_bytes / e->block_bytes);
+    if (nb <= 0) {
+        snprintf(err, errlen, "KV memory of %zu bytes holds no block of %zu bytes", o->kv_bytes, e->block_bytes);
+        return LC_EINVAL;
+    }
+    kc.n_blocks = nb;
+    int max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;
+    if (!(e->cpu = model_cpu_create(e->m, &kc, o->max_batch_tokens, max_seqs))) {
+        snprintf(err, errlen, "out of memory for a KV store of %lld blocks (%.1f MiB) and scratch for %d tokens",
+                 (long long)nb, (double)nb * (double)e->block_bytes / (1024.0 * 1024.0), o->max_batch_tokens);
+        return LC_ENOMEM;
+    }
+    e->kvc = kc;
+    snprintf(e->device, sizeof e->device, "cpu");
+    return 0;
+}
+
+model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen) {
+    if (!m || !o || o->max_batch_tokens <= 0) {
+        snprintf(err, errlen, "bad executor options");
+        return NULL;
+    }
+    int index = -1;
+    if (pick_device(o->device, &index, err, errlen)) return NULL;
+    model_exec_t *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->m = m;
+    int rc;
+    if (index < 0) {
+        rc = create_cpu(e, o, err, errlen);
+    } else {
+        snprintf(err, errlen, "device %s requested but this build runs the model on the CPU only", o->device);
+        rc = LC_EUNSUPPORTED;
+    }
+    if (rc) {
+        model_exec_destroy(e);
+        return NULL;
+    }
+    return e;
+}
+
+void model_exec_destroy(model_exec_t *e) {
+    if (!e) return;
+    model_cpu_destroy(e->cpu);
+    free(e);
+}
+
+const char *model_exec_device(const model_exec_t *e) { return e->device; }
+int model_exec_is_gpu(const model_exec_t *e) { return e->cpu == NULL; }
+kv_config_t model_exec_kv_config(const model_exec_t *e) { return e->kvc; }
+size_t model_exec_kv_block_bytes(const model_exec_t *e) { return e->block_bytes; }
+
+int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
+    const kv_config_t *c = kv_pool_config(kv);
+    if (c->n_layers != e->kvc.n_layers || c->n_kv_heads != e->kvc.n_kv_heads || c->head_dim != e->kvc.head_dim ||
+        c->block_size != e->kvc.block_size || c->n_blocks > e->kvc.n_blocks)
+        return LC_EINVAL;
+    kv_pool_bind(kv, model_cpu_copy_block, e->cpu);
+    return 0;
+}
+
+int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
+    if (!e || !kv || !b) return LC_EINVAL;
+    return model_cpu_forward(e->cpu, b);
+}
+
+int model_exec_set_attn_hook(model_exec_t *e, model_attn_hook_cb cb, void *ud) {
+    if (!e->cpu) return LC_EUNSUPPORTED;
+    model_cpu_set_attn_hook(e->cpu, cb, ud);
+    return 0;
+}

@@ -1,0 +1,103 @@
+/* The model executor: runs the forward pass of a loaded model on one device
+ * (the CPU, or a CUDA GPU when the build has CUDA), and owns what lives on
+ * that device: the weights in the device's format, the KV store (the tensors
+ * of the host's block pool, kv.h), the attention plan and the scratch of a
+ * step. The scheduler creates one at start from the configured device and
+ * never learns which it got.
+ *
+ * A step: model_exec_forward(batch) takes the tokens of several sequences at
+ * different positions (prompt chunks and generated tokens mixed), writes their
+ * K/V into the store through each sequence's block table, runs attention with
+ * each sequence's policy, and returns logits for the rows each sequence asks
+ * for, on the host.
+ *
+ * Threads: an executor belongs to the thread that runs its steps (the engine
+ * thread); create and destroy may happen elsewhere. Errors of a step (out of
+ * memory, a device fault) come back as a status for that step; they never
+ * abort the process. */
+#ifndef LC_MODEL_EXEC_H
+#define LC_MODEL_EXEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kv/kv.h"
+#include "model/model.h"
+
+typedef struct model_exec model_exec_t;
+
+typedef struct {
+    const char *device;       // "cpu", "cuda", "cuda:N" or "auto" (NULL: "cpu")
+    int max_batch_tokens;     // rows of one step
+    int max_seqs;             // sequence slices of one step (0: max_batch_tokens)
+    int block_size;           // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
+    int64_t kv_blocks;        // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
+    size_t kv_bytes;          // CPU: KV memory budget when kv_blocks is 0
+    double kv_gpu_fraction;   // GPU: fraction of the free device memory for KV (0: 0.85)
+} model_exec_opts_t;
+
+/* Creates an executor for m (which must outlive it). NULL with a message in
+ * err: unknown or unavailable device, out of memory, a model the device
+ * cannot run. */
+model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen);
+void model_exec_destroy(model_exec_t *e);
+/* "cpu" or "cuda:N (<GPU name>)". */
+const char *model_exec_device(const model_exec_t *e);
+int model_exec_is_gpu(const model_exec_t *e);
+/* The pool configuration the store holds: create the host pool from it. */
+kv_config_t model_exec_kv_config(const model_exec_t *e);
+/* Bytes of store memory per block (metrics). */
+size_t model_exec_kv_block_bytes(const model_exec_t *e);
+/* Binds the host pool whose tensors this executor stores (sets its
+ * copy-on-write callback). LC_EINVAL when its config differs. */
+int model_exec_bind(model_exec_t *e, kv_pool_t *kv);
+
+/* ---- a step ------------------------------------------------------------------- */
+/* Which logits rows a sequence slice asks for. */
+typedef enum {
+    MODEL_LOGITS_NONE = 0,
+    MODEL_LOGITS_LAST, // the slice's last token: (1, n_vocab)
+    MODEL_LOGITS_ALL,  // every token (echo logprobs): (n_tok, n_vocab)
+} model_logits_t;
+
+/* One sequence's slice of a batch. Its tokens are batch->tokens[tok0 ..
+ * tok0+n_tok) at positions pos0 .. pos0+n_tok-1, and the sequence's KV cache
+ * already holds positions 0 .. pos0-1. Blocks for pos0+n_tok positions must be
+ * reserved (kv_seq_reserve) and writable (kv_seq_prepare_write). */
+typedef struct {
+    int tok0;
+    int n_tok;
+    int64_t pos0;
+    const kv_seq_t *kv;
+    attn_state_t *attn; // per-sequence policy and state; NULL = dense
+    /* 0: prompt tokens (exact matmul, the prefill method);
+     * 1: tokens this sequence generated: each row runs as its decode step did
+     *    (8-bit activation matmul, the decode method) — one row when decoding,
+     *    several when recomputing after a preemption. */
+    int generated;
+    model_logits_t logits_mode;
+    float *logits; // (1 or n_tok, n_vocab), host memory
+} model_seq_t;
+
+typedef struct {
+    int n_tokens;
+    const int32_t *tokens;   // (n_tokens)
+    int n_seqs;
+    const model_seq_t *seqs; // (n_seqs); token slices are disjoint and cover the batch
+} model_batch_t;
+
+/* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM, LC_EDEVICE. */
+int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *batch);
+
+/* Analysis hook (attn-eval; CPU only): called for every layer and every slice
+ * of a batch after the slice's K/V for that layer are in the cache and before
+ * its attention runs, with the slice's queries after RoPE and the cache view
+ * the kernel will read (positions 0 .. pos0+n_tok-1). The hook may run kernels
+ * on them but must not write either. NULL (the default) disables it.
+ *   q: (n_tok, n_heads, head_dim)
+ * Returns LC_EUNSUPPORTED on a GPU executor. */
+typedef void (*model_attn_hook_cb)(void *ud, int layer, int seq, const attn_shape_t *shape, const float *q, int n_tok,
+                                   int64_t pos0, const attn_kv_t *kv);
+int model_exec_set_attn_hook(model_exec_t *e, model_attn_hook_cb cb, void *ud);
+
+#endif
