@@ -7,14 +7,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/mem.h"
 #include "common/status.h"
 #include "model/model_internal.h"
 
 /* ---- scratch ------------------------------------------------------------------- */
-static void *amalloc(size_t n) {
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
-}
+static void *amalloc(size_t n) { return lc_alloc64(n); }
 
 model_ctx_t *model_ctx_create(const model_t *m, int max_tokens) {
     if (!m || max_tokens <= 0) return NULL;

@@ -9,10 +9,10 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/status.h"
 #include "model/gguf.h"
 #include "model/model_internal.h"
-#include "model/quant.h"
 #include "model/tokenizer.h"
 #include "model/chat.h"
 
@@ -162,11 +162,6 @@ static void *own(model_t *m, void *p) {
     return p;
 }
 
-static void *alloc64(size_t n) {
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
-}
-
 /* Finds `name` and checks its shape is exactly dims[0..n_dims) and its type
  * one the matmul reads. NULL with a message otherwise. */
 static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const int64_t *dims,
@@ -218,7 +213,7 @@ static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t c
     *w = src;
     if (f32) w->type = OPS_W_F32, w->row_bytes = (size_t)cols * sizeof(float);
     size_t bytes = w->row_bytes * (size_t)rows;
-    uint8_t *dst = own(m, alloc64(bytes));
+    uint8_t *dst = own(m, lc_alloc64(bytes));
     float *row = f32 ? NULL : malloc((size_t)cols * sizeof(float));
     if (!dst || (!f32 && !row)) {
         free(row);
