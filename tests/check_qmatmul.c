@@ -49,7 +49,7 @@ static ops_w_t make_w(int type, int out, int in, unsigned seed, float **wd) {
     ck_assert_uint_gt(rb, 0);
     void *q = malloc(rb * out);
     ck_assert_int_eq(quant_quantize((uint32_t)type, w, q, (size_t)out * in), 0);
-    ck_assert_int_eq(quant_dequantize((uint32_t)type, q, w, (size_t)out * in), 0);
+    ck_assert_int_eq(ops_w_dequantize(type, q, w, (size_t)out * in), 0);
     *wd = w;
     ops_w_t m = {.type = type, .rows = out, .cols = in, .row_bytes = rb, .data = q};
     return m;

@@ -39,8 +39,13 @@ typedef struct {
 /* Bytes of one row of `cols` weights of `type`; 0 when the type is not
  * supported or cols is not a multiple of its block size. */
 size_t ops_w_row_bytes(int type, int cols);
-/* Expands row r of w to f32. dst: (w->cols) */
+/* Expands row r of w to f32 with the kernel set in use. dst: (w->cols) */
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
+/* Expands n weights of `type` (n a multiple of its block size) at src to f32
+ * with the scalar reference kernels, bit-exact with ggml's dequantize_row_*
+ * (what the SIMD kernels are tested against). dst: (n). Returns 0, or
+ * LC_EUNSUPPORTED for a type not listed above / LC_EINVAL for a bad n. */
+int ops_w_dequantize(int type, const void *src, float *dst, size_t n);
 
 /* y = x · wᵀ with w in its block format.
  *   x: (n, w->cols)   y: (n, w->rows)
