@@ -3,8 +3,10 @@
  * is tested: asking for cuda:0 must select the CPU, not fail. */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
+#include "common/config.h"
 #include "common/status.h"
 #include "config.h"
 #include "ops/device.h"
@@ -20,6 +22,27 @@ START_TEST(test_parse_specs) {
     ck_assert_int_eq(lc_device_select("tpu:0", &d), LC_EINVAL);
     ck_assert_int_eq(lc_device_select("cuda:x", &d), LC_EINVAL);
     ck_assert_int_eq(lc_device_select("cuda:-1", &d), LC_EINVAL);
+    ck_assert_int_eq(lc_device_select("cuda:256", &d), LC_EINVAL);
+    /* The one parser behind the config check and the selection. */
+    int idx;
+    ck_assert_int_eq(lc_device_spec_parse("cpu", &idx), 0);
+    ck_assert_int_eq(idx, -1);
+    ck_assert_int_eq(lc_device_spec_parse("cuda", &idx), 0);
+    ck_assert_int_eq(idx, 0);
+    ck_assert_int_eq(lc_device_spec_parse("cuda:7", &idx), 0);
+    ck_assert_int_eq(idx, 7);
+    ck_assert_int_eq(lc_device_spec_parse("cuda:255", &idx), 0);
+    ck_assert_int_eq(idx, LC_DEVICE_MAX_INDEX);
+    const char *bad[] = {"", "gpu", "cuda:", "cuda:256", "cuda:1x", "cuda:+1", "cuda: 1", "cuda:99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(lc_device_spec_parse(bad[i], &idx) == LC_EINVAL, "'%s' accepted", bad[i]);
+    lc_config_t c;
+    lc_config_default(&c);
+    char err[256];
+    snprintf(c.device, sizeof c.device, "cuda:256");
+    ck_assert_int_eq(lc_config_validate(&c, err, sizeof err), LC_EINVAL);
+    snprintf(c.device, sizeof c.device, "cuda:255");
+    ck_assert_int_eq(lc_config_validate(&c, err, sizeof err), 0);
 }
 END_TEST
 
@@ -36,7 +59,7 @@ START_TEST(test_fallback_or_gpu) {
         ck_assert_int_eq(d.index, 0);
     }
     /* An index past the last device falls back too. */
-    ck_assert_int_eq(lc_device_select("cuda:1000", &d), 0);
+    ck_assert_int_eq(lc_device_select("cuda:255", &d), 0);
     ck_assert_int_eq(d.is_gpu, 0);
 }
 END_TEST

@@ -259,17 +259,11 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[server] host must not be empty");
         return LC_EINVAL;
     }
-    if (strcmp(c->device, "cpu") && strcmp(c->device, "cuda") && strncmp(c->device, "cuda:", 5)) {
-        errf(err, errlen, "[model] device: '%s' is not cpu, cuda or cuda:N", c->device);
+    int cuda_index;
+    if (lc_device_spec_parse(c->device, &cuda_index)) {
+        errf(err, errlen, "[model] device: '%s' is not cpu, cuda or cuda:N (N from 0 to %d)", c->device,
+             LC_DEVICE_MAX_INDEX);
         return LC_EINVAL;
-    }
-    if (!strncmp(c->device, "cuda:", 5)) {
-        char *end;
-        long v = strtol(c->device + 5, &end, 10);
-        if (end == c->device + 5 || *end || v < 0 || v > 255) {
-            errf(err, errlen, "[model] device: '%s' is not cuda:N", c->device);
-            return LC_EINVAL;
-        }
     }
     if (c->kv_blocks == 0 && c->kv_bytes == 0) {
         errf(err, errlen, "[engine] one of kv_blocks or kv_bytes must be set");
@@ -284,6 +278,23 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[server] max_connections_per_ip exceeds max_connections");
         return LC_EINVAL;
     }
+    return 0;
+}
+
+int lc_device_spec_parse(const char *spec, int *cuda_index) {
+    *cuda_index = -1;
+    if (!spec) return LC_EINVAL;
+    if (!strcmp(spec, "cpu")) return 0;
+    if (!strcmp(spec, "cuda")) {
+        *cuda_index = 0;
+        return 0;
+    }
+    if (strncmp(spec, "cuda:", 5) || spec[5] < '0' || spec[5] > '9') return LC_EINVAL;
+    char *end;
+    errno = 0;
+    long v = strtol(spec + 5, &end, 10);
+    if (errno || *end || v > LC_DEVICE_MAX_INDEX) return LC_EINVAL;
+    *cuda_index = (int)v;
     return 0;
 }
 

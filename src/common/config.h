@@ -75,6 +75,13 @@ void lc_config_usage(FILE *f, const char *prog);
 /* Writes the effective configuration as INI (keys shown as "<n keys>"). */
 void lc_config_print(const lc_config_t *c, FILE *f);
 
+/* The [model] device setting's syntax, parsed in one place for the config
+ * check and for device selection (ops/device.h): "cpu" gives *cuda_index =
+ * -1, "cuda" gives 0, "cuda:N" gives N (0 <= N <= LC_DEVICE_MAX_INDEX).
+ * Returns 0, or LC_EINVAL for anything else. */
+#define LC_DEVICE_MAX_INDEX 255
+int lc_device_spec_parse(const char *spec, int *cuda_index);
+
 /* The API keys from api_keys, api_key_file (one a line, '#' comments) and
  * the environment variable LACUNA_API_KEY. *keys is a malloc'd array of
  * malloc'd strings owned by the caller (lc_config_keys_free). Returns 0 or a

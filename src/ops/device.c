@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "config.h"
@@ -33,18 +34,10 @@ int lc_device_count(char *why, size_t len) {
 int lc_device_select(const char *spec, lc_device_t *out) {
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "cpu");
-    if (!spec || !*spec || strcmp(spec, "cpu") == 0) return 0;
-    int index = 0;
-    if (strcmp(spec, "cuda") == 0) {
-        index = 0;
-    } else if (strncmp(spec, "cuda:", 5) == 0) {
-        char *end = NULL;
-        long v = strtol(spec + 5, &end, 10);
-        if (end == spec + 5 || *end || v < 0 || v > 1023) return LC_EINVAL;
-        index = (int)v;
-    } else {
-        return LC_EINVAL;
-    }
+    int index;
+    if (!spec || !*spec) return 0;
+    if (lc_device_spec_parse(spec, &index)) return LC_EINVAL;
+    if (index < 0) return 0;
     char why[256] = "";
     int n = lc_device_count(why, sizeof why);
     if (n <= index) {

@@ -15,8 +15,9 @@ typedef struct {
 /* Number of usable CUDA devices (0 without CUDA, driver or GPU). When none,
  * writes the reason into why (if non-NULL). */
 int lc_device_count(char *why, size_t len);
-/* Parses "cpu", "cuda" or "cuda:N" and selects it. Returns 0, or LC_EINVAL
- * for a malformed spec. A missing GPU is not an error: out->is_gpu = 0 and a
+/* Parses "cpu", "cuda" or "cuda:N" (lc_device_spec_parse, common/config.h;
+ * NULL or "" is "cpu") and selects it. Returns 0, or LC_EINVAL for a
+ * malformed spec. A missing GPU is not an error: out->is_gpu = 0 and a
  * warning is logged. */
 int lc_device_select(const char *spec, lc_device_t *out);
 /* 1 when this build has the CUDA path compiled in. */
