@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common/threads.h"
+#include "ops/ops.h"
 #include "tools/cmds.h"
 
 typedef int (*cmd_cb)(int argc, char **argv);
@@ -32,7 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    lc_threads_reexec(argv);
+    ops_cpu_init(argv, 0);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -4,6 +4,5 @@ liblacuna_a_SOURCES += \
 	src/common/log.c src/common/log.h \
 	src/common/timeutil.c src/common/timeutil.h \
 	src/common/hist.c src/common/hist.h \
-	src/common/mem.c src/common/mem.h \
-	src/common/threads.c src/common/threads.h
+	src/common/mem.c src/common/mem.h
 liblacuna_a_SOURCES += src/common/config.c src/common/config.h

@@ -1,14 +1,41 @@
 /* Non-attention compute of the transformer forward pass on the host: matmul
- * (CBLAS sgemm), RMSNorm, RoPE, SwiGLU, softmax, add. Plain f32, row-major.
+ * (f32 weights through CBLAS, or weights kept in their GGUF block format),
+ * RMSNorm, RoPE, SwiGLU, softmax, add. Activations are f32, row-major.
  *
- * The kernels are stateless and thread-safe (the matmul uses the BLAS
- * library's own threads); the RoPE tables are built once per model. */
+ * The kernels are thread-safe. The matmuls split their work over the calling
+ * thread's OpenMP team and run every BLAS call inside it on one thread (see
+ * ops_cpu_init); the RoPE tables are built once per model. */
 #ifndef LC_OPS_H
 #define LC_OPS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- CPU start-up ------------------------------------------------------------- */
+/* One OpenMP team does the work and every BLAS call inside it runs on one
+ * thread: a second pool would oversubscribe the cores (10x slower decode on
+ * 2 cores). ops_cpu_init sets that up; call it
+ *  - first thing in main() with argv (lacunad, the lacuna CLI): when
+ *    OpenBLAS picked kernels older than the CPU's vector units (Debian 12's
+ *    0.3.21 falls back to SSE3 "Prescott" kernels on CPUs it does not know,
+ *    as virtual machines often report: 5x slower sgemm measured on a
+ *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell
+ *    and re-executes the program once (argv unchanged), since OpenBLAS reads
+ *    it only when loaded. It returns when nothing had to change or exec
+ *    failed;
+ *  - with argv NULL on the thread that runs the forward pass (the
+ *    scheduler's engine thread): never re-executes.
+ * Either way it sizes the calling thread's OpenMP team to `threads` (0: as
+ * OMP_NUM_THREADS or the CPU count say) and returns that team's size. The
+ * wait policy is left to the environment: libgomp's default spins ~3 ms
+ * before sleeping, which keeps the hundreds of parallel regions of a decode
+ * step cheap (OMP_WAIT_POLICY=passive measured decode 47 tok/s against 60
+ * with the default, 65 with active, on the 2-core development VM). */
+int ops_cpu_init(char **argv, int threads);
+/* The OpenBLAS kernel set in use ("Haswell", ...), NULL for another BLAS. */
+const char *ops_cpu_blas_core(void);
+
+/* ---- f32 weights --------------------------------------------------------------- */
 /* y = x · wᵀ.
  *   x: (n, in)   w: (out, in)   y: (n, out)   (all row-major, contiguous) */
 void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out);

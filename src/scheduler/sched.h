@@ -221,7 +221,12 @@ typedef struct {
 } sched_metrics_t;
 
 void sched_metrics(sched_t *s, sched_metrics_t *out);
-kv_pool_t *sched_kv(sched_t *s); // tests
+/* Tokens the whole KV pool holds (blocks x block size): a request that
+ * needs more can never run. Fixed at creation; any thread. */
+int64_t sched_kv_capacity(const sched_t *s);
+/* The engine's KV pool, for tests that inspect its blocks and prefix cache;
+ * not safe against a running engine thread. */
+kv_pool_t *sched_kv(sched_t *s);
 const model_t *sched_model(const sched_t *s);
 
 #endif
