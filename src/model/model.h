@@ -15,6 +15,7 @@
 
 #include "attn/attn.h"
 #include "kv/kv.h"
+#include "model/chat.h"
 
 typedef struct tok tok_t;
 
@@ -53,8 +54,10 @@ void model_free(model_t *m);
 
 const model_hparams_t *model_hparams(const model_t *m);
 const tok_t *model_tok(const model_t *m);
-/* Chat template family (chat.h), or -1 when the model has none we know. */
-int model_chat_template(const model_t *m);
+/* The chat template recognised in the GGUF's tokenizer.chat_template (its
+ * family and the default system message it inserts), or NULL when the model
+ * has none we know. Owned by the model. */
+const chat_template_t *model_chat_template(const model_t *m);
 /* Attention shape of this model. */
 attn_shape_t model_attn_shape(const model_t *m);
 /* A kv_config_t for this model with the given block size and count. */

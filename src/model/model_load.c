@@ -332,7 +332,6 @@ model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, 
         snprintf(merr, sizeof merr, "out of memory");
         goto fail;
     }
-    m->chat_tmpl = -1;
     m->f32_weights = o ? o->f32_weights : 0;
     const char *base = strrchr(path, '/');
     snprintf(m->hp.name, sizeof m->hp.name, "%s", base ? base + 1 : path);
@@ -352,14 +351,13 @@ model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, 
         goto fail;
     }
     {
-        /* No usable template is not fatal here: the daemon reports it, or
-         * falls back to a configured family (model_chat_template() = -1). */
+        /* No usable template is not fatal here: the caller reports it, or
+         * falls back to a family of its choice (model_chat_template() = NULL). */
         gguf_str_t ts = {0};
-        chat_template_t ct;
         char cerr[128];
         int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
-        if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &ct, cerr, sizeof cerr) == 0)
-            m->chat_tmpl = (int)ct.family;
+        if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &m->chat, cerr, sizeof cerr) == 0)
+            m->has_chat = 1;
         else
             LC_WARN("%s: %s", m->hp.name, cerr);
     }
@@ -384,7 +382,7 @@ void model_free(model_t *m) {
 
 const model_hparams_t *model_hparams(const model_t *m) { return &m->hp; }
 const tok_t *model_tok(const model_t *m) { return m->tok; }
-int model_chat_template(const model_t *m) { return m->chat_tmpl; }
+const chat_template_t *model_chat_template(const model_t *m) { return m->has_chat ? &m->chat : NULL; }
 
 attn_shape_t model_attn_shape(const model_t *m) {
     attn_shape_t s = {
