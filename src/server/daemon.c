@@ -1,25 +1,21 @@
-/* lacunad: configuration, model load, signals and systemd notification
- * around the HTTP front end. The listening socket comes up first (answering
- * 503 while the model loads, so health checks see progress); READY=1 follows
- * the load. SIGTERM drains; SIGHUP reloads keys, limits and the log level. */
-#include <math.h>
+/* lacunad's life around the HTTP front end: configuration, model load,
+ * signals and systemd notification. The listening socket comes up first
+ * (answering 503 while the model loads, so health checks see progress);
+ * READY=1 follows the load. SIGTERM drains; SIGHUP reloads keys, limits and
+ * the log level. In the library so that tests reach it; main.c only calls
+ * srv_configure and srv_serve. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/config.h"
 #include "common/log.h"
-#include "common/threads.h"
 #include "common/status.h"
 #include "common/timeutil.h"
 #include "config.h"
-#include "model/gguf.h"
+#include "ops/ops.h"
 #include "server/server.h"
 
 #ifdef HAVE_LIBSYSTEMD
@@ -28,8 +24,6 @@
 static int sd_notify(int unset, const char *state) { return 0; }
 static int sd_notifyf(int unset, const char *fmt, ...) { return 0; }
 #endif
-
-static srv_t g_srv;
 
 void srv_log_request(srv_conn_t *k) {
     double now = lc_now_s();
@@ -80,17 +74,16 @@ static void on_sighup(uv_signal_t *h, int sig) {
 
 /* ---- draining ------------------------------------------------------------------------------ */
 static void on_drain_tick(uv_timer_t *t);
-static uv_timer_t g_drain_timer;
 
 static void finish_shutdown(srv_t *s) {
-    uv_timer_stop(&g_drain_timer);
+    uv_timer_stop(&s->drain_timer);
     srv_http_stop(s);
     if (s->sched) sched_stop(s->sched);
     uv_signal_stop(&s->sig_term);
     uv_signal_stop(&s->sig_int);
     uv_signal_stop(&s->sig_hup);
     uv_close((uv_handle_t *)&s->wake, NULL);
-    uv_close((uv_handle_t *)&g_drain_timer, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -136,7 +129,7 @@ static void on_sigterm(uv_signal_t *h, int sig) {
         srv_http_close_listener(s);
     }
     if (s->sched) sched_drain(s->sched);
-    uv_timer_start(&g_drain_timer, on_drain_tick, 0, 100);
+    uv_timer_start(&s->drain_timer, on_drain_tick, 0, 100);
 }
 
 /* ---- engine ------------------------------------------------------------------------------------ */
@@ -151,18 +144,6 @@ static void heartbeat_cb(void *ud) { sd_notify(0, "WATCHDOG=1"); }
 static void load_work(uv_work_t *w) {
     srv_t *s = w->data;
     s->model = model_load(s->cfg.model_path, s->load_err, sizeof(s->load_err));
-    /* model_chat_template() gives only the family; the detected template also
-     * carries the default system message some models insert (SmolLM2). */
-    if (!s->model) return;
-    char gerr[256];
-    gguf_ctx_t *g = gguf_open(s->cfg.model_path, gerr, sizeof(gerr));
-    if (!g) return;
-    gguf_str_t ts = {0};
-    int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
-    char cerr[128];
-    s->have_chat =
-        chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &s->chat, cerr, sizeof(cerr)) == 0;
-    gguf_close(g);
 }
 
 static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
@@ -201,9 +182,9 @@ static void load_after(uv_work_t *w, int status) {
     s->tok = model_tok(s->model);
     s->n_ctx = hp->n_ctx_train;
     s->n_vocab = hp->n_vocab;
-    int fam = model_chat_template(s->model);
-    if (!s->have_chat && fam > 0)
-        s->have_chat = chat_template_from_name(chat_family_name((chat_family_t)fam), &s->chat) == 0;
+    const chat_template_t *ct = model_chat_template(s->model);
+    if (ct) s->chat = *ct;
+    s->have_chat = ct != NULL;
     sched_config_t sc;
     sched_config_from(&s->cfg, &sc);
     char err[512] = "";
@@ -218,13 +199,12 @@ static void load_after(uv_work_t *w, int status) {
     s->loading = 0;
     LC_INFO("serving %s (%s, %d layers, ctx %d, chat template %s) on http://%s:%d", s->served_name, hp->name,
             hp->n_layers, s->n_ctx, s->have_chat ? chat_family_name(s->chat.family) : "none", s->cfg.host, s->cfg.port);
-    int nt = s->cfg.threads;
-#ifdef _OPENMP
-    if (nt <= 0) nt = omp_get_max_threads();
-#endif
-    const char *blas = lc_threads_blas_core();
-    LC_INFO("cpu: %d engine thread%s, matmul by %s%s%s", nt > 0 ? nt : 1, nt > 1 ? "s" : "",
-            blas ? "OpenBLAS " : "CBLAS", blas ? blas : "", blas ? " kernels" : "");
+    /* The engine thread's team: as configured, else what ops_cpu_init gives
+     * any thread by default. */
+    int nt = s->cfg.threads > 0 ? s->cfg.threads : ops_cpu_init(NULL, 0);
+    const char *blas = ops_cpu_blas_core();
+    LC_INFO("cpu: %d engine thread%s, matmul by %s%s%s", nt, nt > 1 ? "s" : "", blas ? "OpenBLAS " : "CBLAS",
+            blas ? blas : "", blas ? " kernels" : "");
     sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s:%d", s->served_name, s->cfg.host, s->cfg.port);
 }
 
@@ -240,9 +220,7 @@ static void pick_served_name(srv_t *s) {
     snprintf(s->served_name, sizeof(s->served_name), "%.*s", (int)n, base);
 }
 
-int main(int argc, char **argv) {
-    lc_threads_reexec(argv);
-    srv_t *s = &g_srv;
+int srv_configure(srv_t *s, int argc, char **argv) {
     char err[512] = "";
     int action = 0;
     if (lc_config_from_args(&s->cfg, argc, argv, &action, err, sizeof(err))) {
@@ -274,16 +252,21 @@ int main(int argc, char **argv) {
         printf("# configuration OK (%d API key%s)\n", s->auth.n_keys, s->auth.n_keys == 1 ? "" : "s");
         return 0;
     }
-    if (!strncmp(s->cfg.device, "cuda", 4)) LC_WARN("device %s requested; this engine runs on cpu", s->cfg.device);
-    signal(SIGPIPE, SIG_IGN);
     s->argc = argc;
     s->argv = argv;
+    return SRV_SERVE;
+}
+
+/* The loop's handles and the listener; the model load is queued last. */
+static int start(srv_t *s, char *err, size_t errlen) {
+    if (!strncmp(s->cfg.device, "cuda", 4)) LC_WARN("device %s requested; this engine runs on cpu", s->cfg.device);
+    signal(SIGPIPE, SIG_IGN);
     s->loop = uv_default_loop();
     s->loading = 1;
     s->created = lc_unix_time();
     pick_served_name(s);
-    uv_timer_init(s->loop, &g_drain_timer);
-    g_drain_timer.data = s;
+    uv_timer_init(s->loop, &s->drain_timer);
+    s->drain_timer.data = s;
     uv_async_init(s->loop, &s->wake, on_wake);
     s->wake.data = s;
     uv_signal_init(s->loop, &s->sig_term);
@@ -293,14 +276,21 @@ int main(int argc, char **argv) {
     uv_signal_start(&s->sig_term, on_sigterm, SIGTERM);
     uv_signal_start(&s->sig_int, on_sigterm, SIGINT);
     uv_signal_start(&s->sig_hup, on_sighup, SIGHUP);
-    if (srv_http_start(s, err, sizeof(err))) {
-        LC_ERROR("%s", err);
-        return 1;
-    }
+    int rc = srv_http_start(s, err, errlen);
+    if (rc) return rc;
     LC_INFO("listening on http://%s:%d; loading %s", s->cfg.host, s->cfg.port, s->cfg.model_path);
     sd_notifyf(0, "STATUS=loading %s", s->cfg.model_path);
     s->load_work.data = s;
     uv_queue_work(s->loop, &s->load_work, load_work, load_after);
+    return 0;
+}
+
+int srv_serve(srv_t *s) {
+    char err[512] = "";
+    if (start(s, err, sizeof(err))) {
+        LC_ERROR("%s", err);
+        return 1;
+    }
     uv_run(s->loop, UV_RUN_DEFAULT);
     /* Let closed handles finish. */
     uv_run(s->loop, UV_RUN_NOWAIT);
