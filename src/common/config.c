@@ -41,6 +41,7 @@ typedef struct {
 static const centry_t table[] = {
     S("server", "host", host, NULL),
     I("server", "port", port, 0, 65535),
+    B("server", "reuse_port", reuse_port),
     S("server", "api_keys", api_keys, NULL),
     S("server", "api_key_file", api_key_file, NULL),
     B("server", "auth_metrics", auth_metrics),
@@ -307,6 +308,7 @@ void lc_config_usage(FILE *f, const char *prog) {
             "  --served-name NAME    model id clients use ([model] served_name)\n"
             "  --host ADDR           listen address ([server] host)\n"
             "  --port N              listen port ([server] port)\n"
+            "  --reuse-port          share the port with other daemons ([server] reuse_port)\n"
             "  --api-key KEY         accepted API key; repeatable, replaces [server] api_keys\n"
             "  --device DEV          cpu | cuda | cuda:N ([model] device)\n"
             "  --log-level LEVEL     error | warn | info | debug\n"
@@ -372,6 +374,10 @@ int lc_config_from_args(lc_config_t *c, int argc, char **argv, int *action, char
         }
         if (is_flag(a, "--config")) {
             flag_value(argc, argv, &i, "--config");
+            continue;
+        }
+        if (!strcmp(a, "--reuse-port")) {
+            c->reuse_port = 1;
             continue;
         }
         int done = 0;

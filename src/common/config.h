@@ -14,6 +14,7 @@ typedef struct {
     /* [server] */
     char host[LC_CONFIG_STR];
     int port;
+    int reuse_port;                   // 1: SO_REUSEPORT, several daemons share the port
     char api_keys[LC_CONFIG_STR * 4]; // comma-separated
     char api_key_file[LC_CONFIG_STR];
     int auth_metrics; // 1: /health and /metrics need a key too
@@ -65,7 +66,7 @@ int lc_config_load_file(lc_config_t *c, const char *path, char *err, size_t errl
 int lc_config_validate(const lc_config_t *c, char *err, size_t errlen);
 
 /* Command line. Recognises --config FILE, --model, --host, --port,
- * --api-key (repeatable; replaces the file's api_keys), --device,
+ * --reuse-port, --api-key (repeatable; replaces the file's api_keys), --device,
  * --served-name, --log-level, --set section.key=value, and the actions
  * --check-config, --help, --version (returned in *action: 0 run, 1 check,
  * 2 help, 3 version). Defaults, then the file, then flags. Returns 0 or a
