@@ -1,6 +1,7 @@
 /* Check suite for device selection and, where a GPU exists, the CUDA kernels
  * against CPU references. On a machine without a GPU the fallback path is what
- * is tested: asking for cuda:0 must select the CPU, not fail. */
+ * is tested (asking for cuda:0 must select the CPU, not fail) and a CUDA
+ * build reports the kernel comparisons as skipped (exit 77). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include "common/status.h"
 #include "config.h"
 #include "ops/device.h"
+#include "testutil.h"
 #ifdef HAVE_CUDA
 #include "ops/cuda/cuda_ops.h"
 #endif
@@ -66,7 +68,6 @@ END_TEST
 
 #ifdef HAVE_CUDA
 START_TEST(test_rmsnorm_vs_cpu) {
-    if (lc_device_count(NULL, 0) == 0) return; // nothing to compare on this machine
     const int rows = 37, dim = 576;
     float *x = malloc(sizeof(float) * rows * dim), *w = malloc(sizeof(float) * dim);
     float *y = malloc(sizeof(float) * rows * dim);
@@ -99,12 +100,12 @@ int main(void) {
     tcase_add_test(tc, test_parse_specs);
     tcase_add_test(tc, test_fallback_or_gpu);
 #ifdef HAVE_CUDA
-    tcase_add_test(tc, test_rmsnorm_vs_cpu);
+    char why[256] = "";
+    if (lc_device_count(why, sizeof why) > 0)
+        tcase_add_test(tc, test_rmsnorm_vs_cpu);
+    else
+        tu_skip("no usable CUDA device (%s): the CUDA kernels are not compared with their CPU references", why);
 #endif
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run(s);
 }
