@@ -1,6 +1,6 @@
-/* The `lacuna` command-line tool: a thin dispatcher over subcommands that
- * share the daemon's library (inspect a GGUF, and more as they are added to
- * the table below). */
+/* The `lacuna` command-line tool: after the CPU start-up (ops_cpu_init), a
+ * thin dispatcher over the subcommands in the table below, which share the
+ * daemon's library. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,6 @@
-/* lacunad's settings: built-in defaults, then the INI file (inih), then
- * command-line flags. One table in config.c lists every setting with its
- * section, type, range and default, so parsing, validation and
+/* lacunad's settings: built-in defaults (lc_config_default), then the INI
+ * file (inih), then command-line flags. One table in config.c lists every
+ * setting with its section, type and range, so parsing, validation and
  * `lacunad --check-config` never drift from each other. */
 #ifndef LC_CONFIG_H
 #define LC_CONFIG_H

@@ -40,7 +40,9 @@ typedef struct {
 typedef struct model model_t;
 
 /* Loads a GGUF model. Returns NULL and a message in err on failure (bad file,
- * unsupported architecture, missing tensor, unknown chat template). */
+ * unsupported architecture, missing or misshapen tensor, bad tokenizer). A
+ * chat template we do not recognise is not a failure: it is logged and
+ * model_chat_template() returns NULL. */
 model_t *model_load(const char *path, char *err, size_t errlen);
 
 typedef struct {

@@ -179,7 +179,8 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
 void sched_destroy(sched_t *s);
 
 /* Queues a request. 0, LC_EBUSY (waiting queue full), LC_ETOOLONG (prompt +
- * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining). */
+ * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining),
+ * LC_EINVAL (already submitted), LC_ENOMEM. */
 int sched_submit(sched_t *s, sched_req_t *r);
 
 /* Runs the engine thread. */

@@ -1,6 +1,7 @@
 /* AVX2 kernels of the quantized matmul. Compiled for AVX2+FMA+F16C through
  * function attributes only (the rest of the build stays generic); matmul.c
- * installs them after __builtin_cpu_supports says the CPU has all three.
+ * installs them after CPU detection (__builtin_cpu_supports, and CPUID for
+ * F16C) says the CPU has all three.
  *
  * Integer dot products: 4-bit or 6-bit weights are unpacked to unsigned
  * bytes and multiplied with the int8 activations by _mm256_maddubs_epi16
