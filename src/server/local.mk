@@ -18,7 +18,8 @@ endif
 TESTS += tests/integration/run.sh
 EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
 	tests/integration/test_malformed.py tests/integration/test_ops.py tests/integration/test_limits.py \
-	tests/integration/test_soak.py bench/soak.sh bench/soak.py
+	tests/integration/test_soak.py tests/integration/test_cli.py tests/integration/test_kv_limits.py \
+	bench/soak.sh bench/soak.py
 
 # The daemon: main() only; everything it runs is in the library.
 bin_PROGRAMS += lacunad
