@@ -208,7 +208,7 @@ static void load_after(uv_work_t *w, int status) {
     sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s:%d", s->served_name, s->cfg.host, s->cfg.port);
 }
 
-/* ---- main -------------------------------------------------------------------------------------- */
+/* ---- start-up ---------------------------------------------------------------------------------- */
 static void pick_served_name(srv_t *s) {
     if (s->cfg.served_name[0]) {
         snprintf(s->served_name, sizeof(s->served_name), "%s", s->cfg.served_name);
