@@ -3,8 +3,10 @@
 # model, the build, then the whole test suite (make check). A second build with
 # AddressSanitizer + UndefinedBehaviorSanitizer runs the suite again unless
 # LACUNA_SANITIZE=0; then the fuzz targets run for LACUNA_FUZZ_SECONDS each
-# (default 60; 0 skips) and a subset of the unit tests runs under valgrind
-# (LACUNA_VALGRIND=0 skips). About 20 minutes on two cores.
+# (default 60; 0 skips), a subset of the unit tests runs under valgrind
+# (LACUNA_VALGRIND=0 skips) and `make distcheck` proves the release tarball
+# complete (scripts/distcheck.sh, about 3 minutes; LACUNA_DISTCHECK=0 skips).
+# About 25 minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install_deps.sh
@@ -33,4 +35,8 @@ fi
 if [ "${LACUNA_VALGRIND:-1}" != 0 ] && command -v valgrind >/dev/null; then
   echo "==> unit tests under valgrind"
   ./scripts/valgrind.sh build
+fi
+if [ "${LACUNA_DISTCHECK:-1}" != 0 ]; then
+  echo "==> make distcheck"
+  ./scripts/distcheck.sh build
 fi

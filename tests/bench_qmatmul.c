@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
         size_t rb = ops_w_row_bytes(type, in);
         void *q = malloc(rb * out);
         quant_quantize((uint32_t)type, wf, q, (size_t)in * out);
-        quant_dequantize((uint32_t)type, q, wf, (size_t)in * out);
+        ops_w_dequantize(type, q, wf, (size_t)in * out);
         ops_w_t w = {.type = type, .rows = out, .cols = in, .row_bytes = rb, .data = q};
         for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
             int n = ns[k];

@@ -9,9 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "common/status.h"
 #include "model/gguf.h"
 #include "model/quant.h"
+#include "ops/ops.h"
 
 TCase *quant_tcase(void);
 
@@ -39,41 +41,41 @@ static void put16(uint8_t *p, uint16_t v) {
 /* ---- f16 and bf16 ----------------------------------------------------------- */
 
 START_TEST(test_f16) {
-    ck_assert_float_eq(quant_f16_to_f32(0x3C00), 1.0f);
-    ck_assert_float_eq(quant_f16_to_f32(0xC000), -2.0f);
-    ck_assert_float_eq(quant_f16_to_f32(0x7BFF), 65504.0f);
-    ck_assert_float_eq(quant_f16_to_f32(0x0400), ldexpf(1, -14));    // smallest normal
-    ck_assert_float_eq(quant_f16_to_f32(0x0001), ldexpf(1, -24));    // smallest subnormal
-    ck_assert_float_eq(quant_f16_to_f32(0x03FF), ldexpf(1023, -24)); // largest subnormal
-    ck_assert_float_eq(quant_f16_to_f32(0x8001), -ldexpf(1, -24));
-    ck_assert(signbit(quant_f16_to_f32(0x8000)) && quant_f16_to_f32(0x8000) == 0.0f);
-    ck_assert(isinf(quant_f16_to_f32(0x7C00)) && quant_f16_to_f32(0x7C00) > 0);
-    ck_assert(isinf(quant_f16_to_f32(0xFC00)) && quant_f16_to_f32(0xFC00) < 0);
-    ck_assert(isnan(quant_f16_to_f32(0x7E00)));
-    ck_assert(isnan(quant_f16_to_f32(0xFC01)));
+    ck_assert_float_eq(lc_f16_to_f32(0x3C00), 1.0f);
+    ck_assert_float_eq(lc_f16_to_f32(0xC000), -2.0f);
+    ck_assert_float_eq(lc_f16_to_f32(0x7BFF), 65504.0f);
+    ck_assert_float_eq(lc_f16_to_f32(0x0400), ldexpf(1, -14));    // smallest normal
+    ck_assert_float_eq(lc_f16_to_f32(0x0001), ldexpf(1, -24));    // smallest subnormal
+    ck_assert_float_eq(lc_f16_to_f32(0x03FF), ldexpf(1023, -24)); // largest subnormal
+    ck_assert_float_eq(lc_f16_to_f32(0x8001), -ldexpf(1, -24));
+    ck_assert(signbit(lc_f16_to_f32(0x8000)) && lc_f16_to_f32(0x8000) == 0.0f);
+    ck_assert(isinf(lc_f16_to_f32(0x7C00)) && lc_f16_to_f32(0x7C00) > 0);
+    ck_assert(isinf(lc_f16_to_f32(0xFC00)) && lc_f16_to_f32(0xFC00) < 0);
+    ck_assert(isnan(lc_f16_to_f32(0x7E00)));
+    ck_assert(isnan(lc_f16_to_f32(0xFC01)));
 
-    ck_assert_uint_eq(quant_f32_to_f16(1.0f), 0x3C00);
-    ck_assert_uint_eq(quant_f32_to_f16(-0.0f), 0x8000);
-    ck_assert_uint_eq(quant_f32_to_f16(65504.0f), 0x7BFF);
-    ck_assert_uint_eq(quant_f32_to_f16(65519.0f), 0x7BFF);
-    ck_assert_uint_eq(quant_f32_to_f16(65520.0f), 0x7C00); // rounds up to inf
-    ck_assert_uint_eq(quant_f32_to_f16(1e9f), 0x7C00);
-    ck_assert_uint_eq(quant_f32_to_f16(-INFINITY), 0xFC00);
-    uint16_t nan = quant_f32_to_f16(NAN);
+    ck_assert_uint_eq(lc_f32_to_f16(1.0f), 0x3C00);
+    ck_assert_uint_eq(lc_f32_to_f16(-0.0f), 0x8000);
+    ck_assert_uint_eq(lc_f32_to_f16(65504.0f), 0x7BFF);
+    ck_assert_uint_eq(lc_f32_to_f16(65519.0f), 0x7BFF);
+    ck_assert_uint_eq(lc_f32_to_f16(65520.0f), 0x7C00); // rounds up to inf
+    ck_assert_uint_eq(lc_f32_to_f16(1e9f), 0x7C00);
+    ck_assert_uint_eq(lc_f32_to_f16(-INFINITY), 0xFC00);
+    uint16_t nan = lc_f32_to_f16(NAN);
     ck_assert((nan & 0x7C00) == 0x7C00 && (nan & 0x03FF) != 0);
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(1, -24)), 0x0001);
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(1, -25)), 0x0000); // tie to even: 0
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(3, -25)), 0x0002); // tie to even: 2
-    ck_assert_uint_eq(quant_f32_to_f16(ldexpf(3, -26)), 0x0001);
-    ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(1, -11)), 0x3C00); // tie to even
-    ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(3, -11)), 0x3C02);
-    ck_assert_uint_eq(quant_f32_to_f16(1.0f + ldexpf(1, -10)), 0x3C01);
+    ck_assert_uint_eq(lc_f32_to_f16(ldexpf(1, -24)), 0x0001);
+    ck_assert_uint_eq(lc_f32_to_f16(ldexpf(1, -25)), 0x0000); // tie to even: 0
+    ck_assert_uint_eq(lc_f32_to_f16(ldexpf(3, -25)), 0x0002); // tie to even: 2
+    ck_assert_uint_eq(lc_f32_to_f16(ldexpf(3, -26)), 0x0001);
+    ck_assert_uint_eq(lc_f32_to_f16(1.0f + ldexpf(1, -11)), 0x3C00); // tie to even
+    ck_assert_uint_eq(lc_f32_to_f16(1.0f + ldexpf(3, -11)), 0x3C02);
+    ck_assert_uint_eq(lc_f32_to_f16(1.0f + ldexpf(1, -10)), 0x3C01);
     // Every half survives a round trip through float (NaNs stay NaN).
     for (uint32_t h = 0; h < 65536; h++) {
-        float f = quant_f16_to_f32((uint16_t)h);
-        uint16_t back = quant_f32_to_f16(f);
+        float f = lc_f16_to_f32((uint16_t)h);
+        uint16_t back = lc_f32_to_f16(f);
         if (isnan(f))
-            ck_assert(isnan(quant_f16_to_f32(back)));
+            ck_assert(isnan(lc_f16_to_f32(back)));
         else
             ck_assert_uint_eq(back, h);
     }
@@ -81,24 +83,24 @@ START_TEST(test_f16) {
 END_TEST
 
 START_TEST(test_bf16) {
-    ck_assert_uint_eq(quant_f32_to_bf16(1.0f), 0x3F80);
-    ck_assert_float_eq(quant_bf16_to_f32(0x3F80), 1.0f);
-    ck_assert_float_eq(quant_bf16_to_f32(0xC2F7), -123.5f);
+    ck_assert_uint_eq(lc_f32_to_bf16(1.0f), 0x3F80);
+    ck_assert_float_eq(lc_bf16_to_f32(0x3F80), 1.0f);
+    ck_assert_float_eq(lc_bf16_to_f32(0xC2F7), -123.5f);
     float tie, up;
     uint32_t a = 0x3F808000u, b = 0x3F818000u, c = 0x3F808001u;
     memcpy(&tie, &a, 4);
     memcpy(&up, &b, 4);
-    ck_assert_uint_eq(quant_f32_to_bf16(tie), 0x3F80); // tie to even (down)
-    ck_assert_uint_eq(quant_f32_to_bf16(up), 0x3F82);  // tie to even (up)
+    ck_assert_uint_eq(lc_f32_to_bf16(tie), 0x3F80); // tie to even (down)
+    ck_assert_uint_eq(lc_f32_to_bf16(up), 0x3F82);  // tie to even (up)
     memcpy(&tie, &c, 4);
-    ck_assert_uint_eq(quant_f32_to_bf16(tie), 0x3F81);
-    ck_assert_uint_eq(quant_f32_to_bf16(INFINITY), 0x7F80);
-    uint16_t nan = quant_f32_to_bf16(NAN);
-    ck_assert(isnan(quant_bf16_to_f32(nan)));
+    ck_assert_uint_eq(lc_f32_to_bf16(tie), 0x3F81);
+    ck_assert_uint_eq(lc_f32_to_bf16(INFINITY), 0x7F80);
+    uint16_t nan = lc_f32_to_bf16(NAN);
+    ck_assert(isnan(lc_bf16_to_f32(nan)));
     uint32_t snan_bits = 0x7F800001u; // would round to inf if not special-cased
     float snan;
     memcpy(&snan, &snan_bits, 4);
-    ck_assert(isnan(quant_bf16_to_f32(quant_f32_to_bf16(snan))));
+    ck_assert(isnan(lc_bf16_to_f32(lc_f32_to_bf16(snan))));
 }
 END_TEST
 
@@ -110,7 +112,7 @@ START_TEST(test_deq_simple_blocks) {
     // Q4_0: d = 0.5, weight j < 16 is low nibble of qs[j], weight j + 16 the high one.
     put16(blk, 0x3800);
     for (int j = 0; j < 16; j++) blk[2 + j] = (uint8_t)(j | ((15 - j) << 4));
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q4_0, blk, y, 32), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_0, blk, y, 32), 0);
     for (int j = 0; j < 16; j++) {
         ck_assert_float_eq(y[j], 0.5f * (j - 8));
         ck_assert_float_eq(y[16 + j], 0.5f * (7 - j));
@@ -119,7 +121,7 @@ START_TEST(test_deq_simple_blocks) {
     put16(blk, 0x3400);
     put16(blk + 2, 0xBE00);
     for (int j = 0; j < 16; j++) blk[4 + j] = (uint8_t)(((j * 5) & 15) | ((j ^ 9) << 4));
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q4_1, blk, y, 32), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_1, blk, y, 32), 0);
     for (int j = 0; j < 16; j++) {
         ck_assert_float_eq(y[j], 0.25f * ((j * 5) & 15) - 1.5f);
         ck_assert_float_eq(y[16 + j], 0.25f * (j ^ 9) - 1.5f);
@@ -127,19 +129,19 @@ START_TEST(test_deq_simple_blocks) {
     // Q8_0: d = -0.125, signed bytes -128..127.
     put16(blk, 0xB000);
     for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(j * 8 - 128 + (j & 1) * 7);
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q8_0, blk, y, 32), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q8_0, blk, y, 32), 0);
     for (int j = 0; j < 32; j++) ck_assert_float_eq(y[j], -0.125f * (j * 8 - 128 + (j & 1) * 7));
     // F16 and BF16 are little-endian arrays.
     put16(blk, 0x3C00);
     put16(blk + 2, 0xC100);
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_F16, blk, y, 2), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_F16, blk, y, 2), 0);
     ck_assert_float_eq(y[0], 1.0f);
     ck_assert_float_eq(y[1], -2.5f);
     put16(blk, 0x4049);
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_BF16, blk, y, 1), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_BF16, blk, y, 1), 0);
     ck_assert_float_eq(y[0], 3.140625f);
     float in[3] = {1.5f, -0.0f, 1e30f};
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_F32, in, y, 3), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_F32, in, y, 3), 0);
     ck_assert(memcmp(in, y, sizeof in) == 0);
 }
 END_TEST
@@ -165,14 +167,14 @@ START_TEST(test_deq_q4_k) {
         }
         for (int k = 0; k < 128; k++) x[16 + k] = (uint8_t)rnd();
     }
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q4_K, blk, y, 512), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_K, blk, y, 512), 0);
     for (int i = 0; i < 512; i++) {
         const uint8_t *x = blk + 144 * (i / 256);
         int w = i % 256, sub = w / 32, chunk = w / 64, l = w % 32;
         uint8_t byte = x[16 + 32 * chunk + l];
         int q = (w % 64) < 32 ? (byte & 15) : (byte >> 4);
         int b = i / 256, sc = (63 - 7 * sub + b) & 63, mn = (9 * sub + 5 + b) & 63;
-        float d = quant_f16_to_f32(b ? 0x2E66 : 0x3266), dmin = quant_f16_to_f32(b ? 0x2A66 : 0x2C00);
+        float d = lc_f16_to_f32(b ? 0x2E66 : 0x3266), dmin = lc_f16_to_f32(b ? 0x2A66 : 0x2C00);
         ck_assert_float_eq_tol(y[i], d * sc * q - dmin * mn, 1e-5f);
     }
 }
@@ -184,14 +186,14 @@ START_TEST(test_deq_q6_k) {
     for (int k = 0; k < (int)sizeof blk; k++) blk[k] = (uint8_t)rnd();
     put16(blk + 208, 0x2A66);
     put16(blk + 210 + 208, 0xA800); // negative d in the second block
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q6_K, blk, y, 512), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q6_K, blk, y, 512), 0);
     for (int i = 0; i < 512; i++) {
         const uint8_t *x = blk + 210 * (i / 256);
         int w = i % 256, half = w / 128, r = w % 128, quarter = r / 32, l = r % 32;
         uint8_t lo = x[half * 64 + l + (quarter & 1) * 32];
         int q = (quarter < 2 ? lo & 15 : lo >> 4) | (((x[128 + half * 32 + l] >> (2 * quarter)) & 3) << 4);
         int sc = (int8_t)x[192 + half * 8 + l / 16 + 2 * quarter];
-        float d = quant_f16_to_f32((uint16_t)(x[208] | (x[209] << 8)));
+        float d = lc_f16_to_f32((uint16_t)(x[208] | (x[209] << 8)));
         ck_assert_float_eq_tol(y[i], d * sc * (q - 32), 1e-5f);
     }
 }
@@ -200,12 +202,12 @@ END_TEST
 START_TEST(test_bad_args) {
     float y[64] = {0};
     uint8_t blk[256] = {0};
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q4_0, blk, y, 31), LC_EINVAL);
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q4_K, blk, y, 32), LC_EINVAL);
-    ck_assert_int_eq(quant_dequantize(6, blk, y, 32), LC_EUNSUPPORTED);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_0, blk, y, 31), LC_EINVAL);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_K, blk, y, 32), LC_EINVAL);
+    ck_assert_int_eq(ops_w_dequantize(6, blk, y, 32), LC_EUNSUPPORTED);
     ck_assert_int_eq(quant_quantize(GGML_TYPE_Q8_0, y, blk, 40), LC_EINVAL);
     ck_assert_int_eq(quant_quantize(99, y, blk, 32), LC_EUNSUPPORTED);
-    ck_assert_int_eq(quant_dequantize(GGML_TYPE_Q8_0, blk, y, 0), 0);
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q8_0, blk, y, 0), 0);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q4_1, 576), 18 * 20);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 512), 420);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 500), 0);
@@ -244,7 +246,7 @@ START_TEST(test_roundtrip_error) {
         // f16 scales subnormal, which costs precision in ggml's formats too.
         for (size_t i = 0; i < n; i++) x[i] = gauss() * powf(10.0f, (float)((i / 256) % 5) - 1.0f);
         ck_assert_int_eq(quant_quantize(k_rt[t].type, x, q, n), 0);
-        ck_assert_int_eq(quant_dequantize(k_rt[t].type, q, y, n), 0);
+        ck_assert_int_eq(ops_w_dequantize((int)k_rt[t].type, q, y, n), 0);
         // Statistics per block, or per 256 weights for the float types.
         uint32_t bs = ggml_block_size(k_rt[t].type), group = bs > 1 ? bs : 256;
         double se = 0, sx = 0;
@@ -266,7 +268,7 @@ START_TEST(test_roundtrip_error) {
         // All-zero input must give zeros, not NaN from 0/0.
         memset(x, 0, n * sizeof *x);
         ck_assert_int_eq(quant_quantize(k_rt[t].type, x, q, n), 0);
-        ck_assert_int_eq(quant_dequantize(k_rt[t].type, q, y, n), 0);
+        ck_assert_int_eq(ops_w_dequantize((int)k_rt[t].type, q, y, n), 0);
         for (size_t i = 0; i < n; i++) ck_assert_float_eq(y[i], 0.0f);
     }
     free(x);
@@ -281,12 +283,12 @@ START_TEST(test_quantize_known) {
     uint8_t q[34];
     for (int j = 0; j < 32; j++) x[j] = (float)(j - 16) * 0.5f; // amax 8 -> d = 8/127
     ck_assert_int_eq(quant_quantize(GGML_TYPE_Q8_0, x, q, 32), 0);
-    ck_assert_uint_eq(q[0] | (q[1] << 8), quant_f32_to_f16(8.0f / 127));
+    ck_assert_uint_eq(q[0] | (q[1] << 8), lc_f32_to_f16(8.0f / 127));
     for (int j = 0; j < 32; j++) ck_assert_int_eq((int8_t)q[2 + j], (int)roundf((j - 16) * 0.5f * 127 / 8));
     // Q4_0 maps the signed extreme to -8 and the opposite end to 15 (clamped).
     for (int j = 0; j < 32; j++) x[j] = j == 3 ? -4.0f : j == 5 ? 4.0f : 0.0f;
     ck_assert_int_eq(quant_quantize(GGML_TYPE_Q4_0, x, q, 32), 0);
-    ck_assert_float_eq(quant_f16_to_f32((uint16_t)(q[0] | (q[1] << 8))), 0.5f);
+    ck_assert_float_eq(lc_f16_to_f32((uint16_t)(q[0] | (q[1] << 8))), 0.5f);
     ck_assert_uint_eq(q[2 + 3] & 15, 0);
     ck_assert_uint_eq(q[2 + 5] & 15, 15);
     ck_assert_uint_eq(q[2 + 0], 0x88);

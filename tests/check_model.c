@@ -9,26 +9,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/cpu.h"
 #include "common/status.h"
-#include "model/gguf.h"
-#include "ops/ops.h"
 #include "model/chat.h"
 #include "model/exec.h"
+#include "model/gguf.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
-#include "tools/mkmodel.h"
+#include "ops/device.h"
+#include "ops/ops.h"
 #include "testutil.h"
-
-#ifndef LC_SRCDIR
-#define LC_SRCDIR "."
-#endif
+#include "tools/mkmodel.h"
 
 /* ---- helpers --------------------------------------------------------------------- */
 static char tmp_path[64];
+/* The real model (tu_model_path(), set in main()); NULL: its tests are left
+ * out and the program reports SKIP. */
+static const char *g_model_path;
 
 static model_t *tiny_model(uint32_t type, uint64_t seed) {
     mkmodel_opts_t o;
@@ -391,6 +390,39 @@ START_TEST(test_rows_bitwise) {
 }
 END_TEST
 
+/* The executor's device choice: "cpu" and "auto" without a GPU run on the CPU;
+ * an explicit GPU that cannot be had is an error with a reason, never a
+ * silent CPU fallback; nonsense is refused. */
+START_TEST(test_exec_devices) {
+    model_t *m = tiny_model(GGML_TYPE_F32, 3);
+    char err[256] = "";
+    model_exec_opts_t o = {.device = "cpu", .max_batch_tokens = 8, .kv_blocks = 4};
+    model_exec_t *e = model_exec_create(m, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ck_assert_str_eq(model_exec_device(e), "cpu");
+    ck_assert_int_eq(model_exec_is_gpu(e), 0);
+    ck_assert_int_eq(model_exec_kv_config(e).block_size, 16);
+    model_exec_destroy(e);
+    const int gpus = lc_device_count(NULL, 0);
+    o.device = "auto";
+    e = model_exec_create(m, &o, err, sizeof err);
+    ck_assert_msg(e != NULL, "%s", err);
+    ck_assert_int_eq(model_exec_is_gpu(e), gpus > 0);
+    model_exec_destroy(e);
+    if (gpus == 0) {
+        o.device = "cuda:0";
+        ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
+        ck_assert_msg(strstr(err, "cuda:0") != NULL, "%s", err);
+    }
+    o.device = "cuda:255";
+    ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
+    o.device = "tpu";
+    ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
+    ck_assert_msg(strstr(err, "tpu") != NULL, "%s", err);
+    model_free(m);
+}
+END_TEST
+
 START_TEST(test_load_errors) {
     char err[512] = "";
     ck_assert_ptr_null(model_load("/nonexistent/model.gguf", err, sizeof err));
@@ -430,7 +462,8 @@ END_TEST
  * the ChatML template; --vocab-from copies a real model's tokenizer. */
 START_TEST(test_vocab_and_template) {
     model_t *m = tiny_model(GGML_TYPE_F32, 1);
-    ck_assert_int_eq(model_chat_template(m), CHAT_CHATML);
+    ck_assert_ptr_nonnull(model_chat_template(m));
+    ck_assert_int_eq(model_chat_template(m)->family, CHAT_CHATML);
     const tok_t *t = model_tok(m);
     ck_assert_ptr_nonnull(t);
     ck_assert_int_eq(tok_n_vocab(t), model_hparams(m)->n_vocab);
@@ -449,9 +482,8 @@ START_TEST(test_vocab_and_template) {
     tok_ids_free(&ids);
     model_free(m);
 
-    const char *real = getenv("LACUNA_MODEL");
-    struct stat st;
-    if (!real || stat(real, &st)) return; // the real-model test reports the skip
+    const char *real = g_model_path;
+    if (!real) return; // main() reported the skip
     mkmodel_opts_t o;
     mkmodel_opts_default(&o);
     o.n_layers = 1;
@@ -465,24 +497,13 @@ START_TEST(test_vocab_and_template) {
     unlink(tmp_path);
     ck_assert_msg(m != NULL, "%s", err);
     ck_assert_int_eq(model_hparams(m)->n_vocab, 49152);
-    ck_assert_int_eq(model_chat_template(m), CHAT_CHATML);
+    ck_assert_ptr_nonnull(model_chat_template(m));
+    ck_assert_int_eq(model_chat_template(m)->family, CHAT_CHATML);
     model_free(m);
 }
 END_TEST
 
 /* ---- the real model against Hugging Face transformers ------------------------------ */
-/* $LACUNA_MODEL through testutil.h (make check sets it; LACUNA_REQUIRE_MODEL=1
- * turns a missing model into a failure), else models/ in the source tree. */
-static const char *real_model_path(void) {
-    static char buf[1024];
-    if (getenv("LACUNA_MODEL")) return tu_model_path();
-    snprintf(buf, sizeof buf, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
-    struct stat st;
-    if (stat(buf, &st) == 0) return buf;
-    fprintf(stderr, "SKIP: real model not found at %s (set LACUNA_MODEL)\n", buf);
-    return NULL;
-}
-
 static char *read_all(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -546,13 +567,14 @@ static size_t b64_decode(const char *in, unsigned char *out, size_t cap) {
 #define Q8_TIE 0.4
 
 static void real_vs_hf(int quant) {
-    const char *path = real_model_path();
-    if (!path) return;
+    const char *path = g_model_path;
     ops_mm_set_q8(quant);
     const double tol = quant ? Q8_REL_TOL : REAL_REL_TOL;
     const char *tag = quant ? "q8" : "f32";
-    char *json = read_all(LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
-    ck_assert_msg(json != NULL, "fixture missing: " LC_SRCDIR "/tests/fixtures/logits_smollm2.json");
+    char fixture[1024];
+    snprintf(fixture, sizeof fixture, "%s/tests/fixtures/logits_smollm2.json", tu_srcdir());
+    char *json = read_all(fixture);
+    ck_assert_msg(json != NULL, "fixture missing: %s", fixture);
     cJSON *doc = cJSON_Parse(json);
     ck_assert_ptr_nonnull(doc);
     char err[512];
@@ -655,22 +677,22 @@ static Suite *model_suite(void) {
     tcase_add_test(tc, test_chunked_and_decode);
     tcase_add_test(tc, test_bad_batches);
     tcase_add_test(tc, test_rows_bitwise);
+    tcase_add_test(tc, test_exec_devices);
     tcase_add_test(tc, test_quantized_types);
     tcase_add_test(tc, test_load_errors);
     tcase_add_test(tc, test_vocab_and_template);
     suite_add_tcase(s, tc);
-    tc = tcase_create("real");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_real_model_vs_hf);
-    tcase_add_test(tc, test_real_model_vs_hf_q8);
-    suite_add_tcase(s, tc);
+    if (g_model_path) {
+        tc = tcase_create("real");
+        tcase_set_timeout(tc, 300);
+        tcase_add_test(tc, test_real_model_vs_hf);
+        tcase_add_test(tc, test_real_model_vs_hf_q8);
+        suite_add_tcase(s, tc);
+    }
     return s;
 }
 
 int main(void) {
-    SRunner *sr = srunner_create(model_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int nf = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return nf ? EXIT_FAILURE : EXIT_SUCCESS;
+    g_model_path = tu_model_path();
+    return tu_run(model_suite());
 }

@@ -7,10 +7,6 @@
 
 #include "ops/ops.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 static float frand(unsigned *s) {
     *s = *s * 1664525u + 1013904223u;
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
@@ -46,22 +42,39 @@ START_TEST(test_matmul) {
 }
 END_TEST
 
-/* The first matmul makes BLAS single-threaded; that must not shrink the
- * calling thread's own OpenMP team (OpenBLAS's OpenMP build did, through
- * omp_set_num_threads: every later parallel region ran on one thread). */
-START_TEST(test_matmul_keeps_omp_threads) {
+/* The matmul split over an OpenMP team of 3: random data, products well
+ * above the size from which the work is split (a quarter million
+ * multiply-adds; here 16 x 512 x 520 = 4.3M, and 266K for the one-row gemv),
+ * output columns that do not divide into the threads' slices, each element
+ * against the double reference as in test_matmul. The first matmul also
+ * makes BLAS single-threaded, which must not shrink the calling thread's own
+ * team (OpenBLAS's OpenMP build did, through omp_set_num_threads: every later
+ * parallel region ran on one thread). */
+START_TEST(test_matmul_threaded) {
+    const int team = ops_cpu_init(NULL, 3);
 #ifdef _OPENMP
-    omp_set_num_threads(3);
-    const int in = 64, out = 256, n = 4;
-    float *w = calloc((size_t)in * out, sizeof(float)), *x = calloc((size_t)in * n, sizeof(float));
-    float *y = calloc((size_t)out * n, sizeof(float));
-    ops_matmul(y, x, w, n, in, out);
-    ops_matmul(y, x, w, 1, in, out);
-    ck_assert_int_eq(omp_get_max_threads(), 3);
-    free(w);
-    free(x);
-    free(y);
+    ck_assert_int_eq(team, 3);
 #endif
+    const int in = 512, out = 520, ns[] = {16, 1};
+    for (size_t t = 0; t < sizeof ns / sizeof ns[0]; t++) {
+        const int n = ns[t];
+        float *x = rnd((size_t)n * in, 7 + t), *w = rnd((size_t)out * in, 70 + t);
+        float *y = malloc((size_t)n * out * sizeof *y);
+        for (size_t i = 0; i < (size_t)n * out; i++) y[i] = NAN; // every element must be written
+        ops_matmul(y, x, w, n, in, out);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < out; j++) {
+                double ref = 0, mag = 0;
+                for (int k = 0; k < in; k++) {
+                    ref += (double)x[(size_t)r * in + k] * w[(size_t)j * in + k];
+                    mag += fabs((double)x[(size_t)r * in + k] * w[(size_t)j * in + k]);
+                }
+                const float got = y[(size_t)r * out + j];
+                ck_assert_msg(fabs(got - ref) <= 1e-5 * mag + 1e-6, "n=%d (%d,%d): %g vs %g", n, r, j, got, ref);
+            }
+        free(x), free(w), free(y);
+    }
+    ck_assert_int_eq(ops_cpu_init(NULL, 0), team); // the team is still 3
 }
 END_TEST
 
@@ -131,7 +144,7 @@ static Suite *ops_suite(void) {
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("cpu");
     tcase_add_test(tc, test_matmul);
-    tcase_add_test(tc, test_matmul_keeps_omp_threads);
+    tcase_add_test(tc, test_matmul_threaded);
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
     suite_add_tcase(s, tc);

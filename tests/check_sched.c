@@ -2,11 +2,9 @@
  * resolution on their own, then the engine end to end on tiny random
  * models (batched == alone, a randomized submit/step/cancel run under a tiny
  * KV pool, prefix reuse, preemption, n > 1 choices, stop strings, prompt
- * logprobs, the engine thread), and on SmolLM2 when the file is present. */
+ * logprobs, the engine thread), and on SmolLM2 when the file is present
+ * (absent, the program SKIPs). */
 #include <check.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,14 +16,12 @@
 #include "kv/kv.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "ops/ops.h"
 #include "scheduler/sched.h"
 #include "scheduler/sched_internal.h"
 #include "scheduler/stop.h"
-#include "tools/mkmodel.h"
-
-#ifndef LC_SRCDIR
-#define LC_SRCDIR "."
-#endif
+#include "testutil.h"
+#include "tinymodel.h"
 
 /* ---- stop strings --------------------------------------------------------------- */
 static char *run_stops(char *const *stops, int n, const char *const *deltas, int *matched) {
@@ -156,81 +152,20 @@ START_TEST(test_req_queue) {
 END_TEST
 
 /* ---- tiny models ------------------------------------------------------------------ */
-/* mkmodel's vocabulary with our own random weights: an untied output matrix
- * makes the next token depend on the whole context rather than echo the
- * last one, so that a wrong K/V anywhere shows up in the outputs. */
-static uint64_t g_rng;
-static float randn(void) {
-    double u = 0;
-    for (int i = 0; i < 4; i++) { // Irwin-Hall, good enough for weights
-        g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-        u += (double)(g_rng >> 11) * 0x1.0p-53;
-    }
-    return (float)((u - 2.0) * 1.7320508);
-}
-
-static void add_f32(gguf_writer_t *w, const char *name, int rows, int cols, float mean, float std) {
-    size_t n = (size_t)rows * (size_t)cols;
-    float *f = malloc(n * sizeof *f);
-    ck_assert_ptr_nonnull(f);
-    for (size_t i = 0; i < n; i++) f[i] = mean + std * randn();
-    uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
-    ck_assert_int_eq(gguf_writer_add_tensor(w, name, rows == 1 ? 1 : 2, dims, GGML_TYPE_F32, f, n * sizeof *f), 0);
-    free(f);
-}
-
-static void write_tiny(const char *path, int L, int E, int H, int KVH, int F, int n_ctx, uint64_t seed) {
-    gguf_writer_t *w = gguf_writer_create();
-    int V = mkmodel_synthetic_vocab(w);
-    ck_assert_int_gt(V, 0);
-    int HD = E / H;
-    ck_assert_int_eq(gguf_writer_set_str(w, "general.architecture", "llama"), 0);
-    gguf_writer_set_str(w, "general.name", "check-sched-tiny");
-    gguf_writer_set_u32(w, "llama.context_length", (uint32_t)n_ctx);
-    gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)E);
-    gguf_writer_set_u32(w, "llama.block_count", (uint32_t)L);
-    gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)F);
-    gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)H);
-    gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)KVH);
-    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
-    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)HD);
-    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)V);
-    g_rng = seed;
-    float se = 1.0f / sqrtf((float)E), sf = 1.0f / sqrtf((float)F);
-    add_f32(w, "token_embd.weight", V, E, 0, 1.0f);
-    add_f32(w, "output_norm.weight", 1, E, 1.0f, 0.1f);
-    add_f32(w, "output.weight", V, E, 0, 2.0f * se);
-    for (int l = 0; l < L; l++) {
-        char n[64];
-#define T(sfx, r, c, mean, std) snprintf(n, sizeof n, "blk.%d." sfx ".weight", l), add_f32(w, n, r, c, mean, std)
-        T("attn_norm", 1, E, 1.0f, 0.1f);
-        T("attn_q", E, E, 0, 2.0f * se);
-        T("attn_k", HD * KVH, E, 0, 2.0f * se);
-        T("attn_v", HD * KVH, E, 0, 2.0f * se);
-        T("attn_output", E, E, 0, 2.0f * se);
-        T("ffn_norm", 1, E, 1.0f, 0.1f);
-        T("ffn_gate", F, E, 0, se);
-        T("ffn_up", F, E, 0, se);
-        T("ffn_down", E, F, 0, sf);
-#undef T
-    }
-    ck_assert_int_eq(gguf_writer_write(w, path), 0);
-    gguf_writer_destroy(w);
-}
-
-static char g_tiny[256];
 static model_t *g_model;
 
 static model_t *tiny_model(void) {
     if (g_model) return g_model;
-    snprintf(g_tiny, sizeof g_tiny, "/tmp/lacuna_check_sched_%d.gguf", (int)getpid());
-    write_tiny(g_tiny, 2, 32, 4, 2, 64, 512, 7);
-    char err[256];
-    g_model = model_load(g_tiny, err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    unlink(g_tiny);
-    return g_model;
+    const tiny_opts_t o = {.name = "check-sched-tiny",
+                           .n_layers = 2,
+                           .n_embd = 32,
+                           .n_heads = 4,
+                           .n_kv_heads = 2,
+                           .n_ff = 64,
+                           .n_ctx = 512,
+                           .seed = 7,
+                           .qk_std = 2.0f};
+    return g_model = tiny_model_load(&o);
 }
 
 static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int chunk, int prefix) {
@@ -738,26 +673,12 @@ START_TEST(test_thread) {
 END_TEST
 
 /* ---- SmolLM2 ---------------------------------------------------------------------- */
-static model_t *real_model(void) {
-    static char path[1024];
-    const char *env = getenv("LACUNA_MODEL");
-    if (env && *env)
-        snprintf(path, sizeof path, "%s", env);
-    else
-        snprintf(path, sizeof path, "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
-    if (access(path, R_OK) != 0) return NULL;
-    char err[256];
-    model_t *m = model_load(path, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
-    return m;
-}
+static const char *g_model_path; // tu_model_path(), set in main()
 
 START_TEST(test_smollm2) {
-    model_t *m = real_model();
-    if (!m) {
-        fprintf(stderr, "check_sched: SmolLM2 not found, skipping the real-model test\n");
-        return;
-    }
+    char err[256];
+    model_t *m = model_load(g_model_path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
     const tok_t *tk = model_tok(m);
     const char *texts[4] = {"The capital of France is", "Once upon a time, in a small village by the sea,",
                             "def fibonacci(n):", "The three primary colors are"};
@@ -789,11 +710,9 @@ START_TEST(test_smollm2) {
 END_TEST
 
 int main(void) {
-#ifdef _OPENMP
     /* The tiny models gain nothing from threads, and on a shared machine
      * OpenMP's spinning workers make each step slow. */
-    omp_set_num_threads(1);
-#endif
+    ops_cpu_init(NULL, 1);
     Suite *s = suite_create("sched");
     TCase *tc = tcase_create("units");
     tcase_add_test(tc, test_stop_strings);
@@ -810,11 +729,7 @@ int main(void) {
     tcase_add_test(te, test_stop_conditions);
     tcase_add_test(te, test_submit_errors);
     tcase_add_test(te, test_thread);
-    tcase_add_test(te, test_smollm2);
+    if ((g_model_path = tu_model_path())) tcase_add_test(te, test_smollm2);
     suite_add_tcase(s, te);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run(s);
 }

@@ -1,20 +1,27 @@
 /* Check suite for src/server pieces that run without an engine: request
  * validation (table-driven: each bad body gets its exact status, param and
- * message), response and SSE writers, metrics text, auth and config. */
+ * message), response and SSE writers, metrics text, auth and config; then
+ * the HTTP listener itself (http.c, routes.c) on a loopback port with no
+ * model loaded, the port-sharing rule, and the daemon's command line. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/config.h"
+#include "common/log.h"
 #include "common/status.h"
+#include "common/timeutil.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 #include "server/parse.h"
 #include "server/respond.h"
+#include "server/server.h"
 
 static const srv_limits_t LIM = {.max_n = 8, .max_prompts = 4};
 
@@ -486,6 +493,164 @@ START_TEST(test_shipped_conf) {
 }
 END_TEST
 
+/* ---- the listener ---------------------------------------------------------------- */
+/* A srv_t as lacunad has it while the model loads (no engine yet), listening
+ * on a loopback port (0: any free one) of its own loop. */
+static int listen_on(srv_t *s, uv_loop_t *loop, int port, int reuse, char *err, size_t errlen) {
+    memset(s, 0, sizeof *s);
+    lc_config_default(&s->cfg);
+    s->cfg.port = port;
+    s->cfg.reuse_port = reuse;
+    snprintf(s->cfg.api_keys, sizeof s->cfg.api_keys, "sk-unit");
+    snprintf(s->cfg.model_path, sizeof s->cfg.model_path, "/models/tiny.gguf");
+    snprintf(s->served_name, sizeof s->served_name, "tiny");
+    char **keys;
+    int n;
+    ck_assert_int_eq(lc_config_keys(&s->cfg, &keys, &n, err, errlen), 0);
+    srv_auth_set(&s->auth, keys, n);
+    s->loop = loop;
+    s->loading = 1;
+    return srv_http_start(s, err, errlen);
+}
+
+/* Stops MHD and closes the handles; the closes complete on the next turn of
+ * the loop (run it before reusing s). */
+static void close_listener(srv_t *s) {
+    srv_http_stop(s);
+    uv_close((uv_handle_t *)&s->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&s->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&s->sweep, NULL);
+    srv_auth_fini(&s->auth);
+}
+
+/* Sends one request (Connection: close) and turns the loop until the whole
+ * response has arrived. Returns it, NUL-terminated (malloc'd). */
+static char *roundtrip(srv_t *s, const char *request) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->cfg.port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(send(fd, request, strlen(request), 0), (ssize_t)strlen(request));
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(1, cap);
+    double end = lc_now_s() + 10;
+    for (;;) {
+        uv_run(s->loop, UV_RUN_NOWAIT);
+        ssize_t n = recv(fd, out + len, cap - 1 - len, MSG_DONTWAIT);
+        if (n == 0) break;
+        if (n > 0) len += (size_t)n;
+        ck_assert_msg(len < cap - 1 && lc_now_s() < end, "no complete response: %s", out);
+        if (n < 0) usleep(1000);
+    }
+    close(fd);
+    return out;
+}
+
+static char *get(srv_t *s, const char *method, const char *path, const char *key) {
+    char req[512];
+    snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%s%s%sContent-Length: 0\r\n\r\n",
+             method, path, key ? "Authorization: Bearer " : "", key ? key : "", key ? "\r\n" : "");
+    return roundtrip(s, req);
+}
+
+#define ASSERT_RESPONSE(r, status, ...)                                                                                \
+    do {                                                                                                               \
+        const char *want_[] = {__VA_ARGS__};                                                                           \
+        ck_assert_msg(!strncmp(r, "HTTP/1.1 " status, 12), "want " status ", got: %s", r);                             \
+        for (size_t i_ = 0; i_ < sizeof want_ / sizeof want_[0]; i_++)                                                 \
+            ck_assert_msg(strstr(r, want_[i_]) != NULL, "'%s' missing in: %s", want_[i_], r);                          \
+        free(r);                                                                                                       \
+    } while (0)
+
+/* Routing, auth, the loading state and the small endpoints, through the
+ * real listener (MHD on a libuv loop). */
+START_TEST(test_listener_routes) {
+    lc_log_set_level(LC_LOG_ERROR);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    srv_t s;
+    char err[256] = "";
+    ck_assert_msg(listen_on(&s, &loop, 0, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_gt(s.cfg.port, 0); // the port the kernel chose
+    char *r = get(&s, "GET", "/health", NULL);
+    ASSERT_RESPONSE(r, "503", "\"code\":\"model_loading\"", "x-request-id: ");
+    r = get(&s, "GET", "/v1/models", NULL);
+    ASSERT_RESPONSE(r, "401", "You didn't provide an API key.");
+    r = get(&s, "GET", "/v1/models", "sk-wrong");
+    ASSERT_RESPONSE(r, "401", "Incorrect API key provided.");
+    r = get(&s, "GET", "/v1/models", "sk-unit");
+    ASSERT_RESPONSE(r, "200", "\"id\":\"tiny\"");
+    r = get(&s, "POST", "/v1/completions", "sk-unit");
+    ASSERT_RESPONSE(r, "503", "\"code\":\"model_loading\"", "Retry-After: 1");
+    r = get(&s, "POST", "/health", NULL);
+    ASSERT_RESPONSE(r, "405", "Allow: GET", "method_not_allowed");
+    r = get(&s, "GET", "/v2/nothing", "sk-unit");
+    ASSERT_RESPONSE(r, "404", "Unknown route GET /v2/nothing.");
+    r = get(&s, "GET", "/metrics", NULL);
+    ASSERT_RESPONSE(r, "200", "lacuna:num_requests_running{model_name=\"tiny\"} 0");
+    /* The listener counted what it answered. */
+    ck_assert_uint_eq(s.http.by_code[401], 2);
+    ck_assert_uint_eq(s.http.by_code[503], 2);
+    close_listener(&s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* One daemon per port: a second listener on a port in use fails with a
+ * clear message, unless both ask for SO_REUSEPORT. */
+START_TEST(test_listener_port_in_use) {
+    lc_log_set_level(LC_LOG_ERROR);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    srv_t a, b;
+    char err[512] = "";
+    ck_assert_msg(listen_on(&a, &loop, 0, 0, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(listen_on(&b, &loop, a.cfg.port, 0, err, sizeof err), LC_EBUSY);
+    char want[64];
+    snprintf(want, sizeof want, "127.0.0.1:%d: address already in use", a.cfg.port);
+    ck_assert_msg(strstr(err, want) != NULL, "%s", err);
+    srv_auth_fini(&b.auth);
+    /* Asking for reuse on the second alone is not enough. */
+    ck_assert_int_eq(listen_on(&b, &loop, a.cfg.port, 1, err, sizeof err), LC_EBUSY);
+    srv_auth_fini(&b.auth);
+    close_listener(&a);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    ck_assert_msg(listen_on(&a, &loop, 0, 1, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(listen_on(&b, &loop, a.cfg.port, 1, err, sizeof err) == 0, "%s", err);
+    char *r = get(&b, "GET", "/health", NULL); // either daemon may answer: both are loading
+    ASSERT_RESPONSE(r, "503", "model_loading");
+    close_listener(&b);
+    close_listener(&a);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
+/* lacunad's command line up to the point where it would serve. */
+START_TEST(test_daemon_configure) {
+    srv_t *s = calloc(1, sizeof *s);
+    char *version[] = {"lacunad", "--version", NULL};
+    ck_assert_int_eq(srv_configure(s, 2, version), 0);
+    memset(s, 0, sizeof *s);
+    char *no_model[] = {"lacunad", "--port", "1", NULL};
+    ck_assert_int_eq(srv_configure(s, 3, no_model), 2);
+    memset(s, 0, sizeof *s);
+    char *bad[] = {"lacunad", "--model", "m.gguf", "--port", "70000", NULL};
+    ck_assert_int_eq(srv_configure(s, 5, bad), 2);
+    memset(s, 0, sizeof *s);
+    char *ok[] = {"lacunad", "--model", "m.gguf", "--reuse-port", "--api-key", "k1", NULL};
+    ck_assert_int_eq(srv_configure(s, 6, ok), SRV_SERVE);
+    ck_assert_int_eq(s->cfg.reuse_port, 1);
+    ck_assert_int_eq(s->auth.n_keys, 1);
+    ck_assert_int_eq(s->argc, 6);
+    srv_auth_fini(&s->auth);
+    free(s);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("server");
     TCase *tc = tcase_create("core");
@@ -503,6 +668,11 @@ int main(void) {
     tcase_add_test(tc, test_config);
     tcase_add_test(tc, test_shipped_conf);
     suite_add_tcase(s, tc);
+    TCase *th = tcase_create("http");
+    tcase_add_test(th, test_listener_routes);
+    tcase_add_test(th, test_listener_port_in_use);
+    tcase_add_test(th, test_daemon_configure);
+    suite_add_tcase(s, th);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -14,9 +14,6 @@
  * 32/64, windows and budgets of 64 tokens) so that a 300-token prompt is
  * "long"; gamma, tau and theta keep their defaults. */
 #include <check.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,79 +23,26 @@
 #include "common/status.h"
 #include "kv/kv.h"
 #include "model/gguf.h"
+#include "ops/ops.h"
 #include "scheduler/sched.h"
-#include "tools/mkmodel.h"
+#include "tinymodel.h"
 
 /* ---- tiny model ------------------------------------------------------------------ */
-static uint64_t g_rng;
-static float randn(void) {
-    double u = 0;
-    for (int i = 0; i < 4; i++) {
-        g_rng = g_rng * 6364136223846793005ULL + 1442695040888963407ULL;
-        u += (double)(g_rng >> 11) * 0x1.0p-53;
-    }
-    return (float)((u - 2.0) * 1.7320508);
-}
-
-static void add_f32(gguf_writer_t *w, const char *name, int rows, int cols, float mean, float std) {
-    size_t n = (size_t)rows * (size_t)cols;
-    float *f = malloc(n * sizeof *f);
-    ck_assert_ptr_nonnull(f);
-    for (size_t i = 0; i < n; i++) f[i] = mean + std * randn();
-    uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};
-    ck_assert_int_eq(gguf_writer_add_tensor(w, name, rows == 1 ? 1 : 2, dims, GGML_TYPE_F32, f, n * sizeof *f), 0);
-    free(f);
-}
-
 /* Attention weights larger than check_sched's so that the random model's
  * attention is peaked enough for the sparse methods to have something to skip. */
 static model_t *g_model;
 static model_t *tiny_model(void) {
     if (g_model) return g_model;
-    enum { L = 4, E = 64, H = 4, KVH = 2, F = 128, HD = E / H };
-    char path[256];
-    snprintf(path, sizeof path, "/tmp/lacuna_check_sparse_%d.gguf", (int)getpid());
-    gguf_writer_t *w = gguf_writer_create();
-    int V = mkmodel_synthetic_vocab(w);
-    ck_assert_int_gt(V, 0);
-    gguf_writer_set_str(w, "general.architecture", "llama");
-    gguf_writer_set_str(w, "general.name", "check-sparse-tiny");
-    gguf_writer_set_u32(w, "llama.context_length", 1024);
-    gguf_writer_set_u32(w, "llama.embedding_length", E);
-    gguf_writer_set_u32(w, "llama.block_count", L);
-    gguf_writer_set_u32(w, "llama.feed_forward_length", F);
-    gguf_writer_set_u32(w, "llama.attention.head_count", H);
-    gguf_writer_set_u32(w, "llama.attention.head_count_kv", KVH);
-    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
-    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gguf_writer_set_u32(w, "llama.rope.dimension_count", HD);
-    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)V);
-    g_rng = 11;
-    float se = 1.0f / sqrtf((float)E), sf = 1.0f / sqrtf((float)F);
-    add_f32(w, "token_embd.weight", V, E, 0, 1.0f);
-    add_f32(w, "output_norm.weight", 1, E, 1.0f, 0.1f);
-    add_f32(w, "output.weight", V, E, 0, 2.0f * se);
-    for (int l = 0; l < L; l++) {
-        char n[64];
-#define T(sfx, r, c, mean, std) snprintf(n, sizeof n, "blk.%d." sfx ".weight", l), add_f32(w, n, r, c, mean, std)
-        T("attn_norm", 1, E, 1.0f, 0.1f);
-        T("attn_q", E, E, 0, 4.0f * se);
-        T("attn_k", HD * KVH, E, 0, 4.0f * se);
-        T("attn_v", HD * KVH, E, 0, 2.0f * se);
-        T("attn_output", E, E, 0, 2.0f * se);
-        T("ffn_norm", 1, E, 1.0f, 0.1f);
-        T("ffn_gate", F, E, 0, se);
-        T("ffn_up", F, E, 0, se);
-        T("ffn_down", E, F, 0, sf);
-#undef T
-    }
-    ck_assert_int_eq(gguf_writer_write(w, path), 0);
-    gguf_writer_destroy(w);
-    char err[256];
-    g_model = model_load(path, err, sizeof err);
-    ck_assert_msg(g_model != NULL, "%s", err);
-    unlink(path);
-    return g_model;
+    const tiny_opts_t o = {.name = "check-sparse-tiny",
+                           .n_layers = 4,
+                           .n_embd = 64,
+                           .n_heads = 4,
+                           .n_kv_heads = 2,
+                           .n_ff = 128,
+                           .n_ctx = 1024,
+                           .seed = 11,
+                           .qk_std = 4.0f};
+    return g_model = tiny_model_load(&o);
 }
 
 /* ---- engine helpers ------------------------------------------------------------------ */
@@ -410,9 +354,7 @@ START_TEST(test_prefix_salt) {
 END_TEST
 
 int main(void) {
-#ifdef _OPENMP
-    omp_set_num_threads(1);
-#endif
+    ops_cpu_init(NULL, 1);
     Suite *s = suite_create("sparse");
     TCase *tc = tcase_create("engine");
     tcase_set_timeout(tc, 120);

@@ -3,7 +3,7 @@
  * Without a model: SentencePiece and byte-level BPE on hand-built vocabularies,
  * special-token splitting, the incremental detokenizer on split and broken
  * UTF-8, and chat rendering for both families. With the real SmolLM2 GGUF
- * ($LACUNA_MODEL or models/ in the source tree): every string of
+ * (testutil.h's tu_model_path; absent, the program SKIPs): every string of
  * tests/fixtures/tokenizer_smollm2.json must give Hugging Face's ids exactly
  * and decode back to itself. */
 #include <check.h>
@@ -17,10 +17,7 @@
 #include "model/chat.h"
 #include "model/gguf.h"
 #include "model/tokenizer.h"
-
-#ifndef LC_SRCDIR
-#define LC_SRCDIR "."
-#endif
+#include "testutil.h"
 
 /* ============================================================================
  * Helpers
@@ -411,19 +408,12 @@ static int ids_eq(const tok_ids_t *a, const tok_ids_t *b) {
     return a->n == b->n && (a->n == 0 || memcmp(a->ids, b->ids, a->n * sizeof(int32_t)) == 0);
 }
 
+static const char *g_model_path; // tu_model_path(), set in main()
+
 START_TEST(test_smollm2_fixtures) {
-    char path[1024];
-    const char *model = getenv("LACUNA_MODEL");
-    if (!model || !*model) {
-        snprintf(path, sizeof(path), "%s/models/SmolLM2-135M-Instruct.Q4_1.gguf", LC_SRCDIR);
-        model = path;
-    }
     char err[512] = "";
-    gguf_ctx_t *g = gguf_open(model, err, sizeof(err));
-    if (!g) {
-        fprintf(stderr, "check_tokenizer: SKIP real-model test (%s: %s)\n", model, err);
-        return;
-    }
+    gguf_ctx_t *g = gguf_open(g_model_path, err, sizeof(err));
+    ck_assert_msg(g != NULL, "%s: %s", g_model_path, err);
     tok_t *t = tok_create_from_gguf(g, err, sizeof(err));
     ck_assert_msg(t != NULL, "tok_create_from_gguf: %s", err);
     ck_assert_int_eq(tok_n_vocab(t), 49152);
@@ -437,7 +427,9 @@ START_TEST(test_smollm2_fixtures) {
     chat_template_t ct;
     ck_assert_int_eq(chat_template_detect(tmpl.ptr, tmpl.len, &ct, err, sizeof(err)), 0);
 
-    char *js = slurp(LC_SRCDIR "/tests/fixtures/tokenizer_smollm2.json");
+    char fixture[1024];
+    snprintf(fixture, sizeof fixture, "%s/tests/fixtures/tokenizer_smollm2.json", tu_srcdir());
+    char *js = slurp(fixture);
     ck_assert_msg(js != NULL, "missing tests/fixtures/tokenizer_smollm2.json");
     cJSON *root = cJSON_Parse(js);
     ck_assert_ptr_nonnull(root);
@@ -551,11 +543,7 @@ int main(void) {
     tcase_add_test(tc, test_stream_split_chars);
     tcase_add_test(tc, test_stream_invalid);
     tcase_add_test(tc, test_chat_render);
-    tcase_add_test(tc, test_smollm2_fixtures);
+    if ((g_model_path = tu_model_path())) tcase_add_test(tc, test_smollm2_fixtures);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run(s);
 }

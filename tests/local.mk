@@ -9,6 +9,8 @@ AM_TESTS_ENVIRONMENT = LACUNA_SRCDIR='$(abs_top_srcdir)' LACUNA_BUILDDIR='$(abs_
 	OMP_WAIT_POLICY="$${OMP_WAIT_POLICY:-passive}"; \
 	export LACUNA_SRCDIR LACUNA_BUILDDIR LACUNA_MODEL OMP_WAIT_POLICY;
 EXTRA_DIST += tests/testutil.h
+# The engine suites' tiny random models.
+TINYMODEL_SRC = tests/tinymodel.c tests/tinymodel.h tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
 if HAVE_CHECK
 check_PROGRAMS += tests/check_common
 tests_check_common_SOURCES = tests/check_common.c
@@ -27,7 +29,7 @@ tests_check_gguf_LDADD = $(CHECK_LDADD)
 
 check_PROGRAMS += tests/check_model
 tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c
-tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
+tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_model_LDADD = $(CHECK_LDADD)
 
 check_PROGRAMS += tests/check_ops
@@ -53,26 +55,23 @@ endif
 TESTS += $(check_PROGRAMS)
 
 # ---- tokenizer and chat templates ------------------------------------------
-# The real-model case reads models/ from the source tree (or $LACUNA_MODEL)
-# and skips with a message when the model is absent.
+# The real-model case reads $LACUNA_MODEL (testutil.h); the program exits 77
+# (SKIP) when the model is absent.
 if HAVE_CHECK
 check_PROGRAMS += tests/check_tokenizer
 tests_check_tokenizer_SOURCES = tests/check_tokenizer.c
-tests_check_tokenizer_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
 tests_check_tokenizer_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_tokenizer_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py \
 	tests/fixtures/logits_smollm2.json scripts/gen_logits_fixtures.py
-EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py
 
 # ---- scheduler ---------------------------------------------------------------
-# Tiny random models are written by the test itself (mkmodel's vocabulary);
-# the SmolLM2 case reads $LACUNA_MODEL or models/ and skips when absent.
+# Tiny random models are written by the test itself (tests/tinymodel.c);
+# the SmolLM2 case reads $LACUNA_MODEL and the program SKIPs when absent.
 if HAVE_CHECK
 check_PROGRAMS += tests/check_sched
-tests_check_sched_SOURCES = tests/check_sched.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
-tests_check_sched_CPPFLAGS = $(AM_CPPFLAGS) -DLC_SRCDIR='"$(abs_top_srcdir)"'
+tests_check_sched_SOURCES = tests/check_sched.c $(TINYMODEL_SRC)
 tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_LDADD = $(CHECK_LDADD)
 endif
@@ -87,7 +86,7 @@ EXTRA_DIST += scripts/valgrind.sh
 # ---- sparse attention end to end (tiny model through the scheduler) -------------
 if HAVE_CHECK
 check_PROGRAMS += tests/check_sparse
-tests_check_sparse_SOURCES = tests/check_sparse.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sparse_SOURCES = tests/check_sparse.c $(TINYMODEL_SRC)
 tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sparse_LDADD = $(CHECK_LDADD)
 endif

@@ -22,7 +22,6 @@
 #include "common/status.h"
 #include "common/timeutil.h"
 #include "model/chat.h"
-#include "model/gguf.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
 #include "scheduler/sched.h"
@@ -169,26 +168,142 @@ static int encode(const tok_t *tok, const chat_template_t *ct, const cJSON *in, 
     return rc;
 }
 
-static int load_template(const char *path, chat_template_t *ct) {
-    char err[256];
-    gguf_ctx_t *g = gguf_open(path, err, sizeof err);
-    if (!g) return LC_EINVAL;
-    gguf_str_t ts = {0};
-    int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
-    if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, ct, err, sizeof err) != 0)
-        chat_template_from_name("chatml", ct);
-    gguf_close(g);
-    return 0;
+/* The model's chat template, or ChatML when it has none we know. */
+static chat_template_t chat_template_of(const model_t *m) {
+    chat_template_t ct;
+    if (model_chat_template(m))
+        ct = *model_chat_template(m);
+    else
+        chat_template_from_name("chatml", &ct);
+    return ct;
+}
+
+/* ---- the input -------------------------------------------------------------------------- */
+/* Reads and tokenizes every line first: jobs are few (benchmarks), prompts
+ * long. *max_need: the most tokens one request can reach (prompt +
+ * max_tokens). 0, or a status after a message naming the line. */
+static int read_jobs(FILE *in, const tok_t *tok, const chat_template_t *ct, int max_tokens, job_t **jobs_out,
+                     int *n_out, int64_t *max_need) {
+    job_t *jobs = NULL;
+    int n_jobs = 0, cap = 0, rc = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t ll;
+    *max_need = 0;
+    while ((ll = getline(&line, &lcap, in)) > 0) {
+        if (ll <= 1) continue;
+        if (n_jobs == cap) {
+            cap = cap ? cap * 2 : 16;
+            job_t *nj = realloc(jobs, (size_t)cap * sizeof *nj);
+            if (!nj) {
+                rc = LC_ENOMEM;
+                break;
+            }
+            jobs = nj;
+        }
+        job_t *j = &jobs[n_jobs];
+        memset(j, 0, sizeof *j);
+        if (!(j->in = cJSON_Parse(line)) || encode(tok, ct, j->in, &j->ids) || j->ids.n == 0) {
+            fprintf(stderr, "lacuna complete: line %d: bad request\n", n_jobs + 1);
+            cJSON_Delete(j->in);
+            tok_ids_free(&j->ids);
+            rc = LC_EINVAL;
+            break;
+        }
+        n_jobs++;
+        const cJSON *mt = cJSON_GetObjectItem(j->in, "max_tokens");
+        int64_t need = (int64_t)j->ids.n + (cJSON_IsNumber(mt) ? mt->valueint : max_tokens);
+        if (need > *max_need) *max_need = need;
+    }
+    free(line);
+    *jobs_out = jobs;
+    *n_out = n_jobs;
+    return rc;
+}
+
+static void free_jobs(job_t *jobs, int n_jobs) {
+    for (int i = 0; i < n_jobs; i++) {
+        if (jobs[i].r) sched_req_release(jobs[i].r);
+        cJSON_Delete(jobs[i].in);
+        tok_ids_free(&jobs[i].ids);
+        free(jobs[i].text);
+    }
+    free(jobs);
+}
+
+/* ---- the engine ------------------------------------------------------------------------- */
+/* Submits job j: greedy, the line's max_tokens (else the default) and its
+ * sparse_attention over the command line's policy. A request the engine
+ * refuses gets j->error and is done (its line reports it). */
+static void submit(sched_t *s, job_t *j, const sched_attn_spec_t *spec, int max_tokens) {
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = j->ids.ids;
+    p.n_prompt = (int)j->ids.n;
+    p.n_choices = 1;
+    const cJSON *mt = cJSON_GetObjectItem(j->in, "max_tokens");
+    p.max_tokens = cJSON_IsNumber(mt) ? mt->valueint : max_tokens;
+    p.logprobs = p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    p.attn = *spec;
+    const cJSON *sa = cJSON_GetObjectItem(j->in, "sparse_attention");
+    int st = 0;
+    if (sa && apply_spec(sa, &p.attn))
+        j->error = "bad sparse_attention";
+    else if (!(j->r = sched_req_create(&p, &st)) || (st = sched_submit(s, j->r)))
+        j->error = lc_strerror(st);
+    if (j->error) j->done = 1;
+}
+
+/* Steps the engine with up to conc requests in flight, writing each result
+ * in input order as soon as it and those before it are done. Returns 0 or
+ * the engine's status; *n_failed: requests the engine refused. */
+static int run_jobs(sched_t *s, job_t *jobs, int n_jobs, int conc, const sched_attn_spec_t *spec, int max_tokens,
+                    FILE *out, int *n_written, int *n_failed) {
+    int next = 0, written = 0, rc = 0;
+    *n_failed = 0;
+    while (written < n_jobs) {
+        int inflight = 0;
+        for (int i = written; i < next; i++) inflight += !jobs[i].done;
+        for (; next < n_jobs && inflight < conc; next++) {
+            submit(s, &jobs[next], spec, max_tokens);
+            if (jobs[next].error) {
+                fprintf(stderr, "lacuna complete: request %d: %s\n", next + 1, jobs[next].error);
+                ++*n_failed;
+            } else {
+                inflight++;
+            }
+        }
+        int n = sched_step(s);
+        if (n < 0) {
+            rc = n;
+            break;
+        }
+        for (int i = written; i < next; i++)
+            if (!jobs[i].done) drain(&jobs[i]);
+        while (written < next && jobs[written].done) write_result(out, &jobs[written++]);
+    }
+    *n_written = written;
+    return rc;
 }
 
 /* ---- the command ------------------------------------------------------------------------- */
-int cmd_complete(int argc, char **argv) {
-    const char *model_path = NULL, *in_path = NULL, *out_path = NULL;
-    int max_tokens = 16, conc = 1, prefix = 1;
+typedef struct {
+    const char *model_path, *in_path, *out_path;
+    int max_tokens, conc;
     sched_config_t cfg;
-    sched_config_default(&cfg);
     sched_attn_spec_t spec;
-    sched_attn_spec_default(&spec);
+} complete_args_t;
+
+/* Returns -1 to go on, else the exit status (0 after --help, 2 on bad usage). */
+static int parse_args(int argc, char **argv, complete_args_t *a) {
+    memset(a, 0, sizeof *a);
+    a->max_tokens = 16;
+    a->conc = 1;
+    int prefix = 1;
+    sched_config_default(&a->cfg);
+    sched_attn_spec_default(&a->spec);
     enum { O_PREFILL = 256, O_DECODE, O_GAMMA, O_TAU, O_THETA, O_MINB, O_DECB, O_THR, O_CHUNK, O_BATCH, O_WIN, O_NOPC };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"input", required_argument, 0, 'i'},
@@ -211,157 +326,82 @@ int cmd_complete(int argc, char **argv) {
     optind = 1;
     while ((o = getopt_long(argc, argv, "m:i:o:n:c:h", opts, NULL)) != -1) {
         switch (o) {
-        case 'm': model_path = optarg; break;
-        case 'i': in_path = optarg; break;
-        case 'o': out_path = optarg; break;
-        case 'n': max_tokens = atoi(optarg); break;
-        case 'c': conc = atoi(optarg); break;
+        case 'm': a->model_path = optarg; break;
+        case 'i': a->in_path = optarg; break;
+        case 'o': a->out_path = optarg; break;
+        case 'n': a->max_tokens = atoi(optarg); break;
+        case 'c': a->conc = atoi(optarg); break;
         case O_PREFILL:
-            if (parse_prefill(optarg, &spec.prefill)) goto bad;
+            if (parse_prefill(optarg, &a->spec.prefill)) goto bad;
             break;
         case O_DECODE:
-            if (parse_decode(optarg, &spec.decode)) goto bad;
+            if (parse_decode(optarg, &a->spec.decode)) goto bad;
             break;
-        case O_GAMMA: spec.gamma = (float)atof(optarg); break;
-        case O_TAU: spec.tau = (float)atof(optarg); break;
-        case O_THETA: spec.theta = (float)atof(optarg); break;
-        case O_MINB: spec.min_budget = atoi(optarg); break;
-        case O_DECB: spec.decode_budget = atoi(optarg); break;
-        case O_THR: cfg.sparse_prefill_min_tokens = atoi(optarg); break;
-        case O_CHUNK: cfg.prefill_chunk = atoi(optarg); break;
-        case O_BATCH: cfg.max_batch_tokens = atoi(optarg); break;
-        case O_WIN: cfg.attn_default.window_tokens = atoi(optarg); break;
+        case O_GAMMA: a->spec.gamma = (float)atof(optarg); break;
+        case O_TAU: a->spec.tau = (float)atof(optarg); break;
+        case O_THETA: a->spec.theta = (float)atof(optarg); break;
+        case O_MINB: a->spec.min_budget = atoi(optarg); break;
+        case O_DECB: a->spec.decode_budget = atoi(optarg); break;
+        case O_THR: a->cfg.sparse_prefill_min_tokens = atoi(optarg); break;
+        case O_CHUNK: a->cfg.prefill_chunk = atoi(optarg); break;
+        case O_BATCH: a->cfg.max_batch_tokens = atoi(optarg); break;
+        case O_WIN: a->cfg.attn_default.window_tokens = atoi(optarg); break;
         case O_NOPC: prefix = 0; break;
         case 'h': complete_usage(stdout); return 0;
         default: goto bad;
         }
     }
-    if (!model_path || optind != argc || max_tokens < 0 || conc < 1 || cfg.prefill_chunk < 1 ||
-        cfg.max_batch_tokens < cfg.prefill_chunk)
+    if (!a->model_path || optind != argc || a->max_tokens < 0 || a->conc < 1 || a->cfg.prefill_chunk < 1 ||
+        a->cfg.max_batch_tokens < a->cfg.prefill_chunk)
         goto bad;
-    cfg.enable_prefix_cache = prefix;
-    cfg.max_running = conc;
+    a->cfg.enable_prefix_cache = prefix;
+    a->cfg.max_running = a->conc;
+    return -1;
+bad:
+    complete_usage(stderr);
+    return 2;
+}
 
-    FILE *in = in_path ? fopen(in_path, "r") : stdin, *out = out_path ? fopen(out_path, "w") : stdout;
-    if (!in || !out) {
-        fprintf(stderr, "lacuna complete: cannot open %s\n", !in ? in_path : out_path);
-        return 1;
-    }
-    char err[512];
-    model_t *m = model_load(model_path, err, sizeof err);
-    if (!m) {
-        fprintf(stderr, "lacuna complete: %s\n", err);
-        return 1;
-    }
-    chat_template_t ct;
-    load_template(model_path, &ct);
-    const tok_t *tok = model_tok(m);
-
-    /* Read every line first: jobs are few (benchmarks), prompts long. */
+int cmd_complete(int argc, char **argv) {
+    complete_args_t a;
+    int ret = parse_args(argc, argv, &a);
+    if (ret >= 0) return ret;
+    FILE *in = a.in_path ? fopen(a.in_path, "r") : stdin, *out = a.out_path ? fopen(a.out_path, "w") : stdout;
+    model_t *m = NULL;
     job_t *jobs = NULL;
-    int n_jobs = 0, cap = 0, rc = 0;
-    char *line = NULL;
-    size_t lcap = 0;
-    ssize_t ll;
-    int64_t max_need = 0;
-    while ((ll = getline(&line, &lcap, in)) > 0) {
-        if (ll <= 1) continue;
-        if (n_jobs == cap) {
-            cap = cap ? cap * 2 : 16;
-            job_t *nj = realloc(jobs, (size_t)cap * sizeof *nj);
-            if (!nj) {
-                rc = LC_ENOMEM;
-                goto out;
-            }
-            jobs = nj;
-        }
-        job_t *j = &jobs[n_jobs];
-        memset(j, 0, sizeof *j);
-        if (!(j->in = cJSON_Parse(line)) || encode(tok, &ct, j->in, &j->ids) || j->ids.n == 0) {
-            fprintf(stderr, "lacuna complete: line %d: bad request\n", n_jobs + 1);
-            cJSON_Delete(j->in);
-            rc = LC_EINVAL;
-            goto out;
-        }
-        n_jobs++;
-        const cJSON *mt = cJSON_GetObjectItem(j->in, "max_tokens");
-        int64_t need = (int64_t)j->ids.n + (cJSON_IsNumber(mt) ? mt->valueint : max_tokens);
-        if (need > max_need) max_need = need;
+    int n_jobs = 0, rc = 0;
+    char err[512];
+    if (!in || !out) {
+        fprintf(stderr, "lacuna complete: cannot open %s\n", !in ? a.in_path : a.out_path);
+        rc = LC_EIO;
+        goto out;
     }
-    free(line);
-    line = NULL;
+    if (!(m = model_load(a.model_path, err, sizeof err))) {
+        fprintf(stderr, "lacuna complete: %s\n", err);
+        rc = LC_EINVAL;
+        goto out;
+    }
+    const chat_template_t ct = chat_template_of(m);
+    int64_t max_need;
+    if ((rc = read_jobs(in, model_tok(m), &ct, a.max_tokens, &jobs, &n_jobs, &max_need))) goto out;
     /* A pool for the requests in flight plus a spare request's worth (prefix cache). */
-    if (cfg.block_size <= 0) cfg.block_size = 16;
-    cfg.kv_blocks = (int64_t)(conc + 1) * ((max_need + cfg.block_size - 1) / cfg.block_size + 2);
-
-    sched_t *s = sched_create(m, &cfg, err, sizeof err);
+    if (a.cfg.block_size <= 0) a.cfg.block_size = 16;
+    a.cfg.kv_blocks = (int64_t)(a.conc + 1) * ((max_need + a.cfg.block_size - 1) / a.cfg.block_size + 2);
+    sched_t *s = sched_create(m, &a.cfg, err, sizeof err);
     if (!s) {
         fprintf(stderr, "lacuna complete: %s\n", err);
         rc = LC_ENOMEM;
         goto out;
     }
     double t0 = lc_now_s();
-    int next = 0, written = 0, n_failed = 0;
-    while (written < n_jobs) {
-        /* keep conc requests in flight */
-        int inflight = 0;
-        for (int i = written; i < next; i++) inflight += !jobs[i].done;
-        while (next < n_jobs && inflight < conc) {
-            job_t *j = &jobs[next];
-            sched_params_t p;
-            memset(&p, 0, sizeof p);
-            p.prompt = j->ids.ids;
-            p.n_prompt = (int)j->ids.n;
-            p.n_choices = 1;
-            const cJSON *mt = cJSON_GetObjectItem(j->in, "max_tokens");
-            p.max_tokens = cJSON_IsNumber(mt) ? mt->valueint : max_tokens;
-            p.logprobs = p.prompt_logprobs = -1;
-            sampler_params_default(&p.sampling);
-            p.sampling.temperature = 0;
-            p.attn = spec;
-            const cJSON *sa = cJSON_GetObjectItem(j->in, "sparse_attention");
-            int st = 0;
-            if (sa && apply_spec(sa, &p.attn))
-                j->error = "bad sparse_attention";
-            else if (!(j->r = sched_req_create(&p, &st)) || (st = sched_submit(s, j->r)))
-                j->error = lc_strerror(st);
-            if (j->error) {
-                fprintf(stderr, "lacuna complete: request %d: %s\n", next + 1, j->error);
-                n_failed++;
-                j->done = 1;
-                next++;
-                continue;
-            }
-            next++, inflight++;
-        }
-        int n = sched_step(s);
-        if (n < 0) {
-            rc = n;
-            break;
-        }
-        for (int i = written; i < next; i++)
-            if (!jobs[i].done) drain(&jobs[i]);
-        while (written < next && jobs[written].done) {
-            write_result(out, &jobs[written]);
-            written++;
-        }
-    }
+    int written = 0, n_failed = 0;
+    rc = run_jobs(s, jobs, n_jobs, a.conc, &a.spec, a.max_tokens, out, &written, &n_failed);
     fprintf(stderr, "lacuna complete: %d requests in %.2f s (%d refused)\n", written, lc_now_s() - t0, n_failed);
     sched_destroy(s);
 out:
-    for (int i = 0; i < n_jobs; i++) {
-        if (jobs[i].r) sched_req_release(jobs[i].r);
-        cJSON_Delete(jobs[i].in);
-        tok_ids_free(&jobs[i].ids);
-        free(jobs[i].text);
-    }
-    free(jobs);
-    free(line);
+    free_jobs(jobs, n_jobs);
     model_free(m);
-    if (in != stdin) fclose(in);
-    if (out != stdout) fclose(out);
+    if (in && in != stdin) fclose(in);
+    if (out && out != stdout) fclose(out);
     return rc ? 1 : 0;
-bad:
-    complete_usage(stderr);
-    return 2;
 }

@@ -1,12 +1,12 @@
-/* The `lacuna` command-line tool: a thin dispatcher over subcommands that
- * share the daemon's library (inspect a GGUF, and more as they are added to
- * the table below). */
+/* The `lacuna` command-line tool: after the CPU start-up (ops_cpu_init), a
+ * thin dispatcher over the subcommands in the table below, which share the
+ * daemon's library. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "common/threads.h"
+#include "ops/ops.h"
 #include "tools/cmds.h"
 
 typedef int (*cmd_cb)(int argc, char **argv);
@@ -32,7 +32,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
-    lc_threads_reexec(argv);
+    ops_cpu_init(argv, 0);
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -1,6 +1,8 @@
 /* `lacuna mkmodel`: writes a tiny Llama GGUF with random weights, in any
  * supported tensor type, with either the synthetic vocabulary or one copied
- * from a real model. Tests build their models through mkmodel_write. */
+ * from a real model. Tests build their models through mkmodel_write, or
+ * (the engine suites, tests/tinymodel.c) through mkmodel_synthetic_vocab
+ * with weights of their own. */
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>

@@ -41,6 +41,7 @@ typedef struct {
 static const centry_t table[] = {
     S("server", "host", host, NULL),
     I("server", "port", port, 0, 65535),
+    B("server", "reuse_port", reuse_port),
     S("server", "api_keys", api_keys, NULL),
     S("server", "api_key_file", api_key_file, NULL),
     B("server", "auth_metrics", auth_metrics),
@@ -263,18 +264,11 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[server] host must not be empty");
         return LC_EINVAL;
     }
-    if (strcmp(c->device, "cpu") && strcmp(c->device, "auto") && strcmp(c->device, "cuda") &&
-        strncmp(c->device, "cuda:", 5)) {
-        errf(err, errlen, "[model] device: '%s' is not auto, cpu, cuda or cuda:N", c->device);
+    int cuda_index;
+    if (lc_device_spec_parse(c->device, &cuda_index)) {
+        errf(err, errlen, "[model] device: '%s' is not auto, cpu, cuda or cuda:N (N from 0 to %d)", c->device,
+             LC_DEVICE_MAX_INDEX);
         return LC_EINVAL;
-    }
-    if (!strncmp(c->device, "cuda:", 5)) {
-        char *end;
-        long v = strtol(c->device + 5, &end, 10);
-        if (end == c->device + 5 || *end || v < 0 || v > 255) {
-            errf(err, errlen, "[model] device: '%s' is not cuda:N", c->device);
-            return LC_EINVAL;
-        }
     }
     if (c->kv_blocks == 0 && c->kv_bytes == 0) {
         errf(err, errlen, "[engine] one of kv_blocks or kv_bytes must be set");
@@ -292,6 +286,27 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
     return 0;
 }
 
+int lc_device_spec_parse(const char *spec, int *cuda_index) {
+    *cuda_index = -1;
+    if (!spec) return LC_EINVAL;
+    if (!strcmp(spec, "cpu")) return 0;
+    if (!strcmp(spec, "auto")) {
+        *cuda_index = LC_DEVICE_AUTO;
+        return 0;
+    }
+    if (!strcmp(spec, "cuda")) {
+        *cuda_index = 0;
+        return 0;
+    }
+    if (strncmp(spec, "cuda:", 5) || spec[5] < '0' || spec[5] > '9') return LC_EINVAL;
+    char *end;
+    errno = 0;
+    long v = strtol(spec + 5, &end, 10);
+    if (errno || *end || v > LC_DEVICE_MAX_INDEX) return LC_EINVAL;
+    *cuda_index = (int)v;
+    return 0;
+}
+
 /* ---- command line ------------------------------------------------------------ */
 void lc_config_usage(FILE *f, const char *prog) {
     fprintf(f,
@@ -301,6 +316,7 @@ void lc_config_usage(FILE *f, const char *prog) {
             "  --served-name NAME    model id clients use ([model] served_name)\n"
             "  --host ADDR           listen address ([server] host)\n"
             "  --port N              listen port ([server] port)\n"
+            "  --reuse-port          share the port with other daemons ([server] reuse_port)\n"
             "  --api-key KEY         accepted API key; repeatable, replaces [server] api_keys\n"
             "  --device DEV          auto | cpu | cuda | cuda:N ([model] device)\n"
             "  --log-level LEVEL     error | warn | info | debug\n"
@@ -366,6 +382,10 @@ int lc_config_from_args(lc_config_t *c, int argc, char **argv, int *action, char
         }
         if (is_flag(a, "--config")) {
             flag_value(argc, argv, &i, "--config");
+            continue;
+        }
+        if (!strcmp(a, "--reuse-port")) {
+            c->reuse_port = 1;
             continue;
         }
         int done = 0;

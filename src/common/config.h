@@ -1,6 +1,6 @@
-/* lacunad's settings: built-in defaults, then the INI file (inih), then
- * command-line flags. One table in config.c lists every setting with its
- * section, type, range and default, so parsing, validation and
+/* lacunad's settings: built-in defaults (lc_config_default), then the INI
+ * file (inih), then command-line flags. One table in config.c lists every
+ * setting with its section, type and range, so parsing, validation and
  * `lacunad --check-config` never drift from each other. */
 #ifndef LC_CONFIG_H
 #define LC_CONFIG_H
@@ -14,6 +14,7 @@ typedef struct {
     /* [server] */
     char host[LC_CONFIG_STR];
     int port;
+    int reuse_port;                   // 1: SO_REUSEPORT, several daemons share the port
     char api_keys[LC_CONFIG_STR * 4]; // comma-separated
     char api_key_file[LC_CONFIG_STR];
     int auth_metrics; // 1: /health and /metrics need a key too
@@ -67,7 +68,7 @@ int lc_config_load_file(lc_config_t *c, const char *path, char *err, size_t errl
 int lc_config_validate(const lc_config_t *c, char *err, size_t errlen);
 
 /* Command line. Recognises --config FILE, --model, --host, --port,
- * --api-key (repeatable; replaces the file's api_keys), --device,
+ * --reuse-port, --api-key (repeatable; replaces the file's api_keys), --device,
  * --served-name, --log-level, --set section.key=value, and the actions
  * --check-config, --help, --version (returned in *action: 0 run, 1 check,
  * 2 help, 3 version). Defaults, then the file, then flags. Returns 0 or a
@@ -76,6 +77,15 @@ int lc_config_from_args(lc_config_t *c, int argc, char **argv, int *action, char
 void lc_config_usage(FILE *f, const char *prog);
 /* Writes the effective configuration as INI (keys shown as "<n keys>"). */
 void lc_config_print(const lc_config_t *c, FILE *f);
+
+/* The [model] device setting's syntax, parsed in one place for the config
+ * check and for device selection (model/exec.h): "cpu" gives *cuda_index =
+ * -1, "auto" LC_DEVICE_AUTO (the first GPU when one is usable, else the CPU),
+ * "cuda" 0, "cuda:N" N (0 <= N <= LC_DEVICE_MAX_INDEX). Returns 0, or
+ * LC_EINVAL for anything else. */
+#define LC_DEVICE_MAX_INDEX 255
+#define LC_DEVICE_AUTO (-2)
+int lc_device_spec_parse(const char *spec, int *cuda_index);
 
 /* The API keys from api_keys, api_key_file (one a line, '#' comments) and
  * the environment variable LACUNA_API_KEY. *keys is a malloc'd array of

@@ -1,5 +1,6 @@
-/* Fixed-bucket histograms in Prometheus shape (cumulative buckets, sum,
- * count) for latency metrics. Observation and snapshot are thread-safe. */
+/* Fixed-bucket histograms for latency metrics: per-bucket counts, sum and
+ * count, which server/metrics.c renders in Prometheus shape (cumulative
+ * buckets). Observation and snapshot are thread-safe. */
 #ifndef LC_HIST_H
 #define LC_HIST_H
 

@@ -4,6 +4,7 @@ liblacuna_a_SOURCES += \
 	src/common/log.c src/common/log.h \
 	src/common/timeutil.c src/common/timeutil.h \
 	src/common/hist.c src/common/hist.h \
-	src/common/threads.c src/common/threads.h \
-	src/common/cpu.c src/common/cpu.h
+	src/common/cpu.c src/common/cpu.h \
+	src/common/f16.h \
+	src/common/mem.c src/common/mem.h
 liblacuna_a_SOURCES += src/common/config.c src/common/config.h

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/mem.h"
+
 struct kv_store {
     kv_config_t cfg;
     size_t blk_stride;    // floats per block per layer
@@ -25,7 +27,7 @@ static float **alloc_layers(int n_layers, size_t n_floats) {
     float **a = calloc((size_t)n_layers, sizeof *a);
     if (!a) return NULL;
     for (int l = 0; l < n_layers; l++)
-        if (posix_memalign((void **)&a[l], 64, n_floats * sizeof(float))) {
+        if (!(a[l] = lc_alloc64(n_floats * sizeof(float)))) {
             for (int j = 0; j < l; j++) free(a[j]);
             free(a);
             return NULL;

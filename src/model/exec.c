@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "kv/store.h"
@@ -20,36 +21,26 @@ struct model_exec {
 
 #define CPU_BLOCK 16
 
-/* "cpu" -> -1; "cuda" / "cuda:N" -> N; "auto" -> 0 when a GPU is there, else
- * -1. LC_EINVAL for anything else, LC_EUNSUPPORTED with the reason in err
- * when a GPU was asked for and cannot be had. */
+/* The device spec (lc_device_spec_parse) to a CUDA index, or -1 for the
+ * CPU. "auto" takes the first GPU when one is usable. An explicit GPU that
+ * cannot be had is an error (LC_EUNSUPPORTED, the reason in err): serving a
+ * GPU's load from the CPU by surprise helps nobody. */
 static int pick_device(const char *spec, int *index, char *err, size_t errlen) {
-    if (!spec || !*spec || !strcmp(spec, "cpu")) {
-        *index = -1;
-        return 0;
+    if (!spec || !*spec) spec = "cpu";
+    int want;
+    if (lc_device_spec_parse(spec, &want)) {
+        snprintf(err, errlen, "unknown device '%s' (auto, cpu, cuda or cuda:N)", spec);
+        return LC_EINVAL;
     }
+    *index = -1;
+    if (want == -1) return 0;
     char why[160] = "";
-    const int auto_pick = !strcmp(spec, "auto");
-    int want = 0;
-    if (!auto_pick) {
-        if (strncmp(spec, "cuda", 4) || (spec[4] && spec[4] != ':')) {
-            snprintf(err, errlen, "unknown device '%s' (cpu, cuda, cuda:N or auto)", spec);
-            return LC_EINVAL;
-        }
-        if (spec[4] == ':') {
-            char *end;
-            long v = strtol(spec + 5, &end, 10);
-            if (end == spec + 5 || *end || v < 0 || v > 1023) {
-                snprintf(err, errlen, "bad device index in '%s'", spec);
-                return LC_EINVAL;
-            }
-            want = (int)v;
-        }
-    }
-    int n = lc_device_count(why, sizeof why);
-    if (auto_pick) {
-        *index = n > 0 ? 0 : -1;
-        if (n <= 0) LC_INFO("device auto: no GPU (%s); running on the CPU", why[0] ? why : "none found");
+    const int n = lc_device_count(why, sizeof why);
+    if (want == LC_DEVICE_AUTO) {
+        if (n > 0)
+            *index = 0;
+        else
+            LC_INFO("device auto: no usable GPU (%s); running on the CPU", why[0] ? why : "none found");
         return 0;
     }
     if (n <= 0) {

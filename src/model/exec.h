@@ -27,13 +27,13 @@
 typedef struct model_exec model_exec_t;
 
 typedef struct {
-    const char *device;       // "cpu", "cuda", "cuda:N" or "auto" (NULL: "cpu")
-    int max_batch_tokens;     // rows of one step
-    int max_seqs;             // sequence slices of one step (0: max_batch_tokens)
-    int block_size;           // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
-    int64_t kv_blocks;        // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
-    size_t kv_bytes;          // CPU: KV memory budget when kv_blocks is 0
-    double kv_gpu_fraction;   // GPU: fraction of the free device memory for KV (0: 0.85)
+    const char *device;     // "cpu", "cuda", "cuda:N" or "auto" (NULL: "cpu")
+    int max_batch_tokens;   // rows of one step
+    int max_seqs;           // sequence slices of one step (0: max_batch_tokens)
+    int block_size;         // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
+    int64_t kv_blocks;      // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
+    size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
+    double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
 } model_exec_opts_t;
 
 /* Creates an executor for m (which must outlive it). NULL with a message in
@@ -81,7 +81,7 @@ typedef struct {
 
 typedef struct {
     int n_tokens;
-    const int32_t *tokens;   // (n_tokens)
+    const int32_t *tokens; // (n_tokens)
     int n_seqs;
     const model_seq_t *seqs; // (n_seqs); token slices are disjoint and cover the batch
 } model_batch_t;

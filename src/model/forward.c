@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/mem.h"
 #include "common/status.h"
 #include "kv/store.h"
 #include "model/model_internal.h"
@@ -41,11 +42,6 @@ struct model_cpu {
 };
 
 /* ---- creation ------------------------------------------------------------------- */
-static void *amalloc(size_t n) {
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
-}
-
 model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs) {
     if (!m || !kvc || max_tokens <= 0 || max_seqs <= 0) return NULL;
     const model_hparams_t *hp = &m->hp;
@@ -60,22 +56,22 @@ model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_
     c->store = kv_store_create(kvc);
     c->plan = attn_plan_create(&shape, hp->n_layers);
     c->aseq = malloc((size_t)max_seqs * sizeof *c->aseq);
-    c->x = amalloc(T * E * sizeof(float));
-    c->xb = amalloc(T * E * sizeof(float));
-    c->q = amalloc(T * QD * sizeof(float));
-    c->k = amalloc(T * KD * sizeof(float));
-    c->v = amalloc(T * KD * sizeof(float));
-    c->att = amalloc(T * QD * sizeof(float));
-    c->proj = amalloc(T * E * sizeof(float));
-    c->gate = amalloc(T * F * sizeof(float));
-    c->up = amalloc(T * F * sizeof(float));
-    c->pos = amalloc(T * sizeof(int64_t));
-    c->gen = amalloc(T);
-    c->covered = amalloc(T);
-    c->rows = amalloc(T * sizeof(int));
-    c->rgen = amalloc(T);
-    c->dst = amalloc(T * sizeof(float *));
-    c->lbuf = amalloc((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
+    c->x = lc_alloc64(T * E * sizeof(float));
+    c->xb = lc_alloc64(T * E * sizeof(float));
+    c->q = lc_alloc64(T * QD * sizeof(float));
+    c->k = lc_alloc64(T * KD * sizeof(float));
+    c->v = lc_alloc64(T * KD * sizeof(float));
+    c->att = lc_alloc64(T * QD * sizeof(float));
+    c->proj = lc_alloc64(T * E * sizeof(float));
+    c->gate = lc_alloc64(T * F * sizeof(float));
+    c->up = lc_alloc64(T * F * sizeof(float));
+    c->pos = lc_alloc64(T * sizeof(int64_t));
+    c->gen = lc_alloc64(T);
+    c->covered = lc_alloc64(T);
+    c->rows = lc_alloc64(T * sizeof(int));
+    c->rgen = lc_alloc64(T);
+    c->dst = lc_alloc64(T * sizeof(float *));
+    c->lbuf = lc_alloc64((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
     if (!c->store || !c->plan || !c->aseq || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj ||
         !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen || !c->dst || !c->lbuf) {
         model_cpu_destroy(c);

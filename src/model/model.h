@@ -10,6 +10,7 @@
 
 #include "attn/attn.h"
 #include "kv/kv.h"
+#include "model/chat.h"
 
 typedef struct tok tok_t;
 
@@ -34,7 +35,9 @@ typedef struct {
 typedef struct model model_t;
 
 /* Loads a GGUF model. Returns NULL and a message in err on failure (bad file,
- * unsupported architecture, missing tensor, unknown chat template). */
+ * unsupported architecture, missing or misshapen tensor, bad tokenizer). A
+ * chat template we do not recognise is not a failure: it is logged and
+ * model_chat_template() returns NULL. */
 model_t *model_load(const char *path, char *err, size_t errlen);
 
 typedef struct {
@@ -48,8 +51,10 @@ void model_free(model_t *m);
 
 const model_hparams_t *model_hparams(const model_t *m);
 const tok_t *model_tok(const model_t *m);
-/* Chat template family (chat.h), or -1 when the model has none we know. */
-int model_chat_template(const model_t *m);
+/* The chat template recognised in the GGUF's tokenizer.chat_template (its
+ * family and the default system message it inserts), or NULL when the model
+ * has none we know. Owned by the model. */
+const chat_template_t *model_chat_template(const model_t *m);
 /* Attention shape of this model. */
 attn_shape_t model_attn_shape(const model_t *m);
 /* A kv_config_t for this model with the given block size and count. */

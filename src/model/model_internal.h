@@ -31,8 +31,9 @@ struct model {
     model_layer_t *layers; // (n_layers)
     ops_rope_t rope;       // tables for positions < max(n_ctx_train, 4096)
     tok_t *tok;            // owned
-    int chat_tmpl;         // chat.h family or -1
-    void **bufs;           // (n_bufs) every weight and norm buffer, owned; freed by model_free
+    chat_template_t chat;  // the recognised chat template, when has_chat
+    int has_chat;
+    void **bufs; // (n_bufs) every weight and norm buffer, owned; freed by model_free
     int n_bufs, cap_bufs;
     size_t weight_bytes; // bytes held in bufs
     int f32_weights;     // load option: matrices expanded to f32

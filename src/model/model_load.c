@@ -9,10 +9,10 @@
 #include <string.h>
 
 #include "common/log.h"
+#include "common/mem.h"
 #include "common/status.h"
 #include "model/gguf.h"
 #include "model/model_internal.h"
-#include "model/quant.h"
 #include "model/tokenizer.h"
 #include "model/chat.h"
 
@@ -162,11 +162,6 @@ static void *own(model_t *m, void *p) {
     return p;
 }
 
-static void *alloc64(size_t n) {
-    void *p = NULL;
-    return posix_memalign(&p, 64, n ? n : 64) ? NULL : p;
-}
-
 /* Finds `name` and checks its shape is exactly dims[0..n_dims) and its type
  * one the matmul reads. NULL with a message otherwise. */
 static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, uint32_t n_dims, const int64_t *dims,
@@ -218,7 +213,7 @@ static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t c
     *w = src;
     if (f32) w->type = OPS_W_F32, w->row_bytes = (size_t)cols * sizeof(float);
     size_t bytes = w->row_bytes * (size_t)rows;
-    uint8_t *dst = own(m, alloc64(bytes));
+    uint8_t *dst = own(m, lc_alloc64(bytes));
     float *row = f32 ? NULL : malloc((size_t)cols * sizeof(float));
     if (!dst || (!f32 && !row)) {
         free(row);
@@ -337,7 +332,6 @@ model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, 
         snprintf(merr, sizeof merr, "out of memory");
         goto fail;
     }
-    m->chat_tmpl = -1;
     m->f32_weights = o ? o->f32_weights : 0;
     const char *base = strrchr(path, '/');
     snprintf(m->hp.name, sizeof m->hp.name, "%s", base ? base + 1 : path);
@@ -357,14 +351,13 @@ model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, 
         goto fail;
     }
     {
-        /* No usable template is not fatal here: the daemon reports it, or
-         * falls back to a configured family (model_chat_template() = -1). */
+        /* No usable template is not fatal here: the caller reports it, or
+         * falls back to a family of its choice (model_chat_template() = NULL). */
         gguf_str_t ts = {0};
-        chat_template_t ct;
         char cerr[128];
         int have = gguf_get_str(g, "tokenizer.chat_template", &ts) == 0;
-        if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &ct, cerr, sizeof cerr) == 0)
-            m->chat_tmpl = (int)ct.family;
+        if (chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &m->chat, cerr, sizeof cerr) == 0)
+            m->has_chat = 1;
         else
             LC_WARN("%s: %s", m->hp.name, cerr);
     }
@@ -389,7 +382,7 @@ void model_free(model_t *m) {
 
 const model_hparams_t *model_hparams(const model_t *m) { return &m->hp; }
 const tok_t *model_tok(const model_t *m) { return m->tok; }
-int model_chat_template(const model_t *m) { return m->chat_tmpl; }
+const chat_template_t *model_chat_template(const model_t *m) { return m->has_chat ? &m->chat : NULL; }
 
 attn_shape_t model_attn_shape(const model_t *m) {
     attn_shape_t s = {

@@ -1,125 +1,23 @@
-/* ggml block formats: dequantization and reference quantizers.
+/* ggml block formats: reference quantizers (see quant.h).
  *
- * The loader expands every weight of a model once at start-up, so the
- * dequantizers are plain loops the compiler can vectorise, bit-exact with
- * ggml's dequantize_row_* (same formulas, same f16 conversion, same float
- * operation order). The quantizers follow ggml's *_ref round-to-nearest
- * versions; for Q4_K and Q6_K a simpler min/max scale choice replaces ggml's
- * iterative search, which still yields valid blocks close to the input. */
+ * They follow ggml's *_ref round-to-nearest versions; for Q4_K and Q6_K a
+ * simpler min/max scale choice replaces ggml's iterative search, which still
+ * yields valid blocks close to the input. */
 #include "model/quant.h"
 
 #include <math.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "common/status.h"
 #include "model/gguf.h"
 
 #define QK 32    // weights per Q4_0/Q4_1/Q8_0 block
 #define QK_K 256 // weights per K-quant super-block
 
-/* ---- f16 / bf16 -------------------------------------------------------------- */
-
-static inline float f32_from_bits(uint32_t w) {
-    float f;
-    memcpy(&f, &w, 4);
-    return f;
-}
-
-static inline uint32_t f32_bits(float f) {
-    uint32_t w;
-    memcpy(&w, &f, 4);
-    return w;
-}
-
-/* Branch-free IEEE half to single (Maratea's FP16 library, as used by ggml):
- * normals by rebiasing the exponent, subnormals through a magic-number
- * subtraction; inf and NaN keep their payload. */
-static inline float f16_to_f32(uint16_t h) {
-    const uint32_t w = (uint32_t)h << 16;
-    const uint32_t sign = w & 0x80000000u;
-    const uint32_t two_w = w + w;
-    const float normalized = f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float denormalized = f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
-    const uint32_t result = sign | (two_w < (1u << 27) ? f32_bits(denormalized) : f32_bits(normalized));
-    return f32_from_bits(result);
-}
-
-/* Single to half with round-to-nearest-even; overflow gives inf, NaN stays a
- * (quiet) NaN, tiny values become subnormals or zero. */
-static inline uint16_t f32_to_f16(float f) {
-    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
-    const uint32_t w = f32_bits(f);
-    const uint32_t shl1_w = w + w;
-    const uint32_t sign = w & 0x80000000u;
-    uint32_t bias = shl1_w & 0xFF000000u;
-    if (bias < 0x71000000u) bias = 0x71000000u;
-    base = f32_from_bits((bias >> 1) + 0x07800000u) + base;
-    const uint32_t bits = f32_bits(base);
-    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
-    const uint32_t mantissa_bits = bits & 0x00000FFFu;
-    const uint32_t nonsign = exp_bits + mantissa_bits;
-    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
-}
-
-float quant_f16_to_f32(uint16_t h) { return f16_to_f32(h); }
-uint16_t quant_f32_to_f16(float f) { return f32_to_f16(f); }
-float quant_bf16_to_f32(uint16_t h) { return f32_from_bits((uint32_t)h << 16); }
-
-uint16_t quant_f32_to_bf16(float f) {
-    uint32_t u = f32_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 64); // NaN: force quiet
-    return (uint16_t)((u + (0x7fffu + ((u >> 16) & 1))) >> 16);             // round to nearest even
-}
-
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
 static inline void wr16(uint8_t *p, uint16_t v) {
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
-}
-
-/* ---- dequantization ---------------------------------------------------------- */
-
-static void deq_f32(const uint8_t *x, float *y, size_t n) { memcpy(y, x, n * sizeof *y); }
-
-static void deq_f16(const uint8_t *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = f16_to_f32(rd16(x + 2 * i));
-}
-
-static void deq_bf16(const uint8_t *x, float *y, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = quant_bf16_to_f32(rd16(x + 2 * i));
-}
-
-// Q4_0 block (18 bytes): f16 d; u8 qs[16] (low nibbles weights 0..15, high 16..31)
-static void deq_q4_0(const uint8_t *x, float *y, size_t nb) {
-    for (size_t i = 0; i < nb; i++, x += 18, y += QK) {
-        const float d = f16_to_f32(rd16(x));
-        const uint8_t *qs = x + 2;
-        for (int j = 0; j < QK / 2; j++) {
-            y[j] = (float)((qs[j] & 0x0F) - 8) * d;
-            y[j + QK / 2] = (float)((qs[j] >> 4) - 8) * d;
-        }
-    }
-}
-
-// Q4_1 block (20 bytes): f16 d, m; u8 qs[16]
-static void deq_q4_1(const uint8_t *x, float *y, size_t nb) {
-    for (size_t i = 0; i < nb; i++, x += 20, y += QK) {
-        const float d = f16_to_f32(rd16(x)), m = f16_to_f32(rd16(x + 2));
-        const uint8_t *qs = x + 4;
-        for (int j = 0; j < QK / 2; j++) {
-            y[j] = (float)(qs[j] & 0x0F) * d + m;
-            y[j + QK / 2] = (float)(qs[j] >> 4) * d + m;
-        }
-    }
-}
-
-// Q8_0 block (34 bytes): f16 d; i8 qs[32]
-static void deq_q8_0(const uint8_t *x, float *y, size_t nb) {
-    for (size_t i = 0; i < nb; i++, x += 34, y += QK) {
-        const float d = f16_to_f32(rd16(x));
-        for (int j = 0; j < QK; j++) y[j] = (float)(int8_t)x[2 + j] * d;
-    }
 }
 
 /* Q4_K's 12 scale bytes hold eight 6-bit scales and eight 6-bit mins. */
@@ -131,64 +29,6 @@ static inline void q4k_scale_min(int j, const uint8_t *s, uint8_t *sc, uint8_t *
         *sc = (uint8_t)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4));
         *mn = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
     }
-}
-
-// Q4_K block (144 bytes): f16 d, dmin; u8 scales[12]; u8 qs[128]
-static void deq_q4_k(const uint8_t *x, float *y, size_t nb) {
-    for (size_t i = 0; i < nb; i++, x += 144) {
-        const float d = f16_to_f32(rd16(x)), dmin = f16_to_f32(rd16(x + 2));
-        const uint8_t *scales = x + 4, *q = x + 16;
-        for (int is = 0; is < 8; is += 2, q += 32) {
-            uint8_t sc, m;
-            q4k_scale_min(is, scales, &sc, &m);
-            const float d1 = d * sc, m1 = dmin * m;
-            q4k_scale_min(is + 1, scales, &sc, &m);
-            const float d2 = d * sc, m2 = dmin * m;
-            for (int l = 0; l < 32; ++l) *y++ = d1 * (float)(q[l] & 0xF) - m1;
-            for (int l = 0; l < 32; ++l) *y++ = d2 * (float)(q[l] >> 4) - m2;
-        }
-    }
-}
-
-// Q6_K block (210 bytes): u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
-static void deq_q6_k(const uint8_t *x, float *y, size_t nb) {
-    for (size_t i = 0; i < nb; i++, x += 210) {
-        const float d = f16_to_f32(rd16(x + 208));
-        const uint8_t *ql = x, *qh = x + 128;
-        const int8_t *sc = (const int8_t *)(x + 192);
-        for (int n = 0; n < QK_K; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
-            for (int l = 0; l < 32; ++l) {
-                const int is = l / 16;
-                const int q1 = (int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-                const int q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                const int q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                const int q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                y[l + 0] = d * sc[is + 0] * q1;
-                y[l + 32] = d * sc[is + 2] * q2;
-                y[l + 64] = d * sc[is + 4] * q3;
-                y[l + 96] = d * sc[is + 6] * q4;
-            }
-        }
-    }
-}
-
-int quant_dequantize(uint32_t type, const void *src, float *dst, size_t n) {
-    uint32_t bs = ggml_block_size(type);
-    if (!bs) return LC_EUNSUPPORTED;
-    if (n % bs) return LC_EINVAL;
-    const uint8_t *x = src;
-    switch (type) {
-    case GGML_TYPE_F32: deq_f32(x, dst, n); break;
-    case GGML_TYPE_F16: deq_f16(x, dst, n); break;
-    case GGML_TYPE_BF16: deq_bf16(x, dst, n); break;
-    case GGML_TYPE_Q4_0: deq_q4_0(x, dst, n / bs); break;
-    case GGML_TYPE_Q4_1: deq_q4_1(x, dst, n / bs); break;
-    case GGML_TYPE_Q8_0: deq_q8_0(x, dst, n / bs); break;
-    case GGML_TYPE_Q4_K: deq_q4_k(x, dst, n / bs); break;
-    case GGML_TYPE_Q6_K: deq_q6_k(x, dst, n / bs); break;
-    default: return LC_EUNSUPPORTED;
-    }
-    return 0;
 }
 
 /* ---- quantization ------------------------------------------------------------ */
@@ -204,7 +44,7 @@ static void q_q4_0(const float *x, uint8_t *y, size_t nb) {
                 max = x[j];
             }
         const float d = max / -8, id = d ? 1.0f / d : 0.0f;
-        wr16(y, f32_to_f16(d));
+        wr16(y, lc_f32_to_f16(d));
         for (int j = 0; j < QK / 2; ++j) {
             const int x0 = (int)(x[j] * id + 8.5f), x1 = (int)(x[QK / 2 + j] * id + 8.5f);
             const uint8_t q0 = (uint8_t)(x0 < 15 ? x0 : 15), q1 = (uint8_t)(x1 < 15 ? x1 : 15);
@@ -221,8 +61,8 @@ static void q_q4_1(const float *x, uint8_t *y, size_t nb) {
             if (x[j] > max) max = x[j];
         }
         const float d = (max - min) / 15, id = d ? 1.0f / d : 0.0f;
-        wr16(y, f32_to_f16(d));
-        wr16(y + 2, f32_to_f16(min));
+        wr16(y, lc_f32_to_f16(d));
+        wr16(y + 2, lc_f32_to_f16(min));
         for (int j = 0; j < QK / 2; ++j) {
             const int x0 = (int)((x[j] - min) * id + 0.5f), x1 = (int)((x[QK / 2 + j] - min) * id + 0.5f);
             const uint8_t q0 = (uint8_t)(x0 < 15 ? x0 : 15), q1 = (uint8_t)(x1 < 15 ? x1 : 15);
@@ -237,7 +77,7 @@ static void q_q8_0(const float *x, uint8_t *y, size_t nb) {
         for (int j = 0; j < QK; j++)
             if (fabsf(x[j]) > amax) amax = fabsf(x[j]);
         const float d = amax / 127, id = d ? 1.0f / d : 0.0f;
-        wr16(y, f32_to_f16(d));
+        wr16(y, lc_f32_to_f16(d));
         for (int j = 0; j < QK; ++j) y[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
     }
 }
@@ -277,10 +117,10 @@ static void q_q4_k(const float *x, uint8_t *y, size_t nb) {
                 s[j] |= (uint8_t)((lm >> 4) << 6);
             }
         }
-        const uint16_t dh = f32_to_f16(max_scale / 63.f), dminh = f32_to_f16(max_min / 63.f);
+        const uint16_t dh = lc_f32_to_f16(max_scale / 63.f), dminh = lc_f32_to_f16(max_min / 63.f);
         wr16(y, dh);
         wr16(y + 2, dminh);
-        const float d = f16_to_f32(dh), dmin = f16_to_f32(dminh);
+        const float d = lc_f16_to_f32(dh), dmin = lc_f16_to_f32(dminh);
         uint8_t L[QK_K];
         for (int j = 0; j < 8; j++) {
             uint8_t sc, m;
@@ -322,9 +162,9 @@ static void q_q6_k(const float *x, uint8_t *y, size_t nb) {
             continue;
         }
         const float iscale = -128.f / max_scale;
-        const uint16_t dh = f32_to_f16(1 / iscale);
+        const uint16_t dh = lc_f32_to_f16(1 / iscale);
         wr16(y + 208, dh);
-        const float d = f16_to_f32(dh);
+        const float d = lc_f16_to_f32(dh);
         uint8_t L[QK_K];
         for (int ib = 0; ib < 16; ib++) {
             int s = nearest_int(iscale * scales[ib]);
@@ -356,10 +196,10 @@ int quant_quantize(uint32_t type, const float *src, void *dst, size_t n) {
     switch (type) {
     case GGML_TYPE_F32: memcpy(y, src, n * sizeof *src); break;
     case GGML_TYPE_F16:
-        for (size_t i = 0; i < n; i++) wr16(y + 2 * i, f32_to_f16(src[i]));
+        for (size_t i = 0; i < n; i++) wr16(y + 2 * i, lc_f32_to_f16(src[i]));
         break;
     case GGML_TYPE_BF16:
-        for (size_t i = 0; i < n; i++) wr16(y + 2 * i, quant_f32_to_bf16(src[i]));
+        for (size_t i = 0; i < n; i++) wr16(y + 2 * i, lc_f32_to_bf16(src[i]));
         break;
     case GGML_TYPE_Q4_0: q_q4_0(src, y, n / bs); break;
     case GGML_TYPE_Q4_1: q_q4_1(src, y, n / bs); break;

@@ -68,9 +68,15 @@ static int build_pieces(tok_t *t) {
     return 0;
 }
 
-tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
-    tok_t *t = calloc(1, sizeof(*t));
-    if (!t) goto oom;
+/* Each step below returns 0 or a status with a message in err. */
+static int oom(char *err, size_t errlen) {
+    set_err(err, errlen, "out of memory building the tokenizer");
+    return LC_ENOMEM;
+}
+
+/* The tokenizer model (gpt2: byte-level BPE, llama: SentencePiece) and the
+ * pre-tokenizer's name. */
+static int set_kind(tok_t *t, const tok_spec_t *spec, char *err, size_t errlen) {
     const char *model = spec->model ? spec->model : "";
     if (strcmp(model, "gpt2") == 0) {
         t->kind = TOK_KIND_BPE;
@@ -78,29 +84,33 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
         t->kind = TOK_KIND_SPM;
     } else {
         set_err(err, errlen, "unsupported tokenizer model '%s' (supported: gpt2, llama)", model);
-        goto fail;
+        return LC_EUNSUPPORTED;
     }
     snprintf(t->model, sizeof(t->model), "%s", model);
     snprintf(t->pre, sizeof(t->pre), "%s", spec->pre && *spec->pre ? spec->pre : "default");
+    return 0;
+}
+
+/* Every token's text into one arena, with its type and score. */
+static int copy_vocab(tok_t *t, const tok_spec_t *spec, char *err, size_t errlen) {
     if (spec->n_tokens == 0 || spec->n_tokens >= INT32_MAX || !spec->tokens) {
         set_err(err, errlen, "tokenizer has no tokens");
-        goto fail;
+        return LC_EINVAL;
     }
     t->n_vocab = (int32_t)spec->n_tokens;
     size_t n = spec->n_tokens;
-
     uint64_t total = 0;
     for (size_t i = 0; i < n; i++) total += spec_len(spec->tokens, spec->token_lens, (uint32_t)i);
     if (total >= UINT32_MAX) {
         set_err(err, errlen, "tokenizer vocabulary too large");
-        goto fail;
+        return LC_EINVAL;
     }
     t->text = malloc(total + 1);
     t->text_off = malloc(n * sizeof(uint32_t));
     t->text_len = malloc(n * sizeof(uint32_t));
     t->scores = calloc(n, sizeof(float));
     t->types = malloc(n);
-    if (!t->text || !t->text_off || !t->text_len || !t->scores || !t->types) goto oom;
+    if (!t->text || !t->text_off || !t->text_len || !t->scores || !t->types) return oom(err, errlen);
     uint32_t off = 0;
     for (size_t i = 0; i < n; i++) {
         size_t l = spec_len(spec->tokens, spec->token_lens, (uint32_t)i);
@@ -111,14 +121,17 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
         t->types[i] = spec->types ? (uint8_t)spec->types[i] : TOK_TYPE_NORMAL;
         if (spec->scores) t->scores[i] = spec->scores[i];
     }
+    return 0;
+}
 
-    /* Vocabulary hash, at most half full. A duplicated text maps to its last
-     * id, as Hugging Face's vocab dict and llama.cpp's map do. */
+/* The text -> id hash, at most half full. A duplicated text maps to its last
+ * id, as Hugging Face's vocab dict and llama.cpp's map do. */
+static int build_vocab_hash(tok_t *t, char *err, size_t errlen) {
     uint32_t cap = 64;
-    while (cap < 2 * n) cap *= 2;
+    while (cap < 2 * (uint64_t)t->n_vocab) cap *= 2;
     t->vocab_mask = cap - 1;
     t->vocab_slots = malloc((size_t)cap * sizeof(int32_t));
-    if (!t->vocab_slots) goto oom;
+    if (!t->vocab_slots) return oom(err, errlen);
     memset(t->vocab_slots, 0xff, (size_t)cap * sizeof(int32_t));
     for (int32_t id = 0; id < t->n_vocab; id++) {
         const char *s = t->text + t->text_off[id];
@@ -131,12 +144,17 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
             }
         }
     }
+    return 0;
+}
 
-    uint64_t *keys = malloc(n * sizeof(uint64_t));
-    t->specials = malloc(n * sizeof(int32_t));
+/* The control and user-defined tokens matched literally before
+ * pre-tokenization, longest first, and the bytes they can start with. */
+static int build_specials(tok_t *t, char *err, size_t errlen) {
+    uint64_t *keys = malloc((size_t)t->n_vocab * sizeof(uint64_t));
+    t->specials = malloc((size_t)t->n_vocab * sizeof(int32_t));
     if (!keys || !t->specials) {
         free(keys);
-        goto oom;
+        return oom(err, errlen);
     }
     for (int32_t id = 0; id < t->n_vocab; id++) {
         int ty = t->types[id];
@@ -148,7 +166,12 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
     qsort(keys, t->n_specials, sizeof(uint64_t), cmp_u64);
     for (size_t k = 0; k < t->n_specials; k++) t->specials[k] = (int32_t)(uint32_t)keys[k];
     free(keys);
+    return 0;
+}
 
+/* BOS/EOS/EOT/PAD/UNK (ids outside the vocabulary become -1) and the
+ * encoding flags. */
+static void set_special_ids(tok_t *t, const tok_spec_t *spec) {
     t->bos = valid_id(t, spec->bos);
     t->eos = valid_id(t, spec->eos);
     t->eot = valid_id(t, spec->eot);
@@ -157,59 +180,70 @@ tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
     t->add_bos = spec->add_bos && t->bos >= 0;
     t->add_space_prefix = spec->add_space_prefix < 0 ? 1 : spec->add_space_prefix;
     for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
+}
 
-    int rc;
-    if (t->kind == TOK_KIND_BPE) {
-        if ((rc = tok__bpe_init(t, err, errlen))) goto fail;
-        /* Merges after the tables they index. */
-        uint32_t mcap = 64;
-        while (mcap < 2 * (uint64_t)spec->n_merges) mcap *= 2;
-        t->merge_mask = mcap - 1;
-        t->merge_keys = malloc((size_t)mcap * sizeof(uint64_t));
-        t->merge_rank = malloc((size_t)mcap * sizeof(int32_t));
-        t->merge_res = malloc((size_t)mcap * sizeof(int32_t));
-        if (!t->merge_keys || !t->merge_rank || !t->merge_res) goto oom;
-        memset(t->merge_keys, 0xff, (size_t)mcap * sizeof(uint64_t));
-        char *buf = NULL;
-        size_t bufcap = 0;
-        for (uint32_t r = 0; r < spec->n_merges; r++) {
-            const char *m = spec->merges[r];
-            size_t ml = spec_len(spec->merges, spec->merge_lens, r);
-            const char *sp = ml > 1 ? memchr(m + 1, ' ', ml - 1) : NULL;
-            if (!sp) continue;
-            size_t la = (size_t)(sp - m), lb = ml - la - 1;
-            int32_t a = tok__lookup(t, m, la), b = tok__lookup(t, sp + 1, lb);
-            if (ml > bufcap) {
-                char *nb = realloc(buf, ml * 2);
-                if (!nb) {
-                    free(buf);
-                    goto oom;
-                }
-                buf = nb;
-                bufcap = ml * 2;
+/* BPE merges "a b" as (id of a, id of b) -> (rank, id of ab), in an
+ * open-addressing table; the first rank of a repeated pair wins. Merges
+ * whose parts or result are not in the vocabulary are skipped (Hugging Face
+ * refuses such files). */
+static int build_merges(tok_t *t, const tok_spec_t *spec, char *err, size_t errlen) {
+    uint32_t mcap = 64;
+    while (mcap < 2 * (uint64_t)spec->n_merges) mcap *= 2;
+    t->merge_mask = mcap - 1;
+    t->merge_keys = malloc((size_t)mcap * sizeof(uint64_t));
+    t->merge_rank = malloc((size_t)mcap * sizeof(int32_t));
+    t->merge_res = malloc((size_t)mcap * sizeof(int32_t));
+    if (!t->merge_keys || !t->merge_rank || !t->merge_res) return oom(err, errlen);
+    memset(t->merge_keys, 0xff, (size_t)mcap * sizeof(uint64_t));
+    char *buf = NULL;
+    size_t bufcap = 0;
+    for (uint32_t r = 0; r < spec->n_merges; r++) {
+        const char *m = spec->merges[r];
+        size_t ml = spec_len(spec->merges, spec->merge_lens, r);
+        const char *sp = ml > 1 ? memchr(m + 1, ' ', ml - 1) : NULL;
+        if (!sp) continue;
+        size_t la = (size_t)(sp - m), lb = ml - la - 1;
+        int32_t a = tok__lookup(t, m, la), b = tok__lookup(t, sp + 1, lb);
+        if (ml > bufcap) {
+            char *nb = realloc(buf, ml * 2);
+            if (!nb) {
+                free(buf);
+                return oom(err, errlen);
             }
-            memcpy(buf, m, la);
-            memcpy(buf + la, sp + 1, lb);
-            int32_t res = tok__lookup(t, buf, la + lb);
-            if (a < 0 || b < 0 || res < 0) continue; // Hugging Face refuses these; we skip
-            uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
-            uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->merge_mask;
-            while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != key) i = (i + 1) & t->merge_mask;
-            if (t->merge_keys[i] == key) continue; // first rank wins
-            t->merge_keys[i] = key;
-            t->merge_rank[i] = (int32_t)r;
-            t->merge_res[i] = res;
+            buf = nb;
+            bufcap = ml * 2;
         }
-        free(buf);
-    } else if ((rc = tok__spm_init(t, err, errlen))) {
-        goto fail;
+        memcpy(buf, m, la);
+        memcpy(buf + la, sp + 1, lb);
+        int32_t res = tok__lookup(t, buf, la + lb);
+        if (a < 0 || b < 0 || res < 0) continue;
+        uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+        uint32_t i = (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & t->merge_mask;
+        while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != key) i = (i + 1) & t->merge_mask;
+        if (t->merge_keys[i] == key) continue;
+        t->merge_keys[i] = key;
+        t->merge_rank[i] = (int32_t)r;
+        t->merge_res[i] = res;
     }
-    if (build_pieces(t)) goto oom;
-    return t;
+    free(buf);
+    return 0;
+}
 
-oom:
-    set_err(err, errlen, "out of memory building the tokenizer");
-fail:
+tok_t *tok_create(const tok_spec_t *spec, char *err, size_t errlen) {
+    tok_t *t = calloc(1, sizeof(*t));
+    int rc = t ? 0 : oom(err, errlen);
+    if (!rc) rc = set_kind(t, spec, err, errlen);
+    if (!rc) rc = copy_vocab(t, spec, err, errlen);
+    if (!rc) rc = build_vocab_hash(t, err, errlen);
+    if (!rc) rc = build_specials(t, err, errlen);
+    if (!rc) {
+        set_special_ids(t, spec);
+        rc = t->kind == TOK_KIND_BPE ? tok__bpe_init(t, err, errlen) : tok__spm_init(t, err, errlen);
+    }
+    /* Merges after the tables they index. */
+    if (!rc && t->kind == TOK_KIND_BPE) rc = build_merges(t, spec, err, errlen);
+    if (!rc && build_pieces(t)) rc = oom(err, errlen);
+    if (!rc) return t;
     tok_destroy(t);
     return NULL;
 }

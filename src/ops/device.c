@@ -1,12 +1,8 @@
-/* Device selection shared by the daemon and the CLI: parses the spec and asks
- * the CUDA runtime (when compiled in) whether a device exists. */
+/* GPU discovery: asks the CUDA runtime (when compiled in) what exists. */
 #include "ops/device.h"
 
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
-#include "common/log.h"
 #include "common/status.h"
 #include "config.h"
 #ifdef HAVE_CUDA
@@ -30,33 +26,12 @@ int lc_device_count(char *why, size_t len) {
 #endif
 }
 
-int lc_device_select(const char *spec, lc_device_t *out) {
-    memset(out, 0, sizeof *out);
-    snprintf(out->name, sizeof out->name, "cpu");
-    if (!spec || !*spec || strcmp(spec, "cpu") == 0) return 0;
-    int index = 0;
-    if (strcmp(spec, "cuda") == 0) {
-        index = 0;
-    } else if (strncmp(spec, "cuda:", 5) == 0) {
-        char *end = NULL;
-        long v = strtol(spec + 5, &end, 10);
-        if (end == spec + 5 || *end || v < 0 || v > 1023) return LC_EINVAL;
-        index = (int)v;
-    } else {
-        return LC_EINVAL;
-    }
-    char why[256] = "";
-    int n = lc_device_count(why, sizeof why);
-    if (n <= index) {
-        if (n > 0) snprintf(why, sizeof why, "only %d CUDA device(s) present", n);
-        LC_WARN("device %s unavailable (%s); falling back to CPU", spec, why);
-        return 0;
-    }
+void lc_device_name(int index, char *buf, size_t len) {
+    if (!len) return;
+    buf[0] = 0;
 #ifdef HAVE_CUDA
-    out->is_gpu = 1;
-    out->index = index;
-    ops_cuda_device_name(index, out->name, sizeof out->name);
-    LC_INFO("using CUDA device %d: %s", index, out->name);
+    ops_cuda_device_name(index, buf, len);
+#else
+    (void)index;
 #endif
-    return 0;
 }

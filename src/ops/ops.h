@@ -1,15 +1,42 @@
 /* Non-attention compute of the transformer forward pass on the host: matmul
- * (weights in their block format, our own kernels), RMSNorm, RoPE, SwiGLU,
- * softmax, add. Plain f32, row-major.
+ * (weights in their block format, our own kernels; plain f32 matrices through
+ * CBLAS for tests and benchmarks), RMSNorm, RoPE, SwiGLU, softmax, add.
+ * Activations are f32, row-major.
  *
- * The kernels are stateless and thread-safe; the matmul splits its work over
- * the caller's OpenMP team. The RoPE tables are built once per model. */
+ * The kernels are thread-safe. The matmuls split their work over the calling
+ * thread's OpenMP team (see ops_cpu_init); the RoPE tables are built once per
+ * model. */
 #ifndef LC_OPS_H
 #define LC_OPS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+/* ---- CPU start-up ------------------------------------------------------------- */
+/* One OpenMP team does the work and every BLAS call inside it runs on one
+ * thread: a second pool would oversubscribe the cores (10x slower decode on
+ * 2 cores). ops_cpu_init sets that up; call it
+ *  - first thing in main() with argv (lacunad, the lacuna CLI): when
+ *    OpenBLAS picked kernels older than the CPU's vector units (Debian 12's
+ *    0.3.21 falls back to SSE3 "Prescott" kernels on CPUs it does not know,
+ *    as virtual machines often report: 5x slower sgemm measured on a
+ *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell
+ *    and re-executes the program once (argv unchanged), since OpenBLAS reads
+ *    it only when loaded. It returns when nothing had to change or exec
+ *    failed;
+ *  - with argv NULL on the thread that runs the forward pass (the
+ *    scheduler's engine thread): never re-executes.
+ * Either way it sizes the calling thread's OpenMP team to `threads` (0: as
+ * OMP_NUM_THREADS or the CPU count say) and returns that team's size. The
+ * wait policy is left to the environment: libgomp's default spins ~3 ms
+ * before sleeping, which keeps the hundreds of parallel regions of a decode
+ * step cheap (OMP_WAIT_POLICY=passive measured decode 47 tok/s against 60
+ * with the default, 65 with active, on the 2-core development VM). */
+int ops_cpu_init(char **argv, int threads);
+/* The OpenBLAS kernel set in use ("Haswell", ...), NULL for another BLAS. */
+const char *ops_cpu_blas_core(void);
+
+/* ---- f32 weights --------------------------------------------------------------- */
 /* y = x · wᵀ through CBLAS sgemm, for plain f32 matrices (tests and
  * benchmarks; the forward pass uses ops_matmul_w). A BLAS picks its kernels by
  * shape, so a row's result may depend on n.
@@ -42,8 +69,13 @@ typedef struct {
 /* Bytes of one row of `cols` weights of `type`; 0 when the type is not
  * supported or cols is not a multiple of its block size. */
 size_t ops_w_row_bytes(int type, int cols);
-/* Expands row r of w to f32. dst: (w->cols) */
+/* Expands row r of w to f32 with the kernel set in use. dst: (w->cols) */
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
+/* Expands n weights of `type` (n a multiple of its block size) at src to f32
+ * with the scalar reference kernels, bit-exact with ggml's dequantize_row_*
+ * (what the SIMD kernels are tested against). dst: (n). Returns 0, or
+ * LC_EUNSUPPORTED for a type not listed above / LC_EINVAL for a bad n. */
+int ops_w_dequantize(int type, const void *src, float *dst, size_t n);
 
 /* y = x · wᵀ with w in its block format.
  *   x: (n, w->cols)   y: (n, w->rows)

@@ -257,4 +257,3 @@ void sched__after_forward(sched_t *s, int n_seq) {
         }
     }
 }
-

@@ -8,13 +8,10 @@
 #include <string.h>
 #include <time.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/log.h"
 #include "common/status.h"
 #include "common/timeutil.h"
+#include "ops/ops.h"
 #include "scheduler/sched_internal.h"
 
 sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err, size_t errlen) {
@@ -169,9 +166,7 @@ int sched_submit(sched_t *s, sched_req_t *r) {
 /* ---- the engine thread ------------------------------------------------------------- */
 static void *engine_main(void *arg) {
     sched_t *s = arg;
-#ifdef _OPENMP
-    if (s->cfg.threads > 0) omp_set_num_threads(s->cfg.threads);
-#endif
+    ops_cpu_init(NULL, s->cfg.threads); // this thread's OpenMP team runs the steps
     pthread_mutex_lock(&s->lock);
     while (!s->stop) {
         void (*hb)(void *) = s->heartbeat_cb;
@@ -268,5 +263,7 @@ void sched_metrics(sched_t *s, sched_metrics_t *out) {
 }
 
 kv_pool_t *sched_kv(sched_t *s) { return s->kv; }
+
+int64_t sched_kv_capacity(const sched_t *s) { return kv_pool_n_blocks(s->kv) * kv_pool_config(s->kv)->block_size; }
 const model_t *sched_model(const sched_t *s) { return s->model; }
 const char *sched_device(const sched_t *s) { return model_exec_device(s->exec); }

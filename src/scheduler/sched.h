@@ -184,7 +184,8 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
 void sched_destroy(sched_t *s);
 
 /* Queues a request. 0, LC_EBUSY (waiting queue full), LC_ETOOLONG (prompt +
- * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining). */
+ * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining),
+ * LC_EINVAL (already submitted), LC_ENOMEM. */
 int sched_submit(sched_t *s, sched_req_t *r);
 
 /* Runs the engine thread. */
@@ -226,7 +227,12 @@ typedef struct {
 } sched_metrics_t;
 
 void sched_metrics(sched_t *s, sched_metrics_t *out);
-kv_pool_t *sched_kv(sched_t *s); // tests
+/* Tokens the whole KV pool holds (blocks x block size): a request that
+ * needs more can never run. Fixed at creation; any thread. */
+int64_t sched_kv_capacity(const sched_t *s);
+/* The engine's KV pool, for tests that inspect its blocks and prefix cache;
+ * not safe against a running engine thread. */
+kv_pool_t *sched_kv(sched_t *s);
 const model_t *sched_model(const sched_t *s);
 /* The executor's device, "cpu" or "cuda:N (<name>)". */
 const char *sched_device(const sched_t *s);

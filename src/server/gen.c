@@ -12,7 +12,6 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/timeutil.h"
-#include "kv/kv.h"
 #include "server/server.h"
 
 void srv_conn_work_done(srv_conn_t *k);
@@ -173,8 +172,7 @@ static int submit_all(srv_conn_t *k) {
         } else if (st == LC_ETOOLONG) {
             /* Within the model's context, but more than the whole KV pool holds: say
              * so, since retrying cannot help and the operator can raise kv_bytes. */
-            kv_pool_t *kv = sched_kv(s->sched);
-            long long cap = (long long)kv_pool_n_blocks(kv) * kv_pool_config(kv)->block_size;
+            long long cap = (long long)sched_kv_capacity(s->sched);
             srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
                           "This request needs up to %d tokens of KV cache (%d in the prompt, %d in the completion, "
                           "%d choice(s)) but this server's KV cache holds %lld tokens in all. Reduce max_tokens or "

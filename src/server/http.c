@@ -351,14 +351,31 @@ int srv_http_start(srv_t *s, char *err, size_t errlen) {
     }
     unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+    /* SO_REUSEPORT only when configured. Without the option MHD sets just
+     * SO_REUSEADDR: a restart binds past old connections in TIME_WAIT, but a
+     * second daemon on a port in use fails instead of silently taking half
+     * of the connections. */
+    struct MHD_OptionItem reuse[] = {
+        {s->cfg.reuse_port ? MHD_OPTION_LISTENING_ADDRESS_REUSE : MHD_OPTION_END, 1, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    errno = 0;
     s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
                               (struct sockaddr *)&ss, MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
                               MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections_per_ip,
                               MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
                               MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
-                              s, MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                              s, MHD_OPTION_ARRAY, reuse, MHD_OPTION_END);
     if (!s->mhd) {
-        snprintf(err, errlen, "cannot listen on %s:%d: %s", s->cfg.host, s->cfg.port, strerror(errno));
+        if (errno == EADDRINUSE) {
+            snprintf(err, errlen,
+                     "cannot listen on %s:%d: address already in use (another server holds the port; "
+                     "[server] reuse_port = true lets daemons that all set it share one)",
+                     s->cfg.host, s->cfg.port);
+            return LC_EBUSY;
+        }
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", s->cfg.host, s->cfg.port,
+                 errno ? strerror(errno) : "libmicrohttpd refused to start");
         return LC_EIO;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);

@@ -1,7 +1,8 @@
 /* lacunad's shared state: the loop, MHD, the engine, and one srv_conn_t per
  * HTTP request in flight. Internal to src/server (http.c, routes.c, gen.c,
- * main.c); everything here runs on the loop thread unless a comment says
- * otherwise. */
+ * daemon.c; all in the library, where tests/check_server.c reaches them)
+ * and main.c, lacunad's entry point; everything here runs on the loop thread
+ * unless a comment says otherwise. */
 #ifndef SRV_SERVER_H
 #define SRV_SERVER_H
 
@@ -120,6 +121,7 @@ struct srv {
     uv_timer_t sweep;
     uv_async_t wake;
     uv_signal_t sig_term, sig_int, sig_hup;
+    uv_timer_t drain_timer;
     uv_work_t load_work;
 
     lc_config_t cfg;
@@ -179,7 +181,18 @@ void srv_gen_cancel(srv_conn_t *k);           // client gone
 void srv_gen_free(srv_conn_t *k);
 ssize_t srv_gen_reader(void *cls, uint64_t pos, char *buf, size_t max);
 
-/* main.c */
+/* daemon.c: lacunad's life; main() calls srv_configure, then srv_serve. */
+#define SRV_SERVE (-1)
+/* Reads the command line into s->cfg (s zeroed). Handles what needs no
+ * server (--help, --version, --check-config, bad settings: messages on
+ * stdout / stderr) and returns the exit status, or SRV_SERVE to go on with
+ * srv_serve. */
+int srv_configure(srv_t *s, int argc, char **argv);
+/* On the default libuv loop: listens, loads the model, serves until a signal
+ * has drained the server, frees what s holds. Returns the exit status (1
+ * when the listener or the model failed). */
+int srv_serve(srv_t *s);
+/* The access-log line of a finished request (http.c calls it). */
 void srv_log_request(srv_conn_t *k);
 
 #endif

@@ -5,7 +5,8 @@
  * Hugging Face does, so inputs holding one are excluded), and streams the ids
  * through the incremental
  * detokenizer, whose deltas must concatenate to tok_decode's output.
- * The vocabulary is the default model's ($LACUNA_MODEL). */
+ * The vocabulary is the default model's (tests/testutil.h's tu_model_path:
+ * without it the target exits 77, SKIP, or 1 under LACUNA_REQUIRE_MODEL=1). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 
 #include "model/gguf.h"
 #include "model/tokenizer.h"
+#include "../testutil.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -41,14 +43,12 @@ static int roundtrips(const uint8_t *s, size_t n) {
 
 static void load_once(void) {
     if (g_tok) return;
-    const char *path = getenv("LACUNA_MODEL");
-    if (!path) path = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *path = tu_model_path();
+    if (!path) exit(tu_exit_status(0));
     char err[256];
     gguf_ctx_t *g = gguf_open(path, err, sizeof err);
     if (!g) {
         fprintf(stderr, "fuzz_tokenizer: %s: %s\n", path, err);
-        const char *req = getenv("LACUNA_REQUIRE_MODEL");
-        if (!req || strcmp(req, "1") != 0) exit(77); // automake's SKIP: no model here
         abort();
     }
     g_tok = tok_create_from_gguf(g, err, sizeof err);

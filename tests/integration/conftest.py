@@ -35,8 +35,8 @@ def make_model(path, *extra):
 class Daemon:
     """One lacunad process. conf: extra INI lines, merged into the sections."""
 
-    def __init__(self, model, workdir, conf=None, args=(), key=KEY):
-        self.port = free_port()
+    def __init__(self, model, workdir, conf=None, args=(), key=KEY, port=None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
         sections = {"server": {"api_keys": key, "keepalive_ping_s": "1", "drain_timeout_s": "20",

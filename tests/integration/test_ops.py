@@ -1,6 +1,6 @@
 """Operations: client disconnects free their KV blocks, the waiting queue
-answers 429, SIGTERM drains, SIGHUP reloads keys, --check-config, and the
-systemd unit verifies."""
+answers 429, SIGTERM drains, SIGHUP reloads keys, --check-config, one daemon
+per port unless reuse_port says otherwise, and the systemd unit verifies."""
 import json
 import os
 import shutil
@@ -167,6 +167,37 @@ def test_check_config(tiny_model, tmp_path):
     r = subprocess.run([str(LACUNAD), "--config", str(conf), "--model", str(tiny_model), "--check-config"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "port" in r.stderr
+
+
+def test_one_daemon_per_port(tiny_model, tmp_path):
+    """A second lacunad on a port in use fails at once with a clear message
+    (no SO_REUSEPORT by default) and leaves the first one serving."""
+    d = Daemon(tiny_model, tmp_path)
+    try:
+        r = subprocess.run([str(LACUNAD), "--model", str(tiny_model), "--host", "127.0.0.1", "--port", str(d.port),
+                            "--set", "engine.kv_blocks=64"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 1, r.stderr
+        assert f"cannot listen on 127.0.0.1:{d.port}: address already in use" in r.stderr, r.stderr
+        assert requests.get(d.url + "/health", timeout=5).status_code == 200
+    finally:
+        code = d.stop()
+    assert code == 0
+
+
+def test_reuse_port_shares_the_port(tiny_model, tmp_path):
+    """With reuse_port set on both, a second daemon binds the same port."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    d1 = Daemon(tiny_model, tmp_path / "1", args=("--reuse-port",))
+    d2 = None
+    try:
+        d2 = Daemon(tiny_model, tmp_path / "2", conf={"server": {"reuse_port": "true"}}, port=d1.port)
+        # /health may have been answered by d1: wait for d2's own log line.
+        assert wait_for(lambda: "serving tiny" in d2.logtext() or d2.proc.poll() is not None, 30), d2.logtext()
+        assert d2.proc.poll() is None, d2.logtext()
+    finally:
+        codes = [d2.stop() if d2 else 0, d1.stop()]  # stop both before asserting
+    assert codes == [0, 0]
 
 
 def test_systemd_unit_verifies(tmp_path):

@@ -46,8 +46,8 @@ int attn__decode_rg_cap(const attn_policy_t *pol, int64_t n_kv, int block_size) 
 
 size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int64_t n_kv, int block_size) {
     const int G = shape->n_heads / shape->n_kv_heads, d = shape->head_dim;
-    size_t b = attn_tile_bytes(G, d) + attn_arena_need((size_t)attn__decode_rg_cap(pol, n_kv, block_size) *
-                                                       sizeof(attn_range_t));
+    size_t b = attn_tile_bytes(G, d) +
+               attn_arena_need((size_t)attn__decode_rg_cap(pol, n_kv, block_size) * sizeof(attn_range_t));
     if (pol && pol->decode == ATTN_DECODE_QUEST) {
         int64_t pages = (n_kv + block_size - 1) / block_size;
         b += attn_arena_need((size_t)pages * (sizeof(float) + sizeof(int32_t)));
@@ -101,9 +101,7 @@ static int select_ranges(attn_plan_t *p, int layer, const attn_store_t *store, c
                 attn_arena_reset(ar);
                 nr = attn__quest_ranges(&p->shape, pol, ar, q + (size_t)dr->qrow * H * d, kh, &kv, rg);
                 break;
-            case ATTN_DECODE_TIDAL:
-                nr = attn__tidal_ranges(p->seqs[dr->seq].state, dr->row, kh, dr->n_kv, rg);
-                break;
+            case ATTN_DECODE_TIDAL: nr = attn__tidal_ranges(p->seqs[dr->seq].state, dr->row, kh, dr->n_kv, rg); break;
             default: nr = 0; break;
             }
             if (nr == 0) nr = attn_window_ranges(0, ATTN_NO_WINDOW, dr->n_kv - 1, dr->n_kv - 1, rg);
@@ -220,8 +218,7 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
             if (!sel) continue;
             attn_arena_reset(ar);
             const attn_kv_t kv = row_kv(p, store, dr);
-            int rc = attn__tidal_select(p->seqs[dr->seq].state, ar, dr->row, i % KH, q + (size_t)dr->qrow * H * d,
-                                        &kv);
+            int rc = attn__tidal_select(p->seqs[dr->seq].state, ar, dr->row, i % KH, q + (size_t)dr->qrow * H * d, &kv);
             if (rc) {
 #pragma omp atomic write
                 err = rc;

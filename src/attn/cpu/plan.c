@@ -53,9 +53,9 @@ static int check_batch(const attn_plan_t *p, const attn_batch_t *b) {
         const attn_seq_t *s = &b->seqs[i];
         if (s->n_tok <= 0 || s->tok0 < 0 || s->tok0 > b->n_rows - s->n_tok || s->pos0 < 0 || !s->blocks)
             return LC_EINVAL;
-        if (s->state && (s->state->shape.n_heads != p->shape.n_heads ||
-                         s->state->shape.n_kv_heads != p->shape.n_kv_heads ||
-                         s->state->shape.head_dim != p->shape.head_dim))
+        if (s->state &&
+            (s->state->shape.n_heads != p->shape.n_heads || s->state->shape.n_kv_heads != p->shape.n_kv_heads ||
+             s->state->shape.head_dim != p->shape.head_dim))
             return LC_EINVAL;
     }
     return 0;

@@ -31,6 +31,7 @@
 #include "common/cpu.h"
 #include "ops/cpu/gemm.h"
 #include "ops/cpu/qformat.h"
+#include "ops/cpu/threads.h"
 
 /* Columns per slice are rounded to this so slices stay cache-line aligned. */
 #define MM_ALIGN 16
@@ -42,25 +43,10 @@ static void mm_serial(float *y, int ldy, const float *x, const float *w, int n, 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in, 0.0f, y, ldy);
 }
 
-#ifdef _OPENMP
-static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-/* Our OpenMP regions split the work; every BLAS call runs on one thread.
- * OpenBLAS's OpenMP build implements openblas_set_num_threads with
- * omp_set_num_threads, which would also pin the calling thread's own
- * parallel regions to one thread: put that thread's setting back. */
-static void blas_single(void) {
-#ifdef OPENBLAS_VERSION
-    const int nt = omp_get_max_threads();
-    openblas_set_num_threads(1);
-    omp_set_num_threads(nt);
-#endif
-}
-#endif
-
 void ops_matmul(float *y, const float *x, const float *w, int n, int in, int out) {
     if (n <= 0 || out <= 0) return;
 #ifdef _OPENMP
-    pthread_once(&blas_once, blas_single);
+    ops__blas_single_once();
     int nt = omp_get_max_threads();
     /* small products are not worth the fork */
     if (nt > 1 && (double)n * in * out >= 1 << 18 && out >= 2 * MM_ALIGN && !omp_in_parallel()) {
@@ -97,7 +83,7 @@ static void kern_init(void) {
         atomic_store(&q8_on, e && *e ? atoi(e) != 0 : 1);
     }
 #ifdef _OPENMP
-    pthread_once(&blas_once, blas_single);
+    ops__blas_single_once();
 #endif
 }
 

@@ -1,6 +1,7 @@
 /* AVX2 kernels of the quantized matmul. Compiled for AVX2+FMA+F16C through
  * function attributes only (the rest of the build stays generic); matmul.c
- * installs them after __builtin_cpu_supports says the CPU has all three.
+ * installs them after CPU detection (__builtin_cpu_supports, and CPUID for
+ * F16C) says the CPU has all three.
  *
  * Integer dot products: 4-bit or 6-bit weights are unpacked to unsigned
  * bytes and multiplied with the int8 activations by _mm256_maddubs_epi16
@@ -241,8 +242,8 @@ TGT_INLINE __m256 ld_f32(const uint8_t *p) { return _mm256_loadu_ps((const float
             y[(size_t)j * ldy] = s;                                                                                    \
         }                                                                                                              \
     }
-DOT_FX(dot_f16x, ld_f16, 2, qf_f16(qf_rd16(w + 2 * t)))
-DOT_FX(dot_bf16x, ld_bf16, 2, qf_bf16(qf_rd16(w + 2 * t)))
+DOT_FX(dot_f16x, ld_f16, 2, lc_f16_to_f32(qf_rd16(w + 2 * t)))
+DOT_FX(dot_bf16x, ld_bf16, 2, lc_bf16_to_f32(qf_rd16(w + 2 * t)))
 DOT_FX(dot_f32x, ld_f32, 4, ((const float *)(const void *)w)[t])
 
 /* ---- row expansion (the f32 panels of prefill) ---------------------------------- */
@@ -285,7 +286,7 @@ TGT static void deq_q8_0(const uint8_t *w, float *y, int in) {
 TGT static void deq_f16(const uint8_t *w, float *y, int in) {
     int i = 0;
     for (; i + 8 <= in; i += 8) _mm256_storeu_ps(y + i, ld_f16(w + 2 * i));
-    for (; i < in; i++) y[i] = qf_f16(qf_rd16(w + 2 * i));
+    for (; i < in; i++) y[i] = lc_f16_to_f32(qf_rd16(w + 2 * i));
 }
 
 /* ---- entry points: one specialisation per activation count ---------------------- */

@@ -1,6 +1,6 @@
 /* AVX-512 kernels of the quantized matmul's 8-bit-activation path (decode).
  * Compiled through function attributes only, like qdot_avx2.c; matmul.c
- * installs them after __builtin_cpu_supports reports every feature below.
+ * installs them after CPU detection reports every feature below.
  * They start from the AVX2 table and replace the Q4_0 / Q4_1 / Q8_0 / Q4_K /
  * Q6_K dot products; the activation quantizers stay AVX2, so the activation
  * blocks are the same bytes on both sets.

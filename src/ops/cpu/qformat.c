@@ -4,6 +4,7 @@
  * SIMD kernel differs from these only in float summation order. */
 #include <math.h>
 
+#include "common/status.h"
 #include "ops/cpu/qformat.h"
 
 /* ---- types ------------------------------------------------------------------- */
@@ -85,16 +86,16 @@ static void quant_q8k(const float *x, q8k_t *y, int n) {
 static void deq_f32(const uint8_t *w, float *y, int in) { memcpy(y, w, (size_t)in * 4); }
 
 static void deq_f16(const uint8_t *w, float *y, int in) {
-    for (int i = 0; i < in; i++) y[i] = qf_f16(qf_rd16(w + 2 * i));
+    for (int i = 0; i < in; i++) y[i] = lc_f16_to_f32(qf_rd16(w + 2 * i));
 }
 
 static void deq_bf16(const uint8_t *w, float *y, int in) {
-    for (int i = 0; i < in; i++) y[i] = qf_bf16(qf_rd16(w + 2 * i));
+    for (int i = 0; i < in; i++) y[i] = lc_bf16_to_f32(qf_rd16(w + 2 * i));
 }
 
 static void deq_q4_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_0_BYTES, y += QK) {
-        const float d = qf_f16(qf_rd16(w));
+        const float d = lc_f16_to_f32(qf_rd16(w));
         for (int j = 0; j < QK / 2; j++) {
             y[j] = (float)((w[2 + j] & 15) - 8) * d;
             y[j + QK / 2] = (float)((w[2 + j] >> 4) - 8) * d;
@@ -104,7 +105,7 @@ static void deq_q4_0(const uint8_t *w, float *y, int in) {
 
 static void deq_q4_1(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q4_1_BYTES, y += QK) {
-        const float d = qf_f16(qf_rd16(w)), m = qf_f16(qf_rd16(w + 2));
+        const float d = lc_f16_to_f32(qf_rd16(w)), m = lc_f16_to_f32(qf_rd16(w + 2));
         for (int j = 0; j < QK / 2; j++) {
             y[j] = (float)(w[4 + j] & 15) * d + m;
             y[j + QK / 2] = (float)(w[4 + j] >> 4) * d + m;
@@ -114,14 +115,14 @@ static void deq_q4_1(const uint8_t *w, float *y, int in) {
 
 static void deq_q8_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
-        const float d = qf_f16(qf_rd16(w));
+        const float d = lc_f16_to_f32(qf_rd16(w));
         for (int j = 0; j < QK; j++) y[j] = (float)(int8_t)w[2 + j] * d;
     }
 }
 
 static void deq_q4_k(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK_K; b++, w += Q4_K_BYTES) {
-        const float d = qf_f16(qf_rd16(w)), dmin = qf_f16(qf_rd16(w + 2));
+        const float d = lc_f16_to_f32(qf_rd16(w)), dmin = lc_f16_to_f32(qf_rd16(w + 2));
         const uint8_t *q = w + 16;
         for (int j = 0; j < 8; j += 2, q += 32) {
             int sc, mn;
@@ -146,10 +147,33 @@ static inline int q6k_val(const uint8_t *w, int e) {
 
 static void deq_q6_k(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK_K; b++, w += Q6_K_BYTES, y += QK_K) {
-        const float d = qf_f16(qf_rd16(w + 208));
+        const float d = lc_f16_to_f32(qf_rd16(w + 208));
         const int8_t *sc = (const int8_t *)(w + 192);
         for (int e = 0; e < QK_K; e++) y[e] = d * (float)sc[e / 16] * (float)q6k_val(w, e);
     }
+}
+
+/* Elements per block of each type (qf_type_index order). */
+static const int qf_block_elems[QF_NTYPES] = {1, 1, 1, QK, QK, QK, QK_K, QK_K};
+
+int ops_w_dequantize(int type, const void *src, float *dst, size_t n) {
+    const int ti = qf_type_index(type);
+    if (ti < 0) return LC_EUNSUPPORTED;
+    if (n % (size_t)qf_block_elems[ti]) return LC_EINVAL;
+    qf_kernels_t k;
+    qf_kernels_scalar(&k);
+    /* The kernels take an int row length: go in slices of 2^20 elements (a
+     * multiple of every block size). */
+    const size_t slice = (size_t)1 << 20;
+    const uint8_t *w = src;
+    while (n) {
+        const int m = (int)(n < slice ? n : slice);
+        k.dequant[ti](w, dst, m);
+        w += ops_w_row_bytes(type, m);
+        dst += m;
+        n -= (size_t)m;
+    }
+    return 0;
 }
 
 /* ---- dot products ------------------------------------------------------------- */
@@ -168,11 +192,11 @@ static void dot_f32(int in, const uint8_t *w, const void *a, size_t astride, int
 }
 
 static void dot_f16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
-    DOT_F32_BODY(qf_f16(qf_rd16(w + 2 * i)))
+    DOT_F32_BODY(lc_f16_to_f32(qf_rd16(w + 2 * i)))
 }
 
 static void dot_bf16(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
-    DOT_F32_BODY(qf_bf16(qf_rd16(w + 2 * i)))
+    DOT_F32_BODY(lc_bf16_to_f32(qf_rd16(w + 2 * i)))
 }
 
 #define ACT(T, j) ((const T *)(const void *)((const uint8_t *)a + (size_t)(j)*astride))
@@ -186,7 +210,7 @@ static void dot_q4_0(int in, const uint8_t *w, const void *a, size_t astride, in
             int s = 0;
             for (int i = 0; i < QK / 2; i++) s += (wb[2 + i] & 15) * x->q[i] + (wb[2 + i] >> 4) * x->q[i + 16];
             /* weights are nibble - 8: Σ(q-8)·a = Σq·a - 8·Σa */
-            acc += qf_f16(qf_rd16(wb)) * (x->d * (float)s - 8.0f * x->s);
+            acc += lc_f16_to_f32(qf_rd16(wb)) * (x->d * (float)s - 8.0f * x->s);
         }
         y[(size_t)j * ldy] = acc;
     }
@@ -200,7 +224,7 @@ static void dot_q4_1(int in, const uint8_t *w, const void *a, size_t astride, in
         for (int b = 0; b < in / QK; b++, wb += Q4_1_BYTES, x++) {
             int s = 0;
             for (int i = 0; i < QK / 2; i++) s += (wb[4 + i] & 15) * x->q[i] + (wb[4 + i] >> 4) * x->q[i + 16];
-            acc += qf_f16(qf_rd16(wb)) * x->d * (float)s + qf_f16(qf_rd16(wb + 2)) * x->s;
+            acc += lc_f16_to_f32(qf_rd16(wb)) * x->d * (float)s + lc_f16_to_f32(qf_rd16(wb + 2)) * x->s;
         }
         y[(size_t)j * ldy] = acc;
     }
@@ -214,7 +238,7 @@ static void dot_q8_0(int in, const uint8_t *w, const void *a, size_t astride, in
         for (int b = 0; b < in / QK; b++, wb += Q8_0_BYTES, x++) {
             int s = 0;
             for (int i = 0; i < QK; i++) s += (int8_t)wb[2 + i] * x->q[i];
-            acc += qf_f16(qf_rd16(wb)) * x->d * (float)s;
+            acc += lc_f16_to_f32(qf_rd16(wb)) * x->d * (float)s;
         }
         y[(size_t)j * ldy] = acc;
     }
@@ -235,7 +259,7 @@ static void dot_q4_k(int in, const uint8_t *w, const void *a, size_t astride, in
                 sq += sc * s;
                 sm += mn * (x->bsum[2 * k] + x->bsum[2 * k + 1]);
             }
-            acc += x->d * (qf_f16(qf_rd16(wb)) * (float)sq - qf_f16(qf_rd16(wb + 2)) * (float)sm);
+            acc += x->d * (lc_f16_to_f32(qf_rd16(wb)) * (float)sq - lc_f16_to_f32(qf_rd16(wb + 2)) * (float)sm);
         }
         y[(size_t)j * ldy] = acc;
     }
@@ -254,7 +278,7 @@ static void dot_q6_k(int in, const uint8_t *w, const void *a, size_t astride, in
                 for (int i = 0; i < 16; i++) s += q6k_val(wb, 16 * k + i) * x->q[16 * k + i];
                 sq += sc[k] * s;
             }
-            acc += x->d * qf_f16(qf_rd16(wb + 208)) * (float)sq;
+            acc += x->d * lc_f16_to_f32(qf_rd16(wb + 208)) * (float)sq;
         }
         y[(size_t)j * ldy] = acc;
     }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "common/f16.h"
 #include "ops/ops.h"
 
 #define QK 32    // weights per Q4_0 / Q4_1 / Q8_0 block, activations per q8b_t
@@ -42,34 +43,9 @@ typedef struct {
 } q8k_t;
 
 /* ---- f16 --------------------------------------------------------------------- */
+/* A little-endian 16-bit field of a packed block (a scale: convert it with
+ * common/f16.h's lc_f16_to_f32). */
 static inline uint16_t qf_rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-/* IEEE half to single, exact for every input (normals rebias the exponent,
- * subnormals go through a magic-number subtraction). */
-static inline float qf_f16(uint16_t h) {
-    const uint32_t w = (uint32_t)h << 16, sign = w & 0x80000000u, two_w = w + w;
-    uint32_t nb = (two_w >> 4) + (0xE0u << 23), db = (two_w >> 17) | (126u << 23), r;
-    float nf, df;
-    memcpy(&nf, &nb, 4);
-    memcpy(&df, &db, 4);
-    nf *= 0x1.0p-112f;
-    df -= 0.5f;
-    if (two_w < (1u << 27))
-        memcpy(&r, &df, 4);
-    else
-        memcpy(&r, &nf, 4);
-    r |= sign;
-    float f;
-    memcpy(&f, &r, 4);
-    return f;
-}
-
-static inline float qf_bf16(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* Q4_K's 12 scale bytes: eight 6-bit scales and eight 6-bit mins. */
 static inline void qf_q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn) {

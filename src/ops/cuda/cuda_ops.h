@@ -1,6 +1,7 @@
 /* The C boundary of the CUDA ops: everything CUDA stays in .cu/.cuh files;
- * C code sees only these functions. All return 0 or a negative lc status and
- * never abort, so one failed call does not take the daemon down. */
+ * C code sees only these functions. None aborts: those that can fail return
+ * 0 or a negative lc status, so one failed call does not take the daemon
+ * down. */
 #ifndef LC_CUDA_OPS_H
 #define LC_CUDA_OPS_H
 

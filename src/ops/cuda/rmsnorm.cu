@@ -1,5 +1,6 @@
 // RMSNorm on the GPU: one block per row, a warp-shuffle reduction of the sum
-// of squares, then the scaled write. Checked against the CPU in check_cuda.
+// of squares, then the scaled write. Checked against a CPU reference by
+// tests/check_device.c (test_rmsnorm_vs_cpu) where a GPU is present.
 #include "ops/cuda/cuda_check.cuh"
 #include "ops/cuda/cuda_ops.h"
 
