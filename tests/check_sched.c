@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/cpu.h"
 #include "common/status.h"
 #include "kv/kv.h"
 #include "model/gguf.h"
@@ -188,6 +189,7 @@ typedef struct {
     sched_req_t *r;
     int n_choices;
     int32_t toks[4][256];
+    float lp[4][256]; // each token's log-probability: any change in the logits shows in its bits
     int n[4];
     char text[4][2048];
     size_t tlen[4];
@@ -206,6 +208,7 @@ static void drain(out_t *o) {
             switch (ev[i].kind) {
             case SCHED_EV_TOKEN:
                 ck_assert_int_eq(o->finish[c], SCHED_FINISH_NONE);
+                o->lp[c][o->n[c]] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
                 o->toks[c][o->n[c]++] = ev[i].token;
                 ck_assert_uint_lt(o->tlen[c] + ev[i].text_len, sizeof o->text[c]);
                 memcpy(o->text[c] + o->tlen[c], ev[i].text, ev[i].text_len);
@@ -234,7 +237,7 @@ static void greedy_params(sched_params_t *p, const int32_t *prompt, int n, int m
     p->n_choices = 1;
     p->max_tokens = max_tokens;
     p->ignore_eos = 1;
-    p->logprobs = -1;
+    p->logprobs = 0; // the chosen token's log-probability only
     p->prompt_logprobs = -1;
     sampler_params_default(&p->sampling);
     p->sampling.temperature = 0;
@@ -276,8 +279,16 @@ static void assert_pool_clean(sched_t *s) {
     ck_assert_int_eq(kv_pool_n_available(kv), kv_pool_n_blocks(kv));
 }
 
+/* Same tokens and the same log-probabilities, bit for bit. */
+static void assert_same(const out_t *got, const out_t *ref, int n, const char *what) {
+    ck_assert_msg(got->n[0] == n && ref->n[0] >= n, "%s: %d tokens, want %d", what, got->n[0], n);
+    ck_assert_msg(memcmp(got->toks[0], ref->toks[0], (size_t)n * sizeof(int32_t)) == 0, "%s: tokens differ", what);
+    ck_assert_msg(memcmp(got->lp[0], ref->lp[0], (size_t)n * sizeof(float)) == 0,
+                  "%s: log-probabilities differ (the logits changed)", what);
+}
+
 #define NB 12
-START_TEST(test_batched_equals_alone) {
+static void batched_equals_alone(void) {
     const model_t *m = tiny_model();
     int nv = model_hparams(m)->n_vocab;
     static int32_t prompts[NB][200];
@@ -292,8 +303,8 @@ START_TEST(test_batched_equals_alone) {
             fprintf(stderr, "| %s\n", ref[i].text[0]);
         }
     }
-    /* Small budget and chunks: prompts are split across steps and mixed with
-     * decodes of the others. */
+    /* Small budget and chunks: prompts are split across steps (at other
+     * places than alone) and mixed with decodes of the others. */
     sched_t *s = mk_sched(m, 256, 48, 16, 0);
     for (int i = 0; i < NB; i++) {
         sched_params_t p;
@@ -303,8 +314,7 @@ START_TEST(test_batched_equals_alone) {
     ck_assert_int_eq(sched_run_until_idle(s), 0);
     for (int i = 0; i < NB; i++) {
         finish_out(&got[i]);
-        ck_assert_int_eq(got[i].n[0], ref[i].n[0]);
-        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], (size_t)ref[i].n[0] * sizeof(int32_t));
+        assert_same(&got[i], &ref[i], ref[i].n[0], "batched vs alone");
         ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
     }
     sched_metrics_t mt;
@@ -315,9 +325,22 @@ START_TEST(test_batched_equals_alone) {
     assert_pool_clean(s);
     sched_destroy(s);
 }
+
+/* Every test marked "each kernel set" runs once per set this CPU has. */
+#define EACH_LEVEL(body)                                                                                               \
+    do {                                                                                                               \
+        for (lc_cpu_level_t l_ = LC_CPU_SCALAR; l_ <= lc_cpu_detected(); l_++) {                                       \
+            lc_cpu_set_max(l_);                                                                                        \
+            body;                                                                                                      \
+        }                                                                                                              \
+        lc_cpu_set_max(LC_CPU_AVX512);                                                                                 \
+    } while (0)
+
+/* Each kernel set. */
+START_TEST(test_batched_equals_alone) { EACH_LEVEL(batched_equals_alone()); }
 END_TEST
 
-START_TEST(test_preemption_tiny_pool) {
+static void preemption_tiny_pool(void) {
     const model_t *m = tiny_model();
     int nv = model_hparams(m)->n_vocab;
     enum { N = 8 };
@@ -341,8 +364,7 @@ START_TEST(test_preemption_tiny_pool) {
         sched_req_usage(got[i].r, &u);
         preempted += u.preemptions;
         finish_out(&got[i]);
-        ck_assert_int_eq(got[i].n[0], 40);
-        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], 40 * sizeof(int32_t));
+        assert_same(&got[i], &ref[i], 40, "preempted vs alone");
         ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
     }
     sched_metrics_t mt;
@@ -352,6 +374,9 @@ START_TEST(test_preemption_tiny_pool) {
     assert_pool_clean(s);
     sched_destroy(s);
 }
+
+/* Preempted requests recompute their tokens and go on unchanged; each kernel set. */
+START_TEST(test_preemption_tiny_pool) { EACH_LEVEL(preemption_tiny_pool()); }
 END_TEST
 
 START_TEST(test_prefix_reuse) {
@@ -386,9 +411,9 @@ START_TEST(test_prefix_reuse) {
     finish_out(&a);
     finish_out(&b);
     finish_out(&c);
-    ck_assert_mem_eq(a.toks[0], ref1.toks[0], 12 * sizeof(int32_t));
-    ck_assert_mem_eq(b.toks[0], ref1.toks[0], 12 * sizeof(int32_t));
-    ck_assert_mem_eq(c.toks[0], ref2.toks[0], 12 * sizeof(int32_t));
+    assert_same(&a, &ref1, 12, "cold");
+    assert_same(&b, &ref1, 12, "prefix hit");
+    assert_same(&c, &ref2, 12, "partial prefix hit");
     sched_metrics_t mt;
     sched_metrics(s, &mt);
     ck_assert_uint_eq(mt.prefix_hit_tokens, 112 + 96);
@@ -436,8 +461,9 @@ START_TEST(test_random_ops) {
         for (int j = 0; j < LIVE; j++) {
             if (!used[j]) continue;
             drain(&live[j]);
-            /* Whatever came out so far is the reference's prefix. */
+            /* Whatever came out so far is the reference's prefix, bit for bit. */
             ck_assert_mem_eq(live[j].toks[0], ref[which[j]].toks[0], (size_t)live[j].n[0] * sizeof(int32_t));
+            ck_assert_mem_eq(live[j].lp[0], ref[which[j]].lp[0], (size_t)live[j].n[0] * sizeof(float));
             if (live[j].done) {
                 if (live[j].finish[0] == SCHED_FINISH_CANCELLED)
                     cancelled++;
@@ -675,35 +701,67 @@ END_TEST
 /* ---- SmolLM2 ---------------------------------------------------------------------- */
 static const char *g_model_path; // tu_model_path(), set in main()
 
+/* The real model, each kernel set: alone; batched with small chunks under a
+ * pool so small that requests get preempted; and again, the prompts now
+ * served from the prefix cache. Same tokens and log-probabilities bit for bit. */
+static void smollm2_case(const model_t *m, const tok_ids_t *ids, const char *level) {
+    static out_t ref[4], got[4];
+    for (int i = 0; i < 4; i++) run_alone(m, ids[i].ids, (int)ids[i].n, 8, &ref[i]);
+    /* 4 blocks of 16 and no admission watermark: two requests of two blocks
+     * start, and the first to grow into a third preempts the newest. */
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = 4;
+    c.max_batch_tokens = 32;
+    c.prefill_chunk = 8;
+    c.kv_watermark = 0;
+    c.target_step_ms = -1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 4; i++) {
+            sched_params_t p;
+            greedy_params(&p, ids[i].ids, (int)ids[i].n, 8);
+            submit(s, &got[i], &p);
+        }
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        int preempted = 0, cached = 0;
+        for (int i = 0; i < 4; i++) {
+            sched_usage_t u;
+            sched_req_usage(got[i].r, &u);
+            preempted += u.preemptions, cached += u.cached_tokens;
+            finish_out(&got[i]);
+            assert_same(&got[i], &ref[i], 8, level);
+            ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
+        }
+        if (round == 0) ck_assert_msg(preempted > 0, "%s: the small pool preempted nothing", level);
+        if (round == 1) ck_assert_msg(cached > 0, "%s: no prefix-cache hit", level);
+    }
+    ck_assert_ptr_nonnull(strstr(ref[0].text[0], "Paris"));
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+
 START_TEST(test_smollm2) {
     char err[256];
     model_t *m = model_load(g_model_path, err, sizeof err);
     ck_assert_msg(m != NULL, "%s", err);
     const tok_t *tk = model_tok(m);
+    /* A shared preamble of more than one block: the second round finds it cached. */
     const char *texts[4] = {"The capital of France is", "Once upon a time, in a small village by the sea,",
                             "def fibonacci(n):", "The three primary colors are"};
+    const char *pre = "A short quiz for a curious reader, with answers written in plain English:\n";
     tok_ids_t ids[4];
     memset(ids, 0, sizeof ids);
-    static out_t ref[4], got[4];
     for (int i = 0; i < 4; i++) {
-        ck_assert_int_eq(tok_encode(tk, texts[i], strlen(texts[i]), 0, 0, &ids[i]), 0);
-        run_alone(m, ids[i].ids, (int)ids[i].n, 8, &ref[i]);
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s%s", pre, texts[i]);
+        ck_assert_int_eq(tok_encode(tk, buf, strlen(buf), 0, 0, &ids[i]), 0);
+        ck_assert_int_gt(ids[i].n, 16);
+        ck_assert_int_le(ids[i].n + 8, 48);
     }
-    sched_t *s = mk_sched(m, 64, 32, 8, 1);
-    for (int i = 0; i < 4; i++) {
-        sched_params_t p;
-        greedy_params(&p, ids[i].ids, (int)ids[i].n, 8);
-        submit(s, &got[i], &p);
-    }
-    ck_assert_int_eq(sched_run_until_idle(s), 0);
-    for (int i = 0; i < 4; i++) {
-        finish_out(&got[i]);
-        ck_assert_mem_eq(got[i].toks[0], ref[i].toks[0], 8 * sizeof(int32_t));
-        ck_assert_str_eq(got[i].text[0], ref[i].text[0]);
-    }
-    ck_assert_ptr_nonnull(strstr(ref[0].text[0], "Paris"));
-    assert_pool_clean(s);
-    sched_destroy(s);
+    EACH_LEVEL(smollm2_case(m, ids, lc_cpu_level_name(l_)));
     for (int i = 0; i < 4; i++) tok_ids_free(&ids[i]);
     model_free(m);
 }
