@@ -172,7 +172,7 @@ def bench_prefill(lib, L, ps, reps, all_variants, rows):
         t = timed(lambda i: attn.run(q, out, lse, pk, pv, v), reps)
         print(f"    ours [{names[v]}]: {t * 1e3:.3f} ms, {flops / t / 1e12:.0f} TFLOP/s, rel err vs sdpa {err:.2e}")
         rows.append(("prefill", f"L={L // 1024}K p{ps}", names[v], t, flops / t / 1e12, t_sdpa,
-                     flops / t_sdpa / 1e12 if t_sdpa else float("nan"), sdpa_name, err))
+                     flops / t_sdpa / 1e12 if t_sdpa else None, sdpa_name, err))
     attn.close()
 
 
@@ -219,36 +219,54 @@ def bench_decode(lib, ctx, B, ps, reps, rows):
     t = timed(ours, reps)
     print(f"    ours: {t * 1e6:.1f} us, {kv_bytes / t / 1e12:.2f} TB/s, rel err vs sdpa {err:.2e}")
     rows.append(("decode", f"ctx={ctx // 1024}K B={B} p{ps}", "split-K", t, kv_bytes / t / 1e12, t_sdpa,
-                 kv_bytes / t_sdpa / 1e12 if t_sdpa else float("nan"), sdpa_name, err))
+                 kv_bytes / t_sdpa / 1e12 if t_sdpa else None, sdpa_name, err))
     for p in plans:
         p.close()
+
+
+HEADER = ("| kind | size | ours | ours ms | ours TFLOP/s or TB/s | SDPA ms | SDPA TFLOP/s or TB/s | ours/SDPA "
+          "| SDPA backend | rel err vs SDPA |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_rows(rows):
+    out = []
+    for kind, size, name, t, r, ts, rs, sname, err in rows:
+        if ts is None:
+            out.append(f"| {kind} | {size} | {name} | {t * 1e3:.3f} | {r:.2f} | - | - | - | none | - |")
+        else:
+            out.append(f"| {kind} | {size} | {name} | {t * 1e3:.3f} | {r:.2f} | {ts * 1e3:.3f} | {rs:.2f} "
+                       f"| {r / rs:.2f} | {sname} | {err:.1e} |")
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
+    ap.add_argument("--part", choices=("all", "prefill", "decode"), default="all")
     ap.add_argument("--quick", action="store_true", help="fewer sizes (8K prefill, 32K decode at B 1 and 8)")
+    ap.add_argument("--table", help="also write the table rows (no header) to this file")
     args = ap.parse_args()
     lib = ctypes.CDLL(args.lib)
     lib.attn_cuda_variant_name.restype = ctypes.c_char_p
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
     rows = []
-    pre = [(8192, 64, 20, True)] if args.quick else [(8192, 64, 20, True), (32768, 64, 8, True),
-                                                     (32768, 128, 8, False), (131072, 64, 3, False)]
-    for L, ps, reps, allv in pre:
-        bench_prefill(lib, L, ps, reps, allv, rows)
-        torch.cuda.empty_cache()
-    dec = [(32768, 1), (32768, 8)] if args.quick else [(c, b) for c in (32768, 131072) for b in (1, 8, 32, 64)]
-    for ctx, B in dec:
-        bench_decode(lib, ctx, B, 64, 30, rows)
-        torch.cuda.empty_cache()
-
-    print("\n| kind | size | ours | ours ms | ours TFLOP/s or TB/s | SDPA ms | SDPA TFLOP/s or TB/s | ratio | SDPA backend "
-          "| rel err vs SDPA |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for kind, size, name, t, r, ts, rs, sname, err in rows:
-        print(f"| {kind} | {size} | {name} | {t * 1e3:.3f} | {r:.2f} | {ts * 1e3:.3f} | {rs:.2f} | {r / rs:.2f} "
-              f"| {sname} | {err:.1e} |")
+    if args.part in ("all", "prefill"):
+        pre = [(8192, 64, 20, True)] if args.quick else [(8192, 64, 20, True), (32768, 64, 8, True),
+                                                         (32768, 128, 8, False), (131072, 64, 3, False)]
+        for L, ps, reps, allv in pre:
+            bench_prefill(lib, L, ps, reps, allv, rows)
+            torch.cuda.empty_cache()
+    if args.part in ("all", "decode"):
+        dec = [(32768, 1), (32768, 8)] if args.quick else [(c, b) for c in (32768, 131072) for b in (1, 8, 32, 64)]
+        for ctx, B in dec:
+            bench_decode(lib, ctx, B, 64, 30, rows)
+            torch.cuda.empty_cache()
+    lines = table_rows(rows)
+    print("\n" + HEADER)
+    print("\n".join(lines))
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write("\n".join(lines) + "\n")
     return 0
 
 

@@ -13,8 +13,9 @@
  * bitwise.
  *
  * Runs where a GPU is; exits 77 (SKIP) where none is. Not part of make check:
- * tests/gpu/run_attn.sh runs it on the GPU machine. CK_RUN_CASE=small selects
- * the tiny cases (for compute-sanitizer). */
+ * tests/gpu/run_attn.sh runs it on the GPU machine, one case at a time
+ * (CK_RUN_CASE=errors, small, prefill, decode; small is also run under
+ * compute-sanitizer). */
 #include <check.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -462,21 +463,24 @@ END_TEST
 
 static Suite *attn_cuda_suite(void) {
     Suite *s = suite_create("attn_cuda");
-    TCase *small = tcase_create("small");
+    TCase *errors = tcase_create("errors");
+    tcase_add_test(errors, test_bad_input);
+    suite_add_tcase(s, errors);
+    TCase *small = tcase_create("small"); // also run under compute-sanitizer
     tcase_add_test(small, test_prefill_small);
     tcase_add_test(small, test_decode_small);
-    tcase_add_test(small, test_bad_input);
     suite_add_tcase(s, small);
-    TCase *full = tcase_create("full");
-    tcase_set_timeout(full, 600);
-    tcase_add_test(full, test_prefill_mixed_d128_g4);
-    tcase_add_test(full, test_prefill_d64_g1_g8);
-    tcase_add_test(full, test_prefill_long_short);
-    tcase_add_test(full, test_prefill_random);
-    tcase_add_test(full, test_decode_d128_g4);
-    tcase_add_test(full, test_decode_groups);
-    tcase_add_test(full, test_decode_many_splits);
-    suite_add_tcase(s, full);
+    TCase *prefill = tcase_create("prefill");
+    tcase_add_test(prefill, test_prefill_mixed_d128_g4);
+    tcase_add_test(prefill, test_prefill_d64_g1_g8);
+    tcase_add_test(prefill, test_prefill_long_short);
+    tcase_add_test(prefill, test_prefill_random);
+    suite_add_tcase(s, prefill);
+    TCase *decode = tcase_create("decode");
+    tcase_add_test(decode, test_decode_d128_g4);
+    tcase_add_test(decode, test_decode_groups);
+    tcase_add_test(decode, test_decode_many_splits);
+    suite_add_tcase(s, decode);
     return s;
 }
 

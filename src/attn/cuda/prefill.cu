@@ -170,161 +170,135 @@ __global__ void __launch_bounds__(kThreads, 1)
 
     if (wg == 0) { // ---- producer ---------------------------------------------------------
         setmaxnreg_dec<24>();
-        if (warp != 0 || lane != 0) return;
-        mbar_arrive_expect_tx(bar_q, BM * D * 2);
+        if (warp == 0 && lane == 0) {
+            mbar_arrive_expect_tx(bar_q, BM * D * 2);
 #pragma unroll
-        for (int h = 0; h < D / 64; h++) tma_load_3d(sQ + h * BM * 128, &tm_q, bar_q, h * 64, head, q0 + row0);
-        const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
-        for (int i = 0; i < n_tiles; i++) {
-            const int t = n_tiles - 1 - i, st = i % kStages;
-            const uint32_t ph = (i / kStages) & 1;
-            const int nb = min(BN / kBox, (kv_len - t * BN + kBox - 1) / kBox); // boxes holding valid keys
-            const uint32_t bytes = nb * kBox * D * 2;
-            int rowk[BN / kBox];
+            for (int h = 0; h < D / 64; h++) tma_load_3d(sQ + h * BM * 128, &tm_q, bar_q, h * 64, head, q0 + row0);
+            const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
+            for (int i = 0; i < n_tiles; i++) {
+                const int t = n_tiles - 1 - i, st = i % kStages;
+                const uint32_t ph = (i / kStages) & 1;
+                const int nb = min(BN / kBox, (kv_len - t * BN + kBox - 1) / kBox); // boxes holding valid keys
+                const uint32_t bytes = nb * kBox * D * 2;
+                int rowk[BN / kBox];
 #pragma unroll
-            for (int b = 0; b < BN / kBox; b++) {
-                const int key0 = t * BN + b * kBox;
-                rowk[b] =
-                    b < nb ? (pages[key0 / p.page_size] * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size : 0;
+                for (int b = 0; b < BN / kBox; b++) {
+                    const int key0 = t * BN + b * kBox;
+                    rowk[b] = b < nb
+                                  ? (pages[key0 / p.page_size] * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size
+                                  : 0;
+                }
+                mbar_wait(&k_empty[st], ph ^ 1);
+                mbar_arrive_expect_tx(&k_full[st], bytes);
+                for (int b = 0; b < nb; b++)
+#pragma unroll
+                    for (int h = 0; h < D / 64; h++)
+                        tma_load_2d(sK + st * L::kKVBytes + h * BN * 128 + b * kBox * 128, &tm_k, &k_full[st], h * 64,
+                                    rowk[b]);
+                mbar_wait(&v_empty[st], ph ^ 1);
+                mbar_arrive_expect_tx(&v_full[st], bytes);
+                for (int b = 0; b < nb; b++)
+#pragma unroll
+                    for (int h = 0; h < D / 64; h++)
+                        tma_load_2d(sV + st * L::kKVBytes + h * BN * 128 + b * kBox * 128, &tm_v, &v_full[st], h * 64,
+                                    rowk[b]);
             }
-            mbar_wait(&k_empty[st], ph ^ 1);
-            mbar_arrive_expect_tx(&k_full[st], bytes);
-            for (int b = 0; b < nb; b++)
-#pragma unroll
-                for (int h = 0; h < D / 64; h++)
-                    tma_load_2d(sK + st * L::kKVBytes + h * BN * 128 + b * kBox * 128, &tm_k, &k_full[st], h * 64,
-                                rowk[b]);
-            mbar_wait(&v_empty[st], ph ^ 1);
-            mbar_arrive_expect_tx(&v_full[st], bytes);
-            for (int b = 0; b < nb; b++)
-#pragma unroll
-                for (int h = 0; h < D / 64; h++)
-                    tma_load_2d(sV + st * L::kKVBytes + h * BN * 128 + b * kBox * 128, &tm_v, &v_full[st], h * 64,
-                                rowk[b]);
         }
-        return;
-    }
+    } else { // ---- consumers (setmaxnreg needs the roles as the two branches of one if/else)
+        setmaxnreg_inc<240>();
+        const int cw = wg - 1;                                   // consumer warpgroup: tile rows 64*cw ..
+        const int r_a = 64 * cw + 16 * (warp & 3) + (lane >> 2); // tile row of s[4j], s[4j+1]; r_a + 8 for s[4j+2..3]
+        const int qd = (lane & 3) * 2;
+        const int lim_a0 = pos0 + r_a, lim_b0 = lim_a0 + 8; // positions of the two rows
+        const float sl2 = p.scale_log2;
 
-    // ---- consumers ----------------------------------------------------------------------
-    setmaxnreg_inc<240>();
-    const int cw = wg - 1;                                   // consumer warpgroup: tile rows 64*cw ..
-    const int r_a = 64 * cw + 16 * (warp & 3) + (lane >> 2); // tile row of s[4j], s[4j+1]; r_a + 8 for s[4j+2..3]
-    const int qd = (lane & 3) * 2;
-    const int lim_a0 = pos0 + r_a, lim_b0 = lim_a0 + 8; // positions of the two rows
-    const float sl2 = p.scale_log2;
-
-    float o[D / 2], s[BN / 2];
-    uint32_t pf[BN / 16][4];
-    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f, sc_a, sc_b;
+        float o[D / 2], s[BN / 2];
+        uint32_t pf[BN / 16][4];
+        float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f, sc_a, sc_b;
 #pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
 
-    const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;
-    auto issue_qk = [&](int st) {
-        const uint32_t k_base = smem_u32(sK) + st * L::kKVBytes;
+        const uint32_t q_base = smem_u32(sQ) + cw * 64 * 128;
+        auto issue_qk = [&](int st) {
+            const uint32_t k_base = smem_u32(sK) + st * L::kKVBytes;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const int h = kk / 4, w = kk % 4;
-            wgmma_ss_m64n128k16(s, wgmma_desc(q_base + h * BM * 128 + w * 32, 16, 1024),
-                                wgmma_desc(k_base + h * BN * 128 + w * 32, 16, 1024), kk > 0);
-        }
-    };
-    auto issue_pv = [&](int st) {
-        const uint32_t v_base = smem_u32(sV) + st * L::kKVBytes;
+            for (int kk = 0; kk < D / 16; kk++) {
+                const int h = kk / 4, w = kk % 4;
+                wgmma_ss_m64n128k16(s, wgmma_desc(q_base + h * BM * 128 + w * 32, 16, 1024),
+                                    wgmma_desc(k_base + h * BN * 128 + w * 32, 16, 1024), kk > 0);
+            }
+        };
+        auto issue_pv = [&](int st) {
+            const uint32_t v_base = smem_u32(sV) + st * L::kKVBytes;
 #pragma unroll
-        for (int kt = 0; kt < BN / 16; kt++) {
-            const uint64_t db = wgmma_desc(v_base + kt * 16 * 128, BN * 128, 1024);
-            if constexpr (D == 128)
-                wgmma_rs_m64n128k16_tb(o, pf[kt], db, 1);
-            else
-                wgmma_rs_m64n64k16_tb(o, pf[kt], db, 1);
-        }
-    };
-    auto masked_softmax = [&](int t) {
-        if (t >= first_masked) mask_tile<D>(s, lim_a0 - t * BN, lim_b0 - t * BN, qd);
-        softmax_tile(s, m_a, m_b, l_a, l_b, sl2, sc_a, sc_b);
-    };
-    // Rows of the first tile (the last keys) past kv_len: zero their V rows
-    // once the tile has landed (both warpgroups share the stage).
-    auto zero_tail_v = [&]() {
-        const int z0 = kv_len - (n_tiles - 1) * BN;
-        if (z0 >= BN) return;
-        mbar_wait(&v_full[0], 0);
-        const int n = (BN - z0) * (D / 8);
-        for (int c = threadIdx.x - 128; c < n; c += 256) {
-            const int r = z0 + c / (D / 8), k = c % (D / 8);
-            *reinterpret_cast<uint4 *>(sV + (k / 8) * BN * 128 + r * 128 + (k % 8) * 16) = make_uint4(0, 0, 0, 0);
-        }
-        fence_proxy_async();
-        named_sync(kBarVZero, 256);
-    };
+            for (int kt = 0; kt < BN / 16; kt++) {
+                const uint64_t db = wgmma_desc(v_base + kt * 16 * 128, BN * 128, 1024);
+                if constexpr (D == 128)
+                    wgmma_rs_m64n128k16_tb(o, pf[kt], db, 1);
+                else
+                    wgmma_rs_m64n64k16_tb(o, pf[kt], db, 1);
+            }
+        };
+        auto masked_softmax = [&](int t) {
+            if (t >= first_masked) mask_tile<D>(s, lim_a0 - t * BN, lim_b0 - t * BN, qd);
+            softmax_tile(s, m_a, m_b, l_a, l_b, sl2, sc_a, sc_b);
+        };
+        // Rows of the first tile (the last keys) past kv_len: zero their V rows
+        // once the tile has landed (both warpgroups share the stage).
+        auto zero_tail_v = [&]() {
+            const int z0 = kv_len - (n_tiles - 1) * BN;
+            if (z0 >= BN) return;
+            mbar_wait(&v_full[0], 0);
+            const int n = (BN - z0) * (D / 8);
+            for (int c = threadIdx.x - 128; c < n; c += 256) {
+                const int r = z0 + c / (D / 8), k = c % (D / 8);
+                *reinterpret_cast<uint4 *>(sV + (k / 8) * BN * 128 + r * 128 + (k % 8) * 16) = make_uint4(0, 0, 0, 0);
+            }
+            fence_proxy_async();
+            named_sync(kBarVZero, 256);
+        };
 
-    if (kPingpong && cw == 0) named_arrive(kBarSched, 256); // warpgroup 0 takes the first turn
-    mbar_wait(bar_q, 0);
+        if (kPingpong && cw == 0) named_arrive(kBarSched, 256); // warpgroup 0 takes the first turn
+        mbar_wait(bar_q, 0);
 
-    if constexpr (kOverlap) {
-        mbar_wait(&k_full[0], 0);
-        wgmma_fence();
-        issue_qk(0);
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(s);
-        release(&k_empty[0]);
-        masked_softmax(n_tiles - 1);
-        p_to_frag(s, pf);
-        zero_tail_v();
-        for (int i = 1; i < n_tiles; i++) {
-            const int t = n_tiles - 1 - i, st = i % kStages, pst = (i - 1) % kStages;
-            mbar_wait(&k_full[st], (i / kStages) & 1);
-            if (kPingpong) named_sync(kBarSched + cw, 256);
-            reg_fence(o);
-            reg_fence(pf);
+        if constexpr (kOverlap) {
+            mbar_wait(&k_full[0], 0);
             wgmma_fence();
-            issue_qk(st);
-            wgmma_commit();
-            mbar_wait(&v_full[pst], ((i - 1) / kStages) & 1);
-            wgmma_fence();
-            issue_pv(pst);
-            wgmma_commit();
-            if (kPingpong) named_arrive(kBarSched + (1 - cw), 256);
-            wgmma_wait<1>();
-            reg_fence(s);
-            release(&k_empty[st]);
-            masked_softmax(t);
-            wgmma_wait<0>();
-            reg_fence(o);
-            reg_fence(pf);
-            release(&v_empty[pst]);
-            p_to_frag(s, pf);
-            rescale_o<D>(o, sc_a, sc_b);
-        }
-        const int il = n_tiles - 1, st = il % kStages;
-        mbar_wait(&v_full[st], (il / kStages) & 1);
-        reg_fence(o);
-        reg_fence(pf);
-        wgmma_fence();
-        issue_pv(st);
-        wgmma_commit();
-        wgmma_wait<0>();
-        reg_fence(o);
-        release(&v_empty[st]);
-        if (kPingpong && cw == 0) named_sync(kBarSched, 256); // takes warpgroup 1's last arrival
-    } else {
-        for (int i = 0; i < n_tiles; i++) {
-            const int t = n_tiles - 1 - i, st = i % kStages;
-            const uint32_t ph = (i / kStages) & 1;
-            mbar_wait(&k_full[st], ph);
-            wgmma_fence();
-            issue_qk(st);
+            issue_qk(0);
             wgmma_commit();
             wgmma_wait<0>();
             reg_fence(s);
-            release(&k_empty[st]);
-            masked_softmax(t);
-            rescale_o<D>(o, sc_a, sc_b);
+            release(&k_empty[0]);
+            masked_softmax(n_tiles - 1);
             p_to_frag(s, pf);
-            if (i == 0) zero_tail_v();
-            mbar_wait(&v_full[st], ph);
+            zero_tail_v();
+            for (int i = 1; i < n_tiles; i++) {
+                const int t = n_tiles - 1 - i, st = i % kStages, pst = (i - 1) % kStages;
+                mbar_wait(&k_full[st], (i / kStages) & 1);
+                if (kPingpong) named_sync(kBarSched + cw, 256);
+                reg_fence(o);
+                reg_fence(pf);
+                wgmma_fence();
+                issue_qk(st);
+                wgmma_commit();
+                mbar_wait(&v_full[pst], ((i - 1) / kStages) & 1);
+                wgmma_fence();
+                issue_pv(pst);
+                wgmma_commit();
+                if (kPingpong) named_arrive(kBarSched + (1 - cw), 256);
+                wgmma_wait<1>();
+                reg_fence(s);
+                release(&k_empty[st]);
+                masked_softmax(t);
+                wgmma_wait<0>();
+                reg_fence(o);
+                reg_fence(pf);
+                release(&v_empty[pst]);
+                p_to_frag(s, pf);
+                rescale_o<D>(o, sc_a, sc_b);
+            }
+            const int il = n_tiles - 1, st = il % kStages;
+            mbar_wait(&v_full[st], (il / kStages) & 1);
             reg_fence(o);
             reg_fence(pf);
             wgmma_fence();
@@ -333,29 +307,55 @@ __global__ void __launch_bounds__(kThreads, 1)
             wgmma_wait<0>();
             reg_fence(o);
             release(&v_empty[st]);
+            if (kPingpong && cw == 0) named_sync(kBarSched, 256); // takes warpgroup 1's last arrival
+        } else {
+            for (int i = 0; i < n_tiles; i++) {
+                const int t = n_tiles - 1 - i, st = i % kStages;
+                const uint32_t ph = (i / kStages) & 1;
+                mbar_wait(&k_full[st], ph);
+                wgmma_fence();
+                issue_qk(st);
+                wgmma_commit();
+                wgmma_wait<0>();
+                reg_fence(s);
+                release(&k_empty[st]);
+                masked_softmax(t);
+                rescale_o<D>(o, sc_a, sc_b);
+                p_to_frag(s, pf);
+                if (i == 0) zero_tail_v();
+                mbar_wait(&v_full[st], ph);
+                reg_fence(o);
+                reg_fence(pf);
+                wgmma_fence();
+                issue_pv(st);
+                wgmma_commit();
+                wgmma_wait<0>();
+                reg_fence(o);
+                release(&v_empty[st]);
+            }
         }
-    }
 
-    // ---- epilogue: normalise, write O (bf16) and the LSE of the valid rows --------------
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
-    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
-    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
-    const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-    const size_t g_a = (size_t)q0 + row0 + r_a, g_b = g_a + 8;
-    if (r_a < rows) {
-        __nv_bfloat16 *op = p.out + (g_a * p.n_heads + head) * D + qd;
+        // ---- epilogue: normalise, write O (bf16) and the LSE of the valid rows --------------
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+        l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+        l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+        const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+        const size_t g_a = (size_t)q0 + row0 + r_a, g_b = g_a + 8;
+        if (r_a < rows) {
+            __nv_bfloat16 *op = p.out + (g_a * p.n_heads + head) * D + qd;
 #pragma unroll
-        for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
-        if (p.lse && (lane & 3) == 0) p.lse[g_a * p.n_heads + head] = (m_a * sl2 + __log2f(l_a)) * 0.69314718056f;
-    }
-    if (r_a + 8 < rows) {
-        __nv_bfloat16 *op = p.out + (g_b * p.n_heads + head) * D + qd;
+            for (int j = 0; j < D / 8; j++)
+                *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
+            if (p.lse && (lane & 3) == 0) p.lse[g_a * p.n_heads + head] = (m_a * sl2 + __log2f(l_a)) * 0.69314718056f;
+        }
+        if (r_a + 8 < rows) {
+            __nv_bfloat16 *op = p.out + (g_b * p.n_heads + head) * D + qd;
 #pragma unroll
-        for (int j = 0; j < D / 8; j++)
-            *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
-        if (p.lse && (lane & 3) == 0) p.lse[g_b * p.n_heads + head] = (m_b * sl2 + __log2f(l_b)) * 0.69314718056f;
+            for (int j = 0; j < D / 8; j++)
+                *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
+            if (p.lse && (lane & 3) == 0) p.lse[g_b * p.n_heads + head] = (m_b * sl2 + __log2f(l_b)) * 0.69314718056f;
+        }
     }
 #else
     __trap();
