@@ -14,8 +14,8 @@
  *
  * Runs where a GPU is; exits 77 (SKIP) where none is. Not part of make check:
  * tests/gpu/run_attn.sh runs it on the GPU machine, one case at a time
- * (CK_RUN_CASE=errors, small, prefill, decode; small is also run under
- * compute-sanitizer). */
+ * (CK_RUN_CASE=errors, prefill_small, decode_small, prefill, decode; the
+ * small ones also under compute-sanitizer). */
 #include <check.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -466,10 +466,12 @@ static Suite *attn_cuda_suite(void) {
     TCase *errors = tcase_create("errors");
     tcase_add_test(errors, test_bad_input);
     suite_add_tcase(s, errors);
-    TCase *small = tcase_create("small"); // also run under compute-sanitizer
-    tcase_add_test(small, test_prefill_small);
-    tcase_add_test(small, test_decode_small);
-    suite_add_tcase(s, small);
+    TCase *prefill_small = tcase_create("prefill_small"); // small cases: also run under compute-sanitizer
+    tcase_add_test(prefill_small, test_prefill_small);
+    suite_add_tcase(s, prefill_small);
+    TCase *decode_small = tcase_create("decode_small");
+    tcase_add_test(decode_small, test_decode_small);
+    suite_add_tcase(s, decode_small);
     TCase *prefill = tcase_create("prefill");
     tcase_add_test(prefill, test_prefill_mixed_d128_g4);
     tcase_add_test(prefill, test_prefill_d64_g1_g8);
