@@ -283,37 +283,29 @@ __global__ void __launch_bounds__(kThreads, 2)
     named_sync(kBarConsumers, kWarps * 32);
     if (!*sm_flag) return;
     __threadfence();
-    // every chunk's LSE at once, then the weights; O below with eight loads in flight per thread
-    for (int i = tid; i < G * n_chunks; i += kWarps * 32) {
-        const int g = i / n_chunks, c = i - g * n_chunks;
-        sm_w[g * ATTN_DEC_MAX_SPLITS + c] = __ldcg(&p.ws_lse[(part + c) * G + g]);
-    }
-    named_sync(kBarConsumers, kWarps * 32);
     if (tid < G) {
-        float *w = sm_w + tid * ATTN_DEC_MAX_SPLITS, mx = -INFINITY, sum = 0.f;
-        for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, w[c]);
+        float mx = -INFINITY;
         for (int c = 0; c < n_chunks; c++) {
-            w[c] = exp2f(w[c] - mx);
-            sum += w[c];
+            const float x = __ldcg(&p.ws_lse[(part + c) * G + tid]);
+            sm_w[tid * ATTN_DEC_MAX_SPLITS + c] = x;
+            mx = fmaxf(mx, x);
+        }
+        float sum = 0.f;
+        for (int c = 0; c < n_chunks; c++) {
+            const float w = exp2f(sm_w[tid * ATTN_DEC_MAX_SPLITS + c] - mx);
+            sm_w[tid * ATTN_DEC_MAX_SPLITS + c] = w;
+            sum += w;
         }
         const float inv = 1.f / sum;
-        for (int c = 0; c < n_chunks; c++) w[c] *= inv;
+        for (int c = 0; c < n_chunks; c++) sm_w[tid * ATTN_DEC_MAX_SPLITS + c] *= inv;
         if (p.lse) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
     }
     named_sync(kBarConsumers, kWarps * 32);
     for (int e = tid; e < G * D; e += kWarps * 32) {
         const int g = e / D, d = e % D;
-        const float *src = p.ws_o + (part * G + g) * D + d, *w = sm_w + g * ATTN_DEC_MAX_SPLITS;
+        const float *src = p.ws_o + (part * G + g) * D + d;
         float v = 0.f;
-        int c = 0;
-        for (; c + 8 <= n_chunks; c += 8) {
-            float x[8];
-#pragma unroll
-            for (int u = 0; u < 8; u++) x[u] = __ldcg(src + (size_t)(c + u) * G * D);
-#pragma unroll
-            for (int u = 0; u < 8; u++) v += w[c + u] * x[u];
-        }
-        for (; c < n_chunks; c++) v += w[c] * __ldcg(src + (size_t)c * G * D);
+        for (int c = 0; c < n_chunks; c++) v += sm_w[g * ATTN_DEC_MAX_SPLITS + c] * __ldcg(src + (size_t)c * G * D);
         p.out[(head0 + g) * D + d] = __float2bfloat16_rn(v);
     }
     if (tid == 0) p.counters[seq * p.n_kv_heads + kvh] = 0;

@@ -11,7 +11,7 @@
 #define ATTN_PF_BM 128          // prefill: query rows per tile (two consumer warpgroups of 64)
 #define ATTN_PF_BN 128          // prefill: keys per KV tile
 #define ATTN_KV_BOX 64          // keys per TMA box (and per decode pipeline stage)
-#define ATTN_DEC_MAX_SPLITS 32  // decode: most split-K chunks of one sequence
+#define ATTN_DEC_MAX_SPLITS 64  // decode: most split-K chunks of one sequence
 #define ATTN_DEC_SPLIT_KEYS 512 // decode: default smallest chunk, in keys
 
 typedef CUresult (*attn_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
