@@ -12,3 +12,34 @@ liblacuna_a_SOURCES += \
 noinst_PROGRAMS += tests/bench_attn
 tests_bench_attn_SOURCES = tests/bench_attn.c
 tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
+
+# attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels.
+ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu
+ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh
+EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
+	tests/gpu/bench_attn_cuda.py
+if HAVE_CUDA
+liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
+ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o
+$(ATTN_CUDA_OBJS): $(ATTN_CUDA_HDRS) $(CUDA_HDRS)
+
+# The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
+# check: built here, with Check linked statically so that the binary travels.
+if HAVE_CHECK
+noinst_PROGRAMS += tests/gpu/check_attn_cuda
+tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c
+tests_gpu_check_attn_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_gpu_check_attn_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
+endif
+
+# The kernels with a C entry point for the benchmark's ctypes (tests/gpu/bench_attn_cuda.py).
+noinst_DATA = tests/gpu/libattn_cuda.so
+CLEANFILES += tests/gpu/libattn_cuda.so tests/gpu/log.pic.o tests/gpu/status.pic.o
+tests/gpu/libattn_cuda.so: $(ATTN_CUDA_OBJS) $(top_srcdir)/src/common/log.c $(top_srcdir)/src/common/status.c
+	@mkdir -p tests/gpu
+	$(AM_V_GEN)$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -I$(top_srcdir)/src -I$(top_builddir) \
+		-c -o tests/gpu/log.pic.o $(top_srcdir)/src/common/log.c && \
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -I$(top_srcdir)/src -I$(top_builddir) \
+		-c -o tests/gpu/status.pic.o $(top_srcdir)/src/common/status.c && \
+	$(NVCC) -shared -o $@ $(ATTN_CUDA_OBJS) tests/gpu/log.pic.o tests/gpu/status.pic.o
+endif

@@ -1,0 +1,113 @@
+/* Dense attention on the GPU over a paged bf16 KV cache: causal prefill of
+ * prompt chunks (on top of cached prefixes) and single-token decode, both
+ * batched over sequences of different lengths, both returning the LSE.
+ *
+ * The C boundary of src/attn/cuda: everything CUDA stays in the .cu files.
+ * All functions return 0 or a negative lc status (common/status.h) and never
+ * abort; device errors come back as LC_EDEVICE after a log line.
+ *
+ * KV layout (per layer; K and V alike, bf16):
+ *   (n_pool_pages, n_kv_heads, page_size, head_dim)
+ * page-major, then head, then token, then dim: one head's page is one
+ * contiguous page_size x head_dim tile (the CPU pool's order).
+ *
+ * Paged view of a batch (CSR, FlashInfer style), host arrays:
+ *   kv_indptr  (n_seqs+1)  sequence s owns kv_indices[kv_indptr[s] .. kv_indptr[s+1])
+ *   kv_indices (kv_indptr[n_seqs])  page ids in [0, n_pool_pages)
+ *   kv_len     (n_seqs)  valid keys of s, the new ones included (positions 0..kv_len-1)
+ *   q_indptr   (n_seqs+1)  prefill: sequence s's query rows q_indptr[s]..q_indptr[s+1]-1
+ *              sit at positions kv_len[s]-nq_s .. kv_len[s]-1 (causal);
+ *              decode: NULL, row s is sequence s's one query at position kv_len[s]-1.
+ *
+ * Plan/run: a plan object per kind (prefill, decode) is created once with
+ * capacities. attn_cuda_plan() runs on the host once per step: it checks the
+ * batch, builds the work list (prefill: (sequence, 128-row query block, head)
+ * tiles, longest first; decode: (sequence, kv head, key chunk) split-K items),
+ * copies it with the page table to the device on the stream, and says how
+ * large the workspace of attn_cuda_run() must be. attn_cuda_run() runs one
+ * layer; it allocates nothing. Every layer of the step reuses the plan.
+ *
+ * Determinism: a sequence's work split depends only on its own lengths
+ * (query blocks of 128 rows; decode chunks fixed in keys by its kv_len), and
+ * split-K partials merge in chunk order, so a sequence's outputs are bitwise
+ * the same alone or in any batch.
+ *
+ * Threading: one plan is used from one host thread and one stream at a time
+ * (the next plan waits for the previous step's upload from its pinned buffer;
+ * decode keeps merge counters in the plan). */
+#ifndef LC_ATTN_CUDA_H
+#define LC_ATTN_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int n_heads;          // query heads (GQA: a multiple of n_kv_heads; n_heads/n_kv_heads <= 16 for decode)
+    int n_kv_heads;       // key/value heads
+    int head_dim;         // 64 or 128
+    int page_size;        // tokens per page: 64 or 128
+    int64_t n_pool_pages; // pages in one layer's K (and V) pool
+    float scale;          // score scale, usually 1/sqrt(head_dim)
+} attn_cuda_shape_t;
+
+typedef enum { ATTN_CUDA_PREFILL = 0, ATTN_CUDA_DECODE = 1 } attn_cuda_kind_t;
+
+typedef struct {
+    int max_seqs;       // sequences per step
+    int64_t max_q_rows; // prefill: query rows per step (decode: ignored, rows = sequences)
+    int64_t max_pages;  // kv_indices entries per step
+    int split_keys;     // decode: smallest split-K chunk in keys, a multiple of 64 (0: 512); fixed per plan
+} attn_cuda_limits_t;
+
+/* One step's batch, host memory (see the CSR above). */
+typedef struct {
+    int n_seqs;
+    const int32_t *q_indptr;   // (n_seqs+1), prefill only; NULL for decode
+    const int32_t *kv_indptr;  // (n_seqs+1)
+    const int32_t *kv_indices; // (kv_indptr[n_seqs])
+    const int32_t *kv_len;     // (n_seqs)
+} attn_cuda_batch_t;
+
+/* One layer's call. All pointers are device memory. */
+typedef struct {
+    const void *q;          // (rows, n_heads, head_dim) bf16; rows = q_indptr[n_seqs] (prefill) or n_seqs (decode)
+    void *out;              // (rows, n_heads, head_dim) bf16
+    float *lse;             // (rows, n_heads) natural log of sum exp(scale * q.k), or NULL
+    const void *k;          // (n_pool_pages, n_kv_heads, page_size, head_dim) bf16, this layer
+    const void *v;          // same layout as k
+    void *workspace;        // decode split-K partials (16-byte aligned); may be NULL when the plan asked for 0
+    size_t workspace_bytes; // >= what attn_cuda_plan() returned
+    int variant;            // 0: the default kernel; 1..: ablation variants for tests and benchmarks
+} attn_cuda_args_t;
+
+typedef struct attn_cuda_plan attn_cuda_plan_t;
+
+/* Checks the shape against what the kernels support (LC_EUNSUPPORTED: head_dim,
+ * page_size, GQA group, or a GPU other than sm_90 for prefill) and allocates the
+ * pinned and device buffers for the given capacities (LC_ENOMEM, LC_EDEVICE). */
+int attn_cuda_plan_create(const attn_cuda_shape_t *shape, attn_cuda_kind_t kind, const attn_cuda_limits_t *lim,
+                          attn_cuda_plan_t **out);
+void attn_cuda_plan_destroy(attn_cuda_plan_t *p);
+
+/* Plans one step over the batch on stream (a cudaStream_t, NULL = default).
+ * LC_EINVAL for an inconsistent batch (lengths, page ids out of the pool, too
+ * few pages), LC_ERANGE when the batch exceeds the limits. *workspace_bytes
+ * gets the size attn_cuda_run() needs (0 for prefill). */
+int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, void *stream, size_t *workspace_bytes);
+
+/* Runs one layer over the planned batch on stream (the plan's stream order). */
+int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, void *stream);
+
+/* Number of ablation variants of the plan's kind (variant 0 .. n-1) and a
+ * name for each, for tests and benchmarks. */
+int attn_cuda_variant_count(const attn_cuda_plan_t *p);
+const char *attn_cuda_variant_name(const attn_cuda_plan_t *p, int variant);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

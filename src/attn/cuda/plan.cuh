@@ -1,0 +1,67 @@
+// The plan object shared by the plan (host) and the two kernel families:
+// what a step's work list looks like in the device arena, and the tensor
+// maps the kernels read K, V and Q through.
+#pragma once
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "attn/cuda/attn_cuda.h"
+
+#define ATTN_PF_BM 128          // prefill: query rows per tile (two consumer warpgroups of 64)
+#define ATTN_PF_BN 128          // prefill: keys per KV tile
+#define ATTN_KV_BOX 64          // keys per TMA box (and per decode pipeline stage)
+#define ATTN_DEC_MAX_SPLITS 64  // decode: most split-K chunks of one sequence
+#define ATTN_DEC_SPLIT_KEYS 512 // decode: default smallest chunk, in keys
+
+typedef CUresult (*attn_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                         const cuuint64_t *, const cuuint32_t *, const cuuint32_t *,
+                                         CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                         CUtensorMapFloatOOBfill);
+
+/* A step's arrays live in one int32 arena, written in the pinned host copy and
+ * uploaded in one copy. Offsets are in int32 units, multiples of 4 (16 bytes):
+ *   q_indptr (n_seqs+1), kv_indptr (n_seqs+1), kv_len (n_seqs),
+ *   seq_info (n_seqs, 4): decode {chunk_keys, n_chunks, first partial, 0},
+ *   items (n_items, 4): prefill {seq, query block, head, kv tiles},
+ *                       decode {seq, kv head, chunk, chunk_keys},
+ *   kv_indices (kv_indptr[n_seqs]). */
+struct attn_cuda_plan {
+    attn_cuda_shape_t shape;
+    attn_cuda_kind_t kind;
+    attn_cuda_limits_t lim;
+    int group;      // n_heads / n_kv_heads
+    int split_keys; // decode: smallest chunk in keys
+
+    int32_t *h_arena;     // pinned
+    int32_t *d_arena;     // device
+    size_t arena_ints;    // capacity of both
+    int *d_counters;      // decode: (max_seqs, n_kv_heads) arrivals per merge group, zero between runs
+    cudaEvent_t uploaded; // the last upload from h_arena
+    int upload_pending;
+    attn_encode_tiled_fn encode;
+
+    // the planned step
+    int planned;
+    int n_seqs;
+    int64_t n_rows; // query rows
+    int n_items;
+    size_t off_q_indptr, off_kv_indptr, off_kv_len, off_seq_info, off_items, off_kv_indices;
+    int64_t n_partials; // decode: (kv head, chunk) partial results of split sequences
+    size_t ws_bytes;
+};
+
+// Tensor maps over one layer's pool (rows of head_dim, one row per (page,
+// head, token)) and over the prefill queries; box: 64 dims x box_rows.
+int attn_cuda_map_kv(const attn_cuda_plan_t *p, const void *base, CUtensorMap *map);
+int attn_cuda_map_q(const attn_cuda_plan_t *p, const void *q, CUtensorMap *map);
+
+// Kernel families (prefill.cu, decode.cu).
+int attn_cuda_prefill_init(void);
+int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream);
+int attn_cuda_prefill_variants(void);
+const char *attn_cuda_prefill_variant_name(int v);
+int attn_cuda_decode_init(void);
+int attn_cuda_decode_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream);
+int attn_cuda_decode_variants(void);
+const char *attn_cuda_decode_variant_name(int v);

@@ -1,0 +1,502 @@
+/* Check suite for src/attn/cuda on a GPU: every kernel (and every ablation
+ * variant) against the CPU dense kernels of src/attn on the same bf16-rounded
+ * inputs, over batches with pages shuffled in the pool, unused pages and the
+ * unused slots of last pages poisoned with NaN, odd lengths, one-token chunks,
+ * chunks on cached prefixes, long and short sequences together, head_dim 64
+ * and 128, GQA groups 1 to 16, page sizes 64 and 128.
+ *
+ * Tolerance (bf16 inputs, bf16 P and outputs, f32 accumulation): per
+ * (sequence, head) relative L2 error of the output < 1e-2, largest element
+ * error < 3e-2 of that slice's largest |ref|, |LSE error| < 1e-2. Outputs and
+ * LSE are poisoned with NaN before each run and must come back finite.
+ * Batch invariance: each sequence run alone must match its rows of the batch
+ * bitwise.
+ *
+ * Runs where a GPU is; exits 77 (SKIP) where none is. Not part of make check:
+ * tests/gpu/run_attn.sh runs it on the GPU machine, one case at a time
+ * (CK_RUN_CASE=errors, prefill_small, decode_small, prefill, decode; the
+ * small ones also under compute-sanitizer). */
+#include <check.h>
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/attn.h"
+#include "attn/cuda/attn_cuda.h"
+#include "common/status.h"
+
+/* ---- bf16 and randomness ------------------------------------------------------ */
+static uint16_t f2bf(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; // NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float bf2f(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static uint64_t rng;
+static float frand(void) { // uniform in [-1, 1)
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
+}
+static int irand(int n) { // uniform in [0, n)
+    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (int)((rng >> 33) % (uint64_t)n);
+}
+
+#define CK_CUDA(call) ck_assert_msg((call) == cudaSuccess, "%s: %s", #call, cudaGetErrorString(cudaGetLastError()))
+
+/* ---- a batch over one shuffled, poisoned pool ----------------------------------- */
+typedef struct {
+    int kv_len, nq; // nq: prefill query rows (decode: 1)
+} seq_t;
+
+typedef struct {
+    attn_cuda_shape_t sh;
+    int decode, n;
+    seq_t seq[16];
+    int32_t q_indptr[17], kv_indptr[17], kv_len[16];
+    int32_t *kv_indices;
+    int64_t rows;         // query rows
+    float *kf, *vf;       // f32 pool (the CPU's copy, NaN where poisoned)
+    uint16_t *kb, *vb;    // bf16 pool
+    float *qf;            // (rows, H, D) bf16-rounded
+    uint16_t *qb;         //
+    void *dk, *dv, *dq;   // device copies
+    float *ref, *ref_lse; // (rows, H, D), (rows, H)
+} batch_t;
+
+static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, const seq_t *seqs, int n, float qmag) {
+    memset(b, 0, sizeof *b);
+    b->decode = decode;
+    b->n = n;
+    memcpy(b->seq, seqs, sizeof(seq_t) * n);
+    int64_t used = 0;
+    for (int s = 0; s < n; s++) {
+        if (decode) b->seq[s].nq = 1;
+        b->kv_indptr[s + 1] = b->kv_indptr[s] + (seqs[s].kv_len + ps - 1) / ps;
+        b->q_indptr[s + 1] = b->q_indptr[s] + b->seq[s].nq;
+        b->kv_len[s] = seqs[s].kv_len;
+    }
+    used = b->kv_indptr[n];
+    const int64_t pool = used + 5; // spare pages stay poisoned
+    b->sh = (attn_cuda_shape_t){.n_heads = H,
+                                .n_kv_heads = KH,
+                                .head_dim = D,
+                                .page_size = ps,
+                                .n_pool_pages = pool,
+                                .scale = 1.0f / sqrtf((float)D)};
+    b->rows = b->q_indptr[n];
+    // pages: a random permutation of the pool
+    int32_t *perm = malloc(sizeof(int32_t) * pool);
+    for (int64_t i = 0; i < pool; i++) perm[i] = (int32_t)i;
+    for (int64_t i = pool - 1; i > 0; i--) {
+        int j = irand((int)i + 1);
+        int32_t x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+    }
+    b->kv_indices = malloc(sizeof(int32_t) * (used ? used : 1));
+    memcpy(b->kv_indices, perm, sizeof(int32_t) * used);
+    free(perm);
+    const size_t page_elems = (size_t)KH * ps * D, pool_elems = page_elems * pool;
+    b->kf = malloc(sizeof(float) * pool_elems);
+    b->vf = malloc(sizeof(float) * pool_elems);
+    b->kb = malloc(2 * pool_elems);
+    b->vb = malloc(2 * pool_elems);
+    for (size_t i = 0; i < pool_elems; i++) b->kf[i] = b->vf[i] = NAN;
+    for (int s = 0; s < n; s++)
+        for (int64_t t = 0; t < seqs[s].kv_len; t++) {
+            const int32_t pg = b->kv_indices[b->kv_indptr[s] + t / ps];
+            for (int h = 0; h < KH; h++) {
+                float *kd = b->kf + pg * page_elems + ((size_t)h * ps + t % ps) * D;
+                float *vd = b->vf + pg * page_elems + ((size_t)h * ps + t % ps) * D;
+                for (int c = 0; c < D; c++) {
+                    kd[c] = bf2f(f2bf(frand()));
+                    vd[c] = bf2f(f2bf(frand()));
+                }
+            }
+        }
+    for (size_t i = 0; i < pool_elems; i++) {
+        b->kb[i] = f2bf(b->kf[i]);
+        b->vb[i] = f2bf(b->vf[i]);
+    }
+    const size_t qn = (size_t)b->rows * H * D;
+    b->qf = malloc(sizeof(float) * qn);
+    b->qb = malloc(2 * qn);
+    for (size_t i = 0; i < qn; i++) {
+        b->qb[i] = f2bf(frand() * qmag);
+        b->qf[i] = bf2f(b->qb[i]);
+    }
+    CK_CUDA(cudaMalloc(&b->dk, 2 * pool_elems));
+    CK_CUDA(cudaMalloc(&b->dv, 2 * pool_elems));
+    CK_CUDA(cudaMalloc(&b->dq, 2 * qn));
+    CK_CUDA(cudaMemcpy(b->dk, b->kb, 2 * pool_elems, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(b->dv, b->vb, 2 * pool_elems, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(b->dq, b->qb, 2 * qn, cudaMemcpyHostToDevice));
+
+    // CPU reference, sequence by sequence, over the same f32 pool
+    b->ref = malloc(sizeof(float) * qn);
+    b->ref_lse = malloc(sizeof(float) * b->rows * H);
+    attn_shape_t ash = {.n_heads = H, .n_kv_heads = KH, .head_dim = D, .scale = b->sh.scale};
+    for (int s = 0; s < n; s++) {
+        attn_kv_t kv = {.k = b->kf,
+                        .v = b->vf,
+                        .blk_stride = page_elems,
+                        .blocks = b->kv_indices + b->kv_indptr[s],
+                        .block_size = ps,
+                        .n_kv = seqs[s].kv_len};
+        const int64_t r0 = b->q_indptr[s], nq = b->seq[s].nq;
+        const float *q = b->qf + r0 * H * D;
+        float *o = b->ref + r0 * H * D, *l = b->ref_lse + r0 * H;
+        int rc = decode ? attn_decode_dense(&ash, q, &kv, o, l)
+                        : attn_prefill_dense(&ash, q, (int)nq, seqs[s].kv_len - nq, &kv, o, l);
+        ck_assert_int_eq(rc, 0);
+    }
+}
+
+static void batch_free(batch_t *b) {
+    cudaFree(b->dk);
+    cudaFree(b->dv);
+    cudaFree(b->dq);
+    free(b->kv_indices);
+    free(b->kf);
+    free(b->vf);
+    free(b->kb);
+    free(b->vb);
+    free(b->qf);
+    free(b->qb);
+    free(b->ref);
+    free(b->ref_lse);
+}
+
+/* Plans and runs sequences [s0, s0+ns) of the batch as their own batch (all of
+ * it: s0 = 0, ns = n); results to host (out bf16, lse). */
+static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_keys, uint16_t *out, float *lse) {
+    const attn_cuda_shape_t *sh = &b->sh;
+    const int H = sh->n_heads, D = sh->head_dim;
+    attn_cuda_limits_t lim = {
+        .max_seqs = 16, .max_q_rows = b->rows + 1, .max_pages = b->kv_indptr[b->n] + 1, .split_keys = split_keys};
+    attn_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(sh, b->decode ? ATTN_CUDA_DECODE : ATTN_CUDA_PREFILL, &lim, &p), 0);
+    int32_t qi[17], ki[17];
+    for (int s = 0; s <= ns; s++) {
+        qi[s] = b->q_indptr[s0 + s] - b->q_indptr[s0];
+        ki[s] = b->kv_indptr[s0 + s] - b->kv_indptr[s0];
+    }
+    attn_cuda_batch_t bt = {.n_seqs = ns,
+                            .q_indptr = b->decode ? NULL : qi,
+                            .kv_indptr = ki,
+                            .kv_indices = b->kv_indices + b->kv_indptr[s0],
+                            .kv_len = b->kv_len + s0};
+    size_t ws = 0;
+    ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
+    const int64_t rows = b->q_indptr[s0 + ns] - b->q_indptr[s0];
+    const size_t on = (size_t)rows * H * D;
+    void *dout, *dlse, *dws = NULL;
+    CK_CUDA(cudaMalloc(&dout, 2 * on));
+    CK_CUDA(cudaMalloc(&dlse, sizeof(float) * rows * H));
+    if (ws) CK_CUDA(cudaMalloc(&dws, ws));
+    CK_CUDA(cudaMemset(dout, 0xff, 2 * on)); // NaN
+    CK_CUDA(cudaMemset(dlse, 0xff, sizeof(float) * rows * H));
+    attn_cuda_args_t a = {.q = (const uint16_t *)b->dq + (size_t)b->q_indptr[s0] * H * D,
+                          .out = dout,
+                          .lse = dlse,
+                          .k = b->dk,
+                          .v = b->dv,
+                          .workspace = dws,
+                          .workspace_bytes = ws,
+                          .variant = variant};
+    // twice: the decode merge counters must be back at zero after a run
+    ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
+    ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
+    CK_CUDA(cudaDeviceSynchronize());
+    CK_CUDA(cudaMemcpy(out, dout, 2 * on, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(lse, dlse, sizeof(float) * rows * H, cudaMemcpyDeviceToHost));
+    cudaFree(dout);
+    cudaFree(dlse);
+    cudaFree(dws);
+    attn_cuda_plan_destroy(p);
+}
+
+/* Compares the whole batch's GPU result with the CPU reference; prints the
+ * worst errors, and the first mismatches of a failing (sequence, head). */
+static int check_vs_cpu(const batch_t *b, const uint16_t *out, const float *lse, const char *what) {
+    const int H = b->sh.n_heads, D = b->sh.head_dim;
+    double worst_rel = 0, worst_max = 0, worst_lse = 0;
+    int ok = 1, reported = 0;
+    for (int s = 0; s < b->n; s++)
+        for (int h = 0; h < H; h++) {
+            double se = 0, sr = 0, me = 0, mr = 0;
+            int64_t nonfinite = 0;
+            for (int64_t r = b->q_indptr[s]; r < b->q_indptr[s + 1]; r++) {
+                const size_t base = ((size_t)r * H + h) * D;
+                for (int c = 0; c < D; c++) {
+                    const double g = bf2f(out[base + c]), f = b->ref[base + c];
+                    if (!isfinite(g)) {
+                        nonfinite++;
+                        continue;
+                    }
+                    se += (g - f) * (g - f);
+                    sr += f * f;
+                    if (fabs(g - f) > me) me = fabs(g - f);
+                    if (fabs(f) > mr) mr = fabs(f);
+                }
+                const float gl = lse[(size_t)r * H + h];
+                const double le = isfinite(gl) ? fabs((double)gl - b->ref_lse[(size_t)r * H + h]) : INFINITY;
+                if (le > worst_lse) worst_lse = le;
+            }
+            const double rel = sqrt(se / (sr > 0 ? sr : 1)), mx = me / (mr > 0 ? mr : 1);
+            if (rel > worst_rel) worst_rel = rel;
+            if (mx > worst_max) worst_max = mx;
+            if (nonfinite || !(rel < 1e-2 && mx < 3e-2)) {
+                ok = 0;
+                if (reported++ < 6) {
+                    printf("  FAIL %s: seq %d (kv_len %d, nq %d) head %d: rel L2 %.3g, max %.3g, %ld not finite\n",
+                           what, s, b->seq[s].kv_len, b->seq[s].nq, h, rel, mx, (long)nonfinite);
+                    int shown = 0;
+                    for (int64_t r = b->q_indptr[s]; r < b->q_indptr[s + 1] && shown < 4; r++)
+                        for (int c = 0; c < D && shown < 4; c++) {
+                            const size_t i = ((size_t)r * H + h) * D + c;
+                            const double g = bf2f(out[i]), f = b->ref[i];
+                            if (!(fabs(g - f) <= 3e-2 * (mr > 0 ? mr : 1))) {
+                                printf("    row %ld dim %d: gpu %g cpu %g (lse gpu %g cpu %g)\n",
+                                       (long)(r - b->q_indptr[s]), c, g, f, lse[(size_t)r * H + h],
+                                       b->ref_lse[(size_t)r * H + h]);
+                                shown++;
+                            }
+                        }
+                }
+            }
+        }
+    if (!(worst_lse < 1e-2)) ok = 0;
+    printf("  %-4s %-50s rel L2 %.2e  max %.2e  lse %.2e\n", ok ? "ok" : "FAIL", what, worst_rel, worst_max, worst_lse);
+    return ok;
+}
+
+/* Every variant against the CPU; variant 0 alone per sequence, bitwise. */
+static void check_batch(const batch_t *b, const char *name, int split_keys) {
+    const int H = b->sh.n_heads, D = b->sh.head_dim;
+    const size_t on = (size_t)b->rows * H * D;
+    uint16_t *out = malloc(2 * on), *one = malloc(2 * on);
+    float *lse = malloc(sizeof(float) * b->rows * H), *lse1 = malloc(sizeof(float) * b->rows * H);
+    attn_cuda_limits_t lim = {.max_seqs = 1, .max_q_rows = 1, .max_pages = 1};
+    attn_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(&b->sh, b->decode ? ATTN_CUDA_DECODE : ATTN_CUDA_PREFILL, &lim, &p), 0);
+    const int nv = attn_cuda_variant_count(p);
+    int ok = 1;
+    for (int v = nv - 1; v >= 0; v--) {
+        char what[128];
+        snprintf(what, sizeof what, "%s [%s]", name, attn_cuda_variant_name(p, v));
+        run_gpu(b, 0, b->n, v, split_keys, out, lse);
+        ok &= check_vs_cpu(b, out, lse, what);
+    }
+    attn_cuda_plan_destroy(p);
+    // out/lse now hold variant 0 over the whole batch
+    int same = 1;
+    for (int s = 0; s < b->n; s++) {
+        run_gpu(b, s, 1, 0, split_keys, one, lse1);
+        const size_t r0 = (size_t)b->q_indptr[s], nr = (size_t)b->seq[s].nq;
+        if (memcmp(one, out + r0 * H * D, 2 * nr * H * D) != 0 || memcmp(lse1, lse + r0 * H, sizeof(float) * nr * H)) {
+            printf("  FAIL %s: sequence %d alone differs from its rows in the batch\n", name, s);
+            same = 0;
+        }
+    }
+    free(out);
+    free(one);
+    free(lse);
+    free(lse1);
+    ck_assert_msg(ok, "%s: a variant differs from the CPU reference (see above)", name);
+    ck_assert_msg(same, "%s: not batch invariant (see above)", name);
+}
+
+static void run_case(int H, int KH, int D, int ps, int decode, const seq_t *seqs, int n, float qmag, int split_keys,
+                     uint64_t seed, const char *name) {
+    rng = seed;
+    batch_t b;
+    batch_build(&b, H, KH, D, ps, decode, seqs, n, qmag);
+    check_batch(&b, name, split_keys);
+    batch_free(&b);
+}
+
+/* ---- prefill ------------------------------------------------------------------------ */
+START_TEST(test_prefill_small) {
+    const seq_t s[] = {{1, 1}, {70, 70}, {130, 3}, {200, 129}};
+    run_case(4, 2, 128, 64, 0, s, 4, 1.f, 0, 11, "prefill small d128 g2 p64");
+    run_case(2, 2, 64, 128, 0, s, 4, 1.f, 0, 12, "prefill small d64 g1 p128");
+}
+END_TEST
+
+START_TEST(test_prefill_mixed_d128_g4) {
+    // full prompts, one-token chunks on prefixes, chunks on prefixes, 128-multiples
+    const seq_t s[] = {{1000, 1000}, {5, 5}, {300, 1}, {2000, 77}, {129, 128}, {2500, 1500}, {256, 256}, {64, 63}};
+    run_case(32, 8, 128, 64, 0, s, 8, 1.f, 0, 21, "prefill mixed d128 g4 p64");
+    run_case(32, 8, 128, 128, 0, s, 8, 3.f, 0, 22, "prefill mixed d128 g4 p128 peaky");
+}
+END_TEST
+
+START_TEST(test_prefill_d64_g1_g8) {
+    const seq_t s[] = {{1, 1}, {128, 128}, {257, 130}, {700, 700}, {64, 1}, {1025, 513}};
+    run_case(4, 4, 64, 128, 0, s, 6, 1.f, 0, 31, "prefill d64 g1 p128");
+    run_case(16, 2, 64, 64, 0, s, 6, 2.f, 0, 32, "prefill d64 g8 p64");
+    run_case(16, 2, 128, 128, 0, s, 6, 1.f, 0, 33, "prefill d128 g8 p128");
+}
+END_TEST
+
+START_TEST(test_prefill_long_short) {
+    const seq_t s[] = {{4099, 4099}, {3, 3}, {6000, 1901}};
+    run_case(8, 2, 128, 64, 0, s, 3, 1.f, 0, 41, "prefill long+short d128 g4 p64");
+}
+END_TEST
+
+START_TEST(test_prefill_random) {
+    rng = 51;
+    seq_t s[12];
+    for (int i = 0; i < 12; i++) {
+        s[i].kv_len = 1 + irand(1500);
+        s[i].nq = 1 + irand(s[i].kv_len);
+    }
+    run_case(8, 2, 64, 64, 0, s, 12, 1.5f, 0, 52, "prefill random d64 g4 p64");
+    run_case(8, 1, 128, 128, 0, s, 12, 1.f, 0, 53, "prefill random d128 g8 p128");
+}
+END_TEST
+
+/* ---- decode -------------------------------------------------------------------------- */
+START_TEST(test_decode_small) {
+    const seq_t s[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}};
+    run_case(4, 2, 128, 64, 1, s, 4, 1.f, 64, 61, "decode small d128 g2 p64 split64");
+    run_case(2, 2, 64, 128, 1, s, 4, 1.f, 0, 62, "decode small d64 g1 p128");
+}
+END_TEST
+
+START_TEST(test_decode_d128_g4) {
+    const seq_t s[] = {{1, 1}, {63, 1}, {64, 1}, {65, 1}, {1000, 1}, {33000, 1}, {511, 1}, {513, 1}};
+    run_case(32, 8, 128, 64, 1, s, 8, 1.f, 0, 71, "decode d128 g4 p64");
+    run_case(32, 8, 128, 128, 1, s, 8, 3.f, 0, 72, "decode d128 g4 p128 peaky");
+}
+END_TEST
+
+START_TEST(test_decode_groups) {
+    const seq_t a[] = {{1, 1}, {127, 1}, {128, 1}, {129, 1}, {4000, 1}};
+    run_case(4, 4, 64, 128, 1, a, 5, 1.f, 0, 81, "decode d64 g1 p128");
+    const seq_t b[] = {{70000, 1}, {5, 1}};
+    run_case(16, 2, 128, 128, 1, b, 2, 1.f, 0, 82, "decode d128 g8 p128 70K");
+    const seq_t c[] = {{2000, 1}, {17, 1}, {600, 1}};
+    run_case(16, 1, 128, 64, 1, c, 3, 1.f, 0, 83, "decode d128 g16 p64");
+    run_case(16, 1, 64, 64, 1, c, 3, 1.f, 0, 84, "decode d64 g16 p64");
+}
+END_TEST
+
+START_TEST(test_decode_many_splits) {
+    // 64-key chunks: every sequence past 64 keys goes through the merge
+    const seq_t s[] = {{100, 1}, {1000, 1}, {4095, 1}, {64, 1}, {4097, 1}};
+    run_case(8, 2, 128, 64, 1, s, 5, 2.f, 64, 91, "decode split64 d128 g4 p64");
+}
+END_TEST
+
+/* ---- bad input: clear errors, nothing launched ------------------------------------------ */
+START_TEST(test_bad_input) {
+    attn_cuda_shape_t sh = {
+        .n_heads = 8, .n_kv_heads = 2, .head_dim = 128, .page_size = 64, .n_pool_pages = 10, .scale = 0.1f};
+    attn_cuda_limits_t lim = {.max_seqs = 4, .max_q_rows = 50, .max_pages = 10};
+    attn_cuda_plan_t *p = NULL;
+    attn_cuda_shape_t bad = sh;
+    bad.head_dim = 96;
+    ck_assert_int_eq(attn_cuda_plan_create(&bad, ATTN_CUDA_PREFILL, &lim, &p), LC_EUNSUPPORTED);
+    bad = sh;
+    bad.page_size = 16;
+    ck_assert_int_eq(attn_cuda_plan_create(&bad, ATTN_CUDA_DECODE, &lim, &p), LC_EUNSUPPORTED);
+    bad = sh;
+    bad.n_heads = 64;
+    bad.n_kv_heads = 2;
+    ck_assert_int_eq(attn_cuda_plan_create(&bad, ATTN_CUDA_DECODE, &lim, &p), LC_EUNSUPPORTED);
+    bad = sh;
+    bad.n_heads = 7;
+    ck_assert_int_eq(attn_cuda_plan_create(&bad, ATTN_CUDA_PREFILL, &lim, &p), LC_EINVAL);
+
+    ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &lim, &p), 0);
+    int32_t qi[2] = {0, 10}, ki[2] = {0, 2}, idx[2] = {3, 7}, len[1] = {100};
+    attn_cuda_batch_t b = {.n_seqs = 1, .q_indptr = qi, .kv_indptr = ki, .kv_indices = idx, .kv_len = len};
+    size_t ws = 1;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), 0);
+    ck_assert_uint_eq(ws, 0);
+    idx[1] = 10; // past the pool
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    idx[1] = -1;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    idx[1] = 7;
+    len[0] = 129; // more keys than two pages hold
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    len[0] = 5; // fewer keys than query rows
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    len[0] = 100;
+    qi[1] = 60; // past max_q_rows
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_ERANGE);
+    qi[1] = 10;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), 0);
+    attn_cuda_args_t a = {0};
+    ck_assert_int_eq(attn_cuda_run(p, &a, NULL), LC_EINVAL); // missing pointers
+    attn_cuda_plan_destroy(p);
+
+    // decode: a split sequence needs its workspace
+    ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &lim, &p), 0);
+    int32_t ki2[2] = {0, 10}, idx2[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, len2[1] = {600};
+    attn_cuda_batch_t b2 = {.n_seqs = 1, .kv_indptr = ki2, .kv_indices = idx2, .kv_len = len2};
+    ck_assert_int_eq(attn_cuda_plan(p, &b2, NULL, &ws), 0);
+    ck_assert_uint_gt(ws, 0);
+    void *buf;
+    CK_CUDA(cudaMalloc(&buf, 1 << 20));
+    attn_cuda_args_t a2 = {.q = buf, .out = buf, .k = buf, .v = buf, .workspace = buf, .workspace_bytes = ws - 1};
+    ck_assert_int_eq(attn_cuda_run(p, &a2, NULL), LC_EINVAL);
+    cudaFree(buf);
+    attn_cuda_plan_destroy(p);
+}
+END_TEST
+
+static Suite *attn_cuda_suite(void) {
+    Suite *s = suite_create("attn_cuda");
+    TCase *errors = tcase_create("errors");
+    tcase_add_test(errors, test_bad_input);
+    suite_add_tcase(s, errors);
+    TCase *prefill_small = tcase_create("prefill_small"); // small cases: also run under compute-sanitizer
+    tcase_add_test(prefill_small, test_prefill_small);
+    suite_add_tcase(s, prefill_small);
+    TCase *decode_small = tcase_create("decode_small");
+    tcase_add_test(decode_small, test_decode_small);
+    suite_add_tcase(s, decode_small);
+    TCase *prefill = tcase_create("prefill");
+    tcase_add_test(prefill, test_prefill_mixed_d128_g4);
+    tcase_add_test(prefill, test_prefill_d64_g1_g8);
+    tcase_add_test(prefill, test_prefill_long_short);
+    tcase_add_test(prefill, test_prefill_random);
+    suite_add_tcase(s, prefill);
+    TCase *decode = tcase_create("decode");
+    tcase_add_test(decode, test_decode_d128_g4);
+    tcase_add_test(decode, test_decode_groups);
+    tcase_add_test(decode, test_decode_many_splits);
+    suite_add_tcase(s, decode);
+    return s;
+}
+
+int main(void) {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        printf("SKIP: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return 77;
+    }
+    SRunner *sr = srunner_create(attn_cuda_suite());
+    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context does not survive fork()
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
