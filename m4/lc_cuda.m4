@@ -52,9 +52,12 @@ AC_DEFUN([LC_CHECK_CUDA], [
   have_cuda=no
   have_nccl=no
   CUDA_HOME=
+  dnl The toolkit: --with-cuda=DIR, else /usr/local/cuda, else the nvcc on PATH.
   AS_CASE([$with_cuda],
     [no], [],
-    [yes|check], [CUDA_HOME=/usr/local/cuda],
+    [yes|check], [AS_IF([test -x /usr/local/cuda/bin/nvcc], [CUDA_HOME=/usr/local/cuda],
+                    [AC_PATH_PROG([lc_nvcc_path], [nvcc])
+                     AS_IF([test -n "$lc_nvcc_path"], [CUDA_HOME=`dirname "$lc_nvcc_path"`; CUDA_HOME=`dirname "$CUDA_HOME"`])])],
     [CUDA_HOME=$with_cuda])
   AS_IF([test -n "$CUDA_HOME"], [
     AS_IF([test -x "$CUDA_HOME/bin/nvcc" && test -f "$CUDA_HOME/include/cuda_runtime.h"],
@@ -63,11 +66,22 @@ AC_DEFUN([LC_CHECK_CUDA], [
        CUDA_CFLAGS="-I$CUDA_HOME/include"
        CUDA_LIBDIR="$CUDA_HOME/lib64"
        AS_IF([test -d "$CUDA_HOME/targets/x86_64-linux/lib"], [CUDA_LIBDIR="$CUDA_HOME/targets/x86_64-linux/lib"])
-       CUDA_LIBS="-L$CUDA_LIBDIR -lcudart_static -lrt -ldl -lpthread -lstdc++"
+       dnl cuBLAS(Lt) ships as shared libraries only: an rpath finds them at run time.
+       CUDA_LIBS="-L$CUDA_LIBDIR -lcublasLt -lcublas -lcudart_static -lrt -ldl -lpthread -lstdc++ -Wl,-rpath,$CUDA_LIBDIR"
        AS_IF([test -z "$NVCC_GENCODE"],
          [NVCC_GENCODE="-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=compute_90"])
-       AC_DEFINE([HAVE_CUDA], [1], [CUDA path compiled in])
-       LC_CHECK_NCCL],
+       AC_MSG_CHECKING([whether a program links the CUDA runtime and cuBLASLt])
+       lc_save_CPPFLAGS=$CPPFLAGS lc_save_LIBS=$LIBS
+       CPPFLAGS="$CPPFLAGS $CUDA_CFLAGS" LIBS="$CUDA_LIBS $LIBS"
+       AC_LINK_IFELSE([AC_LANG_PROGRAM([[#include <cuda_runtime.h>
+#include <cublasLt.h>]], [[int n = 0; cublasLtHandle_t h; cudaGetDeviceCount(&n); return cublasLtCreate(&h) + n;]])],
+         [AC_MSG_RESULT([yes])],
+         [AC_MSG_RESULT([no])
+          AS_IF([test "x$with_cuda" != xcheck], [AC_MSG_ERROR([CUDA requested but a program using it does not link ($CUDA_LIBS)])])
+          have_cuda=no])
+       CPPFLAGS=$lc_save_CPPFLAGS LIBS=$lc_save_LIBS
+       AS_IF([test "x$have_cuda" = xyes], [AC_DEFINE([HAVE_CUDA], [1], [CUDA path compiled in])
+         LC_CHECK_NCCL], [CUDA_HOME= CUDA_CFLAGS= CUDA_LIBS=])],
       [AS_IF([test "x$with_cuda" != xcheck], [AC_MSG_ERROR([CUDA requested but no nvcc under $CUDA_HOME])])
        CUDA_HOME=])
   ])

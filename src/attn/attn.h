@@ -120,6 +120,9 @@ void attn_state_destroy(attn_state_t *st);
 const attn_policy_t *attn_state_policy(const attn_state_t *st);
 const attn_stats_t *attn_state_stats(const attn_state_t *st);
 void attn_state_reset_stats(attn_state_t *st);
+/* Adds query-key pairs to the decode (generated != 0) or prefill counters:
+ * for executors whose attention runs outside these kernels (the GPU). */
+void attn_state_count(attn_state_t *st, int generated, double computed, double total);
 
 /* ---- plan and run ------------------------------------------------------------------ */
 /* One layer's KV store as the kernels read it (f32 on the CPU). */

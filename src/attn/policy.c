@@ -103,3 +103,13 @@ void attn_state_destroy(attn_state_t *st) {
 const attn_policy_t *attn_state_policy(const attn_state_t *st) { return &st->pol; }
 const attn_stats_t *attn_state_stats(const attn_state_t *st) { return &st->stats; }
 void attn_state_reset_stats(attn_state_t *st) { st->stats = (attn_stats_t){0}; }
+
+void attn_state_count(attn_state_t *st, int generated, double computed, double total) {
+    if (generated) {
+        st->stats.decode_computed += computed;
+        st->stats.decode_total += total;
+    } else {
+        st->stats.prefill_computed += computed;
+        st->stats.prefill_total += total;
+    }
+}

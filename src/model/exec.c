@@ -1,5 +1,7 @@
 /* The executor front: picks the device, sizes the KV store, and forwards each
- * call to the CPU executor (forward.c). */
+ * call to the CPU executor (forward.c) or the CUDA executor (exec_cuda.cu).
+ * The only place outside the CUDA sources that knows whether the build has
+ * CUDA. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +12,16 @@
 #include "kv/store.h"
 #include "model/model_internal.h"
 #include "ops/device.h"
+#ifdef HAVE_CUDA
+#include "model/exec_cuda.h"
+#endif
 
 struct model_exec {
     const model_t *m;
     model_cpu_t *cpu;
+#ifdef HAVE_CUDA
+    model_cuda_t *cuda;
+#endif
     kv_config_t kvc;
     size_t block_bytes;
     char device[160];
@@ -93,8 +101,13 @@ model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, ch
     if (index < 0) {
         rc = create_cpu(e, o, err, errlen);
     } else {
-        snprintf(err, errlen, "device %s requested but this build runs the model on the CPU only", o->device);
+#ifdef HAVE_CUDA
+        e->cuda = model_cuda_create(m, index, o, &e->kvc, &e->block_bytes, e->device, sizeof e->device, err, errlen);
+        rc = e->cuda ? 0 : LC_EDEVICE;
+#else
+        snprintf(err, errlen, "device %s requested but this build has no CUDA (configure --with-cuda)", o->device);
         rc = LC_EUNSUPPORTED;
+#endif
     }
     if (rc) {
         model_exec_destroy(e);
@@ -106,6 +119,9 @@ model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, ch
 void model_exec_destroy(model_exec_t *e) {
     if (!e) return;
     model_cpu_destroy(e->cpu);
+#ifdef HAVE_CUDA
+    model_cuda_destroy(e->cuda);
+#endif
     free(e);
 }
 
@@ -119,13 +135,21 @@ int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
     if (c->n_layers != e->kvc.n_layers || c->n_kv_heads != e->kvc.n_kv_heads || c->head_dim != e->kvc.head_dim ||
         c->block_size != e->kvc.block_size || c->n_blocks > e->kvc.n_blocks)
         return LC_EINVAL;
-    kv_pool_bind(kv, model_cpu_copy_block, e->cpu);
+    if (e->cpu) kv_pool_bind(kv, model_cpu_copy_block, e->cpu);
+#ifdef HAVE_CUDA
+    if (e->cuda) kv_pool_bind(kv, model_cuda_copy_block, e->cuda);
+#endif
     return 0;
 }
 
 int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
     if (!e || !kv || !b) return LC_EINVAL;
-    return model_cpu_forward(e->cpu, b);
+    if (e->cpu) return model_cpu_forward(e->cpu, b);
+#ifdef HAVE_CUDA
+    return model_cuda_forward(e->cuda, b);
+#else
+    return LC_EINVAL;
+#endif
 }
 
 int model_exec_set_attn_hook(model_exec_t *e, model_attn_hook_cb cb, void *ud) {

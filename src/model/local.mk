@@ -6,7 +6,7 @@ liblacuna_a_SOURCES += \
 	src/model/quant.c src/model/quant.h \
 	src/model/model.h src/model/model_internal.h \
 	src/model/model_load.c \
-	src/model/forward.c src/model/exec.c src/model/exec.h \
+	src/model/forward.c src/model/exec.c src/model/exec.h src/model/exec_cuda.h \
 	src/model/sampler.h src/model/sampler.c
 
 # ---- tokenizer and chat templates ------------------------------------------
@@ -15,3 +15,22 @@ liblacuna_a_SOURCES += \
 	src/model/chat.c src/model/chat.h \
 	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
 	src/model/tok_gguf.c
+
+# The CUDA executor (with CUDA only).
+if HAVE_CUDA
+liblacuna_a_SOURCES += src/model/exec_cuda.cu
+CUDA_SRCS += src/model/exec_cuda.cu
+endif
+EXTRA_DIST += src/model/exec_cuda.cu
+
+# The GPU Check suite of the executor (tests/gpu/run.sh runs it on the GPU
+# machine; not in make check). Check linked statically so the binary travels.
+EXTRA_DIST += tests/gpu/check_cuda.c
+if HAVE_CUDA
+if HAVE_CHECK
+noinst_PROGRAMS += tests/gpu/check_cuda
+tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tools/mkmodel.c tools/mkmodel_vocab.c
+tests_gpu_check_cuda_CFLAGS = $(CHECK_CFLAGS_ALL) -I$(top_srcdir)/tests
+tests_gpu_check_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(LC_LIBS) -lrt -lm
+endif
+endif

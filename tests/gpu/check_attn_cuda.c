@@ -143,12 +143,20 @@ static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, co
     CK_CUDA(cudaMemcpy(b->dv, b->vb, 2 * pool_elems, cudaMemcpyHostToDevice));
     CK_CUDA(cudaMemcpy(b->dq, b->qb, 2 * qn, cudaMemcpyHostToDevice));
 
-    // CPU reference, sequence by sequence, over the same f32 pool
+    // CPU reference, sequence by sequence, over the same f32 pool, its K
+    // transposed per page as the CPU store keeps it (kv/store.h)
+    float *kt = malloc(sizeof(float) * pool_elems);
+    for (int64_t pg = 0; pg < pool; pg++)
+        for (int h = 0; h < KH; h++)
+            for (int t = 0; t < ps; t++)
+                for (int c = 0; c < D; c++)
+                    kt[pg * page_elems + ((size_t)h * D + c) * ps + t] =
+                        b->kf[pg * page_elems + ((size_t)h * ps + t) * D + c];
     b->ref = malloc(sizeof(float) * qn);
     b->ref_lse = malloc(sizeof(float) * b->rows * H);
     attn_shape_t ash = {.n_heads = H, .n_kv_heads = KH, .head_dim = D, .scale = b->sh.scale};
     for (int s = 0; s < n; s++) {
-        attn_kv_t kv = {.k = b->kf,
+        attn_kv_t kv = {.k = kt,
                         .v = b->vf,
                         .blk_stride = page_elems,
                         .blocks = b->kv_indices + b->kv_indptr[s],
@@ -161,6 +169,7 @@ static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, co
                         : attn_prefill_dense(&ash, q, (int)nq, seqs[s].kv_len - nq, &kv, o, l);
         ck_assert_int_eq(rc, 0);
     }
+    free(kt);
 }
 
 static void batch_free(batch_t *b) {

@@ -6,6 +6,7 @@
 #define LC_CUDA_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -20,6 +21,51 @@ void ops_cuda_device_name(int index, char *buf, size_t len);
 int ops_cuda_rmsnorm(const float *x, const float *w, float *y, int rows, int dim, float eps, void *stream);
 /* Same over host memory (copies in and out); for tests against the CPU. */
 int ops_cuda_rmsnorm_host(const float *x, const float *w, float *y, int rows, int dim, float eps);
+
+/* ---- the executor's kernels (elementwise.cu) ------------------------------------------- */
+/* Device pointers; bf16 tensors are `void *` here (__nv_bfloat16 inside).
+ * Each launches on stream and returns 0, LC_EINVAL or LC_EDEVICE. */
+
+/* x[t] = table[tok[t]] * scale.   table: (n_vocab, dim) bf16; tok: (n); x: (n, dim) f32 */
+int ops_cuda_embed(const void *table, const int32_t *tok, int n, int dim, float scale, float *x, void *stream);
+/* y[r] = bf16(x[rows ? rows[r] : r] / rms * w).   x: (., dim) f32; w: (dim) f32; y: (n, dim) bf16 */
+int ops_cuda_rmsnorm_bf16(const float *x, const int32_t *rows, const float *w, void *y, int n, int dim, float eps,
+                          void *stream);
+
+/* The fused QKV epilogue's shapes and outputs. */
+typedef struct {
+    int n_heads, n_kv_heads, head_dim;
+    int rot_dim;     // rotated dims per head (even, <= head_dim)
+    int neox;        // 0: adjacent pairs; 1: halves
+    int64_t n_table; // positions covered by the cos/sin tables
+    float freq_base, freq_scale;
+    void *q;       // (rows, n_heads, head_dim) bf16, token t at row perm[t]
+    void *k_cache; // this layer's K pages: (n_pages, n_kv_heads, page_size, head_dim) bf16
+    void *v_cache; // same layout
+    int page_size;
+} ops_cuda_qkv_t;
+/* qkv: (n, (n_heads + 2 n_kv_heads) * head_dim) f32, q heads then k then v;
+ * pos, perm, kv_page, kv_slot: (n); cos_t, sin_t: (n_table, rot_dim / 2). */
+int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, const int32_t *perm, const int32_t *kv_page,
+                      const int32_t *kv_slot, const float *cos_t, const float *sin_t, const ops_cuda_qkv_t *p,
+                      void *stream);
+/* h = bf16(silu(g) * u).   gu: (n, 2 ff) f32, gate then up; h: (n, ff) bf16 */
+int ops_cuda_swiglu(const float *gu, void *h, int n, int ff, void *stream);
+/* dst[r] = src[idx[r]], bf16 rows of cols.   idx: (n) */
+int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, void *dst, int n, int cols, void *stream);
+
+/* ---- matmul (gemm.cu) ----------------------------------------------------------------------- */
+/* D = A · Wᵀ (+ D when accumulate) through cuBLASLt, bf16 inputs, f32
+ * accumulation, D in f32 or bf16, all row-major:
+ *   A: (m, k) bf16   W: (n, k) bf16   D: (m, n)
+ * Deterministic mode uses one algorithm per (n, k, output type), chosen once
+ * for a large m and with split-K off, so each output element is one fixed
+ * reduction whatever m is: a row's result does not depend on the batch. */
+typedef struct ops_cuda_gemm ops_cuda_gemm_t;
+int ops_cuda_gemm_create(size_t workspace_bytes, int deterministic, ops_cuda_gemm_t **out);
+void ops_cuda_gemm_destroy(ops_cuda_gemm_t *g);
+int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
+                  int accumulate, void *stream);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""End to end on one GPU: lacunad (--device cuda:0) against Hugging Face
+transformers with SDPA attention, on the same GGUF, in one run.
+
+For each: time to first token at several prompt lengths (one request at a
+time; lacunad through its streaming HTTP API, transformers as prefill plus
+the first sampled token), and decode tokens/s with 1 and N concurrent
+streams of 128 tokens (greedy, EOS ignored). Prints a table and writes JSON.
+
+  bench/gpu_e2e.py --lacunad BIN --libpath DIRS --model M.gguf [--hf-model M.gguf]
+                   [--prompts 1024,8192] [--streams 1,64] [--out FILE]
+"""
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def post_stream(port, body):
+    """POST a streaming completion; returns (ttft_s, n_tokens, total_s)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    ttft, n = None, 0
+    with urllib.request.urlopen(req, timeout=1800) as r:
+        for line in r:
+            line = line.strip()
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            ev = json.loads(line[6:])
+            for ch in ev.get("choices", []):
+                if ch.get("text"):
+                    n += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - t0
+    return ttft, n, time.perf_counter() - t0
+
+
+def prompt_ids(n, vocab):
+    # a deterministic token sequence (ids, so both sides read the same prompt)
+    return [(i * 7919 + 13) % (vocab - 100) + 50 for i in range(n)]
+
+
+def bench_lacunad(a, vocab):
+    port = free_port()
+    env = dict(os.environ, LD_LIBRARY_PATH=a.libpath)
+    d = subprocess.Popen([a.lacunad, "--model", a.model, "--device", "cuda:0", "--host", "127.0.0.1", "--port",
+                          str(port), "--set", "engine.max_batch_tokens=8192", "--set", "engine.prefill_chunk=8192",
+                          "--set", "engine.max_running=128"], env=env, stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except Exception:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("lacunad did not come up")
+        res = {"ttft": {}, "decode": {}}
+        body = {"model": "m", "max_tokens": 1, "temperature": 0, "stream": True}
+        post_stream(port, dict(body, prompt=prompt_ids(64, vocab)))  # warm-up
+        for n in a.prompts:
+            times = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab)))[0] for _ in range(3)]
+            res["ttft"][n] = sorted(times)[1]
+        for s in a.streams:
+            out = [None] * s
+            def run(i):
+                out[i] = post_stream(port, {"model": "m", "prompt": prompt_ids(200 + i, vocab), "max_tokens": 128,
+                                            "temperature": 0, "ignore_eos": True, "stream": True})
+            ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            wall = time.perf_counter() - t0
+            toks = sum(o[1] for o in out)
+            # decode rate: tokens after the first, over the time after the last first token
+            first = max(o[0] for o in out)
+            res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall}
+        return res
+    finally:
+        d.terminate()
+        d.wait(timeout=60)
+
+
+def bench_hf(a, vocab):
+    import torch
+    from transformers import AutoModelForCausalLM
+    path = a.hf_model or a.model
+    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path),
+                                             torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    res = {"ttft": {}, "decode": {}}
+    def sync():
+        torch.cuda.synchronize()
+    with torch.no_grad():
+        x = torch.tensor([prompt_ids(64, vocab)], device="cuda")
+        m.generate(x, max_new_tokens=1, do_sample=False)
+        for n in a.prompts:
+            x = torch.tensor([prompt_ids(n, vocab)], device="cuda")
+            times = []
+            for _ in range(3):
+                sync()
+                t0 = time.perf_counter()
+                m.generate(x, max_new_tokens=1, do_sample=False)
+                sync()
+                times.append(time.perf_counter() - t0)
+            res["ttft"][n] = sorted(times)[1]
+        for s in a.streams:
+            x = torch.tensor([prompt_ids(200, vocab)] * s, device="cuda")
+            sync()
+            t0 = time.perf_counter()
+            m.generate(x, max_new_tokens=1, do_sample=False)
+            sync()
+            t1 = time.perf_counter()
+            m.generate(x, max_new_tokens=128, min_new_tokens=128, do_sample=False)
+            sync()
+            t2 = time.perf_counter()
+            res["decode"][s] = {"tok_s": s * 127 / max((t2 - t1) - (t1 - t0), 1e-9), "tokens": s * 128}
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lacunad", required=True)
+    ap.add_argument("--libpath", default="")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--hf-model")
+    ap.add_argument("--vocab", type=int, default=49152)
+    ap.add_argument("--prompts", default="1024,8000")
+    ap.add_argument("--streams", default="1,64")
+    ap.add_argument("--out")
+    ap.add_argument("--skip-hf", action="store_true")
+    a = ap.parse_args()
+    a.prompts = [int(x) for x in a.prompts.split(",")]
+    a.streams = [int(x) for x in a.streams.split(",")]
+    ours = bench_lacunad(a, a.vocab)
+    hf = None
+    if not a.skip_hf:
+        try:
+            hf = bench_hf(a, a.vocab)
+        except Exception as e:  # report, keep ours
+            print(f"transformers: {e!r}", file=sys.stderr)
+    rows = [("TTFT %d tokens (s)" % n, ours["ttft"][n], hf["ttft"][n] if hf else None) for n in a.prompts]
+    rows += [("decode tok/s, %d stream%s" % (s, "s" if s > 1 else ""), ours["decode"][s]["tok_s"],
+              hf["decode"][s]["tok_s"] if hf else None) for s in a.streams]
+    print("| measure | lacunad | transformers + SDPA |")
+    print("|---|---:|---:|")
+    for name, o, h in rows:
+        print(f"| {name} | {o:.4g} | {'' if h is None else f'{h:.4g}'} |")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"lacunad": ours, "transformers": hf}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

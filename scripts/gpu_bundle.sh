@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Packs what the GPU machine needs into .gpu/ (git-ignored): the binaries
+# built here with CUDA (lacunad, lacuna, the GPU Check suites, the attention
+# benchmark's library), the Debian shared libraries they need that an Ubuntu
+# image lacks (xz-compressed), and the default model cut into parts small
+# enough for the device tool's 64 MiB per call. tests/gpu/run.sh unpacks and
+# runs them there. Binaries from Debian 12 (glibc 2.36) run on Ubuntu 24.04.
+#   scripts/gpu_bundle.sh [BUILD_DIR]   (default build/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+b=${1:-build}
+out=.gpu
+rm -rf "$out/bin" "$out/libs.tar.xz"
+mkdir -p "$out/bin"
+cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_cuda" \
+    "$b/tests/gpu/libattn_cuda.so" "$out/bin/"
+strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "$out"/bin/check_attn_cuda
+tmp=$(mktemp -d)
+mkdir "$tmp/lib"
+for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.so.1 libmicrohttpd.so.12 \
+    libuv.so.1 libcjson.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$l" "$tmp/lib/"
+done
+cp -L /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0 "$tmp/lib/"
+tar cJf "$out/libs.tar.xz" -C "$tmp" lib
+rm -rf "$tmp"
+m=models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ -f "$m" ] && [ ! -f "$out/model.sha256" ]; then
+    split -n 3 -d -a 1 "$m" "$out/model.part"
+    sha256sum "$m" | cut -d' ' -f1 > "$out/model.sha256"
+fi
+du -sh "$out"/* | sort -h

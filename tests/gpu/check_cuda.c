@@ -1,0 +1,419 @@
+/* GPU Check suite for the CUDA executor: every kernel of ops/cuda against its
+ * CPU counterpart on random and adversarial inputs, the matmul's batch
+ * invariance, and the whole forward pass of the GPU executor against the
+ * CPU executor (tiny random models, and the real model teacher-forced on 5
+ * prompts x 256 positions). Runs on the GPU machine (tests/gpu/run.sh); a
+ * machine without a GPU makes it exit 77, never pass.
+ *
+ * Tolerances: bf16 rounds to 8 bits of mantissa (relative 2^-9 per value), so
+ * one rounded output is within 4e-3 of the reference and a matmul over bf16
+ * inputs (exact products, f32 sums) within ~1e-5 of a double reference over
+ * the same bf16 values. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/cpu.h"
+#include "common/status.h"
+#include "kv/kv.h"
+#include "model/exec.h"
+#include "model/gguf.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/device.h"
+#include "ops/ops.h"
+#include "testutil.h"
+#include "tools/mkmodel.h"
+
+static uint64_t rng = 88172645463325252ULL;
+static float frand(void) { // uniform in [-1, 1)
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static uint16_t bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static float f32_of(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static void *dev(const void *host, size_t bytes) {
+    void *p = NULL;
+    ck_assert_int_eq(cudaMalloc(&p, bytes), cudaSuccess);
+    if (host) ck_assert_int_eq(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    return p;
+}
+static void back(void *host, const void *d, size_t bytes) {
+    ck_assert_int_eq(cudaDeviceSynchronize(), cudaSuccess);
+    ck_assert_int_eq(cudaMemcpy(host, d, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------ */
+START_TEST(test_rmsnorm_embed_swiglu) {
+    const int n = 37, dim = 576, V = 50, ff = 333;
+    float *x = malloc(sizeof(float) * n * dim), *w = malloc(sizeof(float) * dim), *ref = malloc(sizeof(float) * n * dim);
+    for (int i = 0; i < n * dim; i++) x[i] = frand() * (i % 97 == 0 ? 40.0f : 2.0f); // some large outliers
+    for (int i = 0; i < dim; i++) w[i] = frand() + 1.0f;
+    ops_rmsnorm(ref, x, w, n, dim, 1e-5f);
+    int32_t rows[5] = {36, 0, 17, 17, 3};
+    float *dx = dev(x, sizeof(float) * n * dim), *dw = dev(w, sizeof(float) * dim);
+    uint16_t *out = malloc(2 * (size_t)n * dim);
+    void *dy = dev(NULL, 2 * (size_t)n * dim);
+    int32_t *drows = dev(rows, sizeof rows);
+    ck_assert_int_eq(ops_cuda_rmsnorm_bf16(dx, NULL, dw, dy, n, dim, 1e-5f, NULL), 0);
+    back(out, dy, 2 * (size_t)n * dim);
+    for (int i = 0; i < n * dim; i++)
+        ck_assert_msg(fabsf(f32_of(out[i]) - ref[i]) <= 4e-3f * fabsf(ref[i]) + 1e-6f, "rmsnorm [%d]: %g vs %g", i,
+                      f32_of(out[i]), ref[i]);
+    ck_assert_int_eq(ops_cuda_rmsnorm_bf16(dx, drows, dw, dy, 5, dim, 1e-5f, NULL), 0); // gathered rows
+    back(out, dy, 2 * (size_t)5 * dim);
+    for (int r = 0; r < 5; r++)
+        for (int i = 0; i < dim; i++) {
+            const float want = ref[(size_t)rows[r] * dim + i];
+            ck_assert(fabsf(f32_of(out[(size_t)r * dim + i]) - want) <= 4e-3f * fabsf(want) + 1e-6f);
+        }
+    /* embedding: rows of a bf16 table, scaled */
+    uint16_t *table = malloc(2 * (size_t)V * dim);
+    for (int i = 0; i < V * dim; i++) table[i] = bf16_of(frand());
+    int32_t tok[4] = {49, 0, 7, 49};
+    void *dt = dev(table, 2 * (size_t)V * dim);
+    int32_t *dtok = dev(tok, sizeof tok);
+    ck_assert_int_eq(ops_cuda_embed(dt, dtok, 4, dim, 2.5f, dx, NULL), 0);
+    back(x, dx, sizeof(float) * 4 * dim);
+    for (int t = 0; t < 4; t++)
+        for (int i = 0; i < dim; i++) ck_assert(x[t * dim + i] == f32_of(table[(size_t)tok[t] * dim + i]) * 2.5f);
+    /* SwiGLU against ops_swiglu */
+    float *gu = malloc(sizeof(float) * n * 2 * ff), *g = malloc(sizeof(float) * n * ff), *u = malloc(sizeof(float) * n * ff);
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < ff; i++) {
+            g[r * ff + i] = gu[(size_t)r * 2 * ff + i] = frand() * 8.0f;
+            u[r * ff + i] = gu[(size_t)r * 2 * ff + ff + i] = frand() * 3.0f;
+        }
+    ops_swiglu(g, u, (size_t)n * ff);
+    float *dgu = dev(gu, sizeof(float) * n * 2 * ff);
+    void *dh = dev(NULL, 2 * (size_t)n * ff);
+    ck_assert_int_eq(ops_cuda_swiglu(dgu, dh, n, ff, NULL), 0);
+    uint16_t *h = malloc(2 * (size_t)n * ff);
+    back(h, dh, 2 * (size_t)n * ff);
+    for (int i = 0; i < n * ff; i++)
+        ck_assert_msg(fabsf(f32_of(h[i]) - g[i]) <= 4e-3f * fabsf(g[i]) + 1e-5f, "swiglu [%d]: %g vs %g", i, f32_of(h[i]),
+                      g[i]);
+    cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(drows), cudaFree(dt), cudaFree(dtok), cudaFree(dgu), cudaFree(dh);
+    free(x), free(w), free(ref), free(out), free(table), free(gu), free(g), free(u), free(h);
+}
+END_TEST
+
+/* RoPE (both pairings, positions past the table), q to its permuted row, K and
+ * V into shuffled pages of a poisoned cache. */
+START_TEST(test_qkv_post) {
+    for (int neox = 0; neox <= 1; neox++) {
+        const int H = 6, KH = 2, d = 64, rot = 48, P = 64, n_pages = 5, n = 11;
+        const int QKVD = (H + 2 * KH) * d;
+        ops_rope_t rope;
+        ck_assert_int_eq(ops_rope_init(&rope, rot, 100, 10000.0f, 1.0f), 0);
+        float *qkv = malloc(sizeof(float) * n * QKVD);
+        for (int i = 0; i < n * QKVD; i++) qkv[i] = frand() * 3.0f;
+        int64_t pos[11] = {0, 1, 63, 64, 99, 100, 101, 4000, 17, 5, 70};
+        int32_t perm[11], page[11], slot[11];
+        for (int t = 0; t < n; t++) {
+            perm[t] = (t * 7) % n; // a permutation of 0..10
+            page[t] = (int32_t)((t * 3 + 1) % n_pages);
+            slot[t] = (int32_t)(t * 5 % P);
+        }
+        /* CPU: rope q and k in place on a copy */
+        float *cq = malloc(sizeof(float) * n * H * d), *ck = malloc(sizeof(float) * n * KH * d);
+        for (int t = 0; t < n; t++) {
+            memcpy(cq + (size_t)t * H * d, qkv + (size_t)t * QKVD, sizeof(float) * H * d);
+            memcpy(ck + (size_t)t * KH * d, qkv + (size_t)t * QKVD + H * d, sizeof(float) * KH * d);
+        }
+        ops_rope(&rope, cq, n, pos, H, d, neox);
+        ops_rope(&rope, ck, n, pos, KH, d, neox);
+        const size_t cache_elems = (size_t)n_pages * KH * P * d;
+        uint16_t *poison = malloc(2 * cache_elems);
+        for (size_t i = 0; i < cache_elems; i++) poison[i] = 0x7fc1; // NaN
+        float *dqkv = dev(qkv, sizeof(float) * n * QKVD);
+        int64_t *dpos = dev(pos, sizeof pos);
+        int32_t *dperm = dev(perm, sizeof perm), *dpage = dev(page, sizeof page), *dslot = dev(slot, sizeof slot);
+        float *dcos = dev(rope.cos, sizeof(float) * 100 * rot / 2), *dsin = dev(rope.sin, sizeof(float) * 100 * rot / 2);
+        void *dq = dev(NULL, 2 * (size_t)n * H * d), *dk = dev(poison, 2 * cache_elems), *dv = dev(poison, 2 * cache_elems);
+        ops_cuda_qkv_t p = {H, KH, d, rot, neox, 100, 10000.0f, 1.0f, dq, dk, dv, P};
+        ck_assert_int_eq(ops_cuda_qkv_post(dqkv, n, dpos, dperm, dpage, dslot, dcos, dsin, &p, NULL), 0);
+        uint16_t *gq = malloc(2 * (size_t)n * H * d), *gk = malloc(2 * cache_elems), *gv = malloc(2 * cache_elems);
+        back(gq, dq, 2 * (size_t)n * H * d);
+        back(gk, dk, 2 * cache_elems);
+        back(gv, dv, 2 * cache_elems);
+        for (int t = 0; t < n; t++) {
+            for (int i = 0; i < H * d; i++) {
+                const float want = cq[(size_t)t * H * d + i], have = f32_of(gq[(size_t)perm[t] * H * d + i]);
+                ck_assert_msg(fabsf(have - want) <= 4e-3f * fabsf(want) + 2e-5f * (1 + (pos[t] >= 100) * 10),
+                              "neox %d q t %d [%d]: %g vs %g", neox, t, i, have, want);
+            }
+            for (int h = 0; h < KH; h++)
+                for (int c = 0; c < d; c++) {
+                    const size_t at = (((size_t)page[t] * KH + h) * P + slot[t]) * d + c;
+                    const float wk = ck[((size_t)t * KH + h) * d + c];
+                    const float wv = qkv[(size_t)t * QKVD + (H + KH + h) * d + c];
+                    ck_assert_msg(fabsf(f32_of(gk[at]) - wk) <= 4e-3f * fabsf(wk) + 2e-4f, "k t %d h %d c %d", t, h, c);
+                    ck_assert(fabsf(f32_of(gv[at]) - wv) <= 4e-3f * fabsf(wv));
+                }
+        }
+        ops_rope_fini(&rope);
+        cudaFree(dqkv), cudaFree(dpos), cudaFree(dperm), cudaFree(dpage), cudaFree(dslot), cudaFree(dcos);
+        cudaFree(dsin), cudaFree(dq), cudaFree(dk), cudaFree(dv);
+        free(qkv), free(cq), free(ck), free(poison), free(gq), free(gk), free(gv);
+    }
+}
+END_TEST
+
+/* ---- matmul ----------------------------------------------------------------------------------- */
+START_TEST(test_gemm) {
+    const int n = 1000, k = 576, ms[] = {1, 3, 64, 300};
+    ops_cuda_gemm_t *g;
+    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, 1, &g), 0);
+    uint16_t *A = malloc(2 * (size_t)300 * k), *W = malloc(2 * (size_t)n * k);
+    for (int i = 0; i < 300 * k; i++) A[i] = bf16_of(frand());
+    for (int i = 0; i < n * k; i++) W[i] = bf16_of(frand() * 0.1f);
+    void *dA = dev(A, 2 * (size_t)300 * k), *dW = dev(W, 2 * (size_t)n * k);
+    float *dD = dev(NULL, sizeof(float) * 300 * n), *D = malloc(sizeof(float) * 300 * n);
+    float *full = malloc(sizeof(float) * 300 * n);
+    ck_assert_int_eq(ops_cuda_gemm(g, 300, n, k, dA, dW, dD, 1, 0, NULL), 0);
+    back(full, dD, sizeof(float) * 300 * n);
+    for (int r = 0; r < 300; r += 37)
+        for (int j = 0; j < n; j += 13) {
+            double ref = 0, mag = 0;
+            for (int i = 0; i < k; i++) {
+                ref += (double)f32_of(A[(size_t)r * k + i]) * f32_of(W[(size_t)j * k + i]);
+                mag += fabs((double)f32_of(A[(size_t)r * k + i]) * f32_of(W[(size_t)j * k + i]));
+            }
+            ck_assert_msg(fabs(full[r * n + j] - ref) <= 1e-5 * mag + 1e-6, "[%d,%d] %g vs %g", r, j, full[r * n + j],
+                          ref);
+        }
+    /* the same rows in calls of other sizes: bitwise equal (deterministic mode) */
+    for (size_t t = 0; t < sizeof ms / sizeof ms[0]; t++) {
+        const int m = ms[t], r0 = 300 - m;
+        ck_assert_int_eq(ops_cuda_gemm(g, m, n, k, (char *)dA + 2 * (size_t)r0 * k, dW, dD, 1, 0, NULL), 0);
+        back(D, dD, sizeof(float) * m * n);
+        ck_assert_msg(memcmp(D, full + (size_t)r0 * n, sizeof(float) * m * n) == 0,
+                      "rows %d.. in a call of %d rows differ from the 300-row call", r0, m);
+    }
+    /* accumulate into an f32 D */
+    ck_assert_int_eq(ops_cuda_gemm(g, 300, n, k, dA, dW, dD, 1, 1, NULL), 0);
+    back(D, dD, sizeof(float) * 300 * n);
+    for (int i = 0; i < 300 * n; i += 101) ck_assert(fabsf(D[i] - 2 * full[i]) <= 1e-5f * fabsf(full[i]) + 1e-6f);
+    ops_cuda_gemm_destroy(g);
+    cudaFree(dA), cudaFree(dW), cudaFree(dD);
+    free(A), free(W), free(D), free(full);
+}
+END_TEST
+
+/* ---- the executor --------------------------------------------------------------------------- */
+typedef struct {
+    model_exec_t *e;
+    kv_pool_t *kv;
+} rig_t;
+
+static rig_t rig(const model_t *m, const char *device, int max_tokens) {
+    char err[256];
+    model_exec_opts_t o = {.device = device, .max_batch_tokens = max_tokens, .kv_blocks = 64, .kv_bytes = 0};
+    rig_t r;
+    r.e = model_exec_create(m, &o, err, sizeof err);
+    ck_assert_msg(r.e != NULL, "%s: %s", device, err);
+    kv_config_t c = model_exec_kv_config(r.e);
+    r.kv = kv_pool_create(&c);
+    ck_assert_ptr_nonnull(r.kv);
+    ck_assert_int_eq(model_exec_bind(r.e, r.kv), 0);
+    return r;
+}
+static void rig_free(rig_t *r) {
+    kv_pool_destroy(r->kv);
+    model_exec_destroy(r->e);
+}
+
+/* n tokens of one sequence at pos0 (reserving blocks), logits of every row. */
+static void run(rig_t *r, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int generated, float *logits) {
+    ck_assert_int_eq(kv_seq_reserve(r->kv, s, pos0 + n), 0);
+    ck_assert_int_eq(kv_seq_prepare_write(r->kv, s, pos0, pos0 + n), 0);
+    model_seq_t q = {.tok0 = 0,
+                     .n_tok = n,
+                     .pos0 = pos0,
+                     .kv = s,
+                     .generated = generated,
+                     .logits_mode = MODEL_LOGITS_ALL,
+                     .logits = logits};
+    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &q};
+    ck_assert_int_eq(model_exec_forward(r->e, r->kv, &b), 0);
+    s->n_tokens = pos0 + n;
+}
+
+/* Largest |a - b| over rows, relative to each row's largest |b|; and the
+ * share of rows whose argmax agrees. */
+static void compare(const float *a, const float *b, int rows, int V, double *rel, double *top1) {
+    *rel = 0;
+    int agree = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *x = a + (size_t)r * V, *y = b + (size_t)r * V;
+        double mx = 0, d = 0;
+        int ax = 0, ay = 0;
+        for (int i = 0; i < V; i++) {
+            mx = fmax(mx, fabs(y[i]));
+            d = fmax(d, fabs((double)x[i] - y[i]));
+            if (x[i] > x[ax]) ax = i;
+            if (y[i] > y[ay]) ay = i;
+        }
+        *rel = fmax(*rel, d / (mx > 0 ? mx : 1));
+        agree += ax == ay;
+    }
+    *top1 = (double)agree / rows;
+}
+
+static model_t *tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
+    static char path[64];
+    mkmodel_opts_t o;
+    mkmodel_opts_default(&o);
+    o.type = type;
+    o.n_layers = 3;
+    o.n_embd = n_embd;
+    o.n_heads = n_heads;
+    o.n_kv_heads = n_kv_heads;
+    o.n_ff = 2 * n_embd;
+    o.seed = 5;
+    strcpy(path, "/tmp/check_cuda_XXXXXX");
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char err[256];
+    ck_assert_msg(mkmodel_write(&o, path, err, sizeof err) == 0, "%s", err);
+    model_t *m = model_load(path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    unlink(path);
+    return m;
+}
+
+/* A tiny model (head_dim 64) through both executors: a 150-token prompt in
+ * uneven chunks and 20 generated rows; the GPU alone vs batched bitwise. */
+START_TEST(test_tiny_executor) {
+    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, N = 150, G = 20;
+    int32_t tok[170];
+    for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 13) % (unsigned)V);
+    float *cpu = malloc(sizeof(float) * (N + G) * V), *gpu = malloc(sizeof(float) * (N + G) * V);
+    ops_mm_set_q8(0); // the CPU's exact arithmetic as the reference
+    rig_t rc = rig(m, "cpu", 256), rg = rig(m, "cuda:0", 256);
+    kv_seq_t sc, sg;
+    kv_seq_init(&sc), kv_seq_init(&sg);
+    run(&rc, &sc, tok, N, 0, 0, cpu);
+    run(&rc, &sc, tok + N, G, N, 1, cpu + (size_t)N * V);
+    const int cuts[] = {0, 1, 64, 65, 100, N};
+    for (int i = 0; i + 1 < 6; i++)
+        run(&rg, &sg, tok + cuts[i], cuts[i + 1] - cuts[i], cuts[i], 0, gpu + (size_t)cuts[i] * V);
+    for (int g = 0; g < G; g++) run(&rg, &sg, tok + N + g, 1, N + g, 1, gpu + (size_t)(N + g) * V);
+    double rel, top1;
+    compare(gpu, cpu, N + G, V, &rel, &top1);
+    fprintf(stderr, "check_cuda: tiny model GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n", rel,
+            top1);
+    ck_assert_msg(rel < 3e-2, "GPU vs CPU relative logit error %g", rel);
+    ck_assert_msg(top1 >= 0.95, "GPU vs CPU top-1 agreement %g", top1);
+    /* the same rows batched with another sequence: bitwise equal */
+    kv_seq_t s1, s2;
+    kv_seq_init(&s1), kv_seq_init(&s2);
+    ck_assert_int_eq(kv_seq_reserve(rg.kv, &s1, N), 0);
+    ck_assert_int_eq(kv_seq_reserve(rg.kv, &s2, 90), 0);
+    int32_t bt[N + 90];
+    memcpy(bt, tok + 30, 90 * sizeof(int32_t));
+    memcpy(bt + 90, tok, N * sizeof(int32_t));
+    float *l1 = malloc(sizeof(float) * N * V), *l2 = malloc(sizeof(float) * 90 * V);
+    model_seq_t qs[2] = {
+        {.tok0 = 0, .n_tok = 90, .pos0 = 0, .kv = &s2, .logits_mode = MODEL_LOGITS_ALL, .logits = l2},
+        {.tok0 = 90, .n_tok = N, .pos0 = 0, .kv = &s1, .logits_mode = MODEL_LOGITS_ALL, .logits = l1},
+    };
+    model_batch_t b = {.n_tokens = N + 90, .tokens = bt, .n_seqs = 2, .seqs = qs};
+    ck_assert_int_eq(model_exec_forward(rg.e, rg.kv, &b), 0);
+    kv_seq_t alone;
+    kv_seq_init(&alone);
+    run(&rg, &alone, tok, N, 0, 0, gpu);
+    ck_assert_msg(memcmp(l1, gpu, sizeof(float) * N * V) == 0, "GPU: a prompt batched differs from it alone");
+    kv_seq_release(rg.kv, &s1), kv_seq_release(rg.kv, &s2), kv_seq_release(rg.kv, &alone);
+    kv_seq_release(rc.kv, &sc), kv_seq_release(rg.kv, &sg);
+    rig_free(&rc), rig_free(&rg);
+    ops_mm_set_q8(1);
+    free(cpu), free(gpu), free(l1), free(l2);
+    model_free(m);
+}
+END_TEST
+
+/* The real model, teacher-forced: 5 prompts x 256 positions through both
+ * executors (the CPU's exact arithmetic): top-1 agreement >= 98% and logits
+ * within bf16 tolerance. */
+static const char *g_model;
+START_TEST(test_real_model_teacher_forced) {
+    char err[256];
+    model_t *m = model_load(g_model, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    const tok_t *tk = model_tok(m);
+    const int V = model_hparams(m)->n_vocab, N = 256;
+    static const char *texts[5] = {
+        "The history of the printing press begins in the fifteenth century, when", "def quicksort(arr):\n    if len(arr)",
+        "Photosynthesis is the process by which green plants and some other organisms use sunlight to",
+        "User: What is the capital of Australia, and why was it chosen?\nAssistant:",
+        "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night"};
+    float *cpu = malloc(sizeof(float) * N * V), *gpu = malloc(sizeof(float) * N * V);
+    ops_mm_set_q8(0);
+    rig_t rc = rig(m, "cpu", N), rg = rig(m, "cuda:0", N);
+    double worst_rel = 0, sum_top1 = 0;
+    for (int p = 0; p < 5; p++) {
+        tok_ids_t ids = {0};
+        ck_assert_int_eq(tok_encode(tk, texts[p], strlen(texts[p]), tok_add_bos(tk), 0, &ids), 0);
+        int32_t seq[256];
+        for (int i = 0; i < N; i++) // the prompt, then a deterministic walk through the vocabulary
+            seq[i] = i < (int)ids.n ? ids.ids[i] : (int32_t)((seq[i - 1] * 2654435761u + 17) % (unsigned)V);
+        tok_ids_free(&ids);
+        kv_seq_t sc, sg;
+        kv_seq_init(&sc), kv_seq_init(&sg);
+        run(&rc, &sc, seq, N, 0, 0, cpu);
+        run(&rg, &sg, seq, N, 0, 0, gpu);
+        kv_seq_release(rc.kv, &sc), kv_seq_release(rg.kv, &sg);
+        double rel, top1;
+        compare(gpu, cpu, N, V, &rel, &top1);
+        fprintf(stderr, "check_cuda: prompt %d: max relative logit error %.2e, top-1 agreement %.3f\n", p, rel, top1);
+        worst_rel = fmax(worst_rel, rel);
+        sum_top1 += top1;
+    }
+    ck_assert_msg(sum_top1 / 5 >= 0.98, "top-1 agreement %.3f < 0.98", sum_top1 / 5);
+    ck_assert_msg(worst_rel < 5e-2, "relative logit error %g", worst_rel);
+    rig_free(&rc), rig_free(&rg);
+    ops_mm_set_q8(1);
+    free(cpu), free(gpu);
+    model_free(m);
+}
+END_TEST
+
+int main(void) {
+    char why[256] = "";
+    if (lc_device_count(why, sizeof why) <= 0) {
+        fprintf(stderr, "SKIP: no usable GPU (%s)\n", why);
+        return 77;
+    }
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("ops");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_rmsnorm_embed_swiglu);
+    tcase_add_test(tc, test_qkv_post);
+    tcase_add_test(tc, test_gemm);
+    tcase_add_test(tc, test_tiny_executor);
+    if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

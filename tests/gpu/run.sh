@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The GPU test and benchmark run, on the GPU machine, from the repository root
+# with .gpu/ carried there (scripts/gpu_bundle.sh makes it here; the model
+# travels in three parts over consecutive calls to a warm machine).
+#
+#   tests/gpu/run.sh STEP...
+#     env    the GPU, the unpacked libraries, what the binaries resolve to
+#     attn   the attention kernels' Check suite (ATTN_BENCH=0) or suite and
+#            SDPA benchmark (tests/gpu/run_attn.sh)
+#     cuda   the executor's Check suite: ops against the CPU, batch
+#            invariance, tiny models and (once the model is assembled) the
+#            default model teacher-forced through both executors
+#     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
+# Output worth keeping goes to $OUT (the device tool brings it back).
+# Exit status: 77 without a GPU, else the first failing step's.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+G=$PWD/.gpu
+OUT=${OUT:-/tmp/lacuna-out}
+mkdir -p "$OUT"
+status=0
+fail() {
+    echo "run.sh: $1 failed (status $2)"
+    [ "$status" = 0 ] && status=$2
+}
+
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "SKIP: no GPU"
+    exit 77
+fi
+[ -d "$G/lib" ] || tar xJf "$G/libs.tar.xz" -C "$G"
+CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.* /usr/local/cuda*/targets/*/lib/libcublasLt.so.* \
+    2>/dev/null | head -1)")
+# Our binaries see the carried libraries; Python (torch) keeps its own.
+ours() { LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
+
+# The default model, once its three parts are here.
+M=$G/model.gguf
+if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ] && [ -f "$G/model.part2" ]; then
+    cat "$G"/model.part0 "$G"/model.part1 "$G"/model.part2 > "$M.tmp"
+    if [ "$(sha256sum "$M.tmp" | cut -d' ' -f1)" = "$(cat "$G/model.sha256")" ]; then
+        mv "$M.tmp" "$M"
+    else
+        rm -f "$M.tmp"
+        fail "model assembly (sha256)" 2
+    fi
+fi
+[ -f "$M" ] && export LACUNA_MODEL=$M
+
+for step in "$@"; do
+    echo "==> $step"
+    case $step in
+    env)
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+        ours ldd "$G/bin/lacunad" | grep -E "not found|cublas|gomp" || true
+        ours "$G/bin/lacuna" --help >/dev/null 2>&1 || fail "lacuna runs" 1
+        ;;
+    attn)
+        ours env ATTN_BENCH=${ATTN_BENCH:-0} tests/gpu/run_attn.sh "$G/bin" 2>&1 | tee "$OUT/attn.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail attn 1
+        ;;
+    cuda)
+        ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_cuda" "$rc"
+        ;;
+    e2e)
+        [ -f "$M" ] || { fail "e2e (no model)" 2; continue; }
+        LACUNAD="ours $G/bin/lacunad" timeout 900 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    *) fail "unknown step $step" 2 ;;
+    esac
+done
+exit "$status"
