@@ -114,6 +114,21 @@ static void deq_q4_1(const uint8_t *x, float *y, size_t nb) {
     }
 }
 
+// Q5_0 block (22 bytes): f16 d; u8 qh[4] (bit j: the fifth bit of weight j); u8 qs[16]
+static void deq_q5_0(const uint8_t *x, float *y, size_t nb) {
+    for (size_t i = 0; i < nb; i++, x += 22, y += QK) {
+        const float d = f16_to_f32(rd16(x));
+        const uint32_t qh = (uint32_t)x[2] | (uint32_t)x[3] << 8 | (uint32_t)x[4] << 16 | (uint32_t)x[5] << 24;
+        const uint8_t *qs = x + 6;
+        for (int j = 0; j < QK / 2; j++) {
+            const int x0 = (int)((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - 16;
+            const int x1 = (int)((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
+            y[j] = (float)x0 * d;
+            y[j + QK / 2] = (float)x1 * d;
+        }
+    }
+}
+
 // Q8_0 block (34 bytes): f16 d; i8 qs[32]
 static void deq_q8_0(const uint8_t *x, float *y, size_t nb) {
     for (size_t i = 0; i < nb; i++, x += 34, y += QK) {
@@ -183,6 +198,7 @@ int quant_dequantize(uint32_t type, const void *src, float *dst, size_t n) {
     case GGML_TYPE_BF16: deq_bf16(x, dst, n); break;
     case GGML_TYPE_Q4_0: deq_q4_0(x, dst, n / bs); break;
     case GGML_TYPE_Q4_1: deq_q4_1(x, dst, n / bs); break;
+    case GGML_TYPE_Q5_0: deq_q5_0(x, dst, n / bs); break;
     case GGML_TYPE_Q8_0: deq_q8_0(x, dst, n / bs); break;
     case GGML_TYPE_Q4_K: deq_q4_k(x, dst, n / bs); break;
     case GGML_TYPE_Q6_K: deq_q6_k(x, dst, n / bs); break;
@@ -210,6 +226,29 @@ static void q_q4_0(const float *x, uint8_t *y, size_t nb) {
             const uint8_t q0 = (uint8_t)(x0 < 15 ? x0 : 15), q1 = (uint8_t)(x1 < 15 ? x1 : 15);
             y[2 + j] = (uint8_t)(q0 | (q1 << 4));
         }
+    }
+}
+
+/* ggml's quantize_row_q5_0_ref: the signed extreme maps to -16. */
+static void q_q5_0(const float *x, uint8_t *y, size_t nb) {
+    for (size_t i = 0; i < nb; i++, x += QK, y += 22) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        const float d = max / -16, id = d ? 1.0f / d : 0.0f;
+        wr16(y, f32_to_f16(d));
+        uint32_t qh = 0;
+        for (int j = 0; j < QK / 2; ++j) {
+            const int x0 = (int)(x[j] * id + 16.5f), x1 = (int)(x[QK / 2 + j] * id + 16.5f);
+            const uint8_t q0 = (uint8_t)(x0 < 31 ? x0 : 31), q1 = (uint8_t)(x1 < 31 ? x1 : 31);
+            y[6 + j] = (uint8_t)((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
+            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + QK / 2);
+        }
+        for (int k = 0; k < 4; k++) y[2 + k] = (uint8_t)(qh >> (8 * k));
     }
 }
 
@@ -363,6 +402,7 @@ int quant_quantize(uint32_t type, const float *src, void *dst, size_t n) {
         break;
     case GGML_TYPE_Q4_0: q_q4_0(src, y, n / bs); break;
     case GGML_TYPE_Q4_1: q_q4_1(src, y, n / bs); break;
+    case GGML_TYPE_Q5_0: q_q5_0(src, y, n / bs); break;
     case GGML_TYPE_Q8_0: q_q8_0(src, y, n / bs); break;
     case GGML_TYPE_Q4_K: q_q4_k(src, y, n / bs); break;
     case GGML_TYPE_Q6_K: q_q6_k(src, y, n / bs); break;

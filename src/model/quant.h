@@ -13,7 +13,7 @@
  * a bad n. */
 int quant_dequantize(uint32_t type, const void *src, float *dst, size_t n);
 /* Quantizes n floats into dst (ggml_type_size(type) * n / block bytes).
- * Supports F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K. */
+ * Supports F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q6_K. */
 int quant_quantize(uint32_t type, const float *src, void *dst, size_t n);
 
 float quant_f16_to_f32(uint16_t h);

@@ -22,6 +22,7 @@ enum {
     OPS_W_F16 = 1,
     OPS_W_Q4_0 = 2,
     OPS_W_Q4_1 = 3,
+    OPS_W_Q5_0 = 6,
     OPS_W_Q8_0 = 8,
     OPS_W_Q4_K = 12,
     OPS_W_Q6_K = 14,
