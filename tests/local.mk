@@ -64,7 +64,7 @@ tests_check_tokenizer_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py \
 	tests/fixtures/logits_smollm2.json scripts/gen_logits_fixtures.py
-EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py
+EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py tests/fixtures/tokenizer_gemma3.json
 
 # ---- scheduler ---------------------------------------------------------------
 # Tiny random models are written by the test itself (mkmodel's vocabulary);
