@@ -123,6 +123,15 @@ int attn_prefill_dense(const attn_shape_t *shape, const float *q, int n_q, int64
                        float *out, float *lse);
 int attn_decode_dense(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, float *out, float *lse);
 
+/* Sliding-window attention (the local layers of Gemma 3): a query at
+ * position p sees keys p - window < j <= p, its own position included.
+ * Part of the model, not a sparse method: no policy, no density counters.
+ * Same argument conventions as the dense kernels; window > 0. */
+int attn_prefill_sliding(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
+                         int64_t window, float *out, float *lse);
+int attn_decode_sliding(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, int64_t window, float *out,
+                        float *lse);
+
 /* Merges two partial results over disjoint key sets in place into (o1, lse1).
  * o: (rows, head_dim) per head flattened as (rows*heads, head_dim); lse (rows*heads). */
 void attn_merge(float *o1, float *lse1, const float *o2, const float *lse2, int rows, int head_dim);

@@ -4,6 +4,7 @@ liblacuna_a_SOURCES += \
 	src/attn/cpu/kern.h src/attn/cpu/kern.c src/attn/cpu/kern_x86.h src/attn/cpu/kern_x86.c \
 	src/attn/cpu/dense.c \
 	src/attn/cpu/streaming.c \
+	src/attn/cpu/sliding.c \
 	src/attn/cpu/quest.c \
 	src/attn/cpu/tidal.c \
 	src/attn/cpu/flex.c \
