@@ -15,7 +15,7 @@ the vector's max, mean, standard deviation and log-sum-exp; the top 10 of
 every position for the short prompts; and 32 greedy tokens with HF's top-2
 margin at each step. Prompts start with <bos> (the tokenizer adds it, as the
 server does). Two prompts are longer than the 512-token sliding window, one
-of them ~2,000 tokens, so the window is exercised; the test needs no torch.
+of them 1,599 tokens, so the window is exercised; the test needs no torch.
 """
 import base64
 import json
@@ -58,9 +58,9 @@ PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
     "<start_of_turn>user\nWhat is the boiling point of water in Celsius?<end_of_turn>\n<start_of_turn>model\n",
     "In 1969, 3 astronauts flew 384400 km to the Moon; 12 people have walked on it since then, and",
-    # ~750 tokens: past the 512-token window
+    # 525 tokens: past the 512-token window
     "Here is a list of facts. " + facts(16) + " Question: what does the town of Arden trade in? Answer: Arden trades in",
-    # ~2,100 tokens
+    # 1,599 tokens
     "Here is a list of facts. " + facts(48) + " Question: what does the town of Brill trade in? Answer: Brill trades in",
 ]
 

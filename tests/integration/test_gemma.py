@@ -49,8 +49,8 @@ def sure_prefix(case, limit):
 def test_completion_continues_like_hugging_face(gemma, which):
     cs = cases()
     case = cs[0] if which == "short" else next(c for c in cs if 512 < len(c["ids"]) < 1024)
-    want = sure_prefix(case, 8)
-    assert len(want) >= 2, case["greedy_margins"][:8]
+    want = sure_prefix(case, 8)  # long: the answer ("salt", from before the window), then a near-tie
+    assert len(want) >= 1, case["greedy_margins"][:8]
     client = OpenAI(base_url=gemma.url + "/v1", api_key=KEY)
     r = client.completions.create(model="gemma-3-270m-q4_k_m", prompt=case["prompt"], max_tokens=len(want),
                                   temperature=0)
