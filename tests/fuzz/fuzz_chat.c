@@ -42,7 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 size_t b = 0, e = strlen(c);
                 /* Gemma trims Unicode whitespace as well: strip every non-ASCII
                  * byte too, which leaves a part of what it kept. */
-#define TRIMMED(ch) (strchr(" \t\n\r\v\f", (ch)) || (gemma && ((unsigned char)(ch) >= 0x80 || ((ch) >= 0x1c && (ch) <= 0x1f))))
+#define TRIMMED(ch)                                                                                                    \
+    (strchr(" \t\n\r\v\f", (ch)) || (gemma && ((unsigned char)(ch) >= 0x80 || ((ch) >= 0x1c && (ch) <= 0x1f))))
                 while (b < e && TRIMMED(c[b])) b++;
                 while (e > b && TRIMMED(c[e - 1])) e--;
 #undef TRIMMED
