@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
-"""Generates tests/fixtures/tokenizer_smollm2.json: Hugging Face's tokenization,
-decoding and chat renderings of SmolLM2-135M-Instruct, which check_tokenizer
-must reproduce id for id.
+"""Generates the tokenizer fixtures: Hugging Face's tokenization, decoding
+and chat renderings of a real model, which check_tokenizer (SmolLM2) and
+check_gemma (Gemma 3 270M) must reproduce id for id.
 
 Usage: scripts/gen_tokenizer_fixtures.py [MODEL.gguf] [OUT.json]
-Needs: pip install transformers gguf tokenizers (torch is not needed).
+  default: models/SmolLM2-135M-Instruct.Q4_1.gguf -> tests/fixtures/tokenizer_smollm2.json
+  scripts/gen_tokenizer_fixtures.py models/gemma-3-270m-q4_k_m.gguf tests/fixtures/tokenizer_gemma3.json
+Needs: pip install transformers gguf tokenizers sentencepiece protobuf (torch
+is not needed).
 
-The reference is transformers' tokenizer loaded from the same GGUF, with one
-correction: transformers' GGUF converter builds a plain ByteLevel
-pre-tokenizer, but SmolLM2's own tokenizer.json (and llama.cpp's "smollm"
-pre-tokenizer) is Sequence[Digits(individual_digits=True), ByteLevel]. The
-two differ on whitespace before a digit ("a  1"), so we restore the Digits
-step; the script prints how many corpus strings that changes.
+The reference is transformers' tokenizer loaded from the same GGUF. For
+SmolLM2, with one correction: transformers' GGUF converter builds a plain
+ByteLevel pre-tokenizer, but SmolLM2's own tokenizer.json (and llama.cpp's
+"smollm" pre-tokenizer) is Sequence[Digits(individual_digits=True),
+ByteLevel]. The two differ on whitespace before a digit ("a  1"), so we
+restore the Digits step; the script prints how many corpus strings that
+changes. For Gemma (a base model whose GGUF carries no chat template) the
+chat renderings use GEMMA3_TEMPLATE below, the template Google ships with the
+instruction-tuned Gemma 3 models, set on the tokenizer by hand.
 """
 import json
 import os
@@ -111,6 +117,8 @@ CONVERSATIONS = [
 
 def main():
     tok = AutoTokenizer.from_pretrained(os.path.dirname(MODEL), gguf_file=os.path.basename(MODEL))
+    if "gemma" in os.path.basename(MODEL).lower():
+        return gemma(tok)
     backend = tok.backend_tokenizer
     plain_pre = backend.pre_tokenizer
     digits_pre = pre_tokenizers.Sequence([
@@ -169,6 +177,124 @@ def main():
         f.write("\n")
     print(f"{len(cases)} strings ({changed} differ without the Digits step), "
           f"{len(decodes)} decodes, {len(chats)} chats -> {OUT}")
+
+
+# Gemma 3's chat template, as in google/gemma-3-270m-it's tokenizer_config.json.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+GEMMA_EXTRA = [
+    "<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>", "<start_of_turn>user\nHi<end_of_turn>\n",
+    "<start_of_turn>model\n", "<unused0>", "<unused6241>", "<mask>", "[multimodal]", "<start_of_image>",
+    "x<end_of_turn>y", "<start_of_turn", "start_of_turn>", "<START_OF_TURN>", "< start_of_turn>",
+    "<b>bold</b> <i>it</i>", "<table><tr><td>1</td></tr></table>", "</div></span></li>", "<h1>Title</h1>",
+    "a  b", "a   b", "a    b", " " * 31, " " * 32, " " * 40, " " * 70, "x" + " " * 33 + "y",
+    "\n" * 31, "\n" * 32, "\n" * 45, "a\n\nb", " \n \n", "\n ", " \n", "\t\t\t", "\t \t",
+    "  leading two", "trailing two  ", " single lead", "single trail ", "mid  dle   spaces    here",
+    "\u2581 already a metaspace", "\u2581\u2581", "a\u2581b",
+]
+
+GEMMA_CONVERSATIONS = [
+    ([{"role": "user", "content": "Hello!"}], True),
+    ([{"role": "user", "content": "Hello!"}], False),
+    ([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi"}], True),
+    ([{"role": "system", "content": "  Keep my spaces.  "}, {"role": "user", "content": "  trimmed  \n"}], True),
+    ([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+      {"role": "user", "content": "And 3+3?"}], True),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "  spaced  \n"},
+      {"role": "assistant", "content": "ok"}], False),
+    ([{"role": "user", "content": "多语言 😀 and <b>tags</b>"}], True),
+    ([{"role": "user", "content": "\u00a0\u3000unicode spaces\u2003\u0085"}], True),
+    ([{"role": "user", "content": ""}], True),
+    ([{"role": "system", "content": "Only a system message."}], True),
+    # Not alternating: the template raises; our renderer must refuse too.
+    ([{"role": "assistant", "content": "I start."}, {"role": "user", "content": "Fine."}], True),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], True),
+]
+
+
+def gemma(tok):
+    strings = corpus() + GEMMA_EXTRA
+    cases = []
+    for s in strings:
+        ids = tok(s, add_special_tokens=False).input_ids
+        case = {"text": s, "ids": ids}
+        nos = tok(s, add_special_tokens=False, split_special_tokens=True).input_ids
+        if nos != ids:
+            case["ids_nospecial"] = nos
+        back = tok.decode(ids, clean_up_tokenization_spaces=False)
+        if back != s:  # a literal U+2581 comes back as a space
+            case["decoded"] = back
+        cases.append(case)
+    decodes = []
+    for s in strings[:60:3] + ["<start_of_turn>user\nHi<end_of_turn>\n", "Emoji: 😀👍🏽🇺🇸 and ❤️!", "a  b   c"]:
+        ids = tok(s, add_special_tokens=False).input_ids
+        for skip in (False, True):
+            decodes.append({"ids": ids, "skip_special": skip,
+                            "text": tok.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=False)})
+    tok.chat_template = GEMMA3_TEMPLATE
+    chats = []
+    for msgs, gen in GEMMA_CONVERSATIONS:
+        try:
+            text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        except Exception as e:  # jinja's raise_exception
+            chats.append({"messages": msgs, "add_generation_prompt": gen, "error": str(e)})
+            continue
+        chats.append({"messages": msgs, "add_generation_prompt": gen, "text": text,
+                      "ids": tok(text, add_special_tokens=False).input_ids})
+    out = {
+        "model": os.path.basename(MODEL),
+        "generator": "scripts/gen_tokenizer_fixtures.py",
+        "bos": tok.bos_token_id, "eos": tok.eos_token_id, "n_vocab": len(tok),
+        "add_bos": tok("x").input_ids[0] == tok.bos_token_id,
+        "chat_template": GEMMA3_TEMPLATE,
+        "encode": cases, "decode": decodes, "chat": chats,
+    }
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+    print(f"{len(cases)} strings, {len(decodes)} decodes, {len(chats)} chats -> {OUT}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@
 # Left out because they take many minutes under valgrind and exercise numeric
 # kernels rather than memory handling: check_model, check_attn, check_sched
 # (all three run under ASan+UBSan in the sanitizer build). check_tokenizer runs
-# without the real model (its SmolLM2 case is a speed test as well).
+# without the real models (their cases are speed tests as well).
 set -uo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 bdir=$(cd "${1:-$src/build}" && pwd)
 command -v valgrind >/dev/null || { echo "valgrind: not installed; skipping"; exit 0; }
 export LACUNA_SRCDIR=$src LACUNA_BUILDDIR=$bdir CK_FORK=no OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-export LACUNA_MODEL=/nonexistent-under-valgrind
+export LACUNA_MODEL=/nonexistent-under-valgrind LACUNA_GEMMA_MODEL=/nonexistent-under-valgrind
 unset LACUNA_REQUIRE_MODEL
 tests="check_common check_server check_device check_kv check_gguf check_sampler check_tokenizer
   fuzz/replay_request fuzz/replay_sse fuzz/replay_chat fuzz/replay_gguf"

@@ -101,16 +101,18 @@ static float *rand_q(int rows, int H, int d, float amp) {
     return q;
 }
 
-/* Naive reference in double: row (i, h) at position pos0+i over keys j <= pos. */
-static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, double *out, double *lse) {
+/* Naive reference in double: row (i, h) at position p = pos0+i over keys
+ * p - window < j <= p. */
+static void ref_attn_win(const tkv_t *t, const float *q, int n_q, int64_t pos0, int64_t window, double *out,
+                         double *lse) {
     const int H = t->sh.n_heads, KH = t->sh.n_kv_heads, d = t->sh.head_dim, G = H / KH;
     double *s = malloc(sizeof(double) * (pos0 + n_q));
     for (int i = 0; i < n_q; i++)
         for (int h = 0; h < H; h++) {
             const float *qr = q + ((size_t)i * H + h) * d;
-            int64_t p = pos0 + i;
+            int64_t p = pos0 + i, j0 = p - window + 1 > 0 ? p - window + 1 : 0;
             double m = -INFINITY;
-            for (int64_t j = 0; j <= p; j++) {
+            for (int64_t j = j0; j <= p; j++) {
                 const float *kr = t->kc + ((size_t)j * KH + h / G) * d;
                 double acc = 0;
                 for (int c = 0; c < d; c++) acc += (double)qr[c] * kr[c];
@@ -120,7 +122,7 @@ static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, doub
             double l = 0;
             double *o = out + ((size_t)i * H + h) * d;
             memset(o, 0, sizeof(double) * d);
-            for (int64_t j = 0; j <= p; j++) {
+            for (int64_t j = j0; j <= p; j++) {
                 double w = exp(s[j] - m);
                 l += w;
                 const float *vr = t->vc + ((size_t)j * KH + h / G) * d;
@@ -130,6 +132,10 @@ static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, doub
             lse[(size_t)i * H + h] = m + log(l);
         }
     free(s);
+}
+
+static void ref_attn(const tkv_t *t, const float *q, int n_q, int64_t pos0, double *out, double *lse) {
+    ref_attn_win(t, q, n_q, pos0, INT64_MAX / 4, out, lse);
 }
 
 static double max_abs_diff(const float *a, const double *b, size_t n) {
@@ -196,6 +202,50 @@ START_TEST(test_dense_decode) {
         free(q);
         tkv_free(&t);
     }
+}
+END_TEST
+
+/* Sliding window (Gemma 3's local layers): 4 query heads on one KV head as
+ * there, chunked prefill across the window's edge and decode at several
+ * lengths, against the reference restricted to the last `window` keys. */
+START_TEST(test_sliding_window) {
+    const int H = 4, d = 64, n = 301, W = 64;
+    tkv_t t;
+    tkv_random(&t, H, 1, d, 16, n, 23);
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 2.0f);
+    float *out = malloc(sizeof(float) * n * H * d), *lse = malloc(sizeof(float) * n * H);
+    double *ro = malloc(sizeof(double) * n * H * d), *rl = malloc(sizeof(double) * n * H);
+    ref_attn_win(&t, q, n, 0, W, ro, rl);
+    const int cuts[] = {0, 10, 64, 65, 200, 301};
+    for (int c = 0; c + 1 < 6; c++) {
+        int a = cuts[c], b = cuts[c + 1];
+        attn_kv_t kv = t.kv;
+        kv.n_kv = b;
+        ck_assert_int_eq(attn_prefill_sliding(&t.sh, q + (size_t)a * H * d, b - a, a, &kv, W, out + (size_t)a * H * d,
+                                              lse + (size_t)a * H),
+                         0);
+    }
+    ck_assert_double_lt(max_abs_diff(out, ro, (size_t)n * H * d), 2e-5);
+    ck_assert_double_lt(max_abs_diff(lse, rl, (size_t)n * H), 2e-5);
+    /* decode: the last row of a cache of length len */
+    const int lens[] = {1, 63, 64, 65, 301};
+    for (int li = 0; li < 5; li++) {
+        attn_kv_t kv = t.kv;
+        kv.n_kv = lens[li];
+        const float *qr = q + (size_t)(lens[li] - 1) * H * d;
+        ck_assert_int_eq(attn_decode_sliding(&t.sh, qr, &kv, W, out, lse), 0);
+        ck_assert_double_lt(max_abs_diff(out, ro + (size_t)(lens[li] - 1) * H * d, (size_t)H * d), 2e-5);
+        ck_assert_double_lt(max_abs_diff(lse, rl + (size_t)(lens[li] - 1) * H, (size_t)H), 2e-5);
+    }
+    /* not the dense answer once the window is exceeded */
+    double *dense = malloc(sizeof(double) * H * d), dl[4];
+    ref_attn(&t, q + (size_t)(n - 1) * H * d, 1, n - 1, dense, dl);
+    ck_assert_double_gt(max_abs_diff(out, dense, (size_t)H * d), 1e-3);
+    ck_assert_int_eq(attn_decode_sliding(&t.sh, q, &t.kv, 0, out, lse), LC_EINVAL);
+    free(dense);
+    free(q), free(out), free(lse), free(ro), free(rl);
+    tkv_free(&t);
 }
 END_TEST
 
@@ -507,7 +557,7 @@ static void invariance_case(int H, int KH, int d, int64_t n, const attn_policy_t
                           .sum_stride = t.kv.sum_stride,
                           .block_size = 16};
     ck_assert_int_eq(attn_plan(plan, &b), 0);
-    ck_assert_int_eq(attn_run(plan, 3, &store, bq, bo, bl), 0);
+    ck_assert_int_eq(attn_run(plan, 3, 0, &store, bq, bo, bl), 0);
     rows_equal(bo, ref, 700 * rs, "batched chunk A", l);
     rows_equal(bo + 700 * rs, ref + 1020 * rs, 5 * rs, "batched generated run", l);
     rows_equal(bo + 705 * rs, ref + 1800 * rs, (size_t)(n - 1800) * rs, "batched chunk C", l);
@@ -543,6 +593,7 @@ int main(void) {
     tcase_add_test(tc, test_dense_prefill_chunked);
     tcase_add_test(tc, test_dense_decode);
     tcase_add_test(tc, test_merge_halves);
+    tcase_add_test(tc, test_sliding_window);
     tcase_add_test(tc, test_policy_names);
     suite_add_tcase(s, tc);
     TCase *ti = tcase_create("invariance");

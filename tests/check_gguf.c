@@ -221,7 +221,7 @@ START_TEST(test_writer_rejects) {
     ck_assert_int_eq(gguf_writer_add_tensor(w, "u", 1, d48, GGML_TYPE_Q8_0, data, 51), LC_EINVAL);
     ck_assert_int_eq(gguf_writer_add_tensor(w, "u", 5, d5, GGML_TYPE_F32, data, 4), LC_EINVAL);
     ck_assert_int_eq(gguf_writer_add_tensor(w, "u", 2, d0, GGML_TYPE_F32, data, 0), LC_EINVAL);
-    ck_assert_int_eq(gguf_writer_add_tensor(w, "u", 1, d32, (ggml_type_t)6, data, 22), LC_EINVAL);
+    ck_assert_int_eq(gguf_writer_add_tensor(w, "u", 1, d32, (ggml_type_t)7, data, 24), LC_EINVAL); // Q5_1: not ours
     gguf_writer_destroy(w);
 }
 END_TEST
@@ -501,7 +501,7 @@ static const struct {
     {F_DIM1, 1ull << 40, "tensor 'b.weight': data [offset "},
     {F_DIM0, 48, "tensor 'b.weight': dims[0] = 48 is not a multiple of the Q4_0 block size 32"},
     {F_TTYPE, 99, "tensor 'b.weight': unknown or unsupported tensor type 99"},
-    {F_TTYPE, 6, "unknown or unsupported tensor type 6"}, // Q5_0: real ggml type, not ours
+    {F_TTYPE, 7, "unknown or unsupported tensor type 7"}, // Q5_1: real ggml type, not ours
     {F_TTYPE, GGML_TYPE_Q4_K, "dims[0] = 64 is not a multiple of the Q4_K block size 256"},
     {F_OFFSET, 100, "tensor 'b.weight': offset 100 is not a multiple of the alignment 32"},
     {F_OFFSET, 96, "tensors 'a.weight' and 'b.weight' overlap"},

@@ -126,6 +126,16 @@ START_TEST(test_deq_simple_blocks) {
         ck_assert_float_eq(y[j], 0.25f * ((j * 5) & 15) - 1.5f);
         ck_assert_float_eq(y[16 + j], 0.25f * (j ^ 9) - 1.5f);
     }
+    // Q5_0: d = 0.5, a fifth bit per weight in qh (bit j for weight j), value q - 16.
+    put16(blk, 0x3800);
+    const uint32_t qh = 0xA5C3F00Fu;
+    for (int k = 0; k < 4; k++) blk[2 + k] = (uint8_t)(qh >> (8 * k));
+    for (int j = 0; j < 16; j++) blk[6 + j] = (uint8_t)(((j * 3) & 15) | ((j ^ 5) << 4));
+    ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q5_0, blk, y, 32), 0);
+    for (int j = 0; j < 16; j++) {
+        ck_assert_float_eq(y[j], 0.5f * ((((j * 3) & 15) | (int)((qh >> j) & 1) << 4) - 16));
+        ck_assert_float_eq(y[16 + j], 0.5f * (((j ^ 5) | (int)((qh >> (16 + j)) & 1) << 4) - 16));
+    }
     // Q8_0: d = -0.125, signed bytes -128..127.
     put16(blk, 0xB000);
     for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(j * 8 - 128 + (j & 1) * 7);
@@ -204,11 +214,12 @@ START_TEST(test_bad_args) {
     uint8_t blk[256] = {0};
     ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_0, blk, y, 31), LC_EINVAL);
     ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q4_K, blk, y, 32), LC_EINVAL);
-    ck_assert_int_eq(ops_w_dequantize(6, blk, y, 32), LC_EUNSUPPORTED);
+    ck_assert_int_eq(ops_w_dequantize(7, blk, y, 32), LC_EUNSUPPORTED); // Q5_1: not ours
     ck_assert_int_eq(quant_quantize(GGML_TYPE_Q8_0, y, blk, 40), LC_EINVAL);
     ck_assert_int_eq(quant_quantize(99, y, blk, 32), LC_EUNSUPPORTED);
     ck_assert_int_eq(ops_w_dequantize(GGML_TYPE_Q8_0, blk, y, 0), 0);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q4_1, 576), 18 * 20);
+    ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q5_0, 640), 20 * 22);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 512), 420);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_Q6_K, 500), 0);
     ck_assert_uint_eq(ggml_row_size(GGML_TYPE_F32, UINT64_MAX), 0); // overflow
@@ -233,6 +244,7 @@ static const struct {
     {GGML_TYPE_Q8_0, 0.5f / 127 + 1e-3f, 0.01f},
     {GGML_TYPE_Q4_0, 1.0f / 8 + 1e-3f, 0.1f},
     {GGML_TYPE_Q4_1, 1.0f / 15 + 2e-3f, 0.08f},
+    {GGML_TYPE_Q5_0, 1.0f / 16 + 1e-3f, 0.05f},
     {GGML_TYPE_Q4_K, 0.15f, 0.1f},
     {GGML_TYPE_Q6_K, 0.03f, 0.02f},
 };

@@ -449,11 +449,42 @@ START_TEST(test_load_errors) {
     ck_assert_msg(strstr(err, "blk.0.attn_q.weight") && strstr(err, "[32, 16]") && strstr(err, "[32, 32]"), "%s", err);
     /* wrong architecture */
     w = gguf_writer_create();
-    gguf_writer_set_str(w, "general.architecture", "gemma3");
+    gguf_writer_set_str(w, "general.architecture", "mamba");
     ck_assert_int_eq(gguf_writer_write(w, tmp_path), 0);
     gguf_writer_destroy(w);
     ck_assert_ptr_null(model_load(tmp_path, err, sizeof err));
-    ck_assert_msg(strstr(err, "gemma3") != NULL, "%s", err);
+    ck_assert_msg(strstr(err, "unsupported architecture 'mamba'") != NULL, "%s", err);
+    /* gemma3 without one of the keys its GGUFs state: refused, naming the key */
+    static const char *const gkeys[] = {
+        "embedding_length",         "block_count",
+        "feed_forward_length",      "attention.head_count",
+        "attention.head_count_kv",  "context_length",
+        "attention.key_length",     "attention.value_length",
+        "attention.sliding_window", "attention.layer_norm_rms_epsilon",
+        "rope.freq_base",
+    };
+    const int nk = (int)(sizeof gkeys / sizeof gkeys[0]);
+    for (int skip = 0; skip <= nk; skip++) { // skip == nk: every key there, the tensors missing
+        w = gguf_writer_create();
+        gguf_writer_set_str(w, "general.architecture", "gemma3");
+        char key[96];
+        for (int k = 0; k < nk; k++) {
+            if (k == skip) continue;
+            snprintf(key, sizeof key, "gemma3.%s", gkeys[k]);
+            if (strstr(key, "epsilon") || strstr(key, "freq_base"))
+                gguf_writer_set_f32(w, key, strstr(key, "epsilon") ? 1e-6f : 1e6f);
+            else
+                gguf_writer_set_u32(w, key, strstr(key, "head_count") ? 1 : 256);
+        }
+        ck_assert_int_eq(gguf_writer_write(w, tmp_path), 0);
+        gguf_writer_destroy(w);
+        ck_assert_ptr_null(model_load(tmp_path, err, sizeof err));
+        if (skip < nk)
+            snprintf(key, sizeof key, "metadata gemma3.%s: missing", gkeys[skip]);
+        else
+            snprintf(key, sizeof key, "tensor token_embd.weight missing");
+        ck_assert_msg(strstr(err, key) != NULL, "want '%s', got: %s", key, err);
+    }
     unlink(tmp_path);
 }
 END_TEST
@@ -504,43 +535,6 @@ START_TEST(test_vocab_and_template) {
 END_TEST
 
 /* ---- the real model against Hugging Face transformers ------------------------------ */
-static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    if (b) b[n] = 0;
-    fclose(f);
-    return b;
-}
-
-static size_t b64_decode(const char *in, unsigned char *out, size_t cap) {
-    static int8_t map[256];
-    static const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    memset(map, -1, sizeof map);
-    for (int i = 0; i < 64; i++) map[(unsigned char)tab[i]] = (int8_t)i;
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (const char *p = in; *p && *p != '='; p++) {
-        if (map[(unsigned char)*p] < 0) continue;
-        acc = (acc << 6) | (uint32_t)map[(unsigned char)*p];
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (n < cap) out[n] = (unsigned char)(acc >> bits);
-            n++;
-        }
-    }
-    return n;
-}
-
 /* The real model against Hugging Face transformers, on both matmul paths.
  *
  * Exact path (f32 panels: what prefill rows take): both sides dequantize the same Q4_1/Q8_0 weights and compute in
@@ -573,7 +567,7 @@ static void real_vs_hf(int quant) {
     const char *tag = quant ? "q8" : "f32";
     char fixture[1024];
     snprintf(fixture, sizeof fixture, "%s/tests/fixtures/logits_smollm2.json", tu_srcdir());
-    char *json = read_all(fixture);
+    char *json = tu_read_file(fixture);
     ck_assert_msg(json != NULL, "fixture missing: %s", fixture);
     cJSON *doc = cJSON_Parse(json);
     ck_assert_ptr_nonnull(doc);
@@ -601,8 +595,8 @@ static void real_vs_hf(int quant) {
         else
             run_one(c, kv, &s, tok, n, 0, 2, 0, lg);
         /* full last-position vector */
-        size_t got = b64_decode(cJSON_GetObjectItem(cs, "last_logits_f32_b64")->valuestring, (unsigned char *)ref,
-                                (size_t)V * sizeof(float));
+        size_t got = tu_b64_decode(cJSON_GetObjectItem(cs, "last_logits_f32_b64")->valuestring, (unsigned char *)ref,
+                                   (size_t)V * sizeof(float));
         ck_assert_uint_eq(got, (size_t)V * sizeof(float));
         const float *last = lg + (size_t)(n - 1) * V;
         double mx = 0;

@@ -111,6 +111,46 @@ START_TEST(test_rmsnorm_softmax_swiglu) {
 }
 END_TEST
 
+/* Gemma's ops: GeGLU with the tanh GELU (PyTorch's formula, evaluated in
+ * double), soft-capping, scaling, the scaled embedding lookup and the
+ * per-head RMSNorm (each head of each row on its own). */
+START_TEST(test_gemma_ops) {
+    enum { D = 200 };
+    float *x = rnd(D, 9), *w = rnd(D, 10), g[D];
+    for (int i = 0; i < D; i++) g[i] = x[i] * 6; // -6..6: both tails
+    ops_geglu_tanh(g, w, D);
+    for (int i = 0; i < D; i++) {
+        double a = x[i] * 6.0, gelu = 0.5 * a * (1 + tanh(sqrt(2 / M_PI) * (a + 0.044715 * a * a * a)));
+        ck_assert_double_eq_tol(g[i], gelu * w[i], 1e-5 * (1 + fabs(gelu)));
+    }
+    float c[D];
+    for (int i = 0; i < D; i++) c[i] = x[i] * 100;
+    ops_softcap(c, D, 30.0f);
+    for (int i = 0; i < D; i++) ck_assert_double_eq_tol(c[i], 30.0 * tanh(x[i] * 100.0 / 30.0), 1e-4);
+    float s[3] = {1, -2, 0.5f};
+    ops_scale(s, 3, 4.0f);
+    ck_assert(s[0] == 4 && s[1] == -8 && s[2] == 2);
+    /* embedding rows of a (4, 50) f32 table, scaled */
+    float *tab = rnd(4 * 50, 11), e[3 * 50];
+    ops_w_t emb = {.type = OPS_W_F32, .rows = 4, .cols = 50, .row_bytes = 50 * sizeof(float), .data = tab};
+    const int32_t toks[3] = {3, 0, 3};
+    ops_embed(e, &emb, toks, 3, 2.5f);
+    for (int t = 0; t < 3; t++)
+        for (int i = 0; i < 50; i++) ck_assert_float_eq(e[t * 50 + i], tab[toks[t] * 50 + i] * 2.5f);
+    /* per-head RMSNorm: 2 rows of 3 heads of 8 */
+    float *h = rnd(2 * 3 * 8, 12), *hw = rnd(8, 13), h0[48];
+    for (int i = 0; i < 48; i++) h0[i] = h[i];
+    ops_rmsnorm_heads(h, hw, 2, 3, 8, 1e-6f);
+    for (int r = 0; r < 6; r++) {
+        double ss = 0;
+        for (int i = 0; i < 8; i++) ss += (double)h0[r * 8 + i] * h0[r * 8 + i];
+        for (int i = 0; i < 8; i++)
+            ck_assert_double_eq_tol(h[r * 8 + i], h0[r * 8 + i] / sqrt(ss / 8 + 1e-6) * hw[i], 1e-5);
+    }
+    free(x), free(w), free(tab), free(h), free(hw);
+}
+END_TEST
+
 /* Rotation angle p * scale * base^(-2i/d) applied to pair i; for adjacent
  * pairs that is (x[2i], x[2i+1]), for NEOX (x[i], x[i+d/2]). */
 START_TEST(test_rope) {
@@ -147,6 +187,7 @@ static Suite *ops_suite(void) {
     tcase_add_test(tc, test_matmul_threaded);
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_gemma_ops);
     suite_add_tcase(s, tc);
     return s;
 }

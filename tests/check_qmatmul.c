@@ -32,8 +32,8 @@ static float frand(unsigned *s) {
     return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
 }
 
-static const int types[] = {OPS_W_F32,  OPS_W_F16,  OPS_W_BF16, OPS_W_Q4_0,
-                            OPS_W_Q4_1, OPS_W_Q8_0, OPS_W_Q4_K, OPS_W_Q6_K};
+static const int types[] = {OPS_W_F32,  OPS_W_F16,  OPS_W_BF16, OPS_W_Q4_0, OPS_W_Q4_1,
+                            OPS_W_Q5_0, OPS_W_Q8_0, OPS_W_Q4_K, OPS_W_Q6_K};
 #define N_TYPES ((int)(sizeof types / sizeof types[0]))
 
 static int is_k(int t) { return t == OPS_W_Q4_K || t == OPS_W_Q6_K; }

@@ -5,7 +5,11 @@
  * UTF-8, and chat rendering for both families. With the real SmolLM2 GGUF
  * (testutil.h's tu_model_path; absent, the program SKIPs): every string of
  * tests/fixtures/tokenizer_smollm2.json must give Hugging Face's ids exactly
- * and decode back to itself. */
+ * and decode back to itself. The same for Gemma 3 270M ($LACUNA_GEMMA_MODEL
+ * or models/gemma-3-270m-q4_k_m.gguf) and tests/fixtures/tokenizer_gemma3.json,
+ * with its chat template's renderings and a 32K-token speed check. Either
+ * real-model case passes with a SKIP line when its model is absent, and fails
+ * then under LACUNA_REQUIRE_MODEL=1. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -533,6 +537,142 @@ START_TEST(test_smollm2_fixtures) {
 }
 END_TEST
 
+/* Gemma 3 270M: SentencePiece with 262K tokens, no dummy prefix, BOS added,
+ * 6,249 control and 165 user-defined tokens (runs of spaces and newlines,
+ * HTML tags) matched whole in the text. */
+static const char *g_gemma_path;
+START_TEST(test_gemma3_fixtures) {
+    char err[512] = "";
+    gguf_ctx_t *g = gguf_open(g_gemma_path, err, sizeof(err));
+    ck_assert_msg(g != NULL, "%s: %s", g_gemma_path, err);
+    tok_t *t = tok_create_from_gguf(g, err, sizeof(err));
+    ck_assert_msg(t != NULL, "tok_create_from_gguf: %s", err);
+    char *js = slurp(LC_SRCDIR "/tests/fixtures/tokenizer_gemma3.json");
+    ck_assert_msg(js != NULL, "missing tests/fixtures/tokenizer_gemma3.json");
+    cJSON *root = cJSON_Parse(js);
+    ck_assert_ptr_nonnull(root);
+    ck_assert_int_eq(tok_n_vocab(t), cJSON_GetObjectItem(root, "n_vocab")->valueint);
+    ck_assert_int_eq(tok_bos(t), cJSON_GetObjectItem(root, "bos")->valueint);
+    ck_assert_int_eq(tok_eos(t), cJSON_GetObjectItem(root, "eos")->valueint);
+    ck_assert_int_eq(tok_add_bos(t), cJSON_IsTrue(cJSON_GetObjectItem(root, "add_bos")));
+
+    int n_cases = 0, n_ok = 0;
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "encode")) {
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        tok_ids_t want = json_ids(cJSON_GetObjectItem(c, "ids"));
+        const cJSON *nos = cJSON_GetObjectItem(c, "ids_nospecial");
+        tok_ids_t want2 = json_ids(nos ? nos : cJSON_GetObjectItem(c, "ids"));
+        tok_ids_t got = enc(t, text, 0, 1), got2 = enc(t, text, 0, 0);
+        char *back = dec(t, &got, 0);
+        char *streamed = stream_all(t, got.ids, got.n, 0);
+        const cJSON *decoded = cJSON_GetObjectItem(c, "decoded"); // when HF's decode differs from the text
+        int ok = ids_eq(&got, &want) && ids_eq(&got2, &want2) &&
+                 strcmp(back, decoded ? decoded->valuestring : text) == 0 && !strcmp(streamed, back);
+        if (!ok) {
+            fprintf(stderr, "MISMATCH [%s]\n  want:", text);
+            for (size_t i = 0; i < want.n; i++) fprintf(stderr, " %d", want.ids[i]);
+            fprintf(stderr, "\n  got: ");
+            for (size_t i = 0; i < got.n; i++) fprintf(stderr, " %d", got.ids[i]);
+            fprintf(stderr, "\n  nospecial want/got %zu/%zu tokens, decoded [%s]\n", want2.n, got2.n, back);
+        }
+        n_cases++;
+        n_ok += ok;
+        free(back);
+        free(streamed);
+        tok_ids_free(&want);
+        tok_ids_free(&want2);
+        tok_ids_free(&got);
+        tok_ids_free(&got2);
+    }
+    fprintf(stderr, "check_tokenizer: %d/%d Gemma fixture strings match Hugging Face\n", n_ok, n_cases);
+    ck_assert_int_ge(n_cases, 300);
+    ck_assert_int_eq(n_ok, n_cases);
+
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "decode")) {
+        tok_ids_t ids = json_ids(cJSON_GetObjectItem(c, "ids"));
+        int skip = cJSON_IsTrue(cJSON_GetObjectItem(c, "skip_special"));
+        char *s = dec(t, &ids, skip);
+        ck_assert_str_eq(s, cJSON_GetObjectItem(c, "text")->valuestring);
+        free(s);
+        s = stream_all(t, ids.ids, ids.n, skip);
+        ck_assert_str_eq(s, cJSON_GetObjectItem(c, "text")->valuestring);
+        free(s);
+        tok_ids_free(&ids);
+    }
+
+    /* The base model's GGUF has no chat template: the family comes from the
+     * Gemma 3 template text the fixture was rendered with. */
+    gguf_str_t ts;
+    ck_assert_int_ne(gguf_get_str(g, "tokenizer.chat_template", &ts), 0);
+    const char *tmpl = cJSON_GetObjectItem(root, "chat_template")->valuestring;
+    chat_template_t ct;
+    ck_assert_int_eq(chat_template_detect(tmpl, strlen(tmpl), &ct, err, sizeof(err)), 0);
+    ck_assert_int_eq(ct.family, CHAT_GEMMA);
+    ck_assert(chat_renders_bos(&ct));
+    int n_err = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "chat")) {
+        chat_msg_t msgs[16];
+        size_t n = 0;
+        const cJSON *m;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItem(c, "messages")) {
+            msgs[n].role = cJSON_GetObjectItem(m, "role")->valuestring;
+            msgs[n++].content = cJSON_GetObjectItem(m, "content")->valuestring;
+        }
+        char *out = NULL;
+        int gen = cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt"));
+        int rc = chat_render(&ct, msgs, n, gen, &out, err, sizeof(err));
+        const cJSON *want_err = cJSON_GetObjectItem(c, "error");
+        if (want_err) {
+            ck_assert_int_eq(rc, LC_EINVAL);
+            ck_assert_str_eq(err, want_err->valuestring);
+            n_err++;
+            continue;
+        }
+        ck_assert_int_eq(rc, 0);
+        ck_assert_str_eq(out, cJSON_GetObjectItem(c, "text")->valuestring);
+        tok_ids_t want = json_ids(cJSON_GetObjectItem(c, "ids"));
+        tok_ids_t got = enc(t, out, 0, 1);
+        ck_assert(ids_eq(&got, &want));
+        tok_ids_free(&want);
+        tok_ids_free(&got);
+        free(out);
+    }
+    ck_assert_int_ge(n_err, 2);
+
+    /* Speed: a 32K-token prompt (the model's context) must tokenize well
+     * under a second with the 262K vocabulary. */
+    size_t big_len = 0, big_cap = 1 << 20;
+    char *big = malloc(big_cap);
+    while (big_len < 160000) {
+        cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "encode")) {
+            const char *s = cJSON_GetObjectItem(c, "text")->valuestring;
+            size_t l = strlen(s);
+            if (big_len + l + 2 > big_cap) big = realloc(big, big_cap *= 2);
+            memcpy(big + big_len, s, l);
+            big_len += l;
+            big[big_len++] = ' ';
+        }
+    }
+    struct timespec t0, t1;
+    tok_ids_t v = {0};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ck_assert_int_eq(tok_encode(t, big, big_len, 1, 1, &v), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    fprintf(stderr, "check_tokenizer: Gemma: %zu bytes -> %zu tokens in %.3f s\n", big_len, v.n, secs);
+    ck_assert_uint_ge(v.n, 32768);
+    ck_assert_msg(secs < 1.0, "tokenizing %zu tokens took %.2f s", v.n, secs);
+    tok_ids_free(&v);
+    free(big);
+
+    cJSON_Delete(root);
+    free(js);
+    tok_destroy(t);
+    gguf_close(g);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("core");
@@ -544,6 +684,7 @@ int main(void) {
     tcase_add_test(tc, test_stream_invalid);
     tcase_add_test(tc, test_chat_render);
     if ((g_model_path = tu_model_path())) tcase_add_test(tc, test_smollm2_fixtures);
+    if ((g_gemma_path = tu_gemma_path())) tcase_add_test(tc, test_gemma3_fixtures);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -1,13 +1,15 @@
 # tests: one Check suite per module (added by each module's section below),
 # plus integration tests that start lacunad.
 # Tests find the sources, the build and the real model through the environment
-# (tests/testutil.h): LACUNA_MODEL defaults to the fetched SmolLM2. OpenMP
+# (tests/testutil.h): LACUNA_MODEL defaults to the fetched SmolLM2 and
+# LACUNA_GEMMA_MODEL to the fetched Gemma 3 270M. OpenMP
 # threads wait passively: spinning ones starve BLAS and the other suites
 # running in parallel (10x slower forward passes on 2 cores).
 AM_TESTS_ENVIRONMENT = LACUNA_SRCDIR='$(abs_top_srcdir)' LACUNA_BUILDDIR='$(abs_top_builddir)' \
 	LACUNA_MODEL="$${LACUNA_MODEL:-$(abs_top_srcdir)/models/SmolLM2-135M-Instruct.Q4_1.gguf}" \
+	LACUNA_GEMMA_MODEL="$${LACUNA_GEMMA_MODEL:-$(abs_top_srcdir)/models/gemma-3-270m-q4_k_m.gguf}" \
 	OMP_WAIT_POLICY="$${OMP_WAIT_POLICY:-passive}"; \
-	export LACUNA_SRCDIR LACUNA_BUILDDIR LACUNA_MODEL OMP_WAIT_POLICY;
+	export LACUNA_SRCDIR LACUNA_BUILDDIR LACUNA_MODEL LACUNA_GEMMA_MODEL OMP_WAIT_POLICY;
 EXTRA_DIST += tests/testutil.h
 # The engine suites' tiny random models.
 TINYMODEL_SRC = tests/tinymodel.c tests/tinymodel.h tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
@@ -31,6 +33,12 @@ check_PROGRAMS += tests/check_model
 tests_check_model_SOURCES = tests/check_model.c tools/mkmodel.c tools/mkmodel_vocab.c
 tests_check_model_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_model_LDADD = $(CHECK_LDADD)
+
+# Gemma 3 270M against Hugging Face; exits 77 (skip) without the model.
+check_PROGRAMS += tests/check_gemma
+tests_check_gemma_SOURCES = tests/check_gemma.c
+tests_check_gemma_CFLAGS = $(CHECK_CFLAGS_ALL) -DLC_SRCDIR=\"$(abs_top_srcdir)\"
+tests_check_gemma_LDADD = $(CHECK_LDADD)
 
 check_PROGRAMS += tests/check_ops
 tests_check_ops_SOURCES = tests/check_ops.c
@@ -64,7 +72,9 @@ tests_check_tokenizer_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_tokenizer_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py \
-	tests/fixtures/logits_smollm2.json scripts/gen_logits_fixtures.py
+	tests/fixtures/logits_smollm2.json scripts/gen_logits_fixtures.py \
+	tests/fixtures/logits_gemma3.json scripts/gen_logits_fixtures_gemma.py
+EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtures.py tests/fixtures/tokenizer_gemma3.json
 
 # ---- scheduler ---------------------------------------------------------------
 # Tiny random models are written by the test itself (tests/tinymodel.c);

@@ -1,6 +1,6 @@
 /* `lacuna attn-eval`: accuracy of the sparse attention methods on a real
  * model's activations. A dense prefill of a natural-text prompt runs through
- * model_forward with the attention hook set; at each sampled layer the hook
+ * the CPU executor with the attention hook set (model_exec_set_attn_hook); at each sampled layer the hook
  * holds every query (post-RoPE) while the paged cache holds K/V, and runs
  * dense attention and each sparse method/setting on them:
  *   relerr  = ||o - o_dense|| / ||o_dense|| (all queries and heads of the layer)

@@ -169,10 +169,13 @@ void attn_plan_destroy(attn_plan_t *p);
  * Returns 0, LC_EINVAL (bad batch) or LC_ENOMEM. */
 int attn_plan(attn_plan_t *p, const attn_batch_t *b);
 /* Runs one layer of the planned step and adds to each state's density
- * counters. The store must hold the step's new K/V for this layer.
+ * counters. The store must hold the step's new K/V for this layer. A layer
+ * with a sliding window (window > 0, the model's own: Gemma 3's local layers)
+ * attends keys p - window < j <= p of a row at p whatever the sequences'
+ * policies; 0 is the full causal span.
  *   q, out: (n_rows, n_heads, head_dim);  lse: (n_rows, n_heads) or NULL
  * Returns 0 or LC_EINVAL. */
-int attn_run(attn_plan_t *p, int layer, const attn_store_t *kv, const float *q, float *out, float *lse);
+int attn_run(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out, float *lse);
 /* Workspace bytes of the last plan (metrics, tests). */
 size_t attn_plan_workspace(const attn_plan_t *p);
 
@@ -199,6 +202,15 @@ int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const fl
 int attn_prefill_dense(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
                        float *out, float *lse);
 int attn_decode_dense(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, float *out, float *lse);
+
+/* Sliding-window attention (the local layers of Gemma 3): a query at
+ * position p sees keys p - window < j <= p, its own position included.
+ * Part of the model, not a sparse method: no policy. Same argument
+ * conventions as the dense kernels; window > 0. */
+int attn_prefill_sliding(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
+                         int64_t window, float *out, float *lse);
+int attn_decode_sliding(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, int64_t window, float *out,
+                        float *lse);
 
 /* Merges two partial results over disjoint key sets in place into (o1, lse1).
  * o: (rows, head_dim) per head flattened as (rows*heads, head_dim); lse (rows*heads). */

@@ -96,8 +96,10 @@ static inline void attn__streaming_window(const attn_policy_t *pol, int64_t *sin
 /* Ranges a row of this policy may need per KV head, and per-thread bytes. */
 int attn__decode_rg_cap(const attn_policy_t *pol, int64_t n_kv, int block_size);
 size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int64_t n_kv, int block_size);
-/* Runs layer `layer` for all the plan's decode rows. */
-int attn__decode_rows(attn_plan_t *p, int layer, const attn_store_t *kv, const float *q, float *out, float *lse);
+/* Runs layer `layer` for all the plan's decode rows; window > 0: the layer's
+ * own sliding window for every row, whatever its policy. */
+int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
+                      float *lse);
 
 /* Method selection for decode rows (quest.c, tidal.c): the key ranges of row
  * dr for KV head kh into rg (at most rg_cap); return the count. */

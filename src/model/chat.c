@@ -1,6 +1,6 @@
 /* Native renderers for the chat template families we recognise. Each one
  * mirrors the Jinja text of the shipped models exactly; the fixtures in
- * tests/fixtures/tokenizer_smollm2.json come from transformers'
+ * tests/fixtures/tokenizer_{smollm2,gemma3}.json come from transformers'
  * apply_chat_template and hold us to it. */
 #include "model/chat.h"
 
@@ -32,6 +32,16 @@ int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, cha
         out->default_system = NULL;
         return 0;
     }
+    /* Gemma 2/3: the system message becomes a prefix of the first user turn,
+     * assistant turns are "model" turns. Gemma 3n / 4 templates differ (tool
+     * and thinking syntax) and carry markers we refuse on. */
+    if (contains(tmpl, len, "<start_of_turn>") && contains(tmpl, len, "<end_of_turn>") &&
+        contains(tmpl, len, "first_user_prefix") && !contains(tmpl, len, "tool") &&
+        !contains(tmpl, len, "<start_of_audio>")) {
+        out->family = CHAT_GEMMA;
+        out->default_system = NULL;
+        return 0;
+    }
     if (contains(tmpl, len, "<|im_start|>") && contains(tmpl, len, "<|im_end|>")) {
         out->family = CHAT_CHATML;
         /* SmolLM2 inserts its own system message when none leads. Other
@@ -46,7 +56,7 @@ int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, cha
             return 0;
         }
     }
-    if (err) snprintf(err, errlen, "unrecognised chat template (supported: ChatML, Llama 3)");
+    if (err) snprintf(err, errlen, "unrecognised chat template (supported: ChatML, Llama 3, Gemma)");
     return LC_EUNSUPPORTED;
 }
 
@@ -57,6 +67,8 @@ int chat_template_from_name(const char *name, chat_template_t *out) {
         *out = (chat_template_t){CHAT_CHATML, smollm_system};
     } else if (strcmp(name, "llama3") == 0) {
         *out = (chat_template_t){CHAT_LLAMA3, NULL};
+    } else if (strcmp(name, "gemma") == 0) {
+        *out = (chat_template_t){CHAT_GEMMA, NULL};
     } else {
         return LC_EINVAL;
     }
@@ -64,10 +76,10 @@ int chat_template_from_name(const char *name, chat_template_t *out) {
 }
 
 const char *chat_family_name(chat_family_t f) {
-    return f == CHAT_CHATML ? "chatml" : f == CHAT_LLAMA3 ? "llama3" : "?";
+    return f == CHAT_CHATML ? "chatml" : f == CHAT_LLAMA3 ? "llama3" : f == CHAT_GEMMA ? "gemma" : "?";
 }
 
-int chat_renders_bos(const chat_template_t *ct) { return ct->family == CHAT_LLAMA3; }
+int chat_renders_bos(const chat_template_t *ct) { return ct->family == CHAT_LLAMA3 || ct->family == CHAT_GEMMA; }
 
 /* ============================================================================
  * Rendering
@@ -117,6 +129,65 @@ static void put_trimmed(sbuf_t *b, const char *s) {
     put(b, s, n);
 }
 
+/* Length of the whitespace character at s[0..n) as Python's str.isspace()
+ * sees it (Jinja's |trim is str.strip()), or 0: ASCII \t-\r, \x1c-\x1f and
+ * space, U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028, U+2029, U+202F,
+ * U+205F, U+3000. */
+static size_t py_space(const unsigned char *s, size_t n) {
+    if ((s[0] >= 0x09 && s[0] <= 0x0d) || (s[0] >= 0x1c && s[0] <= 0x20)) return 1;
+    if (n >= 2 && s[0] == 0xc2) return s[1] == 0x85 || s[1] == 0xa0 ? 2 : 0;
+    if (n < 3 || (s[1] & 0xc0) != 0x80 || (s[2] & 0xc0) != 0x80) return 0;
+    unsigned cp = (unsigned)(s[0] & 0x0f) << 12 | (unsigned)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
+    if ((s[0] & 0xf0) != 0xe0) return 0;
+    int sp = cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 || cp == 0x202f ||
+             cp == 0x205f || cp == 0x3000;
+    return sp ? 3 : 0;
+}
+
+/* Jinja's |trim as Python runs it: Unicode whitespace off both ends. */
+static void put_pytrimmed(sbuf_t *b, const char *str) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t n = strlen(str), k, i = 0, end = 0;
+    while (n && (k = py_space(s, n))) s += k, n -= k;
+    while (i < n) { // end: just past the last character that is not a space
+        if ((k = py_space(s + i, n - i))) {
+            i += k;
+            continue;
+        }
+        i++;
+        while (i < n && (s[i] & 0xc0) == 0x80) i++;
+        end = i;
+    }
+    put(b, (const char *)s, end);
+}
+
+/* Gemma: "<bos>", a leading system message folded into the first turn as
+ * "system\n\n" + user text (the system text untrimmed, the turns trimmed),
+ * turns alternating user/model from a user turn, as the template demands. */
+static int render_gemma(sbuf_t *b, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char *err,
+                        size_t errlen) {
+    puts_(b, "<bos>");
+    size_t i0 = n && strcmp(role_name(msgs[0].role), "system") == 0 ? 1 : 0;
+    for (size_t i = i0; i < n; i++) {
+        const char *role = role_name(msgs[i].role);
+        if ((strcmp(role, "user") == 0) != ((i - i0) % 2 == 0)) {
+            if (err) snprintf(err, errlen, "Conversation roles must alternate user/assistant/user/assistant/...");
+            return LC_EINVAL;
+        }
+        puts_(b, "<start_of_turn>");
+        puts_(b, strcmp(role, "assistant") == 0 ? "model" : role);
+        puts_(b, "\n");
+        if (i == i0 && i0 == 1) {
+            puts_(b, msgs[0].content ? msgs[0].content : "");
+            puts_(b, "\n\n");
+        }
+        put_pytrimmed(b, msgs[i].content ? msgs[i].content : "");
+        puts_(b, "<end_of_turn>\n");
+    }
+    if (add_generation_prompt) puts_(b, "<start_of_turn>model\n");
+    return 0;
+}
+
 int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char **out,
                 char *err, size_t errlen) {
     sbuf_t b = {0};
@@ -143,6 +214,12 @@ int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int
             puts_(&b, "<|im_end|>\n");
         }
         if (add_generation_prompt) puts_(&b, "<|im_start|>assistant\n");
+    } else if (ct->family == CHAT_GEMMA) {
+        int rc = render_gemma(&b, msgs, n, add_generation_prompt, err, errlen);
+        if (rc) {
+            free(b.p);
+            return rc;
+        }
     } else {
         /* Llama 3: BOS text before the first message, content trimmed, no
          * default system message. */

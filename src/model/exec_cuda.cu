@@ -32,9 +32,9 @@ extern "C" {
 }
 #include "ops/cuda/cuda_check.cuh"
 
-#define LOGIT_CHUNK 64       // logits rows per LM-head matmul
+#define LOGIT_CHUNK 64          // logits rows per LM-head matmul
 #define STAGE_BYTES (64u << 20) // pinned staging for weight upload
-#define GPU_BLOCK 64         // KV tokens per page (the attention kernels take 64 or 128)
+#define GPU_BLOCK 64            // KV tokens per page (the attention kernels take 64 or 128)
 
 typedef uint16_t bf16_t;
 
@@ -53,8 +53,8 @@ struct model_cuda {
     ops_cuda_gemm_t *gemm;
     /* weights */
     layer_t *layers;
-    bf16_t *tok_embd, *output; // (n_vocab, n_embd); output == tok_embd when tied
-    float *out_norm;           // (n_embd)
+    bf16_t *tok_embd, *output;  // (n_vocab, n_embd); output == tok_embd when tied
+    float *out_norm;            // (n_embd)
     float *rope_cos, *rope_sin; // (n_table, rot_dim / 2)
     int64_t n_table;
     /* KV store: per layer K and V, (n_pages, n_kv_heads, page_size, head_dim) bf16 */
@@ -67,14 +67,14 @@ struct model_cuda {
     void *dec_ws;
     size_t dec_ws_bytes;
     /* activations, for up to max_tokens rows */
-    float *x;            // (T, E) residual stream
-    bf16_t *xb;          // (T, E) normed rows
-    float *qkv;          // (T, QKVD)
-    bf16_t *q, *att_p;   // (T, H d): attention order (prompt rows, then generated rows)
-    bf16_t *att;         // (T, H d): token order
-    float *gu;           // (T, 2F)
-    bf16_t *h;           // (T, F)
-    float *logits;       // (LOGIT_CHUNK, V)
+    float *x;          // (T, E) residual stream
+    bf16_t *xb;        // (T, E) normed rows
+    float *qkv;        // (T, QKVD)
+    bf16_t *q, *att_p; // (T, H d): attention order (prompt rows, then generated rows)
+    bf16_t *att;       // (T, H d): token order
+    float *gu;         // (T, 2F)
+    bf16_t *h;         // (T, F)
+    float *logits;     // (LOGIT_CHUNK, V)
     /* the step's index arrays: device, and their pinned host twin */
     int32_t *d_idx, *h_idx; // tok | perm | kv_page | kv_slot | lrows, each (T)
     int64_t *d_pos, *h_pos; // (T)
@@ -108,8 +108,8 @@ static int upload_rows(const ops_w_t *w, int r0, int n, bf16_t *dst, bf16_t *sta
             ops_w_row_f32(w, r0 + a + r, row);
             for (int c = 0; c < cols; c++) stage[(size_t)r * cols + c] = to_bf16(row[c]);
         }
-        CUDA_CHECK_RET(cudaMemcpy(dst + (size_t)a * cols, stage, (size_t)cnt * cols * sizeof(bf16_t),
-                                  cudaMemcpyHostToDevice));
+        CUDA_CHECK_RET(
+            cudaMemcpy(dst + (size_t)a * cols, stage, (size_t)cnt * cols * sizeof(bf16_t), cudaMemcpyHostToDevice));
     }
     return 0;
 }
@@ -178,9 +178,7 @@ done:
 /* The step's index arrays, each (max_tokens) int32, one after the other. */
 enum { IX_TOK, IX_PERM, IX_PAGE, IX_SLOT, IX_LROWS, IX_N };
 
-static size_t qkv_dim(const model_hparams_t *hp) {
-    return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim;
-}
+static size_t qkv_dim(const model_hparams_t *hp) { return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim; }
 
 static int alloc_step(model_cuda_t *c) {
     const model_hparams_t *hp = &c->m->hp;
@@ -235,17 +233,18 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
                  (double)c->layer_bytes * 2 * hp->n_layers / (1 << 30));
         return LC_ENOMEM;
     }
-    attn_cuda_shape_t sh = {hp->n_heads, hp->n_kv_heads, hp->head_dim, c->page_size, c->n_pages,
-                            model_attn_shape(c->m).scale};
+    attn_cuda_shape_t sh = {hp->n_heads,  hp->n_kv_heads, hp->head_dim,
+                            c->page_size, c->n_pages,     model_attn_shape(c->m).scale};
     const int64_t pages_per_seq = ((int64_t)hp->n_ctx_train + c->page_size - 1) / c->page_size + 1;
     attn_cuda_limits_t pl = {c->max_seqs, c->max_tokens, pages_per_seq * c->max_seqs, 0};
     attn_cuda_limits_t dl = {c->max_tokens, c->max_tokens, pages_per_seq * c->max_tokens, 0};
     int rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
     if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan);
     if (rc) {
-        snprintf(err, errlen, "the GPU attention kernels do not support this model (%d heads, %d KV heads, head_dim %d, "
-                              "pages of %d): %s", hp->n_heads, hp->n_kv_heads, hp->head_dim, c->page_size,
-                 lc_strerror(rc));
+        snprintf(err, errlen,
+                 "the GPU attention kernels do not support this model (%d heads, %d KV heads, head_dim %d, "
+                 "pages of %d): %s",
+                 hp->n_heads, hp->n_kv_heads, hp->head_dim, c->page_size, lc_strerror(rc));
         return rc;
     }
     return 0;
@@ -254,6 +253,13 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
                                            size_t *block_bytes, char *devname, size_t devlen, char *err,
                                            size_t errlen) {
+    if (m->hp.arch_id != MODEL_ARCH_LLAMA) {
+        /* Gemma 3's QK-norm, post-norms, GeGLU, soft-capping and sliding
+         * layers run on the CPU executor only (so far). */
+        snprintf(err, errlen, "the CUDA executor runs llama-architecture models only; '%s' (%s) needs device=cpu",
+                 m->hp.name, m->hp.arch);
+        return NULL;
+    }
     model_cuda_t *c = (model_cuda_t *)calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "out of memory");
@@ -322,9 +328,7 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
 
 /* ---- the KV store ---------------------------------------------------------------------- */
 static void *layer_k(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l) * c->layer_bytes; }
-static void *layer_v(const model_cuda_t *c, int l) {
-    return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes;
-}
+static void *layer_v(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes; }
 
 extern "C" void model_cuda_copy_block(void *ud, int32_t dst, int32_t src) {
     model_cuda_t *c = (model_cuda_t *)ud;
@@ -518,8 +522,8 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
         if (!rc) rc = ops_cuda_gemm(c->gemm, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
         if (rc) return rc;
-        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_logits, c->logits, (size_t)cnt * V * sizeof(float),
-                                       cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_logits, c->logits, (size_t)cnt * V * sizeof(float), cudaMemcpyDeviceToHost,
+                                       c->stream));
         CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
         for (int i = 0; i < cnt; i++, r++) {
             const int t = lrows[r];
@@ -559,8 +563,7 @@ extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
     CUDA_CHECK_RET(cudaSetDevice(c->device));
     CUDA_CHECK_RET(cudaMemcpyAsync(c->d_idx, c->h_idx, IX_N * (size_t)c->max_tokens * sizeof(int32_t),
                                    cudaMemcpyHostToDevice, c->stream));
-    CUDA_CHECK_RET(cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)T * sizeof(int64_t), cudaMemcpyHostToDevice,
-                                   c->stream));
+    CUDA_CHECK_RET(cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)T * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
     if ((rc = plan_attention(c, &st))) return rc;
     const model_hparams_t *hp = &c->m->hp;
     if ((rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, T, hp->n_embd, 1.0f, c->x, c->stream)))

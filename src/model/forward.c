@@ -149,7 +149,8 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
 }
 
 /* Writes the batch's K/V for layer l into the store, then runs attention for
- * every slice into c->att. */
+ * every slice into c->att. A sliding-window layer (gemma3) attends its window
+ * whatever the slice's policy: the window is the model's own. */
 static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
     const model_hparams_t *hp = &c->m->hp;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
@@ -177,7 +178,7 @@ static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
             c->hook(c->hook_ud, l, s, &shape, c->q + (size_t)q->tok0 * QD, q->n_tok, q->pos0, &kv);
         }
     }
-    return attn_run(c->plan, l, &view, c->q, c->att, NULL);
+    return attn_run(c->plan, l, c->m->hp.layer[l].window, &view, c->q, c->att, NULL);
 }
 
 /* ---- logits ---------------------------------------------------------------------- */
@@ -203,11 +204,18 @@ static int logits(model_cpu_t *c, const model_batch_t *b) {
         ops_rmsnorm(c->xb + (size_t)r * E, c->x + (size_t)c->rows[r] * E, m->out_norm, 1, E, m->hp.rms_eps);
         c->rgen[r] = c->gen[c->rows[r]];
     }
-    if (b->n_seqs == 1) return mm(c->dst[0], c->xb, &m->output, n, c->rgen);
+    const float cap = m->hp.final_softcap;
+    if (b->n_seqs == 1) {
+        int rc = mm(c->dst[0], c->xb, &m->output, n, c->rgen);
+        if (!rc && cap > 0) ops_softcap(c->dst[0], (size_t)n * V, cap);
+        return rc;
+    }
     for (int r0 = 0; r0 < n; r0 += MODEL_LOGIT_CHUNK) {
         int cnt = n - r0 < MODEL_LOGIT_CHUNK ? n - r0 : MODEL_LOGIT_CHUNK;
         int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->rgen + r0);
         if (rc) return rc;
+        if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
+        if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
         for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
     }
     return 0;
@@ -251,7 +259,7 @@ int model_cpu_forward(model_cpu_t *c, const model_batch_t *b) {
             c->gen[b->seqs[s].tok0 + i] = (unsigned char)(b->seqs[s].generated != 0);
         }
     if ((rc = plan_attention(c, b))) return rc;
-    for (int t = 0; t < T; t++) ops_w_row_f32(&m->tok_embd, b->tokens[t], c->x + (size_t)t * E);
+    ops_embed(c->x, &m->tok_embd, b->tokens, T, hp->embd_scale);
 
     for (int l = 0; l < hp->n_layers; l++) {
         const model_layer_t *L = &m->layers[l];
@@ -260,17 +268,27 @@ int model_cpu_forward(model_cpu_t *c, const model_batch_t *b) {
         if ((rc = mm(c->q, c->xb, &L->wq, T, c->gen))) return rc;
         if ((rc = mm(c->k, c->xb, &L->wk, T, c->gen))) return rc;
         if ((rc = mm(c->v, c->xb, &L->wv, T, c->gen))) return rc;
-        ops_rope(&m->rope, c->q, T, c->pos, hp->n_heads, hp->head_dim, hp->rope_neox);
-        ops_rope(&m->rope, c->k, T, c->pos, hp->n_kv_heads, hp->head_dim, hp->rope_neox);
+        if (hp->qk_norm) { // gemma3
+            ops_rmsnorm_heads(c->q, L->q_norm, T, hp->n_heads, hp->head_dim, hp->rms_eps);
+            ops_rmsnorm_heads(c->k, L->k_norm, T, hp->n_kv_heads, hp->head_dim, hp->rms_eps);
+        }
+        const ops_rope_t *rope = hp->layer[l].window > 0 && m->rope_swa.cos ? &m->rope_swa : &m->rope;
+        ops_rope(rope, c->q, T, c->pos, hp->n_heads, hp->head_dim, hp->rope_neox);
+        ops_rope(rope, c->k, T, c->pos, hp->n_kv_heads, hp->head_dim, hp->rope_neox);
         if ((rc = attention(c, b, l))) return rc;
         if ((rc = mm(c->proj, c->att, &L->wo, T, c->gen))) return rc;
+        if (hp->post_norms) ops_rmsnorm(c->proj, c->proj, L->post_attn_norm, T, E, hp->rms_eps);
         ops_add(c->x, c->proj, (size_t)T * E);
-        /* feed-forward block (SwiGLU) */
+        /* feed-forward block (SwiGLU; gemma3: GeGLU) */
         ops_rmsnorm(c->xb, c->x, L->ffn_norm, T, E, hp->rms_eps);
         if ((rc = mm(c->gate, c->xb, &L->w_gate, T, c->gen))) return rc;
         if ((rc = mm(c->up, c->xb, &L->w_up, T, c->gen))) return rc;
-        ops_swiglu(c->gate, c->up, (size_t)T * F);
+        if (hp->ffn_geglu)
+            ops_geglu_tanh(c->gate, c->up, (size_t)T * F);
+        else
+            ops_swiglu(c->gate, c->up, (size_t)T * F);
         if ((rc = mm(c->proj, c->gate, &L->w_down, T, c->gen))) return rc;
+        if (hp->post_norms) ops_rmsnorm(c->proj, c->proj, L->post_ffn_norm, T, E, hp->rms_eps);
         ops_add(c->x, c->proj, (size_t)T * E);
     }
     return logits(c, b);

@@ -112,6 +112,7 @@ const char *ggml_type_name(uint32_t type) {
     case GGML_TYPE_BF16: return "BF16";
     case GGML_TYPE_Q4_0: return "Q4_0";
     case GGML_TYPE_Q4_1: return "Q4_1";
+    case GGML_TYPE_Q5_0: return "Q5_0";
     case GGML_TYPE_Q8_0: return "Q8_0";
     case GGML_TYPE_Q4_K: return "Q4_K";
     case GGML_TYPE_Q6_K: return "Q6_K";
@@ -126,6 +127,7 @@ uint32_t ggml_block_size(uint32_t type) {
     case GGML_TYPE_BF16: return 1;
     case GGML_TYPE_Q4_0:
     case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
     case GGML_TYPE_Q8_0: return 32;
     case GGML_TYPE_Q4_K:
     case GGML_TYPE_Q6_K: return 256;
@@ -140,6 +142,7 @@ uint32_t ggml_type_size(uint32_t type) {
     case GGML_TYPE_BF16: return 2;
     case GGML_TYPE_Q4_0: return 18;
     case GGML_TYPE_Q4_1: return 20;
+    case GGML_TYPE_Q5_0: return 22;
     case GGML_TYPE_Q8_0: return 34;
     case GGML_TYPE_Q4_K: return 144;
     case GGML_TYPE_Q6_K: return 210;

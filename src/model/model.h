@@ -1,7 +1,7 @@
-/* A loaded Llama-family model: hyper-parameters, weights (kept in their GGUF
- * block format; see ops_matmul_w), tokenizer and chat template. A model_t is
- * immutable after load and may be shared; the forward pass runs in an
- * executor (model/exec.h) on the CPU or a GPU. */
+/* A loaded model of the Llama family or Gemma 3: hyper-parameters, weights
+ * (kept in their GGUF block format; see ops_matmul_w), tokenizer and chat
+ * template. A model_t is immutable after load and may be shared; the forward
+ * pass runs in an executor (model/exec.h) on the CPU or a GPU. */
 #ifndef LC_MODEL_H
 #define LC_MODEL_H
 
@@ -14,8 +14,22 @@
 
 typedef struct tok tok_t;
 
+typedef enum {
+    MODEL_ARCH_LLAMA = 0, // pre-norm blocks, SwiGLU, one RoPE base, full causal attention
+    MODEL_ARCH_GEMMA3,    // + scaled embeddings, QK-norm, post-norms, GeGLU, sliding-window layers
+} model_arch_t;
+
+/* What differs between layers: Gemma 3 alternates sliding-window (local)
+ * and global layers, each kind with its own RoPE base and scaling. */
 typedef struct {
-    char arch[32];  // "llama"
+    int window;            // > 0: a sliding layer, attending to the last `window` positions; 0: global
+    float rope_theta;      // RoPE base of this layer
+    float rope_freq_scale; // 1 / linear scaling factor of this layer (1 = none)
+} model_layer_hp_t;
+
+typedef struct {
+    char arch[32]; // general.architecture: "llama" or "gemma3"
+    model_arch_t arch_id;
     char name[128]; // general.name, or the file name
     int n_vocab;
     int n_embd;
@@ -30,6 +44,18 @@ typedef struct {
     float rope_freq_scale; // 1 / linear scaling factor (1 = none)
     int rope_neox;         // 0: adjacent pairs (llama GGUF), 1: NEOX halves
     int tied_embeddings;
+    /* Architecture switches, all read or derived from the GGUF at load (the
+     * llama values make them no-ops). */
+    float embd_scale;              // token embeddings times this (gemma3: sqrt(n_embd)); 1: none
+    float attn_scale;              // query scale: 1/sqrt(query_pre_attn_scalar) (gemma3) or 1/sqrt(head_dim)
+    int qk_norm;                   // 1: per-head RMSNorm of q and k before RoPE (attn_q_norm, attn_k_norm)
+    int post_norms;                // 1: RMSNorm of the attention and FFN outputs before each residual add
+    int ffn_geglu;                 // 1: GeGLU with the tanh GELU; 0: SwiGLU
+    float final_softcap;           // > 0: logits = c * tanh(logits / c); 0: none
+    int sliding_window;            // window of the sliding layers; 0: every layer is global
+    int swa_pattern;               // every swa_pattern-th layer is global, the others slide (0: none)
+    float rope_theta_swa;          // RoPE base of the sliding layers
+    const model_layer_hp_t *layer; // (n_layers) per-layer attention; owned by the model
 } model_hparams_t;
 
 typedef struct model model_t;

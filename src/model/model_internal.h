@@ -20,18 +20,25 @@ typedef struct {
     ops_w_t w_gate;   // (n_ff, n_embd)
     ops_w_t w_up;     // (n_ff, n_embd)
     ops_w_t w_down;   // (n_embd, n_ff)
+    /* gemma3 only (NULL otherwise) */
+    float *q_norm;         // (head_dim) per-head RMSNorm of q
+    float *k_norm;         // (head_dim) per-head RMSNorm of k
+    float *post_attn_norm; // (n_embd) on the attention output, before the residual add
+    float *post_ffn_norm;  // (n_embd) on the FFN output, before the residual add
 } model_layer_t;
 
 struct model {
     model_hparams_t hp;
-    int rope_dim;          // rotated dims per head (rope.dimension_count)
-    ops_w_t tok_embd;      // (n_vocab, n_embd); rows expanded per token
-    float *out_norm;       // (n_embd)
-    ops_w_t output;        // (n_vocab, n_embd); shares tok_embd's data when tied
-    model_layer_t *layers; // (n_layers)
-    ops_rope_t rope;       // tables for positions < max(n_ctx_train, 4096)
-    tok_t *tok;            // owned
-    chat_template_t chat;  // the recognised chat template, when has_chat
+    int rope_dim;               // rotated dims per head (rope.dimension_count)
+    ops_w_t tok_embd;           // (n_vocab, n_embd); rows expanded per token
+    float *out_norm;            // (n_embd)
+    ops_w_t output;             // (n_vocab, n_embd); shares tok_embd's data when tied
+    model_layer_t *layers;      // (n_layers)
+    ops_rope_t rope;            // tables for positions < max(n_ctx_train, 4096), global layers
+    ops_rope_t rope_swa;        // the same for the sliding layers' base (gemma3); unused when cos is NULL
+    model_layer_hp_t *layer_hp; // (n_layers) what hp.layer points to
+    tok_t *tok;                 // owned
+    chat_template_t chat;       // the recognised chat template, when has_chat
     int has_chat;
     void **bufs; // (n_bufs) every weight and norm buffer, owned; freed by model_free
     int n_bufs, cap_bufs;

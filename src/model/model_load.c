@@ -1,7 +1,7 @@
-/* Loading a Llama-family GGUF: hyper-parameters from the metadata, every
- * tensor's shape checked against them, weight matrices copied in their
- * block format (the matmul reads them in place; see ops_matmul_w), or
- * expanded to f32 on request. Also owns the accessors of model_t. */
+/* Loading a Llama-family or Gemma 3 GGUF: hyper-parameters from the
+ * metadata, every tensor's shape checked against them, weight matrices copied
+ * in their block format (the matmul reads them in place; see ops_matmul_w),
+ * or expanded to f32 on request. Also owns the accessors of model_t. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -65,6 +65,52 @@ static int get_float(const gguf_ctx_t *g, const char *arch, const char *suffix, 
     return 0;
 }
 
+/* Fails with the key's name when "<arch>.<suffix>" is absent. */
+static int require_key(const gguf_ctx_t *g, const char *arch, const char *suffix, char *err, size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    if (gguf_find_key(g, key) >= 0) return 0;
+    set_err(err, errlen, "metadata %s: missing", key);
+    return LC_EFORMAT;
+}
+
+/* The switches of the Gemma 3 architecture (llama: all off). The GGUF
+ * states the shapes, the window, the norm epsilon and the global RoPE base
+ * (read_hparams requires them); what llama.cpp's converter does not write is
+ * fixed by the architecture, as llama.cpp and transformers fix it, and read
+ * when a file does state it: the local RoPE base (10,000), the layer
+ * pattern (read_hparams) and the final logit soft-cap (none). The query
+ * scale is 1/sqrt(query_pre_attn_scalar) where that scalar is the head size,
+ * except for the 27B model (62 layers: n_embd / n_heads), again as both
+ * references have it. Attention-logit soft-capping (Gemma 2) is refused. */
+static int read_gemma(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_t errlen) {
+    hp->embd_scale = 1.0f;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    hp->rope_theta_swa = hp->rope_theta;
+    if (hp->arch_id != MODEL_ARCH_GEMMA3) return 0;
+    const char *a = hp->arch;
+    int rc;
+    hp->embd_scale = sqrtf((float)hp->n_embd);
+    hp->qk_norm = 1;
+    hp->post_norms = 1;
+    hp->ffn_geglu = 1;
+    float qscalar = hp->n_layers == 62 ? (float)hp->n_embd / (float)hp->n_heads : (float)hp->head_dim;
+    hp->attn_scale = 1.0f / sqrtf(qscalar);
+    if ((rc = get_float(g, a, "rope.freq_base_swa", 10000.0f, &hp->rope_theta_swa, err, errlen))) return rc;
+    if ((rc = get_float(g, a, "final_logit_softcapping", 0.0f, &hp->final_softcap, err, errlen))) return rc;
+    float attn_cap;
+    if ((rc = get_float(g, a, "attn_logit_softcapping", 0.0f, &attn_cap, err, errlen))) return rc;
+    if (attn_cap != 0.0f) {
+        set_err(err, errlen, "metadata %s.attn_logit_softcapping = %g: unsupported", a, attn_cap);
+        return LC_EUNSUPPORTED;
+    }
+    if (!(hp->rope_theta_swa > 0) || !(hp->final_softcap >= 0)) {
+        set_err(err, errlen, "bad %s.rope.freq_base_swa or %s.final_logit_softcapping", a, a);
+        return LC_EFORMAT;
+    }
+    return 0;
+}
+
 static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
     model_hparams_t *hp = &m->hp;
     gguf_str_t s;
@@ -75,10 +121,15 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     if (s.len >= sizeof hp->arch) s.len = sizeof hp->arch - 1;
     memcpy(hp->arch, s.ptr, s.len);
     hp->arch[s.len] = 0;
-    if (strcmp(hp->arch, "llama") != 0) {
-        set_err(err, errlen, "unsupported architecture '%s' (only llama)", hp->arch);
+    if (strcmp(hp->arch, "llama") == 0) {
+        hp->arch_id = MODEL_ARCH_LLAMA;
+    } else if (strcmp(hp->arch, "gemma3") == 0) {
+        hp->arch_id = MODEL_ARCH_GEMMA3;
+    } else {
+        set_err(err, errlen, "unsupported architecture '%s' (llama, gemma3)", hp->arch);
         return LC_EUNSUPPORTED;
     }
+    const int gemma = hp->arch_id == MODEL_ARCH_GEMMA3;
     if (!gguf_get_str(g, "general.name", &s)) {
         if (s.len >= sizeof hp->name) s.len = sizeof hp->name - 1;
         memcpy(hp->name, s.ptr, s.len);
@@ -96,13 +147,29 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
     GI("block_count", 1, 0, 1, 1024, hp->n_layers);
     GI("feed_forward_length", 1, 0, 1, 1 << 18, hp->n_ff);
     GI("attention.head_count", 1, 0, 1, 1024, hp->n_heads);
-    GI("attention.head_count_kv", 0, hp->n_heads, 1, 1024, hp->n_kv_heads);
-    GI("context_length", 0, 4096, 1, 1 << 30, hp->n_ctx_train);
-    if (hp->n_embd % hp->n_heads) {
+    /* Gemma's GGUFs state every attention shape; llama's may leave the KV
+     * heads, the context and the head size to their defaults. */
+    GI("attention.head_count_kv", gemma, hp->n_heads, 1, 1024, hp->n_kv_heads);
+    GI("context_length", gemma, 4096, 1, 1 << 30, hp->n_ctx_train);
+    if (!gemma && hp->n_embd % hp->n_heads) {
         set_err(err, errlen, "embedding_length %d not divisible by head_count %d", hp->n_embd, hp->n_heads);
         return LC_EFORMAT;
     }
-    GI("attention.key_length", 0, hp->n_embd / hp->n_heads, 2, 1024, hp->head_dim);
+    GI("attention.key_length", gemma, hp->n_embd / hp->n_heads, 2, 1024, hp->head_dim);
+    if (gemma) {
+        int vlen;
+        GI("attention.value_length", 1, 0, 2, 1024, vlen);
+        if (vlen != hp->head_dim) {
+            set_err(err, errlen, "metadata %s.attention.value_length %d differs from key_length %d (unsupported)", a,
+                    vlen, hp->head_dim);
+            return LC_EUNSUPPORTED;
+        }
+        GI("attention.sliding_window", 1, 0, 1, 1 << 30, hp->sliding_window);
+        /* Not written by llama.cpp's converter for Gemma 3, which fixes it
+         * for the architecture (every 6th layer global; transformers'
+         * Gemma3TextConfig the same): read when a file states it. */
+        GI("attention.sliding_window_pattern", 0, 6, 1, 1024, hp->swa_pattern);
+    }
     GI("rope.dimension_count", 0, hp->head_dim, 2, hp->head_dim, m->rope_dim);
 #undef GI
     if (hp->n_heads % hp->n_kv_heads) {
@@ -113,12 +180,16 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         set_err(err, errlen, "head dimension %d / rope dimension %d must be even", hp->head_dim, m->rope_dim);
         return LC_EFORMAT;
     }
+    if (gemma && ((rc = require_key(g, a, "attention.layer_norm_rms_epsilon", err, errlen)) ||
+                  (rc = require_key(g, a, "rope.freq_base", err, errlen))))
+        return rc;
     if ((rc = get_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps, err, errlen))) return rc;
     if ((rc = get_float(g, a, "rope.freq_base", 10000.0f, &hp->rope_theta, err, errlen))) return rc;
     if (!(hp->rms_eps >= 0) || !(hp->rope_theta > 0)) {
         set_err(err, errlen, "bad rms epsilon or rope.freq_base");
         return LC_EFORMAT;
     }
+    if ((rc = read_gemma(g, hp, err, errlen))) return rc;
     /* Linear RoPE scaling only; other schemes would silently change outputs. */
     hp->rope_freq_scale = 1.0f;
     char key[128];
@@ -139,7 +210,30 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         return LC_EFORMAT;
     }
     hp->rope_freq_scale = 1.0f / factor;
-    hp->rope_neox = 0; // llama GGUFs: Q/K rows were permuted for adjacent-pair rotation
+    /* llama GGUFs: Q/K rows were permuted for adjacent-pair rotation; gemma
+     * GGUFs keep Hugging Face's order and rotate halves. */
+    hp->rope_neox = gemma;
+    return 0;
+}
+
+/* Per-layer attention: Gemma 3's local layers slide over the window with
+ * their own RoPE base and no scaling (the scaling of the larger models is
+ * for the global layers only, as in llama.cpp and transformers). */
+static int layer_hparams(model_t *m, char *err, size_t errlen) {
+    model_hparams_t *hp = &m->hp;
+    m->layer_hp = calloc((size_t)hp->n_layers, sizeof *m->layer_hp);
+    if (!m->layer_hp) {
+        set_err(err, errlen, "out of memory");
+        return LC_ENOMEM;
+    }
+    for (int l = 0; l < hp->n_layers; l++) {
+        model_layer_hp_t *L = &m->layer_hp[l];
+        int sliding = hp->sliding_window > 0 && hp->swa_pattern > 0 && (l + 1) % hp->swa_pattern != 0;
+        L->window = sliding ? hp->sliding_window : 0;
+        L->rope_theta = sliding ? hp->rope_theta_swa : hp->rope_theta;
+        L->rope_freq_scale = sliding ? 1.0f : hp->rope_freq_scale;
+    }
+    hp->layer = m->layer_hp;
     return 0;
 }
 
@@ -307,6 +401,14 @@ static int load_weights(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         LN(MAT, w_gate, "ffn_gate", E, F);
         LN(MAT, w_up, "ffn_up", E, F);
         LN(MAT, w_down, "ffn_down", F, E);
+        if (hp->qk_norm) {
+            LN(VEC, q_norm, "attn_q_norm", hp->head_dim);
+            LN(VEC, k_norm, "attn_k_norm", hp->head_dim);
+        }
+        if (hp->post_norms) {
+            LN(VEC, post_attn_norm, "post_attention_norm", E);
+            LN(VEC, post_ffn_norm, "post_ffw_norm", E);
+        }
 #undef LN
     }
 #undef MAT
@@ -336,10 +438,12 @@ model_t *model_load_ex(const char *path, const model_load_opts_t *o, char *err, 
     const char *base = strrchr(path, '/');
     snprintf(m->hp.name, sizeof m->hp.name, "%s", base ? base + 1 : path);
     if (read_hparams(g, m, merr, sizeof merr)) goto fail;
+    if (layer_hparams(m, merr, sizeof merr)) goto fail;
     if (load_weights(g, m, merr, sizeof merr)) goto fail;
     int n_pos = m->hp.n_ctx_train > 4096 ? m->hp.n_ctx_train : 4096;
     if (n_pos > (1 << 20)) n_pos = 1 << 20;
-    if (ops_rope_init(&m->rope, m->rope_dim, n_pos, m->hp.rope_theta, m->hp.rope_freq_scale)) {
+    if (ops_rope_init(&m->rope, m->rope_dim, n_pos, m->hp.rope_theta, m->hp.rope_freq_scale) ||
+        (m->hp.sliding_window > 0 && ops_rope_init(&m->rope_swa, m->rope_dim, n_pos, m->hp.rope_theta_swa, 1.0f))) {
         snprintf(merr, sizeof merr, "out of memory (rope tables)");
         goto fail;
     }
@@ -375,7 +479,9 @@ void model_free(model_t *m) {
     for (int i = 0; i < m->n_bufs; i++) free(m->bufs[i]);
     free(m->bufs);
     free(m->layers);
+    free(m->layer_hp);
     ops_rope_fini(&m->rope);
+    ops_rope_fini(&m->rope_swa);
     if (m->tok) tok_destroy(m->tok);
     free(m);
 }
@@ -389,7 +495,7 @@ attn_shape_t model_attn_shape(const model_t *m) {
         .n_heads = m->hp.n_heads,
         .n_kv_heads = m->hp.n_kv_heads,
         .head_dim = m->hp.head_dim,
-        .scale = 1.0f / sqrtf((float)m->hp.head_dim),
+        .scale = m->hp.attn_scale,
     };
     return s;
 }

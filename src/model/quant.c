@@ -53,6 +53,29 @@ static void q_q4_0(const float *x, uint8_t *y, size_t nb) {
     }
 }
 
+/* ggml's quantize_row_q5_0_ref: the signed extreme maps to -16. */
+static void q_q5_0(const float *x, uint8_t *y, size_t nb) {
+    for (size_t i = 0; i < nb; i++, x += QK, y += 22) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK; j++)
+            if (amax < fabsf(x[j])) {
+                amax = fabsf(x[j]);
+                max = x[j];
+            }
+        const float d = max / -16, id = d ? 1.0f / d : 0.0f;
+        wr16(y, lc_f32_to_f16(d));
+        uint32_t qh = 0;
+        for (int j = 0; j < QK / 2; ++j) {
+            const int x0 = (int)(x[j] * id + 16.5f), x1 = (int)(x[QK / 2 + j] * id + 16.5f);
+            const uint8_t q0 = (uint8_t)(x0 < 31 ? x0 : 31), q1 = (uint8_t)(x1 < 31 ? x1 : 31);
+            y[6 + j] = (uint8_t)((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+            qh |= ((uint32_t)(q0 & 0x10) >> 4) << j;
+            qh |= ((uint32_t)(q1 & 0x10) >> 4) << (j + QK / 2);
+        }
+        for (int k = 0; k < 4; k++) y[2 + k] = (uint8_t)(qh >> (8 * k));
+    }
+}
+
 static void q_q4_1(const float *x, uint8_t *y, size_t nb) {
     for (size_t i = 0; i < nb; i++, x += QK, y += 20) {
         float min = INFINITY, max = -INFINITY;
@@ -203,6 +226,7 @@ int quant_quantize(uint32_t type, const float *src, void *dst, size_t n) {
         break;
     case GGML_TYPE_Q4_0: q_q4_0(src, y, n / bs); break;
     case GGML_TYPE_Q4_1: q_q4_1(src, y, n / bs); break;
+    case GGML_TYPE_Q5_0: q_q5_0(src, y, n / bs); break;
     case GGML_TYPE_Q8_0: q_q8_0(src, y, n / bs); break;
     case GGML_TYPE_Q4_K: q_q4_k(src, y, n / bs); break;
     case GGML_TYPE_Q6_K: q_q6_k(src, y, n / bs); break;

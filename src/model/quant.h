@@ -10,8 +10,8 @@
 
 /* Quantizes n floats (a multiple of the type's block size) into dst
  * (ggml_type_size(type) * n / block bytes). Supports F32, F16, BF16, Q8_0,
- * Q4_0, Q4_1, Q4_K, Q6_K. Returns 0, or LC_EUNSUPPORTED for another type /
- * LC_EINVAL for a bad n. */
+ * Q4_0, Q4_1, Q5_0, Q4_K, Q6_K. Returns 0, or LC_EUNSUPPORTED for another
+ * type / LC_EINVAL for a bad n. */
 int quant_quantize(uint32_t type, const float *src, void *dst, size_t n);
 
 #endif

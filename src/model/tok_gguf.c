@@ -28,6 +28,39 @@ static int read_str_arr(const gguf_ctx_t *g, const char *key, uint64_t *n, const
     return 0;
 }
 
+/* Gemma's SentencePiece vocabulary, as transformers rebuilds it from a GGUF
+ * (our reference for ids): the runs of 2..31 spaces, which the converter
+ * stored as user-defined tokens spelled with real spaces, are ordinary
+ * pieces spelled with U+2581 again, merged like any other ("a  b" -> a, ▁▁,
+ * b; a run of 50 -> 16+16+18, not greedily 31+19), and every piece's merge
+ * priority is its position in the file (lower first) rather than its score:
+ * the scores of normal pieces already fall with the position, those of
+ * control and user-defined ones are a flat -1000. Spellings live in *respelled
+ * (malloc'd, freed by the caller); tokens[i] point into it for the runs. */
+static int gemma_vocab(uint64_t n, const char **tokens, uint32_t *lens, int32_t *types, float *scores,
+                       char **respelled) {
+    size_t need = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        int spaces = types && types[i] == TOK_TYPE_USER_DEFINED && lens[i] >= 2;
+        for (uint32_t k = 0; spaces && k < lens[i]; k++) spaces = tokens[i][k] == ' ';
+        if (spaces) need += 3 * (size_t)lens[i];
+    }
+    char *buf = *respelled = malloc(need ? need : 1);
+    if (!buf) return LC_ENOMEM;
+    for (uint64_t i = 0; i < n; i++) {
+        scores[i] = -(float)i;
+        int spaces = types && types[i] == TOK_TYPE_USER_DEFINED && lens[i] >= 2;
+        for (uint32_t k = 0; spaces && k < lens[i]; k++) spaces = tokens[i][k] == ' ';
+        if (!spaces) continue;
+        for (uint32_t k = 0; k < lens[i]; k++) memcpy(buf + 3 * k, "\xe2\x96\x81", 3);
+        tokens[i] = buf;
+        lens[i] *= 3;
+        types[i] = TOK_TYPE_NORMAL;
+        buf += lens[i];
+    }
+    return 0;
+}
+
 static int32_t get_id(const gguf_ctx_t *g, const char *key) {
     int64_t v;
     return gguf_get_i64(g, key, &v) == 0 && v >= 0 && v < INT32_MAX ? (int32_t)v : -1;
@@ -49,7 +82,8 @@ tok_t *tok_create_from_gguf(const gguf_ctx_t *g, char *err, size_t errlen) {
     uint32_t *token_lens = NULL, *merge_lens = NULL;
     float *scores = NULL;
     int32_t *types = NULL;
-    char model[32], pre[64];
+    char model[32], pre[64], arch[32] = "";
+    char *respelled = NULL;
     uint64_t n = 0, nm = 0, cnt;
     gguf_vtype_t et;
     int rc, b;
@@ -119,6 +153,13 @@ tok_t *tok_create_from_gguf(const gguf_ctx_t *g, char *err, size_t errlen) {
      * not (llama.cpp's defaults). */
     sp.add_bos = gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &b) == 0 ? b : strcmp(model, "llama") == 0;
     sp.add_space_prefix = gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &b) == 0 ? b : -1;
+    get_name(g, "general.architecture", arch, sizeof(arch));
+    if (strncmp(arch, "gemma", 5) == 0 && strcmp(model, "llama") == 0 && scores) {
+        if ((rc = gemma_vocab(n, tokens, token_lens, types, scores, &respelled))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
 
     t = tok_create(&sp, err, errlen);
 fail:
@@ -128,5 +169,6 @@ fail:
     free(merge_lens);
     free(scores);
     free(types);
+    free(respelled);
     return t;
 }

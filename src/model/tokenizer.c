@@ -28,8 +28,9 @@ static size_t spec_len(const char *const *s, const uint32_t *lens, uint32_t i) {
 
 static int32_t valid_id(const tok_t *t, int32_t id) { return id >= 0 && id < t->n_vocab ? id : -1; }
 
-/* Longer specials first so that "<|im_start|>" beats a hypothetical "<|im";
- * ties by id. Keys pack (inverted length, id) so no sort context is needed. */
+/* Specials grouped by first byte, longer first within a group so that
+ * "<|im_start|>" beats a hypothetical "<|im"; ties by id. Keys pack (first
+ * byte, inverted length, id) so no sort context is needed. */
 static int cmp_u64(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? -1 : x > y;
@@ -159,12 +160,17 @@ static int build_specials(tok_t *t, char *err, size_t errlen) {
     for (int32_t id = 0; id < t->n_vocab; id++) {
         int ty = t->types[id];
         if ((ty == TOK_TYPE_CONTROL || ty == TOK_TYPE_USER_DEFINED) && t->text_len[id] > 0) {
-            keys[t->n_specials++] = ((uint64_t)(UINT32_MAX - t->text_len[id]) << 32) | (uint32_t)id;
-            t->special_first[(uint8_t)t->text[t->text_off[id]]] = 1;
+            uint64_t first = (uint8_t)t->text[t->text_off[id]];
+            uint64_t inv = 0xFFFFFF - (t->text_len[id] < 0xFFFFFF ? t->text_len[id] : 0xFFFFFF);
+            keys[t->n_specials++] = first << 56 | inv << 32 | (uint32_t)id;
         }
     }
     qsort(keys, t->n_specials, sizeof(uint64_t), cmp_u64);
-    for (size_t k = 0; k < t->n_specials; k++) t->specials[k] = (int32_t)(uint32_t)keys[k];
+    for (size_t k = 0, c = 0; k <= t->n_specials; k++) {
+        size_t first = k < t->n_specials ? (size_t)(keys[k] >> 56) : 256;
+        while (c <= first) t->special_at[c++] = (uint32_t)k;
+        if (k < t->n_specials) t->specials[k] = (int32_t)(uint32_t)keys[k];
+    }
     free(keys);
     return 0;
 }
@@ -308,7 +314,7 @@ int32_t tok_find(const tok_t *t, const char *s, size_t len) { return tok__lookup
  * only when parse_special; user-defined ones always (as Hugging Face treats
  * non-special added tokens, and llama.cpp user-defined ones). */
 static int32_t match_special(const tok_t *t, const char *s, size_t n, int parse_special) {
-    for (size_t k = 0; k < t->n_specials; k++) {
+    for (uint32_t k = t->special_at[(uint8_t)s[0]]; k < t->special_at[(uint8_t)s[0] + 1]; k++) {
         int32_t id = t->specials[k];
         uint32_t l = t->text_len[id];
         if (l > n || (!parse_special && t->types[id] == TOK_TYPE_CONTROL)) continue;
@@ -333,7 +339,8 @@ int tok_encode(const tok_t *t, const char *text, size_t len, int add_bos, int pa
     size_t start = 0, i = 0;
     while (i < len) {
         int32_t sid = -1;
-        if (t->special_first[(uint8_t)text[i]]) sid = match_special(t, text + i, len - i, parse_special);
+        uint8_t c = (uint8_t)text[i];
+        if (t->special_at[c] < t->special_at[c + 1]) sid = match_special(t, text + i, len - i, parse_special);
         if (sid < 0) {
             i++;
             continue;

@@ -7,6 +7,7 @@ liblacuna_a_SOURCES += \
 	src/ops/cpu/qformat.c src/ops/cpu/qformat.h src/ops/cpu/qdot_avx2.c \
 	src/ops/cpu/qdot_avx512.c \
 	src/ops/cpu/norm.c \
+	src/ops/cpu/act.c \
 	src/ops/cpu/rope.c \
 	src/ops/cpu/threads.c src/ops/cpu/threads.h
 

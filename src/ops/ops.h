@@ -52,6 +52,7 @@ enum {
     OPS_W_F16 = 1,
     OPS_W_Q4_0 = 2,
     OPS_W_Q4_1 = 3,
+    OPS_W_Q5_0 = 6,
     OPS_W_Q8_0 = 8,
     OPS_W_Q4_K = 12,
     OPS_W_Q6_K = 14,
@@ -103,6 +104,10 @@ int ops_mm_q8(void);
 /* Row-wise RMSNorm: y[r] = x[r] / sqrt(mean(x[r]²) + eps) * w. y may equal x.
  *   x, y: (n, dim)   w: (dim) */
 void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float eps);
+/* Per-head RMSNorm in place (Gemma's QK-norm): every head of every row
+ * normalised on its own with the same weights.
+ *   x: (n, n_heads, head_dim)   w: (head_dim) */
+void ops_rmsnorm_heads(float *x, const float *w, int n, int n_heads, int head_dim, float eps);
 
 /* ---- RoPE ------------------------------------------------------------------ */
 /* Precomputed rotation tables for positions 0..n_pos-1; positions beyond the
@@ -130,8 +135,17 @@ void ops_rope(const ops_rope_t *r, float *x, int n, const int64_t *pos, int n_he
 /* ---- elementwise --------------------------------------------------------------- */
 /* g[i] = silu(g[i]) * u[i]   (SwiGLU), n elements */
 void ops_swiglu(float *g, const float *u, size_t n);
+/* g[i] = gelu_tanh(g[i]) * u[i]   (GeGLU with PyTorch's tanh GELU), n elements */
+void ops_geglu_tanh(float *g, const float *u, size_t n);
 /* y[i] += x[i] */
 void ops_add(float *y, const float *x, size_t n);
+/* x[i] *= s */
+void ops_scale(float *x, size_t n, float s);
+/* x[i] = cap * tanh(x[i] / cap)   (logit soft-capping), cap > 0 */
+void ops_softcap(float *x, size_t n, float cap);
+/* Rows of an embedding table for n tokens, times scale (Gemma: √n_embd).
+ *   x: (n, emb->cols)   tokens: (n), each in [0, emb->rows) */
+void ops_embed(float *x, const ops_w_t *emb, const int32_t *tokens, int n, float scale);
 /* In-place softmax of n values; returns log(sum(exp(x - max))) + max (the
  * log-sum-exp of the input). */
 float ops_softmax(float *x, int n);

@@ -64,7 +64,8 @@ static void back(void *host, const void *d, size_t bytes) {
 /* ---- elementwise ------------------------------------------------------------------------------ */
 START_TEST(test_rmsnorm_embed_swiglu) {
     const int n = 37, dim = 576, V = 50, ff = 333;
-    float *x = malloc(sizeof(float) * n * dim), *w = malloc(sizeof(float) * dim), *ref = malloc(sizeof(float) * n * dim);
+    float *x = malloc(sizeof(float) * n * dim), *w = malloc(sizeof(float) * dim),
+          *ref = malloc(sizeof(float) * n * dim);
     for (int i = 0; i < n * dim; i++) x[i] = frand() * (i % 97 == 0 ? 40.0f : 2.0f); // some large outliers
     for (int i = 0; i < dim; i++) w[i] = frand() + 1.0f;
     ops_rmsnorm(ref, x, w, n, dim, 1e-5f);
@@ -96,7 +97,8 @@ START_TEST(test_rmsnorm_embed_swiglu) {
     for (int t = 0; t < 4; t++)
         for (int i = 0; i < dim; i++) ck_assert(x[t * dim + i] == f32_of(table[(size_t)tok[t] * dim + i]) * 2.5f);
     /* SwiGLU against ops_swiglu */
-    float *gu = malloc(sizeof(float) * n * 2 * ff), *g = malloc(sizeof(float) * n * ff), *u = malloc(sizeof(float) * n * ff);
+    float *gu = malloc(sizeof(float) * n * 2 * ff), *g = malloc(sizeof(float) * n * ff),
+          *u = malloc(sizeof(float) * n * ff);
     for (int r = 0; r < n; r++)
         for (int i = 0; i < ff; i++) {
             g[r * ff + i] = gu[(size_t)r * 2 * ff + i] = frand() * 8.0f;
@@ -109,9 +111,10 @@ START_TEST(test_rmsnorm_embed_swiglu) {
     uint16_t *h = malloc(2 * (size_t)n * ff);
     back(h, dh, 2 * (size_t)n * ff);
     for (int i = 0; i < n * ff; i++)
-        ck_assert_msg(fabsf(f32_of(h[i]) - g[i]) <= 4e-3f * fabsf(g[i]) + 1e-5f, "swiglu [%d]: %g vs %g", i, f32_of(h[i]),
-                      g[i]);
-    cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(drows), cudaFree(dt), cudaFree(dtok), cudaFree(dgu), cudaFree(dh);
+        ck_assert_msg(fabsf(f32_of(h[i]) - g[i]) <= 4e-3f * fabsf(g[i]) + 1e-5f, "swiglu [%d]: %g vs %g", i,
+                      f32_of(h[i]), g[i]);
+    cudaFree(dx), cudaFree(dw), cudaFree(dy), cudaFree(drows), cudaFree(dt), cudaFree(dtok), cudaFree(dgu),
+        cudaFree(dh);
     free(x), free(w), free(ref), free(out), free(table), free(gu), free(g), free(u), free(h);
 }
 END_TEST
@@ -147,8 +150,10 @@ START_TEST(test_qkv_post) {
         float *dqkv = dev(qkv, sizeof(float) * n * QKVD);
         int64_t *dpos = dev(pos, sizeof pos);
         int32_t *dperm = dev(perm, sizeof perm), *dpage = dev(page, sizeof page), *dslot = dev(slot, sizeof slot);
-        float *dcos = dev(rope.cos, sizeof(float) * 100 * rot / 2), *dsin = dev(rope.sin, sizeof(float) * 100 * rot / 2);
-        void *dq = dev(NULL, 2 * (size_t)n * H * d), *dk = dev(poison, 2 * cache_elems), *dv = dev(poison, 2 * cache_elems);
+        float *dcos = dev(rope.cos, sizeof(float) * 100 * rot / 2),
+              *dsin = dev(rope.sin, sizeof(float) * 100 * rot / 2);
+        void *dq = dev(NULL, 2 * (size_t)n * H * d), *dk = dev(poison, 2 * cache_elems),
+             *dv = dev(poison, 2 * cache_elems);
         ops_cuda_qkv_t p = {H, KH, d, rot, neox, 100, 10000.0f, 1.0f, dq, dk, dv, P};
         ck_assert_int_eq(ops_cuda_qkv_post(dqkv, n, dpos, dperm, dpage, dslot, dcos, dsin, &p, NULL), 0);
         uint16_t *gq = malloc(2 * (size_t)n * H * d), *gk = malloc(2 * cache_elems), *gv = malloc(2 * cache_elems);
@@ -365,7 +370,8 @@ START_TEST(test_real_model_teacher_forced) {
     const tok_t *tk = model_tok(m);
     const int V = model_hparams(m)->n_vocab, N = 256;
     static const char *texts[5] = {
-        "The history of the printing press begins in the fifteenth century, when", "def quicksort(arr):\n    if len(arr)",
+        "The history of the printing press begins in the fifteenth century, when",
+        "def quicksort(arr):\n    if len(arr)",
         "Photosynthesis is the process by which green plants and some other organisms use sunlight to",
         "User: What is the capital of Australia, and why was it chosen?\nAssistant:",
         "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night"};

@@ -75,7 +75,7 @@ static const attn_policy_t *row_policy(const attn_plan_t *p, const attn_drow_t *
 }
 
 /* 1. the key ranges of every (row, KV head) */
-static int select_ranges(attn_plan_t *p, int layer, const attn_store_t *store, const float *q) {
+static int select_ranges(attn_plan_t *p, int layer, int64_t window, const attn_store_t *store, const float *q) {
     const int KH = p->shape.n_kv_heads, H = p->shape.n_heads, d = p->shape.head_dim;
     const int n = p->n_drows * KH;
     int err = 0;
@@ -90,7 +90,7 @@ static int select_ranges(attn_plan_t *p, int layer, const attn_store_t *store, c
             attn_range_t *rg = p->drg + p->drg_off[i];
             const attn_kv_t kv = row_kv(p, store, dr);
             int sel, nr = 0;
-            switch (layer_method(pol, layer, &sel)) {
+            switch (window > 0 ? ATTN_DECODE_DENSE : layer_method(pol, layer, &sel)) {
             case ATTN_DECODE_STREAMING: {
                 int64_t sink, win;
                 attn__streaming_window(pol, &sink, &win);
@@ -104,7 +104,8 @@ static int select_ranges(attn_plan_t *p, int layer, const attn_store_t *store, c
             case ATTN_DECODE_TIDAL: nr = attn__tidal_ranges(p->seqs[dr->seq].state, dr->row, kh, dr->n_kv, rg); break;
             default: nr = 0; break;
             }
-            if (nr == 0) nr = attn_window_ranges(0, ATTN_NO_WINDOW, dr->n_kv - 1, dr->n_kv - 1, rg);
+            if (nr == 0)
+                nr = attn_window_ranges(0, window > 0 ? window : ATTN_NO_WINDOW, dr->n_kv - 1, dr->n_kv - 1, rg);
             if (nr < 0) {
 #pragma omp atomic write
                 err = nr;
@@ -136,7 +137,7 @@ static int list_items(attn_plan_t *p) {
 }
 
 /* 3. every piece through the tile engine, into dpart */
-static int run_items(attn_plan_t *p, const attn_store_t *store, const float *q, int n_items) {
+static int run_items(attn_plan_t *p, int64_t window, const attn_store_t *store, const float *q, int n_items) {
     const attn_shape_t *sh = &p->shape;
     const int H = sh->n_heads, KH = sh->n_kv_heads, G = H / KH, d = sh->head_dim;
     int err = 0;
@@ -163,7 +164,10 @@ static int run_items(attn_plan_t *p, const attn_store_t *store, const float *q, 
             const attn_policy_t *pol = row_policy(p, dr);
             const int np = attn_piece_ranges(p->drg + p->drg_off[k], p->drg_n[k], di->piece, prg);
             attn_tile_begin(&t, G);
-            if (pol && pol->decode == ATTN_DECODE_STREAMING) attn__streaming_window(pol, &t.sink, &t.window);
+            if (window > 0)
+                t.window = window;
+            else if (pol && pol->decode == ATTN_DECODE_STREAMING)
+                attn__streaming_window(pol, &t.sink, &t.window);
             for (int g = 0; g < G; g++) {
                 const float *qh = q + ((size_t)dr->qrow * H + di->kh * G + g) * d;
                 for (int c = 0; c < d; c++) t.q[(size_t)g * d + c] = qh[c] * sh->scale;
@@ -228,15 +232,16 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
     return err;
 }
 
-int attn__decode_rows(attn_plan_t *p, int layer, const attn_store_t *store, const float *q, float *out, float *lse) {
+int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_store_t *store, const float *q, float *out,
+                      float *lse) {
     if (p->n_drows == 0) return 0;
-    int rc = select_ranges(p, layer, store, q);
+    int rc = select_ranges(p, layer, window, store, q);
     if (rc) return rc;
     const int n_items = list_items(p);
     if (n_items < 0) return n_items;
-    if ((rc = run_items(p, store, q, n_items))) return rc;
+    if ((rc = run_items(p, window, store, q, n_items))) return rc;
     merge_items(p, out, lse);
-    if ((rc = tidal_selections(p, layer, store, q))) return rc;
+    if (window == 0 && (rc = tidal_selections(p, layer, store, q))) return rc;
     for (int i = 0; i < n_items; i++) {
         attn_state_t *st = p->seqs[p->drows[p->ditems[i].drow].seq].state;
         if (st) st->stats.decode_computed += p->dcomp[i];

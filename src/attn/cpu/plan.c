@@ -169,9 +169,9 @@ int attn_plan(attn_plan_t *p, const attn_batch_t *b) {
     return 0;
 }
 
-/* One prompt chunk with its sequence's prefill method. */
-static int run_prefill(attn_plan_t *p, const attn_seq_t *s, const attn_store_t *store, const float *q, float *out,
-                       float *lse) {
+/* One prompt chunk with its sequence's prefill method (or the layer's window). */
+static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, const attn_store_t *store, const float *q,
+                       float *out, float *lse) {
     const attn_shape_t *sh = &p->shape;
     const size_t rs = (size_t)sh->n_heads * sh->head_dim;
     const attn_kv_t kv = {.k = store->k,
@@ -188,7 +188,7 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, const attn_store_t *
     const attn_policy_t *pol = s->state ? &s->state->pol : NULL;
     double computed = 0;
     int rc;
-    switch (pol ? pol->prefill : ATTN_PREFILL_DENSE) {
+    switch (window > 0 ? ATTN_PREFILL_DENSE : pol ? pol->prefill : ATTN_PREFILL_DENSE) {
     case ATTN_PREFILL_FLEX:
         rc = attn__prefill_flex(sh, pol, p->arenas, &p->shared, qs, s->n_tok, s->pos0, &kv, os, ls, &computed);
         break;
@@ -202,7 +202,8 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, const attn_store_t *
         break;
     }
     default:
-        rc = attn_prefill_window(sh, p->arenas, qs, s->n_tok, s->pos0, &kv, 0, ATTN_NO_WINDOW, os, ls, &computed);
+        rc = attn_prefill_window(sh, p->arenas, qs, s->n_tok, s->pos0, &kv, 0, window > 0 ? window : ATTN_NO_WINDOW, os,
+                                 ls, &computed);
         break;
     }
     if (rc == 0 && s->state) {
@@ -213,21 +214,22 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, const attn_store_t *
     return rc;
 }
 
-int attn_run(attn_plan_t *p, int layer, const attn_store_t *kv, const float *q, float *out, float *lse) {
-    if (!p || !kv || !q || !out || layer < 0 || layer >= p->n_layers || !p->n_seqs) return LC_EINVAL;
+int attn_run(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
+             float *lse) {
+    if (!p || !kv || !q || !out || layer < 0 || layer >= p->n_layers || !p->n_seqs || window < 0) return LC_EINVAL;
     if (kv->block_size != p->block_size || !kv->k || !kv->v) return LC_EINVAL;
     if (attn_max_threads() > p->n_threads) return LC_EINVAL; // the team grew since the plan
     for (int i = 0; i < p->n_seqs; i++) {
         if (p->seqs[i].decode) continue;
-        int rc = run_prefill(p, &p->seqs[i], kv, q, out, lse);
+        int rc = run_prefill(p, &p->seqs[i], window, kv, q, out, lse);
         if (rc) return rc;
     }
-    return attn__decode_rows(p, layer, kv, q, out, lse);
+    return attn__decode_rows(p, layer, window, kv, q, out, lse);
 }
 
 /* ---- per-call kernels -------------------------------------------------------------- */
-static int run_one(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q, int64_t q_pos0,
-                   const attn_kv_t *kv, float *out, float *lse, int decode) {
+static int run_one(const attn_shape_t *shape, attn_state_t *st, int layer, int64_t window, const float *q, int n_q,
+                   int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, int decode) {
     if (!shape || !kv || !q || !out || n_q < 0 || q_pos0 < 0) return LC_EINVAL;
     if (n_q == 0) return 0;
     int rc = attn_check_args(shape, kv, q_pos0 + n_q);
@@ -244,30 +246,42 @@ static int run_one(const attn_shape_t *shape, attn_state_t *st, int layer, const
                           .sum_stride = kv->sum_stride,
                           .block_size = kv->block_size};
     rc = attn_plan(p, &b);
-    if (!rc) rc = attn_run(p, layer, &store, q, out, lse);
+    if (!rc) rc = attn_run(p, layer, window, &store, q, out, lse);
     attn_plan_destroy(p);
     return rc;
 }
 
 int attn_prefill(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, int n_q, int64_t q_pos0,
                  const attn_kv_t *kv, float *out, float *lse) {
-    return run_one(shape, st, layer, q, n_q, q_pos0, kv, out, lse, 0);
+    return run_one(shape, st, layer, 0, q, n_q, q_pos0, kv, out, lse, 0);
 }
 
 int attn_decode(const attn_shape_t *shape, attn_state_t *st, int layer, const float *q, const attn_kv_t *kv, float *out,
                 float *lse) {
     if (!kv || kv->n_kv <= 0) return LC_EINVAL;
-    return run_one(shape, st, layer, q, 1, kv->n_kv - 1, kv, out, lse, 1);
+    return run_one(shape, st, layer, 0, q, 1, kv->n_kv - 1, kv, out, lse, 1);
 }
 
 int attn_prefill_dense(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
                        float *out, float *lse) {
-    return run_one(shape, NULL, 0, q, n_q, q_pos0, kv, out, lse, 0);
+    return run_one(shape, NULL, 0, 0, q, n_q, q_pos0, kv, out, lse, 0);
 }
 
 int attn_decode_dense(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, float *out, float *lse) {
     if (!kv || kv->n_kv <= 0) return LC_EINVAL;
-    return run_one(shape, NULL, 0, q, 1, kv->n_kv - 1, kv, out, lse, 1);
+    return run_one(shape, NULL, 0, 0, q, 1, kv->n_kv - 1, kv, out, lse, 1);
+}
+
+int attn_prefill_sliding(const attn_shape_t *shape, const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv,
+                         int64_t window, float *out, float *lse) {
+    if (window <= 0) return LC_EINVAL;
+    return run_one(shape, NULL, 0, window, q, n_q, q_pos0, kv, out, lse, 0);
+}
+
+int attn_decode_sliding(const attn_shape_t *shape, const float *q, const attn_kv_t *kv, int64_t window, float *out,
+                        float *lse) {
+    if (!kv || kv->n_kv <= 0 || window <= 0) return LC_EINVAL;
+    return run_one(shape, NULL, 0, window, q, 1, kv->n_kv - 1, kv, out, lse, 1);
 }
 
 void attn_merge(float *o1, float *lse1, const float *o2, const float *lse2, int rows, int head_dim) {

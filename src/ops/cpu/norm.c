@@ -16,6 +16,10 @@ void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float
     }
 }
 
+void ops_rmsnorm_heads(float *x, const float *w, int n, int n_heads, int head_dim, float eps) {
+    ops_rmsnorm(x, x, w, n * n_heads, head_dim, eps);
+}
+
 void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }

@@ -3,7 +3,7 @@
  * installs them after CPU detection (__builtin_cpu_supports, and CPUID for
  * F16C) says the CPU has all three.
  *
- * Integer dot products: 4-bit or 6-bit weights are unpacked to unsigned
+ * Integer dot products: 4-, 5- or 6-bit weights are unpacked to unsigned
  * bytes and multiplied with the int8 activations by _mm256_maddubs_epi16
  * (byte pairs summed to int16, which cannot saturate: 2·63·127 < 2^15), then
  * widened by _mm256_madd_epi16 against ones or the sub-block scales. Signed
@@ -37,6 +37,18 @@ TGT_INLINE float f16(const uint8_t *p) { return _cvtsh_ss(qf_rd16(p)); }
 TGT_INLINE __m256i nibbles32(const uint8_t *p) {
     const __m128i q = _mm_loadu_si128((const __m128i *)(const void *)p), m = _mm_set1_epi8(15);
     return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+}
+
+/* Q5_0: the 32 weights of a block as unsigned bytes 0..31 in weight order,
+ * the fifth bit of weight i (bit i of the 4 qh bytes) spread to byte i. */
+TGT_INLINE __m256i q5_0_bytes(const uint8_t *w) {
+    uint32_t qh;
+    memcpy(&qh, w + 2, 4);
+    const __m256i pick = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i b = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), pick), bit);
+    const __m256i hi = _mm256_and_si256(_mm256_cmpeq_epi8(b, bit), _mm256_set1_epi8(16));
+    return _mm256_or_si256(nibbles32(w + 6), hi);
 }
 
 /* unsigned bytes u · signed bytes s, summed per 32-bit lane */
@@ -109,6 +121,25 @@ TGT_INLINE void dot_q4x(int in, const uint8_t *w, const void *a, size_t astride,
     for (int b = 0; b < nb; b++, w += bytes) {
         const float dw = f16(w), mw = is_q4_1 ? f16(w + 2) : -8.0f * dw;
         const __m256i q = nibbles32(w + (is_q4_1 ? 4 : 2));
+        for (int j = 0; j < NA; j++) {
+            const q8b_t *x = ACTP(q8b_t, j) + b;
+            const __m256i p = dot_us(q, _mm256_loadu_si256((const __m256i *)(const void *)x->q));
+            acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x->d), _mm256_cvtepi32_ps(p), acc[j]);
+            off[j] += mw * x->s;
+        }
+    }
+    for (int j = 0; j < NA; j++) y[(size_t)j * ldy] = hsum_ps(acc[j]) + off[j];
+}
+
+/* As dot_q4x for Q5_0: unsigned 5-bit values, offset -16·d_w·s_a. */
+TGT_INLINE void dot_q5x(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy,
+                        const int NA) {
+    __m256 acc[QF_NA];
+    float off[QF_NA];
+    for (int j = 0; j < NA; j++) acc[j] = _mm256_setzero_ps(), off[j] = 0;
+    for (int b = 0; b < in / QK; b++, w += Q5_0_BYTES) {
+        const float dw = f16(w), mw = -16.0f * dw;
+        const __m256i q = q5_0_bytes(w);
         for (int j = 0; j < NA; j++) {
             const q8b_t *x = ACTP(q8b_t, j) + b;
             const __m256i p = dot_us(q, _mm256_loadu_si256((const __m256i *)(const void *)x->q));
@@ -273,6 +304,17 @@ TGT static void deq_q4_0(const uint8_t *w, float *y, int in) {
     }
 }
 
+TGT static void deq_q5_0(const uint8_t *w, float *y, int in) {
+    for (int b = 0; b < in / QK; b++, w += Q5_0_BYTES, y += QK) {
+        const __m256i q = _mm256_sub_epi8(q5_0_bytes(w), _mm256_set1_epi8(16));
+        const __m256 d = _mm256_set1_ps(f16(w));
+        const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+        const __m128i part[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        for (int k = 0; k < 4; k++)
+            _mm256_storeu_ps(y + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part[k])), d));
+    }
+}
+
 TGT static void deq_q8_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
         const __m256 d = _mm256_set1_ps(f16(w));
@@ -293,6 +335,7 @@ TGT static void deq_f16(const uint8_t *w, float *y, int in) {
 #define ENTRY(NAME, CALL) QF_DOT_ENTRY(TGT, NAME, CALL)
 #define C_Q4_0(N) dot_q4x(in, w, a, astride, na, y, ldy, N, 0)
 #define C_Q4_1(N) dot_q4x(in, w, a, astride, na, y, ldy, N, 1)
+#define C_Q5_0(N) dot_q5x(in, w, a, astride, na, y, ldy, N)
 #define C_Q8_0(N) dot_q8x(in, w, a, astride, na, y, ldy, N)
 #define C_Q4_K(N) dot_q4kx(in, w, a, astride, na, y, ldy, N)
 #define C_Q6_K(N) dot_q6kx(in, w, a, astride, na, y, ldy, N)
@@ -301,6 +344,7 @@ TGT static void deq_f16(const uint8_t *w, float *y, int in) {
 #define C_F32(N) dot_f32x(in, w, a, astride, na, y, ldy, N)
 ENTRY(dot_q4_0, C_Q4_0)
 ENTRY(dot_q4_1, C_Q4_1)
+ENTRY(dot_q5_0, C_Q5_0)
 ENTRY(dot_q8_0, C_Q8_0)
 ENTRY(dot_q4_k, C_Q4_K)
 ENTRY(dot_q6_k, C_Q6_K)
@@ -313,6 +357,7 @@ void qf_kernels_avx2(qf_kernels_t *k) {
     k->quant_q8k = quant_q8k;
     k->dot[QF_Q4_0] = dot_q4_0;
     k->dot[QF_Q4_1] = dot_q4_1;
+    k->dot[QF_Q5_0] = dot_q5_0;
     k->dot[QF_Q8_0] = dot_q8_0;
     k->dot[QF_Q4_K] = dot_q4_k;
     k->dot[QF_Q6_K] = dot_q6_k;
@@ -321,6 +366,7 @@ void qf_kernels_avx2(qf_kernels_t *k) {
     k->dot[QF_F32] = dot_f32;
     k->dequant[QF_Q4_0] = deq_q4_0;
     k->dequant[QF_Q4_1] = deq_q4_1;
+    k->dequant[QF_Q5_0] = deq_q5_0;
     k->dequant[QF_Q8_0] = deq_q8_0;
     k->dequant[QF_F16] = deq_f16;
 }

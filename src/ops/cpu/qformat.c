@@ -15,6 +15,7 @@ int qf_type_index(int type) {
     case OPS_W_BF16: return QF_BF16;
     case OPS_W_Q4_0: return QF_Q4_0;
     case OPS_W_Q4_1: return QF_Q4_1;
+    case OPS_W_Q5_0: return QF_Q5_0;
     case OPS_W_Q8_0: return QF_Q8_0;
     case OPS_W_Q4_K: return QF_Q4_K;
     case OPS_W_Q6_K: return QF_Q6_K;
@@ -26,6 +27,7 @@ int qf_act_kind(int type) {
     switch (qf_type_index(type)) {
     case QF_Q4_0:
     case QF_Q4_1:
+    case QF_Q5_0:
     case QF_Q8_0: return QF_ACT_Q8B;
     case QF_Q4_K:
     case QF_Q6_K: return QF_ACT_Q8K;
@@ -42,6 +44,7 @@ size_t ops_w_row_bytes(int type, int cols) {
     case QF_BF16: return c * 2;
     case QF_Q4_0: return c % QK ? 0 : c / QK * Q4_0_BYTES;
     case QF_Q4_1: return c % QK ? 0 : c / QK * Q4_1_BYTES;
+    case QF_Q5_0: return c % QK ? 0 : c / QK * Q5_0_BYTES;
     case QF_Q8_0: return c % QK ? 0 : c / QK * Q8_0_BYTES;
     case QF_Q4_K: return c % QK_K ? 0 : c / QK_K * Q4_K_BYTES;
     case QF_Q6_K: return c % QK_K ? 0 : c / QK_K * Q6_K_BYTES;
@@ -113,6 +116,13 @@ static void deq_q4_1(const uint8_t *w, float *y, int in) {
     }
 }
 
+static void deq_q5_0(const uint8_t *w, float *y, int in) {
+    for (int b = 0; b < in / QK; b++, w += Q5_0_BYTES, y += QK) {
+        const float d = lc_f16_to_f32(qf_rd16(w));
+        for (int j = 0; j < QK; j++) y[j] = (float)(qf_q5_0_val(w, j) - 16) * d;
+    }
+}
+
 static void deq_q8_0(const uint8_t *w, float *y, int in) {
     for (int b = 0; b < in / QK; b++, w += Q8_0_BYTES, y += QK) {
         const float d = lc_f16_to_f32(qf_rd16(w));
@@ -154,7 +164,9 @@ static void deq_q6_k(const uint8_t *w, float *y, int in) {
 }
 
 /* Elements per block of each type (qf_type_index order). */
-static const int qf_block_elems[QF_NTYPES] = {1, 1, 1, QK, QK, QK, QK_K, QK_K};
+static const int qf_block_elems[QF_NTYPES] = {
+    [QF_F32] = 1,   [QF_F16] = 1,   [QF_BF16] = 1,    [QF_Q4_0] = QK,  [QF_Q4_1] = QK,
+    [QF_Q5_0] = QK, [QF_Q8_0] = QK, [QF_Q4_K] = QK_K, [QF_Q6_K] = QK_K};
 
 int ops_w_dequantize(int type, const void *src, float *dst, size_t n) {
     const int ti = qf_type_index(type);
@@ -230,6 +242,21 @@ static void dot_q4_1(int in, const uint8_t *w, const void *a, size_t astride, in
     }
 }
 
+static void dot_q5_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
+    for (int j = 0; j < na; j++) {
+        const q8b_t *x = ACT(q8b_t, j);
+        const uint8_t *wb = w;
+        float acc = 0;
+        for (int b = 0; b < in / QK; b++, wb += Q5_0_BYTES, x++) {
+            int s = 0;
+            for (int i = 0; i < QK; i++) s += qf_q5_0_val(wb, i) * x->q[i];
+            /* weights are q - 16: Σ(q-16)·a = Σq·a - 16·Σa */
+            acc += lc_f16_to_f32(qf_rd16(wb)) * (x->d * (float)s - 16.0f * x->s);
+        }
+        y[(size_t)j * ldy] = acc;
+    }
+}
+
 static void dot_q8_0(int in, const uint8_t *w, const void *a, size_t astride, int na, float *y, size_t ldy) {
     for (int j = 0; j < na; j++) {
         const q8b_t *x = ACT(q8b_t, j);
@@ -292,6 +319,7 @@ void qf_kernels_scalar(qf_kernels_t *k) {
     k->dot[QF_BF16] = dot_bf16, k->dequant[QF_BF16] = deq_bf16;
     k->dot[QF_Q4_0] = dot_q4_0, k->dequant[QF_Q4_0] = deq_q4_0;
     k->dot[QF_Q4_1] = dot_q4_1, k->dequant[QF_Q4_1] = deq_q4_1;
+    k->dot[QF_Q5_0] = dot_q5_0, k->dequant[QF_Q5_0] = deq_q5_0;
     k->dot[QF_Q8_0] = dot_q8_0, k->dequant[QF_Q8_0] = deq_q8_0;
     k->dot[QF_Q4_K] = dot_q4_k, k->dequant[QF_Q4_K] = deq_q4_k;
     k->dot[QF_Q6_K] = dot_q6_k, k->dequant[QF_Q6_K] = deq_q6_k;

@@ -2,8 +2,8 @@
  * in place, the 8-bit activation blocks it multiplies them with, and the
  * kernel table that run-time CPU detection fills (scalar, AVX2 or AVX-512).
  *
- * Weight blocks are read byte-wise (they are packed: 18, 20, 34, 144 and 210
- * bytes, so nothing is aligned). Activation blocks are ours and aligned. */
+ * Weight blocks are read byte-wise (they are packed: 18, 20, 22, 34, 144 and
+ * 210 bytes, so nothing is aligned). Activation blocks are ours and aligned. */
 #ifndef LC_OPS_QFORMAT_H
 #define LC_OPS_QFORMAT_H
 
@@ -14,14 +14,16 @@
 #include "common/f16.h"
 #include "ops/ops.h"
 
-#define QK 32    // weights per Q4_0 / Q4_1 / Q8_0 block, activations per q8b_t
+#define QK 32    // weights per Q4_0 / Q4_1 / Q5_0 / Q8_0 block, activations per q8b_t
 #define QK_K 256 // weights per K-quant super-block, activations per q8k_t
 
-/* Bytes per block: Q4_0 = f16 d + 16 nibble bytes; Q4_1 adds f16 m; Q8_0 =
+/* Bytes per block: Q4_0 = f16 d + 16 nibble bytes; Q4_1 adds f16 m; Q5_0 =
+ * f16 d + 4 bytes of fifth bits (bit j for weight j) + 16 nibble bytes; Q8_0 =
  * f16 d + 32 int8; Q4_K = f16 d, dmin + 12 scale bytes + 128 nibble bytes;
  * Q6_K = 128 low-nibble + 64 high-2-bit bytes + 16 int8 scales + f16 d. */
 #define Q4_0_BYTES 18
 #define Q4_1_BYTES 20
+#define Q5_0_BYTES 22
 #define Q8_0_BYTES 34
 #define Q4_K_BYTES 144
 #define Q6_K_BYTES 210
@@ -58,9 +60,18 @@ static inline void qf_q4k_scale_min(int j, const uint8_t *s, int *sc, int *mn) {
     }
 }
 
+/* Q5_0's 32 weights as unsigned bytes 0..31 (the stored value minus -16):
+ * low nibbles are weights 0..15, high nibbles 16..31, bit j of qh the fifth
+ * bit of weight j. */
+static inline int qf_q5_0_val(const uint8_t *w, int j) {
+    const uint32_t qh = (uint32_t)w[2] | (uint32_t)w[3] << 8 | (uint32_t)w[4] << 16 | (uint32_t)w[5] << 24;
+    const int lo = j < QK / 2 ? w[6 + j] & 15 : w[6 + j - QK / 2] >> 4;
+    return lo | (int)((qh >> j) & 1) << 4;
+}
+
 /* ---- kernels ------------------------------------------------------------------- */
 /* Dense indices of the weight types (qf_type_index). */
-enum { QF_F32, QF_F16, QF_BF16, QF_Q4_0, QF_Q4_1, QF_Q8_0, QF_Q4_K, QF_Q6_K, QF_NTYPES };
+enum { QF_F32, QF_F16, QF_BF16, QF_Q4_0, QF_Q4_1, QF_Q5_0, QF_Q8_0, QF_Q4_K, QF_Q6_K, QF_NTYPES };
 
 /* Which activation blocks a weight type multiplies against. */
 enum { QF_ACT_F32, QF_ACT_Q8B, QF_ACT_Q8K };

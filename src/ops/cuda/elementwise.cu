@@ -119,8 +119,8 @@ static __global__ void qkv_post_kernel(const float *__restrict__ qkv, const int6
 }
 
 extern "C" int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, const int32_t *perm,
-                                 const int32_t *kv_page, const int32_t *kv_slot, const float *cos_t,
-                                 const float *sin_t, const ops_cuda_qkv_t *p, void *stream) {
+                                 const int32_t *kv_page, const int32_t *kv_slot, const float *cos_t, const float *sin_t,
+                                 const ops_cuda_qkv_t *p, void *stream) {
     if (!qkv || n <= 0 || !pos || !perm || !kv_page || !kv_slot || !p || !p->q || !p->k_cache || !p->v_cache ||
         p->rot_dim > p->head_dim || p->rot_dim % 2 || (p->n_table > 0 && (!cos_t || !sin_t)))
         return LC_EINVAL;

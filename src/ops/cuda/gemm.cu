@@ -145,8 +145,8 @@ static const cublasLtMatmulAlgo_t *cached_algo(ops_cuda_gemm_t *g, int m, int n,
     return &g->cache[slot].algo;
 }
 
-extern "C" int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D,
-                             int d_f32, int accumulate, void *stream) {
+extern "C" int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
+                             int accumulate, void *stream) {
     if (!g || m <= 0 || n <= 0 || k <= 0 || !A || !W || !D) return LC_EINVAL;
     const cublasLtMatmulAlgo_t *algo = cached_algo(g, m, n, k, d_f32);
     if (!algo) return LC_EDEVICE;
