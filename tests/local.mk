@@ -91,3 +91,11 @@ tests_check_sparse_SOURCES = tests/check_sparse.c tools/mkmodel.c tools/mkmodel_
 tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sparse_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- constrained decoding: grammar engine and JSON schemas --------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_grammar
+tests_check_grammar_SOURCES = tests/check_grammar.c
+tests_check_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_grammar_LDADD = $(CHECK_LDADD)
+endif

@@ -15,3 +15,9 @@ liblacuna_a_SOURCES += \
 	src/model/chat.c src/model/chat.h \
 	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
 	src/model/tok_gguf.c
+
+# ---- constrained decoding: grammars, JSON schemas ---------------------------
+liblacuna_a_SOURCES += \
+	src/model/grammar.c src/model/grammar.h src/model/gram_internal.h \
+	src/model/gram_match.c \
+	src/model/json_schema.c src/model/json_schema.h
