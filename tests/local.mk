@@ -99,3 +99,10 @@ tests_check_grammar_SOURCES = tests/check_grammar.c
 tests_check_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_grammar_LDADD = $(CHECK_LDADD)
 endif
+
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched_grammar
+tests_check_sched_grammar_SOURCES = tests/check_sched_grammar.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sched_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_grammar_LDADD = $(CHECK_LDADD)
+endif
