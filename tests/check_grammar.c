@@ -35,10 +35,10 @@ static gram_t *must_compile(const char *schema_json) {
 /* A vocabulary of the 256 bytes plus multi-byte tokens that cross JSON's
  * structure (quotes with text, keys with colons, literals, digits). */
 static const char *const multi[] = {
-    "{\"",  "\":",    "\": ",  "\",",   "\"}",    "\"]",     "true",   "false", "null", "12",   "0.",   "1e",
-    "-1",   " \"",    ", ",    ",\"",   "abc",    "name",    "\"name", "ame\"", "  ",   "\n  ", "\n",   "}}",
-    "]}",   "[{",     "[]",    "{}",    "\\n",    "\\u00",   "é",      "\xc3",  "\xa9", "日本", "ok\"}", "00",
-    "\"a\"", "\"b\":", "yes",  "no",    " true",  "},{",     "\": [",  "3.14",  "e+",   "E-",   ".5",   "\"x"};
+    "{\"",   "\":",    "\": ", "\",", "\"}",   "\"]",   "true",   "false", "null", "12",   "0.",    "1e",
+    "-1",    " \"",    ", ",   ",\"", "abc",   "name",  "\"name", "ame\"", "  ",   "\n  ", "\n",    "}}",
+    "]}",    "[{",     "[]",   "{}",  "\\n",   "\\u00", "é",      "\xc3",  "\xa9", "日本", "ok\"}", "00",
+    "\"a\"", "\"b\":", "yes",  "no",  " true", "},{",   "\": [",  "3.14",  "e+",   "E-",   ".5",    "\"x"};
 
 typedef struct {
     int n;
@@ -362,7 +362,8 @@ START_TEST(test_refused) {
                    "\"$ref\":\"#/$defs/a\"}",
                    "left recursion");
     /* a recursion every branch of which must recurse: no finite value */
-    expect_refused("{\"type\":\"object\",\"properties\":{\"x\":{\"$ref\":\"#\"}},\"required\":[\"x\"]}", "no finite value");
+    expect_refused("{\"type\":\"object\",\"properties\":{\"x\":{\"$ref\":\"#\"}},\"required\":[\"x\"]}",
+                   "no finite value");
     expect_refused("{\"type\":\"object\",\"required\":[\"z\"],\"additionalProperties\":false}", "'z'");
     expect_refused("{\"type\":\"array\",\"minItems\":3,\"maxItems\":2}", "maxItems");
     expect_refused("{\"type\":\"array\",\"minItems\":100000}", "at most");
@@ -405,8 +406,7 @@ START_TEST(test_hostile_bounded) {
     cap = 64 * 80 + 64;
     s = malloc(cap);
     n = 0;
-    for (int i = 0; i < 12; i++)
-        n += (size_t)snprintf(s + n, cap - n, "{\"anyOf\":[{\"type\":\"array\",\"items\":");
+    for (int i = 0; i < 12; i++) n += (size_t)snprintf(s + n, cap - n, "{\"anyOf\":[{\"type\":\"array\",\"items\":");
     n += (size_t)snprintf(s + n, cap - n, "{\"type\":\"integer\"}");
     for (int i = 0; i < 12; i++) n += (size_t)snprintf(s + n, cap - n, "},{\"type\":\"array\"}]}");
     g = must_compile(s);

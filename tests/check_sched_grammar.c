@@ -142,8 +142,9 @@ static void run(sched_t *s, out_t *o, int n, const int *which, gram_t *const *gs
 
 START_TEST(test_constrained_batch_invariant) {
     gram_t *gs[2] = {
-        compile("{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},"
-                "\"ok\":{\"type\":\"boolean\"}},\"required\":[\"name\",\"age\",\"ok\"],\"additionalProperties\":false}"),
+        compile(
+            "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\"},\"age\":{\"type\":\"integer\"},"
+            "\"ok\":{\"type\":\"boolean\"}},\"required\":[\"name\",\"age\",\"ok\"],\"additionalProperties\":false}"),
         compile("{\"type\":\"array\",\"items\":{\"enum\":[\"the\",\"model\",\"hello world\",1,null]},\"maxItems\":5}"),
     };
     enum { N = 9 };
@@ -165,7 +166,8 @@ START_TEST(test_constrained_batch_invariant) {
             ck_assert_int_eq(batched[i].n[c], alone[i].n[c]);
             ck_assert_mem_eq(batched[i].toks[c], alone[i].toks[c], sizeof(int32_t) * (size_t)alone[i].n[c]);
             ck_assert_str_eq(batched[i].text[c], alone[i].text[c]);
-            if (getenv("CHECK_DUMP")) fprintf(stderr, "%d/%d %d [%s]\n", i, c, batched[i].finish[c], batched[i].text[c]);
+            if (getenv("CHECK_DUMP"))
+                fprintf(stderr, "%d/%d %d [%s]\n", i, c, batched[i].finish[c], batched[i].text[c]);
             if (i % 3 == 2) continue;
             /* constrained: ended by the grammar, and it parses */
             if (batched[i].finish[c] == SCHED_FINISH_STOP) {

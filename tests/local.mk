@@ -106,3 +106,13 @@ tests_check_sched_grammar_SOURCES = tests/check_sched_grammar.c tools/mkmodel.c 
 tests_check_sched_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_grammar_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- chat templates with tools (Qwen2.5) ----------------------------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_chat_tools
+tests_check_chat_tools_SOURCES = tests/check_chat_tools.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_chat_tools_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_chat_tools_LDADD = $(CHECK_LDADD)
+endif
+EXTRA_DIST += tests/fixtures/chat_tools_qwen25.json tests/fixtures/qwen2.5_chat_template.jinja \
+	scripts/gen_chat_tools_fixtures.py

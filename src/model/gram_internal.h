@@ -62,10 +62,10 @@ typedef struct {
 } gram_trie_node_t;
 
 struct gram_vocab {
-    int n_tokens;       // ids 0 .. n_tokens - 1
-    int n_in;           // tokens in the trie
-    int32_t *sorted;    // (n_in) token ids sorted by bytes
-    uint32_t *off;      // (n_tokens + 1) token t's bytes are blob[off[t] .. off[t + 1]); empty: left out
+    int n_tokens;    // ids 0 .. n_tokens - 1
+    int n_in;        // tokens in the trie
+    int32_t *sorted; // (n_in) token ids sorted by bytes
+    uint32_t *off;   // (n_tokens + 1) token t's bytes are blob[off[t] .. off[t + 1]); empty: left out
     unsigned char *blob;
     gram_trie_node_t *nodes; // (n_nodes); node 0 is the root (the empty prefix)
     int n_nodes;

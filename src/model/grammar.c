@@ -149,8 +149,8 @@ static int set_empty(const gram_set_t *s) { return !(s->w[0] | s->w[1] | s->w[2]
  * need[a] == 0, where need counts the references to rules without the flag
  * (plus a large number for an element that can never qualify). by_ref lists,
  * per rule, every (alternative) occurrence of a reference to it. */
-static int fixed_point(const gram_builder_t *b, const int *alt0, int n_alts, int *need, const int *occ0,
-                       const int *occ, char *flag) {
+static int fixed_point(const gram_builder_t *b, const int *alt0, int n_alts, int *need, const int *occ0, const int *occ,
+                       char *flag) {
     int *queue = malloc(sizeof(int) * (size_t)(b->n_rules + 1));
     if (!queue) return LC_ENOMEM;
     int qh = 0, qt = 0;

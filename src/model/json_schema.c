@@ -479,10 +479,12 @@ out:
 }
 
 /* ---- schemas -------------------------------------------------------------------------------- */
-static const char *const annotations[] = {"title",   "description", "$schema",    "$id",      "$comment", "default",
-                                          "examples", "deprecated",  "readOnly",  "writeOnly", "$defs",    "definitions"};
-static const char *const constraints[] = {"type",  "enum",  "const",    "anyOf",    "$ref",    "properties",
-                                          "required", "additionalProperties", "items", "minItems", "maxItems"};
+static const char *const annotations[] = {"title",    "description", "$schema",  "$id",
+                                          "$comment", "default",     "examples", "deprecated",
+                                          "readOnly", "writeOnly",   "$defs",    "definitions"};
+static const char *const constraints[] = {"type",  "enum",       "const",    "anyOf",
+                                          "$ref",  "properties", "required", "additionalProperties",
+                                          "items", "minItems",   "maxItems"};
 
 static int in_list(const char *s, const char *const *l, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -635,7 +637,8 @@ static int object_rule(js_ctx_t *c, const cJSON *s) {
         while (i < n && strcmp(names[i], e->valuestring)) i++;
         if (i == n) {
             if (addl_rule < 0) {
-                rc = fail(c, LC_EINVAL, "required property '%.64s' is not in 'properties' and additionalProperties is false",
+                rc = fail(c, LC_EINVAL,
+                          "required property '%.64s' is not in 'properties' and additionalProperties is false",
                           e->valuestring);
                 goto out;
             }
@@ -838,7 +841,8 @@ static int schema_rule(js_ctx_t *c, const cJSON *s) {
         goto out;
     }
     if (!types) {
-        int obj = cJSON_GetObjectItemCaseSensitive(s, "properties") || cJSON_GetObjectItemCaseSensitive(s, "required") ||
+        int obj = cJSON_GetObjectItemCaseSensitive(s, "properties") ||
+                  cJSON_GetObjectItemCaseSensitive(s, "required") ||
                   cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
         int arr = cJSON_GetObjectItemCaseSensitive(s, "items") || cJSON_GetObjectItemCaseSensitive(s, "minItems") ||
                   cJSON_GetObjectItemCaseSensitive(s, "maxItems");

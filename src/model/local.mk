@@ -12,7 +12,8 @@ liblacuna_a_SOURCES += \
 # ---- tokenizer and chat templates ------------------------------------------
 liblacuna_a_SOURCES += \
 	src/model/tokenizer.c src/model/tokenizer.h src/model/tok_impl.h \
-	src/model/chat.c src/model/chat.h \
+	src/model/chat.c src/model/chat.h src/model/chat_internal.h \
+	src/model/chat_tools.c src/model/chat_json.c src/model/chat_json.h \
 	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
 	src/model/tok_gguf.c
 
