@@ -119,8 +119,8 @@ START_TEST(test_detect) {
     ck_assert_str_eq(mkmodel_qwen25_template, t);
     free(t);
     /* SmolLM2's template has no tool support */
-    ck_assert_int_eq(chat_template_detect(mkmodel_chatml_template, strlen(mkmodel_chatml_template), &ct, err, sizeof err),
-                     0);
+    ck_assert_int_eq(
+        chat_template_detect(mkmodel_chatml_template, strlen(mkmodel_chatml_template), &ct, err, sizeof err), 0);
     ck_assert(!chat_supports_tools(&ct));
     ck_assert_int_eq(chat_tool_syntax(&ct, &sy), LC_EUNSUPPORTED);
     const char *tools[1] = {"{}"};
@@ -153,8 +153,8 @@ START_TEST(test_json_print) {
         ck_assert_msg(!strcmp(o, c[i].out), "%s -> %s, want %s", c[i].in, o, c[i].out);
         free(o);
     }
-    static const char *const bad[] = {"{\"a\":1,\"a\":2}", "\"\\ud800\"", "\"\xff\"", "[1,]", "01", "{\"a\" 1}", "",
-                                      "1 2"};
+    static const char *const bad[] = {
+        "{\"a\":1,\"a\":2}", "\"\\ud800\"", "\"\xff\"", "[1,]", "01", "{\"a\" 1}", "", "1 2"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char *o = NULL;
         ck_assert_msg(chat_json_render(bad[i], strlen(bad[i]), &o) == LC_EINVAL, "accepted %s", bad[i]);

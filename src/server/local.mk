@@ -1,7 +1,8 @@
 # server: the OpenAI-compatible HTTP front end (see Makefile.am).
 liblacuna_a_SOURCES += \
-	src/server/parse.c src/server/parse.h \
+	src/server/parse.c src/server/parse.h src/server/parse_format.c \
 	src/server/respond.c src/server/respond.h \
+	src/server/toolcall.c src/server/toolcall.h \
 	src/server/metrics.c src/server/metrics.h \
 	src/server/auth.c src/server/auth.h
 

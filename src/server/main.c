@@ -163,6 +163,9 @@ static void load_work(uv_work_t *w) {
     s->have_chat =
         chat_template_detect(have ? ts.ptr : NULL, have ? (size_t)ts.len : 0, &s->chat, cerr, sizeof(cerr)) == 0;
     gguf_close(g);
+    /* The token trie for response_format and forced tool calls: once per
+     * model, shared read-only by every request. */
+    s->gvocab = gram_vocab_create(model_tok(s->model));
 }
 
 static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
@@ -204,6 +207,11 @@ static void load_after(uv_work_t *w, int status) {
     int fam = model_chat_template(s->model);
     if (!s->have_chat && fam > 0)
         s->have_chat = chat_template_from_name(chat_family_name((chat_family_t)fam), &s->chat) == 0;
+    s->lim.tool_family = s->have_chat ? chat_family_name(s->chat.family) : "none";
+    if (s->have_chat && chat_tool_syntax(&s->chat, &s->tool_syntax) == 0) s->lim.tool_syntax = &s->tool_syntax;
+    if (s->gvocab)
+        LC_INFO("constrained decoding: token trie of %d tokens, %.1f MiB", gram_vocab_n_tokens(s->gvocab),
+                (double)gram_vocab_bytes(s->gvocab) / (1 << 20));
     sched_config_t sc;
     sched_config_from(&s->cfg, &sc);
     char err[512] = "";
@@ -305,6 +313,7 @@ int main(int argc, char **argv) {
     /* Let closed handles finish. */
     uv_run(s->loop, UV_RUN_NOWAIT);
     if (s->sched) sched_destroy(s->sched);
+    gram_vocab_destroy(s->gvocab);
     if (s->model) model_free(s->model);
     srv_auth_fini(&s->auth);
     return s->exit_code;

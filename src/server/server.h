@@ -18,6 +18,7 @@
 #include "server/metrics.h"
 #include "server/parse.h"
 #include "server/respond.h"
+#include "server/toolcall.h"
 
 typedef enum {
     ROUTE_NONE = 0,
@@ -49,6 +50,12 @@ typedef struct {
     sched_finish_t finish;
     int role_sent;      // chat stream: first delta written
     size_t text_offset; // completions stream: bytes already sent
+    /* chat with tools: the text split into content and calls */
+    int tp_on;
+    srv_tp_t tp;
+    srv_tp_out_t tpo;  // non-streaming: everything; streaming: scratch
+    int n_calls_sent;  // streaming
+    char call_id[112]; // "call_<request id>_<choice index>"
 } srv_gen_choice_t;
 
 typedef struct srv srv_t;
@@ -133,6 +140,8 @@ struct srv {
     const tok_t *tok;
     chat_template_t chat;
     int have_chat;
+    chat_tool_syntax_t tool_syntax; // when chat_supports_tools(&chat)
+    gram_vocab_t *gvocab;           // the model's token trie for constrained decoding (built at load)
     char served_name[LC_CONFIG_STR];
     char load_err[512];
     int n_ctx;
