@@ -116,3 +116,4 @@ tests_check_chat_tools_LDADD = $(CHECK_LDADD)
 endif
 EXTRA_DIST += tests/fixtures/chat_tools_qwen25.json tests/fixtures/qwen2.5_chat_template.jinja \
 	scripts/gen_chat_tools_fixtures.py
+EXTRA_DIST += tests/integration/test_structured.py
