@@ -117,3 +117,10 @@ endif
 EXTRA_DIST += tests/fixtures/chat_tools_qwen25.json tests/fixtures/qwen2.5_chat_template.jinja \
 	scripts/gen_chat_tools_fixtures.py
 EXTRA_DIST += tests/integration/test_structured.py
+
+if HAVE_CHECK
+check_PROGRAMS += tests/check_toolcall
+tests_check_toolcall_SOURCES = tests/check_toolcall.c
+tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_toolcall_LDADD = $(CHECK_LDADD)
+endif

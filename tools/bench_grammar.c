@@ -225,7 +225,9 @@ int cmd_bench_grammar(int argc, char **argv) {
     }
     printf("# vocabulary %d tokens (%s), trie built in %.1f ms, %.1f MiB\n", n_vocab, model ? model : "synthetic",
            t_trie * 1e3, (double)gram_vocab_bytes(v) / (1 << 20));
-    if (markdown) printf("| sequences per step | mask ms / token (mean) | p50 | p99 | ms per step (all sequences) |\n|---|---|---|---|---|\n");
+    if (markdown)
+        printf("| sequences per step | mask ms / token (mean) | p50 | p99 | ms per step (all sequences) "
+               "|\n|---|---|---|---|---|\n");
     float *logits = malloc(sizeof(float) * (size_t)n_vocab);
     int32_t eos = -1;
     char *list = strdup(blist);
@@ -234,7 +236,8 @@ int cmd_bench_grammar(int argc, char **argv) {
         if (B < 1) continue;
         gram_t **gs = calloc((size_t)B, sizeof *gs);
         gram_matcher_t **ms = calloc((size_t)B, sizeof *ms);
-        int *doc = calloc((size_t)B, sizeof *doc), *pos = calloc((size_t)B, sizeof *pos), *rep = calloc((size_t)B, sizeof *rep);
+        int *doc = calloc((size_t)B, sizeof *doc), *pos = calloc((size_t)B, sizeof *pos),
+            *rep = calloc((size_t)B, sizeof *rep);
         size_t cap = 1 << 16, n = 0;
         double *per = malloc(sizeof(double) * cap), step_sum = 0;
         long steps = 0;
@@ -249,7 +252,8 @@ int cmd_bench_grammar(int argc, char **argv) {
                 if (!ms[b]) {
                     cJSON *j = work[doc[b]].schema ? cJSON_Parse(work[doc[b]].schema) : NULL;
                     gram_release(gs[b]);
-                    gs[b] = j ? js_compile_schema(j, "", &st, err, sizeof err) : js_compile_any_object(&st, err, sizeof err);
+                    gs[b] = j ? js_compile_schema(j, "", &st, err, sizeof err)
+                              : js_compile_any_object(&st, err, sizeof err);
                     cJSON_Delete(j);
                     ms[b] = gram_matcher_create(gs[b], v);
                     /* stagger the sequences so that they are not in lockstep */
@@ -281,8 +285,8 @@ int cmd_bench_grammar(int argc, char **argv) {
         for (size_t i = 0; i < n; i++) mean += per[i];
         mean /= (double)n;
         if (markdown)
-            printf("| %d | %.3f | %.3f | %.3f | %.2f |\n", B, mean * 1e3, per[n / 2] * 1e3, per[(size_t)(n * 0.99)] * 1e3,
-                   step_sum / (double)steps * 1e3);
+            printf("| %d | %.3f | %.3f | %.3f | %.2f |\n", B, mean * 1e3, per[n / 2] * 1e3,
+                   per[(size_t)(n * 0.99)] * 1e3, step_sum / (double)steps * 1e3);
         else
             printf("batch %3d: mask %.3f ms/token mean, p50 %.3f, p99 %.3f; %.2f ms per step over %ld steps\n", B,
                    mean * 1e3, per[n / 2] * 1e3, per[(size_t)(n * 0.99)] * 1e3, step_sum / (double)steps * 1e3, steps);

@@ -72,10 +72,12 @@ int srv__check_fields(const cJSON *o, srv_req_kind_t kind, srv_error_t *err) {
     /* harmless at their default values, refused otherwise */
     const cJSON *v;
     if ((v = field(o, "store")) && !cJSON_IsFalse(v))
-        return bad(err, "store", "Unsupported parameter: 'store' (completions are never stored; only false is accepted).");
+        return bad(err, "store",
+                   "Unsupported parameter: 'store' (completions are never stored; only false is accepted).");
     if ((v = field(o, "service_tier")) &&
         !(cJSON_IsString(v) && (!strcmp(v->valuestring, "auto") || !strcmp(v->valuestring, "default"))))
-        return bad(err, "service_tier", "Unsupported value for 'service_tier': only 'auto' and 'default' are accepted.");
+        return bad(err, "service_tier",
+                   "Unsupported value for 'service_tier': only 'auto' and 'default' are accepted.");
     if ((v = field(o, "modalities")) && kind == SRV_REQ_CHAT) {
         const cJSON *e;
         int ok = cJSON_IsArray(v);
@@ -97,11 +99,12 @@ static int schema_error(srv_error_t *err, const char *param, int st, const char 
 static int parse_response_format(const cJSON *o, srv_request_t *r, srv_error_t *err) {
     const cJSON *rf = field(o, "response_format");
     if (!rf) return 0;
-    if (!cJSON_IsObject(rf)) return bad(err, "response_format", "Invalid type for 'response_format': expected an object.");
+    if (!cJSON_IsObject(rf))
+        return bad(err, "response_format", "Invalid type for 'response_format': expected an object.");
     const cJSON *t = field(rf, "type"), *e;
     if (!t) return bad(err, "response_format.type", "Missing required parameter: 'response_format.type'.");
-    if (!cJSON_IsString(t) ||
-        (strcmp(t->valuestring, "text") && strcmp(t->valuestring, "json_object") && strcmp(t->valuestring, "json_schema")))
+    if (!cJSON_IsString(t) || (strcmp(t->valuestring, "text") && strcmp(t->valuestring, "json_object") &&
+                               strcmp(t->valuestring, "json_schema")))
         return bad(err, "response_format.type",
                    "Invalid value for 'response_format.type': expected one of text, json_object, json_schema.");
     const char *type = t->valuestring;
@@ -119,9 +122,11 @@ static int parse_response_format(const cJSON *o, srv_request_t *r, srv_error_t *
         return 0;
     }
     const cJSON *js = field(rf, "json_schema");
-    if (!js) return bad(err, "response_format.json_schema", "Missing required parameter: 'response_format.json_schema'.");
+    if (!js)
+        return bad(err, "response_format.json_schema", "Missing required parameter: 'response_format.json_schema'.");
     if (!cJSON_IsObject(js))
-        return bad(err, "response_format.json_schema", "Invalid type for 'response_format.json_schema': expected an object.");
+        return bad(err, "response_format.json_schema",
+                   "Invalid type for 'response_format.json_schema': expected an object.");
     cJSON_ArrayForEach(e, js) {
         if (strcmp(e->string, "name") && strcmp(e->string, "description") && strcmp(e->string, "schema") &&
             strcmp(e->string, "strict"))
@@ -129,7 +134,9 @@ static int parse_response_format(const cJSON *o, srv_request_t *r, srv_error_t *
                        e->string);
     }
     const cJSON *name = field(js, "name"), *desc = field(js, "description"), *strict = field(js, "strict");
-    if (!name) return bad(err, "response_format.json_schema.name", "Missing required parameter: 'response_format.json_schema.name'.");
+    if (!name)
+        return bad(err, "response_format.json_schema.name",
+                   "Missing required parameter: 'response_format.json_schema.name'.");
     size_t nl = cJSON_IsString(name) ? strlen(name->valuestring) : 0;
     int name_ok = nl >= 1 && nl <= 64;
     for (size_t i = 0; name_ok && i < nl; i++) {
@@ -137,8 +144,9 @@ static int parse_response_format(const cJSON *o, srv_request_t *r, srv_error_t *
         name_ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
     }
     if (!name_ok)
-        return bad(err, "response_format.json_schema.name",
-                   "Invalid value for 'response_format.json_schema.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
+        return bad(
+            err, "response_format.json_schema.name",
+            "Invalid value for 'response_format.json_schema.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
     if (desc && !cJSON_IsString(desc))
         return bad(err, "response_format.json_schema.description",
                    "Invalid type for 'response_format.json_schema.description': expected a string.");
@@ -250,9 +258,11 @@ static int parse_tools(const cJSON *o, const char *body, size_t len, const srv_l
             if (!cJSON_IsObject(fn)) return bad(err, p, "Missing required parameter: '%s.function'.", p);
             cJSON_ArrayForEach(e, t) if (strcmp(e->string, "type") && strcmp(e->string, "function")) return bad(
                 err, p, "Unknown parameter: '%s.%.64s'.", p, e->string);
-            cJSON_ArrayForEach(e, fn) if (strcmp(e->string, "name") && strcmp(e->string, "description") &&
-                                          strcmp(e->string, "parameters") && strcmp(e->string, "strict")) return bad(
-                err, p, "Unknown parameter: '%s.function.%.64s'.", p, e->string);
+            cJSON_ArrayForEach(
+                e, fn) if (strcmp(e->string, "name") && strcmp(e->string, "description") &&
+                           strcmp(e->string, "parameters") &&
+                           strcmp(e->string, "strict")) return bad(err, p, "Unknown parameter: '%s.function.%.64s'.", p,
+                                                                   e->string);
             const cJSON *nm = field(fn, "name"), *pa = field(fn, "parameters"), *de = field(fn, "description"),
                         *st = field(fn, "strict");
             if (!cJSON_IsString(nm) || !name_ok(nm->valuestring))
@@ -352,8 +362,8 @@ int srv__parse_msg_tool_calls(const cJSON *msg, int i, srv_message_t *m, srv_err
                        "\"arguments\"}} with string name and arguments.",
                        p, k);
         if (!name_ok(nm->valuestring))
-            return bad(err, p, "Invalid value for '%s[%d].function.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.",
-                       p, k);
+            return bad(err, p,
+                       "Invalid value for '%s[%d].function.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.", p, k);
         if (chat_json_render(args->valuestring, strlen(args->valuestring), &m->tool_calls[k].arguments))
             return bad(err, p, "Invalid value for '%s[%d].function.arguments': not a JSON value.", p, k);
         if (!(m->tool_calls[k].name = strdup(nm->valuestring))) return bad(err, p, "out of memory");
