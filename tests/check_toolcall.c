@@ -25,7 +25,8 @@ static void split(const char *text, size_t step, srv_tp_out_t *out) {
     memset(out, 0, sizeof *out);
     size_t n = strlen(text);
     if (!step) step = n ? n : 1;
-    for (size_t i = 0; i < n; i += step) ck_assert_int_eq(srv_tp_feed(&t, text + i, i + step > n ? n - i : step, out), 0);
+    for (size_t i = 0; i < n; i += step)
+        ck_assert_int_eq(srv_tp_feed(&t, text + i, i + step > n ? n - i : step, out), 0);
     ck_assert_int_eq(srv_tp_finish(&t, out), 0);
     srv_tp_free(&t);
 }
@@ -54,8 +55,8 @@ START_TEST(test_split) {
            "Let me check.\n\n", 2, (const char *[]){"a", "b"}, (const char *[]){"{}", "{\"x\":[1,\"<tool_call>\"]}"});
     /* malformed: kept as text, tags and all */
     expect("x<tool_call>not json</tool_call>y", "x<tool_call>not json</tool_call>y", 0, NULL, NULL);
-    expect("<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>", "<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>",
-           0, NULL, NULL);
+    expect("<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>",
+           "<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>", 0, NULL, NULL);
     /* arguments given as a JSON string pass through */
     expect("<tool_call>{\"name\": \"s\", \"arguments\": \"{\\\"q\\\": 1}\"}</tool_call>", "", 1, (const char *[]){"s"},
            (const char *[]){"{\"q\": 1}"});

@@ -234,13 +234,13 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
-            int n = 0;
+            int n = 0, never = 0;
             for (int i = 0; i < v->n; i++) {
                 uint32_t e = v->e[i];
                 if (GE_TYPE(e) == GE_REF) n++;
-                if (GE_TYPE(e) == GE_SET && set_empty(&b->sets[GE_ARG(e)])) n += 1 << 28;
+                if (GE_TYPE(e) == GE_SET && set_empty(&b->sets[GE_ARG(e)])) never = 1;
             }
-            need[alt0[r] + a] = n;
+            need[alt0[r] + a] = never ? 1 << 29 : n;
         }
     if ((rc = fixed_point(b, alt0, n_alts, need, occ0, occ, prod))) goto fail;
     if (!prod[root]) {
@@ -266,9 +266,16 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
-            int n = keep[alt0[r] + a] ? 0 : 1 << 28;
-            for (int i = 0; i < v->n; i++) n += GE_TYPE(v->e[i]) == GE_REF ? 1 : 1 << 28;
-            need[alt0[r] + a] = n;
+            /* a byte, or a dropped alternative: never nullable (a count no
+             * number of decrements, one per reference, can reach) */
+            int n = 0, never = !keep[alt0[r] + a];
+            for (int i = 0; i < v->n; i++) {
+                if (GE_TYPE(v->e[i]) == GE_REF)
+                    n++;
+                else
+                    never = 1;
+            }
+            need[alt0[r] + a] = never ? 1 << 29 : n;
         }
     if ((rc = fixed_point(b, alt0, n_alts, need, occ0, occ, null))) {
         free(keep);
@@ -363,7 +370,8 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             if (!keep[alt0[r] + a]) continue;
             g->alt_start[ai++] = (uint32_t)pos;
-            memcpy(g->elems + pos, b->rules[r].alts[a].e, sizeof(uint32_t) * (size_t)b->rules[r].alts[a].n);
+            if (b->rules[r].alts[a].n) // an empty alternative has no array
+                memcpy(g->elems + pos, b->rules[r].alts[a].e, sizeof(uint32_t) * (size_t)b->rules[r].alts[a].n);
             pos += b->rules[r].alts[a].n;
             g->elems[pos++] = GE(a == last ? GE_END : GE_ALT, 0);
         }

@@ -17,7 +17,7 @@ endif
 TESTS += tests/integration/run.sh
 EXTRA_DIST += tests/integration/run.sh tests/integration/conftest.py tests/integration/test_api.py \
 	tests/integration/test_malformed.py tests/integration/test_ops.py tests/integration/test_limits.py \
-	tests/integration/test_soak.py bench/soak.sh bench/soak.py
+	tests/integration/test_soak.py bench/soak.sh bench/soak.py bench/structured.sh bench/structured_client.py
 
 # The daemon (links once the engine, src/scheduler, is in the tree).
 bin_PROGRAMS += lacunad

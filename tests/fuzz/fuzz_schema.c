@@ -17,8 +17,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static gram_vocab_t *vocab(int *n) {
     static gram_vocab_t *v;
-    static const char *const multi[] = {"{\"", "\":", "\", ", "\"}", "true", "null", "12", " \"", "],", "ab",
-                                        "é", "\\u00", "0.5", "e+", "[{", "}]", "\n  "};
+    static const char *const multi[] = {"{\"", "\":", "\", ",  "\"}", "true", "null", "12", " \"", "],",
+                                        "ab",  "é",   "\\u00", "0.5", "e+",   "[{",   "}]", "\n  "};
     static int nv;
     if (!v) {
         const char *p[256 + 17];
