@@ -20,7 +20,7 @@ typedef struct {
 } pbuf_t;
 
 static void put(pbuf_t *b, const char *s, size_t n) {
-    if (b->oom || !b) return;
+    if (!b || b->oom) return;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
         while (cap < b->n + n + 1) cap *= 2;

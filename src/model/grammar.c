@@ -446,7 +446,8 @@ int gram_byte_class(unsigned char b) {
 /* Tokens longer than this are left out of the trie (never allowed). */
 #define GRAM_MAX_TOKEN_LEN 1024
 
-static const gram_vocab_t *tl_sort_vocab;
+/* qsort has no context argument; the vocabulary travels in a thread-local. */
+static _Thread_local const gram_vocab_t *tl_sort_vocab;
 
 static int cmp_tok(const void *pa, const void *pb) {
     const gram_vocab_t *v = tl_sort_vocab;
