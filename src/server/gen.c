@@ -351,9 +351,12 @@ static void tools_text(srv_conn_t *k, int g, const char *text, size_t len, int f
         srv_tp_feed(&ch->tp, text, len, &o);
     if (o.content.len || n_lps)
         stream_delta(k, g, o.content.data ? o.content.data : "", o.content.len, lps, n_lps, SCHED_FINISH_NONE);
-    if (o.n_calls && !ch->role_sent) stream_delta(k, g, "", 0, NULL, 0, SCHED_FINISH_NONE);
     srv_resp_ctx_t c;
     resp_ctx(k, &c);
+    if (o.n_calls && !ch->role_sent) { // the opening {"role": "assistant"} delta
+        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
+        ch->role_sent = 1;
+    }
     for (int q = 0; q < o.n_calls; q++) {
         char id[160];
         snprintf(id, sizeof id, "%s_%d", ch->call_id, ch->n_calls_sent);
