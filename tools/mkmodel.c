@@ -181,9 +181,10 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
         return LC_ENOMEM;
     }
     int rc, E = o->n_embd, F = o->n_ff, HD = E / o->n_heads, KD = HD * o->n_kv_heads;
-    int n_vocab = o->vocab_from
-                      ? copy_vocab(w, o->vocab_from, o->chat_template ? "tokenizer.chat_template" : NULL, err, errlen)
-                      : mkmodel_synthetic_vocab_tmpl(w, o->chat_template ? NULL : mkmodel_chatml_template);
+    int n_vocab =
+        o->vocab_from
+            ? copy_vocab(w, o->vocab_from, o->chat_template ? "tokenizer.chat_template" : NULL, err, errlen)
+            : mkmodel_synthetic_vocab_tmpl(w, o->chat_template ? NULL : mkmodel_chatml_template, o->vocab_size);
     if (n_vocab >= 0 && o->chat_template &&
         (rc = gguf_writer_set_str(w, "tokenizer.chat_template", o->chat_template))) {
         set_err(err, errlen, "chat template: %s", lc_strerror(rc));
@@ -264,6 +265,7 @@ static void mk_usage(FILE *f) {
     fprintf(f, "usage: lacuna mkmodel -o OUT.gguf [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N]\n"
                "                      [--vocab-from MODEL.gguf | --vocab synthetic] [--ctx N] [--seed S]\n"
                "                      [--type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k] [--template chatml|qwen2.5]\n"
+               "                      [--vocab-size N (synthetic vocabulary padded with random words)]\n"
                "Writes a tiny random-weight Llama model (defaults: 2 layers, embd 64, 4 heads, 2 kv-heads,\n"
                "ff 128, ctx 2048, f32, seed 1, the synthetic byte-level BPE vocabulary).\n");
 }
@@ -285,6 +287,7 @@ int cmd_mkmodel(int argc, char **argv) {
         {"seed", required_argument, 0, 's'},
         {"ctx", required_argument, 0, 'c'},
         {"template", required_argument, 0, 'T'},
+        {"vocab-size", required_argument, 0, 'N'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -301,6 +304,7 @@ int cmd_mkmodel(int argc, char **argv) {
         case 'c': o.n_ctx = atoi(optarg); break;
         case 's': o.seed = strtoull(optarg, NULL, 0); break;
         case 'V': o.vocab_from = optarg; break;
+        case 'N': o.vocab_size = atoi(optarg); break;
         case 'T':
             if (!strcmp(optarg, "chatml")) {
                 o.chat_template = mkmodel_chatml_template;

@@ -21,6 +21,7 @@ typedef struct {
     float rope_theta;          // default 10000
     const char *vocab_from;    // copy tokenizer.* from this GGUF; NULL = synthetic
     const char *chat_template; // tokenizer.chat_template text; NULL = the vocabulary's own
+    int vocab_size;            // synthetic vocabulary padded to this many tokens; 0 = its natural size
 } mkmodel_opts_t;
 
 void mkmodel_opts_default(mkmodel_opts_t *o);
@@ -32,8 +33,12 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
  * template, <|endoftext|> <|im_start|> <|im_end|> as ids 0..2) to w and
  * returns its size, or a negative status. */
 int mkmodel_synthetic_vocab(struct gguf_writer *w);
-/* The same with another chat template (NULL: none). */
-int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_template);
+/* The same with another chat template (NULL: none), padded to n_vocab tokens
+ * when n_vocab is larger than its natural size: distinct random words
+ * (mostly with a leading space) without merges, so that the vocabulary has
+ * the size and rough shape of a large model's (benchmarks of per-token
+ * work over the vocabulary). */
+int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_template, int n_vocab);
 
 /* SmolLM2-135M-Instruct's tokenizer.chat_template, verbatim. */
 extern const char mkmodel_chatml_template[];

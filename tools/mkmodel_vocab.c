@@ -166,9 +166,55 @@ static int add_chain(strlist_t *toks, strlist_t *merges, char parts[][4], int n)
     return 0;
 }
 
-int mkmodel_synthetic_vocab(struct gguf_writer *w) { return mkmodel_synthetic_vocab_tmpl(w, mkmodel_chatml_template); }
+int mkmodel_synthetic_vocab(struct gguf_writer *w) {
+    return mkmodel_synthetic_vocab_tmpl(w, mkmodel_chatml_template, 0);
+}
 
-int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_template) {
+static uint64_t str_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h | 1;
+}
+
+/* Pads toks with distinct random words up to n tokens (byte-token form). */
+static int pad_vocab(strlist_t *toks, int n) {
+    size_t cap = (size_t)n * 2 + 1;
+    uint64_t *seen = calloc(cap, sizeof *seen);
+    if (!seen) return LC_ENOMEM;
+    for (int i = 0; i < toks->n; i++) {
+        uint64_t h = str_hash(toks->v[i]);
+        size_t at = h % cap;
+        while (seen[at]) at = (at + 1) % cap;
+        seen[at] = h;
+    }
+    uint64_t x = 0x5eed;
+    int rc = 0;
+    while (toks->n < n && !rc) {
+        char word[96] = "", part[4];
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t r = x >> 33;
+        if (r % 10 < 6) strcat(word, "\xc4\xa0"); // "Ġ": a leading space
+        int len = 1 + (int)((r >> 8) % 9);
+        for (int i = 0; i < len; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int c = (x >> 40) % 40 == 0 ? '0' + (int)((x >> 45) % 10) : 'a' + (int)((x >> 45) % 26);
+            byte_token(c, part);
+            strcat(word, part);
+        }
+        uint64_t h = str_hash(word);
+        size_t at = h % cap;
+        int dup = 0;
+        for (; seen[at]; at = (at + 1) % cap)
+            if (seen[at] == h) dup = 1;
+        if (dup) continue; // (a hash collision only skips a word)
+        seen[at] = h;
+        rc = sl_add(toks, word);
+    }
+    free(seen);
+    return rc;
+}
+
+int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_template, int n_vocab) {
     strlist_t toks = {0}, merges = {0};
     int rc = 0;
     int32_t *types = NULL;
@@ -191,6 +237,7 @@ int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_templat
             for (const char *c = words[i]; *c && n < 40; c++) byte_token((unsigned char)*c, parts[n++]);
             if (n > 1) rc = add_chain(&toks, &merges, parts, n);
         }
+    if (!rc && n_vocab > toks.n) rc = pad_vocab(&toks, n_vocab);
     if (!rc && !(types = malloc((size_t)toks.n * sizeof *types))) rc = LC_ENOMEM;
     if (rc) goto done;
     for (int i = 0; i < toks.n; i++) types[i] = i < 3 ? 3 : 1;
