@@ -21,4 +21,4 @@ liblacuna_a_SOURCES += \
 liblacuna_a_SOURCES += \
 	src/model/grammar.c src/model/grammar.h src/model/gram_internal.h \
 	src/model/gram_match.c \
-	src/model/json_schema.c src/model/json_schema.h
+	src/model/json_schema.c src/model/json_schema.h src/model/json_rules.c src/model/js_internal.h
