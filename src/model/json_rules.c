@@ -30,8 +30,6 @@ int js__chk(js_ctx_t *c, int rc) {
 }
 
 
-
-
 /* ---- shared rules ---------------------------------------------------------------------- */
 int js__new_rule(js_ctx_t *c) { return js__chk(c, gram_rule(c->b)); }
 
@@ -69,7 +67,8 @@ int js__ws(js_ctx_t *c) {
 int js__string(js_ctx_t *c) {
     if (c->string >= 0) return c->string;
     gram_builder_t *b = c->b;
-    int ch = js__new_rule(c), chars = js__new_rule(c), str = js__new_rule(c), esc = js__new_rule(c), hex4 = js__new_rule(c);
+    int ch = js__new_rule(c), chars = js__new_rule(c), str = js__new_rule(c), esc = js__new_rule(c),
+        hex4 = js__new_rule(c);
     if (ch < 0 || chars < 0 || str < 0 || esc < 0 || hex4 < 0) return LC_ETOOLONG;
     gram_set_t s = {{0}};
     gram_set_add_range(&s, 0x20, 0x7F);

@@ -33,6 +33,36 @@ static void resp_ctx(const srv_conn_t *k, srv_resp_ctx_t *c) {
 }
 
 /* ---- tokenization (thread pool) ------------------------------------------------------------ */
+int srv_render_chat(const srv_t *s, const srv_message_t *msgs, int n, const srv_tool_t *tools_in, int n_tools,
+                    char **text, char *err, size_t errlen) {
+    chat_msg_t *m = calloc((size_t)n + 1, sizeof(*m));
+    chat_msg_calls_t *calls = calloc((size_t)n + 1, sizeof(*calls));
+    const char **tools = calloc((size_t)n_tools + 1, sizeof(*tools));
+    int n_calls = 0, rc = LC_ENOMEM;
+    for (int j = 0; j < n; j++) n_calls += msgs[j].n_tool_calls;
+    chat_tool_call_t *tc = calloc((size_t)n_calls + 1, sizeof(*tc));
+    *text = NULL;
+    if (!m || !calls || !tools || !tc) goto out;
+    for (int j = 0, at = 0; j < n; j++) {
+        m[j].role = msgs[j].role;
+        m[j].content = msgs[j].content;
+        calls[j].calls = tc + at;
+        calls[j].n = (size_t)msgs[j].n_tool_calls;
+        for (int q = 0; q < msgs[j].n_tool_calls; q++, at++) {
+            tc[at].name = msgs[j].tool_calls[q].name;
+            tc[at].arguments = msgs[j].tool_calls[q].arguments;
+        }
+    }
+    for (int j = 0; j < n_tools; j++) tools[j] = tools_in[j].rendered;
+    rc = chat_render_tools(&s->chat, m, calls, (size_t)n, tools, (size_t)n_tools, 1, text, err, errlen);
+out:
+    free(m);
+    free(calls);
+    free(tools);
+    free(tc);
+    return rc;
+}
+
 static void gen_work(uv_work_t *w) {
     srv_conn_t *k = w->data;
     srv_t *s = k->s;
@@ -53,37 +83,9 @@ static void gen_work(uv_work_t *w) {
                 k->has_err = 1;
                 return;
             }
-            chat_msg_t *m = calloc((size_t)r->n_messages, sizeof(*m));
-            chat_msg_calls_t *calls = calloc((size_t)r->n_messages, sizeof(*calls));
-            const char **tools = calloc((size_t)r->n_tools + 1, sizeof(*tools));
-            int n_calls = 0;
-            for (int j = 0; j < r->n_messages; j++) n_calls += r->messages[j].n_tool_calls;
-            chat_tool_call_t *tc = calloc((size_t)n_calls + 1, sizeof(*tc));
-            if (!m || !calls || !tools || !tc) {
-                free(m);
-                free(calls);
-                free(tools);
-                free(tc);
-                goto oom;
-            }
-            for (int j = 0, at = 0; j < r->n_messages; j++) {
-                m[j].role = r->messages[j].role;
-                m[j].content = r->messages[j].content;
-                calls[j].calls = tc + at;
-                calls[j].n = (size_t)r->messages[j].n_tool_calls;
-                for (int q = 0; q < r->messages[j].n_tool_calls; q++, at++) {
-                    tc[at].name = r->messages[j].tool_calls[q].name;
-                    tc[at].arguments = r->messages[j].tool_calls[q].arguments;
-                }
-            }
-            for (int j = 0; j < r->n_tools; j++) tools[j] = r->tools[j].rendered;
             char *text = NULL, cerr[256] = "";
-            int rc = chat_render_tools(&s->chat, m, calls, (size_t)r->n_messages, tools, (size_t)r->n_tools, 1, &text,
-                                       cerr, sizeof(cerr));
-            free(m);
-            free(calls);
-            free(tools);
-            free(tc);
+            int rc = srv_render_chat(s, r->messages, r->n_messages, r->tools, r->n_tools, &text, cerr, sizeof(cerr));
+            if (rc == LC_ENOMEM) goto oom;
             if (rc) {
                 srv_error_set(&k->err, 400, "invalid_request_error", "messages", NULL, "%s",
                               cerr[0] ? cerr : "Cannot render the messages.");

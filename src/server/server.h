@@ -181,7 +181,11 @@ srv_route_t srv_route_lookup(const char *url, const char *method, int *method_ok
 int srv_route_needs_auth(const srv_t *s, srv_route_t r);
 enum MHD_Result srv_queue(srv_conn_t *k, int status, const char *body, size_t len, const char *type);
 
-/* gen.c: generation jobs. */
+/* gen.c: generation jobs. srv_render_chat renders messages (with their past
+ * tool calls) and tool definitions with the model's chat template: 0, or a
+ * status with err filled (LC_ENOMEM, LC_EINVAL, LC_EUNSUPPORTED). */
+int srv_render_chat(const srv_t *s, const srv_message_t *msgs, int n, const srv_tool_t *tools, int n_tools, char **text,
+                    char *err, size_t errlen);
 enum MHD_Result srv_gen_start(srv_conn_t *k); // parse done; tokenizes on the pool
 void srv_gen_poll_all(srv_t *s);              // drain engine events (async handler)
 void srv_gen_cancel(srv_conn_t *k);           // client gone
