@@ -22,7 +22,7 @@ fi
 if [ -n "${LACUNA_SKIP_PIP:-}" ]; then exit 0; fi
 PY=${PYTHON:-python3}
 pip_missing=()
-for m in pytest:pytest openai:openai requests:requests; do
+for m in pytest:pytest openai:openai requests:requests jsonschema:jsonschema jinja2:jinja2; do
   mod=${m%%:*}; pkg=${m##*:}
   $PY -c "import $mod" 2>/dev/null || pip_missing+=("$pkg")
 done

@@ -15,8 +15,9 @@ command -v valgrind >/dev/null || { echo "valgrind: not installed; skipping"; ex
 export LACUNA_SRCDIR=$src LACUNA_BUILDDIR=$bdir CK_FORK=no OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 export LACUNA_MODEL=/nonexistent-under-valgrind LACUNA_GEMMA_MODEL=/nonexistent-under-valgrind
 unset LACUNA_REQUIRE_MODEL
-tests="check_common check_server check_device check_kv check_gguf check_sampler check_tokenizer
-  fuzz/replay_request fuzz/replay_sse fuzz/replay_chat fuzz/replay_gguf"
+tests="check_common check_server check_device check_kv check_gguf check_sampler check_tokenizer check_grammar
+  check_toolcall check_chat_tools
+  fuzz/replay_request fuzz/replay_sse fuzz/replay_chat fuzz/replay_gguf fuzz/replay_schema"
 status=0
 for t in $tests; do
   exe=$bdir/tests/$t

@@ -310,7 +310,14 @@ START_TEST(test_completion_logprobs) {
     lps[1].top_logprobs[0] = -0.5f;
     lps[1].top_ids[1] = 1;
     lps[1].top_logprobs[1] = -1.5f;
-    srv_choice_t ch = {0, "A\xE2\x82", 3, lps, 2, 1, SCHED_FINISH_STOP, -0.5};
+    srv_choice_t ch = {.index = 0,
+                       .text = "A\xE2\x82",
+                       .len = 3,
+                       .lps = lps,
+                       .n_lps = 2,
+                       .want_lps = 1,
+                       .finish = SCHED_FINISH_STOP,
+                       .cum_logprob = -0.5};
     srv_usage_t u = {1, 1, 0, -1, -1, NAN, NAN};
     char *s = srv_render_response(&c, &ch, 1, &u);
     cJSON *o = cJSON_Parse(s);

@@ -100,3 +100,36 @@ tests_check_sparse_SOURCES = tests/check_sparse.c $(TINYMODEL_SRC)
 tests_check_sparse_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sparse_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- constrained decoding: grammar engine and JSON schemas --------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_grammar
+tests_check_grammar_SOURCES = tests/check_grammar.c
+tests_check_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_grammar_LDADD = $(CHECK_LDADD)
+endif
+
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched_grammar
+tests_check_sched_grammar_SOURCES = tests/check_sched_grammar.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_sched_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_grammar_LDADD = $(CHECK_LDADD)
+endif
+
+# ---- chat templates with tools (Qwen2.5) ----------------------------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_chat_tools
+tests_check_chat_tools_SOURCES = tests/check_chat_tools.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+tests_check_chat_tools_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_chat_tools_LDADD = $(CHECK_LDADD)
+endif
+EXTRA_DIST += tests/fixtures/chat_tools_qwen25.json tests/fixtures/qwen2.5_chat_template.jinja \
+	scripts/gen_chat_tools_fixtures.py
+EXTRA_DIST += tests/integration/test_structured.py
+
+if HAVE_CHECK
+check_PROGRAMS += tests/check_toolcall
+tests_check_toolcall_SOURCES = tests/check_toolcall.c
+tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_toolcall_LDADD = $(CHECK_LDADD)
+endif

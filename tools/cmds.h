@@ -32,4 +32,8 @@ int cmd_complete(int argc, char **argv);
  * the model's own activations. */
 int cmd_attn_eval(int argc, char **argv);
 
+/* lacuna bench-grammar (-m MODEL | --synthetic N) [-b LIST]: the cost of
+ * constrained decoding's token mask per token and per step. */
+int cmd_bench_grammar(int argc, char **argv);
+
 #endif

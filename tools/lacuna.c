@@ -23,6 +23,8 @@ static const struct {
     {"complete", cmd_complete, "-m MODEL [-i IN.jsonl] [-o OUT.jsonl] [--prefill M] [--decode M]   batch completions"},
     {"attn-eval", cmd_attn_eval,
      "-m MODEL -f TEXT [-n 2048,4096,8192]   sparse attention accuracy on real activations"},
+    {"bench-grammar", cmd_bench_grammar,
+     "(-m MODEL | --synthetic N) [-b 1,64]   token-mask cost of constrained decoding"},
     {"tokenize", cmd_tokenize, "-m MODEL (-p TEXT | -f FILE) [--no-special] [--ids-only]   show token ids and pieces"},
 };
 

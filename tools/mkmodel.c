@@ -85,7 +85,7 @@ out:
 
 /* ---- vocabulary from another model ------------------------------------------------ */
 /* Copies every tokenizer.* key of src into w; returns the vocabulary size. */
-static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errlen) {
+static int copy_vocab(gguf_writer_t *w, const char *path, const char *skip, char *err, size_t errlen) {
     char gerr[256];
     gguf_ctx_t *g = gguf_open(path, gerr, sizeof gerr);
     if (!g) {
@@ -99,6 +99,7 @@ static int copy_vocab(gguf_writer_t *w, const char *path, char *err, size_t errl
         if (k.len < 10 || k.len >= sizeof key || memcmp(k.ptr, "tokenizer.", 10)) continue;
         memcpy(key, k.ptr, k.len);
         key[k.len] = 0;
+        if (skip && !strcmp(key, skip)) continue;
         gguf_vtype_t t = gguf_key_type(g, i);
         if (t == GGUF_T_STRING) {
             gguf_str_t s;
@@ -182,7 +183,15 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
         return LC_ENOMEM;
     }
     int rc, E = o->n_embd, F = o->n_ff, HD = E / o->n_heads, KD = HD * o->n_kv_heads;
-    int n_vocab = o->vocab_from ? copy_vocab(w, o->vocab_from, err, errlen) : mkmodel_synthetic_vocab(w);
+    int n_vocab =
+        o->vocab_from
+            ? copy_vocab(w, o->vocab_from, o->chat_template ? "tokenizer.chat_template" : NULL, err, errlen)
+            : mkmodel_synthetic_vocab_tmpl(w, o->chat_template ? NULL : mkmodel_chatml_template, o->vocab_size);
+    if (n_vocab >= 0 && o->chat_template &&
+        (rc = gguf_writer_set_str(w, "tokenizer.chat_template", o->chat_template))) {
+        set_err(err, errlen, "chat template: %s", lc_strerror(rc));
+        goto out;
+    }
     if (n_vocab < 0) {
         rc = n_vocab;
         if (!o->vocab_from) set_err(err, errlen, "synthetic vocabulary: %s", lc_strerror(rc));
@@ -258,7 +267,8 @@ static int parse_type(const char *s, uint32_t *out) {
 static void mk_usage(FILE *f) {
     fprintf(f, "usage: lacuna mkmodel -o OUT.gguf [--layers N] [--embd N] [--heads N] [--kv-heads N] [--ff N]\n"
                "                      [--vocab-from MODEL.gguf | --vocab synthetic] [--ctx N] [--seed S]\n"
-               "                      [--type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k]\n"
+               "                      [--type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k] [--template chatml|qwen2.5]\n"
+               "                      [--vocab-size N (synthetic vocabulary padded with random words)]\n"
                "Writes a tiny random-weight Llama model (defaults: 2 layers, embd 64, 4 heads, 2 kv-heads,\n"
                "ff 128, ctx 2048, f32, seed 1, the synthetic byte-level BPE vocabulary).\n");
 }
@@ -279,6 +289,8 @@ int cmd_mkmodel(int argc, char **argv) {
         {"type", required_argument, 0, 't'},
         {"seed", required_argument, 0, 's'},
         {"ctx", required_argument, 0, 'c'},
+        {"template", required_argument, 0, 'T'},
+        {"vocab-size", required_argument, 0, 'N'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -295,6 +307,17 @@ int cmd_mkmodel(int argc, char **argv) {
         case 'c': o.n_ctx = atoi(optarg); break;
         case 's': o.seed = strtoull(optarg, NULL, 0); break;
         case 'V': o.vocab_from = optarg; break;
+        case 'N': o.vocab_size = atoi(optarg); break;
+        case 'T':
+            if (!strcmp(optarg, "chatml")) {
+                o.chat_template = mkmodel_chatml_template;
+            } else if (!strcmp(optarg, "qwen2.5")) {
+                o.chat_template = mkmodel_qwen25_template;
+            } else {
+                fprintf(stderr, "lacuna mkmodel: --template takes chatml or qwen2.5\n");
+                return 2;
+            }
+            break;
         case 'v':
             if (strcmp(optarg, "synthetic")) {
                 fprintf(stderr, "lacuna mkmodel: --vocab takes only 'synthetic' (or use --vocab-from)\n");

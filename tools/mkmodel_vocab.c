@@ -18,6 +18,67 @@ const char mkmodel_chatml_template[] =
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+const char mkmodel_qwen25_template[] =
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n"
+    "    {%- else %}\n"
+    "        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n"
+    "    {%- endif %}\n"
+    "    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are "
+    "provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n"
+    "    {%- for tool in tools %}\n"
+    "        {{- \"\\n\" }}\n"
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    "    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within "
+    "<tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": "
+    "<args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n"
+    "{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "    {%- else %}\n"
+    "        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+    "assistant.<|im_end|>\\n' }}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    "    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == "
+    "\"assistant\" and not message.tool_calls) %}\n"
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n"
+    "    {%- elif message.role == \"assistant\" %}\n"
+    "        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n"
+    "            {{- '\\n' + message.content }}\n"
+    "        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n"
+    "                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n"
+    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    "            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    "    {%- elif message.role == \"tool\" %}\n"
+    "        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n"
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    "        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n"
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}";
+
 /* Words merged with a leading space (Ġ); the same list also yields the
  * bare forms of the first few, which start sentences. */
 static const char *const words[] = {
@@ -106,6 +167,54 @@ static int add_chain(strlist_t *toks, strlist_t *merges, char parts[][4], int n)
 }
 
 int mkmodel_synthetic_vocab(struct gguf_writer *w) {
+    return mkmodel_synthetic_vocab_tmpl(w, mkmodel_chatml_template, 0);
+}
+
+static uint64_t str_hash(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h | 1;
+}
+
+/* Pads toks with distinct random words up to n tokens (byte-token form). */
+static int pad_vocab(strlist_t *toks, int n) {
+    size_t cap = (size_t)n * 2 + 1;
+    uint64_t *seen = calloc(cap, sizeof *seen);
+    if (!seen) return LC_ENOMEM;
+    for (int i = 0; i < toks->n; i++) {
+        uint64_t h = str_hash(toks->v[i]);
+        size_t at = h % cap;
+        while (seen[at]) at = (at + 1) % cap;
+        seen[at] = h;
+    }
+    uint64_t x = 0x5eed;
+    int rc = 0;
+    while (toks->n < n && !rc) {
+        char word[96] = "", part[4];
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint64_t r = x >> 33;
+        if (r % 10 < 6) strcat(word, "\xc4\xa0"); // "Ġ": a leading space
+        int len = 1 + (int)((r >> 8) % 9);
+        for (int i = 0; i < len; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            int c = (x >> 40) % 40 == 0 ? '0' + (int)((x >> 45) % 10) : 'a' + (int)((x >> 45) % 26);
+            byte_token(c, part);
+            strcat(word, part);
+        }
+        uint64_t h = str_hash(word);
+        size_t at = h % cap;
+        int dup = 0;
+        for (; seen[at]; at = (at + 1) % cap)
+            if (seen[at] == h) dup = 1;
+        if (dup) continue; // (a hash collision only skips a word)
+        seen[at] = h;
+        rc = sl_add(toks, word);
+    }
+    free(seen);
+    return rc;
+}
+
+int mkmodel_synthetic_vocab_tmpl(struct gguf_writer *w, const char *chat_template, int n_vocab) {
     strlist_t toks = {0}, merges = {0};
     int rc = 0;
     int32_t *types = NULL;
@@ -128,6 +237,7 @@ int mkmodel_synthetic_vocab(struct gguf_writer *w) {
             for (const char *c = words[i]; *c && n < 40; c++) byte_token((unsigned char)*c, parts[n++]);
             if (n > 1) rc = add_chain(&toks, &merges, parts, n);
         }
+    if (!rc && n_vocab > toks.n) rc = pad_vocab(&toks, n_vocab);
     if (!rc && !(types = malloc((size_t)toks.n * sizeof *types))) rc = LC_ENOMEM;
     if (rc) goto done;
     for (int i = 0; i < toks.n; i++) types[i] = i < 3 ? 3 : 1;
@@ -142,7 +252,7 @@ int mkmodel_synthetic_vocab(struct gguf_writer *w) {
         (rc = gguf_writer_set_u32(w, "tokenizer.ggml.padding_token_id", 2)) ||
         (rc = gguf_writer_set_bool(w, "tokenizer.ggml.add_bos_token", 0)) ||
         (rc = gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix", 0)) ||
-        (rc = gguf_writer_set_str(w, "tokenizer.chat_template", mkmodel_chatml_template)))
+        (chat_template && (rc = gguf_writer_set_str(w, "tokenizer.chat_template", chat_template))))
         goto done;
     rc = toks.n;
 done:

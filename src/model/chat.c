@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "model/chat_internal.h"
 
 static const char smollm_system[] = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
@@ -42,6 +43,11 @@ int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, cha
         out->default_system = NULL;
         return 0;
     }
+    if (chat__is_qwen25(tmpl, len)) {
+        out->family = CHAT_QWEN25;
+        out->default_system = chat__qwen_system;
+        return 0;
+    }
     if (contains(tmpl, len, "<|im_start|>") && contains(tmpl, len, "<|im_end|>")) {
         out->family = CHAT_CHATML;
         /* SmolLM2 inserts its own system message when none leads. Other
@@ -56,7 +62,7 @@ int chat_template_detect(const char *tmpl, size_t len, chat_template_t *out, cha
             return 0;
         }
     }
-    if (err) snprintf(err, errlen, "unrecognised chat template (supported: ChatML, Llama 3, Gemma)");
+    if (err) snprintf(err, errlen, "unrecognised chat template (supported: ChatML, Llama 3, Gemma, Qwen2.5)");
     return LC_EUNSUPPORTED;
 }
 
@@ -69,6 +75,8 @@ int chat_template_from_name(const char *name, chat_template_t *out) {
         *out = (chat_template_t){CHAT_LLAMA3, NULL};
     } else if (strcmp(name, "gemma") == 0) {
         *out = (chat_template_t){CHAT_GEMMA, NULL};
+    } else if (strcmp(name, "qwen2.5") == 0) {
+        *out = (chat_template_t){CHAT_QWEN25, chat__qwen_system};
     } else {
         return LC_EINVAL;
     }
@@ -76,7 +84,11 @@ int chat_template_from_name(const char *name, chat_template_t *out) {
 }
 
 const char *chat_family_name(chat_family_t f) {
-    return f == CHAT_CHATML ? "chatml" : f == CHAT_LLAMA3 ? "llama3" : f == CHAT_GEMMA ? "gemma" : "?";
+    return f == CHAT_CHATML   ? "chatml"
+           : f == CHAT_LLAMA3 ? "llama3"
+           : f == CHAT_GEMMA  ? "gemma"
+           : f == CHAT_QWEN25 ? "qwen2.5"
+                              : "?";
 }
 
 int chat_renders_bos(const chat_template_t *ct) { return ct->family == CHAT_LLAMA3 || ct->family == CHAT_GEMMA; }
@@ -190,8 +202,26 @@ static int render_gemma(sbuf_t *b, const chat_msg_t *msgs, size_t n, int add_gen
 
 int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char **out,
                 char *err, size_t errlen) {
+    return chat_render_tools(ct, msgs, NULL, n, NULL, 0, add_generation_prompt, out, err, errlen);
+}
+
+int chat_render_tools(const chat_template_t *ct, const chat_msg_t *msgs, const chat_msg_calls_t *calls, size_t n,
+                      const char *const *tools, size_t n_tools, int add_generation_prompt, char **out, char *err,
+                      size_t errlen) {
     sbuf_t b = {0};
     *out = NULL;
+    if (ct->family == CHAT_QWEN25)
+        return chat__render_qwen25(ct, msgs, calls, n, tools, n_tools, add_generation_prompt, out, err, errlen);
+    if (n_tools) {
+        if (err) snprintf(err, errlen, "this model's chat template has no tool support");
+        return LC_EUNSUPPORTED;
+    }
+    for (size_t i = 0; calls && i < n; i++)
+        if (calls[i].n) {
+            if (err)
+                snprintf(err, errlen, "this model's chat template has no tool support (messages[%zu].tool_calls)", i);
+            return LC_EUNSUPPORTED;
+        }
     for (size_t i = 0; i < n; i++) {
         if (!role_name(msgs[i].role)) {
             if (err) snprintf(err, errlen, "unsupported message role '%s'", msgs[i].role ? msgs[i].role : "(null)");

@@ -11,6 +11,7 @@ typedef enum {
     CHAT_CHATML = 1, // <|im_start|>role\ncontent<|im_end|>\n
     CHAT_LLAMA3,     // <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|>
     CHAT_GEMMA,      // <bos><start_of_turn>user\ncontent<end_of_turn>\n ... <start_of_turn>model\n
+    CHAT_QWEN25,     // Qwen2.5-Instruct: ChatML with tools in the system turn and <tool_call> blocks
 } chat_family_t;
 
 /* A recognised template: the family plus the system message it inserts when
@@ -20,8 +21,20 @@ typedef struct {
     const char *default_system;
 } chat_template_t;
 
+/* A call an assistant turn made (templates with tool support). */
 typedef struct {
-    const char *role;    // "system", "developer" (rendered as system), "user", "assistant"
+    const char *name;      // function name
+    const char *arguments; // the arguments as the template prints them (chat_json_render of the JSON text)
+} chat_tool_call_t;
+
+/* The calls of one message (assistant turns only). */
+typedef struct {
+    const chat_tool_call_t *calls; // (n) or NULL
+    size_t n;
+} chat_msg_calls_t;
+
+typedef struct {
+    const char *role;    // "system", "developer" (rendered as system), "user", "assistant", "tool"
     const char *content; // NULL is rendered as ""
 } chat_msg_t;
 
@@ -44,5 +57,29 @@ int chat_renders_bos(const chat_template_t *ct);
  * the template raises there too). */
 int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char **out,
                 char *err, size_t errlen);
+
+/* ---- tools --------------------------------------------------------------------------- */
+/* 1 when the family renders tool definitions, tool calls and "tool" turns. */
+int chat_supports_tools(const chat_template_t *ct);
+/* As chat_render, with tool definitions and the calls past assistant turns
+ * made: tools[i] is the i-th tool object as the template prints it
+ * (chat_json_render of the request's JSON); calls is NULL or has n entries,
+ * one per message. Without tools or calls the result equals chat_render's.
+ * LC_EUNSUPPORTED when the family has no tool support and tools or calls
+ * are given. */
+int chat_render_tools(const chat_template_t *ct, const chat_msg_t *msgs, const chat_msg_calls_t *calls, size_t n,
+                      const char *const *tools, size_t n_tools, int add_generation_prompt, char **out, char *err,
+                      size_t errlen);
+
+/* How a model of the family writes a call: open_tag, then a JSON object
+ * {"name": ..., "arguments": ...}, then close_tag. The exact bytes the
+ * template shows for past calls are call_prefix NAME call_middle ARGUMENTS
+ * call_suffix (what forced calls are constrained to). */
+typedef struct {
+    const char *open_tag, *close_tag;
+    const char *call_prefix, *call_middle, *call_suffix;
+} chat_tool_syntax_t;
+/* 0, or LC_EUNSUPPORTED for a family without tool support. */
+int chat_tool_syntax(const chat_template_t *ct, chat_tool_syntax_t *out);
 
 #endif

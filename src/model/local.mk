@@ -12,7 +12,8 @@ liblacuna_a_SOURCES += \
 # ---- tokenizer and chat templates ------------------------------------------
 liblacuna_a_SOURCES += \
 	src/model/tokenizer.c src/model/tokenizer.h src/model/tok_impl.h \
-	src/model/chat.c src/model/chat.h \
+	src/model/chat.c src/model/chat.h src/model/chat_internal.h \
+	src/model/chat_tools.c src/model/chat_json.c src/model/chat_json.h \
 	src/model/tok_util.c src/model/tok_bpe.c src/model/tok_spm.c \
 	src/model/tok_gguf.c
 
@@ -34,3 +35,9 @@ tests_gpu_check_cuda_CFLAGS = $(CHECK_CFLAGS_ALL) -I$(top_srcdir)/tests
 tests_gpu_check_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(LC_LIBS) -lrt -lm
 endif
 endif
+
+# ---- constrained decoding: grammars, JSON schemas ---------------------------
+liblacuna_a_SOURCES += \
+	src/model/grammar.c src/model/grammar.h src/model/gram_internal.h \
+	src/model/gram_match.c \
+	src/model/json_schema.c src/model/json_schema.h src/model/json_rules.c src/model/js_internal.h

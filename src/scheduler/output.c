@@ -115,12 +115,19 @@ static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, doub
             banned[n_banned++] = r->stop_ids[i];
     }
     sampler_result_t res;
-    int rc = sampler_sample(ch->sampler, logits, banned, n_banned, &res);
+    /* The grammar's mask is a function of this choice's text alone. */
+    int rc = ch->gm ? gram_matcher_apply(ch->gm, logits, s->hp.n_vocab, s->eos, s->n_eos) : 0;
+    if (!rc) rc = sampler_sample(ch->sampler, logits, banned, n_banned, &res);
     if (rc) {
         finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
         return;
     }
     int32_t t = res.token;
+    int is_eos = is_in(t, s->eos, s->n_eos);
+    if (ch->gm && !is_eos && (rc = gram_matcher_accept_token(ch->gm, t))) {
+        finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
+        return;
+    }
     ch->toks[r->p.n_prompt + ch->n_gen] = t;
     ch->n_gen++;
     sampler_accept(ch->sampler, t);
@@ -137,7 +144,9 @@ static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, doub
     sched_finish_t f = SCHED_FINISH_NONE;
     sched_text_t out = {0};
     int matched = 0;
-    if ((!r->p.ignore_eos && is_in(t, s->eos, s->n_eos)) || is_in(t, r->stop_ids, r->p.n_stop_token_ids)) {
+    /* Under a grammar, EOS is allowed only once the text is complete, and
+     * ends the choice even with ignore_eos. */
+    if (((!r->p.ignore_eos || ch->gm) && is_eos) || is_in(t, r->stop_ids, r->p.n_stop_token_ids)) {
         f = SCHED_FINISH_STOP; // the stop token's own text is never returned
     } else if (ch->detok) {
         const char *txt;
@@ -146,6 +155,7 @@ static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, doub
             matched = sched_stopm_push(&ch->stopm, txt, len, &out) == 1;
         if (matched) f = SCHED_FINISH_STOP;
     }
+    if (f == SCHED_FINISH_NONE && ch->gm && gram_matcher_done(ch->gm)) f = SCHED_FINISH_STOP; // nothing may follow
     if (f == SCHED_FINISH_NONE && (ch->n_gen >= r->p.max_tokens || r->p.n_prompt + ch->n_gen >= s->hp.n_ctx_train))
         f = SCHED_FINISH_LENGTH;
     if (f != SCHED_FINISH_NONE && !matched) {

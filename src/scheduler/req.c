@@ -39,6 +39,7 @@ sched_req_t *sched_req_create(const sched_params_t *p, int *status) {
     sched_req_t *r = calloc(1, sizeof *r);
     if (!r) goto oom;
     r->p = *p;
+    if (p->grammar) gram_retain(p->grammar);
     pthread_mutex_init(&r->lock, NULL);
     atomic_init(&r->refs, 1);
     atomic_init(&r->cancel, 0);
@@ -93,6 +94,8 @@ void sched__req_free_engine_state(sched_req_t *r) {
         ch->detok = NULL;
         if (ch->attn) attn_state_destroy(ch->attn);
         ch->attn = NULL;
+        gram_matcher_destroy(ch->gm);
+        ch->gm = NULL;
         sched_stopm_fini(&ch->stopm);
         free(ch->toks);
         ch->toks = NULL;
@@ -114,6 +117,7 @@ void sched_req_release(sched_req_t *r) {
     for (int i = 0; i < SCHED_MAX_STOP; i++) free(r->stops[i]);
     free(r->stop_ids);
     free(r->bias);
+    gram_release(r->p.grammar);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }

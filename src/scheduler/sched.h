@@ -19,6 +19,7 @@
 
 #include "attn/attn.h"
 #include "common/hist.h"
+#include "model/grammar.h"
 #include "model/model.h"
 #include "model/sampler.h"
 
@@ -93,6 +94,12 @@ typedef struct {
     int logprobs;              // top-n per generated token: -1 none, 0..20
     int prompt_logprobs;       // -1 none, else top-n for every prompt token (echo)
     sched_attn_spec_t attn;
+    /* Constrained decoding (response_format, forced tool calls): a compiled
+     * grammar every choice's text must follow, or NULL, and the vocabulary
+     * its matchers use (must outlive the request). sched_req_create takes its
+     * own reference to grammar. */
+    gram_t *grammar;
+    const gram_vocab_t *grammar_vocab;
     /* Called from the engine thread whenever events were queued (coalesced to
      * at most once per step). Must be cheap and non-blocking (uv_async_send). */
     void (*wake_cb)(void *ud);

@@ -20,6 +20,7 @@ typedef struct {
     tok_stream_t *detok;
     sched_stopm_t stopm;
     attn_state_t *attn;
+    gram_matcher_t *gm;    // constrained decoding state, or NULL
     sched_finish_t finish; // NONE while running
     double t_last;         // time of the last token (ITL)
 } sched_choice_t;

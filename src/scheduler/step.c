@@ -64,6 +64,7 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
         if (s->tok && !(ch->detok = tok_stream_create(s->tok, 1))) return LC_ENOMEM;
         sched_stopm_init(&ch->stopm, r->stops, r->p.n_stop);
         if (!(ch->attn = attn_state_create(&shape, hp->n_layers, &r->policy))) return LC_ENOMEM;
+        if (r->p.grammar && !(ch->gm = gram_matcher_create(r->p.grammar, r->p.grammar_vocab))) return LC_ENOMEM;
     }
     r->n_live = r->p.n_choices;
     r->prompt_phase = 1;

@@ -145,6 +145,9 @@ static void heartbeat_cb(void *ud) { sd_notify(0, "WATCHDOG=1"); }
 static void load_work(uv_work_t *w) {
     srv_t *s = w->data;
     s->model = model_load(s->cfg.model_path, s->load_err, sizeof(s->load_err));
+    /* The token trie for response_format and forced tool calls: once per
+     * model, shared read-only by every request. */
+    if (s->model) s->gvocab = gram_vocab_create(model_tok(s->model));
 }
 
 static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
@@ -189,6 +192,11 @@ static void load_after(uv_work_t *w, int status) {
     const chat_template_t *ct = model_chat_template(s->model);
     if (ct) s->chat = *ct;
     s->have_chat = ct != NULL;
+    s->lim.tool_family = s->have_chat ? chat_family_name(s->chat.family) : "none";
+    if (s->have_chat && chat_tool_syntax(&s->chat, &s->tool_syntax) == 0) s->lim.tool_syntax = &s->tool_syntax;
+    if (s->gvocab)
+        LC_INFO("constrained decoding: token trie of %d tokens, %.1f MiB", gram_vocab_n_tokens(s->gvocab),
+                (double)gram_vocab_bytes(s->gvocab) / (1 << 20));
     sched_config_t sc;
     sched_config_from(&s->cfg, &sc);
     char err[512] = "";
@@ -297,6 +305,8 @@ int srv_serve(srv_t *s) {
     /* Let closed handles finish. */
     uv_run(s->loop, UV_RUN_NOWAIT);
     if (s->sched) sched_destroy(s->sched);
+    gram_vocab_destroy(s->gvocab);
+    s->gvocab = NULL;
     if (s->model) model_free(s->model);
     srv_auth_fini(&s->auth);
     return s->exit_code;

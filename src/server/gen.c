@@ -18,6 +18,7 @@ void srv_conn_work_done(srv_conn_t *k);
 
 /* ---- engine → loop ------------------------------------------------------------------- */
 static void wake_cb(void *ud) { uv_async_send(&((srv_t *)ud)->wake); }
+static int choice_index(const srv_conn_t *k, int g);
 
 static const char *piece_cb(void *ud, int32_t id, size_t *len) { return tok_piece(ud, id, len); }
 
@@ -31,6 +32,36 @@ static void resp_ctx(const srv_conn_t *k, srv_resp_ctx_t *c) {
 }
 
 /* ---- tokenization (thread pool) ------------------------------------------------------------ */
+int srv_render_chat(const srv_t *s, const srv_message_t *msgs, int n, const srv_tool_t *tools_in, int n_tools,
+                    char **text, char *err, size_t errlen) {
+    chat_msg_t *m = calloc((size_t)n + 1, sizeof(*m));
+    chat_msg_calls_t *calls = calloc((size_t)n + 1, sizeof(*calls));
+    const char **tools = calloc((size_t)n_tools + 1, sizeof(*tools));
+    int n_calls = 0, rc = LC_ENOMEM;
+    for (int j = 0; j < n; j++) n_calls += msgs[j].n_tool_calls;
+    chat_tool_call_t *tc = calloc((size_t)n_calls + 1, sizeof(*tc));
+    *text = NULL;
+    if (!m || !calls || !tools || !tc) goto out;
+    for (int j = 0, at = 0; j < n; j++) {
+        m[j].role = msgs[j].role;
+        m[j].content = msgs[j].content;
+        calls[j].calls = tc + at;
+        calls[j].n = (size_t)msgs[j].n_tool_calls;
+        for (int q = 0; q < msgs[j].n_tool_calls; q++, at++) {
+            tc[at].name = msgs[j].tool_calls[q].name;
+            tc[at].arguments = msgs[j].tool_calls[q].arguments;
+        }
+    }
+    for (int j = 0; j < n_tools; j++) tools[j] = tools_in[j].rendered;
+    rc = chat_render_tools(&s->chat, m, calls, (size_t)n, tools, (size_t)n_tools, 1, text, err, errlen);
+out:
+    free(m);
+    free(calls);
+    free(tools);
+    free(tc);
+    return rc;
+}
+
 static void gen_work(uv_work_t *w) {
     srv_conn_t *k = w->data;
     srv_t *s = k->s;
@@ -51,15 +82,9 @@ static void gen_work(uv_work_t *w) {
                 k->has_err = 1;
                 return;
             }
-            chat_msg_t *m = calloc((size_t)r->n_messages, sizeof(*m));
-            if (!m) goto oom;
-            for (int j = 0; j < r->n_messages; j++) {
-                m[j].role = r->messages[j].role;
-                m[j].content = r->messages[j].content;
-            }
             char *text = NULL, cerr[256] = "";
-            int rc = chat_render(&s->chat, m, (size_t)r->n_messages, 1, &text, cerr, sizeof(cerr));
-            free(m);
+            int rc = srv_render_chat(s, r->messages, r->n_messages, r->tools, r->n_tools, &text, cerr, sizeof(cerr));
+            if (rc == LC_ENOMEM) goto oom;
             if (rc) {
                 srv_error_set(&k->err, 400, "invalid_request_error", "messages", NULL, "%s",
                               cerr[0] ? cerr : "Cannot render the messages.");
@@ -148,6 +173,23 @@ static int submit_all(srv_conn_t *k) {
         p.sampling.n_logprobs = lp > 0 ? lp : 0;
         p.prompt_logprobs = r->echo && r->logprobs >= 0 ? r->logprobs : -1;
         p.attn = r->attn;
+        p.grammar = r->grammar;
+        p.grammar_vocab = s->gvocab;
+        if (r->grammar && !s->gvocab) {
+            srv_error_set(&k->err, 500, "server_error", NULL, NULL,
+                          "Constrained decoding is unavailable (out of memory at load).");
+            return -1;
+        }
+        /* parallel_tool_calls false: the first call ends the choice */
+        if (r->tool_choice == SRV_TOOLS_AUTO && !r->parallel_tool_calls && s->lim.tool_syntax) {
+            if (p.n_stop == SCHED_MAX_STOP) {
+                srv_error_set(&k->err, 400, "invalid_request_error", "stop", NULL,
+                              "With parallel_tool_calls false at most %d stop sequences are allowed.",
+                              SCHED_MAX_STOP - 1);
+                return -1;
+            }
+            p.stop[p.n_stop++] = s->lim.tool_syntax->close_tag;
+        }
         p.wake_cb = wake_cb;
         p.wake_ud = s;
         int st = 0;
@@ -186,6 +228,13 @@ static int submit_all(srv_conn_t *k) {
             k->sr[i] = NULL;
             return -1;
         }
+    }
+    /* Tool calls are split out of chat text when the model may make them. */
+    int tools_on = r->kind == SRV_REQ_CHAT && r->n_tools && r->tool_choice != SRV_TOOLS_NONE && s->lim.tool_syntax;
+    for (int g = 0; g < k->n_ch && tools_on; g++) {
+        k->ch[g].tp_on = 1;
+        srv_tp_init(&k->ch[g].tp, s->lim.tool_syntax);
+        snprintf(k->ch[g].call_id, sizeof k->ch[g].call_id, "call_%.64s_%d", k->rid, choice_index(k, g));
     }
     /* Echo text leads every choice. */
     for (int g = 0; g < k->n_ch; g++) {
@@ -283,6 +332,39 @@ static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, con
     ch->text_offset += len;
 }
 
+/* Chat with tools: text of choice g through its splitter; streaming emits
+ * the content and every call completed so far. */
+static void tools_text(srv_conn_t *k, int g, const char *text, size_t len, int finish, const sched_logprob_t *lps,
+                       int n_lps) {
+    srv_gen_choice_t *ch = &k->ch[g];
+    if (!k->req.stream) {
+        if (finish)
+            srv_tp_finish(&ch->tp, &ch->tpo);
+        else
+            srv_tp_feed(&ch->tp, text, len, &ch->tpo);
+        return;
+    }
+    srv_tp_out_t o = {0};
+    if (finish)
+        srv_tp_finish(&ch->tp, &o);
+    else
+        srv_tp_feed(&ch->tp, text, len, &o);
+    if (o.content.len || n_lps)
+        stream_delta(k, g, o.content.data ? o.content.data : "", o.content.len, lps, n_lps, SCHED_FINISH_NONE);
+    srv_resp_ctx_t c;
+    resp_ctx(k, &c);
+    if (o.n_calls && !ch->role_sent) { // the opening {"role": "assistant"} delta
+        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
+        ch->role_sent = 1;
+    }
+    for (int q = 0; q < o.n_calls; q++) {
+        char id[160];
+        snprintf(id, sizeof id, "%s_%d", ch->call_id, ch->n_calls_sent);
+        srv_sse_tool_call(&k->out, &c, choice_index(k, g), ch->n_calls_sent++, id, &o.calls[q]);
+    }
+    srv_tp_out_free(&o);
+}
+
 static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
     srv_request_t *r = &k->req;
     int per = r->best_of;
@@ -318,7 +400,10 @@ static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
             ch->cum_logprob += ev->lp.logprob;
             if (r->logprobs >= 0) push_lp(ch, &ev->lp);
         }
-        if (r->stream) {
+        if (ch->tp_on) {
+            tools_text(k, g, ev->text ? ev->text : "", ev->text_len, 0, ch->lps, r->stream ? ch->n_lps : 0);
+            if (r->stream) ch->n_lps = 0;
+        } else if (r->stream) {
             if (ev->text_len || (ev->has_lp && r->logprobs >= 0))
                 stream_delta(k, g, ev->text, ev->text_len, ch->lps, ch->n_lps, SCHED_FINISH_NONE);
             ch->n_lps = 0;
@@ -331,12 +416,17 @@ static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
         if (ev->choice < 0 || ev->choice >= per) break;
         int g = i * per + ev->choice;
         k->ch[g].finish = ev->finish;
+        if (k->ch[g].tp_on) tools_text(k, g, "", 0, 1, NULL, 0);
         if (r->stream && k->echo[i] && k->ch[g].n_tokens == 0)
             stream_delta(k, g, k->echo[i], k->echo_len[i], NULL, 0, SCHED_FINISH_NONE);
         if (r->stream && ev->finish == SCHED_FINISH_ERROR) {
             srv_error_t e;
             srv_error_set(&e, 500, "server_error", NULL, NULL, "Generation failed: %s.", lc_strerror(ev->status));
             srv_sse_error(&k->out, &e);
+        } else if (r->stream && k->ch[g].n_calls_sent && ev->finish == SCHED_FINISH_STOP) {
+            srv_resp_ctx_t c;
+            resp_ctx(k, &c);
+            srv_sse_finish_reason(&k->out, &c, choice_index(k, g), "tool_calls");
         } else if (r->stream) {
             stream_delta(k, g, "", 0, NULL, 0, ev->finish);
         }
@@ -386,6 +476,13 @@ static void finish_nonstream(srv_conn_t *k) {
             o->n_lps = sorted[j]->n_lps;
             o->want_lps = r->logprobs >= 0;
             o->finish = sorted[j]->finish;
+            if (sorted[j]->tp_on) {
+                o->text = sorted[j]->tpo.content.data;
+                o->len = sorted[j]->tpo.content.len;
+                o->calls = sorted[j]->tpo.calls;
+                o->n_calls = sorted[j]->tpo.n_calls;
+                o->call_id = sorted[j]->call_id;
+            }
         }
     }
     srv_resp_ctx_t c;
@@ -489,6 +586,8 @@ void srv_gen_free(srv_conn_t *k) {
     for (int g = 0; g < k->n_ch; g++) {
         srv_buf_free(&k->ch[g].text);
         free(k->ch[g].lps);
+        srv_tp_free(&k->ch[g].tp);
+        srv_tp_out_free(&k->ch[g].tpo);
     }
     free(k->ch);
     srv_buf_free(&k->out);

@@ -247,6 +247,7 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
 static int parse_common(const cJSON *o, const srv_limits_t *lim, srv_request_t *r, srv_error_t *err) {
     const cJSON *m = cJSON_GetObjectItemCaseSensitive(o, "model");
     if (!m || cJSON_IsNull(m)) return BAD("model", "Missing required parameter: 'model'.");
+    if (srv__check_fields(o, r->kind, err) < 0) return -1;
     if (get_str(o, "model", &r->model, err) < 0) return -1;
     int max_n = lim && lim->max_n > 0 ? lim->max_n : 128;
     sampler_params_t *s = &r->sampling;
@@ -326,11 +327,9 @@ void srv_request_free(srv_request_t *r) {
         free(r->prompts[i].ids);
     }
     free(r->prompts);
-    for (int i = 0; i < r->n_messages; i++) {
-        free(r->messages[i].role);
-        free(r->messages[i].content);
-    }
+    for (int i = 0; i < r->n_messages; i++) srv__free_message(&r->messages[i]);
     free(r->messages);
+    srv__free_format(r);
     for (int i = 0; i < r->n_stop; i++) free(r->stop[i]);
     free(r->stop_token_ids);
     free(r->logit_bias);
@@ -408,6 +407,7 @@ int srv_parse_completion(const char *body, size_t len, const srv_limits_t *lim, 
     if (!o) return LC_EINVAL;
     int rc = -1;
     if (parse_common(o, lim, r, err) < 0) goto done;
+    if (srv__parse_format(o, body, len, lim, r, err) < 0) goto done;
     if (parse_prompt(o, lim, r, err) < 0) goto done;
     if (r->model == NULL) goto done;
     r->max_tokens = 16;
@@ -480,6 +480,7 @@ static int parse_messages(const cJSON *o, srv_message_t **msgs, int *n, srv_erro
         (*msgs)[i].role = strdup(role->valuestring);
         (*n)++;
         if (parse_content(cJSON_GetObjectItemCaseSensitive(e, "content"), i, &(*msgs)[i].content, err) < 0) return -1;
+        if (srv__parse_msg_tool_calls(e, i, &(*msgs)[i], err) < 0) return -1;
         i++;
     }
     return 0;
@@ -492,6 +493,7 @@ int srv_parse_chat(const char *body, size_t len, const srv_limits_t *lim, srv_re
     int rc = -1, lp = 0, top = -1, got;
     if (parse_common(o, lim, r, err) < 0) goto done;
     if (parse_messages(o, &r->messages, &r->n_messages, err) < 0) goto done;
+    if (srv__parse_format(o, body, len, lim, r, err) < 0) goto done;
     if ((got = get_int32(o, "max_completion_tokens", 0, INT32_MAX, &r->max_tokens, err)) < 0) goto done;
     if (!got && get_int32(o, "max_tokens", 0, INT32_MAX, &r->max_tokens, err) < 0) goto done;
     if (get_bool(o, "logprobs", &lp, err) < 0) goto done;
@@ -536,10 +538,7 @@ done:
 
 void srv_tokenize_req_free(srv_tokenize_req_t *r) {
     free(r->prompt);
-    for (int i = 0; i < r->n_messages; i++) {
-        free(r->messages[i].role);
-        free(r->messages[i].content);
-    }
+    for (int i = 0; i < r->n_messages; i++) srv__free_message(&r->messages[i]);
     free(r->messages);
     free(r->model);
     memset(r, 0, sizeof(*r));

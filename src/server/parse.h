@@ -8,8 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "model/chat.h"
+#include "model/grammar.h"
 #include "model/sampler.h"
 #include "scheduler/sched.h"
+
+struct cJSON;
 
 /* An OpenAI error, ready to render: {"error":{message,type,param,code}}. */
 typedef struct {
@@ -31,10 +35,27 @@ typedef struct {
     int n_ids;
 } srv_prompt_t;
 
+/* A call a past assistant turn made (messages[i].tool_calls[j]). */
 typedef struct {
-    char *role;    // system | developer | user | assistant | tool
-    char *content; // text (array-of-parts content is joined)
+    char *name;
+    char *arguments; // as the chat template prints it (chat_json_render of the arguments string)
+} srv_tool_call_t;
+
+typedef struct {
+    char *role;                  // system | developer | user | assistant | tool
+    char *content;               // text (array-of-parts content is joined)
+    srv_tool_call_t *tool_calls; // (n_tool_calls) assistant turns
+    int n_tool_calls;
 } srv_message_t;
+
+/* One entry of `tools` (type "function"). */
+typedef struct {
+    char *name;     // [A-Za-z0-9_-]{1,64}
+    char *rendered; // the whole tool object as the chat template prints it
+} srv_tool_t;
+
+typedef enum { SRV_FMT_TEXT = 0, SRV_FMT_JSON_OBJECT, SRV_FMT_JSON_SCHEMA } srv_format_t;
+typedef enum { SRV_TOOLS_NONE = 0, SRV_TOOLS_AUTO, SRV_TOOLS_REQUIRED, SRV_TOOLS_NAMED } srv_tool_choice_t;
 
 typedef enum { SRV_REQ_COMPLETION = 0, SRV_REQ_CHAT } srv_req_kind_t;
 
@@ -66,11 +87,26 @@ typedef struct {
     int add_special_tokens; // chat: -1 default
     sched_attn_spec_t attn;
     char *suffix, *user;
+    /* Structured output (parse_format.c). grammar is the compiled constraint
+     * of the output (response_format, or the forced tool call), an owned
+     * reference or NULL. */
+    srv_format_t format;
+    gram_t *grammar;
+    srv_tool_t *tools; // (n_tools)
+    int n_tools;
+    srv_tool_choice_t tool_choice;
+    int tool_named;          // SRV_TOOLS_NAMED: index into tools
+    int parallel_tool_calls; // default 1
 } srv_request_t;
 
 typedef struct {
     int max_n; // n and best_of
     int max_prompts;
+    /* How the served model writes tool calls; NULL when its chat template
+     * has no tool support (tools are then refused). tool_family names the
+     * template in messages. */
+    const chat_tool_syntax_t *tool_syntax;
+    const char *tool_family;
 } srv_limits_t;
 
 /* Return 0 and fill out, or a negative status and fill err (400 with the
@@ -92,6 +128,16 @@ void srv_tokenize_req_free(srv_tokenize_req_t *r);
 
 /* POST /detokenize: {tokens}. *ids malloc'd, owned by the caller. */
 int srv_parse_detokenize(const char *body, size_t len, int32_t **ids, int *n_ids, srv_error_t *err);
+
+/* parse_format.c: response_format, tools, tool_choice, message tool calls,
+ * and the table of OpenAI fields we refuse or ignore. Each returns 0 or -1
+ * with err filled. */
+int srv__parse_format(const struct cJSON *o, const char *body, size_t len, const srv_limits_t *lim, srv_request_t *r,
+                      srv_error_t *err);
+int srv__parse_msg_tool_calls(const struct cJSON *msg, int i, srv_message_t *m, srv_error_t *err);
+int srv__check_fields(const struct cJSON *o, srv_req_kind_t kind, srv_error_t *err);
+void srv__free_format(srv_request_t *r);
+void srv__free_message(srv_message_t *m);
 
 /* Fills the "server default" values of the spec (auto / negative). */
 void srv_attn_spec_default(sched_attn_spec_t *s);

@@ -254,7 +254,24 @@ char *srv_render_response(const srv_resp_ctx_t *c, const srv_choice_t *ch, int n
         if (c->kind == SRV_REQ_CHAT) {
             cJSON *m = cJSON_AddObjectToObject(o, "message");
             cJSON_AddStringToObject(m, "role", "assistant");
-            cJSON_AddStringToObject(m, "content", text ? text : "");
+            if (ch[i].n_calls && !(text && text[0]))
+                cJSON_AddNullToObject(m, "content");
+            else
+                cJSON_AddStringToObject(m, "content", text ? text : "");
+            if (ch[i].n_calls) {
+                cJSON *tc = cJSON_AddArrayToObject(m, "tool_calls");
+                for (int k = 0; k < ch[i].n_calls; k++) {
+                    char id[160];
+                    snprintf(id, sizeof id, "%s_%d", ch[i].call_id ? ch[i].call_id : "call", k);
+                    cJSON *e = cJSON_CreateObject(), *fn;
+                    cJSON_AddStringToObject(e, "id", id);
+                    cJSON_AddStringToObject(e, "type", "function");
+                    fn = cJSON_AddObjectToObject(e, "function");
+                    cJSON_AddItemToObject(fn, "name", utf8_string(ch[i].calls[k].name));
+                    cJSON_AddItemToObject(fn, "arguments", utf8_string(ch[i].calls[k].arguments));
+                    cJSON_AddItemToArray(tc, e);
+                }
+            }
             cJSON_AddItemToObject(o, "logprobs",
                                   ch[i].want_lps ? chat_lps(c, ch[i].lps, ch[i].n_lps) : cJSON_CreateNull());
         } else {
@@ -264,6 +281,7 @@ char *srv_render_response(const srv_resp_ctx_t *c, const srv_choice_t *ch, int n
         }
         free(text);
         const char *fr = srv_finish_reason(ch[i].finish);
+        if (ch[i].n_calls && ch[i].finish == SCHED_FINISH_STOP) fr = "tool_calls";
         cJSON_AddItemToObject(o, "finish_reason", fr ? cJSON_CreateString(fr) : cJSON_CreateNull());
         cJSON_AddItemToArray(choices, o);
     }
@@ -323,6 +341,46 @@ int srv_sse_usage(srv_buf_t *out, const srv_resp_ctx_t *c, const srv_usage_t *u)
 }
 
 int srv_sse_error(srv_buf_t *out, const srv_error_t *e) { return sse_obj(out, error_obj(e)); }
+
+static cJSON *chunk_choice(const srv_resp_ctx_t *c, int index, cJSON **root, cJSON **delta) {
+    *root = envelope(c, 1);
+    cJSON *choices = cJSON_AddArrayToObject(*root, "choices");
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "index", index);
+    *delta = cJSON_AddObjectToObject(o, "delta");
+    cJSON_AddItemToObject(o, "logprobs", cJSON_CreateNull());
+    cJSON_AddItemToArray(choices, o);
+    return o;
+}
+
+int srv_sse_tool_call(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int call_index, const char *id,
+                      const srv_call_t *call) {
+    for (int part = 0; part < 2; part++) {
+        cJSON *root, *delta;
+        cJSON *o = chunk_choice(c, index, &root, &delta);
+        cJSON *tc = cJSON_AddArrayToObject(delta, "tool_calls"), *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "index", call_index);
+        if (part == 0) {
+            cJSON_AddStringToObject(e, "id", id);
+            cJSON_AddStringToObject(e, "type", "function");
+        }
+        cJSON *fn = cJSON_AddObjectToObject(e, "function");
+        if (part == 0) cJSON_AddItemToObject(fn, "name", utf8_string(call->name));
+        cJSON_AddItemToObject(fn, "arguments", part ? utf8_string(call->arguments) : cJSON_CreateString(""));
+        cJSON_AddItemToArray(tc, e);
+        cJSON_AddItemToObject(o, "finish_reason", cJSON_CreateNull());
+        int rc = sse_obj(out, root);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int srv_sse_finish_reason(srv_buf_t *out, const srv_resp_ctx_t *c, int index, const char *reason) {
+    cJSON *root, *delta;
+    cJSON *o = chunk_choice(c, index, &root, &delta);
+    cJSON_AddItemToObject(o, "finish_reason", reason ? cJSON_CreateString(reason) : cJSON_CreateNull());
+    return sse_obj(out, root);
+}
 
 int srv_sse_done(srv_buf_t *out) { return srv_buf_append(out, "data: [DONE]\n\n", 14); }
 

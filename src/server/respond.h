@@ -40,6 +40,12 @@ typedef struct {
     double prefill_density, decode_density;
 } srv_usage_t;
 
+/* A tool call the model made (chat with tools). */
+typedef struct {
+    char *name;
+    char *arguments; // compact JSON text of the arguments object
+} srv_call_t;
+
 /* One finished choice of a non-streaming response. */
 typedef struct {
     int index;
@@ -50,6 +56,11 @@ typedef struct {
     int want_lps; // render a logprobs object (else null)
     sched_finish_t finish;
     double cum_logprob; // for best_of
+    /* chat with tools: the calls (content becomes null when text is empty,
+     * finish_reason "tool_calls" when the choice stopped by itself) */
+    const srv_call_t *calls; // (n_calls)
+    int n_calls;
+    const char *call_id; // ids are "<call_id>_<k>"
 } srv_choice_t;
 
 /* The bodies below are malloc'd NUL-terminated strings owned by the caller;
@@ -66,6 +77,13 @@ int srv_sse_json(srv_buf_t *out, const char *json);
 int srv_sse_chunk(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int role_first, const char *text, size_t len,
                   const sched_logprob_t *lps, int n_lps, int want_lps, size_t text_offset, sched_finish_t finish);
 int srv_sse_usage(srv_buf_t *out, const srv_resp_ctx_t *c, const srv_usage_t *u);
+/* Chat: one tool call of choice index as two deltas, OpenAI's way: {index,
+ * id, type, function: {name, arguments: ""}}, then {index, function:
+ * {arguments}}. */
+int srv_sse_tool_call(srv_buf_t *out, const srv_resp_ctx_t *c, int index, int call_index, const char *id,
+                      const srv_call_t *call);
+/* The last chunk of a choice with an explicit finish_reason ("tool_calls"). */
+int srv_sse_finish_reason(srv_buf_t *out, const srv_resp_ctx_t *c, int index, const char *reason);
 int srv_sse_error(srv_buf_t *out, const srv_error_t *e);
 int srv_sse_done(srv_buf_t *out);
 int srv_sse_ping(srv_buf_t *out);

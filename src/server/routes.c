@@ -90,18 +90,13 @@ static void tokenize_work(uv_work_t *w) {
         char *text = NULL;
         int add_bos = j->treq.add_special_tokens && tok_add_bos(s->tok);
         if (j->treq.messages) {
-            chat_msg_t *m = calloc((size_t)j->treq.n_messages, sizeof(*m));
-            for (int i = 0; m && i < j->treq.n_messages; i++) {
-                m[i].role = j->treq.messages[i].role;
-                m[i].content = j->treq.messages[i].content;
-            }
             char cerr[256];
-            if (!m || !s->have_chat ||
-                chat_render(&s->chat, m, (size_t)j->treq.n_messages, 1, &text, cerr, sizeof(cerr))) {
+            if (!s->have_chat ||
+                srv_render_chat(s, j->treq.messages, j->treq.n_messages, NULL, 0, &text, cerr, sizeof(cerr))) {
+                free(text);
                 text = NULL;
             }
             if (s->have_chat && chat_renders_bos(&s->chat)) add_bos = 0;
-            free(m);
         } else {
             text = strdup(j->treq.prompt);
         }

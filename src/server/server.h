@@ -19,6 +19,7 @@
 #include "server/metrics.h"
 #include "server/parse.h"
 #include "server/respond.h"
+#include "server/toolcall.h"
 
 typedef enum {
     ROUTE_NONE = 0,
@@ -50,6 +51,12 @@ typedef struct {
     sched_finish_t finish;
     int role_sent;      // chat stream: first delta written
     size_t text_offset; // completions stream: bytes already sent
+    /* chat with tools: the text split into content and calls */
+    int tp_on;
+    srv_tp_t tp;
+    srv_tp_out_t tpo;  // non-streaming: everything; streaming: scratch
+    int n_calls_sent;  // streaming
+    char call_id[112]; // "call_<request id>_<choice index>"
 } srv_gen_choice_t;
 
 typedef struct srv srv_t;
@@ -135,6 +142,8 @@ struct srv {
     const tok_t *tok;
     chat_template_t chat;
     int have_chat;
+    chat_tool_syntax_t tool_syntax; // when chat_supports_tools(&chat)
+    gram_vocab_t *gvocab;           // the model's token trie for constrained decoding (built at load)
     char served_name[LC_CONFIG_STR];
     char load_err[512];
     int n_ctx;
@@ -174,7 +183,11 @@ srv_route_t srv_route_lookup(const char *url, const char *method, int *method_ok
 int srv_route_needs_auth(const srv_t *s, srv_route_t r);
 enum MHD_Result srv_queue(srv_conn_t *k, int status, const char *body, size_t len, const char *type);
 
-/* gen.c: generation jobs. */
+/* gen.c: generation jobs. srv_render_chat renders messages (with their past
+ * tool calls) and tool definitions with the model's chat template: 0, or a
+ * status with err filled (LC_ENOMEM, LC_EINVAL, LC_EUNSUPPORTED). */
+int srv_render_chat(const srv_t *s, const srv_message_t *msgs, int n, const srv_tool_t *tools, int n_tools, char **text,
+                    char *err, size_t errlen);
 enum MHD_Result srv_gen_start(srv_conn_t *k); // parse done; tokenizes on the pool
 void srv_gen_poll_all(srv_t *s);              // drain engine events (async handler)
 void srv_gen_cancel(srv_conn_t *k);           // client gone

@@ -77,7 +77,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!body) return 0;
     memcpy(body, data, size);
     body[size] = 0;
-    const srv_limits_t lim = {.max_n = 8, .max_prompts = 4};
+    /* tools parse as for a template with tool support (Qwen2.5's syntax) */
+    static chat_tool_syntax_t sy;
+    chat_template_t ct;
+    if (!sy.open_tag && (chat_template_from_name("qwen2.5", &ct) || chat_tool_syntax(&ct, &sy))) __builtin_trap();
+    const srv_limits_t lim = {.max_n = 8, .max_prompts = 4, .tool_syntax = &sy, .tool_family = "qwen2.5"};
     srv_request_t r;
     srv_error_t e;
 
@@ -107,6 +111,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(r.logprobs >= -1 && r.logprobs <= 20);
         CHECK(r.n_messages >= 1);
         for (int i = 0; i < r.n_messages; i++) CHECK(r.messages[i].role && r.messages[i].content);
+        /* a forced call or a response format always comes with its grammar */
+        CHECK(!(r.tool_choice == SRV_TOOLS_REQUIRED || r.tool_choice == SRV_TOOLS_NAMED) || r.grammar);
+        CHECK(r.format == SRV_FMT_TEXT || r.grammar);
+        CHECK(r.tool_choice != SRV_TOOLS_NAMED || (r.tool_named >= 0 && r.tool_named < r.n_tools));
+        for (int i = 0; i < r.n_tools; i++) CHECK(r.tools[i].name && r.tools[i].rendered);
     } else {
         check_error(&e);
     }

@@ -2,11 +2,11 @@
 # input through each target (gcc, and ASan+UBSan in the sanitizer build);
 # `make fuzz` builds the libFuzzer binaries (needs CC=clang; scripts/fuzz.sh
 # configures such a build and runs each target for a bounded time).
-FUZZ_NAMES = gguf tokenizer chat request sse
+FUZZ_NAMES = gguf tokenizer chat request sse schema
 EXTRA_DIST += tests/fuzz/corpus tests/fuzz/regressions
 
 check_PROGRAMS += tests/fuzz/replay_gguf tests/fuzz/replay_tokenizer tests/fuzz/replay_chat \
-	tests/fuzz/replay_request tests/fuzz/replay_sse
+	tests/fuzz/replay_request tests/fuzz/replay_sse tests/fuzz/replay_schema
 tests_fuzz_replay_gguf_SOURCES = tests/fuzz/replay.c tests/fuzz/fuzz_gguf.c
 tests_fuzz_replay_gguf_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_NAME='"gguf"'
 tests_fuzz_replay_gguf_LDADD = liblacuna.a $(LC_LIBS)
@@ -22,6 +22,9 @@ tests_fuzz_replay_request_LDADD = liblacuna.a $(LC_LIBS)
 tests_fuzz_replay_sse_SOURCES = tests/fuzz/replay.c tests/fuzz/fuzz_sse.c
 tests_fuzz_replay_sse_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_NAME='"sse"'
 tests_fuzz_replay_sse_LDADD = liblacuna.a $(LC_LIBS)
+tests_fuzz_replay_schema_SOURCES = tests/fuzz/replay.c tests/fuzz/fuzz_schema.c
+tests_fuzz_replay_schema_CPPFLAGS = $(AM_CPPFLAGS) -DFUZZ_NAME='"schema"'
+tests_fuzz_replay_schema_LDADD = liblacuna.a $(LC_LIBS)
 
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 fuzz: liblacuna.a
@@ -32,4 +35,4 @@ fuzz: liblacuna.a
 	done
 .PHONY: fuzz
 CLEANFILES += tests/fuzz/fuzz_gguf tests/fuzz/fuzz_tokenizer tests/fuzz/fuzz_chat tests/fuzz/fuzz_request \
-	tests/fuzz/fuzz_sse
+	tests/fuzz/fuzz_sse tests/fuzz/fuzz_schema
