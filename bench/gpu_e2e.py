@@ -102,8 +102,12 @@ def bench_hf(a, vocab):
     import torch
     from transformers import AutoModelForCausalLM
     path = a.hf_model or a.model
-    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path),
-                                             torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    kw = dict(gguf_file=os.path.basename(path), attn_implementation="sdpa")
+    try:  # transformers 5 names it dtype; 4.x torch_dtype
+        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", dtype=torch.bfloat16, **kw)
+    except TypeError:
+        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", torch_dtype=torch.bfloat16, **kw)
+    m = m.to(dtype=torch.bfloat16, device="cuda").eval()
     res = {"ttft": {}, "decode": {}}
     def sync():
         torch.cuda.synchronize()

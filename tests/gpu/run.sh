@@ -10,7 +10,11 @@
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
+#     gemm   what batch-invariant (deterministic) matmuls cost against
+#            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
+#     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
+#            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 # Output worth keeping goes to $OUT (the device tool brings it back).
 # Exit status: 77 without a GPU, else the first failing step's.
 set -uo pipefail
@@ -64,11 +68,26 @@ for step in "$@"; do
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_cuda" "$rc"
         ;;
+    gemm)
+        ours "$G/bin/bench_gemm" "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail gemm 1
+        ;;
     e2e)
         [ -f "$M" ] || { fail "e2e (no model)" 2; continue; }
-        LACUNAD="ours $G/bin/lacunad" timeout 900 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+        timeout 900 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
             --libpath "$G/lib:$CUDA_LIB" --model "$M" --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    e2e8b)
+        M8=/tmp/lacuna-llama8b.gguf
+        if [ ! -f "$M8" ]; then
+            ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
+                --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
+        fi
+        timeout 1200 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" --libpath "$G/lib:$CUDA_LIB" --model "$M8" \
+            --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
+            --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
         ;;
     *) fail "unknown step $step" 2 ;;
     esac
