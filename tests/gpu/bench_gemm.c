@@ -115,8 +115,9 @@ int main(int argc, char **argv) {
             }
             printf("| %s | %d | %.4f | %.4f | %.2f | %.4f / %.4f |\n", s->model, rows[ri], ld, lh, ld / lh, hd, hh);
             if (js)
-                fprintf(js, "%s  {\"model\": \"%s\", \"rows\": %d, \"layer_ms_det\": %.5f, \"layer_ms_heur\": %.5f, "
-                            "\"head_ms_det\": %.5f, \"head_ms_heur\": %.5f}",
+                fprintf(js,
+                        "%s  {\"model\": \"%s\", \"rows\": %d, \"layer_ms_det\": %.5f, \"layer_ms_heur\": %.5f, "
+                        "\"head_ms_det\": %.5f, \"head_ms_heur\": %.5f}",
                         first ? "" : ",\n", s->model, rows[ri], ld, lh, hd, hh);
             first = 0;
         }
