@@ -127,6 +127,14 @@ void model_exec_destroy(model_exec_t *e) {
 
 const char *model_exec_device(const model_exec_t *e) { return e->device; }
 int model_exec_is_gpu(const model_exec_t *e) { return e->cpu == NULL; }
+
+const char *model_exec_failure(const model_exec_t *e) {
+#ifdef HAVE_CUDA
+    if (e->cuda) return model_cuda_failure(e->cuda);
+#endif
+    (void)e;
+    return NULL;
+}
 kv_config_t model_exec_kv_config(const model_exec_t *e) { return e->kvc; }
 size_t model_exec_kv_block_bytes(const model_exec_t *e) { return e->block_bytes; }
 

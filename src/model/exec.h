@@ -44,6 +44,9 @@ void model_exec_destroy(model_exec_t *e);
 /* "cpu" or "cuda:N (<GPU name>)". */
 const char *model_exec_device(const model_exec_t *e);
 int model_exec_is_gpu(const model_exec_t *e);
+/* NULL while the device works; the reason once it is lost (a GPU error that
+ * sticks: every later step would fail). */
+const char *model_exec_failure(const model_exec_t *e);
 /* The pool configuration the store holds: create the host pool from it. */
 kv_config_t model_exec_kv_config(const model_exec_t *e);
 /* Bytes of store memory per block (metrics). */

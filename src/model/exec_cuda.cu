@@ -83,6 +83,7 @@ struct model_cuda {
     int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
     size_t cap_indices;
     unsigned char *covered; // (T) batch validation
+    char failure[256];      // set once the device is lost (model_cuda_failure)
 };
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -552,7 +553,31 @@ static void count_dense(const model_batch_t *b, const model_hparams_t *hp) {
     }
 }
 
+extern "C" const char *model_cuda_failure(const model_cuda_t *c) { return c->failure[0] ? c->failure : NULL; }
+
+/* After a failed step: drains the stream and clears a passing error; an
+ * error that is still there afterwards sticks to the device. */
+static void check_device(model_cuda_t *c) {
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    cudaGetLastError();
+    if (e == cudaSuccess) return;
+    cudaError_t again = cudaDeviceSynchronize();
+    if (again == cudaSuccess) return;
+    snprintf(c->failure, sizeof c->failure, "GPU %d is unusable after %s (%s)", c->device, cudaGetErrorName(again),
+             cudaGetErrorString(again));
+    LC_ERROR("cuda: %s; every request will fail until lacunad restarts", c->failure);
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b);
+
 extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
+    if (c->failure[0]) return LC_EDEVICE;
+    int rc = forward(c, b);
+    if (rc == LC_EDEVICE || rc == LC_ENOMEM) check_device(c);
+    return rc;
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b) {
     const kv_config_t kvc = model_kv_config(c->m, c->page_size, c->n_pages);
     int rc = model__check_batch(c->m, &kvc, c->max_tokens, b, c->covered);
     if (rc) return rc;

@@ -144,6 +144,8 @@ int sched_submit(sched_t *s, sched_req_t *r) {
     int rc = 0;
     if (s->draining)
         rc = LC_ESHUTDOWN;
+    else if (model_exec_failure(s->exec))
+        rc = LC_EDEVICE;
     else if (r->state != REQ_NEW)
         rc = LC_EINVAL;
     else if (s->waiting.n >= s->cfg.max_waiting)
@@ -172,7 +174,7 @@ static void *engine_main(void *arg) {
         void (*hb)(void *) = s->heartbeat_cb;
         void *hb_ud = s->heartbeat_ud;
         pthread_mutex_unlock(&s->lock);
-        if (hb) hb(hb_ud);
+        if (hb && !model_exec_failure(s->exec)) hb(hb_ud); // a lost device: let the watchdog restart us
         int n = sched__step(s);
         pthread_mutex_lock(&s->lock);
         if (n > 0 || s->stop) continue;
@@ -267,3 +269,4 @@ kv_pool_t *sched_kv(sched_t *s) { return s->kv; }
 int64_t sched_kv_capacity(const sched_t *s) { return kv_pool_n_blocks(s->kv) * kv_pool_config(s->kv)->block_size; }
 const model_t *sched_model(const sched_t *s) { return s->model; }
 const char *sched_device(const sched_t *s) { return model_exec_device(s->exec); }
+const char *sched_failure(const sched_t *s) { return model_exec_failure(s->exec); }

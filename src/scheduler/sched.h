@@ -192,7 +192,7 @@ void sched_destroy(sched_t *s);
 
 /* Queues a request. 0, LC_EBUSY (waiting queue full), LC_ETOOLONG (prompt +
  * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining),
- * LC_EINVAL (already submitted), LC_ENOMEM. */
+ * LC_EINVAL (already submitted), LC_ENOMEM, LC_EDEVICE (the device is lost). */
 int sched_submit(sched_t *s, sched_req_t *r);
 
 /* Runs the engine thread. */
@@ -243,5 +243,10 @@ kv_pool_t *sched_kv(sched_t *s);
 const model_t *sched_model(const sched_t *s);
 /* The executor's device, "cpu" or "cuda:N (<name>)". */
 const char *sched_device(const sched_t *s);
+/* NULL while the device works; once it is lost (a GPU error that sticks),
+ * the reason: every request then ends with LC_EDEVICE, sched_submit refuses
+ * with LC_EDEVICE and the heartbeat stops (systemd's watchdog restarts the
+ * daemon). */
+const char *sched_failure(const sched_t *s);
 
 #endif

@@ -28,6 +28,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
 #include "ops/ops.h"
+#include "scheduler/sched.h"
 #include "testutil.h"
 #include "tools/mkmodel.h"
 
@@ -307,10 +308,11 @@ static model_t *tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
     return m;
 }
 
-/* A tiny model (head_dim 64) through both executors: a 150-token prompt in
- * uneven chunks and 20 generated rows; the GPU alone vs batched bitwise. */
+/* A tiny model through both executors (head_dim 64, then 128): a 150-token
+ * prompt in uneven chunks and 20 generated rows; the GPU alone vs batched
+ * bitwise. */
 START_TEST(test_tiny_executor) {
-    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    model_t *m = _i == 0 ? tiny(GGML_TYPE_F32, 4, 2, 256) : tiny(GGML_TYPE_Q8_0, 4, 1, 512);
     const int V = model_hparams(m)->n_vocab, N = 150, G = 20;
     int32_t tok[170];
     for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 13) % (unsigned)V);
@@ -327,8 +329,9 @@ START_TEST(test_tiny_executor) {
     for (int g = 0; g < G; g++) run(&rg, &sg, tok + N + g, 1, N + g, 1, gpu + (size_t)(N + g) * V);
     double rel, top1;
     compare(gpu, cpu, N + G, V, &rel, &top1);
-    fprintf(stderr, "check_cuda: tiny model GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n", rel,
-            top1);
+    fprintf(stderr,
+            "check_cuda: tiny model (head_dim %d) GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n",
+            model_hparams(m)->head_dim, rel, top1);
     ck_assert_msg(rel < 3e-2, "GPU vs CPU relative logit error %g", rel);
     ck_assert_msg(top1 >= 0.95, "GPU vs CPU top-1 agreement %g", top1);
     /* the same rows batched with another sequence: bitwise equal */
@@ -406,7 +409,156 @@ START_TEST(test_real_model_teacher_forced) {
 }
 END_TEST
 
+/* ---- through the scheduler ----------------------------------------------------------- */
+typedef struct {
+    sched_req_t *r;
+    int32_t toks[64];
+    float lp[64];
+    int n, done;
+    sched_finish_t finish;
+    int status;
+} out_t;
+
+static void drain(out_t *o) {
+    sched_event_t ev[32];
+    int n;
+    while ((n = sched_req_poll(o->r, ev, 32)) > 0)
+        for (int i = 0; i < n; i++) {
+            if (ev[i].kind == SCHED_EV_TOKEN && o->n < 64) {
+                o->lp[o->n] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
+                o->toks[o->n++] = ev[i].token;
+            } else if (ev[i].kind == SCHED_EV_FINISH) {
+                o->finish = ev[i].finish;
+                o->status = ev[i].status;
+            } else if (ev[i].kind == SCHED_EV_DONE) {
+                o->done = 1;
+            }
+            sched_event_clear(&ev[i]);
+        }
+}
+
+static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
+    memset(o, 0, sizeof *o);
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = n;
+    p.n_choices = 1;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = 1;
+    p.logprobs = 0;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    sched_attn_spec_default(&p.attn);
+    int st;
+    o->r = sched_req_create(&p, &st);
+    ck_assert_ptr_nonnull(o->r);
+    ck_assert_int_eq(sched_submit(s, o->r), 0);
+}
+
+static sched_t *gpu_sched(const model_t *m) {
+    sched_config_t c;
+    sched_config_default(&c);
+    snprintf(c.device, sizeof c.device, "cuda:0");
+    c.kv_blocks = 256;
+    c.max_batch_tokens = 512;
+    c.prefill_chunk = 128;
+    c.target_step_ms = -1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+/* Greedy requests of different lengths, each alone and then all at once
+ * (prompts chunked beside other requests' decodes): the same tokens and
+ * log-probabilities, bit for bit. */
+START_TEST(test_sched_batch_invariance) {
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, R = 6;
+    static int32_t prompts[6][400];
+    const int lens[6] = {7, 390, 64, 129, 1, 250};
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 1) * 7919u * (i + 3)) % (unsigned)V);
+    sched_t *s = gpu_sched(m);
+    out_t alone[6], batched[6];
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], 40);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, 40);
+    }
+    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], 40);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        ck_assert(batched[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU: request %d batched differs from it alone", r);
+        sched_req_release(alone[r].r);
+        sched_req_release(batched[r].r);
+    }
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
+/* Last (it breaks the CUDA context for the rest of the process): a kernel
+ * that faults makes the device unusable; the executor says so, the running
+ * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
+START_TEST(test_device_lost) {
+    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    sched_t *s = gpu_sched(m);
+    int32_t prompt[32];
+    for (int i = 0; i < 32; i++) prompt[i] = 5 + i;
+    out_t o;
+    submit(s, &o, prompt, 32, 60);
+    ck_assert_int_gt(sched_step(s), 0);
+    ck_assert_ptr_null(sched_failure(s));
+    /* an embedding row ~8 TB past the table: an illegal address */
+    int32_t bad = 1 << 30;
+    int32_t *d_bad = dev(&bad, sizeof bad);
+    float *d_x = dev(NULL, 4096 * sizeof(float));
+    uint16_t *d_table = dev(NULL, 4096 * sizeof(uint16_t));
+    ops_cuda_embed(d_table, d_bad, 1, 4096, 1.0f, d_x, NULL);
+    cudaDeviceSynchronize();
+    for (int i = 0; i < 4 && !o.done; i++) {
+        sched_step(s);
+        drain(&o);
+    }
+    ck_assert_msg(o.done, "the request did not end after the device was lost");
+    ck_assert_int_eq(o.finish, SCHED_FINISH_ERROR);
+    ck_assert_int_eq(o.status, LC_EDEVICE);
+    ck_assert_ptr_nonnull(sched_failure(s));
+    fprintf(stderr, "check_cuda: device lost: %s\n", sched_failure(s));
+    out_t o2;
+    memset(&o2, 0, sizeof o2);
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = 8;
+    p.n_choices = 1;
+    p.max_tokens = 4;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    sched_attn_spec_default(&p.attn);
+    int st;
+    o2.r = sched_req_create(&p, &st);
+    ck_assert_int_eq(sched_submit(s, o2.r), LC_EDEVICE);
+    sched_req_release(o2.r);
+    sched_req_release(o.r);
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
 int main(void) {
+    /* One process: CUDA does not survive a fork after the device count
+     * initialised it, and test_device_lost must come last. */
+    setenv("CK_FORK", "no", 1);
     char why[256] = "";
     if (lc_device_count(why, sizeof why) <= 0) {
         fprintf(stderr, "SKIP: no usable GPU (%s)\n", why);
@@ -418,8 +570,10 @@ int main(void) {
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
     tcase_add_test(tc, test_gemm);
-    tcase_add_test(tc, test_tiny_executor);
+    tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
+    tcase_add_test(tc, test_sched_batch_invariance);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
+    tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
