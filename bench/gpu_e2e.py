@@ -49,6 +49,18 @@ def post_stream(port, body):
     return ttft, n, time.perf_counter() - t0
 
 
+def engine_times(port):
+    """The engine's step counters from /metrics: steps, forward s, sampling s."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    vals = {}
+    for line in text.splitlines():
+        for k in ("engine_steps_total", "engine_forward_seconds_total", "engine_sample_seconds_total"):
+            if line.startswith("lacuna:" + k + "{"):
+                vals[k] = float(line.rsplit(" ", 1)[1])
+    return vals
+
+
 def prompt_ids(n, vocab):
     # a deterministic token sequence (ids, so both sides read the same prompt)
     return [(i * 7919 + 13) % (vocab - 100) + 50 for i in range(n)]
@@ -82,16 +94,22 @@ def bench_lacunad(a, vocab):
                 out[i] = post_stream(port, {"model": "m", "prompt": prompt_ids(200 + i, vocab), "max_tokens": 128,
                                             "temperature": 0, "ignore_eos": True, "stream": True})
             ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
+            m0 = engine_times(port)
             t0 = time.perf_counter()
             for t in ts:
                 t.start()
             for t in ts:
                 t.join()
             wall = time.perf_counter() - t0
+            m1 = engine_times(port)
+            d = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
             toks = sum(o[1] for o in out)
             # decode rate: tokens after the first, over the time after the last first token
             first = max(o[0] for o in out)
-            res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall}
+            res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall,
+                                "steps": d.get("engine_steps_total"),
+                                "forward_s": d.get("engine_forward_seconds_total"),
+                                "sample_s": d.get("engine_sample_seconds_total")}
         return res
     finally:
         d.terminate()
@@ -166,6 +184,11 @@ def main():
     print("|---|---:|---:|")
     for name, o, h in rows:
         print(f"| {name} | {o:.4g} | {'' if h is None else f'{h:.4g}'} |")
+    for s in a.streams:
+        d = ours["decode"][s]
+        if d.get("steps"):
+            print(f"lacunad, {s} stream(s): {d['steps']:.0f} steps, forward {1e3 * d['forward_s'] / d['steps']:.3f} ms "
+                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"lacunad": ours, "transformers": hf}, f, indent=1)

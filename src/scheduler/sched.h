@@ -220,6 +220,11 @@ typedef struct {
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;
+    /* Where the engine thread's steps went: the executor's forward pass
+     * (logits on the host included) and the sampling and event work after it. */
+    uint64_t steps_total;
+    double forward_seconds;
+    double sample_seconds;
     uint64_t prefix_queried_tokens;
     uint64_t prefix_hit_tokens;
     uint64_t requests_finished[5]; // by sched_finish_t
