@@ -133,3 +133,11 @@ tests_check_toolcall_SOURCES = tests/check_toolcall.c
 tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_toolcall_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- context parallelism (src/attn/cp) ----------------------------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_cp
+tests_check_cp_SOURCES = tests/check_cp.c
+tests_check_cp_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_cp_LDADD = $(CHECK_LDADD)
+endif

@@ -43,3 +43,9 @@ tests/gpu/libattn_cuda.so: $(ATTN_CUDA_OBJS) $(top_srcdir)/src/common/log.c $(to
 		-c -o tests/gpu/status.pic.o $(top_srcdir)/src/common/status.c && \
 	$(NVCC) -shared -o $@ $(ATTN_CUDA_OBJS) tests/gpu/log.pic.o tests/gpu/status.pic.o
 endif
+
+# attn/cp: context parallelism (communicators, ring attention over a sharded KV cache).
+liblacuna_a_SOURCES += \
+	src/attn/cp/cp_comm.h src/attn/cp/cp_comm_int.h src/attn/cp/comm.c src/attn/cp/comm_threads.c \
+	src/attn/cp/cp_attn.h src/attn/cp/cp_int.h src/attn/cp/layout.c src/attn/cp/ring.c \
+	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c
