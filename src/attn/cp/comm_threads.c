@@ -55,6 +55,7 @@ struct cp_threads {
     ep_t *eps;
     int barrier_count;
     unsigned barrier_gen;
+    int aborted; // cp_threads_abort: every wait returns LC_ECANCELED
 };
 
 static void hq_push(hq_t *q, half_t *h) { q->q[(q->head + q->n++) % CP_MAX_PENDING] = h; }
@@ -88,6 +89,12 @@ static int th_start(cp_comm_t *c, const void *sbuf, size_t sbytes, int dst, void
     sl->recv = (half_t){.rbuf = rbuf, .bytes = rbytes, .done = !sl->has_recv};
     half_t *ms = NULL, *mr = NULL, *ps = NULL, *pr = NULL; // matches: (my send, peer recv), (peer send, my recv)
     pthread_mutex_lock(&g->lock);
+    if (g->aborted) {
+        sl->send.done = sl->recv.done = 1;
+        sl->send.err = sl->recv.err = LC_ECANCELED;
+        pthread_mutex_unlock(&g->lock);
+        return 0; // the wait reports it
+    }
     if (sl->has_send) {
         chan_t *ch = &g->chan[(size_t)c->rank * g->n + dst];
         if ((pr = hq_pop(&ch->recvs)))
@@ -113,8 +120,10 @@ static int th_wait(cp_comm_t *c, int slot) {
     cp_threads_t *g = ep->g;
     slot_t *sl = &ep->slots[slot];
     pthread_mutex_lock(&g->lock);
-    while (!sl->send.done || !sl->recv.done) pthread_cond_wait(&g->cond, &g->lock);
+    while ((!sl->send.done || !sl->recv.done) && !g->aborted) pthread_cond_wait(&g->cond, &g->lock);
+    const int cut = !sl->send.done || !sl->recv.done;
     pthread_mutex_unlock(&g->lock);
+    if (cut) return LC_ECANCELED;
     return sl->send.err ? sl->send.err : sl->recv.err;
 }
 
@@ -141,10 +150,11 @@ static int th_barrier(cp_comm_t *c) {
         g->barrier_gen++;
         pthread_cond_broadcast(&g->cond);
     } else {
-        while (gen == g->barrier_gen) pthread_cond_wait(&g->cond, &g->lock);
+        while (gen == g->barrier_gen && !g->aborted) pthread_cond_wait(&g->cond, &g->lock);
     }
+    const int cut = gen == g->barrier_gen && g->aborted;
     pthread_mutex_unlock(&g->lock);
-    return 0;
+    return cut ? LC_ECANCELED : 0;
 }
 
 static const cp_comm_ops_t threads_ops = {
@@ -189,4 +199,20 @@ void cp_threads_destroy(cp_threads_t *g) {
     pthread_cond_destroy(&g->cond);
     free(g->chan), free(g->comms), free(g->eps);
     free(g);
+}
+
+void cp_threads_abort(cp_threads_t *g) {
+    pthread_mutex_lock(&g->lock);
+    g->aborted = 1;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+void cp_threads_reset(cp_threads_t *g) {
+    pthread_mutex_lock(&g->lock);
+    memset(g->chan, 0, sizeof *g->chan * (size_t)g->n * g->n);
+    g->barrier_count = 0;
+    g->aborted = 0;
+    for (int r = 0; r < g->n; r++) g->comms[r].busy = 0;
+    pthread_mutex_unlock(&g->lock);
 }

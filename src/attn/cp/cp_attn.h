@@ -58,6 +58,10 @@
 #include "attn/attn.h"
 #include "attn/cp/cp_comm.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* ---- ownership ---------------------------------------------------------------------- */
 /* Assigns the owners of the blocks a prompt slice [pos0, pos0 + n_tok)
  * starts: units of `align` positions (a multiple of block_size, aligned to
@@ -123,4 +127,7 @@ size_t cp_plan_bytes(const cp_plan_t *p);
  * slices only; sparse prompt methods always ride the pass-KV ring). */
 void cp_plan_force_mode(cp_plan_t *p, int mode);
 
+#ifdef __cplusplus
+}
+#endif
 #endif

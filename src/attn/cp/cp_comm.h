@@ -107,6 +107,12 @@ cp_threads_t *cp_threads_create(int n);
 cp_comm_t *cp_threads_comm(cp_threads_t *g, int r);
 /* After every rank's thread has stopped using its endpoint. */
 void cp_threads_destroy(cp_threads_t *g);
+/* Fails every pending and later transfer, collective and barrier of the
+ * group with LC_ECANCELED: a rank that fails inside a step calls it so that
+ * its peers return instead of waiting for it. Any thread. */
+void cp_threads_abort(cp_threads_t *g);
+/* Clears an abort and every queue, once no rank is inside a call. */
+void cp_threads_reset(cp_threads_t *g);
 
 #ifdef __cplusplus
 }
