@@ -487,6 +487,75 @@ START_TEST(test_prefill_anchor) {
 }
 END_TEST
 
+/* Needles (as check_attn.c plants them): four keys per KV head set to 12 u,
+ * every query of the head's group shrunk and given 4 u, so that attention
+ * concentrates on a few columns and the sparse methods have blocks to skip. */
+static void plant_needles(cpcase_t *k, int l) {
+    pool_t *t = &k->kv[l];
+    const int KH = t->sh.n_kv_heads, H = t->sh.n_heads, G = H / KH, d = t->sh.head_dim, bs = t->bs;
+    const size_t bstr = (size_t)KH * bs * d;
+    const int64_t needles[4] = {3, t->n / 5, t->n / 2 + 7, t->n - 40};
+    float u[8][256];
+    for (int h = 0; h < KH; h++) {
+        double nn = 0;
+        for (int c = 0; c < d; c++) u[h][c] = frand(), nn += (double)u[h][c] * u[h][c];
+        for (int c = 0; c < d; c++) u[h][c] /= (float)sqrt(nn);
+    }
+    for (int i = 0; i < 4; i++) {
+        if (needles[i] < 0 || needles[i] >= t->n) continue;
+        const int32_t b = t->blocks[needles[i] / bs];
+        for (int h = 0; h < KH; h++)
+            for (int c = 0; c < d; c++) t->kp[b * bstr + ((size_t)h * d + c) * bs + needles[i] % bs] = 12.0f * u[h][c];
+    }
+    for (int r = 0; r < k->n_rows; r++)
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < d; c++) {
+                float *x = &k->q[l][((size_t)r * H + h) * d + c];
+                *x = 0.2f * *x + 4.0f * u[h / G][c];
+            }
+}
+
+/* FlexPrefill inside the ring: the pattern searched on every rank from
+ * gathered summaries (scaled-down geometry: blocks of 16, min_budget 32). */
+START_TEST(test_prefill_flex) {
+    const attn_shape_t sh = {4, 2, 32, 1.0f / sqrtf(32.0f)};
+    attn_policy_t pol;
+    attn_policy_default(&pol);
+    pol.prefill = ATTN_PREFILL_FLEX;
+    pol.block = 16;
+    pol.min_budget = 32;
+    const int Ns[] = {2, 3, 4, 8};
+    double w[4] = {0}, wl = 0, el, dens = 0, dens_min = 1;
+    uint8_t owner[256];
+    for (int a = 0; a < 4; a++)
+        for (int c = 0; c < 4; c++) {
+            rng_state = 5000 + 10 * a + c;
+            const int64_t pos0 = c & 1 ? 200 : 0;
+            const int n_tok = c & 2 ? 1001 : 333;
+            cpcase_t k;
+            int32_t *table;
+            case_prefill(&k, &sh, Ns[a], 16, c & 2 ? 64 : 16, pos0, n_tok, 1, 0, 1, owner, &table, 0.3f);
+            plant_needles(&k, 0);
+            attn_state_t *st = attn_state_create(&sh, 1, &pol);
+            k.seqs[0].state = st;
+            double e = case_check(&k, Ns[a], &st, &el);
+            const attn_stats_t *sts = attn_state_stats(st);
+            const double dn = sts->prefill_computed / sts->prefill_total;
+            ck_assert_msg(dn < 0.97, "single-rank density %g: the case does not test a selection", dn);
+            dens = dn > dens ? dn : dens;
+            dens_min = dn < dens_min ? dn : dens_min;
+            w[a] = e > w[a] ? e : w[a];
+            wl = el > wl ? el : wl;
+            attn_state_destroy(st);
+            case_free(&k);
+            free(table);
+        }
+    printf("cp FlexPrefill prefill: max |out diff| N=2 %.2e, N=3 %.2e, N=4 %.2e, N=8 %.2e; max |lse diff| %.2e "
+           "(single-rank density %.2f-%.2f)\n",
+           w[0], w[1], w[2], w[3], wl, dens_min, dens);
+}
+END_TEST
+
 /* ---- decode ---------------------------------------------------------------------------- */
 /* n_seqs sequences decoding one token each (seq 0 also a few rows of a
  * recomputation), KV sharded by an earlier zig-zag prompt and then
@@ -749,9 +818,12 @@ START_TEST(test_model_sparse) {
     pol.decode = ATTN_DECODE_TIDAL;
     pol.tidal_select_layer = 1;
     double e3 = model_case(3, &pol);
-    printf("cp whole model (tiny, AnchorAttention + Quest / TidalDecode): max |logit diff|: 2 ranks %.2e, 3 ranks "
-           "%.2e\n",
-           e2, e3);
+    pol.prefill = ATTN_PREFILL_FLEX;
+    pol.min_budget = 16;
+    double f2 = model_case(2, &pol);
+    printf("cp whole model (tiny): max |logit diff|: AnchorAttention + Quest, 2 ranks %.2e; AnchorAttention + "
+           "TidalDecode, 3 ranks %.2e; FlexPrefill + TidalDecode, 2 ranks %.2e\n",
+           e2, e3, f2);
 }
 END_TEST
 
@@ -774,6 +846,7 @@ static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
     c.attn_default.anchor_init = 32;
     c.attn_default.anchor_local = 64;
     c.attn_default.decode_budget = 96;
+    c.attn_default.min_budget = 16;
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
     ck_assert_msg(s != NULL, "%s", err);
@@ -828,10 +901,11 @@ static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
 }
 
 START_TEST(test_sched) {
-    const int modes[3][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE},
+    const int modes[4][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE},
                              {ATTN_PREFILL_ANCHOR, ATTN_DECODE_QUEST},
-                             {ATTN_PREFILL_STREAMING, ATTN_DECODE_TIDAL}};
-    for (int k = 0; k < 3; k++) {
+                             {ATTN_PREFILL_FLEX, ATTN_DECODE_TIDAL},
+                             {ATTN_PREFILL_STREAMING, ATTN_DECODE_STREAMING}};
+    for (int k = 0; k < 4; k++) {
         int32_t one[SCHED_GEN], two[SCHED_GEN], three[SCHED_GEN];
         sched_case(1, modes[k][0], modes[k][1], one);
         sched_case(2, modes[k][0], modes[k][1], two);
@@ -855,6 +929,7 @@ int main(void) {
     tcase_add_test(tp, test_prefill_prefix_pass_q);
     tcase_add_test(tp, test_prefill_windows);
     tcase_add_test(tp, test_prefill_anchor);
+    tcase_add_test(tp, test_prefill_flex);
     suite_add_tcase(s, tp);
     TCase *td = tcase_create("decode");
     tcase_set_timeout(td, 300);

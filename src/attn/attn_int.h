@@ -81,6 +81,22 @@ attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int
 int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
                        const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
                        double *computed);
+/* FlexPrefill's pieces for the context-parallel ring (attn/cp): whether a
+ * chunk runs dense; the scaled mean query of rows p0..p1-1 of head h (q: the
+ * chunk's rows from q_pos0; the first min(d, 512) values into qp); and the
+ * chunk's block mask for head h from summaries gathered from every rank,
+ * with the single-rank kernel's arithmetic on them (rep: (R, d) the chunk's
+ * last R = min(n_q, block) rows of head h, unscaled; vert, slash: (q_pos0 +
+ * n_q) their mean attention per key and per diagonal offset; ksum: (n_kb, d)
+ * each key block's key sum, head h's KV head; qpool: (n_qb, n_heads, d)
+ * attn__flex_pool_query of every query block). ar: attn__flex_ws's per-thread
+ * size. mask: (n_qb, n_kb). */
+int attn__flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0);
+void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos0, int64_t p0, int64_t p1, int h,
+                           float *qp);
+int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
+                            const float *rep, const float *vert, const float *slash, const float *ksum,
+                            const float *qpool, attn_arena_t *ar, uint8_t *mask);
 attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
 int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
                          int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);

@@ -48,7 +48,7 @@ endif
 liblacuna_a_SOURCES += \
 	src/attn/cp/cp_comm.h src/attn/cp/cp_comm_int.h src/attn/cp/comm.c src/attn/cp/comm_threads.c \
 	src/attn/cp/cp_attn.h src/attn/cp/cp_int.h src/attn/cp/layout.c src/attn/cp/ring.c \
-	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c
+	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c src/attn/cp/cp_flex.c
 
 # attn/cp on the GPU: the device-local and NCCL communicators (NCCL's entry
 # points say LC_EUNSUPPORTED in a build without it), and their GPU Check

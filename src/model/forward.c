@@ -169,11 +169,7 @@ static attn_store_t store_view(model_cpu_t *c, int l) {
 }
 
 /* ---- context parallelism ---------------------------------------------------------- */
-static int sharded(const model_cpu_t *c, const model_seq_t *q) {
-    if (!c->cp || q->pos0 + q->n_tok < c->cp_min) return 0;
-    // FlexPrefill's prompt slices run on the single-rank plan (the ring has no FlexPrefill yet)
-    return q->generated || !q->attn || attn_state_policy(q->attn)->prefill != ATTN_PREFILL_FLEX;
-}
+static int sharded(const model_cpu_t *c, const model_seq_t *q) { return c->cp && q->pos0 + q->n_tok >= c->cp_min; }
 
 /* Zig-zag units: whole blocks and whole blocks of a sparse prompt method,
  * so that every query block of the method lies on one rank. */

@@ -170,6 +170,13 @@ int cp__anchor_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thr
 int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_store_t *kv, const float *q, float *out,
                    float *lse);
 
+/* FlexPrefill on a slice (cp_flex.c): the query blocks at plan time; the
+ * summaries, the masks and the ring at run time (dense when the slice is
+ * short enough to run dense on one rank: sl->n_qblk == 0). */
+int cp__flex_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thread);
+int cp__flex_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_store_t *kv, const float *q, float *out,
+                 float *lse);
+
 /* ---- cp_decode.c ---------------------------------------------------------------------- */
 int cp__decode_plan(cp_plan_t *p, size_t *per_thread);
 int cp__decode_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const attn_store_t *kv, const float *q,

@@ -230,7 +230,10 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
             if (st > need_stage) need_stage = st;
             if (pt > per_thread) per_thread = pt;
         } else if (sl->pol && sl->pol->prefill == ATTN_PREFILL_FLEX) {
-            return LC_EUNSUPPORTED; // not yet
+            size_t st = 0, pt = 0;
+            if ((rc = cp__flex_plan(p, sl, &st, &pt))) return rc;
+            if (st > need_stage) need_stage = st;
+            if (pt > per_thread) per_thread = pt;
         }
         /* pass-KV buffers are needed by every slice: a sliding-window layer of
          * a pass-Q slice runs ... pass-Q too; size both as the slice chose */

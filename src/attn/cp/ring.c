@@ -319,6 +319,8 @@ int cp_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const attn_sto
         int rc;
         if (window == 0 && sl->pol && sl->pol->prefill == ATTN_PREFILL_ANCHOR)
             rc = cp__anchor_run(p, c, sl, kv, q, out, lse);
+        else if (window == 0 && sl->pol && sl->pol->prefill == ATTN_PREFILL_FLEX && sl->n_qblk)
+            rc = cp__flex_run(p, c, sl, kv, q, out, lse);
         else if (sl->mode == CP_PASS_Q)
             rc = pass_q(p, c, sl, window, kv, q, out, lse);
         else
