@@ -235,8 +235,9 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
             if (st > need_stage) need_stage = st;
             if (pt > per_thread) per_thread = pt;
         }
-        /* pass-KV buffers are needed by every slice: a sliding-window layer of
-         * a pass-Q slice runs ... pass-Q too; size both as the slice chose */
+        /* the packs of pass-KV (sparse methods and their sliding-window
+         * layers included), the queries and running outputs of every slice;
+         * pass-Q's buffers where a slice chose it */
         const size_t pk = ((size_t)me->nb + (size_t)sl->n_halo) * stride * 2;
         if (pk > need_pack) need_pack = pk;
         if (max_nb * stride * 2 > need_rbuf) need_rbuf = max_nb * stride * 2;
