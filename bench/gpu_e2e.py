@@ -69,9 +69,9 @@ def prompt_ids(n, vocab):
 def bench_lacunad(a, vocab):
     port = free_port()
     env = dict(os.environ, LD_LIBRARY_PATH=a.libpath)
+    # the GPU defaults (max_batch_tokens 8192, prefill_chunk 4096, max_running 256, target_step_ms 50)
     d = subprocess.Popen([a.lacunad, "--model", a.model, "--device", "cuda:0", "--host", "127.0.0.1", "--port",
-                          str(port), "--set", "engine.max_batch_tokens=8192", "--set", "engine.prefill_chunk=8192",
-                          "--set", "engine.max_running=128"], env=env, stdout=sys.stderr, stderr=sys.stderr)
+                          str(port)] + a.lacunad_args, env=env, stdout=sys.stderr, stderr=sys.stderr)
     try:
         for _ in range(600):
             try:
@@ -167,6 +167,8 @@ def main():
     ap.add_argument("--streams", default="1,64")
     ap.add_argument("--out")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--lacunad-arg", dest="lacunad_args", action="append", default=[],
+                    help="an extra lacunad argument (repeat), e.g. --lacunad-arg=--set --lacunad-arg=engine.x=y")
     a = ap.parse_args()
     a.prompts = [int(x) for x in a.prompts.split(",")]
     a.streams = [int(x) for x in a.streams.split(",")]

@@ -40,6 +40,12 @@ typedef struct {
  * err: unknown or unavailable device, out of memory, a model the device
  * cannot run. */
 model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen);
+/* Which device a spec (lc_device_spec_parse) gives m: *index = -1 for the
+ * CPU, else the CUDA index. "auto" takes the first GPU when one is usable
+ * and the GPU executor runs m's architecture. An explicit GPU that cannot be
+ * had is an error (LC_EUNSUPPORTED, the reason in err): serving a GPU's load
+ * from the CPU by surprise helps nobody. */
+int model_exec_resolve(const model_t *m, const char *spec, int *index, char *err, size_t errlen);
 void model_exec_destroy(model_exec_t *e);
 /* "cpu" or "cuda:N (<GPU name>)". */
 const char *model_exec_device(const model_exec_t *e);
