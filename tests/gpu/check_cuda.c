@@ -185,10 +185,11 @@ START_TEST(test_qkv_post) {
 END_TEST
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
+/* Both batch-invariant modes (_i + 1): OPS_GEMM_INVARIANT_WIDE, _SPLIT. */
 START_TEST(test_gemm) {
     const int n = 1000, k = 576, ms[] = {1, 3, 64, 300};
     ops_cuda_gemm_t *g;
-    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, 1, &g), 0);
+    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, (ops_cuda_gemm_mode_t)(_i + 1), &g), 0);
     uint16_t *A = malloc(2 * (size_t)300 * k), *W = malloc(2 * (size_t)n * k);
     for (int i = 0; i < 300 * k; i++) A[i] = bf16_of(frand());
     for (int i = 0; i < n * k; i++) W[i] = bf16_of(frand() * 0.1f);
@@ -569,7 +570,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
-    tcase_add_test(tc, test_gemm);
+    tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_test(tc, test_sched_batch_invariance);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
