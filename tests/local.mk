@@ -133,3 +133,8 @@ tests_check_toolcall_SOURCES = tests/check_toolcall.c
 tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_toolcall_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- integration: serving under concurrency ------------------------------------
+# Run by tests/integration/run.sh. Head-of-line blocking behind a long prefill
+# (the real model).
+EXTRA_DIST += tests/integration/test_hol.py
