@@ -138,3 +138,5 @@ endif
 # Run by tests/integration/run.sh. Head-of-line blocking behind a long prefill
 # (the real model).
 EXTRA_DIST += tests/integration/test_hol.py
+# Outputs independent of the batch and of the prefix cache, on each kernel set.
+EXTRA_DIST += tests/integration/test_determinism.py
