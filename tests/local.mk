@@ -140,3 +140,9 @@ endif
 EXTRA_DIST += tests/integration/test_hol.py
 # Outputs independent of the batch and of the prefix cache, on each kernel set.
 EXTRA_DIST += tests/integration/test_determinism.py
+
+# ---- OpenBLAS core types ------------------------------------------------------
+# check_sched's batch-invariance cases under each OPENBLAS_CORETYPE this CPU
+# runs; SKIP (77) without OpenBLAS.
+TESTS += tests/blas_coretypes.sh
+EXTRA_DIST += tests/blas_coretypes.sh
