@@ -146,3 +146,14 @@ EXTRA_DIST += tests/integration/test_determinism.py
 # runs; SKIP (77) without OpenBLAS.
 TESTS += tests/blas_coretypes.sh
 EXTRA_DIST += tests/blas_coretypes.sh
+
+# ---- the scheduler under injected allocation failures -------------------------
+# Our own code's malloc, calloc, realloc and posix_memalign go through the
+# test's counter (ld --wrap), which makes a chosen one fail.
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched_oom
+tests_check_sched_oom_SOURCES = tests/check_sched_oom.c $(TINYMODEL_SRC)
+tests_check_sched_oom_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_oom_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
+tests_check_sched_oom_LDADD = $(CHECK_LDADD)
+endif
