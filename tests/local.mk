@@ -140,6 +140,8 @@ endif
 EXTRA_DIST += tests/integration/test_hol.py
 # Outputs independent of the batch and of the prefix cache, on each kernel set.
 EXTRA_DIST += tests/integration/test_determinism.py
+# Gemma 3 served (its fixture is distributed above; the test was not).
+EXTRA_DIST += tests/integration/test_gemma.py
 
 # ---- OpenBLAS core types ------------------------------------------------------
 # check_sched's batch-invariance cases under each OPENBLAS_CORETYPE this CPU
