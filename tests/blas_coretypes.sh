@@ -16,8 +16,8 @@
 # OPENBLAS_CORETYPE alone). A name this OpenBLAS does not know counts when
 # its fallback detection lands on that core anyway (Cooperlake in 0.3.21).
 # The real model's case (alone vs batched, preempted and prefix-cached) runs
-# under the core lacunad's start-up picks on this CPU and under Haswell, at
-# the CPU's widest kernel set.
+# under the core lacunad's start-up picks on this CPU (SkylakeX with AVX-512,
+# else Haswell), at the CPU's widest kernel set.
 #
 # Exits 77 (SKIP) when check_sched does not link OpenBLAS, no core type
 # could be tested or the real model is missing (with LACUNA_REQUIRE_MODEL=1
@@ -106,9 +106,7 @@ for entry in $cores; do
 done
 [ $tested -gt 0 ] || { echo "SKIP: no OpenBLAS core type could be tested"; exit 77; }
 
-real=$startup
-[ "$startup" = Haswell ] || real="$real Haswell"
-for name in $real; do
+for name in $startup; do
     case $forced in *" $name "*) ;; *) continue ;; esac
     OPENBLAS_VERBOSE=2 OPENBLAS_CORETYPE=$name LACUNA_CPU=$level CK_RUN_CASE=smollm2 "$prog" >"$log" 2>&1
     rc=$?
