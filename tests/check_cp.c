@@ -12,8 +12,8 @@
  *   selection flows), StreamingLLM, several sequences and a multi-row slice;
  * - model (check_cp_model.c): a tiny random model through the CPU executor
  *   with 2 and 3 ranks against 1 (two prompt slices, a forked prefix,
- *   decode), and through the scheduler (the same greedy tokens, the per-rank
- *   metrics).
+ *   decode), a sharded sequence alone and beside others (the same bits), and
+ *   through the scheduler (the same greedy tokens, the per-rank metrics).
  *
  * Tolerance. The ranks merge partial results by LSE in another order than
  * the single-rank kernels merge their pieces, so bits differ: attention

@@ -2,7 +2,8 @@
  * check_cp.c): a tiny random model through the CPU executor and through the
  * scheduler with 2 and 3 ranks against 1. Logits (magnitude ~10) must agree
  * within 1e-3 with the same argmax in every row; the scheduler's greedy
- * tokens must be the same. */
+ * tokens must be the same; a sharded sequence's logits must be the same bits
+ * alone and in a batch. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -193,6 +194,105 @@ START_TEST(test_model_sparse) {
 }
 END_TEST
 
+/* A sharded sequence's logits do not depend on its batch neighbours: A (a
+ * 420-token prompt in two slices, then a decode step) run alone on one
+ * executor and, on a second one configured alike, in steps with B (short:
+ * never sharded) and C (sharded from its first slice) placed before and
+ * after it, dense and sparse. The rows of A must be the same bits. */
+typedef struct {
+    kv_seq_t *s;
+    const int32_t *tok;
+    int n;
+    int64_t pos0;
+    int generated;
+    attn_state_t *st;
+    float *logits;
+} part_t;
+
+static void fwd_parts(ex_t *x, const part_t *p, int np) {
+    int32_t tok[700];
+    model_seq_t q[4];
+    int n = 0;
+    for (int i = 0; i < np; i++) {
+        ck_assert_int_eq(kv_seq_reserve(x->kv, p[i].s, p[i].pos0 + p[i].n), 0);
+        ck_assert_int_eq(kv_seq_prepare_write(x->kv, p[i].s, p[i].pos0, p[i].pos0 + p[i].n), 0);
+        q[i] = (model_seq_t){.tok0 = n,
+                             .n_tok = p[i].n,
+                             .pos0 = p[i].pos0,
+                             .kv = p[i].s,
+                             .attn = p[i].st,
+                             .generated = p[i].generated,
+                             .logits_mode = MODEL_LOGITS_ALL,
+                             .logits = p[i].logits};
+        memcpy(tok + n, p[i].tok, sizeof(int32_t) * (size_t)p[i].n);
+        n += p[i].n;
+    }
+    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = np, .seqs = q};
+    ck_assert_int_eq(model_exec_forward(x->e, x->kv, &b), 0);
+    for (int i = 0; i < np; i++) p[i].s->n_tokens = p[i].pos0 + p[i].n;
+}
+
+static void batch_case(const attn_policy_t *pol) {
+    const model_t *m = tiny();
+    const int V = model_hparams(m)->n_vocab, NA = 421, SPLIT = 300, NB = 40, NC = 200;
+    const attn_shape_t sh = model_attn_shape(m);
+    const int L = model_hparams(m)->n_layers;
+    ex_t x = mk_exec(m, 2, 100), y = mk_exec(m, 2, 100);
+    int32_t tok[NA + 1];
+    unsigned seed = 91;
+    for (int i = 0; i <= NA; i++) tok[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
+    float *la = malloc(sizeof(float) * (size_t)SPLIT * V), *lb = malloc(sizeof(float) * (size_t)SPLIT * V);
+    float *lo = malloc(sizeof(float) * (size_t)(NB + NC) * V);
+    kv_seq_t sa, ya, yb, yc;
+    kv_seq_init(&sa), kv_seq_init(&ya), kv_seq_init(&yb), kv_seq_init(&yc);
+    attn_state_t *st[4] = {NULL, NULL, NULL, NULL};
+    for (int k = 0; pol && k < 4; k++) st[k] = attn_state_create(&sh, L, pol);
+    /* step 1: A's first slice; alongside, B's prompt before it, C's after */
+    fwd_parts(&x, &(part_t){&sa, tok, SPLIT, 0, 0, st[0], la}, 1);
+    const part_t p1[3] = {{&yb, tok + 7, NB, 0, 0, st[2], lo},
+                          {&ya, tok, SPLIT, 0, 0, st[1], lb},
+                          {&yc, tok + 50, NC, 0, 0, st[3], lo + (size_t)NB * V}};
+    fwd_parts(&y, p1, 3);
+    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)SPLIT * V), "first slice: A's logits depend on its batch");
+    /* step 2: the rest of A's prompt after decode rows of B and C */
+    fwd_parts(&x, &(part_t){&sa, tok + SPLIT, NA - SPLIT, SPLIT, 0, st[0], la}, 1);
+    const part_t p2[3] = {{&yc, tok + 3, 1, NC, 1, st[3], lo},
+                          {&yb, tok + 4, 1, NB, 1, st[2], lo + V},
+                          {&ya, tok + SPLIT, NA - SPLIT, SPLIT, 0, st[1], lb}};
+    fwd_parts(&y, p2, 3);
+    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)(NA - SPLIT) * V),
+                  "second slice: A's logits depend on its batch");
+    /* step 3: a decode row of A between those of B and C */
+    fwd_parts(&x, &(part_t){&sa, tok + NA, 1, NA, 1, st[0], la}, 1);
+    const part_t p3[3] = {{&yb, tok + 5, 1, NB + 1, 1, st[2], lo},
+                          {&ya, tok + NA, 1, NA, 1, st[1], lb},
+                          {&yc, tok + 6, 1, NC + 1, 1, st[3], lo + V}};
+    fwd_parts(&y, p3, 3);
+    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)V), "decode: A's logits depend on its batch");
+    model_exec_cp_stats_t cs;
+    model_exec_cp_stats(y.e, &cs);
+    ck_assert_msg(cs.sharded_rows > 0 && cs.ring_steps[1] > 0, "the sharded path did not run");
+    kv_seq_release(x.kv, &sa);
+    kv_seq_release(y.kv, &ya), kv_seq_release(y.kv, &yb), kv_seq_release(y.kv, &yc);
+    for (int k = 0; k < 4; k++) attn_state_destroy(st[k]);
+    ex_free(&x), ex_free(&y);
+    free(la), free(lb), free(lo);
+}
+
+START_TEST(test_model_batch) {
+    batch_case(NULL);
+    attn_policy_t pol;
+    attn_policy_default(&pol);
+    pol.prefill = ATTN_PREFILL_FLEX;
+    pol.decode = ATTN_DECODE_QUEST;
+    pol.block = 16;
+    pol.min_budget = 16;
+    pol.decode_budget = 128;
+    pol.dense_layers = 1;
+    batch_case(&pol);
+}
+END_TEST
+
 /* ---- through the scheduler ----------------------------------------------------------------- */
 enum { SCHED_GEN = 8 };
 /* One greedy request (a 500-token prompt in slices of 160) through an
@@ -287,6 +387,7 @@ TCase *cp_model_tcase(void) {
     tcase_set_timeout(tm, 300);
     tcase_add_test(tm, test_model_dense);
     tcase_add_test(tm, test_model_sparse);
+    tcase_add_test(tm, test_model_batch);
     tcase_add_test(tm, test_sched);
     return tm;
 }
