@@ -250,7 +250,10 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
     }
     /* Keep alternatives whose every reference is productive. */
     char *keep = malloc((size_t)n_alts + 1);
-    if (!keep) goto fail;
+    if (!keep) {
+        rc = LC_ENOMEM; // the productive pass left rc at 0
+        goto fail;
+    }
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
