@@ -375,21 +375,23 @@ static int object_rule(js_ctx_t *c, const cJSON *s) {
     return rc;
 }
 
+/* A non-negative integer keyword (minItems, maxItems) into *out, which is
+ * left alone when the keyword is absent. */
+static int count_keyword(js_ctx_t *c, const cJSON *s, const char *key, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, key);
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != (double)(long)v->valuedouble)
+        return js__fail(c, LC_EINVAL, "'%s' must be a non-negative integer", key);
+    *out = v->valuedouble;
+    return 0;
+}
+
 static int items_rule(js_ctx_t *c, const cJSON *s) {
     const cJSON *items = cJSON_GetObjectItemCaseSensitive(s, "items");
-    const cJSON *mn = cJSON_GetObjectItemCaseSensitive(s, "minItems");
-    const cJSON *mx = cJSON_GetObjectItemCaseSensitive(s, "maxItems");
     double dmin = 0, dmax = -1;
-    if (mn) {
-        if (!cJSON_IsNumber(mn) || mn->valuedouble < 0 || mn->valuedouble != (double)(long)mn->valuedouble)
-            return js__fail(c, LC_EINVAL, "'minItems' must be a non-negative integer");
-        dmin = mn->valuedouble;
-    }
-    if (mx) {
-        if (!cJSON_IsNumber(mx) || mx->valuedouble < 0 || mx->valuedouble != (double)(long)mx->valuedouble)
-            return js__fail(c, LC_EINVAL, "'maxItems' must be a non-negative integer");
-        dmax = mx->valuedouble;
-    }
+    int rc;
+    if ((rc = count_keyword(c, s, "minItems", &dmin)) < 0 || (rc = count_keyword(c, s, "maxItems", &dmax)) < 0)
+        return rc;
     if (dmax >= 0 && dmax < dmin) return js__fail(c, LC_EINVAL, "'maxItems' is less than 'minItems'");
     if (dmin > JS_MAX_ITEMS_SPAN || (dmax >= 0 && dmax - (dmin > 1 ? dmin : 1) > JS_MAX_ITEMS_SPAN))
         return js__fail(c, LC_ETOOLONG, "'minItems' and 'maxItems' - 'minItems' must be at most %d", JS_MAX_ITEMS_SPAN);
@@ -588,46 +590,40 @@ int js_schema_rule(js_ctx_t *c, const cJSON *schema, const char *where, char *er
     return target_rule(c, schema);
 }
 
-static gram_t *finish(gram_builder_t *b, int root, int *status, char *err, size_t errlen) {
-    if (root < 0) {
-        *status = root;
-        return NULL;
+/* Both entry points: a fresh builder and compiler, the root rule of the
+ * schema (or of any object, for JSON mode), the grammar checked and frozen. */
+static gram_t *compile(const cJSON *schema, const char *where, int any_object, int *status, char *err, size_t errlen) {
+    gram_builder_t *b = gram_builder_create(NULL);
+    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
+    gram_t *g = NULL;
+    int st = LC_ENOMEM;
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+    } else {
+        int root;
+        if (any_object) {
+            c->err = err;
+            c->errlen = errlen;
+            if (errlen) err[0] = 0;
+            root = js_any_object_rule(c);
+        } else {
+            root = js_schema_rule(c, schema, where, err, errlen);
+        }
+        if (root < 0)
+            st = root;
+        else
+            g = gram_builder_finish(b, root, &st, err, errlen);
     }
-    gram_t *g = gram_builder_finish(b, root, status, err, errlen);
+    js_ctx_destroy(c);
+    gram_builder_destroy(b);
+    if (status) *status = g ? 0 : st;
     return g;
 }
 
 gram_t *js_compile_schema(const cJSON *schema, const char *where, int *status, char *err, size_t errlen) {
-    gram_builder_t *b = gram_builder_create(NULL);
-    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
-    gram_t *g = NULL;
-    int st = LC_ENOMEM;
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-    } else {
-        g = finish(b, js_schema_rule(c, schema, where, err, errlen), &st, err, errlen);
-    }
-    js_ctx_destroy(c);
-    gram_builder_destroy(b);
-    if (status) *status = g ? 0 : st;
-    return g;
+    return compile(schema, where, 0, status, err, errlen);
 }
 
 gram_t *js_compile_any_object(int *status, char *err, size_t errlen) {
-    gram_builder_t *b = gram_builder_create(NULL);
-    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
-    gram_t *g = NULL;
-    int st = LC_ENOMEM;
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-    } else {
-        c->err = err;
-        c->errlen = errlen;
-        if (errlen) err[0] = 0;
-        g = finish(b, js_any_object_rule(c), &st, err, errlen);
-    }
-    js_ctx_destroy(c);
-    gram_builder_destroy(b);
-    if (status) *status = g ? 0 : st;
-    return g;
+    return compile(NULL, NULL, 1, status, err, errlen);
 }
