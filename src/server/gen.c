@@ -350,6 +350,13 @@ static void add_usage(srv_conn_t *k, sched_req_t *r) {
     o->decode_density = first ? u.decode_density : fmin(o->decode_density, u.decode_density);
 }
 
+/* Streams chat choice g's opening {"role": "assistant"} delta, once. */
+static void send_role(srv_conn_t *k, int g, const srv_resp_ctx_t *c) {
+    if (k->ch[g].role_sent) return;
+    srv_sse_chunk(&k->out, c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
+    k->ch[g].role_sent = 1;
+}
+
 /* Streams one event's worth of output for choice g. */
 static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, const sched_logprob_t *lps, int n_lps,
                          sched_finish_t finish) {
@@ -357,10 +364,7 @@ static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, con
     resp_ctx(k, &c);
     srv_gen_choice_t *ch = &k->ch[g];
     int want = k->req.logprobs >= 0;
-    if (k->req.kind == SRV_REQ_CHAT && !ch->role_sent) {
-        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
-        ch->role_sent = 1;
-    }
+    if (k->req.kind == SRV_REQ_CHAT) send_role(k, g, &c);
     srv_sse_chunk(&k->out, &c, choice_index(k, g), 0, text, len, lps, n_lps, want, ch->text_offset, finish);
     ch->text_offset += len;
 }
@@ -370,26 +374,17 @@ static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, con
 static void tools_text(srv_conn_t *k, int g, const char *text, size_t len, int finish, const sched_logprob_t *lps,
                        int n_lps) {
     srv_gen_choice_t *ch = &k->ch[g];
-    if (!k->req.stream) {
-        if (finish)
-            srv_tp_finish(&ch->tp, &ch->tpo);
-        else
-            srv_tp_feed(&ch->tp, text, len, &ch->tpo);
-        return;
-    }
-    srv_tp_out_t o = {0};
+    srv_tp_out_t o = {0}, *out = k->req.stream ? &o : &ch->tpo; // streaming: only what this event completes
     if (finish)
-        srv_tp_finish(&ch->tp, &o);
+        srv_tp_finish(&ch->tp, out);
     else
-        srv_tp_feed(&ch->tp, text, len, &o);
+        srv_tp_feed(&ch->tp, text, len, out);
+    if (!k->req.stream) return;
     if (o.content.len || n_lps)
         stream_delta(k, g, o.content.data ? o.content.data : "", o.content.len, lps, n_lps, SCHED_FINISH_NONE);
     srv_resp_ctx_t c;
     resp_ctx(k, &c);
-    if (o.n_calls && !ch->role_sent) { // the opening {"role": "assistant"} delta
-        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
-        ch->role_sent = 1;
-    }
+    if (o.n_calls) send_role(k, g, &c);
     for (int q = 0; q < o.n_calls; q++) {
         char id[160];
         snprintf(id, sizeof id, "%s_%d", ch->call_id, ch->n_calls_sent);
