@@ -70,6 +70,7 @@ static const centry_t table[] = {
     D("engine", "kv_gpu_fraction", kv_gpu_fraction, 0.01, 0.99),
     D("engine", "kv_watermark", kv_watermark, 0, 0.5),
     B("engine", "prefix_cache", prefix_cache),
+    B("engine", "deterministic", deterministic),
     S("attention", "prefill", prefill_method, "dense|flexprefill|anchor|streaming"),
     S("attention", "decode", decode_method, "dense|quest|tidal|streaming"),
     D("attention", "gamma", gamma, 0.0001, 1),
@@ -101,6 +102,7 @@ void lc_config_default(lc_config_t *c) {
     c->block_size = 0;
     c->target_step_ms = 0;
     c->kv_gpu_fraction = 0.85;
+    c->deterministic = 1;
     c->kv_blocks = 0;
     c->kv_bytes = 1LL << 30; // SmolLM2 at f32: ~46 KB a token, so ~23K tokens, 2.8 full contexts
     c->max_batch_tokens = 0; // 0: the device's default (scheduler/sched.c)

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h" // HAVE_CUDA
 #include "common/config.h"
 #include "common/log.h"
 #include "common/status.h"

@@ -34,6 +34,7 @@ typedef struct {
     int64_t kv_blocks;      // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
+    int gpu_fast_gemm;      // GPU: 1 = cuBLASLt's fastest matmul per shape, not batch-invariant (0: invariant)
 } model_exec_opts_t;
 
 /* Creates an executor for m (which must outlive it). NULL with a message in

@@ -50,7 +50,8 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
                             .block_size = s->cfg.block_size,
                             .kv_blocks = s->cfg.kv_blocks,
                             .kv_bytes = s->cfg.kv_bytes,
-                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction};
+                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
+                            .gpu_fast_gemm = s->cfg.gpu_fast_gemm};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;

@@ -74,8 +74,9 @@ for step in "$@"; do
         ;;
     e2e)
         [ -f "$M" ] || { fail "e2e (no model)" 2; continue; }
-        timeout 900 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
-            --libpath "$G/lib:$CUDA_LIB" --model "$M" --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+        timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" \
+            --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
         ;;
     e2e8b)
@@ -84,8 +85,8 @@ for step in "$@"; do
             ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
                 --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
         fi
-        timeout 1200 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" --libpath "$G/lib:$CUDA_LIB" --model "$M8" \
-            --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
+        timeout -k 10 ${E2E_TIMEOUT:-500} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
             --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
         ;;
