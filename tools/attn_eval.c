@@ -191,7 +191,8 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
     size_t QD = (size_t)sh.n_heads * sh.head_dim;
     int rc = LC_ENOMEM;
     char err[256];
-    model_exec_opts_t eo = {.device = "cpu", .max_batch_tokens = n, .max_seqs = 1, .kv_blocks = (n + 15) / 16 + 1};
+    model_exec_opts_t eo = {
+        .device = "cpu", .max_batch_tokens = n, .max_seqs = 1, .kv_blocks = (n + 15) / 16 + 1, .kv_keep_sliding = 1};
     model_exec_t *ctx = model_exec_create(m, &eo, err, sizeof err);
     kv_config_t kc = ctx ? model_exec_kv_config(ctx) : (kv_config_t){0};
     kv_pool_t *kv = ctx ? kv_pool_create(&kc) : NULL;

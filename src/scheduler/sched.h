@@ -27,7 +27,8 @@
 typedef struct {
     char device[32];         // "cpu", "cuda", "cuda:N" or "auto" (model/exec.h)
     int block_size;          // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
-    int64_t kv_blocks;       // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
+    int64_t kv_blocks;       // KV memory in blocks of every layer (0: from kv_bytes / kv_gpu_fraction; exec.h)
+    int kv_keep_sliding;     // 1: sliding-window layers keep every position (exec.h; tests, A/B)
     size_t kv_bytes;         // CPU: KV memory in bytes, when kv_blocks == 0
     double kv_gpu_fraction;  // GPU: fraction of free device memory for KV, when kv_blocks == 0
     int max_batch_tokens;    // tokens per step (decode + prefill chunks), default 2048

@@ -64,7 +64,7 @@ static attn_kv_t row_kv(const attn_plan_t *p, const attn_store_t *s, const attn_
                        .kmax = s->kmax,
                        .blk_stride = s->blk_stride,
                        .sum_stride = s->sum_stride,
-                       .blocks = p->seqs[dr->seq].blocks,
+                       .blocks = p->seqs[dr->seq].blocks + (size_t)s->group * p->seqs[dr->seq].group_stride,
                        .block_size = s->block_size,
                        .n_kv = dr->n_kv};
 }

@@ -180,7 +180,7 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, cons
                           .kmax = store->kmax,
                           .blk_stride = store->blk_stride,
                           .sum_stride = store->sum_stride,
-                          .blocks = s->blocks,
+                          .blocks = s->blocks + (size_t)store->group * s->group_stride,
                           .block_size = store->block_size,
                           .n_kv = s->pos0 + s->n_tok};
     const float *qs = q + (size_t)s->tok0 * rs;
@@ -217,7 +217,7 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, cons
 int attn_run(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
              float *lse) {
     if (!p || !kv || !q || !out || layer < 0 || layer >= p->n_layers || !p->n_seqs || window < 0) return LC_EINVAL;
-    if (kv->block_size != p->block_size || !kv->k || !kv->v) return LC_EINVAL;
+    if (kv->block_size != p->block_size || !kv->k || !kv->v || kv->group < 0) return LC_EINVAL;
     if (attn_max_threads() > p->n_threads) return LC_EINVAL; // the team grew since the plan
     for (int i = 0; i < p->n_seqs; i++) {
         if (p->seqs[i].decode) continue;
