@@ -84,4 +84,3 @@ void assert_same(const out_t *got, const out_t *ref, int n, const char *what) {
     ck_assert_msg(memcmp(got->lp[0], ref->lp[0], (size_t)n * sizeof(float)) == 0,
                   "%s: log-probabilities differ (the logits changed)", what);
 }
-

@@ -34,6 +34,10 @@ typedef struct {
     int64_t n_kv; // keys it sees: 0 .. n_kv-1 (its position is n_kv-1)
     int qrow;     // row of the batch
     int rg_cap;   // ranges it may need per KV head
+    /* TidalDecode: a selection layer of this step was a sliding-window one
+     * (the model's own window, no selection there): the next global layer
+     * selects in its place. */
+    int tidal_due;
 } attn_drow_t;
 
 /* One piece of one decode row and KV head. */

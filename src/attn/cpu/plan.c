@@ -94,6 +94,7 @@ static int plan_decode(attn_plan_t *p, int block_size, size_t *per_thread) {
             dr->row = r;
             dr->n_kv = s->pos0 + r + 1;
             dr->qrow = s->tok0 + r;
+            dr->tidal_due = 0;
             dr->rg_cap = attn__decode_rg_cap(pol, dr->n_kv, block_size);
             n_rg += (size_t)dr->rg_cap * KH;
             n_items += (size_t)KH * (size_t)((dr->n_kv - 1) / ATTN_PIECE + 1);
