@@ -241,6 +241,47 @@ START_TEST(test_random_ops) {
 }
 END_TEST
 
+/* Final logit soft-capping: a row's logits are capped once, whether its
+ * request runs alone or with others (the LM head's multi-sequence path). */
+START_TEST(test_softcap_batched) {
+    const tiny_opts_t so = {.name = "check-window-softcap",
+                            .n_layers = 2,
+                            .n_embd = 32,
+                            .n_heads = 4,
+                            .n_kv_heads = 1,
+                            .n_ff = 64,
+                            .n_ctx = 512,
+                            .seed = 5,
+                            .qk_std = 2.0f,
+                            .window = 16,
+                            .swa_pattern = 2,
+                            .final_softcap = 3.0f};
+    model_t *m = tiny_model_load(&so);
+    ck_assert_float_eq(model_hparams(m)->final_softcap, 3.0f);
+    const int nv = model_hparams(m)->n_vocab;
+    enum { N = 3 };
+    static int32_t prompts[N][64];
+    static out_t ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        mk_prompt(prompts[i], 20 + 7 * i, 40 + (unsigned)i, nv);
+        run_alone(m, prompts[i], 20 + 7 * i, 8, 0, &ref[i], NULL);
+    }
+    sched_t *s = mk(m, 64, 256, 64, 0, 0);
+    for (int i = 0; i < N; i++) {
+        sched_params_t p;
+        greedy_params(&p, prompts[i], 20 + 7 * i, 8);
+        submit(s, &got[i], &p);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < N; i++) {
+        finish_out(&got[i]);
+        assert_same(&got[i], &ref[i], 8, "soft-capped, batched vs alone");
+    }
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sched_window");
     TCase *tc = tcase_create("core");
@@ -249,6 +290,7 @@ int main(void) {
     tcase_add_test(tc, test_alone);
     tcase_add_test(tc, test_batched_preempted_prefix);
     tcase_add_test(tc, test_random_ops);
+    tcase_add_test(tc, test_softcap_batched);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK); // the references are shared between tests

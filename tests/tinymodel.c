@@ -59,6 +59,7 @@ static void write_tiny(const tiny_opts_t *o, const char *path) {
         gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)HD);
         gguf_writer_set_u32(w, KEY("attention.sliding_window"), (uint32_t)o->window);
         gguf_writer_set_u32(w, KEY("attention.sliding_window_pattern"), (uint32_t)o->swa_pattern);
+        if (o->final_softcap > 0) gguf_writer_set_f32(w, KEY("final_logit_softcapping"), o->final_softcap);
     }
 #undef KEY
     uint64_t rng = o->seed;

@@ -22,6 +22,7 @@ typedef struct {
      * scaled embeddings, every swa_pattern-th layer global and the others
      * sliding over the last `window` positions; head_dim = n_embd / n_heads. */
     int window, swa_pattern;
+    float final_softcap; // gemma3: final_logit_softcapping (0: none)
 } tiny_opts_t;
 
 /* Writes the model to a temporary file, loads it and removes the file; the
