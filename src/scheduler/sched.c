@@ -79,6 +79,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
         if (t >= 0 && t != e) s->eos[s->n_eos++] = t;
     }
     s->m.kv_blocks_total = nb;
+    s->m.kv_block_bytes = (int64_t)model_exec_kv_block_bytes(s->exec);
     LC_DEBUG("sched: %s, KV pool %lld blocks of %d tokens (%.1f MiB)", model_exec_device(s->exec), (long long)nb,
              s->cfg.block_size, (double)nb * (double)model_exec_kv_block_bytes(s->exec) / (1024.0 * 1024.0));
     return s;

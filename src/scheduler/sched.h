@@ -217,7 +217,8 @@ typedef struct {
     int waiting;
     int64_t kv_blocks_total;
     int64_t kv_blocks_used;
-    double kv_usage; // used / total
+    double kv_usage;        // used / total
+    int64_t kv_block_bytes; // store memory per block, bookkeeping included
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;
