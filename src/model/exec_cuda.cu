@@ -251,6 +251,16 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     return 0;
 }
 
+/* The matmul mode: batch-invariant unless asked otherwise; which invariant
+ * mode is LACUNA_GPU_GEMM's (split, wide; for measuring them), else split. */
+static ops_cuda_gemm_mode_t gemm_mode(const model_exec_opts_t *o) {
+    if (o->gpu_fast_gemm) return OPS_GEMM_FAST;
+    const char *e = getenv("LACUNA_GPU_GEMM");
+    if (e && !strcmp(e, "wide")) return OPS_GEMM_INVARIANT_WIDE;
+    if (e && !strcmp(e, "fast")) return OPS_GEMM_FAST;
+    return OPS_GEMM_INVARIANT_SPLIT;
+}
+
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
                                            size_t *block_bytes, char *devname, size_t devlen, char *err,
                                            size_t errlen) {
@@ -278,7 +288,7 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
         snprintf(err, errlen, "cannot open GPU %d", device);
         goto fail;
     }
-    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, 1, &c->gemm))) {
+    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, gemm_mode(o), &c->gemm))) {
         snprintf(err, errlen, "cannot create the cuBLASLt handle");
         goto fail;
     }

@@ -24,10 +24,14 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     s->hp = *model_hparams(model);
     s->tok = model_tok(model);
     s->cfg = *cfg;
-    if (s->cfg.max_batch_tokens <= 0) s->cfg.max_batch_tokens = 2048;
-    if (s->cfg.max_running <= 0) s->cfg.max_running = 64;
+    /* Step sizes default by device: a GPU wants large steps to fill it. */
+    int gpu_index = -1;
+    if (model_exec_resolve(model, s->cfg.device, &gpu_index, err, errlen)) goto fail_early;
+    const int gpu = gpu_index >= 0;
+    if (s->cfg.max_batch_tokens <= 0) s->cfg.max_batch_tokens = gpu ? 8192 : 2048;
+    if (s->cfg.max_running <= 0) s->cfg.max_running = gpu ? 256 : 64;
     if (s->cfg.max_waiting <= 0) s->cfg.max_waiting = 256;
-    if (s->cfg.prefill_chunk <= 0) s->cfg.prefill_chunk = 512;
+    if (s->cfg.prefill_chunk <= 0) s->cfg.prefill_chunk = gpu ? 4096 : 512;
     if (s->cfg.prefill_chunk > s->cfg.max_batch_tokens) s->cfg.prefill_chunk = s->cfg.max_batch_tokens;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
@@ -38,14 +42,17 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     lc_hist_init(&s->h_itl, LC_HIST_ITL_BOUNDS, LC_HIST_ITL_N);
 
     int mt = s->cfg.max_batch_tokens;
-    model_exec_opts_t eo = {.device = s->cfg.device,
+    char device[32] = "cpu"; // resolved once above (and logged there)
+    if (gpu) snprintf(device, sizeof device, "cuda:%d", gpu_index);
+    model_exec_opts_t eo = {.device = device,
                             .max_batch_tokens = mt,
                             .max_seqs = mt,
                             .block_size = s->cfg.block_size,
                             .kv_blocks = s->cfg.kv_blocks,
                             .kv_keep_sliding = s->cfg.kv_keep_sliding,
                             .kv_bytes = s->cfg.kv_bytes,
-                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction};
+                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
+                            .gpu_fast_gemm = s->cfg.gpu_fast_gemm};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;
@@ -85,6 +92,9 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     return s;
 fail:
     sched_destroy(s);
+    return NULL;
+fail_early: // nothing initialised yet
+    free(s);
     return NULL;
 }
 

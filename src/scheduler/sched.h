@@ -31,10 +31,11 @@ typedef struct {
     int kv_keep_sliding;     // 1: sliding-window layers keep every position (exec.h; tests, A/B)
     size_t kv_bytes;         // CPU: KV memory in bytes, when kv_blocks == 0
     double kv_gpu_fraction;  // GPU: fraction of free device memory for KV, when kv_blocks == 0
-    int max_batch_tokens;    // tokens per step (decode + prefill chunks), default 2048
-    int max_running;         // sequences in the running set, default 64
+    int gpu_fast_gemm;       // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
+    int max_batch_tokens;    // tokens per step (decode + prefill chunks); 0: 2048 on the CPU, 8192 on a GPU
+    int max_running;         // sequences in the running set; 0: 64 on the CPU, 256 on a GPU
     int max_waiting;         // bounded waiting queue; submit fails beyond it, default 256
-    int prefill_chunk;       // most prompt tokens of one request per step, default 512
+    int prefill_chunk;       // most prompt tokens of one request per step; 0: 512 on the CPU, 4096 on a GPU
     int target_step_ms;      // prompt rows per step sized to about this step time; < 0: only
                              // max_batch_tokens limits them; 0 (default): 250 on the CPU, 50 on a GPU
     double kv_watermark;     // fraction of blocks kept free at admission, default 0.01
@@ -222,6 +223,11 @@ typedef struct {
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;
+    /* Where the engine thread's steps went: the executor's forward pass
+     * (logits on the host included) and the sampling and event work after it. */
+    uint64_t steps_total;
+    double forward_seconds;
+    double sample_seconds;
     uint64_t prefix_queried_tokens;
     uint64_t prefix_hit_tokens;
     uint64_t requests_finished[5]; // by sched_finish_t

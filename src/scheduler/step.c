@@ -456,7 +456,14 @@ int sched__step(sched_t *s) {
         const double ms = (lc_now_s() - t0) * 1e3 / b.n_tok;
         s->ms_per_row = s->ms_per_row > 0 ? 0.8 * s->ms_per_row + 0.2 * ms : ms;
     }
+    const double t1 = lc_now_s();
     sched__after_forward(s, b.n_seq);
+    const double t2 = lc_now_s();
+    pthread_mutex_lock(&s->mlock);
+    s->m.steps_total++;
+    s->m.forward_seconds += t1 - t0;
+    s->m.sample_seconds += t2 - t1;
+    pthread_mutex_unlock(&s->mlock);
     rc = b.n_tok;
     goto out;
 fail:

@@ -1,7 +1,9 @@
 /* What batch invariance costs the CUDA executor's matmuls: one layer's four
  * projections (fused QKV, O, fused gate/up, down) and the LM head, timed
- * through ops_cuda_gemm in deterministic mode (one cuBLASLt algorithm per
- * (n, k), split-K off) and in heuristic mode (cuBLASLt's pick per shape),
+ * through ops_cuda_gemm in its two batch-invariant modes (wide: one
+ * algorithm per (n, k) chosen for large m, split-K off; split: one chosen
+ * for 128 rows with its split-K, calls in 128-row chunks) and in fast mode
+ * (cuBLASLt's pick per shape, not invariant),
  * for the default model's shapes and Llama-3-8B's, at the row counts a
  * serving step has (1 to 2048). Prints a markdown table; with an argument,
  * also writes the rows as JSON to that file.
@@ -82,11 +84,13 @@ int main(int argc, char **argv) {
     FILE *js = argc > 1 ? fopen(argv[1], "w") : NULL;
     cudaStream_t st;
     cudaStreamCreate(&st);
-    ops_cuda_gemm_t *det = NULL, *heur = NULL;
-    if (ops_cuda_gemm_create((size_t)32 << 20, 1, &det) || ops_cuda_gemm_create((size_t)32 << 20, 0, &heur)) {
-        fprintf(stderr, "bench_gemm: cannot create the cuBLASLt handles\n");
-        return 1;
-    }
+    static const char *const names[3] = {"fast", "wide", "split"};
+    ops_cuda_gemm_t *g[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++)
+        if (ops_cuda_gemm_create((size_t)32 << 20, (ops_cuda_gemm_mode_t)i, &g[i])) {
+            fprintf(stderr, "bench_gemm: cannot create the cuBLASLt handles\n");
+            return 1;
+        }
     /* One buffer each, large enough for the largest operand; values do not
      * matter for timing but stay finite (zeros). */
     const size_t a_bytes = (size_t)2048 * 14336 * 2, w_bytes = (size_t)128256 * 4096 * 2,
@@ -99,34 +103,37 @@ int main(int argc, char **argv) {
     cudaMemset(A, 0, a_bytes);
     cudaMemset(W, 0, w_bytes);
     cudaMemset(D, 0, d_bytes);
-    printf("| model | rows | layer ms, deterministic | layer ms, heuristic | ratio | LM head ms, det / heur |\n");
-    printf("|---|---|---|---|---|---|\n");
+    printf("| model | rows | layer ms: fast | wide | split | wide / fast | split / fast | LM head ms: fast / wide / "
+           "split |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|---|\n");
     if (js) fprintf(js, "[\n");
     int first = 1, rc = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
         for (int ri = 0; ri < NROWS; ri++) {
             const shape_t *s = &shapes[si];
-            double ld, hd, lh, hh;
-            if (time_step(det, s, rows[ri], A, W, D, st, &ld, &hd) ||
-                time_step(heur, s, rows[ri], A, W, D, st, &lh, &hh)) {
+            double layer[3], head[3];
+            int bad = 0;
+            for (int i = 0; i < 3 && !bad; i++) bad = time_step(g[i], s, rows[ri], A, W, D, st, &layer[i], &head[i]);
+            if (bad) {
                 fprintf(stderr, "bench_gemm: a matmul failed (%s, %d rows)\n", s->model, rows[ri]);
                 rc = 1;
                 continue;
             }
-            printf("| %s | %d | %.4f | %.4f | %.2f | %.4f / %.4f |\n", s->model, rows[ri], ld, lh, ld / lh, hd, hh);
-            if (js)
-                fprintf(js,
-                        "%s  {\"model\": \"%s\", \"rows\": %d, \"layer_ms_det\": %.5f, \"layer_ms_heur\": %.5f, "
-                        "\"head_ms_det\": %.5f, \"head_ms_heur\": %.5f}",
-                        first ? "" : ",\n", s->model, rows[ri], ld, lh, hd, hh);
+            printf("| %s | %d | %.4f | %.4f | %.4f | %.2f | %.2f | %.4f / %.4f / %.4f |\n", s->model, rows[ri],
+                   layer[0], layer[1], layer[2], layer[1] / layer[0], layer[2] / layer[0], head[0], head[1], head[2]);
+            if (js) {
+                fprintf(js, "%s  {\"model\": \"%s\", \"rows\": %d", first ? "" : ",\n", s->model, rows[ri]);
+                for (int i = 0; i < 3; i++)
+                    fprintf(js, ", \"layer_ms_%s\": %.5f, \"head_ms_%s\": %.5f", names[i], layer[i], names[i], head[i]);
+                fprintf(js, "}");
+            }
             first = 0;
         }
     if (js) {
         fprintf(js, "\n]\n");
         fclose(js);
     }
-    ops_cuda_gemm_destroy(det);
-    ops_cuda_gemm_destroy(heur);
+    for (int i = 0; i < 3; i++) ops_cuda_gemm_destroy(g[i]);
     cudaFree(A);
     cudaFree(W);
     cudaFree(D);

@@ -185,10 +185,11 @@ START_TEST(test_qkv_post) {
 END_TEST
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
+/* Both batch-invariant modes (_i + 1): OPS_GEMM_INVARIANT_WIDE, _SPLIT. */
 START_TEST(test_gemm) {
     const int n = 1000, k = 576, ms[] = {1, 3, 64, 300};
     ops_cuda_gemm_t *g;
-    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, 1, &g), 0);
+    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, (ops_cuda_gemm_mode_t)(_i + 1), &g), 0);
     uint16_t *A = malloc(2 * (size_t)300 * k), *W = malloc(2 * (size_t)n * k);
     for (int i = 0; i < 300 * k; i++) A[i] = bf16_of(frand());
     for (int i = 0; i < n * k; i++) W[i] = bf16_of(frand() * 0.1f);
@@ -372,12 +373,80 @@ START_TEST(test_real_model_teacher_forced) {
     ck_assert_msg(m != NULL, "%s", err);
     const tok_t *tk = model_tok(m);
     const int V = model_hparams(m)->n_vocab, N = 256;
+    /* natural text: the positions where the model is confident, as in use */
     static const char *texts[5] = {
-        "The history of the printing press begins in the fifteenth century, when",
-        "def quicksort(arr):\n    if len(arr)",
-        "Photosynthesis is the process by which green plants and some other organisms use sunlight to",
-        "User: What is the capital of Australia, and why was it chosen?\nAssistant:",
-        "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night"};
+        "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg, a goldsm"
+        "ith from Mainz, combined several existing technologies into a practical system for producing books. "
+        "Movable type had been used in East Asia for centuries, but Gutenberg's metal alloy, his hand mould f"
+        "or casting letters quickly and accurately, and his oil-based ink made the process fast enough to cha"
+        "nge the economics of writing. Before the press, a single copy of a long book could take a scribe man"
+        "y months. Within fifty years of the first printed Bible, millions of volumes had been produced acros"
+        "s Europe, and printing shops had opened in more than two hundred cities. The consequences reached fa"
+        "r beyond the book trade. Scholars could compare identical copies of a text, errors could be correcte"
+        "d in later editions, and ideas travelled faster than any censor could follow. Pamphlets spread news "
+        "of religious and political disputes, and vernacular languages gained standard spellings as printers "
+        "chose one form over another. Historians still debate how much the press caused these changes and how"
+        " much it merely accelerated them. What is clear is that by the end of the sixteenth century a reader"
+        " in almost any European town could buy almanacs, grammars, maps, sermons and scientific treatises at"
+        " prices that earlier generations could not have imagined, and that the habit of reading silently and"
+        " alone, once rare, had become an ordinary part of daily life for merchants, artisans and their famil"
+        "ies.",
+        "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n    pivot = arr[len(arr) // 2]\n    left"
+        " = [x for x in arr if x < pivot]\n    middle = [x for x in arr if x == pivot]\n    right = [x for x in"
+        " arr if x > pivot]\n    return quicksort(left) + middle + quicksort(right)\n\n\ndef binary_search(items,"
+        " target):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n        mid = (lo + hi) // 2\n        if"
+        " items[mid] == target:\n            return mid\n        if items[mid] < target:\n            lo = mid +"
+        " 1\n        else:\n            hi = mid - 1\n    return -1\n\n\nclass Stack:\n    def __init__(self):\n     "
+        "   self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n  "
+        "      if not self.items:\n            raise IndexError(\"pop from an empty stack\")\n        return self"
+        ".items.pop()\n\n    def peek(self):\n        return self.items[-1] if self.items else None\n\n    def __l"
+        "en__(self):\n        return len(self.items)\n\n\nif __name__ == \"__main__\":\n    data = [5, 3, 8, 1, 9, 2"
+        ", 7]\n    print(quicksort(data))\n    print(binary_search(sorted(data), 8))\n",
+        "Photosynthesis is the process by which green plants and some other organisms use sunlight to synthes"
+        "ize foods from carbon dioxide and water. In plants it takes place mainly in the leaves, inside small"
+        " structures called chloroplasts, which contain the pigment chlorophyll. Chlorophyll absorbs light mo"
+        "st strongly in the blue and red parts of the spectrum and reflects green light, which is why leaves "
+        "look green to us. The process has two main stages. In the light-dependent reactions, energy from sun"
+        "light splits water molecules, releasing oxygen as a by-product and producing energy carriers. In the"
+        " second stage, often called the Calvin cycle, those carriers are used to fix carbon dioxide from the"
+        " air into sugars. The sugars provide energy for the plant and serve as building blocks for cellulose"
+        ", starch and other molecules. Almost all life on Earth depends on photosynthesis, directly or indire"
+        "ctly, because it supplies the oxygen we breathe and the organic matter at the base of most food chai"
+        "ns. Scientists study the process closely because small improvements in its efficiency could raise cr"
+        "op yields, and because artificial systems that imitate it might one day turn sunlight, water and car"
+        "bon dioxide directly into fuels. The leaves of a single large tree can fix several kilograms of carb"
+        "on on a sunny summer day, and the world's forests and oceans together absorb a large share of the ca"
+        "rbon dioxide released by human activity each year, which makes the health of these ecosystems import"
+        "ant for the climate as a whole.",
+        "User: What is the capital of Australia, and why was it chosen?\nAssistant: The capital of Australia i"
+        "s Canberra. When the six colonies federated in 1901, the two largest cities, Sydney and Melbourne, b"
+        "oth wanted to be the capital. The compromise written into the constitution was that the capital woul"
+        "d be in New South Wales but at least one hundred miles from Sydney, and that Parliament would sit in"
+        " Melbourne until a new city was ready. After surveys of several sites, the area that became Canberra"
+        " was selected in 1908. An international design competition followed, won by the American architects "
+        "Walter Burley Griffin and Marion Mahony Griffin, whose plan arranged the city around a central lake "
+        "and a series of geometric axes. Parliament moved there in 1927.\nUser: How large is Canberra today?\nA"
+        "ssistant: Canberra is the largest inland city in Australia, with a population of around four hundred"
+        " and sixty thousand people. It is home to the national parliament, the High Court, many government d"
+        "epartments, national museums and galleries, and the Australian National University.\nUser: Is it a go"
+        "od place to visit?\nAssistant: Many visitors enjoy Canberra for its calm atmosphere and its cultural "
+        "institutions. The Australian War Memorial, the National Gallery and the National Museum are free to "
+        "enter, and the lake is surrounded by walking and cycling paths. In autumn the trees turn red and gol"
+        "d, and in spring the city holds a large flower festival.",
+        "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night it climbe"
+        "d the spiral stairs, polished the great lens and watched the beam sweep across the dark water. The k"
+        "eeper who had built the robot had grown old and now spent most evenings asleep in his chair, so the "
+        "robot kept the light burning on its own. It knew every ship that passed: the fishing boats that left"
+        " before dawn, the ferry that crossed twice a day, and the tall cargo ships that appeared on the hori"
+        "zon like moving islands. One stormy autumn night the power failed. The wind howled around the tower,"
+        " rain hammered the windows, and somewhere out in the darkness a ship's horn sounded again and again."
+        " The robot searched the storeroom until it found an old oil lamp, carried it up the stairs and set i"
+        "t in front of the lens. The light was weak, but the lens gathered it and sent it out across the wave"
+        "s. Slowly the ship turned away from the rocks and found the harbour. In the morning the keeper woke "
+        "to find the robot sitting beside the lamp, its battery almost empty, still watching the sea. The kee"
+        "per said nothing for a long time. Then he made two cups of tea, although the robot could not drink, "
+        "and they sat together by the window until the sun was high and the last clouds of the storm had blow"
+        "n away."};
     float *cpu = malloc(sizeof(float) * N * V), *gpu = malloc(sizeof(float) * N * V);
     ops_mm_set_q8(0);
     rig_t rc = rig(m, "cpu", N), rg = rig(m, "cuda:0", N);
@@ -385,9 +454,9 @@ START_TEST(test_real_model_teacher_forced) {
     for (int p = 0; p < 5; p++) {
         tok_ids_t ids = {0};
         ck_assert_int_eq(tok_encode(tk, texts[p], strlen(texts[p]), tok_add_bos(tk), 0, &ids), 0);
+        ck_assert_msg(ids.n >= (size_t)N, "text %d has %zu tokens, fewer than %d", p, ids.n, N);
         int32_t seq[256];
-        for (int i = 0; i < N; i++) // the prompt, then a deterministic walk through the vocabulary
-            seq[i] = i < (int)ids.n ? ids.ids[i] : (int32_t)((seq[i - 1] * 2654435761u + 17) % (unsigned)V);
+        memcpy(seq, ids.ids, sizeof seq);
         tok_ids_free(&ids);
         kv_seq_t sc, sg;
         kv_seq_init(&sc), kv_seq_init(&sg);
@@ -569,7 +638,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
-    tcase_add_test(tc, test_gemm);
+    tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_test(tc, test_sched_batch_invariance);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
