@@ -20,7 +20,7 @@ Prompts. --format chat (the model's chat template; SmolLM2) or raw (a base
 model such as Gemma 3 270M: "<haystack>\\n\\nQuestion: <q>\\nAnswer:").
 Greedy, --max-tokens 16; right when the expected number appears in the output.
 
-Statistics, per task, length and method:
+Statistics, per task (and all tasks together), length and method:
   accuracy with a Wilson 95% interval;
   against dense on the same samples: lost (dense right, method wrong) and
   gained (the reverse), the exact McNemar p-value, a paired bootstrap 95%
@@ -189,10 +189,13 @@ def summarize(path, out_md=None):
         if i["method"] not in methods:
             methods.append(i["method"])
     methods.sort(key=lambda m: (m != "dense", m))
+    for (task, length, m), cur in list(by.items()):  # every task together: the target holds for each and all
+        for i, v in cur.items():
+            by[("all", length, m)][(task, i)] = v
     rows = ["| task | length | method | n | accuracy [95% CI] | density | lost | gained | McNemar p | "
             "difference [95% CI] | lost / dense right [95% upper] |",
             "|---|---:|---|---:|---|---:|---:|---:|---:|---|---|"]
-    for task in TASKS:
+    for task in TASKS + ("all",):
         for length in sorted({k[1] for k in by if k[0] == task}):
             ref = by.get((task, length, "dense"), {})
             for m in methods:
