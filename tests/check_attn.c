@@ -489,6 +489,53 @@ START_TEST(test_planted_prefill) {
 }
 END_TEST
 
+/* AnchorAttention and a question at the end: a needle key that only the last
+ * two rows attend to (the other rows of their group point away from it, so
+ * every block's pooled query scores it far below the block's anchor). The
+ * stripe test drops it for the whole group; the last block's per-row test
+ * keeps it for that block, and the question rows get the dense answer. */
+START_TEST(test_anchor_question_rows) {
+    tkv_t t;
+    const int H = 2, KH = 1, d = 32, n = 608;
+    tkv_random(&t, H, KH, d, 16, n, 77);
+    float u[32];
+    double nn = 0;
+    for (int c = 0; c < d; c++) {
+        u[c] = frand();
+        nn += (double)u[c] * u[c];
+    }
+    for (int c = 0; c < d; c++) u[c] /= (float)sqrt(nn);
+    for (int64_t i = 0; i < (int64_t)n * KH * d; i++) t.kc[i] *= 0.3f;
+    for (int c = 0; c < d; c++) t.kc[(size_t)100 * d + c] = 12.0f * u[c]; // the needle, in [init, group start)
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 0.3f);
+    for (int i = 512; i < n; i++) // the last group (128 rows): two question rows, the others pointing away
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] += (i >= n - 2 ? 4.0f : -2.0f) * u[c];
+    size_t no = (size_t)n * H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    attn_policy_t p;
+    small_policy(&p);
+    p.prefill = ATTN_PREFILL_ANCHOR;
+    p.theta = 0.0f; // weak keys score within ~0.3 nats of each other
+    const int whole[] = {0, n}, chunks[] = {0, 256, 512, n};
+    for (int chunked = 0; chunked < 2; chunked++) {
+        double dens =
+            chunked ? run_prefill(&t, &p, q, chunks, 4, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
+        const size_t r0 = (size_t)(n - 2) * H * d;
+        double err = rel_err(out + r0, ref + r0, no - r0);
+        // the needle carries ~90% of their weight: without it the error is ~1
+        ck_assert_msg(err < 0.2 && dens < 0.5, "chunked %d: question rows err %g, density %g", chunked, err, dens);
+        /* the needle's weight in the dense answer: the rows could tell */
+        ck_assert_msg(rl[(size_t)(n - 1) * H] > 7.0f, "needle score %g", rl[(size_t)(n - 1) * H]);
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
 /* ---- per-row invariance ------------------------------------------------------------ */
 /* The rows of a prompt computed in one chunk, in other chunks, as generated
  * (decode) rows one at a time, and inside a batch next to other sequences all
@@ -606,6 +653,7 @@ int main(void) {
     tcase_add_test(ts, test_full_budget_decode_equals_dense);
     tcase_add_test(ts, test_planted_decode);
     tcase_add_test(ts, test_planted_prefill);
+    tcase_add_test(ts, test_anchor_question_rows);
     suite_add_tcase(s, ts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -19,17 +19,38 @@
 #define BS 4
 
 /* The pool under test and the CPU store that holds its tensors, bound as an
- * executor binds them (copy-on-write copies through the store). */
+ * executor binds them (copy-on-write copies through the store). g_cfg is its
+ * configuration: one group of both layers, or (mkpool_swa) layer 0 global
+ * and layer 1 sliding, each in a group of its own. */
 static kv_store_t *g_st;
+static kv_config_t g_cfg;
 
-static kv_pool_t *mkpool(int64_t n_blocks) {
-    kv_config_t c = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .block_size = BS, .n_blocks = n_blocks};
-    kv_pool_t *p = kv_pool_create(&c);
+static kv_pool_t *mkpool_cfg(const kv_config_t *c) {
+    g_cfg = *c;
+    kv_pool_t *p = kv_pool_create(c);
     ck_assert_ptr_nonnull(p);
-    g_st = kv_store_create(&c);
+    g_st = kv_store_create(c);
     ck_assert_ptr_nonnull(g_st);
     kv_pool_bind(p, kv_store_copy_cb, g_st);
     return p;
+}
+
+static kv_pool_t *mkpool(int64_t n_blocks) {
+    kv_config_t c = {.n_layers = L, .n_kv_heads = H, .head_dim = D, .block_size = BS, .n_blocks = n_blocks};
+    return mkpool_cfg(&c);
+}
+
+#define SWA_KEEP 6 // a step from position p reads the sliding layer from p - 6 on
+static kv_pool_t *mkpool_swa(int64_t n_blocks) {
+    kv_config_t c = {.n_layers = L,
+                     .n_kv_heads = H,
+                     .head_dim = D,
+                     .block_size = BS,
+                     .n_blocks = n_blocks,
+                     .n_groups = 2,
+                     .n_full_groups = 1,
+                     .swa_keep = SWA_KEEP};
+    return mkpool_cfg(&c);
 }
 
 static void rmpool(kv_pool_t *p) {
@@ -37,6 +58,11 @@ static void rmpool(kv_pool_t *p) {
     kv_store_destroy(g_st);
     g_st = NULL;
 }
+
+/* Layer l's group and slot under g_cfg. */
+static int lgroup(int l) { return l / (L / kv_config_groups(&g_cfg)); }
+static int lslot(int l) { return l % (L / kv_config_groups(&g_cfg)); }
+static int sliding(int l) { return lgroup(l) >= (kv_config_groups(&g_cfg) > 1 ? g_cfg.n_full_groups : 1); }
 
 /* The K/V a token at a position gets: a pure function of (token, pos, layer,
  * head, channel), so equal prefixes have equal K/V and any stray write shows. */
@@ -52,27 +78,38 @@ static void write_tok(kv_pool_t *p, kv_seq_t *s, int64_t pos, int32_t tok) {
                 k[h * D + d] = kval(tok, pos, l, h, d);
                 v[h * D + d] = -kval(tok, pos, l, h, d);
             }
-        kv_store_write(g_st, s, l, pos, k, v);
+        kv_store_write(g_st, s, lgroup(l), lslot(l), pos, k, v);
     }
 }
 
 static float read_k(kv_pool_t *p, const kv_seq_t *s, int l, int64_t pos, int h, int d) {
-    int32_t b = s->blocks[pos / BS];
-    return kv_store_k(g_st, l)[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * D + d) * BS + pos % BS];
+    int32_t b = kv_seq_table(s, lgroup(l))[pos / BS];
+    return kv_store_k(g_st, lslot(l))[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * D + d) * BS + pos % BS];
 }
 static float read_v(kv_pool_t *p, const kv_seq_t *s, int l, int64_t pos, int h, int d) {
-    int32_t b = s->blocks[pos / BS];
-    return kv_store_v(g_st, l)[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * BS + pos % BS) * D + d];
+    int32_t b = kv_seq_table(s, lgroup(l))[pos / BS];
+    return kv_store_v(g_st, lslot(l))[(size_t)b * kv_store_block_stride(g_st) + ((size_t)h * BS + pos % BS) * D + d];
 }
 
+/* Every position a later step may read holds its own K/V; a sliding
+ * layer's table holds exactly [swa_lo, n_blocks), swa_lo no later than the
+ * window of the next step needs. */
 static int seq_ok(kv_pool_t *p, const kv_seq_t *s, const int32_t *toks) {
+    if (s->swa_lo > kv_config_swa_first(&g_cfg, s->n_tokens)) return 0;
+    for (int l = 0; l < L; l++) {
+        if (!sliding(l)) continue;
+        for (int i = 0; i < s->n_blocks; i++)
+            if ((kv_seq_table(s, lgroup(l))[i] >= 0) != (i >= s->swa_lo)) return 0;
+    }
     for (int64_t pos = 0; pos < s->n_tokens; pos++)
-        for (int l = 0; l < L; l++)
+        for (int l = 0; l < L; l++) {
+            if (sliding(l) && pos < (int64_t)s->swa_lo * BS) continue;
             for (int h = 0; h < H; h++)
                 for (int d = 0; d < D; d++)
                     if (read_k(p, s, l, pos, h, d) != kval(toks[pos], pos, l, h, d) ||
                         read_v(p, s, l, pos, h, d) != -kval(toks[pos], pos, l, h, d))
                         return 0;
+        }
     return 1;
 }
 
@@ -85,6 +122,15 @@ static int extend(kv_pool_t *p, kv_seq_t *s, const int32_t *toks, int64_t n) {
     for (int64_t pos = s->n_tokens; pos < n; pos++) write_tok(p, s, pos, toks[pos]);
     s->n_tokens = n;
     return 0;
+}
+
+/* Drops cached block b from the prefix cache (as an eviction would). */
+static void evict(kv_pool_t *p, int32_t b) {
+    ck_assert_int_eq(p->blk[b].ref, 0);
+    ck_assert(p->blk[b].hashed);
+    kv__lru_remove(p, b);
+    kv__hash_remove(p, b);
+    p->free_stack[p->n_free++] = b;
 }
 
 START_TEST(test_alloc_free) {
@@ -177,13 +223,13 @@ START_TEST(test_prefix_reuse_lru) {
 
     /* 12 tokens: at least one left to compute, so two blocks. */
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 12), 8);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 12, 0), 8);
     ck_assert_int_eq(b.n_tokens, 8);
     ck_assert_int_eq(kv_pool_n_cached(p), 1);
     ck_assert(seq_ok(p, &b, toks));
     kv_seq_release(p, &b);
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 13), 12);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 13, 0), 12);
     ck_assert(seq_ok(p, &b, toks));
     ck_assert_int_eq(extend(p, &b, toks, 13), 0);
     ck_assert(seq_ok(p, &b, toks));
@@ -193,13 +239,13 @@ START_TEST(test_prefix_reuse_lru) {
     memcpy(t2, toks, sizeof t2);
     t2[5] = 99;
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, t2, 13), 4);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, t2, 13, 0), 4);
     kv_seq_release(p, &b);
     /* Same tokens in block 1 but a different block 0: nothing matches. */
     t2[5] = 6;
     t2[0] = 77;
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, t2, 13), 0);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, t2, 13, 0), 0);
     kv_seq_release(p, &b);
     uint64_t q, hit;
     kv_prefix_counters(p, &q, &hit);
@@ -219,15 +265,15 @@ START_TEST(test_prefix_reuse_lru) {
     ck_assert_int_eq(kv_seq_reserve(p, &big, 4 * BS), 0); // 3 free + 1 eviction
     ck_assert_int_eq(kv_pool_n_cached(p), 4);
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 13), 8); // lost block 2 only
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 13, 0), 8); // lost block 2 only
     kv_seq_release(p, &b);
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, u, 9), 8);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, u, 9, 0), 8);
     kv_seq_release(p, &b);
     kv_pool_clear_cache(p);
     ck_assert_int_eq(kv_pool_n_cached(p), 0);
     kv_seq_init(&b);
-    ck_assert_int_eq(kv_prefix_attach(p, &b, u, 9), 0);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, u, 9, 0), 0);
     kv_seq_release(p, &big);
     ck_assert_int_eq(kv_pool_n_available(p), 8);
     rmpool(p);
@@ -245,7 +291,7 @@ START_TEST(test_summaries) {
         for (int l = 0; l < L; l++) {
             float v[H * D] = {0};
             for (int i = 0; i < H * D; i++) keys[pos][l][i] = (float)(rand_r(&seed) % 2001 - 1000) / 10.0f;
-            kv_store_write(g_st, &s, l, pos, keys[pos][l], v);
+            kv_store_write(g_st, &s, 0, l, pos, keys[pos][l], v);
         }
     for (int blk = 0; blk < 2; blk++)
         for (int l = 0; l < L; l++)
@@ -265,7 +311,7 @@ START_TEST(test_summaries) {
     ck_assert_int_eq(kv_seq_reserve(p, &s, 1), 0);
     float k1[H * D], v1[H * D] = {0};
     for (int i = 0; i < H * D; i++) k1[i] = 3.0f;
-    kv_store_write(g_st, &s, 0, 0, k1, v1);
+    kv_store_write(g_st, &s, 0, 0, 0, k1, v1);
     ck_assert_float_eq(kv_store_kmin(g_st, 0)[(size_t)s.blocks[0] * kv_store_summary_stride(g_st)], 3.0f);
     ck_assert_float_eq(kv_store_kmax(g_st, 0)[(size_t)s.blocks[0] * kv_store_summary_stride(g_st)], 3.0f);
     kv_seq_release(p, &s);
@@ -289,8 +335,13 @@ static void check_invariants(kv_pool_t *p, rseq_t *seqs) {
     int64_t held = 0;
     for (int i = 0; i < NSEQ; i++) {
         if (!seqs[i].live) continue;
-        for (int j = 0; j < seqs[i].kv.n_blocks; j++) refs[seqs[i].kv.blocks[j]]++;
-        held += seqs[i].kv.n_blocks;
+        for (int g = 0; g < kv_config_groups(&g_cfg); g++)
+            for (int j = 0; j < seqs[i].kv.n_blocks; j++) {
+                const int32_t b = kv_seq_table(&seqs[i].kv, g)[j];
+                if (b < 0) continue;
+                refs[b]++;
+                held++;
+            }
         ck_assert(seq_ok(p, &seqs[i].kv, seqs[i].toks));
     }
     int64_t used = 0, sum = 0;
@@ -305,8 +356,12 @@ static void check_invariants(kv_pool_t *p, rseq_t *seqs) {
     free(refs);
 }
 
+/* _i 0: one group; 1: a global and a sliding group (trimmed as the
+ * scheduler trims: after each commit). */
 START_TEST(test_random_ops) {
-    kv_pool_t *p = mkpool(24);
+    const int swa = _i == 1;
+    kv_pool_t *p = swa ? mkpool_swa(48) : mkpool(24);
+    const int64_t nb = kv_pool_n_blocks(p);
     rseq_t seqs[NSEQ];
     memset(seqs, 0, sizeof seqs);
     unsigned seed = 12345;
@@ -324,18 +379,24 @@ START_TEST(test_random_ops) {
             kv_seq_init(&s->kv);
             int bi = rand_r(&seed) % 3, keep = rand_r(&seed) % 24;
             for (int j = 0; j < MAXTOK; j++) s->toks[j] = j < keep ? base[bi][j] : (int32_t)(rand_r(&seed) % 5);
-            int n = 1 + rand_r(&seed) % 24;
-            hits += kv_prefix_attach(p, &s->kv, s->toks, n) > 0;
+            int n = 1 + rand_r(&seed) % 24, align = rand_r(&seed) % 4 == 0 ? 3 * BS : 0;
+            int64_t got = kv_prefix_attach(p, &s->kv, s->toks, n, align);
+            hits += got > 0;
             ck_assert_int_lt(s->kv.n_tokens, n);
+            ck_assert_int_eq(got % (align ? align : BS), 0);
             s->live = 1;
-            if (extend(p, &s->kv, s->toks, n) == 0) kv_prefix_commit(p, &s->kv, s->toks, s->kv.n_tokens);
+            if (extend(p, &s->kv, s->toks, n) == 0) {
+                kv_prefix_commit(p, &s->kv, s->toks, s->kv.n_tokens);
+                kv_seq_trim(p, &s->kv);
+            }
         } else if (what < 5) {
             int64_t n = s->kv.n_tokens + 1 + rand_r(&seed) % 6;
             if (n > MAXTOK) n = MAXTOK;
             int64_t used = kv_pool_n_used(p);
-            if (extend(p, &s->kv, s->toks, n) == 0)
+            if (extend(p, &s->kv, s->toks, n) == 0) {
                 kv_prefix_commit(p, &s->kv, s->toks, s->kv.n_tokens);
-            else
+                kv_seq_trim(p, &s->kv);
+            } else
                 ck_assert_int_ge(kv_pool_n_used(p), used); // failed ops allocate nothing net
         } else if (what < 7) {
             int j = rand_r(&seed) % NSEQ;
@@ -360,9 +421,95 @@ START_TEST(test_random_ops) {
     for (int i = 0; i < NSEQ; i++)
         if (seqs[i].live) kv_seq_release(p, &seqs[i].kv);
     ck_assert_int_eq(kv_pool_n_used(p), 0);
-    ck_assert_int_eq(kv_pool_n_available(p), 24);
+    ck_assert_int_eq(kv_pool_n_available(p), nb);
     kv_pool_clear_cache(p);
-    ck_assert_int_eq(p->n_free, 24);
+    ck_assert_int_eq(p->n_free, nb);
+    rmpool(p);
+}
+END_TEST
+
+/* Sliding groups: a long sequence holds its global blocks and a window of
+ * sliding ones; released blocks serve prefix hits only where the window
+ * before the reuse point is still cached. */
+START_TEST(test_sliding_groups) {
+    kv_pool_t *p = mkpool_swa(64);
+    int32_t toks[MAXTOK];
+    for (int i = 0; i < MAXTOK; i++) toks[i] = 100 + i;
+    kv_seq_t a, b;
+    kv_seq_init(&a);
+    /* Prompt in steps of 8, then decode steps of 1: the sliding table never
+     * holds more than a window and a step. */
+    for (int64_t n = 8; n <= 60; n += n < 40 ? 8 : 1) {
+        ck_assert_int_eq(extend(p, &a, toks, n), 0);
+        kv_prefix_commit(p, &a, toks, a.n_tokens);
+        kv_seq_trim(p, &a);
+        ck_assert(seq_ok(p, &a, toks));
+        const int64_t held = a.n_blocks - a.swa_lo, step = n < 40 ? 8 : 1;
+        ck_assert_int_le(held, (SWA_KEEP + step + BS - 1) / BS + 1);
+        ck_assert_int_eq(kv_pool_n_used(p), a.n_blocks + held);
+        /* what admission would ask for the next step */
+        ck_assert_int_le(kv_seq_peak_needed(p, &a, n + step, step), 2 * ((step + BS - 1) / BS + 1));
+    }
+    ck_assert_int_eq(a.n_blocks, 15);
+    ck_assert_int_eq(a.swa_lo, (60 - SWA_KEEP) / BS); // 13: blocks 13, 14 held
+    ck_assert_int_eq(kv_pool_n_used(p), 15 + 2);
+    /* A fork shares both tables. */
+    ck_assert_int_eq(kv_seq_fork(p, &a, &b), 0);
+    int32_t tb[MAXTOK];
+    memcpy(tb, toks, sizeof tb);
+    tb[60] = 7;
+    ck_assert_int_eq(extend(p, &b, tb, 61), 0);
+    ck_assert_int_eq(kv_pool_n_used(p), 15 + 2 + 2);
+    ck_assert(seq_ok(p, &b, tb));
+    ck_assert(seq_ok(p, &a, toks));
+    kv_seq_release(p, &b);
+    /* Released and cached: the whole prompt (less the last token) is reused. */
+    const int32_t sw13 = kv_seq_table(&a, 1)[13];
+    ck_assert_int_eq(kv_seq_table(&a, 1)[12], -1);
+    kv_seq_release(p, &a);
+    ck_assert_int_eq(kv_pool_n_used(p), 0);
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 57, 0), 56);
+    ck_assert_int_eq(b.swa_lo, (56 - SWA_KEEP) / BS);
+    ck_assert(seq_ok(p, &b, toks));
+    ck_assert_int_eq(extend(p, &b, toks, 57), 0);
+    ck_assert(seq_ok(p, &b, toks));
+    kv_seq_release(p, &b);
+    /* Without sliding block 13 (positions 52..55) a prefix ending at 56
+     * cannot continue (its window reaches back to 50); one ending at 52
+     * needs blocks 11 and 12 only. With align 28, the next multiple down
+     * is 28. */
+    evict(p, sw13);
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 57, 28), 28);
+    ck_assert(seq_ok(p, &b, toks));
+    kv_seq_release(p, &b);
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 57, 0), 52);
+    ck_assert_int_eq(b.swa_lo, (52 - SWA_KEEP) / BS);
+    ck_assert(seq_ok(p, &b, toks));
+    ck_assert_int_eq(extend(p, &b, toks, 60), 0);
+    ck_assert(seq_ok(p, &b, toks));
+    kv_prefix_commit(p, &b, toks, b.n_tokens); // block 13 is cached again
+    kv_seq_release(p, &b);
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 57, 0), 56);
+    ck_assert(seq_ok(p, &b, toks));
+    kv_seq_release(p, &b);
+    /* Truncating below the window a sequence holds keeps nothing. */
+    kv_seq_init(&b);
+    ck_assert_int_eq(kv_prefix_attach(p, &b, toks, 57, 40), 40);
+    ck_assert(seq_ok(p, &b, toks));
+    kv_seq_truncate(p, &b, 36);
+    ck_assert_int_eq(b.n_tokens, 0);
+    ck_assert_int_eq(b.n_blocks, 0);
+    kv_seq_release(p, &b);
+    /* Admission and capacity: a 60-token sequence in steps of 8 needs its 15
+     * global blocks and (6 + 8) / 4 + 1 = 5 sliding ones at most. */
+    ck_assert_int_eq(kv_peak_blocks(p, 52, 60, 1, 8), 15 + 5);
+    ck_assert_int_eq(kv_peak_blocks(p, 52, 60, 2, 8), 13 + 2 * 2 + 2 * 5);
+    ck_assert_int_eq(kv_pool_token_capacity(p, 8), (64 - 5) * BS);
+    ck_assert_int_eq(kv_pool_n_used(p), 0);
     rmpool(p);
 }
 END_TEST
@@ -374,7 +521,8 @@ int main(void) {
     tcase_add_test(tc, test_fork_cow);
     tcase_add_test(tc, test_prefix_reuse_lru);
     tcase_add_test(tc, test_summaries);
-    tcase_add_test(tc, test_random_ops);
+    tcase_add_loop_test(tc, test_random_ops, 0, 2);
+    tcase_add_test(tc, test_sliding_groups);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

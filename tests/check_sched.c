@@ -22,6 +22,7 @@
 #include "scheduler/sched_internal.h"
 #include "scheduler/stop.h"
 #include "testutil.h"
+#include "schedutil.h"
 #include "tinymodel.h"
 
 /* ---- stop strings --------------------------------------------------------------- */
@@ -185,81 +186,6 @@ static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int ch
     return s;
 }
 
-typedef struct {
-    sched_req_t *r;
-    int n_choices;
-    int32_t toks[4][256];
-    float lp[4][256]; // each token's log-probability: any change in the logits shows in its bits
-    int n[4];
-    char text[4][2048];
-    size_t tlen[4];
-    sched_finish_t finish[4];
-    int done, n_prompt_lps;
-    float prompt_lp1;
-} out_t;
-
-static void drain(out_t *o) {
-    sched_event_t ev[32];
-    int n;
-    while ((n = sched_req_poll(o->r, ev, 32)) > 0)
-        for (int i = 0; i < n; i++) {
-            int c = ev[i].choice;
-            ck_assert(!o->done);
-            switch (ev[i].kind) {
-            case SCHED_EV_TOKEN:
-                ck_assert_int_eq(o->finish[c], SCHED_FINISH_NONE);
-                o->lp[c][o->n[c]] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
-                o->toks[c][o->n[c]++] = ev[i].token;
-                ck_assert_uint_lt(o->tlen[c] + ev[i].text_len, sizeof o->text[c]);
-                memcpy(o->text[c] + o->tlen[c], ev[i].text, ev[i].text_len);
-                o->tlen[c] += ev[i].text_len;
-                o->text[c][o->tlen[c]] = 0;
-                break;
-            case SCHED_EV_FINISH: o->finish[c] = ev[i].finish; break;
-            case SCHED_EV_DONE: o->done = 1; break;
-            case SCHED_EV_PROMPT_LOGPROBS:
-                o->n_prompt_lps = ev[i].n_prompt_lps;
-                o->prompt_lp1 = ev[i].prompt_lps[1].logprob;
-                break;
-            }
-            sched_event_clear(&ev[i]);
-        }
-}
-
-static void mk_prompt(int32_t *p, int n, unsigned seed, int n_vocab) {
-    for (int i = 0; i < n; i++) p[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(n_vocab - 3));
-}
-
-static void greedy_params(sched_params_t *p, const int32_t *prompt, int n, int max_tokens) {
-    memset(p, 0, sizeof *p);
-    p->prompt = prompt;
-    p->n_prompt = n;
-    p->n_choices = 1;
-    p->max_tokens = max_tokens;
-    p->ignore_eos = 1;
-    p->logprobs = 0; // the chosen token's log-probability only
-    p->prompt_logprobs = -1;
-    sampler_params_default(&p->sampling);
-    p->sampling.temperature = 0;
-    sched_attn_spec_default(&p->attn);
-}
-
-static void submit(sched_t *s, out_t *o, const sched_params_t *p) {
-    memset(o, 0, sizeof *o);
-    int st;
-    o->r = sched_req_create(p, &st);
-    ck_assert_ptr_nonnull(o->r);
-    o->n_choices = p->n_choices;
-    ck_assert_int_eq(sched_submit(s, o->r), 0);
-}
-
-static void finish_out(out_t *o) {
-    drain(o);
-    ck_assert(o->done);
-    sched_req_release(o->r);
-    o->r = NULL;
-}
-
 /* Reference: one request alone on a fresh engine with a large pool. */
 static void run_alone(const model_t *m, const int32_t *prompt, int n, int max_tokens, out_t *o) {
     sched_t *s = mk_sched(m, 256, 512, 512, 0);
@@ -271,20 +197,6 @@ static void run_alone(const model_t *m, const int32_t *prompt, int n, int max_to
     ck_assert_int_eq(o->n[0], max_tokens);
     ck_assert_int_eq(o->finish[0], SCHED_FINISH_LENGTH);
     sched_destroy(s);
-}
-
-static void assert_pool_clean(sched_t *s) {
-    kv_pool_t *kv = sched_kv(s);
-    ck_assert_int_eq(kv_pool_n_used(kv), 0);
-    ck_assert_int_eq(kv_pool_n_available(kv), kv_pool_n_blocks(kv));
-}
-
-/* Same tokens and the same log-probabilities, bit for bit. */
-static void assert_same(const out_t *got, const out_t *ref, int n, const char *what) {
-    ck_assert_msg(got->n[0] == n && ref->n[0] >= n, "%s: %d tokens, want %d", what, got->n[0], n);
-    ck_assert_msg(memcmp(got->toks[0], ref->toks[0], (size_t)n * sizeof(int32_t)) == 0, "%s: tokens differ", what);
-    ck_assert_msg(memcmp(got->lp[0], ref->lp[0], (size_t)n * sizeof(float)) == 0,
-                  "%s: log-probabilities differ (the logits changed)", what);
 }
 
 #define NB 12

@@ -370,6 +370,7 @@ START_TEST(test_metrics_text) {
     m.kv_blocks_used = 10;
     m.kv_blocks_total = 100;
     m.kv_usage = 0.1;
+    m.kv_block_bytes = 4096;
     m.generation_tokens_total = 77;
     m.ttft.n_bounds = 2;
     m.ttft.bounds[0] = 0.1;
@@ -389,6 +390,7 @@ START_TEST(test_metrics_text) {
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:num_requests_waiting{model_name=\"tiny\"} 1\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:kv_blocks_used{model_name=\"tiny\"} 10\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:kv_cache_usage_perc{model_name=\"tiny\"} 0.1"));
+    ck_assert_ptr_nonnull(strstr(b.data, "lacuna:kv_cache_used_bytes{model_name=\"tiny\"} 40960\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "lacuna:generation_tokens_total{model_name=\"tiny\"} 77\n"));
     ck_assert_ptr_nonnull(strstr(b.data, "# TYPE lacuna:time_to_first_token_seconds histogram\n"));
     ck_assert_ptr_nonnull(

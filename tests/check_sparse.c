@@ -10,6 +10,9 @@
  *   < 1, and the metrics sum what the requests reported.
  * - K/V computed with sparse attention is never handed to a dense request by
  *   the prefix cache, while the same policy reuses its own blocks.
+ * - Gemma 3: the methods apply to the global layers only (TidalDecode's
+ *   selection moves to the next global layer when its selection layer
+ *   slides); the density counts what every layer computed.
  * The tiny model's geometry is scaled down (sparse block 16, anchor windows
  * 32/64, windows and budgets of 64 tokens) so that a 300-token prompt is
  * "long"; gamma, tau and theta keep their defaults. */
@@ -353,6 +356,80 @@ START_TEST(test_prefix_salt) {
 }
 END_TEST
 
+/* ---- Gemma 3: the sparse methods run on the global layers -------------------------------- */
+/* Two models with the same weights: in one every 2nd layer is global (1, 3,
+ * 5 and 7; TidalDecode's selection layers 2 and 4 slide, so layers 3 and 5
+ * select in their place, for layer 7), in the other every layer slides (a
+ * pattern longer than the model). A
+ * sliding layer attends its window whatever the policy: on the all-sliding
+ * model every prefill method gives the dense tokens and density. The
+ * density counts every layer: dense on the mixed model is the mean of 1
+ * (global layers) and the window's share of the causal pairs (sliding
+ * ones); a sparse method computes less than that on the global layers only. */
+static model_t *tiny_gemma(int swa_pattern) {
+    const tiny_opts_t o = {.name = "check-sparse-gemma",
+                           .n_layers = 8,
+                           .n_embd = 64,
+                           .n_heads = 4,
+                           .n_kv_heads = 1,
+                           .n_ff = 128,
+                           .n_ctx = 1024,
+                           .seed = 13,
+                           .qk_std = 4.0f,
+                           .window = 24,
+                           .swa_pattern = swa_pattern};
+    return tiny_model_load(&o);
+}
+
+START_TEST(test_gemma_global_layers) {
+    model_t *mixed = tiny_gemma(2), *sliding = tiny_gemma(9);
+    const int nv = model_hparams(mixed)->n_vocab, W = 24;
+    static int32_t prompt[NP];
+    mk_prompt(prompt, NP, 5, nv);
+    double causal = 0, window = 0; // query-key pairs of one head
+    for (int p = 0; p < NP; p++) causal += p + 1, window += p + 1 < W ? p + 1 : W;
+    const double d_slide = window / causal, d_mixed = (1.0 + d_slide) / 2;
+    model_t *models[2] = {sliding, mixed};
+    for (int k = 0; k < 2; k++) {
+        sched_t *s = mk_sched(models[k], 512, 512, 128, 0);
+        sched_params_t p;
+        out_t ref, o;
+        sched_usage_t u;
+        params(&p, prompt, NP, NG, 1);
+        submit(s, &ref, &p);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        finish(&ref, &u);
+        ck_assert_double_eq_tol(u.prefill_density, k ? d_mixed : d_slide, 1e-9);
+        const double dd = u.decode_density; // dense decode: the sliding layers' windows count too
+        ck_assert(dd < 1.0);
+        for (int i = 0; i < 5; i++) { // the prefill methods, Quest and TidalDecode
+            params(&p, prompt, NP, NG, 1);
+            set_method(&p, &methods[i], 0);
+            p.attn.theta = 1.0f; // QK-norm bounds the tiny model's scores: theta 12 would keep every key
+            submit(s, &o, &p);
+            ck_assert_int_eq(sched_run_until_idle(s), 0);
+            finish(&o, &u);
+            fprintf(stderr, "check_sparse: gemma %s %-12s prefill density %.4f (dense %.4f) decode %.4f (dense %.4f)\n",
+                    k ? "mixed" : "sliding", methods[i].name, u.prefill_density, k ? d_mixed : d_slide,
+                    u.decode_density, dd);
+            const int prefill = methods[i].prefill != ATTN_PREFILL_DENSE;
+            const double d = prefill ? u.prefill_density : u.decode_density;
+            const double dense = prefill ? (k ? d_mixed : d_slide) : dd;
+            if (k == 0) {
+                ck_assert_msg(memcmp(o.toks[0], ref.toks[0], sizeof(int32_t) * NG) == 0,
+                              "%s changed an all-sliding model", methods[i].name);
+                ck_assert_double_eq_tol(d, dense, 1e-9);
+            } else {
+                ck_assert_msg(d < dense - 1e-3 && d > dense / 4, "%s: density %g, dense %g", methods[i].name, d, dense);
+            }
+        }
+        sched_destroy(s);
+    }
+    model_free(mixed);
+    model_free(sliding);
+}
+END_TEST
+
 int main(void) {
     ops_cpu_init(NULL, 1);
     Suite *s = suite_create("sparse");
@@ -362,6 +439,7 @@ int main(void) {
     tcase_add_test(tc, test_full_budget_preemption);
     tcase_add_test(tc, test_budgets_report_density);
     tcase_add_test(tc, test_prefix_salt);
+    tcase_add_test(tc, test_gemma_global_layers);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -13,6 +13,8 @@ AM_TESTS_ENVIRONMENT = LACUNA_SRCDIR='$(abs_top_srcdir)' LACUNA_BUILDDIR='$(abs_
 EXTRA_DIST += tests/testutil.h
 # The engine suites' tiny random models.
 TINYMODEL_SRC = tests/tinymodel.c tests/tinymodel.h tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
+# Their request helpers.
+SCHEDUTIL_SRC = tests/schedutil.c tests/schedutil.h
 if HAVE_CHECK
 check_PROGRAMS += tests/check_common
 tests_check_common_SOURCES = tests/check_common.c
@@ -81,7 +83,7 @@ EXTRA_DIST += tests/fixtures/tokenizer_smollm2.json scripts/gen_tokenizer_fixtur
 # the SmolLM2 case reads $LACUNA_MODEL and the program SKIPs when absent.
 if HAVE_CHECK
 check_PROGRAMS += tests/check_sched
-tests_check_sched_SOURCES = tests/check_sched.c $(TINYMODEL_SRC)
+tests_check_sched_SOURCES = tests/check_sched.c $(SCHEDUTIL_SRC) $(TINYMODEL_SRC)
 tests_check_sched_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_sched_LDADD = $(CHECK_LDADD)
 endif
@@ -110,6 +112,12 @@ tests_check_grammar_LDADD = $(CHECK_LDADD)
 endif
 
 if HAVE_CHECK
+# Sliding-window layers keep only their window: the same outputs as keeping every position.
+check_PROGRAMS += tests/check_sched_window
+tests_check_sched_window_SOURCES = tests/check_sched_window.c $(SCHEDUTIL_SRC) $(TINYMODEL_SRC)
+tests_check_sched_window_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_window_LDADD = $(CHECK_LDADD)
+
 check_PROGRAMS += tests/check_sched_grammar
 tests_check_sched_grammar_SOURCES = tests/check_sched_grammar.c tools/mkmodel.c tools/mkmodel_vocab.c tools/mkmodel.h
 tests_check_sched_grammar_CFLAGS = $(CHECK_CFLAGS_ALL)

@@ -38,18 +38,30 @@ static void write_tiny(const tiny_opts_t *o, const char *path) {
     ck_assert_ptr_nonnull(w);
     int V = mkmodel_synthetic_vocab(w);
     ck_assert_int_gt(V, 0);
-    ck_assert_int_eq(gguf_writer_set_str(w, "general.architecture", "llama"), 0);
+    const int gemma = o->window > 0;
+    const char *a = gemma ? "gemma3" : "llama";
+    char k[96];
+#define KEY(sfx) (snprintf(k, sizeof k, "%s." sfx, a), k)
+    ck_assert_int_eq(gguf_writer_set_str(w, "general.architecture", a), 0);
     gguf_writer_set_str(w, "general.name", o->name);
-    gguf_writer_set_u32(w, "llama.context_length", (uint32_t)o->n_ctx);
-    gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)E);
-    gguf_writer_set_u32(w, "llama.block_count", (uint32_t)L);
-    gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)F);
-    gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)o->n_heads);
-    gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)KVH);
-    gguf_writer_set_f32(w, "llama.rope.freq_base", 10000.0f);
-    gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
-    gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)HD);
-    gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)V);
+    gguf_writer_set_u32(w, KEY("context_length"), (uint32_t)o->n_ctx);
+    gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)E);
+    gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)L);
+    gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)F);
+    gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)o->n_heads);
+    gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)KVH);
+    gguf_writer_set_f32(w, KEY("rope.freq_base"), gemma ? 1e6f : 10000.0f);
+    gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), gemma ? 1e-6f : 1e-5f);
+    gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)HD);
+    gguf_writer_set_u32(w, KEY("vocab_size"), (uint32_t)V);
+    if (gemma) {
+        gguf_writer_set_u32(w, KEY("attention.key_length"), (uint32_t)HD);
+        gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)HD);
+        gguf_writer_set_u32(w, KEY("attention.sliding_window"), (uint32_t)o->window);
+        gguf_writer_set_u32(w, KEY("attention.sliding_window_pattern"), (uint32_t)o->swa_pattern);
+        if (o->final_softcap > 0) gguf_writer_set_f32(w, KEY("final_logit_softcapping"), o->final_softcap);
+    }
+#undef KEY
     uint64_t rng = o->seed;
     const float se = 1.0f / sqrtf((float)E), sf = 1.0f / sqrtf((float)F);
     add_f32(w, &rng, "token_embd.weight", V, E, 0, 1.0f);
@@ -67,6 +79,12 @@ static void write_tiny(const tiny_opts_t *o, const char *path) {
         T("ffn_gate", F, E, 0, se);
         T("ffn_up", F, E, 0, se);
         T("ffn_down", E, F, 0, sf);
+        if (gemma) {
+            T("attn_q_norm", 1, HD, 1.0f, 0.1f);
+            T("attn_k_norm", 1, HD, 1.0f, 0.1f);
+            T("post_attention_norm", 1, E, 1.0f, 0.1f);
+            T("post_ffw_norm", 1, E, 1.0f, 0.1f);
+        }
 #undef T
     }
     ck_assert_int_eq(gguf_writer_write(w, path), 0);

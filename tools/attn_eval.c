@@ -42,6 +42,7 @@ static const setting_t settings[] = {
     {"flexprefill g=0.99", 0, ATTN_PREFILL_FLEX, 0.99f, 0, 1024, 0, 0, 0},
     {"flexprefill g=0.90 min=256", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 256, 0, 0, 0},
     {"anchor th=12", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0},
+    {"anchor th=16", 0, ATTN_PREFILL_ANCHOR, 0, 16.0f, 0, 2048, 0, 0},
     {"anchor th=12 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 512, 0, 0},
     {"anchor th=9 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 9.0f, 0, 512, 0, 0},
     {"anchor th=6 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 6.0f, 0, 512, 0, 0},
@@ -82,6 +83,8 @@ typedef struct {
 
 typedef struct {
     int n_layers, n_tok, dec_rows;
+    int last;              // > 0: prefill metrics over the last `last` rows only (where a question sits)
+    const char *only;      // comma-separated name prefixes of the settings to run; NULL: all
     const int *sample;     // (n_layers) 1 = evaluate prefill methods here
     attn_state_t **dstate; // (N_SET * dec_rows) decode states (NULL for prefill settings)
     acc_t acc[N_SET];
@@ -117,6 +120,18 @@ static void compare(eval_t *e, size_t rows, int d, const float *od, const float 
     *p05 = e->rec[(size_t)(0.05 * (double)(rows - 1))];
 }
 
+/* Setting i is among those asked for (--only). */
+static int selected(const eval_t *e, int i) {
+    if (!e->only) return 1;
+    const char *p = e->only;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n && strncmp(settings[i].name, p, n) == 0) return 1;
+        p += n + (p[n] == ',');
+    }
+    return 0;
+}
+
 static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const float *q, int n_tok, int64_t pos0,
                  const attn_kv_t *kv) {
     eval_t *e = ud;
@@ -129,7 +144,7 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
         if ((e->err = attn_prefill_dense(sh, q, n_tok, 0, kv, e->od, e->ld))) return;
         e->dense_secs += lc_now_s() - t;
         for (int i = 0; i < N_SET; i++) {
-            if (settings[i].decode) continue;
+            if (settings[i].decode || !selected(e, i)) continue;
             attn_policy_t pol;
             setting_policy(&settings[i], &pol);
             attn_state_t *st = attn_state_create(sh, e->n_layers, &pol);
@@ -145,7 +160,9 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
             attn_state_destroy(st);
             if (e->err) return;
             double re, rm, p5;
-            compare(e, (size_t)n_tok * H, d, e->od, e->ld, e->o, e->l, &re, &rm, &p5);
+            const size_t r0 = e->last > 0 && e->last < n_tok ? (size_t)(n_tok - e->last) : 0;
+            compare(e, ((size_t)n_tok - r0) * H, d, e->od + r0 * H * d, e->ld + r0 * H, e->o + r0 * H * d,
+                    e->l + r0 * H, &re, &rm, &p5);
             acc_t *a = &e->acc[i];
             a->relerr_sum += re, a->recall_sum += rm, a->p05_sum += p5, a->secs += secs, a->dens_sum += dens;
             a->layers++;
@@ -164,7 +181,7 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
             return;
     }
     for (int i = 0; i < N_SET; i++) {
-        if (!settings[i].decode) continue;
+        if (!settings[i].decode || !selected(e, i)) continue;
         for (int r = 0; r < e->dec_rows; r++) {
             int64_t p = n_tok - e->dec_rows + r;
             v.n_kv = p + 1;
@@ -184,14 +201,21 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
 
 /* ---- one prompt length ---------------------------------------------------------------------- */
 static int eval_len(const model_t *m, const int32_t *ids, int n, const int *sample, int dec_rows, FILE *csv,
-                    int markdown) {
+                    int markdown, int last, const char *only) {
     const model_hparams_t *hp = model_hparams(m);
     const attn_shape_t sh = model_attn_shape(m);
-    eval_t e = {.n_layers = hp->n_layers, .n_tok = n, .dec_rows = dec_rows, .sample = sample, .csv = csv};
+    eval_t e = {.n_layers = hp->n_layers,
+                .n_tok = n,
+                .dec_rows = dec_rows,
+                .last = last,
+                .only = only,
+                .sample = sample,
+                .csv = csv};
     size_t QD = (size_t)sh.n_heads * sh.head_dim;
     int rc = LC_ENOMEM;
     char err[256];
-    model_exec_opts_t eo = {.device = "cpu", .max_batch_tokens = n, .max_seqs = 1, .kv_blocks = (n + 15) / 16 + 1};
+    model_exec_opts_t eo = {
+        .device = "cpu", .max_batch_tokens = n, .max_seqs = 1, .kv_blocks = (n + 15) / 16 + 1, .kv_keep_sliding = 1};
     model_exec_t *ctx = model_exec_create(m, &eo, err, sizeof err);
     kv_config_t kc = ctx ? model_exec_kv_config(ctx) : (kv_config_t){0};
     kv_pool_t *kv = ctx ? kv_pool_create(&kc) : NULL;
@@ -205,7 +229,7 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
     kv_seq_init(&seq);
     if (!kv || !ctx || !logits || !e.od || !e.o || !e.ld || !e.l || !e.rec || !e.dstate) goto out;
     for (int i = 0; i < N_SET; i++) {
-        if (!settings[i].decode) continue;
+        if (!settings[i].decode || !selected(&e, i)) continue;
         attn_policy_t pol;
         setting_policy(&settings[i], &pol);
         for (int r = 0; r < dec_rows; r++)
@@ -276,23 +300,31 @@ static char *slurp(const char *path, size_t *len) {
 }
 
 static void eval_usage(FILE *f) {
-    fprintf(f, "usage: lacuna attn-eval -m MODEL.gguf -f TEXT [-n 2048,4096,8192] [--layers LIST|all]\n"
-               "                        [--decode-rows R] [--csv FILE] [--markdown]\n"
-               "  -n LIST          prompt lengths in tokens (the text's first tokens)\n"
-               "  --layers LIST    layers for the prefill methods (default every 4th and the last)\n"
-               "  --decode-rows R  decode steps evaluated: the last R prompt positions (default 16)\n");
+    fprintf(f,
+            "usage: lacuna attn-eval -m MODEL.gguf -f TEXT [-n 2048,4096,8192] [--layers LIST|all]\n"
+            "                        [--decode-rows R] [--csv FILE] [--markdown] [--last N] [--only LIST] [--special]\n"
+            "  -n LIST          prompt lengths in tokens (the text's first tokens)\n"
+            "  --layers LIST    layers for the prefill methods (default every 4th and the last)\n"
+            "  --decode-rows R  decode steps evaluated: the last R prompt positions (default 16)\n"
+            "  --last N         prefill metrics over the last N prompt rows only (a question at the end)\n"
+            "  --only LIST      only the settings whose names start with one of LIST (comma-separated)\n"
+            "  --special        special tokens in TEXT are tokens (a prompt rendered with its chat template)\n");
 }
 
 int cmd_attn_eval(int argc, char **argv) {
     const char *model_path = NULL, *file = NULL, *lens = "2048,4096,8192", *layers = NULL, *csv_path = NULL;
-    int markdown = 0, dec_rows = 16;
-    enum { O_LAYERS = 256, O_ROWS, O_CSV, O_MD };
+    int markdown = 0, dec_rows = 16, last = 0, special = 0;
+    const char *only = NULL;
+    enum { O_LAYERS = 256, O_ROWS, O_CSV, O_MD, O_LAST, O_ONLY, O_SPECIAL };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"file", required_argument, 0, 'f'},
                                          {"layers", required_argument, 0, O_LAYERS},
                                          {"decode-rows", required_argument, 0, O_ROWS},
                                          {"csv", required_argument, 0, O_CSV},
                                          {"markdown", no_argument, 0, O_MD},
+                                         {"last", required_argument, 0, O_LAST},
+                                         {"only", required_argument, 0, O_ONLY},
+                                         {"special", no_argument, 0, O_SPECIAL},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int o;
@@ -306,6 +338,9 @@ int cmd_attn_eval(int argc, char **argv) {
         case O_ROWS: dec_rows = atoi(optarg); break;
         case O_CSV: csv_path = optarg; break;
         case O_MD: markdown = 1; break;
+        case O_LAST: last = atoi(optarg); break;
+        case O_ONLY: only = optarg; break;
+        case O_SPECIAL: special = 1; break;
         case 'h': eval_usage(stdout); return 0;
         default: eval_usage(stderr); return 2;
         }
@@ -345,7 +380,7 @@ int cmd_attn_eval(int argc, char **argv) {
             if (atoi(t) >= 0 && atoi(t) < hp->n_layers) sample[atoi(t)] = 1;
         free(dup);
     }
-    if (tok_encode(model_tok(m), text, len, tok_add_bos(model_tok(m)), 0, &ids)) goto out;
+    if (tok_encode(model_tok(m), text, len, tok_add_bos(model_tok(m)), special, &ids)) goto out;
     fprintf(stderr, "attn-eval: %s: %zu tokens of text\n", file, ids.n);
     if (markdown) {
         printf("| tokens | method | density | rel. error | mass recall | recall p05 | ms/layer |\n");
@@ -360,7 +395,7 @@ int cmd_attn_eval(int argc, char **argv) {
             rc = LC_EINVAL;
             break;
         }
-        if ((rc = eval_len(m, ids.ids, n, sample, dec_rows, csv, markdown)))
+        if ((rc = eval_len(m, ids.ids, n, sample, dec_rows, csv, markdown, last, only)))
             fprintf(stderr, "lacuna attn-eval: %s\n", lc_strerror(rc));
     }
     free(dup);

@@ -170,7 +170,10 @@ static int forward(gen_seq_t *g, const int32_t *tokens, int n, int64_t pos, int 
     model_batch_t b = {.n_tokens = n, .tokens = tokens, .n_seqs = 1, .seqs = &s};
     int rc = kv_seq_prepare_write(g->kv, &g->seq, pos, pos + n);
     if (!rc) rc = model_exec_forward(g->ctx, g->kv, &b);
-    if (!rc) g->seq.n_tokens = pos + n;
+    if (!rc) {
+        g->seq.n_tokens = pos + n;
+        kv_seq_trim(g->kv, &g->seq); // sliding-window blocks no later step reads
+    }
     return rc;
 }
 
@@ -248,7 +251,7 @@ int cmd_generate(int argc, char **argv) {
         goto out;
     }
     kv_config_t cfg = model_exec_kv_config(g.ctx);
-    cfg.n_blocks = (n_total + cfg.block_size - 1) / cfg.block_size + 1;
+    cfg.n_blocks = ((n_total + cfg.block_size - 1) / cfg.block_size + 1) * kv_config_groups(&cfg);
     if ((g.kv = kv_pool_create(&cfg))) model_exec_bind(g.ctx, g.kv);
     g.logits = malloc((size_t)hp->n_vocab * sizeof *g.logits);
     smp = sampler_create(&a.sp, hp->n_vocab, ids.ids, n_prompt);

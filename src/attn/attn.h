@@ -134,6 +134,7 @@ typedef struct {
     size_t blk_stride; // floats between consecutive blocks
     size_t sum_stride; // floats between consecutive summaries
     int block_size;
+    int group; // which of each sequence's block tables indexes this store (attn_seq_t); 0 with one table
 } attn_store_t;
 
 /* One sequence's rows in a step. Rows tok0 .. tok0+n_tok-1 of the batch sit at
@@ -144,7 +145,11 @@ typedef struct {
     int n_tok;
     int64_t pos0;
     const int32_t *blocks; // (ceil((pos0 + n_tok) / block_size)) block table
-    attn_state_t *state;   // policy, counters, selections; NULL = dense
+    /* Sequences with several block tables (kv.h layer groups): the table of
+     * a store of group g is blocks + g * group_stride. Entries a layer's
+     * window never reaches may be -1 (released); they are never read. */
+    size_t group_stride;
+    attn_state_t *state; // policy, counters, selections; NULL = dense
     /* 0: prompt rows (the prefill method, causal over the chunk);
      * 1: generated tokens: each row attends as the decode step of its
      *    position did (the decode method with keys 0..pos) — one row when

@@ -34,6 +34,10 @@ typedef struct {
     int64_t n_kv; // keys it sees: 0 .. n_kv-1 (its position is n_kv-1)
     int qrow;     // row of the batch
     int rg_cap;   // ranges it may need per KV head
+    /* TidalDecode: a selection layer of this step was a sliding-window one
+     * (the model's own window, no selection there): the next global layer
+     * selects in its place. */
+    int tidal_due;
 } attn_drow_t;
 
 /* One piece of one decode row and KV head. */
@@ -119,8 +123,10 @@ int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_stor
 
 /* The decode method a row of this policy runs at this layer (NULL: dense);
  * *select: a TidalDecode selection layer (dense now, then choose the
- * positions). */
-attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int *select);
+ * positions). A selection layer with a sliding window (Gemma 3's local
+ * layers attend their window whatever the policy) hands its role to the next
+ * global layer: due (attn_drow_t's tidal_due). */
+attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int due, int *select);
 
 /* Method selection for decode rows (quest.c, tidal.c): the key ranges of row
  * dr for KV head kh into rg (at most rg_cap); return the count. */

@@ -70,6 +70,7 @@ static const centry_t table[] = {
     D("engine", "kv_gpu_fraction", kv_gpu_fraction, 0.01, 0.99),
     D("engine", "kv_watermark", kv_watermark, 0, 0.5),
     B("engine", "prefix_cache", prefix_cache),
+    B("engine", "kv_keep_sliding", kv_keep_sliding),
     B("engine", "deterministic", deterministic),
     S("attention", "prefill", prefill_method, "dense|flexprefill|anchor|streaming"),
     S("attention", "decode", decode_method, "dense|quest|tidal|streaming"),

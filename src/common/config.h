@@ -46,6 +46,7 @@ typedef struct {
     int target_step_ms; // -1: off; 0: the device's default
     double kv_watermark;
     int prefix_cache;
+    int kv_keep_sliding; // sliding-window layers keep every position (A/B; default off)
     /* [attention] */
     char prefill_method[32]; // dense | flexprefill | anchor | streaming
     char decode_method[32];  // dense | quest | tidal | streaming

@@ -14,12 +14,15 @@ typedef struct {
     int32_t hashed;             // registered in the hash table
     uint64_t hash;              // chain hash of this block (valid when hashed)
     uint64_t parent;            // chain hash of the previous block (collision check)
+    int32_t group;              // layer group whose K/V it holds (valid when hashed)
     int32_t hnext;              // next block in the same hash bucket, -1 at end
     int32_t lru_prev, lru_next; // LRU links while cached, -1 at the ends
 } kv_block_t;
 
 struct kv_pool {
     kv_config_t cfg;
+    int n_groups;    // kv_config_groups(&cfg)
+    int n_full;      // full groups (n_groups when none slides)
     kv_copy_cb copy; // the store's block copy, or NULL
     void *copy_ud;
 
@@ -43,5 +46,11 @@ void kv__lru_remove(kv_pool_t *p, int32_t b);
 
 /* prefix.c */
 void kv__hash_remove(kv_pool_t *p, int32_t b);
+
+/* seq.c: the first table entry a step starting at position pos reads in the
+ * sliding groups (0 without them). */
+int64_t kv__swa_first(const kv_pool_t *p, int64_t pos);
+/* Grows s's tables to hold want entries each (regrouping them). 0 or LC_ENOMEM. */
+int kv__grow_table(kv_pool_t *p, kv_seq_t *s, int want);
 
 #endif

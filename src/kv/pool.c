@@ -7,17 +7,27 @@
 #include "common/status.h"
 #include "kv/kv_internal.h"
 
+int kv_config_valid(const kv_config_t *c) {
+    if (!c || c->n_layers <= 0 || c->n_kv_heads <= 0 || c->head_dim <= 0 || c->block_size <= 0 || c->n_blocks <= 0 ||
+        c->n_blocks > INT32_MAX / 2 || c->n_groups < 0)
+        return 0;
+    const int g = kv_config_groups(c);
+    if (c->n_layers % g) return 0;
+    if (g > 1 && (c->n_full_groups < 0 || c->n_full_groups > g || (c->n_full_groups < g && c->swa_keep <= 0))) return 0;
+    return 1;
+}
+
 size_t kv_block_bytes(const kv_config_t *c) {
     return sizeof(kv_block_t) + (size_t)c->block_size * sizeof(int32_t) + 3 * sizeof(int32_t);
 }
 
 kv_pool_t *kv_pool_create(const kv_config_t *cfg) {
-    if (!cfg || cfg->n_layers <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->block_size <= 0 ||
-        cfg->n_blocks <= 0 || cfg->n_blocks > INT32_MAX / 2)
-        return NULL;
+    if (!kv_config_valid(cfg)) return NULL;
     kv_pool_t *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->cfg = *cfg;
+    p->n_groups = kv_config_groups(cfg);
+    p->n_full = p->n_groups > 1 ? cfg->n_full_groups : 1;
     int64_t nb = cfg->n_blocks;
     p->blk = calloc((size_t)nb, sizeof *p->blk);
     p->tokens = calloc((size_t)nb * (size_t)cfg->block_size, sizeof *p->tokens);

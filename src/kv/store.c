@@ -11,14 +11,17 @@ struct kv_store {
     kv_config_t cfg;
     size_t blk_stride;    // floats per block per layer
     size_t sum_stride;    // floats per block summary
-    float **k, **v;       // (n_layers) -> (n_blocks, blk_stride)
-    float **kmin, **kmax; // (n_layers) -> (n_blocks, sum_stride)
+    int n_slots;          // layers per block
+    float **k, **v;       // (n_slots) -> (n_blocks, blk_stride)
+    float **kmin, **kmax; // (n_slots) -> (n_blocks, sum_stride)
 };
+
+int kv_store_slots(const kv_config_t *c) { return c->n_layers / kv_config_groups(c); }
 
 size_t kv_store_block_bytes(const kv_config_t *c) {
     size_t kvf = (size_t)c->n_kv_heads * (size_t)c->block_size * (size_t)c->head_dim;
     size_t sumf = (size_t)c->n_kv_heads * (size_t)c->head_dim;
-    return (size_t)c->n_layers * (2 * kvf + 2 * sumf) * sizeof(float);
+    return (size_t)kv_store_slots(c) * (2 * kvf + 2 * sumf) * sizeof(float);
 }
 
 /* Cache-line aligned, so that the kernels' 64-byte loads of K groups and V
@@ -42,19 +45,18 @@ static void free_layers(float **a, int n_layers) {
 }
 
 kv_store_t *kv_store_create(const kv_config_t *cfg) {
-    if (!cfg || cfg->n_layers <= 0 || cfg->n_kv_heads <= 0 || cfg->head_dim <= 0 || cfg->block_size <= 0 ||
-        cfg->n_blocks <= 0 || cfg->n_blocks > INT32_MAX / 2)
-        return NULL;
+    if (!kv_config_valid(cfg)) return NULL;
     kv_store_t *st = calloc(1, sizeof *st);
     if (!st) return NULL;
     st->cfg = *cfg;
+    st->n_slots = kv_store_slots(cfg);
     st->blk_stride = (size_t)cfg->n_kv_heads * (size_t)cfg->block_size * (size_t)cfg->head_dim;
     st->sum_stride = (size_t)cfg->n_kv_heads * (size_t)cfg->head_dim;
     const size_t nb = (size_t)cfg->n_blocks;
-    if (!(st->k = alloc_layers(cfg->n_layers, nb * st->blk_stride)) ||
-        !(st->v = alloc_layers(cfg->n_layers, nb * st->blk_stride)) ||
-        !(st->kmin = alloc_layers(cfg->n_layers, nb * st->sum_stride)) ||
-        !(st->kmax = alloc_layers(cfg->n_layers, nb * st->sum_stride))) {
+    if (!(st->k = alloc_layers(st->n_slots, nb * st->blk_stride)) ||
+        !(st->v = alloc_layers(st->n_slots, nb * st->blk_stride)) ||
+        !(st->kmin = alloc_layers(st->n_slots, nb * st->sum_stride)) ||
+        !(st->kmax = alloc_layers(st->n_slots, nb * st->sum_stride))) {
         kv_store_destroy(st);
         return NULL;
     }
@@ -63,34 +65,35 @@ kv_store_t *kv_store_create(const kv_config_t *cfg) {
 
 void kv_store_destroy(kv_store_t *st) {
     if (!st) return;
-    free_layers(st->k, st->cfg.n_layers);
-    free_layers(st->v, st->cfg.n_layers);
-    free_layers(st->kmin, st->cfg.n_layers);
-    free_layers(st->kmax, st->cfg.n_layers);
+    free_layers(st->k, st->n_slots);
+    free_layers(st->v, st->n_slots);
+    free_layers(st->kmin, st->n_slots);
+    free_layers(st->kmax, st->n_slots);
     free(st);
 }
 
 const kv_config_t *kv_store_config(const kv_store_t *st) { return &st->cfg; }
-float *kv_store_k(kv_store_t *st, int layer) { return st->k[layer]; }
-float *kv_store_v(kv_store_t *st, int layer) { return st->v[layer]; }
-float *kv_store_kmin(kv_store_t *st, int layer) { return st->kmin[layer]; }
-float *kv_store_kmax(kv_store_t *st, int layer) { return st->kmax[layer]; }
+float *kv_store_k(kv_store_t *st, int slot) { return st->k[slot]; }
+float *kv_store_v(kv_store_t *st, int slot) { return st->v[slot]; }
+float *kv_store_kmin(kv_store_t *st, int slot) { return st->kmin[slot]; }
+float *kv_store_kmax(kv_store_t *st, int slot) { return st->kmax[slot]; }
 size_t kv_store_block_stride(const kv_store_t *st) { return st->blk_stride; }
 size_t kv_store_summary_stride(const kv_store_t *st) { return st->sum_stride; }
 
-void kv_store_write(kv_store_t *st, const kv_seq_t *s, int layer, int64_t pos, const float *k, const float *v) {
+void kv_store_write(kv_store_t *st, const kv_seq_t *s, int group, int slot, int64_t pos, const float *k,
+                    const float *v) {
     const int bs = st->cfg.block_size, hd = st->cfg.head_dim;
-    const int32_t b = s->blocks[pos / bs];
-    const int slot = (int)(pos % bs);
-    float *kb = st->k[layer] + (size_t)b * st->blk_stride, *vb = st->v[layer] + (size_t)b * st->blk_stride;
-    float *mn = st->kmin[layer] + (size_t)b * st->sum_stride, *mx = st->kmax[layer] + (size_t)b * st->sum_stride;
+    const int32_t b = kv_seq_table(s, group)[pos / bs];
+    const int at = (int)(pos % bs);
+    float *kb = st->k[slot] + (size_t)b * st->blk_stride, *vb = st->v[slot] + (size_t)b * st->blk_stride;
+    float *mn = st->kmin[slot] + (size_t)b * st->sum_stride, *mx = st->kmax[slot] + (size_t)b * st->sum_stride;
     for (int h = 0; h < st->cfg.n_kv_heads; h++) {
         const float *kh = k + (size_t)h * hd;
-        float *kcol = kb + (size_t)h * hd * bs + slot;
+        float *kcol = kb + (size_t)h * hd * bs + at;
         for (int d = 0; d < hd; d++) kcol[(size_t)d * bs] = kh[d];
-        memcpy(vb + ((size_t)h * bs + slot) * hd, v + (size_t)h * hd, (size_t)hd * sizeof(float));
+        memcpy(vb + ((size_t)h * bs + at) * hd, v + (size_t)h * hd, (size_t)hd * sizeof(float));
         float *mnh = mn + (size_t)h * hd, *mxh = mx + (size_t)h * hd;
-        if (slot == 0) {
+        if (at == 0) {
             memcpy(mnh, kh, (size_t)hd * sizeof(float));
             memcpy(mxh, kh, (size_t)hd * sizeof(float));
             continue;
@@ -103,7 +106,7 @@ void kv_store_write(kv_store_t *st, const kv_seq_t *s, int layer, int64_t pos, c
 }
 
 void kv_store_copy(kv_store_t *st, int32_t dst, int32_t src) {
-    for (int l = 0; l < st->cfg.n_layers; l++) {
+    for (int l = 0; l < st->n_slots; l++) {
         memcpy(st->k[l] + (size_t)dst * st->blk_stride, st->k[l] + (size_t)src * st->blk_stride,
                st->blk_stride * sizeof(float));
         memcpy(st->v[l] + (size_t)dst * st->blk_stride, st->v[l] + (size_t)src * st->blk_stride,

@@ -67,9 +67,9 @@ int model_exec_resolve(const model_t *m, const char *spec, int *index, char *err
 
 static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, size_t errlen) {
     int bs = o->block_size > 0 ? o->block_size : CPU_BLOCK;
-    kv_config_t kc = model_kv_config(e->m, bs, 1);
+    kv_config_t kc = o->kv_keep_sliding ? model_kv_config(e->m, bs, 1) : model_kv_config_grouped(e->m, bs, 1);
     e->block_bytes = kv_store_block_bytes(&kc) + kv_block_bytes(&kc);
-    int64_t nb = o->kv_blocks > 0 ? o->kv_blocks : (int64_t)(o->kv_bytes / e->block_bytes);
+    int64_t nb = o->kv_blocks > 0 ? o->kv_blocks * kv_config_groups(&kc) : (int64_t)(o->kv_bytes / e->block_bytes);
     if (nb <= 0) {
         snprintf(err, errlen, "KV memory of %zu bytes holds no block of %zu bytes", o->kv_bytes, e->block_bytes);
         return LC_EINVAL;
@@ -78,6 +78,13 @@ static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, si
     int max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;
     if (o->context_ranks > MODEL_CP_MAX_RANKS) {
         snprintf(err, errlen, "parallel.context = %d: at most %d ranks", o->context_ranks, MODEL_CP_MAX_RANKS);
+        return LC_EINVAL;
+    }
+    if (o->context_ranks > 1 && kv_config_groups(&kc) > 1) { // the ring reads one block table per sequence
+        snprintf(err, errlen,
+                 "parallel.context = %d: context parallelism does not shard KV layer groups yet (this model's "
+                 "sliding-window layers keep only their window); set engine.kv_keep_sliding = true or context = 1",
+                 o->context_ranks);
         return LC_EINVAL;
     }
     if (!(e->cpu =
@@ -156,7 +163,9 @@ size_t model_exec_kv_block_bytes(const model_exec_t *e) { return e->block_bytes;
 int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
     const kv_config_t *c = kv_pool_config(kv);
     if (c->n_layers != e->kvc.n_layers || c->n_kv_heads != e->kvc.n_kv_heads || c->head_dim != e->kvc.head_dim ||
-        c->block_size != e->kvc.block_size || c->n_blocks > e->kvc.n_blocks)
+        c->block_size != e->kvc.block_size || c->n_blocks > e->kvc.n_blocks ||
+        kv_config_groups(c) != kv_config_groups(&e->kvc) || c->n_full_groups != e->kvc.n_full_groups ||
+        c->swa_keep != e->kvc.swa_keep)
         return LC_EINVAL;
     if (e->cpu) kv_pool_bind(kv, model_cpu_copy_block, e->cpu);
 #ifdef HAVE_CUDA

@@ -27,11 +27,19 @@
 typedef struct model_exec model_exec_t;
 
 typedef struct {
-    const char *device;     // "cpu", "cuda", "cuda:N" or "auto" (NULL: "cpu")
-    int max_batch_tokens;   // rows of one step
-    int max_seqs;           // sequence slices of one step (0: max_batch_tokens)
-    int block_size;         // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
-    int64_t kv_blocks;      // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
+    const char *device;   // "cpu", "cuda", "cuda:N" or "auto" (NULL: "cpu")
+    int max_batch_tokens; // rows of one step
+    int max_seqs;         // sequence slices of one step (0: max_batch_tokens)
+    int block_size;       // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
+    /* KV memory in blocks of block_size positions of every layer; 0: from
+     * kv_bytes (CPU) or kv_gpu_fraction (GPU). With sliding-window layers in
+     * groups of their own the pool has kv_blocks * n_groups smaller blocks
+     * (the same memory; kv.h). */
+    int64_t kv_blocks;
+    /* CPU: 1 keeps every position of the sliding-window layers (one layer
+     * group, as for a model without them): the reference the grouped layout
+     * is tested against, and for tools that read every layer's whole cache. */
+    int kv_keep_sliding;
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
     int gpu_fast_gemm;      // GPU: 1 = cuBLASLt's fastest matmul per shape, not batch-invariant (0: invariant)
@@ -59,9 +67,11 @@ int model_exec_is_gpu(const model_exec_t *e);
 /* NULL while the device works; the reason once it is lost (a GPU error that
  * sticks: every later step would fail). */
 const char *model_exec_failure(const model_exec_t *e);
-/* The pool configuration the store holds: create the host pool from it. */
+/* The pool configuration the store holds: create the host pool from it.
+ * Sliding-window layers (Gemma 3) sit in layer groups of their own on the
+ * CPU unless kv_keep_sliding is set. */
 kv_config_t model_exec_kv_config(const model_exec_t *e);
-/* Bytes of store memory per block (metrics). */
+/* Bytes of store memory per block, bookkeeping included (metrics). */
 size_t model_exec_kv_block_bytes(const model_exec_t *e);
 /* Binds the host pool whose tensors this executor stores (sets its
  * copy-on-write callback). LC_EINVAL when its config differs. */
@@ -124,7 +134,8 @@ void model_exec_cp_stats(model_exec_t *e, model_exec_cp_stats_t *out);
 /* Analysis hook (attn-eval; CPU only): called for every layer and every slice
  * of a batch after the slice's K/V for that layer are in the cache and before
  * its attention runs, with the slice's queries after RoPE and the cache view
- * the kernel will read (positions 0 .. pos0+n_tok-1). The hook may run kernels
+ * the kernel will read (positions 0 .. pos0+n_tok-1; a sliding layer's view
+ * holds only its window unless kv_keep_sliding). The hook may run kernels
  * on them but must not write either. NULL (the default) disables it.
  *   q: (n_tok, n_heads, head_dim)
  * Returns LC_EUNSUPPORTED on a GPU executor. */

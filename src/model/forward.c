@@ -24,6 +24,7 @@ struct model_cpu {
     const model_t *m;
     int max_tokens, max_seqs;
     kv_store_t *store;
+    int *lgroup, *lslot; // (n_layers) each layer's KV group and slot (model_kv_layers)
     attn_plan_t *plan;
     attn_seq_t *aseq;       // (max_seqs) the step's slices for the plan
     float *x;               // (T, n_embd) residual stream
@@ -74,6 +75,9 @@ model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_
     c->max_seqs = max_seqs;
     attn_shape_t shape = model_attn_shape(m);
     c->store = kv_store_create(kvc);
+    c->lgroup = malloc((size_t)hp->n_layers * sizeof *c->lgroup);
+    c->lslot = malloc((size_t)hp->n_layers * sizeof *c->lslot);
+    if (c->lgroup && c->lslot) model_kv_layers(m, kvc, c->lgroup, c->lslot);
     c->plan = attn_plan_create(&shape, hp->n_layers);
     c->aseq = malloc((size_t)max_seqs * sizeof *c->aseq);
     c->x = lc_alloc64(T * E * sizeof(float));
@@ -93,8 +97,9 @@ model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_
     c->dst = lc_alloc64(T * sizeof(float *));
     c->lbuf = lc_alloc64((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
     pthread_mutex_init(&c->slock, NULL);
-    if (!c->store || !c->plan || !c->aseq || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj ||
-        !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen || !c->dst || !c->lbuf)
+    if (!c->store || !c->lgroup || !c->lslot || !c->plan || !c->aseq || !c->x || !c->xb || !c->q || !c->k || !c->v ||
+        !c->att || !c->proj || !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen ||
+        !c->dst || !c->lbuf)
         goto fail;
     c->cp_n = cp_ranks > 1 ? cp_ranks : 1;
     c->cp_min = cp_min_tokens > 0 ? cp_min_tokens : 1;
@@ -114,6 +119,7 @@ fail:
 void model_cpu_destroy(model_cpu_t *c) {
     if (!c) return;
     kv_store_destroy(c->store);
+    free(c->lgroup), free(c->lslot);
     attn_plan_destroy(c->plan);
     free(c->aseq);
     free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
@@ -157,14 +163,16 @@ static int mm(float *y, const float *x, const ops_w_t *w, int n, const unsigned 
 
 /* ---- attention ------------------------------------------------------------------ */
 static attn_store_t store_view(model_cpu_t *c, int l) {
+    const int slot = c->lslot[l];
     return (attn_store_t){
-        .k = kv_store_k(c->store, l),
-        .v = kv_store_v(c->store, l),
-        .kmin = kv_store_kmin(c->store, l),
-        .kmax = kv_store_kmax(c->store, l),
+        .k = kv_store_k(c->store, slot),
+        .v = kv_store_v(c->store, slot),
+        .kmin = kv_store_kmin(c->store, slot),
+        .kmax = kv_store_kmax(c->store, slot),
         .blk_stride = kv_store_block_stride(c->store),
         .sum_stride = kv_store_summary_stride(c->store),
         .block_size = kv_store_config(c->store)->block_size,
+        .group = c->lgroup[l],
     };
 }
 
@@ -274,6 +282,7 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
                                                 .n_tok = q->n_tok,
                                                 .pos0 = q->pos0,
                                                 .blocks = q->kv->blocks,
+                                                .group_stride = (size_t)q->kv->cap,
                                                 .state = q->attn,
                                                 .decode = q->generated};
             continue;
@@ -307,17 +316,19 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
     return rc;
 }
 
-/* Writes the batch's K/V for layer l into the store, then runs attention for
- * every slice into c->att. A sliding-window layer (gemma3) attends its window
- * whatever the slice's policy: the window is the model's own. */
+/* Writes the batch's K/V for layer l into the store (its group's blocks),
+ * then runs attention for every slice into c->att. A sliding-window layer
+ * (gemma3) attends its window whatever the slice's policy: the window is the
+ * model's own. */
 static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
     const model_hparams_t *hp = &c->m->hp;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
+    const int group = c->lgroup[l], slot = c->lslot[l];
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         for (int i = 0; i < q->n_tok; i++) {
             size_t t = (size_t)q->tok0 + i;
-            kv_store_write(c->store, q->kv, l, q->pos0 + i, c->k + t * KD, c->v + t * KD);
+            kv_store_write(c->store, q->kv, group, slot, q->pos0 + i, c->k + t * KD, c->v + t * KD);
         }
     }
     attn_store_t view = store_view(c, l);
@@ -331,7 +342,7 @@ static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
                             .kmax = view.kmax,
                             .blk_stride = view.blk_stride,
                             .sum_stride = view.sum_stride,
-                            .blocks = q->kv->blocks,
+                            .blocks = kv_seq_table(q->kv, group),
                             .block_size = view.block_size,
                             .n_kv = q->pos0 + q->n_tok};
             c->hook(c->hook_ud, l, s, &shape, c->q + (size_t)q->tok0 * QD, q->n_tok, q->pos0, &kv);
@@ -377,7 +388,6 @@ static int logits(model_cpu_t *c, const model_batch_t *b) {
         int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->rgen + r0);
         if (rc) return rc;
         if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
-        if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
         for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
     }
     return 0;
@@ -398,6 +408,7 @@ int model__check_batch(const model_t *m, const kv_config_t *kvc, int max_tokens,
         if (q->n_tok <= 0 || q->tok0 < 0 || q->tok0 > b->n_tokens - q->n_tok || q->pos0 < 0 || !q->kv) return LC_EINVAL;
         if ((unsigned)q->logits_mode > MODEL_LOGITS_ALL || (q->logits_mode && !q->logits)) return LC_EINVAL;
         if ((int64_t)q->kv->n_blocks * kvc->block_size < q->pos0 + q->n_tok) return LC_EINVAL;
+        if (q->kv->swa_lo > kv_config_swa_first(kvc, q->pos0)) return LC_EINVAL; // a window's blocks are gone
         for (int i = q->tok0; i < q->tok0 + q->n_tok; i++) {
             if (covered[i]) return LC_EINVAL;
             covered[i] = 1;

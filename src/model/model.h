@@ -83,7 +83,15 @@ const tok_t *model_tok(const model_t *m);
 const chat_template_t *model_chat_template(const model_t *m);
 /* Attention shape of this model. */
 attn_shape_t model_attn_shape(const model_t *m);
-/* A kv_config_t for this model with the given block size and count. */
+/* A kv_config_t for this model with the given block size and count: one
+ * layer group, every layer keeping every position. */
 kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks);
+/* The same with the sliding-window layers in groups of their own (kv.h), so
+ * that their blocks are released once every window has passed them; one
+ * group when no layer slides. */
+kv_config_t model_kv_config_grouped(const model_t *m, int block_size, int64_t n_blocks);
+/* The layer group and the slot in the group's blocks of every layer under
+ * config c (one of the two above).  group, slot: (n_layers) */
+void model_kv_layers(const model_t *m, const kv_config_t *c, int *group, int *slot);
 
 #endif

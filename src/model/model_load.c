@@ -551,3 +551,50 @@ kv_config_t model_kv_config(const model_t *m, int block_size, int64_t n_blocks) 
     };
     return c;
 }
+
+static int gcd(int a, int b) {
+    while (b) {
+        int t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Groups of g = gcd(global, sliding) layers: global/g groups of global
+ * layers first, then sliding/g groups of sliding layers. A step reads a
+ * sliding layer's keys from its first row's window start, rounded down to
+ * the attention tiles' alignment (attn.h: ATTN_BK). */
+kv_config_t model_kv_config_grouped(const model_t *m, int block_size, int64_t n_blocks) {
+    kv_config_t c = model_kv_config(m, block_size, n_blocks);
+    const model_hparams_t *hp = &m->hp;
+    int n_swa = 0, window = 0;
+    for (int l = 0; l < hp->n_layers; l++)
+        if (hp->layer[l].window > 0) {
+            n_swa++;
+            if (hp->layer[l].window > window) window = hp->layer[l].window;
+        }
+    if (n_swa == 0) return c;
+    const int g = gcd(hp->n_layers - n_swa, n_swa);
+    c.n_groups = hp->n_layers / g;
+    c.n_full_groups = (hp->n_layers - n_swa) / g;
+    c.swa_keep = (int64_t)window - 1 + (ATTN_BK - 1);
+    return c;
+}
+
+void model_kv_layers(const model_t *m, const kv_config_t *c, int *group, int *slot) {
+    const model_hparams_t *hp = &m->hp;
+    const int G = kv_config_groups(c), per = hp->n_layers / G;
+    int n_full = 0, n_swa = 0;
+    for (int l = 0; l < hp->n_layers; l++) {
+        if (G == 1) {
+            group[l] = 0, slot[l] = l;
+        } else if (hp->layer[l].window > 0) {
+            group[l] = c->n_full_groups + n_swa / per, slot[l] = n_swa % per;
+            n_swa++;
+        } else {
+            group[l] = n_full / per, slot[l] = n_full % per;
+            n_full++;
+        }
+    }
+}

@@ -286,6 +286,7 @@ void sched__after_forward(sched_t *s, int n_seq) {
         if (s->slot[i].choice < 0) {
             r->pkv.n_tokens += ms->n_tok;
             if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &r->pkv, r->prompt, r->pkv.n_tokens);
+            kv_seq_trim(s->kv, &r->pkv); // sliding-window blocks no later step reads
             if (ms->logits_mode == 2) prompt_rows_lp(s, r, ms);
             if (r->pkv.n_tokens == r->p.n_prompt) prompt_complete(s, r, ms, now);
         } else {
@@ -293,6 +294,7 @@ void sched__after_forward(sched_t *s, int n_seq) {
             if (ch->finish != SCHED_FINISH_NONE) continue;
             ch->kv.n_tokens += ms->n_tok;
             if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &ch->kv, ch->toks, ch->kv.n_tokens);
+            kv_seq_trim(s->kv, &ch->kv);
             if (!ms->logits_mode) continue;
             sampler_result_t res;
             int rc = s->slot[i].drawn ? s->slot[i].rc : draw(s, r, s->slot[i].choice, ms->logits, &res);

@@ -49,6 +49,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
                             .max_seqs = mt,
                             .block_size = s->cfg.block_size,
                             .kv_blocks = s->cfg.kv_blocks,
+                            .kv_keep_sliding = s->cfg.kv_keep_sliding,
                             .kv_bytes = s->cfg.kv_bytes,
                             .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
                             .gpu_fast_gemm = s->cfg.gpu_fast_gemm,
@@ -87,6 +88,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
         if (t >= 0 && t != e) s->eos[s->n_eos++] = t;
     }
     s->m.kv_blocks_total = nb;
+    s->m.kv_block_bytes = (int64_t)model_exec_kv_block_bytes(s->exec);
     LC_DEBUG("sched: %s, KV pool %lld blocks of %d tokens (%.1f MiB)", model_exec_device(s->exec), (long long)nb,
              s->cfg.block_size, (double)nb * (double)model_exec_kv_block_bytes(s->exec) / (1024.0 * 1024.0));
     return s;
@@ -140,13 +142,11 @@ void sched_destroy(sched_t *s) {
 }
 
 /* Blocks a request can hold at its peak: the prompt's full blocks once, and
- * each choice's own blocks from there to prompt + max_tokens. */
+ * each choice's own blocks from there to prompt + max_tokens (kv.h: with
+ * sliding-window layers, their windows). */
 static int64_t peak_blocks(const sched_t *s, const sched_req_t *r) {
-    int64_t bs = s->cfg.block_size, np = r->p.n_prompt;
-    int64_t shared = np / bs;
-    int64_t per = (np + r->p.max_tokens + bs - 1) / bs - shared;
-    if (per < 1) per = 1;
-    return shared + (int64_t)r->p.n_choices * per;
+    return kv_peak_blocks(s->kv, r->p.n_prompt, (int64_t)r->p.n_prompt + r->p.max_tokens, r->p.n_choices,
+                          s->cfg.prefill_chunk);
 }
 
 int sched_submit(sched_t *s, sched_req_t *r) {
@@ -279,7 +279,7 @@ void sched_metrics(sched_t *s, sched_metrics_t *out) {
 
 kv_pool_t *sched_kv(sched_t *s) { return s->kv; }
 
-int64_t sched_kv_capacity(const sched_t *s) { return kv_pool_n_blocks(s->kv) * kv_pool_config(s->kv)->block_size; }
+int64_t sched_kv_capacity(const sched_t *s) { return kv_pool_token_capacity(s->kv, s->cfg.prefill_chunk); }
 const model_t *sched_model(const sched_t *s) { return s->model; }
 const char *sched_device(const sched_t *s) { return model_exec_device(s->exec); }
 const char *sched_failure(const sched_t *s) { return model_exec_failure(s->exec); }

@@ -28,7 +28,8 @@
 typedef struct {
     char device[32];            // "cpu", "cuda", "cuda:N" or "auto" (model/exec.h)
     int block_size;             // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
-    int64_t kv_blocks;          // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
+    int64_t kv_blocks;          // KV memory in blocks of every layer (0: from kv_bytes / kv_gpu_fraction; exec.h)
+    int kv_keep_sliding;        // 1: sliding-window layers keep every position (exec.h; tests, A/B)
     size_t kv_bytes;            // CPU: KV memory in bytes, when kv_blocks == 0
     double kv_gpu_fraction;     // GPU: fraction of free device memory for KV, when kv_blocks == 0
     int gpu_fast_gemm;          // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
@@ -220,7 +221,8 @@ typedef struct {
     int waiting;
     int64_t kv_blocks_total;
     int64_t kv_blocks_used;
-    double kv_usage; // used / total
+    double kv_usage;        // used / total
+    int64_t kv_block_bytes; // store memory per block, bookkeeping included
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;

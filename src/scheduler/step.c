@@ -269,13 +269,7 @@ static int running_seqs(const sched_t *s) {
  * of prefill_chunk. Returns the tokens reused. */
 static int64_t attach_prefix(sched_t *s, sched_req_t *r) {
     if (!s->cfg.enable_prefix_cache || r->prompt_lps || r->pkv.n_blocks != 0) return 0;
-    int64_t n = kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt);
-    if (n > 0 && fixed_chunks(r)) {
-        int64_t keep = n / s->cfg.prefill_chunk * s->cfg.prefill_chunk;
-        kv_seq_truncate(s->kv, &r->pkv, keep);
-        n = keep;
-    }
-    return n;
+    return kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt, fixed_chunks(r) ? s->cfg.prefill_chunk : 0);
 }
 
 /* Admits waiting requests (FIFO) while the budgets, max_running and the KV
@@ -303,7 +297,7 @@ static void admit(sched_t *s, batch_t *b) {
             }
         }
         int64_t cached = attach_prefix(s, r);
-        int64_t need = kv_seq_blocks_needed(s->kv, &r->pkv, r->p.n_prompt);
+        int64_t need = kv_seq_peak_needed(s->kv, &r->pkv, r->p.n_prompt, s->cfg.prefill_chunk);
         int64_t avail = kv_pool_n_available(s->kv);
         if (need + (s->running.n > 0 ? wm : 0) > avail) {
             kv_seq_release(s->kv, &r->pkv);

@@ -166,6 +166,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->prefill_chunk = c->prefill_chunk;
     sc->kv_watermark = c->kv_watermark;
     sc->enable_prefix_cache = c->prefix_cache;
+    sc->kv_keep_sliding = c->kv_keep_sliding;
     attn_policy_default(&sc->attn_default);
     attn_prefill_method_parse(c->prefill_method, &sc->attn_default.prefill);
     attn_decode_method_parse(c->decode_method, &sc->attn_default.decode);

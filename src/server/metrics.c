@@ -85,6 +85,8 @@ int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m
     rc |= gauge(b, "kv_cache_usage_perc", "Fraction of KV blocks in use (0-1).", model, m->kv_usage);
     rc |= gauge(b, "kv_blocks_used", "KV blocks in use.", model, (double)m->kv_blocks_used);
     rc |= gauge(b, "kv_blocks_total", "KV blocks in the pool.", model, (double)m->kv_blocks_total);
+    rc |= gauge(b, "kv_cache_used_bytes", "KV cache memory in use (blocks in use times bytes per block).", model,
+                (double)m->kv_blocks_used * (double)m->kv_block_bytes);
     rc |= counter(b, "prompt_tokens_total", "Prompt tokens processed.", model, (double)m->prompt_tokens_total);
     rc |= counter(b, "generation_tokens_total", "Tokens generated.", model, (double)m->generation_tokens_total);
     rc |= counter(b, "num_preemptions_total", "Preemptions (recomputation).", model, (double)m->preemptions_total);

@@ -54,6 +54,7 @@ int cp__decode_plan(cp_plan_t *p, size_t *per_thread) {
                 if (s->owner[b] >= N) return LC_EINVAL;
             dr->owner = s->owner[n_blk - 1];
             dr->pol = pol;
+            dr->tidal_due = 0;
             int own = 0;
             for (int64_t b = 0; b < n_blk; b++)
                 if (s->owner[b] == p->rank && (b == 0 || s->owner[b - 1] != p->rank)) own++;
@@ -358,7 +359,15 @@ int cp__decode_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const 
     for (int i = 0; i < p->n_drows; i++) {
         cp_drow_t *dr = &p->drows[i];
         dr->sel = 0;
-        dr->meth = window > 0 ? ATTN_DECODE_DENSE : (int)attn__decode_layer_method(dr->pol, layer, &dr->sel);
+        if (window > 0) { // the model's own window: dense; a selection due here moves to the next global layer
+            int sel;
+            attn__decode_layer_method(dr->pol, layer, 0, &sel);
+            if (sel) dr->tidal_due = 1;
+            dr->meth = ATTN_DECODE_DENSE;
+        } else {
+            dr->meth = (int)attn__decode_layer_method(dr->pol, layer, dr->tidal_due, &dr->sel);
+            dr->tidal_due = 0;
+        }
     }
     if ((rc = quest_scores(p, c, kv))) return rc;
     p->timing.collective_s += lc_now_s() - t0;

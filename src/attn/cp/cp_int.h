@@ -71,6 +71,7 @@ typedef struct {
     size_t tm_off; // TidalDecode: (n_kv_heads, n_kv) mass at p->dtm + tm_off
     int sel_valid; // TidalDecode: a selection for this step is in p->dsel
     int meth, sel; // this layer's method and whether it selects (TidalDecode)
+    int tidal_due; // TidalDecode: a sliding layer held the selection; the next global layer selects
 } cp_drow_t;
 
 struct cp_plan {

@@ -16,6 +16,10 @@
  *    its groups' pooled queries (all the group's blocks, whichever rank holds
  *    them), keeps those within theta of some anchor, and attends its blocks
  *    to them; a step that keeps nothing computes nothing more.
+ *    The call's last query block also tests the visiting candidates row by
+ *    row against its rows' own anchors (their maxima over the windows, kept
+ *    by its owner at step 2) and attends the keys only it finds, as the
+ *    single-rank kernel does.
  * The stripes are the single-rank kernel's, key for key; the output differs
  * from it by the order of the LSE merges only.
  *
@@ -160,15 +164,17 @@ int cp__anchor_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thr
     sl->send_to[N] = ns;
     free(need);
     const size_t stride = (size_t)p->shape.n_kv_heads * bs * d;
-    *stage = (size_t)n_qblk * H * (d + 1) + (size_t)ns * stride * 2 + (size_t)n_qblk * 8 + 16; // + own and group lists
+    *stage = (size_t)n_qblk * H * (d + 1) + (size_t)ns * stride * 2 + (size_t)n_qblk * 8 + 16 + // + own and group lists
+             (size_t)H * ge.B + 4; // the last block's row anchors
     /* per thread: a block's tile, the pooled tile, its scores, the kept
      * stripes and the candidate ranges */
     int max_rg = 1;
     for (int t = 0; t < N; t++) max_rg = sl->hold[t].n_rg > max_rg ? sl->hold[t].n_rg : max_rg;
-    *per_thread = attn_tile_bytes((int)ge.B, d) + attn_tile_bytes(ge.max_blk, d) +
+    *per_thread = 2 * attn_tile_bytes((int)ge.B, d) + attn_tile_bytes(ge.max_blk, d) +
                   attn_arena_need(sizeof(float) * (size_t)((ge.max_blk + 3) & ~3) * ANCHOR_CH) +
-                  attn_arena_need(sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2)) +
-                  attn_arena_need(sizeof(attn_range_t) * (size_t)(max_rg + 2)) + 4 * 64;
+                  attn_arena_need(sizeof(float) * (size_t)((ge.B + 3) & ~3) * ANCHOR_CH) +
+                  2 * attn_arena_need(sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2)) +
+                  attn_arena_need(sizeof(attn_range_t) * (size_t)(max_rg + 2)) + 6 * 64;
     return 0;
 }
 
@@ -181,8 +187,35 @@ typedef struct {
     int n_own;
     agroup_t *grp;
     int n_grp;
-    int kept; // stripes kept at this step, over all groups (skip accounting)
+    int kept;      // stripes kept at this step, over all groups (skip accounting)
+    float *tail_m; // (H, B) the call's last block's row maxima over the windows (its owner's)
 } anchor_ctx_t;
+
+/* Whether qblk[bi] is the call's last query block (the single-rank kernel's
+ * tail: its group reaches the end of the keys). */
+static int is_tail(const anchor_ctx_t *x, int bi) {
+    const cp_qblk_t *qb = &x->sl->qblk[bi];
+    return bi == x->sl->n_qblk - 1 && qb->g * x->ge.L + x->ge.L >= x->sl->n_kv;
+}
+
+/* Appends key j to a sorted range list. */
+static void add_key(attn_range_t *rg, int *n, int64_t j) {
+    if (*n > 0 && rg[*n - 1].hi == j)
+        rg[*n - 1].hi = j + 1;
+    else
+        rg[(*n)++] = (attn_range_t){j, j + 1};
+}
+
+/* The scaled queries of block qb, head h, into t. */
+static void load_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, attn_tile_t *t) {
+    const int H = p->shape.n_heads, d = p->shape.head_dim, nr = (int)(qb->p1 - qb->p0);
+    attn_tile_begin(t, nr);
+    for (int i = 0; i < nr; i++) {
+        const float *qr = p->qbuf + ((size_t)(qb->i0 + i) * H + h) * d;
+        for (int e = 0; e < d; e++) t->q[(size_t)i * d + e] = qr[e] * p->shape.scale;
+        t->qpos[i] = qb->p0 + i;
+    }
+}
 
 /* Step 2: this rank's blocks over the two windows of lview; the partial to
  * acc, the pooled query and anchor to the table. */
@@ -237,6 +270,7 @@ static int anchor_pass(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
             double am = 0;
             for (int i = 0; i < t.nr; i++) am += t.m[i];
             qbar[d] = (float)(am / t.nr);
+            if (is_tail(x, bi)) memcpy(x->tail_m + (size_t)h * x->ge.B, t.m, sizeof(float) * (size_t)t.nr);
             attn_tile_finish(&t);
             for (int i = 0; i < nr; i++) {
                 const size_t row = (size_t)(qb->i0 + i) * H + h;
@@ -266,13 +300,16 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
     {
         attn_arena_t *ar = &p->arenas[attn_thread_num()];
         attn_arena_reset(ar);
-        attn_tile_t t, pt;
+        attn_tile_t t, pt, tt;
         const int rows4 = (x->ge.max_blk + 3) & ~3;
-        int ok = attn_tile_init(&t, ar, (int)x->ge.B, d) == 0 && attn_tile_init(&pt, ar, x->ge.max_blk, d) == 0;
+        int ok = attn_tile_init(&t, ar, (int)x->ge.B, d) == 0 && attn_tile_init(&pt, ar, x->ge.max_blk, d) == 0 &&
+                 attn_tile_init(&tt, ar, (int)x->ge.B, d) == 0;
         float *S = attn_arena_alloc(ar, sizeof(float) * (size_t)rows4 * ANCHOR_CH);
+        float *Sr = attn_arena_alloc(ar, sizeof(float) * (size_t)((x->ge.B + 3) & ~3) * ANCHOR_CH);
         attn_range_t *sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2));
+        attn_range_t *xo = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2));
         attn_range_t *cand = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(hs->n_rg + 2));
-        ok = ok && S && sel && cand;
+        ok = ok && S && Sr && sel && xo && cand;
         if (!ok) {
 #pragma omp atomic write
             err = LC_ENOMEM;
@@ -292,7 +329,12 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
                 if (lo < hi) cand[nc++] = (attn_range_t){lo, hi};
             }
             if (!nc) continue;
-            int n_sel = 0;
+            /* this rank holds the call's last block in this group: its rows test the candidates too */
+            const int last_bi = x->own[gr->own0 + gr->n_own - 1];
+            const cp_qblk_t *lqb = &sl->qblk[last_bi];
+            const int tail = theta != INFINITY && is_tail(x, last_bi);
+            if (tail) load_block(p, lqb, h, &tt);
+            int n_sel = 0, n_xo = 0;
             if (theta == INFINITY) {
                 memcpy(sel, cand, sizeof *cand * (size_t)nc);
                 n_sel = nc;
@@ -305,31 +347,36 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
                     for (int64_t j0 = cand[u].lo; j0 < cand[u].hi; j0 += ANCHOR_CH) {
                         const int64_t j1 = j0 + ANCHOR_CH < cand[u].hi ? j0 + ANCHOR_CH : cand[u].hi;
                         attn_tile_scores(&pt, view, kh, j0, j1, S, ANCHOR_CH);
+                        if (tail) attn_tile_scores(&tt, view, kh, j0, j1, Sr, ANCHOR_CH);
                         for (int64_t j = j0; j < j1; j++) {
                             int keep = 0;
                             for (int b = 0; b < gr->nq && !keep; b++)
                                 keep = S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >=
                                        x->table[((size_t)(gr->q0 + b) * H + h) * (d + 1) + d];
-                            if (!keep) continue;
-                            if (n_sel > 0 && sel[n_sel - 1].hi == j)
-                                sel[n_sel - 1].hi = j + 1;
-                            else
-                                sel[n_sel++] = (attn_range_t){j, j + 1};
+                            if (keep) {
+                                add_key(sel, &n_sel, j);
+                                continue;
+                            }
+                            const float *tm = x->tail_m + (size_t)h * x->ge.B;
+                            for (int r = 0; tail && r < tt.nr; r++)
+                                if (Sr[(size_t)r * ANCHOR_CH + (j - j0)] + theta >= tm[r]) {
+                                    add_key(xo, &n_xo, j);
+                                    break;
+                                }
                         }
                     }
             }
-            if (!n_sel) continue;
-            kept += n_sel;
+            if (!n_sel && !n_xo) continue;
+            kept += n_sel + n_xo;
             for (int ob = 0; ob < gr->n_own; ob++) {
-                const cp_qblk_t *qb = &sl->qblk[x->own[gr->own0 + ob]];
+                const int bi = x->own[gr->own0 + ob];
+                const cp_qblk_t *qb = &sl->qblk[bi];
                 const int nr = (int)(qb->p1 - qb->p0);
-                attn_tile_begin(&t, nr);
-                for (int i = 0; i < nr; i++) {
-                    const float *qr = p->qbuf + ((size_t)(qb->i0 + i) * H + h) * d;
-                    for (int e = 0; e < d; e++) t.q[(size_t)i * d + e] = qr[e] * sh->scale;
-                    t.qpos[i] = qb->p0 + i;
-                }
-                attn_tile_run(&t, view, kh, sel, n_sel);
+                const int extra = bi == last_bi && n_xo > 0;
+                if (!n_sel && !extra) continue;
+                load_block(p, qb, h, &t);
+                if (n_sel) attn_tile_run(&t, view, kh, sel, n_sel);
+                if (extra) attn_tile_run(&t, view, kh, xo, n_xo);
                 attn_tile_finish(&t);
                 for (int i = 0; i < nr; i++) {
                     const size_t row = (size_t)(qb->i0 + i) * H + h;
@@ -359,6 +406,7 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
     float *sendv = sendk + (size_t)ns * stride;
     x.own = (int *)(sendv + (size_t)ns * stride);
     x.grp = (agroup_t *)(((uintptr_t)(x.own + sl->n_qblk) + 15) & ~(uintptr_t)15);
+    x.tail_m = (float *)(((uintptr_t)(x.grp + sl->n_qblk) + 15) & ~(uintptr_t)15);
     for (int i = 0; i < sl->n_qblk; i++) {
         if (sl->qblk[i].owner != r) continue;
         const int64_t g = sl->qblk[i].g;

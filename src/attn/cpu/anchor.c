@@ -11,7 +11,18 @@
  * all, at any length (no multiple-of-group requirement; the keys just before
  * a group are candidates like any other). Groups and blocks are aligned to
  * absolute positions; under chunked prefill a group's stripes are chosen from
- * the group's queries in the current chunk. */
+ * the group's queries in the current chunk.
+ *
+ * One addition to the published method: the last query block of a call (the
+ * end of the prompt, where a question sits, and the rows whose logits answer
+ * it) also tests the candidates row by row, q_r.k_j*scale + theta >= m_r, and
+ * attends the keys it finds beyond the group's stripes itself. The pooled
+ * test averages q.k - m over a block's 128 rows, so a key that only the
+ * question's few rows attend to scores like the filler around it and is
+ * dropped for the whole group: a passkey 2K-4K tokens back was lost that way
+ * at 93% density. Per-row scores of one block per call cost what FlexPrefill's
+ * representative-query pass costs, and only that block attends the extra
+ * keys. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +43,16 @@ typedef struct {
     const attn_kv_t *kv;
 } anchor_ctx_t;
 
-#define ANCHOR_CH 1024 // keys per stripe-scoring pass
+#define ANCHOR_CH 256 // keys per stripe-scoring pass
 
 typedef struct {
     attn_tile_t *tiles; // (max_blk) one per query block of the group
     attn_tile_t pt;     // pooled (mean) queries of the group's blocks
     float *S;           // (max_blk rounded to 4, ANCHOR_CH) pooled scores
+    float *Sr;          // (B rounded to 4, ANCHOR_CH) the call's last block's own scores
     float *abar;        // (max_blk) mean anchor of each block
     attn_range_t *sel;  // (N / 2 + 1) selected stripes
+    attn_range_t *own;  // (N / 2 + 1) keys only the call's last block attends
 } anchor_scratch_t;
 
 static anchor_ctx_t anchor_ctx(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q,
@@ -56,7 +69,9 @@ static size_t anchor_scratch_bytes(const anchor_ctx_t *c) {
     return attn_arena_need(sizeof(attn_tile_t) * c->max_blk) + (size_t)c->max_blk * attn_tile_bytes(c->B, d) +
            attn_tile_bytes(c->max_blk, d) +
            attn_arena_need(sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH) +
-           attn_arena_need(sizeof(float) * c->max_blk) + attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+           attn_arena_need(sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH) +
+           attn_arena_need(sizeof(float) * c->max_blk) +
+           2 * attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
 }
 
 static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratch_t *x) {
@@ -67,9 +82,11 @@ static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratc
     for (int b = 0; !rc && b < c->max_blk; b++) rc = attn_tile_init(&x->tiles[b], ar, c->B, d);
     if (!rc) rc = attn_tile_init(&x->pt, ar, c->max_blk, d);
     x->S = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH);
+    x->Sr = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH);
     x->abar = attn_arena_alloc(ar, sizeof(float) * c->max_blk);
     x->sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
-    return rc || !x->S || !x->abar || !x->sel ? LC_ENOMEM : 0;
+    x->own = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+    return rc || !x->S || !x->Sr || !x->abar || !x->sel || !x->own ? LC_ENOMEM : 0;
 }
 
 /* Step 1: each query block of group g (head h) attends the initial window and
@@ -112,26 +129,44 @@ static int anchor_pass(const anchor_ctx_t *c, int h, int64_t g0, anchor_scratch_
     return nb;
 }
 
+/* Appends key j to a sorted range list. */
+static void add_key(attn_range_t *rg, int *n, int64_t j) {
+    if (*n > 0 && rg[*n - 1].hi == j)
+        rg[*n - 1].hi = j + 1;
+    else
+        rg[(*n)++] = (attn_range_t){j, j + 1};
+}
+
 /* Step 2: the stripes over [A, g0): key j is kept when some block's pooled
- * query scores it within theta of that block's anchor. Returns the ranges. */
-static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, anchor_scratch_t *x) {
+ * query scores it within theta of that block's anchor. When the group holds
+ * the call's last block (tail), that block's rows also test each key not
+ * kept, each against its own anchor (its running row max), into x->own.
+ * Returns the stripes; *n_own the extra keys. */
+static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int tail, anchor_scratch_t *x, int *n_own) {
     const int kh = h / (c->sh->n_heads / c->sh->n_kv_heads), d = c->sh->head_dim;
     const float theta = c->pol->theta;
     int n_sel = 0;
+    *n_own = 0;
     if (g0 <= c->A) return 0;
     x->pt.nr = nb;
     for (int r = nb; r < ((nb + 3) & ~3); r++) memset(x->pt.q + (size_t)r * d, 0, sizeof(float) * d);
+    attn_tile_t *last = tail && theta != INFINITY ? &x->tiles[nb - 1] : NULL;
     for (int64_t j0 = c->A; j0 < g0; j0 += ANCHOR_CH) {
         int64_t j1 = j0 + ANCHOR_CH < g0 ? j0 + ANCHOR_CH : g0;
         if (theta != INFINITY) attn_tile_scores(&x->pt, c->kv, kh, j0, j1, x->S, ANCHOR_CH);
+        if (last) attn_tile_scores(last, c->kv, kh, j0, j1, x->Sr, ANCHOR_CH);
         for (int64_t j = j0; j < j1; j++) {
             int keep = theta == INFINITY;
             for (int b = 0; b < nb && !keep; b++) keep = x->S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >= x->abar[b];
-            if (!keep) continue;
-            if (n_sel > 0 && x->sel[n_sel - 1].hi == j)
-                x->sel[n_sel - 1].hi = j + 1;
-            else
-                x->sel[n_sel++] = (attn_range_t){j, j + 1};
+            if (keep) {
+                add_key(x->sel, &n_sel, j);
+                continue;
+            }
+            for (int r = 0; last && r < last->nr; r++)
+                if (x->Sr[(size_t)r * ANCHOR_CH + (j - j0)] + theta >= last->m[r]) {
+                    add_key(x->own, n_own, j);
+                    break;
+                }
         }
     }
     return n_sel;
@@ -168,11 +203,14 @@ int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, at
             const int h = it % H, kh = h / (H / shape->n_kv_heads);
             const int64_t g0 = (g_last - it / H) * c.L; // later groups first: they carry more keys
             const int nb = anchor_pass(&c, h, g0, &x);
-            const int n_sel = anchor_stripes(&c, h, g0, nb, &x);
-            /* step 3: continue each block with the stripes, finish, store */
+            int n_own;
+            const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x, &n_own);
+            /* step 3: continue each block with the stripes (the call's last
+             * block with its own keys too), finish, store */
             for (int b = 0; b < nb; b++) {
                 attn_tile_t *t = &x.tiles[b];
                 if (n_sel > 0) attn_tile_run(t, kv, kh, x.sel, n_sel);
+                if (b == nb - 1 && n_own > 0) attn_tile_run(t, kv, kh, x.own, n_own);
                 attn_tile_finish(t);
                 for (int r = 0; r < t->nr; r++) {
                     size_t row = (size_t)(t->qpos[r] - q_pos0) * H + h;

@@ -94,6 +94,7 @@ static int plan_decode(attn_plan_t *p, int block_size, size_t *per_thread) {
             dr->row = r;
             dr->n_kv = s->pos0 + r + 1;
             dr->qrow = s->tok0 + r;
+            dr->tidal_due = 0;
             dr->rg_cap = attn__decode_rg_cap(pol, dr->n_kv, block_size);
             n_rg += (size_t)dr->rg_cap * KH;
             n_items += (size_t)KH * (size_t)((dr->n_kv - 1) / ATTN_PIECE + 1);
@@ -180,7 +181,7 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, cons
                           .kmax = store->kmax,
                           .blk_stride = store->blk_stride,
                           .sum_stride = store->sum_stride,
-                          .blocks = s->blocks,
+                          .blocks = s->blocks + (size_t)store->group * s->group_stride,
                           .block_size = store->block_size,
                           .n_kv = s->pos0 + s->n_tok};
     const float *qs = q + (size_t)s->tok0 * rs;
@@ -217,7 +218,7 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, cons
 int attn_run(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
              float *lse) {
     if (!p || !kv || !q || !out || layer < 0 || layer >= p->n_layers || !p->n_seqs || window < 0) return LC_EINVAL;
-    if (kv->block_size != p->block_size || !kv->k || !kv->v) return LC_EINVAL;
+    if (kv->block_size != p->block_size || !kv->k || !kv->v || kv->group < 0) return LC_EINVAL;
     if (attn_max_threads() > p->n_threads) return LC_EINVAL; // the team grew since the plan
     for (int i = 0; i < p->n_seqs; i++) {
         if (p->seqs[i].decode) continue;
