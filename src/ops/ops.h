@@ -65,11 +65,20 @@ typedef struct {
     int cols;         // in, a multiple of the type's block size
     size_t row_bytes; // ops_w_row_bytes(type, cols)
     const void *data; // (rows, row_bytes), borrowed: the holder frees it
+    int packed;       // 0: rows in the file's order; 1: groups of 16 rows interleaved (ops_w_pack)
 } ops_w_t;
 
 /* Bytes of one row of `cols` weights of `type`; 0 when the type is not
  * supported or cols is not a multiple of its block size. */
 size_t ops_w_row_bytes(int type, int cols);
+/* Rearranges w's data in place into groups of 16 rows interleaved block by
+ * block (src/ops/cpu/qformat.h says how), which the decode matmul multiplies
+ * 16 rows at a time: Q4_0, Q4_1 and Q8_0 with rows a multiple of 16; other
+ * matrices are left as they are. The same bytes, the same values: every
+ * function here reads either layout, and the exact path gives the same bits
+ * in both. w->data must be writable memory the caller owns. Returns 1 when
+ * packed, 0 when left, LC_ENOMEM. Not thread-safe for one w. */
+int ops_w_pack(ops_w_t *w);
 /* Expands row r of w to f32 with the kernel set in use. dst: (w->cols) */
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
 /* Expands n weights of `type` (n a multiple of its block size) at src to f32

@@ -33,6 +33,8 @@
 #include "ops/cpu/qformat.h"
 #include "ops/cpu/threads.h"
 
+_Static_assert(GEMM_NP % QF_PACK == 0, "a panel holds whole packed groups");
+
 /* Columns per slice are rounded to this so slices stay cache-line aligned. */
 #define MM_ALIGN 16
 
@@ -103,6 +105,10 @@ void ops_mm_set_q8(int on) {
 }
 
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst) {
+    if (w->packed) {
+        qf_pack_row(w, r, dst);
+        return;
+    }
     kern()->dequant[qf_type_index(w->type)]((const uint8_t *)w->data + (size_t)r * w->row_bytes, dst, w->cols);
 }
 
@@ -162,16 +168,28 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
         }
         act = buf;
     }
-    const qf_dot_fn dot = kt->dot[ti];
     const uint8_t *wd = w->data;
     const size_t rb = w->row_bytes;
+    if (w->packed) { // 16 weight rows per call, QF_PNA activation rows at a time
+        const qf_pdot_fn pdot = kt->pdot[ti];
+        const int ng = out / QF_PACK;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (ng >= 4 && !omp_in_parallel())
+#endif
+        for (int g = 0; g < ng; g++)
+            for (int j = 0; j < n; j += QF_PNA)
+                pdot(in, wd + (size_t)g * QF_PACK * rb, (const uint8_t *)act + (size_t)j * astride, astride,
+                     n - j < QF_PNA ? n - j : QF_PNA, y + (size_t)j * out + (size_t)g * QF_PACK, (size_t)out);
+    } else {
+        const qf_dot_fn dot = kt->dot[ti];
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) if (out >= 64 && !omp_in_parallel())
 #endif
-    for (int r = 0; r < out; r++)
-        for (int j = 0; j < n; j += QF_NA)
-            dot(in, wd + (size_t)r * rb, (const uint8_t *)act + (size_t)j * astride, astride,
-                n - j < QF_NA ? n - j : QF_NA, y + (size_t)j * out + r, (size_t)out);
+        for (int r = 0; r < out; r++)
+            for (int j = 0; j < n; j += QF_NA)
+                dot(in, wd + (size_t)r * rb, (const uint8_t *)act + (size_t)j * astride, astride,
+                    n - j < QF_NA ? n - j : QF_NA, y + (size_t)j * out + r, (size_t)out);
+    }
     /* 8-bit quantization would turn NaN or Inf into ordinary numbers; give a
      * row that had any the NaN outputs the f32 path would, so corrupted
      * activations are seen instead of yielding plausible logits. */
@@ -214,9 +232,15 @@ static int mm_exact(float *y, const float *x, const ops_w_t *w, int n) {
         for (int p = 0; p < n_panels; p++) {
             if (!tile) continue;
             const int r0 = p * GEMM_NP, np = out - r0 < GEMM_NP ? out - r0 : GEMM_NP;
-            for (int r = 0; r < np; r++)
-                kt->dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
-            ops__gemm_pack(tile, np, in, packed);
+            if (w->packed) { // whole groups of 16 rows, expanded straight into the kernels' layout
+                for (int g = 0; g < np / QF_PACK; g++)
+                    kt->pexpand[ti]((const uint8_t *)w->data + (size_t)(r0 + g * QF_PACK) * rb, in,
+                                    packed + (size_t)g * in * QF_PACK);
+            } else {
+                for (int r = 0; r < np; r++)
+                    kt->dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
+                ops__gemm_pack(tile, np, in, packed);
+            }
             ops__gemm_panel(level, n, in, x, packed, np, y + r0, out);
         }
     }
