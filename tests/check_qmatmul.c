@@ -364,6 +364,38 @@ START_TEST(test_packed_simd_vs_scalar) {
 }
 END_TEST
 
+/* Several matrices on one x (ops_matmul_w_multi) give each exactly what it
+ * gives alone: packed and row layouts, mixed types and activation formats,
+ * both arithmetics, every kernel set. */
+START_TEST(test_multi) {
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
+        const int n = 10, in = 512, types3[3] = {OPS_W_Q4_1, OPS_W_Q8_0, OPS_W_Q6_K}, outs[3] = {64, 48, 33};
+        float *x = make_x(n, in, 17), *wd[3], *ym[3], *ys = malloc((size_t)n * 64 * sizeof *ys);
+        ops_w_t w[3];
+        const ops_w_t *wp[3];
+        for (int i = 0; i < 3; i++) {
+            w[i] = make_w(types3[i], outs[i], in, 40 + (unsigned)i, &wd[i]);
+            if (i < 2) ck_assert_int_eq(ops_w_pack(&w[i]), 1);
+            wp[i] = &w[i];
+            ym[i] = malloc((size_t)n * outs[i] * sizeof *ym[i]);
+        }
+        for (int mode = 0; mode < 2; mode++)
+            for (int nw = 2; nw <= 3; nw++) { // two of one activation format, then a third of another
+                ck_assert_int_eq(ops_matmul_w_multi(nw, ym, wp, x, n, mode), 0);
+                for (int i = 0; i < nw; i++) {
+                    ck_assert_int_eq(mm(ys, x, &w[i], n, mode), 0);
+                    ck_assert_msg(memcmp(ys, ym[i], (size_t)n * outs[i] * sizeof *ys) == 0,
+                                  "%s multi %d of %d, mode %d", lc_cpu_level_name(l), i, nw, mode);
+                }
+            }
+        for (int i = 0; i < 3; i++) free(wd[i]), free(ym[i]), free((void *)(uintptr_t)w[i].data);
+        free(x), free(ys);
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+}
+END_TEST
+
 /* A NaN or Inf in an activation row gives that row non-finite outputs on both
  * paths and both kernel sets (8-bit quantization used to hide it); the other
  * rows are untouched. */
@@ -399,6 +431,7 @@ static Suite *qmatmul_suite(void) {
     tcase_add_test(tc, test_rows);
     tcase_add_test(tc, test_scalar);
     tcase_add_test(tc, test_packed);
+    tcase_add_test(tc, test_multi);
     if (lc_cpu_detected() >= LC_CPU_AVX2) {
         tcase_add_test(tc, test_simd);
         tcase_add_test(tc, test_simd_vs_scalar);

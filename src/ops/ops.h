@@ -104,6 +104,14 @@ int ops_w_dequantize(int type, const void *src, float *dst, size_t n);
 enum { OPS_MM_EXACT = 0, OPS_MM_Q8 = 1 };
 int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode);
 
+/* y[i] = x · w[i]ᵀ for up to OPS_MM_MAX_W matrices of the same input width
+ * (Q, K and V; gate and up): one parallel region for all, x quantized once.
+ * Each y[i] gets exactly what ops_matmul_w(y[i], x, w[i], n, mode) gives.
+ *   x: (n, w[i]->cols)   y[i]: (n, w[i]->rows)
+ * Returns 0, LC_ENOMEM, or LC_EINVAL (widths differ, nw out of range). */
+#define OPS_MM_MAX_W 4
+int ops_matmul_w_multi(int nw, float *const *y, const ops_w_t *const *w, const float *x, int n, int mode);
+
 /* Turns OPS_MM_Q8 into OPS_MM_EXACT for the whole process when off (default
  * on; the environment's LACUNA_MM_Q8=0 turns it off at first use). Set it
  * before any request runs: outputs are only comparable within one setting. */

@@ -31,7 +31,7 @@ static void pack_group(int type, const uint8_t *src, size_t row_bytes, int nb, u
     for (int b = 0; b < nb; b++, dst += (size_t)QF_PACK * bytes) {
         for (int r = 0; r < QF_PACK; r++) {
             const uint8_t *blk = src + (size_t)r * row_bytes + (size_t)b * bytes;
-            memcpy(dst + 2 * r, blk, 2); // d
+            memcpy(dst + 2 * r, blk, 2);                                // d
             if (sc == 4) memcpy(dst + 2 * QF_PACK + 2 * r, blk + 2, 2); // m
             for (int c = 0; c < qb / 4; c++) memcpy(dst + qoff + (size_t)(c * QF_PACK + r) * 4, blk + sc + 4 * c, 4);
         }
