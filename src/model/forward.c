@@ -232,7 +232,6 @@ static int logits(model_cpu_t *c, const model_batch_t *b) {
         int rc = mm(c->lbuf, c->xb + (size_t)r0 * E, &m->output, cnt, c->rgen + r0);
         if (rc) return rc;
         if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
-        if (cap > 0) ops_softcap(c->lbuf, (size_t)cnt * V, cap);
         for (int i = 0; i < cnt; i++) memcpy(c->dst[r0 + i], c->lbuf + (size_t)i * V, (size_t)V * sizeof(float));
     }
     return 0;
