@@ -20,18 +20,17 @@
  *    OpenBLAS picked kernels older than the CPU's vector units (Debian 12's
  *    0.3.21 falls back to SSE3 "Prescott" kernels on CPUs it does not know,
  *    as virtual machines often report: 5x slower sgemm measured on a
- *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell
- *    and re-executes the program once (argv unchanged), since OpenBLAS reads
- *    it only when loaded. It returns when nothing had to change or exec
- *    failed;
+ *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell;
+ *    and when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, it sets a
+ *    short spin (GOMP_SPINCOUNT=300) instead of libgomp's ~3 ms, which
+ *    made decode 15-20x slower on a 2-vCPU VM whose cores other processes
+ *    were using. Either way it re-executes the program once (argv
+ *    unchanged), since both libraries read their settings only when loaded.
+ *    It returns when nothing had to change or exec failed;
  *  - with argv NULL on the thread that runs the forward pass (the
  *    scheduler's engine thread): never re-executes.
  * Either way it sizes the calling thread's OpenMP team to `threads` (0: as
- * OMP_NUM_THREADS or the CPU count say) and returns that team's size. The
- * wait policy is left to the environment: libgomp's default spins ~3 ms
- * before sleeping, which keeps the hundreds of parallel regions of a decode
- * step cheap (OMP_WAIT_POLICY=passive measured decode 47 tok/s against 60
- * with the default, 65 with active, on the 2-core development VM). */
+ * OMP_NUM_THREADS or the CPU count say) and returns that team's size. */
 int ops_cpu_init(char **argv, int threads);
 /* The OpenBLAS kernel set in use ("Haswell", ...), NULL for another BLAS. */
 const char *ops_cpu_blas_core(void);
