@@ -59,6 +59,7 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
         sampler_params_t sp = r->p.sampling;
         sp.seed = r->p.sampling.seed + (uint64_t)c;
         sp.n_logprobs = r->p.logprobs > 0 ? r->p.logprobs : 0;
+        sp.skip_logprob = r->p.logprobs < 0; // output.c reads them only when asked for
         if (sp.n_logprobs > SAMPLER_MAX_LOGPROBS) sp.n_logprobs = SAMPLER_MAX_LOGPROBS;
         if (!(ch->sampler = sampler_create(&sp, hp->n_vocab, r->prompt, r->p.n_prompt))) return LC_ENOMEM;
         if (s->tok && !(ch->detok = tok_stream_create(s->tok, 1))) return LC_ENOMEM;
