@@ -122,8 +122,8 @@ class Server:
 def start_server(kind, args, conc, workdir):
     port = free_port()
     log = os.path.join(workdir, f"{kind}-c{conc}.log")
-    if kind == "lacunad":
-        argv = [args.lacunad, "--model", args.model, "--host", HOST, "--port", str(port), "--served-name", "bench",
+    if kind in ("lacunad", "lacunad-base"):
+        argv = [args.lacunad if kind == "lacunad" else args.lacunad_base, "--model", args.model, "--host", HOST, "--port", str(port), "--served-name", "bench",
                 "--set", f"model.threads={args.threads}"]
         for s in args.lacunad_set:
             argv += ["--set", s]
@@ -256,6 +256,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lacunad")
     ap.add_argument("--llama-server")
+    ap.add_argument("--lacunad-base", help="a second lacunad build (server name lacunad-base), for A/B in one run")
     ap.add_argument("--model", required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--concurrency", default="1,4,16,64")
@@ -275,9 +276,9 @@ def main():
 
     servers = [s for s in args.servers.split(",") if s]
     for s in servers:
-        if s not in ("lacunad", "llama-server"):
+        if s not in ("lacunad", "llama-server", "lacunad-base"):
             ap.error(f"unknown server {s}")
-        path = args.lacunad if s == "lacunad" else args.llama_server
+        path = {"lacunad": args.lacunad, "llama-server": args.llama_server, "lacunad-base": args.lacunad_base}[s]
         if not path or not os.access(path, os.X_OK):
             ap.error(f"{s}: no executable given or found ({path})")
     concs = [int(c) for c in args.concurrency.split(",") if c]
@@ -288,11 +289,13 @@ def main():
            "cpus": os.cpu_count(), "model": os.path.basename(args.model), "threads": args.threads,
            "max_tokens": args.max_tokens, "prompt_words": args.prompt_words, "argv": sys.argv, "levels": []}
     base = 0
-    for conc in concs:
+    for li, conc in enumerate(concs):
         n_req = max(conc, conc * math.ceil(args.min_requests / conc))
         prompts = [make_prompt(base + i, args.prompt_words, args.seed) for i in range(n_req)]
         base += n_req
-        for kind in servers:
+        # the servers take turns going first, so that a drift in the machine's load
+        # does not always favour the same one
+        for kind in servers[li % len(servers):] + servers[:li % len(servers)]:
             srv = start_server(kind, args, conc, workdir)
             try:
                 warm = one_request(srv.port, "Say hello.", 8)
@@ -338,11 +341,13 @@ def table(out, servers, concs, label):
             lines.append(f"| {c} | {s} | {lv['ok']}/{lv['requests']} | {lv['agg_tok_s']:.1f} | "
                          f"{lv['stream_tok_s_p50']:.1f} | {lv['ttft_p50_s']:.2f} | {lv['ttft_p99_s']:.2f} | "
                          f"{lv['wall_s']:.1f} |")
-    if "lacunad" in servers and "llama-server" in servers:
-        lines += ["", "| C | agg ratio (lacunad / llama-server) | stream ratio | TTFT p50 ratio | TTFT p99 ratio |",
+    for other in ("llama-server", "lacunad-base"):
+        if "lacunad" not in servers or other not in servers:
+            continue
+        lines += ["", f"| C | agg ratio (lacunad / {other}) | stream ratio | TTFT p50 ratio | TTFT p99 ratio |",
                   "|---:|---:|---:|---:|---:|"]
         for c in concs:
-            a, b = by.get(("lacunad", c)), by.get(("llama-server", c))
+            a, b = by.get(("lacunad", c)), by.get((other, c))
             if not a or not b:
                 continue
 

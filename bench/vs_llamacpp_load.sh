@@ -16,7 +16,8 @@
 #   env: THREADS (2), CONCURRENCY (1,4,16,64), SERVERS (lacunad,llama-server),
 #        MIN_REQUESTS (8: requests per level at least), OUT (bench/out/load-DATE),
 #        LLAMA_CPP_PY_VERSION (sdist version, default 0.3.36),
-#        LLAMA_SERVER (path to a llama-server binary), LOAD_ARGS (more
+#        LLAMA_SERVER (path to a llama-server binary), LACUNAD_BASE (a second
+#        lacunad for A/B in the same run: add lacunad-base to SERVERS), LOAD_ARGS (more
 #        load_client.py arguments, e.g. "--lacunad-set engine.target_step_ms=100")
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -48,5 +49,6 @@ mkdir -p "$out"
 python3 "$here/load_client.py" --lacunad "$bdir/lacunad" --llama-server "$llama_server" --model "$model" \
   --threads "${THREADS:-2}" --concurrency "${CONCURRENCY:-1,4,16,64}" --servers "$servers" \
   --min-requests "${MIN_REQUESTS:-8}" --label "llama.cpp from llama-cpp-python $ver" \
+  ${LACUNAD_BASE:+--lacunad-base "$LACUNAD_BASE"} \
   --workdir "$out" --json "$out/load.json" --md "$out/load.md" ${LOAD_ARGS:-}
 echo "(JSON, table and server logs in $out)" >&2
