@@ -13,6 +13,7 @@ streams of 128 tokens (greedy, EOS ignored). Prints a table and writes JSON.
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,19 +50,35 @@ def post_stream(port, body):
     return ttft, n, time.perf_counter() - t0
 
 
-def prompt_ids(n, vocab):
-    # a deterministic token sequence (ids, so both sides read the same prompt)
-    return [(i * 7919 + 13) % (vocab - 100) + 50 for i in range(n)]
+def engine_times(port):
+    """The engine's step counters from /metrics: steps, forward s, sampling s."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    vals = {}
+    for line in text.splitlines():
+        for k in ("engine_steps_total", "engine_forward_seconds_total", "engine_sample_seconds_total"):
+            if line.startswith("lacuna:" + k + "{"):
+                vals[k] = float(line.rsplit(" ", 1)[1])
+    return vals
+
+
+def prompt_ids(n, vocab, salt=0):
+    """A deterministic token sequence (ids, so both sides read the same
+    prompt); prompts of different salts share no prefix (no cache hits)."""
+    return [((i + 1) * 7919 + salt * 104729 + 13) % (vocab - 100) + 50 for i in range(n)]
 
 
 def bench_lacunad(a, vocab):
     port = free_port()
     env = dict(os.environ, LD_LIBRARY_PATH=a.libpath)
-    d = subprocess.Popen([a.lacunad, "--model", a.model, "--device", "cuda:0", "--host", "127.0.0.1", "--port",
-                          str(port), "--set", "engine.max_batch_tokens=8192", "--set", "engine.prefill_chunk=8192",
-                          "--set", "engine.max_running=128"], env=env, stdout=sys.stderr, stderr=sys.stderr)
+    # the GPU defaults (max_batch_tokens 8192, prefill_chunk 4096, max_running 256, target_step_ms 50)
+    log = open(a.lacunad_log, "w") if a.lacunad_log else subprocess.DEVNULL
+    daemon = subprocess.Popen([a.lacunad, "--model", a.model, "--device", a.device, "--host", "127.0.0.1", "--port",
+                               str(port)] + a.lacunad_args, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         for _ in range(600):
+            if daemon.poll() is not None:
+                raise RuntimeError(f"lacunad exited with status {daemon.returncode}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                     if r.status == 200:
@@ -70,48 +87,63 @@ def bench_lacunad(a, vocab):
                 time.sleep(0.5)
         else:
             raise RuntimeError("lacunad did not come up")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
+            name = json.loads(r.read())["data"][0]["id"]
         res = {"ttft": {}, "decode": {}}
-        body = {"model": "m", "max_tokens": 1, "temperature": 0, "stream": True}
-        post_stream(port, dict(body, prompt=prompt_ids(64, vocab)))  # warm-up
-        for n in a.prompts:
-            times = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab)))[0] for _ in range(3)]
+        body = {"model": name, "max_tokens": 1, "temperature": 0, "stream": True}
+        post_stream(port, dict(body, prompt=prompt_ids(64, vocab, 99)))  # warm-up
+        for n in a.prompts:  # three prompts of each length, none cached
+            times = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r)))[0] for r in range(3)]
             res["ttft"][n] = sorted(times)[1]
         for s in a.streams:
             out = [None] * s
             def run(i):
-                out[i] = post_stream(port, {"model": "m", "prompt": prompt_ids(200 + i, vocab), "max_tokens": 128,
+                out[i] = post_stream(port, {"model": name, "prompt": prompt_ids(200, vocab, 7 + i), "max_tokens": 128,
                                             "temperature": 0, "ignore_eos": True, "stream": True})
             ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
+            m0 = engine_times(port)
             t0 = time.perf_counter()
             for t in ts:
                 t.start()
             for t in ts:
                 t.join()
             wall = time.perf_counter() - t0
+            m1 = engine_times(port)
+            dm = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
             toks = sum(o[1] for o in out)
             # decode rate: tokens after the first, over the time after the last first token
             first = max(o[0] for o in out)
-            res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall}
+            res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall,
+                                "steps": dm.get("engine_steps_total"),
+                                "forward_s": dm.get("engine_forward_seconds_total"),
+                                "sample_s": dm.get("engine_sample_seconds_total")}
         return res
-    finally:
-        d.terminate()
-        d.wait(timeout=60)
+    finally:  # the whole session, so nothing keeps the output pipes open
+        try:
+            os.killpg(daemon.pid, 15)
+            daemon.wait(timeout=60)
+        except Exception:
+            os.killpg(daemon.pid, 9)
 
 
 def bench_hf(a, vocab):
     import torch
     from transformers import AutoModelForCausalLM
     path = a.hf_model or a.model
-    m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", gguf_file=os.path.basename(path),
-                                             torch_dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
+    kw = dict(gguf_file=os.path.basename(path), attn_implementation="sdpa")
+    try:  # transformers 5 names it dtype; 4.x torch_dtype
+        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", dtype=torch.bfloat16, **kw)
+    except TypeError:
+        m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path) or ".", torch_dtype=torch.bfloat16, **kw)
+    m = m.to(dtype=torch.bfloat16, device="cuda").eval()
     res = {"ttft": {}, "decode": {}}
     def sync():
         torch.cuda.synchronize()
     with torch.no_grad():
-        x = torch.tensor([prompt_ids(64, vocab)], device="cuda")
+        x = torch.tensor([prompt_ids(64, vocab, 99)], device="cuda")
         m.generate(x, max_new_tokens=1, do_sample=False)
         for n in a.prompts:
-            x = torch.tensor([prompt_ids(n, vocab)], device="cuda")
+            x = torch.tensor([prompt_ids(n, vocab, 1000 * n)], device="cuda")
             times = []
             for _ in range(3):
                 sync()
@@ -121,7 +153,7 @@ def bench_hf(a, vocab):
                 times.append(time.perf_counter() - t0)
             res["ttft"][n] = sorted(times)[1]
         for s in a.streams:
-            x = torch.tensor([prompt_ids(200, vocab)] * s, device="cuda")
+            x = torch.tensor([prompt_ids(200, vocab, 7 + i) for i in range(s)], device="cuda")
             sync()
             t0 = time.perf_counter()
             m.generate(x, max_new_tokens=1, do_sample=False)
@@ -135,6 +167,8 @@ def bench_hf(a, vocab):
 
 
 def main():
+    # a timeout's SIGTERM unwinds through the finally blocks (lacunad is stopped)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--lacunad", required=True)
     ap.add_argument("--libpath", default="")
@@ -145,6 +179,10 @@ def main():
     ap.add_argument("--streams", default="1,64")
     ap.add_argument("--out")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--device", default="cuda:0", help="lacunad's device (cpu: to try the script here)")
+    ap.add_argument("--lacunad-log", help="lacunad's log file (default: discarded)")
+    ap.add_argument("--lacunad-arg", dest="lacunad_args", action="append", default=[],
+                    help="an extra lacunad argument (repeat), e.g. --lacunad-arg=--set --lacunad-arg=engine.x=y")
     a = ap.parse_args()
     a.prompts = [int(x) for x in a.prompts.split(",")]
     a.streams = [int(x) for x in a.streams.split(",")]
@@ -162,6 +200,11 @@ def main():
     print("|---|---:|---:|")
     for name, o, h in rows:
         print(f"| {name} | {o:.4g} | {'' if h is None else f'{h:.4g}'} |")
+    for s in a.streams:
+        d = ours["decode"][s]
+        if d.get("steps"):
+            print(f"lacunad, {s} stream(s): {d['steps']:.0f} steps, forward {1e3 * d['forward_s'] / d['steps']:.3f} ms "
+                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"lacunad": ours, "transformers": hf}, f, indent=1)

@@ -12,9 +12,10 @@ b=${1:-build}
 out=.gpu
 rm -rf "$out/bin" "$out/libs.tar.xz"
 mkdir -p "$out/bin"
-cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_cuda" \
+cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_cuda" "$b/tests/gpu/bench_gemm" \
     "$b/tests/gpu/libattn_cuda.so" "$out/bin/"
-strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "$out"/bin/check_attn_cuda
+strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "$out"/bin/check_attn_cuda \
+    "$out"/bin/bench_gemm
 tmp=$(mktemp -d)
 mkdir "$tmp/lib"
 for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.so.1 libmicrohttpd.so.12 \
@@ -25,8 +26,12 @@ cp -L /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0 "$tmp/lib/"
 tar cJf "$out/libs.tar.xz" -C "$tmp" lib
 rm -rf "$tmp"
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ -f "$m" ] && [ ! -f "$out/model.sha256" ]; then
-    split -n 3 -d -a 1 "$m" "$out/model.part"
+# Two parts: the first travels with the binaries (42 MiB leaves room for
+# them and the tree under 64 MiB), the second (~52 MiB) in the next call.
+if [ -f "$m" ] && [ ! -f "$out/model.part1" -o -f "$out/model.part2" ]; then
+    rm -f "$out"/model.part*
+    head -c 42M "$m" > "$out/model.part0"
+    tail -c +$((42 * 1024 * 1024 + 1)) "$m" > "$out/model.part1"
     sha256sum "$m" | cut -d' ' -f1 > "$out/model.sha256"
 fi
 du -sh "$out"/* | sort -h

@@ -326,10 +326,25 @@ static void batched_equals_alone(void) {
     sched_destroy(s);
 }
 
-/* Every test marked "each kernel set" runs once per set this CPU has. */
+/* The kernel sets "each kernel set" covers: every one this CPU has, or
+ * only the one LACUNA_CPU names (tests/blas_coretypes.sh). */
+static lc_cpu_level_t levels_from(void) {
+    const char *e = getenv("LACUNA_CPU");
+    lc_cpu_level_t l = !e || !*e              ? LC_CPU_SCALAR
+                       : !strcmp(e, "avx2")   ? LC_CPU_AVX2
+                       : !strcmp(e, "scalar") ? LC_CPU_SCALAR
+                                              : LC_CPU_AVX512;
+    return l < lc_cpu_detected() ? l : lc_cpu_detected();
+}
+static lc_cpu_level_t levels_to(void) {
+    const char *e = getenv("LACUNA_CPU");
+    return e && *e ? levels_from() : lc_cpu_detected();
+}
+
+/* Every test marked "each kernel set" runs once per set (levels_from()..levels_to()). */
 #define EACH_LEVEL(body)                                                                                               \
     do {                                                                                                               \
-        for (lc_cpu_level_t l_ = LC_CPU_SCALAR; l_ <= lc_cpu_detected(); l_++) {                                       \
+        for (lc_cpu_level_t l_ = levels_from(); l_ <= levels_to(); l_++) {                                             \
             lc_cpu_set_max(l_);                                                                                        \
             body;                                                                                                      \
         }                                                                                                              \
@@ -778,7 +793,7 @@ int main(void) {
     tcase_add_test(tc, test_req_queue);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("engine");
-    tcase_set_timeout(te, 60);
+    tcase_set_timeout(te, 300); // tiny models on every kernel set; generous for a busy machine
     tcase_add_test(te, test_batched_equals_alone);
     tcase_add_test(te, test_preemption_tiny_pool);
     tcase_add_test(te, test_prefix_reuse);
@@ -787,7 +802,12 @@ int main(void) {
     tcase_add_test(te, test_stop_conditions);
     tcase_add_test(te, test_submit_errors);
     tcase_add_test(te, test_thread);
-    if ((g_model_path = tu_model_path())) tcase_add_test(te, test_smollm2);
     suite_add_tcase(s, te);
+    /* A case of its own, so that CK_RUN_CASE can pick the tiny models alone
+     * (tests/blas_coretypes.sh). */
+    TCase *tr = tcase_create("smollm2");
+    tcase_set_timeout(tr, 600); // 40 s alone here, minutes on a shared, busy machine
+    if ((g_model_path = tu_model_path())) tcase_add_test(tr, test_smollm2);
+    suite_add_tcase(s, tr);
     return tu_run(s);
 }

@@ -133,3 +133,29 @@ tests_check_toolcall_SOURCES = tests/check_toolcall.c
 tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_toolcall_LDADD = $(CHECK_LDADD)
 endif
+
+# ---- integration: serving under concurrency ------------------------------------
+# Run by tests/integration/run.sh. Head-of-line blocking behind a long prefill
+# (the real model).
+EXTRA_DIST += tests/integration/test_hol.py
+# Outputs independent of the batch and of the prefix cache, on each kernel set.
+EXTRA_DIST += tests/integration/test_determinism.py
+# Gemma 3 served (its fixture is distributed above; the test was not).
+EXTRA_DIST += tests/integration/test_gemma.py
+
+# ---- OpenBLAS core types ------------------------------------------------------
+# check_sched's batch-invariance cases under each OPENBLAS_CORETYPE this CPU
+# runs; SKIP (77) without OpenBLAS.
+TESTS += tests/blas_coretypes.sh
+EXTRA_DIST += tests/blas_coretypes.sh
+
+# ---- the scheduler under injected allocation failures -------------------------
+# Our own code's malloc, calloc, realloc and posix_memalign go through the
+# test's counter (ld --wrap), which makes a chosen one fail.
+if HAVE_CHECK
+check_PROGRAMS += tests/check_sched_oom
+tests_check_sched_oom_SOURCES = tests/check_sched_oom.c $(TINYMODEL_SRC)
+tests_check_sched_oom_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_sched_oom_LDFLAGS = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign
+tests_check_sched_oom_LDADD = $(CHECK_LDADD)
+endif

@@ -35,8 +35,8 @@ static void complete_usage(FILE *f) {
                "  --decode M         auto|dense|quest|tidal|streaming (default auto)\n"
                "  --gamma G --tau T --theta X --min-budget N --decode-budget N\n"
                "  --threshold N      auto: sparse prefill from N prompt tokens (default 16384)\n"
-               "  --chunk N          prefill chunk per step (default 512)\n"
-               "  --max-batch N      tokens per step (default 2048)\n"
+               "  --chunk N          prefill chunk per step (default: 512 on the CPU, 4096 on a GPU)\n"
+               "  --max-batch N      tokens per step (default: 2048 on the CPU, 8192 on a GPU)\n"
                "  --window N         StreamingLLM window (default 1024)\n"
                "  --no-prefix-cache\n");
 }
@@ -351,8 +351,10 @@ static int parse_args(int argc, char **argv, complete_args_t *a) {
         default: goto bad;
         }
     }
-    if (!a->model_path || optind != argc || a->max_tokens < 0 || a->conc < 1 || a->cfg.prefill_chunk < 1 ||
-        a->cfg.max_batch_tokens < a->cfg.prefill_chunk)
+    /* 0: the device's default (sched_create) */
+    if (!a->model_path || optind != argc || a->max_tokens < 0 || a->conc < 1 || a->cfg.prefill_chunk < 0 ||
+        a->cfg.max_batch_tokens < 0 ||
+        (a->cfg.max_batch_tokens > 0 && a->cfg.prefill_chunk > 0 && a->cfg.max_batch_tokens < a->cfg.prefill_chunk))
         goto bad;
     a->cfg.enable_prefix_cache = prefix;
     a->cfg.max_running = a->conc;

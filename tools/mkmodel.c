@@ -38,8 +38,11 @@ void mkmodel_opts_default(mkmodel_opts_t *o) {
 }
 
 /* ---- random numbers -------------------------------------------------------------- */
+/* splitmix64: the state is a counter advanced by GOLDEN per draw, so draw i
+ * of a stream is reachable directly (tensors are drawn in parallel). */
+#define GOLDEN 0x9e3779b97f4a7c15ull
 static uint64_t mix(uint64_t *x) {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    uint64_t z = (*x += GOLDEN);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
@@ -69,9 +72,24 @@ static int add_tensor(gguf_writer_t *w, const char *name, int rows, int cols, ui
     void *q = malloc(nbytes);
     int rc = LC_ENOMEM;
     if (!f || !q) goto out;
-    for (size_t i = 0; i < n; i++) f[i] = mean + std * randn(st);
-    if ((rc = quant_quantize(type, f, q, n))) {
-        set_err(err, errlen, "tensor %s: quantize: %s", name, lc_strerror(rc));
+    /* Element i takes draws 4i..4i+3 of the stream: the same numbers in
+     * any thread count. Rows quantize independently. */
+    const uint64_t base = *st;
+    const size_t row_bytes = (size_t)cols / bs * ts;
+    rc = 0;
+#pragma omp parallel for schedule(static) if (n >= ((size_t)1 << 20)) reduction(| : rc)
+    for (int r = 0; r < rows; r++) {
+        float *fr = f + (size_t)r * cols;
+        for (int c = 0; c < cols; c++) {
+            uint64_t x = base + ((size_t)r * cols + c) * 4 * GOLDEN;
+            fr[c] = mean + std * randn(&x);
+        }
+        rc |= quant_quantize(type, fr, (char *)q + (size_t)r * row_bytes, (size_t)cols);
+    }
+    *st = base + n * 4 * GOLDEN;
+    if (rc) {
+        rc = LC_EINVAL;
+        set_err(err, errlen, "tensor %s: quantize failed", name);
         goto out;
     }
     uint64_t dims[2] = {(uint64_t)cols, (uint64_t)rows};

@@ -63,13 +63,14 @@ static const centry_t table[] = {
     I("engine", "block_size", block_size, 0, 4096),
     L("engine", "kv_blocks", kv_blocks, 0, 1LL << 40),
     L("engine", "kv_bytes", kv_bytes, 0, 1LL << 50),
-    I("engine", "max_batch_tokens", max_batch_tokens, 1, 1 << 24),
-    I("engine", "max_running", max_running, 1, 1 << 20),
-    I("engine", "prefill_chunk", prefill_chunk, 1, 1 << 24),
+    I("engine", "max_batch_tokens", max_batch_tokens, 0, 1 << 24),
+    I("engine", "max_running", max_running, 0, 1 << 20),
+    I("engine", "prefill_chunk", prefill_chunk, 0, 1 << 24),
     I("engine", "target_step_ms", target_step_ms, -1, 1000000),
     D("engine", "kv_gpu_fraction", kv_gpu_fraction, 0.01, 0.99),
     D("engine", "kv_watermark", kv_watermark, 0, 0.5),
     B("engine", "prefix_cache", prefix_cache),
+    B("engine", "deterministic", deterministic),
     S("attention", "prefill", prefill_method, "dense|flexprefill|anchor|streaming"),
     S("attention", "decode", decode_method, "dense|quest|tidal|streaming"),
     D("attention", "gamma", gamma, 0.0001, 1),
@@ -101,11 +102,12 @@ void lc_config_default(lc_config_t *c) {
     c->block_size = 0;
     c->target_step_ms = 0;
     c->kv_gpu_fraction = 0.85;
+    c->deterministic = 1;
     c->kv_blocks = 0;
     c->kv_bytes = 1LL << 30; // SmolLM2 at f32: ~46 KB a token, so ~23K tokens, 2.8 full contexts
-    c->max_batch_tokens = 2048;
-    c->max_running = 64;
-    c->prefill_chunk = 512;
+    c->max_batch_tokens = 0; // 0: the device's default (scheduler/sched.c)
+    c->max_running = 0;
+    c->prefill_chunk = 0;
     c->kv_watermark = 0.01;
     c->prefix_cache = 1;
     snprintf(c->prefill_method, sizeof(c->prefill_method), "flexprefill");
@@ -274,7 +276,7 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[engine] one of kv_blocks or kv_bytes must be set");
         return LC_EINVAL;
     }
-    if (c->prefill_chunk > c->max_batch_tokens) {
+    if (c->prefill_chunk > 0 && c->max_batch_tokens > 0 && c->prefill_chunk > c->max_batch_tokens) {
         errf(err, errlen, "[engine] prefill_chunk (%d) exceeds max_batch_tokens (%d)", c->prefill_chunk,
              c->max_batch_tokens);
         return LC_EINVAL;

@@ -39,6 +39,7 @@ typedef struct {
     long long kv_blocks;
     long long kv_bytes;
     double kv_gpu_fraction;
+    int deterministic; // 1 (default): outputs independent of batch neighbours on the GPU too
     int max_batch_tokens;
     int max_running;
     int prefill_chunk;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h" // HAVE_CUDA
 #include "common/config.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -29,11 +30,10 @@ struct model_exec {
 
 #define CPU_BLOCK 16
 
-/* The device spec (lc_device_spec_parse) to a CUDA index, or -1 for the
- * CPU. "auto" takes the first GPU when one is usable. An explicit GPU that
- * cannot be had is an error (LC_EUNSUPPORTED, the reason in err): serving a
- * GPU's load from the CPU by surprise helps nobody. */
-static int pick_device(const char *spec, int *index, char *err, size_t errlen) {
+/* The CUDA executor runs llama-architecture models (exec_cuda.cu). */
+static int gpu_runs(const model_t *m) { return m->hp.arch_id == MODEL_ARCH_LLAMA; }
+
+int model_exec_resolve(const model_t *m, const char *spec, int *index, char *err, size_t errlen) {
     if (!spec || !*spec) spec = "cpu";
     int want;
     if (lc_device_spec_parse(spec, &want)) {
@@ -45,8 +45,10 @@ static int pick_device(const char *spec, int *index, char *err, size_t errlen) {
     char why[160] = "";
     const int n = lc_device_count(why, sizeof why);
     if (want == LC_DEVICE_AUTO) {
-        if (n > 0)
+        if (n > 0 && gpu_runs(m))
             *index = 0;
+        else if (n > 0)
+            LC_INFO("device auto: the GPU executor does not run %s models yet; running on the CPU", m->hp.arch);
         else
             LC_INFO("device auto: no usable GPU (%s); running on the CPU", why[0] ? why : "none found");
         return 0;
@@ -90,7 +92,7 @@ model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, ch
         return NULL;
     }
     int index = -1;
-    if (pick_device(o->device, &index, err, errlen)) return NULL;
+    if (model_exec_resolve(m, o->device, &index, err, errlen)) return NULL;
     model_exec_t *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -127,6 +129,14 @@ void model_exec_destroy(model_exec_t *e) {
 
 const char *model_exec_device(const model_exec_t *e) { return e->device; }
 int model_exec_is_gpu(const model_exec_t *e) { return e->cpu == NULL; }
+
+const char *model_exec_failure(const model_exec_t *e) {
+#ifdef HAVE_CUDA
+    if (e->cuda) return model_cuda_failure(e->cuda);
+#endif
+    (void)e;
+    return NULL;
+}
 kv_config_t model_exec_kv_config(const model_exec_t *e) { return e->kvc; }
 size_t model_exec_kv_block_bytes(const model_exec_t *e) { return e->block_bytes; }
 

@@ -34,16 +34,26 @@ typedef struct {
     int64_t kv_blocks;      // KV blocks; 0: from kv_bytes (CPU) or kv_gpu_fraction (GPU)
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
+    int gpu_fast_gemm;      // GPU: 1 = cuBLASLt's fastest matmul per shape, not batch-invariant (0: invariant)
 } model_exec_opts_t;
 
 /* Creates an executor for m (which must outlive it). NULL with a message in
  * err: unknown or unavailable device, out of memory, a model the device
  * cannot run. */
 model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen);
+/* Which device a spec (lc_device_spec_parse) gives m: *index = -1 for the
+ * CPU, else the CUDA index. "auto" takes the first GPU when one is usable
+ * and the GPU executor runs m's architecture. An explicit GPU that cannot be
+ * had is an error (LC_EUNSUPPORTED, the reason in err): serving a GPU's load
+ * from the CPU by surprise helps nobody. */
+int model_exec_resolve(const model_t *m, const char *spec, int *index, char *err, size_t errlen);
 void model_exec_destroy(model_exec_t *e);
 /* "cpu" or "cuda:N (<GPU name>)". */
 const char *model_exec_device(const model_exec_t *e);
 int model_exec_is_gpu(const model_exec_t *e);
+/* NULL while the device works; the reason once it is lost (a GPU error that
+ * sticks: every later step would fail). */
+const char *model_exec_failure(const model_exec_t *e);
 /* The pool configuration the store holds: create the host pool from it. */
 kv_config_t model_exec_kv_config(const model_exec_t *e);
 /* Bytes of store memory per block (metrics). */

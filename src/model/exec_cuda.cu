@@ -83,6 +83,7 @@ struct model_cuda {
     int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
     size_t cap_indices;
     unsigned char *covered; // (T) batch validation
+    char failure[256];      // set once the device is lost (model_cuda_failure)
 };
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -250,6 +251,16 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     return 0;
 }
 
+/* The matmul mode: batch-invariant unless asked otherwise; which invariant
+ * mode is LACUNA_GPU_GEMM's (split, wide; for measuring them), else split. */
+static ops_cuda_gemm_mode_t gemm_mode(const model_exec_opts_t *o) {
+    if (o->gpu_fast_gemm) return OPS_GEMM_FAST;
+    const char *e = getenv("LACUNA_GPU_GEMM");
+    if (e && !strcmp(e, "wide")) return OPS_GEMM_INVARIANT_WIDE;
+    if (e && !strcmp(e, "fast")) return OPS_GEMM_FAST;
+    return OPS_GEMM_INVARIANT_SPLIT;
+}
+
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
                                            size_t *block_bytes, char *devname, size_t devlen, char *err,
                                            size_t errlen) {
@@ -277,7 +288,7 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
         snprintf(err, errlen, "cannot open GPU %d", device);
         goto fail;
     }
-    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, 1, &c->gemm))) {
+    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, gemm_mode(o), &c->gemm))) {
         snprintf(err, errlen, "cannot create the cuBLASLt handle");
         goto fail;
     }
@@ -552,7 +563,31 @@ static void count_dense(const model_batch_t *b, const model_hparams_t *hp) {
     }
 }
 
+extern "C" const char *model_cuda_failure(const model_cuda_t *c) { return c->failure[0] ? c->failure : NULL; }
+
+/* After a failed step: drains the stream and clears a passing error; an
+ * error that is still there afterwards sticks to the device. */
+static void check_device(model_cuda_t *c) {
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    cudaGetLastError();
+    if (e == cudaSuccess) return;
+    cudaError_t again = cudaDeviceSynchronize();
+    if (again == cudaSuccess) return;
+    snprintf(c->failure, sizeof c->failure, "GPU %d is unusable after %s (%s)", c->device, cudaGetErrorName(again),
+             cudaGetErrorString(again));
+    LC_ERROR("cuda: %s; every request will fail until lacunad restarts", c->failure);
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b);
+
 extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
+    if (c->failure[0]) return LC_EDEVICE;
+    int rc = forward(c, b);
+    if (rc == LC_EDEVICE || rc == LC_ENOMEM) check_device(c);
+    return rc;
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b) {
     const kv_config_t kvc = model_kv_config(c->m, c->page_size, c->n_pages);
     int rc = model__check_batch(c->m, &kvc, c->max_tokens, b, c->covered);
     if (rc) return rc;

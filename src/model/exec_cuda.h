@@ -26,6 +26,10 @@ void model_cuda_destroy(model_cuda_t *c);
  * LC_ENOMEM or LC_EDEVICE (the step failed on the GPU; the executor stays
  * usable unless the device itself is lost). */
 int model_cuda_forward(model_cuda_t *c, const model_batch_t *b);
+/* NULL while the GPU works; once a step hit an error that sticks to the
+ * device (an illegal address, a lost GPU: every later call fails too), the
+ * reason. Such an executor never runs again. */
+const char *model_cuda_failure(const model_cuda_t *c);
 /* kv_copy_cb: copies block src to dst in every layer, ordered on the
  * executor's stream before any later step. */
 void model_cuda_copy_block(void *c, int32_t dst, int32_t src);

@@ -103,8 +103,10 @@ static int is_in(int32_t t, const int32_t *v, int n) {
     return 0;
 }
 
-/* Samples choice c from logits (modified) and emits the token. */
-static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, double now) {
+/* Draws choice c's next token from logits (modified): a function of the
+ * choice's own state alone (its sampler, its grammar matcher), so choices
+ * without a grammar draw in parallel. */
+static int draw(const sched_t *s, sched_req_t *r, int c, float *logits, sampler_result_t *res) {
     sched_choice_t *ch = &r->ch[c];
     int32_t banned[2 + 64];
     int n_banned = 0;
@@ -114,10 +116,17 @@ static void sample_choice(sched_t *s, sched_req_t *r, int c, float *logits, doub
         for (int i = 0; i < r->p.n_stop_token_ids && n_banned < (int)(sizeof banned / sizeof *banned); i++)
             banned[n_banned++] = r->stop_ids[i];
     }
-    sampler_result_t res;
     /* The grammar's mask is a function of this choice's text alone. */
     int rc = ch->gm ? gram_matcher_apply(ch->gm, logits, s->hp.n_vocab, s->eos, s->n_eos) : 0;
-    if (!rc) rc = sampler_sample(ch->sampler, logits, banned, n_banned, &res);
+    if (!rc) rc = sampler_sample(ch->sampler, logits, banned, n_banned, res);
+    return rc;
+}
+
+/* Emits choice c's drawn token (rc: the draw's status) and everything it
+ * ends. */
+static void commit_choice(sched_t *s, sched_req_t *r, int c, int rc, const sampler_result_t *drawn, double now) {
+    sched_choice_t *ch = &r->ch[c];
+    sampler_result_t res = *drawn;
     if (rc) {
         finish_choice(s, r, c, SCHED_FINISH_ERROR, rc);
         return;
@@ -243,12 +252,33 @@ static void prompt_complete(sched_t *s, sched_req_t *r, const model_seq_t *ms, d
     for (int c = 0; c < r->p.n_choices; c++) {
         if (r->ch[c].finish != SCHED_FINISH_NONE) continue;
         memcpy(s->tmp, last, nv * sizeof *s->tmp);
-        sample_choice(s, r, c, s->tmp, now);
+        sampler_result_t res;
+        int rc = draw(s, r, c, s->tmp, &res);
+        commit_choice(s, r, c, rc, &res, now);
     }
+}
+
+/* 1 when slice i is a live choice's row to sample that may be drawn apart
+ * from the others (no grammar: a grammar's mask cache is shared by the
+ * request's choices). */
+static int parallel_draw(const sched_t *s, int i) {
+    const sched_req_t *r = s->slot[i].r;
+    if (s->slot[i].choice < 0 || r->state == REQ_DONE || !s->bseq[i].logits_mode) return 0;
+    const sched_choice_t *ch = &r->ch[s->slot[i].choice];
+    return ch->finish == SCHED_FINISH_NONE && !ch->gm;
 }
 
 void sched__after_forward(sched_t *s, int n_seq) {
     double now = lc_now_s();
+    /* Decode rows draw first, in parallel (a softmax over the vocabulary
+     * each); everything with an order (events, finishing, the prefix cache)
+     * follows in slice order. */
+    int n_par = 0;
+    for (int i = 0; i < n_seq; i++) n_par += (s->slot[i].drawn = parallel_draw(s, i));
+#pragma omp parallel for schedule(dynamic, 1) if (n_par >= 4)
+    for (int i = 0; i < n_seq; i++)
+        if (s->slot[i].drawn)
+            s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
     for (int i = 0; i < n_seq; i++) {
         model_seq_t *ms = &s->bseq[i];
         sched_req_t *r = s->slot[i].r;
@@ -263,7 +293,10 @@ void sched__after_forward(sched_t *s, int n_seq) {
             if (ch->finish != SCHED_FINISH_NONE) continue;
             ch->kv.n_tokens += ms->n_tok;
             if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &ch->kv, ch->toks, ch->kv.n_tokens);
-            if (ms->logits_mode) sample_choice(s, r, s->slot[i].choice, ms->logits, now);
+            if (!ms->logits_mode) continue;
+            sampler_result_t res;
+            int rc = s->slot[i].drawn ? s->slot[i].rc : draw(s, r, s->slot[i].choice, ms->logits, &res);
+            commit_choice(s, r, s->slot[i].choice, rc, s->slot[i].drawn ? &s->slot[i].res : &res, now);
         }
     }
 }

@@ -16,10 +16,10 @@ void sched_config_default(sched_config_t *c) {
     c->kv_gpu_fraction = 0.85;
     c->kv_blocks = 0;
     c->kv_bytes = (size_t)1 << 30;
-    c->max_batch_tokens = 2048;
-    c->max_running = 64;
+    c->max_batch_tokens = 0; // the device's default (sched_create)
+    c->max_running = 0;
     c->max_waiting = 256;
-    c->prefill_chunk = 512;
+    c->prefill_chunk = 0;
     c->kv_watermark = 0.01;
     c->enable_prefix_cache = 1;
     attn_policy_default(&c->attn_default);

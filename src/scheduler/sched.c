@@ -24,10 +24,14 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     s->hp = *model_hparams(model);
     s->tok = model_tok(model);
     s->cfg = *cfg;
-    if (s->cfg.max_batch_tokens <= 0) s->cfg.max_batch_tokens = 2048;
-    if (s->cfg.max_running <= 0) s->cfg.max_running = 64;
+    /* Step sizes default by device: a GPU wants large steps to fill it. */
+    int gpu_index = -1;
+    if (model_exec_resolve(model, s->cfg.device, &gpu_index, err, errlen)) goto fail_early;
+    const int gpu = gpu_index >= 0;
+    if (s->cfg.max_batch_tokens <= 0) s->cfg.max_batch_tokens = gpu ? 8192 : 2048;
+    if (s->cfg.max_running <= 0) s->cfg.max_running = gpu ? 256 : 64;
     if (s->cfg.max_waiting <= 0) s->cfg.max_waiting = 256;
-    if (s->cfg.prefill_chunk <= 0) s->cfg.prefill_chunk = 512;
+    if (s->cfg.prefill_chunk <= 0) s->cfg.prefill_chunk = gpu ? 4096 : 512;
     if (s->cfg.prefill_chunk > s->cfg.max_batch_tokens) s->cfg.prefill_chunk = s->cfg.max_batch_tokens;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
@@ -38,13 +42,16 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     lc_hist_init(&s->h_itl, LC_HIST_ITL_BOUNDS, LC_HIST_ITL_N);
 
     int mt = s->cfg.max_batch_tokens;
-    model_exec_opts_t eo = {.device = s->cfg.device,
+    char device[32] = "cpu"; // resolved once above (and logged there)
+    if (gpu) snprintf(device, sizeof device, "cuda:%d", gpu_index);
+    model_exec_opts_t eo = {.device = device,
                             .max_batch_tokens = mt,
                             .max_seqs = mt,
                             .block_size = s->cfg.block_size,
                             .kv_blocks = s->cfg.kv_blocks,
                             .kv_bytes = s->cfg.kv_bytes,
-                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction};
+                            .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
+                            .gpu_fast_gemm = s->cfg.gpu_fast_gemm};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;
@@ -83,6 +90,9 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     return s;
 fail:
     sched_destroy(s);
+    return NULL;
+fail_early: // nothing initialised yet
+    free(s);
     return NULL;
 }
 
@@ -144,6 +154,8 @@ int sched_submit(sched_t *s, sched_req_t *r) {
     int rc = 0;
     if (s->draining)
         rc = LC_ESHUTDOWN;
+    else if (model_exec_failure(s->exec))
+        rc = LC_EDEVICE;
     else if (r->state != REQ_NEW)
         rc = LC_EINVAL;
     else if (s->waiting.n >= s->cfg.max_waiting)
@@ -172,7 +184,7 @@ static void *engine_main(void *arg) {
         void (*hb)(void *) = s->heartbeat_cb;
         void *hb_ud = s->heartbeat_ud;
         pthread_mutex_unlock(&s->lock);
-        if (hb) hb(hb_ud);
+        if (hb && !model_exec_failure(s->exec)) hb(hb_ud); // a lost device: let the watchdog restart us
         int n = sched__step(s);
         pthread_mutex_lock(&s->lock);
         if (n > 0 || s->stop) continue;
@@ -267,3 +279,4 @@ kv_pool_t *sched_kv(sched_t *s) { return s->kv; }
 int64_t sched_kv_capacity(const sched_t *s) { return kv_pool_n_blocks(s->kv) * kv_pool_config(s->kv)->block_size; }
 const model_t *sched_model(const sched_t *s) { return s->model; }
 const char *sched_device(const sched_t *s) { return model_exec_device(s->exec); }
+const char *sched_failure(const sched_t *s) { return model_exec_failure(s->exec); }

@@ -30,10 +30,11 @@ typedef struct {
     int64_t kv_blocks;       // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
     size_t kv_bytes;         // CPU: KV memory in bytes, when kv_blocks == 0
     double kv_gpu_fraction;  // GPU: fraction of free device memory for KV, when kv_blocks == 0
-    int max_batch_tokens;    // tokens per step (decode + prefill chunks), default 2048
-    int max_running;         // sequences in the running set, default 64
+    int gpu_fast_gemm;       // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
+    int max_batch_tokens;    // tokens per step (decode + prefill chunks); 0: 2048 on the CPU, 8192 on a GPU
+    int max_running;         // sequences in the running set; 0: 64 on the CPU, 256 on a GPU
     int max_waiting;         // bounded waiting queue; submit fails beyond it, default 256
-    int prefill_chunk;       // most prompt tokens of one request per step, default 512
+    int prefill_chunk;       // most prompt tokens of one request per step; 0: 512 on the CPU, 4096 on a GPU
     int target_step_ms;      // prompt rows per step sized to about this step time; < 0: only
                              // max_batch_tokens limits them; 0 (default): 250 on the CPU, 50 on a GPU
     double kv_watermark;     // fraction of blocks kept free at admission, default 0.01
@@ -192,7 +193,7 @@ void sched_destroy(sched_t *s);
 
 /* Queues a request. 0, LC_EBUSY (waiting queue full), LC_ETOOLONG (prompt +
  * max_tokens beyond the context or the KV pool), LC_ESHUTDOWN (draining),
- * LC_EINVAL (already submitted), LC_ENOMEM. */
+ * LC_EINVAL (already submitted), LC_ENOMEM, LC_EDEVICE (the device is lost). */
 int sched_submit(sched_t *s, sched_req_t *r);
 
 /* Runs the engine thread. */
@@ -220,6 +221,11 @@ typedef struct {
     uint64_t prompt_tokens_total;
     uint64_t generation_tokens_total;
     uint64_t preemptions_total;
+    /* Where the engine thread's steps went: the executor's forward pass
+     * (logits on the host included) and the sampling and event work after it. */
+    uint64_t steps_total;
+    double forward_seconds;
+    double sample_seconds;
     uint64_t prefix_queried_tokens;
     uint64_t prefix_hit_tokens;
     uint64_t requests_finished[5]; // by sched_finish_t
@@ -243,5 +249,10 @@ kv_pool_t *sched_kv(sched_t *s);
 const model_t *sched_model(const sched_t *s);
 /* The executor's device, "cpu" or "cuda:N (<name>)". */
 const char *sched_device(const sched_t *s);
+/* NULL while the device works; once it is lost (a GPU error that sticks),
+ * the reason: every request then ends with LC_EDEVICE, sched_submit refuses
+ * with LC_EDEVICE and the heartbeat stops (systemd's watchdog restarts the
+ * daemon). */
+const char *sched_failure(const sched_t *s);
 
 #endif

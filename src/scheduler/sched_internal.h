@@ -89,6 +89,10 @@ struct sched_slot {
     sched_req_t *r;
     int choice; // -1: the prompt phase (pkv)
     int rows;   // logits rows (0, 1 or n_tok)
+    /* A decode slice's draw, made before the serial pass over the slices
+     * (drawn: 1 when res and rc hold it). */
+    int drawn, rc;
+    sampler_result_t res;
 };
 
 /* A vector of requests with a fixed capacity, reserved at creation so that

@@ -347,6 +347,24 @@ static void handle_cancels(sched_t *s) {
     }
 }
 
+/* Once the executor's device is lost, every request ends with LC_EDEVICE
+ * (nothing can run any more). Returns 1 when lost. */
+static int device_lost(sched_t *s) {
+    if (!model_exec_failure(s->exec)) return 0;
+    for (int i = 0; i < s->running.n; i++)
+        if (s->running.v[i]->state != REQ_DONE) sched__finish_all(s, s->running.v[i], SCHED_FINISH_ERROR, LC_EDEVICE);
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        sched_req_t *r = s->waiting.n ? s->waiting.v[0] : NULL;
+        if (r) sched__reqv_remove(&s->waiting, 0);
+        pthread_mutex_unlock(&s->lock);
+        if (!r) break;
+        sched__finish_all(s, r, SCHED_FINISH_ERROR, LC_EDEVICE);
+        sched__reqv_push(&s->running, r); // swept below as done
+    }
+    return 1;
+}
+
 /* Wakes touched requests and drops the engine's reference to finished ones. */
 static void sweep(sched_t *s) {
     for (int i = 0; i < s->touched.n; i++) {
@@ -399,6 +417,7 @@ int sched__step(sched_t *s) {
     handle_cancels(s);
     batch_t b = {.budget = s->cfg.max_batch_tokens};
     int rc = 0;
+    if (device_lost(s)) goto out;
     /* Running decodes first, oldest first. */
     for (int i = 0; i < s->running.n && b.budget > 0; i++)
         if (s->running.v[i]->state != REQ_DONE) schedule_decodes(s, &b, s->running.v[i]);
@@ -444,7 +463,14 @@ int sched__step(sched_t *s) {
         const double ms = (lc_now_s() - t0) * 1e3 / b.n_tok;
         s->ms_per_row = s->ms_per_row > 0 ? 0.8 * s->ms_per_row + 0.2 * ms : ms;
     }
+    const double t1 = lc_now_s();
     sched__after_forward(s, b.n_seq);
+    const double t2 = lc_now_s();
+    pthread_mutex_lock(&s->mlock);
+    s->m.steps_total++;
+    s->m.forward_seconds += t1 - t0;
+    s->m.sample_seconds += t2 - t1;
+    pthread_mutex_unlock(&s->mlock);
     rc = b.n_tok;
     goto out;
 fail:

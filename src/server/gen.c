@@ -205,6 +205,9 @@ static int submit_all(srv_conn_t *k) {
             k->retry_after = 1;
         } else if (st == LC_ESHUTDOWN) {
             srv_error_set(&k->err, 503, "service_unavailable", NULL, "draining", "The server is shutting down.");
+        } else if (st == LC_EDEVICE) {
+            srv_error_set(&k->err, 503, "service_unavailable", NULL, "device_failed", "The engine's device failed: %s.",
+                          sched_failure(s->sched) ? sched_failure(s->sched) : "device error");
         } else if (st == LC_ETOOLONG && k->pn[i] + p.max_tokens > s->n_ctx) {
             srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
                           "This model's maximum context length is %d tokens. However, you requested %d tokens "
@@ -365,6 +368,16 @@ static void tools_text(srv_conn_t *k, int g, const char *text, size_t len, int f
     srv_tp_out_free(&o);
 }
 
+/* The error a choice that failed in the engine reports: a lost device says
+ * why (503: another replica can serve), anything else is a 500. */
+static void generation_error(srv_t *s, int status, srv_error_t *e) {
+    const char *lost = status == LC_EDEVICE && s->sched ? sched_failure(s->sched) : NULL;
+    if (lost)
+        srv_error_set(e, 503, "service_unavailable", NULL, "device_failed", "Generation failed: %s.", lost);
+    else
+        srv_error_set(e, 500, "server_error", NULL, NULL, "Generation failed: %s.", lc_strerror(status));
+}
+
 static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
     srv_request_t *r = &k->req;
     int per = r->best_of;
@@ -421,7 +434,7 @@ static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
             stream_delta(k, g, k->echo[i], k->echo_len[i], NULL, 0, SCHED_FINISH_NONE);
         if (r->stream && ev->finish == SCHED_FINISH_ERROR) {
             srv_error_t e;
-            srv_error_set(&e, 500, "server_error", NULL, NULL, "Generation failed: %s.", lc_strerror(ev->status));
+            generation_error(k->s, ev->status, &e);
             srv_sse_error(&k->out, &e);
         } else if (r->stream && k->ch[g].n_calls_sent && ev->finish == SCHED_FINISH_STOP) {
             srv_resp_ctx_t c;
@@ -431,7 +444,7 @@ static void handle_event(srv_conn_t *k, int i, sched_event_t *ev) {
             stream_delta(k, g, "", 0, NULL, 0, ev->finish);
         }
         if (ev->finish == SCHED_FINISH_ERROR && !k->has_err) {
-            srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Generation failed: %s.", lc_strerror(ev->status));
+            generation_error(k->s, ev->status, &k->err);
             k->has_err = 1;
         }
         break;

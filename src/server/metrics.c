@@ -56,6 +56,11 @@ int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m
     rc |= counter(b, "prompt_tokens_total", "Prompt tokens processed.", model, (double)m->prompt_tokens_total);
     rc |= counter(b, "generation_tokens_total", "Tokens generated.", model, (double)m->generation_tokens_total);
     rc |= counter(b, "num_preemptions_total", "Preemptions (recomputation).", model, (double)m->preemptions_total);
+    rc |= counter(b, "engine_steps_total", "Engine steps run.", model, (double)m->steps_total);
+    rc |= counter(b, "engine_forward_seconds_total", "Time in the executor's forward pass (logits on the host).", model,
+                  m->forward_seconds);
+    rc |= counter(b, "engine_sample_seconds_total", "Time sampling and emitting tokens after the forward pass.", model,
+                  m->sample_seconds);
     rc |= counter(b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", model,
                   (double)m->prefix_queried_tokens);
     rc |= counter(b, "prefix_cache_hits_total", "Prompt tokens found in the prefix cache.", model,

@@ -64,6 +64,11 @@ static int unavailable(srv_t *s, srv_error_t *e) {
         srv_error_set(e, 503, "service_unavailable", NULL, "draining", "The server is shutting down.");
         return 1;
     }
+    if (s->sched && sched_failure(s->sched)) {
+        srv_error_set(e, 503, "service_unavailable", NULL, "device_failed", "The engine's device failed: %s.",
+                      sched_failure(s->sched));
+        return 1;
+    }
     if (!s->sched) {
         srv_error_set(e, 503, "service_unavailable", NULL, "model_unavailable", "No model is loaded: %s",
                       s->load_err[0] ? s->load_err : "unknown error");

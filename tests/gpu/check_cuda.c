@@ -28,6 +28,7 @@
 #include "ops/cuda/cuda_ops.h"
 #include "ops/device.h"
 #include "ops/ops.h"
+#include "scheduler/sched.h"
 #include "testutil.h"
 #include "tools/mkmodel.h"
 
@@ -184,10 +185,11 @@ START_TEST(test_qkv_post) {
 END_TEST
 
 /* ---- matmul ----------------------------------------------------------------------------------- */
+/* Both batch-invariant modes (_i + 1): OPS_GEMM_INVARIANT_WIDE, _SPLIT. */
 START_TEST(test_gemm) {
     const int n = 1000, k = 576, ms[] = {1, 3, 64, 300};
     ops_cuda_gemm_t *g;
-    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, 1, &g), 0);
+    ck_assert_int_eq(ops_cuda_gemm_create((size_t)32 << 20, (ops_cuda_gemm_mode_t)(_i + 1), &g), 0);
     uint16_t *A = malloc(2 * (size_t)300 * k), *W = malloc(2 * (size_t)n * k);
     for (int i = 0; i < 300 * k; i++) A[i] = bf16_of(frand());
     for (int i = 0; i < n * k; i++) W[i] = bf16_of(frand() * 0.1f);
@@ -307,10 +309,11 @@ static model_t *tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
     return m;
 }
 
-/* A tiny model (head_dim 64) through both executors: a 150-token prompt in
- * uneven chunks and 20 generated rows; the GPU alone vs batched bitwise. */
+/* A tiny model through both executors (head_dim 64, then 128): a 150-token
+ * prompt in uneven chunks and 20 generated rows; the GPU alone vs batched
+ * bitwise. */
 START_TEST(test_tiny_executor) {
-    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    model_t *m = _i == 0 ? tiny(GGML_TYPE_F32, 4, 2, 256) : tiny(GGML_TYPE_Q8_0, 4, 1, 512);
     const int V = model_hparams(m)->n_vocab, N = 150, G = 20;
     int32_t tok[170];
     for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 13) % (unsigned)V);
@@ -327,8 +330,9 @@ START_TEST(test_tiny_executor) {
     for (int g = 0; g < G; g++) run(&rg, &sg, tok + N + g, 1, N + g, 1, gpu + (size_t)(N + g) * V);
     double rel, top1;
     compare(gpu, cpu, N + G, V, &rel, &top1);
-    fprintf(stderr, "check_cuda: tiny model GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n", rel,
-            top1);
+    fprintf(stderr,
+            "check_cuda: tiny model (head_dim %d) GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n",
+            model_hparams(m)->head_dim, rel, top1);
     ck_assert_msg(rel < 3e-2, "GPU vs CPU relative logit error %g", rel);
     ck_assert_msg(top1 >= 0.95, "GPU vs CPU top-1 agreement %g", top1);
     /* the same rows batched with another sequence: bitwise equal */
@@ -369,12 +373,80 @@ START_TEST(test_real_model_teacher_forced) {
     ck_assert_msg(m != NULL, "%s", err);
     const tok_t *tk = model_tok(m);
     const int V = model_hparams(m)->n_vocab, N = 256;
+    /* natural text: the positions where the model is confident, as in use */
     static const char *texts[5] = {
-        "The history of the printing press begins in the fifteenth century, when",
-        "def quicksort(arr):\n    if len(arr)",
-        "Photosynthesis is the process by which green plants and some other organisms use sunlight to",
-        "User: What is the capital of Australia, and why was it chosen?\nAssistant:",
-        "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night"};
+        "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg, a goldsm"
+        "ith from Mainz, combined several existing technologies into a practical system for producing books. "
+        "Movable type had been used in East Asia for centuries, but Gutenberg's metal alloy, his hand mould f"
+        "or casting letters quickly and accurately, and his oil-based ink made the process fast enough to cha"
+        "nge the economics of writing. Before the press, a single copy of a long book could take a scribe man"
+        "y months. Within fifty years of the first printed Bible, millions of volumes had been produced acros"
+        "s Europe, and printing shops had opened in more than two hundred cities. The consequences reached fa"
+        "r beyond the book trade. Scholars could compare identical copies of a text, errors could be correcte"
+        "d in later editions, and ideas travelled faster than any censor could follow. Pamphlets spread news "
+        "of religious and political disputes, and vernacular languages gained standard spellings as printers "
+        "chose one form over another. Historians still debate how much the press caused these changes and how"
+        " much it merely accelerated them. What is clear is that by the end of the sixteenth century a reader"
+        " in almost any European town could buy almanacs, grammars, maps, sermons and scientific treatises at"
+        " prices that earlier generations could not have imagined, and that the habit of reading silently and"
+        " alone, once rare, had become an ordinary part of daily life for merchants, artisans and their famil"
+        "ies.",
+        "def quicksort(arr):\n    if len(arr) <= 1:\n        return arr\n    pivot = arr[len(arr) // 2]\n    left"
+        " = [x for x in arr if x < pivot]\n    middle = [x for x in arr if x == pivot]\n    right = [x for x in"
+        " arr if x > pivot]\n    return quicksort(left) + middle + quicksort(right)\n\n\ndef binary_search(items,"
+        " target):\n    lo, hi = 0, len(items) - 1\n    while lo <= hi:\n        mid = (lo + hi) // 2\n        if"
+        " items[mid] == target:\n            return mid\n        if items[mid] < target:\n            lo = mid +"
+        " 1\n        else:\n            hi = mid - 1\n    return -1\n\n\nclass Stack:\n    def __init__(self):\n     "
+        "   self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n  "
+        "      if not self.items:\n            raise IndexError(\"pop from an empty stack\")\n        return self"
+        ".items.pop()\n\n    def peek(self):\n        return self.items[-1] if self.items else None\n\n    def __l"
+        "en__(self):\n        return len(self.items)\n\n\nif __name__ == \"__main__\":\n    data = [5, 3, 8, 1, 9, 2"
+        ", 7]\n    print(quicksort(data))\n    print(binary_search(sorted(data), 8))\n",
+        "Photosynthesis is the process by which green plants and some other organisms use sunlight to synthes"
+        "ize foods from carbon dioxide and water. In plants it takes place mainly in the leaves, inside small"
+        " structures called chloroplasts, which contain the pigment chlorophyll. Chlorophyll absorbs light mo"
+        "st strongly in the blue and red parts of the spectrum and reflects green light, which is why leaves "
+        "look green to us. The process has two main stages. In the light-dependent reactions, energy from sun"
+        "light splits water molecules, releasing oxygen as a by-product and producing energy carriers. In the"
+        " second stage, often called the Calvin cycle, those carriers are used to fix carbon dioxide from the"
+        " air into sugars. The sugars provide energy for the plant and serve as building blocks for cellulose"
+        ", starch and other molecules. Almost all life on Earth depends on photosynthesis, directly or indire"
+        "ctly, because it supplies the oxygen we breathe and the organic matter at the base of most food chai"
+        "ns. Scientists study the process closely because small improvements in its efficiency could raise cr"
+        "op yields, and because artificial systems that imitate it might one day turn sunlight, water and car"
+        "bon dioxide directly into fuels. The leaves of a single large tree can fix several kilograms of carb"
+        "on on a sunny summer day, and the world's forests and oceans together absorb a large share of the ca"
+        "rbon dioxide released by human activity each year, which makes the health of these ecosystems import"
+        "ant for the climate as a whole.",
+        "User: What is the capital of Australia, and why was it chosen?\nAssistant: The capital of Australia i"
+        "s Canberra. When the six colonies federated in 1901, the two largest cities, Sydney and Melbourne, b"
+        "oth wanted to be the capital. The compromise written into the constitution was that the capital woul"
+        "d be in New South Wales but at least one hundred miles from Sydney, and that Parliament would sit in"
+        " Melbourne until a new city was ready. After surveys of several sites, the area that became Canberra"
+        " was selected in 1908. An international design competition followed, won by the American architects "
+        "Walter Burley Griffin and Marion Mahony Griffin, whose plan arranged the city around a central lake "
+        "and a series of geometric axes. Parliament moved there in 1927.\nUser: How large is Canberra today?\nA"
+        "ssistant: Canberra is the largest inland city in Australia, with a population of around four hundred"
+        " and sixty thousand people. It is home to the national parliament, the High Court, many government d"
+        "epartments, national museums and galleries, and the Australian National University.\nUser: Is it a go"
+        "od place to visit?\nAssistant: Many visitors enjoy Canberra for its calm atmosphere and its cultural "
+        "institutions. The Australian War Memorial, the National Gallery and the National Museum are free to "
+        "enter, and the lake is surrounded by walking and cycling paths. In autumn the trees turn red and gol"
+        "d, and in spring the city holds a large flower festival.",
+        "Once upon a time there was a small robot who lived in a lighthouse by the sea. Every night it climbe"
+        "d the spiral stairs, polished the great lens and watched the beam sweep across the dark water. The k"
+        "eeper who had built the robot had grown old and now spent most evenings asleep in his chair, so the "
+        "robot kept the light burning on its own. It knew every ship that passed: the fishing boats that left"
+        " before dawn, the ferry that crossed twice a day, and the tall cargo ships that appeared on the hori"
+        "zon like moving islands. One stormy autumn night the power failed. The wind howled around the tower,"
+        " rain hammered the windows, and somewhere out in the darkness a ship's horn sounded again and again."
+        " The robot searched the storeroom until it found an old oil lamp, carried it up the stairs and set i"
+        "t in front of the lens. The light was weak, but the lens gathered it and sent it out across the wave"
+        "s. Slowly the ship turned away from the rocks and found the harbour. In the morning the keeper woke "
+        "to find the robot sitting beside the lamp, its battery almost empty, still watching the sea. The kee"
+        "per said nothing for a long time. Then he made two cups of tea, although the robot could not drink, "
+        "and they sat together by the window until the sun was high and the last clouds of the storm had blow"
+        "n away."};
     float *cpu = malloc(sizeof(float) * N * V), *gpu = malloc(sizeof(float) * N * V);
     ops_mm_set_q8(0);
     rig_t rc = rig(m, "cpu", N), rg = rig(m, "cuda:0", N);
@@ -382,9 +454,9 @@ START_TEST(test_real_model_teacher_forced) {
     for (int p = 0; p < 5; p++) {
         tok_ids_t ids = {0};
         ck_assert_int_eq(tok_encode(tk, texts[p], strlen(texts[p]), tok_add_bos(tk), 0, &ids), 0);
+        ck_assert_msg(ids.n >= (size_t)N, "text %d has %zu tokens, fewer than %d", p, ids.n, N);
         int32_t seq[256];
-        for (int i = 0; i < N; i++) // the prompt, then a deterministic walk through the vocabulary
-            seq[i] = i < (int)ids.n ? ids.ids[i] : (int32_t)((seq[i - 1] * 2654435761u + 17) % (unsigned)V);
+        memcpy(seq, ids.ids, sizeof seq);
         tok_ids_free(&ids);
         kv_seq_t sc, sg;
         kv_seq_init(&sc), kv_seq_init(&sg);
@@ -406,7 +478,156 @@ START_TEST(test_real_model_teacher_forced) {
 }
 END_TEST
 
+/* ---- through the scheduler ----------------------------------------------------------- */
+typedef struct {
+    sched_req_t *r;
+    int32_t toks[64];
+    float lp[64];
+    int n, done;
+    sched_finish_t finish;
+    int status;
+} out_t;
+
+static void drain(out_t *o) {
+    sched_event_t ev[32];
+    int n;
+    while ((n = sched_req_poll(o->r, ev, 32)) > 0)
+        for (int i = 0; i < n; i++) {
+            if (ev[i].kind == SCHED_EV_TOKEN && o->n < 64) {
+                o->lp[o->n] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
+                o->toks[o->n++] = ev[i].token;
+            } else if (ev[i].kind == SCHED_EV_FINISH) {
+                o->finish = ev[i].finish;
+                o->status = ev[i].status;
+            } else if (ev[i].kind == SCHED_EV_DONE) {
+                o->done = 1;
+            }
+            sched_event_clear(&ev[i]);
+        }
+}
+
+static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
+    memset(o, 0, sizeof *o);
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = n;
+    p.n_choices = 1;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = 1;
+    p.logprobs = 0;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    sched_attn_spec_default(&p.attn);
+    int st;
+    o->r = sched_req_create(&p, &st);
+    ck_assert_ptr_nonnull(o->r);
+    ck_assert_int_eq(sched_submit(s, o->r), 0);
+}
+
+static sched_t *gpu_sched(const model_t *m) {
+    sched_config_t c;
+    sched_config_default(&c);
+    snprintf(c.device, sizeof c.device, "cuda:0");
+    c.kv_blocks = 256;
+    c.max_batch_tokens = 512;
+    c.prefill_chunk = 128;
+    c.target_step_ms = -1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
+/* Greedy requests of different lengths, each alone and then all at once
+ * (prompts chunked beside other requests' decodes): the same tokens and
+ * log-probabilities, bit for bit. */
+START_TEST(test_sched_batch_invariance) {
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, R = 6;
+    static int32_t prompts[6][400];
+    const int lens[6] = {7, 390, 64, 129, 1, 250};
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 1) * 7919u * (i + 3)) % (unsigned)V);
+    sched_t *s = gpu_sched(m);
+    out_t alone[6], batched[6];
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], 40);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, 40);
+    }
+    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], 40);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        ck_assert(batched[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU: request %d batched differs from it alone", r);
+        sched_req_release(alone[r].r);
+        sched_req_release(batched[r].r);
+    }
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
+/* Last (it breaks the CUDA context for the rest of the process): a kernel
+ * that faults makes the device unusable; the executor says so, the running
+ * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
+START_TEST(test_device_lost) {
+    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    sched_t *s = gpu_sched(m);
+    int32_t prompt[32];
+    for (int i = 0; i < 32; i++) prompt[i] = 5 + i;
+    out_t o;
+    submit(s, &o, prompt, 32, 60);
+    ck_assert_int_gt(sched_step(s), 0);
+    ck_assert_ptr_null(sched_failure(s));
+    /* an embedding row ~8 TB past the table: an illegal address */
+    int32_t bad = 1 << 30;
+    int32_t *d_bad = dev(&bad, sizeof bad);
+    float *d_x = dev(NULL, 4096 * sizeof(float));
+    uint16_t *d_table = dev(NULL, 4096 * sizeof(uint16_t));
+    ops_cuda_embed(d_table, d_bad, 1, 4096, 1.0f, d_x, NULL);
+    cudaDeviceSynchronize();
+    for (int i = 0; i < 4 && !o.done; i++) {
+        sched_step(s);
+        drain(&o);
+    }
+    ck_assert_msg(o.done, "the request did not end after the device was lost");
+    ck_assert_int_eq(o.finish, SCHED_FINISH_ERROR);
+    ck_assert_int_eq(o.status, LC_EDEVICE);
+    ck_assert_ptr_nonnull(sched_failure(s));
+    fprintf(stderr, "check_cuda: device lost: %s\n", sched_failure(s));
+    out_t o2;
+    memset(&o2, 0, sizeof o2);
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = 8;
+    p.n_choices = 1;
+    p.max_tokens = 4;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    sched_attn_spec_default(&p.attn);
+    int st;
+    o2.r = sched_req_create(&p, &st);
+    ck_assert_int_eq(sched_submit(s, o2.r), LC_EDEVICE);
+    sched_req_release(o2.r);
+    sched_req_release(o.r);
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
 int main(void) {
+    /* One process: CUDA does not survive a fork after the device count
+     * initialised it, and test_device_lost must come last. */
+    setenv("CK_FORK", "no", 1);
     char why[256] = "";
     if (lc_device_count(why, sizeof why) <= 0) {
         fprintf(stderr, "SKIP: no usable GPU (%s)\n", why);
@@ -417,9 +638,11 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
-    tcase_add_test(tc, test_gemm);
-    tcase_add_test(tc, test_tiny_executor);
+    tcase_add_loop_test(tc, test_gemm, 0, 2);
+    tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
+    tcase_add_test(tc, test_sched_batch_invariance);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
+    tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU test and benchmark run, on the GPU machine, from the repository root
 # with .gpu/ carried there (scripts/gpu_bundle.sh makes it here; the model
-# travels in three parts over consecutive calls to a warm machine).
+# travels in two parts over consecutive calls to a warm machine).
 #
 #   tests/gpu/run.sh STEP...
 #     env    the GPU, the unpacked libraries, what the binaries resolve to
@@ -10,7 +10,11 @@
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
+#     gemm   what batch-invariant (deterministic) matmuls cost against
+#            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
+#     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
+#            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 # Output worth keeping goes to $OUT (the device tool brings it back).
 # Exit status: 77 without a GPU, else the first failing step's.
 set -uo pipefail
@@ -34,10 +38,10 @@ CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.* /usr/local/cuda*
 # Our binaries see the carried libraries; Python (torch) keeps its own.
 ours() { LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
 
-# The default model, once its three parts are here.
+# The default model, once its two parts are here.
 M=$G/model.gguf
-if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ] && [ -f "$G/model.part2" ]; then
-    cat "$G"/model.part0 "$G"/model.part1 "$G"/model.part2 > "$M.tmp"
+if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ]; then
+    cat "$G"/model.part0 "$G"/model.part1 > "$M.tmp"
     if [ "$(sha256sum "$M.tmp" | cut -d' ' -f1)" = "$(cat "$G/model.sha256")" ]; then
         mv "$M.tmp" "$M"
     else
@@ -64,11 +68,27 @@ for step in "$@"; do
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_cuda" "$rc"
         ;;
+    gemm)
+        ours "$G/bin/bench_gemm" "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail gemm 1
+        ;;
     e2e)
         [ -f "$M" ] || { fail "e2e (no model)" 2; continue; }
-        LACUNAD="ours $G/bin/lacunad" timeout 900 python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
-            --libpath "$G/lib:$CUDA_LIB" --model "$M" --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
+        timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" \
+            --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    e2e8b)
+        M8=/tmp/lacuna-llama8b.gguf
+        if [ ! -f "$M8" ]; then
+            ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
+                --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
+        fi
+        timeout -k 10 ${E2E_TIMEOUT:-500} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
+            --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
         ;;
     *) fail "unknown step $step" 2 ;;
     esac

@@ -35,7 +35,7 @@ def make_model(path, *extra):
 class Daemon:
     """One lacunad process. conf: extra INI lines, merged into the sections."""
 
-    def __init__(self, model, workdir, conf=None, args=(), key=KEY, port=None):
+    def __init__(self, model, workdir, conf=None, args=(), key=KEY, port=None, env=None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.key = key
@@ -50,7 +50,8 @@ class Daemon:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([str(LACUNAD), "--config", str(self.conf_path), "--model", str(model),
                                       "--host", "127.0.0.1", "--port", str(self.port), *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **env} if env else None)
         self.wait_healthy()
 
     def write_conf(self, sections):
@@ -111,6 +112,19 @@ class Daemon:
         for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
             assert marker not in text, text[max(0, text.index(marker) - 200):][:6000]
         return self.proc.returncode
+
+
+def real_model_path():
+    """The default model ($LACUNA_MODEL, else models/ under the source tree):
+    skips without it, fails instead under LACUNA_REQUIRE_MODEL=1 (testutil.h's rule)."""
+    p = pathlib.Path(os.environ.get("LACUNA_MODEL") or SRC / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if not p.is_file():
+        if os.environ.get("LACUNA_REQUIRE_MODEL") == "1":
+            pytest.fail(f"LACUNA_REQUIRE_MODEL=1 but {p} is missing")
+        pytest.skip(f"real model not fetched ({p}; scripts/fetch_model.sh)")
+    if not LACUNAD.exists():
+        pytest.skip("lacunad not built")
+    return p
 
 
 @pytest.fixture(scope="session")

@@ -58,11 +58,17 @@ int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, void *dst, in
 /* D = A · Wᵀ (+ D when accumulate) through cuBLASLt, bf16 inputs, f32
  * accumulation, D in f32 or bf16, all row-major:
  *   A: (m, k) bf16   W: (n, k) bf16   D: (m, n)
- * Deterministic mode uses one algorithm per (n, k, output type), chosen once
- * for a large m and with split-K off, so each output element is one fixed
- * reduction whatever m is: a row's result does not depend on the batch. */
+ * The invariant modes use one configuration per (n, k, output type) for
+ * every m, so each output element is one fixed reduction whatever m is: a
+ * row's result does not depend on the batch (gemm.cu says how each gets
+ * there; bench_gemm measures them). */
+typedef enum {
+    OPS_GEMM_FAST = 0,           // cuBLASLt's pick per shape: fastest, not batch-invariant
+    OPS_GEMM_INVARIANT_WIDE = 1, // one algorithm chosen for large m, split-K off
+    OPS_GEMM_INVARIANT_SPLIT = 2 // one algorithm chosen for 128 rows (split-K kept), calls cut into 128-row chunks
+} ops_cuda_gemm_mode_t;
 typedef struct ops_cuda_gemm ops_cuda_gemm_t;
-int ops_cuda_gemm_create(size_t workspace_bytes, int deterministic, ops_cuda_gemm_t **out);
+int ops_cuda_gemm_create(size_t workspace_bytes, ops_cuda_gemm_mode_t mode, ops_cuda_gemm_t **out);
 void ops_cuda_gemm_destroy(ops_cuda_gemm_t *g);
 int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
                   int accumulate, void *stream);

@@ -7,11 +7,20 @@
 //
 // Algorithms. cuBLASLt's heuristic picks by the whole shape, m included, and
 // may split the reduction over k (split-K) for small m: a row's result would
-// then depend on how many rows share the call. In deterministic mode one
-// algorithm per (n, k, output type) is chosen once, for m = GEMM_REF_M, with
-// split-K forced off, and reused for every m (each output element is then one
-// CTA's reduction over k in a fixed order). Otherwise the heuristic's choice
-// per (m, n, k) is cached.
+// then depend on how many rows share the call. Three modes:
+//  - FAST: the heuristic's choice per (m, n, k), cached; not batch-invariant.
+//  - INVARIANT_WIDE: one algorithm per (n, k, output type), the heuristic's
+//    for m = GEMM_REF_M with split-K forced off, reused for every m (each
+//    output element is one CTA's reduction over k in a fixed order). Fast for
+//    large m; for small m only n / tile CTAs run, too few to read the
+//    weights at full bandwidth.
+//  - INVARIANT_SPLIT: one algorithm per (n, k, output type), the heuristic's
+//    for m = GEMM_SPLIT_M split-K included (a fixed split of k, partials
+//    reduced in a fixed order), and every call cut into row chunks of
+//    GEMM_SPLIT_M: the same configuration for every row whatever m is, with
+//    enough CTAs for small m.
+// A row's result is the same in a call of any size under either invariant
+// mode (tests/gpu/check_cuda.c); tests/gpu/bench_gemm.c measures the costs.
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 
@@ -22,6 +31,7 @@
 #include "ops/cuda/cuda_ops.h"
 
 #define GEMM_REF_M 2048
+#define GEMM_SPLIT_M 128
 #define GEMM_CACHE 128
 
 #define CUBLAS_CHECK_RET(call)                                                                                         \
@@ -42,16 +52,17 @@ struct ops_cuda_gemm {
     cublasLtHandle_t lt;
     void *ws;
     size_t ws_bytes;
-    int deterministic;
+    ops_cuda_gemm_mode_t mode;
     algo_entry_t cache[GEMM_CACHE];
     int n_cache, next_evict;
 };
 
-extern "C" int ops_cuda_gemm_create(size_t workspace_bytes, int deterministic, ops_cuda_gemm_t **out) {
+extern "C" int ops_cuda_gemm_create(size_t workspace_bytes, ops_cuda_gemm_mode_t mode, ops_cuda_gemm_t **out) {
     *out = NULL;
+    if (mode != OPS_GEMM_FAST && mode != OPS_GEMM_INVARIANT_WIDE && mode != OPS_GEMM_INVARIANT_SPLIT) return LC_EINVAL;
     ops_cuda_gemm_t *g = (ops_cuda_gemm_t *)calloc(1, sizeof *g);
     if (!g) return LC_ENOMEM;
-    g->deterministic = deterministic;
+    g->mode = mode;
     g->ws_bytes = workspace_bytes;
     if (cublasLtCreate(&g->lt) != CUBLAS_STATUS_SUCCESS) {
         free(g);
@@ -98,7 +109,8 @@ static int desc_make(gemm_desc_t *d, int m, int n, int k, int d_f32) {
     return 0;
 }
 
-/* The first heuristic result for the shape; deterministic: with split-K off. */
+/* The first heuristic result for the shape that runs in the workspace;
+ * INVARIANT_WIDE: with split-K off. */
 static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasLtMatmulAlgo_t *algo) {
     gemm_desc_t d;
     int rc = desc_make(&d, m, n, k, d_f32);
@@ -113,7 +125,7 @@ static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasL
     for (int i = 0; i < found; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
         *algo = res[i].algo;
-        if (g->deterministic) {
+        if (g->mode == OPS_GEMM_INVARIANT_WIDE) {
             const int one = 1;
             const uint32_t none = CUBLASLT_REDUCTION_SCHEME_NONE;
             cublasLtMatmulAlgoConfigSetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof one);
@@ -132,22 +144,41 @@ static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasL
     return rc;
 }
 
+static int ref_m(const ops_cuda_gemm_t *g) { return g->mode == OPS_GEMM_INVARIANT_WIDE ? GEMM_REF_M : GEMM_SPLIT_M; }
+
 static const cublasLtMatmulAlgo_t *cached_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32) {
-    const int key_m = g->deterministic ? -1 : m;
+    const int key_m = g->mode == OPS_GEMM_FAST ? m : -1;
     for (int i = 0; i < g->n_cache; i++) {
         const algo_entry_t *e = &g->cache[i];
         if (e->m == key_m && e->n == n && e->k == k && e->d_f32 == d_f32) return &e->algo;
     }
     algo_entry_t e = {key_m, n, k, d_f32, {}};
-    if (pick_algo(g, g->deterministic ? GEMM_REF_M : m, n, k, d_f32, &e.algo)) return NULL;
+    if (pick_algo(g, g->mode == OPS_GEMM_FAST ? m : ref_m(g), n, k, d_f32, &e.algo)) return NULL;
     int slot = g->n_cache < GEMM_CACHE ? g->n_cache++ : g->next_evict++ % GEMM_CACHE;
     g->cache[slot] = e;
     return &g->cache[slot].algo;
 }
 
+static int gemm_call(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
+                     int accumulate, void *stream);
+
 extern "C" int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
                              int accumulate, void *stream) {
     if (!g || m <= 0 || n <= 0 || k <= 0 || !A || !W || !D) return LC_EINVAL;
+    if (g->mode != OPS_GEMM_INVARIANT_SPLIT) return gemm_call(g, m, n, k, A, W, D, d_f32, accumulate, stream);
+    /* rows in chunks of GEMM_SPLIT_M, each with the one configuration */
+    const size_t d_row = (size_t)n * (d_f32 ? 4 : 2);
+    for (int r0 = 0; r0 < m; r0 += GEMM_SPLIT_M) {
+        const int cnt = m - r0 < GEMM_SPLIT_M ? m - r0 : GEMM_SPLIT_M;
+        int rc = gemm_call(g, cnt, n, k, (const char *)A + (size_t)r0 * k * 2, W, (char *)D + (size_t)r0 * d_row, d_f32,
+                           accumulate, stream);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int gemm_call(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
+                     int accumulate, void *stream) {
     const cublasLtMatmulAlgo_t *algo = cached_algo(g, m, n, k, d_f32);
     if (!algo) return LC_EDEVICE;
     gemm_desc_t d;

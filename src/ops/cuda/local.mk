@@ -12,3 +12,11 @@ tests_check_device_SOURCES = tests/check_device.c
 tests_check_device_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_device_LDADD = $(CHECK_LDADD)
 endif
+
+# What batch-invariant matmuls cost on the GPU (tests/gpu/run.sh step gemm).
+EXTRA_DIST += tests/gpu/bench_gemm.c
+if HAVE_CUDA
+noinst_PROGRAMS += tests/gpu/bench_gemm
+tests_gpu_bench_gemm_SOURCES = tests/gpu/bench_gemm.c
+tests_gpu_bench_gemm_LDADD = liblacuna.a $(LC_LIBS)
+endif
