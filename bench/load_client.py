@@ -24,6 +24,12 @@ Measured per server and concurrency:
   - TTFT: request sent to first non-empty content delta, p50 and p99
     (linear interpolation between order statistics);
   - wall time of the level.
+With --level-timeout S a level stops S seconds after its first request:
+streams still open are closed (counted as "capped", their tokens so far
+counted by content chunks, about one token each), requests not yet sent are
+not sent, and the aggregate is the tokens received in the window / the
+window. A capped request that had no first token by then makes the TTFT
+percentiles lower bounds (reported as no_first).
 
 Only the standard library (http.client and threads). Writes JSON (--json)
 and a markdown table (stdout, and --md). Usage:
@@ -141,12 +147,15 @@ def start_server(kind, args, conc, workdir):
 
 
 # ---- one request -----------------------------------------------------------------------------
-def one_request(port, prompt, max_tokens, timeout=1800):
+def one_request(port, prompt, max_tokens, timeout=1800, deadline=None):
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "stream": True,
             "stream_options": {"include_usage": True}, "temperature": 0, "max_tokens": max_tokens,
             "ignore_eos": True}
     data = json.dumps(body).encode()
-    res = {"ok": False, "ttft": None, "t_first": None, "t_last": None, "chunks": 0, "usage": None, "err": None}
+    res = {"ok": False, "ttft": None, "t_first": None, "t_last": None, "chunks": 0, "usage": None, "err": None,
+           "capped": False}
+    if deadline is not None:
+        timeout = max(0.5, min(timeout, deadline - time.perf_counter()))
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     t0 = time.perf_counter()
     res["t_send"] = t0
@@ -157,6 +166,9 @@ def one_request(port, prompt, max_tokens, timeout=1800):
             res["err"] = f"HTTP {r.status}: {r.read()[:200]!r}"
             return res
         while True:
+            if deadline is not None and time.perf_counter() >= deadline:
+                res["capped"] = True
+                break
             line = r.readline()
             if not line:
                 break
@@ -180,41 +192,50 @@ def one_request(port, prompt, max_tokens, timeout=1800):
                     res["t_last"] = now
                     res["chunks"] += 1
     except (OSError, http.client.HTTPException, ValueError) as e:
-        res["err"] = repr(e)
+        if deadline is not None and time.perf_counter() >= deadline - 0.01:
+            res["capped"] = True
+        else:
+            res["err"] = repr(e)
     finally:
         res["t_end"] = time.perf_counter()
         c.close()
     return res
 
 
-def run_level(port, prompts, conc, max_tokens):
+def run_level(port, prompts, conc, max_tokens, level_timeout=0):
     """conc threads share the prompt list, each taking the next prompt when
     its previous stream closed."""
     results = [None] * len(prompts)
     nxt = [0]
     lock = threading.Lock()
+    deadline = [None]
 
     def worker():
         while True:
             with lock:
                 i = nxt[0]
                 nxt[0] += 1
-            if i >= len(prompts):
+            if i >= len(prompts) or (deadline[0] is not None and time.perf_counter() >= deadline[0]):
                 return
-            results[i] = one_request(port, prompts[i], max_tokens)
+            results[i] = one_request(port, prompts[i], max_tokens, deadline=deadline[0])
 
     ths = [threading.Thread(target=worker) for _ in range(conc)]
     t0 = time.perf_counter()
+    if level_timeout > 0:
+        deadline[0] = t0 + level_timeout
     for t in ths:
         t.start()
     for t in ths:
         t.join()
     wall = time.perf_counter() - t0
+    results = [r for r in results if r is not None]
+    if level_timeout > 0 and any(r["capped"] for r in results):
+        wall = min(wall, level_timeout)  # tokens are counted up to the deadline
     return results, wall
 
 
 def summarise(results, wall, max_tokens):
-    ok = [r for r in results if r["ok"]]
+    ok = [r for r in results if r["ok"] or r["capped"]]
     toks = []
     for r in ok:
         u = r["usage"] or {}
@@ -227,9 +248,11 @@ def summarise(results, wall, max_tokens):
     return {
         "requests": len(results),
         "ok": len(ok),
-        "errors": [r["err"] for r in results if not r["ok"]][:5],
+        "capped": sum(1 for r in results if r["capped"]),
+        "no_first": sum(1 for r in results if r["capped"] and r["ttft"] is None),
+        "errors": [r["err"] for r in results if not (r["ok"] or r["capped"])][:5],
         "generated_tokens": sum(toks),
-        "not_exact": sum(1 for n in toks if n != max_tokens),
+        "not_exact": sum(1 for r, n in zip(ok, toks) if n != max_tokens and not r["capped"]),
         "prompt_tokens_mean": statistics.mean(ptoks) if ptoks else None,
         "wall_s": wall,
         "agg_tok_s": sum(toks) / wall if wall > 0 else 0,
@@ -266,6 +289,8 @@ def main():
     ap.add_argument("--min-requests", type=int, default=8, help="requests per level at least (rounds = ceil(this/C))")
     ap.add_argument("--ctx-per-slot", type=int, default=512, help="llama-server -c = C * this")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--level-timeout", type=float, default=0,
+                    help="stop each level this many seconds after its start (0: run it to the end)")
     ap.add_argument("--lacunad-set", action="append", default=[], help="extra --set for lacunad (repeatable)")
     ap.add_argument("--llama-arg", action="append", default=[], help="extra argument for llama-server (repeatable)")
     ap.add_argument("--workdir")
@@ -301,7 +326,7 @@ def main():
                 warm = one_request(srv.port, "Say hello.", 8)
                 if not warm["ok"]:
                     raise RuntimeError(f"{kind}: warm-up failed: {warm['err']}")
-                results, wall = run_level(srv.port, prompts, conc, args.max_tokens)
+                results, wall = run_level(srv.port, prompts, conc, args.max_tokens, args.level_timeout)
             finally:
                 srv.close()
             s = summarise(results, wall, args.max_tokens)
@@ -310,7 +335,9 @@ def main():
             print(f"[{kind} C={conc}] {s['ok']}/{s['requests']} ok, {s['generated_tokens']} tokens "
                   f"({s['not_exact']} not {args.max_tokens}), prompt {s['prompt_tokens_mean']} tok, "
                   f"agg {s['agg_tok_s']:.1f} tok/s, stream {s['stream_tok_s_p50']:.1f} tok/s, "
-                  f"TTFT p50 {s['ttft_p50_s']:.2f} s p99 {s['ttft_p99_s']:.2f} s, wall {s['wall_s']:.1f} s",
+                  f"TTFT p50 {s['ttft_p50_s']:.2f} s p99 {s['ttft_p99_s']:.2f} s, wall {s['wall_s']:.1f} s"
+                  + (f", capped {s['capped']} (no first token: {s['no_first']}), sent {len(results)}/{n_req}"
+                     if args.level_timeout > 0 else ""),
                   file=sys.stderr, flush=True)
             if s["errors"]:
                 print(f"  errors: {s['errors']}", file=sys.stderr)
@@ -338,8 +365,10 @@ def table(out, servers, concs, label):
             lv = by.get((s, c))
             if not lv:
                 continue
-            lines.append(f"| {c} | {s} | {lv['ok']}/{lv['requests']} | {lv['agg_tok_s']:.1f} | "
-                         f"{lv['stream_tok_s_p50']:.1f} | {lv['ttft_p50_s']:.2f} | {lv['ttft_p99_s']:.2f} | "
+            cap = f" ({lv['capped']} capped, {lv['no_first']} without a first token)" if lv.get("capped") else ""
+            ge = "≥ " if lv.get("no_first") else ""
+            lines.append(f"| {c} | {s} | {lv['ok']}/{lv['requests']}{cap} | {lv['agg_tok_s']:.1f} | "
+                         f"{lv['stream_tok_s_p50']:.1f} | {ge}{lv['ttft_p50_s']:.2f} | {ge}{lv['ttft_p99_s']:.2f} | "
                          f"{lv['wall_s']:.1f} |")
     for other in ("llama-server", "lacunad-base"):
         if "lacunad" not in servers or other not in servers:

@@ -18,7 +18,8 @@
 #        LLAMA_CPP_PY_VERSION (sdist version, default 0.3.36),
 #        LLAMA_SERVER (path to a llama-server binary), LACUNAD_BASE (a second
 #        lacunad for A/B in the same run: add lacunad-base to SERVERS), LOAD_ARGS (more
-#        load_client.py arguments, e.g. "--lacunad-set engine.target_step_ms=100")
+#        load_client.py arguments, e.g. "--lacunad-set engine.target_step_ms=100", or
+#        "--level-timeout 300" to stop each level after 300 s: see load_client.py)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(dirname "$here")
