@@ -2,15 +2,18 @@
 # --with-cuda[=DIR]  (default: check /usr/local/cuda); --without-cuda disables.
 # Sets CUDA_HOME, NVCC, NVCC_GENCODE (overridable), CUDA_CFLAGS, CUDA_LIBS,
 # NCCL_CFLAGS, NCCL_LIBS, and the HAVE_CUDA / HAVE_NCCL conditionals and
-# defines. Nothing links NCCL_LIBS yet: the context-parallel communicator
-# (DESIGN.md) will, under HAVE_NCCL.
+# defines. NCCL_LIBS is on every link line (Makefile.am's LC_LIBS) inside
+# --as-needed: only a program that calls the NCCL communicator
+# (src/attn/cp/comm_nccl.cu) records libnccl, so lacunad and the other GPU
+# binaries still start on a machine without it.
 
 # LC_CHECK_NCCL (inside LC_CHECK_CUDA, once the toolkit is found).
 # --with-nccl[=DIR] (default: check); --without-nccl builds without it.
 # NCCL is taken only when nccl.h is found and a program calling
 # ncclGetVersion links against -lnccl, searched in DIR/lib and DIR/lib64 when
 # given, else in the toolkit's lib directories and then the system's. Sets
-# NCCL_CFLAGS, NCCL_LIBS (with an rpath to the directory it was found in),
+# NCCL_CFLAGS, NCCL_LIBS (with an rpath to the directory it was found in,
+# inside --as-needed),
 # have_nccl and HAVE_NCCL. Without NCCL both stay empty and the build goes
 # on, unless --with-nccl asked for it.
 AC_DEFUN([LC_CHECK_NCCL], [
@@ -30,7 +33,7 @@ AC_DEFUN([LC_CHECK_NCCL], [
         [continue])
       LIBS="$nccl_try $save_LIBS"
       AC_LINK_IFELSE([AC_LANG_PROGRAM([[#include <nccl.h>]], [[int v = 0; return ncclGetVersion(&v) != ncclSuccess;]])],
-        [have_nccl=yes; NCCL_LIBS=$nccl_try; break])
+        [have_nccl=yes; NCCL_LIBS="-Wl,--push-state,--as-needed $nccl_try -Wl,--pop-state"; break])
     done
     CPPFLAGS=$save_CPPFLAGS; LIBS=$save_LIBS
     AS_IF([test "x$have_nccl" = xyes],

@@ -134,6 +134,14 @@ tests_check_toolcall_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_toolcall_LDADD = $(CHECK_LDADD)
 endif
 
+# ---- context parallelism (src/attn/cp) ----------------------------------------
+if HAVE_CHECK
+check_PROGRAMS += tests/check_cp
+tests_check_cp_SOURCES = tests/check_cp.c tests/check_cp_model.c $(TINYMODEL_SRC)
+tests_check_cp_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_cp_LDADD = $(CHECK_LDADD)
+endif
+
 # ---- integration: serving under concurrency ------------------------------------
 # Run by tests/integration/run.sh. Head-of-line blocking behind a long prefill
 # (the real model).

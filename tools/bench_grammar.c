@@ -55,6 +55,13 @@ static void usage(FILE *f) {
                "  -r REPEATS     passes over the documents (default 2)\n");
 }
 
+/* FNV-1a of a piece, never 0 (0 marks a free slot). */
+static uint64_t piece_hash(const char *s, size_t n) {
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h | 1;
+}
+
 /* A synthetic vocabulary: the 256 bytes, then tokens drawn like a BPE
  * vocabulary's (mostly a leading space and letters, some punctuation,
  * digits and UTF-8), deduplicated. Pieces are raw bytes. */
@@ -94,9 +101,7 @@ static char **synth_vocab(int n, size_t **lens) {
             x = x * 6364136223846793005ull + 1442695040888963407ull;
             buf[m++] = (char)((x >> 40) % 26 == 0 && i == 0 ? 'A' + (x >> 45) % 26 : 'a' + (x >> 45) % 26);
         }
-        uint64_t h = 1469598103934665603ull;
-        for (size_t i = 0; i < m; i++) h = (h ^ (unsigned char)buf[i]) * 1099511628211ull;
-        h |= 1;
+        uint64_t h = piece_hash(buf, m);
         size_t s = h % cap;
         int dup = 0;
         while (seen[s]) {
@@ -111,12 +116,6 @@ static char **synth_vocab(int n, size_t **lens) {
     }
     free(seen);
     return p;
-}
-
-static uint64_t piece_hash(const char *s, size_t n) {
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h | 1;
 }
 
 /* Tokenizes doc greedily by the longest piece (synthetic vocabularies), with
@@ -154,160 +153,236 @@ static int cmp_d(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-int cmd_bench_grammar(int argc, char **argv) {
-    const char *model = NULL;
-    int synth = 0, repeats = 2, markdown = 0;
-    char blist[64] = "1,64";
+typedef struct {
+    const char *model; // -m, or NULL for --synthetic
+    int synth;         // --synthetic N
+    int repeats, markdown;
+    char blist[64]; // -b
+} bench_opts_t;
+
+/* -1 to run, or the exit status (0 after --help, 2 on a usage error). */
+static int parse_args(int argc, char **argv, bench_opts_t *o) {
     static const struct option lo[] = {{"synthetic", required_argument, 0, 'S'},
                                        {"markdown", no_argument, 0, 'M'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
+    *o = (bench_opts_t){.repeats = 2, .blist = "1,64"};
     optind = 1;
     int ch;
     while ((ch = getopt_long(argc, argv, "m:b:r:h", lo, NULL)) != -1) {
         switch (ch) {
-        case 'm': model = optarg; break;
-        case 'S': synth = atoi(optarg); break;
-        case 'b': snprintf(blist, sizeof blist, "%s", optarg); break;
-        case 'r': repeats = atoi(optarg); break;
-        case 'M': markdown = 1; break;
+        case 'm': o->model = optarg; break;
+        case 'S': o->synth = atoi(optarg); break;
+        case 'b': snprintf(o->blist, sizeof o->blist, "%s", optarg); break;
+        case 'r': o->repeats = atoi(optarg); break;
+        case 'M': o->markdown = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if ((!model) == (synth <= 0) || repeats < 1) {
+    if ((!o->model) == (o->synth <= 0) || o->repeats < 1) {
         usage(stderr);
         return 2;
     }
-    tok_t *tok = NULL;
-    char **sp = NULL;
-    size_t *sl = NULL;
-    gram_vocab_t *v;
+    return -1;
+}
+
+/* The vocabulary under test and the documents as its tokens. */
+typedef struct {
+    tok_t *tok; // with -m
+    char **sp;  // (synth) synthetic pieces, without -m
+    size_t *sl; // (synth)
+    int synth;
+    gram_vocab_t *v; // the trie
     int n_vocab;
+    double t_trie;         // seconds to build the trie
+    int32_t *toks[N_WORK]; // (4096) work[w].doc's tokens
+    int n_toks[N_WORK];
+} bench_vocab_t;
+
+/* 0, or 1 with a message (the exit status). */
+static int load_vocab(const bench_opts_t *o, bench_vocab_t *bv) {
     double t0 = lc_now_s();
-    if (model) {
+    if (o->model) {
         char err[256];
-        gguf_ctx_t *g = gguf_open(model, err, sizeof err);
-        if (!g || !(tok = tok_create_from_gguf(g, err, sizeof err))) {
+        gguf_ctx_t *g = gguf_open(o->model, err, sizeof err);
+        if (!g || !(bv->tok = tok_create_from_gguf(g, err, sizeof err))) {
             fprintf(stderr, "lacuna bench-grammar: %s\n", err);
             if (g) gguf_close(g);
             return 1;
         }
         gguf_close(g);
         t0 = lc_now_s();
-        v = gram_vocab_create(tok);
-        n_vocab = tok_n_vocab(tok);
+        bv->v = gram_vocab_create(bv->tok);
+        bv->n_vocab = tok_n_vocab(bv->tok);
     } else {
-        sp = synth_vocab(synth, &sl);
+        bv->synth = o->synth;
+        bv->sp = synth_vocab(o->synth, &bv->sl);
         t0 = lc_now_s();
-        v = gram_vocab_create_from(synth, (const char *const *)sp, sl);
-        n_vocab = synth;
+        bv->v = gram_vocab_create_from(o->synth, (const char *const *)bv->sp, bv->sl);
+        bv->n_vocab = o->synth;
     }
-    double t_trie = lc_now_s() - t0;
-    if (!v) {
+    bv->t_trie = lc_now_s() - t0;
+    if (!bv->v) {
         fprintf(stderr, "lacuna bench-grammar: out of memory\n");
         return 1;
     }
-    /* the documents as token sequences */
-    int32_t *toks[N_WORK];
-    int n_toks[N_WORK];
+    return 0;
+}
+
+/* Each document as the vocabulary's tokens: the model's own tokenizer with
+ * -m, the longest-piece greedy split for a synthetic vocabulary. */
+static void tokenize_docs(bench_vocab_t *bv) {
     for (int w = 0; w < N_WORK; w++) {
-        toks[w] = malloc(sizeof(int32_t) * 4096);
-        if (tok) {
+        bv->toks[w] = malloc(sizeof(int32_t) * 4096);
+        if (bv->tok) {
             tok_ids_t ids = {0};
-            tok_encode(tok, work[w].doc, strlen(work[w].doc), 0, 0, &ids);
-            n_toks[w] = (int)ids.n;
-            memcpy(toks[w], ids.ids, sizeof(int32_t) * ids.n);
+            tok_encode(bv->tok, work[w].doc, strlen(work[w].doc), 0, 0, &ids);
+            bv->n_toks[w] = (int)ids.n;
+            memcpy(bv->toks[w], ids.ids, sizeof(int32_t) * ids.n);
             tok_ids_free(&ids);
         } else {
-            n_toks[w] = greedy_tokens(sp, sl, synth, work[w].doc, toks[w], 4096);
+            bv->n_toks[w] = greedy_tokens(bv->sp, bv->sl, bv->synth, work[w].doc, bv->toks[w], 4096);
         }
     }
-    printf("# vocabulary %d tokens (%s), trie built in %.1f ms, %.1f MiB\n", n_vocab, model ? model : "synthetic",
-           t_trie * 1e3, (double)gram_vocab_bytes(v) / (1 << 20));
+}
+
+/* Frees what load_vocab and tokenize_docs made, also after a failed load. */
+static void free_vocab(bench_vocab_t *bv) {
+    for (int w = 0; w < N_WORK; w++) free(bv->toks[w]);
+    gram_vocab_destroy(bv->v);
+    if (bv->tok) tok_destroy(bv->tok);
+    for (int i = 0; bv->sp && i < bv->synth; i++) free(bv->sp[i]);
+    free(bv->sp);
+    free(bv->sl);
+}
+
+/* B sequences stepped together, each replaying the documents from its own
+ * (b % N_WORK) with its own grammar and matcher. */
+typedef struct {
+    int B;
+    gram_t **gs;          // (B)
+    gram_matcher_t **ms;  // (B) NULL between documents
+    int *doc, *pos, *rep; // (B) document, token in it, passes done
+    double *per;          // (cap) seconds of every mask
+    size_t n, cap;
+    double step_sum; // seconds of every step, all sequences
+    long steps;
+} bench_batch_t;
+
+/* Masks sequence b's logits and advances it by its document's next token;
+ * 1 with a message when the document is refused. */
+static int step_sequence(const bench_vocab_t *bv, bench_batch_t *bt, int b, int repeats, float *logits, int *live) {
+    char err[256];
+    int st;
+    int32_t eos = -1;
+    if (!bt->ms[b]) {
+        cJSON *j = work[bt->doc[b]].schema ? cJSON_Parse(work[bt->doc[b]].schema) : NULL;
+        gram_release(bt->gs[b]);
+        bt->gs[b] = j ? js_compile_schema(j, "", &st, err, sizeof err) : js_compile_any_object(&st, err, sizeof err);
+        cJSON_Delete(j);
+        bt->ms[b] = gram_matcher_create(bt->gs[b], bv->v);
+        bt->pos[b] = 0;
+    }
+    for (int t = 0; t < bv->n_vocab; t++) logits[t] = 0;
+    double t1 = lc_now_s();
+    int rc = gram_matcher_apply(bt->ms[b], logits, bv->n_vocab, &eos, 0);
+    double dt = lc_now_s() - t1;
+    if (bt->n == bt->cap) bt->per = realloc(bt->per, sizeof(double) * (bt->cap *= 2));
+    bt->per[bt->n++] = dt;
+    int32_t t = bv->toks[bt->doc[b]][bt->pos[b]];
+    if (rc || logits[t] != 0 || gram_matcher_accept_token(bt->ms[b], t)) {
+        fprintf(stderr, "lacuna bench-grammar: document %d refused at token %d\n", bt->doc[b], bt->pos[b]);
+        return 1;
+    }
+    if (++bt->pos[b] == bv->n_toks[bt->doc[b]]) {
+        gram_matcher_destroy(bt->ms[b]);
+        bt->ms[b] = NULL;
+        bt->doc[b] = (bt->doc[b] + 1) % N_WORK;
+        if (bt->doc[b] == b % N_WORK && ++bt->rep[b] >= repeats) (*live)--;
+    }
+    return 0;
+}
+
+/* One line (or markdown row) for batch size bt->B: the mask time per token
+ * (mean, p50, p99; sorts bt->per) and the time per step. */
+static void report_batch(bench_batch_t *bt, int markdown) {
+    double *per = bt->per;
+    size_t n = bt->n;
+    qsort(per, n, sizeof *per, cmp_d);
+    double mean = 0;
+    for (size_t i = 0; i < n; i++) mean += per[i];
+    mean /= (double)n;
     if (markdown)
+        printf("| %d | %.3f | %.3f | %.3f | %.2f |\n", bt->B, mean * 1e3, per[n / 2] * 1e3,
+               per[(size_t)(n * 0.99)] * 1e3, bt->step_sum / (double)bt->steps * 1e3);
+    else
+        printf("batch %3d: mask %.3f ms/token mean, p50 %.3f, p99 %.3f; %.2f ms per step over %ld steps\n", bt->B,
+               mean * 1e3, per[n / 2] * 1e3, per[(size_t)(n * 0.99)] * 1e3, bt->step_sum / (double)bt->steps * 1e3,
+               bt->steps);
+}
+
+/* Steps B sequences until each has made its passes, then reports; 0, or 1
+ * when a document is refused. */
+static int run_batch(const bench_vocab_t *bv, int B, const bench_opts_t *o, float *logits) {
+    bench_batch_t bt = {
+        .B = B,
+        .gs = calloc((size_t)B, sizeof *bt.gs),
+        .ms = calloc((size_t)B, sizeof *bt.ms),
+        .doc = calloc((size_t)B, sizeof *bt.doc),
+        .pos = calloc((size_t)B, sizeof *bt.pos),
+        .rep = calloc((size_t)B, sizeof *bt.rep),
+        .cap = 1 << 16,
+    };
+    bt.per = malloc(sizeof(double) * bt.cap);
+    /* stagger the sequences so that they are not in lockstep */
+    for (int b = 0; b < B; b++) bt.doc[b] = b % N_WORK, bt.pos[b] = 0;
+    int live = B, rc = 0;
+    while (live > 0 && !rc) {
+        double ts = lc_now_s();
+        for (int b = 0; b < B && !rc; b++)
+            if (bt.rep[b] < o->repeats) rc = step_sequence(bv, &bt, b, o->repeats, logits, &live);
+        bt.step_sum += lc_now_s() - ts;
+        bt.steps++;
+    }
+    if (!rc) report_batch(&bt, o->markdown);
+    for (int b = 0; b < B; b++) {
+        gram_matcher_destroy(bt.ms[b]);
+        gram_release(bt.gs[b]);
+    }
+    free(bt.gs);
+    free(bt.ms);
+    free(bt.doc);
+    free(bt.pos);
+    free(bt.rep);
+    free(bt.per);
+    return rc;
+}
+
+int cmd_bench_grammar(int argc, char **argv) {
+    bench_opts_t o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc >= 0) return rc;
+    bench_vocab_t bv = {0};
+    if (load_vocab(&o, &bv)) {
+        free_vocab(&bv);
+        return 1;
+    }
+    tokenize_docs(&bv);
+    printf("# vocabulary %d tokens (%s), trie built in %.1f ms, %.1f MiB\n", bv.n_vocab,
+           o.model ? o.model : "synthetic", bv.t_trie * 1e3, (double)gram_vocab_bytes(bv.v) / (1 << 20));
+    if (o.markdown)
         printf("| sequences per step | mask ms / token (mean) | p50 | p99 | ms per step (all sequences) "
                "|\n|---|---|---|---|---|\n");
-    float *logits = malloc(sizeof(float) * (size_t)n_vocab);
-    int32_t eos = -1;
-    char *list = strdup(blist);
-    for (char *s = strtok(list, ","); s; s = strtok(NULL, ",")) {
+    float *logits = malloc(sizeof(float) * (size_t)bv.n_vocab);
+    char *list = strdup(o.blist);
+    rc = 0;
+    for (char *s = strtok(list, ","); s && !rc; s = strtok(NULL, ",")) {
         int B = atoi(s);
-        if (B < 1) continue;
-        gram_t **gs = calloc((size_t)B, sizeof *gs);
-        gram_matcher_t **ms = calloc((size_t)B, sizeof *ms);
-        int *doc = calloc((size_t)B, sizeof *doc), *pos = calloc((size_t)B, sizeof *pos),
-            *rep = calloc((size_t)B, sizeof *rep);
-        size_t cap = 1 << 16, n = 0;
-        double *per = malloc(sizeof(double) * cap), step_sum = 0;
-        long steps = 0;
-        char err[256];
-        int st;
-        for (int b = 0; b < B; b++) doc[b] = b % N_WORK, pos[b] = 0;
-        int live = B;
-        while (live > 0) {
-            double ts = lc_now_s();
-            for (int b = 0; b < B; b++) {
-                if (rep[b] >= repeats) continue;
-                if (!ms[b]) {
-                    cJSON *j = work[doc[b]].schema ? cJSON_Parse(work[doc[b]].schema) : NULL;
-                    gram_release(gs[b]);
-                    gs[b] = j ? js_compile_schema(j, "", &st, err, sizeof err)
-                              : js_compile_any_object(&st, err, sizeof err);
-                    cJSON_Delete(j);
-                    ms[b] = gram_matcher_create(gs[b], v);
-                    /* stagger the sequences so that they are not in lockstep */
-                    pos[b] = 0;
-                }
-                for (int t = 0; t < n_vocab; t++) logits[t] = 0;
-                double t1 = lc_now_s();
-                int rc = gram_matcher_apply(ms[b], logits, n_vocab, &eos, 0);
-                double dt = lc_now_s() - t1;
-                if (n == cap) per = realloc(per, sizeof(double) * (cap *= 2));
-                per[n++] = dt;
-                int32_t t = toks[doc[b]][pos[b]];
-                if (rc || logits[t] != 0 || gram_matcher_accept_token(ms[b], t)) {
-                    fprintf(stderr, "lacuna bench-grammar: document %d refused at token %d\n", doc[b], pos[b]);
-                    return 1;
-                }
-                if (++pos[b] == n_toks[doc[b]]) {
-                    gram_matcher_destroy(ms[b]);
-                    ms[b] = NULL;
-                    doc[b] = (doc[b] + 1) % N_WORK;
-                    if (doc[b] == b % N_WORK && ++rep[b] >= repeats) live--;
-                }
-            }
-            step_sum += lc_now_s() - ts;
-            steps++;
-        }
-        qsort(per, n, sizeof *per, cmp_d);
-        double mean = 0;
-        for (size_t i = 0; i < n; i++) mean += per[i];
-        mean /= (double)n;
-        if (markdown)
-            printf("| %d | %.3f | %.3f | %.3f | %.2f |\n", B, mean * 1e3, per[n / 2] * 1e3,
-                   per[(size_t)(n * 0.99)] * 1e3, step_sum / (double)steps * 1e3);
-        else
-            printf("batch %3d: mask %.3f ms/token mean, p50 %.3f, p99 %.3f; %.2f ms per step over %ld steps\n", B,
-                   mean * 1e3, per[n / 2] * 1e3, per[(size_t)(n * 0.99)] * 1e3, step_sum / (double)steps * 1e3, steps);
-        for (int b = 0; b < B; b++) {
-            gram_matcher_destroy(ms[b]);
-            gram_release(gs[b]);
-        }
-        free(gs);
-        free(ms);
-        free(doc);
-        free(pos);
-        free(rep);
-        free(per);
+        if (B >= 1) rc = run_batch(&bv, B, &o, logits);
     }
     free(list);
     free(logits);
-    for (int w = 0; w < N_WORK; w++) free(toks[w]);
-    gram_vocab_destroy(v);
-    if (tok) tok_destroy(tok);
-    for (int i = 0; sp && i < synth; i++) free(sp[i]);
-    free(sp);
-    free(sl);
-    return 0;
+    free_vocab(&bv);
+    return rc;
 }

@@ -81,6 +81,22 @@ attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int
 int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
                        const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
                        double *computed);
+/* FlexPrefill's pieces for the context-parallel ring (attn/cp): whether a
+ * chunk runs dense; the scaled mean query of rows p0..p1-1 of head h (q: the
+ * chunk's rows from q_pos0; the first min(d, 512) values into qp); and the
+ * chunk's block mask for head h from summaries gathered from every rank,
+ * with the single-rank kernel's arithmetic on them (rep: (R, d) the chunk's
+ * last R = min(n_q, block) rows of head h, unscaled; vert, slash: (q_pos0 +
+ * n_q) their mean attention per key and per diagonal offset; ksum: (n_kb, d)
+ * each key block's key sum, head h's KV head; qpool: (n_qb, n_heads, d)
+ * attn__flex_pool_query of every query block). ar: attn__flex_ws's per-thread
+ * size. mask: (n_qb, n_kb). */
+int attn__flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0);
+void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos0, int64_t p0, int64_t p1, int h,
+                           float *qp);
+int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
+                            const float *rep, const float *vert, const float *slash, const float *ksum,
+                            const float *qpool, attn_arena_t *ar, uint8_t *mask);
 attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
 int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
                          int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);
@@ -101,10 +117,26 @@ size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int6
 int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
                       float *lse);
 
+/* The decode method a row of this policy runs at this layer (NULL: dense);
+ * *select: a TidalDecode selection layer (dense now, then choose the
+ * positions). */
+attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int *select);
+
 /* Method selection for decode rows (quest.c, tidal.c): the key ranges of row
  * dr for KV head kh into rg (at most rg_cap); return the count. */
 int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,
                        const attn_kv_t *kv, attn_range_t *rg);
+/* Quest's pieces, shared with the context-parallel decode (attn/cp): the
+ * pages a budget keeps (at least 1); the upper bound of q.k over a page for
+ * a GQA group (q: (G, d) unscaled; mn, mx: the page's summary of the KV
+ * head); and the selection from the scores of pages 0 .. n_pages-2 of n keys
+ * (the newest page is always kept), tmp: n_pages * 8 bytes. */
+int64_t attn__quest_budget_pages(const attn_policy_t *pol, int bs);
+float attn__quest_bound(const float *q, int G, int d, const float *mn, const float *mx);
+int attn__quest_select(const float *score, int64_t n, int bs, int64_t budget_pages, void *tmp, attn_range_t *rg);
+/* TidalDecode's choice of k positions out of n by mass (ties: earliest
+ * first) into pos, ascending; tmp: n floats. Returns the count. */
+int64_t attn__tidal_pick(const float *mass, int64_t n, int64_t k, float *tmp, int64_t *pos);
 int attn__tidal_ranges(const attn_state_t *st, int row, int kh, int64_t n_kv, attn_range_t *rg);
 /* After a selection layer's dense pass: chooses row's positions for kh. */
 int attn__tidal_select(attn_state_t *st, attn_arena_t *ar, int row, int kh, const float *q, const attn_kv_t *kv);

@@ -80,6 +80,8 @@ static const centry_t table[] = {
     I("attention", "decode_budget", decode_budget, 1, 1 << 24),
     I("attention", "sparse_prefill_min_tokens", sparse_prefill_min_tokens, 0, 1 << 30),
     I("attention", "sparse_decode_min_tokens", sparse_decode_min_tokens, 0, 1 << 30),
+    I("parallel", "context", context, 1, 64),
+    L("parallel", "context_min_tokens", context_min_tokens, 1, 1LL << 40),
 };
 #define N_TABLE ((int)(sizeof(table) / sizeof(table[0])))
 
@@ -119,6 +121,8 @@ void lc_config_default(lc_config_t *c) {
     c->decode_budget = 2048;
     c->sparse_prefill_min_tokens = 16384;
     c->sparse_decode_min_tokens = 8192;
+    c->context = 1;
+    c->context_min_tokens = 32768;
 }
 
 static void errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -54,6 +54,9 @@ typedef struct {
     int decode_budget;
     int sparse_prefill_min_tokens;
     int sparse_decode_min_tokens;
+    /* [parallel] */
+    int context;                  // context parallelism: ranks (1: off)
+    long long context_min_tokens; // a sequence this long runs sharded
 
     /* Not settings: where the file came from. */
     char config_path[LC_CONFIG_STR];

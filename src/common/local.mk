@@ -6,5 +6,6 @@ liblacuna_a_SOURCES += \
 	src/common/hist.c src/common/hist.h \
 	src/common/cpu.c src/common/cpu.h \
 	src/common/f16.h \
-	src/common/mem.c src/common/mem.h
+	src/common/mem.c src/common/mem.h \
+	src/common/buf.c src/common/buf.h
 liblacuna_a_SOURCES += src/common/config.c src/common/config.h

@@ -60,6 +60,9 @@ const kv_config_t *kv_pool_config(const kv_pool_t *p);
 int64_t kv_pool_n_blocks(const kv_pool_t *p);
 int64_t kv_pool_n_used(const kv_pool_t *p);
 int64_t kv_pool_n_available(const kv_pool_t *p);
+/* References to block b (0: free or only cached); 0 for an id outside the
+ * pool. The executor's per-rank KV accounting (context parallelism). */
+int32_t kv_pool_block_refs(const kv_pool_t *p, int32_t b);
 /* Blocks held only by the prefix cache (refcount 0, hashed). */
 int64_t kv_pool_n_cached(const kv_pool_t *p);
 /* Drops every cached unreferenced block (tests; memory pressure). */

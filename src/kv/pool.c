@@ -53,6 +53,7 @@ void kv_pool_destroy(kv_pool_t *p) {
 const kv_config_t *kv_pool_config(const kv_pool_t *p) { return &p->cfg; }
 int64_t kv_pool_n_blocks(const kv_pool_t *p) { return p->cfg.n_blocks; }
 int64_t kv_pool_n_used(const kv_pool_t *p) { return p->cfg.n_blocks - p->n_free - p->n_cached; }
+int32_t kv_pool_block_refs(const kv_pool_t *p, int32_t b) { return b >= 0 && b < p->cfg.n_blocks ? p->blk[b].ref : 0; }
 int64_t kv_pool_n_available(const kv_pool_t *p) { return p->n_free + p->n_cached; }
 int64_t kv_pool_n_cached(const kv_pool_t *p) { return p->n_cached; }
 

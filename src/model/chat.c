@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/status.h"
 #include "model/chat_internal.h"
 
@@ -97,31 +98,6 @@ int chat_renders_bos(const chat_template_t *ct) { return ct->family == CHAT_LLAM
  * Rendering
  * ========================================================================== */
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} sbuf_t;
-
-static void put(sbuf_t *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-}
-
-static void puts_(sbuf_t *b, const char *s) { put(b, s, strlen(s)); }
 
 /* Canonical role name, or NULL for one we do not accept. */
 static const char *role_name(const char *r) {
@@ -133,12 +109,12 @@ static const char *role_name(const char *r) {
 }
 
 /* Jinja's |trim: Python str.strip() on the ASCII whitespace that matters. */
-static void put_trimmed(sbuf_t *b, const char *s) {
+static void put_trimmed(lc_buf_t *b, const char *s) {
     const char *ws = " \t\n\r\v\f";
     size_t n = strlen(s);
     while (n && strchr(ws, s[0])) s++, n--;
     while (n && strchr(ws, s[n - 1])) n--;
-    put(b, s, n);
+    lc_buf_put(b, s, n);
 }
 
 /* Length of the whitespace character at s[0..n) as Python's str.isspace()
@@ -157,7 +133,7 @@ static size_t py_space(const unsigned char *s, size_t n) {
 }
 
 /* Jinja's |trim as Python runs it: Unicode whitespace off both ends. */
-static void put_pytrimmed(sbuf_t *b, const char *str) {
+static void put_pytrimmed(lc_buf_t *b, const char *str) {
     const unsigned char *s = (const unsigned char *)str;
     size_t n = strlen(str), k, i = 0, end = 0;
     while (n && (k = py_space(s, n))) s += k, n -= k;
@@ -170,15 +146,15 @@ static void put_pytrimmed(sbuf_t *b, const char *str) {
         while (i < n && (s[i] & 0xc0) == 0x80) i++;
         end = i;
     }
-    put(b, (const char *)s, end);
+    lc_buf_put(b, (const char *)s, end);
 }
 
 /* Gemma: "<bos>", a leading system message folded into the first turn as
  * "system\n\n" + user text (the system text untrimmed, the turns trimmed),
  * turns alternating user/model from a user turn, as the template demands. */
-static int render_gemma(sbuf_t *b, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char *err,
+static int render_gemma(lc_buf_t *b, const chat_msg_t *msgs, size_t n, int add_generation_prompt, char *err,
                         size_t errlen) {
-    puts_(b, "<bos>");
+    lc_buf_puts(b, "<bos>");
     size_t i0 = n && strcmp(role_name(msgs[0].role), "system") == 0 ? 1 : 0;
     for (size_t i = i0; i < n; i++) {
         const char *role = role_name(msgs[i].role);
@@ -186,17 +162,17 @@ static int render_gemma(sbuf_t *b, const chat_msg_t *msgs, size_t n, int add_gen
             if (err) snprintf(err, errlen, "Conversation roles must alternate user/assistant/user/assistant/...");
             return LC_EINVAL;
         }
-        puts_(b, "<start_of_turn>");
-        puts_(b, strcmp(role, "assistant") == 0 ? "model" : role);
-        puts_(b, "\n");
+        lc_buf_puts(b, "<start_of_turn>");
+        lc_buf_puts(b, strcmp(role, "assistant") == 0 ? "model" : role);
+        lc_buf_puts(b, "\n");
         if (i == i0 && i0 == 1) {
-            puts_(b, msgs[0].content ? msgs[0].content : "");
-            puts_(b, "\n\n");
+            lc_buf_puts(b, msgs[0].content ? msgs[0].content : "");
+            lc_buf_puts(b, "\n\n");
         }
         put_pytrimmed(b, msgs[i].content ? msgs[i].content : "");
-        puts_(b, "<end_of_turn>\n");
+        lc_buf_puts(b, "<end_of_turn>\n");
     }
-    if (add_generation_prompt) puts_(b, "<start_of_turn>model\n");
+    if (add_generation_prompt) lc_buf_puts(b, "<start_of_turn>model\n");
     return 0;
 }
 
@@ -208,7 +184,7 @@ int chat_render(const chat_template_t *ct, const chat_msg_t *msgs, size_t n, int
 int chat_render_tools(const chat_template_t *ct, const chat_msg_t *msgs, const chat_msg_calls_t *calls, size_t n,
                       const char *const *tools, size_t n_tools, int add_generation_prompt, char **out, char *err,
                       size_t errlen) {
-    sbuf_t b = {0};
+    lc_buf_t b = {0};
     *out = NULL;
     if (ct->family == CHAT_QWEN25)
         return chat__render_qwen25(ct, msgs, calls, n, tools, n_tools, add_generation_prompt, out, err, errlen);
@@ -229,21 +205,21 @@ int chat_render_tools(const chat_template_t *ct, const chat_msg_t *msgs, const c
             return LC_EINVAL;
         }
     }
-    put(&b, "", 0);
+    lc_buf_put(&b, "", 0);
     if (ct->family == CHAT_CHATML) {
         if (ct->default_system && n && strcmp(role_name(msgs[0].role), "system") != 0) {
-            puts_(&b, "<|im_start|>system\n");
-            puts_(&b, ct->default_system);
-            puts_(&b, "<|im_end|>\n");
+            lc_buf_puts(&b, "<|im_start|>system\n");
+            lc_buf_puts(&b, ct->default_system);
+            lc_buf_puts(&b, "<|im_end|>\n");
         }
         for (size_t i = 0; i < n; i++) {
-            puts_(&b, "<|im_start|>");
-            puts_(&b, role_name(msgs[i].role));
-            puts_(&b, "\n");
-            puts_(&b, msgs[i].content ? msgs[i].content : "");
-            puts_(&b, "<|im_end|>\n");
+            lc_buf_puts(&b, "<|im_start|>");
+            lc_buf_puts(&b, role_name(msgs[i].role));
+            lc_buf_puts(&b, "\n");
+            lc_buf_puts(&b, msgs[i].content ? msgs[i].content : "");
+            lc_buf_puts(&b, "<|im_end|>\n");
         }
-        if (add_generation_prompt) puts_(&b, "<|im_start|>assistant\n");
+        if (add_generation_prompt) lc_buf_puts(&b, "<|im_start|>assistant\n");
     } else if (ct->family == CHAT_GEMMA) {
         int rc = render_gemma(&b, msgs, n, add_generation_prompt, err, errlen);
         if (rc) {
@@ -253,15 +229,15 @@ int chat_render_tools(const chat_template_t *ct, const chat_msg_t *msgs, const c
     } else {
         /* Llama 3: BOS text before the first message, content trimmed, no
          * default system message. */
-        if (n) puts_(&b, "<|begin_of_text|>");
+        if (n) lc_buf_puts(&b, "<|begin_of_text|>");
         for (size_t i = 0; i < n; i++) {
-            puts_(&b, "<|start_header_id|>");
-            puts_(&b, role_name(msgs[i].role));
-            puts_(&b, "<|end_header_id|>\n\n");
+            lc_buf_puts(&b, "<|start_header_id|>");
+            lc_buf_puts(&b, role_name(msgs[i].role));
+            lc_buf_puts(&b, "<|end_header_id|>\n\n");
             put_trimmed(&b, msgs[i].content ? msgs[i].content : "");
-            puts_(&b, "<|eot_id|>");
+            lc_buf_puts(&b, "<|eot_id|>");
         }
-        if (add_generation_prompt) puts_(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+        if (add_generation_prompt) lc_buf_puts(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
     }
     if (b.oom) {
         free(b.p);

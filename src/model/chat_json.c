@@ -9,37 +9,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/status.h"
 
 #define PJ_MAX_DEPTH 512
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} pbuf_t;
-
-static void put(pbuf_t *b, const char *s, size_t n) {
-    if (!b || b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
+/* Appends to b, or does nothing when b is NULL (a scan that keeps nothing). */
+static void put(lc_buf_t *b, const char *s, size_t n) {
+    if (b) lc_buf_put(b, s, n);
 }
 
 typedef struct {
     const char *p, *end;
-    pbuf_t *out; // NULL: scan only
+    lc_buf_t *out; // NULL: scan only
     int depth;
 } pj_t;
 
@@ -113,7 +95,7 @@ static size_t utf8_len(const unsigned char *p, const unsigned char *end) {
 
 /* Reads a string; its decoded bytes go to dec (may be NULL), its Python
  * rendering to the output. */
-static int string(pj_t *j, pbuf_t *dec) {
+static int string(pj_t *j, lc_buf_t *dec) {
     if (j->p >= j->end || *j->p != '"') return -1;
     j->p++;
     emit(j, "\"", 1);
@@ -316,7 +298,7 @@ static int object(pj_t *j) {
     }
     for (;;) {
         skip_ws(j);
-        pbuf_t k = {0};
+        lc_buf_t k = {0};
         if (string(j, &k) || k.oom) {
             free(k.p);
             goto out;
@@ -405,7 +387,7 @@ static int value(pj_t *j) {
 }
 
 int chat_json_render(const char *json, size_t len, char **out) {
-    pbuf_t b = {0};
+    lc_buf_t b = {0};
     pj_t j = {.p = json, .end = json + len, .out = &b};
     *out = NULL;
     skip_ws(&j);
@@ -433,7 +415,7 @@ int chat_json_member(const char *json, size_t len, const char *key, const char *
     if (j.p < j.end && *j.p == '}') return LC_ENOTFOUND;
     for (;;) {
         skip_ws(&j);
-        pbuf_t k = {0};
+        lc_buf_t k = {0};
         if (string(&j, &k)) {
             free(k.p);
             return LC_EINVAL;

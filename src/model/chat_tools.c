@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/status.h"
 #include "model/chat_internal.h"
 
@@ -39,31 +40,6 @@ int chat_tool_syntax(const chat_template_t *ct, chat_tool_syntax_t *out) {
     return 0;
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-    int oom;
-} qbuf_t;
-
-static void qput(qbuf_t *b, const char *s) {
-    size_t n = strlen(s);
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 512;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
 /* developer turns are system turns (the template knows only system). */
 static const char *qrole(const chat_msg_t *m) {
     const char *r = m->role ? m->role : "";
@@ -76,7 +52,7 @@ int chat__render_qwen25(const chat_template_t *ct, const chat_msg_t *msgs, const
                         const char *const *tools, size_t n_tools, int add_generation_prompt, char **out, char *err,
                         size_t errlen) {
     (void)ct;
-    qbuf_t b = {0};
+    lc_buf_t b = {0};
     *out = NULL;
     for (size_t i = 0; i < n; i++) {
         const char *r = qrole(&msgs[i]);
@@ -90,57 +66,58 @@ int chat__render_qwen25(const chat_template_t *ct, const chat_msg_t *msgs, const
         }
     }
     int first_system = n > 0 && !strcmp(qrole(&msgs[0]), "system");
-    qput(&b, "");
+    lc_buf_puts(&b, "");
     if (n_tools) {
-        qput(&b, "<|im_start|>system\n");
-        qput(&b, first_system ? qtext(msgs[0].content) : chat__qwen_system);
-        qput(&b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
-                 "provided with function signatures within <tools></tools> XML tags:\n<tools>");
+        lc_buf_puts(&b, "<|im_start|>system\n");
+        lc_buf_puts(&b, first_system ? qtext(msgs[0].content) : chat__qwen_system);
+        lc_buf_puts(&b, "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+                        "provided with function signatures within <tools></tools> XML tags:\n<tools>");
         for (size_t t = 0; t < n_tools; t++) {
-            qput(&b, "\n");
-            qput(&b, tools[t]);
+            lc_buf_puts(&b, "\n");
+            lc_buf_puts(&b, tools[t]);
         }
-        qput(&b, "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
-                 "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
-                 "<args-json-object>}\n</tool_call><|im_end|>\n");
+        lc_buf_puts(
+            &b, "\n</tools>\n\nFor each function call, return a json object with function name and arguments within "
+                "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+                "<args-json-object>}\n</tool_call><|im_end|>\n");
     } else {
-        qput(&b, "<|im_start|>system\n");
-        qput(&b, first_system ? qtext(msgs[0].content) : chat__qwen_system);
-        qput(&b, "<|im_end|>\n");
+        lc_buf_puts(&b, "<|im_start|>system\n");
+        lc_buf_puts(&b, first_system ? qtext(msgs[0].content) : chat__qwen_system);
+        lc_buf_puts(&b, "<|im_end|>\n");
     }
     for (size_t i = 0; i < n; i++) {
         const chat_msg_t *m = &msgs[i];
         const char *r = qrole(m);
         size_t nc = calls ? calls[i].n : 0;
         if (!strcmp(r, "user") || (!strcmp(r, "system") && i > 0) || (!strcmp(r, "assistant") && !nc)) {
-            qput(&b, "<|im_start|>");
-            qput(&b, r);
-            qput(&b, "\n");
-            qput(&b, qtext(m->content));
-            qput(&b, "<|im_end|>\n");
+            lc_buf_puts(&b, "<|im_start|>");
+            lc_buf_puts(&b, r);
+            lc_buf_puts(&b, "\n");
+            lc_buf_puts(&b, qtext(m->content));
+            lc_buf_puts(&b, "<|im_end|>\n");
         } else if (!strcmp(r, "assistant")) {
-            qput(&b, "<|im_start|>assistant");
+            lc_buf_puts(&b, "<|im_start|>assistant");
             if (m->content && m->content[0]) {
-                qput(&b, "\n");
-                qput(&b, m->content);
+                lc_buf_puts(&b, "\n");
+                lc_buf_puts(&b, m->content);
             }
             for (size_t k = 0; k < nc; k++) {
-                qput(&b, "\n<tool_call>\n{\"name\": \"");
-                qput(&b, qtext(calls[i].calls[k].name));
-                qput(&b, "\", \"arguments\": ");
-                qput(&b, qtext(calls[i].calls[k].arguments));
-                qput(&b, "}\n</tool_call>");
+                lc_buf_puts(&b, "\n<tool_call>\n{\"name\": \"");
+                lc_buf_puts(&b, qtext(calls[i].calls[k].name));
+                lc_buf_puts(&b, "\", \"arguments\": ");
+                lc_buf_puts(&b, qtext(calls[i].calls[k].arguments));
+                lc_buf_puts(&b, "}\n</tool_call>");
             }
-            qput(&b, "<|im_end|>\n");
+            lc_buf_puts(&b, "<|im_end|>\n");
         } else if (!strcmp(r, "tool")) {
-            if (i == 0 || strcmp(qrole(&msgs[i - 1]), "tool")) qput(&b, "<|im_start|>user");
-            qput(&b, "\n<tool_response>\n");
-            qput(&b, qtext(m->content));
-            qput(&b, "\n</tool_response>");
-            if (i + 1 == n || strcmp(qrole(&msgs[i + 1]), "tool")) qput(&b, "<|im_end|>\n");
+            if (i == 0 || strcmp(qrole(&msgs[i - 1]), "tool")) lc_buf_puts(&b, "<|im_start|>user");
+            lc_buf_puts(&b, "\n<tool_response>\n");
+            lc_buf_puts(&b, qtext(m->content));
+            lc_buf_puts(&b, "\n</tool_response>");
+            if (i + 1 == n || strcmp(qrole(&msgs[i + 1]), "tool")) lc_buf_puts(&b, "<|im_end|>\n");
         }
     }
-    if (add_generation_prompt) qput(&b, "<|im_start|>assistant\n");
+    if (add_generation_prompt) lc_buf_puts(&b, "<|im_start|>assistant\n");
     if (b.oom) {
         free(b.p);
         return LC_ENOMEM;

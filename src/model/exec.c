@@ -76,13 +76,22 @@ static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, si
     }
     kc.n_blocks = nb;
     int max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;
-    if (!(e->cpu = model_cpu_create(e->m, &kc, o->max_batch_tokens, max_seqs))) {
+    if (o->context_ranks > MODEL_CP_MAX_RANKS) {
+        snprintf(err, errlen, "parallel.context = %d: at most %d ranks", o->context_ranks, MODEL_CP_MAX_RANKS);
+        return LC_EINVAL;
+    }
+    if (!(e->cpu =
+              model_cpu_create(e->m, &kc, o->max_batch_tokens, max_seqs, o->context_ranks, o->context_min_tokens))) {
         snprintf(err, errlen, "out of memory for a KV store of %lld blocks (%.1f MiB) and scratch for %d tokens",
                  (long long)nb, (double)nb * (double)e->block_bytes / (1024.0 * 1024.0), o->max_batch_tokens);
         return LC_ENOMEM;
     }
     e->kvc = kc;
-    snprintf(e->device, sizeof e->device, "cpu");
+    if (o->context_ranks > 1)
+        snprintf(e->device, sizeof e->device, "cpu (context parallel: %d ranks from %lld tokens)", o->context_ranks,
+                 (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
+    else
+        snprintf(e->device, sizeof e->device, "cpu");
     return 0;
 }
 
@@ -102,6 +111,10 @@ model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, ch
     int rc;
     if (index < 0) {
         rc = create_cpu(e, o, err, errlen);
+    } else if (o->context_ranks > 1) {
+        snprintf(err, errlen, "parallel.context = %d: context parallelism runs on the CPU executor only in this build",
+                 o->context_ranks);
+        rc = LC_EUNSUPPORTED;
     } else {
 #ifdef HAVE_CUDA
         e->cuda = model_cuda_create(m, index, o, &e->kvc, &e->block_bytes, e->device, sizeof e->device, err, errlen);
@@ -154,12 +167,25 @@ int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
 
 int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
     if (!e || !kv || !b) return LC_EINVAL;
-    if (e->cpu) return model_cpu_forward(e->cpu, b);
+    if (e->cpu) {
+        int rc = model_cpu_forward(e->cpu, b);
+        if (!rc) model_cpu_cp_account(e->cpu, kv);
+        return rc;
+    }
 #ifdef HAVE_CUDA
     return model_cuda_forward(e->cuda, b);
 #else
     return LC_EINVAL;
 #endif
+}
+
+void model_exec_cp_stats(model_exec_t *e, model_exec_cp_stats_t *out) {
+    if (e->cpu) {
+        model_cpu_cp_stats(e->cpu, out);
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    out->ranks = 1;
 }
 
 int model_exec_set_attn_hook(model_exec_t *e, model_attn_hook_cb cb, void *ud) {

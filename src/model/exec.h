@@ -35,6 +35,11 @@ typedef struct {
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
     int gpu_fast_gemm;      // GPU: 1 = cuBLASLt's fastest matmul per shape, not batch-invariant (0: invariant)
+    /* Context parallelism ([parallel] in lacuna.conf): a sequence whose KV
+     * reaches context_min_tokens runs its attention sharded over
+     * context_ranks ranks (attn/cp); 0 or 1: off. CPU executor only. */
+    int context_ranks;
+    int64_t context_min_tokens;
 } model_exec_opts_t;
 
 /* Creates an executor for m (which must outlive it). NULL with a message in
@@ -98,6 +103,23 @@ typedef struct {
 
 /* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM, LC_EDEVICE. */
 int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *batch);
+
+/* ---- context parallelism ---------------------------------------------------------- */
+#define MODEL_CP_MAX_RANKS 64
+/* Where the sharded attention stands; each array has `ranks` entries. */
+typedef struct {
+    int ranks;                                  // 1: context parallelism off (nothing else is set)
+    int64_t min_tokens;                         // sequences this long (KV after the step) are sharded
+    uint64_t sharded_rows;                      // batch rows whose attention ran sharded
+    int64_t kv_blocks[MODEL_CP_MAX_RANKS];      // KV blocks in use each rank holds (after the last step)
+    uint64_t ring_steps[MODEL_CP_MAX_RANKS];    // ring steps run
+    uint64_t steps_skipped[MODEL_CP_MAX_RANKS]; // of which computed nothing (sparse)
+    double compute_s[MODEL_CP_MAX_RANKS];       // attention compute inside ring steps
+    double wait_s[MODEL_CP_MAX_RANKS];          // waiting for a step's transfer after its compute
+    double collective_s[MODEL_CP_MAX_RANKS];    // halos, selections, all-to-alls, decode merges
+} model_exec_cp_stats_t;
+/* A snapshot; any thread. */
+void model_exec_cp_stats(model_exec_t *e, model_exec_cp_stats_t *out);
 
 /* Analysis hook (attn-eval; CPU only): called for every layer and every slice
  * of a batch after the slice's K/V for that layer are in the cache and before

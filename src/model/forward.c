@@ -7,8 +7,13 @@
  * and the plan's workspace are sized at creation or plan time; the layers of
  * a step allocate nothing. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "common/mem.h"
 #include "common/status.h"
@@ -39,11 +44,26 @@ struct model_cpu {
     float *lbuf;            // (MODEL_LOGIT_CHUNK, n_vocab) logits staging for multi-sequence batches
     model_attn_hook_cb hook;
     void *hook_ud;
+    /* context parallelism (cp_n > 1): sequences whose KV reaches cp_min run
+     * their attention on the rank threads (forward_cp.c) */
+    int cp_n;
+    int64_t cp_min;
+    model_cp_t *cp;
+    uint8_t *owner;     // (n_blocks) rank holding each store block
+    int n_aseq, n_cseq; // the step's slices on the single-rank plan, and sharded
+    cp_seq_t *cseq;     // (max_seqs) the sharded slices
+    int *cidx;          // (max_seqs) their index in the batch
+    uint8_t *sown;      // owners by sequence block of every sharded slice, back to back
+    size_t cap_sown;
+    pthread_mutex_t slock;           // guards what the metrics thread reads:
+    int64_t kvb[MODEL_CP_MAX_RANKS]; // KV blocks in use per rank
+    uint64_t sharded_rows;
 };
 
 /* ---- creation ------------------------------------------------------------------- */
-model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs) {
-    if (!m || !kvc || max_tokens <= 0 || max_seqs <= 0) return NULL;
+model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs, int cp_ranks,
+                              int64_t cp_min_tokens) {
+    if (!m || !kvc || max_tokens <= 0 || max_seqs <= 0 || cp_ranks > MODEL_CP_MAX_RANKS) return NULL;
     const model_hparams_t *hp = &m->hp;
     size_t T = (size_t)max_tokens, E = hp->n_embd, F = hp->n_ff;
     size_t QD = (size_t)hp->n_heads * hp->head_dim, KD = (size_t)hp->n_kv_heads * hp->head_dim;
@@ -72,12 +92,23 @@ model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_
     c->rgen = lc_alloc64(T);
     c->dst = lc_alloc64(T * sizeof(float *));
     c->lbuf = lc_alloc64((size_t)MODEL_LOGIT_CHUNK * hp->n_vocab * sizeof(float));
+    pthread_mutex_init(&c->slock, NULL);
     if (!c->store || !c->plan || !c->aseq || !c->x || !c->xb || !c->q || !c->k || !c->v || !c->att || !c->proj ||
-        !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen || !c->dst || !c->lbuf) {
-        model_cpu_destroy(c);
-        return NULL;
+        !c->gate || !c->up || !c->pos || !c->gen || !c->covered || !c->rows || !c->rgen || !c->dst || !c->lbuf)
+        goto fail;
+    c->cp_n = cp_ranks > 1 ? cp_ranks : 1;
+    c->cp_min = cp_min_tokens > 0 ? cp_min_tokens : 1;
+    if (c->cp_n > 1) {
+        c->cp = model_cp_create(&shape, hp->n_layers, c->cp_n);
+        c->owner = calloc((size_t)kvc->n_blocks, 1);
+        c->cseq = calloc((size_t)max_seqs, sizeof *c->cseq);
+        c->cidx = calloc((size_t)max_seqs, sizeof *c->cidx);
+        if (!c->cp || !c->owner || !c->cseq || !c->cidx) goto fail;
     }
     return c;
+fail:
+    model_cpu_destroy(c);
+    return NULL;
 }
 
 void model_cpu_destroy(model_cpu_t *c) {
@@ -88,6 +119,9 @@ void model_cpu_destroy(model_cpu_t *c) {
     free(c->x), free(c->xb), free(c->q), free(c->k), free(c->v), free(c->att), free(c->proj);
     free(c->gate), free(c->up), free(c->pos), free(c->gen), free(c->covered), free(c->rows), free(c->rgen);
     free(c->dst), free(c->lbuf);
+    model_cp_destroy(c->cp);
+    free(c->owner), free(c->cseq), free(c->cidx), free(c->sown);
+    pthread_mutex_destroy(&c->slock);
     free(c);
 }
 
@@ -96,7 +130,11 @@ void model_cpu_set_attn_hook(model_cpu_t *c, model_attn_hook_cb cb, void *ud) {
     c->hook_ud = ud;
 }
 
-void model_cpu_copy_block(void *c, int32_t dst, int32_t src) { kv_store_copy(((model_cpu_t *)c)->store, dst, src); }
+void model_cpu_copy_block(void *ud, int32_t dst, int32_t src) {
+    model_cpu_t *c = ud;
+    kv_store_copy(c->store, dst, src);
+    if (c->owner) c->owner[dst] = c->owner[src];
+}
 
 /* ---- matmul ------------------------------------------------------------------- */
 /* y = x · wᵀ for n rows, in runs of one kind: generated tokens (kind[r] = 1)
@@ -147,22 +185,143 @@ static attn_store_t store_view(model_cpu_t *c, int l) {
     };
 }
 
-/* Plans the step's attention: one slice per sequence. */
+/* ---- context parallelism ---------------------------------------------------------- */
+static int sharded(const model_cpu_t *c, const model_seq_t *q) { return c->cp && q->pos0 + q->n_tok >= c->cp_min; }
+
+/* Zig-zag units: whole blocks and whole blocks of a sparse prompt method,
+ * so that every query block of the method lies on one rank. */
+static int shard_align(int bs, const attn_state_t *st) {
+    const attn_policy_t *pol = st ? attn_state_policy(st) : NULL;
+    int m = pol && pol->block > 0 ? pol->block : 128, a = bs, b = m;
+    while (b) {
+        int t = a % b;
+        a = b, b = t;
+    }
+    return bs / a * m;
+}
+
+/* The owners of a sharded slice's blocks by sequence block (so): earlier
+ * blocks keep theirs; the blocks this step starts are dealt zig-zag (a
+ * prompt slice) or in turn (generated tokens), and recorded per store
+ * block. An unsharded slice's new blocks belong to rank 0. */
+static void assign_owners(model_cpu_t *c, const model_seq_t *q, uint8_t *so) {
+    const int bs = kv_store_config(c->store)->block_size;
+    const int64_t n_blk = (q->pos0 + q->n_tok + bs - 1) / bs, first = (q->pos0 + bs - 1) / bs;
+    const int32_t *blocks = q->kv->blocks;
+    if (!so) {
+        for (int64_t b = first; b < n_blk; b++) c->owner[blocks[b]] = 0;
+        return;
+    }
+    for (int64_t b = 0; b < n_blk; b++) so[b] = c->owner[blocks[b]];
+    if (q->generated)
+        for (int64_t b = first; b < n_blk; b++) so[b] = (uint8_t)cp_owner_next(c->cp_n, b);
+    else
+        cp_zigzag(c->cp_n, bs, shard_align(bs, q->attn), q->pos0, q->n_tok, so);
+    for (int64_t b = first; b < n_blk; b++) c->owner[blocks[b]] = so[b];
+}
+
+/* Density counters of the sharded slices, from every rank's pairs. */
+static void count_sharded(model_cpu_t *c, const model_batch_t *b) {
+    const double H = c->m->hp.n_heads, L = c->m->hp.n_layers;
+    uint64_t rows = 0;
+    for (int i = 0; i < c->n_cseq; i++) {
+        const model_seq_t *q = &b->seqs[c->cidx[i]];
+        rows += (uint64_t)q->n_tok;
+        if (!q->attn) continue;
+        const double n = q->n_tok, q0 = (double)q->pos0;
+        const double total = H * (n * q0 + 0.5 * n * (n + 1.0)) * L; // causal pairs, as the single-rank kernels count
+        attn_state_count(q->attn, q->generated, model_cp_computed(c->cp, i), total);
+    }
+    pthread_mutex_lock(&c->slock);
+    c->sharded_rows += rows;
+    pthread_mutex_unlock(&c->slock);
+}
+
+void model_cpu_cp_account(model_cpu_t *c, const kv_pool_t *kv) {
+    if (!c->cp) return;
+    int64_t n[MODEL_CP_MAX_RANKS] = {0};
+    const int64_t nb = kv_store_config(c->store)->n_blocks;
+    for (int64_t b = 0; b < nb; b++)
+        if (kv_pool_block_refs(kv, (int32_t)b) > 0) n[c->owner[b]]++;
+    pthread_mutex_lock(&c->slock);
+    memcpy(c->kvb, n, sizeof n);
+    pthread_mutex_unlock(&c->slock);
+}
+
+void model_cpu_cp_stats(model_cpu_t *c, model_exec_cp_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    out->ranks = c->cp_n;
+    if (!c->cp) return;
+    out->min_tokens = c->cp_min;
+    cp_timing_t t[MODEL_CP_MAX_RANKS];
+    model_cp_timing(c->cp, t);
+    pthread_mutex_lock(&c->slock);
+    out->sharded_rows = c->sharded_rows;
+    memcpy(out->kv_blocks, c->kvb, sizeof out->kv_blocks);
+    pthread_mutex_unlock(&c->slock);
+    for (int r = 0; r < c->cp_n; r++) {
+        out->ring_steps[r] = t[r].ring_steps;
+        out->steps_skipped[r] = t[r].steps_skipped;
+        out->compute_s[r] = t[r].compute_s;
+        out->wait_s[r] = t[r].wait_s;
+        out->collective_s[r] = t[r].collective_s;
+    }
+}
+
+/* Plans the step's attention: the single-rank plan over the unsharded
+ * slices, the ranks' plans over the sharded ones. */
 static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
+    const int bs = kv_store_config(c->store)->block_size;
+    size_t need = 0;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (sharded(c, &b->seqs[s])) need += (size_t)((b->seqs[s].pos0 + b->seqs[s].n_tok + bs - 1) / bs);
+    if (need > c->cap_sown) {
+        uint8_t *p = realloc(c->sown, need);
+        if (!p) return LC_ENOMEM;
+        c->sown = p;
+        c->cap_sown = need;
+    }
+    size_t off = 0;
+    c->n_aseq = c->n_cseq = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
-        c->aseq[s] = (attn_seq_t){.tok0 = q->tok0,
-                                  .n_tok = q->n_tok,
-                                  .pos0 = q->pos0,
-                                  .blocks = q->kv->blocks,
-                                  .state = q->attn,
-                                  .decode = q->generated};
+        if (!sharded(c, q)) {
+            if (c->owner) assign_owners(c, q, NULL);
+            c->aseq[c->n_aseq++] = (attn_seq_t){.tok0 = q->tok0,
+                                                .n_tok = q->n_tok,
+                                                .pos0 = q->pos0,
+                                                .blocks = q->kv->blocks,
+                                                .state = q->attn,
+                                                .decode = q->generated};
+            continue;
+        }
+        uint8_t *so = c->sown + off;
+        off += (size_t)((q->pos0 + q->n_tok + bs - 1) / bs);
+        assign_owners(c, q, so);
+        c->cidx[c->n_cseq] = s;
+        c->cseq[c->n_cseq++] = (cp_seq_t){.tok0 = q->tok0,
+                                          .n_tok = q->n_tok,
+                                          .pos0 = q->pos0,
+                                          .blocks = q->kv->blocks,
+                                          .owner = so,
+                                          .state = q->attn,
+                                          .decode = q->generated};
     }
-    attn_batch_t ab = {.n_rows = b->n_tokens,
-                       .n_seqs = b->n_seqs,
-                       .seqs = c->aseq,
-                       .block_size = kv_store_config(c->store)->block_size};
-    return attn_plan(c->plan, &ab);
+    int rc = 0;
+    if (c->n_aseq) {
+        attn_batch_t ab = {.n_rows = b->n_tokens, .n_seqs = c->n_aseq, .seqs = c->aseq, .block_size = bs};
+        rc = attn_plan(c->plan, &ab);
+    }
+    if (!rc && c->n_cseq) {
+        cp_batch_t cb = {.n_rows = b->n_tokens, .n_seqs = c->n_cseq, .seqs = c->cseq, .block_size = bs};
+#ifdef _OPENMP
+        const int team = omp_get_max_threads();
+#else
+        const int team = 1;
+#endif
+        rc = model_cp_plan(c->cp, &cb, team);
+    }
+    return rc;
 }
 
 /* Writes the batch's K/V for layer l into the store, then runs attention for
@@ -195,7 +354,10 @@ static int attention(model_cpu_t *c, const model_batch_t *b, int l) {
             c->hook(c->hook_ud, l, s, &shape, c->q + (size_t)q->tok0 * QD, q->n_tok, q->pos0, &kv);
         }
     }
-    return attn_run(c->plan, l, c->m->hp.layer[l].window, &view, c->q, c->att, NULL);
+    const int64_t window = c->m->hp.layer[l].window;
+    int rc = c->n_aseq ? attn_run(c->plan, l, window, &view, c->q, c->att, NULL) : 0;
+    if (!rc && c->n_cseq) rc = model_cp_run(c->cp, l, window, &view, c->q, c->att);
+    return rc;
 }
 
 /* ---- logits ---------------------------------------------------------------------- */
@@ -308,5 +470,6 @@ int model_cpu_forward(model_cpu_t *c, const model_batch_t *b) {
         if (hp->post_norms) ops_rmsnorm(c->proj, c->proj, L->post_ffn_norm, T, E, hp->rms_eps);
         ops_add(c->x, c->proj, (size_t)T * E);
     }
+    if (c->n_cseq) count_sharded(c, b);
     return logits(c, b);
 }

@@ -8,19 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/buf.h"
 #include "common/status.h"
 #include "model/gguf.h"
 #include "model/gguf_internal.h"
 
 typedef struct {
-    uint8_t *p;
-    size_t n, cap;
-    int oom;
-} buf_t;
-
-typedef struct {
     char *key;
-    buf_t val; // type u32 followed by the encoded value
+    lc_buf_t val; // type u32 followed by the encoded value
 } wkv_t;
 
 typedef struct {
@@ -42,43 +37,20 @@ struct gguf_writer {
 
 /* ---- byte buffer ------------------------------------------------------------ */
 
-static void buf_put(buf_t *b, const void *src, size_t n) {
-    if (b->oom) return;
-    if (n > b->cap - b->n) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap - b->n < n) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = 1;
-                return;
-            }
-            cap *= 2;
-        }
-        uint8_t *p = realloc(b->p, cap);
-        if (!p) {
-            b->oom = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-
-static void buf_u32(buf_t *b, uint32_t v) {
+static void buf_u32(lc_buf_t *b, uint32_t v) {
     uint8_t x[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
-    buf_put(b, x, 4);
+    lc_buf_put(b, x, 4);
 }
 
-static void buf_u64(buf_t *b, uint64_t v) {
+static void buf_u64(lc_buf_t *b, uint64_t v) {
     buf_u32(b, (uint32_t)v);
     buf_u32(b, (uint32_t)(v >> 32));
 }
 
-static void buf_str(buf_t *b, const char *s) {
+static void buf_str(lc_buf_t *b, const char *s) {
     size_t n = strlen(s);
     buf_u64(b, n);
-    buf_put(b, s, n);
+    lc_buf_put(b, s, n);
 }
 
 /* ---- building ---------------------------------------------------------------- */
@@ -106,7 +78,7 @@ void gguf_writer_destroy(gguf_writer_t *w) {
 
 /* Appends a key; returns its value buffer (already holding `type`) or NULL
  * with *rc set. */
-static buf_t *add_kv(gguf_writer_t *w, const char *key, uint32_t type, int *rc) {
+static lc_buf_t *add_kv(gguf_writer_t *w, const char *key, uint32_t type, int *rc) {
     *rc = LC_EINVAL;
     if (!key || !*key) return NULL;
     for (size_t i = 0; i < w->n_kv; i++)
@@ -129,7 +101,7 @@ static buf_t *add_kv(gguf_writer_t *w, const char *key, uint32_t type, int *rc) 
 }
 
 /* Checks the value buffer after encoding; drops the key on OOM. */
-static int done_kv(gguf_writer_t *w, buf_t *b) {
+static int done_kv(gguf_writer_t *w, lc_buf_t *b) {
     if (!b->oom) return 0;
     wkv_t *kv = &w->kvs[--w->n_kv];
     free(kv->key);
@@ -139,7 +111,7 @@ static int done_kv(gguf_writer_t *w, buf_t *b) {
 
 int gguf_writer_set_u32(gguf_writer_t *w, const char *key, uint32_t v) {
     int rc;
-    buf_t *b = add_kv(w, key, GGUF_T_U32, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_U32, &rc);
     if (!b) return rc;
     buf_u32(b, v);
     // A valid alignment also governs how this writer lays out the data; an
@@ -150,7 +122,7 @@ int gguf_writer_set_u32(gguf_writer_t *w, const char *key, uint32_t v) {
 
 int gguf_writer_set_i32(gguf_writer_t *w, const char *key, int32_t v) {
     int rc;
-    buf_t *b = add_kv(w, key, GGUF_T_I32, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_I32, &rc);
     if (!b) return rc;
     buf_u32(b, (uint32_t)v);
     return done_kv(w, b);
@@ -158,7 +130,7 @@ int gguf_writer_set_i32(gguf_writer_t *w, const char *key, int32_t v) {
 
 int gguf_writer_set_u64(gguf_writer_t *w, const char *key, uint64_t v) {
     int rc;
-    buf_t *b = add_kv(w, key, GGUF_T_U64, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_U64, &rc);
     if (!b) return rc;
     buf_u64(b, v);
     return done_kv(w, b);
@@ -167,7 +139,7 @@ int gguf_writer_set_u64(gguf_writer_t *w, const char *key, uint64_t v) {
 int gguf_writer_set_f32(gguf_writer_t *w, const char *key, float v) {
     int rc;
     uint32_t bits;
-    buf_t *b = add_kv(w, key, GGUF_T_F32, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_F32, &rc);
     if (!b) return rc;
     memcpy(&bits, &v, 4);
     buf_u32(b, bits);
@@ -177,16 +149,16 @@ int gguf_writer_set_f32(gguf_writer_t *w, const char *key, float v) {
 int gguf_writer_set_bool(gguf_writer_t *w, const char *key, int v) {
     int rc;
     uint8_t x = v ? 1 : 0;
-    buf_t *b = add_kv(w, key, GGUF_T_BOOL, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_BOOL, &rc);
     if (!b) return rc;
-    buf_put(b, &x, 1);
+    lc_buf_put(b, &x, 1);
     return done_kv(w, b);
 }
 
 int gguf_writer_set_str(gguf_writer_t *w, const char *key, const char *v) {
     int rc;
     if (!v) return LC_EINVAL;
-    buf_t *b = add_kv(w, key, GGUF_T_STRING, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_STRING, &rc);
     if (!b) return rc;
     buf_str(b, v);
     return done_kv(w, b);
@@ -196,7 +168,7 @@ int gguf_writer_set_arr_str(gguf_writer_t *w, const char *key, const char *const
     int rc;
     for (uint64_t i = 0; i < n; i++)
         if (!v[i]) return LC_EINVAL;
-    buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
     if (!b) return rc;
     buf_u32(b, GGUF_T_STRING);
     buf_u64(b, n);
@@ -206,7 +178,7 @@ int gguf_writer_set_arr_str(gguf_writer_t *w, const char *key, const char *const
 
 int gguf_writer_set_arr_f32(gguf_writer_t *w, const char *key, const float *v, uint64_t n) {
     int rc;
-    buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
     if (!b) return rc;
     buf_u32(b, GGUF_T_F32);
     buf_u64(b, n);
@@ -220,7 +192,7 @@ int gguf_writer_set_arr_f32(gguf_writer_t *w, const char *key, const float *v, u
 
 int gguf_writer_set_arr_i32(gguf_writer_t *w, const char *key, const int32_t *v, uint64_t n) {
     int rc;
-    buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
+    lc_buf_t *b = add_kv(w, key, GGUF_T_ARRAY, &rc);
     if (!b) return rc;
     buf_u32(b, GGUF_T_I32);
     buf_u64(b, n);
@@ -267,24 +239,24 @@ int gguf_writer_add_tensor(gguf_writer_t *w, const char *name, uint32_t n_dims, 
 
 /* ---- output --------------------------------------------------------------- */
 
-static void buf_pad(buf_t *b, uint32_t alignment) {
+static void buf_pad(lc_buf_t *b, uint32_t alignment) {
     static const uint8_t zeros[64];
     while (b->n % alignment) {
         size_t k = alignment - b->n % alignment;
-        buf_put(b, zeros, k < sizeof zeros ? k : sizeof zeros);
+        lc_buf_put(b, zeros, k < sizeof zeros ? k : sizeof zeros);
         if (b->oom) return;
     }
 }
 
 int gguf_writer_to_buffer(gguf_writer_t *w, void **out, size_t *out_len) {
-    buf_t b = {0};
+    lc_buf_t b = {0};
     buf_u32(&b, GGUF_MAGIC);
     buf_u32(&b, 3);
     buf_u64(&b, w->n_tensors);
     buf_u64(&b, w->n_kv);
     for (size_t i = 0; i < w->n_kv; i++) {
         buf_str(&b, w->kvs[i].key);
-        buf_put(&b, w->kvs[i].val.p, w->kvs[i].val.n);
+        lc_buf_put(&b, w->kvs[i].val.p, w->kvs[i].val.n);
     }
     uint64_t off = 0;
     for (size_t i = 0; i < w->n_tensors; i++) {
@@ -298,7 +270,7 @@ int gguf_writer_to_buffer(gguf_writer_t *w, void **out, size_t *out_len) {
     }
     buf_pad(&b, w->alignment);
     for (size_t i = 0; i < w->n_tensors; i++) {
-        buf_put(&b, w->tensors[i].data, w->tensors[i].nbytes);
+        lc_buf_put(&b, w->tensors[i].data, w->tensors[i].nbytes);
         buf_pad(&b, w->alignment);
     }
     if (b.oom) {

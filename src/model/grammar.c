@@ -139,34 +139,56 @@ int gram_add_ref(gram_builder_t *b, int rule, int ref) {
 /* ============================================================================
  * Finishing: productive, nullable, left recursion, layout
  * ========================================================================== */
+/* The finishing passes' working state, freed by fin_free. Alternatives are
+ * numbered over the whole grammar: rule r owns alt0[r] .. alt0[r + 1]. */
 typedef struct {
-    int rule, alt;
-} altref_t;
+    const gram_builder_t *b;
+    int n_alts;
+    int *alt0;  // (n_rules + 1) first alternative of each rule
+    int *need;  // (n_alts) fixed_point's counter per alternative
+    int *occ0;  // (n_rules + 2) rule s is referenced from occ[occ0[s] .. occ0[s + 1])
+    int *occ;   // (references) the alternative holding each reference
+    char *prod; // (n_rules) the rule derives some finite string
+    char *null; // (n_rules) the rule derives the empty string, over kept alternatives
+    char *keep; // (n_alts) every reference productive and no empty byte set
+} gfin_t;
+
+/* A need no number of decrements (one per reference) can bring to zero. */
+#define NEED_NEVER (1 << 29)
+
+static void fin_free(gfin_t *f) {
+    free(f->alt0);
+    free(f->need);
+    free(f->occ0);
+    free(f->occ);
+    free(f->prod);
+    free(f->null);
+    free(f->keep);
+}
 
 static int set_empty(const gram_set_t *s) { return !(s->w[0] | s->w[1] | s->w[2] | s->w[3]); }
 
 /* Worklist fixed point: rule r gets flag[r] = 1 when an alternative has
  * need[a] == 0, where need counts the references to rules without the flag
- * (plus a large number for an element that can never qualify). by_ref lists,
- * per rule, every (alternative) occurrence of a reference to it. */
-static int fixed_point(const gram_builder_t *b, const int *alt0, int n_alts, int *need, const int *occ0, const int *occ,
-                       char *flag) {
-    int *queue = malloc(sizeof(int) * (size_t)(b->n_rules + 1));
+ * (NEED_NEVER for an alternative that can never qualify). */
+static int fixed_point(const gfin_t *f, char *flag) {
+    const int n_rules = f->b->n_rules, *alt0 = f->alt0;
+    int *queue = malloc(sizeof(int) * (size_t)(n_rules + 1));
     if (!queue) return LC_ENOMEM;
     int qh = 0, qt = 0;
-    for (int r = 0; r < b->n_rules; r++)
+    for (int r = 0; r < n_rules; r++)
         for (int a = alt0[r]; a < alt0[r + 1] && !flag[r]; a++)
-            if (need[a] == 0) {
+            if (f->need[a] == 0) {
                 flag[r] = 1;
                 queue[qt++] = r;
             }
     while (qh < qt) {
         int s = queue[qh++];
-        for (int i = occ0[s]; i < occ0[s + 1]; i++) {
-            int a = occ[i];
-            if (--need[a] != 0) continue;
+        for (int i = f->occ0[s]; i < f->occ0[s + 1]; i++) {
+            int a = f->occ[i];
+            if (--f->need[a] != 0) continue;
             /* the rule owning alternative a */
-            int lo = 0, hi = b->n_rules - 1;
+            int lo = 0, hi = n_rules - 1;
             while (lo < hi) {
                 int mid = (lo + hi + 1) / 2;
                 if (alt0[mid] <= a)
@@ -180,57 +202,54 @@ static int fixed_point(const gram_builder_t *b, const int *alt0, int n_alts, int
             }
         }
     }
-    (void)n_alts;
     free(queue);
     return 0;
 }
 
-gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err, size_t errlen) {
-    gram_t *g = NULL;
-    int *alt0 = NULL, *need = NULL, *occ0 = NULL, *occ = NULL, *color = NULL, *dfs = NULL;
-    char *prod = NULL, *null = NULL;
-    int rc = LC_ENOMEM, n_alts = 0, n_refs = 0;
-    if (root < 0 || root >= b->n_rules) {
-        rc = LC_EINVAL;
-        snprintf(err, errlen, "grammar has no start rule");
-        goto fail;
-    }
+/* Numbers the alternatives and lists, per rule, the alternatives that
+ * reference it (a counting sort by the referenced rule). */
+static int fin_index(gfin_t *f) {
+    const gram_builder_t *b = f->b;
+    int n_refs = 0;
     for (int r = 0; r < b->n_rules; r++) {
-        n_alts += b->rules[r].n_alts;
+        f->n_alts += b->rules[r].n_alts;
         for (int a = 0; a < b->rules[r].n_alts; a++)
             for (int i = 0; i < b->rules[r].alts[a].n; i++) n_refs += GE_TYPE(b->rules[r].alts[a].e[i]) == GE_REF;
     }
-    alt0 = malloc(sizeof(int) * (size_t)(b->n_rules + 1));
-    need = malloc(sizeof(int) * (size_t)(n_alts + 1));
-    occ0 = calloc((size_t)b->n_rules + 2, sizeof(int));
-    occ = malloc(sizeof(int) * (size_t)(n_refs + 1));
-    prod = calloc((size_t)b->n_rules + 1, 1);
-    null = calloc((size_t)b->n_rules + 1, 1);
-    if (!alt0 || !need || !occ0 || !occ || !prod || !null) goto fail;
-    /* alternatives numbered globally; occurrences of each rule's references */
+    f->alt0 = malloc(sizeof(int) * (size_t)(b->n_rules + 1));
+    f->need = malloc(sizeof(int) * (size_t)(f->n_alts + 1));
+    f->occ0 = calloc((size_t)b->n_rules + 2, sizeof(int));
+    f->occ = malloc(sizeof(int) * (size_t)(n_refs + 1));
+    f->prod = calloc((size_t)b->n_rules + 1, 1);
+    f->null = calloc((size_t)b->n_rules + 1, 1);
+    if (!f->alt0 || !f->need || !f->occ0 || !f->occ || !f->prod || !f->null) return LC_ENOMEM;
     int k = 0;
     for (int r = 0; r < b->n_rules; r++) {
-        alt0[r] = k;
+        f->alt0[r] = k;
         k += b->rules[r].n_alts;
         for (int a = 0; a < b->rules[r].n_alts; a++)
             for (int i = 0; i < b->rules[r].alts[a].n; i++) {
                 uint32_t e = b->rules[r].alts[a].e[i];
-                if (GE_TYPE(e) == GE_REF) occ0[GE_ARG(e) + 1]++;
+                if (GE_TYPE(e) == GE_REF) f->occ0[GE_ARG(e) + 1]++;
             }
     }
-    alt0[b->n_rules] = k;
-    for (int r = 0; r < b->n_rules; r++) occ0[r + 1] += occ0[r];
+    f->alt0[b->n_rules] = k;
+    for (int r = 0; r < b->n_rules; r++) f->occ0[r + 1] += f->occ0[r];
     int *fill = calloc((size_t)b->n_rules + 1, sizeof(int));
-    if (!fill) goto fail;
+    if (!fill) return LC_ENOMEM;
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++)
             for (int i = 0; i < b->rules[r].alts[a].n; i++) {
                 uint32_t e = b->rules[r].alts[a].e[i];
-                if (GE_TYPE(e) == GE_REF) occ[occ0[GE_ARG(e)] + fill[GE_ARG(e)]++] = alt0[r] + a;
+                if (GE_TYPE(e) == GE_REF) f->occ[f->occ0[GE_ARG(e)] + fill[GE_ARG(e)]++] = f->alt0[r] + a;
             }
     free(fill);
+    return 0;
+}
 
-    /* productive */
+/* prod; LC_EINVAL when the root derives nothing finite. */
+static int fin_productive(gfin_t *f, int root, char *err, size_t errlen) {
+    const gram_builder_t *b = f->b;
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
@@ -240,79 +259,93 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
                 if (GE_TYPE(e) == GE_REF) n++;
                 if (GE_TYPE(e) == GE_SET && set_empty(&b->sets[GE_ARG(e)])) never = 1;
             }
-            need[alt0[r] + a] = never ? 1 << 29 : n;
+            f->need[f->alt0[r] + a] = never ? NEED_NEVER : n;
         }
-    if ((rc = fixed_point(b, alt0, n_alts, need, occ0, occ, prod))) goto fail;
-    if (!prod[root]) {
-        rc = LC_EINVAL;
+    int rc = fixed_point(f, f->prod);
+    if (rc) return rc;
+    if (!f->prod[root]) {
         snprintf(err, errlen, "no finite value satisfies this schema (an empty enum, or references that only recurse)");
-        goto fail;
+        return LC_EINVAL;
     }
-    /* Keep alternatives whose every reference is productive. */
-    char *keep = malloc((size_t)n_alts + 1);
-    if (!keep) goto fail;
+    return 0;
+}
+
+static int fin_keep(gfin_t *f) {
+    const gram_builder_t *b = f->b;
+    f->keep = malloc((size_t)f->n_alts + 1);
+    if (!f->keep) return LC_ENOMEM;
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
             int ok = 1;
             for (int i = 0; i < v->n && ok; i++) {
                 uint32_t e = v->e[i];
-                if (GE_TYPE(e) == GE_REF && !prod[GE_ARG(e)]) ok = 0;
+                if (GE_TYPE(e) == GE_REF && !f->prod[GE_ARG(e)]) ok = 0;
                 if (GE_TYPE(e) == GE_SET && set_empty(&b->sets[GE_ARG(e)])) ok = 0;
             }
-            keep[alt0[r] + a] = (char)ok;
+            f->keep[f->alt0[r] + a] = (char)ok;
         }
-    /* nullable, over kept alternatives: bytes never are */
+    return 0;
+}
+
+/* null, over kept alternatives: a byte, or a dropped alternative, is never
+ * nullable. */
+static int fin_nullable(gfin_t *f) {
+    const gram_builder_t *b = f->b;
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++) {
             const gvec_t *v = &b->rules[r].alts[a];
-            /* a byte, or a dropped alternative: never nullable (a count no
-             * number of decrements, one per reference, can reach) */
-            int n = 0, never = !keep[alt0[r] + a];
+            int n = 0, never = !f->keep[f->alt0[r] + a];
             for (int i = 0; i < v->n; i++) {
                 if (GE_TYPE(v->e[i]) == GE_REF)
                     n++;
                 else
                     never = 1;
             }
-            need[alt0[r] + a] = never ? 1 << 29 : n;
+            f->need[f->alt0[r] + a] = never ? NEED_NEVER : n;
         }
-    if ((rc = fixed_point(b, alt0, n_alts, need, occ0, occ, null))) {
-        free(keep);
-        goto fail;
+    return fixed_point(f, f->null);
+}
+
+/* The target of rule r's edge number cur ("reaches without a byte"), or -1
+ * past its last edge. Edges come in a fixed order of (kept alternative,
+ * element) pairs: the leading references of an alternative, up to and
+ * including the first one that is not nullable. */
+static int nth_edge(const gfin_t *f, int r, int cur) {
+    const grule_t *rule = &f->b->rules[r];
+    int idx = 0;
+    for (int a = 0; a < rule->n_alts; a++) {
+        if (!f->keep[f->alt0[r] + a]) continue;
+        const gvec_t *v = &rule->alts[a];
+        for (int i = 0; i < v->n; i++) {
+            if (GE_TYPE(v->e[i]) != GE_REF) break;
+            if (idx++ == cur) return (int)GE_ARG(v->e[i]);
+            if (!f->null[GE_ARG(v->e[i])]) break;
+        }
     }
-    /* left recursion: iterative DFS over "reaches without a byte" edges */
-    color = calloc((size_t)b->n_rules + 1, sizeof(int));
-    dfs = malloc(sizeof(int) * 2 * (size_t)(b->n_rules + 1));
+    return -1;
+}
+
+/* LC_EINVAL on a cycle of edges: an iterative DFS from every productive
+ * rule, a stack entry being a rule and the number of its next edge. */
+static int check_left_recursion(const gfin_t *f, char *err, size_t errlen) {
+    const int n_rules = f->b->n_rules;
+    int *color = calloc((size_t)n_rules + 1, sizeof(int));
+    int *dfs = malloc(sizeof(int) * 2 * (size_t)(n_rules + 1));
+    int rc = 0;
     if (!color || !dfs) {
-        free(keep);
         rc = LC_ENOMEM;
-        goto fail;
+        goto out;
     }
-    for (int s0 = 0; s0 < b->n_rules; s0++) {
-        if (color[s0] || !prod[s0]) continue;
-        int sp = 0;
+    for (int s0 = 0; s0 < n_rules; s0++) {
+        if (color[s0] || !f->prod[s0]) continue;
         dfs[0] = s0;
-        dfs[1] = 0; // next (alt, elem) cursor, flattened as an edge counter
+        dfs[1] = 0;
         color[s0] = 1;
-        sp = 1;
+        int sp = 1;
         while (sp > 0) {
             int r = dfs[2 * (sp - 1)], *cur = &dfs[2 * (sp - 1) + 1];
-            int next = -1;
-            /* edges of r in a fixed order: (alternative, element) pairs */
-            int idx = 0;
-            for (int a = 0; a < b->rules[r].n_alts && next < 0; a++) {
-                if (!keep[alt0[r] + a]) continue;
-                const gvec_t *v = &b->rules[r].alts[a];
-                for (int i = 0; i < v->n; i++) {
-                    if (GE_TYPE(v->e[i]) != GE_REF) break;
-                    if (idx++ == *cur) {
-                        next = (int)GE_ARG(v->e[i]);
-                        break;
-                    }
-                    if (!null[GE_ARG(v->e[i])]) break;
-                }
-            }
+            int next = nth_edge(f, r, *cur);
             if (next < 0) {
                 color[r] = 2;
                 sp--;
@@ -320,10 +353,9 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
             }
             (*cur)++;
             if (color[next] == 1) {
-                free(keep);
-                rc = LC_EINVAL;
                 snprintf(err, errlen, "a reference cycle consumes no input (left recursion)");
-                goto fail;
+                rc = LC_EINVAL;
+                goto out;
             }
             if (color[next] == 0) {
                 color[next] = 1;
@@ -333,14 +365,17 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
             }
         }
     }
+out:
+    free(color);
+    free(dfs);
+    return rc;
+}
 
-    /* layout */
-    g = calloc(1, sizeof *g);
-    if (!g) {
-        free(keep);
-        rc = LC_ENOMEM;
-        goto fail;
-    }
+/* The kept alternatives laid out flat (gram_internal.h); NULL on OOM. */
+static gram_t *fin_layout(const gfin_t *f, int root) {
+    const gram_builder_t *b = f->b;
+    gram_t *g = calloc(1, sizeof *g);
+    if (!g) return NULL;
     atomic_init(&g->refs, 1);
     pthread_mutex_init(&g->lock, NULL);
     g->n_rules = b->n_rules;
@@ -349,52 +384,57 @@ gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err,
     int na = 0;
     for (int r = 0; r < b->n_rules; r++)
         for (int a = 0; a < b->rules[r].n_alts; a++)
-            if (keep[alt0[r] + a]) ne += b->rules[r].alts[a].n + 1, na++;
+            if (f->keep[f->alt0[r] + a]) ne += b->rules[r].alts[a].n + 1, na++;
     g->elems = malloc(sizeof(uint32_t) * (size_t)(ne + 1));
     g->alt_start = malloc(sizeof(uint32_t) * (size_t)(na + 1));
     g->rule_alt = malloc(sizeof(uint32_t) * (size_t)(b->n_rules + 1));
     g->sets = malloc(sizeof(gram_set_t) * (size_t)(b->n_sets + 1));
     if (!g->elems || !g->alt_start || !g->rule_alt || !g->sets) {
-        free(keep);
-        rc = LC_ENOMEM;
-        goto fail;
+        gram_release(g);
+        return NULL;
     }
     if (b->n_sets) memcpy(g->sets, b->sets, sizeof(gram_set_t) * (size_t)b->n_sets);
     g->n_sets = b->n_sets;
     int pos = 0, ai = 0;
     for (int r = 0; r < b->n_rules; r++) {
+        const grule_t *rule = &b->rules[r];
+        const char *keep = f->keep + f->alt0[r];
         g->rule_alt[r] = (uint32_t)ai;
         int last = -1;
-        for (int a = 0; a < b->rules[r].n_alts; a++)
-            if (keep[alt0[r] + a]) last = a;
-        for (int a = 0; a < b->rules[r].n_alts; a++) {
-            if (!keep[alt0[r] + a]) continue;
+        for (int a = 0; a < rule->n_alts; a++)
+            if (keep[a]) last = a;
+        for (int a = 0; a < rule->n_alts; a++) {
+            if (!keep[a]) continue;
             g->alt_start[ai++] = (uint32_t)pos;
-            if (b->rules[r].alts[a].n) // an empty alternative has no array
-                memcpy(g->elems + pos, b->rules[r].alts[a].e, sizeof(uint32_t) * (size_t)b->rules[r].alts[a].n);
-            pos += b->rules[r].alts[a].n;
+            if (rule->alts[a].n) // an empty alternative has no array
+                memcpy(g->elems + pos, rule->alts[a].e, sizeof(uint32_t) * (size_t)rule->alts[a].n);
+            pos += rule->alts[a].n;
             g->elems[pos++] = GE(a == last ? GE_END : GE_ALT, 0);
         }
     }
     g->rule_alt[b->n_rules] = (uint32_t)ai;
     g->elems[pos] = GE(GE_END, 0);
     g->n_elems = pos;
-    free(keep);
-    rc = 0;
-fail:
-    free(alt0);
-    free(need);
-    free(occ0);
-    free(occ);
-    free(prod);
-    free(null);
-    free(color);
-    free(dfs);
-    if (rc) {
-        gram_release(g);
-        g = NULL;
-        if (rc == LC_ENOMEM) snprintf(err, errlen, "out of memory");
+    return g;
+}
+
+gram_t *gram_builder_finish(gram_builder_t *b, int root, int *status, char *err, size_t errlen) {
+    gfin_t f = {.b = b};
+    gram_t *g = NULL;
+    int rc;
+    if (root < 0 || root >= b->n_rules) {
+        snprintf(err, errlen, "grammar has no start rule");
+        rc = LC_EINVAL;
+        goto out;
     }
+    if ((rc = fin_index(&f)) || (rc = fin_productive(&f, root, err, errlen)) || (rc = fin_keep(&f)) ||
+        (rc = fin_nullable(&f)) || (rc = check_left_recursion(&f, err, errlen)))
+        goto out;
+    g = fin_layout(&f, root);
+    if (!g) rc = LC_ENOMEM;
+out:
+    fin_free(&f);
+    if (rc == LC_ENOMEM) snprintf(err, errlen, "out of memory");
     if (status) *status = rc;
     return g;
 }

@@ -214,18 +214,13 @@ static int json_key(js_ctx_t *c, int rule, const char *name) {
     return js__chk(c, rc);
 }
 
-static int object_rule(js_ctx_t *c, const cJSON *s) {
-    gram_builder_t *b = c->b;
-    const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
-    const cJSON *req = cJSON_GetObjectItemCaseSensitive(s, "required");
-    const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+/* The checks of an object schema's keywords; n: properties plus required. */
+static int check_object_keywords(js_ctx_t *c, const cJSON *props, const cJSON *req, const cJSON *addl, int n) {
     if (props && !cJSON_IsObject(props)) return js__fail(c, LC_EINVAL, "'properties' must be an object");
     if (req && !cJSON_IsArray(req)) return js__fail(c, LC_EINVAL, "'required' must be an array of strings");
     if (addl && !cJSON_IsBool(addl) && !cJSON_IsObject(addl))
         return js__fail(c, LC_EINVAL, "'additionalProperties' must be a boolean or a schema");
-    int n_props = props ? cJSON_GetArraySize(props) : 0, n_req = req ? cJSON_GetArraySize(req) : 0;
-    if (n_props + n_req > JS_MAX_PROPS)
-        return js__fail(c, LC_ETOOLONG, "too many properties (at most %d per object)", JS_MAX_PROPS);
+    if (n > JS_MAX_PROPS) return js__fail(c, LC_ETOOLONG, "too many properties (at most %d per object)", JS_MAX_PROPS);
     const cJSON *e;
     cJSON_ArrayForEach(e, req) {
         if (!cJSON_IsString(e)) return js__fail(c, LC_EINVAL, "'required' must be an array of strings");
@@ -233,128 +228,170 @@ static int object_rule(js_ctx_t *c, const cJSON *s) {
             if (!strcmp(f->valuestring, e->valuestring))
                 return js__fail(c, LC_EINVAL, "'required' lists '%.64s' twice", e->valuestring);
     }
-    /* value schema of properties not listed: addl, or anything */
-    int addl_rule = -1;
-    if (!cJSON_IsFalse(addl)) {
-        size_t pl = path_push(c, "/additionalProperties");
-        addl_rule = cJSON_IsObject(addl) ? schema_rule(c, addl) : js__any(c);
-        path_pop(c, pl);
-        if (addl_rule < 0) return addl_rule;
-    }
-    if (n_props == 0 && n_req == 0) {
-        if (addl_rule < 0) { // only {}
-            int ws = js__ws(c), r = js__new_rule(c);
-            if (ws < 0 || r < 0) return ws < 0 ? ws : r;
-            TRY(gram_alt(b, r));
-            TRY(gram_add_byte(b, r, '{'));
-            TRY(gram_add_ref(b, r, ws));
-            TRY(gram_add_byte(b, r, '}'));
-            return r;
-        }
-        return js__map(c, addl_rule);
-    }
-    /* The ordered list: properties, then required names not among them. */
-    int n = 0;
-    const char **names = calloc((size_t)(n_props + n_req) + 1, sizeof *names);
-    int *vals = calloc((size_t)(n_props + n_req) + 1, sizeof *vals);
-    char *reqd = calloc((size_t)(n_props + n_req) + 1, 1);
-    int rc = 0;
-    if (!names || !vals || !reqd) {
-        rc = js__fail(c, LC_ENOMEM, "out of memory");
-        goto out;
-    }
+    return 0;
+}
+
+/* The value rule of properties not listed in *rule: additionalProperties'
+ * schema, or any value; -1 when they are refused (false). */
+static int additional_rule(js_ctx_t *c, const cJSON *addl, int *rule) {
+    *rule = -1;
+    if (cJSON_IsFalse(addl)) return 0;
+    size_t pl = path_push(c, "/additionalProperties");
+    int r = cJSON_IsObject(addl) ? schema_rule(c, addl) : js__any(c);
+    path_pop(c, pl);
+    if (r < 0) return r;
+    *rule = r;
+    return 0;
+}
+
+/* "{" ws "}": the only object when nothing may be in it. */
+static int empty_object_rule(js_ctx_t *c) {
+    int ws = js__ws(c), r = js__new_rule(c);
+    if (ws < 0 || r < 0) return ws < 0 ? ws : r;
+    TRY(gram_alt(c->b, r));
+    TRY(gram_add_byte(c->b, r, '{'));
+    TRY(gram_add_ref(c->b, r, ws));
+    TRY(gram_add_byte(c->b, r, '}'));
+    return r;
+}
+
+/* An object's members in the order they are written: the properties, then
+ * the required names not among them (valued by additionalProperties). */
+typedef struct {
+    const char **names; // (n)
+    int *vals;          // (n) the rule of each value
+    char *reqd;         // (n) 1 when required
+    int n;
+} members_t;
+
+static int list_members(js_ctx_t *c, const cJSON *props, const cJSON *req, int addl_rule, members_t *m) {
+    const cJSON *e;
     cJSON_ArrayForEach(e, props) {
-        for (int i = 0; i < n; i++)
-            if (!strcmp(names[i], e->string)) {
-                rc = js__fail(c, LC_EINVAL, "property '%.64s' is defined twice", e->string);
-                goto out;
-            }
+        for (int i = 0; i < m->n; i++)
+            if (!strcmp(m->names[i], e->string))
+                return js__fail(c, LC_EINVAL, "property '%.64s' is defined twice", e->string);
         size_t pl = path_push(c, "/properties/%.64s", e->string);
-        vals[n] = schema_rule(c, e);
+        m->vals[m->n] = schema_rule(c, e);
         path_pop(c, pl);
-        if (vals[n] < 0) {
-            rc = vals[n];
-            goto out;
-        }
-        names[n++] = e->string;
+        if (m->vals[m->n] < 0) return m->vals[m->n];
+        m->names[m->n++] = e->string;
     }
     cJSON_ArrayForEach(e, req) {
         int i = 0;
-        while (i < n && strcmp(names[i], e->valuestring)) i++;
-        if (i == n) {
-            if (addl_rule < 0) {
-                rc = js__fail(c, LC_EINVAL,
-                              "required property '%.64s' is not in 'properties' and additionalProperties is false",
-                              e->valuestring);
-                goto out;
-            }
-            names[n] = e->valuestring;
-            vals[n++] = addl_rule;
+        while (i < m->n && strcmp(m->names[i], e->valuestring)) i++;
+        if (i == m->n) {
+            if (addl_rule < 0)
+                return js__fail(c, LC_EINVAL,
+                                "required property '%.64s' is not in 'properties' and additionalProperties is false",
+                                e->valuestring);
+            m->names[m->n] = e->valuestring;
+            m->vals[m->n++] = addl_rule;
         }
-        reqd[i] = 1;
+        m->reqd[i] = 1;
     }
+    return 0;
+}
+
+/* kv ::= "name" ws ":" ws value */
+static int fill_member(js_ctx_t *c, int kv, const char *name, int ws, int value) {
+    TRY(gram_alt(c->b, kv));
+    int rc = json_key(c, kv, name);
+    if (rc < 0) return rc;
+    TRY(gram_add_ref(c->b, kv, ws));
+    TRY(gram_add_byte(c->b, kv, ':'));
+    TRY(gram_add_ref(c->b, kv, ws));
+    TRY(gram_add_ref(c->b, kv, value));
+    return 0;
+}
+
+/* object ::= "{" ws head_0 ws "}", where
+ * kv_i ::= "name" ws ":" ws value_i
+ * tail_i ::= ws "," ws kv_i tail_(i+1) | tail_(i+1) (when i is optional); tail_n ::= ""
+ * head_i ::= kv_i tail_(i+1) | head_(i+1) (when i is optional); head_n ::= "" */
+static int members_object_rule(js_ctx_t *c, const members_t *m) {
+    gram_builder_t *b = c->b;
     int ws = js__ws(c);
-    if (ws < 0) {
-        rc = ws;
-        goto out;
-    }
-    /* kv_i ::= "name" ws ":" ws value_i
-     * tail_i ::= ws "," ws kv_i tail_(i+1) | tail_(i+1) (when i is optional); tail_n ::= ""
-     * head_i ::= kv_i tail_(i+1) | head_(i+1) (when i is optional); head_n ::= ""
-     * object ::= "{" ws head_0 ws "}" */
+    if (ws < 0) return ws;
     int tail = js__new_rule(c), head = js__new_rule(c);
-    if ((rc = tail < 0 ? tail : head < 0 ? head : 0)) goto out;
-    if ((rc = js__chk(c, gram_alt(b, tail))) < 0 || (rc = js__chk(c, gram_alt(b, head))) < 0) goto out;
-    for (int i = n - 1; i >= 0; i--) {
+    if (tail < 0 || head < 0) return tail < 0 ? tail : head;
+    TRY(gram_alt(b, tail));
+    TRY(gram_alt(b, head));
+    for (int i = m->n - 1; i >= 0; i--) {
         int kv = js__new_rule(c), t = js__new_rule(c), h = js__new_rule(c);
-        if ((rc = kv < 0 ? kv : t < 0 ? t : h < 0 ? h : 0)) goto out;
-        if ((rc = js__chk(c, gram_alt(b, kv))) < 0 || (rc = json_key(c, kv, names[i])) < 0 ||
-            (rc = js__chk(c, gram_add_ref(b, kv, ws))) < 0 || (rc = js__chk(c, gram_add_byte(b, kv, ':'))) < 0 ||
-            (rc = js__chk(c, gram_add_ref(b, kv, ws))) < 0 || (rc = js__chk(c, gram_add_ref(b, kv, vals[i]))) < 0)
-            goto out;
-        if ((rc = js__chk(c, gram_alt(b, t))) < 0 || (rc = js__chk(c, gram_add_ref(b, t, ws))) < 0 ||
-            (rc = js__chk(c, gram_add_byte(b, t, ','))) < 0 || (rc = js__chk(c, gram_add_ref(b, t, ws))) < 0 ||
-            (rc = js__chk(c, gram_add_ref(b, t, kv))) < 0 || (rc = js__chk(c, gram_add_ref(b, t, tail))) < 0)
-            goto out;
-        if (!reqd[i] && ((rc = js__chk(c, gram_alt(b, t))) < 0 || (rc = js__chk(c, gram_add_ref(b, t, tail))) < 0))
-            goto out;
-        if ((rc = js__chk(c, gram_alt(b, h))) < 0 || (rc = js__chk(c, gram_add_ref(b, h, kv))) < 0 ||
-            (rc = js__chk(c, gram_add_ref(b, h, tail))) < 0)
-            goto out;
-        if (!reqd[i] && ((rc = js__chk(c, gram_alt(b, h))) < 0 || (rc = js__chk(c, gram_add_ref(b, h, head))) < 0))
-            goto out;
+        if (kv < 0 || t < 0 || h < 0) return kv < 0 ? kv : t < 0 ? t : h;
+        int rc = fill_member(c, kv, m->names[i], ws, m->vals[i]);
+        if (rc < 0) return rc;
+        TRY(gram_alt(b, t));
+        TRY(gram_add_ref(b, t, ws));
+        TRY(gram_add_byte(b, t, ','));
+        TRY(gram_add_ref(b, t, ws));
+        TRY(gram_add_ref(b, t, kv));
+        TRY(gram_add_ref(b, t, tail));
+        if (!m->reqd[i]) {
+            TRY(gram_alt(b, t));
+            TRY(gram_add_ref(b, t, tail));
+        }
+        TRY(gram_alt(b, h));
+        TRY(gram_add_ref(b, h, kv));
+        TRY(gram_add_ref(b, h, tail));
+        if (!m->reqd[i]) {
+            TRY(gram_alt(b, h));
+            TRY(gram_add_ref(b, h, head));
+        }
         tail = t;
         head = h;
     }
     int obj = js__new_rule(c);
-    if ((rc = obj) < 0) goto out;
-    if ((rc = js__chk(c, gram_alt(b, obj))) < 0 || (rc = js__chk(c, gram_add_byte(b, obj, '{'))) < 0 ||
-        (rc = js__chk(c, gram_add_ref(b, obj, ws))) < 0 || (rc = js__chk(c, gram_add_ref(b, obj, head))) < 0 ||
-        (rc = js__chk(c, gram_add_ref(b, obj, ws))) < 0 || (rc = js__chk(c, gram_add_byte(b, obj, '}'))) < 0)
-        goto out;
-    rc = obj;
-out:
-    free(names);
-    free(vals);
-    free(reqd);
+    if (obj < 0) return obj;
+    TRY(gram_alt(b, obj));
+    TRY(gram_add_byte(b, obj, '{'));
+    TRY(gram_add_ref(b, obj, ws));
+    TRY(gram_add_ref(b, obj, head));
+    TRY(gram_add_ref(b, obj, ws));
+    TRY(gram_add_byte(b, obj, '}'));
+    return obj;
+}
+
+static int object_rule(js_ctx_t *c, const cJSON *s) {
+    const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
+    const cJSON *req = cJSON_GetObjectItemCaseSensitive(s, "required");
+    const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+    int n_props = props ? cJSON_GetArraySize(props) : 0, n_req = req ? cJSON_GetArraySize(req) : 0;
+    int addl_rule, rc = check_object_keywords(c, props, req, addl, n_props + n_req);
+    if (rc < 0 || (rc = additional_rule(c, addl, &addl_rule)) < 0) return rc;
+    if (n_props == 0 && n_req == 0) return addl_rule < 0 ? empty_object_rule(c) : js__map(c, addl_rule);
+    members_t m = {
+        .names = calloc((size_t)(n_props + n_req) + 1, sizeof *m.names),
+        .vals = calloc((size_t)(n_props + n_req) + 1, sizeof *m.vals),
+        .reqd = calloc((size_t)(n_props + n_req) + 1, 1),
+    };
+    if (!m.names || !m.vals || !m.reqd)
+        rc = js__fail(c, LC_ENOMEM, "out of memory");
+    else if ((rc = list_members(c, props, req, addl_rule, &m)) >= 0)
+        rc = members_object_rule(c, &m);
+    free(m.names);
+    free(m.vals);
+    free(m.reqd);
     return rc;
+}
+
+/* A non-negative integer keyword (minItems, maxItems) into *out, which is
+ * left alone when the keyword is absent. */
+static int count_keyword(js_ctx_t *c, const cJSON *s, const char *key, double *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(s, key);
+    if (!v) return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble != (double)(long)v->valuedouble)
+        return js__fail(c, LC_EINVAL, "'%s' must be a non-negative integer", key);
+    *out = v->valuedouble;
+    return 0;
 }
 
 static int items_rule(js_ctx_t *c, const cJSON *s) {
     const cJSON *items = cJSON_GetObjectItemCaseSensitive(s, "items");
-    const cJSON *mn = cJSON_GetObjectItemCaseSensitive(s, "minItems");
-    const cJSON *mx = cJSON_GetObjectItemCaseSensitive(s, "maxItems");
     double dmin = 0, dmax = -1;
-    if (mn) {
-        if (!cJSON_IsNumber(mn) || mn->valuedouble < 0 || mn->valuedouble != (double)(long)mn->valuedouble)
-            return js__fail(c, LC_EINVAL, "'minItems' must be a non-negative integer");
-        dmin = mn->valuedouble;
-    }
-    if (mx) {
-        if (!cJSON_IsNumber(mx) || mx->valuedouble < 0 || mx->valuedouble != (double)(long)mx->valuedouble)
-            return js__fail(c, LC_EINVAL, "'maxItems' must be a non-negative integer");
-        dmax = mx->valuedouble;
-    }
+    int rc;
+    if ((rc = count_keyword(c, s, "minItems", &dmin)) < 0 || (rc = count_keyword(c, s, "maxItems", &dmax)) < 0)
+        return rc;
     if (dmax >= 0 && dmax < dmin) return js__fail(c, LC_EINVAL, "'maxItems' is less than 'minItems'");
     if (dmin > JS_MAX_ITEMS_SPAN || (dmax >= 0 && dmax - (dmin > 1 ? dmin : 1) > JS_MAX_ITEMS_SPAN))
         return js__fail(c, LC_ETOOLONG, "'minItems' and 'maxItems' - 'minItems' must be at most %d", JS_MAX_ITEMS_SPAN);
@@ -380,128 +417,97 @@ static int type_bit(const char *t) {
     return 0;
 }
 
-static int schema_rule(js_ctx_t *c, const cJSON *s) {
-    if (cJSON_IsTrue(s)) return js__any(c);
-    if (cJSON_IsFalse(s)) return js__fail(c, LC_EINVAL, "the schema 'false' admits no value");
-    if (!cJSON_IsObject(s)) return js__fail(c, LC_EINVAL, "a schema must be an object or a boolean");
-    if (++c->depth > JS_MAX_DEPTH)
-        return js__fail(c, LC_ETOOLONG, "the schema nests deeper than %d levels", JS_MAX_DEPTH);
-    int rc = 0, n_constraints = 0;
+/* The number of constraint keywords of schema s, or LC_EINVAL for a
+ * keyword that is neither a constraint nor an annotation. */
+static int count_constraints(js_ctx_t *c, const cJSON *s) {
+    int n = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, s) {
         if (IN(e->string, constraints)) {
-            n_constraints++;
+            n++;
             continue;
         }
         if (IN(e->string, annotations)) continue;
-        rc = js__fail(c, LC_EINVAL, "'%.64s' is not supported in response schemas", e->string);
-        goto out;
+        return js__fail(c, LC_EINVAL, "'%.64s' is not supported in response schemas", e->string);
     }
-    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(s, "$ref");
-    const cJSON *any = cJSON_GetObjectItemCaseSensitive(s, "anyOf");
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
-    const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
-    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(s, "type");
-    unsigned types = 0;
-    if (ty) {
-        if (cJSON_IsString(ty)) {
-            types = (unsigned)type_bit(ty->valuestring);
-            if (!types) {
-                rc = js__fail(c, LC_EINVAL, "unknown type '%.64s'", ty->valuestring);
-                goto out;
-            }
-        } else if (cJSON_IsArray(ty) && cJSON_GetArraySize(ty) > 0) {
-            cJSON_ArrayForEach(e, ty) {
-                int t = cJSON_IsString(e) ? type_bit(e->valuestring) : 0;
-                if (!t) {
-                    rc = js__fail(c, LC_EINVAL, "'type' must be a type name or an array of type names");
-                    goto out;
-                }
-                types |= (unsigned)t;
-            }
-        } else {
-            rc = js__fail(c, LC_EINVAL, "'type' must be a type name or an array of type names");
-            goto out;
-        }
+    return n;
+}
+
+/* 'type' (a name or an array of names) as T_* bits into *types. */
+static int parse_types(js_ctx_t *c, const cJSON *ty, unsigned *types) {
+    if (cJSON_IsString(ty)) {
+        *types = (unsigned)type_bit(ty->valuestring);
+        if (!*types) return js__fail(c, LC_EINVAL, "unknown type '%.64s'", ty->valuestring);
+        return 0;
     }
-    if (ref) {
-        if (n_constraints != 1) {
-            rc = js__fail(c, LC_EINVAL, "'$ref' cannot be combined with other constraints");
-            goto out;
-        }
-        const cJSON *t = cJSON_IsString(ref) ? resolve(c->root, ref->valuestring) : NULL;
-        if (!t) {
-            rc = js__fail(c, LC_EINVAL, "cannot resolve '$ref' %.80s (only local references such as #/$defs/name)",
-                          cJSON_IsString(ref) ? ref->valuestring : "(not a string)");
-            goto out;
-        }
-        char saved[sizeof c->path];
-        memcpy(saved, c->path, sizeof saved);
-        snprintf(c->path, sizeof c->path, "%s", ref->valuestring);
-        rc = target_rule(c, t);
-        if (rc >= 0) memcpy(c->path, saved, sizeof saved);
-        goto out;
+    if (!cJSON_IsArray(ty) || cJSON_GetArraySize(ty) == 0)
+        return js__fail(c, LC_EINVAL, "'type' must be a type name or an array of type names");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, ty) {
+        int t = cJSON_IsString(e) ? type_bit(e->valuestring) : 0;
+        if (!t) return js__fail(c, LC_EINVAL, "'type' must be a type name or an array of type names");
+        *types |= (unsigned)t;
     }
-    if (en || cst) {
-        if (en && !cJSON_IsArray(en)) {
-            rc = js__fail(c, LC_EINVAL, "'enum' must be an array");
-            goto out;
-        }
-        if (en && cst) {
-            rc = js__fail(c, LC_EINVAL, "'enum' and 'const' cannot be combined");
-            goto out;
-        }
-        if (any) {
-            rc = js__fail(c, LC_EINVAL, "'anyOf' cannot be combined with 'enum' or 'const'");
-            goto out;
-        }
-        size_t pl = path_push(c, en ? "/enum" : "/const");
-        rc = enum_rule(c, en ? en : cst, !en, types);
+    return 0;
+}
+
+/* {"$ref": ...}: the target's rule, compiled with the reference as the path. */
+static int ref_rule(js_ctx_t *c, const cJSON *ref, int n_constraints) {
+    if (n_constraints != 1) return js__fail(c, LC_EINVAL, "'$ref' cannot be combined with other constraints");
+    const cJSON *t = cJSON_IsString(ref) ? resolve(c->root, ref->valuestring) : NULL;
+    if (!t)
+        return js__fail(c, LC_EINVAL, "cannot resolve '$ref' %.80s (only local references such as #/$defs/name)",
+                        cJSON_IsString(ref) ? ref->valuestring : "(not a string)");
+    char saved[sizeof c->path];
+    memcpy(saved, c->path, sizeof saved);
+    snprintf(c->path, sizeof c->path, "%s", ref->valuestring);
+    int rc = target_rule(c, t);
+    if (rc >= 0) memcpy(c->path, saved, sizeof saved);
+    return rc;
+}
+
+/* 'enum' or 'const' (en or cst), values of the wrong type left out. */
+static int literal_rule(js_ctx_t *c, const cJSON *en, const cJSON *cst, const cJSON *any, unsigned types) {
+    if (en && !cJSON_IsArray(en)) return js__fail(c, LC_EINVAL, "'enum' must be an array");
+    if (en && cst) return js__fail(c, LC_EINVAL, "'enum' and 'const' cannot be combined");
+    if (any) return js__fail(c, LC_EINVAL, "'anyOf' cannot be combined with 'enum' or 'const'");
+    size_t pl = path_push(c, en ? "/enum" : "/const");
+    int rc = enum_rule(c, en ? en : cst, !en, types);
+    path_pop(c, pl);
+    return rc;
+}
+
+static int any_of_rule(js_ctx_t *c, const cJSON *any, int n_constraints) {
+    int n = cJSON_IsArray(any) ? cJSON_GetArraySize(any) : 0;
+    if (n == 0) return js__fail(c, LC_EINVAL, "'anyOf' must be a non-empty array of schemas");
+    if (n > JS_MAX_ANYOF) return js__fail(c, LC_ETOOLONG, "'anyOf' has more than %d branches", JS_MAX_ANYOF);
+    if (n_constraints != 1)
+        return js__fail(c, LC_EINVAL, "'anyOf' cannot be combined with other constraints; move them into each branch");
+    int r = js__new_rule(c), i = 0;
+    if (r < 0) return r;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, any) {
+        size_t pl = path_push(c, "/anyOf/%d", i++);
+        int sub = schema_rule(c, e);
+        if (sub < 0) return sub;
         path_pop(c, pl);
-        goto out;
+        TRY(gram_alt(c->b, r));
+        TRY(gram_add_ref(c->b, r, sub));
     }
-    if (any) {
-        int n = cJSON_IsArray(any) ? cJSON_GetArraySize(any) : 0;
-        if (n == 0) {
-            rc = js__fail(c, LC_EINVAL, "'anyOf' must be a non-empty array of schemas");
-            goto out;
-        }
-        if (n > JS_MAX_ANYOF) {
-            rc = js__fail(c, LC_ETOOLONG, "'anyOf' has more than %d branches", JS_MAX_ANYOF);
-            goto out;
-        }
-        if (n_constraints != 1) {
-            rc =
-                js__fail(c, LC_EINVAL, "'anyOf' cannot be combined with other constraints; move them into each branch");
-            goto out;
-        }
-        int r = js__new_rule(c), i = 0;
-        if ((rc = r) < 0) goto out;
-        cJSON_ArrayForEach(e, any) {
-            size_t pl = path_push(c, "/anyOf/%d", i++);
-            int sub = schema_rule(c, e);
-            if (sub < 0) {
-                rc = sub;
-                goto out;
-            }
-            path_pop(c, pl);
-            if ((rc = js__chk(c, gram_alt(c->b, r))) < 0 || (rc = js__chk(c, gram_add_ref(c->b, r, sub))) < 0) goto out;
-        }
-        rc = r;
-        goto out;
-    }
-    if (!types) {
-        int obj = cJSON_GetObjectItemCaseSensitive(s, "properties") ||
-                  cJSON_GetObjectItemCaseSensitive(s, "required") ||
-                  cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
-        int arr = cJSON_GetObjectItemCaseSensitive(s, "items") || cJSON_GetObjectItemCaseSensitive(s, "minItems") ||
-                  cJSON_GetObjectItemCaseSensitive(s, "maxItems");
-        if (!obj && !arr) {
-            rc = js__any(c);
-            goto out;
-        }
-        types = (obj ? T_OBJECT : 0) | (arr ? T_ARRAY : 0);
-    }
+    return r;
+}
+
+/* The types an untyped schema's keywords imply (object, array), or 0. */
+static unsigned implied_types(const cJSON *s) {
+    int obj = cJSON_GetObjectItemCaseSensitive(s, "properties") || cJSON_GetObjectItemCaseSensitive(s, "required") ||
+              cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+    int arr = cJSON_GetObjectItemCaseSensitive(s, "items") || cJSON_GetObjectItemCaseSensitive(s, "minItems") ||
+              cJSON_GetObjectItemCaseSensitive(s, "maxItems");
+    return (obj ? T_OBJECT : 0) | (arr ? T_ARRAY : 0);
+}
+
+/* A value of any of the types (T_* bits), each with s's keywords. */
+static int typed_rule(js_ctx_t *c, const cJSON *s, unsigned types) {
     int alts[7], n_alts = 0;
     for (int t = 1; t <= T_NULL; t <<= 1) {
         if (!(types & (unsigned)t)) continue;
@@ -513,22 +519,47 @@ static int schema_rule(js_ctx_t *c, const cJSON *s) {
                 : t == T_INTEGER ? js__num(c, 1)
                 : t == T_BOOLEAN ? js__bool(c)
                                  : js__null(c);
-        if (r < 0) {
-            rc = r;
-            goto out;
-        }
+        if (r < 0) return r;
         alts[n_alts++] = r;
     }
-    if (n_alts == 1) {
-        rc = alts[0];
-        goto out;
-    }
+    if (n_alts == 1) return alts[0];
     int r = js__new_rule(c);
-    if ((rc = r) < 0) goto out;
-    for (int i = 0; i < n_alts; i++)
-        if ((rc = js__chk(c, gram_alt(c->b, r))) < 0 || (rc = js__chk(c, gram_add_ref(c->b, r, alts[i]))) < 0) goto out;
-    rc = r;
-out:
+    if (r < 0) return r;
+    for (int i = 0; i < n_alts; i++) {
+        TRY(gram_alt(c->b, r));
+        TRY(gram_add_ref(c->b, r, alts[i]));
+    }
+    return r;
+}
+
+/* The rule of a schema object, its nesting already counted: $ref, enum or
+ * const, anyOf, or else the types it states or implies. */
+static int constraints_rule(js_ctx_t *c, const cJSON *s) {
+    int n_constraints = count_constraints(c, s);
+    if (n_constraints < 0) return n_constraints;
+    const cJSON *ref = cJSON_GetObjectItemCaseSensitive(s, "$ref");
+    const cJSON *any = cJSON_GetObjectItemCaseSensitive(s, "anyOf");
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
+    const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(s, "type");
+    unsigned types = 0;
+    int rc = ty ? parse_types(c, ty, &types) : 0;
+    if (rc < 0) return rc;
+    if (ref) return ref_rule(c, ref, n_constraints);
+    if (en || cst) return literal_rule(c, en, cst, any, types);
+    if (any) return any_of_rule(c, any, n_constraints);
+    if (!types) types = implied_types(s);
+    if (!types) return js__any(c);
+    return typed_rule(c, s, types);
+}
+
+static int schema_rule(js_ctx_t *c, const cJSON *s) {
+    if (cJSON_IsTrue(s)) return js__any(c);
+    if (cJSON_IsFalse(s)) return js__fail(c, LC_EINVAL, "the schema 'false' admits no value");
+    if (!cJSON_IsObject(s)) return js__fail(c, LC_EINVAL, "a schema must be an object or a boolean");
+    if (++c->depth > JS_MAX_DEPTH)
+        return js__fail(c, LC_ETOOLONG, "the schema nests deeper than %d levels", JS_MAX_DEPTH);
+    int rc = constraints_rule(c, s);
     c->depth--;
     return rc;
 }
@@ -559,46 +590,40 @@ int js_schema_rule(js_ctx_t *c, const cJSON *schema, const char *where, char *er
     return target_rule(c, schema);
 }
 
-static gram_t *finish(gram_builder_t *b, int root, int *status, char *err, size_t errlen) {
-    if (root < 0) {
-        *status = root;
-        return NULL;
+/* Both entry points: a fresh builder and compiler, the root rule of the
+ * schema (or of any object, for JSON mode), the grammar checked and frozen. */
+static gram_t *compile(const cJSON *schema, const char *where, int any_object, int *status, char *err, size_t errlen) {
+    gram_builder_t *b = gram_builder_create(NULL);
+    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
+    gram_t *g = NULL;
+    int st = LC_ENOMEM;
+    if (!c) {
+        snprintf(err, errlen, "out of memory");
+    } else {
+        int root;
+        if (any_object) {
+            c->err = err;
+            c->errlen = errlen;
+            if (errlen) err[0] = 0;
+            root = js_any_object_rule(c);
+        } else {
+            root = js_schema_rule(c, schema, where, err, errlen);
+        }
+        if (root < 0)
+            st = root;
+        else
+            g = gram_builder_finish(b, root, &st, err, errlen);
     }
-    gram_t *g = gram_builder_finish(b, root, status, err, errlen);
+    js_ctx_destroy(c);
+    gram_builder_destroy(b);
+    if (status) *status = g ? 0 : st;
     return g;
 }
 
 gram_t *js_compile_schema(const cJSON *schema, const char *where, int *status, char *err, size_t errlen) {
-    gram_builder_t *b = gram_builder_create(NULL);
-    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
-    gram_t *g = NULL;
-    int st = LC_ENOMEM;
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-    } else {
-        g = finish(b, js_schema_rule(c, schema, where, err, errlen), &st, err, errlen);
-    }
-    js_ctx_destroy(c);
-    gram_builder_destroy(b);
-    if (status) *status = g ? 0 : st;
-    return g;
+    return compile(schema, where, 0, status, err, errlen);
 }
 
 gram_t *js_compile_any_object(int *status, char *err, size_t errlen) {
-    gram_builder_t *b = gram_builder_create(NULL);
-    js_ctx_t *c = b ? js_ctx_create(b) : NULL;
-    gram_t *g = NULL;
-    int st = LC_ENOMEM;
-    if (!c) {
-        snprintf(err, errlen, "out of memory");
-    } else {
-        c->err = err;
-        c->errlen = errlen;
-        if (errlen) err[0] = 0;
-        g = finish(b, js_any_object_rule(c), &st, err, errlen);
-    }
-    js_ctx_destroy(c);
-    gram_builder_destroy(b);
-    if (status) *status = g ? 0 : st;
-    return g;
+    return compile(NULL, NULL, 1, status, err, errlen);
 }

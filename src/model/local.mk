@@ -6,7 +6,7 @@ liblacuna_a_SOURCES += \
 	src/model/quant.c src/model/quant.h \
 	src/model/model.h src/model/model_internal.h \
 	src/model/model_load.c \
-	src/model/forward.c src/model/exec.c src/model/exec.h src/model/exec_cuda.h \
+	src/model/forward.c src/model/forward_cp.c src/model/exec.c src/model/exec.h src/model/exec_cuda.h \
 	src/model/sampler.h src/model/sampler.c
 
 # ---- tokenizer and chat templates ------------------------------------------

@@ -3,6 +3,7 @@
 #ifndef LC_MODEL_INTERNAL_H
 #define LC_MODEL_INTERNAL_H
 
+#include "attn/cp/cp_attn.h"
 #include "model/exec.h"
 #include "model/model.h"
 #include "ops/ops.h"
@@ -50,12 +51,30 @@ struct model {
 /* The CPU executor (forward.c): scratch activations for up to max_tokens rows,
  * the f32 KV store, and the attention plan. */
 typedef struct model_cpu model_cpu_t;
-model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs);
+/* cp_ranks > 1: sequences whose KV reaches cp_min_tokens run sharded. */
+model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_tokens, int max_seqs, int cp_ranks,
+                              int64_t cp_min_tokens);
 void model_cpu_destroy(model_cpu_t *c);
 int model_cpu_forward(model_cpu_t *c, const model_batch_t *b);
 void model_cpu_set_attn_hook(model_cpu_t *c, model_attn_hook_cb cb, void *ud);
 /* kv_copy_cb: copies a block of the CPU store. */
 void model_cpu_copy_block(void *c, int32_t dst, int32_t src);
+
+/* After a step: per-rank KV use from the pool's references (cp_ranks > 1). */
+void model_cpu_cp_account(model_cpu_t *c, const kv_pool_t *kv);
+void model_cpu_cp_stats(model_cpu_t *c, model_exec_cp_stats_t *out);
+
+/* The rank threads of the CPU executor's context parallelism (forward_cp.c). */
+typedef struct model_cp model_cp_t;
+model_cp_t *model_cp_create(const attn_shape_t *shape, int n_layers, int n_ranks);
+void model_cp_destroy(model_cp_t *cp);
+/* Every rank plans b with an OpenMP team of team / n_ranks threads. */
+int model_cp_plan(model_cp_t *cp, const cp_batch_t *b, int team);
+int model_cp_run(model_cp_t *cp, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out);
+/* Pairs computed for sequence i of the planned batch, all ranks. */
+double model_cp_computed(const model_cp_t *cp, int i);
+/* Each rank's counters as of the last job: out (n_ranks). */
+void model_cp_timing(model_cp_t *cp, cp_timing_t *out);
 
 #define MODEL_LOGIT_CHUNK 16
 

@@ -79,7 +79,7 @@ static int require_key(const gguf_ctx_t *g, const char *arch, const char *suffix
  * (read_hparams requires them); what llama.cpp's converter does not write is
  * fixed by the architecture, as llama.cpp and transformers fix it, and read
  * when a file does state it: the local RoPE base (10,000), the layer
- * pattern (read_hparams) and the final logit soft-cap (none). The query
+ * pattern (read_window) and the final logit soft-cap (none). The query
  * scale is 1/sqrt(query_pre_attn_scalar) where that scalar is the head size,
  * except for the 27B model (62 layers: n_embd / n_heads), again as both
  * references have it. Attention-logit soft-capping (Gemma 2) is refused. */
@@ -111,16 +111,21 @@ static int read_gemma(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_
     return 0;
 }
 
-static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
-    model_hparams_t *hp = &m->hp;
+/* A GGUF string into a fixed buffer, cut to fit. */
+static void copy_str(char *dst, size_t cap, gguf_str_t s) {
+    if (s.len >= cap) s.len = cap - 1;
+    memcpy(dst, s.ptr, s.len);
+    dst[s.len] = 0;
+}
+
+/* general.architecture (one we run) and general.name, when stated. */
+static int read_arch(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_t errlen) {
     gguf_str_t s;
     if (gguf_get_str(g, "general.architecture", &s)) {
         set_err(err, errlen, "metadata general.architecture missing");
         return LC_EFORMAT;
     }
-    if (s.len >= sizeof hp->arch) s.len = sizeof hp->arch - 1;
-    memcpy(hp->arch, s.ptr, s.len);
-    hp->arch[s.len] = 0;
+    copy_str(hp->arch, sizeof hp->arch, s);
     if (strcmp(hp->arch, "llama") == 0) {
         hp->arch_id = MODEL_ARCH_LLAMA;
     } else if (strcmp(hp->arch, "gemma3") == 0) {
@@ -129,20 +134,45 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         set_err(err, errlen, "unsupported architecture '%s' (llama, gemma3)", hp->arch);
         return LC_EUNSUPPORTED;
     }
-    const int gemma = hp->arch_id == MODEL_ARCH_GEMMA3;
-    if (!gguf_get_str(g, "general.name", &s)) {
-        if (s.len >= sizeof hp->name) s.len = sizeof hp->name - 1;
-        memcpy(hp->name, s.ptr, s.len);
-        hp->name[s.len] = 0;
-    }
-    const char *a = hp->arch;
-    int64_t v;
-    int rc;
+    if (!gguf_get_str(g, "general.name", &s)) copy_str(hp->name, sizeof hp->name, s);
+    return 0;
+}
+
+/* Reads an integer key into field, returning from the caller on failure
+ * (rc, v, g, a, err and errlen come from the caller's scope). */
 #define GI(suffix, req, def, lo, hi, field)                                                                            \
     do {                                                                                                               \
         if ((rc = get_int(g, a, suffix, req, def, lo, hi, &v, err, errlen))) return rc;                                \
         field = (int)v;                                                                                                \
     } while (0)
+
+/* Gemma 3's sliding window: a value size equal to the key size, the window
+ * and its layer pattern. */
+static int read_window(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_t errlen) {
+    const char *a = hp->arch;
+    int64_t v;
+    int rc, vlen;
+    GI("attention.value_length", 1, 0, 2, 1024, vlen);
+    if (vlen != hp->head_dim) {
+        set_err(err, errlen, "metadata %s.attention.value_length %d differs from key_length %d (unsupported)", a, vlen,
+                hp->head_dim);
+        return LC_EUNSUPPORTED;
+    }
+    GI("attention.sliding_window", 1, 0, 1, 1 << 30, hp->sliding_window);
+    /* Not written by llama.cpp's converter for Gemma 3, which fixes it
+     * for the architecture (every 6th layer global; transformers'
+     * Gemma3TextConfig the same): read when a file states it. */
+    GI("attention.sliding_window_pattern", 0, 6, 1, 1024, hp->swa_pattern);
+    return 0;
+}
+
+/* The shapes: widths, layers, heads, head and RoPE dimensions. */
+static int read_shapes(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
+    model_hparams_t *hp = &m->hp;
+    const int gemma = hp->arch_id == MODEL_ARCH_GEMMA3;
+    const char *a = hp->arch;
+    int64_t v;
+    int rc;
     GI("embedding_length", 1, 0, 1, 1 << 16, hp->n_embd);
     GI("block_count", 1, 0, 1, 1024, hp->n_layers);
     GI("feed_forward_length", 1, 0, 1, 1 << 18, hp->n_ff);
@@ -156,22 +186,8 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         return LC_EFORMAT;
     }
     GI("attention.key_length", gemma, hp->n_embd / hp->n_heads, 2, 1024, hp->head_dim);
-    if (gemma) {
-        int vlen;
-        GI("attention.value_length", 1, 0, 2, 1024, vlen);
-        if (vlen != hp->head_dim) {
-            set_err(err, errlen, "metadata %s.attention.value_length %d differs from key_length %d (unsupported)", a,
-                    vlen, hp->head_dim);
-            return LC_EUNSUPPORTED;
-        }
-        GI("attention.sliding_window", 1, 0, 1, 1 << 30, hp->sliding_window);
-        /* Not written by llama.cpp's converter for Gemma 3, which fixes it
-         * for the architecture (every 6th layer global; transformers'
-         * Gemma3TextConfig the same): read when a file states it. */
-        GI("attention.sliding_window_pattern", 0, 6, 1, 1024, hp->swa_pattern);
-    }
+    if (gemma && (rc = read_window(g, hp, err, errlen))) return rc;
     GI("rope.dimension_count", 0, hp->head_dim, 2, hp->head_dim, m->rope_dim);
-#undef GI
     if (hp->n_heads % hp->n_kv_heads) {
         set_err(err, errlen, "head_count %d not a multiple of head_count_kv %d", hp->n_heads, hp->n_kv_heads);
         return LC_EFORMAT;
@@ -180,8 +196,17 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         set_err(err, errlen, "head dimension %d / rope dimension %d must be even", hp->head_dim, m->rope_dim);
         return LC_EFORMAT;
     }
-    if (gemma && ((rc = require_key(g, a, "attention.layer_norm_rms_epsilon", err, errlen)) ||
-                  (rc = require_key(g, a, "rope.freq_base", err, errlen))))
+    return 0;
+}
+#undef GI
+
+/* The RMS norm epsilon and the RoPE base (both required for Gemma). */
+static int read_norm_rope(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_t errlen) {
+    const char *a = hp->arch;
+    int rc;
+    if (hp->arch_id == MODEL_ARCH_GEMMA3 &&
+        ((rc = require_key(g, a, "attention.layer_norm_rms_epsilon", err, errlen)) ||
+         (rc = require_key(g, a, "rope.freq_base", err, errlen))))
         return rc;
     if ((rc = get_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps, err, errlen))) return rc;
     if ((rc = get_float(g, a, "rope.freq_base", 10000.0f, &hp->rope_theta, err, errlen))) return rc;
@@ -189,12 +214,18 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         set_err(err, errlen, "bad rms epsilon or rope.freq_base");
         return LC_EFORMAT;
     }
-    if ((rc = read_gemma(g, hp, err, errlen))) return rc;
-    /* Linear RoPE scaling only; other schemes would silently change outputs. */
+    return 0;
+}
+
+/* Linear RoPE scaling only; other schemes would silently change outputs. */
+static int read_rope_scaling(const gguf_ctx_t *g, model_hparams_t *hp, char *err, size_t errlen) {
+    const char *a = hp->arch;
+    int rc;
     hp->rope_freq_scale = 1.0f;
     char key[128];
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
     float factor = 1.0f;
+    gguf_str_t s;
     if (!gguf_get_str(g, key, &s)) {
         if (s.len == 6 && !memcmp(s.ptr, "linear", 6)) {
             if ((rc = get_float(g, a, "rope.scaling.factor", 1.0f, &factor, err, errlen))) return rc;
@@ -210,9 +241,19 @@ static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errle
         return LC_EFORMAT;
     }
     hp->rope_freq_scale = 1.0f / factor;
+    return 0;
+}
+
+static int read_hparams(const gguf_ctx_t *g, model_t *m, char *err, size_t errlen) {
+    model_hparams_t *hp = &m->hp;
+    int rc;
+    if ((rc = read_arch(g, hp, err, errlen)) || (rc = read_shapes(g, m, err, errlen)) ||
+        (rc = read_norm_rope(g, hp, err, errlen)) || (rc = read_gemma(g, hp, err, errlen)) ||
+        (rc = read_rope_scaling(g, hp, err, errlen)))
+        return rc;
     /* llama GGUFs: Q/K rows were permuted for adjacent-pair rotation; gemma
      * GGUFs keep Hugging Face's order and rotate halves. */
-    hp->rope_neox = gemma;
+    hp->rope_neox = hp->arch_id == MODEL_ARCH_GEMMA3;
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/buf.h"
 #include "model/tokenizer.h"
 
 enum { TOK_KIND_BPE = 1, TOK_KIND_SPM = 2 };
@@ -76,18 +77,12 @@ int tok__heap_push(tok_heap_t *h, const void *item);
 /* Removes the least item into *out; the heap must not be empty. */
 void tok__heap_pop(tok_heap_t *h, void *out);
 
-/* A growable byte buffer. */
-typedef struct {
-    char *p;
-    size_t n, cap;
-} tok_buf_t;
-int tok__buf_put(tok_buf_t *b, const void *s, size_t n);
 
 /* Appends UTF-8 to out from in[0..n), replacing each maximal ill-formed
  * subsequence with U+FFFD (Unicode's "maximal subpart" rule, as Rust's
  * from_utf8_lossy). Unless final, a trailing incomplete but still valid
  * prefix is not consumed: *used receives how many bytes were. */
-int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size_t *used);
+int tok__utf8_lossy(lc_buf_t *out, const uint8_t *in, size_t n, int final, size_t *used);
 /* Length of the UTF-8 sequence at s (1 for an invalid lead or truncation). */
 size_t tok__utf8_len(const char *s, size_t n);
 /* Encodes a code point; returns bytes written (1..4). */

@@ -27,21 +27,6 @@ void tok_ids_free(tok_ids_t *v) {
     v->n = v->cap = 0;
 }
 
-int tok__buf_put(tok_buf_t *b, const void *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return LC_ENOMEM;
-        b->p = p;
-        b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = '\0';
-    return 0;
-}
-
 /* FNV-1a: short keys, good enough spread for power-of-two tables. */
 uint32_t tok__hash(const char *s, size_t len) {
     uint32_t h = 2166136261u;
@@ -142,7 +127,7 @@ size_t tok__utf8_len(const char *s, size_t n) {
     return k ? k : 1;
 }
 
-int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size_t *used) {
+int tok__utf8_lossy(lc_buf_t *out, const uint8_t *in, size_t n, int final, size_t *used) {
     static const char fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
     size_t i = 0, run = 0; // run: start of the pending stretch of valid bytes
     int rc = 0;
@@ -156,16 +141,16 @@ int tok__utf8_lossy(tok_buf_t *out, const uint8_t *in, size_t n, int final, size
             i += k;
             continue;
         }
-        if ((rc = tok__buf_put(out, in + run, i - run))) return rc;
+        if ((rc = lc_buf_put(out, in + run, i - run))) return rc;
         if (bad == 0 && !final) {
             *used = i; // a character still being completed
             return 0;
         }
-        if ((rc = tok__buf_put(out, fffd, 3))) return rc;
+        if ((rc = lc_buf_put(out, fffd, 3))) return rc;
         i += bad ? bad : n - i;
         run = i;
     }
-    if ((rc = tok__buf_put(out, n > run ? (const void *)(in + run) : "", n - run)))
+    if ((rc = lc_buf_put(out, n > run ? (const void *)(in + run) : "", n - run)))
         return rc; // in may be NULL when n is 0
     *used = n;
     return 0;

@@ -383,7 +383,7 @@ static const char *emit_piece(const tok_t *t, int32_t id, int skip_special, int 
 }
 
 int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, char **out, size_t *out_len) {
-    tok_buf_t raw = {0}, res = {0};
+    lc_buf_t raw = {0}, res = {0};
     int rc = 0, first = 1;
     *out = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -393,10 +393,10 @@ int tok_decode(const tok_t *t, const int32_t *ids, size_t n, int skip_special, c
         }
         size_t l;
         const char *p = emit_piece(t, ids[i], skip_special, &first, &l);
-        if ((rc = tok__buf_put(&raw, p, l))) goto fail;
+        if ((rc = lc_buf_put(&raw, p, l))) goto fail;
     }
     size_t used;
-    if ((rc = tok__buf_put(&res, "", 0))) goto fail;
+    if ((rc = lc_buf_put(&res, "", 0))) goto fail;
     if ((rc = tok__utf8_lossy(&res, (const uint8_t *)raw.p, raw.n, 1, &used))) goto fail;
     free(raw.p);
     *out = res.p;
@@ -417,8 +417,8 @@ struct tok_stream {
     int skip_special, first;
     uint8_t pend[8]; // an incomplete character carried over (at most 3 bytes)
     size_t n_pend;
-    tok_buf_t out; // bytes handed out by the last call
-    tok_buf_t scratch;
+    lc_buf_t out; // bytes handed out by the last call
+    lc_buf_t scratch;
 };
 
 tok_stream_t *tok_stream_create(const tok_t *t, int skip_special) {
@@ -441,9 +441,9 @@ static int stream_emit(tok_stream_t *s, const char *p, size_t n, int final, cons
     int rc;
     s->out.n = 0;
     s->scratch.n = 0;
-    if ((rc = tok__buf_put(&s->out, "", 0))) return rc;
-    if ((rc = tok__buf_put(&s->scratch, s->pend, s->n_pend))) return rc;
-    if ((rc = tok__buf_put(&s->scratch, p, n))) return rc;
+    if ((rc = lc_buf_put(&s->out, "", 0))) return rc;
+    if ((rc = lc_buf_put(&s->scratch, s->pend, s->n_pend))) return rc;
+    if ((rc = lc_buf_put(&s->scratch, p, n))) return rc;
     size_t used;
     if ((rc = tok__utf8_lossy(&s->out, (const uint8_t *)s->scratch.p, s->scratch.n, final, &used))) return rc;
     s->n_pend = s->scratch.n - used; // < 4: only a valid prefix is ever held back

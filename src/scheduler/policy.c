@@ -27,6 +27,8 @@ void sched_config_default(sched_config_t *c) {
     c->attn_default.decode = ATTN_DECODE_QUEST;
     c->sparse_prefill_min_tokens = 16384;
     c->sparse_decode_min_tokens = 8192;
+    c->context_ranks = 1;
+    c->context_min_tokens = 32768;
 }
 
 void sched_attn_spec_default(sched_attn_spec_t *s) {

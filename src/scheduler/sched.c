@@ -51,7 +51,9 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
                             .kv_blocks = s->cfg.kv_blocks,
                             .kv_bytes = s->cfg.kv_bytes,
                             .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
-                            .gpu_fast_gemm = s->cfg.gpu_fast_gemm};
+                            .gpu_fast_gemm = s->cfg.gpu_fast_gemm,
+                            .context_ranks = s->cfg.context_ranks,
+                            .context_min_tokens = s->cfg.context_min_tokens};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;
@@ -272,6 +274,7 @@ void sched_metrics(sched_t *s, sched_metrics_t *out) {
     lc_hist_snapshot(&s->h_itl, &out->itl);
     lc_hist_snapshot(&s->h_e2e, &out->e2e);
     lc_hist_snapshot(&s->h_queue, &out->queue);
+    model_exec_cp_stats(s->exec, &out->cp);
 }
 
 kv_pool_t *sched_kv(sched_t *s) { return s->kv; }

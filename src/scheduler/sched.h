@@ -19,27 +19,30 @@
 
 #include "attn/attn.h"
 #include "common/hist.h"
+#include "model/exec.h"
 #include "model/grammar.h"
 #include "model/model.h"
 #include "model/sampler.h"
 
 /* ---- configuration ------------------------------------------------------------------ */
 typedef struct {
-    char device[32];         // "cpu", "cuda", "cuda:N" or "auto" (model/exec.h)
-    int block_size;          // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
-    int64_t kv_blocks;       // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
-    size_t kv_bytes;         // CPU: KV memory in bytes, when kv_blocks == 0
-    double kv_gpu_fraction;  // GPU: fraction of free device memory for KV, when kv_blocks == 0
-    int gpu_fast_gemm;       // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
-    int max_batch_tokens;    // tokens per step (decode + prefill chunks); 0: 2048 on the CPU, 8192 on a GPU
-    int max_running;         // sequences in the running set; 0: 64 on the CPU, 256 on a GPU
-    int max_waiting;         // bounded waiting queue; submit fails beyond it, default 256
-    int prefill_chunk;       // most prompt tokens of one request per step; 0: 512 on the CPU, 4096 on a GPU
-    int target_step_ms;      // prompt rows per step sized to about this step time; < 0: only
-                             // max_batch_tokens limits them; 0 (default): 250 on the CPU, 50 on a GPU
-    double kv_watermark;     // fraction of blocks kept free at admission, default 0.01
-    int enable_prefix_cache; // default 1
-    int threads;             // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
+    char device[32];            // "cpu", "cuda", "cuda:N" or "auto" (model/exec.h)
+    int block_size;             // KV tokens per block; 0: the device's choice (CPU 16, GPU 64)
+    int64_t kv_blocks;          // KV pool size in blocks (0: derive from kv_bytes / kv_gpu_fraction)
+    size_t kv_bytes;            // CPU: KV memory in bytes, when kv_blocks == 0
+    double kv_gpu_fraction;     // GPU: fraction of free device memory for KV, when kv_blocks == 0
+    int gpu_fast_gemm;          // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
+    int max_batch_tokens;       // tokens per step (decode + prefill chunks); 0: 2048 on the CPU, 8192 on a GPU
+    int max_running;            // sequences in the running set; 0: 64 on the CPU, 256 on a GPU
+    int max_waiting;            // bounded waiting queue; submit fails beyond it, default 256
+    int prefill_chunk;          // most prompt tokens of one request per step; 0: 512 on the CPU, 4096 on a GPU
+    int target_step_ms;         // prompt rows per step sized to about this step time; < 0: only
+                                // max_batch_tokens limits them; 0 (default): 250 on the CPU, 50 on a GPU
+    double kv_watermark;        // fraction of blocks kept free at admission, default 0.01
+    int enable_prefix_cache;    // default 1
+    int threads;                // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
+    int context_ranks;          // context parallelism: ranks (0 or 1: off; model/exec.h)
+    int64_t context_min_tokens; // sequences this long run sharded, default 32768
 
     /* Attention: the default policy for "auto" and when it switches to sparse. */
     attn_policy_t attn_default;    // methods used when auto selects sparse
@@ -237,6 +240,7 @@ typedef struct {
     uint64_t density_count;        // requests in prefill_density_sum
     uint64_t decode_density_count; // requests in decode_density_sum
     lc_hist_snapshot_t ttft, itl, e2e, queue;
+    model_exec_cp_stats_t cp; // context parallelism: per-rank KV and ring timing (ranks 1: off)
 } sched_metrics_t;
 
 void sched_metrics(sched_t *s, sched_metrics_t *out);

@@ -176,6 +176,8 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->attn_default.decode_budget = c->decode_budget;
     sc->sparse_prefill_min_tokens = c->sparse_prefill_min_tokens;
     sc->sparse_decode_min_tokens = c->sparse_decode_min_tokens;
+    sc->context_ranks = c->context;
+    sc->context_min_tokens = c->context_min_tokens;
 }
 
 static void load_after(uv_work_t *w, int status) {

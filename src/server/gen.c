@@ -62,6 +62,18 @@ out:
     return rc;
 }
 
+/* 400 context_length_exceeded: n_prompt tokens of the prompt (`what`: "prompt"
+ * or "messages") and n_completion more pass the model's context; param is the
+ * request field blamed. */
+static void context_error(srv_conn_t *k, const char *param, const char *what, long long n_prompt,
+                          long long n_completion) {
+    srv_error_set(&k->err, 400, "invalid_request_error", param, "context_length_exceeded",
+                  "This model's maximum context length is %d tokens. However, you requested %lld tokens "
+                  "(%lld in the %s, %lld in the completion). Please reduce the length of the %s or "
+                  "completion.",
+                  k->s->n_ctx, n_prompt + n_completion, n_prompt, what, n_completion, what);
+}
+
 static void gen_work(uv_work_t *w) {
     srv_conn_t *k = w->data;
     srv_t *s = k->s;
@@ -127,11 +139,7 @@ static void gen_work(uv_work_t *w) {
         }
         long long want = (long long)ids.n + (r->max_tokens >= 0 ? r->max_tokens : 0);
         if ((long long)ids.n >= s->n_ctx || want > s->n_ctx) {
-            srv_error_set(&k->err, 400, "invalid_request_error", param, "context_length_exceeded",
-                          "This model's maximum context length is %d tokens. However, you requested %lld tokens "
-                          "(%zu in the %s, %d in the completion). Please reduce the length of the %s or "
-                          "completion.",
-                          s->n_ctx, want, ids.n, param, r->max_tokens >= 0 ? r->max_tokens : 0, param);
+            context_error(k, param, param, (long long)ids.n, r->max_tokens >= 0 ? r->max_tokens : 0);
             k->has_err = 1;
             return;
         }
@@ -142,96 +150,102 @@ oom:
     k->has_err = 1;
 }
 
-static int submit_all(srv_conn_t *k) {
+/* The engine's parameters for prompt i; -1 with k->err set when the request
+ * cannot be served. */
+static int prompt_params(srv_conn_t *k, int i, sched_params_t *p) {
     srv_t *s = k->s;
     srv_request_t *r = &k->req;
-    k->sr = calloc((size_t)k->n_prompts, sizeof(sched_req_t *));
-    k->n_ch = k->n_prompts * r->best_of;
-    k->ch = calloc((size_t)k->n_ch, sizeof(srv_gen_choice_t));
-    if (!k->sr || !k->ch) {
-        srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Out of memory.");
+    memset(p, 0, sizeof(*p));
+    p->prompt = k->pids[i];
+    p->n_prompt = k->pn[i];
+    p->n_choices = r->best_of;
+    p->max_tokens = r->max_tokens >= 0 ? r->max_tokens : s->n_ctx - k->pn[i];
+    p->min_tokens = r->min_tokens;
+    p->ignore_eos = r->ignore_eos;
+    for (int j = 0; j < r->n_stop; j++) p->stop[j] = r->stop[j];
+    p->n_stop = r->n_stop;
+    p->stop_token_ids = r->stop_token_ids;
+    p->n_stop_token_ids = r->n_stop_token_ids;
+    p->sampling = r->sampling;
+    int lp = r->logprobs;
+    if (lp < 0 && r->best_of > r->n) lp = 0; /* best_of ranks by cumulative logprob */
+    p->logprobs = lp;
+    p->sampling.n_logprobs = lp > 0 ? lp : 0;
+    p->prompt_logprobs = r->echo && r->logprobs >= 0 ? r->logprobs : -1;
+    p->attn = r->attn;
+    p->grammar = r->grammar;
+    p->grammar_vocab = s->gvocab;
+    if (r->grammar && !s->gvocab) {
+        srv_error_set(&k->err, 500, "server_error", NULL, NULL,
+                      "Constrained decoding is unavailable (out of memory at load).");
         return -1;
     }
-    if (!r->has_seed) r->sampling.seed = lc_now_ns() ^ (++s->seq * 0x9E3779B97F4A7C15ull);
-    for (int i = 0; i < k->n_prompts; i++) {
-        sched_params_t p;
-        memset(&p, 0, sizeof(p));
-        p.prompt = k->pids[i];
-        p.n_prompt = k->pn[i];
-        p.n_choices = r->best_of;
-        p.max_tokens = r->max_tokens >= 0 ? r->max_tokens : s->n_ctx - k->pn[i];
-        p.min_tokens = r->min_tokens;
-        p.ignore_eos = r->ignore_eos;
-        for (int j = 0; j < r->n_stop; j++) p.stop[j] = r->stop[j];
-        p.n_stop = r->n_stop;
-        p.stop_token_ids = r->stop_token_ids;
-        p.n_stop_token_ids = r->n_stop_token_ids;
-        p.sampling = r->sampling;
-        int lp = r->logprobs;
-        if (lp < 0 && r->best_of > r->n) lp = 0; /* best_of ranks by cumulative logprob */
-        p.logprobs = lp;
-        p.sampling.n_logprobs = lp > 0 ? lp : 0;
-        p.prompt_logprobs = r->echo && r->logprobs >= 0 ? r->logprobs : -1;
-        p.attn = r->attn;
-        p.grammar = r->grammar;
-        p.grammar_vocab = s->gvocab;
-        if (r->grammar && !s->gvocab) {
-            srv_error_set(&k->err, 500, "server_error", NULL, NULL,
-                          "Constrained decoding is unavailable (out of memory at load).");
+    /* parallel_tool_calls false: the first call ends the choice */
+    if (r->tool_choice == SRV_TOOLS_AUTO && !r->parallel_tool_calls && s->lim.tool_syntax) {
+        if (p->n_stop == SCHED_MAX_STOP) {
+            srv_error_set(&k->err, 400, "invalid_request_error", "stop", NULL,
+                          "With parallel_tool_calls false at most %d stop sequences are allowed.", SCHED_MAX_STOP - 1);
             return -1;
         }
-        /* parallel_tool_calls false: the first call ends the choice */
-        if (r->tool_choice == SRV_TOOLS_AUTO && !r->parallel_tool_calls && s->lim.tool_syntax) {
-            if (p.n_stop == SCHED_MAX_STOP) {
-                srv_error_set(&k->err, 400, "invalid_request_error", "stop", NULL,
-                              "With parallel_tool_calls false at most %d stop sequences are allowed.",
-                              SCHED_MAX_STOP - 1);
-                return -1;
-            }
-            p.stop[p.n_stop++] = s->lim.tool_syntax->close_tag;
-        }
-        p.wake_cb = wake_cb;
-        p.wake_ud = s;
-        int st = 0;
-        k->sr[i] = sched_req_create(&p, &st);
-        if (!k->sr[i]) {
-            srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot create the request: %s.", lc_strerror(st));
-            return -1;
-        }
-        st = sched_submit(s->sched, k->sr[i]);
-        if (st == LC_EBUSY) {
-            srv_error_set(&k->err, 429, "rate_limit_exceeded", NULL, "server_overloaded",
-                          "The server is overloaded; retry shortly.");
-            k->retry_after = 1;
-        } else if (st == LC_ESHUTDOWN) {
-            srv_error_set(&k->err, 503, "service_unavailable", NULL, "draining", "The server is shutting down.");
-        } else if (st == LC_EDEVICE) {
-            srv_error_set(&k->err, 503, "service_unavailable", NULL, "device_failed", "The engine's device failed: %s.",
-                          sched_failure(s->sched) ? sched_failure(s->sched) : "device error");
-        } else if (st == LC_ETOOLONG && k->pn[i] + p.max_tokens > s->n_ctx) {
-            srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
-                          "This model's maximum context length is %d tokens. However, you requested %d tokens "
-                          "(%d in the prompt, %d in the completion). Please reduce the length of the prompt or "
-                          "completion.",
-                          s->n_ctx, k->pn[i] + p.max_tokens, k->pn[i], p.max_tokens);
-        } else if (st == LC_ETOOLONG) {
-            /* Within the model's context, but more than the whole KV pool holds: say
-             * so, since retrying cannot help and the operator can raise kv_bytes. */
-            long long cap = (long long)sched_kv_capacity(s->sched);
-            srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
-                          "This request needs up to %d tokens of KV cache (%d in the prompt, %d in the completion, "
-                          "%d choice(s)) but this server's KV cache holds %lld tokens in all. Reduce max_tokens or "
-                          "n, or ask the operator to raise [engine] kv_bytes.",
-                          k->pn[i] + p.max_tokens, k->pn[i], p.max_tokens, p.n_choices, cap);
-        } else if (st) {
-            srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot submit the request: %s.", lc_strerror(st));
-        }
-        if (st) {
-            sched_req_release(k->sr[i]);
-            k->sr[i] = NULL;
-            return -1;
-        }
+        p->stop[p->n_stop++] = s->lim.tool_syntax->close_tag;
     }
+    p->wake_cb = wake_cb;
+    p->wake_ud = s;
+    return 0;
+}
+
+/* The error of a refused sched_submit (st != 0) of prompt i. */
+static void submit_error(srv_conn_t *k, int i, const sched_params_t *p, int st) {
+    srv_t *s = k->s;
+    if (st == LC_EBUSY) {
+        srv_error_set(&k->err, 429, "rate_limit_exceeded", NULL, "server_overloaded",
+                      "The server is overloaded; retry shortly.");
+        k->retry_after = 1;
+    } else if (st == LC_ESHUTDOWN) {
+        srv_error_set(&k->err, 503, "service_unavailable", NULL, "draining", "The server is shutting down.");
+    } else if (st == LC_EDEVICE) {
+        srv_error_set(&k->err, 503, "service_unavailable", NULL, "device_failed", "The engine's device failed: %s.",
+                      sched_failure(s->sched) ? sched_failure(s->sched) : "device error");
+    } else if (st == LC_ETOOLONG && k->pn[i] + p->max_tokens > s->n_ctx) {
+        context_error(k, "max_tokens", "prompt", k->pn[i], p->max_tokens);
+    } else if (st == LC_ETOOLONG) {
+        /* Within the model's context, but more than the whole KV pool holds: say
+         * so, since retrying cannot help and the operator can raise kv_bytes. */
+        long long cap = (long long)sched_kv_capacity(s->sched);
+        srv_error_set(&k->err, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
+                      "This request needs up to %d tokens of KV cache (%d in the prompt, %d in the completion, "
+                      "%d choice(s)) but this server's KV cache holds %lld tokens in all. Reduce max_tokens or "
+                      "n, or ask the operator to raise [engine] kv_bytes.",
+                      k->pn[i] + p->max_tokens, k->pn[i], p->max_tokens, p->n_choices, cap);
+    } else {
+        srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot submit the request: %s.", lc_strerror(st));
+    }
+}
+
+/* One engine request for prompt i, in k->sr[i]; -1 with k->err set. */
+static int submit_prompt(srv_conn_t *k, int i) {
+    sched_params_t p;
+    if (prompt_params(k, i, &p)) return -1;
+    int st = 0;
+    k->sr[i] = sched_req_create(&p, &st);
+    if (!k->sr[i]) {
+        srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Cannot create the request: %s.", lc_strerror(st));
+        return -1;
+    }
+    st = sched_submit(k->s->sched, k->sr[i]);
+    if (st) {
+        submit_error(k, i, &p, st);
+        sched_req_release(k->sr[i]);
+        k->sr[i] = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Every choice's start: its tool-call splitter, and the echoed prompt. */
+static void init_choices(srv_conn_t *k) {
+    srv_t *s = k->s;
+    srv_request_t *r = &k->req;
     /* Tool calls are split out of chat text when the model may make them. */
     int tools_on = r->kind == SRV_REQ_CHAT && r->n_tools && r->tool_choice != SRV_TOOLS_NONE && s->lim.tool_syntax;
     for (int g = 0; g < k->n_ch && tools_on; g++) {
@@ -245,6 +259,22 @@ static int submit_all(srv_conn_t *k) {
         if (k->echo[i] && !r->stream) srv_buf_append(&k->ch[g].text, k->echo[i], k->echo_len[i]);
         k->ch[g].text_offset = 0;
     }
+}
+
+static int submit_all(srv_conn_t *k) {
+    srv_t *s = k->s;
+    srv_request_t *r = &k->req;
+    k->sr = calloc((size_t)k->n_prompts, sizeof(sched_req_t *));
+    k->n_ch = k->n_prompts * r->best_of;
+    k->ch = calloc((size_t)k->n_ch, sizeof(srv_gen_choice_t));
+    if (!k->sr || !k->ch) {
+        srv_error_set(&k->err, 500, "server_error", NULL, NULL, "Out of memory.");
+        return -1;
+    }
+    if (!r->has_seed) r->sampling.seed = lc_now_ns() ^ (++s->seq * 0x9E3779B97F4A7C15ull);
+    for (int i = 0; i < k->n_prompts; i++)
+        if (submit_prompt(k, i)) return -1;
+    init_choices(k);
     return 0;
 }
 
@@ -320,6 +350,13 @@ static void add_usage(srv_conn_t *k, sched_req_t *r) {
     o->decode_density = first ? u.decode_density : fmin(o->decode_density, u.decode_density);
 }
 
+/* Streams chat choice g's opening {"role": "assistant"} delta, once. */
+static void send_role(srv_conn_t *k, int g, const srv_resp_ctx_t *c) {
+    if (k->ch[g].role_sent) return;
+    srv_sse_chunk(&k->out, c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
+    k->ch[g].role_sent = 1;
+}
+
 /* Streams one event's worth of output for choice g. */
 static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, const sched_logprob_t *lps, int n_lps,
                          sched_finish_t finish) {
@@ -327,10 +364,7 @@ static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, con
     resp_ctx(k, &c);
     srv_gen_choice_t *ch = &k->ch[g];
     int want = k->req.logprobs >= 0;
-    if (k->req.kind == SRV_REQ_CHAT && !ch->role_sent) {
-        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
-        ch->role_sent = 1;
-    }
+    if (k->req.kind == SRV_REQ_CHAT) send_role(k, g, &c);
     srv_sse_chunk(&k->out, &c, choice_index(k, g), 0, text, len, lps, n_lps, want, ch->text_offset, finish);
     ch->text_offset += len;
 }
@@ -340,26 +374,17 @@ static void stream_delta(srv_conn_t *k, int g, const char *text, size_t len, con
 static void tools_text(srv_conn_t *k, int g, const char *text, size_t len, int finish, const sched_logprob_t *lps,
                        int n_lps) {
     srv_gen_choice_t *ch = &k->ch[g];
-    if (!k->req.stream) {
-        if (finish)
-            srv_tp_finish(&ch->tp, &ch->tpo);
-        else
-            srv_tp_feed(&ch->tp, text, len, &ch->tpo);
-        return;
-    }
-    srv_tp_out_t o = {0};
+    srv_tp_out_t o = {0}, *out = k->req.stream ? &o : &ch->tpo; // streaming: only what this event completes
     if (finish)
-        srv_tp_finish(&ch->tp, &o);
+        srv_tp_finish(&ch->tp, out);
     else
-        srv_tp_feed(&ch->tp, text, len, &o);
+        srv_tp_feed(&ch->tp, text, len, out);
+    if (!k->req.stream) return;
     if (o.content.len || n_lps)
         stream_delta(k, g, o.content.data ? o.content.data : "", o.content.len, lps, n_lps, SCHED_FINISH_NONE);
     srv_resp_ctx_t c;
     resp_ctx(k, &c);
-    if (o.n_calls && !ch->role_sent) { // the opening {"role": "assistant"} delta
-        srv_sse_chunk(&k->out, &c, choice_index(k, g), 1, "", 0, NULL, 0, 0, 0, SCHED_FINISH_NONE);
-        ch->role_sent = 1;
-    }
+    if (o.n_calls) send_role(k, g, &c);
     for (int q = 0; q < o.n_calls; q++) {
         char id[160];
         snprintf(id, sizeof id, "%s_%d", ch->call_id, ch->n_calls_sent);

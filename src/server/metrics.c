@@ -46,6 +46,38 @@ static int histogram(srv_buf_t *b, const char *name, const char *help, const cha
     return rc;
 }
 
+/* One series per rank of a context-parallel executor. */
+static int per_rank(srv_buf_t *b, const char *name, const char *type, const char *help, const char *model, int n,
+                    const double *v) {
+    int rc = out_printf(b, "# HELP lacuna:%s %s\n# TYPE lacuna:%s %s\n", name, help, name, type);
+    for (int r = 0; r < n && !rc; r++)
+        rc = out_printf(b, "lacuna:%s{model_name=\"%s\",rank=\"%d\"} %.17g\n", name, model, r, v[r]);
+    return rc;
+}
+
+static int cp_metrics(srv_buf_t *b, const char *model, const model_exec_cp_stats_t *cp) {
+    const int n = cp->ranks < MODEL_CP_MAX_RANKS ? cp->ranks : MODEL_CP_MAX_RANKS;
+    double v[MODEL_CP_MAX_RANKS] = {0};
+    int rc = gauge(b, "cp_ranks", "Context-parallel ranks.", model, n);
+    rc |=
+        counter(b, "cp_sharded_rows_total", "Batch rows whose attention ran sharded.", model, (double)cp->sharded_rows);
+    for (int r = 0; r < n; r++) v[r] = (double)cp->kv_blocks[r];
+    rc |= per_rank(b, "cp_kv_blocks", "gauge", "KV blocks in use held by each rank.", model, n, v);
+    for (int r = 0; r < n; r++) v[r] = (double)cp->ring_steps[r];
+    rc |= per_rank(b, "cp_ring_steps_total", "counter", "Ring steps run.", model, n, v);
+    for (int r = 0; r < n; r++) v[r] = (double)cp->steps_skipped[r];
+    rc |= per_rank(b, "cp_ring_steps_skipped_total", "counter", "Ring steps with nothing to compute (sparse).", model,
+                   n, v);
+    rc |= per_rank(b, "cp_compute_seconds_total", "counter", "Attention compute inside ring steps.", model, n,
+                   cp->compute_s);
+    rc |= per_rank(b, "cp_wait_seconds_total", "counter", "Waiting for a ring step's transfer after its compute.",
+                   model, n, cp->wait_s);
+    rc |= per_rank(b, "cp_collective_seconds_total", "counter",
+                   "Halos, selections, all-to-alls and decode merges of the sharded attention.", model, n,
+                   cp->collective_s);
+    return rc;
+}
+
 int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m, const srv_http_counts_t *h) {
     int rc = 0;
     rc |= gauge(b, "num_requests_running", "Requests in the running set.", model, m->running);
@@ -82,6 +114,7 @@ int srv_metrics_render(srv_buf_t *b, const char *model, const sched_metrics_t *m
                      cnt ? m->prefill_density_sum / cnt : 1.0);
     rc |= out_printf(b, "lacuna:attention_density{model_name=\"%s\",phase=\"decode\"} %.17g\n", model,
                      m->decode_density_count ? m->decode_density_sum / (double)m->decode_density_count : 1.0);
+    if (m->cp.ranks > 1) rc |= cp_metrics(b, model, &m->cp);
     if (h) {
         rc |= out_printf(b, "# HELP lacuna:http_requests_total HTTP responses by status code.\n"
                             "# TYPE lacuna:http_requests_total counter\n");

@@ -221,6 +221,108 @@ out:
     return rc;
 }
 
+/* Checks tools[i] (t, i = r->n_tools) and appends it to r->tools: its name,
+ * and its JSON rendered for the prompt from the request's own text (raw: the
+ * tools array's bytes in the body). */
+static int parse_tool(const cJSON *t, const char *raw, size_t raw_len, srv_request_t *r, srv_error_t *err) {
+    int i = r->n_tools;
+    char p[64];
+    snprintf(p, sizeof p, "tools[%d]", i);
+    if (!cJSON_IsObject(t)) return bad(err, p, "Invalid type for '%s': expected an object.", p);
+    const cJSON *ty = field(t, "type"), *fn = field(t, "function"), *e;
+    if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "function"))
+        return bad(err, p, "Invalid value for '%s.type': only 'function' tools are supported.", p);
+    if (!cJSON_IsObject(fn)) return bad(err, p, "Missing required parameter: '%s.function'.", p);
+    cJSON_ArrayForEach(e, t) if (strcmp(e->string, "type") && strcmp(e->string, "function")) return bad(
+        err, p, "Unknown parameter: '%s.%.64s'.", p, e->string);
+    cJSON_ArrayForEach(
+        e, fn) if (strcmp(e->string, "name") && strcmp(e->string, "description") && strcmp(e->string, "parameters") &&
+                   strcmp(e->string, "strict")) return bad(err, p, "Unknown parameter: '%s.function.%.64s'.", p,
+                                                           e->string);
+    const cJSON *nm = field(fn, "name"), *pa = field(fn, "parameters"), *de = field(fn, "description"),
+                *st = field(fn, "strict");
+    if (!cJSON_IsString(nm) || !name_ok(nm->valuestring))
+        return bad(err, p, "Invalid value for '%s.function.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.", p);
+    if (pa && !cJSON_IsObject(pa))
+        return bad(err, p, "Invalid type for '%s.function.parameters': expected a JSON schema object.", p);
+    if ((de && !cJSON_IsString(de)) || (st && !cJSON_IsBool(st)))
+        return bad(err, p, "Invalid type in '%s.function': description is a string, strict a boolean.", p);
+    for (int k = 0; k < i; k++)
+        if (!strcmp(r->tools[k].name, nm->valuestring))
+            return bad(err, p, "Invalid value for 'tools': the name '%s' is used twice.", nm->valuestring);
+    const char *tv;
+    size_t tl;
+    if (chat_json_element(raw, raw_len, i, &tv, &tl) || chat_json_render(tv, tl, &r->tools[i].rendered))
+        return bad(err, p,
+                   "Invalid value for '%s': repeated keys, invalid UTF-8 or lone surrogates cannot be rendered into "
+                   "the prompt.",
+                   p);
+    if (!(r->tools[i].name = strdup(nm->valuestring))) return bad(err, p, "out of memory");
+    r->n_tools++;
+    return 0;
+}
+
+/* The tools array (not NULL): its size, whether the model has a tool-call
+ * format at all, then each tool. */
+static int parse_tool_list(const cJSON *tools, const char *body, size_t len, const srv_limits_t *lim, srv_request_t *r,
+                           srv_error_t *err) {
+    if (!cJSON_IsArray(tools)) return bad(err, "tools", "Invalid type for 'tools': expected an array.");
+    int n = cJSON_GetArraySize(tools);
+    if (n == 0) return bad(err, "tools", "Invalid value for 'tools': must contain at least one tool.");
+    if (n > SRV_MAX_TOOLS) return bad(err, "tools", "Invalid value for 'tools': at most %d tools.", SRV_MAX_TOOLS);
+    if (!lim || !lim->tool_syntax)
+        return bad(err, "tools",
+                   "'tools' is not supported by this model: its chat template (%s) has no tool-call format. "
+                   "Serve a model whose template supports tools (such as Qwen2.5) or describe the tools in a "
+                   "message.",
+                   lim && lim->tool_family ? lim->tool_family : "none");
+    const char *raw;
+    size_t raw_len;
+    if (chat_json_member(body, len, "tools", &raw, &raw_len))
+        return bad(err, "tools", "Invalid value for 'tools': cannot read the array.");
+    if (!(r->tools = calloc((size_t)n, sizeof *r->tools))) return bad(err, "tools", "out of memory");
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools) {
+        if (parse_tool(t, raw, raw_len, r, err)) return -1;
+    }
+    return 0;
+}
+
+/* tool_choice (not NULL) into r->tool_choice and r->tool_named, once
+ * r->tools is known. */
+static int parse_tool_choice(const cJSON *tc, srv_request_t *r, srv_error_t *err) {
+    if (cJSON_IsString(tc)) {
+        const char *s = tc->valuestring;
+        if (!strcmp(s, "none"))
+            r->tool_choice = SRV_TOOLS_NONE;
+        else if (!strcmp(s, "auto"))
+            r->tool_choice = r->n_tools ? SRV_TOOLS_AUTO : SRV_TOOLS_NONE;
+        else if (!strcmp(s, "required"))
+            r->tool_choice = SRV_TOOLS_REQUIRED;
+        else
+            return bad(err, "tool_choice",
+                       "Invalid value for 'tool_choice': expected none, auto, required or a named function.");
+    } else if (cJSON_IsObject(tc)) {
+        const cJSON *ty = field(tc, "type"), *fn = field(tc, "function"), *nm = field(fn, "name");
+        if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "function") || !cJSON_IsString(nm))
+            return bad(err, "tool_choice",
+                       "Invalid value for 'tool_choice': expected {\"type\": \"function\", \"function\": "
+                       "{\"name\": ...}}.");
+        r->tool_choice = SRV_TOOLS_NAMED;
+        r->tool_named = -1;
+        for (int k = 0; k < r->n_tools; k++)
+            if (!strcmp(r->tools[k].name, nm->valuestring)) r->tool_named = k;
+        if (r->tool_named < 0)
+            return bad(err, "tool_choice", "Invalid value for 'tool_choice': no tool is named '%.64s'.",
+                       nm->valuestring);
+    } else {
+        return bad(err, "tool_choice", "Invalid type for 'tool_choice': expected a string or an object.");
+    }
+    if (r->tool_choice == SRV_TOOLS_REQUIRED && !r->n_tools)
+        return bad(err, "tool_choice", "Invalid value for 'tool_choice': 'required' needs 'tools'.");
+    return 0;
+}
+
 static int parse_tools(const cJSON *o, const char *body, size_t len, const srv_limits_t *lim, srv_request_t *r,
                        srv_error_t *err) {
     const cJSON *tools = field(o, "tools"), *tc = field(o, "tool_choice"), *ptc = field(o, "parallel_tool_calls");
@@ -230,94 +332,9 @@ static int parse_tools(const cJSON *o, const char *body, size_t len, const srv_l
             return bad(err, "parallel_tool_calls", "Invalid type for 'parallel_tool_calls': expected a boolean.");
         r->parallel_tool_calls = cJSON_IsTrue(ptc);
     }
-    if (tools) {
-        if (!cJSON_IsArray(tools)) return bad(err, "tools", "Invalid type for 'tools': expected an array.");
-        int n = cJSON_GetArraySize(tools);
-        if (n == 0) return bad(err, "tools", "Invalid value for 'tools': must contain at least one tool.");
-        if (n > SRV_MAX_TOOLS) return bad(err, "tools", "Invalid value for 'tools': at most %d tools.", SRV_MAX_TOOLS);
-        if (!lim || !lim->tool_syntax)
-            return bad(err, "tools",
-                       "'tools' is not supported by this model: its chat template (%s) has no tool-call format. "
-                       "Serve a model whose template supports tools (such as Qwen2.5) or describe the tools in a "
-                       "message.",
-                       lim && lim->tool_family ? lim->tool_family : "none");
-        const char *raw;
-        size_t raw_len;
-        if (chat_json_member(body, len, "tools", &raw, &raw_len))
-            return bad(err, "tools", "Invalid value for 'tools': cannot read the array.");
-        if (!(r->tools = calloc((size_t)n, sizeof *r->tools))) return bad(err, "tools", "out of memory");
-        const cJSON *t;
-        cJSON_ArrayForEach(t, tools) {
-            int i = r->n_tools;
-            char p[64];
-            snprintf(p, sizeof p, "tools[%d]", i);
-            if (!cJSON_IsObject(t)) return bad(err, p, "Invalid type for '%s': expected an object.", p);
-            const cJSON *ty = field(t, "type"), *fn = field(t, "function"), *e;
-            if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "function"))
-                return bad(err, p, "Invalid value for '%s.type': only 'function' tools are supported.", p);
-            if (!cJSON_IsObject(fn)) return bad(err, p, "Missing required parameter: '%s.function'.", p);
-            cJSON_ArrayForEach(e, t) if (strcmp(e->string, "type") && strcmp(e->string, "function")) return bad(
-                err, p, "Unknown parameter: '%s.%.64s'.", p, e->string);
-            cJSON_ArrayForEach(
-                e, fn) if (strcmp(e->string, "name") && strcmp(e->string, "description") &&
-                           strcmp(e->string, "parameters") &&
-                           strcmp(e->string, "strict")) return bad(err, p, "Unknown parameter: '%s.function.%.64s'.", p,
-                                                                   e->string);
-            const cJSON *nm = field(fn, "name"), *pa = field(fn, "parameters"), *de = field(fn, "description"),
-                        *st = field(fn, "strict");
-            if (!cJSON_IsString(nm) || !name_ok(nm->valuestring))
-                return bad(err, p,
-                           "Invalid value for '%s.function.name': 1 to 64 characters of a-z, A-Z, 0-9, _ and -.", p);
-            if (pa && !cJSON_IsObject(pa))
-                return bad(err, p, "Invalid type for '%s.function.parameters': expected a JSON schema object.", p);
-            if ((de && !cJSON_IsString(de)) || (st && !cJSON_IsBool(st)))
-                return bad(err, p, "Invalid type in '%s.function': description is a string, strict a boolean.", p);
-            for (int k = 0; k < i; k++)
-                if (!strcmp(r->tools[k].name, nm->valuestring))
-                    return bad(err, p, "Invalid value for 'tools': the name '%s' is used twice.", nm->valuestring);
-            const char *tv;
-            size_t tl;
-            if (chat_json_element(raw, raw_len, i, &tv, &tl) || chat_json_render(tv, tl, &r->tools[i].rendered))
-                return bad(err, p,
-                           "Invalid value for '%s': repeated keys, invalid UTF-8 or lone surrogates cannot be "
-                           "rendered into the prompt.",
-                           p);
-            if (!(r->tools[i].name = strdup(nm->valuestring))) return bad(err, p, "out of memory");
-            r->n_tools++;
-        }
-    }
+    if (tools && parse_tool_list(tools, body, len, lim, r, err)) return -1;
     r->tool_choice = r->n_tools ? SRV_TOOLS_AUTO : SRV_TOOLS_NONE;
-    if (tc) {
-        if (cJSON_IsString(tc)) {
-            const char *s = tc->valuestring;
-            if (!strcmp(s, "none"))
-                r->tool_choice = SRV_TOOLS_NONE;
-            else if (!strcmp(s, "auto"))
-                r->tool_choice = r->n_tools ? SRV_TOOLS_AUTO : SRV_TOOLS_NONE;
-            else if (!strcmp(s, "required"))
-                r->tool_choice = SRV_TOOLS_REQUIRED;
-            else
-                return bad(err, "tool_choice",
-                           "Invalid value for 'tool_choice': expected none, auto, required or a named function.");
-        } else if (cJSON_IsObject(tc)) {
-            const cJSON *ty = field(tc, "type"), *fn = field(tc, "function"), *nm = field(fn, "name");
-            if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "function") || !cJSON_IsString(nm))
-                return bad(err, "tool_choice",
-                           "Invalid value for 'tool_choice': expected {\"type\": \"function\", \"function\": "
-                           "{\"name\": ...}}.");
-            r->tool_choice = SRV_TOOLS_NAMED;
-            r->tool_named = -1;
-            for (int k = 0; k < r->n_tools; k++)
-                if (!strcmp(r->tools[k].name, nm->valuestring)) r->tool_named = k;
-            if (r->tool_named < 0)
-                return bad(err, "tool_choice", "Invalid value for 'tool_choice': no tool is named '%.64s'.",
-                           nm->valuestring);
-        } else {
-            return bad(err, "tool_choice", "Invalid type for 'tool_choice': expected a string or an object.");
-        }
-        if (r->tool_choice == SRV_TOOLS_REQUIRED && !r->n_tools)
-            return bad(err, "tool_choice", "Invalid value for 'tool_choice': 'required' needs 'tools'.");
-    }
+    if (tc && parse_tool_choice(tc, r, err)) return -1;
     if (r->tool_choice == SRV_TOOLS_REQUIRED || r->tool_choice == SRV_TOOLS_NAMED) {
         if (r->grammar)
             return bad(err, "response_format",

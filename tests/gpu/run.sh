@@ -10,6 +10,10 @@
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
+#     cp     the context-parallel communicators: device-local ranks on this
+#            GPU (checks, then the ring's per-step compute and transfer
+#            times) and NCCL with one rank per GPU (check_cp_nccl, with the
+#            system's libnccl or else torch's)
 #     gemm   what batch-invariant (deterministic) matmuls cost against
 #            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
@@ -67,6 +71,17 @@ for step in "$@"; do
         ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_cuda" "$rc"
+        ;;
+    cp)
+        ours timeout 900 "$G/bin/check_cp_cuda" 2>&1 | tee "$OUT/cp.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_cp_cuda" "$rc"
+        nccl_lib=$(python3 -c 'import os, nvidia.nccl as m; print(os.path.join(list(m.__path__)[0], "lib"))' \
+            2>/dev/null || true)
+        LD_LIBRARY_PATH="${nccl_lib:+$nccl_lib:}${LD_LIBRARY_PATH:-}" ours timeout 300 "$G/bin/check_cp_nccl" 2>&1 |
+            tee -a "$OUT/cp.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_cp_nccl" "$rc"
         ;;
     gemm)
         ours "$G/bin/bench_gemm" "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log"

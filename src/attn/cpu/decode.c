@@ -16,9 +16,7 @@
 #include "attn/attn_int.h"
 #include "common/status.h"
 
-/* The decode method a row runs at this layer; *select: a TidalDecode
- * selection layer (dense now, then choose the positions). */
-static attn_decode_method_t layer_method(const attn_policy_t *pol, int layer, int *select) {
+attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int *select) {
     *select = 0;
     if (!pol) return ATTN_DECODE_DENSE;
     attn_decode_method_t m = pol->decode;
@@ -36,7 +34,7 @@ static attn_decode_method_t layer_method(const attn_policy_t *pol, int layer, in
 int attn__decode_rg_cap(const attn_policy_t *pol, int64_t n_kv, int block_size) {
     int cap = 2;
     if (pol && pol->decode == ATTN_DECODE_QUEST) {
-        int64_t pages = ((int64_t)pol->decode_budget + block_size - 1) / block_size;
+        int64_t pages = attn__quest_budget_pages(pol, block_size);
         if (pages + 1 > cap) cap = (int)(pages + 1);
     }
     if (pol && pol->decode == ATTN_DECODE_TIDAL && pol->decode_budget + 1 > cap) cap = pol->decode_budget + 1;
@@ -50,7 +48,8 @@ size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int6
                attn_arena_need((size_t)attn__decode_rg_cap(pol, n_kv, block_size) * sizeof(attn_range_t));
     if (pol && pol->decode == ATTN_DECODE_QUEST) {
         int64_t pages = (n_kv + block_size - 1) / block_size;
-        b += attn_arena_need((size_t)pages * (sizeof(float) + sizeof(int32_t)));
+        b += attn_arena_need((size_t)pages * sizeof(float)) +
+             attn_arena_need((size_t)pages * (sizeof(float) + sizeof(int32_t))); // scores, then the sort
     }
     if (pol && pol->decode == ATTN_DECODE_TIDAL) // scores of the group, then the mass twice
         b += attn_arena_need((size_t)G * n_kv * sizeof(float)) + attn_arena_need((size_t)n_kv * 2 * sizeof(float));
@@ -90,7 +89,7 @@ static int select_ranges(attn_plan_t *p, int layer, int64_t window, const attn_s
             attn_range_t *rg = p->drg + p->drg_off[i];
             const attn_kv_t kv = row_kv(p, store, dr);
             int sel, nr = 0;
-            switch (window > 0 ? ATTN_DECODE_DENSE : layer_method(pol, layer, &sel)) {
+            switch (window > 0 ? ATTN_DECODE_DENSE : attn__decode_layer_method(pol, layer, &sel)) {
             case ATTN_DECODE_STREAMING: {
                 int64_t sink, win;
                 attn__streaming_window(pol, &sink, &win);
@@ -223,7 +222,7 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
             const attn_policy_t *pol = row_policy(p, dr);
             int sel;
             if (!pol || pol->decode != ATTN_DECODE_TIDAL) continue;
-            layer_method(pol, layer, &sel);
+            attn__decode_layer_method(pol, layer, &sel);
             if (!sel) continue;
             attn_arena_reset(ar);
             const attn_kv_t kv = row_kv(p, store, dr);

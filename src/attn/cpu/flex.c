@@ -71,6 +71,7 @@ typedef struct {
     int64_t q_pos0, N; // N: keys visible to the chunk's last query
     int B, R, qb0, n_qb, n_kb;
     const attn_kv_t *kv;
+    const float *qpool; // (n_qb, n_heads, head_dim) scaled mean query per block, or NULL: from q
 } flex_ctx_t;
 
 #define FLEX_CH 1024 // keys per score pass of the representative rows
@@ -159,18 +160,23 @@ static void flex_representative(const flex_ctx_t *c, int h, flex_scratch_t *x) {
         }
 }
 
-/* Step 2: JS distance between the estimated block distribution (mean query
- * against mean keys) and the true one (vertical mass per block). */
-static double flex_divergence(const flex_ctx_t *c, int h, flex_scratch_t *x) {
-    const int d = c->sh->head_dim, G = c->sh->n_heads / c->sh->n_kv_heads, kh = h / G, B = c->B, R = c->R;
-    const int64_t N = c->N;
+/* Step 2a: the sum of each key block's keys, in position order. */
+static void flex_key_sums(const flex_ctx_t *c, int h, flex_scratch_t *x) {
+    const int d = c->sh->head_dim, G = c->sh->n_heads / c->sh->n_kv_heads, kh = h / G, B = c->B;
     const int bs = c->kv->block_size;
-    for (int64_t j = 0; j < N; j++) {
+    for (int64_t j = 0; j < c->N; j++) {
         const float *kc = attn_kv_kcol(c->kv, kh, d, j);
         float *dst = x->kpool + (size_t)(j / B) * d;
         for (int e = 0; e < d; e++) dst[e] += kc[(size_t)e * bs];
-        x->atrue[j / B] += x->vert[j];
     }
+}
+
+/* Step 2b: JS distance between the estimated block distribution (mean query
+ * against mean keys) and the true one (vertical mass per block). */
+static double flex_divergence(const flex_ctx_t *c, flex_scratch_t *x) {
+    const int d = c->sh->head_dim, B = c->B, R = c->R;
+    const int64_t N = c->N;
+    for (int64_t j = 0; j < N; j++) x->atrue[j / B] += x->vert[j];
     for (int kb = 0; kb < c->n_kb; kb++) {
         int64_t cnt = (int64_t)(kb + 1) * B < N ? B : N - (int64_t)kb * B;
         for (int e = 0; e < d; e++) x->kpool[(size_t)kb * d + e] /= (float)cnt;
@@ -202,11 +208,10 @@ static void flex_query_aware(const flex_ctx_t *c, int h, flex_scratch_t *x, uint
         int64_t p1 = (int64_t)(qb + 1) * B < c->N ? (int64_t)(qb + 1) * B : c->N;
         float qp[512];
         int dd = d < 512 ? d : 512;
-        for (int e = 0; e < dd; e++) {
-            double a = 0;
-            for (int64_t p = p0; p < p1; p++) a += c->q[((size_t)(p - c->q_pos0) * c->sh->n_heads + h) * d + e];
-            qp[e] = (float)(a / (double)(p1 - p0) * c->sh->scale);
-        }
+        if (c->qpool)
+            memcpy(qp, c->qpool + ((size_t)i * c->sh->n_heads + h) * d, sizeof(float) * dd);
+        else
+            attn__flex_pool_query(c->sh, c->q, c->q_pos0, p0, p1, h, qp);
         double rm = -INFINITY, rs = 0;
         int64_t base = np;
         for (int kb = 0; kb <= qb; kb++) {
@@ -251,6 +256,17 @@ static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t 
     }
 }
 
+/* Steps 2b to 4 on the summaries in x (representative rows in x->t, vertical
+ * and slash mass, key sums): head h's block mask. */
+static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask) {
+    if (flex_divergence(c, x) < c->pol->tau)
+        flex_query_aware(c, h, x, mask);
+    else
+        flex_vertical_slash(c, x, mask);
+    /* step 4: sink and diagonal always */
+    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
+}
+
 /* Decides head h's block mask: mask (n_qb, n_kb), 1 = compute. */
 static int flex_pattern(const flex_ctx_t *c, int h, attn_arena_t *ar, uint8_t *mask) {
     flex_scratch_t x;
@@ -258,12 +274,8 @@ static int flex_pattern(const flex_ctx_t *c, int h, attn_arena_t *ar, uint8_t *m
     if (rc) return rc;
     memset(mask, 0, (size_t)c->n_qb * c->n_kb);
     flex_representative(c, h, &x);
-    if (flex_divergence(c, h, &x) < c->pol->tau)
-        flex_query_aware(c, h, &x, mask);
-    else
-        flex_vertical_slash(c, &x, mask);
-    /* step 4: sink and diagonal always */
-    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
+    flex_key_sums(c, h, &x);
+    flex_decide(c, h, &x, mask);
     return 0;
 }
 
@@ -328,13 +340,12 @@ static flex_ctx_t flex_ctx(const attn_shape_t *shape, const attn_policy_t *pol, 
     const int B = pol->block > 0 ? pol->block : 128;
     const int64_t N = q_pos0 + n_q;
     flex_ctx_t c = {shape, pol, q, n_q, q_pos0, N, B, n_q < B ? n_q : B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1,
-                    kv};
+                    kv,    NULL};
     c.n_qb = c.n_kb - c.qb0;
     return c;
 }
 
-/* Inputs this short run dense. */
-static int flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0) {
+int attn__flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0) {
     const int B = pol->block > 0 ? pol->block : 128;
     int64_t small = 2 * (int64_t)B > pol->min_budget ? 2 * (int64_t)B : pol->min_budget;
     return n_q <= 0 || q_pos0 + n_q <= small;
@@ -342,7 +353,7 @@ static int flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0) {
 
 attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0) {
     attn_ws_t w = {attn_prefill_window_ws(shape), 0};
-    if (flex_is_small(pol, n_q, q_pos0)) return w;
+    if (attn__flex_is_small(pol, n_q, q_pos0)) return w;
     flex_ctx_t c = flex_ctx(shape, pol, NULL, n_q, q_pos0, NULL);
     size_t pat = flex_scratch_bytes(&c);
     size_t comp = attn_tile_bytes(c.B, shape->head_dim) + attn_arena_need(sizeof(attn_range_t) * c.n_kb);
@@ -354,7 +365,7 @@ attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int
 int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
                        const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
                        double *computed) {
-    if (flex_is_small(pol, n_q, q_pos0))
+    if (attn__flex_is_small(pol, n_q, q_pos0))
         return attn_prefill_window(shape, arenas, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, computed);
     const int64_t N = q_pos0 + n_q;
     int rc = attn_check_args(shape, kv, N);
@@ -382,4 +393,35 @@ int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn
     if (!err) err = flex_compute(&c, arenas, mask, out, lse, &comp);
     if (computed) *computed = comp;
     return err;
+}
+
+/* ---- the pattern from summaries (the context-parallel ring) -------------------------- */
+void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos0, int64_t p0, int64_t p1, int h,
+                           float *qp) {
+    const int d = sh->head_dim, dd = d < 512 ? d : 512;
+    for (int e = 0; e < dd; e++) {
+        double a = 0;
+        for (int64_t p = p0; p < p1; p++) a += q[((size_t)(p - q_pos0) * sh->n_heads + h) * d + e];
+        qp[e] = (float)(a / (double)(p1 - p0) * sh->scale);
+    }
+}
+
+int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
+                            const float *rep, const float *vert, const float *slash, const float *ksum,
+                            const float *qpool, attn_arena_t *ar, uint8_t *mask) {
+    flex_ctx_t c = flex_ctx(sh, pol, NULL, n_q, q_pos0, NULL);
+    c.qpool = qpool;
+    flex_scratch_t x;
+    int rc = flex_scratch(&c, ar, &x);
+    if (rc) return rc;
+    const int d = sh->head_dim;
+    attn_tile_begin(&x.t, c.R);
+    for (int r = 0; r < c.R; r++)
+        for (int e = 0; e < d; e++) x.t.q[(size_t)r * d + e] = rep[(size_t)r * d + e] * sh->scale;
+    memcpy(x.vert, vert, sizeof(float) * (size_t)c.N);
+    memcpy(x.slash, slash, sizeof(float) * (size_t)c.N);
+    memcpy(x.kpool, ksum, sizeof(float) * (size_t)c.n_kb * d);
+    memset(mask, 0, (size_t)c.n_qb * c.n_kb);
+    flex_decide(&c, h, &x, mask);
+    return 0;
 }

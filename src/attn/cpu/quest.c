@@ -27,31 +27,24 @@ static int cmp_page_asc(const void *a, const void *b) {
     return ((const page_score_t *)a)->page - ((const page_score_t *)b)->page;
 }
 
-int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,
-                       const attn_kv_t *kv, attn_range_t *rg) {
-    const int G = shape->n_heads / shape->n_kv_heads, d = shape->head_dim, bs = kv->block_size;
-    const int64_t n = kv->n_kv, n_pages = (n + bs - 1) / bs;
-    int64_t budget_pages = ((int64_t)pol->decode_budget + bs - 1) / bs;
-    if (budget_pages < 1) budget_pages = 1;
-    if (!kv->kmin || !kv->kmax || n_pages <= budget_pages) return 0; // dense
-    page_score_t *s = attn_arena_alloc(ar, sizeof(page_score_t) * (size_t)n_pages);
-    if (!s) return LC_ENOMEM;
-    for (int64_t pg = 0; pg < n_pages - 1; pg++) { // the newest page is always kept
-        int64_t b = kv->blocks[pg];
-        const float *mn = kv->kmin + (size_t)b * kv->sum_stride + (size_t)kh * d;
-        const float *mx = kv->kmax + (size_t)b * kv->sum_stride + (size_t)kh * d;
-        float best = -INFINITY;
-        for (int g = 0; g < G; g++) {
-            const float *qh = q + (size_t)(kh * G + g) * d;
-            float ub = 0.0f;
-            for (int c = 0; c < d; c++) {
-                float a = qh[c] * mx[c], z = qh[c] * mn[c];
-                ub += a > z ? a : z;
-            }
-            best = ub > best ? ub : best;
+float attn__quest_bound(const float *q, int G, int d, const float *mn, const float *mx) {
+    float best = -INFINITY;
+    for (int g = 0; g < G; g++) {
+        const float *qh = q + (size_t)g * d;
+        float ub = 0.0f;
+        for (int c = 0; c < d; c++) {
+            float a = qh[c] * mx[c], z = qh[c] * mn[c];
+            ub += a > z ? a : z;
         }
-        s[pg] = (page_score_t){best, (int32_t)pg};
+        best = ub > best ? ub : best;
     }
+    return best;
+}
+
+int attn__quest_select(const float *score, int64_t n, int bs, int64_t budget_pages, void *tmp, attn_range_t *rg) {
+    const int64_t n_pages = (n + bs - 1) / bs;
+    page_score_t *s = tmp;
+    for (int64_t pg = 0; pg < n_pages - 1; pg++) s[pg] = (page_score_t){score[pg], (int32_t)pg};
     const int64_t keep = budget_pages - 1;
     qsort(s, (size_t)(n_pages - 1), sizeof *s, cmp_score_desc);
     s[keep] = (page_score_t){0, (int32_t)(n_pages - 1)};
@@ -65,4 +58,27 @@ int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn
             rg[nr++] = (attn_range_t){lo, hi};
     }
     return nr;
+}
+
+int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,
+                       const attn_kv_t *kv, attn_range_t *rg) {
+    const int G = shape->n_heads / shape->n_kv_heads, d = shape->head_dim, bs = kv->block_size;
+    const int64_t n = kv->n_kv, n_pages = (n + bs - 1) / bs;
+    const int64_t budget_pages = attn__quest_budget_pages(pol, bs);
+    if (!kv->kmin || !kv->kmax || n_pages <= budget_pages) return 0; // dense
+    float *score = attn_arena_alloc(ar, sizeof(float) * (size_t)n_pages);
+    void *tmp = attn_arena_alloc(ar, sizeof(page_score_t) * (size_t)n_pages);
+    if (!score || !tmp) return LC_ENOMEM;
+    for (int64_t pg = 0; pg < n_pages - 1; pg++) { // the newest page is always kept
+        int64_t b = kv->blocks[pg];
+        score[pg] =
+            attn__quest_bound(q + (size_t)kh * G * d, G, d, kv->kmin + (size_t)b * kv->sum_stride + (size_t)kh * d,
+                              kv->kmax + (size_t)b * kv->sum_stride + (size_t)kh * d);
+    }
+    return attn__quest_select(score, n, bs, budget_pages, tmp, rg);
+}
+
+int64_t attn__quest_budget_pages(const attn_policy_t *pol, int bs) {
+    int64_t budget_pages = ((int64_t)pol->decode_budget + bs - 1) / bs;
+    return budget_pages < 1 ? 1 : budget_pages;
 }

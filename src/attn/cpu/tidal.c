@@ -37,6 +37,17 @@ static float kth_largest(float *x, int64_t n, int64_t k) {
     return x[want];
 }
 
+int64_t attn__tidal_pick(const float *mass, int64_t n, int64_t k, float *tmp, int64_t *pos) {
+    memcpy(tmp, mass, sizeof(float) * n);
+    float thr = kth_largest(tmp, n, k);
+    int64_t cnt = 0, ties = 0;
+    for (int64_t j = 0; j < n; j++) ties += mass[j] > thr;
+    ties = k - ties; // how many entries equal to thr still fit
+    for (int64_t j = 0; j < n && cnt < k; j++)
+        if (mass[j] > thr || (mass[j] == thr && ties-- > 0)) pos[cnt++] = j;
+    return cnt;
+}
+
 int attn__tidal_select(attn_state_t *st, attn_arena_t *ar, int row, int kh, const float *q, const attn_kv_t *kv) {
     const attn_shape_t *sh = &st->shape;
     const int KH = sh->n_kv_heads, G = sh->n_heads / KH, d = sh->head_dim;
@@ -60,16 +71,8 @@ int attn__tidal_select(attn_state_t *st, attn_arena_t *ar, int row, int kh, cons
         float inv = (float)(1.0 / l);
         for (int64_t j = 0; j < n; j++) mass[j] += s[j] * inv;
     }
-    float *tmp = mass + n;
-    memcpy(tmp, mass, sizeof(float) * n);
-    float thr = kth_largest(tmp, n, k);
     int64_t *pos = st->tidal_pos + ((size_t)row * KH + kh) * st->tidal_cap;
-    int64_t cnt = 0, ties = 0;
-    for (int64_t j = 0; j < n; j++) ties += mass[j] > thr;
-    ties = k - ties; // how many entries equal to thr still fit
-    for (int64_t j = 0; j < n && cnt < k; j++)
-        if (mass[j] > thr || (mass[j] == thr && ties-- > 0)) pos[cnt++] = j;
-    st->tidal_n[(size_t)row * KH + kh] = (int)cnt;
+    st->tidal_n[(size_t)row * KH + kh] = (int)attn__tidal_pick(mass, n, k, mass + n, pos);
     if (kh == 0) st->tidal_nkv[row] = n; // every head of the row is chosen in the same pass
     return 0;
 }
