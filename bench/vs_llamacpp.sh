@@ -7,7 +7,8 @@
 #   bench/vs_llamacpp.sh [--build-peer] [BUILD_DIR] [MODEL.gguf]
 #     --build-peer  fetch llama.cpp's source from the llama-cpp-python sdist
 #                   on PyPI (pip download; the only network use) and build
-#                   llama-bench into peers/llama.cpp/build (CPU, GGML_NATIVE)
+#                   llama-bench into peers/llama.cpp/build (CPU, this CPU's
+#                   ISA; bench/llamacpp_peer.sh)
 #     BUILD_DIR     directory holding our lacuna binary (default: build, then .)
 #     MODEL         default: models/SmolLM2-135M-Instruct.Q4_1.gguf
 #   env: THREADS (2), RUNS (3, both sides), LLAMA_CPP_PY_VERSION (sdist
@@ -28,26 +29,8 @@ peer=$top/peers/llama.cpp
 ver=${LLAMA_CPP_PY_VERSION:-0.3.36}
 
 if [ "$build_peer" = 1 ]; then
-  mkdir -p "$top/peers/dl"
-  if [ ! -f "$peer/CMakeLists.txt" ]; then
-    pip download --no-deps --no-binary :all: --no-build-isolation "llama-cpp-python==$ver" -d "$top/peers/dl" ||
-      pip download --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$top/peers/dl"
-    tar -xzf "$top/peers/dl/llama_cpp_python-$ver.tar.gz" -C "$top/peers/dl"
-    rm -rf "$peer"
-    mv "$top/peers/dl/llama_cpp_python-$ver/vendor/llama.cpp" "$peer"
-  fi
-  # The ISA flags of this CPU, named one by one rather than GGML_NATIVE: -march=native
-  # also turns on AMX where the CPU lists it, and virtual machines that list AMX
-  # without enabling it kill llama-bench with SIGILL.
-  isa=()
-  has() { grep -qw "$1" /proc/cpuinfo; }
-  for f in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 avx512vbmi:AVX512_VBMI \
-           avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
-    if has "${f%%:*}"; then isa+=("-DGGML_${f##*:}=ON"); else isa+=("-DGGML_${f##*:}=OFF"); fi
-  done
-  cmake -S "$peer" -B "$peer/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF "${isa[@]}" -DGGML_CUDA=OFF \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$peer/build" --target llama-bench -j 2
+  . "$here/llamacpp_peer.sh"
+  llamacpp_build_peer "$top" "$ver" llama-bench
 fi
 llama_bench=${LLAMA_BENCH:-$peer/build/bin/llama-bench}
 [ -x "$llama_bench" ] || { echo "vs_llamacpp: no llama-bench at $llama_bench (run with --build-peer)" >&2; exit 2; }

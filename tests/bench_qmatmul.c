@@ -38,7 +38,8 @@ int main(int argc, char **argv) {
     unsigned seed = 1;
     printf("type %s, %s kernels, median of %d\n", ggml_type_name((uint32_t)type), lc_cpu_level_name(lc_cpu_level()),
            reps);
-    printf("%6s %6s %4s %10s %10s %10s %12s\n", "in", "out", "n", "q8_us", "exact_us", "sgemm_us", "sgemm64_us");
+    printf("%6s %6s %4s %10s %10s %10s %12s %10s %10s\n", "in", "out", "n", "q8_us", "exact_us", "sgemm_us",
+           "sgemm64_us", "q8pk_us", "exactpk_us");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int in = shapes[s][0], out = shapes[s][1];
         float *wf = malloc((size_t)in * out * sizeof *wf), *x = malloc((size_t)512 * in * sizeof *x);
@@ -51,9 +52,15 @@ int main(int argc, char **argv) {
         quant_quantize((uint32_t)type, wf, q, (size_t)in * out);
         ops_w_dequantize(type, q, wf, (size_t)in * out);
         ops_w_t w = {.type = type, .rows = out, .cols = in, .row_bytes = rb, .data = q};
+        /* the same matrix packed in groups of 16 rows, where the type has packed kernels */
+        void *qp = malloc(rb * out);
+        memcpy(qp, q, rb * out);
+        ops_w_t wp = w;
+        wp.data = qp;
+        const int packed = ops_w_pack(&wp) == 1;
         for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
             int n = ns[k];
-            double t[4][64];
+            double t[6][64];
             int r_eff = reps > 64 ? 64 : reps;
             for (int r = 0; r < r_eff; r++) {
                 /* interleave the three so that machine noise hits all alike */
@@ -71,13 +78,19 @@ int main(int argc, char **argv) {
                 memcpy(y, yp, (size_t)n * out * sizeof *y);
                 double t4 = now();
                 t[0][r] = t1 - t0, t[1][r] = t2 - t1, t[2][r] = t3 - t2, t[3][r] = t4 - t3;
+                if (packed) ops_matmul_w(y, x, &wp, n, OPS_MM_Q8);
+                double t5 = now();
+                if (packed) ops_matmul_w(y, x, &wp, n, OPS_MM_EXACT);
+                double t6 = now();
+                t[4][r] = t5 - t4, t[5][r] = t6 - t5;
             }
-            for (int p = 0; p < 4; p++) qsort(t[p], (size_t)r_eff, sizeof(double), cmp_d);
-            printf("%6d %6d %4d %10.1f %10.1f %10.1f %12.1f\n", in, out, n, t[0][r_eff / 2] * 1e6,
-                   t[1][r_eff / 2] * 1e6, t[2][r_eff / 2] * 1e6, t[3][r_eff / 2] * 1e6);
+            for (int p = 0; p < 6; p++) qsort(t[p], (size_t)r_eff, sizeof(double), cmp_d);
+            printf("%6d %6d %4d %10.1f %10.1f %10.1f %12.1f %10.1f %10.1f\n", in, out, n, t[0][r_eff / 2] * 1e6,
+                   t[1][r_eff / 2] * 1e6, t[2][r_eff / 2] * 1e6, t[3][r_eff / 2] * 1e6, t[4][r_eff / 2] * 1e6,
+                   t[5][r_eff / 2] * 1e6);
             fflush(stdout);
         }
-        free(wf), free(x), free(y), free(q), free(xp), free(yp);
+        free(wf), free(x), free(y), free(q), free(qp), free(xp), free(yp);
     }
     return 0;
 }

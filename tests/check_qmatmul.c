@@ -256,6 +256,146 @@ START_TEST(test_rows) {
 }
 END_TEST
 
+/* A copy of w packed in groups of 16 rows (ops_w_pack). */
+static ops_w_t packed_copy(const ops_w_t *w) {
+    ops_w_t p = *w;
+    void *d = malloc(w->row_bytes * w->rows);
+    memcpy(d, w->data, w->row_bytes * w->rows);
+    p.data = d;
+    ck_assert_int_eq(ops_w_pack(&p), 1);
+    ck_assert_int_eq(p.packed, 1);
+    return p;
+}
+
+static const int packed_types[] = {OPS_W_Q4_0, OPS_W_Q4_1, OPS_W_Q8_0};
+static const int packed_shapes[][3] = {
+    /* n, in, out (a multiple of 16) */
+    {1, 64, 16}, {3, 576, 48}, {8, 256, 32}, {9, 512, 64}, {17, 96, 160}, {40, 320, 16},
+};
+
+/* Packed weights (groups of 16 rows) on every kernel set: rows read back as
+ * the row layout's, the exact path gives the row layout's bits, the q8 path
+ * is within the quantization bound, and every row alone (or at another
+ * place in the batch) gives the bits it gives in the batch. */
+START_TEST(test_packed) {
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
+        for (size_t ti = 0; ti < sizeof packed_types / sizeof packed_types[0]; ti++)
+            for (size_t s = 0; s < sizeof packed_shapes / sizeof packed_shapes[0]; s++) {
+                const int t = packed_types[ti], n = packed_shapes[s][0], in = packed_shapes[s][1];
+                const int out = packed_shapes[s][2];
+                float *wd, *x = make_x(n, in, 31 + (unsigned)s);
+                ops_w_t w = make_w(t, out, in, 200 + (unsigned)(s * 7 + ti), &wd);
+                ops_w_t p = packed_copy(&w);
+                float *y = malloc((size_t)n * out * sizeof *y), *y1 = malloc((size_t)n * out * sizeof *y1);
+                float *xr = malloc((size_t)n * in * sizeof *xr), *row = malloc((size_t)in * sizeof *row);
+                char what[96];
+                snprintf(what, sizeof what, "%s packed %s (%d,%d,%d)", lc_cpu_level_name(l),
+                         ggml_type_name((uint32_t)t), n, in, out);
+                for (int r = 0; r < out; r++) {
+                    ops_w_row_f32(&p, r, row);
+                    ck_assert_msg(memcmp(row, wd + (size_t)r * in, (size_t)in * sizeof *row) == 0, "%s: row %d", what,
+                                  r);
+                }
+                ck_assert_int_eq(mm(y, x, &w, n, 0), 0);
+                ck_assert_int_eq(mm(y1, x, &p, n, 0), 0);
+                ck_assert_msg(memcmp(y, y1, (size_t)n * out * sizeof *y) == 0, "%s: exact differs from rows", what);
+                ck_assert_int_eq(mm(y, x, &p, n, 1), 0);
+                double worst = check_y(y, x, wd, n, in, out, 32, what);
+                if (in >= 256) ck_assert_msg(worst > 1e-3, "%s: error %.3g of the bound: not quantized?", what, worst);
+                for (int r = 0; r < n; r++) {
+                    ck_assert_int_eq(mm(y1, x + (size_t)r * in, &p, 1, 1), 0);
+                    ck_assert_msg(memcmp(y1, y + (size_t)r * out, (size_t)out * sizeof *y1) == 0,
+                                  "%s: row %d alone differs from the batch", what, r);
+                }
+                for (int r = 0; r < n; r++) memcpy(xr + (size_t)r * in, x + (size_t)(n - 1 - r) * in, in * sizeof *x);
+                ck_assert_int_eq(mm(y1, xr, &p, n, 1), 0);
+                for (int r = 0; r < n; r++)
+                    ck_assert_msg(memcmp(y1 + (size_t)(n - 1 - r) * out, y + (size_t)r * out, out * sizeof *y) == 0,
+                                  "%s: row %d moved in the batch differs", what, r);
+                free(y), free(y1), free(xr), free(row), free(x), free(wd);
+                free((void *)(uintptr_t)w.data), free((void *)(uintptr_t)p.data);
+            }
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+}
+END_TEST
+
+/* Packed q8 on the SIMD sets agrees with the scalar packed kernels to float
+ * rounding, and AVX2 with AVX-512 bitwise (the same integer sums, the same
+ * FMA chain per output). Packing leaves other types and row counts alone. */
+START_TEST(test_packed_simd_vs_scalar) {
+    for (size_t ti = 0; ti < sizeof packed_types / sizeof packed_types[0]; ti++) {
+        const int t = packed_types[ti], n = 11, in = 1536, out = 48;
+        float *wd, *x = make_x(n, in, 5);
+        ops_w_t w = make_w(t, out, in, 300 + (unsigned)ti, &wd);
+        ops_w_t p = packed_copy(&w);
+        float *ys = malloc((size_t)n * out * sizeof *ys), *ya = malloc((size_t)n * out * sizeof *ya);
+        float *yp = malloc((size_t)n * out * sizeof *yp);
+        lc_cpu_set_max(LC_CPU_SCALAR);
+        ck_assert_int_eq(mm(ys, x, &p, n, 1), 0);
+        for (lc_cpu_level_t l = LC_CPU_AVX2; l <= lc_cpu_detected(); l++) {
+            lc_cpu_set_max(l);
+            ck_assert_int_eq(mm(ya, x, &p, n, 1), 0);
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < out; j++) {
+                    double mag = 0;
+                    for (int k = 0; k < in; k++) mag += fabs((double)x[(size_t)r * in + k] * wd[(size_t)j * in + k]);
+                    ck_assert_msg(fabs(ya[r * out + j] - ys[r * out + j]) <= 1e-5 * mag,
+                                  "%s packed [%d,%d]: %s %.7g scalar %.7g", ggml_type_name((uint32_t)t), r, j,
+                                  lc_cpu_level_name(l), ya[r * out + j], ys[r * out + j]);
+                }
+            if (l > LC_CPU_AVX2)
+                ck_assert_msg(memcmp(ya, yp, (size_t)n * out * sizeof *ya) == 0, "%s packed: avx512 != avx2",
+                              ggml_type_name((uint32_t)t));
+            memcpy(yp, ya, (size_t)n * out * sizeof *ya);
+        }
+        free(ys), free(ya), free(yp), free(x), free(wd);
+        free((void *)(uintptr_t)w.data), free((void *)(uintptr_t)p.data);
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+    float *wd;
+    ops_w_t w = make_w(OPS_W_Q4_1, 40, 64, 1, &wd);
+    ck_assert_int_eq(ops_w_pack(&w), 0); // 40 rows: not whole groups
+    free((void *)(uintptr_t)w.data), free(wd);
+    w = make_w(OPS_W_Q4_K, 32, 256, 1, &wd);
+    ck_assert_int_eq(ops_w_pack(&w), 0); // no packed kernels
+    free((void *)(uintptr_t)w.data), free(wd);
+}
+END_TEST
+
+/* Several matrices on one x (ops_matmul_w_multi) give each exactly what it
+ * gives alone: packed and row layouts, mixed types and activation formats,
+ * both arithmetics, every kernel set. */
+START_TEST(test_multi) {
+    for (lc_cpu_level_t l = LC_CPU_SCALAR; l <= lc_cpu_detected(); l++) {
+        lc_cpu_set_max(l);
+        const int n = 10, in = 512, types3[3] = {OPS_W_Q4_1, OPS_W_Q8_0, OPS_W_Q6_K}, outs[3] = {64, 48, 33};
+        float *x = make_x(n, in, 17), *wd[3], *ym[3], *ys = malloc((size_t)n * 64 * sizeof *ys);
+        ops_w_t w[3];
+        const ops_w_t *wp[3];
+        for (int i = 0; i < 3; i++) {
+            w[i] = make_w(types3[i], outs[i], in, 40 + (unsigned)i, &wd[i]);
+            if (i < 2) ck_assert_int_eq(ops_w_pack(&w[i]), 1);
+            wp[i] = &w[i];
+            ym[i] = malloc((size_t)n * outs[i] * sizeof *ym[i]);
+        }
+        for (int mode = 0; mode < 2; mode++)
+            for (int nw = 2; nw <= 3; nw++) { // two of one activation format, then a third of another
+                ck_assert_int_eq(ops_matmul_w_multi(nw, ym, wp, x, n, mode), 0);
+                for (int i = 0; i < nw; i++) {
+                    ck_assert_int_eq(mm(ys, x, &w[i], n, mode), 0);
+                    ck_assert_msg(memcmp(ys, ym[i], (size_t)n * outs[i] * sizeof *ys) == 0,
+                                  "%s multi %d of %d, mode %d", lc_cpu_level_name(l), i, nw, mode);
+                }
+            }
+        for (int i = 0; i < 3; i++) free(wd[i]), free(ym[i]), free((void *)(uintptr_t)w[i].data);
+        free(x), free(ys);
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+}
+END_TEST
+
 /* A NaN or Inf in an activation row gives that row non-finite outputs on both
  * paths and both kernel sets (8-bit quantization used to hide it); the other
  * rows are untouched. */
@@ -290,9 +430,12 @@ static Suite *qmatmul_suite(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_rows);
     tcase_add_test(tc, test_scalar);
+    tcase_add_test(tc, test_packed);
+    tcase_add_test(tc, test_multi);
     if (lc_cpu_detected() >= LC_CPU_AVX2) {
         tcase_add_test(tc, test_simd);
         tcase_add_test(tc, test_simd_vs_scalar);
+        tcase_add_test(tc, test_packed_simd_vs_scalar);
     } else {
         tu_skip("no AVX2 kernels on this CPU: the SIMD kernels are not tested");
     }

@@ -222,6 +222,41 @@ START_TEST(test_seed_reproducible) {
 }
 END_TEST
 
+/* skip_logprob draws the same tokens (greedy, and seeded with filters) and
+ * leaves the log-probabilities out; everything banned is still an error. */
+START_TEST(test_skip_logprob) {
+    enum { V = 300, N = 100 };
+    float l[V], w[V];
+    for (int i = 0; i < V; i++) l[i] = sinf((float)i * 0.7f) * 3.0f;
+    for (int greedy = 0; greedy < 2; greedy++) {
+        sampler_params_t p;
+        sampler_params_default(&p);
+        p.temperature = greedy ? 0.0f : 0.8f;
+        p.top_p = 0.95f;
+        p.seed = 7;
+        sampler_t *a = mk(&p, V);
+        p.skip_logprob = 1;
+        sampler_t *b = mk(&p, V);
+        for (int i = 0; i < N; i++) {
+            sampler_result_t ra, rb;
+            memcpy(w, l, sizeof w);
+            ck_assert_int_eq(sampler_sample(a, w, NULL, 0, &ra), 0);
+            memcpy(w, l, sizeof w);
+            ck_assert_int_eq(sampler_sample(b, w, NULL, 0, &rb), 0);
+            ck_assert_int_eq(ra.token, rb.token);
+            ck_assert(isfinite(ra.logprob) && isnan(rb.logprob) && rb.n_top == 0);
+            sampler_accept(a, ra.token), sampler_accept(b, rb.token);
+        }
+        int32_t all[V];
+        for (int i = 0; i < V; i++) all[i] = i;
+        sampler_result_t r;
+        memcpy(w, l, sizeof w);
+        ck_assert_int_lt(sampler_sample(b, w, all, V, &r), 0);
+        sampler_destroy(a), sampler_destroy(b);
+    }
+}
+END_TEST
+
 START_TEST(test_logprobs) {
     enum { V = 12 };
     float l[V];
@@ -271,6 +306,7 @@ static Suite *sampler_suite(void) {
     tcase_add_test(tc, test_logit_bias);
     tcase_add_test(tc, test_seed_reproducible);
     tcase_add_test(tc, test_logprobs);
+    tcase_add_test(tc, test_skip_logprob);
     suite_add_tcase(s, tc);
     return s;
 }

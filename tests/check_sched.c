@@ -419,6 +419,83 @@ START_TEST(test_random_ops) {
 }
 END_TEST
 
+/* ---- prompt order ------------------------------------------------------------------ */
+/* Steps until each request's first token (its prompt done), stepping by hand:
+ * first[i] is the 1-based step whose events carried out[i]'s first token. */
+static void steps_to_first_token(sched_t *s, out_t *out, int n, int *first) {
+    for (int i = 0; i < n; i++) first[i] = 0;
+    for (int step = 1, left = n; left > 0; step++) {
+        ck_assert_int_lt(step, 100);
+        ck_assert_int_gt(sched_step(s), 0);
+        for (int i = 0; i < n; i++) {
+            drain(&out[i]);
+            if (!first[i] && out[i].n[0] > 0) first[i] = step, left--;
+        }
+    }
+}
+
+/* Equal prompts submitted together go in arrival order, each taking all the
+ * room it can: the first streams after one step, and each finishes its
+ * prompt in an earlier step than the one behind it (not all together). */
+START_TEST(test_equal_prompts_in_order) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    enum { N = 4, LEN = 64 };
+    static int32_t prompts[N][LEN];
+    static out_t ref[N], got[N];
+    for (int i = 0; i < N; i++) {
+        mk_prompt(prompts[i], LEN, 1300 + i, nv);
+        run_alone(m, prompts[i], LEN, 6, &ref[i]);
+    }
+    /* One step holds one whole prompt (64 rows, chunks of 512). */
+    sched_t *s = mk_sched(m, 64, LEN, 512, 0);
+    for (int i = 0; i < N; i++) {
+        sched_params_t p;
+        greedy_params(&p, prompts[i], LEN, 6);
+        submit(s, &got[i], &p);
+    }
+    int first[N];
+    steps_to_first_token(s, got, N, first);
+    ck_assert_int_eq(first[0], 1);
+    for (int i = 1; i < N; i++)
+        ck_assert_msg(first[i] > first[i - 1], "request %d's prompt done at step %d, request %d's at %d", i, first[i],
+                      i - 1, first[i - 1]);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < N; i++) {
+        finish_out(&got[i]);
+        assert_same(&got[i], &ref[i], 6, "in order vs alone");
+    }
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
+/* A short prompt behind a long one still starts at once: while it waits the
+ * long one takes at most half of the room. */
+START_TEST(test_short_behind_long) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t lp[256], sp[16];
+    static out_t got[2];
+    mk_prompt(lp, 256, 1400, nv);
+    mk_prompt(sp, 16, 1401, nv);
+    sched_t *s = mk_sched(m, 64, 64, 512, 0);
+    sched_params_t p;
+    greedy_params(&p, lp, 256, 4);
+    submit(s, &got[0], &p);
+    greedy_params(&p, sp, 16, 4);
+    submit(s, &got[1], &p);
+    int first[2];
+    steps_to_first_token(s, got, 2, first);
+    ck_assert_int_eq(first[1], 1);
+    ck_assert_int_gt(first[0], 4); // 256 rows at 64 a step, less the short one's
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < 2; i++) finish_out(&got[i]);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
 /* ---- choices, stop strings, logprobs ---------------------------------------------- */
 START_TEST(test_choices) {
     const model_t *m = tiny_model();
@@ -710,6 +787,8 @@ int main(void) {
     tcase_add_test(te, test_preemption_tiny_pool);
     tcase_add_test(te, test_prefix_reuse);
     tcase_add_test(te, test_random_ops);
+    tcase_add_test(te, test_equal_prompts_in_order);
+    tcase_add_test(te, test_short_behind_long);
     tcase_add_test(te, test_choices);
     tcase_add_test(te, test_stop_conditions);
     tcase_add_test(te, test_submit_errors);

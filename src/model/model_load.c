@@ -331,8 +331,9 @@ static const gguf_tensor_t *find_tensor(const gguf_ctx_t *g, const char *name, u
 }
 
 /* Loads a (rows, cols) matrix (dims {cols, rows}) into w, kept in its file
- * format; every value is expanded once to check it is finite. With f32 set,
- * the matrix is stored expanded instead (type OPS_W_F32). */
+ * format (packed by ops_w_pack where the type has packed kernels); every
+ * value is expanded once to check it is finite. With f32 set, the matrix is
+ * stored expanded instead (type OPS_W_F32). */
 static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t cols, int64_t rows, int f32, ops_w_t *w,
                     char *err, size_t errlen) {
     const int64_t dims[2] = {cols, rows};
@@ -370,6 +371,12 @@ static int load_mat(const gguf_ctx_t *g, model_t *m, const char *name, int64_t c
     free(row);
     w->data = dst;
     m->weight_bytes += bytes;
+    /* 16 rows interleaved for the CPU's decode kernels; ops_w_row_f32 (the
+     * CUDA executor's upload) reads either layout */
+    if (!f32 && ops_w_pack(w) < 0) {
+        set_err(err, errlen, "tensor %s: out of memory packing it", name);
+        return LC_ENOMEM;
+    }
     return 0;
 }
 

@@ -225,8 +225,15 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
     /* 2. penalties */
     apply_penalties(s, logits);
     /* 3. log-probabilities come from these logits */
-    double lse = log_sum_exp(logits, V);
-    if (lse == -INFINITY) return LC_EINVAL; // everything banned
+    double lse = 0;
+    if (!p->skip_logprob) {
+        lse = log_sum_exp(logits, V);
+        if (lse == -INFINITY) return LC_EINVAL; // everything banned
+    } else {
+        int allowed = 0;
+        for (int i = 0; i < V && !allowed; i++) allowed = logits[i] != -INFINITY;
+        if (!allowed) return LC_EINVAL;
+    }
 
     int32_t token;
     int top_k = p->top_k;
@@ -301,6 +308,11 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
                 break;
             }
         }
+    }
+    if (p->skip_logprob) {
+        out->token = token;
+        out->logprob = NAN;
+        return 0;
     }
     fill_logprobs(logits, V, token, p->n_logprobs, lse, out);
     return 0;

@@ -26,8 +26,10 @@ typedef struct {
     float frequency_penalty;          // [-2,2], output tokens only
     const sampler_bias_t *logit_bias; // (n_logit_bias), caller-owned, outlives the sampler
     int n_logit_bias;
-    uint64_t seed;  // RNG seed
-    int n_logprobs; // top alternatives to report, 0..20
+    uint64_t seed;    // RNG seed
+    int n_logprobs;   // top alternatives to report, 0..20
+    int skip_logprob; // 1: nothing reads the result's log-probabilities (left NaN, n_top 0): saves a pass of
+                      // exp over the vocabulary per token
 } sampler_params_t;
 
 #define SAMPLER_MAX_LOGPROBS 20

@@ -4,7 +4,7 @@
 liblacuna_a_SOURCES += \
 	src/ops/ops.h \
 	src/ops/cpu/matmul.c src/ops/cpu/gemm.c src/ops/cpu/gemm.h \
-	src/ops/cpu/qformat.c src/ops/cpu/qformat.h src/ops/cpu/qdot_avx2.c \
+	src/ops/cpu/qformat.c src/ops/cpu/qformat.h src/ops/cpu/qpack.c src/ops/cpu/qdot_avx2.c \
 	src/ops/cpu/qdot_avx512.c \
 	src/ops/cpu/norm.c \
 	src/ops/cpu/act.c \

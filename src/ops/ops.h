@@ -20,18 +20,17 @@
  *    OpenBLAS picked kernels older than the CPU's vector units (Debian 12's
  *    0.3.21 falls back to SSE3 "Prescott" kernels on CPUs it does not know,
  *    as virtual machines often report: 5x slower sgemm measured on a
- *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell
- *    and re-executes the program once (argv unchanged), since OpenBLAS reads
- *    it only when loaded. It returns when nothing had to change or exec
- *    failed;
+ *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell;
+ *    and when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, it sets a
+ *    short spin (GOMP_SPINCOUNT=300) instead of libgomp's ~3 ms, which
+ *    made decode 15-20x slower on a 2-vCPU VM whose cores other processes
+ *    were using. Either way it re-executes the program once (argv
+ *    unchanged), since both libraries read their settings only when loaded.
+ *    It returns when nothing had to change or exec failed;
  *  - with argv NULL on the thread that runs the forward pass (the
  *    scheduler's engine thread): never re-executes.
  * Either way it sizes the calling thread's OpenMP team to `threads` (0: as
- * OMP_NUM_THREADS or the CPU count say) and returns that team's size. The
- * wait policy is left to the environment: libgomp's default spins ~3 ms
- * before sleeping, which keeps the hundreds of parallel regions of a decode
- * step cheap (OMP_WAIT_POLICY=passive measured decode 47 tok/s against 60
- * with the default, 65 with active, on the 2-core development VM). */
+ * OMP_NUM_THREADS or the CPU count say) and returns that team's size. */
 int ops_cpu_init(char **argv, int threads);
 /* The OpenBLAS kernel set in use ("Haswell", ...), NULL for another BLAS. */
 const char *ops_cpu_blas_core(void);
@@ -65,11 +64,20 @@ typedef struct {
     int cols;         // in, a multiple of the type's block size
     size_t row_bytes; // ops_w_row_bytes(type, cols)
     const void *data; // (rows, row_bytes), borrowed: the holder frees it
+    int packed;       // 0: rows in the file's order; 1: groups of 16 rows interleaved (ops_w_pack)
 } ops_w_t;
 
 /* Bytes of one row of `cols` weights of `type`; 0 when the type is not
  * supported or cols is not a multiple of its block size. */
 size_t ops_w_row_bytes(int type, int cols);
+/* Rearranges w's data in place into groups of 16 rows interleaved block by
+ * block (src/ops/cpu/qformat.h says how), which the decode matmul multiplies
+ * 16 rows at a time: Q4_0, Q4_1 and Q8_0 with rows a multiple of 16; other
+ * matrices are left as they are. The same bytes, the same values: every
+ * function here reads either layout, and the exact path gives the same bits
+ * in both. w->data must be writable memory the caller owns. Returns 1 when
+ * packed, 0 when left, LC_ENOMEM. Not thread-safe for one w. */
+int ops_w_pack(ops_w_t *w);
 /* Expands row r of w to f32 with the kernel set in use. dst: (w->cols) */
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst);
 /* Expands n weights of `type` (n a multiple of its block size) at src to f32
@@ -94,6 +102,14 @@ int ops_w_dequantize(int type, const void *src, float *dst, size_t n);
  * Thread-safe; uses the caller's OpenMP team. Returns 0 or LC_ENOMEM. */
 enum { OPS_MM_EXACT = 0, OPS_MM_Q8 = 1 };
 int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode);
+
+/* y[i] = x · w[i]ᵀ for up to OPS_MM_MAX_W matrices of the same input width
+ * (Q, K and V; gate and up): one parallel region for all, x quantized once.
+ * Each y[i] gets exactly what ops_matmul_w(y[i], x, w[i], n, mode) gives.
+ *   x: (n, w[i]->cols)   y[i]: (n, w[i]->rows)
+ * Returns 0, LC_ENOMEM, or LC_EINVAL (widths differ, nw out of range). */
+#define OPS_MM_MAX_W 4
+int ops_matmul_w_multi(int nw, float *const *y, const ops_w_t *const *w, const float *x, int n, int mode);
 
 /* Turns OPS_MM_Q8 into OPS_MM_EXACT for the whole process when off (default
  * on; the environment's LACUNA_MM_Q8=0 turns it off at first use). Set it

@@ -8,9 +8,11 @@
  * under two budgets: max_batch_tokens rows, and a prompt budget sized so a
  * step takes about target_step_ms (from the measured cost per row), so that
  * early requests start streaming early and decodes are never starved by a
- * long prompt. While other prompt work waits, no request takes more than
- * half of what is left, so a short prompt behind a long one starts within a
- * step or two.
+ * long prompt. Prompts of equal length go in arrival order, each taking all
+ * the room it can (so the first requests start streaming soon instead of all
+ * finishing their prompts together); while a shorter prompt waits, no
+ * request takes more than half of what is left, so a short prompt behind a
+ * long one starts within a step or two.
  *
  * Determinism. Where a prompt is cut into chunks never changes a dense row's
  * result (attn.h: per-row arithmetic). Sparse prefill chooses its pattern per
@@ -59,6 +61,7 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
         sampler_params_t sp = r->p.sampling;
         sp.seed = r->p.sampling.seed + (uint64_t)c;
         sp.n_logprobs = r->p.logprobs > 0 ? r->p.logprobs : 0;
+        sp.skip_logprob = r->p.logprobs < 0; // output.c reads them only when asked for
         if (sp.n_logprobs > SAMPLER_MAX_LOGPROBS) sp.n_logprobs = SAMPLER_MAX_LOGPROBS;
         if (!(ch->sampler = sampler_create(&sp, hp->n_vocab, r->prompt, r->p.n_prompt))) return LC_ENOMEM;
         if (s->tok && !(ch->detok = tok_stream_create(s->tok, 1))) return LC_ENOMEM;
@@ -195,17 +198,18 @@ static void schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
 }
 
 /* Prompt rows r may take now: its budget share, rounded to whole blocks when
- * cut; pending is what r has left. */
-static int prompt_take(const sched_t *s, const batch_t *b, int pending, int others_wait) {
+ * cut; pending is what r has left, shortest what the shortest request
+ * waiting behind it has left (0: none waits). */
+static int prompt_take(const sched_t *s, const batch_t *b, int pending, int shortest) {
     int n = pending < s->cfg.prefill_chunk ? pending : s->cfg.prefill_chunk;
     int room = b->budget < b->pf_budget ? b->budget : b->pf_budget;
-    if (others_wait && room > 2 * s->cfg.block_size) room /= 2;
+    if (shortest > 0 && shortest < pending && room > 2 * s->cfg.block_size) room /= 2;
     if (n > room) n = room / s->cfg.block_size * s->cfg.block_size;
     return n > 0 ? n : 0;
 }
 
 /* The next prompt chunk of r. Returns 0, or a negative status for r. */
-static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int others_wait) {
+static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest) {
     const int pending = r->p.n_prompt - (int)r->pkv.n_tokens;
     const int want_lp = r->prompt_lps && !r->prompt_lp_done;
     int n;
@@ -214,7 +218,7 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int others_wa
         n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
         if (n > b->budget || (n > b->pf_budget && b->n_tok > 0)) n = 0;
     } else {
-        n = prompt_take(s, b, pending, others_wait);
+        n = prompt_take(s, b, pending, shortest);
         if (want_lp && n > lp_chunk_cap(s)) n = lp_chunk_cap(s);
     }
     if (n <= 0) return 0;
@@ -230,13 +234,13 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int others_wa
 /* Recomputes a preempted choice's generated tokens (generated rows: the same
  * arithmetic as when they were decoded). Its last row samples the next
  * token, as the decode step would have. */
-static int schedule_replays(sched_t *s, batch_t *b, sched_req_t *r, int others_wait) {
+static int schedule_replays(sched_t *s, batch_t *b, sched_req_t *r, int shortest) {
     for (int c = 0; c < r->p.n_choices && b->budget > 0; c++) {
         sched_choice_t *ch = &r->ch[c];
         if (ch->finish != SCHED_FINISH_NONE) continue;
         int pending = r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens;
         if (pending <= 1) continue;
-        int n = prompt_take(s, b, pending, others_wait);
+        int n = prompt_take(s, b, pending, shortest);
         if (n <= 0) return 0;
         int rc = make_room(s, &ch->kv, n);
         if (rc) return rc == LC_ENOSPC ? 0 : rc;
@@ -253,9 +257,44 @@ static int has_prompt_work(const sched_req_t *r) {
     return 0;
 }
 
-static void schedule_prompt_work(sched_t *s, batch_t *b, int i, int others_wait) {
+/* Prompt rows r still needs (its prompt, or the longest replay of a choice);
+ * a waiting request: its whole prompt. */
+static int prompt_pending(const sched_req_t *r) {
+    if (r->state == REQ_WAITING || r->prompt_phase)
+        return r->p.n_prompt - (r->state == REQ_WAITING ? 0 : (int)r->pkv.n_tokens);
+    int m = 0;
+    for (int c = 0; c < r->p.n_choices; c++) {
+        const sched_choice_t *ch = &r->ch[c];
+        int p = r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens;
+        if (ch->finish == SCHED_FINISH_NONE && p > 1 && p > m) m = p;
+    }
+    return m;
+}
+
+/* The fewest prompt rows a request behind running.v[i] waits for: running
+ * ones after it with prompt work, then (with_waiting) the waiting queue;
+ * 0 when none. */
+static int shortest_behind(sched_t *s, int i, int with_waiting) {
+    int m = 0;
+    for (int j = i + 1; j < s->running.n; j++)
+        if (has_prompt_work(s->running.v[j])) {
+            int p = prompt_pending(s->running.v[j]);
+            if (p > 0 && (m == 0 || p < m)) m = p;
+        }
+    if (!with_waiting) return m;
+    pthread_mutex_lock(&s->lock);
+    for (int j = 0; j < s->waiting.n; j++) {
+        int p = prompt_pending(s->waiting.v[j]);
+        if (p > 0 && (m == 0 || p < m)) m = p;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return m;
+}
+
+static void schedule_prompt_work(sched_t *s, batch_t *b, int i, int with_waiting) {
     sched_req_t *r = s->running.v[i];
-    int rc = r->prompt_phase ? schedule_prompt(s, b, r, others_wait) : schedule_replays(s, b, r, others_wait);
+    const int shortest = shortest_behind(s, i, with_waiting);
+    int rc = r->prompt_phase ? schedule_prompt(s, b, r, shortest) : schedule_replays(s, b, r, shortest);
     if (rc < 0) fail_request(s, b, r, rc);
 }
 
@@ -279,7 +318,6 @@ static void admit(sched_t *s, batch_t *b) {
     while (b->budget > 0 && b->pf_budget > 0) {
         pthread_mutex_lock(&s->lock);
         sched_req_t *r = s->waiting.n ? s->waiting.v[0] : NULL;
-        const int more_waiting = s->waiting.n > 1;
         pthread_mutex_unlock(&s->lock);
         if (!r) break;
         int first = r->ch[0].toks == NULL;
@@ -314,7 +352,7 @@ static void admit(sched_t *s, batch_t *b) {
         r->state = REQ_RUNNING;
         r->admit_seq = ++s->admit_counter;
         sched__reqv_push(&s->running, r); // room reserved at creation
-        schedule_prompt_work(s, b, s->running.n - 1, more_waiting);
+        schedule_prompt_work(s, b, s->running.n - 1, 1);
     }
 }
 
@@ -418,15 +456,9 @@ int sched__step(sched_t *s) {
      * (not in a step that had to preempt). */
     const int n_decode = b.n_tok;
     b.pf_budget = prompt_budget(s, n_decode);
-    int n_prompt_work = 0;
-    for (int i = 0; i < s->running.n; i++) n_prompt_work += has_prompt_work(s->running.v[i]);
-    pthread_mutex_lock(&s->lock);
-    const int n_waiting = s->waiting.n;
-    pthread_mutex_unlock(&s->lock);
     for (int i = 0; i < s->running.n && b.budget > 0 && b.pf_budget > 0; i++) {
         if (!has_prompt_work(s->running.v[i])) continue;
-        n_prompt_work--;
-        schedule_prompt_work(s, &b, i, n_prompt_work > 0 || (n_waiting > 0 && !b.preempted));
+        schedule_prompt_work(s, &b, i, !b.preempted);
     }
     if (!b.preempted) admit(s, &b);
     if (b.n_seq == 0) {

@@ -219,7 +219,15 @@ static void load_after(uv_work_t *w, int status) {
     /* The engine thread's team: as configured, else what ops_cpu_init gives
      * any thread by default. */
     int nt = s->cfg.threads > 0 ? s->cfg.threads : ops_cpu_init(NULL, 0);
-    LC_INFO("cpu: %d engine thread%s, %s kernels", nt, nt > 1 ? "s" : "", lc_cpu_level_name(lc_cpu_level()));
+    const char *wp = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    LC_INFO("cpu: %d engine thread%s, %s kernels, OpenMP wait: %s%s", nt, nt > 1 ? "s" : "",
+            lc_cpu_level_name(lc_cpu_level()),
+            wp     ? "OMP_WAIT_POLICY="
+            : spin ? "GOMP_SPINCOUNT="
+                   : "libgomp's default",
+            wp     ? wp
+            : spin ? spin
+                   : "");
     sd_notifyf(0, "READY=1\nSTATUS=serving %s on %s:%d", s->served_name, s->cfg.host, s->cfg.port);
 }
 

@@ -5,7 +5,7 @@
 #include "server/server.h"
 
 int main(int argc, char **argv) {
-    ops_cpu_init(argv, 0); // may re-execute lacunad once (OpenBLAS's kernel set)
+    ops_cpu_init(argv, 0); // may re-execute lacunad once (OpenBLAS's kernel set, OpenMP's wait)
     static srv_t s;
     int rc = srv_configure(&s, argc, argv);
     return rc == SRV_SERVE ? srv_serve(&s) : rc;

@@ -207,7 +207,12 @@ static void merge_items(attn_plan_t *p, float *out, float *lse) {
 static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store, const float *q) {
     const int KH = p->shape.n_kv_heads, H = p->shape.n_heads, d = p->shape.head_dim;
     const int n = p->n_drows * KH;
-    int err = 0;
+    int err = 0, any = 0;
+    for (int i = 0; i < p->n_drows && !any; i++) { // no parallel region in the common case: no such row
+        const attn_policy_t *pol = row_policy(p, &p->drows[i]);
+        if (pol && pol->decode == ATTN_DECODE_TIDAL) attn__decode_layer_method(pol, layer, &any);
+    }
+    if (!any) return 0;
 #pragma omp parallel num_threads(p->n_threads)
     {
         attn_arena_t *ar = &p->arenas[attn_thread_num()];

@@ -33,6 +33,8 @@
 #include "ops/cpu/qformat.h"
 #include "ops/cpu/threads.h"
 
+_Static_assert(GEMM_NP % QF_PACK == 0, "a panel holds whole packed groups");
+
 /* Columns per slice are rounded to this so slices stay cache-line aligned. */
 #define MM_ALIGN 16
 
@@ -103,6 +105,10 @@ void ops_mm_set_q8(int on) {
 }
 
 void ops_w_row_f32(const ops_w_t *w, int r, float *dst) {
+    if (w->packed) {
+        qf_pack_row(w, r, dst);
+        return;
+    }
     kern()->dequant[qf_type_index(w->type)]((const uint8_t *)w->data + (size_t)r * w->row_bytes, dst, w->cols);
 }
 
@@ -143,11 +149,24 @@ static void *buf_get(int which, size_t n) {
     return b->p;
 }
 
-/* 8-bit activations: each weight row is read once and dotted with up to QF_NA
- * activation rows at a time; output rows split over the threads. */
-static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
+/* Work units of one matrix: packed groups of 16 rows, else rows (q8) or
+ * panels of GEMM_NP rows (exact). The matrices of one call are laid end to
+ * end in one unit list, so one parallel region serves them all. */
+static int q8_units(const ops_w_t *w) { return w->packed ? w->rows / QF_PACK : w->rows; }
+static int exact_units(const ops_w_t *w) { return (w->rows + GEMM_NP - 1) / GEMM_NP; }
+
+/* The matrix holding unit u of the list (units0[i]: first unit of matrix i). */
+static int unit_matrix(const int *units0, int nw, int u) {
+    int i = 0;
+    while (i + 1 < nw && u >= units0[i + 1]) i++;
+    return i;
+}
+
+/* 8-bit activations, quantized once for every matrix (they share x): packed
+ * groups serve QF_PNA activation rows per call, other weight rows QF_NA. */
+static int mm_quant(int nw, float *const *ys, const float *x, const ops_w_t *const *ws, int n) {
     const qf_kernels_t *kt = kern();
-    const int ti = qf_type_index(w->type), in = w->cols, out = w->rows, ak = qf_act_kind(w->type);
+    const int in = ws[0]->cols, ak = qf_act_kind(ws[0]->type);
     const void *act = x;
     size_t astride = (size_t)in * sizeof(float);
     if (ak != QF_ACT_F32) {
@@ -162,16 +181,28 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
         }
         act = buf;
     }
-    const qf_dot_fn dot = kt->dot[ti];
-    const uint8_t *wd = w->data;
-    const size_t rb = w->row_bytes;
+    int units0[OPS_MM_MAX_W], total = 0;
+    for (int i = 0; i < nw; i++) units0[i] = total, total += q8_units(ws[i]);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) if (out >= 64 && !omp_in_parallel())
+#pragma omp parallel for schedule(static) if (total >= 4 && !omp_in_parallel())
 #endif
-    for (int r = 0; r < out; r++)
-        for (int j = 0; j < n; j += QF_NA)
-            dot(in, wd + (size_t)r * rb, (const uint8_t *)act + (size_t)j * astride, astride,
-                n - j < QF_NA ? n - j : QF_NA, y + (size_t)j * out + r, (size_t)out);
+    for (int u = 0; u < total; u++) {
+        const int i = unit_matrix(units0, nw, u), k = u - units0[i];
+        const ops_w_t *w = ws[i];
+        const int ti = qf_type_index(w->type), out = w->rows;
+        const uint8_t *wd = w->data;
+        float *y = ys[i];
+        if (w->packed) { // 16 weight rows, QF_PNA activation rows at a time
+            for (int j = 0; j < n; j += QF_PNA)
+                kt->pdot[ti](in, wd + (size_t)k * QF_PACK * w->row_bytes, (const uint8_t *)act + (size_t)j * astride,
+                             astride, n - j < QF_PNA ? n - j : QF_PNA, y + (size_t)j * out + (size_t)k * QF_PACK,
+                             (size_t)out);
+        } else {
+            for (int j = 0; j < n; j += QF_NA)
+                kt->dot[ti](in, wd + (size_t)k * w->row_bytes, (const uint8_t *)act + (size_t)j * astride, astride,
+                            n - j < QF_NA ? n - j : QF_NA, y + (size_t)j * out + k, (size_t)out);
+        }
+    }
     /* 8-bit quantization would turn NaN or Inf into ordinary numbers; give a
      * row that had any the NaN outputs the f32 path would, so corrupted
      * activations are seen instead of yielding plausible logits. */
@@ -181,7 +212,8 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
             float acc = 0;
             for (int i = 0; i < in; i++) acc += xj[i] * 0.0f;
             if (acc != 0)
-                for (int r = 0; r < out; r++) y[(size_t)j * out + r] = NAN;
+                for (int i = 0; i < nw; i++)
+                    for (int r = 0; r < ws[i]->rows; r++) ys[i][(size_t)j * ws[i]->rows + r] = NAN;
         }
     return 0;
 }
@@ -189,15 +221,15 @@ static int mm_quant(float *y, const float *x, const ops_w_t *w, int n) {
 /* Exact: panels of GEMM_NP weight rows expanded to f32 and packed once per
  * call (one pass over the panel, amortised over n rows), then every row of x
  * through our kernels. */
-static int mm_exact(float *y, const float *x, const ops_w_t *w, int n) {
+static int mm_exact(int nw, float *const *ys, const float *x, const ops_w_t *const *ws, int n) {
     const qf_kernels_t *kt = kern();
     const lc_cpu_level_t level = lc_cpu_level();
-    const int in = w->cols, out = w->rows, ti = qf_type_index(w->type);
-    const size_t rb = w->row_bytes;
-    const int n_panels = (out + GEMM_NP - 1) / GEMM_NP;
+    const int in = ws[0]->cols;
+    int units0[OPS_MM_MAX_W], total = 0;
+    for (int i = 0; i < nw; i++) units0[i] = total, total += exact_units(ws[i]);
     int fail = 0;
 #ifdef _OPENMP
-#pragma omp parallel if (n_panels > 1 && !omp_in_parallel())
+#pragma omp parallel if (total > 1 && !omp_in_parallel())
 #endif
     {
         float *tile = buf_get(BUF_TILE, (size_t)GEMM_NP * in * sizeof(float) * 2);
@@ -211,21 +243,50 @@ static int mm_exact(float *y, const float *x, const ops_w_t *w, int n) {
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-        for (int p = 0; p < n_panels; p++) {
+        for (int u = 0; u < total; u++) {
             if (!tile) continue;
-            const int r0 = p * GEMM_NP, np = out - r0 < GEMM_NP ? out - r0 : GEMM_NP;
-            for (int r = 0; r < np; r++)
-                kt->dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
-            ops__gemm_pack(tile, np, in, packed);
-            ops__gemm_panel(level, n, in, x, packed, np, y + r0, out);
+            const int i = unit_matrix(units0, nw, u);
+            const ops_w_t *w = ws[i];
+            const int ti = qf_type_index(w->type), out = w->rows;
+            const size_t rb = w->row_bytes;
+            const int r0 = (u - units0[i]) * GEMM_NP, np = out - r0 < GEMM_NP ? out - r0 : GEMM_NP;
+            if (w->packed) { // whole groups of 16 rows, expanded straight into the kernels' layout
+                for (int g = 0; g < np / QF_PACK; g++)
+                    kt->pexpand[ti]((const uint8_t *)w->data + (size_t)(r0 + g * QF_PACK) * rb, in,
+                                    packed + (size_t)g * in * QF_PACK);
+            } else {
+                for (int r = 0; r < np; r++)
+                    kt->dequant[ti]((const uint8_t *)w->data + (size_t)(r0 + r) * rb, tile + (size_t)r * in, in);
+                ops__gemm_pack(tile, np, in, packed);
+            }
+            ops__gemm_panel(level, n, in, x, packed, np, ys[i] + r0, out);
         }
     }
     return fail ? LC_ENOMEM : 0;
 }
 
+int ops_matmul_w_multi(int nw, float *const *y, const ops_w_t *const *w, const float *x, int n, int mode) {
+    if (nw <= 0 || nw > OPS_MM_MAX_W) return LC_EINVAL;
+    for (int i = 1; i < nw; i++)
+        if (w[i]->cols != w[0]->cols) return LC_EINVAL;
+    if (n <= 0) return 0;
+    pthread_once(&kern_once, kern_init);
+    if (mode == OPS_MM_Q8 && atomic_load(&q8_on)) {
+        /* one activation format for all, else one call each */
+        for (int i = 1; i < nw; i++)
+            if (qf_act_kind(w[i]->type) != qf_act_kind(w[0]->type)) {
+                for (int k = 0; k < nw; k++) {
+                    int rc = mm_quant(1, &y[k], x, &w[k], n);
+                    if (rc) return rc;
+                }
+                return 0;
+            }
+        return mm_quant(nw, y, x, w, n);
+    }
+    return mm_exact(nw, y, x, w, n);
+}
+
 int ops_matmul_w(float *y, const float *x, const ops_w_t *w, int n, int mode) {
     if (n <= 0 || w->rows <= 0) return 0;
-    pthread_once(&kern_once, kern_init);
-    if (mode == OPS_MM_Q8 && atomic_load(&q8_on)) return mm_quant(y, x, w, n);
-    return mm_exact(y, x, w, n);
+    return ops_matmul_w_multi(1, &y, &w, x, n, mode);
 }

@@ -81,6 +81,7 @@ TGT static void quant_q8b(const float *x, q8b_t *y, int n) {
         _mm256_storeu_si256((__m256i *)(void *)y->q, _mm256_permutevar8x32_epi32(p, perm));
         y->d = d;
         y->s = d * (float)sum;
+        y->sum = sum;
     }
 }
 
@@ -331,6 +332,131 @@ TGT static void deq_f16(const uint8_t *w, float *y, int in) {
     for (; i < in; i++) y[i] = lc_f16_to_f32(qf_rd16(w + 2 * i));
 }
 
+/* ---- packed groups of 16 rows (qformat.h) ------------------------------------------- */
+/* Each half of the group (rows 0-7, 8-15) in turn, one 32-bit lane per row:
+ * a block's quant words unpack once per half and serve every activation row.
+ * Q4: maddubs of the unsigned nibbles against the broadcast activation
+ * words, all eight summed in int16 (each at most 2·15·128, eight of them
+ * below 2^15), widened once; the Q4_0 offset -8·Σa as an integer. Q8_0:
+ * |w| against a with w's sign, widened per word. Then per block and row one
+ * FMA, in block order: the same integers and the same float chain as the
+ * AVX-512 kernels, so both sets give the same bits. */
+TGT_INLINE void pdot_half(int in, const uint8_t *wg, const void *a, size_t astride, float *y, size_t ldy, const int NA,
+                          const int kind, const int h) {
+    const int bytes = kind == 0 ? Q4_0_BYTES : kind == 1 ? Q4_1_BYTES : Q8_0_BYTES, nb = in / QK;
+    const int qoff = kind == 1 ? 64 : 32;
+    __m256 acc[4], accm[4];
+    for (int j = 0; j < NA; j++) acc[j] = accm[j] = _mm256_setzero_ps();
+    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
+    wg += 32 * h; // the d / m / quant words of rows 8h..8h+7 sit 16 or 32 bytes in
+    for (int b = 0; b < nb; b++, wg += (size_t)QF_PACK * bytes) {
+        const uint8_t *u = wg - 32 * h;
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(u + 16 * h)));
+        const __m256 mw =
+            kind == 1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(u + 32 + 16 * h))) : dw;
+        const uint8_t *q = u + qoff + 32 * h;
+        __m256i s[4];
+        if (kind == 2) {
+            for (int j = 0; j < NA; j++) s[j] = _mm256_setzero_si256();
+            for (int c = 0; c < 8; c++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * c));
+                const __m256i av = _mm256_abs_epi8(v);
+                for (int j = 0; j < NA; j++) {
+                    const int32_t *aw = (const int32_t *)(const void *)(ACTP(q8b_t, j) + b)->q;
+                    const __m256i sa = _mm256_sign_epi8(_mm256_set1_epi32(aw[c]), v);
+                    s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(_mm256_maddubs_epi16(av, sa), ones));
+                }
+            }
+        } else {
+            __m256i s16[4];
+            for (int j = 0; j < NA; j++) s16[j] = _mm256_setzero_si256();
+            for (int c = 0; c < 4; c++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * c));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int j = 0; j < NA; j++) {
+                    const int32_t *aw = (const int32_t *)(const void *)(ACTP(q8b_t, j) + b)->q;
+                    s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(aw[c])));
+                    s16[j] = _mm256_add_epi16(s16[j], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(aw[4 + c])));
+                }
+            }
+            for (int j = 0; j < NA; j++) {
+                s[j] = _mm256_madd_epi16(s16[j], ones);
+                if (kind == 0) s[j] = _mm256_sub_epi32(s[j], _mm256_set1_epi32(8 * (ACTP(q8b_t, j) + b)->sum));
+            }
+        }
+        for (int j = 0; j < NA; j++) {
+            const q8b_t *x = ACTP(q8b_t, j) + b;
+            acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[j]), _mm256_mul_ps(dw, _mm256_set1_ps(x->d)), acc[j]);
+            if (kind == 1) accm[j] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x->s), accm[j]);
+        }
+    }
+    for (int j = 0; j < NA; j++)
+        _mm256_storeu_ps(y + (size_t)j * ldy + 8 * h, kind == 1 ? _mm256_add_ps(acc[j], accm[j]) : acc[j]);
+}
+
+TGT_INLINE void pdot_x(int in, const uint8_t *wg, const void *a, size_t astride, float *y, size_t ldy, const int NA,
+                       const int kind) {
+    pdot_half(in, wg, a, astride, y, ldy, NA, kind, 0);
+    pdot_half(in, wg, a, astride, y, ldy, NA, kind, 1);
+}
+
+/* A packed group to f32 in the exact path's layout, (in, 16 lanes): per block
+ * and half, each byte position t of the four (Q8_0: eight) words shifted
+ * down to one value per 32-bit lane; q·d (+ m) with the multiply and the add
+ * rounded apart, as the row dequantizers do (the same bits). */
+TGT_INLINE void pexpand_x(const uint8_t *wg, int in, float *dst, const int kind) {
+    const int bytes = kind == 0 ? Q4_0_BYTES : kind == 1 ? Q4_1_BYTES : Q8_0_BYTES, qoff = kind == 1 ? 64 : 32;
+    const __m256i m4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+    for (int b = 0; b < in / QK; b++, wg += (size_t)QF_PACK * bytes, dst += QK * QF_PACK)
+        for (int h = 0; h < 2; h++) {
+            const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(wg + 16 * h)));
+            const __m256 mw =
+                kind == 1 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(wg + 32 + 16 * h))) : dw;
+            const uint8_t *q = wg + qoff + 32 * h;
+            float *o = dst + 8 * h;
+            if (kind == 2) {
+                for (int c = 0; c < 8; c++) {
+                    const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * c));
+                    for (int t = 0; t < 4; t++) {
+                        const __m256i e = _mm256_srai_epi32(_mm256_sll_epi32(v, _mm_cvtsi32_si128(24 - 8 * t)), 24);
+                        _mm256_storeu_ps(o + (4 * c + t) * QF_PACK, _mm256_mul_ps(_mm256_cvtepi32_ps(e), dw));
+                    }
+                }
+                continue;
+            }
+            for (int c = 0; c < 4; c++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(q + 64 * c));
+                for (int t = 0; t < 8; t++) { // t < 4: low nibble of byte t; t >= 4: high nibble of byte t - 4
+                    const int sh = t < 4 ? 8 * t : 8 * (t - 4) + 4, k = t < 4 ? 4 * c + t : 16 + 4 * c + t - 4;
+                    __m256i e = _mm256_and_si256(_mm256_srl_epi32(v, _mm_cvtsi32_si128(sh)), m4);
+                    if (kind == 0) e = _mm256_sub_epi32(e, eight);
+                    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(e), dw);
+                    if (kind == 1) f = _mm256_add_ps(f, mw);
+                    _mm256_storeu_ps(o + k * QF_PACK, f);
+                }
+            }
+        }
+}
+TGT static void pexp_q4_0(const uint8_t *wg, int in, float *dst) { pexpand_x(wg, in, dst, 0); }
+TGT static void pexp_q4_1(const uint8_t *wg, int in, float *dst) { pexpand_x(wg, in, dst, 1); }
+TGT static void pexp_q8_0(const uint8_t *wg, int in, float *dst) { pexpand_x(wg, in, dst, 2); }
+
+/* na up to QF_PNA, four activation rows at a time (AVX2 has 16 registers) */
+#define PDOT_ENTRY(NAME, KIND)                                                                                         \
+    TGT static void NAME(int in, const uint8_t *wg, const void *a, size_t astride, int na, float *y, size_t ldy) {     \
+        for (int j0 = 0; j0 < na; j0 += 4, a = (const uint8_t *)a + 4 * astride, y += 4 * ldy) {                       \
+            switch (na - j0) {                                                                                         \
+            case 1: pdot_x(in, wg, a, astride, y, ldy, 1, KIND); break;                                                \
+            case 2: pdot_x(in, wg, a, astride, y, ldy, 2, KIND); break;                                                \
+            case 3: pdot_x(in, wg, a, astride, y, ldy, 3, KIND); break;                                                \
+            default: pdot_x(in, wg, a, astride, y, ldy, 4, KIND); break;                                               \
+            }                                                                                                          \
+        }                                                                                                              \
+    }
+PDOT_ENTRY(pdot_q4_0, 0)
+PDOT_ENTRY(pdot_q4_1, 1)
+PDOT_ENTRY(pdot_q8_0, 2)
+
 /* ---- entry points: one specialisation per activation count ---------------------- */
 #define ENTRY(NAME, CALL) QF_DOT_ENTRY(TGT, NAME, CALL)
 #define C_Q4_0(N) dot_q4x(in, w, a, astride, na, y, ldy, N, 0)
@@ -369,6 +495,9 @@ void qf_kernels_avx2(qf_kernels_t *k) {
     k->dequant[QF_Q5_0] = deq_q5_0;
     k->dequant[QF_Q8_0] = deq_q8_0;
     k->dequant[QF_F16] = deq_f16;
+    k->pdot[QF_Q4_0] = pdot_q4_0, k->pexpand[QF_Q4_0] = pexp_q4_0;
+    k->pdot[QF_Q4_1] = pdot_q4_1, k->pexpand[QF_Q4_1] = pexp_q4_1;
+    k->pdot[QF_Q8_0] = pdot_q8_0, k->pexpand[QF_Q8_0] = pexp_q8_0;
 }
 
 #else

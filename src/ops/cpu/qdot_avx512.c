@@ -252,6 +252,79 @@ TGT_INLINE void dot_q6kx(int in, const uint8_t *w, const void *a, size_t astride
     for (int j = 0; j < NA; j++) y[(size_t)j * ldy] = _mm512_reduce_add_ps(acc[j]);
 }
 
+/* ---- packed groups of 16 rows (qformat.h) ------------------------------------------- */
+/* One lane per weight row. A block's quant words are unpacked once into
+ * eight vectors of 16 lanes x 4 bytes (Q4: low and high nibbles of the four
+ * words; Q8_0: the eight words, biased by +128 to unsigned), then every
+ * activation row of the call takes eight VNNI dot products against its
+ * broadcast 4-byte groups: word i pairs with activation bytes 4i..4i+3
+ * (Q4's high nibbles are elements 16 + 4c..: word 4 + c). Offsets are
+ * integers (Q4_0: -8·Σa, Q8_0: the bias, -128·Σa); the float part is one
+ * FMA per block and row, in block order. */
+TGT_INLINE void pdot_x(int in, const uint8_t *wg, const void *a, size_t astride, float *y, size_t ldy, const int NA,
+                       const int kind) {
+    const int bytes = kind == 0 ? Q4_0_BYTES : kind == 1 ? Q4_1_BYTES : Q8_0_BYTES, nb = in / QK;
+    const int qoff = kind == 1 ? 64 : 32, off = kind == 0 ? 8 : kind == 2 ? 128 : 0;
+    __m512 acc[QF_PNA], accm[QF_PNA];
+#pragma GCC unroll 8
+    for (int j = 0; j < NA; j++) acc[j] = accm[j] = _mm512_setzero_ps();
+    const __m512i m4 = _mm512_set1_epi8(15), bias = _mm512_set1_epi8((char)0x80);
+    for (int b = 0; b < nb; b++, wg += (size_t)QF_PACK * bytes) {
+        const __m512 dw = _mm512_cvtph_ps(ld256(wg));
+        const __m512 mw = kind == 1 ? _mm512_cvtph_ps(ld256(wg + 32)) : _mm512_setzero_ps();
+        const uint8_t *q = wg + qoff;
+        __m512i wv[8];
+        if (kind == 2) {
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) wv[i] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(q + 64 * i)), bias);
+        } else {
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(q + 64 * c));
+                wv[c] = _mm512_and_si512(v, m4);
+                wv[4 + c] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < NA; j++) {
+            const q8b_t *x = ACTP(q8b_t, j) + b;
+            const int32_t *aw = (const int32_t *)(const void *)x->q;
+            __m512i s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[0], _mm512_set1_epi32(aw[0]));
+            __m512i s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wv[1], _mm512_set1_epi32(aw[1]));
+            s0 = _mm512_dpbusd_epi32(s0, wv[2], _mm512_set1_epi32(aw[2]));
+            s1 = _mm512_dpbusd_epi32(s1, wv[3], _mm512_set1_epi32(aw[3]));
+            s0 = _mm512_dpbusd_epi32(s0, wv[4], _mm512_set1_epi32(aw[4]));
+            s1 = _mm512_dpbusd_epi32(s1, wv[5], _mm512_set1_epi32(aw[5]));
+            s0 = _mm512_dpbusd_epi32(s0, wv[6], _mm512_set1_epi32(aw[6]));
+            s1 = _mm512_dpbusd_epi32(s1, wv[7], _mm512_set1_epi32(aw[7]));
+            __m512i s = _mm512_add_epi32(s0, s1);
+            if (off) s = _mm512_sub_epi32(s, _mm512_set1_epi32(off * x->sum));
+            acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(x->d)), acc[j]);
+            if (kind == 1) accm[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x->s), accm[j]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < NA; j++)
+        _mm512_storeu_ps(y + (size_t)j * ldy, kind == 1 ? _mm512_add_ps(acc[j], accm[j]) : acc[j]);
+}
+
+#define PDOT_ENTRY(NAME, KIND)                                                                                         \
+    TGT static void NAME(int in, const uint8_t *wg, const void *a, size_t astride, int na, float *y, size_t ldy) {     \
+        switch (na) {                                                                                                  \
+        case 1: pdot_x(in, wg, a, astride, y, ldy, 1, KIND); break;                                                    \
+        case 2: pdot_x(in, wg, a, astride, y, ldy, 2, KIND); break;                                                    \
+        case 3: pdot_x(in, wg, a, astride, y, ldy, 3, KIND); break;                                                    \
+        case 4: pdot_x(in, wg, a, astride, y, ldy, 4, KIND); break;                                                    \
+        case 5: pdot_x(in, wg, a, astride, y, ldy, 5, KIND); break;                                                    \
+        case 6: pdot_x(in, wg, a, astride, y, ldy, 6, KIND); break;                                                    \
+        case 7: pdot_x(in, wg, a, astride, y, ldy, 7, KIND); break;                                                    \
+        default: pdot_x(in, wg, a, astride, y, ldy, 8, KIND); break;                                                   \
+        }                                                                                                              \
+    }
+PDOT_ENTRY(pdot_q4_0, 0)
+PDOT_ENTRY(pdot_q4_1, 1)
+PDOT_ENTRY(pdot_q8_0, 2)
+
 /* ---- entry points: one specialisation per activation count ---------------------- */
 #define ENTRY(NAME, CALL) QF_DOT_ENTRY(TGT, NAME, CALL)
 #define C_Q4_0(N) dot_qbx(in, w, a, astride, na, y, ldy, N, 0)
@@ -272,6 +345,9 @@ void qf_kernels_avx512(qf_kernels_t *k) {
     k->dot[QF_Q8_0] = dot_q8_0;
     k->dot[QF_Q4_K] = dot_q4_k;
     k->dot[QF_Q6_K] = dot_q6_k;
+    k->pdot[QF_Q4_0] = pdot_q4_0;
+    k->pdot[QF_Q4_1] = pdot_q4_1;
+    k->pdot[QF_Q8_0] = pdot_q8_0;
 }
 
 #else

@@ -67,6 +67,7 @@ static void quant_q8b(const float *x, q8b_t *y, int n) {
         }
         y->d = d;
         y->s = d * (float)sum;
+        y->sum = sum;
     }
 }
 
@@ -323,4 +324,5 @@ void qf_kernels_scalar(qf_kernels_t *k) {
     k->dot[QF_Q8_0] = dot_q8_0, k->dequant[QF_Q8_0] = deq_q8_0;
     k->dot[QF_Q4_K] = dot_q4_k, k->dequant[QF_Q4_K] = deq_q4_k;
     k->dot[QF_Q6_K] = dot_q6_k, k->dequant[QF_Q6_K] = deq_q6_k;
+    qf_pack_kernels_scalar(k);
 }

@@ -29,11 +29,13 @@
 #define Q6_K_BYTES 210
 
 /* 32 activations as int8 against one scale: x[i] ≈ d * q[i]. s = d * Σq[i]
- * carries the block sum that Q4_0's offset and Q4_1's min need. */
+ * carries the block sum that Q4_0's offset and Q4_1's min need; sum = Σq[i]
+ * is the same sum exact, for the packed kernels' integer offsets. */
 typedef struct {
     float d;
     float s;
     int8_t q[QK];
+    int32_t sum;
 } q8b_t;
 
 /* 256 activations as int8 against one scale, with the sum of each 16 (the
@@ -93,8 +95,41 @@ typedef void (*qf_dot_fn)(int in, const uint8_t *w, const void *a, size_t astrid
         }                                                                                                              \
     }
 
+/* ---- packed weights (ops_w_pack) ------------------------------------------------ */
+/* Q4_0, Q4_1 and Q8_0 matrices whose row count is a multiple of 16 are kept
+ * in groups of 16 rows, interleaved block by block, so that one vector
+ * instruction works on 16 output rows at once (one 32-bit lane per row) and
+ * the 4-byte groups of an activation row are broadcast instead of the 16
+ * lanes being summed at the end. Group g (rows 16g..16g+15) takes the bytes
+ * the rows took before (16 · row_bytes); in it, block b (columns 32b..32b+31)
+ * of all 16 rows is one unit of 16 · block bytes:
+ *   d[16]   f16 scale of each row's block;
+ *   m[16]   f16 min of each row's block (Q4_1 only);
+ *   q       the rows' quant bytes as 4-byte words, word-major: word c of
+ *           rows 0..15, then word c + 1: (n_words, 16 rows, 4 bytes), with
+ *           the bytes in the file's order (Q4: byte i holds elements i and
+ *           i + 16 in its low and high nibble, 4 words; Q8_0: element i, 8
+ *           words).
+ * So lane r of word c holds, for Q4, elements 4c..4c+3 (low nibbles) and
+ * 16+4c..16+4c+3 (high nibbles); for Q8_0, elements 4c..4c+3. */
+#define QF_PACK 16
+/* Rows of activations a packed kernel serves per call. */
+#define QF_PNA 8
+
+/* y[j * ldy + l] = dot(row l of the packed group wg, activation row j), for
+ * l < 16 and j < na (na <= QF_PNA). Per (j, l), in every kernel set: one
+ * exact integer sum per block (offsets folded in as integers), then in block
+ * order acc += (float)isum · (d_w · d_a) (fused on AVX2 / AVX-512), Q4_1's
+ * mins in their own sum accm += m_w · s_a, y = acc + accm. Nothing depends
+ * on na or on the other rows. */
+typedef void (*qf_pdot_fn)(int in, const uint8_t *wg, const void *a, size_t astride, int na, float *y, size_t ldy);
+
 typedef struct {
     qf_dot_fn dot[QF_NTYPES];
+    /* packed groups (NULL: the type is never packed): the dot products, and
+     * a group expanded to f32 as qf_pack_expand does, the same values */
+    qf_pdot_fn pdot[QF_NTYPES];
+    void (*pexpand[QF_NTYPES])(const uint8_t *wg, int in, float *dst);
     /* n activations (a multiple of QK / QK_K) into blocks */
     void (*quant_q8b)(const float *x, q8b_t *y, int n);
     void (*quant_q8k)(const float *x, q8k_t *y, int n);
@@ -109,6 +144,18 @@ void qf_kernels_avx2(qf_kernels_t *k);
 /* The AVX2 table with the 8-bit-activation dot products replaced by AVX-512
  * VNNI ones; call only when the CPU has AVX-512 F/BW/VL/DQ/VNNI and AVX2. */
 void qf_kernels_avx512(qf_kernels_t *k);
+
+/* Packed layout helpers (qpack.c, one implementation for every kernel set):
+ * whether a type is packed, the bytes of one block of one row, and a packed
+ * group expanded to f32 the way ops__gemm_pack lays out a 16-column group,
+ * (in, 16 lanes), each value exactly as the type's row dequantizer gives it. */
+int qf_packable(int type);
+void qf_pack_expand(int type, const uint8_t *wg, int in, float *dst);
+/* Row `row` of a packed matrix to f32 (the same values as the row layout's
+ * dequantizer). dst: (w->cols) */
+void qf_pack_row(const ops_w_t *w, int row, float *dst);
+/* Installs the scalar packed dot products (qf_kernels_scalar calls it). */
+void qf_pack_kernels_scalar(qf_kernels_t *k);
 
 /* Dense index of a weight type in the tables above, or -1. */
 int qf_type_index(int type);

@@ -1,6 +1,6 @@
 /* The CPU backend's start-up (ops_cpu_init, see ops.h): OpenBLAS's kernel
- * set, one thread per BLAS call, and the OpenMP team of the thread that runs
- * the forward pass. */
+ * set, OpenMP's wait, one thread per BLAS call, and the OpenMP team of the
+ * thread that runs the forward pass. */
 #include <cblas.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -46,15 +46,29 @@ static const char *blas_core_override(void) {
     return NULL;
 }
 
-/* OpenBLAS reads OPENBLAS_CORETYPE only when it is loaded: fix it with one
- * re-exec (argv unchanged). Returns when nothing had to change or exec
- * failed (then the defaults stay). */
-static void blas_core_reexec(char **argv) {
-    if (getenv("OPENBLAS_CORETYPE")) return;
-    const char *core = blas_core_override();
-    if (!core) return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
-    execv("/proc/self/exe", argv);
+/* libgomp's default wait spins up to 300,000 times (~3 ms) at every barrier
+ * and region end before it sleeps. On dedicated cores that keeps a step's
+ * ~200 parallel regions cheap; on cores shared with busy neighbours a thread
+ * spins while the one it waits for is not running, and every region costs
+ * time slices: decode measured 15-20x slower than with passive waits on the
+ * 2-vCPU VM under load (bench-engine, docs/benchmarks.md). A short spin
+ * covers the serial gaps between regions (norms, quantizing the
+ * activations: microseconds) and gives the core away soon after. */
+#define LC_GOMP_SPINCOUNT "300"
+
+/* OpenBLAS reads OPENBLAS_CORETYPE, and libgomp its wait settings, only when
+ * they are loaded: set what is missing and re-exec once (argv unchanged).
+ * Values already in the environment are kept. Returns when nothing had to
+ * change or exec failed (then the defaults stay). */
+static void env_reexec(char **argv) {
+    int change = 0;
+    const char *core = getenv("OPENBLAS_CORETYPE") ? NULL : blas_core_override();
+    if (core) setenv("OPENBLAS_CORETYPE", core, 1), change = 1;
+#ifdef _OPENMP
+    if (!getenv("OMP_WAIT_POLICY") && !getenv("GOMP_SPINCOUNT"))
+        setenv("GOMP_SPINCOUNT", LC_GOMP_SPINCOUNT, 1), change = 1;
+#endif
+    if (change) execv("/proc/self/exe", argv);
 }
 
 /* ---- threads ------------------------------------------------------------------ */
@@ -81,7 +95,7 @@ void ops__blas_single_once(void) {
 }
 
 int ops_cpu_init(char **argv, int threads) {
-    if (argv) blas_core_reexec(argv);
+    if (argv) env_reexec(argv);
     ops__blas_single_once();
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
