@@ -210,7 +210,7 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
     int err = 0, any = 0;
     for (int i = 0; i < p->n_drows && !any; i++) { // no parallel region in the common case: no such row
         const attn_policy_t *pol = row_policy(p, &p->drows[i]);
-        if (pol && pol->decode == ATTN_DECODE_TIDAL) attn__decode_layer_method(pol, layer, &any);
+        if (pol && pol->decode == ATTN_DECODE_TIDAL) attn__decode_layer_method(pol, layer, p->drows[i].tidal_due, &any);
     }
     if (!any) return 0;
 #pragma omp parallel num_threads(p->n_threads)
