@@ -120,8 +120,13 @@ static int make_room(sched_t *s, kv_seq_t *kv, int n) {
     return kv_seq_prepare_write(s->kv, kv, kv->n_tokens, kv->n_tokens + n);
 }
 
+/* Rows of a slice: the prompt's (prompt arithmetic) or a choice's generated
+ * tokens (decode arithmetic, replays included). */
+typedef enum { ROWS_PROMPT = 0, ROWS_GENERATED = 1 } rows_kind_t;
+
 static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks, int n,
-                      model_logits_t logits, int generated) {
+                      model_logits_t logits, rows_kind_t kind) {
+    const int generated = kind == ROWS_GENERATED;
     model_seq_t *ms = &s->bseq[b->n_seq];
     memset(ms, 0, sizeof *ms);
     ms->tok0 = b->n_tok;
@@ -193,7 +198,7 @@ static void schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
         int rc = room_or_preempt(s, b, r, &ch->kv, 1);
         if (rc < 0) return fail_request(s, b, r, rc);
         if (rc == 0) return;
-        add_slice(s, b, r, c, &ch->kv, ch->toks, 1, MODEL_LOGITS_LAST, 1);
+        add_slice(s, b, r, c, &ch->kv, ch->toks, 1, MODEL_LOGITS_LAST, ROWS_GENERATED);
     }
 }
 
@@ -227,7 +232,7 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
     model_logits_t mode = want_lp                            ? MODEL_LOGITS_ALL
                           : n == pending && !r->sampled_once ? MODEL_LOGITS_LAST
                                                              : MODEL_LOGITS_NONE;
-    add_slice(s, b, r, -1, &r->pkv, r->prompt, n, mode, 0);
+    add_slice(s, b, r, -1, &r->pkv, r->prompt, n, mode, ROWS_PROMPT);
     return 0;
 }
 
@@ -244,7 +249,8 @@ static int schedule_replays(sched_t *s, batch_t *b, sched_req_t *r, int shortest
         if (n <= 0) return 0;
         int rc = make_room(s, &ch->kv, n);
         if (rc) return rc == LC_ENOSPC ? 0 : rc;
-        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE, 1);
+        add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
+                  ROWS_GENERATED);
     }
     return 0;
 }
