@@ -239,7 +239,13 @@ static attn_kv_t pool_kv(const pool_t *t) {
 
 static attn_store_t pool_store(const pool_t *t) {
     attn_kv_t kv = pool_kv(t);
-    return (attn_store_t){kv.k, kv.v, kv.kmin, kv.kmax, kv.blk_stride, kv.sum_stride, kv.block_size};
+    return (attn_store_t){.k = kv.k,
+                          .v = kv.v,
+                          .kmin = kv.kmin,
+                          .kmax = kv.kmax,
+                          .blk_stride = kv.blk_stride,
+                          .sum_stride = kv.sum_stride,
+                          .block_size = kv.block_size};
 }
 
 static float *rand_q(size_t rows, const attn_shape_t *sh, float amp) {

@@ -163,6 +163,7 @@ void cp__scatter_rows(const cp_plan_t *p, const cp_slice_t *sl, const float *acc
 }
 
 void cp__init_acc(float *acc, size_t rows, size_t rs, int H) {
+    if (!rows) return; // a rank that holds no row of the slice has no buffer yet
     memset(acc, 0, sizeof(float) * rows * rs);
     for (size_t i = 0; i < rows * H; i++) acc[rows * rs + i] = -INFINITY;
 }

@@ -37,6 +37,7 @@
  * norms and the memory-bound head. */
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include <string.h>
 
 #include "ops/cpu/qformat.h"
 
@@ -74,11 +75,14 @@ TGT_INLINE uint32_t ld32(const uint8_t *p) { return (uint32_t)qf_rd16(p) | (uint
 TGT_INLINE void pair_row(__m512 *acc, __m128 *offs, __m512i q, __m128 wsc, const q8b_t *x, const int two,
                          const int neg_on, __mmask64 neg) {
     const __m512i sidx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    __m128 ad = _mm_castpd_ps(_mm_load_sd((const double *)(const void *)&x[0].d)); // d_a0, s_a0
+    double ds[2]; // (d, s) of each block as one 8-byte lane: the blocks are only 4-byte aligned
+    memcpy(&ds[0], &x[0].d, sizeof ds[0]);
+    __m128 ad = _mm_castpd_ps(_mm_set_sd(ds[0])); // d_a0, s_a0
     __m256i aq = ld256(x[0].q);
     __m512i av;
     if (two) {
-        ad = _mm_loadh_pi(ad, (const __m64 *)(const void *)&x[1].d);
+        memcpy(&ds[1], &x[1].d, sizeof ds[1]);
+        ad = _mm_castpd_ps(_mm_loadh_pd(_mm_castps_pd(ad), &ds[1]));
         av = cat256(aq, ld256(x[1].q));
     } else {
         av = _mm512_zextsi256_si512(aq);
