@@ -22,9 +22,9 @@
  *    as virtual machines often report: 5x slower sgemm measured on a
  *    Sapphire Rapids VM), it sets OPENBLAS_CORETYPE to SkylakeX or Haswell;
  *    and when neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, it sets a
- *    short spin (GOMP_SPINCOUNT=300) instead of libgomp's ~3 ms, which
- *    made decode 15-20x slower on a 2-vCPU VM whose cores other processes
- *    were using. Either way it re-executes the program once (argv
+ *    shorter spin (GOMP_SPINCOUNT=30000, ~0.3 ms) instead of libgomp's
+ *    ~3 ms, which made decode 15-20x slower on a 2-vCPU VM whose cores
+ *    other processes were using (threads.c has the measurements). Either way it re-executes the program once (argv
  *    unchanged), since both libraries read their settings only when loaded.
  *    It returns when nothing had to change or exec failed;
  *  - with argv NULL on the thread that runs the forward pass (the

@@ -47,14 +47,18 @@ static const char *blas_core_override(void) {
 }
 
 /* libgomp's default wait spins up to 300,000 times (~3 ms) at every barrier
- * and region end before it sleeps. On dedicated cores that keeps a step's
- * ~200 parallel regions cheap; on cores shared with busy neighbours a thread
- * spins while the one it waits for is not running, and every region costs
- * time slices: decode measured 15-20x slower than with passive waits on the
- * 2-vCPU VM under load (bench-engine, docs/benchmarks.md). A short spin
- * covers the serial gaps between regions (norms, quantizing the
- * activations: microseconds) and gives the core away soon after. */
-#define LC_GOMP_SPINCOUNT "300"
+ * and region end before it sleeps. On cores shared with busy neighbours a
+ * thread spins while the one it waits for is not running, and every region
+ * costs time slices: decode measured 15-20x slower than with passive waits
+ * on the 2-vCPU VM under load. Too short a spin costs as much on a quiet
+ * machine: the threads fall asleep in the serial gaps between a step's
+ * ~200 regions (norms, quantizing the activations) and each region pays a
+ * wake-up. Measured on the 2-vCPU VM (bench/vs_llamacpp_load.sh, one
+ * stream): 300 spins 37.8 tok/s, 30,000 106.5, active 121 when quiet; with
+ * two busy processes beside it, 300 gave 32.8 and 30,000 22.6. 30,000
+ * (~0.3 ms) keeps most of the quiet machine's speed, which is how a server
+ * runs, and bounds what a busy one loses. */
+#define LC_GOMP_SPINCOUNT "30000"
 
 /* OpenBLAS reads OPENBLAS_CORETYPE, and libgomp its wait settings, only when
  * they are loaded: set what is missing and re-exec once (argv unchanged).
