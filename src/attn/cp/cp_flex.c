@@ -306,19 +306,10 @@ static int flex_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_kv_
             }
             if (!n) continue;
             used++;
-            const int nr = (int)(qb->p1 - qb->p0);
-            attn_tile_begin(&t, nr);
-            for (int i = 0; i < nr; i++) {
-                const float *qr = p->qbuf + ((size_t)(qb->i0 + i) * H + h) * d;
-                for (int e = 0; e < d; e++) t.q[(size_t)i * d + e] = qr[e] * sh->scale;
-                t.qpos[i] = qb->p0 + i;
-            }
+            cp__load_block(p, qb, h, &t);
             attn_tile_run(&t, view, h / G, rg, n);
             attn_tile_finish(&t);
-            for (int i = 0; i < nr; i++) {
-                const size_t row = (size_t)(qb->i0 + i) * H + h;
-                attn_merge_row(acc + row * d, &al[row], t.acc + (size_t)i * d, t.l[i], d);
-            }
+            cp__merge_block(p, qb, h, &t, acc, al);
             comp += t.computed;
         }
     }

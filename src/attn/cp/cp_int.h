@@ -164,6 +164,11 @@ int cp__ring_kv(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, cp_step_cb cb,
 void cp__gather_rows(const cp_plan_t *p, const cp_slice_t *sl, const float *q);
 void cp__scatter_rows(const cp_plan_t *p, const cp_slice_t *sl, const float *acc, float *out, float *lse);
 void cp__init_acc(float *acc, size_t rows, size_t rs, int H);
+/* Query block qb's rows of head h, scaled, into t (begun for them). */
+void cp__load_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, attn_tile_t *t);
+/* A finished tile of block qb, head h, LSE-merged into the running outputs
+ * acc (own rows, H, d) and their LSE al (own rows, H). */
+void cp__merge_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, const attn_tile_t *t, float *acc, float *al);
 
 /* ---- cp_sparse.c ------------------------------------------------------------------------ */
 /* Plan-time sizes of AnchorAttention on a slice (halo lists). */

@@ -206,16 +206,6 @@ static void add_key(attn_range_t *rg, int *n, int64_t j) {
         rg[(*n)++] = (attn_range_t){j, j + 1};
 }
 
-/* The scaled queries of block qb, head h, into t. */
-static void load_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, attn_tile_t *t) {
-    const int H = p->shape.n_heads, d = p->shape.head_dim, nr = (int)(qb->p1 - qb->p0);
-    attn_tile_begin(t, nr);
-    for (int i = 0; i < nr; i++) {
-        const float *qr = p->qbuf + ((size_t)(qb->i0 + i) * H + h) * d;
-        for (int e = 0; e < d; e++) t->q[(size_t)i * d + e] = qr[e] * p->shape.scale;
-        t->qpos[i] = qb->p0 + i;
-    }
-}
 
 /* Step 2: this rank's blocks over the two windows of lview; the partial to
  * acc, the pooled query and anchor to the table. */
@@ -333,7 +323,7 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
             const int last_bi = x->own[gr->own0 + gr->n_own - 1];
             const cp_qblk_t *lqb = &sl->qblk[last_bi];
             const int tail = theta != INFINITY && is_tail(x, last_bi);
-            if (tail) load_block(p, lqb, h, &tt);
+            if (tail) cp__load_block(p, lqb, h, &tt);
             int n_sel = 0, n_xo = 0;
             if (theta == INFINITY) {
                 memcpy(sel, cand, sizeof *cand * (size_t)nc);
@@ -371,17 +361,13 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
             for (int ob = 0; ob < gr->n_own; ob++) {
                 const int bi = x->own[gr->own0 + ob];
                 const cp_qblk_t *qb = &sl->qblk[bi];
-                const int nr = (int)(qb->p1 - qb->p0);
                 const int extra = bi == last_bi && n_xo > 0;
                 if (!n_sel && !extra) continue;
-                load_block(p, qb, h, &t);
+                cp__load_block(p, qb, h, &t);
                 if (n_sel) attn_tile_run(&t, view, kh, sel, n_sel);
                 if (extra) attn_tile_run(&t, view, kh, xo, n_xo);
                 attn_tile_finish(&t);
-                for (int i = 0; i < nr; i++) {
-                    const size_t row = (size_t)(qb->i0 + i) * H + h;
-                    attn_merge_row(acc + row * d, &al[row], t.acc + (size_t)i * d, t.l[i], d);
-                }
+                cp__merge_block(p, qb, h, &t, acc, al);
                 comp += t.computed;
             }
         }

@@ -162,6 +162,24 @@ void cp__scatter_rows(const cp_plan_t *p, const cp_slice_t *sl, const float *acc
     }
 }
 
+void cp__load_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, attn_tile_t *t) {
+    const int H = p->shape.n_heads, d = p->shape.head_dim, nr = (int)(qb->p1 - qb->p0);
+    attn_tile_begin(t, nr);
+    for (int i = 0; i < nr; i++) {
+        const float *qr = p->qbuf + ((size_t)(qb->i0 + i) * H + h) * d;
+        for (int e = 0; e < d; e++) t->q[(size_t)i * d + e] = qr[e] * p->shape.scale;
+        t->qpos[i] = qb->p0 + i;
+    }
+}
+
+void cp__merge_block(const cp_plan_t *p, const cp_qblk_t *qb, int h, const attn_tile_t *t, float *acc, float *al) {
+    const int H = p->shape.n_heads, d = p->shape.head_dim;
+    for (int i = 0; i < t->nr; i++) {
+        const size_t row = (size_t)(qb->i0 + i) * H + h;
+        attn_merge_row(acc + row * d, &al[row], t->acc + (size_t)i * d, t->l[i], d);
+    }
+}
+
 void cp__init_acc(float *acc, size_t rows, size_t rs, int H) {
     if (!rows) return; // a rank that holds no row of the slice has no buffer yet
     memset(acc, 0, sizeof(float) * rows * rs);
