@@ -26,12 +26,11 @@ cp -L /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0 "$tmp/lib/"
 tar cJf "$out/libs.tar.xz" -C "$tmp" lib
 rm -rf "$tmp"
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
-# Two parts: the first travels with the binaries (42 MiB leaves room for
-# them and the tree under 64 MiB), the second (~52 MiB) in the next call.
-if [ -f "$m" ] && [ ! -f "$out/model.part1" -o -f "$out/model.part2" ]; then
+# Three parts of 32 MiB: the first travels with the binaries (the call's
+# 64 MiB holds them, the tree and one part), the others in the next calls.
+if [ -f "$m" ] && [ ! -f "$out/model.part2" ]; then
     rm -f "$out"/model.part*
-    head -c 42M "$m" > "$out/model.part0"
-    tail -c +$((42 * 1024 * 1024 + 1)) "$m" > "$out/model.part1"
+    split -b 32M -d -a 1 "$m" "$out/model.part"
     sha256sum "$m" | cut -d' ' -f1 > "$out/model.sha256"
 fi
 du -sh "$out"/* | sort -h

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU test and benchmark run, on the GPU machine, from the repository root
 # with .gpu/ carried there (scripts/gpu_bundle.sh makes it here; the model
-# travels in two parts over consecutive calls to a warm machine).
+# travels in three parts over consecutive calls to a warm machine).
 #
 #   tests/gpu/run.sh STEP...
 #     env    the GPU, the unpacked libraries, what the binaries resolve to
@@ -42,10 +42,10 @@ CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.* /usr/local/cuda*
 # Our binaries see the carried libraries; Python (torch) keeps its own.
 ours() { LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
 
-# The default model, once its two parts are here.
+# The default model, once its three parts are here.
 M=$G/model.gguf
-if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ]; then
-    cat "$G"/model.part0 "$G"/model.part1 > "$M.tmp"
+if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ] && [ -f "$G/model.part2" ]; then
+    cat "$G"/model.part0 "$G"/model.part1 "$G"/model.part2 > "$M.tmp"
     if [ "$(sha256sum "$M.tmp" | cut -d' ' -f1)" = "$(cat "$G/model.sha256")" ]; then
         mv "$M.tmp" "$M"
     else
