@@ -72,6 +72,7 @@ static const centry_t table[] = {
     B("engine", "prefix_cache", prefix_cache),
     B("engine", "kv_keep_sliding", kv_keep_sliding),
     B("engine", "deterministic", deterministic),
+    B("engine", "cuda_graphs", cuda_graphs),
     S("attention", "prefill", prefill_method, "dense|flexprefill|anchor|streaming"),
     S("attention", "decode", decode_method, "dense|quest|tidal|streaming"),
     D("attention", "gamma", gamma, 0.0001, 1),
@@ -106,6 +107,7 @@ void lc_config_default(lc_config_t *c) {
     c->target_step_ms = 0;
     c->kv_gpu_fraction = 0.85;
     c->deterministic = 1;
+    c->cuda_graphs = 1;
     c->kv_blocks = 0;
     c->kv_bytes = 1LL << 30; // SmolLM2 at f32: ~46 KB a token, so ~23K tokens, 2.8 full contexts
     c->max_batch_tokens = 0; // 0: the device's default (scheduler/sched.c)

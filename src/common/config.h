@@ -40,6 +40,7 @@ typedef struct {
     long long kv_bytes;
     double kv_gpu_fraction;
     int deterministic; // 1 (default): outputs independent of batch neighbours on the GPU too
+    int cuda_graphs;   // 1 (default): decode steps on a GPU run as CUDA graphs
     int max_batch_tokens;
     int max_running;
     int prefill_chunk;

@@ -43,6 +43,7 @@ typedef struct {
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
     int gpu_fast_gemm;      // GPU: 1 = cuBLASLt's fastest matmul per shape, not batch-invariant (0: invariant)
+    int gpu_no_graphs;      // GPU: 1 = decode steps launch every kernel (0: as CUDA graphs; exec_cuda.cu)
     /* Context parallelism ([parallel] in lacuna.conf): a sequence whose KV
      * reaches context_min_tokens runs its attention sharded over
      * context_ranks ranks (attn/cp); 0 or 1: off. CPU executor only. */

@@ -10,11 +10,25 @@
 // prompt rows through the prefill kernel, generated rows through the split-K
 // decode kernel, each planned once per step.
 //
-// A step: host arrays (tokens, positions, the cache slot of each token, the
-// attention row order, the CSR page tables) go to the GPU in one copy; every
-// kernel of the step is queued on one stream; only the logits come back.
-// Nothing is allocated per step unless a step needs more decode workspace
-// than any before it.
+// Rows. A step's rows are kept in attention order from the embedding on: the
+// prompt rows first, then the generated rows. Each kind of row has its own
+// matmul configuration (both batch-invariant by default; gemm.cu): prompt
+// rows the wide one (no split-K; full speed for prefill-sized steps),
+// generated rows the split one (enough CTAs to stream the weights at decode
+// sizes). A row's kind, never its neighbours, decides its arithmetic.
+//
+// A step: host arrays (tokens, positions, the cache slot of each row, the
+// CSR page tables) go to the GPU in one copy; every kernel of the step is
+// queued on one stream; only the logits come back. Nothing is allocated per
+// step unless a step needs more decode workspace than any before it.
+//
+// CUDA graphs (piecewise, as vLLM does): a step of generated rows only runs
+// padded to a bucket of rows (a spare KV page takes the padding rows' K and
+// V), as n_layers + 1 captured graphs, the pieces between attention calls;
+// the attention kernels launch between them with the step's own plan, so
+// lengths and page tables change freely. Padding rows change nothing for the
+// real rows (every kernel outside attention works row by row, and the split
+// matmuls are batch-invariant), so graphs on and off give the same bits.
 #include <cuda_runtime.h>
 
 #include <math.h>
@@ -35,6 +49,9 @@ extern "C" {
 #define LOGIT_CHUNK 64          // logits rows per LM-head matmul
 #define STAGE_BYTES (64u << 20) // pinned staging for weight upload
 #define GPU_BLOCK 64            // KV tokens per page (the attention kernels take 64 or 128)
+#define N_BUCKETS 16            // graph sizes (rows of a decode step): 1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, ...
+
+static const int bucket_rows[N_BUCKETS] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512};
 
 typedef uint16_t bf16_t;
 
@@ -51,6 +68,7 @@ struct model_cuda {
     int device, max_tokens, max_seqs;
     cudaStream_t stream;
     ops_cuda_gemm_t *gemm;
+    ops_cuda_gemm_mode_t pf_mode, dec_mode; // prompt rows, generated rows (FAST: one call for all)
     /* weights */
     layer_t *layers;
     bf16_t *tok_embd, *output;  // (n_vocab, n_embd); output == tok_embd when tied
@@ -59,26 +77,30 @@ struct model_cuda {
     int64_t n_table;
     /* KV store: per layer K and V, (n_pages, n_kv_heads, page_size, head_dim) bf16 */
     void *kv_mem;
-    size_t layer_bytes; // one layer's K (or V)
-    int64_t n_pages;
+    size_t layer_bytes; // one layer's K (or V): n_pages + 1 pages
+    size_t page_bytes;  // one page of one layer's K (or V)
+    int64_t n_pages;    // pages the block manager owns; page n_pages takes the graphs' padding rows
     int page_size;
     /* attention */
     attn_cuda_plan_t *pf_plan, *dec_plan;
     void *dec_ws;
     size_t dec_ws_bytes;
     /* activations, for up to max_tokens rows */
-    float *x;          // (T, E) residual stream
-    bf16_t *xb;        // (T, E) normed rows
-    float *qkv;        // (T, QKVD)
-    bf16_t *q, *att_p; // (T, H d): attention order (prompt rows, then generated rows)
-    bf16_t *att;       // (T, H d): token order
-    float *gu;         // (T, 2F)
-    bf16_t *h;         // (T, F)
-    float *logits;     // (LOGIT_CHUNK, V)
+    float *x;        // (T, E) residual stream
+    bf16_t *xb;      // (T, E) normed rows
+    float *qkv;      // (T, QKVD)
+    bf16_t *q, *att; // (T, H d)
+    float *gu;       // (T, 2F)
+    bf16_t *h;       // (T, F)
+    float *logits;   // (LOGIT_CHUNK, V)
     /* the step's index arrays: device, and their pinned host twin */
-    int32_t *d_idx, *h_idx; // tok | perm | kv_page | kv_slot | lrows, each (T)
+    int32_t *d_idx, *h_idx; // tok | kv_page | kv_slot | lrows, each (T), by row
     int64_t *d_pos, *h_pos; // (T)
+    int32_t *lrow_tok;      // (T) host: the batch token of each logits row
     float *h_logits;        // (LOGIT_CHUNK, V) pinned
+    /* decode-step graphs: per bucket, n_layers + 1 pieces (NULL until captured) */
+    int use_graphs;
+    cudaGraphExec_t *graphs[N_BUCKETS];
     /* host scratch for the CSR views */
     int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
     size_t cap_indices;
@@ -177,7 +199,7 @@ done:
 
 /* ---- creation ------------------------------------------------------------------------- */
 /* The step's index arrays, each (max_tokens) int32, one after the other. */
-enum { IX_TOK, IX_PERM, IX_PAGE, IX_SLOT, IX_LROWS, IX_N };
+enum { IX_TOK, IX_PAGE, IX_SLOT, IX_LROWS, IX_N };
 
 static size_t qkv_dim(const model_hparams_t *hp) { return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim; }
 
@@ -188,8 +210,8 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMalloc((void **)&c->xb, T * E * sizeof(bf16_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->qkv, T * qkv_dim(hp) * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->q, T * HD * sizeof(bf16_t)));
-    CUDA_CHECK_RET(cudaMalloc((void **)&c->att_p, T * HD * sizeof(bf16_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->att, T * HD * sizeof(bf16_t)));
+    CUDA_CHECK_RET(cudaMemset(c->att, 0, T * HD * sizeof(bf16_t))); // padding rows never see NaN
     CUDA_CHECK_RET(cudaMalloc((void **)&c->gu, T * 2 * F * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->h, T * F * sizeof(bf16_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->logits, (size_t)LOGIT_CHUNK * hp->n_vocab * sizeof(float)));
@@ -205,7 +227,9 @@ static int alloc_step(model_cuda_t *c) {
     c->dec_kv_indptr = (int32_t *)malloc((T + 1) * sizeof(int32_t));
     c->dec_kv_len = (int32_t *)malloc((T + 1) * sizeof(int32_t));
     c->covered = (unsigned char *)malloc(T);
-    if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered)
+    c->lrow_tok = (int32_t *)malloc(T * sizeof(int32_t));
+    if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
+        !c->lrow_tok)
         return LC_ENOMEM;
     return 0;
 }
@@ -216,26 +240,27 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     c->page_size = o->block_size > 0 ? o->block_size : GPU_BLOCK;
     const size_t page_bytes = (size_t)hp->n_kv_heads * c->page_size * hp->head_dim * sizeof(bf16_t);
     const size_t per_page = page_bytes * 2 * (size_t)hp->n_layers;
+    c->page_bytes = page_bytes;
     if (o->kv_blocks > 0) {
         c->n_pages = o->kv_blocks;
     } else {
         size_t free_b = 0, total_b = 0;
         CUDA_CHECK_RET(cudaMemGetInfo(&free_b, &total_b));
         const double frac = o->kv_gpu_fraction > 0 ? o->kv_gpu_fraction : 0.85;
-        c->n_pages = (int64_t)((double)free_b * frac / (double)per_page);
+        c->n_pages = (int64_t)((double)free_b * frac / (double)per_page) - 1;
     }
     if (c->n_pages < 1 || c->n_pages > INT32_MAX / 2) {
         snprintf(err, errlen, "no room for a KV store on the GPU");
         return LC_ENOMEM;
     }
-    c->layer_bytes = (size_t)c->n_pages * page_bytes;
+    c->layer_bytes = (size_t)(c->n_pages + 1) * page_bytes;
     if (cudaMalloc(&c->kv_mem, c->layer_bytes * 2 * hp->n_layers) != cudaSuccess) {
         snprintf(err, errlen, "cannot allocate a GPU KV store of %lld pages (%.1f GiB)", (long long)c->n_pages,
                  (double)c->layer_bytes * 2 * hp->n_layers / (1 << 30));
         return LC_ENOMEM;
     }
     attn_cuda_shape_t sh = {hp->n_heads,  hp->n_kv_heads, hp->head_dim,
-                            c->page_size, c->n_pages,     model_attn_shape(c->m).scale};
+                            c->page_size, c->n_pages + 1, model_attn_shape(c->m).scale};
     const int64_t pages_per_seq = ((int64_t)hp->n_ctx_train + c->page_size - 1) / c->page_size + 1;
     attn_cuda_limits_t pl = {c->max_seqs, c->max_tokens, pages_per_seq * c->max_seqs, 0};
     attn_cuda_limits_t dl = {c->max_tokens, c->max_tokens, pages_per_seq * c->max_tokens, 0};
@@ -251,14 +276,19 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     return 0;
 }
 
-/* The matmul mode: batch-invariant unless asked otherwise; which invariant
- * mode is LACUNA_GPU_GEMM's (split, wide; for measuring them), else split. */
-static ops_cuda_gemm_mode_t gemm_mode(const model_exec_opts_t *o) {
-    if (o->gpu_fast_gemm) return OPS_GEMM_FAST;
+/* The matmul modes of prompt and generated rows: batch-invariant unless
+ * asked otherwise, wide for prompt rows and split for generated rows;
+ * LACUNA_GPU_GEMM=wide|split|fast gives every row one mode (to measure them). */
+static void gemm_modes(const model_exec_opts_t *o, model_cuda_t *c) {
     const char *e = getenv("LACUNA_GPU_GEMM");
-    if (e && !strcmp(e, "wide")) return OPS_GEMM_INVARIANT_WIDE;
-    if (e && !strcmp(e, "fast")) return OPS_GEMM_FAST;
-    return OPS_GEMM_INVARIANT_SPLIT;
+    c->pf_mode = OPS_GEMM_INVARIANT_WIDE;
+    c->dec_mode = OPS_GEMM_INVARIANT_SPLIT;
+    if (o->gpu_fast_gemm || (e && !strcmp(e, "fast")))
+        c->pf_mode = c->dec_mode = OPS_GEMM_FAST;
+    else if (e && !strcmp(e, "wide"))
+        c->dec_mode = OPS_GEMM_INVARIANT_WIDE;
+    else if (e && !strcmp(e, "split"))
+        c->pf_mode = OPS_GEMM_INVARIANT_SPLIT;
 }
 
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
@@ -288,7 +318,9 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
         snprintf(err, errlen, "cannot open GPU %d", device);
         goto fail;
     }
-    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, gemm_mode(o), &c->gemm))) {
+    gemm_modes(o, c);
+    c->use_graphs = !o->gpu_no_graphs;
+    if ((rc = ops_cuda_gemm_create((size_t)32 << 20, c->dec_mode, &c->gemm))) {
         snprintf(err, errlen, "cannot create the cuBLASLt handle");
         goto fail;
     }
@@ -302,7 +334,7 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     }
     if ((rc = alloc_kv(c, o, err, errlen))) goto fail;
     *kvc = model_kv_config(m, c->page_size, c->n_pages);
-    *block_bytes = c->layer_bytes / (size_t)c->n_pages * 2 * m->hp.n_layers;
+    *block_bytes = c->page_bytes * 2 * m->hp.n_layers;
     LC_INFO("%s: weights in bf16, KV store %lld pages of %d tokens (%.1f GiB)", devname, (long long)c->n_pages,
             c->page_size, (double)c->layer_bytes * 2 * m->hp.n_layers / (1 << 30));
     return c;
@@ -315,6 +347,12 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int b = 0; b < N_BUCKETS; b++) {
+        if (!c->graphs[b]) continue;
+        for (int i = 0; i <= c->m->hp.n_layers; i++)
+            if (c->graphs[b][i]) cudaGraphExecDestroy(c->graphs[b][i]);
+        free(c->graphs[b]);
+    }
     if (c->layers)
         for (int l = 0; l < c->m->hp.n_layers; l++) {
             layer_t *G = &c->layers[l];
@@ -327,11 +365,11 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     cudaFree(c->kv_mem), cudaFree(c->dec_ws);
     attn_cuda_plan_destroy(c->pf_plan);
     attn_cuda_plan_destroy(c->dec_plan);
-    cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att_p), cudaFree(c->att);
+    cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att);
     cudaFree(c->gu), cudaFree(c->h), cudaFree(c->logits), cudaFree(c->d_idx), cudaFree(c->d_pos);
     cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos), cudaFreeHost(c->h_logits);
     free(c->pf_q_indptr), free(c->pf_kv_indptr), free(c->pf_kv_len), free(c->dec_kv_indptr), free(c->dec_kv_len);
-    free(c->kv_indices), free(c->covered);
+    free(c->kv_indices), free(c->covered), free(c->lrow_tok);
     ops_cuda_gemm_destroy(c->gemm);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -343,7 +381,7 @@ static void *layer_v(const model_cuda_t *c, int l) { return (char *)c->kv_mem + 
 
 extern "C" void model_cuda_copy_block(void *ud, int32_t dst, int32_t src) {
     model_cuda_t *c = (model_cuda_t *)ud;
-    const size_t pb = c->layer_bytes / (size_t)c->n_pages;
+    const size_t pb = c->page_bytes;
     cudaSetDevice(c->device);
     for (int l = 0; l < c->m->hp.n_layers; l++)
         for (int kv = 0; kv < 2; kv++) {
@@ -365,16 +403,36 @@ static int grow_indices(model_cuda_t *c, size_t n) {
     return 0;
 }
 
-/* Host side of a step: the token arrays, the attention row order (prompt rows
- * first, then generated rows) and both CSR views. */
+/* Host side of a step: the rows in attention order (prompt rows first, then
+ * generated rows), both CSR views. rows: the rows the step computes (the
+ * batch's tokens, or a graph bucket's padded count). */
 typedef struct {
     int n_pf_seqs, n_pf_rows, n_dec;
     int n_lrows;
+    int rows, bucket; // bucket: the graph bucket's index, -1 without a graph
 } step_t;
+
+/* Row r computes batch token t of sequence q. */
+static void put_row(model_cuda_t *c, const model_batch_t *b, const model_seq_t *q, int i, int r) {
+    const int P = c->page_size, T = c->max_tokens;
+    const int64_t pos = q->pos0 + i;
+    c->h_idx[IX_TOK * T + r] = b->tokens[q->tok0 + i];
+    c->h_pos[r] = pos;
+    c->h_idx[IX_PAGE * T + r] = q->kv->blocks[pos / P];
+    c->h_idx[IX_SLOT * T + r] = (int32_t)(pos % P);
+}
+
+/* The logits rows of slice q, whose first token sits at row r0. */
+static void put_lrows(model_cuda_t *c, const model_seq_t *q, int r0, step_t *st) {
+    const int cnt = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->logits_mode == MODEL_LOGITS_ALL ? q->n_tok : 0;
+    for (int i = q->n_tok - cnt; i < q->n_tok; i++) {
+        c->h_idx[IX_LROWS * c->max_tokens + st->n_lrows] = r0 + i;
+        c->lrow_tok[st->n_lrows++] = q->tok0 + i;
+    }
+}
 
 static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     const int P = c->page_size, T = c->max_tokens;
-    int32_t *ix = c->h_idx;
     memset(st, 0, sizeof *st);
     size_t pages = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -391,7 +449,8 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         const model_seq_t *q = &b->seqs[s];
         if (q->generated) continue;
         const int np = (int)((q->pos0 + q->n_tok + P - 1) / P);
-        for (int i = 0; i < q->n_tok; i++) ix[IX_PERM * T + q->tok0 + i] = row + i;
+        for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
+        put_lrows(c, q, row, st);
         memcpy(c->kv_indices + pf_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
         pf_pages += (size_t)np;
         row += q->n_tok;
@@ -408,10 +467,11 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (!q->generated) continue;
+        put_lrows(c, q, row, st);
         for (int i = 0; i < q->n_tok; i++) {
             const int64_t len = q->pos0 + i + 1;
             const int np = (int)((len + P - 1) / P);
-            ix[IX_PERM * T + q->tok0 + i] = row++;
+            put_row(c, b, q, i, row++);
             memcpy(dec_idx + dec_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
             dec_pages += (size_t)np;
             c->dec_kv_len[st->n_dec] = (int32_t)len;
@@ -419,20 +479,22 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
         }
     }
-    /* per token: id, position, cache slot; the inverse order; logits rows */
-    for (int s = 0; s < b->n_seqs; s++) {
-        const model_seq_t *q = &b->seqs[s];
-        for (int i = 0; i < q->n_tok; i++) {
-            const int t = q->tok0 + i;
-            const int64_t pos = q->pos0 + i;
-            ix[IX_TOK * T + t] = b->tokens[t];
-            c->h_pos[t] = pos;
-            ix[IX_PAGE * T + t] = q->kv->blocks[pos / P];
-            ix[IX_SLOT * T + t] = (int32_t)(pos % P);
+    /* a step of generated rows only may run as graphs, padded to its bucket */
+    st->rows = row;
+    st->bucket = -1;
+    if (c->use_graphs && st->n_pf_rows == 0)
+        for (int k = 0; k < N_BUCKETS && bucket_rows[k] <= T; k++)
+            if (bucket_rows[k] >= row) {
+                st->bucket = k;
+                break;
+            }
+    if (st->bucket >= 0)
+        for (; row < bucket_rows[st->bucket]; row++) { // padding: token 0 at position 0 of the spare page
+            c->h_idx[IX_TOK * T + row] = 0;
+            c->h_pos[row] = 0;
+            c->h_idx[IX_PAGE * T + row] = (int32_t)c->n_pages;
+            c->h_idx[IX_SLOT * T + row] = 0;
         }
-        const int cnt = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->logits_mode == MODEL_LOGITS_ALL ? q->n_tok : 0;
-        for (int i = 0; i < cnt; i++) ix[IX_LROWS * T + st->n_lrows++] = q->tok0 + q->n_tok - cnt + i;
-    }
     return 0;
 }
 
@@ -469,13 +531,13 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     a.v = layer_v(c, l);
     if (st->n_pf_seqs) {
         a.q = c->q;
-        a.out = c->att_p;
+        a.out = c->att;
         int rc = attn_cuda_run(c->pf_plan, &a, c->stream);
         if (rc) return rc;
     }
     if (st->n_dec) {
         a.q = c->q + (size_t)st->n_pf_rows * HD;
-        a.out = c->att_p + (size_t)st->n_pf_rows * HD;
+        a.out = c->att + (size_t)st->n_pf_rows * HD;
         a.workspace = c->dec_ws;
         a.workspace_bytes = c->dec_ws_bytes;
         int rc = attn_cuda_run(c->dec_plan, &a, c->stream);
@@ -484,14 +546,30 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     return 0;
 }
 
-static int layer_forward(model_cuda_t *c, const step_t *st, int T, int l) {
+/* D = A · Wᵀ over rows [0, rows): the first pf_rows (prompt rows) in the
+ * prompt mode, the rest in the generated rows' mode; FAST: one call. */
+static int gemm_rows(model_cuda_t *c, int rows, int pf_rows, int n, int k, const bf16_t *A, const bf16_t *W, void *D,
+                     int d_f32, int acc) {
+    if (c->pf_mode == c->dec_mode)
+        return ops_cuda_gemm_as(c->gemm, c->dec_mode, rows, n, k, A, W, D, d_f32, acc, c->stream);
+    int rc = 0;
+    if (pf_rows > 0) rc = ops_cuda_gemm_as(c->gemm, c->pf_mode, pf_rows, n, k, A, W, D, d_f32, acc, c->stream);
+    if (!rc && rows > pf_rows) {
+        const size_t d_row = (size_t)n * (d_f32 ? sizeof(float) : sizeof(bf16_t));
+        rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, rows - pf_rows, n, k, A + (size_t)pf_rows * k, W,
+                              (char *)D + (size_t)pf_rows * d_row, d_f32, acc, c->stream);
+    }
+    return rc;
+}
+
+/* Layer l up to attention: norm, QKV, RoPE and the cache write. */
+static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int l) {
     const model_hparams_t *hp = &c->m->hp;
     const layer_t *G = &c->layers[l];
-    const int E = hp->n_embd, F = hp->n_ff, HD = hp->n_heads * hp->head_dim;
-    const int32_t *d_perm = c->d_idx + IX_PERM * c->max_tokens;
+    const int E = hp->n_embd;
     int rc;
-    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->attn_norm, c->xb, T, E, hp->rms_eps, c->stream))) return rc;
-    if ((rc = ops_cuda_gemm(c->gemm, T, (int)qkv_dim(hp), E, c->xb, G->wqkv, c->qkv, 1, 0, c->stream))) return rc;
+    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->attn_norm, c->xb, rows, E, hp->rms_eps, c->stream))) return rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, (int)qkv_dim(hp), E, c->xb, G->wqkv, c->qkv, 1, 0))) return rc;
     ops_cuda_qkv_t qp;
     memset(&qp, 0, sizeof qp);
     qp.n_heads = hp->n_heads;
@@ -506,17 +584,63 @@ static int layer_forward(model_cuda_t *c, const step_t *st, int T, int l) {
     qp.k_cache = layer_k(c, l);
     qp.v_cache = layer_v(c, l);
     qp.page_size = c->page_size;
-    if ((rc = ops_cuda_qkv_post(c->qkv, T, c->d_pos, d_perm, c->d_idx + IX_PAGE * c->max_tokens,
-                                c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream)))
-        return rc;
-    if ((rc = run_attention(c, st, l))) return rc;
-    /* back to token order, then x += att · Woᵀ */
-    if ((rc = ops_cuda_gather_rows_bf16(c->att_p, d_perm, c->att, T, HD, c->stream))) return rc;
-    if ((rc = ops_cuda_gemm(c->gemm, T, E, HD, c->att, G->wo, c->x, 1, 1, c->stream))) return rc;
-    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->ffn_norm, c->xb, T, E, hp->rms_eps, c->stream))) return rc;
-    if ((rc = ops_cuda_gemm(c->gemm, T, 2 * F, E, c->xb, G->wgu, c->gu, 1, 0, c->stream))) return rc;
-    if ((rc = ops_cuda_swiglu(c->gu, c->h, T, F, c->stream))) return rc;
-    return ops_cuda_gemm(c->gemm, T, E, F, c->h, G->wdown, c->x, 1, 1, c->stream);
+    return ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
+                             c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream);
+}
+
+/* Layer l after attention: x += att · Woᵀ, then the FFN. */
+static int layer_post(model_cuda_t *c, int rows, int pf_rows, int l) {
+    const model_hparams_t *hp = &c->m->hp;
+    const layer_t *G = &c->layers[l];
+    const int E = hp->n_embd, F = hp->n_ff, HD = hp->n_heads * hp->head_dim;
+    int rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, E, HD, c->att, G->wo, c->x, 1, 1))) return rc;
+    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->ffn_norm, c->xb, rows, E, hp->rms_eps, c->stream))) return rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, 2 * F, E, c->xb, G->wgu, c->gu, 1, 0))) return rc;
+    if ((rc = ops_cuda_swiglu(c->gu, c->h, rows, F, c->stream))) return rc;
+    return gemm_rows(c, rows, pf_rows, E, F, c->h, G->wdown, c->x, 1, 1);
+}
+
+/* Piece i of a step between attention calls: i = 0 embeds and runs layer
+ * 0 up to attention; 0 < i < n_layers finishes layer i-1 and starts layer i;
+ * i = n_layers finishes the last layer. */
+static int piece(model_cuda_t *c, int rows, int pf_rows, int i) {
+    const model_hparams_t *hp = &c->m->hp;
+    int rc = 0;
+    if (i == 0)
+        rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, rows, hp->n_embd, 1.0f, c->x, c->stream);
+    else
+        rc = layer_post(c, rows, pf_rows, i - 1);
+    if (!rc && i < hp->n_layers) rc = layer_pre(c, rows, pf_rows, i);
+    return rc;
+}
+
+/* The graphs of bucket k, captured on first use. A capture that fails turns
+ * graphs off (the step then runs its kernels directly). */
+static int capture_bucket(model_cuda_t *c, int k) {
+    const int L = c->m->hp.n_layers, rows = bucket_rows[k];
+    cudaGraphExec_t *g = (cudaGraphExec_t *)calloc((size_t)L + 1, sizeof *g);
+    if (!g) return LC_ENOMEM;
+    for (int i = 0; i <= L; i++) {
+        cudaGraph_t graph = NULL;
+        CUDA_CHECK_RET(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+        int rc = piece(c, rows, 0, i);
+        cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+        if (!rc && e == cudaSuccess) e = cudaGraphInstantiate(&g[i], graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (rc || e != cudaSuccess) {
+            cudaGetLastError();
+            LC_WARN("cuda: capturing the decode graph of %d rows failed (%s); steps run without graphs", rows,
+                    rc ? lc_strerror(rc) : cudaGetErrorString(e));
+            for (int j = 0; j <= L; j++)
+                if (g[j]) cudaGraphExecDestroy(g[j]);
+            free(g);
+            c->use_graphs = 0;
+            return 0;
+        }
+    }
+    c->graphs[k] = g;
+    return 0;
 }
 
 /* Final norm and LM head for the rows some slice asked for, LOGIT_CHUNK rows
@@ -524,20 +648,18 @@ static int layer_forward(model_cuda_t *c, const step_t *st, int T, int l) {
 static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const model_hparams_t *hp = &c->m->hp;
     const int V = hp->n_vocab, E = hp->n_embd;
-    const int32_t *lrows = c->h_idx + IX_LROWS * c->max_tokens;
     const int32_t *d_lrows = c->d_idx + IX_LROWS * c->max_tokens;
-    /* where each row goes */
     int r = 0;
     for (int r0 = 0; r0 < st->n_lrows; r0 += LOGIT_CHUNK) {
         const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
-        if (!rc) rc = ops_cuda_gemm(c->gemm, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
+        if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
         if (rc) return rc;
         CUDA_CHECK_RET(cudaMemcpyAsync(c->h_logits, c->logits, (size_t)cnt * V * sizeof(float), cudaMemcpyDeviceToHost,
                                        c->stream));
         CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
         for (int i = 0; i < cnt; i++, r++) {
-            const int t = lrows[r];
+            const int t = c->lrow_tok[r];
             for (int s = 0; s < b->n_seqs; s++) { // the slice holding token t
                 const model_seq_t *q = &b->seqs[s];
                 if (t < q->tok0 || t >= q->tok0 + q->n_tok || !q->logits_mode) continue;
@@ -594,19 +716,25 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     if (b->n_seqs > c->max_seqs) return LC_EINVAL;
     step_t st;
     if ((rc = build_step(c, b, &st))) return rc;
-    const int T = b->n_tokens;
     CUDA_CHECK_RET(cudaSetDevice(c->device));
+    if (st.bucket >= 0 && !c->graphs[st.bucket] && (rc = capture_bucket(c, st.bucket))) return rc;
+    const cudaGraphExec_t *g = st.bucket >= 0 && c->use_graphs ? c->graphs[st.bucket] : NULL;
+    const int rows = g ? bucket_rows[st.bucket] : st.rows;
     CUDA_CHECK_RET(cudaMemcpyAsync(c->d_idx, c->h_idx, IX_N * (size_t)c->max_tokens * sizeof(int32_t),
                                    cudaMemcpyHostToDevice, c->stream));
-    CUDA_CHECK_RET(cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)T * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK_RET(
+        cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
     if ((rc = plan_attention(c, &st))) return rc;
-    const model_hparams_t *hp = &c->m->hp;
-    if ((rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, T, hp->n_embd, 1.0f, c->x, c->stream)))
-        return rc;
-    for (int l = 0; l < hp->n_layers; l++)
-        if ((rc = layer_forward(c, &st, T, l))) return rc;
+    const int L = c->m->hp.n_layers;
+    for (int i = 0; i <= L; i++) {
+        if (g)
+            CUDA_CHECK_RET(cudaGraphLaunch(g[i], c->stream));
+        else if ((rc = piece(c, rows, st.n_pf_rows, i)))
+            return rc;
+        if (i < L && (rc = run_attention(c, &st, i))) return rc;
+    }
     if ((rc = logits(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
-    count_dense(b, hp);
+    count_dense(b, &c->m->hp);
     return 0;
 }

@@ -53,6 +53,7 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
                             .kv_bytes = s->cfg.kv_bytes,
                             .kv_gpu_fraction = s->cfg.kv_gpu_fraction,
                             .gpu_fast_gemm = s->cfg.gpu_fast_gemm,
+                            .gpu_no_graphs = s->cfg.gpu_no_graphs,
                             .context_ranks = s->cfg.context_ranks,
                             .context_min_tokens = s->cfg.context_min_tokens};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;

@@ -33,6 +33,7 @@ typedef struct {
     size_t kv_bytes;            // CPU: KV memory in bytes, when kv_blocks == 0
     double kv_gpu_fraction;     // GPU: fraction of free device memory for KV, when kv_blocks == 0
     int gpu_fast_gemm;          // GPU: 1 = cuBLASLt's fastest matmul per shape (not batch-invariant); 0 = invariant
+    int gpu_no_graphs;          // GPU: 1 = no CUDA graphs for decode steps
     int max_batch_tokens;       // tokens per step (decode + prefill chunks); 0: 2048 on the CPU, 8192 on a GPU
     int max_running;            // sequences in the running set; 0: 64 on the CPU, 256 on a GPU
     int max_waiting;            // bounded waiting queue; submit fails beyond it, default 256

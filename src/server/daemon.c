@@ -156,6 +156,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->block_size = c->block_size;
     sc->kv_gpu_fraction = c->kv_gpu_fraction;
     sc->gpu_fast_gemm = !c->deterministic;
+    sc->gpu_no_graphs = !c->cuda_graphs;
     sc->target_step_ms = c->target_step_ms;
     sc->kv_blocks = c->kv_blocks;
     sc->kv_bytes = (size_t)c->kv_bytes;

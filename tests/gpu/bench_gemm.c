@@ -2,7 +2,7 @@
  * projections (fused QKV, O, fused gate/up, down) and the LM head, timed
  * through ops_cuda_gemm in its two batch-invariant modes (wide: one
  * algorithm per (n, k) chosen for large m, split-K off; split: one chosen
- * for 128 rows with its split-K, calls in 128-row chunks) and in fast mode
+ * for 64 rows with its split-K, calls in 64-row chunks) and in fast mode
  * (cuBLASLt's pick per shape, not invariant),
  * for the default model's shapes and Llama-3-8B's, at the row counts a
  * serving step has (1 to 2048). Prints a markdown table; with an argument,

@@ -526,10 +526,11 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     ck_assert_int_eq(sched_submit(s, o->r), 0);
 }
 
-static sched_t *gpu_sched(const model_t *m) {
+static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     sched_config_t c;
     sched_config_default(&c);
     snprintf(c.device, sizeof c.device, "cuda:0");
+    c.gpu_no_graphs = no_graphs;
     c.kv_blocks = 256;
     c.max_batch_tokens = 512;
     c.prefill_chunk = 128;
@@ -541,8 +542,9 @@ static sched_t *gpu_sched(const model_t *m) {
 }
 
 /* Greedy requests of different lengths, each alone and then all at once
- * (prompts chunked beside other requests' decodes): the same tokens and
- * log-probabilities, bit for bit. */
+ * (prompts chunked beside other requests' decodes), then all at once again
+ * without CUDA graphs (decode steps alone run as graphs padded to a bucket):
+ * the same tokens and log-probabilities, bit for bit. */
 START_TEST(test_sched_batch_invariance) {
     model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 6;
@@ -550,8 +552,8 @@ START_TEST(test_sched_batch_invariance) {
     const int lens[6] = {7, 390, 64, 129, 1, 250};
     for (int r = 0; r < R; r++)
         for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 1) * 7919u * (i + 3)) % (unsigned)V);
-    sched_t *s = gpu_sched(m);
-    out_t alone[6], batched[6];
+    sched_t *s = gpu_sched(m, 0);
+    out_t alone[6], batched[6], plain[6];
     for (int r = 0; r < R; r++) {
         submit(s, &alone[r], prompts[r], lens[r], 40);
         ck_assert_int_eq(sched_run_until_idle(s), 0);
@@ -567,8 +569,20 @@ START_TEST(test_sched_batch_invariance) {
         ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
                           memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
                       "GPU: request %d batched differs from it alone", r);
-        sched_req_release(alone[r].r);
         sched_req_release(batched[r].r);
+    }
+    sched_destroy(s);
+    s = gpu_sched(m, 1);
+    for (int r = 0; r < R; r++) submit(s, &plain[r], prompts[r], lens[r], 40);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&plain[r]);
+        ck_assert(plain[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, plain[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, plain[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU: request %d without graphs differs from it with graphs", r);
+        sched_req_release(alone[r].r);
+        sched_req_release(plain[r].r);
     }
     sched_destroy(s);
     model_free(m);
@@ -580,7 +594,7 @@ END_TEST
  * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
 START_TEST(test_device_lost) {
     model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
-    sched_t *s = gpu_sched(m);
+    sched_t *s = gpu_sched(m, 0);
     int32_t prompt[32];
     for (int i = 0; i < 32; i++) prompt[i] = 5 + i;
     out_t o;

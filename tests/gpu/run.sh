@@ -17,6 +17,7 @@
 #     gemm   what batch-invariant (deterministic) matmuls cost against
 #            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
+#     e2e-nographs  lacunad alone with engine.cuda_graphs = false (the A/B)
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 # Output worth keeping goes to $OUT (the device tool brings it back).
@@ -90,9 +91,18 @@ for step in "$@"; do
     e2e)
         [ -f "$M" ] || { fail "e2e (no model)" 2; continue; }
         timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
-            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" ${E2E_FLAGS:-} \
             --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    e2e-nographs)
+        # lacunad alone, decode steps without CUDA graphs (the A/B of engine.cuda_graphs)
+        [ -f "$M" ] || { fail "e2e-nographs (no model)" 2; continue; }
+        timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-nographs-lacunad.log" --skip-hf \
+            --lacunad-arg=--set --lacunad-arg=engine.cuda_graphs=false \
+            --out "$OUT/e2e-nographs.json" 2>&1 | tee "$OUT/e2e-nographs.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail e2e-nographs 1
         ;;
     e2e8b)
         M8=/tmp/lacuna-llama8b.gguf

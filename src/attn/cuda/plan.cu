@@ -33,11 +33,11 @@ int cmp_prefill_items(const void *a, const void *b) {
     return 0;
 }
 
-// Decode chunk of a sequence: at least split_keys keys, at most
-// ATTN_DEC_MAX_SPLITS chunks, a multiple of the 64-key stage. Depends on
-// kv_len alone.
-int decode_chunk_keys(int split_keys, int kv_len) {
-    int per = (kv_len + ATTN_DEC_MAX_SPLITS - 1) / ATTN_DEC_MAX_SPLITS;
+// Decode chunk of a sequence: at least split_keys keys, at most max_splits
+// chunks, a multiple of the 64-key stage. Depends on kv_len and the plan's
+// constants alone, never on the batch.
+int decode_chunk_keys(int split_keys, int max_splits, int kv_len) {
+    int per = (kv_len + max_splits - 1) / max_splits;
     per = (per + ATTN_KV_BOX - 1) / ATTN_KV_BOX * ATTN_KV_BOX;
     return per > split_keys ? per : split_keys;
 }
@@ -137,6 +137,18 @@ extern "C" int attn_cuda_plan_create(const attn_cuda_shape_t *shape, attn_cuda_k
     p->lim = *lim;
     p->group = shape->n_heads / shape->n_kv_heads;
     p->split_keys = lim->split_keys ? lim->split_keys : ATTN_DEC_SPLIT_KEYS;
+    {
+        // One long sequence's chunks fill one wave of the GPU (two decode CTAs
+        // per SM) over its kv heads: a fuller last wave than a fixed 64 chunks
+        // and longer pipelines per CTA. LACUNA_ATTN_DEC_SPLITS overrides it
+        // (to measure). A property of the GPU and the model, not the batch.
+        int sms = 0;
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+        int ms = 2 * sms / shape->n_kv_heads;
+        const char *e = getenv("LACUNA_ATTN_DEC_SPLITS");
+        if (e && atoi(e) > 0) ms = atoi(e);
+        p->max_splits = ms < 1 ? 1 : ms > ATTN_DEC_MAX_SPLITS ? ATTN_DEC_MAX_SPLITS : ms;
+    }
     p->arena_ints = arena_capacity(p);
     if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &qres) !=
             cudaSuccess ||
@@ -231,7 +243,7 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
         // Sequences with larger chunks (the long ones) first; within, (kv head, chunk) order.
         int32_t *info = h + p->off_seq_info;
         for (int s = 0; s < n; s++) {
-            const int ck = decode_chunk_keys(p->split_keys, b->kv_len[s]);
+            const int ck = decode_chunk_keys(p->split_keys, p->max_splits, b->kv_len[s]);
             const int nc = (b->kv_len[s] + ck - 1) / ck;
             info[4 * s] = ck;
             info[4 * s + 1] = nc;

@@ -11,7 +11,7 @@
 #define ATTN_PF_BM 128          // prefill: query rows per tile (two consumer warpgroups of 64)
 #define ATTN_PF_BN 128          // prefill: keys per KV tile
 #define ATTN_KV_BOX 64          // keys per TMA box (and per decode pipeline stage)
-#define ATTN_DEC_MAX_SPLITS 64  // decode: most split-K chunks of one sequence
+#define ATTN_DEC_MAX_SPLITS 64  // decode: most split-K chunks of one sequence (the plan's max_splits is at most this)
 #define ATTN_DEC_SPLIT_KEYS 512 // decode: default smallest chunk, in keys
 
 typedef CUresult (*attn_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
@@ -32,6 +32,7 @@ struct attn_cuda_plan {
     attn_cuda_limits_t lim;
     int group;      // n_heads / n_kv_heads
     int split_keys; // decode: smallest chunk in keys
+    int max_splits; // decode: most chunks of one sequence (<= ATTN_DEC_MAX_SPLITS)
 
     int32_t *h_arena;     // pinned
     int32_t *d_arena;     // device

@@ -39,7 +39,7 @@ typedef struct {
     int neox;        // 0: adjacent pairs; 1: halves
     int64_t n_table; // positions covered by the cos/sin tables
     float freq_base, freq_scale;
-    void *q;       // (rows, n_heads, head_dim) bf16, token t at row perm[t]
+    void *q;       // (rows, n_heads, head_dim) bf16, token t at row perm[t] (row t when perm is NULL)
     void *k_cache; // this layer's K pages: (n_pages, n_kv_heads, page_size, head_dim) bf16
     void *v_cache; // same layout
     int page_size;
@@ -65,13 +65,16 @@ int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, void *dst, in
 typedef enum {
     OPS_GEMM_FAST = 0,           // cuBLASLt's pick per shape: fastest, not batch-invariant
     OPS_GEMM_INVARIANT_WIDE = 1, // one algorithm chosen for large m, split-K off
-    OPS_GEMM_INVARIANT_SPLIT = 2 // one algorithm chosen for 128 rows (split-K kept), calls cut into 128-row chunks
+    OPS_GEMM_INVARIANT_SPLIT = 2 // one algorithm chosen for 64 rows (split-K kept), calls cut into 64-row chunks
 } ops_cuda_gemm_mode_t;
 typedef struct ops_cuda_gemm ops_cuda_gemm_t;
 int ops_cuda_gemm_create(size_t workspace_bytes, ops_cuda_gemm_mode_t mode, ops_cuda_gemm_t **out);
 void ops_cuda_gemm_destroy(ops_cuda_gemm_t *g);
 int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
                   int accumulate, void *stream);
+/* The same in the given mode instead of the handle's (its own algorithms). */
+int ops_cuda_gemm_as(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k, const void *A, const void *W,
+                     void *D, int d_f32, int accumulate, void *stream);
 
 #ifdef __cplusplus
 }

@@ -79,7 +79,7 @@ static __global__ void qkv_post_kernel(const float *__restrict__ qkv, const int6
     const int t = blockIdx.x, d = p.head_dim, half = p.rot_dim / 2;
     const int64_t ps = pos[t];
     const float *row = qkv + (size_t)t * (p.n_heads + 2 * p.n_kv_heads) * d;
-    bf16 *qout = (bf16 *)p.q + (size_t)perm[t] * p.n_heads * d;
+    bf16 *qout = (bf16 *)p.q + (size_t)(perm ? perm[t] : t) * p.n_heads * d;
     const size_t page_off = ((size_t)kv_page[t] * p.n_kv_heads) * p.page_size * d + (size_t)kv_slot[t] * d;
     bf16 *kout = (bf16 *)p.k_cache + page_off, *vout = (bf16 *)p.v_cache + page_off;
     const size_t head_stride = (size_t)p.page_size * d; // next kv head inside a page
@@ -121,7 +121,7 @@ static __global__ void qkv_post_kernel(const float *__restrict__ qkv, const int6
 extern "C" int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, const int32_t *perm,
                                  const int32_t *kv_page, const int32_t *kv_slot, const float *cos_t, const float *sin_t,
                                  const ops_cuda_qkv_t *p, void *stream) {
-    if (!qkv || n <= 0 || !pos || !perm || !kv_page || !kv_slot || !p || !p->q || !p->k_cache || !p->v_cache ||
+    if (!qkv || n <= 0 || !pos || !kv_page || !kv_slot || !p || !p->q || !p->k_cache || !p->v_cache ||
         p->rot_dim > p->head_dim || p->rot_dim % 2 || (p->n_table > 0 && (!cos_t || !sin_t)))
         return LC_EINVAL;
     qkv_post_kernel<<<n, 256, 0, (cudaStream_t)stream>>>(qkv, pos, perm, kv_page, kv_slot, cos_t, sin_t, *p);

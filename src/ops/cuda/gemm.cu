@@ -18,7 +18,11 @@
 //    for m = GEMM_SPLIT_M split-K included (a fixed split of k, partials
 //    reduced in a fixed order), and every call cut into row chunks of
 //    GEMM_SPLIT_M: the same configuration for every row whatever m is, with
-//    enough CTAs for small m.
+//    enough CTAs for small m. 64 rows: on the H200, 1.00-1.11x the heuristic's
+//    pick for 1-64 rows of Llama-3-8B's shapes (128 rows: 1.11-1.35x; 16 or
+//    32 rows: 1.0x at 1-8 rows, 1.9-3.6x at 64; docs/benchmarks.md).
+// ops_cuda_gemm_as() runs one call in a given mode (the handle's is the
+// default), so an executor can give each kind of row its own mode.
 // A row's result is the same in a call of any size under either invariant
 // mode (tests/gpu/check_cuda.c); tests/gpu/bench_gemm.c measures the costs.
 #include <cublasLt.h>
@@ -31,7 +35,7 @@
 #include "ops/cuda/cuda_ops.h"
 
 #define GEMM_REF_M 2048
-#define GEMM_SPLIT_M 128
+#define GEMM_SPLIT_M 64
 #define GEMM_CACHE 128
 
 #define CUBLAS_CHECK_RET(call)                                                                                         \
@@ -45,6 +49,7 @@
 
 typedef struct {
     int m, n, k, d_f32; // m = -1: the algorithm serves every m (deterministic)
+    int mode;
     cublasLtMatmulAlgo_t algo;
 } algo_entry_t;
 
@@ -53,6 +58,7 @@ struct ops_cuda_gemm {
     void *ws;
     size_t ws_bytes;
     ops_cuda_gemm_mode_t mode;
+    int split_m; // INVARIANT_SPLIT's rows per chunk: GEMM_SPLIT_M, or LACUNA_GPU_SPLIT_M (to measure)
     algo_entry_t cache[GEMM_CACHE];
     int n_cache, next_evict;
 };
@@ -64,6 +70,8 @@ extern "C" int ops_cuda_gemm_create(size_t workspace_bytes, ops_cuda_gemm_mode_t
     if (!g) return LC_ENOMEM;
     g->mode = mode;
     g->ws_bytes = workspace_bytes;
+    const char *e = getenv("LACUNA_GPU_SPLIT_M");
+    g->split_m = e && atoi(e) > 0 && atoi(e) <= GEMM_REF_M ? atoi(e) : GEMM_SPLIT_M;
     if (cublasLtCreate(&g->lt) != CUBLAS_STATUS_SUCCESS) {
         free(g);
         return LC_EDEVICE;
@@ -111,7 +119,8 @@ static int desc_make(gemm_desc_t *d, int m, int n, int k, int d_f32) {
 
 /* The first heuristic result for the shape that runs in the workspace;
  * INVARIANT_WIDE: with split-K off. */
-static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasLtMatmulAlgo_t *algo) {
+static int pick_algo(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k, int d_f32,
+                     cublasLtMatmulAlgo_t *algo) {
     gemm_desc_t d;
     int rc = desc_make(&d, m, n, k, d_f32);
     cublasLtMatmulPreference_t pref = NULL;
@@ -125,7 +134,7 @@ static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasL
     for (int i = 0; i < found; i++) {
         if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
         *algo = res[i].algo;
-        if (g->mode == OPS_GEMM_INVARIANT_WIDE) {
+        if (mode == OPS_GEMM_INVARIANT_WIDE) {
             const int one = 1;
             const uint32_t none = CUBLASLT_REDUCTION_SCHEME_NONE;
             cublasLtMatmulAlgoConfigSetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &one, sizeof one);
@@ -144,42 +153,52 @@ static int pick_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32, cublasL
     return rc;
 }
 
-static int ref_m(const ops_cuda_gemm_t *g) { return g->mode == OPS_GEMM_INVARIANT_WIDE ? GEMM_REF_M : GEMM_SPLIT_M; }
+static int ref_m(const ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode) {
+    return mode == OPS_GEMM_INVARIANT_WIDE ? GEMM_REF_M : g->split_m;
+}
 
-static const cublasLtMatmulAlgo_t *cached_algo(ops_cuda_gemm_t *g, int m, int n, int k, int d_f32) {
-    const int key_m = g->mode == OPS_GEMM_FAST ? m : -1;
+static const cublasLtMatmulAlgo_t *cached_algo(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k,
+                                               int d_f32) {
+    const int key_m = mode == OPS_GEMM_FAST ? m : -1;
     for (int i = 0; i < g->n_cache; i++) {
         const algo_entry_t *e = &g->cache[i];
-        if (e->m == key_m && e->n == n && e->k == k && e->d_f32 == d_f32) return &e->algo;
+        if (e->m == key_m && e->n == n && e->k == k && e->d_f32 == d_f32 && e->mode == (int)mode) return &e->algo;
     }
-    algo_entry_t e = {key_m, n, k, d_f32, {}};
-    if (pick_algo(g, g->mode == OPS_GEMM_FAST ? m : ref_m(g), n, k, d_f32, &e.algo)) return NULL;
+    algo_entry_t e = {key_m, n, k, d_f32, (int)mode, {}};
+    if (pick_algo(g, mode, mode == OPS_GEMM_FAST ? m : ref_m(g, mode), n, k, d_f32, &e.algo)) return NULL;
     int slot = g->n_cache < GEMM_CACHE ? g->n_cache++ : g->next_evict++ % GEMM_CACHE;
     g->cache[slot] = e;
     return &g->cache[slot].algo;
 }
 
-static int gemm_call(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
-                     int accumulate, void *stream);
+static int gemm_call(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k, const void *A, const void *W,
+                     void *D, int d_f32, int accumulate, void *stream);
 
 extern "C" int ops_cuda_gemm(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
                              int accumulate, void *stream) {
+    if (!g) return LC_EINVAL;
+    return ops_cuda_gemm_as(g, g->mode, m, n, k, A, W, D, d_f32, accumulate, stream);
+}
+
+extern "C" int ops_cuda_gemm_as(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k, const void *A,
+                                const void *W, void *D, int d_f32, int accumulate, void *stream) {
     if (!g || m <= 0 || n <= 0 || k <= 0 || !A || !W || !D) return LC_EINVAL;
-    if (g->mode != OPS_GEMM_INVARIANT_SPLIT) return gemm_call(g, m, n, k, A, W, D, d_f32, accumulate, stream);
-    /* rows in chunks of GEMM_SPLIT_M, each with the one configuration */
+    if (mode != OPS_GEMM_FAST && mode != OPS_GEMM_INVARIANT_WIDE && mode != OPS_GEMM_INVARIANT_SPLIT) return LC_EINVAL;
+    if (mode != OPS_GEMM_INVARIANT_SPLIT) return gemm_call(g, mode, m, n, k, A, W, D, d_f32, accumulate, stream);
+    /* rows in chunks of split_m, each with the one configuration */
     const size_t d_row = (size_t)n * (d_f32 ? 4 : 2);
-    for (int r0 = 0; r0 < m; r0 += GEMM_SPLIT_M) {
-        const int cnt = m - r0 < GEMM_SPLIT_M ? m - r0 : GEMM_SPLIT_M;
-        int rc = gemm_call(g, cnt, n, k, (const char *)A + (size_t)r0 * k * 2, W, (char *)D + (size_t)r0 * d_row, d_f32,
-                           accumulate, stream);
+    for (int r0 = 0; r0 < m; r0 += g->split_m) {
+        const int cnt = m - r0 < g->split_m ? m - r0 : g->split_m;
+        int rc = gemm_call(g, mode, cnt, n, k, (const char *)A + (size_t)r0 * k * 2, W, (char *)D + (size_t)r0 * d_row,
+                           d_f32, accumulate, stream);
         if (rc) return rc;
     }
     return 0;
 }
 
-static int gemm_call(ops_cuda_gemm_t *g, int m, int n, int k, const void *A, const void *W, void *D, int d_f32,
-                     int accumulate, void *stream) {
-    const cublasLtMatmulAlgo_t *algo = cached_algo(g, m, n, k, d_f32);
+static int gemm_call(ops_cuda_gemm_t *g, ops_cuda_gemm_mode_t mode, int m, int n, int k, const void *A, const void *W,
+                     void *D, int d_f32, int accumulate, void *stream) {
+    const cublasLtMatmulAlgo_t *algo = cached_algo(g, mode, m, n, k, d_f32);
     if (!algo) return LC_EDEVICE;
     gemm_desc_t d;
     int rc = desc_make(&d, m, n, k, d_f32);
