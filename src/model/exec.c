@@ -188,6 +188,26 @@ int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
 #endif
 }
 
+float *model_exec_logits_alloc(model_exec_t *e, size_t floats) {
+#ifdef HAVE_CUDA
+    if (e->cuda) return model_cuda_host_alloc(e->cuda, floats * sizeof(float));
+#endif
+    (void)e;
+    return malloc(floats * sizeof(float));
+}
+
+void model_exec_logits_free(model_exec_t *e, float *p) {
+    if (!p) return;
+#ifdef HAVE_CUDA
+    if (e->cuda) {
+        model_cuda_host_free(e->cuda, p);
+        return;
+    }
+#endif
+    (void)e;
+    free(p);
+}
+
 void model_exec_cp_stats(model_exec_t *e, model_exec_cp_stats_t *out) {
     if (e->cpu) {
         model_cpu_cp_stats(e->cpu, out);

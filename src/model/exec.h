@@ -114,6 +114,13 @@ typedef struct {
 
 /* Runs the batch. Returns 0, LC_EINVAL (bad batch), LC_ENOMEM, LC_EDEVICE. */
 int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *batch);
+/* Host memory for the slices' logits: page-locked on a GPU, so the device
+ * writes the rows straight into it (one copy per chunk of rows when the
+ * slices' buffers follow each other in slice order, as the scheduler's do);
+ * plain memory on the CPU. NULL when out of memory. Free with
+ * model_exec_logits_free on the same executor. */
+float *model_exec_logits_alloc(model_exec_t *e, size_t floats);
+void model_exec_logits_free(model_exec_t *e, float *p);
 
 /* ---- context parallelism ---------------------------------------------------------- */
 #define MODEL_CP_MAX_RANKS 64

@@ -96,8 +96,8 @@ struct model_cuda {
     /* the step's index arrays: device, and their pinned host twin */
     int32_t *d_idx, *h_idx; // tok | kv_page | kv_slot | lrows, each (T), by row
     int64_t *d_pos, *h_pos; // (T)
-    int32_t *lrow_tok;      // (T) host: the batch token of each logits row
-    float *h_logits;        // (LOGIT_CHUNK, V) pinned
+    int32_t *lrow_tok;      // (T) host: the batch token of each logits row (slice order)
+    int32_t *row0;          // (max_seqs) host: the first row of each slice
     /* decode-step graphs: per bucket, n_layers + 1 pieces (NULL until captured) */
     int use_graphs;
     cudaGraphExec_t *graphs[N_BUCKETS];
@@ -219,7 +219,6 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pos, T * sizeof(int64_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_idx, IX_N * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pos, T * sizeof(int64_t)));
-    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_logits, (size_t)LOGIT_CHUNK * hp->n_vocab * sizeof(float)));
     const size_t S = (size_t)c->max_seqs + 1;
     c->pf_q_indptr = (int32_t *)malloc(S * sizeof(int32_t));
     c->pf_kv_indptr = (int32_t *)malloc(S * sizeof(int32_t));
@@ -228,8 +227,9 @@ static int alloc_step(model_cuda_t *c) {
     c->dec_kv_len = (int32_t *)malloc((T + 1) * sizeof(int32_t));
     c->covered = (unsigned char *)malloc(T);
     c->lrow_tok = (int32_t *)malloc(T * sizeof(int32_t));
+    c->row0 = (int32_t *)malloc(S * sizeof(int32_t));
     if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
-        !c->lrow_tok)
+        !c->lrow_tok || !c->row0)
         return LC_ENOMEM;
     return 0;
 }
@@ -367,9 +367,9 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     attn_cuda_plan_destroy(c->dec_plan);
     cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att);
     cudaFree(c->gu), cudaFree(c->h), cudaFree(c->logits), cudaFree(c->d_idx), cudaFree(c->d_pos);
-    cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos), cudaFreeHost(c->h_logits);
+    cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos);
     free(c->pf_q_indptr), free(c->pf_kv_indptr), free(c->pf_kv_len), free(c->dec_kv_indptr), free(c->dec_kv_len);
-    free(c->kv_indices), free(c->covered), free(c->lrow_tok);
+    free(c->kv_indices), free(c->covered), free(c->lrow_tok), free(c->row0);
     ops_cuda_gemm_destroy(c->gemm);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c);
@@ -450,7 +450,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         if (q->generated) continue;
         const int np = (int)((q->pos0 + q->n_tok + P - 1) / P);
         for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
-        put_lrows(c, q, row, st);
+        c->row0[s] = row;
         memcpy(c->kv_indices + pf_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
         pf_pages += (size_t)np;
         row += q->n_tok;
@@ -467,7 +467,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (!q->generated) continue;
-        put_lrows(c, q, row, st);
+        c->row0[s] = row;
         for (int i = 0; i < q->n_tok; i++) {
             const int64_t len = q->pos0 + i + 1;
             const int np = (int)((len + P - 1) / P);
@@ -479,6 +479,8 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
         }
     }
+    /* the logits rows in slice order (the order of the slices' buffers) */
+    for (int s = 0; s < b->n_seqs; s++) put_lrows(c, &b->seqs[s], c->row0[s], st);
     /* a step of generated rows only may run as graphs, padded to its bucket */
     st->rows = row;
     st->bucket = -1;
@@ -643,32 +645,61 @@ static int capture_bucket(model_cuda_t *c, int k) {
     return 0;
 }
 
+extern "C" float *model_cuda_host_alloc(model_cuda_t *c, size_t bytes) {
+    void *p = NULL;
+    cudaSetDevice(c->device);
+    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
+        cudaGetLastError();
+        return NULL;
+    }
+    return (float *)p;
+}
+
+extern "C" void model_cuda_host_free(model_cuda_t *c, float *p) {
+    if (!p) return;
+    cudaSetDevice(c->device);
+    cudaFreeHost(p);
+}
+
+/* Where logits row i (slice order) goes on the host. */
+static float *lrow_dst(const model_batch_t *b, const int32_t *lrow_tok, int i, int V) {
+    const int t = lrow_tok[i];
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (t < q->tok0 || t >= q->tok0 + q->n_tok || !q->logits_mode) continue;
+        const int cntq = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->n_tok;
+        return q->logits + (size_t)(t - (q->tok0 + q->n_tok - cntq)) * V;
+    }
+    return NULL;
+}
+
 /* Final norm and LM head for the rows some slice asked for, LOGIT_CHUNK rows
- * a matmul, copied to the slices' host buffers. */
+ * a matmul, copied from the device to the slices' host buffers on the
+ * stream: one copy per chunk when the buffers follow each other (the
+ * scheduler's, page-locked: no host copy, no wait between chunks), else one
+ * per row. */
 static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const model_hparams_t *hp = &c->m->hp;
     const int V = hp->n_vocab, E = hp->n_embd;
     const int32_t *d_lrows = c->d_idx + IX_LROWS * c->max_tokens;
-    int r = 0;
+    if (!st->n_lrows) return 0;
+    float *base = lrow_dst(b, c->lrow_tok, 0, V);
+    int contiguous = 1;
+    for (int i = 1; i < st->n_lrows && contiguous; i++)
+        contiguous = lrow_dst(b, c->lrow_tok, i, V) == base + (size_t)i * V;
     for (int r0 = 0; r0 < st->n_lrows; r0 += LOGIT_CHUNK) {
         const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
         if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
         if (rc) return rc;
-        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_logits, c->logits, (size_t)cnt * V * sizeof(float), cudaMemcpyDeviceToHost,
-                                       c->stream));
-        CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
-        for (int i = 0; i < cnt; i++, r++) {
-            const int t = c->lrow_tok[r];
-            for (int s = 0; s < b->n_seqs; s++) { // the slice holding token t
-                const model_seq_t *q = &b->seqs[s];
-                if (t < q->tok0 || t >= q->tok0 + q->n_tok || !q->logits_mode) continue;
-                const int cntq = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->n_tok;
-                const int j = t - (q->tok0 + q->n_tok - cntq);
-                memcpy(q->logits + (size_t)j * V, c->h_logits + (size_t)i * V, (size_t)V * sizeof(float));
-                break;
-            }
+        if (contiguous) {
+            CUDA_CHECK_RET(cudaMemcpyAsync(base + (size_t)r0 * V, c->logits, (size_t)cnt * V * sizeof(float),
+                                           cudaMemcpyDeviceToHost, c->stream));
+            continue;
         }
+        for (int i = 0; i < cnt; i++)
+            CUDA_CHECK_RET(cudaMemcpyAsync(lrow_dst(b, c->lrow_tok, r0 + i, V), c->logits + (size_t)i * V,
+                                           (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
     }
     return 0;
 }

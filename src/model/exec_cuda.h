@@ -26,6 +26,9 @@ void model_cuda_destroy(model_cuda_t *c);
  * LC_ENOMEM or LC_EDEVICE (the step failed on the GPU; the executor stays
  * usable unless the device itself is lost). */
 int model_cuda_forward(model_cuda_t *c, const model_batch_t *b);
+/* Page-locked host memory (cudaMallocHost); NULL when it cannot be had. */
+float *model_cuda_host_alloc(model_cuda_t *c, size_t bytes);
+void model_cuda_host_free(model_cuda_t *c, float *p);
 /* NULL while the GPU works; once a step hit an error that sticks to the
  * device (an illegal address, a lost GPU: every later call fails too), the
  * reason. Such an executor never runs again. */

@@ -126,12 +126,12 @@ void sched_destroy(sched_t *s) {
     free(s->waiting.v);
     free(s->touched.v);
     kv_pool_destroy(s->kv);
+    if (s->exec) model_exec_logits_free(s->exec, s->logits);
     model_exec_destroy(s->exec);
     free(s->btok);
     free(s->bseq);
     free(s->slot);
     free(s->tmp);
-    free(s->logits);
     lc_hist_fini(&s->h_ttft);
     lc_hist_fini(&s->h_e2e);
     lc_hist_fini(&s->h_queue);

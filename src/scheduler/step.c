@@ -430,9 +430,14 @@ static void sweep(sched_t *s) {
     pthread_mutex_unlock(&s->mlock);
 }
 
+/* The step's logits rows, from the executor (page-locked on a GPU: the
+ * device copies into it directly); what it held is not kept. */
 static int ensure_logits(sched_t *s, size_t floats) {
     if (floats <= s->logits_cap) return 0;
-    float *l = realloc(s->logits, floats * sizeof *l);
+    model_exec_logits_free(s->exec, s->logits);
+    s->logits = NULL;
+    s->logits_cap = 0;
+    float *l = model_exec_logits_alloc(s->exec, floats);
     if (!l) return LC_ENOMEM;
     s->logits = l;
     s->logits_cap = floats;
