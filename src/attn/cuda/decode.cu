@@ -283,13 +283,16 @@ __global__ void __launch_bounds__(kThreads, 2)
     named_sync(kBarConsumers, kWarps * 32);
     if (!*sm_flag) return;
     __threadfence();
+    // The chunks' LSEs, one load per thread (a serial loop would wait an L2
+    // round trip per chunk), then each head's weights from shared memory.
+    for (int e = tid; e < G * n_chunks; e += kWarps * 32) {
+        const int g = e / n_chunks, c = e % n_chunks;
+        sm_w[g * ATTN_DEC_MAX_SPLITS + c] = __ldcg(&p.ws_lse[(part + c) * G + g]);
+    }
+    named_sync(kBarConsumers, kWarps * 32);
     if (tid < G) {
         float mx = -INFINITY;
-        for (int c = 0; c < n_chunks; c++) {
-            const float x = __ldcg(&p.ws_lse[(part + c) * G + tid]);
-            sm_w[tid * ATTN_DEC_MAX_SPLITS + c] = x;
-            mx = fmaxf(mx, x);
-        }
+        for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, sm_w[tid * ATTN_DEC_MAX_SPLITS + c]);
         float sum = 0.f;
         for (int c = 0; c < n_chunks; c++) {
             const float w = exp2f(sm_w[tid * ATTN_DEC_MAX_SPLITS + c] - mx);
@@ -305,6 +308,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         const int g = e / D, d = e % D;
         const float *src = p.ws_o + (part * G + g) * D + d;
         float v = 0.f;
+        // unrolled so that eight loads are in flight; the sum keeps chunk order
+#pragma unroll 8
         for (int c = 0; c < n_chunks; c++) v += sm_w[g * ATTN_DEC_MAX_SPLITS + c] * __ldcg(src + (size_t)c * G * D);
         p.out[(head0 + g) * D + d] = __float2bfloat16_rn(v);
     }
