@@ -2,6 +2,7 @@
  * call to the CPU executor (forward.c) or the CUDA executor (exec_cuda.cu).
  * The only place outside the CUDA sources that knows whether the build has
  * CUDA. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,11 +175,29 @@ int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
     return 0;
 }
 
+/* The CPU writes every logits row; the argmax asked for comes from it. */
+static void cpu_argmax(const model_t *m, const model_batch_t *b) {
+    const int V = m->hp.n_vocab;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (!q->argmax || q->logits_mode != MODEL_LOGITS_LAST) continue;
+        int32_t best = -1;
+        float bv = -INFINITY;
+        for (int i = 0; i < V; i++)
+            if (q->logits[i] > bv) { // NaN never compares greater
+                bv = q->logits[i];
+                best = i;
+            }
+        *q->argmax = best;
+    }
+}
+
 int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
     if (!e || !kv || !b) return LC_EINVAL;
     if (e->cpu) {
         int rc = model_cpu_forward(e->cpu, b);
         if (!rc) model_cpu_cp_account(e->cpu, kv);
+        if (!rc) cpu_argmax(e->m, b);
         return rc;
     }
 #ifdef HAVE_CUDA

@@ -103,6 +103,12 @@ typedef struct {
     int generated;
     model_logits_t logits_mode;
     float *logits; // (1 or n_tok, n_vocab), host memory
+    /* With MODEL_LOGITS_LAST, optional: the executor writes here the index of
+     * the row's largest logit (ties to the lowest id, NaN as -inf; -1 when
+     * no logit is above -inf) and may leave logits unwritten (a GPU then
+     * sends 4 bytes instead of the row). For greedy draws with nothing to
+     * apply to the row first (sampler_plain_greedy). */
+    int32_t *argmax;
 } model_seq_t;
 
 typedef struct {

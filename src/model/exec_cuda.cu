@@ -98,6 +98,8 @@ struct model_cuda {
     int64_t *d_pos, *h_pos; // (T)
     int32_t *lrow_tok;      // (T) host: the batch token of each logits row (slice order)
     int32_t *row0;          // (max_seqs) host: the first row of each slice
+    int32_t *d_argmax;      // (T) the argmax of each logits row
+    int32_t *h_argmax;      // (T) pinned
     /* decode-step graphs: per bucket, n_layers + 1 pieces (NULL until captured) */
     int use_graphs;
     cudaGraphExec_t *graphs[N_BUCKETS];
@@ -217,6 +219,8 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMalloc((void **)&c->logits, (size_t)LOGIT_CHUNK * hp->n_vocab * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_idx, IX_N * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pos, T * sizeof(int64_t)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_argmax, T * sizeof(int32_t)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_argmax, T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_idx, IX_N * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pos, T * sizeof(int64_t)));
     const size_t S = (size_t)c->max_seqs + 1;
@@ -367,7 +371,7 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     attn_cuda_plan_destroy(c->dec_plan);
     cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att);
     cudaFree(c->gu), cudaFree(c->h), cudaFree(c->logits), cudaFree(c->d_idx), cudaFree(c->d_pos);
-    cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos);
+    cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos), cudaFreeHost(c->h_argmax), cudaFree(c->d_argmax);
     free(c->pf_q_indptr), free(c->pf_kv_indptr), free(c->pf_kv_len), free(c->dec_kv_indptr), free(c->dec_kv_len);
     free(c->kv_indices), free(c->covered), free(c->lrow_tok), free(c->row0);
     ops_cuda_gemm_destroy(c->gemm);
@@ -661,45 +665,75 @@ extern "C" void model_cuda_host_free(model_cuda_t *c, float *p) {
     cudaFreeHost(p);
 }
 
-/* Where logits row i (slice order) goes on the host. */
-static float *lrow_dst(const model_batch_t *b, const int32_t *lrow_tok, int i, int V) {
+/* The slice of logits row i (slice order) and the row's index in it. */
+static const model_seq_t *lrow_seq(const model_batch_t *b, const int32_t *lrow_tok, int i, int *j) {
     const int t = lrow_tok[i];
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (t < q->tok0 || t >= q->tok0 + q->n_tok || !q->logits_mode) continue;
         const int cntq = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->n_tok;
-        return q->logits + (size_t)(t - (q->tok0 + q->n_tok - cntq)) * V;
+        *j = t - (q->tok0 + q->n_tok - cntq);
+        return q;
     }
     return NULL;
+}
+
+static float *lrow_dst(const model_batch_t *b, const int32_t *lrow_tok, int i, int V) {
+    int j;
+    const model_seq_t *q = lrow_seq(b, lrow_tok, i, &j);
+    return q->logits + (size_t)j * V;
+}
+
+/* 1 when logits row i only asked for its argmax. */
+static int lrow_argmax_only(const model_batch_t *b, const int32_t *lrow_tok, int i) {
+    int j;
+    const model_seq_t *q = lrow_seq(b, lrow_tok, i, &j);
+    return q->argmax && q->logits_mode == MODEL_LOGITS_LAST;
 }
 
 /* Final norm and LM head for the rows some slice asked for, LOGIT_CHUNK rows
  * a matmul, copied from the device to the slices' host buffers on the
  * stream: one copy per chunk when the buffers follow each other (the
  * scheduler's, page-locked: no host copy, no wait between chunks), else one
- * per row. */
+ * per row. Rows that asked only for their argmax send 4 bytes instead. */
 static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const model_hparams_t *hp = &c->m->hp;
     const int V = hp->n_vocab, E = hp->n_embd;
     const int32_t *d_lrows = c->d_idx + IX_LROWS * c->max_tokens;
     if (!st->n_lrows) return 0;
     float *base = lrow_dst(b, c->lrow_tok, 0, V);
-    int contiguous = 1;
-    for (int i = 1; i < st->n_lrows && contiguous; i++)
-        contiguous = lrow_dst(b, c->lrow_tok, i, V) == base + (size_t)i * V;
+    int contiguous = 1, n_argmax = 0;
+    for (int i = 0; i < st->n_lrows; i++) {
+        if (i && contiguous) contiguous = lrow_dst(b, c->lrow_tok, i, V) == base + (size_t)i * V;
+        n_argmax += lrow_argmax_only(b, c->lrow_tok, i);
+    }
     for (int r0 = 0; r0 < st->n_lrows; r0 += LOGIT_CHUNK) {
         const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
         if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
+        if (!rc && n_argmax) rc = ops_cuda_argmax_rows(c->logits, cnt, V, c->d_argmax + r0, c->stream);
         if (rc) return rc;
-        if (contiguous) {
+        int need = 0; // rows of the chunk that want their logits
+        for (int i = 0; i < cnt; i++) need += !lrow_argmax_only(b, c->lrow_tok, r0 + i);
+        if (contiguous && need == cnt) {
             CUDA_CHECK_RET(cudaMemcpyAsync(base + (size_t)r0 * V, c->logits, (size_t)cnt * V * sizeof(float),
                                            cudaMemcpyDeviceToHost, c->stream));
             continue;
         }
-        for (int i = 0; i < cnt; i++)
-            CUDA_CHECK_RET(cudaMemcpyAsync(lrow_dst(b, c->lrow_tok, r0 + i, V), c->logits + (size_t)i * V,
-                                           (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+        for (int i = 0; i < cnt && need; i++)
+            if (!lrow_argmax_only(b, c->lrow_tok, r0 + i))
+                CUDA_CHECK_RET(cudaMemcpyAsync(lrow_dst(b, c->lrow_tok, r0 + i, V), c->logits + (size_t)i * V,
+                                               (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    }
+    if (n_argmax) {
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_argmax, c->d_argmax, (size_t)st->n_lrows * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+        for (int i = 0; i < st->n_lrows; i++) {
+            int j;
+            const model_seq_t *q = lrow_seq(b, c->lrow_tok, i, &j);
+            if (q->argmax && q->logits_mode == MODEL_LOGITS_LAST) *q->argmax = c->h_argmax[i];
+        }
     }
     return 0;
 }

@@ -226,6 +226,41 @@ START_TEST(test_gemm) {
 }
 END_TEST
 
+/* Row argmax against the host's greedy rule: ties to the lowest index, NaN
+ * below everything, -1 for a row with nothing above -inf; rows of 49152 and
+ * 7 values. */
+START_TEST(test_argmax) {
+    const int R = 6;
+    const int cols_of[2] = {49152, 7};
+    for (int ci = 0; ci < 2; ci++) {
+        const int C = cols_of[ci];
+        float *x = malloc(sizeof(float) * R * C);
+        uint32_t st = 99;
+        for (int i = 0; i < R * C; i++) {
+            st = st * 1664525u + 1013904223u;
+            x[i] = (float)((st >> 9) % 1000) / 100.0f; // many ties
+        }
+        for (int c = 0; c < C; c++) x[1 * C + c] = NAN; // all NaN
+        for (int c = 0; c < C; c++) x[2 * C + c] = -INFINITY;
+        x[3 * C + C - 1] = 1e9f, x[3 * C + C / 2] = 1e9f, x[3 * C + 0] = NAN; // a tie of the largest
+        for (int c = 0; c < C; c++) x[4 * C + c] = c % 2 ? NAN : 5.0f;        // NaN between equal values
+        float *dx = dev(x, sizeof(float) * R * C);
+        int32_t *dout = dev(NULL, sizeof(int32_t) * R), out[6];
+        ck_assert_int_eq(ops_cuda_argmax_rows(dx, R, C, dout, NULL), 0);
+        back(out, dout, sizeof out);
+        for (int r = 0; r < R; r++) {
+            int32_t best = -1;
+            float bv = -INFINITY;
+            for (int c = 0; c < C; c++)
+                if (x[r * C + c] > bv) bv = x[r * C + c], best = c;
+            ck_assert_msg(out[r] == best, "argmax row %d of %d: GPU %d, host %d", r, C, out[r], best);
+        }
+        cudaFree(dx), cudaFree(dout);
+        free(x);
+    }
+}
+END_TEST
+
 /* ---- the executor --------------------------------------------------------------------------- */
 typedef struct {
     model_exec_t *e;
@@ -354,6 +389,30 @@ START_TEST(test_tiny_executor) {
     kv_seq_init(&alone);
     run(&rg, &alone, tok, N, 0, 0, gpu);
     ck_assert_msg(memcmp(l1, gpu, sizeof(float) * N * V) == 0, "GPU: a prompt batched differs from it alone");
+    /* the last row asked for its argmax only: the index of that row's largest logit */
+    {
+        kv_seq_t s3;
+        kv_seq_init(&s3);
+        ck_assert_int_eq(kv_seq_reserve(rg.kv, &s3, N), 0);
+        int32_t am = -2;
+        float *scratch = calloc((size_t)V, sizeof(float));
+        model_seq_t q3 = {.tok0 = 0,
+                          .n_tok = N,
+                          .pos0 = 0,
+                          .kv = &s3,
+                          .logits_mode = MODEL_LOGITS_LAST,
+                          .logits = scratch,
+                          .argmax = &am};
+        model_batch_t b3 = {.n_tokens = N, .tokens = tok, .n_seqs = 1, .seqs = &q3};
+        ck_assert_int_eq(model_exec_forward(rg.e, rg.kv, &b3), 0);
+        const float *last = gpu + (size_t)(N - 1) * V;
+        int32_t best = 0;
+        for (int i = 1; i < V; i++)
+            if (last[i] > last[best]) best = i;
+        ck_assert_msg(am == best, "GPU argmax-only row: %d, the row's argmax %d", am, best);
+        kv_seq_release(rg.kv, &s3);
+        free(scratch);
+    }
     kv_seq_release(rg.kv, &s1), kv_seq_release(rg.kv, &s2), kv_seq_release(rg.kv, &alone);
     kv_seq_release(rc.kv, &sc), kv_seq_release(rg.kv, &sg);
     rig_free(&rc), rig_free(&rg);
@@ -652,6 +711,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
+    tcase_add_test(tc, test_argmax);
     tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_test(tc, test_sched_batch_invariance);

@@ -51,6 +51,9 @@ int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, const int32_t
                       void *stream);
 /* h = bf16(silu(g) * u).   gu: (n, 2 ff) f32, gate then up; h: (n, ff) bf16 */
 int ops_cuda_swiglu(const float *gu, void *h, int n, int ff, void *stream);
+/* out[r] = the index of row r's largest value, ties to the lowest index, NaN
+ * below everything, -1 when none is above -inf.   x: (rows, cols) f32 */
+int ops_cuda_argmax_rows(const float *x, int rows, int cols, int32_t *out, void *stream);
 /* dst[r] = src[idx[r]], bf16 rows of cols.   idx: (n) */
 int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, void *dst, int n, int cols, void *stream);
 

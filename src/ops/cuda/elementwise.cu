@@ -170,3 +170,52 @@ extern "C" int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, vo
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
+
+// ---- argmax -----------------------------------------------------------------------------------
+// One block per row: the largest value's index, ties to the lowest index, NaN
+// below everything; -1 when no value is above -inf (the host sampler's
+// greedy rule over the same floats).
+static __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+    return v > bv || (v == bv && bi >= 0 && i < bi) || (bi < 0 && v > -INFINITY);
+}
+
+static __global__ void argmax_kernel(const float *__restrict__ x, int cols, int32_t *__restrict__ out) {
+    const float *row = x + (size_t)blockIdx.x * cols;
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = row[i];
+        if (v > bv) { // NaN never compares greater; strided order keeps the lowest index per thread
+            bv = v;
+            bi = i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_down_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_down_sync(0xffffffffu, bi, o);
+        if (oi >= 0 && better(ov, oi, bv, bi)) bv = ov, bi = oi;
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) sv[warp] = bv, si[warp] = bi;
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        bv = lane < nw ? sv[lane] : -INFINITY;
+        bi = lane < nw ? si[lane] : -1;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ov = __shfl_down_sync(0xffffffffu, bv, o);
+            const int oi = __shfl_down_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && better(ov, oi, bv, bi)) bv = ov, bi = oi;
+        }
+        if (lane == 0) out[blockIdx.x] = bi;
+    }
+}
+
+extern "C" int ops_cuda_argmax_rows(const float *x, int rows, int cols, int32_t *out, void *stream) {
+    if (!x || !out || rows <= 0 || cols <= 0) return LC_EINVAL;
+    argmax_kernel<<<rows, 1024, 0, (cudaStream_t)stream>>>(x, cols, out);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
