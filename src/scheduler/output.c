@@ -268,9 +268,8 @@ static int parallel_draw(const sched_t *s, int i) {
     return ch->finish == SCHED_FINISH_NONE && !ch->gm;
 }
 
-void sched__after_forward(sched_t *s, int n_seq) {
-    double now = lc_now_s();
-    /* Decode rows draw first, in parallel (a softmax over the vocabulary
+void sched__draw(sched_t *s, int n_seq) {
+    /* Decode rows draw first, in parallel (a pass over the vocabulary
      * each); everything with an order (events, finishing, the prefix cache)
      * follows in slice order. */
     int n_par = 0;
@@ -279,6 +278,9 @@ void sched__after_forward(sched_t *s, int n_seq) {
     for (int i = 0; i < n_seq; i++)
         if (s->slot[i].drawn)
             s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
+}
+
+void sched__commit(sched_t *s, int n_seq, double now) {
     for (int i = 0; i < n_seq; i++) {
         model_seq_t *ms = &s->bseq[i];
         sched_req_t *r = s->slot[i].r;
@@ -301,4 +303,10 @@ void sched__after_forward(sched_t *s, int n_seq) {
             commit_choice(s, r, s->slot[i].choice, rc, s->slot[i].drawn ? &s->slot[i].res : &res, now);
         }
     }
+}
+
+void sched__after_forward(sched_t *s, int n_seq) {
+    const double now = lc_now_s();
+    sched__draw(s, n_seq);
+    sched__commit(s, n_seq, now);
 }
