@@ -7,7 +7,8 @@
  * pool of random rows, then the engine thread sleeps G ms (the forward
  * pass on the device, during which the OpenMP team falls asleep as it does
  * in lacunad) before the timed part. Steps in which every request decodes
- * are reported: mean and median microseconds of the parallel draw, the
+ * are reported (with how many of them the OpenMP team drew, output.c's
+ * choice): mean, median and 90th percentile microseconds of the draw, the
  * serial commit (events, detokenizing, stop matching, prefix cache) and
  * their sum (what engine_sample_seconds_total counts), and the sweep (wake-up
  * callbacks, here none). The checksum covers every event's token, text,
@@ -161,7 +162,7 @@ int main(int argc, char **argv) {
     series_t draw = {0}, commit = {0}, total = {0}, sweep = {0};
     uint64_t h = 0xcbf29ce484222325ull;
     long tokens = 0;
-    int step = 0;
+    int step = 0, n_team = 0;
     for (int round = 0; round < rounds; round++) {
         for (int i = 0; i < conc; i++) {
             int32_t prompt[PROMPT_LEN];
@@ -203,6 +204,7 @@ int main(int argc, char **argv) {
             const double t0 = lc_now_s();
             if (n_seq > 0) sched__draw(s, n_seq);
             const double t1 = lc_now_s();
+            const int in_team = s->draw_serial_run == 0; // output.c's choice this step
             if (n_seq > 0) sched__commit(s, n_seq, t0);
             const double t2 = lc_now_s();
             sched__sweep(s);
@@ -213,6 +215,7 @@ int main(int argc, char **argv) {
                 series_add(&commit, t2 - t1);
                 series_add(&total, t2 - t0);
                 series_add(&sweep, t3 - t2);
+                n_team += in_team;
             }
             /* The HTTP side's part, outside the timed window. */
             for (int i = 0; i < conc; i++) {
@@ -232,7 +235,8 @@ int main(int argc, char **argv) {
     printf("bench_sample: %d requests x %d tokens x %d rounds, vocab %d, temperature %g, logprobs %d, "
            "%d OpenMP threads, %.1f ms gap\n",
            conc, max_tokens, rounds, nv, temperature, logprobs, team, gap_ms);
-    printf("  %d steps with %d decode rows (%ld tokens in all); per step:\n", total.n, conc, tokens);
+    printf("  %d steps with %d decode rows (%ld tokens in all), %d drawn by the OpenMP team; per step:\n", total.n,
+           conc, tokens, n_team);
     series_print("draw", &draw);
     series_print("commit", &commit);
     series_print("total", &total);

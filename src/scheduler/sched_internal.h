@@ -133,6 +133,11 @@ struct sched {
     size_t logits_cap;       // floats
     sched_reqv_t touched;    // requests with events this step
     double ms_per_row;       // measured cost of a batch row (EWMA over prompt-heavy steps); 0 = none yet
+    /* Where the draw runs (output.c): the cost of a row's draw (EWMA; 0 =
+     * none yet), the OpenMP regions in a row that were slower than the
+     * engine thread alone, and the draws since the team last ran one. */
+    double draw_row_s;
+    int draw_losses, draw_serial_run;
 
     /* Metrics, under mlock. */
     pthread_mutex_t mlock;
