@@ -16,10 +16,14 @@ struct sampler {
     sampler_params_t p;
     int n_vocab;
     uint64_t rng[4];
-    int32_t *count; // (n_vocab) times each token was generated
-    uint8_t *seen;  // (n_vocab) in the prompt or generated (repetition penalty)
-    int32_t *idx;   // (n_vocab) candidate ids
-    float *val;     // (n_vocab) candidate logits / probabilities, by id
+    /* Only what the parameters use is allocated: the engine creates a
+     * sampler per choice and updates it on its one thread, where the page
+     * faults of a fresh vocabulary-sized array touched at random token ids
+     * cost more than the rest of a token's bookkeeping. */
+    int32_t *count; // (n_vocab) times each token was generated; NULL without penalties
+    uint8_t *seen;  // (n_vocab) in the prompt or generated (repetition penalty); NULL without penalties
+    int32_t *idx;   // (n_vocab) candidate ids; NULL when greedy
+    float *val;     // (n_vocab) candidate logits / probabilities, by id; NULL when greedy
     int n_output;
 };
 
@@ -65,19 +69,25 @@ sampler_t *sampler_create(const sampler_params_t *p, int n_vocab, const int32_t 
     if (s->p.n_logprobs < 0) s->p.n_logprobs = 0;
     if (s->p.n_logprobs > SAMPLER_MAX_LOGPROBS) s->p.n_logprobs = SAMPLER_MAX_LOGPROBS;
     s->n_vocab = n_vocab;
-    s->count = calloc((size_t)n_vocab, sizeof *s->count);
-    s->seen = calloc((size_t)n_vocab, 1);
-    s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
-    s->val = malloc((size_t)n_vocab * sizeof *s->val);
-    if (!s->count || !s->seen || !s->idx || !s->val) {
-        sampler_destroy(s);
-        return NULL;
-    }
+    /* apply_penalties and sampler_sample's candidates read these only under
+     * these conditions. */
+    const int penalties = (p->repetition_penalty > 0 && p->repetition_penalty != 1.0f) || p->presence_penalty != 0 ||
+                          p->frequency_penalty != 0;
+    const int greedy = p->temperature <= 0 || p->top_k == 1;
+    if (penalties &&
+        (!(s->count = calloc((size_t)n_vocab, sizeof *s->count)) || !(s->seen = calloc((size_t)n_vocab, 1))))
+        goto fail;
+    if (!greedy &&
+        (!(s->idx = malloc((size_t)n_vocab * sizeof *s->idx)) || !(s->val = malloc((size_t)n_vocab * sizeof *s->val))))
+        goto fail;
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
-    for (int i = 0; i < n_prompt; i++)
+    for (int i = 0; s->seen && i < n_prompt; i++)
         if (prompt[i] >= 0 && prompt[i] < n_vocab) s->seen[prompt[i]] = 1;
     return s;
+fail:
+    sampler_destroy(s);
+    return NULL;
 }
 
 void sampler_destroy(sampler_t *s) {
@@ -91,8 +101,10 @@ void sampler_destroy(sampler_t *s) {
 
 void sampler_accept(sampler_t *s, int32_t token) {
     if (token < 0 || token >= s->n_vocab) return;
-    s->count[token]++;
-    s->seen[token] = 1;
+    if (s->count) {
+        s->count[token]++;
+        s->seen[token] = 1;
+    }
     s->n_output++;
 }
 
