@@ -1,12 +1,14 @@
 /* Check suite for the sampler: greedy, the drawn distribution against the
  * softmax (chi-square with fixed seeds), each filter restricting the support
- * as specified, penalties and biases hitting the right logits, seeding, and
- * log-probabilities. */
+ * as specified, penalties and biases hitting the right logits, seeding,
+ * log-probabilities, and the vectorised greedy argmax against the serial
+ * scan at every CPU level. */
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/cpu.h"
 #include "common/status.h"
 #include "model/sampler.h"
 
@@ -295,6 +297,121 @@ START_TEST(test_logprobs) {
 }
 END_TEST
 
+/* The greedy rule as sampler.h states it, serially: NaN is -inf, the
+ * largest logit wins, ties to the lowest id; -1 when nothing is allowed. */
+static int32_t ref_greedy(const float *l, int V) {
+    int32_t t = -1;
+    for (int i = 0; i < V; i++) {
+        const float v = isnan(l[i]) ? -INFINITY : l[i];
+        if (v != -INFINITY && (t < 0 || v > l[t])) t = i;
+    }
+    return t;
+}
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint32_t rnd(uint32_t n) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state % n);
+}
+
+/* Logits that stress a lane-wise argmax: few distinct values (ties across
+ * lanes, accumulators and the tail), NaN, -inf, +inf, and -0 tying +0. */
+static void adversarial(float *l, int V, int kind) {
+    for (int i = 0; i < V; i++) l[i] = (float)rnd(kind == 0 ? 1000 : 4) - 3.0f;
+    if (kind == 1) // the maximum, 0, as +0 and -0 at random places
+        for (int i = 0; i < V; i++)
+            if (l[i] == 0.0f && rnd(2)) l[i] = -0.0f;
+    const int n_odd = 1 + (int)rnd(6);
+    for (int k = 0; k < n_odd; k++) {
+        const int at = (int)rnd((uint32_t)V);
+        switch (kind) {
+        case 2: l[at] = NAN; break;
+        case 3: l[at] = (k & 1) ? INFINITY : NAN; break;
+        default: l[at] = -INFINITY; break;
+        }
+    }
+    if (kind == 4) // all disallowed but one or two
+        for (int i = 0; i < V; i++) l[i] = rnd(3) ? -INFINITY : NAN;
+    if (kind == 4 && rnd(2)) l[rnd((uint32_t)V)] = -1e30f;
+}
+
+/* Greedy draws, with and without log-probabilities, at every CPU level the
+ * machine has, give the serial scan's token on lengths around the vector
+ * widths and a vocabulary-sized one; everything NaN or -inf is an error.
+ * Bias and bans go through the same path. */
+START_TEST(test_greedy_argmax) {
+    const int lens[] = {1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 4099, 49152 + 13};
+    float *l = malloc((size_t)(49152 + 13) * sizeof *l), *w = malloc((size_t)(49152 + 13) * sizeof *w);
+    for (lc_cpu_level_t lvl = LC_CPU_SCALAR; lvl <= lc_cpu_detected(); lvl++) {
+        lc_cpu_set_max(lvl);
+        for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+            const int V = lens[li];
+            for (int skip = 0; skip < 2; skip++) {
+                sampler_params_t p;
+                sampler_params_default(&p);
+                p.temperature = 0;
+                p.skip_logprob = skip;
+                const sampler_bias_t bias[2] = {{.token = V / 3, .bias = 2.0f}, {.token = V - 1, .bias = -100.0f}};
+                p.logit_bias = bias;
+                p.n_logit_bias = V > 2 ? 2 : 0;
+                sampler_t *s = mk(&p, V);
+                for (int trial = 0; trial < (V > 5000 ? 10 : 200); trial++) {
+                    adversarial(l, V, trial % 5);
+                    memcpy(w, l, (size_t)V * sizeof *l);
+                    for (int i = 0; i < p.n_logit_bias; i++)
+                        w[bias[i].token] = bias[i].bias <= -100.0f ? -INFINITY : w[bias[i].token] + bias[i].bias;
+                    const int32_t banned[1] = {(int32_t)rnd((uint32_t)V)};
+                    const int n_banned = (int)rnd(2);
+                    if (n_banned) w[banned[0]] = -INFINITY;
+                    const int32_t want = ref_greedy(w, V);
+                    memcpy(w, l, (size_t)V * sizeof *l);
+                    sampler_result_t r;
+                    const int rc = sampler_sample(s, w, banned, n_banned, &r);
+                    if (want < 0) {
+                        ck_assert_msg(rc == LC_EINVAL, "level %d V %d: everything banned gave %d", lvl, V, rc);
+                        continue;
+                    }
+                    ck_assert_msg(rc == 0 && r.token == want, "level %d V %d trial %d skip %d: token %d, want %d", lvl,
+                                  V, trial, skip, r.token, want);
+                    ck_assert(skip ? isnan(r.logprob) : !(r.logprob > 0.0f)); // NaN: an infinite logit
+                }
+                sampler_destroy(s);
+            }
+        }
+    }
+    lc_cpu_set_max(LC_CPU_AVX512);
+    /* With penalties (applied to NaN logits too when nothing rewrites them
+     * first), without log-probabilities as with them. */
+    enum { PV = 1000 };
+    sampler_params_t p;
+    sampler_params_default(&p);
+    p.temperature = 0;
+    p.repetition_penalty = 1.3f;
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    const int32_t prompt[3] = {4, 40, 400};
+    sampler_t *a = sampler_create(&p, PV, prompt, 3);
+    p.skip_logprob = 1;
+    sampler_t *b = sampler_create(&p, PV, prompt, 3);
+    ck_assert(a && b);
+    for (int step = 0; step < 300; step++) {
+        adversarial(l, PV, step % 4);
+        sampler_result_t ra, rb;
+        memcpy(w, l, PV * sizeof *l);
+        ck_assert_int_eq(sampler_sample(a, w, NULL, 0, &ra), 0);
+        memcpy(w, l, PV * sizeof *l);
+        ck_assert_int_eq(sampler_sample(b, w, NULL, 0, &rb), 0);
+        ck_assert_int_eq(ra.token, rb.token);
+        sampler_accept(a, ra.token), sampler_accept(b, rb.token);
+    }
+    sampler_destroy(a), sampler_destroy(b);
+    free(l);
+    free(w);
+}
+END_TEST
+
 static Suite *sampler_suite(void) {
     Suite *s = suite_create("sampler");
     TCase *tc = tcase_create("core");
@@ -307,6 +424,7 @@ static Suite *sampler_suite(void) {
     tcase_add_test(tc, test_seed_reproducible);
     tcase_add_test(tc, test_logprobs);
     tcase_add_test(tc, test_skip_logprob);
+    tcase_add_test(tc, test_greedy_argmax);
     suite_add_tcase(s, tc);
     return s;
 }

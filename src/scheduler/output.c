@@ -5,6 +5,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "common/log.h"
 #include "common/status.h"
@@ -268,17 +271,59 @@ static int parallel_draw(const sched_t *s, int i) {
     return ch->finish == SCHED_FINISH_NONE && !ch->gm;
 }
 
-void sched__after_forward(sched_t *s, int n_seq) {
-    double now = lc_now_s();
-    /* Decode rows draw first, in parallel (a softmax over the vocabulary
-     * each); everything with an order (events, finishing, the prefix cache)
-     * follows in slice order. */
+/* Whether n rows' draws go to the OpenMP team of `team` threads. Waking the
+ * team is not free: after a GPU's forward pass of a few milliseconds its
+ * threads sleep, and a region ends only when the last of them has woken and
+ * arrived, however little work was left for it. On the 2-vCPU VM, with
+ * libgomp's spin of 30,000 that lacunad sets, that took ~1 ms, longer than
+ * the engine thread alone drawing 64 greedy rows of 49,152
+ * (tests/bench_sample -g 4; docs/benchmarks.md). So after DRAW_LOSSES
+ * regions in a row that took longer than the rows would have alone (at the
+ * measured cost of a row), the engine thread draws alone, and every
+ * DRAW_PROBE draws it lets the team try again, so that a machine where
+ * waking is cheap again is noticed; one slow region (a thread descheduled
+ * for a moment) changes nothing. */
+#define DRAW_LOSSES 3
+#define DRAW_PROBE 64
+static int draw_in_team(const sched_t *s, int n, int team) {
+    if (n < 4 || team < 2) return 0;
+    return s->draw_losses < DRAW_LOSSES || s->draw_serial_run >= DRAW_PROBE;
+}
+
+void sched__draw(sched_t *s, int n_seq) {
+    /* Decode rows draw first (a pass over the vocabulary each); everything
+     * with an order (events, finishing, the prefix cache) follows in slice
+     * order. Each row is drawn by one thread with its choice's own sampler,
+     * so whether the team helps never changes a token. */
     int n_par = 0;
     for (int i = 0; i < n_seq; i++) n_par += (s->slot[i].drawn = parallel_draw(s, i));
-#pragma omp parallel for schedule(dynamic, 1) if (n_par >= 4)
-    for (int i = 0; i < n_seq; i++)
-        if (s->slot[i].drawn)
-            s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
+    if (n_par == 0) return;
+#ifdef _OPENMP
+    const int team = omp_get_max_threads();
+#else
+    const int team = 1;
+#endif
+    const int par = draw_in_team(s, n_par, team);
+    double work = 0;
+    const double t0 = lc_now_s();
+#pragma omp parallel for schedule(dynamic, 1) reduction(+ : work) if (par)
+    for (int i = 0; i < n_seq; i++) {
+        if (!s->slot[i].drawn) continue;
+        const double a = lc_now_s();
+        s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
+        work += lc_now_s() - a;
+    }
+    const double wall = lc_now_s() - t0, row = work / n_par;
+    s->draw_row_s = s->draw_row_s > 0 ? 0.8 * s->draw_row_s + 0.2 * row : row;
+    if (!par) {
+        s->draw_serial_run++;
+        return;
+    }
+    s->draw_losses = wall > n_par * s->draw_row_s ? s->draw_losses + 1 : 0;
+    s->draw_serial_run = 0;
+}
+
+void sched__commit(sched_t *s, int n_seq, double now) {
     for (int i = 0; i < n_seq; i++) {
         model_seq_t *ms = &s->bseq[i];
         sched_req_t *r = s->slot[i].r;
@@ -301,4 +346,10 @@ void sched__after_forward(sched_t *s, int n_seq) {
             commit_choice(s, r, s->slot[i].choice, rc, s->slot[i].drawn ? &s->slot[i].res : &res, now);
         }
     }
+}
+
+void sched__after_forward(sched_t *s, int n_seq) {
+    const double now = lc_now_s();
+    sched__draw(s, n_seq);
+    sched__commit(s, n_seq, now);
 }

@@ -133,6 +133,11 @@ struct sched {
     size_t logits_cap;       // floats
     sched_reqv_t touched;    // requests with events this step
     double ms_per_row;       // measured cost of a batch row (EWMA over prompt-heavy steps); 0 = none yet
+    /* Where the draw runs (output.c): the cost of a row's draw (EWMA; 0 =
+     * none yet), the OpenMP regions in a row that were slower than the
+     * engine thread alone, and the draws since the team last ran one. */
+    double draw_row_s;
+    int draw_losses, draw_serial_run;
 
     /* Metrics, under mlock. */
     pthread_mutex_t mlock;
@@ -147,11 +152,27 @@ int sched__reqv_push(sched_reqv_t *v, sched_req_t *r);
 void sched__reqv_remove(sched_reqv_t *v, int i);
 int sched__reqv_insert(sched_reqv_t *v, int i, sched_req_t *r);
 
-/* step.c */
+/* step.c: a step is plan, forward, after_forward, sweep. tests/bench_sample
+ * runs the same parts with synthetic logits in place of the forward pass. */
 int sched__step(sched_t *s);
+/* Handles cancellations, builds the step's batch (s->btok, bseq, slot) and
+ * points each slice's logits into s->logits. Returns the slices (0: nothing
+ * to run), or a negative status after failing the batch's requests; n_tok:
+ * the batch's tokens, n_decode: how many of them are decode rows. */
+int sched__plan(sched_t *s, int *n_tok, int *n_decode);
+/* Wakes the requests that got events and drops the engine's reference to
+ * finished ones. */
+void sched__sweep(sched_t *s);
 /* output.c */
 void sched__finish_all(sched_t *s, sched_req_t *r, sched_finish_t f, int status);
-/* Samples, emits and advances every slice of the step's n_seq slices. */
+/* Samples, emits and advances every slice of the step's n_seq slices:
+ * sched__draw then sched__commit. */
 void sched__after_forward(sched_t *s, int n_seq);
+/* Draws the tokens of the slices that may draw apart from the others
+ * (slot.drawn), in parallel. */
+void sched__draw(sched_t *s, int n_seq);
+/* In slice order: advances each slice's KV, draws what sched__draw left,
+ * and emits tokens, text and finishes; now: the step's time (TTFT, ITL). */
+void sched__commit(sched_t *s, int n_seq, double now);
 
 #endif

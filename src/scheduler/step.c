@@ -402,8 +402,7 @@ static int device_lost(sched_t *s) {
     return 1;
 }
 
-/* Wakes touched requests and drops the engine's reference to finished ones. */
-static void sweep(sched_t *s) {
+void sched__sweep(sched_t *s) {
     for (int i = 0; i < s->touched.n; i++) {
         sched_req_t *r = s->touched.v[i];
         r->wake_pending = 0;
@@ -455,18 +454,24 @@ static int prompt_budget(const sched_t *s, int n_decode) {
     return rows > s->cfg.max_batch_tokens ? s->cfg.max_batch_tokens : (int)rows;
 }
 
-int sched__step(sched_t *s) {
+/* Fails every request of a batch whose step could not run. */
+static void fail_batch(sched_t *s, int n_seq, int rc) {
+    LC_ERROR("sched: step failed: %s", lc_strerror(rc));
+    for (int i = 0; i < n_seq; i++) sched__finish_all(s, s->slot[i].r, SCHED_FINISH_ERROR, rc);
+}
+
+int sched__plan(sched_t *s, int *n_tok, int *n_decode) {
     handle_cancels(s);
     batch_t b = {.budget = s->cfg.max_batch_tokens};
-    int rc = 0;
-    if (device_lost(s)) goto out;
+    *n_tok = *n_decode = 0;
+    if (device_lost(s)) return 0;
     /* Running decodes first, oldest first. */
     for (int i = 0; i < s->running.n && b.budget > 0; i++)
         if (s->running.v[i]->state != REQ_DONE) schedule_decodes(s, &b, s->running.v[i]);
     /* Prompt work of running requests in admission order, then admissions
      * (not in a step that had to preempt). */
-    const int n_decode = b.n_tok;
-    b.pf_budget = prompt_budget(s, n_decode);
+    *n_decode = b.n_tok;
+    b.pf_budget = prompt_budget(s, *n_decode);
     for (int i = 0; i < s->running.n && b.budget > 0 && b.pf_budget > 0; i++) {
         if (!has_prompt_work(s->running.v[i])) continue;
         schedule_prompt_work(s, &b, i, !b.preempted);
@@ -478,41 +483,53 @@ int sched__step(sched_t *s) {
         int live = 0;
         for (int i = 0; i < s->running.n; i++) live += s->running.v[i]->state != REQ_DONE;
         if (live > 1) preempt(s, newest_live(s));
-        goto out;
+        return 0;
     }
 
     size_t nv = (size_t)s->hp.n_vocab, rows = 0;
     for (int i = 0; i < b.n_seq; i++) rows += (size_t)s->slot[i].rows;
-    if ((rc = ensure_logits(s, rows * nv))) goto fail;
+    int rc = ensure_logits(s, rows * nv);
+    if (rc) {
+        fail_batch(s, b.n_seq, rc);
+        return rc;
+    }
     rows = 0;
     for (int i = 0; i < b.n_seq; i++) {
         s->bseq[i].logits = s->slot[i].rows ? s->logits + rows * nv : NULL;
         rows += (size_t)s->slot[i].rows;
     }
-    model_batch_t mb = {.n_tokens = b.n_tok, .tokens = s->btok, .n_seqs = b.n_seq, .seqs = s->bseq};
+    *n_tok = b.n_tok;
+    return b.n_seq;
+}
+
+int sched__step(sched_t *s) {
+    int n_tok, n_decode;
+    const int n_seq = sched__plan(s, &n_tok, &n_decode);
+    int rc = n_seq;
+    if (n_seq <= 0) goto out;
+    model_batch_t mb = {.n_tokens = n_tok, .tokens = s->btok, .n_seqs = n_seq, .seqs = s->bseq};
     const double t0 = lc_now_s();
     rc = model_exec_forward(s->exec, s->kv, &mb);
-    if (rc) goto fail;
+    if (rc) {
+        fail_batch(s, n_seq, rc);
+        goto out;
+    }
     /* The cost of a row, from steps that are mostly prompt rows (decode rows
      * take cheaper kernels on the CPU). */
-    if (2 * (b.n_tok - n_decode) >= b.n_tok) {
-        const double ms = (lc_now_s() - t0) * 1e3 / b.n_tok;
+    if (2 * (n_tok - n_decode) >= n_tok) {
+        const double ms = (lc_now_s() - t0) * 1e3 / n_tok;
         s->ms_per_row = s->ms_per_row > 0 ? 0.8 * s->ms_per_row + 0.2 * ms : ms;
     }
     const double t1 = lc_now_s();
-    sched__after_forward(s, b.n_seq);
+    sched__after_forward(s, n_seq);
     const double t2 = lc_now_s();
     pthread_mutex_lock(&s->mlock);
     s->m.steps_total++;
     s->m.forward_seconds += t1 - t0;
     s->m.sample_seconds += t2 - t1;
     pthread_mutex_unlock(&s->mlock);
-    rc = b.n_tok;
-    goto out;
-fail:
-    LC_ERROR("sched: step failed: %s", lc_strerror(rc));
-    for (int i = 0; i < b.n_seq; i++) sched__finish_all(s, s->slot[i].r, SCHED_FINISH_ERROR, rc);
+    rc = n_tok;
 out:
-    sweep(s);
+    sched__sweep(s);
     return rc;
 }
