@@ -290,6 +290,13 @@ static void apply_penalties(sampler_t *s, float *logits) {
             if (s->count[i]) logits[i] -= p->presence_penalty + p->frequency_penalty * (float)s->count[i];
 }
 
+int sampler_plain_greedy(const sampler_t *s) {
+    const sampler_params_t *p = &s->p;
+    const int no_rp = p->repetition_penalty <= 0 || p->repetition_penalty == 1.0f;
+    return (p->temperature <= 0 || p->top_k == 1) && p->skip_logprob && p->n_logit_bias == 0 && no_rp &&
+           p->presence_penalty == 0 && p->frequency_penalty == 0;
+}
+
 int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out) {
     const sampler_params_t *p = &s->p;
     int V = s->n_vocab;

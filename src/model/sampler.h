@@ -53,6 +53,9 @@ void sampler_accept(sampler_t *s, int32_t token);
 /* Samples from logits (n_vocab, modified in place). banned tokens (e.g. EOS
  * before min_tokens) get -inf. Returns 0 or a negative status. */
 int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out);
+/* 1 when a draw is the argmax of the raw logits: greedy, no log-probabilities,
+ * no logit bias, no penalties (banned tokens and grammars are the caller's). */
+int sampler_plain_greedy(const sampler_t *s);
 /* Log-softmax of raw logits at token plus the top-n (echo of prompt tokens). */
 void sampler_logprobs_of(const float *logits, int n_vocab, int32_t token, int n_top, sampler_result_t *out);
 

@@ -125,6 +125,16 @@ static int draw(const sched_t *s, sched_req_t *r, int c, float *logits, sampler_
     return rc;
 }
 
+/* A plain greedy draw whose argmax the executor found (-1: nothing allowed,
+ * as sampler_sample says it). */
+static int take_argmax(int32_t a, sampler_result_t *res) {
+    memset(res, 0, sizeof *res);
+    if (a < 0) return LC_EINVAL;
+    res->token = a;
+    res->logprob = NAN;
+    return 0;
+}
+
 /* Emits choice c's drawn token (rc: the draw's status) and everything it
  * ends. */
 static void commit_choice(sched_t *s, sched_req_t *r, int c, int rc, const sampler_result_t *drawn, double now) {
@@ -310,7 +320,10 @@ void sched__draw(sched_t *s, int n_seq) {
     for (int i = 0; i < n_seq; i++) {
         if (!s->slot[i].drawn) continue;
         const double a = lc_now_s();
-        s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
+        if (s->bseq[i].argmax)
+            s->slot[i].rc = take_argmax(s->slot[i].argmax, &s->slot[i].res);
+        else
+            s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
         work += lc_now_s() - a;
     }
     const double wall = lc_now_s() - t0, row = work / n_par;
@@ -342,7 +355,9 @@ void sched__commit(sched_t *s, int n_seq, double now) {
             kv_seq_trim(s->kv, &ch->kv);
             if (!ms->logits_mode) continue;
             sampler_result_t res;
-            int rc = s->slot[i].drawn ? s->slot[i].rc : draw(s, r, s->slot[i].choice, ms->logits, &res);
+            int rc = s->slot[i].drawn ? s->slot[i].rc
+                     : ms->argmax     ? take_argmax(s->slot[i].argmax, &res)
+                                      : draw(s, r, s->slot[i].choice, ms->logits, &res);
             commit_choice(s, r, s->slot[i].choice, rc, s->slot[i].drawn ? &s->slot[i].res : &res, now);
         }
     }

@@ -93,6 +93,9 @@ struct sched_slot {
      * (drawn: 1 when res and rc hold it). */
     int drawn, rc;
     sampler_result_t res;
+    /* A plain greedy draw (sampler_plain_greedy, no grammar, nothing banned)
+     * asks the executor for the argmax of its row instead of the row. */
+    int32_t argmax;
 };
 
 /* A vector of requests with a fixed capacity, reserved at creation so that

@@ -124,6 +124,13 @@ static int make_room(sched_t *s, kv_seq_t *kv, int n) {
  * tokens (decode arithmetic, replays included). */
 typedef enum { ROWS_PROMPT = 0, ROWS_GENERATED = 1 } rows_kind_t;
 
+/* Choice c's next draw is the argmax of its row as it comes (draw() bans
+ * EOS and stop ids only before min_tokens). */
+static int plain_greedy(const sched_req_t *r, int c) {
+    const sched_choice_t *ch = &r->ch[c];
+    return !ch->gm && ch->sampler && sampler_plain_greedy(ch->sampler) && ch->n_gen >= r->p.min_tokens;
+}
+
 static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks, int n,
                       model_logits_t logits, rows_kind_t kind) {
     const int generated = kind == ROWS_GENERATED;
@@ -139,6 +146,7 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     memcpy(s->btok + b->n_tok, toks + kv->n_tokens, (size_t)n * sizeof *toks);
     s->slot[b->n_seq] = (struct sched_slot){
         .r = r, .choice = choice, .rows = logits == MODEL_LOGITS_ALL ? n : logits == MODEL_LOGITS_LAST};
+    if (logits == MODEL_LOGITS_LAST && choice >= 0 && plain_greedy(r, choice)) ms->argmax = &s->slot[b->n_seq].argmax;
     b->n_seq++;
     b->n_tok += n;
     b->budget -= n;
