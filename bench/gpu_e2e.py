@@ -99,7 +99,8 @@ def bench_lacunad(a, vocab):
             out = [None] * s
             def run(i):
                 out[i] = post_stream(port, {"model": name, "prompt": prompt_ids(200, vocab, 7 + i), "max_tokens": 128,
-                                            "temperature": 0, "ignore_eos": True, "stream": True})
+                                            "temperature": a.temperature, "seed": i, "ignore_eos": True,
+                                            "stream": True})
             ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
             m0 = engine_times(port)
             t0 = time.perf_counter()
@@ -179,6 +180,8 @@ def main():
     ap.add_argument("--streams", default="1,64")
     ap.add_argument("--out")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="the decode streams' temperature (0: greedy, drawn on the GPU as an argmax)")
     ap.add_argument("--device", default="cuda:0", help="lacunad's device (cpu: to try the script here)")
     ap.add_argument("--lacunad-log", help="lacunad's log file (default: discarded)")
     ap.add_argument("--lacunad-arg", dest="lacunad_args", action="append", default=[],

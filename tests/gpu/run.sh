@@ -18,6 +18,7 @@
 #            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
 #     e2e-nographs  lacunad alone with engine.cuda_graphs = false (the A/B)
+#     e2e-sampled   lacunad alone, decode streams at temperature 0.8 (host sampling)
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 # Output worth keeping goes to $OUT (the device tool brings it back).
@@ -94,6 +95,14 @@ for step in "$@"; do
             --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" ${E2E_FLAGS:-} \
             --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    e2e-sampled)
+        # lacunad alone, the decode streams drawn at temperature 0.8 (every row's logits to the host sampler)
+        [ -f "$M" ] || { fail "e2e-sampled (no model)" 2; continue; }
+        timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+            --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-sampled-lacunad.log" --skip-hf \
+            --temperature 0.8 --out "$OUT/e2e-sampled.json" 2>&1 | tee "$OUT/e2e-sampled.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail e2e-sampled 1
         ;;
     e2e-nographs)
         # lacunad alone, decode steps without CUDA graphs (the A/B of engine.cuda_graphs)
