@@ -7,6 +7,9 @@
 #     env    the GPU, the unpacked libraries, what the binaries resolve to
 #     attn   the attention kernels' Check suite (ATTN_BENCH=0) or suite and
 #            SDPA benchmark (tests/gpu/run_attn.sh)
+#     quest  Quest sparse decode's Check suite (selection, output, dense
+#            equality) and, with QUEST_BENCH=1, its benchmark against the
+#            dense decode (tests/gpu/check_quest_cuda)
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
@@ -67,6 +70,16 @@ for step in "$@"; do
     attn)
         ours env ATTN_BENCH=${ATTN_BENCH:-0} tests/gpu/run_attn.sh "$G/bin" 2>&1 | tee "$OUT/attn.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail attn 1
+        ;;
+    quest)
+        ours timeout 900 "$G/bin/check_quest_cuda" 2>&1 | tee "$OUT/quest.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_quest_cuda" "$rc"
+        if [ "${QUEST_BENCH:-0}" = 1 ]; then
+            ours env QUEST_BENCH=1 timeout 600 "$G/bin/check_quest_cuda" 2>&1 | tee "$OUT/quest-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "quest bench" "$rc"
+        fi
         ;;
     cuda)
         ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"
