@@ -616,6 +616,19 @@ static float median_ms(cudaEvent_t *ev, int n) {
         }                                                                                                              \
     } while (0)
 
+// Grows the benchmark's workspace to need bytes; 1 when out of memory.
+static int ensure_ws(void **ws, size_t *cap, size_t need) {
+    if (need <= *cap) return 0;
+    cudaFree(*ws);
+    *ws = NULL;
+    if (cudaMalloc(ws, need) != cudaSuccess) {
+        printf("bench: out of device memory\n");
+        return 1;
+    }
+    *cap = need;
+    return 0;
+}
+
 static int bench(void) {
     enum { H = 32, KH = 8, D = 128, PS = 64, BUDGET = 2048, ITERS = 20, MAXB = 64 };
     const int ctxs[2] = {32768, 131072}, batches[4] = {1, 8, 32, 64};
@@ -640,10 +653,13 @@ static int bench(void) {
     uint16_t *h = malloc(blk);
     rng = 7;
     for (size_t i = 0; i < blk / 2; i++) h[i] = f2bf(frand());
-    for (size_t o = 0; o < pool_bytes; o += blk) {
+    cudaMemcpy(dk, h, blk, cudaMemcpyHostToDevice);
+    cudaMemcpy(dv, (char *)h + 4096, blk - 4096, cudaMemcpyHostToDevice);
+    cudaMemcpy((char *)dv + blk - 4096, h, 4096, cudaMemcpyHostToDevice);
+    for (size_t o = blk; o < pool_bytes; o += blk) {
         const size_t nb = pool_bytes - o < blk ? pool_bytes - o : blk;
-        cudaMemcpy((char *)dk + o, h, nb, cudaMemcpyHostToDevice);
-        cudaMemcpy((char *)dv + o, h, nb, cudaMemcpyHostToDevice);
+        cudaMemcpy((char *)dk + o, dk, nb, cudaMemcpyDeviceToDevice);
+        cudaMemcpy((char *)dv + o, dv, nb, cudaMemcpyDeviceToDevice);
     }
     cudaMemcpy(dq, h + 12345, (size_t)MAXB * H * D * 2, cudaMemcpyHostToDevice);
     free(h);
@@ -661,9 +677,11 @@ static int bench(void) {
     const char *se = getenv("QUEST_SPLIT");
     attn_cuda_limits_t lim = {
         .max_seqs = MAXB, .max_q_rows = 1, .max_pages = pages_max, .split_keys = se ? atoi(se) : 0};
+    attn_cuda_limits_t dlim = lim; // the dense kernel at its default split
+    dlim.split_keys = 0;
     attn_cuda_plan_t *dp = NULL;
     attn_quest_plan_t *qp = NULL;
-    BENCH_CHECK(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &lim, &dp));
+    BENCH_CHECK(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dlim, &dp));
     BENCH_CHECK(attn_quest_plan_create(&sh, &lim, &qp));
     cudaEvent_t ev[2 * ITERS];
     for (int i = 0; i < 2 * ITERS; i++) cudaEventCreate(&ev[i]);
@@ -671,7 +689,8 @@ static int bench(void) {
     printf("\nQuest decode, one layer: %d q / %d kv heads, d %d, pages of %d, budget %d tokens, median of %d "
            "(split-K chunk %s)\n\n",
            H, KH, D, PS, BUDGET, ITERS, se ? se : "default");
-    printf("| context | batch | dense ms | quest ms | speed-up | dense KV TB/s |\n|---|---|---|---|---|---|\n");
+    printf("| context | batch | dense ms | quest ms | speed-up | quest at 2 pages ms | dense KV TB/s |\n"
+           "|---|---|---|---|---|---|---|\n");
     for (int ci = 0; ci < 2; ci++)
         for (int bi = 0; bi < 4; bi++) {
             const int ctx = ctxs[ci], nb = batches[bi], np = ctx / PS;
@@ -680,32 +699,13 @@ static int bench(void) {
             for (int s = 0; s < nb; s++) {
                 kvp[s + 1] = kvp[s] + np;
                 kl[s] = ctx;
-                bud[s] = BUDGET / PS;
             }
             attn_cuda_batch_t b = {.n_seqs = nb, .kv_indptr = kvp, .kv_indices = pages, .kv_len = kl};
-            size_t wd = 0, wq = 0;
+            size_t wd = 0;
             BENCH_CHECK(attn_cuda_plan(dp, &b, NULL, &wd));
-            BENCH_CHECK(attn_quest_plan(qp, &b, bud, NULL, &wq));
-            const size_t need = wd > wq ? wd : wq;
-            if (need > ws_cap) {
-                cudaFree(dws);
-                if (cudaMalloc(&dws, need)) {
-                    printf("bench: out of device memory\n");
-                    return 1;
-                }
-                ws_cap = need;
-            }
+            if (ensure_ws(&dws, &ws_cap, wd)) return 1;
             attn_cuda_args_t da = {
                 .q = dq, .out = dout, .lse = dlse, .k = dk, .v = dv, .workspace = dws, .workspace_bytes = wd};
-            attn_quest_args_t qa = {.q = dq,
-                                    .out = dout,
-                                    .lse = dlse,
-                                    .k = dk,
-                                    .v = dv,
-                                    .kmin = dmin,
-                                    .kmax = dmax,
-                                    .workspace = dws,
-                                    .workspace_bytes = wq};
             for (int i = 0; i < 3; i++) BENCH_CHECK(attn_cuda_run(dp, &da, NULL));
             for (int i = 0; i < ITERS; i++) {
                 cudaEventRecord(ev[2 * i], NULL);
@@ -714,19 +714,36 @@ static int bench(void) {
             }
             cudaDeviceSynchronize();
             const float td = median_ms(ev, ITERS);
-            for (int i = 0; i < 3; i++) BENCH_CHECK(attn_quest_run(qp, &qa, NULL));
-            for (int i = 0; i < ITERS; i++) {
-                cudaEventRecord(ev[2 * i], NULL);
-                attn_quest_run(qp, &qa, NULL);
-                cudaEventRecord(ev[2 * i + 1], NULL);
+            // the budget, then 2 pages: scoring and selection with next to no attention
+            float tq[2];
+            for (int v = 0; v < 2; v++) {
+                for (int s = 0; s < nb; s++) bud[s] = v == 0 ? BUDGET / PS : 2;
+                size_t wq = 0;
+                BENCH_CHECK(attn_quest_plan(qp, &b, bud, NULL, &wq));
+                if (ensure_ws(&dws, &ws_cap, wq)) return 1;
+                attn_quest_args_t qa = {.q = dq,
+                                        .out = dout,
+                                        .lse = dlse,
+                                        .k = dk,
+                                        .v = dv,
+                                        .kmin = dmin,
+                                        .kmax = dmax,
+                                        .workspace = dws,
+                                        .workspace_bytes = wq};
+                for (int i = 0; i < 3; i++) BENCH_CHECK(attn_quest_run(qp, &qa, NULL));
+                for (int i = 0; i < ITERS; i++) {
+                    cudaEventRecord(ev[2 * i], NULL);
+                    attn_quest_run(qp, &qa, NULL);
+                    cudaEventRecord(ev[2 * i + 1], NULL);
+                }
+                if (cudaDeviceSynchronize() != cudaSuccess) {
+                    printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
+                    return 1;
+                }
+                tq[v] = median_ms(ev, ITERS);
             }
-            if (cudaDeviceSynchronize() != cudaSuccess) {
-                printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
-                return 1;
-            }
-            const float tq = median_ms(ev, ITERS);
             const double kv_bytes = (double)nb * ctx * KH * D * 2 * 2;
-            printf("| %dK | %d | %.3f | %.3f | %.1fx | %.2f |\n", ctx / 1024, nb, td, tq, td / tq,
+            printf("| %dK | %d | %.3f | %.3f | %.1fx | %.3f | %.2f |\n", ctx / 1024, nb, td, tq[0], td / tq[0], tq[1],
                    kv_bytes / (td * 1e-3) / 1e12);
         }
     attn_quest_plan_destroy(qp);
