@@ -13,7 +13,8 @@ noinst_PROGRAMS += tests/bench_attn
 tests_bench_attn_SOURCES = tests/bench_attn.c
 tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 
-# attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels.
+# attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels,
+# Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda).
 ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
