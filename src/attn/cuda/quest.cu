@@ -220,9 +220,14 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
         for (int shift = 24; shift >= 0; shift -= 8) {
             for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
             __syncthreads();
-            for (int i = tid; i < n; i += kSelThreads) {
-                const uint32_t u = order_key(sc[i]);
-                if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1u);
+            // Scores crowd into few bins (the high bytes of similar floats):
+            // one atomic per distinct bin and warp, not one per key.
+            for (int base = 0; base < n; base += kSelThreads) {
+                const int i = base + tid;
+                const uint32_t u = i < n ? order_key(sc[i]) : 0u;
+                const unsigned bin = i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u; // 256: none
+                const unsigned peers = __match_any_sync(0xffffffffu, bin);
+                if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
             }
             __syncthreads();
             if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
