@@ -501,7 +501,7 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
     if (!p || !a || !p->planned) return LC_EINVAL;
     if (!a->q || !a->out || !a->k || !a->v || !a->kmin || !a->kmax) return LC_EINVAL;
     if (a->workspace_bytes < p->ws_all || (p->ws_all > 0 && !a->workspace)) return LC_EINVAL;
-    if (((uintptr_t)a->workspace & 255) || (((uintptr_t)a->kmin | (uintptr_t)a->kmax) & 15)) return LC_EINVAL;
+    if (((uintptr_t)a->workspace | (uintptr_t)a->kmin | (uintptr_t)a->kmax) & 15) return LC_EINVAL;
     if (p->n_seqs == 0) return 0;
     cudaStream_t st = (cudaStream_t)stream;
     const int KH = p->shape.n_kv_heads, G = p->group;

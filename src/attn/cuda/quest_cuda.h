@@ -10,14 +10,20 @@
  *   kmin, kmax  (n_pool_pages, n_kv_heads, head_dim) f32
  * per-channel min and max of K over a page's valid tokens.
  *
- * Per layer, on one stream, in this order:
- *   1. attn_quest_summarize() over the pages the step wrote (their K already
- *      in the pool): prefill chunks' pages and each decoding sequence's
- *      newest page (attn_quest_summarize_newest() does the latter from the
- *      plan). A page's summary must be current before it stops being the
- *      newest page of its sequence; the newest page itself is never scored.
- *   2. attn_quest_run(): scores, selection and attention.
- * attn_quest_plan() runs once per step, before the first layer.
+ * The executor, on its stream:
+ *   - once per step: attn_quest_plan() over the decode rows, with each
+ *     sequence's budget in pages (attn__quest_budget_pages(); 0 for dense).
+ *     The budget is fixed per plan: the first layers that stay dense
+ *     (attn_policy_t.dense_layers) run the dense decode plan, or a second
+ *     quest plan with those sequences' budgets at 0;
+ *   - per layer, after the step's K/V are written to the pool:
+ *     1. summaries of every page the step wrote, in every layer and for
+ *        every request (a later step may run Quest over them): prefill
+ *        chunks' pages through attn_quest_summarize(), decode rows' newest
+ *        pages through attn_quest_summarize_newest(). A page's summary must
+ *        be current before it stops being its sequence's newest page (the
+ *        newest page itself is never scored);
+ *     2. attn_quest_run(): scores, selection and attention.
  *
  * Selection is exact: scores are computed in the CPU reference's arithmetic
  * order (channel by channel, f32, no fused multiply-add), and the top B-1 are
@@ -53,9 +59,9 @@ typedef struct {
     float *lse;             // (n_seqs, n_heads) natural log of sum exp(scale * q.k) over the selected keys, or NULL
     const void *k;          // (n_pool_pages, n_kv_heads, page_size, head_dim) bf16, this layer
     const void *v;          // same layout as k
-    const float *kmin;      // (n_pool_pages, n_kv_heads, head_dim) this layer's summaries
+    const float *kmin;      // (n_pool_pages, n_kv_heads, head_dim) this layer's summaries, 16-byte aligned
     const float *kmax;      // same layout as kmin
-    void *workspace;        // scores and split-K partials, 256-byte aligned
+    void *workspace;        // scores and split-K partials, 16-byte aligned
     size_t workspace_bytes; // >= what attn_quest_plan() returned
 } attn_quest_args_t;
 
@@ -66,9 +72,10 @@ typedef struct {
 int attn_quest_summarize(const attn_cuda_shape_t *shape, const void *k, const int32_t *pages, const int32_t *page_len,
                          int n, float *kmin, float *kmax, void *stream);
 
-/* Checks the shape (as attn_cuda_plan_create for decode; LC_EUNSUPPORTED
- * beyond it) and allocates the plan's host and device buffers. lim as for
- * decode; lim->split_keys is the split-K chunk of the attention (0: 256). */
+/* Checks the shape (as attn_cuda_plan_create for decode, sm_90 included;
+ * LC_EUNSUPPORTED beyond it) and allocates the plan's host and device
+ * buffers. lim as for decode; lim->split_keys is the attention's smallest
+ * split-K chunk in keys, a multiple of 64 (0: 256). */
 int attn_quest_plan_create(const attn_cuda_shape_t *shape, const attn_cuda_limits_t *lim, attn_quest_plan_t **out);
 void attn_quest_plan_destroy(attn_quest_plan_t *p);
 
