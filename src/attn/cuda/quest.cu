@@ -533,7 +533,7 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
     sl.kv_indices = kv_indices;
     sl.scores = scores;
     sl.sel = p->d_sel;
-    sl.inner_idx = p->inner->d_arena + p->inner->off_kv_indices;
+    sl.inner_idx = attn_cuda_plan_dev_kv_indices(p->inner);
     sl.n_kv_heads = KH;
     select_kernel<<<dim3(p->n_seqs, KH), kSelThreads, 0, st>>>(sl);
     CUDA_CHECK_RET(cudaGetLastError());
