@@ -7,6 +7,11 @@
 #     env    the GPU, the unpacked libraries, what the binaries resolve to
 #     attn   the attention kernels' Check suite (ATTN_BENCH=0) or suite and
 #            SDPA benchmark (tests/gpu/run_attn.sh)
+#     quest  Quest sparse decode's Check suite (selection, output, dense
+#            equality; cases small, then full), with QUEST_SANITIZE=1 the
+#            small cases under compute-sanitizer memcheck and racecheck, with
+#            QUEST_BENCH=1 its benchmark against the dense decode
+#            (tests/gpu/check_quest_cuda; QUEST_SPLIT=keys: split-K chunk)
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
@@ -68,6 +73,31 @@ for step in "$@"; do
     attn)
         ours env ATTN_BENCH=${ATTN_BENCH:-0} tests/gpu/run_attn.sh "$G/bin" 2>&1 | tee "$OUT/attn.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail attn 1
+        ;;
+    quest)
+        : >"$OUT/quest.log"
+        for c in small full; do
+            ours env CK_RUN_CASE=$c timeout 900 "$G/bin/check_quest_cuda" 2>&1 | tee -a "$OUT/quest.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "check_quest_cuda $c" "$rc"
+        done
+        if [ "${QUEST_SANITIZE:-0}" = 1 ]; then # the small cases under memcheck and racecheck
+            # racecheck: Quest's own kernels (the dense decode's TMA pipeline is the attn step's)
+            for tool in memcheck racecheck; do
+                excl=""
+                [ $tool = racecheck ] && excl="--kernel-name-exclude kns=decode_kernel"
+                # shellcheck disable=SC2086
+                ours env CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
+                    "$G/bin/check_quest_cuda" 2>&1 | tee -a "$OUT/quest.log"
+                rc=${PIPESTATUS[0]}
+                [ "$rc" = 0 ] || fail "check_quest_cuda small under $tool" "$rc"
+            done
+        fi
+        if [ "${QUEST_BENCH:-0}" = 1 ]; then
+            ours env QUEST_BENCH=1 timeout 600 "$G/bin/check_quest_cuda" 2>&1 | tee "$OUT/quest-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "quest bench" "$rc"
+        fi
         ;;
     cuda)
         ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"

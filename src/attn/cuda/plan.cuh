@@ -52,6 +52,13 @@ struct attn_cuda_plan {
     size_t ws_bytes;
 };
 
+// The device copy of the planned step's page table (kv_indices). quest.cu
+// rewrites it per layer, in stream order after the plan's upload, with the
+// pages it selected: keep the table one contiguous int32 array in CSR order.
+static inline int32_t *attn_cuda_plan_dev_kv_indices(const attn_cuda_plan_t *p) {
+    return p->d_arena + p->off_kv_indices;
+}
+
 // Tensor maps over one layer's pool (rows of head_dim, one row per (page,
 // head, token)) and over the prefill queries; box: 64 dims x box_rows.
 int attn_cuda_map_kv(const attn_cuda_plan_t *p, const void *base, CUtensorMap *map);
