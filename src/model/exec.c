@@ -175,12 +175,41 @@ int model_exec_bind(model_exec_t *e, kv_pool_t *kv) {
     return 0;
 }
 
-/* The CPU writes every logits row; the argmax asked for comes from it. */
+/* A plain temperature draw over one row, the host sampler's arithmetic. */
+static int32_t cpu_draw(const float *l, int V, float temperature, double u) {
+    const float invt = 1.0f / temperature;
+    float mx = -INFINITY;
+    int32_t last = -1;
+    for (int i = 0; i < V; i++)
+        if (!isnan(l[i]) && l[i] != -INFINITY) {
+            const float v = l[i] * invt;
+            mx = v > mx ? v : mx;
+            last = i;
+        }
+    if (last < 0) return -1;
+    double tot = 0;
+    for (int i = 0; i < V; i++)
+        if (!isnan(l[i]) && l[i] != -INFINITY) tot += expf(l[i] * invt - mx);
+    const double target = u * tot;
+    double acc = 0;
+    for (int i = 0; i < V; i++)
+        if (!isnan(l[i]) && l[i] != -INFINITY) {
+            acc += expf(l[i] * invt - mx);
+            if (target < acc) return i;
+        }
+    return last;
+}
+
+/* The CPU writes every logits row; the argmax or draw asked for comes from it. */
 static void cpu_argmax(const model_t *m, const model_batch_t *b) {
     const int V = m->hp.n_vocab;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (!q->argmax || q->logits_mode != MODEL_LOGITS_LAST) continue;
+        if (q->draw_temperature > 0) {
+            *q->argmax = cpu_draw(q->logits, V, q->draw_temperature, q->draw_u);
+            continue;
+        }
         int32_t best = -1;
         float bv = -INFINITY;
         for (int i = 0; i < V; i++)

@@ -109,6 +109,11 @@ typedef struct {
      * sends 4 bytes instead of the row). For greedy draws with nothing to
      * apply to the row first (sampler_plain_greedy). */
     int32_t *argmax;
+    /* With argmax, draw_temperature > 0: *argmax gets instead the token drawn
+     * from softmax(row / draw_temperature) with the uniform draw_u, by the
+     * rule of sampler_plain_temperature (-1 when nothing is allowed). */
+    float draw_temperature;
+    double draw_u;
 } model_seq_t;
 
 typedef struct {

@@ -98,8 +98,10 @@ struct model_cuda {
     int64_t *d_pos, *h_pos; // (T)
     int32_t *lrow_tok;      // (T) host: the batch token of each logits row (slice order)
     int32_t *row0;          // (max_seqs) host: the first row of each slice
-    int32_t *d_argmax;      // (T) the argmax of each logits row
+    int32_t *d_argmax;      // (T) the argmax (or draw) of each logits row
     int32_t *h_argmax;      // (T) pinned
+    float *d_invt, *h_invt; // (T) 1 / temperature of a row drawn on the GPU, else 0; host twin pinned
+    double *d_u, *h_u;      // (T) its uniform
     /* decode-step graphs: per bucket, n_layers + 1 pieces (NULL until captured) */
     int use_graphs;
     cudaGraphExec_t *graphs[N_BUCKETS];
@@ -221,6 +223,10 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pos, T * sizeof(int64_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_argmax, T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_argmax, T * sizeof(int32_t)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_invt, T * sizeof(float)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_invt, T * sizeof(float)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_u, T * sizeof(double)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_u, T * sizeof(double)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_idx, IX_N * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pos, T * sizeof(int64_t)));
     const size_t S = (size_t)c->max_seqs + 1;
@@ -372,6 +378,7 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att);
     cudaFree(c->gu), cudaFree(c->h), cudaFree(c->logits), cudaFree(c->d_idx), cudaFree(c->d_pos);
     cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos), cudaFreeHost(c->h_argmax), cudaFree(c->d_argmax);
+    cudaFreeHost(c->h_invt), cudaFree(c->d_invt), cudaFreeHost(c->h_u), cudaFree(c->d_u);
     free(c->pf_q_indptr), free(c->pf_kv_indptr), free(c->pf_kv_len), free(c->dec_kv_indptr), free(c->dec_kv_len);
     free(c->kv_indices), free(c->covered), free(c->lrow_tok), free(c->row0);
     ops_cuda_gemm_destroy(c->gemm);
@@ -702,16 +709,30 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const int32_t *d_lrows = c->d_idx + IX_LROWS * c->max_tokens;
     if (!st->n_lrows) return 0;
     float *base = lrow_dst(b, c->lrow_tok, 0, V);
-    int contiguous = 1, n_argmax = 0;
+    int contiguous = 1, n_argmax = 0, n_draw = 0;
     for (int i = 0; i < st->n_lrows; i++) {
         if (i && contiguous) contiguous = lrow_dst(b, c->lrow_tok, i, V) == base + (size_t)i * V;
-        n_argmax += lrow_argmax_only(b, c->lrow_tok, i);
+        int j;
+        const model_seq_t *q = lrow_seq(b, c->lrow_tok, i, &j);
+        const int am = lrow_argmax_only(b, c->lrow_tok, i), dr = am && q->draw_temperature > 0;
+        n_argmax += am;
+        n_draw += dr;
+        c->h_invt[i] = dr ? 1.0f / q->draw_temperature : 0.0f; // the host sampler's 1 / T
+        c->h_u[i] = dr ? q->draw_u : 0.0;
+    }
+    if (n_draw) {
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->d_invt, c->h_invt, (size_t)st->n_lrows * sizeof(float),
+                                       cudaMemcpyHostToDevice, c->stream));
+        CUDA_CHECK_RET(
+            cudaMemcpyAsync(c->d_u, c->h_u, (size_t)st->n_lrows * sizeof(double), cudaMemcpyHostToDevice, c->stream));
     }
     for (int r0 = 0; r0 < st->n_lrows; r0 += LOGIT_CHUNK) {
         const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
         if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
         if (!rc && n_argmax) rc = ops_cuda_argmax_rows(c->logits, cnt, V, c->d_argmax + r0, c->stream);
+        if (!rc && n_draw)
+            rc = ops_cuda_sample_rows(c->logits, cnt, V, c->d_invt + r0, c->d_u + r0, c->d_argmax + r0, c->stream);
         if (rc) return rc;
         int need = 0; // rows of the chunk that want their logits
         for (int i = 0; i < cnt; i++) need += !lrow_argmax_only(b, c->lrow_tok, r0 + i);

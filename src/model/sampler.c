@@ -290,6 +290,27 @@ static void apply_penalties(sampler_t *s, float *logits) {
             if (s->count[i]) logits[i] -= p->presence_penalty + p->frequency_penalty * (float)s->count[i];
 }
 
+static int plain_rest(const sampler_params_t *p) {
+    const int no_rp = p->repetition_penalty <= 0 || p->repetition_penalty == 1.0f;
+    return p->skip_logprob && p->n_logit_bias == 0 && no_rp && p->presence_penalty == 0 && p->frequency_penalty == 0;
+}
+
+int sampler_plain_temperature(const sampler_t *s) {
+    const sampler_params_t *p = &s->p;
+    return p->temperature > 0 && (p->top_k <= 0 || p->top_k >= s->n_vocab) && (p->top_p <= 0 || p->top_p >= 1.0f) &&
+           p->min_p <= 0 && plain_rest(p);
+}
+
+float sampler_temperature(const sampler_t *s) { return s->p.temperature; }
+
+double sampler_peek_uniform(const sampler_t *s) {
+    uint64_t st[4];
+    memcpy(st, s->rng, sizeof st);
+    return (double)(xoshiro_next(st) >> 11) * 0x1.0p-53;
+}
+
+void sampler_skip_uniform(sampler_t *s) { (void)rng_uniform(s); }
+
 int sampler_plain_greedy(const sampler_t *s) {
     const sampler_params_t *p = &s->p;
     const int no_rp = p->repetition_penalty <= 0 || p->repetition_penalty == 1.0f;

@@ -56,6 +56,18 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
 /* 1 when a draw is the argmax of the raw logits: greedy, no log-probabilities,
  * no logit bias, no penalties (banned tokens and grammars are the caller's). */
 int sampler_plain_greedy(const sampler_t *s);
+/* 1 when a draw is softmax(logits / temperature) over every allowed token
+ * and nothing else: temperature > 0, no top-k, top-p or min-p, no
+ * log-probabilities, bias or penalties. Such a draw is the first token, in id
+ * order, whose running sum of exp(l / T - max) passes u × the total, for
+ * one uniform u of the sampler's stream: sampler_peek_uniform() hands that
+ * u to whoever draws it (an executor that draws on the GPU) without taking
+ * it; sampler_skip_uniform() takes it once the token is drawn, so a draw
+ * that never happens (a slice dropped before its step) leaves the stream. */
+int sampler_plain_temperature(const sampler_t *s);
+float sampler_temperature(const sampler_t *s);
+double sampler_peek_uniform(const sampler_t *s);
+void sampler_skip_uniform(sampler_t *s);
 /* Log-softmax of raw logits at token plus the top-n (echo of prompt tokens). */
 void sampler_logprobs_of(const float *logits, int n_vocab, int32_t token, int n_top, sampler_result_t *out);
 

@@ -125,9 +125,11 @@ static int draw(const sched_t *s, sched_req_t *r, int c, float *logits, sampler_
     return rc;
 }
 
-/* A plain greedy draw whose argmax the executor found (-1: nothing allowed,
- * as sampler_sample says it). */
-static int take_argmax(int32_t a, sampler_result_t *res) {
+/* A plain greedy draw whose argmax the executor found, or a plain
+ * temperature draw it made with the sampler's next uniform (now taken);
+ * -1: nothing allowed, as sampler_sample says it. */
+static int take_argmax(sched_req_t *r, int c, const model_seq_t *ms, int32_t a, sampler_result_t *res) {
+    if (ms->draw_temperature > 0) sampler_skip_uniform(r->ch[c].sampler);
     memset(res, 0, sizeof *res);
     if (a < 0) return LC_EINVAL;
     res->token = a;
@@ -321,7 +323,8 @@ void sched__draw(sched_t *s, int n_seq) {
         if (!s->slot[i].drawn) continue;
         const double a = lc_now_s();
         if (s->bseq[i].argmax)
-            s->slot[i].rc = take_argmax(s->slot[i].argmax, &s->slot[i].res);
+            s->slot[i].rc =
+                take_argmax(s->slot[i].r, s->slot[i].choice, &s->bseq[i], s->slot[i].argmax, &s->slot[i].res);
         else
             s->slot[i].rc = draw(s, s->slot[i].r, s->slot[i].choice, s->bseq[i].logits, &s->slot[i].res);
         work += lc_now_s() - a;
@@ -356,7 +359,7 @@ void sched__commit(sched_t *s, int n_seq, double now) {
             if (!ms->logits_mode) continue;
             sampler_result_t res;
             int rc = s->slot[i].drawn ? s->slot[i].rc
-                     : ms->argmax     ? take_argmax(s->slot[i].argmax, &res)
+                     : ms->argmax     ? take_argmax(r, s->slot[i].choice, ms, s->slot[i].argmax, &res)
                                       : draw(s, r, s->slot[i].choice, ms->logits, &res);
             commit_choice(s, r, s->slot[i].choice, rc, s->slot[i].drawn ? &s->slot[i].res : &res, now);
         }

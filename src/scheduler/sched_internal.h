@@ -94,7 +94,9 @@ struct sched_slot {
     int drawn, rc;
     sampler_result_t res;
     /* A plain greedy draw (sampler_plain_greedy, no grammar, nothing banned)
-     * asks the executor for the argmax of its row instead of the row. */
+     * asks the executor for the argmax of its row instead of the row; on a
+     * GPU a plain temperature draw (sampler_plain_temperature) asks for the
+     * token drawn there. */
     int32_t argmax;
 };
 

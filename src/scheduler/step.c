@@ -131,6 +131,12 @@ static int plain_greedy(const sched_req_t *r, int c) {
     return !ch->gm && ch->sampler && sampler_plain_greedy(ch->sampler) && ch->n_gen >= r->p.min_tokens;
 }
 
+/* The same for a plain temperature draw (sampler_plain_temperature). */
+static int plain_temperature(const sched_req_t *r, int c) {
+    const sched_choice_t *ch = &r->ch[c];
+    return !ch->gm && ch->sampler && sampler_plain_temperature(ch->sampler) && ch->n_gen >= r->p.min_tokens;
+}
+
 static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq_t *kv, const int32_t *toks, int n,
                       model_logits_t logits, rows_kind_t kind) {
     const int generated = kind == ROWS_GENERATED;
@@ -146,7 +152,17 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     memcpy(s->btok + b->n_tok, toks + kv->n_tokens, (size_t)n * sizeof *toks);
     s->slot[b->n_seq] = (struct sched_slot){
         .r = r, .choice = choice, .rows = logits == MODEL_LOGITS_ALL ? n : logits == MODEL_LOGITS_LAST};
-    if (logits == MODEL_LOGITS_LAST && choice >= 0 && plain_greedy(r, choice)) ms->argmax = &s->slot[b->n_seq].argmax;
+    if (logits == MODEL_LOGITS_LAST && choice >= 0) {
+        sched_choice_t *ch = &r->ch[choice];
+        if (plain_greedy(r, choice)) {
+            ms->argmax = &s->slot[b->n_seq].argmax;
+        } else if (plain_temperature(r, choice) && model_exec_is_gpu(s->exec)) {
+            /* drawn on the GPU with the uniform the sampler would have used */
+            ms->argmax = &s->slot[b->n_seq].argmax;
+            ms->draw_temperature = sampler_temperature(ch->sampler);
+            ms->draw_u = sampler_peek_uniform(ch->sampler); // taken when the token is (output.c)
+        }
+    }
     b->n_seq++;
     b->n_tok += n;
     b->budget -= n;

@@ -261,6 +261,78 @@ START_TEST(test_argmax) {
 }
 END_TEST
 
+/* A draw at a temperature against the host sampler's rule computed in
+ * double in id order: the same token unless u × total falls within a
+ * rounding of a boundary (then the neighbour is allowed); -1 for a row with
+ * nothing allowed; rows with inv_t 0 untouched. */
+START_TEST(test_sample_rows) {
+    const int R = 64, C = 49152;
+    float *x = malloc(sizeof(float) * R * C), invt[64];
+    double u[64];
+    uint32_t st = 7;
+    for (int i = 0; i < R * C; i++) {
+        st = st * 1664525u + 1013904223u;
+        x[i] = (float)((int)(st >> 8) % 20000) / 1000.0f - 10.0f;
+    }
+    for (int r = 0; r < R; r++) {
+        invt[r] = r % 8 == 7 ? 0.0f : 1.0f / (0.3f + 0.1f * (float)(r % 8));
+        st = st * 1664525u + 1013904223u;
+        u[r] = (double)(st >> 8) / 16777216.0;
+    }
+    for (int c = 0; c < C; c++) x[3 * C + c] = -INFINITY;           // nothing allowed
+    for (int c = 0; c < C; c += 2) x[5 * C + c] = NAN;              // half NaN
+    for (int c = 0; c < C - 1; c++) x[9 * C + c] = -INFINITY;       // one allowed, the last
+    u[10] = 0.999999999;                                            // the tail
+    float *dx = dev(x, sizeof(float) * R * C), *dinvt = dev(invt, sizeof invt);
+    double *du = dev(u, sizeof u);
+    int32_t init[64], out[64];
+    for (int r = 0; r < R; r++) init[r] = -7;
+    int32_t *dout = dev(init, sizeof init);
+    ck_assert_int_eq(ops_cuda_sample_rows(dx, R, C, dinvt, du, dout, NULL), 0);
+    back(out, dout, sizeof out);
+    int exact = 0;
+    for (int r = 0; r < R; r++) {
+        if (!(invt[r] > 0)) {
+            ck_assert_int_eq(out[r], -7);
+            continue;
+        }
+        const float *row = x + (size_t)r * C;
+        float mx = -INFINITY;
+        int last = -1;
+        for (int c = 0; c < C; c++)
+            if (!isnan(row[c]) && row[c] != -INFINITY) mx = fmaxf(mx, row[c] * invt[r]), last = c;
+        if (last < 0) {
+            ck_assert_int_eq(out[r], -1);
+            continue;
+        }
+        double tot = 0;
+        for (int c = 0; c < C; c++)
+            if (!isnan(row[c]) && row[c] != -INFINITY) tot += expf(row[c] * invt[r] - mx);
+        const double target = u[r] * tot;
+        double acc = 0, before = 0;
+        int tok = last;
+        for (int c = 0; c < C; c++)
+            if (!isnan(row[c]) && row[c] != -INFINITY) {
+                before = acc;
+                acc += expf(row[c] * invt[r] - mx);
+                if (target < acc) {
+                    tok = c;
+                    break;
+                }
+            }
+        const double slack = 1e-9 * tot;
+        const int near = target - before < slack || acc - target < slack;
+        ck_assert_msg(out[r] == tok || near, "draw row %d: GPU %d, host %d", r, out[r], tok);
+        ck_assert_msg(out[r] >= 0 && out[r] < C && !isnan(row[out[r]]) && row[out[r]] != -INFINITY,
+                      "draw row %d picked a banned id %d", r, out[r]);
+        exact += out[r] == tok;
+    }
+    fprintf(stderr, "check_cuda: temperature draws equal to the host's rule: %d rows\n", exact);
+    cudaFree(dx), cudaFree(dinvt), cudaFree(du), cudaFree(dout);
+    free(x);
+}
+END_TEST
+
 /* ---- the executor --------------------------------------------------------------------------- */
 typedef struct {
     model_exec_t *e;
@@ -565,6 +637,8 @@ static void drain(out_t *o) {
         }
 }
 
+static float g_temperature; // the requests' temperature (0: greedy)
+
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
     sched_params_t p;
@@ -577,7 +651,8 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     p.logprobs = 0;
     p.prompt_logprobs = -1;
     sampler_params_default(&p.sampling);
-    p.sampling.temperature = 0;
+    p.sampling.temperature = g_temperature;
+    p.sampling.seed = (uint64_t)n * 7919u + 1;
     sched_attn_spec_default(&p.attn);
     int st;
     o->r = sched_req_create(&p, &st);
@@ -605,6 +680,7 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
  * without CUDA graphs (decode steps alone run as graphs padded to a bucket):
  * the same tokens and log-probabilities, bit for bit. */
 START_TEST(test_sched_batch_invariance) {
+    g_temperature = _i ? 0.8f : 0.0f; // 0.8: drawn on the GPU
     model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 6;
     static int32_t prompts[6][400];
@@ -712,9 +788,10 @@ int main(void) {
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
     tcase_add_test(tc, test_argmax);
+    tcase_add_test(tc, test_sample_rows);
     tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
-    tcase_add_test(tc, test_sched_batch_invariance);
+    tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);

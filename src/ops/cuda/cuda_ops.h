@@ -54,6 +54,14 @@ int ops_cuda_swiglu(const float *gu, void *h, int n, int ff, void *stream);
 /* out[r] = the index of row r's largest value, ties to the lowest index, NaN
  * below everything, -1 when none is above -inf.   x: (rows, cols) f32 */
 int ops_cuda_argmax_rows(const float *x, int rows, int cols, int32_t *out, void *stream);
+/* For each row r with inv_t[r] > 0, out[r] = a token drawn from
+ * softmax(x[r] * inv_t[r]) with the uniform u[r] in [0, 1): the first id at
+ * which the running sum of exp(x * inv_t - max) passes u × total (NaN and
+ * -inf logits excluded), else the last allowed id; -1 when none is allowed.
+ * Rows with inv_t[r] <= 0 are left as they are.
+ *   x: (rows, cols) f32; inv_t: (rows) f32; u: (rows) f64 */
+int ops_cuda_sample_rows(const float *x, int rows, int cols, const float *inv_t, const double *u, int32_t *out,
+                         void *stream);
 /* dst[r] = src[idx[r]], bf16 rows of cols.   idx: (n) */
 int ops_cuda_gather_rows_bf16(const void *src, const int32_t *idx, void *dst, int n, int cols, void *stream);
 

@@ -219,3 +219,84 @@ extern "C" int ops_cuda_argmax_rows(const float *x, int rows, int cols, int32_t 
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
+
+// ---- a draw at a temperature --------------------------------------------------------------------
+// One block of 1024 threads per row with inv_t[r] > 0 (others are left as
+// they are): the host sampler's rule for a plain temperature draw. Allowed
+// tokens are those whose logit is neither NaN nor -inf; val = l * inv_t;
+// e = expf(val - max); the token is the first, in id order, at which the
+// running sum passes u × total, else the last allowed token; -1 when nothing
+// is allowed. Thread t sums its own contiguous segment in order; thread 0
+// chains the segments in order and scans the crossing one, so the result is
+// a function of the row and u alone. val and val - max are rounded as the
+// host rounds them (no fused multiply-add).
+static __device__ __forceinline__ bool allowed(float l) { return !isnan(l) && l != -INFINITY; }
+
+static __global__ void sample_kernel(const float *__restrict__ x, int cols, const float *__restrict__ inv_t,
+                                     const double *__restrict__ u, int32_t *__restrict__ out) {
+    const float it = inv_t[blockIdx.x];
+    if (!(it > 0.f)) return;
+    const float *row = x + (size_t)blockIdx.x * cols;
+    const int seg = (cols + blockDim.x - 1) / blockDim.x, lo = threadIdx.x * seg;
+    const int hi = lo + seg < cols ? lo + seg : cols;
+    __shared__ double ssum[1024];
+    __shared__ float smax[32];
+    __shared__ int slast[32];
+    float mx = -INFINITY;
+    int last = -1;
+    for (int i = lo; i < hi; i++)
+        if (allowed(row[i])) {
+            mx = fmaxf(mx, __fmul_rn(row[i], it));
+            last = i;
+        }
+    for (int o = 16; o > 0; o >>= 1) {
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+        last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    if (lane == 0) smax[warp] = mx, slast[warp] = last;
+    __syncthreads();
+    mx = -INFINITY;
+    last = -1;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, smax[w]), last = max(last, slast[w]);
+    double sum = 0;
+    for (int i = lo; i < hi; i++)
+        if (allowed(row[i])) sum += (double)expf(__fsub_rn(__fmul_rn(row[i], it), mx));
+    ssum[threadIdx.x] = sum;
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    if (last < 0) {
+        out[blockIdx.x] = -1;
+        return;
+    }
+    double tot = 0;
+    for (int t = 0; t < (int)blockDim.x; t++) tot += ssum[t];
+    const double target = u[blockIdx.x] * tot;
+    double acc = 0;
+    int token = last;
+    for (int t = 0; t < (int)blockDim.x && token == last; t++) {
+        if (acc + ssum[t] <= target && t + 1 < (int)blockDim.x) { // the crossing is further on
+            acc += ssum[t];
+            continue;
+        }
+        const int a = t * seg, b = a + seg < cols ? a + seg : cols;
+        for (int i = a; i < b; i++) {
+            if (!allowed(row[i])) continue;
+            acc += (double)expf(__fsub_rn(__fmul_rn(row[i], it), mx));
+            if (target < acc) {
+                token = i;
+                break;
+            }
+        }
+        if (token != last || b >= cols) break;
+    }
+    out[blockIdx.x] = token;
+}
+
+extern "C" int ops_cuda_sample_rows(const float *x, int rows, int cols, const float *inv_t, const double *u,
+                                    int32_t *out, void *stream) {
+    if (!x || !inv_t || !u || !out || rows <= 0 || cols <= 0) return LC_EINVAL;
+    sample_kernel<<<rows, 1024, 0, (cudaStream_t)stream>>>(x, cols, inv_t, u, out);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
