@@ -37,7 +37,9 @@
 #include <string.h>
 
 extern "C" {
+#include "attn/attn.h"
 #include "attn/cuda/attn_cuda.h"
+#include "attn/cuda/quest_cuda.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "model/exec_cuda.h"
@@ -85,6 +87,19 @@ struct model_cuda {
     attn_cuda_plan_t *pf_plan, *dec_plan;
     void *dec_ws;
     size_t dec_ws_bytes;
+    attn_cuda_shape_t shape;
+    attn_cuda_limits_t dec_lim;
+    /* Quest decode (attn/cuda/quest_cuda.h): the per-channel key min and max
+     * of every page a step writes, every layer, kept for any later Quest
+     * step; one plan per dense-layer threshold a step needs (grown on demand) */
+    float *kmin, *kmax;     // (L, n_pages + 1, n_kv_heads, head_dim)
+    size_t sum_floats;      // one layer's
+    int32_t *h_sum, *d_sum; // the step's written pages, then their valid tokens: (2, max_tokens), pinned / device
+    attn_quest_plan_t **qp; // (n_layers + 2)
+    int n_qp;
+    void *q_ws;
+    size_t q_ws_bytes;
+    int32_t *q_kv_indptr, *q_kv_len, *q_budget, *q_dl, *q_thr; // host, (2 T + 4 + L)
     /* activations, for up to max_tokens rows */
     float *x;        // (T, E) residual stream
     bf16_t *xb;      // (T, E) normed rows
@@ -238,8 +253,14 @@ static int alloc_step(model_cuda_t *c) {
     c->covered = (unsigned char *)malloc(T);
     c->lrow_tok = (int32_t *)malloc(T * sizeof(int32_t));
     c->row0 = (int32_t *)malloc(S * sizeof(int32_t));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_sum, 2 * T * sizeof(int32_t)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_sum, 2 * T * sizeof(int32_t)));
+    int32_t **qa[5] = {&c->q_kv_indptr, &c->q_kv_len, &c->q_budget, &c->q_dl, &c->q_thr};
+    for (int i = 0; i < 5; i++)
+        if (!(*qa[i] = (int32_t *)malloc((2 * T + 4 + (size_t)c->m->hp.n_layers) * sizeof(int32_t)))) return LC_ENOMEM;
+    c->qp = (attn_quest_plan_t **)calloc((size_t)c->m->hp.n_layers + 2, sizeof *c->qp);
     if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
-        !c->lrow_tok || !c->row0)
+        !c->lrow_tok || !c->row0 || !c->qp)
         return LC_ENOMEM;
     return 0;
 }
@@ -249,7 +270,8 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     const model_hparams_t *hp = &c->m->hp;
     c->page_size = o->block_size > 0 ? o->block_size : GPU_BLOCK;
     const size_t page_bytes = (size_t)hp->n_kv_heads * c->page_size * hp->head_dim * sizeof(bf16_t);
-    const size_t per_page = page_bytes * 2 * (size_t)hp->n_layers;
+    const size_t sum_bytes = (size_t)hp->n_kv_heads * hp->head_dim * sizeof(float) * 2; // Quest's min and max
+    const size_t per_page = (page_bytes * 2 + sum_bytes) * (size_t)hp->n_layers;
     c->page_bytes = page_bytes;
     if (o->kv_blocks > 0) {
         c->n_pages = o->kv_blocks;
@@ -269,11 +291,19 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
                  (double)c->layer_bytes * 2 * hp->n_layers / (1 << 30));
         return LC_ENOMEM;
     }
+    c->sum_floats = (size_t)(c->n_pages + 1) * hp->n_kv_heads * hp->head_dim;
+    if (cudaMalloc((void **)&c->kmin, c->sum_floats * sizeof(float) * hp->n_layers) != cudaSuccess ||
+        cudaMalloc((void **)&c->kmax, c->sum_floats * sizeof(float) * hp->n_layers) != cudaSuccess) {
+        snprintf(err, errlen, "cannot allocate the GPU page summaries for %lld pages", (long long)c->n_pages);
+        return LC_ENOMEM;
+    }
     attn_cuda_shape_t sh = {hp->n_heads,  hp->n_kv_heads, hp->head_dim,
                             c->page_size, c->n_pages + 1, model_attn_shape(c->m).scale};
     const int64_t pages_per_seq = ((int64_t)hp->n_ctx_train + c->page_size - 1) / c->page_size + 1;
     attn_cuda_limits_t pl = {c->max_seqs, c->max_tokens, pages_per_seq * c->max_seqs, 0};
     attn_cuda_limits_t dl = {c->max_tokens, c->max_tokens, pages_per_seq * c->max_tokens, 0};
+    c->shape = sh;
+    c->dec_lim = dl;
     int rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
     if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan);
     if (rc) {
@@ -375,6 +405,10 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     cudaFree(c->kv_mem), cudaFree(c->dec_ws);
     attn_cuda_plan_destroy(c->pf_plan);
     attn_cuda_plan_destroy(c->dec_plan);
+    for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
+    free(c->qp);
+    cudaFree(c->q_ws), cudaFree(c->kmin), cudaFree(c->kmax), cudaFree(c->d_sum), cudaFreeHost(c->h_sum);
+    free(c->q_kv_indptr), free(c->q_kv_len), free(c->q_budget), free(c->q_dl), free(c->q_thr);
     cudaFree(c->x), cudaFree(c->xb), cudaFree(c->qkv), cudaFree(c->q), cudaFree(c->att);
     cudaFree(c->gu), cudaFree(c->h), cudaFree(c->logits), cudaFree(c->d_idx), cudaFree(c->d_pos);
     cudaFreeHost(c->h_idx), cudaFreeHost(c->h_pos), cudaFreeHost(c->h_argmax), cudaFree(c->d_argmax);
@@ -418,10 +452,18 @@ static int grow_indices(model_cuda_t *c, size_t n) {
  * generated rows), both CSR views. rows: the rows the step computes (the
  * batch's tokens, or a graph bucket's padded count). */
 typedef struct {
-    int n_pf_seqs, n_pf_rows, n_dec;
+    int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
+    int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
+    int n_sum;                       // pages the step writes (h_sum)
     int n_lrows;
     int rows, bucket; // bucket: the graph bucket's index, -1 without a graph
 } step_t;
+
+/* The Quest policy of a slice of generated rows, or NULL (dense decode). */
+static const attn_policy_t *quest_policy(const model_seq_t *q) {
+    const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+    return pol && pol->decode == ATTN_DECODE_QUEST ? pol : NULL;
+}
 
 /* Row r computes batch token t of sequence q. */
 static void put_row(model_cuda_t *c, const model_batch_t *b, const model_seq_t *q, int i, int r) {
@@ -471,23 +513,54 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
     }
     st->n_pf_rows = row;
-    /* generated rows: one decode entry each, over the pages up to its position */
+    /* generated rows: one decode entry each, over the pages up to its
+     * position; dense decode rows first, then Quest rows (their own CSR) */
     int32_t *dec_idx = c->kv_indices + pf_pages;
     size_t dec_pages = 0;
-    c->dec_kv_indptr[0] = 0;
+    c->dec_kv_indptr[0] = c->q_kv_indptr[0] = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int s = 0; s < b->n_seqs; s++) {
+            const model_seq_t *q = &b->seqs[s];
+            const attn_policy_t *pol = quest_policy(q);
+            if (!q->generated || (pol != NULL) != pass) continue;
+            c->row0[s] = row;
+            for (int i = 0; i < q->n_tok; i++) {
+                const int64_t len = q->pos0 + i + 1;
+                const int np = (int)((len + P - 1) / P);
+                put_row(c, b, q, i, row++);
+                memcpy(dec_idx + dec_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
+                dec_pages += (size_t)np;
+                if (!pol) {
+                    c->dec_kv_len[st->n_dec] = (int32_t)len;
+                    st->n_dec++;
+                    c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
+                    continue;
+                }
+                const int e = st->n_quest++;
+                c->q_kv_len[e] = (int32_t)len;
+                c->q_kv_indptr[e + 1] = (int32_t)(dec_pages - (size_t)c->dec_kv_indptr[st->n_dec]);
+                c->q_budget[e] = (int32_t)(((int64_t)pol->decode_budget + P - 1) / P);
+                if (c->q_budget[e] < 1) c->q_budget[e] = 1;
+                c->q_dl[e] = pol->dense_layers;
+            }
+        }
+    /* Quest's thresholds: the distinct dense_layers, ascending */
+    for (int e = 0; e < st->n_quest; e++) {
+        int k = 0;
+        while (k < st->n_thr && c->q_thr[k] < c->q_dl[e]) k++;
+        if (k < st->n_thr && c->q_thr[k] == c->q_dl[e]) continue;
+        memmove(c->q_thr + k + 1, c->q_thr + k, (size_t)(st->n_thr - k) * sizeof(int32_t));
+        c->q_thr[k] = c->q_dl[e];
+        st->n_thr++;
+    }
+    /* every page the step writes, with its valid tokens: the summaries Quest reads later */
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
-        if (!q->generated) continue;
-        c->row0[s] = row;
-        for (int i = 0; i < q->n_tok; i++) {
-            const int64_t len = q->pos0 + i + 1;
-            const int np = (int)((len + P - 1) / P);
-            put_row(c, b, q, i, row++);
-            memcpy(dec_idx + dec_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
-            dec_pages += (size_t)np;
-            c->dec_kv_len[st->n_dec] = (int32_t)len;
-            st->n_dec++;
-            c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
+        const int64_t end = q->pos0 + q->n_tok;
+        for (int64_t pg = q->pos0 / P; pg * P < end && st->n_sum < T; pg++) {
+            c->h_sum[st->n_sum] = q->kv->blocks[pg];
+            c->h_sum[T + st->n_sum] = (int32_t)(end - pg * P < P ? end - pg * P : P);
+            st->n_sum++;
         }
     }
     /* the logits rows in slice order (the order of the slices' buffers) */
@@ -511,8 +584,51 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     return 0;
 }
 
+/* Grows a device workspace (after the stream drains: the old one may be in use). */
+static int grow_ws(model_cuda_t *c, void **ws, size_t *have, size_t need) {
+    if (need <= *have) return 0;
+    CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+    cudaFree(*ws);
+    *ws = NULL;
+    *have = 0;
+    CUDA_CHECK_RET(cudaMalloc(ws, need));
+    *have = need;
+    return 0;
+}
+
+/* Quest rows: plan j (0..n_thr) gives row e its budget when q_dl[e] <=
+ * q_thr[j-1], else 0 (dense through the same kernels); layer l runs plan
+ * j = the number of thresholds <= l. A row's arithmetic at a layer depends
+ * on its own policy alone. */
+static int plan_quest(model_cuda_t *c, const step_t *st) {
+    const int32_t *idx =
+        c->kv_indices + (c->dec_kv_indptr[st->n_dec] + (st->n_pf_seqs ? c->pf_kv_indptr[st->n_pf_seqs] : 0));
+    int32_t *budget = c->q_budget + st->n_quest + 1; // scratch after the budgets (2 T + 4 + L entries)
+    for (int j = 0; j <= st->n_thr; j++) {
+        if (j >= c->n_qp) {
+            int rc = attn_quest_plan_create(&c->shape, &c->dec_lim, &c->qp[c->n_qp]);
+            if (rc) return rc;
+            c->n_qp++;
+        }
+        for (int e = 0; e < st->n_quest; e++) budget[e] = j > 0 && c->q_dl[e] <= c->q_thr[j - 1] ? c->q_budget[e] : 0;
+        attn_cuda_batch_t qb = {st->n_quest, NULL, c->q_kv_indptr, idx, c->q_kv_len};
+        size_t ws = 0;
+        int rc = attn_quest_plan(c->qp[j], &qb, budget, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->q_ws, &c->q_ws_bytes, ws);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 static int plan_attention(model_cuda_t *c, const step_t *st) {
     size_t ws = 0;
+    if (st->n_sum)
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->d_sum, c->h_sum, 2 * (size_t)c->max_tokens * sizeof(int32_t),
+                                       cudaMemcpyHostToDevice, c->stream));
+    if (st->n_quest) {
+        int rc = plan_quest(c, st);
+        if (rc) return rc;
+    }
     if (st->n_pf_seqs) {
         attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_indptr, c->kv_indices, c->pf_kv_len};
         int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
@@ -522,15 +638,8 @@ static int plan_attention(model_cuda_t *c, const step_t *st) {
         const int32_t *dec_idx = c->kv_indices + c->pf_kv_indptr[st->n_pf_seqs];
         attn_cuda_batch_t db = {st->n_dec, NULL, c->dec_kv_indptr, dec_idx, c->dec_kv_len};
         int rc = attn_cuda_plan(c->dec_plan, &db, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // a larger split-K workspace than before
         if (rc) return rc;
-        if (ws > c->dec_ws_bytes) { // the only allocation of a step: a larger split-K workspace than before
-            CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
-            cudaFree(c->dec_ws);
-            c->dec_ws = NULL;
-            c->dec_ws_bytes = 0;
-            CUDA_CHECK_RET(cudaMalloc(&c->dec_ws, ws));
-            c->dec_ws_bytes = ws;
-        }
     }
     return 0;
 }
@@ -556,7 +665,31 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
         int rc = attn_cuda_run(c->dec_plan, &a, c->stream);
         if (rc) return rc;
     }
+    if (st->n_quest) {
+        int j = 0;
+        while (j < st->n_thr && c->q_thr[j] <= l) j++;
+        attn_quest_args_t qa;
+        memset(&qa, 0, sizeof qa);
+        qa.q = c->q + (size_t)(st->n_pf_rows + st->n_dec) * HD;
+        qa.out = c->att + (size_t)(st->n_pf_rows + st->n_dec) * HD;
+        qa.k = a.k;
+        qa.v = a.v;
+        qa.kmin = c->kmin + (size_t)l * c->sum_floats;
+        qa.kmax = c->kmax + (size_t)l * c->sum_floats;
+        qa.workspace = c->q_ws;
+        qa.workspace_bytes = c->q_ws_bytes;
+        int rc = attn_quest_run(c->qp[j], &qa, c->stream);
+        if (rc) return rc;
+    }
     return 0;
+}
+
+/* Layer l's key summaries of the pages the step wrote (after its K/V are in
+ * the pool, before any Quest row reads them). */
+static int summarize(model_cuda_t *c, const step_t *st, int l) {
+    if (!st->n_sum) return 0;
+    return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
+                                c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
 }
 
 /* D = A · Wᵀ over rows [0, rows): the first pf_rows (prompt rows) in the
@@ -759,15 +892,34 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     return 0;
 }
 
-/* Dense attention everywhere on the GPU (the sparse kernels are not there
- * yet): the density counters say so. */
-static void count_dense(const model_batch_t *b, const model_hparams_t *hp) {
+/* The density counters: dense rows computed every pair; a Quest row, per
+ * layer, the pages its plan attended (the newest one partly). */
+static void count_attention(const model_cuda_t *c, const model_batch_t *b, const step_t *st) {
+    const model_hparams_t *hp = &c->m->hp;
+    const int P = c->page_size;
+    int e = 0; // Quest entries, in slice order
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
-        if (!q->attn) continue;
+        const int quest = quest_policy(q) != NULL;
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
-        attn_state_count(q->attn, q->generated, all, all);
+        if (!quest) {
+            if (q->attn) attn_state_count(q->attn, q->generated, all, all);
+            continue;
+        }
+        double computed = 0;
+        for (int i = 0; i < q->n_tok; i++, e++) {
+            const int64_t len = c->q_kv_len[e], np = (len + P - 1) / P;
+            for (int l = 0; l < hp->n_layers; l++) {
+                int j = 0;
+                while (j < st->n_thr && c->q_thr[j] <= l) j++;
+                const int64_t pages = attn_quest_count(c->qp[j], e);
+                const double tok =
+                    pages >= np || pages < 1 ? (double)len : (double)(pages - 1) * P + (double)(len - (np - 1) * P);
+                computed += tok * hp->n_heads;
+            }
+        }
+        attn_state_count(q->attn, 1, computed, all);
     }
 }
 
@@ -817,10 +969,10 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
             CUDA_CHECK_RET(cudaGraphLaunch(g[i], c->stream));
         else if ((rc = piece(c, rows, st.n_pf_rows, i)))
             return rc;
-        if (i < L && (rc = run_attention(c, &st, i))) return rc;
+        if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
     }
     if ((rc = logits(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
-    count_dense(b, &c->m->hp);
+    count_attention(c, b, &st);
     return 0;
 }

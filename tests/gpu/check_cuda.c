@@ -279,10 +279,10 @@ START_TEST(test_sample_rows) {
         st = st * 1664525u + 1013904223u;
         u[r] = (double)(st >> 8) / 16777216.0;
     }
-    for (int c = 0; c < C; c++) x[3 * C + c] = -INFINITY;           // nothing allowed
-    for (int c = 0; c < C; c += 2) x[5 * C + c] = NAN;              // half NaN
-    for (int c = 0; c < C - 1; c++) x[9 * C + c] = -INFINITY;       // one allowed, the last
-    u[10] = 0.999999999;                                            // the tail
+    for (int c = 0; c < C; c++) x[3 * C + c] = -INFINITY;     // nothing allowed
+    for (int c = 0; c < C; c += 2) x[5 * C + c] = NAN;        // half NaN
+    for (int c = 0; c < C - 1; c++) x[9 * C + c] = -INFINITY; // one allowed, the last
+    u[10] = 0.999999999;                                      // the tail
     float *dx = dev(x, sizeof(float) * R * C), *dinvt = dev(invt, sizeof invt);
     double *du = dev(u, sizeof u);
     int32_t init[64], out[64];
@@ -638,6 +638,7 @@ static void drain(out_t *o) {
 }
 
 static float g_temperature; // the requests' temperature (0: greedy)
+static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -654,6 +655,10 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     p.sampling.temperature = g_temperature;
     p.sampling.seed = (uint64_t)n * 7919u + 1;
     sched_attn_spec_default(&p.attn);
+    if (g_quest) {
+        p.attn.decode = ATTN_DECODE_QUEST;
+        p.attn.decode_budget = 128;
+    }
     int st;
     o->r = sched_req_create(&p, &st);
     ck_assert_ptr_nonnull(o->r);
@@ -719,6 +724,55 @@ START_TEST(test_sched_batch_invariance) {
         sched_req_release(alone[r].r);
         sched_req_release(plain[r].r);
     }
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
+/* Quest decode on the GPU through the scheduler (pages of 64, a 2-page
+ * budget, the last of the tiny model's 3 layers sparse): each request alone
+ * and then all at once beside dense requests, the same tokens and
+ * log-probabilities bit for bit; the density reported is below 1. */
+START_TEST(test_sched_quest) {
+    g_temperature = 0;
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, R = 4;
+    static int32_t prompts[4][400];
+    const int lens[4] = {390, 250, 129, 7};
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 3) * 7919u * (i + 5)) % (unsigned)V);
+    sched_t *s = gpu_sched(m, 0);
+    out_t alone[4], batched[4], dense[4];
+    g_quest = 1;
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], 40);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, 40);
+    }
+    for (int r = 0; r < R; r++) {
+        g_quest = 1;
+        submit(s, &batched[r], prompts[r], lens[r], 40);
+        g_quest = 0;
+        submit(s, &dense[r], prompts[(r + 1) % R], lens[(r + 1) % R], 30);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        drain(&dense[r]);
+        ck_assert(batched[r].done && dense[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU Quest: request %d batched differs from it alone", r);
+        sched_req_release(alone[r].r), sched_req_release(batched[r].r), sched_req_release(dense[r].r);
+    }
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
+    fprintf(stderr, "check_cuda: mean decode density (Quest and dense requests) %.3f\n", dd);
+    ck_assert_msg(dd < 0.999, "Quest decode reported density %g", dd);
+    g_quest = 0;
     sched_destroy(s);
     model_free(m);
 }
@@ -792,6 +846,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
+    tcase_add_test(tc, test_sched_quest);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);
