@@ -18,7 +18,7 @@ tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
-	tests/gpu/check_quest_cuda.c \
+	tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h \
 	tests/gpu/bench_attn_cuda.py
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
@@ -29,11 +29,11 @@ ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/deco
 # check: built here, with Check linked statically so that the binary travels.
 if HAVE_CHECK
 noinst_PROGRAMS += tests/gpu/check_attn_cuda
-tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c
+tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_attn_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_attn_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_quest_cuda
-tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c
+tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_quest_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_quest_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 endif

@@ -38,32 +38,8 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/quest_cuda.h"
 #include "common/status.h"
+#include "gpu_testutil.h"
 
-/* ---- bf16 and randomness ------------------------------------------------------ */
-static uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; // NaN
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint64_t rng;
-static float frand(void) { // uniform in [-1, 1)
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (float)((rng >> 40) / (double)(1 << 24)) * 2.0f - 1.0f;
-}
-static int irand(int n) { // uniform in [0, n)
-    rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
-    return (int)((rng >> 33) % (uint64_t)n);
-}
-
-#define CK_CUDA(call) ck_assert_msg((call) == cudaSuccess, "%s: %s", #call, cudaGetErrorString(cudaGetLastError()))
 
 /* ---- a decode batch over one shuffled, poisoned pool ------------------------------ */
 enum { MODE_RANDOM, MODE_HEAVY, MODE_TIES };
