@@ -3,7 +3,7 @@
  * attention-like inputs (a sink, locality from rotary-like position features,
  * a few heavy key columns, noise). Prints time, reported density and relative
  * error ||o - o_dense|| / ||o_dense|| per method.
- * Usage: bench_attn [n_tokens] [reps] */
+ * Usage: bench_attn [n_tokens] [reps]; BENCH_SHAPE=gemma for head_dim 256, 4 heads on 1 KV head */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,7 +23,10 @@ static float nrand(void) {
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
 }
 
-enum { H = 9, KH = 3, D = 64, BS = 16 };
+/* SmolLM2's shape by default; BENCH_SHAPE=gemma: Gemma 3 270M's global
+ * layers (4 heads on 1 KV head, d 256). */
+static int H = 9, KH = 3, D = 64;
+enum { BS = 16, DMAX = 256 };
 
 /* Row vector for position p: noise + rotary-like features (locality) +
  * a shared direction per head (sink and heavy columns). */
@@ -51,6 +54,7 @@ static double relerr(const float *o, const float *ref, size_t n) {
 int main(int argc, char **argv) {
     int64_t n = argc > 1 ? atoll(argv[1]) : 8192;
     int reps = argc > 2 ? atoi(argv[2]) : 1;
+    if (getenv("BENCH_SHAPE") && !strcmp(getenv("BENCH_SHAPE"), "gemma")) H = 4, KH = 1, D = 256;
     attn_shape_t sh = {H, KH, D, 1.0f / sqrtf((float)D)};
     int nb = (int)((n + BS - 1) / BS);
     size_t bstride = (size_t)KH * BS * D, sstride = (size_t)KH * D;
@@ -62,7 +66,7 @@ int main(int argc, char **argv) {
         int j = (int)(urand() * (i + 1)) % (i + 1), x = blocks[i];
         blocks[i] = blocks[j], blocks[j] = x;
     }
-    float x[D];
+    float x[DMAX];
     for (int64_t p = 0; p < n; p++) {
         int b = blocks[p / BS], off = (int)(p % BS);
         for (int h = 0; h < KH; h++) {
@@ -122,7 +126,7 @@ int main(int argc, char **argv) {
     }
     /* decode: the last position's query */
     const float *qd = q + (size_t)(n - 1) * H * D;
-    float dref[H * D], dout[H * D], dl[H];
+    float *dref = malloc(sizeof(float) * H * D), *dout = malloc(sizeof(float) * H * D), *dl = malloc(sizeof(float) * H);
     int dreps = reps * 50;
     t0 = now();
     for (int r = 0; r < dreps; r++) attn_decode_dense(&sh, qd, &kv, dref, dl);
@@ -158,5 +162,6 @@ int main(int argc, char **argv) {
         attn_state_destroy(st);
     }
     free(k), free(v), free(kmn), free(kmx), free(blocks), free(q), free(ref), free(out), free(lse);
+    free(dref), free(dout), free(dl);
     return 0;
 }
