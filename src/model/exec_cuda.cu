@@ -109,7 +109,7 @@ struct model_cuda {
     bf16_t *h;       // (T, F)
     float *logits;   // (LOGIT_CHUNK, V)
     /* the step's index arrays: device, and their pinned host twin */
-    int32_t *d_idx, *h_idx; // tok | kv_page | kv_slot | lrows, each (T), by row
+    int32_t *d_idx, *h_idx; // tok | kv_page | kv_slot | page length | lrows, each (T), by row
     int64_t *d_pos, *h_pos; // (T)
     int32_t *lrow_tok;      // (T) host: the batch token of each logits row (slice order)
     int32_t *row0;          // (max_seqs) host: the first row of each slice
@@ -217,8 +217,9 @@ done:
 }
 
 /* ---- creation ------------------------------------------------------------------------- */
-/* The step's index arrays, each (max_tokens) int32, one after the other. */
-enum { IX_TOK, IX_PAGE, IX_SLOT, IX_LROWS, IX_N };
+/* The step's index arrays, each (max_tokens) int32, one after the other;
+ * IX_PLEN: the valid tokens of the row's page once the row is written. */
+enum { IX_TOK, IX_PAGE, IX_SLOT, IX_PLEN, IX_LROWS, IX_N };
 
 static size_t qkv_dim(const model_hparams_t *hp) { return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim; }
 
@@ -455,6 +456,7 @@ typedef struct {
     int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
     int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
     int n_sum;                       // pages the step writes (h_sum)
+    int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
     int n_lrows;
     int rows, bucket; // bucket: the graph bucket's index, -1 without a graph
 } step_t;
@@ -473,6 +475,7 @@ static void put_row(model_cuda_t *c, const model_batch_t *b, const model_seq_t *
     c->h_pos[r] = pos;
     c->h_idx[IX_PAGE * T + r] = q->kv->blocks[pos / P];
     c->h_idx[IX_SLOT * T + r] = (int32_t)(pos % P);
+    c->h_idx[IX_PLEN * T + r] = (int32_t)(pos % P) + 1;
 }
 
 /* The logits rows of slice q, whose first token sits at row r0. */
@@ -565,10 +568,14 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     }
     /* the logits rows in slice order (the order of the slices' buffers) */
     for (int s = 0; s < b->n_seqs; s++) put_lrows(c, &b->seqs[s], c->row0[s], st);
-    /* a step of generated rows only may run as graphs, padded to its bucket */
+    /* A step of one generated row per sequence writes one page per row, each
+     * its own: the page summaries go row by row inside the pieces (and so
+     * into the graphs). Such a step may run as graphs, padded to its bucket. */
     st->rows = row;
     st->bucket = -1;
-    if (c->use_graphs && st->n_pf_rows == 0)
+    st->rowwise = st->n_pf_rows == 0;
+    for (int s = 0; s < b->n_seqs && st->rowwise; s++) st->rowwise = b->seqs[s].n_tok == 1;
+    if (c->use_graphs && st->rowwise)
         for (int k = 0; k < N_BUCKETS && bucket_rows[k] <= T; k++)
             if (bucket_rows[k] >= row) {
                 st->bucket = k;
@@ -580,6 +587,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             c->h_pos[row] = 0;
             c->h_idx[IX_PAGE * T + row] = (int32_t)c->n_pages;
             c->h_idx[IX_SLOT * T + row] = 0;
+            c->h_idx[IX_PLEN * T + row] = 1;
         }
     return 0;
 }
@@ -622,7 +630,7 @@ static int plan_quest(model_cuda_t *c, const step_t *st) {
 
 static int plan_attention(model_cuda_t *c, const step_t *st) {
     size_t ws = 0;
-    if (st->n_sum)
+    if (st->n_sum && !st->rowwise)
         CUDA_CHECK_RET(cudaMemcpyAsync(c->d_sum, c->h_sum, 2 * (size_t)c->max_tokens * sizeof(int32_t),
                                        cudaMemcpyHostToDevice, c->stream));
     if (st->n_quest) {
@@ -687,7 +695,7 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
 /* Layer l's key summaries of the pages the step wrote (after its K/V are in
  * the pool, before any Quest row reads them). */
 static int summarize(model_cuda_t *c, const step_t *st, int l) {
-    if (!st->n_sum) return 0;
+    if (!st->n_sum || st->rowwise) return 0; // rowwise: done inside the pieces
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
                                 c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
 }
@@ -708,8 +716,9 @@ static int gemm_rows(model_cuda_t *c, int rows, int pf_rows, int n, int k, const
     return rc;
 }
 
-/* Layer l up to attention: norm, QKV, RoPE and the cache write. */
-static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int l) {
+/* Layer l up to attention: norm, QKV, RoPE and the cache write, and with
+ * rowwise the key summaries of each row's page. */
+static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int rowwise, int l) {
     const model_hparams_t *hp = &c->m->hp;
     const layer_t *G = &c->layers[l];
     const int E = hp->n_embd;
@@ -730,8 +739,12 @@ static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int l) {
     qp.k_cache = layer_k(c, l);
     qp.v_cache = layer_v(c, l);
     qp.page_size = c->page_size;
-    return ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
-                             c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream);
+    rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
+                           c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream);
+    if (rc || !rowwise) return rc;
+    return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_idx + IX_PAGE * c->max_tokens,
+                                c->d_idx + IX_PLEN * c->max_tokens, rows, c->kmin + (size_t)l * c->sum_floats,
+                                c->kmax + (size_t)l * c->sum_floats, c->stream);
 }
 
 /* Layer l after attention: x += att · Woᵀ, then the FFN. */
@@ -750,14 +763,14 @@ static int layer_post(model_cuda_t *c, int rows, int pf_rows, int l) {
 /* Piece i of a step between attention calls: i = 0 embeds and runs layer
  * 0 up to attention; 0 < i < n_layers finishes layer i-1 and starts layer i;
  * i = n_layers finishes the last layer. */
-static int piece(model_cuda_t *c, int rows, int pf_rows, int i) {
+static int piece(model_cuda_t *c, int rows, int pf_rows, int rowwise, int i) {
     const model_hparams_t *hp = &c->m->hp;
     int rc = 0;
     if (i == 0)
         rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, rows, hp->n_embd, 1.0f, c->x, c->stream);
     else
         rc = layer_post(c, rows, pf_rows, i - 1);
-    if (!rc && i < hp->n_layers) rc = layer_pre(c, rows, pf_rows, i);
+    if (!rc && i < hp->n_layers) rc = layer_pre(c, rows, pf_rows, rowwise, i);
     return rc;
 }
 
@@ -770,7 +783,7 @@ static int capture_bucket(model_cuda_t *c, int k) {
     for (int i = 0; i <= L; i++) {
         cudaGraph_t graph = NULL;
         CUDA_CHECK_RET(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
-        int rc = piece(c, rows, 0, i);
+        int rc = piece(c, rows, 0, 1, i);
         cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
         if (!rc && e == cudaSuccess) e = cudaGraphInstantiate(&g[i], graph, 0);
         if (graph) cudaGraphDestroy(graph);
@@ -967,7 +980,7 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     for (int i = 0; i <= L; i++) {
         if (g)
             CUDA_CHECK_RET(cudaGraphLaunch(g[i], c->stream));
-        else if ((rc = piece(c, rows, st.n_pf_rows, i)))
+        else if ((rc = piece(c, rows, st.n_pf_rows, st.rowwise, i)))
             return rc;
         if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
     }
