@@ -802,20 +802,29 @@ static int capture_bucket(model_cuda_t *c, int k) {
     return 0;
 }
 
+/* Page-locked up to PINNED_MAX (a step's decode rows; echoing a long
+ * prompt's log-probabilities may ask for gigabytes, which plain memory
+ * serves better), plain memory beyond it or when pinning fails: the copies
+ * work from either. */
+#define PINNED_MAX ((size_t)256 << 20)
 extern "C" float *model_cuda_host_alloc(model_cuda_t *c, size_t bytes) {
     void *p = NULL;
     cudaSetDevice(c->device);
-    if (cudaMallocHost(&p, bytes ? bytes : 1) != cudaSuccess) {
-        cudaGetLastError();
-        return NULL;
-    }
-    return (float *)p;
+    if (bytes <= PINNED_MAX && cudaMallocHost(&p, bytes ? bytes : 1) == cudaSuccess) return (float *)p;
+    cudaGetLastError();
+    return (float *)malloc(bytes ? bytes : 1);
 }
 
 extern "C" void model_cuda_host_free(model_cuda_t *c, float *p) {
     if (!p) return;
     cudaSetDevice(c->device);
-    cudaFreeHost(p);
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost) {
+        cudaFreeHost(p);
+        return;
+    }
+    cudaGetLastError();
+    free(p);
 }
 
 /* The slice of logits row i (slice order) and the row's index in it. */

@@ -26,7 +26,8 @@ void model_cuda_destroy(model_cuda_t *c);
  * LC_ENOMEM or LC_EDEVICE (the step failed on the GPU; the executor stays
  * usable unless the device itself is lost). */
 int model_cuda_forward(model_cuda_t *c, const model_batch_t *b);
-/* Page-locked host memory (cudaMallocHost); NULL when it cannot be had. */
+/* Host memory for logits: page-locked (cudaMallocHost) up to 256 MiB, else
+ * plain; NULL when none can be had. Free with model_cuda_host_free. */
 float *model_cuda_host_alloc(model_cuda_t *c, size_t bytes);
 void model_cuda_host_free(model_cuda_t *c, float *p);
 /* NULL while the GPU works; once a step hit an error that sticks to the
