@@ -262,6 +262,12 @@ static void prompt_complete(sched_t *s, sched_req_t *r, const model_seq_t *ms, d
         for (int c = 0; c < r->p.n_choices; c++) finish_choice(s, r, c, SCHED_FINISH_LENGTH, 0);
         return;
     }
+    if (ms->argmax) { // one choice, drawn by the executor (step.c)
+        sampler_result_t res;
+        const int rc = take_argmax(r, 0, ms, *ms->argmax, &res);
+        if (r->ch[0].finish == SCHED_FINISH_NONE) commit_choice(s, r, 0, rc, &res, now);
+        return;
+    }
     size_t nv = (size_t)s->hp.n_vocab;
     const float *last = ms->logits + (ms->logits_mode == 2 ? (size_t)(ms->n_tok - 1) * nv : 0);
     for (int c = 0; c < r->p.n_choices; c++) {

@@ -152,11 +152,14 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     memcpy(s->btok + b->n_tok, toks + kv->n_tokens, (size_t)n * sizeof *toks);
     s->slot[b->n_seq] = (struct sched_slot){
         .r = r, .choice = choice, .rows = logits == MODEL_LOGITS_ALL ? n : logits == MODEL_LOGITS_LAST};
-    if (logits == MODEL_LOGITS_LAST && choice >= 0) {
-        sched_choice_t *ch = &r->ch[choice];
-        if (plain_greedy(r, choice)) {
+    /* The draw the executor can make instead of sending the row: a decode
+     * row's, or a one-choice request's first token from its prompt's last row. */
+    const int drawer = choice >= 0 ? choice : r->p.n_choices == 1 && !r->sampled_once ? 0 : -1;
+    if (logits == MODEL_LOGITS_LAST && drawer >= 0) {
+        sched_choice_t *ch = &r->ch[drawer];
+        if (plain_greedy(r, drawer)) {
             ms->argmax = &s->slot[b->n_seq].argmax;
-        } else if (plain_temperature(r, choice) && model_exec_is_gpu(s->exec)) {
+        } else if (plain_temperature(r, drawer) && model_exec_is_gpu(s->exec)) {
             /* drawn on the GPU with the uniform the sampler would have used */
             ms->argmax = &s->slot[b->n_seq].argmax;
             ms->draw_temperature = sampler_temperature(ch->sampler);
