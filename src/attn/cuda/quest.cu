@@ -51,7 +51,7 @@ struct attn_quest_plan {
     size_t arena_ints;
     int32_t *h_in_indptr; // (max_seqs * n_kv_heads + 1) inner CSR
     int32_t *h_in_len;    // (max_seqs * n_kv_heads)
-    int32_t *h_in_zero;   // (max_pages * n_kv_heads) placeholder page ids, all 0
+    int32_t *h_in_zero;   // (max_pages * n_kv_heads) zeros: the inner table before the selection fills it
     int32_t *h_count;     // (max_seqs) pages per kv head
     int32_t *h_sel_base;  // (max_seqs)
     int32_t *d_sel;       // (max_pages * n_kv_heads) logical page indices of the last run's selection
@@ -478,7 +478,7 @@ extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b,
     CUDA_CHECK_RET(cudaEventRecord(p->uploaded, st));
     p->upload_pending = 1;
 
-    // The inner plan: lengths now, page ids (placeholders here) from the selection at each layer.
+    // The inner plan: lengths now, page ids (zeros here) written by the selection at each layer.
     attn_cuda_batch_t ib = {};
     ib.n_seqs = n * KH;
     ib.kv_indptr = p->h_in_indptr;
