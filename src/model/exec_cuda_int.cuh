@@ -1,0 +1,115 @@
+// The CUDA executor's internals, shared by exec_cuda.cu (weights, creation,
+// the KV store, host buffers) and exec_cuda_step.cu (a step: rows, attention
+// plans, the pieces and their graphs, logits and draws). See exec_cuda.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "attn/attn.h"
+#include "attn/cuda/attn_cuda.h"
+#include "attn/cuda/quest_cuda.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "model/exec_cuda.h"
+#include "model/model_internal.h"
+#include "ops/cuda/cuda_ops.h"
+}
+#include "ops/cuda/cuda_check.cuh"
+
+#define LOGIT_CHUNK 64          // logits rows per LM-head matmul
+#define STAGE_BYTES (64u << 20) // pinned staging for weight upload
+#define GPU_BLOCK 64            // KV tokens per page (the attention kernels take 64 or 128)
+#define N_BUCKETS 16            // graph sizes (rows of a decode step): 1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, ...
+
+static const int bucket_rows[N_BUCKETS] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512};
+
+typedef uint16_t bf16_t;
+
+typedef struct {
+    float *attn_norm, *ffn_norm; // (n_embd)
+    bf16_t *wqkv;                // (QKVD, n_embd): q rows, then k, then v
+    bf16_t *wo;                  // (n_embd, n_heads * head_dim)
+    bf16_t *wgu;                 // (2 n_ff, n_embd): gate rows, then up
+    bf16_t *wdown;               // (n_embd, n_ff)
+} layer_t;
+
+struct model_cuda {
+    const model_t *m;
+    int device, max_tokens, max_seqs;
+    cudaStream_t stream;
+    ops_cuda_gemm_t *gemm;
+    ops_cuda_gemm_mode_t pf_mode, dec_mode; // prompt rows, generated rows (FAST: one call for all)
+    /* weights */
+    layer_t *layers;
+    bf16_t *tok_embd, *output;  // (n_vocab, n_embd); output == tok_embd when tied
+    float *out_norm;            // (n_embd)
+    float *rope_cos, *rope_sin; // (n_table, rot_dim / 2)
+    int64_t n_table;
+    /* KV store: per layer K and V, (n_pages, n_kv_heads, page_size, head_dim) bf16 */
+    void *kv_mem;
+    size_t layer_bytes; // one layer's K (or V): n_pages + 1 pages
+    size_t page_bytes;  // one page of one layer's K (or V)
+    int64_t n_pages;    // pages the block manager owns; page n_pages takes the graphs' padding rows
+    int page_size;
+    /* attention */
+    attn_cuda_plan_t *pf_plan, *dec_plan;
+    void *dec_ws;
+    size_t dec_ws_bytes;
+    attn_cuda_shape_t shape;
+    attn_cuda_limits_t dec_lim;
+    /* Quest decode (attn/cuda/quest_cuda.h): the per-channel key min and max
+     * of every page a step writes, every layer, kept for any later Quest
+     * step; one plan per dense-layer threshold a step needs (grown on demand) */
+    float *kmin, *kmax;     // (L, n_pages + 1, n_kv_heads, head_dim)
+    size_t sum_floats;      // one layer's
+    int32_t *h_sum, *d_sum; // the step's written pages, then their valid tokens: (2, max_tokens), pinned / device
+    attn_quest_plan_t **qp; // (n_layers + 2)
+    int n_qp;
+    void *q_ws;
+    size_t q_ws_bytes;
+    int32_t *q_kv_indptr, *q_kv_len, *q_budget, *q_dl, *q_thr; // host, (2 T + 4 + L)
+    /* activations, for up to max_tokens rows */
+    float *x;        // (T, E) residual stream
+    bf16_t *xb;      // (T, E) normed rows
+    float *qkv;      // (T, QKVD)
+    bf16_t *q, *att; // (T, H d)
+    float *gu;       // (T, 2F)
+    bf16_t *h;       // (T, F)
+    float *logits;   // (LOGIT_CHUNK, V)
+    /* the step's index arrays: device, and their pinned host twin */
+    int32_t *d_idx, *h_idx; // tok | kv_page | kv_slot | page length | lrows, each (T), by row
+    int64_t *d_pos, *h_pos; // (T)
+    int32_t *lrow_seq;      // (T) host: the slice of each logits row (slice order) ...
+    int32_t *lrow_j;        // (T) ... and the row's index in the slice's logits
+    int32_t *row0;          // (max_seqs) host: the first row of each slice
+    int32_t *d_argmax;      // (T) the argmax (or draw) of each logits row
+    int32_t *h_argmax;      // (T) pinned
+    float *d_invt, *h_invt; // (T) 1 / temperature of a row drawn on the GPU, else 0; host twin pinned
+    double *d_u, *h_u;      // (T) its uniform
+    /* decode-step graphs: per bucket, n_layers + 1 pieces (NULL until captured) */
+    int use_graphs;
+    cudaGraphExec_t *graphs[N_BUCKETS];
+    /* host scratch for the CSR views */
+    int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
+    size_t cap_indices;
+    unsigned char *covered; // (T) batch validation
+    char failure[256];      // set once the device is lost (model_cuda_failure)
+};
+
+/* The step's index arrays, each (max_tokens) int32, one after the other;
+ * IX_PLEN: the valid tokens of the row's page once the row is written. */
+enum { IX_TOK, IX_PAGE, IX_SLOT, IX_PLEN, IX_LROWS, IX_N };
+
+static inline size_t qkv_dim(const model_hparams_t *hp) {
+    return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim;
+}
+
+/* One layer's K and V pools (n_pages + 1 pages each). */
+static inline void *layer_k(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l) * c->layer_bytes; }
+static inline void *layer_v(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes; }
+

@@ -1,0 +1,536 @@
+// The CUDA executor's step (exec_cuda.cu says how a step runs): the rows in
+// attention order, the attention plans (dense, Quest), the pieces between
+// attention calls and their decode graphs, logits and the draws made on the
+// GPU, the density counters, the device's failure.
+#include "model/exec_cuda_int.cuh"
+
+/* ---- a step ------------------------------------------------------------------------------- */
+
+static int grow_indices(model_cuda_t *c, size_t n) {
+    if (n <= c->cap_indices) return 0;
+    int32_t *p = (int32_t *)realloc(c->kv_indices, n * sizeof(int32_t));
+    if (!p) return LC_ENOMEM;
+    c->kv_indices = p;
+    c->cap_indices = n;
+    return 0;
+}
+
+/* Host side of a step: the rows in attention order (prompt rows first, then
+ * generated rows), both CSR views. rows: the rows the step computes (the
+ * batch's tokens, or a graph bucket's padded count). */
+typedef struct {
+    int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
+    int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
+    int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
+    int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
+    int n_lrows;
+    int rows, bucket; // bucket: the graph bucket's index, -1 without a graph
+} step_t;
+
+/* The Quest policy of a slice of generated rows, or NULL (dense decode). */
+static const attn_policy_t *quest_policy(const model_seq_t *q) {
+    const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+    return pol && pol->decode == ATTN_DECODE_QUEST ? pol : NULL;
+}
+
+/* Row r computes batch token t of sequence q. */
+static void put_row(model_cuda_t *c, const model_batch_t *b, const model_seq_t *q, int i, int r) {
+    const int P = c->page_size, T = c->max_tokens;
+    const int64_t pos = q->pos0 + i;
+    c->h_idx[IX_TOK * T + r] = b->tokens[q->tok0 + i];
+    c->h_pos[r] = pos;
+    c->h_idx[IX_PAGE * T + r] = q->kv->blocks[pos / P];
+    c->h_idx[IX_SLOT * T + r] = (int32_t)(pos % P);
+    c->h_idx[IX_PLEN * T + r] = (int32_t)(pos % P) + 1;
+}
+
+/* The logits rows of slice s, whose first token sits at row r0. */
+static void put_lrows(model_cuda_t *c, const model_batch_t *b, int s, int r0, step_t *st) {
+    const model_seq_t *q = &b->seqs[s];
+    const int cnt = q->logits_mode == MODEL_LOGITS_LAST ? 1 : q->logits_mode == MODEL_LOGITS_ALL ? q->n_tok : 0;
+    for (int i = q->n_tok - cnt; i < q->n_tok; i++) {
+        c->h_idx[IX_LROWS * c->max_tokens + st->n_lrows] = r0 + i;
+        c->lrow_seq[st->n_lrows] = s;
+        c->lrow_j[st->n_lrows++] = i - (q->n_tok - cnt);
+    }
+}
+
+static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
+    const int P = c->page_size, T = c->max_tokens;
+    memset(st, 0, sizeof *st);
+    size_t pages = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        const int64_t np = (q->pos0 + q->n_tok + P - 1) / P;
+        pages += q->generated ? (size_t)np * q->n_tok : (size_t)np;
+    }
+    if (grow_indices(c, pages * 2 + 1)) return LC_ENOMEM;
+    /* prompt slices: CSR rows and pages */
+    int row = 0;
+    size_t pf_pages = 0;
+    c->pf_q_indptr[0] = c->pf_kv_indptr[0] = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (q->generated) continue;
+        const int np = (int)((q->pos0 + q->n_tok + P - 1) / P);
+        for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
+        c->row0[s] = row;
+        memcpy(c->kv_indices + pf_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
+        pf_pages += (size_t)np;
+        row += q->n_tok;
+        c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
+        st->n_pf_seqs++;
+        c->pf_q_indptr[st->n_pf_seqs] = row;
+        c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
+    }
+    st->n_pf_rows = row;
+    /* generated rows: one decode entry each, over the pages up to its
+     * position; dense decode rows first, then Quest rows (their own CSR) */
+    int32_t *dec_idx = c->kv_indices + pf_pages;
+    size_t dec_pages = 0;
+    c->dec_kv_indptr[0] = c->q_kv_indptr[0] = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int s = 0; s < b->n_seqs; s++) {
+            const model_seq_t *q = &b->seqs[s];
+            const attn_policy_t *pol = quest_policy(q);
+            if (!q->generated || (pol != NULL) != pass) continue;
+            c->row0[s] = row;
+            for (int i = 0; i < q->n_tok; i++) {
+                const int64_t len = q->pos0 + i + 1;
+                const int np = (int)((len + P - 1) / P);
+                put_row(c, b, q, i, row++);
+                memcpy(dec_idx + dec_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
+                dec_pages += (size_t)np;
+                if (!pol) {
+                    c->dec_kv_len[st->n_dec] = (int32_t)len;
+                    st->n_dec++;
+                    c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
+                    continue;
+                }
+                const int e = st->n_quest++;
+                c->q_kv_len[e] = (int32_t)len;
+                c->q_kv_indptr[e + 1] = (int32_t)(dec_pages - (size_t)c->dec_kv_indptr[st->n_dec]);
+                c->q_budget[e] = (int32_t)(((int64_t)pol->decode_budget + P - 1) / P);
+                if (c->q_budget[e] < 1) c->q_budget[e] = 1;
+                c->q_dl[e] = pol->dense_layers;
+            }
+        }
+    /* Quest's thresholds: the distinct dense_layers, ascending */
+    for (int e = 0; e < st->n_quest; e++) {
+        int k = 0;
+        while (k < st->n_thr && c->q_thr[k] < c->q_dl[e]) k++;
+        if (k < st->n_thr && c->q_thr[k] == c->q_dl[e]) continue;
+        memmove(c->q_thr + k + 1, c->q_thr + k, (size_t)(st->n_thr - k) * sizeof(int32_t));
+        c->q_thr[k] = c->q_dl[e];
+        st->n_thr++;
+    }
+    /* A step of one generated row per sequence writes one page per row, each
+     * its own: the page summaries go row by row inside the pieces (and so
+     * into the graphs). Such a step may run as graphs, padded to its bucket.
+     * Other steps list every page they write, with its valid tokens. */
+    st->rowwise = st->n_pf_rows == 0;
+    for (int s = 0; s < b->n_seqs && st->rowwise; s++) st->rowwise = b->seqs[s].n_tok == 1;
+    for (int s = 0; s < b->n_seqs && !st->rowwise; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        const int64_t end = q->pos0 + q->n_tok;
+        for (int64_t pg = q->pos0 / P; pg * P < end && st->n_sum < T; pg++) {
+            c->h_sum[st->n_sum] = q->kv->blocks[pg];
+            c->h_sum[T + st->n_sum] = (int32_t)(end - pg * P < P ? end - pg * P : P);
+            st->n_sum++;
+        }
+    }
+    /* the logits rows in slice order (the order of the slices' buffers) */
+    for (int s = 0; s < b->n_seqs; s++) put_lrows(c, b, s, c->row0[s], st);
+    st->rows = row;
+    st->bucket = -1;
+    if (c->use_graphs && st->rowwise)
+        for (int k = 0; k < N_BUCKETS && bucket_rows[k] <= T; k++)
+            if (bucket_rows[k] >= row) {
+                st->bucket = k;
+                break;
+            }
+    if (st->bucket >= 0)
+        for (; row < bucket_rows[st->bucket]; row++) { // padding: token 0 at position 0 of the spare page
+            c->h_idx[IX_TOK * T + row] = 0;
+            c->h_pos[row] = 0;
+            c->h_idx[IX_PAGE * T + row] = (int32_t)c->n_pages;
+            c->h_idx[IX_SLOT * T + row] = 0;
+            c->h_idx[IX_PLEN * T + row] = 1;
+        }
+    return 0;
+}
+
+/* Grows a device workspace (after the stream drains: the old one may be in use). */
+static int grow_ws(model_cuda_t *c, void **ws, size_t *have, size_t need) {
+    if (need <= *have) return 0;
+    CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+    cudaFree(*ws);
+    *ws = NULL;
+    *have = 0;
+    CUDA_CHECK_RET(cudaMalloc(ws, need));
+    *have = need;
+    return 0;
+}
+
+/* Quest rows: plan j (0..n_thr) gives row e its budget when q_dl[e] <=
+ * q_thr[j-1], else 0 (dense through the same kernels); layer l runs plan
+ * j = the number of thresholds <= l. A row's arithmetic at a layer depends
+ * on its own policy alone. */
+static int plan_quest(model_cuda_t *c, const step_t *st) {
+    const int32_t *idx =
+        c->kv_indices + (c->dec_kv_indptr[st->n_dec] + (st->n_pf_seqs ? c->pf_kv_indptr[st->n_pf_seqs] : 0));
+    int32_t *budget = c->q_budget + st->n_quest + 1; // scratch after the budgets (2 T + 4 + L entries)
+    for (int j = 0; j <= st->n_thr; j++) {
+        if (j >= c->n_qp) {
+            int rc = attn_quest_plan_create(&c->shape, &c->dec_lim, &c->qp[c->n_qp]);
+            if (rc) return rc;
+            c->n_qp++;
+        }
+        for (int e = 0; e < st->n_quest; e++) budget[e] = j > 0 && c->q_dl[e] <= c->q_thr[j - 1] ? c->q_budget[e] : 0;
+        attn_cuda_batch_t qb = {st->n_quest, NULL, c->q_kv_indptr, idx, c->q_kv_len};
+        size_t ws = 0;
+        int rc = attn_quest_plan(c->qp[j], &qb, budget, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->q_ws, &c->q_ws_bytes, ws);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int plan_attention(model_cuda_t *c, const step_t *st) {
+    size_t ws = 0;
+    if (st->n_sum)
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->d_sum, c->h_sum, 2 * (size_t)c->max_tokens * sizeof(int32_t),
+                                       cudaMemcpyHostToDevice, c->stream));
+    if (st->n_quest) {
+        int rc = plan_quest(c, st);
+        if (rc) return rc;
+    }
+    if (st->n_pf_seqs) {
+        attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_indptr, c->kv_indices, c->pf_kv_len};
+        int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
+        if (rc) return rc;
+    }
+    if (st->n_dec) {
+        const int32_t *dec_idx = c->kv_indices + c->pf_kv_indptr[st->n_pf_seqs];
+        attn_cuda_batch_t db = {st->n_dec, NULL, c->dec_kv_indptr, dec_idx, c->dec_kv_len};
+        int rc = attn_cuda_plan(c->dec_plan, &db, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // a larger split-K workspace than before
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static int run_attention(model_cuda_t *c, const step_t *st, int l) {
+    const model_hparams_t *hp = &c->m->hp;
+    const size_t HD = (size_t)hp->n_heads * hp->head_dim;
+    attn_cuda_args_t a;
+    memset(&a, 0, sizeof a);
+    a.k = layer_k(c, l);
+    a.v = layer_v(c, l);
+    if (st->n_pf_seqs) {
+        a.q = c->q;
+        a.out = c->att;
+        int rc = attn_cuda_run(c->pf_plan, &a, c->stream);
+        if (rc) return rc;
+    }
+    if (st->n_dec) {
+        a.q = c->q + (size_t)st->n_pf_rows * HD;
+        a.out = c->att + (size_t)st->n_pf_rows * HD;
+        a.workspace = c->dec_ws;
+        a.workspace_bytes = c->dec_ws_bytes;
+        int rc = attn_cuda_run(c->dec_plan, &a, c->stream);
+        if (rc) return rc;
+    }
+    if (st->n_quest) {
+        int j = 0;
+        while (j < st->n_thr && c->q_thr[j] <= l) j++;
+        attn_quest_args_t qa;
+        memset(&qa, 0, sizeof qa);
+        qa.q = c->q + (size_t)(st->n_pf_rows + st->n_dec) * HD;
+        qa.out = c->att + (size_t)(st->n_pf_rows + st->n_dec) * HD;
+        qa.k = a.k;
+        qa.v = a.v;
+        qa.kmin = c->kmin + (size_t)l * c->sum_floats;
+        qa.kmax = c->kmax + (size_t)l * c->sum_floats;
+        qa.workspace = c->q_ws;
+        qa.workspace_bytes = c->q_ws_bytes;
+        int rc = attn_quest_run(c->qp[j], &qa, c->stream);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Layer l's key summaries of the pages the step wrote (after its K/V are in
+ * the pool, before any Quest row reads them). */
+static int summarize(model_cuda_t *c, const step_t *st, int l) {
+    if (!st->n_sum) return 0; // none listed: a rowwise step did it inside the pieces
+    return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
+                                c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
+}
+
+/* D = A · Wᵀ over rows [0, rows): the first pf_rows (prompt rows) in the
+ * prompt mode, the rest in the generated rows' mode; FAST: one call. */
+static int gemm_rows(model_cuda_t *c, int rows, int pf_rows, int n, int k, const bf16_t *A, const bf16_t *W, void *D,
+                     int d_f32, int acc) {
+    if (c->pf_mode == c->dec_mode)
+        return ops_cuda_gemm_as(c->gemm, c->dec_mode, rows, n, k, A, W, D, d_f32, acc, c->stream);
+    int rc = 0;
+    if (pf_rows > 0) rc = ops_cuda_gemm_as(c->gemm, c->pf_mode, pf_rows, n, k, A, W, D, d_f32, acc, c->stream);
+    if (!rc && rows > pf_rows) {
+        const size_t d_row = (size_t)n * (d_f32 ? sizeof(float) : sizeof(bf16_t));
+        rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, rows - pf_rows, n, k, A + (size_t)pf_rows * k, W,
+                              (char *)D + (size_t)pf_rows * d_row, d_f32, acc, c->stream);
+    }
+    return rc;
+}
+
+/* Layer l up to attention: norm, QKV, RoPE and the cache write, and with
+ * rowwise the key summaries of each row's page. */
+static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int rowwise, int l) {
+    const model_hparams_t *hp = &c->m->hp;
+    const layer_t *G = &c->layers[l];
+    const int E = hp->n_embd;
+    int rc;
+    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->attn_norm, c->xb, rows, E, hp->rms_eps, c->stream))) return rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, (int)qkv_dim(hp), E, c->xb, G->wqkv, c->qkv, 1, 0))) return rc;
+    ops_cuda_qkv_t qp;
+    memset(&qp, 0, sizeof qp);
+    qp.n_heads = hp->n_heads;
+    qp.n_kv_heads = hp->n_kv_heads;
+    qp.head_dim = hp->head_dim;
+    qp.rot_dim = c->m->rope.rot_dim;
+    qp.neox = hp->rope_neox;
+    qp.n_table = c->n_table;
+    qp.freq_base = c->m->rope.freq_base;
+    qp.freq_scale = c->m->rope.freq_scale;
+    qp.q = c->q;
+    qp.k_cache = layer_k(c, l);
+    qp.v_cache = layer_v(c, l);
+    qp.page_size = c->page_size;
+    rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
+                           c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream);
+    if (rc || !rowwise) return rc;
+    return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_idx + IX_PAGE * c->max_tokens,
+                                c->d_idx + IX_PLEN * c->max_tokens, rows, c->kmin + (size_t)l * c->sum_floats,
+                                c->kmax + (size_t)l * c->sum_floats, c->stream);
+}
+
+/* Layer l after attention: x += att · Woᵀ, then the FFN. */
+static int layer_post(model_cuda_t *c, int rows, int pf_rows, int l) {
+    const model_hparams_t *hp = &c->m->hp;
+    const layer_t *G = &c->layers[l];
+    const int E = hp->n_embd, F = hp->n_ff, HD = hp->n_heads * hp->head_dim;
+    int rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, E, HD, c->att, G->wo, c->x, 1, 1))) return rc;
+    if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->ffn_norm, c->xb, rows, E, hp->rms_eps, c->stream))) return rc;
+    if ((rc = gemm_rows(c, rows, pf_rows, 2 * F, E, c->xb, G->wgu, c->gu, 1, 0))) return rc;
+    if ((rc = ops_cuda_swiglu(c->gu, c->h, rows, F, c->stream))) return rc;
+    return gemm_rows(c, rows, pf_rows, E, F, c->h, G->wdown, c->x, 1, 1);
+}
+
+/* Piece i of a step between attention calls: i = 0 embeds and runs layer
+ * 0 up to attention; 0 < i < n_layers finishes layer i-1 and starts layer i;
+ * i = n_layers finishes the last layer. */
+static int piece(model_cuda_t *c, int rows, int pf_rows, int rowwise, int i) {
+    const model_hparams_t *hp = &c->m->hp;
+    int rc = 0;
+    if (i == 0)
+        rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, rows, hp->n_embd, 1.0f, c->x, c->stream);
+    else
+        rc = layer_post(c, rows, pf_rows, i - 1);
+    if (!rc && i < hp->n_layers) rc = layer_pre(c, rows, pf_rows, rowwise, i);
+    return rc;
+}
+
+/* The graphs of bucket k, captured on first use. A capture that fails turns
+ * graphs off (the step then runs its kernels directly). */
+static int capture_bucket(model_cuda_t *c, int k) {
+    const int L = c->m->hp.n_layers, rows = bucket_rows[k];
+    cudaGraphExec_t *g = (cudaGraphExec_t *)calloc((size_t)L + 1, sizeof *g);
+    if (!g) return LC_ENOMEM;
+    for (int i = 0; i <= L; i++) {
+        cudaGraph_t graph = NULL;
+        CUDA_CHECK_RET(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+        int rc = piece(c, rows, 0, 1, i);
+        cudaError_t e = cudaStreamEndCapture(c->stream, &graph);
+        if (!rc && e == cudaSuccess) e = cudaGraphInstantiate(&g[i], graph, 0);
+        if (graph) cudaGraphDestroy(graph);
+        if (rc || e != cudaSuccess) {
+            cudaGetLastError();
+            LC_WARN("cuda: capturing the decode graph of %d rows failed (%s); steps run without graphs", rows,
+                    rc ? lc_strerror(rc) : cudaGetErrorString(e));
+            for (int j = 0; j <= L; j++)
+                if (g[j]) cudaGraphExecDestroy(g[j]);
+            free(g);
+            c->use_graphs = 0;
+            return 0;
+        }
+    }
+    c->graphs[k] = g;
+    return 0;
+}
+
+/* The slice of logits row i (slice order) and the row's index in it. */
+static const model_seq_t *lrow_slice(const model_cuda_t *c, const model_batch_t *b, int i, int *j) {
+    *j = c->lrow_j[i];
+    return &b->seqs[c->lrow_seq[i]];
+}
+
+static float *lrow_dst(const model_cuda_t *c, const model_batch_t *b, int i, int V) {
+    int j;
+    const model_seq_t *q = lrow_slice(c, b, i, &j);
+    return q->logits + (size_t)j * V;
+}
+
+/* 1 when logits row i only asked for its argmax (or a draw). */
+static int lrow_argmax_only(const model_cuda_t *c, const model_batch_t *b, int i) {
+    int j;
+    const model_seq_t *q = lrow_slice(c, b, i, &j);
+    return q->argmax && q->logits_mode == MODEL_LOGITS_LAST;
+}
+
+/* Final norm and LM head for the rows some slice asked for, LOGIT_CHUNK rows
+ * a matmul, copied from the device to the slices' host buffers on the
+ * stream: one copy per chunk when the buffers follow each other (the
+ * scheduler's, page-locked: no host copy, no wait between chunks), else one
+ * per row. Rows that asked only for their argmax send 4 bytes instead. */
+static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
+    const model_hparams_t *hp = &c->m->hp;
+    const int V = hp->n_vocab, E = hp->n_embd;
+    const int32_t *d_lrows = c->d_idx + IX_LROWS * c->max_tokens;
+    if (!st->n_lrows) return 0;
+    float *base = lrow_dst(c, b, 0, V);
+    int contiguous = 1, n_argmax = 0, n_draw = 0;
+    for (int i = 0; i < st->n_lrows; i++) {
+        if (i && contiguous) contiguous = lrow_dst(c, b, i, V) == base + (size_t)i * V;
+        int j;
+        const model_seq_t *q = lrow_slice(c, b, i, &j);
+        const int am = lrow_argmax_only(c, b, i), dr = am && q->draw_temperature > 0;
+        n_argmax += am;
+        n_draw += dr;
+        c->h_invt[i] = dr ? 1.0f / q->draw_temperature : 0.0f; // the host sampler's 1 / T
+        c->h_u[i] = dr ? q->draw_u : 0.0;
+    }
+    if (n_draw) {
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->d_invt, c->h_invt, (size_t)st->n_lrows * sizeof(float),
+                                       cudaMemcpyHostToDevice, c->stream));
+        CUDA_CHECK_RET(
+            cudaMemcpyAsync(c->d_u, c->h_u, (size_t)st->n_lrows * sizeof(double), cudaMemcpyHostToDevice, c->stream));
+    }
+    for (int r0 = 0; r0 < st->n_lrows; r0 += LOGIT_CHUNK) {
+        const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
+        int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
+        if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
+        if (!rc && n_argmax) rc = ops_cuda_argmax_rows(c->logits, cnt, V, c->d_argmax + r0, c->stream);
+        if (!rc && n_draw)
+            rc = ops_cuda_sample_rows(c->logits, cnt, V, c->d_invt + r0, c->d_u + r0, c->d_argmax + r0, c->stream);
+        if (rc) return rc;
+        int need = 0; // rows of the chunk that want their logits
+        for (int i = 0; i < cnt; i++) need += !lrow_argmax_only(c, b, r0 + i);
+        if (contiguous && need == cnt) {
+            CUDA_CHECK_RET(cudaMemcpyAsync(base + (size_t)r0 * V, c->logits, (size_t)cnt * V * sizeof(float),
+                                           cudaMemcpyDeviceToHost, c->stream));
+            continue;
+        }
+        for (int i = 0; i < cnt && need; i++)
+            if (!lrow_argmax_only(c, b, r0 + i))
+                CUDA_CHECK_RET(cudaMemcpyAsync(lrow_dst(c, b, r0 + i, V), c->logits + (size_t)i * V,
+                                               (size_t)V * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    }
+    if (n_argmax) {
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_argmax, c->d_argmax, (size_t)st->n_lrows * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, c->stream));
+        CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+        for (int i = 0; i < st->n_lrows; i++) {
+            int j;
+            const model_seq_t *q = lrow_slice(c, b, i, &j);
+            if (q->argmax && q->logits_mode == MODEL_LOGITS_LAST) *q->argmax = c->h_argmax[i];
+        }
+    }
+    return 0;
+}
+
+/* The density counters: dense rows computed every pair; a Quest row, per
+ * layer, the pages its plan attended (the newest one partly). */
+static void count_attention(const model_cuda_t *c, const model_batch_t *b, const step_t *st) {
+    const model_hparams_t *hp = &c->m->hp;
+    const int P = c->page_size;
+    int e = 0; // Quest entries, in slice order
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        const int quest = quest_policy(q) != NULL;
+        const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
+        const double all = (double)hp->n_heads * hp->n_layers * pairs;
+        if (!quest) {
+            if (q->attn) attn_state_count(q->attn, q->generated, all, all);
+            continue;
+        }
+        double computed = 0;
+        for (int i = 0; i < q->n_tok; i++, e++) {
+            const int64_t len = c->q_kv_len[e], np = (len + P - 1) / P;
+            for (int l = 0; l < hp->n_layers; l++) {
+                int j = 0;
+                while (j < st->n_thr && c->q_thr[j] <= l) j++;
+                const int64_t pages = attn_quest_count(c->qp[j], e);
+                const double tok =
+                    pages >= np || pages < 1 ? (double)len : (double)(pages - 1) * P + (double)(len - (np - 1) * P);
+                computed += tok * hp->n_heads;
+            }
+        }
+        attn_state_count(q->attn, 1, computed, all);
+    }
+}
+
+extern "C" const char *model_cuda_failure(const model_cuda_t *c) { return c->failure[0] ? c->failure : NULL; }
+
+/* After a failed step: drains the stream and clears a passing error; an
+ * error that is still there afterwards sticks to the device. */
+static void check_device(model_cuda_t *c) {
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    cudaGetLastError();
+    if (e == cudaSuccess) return;
+    cudaError_t again = cudaDeviceSynchronize();
+    if (again == cudaSuccess) return;
+    snprintf(c->failure, sizeof c->failure, "GPU %d is unusable after %s (%s)", c->device, cudaGetErrorName(again),
+             cudaGetErrorString(again));
+    LC_ERROR("cuda: %s; every request will fail until lacunad restarts", c->failure);
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b);
+
+extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
+    if (c->failure[0]) return LC_EDEVICE;
+    int rc = forward(c, b);
+    if (rc == LC_EDEVICE || rc == LC_ENOMEM) check_device(c);
+    return rc;
+}
+
+static int forward(model_cuda_t *c, const model_batch_t *b) {
+    const kv_config_t kvc = model_kv_config(c->m, c->page_size, c->n_pages);
+    int rc = model__check_batch(c->m, &kvc, c->max_tokens, b, c->covered);
+    if (rc) return rc;
+    if (b->n_seqs > c->max_seqs) return LC_EINVAL;
+    step_t st;
+    if ((rc = build_step(c, b, &st))) return rc;
+    CUDA_CHECK_RET(cudaSetDevice(c->device));
+    if (st.bucket >= 0 && !c->graphs[st.bucket] && (rc = capture_bucket(c, st.bucket))) return rc;
+    const cudaGraphExec_t *g = st.bucket >= 0 && c->use_graphs ? c->graphs[st.bucket] : NULL;
+    const int rows = g ? bucket_rows[st.bucket] : st.rows;
+    CUDA_CHECK_RET(cudaMemcpyAsync(c->d_idx, c->h_idx, IX_N * (size_t)c->max_tokens * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, c->stream));
+    CUDA_CHECK_RET(
+        cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
+    if ((rc = plan_attention(c, &st))) return rc;
+    const int L = c->m->hp.n_layers;
+    for (int i = 0; i <= L; i++) {
+        if (g)
+            CUDA_CHECK_RET(cudaGraphLaunch(g[i], c->stream));
+        else if ((rc = piece(c, rows, st.n_pf_rows, st.rowwise, i)))
+            return rc;
+        if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
+    }
+    if ((rc = logits(c, b, &st))) return rc;
+    CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+    count_attention(c, b, &st);
+    return 0;
+}
