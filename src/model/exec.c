@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "kv/store.h"
 #include "model/model_internal.h"
+#include "model/sampler.h"
 #include "ops/device.h"
 #ifdef HAVE_CUDA
 #include "model/exec_cuda.h"
@@ -210,14 +211,7 @@ static void cpu_argmax(const model_t *m, const model_batch_t *b) {
             *q->argmax = cpu_draw(q->logits, V, q->draw_temperature, q->draw_u);
             continue;
         }
-        int32_t best = -1;
-        float bv = -INFINITY;
-        for (int i = 0; i < V; i++)
-            if (q->logits[i] > bv) { // NaN never compares greater
-                bv = q->logits[i];
-                best = i;
-            }
-        *q->argmax = best;
+        *q->argmax = sampler_argmax(q->logits, V);
     }
 }
 

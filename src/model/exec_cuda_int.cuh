@@ -110,6 +110,9 @@ static inline size_t qkv_dim(const model_hparams_t *hp) {
 }
 
 /* One layer's K and V pools (n_pages + 1 pages each). */
-static inline void *layer_k(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l) * c->layer_bytes; }
-static inline void *layer_v(const model_cuda_t *c, int l) { return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes; }
-
+static inline void *layer_k(const model_cuda_t *c, int l) {
+    return (char *)c->kv_mem + (size_t)(2 * l) * c->layer_bytes;
+}
+static inline void *layer_v(const model_cuda_t *c, int l) {
+    return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes;
+}

@@ -268,7 +268,7 @@ ARGMAX_FN(argmax_w8, 8, __attribute__((target("avx2"))))
 ARGMAX_FN(argmax_w16, 16, __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))))
 #endif
 
-static int32_t argmax(const float *x, int n) {
+int32_t sampler_argmax(const float *x, int n) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     const lc_cpu_level_t l = lc_cpu_level();
     if (l >= LC_CPU_AVX512) return argmax_w16(x, n);
@@ -313,9 +313,7 @@ void sampler_skip_uniform(sampler_t *s) { (void)rng_uniform(s); }
 
 int sampler_plain_greedy(const sampler_t *s) {
     const sampler_params_t *p = &s->p;
-    const int no_rp = p->repetition_penalty <= 0 || p->repetition_penalty == 1.0f;
-    return (p->temperature <= 0 || p->top_k == 1) && p->skip_logprob && p->n_logit_bias == 0 && no_rp &&
-           p->presence_penalty == 0 && p->frequency_penalty == 0;
+    return (p->temperature <= 0 || p->top_k == 1) && plain_rest(p);
 }
 
 int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out) {
@@ -336,7 +334,7 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
          * one pass of argmax, which never picks a NaN (a penalty keeps NaN
          * NaN and -inf -inf), so NaNs need no rewriting first. */
         apply_penalties(s, logits);
-        const int32_t t = argmax(logits, V);
+        const int32_t t = sampler_argmax(logits, V);
         if (t < 0) return LC_EINVAL; // everything banned
         out->token = t;
         out->logprob = NAN;
@@ -360,7 +358,7 @@ int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_ban
     int32_t token;
     int top_k = p->top_k;
     if (greedy) {
-        token = argmax(logits, V); // 4. greedy (not -1: some logit is allowed)
+        token = sampler_argmax(logits, V); // 4. greedy (not -1: some logit is allowed)
     } else {
         /* candidates: every token that is still allowed, logits / T in val */
         float invt = 1.0f / p->temperature;

@@ -53,6 +53,10 @@ void sampler_accept(sampler_t *s, int32_t token);
 /* Samples from logits (n_vocab, modified in place). banned tokens (e.g. EOS
  * before min_tokens) get -inf. Returns 0 or a negative status. */
 int sampler_sample(sampler_t *s, float *logits, const int32_t *banned, int n_banned, sampler_result_t *out);
+/* The greedy token of x (n): the largest value, ties to the lowest id, NaN
+ * and -inf never win; -1 when none is above -inf (vectorised, the same
+ * token on every CPU). */
+int32_t sampler_argmax(const float *x, int n);
 /* 1 when a draw is the argmax of the raw logits: greedy, no log-probabilities,
  * no logit bias, no penalties (banned tokens and grammars are the caller's). */
 int sampler_plain_greedy(const sampler_t *s);
