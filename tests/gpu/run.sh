@@ -12,6 +12,11 @@
 #            small cases under compute-sanitizer memcheck and racecheck, with
 #            QUEST_BENCH=1 its benchmark against the dense decode
 #            (tests/gpu/check_quest_cuda; QUEST_SPLIT=keys: split-K chunk)
+#     flexref  our FlexPrefill (selection + block-sparse kernel) against the
+#            public FlexPrefill reference, dense ours and SDPA beside them
+#            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
+#            scripts/fetch_peer_flexprefill.sh, carried with the device tool;
+#            FLEXREF_FLAGS e.g. "--quick" or "--lengths 128K")
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
@@ -98,6 +103,12 @@ for step in "$@"; do
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "quest bench" "$rc"
         fi
+        ;;
+    flexref)
+        # shellcheck disable=SC2086 # FLEXREF_FLAGS: several words
+        ours timeout -k 10 "${FLEXREF_TIMEOUT:-580}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
+            --peer .peer/flexprefill --out "$OUT/flexref.json" ${FLEXREF_FLAGS:-} 2>&1 | tee "$OUT/flexref.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail flexref 1
         ;;
     cuda)
         ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"
