@@ -12,6 +12,9 @@
 #            small cases under compute-sanitizer memcheck and racecheck, with
 #            QUEST_BENCH=1 its benchmark against the dense decode
 #            (tests/gpu/check_quest_cuda; QUEST_SPLIT=keys: split-K chunk)
+#     flex   FlexPrefill's selection on the GPU against the CPU's masks
+#            (tests/gpu/check_flex_cuda), with FLEX_BENCH=1 its timing
+#            against the dense prefill
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
@@ -97,6 +100,16 @@ for step in "$@"; do
             ours env QUEST_BENCH=1 timeout 600 "$G/bin/check_quest_cuda" 2>&1 | tee "$OUT/quest-bench.log"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "quest bench" "$rc"
+        fi
+        ;;
+    flex)
+        ours timeout 900 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_flex_cuda" "$rc"
+        if [ "${FLEX_BENCH:-0}" = 1 ]; then
+            ours env FLEX_BENCH=1 timeout 600 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "flex bench" "$rc"
         fi
         ;;
     cuda)
