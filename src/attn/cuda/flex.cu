@@ -29,9 +29,9 @@
 
 namespace {
 
-constexpr int kB = 128;         // block (and key tile, and most representative rows)
-constexpr int kDC = 32;         // head dims per shared-memory chunk of the score tile
-constexpr int kP = kB + 1;      // pitch of the shared tiles (conflict-free columns)
+constexpr int kB = 128;    // block (and key tile, and most representative rows)
+constexpr int kDC = 32;    // head dims per shared-memory chunk of the score tile
+constexpr int kP = kB + 1; // pitch of the shared tiles (conflict-free columns)
 constexpr int kSelThreads = 1024;
 constexpr int kScoreThreads = 256;
 constexpr size_t kScoreSmem = sizeof(float) * (2 * kDC * kP + kB * kP);
@@ -71,7 +71,9 @@ __device__ __forceinline__ uint32_t okey(float f) {
     const uint32_t u = __float_as_uint(f == 0.f ? 0.f : f);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
-__device__ __forceinline__ unsigned long long tofx(float v) { return v > 0.f ? __double2ull_rn((double)v * kFx) : 0ull; }
+__device__ __forceinline__ unsigned long long tofx(float v) {
+    return v > 0.f ? __double2ull_rn((double)v * kFx) : 0ull;
+}
 
 // bf16 key of position j, dim e, kv head kh (j < N: the caller's guarantee).
 __device__ __forceinline__ float key_at(const FlexParams &p, int kh, int j, int e) {
@@ -479,8 +481,8 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p)
     const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int64_t count;
     if (p.branch[h] == 1) {
-        const uint32_t T = select_mass(p.cells + (size_t)h * p.sCells, (int64_t)p.n_qb * p.n_kb, p.gamma, false,
-                                       &count, hs);
+        const uint32_t T =
+            select_mass(p.cells + (size_t)h * p.sCells, (int64_t)p.n_qb * p.n_kb, p.gamma, false, &count, hs);
         if (tid == 0) p.thr[4 * h] = T;
         return;
     }
@@ -540,7 +542,8 @@ template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
         br = p.branch[h];
         T = br == 1 ? p.thr[4 * h] : 0;
     }
-    const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0, p1 = (qb + 1) * kB - 1 < p.N - 1 ? (qb + 1) * kB - 1 : p.N - 1;
+    const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0,
+              p1 = (qb + 1) * kB - 1 < p.N - 1 ? (qb + 1) * kB - 1 : p.N - 1;
     const float *row = p.cells + (size_t)h * p.sCells + (size_t)i * p.n_kb;
     const int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
     uint32_t *out = p.mask + ((size_t)h * p.n_qb + i) * p.words;
@@ -632,23 +635,23 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     b.sQpool = nqb * D;
     // the workspace, carved in 256-byte pieces
     const size_t sizes[] = {
-        sizeof(float) * H * D * kB,          // qs
-        sizeof(float) * H * nkb * kB,        // pm
-        sizeof(float) * H * nkb * kB,        // pl
-        sizeof(float) * H * kB,              // mrow
-        sizeof(float) * H * kB,              // lrow
-        sizeof(float) * H * N,               // vert
-        sizeof(float) * H * N,               // slash
-        sizeof(float) * H * nkb * 256,       // part
-        sizeof(float) * KH * nkb * D,        // kpool
-        sizeof(double) * H * nkb,            // ahat
-        sizeof(double) * H * nkb,            // atrue
-        sizeof(float) * H * nqb * D,         // qpool
-        sizeof(float) * H * b.sCells,        // cells
-        sizeof(int32_t) * H * (N + 1),       // cnt
-        sizeof(int32_t) * H * nkb,           // colsel
-        sizeof(int32_t) * H,                 // branch
-        sizeof(uint32_t) * H * 4,            // thr
+        sizeof(float) * H * D * kB,    // qs
+        sizeof(float) * H * nkb * kB,  // pm
+        sizeof(float) * H * nkb * kB,  // pl
+        sizeof(float) * H * kB,        // mrow
+        sizeof(float) * H * kB,        // lrow
+        sizeof(float) * H * N,         // vert
+        sizeof(float) * H * N,         // slash
+        sizeof(float) * H * nkb * 256, // part
+        sizeof(float) * KH * nkb * D,  // kpool
+        sizeof(double) * H * nkb,      // ahat
+        sizeof(double) * H * nkb,      // atrue
+        sizeof(float) * H * nqb * D,   // qpool
+        sizeof(float) * H * b.sCells,  // cells
+        sizeof(int32_t) * H * (N + 1), // cnt
+        sizeof(int32_t) * H * nkb,     // colsel
+        sizeof(int32_t) * H,           // branch
+        sizeof(uint32_t) * H * 4,      // thr
     };
     const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;

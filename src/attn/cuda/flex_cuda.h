@@ -85,8 +85,7 @@ void attn_cuda_flex_destroy(attn_cuda_flex_t *f);
  * masks span: the largest mask_off[s] + attn_cuda_flex_mask_words(). LC_EINVAL
  * for an inconsistent batch or a bad policy, LC_ERANGE beyond the capacities. */
 int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t *b, const uint8_t *selects,
-                        const attn_cuda_flex_policy_t *pol, const int32_t *mask_off, size_t *mask_words,
-                        void *stream);
+                        const attn_cuda_flex_policy_t *pol, const int32_t *mask_off, size_t *mask_words, void *stream);
 
 /* Device, once per layer, on stream: q (rows, n_heads, head_dim) bf16, the
  * rows of the planned batch; k this layer's K pool (bf16, attn_cuda.h's
