@@ -31,23 +31,27 @@ def free_port():
 
 
 def post_stream(port, body):
-    """POST a streaming completion; returns (ttft_s, n_tokens, total_s)."""
+    """POST a streaming completion; returns (ttft_s, n_tokens, total_s, usage)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     t0 = time.perf_counter()
-    ttft, n = None, 0
+    ttft, n, usage = None, 0, None
+    body = dict(body, stream_options={"include_usage": True})
+    req = urllib.request.Request(req.full_url, data=json.dumps(body).encode(), headers=req.headers)
     with urllib.request.urlopen(req, timeout=1800) as r:
         for line in r:
             line = line.strip()
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue
             ev = json.loads(line[6:])
+            if ev.get("usage"):
+                usage = ev["usage"]
             for ch in ev.get("choices", []):
                 if ch.get("text"):
                     n += 1
                     if ttft is None:
                         ttft = time.perf_counter() - t0
-    return ttft, n, time.perf_counter() - t0
+    return ttft, n, time.perf_counter() - t0, usage
 
 
 def engine_times(port):
@@ -91,6 +95,8 @@ def bench_lacunad(a, vocab):
             name = json.loads(r.read())["data"][0]["id"]
         res = {"ttft": {}, "decode": {}}
         body = {"model": name, "max_tokens": 1, "temperature": 0, "stream": True}
+        if a.sparse:
+            body["sparse_attention"] = json.loads(a.sparse)
         post_stream(port, dict(body, prompt=prompt_ids(64, vocab, 99)))  # warm-up
         for n in a.prompts:  # a warm-up, then five prompts of each length, none cached: the median
             times = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r)))[0] for r in range(6)]
@@ -98,9 +104,19 @@ def bench_lacunad(a, vocab):
         for s in a.streams:
             out = [None] * s
             def run(i):
-                out[i] = post_stream(port, {"model": name, "prompt": prompt_ids(200, vocab, 7 + i), "max_tokens": 128,
-                                            "temperature": a.temperature, "seed": i, "ignore_eos": True,
-                                            "stream": True})
+                req = {"model": name, "prompt": prompt_ids(a.decode_prompt, vocab, 7 + i), "max_tokens": 128,
+                       "temperature": a.temperature, "seed": i, "ignore_eos": True, "stream": True}
+                if a.sparse:
+                    req["sparse_attention"] = json.loads(a.sparse)
+                out[i] = post_stream(port, req)
+            if a.decode_prompt > 1000:  # long prompts: cache them first, so the timed streams decode together
+                warm = [threading.Thread(target=post_stream, args=(
+                    port, dict(body, prompt=prompt_ids(a.decode_prompt, vocab, 7 + i))))
+                    for i in range(s)]
+                for t in warm:
+                    t.start()
+                for t in warm:
+                    t.join()
             ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
             m0 = engine_times(port)
             t0 = time.perf_counter()
@@ -117,7 +133,8 @@ def bench_lacunad(a, vocab):
             res["decode"][s] = {"tok_s": (toks - s) / max(wall - first, 1e-9), "tokens": toks, "wall_s": wall,
                                 "steps": dm.get("engine_steps_total"),
                                 "forward_s": dm.get("engine_forward_seconds_total"),
-                                "sample_s": dm.get("engine_sample_seconds_total")}
+                                "sample_s": dm.get("engine_sample_seconds_total"),
+                                "sparse": out[0][3].get("sparse_attention") if out[0][3] else None}
         return res
     finally:  # the whole session, so nothing keeps the output pipes open
         try:
@@ -183,6 +200,8 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0,
                     help="the decode streams' temperature (0: greedy, drawn on the GPU as an argmax)")
     ap.add_argument("--device", default="cuda:0", help="lacunad's device (cpu: to try the script here)")
+    ap.add_argument("--sparse", help="a sparse_attention object (JSON) sent with every request")
+    ap.add_argument("--decode-prompt", type=int, default=200, help="prompt tokens of each decode stream")
     ap.add_argument("--lacunad-log", help="lacunad's log file (default: discarded)")
     ap.add_argument("--lacunad-arg", dest="lacunad_args", action="append", default=[],
                     help="an extra lacunad argument (repeat), e.g. --lacunad-arg=--set --lacunad-arg=engine.x=y")
@@ -211,7 +230,8 @@ def main():
         d = ours["decode"][s]
         if d.get("steps"):
             print(f"lacunad, {s} stream(s): {d['steps']:.0f} steps, forward {1e3 * d['forward_s'] / d['steps']:.3f} ms "
-                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step")
+                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step"
+                  + (f"; sparse {json.dumps(d['sparse'])}" if d.get("sparse") else ""))
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"lacunad": ours, "transformers": hf}, f, indent=1)

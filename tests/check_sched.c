@@ -496,6 +496,53 @@ START_TEST(test_short_behind_long) {
 }
 END_TEST
 
+/* A sparse prefill's chunk cannot be cut (its selection depends on the chunk's
+ * bounds): when it exceeds the step-time budget it still runs as the step's
+ * first prompt work, beside the running decodes, instead of waiting for every
+ * decode to end (which would starve it behind a stream of decodes). */
+START_TEST(test_fixed_chunk_beside_decodes) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t dp[16], fp[300];
+    static out_t got[2];
+    mk_prompt(dp, 16, 1500, nv);
+    mk_prompt(fp, 300, 1501, nv);
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = 128;
+    c.max_batch_tokens = 512;
+    c.prefill_chunk = 512;
+    c.enable_prefix_cache = 0;
+    c.max_running = 16;
+    c.target_step_ms = 1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    sched_params_t p;
+    greedy_params(&p, dp, 16, 60);
+    submit(s, &got[0], &p);
+    for (int i = 0; i < 3; i++) ck_assert_int_gt(sched_step(s), 0); // decoding now
+    s->ms_per_row = 1.0; // as if measured: the step-time budget is the floor of one block of prompt rows
+    greedy_params(&p, fp, 300, 2);
+    p.attn.prefill = ATTN_PREFILL_FLEX;
+    p.attn.min_budget = 64;
+    submit(s, &got[1], &p);
+    int step = 0;
+    for (; step < 10; step++) {
+        ck_assert_int_gt(sched_step(s), 0);
+        drain(&got[1]);
+        if (got[1].n[0] > 0) break;
+    }
+    drain(&got[0]);
+    ck_assert_msg(step < 10, "the sparse prefill waited %d steps", step);
+    ck_assert_int_lt(got[0].n[0], 60); // the decode stream still running beside it
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < 2; i++) finish_out(&got[i]);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
 /* ---- choices, stop strings, logprobs ---------------------------------------------- */
 START_TEST(test_choices) {
     const model_t *m = tiny_model();
@@ -789,6 +836,7 @@ int main(void) {
     tcase_add_test(te, test_random_ops);
     tcase_add_test(te, test_equal_prompts_in_order);
     tcase_add_test(te, test_short_behind_long);
+    tcase_add_test(te, test_fixed_chunk_beside_decodes);
     tcase_add_test(te, test_choices);
     tcase_add_test(te, test_stop_conditions);
     tcase_add_test(te, test_submit_errors);

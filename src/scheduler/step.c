@@ -105,6 +105,7 @@ typedef struct {
     int n_tok, n_seq;
     int budget;    // rows left under max_batch_tokens
     int pf_budget; // prompt rows left under the step-time target
+    int pf_rows;   // prompt rows taken so far
     int preempted;
 } batch_t;
 
@@ -169,7 +170,10 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     b->n_seq++;
     b->n_tok += n;
     b->budget -= n;
-    if (!generated || n > 1) b->pf_budget -= n;
+    if (!generated || n > 1) {
+        b->pf_budget -= n;
+        b->pf_rows += n;
+    }
 }
 
 /* Removes r's slices (the last ones added) after r preempted itself. */
@@ -179,7 +183,10 @@ static void drop_slices(sched_t *s, batch_t *b, sched_req_t *r) {
         const model_seq_t *ms = &s->bseq[b->n_seq];
         b->n_tok -= ms->n_tok;
         b->budget += ms->n_tok;
-        if (!ms->generated || ms->n_tok > 1) b->pf_budget += ms->n_tok;
+        if (!ms->generated || ms->n_tok > 1) {
+            b->pf_budget += ms->n_tok;
+            b->pf_rows -= ms->n_tok;
+        }
     }
 }
 
@@ -248,7 +255,9 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
     if (fixed_chunks(r)) { // up to the next multiple of prefill_chunk, whole or not at all
         const int64_t C = s->cfg.prefill_chunk, end = (r->pkv.n_tokens / C + 1) * C;
         n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
-        if (n > b->budget || (n > b->pf_budget && b->n_tok > 0)) n = 0;
+        /* Over the step-time target only as the step's first prompt work: a
+         * chunk that cannot be cut must not wait for the decodes to end. */
+        if (n > b->budget || (n > b->pf_budget && b->pf_rows > 0)) n = 0;
     } else {
         n = prompt_take(s, b, pending, shortest);
         if (want_lp && n > lp_chunk_cap(s)) n = lp_chunk_cap(s);
