@@ -580,7 +580,7 @@ int check_shape(const attn_cuda_shape_t *sh) {
 } // namespace
 
 /* The selecting sequences of the planned step, in batch order. */
-struct flex_seq {
+struct attn_cuda_flex_seq {
     int n_q, kv_len, qrow0, page_off;
     size_t mask_off;
     attn_cuda_flex_policy_t pol;
@@ -595,7 +595,7 @@ struct attn_cuda_flex {
     int32_t *h_pages, *d_pages; // pinned / device: the selecting sequences' page tables
     cudaEvent_t uploaded;
     int upload_pending;
-    struct flex_seq *seqs; // (max_seqs)
+    struct attn_cuda_flex_seq *seqs; // (max_seqs)
     int n_sel, planned, last_small;
     void *ws;
     FlexParams base; // workspace views and shape; per-sequence fields filled at select
@@ -657,7 +657,7 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     size_t total = 0;
     for (int i = 0; i < n_parts; i++) total += align256(sizes[i]);
     rc = LC_ENOMEM;
-    f->seqs = (struct flex_seq *)calloc((size_t)max_seqs, sizeof *f->seqs);
+    f->seqs = (struct attn_cuda_flex_seq *)calloc((size_t)max_seqs, sizeof *f->seqs);
     if (!f->seqs) goto fail;
     if (cudaMallocHost((void **)&f->h_pages, sizeof(int32_t) * f->pages_cap) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&f->d_pages, sizeof(int32_t) * f->pages_cap) != cudaSuccess) goto fail;
@@ -747,7 +747,7 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
             if (pg < 0 || pg >= f->shape.n_pool_pages) return LC_EINVAL;
         }
         if (n_sel >= f->max_seqs || pages + used > f->pages_cap) return LC_ERANGE;
-        struct flex_seq *q = &f->seqs[n_sel++];
+        struct attn_cuda_flex_seq *q = &f->seqs[n_sel++];
         q->n_q = (int)nq;
         q->kv_len = (int)len;
         q->qrow0 = b->q_indptr[s];
@@ -764,7 +764,7 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
     }
     for (int s = 0, i = 0; s < n; s++) {
         if (!selects[s] || b->q_indptr[s + 1] == b->q_indptr[s]) continue;
-        const struct flex_seq *q = &f->seqs[i++];
+        const struct attn_cuda_flex_seq *q = &f->seqs[i++];
         memcpy(f->h_pages + q->page_off, b->kv_indices + b->kv_indptr[s],
                sizeof(int32_t) * (size_t)((q->kv_len + ps - 1) / ps));
     }
@@ -789,7 +789,7 @@ extern "C" int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, c
     const attn_cuda_shape_t &sh = f->shape;
     const int H = sh.n_heads, KH = sh.n_kv_heads, D = sh.head_dim;
     for (int s = 0; s < f->n_sel; s++) {
-        const struct flex_seq *sq = &f->seqs[s];
+        const struct attn_cuda_flex_seq *sq = &f->seqs[s];
         FlexParams p = f->base;
         p.q = (const __nv_bfloat16 *)q;
         p.k = (const __nv_bfloat16 *)k;
@@ -842,7 +842,7 @@ extern "C" int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *b
     const int H = f->shape.n_heads;
     CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
     if (f->n_sel == 0) return LC_EINVAL;
-    const struct flex_seq *sq = &f->seqs[f->n_sel - 1];
+    const struct attn_cuda_flex_seq *sq = &f->seqs[f->n_sel - 1];
     if (is_small(&sq->pol, sq->n_q, sq->kv_len)) {
         memset(branch, -1, (size_t)H);
         return 0;
