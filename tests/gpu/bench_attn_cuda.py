@@ -43,13 +43,13 @@ class Limits(ctypes.Structure):
 
 class Batch(ctypes.Structure):
     _fields_ = [("n_seqs", ctypes.c_int), ("q_indptr", P32), ("kv_indptr", P32), ("kv_indices", P32),
-                ("kv_len", P32)]
+                ("kv_len", P32), ("mask_off", P32)]
 
 
 class Args(ctypes.Structure):
     _fields_ = [("q", ctypes.c_void_p), ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("k", ctypes.c_void_p),
                 ("v", ctypes.c_void_p), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t),
-                ("variant", ctypes.c_int)]
+                ("variant", ctypes.c_int), ("block_mask", ctypes.c_void_p)]
 
 
 def i32(values):
@@ -61,7 +61,7 @@ class Attn:
     """A plan of our kernels over one batch."""
 
     def __init__(self, lib, kind, H, KH, D, ps, n_pool_pages, q_indptr, kv_indptr, kv_indices, kv_len,
-                 split_keys=0):
+                 split_keys=0, mask_off=None):
         self.lib = lib
         shape = Shape(H, KH, D, ps, n_pool_pages, D ** -0.5)
         n = len(kv_len)
@@ -70,8 +70,9 @@ class Attn:
         rc = lib.attn_cuda_plan_create(ctypes.byref(shape), kind, ctypes.byref(lim), ctypes.byref(self.plan))
         if rc:
             raise RuntimeError(f"attn_cuda_plan_create: {rc}")
-        self.keep = [i32(q_indptr) if q_indptr else None, i32(kv_indptr), i32(kv_indices), i32(kv_len)]
-        batch = Batch(n, self.keep[0], self.keep[1], self.keep[2], self.keep[3])
+        self.keep = [i32(q_indptr) if q_indptr else None, i32(kv_indptr), i32(kv_indices), i32(kv_len),
+                     i32(mask_off) if mask_off else None]
+        batch = Batch(n, self.keep[0], self.keep[1], self.keep[2], self.keep[3], self.keep[4])
         ws = ctypes.c_size_t()
         stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
         rc = lib.attn_cuda_plan(self.plan, ctypes.byref(batch), stream, ctypes.byref(ws))
@@ -84,9 +85,10 @@ class Attn:
         n = self.lib.attn_cuda_variant_count(self.plan)
         return [self.lib.attn_cuda_variant_name(self.plan, v).decode() for v in range(n)]
 
-    def run(self, q, out, lse, k, v, variant=0):
+    def run(self, q, out, lse, k, v, variant=0, mask=None):
         a = Args(q.data_ptr(), out.data_ptr(), lse.data_ptr() if lse is not None else None, k.data_ptr(),
-                 v.data_ptr(), self.ws.data_ptr(), self.ws_bytes, variant)
+                 v.data_ptr(), self.ws.data_ptr(), self.ws_bytes, variant,
+                 mask.data_ptr() if mask is not None else None)
         rc = self.lib.attn_cuda_run(self.plan, ctypes.byref(a),
                                     ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
         if rc:
@@ -219,6 +221,74 @@ def bench_prefill(lib, L, ps, reps, all_variants, rows):
     attn.close()
 
 
+def pack_mask(sel):
+    """(H, n_qb, n_kb) bool, query blocks from 0 -> (H, n_qb, words) int32 words (attn_cuda.h layout)."""
+    H, nq, nk = sel.shape
+    words = (nk + 31) // 32
+    pad = torch.zeros(H, nq, words * 32, dtype=torch.int64, device=sel.device)
+    pad[:, :, :nk] = sel.to(torch.int64)
+    w = (pad.view(H, nq, words, 32) << torch.arange(32, device=sel.device)).sum(-1)
+    return torch.where(w >= 2 ** 31, w - 2 ** 32, w).to(torch.int32).contiguous()
+
+
+def sparse_patterns(L, H, device):
+    """Block masks (H, n_qb, n_kb) bool, causal, diagonal set: random blocks at
+    several densities, and a structured one (sink, local window, a few heavy
+    columns and diagonals per head) as FlexPrefill's vertical-slash heads pick."""
+    n = L // 128
+    g = torch.Generator(device="cpu").manual_seed(L)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    qi = torch.arange(n).view(n, 1)
+    ki = torch.arange(n).view(1, n)
+    out = []
+    for d in (0.05, 0.1, 0.2, 0.5):
+        sel = (torch.rand(H, n, n, generator=g) < d) & causal
+        out.append((f"random {d:g}", sel | torch.eye(n, dtype=torch.bool)))
+    sel = torch.zeros(H, n, n, dtype=torch.bool)
+    for h in range(H):
+        cols = torch.randint(0, n, (8,), generator=g)
+        diags = torch.randint(1, n, (4,), generator=g)
+        m = (ki == 0) | ((qi - ki) < 8)
+        for c in cols:
+            m = m | (ki == c)
+        for dg in diags:
+            m = m | ((qi - ki) == dg)
+        sel[h] = m & causal
+    out.append(("sink+local 1K+8 cols+4 diags", sel))
+    return [(name, pack_mask(m.to(device)), m) for name, m in out]
+
+
+def bench_sparse(lib, L, ps, reps, rows):
+    """Block-sparse prefill against our dense kernel on the same inputs:
+    kernel efficiency = density x t_dense / t_sparse (density: computed pairs
+    over causal pairs)."""
+    H, KH, D = 32, 8, 128
+    torch.manual_seed(L)
+    q = torch.randn(L, H, D, device="cuda", dtype=torch.bfloat16)
+    k_s = torch.randn(1, KH, L, D, device="cuda", dtype=torch.bfloat16)
+    v_s = torch.randn(1, KH, L, D, device="cuda", dtype=torch.bfloat16)
+    perm = torch.randperm(L // ps, device="cuda")
+    pk, pv = to_pool(k_s, ps, perm), to_pool(v_s, ps, perm)
+    dense = Attn(lib, 0, H, KH, D, ps, L // ps, [0, L], [0, L // ps], perm.cpu().tolist(), [L])
+    sparse = Attn(lib, 0, H, KH, D, ps, L // ps, [0, L], [0, L // ps], perm.cpu().tolist(), [L], mask_off=[0])
+    out = torch.empty_like(q)
+    lse = torch.empty(L, H, device="cuda", dtype=torch.float32)
+    t_dense = timed(lambda i: dense.run(q, out, lse, pk, pv), reps)
+    n = L // 128
+    pairs_full, pairs_diag = 128.0 * 128.0, 128.0 * 129.0 / 2
+    total = H * (n * (n - 1) / 2 * pairs_full + n * pairs_diag)
+    print(f"  block-sparse prefill L={L} page={ps}: dense {t_dense * 1e3:.3f} ms")
+    for name, mask, m in sparse_patterns(L, H, "cuda"):
+        nsel = int(m.sum()) - H * n  # off-diagonal blocks
+        density = (nsel * pairs_full + H * n * pairs_diag) / total
+        t = timed(lambda i: sparse.run(q, out, lse, pk, pv, 0, mask), reps)
+        eff = density * t_dense / t
+        print(f"    {name}: density {density:.3f}, {t * 1e3:.3f} ms, {t_dense / t:.2f}x dense, efficiency {eff:.2f}")
+        rows.append(("sparse", f"L={L // 1024}K p{ps}", name, t, density, t_dense, eff, None, None))
+    dense.close()
+    sparse.close()
+
+
 def bench_decode(lib, ctx, B, ps, reps, rows):
     H, KH, D = 32, 8, 128
     torch.manual_seed(ctx + B)
@@ -274,7 +344,10 @@ HEADER = ("| kind | size | ours | ours ms | ours TFLOP/s or TB/s | SDPA ms | SDP
 def table_rows(rows):
     out = []
     for kind, size, name, t, r, ts, rs, sname, err in rows:
-        if ts is None:
+        if kind == "sparse":  # r: density, ts: dense time, rs: kernel efficiency
+            out.append(f"| {kind} | {size} | {name} (density {r:.3f}) | {t * 1e3:.3f} | efficiency {rs:.2f} "
+                       f"| dense {ts * 1e3:.3f} | | {ts / t:.2f}x dense | ours dense | |")
+        elif ts is None:
             out.append(f"| {kind} | {size} | {name} | {t * 1e3:.3f} | {r:.2f} | - | - | - | none | - |")
         else:
             out.append(f"| {kind} | {size} | {name} | {t * 1e3:.3f} | {r:.2f} | {ts * 1e3:.3f} | {rs:.2f} "
@@ -285,7 +358,7 @@ def table_rows(rows):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
-    ap.add_argument("--part", choices=("all", "prefill", "decode"), default="all")
+    ap.add_argument("--part", choices=("all", "prefill", "decode", "sparse"), default="all")
     ap.add_argument("--quick", action="store_true", help="fewer sizes (8K prefill, 32K decode at B 1 and 8)")
     ap.add_argument("--table", help="also write the table rows (no header) to this file")
     args = ap.parse_args()
@@ -298,6 +371,10 @@ def main():
                                                          (32768, 128, 8, False), (131072, 64, 3, False)]
         for L, ps, reps, allv in pre:
             bench_prefill(lib, L, ps, reps, allv, rows)
+            torch.cuda.empty_cache()
+    if args.part in ("all", "sparse"):
+        for L, reps in ((32768, 8), (65536, 5), (131072, 3)):
+            bench_sparse(lib, L, 64, reps, rows)
             torch.cuda.empty_cache()
     if args.part in ("all", "decode"):
         dec = [(32768, 1), (32768, 8)] if args.quick else [(c, b) for c in (32768, 131072) for b in (1, 8, 32, 64)]

@@ -12,6 +12,11 @@
  * Batch invariance: each sequence run alone must match its rows of the batch
  * bitwise.
  *
+ * Block-sparse prefill (attn_cuda.h): random block masks, some sequences
+ * dense in the same batch, against a double-precision attention over exactly
+ * the selected blocks (and the diagonal); a full mask equals the dense kernel
+ * bitwise.
+ *
  * Runs where a GPU is; exits 77 (SKIP) where none is. Not part of make check:
  * tests/gpu/run_attn.sh runs it on the GPU machine, one case at a time
  * (CK_RUN_CASE=errors, prefill_small, decode_small, prefill, decode; the
@@ -48,7 +53,78 @@ typedef struct {
     uint16_t *qb;         //
     void *dk, *dv, *dq;   // device copies
     float *ref, *ref_lse; // (rows, H, D), (rows, H)
+    // block-sparse prefill: masks (attn_cuda.h), NULL when every sequence is dense
+    uint32_t *mask;
+    int32_t mask_off[16];
+    void *dmask;
 } batch_t;
+
+/* Block-sparse reference for sequence s: row by row over the keys of the
+ * selected blocks and the diagonal block, in double. */
+static void sparse_ref(batch_t *b, int s) {
+    const int H = b->sh.n_heads, D = b->sh.head_dim, G = H / b->sh.n_kv_heads, ps = b->sh.page_size;
+    const int len = b->kv_len[s], nq = b->seq[s].nq, qb0 = (len - nq) / 128, n_kb = (len - 1) / 128 + 1;
+    const int words = (n_kb + 31) / 32;
+    const size_t page_elems = (size_t)b->sh.n_kv_heads * ps * D;
+    double *w = malloc(sizeof(double) * len), *acc = malloc(sizeof(double) * D);
+    for (int r = 0; r < nq; r++) {
+        const int pos = len - nq + r, qb = pos / 128;
+        for (int h = 0; h < H; h++) {
+            const uint32_t *row = b->mask + b->mask_off[s] + ((size_t)h * (n_kb - qb0) + qb - qb0) * words;
+            const float *q = b->qf + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
+            double mx = -INFINITY;
+            for (int j = 0; j <= pos; j++) {
+                const int kb = j / 128;
+                w[j] = NAN;
+                if (kb != qb && !(row[kb / 32] >> (kb % 32) & 1u)) continue;
+                const float *k =
+                    b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
+                double d = 0;
+                for (int c = 0; c < D; c++) d += (double)q[c] * k[c];
+                w[j] = d * b->sh.scale;
+                if (w[j] > mx) mx = w[j];
+            }
+            double l = 0;
+            for (int c = 0; c < D; c++) acc[c] = 0;
+            for (int j = 0; j <= pos; j++) {
+                if (isnan(w[j])) continue;
+                const double e = exp(w[j] - mx);
+                const float *v =
+                    b->vf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
+                l += e;
+                for (int c = 0; c < D; c++) acc[c] += e * v[c];
+            }
+            float *o = b->ref + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
+            for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / l);
+            b->ref_lse[(size_t)(b->q_indptr[s] + r) * H + h] = (float)(mx + log(l));
+        }
+    }
+    free(w);
+    free(acc);
+}
+
+/* Random block masks (bit probability density; 1: all) for the even
+ * sequences of a prefill batch; odd ones stay dense. Recomputes their
+ * reference. */
+static void batch_sparsify(batch_t *b, float density) {
+    const int H = b->sh.n_heads;
+    size_t total = 0;
+    for (int s = 0; s < b->n; s++) {
+        b->mask_off[s] = -1;
+        if (s % 2 == 0 && b->seq[s].nq > 0) {
+            b->mask_off[s] = (int32_t)total;
+            total += attn_cuda_mask_words(b->seq[s].nq, b->kv_len[s], H);
+        }
+    }
+    b->mask = calloc(total ? total : 1, sizeof(uint32_t));
+    for (size_t i = 0; i < total; i++)
+        for (int j = 0; j < 32; j++)
+            if (density >= 1.f || (frand() + 1.f) * 0.5f < density) b->mask[i] |= 1u << j;
+    CK_CUDA(cudaMalloc(&b->dmask, sizeof(uint32_t) * (total ? total : 1)));
+    CK_CUDA(cudaMemcpy(b->dmask, b->mask, sizeof(uint32_t) * (total ? total : 1), cudaMemcpyHostToDevice));
+    for (int s = 0; s < b->n; s++)
+        if (b->mask_off[s] >= 0) sparse_ref(b, s);
+}
 
 static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, const seq_t *seqs, int n, float qmag) {
     memset(b, 0, sizeof *b);
@@ -152,6 +228,8 @@ static void batch_free(batch_t *b) {
     cudaFree(b->dk);
     cudaFree(b->dv);
     cudaFree(b->dq);
+    cudaFree(b->dmask);
+    free(b->mask);
     free(b->kv_indices);
     free(b->kf);
     free(b->vf);
@@ -181,7 +259,8 @@ static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_key
                             .q_indptr = b->decode ? NULL : qi,
                             .kv_indptr = ki,
                             .kv_indices = b->kv_indices + b->kv_indptr[s0],
-                            .kv_len = b->kv_len + s0};
+                            .kv_len = b->kv_len + s0,
+                            .mask_off = b->mask ? b->mask_off + s0 : NULL};
     size_t ws = 0;
     ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
     const int64_t rows = b->q_indptr[s0 + ns] - b->q_indptr[s0];
@@ -199,7 +278,8 @@ static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_key
                           .v = b->dv,
                           .workspace = dws,
                           .workspace_bytes = ws,
-                          .variant = variant};
+                          .variant = variant,
+                          .block_mask = b->dmask};
     // twice: the decode merge counters must be back at zero after a run
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
@@ -354,6 +434,87 @@ START_TEST(test_prefill_random) {
 }
 END_TEST
 
+/* ---- block-sparse prefill -------------------------------------------------------------- */
+/* attn_cuda_mask_pairs against a count on the host, row by row. */
+static void check_pairs(const batch_t *b) {
+    const int H = b->sh.n_heads;
+    attn_cuda_limits_t lim = {.max_seqs = 16, .max_q_rows = b->rows + 1, .max_pages = b->kv_indptr[b->n] + 1};
+    attn_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(&b->sh, ATTN_CUDA_PREFILL, &lim, &p), 0);
+    attn_cuda_batch_t bt = {.n_seqs = b->n,
+                            .q_indptr = b->q_indptr,
+                            .kv_indptr = b->kv_indptr,
+                            .kv_indices = b->kv_indices,
+                            .kv_len = b->kv_len,
+                            .mask_off = b->mask_off};
+    ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, NULL), 0);
+    unsigned long long *dpairs, got[16];
+    CK_CUDA(cudaMalloc((void **)&dpairs, sizeof got));
+    CK_CUDA(cudaMemset(dpairs, 0, sizeof got));
+    ck_assert_int_eq(attn_cuda_mask_pairs(p, b->dmask, dpairs, NULL), 0);
+    CK_CUDA(cudaMemcpy(got, dpairs, sizeof got, cudaMemcpyDeviceToHost));
+    for (int s = 0; s < b->n; s++) {
+        unsigned long long want = 0;
+        const int len = b->kv_len[s], nq = b->seq[s].nq, qb0 = (len - nq) / 128, n_kb = (len - 1) / 128 + 1;
+        for (int r = 0; b->mask_off[s] >= 0 && r < nq; r++) {
+            const int pos = len - nq + r, qb = pos / 128;
+            for (int h = 0; h < H; h++) {
+                const uint32_t *row =
+                    b->mask + b->mask_off[s] + ((size_t)h * (n_kb - qb0) + qb - qb0) * ((n_kb + 31) / 32);
+                for (int kb = 0; kb <= qb; kb++)
+                    if (kb == qb || (row[kb / 32] >> (kb % 32) & 1u)) want += kb == qb ? pos - kb * 128 + 1 : 128;
+            }
+        }
+        ck_assert_msg(got[s] == want, "sequence %d: %llu pairs counted, %llu selected", s, got[s], want);
+    }
+    cudaFree(dpairs);
+    attn_cuda_plan_destroy(p);
+}
+
+static void run_sparse_case(int H, int KH, int D, int ps, const seq_t *seqs, int n, float density, uint64_t seed,
+                            const char *name) {
+    rng = seed;
+    batch_t b;
+    batch_build(&b, H, KH, D, ps, 0, seqs, n, 1.f);
+    batch_sparsify(&b, density);
+    check_batch(&b, name, 0);
+    check_pairs(&b);
+    batch_free(&b);
+}
+
+START_TEST(test_prefill_sparse) {
+    // unaligned prefixes, one-row chunks, chunks inside one block, ~4K keys
+    const seq_t s[] = {{1000, 1000}, {5, 5}, {300, 1}, {2000, 77}, {4100, 700}, {1500, 1500}, {700, 130}, {256, 256}};
+    run_sparse_case(8, 2, 128, 64, s, 8, 0.3f, 81, "sparse 0.3 d128 g4 p64");
+    run_sparse_case(8, 8, 64, 128, s, 8, 0.1f, 82, "sparse 0.1 d64 g1 p128");
+    run_sparse_case(16, 2, 128, 128, s, 8, 0.7f, 83, "sparse 0.7 d128 g8 p128");
+}
+END_TEST
+
+/* Every bit set: the same tiles in the same order as the dense kernel, so the
+ * same bits. */
+START_TEST(test_prefill_sparse_full) {
+    const seq_t s[] = {{1000, 1000}, {300, 1}, {2000, 77}, {4100, 700}};
+    rng = 91;
+    batch_t b;
+    batch_build(&b, 8, 2, 128, 64, 0, s, 4, 1.f);
+    const size_t on = (size_t)b.rows * 8 * 128;
+    uint16_t *dense = malloc(2 * on), *full = malloc(2 * on);
+    float *l1 = malloc(sizeof(float) * b.rows * 8), *l2 = malloc(sizeof(float) * b.rows * 8);
+    run_gpu(&b, 0, b.n, 0, 0, dense, l1);
+    batch_sparsify(&b, 1.f);
+    run_gpu(&b, 0, b.n, 0, 0, full, l2);
+    ck_assert_msg(memcmp(dense, full, 2 * on) == 0 && memcmp(l1, l2, sizeof(float) * b.rows * 8) == 0,
+                  "a full block mask differs from the dense kernel");
+    printf("  ok   full block mask equals the dense kernel bitwise\n");
+    free(dense);
+    free(full);
+    free(l1);
+    free(l2);
+    batch_free(&b);
+}
+END_TEST
+
 /* ---- decode -------------------------------------------------------------------------- */
 START_TEST(test_decode_small) {
     const seq_t s[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}};
@@ -453,6 +614,7 @@ static Suite *attn_cuda_suite(void) {
     suite_add_tcase(s, errors);
     TCase *prefill_small = tcase_create("prefill_small"); // small cases: also run under compute-sanitizer
     tcase_add_test(prefill_small, test_prefill_small);
+    tcase_add_test(prefill_small, test_prefill_sparse_full);
     suite_add_tcase(s, prefill_small);
     TCase *decode_small = tcase_create("decode_small");
     tcase_add_test(decode_small, test_decode_small);
@@ -462,6 +624,7 @@ static Suite *attn_cuda_suite(void) {
     tcase_add_test(prefill, test_prefill_d64_g1_g8);
     tcase_add_test(prefill, test_prefill_long_short);
     tcase_add_test(prefill, test_prefill_random);
+    tcase_add_test(prefill, test_prefill_sparse);
     suite_add_tcase(s, prefill);
     TCase *decode = tcase_create("decode");
     tcase_add_test(decode, test_decode_d128_g4);

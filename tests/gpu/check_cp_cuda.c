@@ -209,7 +209,7 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     int32_t q_indptr[2] = {0, (int32_t)L}, kv_indptr[2] = {0, (int32_t)pages}, kv_len[1] = {(int32_t)L};
     int32_t *idx = malloc(sizeof(int32_t) * pages);
     for (int64_t i = 0; i < pages; i++) idx[i] = (int32_t)i;
-    attn_cuda_batch_t bt = {1, q_indptr, kv_indptr, idx, kv_len};
+    attn_cuda_batch_t bt = {1, q_indptr, kv_indptr, idx, kv_len, NULL};
     size_t ws = 0;
     CHECK(attn_cuda_plan(p, &bt, st, &ws) == 0);
     cudaEvent_t ev[3 * RSTEPS_MAX + 1];
@@ -224,7 +224,7 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
                 CHECK(cp_sendrecv_start(c, cur, pack, (r + 1) % n, rb[k & 1], pack, (r + n - 1) % n, &rq) == 0);
             CU(cudaEventRecord(ev[3 * k + 1], st));
             if (b->compute) {
-                attn_cuda_args_t a = {dq, dout, NULL, cur, (char *)cur + kv_bytes, NULL, 0, 0};
+                attn_cuda_args_t a = {dq, dout, NULL, cur, (char *)cur + kv_bytes, NULL, 0, 0, NULL};
                 CHECK(attn_cuda_run(p, &a, st) == 0);
             }
             CU(cudaEventRecord(ev[3 * k + 2], st));

@@ -9,6 +9,7 @@
 #   ATTN_SANITIZE=1  also run the small cases under compute-sanitizer (memcheck)
 #   ATTN_BENCH=0     skip the benchmark; ATTN_BENCH=quick for fewer sizes;
 #   ATTN_PARTS="prefill decode"  the kernel families checked under the sanitizer and benchmarked
+#                (sparse: the block-sparse prefill against our dense kernel, benchmark only)
 #   ATTN_LIMIT=S     seconds per check step (default 300); ATTN_BENCH_LIMIT=S per benchmark part (600)
 # A kernel family whose small case hangs is left out of the later steps.
 # Exit status: 77 when no GPU is present, else that of the first failing step.
@@ -43,6 +44,7 @@ check decode decode
 if [ "${ATTN_SANITIZE:-0}" = 1 ]; then
     for k in ${ATTN_PARTS:-prefill decode}; do
         case " $hung " in *" $k "*) continue ;; esac
+        [ "$k" = sparse ] && continue # its small case is prefill_small's
         CK_RUN_CASE=${k}_small timeout "$limit" compute-sanitizer --tool memcheck --error-exitcode 3 \
             "$dir/check_attn_cuda" || fail "compute-sanitizer ${k}_small" 3
     done
@@ -54,14 +56,16 @@ case "${ATTN_BENCH:-1}" in
 quick) bench --quick ;;
 *)
     for k in ${ATTN_PARTS:-prefill decode}; do
-        case " $hung " in *" $k "*) continue ;; esac
+        f=$k
+        [ "$k" = sparse ] && f=prefill # the block-sparse prefill is the prefill kernel
+        case " $hung " in *" $f "*) continue ;; esac
         bench --part "$k" --table "$tables.$k"
     done
     echo
     echo "| kind | size | ours | ours ms | ours TFLOP/s or TB/s | SDPA ms | SDPA TFLOP/s or TB/s | ours/SDPA | SDPA backend | rel err vs SDPA |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
-    cat "$tables.prefill" "$tables.decode" 2>/dev/null
-    rm -f "$tables.prefill" "$tables.decode"
+    cat "$tables.prefill" "$tables.decode" "$tables.sparse" 2>/dev/null
+    rm -f "$tables.prefill" "$tables.decode" "$tables.sparse"
     ;;
 esac
 exit "$status"

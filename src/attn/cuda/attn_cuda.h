@@ -18,11 +18,21 @@
  *   q_indptr   (n_seqs+1)  prefill: sequence s's query rows q_indptr[s]..q_indptr[s+1]-1
  *              sit at positions kv_len[s]-nq_s .. kv_len[s]-1 (causal);
  *              decode: NULL, row s is sequence s's one query at position kv_len[s]-1.
+ *   mask_off   (n_seqs) or NULL, prefill only: block-sparse sequences (below), -1 = dense.
+ *
+ * Block-sparse prefill (FlexPrefill's pattern; the mask from flex_cuda.h):
+ * blocks of 128 positions aligned to position 0, query block qb = pos / 128,
+ * key block kb = key / 128. Sequence s with mask_off[s] >= 0 computes, for a
+ * row in query block qb and head h, only the key blocks whose bit is set in
+ *   block_mask[mask_off[s] + (h * n_qb + qb - qb0) * words + kb / 32], bit kb % 32,
+ * with qb0 = (kv_len - nq) / 128, n_kb = (kv_len - 1) / 128 + 1,
+ * n_qb = n_kb - qb0, words = (n_kb + 31) / 32 (attn_cuda_mask_words()), and
+ * always its diagonal block kb = qb. Bits above the diagonal are ignored.
  *
  * Plan/run: a plan object per kind (prefill, decode) is created once with
  * capacities. attn_cuda_plan() runs on the host once per step: it checks the
- * batch, builds the work list (prefill: (sequence, 128-row query block, head)
- * tiles, longest first; decode: (sequence, kv head, key chunk) split-K items),
+ * batch, builds the work list (prefill: (sequence, query block of up to 128
+ * rows aligned to 128 positions, head) tiles, longest first; decode: (sequence, kv head, key chunk) split-K items),
  * copies it with the page table to the device on the stream, and says how
  * large the workspace of attn_cuda_run() must be. attn_cuda_run() runs one
  * layer; it allocates nothing. Every layer of the step reuses the plan.
@@ -70,18 +80,24 @@ typedef struct {
     const int32_t *kv_indptr;  // (n_seqs+1)
     const int32_t *kv_indices; // (kv_indptr[n_seqs])
     const int32_t *kv_len;     // (n_seqs)
+    const int32_t *mask_off;   // (n_seqs) prefill: word offset of s's block mask, -1 dense; NULL: all dense
 } attn_cuda_batch_t;
+
+/* uint32 words of one sequence's block mask (all heads) for a prefill chunk
+ * of n_q rows ending at kv_len keys. */
+size_t attn_cuda_mask_words(int n_q, int kv_len, int n_heads);
 
 /* One layer's call. All pointers are device memory. */
 typedef struct {
-    const void *q;          // (rows, n_heads, head_dim) bf16; rows = q_indptr[n_seqs] (prefill) or n_seqs (decode)
-    void *out;              // (rows, n_heads, head_dim) bf16
-    float *lse;             // (rows, n_heads) natural log of sum exp(scale * q.k), or NULL
-    const void *k;          // (n_pool_pages, n_kv_heads, page_size, head_dim) bf16, this layer
-    const void *v;          // same layout as k
-    void *workspace;        // decode split-K partials (16-byte aligned); may be NULL when the plan asked for 0
-    size_t workspace_bytes; // >= what attn_cuda_plan() returned
-    int variant;            // 0: the default kernel; 1..: ablation variants for tests and benchmarks
+    const void *q;              // (rows, n_heads, head_dim) bf16; rows = q_indptr[n_seqs] (prefill) or n_seqs (decode)
+    void *out;                  // (rows, n_heads, head_dim) bf16
+    float *lse;                 // (rows, n_heads) natural log of sum exp(scale * q.k), or NULL
+    const void *k;              // (n_pool_pages, n_kv_heads, page_size, head_dim) bf16, this layer
+    const void *v;              // same layout as k
+    void *workspace;            // decode split-K partials (16-byte aligned); may be NULL when the plan asked for 0
+    size_t workspace_bytes;     // >= what attn_cuda_plan() returned
+    int variant;                // 0: the default kernel; 1..: ablation variants for tests and benchmarks
+    const uint32_t *block_mask; // prefill: the block masks of the planned mask_off (NULL when none is sparse)
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;
@@ -101,6 +117,12 @@ int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, void *stream
 
 /* Runs one layer over the planned batch on stream (the plan's stream order). */
 int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, void *stream);
+
+/* Adds to pairs[s] (device, one per planned sequence) the query-key pairs
+ * block-sparse sequence s computes under block_mask (all heads; the dense
+ * ones get nothing): for density reports. Integer sums, so exact. */
+int attn_cuda_mask_pairs(const attn_cuda_plan_t *p, const uint32_t *block_mask, unsigned long long *pairs,
+                         void *stream);
 
 /* Number of ablation variants of the plan's kind (variant 0 .. n-1) and a
  * name for each, for tests and benchmarks. */

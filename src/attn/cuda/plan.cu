@@ -14,8 +14,8 @@ constexpr int kPrefillBM = ATTN_PF_BM, kPrefillBN = ATTN_PF_BN;
 size_t round4(size_t n) { return (n + 3) & ~(size_t)3; }
 
 int64_t max_items(const attn_cuda_plan_t *p) {
-    if (p->kind == ATTN_CUDA_PREFILL)
-        return (p->lim.max_q_rows / kPrefillBM + p->lim.max_seqs) * (int64_t)p->shape.n_heads;
+    if (p->kind == ATTN_CUDA_PREFILL) // query blocks aligned to positions: a partial one at each end
+        return (p->lim.max_q_rows / kPrefillBM + 2 * (int64_t)p->lim.max_seqs) * p->shape.n_heads;
     return (int64_t)p->lim.max_seqs * p->shape.n_kv_heads * ATTN_DEC_MAX_SPLITS;
 }
 
@@ -55,7 +55,7 @@ int check_batch(const attn_cuda_plan_t *p, const attn_cuda_batch_t *b) {
         if (np < 0 || len < 1 || len > np * ps) return LC_EINVAL;
         if (p->kind == ATTN_CUDA_PREFILL) {
             const int64_t nq = (int64_t)b->q_indptr[s + 1] - b->q_indptr[s];
-            if (nq < 0 || nq > len) return LC_EINVAL;
+            if (nq < 0 || nq > len || (b->mask_off && b->mask_off[s] < -1)) return LC_EINVAL;
         }
     }
     const int64_t pages = b->kv_indptr[n];
@@ -213,9 +213,15 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     p->off_items = off;
     memcpy(h + p->off_kv_indptr, b->kv_indptr, sizeof(int32_t) * (n + 1));
     memcpy(h + p->off_kv_len, b->kv_len, sizeof(int32_t) * n);
+    p->n_sparse = 0;
     if (p->kind == ATTN_CUDA_PREFILL) {
         memcpy(h + p->off_q_indptr, b->q_indptr, sizeof(int32_t) * (n + 1));
         memset(h + p->off_seq_info, 0, sizeof(int32_t) * 4 * n);
+        for (int s = 0; s < n; s++) {
+            const int32_t mo = b->mask_off && b->q_indptr[s + 1] > b->q_indptr[s] ? b->mask_off[s] : -1;
+            h[p->off_seq_info + 4 * s] = mo < 0 ? -1 : mo;
+            p->n_sparse += mo >= 0;
+        }
     } else {
         for (int s = 0; s <= n; s++) h[p->off_q_indptr + s] = s;
     }
@@ -223,18 +229,22 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     int32_t *items = h + p->off_items;
     int64_t n_items = 0, n_partials = 0;
     if (p->kind == ATTN_CUDA_PREFILL) {
+        // Query tiles follow 128-position blocks (the block-sparse masks' query
+        // blocks): a chunk on an unaligned prefix starts with a partial tile.
         for (int s = 0; s < n; s++) {
-            const int nq = b->q_indptr[s + 1] - b->q_indptr[s], len = b->kv_len[s];
-            for (int qb = 0; qb * kPrefillBM < nq; qb++) {
-                const int rows = nq - qb * kPrefillBM < kPrefillBM ? nq - qb * kPrefillBM : kPrefillBM;
-                const int tiles = (len - nq + qb * kPrefillBM + rows - 1) / kPrefillBN + 1;
+            const int nq = b->q_indptr[s + 1] - b->q_indptr[s], len = b->kv_len[s], pos0 = len - nq;
+            for (int row0 = 0; row0 < nq;) {
+                const int room = kPrefillBM - (pos0 + row0) % kPrefillBM;
+                const int rows = nq - row0 < room ? nq - row0 : room;
+                const int tiles = (pos0 + row0 + rows - 1) / kPrefillBN + 1;
                 for (int hd = 0; hd < p->shape.n_heads; hd++, n_items++) {
                     int32_t *it = items + 4 * n_items;
                     it[0] = s;
-                    it[1] = qb;
+                    it[1] = row0;
                     it[2] = hd;
                     it[3] = tiles;
                 }
+                row0 += rows;
             }
         }
         qsort(items, (size_t)n_items, 4 * sizeof(int32_t), cmp_prefill_items);
@@ -293,8 +303,22 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     return 0;
 }
 
+extern "C" size_t attn_cuda_mask_words(int n_q, int kv_len, int n_heads) {
+    if (n_q <= 0 || kv_len < n_q || n_heads <= 0) return 0;
+    const int qb0 = (kv_len - n_q) / kPrefillBN, n_kb = (kv_len - 1) / kPrefillBN + 1;
+    return (size_t)n_heads * (n_kb - qb0) * ((n_kb + 31) / 32);
+}
+
+extern "C" int attn_cuda_mask_pairs(const attn_cuda_plan_t *p, const uint32_t *block_mask, unsigned long long *pairs,
+                                    void *stream) {
+    if (!p || !p->planned || p->kind != ATTN_CUDA_PREFILL || !pairs || (p->n_sparse > 0 && !block_mask))
+        return LC_EINVAL;
+    return attn_cuda_mask_pairs_launch(p, block_mask, pairs, (cudaStream_t)stream);
+}
+
 extern "C" int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, void *stream) {
     if (!p || !a || !p->planned) return LC_EINVAL;
+    if (p->n_sparse > 0 && !a->block_mask) return LC_EINVAL;
     if (!a->q || !a->out || !a->k || !a->v) return LC_EINVAL;
     if (a->workspace_bytes < p->ws_bytes || (p->ws_bytes > 0 && !a->workspace)) return LC_EINVAL;
     if (a->variant < 0 || a->variant >= attn_cuda_variant_count(p)) return LC_EINVAL;

@@ -23,7 +23,8 @@ typedef CUresult (*attn_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuu
  * uploaded in one copy. Offsets are in int32 units, multiples of 4 (16 bytes):
  *   q_indptr (n_seqs+1), kv_indptr (n_seqs+1), kv_len (n_seqs),
  *   seq_info (n_seqs, 4): decode {chunk_keys, n_chunks, first partial, 0},
- *   items (n_items, 4): prefill {seq, query block, head, kv tiles},
+ *                         prefill {mask offset (-1 dense), 0, 0, 0},
+ *   items (n_items, 4): prefill {seq, first row, head, kv tiles},
  *                       decode {seq, kv head, chunk, chunk_keys},
  *   kv_indices (kv_indptr[n_seqs]). */
 struct attn_cuda_plan {
@@ -48,6 +49,7 @@ struct attn_cuda_plan {
     int64_t n_rows; // query rows
     int n_items;
     size_t off_q_indptr, off_kv_indptr, off_kv_len, off_seq_info, off_items, off_kv_indices;
+    int n_sparse;       // prefill: block-sparse sequences
     int64_t n_partials; // decode: (kv head, chunk) partial results of split sequences
     size_t ws_bytes;
 };
@@ -69,6 +71,8 @@ int attn_cuda_prefill_init(void);
 int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream);
 int attn_cuda_prefill_variants(void);
 const char *attn_cuda_prefill_variant_name(int v);
+int attn_cuda_mask_pairs_launch(const attn_cuda_plan_t *p, const uint32_t *mask, unsigned long long *pairs,
+                                cudaStream_t stream);
 int attn_cuda_decode_init(void);
 int attn_cuda_decode_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream);
 int attn_cuda_decode_variants(void);

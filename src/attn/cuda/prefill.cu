@@ -12,8 +12,11 @@
 // GEMMs while the other runs its softmax). Variants 1 and 2 drop these for
 // ablation and as simpler references.
 //
-// KV tiles are visited from the diagonal down to key 0; the tiles that cross
-// the diagonal are masked by position. The last tile of a sequence may hold
+// Query tiles follow 128-position blocks, so only a tile's diagonal KV tile
+// (the first visited) crosses the diagonal; it is masked by position. KV
+// tiles are visited from the diagonal down to key 0, or, for a block-sparse
+// sequence (attn_cuda.h), the diagonal and then the tiles whose mask bits are
+// set, from high to low (the producer and the consumers count the same bits). The last tile of a sequence may hold
 // keys past kv_len (a page's unused slots, or a box that was not loaded):
 // their scores are masked and their V rows zeroed in shared memory, so stale
 // or NaN slots never reach an output.
@@ -35,7 +38,9 @@ struct PrefillParams {
     const int32_t *kv_indptr;  // (n_seqs+1)
     const int32_t *kv_indices; // (kv_indptr[n_seqs]) page ids
     const int32_t *kv_len;     // (n_seqs)
-    const int4 *items;         // (n_items) {seq, query block, head, kv tiles}
+    const int4 *items;         // (n_items) {seq, first row, head, kv tiles}
+    const int4 *seq_info;      // (n_seqs) {mask offset or -1, ...}
+    const uint32_t *mask;      // block masks, or NULL
     __nv_bfloat16 *out;        // (rows, n_heads, D)
     float *lse;                // (rows, n_heads) or NULL
     int n_heads, n_kv_heads, group, page_size;
@@ -55,6 +60,23 @@ template <int D> struct PrefillSmem {
 };
 
 #if LC_SM90A
+// Highest set bit of row at or below x (x >= 0 and such a bit exists).
+__device__ __forceinline__ int prev_set_bit(const uint32_t *row, int x) {
+    for (int w = x >> 5;; w--) {
+        uint32_t v = __ldg(row + w);
+        if (w == (x >> 5)) v &= (2u << (x & 31)) - 1u; // bits 0..x%32 (all of them for 31)
+        if (v || w == 0) return w * 32 + 31 - __clz(v);
+    }
+}
+
+// Set bits of row below x.
+__device__ __forceinline__ int count_bits_below(const uint32_t *row, int x) {
+    int c = 0;
+    for (int w = 0; w < (x >> 5); w++) c += __popc(__ldg(row + w));
+    if (x & 31) c += __popc(__ldg(row + (x >> 5)) & ((1u << (x & 31)) - 1u));
+    return c;
+}
+
 // Causal mask of one KV tile: keys past each row's position get -inf (a
 // select, so a NaN score of a stale slot is dropped too).
 template <int D> __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], int lim_a, int lim_b, int qd) {
@@ -149,11 +171,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int seq = it.x, head = it.z, kvh = head / p.group;
     const int kv_len = p.kv_len[seq];
     const int q0 = p.q_indptr[seq], nq = p.q_indptr[seq + 1] - q0;
-    const int row0 = it.y * BM;          // the tile's first query row within the sequence
-    const int rows = min(BM, nq - row0); // valid rows of the tile
-    const int pos0 = kv_len - nq + row0; // position of tile row 0
-    const int n_tiles = (pos0 + rows - 1) / BN + 1;
-    const int first_masked = (pos0 + 1) / BN; // tiles from here cross the diagonal of some row
+    const int row0 = it.y;                              // the tile's first query row within the sequence
+    const int pos0 = kv_len - nq + row0;                // position of tile row 0
+    const int rows = min(BM - pos0 % BM, nq - row0);    // valid rows of the tile (one 128-position block)
+    const int n_tiles = (pos0 + rows - 1) / BN + 1;     // the last is the diagonal tile
+    const bool diag_masked = (pos0 + 1) / BN < n_tiles; // it crosses the diagonal of some row
+    // Block-sparse: this tile's mask row; the diagonal plus the set bits below it.
+    const uint32_t *mrow = nullptr;
+    int n_iter = n_tiles;
+    if (p.mask && p.seq_info[seq].x >= 0) {
+        const int qb0 = (kv_len - nq) / BN, n_kb = (kv_len - 1) / BN + 1, words = (n_kb + 31) / 32;
+        mrow = p.mask + p.seq_info[seq].x + ((size_t)head * (n_kb - qb0) + (pos0 / BN - qb0)) * words;
+        n_iter = 1 + count_bits_below(mrow, n_tiles - 1);
+    }
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = threadIdx.x >> 7;
     if (threadIdx.x == 0) {
@@ -175,8 +205,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int h = 0; h < D / 64; h++) tma_load_3d(sQ + h * BM * 128, &tm_q, bar_q, h * 64, head, q0 + row0);
             const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
-            for (int i = 0; i < n_tiles; i++) {
-                const int t = n_tiles - 1 - i, st = i % kStages;
+            for (int i = 0, t = n_tiles - 1; i < n_iter; i++) {
+                if (i > 0) t = mrow ? prev_set_bit(mrow, t - 1) : t - 1;
+                const int st = i % kStages;
                 const uint32_t ph = (i / kStages) & 1;
                 const int nb = min(BN / kBox, (kv_len - t * BN + kBox - 1) / kBox); // boxes holding valid keys
                 const uint32_t bytes = nb * kBox * D * 2;
@@ -239,8 +270,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                     wgmma_rs_m64n64k16_tb(o, pf[kt], db, 1);
             }
         };
-        auto masked_softmax = [&](int t) {
-            if (t >= first_masked) mask_tile<D>(s, lim_a0 - t * BN, lim_b0 - t * BN, qd);
+        auto masked_softmax = [&](bool diag) {
+            if (diag && diag_masked) mask_tile<D>(s, lim_a0 - (n_tiles - 1) * BN, lim_b0 - (n_tiles - 1) * BN, qd);
             softmax_tile(s, m_a, m_b, l_a, l_b, sl2, sc_a, sc_b);
         };
         // Rows of the first tile (the last keys) past kv_len: zero their V rows
@@ -269,11 +300,11 @@ __global__ void __launch_bounds__(kThreads, 1)
             wgmma_wait<0>();
             reg_fence(s);
             release(&k_empty[0]);
-            masked_softmax(n_tiles - 1);
+            masked_softmax(true);
             p_to_frag(s, pf);
             zero_tail_v();
-            for (int i = 1; i < n_tiles; i++) {
-                const int t = n_tiles - 1 - i, st = i % kStages, pst = (i - 1) % kStages;
+            for (int i = 1; i < n_iter; i++) {
+                const int st = i % kStages, pst = (i - 1) % kStages;
                 mbar_wait(&k_full[st], (i / kStages) & 1);
                 if (kPingpong) named_sync(kBarSched + cw, 256);
                 reg_fence(o);
@@ -289,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 wgmma_wait<1>();
                 reg_fence(s);
                 release(&k_empty[st]);
-                masked_softmax(t);
+                masked_softmax(false);
                 wgmma_wait<0>();
                 reg_fence(o);
                 reg_fence(pf);
@@ -297,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 p_to_frag(s, pf);
                 rescale_o<D>(o, sc_a, sc_b);
             }
-            const int il = n_tiles - 1, st = il % kStages;
+            const int il = n_iter - 1, st = il % kStages;
             mbar_wait(&v_full[st], (il / kStages) & 1);
             reg_fence(o);
             reg_fence(pf);
@@ -309,8 +340,8 @@ __global__ void __launch_bounds__(kThreads, 1)
             release(&v_empty[st]);
             if (kPingpong && cw == 0) named_sync(kBarSched, 256); // takes warpgroup 1's last arrival
         } else {
-            for (int i = 0; i < n_tiles; i++) {
-                const int t = n_tiles - 1 - i, st = i % kStages;
+            for (int i = 0; i < n_iter; i++) {
+                const int st = i % kStages;
                 const uint32_t ph = (i / kStages) & 1;
                 mbar_wait(&k_full[st], ph);
                 wgmma_fence();
@@ -319,7 +350,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 wgmma_wait<0>();
                 reg_fence(s);
                 release(&k_empty[st]);
-                masked_softmax(t);
+                masked_softmax(i == 0);
                 rescale_o<D>(o, sc_a, sc_b);
                 p_to_frag(s, pf);
                 if (i == 0) zero_tail_v();
@@ -384,7 +415,42 @@ int launch_prefill(int variant, const CUtensorMap &mq, const CUtensorMap &mk, co
     return 0;
 }
 
+// Pairs a block-sparse sequence computes: one CTA per sequence, a thread per
+// (head, query block) row of its masks; integer sums (exact, any order).
+__global__ void mask_pairs_kernel(const int32_t *q_indptr, const int32_t *kv_len, const int4 *seq_info,
+                                  const uint32_t *mask, int n_heads, unsigned long long *pairs) {
+    const int s = blockIdx.x, off = seq_info[s].x;
+    if (off < 0) return;
+    const int len = kv_len[s], nq = q_indptr[s + 1] - q_indptr[s], pos_first = len - nq;
+    const int qb0 = pos_first / BN, n_kb = (len - 1) / BN + 1, n_qb = n_kb - qb0, words = (n_kb + 31) / 32;
+    unsigned long long acc = 0;
+    for (int r = threadIdx.x; r < n_heads * n_qb; r += blockDim.x) {
+        const int qb = qb0 + r % n_qb;
+        const int p0 = max(qb * BN, pos_first), p1 = min((qb + 1) * BN, len); // the rows' positions [p0, p1)
+        const uint32_t *row = mask + off + (size_t)r * words;                 // r = head * n_qb + (qb - qb0)
+        int below = 0;
+        for (int w = 0; w < qb / 32; w++) below += __popc(row[w]);
+        if (qb & 31) below += __popc(row[qb / 32] & ((1u << (qb & 31)) - 1u));
+        // every selected block below the diagonal: BN keys per row; the diagonal: keys up to each row
+        acc += (unsigned long long)below * BN * (p1 - p0) +
+               (unsigned long long)(p1 - p0) * (p0 + p1 + 1 - 2 * qb * BN) / 2;
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0 && acc) atomicAdd(pairs + s, acc);
+}
+
 } // namespace
+
+int attn_cuda_mask_pairs_launch(const attn_cuda_plan_t *p, const uint32_t *mask, unsigned long long *pairs,
+                                cudaStream_t stream) {
+    if (p->n_sparse == 0) return 0;
+    const int32_t *d = p->d_arena;
+    mask_pairs_kernel<<<p->n_seqs, 256, 0, stream>>>(d + p->off_q_indptr, d + p->off_kv_len,
+                                                     reinterpret_cast<const int4 *>(d + p->off_seq_info), mask,
+                                                     p->shape.n_heads, pairs);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
 
 int attn_cuda_prefill_init(void) {
     int rc;
@@ -412,6 +478,8 @@ int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *
     pp.kv_indices = d + p->off_kv_indices;
     pp.kv_len = d + p->off_kv_len;
     pp.items = reinterpret_cast<const int4 *>(d + p->off_items);
+    pp.seq_info = reinterpret_cast<const int4 *>(d + p->off_seq_info);
+    pp.mask = p->n_sparse > 0 ? a->block_mask : nullptr;
     pp.out = static_cast<__nv_bfloat16 *>(a->out);
     pp.lse = a->lse;
     pp.n_heads = p->shape.n_heads;
