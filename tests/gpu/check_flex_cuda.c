@@ -32,8 +32,9 @@
  * FLEX_BENCH=1: instead of the checks, times the selection (32 q / 8 kv
  * heads, d 128, pages of 64; one sequence at 32K, 64K, 128K, the whole prompt
  * and a 4096-row chunk at the end; tau 0: all vertical-slash, tau 1: all
- * query-aware) against the dense prefill of the same chunk and prints a
- * markdown table.
+ * query-aware) and the block-sparse prefill over its masks against the
+ * dense prefill of the same chunk, with the masks' block density, and
+ * prints a markdown table (random inputs: the density says little).
  *
  * Exits 77 (SKIP) without a GPU. Not part of make check: tests/gpu/run.sh
  * step flex. CK_RUN_CASE=small runs the quick cases alone. */
@@ -957,9 +958,10 @@ static int bench(void) {
     printf("\nFlexPrefill selection, one layer: %d q / %d kv heads, d %d, pages of %d, gamma 0.9, min_budget 1024, "
            "median of %d; random bf16 inputs\n\n",
            H, KH, D, PS, ITERS);
-    printf(
-        "| context | chunk rows | dense ms | select VS ms (tau 0) | select QA ms (tau 1) | VS / dense | QA / dense |\n"
-        "|---|---|---|---|---|---|---|\n");
+    printf("| context | chunk rows | dense ms | pattern | select ms | select / dense | block density | sparse "
+           "attention ms "
+           "| select + sparse / dense |\n|---|---|---|---|---|---|---|---|---|\n");
+    uint32_t *hmask = malloc(4 * mwords);
     for (int ci = 0; ci < 3; ci++)
         for (int chunk = 0; chunk < 2; chunk++) {
             const int ctx = ctxs[ci], nq = chunk ? 4096 : ctx;
@@ -977,7 +979,7 @@ static int bench(void) {
             cudaDeviceSynchronize();
             const float td = median_ms(ev, ITERS);
             float ts[2];
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < 2; v++) { // tau 0: every head vertical-slash; tau 1: every head query-aware
                 uint8_t sel[1] = {1};
                 attn_cuda_flex_policy_t pol[1] = {P(0.9f, v == 0 ? 0.f : 1.f, 1024, 0)};
                 size_t need = 0;
@@ -993,10 +995,40 @@ static int bench(void) {
                     return 1;
                 }
                 ts[v] = median_ms(ev, ITERS);
+                // block density of the masks, then the block-sparse prefill over them
+                const size_t mw = attn_cuda_flex_mask_words(nq, ctx, H);
+                cudaMemcpy(hmask, dmask, 4 * mw, cudaMemcpyDeviceToHost);
+                const int qb0 = (ctx - nq) / 128, n_kb = (ctx - 1) / 128 + 1, n_qb = n_kb - qb0,
+                          words = (n_kb + 31) / 32;
+                double on = 0, all = 0;
+                for (int h = 0; h < H; h++)
+                    for (int i = 0; i < n_qb; i++)
+                        for (int kb = 0; kb <= qb0 + i; kb++) {
+                            all++;
+                            on += (hmask[((size_t)h * n_qb + i) * words + kb / 32] >> (kb % 32)) & 1;
+                        }
+                attn_cuda_batch_t bs = b;
+                bs.mask_off = off;
+                BENCH_CHECK(attn_cuda_plan(dp, &bs, NULL, &wd));
+                attn_cuda_args_t sa = da;
+                sa.block_mask = dmask;
+                for (int i = 0; i < 2; i++) BENCH_CHECK(attn_cuda_run(dp, &sa, NULL));
+                for (int i = 0; i < ITERS; i++) {
+                    cudaEventRecord(ev[2 * i], NULL);
+                    attn_cuda_run(dp, &sa, NULL);
+                    cudaEventRecord(ev[2 * i + 1], NULL);
+                }
+                if (cudaDeviceSynchronize() != cudaSuccess) {
+                    printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
+                    return 1;
+                }
+                const float tsp = median_ms(ev, ITERS);
+                printf("| %dK | %d | %.2f | %s | %.2f | %.1f%% | %.3f | %.2f | %.2f |\n", ctx / 1024, nq, td,
+                       v == 0 ? "vertical-slash (tau 0)" : "query-aware (tau 1)", ts[v], 100.0 * ts[v] / td, on / all,
+                       tsp, (ts[v] + tsp) / td);
             }
-            printf("| %dK | %d | %.2f | %.2f | %.2f | %.1f%% | %.1f%% |\n", ctx / 1024, nq, td, ts[0], ts[1],
-                   100.0 * ts[0] / td, 100.0 * ts[1] / td);
         }
+    free(hmask);
     attn_cuda_flex_destroy(f);
     attn_cuda_plan_destroy(dp);
     cudaFree(dk);

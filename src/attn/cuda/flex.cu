@@ -601,10 +601,9 @@ struct attn_cuda_flex {
     FlexParams base; // workspace views and shape; per-sequence fields filled at select
 };
 
+// The prefill kernel's mask layout (attn_cuda.h) is the one written here.
 extern "C" size_t attn_cuda_flex_mask_words(int n_q, int kv_len, int n_heads) {
-    if (n_q <= 0 || kv_len < n_q || n_heads <= 0) return 0;
-    const int qb0 = (kv_len - n_q) / kB, n_kb = (kv_len - 1) / kB + 1, n_qb = n_kb - qb0;
-    return (size_t)n_heads * n_qb * (size_t)((n_kb + 31) / 32);
+    return attn_cuda_mask_words(n_q, kv_len, n_heads);
 }
 
 extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seqs, int64_t max_q_rows,

@@ -63,7 +63,8 @@ typedef struct {
     int max_budget; // vertical-slash: most columns / diagonals kept, 0 = no cap
 } attn_cuda_flex_policy_t;
 
-/* Mask words of one chunk of n_q rows ending at kv_len, for n_heads heads. */
+/* Mask words of one chunk of n_q rows ending at kv_len, for n_heads heads
+ * (attn_cuda_mask_words(): the block-sparse prefill kernel reads this layout). */
 size_t attn_cuda_flex_mask_words(int n_q, int kv_len, int n_heads);
 
 typedef struct attn_cuda_flex attn_cuda_flex_t;
