@@ -871,6 +871,13 @@ START_TEST(test_d64) {
 }
 END_TEST
 
+START_TEST(test_long) {
+    // ~20K keys, GQA group 8: many tiles per head, radix levels over long arrays
+    const fseq_t s[2] = {{20001, 20001, P(0.9f, 0.1f, 1024, 0)}, {19000, 3000, P(0.95f, 0.1f, 256, 4096)}};
+    check_case(8, 1, 128, 64, s, 2, 51, "long d128 g8 p64", NULL);
+}
+END_TEST
+
 START_TEST(test_mirror) {
     stats_t tot = {0};
     const fseq_t a[4] = {{250, 250, P(0.9f, 0.1f, 256, 0)},
@@ -1052,6 +1059,7 @@ static Suite *flex_suite(void) {
     tcase_add_test(full, test_branches);
     tcase_add_test(full, test_prefix_chunks);
     tcase_add_test(full, test_d64);
+    tcase_add_test(full, test_long);
     suite_add_tcase(s, full);
     TCase *mirror = tcase_create("mirror");
     tcase_set_timeout(mirror, 600);
