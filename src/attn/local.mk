@@ -26,7 +26,7 @@ EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tes
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
-ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o
+ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o
 
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.
