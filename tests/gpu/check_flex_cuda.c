@@ -34,7 +34,8 @@
  * and a 4096-row chunk at the end; tau 0: all vertical-slash, tau 1: all
  * query-aware) and the block-sparse prefill over its masks against the
  * dense prefill of the same chunk, with the masks' block density, and
- * prints a markdown table (random inputs: the density says little).
+ * prints a markdown table (random inputs: the density says little);
+ * FLEX_BENCH_CTX=N runs context N with the 4096-row chunk alone.
  *
  * Exits 77 (SKIP) without a GPU. Not part of make check: tests/gpu/run.sh
  * step flex. CK_RUN_CASE=small runs the quick cases alone. */
@@ -969,9 +970,12 @@ static int bench(void) {
            "attention ms "
            "| select + sparse / dense |\n|---|---|---|---|---|---|---|---|---|\n");
     uint32_t *hmask = malloc(4 * mwords);
+    // FLEX_BENCH_CTX=N: that context alone, the 4096-row chunk alone (to profile one case)
+    const int only = getenv("FLEX_BENCH_CTX") ? atoi(getenv("FLEX_BENCH_CTX")) : 0;
     for (int ci = 0; ci < 3; ci++)
         for (int chunk = 0; chunk < 2; chunk++) {
             const int ctx = ctxs[ci], nq = chunk ? 4096 : ctx;
+            if (only && (ctx != only || !chunk)) continue;
             int32_t qi[2] = {0, nq}, ki[2] = {0, ctx / PS}, kl[1] = {ctx}, off[1] = {0};
             attn_cuda_batch_t b = {.n_seqs = 1, .q_indptr = qi, .kv_indptr = ki, .kv_indices = pages, .kv_len = kl};
             size_t wd = 0;
