@@ -121,8 +121,9 @@ for step in "$@"; do
         fi
         ;;
     flexref)
+        # python as it is (libattn_cuda.so needs none of the carried libraries; Triton compiles with the system's)
         # shellcheck disable=SC2086 # FLEXREF_FLAGS: several words
-        ours timeout -k 10 "${FLEXREF_TIMEOUT:-580}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
+        timeout -k 10 "${FLEXREF_TIMEOUT:-580}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
             --peer .peer/flexprefill --out "$OUT/flexref.json" ${FLEXREF_FLAGS:-} 2>&1 | tee "$OUT/flexref.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail flexref 1
         ;;
