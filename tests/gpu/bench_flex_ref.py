@@ -546,6 +546,10 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
             del o
             t_all = timed(lambda: peer.flex_prefill_attention(q4, k4, v4, gamma, TAU, min_budget=MIN_BUDGET,
                                                               max_budget=None, block_size=BLK), budget, args.max_reps)
+            if L <= max(2 * BLK, MIN_BUDGET):  # its entry point runs dense attention there
+                masks[f"ref flex {gamma:g}"] = torch.ones(H, nb, nb, dtype=torch.bool, device=DEV).tril()
+                return row(inp, L, f"ref flex {gamma:g}", gamma=gamma, ms=t_all * 1e3, density=1.0, rel_err=err,
+                           note="dense at this length (its rule)")
             t_sel = timed(lambda: peer.get_active_blocks(q4, k4, v4, BLK, gamma, mb, xb, TAU, False), budget,
                           args.max_reps)
             idx = peer.get_active_blocks(q4, k4, v4, BLK, gamma, mb, xb, TAU, False)
