@@ -31,6 +31,7 @@ namespace {
 constexpr int kMassChunk = 512;   // positions per mass CTA
 constexpr int kMassThreads = 128; // four warps, 32 positions at a time each
 constexpr int kSelThreads = 512;
+constexpr int kSelRun = 8;         // consecutive positions per selection thread and trip
 constexpr int kAttThreads = 128;   // four warps, 16 listed tokens at a time each
 constexpr int kAttSplitKeys = 128; // default smallest chunk of a row's list
 constexpr int kMaxSplits = 64;     // most chunks of one row
@@ -229,16 +230,65 @@ template <int D> __global__ void __launch_bounds__(kMassThreads) mass_kernel(con
 
 /* ---- selection ------------------------------------------------------------------------ */
 
+// Exclusive prefix of x over the block's threads in thread order, and the
+// block's total. Every thread calls it; w_tot: kSelThreads / 32 ints.
+__device__ __forceinline__ int block_scan(int x, int *w_tot, int *total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = x;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+    }
+    if (lane == 31) w_tot[warp] = incl;
+    __syncthreads();
+    int before = incl - x, tot = 0;
+    for (int w = 0; w < kSelThreads / 32; w++) {
+        if (w < warp) before += w_tot[w];
+        tot += w_tot[w];
+    }
+    __syncthreads(); // w_tot read by all before the next scan writes it
+    *total = tot;
+    return before;
+}
+
+// Thread tid's kSelRun masses of the span at base: positions base + kSelRun
+// tid + j (j < kSelRun), as order keys; valid[j] says j is below n. The
+// masses of a row are 16-byte aligned and padded to mass_stride(n), so a
+// vector that starts below n is inside the row.
+__device__ __forceinline__ void load_run(const float *ms, int n, int base, uint32_t (&u)[kSelRun],
+                                         bool (&valid)[kSelRun]) {
+    const int i0 = base + kSelRun * threadIdx.x;
+    float v[kSelRun];
+#pragma unroll
+    for (int j = 0; j < kSelRun; j += 4) {
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (i0 + j < n) x = *reinterpret_cast<const float4 *>(ms + i0 + j);
+        v[j] = x.x;
+        v[j + 1] = x.y;
+        v[j + 2] = x.z;
+        v[j + 3] = x.w;
+    }
+#pragma unroll
+    for (int j = 0; j < kSelRun; j++) {
+        valid[j] = i0 + j < n;
+        u[j] = order_key(v[j]);
+    }
+}
+
 // grid (n_rows, n_kv_heads), block kSelThreads. The threshold T is the
 // keep-th largest key: its top byte from the mass kernels' histogram, the
 // other bytes one at a time (a 256-bin histogram of the keys matching the
 // bytes fixed so far). The selection is every key > T plus the first (in
 // position order) keys == T up to keep: attn__tidal_pick's set. A
-// block-wide scan in position order writes them ascending.
+// block-wide scan in position order writes them ascending. Each pass walks
+// the row in spans of kSelThreads * kSelRun positions, thread t holding the
+// kSelRun consecutive ones at kSelRun t (two vector loads in flight, not one
+// scalar per trip).
 __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams p) {
     __shared__ unsigned hist[256];
     __shared__ int s_bin, s_k;
-    __shared__ int w_eq[kSelThreads / 32], w_sel[kSelThreads / 32];
+    __shared__ int w_tot[kSelThreads / 32];
     const int row = blockIdx.x, kvh = blockIdx.y, KH = p.n_kv_heads;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int4 ra = p.rows[2 * row], rb = p.rows[2 * row + 1];
@@ -247,6 +297,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
     const float *ms = p.mass + (size_t)rb.x + (size_t)kvh * mass_stride(n);
     int32_t *out = p.sel + (size_t)ra.w + (size_t)kvh * keep;
     const unsigned *gh = p.hist + ((size_t)row * KH + kvh) * 256;
+    constexpr int kSpan = kSelThreads * kSelRun;
 
     uint32_t prefix = 0, mask = 0;
     int k = keep; // rank wanted among the keys matching prefix, from the top (1-based)
@@ -256,12 +307,16 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
         } else {
             for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
             __syncthreads();
-            for (int base = 0; base < n; base += kSelThreads) {
-                const int i = base + tid;
-                const uint32_t u = i < n ? order_key(ms[i]) : 0u;
-                const unsigned bin = i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u;
-                // the later bytes match few keys: most warps have none to count
-                if (__any_sync(0xffffffffu, bin < 256u)) hist_add(hist, bin, lane);
+            for (int base = 0; base < n; base += kSpan) {
+                uint32_t u[kSelRun];
+                bool valid[kSelRun];
+                load_run(ms, n, base, u, valid);
+#pragma unroll
+                for (int j = 0; j < kSelRun; j++) {
+                    const unsigned bin = valid[j] && (u[j] & mask) == prefix ? (u[j] >> shift) & 255u : 256u;
+                    // the later bytes match few keys: most warps have none to count
+                    if (__any_sync(0xffffffffu, bin < 256u)) hist_add(hist, bin, lane);
+                }
             }
         }
         __syncthreads();
@@ -299,32 +354,30 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
     const uint32_t T = prefix;
     const int need_eq = k; // keys equal to T to take, earliest first
     int eq_before = 0, sel_before = 0;
-    const unsigned lt_mask = (1u << lane) - 1u;
-    for (int base = 0; base < n && sel_before < keep; base += kSelThreads) {
-        const int i = base + tid;
-        const uint32_t u = i < n ? order_key(ms[i]) : 0u;
-        const bool gt = i < n && u > T, eq = i < n && u == T;
-        const unsigned be = __ballot_sync(0xffffffffu, eq);
-        if (lane == 0) w_eq[warp] = __popc(be);
-        __syncthreads();
-        int eq_rank = eq_before + __popc(be & lt_mask), eq_tot = 0;
-        for (int w = 0; w < kSelThreads / 32; w++) {
-            if (w < warp) eq_rank += w_eq[w];
-            eq_tot += w_eq[w];
+    for (int base = 0; base < n && sel_before < keep; base += kSpan) {
+        uint32_t u[kSelRun];
+        bool valid[kSelRun];
+        load_run(ms, n, base, u, valid);
+        int n_eq = 0;
+#pragma unroll
+        for (int j = 0; j < kSelRun; j++) n_eq += valid[j] && u[j] == T;
+        int eq_tot, sel_tot;
+        int eq_rank = eq_before + block_scan(n_eq, w_tot, &eq_tot); // keys == T before this thread's run
+        bool take[kSelRun];
+        int n_sel = 0;
+#pragma unroll
+        for (int j = 0; j < kSelRun; j++) {
+            const bool eq = valid[j] && u[j] == T;
+            take[j] = (valid[j] && u[j] > T) || (eq && eq_rank < need_eq);
+            eq_rank += eq;
+            n_sel += take[j];
         }
-        const bool take = gt || (eq && eq_rank < need_eq);
-        const unsigned bs = __ballot_sync(0xffffffffu, take);
-        if (lane == 0) w_sel[warp] = __popc(bs);
-        __syncthreads();
-        int pos = sel_before + __popc(bs & lt_mask), sel_tot = 0;
-        for (int w = 0; w < kSelThreads / 32; w++) {
-            if (w < warp) pos += w_sel[w];
-            sel_tot += w_sel[w];
-        }
-        if (take) out[pos] = i;
+        int pos = sel_before + block_scan(n_sel, w_tot, &sel_tot);
+#pragma unroll
+        for (int j = 0; j < kSelRun; j++)
+            if (take[j]) out[pos++] = base + kSelRun * tid + j;
         eq_before += eq_tot;
         sel_before += sel_tot;
-        __syncthreads(); // w_eq, w_sel read by all before the next chunk writes them
     }
 }
 
