@@ -14,9 +14,10 @@ rm -rf "$out/bin" "$out/libs.tar.xz"
 mkdir -p "$out/bin"
 cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_cuda" "$b/tests/gpu/bench_gemm" \
     "$b/tests/gpu/check_cp_cuda" "$b/tests/gpu/check_cp_nccl" "$b/tests/gpu/libattn_cuda.so" \
-    "$b/tests/gpu/check_quest_cuda" "$out/bin/"
+    "$b/tests/gpu/check_quest_cuda" "$b/tests/gpu/check_flex_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "$out"/bin/check_attn_cuda \
-    "$out"/bin/bench_gemm "$out"/bin/check_cp_cuda "$out"/bin/check_cp_nccl "$out"/bin/check_quest_cuda
+    "$out"/bin/bench_gemm "$out"/bin/check_cp_cuda "$out"/bin/check_cp_nccl "$out"/bin/check_quest_cuda \
+    "$out"/bin/check_flex_cuda
 cp "$b/tests/gpu/check_tidal_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/check_tidal_cuda
 tmp=$(mktemp -d)

@@ -38,7 +38,8 @@ static void complete_usage(FILE *f) {
                "  --chunk N          prefill chunk per step (default: 512 on the CPU, 4096 on a GPU)\n"
                "  --max-batch N      tokens per step (default: 2048 on the CPU, 8192 on a GPU)\n"
                "  --window N         StreamingLLM window (default 1024)\n"
-               "  --no-prefix-cache\n");
+               "  --no-prefix-cache\n"
+               "  --device D         cpu (default), cuda[:N] or auto\n");
 }
 
 /* ---- policy fields --------------------------------------------------------------------- */
@@ -304,7 +305,21 @@ static int parse_args(int argc, char **argv, complete_args_t *a) {
     int prefix = 1;
     sched_config_default(&a->cfg);
     sched_attn_spec_default(&a->spec);
-    enum { O_PREFILL = 256, O_DECODE, O_GAMMA, O_TAU, O_THETA, O_MINB, O_DECB, O_THR, O_CHUNK, O_BATCH, O_WIN, O_NOPC };
+    enum {
+        O_PREFILL = 256,
+        O_DECODE,
+        O_GAMMA,
+        O_TAU,
+        O_THETA,
+        O_MINB,
+        O_DECB,
+        O_THR,
+        O_CHUNK,
+        O_BATCH,
+        O_WIN,
+        O_NOPC,
+        O_DEVICE
+    };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"input", required_argument, 0, 'i'},
                                          {"output", required_argument, 0, 'o'},
@@ -320,6 +335,7 @@ static int parse_args(int argc, char **argv, complete_args_t *a) {
                                          {"max-batch", required_argument, 0, O_BATCH},
                                          {"window", required_argument, 0, O_WIN},
                                          {"no-prefix-cache", no_argument, 0, O_NOPC},
+                                         {"device", required_argument, 0, O_DEVICE},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int o;
@@ -347,6 +363,10 @@ static int parse_args(int argc, char **argv, complete_args_t *a) {
         case O_BATCH: a->cfg.max_batch_tokens = atoi(optarg); break;
         case O_WIN: a->cfg.attn_default.window_tokens = atoi(optarg); break;
         case O_NOPC: prefix = 0; break;
+        case O_DEVICE:
+            if (strlen(optarg) >= sizeof a->cfg.device) goto bad;
+            snprintf(a->cfg.device, sizeof a->cfg.device, "%s", optarg);
+            break;
         case 'h': complete_usage(stdout); return 0;
         default: goto bad;
         }

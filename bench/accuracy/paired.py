@@ -240,6 +240,7 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=2048, help="prefill chunk (what sparse prefill chooses over)")
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="lacuna complete's device (cpu, cuda:0, auto)")
     ap.add_argument("--summarize", action="store_true", help="only print the table from existing results")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -255,7 +256,8 @@ def main():
             t0 = time.time()
             part = path + ".part"
             rc = subprocess.run([args.lacuna, "complete", "-m", args.model, "-i", req, "-o", part, "-c",
-                                 str(args.concurrency), "--chunk", str(args.chunk)]).returncode
+                                 str(args.concurrency), "--chunk", str(args.chunk), "--device",
+                                 args.device]).returncode
             os.remove(req)
             with open(path, "a") as out:  # what finished, also after an interruption
                 if os.path.exists(part):

@@ -101,6 +101,23 @@ void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos
 int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
                             const float *rep, const float *vert, const float *slash, const float *ksum,
                             const float *qpool, attn_arena_t *ar, uint8_t *mask);
+/* The pattern alone, for the GPU selection's tests: every head's block mask
+ * of the chunk into masks (n_heads, n_qb, n_kb), 1 = compute, as
+ * attn__prefill_flex chooses it (small chunks: every causal block), with the
+ * block size 128 or pol->block. ar: one arena of attn__flex_ws's per-thread
+ * size; heads run one after another. trace (n_heads, or NULL) receives each
+ * head's decision: its JS distance and pattern, the last value taken by each
+ * threshold (-1: none or not that pattern), and, where its pointers are set,
+ * copies of the vertical and slash mass (N = q_pos0 + n_q) and the
+ * query-aware cell values (n_qb, n_kb; 0 where not computed). */
+typedef struct {
+    int branch;  // 1 query-aware, 0 vertical-slash
+    double dist; // JS distance
+    float thr_qa, thr_v, thr_s;
+    float *vert, *slash, *cells;
+} attn_flex_trace_t;
+int attn__flex_masks(const attn_shape_t *sh, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
+                     int64_t q_pos0, const attn_kv_t *kv, uint8_t *masks, attn_flex_trace_t *trace);
 attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
 int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
                          int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);

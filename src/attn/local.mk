@@ -14,20 +14,23 @@ tests_bench_attn_SOURCES = tests/bench_attn.c
 tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 
 # attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels,
-# Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda).
-ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu
-ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h
+# Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda),
+# FlexPrefill's selection (flex.cu; tests/gpu/check_flex_cuda).
+ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu \
+	src/attn/cuda/flex.cu
+ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h \
+	src/attn/cuda/flex_cuda.h
 # TidalDecode sparse decode (tidal.cu; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu
 ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
-	tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h \
+	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
 	tests/gpu/bench_attn_cuda.py
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
-ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o
+ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o
 
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.
@@ -40,6 +43,10 @@ noinst_PROGRAMS += tests/gpu/check_quest_cuda
 tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_quest_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_quest_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
+noinst_PROGRAMS += tests/gpu/check_flex_cuda
+tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_tidal_cuda
 tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_tidal_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)

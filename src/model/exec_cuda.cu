@@ -155,6 +155,11 @@ static int alloc_step(model_cuda_t *c) {
     c->lrow_seq = (int32_t *)malloc(T * sizeof(int32_t));
     c->lrow_j = (int32_t *)malloc(T * sizeof(int32_t));
     c->row0 = (int32_t *)malloc(S * sizeof(int32_t));
+    c->pf_mask_off = (int32_t *)malloc(S * sizeof(int32_t));
+    c->pf_flex = (uint8_t *)malloc(S);
+    c->pf_fpol = (attn_cuda_flex_policy_t *)malloc(S * sizeof(attn_cuda_flex_policy_t));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pairs, S * sizeof(unsigned long long)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pairs, S * sizeof(unsigned long long)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_sum, 2 * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_sum, 2 * T * sizeof(int32_t)));
     int32_t **qa[5] = {&c->q_kv_indptr, &c->q_kv_len, &c->q_budget, &c->q_dl, &c->q_thr};
@@ -162,7 +167,7 @@ static int alloc_step(model_cuda_t *c) {
         if (!(*qa[i] = (int32_t *)malloc((2 * T + 4 + (size_t)c->m->hp.n_layers) * sizeof(int32_t)))) return LC_ENOMEM;
     c->qp = (attn_quest_plan_t **)calloc((size_t)c->m->hp.n_layers + 2, sizeof *c->qp);
     if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
-        !c->lrow_seq || !c->lrow_j || !c->row0 || !c->qp)
+        !c->lrow_seq || !c->lrow_j || !c->row0 || !c->qp || !c->pf_mask_off || !c->pf_flex || !c->pf_fpol)
         return LC_ENOMEM;
     return 0;
 }
@@ -308,6 +313,9 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     attn_cuda_plan_destroy(c->pf_plan);
     attn_cuda_plan_destroy(c->dec_plan);
     for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
+    attn_cuda_flex_destroy(c->flex);
+    cudaFree(c->mask), cudaFree(c->d_pairs), cudaFreeHost(c->h_pairs);
+    free(c->pf_mask_off), free(c->pf_flex), free(c->pf_fpol);
     free(c->qp);
     cudaFree(c->q_ws), cudaFree(c->kmin), cudaFree(c->kmax), cudaFree(c->d_sum), cudaFreeHost(c->h_sum);
     free(c->q_kv_indptr), free(c->q_kv_len), free(c->q_budget), free(c->q_dl), free(c->q_thr);

@@ -12,6 +12,7 @@
 extern "C" {
 #include "attn/attn.h"
 #include "attn/cuda/attn_cuda.h"
+#include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -73,6 +74,16 @@ struct model_cuda {
     void *q_ws;
     size_t q_ws_bytes;
     int32_t *q_kv_indptr, *q_kv_len, *q_budget, *q_dl, *q_thr; // host, (2 T + 4 + L)
+    /* FlexPrefill (attn/cuda/flex_cuda.h): the selection (created by the
+     * first step that needs it), the step's block masks, and per prompt
+     * slice its mask's offset, policy and the pairs its masks computed */
+    attn_cuda_flex_t *flex;
+    uint32_t *mask;
+    size_t mask_bytes;
+    int32_t *pf_mask_off;                  // (max_seqs) host, -1 dense
+    uint8_t *pf_flex;                      // (max_seqs) host
+    attn_cuda_flex_policy_t *pf_fpol;      // (max_seqs) host
+    unsigned long long *d_pairs, *h_pairs; // (max_seqs) device, pinned
     /* activations, for up to max_tokens rows */
     float *x;        // (T, E) residual stream
     bf16_t *xb;      // (T, E) normed rows

@@ -21,6 +21,7 @@ static int grow_indices(model_cuda_t *c, size_t n) {
 typedef struct {
     int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
     int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
+    int n_flex;                      // prompt slices under FlexPrefill (block masks)
     int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
     int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
     int n_lrows;
@@ -31,6 +32,12 @@ typedef struct {
 static const attn_policy_t *quest_policy(const model_seq_t *q) {
     const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
     return pol && pol->decode == ATTN_DECODE_QUEST ? pol : NULL;
+}
+
+/* The FlexPrefill policy of a prompt slice, or NULL (dense prefill). */
+static const attn_policy_t *flex_policy(const model_seq_t *q) {
+    const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+    return pol && pol->prefill == ATTN_PREFILL_FLEX ? pol : NULL;
 }
 
 /* Row r computes batch token t of sequence q. */
@@ -67,7 +74,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     if (grow_indices(c, pages * 2 + 1)) return LC_ENOMEM;
     /* prompt slices: CSR rows and pages */
     int row = 0;
-    size_t pf_pages = 0;
+    size_t pf_pages = 0, words = 0;
     c->pf_q_indptr[0] = c->pf_kv_indptr[0] = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
@@ -79,6 +86,17 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         pf_pages += (size_t)np;
         row += q->n_tok;
         c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
+        const attn_policy_t *fp = flex_policy(q);
+        const int e = st->n_pf_seqs;
+        c->pf_flex[e] = fp != NULL;
+        c->pf_mask_off[e] = -1;
+        if (fp) {
+            if (words > INT32_MAX) return LC_ERANGE;
+            c->pf_mask_off[e] = (int32_t)words;
+            words += attn_cuda_mask_words(q->n_tok, c->pf_kv_len[e], c->m->hp.n_heads);
+            c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma, fp->tau, fp->min_budget, fp->max_budget};
+            st->n_flex++;
+        }
         st->n_pf_seqs++;
         c->pf_q_indptr[st->n_pf_seqs] = row;
         c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
@@ -196,6 +214,22 @@ static int plan_quest(model_cuda_t *c, const step_t *st) {
     return 0;
 }
 
+/* FlexPrefill's selection for the step's prompt slices that run it: the
+ * selection object on first use, the masks' room, the pairs counters. */
+static int plan_flex(model_cuda_t *c, const step_t *st, const attn_cuda_batch_t *pb) {
+    int rc;
+    if (!c->flex) {
+        const int64_t ctx = c->m->hp.n_ctx_train > 0 ? c->m->hp.n_ctx_train : c->n_pages * c->page_size;
+        if ((rc = attn_cuda_flex_create(&c->shape, c->max_seqs, c->max_tokens, ctx, &c->flex))) return rc;
+    }
+    size_t words = 0;
+    rc = attn_cuda_flex_plan(c->flex, pb, c->pf_flex, c->pf_fpol, c->pf_mask_off, &words, c->stream);
+    if (!rc) rc = grow_ws(c, (void **)&c->mask, &c->mask_bytes, words * sizeof(uint32_t));
+    if (rc) return rc;
+    CUDA_CHECK_RET(cudaMemsetAsync(c->d_pairs, 0, (size_t)st->n_pf_seqs * sizeof(unsigned long long), c->stream));
+    return 0;
+}
+
 static int plan_attention(model_cuda_t *c, const step_t *st) {
     size_t ws = 0;
     if (st->n_sum)
@@ -206,8 +240,10 @@ static int plan_attention(model_cuda_t *c, const step_t *st) {
         if (rc) return rc;
     }
     if (st->n_pf_seqs) {
-        attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_indptr, c->kv_indices, c->pf_kv_len};
+        attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_indptr,
+                                c->kv_indices, c->pf_kv_len,   st->n_flex ? c->pf_mask_off : NULL};
         int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
+        if (!rc && st->n_flex) rc = plan_flex(c, st, &pb);
         if (rc) return rc;
     }
     if (st->n_dec) {
@@ -230,7 +266,14 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     if (st->n_pf_seqs) {
         a.q = c->q;
         a.out = c->att;
-        int rc = attn_cuda_run(c->pf_plan, &a, c->stream);
+        int rc = 0;
+        if (st->n_flex) { // this layer's masks, from its queries and keys
+            rc = attn_cuda_flex_select(c->flex, c->q, a.k, c->mask, c->stream);
+            a.block_mask = c->mask;
+        }
+        if (!rc) rc = attn_cuda_run(c->pf_plan, &a, c->stream);
+        if (!rc && st->n_flex) rc = attn_cuda_mask_pairs(c->pf_plan, c->mask, c->d_pairs, c->stream);
+        a.block_mask = NULL;
         if (rc) return rc;
     }
     if (st->n_dec) {
@@ -450,17 +493,23 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     return 0;
 }
 
-/* The density counters: dense rows computed every pair; a Quest row, per
- * layer, the pages its plan attended (the newest one partly). */
+/* The density counters: dense rows computed every pair; a FlexPrefill slice
+ * what its masks selected (counted on the GPU over its layers); a Quest row,
+ * per layer, the pages its plan attended (the newest one partly). */
 static void count_attention(const model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const model_hparams_t *hp = &c->m->hp;
     const int P = c->page_size;
-    int e = 0; // Quest entries, in slice order
+    int e = 0, f = 0; // Quest entries, prompt slices, in slice order
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         const int quest = quest_policy(q) != NULL;
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
+        if (!q->generated) {
+            if (q->attn) attn_state_count(q->attn, 0, c->pf_flex[f] ? (double)c->h_pairs[f] : all, all);
+            f++;
+            continue;
+        }
         if (!quest) {
             if (q->attn) attn_state_count(q->attn, q->generated, all, all);
             continue;
@@ -529,6 +578,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
             return rc;
         if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
     }
+    if (st.n_flex)
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_pairs, c->d_pairs, (size_t)st.n_pf_seqs * sizeof(unsigned long long),
+                                       cudaMemcpyDeviceToHost, c->stream));
     if ((rc = logits(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
     count_attention(c, b, &st);

@@ -639,6 +639,7 @@ static void drain(out_t *o) {
 
 static float g_temperature; // the requests' temperature (0: greedy)
 static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
+static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -658,6 +659,11 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     if (g_quest) {
         p.attn.decode = ATTN_DECODE_QUEST;
         p.attn.decode_budget = 128;
+    }
+    if (g_flex) {
+        p.attn.prefill = ATTN_PREFILL_FLEX;
+        p.attn.min_budget = 64;
+        p.attn.gamma = 0.5f;
     }
     int st;
     o->r = sched_req_create(&p, &st);
@@ -778,6 +784,55 @@ START_TEST(test_sched_quest) {
 }
 END_TEST
 
+/* FlexPrefill on the GPU through the scheduler (chunks of 128: a prompt's
+ * chunks past 256 keys select blocks, up to 12 of them): each request alone and then all at
+ * once beside dense requests, the same tokens and log-probabilities bit for
+ * bit; the prefill density reported is below 1. */
+START_TEST(test_sched_flex) {
+    g_temperature = 0;
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, R = 4;
+    static int32_t prompts[4][1600];
+    const int lens[4] = {1500, 700, 300, 7};
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 5) * 7919u * (i + 7)) % (unsigned)V);
+    sched_t *s = gpu_sched(m, 0);
+    out_t alone[4], batched[4], dense[4];
+    g_flex = 1;
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], 20);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, 20);
+    }
+    for (int r = 0; r < R; r++) {
+        g_flex = 1;
+        submit(s, &batched[r], prompts[r], lens[r], 20);
+        g_flex = 0;
+        submit(s, &dense[r], prompts[(r + 1) % R], lens[(r + 1) % R], 15);
+    }
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        drain(&dense[r]);
+        ck_assert(batched[r].done && dense[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU FlexPrefill: request %d batched differs from it alone", r);
+        sched_req_release(alone[r].r), sched_req_release(batched[r].r), sched_req_release(dense[r].r);
+    }
+    sched_metrics_t mt;
+    sched_metrics(s, &mt);
+    const double pd = mt.density_count ? mt.prefill_density_sum / (double)mt.density_count : 1.0;
+    fprintf(stderr, "check_cuda: mean prefill density (FlexPrefill and dense requests) %.3f\n", pd);
+    ck_assert_msg(pd < 0.999, "FlexPrefill reported density %g", pd);
+    g_flex = 0;
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
 /* Last (it breaks the CUDA context for the rest of the process): a kernel
  * that faults makes the device unusable; the executor says so, the running
  * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
@@ -847,6 +902,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
+    tcase_add_test(tc, test_sched_flex);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);

@@ -12,6 +12,9 @@
 #            small cases under compute-sanitizer memcheck and racecheck, with
 #            QUEST_BENCH=1 its benchmark against the dense decode
 #            (tests/gpu/check_quest_cuda; QUEST_SPLIT=keys: split-K chunk)
+#     flex   FlexPrefill's selection on the GPU against the CPU's masks
+#            (tests/gpu/check_flex_cuda), with FLEX_BENCH=1 its timing
+#            against the dense prefill
 #     tidal  TidalDecode sparse decode's Check suite (selection, output on
 #            the selection layer and the next, dense equality; cases small,
 #            then full), with TIDAL_SANITIZE=1 the small cases under
@@ -32,6 +35,9 @@
 #     e2e-sampled   lacunad alone, decode streams at temperature 0.8 (host sampling)
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
+#     paired the paired retrieval sweep (bench/accuracy/paired.py) through the
+#            GPU executor on the default model: PAIRED_PLAN (4096:100,8192:100),
+#            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256)
 # Output worth keeping goes to $OUT (the device tool brings it back).
 # Exit status: 77 without a GPU, else the first failing step's.
 set -uo pipefail
@@ -105,6 +111,16 @@ for step in "$@"; do
             [ "$rc" = 0 ] || fail "quest bench" "$rc"
         fi
         ;;
+    flex)
+        ours timeout 900 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_flex_cuda" "$rc"
+        if [ "${FLEX_BENCH:-0}" = 1 ]; then
+            ours env FLEX_BENCH=1 timeout 600 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "flex bench" "$rc"
+        fi
+        ;;
     tidal)
         : >"$OUT/tidal.log"
         for c in small full; do
@@ -175,15 +191,24 @@ for step in "$@"; do
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e-nographs 1
         ;;
     e2e8b)
-        M8=/tmp/lacuna-llama8b.gguf
+        M8=/tmp/lacuna-llama8b-${E2E8B_CTX:-32768}.gguf # E2E8B_CTX: its context (131072 for 128K prompts)
         if [ ! -f "$M8" ]; then
             ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
-                --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
+                --ctx "${E2E8B_CTX:-32768}" --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
         fi
         timeout -k 10 ${E2E_TIMEOUT:-500} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
             --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
             --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
+        ;;
+    paired)
+        [ -f "$M" ] || { fail "paired (no model)" 2; continue; }
+        LD_LIBRARY_PATH="$G/lib:$CUDA_LIB" timeout -k 10 ${PAIRED_TIMEOUT:-540} python3 bench/accuracy/paired.py \
+            --lacuna "$G/bin/lacuna" --model "$M" --device cuda:0 --concurrency 16 \
+            --plan "${PAIRED_PLAN:-4096:100,8192:100}" \
+            --methods "${PAIRED_METHODS:-dense,flexprefill,flexprefill:min_budget=256}" --out "$OUT/paired" 2>&1 |
+            tail -40 | tee "$OUT/paired.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail paired 1
         ;;
     *) fail "unknown step $step" 2 ;;
     esac

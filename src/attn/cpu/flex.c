@@ -199,7 +199,7 @@ static double flex_divergence(const flex_ctx_t *c, flex_scratch_t *x) {
 
 /* Step 3a, query-aware heads: pooled-query x pooled-key block scores, the
  * largest until their mass reaches gamma. */
-static void flex_query_aware(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask) {
+static void flex_query_aware(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask, attn_flex_trace_t *tr) {
     const int d = c->sh->head_dim, B = c->B;
     int64_t np = 0;
     for (int i = 0; i < c->n_qb; i++) {
@@ -223,26 +223,31 @@ static void flex_query_aware(const flex_ctx_t *c, int h, flex_scratch_t *x, uint
         for (int64_t u = base; u < np; u++) rs += (x->tmp[u].v = (float)exp(x->tmp[u].v - rm));
         for (int64_t u = base; u < np; u++) x->tmp[u].v = (float)(x->tmp[u].v / rs / c->n_qb);
     }
+    if (tr && tr->cells)
+        for (int64_t u = 0; u < np; u++) tr->cells[x->tmp[u].i] = x->tmp[u].v;
     qsort(x->tmp, (size_t)np, sizeof *x->tmp, cmp_vi_desc);
     double cum = 0;
     for (int64_t u = 0; u < np && (c->pol->gamma >= 1.0f || cum < c->pol->gamma); u++) {
         cum += x->tmp[u].v;
         mask[x->tmp[u].i] = 1;
+        if (tr) tr->thr_qa = x->tmp[u].v;
     }
 }
 
 /* Step 3b, vertical-slash heads: the fewest columns and diagonals whose mass
  * reaches gamma, as blocks. */
-static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t *mask) {
+static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t *mask, attn_flex_trace_t *tr) {
     const int B = c->B;
     int64_t lo = c->pol->min_budget, hi = c->pol->max_budget;
     int64_t nv = take_mass(x->vert, c->N, c->pol->gamma, lo, hi, x->tmp, x->idx);
+    if (tr) tr->thr_v = nv > 0 ? x->tmp[nv - 1].v : -1.0f;
     for (int64_t u = 0; u < nv; u++) {
         int kb = (int)(x->idx[u] / B);
         for (int i = 0; i < c->n_qb; i++)
             if (c->qb0 + i >= kb) mask[(size_t)i * c->n_kb + kb] = 1;
     }
     int64_t ns = take_mass(x->slash, c->N, c->pol->gamma, lo, hi, x->tmp, x->idx);
+    if (tr) tr->thr_s = ns > 0 ? x->tmp[ns - 1].v : -1.0f;
     for (int64_t u = 0; u < ns; u++) {
         int64_t s = x->idx[u];
         for (int i = 0; i < c->n_qb; i++) {
@@ -258,24 +263,33 @@ static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t 
 
 /* Steps 2b to 4 on the summaries in x (representative rows in x->t, vertical
  * and slash mass, key sums): head h's block mask. */
-static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask) {
-    if (flex_divergence(c, x) < c->pol->tau)
-        flex_query_aware(c, h, x, mask);
+static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask, attn_flex_trace_t *tr) {
+    const double dist = flex_divergence(c, x);
+    if (tr) {
+        tr->dist = dist;
+        tr->branch = dist < c->pol->tau;
+        tr->thr_qa = tr->thr_v = tr->thr_s = -1.0f;
+        if (tr->vert) memcpy(tr->vert, x->vert, sizeof(float) * (size_t)c->N);
+        if (tr->slash) memcpy(tr->slash, x->slash, sizeof(float) * (size_t)c->N);
+        if (tr->cells) memset(tr->cells, 0, sizeof(float) * (size_t)c->n_qb * c->n_kb);
+    }
+    if (dist < c->pol->tau)
+        flex_query_aware(c, h, x, mask, tr);
     else
-        flex_vertical_slash(c, x, mask);
+        flex_vertical_slash(c, x, mask, tr);
     /* step 4: sink and diagonal always */
     for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
 }
 
 /* Decides head h's block mask: mask (n_qb, n_kb), 1 = compute. */
-static int flex_pattern(const flex_ctx_t *c, int h, attn_arena_t *ar, uint8_t *mask) {
+static int flex_pattern(const flex_ctx_t *c, int h, attn_arena_t *ar, uint8_t *mask, attn_flex_trace_t *tr) {
     flex_scratch_t x;
     int rc = flex_scratch(c, ar, &x);
     if (rc) return rc;
     memset(mask, 0, (size_t)c->n_qb * c->n_kb);
     flex_representative(c, h, &x);
     flex_key_sums(c, h, &x);
-    flex_decide(c, h, &x, mask);
+    flex_decide(c, h, &x, mask, tr);
     return 0;
 }
 
@@ -382,7 +396,7 @@ int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn
         attn_arena_t *ar = &arenas[attn_thread_num()];
 #pragma omp for schedule(dynamic, 1)
         for (int h = 0; h < H; h++) {
-            int e = flex_pattern(&c, h, ar, mask + msz * h);
+            int e = flex_pattern(&c, h, ar, mask + msz * h, NULL);
             if (e) {
 #pragma omp atomic write
                 err = e;
@@ -422,6 +436,25 @@ int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, in
     memcpy(x.slash, slash, sizeof(float) * (size_t)c.N);
     memcpy(x.kpool, ksum, sizeof(float) * (size_t)c.n_kb * d);
     memset(mask, 0, (size_t)c.n_qb * c.n_kb);
-    flex_decide(&c, h, &x, mask);
+    flex_decide(&c, h, &x, mask, NULL);
+    return 0;
+}
+
+/* ---- the masks alone (the GPU selection's reference) --------------------------------- */
+int attn__flex_masks(const attn_shape_t *sh, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
+                     int64_t q_pos0, const attn_kv_t *kv, uint8_t *masks, attn_flex_trace_t *trace) {
+    if (!sh || !pol || !ar || !masks || n_q <= 0 || q_pos0 < 0) return LC_EINVAL;
+    const flex_ctx_t c = flex_ctx(sh, pol, q, n_q, q_pos0, kv);
+    const size_t msz = (size_t)c.n_qb * c.n_kb;
+    if (attn__flex_is_small(pol, n_q, q_pos0)) {
+        for (int h = 0; h < sh->n_heads; h++)
+            for (int i = 0; i < c.n_qb; i++)
+                for (int kb = 0; kb < c.n_kb; kb++) masks[msz * h + (size_t)i * c.n_kb + kb] = kb <= c.qb0 + i;
+        return 0;
+    }
+    int rc = attn_check_args(sh, kv, c.N);
+    if (rc || !q) return rc ? rc : LC_EINVAL;
+    for (int h = 0; h < sh->n_heads; h++)
+        if ((rc = flex_pattern(&c, h, ar, masks + msz * h, trace ? &trace[h] : NULL))) return rc;
     return 0;
 }

@@ -1,0 +1,104 @@
+/* FlexPrefill's selection on the GPU (src/attn/cpu/flex.c is the reference):
+ * for every sequence of a prefill step that runs FlexPrefill, one block mask
+ * per query head that the block-sparse prefill kernel reads.
+ *
+ * Blocks are B = 128 positions aligned to absolute positions. Sequence s's
+ * chunk holds n_q rows at positions q_pos0 = kv_len - n_q .. kv_len-1 and
+ * attends keys 0 .. kv_len-1; qb0 = q_pos0 / 128, n_kb = (kv_len-1)/128 + 1,
+ * n_qb = n_kb - qb0, words = (n_kb + 31) / 32.
+ *
+ * Mask (device, uint32 words): bit kb of (head h, query block i = qb - qb0) is
+ *   mask[mask_off[s] + (h * n_qb + i) * words + kb / 32], bit kb % 32;
+ * 1 = compute key block kb for query block qb. Bits kb > qb are written 0.
+ * A chunk with at most max(2 * 128, min_budget) keys (attn__flex_is_small)
+ * gets every causal bit.
+ *
+ * The selection, per head (the CPU's steps on the same f32 values):
+ *   1. the exact softmax of the chunk's last R = min(128, n_q) rows over all
+ *      keys, in two passes over 128-key tiles (row max/sum, then
+ *      probabilities), summed into the vertical mass of each key and the
+ *      slash mass of each diagonal offset;
+ *   2. the mean key of each block (per kv head), the mean representative
+ *      query, the JS distance between their block softmax and the vertical
+ *      mass per block: below tau the head is query-aware, else vertical-slash;
+ *   3. query-aware: per query block the softmax of its mean query against the
+ *      block mean keys, / n_qb, and every cell >= T where T is the value at
+ *      which the cells in descending order first reach mass gamma;
+ *      vertical-slash: the same for the vertical and the slash mass against
+ *      gamma * their total, then the count clamped to [min_budget, max_budget]
+ *      (and to the keys) and T the count-th largest value; a block is kept if
+ *      one of its columns or a diagonal crossing it is kept;
+ *   4. the sink block 0 and the diagonal block always.
+ * Thresholds come from a radix select on the floats' bits (256-bin
+ * histograms of counts and of mass in 2^-50 fixed point), never a sort; ties
+ * at T are all kept (the CPU keeps an arbitrary subset of them), so the masks
+ * equal the CPU's up to ties and float summation order.
+ *
+ * Determinism: no float atomics; a sequence's selection runs on its own
+ * (sequences of a step one after another over the same workspace), so its
+ * mask is bitwise the same alone or in any batch.
+ *
+ * Use: attn_cuda_flex_create() once with capacities; per step
+ * attn_cuda_flex_plan() on the host; per layer attn_cuda_flex_select() on the
+ * device after the layer's K is in the pool (no allocation). Errors as in
+ * attn_cuda.h: 0 or a negative lc status, never an abort. One object per
+ * host thread and stream. */
+#ifndef LC_ATTN_FLEX_CUDA_H
+#define LC_ATTN_FLEX_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn/cuda/attn_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A sequence's FlexPrefill parameters (attn_policy_t's; the block is 128). */
+typedef struct {
+    float gamma;    // coverage in (0, 1]; >= 1 keeps everything
+    float tau;      // JS-distance threshold between the two patterns
+    int min_budget; // vertical-slash: least columns / diagonals kept, >= 0
+    int max_budget; // vertical-slash: most columns / diagonals kept, 0 = no cap
+} attn_cuda_flex_policy_t;
+
+/* Mask words of one chunk of n_q rows ending at kv_len, for n_heads heads
+ * (attn_cuda_mask_words(): the block-sparse prefill kernel reads this layout). */
+size_t attn_cuda_flex_mask_words(int n_q, int kv_len, int n_heads);
+
+typedef struct attn_cuda_flex attn_cuda_flex_t;
+
+/* shape: attn_cuda.h's (head_dim 64 or 128, page_size 64 or 128). Capacities:
+ * max_seqs sequences and max_q_rows rows per step, max_kv_len keys per
+ * sequence; the workspace is sized from them here (LC_ENOMEM, LC_EDEVICE),
+ * LC_EUNSUPPORTED for a shape beyond the kernels, LC_ERANGE for limits whose
+ * workspace would not be addressable. */
+int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seqs, int64_t max_q_rows, int64_t max_kv_len,
+                          attn_cuda_flex_t **out);
+void attn_cuda_flex_destroy(attn_cuda_flex_t *f);
+
+/* Host, once per step, on stream. b: the step's prefill batch (q_indptr set);
+ * selects (n_seqs): 1 for the sequences that run FlexPrefill; pol and
+ * mask_off (n_seqs, only those entries read): their policies and the word
+ * offsets of their masks. Uploads the selecting sequences' page tables (one
+ * copy from a pinned arena). *mask_words (may be NULL) gets the words the
+ * masks span: the largest mask_off[s] + attn_cuda_flex_mask_words(). LC_EINVAL
+ * for an inconsistent batch or a bad policy, LC_ERANGE beyond the capacities. */
+int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t *b, const uint8_t *selects,
+                        const attn_cuda_flex_policy_t *pol, const int32_t *mask_off, size_t *mask_words, void *stream);
+
+/* Device, once per layer, on stream: q (rows, n_heads, head_dim) bf16, the
+ * rows of the planned batch; k this layer's K pool (bf16, attn_cuda.h's
+ * layout); writes the masks of the selecting sequences into mask. */
+int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask, void *stream);
+
+/* For tests: the pattern each head of the last selecting sequence of the
+ * last select chose (n_heads entries: 1 query-aware, 0 vertical-slash, -1
+ * dense because small). Synchronises the stream. */
+int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *branch, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
