@@ -34,6 +34,7 @@
  * and merges the chunks by LSE in chunk order. No float atomics anywhere: a
  * row's selection and outputs are bitwise the same alone or in any batch.
  *
+ * Host side in tidal.cu, kernels in tidal_kern.cu.
  * Errors as in attn_cuda.h: 0 or a negative lc status, never an abort.
  * Threading: one plan per host thread and stream. */
 #ifndef LC_ATTN_TIDAL_CUDA_H
