@@ -18,6 +18,8 @@ cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_c
 strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "$out"/bin/check_attn_cuda \
     "$out"/bin/bench_gemm "$out"/bin/check_cp_cuda "$out"/bin/check_cp_nccl "$out"/bin/check_quest_cuda \
     "$out"/bin/check_flex_cuda
+cp "$b/tests/gpu/check_tidal_cuda" "$out/bin/"
+strip --strip-debug "$out"/bin/check_tidal_cuda
 tmp=$(mktemp -d)
 mkdir "$tmp/lib"
 for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.so.1 libmicrohttpd.so.12 \

@@ -20,6 +20,10 @@ ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/dec
 	src/attn/cuda/flex.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h \
 	src/attn/cuda/flex_cuda.h
+# TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
+ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
+ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
+EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
 	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py
@@ -43,6 +47,10 @@ noinst_PROGRAMS += tests/gpu/check_flex_cuda
 tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
+noinst_PROGRAMS += tests/gpu/check_tidal_cuda
+tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_tidal_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_gpu_check_tidal_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 endif
 
 # The kernels with a C entry point for the benchmark's ctypes (tests/gpu/bench_attn_cuda.py).

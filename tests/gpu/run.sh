@@ -20,6 +20,12 @@
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
 #            scripts/fetch_peer_flexprefill.sh, carried with the device tool;
 #            FLEXREF_FLAGS e.g. "--quick" or "--lengths 128K")
+#     tidal  TidalDecode sparse decode's Check suite (selection, output on
+#            the selection layer and the next, dense equality; cases small,
+#            then full), with TIDAL_SANITIZE=1 the small cases under
+#            compute-sanitizer memcheck and racecheck, with TIDAL_BENCH=1 its
+#            benchmark against the dense decode (tests/gpu/check_tidal_cuda;
+#            TIDAL_SPLIT=entries: the attention's chunk)
 #     cuda   the executor's Check suite: ops against the CPU, batch
 #            invariance, tiny models and (once the model is assembled) the
 #            default model teacher-forced through both executors
@@ -126,6 +132,31 @@ for step in "$@"; do
         timeout -k 10 "${FLEXREF_TIMEOUT:-580}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
             --peer .peer/flexprefill --out "$OUT/flexref.json" ${FLEXREF_FLAGS:-} 2>&1 | tee "$OUT/flexref.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail flexref 1
+        ;;
+    tidal)
+        : >"$OUT/tidal.log"
+        for c in small full; do
+            ours env CK_RUN_CASE=$c timeout 900 "$G/bin/check_tidal_cuda" 2>&1 | tee -a "$OUT/tidal.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "check_tidal_cuda $c" "$rc"
+        done
+        if [ "${TIDAL_SANITIZE:-0}" = 1 ]; then # the small cases under memcheck and racecheck
+            # racecheck: TidalDecode's own kernels (the dense decode's TMA pipeline is the attn step's)
+            for tool in memcheck racecheck; do
+                excl=""
+                [ $tool = racecheck ] && excl="--kernel-name-exclude kns=decode_kernel"
+                # shellcheck disable=SC2086
+                ours env CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
+                    "$G/bin/check_tidal_cuda" 2>&1 | tee -a "$OUT/tidal.log"
+                rc=${PIPESTATUS[0]}
+                [ "$rc" = 0 ] || fail "check_tidal_cuda small under $tool" "$rc"
+            done
+        fi
+        if [ "${TIDAL_BENCH:-0}" = 1 ]; then
+            ours env TIDAL_BENCH=1 timeout 600 "$G/bin/check_tidal_cuda" 2>&1 | tee "$OUT/tidal-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "tidal bench" "$rc"
+        fi
         ;;
     cuda)
         ours timeout 900 "$G/bin/check_cuda" 2>&1 | tee "$OUT/cuda.log"
