@@ -30,11 +30,12 @@
 namespace {
 
 constexpr int kB = 128;    // block (and key tile, and most representative rows)
-constexpr int kDC = 32;    // head dims per shared-memory chunk of the score tile
 constexpr int kP = kB + 1; // pitch of the shared tiles (conflict-free columns)
 constexpr int kSelThreads = 1024;
 constexpr int kScoreThreads = 256;
-constexpr size_t kScoreSmem = sizeof(float) * (2 * kDC * kP + kB * kP);
+// score_kernel: the staged bf16 rows and keys (head_dim <= 128, pitch + 8), then S in their place
+constexpr size_t kScoreSmem = 2 * kB * (128 + 8) * 2 > sizeof(float) * kB *kP ? 2 * kB *(128 + 8) * 2
+                                                                              : sizeof(float) * kB *kP;
 constexpr double kFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
 
 size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -94,60 +95,85 @@ __global__ void rep_prep_kernel(const FlexParams p) {
     p.qs[((size_t)h * p.D + e) * kB + r] = v;
 }
 
+// bf16 tensor-core product, D (16x8 f32) += A (16x16, row) B (16x8, col).
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // grid (n_kb, H), block 256. Scores of the R rows against keys j0 .. j0+127
-// into shared S (masked: -inf), each thread an 8x8 register tile (rows
-// ty + 16a, keys tx + 16b). MODE 0: per row the tile's max and sum of exp.
+// into shared S (masked: -inf): the bf16 rows and keys staged in shared
+// memory (pitch D + 8: conflict-free fragment loads), q.k on tensor cores
+// (exact bf16 products, f32 sums), times the scale; warp w owns rows
+// 16w .. 16w+15 against all 128 keys. S then takes the staging's place.
+// MODE 0: per row the tile's max and sum of exp.
 // MODE 1: probabilities exp(s - m) / (l R); column sums (vertical mass, rows
 // in order) and per diagonal dd (offset P0 - j0 - 127 + dd) the sum over its
 // rows in order (slash partials).
 template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kernel(const FlexParams p) {
     extern __shared__ float sm[];
-    float *Qs = sm, *Ks = sm + kDC * kP, *S = sm + 2 * kDC * kP;
+    float *S = sm; // after the products (over the staged rows and keys)
+    __nv_bfloat16 *Qb = reinterpret_cast<__nv_bfloat16 *>(sm);
+    const int pitch = p.D + 8;
+    __nv_bfloat16 *Kb = Qb + kB * pitch;
     __shared__ float s_m[kB], s_w[kB];
-    const int t = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int t = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
     const int j0 = t * kB;
     if (MODE == 1 && tid < kB) {
         const int r = tid < p.R ? tid : 0;
         s_m[tid] = p.mrow[(size_t)h * kB + r];
         s_w[tid] = 1.0f / __fmul_rn(p.lrow[(size_t)h * kB + r], (float)p.R);
     }
-    float acc[8][8];
-#pragma unroll
-    for (int a = 0; a < 8; a++)
-#pragma unroll
-        for (int b = 0; b < 8; b++) acc[a][b] = 0.f;
-    const float *qh = p.qs + (size_t)h * p.D * kB;
-    for (int e0 = 0; e0 < p.D; e0 += kDC) {
-        __syncthreads(); // the previous chunk consumed
-        for (int i = tid; i < kDC * kB; i += kScoreThreads) {
-            const int e = i / kB, r = i % kB;
-            Qs[e * kP + r] = qh[(size_t)(e0 + e) * kB + r];
+    // stage: 16-byte pieces of the representative rows (zero past R) and of
+    // the keys (zero past N: a page's unused slots are never read)
+    const int per_row = p.D / 8;
+    for (int i = tid; i < kB * per_row; i += kScoreThreads) {
+        const int r = i / per_row, c = i % per_row;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < p.R) {
+            const size_t row = (size_t)p.qrow0 + p.n_q - p.R + r;
+            v = *reinterpret_cast<const uint4 *>(p.q + (row * p.H + h) * p.D + 8 * c);
         }
-        for (int i = tid; i < kDC * kB; i += kScoreThreads) {
-            const int c = i / kDC, e = i % kDC, j = j0 + c;
-            Ks[e * kP + c] = j < p.N ? key_at(p, kh, j, e0 + e) : 0.f; // beyond N: never read from the pool
+        *reinterpret_cast<uint4 *>(Qb + r * pitch + 8 * c) = v;
+    }
+    for (int i = tid; i < kB * per_row; i += kScoreThreads) {
+        const int r = i / per_row, c = i % per_row, j = j0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (j < p.N) {
+            const int32_t page = p.pages[j / p.ps];
+            v = *reinterpret_cast<const uint4 *>(p.k + (((size_t)page * p.KH + kh) * p.ps + j % p.ps) * p.D + 8 * c);
         }
-        __syncthreads();
-#pragma unroll 4
-        for (int e = 0; e < kDC; e++) {
-            float qv[8], kv[8];
+        *reinterpret_cast<uint4 *>(Kb + r * pitch + 8 * c) = v;
+    }
+    __syncthreads();
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    float acc[kB / 8][4];
 #pragma unroll
-            for (int a = 0; a < 8; a++) qv[a] = Qs[e * kP + ty + 16 * a];
+    for (int n = 0; n < kB / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    const __nv_bfloat16 *qa = Qb + (16 * warp + g) * pitch + 2 * tq, *qb = qa + 8 * pitch;
+    for (int kk = 0; kk < p.D; kk += 16) {
+        const uint32_t a0 = *reinterpret_cast<const uint32_t *>(qa + kk);
+        const uint32_t a1 = *reinterpret_cast<const uint32_t *>(qb + kk);
+        const uint32_t a2 = *reinterpret_cast<const uint32_t *>(qa + kk + 8);
+        const uint32_t a3 = *reinterpret_cast<const uint32_t *>(qb + kk + 8);
 #pragma unroll
-            for (int b = 0; b < 8; b++) kv[b] = Ks[e * kP + tx + 16 * b];
-#pragma unroll
-            for (int a = 0; a < 8; a++)
-#pragma unroll
-                for (int b = 0; b < 8; b++) acc[a][b] = fmaf(qv[a], kv[b], acc[a][b]);
+        for (int n = 0; n < kB / 8; n++) {
+            const __nv_bfloat16 *kr = Kb + (8 * n + g) * pitch + kk + 2 * tq;
+            mma_16816(acc[n], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(kr),
+                      *reinterpret_cast<const uint32_t *>(kr + 8));
         }
     }
+    __syncthreads(); // the staging is read: S takes its place
 #pragma unroll
-    for (int a = 0; a < 8; a++)
+    for (int n = 0; n < kB / 8; n++)
 #pragma unroll
-        for (int b = 0; b < 8; b++) {
-            const int r = ty + 16 * a, c = tx + 16 * b, j = j0 + c;
+        for (int e = 0; e < 4; e++) {
+            const int r = 16 * warp + g + 8 * (e >> 1), c = 8 * n + 2 * tq + (e & 1), j = j0 + c;
             const bool ok = r < p.R && j < p.N && j <= p.P0 + r; // causal
-            S[r * kP + c] = ok ? acc[a][b] : -INFINITY;
+            S[r * kP + c] = ok ? acc[n][e] * p.scale : -INFINITY;
         }
     __syncthreads();
     if (MODE == 0) {
