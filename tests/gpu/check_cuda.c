@@ -735,82 +735,36 @@ START_TEST(test_sched_batch_invariance) {
 }
 END_TEST
 
-/* Quest decode on the GPU through the scheduler (pages of 64, a 2-page
- * budget, the last of the tiny model's 3 layers sparse): each request alone
- * and then all at once beside dense requests, the same tokens and
- * log-probabilities bit for bit; the density reported is below 1. */
-START_TEST(test_sched_quest) {
-    g_temperature = 0;
-    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
-    const int V = model_hparams(m)->n_vocab, R = 4;
-    static int32_t prompts[4][400];
-    const int lens[4] = {390, 250, 129, 7};
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 3) * 7919u * (i + 5)) % (unsigned)V);
-    sched_t *s = gpu_sched(m, 0);
-    out_t alone[4], batched[4], dense[4];
-    g_quest = 1;
-    for (int r = 0; r < R; r++) {
-        submit(s, &alone[r], prompts[r], lens[r], 40);
-        ck_assert_int_eq(sched_run_until_idle(s), 0);
-        drain(&alone[r]);
-        ck_assert(alone[r].done);
-        ck_assert_int_eq(alone[r].n, 40);
-    }
-    for (int r = 0; r < R; r++) {
-        g_quest = 1;
-        submit(s, &batched[r], prompts[r], lens[r], 40);
-        g_quest = 0;
-        submit(s, &dense[r], prompts[(r + 1) % R], lens[(r + 1) % R], 30);
-    }
-    ck_assert_int_eq(sched_run_until_idle(s), 0);
-    for (int r = 0; r < R; r++) {
-        drain(&batched[r]);
-        drain(&dense[r]);
-        ck_assert(batched[r].done && dense[r].done);
-        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
-                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
-                      "GPU Quest: request %d batched differs from it alone", r);
-        sched_req_release(alone[r].r), sched_req_release(batched[r].r), sched_req_release(dense[r].r);
-    }
-    sched_metrics_t mt;
-    sched_metrics(s, &mt);
-    const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
-    fprintf(stderr, "check_cuda: mean decode density (Quest and dense requests) %.3f\n", dd);
-    ck_assert_msg(dd < 0.999, "Quest decode reported density %g", dd);
-    g_quest = 0;
-    sched_destroy(s);
-    model_free(m);
-}
-END_TEST
-
-/* FlexPrefill on the GPU through the scheduler (chunks of 128: a prompt's
- * chunks past 256 keys select blocks, up to 12 of them): each request alone and then all at
- * once beside dense requests, the same tokens and log-probabilities bit for
- * bit; the prefill density reported is below 1. */
-START_TEST(test_sched_flex) {
+/* Four greedy requests under a sparse method (*flag set while each is
+ * submitted: g_quest or g_flex), each alone and then all at once, each beside
+ * a dense request: the same tokens and log-probabilities bit for bit. The
+ * prompts' tokens follow salt; mt gets the scheduler's metrics. */
+static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
+                                    sched_metrics_t *mt) {
     g_temperature = 0;
     model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 4;
     static int32_t prompts[4][1600];
-    const int lens[4] = {1500, 700, 300, 7};
-    for (int r = 0; r < R; r++)
-        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 5) * 7919u * (i + 7)) % (unsigned)V);
+    for (int r = 0; r < R; r++) {
+        ck_assert_int_le(lens[r], 1600);
+        for (int i = 0; i < lens[r]; i++)
+            prompts[r][i] = (int32_t)(((r + salt) * 7919u * (i + salt + 2)) % (unsigned)V);
+    }
     sched_t *s = gpu_sched(m, 0);
     out_t alone[4], batched[4], dense[4];
-    g_flex = 1;
+    *flag = 1;
     for (int r = 0; r < R; r++) {
-        submit(s, &alone[r], prompts[r], lens[r], 20);
+        submit(s, &alone[r], prompts[r], lens[r], max_tokens);
         ck_assert_int_eq(sched_run_until_idle(s), 0);
         drain(&alone[r]);
         ck_assert(alone[r].done);
-        ck_assert_int_eq(alone[r].n, 20);
+        ck_assert_int_eq(alone[r].n, max_tokens);
     }
     for (int r = 0; r < R; r++) {
-        g_flex = 1;
-        submit(s, &batched[r], prompts[r], lens[r], 20);
-        g_flex = 0;
-        submit(s, &dense[r], prompts[(r + 1) % R], lens[(r + 1) % R], 15);
+        *flag = 1;
+        submit(s, &batched[r], prompts[r], lens[r], max_tokens);
+        *flag = 0;
+        submit(s, &dense[r], prompts[(r + 1) % R], lens[(r + 1) % R], max_tokens * 3 / 4);
     }
     ck_assert_int_eq(sched_run_until_idle(s), 0);
     for (int r = 0; r < R; r++) {
@@ -819,17 +773,38 @@ START_TEST(test_sched_flex) {
         ck_assert(batched[r].done && dense[r].done);
         ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
                           memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
-                      "GPU FlexPrefill: request %d batched differs from it alone", r);
+                      "%s: request %d batched differs from it alone", what, r);
         sched_req_release(alone[r].r), sched_req_release(batched[r].r), sched_req_release(dense[r].r);
     }
+    sched_metrics(s, mt);
+    *flag = 0;
+    sched_destroy(s);
+    model_free(m);
+}
+
+/* Quest decode on the GPU through the scheduler (pages of 64, a 2-page
+ * budget, the last of the tiny model's 3 layers sparse): alone and batched
+ * bitwise; the density reported is below 1. */
+START_TEST(test_sched_quest) {
+    const int lens[4] = {390, 250, 129, 7};
     sched_metrics_t mt;
-    sched_metrics(s, &mt);
+    sparse_alone_vs_batched(&g_quest, lens, 3, 40, "GPU Quest", &mt);
+    const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
+    fprintf(stderr, "check_cuda: mean decode density (Quest and dense requests) %.3f\n", dd);
+    ck_assert_msg(dd < 0.999, "Quest decode reported density %g", dd);
+}
+END_TEST
+
+/* FlexPrefill on the GPU through the scheduler (chunks of 128: a prompt's
+ * chunks past 256 keys select blocks, up to 12 of them): alone and batched
+ * bitwise; the prefill density reported is below 1. */
+START_TEST(test_sched_flex) {
+    const int lens[4] = {1500, 700, 300, 7};
+    sched_metrics_t mt;
+    sparse_alone_vs_batched(&g_flex, lens, 5, 20, "GPU FlexPrefill", &mt);
     const double pd = mt.density_count ? mt.prefill_density_sum / (double)mt.density_count : 1.0;
     fprintf(stderr, "check_cuda: mean prefill density (FlexPrefill and dense requests) %.3f\n", pd);
     ck_assert_msg(pd < 0.999, "FlexPrefill reported density %g", pd);
-    g_flex = 0;
-    sched_destroy(s);
-    model_free(m);
 }
 END_TEST
 
