@@ -82,9 +82,9 @@ def build(args, done):
     plan = [(int(l), int(n)) for l, n in (x.split(":") for x in args.plan.split(","))]
     gen = argparse.Namespace(lacuna=args.lacuna, model=args.model, seed=args.seed)
     lines = []
-    for length, n in plan:
-        for task in args.tasks.split(","):
-            for i in range(n):
+    for length, n in plan:  # sample-major: a run cut short still has every task
+        for i in range(n):
+            for task in args.tasks.split(","):
                 keys = [json.dumps({"length": length, "task": task, "sample": i, "method": m}, sort_keys=True)
                         for m, _ in methods]
                 if all(k in done for k in keys):
