@@ -104,6 +104,10 @@ const attn_policy_t *attn_state_policy(const attn_state_t *st) { return &st->pol
 const attn_stats_t *attn_state_stats(const attn_state_t *st) { return &st->stats; }
 void attn_state_reset_stats(attn_state_t *st) { st->stats = (attn_stats_t){0}; }
 
+attn_decode_method_t attn_decode_layer(const attn_policy_t *pol, int layer, int *select) {
+    return attn__decode_layer_method(pol, layer, 0, select);
+}
+
 void attn_state_count(attn_state_t *st, int generated, double computed, double total) {
     if (generated) {
         st->stats.decode_computed += computed;

@@ -165,6 +165,9 @@ static int alloc_step(model_cuda_t *c) {
     int32_t **qa[5] = {&c->q_kv_indptr, &c->q_kv_len, &c->q_budget, &c->q_dl, &c->q_thr};
     for (int i = 0; i < 5; i++)
         if (!(*qa[i] = (int32_t *)malloc((2 * T + 4 + (size_t)c->m->hp.n_layers) * sizeof(int32_t)))) return LC_ENOMEM;
+    int32_t **ta[3] = {&c->t_kv_indptr, &c->t_kv_len, &c->t_budget};
+    for (int i = 0; i < 3; i++)
+        if (!(*ta[i] = (int32_t *)malloc((T + 1) * sizeof(int32_t)))) return LC_ENOMEM;
     c->qp = (attn_quest_plan_t **)calloc((size_t)c->m->hp.n_layers + 2, sizeof *c->qp);
     if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
         !c->lrow_seq || !c->lrow_j || !c->row0 || !c->qp || !c->pf_mask_off || !c->pf_flex || !c->pf_fpol)
@@ -314,6 +317,10 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     attn_cuda_plan_destroy(c->dec_plan);
     for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
     attn_cuda_flex_destroy(c->flex);
+    attn_cuda_plan_destroy(c->t_dense);
+    attn_tidal_plan_destroy(c->t_plan);
+    cudaFree(c->t_lse), cudaFree(c->t_ws);
+    free(c->t_kv_indptr), free(c->t_kv_len), free(c->t_budget);
     cudaFree(c->mask), cudaFree(c->d_pairs), cudaFreeHost(c->h_pairs);
     free(c->pf_mask_off), free(c->pf_flex), free(c->pf_fpol);
     free(c->qp);

@@ -14,6 +14,7 @@ extern "C" {
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
+#include "attn/cuda/tidal_cuda.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "model/exec_cuda.h"
@@ -84,6 +85,20 @@ struct model_cuda {
     uint8_t *pf_flex;                      // (max_seqs) host
     attn_cuda_flex_policy_t *pf_fpol;      // (max_seqs) host
     unsigned long long *d_pairs, *h_pairs; // (max_seqs) device, pinned
+    /* TidalDecode (attn/cuda/tidal_cuda.h): the step's TidalDecode rows
+     * share one layer schedule (the server's; a request sets its budget
+     * only). A dense decode plan of their own runs their dense and selection
+     * layers (with the LSE the selection needs), the tidal plan selects and
+     * attends; both are created, and created again larger, on demand. */
+    attn_cuda_plan_t *t_dense;
+    attn_tidal_plan_t *t_plan;
+    attn_tidal_limits_t t_lim; // the plans' capacities
+    attn_policy_t t_pol;       // the step's schedule
+    int t_selected;            // a selection ran in this step (later TidalDecode layers attend it)
+    float *t_lse;              // (rows, n_heads) the dense pass's LSE at a selection layer
+    void *t_ws;                // the tidal plan's workspace
+    size_t t_lse_bytes, t_ws_bytes;
+    int32_t *t_kv_indptr, *t_kv_len, *t_budget; // host (T + 1): the rows' CSR, lengths, budgets (positions)
     /* activations, for up to max_tokens rows */
     float *x;        // (T, E) residual stream
     bf16_t *xb;      // (T, E) normed rows

@@ -1,5 +1,5 @@
 // The CUDA executor's step (exec_cuda.cu says how a step runs): the rows in
-// attention order, the attention plans (dense, Quest), the pieces between
+// attention order, the attention plans (dense, Quest, TidalDecode, FlexPrefill), the pieces between
 // attention calls and their decode graphs, logits and the draws made on the
 // GPU, the density counters, the device's failure.
 #include "model/exec_cuda_int.cuh"
@@ -22,6 +22,8 @@ typedef struct {
     int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
     int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
     int n_flex;                      // prompt slices under FlexPrefill (block masks)
+    int n_tidal;                     // TidalDecode rows (after the Quest rows; their own CSR)
+    size_t t_idx0;                   // their first kv_indices entry after the prompt slices' entries
     int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
     int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
     int n_lrows;
@@ -32,6 +34,18 @@ typedef struct {
 static const attn_policy_t *quest_policy(const model_seq_t *q) {
     const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
     return pol && pol->decode == ATTN_DECODE_QUEST ? pol : NULL;
+}
+
+/* The TidalDecode policy of a slice of generated rows, or NULL. */
+static const attn_policy_t *tidal_policy(const model_seq_t *q) {
+    const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+    return pol && pol->decode == ATTN_DECODE_TIDAL ? pol : NULL;
+}
+
+/* 1 when two policies decode layer by layer alike (TidalDecode's schedule). */
+static int same_schedule(const attn_policy_t *a, const attn_policy_t *b) {
+    return a->dense_layers == b->dense_layers && a->tidal_select_layer == b->tidal_select_layer &&
+           a->tidal_reselect_layer == b->tidal_reselect_layer;
 }
 
 /* The FlexPrefill policy of a prompt slice, or NULL (dense prefill). */
@@ -103,15 +117,22 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     }
     st->n_pf_rows = row;
     /* generated rows: one decode entry each, over the pages up to its
-     * position; dense decode rows first, then Quest rows (their own CSR) */
+     * position; dense decode rows first, then Quest rows, then TidalDecode
+     * rows (each kind its own CSR) */
     int32_t *dec_idx = c->kv_indices + pf_pages;
     size_t dec_pages = 0;
-    c->dec_kv_indptr[0] = c->q_kv_indptr[0] = 0;
-    for (int pass = 0; pass < 2; pass++)
+    c->dec_kv_indptr[0] = c->q_kv_indptr[0] = c->t_kv_indptr[0] = 0;
+    for (int pass = 0; pass < 3; pass++)
         for (int s = 0; s < b->n_seqs; s++) {
             const model_seq_t *q = &b->seqs[s];
-            const attn_policy_t *pol = quest_policy(q);
-            if (!q->generated || (pol != NULL) != pass) continue;
+            const attn_policy_t *pol = quest_policy(q), *tpol = tidal_policy(q);
+            if (!q->generated || (pol ? 1 : tpol ? 2 : 0) != pass) continue;
+            if (pass == 2 && !st->n_tidal) {
+                st->t_idx0 = pf_pages + dec_pages;
+                c->t_pol = *tpol;
+            }
+            /* the scheduler gives every request the server's schedule */
+            if (pass == 2 && !same_schedule(&c->t_pol, tpol)) return LC_EINVAL;
             c->row0[s] = row;
             for (int i = 0; i < q->n_tok; i++) {
                 const int64_t len = q->pos0 + i + 1;
@@ -119,6 +140,13 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 put_row(c, b, q, i, row++);
                 memcpy(dec_idx + dec_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
                 dec_pages += (size_t)np;
+                if (tpol) {
+                    const int e = st->n_tidal++;
+                    c->t_kv_len[e] = (int32_t)len;
+                    c->t_kv_indptr[e + 1] = (int32_t)(pf_pages + dec_pages - st->t_idx0);
+                    c->t_budget[e] = tpol->decode_budget > 0 ? tpol->decode_budget : 1;
+                    continue;
+                }
                 if (!pol) {
                     c->dec_kv_len[st->n_dec] = (int32_t)len;
                     st->n_dec++;
@@ -230,6 +258,51 @@ static int plan_flex(model_cuda_t *c, const step_t *st, const attn_cuda_batch_t 
     return 0;
 }
 
+/* Rounds n up to a power of two, at least lo (capacities that grow rarely). */
+static int64_t grow_cap(int64_t n, int64_t have, int64_t lo) {
+    int64_t c = have > lo ? have : lo;
+    while (c < n) c *= 2;
+    return c;
+}
+
+/* TidalDecode rows: their dense decode plan and their tidal plan, created
+ * again larger when the step outgrows them; the workspaces and the LSE. */
+static int plan_tidal(model_cuda_t *c, const step_t *st) {
+    const int n = st->n_tidal;
+    const int64_t pages = c->t_kv_indptr[n];
+    int64_t budget = 1;
+    for (int e = 0; e < n; e++)
+        if (c->t_budget[e] < c->t_kv_len[e] && c->t_budget[e] > budget) budget = c->t_budget[e];
+    attn_tidal_limits_t *lim = &c->t_lim;
+    if (!c->t_plan || n > lim->max_rows || pages > lim->max_pages || budget > lim->max_budget) {
+        CUDA_CHECK_RET(cudaStreamSynchronize(c->stream)); // the old plans may still be read
+        attn_cuda_plan_destroy(c->t_dense);
+        attn_tidal_plan_destroy(c->t_plan);
+        c->t_dense = NULL;
+        c->t_plan = NULL;
+        lim->max_rows = (int)grow_cap(n, lim->max_rows, 16);
+        lim->max_pages = grow_cap(pages, lim->max_pages, 1024);
+        lim->max_budget = (int)grow_cap(budget, lim->max_budget, 256);
+        lim->split_keys = 0;
+        const attn_cuda_limits_t dl = {lim->max_rows, lim->max_rows, lim->max_pages, 0};
+        int rc = attn_cuda_plan_create(&c->shape, ATTN_CUDA_DECODE, &dl, &c->t_dense);
+        if (!rc) rc = attn_tidal_plan_create(&c->shape, lim, &c->t_plan);
+        if (rc) {
+            lim->max_rows = 0; // created again by the next step that needs them
+            return rc;
+        }
+    }
+    attn_cuda_batch_t tb = {n, NULL, c->t_kv_indptr, c->kv_indices + st->t_idx0, c->t_kv_len, NULL};
+    size_t ws = 0;
+    int rc = attn_cuda_plan(c->t_dense, &tb, c->stream, &ws);
+    if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws);
+    if (!rc) rc = attn_tidal_plan(c->t_plan, &tb, c->t_budget, c->stream, &ws);
+    if (!rc) rc = grow_ws(c, &c->t_ws, &c->t_ws_bytes, ws);
+    if (!rc) rc = grow_ws(c, (void **)&c->t_lse, &c->t_lse_bytes, (size_t)n * c->m->hp.n_heads * sizeof(float));
+    c->t_selected = 0;
+    return rc;
+}
+
 static int plan_attention(model_cuda_t *c, const step_t *st) {
     size_t ws = 0;
     if (st->n_sum)
@@ -237,6 +310,10 @@ static int plan_attention(model_cuda_t *c, const step_t *st) {
                                        cudaMemcpyHostToDevice, c->stream));
     if (st->n_quest) {
         int rc = plan_quest(c, st);
+        if (rc) return rc;
+    }
+    if (st->n_tidal) {
+        int rc = plan_tidal(c, st);
         if (rc) return rc;
     }
     if (st->n_pf_seqs) {
@@ -254,6 +331,29 @@ static int plan_attention(model_cuda_t *c, const step_t *st) {
         if (rc) return rc;
     }
     return 0;
+}
+
+/* TidalDecode rows at layer l: the selection's positions once chosen in
+ * this step, else dense (and at a selection layer, the choice after it). */
+static int run_tidal(model_cuda_t *c, const step_t *st, int l, const attn_cuda_args_t *layer) {
+    const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim;
+    const size_t r0 = (size_t)(st->n_pf_rows + st->n_dec + st->n_quest) * HD;
+    int sel;
+    if (attn_decode_layer(&c->t_pol, l, &sel) == ATTN_DECODE_TIDAL && !sel && c->t_selected) {
+        attn_tidal_attend_args_t ta = {c->q + r0, c->att + r0, NULL, layer->k, layer->v, c->t_ws, c->t_ws_bytes};
+        return attn_tidal_attend(c->t_plan, &ta, c->stream);
+    }
+    attn_cuda_args_t a = *layer;
+    a.q = c->q + r0;
+    a.out = c->att + r0;
+    a.lse = sel ? c->t_lse : NULL;
+    a.workspace = c->dec_ws;
+    a.workspace_bytes = c->dec_ws_bytes;
+    int rc = attn_cuda_run(c->t_dense, &a, c->stream);
+    if (rc || !sel) return rc;
+    attn_tidal_select_args_t sa = {c->q + r0, layer->k, c->t_lse, c->t_ws, c->t_ws_bytes};
+    c->t_selected = 1;
+    return attn_tidal_select(c->t_plan, &sa, c->stream);
 }
 
 static int run_attention(model_cuda_t *c, const step_t *st, int l) {
@@ -300,6 +400,7 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
         int rc = attn_quest_run(c->qp[j], &qa, c->stream);
         if (rc) return rc;
     }
+    if (st->n_tidal) return run_tidal(c, st, l, &a);
     return 0;
 }
 
@@ -493,13 +594,29 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     return 0;
 }
 
+/* TidalDecode row e's keys over the step's layers: every key at a dense or
+ * selection layer, the kept positions and the newest one after a selection. */
+static double tidal_computed(const model_cuda_t *c, int e) {
+    const model_hparams_t *hp = &c->m->hp;
+    const int64_t len = c->t_kv_len[e], keep = attn_tidal_count(c->t_plan, e);
+    double tok = 0;
+    int selected = 0, sel;
+    for (int l = 0; l < hp->n_layers; l++) {
+        const int sparse = attn_decode_layer(&c->t_pol, l, &sel) == ATTN_DECODE_TIDAL && !sel && selected;
+        tok += sparse && keep >= 0 ? (double)keep + (keep < len) : (double)len;
+        selected |= sel;
+    }
+    return tok * hp->n_heads;
+}
+
 /* The density counters: dense rows computed every pair; a FlexPrefill slice
  * what its masks selected (counted on the GPU over its layers); a Quest row,
- * per layer, the pages its plan attended (the newest one partly). */
+ * per layer, the pages its plan attended (the newest one partly); a
+ * TidalDecode row what its selection kept. */
 static void count_attention(const model_cuda_t *c, const model_batch_t *b, const step_t *st) {
     const model_hparams_t *hp = &c->m->hp;
     const int P = c->page_size;
-    int e = 0, f = 0; // Quest entries, prompt slices, in slice order
+    int e = 0, f = 0, t = 0; // Quest entries, prompt slices, TidalDecode entries, in slice order
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         const int quest = quest_policy(q) != NULL;
@@ -508,6 +625,12 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
         if (!q->generated) {
             if (q->attn) attn_state_count(q->attn, 0, c->pf_flex[f] ? (double)c->h_pairs[f] : all, all);
             f++;
+            continue;
+        }
+        if (!quest && tidal_policy(q)) {
+            double computed = 0;
+            for (int i = 0; i < q->n_tok; i++) computed += tidal_computed(c, t++);
+            attn_state_count(q->attn, 1, computed, all);
             continue;
         }
         if (!quest) {

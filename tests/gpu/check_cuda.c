@@ -640,6 +640,7 @@ static void drain(out_t *o) {
 static float g_temperature; // the requests' temperature (0: greedy)
 static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
 static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
+static int g_tidal;         // 1: the requests decode with TidalDecode (a 96-token budget)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -659,6 +660,10 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     if (g_quest) {
         p.attn.decode = ATTN_DECODE_QUEST;
         p.attn.decode_budget = 128;
+    }
+    if (g_tidal) {
+        p.attn.decode = ATTN_DECODE_TIDAL;
+        p.attn.decode_budget = 96;
     }
     if (g_flex) {
         p.attn.prefill = ATTN_PREFILL_FLEX;
@@ -680,6 +685,10 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     c.max_batch_tokens = 512;
     c.prefill_chunk = 128;
     c.target_step_ms = -1;
+    if (g_tidal) { // TidalDecode on the tiny model's 3 layers: layer 0 dense, 1 selects, 2 attends the selection
+        c.attn_default.dense_layers = 0;
+        c.attn_default.tidal_select_layer = 1;
+    }
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
     ck_assert_msg(s != NULL, "%s", err);
@@ -736,7 +745,7 @@ START_TEST(test_sched_batch_invariance) {
 END_TEST
 
 /* Four greedy requests under a sparse method (*flag set while each is
- * submitted: g_quest or g_flex), each alone and then all at once, each beside
+ * submitted: g_quest, g_tidal or g_flex), each alone and then all at once, each beside
  * a dense request: the same tokens and log-probabilities bit for bit. The
  * prompts' tokens follow salt; mt gets the scheduler's metrics. */
 static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
@@ -750,9 +759,9 @@ static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int 
         for (int i = 0; i < lens[r]; i++)
             prompts[r][i] = (int32_t)(((r + salt) * 7919u * (i + salt + 2)) % (unsigned)V);
     }
+    *flag = 1; // before the scheduler: g_tidal sets its layer schedule
     sched_t *s = gpu_sched(m, 0);
     out_t alone[4], batched[4], dense[4];
-    *flag = 1;
     for (int r = 0; r < R; r++) {
         submit(s, &alone[r], prompts[r], lens[r], max_tokens);
         ck_assert_int_eq(sched_run_until_idle(s), 0);
@@ -792,6 +801,19 @@ START_TEST(test_sched_quest) {
     const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
     fprintf(stderr, "check_cuda: mean decode density (Quest and dense requests) %.3f\n", dd);
     ck_assert_msg(dd < 0.999, "Quest decode reported density %g", dd);
+}
+END_TEST
+
+/* TidalDecode on the GPU through the scheduler (a 96-position budget, layer
+ * 1 selects, layer 2 attends): alone and batched bitwise; the density
+ * reported is below 1. */
+START_TEST(test_sched_tidal) {
+    const int lens[4] = {390, 250, 129, 7};
+    sched_metrics_t mt;
+    sparse_alone_vs_batched(&g_tidal, lens, 4, 40, "GPU TidalDecode", &mt);
+    const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
+    fprintf(stderr, "check_cuda: mean decode density (TidalDecode and dense requests) %.3f\n", dd);
+    ck_assert_msg(dd < 0.999, "TidalDecode reported density %g", dd);
 }
 END_TEST
 
@@ -877,6 +899,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
+    tcase_add_test(tc, test_sched_tidal);
     tcase_add_test(tc, test_sched_flex);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
