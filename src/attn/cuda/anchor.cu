@@ -38,16 +38,16 @@ struct attn_cuda_anchor {
 };
 
 /* Row j of one head's K or V in the paged pool. */
-__device__ __forceinline__ const __nv_bfloat16 *anc_row(const __nv_bfloat16 *pool, const int32_t *pages, int ps,
-                                                        int KH, int kh, int D, int64_t j) {
+__device__ __forceinline__ const __nv_bfloat16 *anc_row(const __nv_bfloat16 *pool, const int32_t *pages, int ps, int KH,
+                                                        int kh, int D, int64_t j) {
     return pool + (((size_t)pages[j / ps] * KH + kh) * ps + j % ps) * D;
 }
 
 /* Stages keys list[0..n) (or j0..j0+n when list is NULL) of K and V into
  * shared memory as f32. */
 template <int D>
-__device__ void anc_stage(const __nv_bfloat16 *k, const __nv_bfloat16 *v, const int32_t *pages, int ps, int KH,
-                          int kh, int64_t j0, const int *list, int n, float (*ks)[D], float (*vs)[D]) {
+__device__ void anc_stage(const __nv_bfloat16 *k, const __nv_bfloat16 *v, const int32_t *pages, int ps, int KH, int kh,
+                          int64_t j0, const int *list, int n, float (*ks)[D], float (*vs)[D]) {
     for (int i = threadIdx.x; i < n * D; i += blockDim.x) {
         const int t = i / D, e = i % D;
         const int64_t j = list ? list[t] : j0 + t;
@@ -228,7 +228,7 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
         return LC_EINVAL;
     if ((shape->head_dim != 64 && shape->head_dim != 128) || (shape->page_size != 64 && shape->page_size != 128))
         return LC_EUNSUPPORTED;
-    if (max_kv_len > INT32_MAX / 2 || max_q_rows > max_kv_len) return LC_ERANGE;
+    if (max_kv_len > INT32_MAX / 2 || max_q_rows > INT32_MAX / 2) return LC_ERANGE;
     attn_cuda_anchor_t *a = (attn_cuda_anchor_t *)calloc(1, sizeof *a);
     if (!a) return LC_ENOMEM;
     const int H = shape->n_heads, D = shape->head_dim;
@@ -276,8 +276,7 @@ extern "C" void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a) {
 extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
                                      const attn_cuda_anchor_policy_t *pol, void *stream) {
     (void)stream;
-    if (!a || !b || !b->q_indptr || !b->kv_indptr || !b->kv_indices || !b->kv_len || !selects || !pol ||
-        b->n_seqs < 0)
+    if (!a || !b || !b->q_indptr || !b->kv_indptr || !b->kv_indices || !b->kv_len || !selects || !pol || b->n_seqs < 0)
         return LC_EINVAL;
     if (b->n_seqs > a->max_seqs) return LC_ERANGE;
     const int ps = a->sh.page_size;
@@ -287,8 +286,7 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
         const int n_q = b->q_indptr[s + 1] - b->q_indptr[s], N = b->kv_len[s];
         if (!selects[s] || n_q == 0) continue;
         const attn_cuda_anchor_policy_t *pp = &pol[s];
-        if (n_q < 0 || N < n_q || pp->anchor_init < 0 || pp->anchor_local % ANC_B || isnan(pp->theta))
-            return LC_EINVAL;
+        if (n_q < 0 || N < n_q || pp->anchor_init < 0 || pp->anchor_local % ANC_B || isnan(pp->theta)) return LC_EINVAL;
         if (pp->anchor_local < a->min_local || n_q > a->max_q_rows || N > a->max_kv_len) return LC_ERANGE;
         const int need = (N + ps - 1) / ps;
         if (b->kv_indptr[s + 1] - b->kv_indptr[s] < need) return LC_EINVAL;
@@ -317,8 +315,8 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
 }
 
 template <int D>
-static int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
-                   const __nv_bfloat16 *v, __nv_bfloat16 *out, float *lse, cudaStream_t st) {
+static int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                   __nv_bfloat16 *out, float *lse, cudaStream_t st) {
     const int H = a->sh.n_heads;
     for (int i = 0; i < a->n_plan; i++) {
         const anc_seq_t sq = a->seqs[i];
@@ -329,17 +327,16 @@ static int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const __
             anc_stripes<D><<<dim3((g_last0 - sq.A + ANC_B - 1) / ANC_B, sq.ng, H), ANC_B, 0, st>>>(
                 sq, a->sh, q, k, a->st_m, a->qbar, a->abar, (int)a->max_blk, a->max_kv_len, a->keep, a->own);
         anc_gather<D><<<dim3(sq.nqb, H), ANC_B, 0, st>>>(sq, a->sh, q, k, v, a->st_m, a->st_l, a->st_acc, a->keep,
-                                                          a->own, a->max_kv_len, out, lse);
+                                                         a->own, a->max_kv_len, out, lse);
         CUDA_CHECK_RET(cudaGetLastError());
     }
     return 0;
 }
 
-extern "C" int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void *k, const void *v,
-                                    void *out, float *lse, void *stream) {
+extern "C" int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out,
+                                    float *lse, void *stream) {
     if (!a || !q || !k || !v || !out) return LC_EINVAL;
-    const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q, *kb = (const __nv_bfloat16 *)k,
-                        *vb = (const __nv_bfloat16 *)v;
+    const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q, *kb = (const __nv_bfloat16 *)k, *vb = (const __nv_bfloat16 *)v;
     __nv_bfloat16 *ob = (__nv_bfloat16 *)out;
     cudaStream_t st = (cudaStream_t)stream;
     return a->sh.head_dim == 64 ? anc_run<64>(a, qb, kb, vb, ob, lse, st) : anc_run<128>(a, qb, kb, vb, ob, lse, st);
