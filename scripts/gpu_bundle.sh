@@ -20,6 +20,8 @@ strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "
     "$out"/bin/check_flex_cuda
 cp "$b/tests/gpu/check_tidal_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/check_tidal_cuda
+cp "$b/tests/gpu/check_anchor_cuda" "$out/bin/"
+strip --strip-debug "$out"/bin/check_anchor_cuda
 tmp=$(mktemp -d)
 mkdir "$tmp/lib"
 for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.so.1 libmicrohttpd.so.12 \

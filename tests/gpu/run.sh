@@ -15,6 +15,9 @@
 #     flex   FlexPrefill's selection on the GPU against the CPU's masks
 #            (tests/gpu/check_flex_cuda), with FLEX_BENCH=1 its timing
 #            against the dense prefill
+#     anchor AnchorAttention's GPU prefill against the CPU kernel, the dense
+#            GPU kernel and itself alone (tests/gpu/check_anchor_cuda), with
+#            ANCHOR_BENCH=1 its timing against the dense prefill
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
 #            public FlexPrefill reference, dense ours and SDPA beside them
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
@@ -124,6 +127,16 @@ for step in "$@"; do
             ours env FLEX_BENCH=1 timeout 600 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex-bench.log"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "flex bench" "$rc"
+        fi
+        ;;
+    anchor)
+        ours timeout 900 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_anchor_cuda" "$rc"
+        if [ "${ANCHOR_BENCH:-0}" = 1 ]; then
+            ours env ANCHOR_BENCH=1 timeout 600 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "anchor bench" "$rc"
         fi
         ;;
     flexref)
