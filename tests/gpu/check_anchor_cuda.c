@@ -20,8 +20,8 @@
  *             for the stripe scores; density reports; wiring into the
  *             executor.
  *
- * Agreement: per row and head, |gpu - cpu| <= 2e-2 * (1 + |cpu|) elementwise
- * and |lse_gpu - lse_cpu| <= 2e-2; rows whose selection differs near the
+ * Agreement: per row and head, |gpu - cpu| <= 1e-2 * max|cpu row| elementwise
+ * (the GPU output is bf16) and |lse_gpu - lse_cpu| <= 5e-3; rows whose selection differs near the
  * threshold may exceed it, so up to 1% of (row, head) pairs may miss (the
  * count is printed), any more fails.
  *
@@ -210,8 +210,9 @@ static void run_dense(acase_t *c, uint16_t *out, float *lse) {
     attn_cuda_plan_destroy(p);
 }
 
-/* The CPU anchor kernel on sequence s: out (n_q, H, D), lse (n_q, H). */
-static void run_cpu(const acase_t *c, int s, float *out, float *lse) {
+/* The CPU anchor kernel on sequence s: out (n_q, H, D), lse (n_q, H); the
+ * CPU dense kernel's lse into dense_lse unless NULL. */
+static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dense_lse) {
     const int H = c->sh.n_heads, D = c->sh.head_dim;
     const aseq_t *sq = &c->seq[s];
     const attn_shape_t ash = {.n_heads = H, .n_kv_heads = c->sh.n_kv_heads, .head_dim = D, .scale = c->sh.scale};
@@ -234,33 +235,45 @@ static void run_cpu(const acase_t *c, int s, float *out, float *lse) {
     attn_arena_t *ar = calloc(nt, sizeof *ar);
     for (int t = 0; t < nt; t++) ar[t] = (attn_arena_t){.base = malloc(ws.per_thread + 64), .cap = ws.per_thread + 64};
     double comp = 0;
-    ck_assert_int_eq(attn__prefill_anchor(&ash, &pol, ar, c->qf + (size_t)c->q_indptr[s] * H * D, sq->n_q, q_pos0,
-                                          &kv, out, lse, &comp),
+    ck_assert_int_eq(attn__prefill_anchor(&ash, &pol, ar, c->qf + (size_t)c->q_indptr[s] * H * D, sq->n_q, q_pos0, &kv,
+                                          out, lse, &comp),
                      0);
+    if (dense_lse) {
+        float *tmp = malloc(sizeof(float) * sq->n_q * H * D);
+        ck_assert_int_eq(
+            attn_prefill_dense(&ash, c->qf + (size_t)c->q_indptr[s] * H * D, sq->n_q, q_pos0, &kv, tmp, dense_lse), 0);
+        free(tmp);
+    }
     for (int t = 0; t < nt; t++) free(ar[t].base);
     free(ar);
 }
 
 /* Compares every sequence of the case with the CPU; returns (row, head)
- * pairs beyond tolerance, *pairs the pairs compared. */
-static int64_t compare_cpu(acase_t *c, int64_t *pairs) {
+ * pairs beyond tolerance, *pairs the pairs compared, *sparse the pairs whose
+ * CPU anchor LSE is below the dense one by more than 1e-3 (keys dropped). */
+static int64_t compare_cpu(acase_t *c, int64_t *pairs, int64_t *sparse) {
     const int H = c->sh.n_heads, D = c->sh.head_dim, rows = c->q_indptr[c->n];
     uint16_t *go = malloc(sizeof(uint16_t) * rows * H * D);
     float *gl = malloc(sizeof(float) * rows * H);
     run_gpu(c, 0, c->n, go, gl);
     int64_t bad = 0;
-    *pairs = 0;
+    *pairs = *sparse = 0;
     for (int s = 0; s < c->n; s++) {
         const int n_q = c->seq[s].n_q;
         float *co = malloc(sizeof(float) * n_q * H * D), *cl = malloc(sizeof(float) * n_q * H);
-        run_cpu(c, s, co, cl);
+        float *dl = malloc(sizeof(float) * n_q * H);
+        run_cpu(c, s, co, cl, dl);
+        for (int64_t i = 0; i < (int64_t)n_q * H; i++) *sparse += cl[i] < dl[i] - 1e-3f;
+        free(dl);
         for (int r = 0; r < n_q; r++)
             for (int h = 0; h < H; h++) {
                 const size_t cr = (size_t)r * H + h, gr = ((size_t)c->q_indptr[s] + r) * H + h;
-                int ok = isfinite(gl[gr]) && fabsf(gl[gr] - cl[cr]) <= 2e-2f;
+                float mr = 1e-6f;
+                for (int e = 0; e < D; e++) mr = fmaxf(mr, fabsf(co[cr * D + e]));
+                int ok = isfinite(gl[gr]) && fabsf(gl[gr] - cl[cr]) <= 5e-3f;
                 for (int e = 0; ok && e < D; e++) {
                     const float g = bf2f(go[gr * D + e]), x = co[cr * D + e];
-                    ok = isfinite(g) && fabsf(g - x) <= 2e-2f * (1.f + fabsf(x));
+                    ok = isfinite(g) && fabsf(g - x) <= 1e-2f * mr;
                 }
                 bad += !ok;
                 (*pairs)++;
@@ -275,18 +288,22 @@ static int64_t compare_cpu(acase_t *c, int64_t *pairs) {
 
 static void setup(acase_t *c, int H, int KH, int D, int ps) {
     memset(c, 0, sizeof *c);
-    c->sh = (attn_cuda_shape_t){.n_heads = H, .n_kv_heads = KH, .head_dim = D, .page_size = ps, .scale = 1.f / sqrtf(D)};
+    c->sh =
+        (attn_cuda_shape_t){.n_heads = H, .n_kv_heads = KH, .head_dim = D, .page_size = ps, .scale = 1.f / sqrtf(D)};
 }
 
 static void add_seq(acase_t *c, int kv_len, int n_q, float theta, int A, int L) {
     c->seq[c->n++] = (aseq_t){kv_len, n_q, {theta, A, L}};
 }
 
-static void check_vs_cpu(acase_t *c, const char *name) {
+/* want_sparse: the case must drop keys somewhere (the selection is exercised). */
+static void check_vs_cpu(acase_t *c, const char *name, int want_sparse) {
     build(c);
-    int64_t pairs;
-    const int64_t bad = compare_cpu(c, &pairs);
-    printf("%s: %lld of %lld (row, head) pairs beyond tolerance\n", name, (long long)bad, (long long)pairs);
+    int64_t pairs, sparse;
+    const int64_t bad = compare_cpu(c, &pairs, &sparse);
+    printf("%s: %lld of %lld (row, head) pairs beyond tolerance, %lld sparse\n", name, (long long)bad, (long long)pairs,
+           (long long)sparse);
+    ck_assert_msg(!want_sparse || sparse > 0, "%s: the CPU kept every key: the case tests no selection", name);
     ck_assert_msg(bad * 100 <= pairs, "%s: %lld of %lld pairs differ from the CPU", name, (long long)bad,
                   (long long)pairs);
     release(c);
@@ -298,7 +315,7 @@ START_TEST(test_small_dense) {
     setup(&c, 4, 4, 64, 64);
     add_seq(&c, 300, 300, 3.f, 2048, 2048); // all inside the initial window: dense
     add_seq(&c, 200, 50, 3.f, 2048, 2048);  // a short chunk on a prefix
-    check_vs_cpu(&c, "small_dense");
+    check_vs_cpu(&c, "small_dense", 0);
 }
 END_TEST
 
@@ -311,7 +328,7 @@ START_TEST(test_stripes) {
         add_seq(&c, 3100, 3100, thetas[i], 256, 512); // whole prompt, several groups
         add_seq(&c, 2777, 1000, thetas[i], 300, 384); // unaligned chunk on a prefix
         add_seq(&c, 2300, 77, thetas[i], 128, 512);   // fewer than 128 rows
-        check_vs_cpu(&c, "stripes");
+        check_vs_cpu(&c, "stripes", thetas[i] < 4.f);
     }
 }
 END_TEST
@@ -322,7 +339,7 @@ START_TEST(test_d64_pages128) {
     setup(&c, 4, 1, 64, 128);
     add_seq(&c, 2600, 2600, 2.f, 0, 256); // no initial window
     add_seq(&c, 1900, 700, 2.f, 64, 128);
-    check_vs_cpu(&c, "d64_pages128");
+    check_vs_cpu(&c, "d64_pages128", 1);
 }
 END_TEST
 
@@ -341,10 +358,12 @@ START_TEST(test_all_keys_dense) {
     run_dense(&c, dout, dl);
     int64_t bad = 0;
     for (int64_t i = 0; i < (int64_t)rows * H; i++) {
+        float mr = 1e-6f;
+        for (int e = 0; e < D; e++) mr = fmaxf(mr, fabsf(bf2f(dout[i * D + e])));
         int ok = fabsf(al[i] - dl[i]) <= 1e-2f;
         for (int e = 0; ok && e < D; e++) {
             const float a = bf2f(ao[i * D + e]), d = bf2f(dout[i * D + e]);
-            ok = fabsf(a - d) <= 1.6e-2f * (1.f + fabsf(d));
+            ok = fabsf(a - d) <= 3e-2f * mr; // the dense kernel's P is bf16 (check_attn_cuda's bound)
         }
         bad += !ok;
     }
