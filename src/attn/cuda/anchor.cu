@@ -341,3 +341,21 @@ extern "C" int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, 
     cudaStream_t st = (cudaStream_t)stream;
     return a->sh.head_dim == 64 ? anc_run<64>(a, qb, kb, vb, ob, lse, st) : anc_run<128>(a, qb, kb, vb, ob, lse, st);
 }
+
+extern "C" int attn_cuda_anchor_keys(const attn_cuda_anchor_t *a, int h, int gi, uint8_t *keep, uint8_t *own,
+                                     void *stream) {
+    if (!a || a->n_plan == 0 || !keep || !own || h < 0 || h >= a->sh.n_heads) return LC_EINVAL;
+    const anc_seq_t *sq = &a->seqs[a->n_plan - 1];
+    if (gi < 0 || gi >= sq->ng) return LC_EINVAL;
+    const int g0 = (sq->g_first + gi) * sq->L;
+    CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
+    memset(keep, 0, (size_t)sq->N);
+    memset(own, 0, (size_t)sq->N);
+    if (g0 <= sq->A) return 0; // no candidates: nothing was written
+    CUDA_CHECK_RET(cudaMemcpy(keep + sq->A, a->keep + ((size_t)h * sq->ng + gi) * a->max_kv_len + sq->A,
+                              (size_t)(g0 - sq->A), cudaMemcpyDeviceToHost));
+    if (g0 + sq->L >= sq->N)
+        CUDA_CHECK_RET(cudaMemcpy(own + sq->A, a->own + (size_t)h * a->max_kv_len + sq->A, (size_t)(g0 - sq->A),
+                                  cudaMemcpyDeviceToHost));
+    return 0;
+}

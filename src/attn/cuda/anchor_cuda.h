@@ -75,6 +75,12 @@ int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, con
 int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out,
                          float *lse, void *stream);
 
+/* For tests: the keys of the last planned sequence's last run for head h and
+ * its chunk's group gi (0 = the group of q_pos0): keep and own (kv_len bytes,
+ * 1 = attended; own: the chunk's last block's own keys, set only in the
+ * group of the last row). Synchronises the stream. */
+int attn_cuda_anchor_keys(const attn_cuda_anchor_t *a, int h, int gi, uint8_t *keep, uint8_t *own, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
