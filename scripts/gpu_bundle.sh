@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Packs what the GPU machine needs into .gpu/ (git-ignored): the binaries
 # built here with CUDA (lacunad, lacuna, the GPU Check suites, the attention
-# benchmark's library), the Debian shared libraries they need that an Ubuntu
-# image lacks (xz-compressed), and the default model cut into parts small
-# enough for the device tool's 64 MiB per call. tests/gpu/run.sh unpacks and
-# runs them there. Binaries from Debian 12 (glibc 2.36) run on Ubuntu 24.04.
+# benchmark's library) and the Debian shared libraries they need that an Ubuntu
+# image lacks, each xz-compressed (the binaries share most of their CUDA
+# code: 28 MiB become about 2), and the default model cut into two parts
+# small enough for the device tool's 64 MiB per call (the first alone, the
+# second with the binaries). tests/gpu/run.sh unpacks and runs them there. Binaries from Debian 12 (glibc 2.36) run on Ubuntu 24.04.
 #   scripts/gpu_bundle.sh [BUILD_DIR]   (default build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 b=${1:-build}
 out=.gpu
-rm -rf "$out/bin" "$out/libs.tar.xz"
+rm -rf "$out/bin" "$out/bin.tar.xz" "$out/libs.tar.xz"
 mkdir -p "$out/bin"
 cp "$b/lacunad" "$b/lacuna" "$b/tests/gpu/check_cuda" "$b/tests/gpu/check_attn_cuda" "$b/tests/gpu/bench_gemm" \
     "$b/tests/gpu/check_cp_cuda" "$b/tests/gpu/check_cp_nccl" "$b/tests/gpu/libattn_cuda.so" \
@@ -20,6 +21,9 @@ strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "
     "$out"/bin/check_flex_cuda
 cp "$b/tests/gpu/check_tidal_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/check_tidal_cuda
+cp "$b/tests/gpu/check_anchor_cuda" "$out/bin/"
+strip --strip-debug "$out"/bin/check_anchor_cuda
+tar cJf "$out/bin.tar.xz" -C "$out" bin
 tmp=$(mktemp -d)
 mkdir "$tmp/lib"
 for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.so.1 libmicrohttpd.so.12 \
@@ -30,11 +34,10 @@ cp -L /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0 "$tmp/lib/"
 tar cJf "$out/libs.tar.xz" -C "$tmp" lib
 rm -rf "$tmp"
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
-# Three parts of 32 MiB: the first travels with the binaries (the call's
-# 64 MiB holds them, the tree and one part), the others in the next calls.
-if [ -f "$m" ] && [ ! -f "$out/model.part2" ]; then
+# Two parts: 56 MiB travel alone (with the tree), the rest with the binaries.
+if [ -f "$m" ] && { [ ! -f "$out/model.part1" ] || [ -f "$out/model.part2" ]; }; then
     rm -f "$out"/model.part*
-    split -b 32M -d -a 1 "$m" "$out/model.part"
+    split -b 56M -d -a 1 "$m" "$out/model.part"
     sha256sum "$m" | cut -d' ' -f1 > "$out/model.sha256"
 fi
 du -sh "$out"/* | sort -h

@@ -23,6 +23,10 @@ ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
 ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
+# AnchorAttention's prefill, first version (anchor.cu; its GPU checks: tests/gpu/check_anchor_cuda).
+ATTN_CUDA_SRC += src/attn/cuda/anchor.cu
+ATTN_CUDA_HDRS += src/attn/cuda/anchor_cuda.h
+EXTRA_DIST += tests/gpu/check_anchor_cuda.c
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
@@ -47,6 +51,10 @@ noinst_PROGRAMS += tests/gpu/check_flex_cuda
 tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
+noinst_PROGRAMS += tests/gpu/check_anchor_cuda
+tests_gpu_check_anchor_cuda_SOURCES = tests/gpu/check_anchor_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_anchor_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_gpu_check_anchor_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_tidal_cuda
 tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c tests/gpu/gpu_testutil.h
 tests_gpu_check_tidal_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)

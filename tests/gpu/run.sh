@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU test and benchmark run, on the GPU machine, from the repository root
-# with .gpu/ carried there (scripts/gpu_bundle.sh makes it here; the model
-# travels in three parts over consecutive calls to a warm machine).
+# with .gpu/ carried there (scripts/gpu_bundle.sh makes it here: carry
+# .gpu/bin.tar.xz and .gpu/libs.tar.xz). The default model travels in two
+# parts over consecutive calls to a warm machine: the first call carries
+# .gpu/model.part0 and runs `tests/gpu/run.sh stash` (which keeps it in /tmp),
+# the next carries .gpu/model.part1 and .gpu/model.sha256 with the binaries.
 #
 #   tests/gpu/run.sh STEP...
 #     env    the GPU, the unpacked libraries, what the binaries resolve to
@@ -15,6 +18,9 @@
 #     flex   FlexPrefill's selection on the GPU against the CPU's masks
 #            (tests/gpu/check_flex_cuda), with FLEX_BENCH=1 its timing
 #            against the dense prefill
+#     anchor AnchorAttention's GPU prefill against the CPU kernel, the dense
+#            GPU kernel and itself alone (tests/gpu/check_anchor_cuda), with
+#            ANCHOR_BENCH=1 its timing against the dense prefill
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
 #            public FlexPrefill reference, dense ours and SDPA beside them
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
@@ -60,16 +66,23 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
     echo "SKIP: no GPU"
     exit 77
 fi
+if [ "${1:-}" = stash ]; then # the model's first part, kept for the next call on this machine
+    cp "$G/model.part0" /tmp/lacuna-model.part0 && echo "stashed model part 0"
+    exit $?
+fi
 [ -d "$G/lib" ] || tar xJf "$G/libs.tar.xz" -C "$G"
+[ -f "$G/bin.tar.xz" ] && tar xJf "$G/bin.tar.xz" -C "$G"
 CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.* /usr/local/cuda*/targets/*/lib/libcublasLt.so.* \
     2>/dev/null | head -1)")
 # Our binaries see the carried libraries; Python (torch) keeps its own.
 ours() { LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
 
-# The default model, once its three parts are here.
+# The default model, once its two parts are here.
 M=$G/model.gguf
-if [ ! -f "$M" ] && [ -f "$G/model.part0" ] && [ -f "$G/model.part1" ] && [ -f "$G/model.part2" ]; then
-    cat "$G"/model.part0 "$G"/model.part1 "$G"/model.part2 > "$M.tmp"
+p0=$G/model.part0
+[ -f "$p0" ] || p0=/tmp/lacuna-model.part0
+if [ ! -f "$M" ] && [ -f "$p0" ] && [ -f "$G/model.part1" ]; then
+    cat "$p0" "$G"/model.part1 > "$M.tmp"
     if [ "$(sha256sum "$M.tmp" | cut -d' ' -f1)" = "$(cat "$G/model.sha256")" ]; then
         mv "$M.tmp" "$M"
     else
@@ -124,6 +137,16 @@ for step in "$@"; do
             ours env FLEX_BENCH=1 timeout 600 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex-bench.log"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "flex bench" "$rc"
+        fi
+        ;;
+    anchor)
+        ours timeout 900 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor.log"
+        rc=${PIPESTATUS[0]}
+        [ "$rc" = 0 ] || fail "check_anchor_cuda" "$rc"
+        if [ "${ANCHOR_BENCH:-0}" = 1 ]; then
+            ours env ANCHOR_BENCH=1 timeout 600 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor-bench.log"
+            rc=${PIPESTATUS[0]}
+            [ "$rc" = 0 ] || fail "anchor bench" "$rc"
         fi
         ;;
     flexref)

@@ -224,3 +224,27 @@ int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, at
     if (computed) *computed = comp;
     return err;
 }
+
+static void mark(uint8_t *f, const attn_range_t *rg, int n) {
+    for (int i = 0; i < n; i++) memset(f + rg[i].lo, 1, (size_t)(rg[i].hi - rg[i].lo));
+}
+
+int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
+                      int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own) {
+    const int64_t N = q_pos0 + n_q;
+    if (n_q <= 0 || q_pos0 < 0 || !q || !keep || !own || h < 0 || h >= shape->n_heads) return LC_EINVAL;
+    int rc = attn_check_args(shape, kv, N);
+    if (rc) return rc;
+    const anchor_ctx_t c = anchor_ctx(shape, pol, q, n_q, q_pos0, kv);
+    if (g0 < 0 || g0 % c.L || g0 >= N || g0 + c.L <= q_pos0) return LC_EINVAL;
+    anchor_scratch_t x;
+    if (anchor_scratch(&c, ar, &x)) return LC_ENOMEM;
+    const int nb = anchor_pass(&c, h, g0, &x);
+    int n_own;
+    const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x, &n_own);
+    memset(keep, 0, (size_t)N);
+    memset(own, 0, (size_t)N);
+    mark(keep, x.sel, n_sel);
+    mark(own, x.own, n_own);
+    return 0;
+}
