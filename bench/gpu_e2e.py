@@ -93,14 +93,16 @@ def bench_lacunad(a, vocab):
             raise RuntimeError("lacunad did not come up")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
             name = json.loads(r.read())["data"][0]["id"]
-        res = {"ttft": {}, "decode": {}}
+        res = {"ttft": {}, "ttft_sparse": {}, "decode": {}}
         body = {"model": name, "max_tokens": 1, "temperature": 0, "stream": True}
         if a.sparse:
             body["sparse_attention"] = json.loads(a.sparse)
         post_stream(port, dict(body, prompt=prompt_ids(64, vocab, 99)))  # warm-up
         for n in a.prompts:  # a warm-up, then five prompts of each length, none cached: the median
-            times = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r)))[0] for r in range(6)]
-            res["ttft"][n] = sorted(times[1:])[2]
+            got = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r))) for r in range(6)]
+            res["ttft"][n] = sorted(g[0] for g in got[1:])[2]
+            if got[-1][3] and got[-1][3].get("sparse_attention"):  # the prefill's density (usage)
+                res["ttft_sparse"][n] = got[-1][3]["sparse_attention"]
         for s in a.streams:
             out = [None] * s
             def run(i):

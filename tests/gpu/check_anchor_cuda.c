@@ -581,15 +581,26 @@ static int bench(void) {
     return 0;
 }
 
+/* The benchmark as a test, so that a failing call reports its line. */
+START_TEST(test_bench) { ck_assert_int_eq(bench(), 0); }
+END_TEST
+
 int main(void) {
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
         printf("no CUDA device: skipped\n");
         return 77;
     }
-    if (getenv("ANCHOR_BENCH")) return bench();
     Suite *s = suite_create("anchor_cuda");
-    TCase *tc = tcase_create("small");
+    TCase *tc;
+    if (getenv("ANCHOR_BENCH")) {
+        tc = tcase_create("bench");
+        tcase_set_timeout(tc, 600);
+        tcase_add_test(tc, test_bench);
+        suite_add_tcase(s, tc);
+        goto run;
+    }
+    tc = tcase_create("small");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_small_dense);
@@ -602,6 +613,7 @@ int main(void) {
     tcase_add_test(tc, test_all_keys_dense);
     tcase_add_test(tc, test_alone_vs_batch);
     suite_add_tcase(s, tc);
+run:;
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     const int nf = srunner_ntests_failed(sr);
