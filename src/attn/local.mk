@@ -26,6 +26,7 @@ ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
+	tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c \
 	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
@@ -36,20 +37,22 @@ ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/deco
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.
 if HAVE_CHECK
+# What the suites share (the page table, benchmark timing, main's skip and run).
+GPU_FIXTURE = tests/gpu/gpu_testutil.h tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c
 noinst_PROGRAMS += tests/gpu/check_attn_cuda
-tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_attn_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_attn_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_quest_cuda
-tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_quest_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_quest_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_flex_cuda
-tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_tidal_cuda
-tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_tidal_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_tidal_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 endif
