@@ -1,5 +1,5 @@
-/* The GPU Check suites' shared fixture (gpu_fixture.h has the contracts):
- * code each suite once carried a copy of, moved here unchanged. */
+/* The GPU Check suites' shared fixture: page tables, benchmark inputs and
+ * timing, main's skip and run (gpu_fixture.h has the contracts). */
 #include "gpu_fixture.h"
 
 #include <stdlib.h>

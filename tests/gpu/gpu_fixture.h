@@ -3,8 +3,8 @@
  * the suites' main (skip without a device, run without fork).
  *
  * The random draws come from the calling suite's generator (gpu_testutil.h's
- * irand / frand, passed in): each suite keeps its own stream, exactly as when
- * every suite had its own copy of these helpers. */
+ * irand / frand, passed in): each suite keeps its own stream and seeds, so a
+ * case's inputs depend only on its suite. */
 #ifndef LC_GPU_FIXTURE_H
 #define LC_GPU_FIXTURE_H
 
