@@ -615,6 +615,7 @@ int main(void) {
     suite_add_tcase(s, tc);
 run:;
     SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context main made does not survive fork()
     srunner_run_all(sr, CK_NORMAL);
     const int nf = srunner_ntests_failed(sr);
     srunner_free(sr);
