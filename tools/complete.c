@@ -407,7 +407,8 @@ int cmd_complete(int argc, char **argv) {
     int64_t max_need;
     if ((rc = read_jobs(in, model_tok(m), &ct, a.max_tokens, &jobs, &n_jobs, &max_need))) goto out;
     /* A pool for the requests in flight plus a spare request's worth (prefix cache). */
-    if (a.cfg.block_size <= 0) a.cfg.block_size = 16;
+    /* Pages of 16 on the CPU; 64 where a GPU may run it (its kernels take 64 or 128). */
+    if (a.cfg.block_size <= 0) a.cfg.block_size = strcmp(a.cfg.device, "cpu") == 0 ? 16 : 64;
     a.cfg.kv_blocks = (int64_t)(a.conc + 1) * ((max_need + a.cfg.block_size - 1) / a.cfg.block_size + 2);
     sched_t *s = sched_create(m, &a.cfg, err, sizeof err);
     if (!s) {
