@@ -15,11 +15,11 @@ tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 
 # attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels,
 # Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda),
-# FlexPrefill's selection (flex.cu; tests/gpu/check_flex_cuda).
+# FlexPrefill's selection (flex.cu host, flex_kern.cu kernels; tests/gpu/check_flex_cuda).
 ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu \
-	src/attn/cuda/flex.cu
+	src/attn/cuda/flex.cu src/attn/cuda/flex_kern.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h \
-	src/attn/cuda/flex_cuda.h
+	src/attn/cuda/flex_cuda.h src/attn/cuda/flex.cuh
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
 ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
@@ -30,25 +30,29 @@ EXTRA_DIST += tests/gpu/check_anchor_cuda.c
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
+	tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c \
 	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
-ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o
+ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o \
+	src/attn/cuda/flex_kern.o
 
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.
 if HAVE_CHECK
+# What the suites share (the page table, benchmark timing, main's skip and run).
+GPU_FIXTURE = tests/gpu/gpu_testutil.h tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c
 noinst_PROGRAMS += tests/gpu/check_attn_cuda
-tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_attn_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_attn_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_quest_cuda
-tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_quest_cuda_SOURCES = tests/gpu/check_quest_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_quest_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_quest_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_flex_cuda
-tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_anchor_cuda
@@ -56,7 +60,7 @@ tests_gpu_check_anchor_cuda_SOURCES = tests/gpu/check_anchor_cuda.c tests/gpu/gp
 tests_gpu_check_anchor_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_anchor_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_tidal_cuda
-tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_tidal_cuda_SOURCES = tests/gpu/check_tidal_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_tidal_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_tidal_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 endif

@@ -32,6 +32,7 @@
 #include "attn/attn.h"
 #include "attn/cuda/attn_cuda.h"
 #include "common/status.h"
+#include "gpu_fixture.h"
 #include "gpu_testutil.h"
 
 
@@ -148,17 +149,7 @@ static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, co
                                 .scale = 1.0f / sqrtf((float)D)};
     b->rows = b->q_indptr[n];
     // pages: a random permutation of the pool
-    int32_t *perm = malloc(sizeof(int32_t) * pool);
-    for (int64_t i = 0; i < pool; i++) perm[i] = (int32_t)i;
-    for (int64_t i = pool - 1; i > 0; i--) {
-        int j = irand((int)i + 1);
-        int32_t x = perm[i];
-        perm[i] = perm[j];
-        perm[j] = x;
-    }
-    b->kv_indices = malloc(sizeof(int32_t) * (used ? used : 1));
-    memcpy(b->kv_indices, perm, sizeof(int32_t) * used);
-    free(perm);
+    b->kv_indices = gpu_page_table(pool, used, irand);
     const size_t page_elems = (size_t)KH * ps * D, pool_elems = page_elems * pool;
     b->kf = malloc(sizeof(float) * pool_elems);
     b->vf = malloc(sizeof(float) * pool_elems);
@@ -635,16 +626,6 @@ static Suite *attn_cuda_suite(void) {
 }
 
 int main(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-        printf("SKIP: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-        return 77;
-    }
-    SRunner *sr = srunner_create(attn_cuda_suite());
-    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context does not survive fork()
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    if (!gpu_have_device()) return 77;
+    return gpu_run_suite(attn_cuda_suite());
 }

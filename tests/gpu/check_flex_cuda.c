@@ -52,6 +52,7 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "common/status.h"
+#include "gpu_fixture.h"
 #include "gpu_testutil.h"
 
 #define MAXS 8
@@ -137,16 +138,7 @@ static void case_build(fcase_t *c, int H, int KH, int D, int ps, const fseq_t *s
                                 .page_size = ps,
                                 .n_pool_pages = pool,
                                 .scale = 1.0f / sqrtf((float)D)};
-    int32_t *perm = malloc(sizeof(int32_t) * pool);
-    for (int64_t i = 0; i < pool; i++) perm[i] = (int32_t)i;
-    for (int64_t i = pool - 1; i > 0; i--) {
-        int j = irand((int)i + 1), x = perm[i];
-        perm[i] = perm[j];
-        perm[j] = x;
-    }
-    c->kv_indices = malloc(sizeof(int32_t) * used);
-    memcpy(c->kv_indices, perm, sizeof(int32_t) * used);
-    free(perm);
+    c->kv_indices = gpu_page_table(pool, used, irand);
     const size_t pe = page_elems(c), pool_elems = pe * pool, rows = c->q_indptr[n], qn = rows * H * D;
     c->kf = malloc(sizeof(float) * pool_elems);
     c->kcpu = malloc(sizeof(float) * pool_elems);
@@ -899,27 +891,6 @@ START_TEST(test_mirror) {
 END_TEST
 
 /* ---- benchmark (FLEX_BENCH=1) --------------------------------------------------------- */
-static int cmp_float(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-static float median_ms(cudaEvent_t *ev, int n) {
-    float t[32];
-    for (int i = 0; i < n; i++) cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]);
-    qsort(t, (size_t)n, sizeof(float), cmp_float);
-    return t[n / 2];
-}
-
-#define BENCH_CHECK(x)                                                                                                 \
-    do {                                                                                                               \
-        int rc_ = (x);                                                                                                 \
-        if (rc_) {                                                                                                     \
-            printf("bench: %s failed: %d (%s)\n", #x, rc_, lc_strerror(rc_));                                          \
-            return 1;                                                                                                  \
-        }                                                                                                              \
-    } while (0)
-
 static int bench(void) {
     enum { H = 32, KH = 8, D = 128, PS = 64, ITERS = 10, NMAX = 131072 };
     const int ctxs[3] = {32768, 65536, 131072};
@@ -988,7 +959,7 @@ static int bench(void) {
                 cudaEventRecord(ev[2 * i + 1], NULL);
             }
             cudaDeviceSynchronize();
-            const float td = median_ms(ev, ITERS);
+            const float td = gpu_median_ms(ev, ITERS);
             float ts[2];
             for (int v = 0; v < 2; v++) { // tau 0: every head vertical-slash; tau 1: every head query-aware
                 uint8_t sel[1] = {1};
@@ -1005,7 +976,7 @@ static int bench(void) {
                     printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
                     return 1;
                 }
-                ts[v] = median_ms(ev, ITERS);
+                ts[v] = gpu_median_ms(ev, ITERS);
                 // block density of the masks, then the block-sparse prefill over them
                 const size_t mw = attn_cuda_flex_mask_words(nq, ctx, H);
                 cudaMemcpy(hmask, dmask, 4 * mw, cudaMemcpyDeviceToHost);
@@ -1033,7 +1004,7 @@ static int bench(void) {
                     printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
                     return 1;
                 }
-                const float tsp = median_ms(ev, ITERS);
+                const float tsp = gpu_median_ms(ev, ITERS);
                 printf("| %dK | %d | %.2f | %s | %.2f | %.1f%% | %.3f | %.2f | %.2f |\n", ctx / 1024, nq, td,
                        v == 0 ? "vertical-slash (tau 0)" : "query-aware (tau 1)", ts[v], 100.0 * ts[v] / td, on / all,
                        tsp, (ts[v] + tsp) / td);
@@ -1089,10 +1060,5 @@ int main(void) {
     }
     const char *b = getenv("FLEX_BENCH");
     if (b && atoi(b) == 1) return bench();
-    SRunner *sr = srunner_create(flex_suite());
-    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context does not survive fork()
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return gpu_run_suite(flex_suite());
 }

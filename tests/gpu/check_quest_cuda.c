@@ -38,6 +38,7 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/quest_cuda.h"
 #include "common/status.h"
+#include "gpu_fixture.h"
 #include "gpu_testutil.h"
 
 
@@ -92,16 +93,7 @@ static void case_build(qcase_t *c, int H, int KH, int D, int ps, const qseq_t *s
                                 .page_size = ps,
                                 .n_pool_pages = pool,
                                 .scale = 1.0f / sqrtf((float)D)};
-    int32_t *perm = malloc(sizeof(int32_t) * pool);
-    for (int64_t i = 0; i < pool; i++) perm[i] = (int32_t)i;
-    for (int64_t i = pool - 1; i > 0; i--) {
-        int j = irand((int)i + 1), x = perm[i];
-        perm[i] = perm[j];
-        perm[j] = x;
-    }
-    c->kv_indices = malloc(sizeof(int32_t) * (used ? used : 1));
-    memcpy(c->kv_indices, perm, sizeof(int32_t) * used);
-    free(perm);
+    c->kv_indices = gpu_page_table(pool, used, irand);
     const size_t pe = page_elems(c), pool_elems = pe * pool, qn = (size_t)n * H * D;
     c->kf = malloc(sizeof(float) * pool_elems);
     c->vf = malloc(sizeof(float) * pool_elems);
@@ -571,40 +563,6 @@ START_TEST(test_bad_input) {
 END_TEST
 
 /* ---- benchmark (QUEST_BENCH=1) ------------------------------------------------------ */
-static int cmp_float(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-static float median_ms(cudaEvent_t *ev, int n) {
-    float t[32];
-    for (int i = 0; i < n; i++) cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]);
-    qsort(t, (size_t)n, sizeof(float), cmp_float);
-    return t[n / 2];
-}
-
-#define BENCH_CHECK(x)                                                                                                 \
-    do {                                                                                                               \
-        int rc_ = (x);                                                                                                 \
-        if (rc_) {                                                                                                     \
-            printf("bench: %s failed: %d (%s)\n", #x, rc_, lc_strerror(rc_));                                          \
-            return 1;                                                                                                  \
-        }                                                                                                              \
-    } while (0)
-
-// Grows the benchmark's workspace to need bytes; 1 when out of memory.
-static int ensure_ws(void **ws, size_t *cap, size_t need) {
-    if (need <= *cap) return 0;
-    cudaFree(*ws);
-    *ws = NULL;
-    if (cudaMalloc(ws, need) != cudaSuccess) {
-        printf("bench: out of device memory\n");
-        return 1;
-    }
-    *cap = need;
-    return 0;
-}
-
 static int bench(void) {
     enum { H = 32, KH = 8, D = 128, PS = 64, BUDGET = 2048, ITERS = 20, MAXB = 64 };
     const int ctxs[2] = {32768, 131072}, batches[4] = {1, 8, 32, 64};
@@ -625,20 +583,8 @@ static int bench(void) {
         return 1;
     }
     // random bf16 in [-1, 1): one 64 MiB block from the host, replicated on the device
-    const size_t blk = 64u << 20;
-    uint16_t *h = malloc(blk);
     rng = 7;
-    for (size_t i = 0; i < blk / 2; i++) h[i] = f2bf(frand());
-    cudaMemcpy(dk, h, blk, cudaMemcpyHostToDevice);
-    cudaMemcpy(dv, (char *)h + 4096, blk - 4096, cudaMemcpyHostToDevice);
-    cudaMemcpy((char *)dv + blk - 4096, h, 4096, cudaMemcpyHostToDevice);
-    for (size_t o = blk; o < pool_bytes; o += blk) {
-        const size_t nb = pool_bytes - o < blk ? pool_bytes - o : blk;
-        cudaMemcpy((char *)dk + o, dk, nb, cudaMemcpyDeviceToDevice);
-        cudaMemcpy((char *)dv + o, dv, nb, cudaMemcpyDeviceToDevice);
-    }
-    cudaMemcpy(dq, h + 12345, (size_t)MAXB * H * D * 2, cudaMemcpyHostToDevice);
-    free(h);
+    gpu_bench_fill(dk, dv, pool_bytes, dq, (size_t)MAXB * H * D * 2, frand);
     int32_t *pages = malloc(sizeof(int32_t) * pages_max), *plen = malloc(sizeof(int32_t) * pages_max);
     for (int64_t i = 0; i < pages_max; i++) {
         pages[i] = (int32_t)i;
@@ -679,7 +625,7 @@ static int bench(void) {
             attn_cuda_batch_t b = {.n_seqs = nb, .kv_indptr = kvp, .kv_indices = pages, .kv_len = kl};
             size_t wd = 0;
             BENCH_CHECK(attn_cuda_plan(dp, &b, NULL, &wd));
-            if (ensure_ws(&dws, &ws_cap, wd)) return 1;
+            if (gpu_ensure_ws(&dws, &ws_cap, wd)) return 1;
             attn_cuda_args_t da = {
                 .q = dq, .out = dout, .lse = dlse, .k = dk, .v = dv, .workspace = dws, .workspace_bytes = wd};
             for (int i = 0; i < 3; i++) BENCH_CHECK(attn_cuda_run(dp, &da, NULL));
@@ -689,14 +635,14 @@ static int bench(void) {
                 cudaEventRecord(ev[2 * i + 1], NULL);
             }
             cudaDeviceSynchronize();
-            const float td = median_ms(ev, ITERS);
+            const float td = gpu_median_ms(ev, ITERS);
             // the budget, then 2 pages: scoring and selection with next to no attention
             float tq[2];
             for (int v = 0; v < 2; v++) {
                 for (int s = 0; s < nb; s++) bud[s] = v == 0 ? BUDGET / PS : 2;
                 size_t wq = 0;
                 BENCH_CHECK(attn_quest_plan(qp, &b, bud, NULL, &wq));
-                if (ensure_ws(&dws, &ws_cap, wq)) return 1;
+                if (gpu_ensure_ws(&dws, &ws_cap, wq)) return 1;
                 attn_quest_args_t qa = {.q = dq,
                                         .out = dout,
                                         .lse = dlse,
@@ -716,7 +662,7 @@ static int bench(void) {
                     printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
                     return 1;
                 }
-                tq[v] = median_ms(ev, ITERS);
+                tq[v] = gpu_median_ms(ev, ITERS);
             }
             const double kv_bytes = (double)nb * ctx * KH * D * 2 * 2;
             printf("| %dK | %d | %.3f | %.3f | %.1fx | %.3f | %.2f |\n", ctx / 1024, nb, td, tq[0], td / tq[0], tq[1],
@@ -757,18 +703,8 @@ static Suite *quest_suite(void) {
 }
 
 int main(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-        printf("SKIP: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-        return 77;
-    }
+    if (!gpu_have_device()) return 77;
     const char *b = getenv("QUEST_BENCH");
     if (b && atoi(b) == 1) return bench();
-    SRunner *sr = srunner_create(quest_suite());
-    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context does not survive fork()
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return gpu_run_suite(quest_suite());
 }

@@ -49,6 +49,7 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/tidal_cuda.h"
 #include "common/status.h"
+#include "gpu_fixture.h"
 #include "gpu_testutil.h"
 
 /* ---- a decode batch over one shuffled, poisoned pool, two layers ---------------------- */
@@ -111,16 +112,7 @@ static void case_build(tcase_t *c, int H, int KH, int D, int ps, const trow_t *r
                                 .page_size = ps,
                                 .n_pool_pages = pool,
                                 .scale = 1.0f / sqrtf((float)D)};
-    int32_t *perm = malloc(sizeof(int32_t) * pool);
-    for (int64_t i = 0; i < pool; i++) perm[i] = (int32_t)i;
-    for (int64_t i = pool - 1; i > 0; i--) {
-        int j = irand((int)i + 1), x = perm[i];
-        perm[i] = perm[j];
-        perm[j] = x;
-    }
-    c->kv_indices = malloc(sizeof(int32_t) * (used ? used : 1));
-    memcpy(c->kv_indices, perm, sizeof(int32_t) * used);
-    free(perm);
+    c->kv_indices = gpu_page_table(pool, used, irand);
     const size_t pool_elems = page_elems(c) * pool, qn = (size_t)n * H * D;
     for (int l = 0; l < 2; l++) {
         c->kf[l] = malloc(sizeof(float) * pool_elems);
@@ -667,40 +659,6 @@ START_TEST(test_bad_input) {
 END_TEST
 
 /* ---- benchmark (TIDAL_BENCH=1) ------------------------------------------------------------ */
-static int cmp_float(const void *a, const void *b) {
-    const float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? -1 : x > y;
-}
-
-static float median_ms(cudaEvent_t *ev, int n) {
-    float t[32];
-    for (int i = 0; i < n; i++) cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]);
-    qsort(t, (size_t)n, sizeof(float), cmp_float);
-    return t[n / 2];
-}
-
-#define BENCH_CHECK(x)                                                                                                 \
-    do {                                                                                                               \
-        int rc_ = (x);                                                                                                 \
-        if (rc_) {                                                                                                     \
-            printf("bench: %s failed: %d (%s)\n", #x, rc_, lc_strerror(rc_));                                          \
-            return 1;                                                                                                  \
-        }                                                                                                              \
-    } while (0)
-
-// Grows the benchmark's workspace to need bytes; 1 when out of memory.
-static int ensure_ws(void **ws, size_t *cap, size_t need) {
-    if (need <= *cap) return 0;
-    cudaFree(*ws);
-    *ws = NULL;
-    if (cudaMalloc(ws, need) != cudaSuccess) {
-        printf("bench: out of device memory\n");
-        return 1;
-    }
-    *cap = need;
-    return 0;
-}
-
 enum { B_ITERS = 20 };
 // Times ITERS calls of what (0 dense, 1 select, 2 attend) after three warm-ups; the median in ms, < 0 on error.
 static float time_calls(int what, attn_cuda_plan_t *dp, const attn_cuda_args_t *da, attn_tidal_plan_t *tp,
@@ -720,7 +678,7 @@ static float time_calls(int what, attn_cuda_plan_t *dp, const attn_cuda_args_t *
         printf("bench: device error %s\n", cudaGetErrorString(cudaGetLastError()));
         return -1.f;
     }
-    return median_ms(ev, B_ITERS);
+    return gpu_median_ms(ev, B_ITERS);
 }
 
 static int bench(void) {
@@ -743,20 +701,8 @@ static int bench(void) {
         return 1;
     }
     // random bf16 in [-1, 1): one 64 MiB block from the host, replicated on the device
-    const size_t blk = 64u << 20;
-    uint16_t *h = malloc(blk);
     rng = 7;
-    for (size_t i = 0; i < blk / 2; i++) h[i] = f2bf(frand());
-    cudaMemcpy(dk, h, blk, cudaMemcpyHostToDevice);
-    cudaMemcpy(dv, (char *)h + 4096, blk - 4096, cudaMemcpyHostToDevice);
-    cudaMemcpy((char *)dv + blk - 4096, h, 4096, cudaMemcpyHostToDevice);
-    for (size_t o = blk; o < pool_bytes; o += blk) {
-        const size_t nb = pool_bytes - o < blk ? pool_bytes - o : blk;
-        cudaMemcpy((char *)dk + o, dk, nb, cudaMemcpyDeviceToDevice);
-        cudaMemcpy((char *)dv + o, dv, nb, cudaMemcpyDeviceToDevice);
-    }
-    cudaMemcpy(dq, h + 12345, (size_t)MAXB * H * D * 2, cudaMemcpyHostToDevice);
-    free(h);
+    gpu_bench_fill(dk, dv, pool_bytes, dq, (size_t)MAXB * H * D * 2, frand);
     int32_t *pages = malloc(sizeof(int32_t) * pages_max);
     for (int64_t i = 0; i < pages_max; i++) pages[i] = (int32_t)i;
     const char *se = getenv("TIDAL_SPLIT");
@@ -789,7 +735,7 @@ static int bench(void) {
             size_t wd = 0, wt = 0;
             BENCH_CHECK(attn_cuda_plan(dp, &b, NULL, &wd));
             BENCH_CHECK(attn_tidal_plan(tp, &b, bud, NULL, &wt));
-            if (ensure_ws(&dws, &ws_cap, wd > wt ? wd : wt)) return 1;
+            if (gpu_ensure_ws(&dws, &ws_cap, wd > wt ? wd : wt)) return 1;
             // the dense pass writes the LSE the selection reads (dlse: kept apart from the timed runs')
             attn_cuda_args_t da = {
                 .q = dq, .out = dout, .lse = dlse, .k = dk, .v = dv, .workspace = dws, .workspace_bytes = wd};
@@ -839,18 +785,8 @@ static Suite *tidal_suite(void) {
 }
 
 int main(void) {
-    int n = 0;
-    cudaError_t e = cudaGetDeviceCount(&n);
-    if (e != cudaSuccess || n == 0) {
-        printf("SKIP: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
-        return 77;
-    }
+    if (!gpu_have_device()) return 77;
     const char *b = getenv("TIDAL_BENCH");
     if (b && atoi(b) == 1) return bench();
-    SRunner *sr = srunner_create(tidal_suite());
-    srunner_set_fork_status(sr, CK_NOFORK); // the CUDA context does not survive fork()
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return gpu_run_suite(tidal_suite());
 }

@@ -1,0 +1,44 @@
+// What FlexPrefill's host code (flex.cu) and its kernels (flex_kern.cu)
+// share: the block size, the parameter block of one sequence's launches and
+// the launchers.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+constexpr int kFlexBlock = 128; // block (and key tile, and most representative rows)
+
+// One sequence's launch: its scalars and the workspace views.
+struct FlexParams {
+    const __nv_bfloat16 *q, *k;
+    const int32_t *pages; // the sequence's page table
+    uint32_t *mask;       // at the sequence's mask_off
+    int H, KH, G, D, ps;
+    int N, n_q, q_pos0, qrow0, R, P0; // P0 = N - R: position of representative row 0
+    int qb0, n_kb, n_qb, words;
+    float scale, gamma, tau;
+    int lo, hi; // vertical-slash budget clamp (hi 0: none)
+    // workspace (per head strides in elements)
+    float *qs;            // (H, D, 128) representative rows, scaled, transposed; rows >= R zero
+    float *pm, *pl;       // (H, n_kb_max, 128) tile row max / sum
+    float *mrow, *lrow;   // (H, 128)
+    float *vert, *slash;  // (H, Nmax)
+    float *part;          // (H, n_kb_max, 256) slash partials
+    float *kpool;         // (KH, n_kb_max, D)
+    double *ahat, *atrue; // (H, n_kb_max)
+    float *qpool;         // (H, n_qb_max, D)
+    float *cells;         // (H, n_qb_max * n_kb_max): (n_qb, n_kb) dense per head
+    int32_t *cnt;         // (H, Nmax + 1) selected diagonals before each offset
+    int32_t *colsel;      // (H, n_kb_max)
+    int32_t *branch;      // (H) 1 query-aware, 0 vertical-slash
+    uint32_t *thr;        // (H, 4) order keys: query-aware, vertical, slash thresholds
+    size_t sN, sKB, sCells, sQpool;
+};
+
+// Launchers (flex_kern.cu), on stream; 0 or LC_EDEVICE.
+int attn_flex_kern_init(void); // the score kernel's shared memory limit, before the first select
+// a small sequence's mask (every causal bit): grid (n_qb, H)
+int attn_flex_small_launch(const FlexParams &p, cudaStream_t st);
+// the whole selection of one sequence, its kernels in flex_kern.cu's order
+int attn_flex_select_launch(const FlexParams &p, cudaStream_t st);

@@ -1,0 +1,599 @@
+// FlexPrefill's selection on the GPU, the kernels (flex.cu has the host side,
+// flex_cuda.h the contract; the CPU reference is src/attn/cpu/flex.c, whose
+// arithmetic the kernels follow where it is cheap to: f32 scores, double
+// block estimates and divergence).
+//
+// Each kernel below is launched per selecting sequence with the sequence's
+// scalars in FlexParams (flex.cuh). Kernels of one sequence, in stream order:
+//   rep_prep   the R representative rows, scaled, transposed   grid (128, H)
+//   score<0>   per 128-key tile: row max and sum of exp          grid (n_kb, H)
+//   merge_ml   per row: global max and sum, tiles in order        grid H
+//   score<1>   per tile: probabilities; vertical mass per key,
+//              slash partials per (tile, diagonal)               grid (n_kb, H)
+//   slash      per diagonal offset: its (at most two) partials   grid (N/256, H)
+//   kpool      mean key of each block per kv head                grid (n_kb, KH)
+//   diverge    JS distance, the head's pattern                   grid H
+//   qpool      query-aware heads: mean query per query block     grid (n_qb, H)
+//   cells      query-aware heads: block softmax per query block  grid (n_qb, H)
+//   select     thresholds by radix select; slash prefix counts   grid H
+//   colsel     vertical-slash heads: blocks with a kept column    grid (n_kb, H)
+//   mask       bits, one warp ballot per word                    grid (n_qb, H)
+#include <cuda_bf16.h>
+#include <math.h>
+
+#include "attn/cuda/flex.cuh"
+#include "ops/cuda/cuda_check.cuh"
+
+namespace {
+
+constexpr int kB = kFlexBlock;
+constexpr int kP = kB + 1; // pitch of the shared tiles (conflict-free columns)
+constexpr int kSelThreads = 1024;
+constexpr int kScoreThreads = 256;
+// score_kernel: the staged bf16 rows and keys (head_dim <= 128, pitch + 8), then S in their place
+constexpr size_t kScoreSmem = 2 * kB * (128 + 8) * 2 > sizeof(float) * kB *kP ? 2 * kB *(128 + 8) * 2
+                                                                              : sizeof(float) * kB *kP;
+constexpr double kFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
+
+// Order-preserving key of a float (larger value, larger key; -0 as +0).
+__device__ __forceinline__ uint32_t okey(float f) {
+    const uint32_t u = __float_as_uint(f == 0.f ? 0.f : f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ unsigned long long tofx(float v) {
+    return v > 0.f ? __double2ull_rn((double)v * kFx) : 0ull;
+}
+
+// bf16 key of position j, dim e, kv head kh (j < N: the caller's guarantee).
+__device__ __forceinline__ float key_at(const FlexParams &p, int kh, int j, int e) {
+    const int32_t page = p.pages[j / p.ps];
+    return __bfloat162float(p.k[(((size_t)page * p.KH + kh) * p.ps + j % p.ps) * p.D + e]);
+}
+
+/* ---- step 1: the representative rows' attention ---------------------------------------- */
+
+// grid (128, H), block D: qs[h][e][r] = q * scale (the CPU's float product).
+__global__ void rep_prep_kernel(const FlexParams p) {
+    const int r = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
+    float v = 0.f;
+    if (r < p.R) {
+        const size_t row = (size_t)p.qrow0 + p.n_q - p.R + r;
+        v = __fmul_rn(__bfloat162float(p.q[(row * p.H + h) * p.D + e]), p.scale);
+    }
+    p.qs[((size_t)h * p.D + e) * kB + r] = v;
+}
+
+// bf16 tensor-core product, D (16x8 f32) += A (16x16, row) B (16x8, col).
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// grid (n_kb, H), block 256. Scores of the R rows against keys j0 .. j0+127
+// into shared S (masked: -inf): the bf16 rows and keys staged in shared
+// memory (pitch D + 8: conflict-free fragment loads), q.k on tensor cores
+// (exact bf16 products, f32 sums), times the scale; warp w owns rows
+// 16w .. 16w+15 against all 128 keys. S then takes the staging's place.
+// MODE 0: per row the tile's max and sum of exp.
+// MODE 1: probabilities exp(s - m) / (l R); column sums (vertical mass, rows
+// in order) and per diagonal dd (offset P0 - j0 - 127 + dd) the sum over its
+// rows in order (slash partials).
+template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kernel(const FlexParams p) {
+    extern __shared__ float sm[];
+    float *S = sm; // after the products (over the staged rows and keys)
+    __nv_bfloat16 *Qb = reinterpret_cast<__nv_bfloat16 *>(sm);
+    const int pitch = p.D + 8;
+    __nv_bfloat16 *Kb = Qb + kB * pitch;
+    __shared__ float s_m[kB], s_w[kB];
+    const int t = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
+    const int j0 = t * kB;
+    if (MODE == 1 && tid < kB) {
+        const int r = tid < p.R ? tid : 0;
+        s_m[tid] = p.mrow[(size_t)h * kB + r];
+        s_w[tid] = 1.0f / __fmul_rn(p.lrow[(size_t)h * kB + r], (float)p.R);
+    }
+    // stage: 16-byte pieces of the representative rows (zero past R) and of
+    // the keys (zero past N: a page's unused slots are never read)
+    const int per_row = p.D / 8;
+    for (int i = tid; i < kB * per_row; i += kScoreThreads) {
+        const int r = i / per_row, c = i % per_row;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < p.R) {
+            const size_t row = (size_t)p.qrow0 + p.n_q - p.R + r;
+            v = *reinterpret_cast<const uint4 *>(p.q + (row * p.H + h) * p.D + 8 * c);
+        }
+        *reinterpret_cast<uint4 *>(Qb + r * pitch + 8 * c) = v;
+    }
+    for (int i = tid; i < kB * per_row; i += kScoreThreads) {
+        const int r = i / per_row, c = i % per_row, j = j0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (j < p.N) {
+            const int32_t page = p.pages[j / p.ps];
+            v = *reinterpret_cast<const uint4 *>(p.k + (((size_t)page * p.KH + kh) * p.ps + j % p.ps) * p.D + 8 * c);
+        }
+        *reinterpret_cast<uint4 *>(Kb + r * pitch + 8 * c) = v;
+    }
+    __syncthreads();
+    const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    float acc[kB / 8][4];
+#pragma unroll
+    for (int n = 0; n < kB / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+    const __nv_bfloat16 *qa = Qb + (16 * warp + g) * pitch + 2 * tq, *qb = qa + 8 * pitch;
+    for (int kk = 0; kk < p.D; kk += 16) {
+        const uint32_t a0 = *reinterpret_cast<const uint32_t *>(qa + kk);
+        const uint32_t a1 = *reinterpret_cast<const uint32_t *>(qb + kk);
+        const uint32_t a2 = *reinterpret_cast<const uint32_t *>(qa + kk + 8);
+        const uint32_t a3 = *reinterpret_cast<const uint32_t *>(qb + kk + 8);
+#pragma unroll
+        for (int n = 0; n < kB / 8; n++) {
+            const __nv_bfloat16 *kr = Kb + (8 * n + g) * pitch + kk + 2 * tq;
+            mma_16816(acc[n], a0, a1, a2, a3, *reinterpret_cast<const uint32_t *>(kr),
+                      *reinterpret_cast<const uint32_t *>(kr + 8));
+        }
+    }
+    __syncthreads(); // the staging is read: S takes its place
+#pragma unroll
+    for (int n = 0; n < kB / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = 16 * warp + g + 8 * (e >> 1), c = 8 * n + 2 * tq + (e & 1), j = j0 + c;
+            const bool ok = r < p.R && j < p.N && j <= p.P0 + r; // causal
+            S[r * kP + c] = ok ? acc[n][e] * p.scale : -INFINITY;
+        }
+    __syncthreads();
+    if (MODE == 0) {
+        if (tid < p.R) {
+            const float *row = S + tid * kP;
+            float mx = -INFINITY, sum = 0.f;
+            for (int c = 0; c < kB; c++) mx = fmaxf(mx, row[c]);
+            if (mx > -INFINITY)
+                for (int c = 0; c < kB; c++) sum += expf(row[c] - mx);
+            p.pm[((size_t)h * p.n_kb + t) * kB + tid] = mx;
+            p.pl[((size_t)h * p.n_kb + t) * kB + tid] = sum;
+        }
+        return;
+    }
+    if (tid < kB) { // probabilities in place (rows >= R and masked entries: 0)
+        float *row = S + tid * kP;
+        for (int c = 0; c < kB; c++) row[c] = row[c] > -INFINITY ? __fmul_rn(expf(row[c] - s_m[tid]), s_w[tid]) : 0.f;
+    }
+    __syncthreads();
+    if (tid < kB && j0 + tid < p.N) {
+        float v = 0.f;
+        for (int r = 0; r < p.R; r++) v += S[r * kP + tid];
+        p.vert[(size_t)h * p.sN + j0 + tid] = v;
+    }
+    if (tid < 2 * kB - 1) { // diagonal dd: key c = r + 127 - dd of row r
+        const int dd = tid, r0 = dd - (kB - 1) > 0 ? dd - (kB - 1) : 0, r1 = dd < p.R - 1 ? dd : p.R - 1;
+        float v = 0.f;
+        for (int r = r0; r <= r1; r++) v += S[r * kP + r + kB - 1 - dd];
+        p.part[((size_t)h * p.n_kb + t) * 256 + dd] = v;
+    }
+}
+
+// grid H, block 128: row r's max and sum over the tiles, in tile order.
+__global__ void merge_ml_kernel(const FlexParams p) {
+    const int h = blockIdx.x, r = threadIdx.x;
+    if (r >= p.R) return;
+    float m = -INFINITY, l = 0.f;
+    for (int t = 0; t < p.n_kb; t++) m = fmaxf(m, p.pm[((size_t)h * p.n_kb + t) * kB + r]);
+    for (int t = 0; t < p.n_kb; t++) {
+        const float mt = p.pm[((size_t)h * p.n_kb + t) * kB + r];
+        if (mt > -INFINITY) l += p.pl[((size_t)h * p.n_kb + t) * kB + r] * expf(mt - m);
+    }
+    p.mrow[(size_t)h * kB + r] = m;
+    p.lrow[(size_t)h * kB + r] = l;
+}
+
+// grid (ceil(N / 256), H), block 256: slash[o] from the tiles its keys
+// j = P0 + r - o (r < R <= 128) fall in: at most two, lower tile first.
+__global__ void slash_kernel(const FlexParams p) {
+    const int h = blockIdx.y, o = blockIdx.x * 256 + threadIdx.x;
+    if (o >= p.N) return;
+    const int jlo = p.P0 - o > 0 ? p.P0 - o : 0, jhi = p.P0 + p.R - 1 - o < p.N - 1 ? p.P0 + p.R - 1 - o : p.N - 1;
+    const int ta = jlo / kB, tb = jhi / kB;
+    const float *ph = p.part + (size_t)h * p.n_kb * 256;
+    float v = ph[(size_t)ta * 256 + (o - p.P0 + ta * kB + kB - 1)];
+    if (tb != ta) v += ph[(size_t)tb * 256 + (o - p.P0 + tb * kB + kB - 1)];
+    p.slash[(size_t)h * p.sN + o] = v;
+}
+
+/* ---- step 2: block summaries and the divergence ---------------------------------------- */
+
+// grid (n_kb, KH), block D: the block's keys summed in position order, then
+// divided by their count (flex_key_sums + flex_divergence's division).
+__global__ void kpool_kernel(const FlexParams p) {
+    const int kb = blockIdx.x, kh = blockIdx.y, e = threadIdx.x;
+    const int j0 = kb * kB, j1 = j0 + kB < p.N ? j0 + kB : p.N;
+    float s = 0.f;
+    for (int j = j0; j < j1; j++) s = __fadd_rn(s, key_at(p, kh, j, e));
+    p.kpool[((size_t)kh * p.sKB + kb) * p.D + e] = __fdiv_rn(s, (float)(j1 - j0));
+}
+
+// Block-wide reduction of one value per thread (blockDim.x a multiple of 32,
+// at most 1024), fixed order: deterministic. red: 32 doubles of shared memory.
+template <bool MAX> __device__ double block_reduce(double v, double *red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const double o = __shfl_xor_sync(0xffffffffu, v, off);
+        v = MAX ? fmax(v, o) : __dadd_rn(v, o);
+    }
+    __syncthreads(); // red free from a previous call
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    double r = red[0];
+    for (int w = 1; w < nw; w++) r = MAX ? fmax(r, red[w]) : __dadd_rn(r, red[w]);
+    return r;
+}
+
+// grid H, block 256: ahat = softmax over blocks of mean(rep q) . block mean
+// key (double), atrue = vertical mass per block; JS distance against tau.
+__global__ void diverge_kernel(const FlexParams p) {
+    __shared__ double s_qm[128], red[32];
+    const int h = blockIdx.x, kh = h / p.G, tid = threadIdx.x;
+    if (tid < p.D) {
+        double a = 0;
+        const float *src = p.qs + ((size_t)h * p.D + tid) * kB;
+        for (int r = 0; r < p.R; r++) a = __dadd_rn(a, (double)src[r]);
+        s_qm[tid] = __ddiv_rn(a, (double)p.R);
+    }
+    __syncthreads();
+    double *ahat = p.ahat + (size_t)h * p.sKB, *atrue = p.atrue + (size_t)h * p.sKB;
+    double mx = -INFINITY;
+    for (int kb = tid; kb < p.n_kb; kb += blockDim.x) {
+        const float *kp = p.kpool + ((size_t)kh * p.sKB + kb) * p.D;
+        double s = 0;
+        for (int e = 0; e < p.D; e++) s = __dadd_rn(s, __dmul_rn(s_qm[e], (double)kp[e]));
+        ahat[kb] = s;
+        mx = fmax(mx, s);
+        const int j0 = kb * kB, j1 = j0 + kB < p.N ? j0 + kB : p.N;
+        double at = 0;
+        for (int j = j0; j < j1; j++) at = __dadd_rn(at, (double)p.vert[(size_t)h * p.sN + j]);
+        atrue[kb] = at;
+    }
+    mx = block_reduce<true>(mx, red);
+    double sum = 0;
+    for (int kb = tid; kb < p.n_kb; kb += blockDim.x) sum = __dadd_rn(sum, ahat[kb] = exp(ahat[kb] - mx));
+    sum = block_reduce<false>(sum, red);
+    double js = 0;
+    for (int kb = tid; kb < p.n_kb; kb += blockDim.x) {
+        const double a = ahat[kb] / sum, b = atrue[kb], m = 0.5 * (a + b);
+        if (a > 0) js += 0.5 * a * log(a / m);
+        if (b > 0) js += 0.5 * b * log(b / m);
+    }
+    js = block_reduce<false>(js, red);
+    if (tid == 0) p.branch[h] = sqrt(js > 0 ? js : 0) < (double)p.tau ? 1 : 0;
+}
+
+/* ---- step 3a: query-aware cells --------------------------------------------------------- */
+
+// grid (n_qb, H), block D: attn__flex_pool_query of query block i.
+__global__ void qpool_kernel(const FlexParams p) {
+    const int i = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
+    if (p.branch[h] != 1) return;
+    const int qb = p.qb0 + i;
+    const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0, p1 = (qb + 1) * kB < p.N ? (qb + 1) * kB : p.N;
+    double a = 0;
+    for (int pos = p0; pos < p1; pos++)
+        a = __dadd_rn(a, (double)__bfloat162float(p.q[((size_t)(p.qrow0 + pos - p.q_pos0) * p.H + h) * p.D + e]));
+    p.qpool[(size_t)h * p.sQpool + (size_t)i * p.D + e] = (float)__dmul_rn(__ddiv_rn(a, (double)(p1 - p0)), p.scale);
+}
+
+// grid (n_qb, H), block 256: row i of the cells, cells (kb <= qb) = softmax
+// over kb of pooled q . pooled k, / n_qb (flex_query_aware's arithmetic);
+// kb > qb: 0.
+__global__ void cells_kernel(const FlexParams p) {
+    __shared__ float s_qp[128];
+    __shared__ double red[32];
+    const int i = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x, qb = p.qb0 + i;
+    if (p.branch[h] != 1) return;
+    if (tid < p.D) s_qp[tid] = p.qpool[(size_t)h * p.sQpool + (size_t)i * p.D + tid];
+    __syncthreads();
+    float *row = p.cells + (size_t)h * p.sCells + (size_t)i * p.n_kb;
+    double rm = -INFINITY;
+    for (int kb = tid; kb < p.n_kb; kb += blockDim.x) {
+        if (kb > qb) {
+            row[kb] = 0.f;
+            continue;
+        }
+        const float *kp = p.kpool + ((size_t)kh * p.sKB + kb) * p.D;
+        double s = 0;
+        for (int e = 0; e < p.D; e++) s = __dadd_rn(s, (double)__fmul_rn(s_qp[e], kp[e]));
+        row[kb] = (float)s;
+        rm = fmax(rm, s);
+    }
+    rm = block_reduce<true>(rm, red);
+    double rs = 0;
+    for (int kb = tid; kb <= qb && kb < p.n_kb; kb += blockDim.x) {
+        const float v = (float)exp((double)row[kb] - rm);
+        row[kb] = v;
+        rs = __dadd_rn(rs, (double)v);
+    }
+    rs = block_reduce<false>(rs, red);
+    for (int kb = tid; kb <= qb && kb < p.n_kb; kb += blockDim.x) row[kb] = (float)((double)row[kb] / rs / p.n_qb);
+}
+
+/* ---- step 3: thresholds by radix select ------------------------------------------------- */
+
+struct Hist {
+    unsigned cnt[256];
+    unsigned long long mass[256];
+    int bin;
+    unsigned rem_k, bin_cnt, above_cnt;
+    unsigned long long above_mass, total;
+};
+
+// One radix level over x[0..n): counts (and masses) per byte at shift of the
+// keys whose higher bytes equal prefix. Warp-aggregated: one shared atomic
+// per distinct bin and warp; the integer sums make the order irrelevant.
+__device__ void hist_level(const float *x, int64_t n, uint32_t prefix, uint32_t mask, int shift, bool want_mass,
+                           Hist &hs) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    for (int b = tid; b < 256; b += blockDim.x) hs.cnt[b] = 0, hs.mass[b] = 0;
+    __syncthreads();
+    for (int64_t base = 0; base < n; base += blockDim.x) {
+        const int64_t i = base + tid;
+        const float v = i < n ? x[i] : 0.f;
+        const uint32_t u = okey(v);
+        const bool in = i < n && (u & mask) == prefix;
+        const int bin = in ? (int)((u >> shift) & 255u) : 256;
+        const unsigned long long fx = in && want_mass ? tofx(v) : 0ull;
+        unsigned pending = __ballot_sync(0xffffffffu, in);
+        while (pending) {
+            const int lb = __shfl_sync(0xffffffffu, bin, __ffs(pending) - 1);
+            const unsigned same = __ballot_sync(0xffffffffu, bin == lb);
+            unsigned long long m = bin == lb ? fx : 0ull;
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) m += __shfl_xor_sync(0xffffffffu, m, off);
+            if (lane == __ffs(same) - 1) {
+                atomicAdd(&hs.cnt[lb], (unsigned)__popc(same));
+                if (want_mass) atomicAdd(&hs.mass[lb], m);
+            }
+            pending &= ~same;
+        }
+    }
+    __syncthreads();
+}
+
+// Warp 0: from the top bin down, the first bin where the running sums reach
+// the goal (BY_MASS: mass >= target with at least one key; else count >= k).
+// Writes hs.bin (-1: none), the count and mass strictly above it, its count,
+// and the rank left inside it (count mode).
+template <bool BY_MASS> __device__ void find_bin(Hist &hs, unsigned long long target, unsigned k) {
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    unsigned c[8], sc = 0;
+    unsigned long long m[8], smass = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        c[i] = hs.cnt[255 - 8 * lane - i];
+        m[i] = hs.mass[255 - 8 * lane - i];
+        sc += c[i];
+        smass += m[i];
+    }
+    unsigned ic = sc;
+    unsigned long long im = smass;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const unsigned vc = __shfl_up_sync(0xffffffffu, ic, off);
+        const unsigned long long vm = __shfl_up_sync(0xffffffffu, im, off);
+        if (lane >= off) ic += vc, im += vm;
+    }
+    const bool ok = BY_MASS ? (im >= target && ic >= 1) : ic >= k;
+    const unsigned hit = __ballot_sync(0xffffffffu, ok);
+    if (lane == 0) hs.bin = -1;
+    __syncwarp();
+    if (hit && lane == __ffs(hit) - 1) {
+        unsigned rc = ic - sc;
+        unsigned long long rm = im - smass;
+        for (int i = 0; i < 8; i++) {
+            const bool here = BY_MASS ? (rm + m[i] >= target && rc + c[i] >= 1) : rc + c[i] >= k;
+            if (here) {
+                hs.bin = 255 - 8 * lane - i;
+                hs.above_cnt = rc;
+                hs.above_mass = rm;
+                hs.bin_cnt = c[i];
+                hs.rem_k = k - rc;
+                break;
+            }
+            rc += c[i];
+            rm += m[i];
+        }
+    }
+}
+
+// The k-th largest key of x[0..n) (1 <= k <= n).
+__device__ uint32_t select_count(const float *x, int64_t n, unsigned k, Hist &hs) {
+    uint32_t prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        hist_level(x, n, prefix, mask, shift, false, hs);
+        find_bin<false>(hs, 0, k);
+        __syncthreads();
+        if (hs.bin < 0) return 0; // unreachable: the candidates hold k keys
+        prefix |= (uint32_t)hs.bin << shift;
+        mask |= 255u << shift;
+        k = hs.rem_k;
+        __syncthreads(); // hs read by all before the next level rewrites it
+    }
+    return prefix;
+}
+
+// The key T of the value at which x's values in descending order first reach
+// mass gamma (rel: gamma times their total, else gamma itself), all ties at T
+// in; *count = keys >= T. gamma >= 1 or a total short of the goal: T = 0,
+// every key (the CPU takes them all).
+__device__ uint32_t select_mass(const float *x, int64_t n, float gamma, bool rel, int64_t *count, Hist &hs) {
+    uint32_t prefix = 0, mask = 0;
+    unsigned long long target = 0, above_mass = 0;
+    int64_t above_cnt = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        hist_level(x, n, prefix, mask, shift, true, hs);
+        if (shift == 24) {
+            if (threadIdx.x < 32) { // the total mass, for the goal
+                unsigned long long s = 0;
+                for (int b = threadIdx.x; b < 256; b += 32) s += hs.mass[b];
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+                if (threadIdx.x == 0) hs.total = s;
+            }
+            __syncthreads();
+            const unsigned long long total = hs.total;
+            target = rel ? (unsigned long long)((double)gamma * (double)total) : tofx(gamma);
+            if (gamma >= 1.0f || total < target) {
+                __syncthreads();
+                *count = n;
+                return 0;
+            }
+        }
+        find_bin<true>(hs, target - above_mass, 0);
+        __syncthreads();
+        if (hs.bin < 0) { // unreachable: the candidates hold the rest of the goal
+            __syncthreads();
+            *count = n;
+            return 0;
+        }
+        prefix |= (uint32_t)hs.bin << shift;
+        mask |= 255u << shift;
+        above_mass += hs.above_mass;
+        above_cnt += hs.above_cnt;
+        if (shift == 0) above_cnt += hs.bin_cnt;
+        __syncthreads();
+    }
+    *count = above_cnt;
+    return prefix;
+}
+
+// grid H, block kSelThreads: the head's thresholds; vertical-slash heads also
+// count the kept diagonals before each offset (cnt[o] for o = 0..N).
+__global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p) {
+    __shared__ Hist hs;
+    __shared__ int w_sum[kSelThreads / 32];
+    const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    int64_t count;
+    if (p.branch[h] == 1) {
+        const uint32_t T =
+            select_mass(p.cells + (size_t)h * p.sCells, (int64_t)p.n_qb * p.n_kb, p.gamma, false, &count, hs);
+        if (tid == 0) p.thr[4 * h] = T;
+        return;
+    }
+    uint32_t T[2];
+    for (int w = 0; w < 2; w++) { // take_mass of flex_vertical_slash, for the columns then the diagonals
+        const float *x = (w == 0 ? p.vert : p.slash) + (size_t)h * p.sN;
+        T[w] = select_mass(x, p.N, p.gamma, true, &count, hs);
+        int64_t k = count;
+        if (k < p.lo) k = p.lo;
+        if (p.hi > 0 && k > p.hi) k = p.hi;
+        if (k > p.N) k = p.N;
+        if (k != count) T[w] = k > 0 ? select_count(x, p.N, (unsigned)k, hs) : 0xffffffffu;
+        if (tid == 0) p.thr[4 * h + 1 + w] = T[w];
+    }
+    const float *sl = p.slash + (size_t)h * p.sN;
+    int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
+    if (tid == 0) cnt[0] = 0;
+    int carry = 0;
+    for (int base = 0; base < p.N; base += kSelThreads) {
+        const int o = base + tid;
+        const bool f = o < p.N && okey(sl[o]) >= T[1];
+        const unsigned b = __ballot_sync(0xffffffffu, f);
+        if (lane == 0) w_sum[warp] = __popc(b);
+        __syncthreads();
+        int before = carry + __popc(b & ((1u << lane) - 1u)), total = 0;
+        for (int w = 0; w < kSelThreads / 32; w++) {
+            if (w < warp) before += w_sum[w];
+            total += w_sum[w];
+        }
+        if (o < p.N) cnt[o + 1] = before + (f ? 1 : 0);
+        carry += total;
+        __syncthreads(); // w_sum read by all before the next chunk
+    }
+}
+
+// grid (n_kb, H), block 128: vertical-slash heads, whether block kb holds a
+// kept column.
+__global__ void colsel_kernel(const FlexParams p) {
+    const int kb = blockIdx.x, h = blockIdx.y, j = kb * kB + threadIdx.x;
+    if (p.branch[h] != 0) return;
+    const bool f = j < p.N && okey(p.vert[(size_t)h * p.sN + j]) >= p.thr[4 * h + 1];
+    const int any = __syncthreads_or(f);
+    if (threadIdx.x == 0) p.colsel[(size_t)h * p.sKB + kb] = any;
+}
+
+/* ---- step 4: the bits --------------------------------------------------------------------- */
+
+// grid (n_qb, H), block 128: one word per warp and pass. small: every causal
+// bit. Else sink and diagonal, plus query-aware cells >= T, or vertical-slash
+// blocks with a kept column or a kept diagonal o in [p0 - kb*B - (B-1),
+// p1 - kb*B] (the rows p0..p1 of the query block reach key block kb along o).
+template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
+    const int i = blockIdx.x, h = blockIdx.y, qb = p.qb0 + i, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int br = 0;
+    uint32_t T = 0;
+    if (!SMALL) {
+        br = p.branch[h];
+        T = br == 1 ? p.thr[4 * h] : 0;
+    }
+    const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0,
+              p1 = (qb + 1) * kB - 1 < p.N - 1 ? (qb + 1) * kB - 1 : p.N - 1;
+    const float *row = p.cells + (size_t)h * p.sCells + (size_t)i * p.n_kb;
+    const int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
+    uint32_t *out = p.mask + ((size_t)h * p.n_qb + i) * p.words;
+    for (int w = warp; w < p.words; w += blockDim.x / 32) {
+        const int kb = w * 32 + lane;
+        bool bit = kb <= qb;
+        if (!SMALL && bit && kb != 0 && kb != qb) {
+            if (br == 1) {
+                bit = okey(row[kb]) >= T;
+            } else {
+                bit = p.colsel[(size_t)h * p.sKB + kb] != 0;
+                if (!bit) {
+                    const int lo = p0 - kb * kB - (kB - 1) > 0 ? p0 - kb * kB - (kB - 1) : 0;
+                    const int hi = p1 - kb * kB < p.N - 1 ? p1 - kb * kB : p.N - 1;
+                    bit = cnt[hi + 1] - cnt[lo] > 0;
+                }
+            }
+        }
+        const unsigned word = __ballot_sync(0xffffffffu, bit);
+        if (lane == 0) out[w] = word;
+    }
+}
+
+} // namespace
+
+/* ---- launchers ------------------------------------------------------------------------ */
+
+int attn_flex_kern_init(void) {
+    if (cudaFuncSetAttribute(score_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kScoreSmem) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kScoreSmem) !=
+            cudaSuccess)
+        return LC_EDEVICE;
+    return 0;
+}
+
+int attn_flex_small_launch(const FlexParams &p, cudaStream_t st) {
+    mask_kernel<true><<<dim3(p.n_qb, p.H), 128, 0, st>>>(p);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int attn_flex_select_launch(const FlexParams &p, cudaStream_t st) {
+    const int H = p.H, KH = p.KH, D = p.D;
+    rep_prep_kernel<<<dim3(kB, H), D, 0, st>>>(p);
+    score_kernel<0><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
+    merge_ml_kernel<<<H, kB, 0, st>>>(p);
+    score_kernel<1><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
+    slash_kernel<<<dim3((p.N + 255) / 256, H), 256, 0, st>>>(p);
+    kpool_kernel<<<dim3(p.n_kb, KH), D, 0, st>>>(p);
+    diverge_kernel<<<H, 256, 0, st>>>(p);
+    qpool_kernel<<<dim3(p.n_qb, H), D, 0, st>>>(p);
+    cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
+    select_kernel<<<H, kSelThreads, 0, st>>>(p);
+    colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
+    mask_kernel<false><<<dim3(p.n_qb, H), 128, 0, st>>>(p);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
