@@ -51,8 +51,8 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
 // anchor pass (o1 bf16, lse1), the stripes (o2, lse2) and, for rows from
 // own_r0 on, the own keys (o3, lse3 indexed from own_r0); all seq-local rows.
 int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
-                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out,
-                     float *lse, cudaStream_t st);
+                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     cudaStream_t st);
 // The pairs the sequence attended (all heads) into *pairs (written).
 int anc_pairs_launch(const AncSeq &sq, int H, const AncWork &w, unsigned long long *pairs, cudaStream_t st);
 // pairs[bidx[i]] += seq_pairs[i] for i < n.

@@ -42,7 +42,8 @@ __global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
 // order: the CPU's f32 sum) and mean anchor (double, as the CPU).
 template <int D> __global__ void pool_kernel(AncSeq sq, int H, float scale, AncWork w) {
     const int h = blockIdx.y, bi = blockIdx.x, e = threadIdx.x;
-    const int b0 = (sq.qb0 + bi) * kAncB, r_lo = max(b0, sq.q_pos0) - sq.q_pos0, r_hi = min(b0 + kAncB, sq.N) - sq.q_pos0;
+    const int b0 = (sq.qb0 + bi) * kAncB, r_lo = max(b0, sq.q_pos0) - sq.q_pos0,
+              r_hi = min(b0 + kAncB, sq.N) - sq.q_pos0;
     float s = 0;
     for (int r = r_lo; r < r_hi; r++) s += __bfloat162float(w.q[((size_t)r * H + h) * D + e]) * scale;
     w.qbar[((size_t)h * w.max_blk + bi) * D + e] = s / (float)(r_hi - r_lo);
@@ -202,8 +203,8 @@ __global__ void pairs_add_kernel(const unsigned long long *seq_pairs, const int3
     for (int i = threadIdx.x; i < n; i += blockDim.x) pairs[bidx[i]] += seq_pairs[i]; // bidx distinct
 }
 
-template <int D> int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
-                              cudaStream_t st) {
+template <int D>
+int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w, cudaStream_t st) {
     const int H = sh.n_heads;
     pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
     const int g_last0 = (sq.g_first + sq.ng - 1) * sq.L;
@@ -229,10 +230,9 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
 }
 
 int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
-                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out,
-                     float *lse, cudaStream_t st) {
-    merge_kernel<<<sq.n_q, 256, sizeof(float) * 3 * H, st>>>(sq, H, D, o1, lse1, o2, lse2, o3, lse3, own_r0, out,
-                                                              lse);
+                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     cudaStream_t st) {
+    merge_kernel<<<sq.n_q, 256, sizeof(float) * 3 * H, st>>>(sq, H, D, o1, lse1, o2, lse2, o3, lse3, own_r0, out, lse);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }

@@ -35,7 +35,7 @@ struct GatherParams {
 // bytes, so the eight rows one ldmatrix reads fall in distinct banks.
 template <int D> struct GatherSmem {
     static constexpr int kRS = D + 8;
-    static constexpr int kTile = kKeys * kRS;       // one K or V stage, bf16
+    static constexpr int kTile = kKeys * kRS;        // one K or V stage, bf16
     static constexpr int kBytes = 2 * 2 * kTile * 2; // {K, V} x 2 stages
 };
 
@@ -128,7 +128,7 @@ template <int D> __global__ void __launch_bounds__(kThreads, 2) gather_kernel(co
         } else {
             cp_async_wait<0>();
         }
-        __syncthreads(); // every warp's copies of stage st landed
+        __syncthreads();                           // every warp's copies of stage st landed
         const int nv = min(kKeys, n - kKeys * it); // valid entries of the stage (>= 1)
         const uint32_t kb = smem_u32(sm + st * 2 * L::kTile), vb = kb + L::kTile * 2;
 

@@ -31,17 +31,17 @@ extern "C" {
 
 /* One call; all pointers device memory. */
 typedef struct {
-    const void *q;         // (n_rows, n_heads, head_dim) bf16, row r at position pos0 + r
-    const void *k, *v;     // the layer's pools (attn_cuda.h's layout)
-    const int32_t *pages;  // the sequence's page table
-    const int32_t *list;   // (n_heads, n_lists, list_stride) key positions
-    const int32_t *count;  // (n_heads, n_lists) entries of each list
-    int64_t list_stride;   // ints from one list to the next
-    int n_lists;           // lists per head
-    int n_rows, pos0;      // rows and the position of row 0
-    int group, g_first;    // positions per list (a multiple of 64, or 0: one list), list of position 0's group
-    float *out;            // (n_rows, n_heads, head_dim) f32, normalised
-    float *lse;            // (n_rows, n_heads) natural log of sum exp(scale * q.k) over the list
+    const void *q;        // (n_rows, n_heads, head_dim) bf16, row r at position pos0 + r
+    const void *k, *v;    // the layer's pools (attn_cuda.h's layout)
+    const int32_t *pages; // the sequence's page table
+    const int32_t *list;  // (n_heads, n_lists, list_stride) key positions
+    const int32_t *count; // (n_heads, n_lists) entries of each list
+    int64_t list_stride;  // ints from one list to the next
+    int n_lists;          // lists per head
+    int n_rows, pos0;     // rows and the position of row 0
+    int group, g_first;   // positions per list (a multiple of 64, or 0: one list), list of position 0's group
+    float *out;           // (n_rows, n_heads, head_dim) f32, normalised
+    float *lse;           // (n_rows, n_heads) natural log of sum exp(scale * q.k) over the list
 } attn_cuda_gather_args_t;
 
 /* Runs on stream. LC_EINVAL for bad arguments (missing pointers, group not a
