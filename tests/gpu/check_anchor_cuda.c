@@ -22,8 +22,8 @@
  *   untested: everything above on a GPU (first run: tests/gpu/run.sh anchor).
  *             Checked without a GPU: it compiles (ptxas: the gather kernel
  *             222 / 164 registers at d 128 / 64, no spills) and skips (77).
- *   not done: tensor cores for the stripe and own-key scores (CUDA cores,
- *             one thread per key); wiring into the executor.
+ *   not done: wiring into the executor; the pooling (CUDA cores) and the
+ *             merge are separate small kernels, not fused.
  *
  * Agreement: per row and head, |gpu - cpu| <= 1e-2 * max|cpu row| elementwise
  * (the GPU output is bf16) and |lse_gpu - lse_cpu| <= 5e-3; rows whose selection differs near the

@@ -35,7 +35,8 @@ typedef struct {
 
 static void kpool_make(kpool_t *p, int H, int KH, int D, int ps, int N) {
     memset(p, 0, sizeof *p);
-    p->sh = (attn_cuda_shape_t){.n_heads = H, .n_kv_heads = KH, .head_dim = D, .page_size = ps, .scale = 1.f / sqrtf(D)};
+    p->sh =
+        (attn_cuda_shape_t){.n_heads = H, .n_kv_heads = KH, .head_dim = D, .page_size = ps, .scale = 1.f / sqrtf(D)};
     p->N = N;
     p->n_pages = (N + ps - 1) / ps;
     const int pool = p->n_pages + 3; // unused pages too
@@ -221,8 +222,7 @@ static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const
            what, D, p->sh.page_size, worst, wr, wh, we, got_v, ref_v, worst_lse);
     ck_assert_msg(worst <= 4e-3, "gather %s d %d pages %d: out differs by %g at row %d head %d dim %d (%g vs %g)", what,
                   D, p->sh.page_size, worst, wr, wh, we, got_v, ref_v);
-    ck_assert_msg(worst_lse <= 2e-3, "gather %s d %d pages %d: lse differs by %g", what, D, p->sh.page_size,
-                  worst_lse);
+    ck_assert_msg(worst_lse <= 2e-3, "gather %s d %d pages %d: lse differs by %g", what, D, p->sh.page_size, worst_lse);
     ck_assert_msg(touched == 0, "gather %s: %d values written past the call's rows", what, touched);
     cudaFree(dq);
     cudaFree(dl);

@@ -12,7 +12,7 @@
  *      and its group's local window [g0, p] (the whole [0, p] when g0 <= A);
  *      it gives out1, lse1 and each row's max m, the anchor (attn_cuda.h's
  *      rowmax output);
- *   2. selection (CUDA cores, anchor_kern.cu): per query block the mean
+ *   2. selection (anchor_kern.cu, scores on tensor cores): per query block the mean
  *      scaled query and mean anchor; key j in [A, g0) is kept for the group
  *      if some block b of the group in the chunk has qbar_b.k_j + theta >=
  *      abar_b; the group holding the chunk's last row also tests each key not

@@ -1,16 +1,20 @@
 // AnchorAttention's selection kernels (anchor_cuda.h says what each step
 // computes; anchor.cu runs them): the anchor pass's block masks, the pooled
-// queries and anchors, the stripe and own-key tests as bit sets, their
+// queries and anchors, the stripe and own-key tests as bit sets (scores on
+// the tensor cores), their
 // compaction into ascending key lists, the LSE merge of the three passes and
 // the pair count. No float atomics anywhere: every sum runs in a fixed order.
 #include <math.h>
 
 #include "attn/cuda/anchor.cuh"
+#include "attn/cuda/sm90.cuh"
 #include "ops/cuda/cuda_check.cuh"
 
 namespace {
 
 constexpr int kScanThreads = 512;
+constexpr int kSelThreads = 128; // four warps
+constexpr int kSelKeys = 64;     // candidate keys per selection CTA
 
 // Row j of one head's K or V in the paged pool.
 __device__ __forceinline__ const __nv_bfloat16 *pool_row(const __nv_bfloat16 *pool, const int32_t *pages, int ps,
@@ -54,46 +58,153 @@ template <int D> __global__ void pool_kernel(AncSeq sq, int H, float scale, AncW
     }
 }
 
-// grid (ceil((g_last0 - A) / 128), ng, H), 128 threads: thread j decides key
-// j of [A, g0) for group gi: kept when some block b of the group in the chunk
-// has qbar_b.k_j + theta >= abar_b; in the group holding the chunk's last row,
-// a key not kept is the last block's own when some row r of that block has
-// scale q_r.k_j + theta >= rowmax_r. A warp's 32 keys start at a multiple of
-// 32 (A and g0 are multiples of 128): one ballot gives a bit word.
+// Two f32 values as bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi)),
+// part 0 the hi pair, 1 the lo pair: an MMA over both keeps about 16 bits
+// of the f32 mantissa, so the pooled scores match the CPU's f32 ones to far
+// below a threshold's sensitivity.
+__device__ __forceinline__ uint32_t split_bf16(const float *p, int part) {
+    const float2 x = *reinterpret_cast<const float2 *>(p);
+    const __nv_bfloat162 hv = __floats2bfloat162_rn(x.x, x.y);
+    if (part == 0) return *reinterpret_cast<const uint32_t *>(&hv);
+    const float2 hf = __bfloat1622float2(hv);
+    return pack_bf16(x.x - hf.x, x.y - hf.y);
+}
+
+// A warp's 64-bit set (key i of the tile = bit i) ORed over all its lanes.
+__device__ __forceinline__ unsigned long long warp_or(unsigned long long x) {
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// grid ((g_last0 - A) / 64, ng, H), kSelThreads: the 64 candidate keys j0 ..
+// j0 + 63 (j0 = A + 64 x: inside one page, never straddling g0, two bit
+// words) for group gi, on mma.sync. Key j of [A, g0) is kept when some
+// block b of the group in the chunk has qbar_b.k_j + theta >= abar_b (qbar
+// as bf16 hi + lo, so the pooled score keeps f32 precision); in the group
+// holding the chunk's last row, a key not kept is the last block's own when
+// some row r of that block has scale q_r.k_j + theta >= rowmax_r. Warps take
+// 16-row tiles of the pooled rows, then of the last block's rows; each ORs
+// its hits into the tile's words (integer OR: any order gives the same bits).
 template <int D>
-__global__ void stripes_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
-    const int h = blockIdx.z, kh = h / (H / KH), gi = blockIdx.y, lane = threadIdx.x & 31;
-    const int g0 = (sq.g_first + gi) * sq.L, j = sq.A + blockIdx.x * kAncB + threadIdx.x;
-    if (j - lane >= g0) return; // the warp's keys are all past the candidates (warp-uniform)
-    float kr[D];
-    const __nv_bfloat16 *kp = pool_row(k, sq.pages, ps, KH, kh, D, j);
-#pragma unroll
-    for (int e = 0; e < D; e++) kr[e] = __bfloat162float(kp[e]);
-    bool kept = isinf(sq.theta) && sq.theta > 0;
-    const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
-    for (int qb = q0 / kAncB; !kept && qb <= (q1 - 1) / kAncB; qb++) {
-        const float *qb_row = w.qbar + ((size_t)h * w.max_blk + (qb - sq.qb0)) * D;
-        float s = 0;
-#pragma unroll
-        for (int e = 0; e < D; e++) s += qb_row[e] * kr[e];
-        kept = s + sq.theta >= w.abar[(size_t)h * w.max_blk + (qb - sq.qb0)];
+__global__ void __launch_bounds__(kSelThreads)
+    select_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
+    constexpr int RS = D + 8; // padded row (bf16): ldmatrix's eight rows in distinct banks
+    __shared__ __align__(16) __nv_bfloat16 ks[kSelKeys * RS];
+    __shared__ unsigned s_keep[2], s_own[2];
+    const int h = blockIdx.z, kh = h / (H / KH), gi = blockIdx.y;
+    const int g0 = (sq.g_first + gi) * sq.L, j0 = sq.A + kSelKeys * (int)blockIdx.x;
+    if (j0 >= g0) return; // past this group's candidates (CTA-uniform)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const bool last = g0 + sq.L >= sq.N, all = isinf(sq.theta) && sq.theta > 0;
+    if (tid < 2) {
+        s_keep[tid] = all ? ~0u : 0u;
+        s_own[tid] = 0u;
     }
-    const unsigned kw = __ballot_sync(0xffffffffu, kept);
-    if (lane == 0) w.keep_bits[((size_t)h * sq.ng + gi) * w.wcap + j / 32] = kw;
-    if (g0 + sq.L < sq.N) return; // not the group of the chunk's last row (block-uniform)
-    bool mine = false;
-    if (!kept && sq.has_own) {
-        const int r0 = max((sq.N - 1) / kAncB * kAncB, sq.q_pos0) - sq.q_pos0;
-        for (int r = r0; !mine && r < sq.n_q; r++) {
-            const __nv_bfloat16 *qp = w.q + ((size_t)r * H + h) * D;
-            float s = 0;
-#pragma unroll
-            for (int e = 0; e < D; e++) s += __bfloat162float(qp[e]) * scale * kr[e];
-            mine = s + sq.theta >= w.rowmax[(size_t)r * H + h];
+    if (!all) { // the tile: 64 consecutive rows of one page
+        const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
+        constexpr int kVecs = D / 8;
+        for (int i = tid; i < kSelKeys * kVecs; i += kSelThreads) {
+            const int r = i / kVecs, x = (i % kVecs) * 8;
+            *reinterpret_cast<uint4 *>(ks + r * RS + x) = *reinterpret_cast<const uint4 *>(kt + (size_t)r * D + x);
         }
     }
-    const unsigned ow = __ballot_sync(0xffffffffu, mine);
-    if (lane == 0) w.own_bits[(size_t)h * w.wcap + j / 32] = ow;
+    __syncthreads();
+    const float theta = sq.theta;
+    const int g = lane >> 2, qd = (lane & 3) * 2, mat = lane >> 3, r8 = lane & 7;
+    const int tk = (mat >> 1) * 8 + r8; // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8 (mat % 2)
+    const uint32_t kb = smem_u32(ks);
+    // s (16 rows x 64 keys) += A K^T; s[nt]: keys 8 nt + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3])
+    auto scores = [&](const uint32_t(&a)[D / 16][4], float(&s)[kSelKeys / 8][4]) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+            for (int jj = 0; jj < kSelKeys / 16; jj++) {
+                uint32_t r[4];
+                ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
+                mma_bf16_16816(s[2 * jj], a[kk], r[0], r[1]);
+                mma_bf16_16816(s[2 * jj + 1], a[kk], r[2], r[3]);
+            }
+    };
+    if (!all) {
+        // pooled rows: the group's blocks in the chunk
+        const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
+        const int bi0 = q0 / kAncB - sq.qb0, nb = (q1 - 1) / kAncB - q0 / kAncB + 1;
+        unsigned long long hit = 0;
+        for (int mt = warp; 16 * mt < nb; mt += kSelThreads / 32) {
+            const int ra = 16 * mt + g, rb = ra + 8;
+            const float *pa = w.qbar + ((size_t)h * w.max_blk + bi0 + min(ra, nb - 1)) * D + qd;
+            const float *pb = w.qbar + ((size_t)h * w.max_blk + bi0 + min(rb, nb - 1)) * D + qd;
+            float s[kSelKeys / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll 1
+            for (int part = 0; part < 2; part++) { // hi, then lo: one set of fragments live at a time
+                uint32_t a[D / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    a[kk][0] = split_bf16(pa + 16 * kk, part);
+                    a[kk][1] = split_bf16(pb + 16 * kk, part);
+                    a[kk][2] = split_bf16(pa + 16 * kk + 8, part);
+                    a[kk][3] = split_bf16(pb + 16 * kk + 8, part);
+                }
+                scores(a, s);
+            }
+            const float aa = ra < nb ? w.abar[(size_t)h * w.max_blk + bi0 + ra] : INFINITY;
+            const float ab = rb < nb ? w.abar[(size_t)h * w.max_blk + bi0 + rb] : INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < kSelKeys / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (s[nt][e] + theta >= (e < 2 ? aa : ab)) hit |= 1ull << (8 * nt + qd + (e & 1));
+        }
+        hit = warp_or(hit);
+        if (lane == 0 && hit) {
+            atomicOr(&s_keep[0], (unsigned)hit);
+            atomicOr(&s_keep[1], (unsigned)(hit >> 32));
+        }
+        // the chunk's last block's rows, one by one
+        if (last && sq.has_own) {
+            const int r0 = max((sq.N - 1) / kAncB * kAncB, sq.q_pos0) - sq.q_pos0, nr = sq.n_q - r0;
+            unsigned long long mine = 0;
+            for (int mt = warp; 16 * mt < nr; mt += kSelThreads / 32) {
+                const int ra = r0 + 16 * mt + g, rb = ra + 8;
+                const bool va = ra < sq.n_q, vb = rb < sq.n_q;
+                const __nv_bfloat16 *pa = w.q + ((size_t)(va ? ra : r0) * H + h) * D + qd;
+                const __nv_bfloat16 *pb = w.q + ((size_t)(vb ? rb : r0) * H + h) * D + qd;
+                uint32_t a[D / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    a[kk][0] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk);
+                    a[kk][1] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk);
+                    a[kk][2] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk + 8);
+                    a[kk][3] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk + 8);
+                }
+                float s[kSelKeys / 8][4];
+#pragma unroll
+                for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+                scores(a, s);
+                const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
+                const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < kSelKeys / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb)) mine |= 1ull << (8 * nt + qd + (e & 1));
+            }
+            mine = warp_or(mine);
+            if (lane == 0 && mine) {
+                atomicOr(&s_own[0], (unsigned)mine);
+                atomicOr(&s_own[1], (unsigned)(mine >> 32));
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < 2) {
+        const size_t wi = (size_t)j0 / 32 + tid;
+        w.keep_bits[((size_t)h * sq.ng + gi) * w.wcap + wi] = s_keep[tid];
+        if (last) w.own_bits[(size_t)h * w.wcap + wi] = s_own[tid] & ~s_keep[tid];
+    }
 }
 
 // Exclusive prefix of x over the block's threads in thread order, and the
@@ -208,8 +319,8 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
     const int H = sh.n_heads;
     pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
     const int g_last0 = (sq.g_first + sq.ng - 1) * sq.L;
-    if (g_last0 > sq.A)
-        stripes_kernel<D><<<dim3((g_last0 - sq.A + kAncB - 1) / kAncB, sq.ng, H), kAncB, 0, st>>>(
+    if (g_last0 > sq.A) // g_last0 - A: a multiple of 128
+        select_kernel<D><<<dim3((g_last0 - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
             sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
     compact_kernel<<<dim3(sq.ng + 1, H), kScanThreads, 0, st>>>(sq, w);
     CUDA_CHECK_RET(cudaGetLastError());
