@@ -34,6 +34,8 @@ struct attn_cuda_anchor {
     int32_t *h_qi, *h_ki, *h_kl, *h_mo; // (max_seqs + 1) the anchor pass's batch
     int32_t *h_bidx;                    // (max_seqs) pinned
     int32_t *h_pages, *d_pages, *d_bidx;
+    cudaEvent_t uploaded; // the last upload from h_pages / h_bidx
+    int upload_pending;
 
     // device workspace, one allocation
     void *ws;
@@ -93,6 +95,10 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
     if (cudaMallocHost((void **)&a->h_bidx, sizeof(int32_t) * max_seqs) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&a->d_pages, sizeof(int32_t) * a->pages_cap) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&a->d_bidx, sizeof(int32_t) * max_seqs) != cudaSuccess) goto fail;
+    if (cudaEventCreateWithFlags(&a->uploaded, cudaEventDisableTiming) != cudaSuccess) {
+        rc = LC_EDEVICE;
+        goto fail;
+    }
     {
         const size_t G = (size_t)a->max_grp, B = (size_t)a->max_blk, W = (size_t)a->wcap;
         const size_t sizes[] = {
@@ -154,6 +160,10 @@ fail:
 
 extern "C" void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a) {
     if (!a) return;
+    if (a->uploaded) {
+        cudaEventSynchronize(a->uploaded);
+        cudaEventDestroy(a->uploaded);
+    }
     attn_cuda_plan_destroy(a->pf);
     cudaFreeHost(a->h_pages);
     cudaFreeHost(a->h_bidx);
@@ -174,6 +184,11 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
         return LC_EINVAL;
     if (b->n_seqs > a->max_seqs) return LC_ERANGE;
     const int ps = a->sh.page_size, H = a->sh.n_heads;
+    // The pinned tables may still be the source of the previous step's upload.
+    if (a->upload_pending) {
+        CUDA_CHECK_RET(cudaEventSynchronize(a->uploaded));
+        a->upload_pending = 0;
+    }
     int64_t np = 0, rows = 0;
     size_t mo = 0;
     a->n_plan = 0;
@@ -228,8 +243,12 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
     a->n_rows = rows;
     if (mo > INT32_MAX) return LC_ERANGE;
     if (a->n_plan == 0) return 0;
-    CUDA_CHECK_RET(cudaMemcpy(a->d_pages, a->h_pages, sizeof(int32_t) * np, cudaMemcpyHostToDevice));
-    CUDA_CHECK_RET(cudaMemcpy(a->d_bidx, a->h_bidx, sizeof(int32_t) * a->n_plan, cudaMemcpyHostToDevice));
+    // In stream order: the previous step's kernels have read the tables before these copies land.
+    cudaStream_t st = (cudaStream_t)stream;
+    CUDA_CHECK_RET(cudaMemcpyAsync(a->d_pages, a->h_pages, sizeof(int32_t) * np, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaMemcpyAsync(a->d_bidx, a->h_bidx, sizeof(int32_t) * a->n_plan, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaEventRecord(a->uploaded, st));
+    a->upload_pending = 1;
     const attn_cuda_batch_t ab = {a->n_plan, a->h_qi, a->h_ki, a->h_pages, a->h_kl, a->h_mo};
     size_t ws = 0;
     return attn_cuda_plan(a->pf, &ab, stream, &ws); // prefill: no workspace

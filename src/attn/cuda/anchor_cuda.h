@@ -73,8 +73,8 @@ void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a);
 
 /* Host, once per step: b the step's prefill batch (q_indptr set); selects
  * (n_seqs): 1 for the sequences that run AnchorAttention; pol (n_seqs, only
- * those entries read). Copies their page tables to the device (synchronous
- * copy) and plans the anchor pass on stream. LC_EINVAL for an inconsistent
+ * those entries read). Copies their page tables to the device and plans the
+ * anchor pass, both on stream (the next plan waits for this upload). LC_EINVAL for an inconsistent
  * batch or a bad policy (anchor_init or anchor_local not a multiple of 128,
  * theta NaN), LC_ERANGE beyond the capacities. */
 int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
