@@ -12,14 +12,15 @@
  *      and its group's local window [g0, p] (the whole [0, p] when g0 <= A);
  *      it gives out1, lse1 and each row's max m, the anchor (attn_cuda.h's
  *      rowmax output);
- *   2. selection (anchor_kern.cu, scores on tensor cores): per query block the mean
- *      scaled query and mean anchor; key j in [A, g0) is kept for the group
- *      if some block b of the group in the chunk has qbar_b.k_j + theta >=
- *      abar_b; the group holding the chunk's last row also tests each key not
- *      kept against every row of the chunk's last block (q_r.k_j*scale +
- *      theta >= m_r): the "own" keys only that block attends. Both become
+ *   2. selection (anchor_kern.cu, scores on tensor cores): per query block
+ *      the mean scaled query and mean anchor; key j in [A, g0) is kept for
+ *      the group if some block b of the group in the chunk has qbar_b.k_j +
+ *      theta >= abar_b; the group holding the chunk's last row also tests
+ *      each key not kept against every row of the chunk's last block
+ *      (q_r.k_j*scale + theta >= m_r): the "own" keys only that block
+ *      attends. Both become
  *      ascending position lists per (head, group) by a block-wide prefix
- *      sum (no atomics);
+ *      sum (in position order, whatever the thread timing);
  *   3. token gather (tensor cores, gather_cuda.h): every row attends its
  *      group's list, the last block's rows also the own list, each from its
  *      own online softmax: (out2, lse2), (out3, lse3);
