@@ -178,9 +178,9 @@ extern "C" void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a) {
     free(a);
 }
 
-extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
-                                     const attn_cuda_anchor_policy_t *pol, void *stream) {
-    if (!a || !b || !b->q_indptr || !b->kv_indptr || !b->kv_indices || !b->kv_len || !selects || !pol || b->n_seqs < 0)
+static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
+                       const attn_cuda_anchor_policy_t *pol, void *stream) {
+    if (!b || !b->q_indptr || !b->kv_indptr || !b->kv_indices || !b->kv_len || !selects || !pol || b->n_seqs < 0)
         return LC_EINVAL;
     if (b->n_seqs > a->max_seqs) return LC_ERANGE;
     const int ps = a->sh.page_size, H = a->sh.n_heads;
@@ -252,6 +252,14 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
     const attn_cuda_batch_t ab = {a->n_plan, a->h_qi, a->h_ki, a->h_pages, a->h_kl, a->h_mo};
     size_t ws = 0;
     return attn_cuda_plan(a->pf, &ab, stream, &ws); // prefill: no workspace
+}
+
+extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
+                                     const attn_cuda_anchor_policy_t *pol, void *stream) {
+    if (!a) return LC_EINVAL;
+    const int rc = anchor_plan(a, b, selects, pol, stream);
+    if (rc) a->n_plan = 0; // a failed plan leaves nothing to run
+    return rc;
 }
 
 namespace {
