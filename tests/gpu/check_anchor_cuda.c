@@ -168,8 +168,9 @@ static int64_t max_len(const acase_t *c) {
 
 /* Runs the GPU anchor prefill over sequences s0..s1-1 of the case (as their
  * own batch when s1 - s0 < n: the same pool, their q rows); out and lse of
- * those rows to host (bf16, f32). */
-static void run_gpu(acase_t *c, int s0, int s1, uint16_t *out, float *lse) {
+ * those rows to host (bf16, f32), and unless NULL the pairs each sequence
+ * attended (attn_cuda_anchor_pairs). */
+static void run_gpu_pairs(acase_t *c, int s0, int s1, uint16_t *out, float *lse, unsigned long long *pairs) {
     const int H = c->sh.n_heads, D = c->sh.head_dim, n = s1 - s0;
     int32_t qi[MAXS + 1], ki[MAXS + 1], kl[MAXS];
     attn_cuda_anchor_policy_t pol[MAXS];
@@ -196,8 +197,18 @@ static void run_gpu(acase_t *c, int s0, int s1, uint16_t *out, float *lse) {
     CK_CUDA(cudaDeviceSynchronize());
     CK_CUDA(cudaMemcpy(out, (uint16_t *)c->dout + r0 * D, sizeof(uint16_t) * qi[n] * H * D, cudaMemcpyDeviceToHost));
     CK_CUDA(cudaMemcpy(lse, c->dlse + r0, sizeof(float) * qi[n] * H, cudaMemcpyDeviceToHost));
+    if (pairs) {
+        unsigned long long *dp = NULL;
+        CK_CUDA(cudaMalloc((void **)&dp, sizeof *dp * MAXS));
+        CK_CUDA(cudaMemset(dp, 0, sizeof *dp * MAXS));
+        ck_assert_int_eq(attn_cuda_anchor_pairs(a, dp, NULL), 0);
+        CK_CUDA(cudaMemcpy(pairs, dp, sizeof *dp * n, cudaMemcpyDeviceToHost));
+        cudaFree(dp);
+    }
     attn_cuda_anchor_destroy(a);
 }
+
+static void run_gpu(acase_t *c, int s0, int s1, uint16_t *out, float *lse) { run_gpu_pairs(c, s0, s1, out, lse, NULL); }
 
 /* The dense GPU prefill of the whole case (out bf16, lse). */
 static void run_dense(acase_t *c, uint16_t *out, float *lse) {
@@ -220,9 +231,10 @@ static void run_dense(acase_t *c, uint16_t *out, float *lse) {
     attn_cuda_plan_destroy(p);
 }
 
-/* The CPU anchor kernel on sequence s: out (n_q, H, D), lse (n_q, H); the
- * CPU dense kernel's lse into dense_lse unless NULL. */
-static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dense_lse) {
+/* The CPU anchor kernel on sequence s: out (n_q, H, D), lse (n_q, H), the
+ * pairs it attended (all heads) into *pairs; the CPU dense kernel's lse into
+ * dense_lse unless NULL. */
+static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dense_lse, double *pairs) {
     const int H = c->sh.n_heads, D = c->sh.head_dim;
     const aseq_t *sq = &c->seq[s];
     const attn_shape_t ash = {.n_heads = H, .n_kv_heads = c->sh.n_kv_heads, .head_dim = D, .scale = c->sh.scale};
@@ -248,6 +260,7 @@ static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dens
     ck_assert_int_eq(attn__prefill_anchor(&ash, &pol, ar, c->qf + (size_t)c->q_indptr[s] * H * D, sq->n_q, q_pos0, &kv,
                                           out, lse, &comp),
                      0);
+    *pairs = comp;
     if (dense_lse) {
         float *tmp = malloc(sizeof(float) * sq->n_q * H * D);
         ck_assert_int_eq(
@@ -258,21 +271,29 @@ static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dens
     free(ar);
 }
 
-/* Compares every sequence of the case with the CPU; returns (row, head)
- * pairs beyond tolerance, *pairs the pairs compared, *sparse the pairs whose
- * CPU anchor LSE is below the dense one by more than 1e-3 (keys dropped). */
+/* Compares every sequence of the case with the CPU (and fails unless the
+ * query-key pairs each attended agree within 0.5%: ties only); returns
+ * (row, head) pairs beyond tolerance, *pairs the pairs compared, *sparse the
+ * pairs whose CPU anchor LSE is below the dense one by more than 1e-3 (keys
+ * dropped). */
 static int64_t compare_cpu(acase_t *c, int64_t *pairs, int64_t *sparse) {
     const int H = c->sh.n_heads, D = c->sh.head_dim, rows = c->q_indptr[c->n];
     uint16_t *go = malloc(sizeof(uint16_t) * rows * H * D);
     float *gl = malloc(sizeof(float) * rows * H);
-    run_gpu(c, 0, c->n, go, gl);
+    unsigned long long gp[MAXS];
+    run_gpu_pairs(c, 0, c->n, go, gl, gp);
     int64_t bad = 0;
     *pairs = *sparse = 0;
     for (int s = 0; s < c->n; s++) {
         const int n_q = c->seq[s].n_q;
         float *co = malloc(sizeof(float) * n_q * H * D), *cl = malloc(sizeof(float) * n_q * H);
         float *dl = malloc(sizeof(float) * n_q * H);
-        run_cpu(c, s, co, cl, dl);
+        double cp;
+        run_cpu(c, s, co, cl, dl, &cp);
+        // the same key sets but for ties: the same pairs to well within 0.5%
+        printf("  seq %d: pairs gpu %llu cpu %.0f\n", s, gp[s], cp);
+        ck_assert_msg(fabs((double)gp[s] - cp) <= 5e-3 * cp, "seq %d: the GPU counts %llu pairs, the CPU %.0f", s,
+                      gp[s], cp);
         for (int64_t i = 0; i < (int64_t)n_q * H; i++) *sparse += cl[i] < dl[i] - 1e-3f;
         free(dl);
         for (int r = 0; r < n_q; r++)
