@@ -244,10 +244,11 @@ START_TEST(test_gather) {
         kpool_t p;
         rng = 500 + cfg;
         kpool_make(&p, 4, 2, D, ps, 6000);
-        // three groups of 128 positions, rows from an unaligned position: every length on some (head, group)
+        // three groups (and tiles) of 128 positions, rows from an unaligned position: every length on some
+        // (head, group)
         gather_call(&p, 300, 5037, 128, lens, 7, "groups");
         // one list per head for all rows (the own-key pass's form), two tiles
-        gather_call(&p, 70, 130, 0, lens_one, 7, "one list");
+        gather_call(&p, 200, 130, 0, lens_one, 7, "one list");
         kpool_free(&p);
     }
 }

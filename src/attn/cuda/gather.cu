@@ -1,13 +1,14 @@
 // Token-gather attention on mma.sync (gather_cuda.h has the contract).
 //
-// One CTA per (64-row tile, head), four warps of 16 rows. Each warp keeps
+// One CTA per (128-row tile, head), eight warps of 16 rows. Each warp keeps
 // its rows' Q as m16n8k16 A fragments in registers, its O (16 x D, f32) and
 // the online-softmax state (m, l) of its two rows per thread. The CTA walks
-// the tile's list 64 entries at a time: warp w gathers entries 16 w .. 16 w
-// + 15 of the next 64 (K and V rows, cp.async from their pages) into the
-// other stage while all four warps compute on this one; rows past the list
-// are zero-filled and their scores masked, so stale shared memory never
-// reaches an output.
+// the tile's list 64 entries at a time: warp w gathers entries 8 w .. 8 w +
+// 7 of the next 64 (K and V rows, cp.async from their pages) into the other
+// stage while all eight warps compute on this one; entries past the list are
+// zero-filled and their scores masked, so stale shared memory never reaches
+// an output. 128 rows share each staged key (twice the reuse of 64-row
+// tiles, at the same eight warps per SM: one CTA of up to 255 registers).
 #include <math.h>
 
 #include "attn/cuda/gather_cuda.h"
@@ -16,9 +17,11 @@
 
 namespace {
 
-constexpr int kThreads = 128; // four warps of 16 rows
-constexpr int kTileRows = 64; // rows (positions) per CTA
-constexpr int kKeys = 64;     // listed keys per shared-memory stage
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTileRows = 16 * kWarps;    // rows (positions) per CTA
+constexpr int kKeys = 64;                 // listed keys per shared-memory stage
+constexpr int kLoadRows = kKeys / kWarps; // entries each warp gathers per stage
 constexpr float kLn2 = 0.69314718056f;
 
 struct GatherParams {
@@ -49,7 +52,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 // grid (tiles, n_heads), block kThreads.
-template <int D> __global__ void __launch_bounds__(kThreads, 2) gather_kernel(const GatherParams p) {
+template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(const GatherParams p) {
     using L = GatherSmem<D>;
     extern __shared__ __align__(16) uint8_t smem_raw[];
     __nv_bfloat16 *sm = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
@@ -98,19 +101,19 @@ template <int D> __global__ void __launch_bounds__(kThreads, 2) gather_kernel(co
     const float sl2 = p.scale_log2;
     const int mat = lane >> 3, r8 = lane & 7; // ldmatrix: lane l addresses row l % 8 of matrix l / 8
 
-    // Stage st <- list entries 64 it .. 64 it + 63; warp w copies entries 16 w .. 16 w + 15.
+    // Stage st <- list entries 64 it .. 64 it + 63; warp w copies entries kLoadRows w .. + kLoadRows - 1.
     auto issue = [&](int it, int st) {
-        const int e0 = kKeys * it + 16 * warp;
-        int64_t off = -1; // lanes 0-15: element offset of entry e0 + lane in the pool
-        if (lane < 16 && e0 + lane < n) {
+        const int e0 = kKeys * it + kLoadRows * warp;
+        int64_t off = -1; // lanes below kLoadRows: element offset of entry e0 + lane in the pool
+        if (lane < kLoadRows && e0 + lane < n) {
             const int pos = __ldg(list + e0 + lane);
             off = (((int64_t)__ldg(p.pages + pos / ps) * KH + kvh) * ps + pos % ps) * D;
         }
         __nv_bfloat16 *tk = sm + st * 2 * L::kTile, *tv = tk + L::kTile;
         constexpr int kVecs = D / 8, kRows = 32 / kVecs; // 16-byte vectors per row, rows per pass
 #pragma unroll
-        for (int r0 = 0; r0 < 16; r0 += kRows) {
-            const int r = r0 + lane / kVecs, x = (lane % kVecs) * 8, row = 16 * warp + r;
+        for (int r0 = 0; r0 < kLoadRows; r0 += kRows) {
+            const int r = r0 + lane / kVecs, x = (lane % kVecs) * 8, row = kLoadRows * warp + r;
             const int64_t src = __shfl_sync(0xffffffffu, off, r);
             cp_async16(smem_u32(tk + row * L::kRS + x), src >= 0 ? p.k + src + x : p.k, src >= 0 ? 16 : 0);
             cp_async16(smem_u32(tv + row * L::kRS + x), src >= 0 ? p.v + src + x : p.v, src >= 0 ? 16 : 0);

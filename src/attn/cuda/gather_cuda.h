@@ -4,17 +4,17 @@
  * mma.sync. AnchorAttention's stripes and own keys run on it
  * (anchor_cuda.h); any method that selects tokens rather than blocks can.
  *
- * Rows are tiled by 64 positions aligned to position 0: tile t holds the
- * rows at positions [T0 + 64 t, T0 + 64 t + 64) of the call's rows, T0 =
- * pos0 / 64 * 64. One CTA per (tile, head), four warps of 16 rows; every
+ * Rows are tiled by 128 positions aligned to position 0: tile t holds the
+ * rows at positions [T0 + 128 t, T0 + 128 t + 128) of the call's rows, T0 =
+ * pos0 / 128 * 128. One CTA per (tile, head), eight warps of 16 rows; every
  * 64 listed keys are gathered into shared memory (cp.async, page by page,
  * double-buffered) and run S = Q K^T, an online softmax in registers (exp2,
  * the scale folded in) and O += P V on m16n8k16 bf16 MMAs with f32
  * accumulation. Keys are visited in list order, so a row's result depends
  * only on its row, its list and the cache: bitwise the same in any batch.
  *
- * Lists: the rows of tile t and head h attend list gi = (T0 + 64 t) / group
- * - g_first (group a multiple of 64; group 0: list 0 for every tile), its
+ * Lists: the rows of tile t and head h attend list gi = (T0 + 128 t) / group
+ * - g_first (group a multiple of 128; group 0: list 0 for every tile), its
  * count[h * n_lists + gi] entries at list + (h * n_lists + gi) *
  * list_stride, key positions in [0, kv_len). An empty list gives out 0 and
  * lse -inf. */
@@ -39,13 +39,13 @@ typedef struct {
     int64_t list_stride;  // ints from one list to the next
     int n_lists;          // lists per head
     int n_rows, pos0;     // rows and the position of row 0
-    int group, g_first;   // positions per list (a multiple of 64, or 0: one list), list of position 0's group
+    int group, g_first;   // positions per list (a multiple of 128, or 0: one list), list of position 0's group
     float *out;           // (n_rows, n_heads, head_dim) f32, normalised
     float *lse;           // (n_rows, n_heads) natural log of sum exp(scale * q.k) over the list
 } attn_cuda_gather_args_t;
 
 /* Runs on stream. LC_EINVAL for bad arguments (missing pointers, group not a
- * multiple of 64, q / k / v not 16-byte aligned), LC_EUNSUPPORTED for a
+ * multiple of 128, q / k / v not 16-byte aligned), LC_EUNSUPPORTED for a
  * shape other than head_dim 64 / 128, page_size 64 / 128, LC_EDEVICE from a
  * launch. Reads key positions as given: the caller keeps them below the
  * sequence's kv_len. */
