@@ -21,7 +21,7 @@
  *             ANCHOR_BENCH=1 timing with density and kernel efficiency.
  *   untested: everything above on a GPU (first run: tests/gpu/run.sh anchor).
  *             Checked without a GPU: it compiles (ptxas: the gather kernel
- *             222 / 164 registers at d 128 / 64, no spills) and skips (77).
+ *             218 / 154 registers at d 128 / 64, no spills) and skips (77).
  *   not done: wiring into the executor; the pooling (CUDA cores) and the
  *             merge are separate small kernels, not fused.
  *
