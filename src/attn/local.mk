@@ -23,10 +23,11 @@ ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
 ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
-# AnchorAttention's prefill, first version (anchor.cu; its GPU checks: tests/gpu/check_anchor_cuda).
-ATTN_CUDA_SRC += src/attn/cuda/anchor.cu
-ATTN_CUDA_HDRS += src/attn/cuda/anchor_cuda.h
-EXTRA_DIST += tests/gpu/check_anchor_cuda.c
+# AnchorAttention's prefill (anchor.cu host, anchor_kern.cu selection kernels) and the token-gather
+# attention it runs on (gather.cu); their GPU checks: tests/gpu/check_anchor_cuda.
+ATTN_CUDA_SRC += src/attn/cuda/anchor.cu src/attn/cuda/anchor_kern.cu src/attn/cuda/gather.cu
+ATTN_CUDA_HDRS += src/attn/cuda/anchor_cuda.h src/attn/cuda/anchor.cuh src/attn/cuda/gather_cuda.h
+EXTRA_DIST += tests/gpu/check_anchor_cuda.c tests/gpu/check_anchor_kern.c tests/gpu/check_anchor_kern.h
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
@@ -56,7 +57,8 @@ tests_gpu_check_flex_cuda_SOURCES = tests/gpu/check_flex_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_flex_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_flex_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_anchor_cuda
-tests_gpu_check_anchor_cuda_SOURCES = tests/gpu/check_anchor_cuda.c tests/gpu/gpu_testutil.h
+tests_gpu_check_anchor_cuda_SOURCES = tests/gpu/check_anchor_cuda.c tests/gpu/check_anchor_kern.c \
+	tests/gpu/check_anchor_kern.h tests/gpu/gpu_testutil.h
 tests_gpu_check_anchor_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_anchor_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_tidal_cuda

@@ -19,8 +19,10 @@
 #            (tests/gpu/check_flex_cuda), with FLEX_BENCH=1 its timing
 #            against the dense prefill
 #     anchor AnchorAttention's GPU prefill against the CPU kernel, the dense
-#            GPU kernel and itself alone (tests/gpu/check_anchor_cuda), with
-#            ANCHOR_BENCH=1 its timing against the dense prefill
+#            GPU kernel and itself alone, its gather kernel and the dense
+#            rowmax against host references (tests/gpu/check_anchor_cuda),
+#            with ANCHOR_BENCH=1 its timing, density and kernel efficiency
+#            against the dense prefill (random and structured inputs)
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
 #            public FlexPrefill reference, dense ours and SDPA beside them
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,

@@ -1,37 +1,45 @@
-/* AnchorAttention's prefill on the GPU, first version (src/attn/cpu/anchor.c
- * is the reference and its header comment the method): for every sequence of
- * a prefill step that runs AnchorAttention, the chunk's output and LSE.
+/* AnchorAttention's prefill on the GPU (src/attn/cpu/anchor.c is the
+ * reference and its header comment the method): for every sequence of a
+ * prefill step that runs AnchorAttention, the chunk's output and LSE.
  *
  * Blocks are B = 128 positions aligned to absolute positions, groups
- * anchor_local positions (a multiple of 128 here) aligned likewise; the chunk
- * of sequence s holds n_q rows at q_pos0 = kv_len - n_q .. kv_len-1. Per
- * query head, in four kernels on CUDA cores (one thread per query row, K/V
- * tiles staged in shared memory):
- *   1. anchor pass: each row attends [0, anchor_init) and its group's local
- *      window [g0, p] exactly (the whole [0, p] when g0 <= anchor_init) in
- *      an online softmax whose state (m, l, acc) stays in the workspace;
- *   2. pool: per query block the mean scaled query and the mean row max m
- *      (the anchor);
- *   3. stripes: key j in [anchor_init, g0) is kept for the group if some
- *      block b of the group in the chunk has qbar_b.k_j + theta >= abar_b;
- *      the group holding the chunk's last row also tests each key not kept
- *      against every row of the chunk's last block (q_r.k_j*scale + theta >=
- *      m_r): the "own" keys only that block attends;
- *   4. gather: each row continues its online softmax over its group's kept
- *      keys (then, for the last block, the own keys), in key order, and
- *      writes out = acc / l (bf16) and lse = m + log l.
+ * anchor_local positions aligned likewise (anchor_init and anchor_local are
+ * multiples of 128 here, so every window is whole blocks); the chunk of
+ * sequence s holds n_q rows at q_pos0 = kv_len - n_q .. kv_len-1. Per query
+ * head:
+ *   1. anchor pass (tensor cores): the dense prefill kernel (prefill.cu) on
+ *      block masks that hold, for a row's block, the initial window [0, A)
+ *      and its group's local window [g0, p] (the whole [0, p] when g0 <= A);
+ *      it gives out1, lse1 and each row's max m, the anchor (attn_cuda.h's
+ *      rowmax output);
+ *   2. selection (anchor_kern.cu, scores on tensor cores): per query block
+ *      the mean scaled query and mean anchor; key j in [A, g0) is kept for
+ *      the group if some block b of the group in the chunk has qbar_b.k_j +
+ *      theta >= abar_b; the group holding the chunk's last row also tests
+ *      each key not kept against every row of the chunk's last block
+ *      (q_r.k_j*scale + theta >= m_r): the "own" keys only that block
+ *      attends. Both become
+ *      ascending position lists per (head, group) by a block-wide prefix
+ *      sum (in position order, whatever the thread timing);
+ *   3. token gather (tensor cores, gather_cuda.h): every row attends its
+ *      group's list, the last block's rows also the own list, each from its
+ *      own online softmax: (out2, lse2), (out3, lse3);
+ *   4. merge: out and lse from the passes' (out, lse) by LSE weights, in the
+ *      fixed order anchor, stripes, own.
  * The three key sets are disjoint, so every key is attended once or not at
  * all. theta = INFINITY keeps every key (dense).
  *
- * Determinism: no atomics; sequences run one after another over the same
- * workspace, and a row's sums run in key order, so a sequence's output is
- * bitwise the same alone or in any batch.
+ * Determinism: no float atomics; the anchor pass's tiles are the dense
+ * kernel's (a tile depends on its own rows only), the other kernels run one
+ * sequence after another over the same workspace with fixed reduction
+ * orders, so a sequence's output is bitwise the same alone or in any batch.
  *
- * Use: attn_cuda_anchor_create() once with capacities; per step
- * attn_cuda_anchor_plan() on the host; per layer attn_cuda_anchor_run() after
- * the layer's K and V are in the pool (no allocation). Errors as in
- * attn_cuda.h: 0 or a negative lc status, never an abort. One object per host
- * thread and stream. */
+ * Use: attn_cuda_anchor_create() once with capacities (it allocates all the
+ * workspace and the anchor pass's dense plan; sm_90 only, like the dense
+ * prefill); per step attn_cuda_anchor_plan() on the host; per layer
+ * attn_cuda_anchor_run() after the layer's K and V are in the pool (no
+ * allocation). Errors as in attn_cuda.h: 0 or a negative lc status, never an
+ * abort. One object per host thread and stream. */
 #ifndef LC_ATTN_ANCHOR_CUDA_H
 #define LC_ATTN_ANCHOR_CUDA_H
 
@@ -47,25 +55,29 @@ extern "C" {
 /* A sequence's AnchorAttention parameters (attn_policy_t's; the block is 128). */
 typedef struct {
     float theta;      // nats; INFINITY keeps every key
-    int anchor_init;  // initial window, >= 0
+    int anchor_init;  // initial window, a multiple of 128 (0: none)
     int anchor_local; // group / local window, a multiple of 128, >= min_local of create
 } attn_cuda_anchor_policy_t;
 
 typedef struct attn_cuda_anchor attn_cuda_anchor_t;
 
 /* shape: attn_cuda.h's (head_dim 64 or 128, page_size 64 or 128). Capacities:
- * max_seqs sequences and max_q_rows rows per step, max_kv_len keys per
- * sequence, min_local the smallest anchor_local a plan may use (it bounds the
- * groups of a chunk, hence the key-flag workspace, sized here). */
+ * max_seqs sequences and max_q_rows rows per step (the selecting sequences'
+ * rows together), max_kv_len keys per sequence, min_local the smallest
+ * anchor_local a plan may use (a multiple of 128: it bounds the groups of a
+ * chunk, hence the key lists: 4 * n_heads * (max_q_rows / min_local + 2) *
+ * max_kv_len bytes of the workspace). LC_EINVAL for a bad shape or
+ * min_local, LC_EUNSUPPORTED for an unsupported shape or GPU. */
 int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_seqs, int64_t max_q_rows, int64_t max_kv_len,
                             int min_local, attn_cuda_anchor_t **out);
 void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a);
 
 /* Host, once per step: b the step's prefill batch (q_indptr set); selects
  * (n_seqs): 1 for the sequences that run AnchorAttention; pol (n_seqs, only
- * those entries read). Copies their page tables to the device (synchronous
- * copy in this version). LC_EINVAL for an inconsistent batch or a bad
- * policy, LC_ERANGE beyond the capacities. */
+ * those entries read). Copies their page tables to the device and plans the
+ * anchor pass, both on stream (the next plan waits for this upload). LC_EINVAL for an inconsistent
+ * batch or a bad policy (anchor_init or anchor_local not a multiple of 128,
+ * theta NaN), LC_ERANGE beyond the capacities. */
 int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
                           const attn_cuda_anchor_policy_t *pol, void *stream);
 
@@ -74,6 +86,12 @@ int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, con
  * lse (rows, n_heads; may be NULL) of the selecting sequences' rows only. */
 int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out,
                          float *lse, void *stream);
+
+/* Adds to pairs[s] (device, one per sequence of the planned batch) the
+ * query-key pairs selecting sequence s attended in the last run, all heads
+ * (anchor windows, stripes and own keys; integer sums, exact): for density
+ * reports (density = pairs / (n_heads * causal pairs)). On stream, after run. */
+int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long long *pairs, void *stream);
 
 /* For tests: the keys of the last planned sequence's last run for head h and
  * its chunk's group gi (0 = the group of q_pos0): keep and own (kv_len bytes,

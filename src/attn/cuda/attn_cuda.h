@@ -98,6 +98,9 @@ typedef struct {
     size_t workspace_bytes;     // >= what attn_cuda_plan() returned
     int variant;                // 0: the default kernel; 1..: ablation variants for tests and benchmarks
     const uint32_t *block_mask; // prefill: the block masks of the planned mask_off (NULL when none is sparse)
+    float *rowmax;              // prefill only, or NULL: (rows, n_heads) each row's largest scale * q.k over the
+                                // keys it attended (the online softmax's final max m; AnchorAttention's anchor).
+                                // Decode has no such output: attn_cuda_run() refuses it (LC_EINVAL).
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;

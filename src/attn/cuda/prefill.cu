@@ -43,6 +43,7 @@ struct PrefillParams {
     const uint32_t *mask;      // block masks, or NULL
     __nv_bfloat16 *out;        // (rows, n_heads, D)
     float *lse;                // (rows, n_heads) or NULL
+    float *rowmax;             // (rows, n_heads) or NULL: m in natural units (scale * q.k)
     int n_heads, n_kv_heads, group, page_size;
     float scale_log2; // scale * log2(e)
 };
@@ -379,6 +380,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int j = 0; j < D / 8; j++)
                 *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j] * inv_a, o[4 * j + 1] * inv_a);
             if (p.lse && (lane & 3) == 0) p.lse[g_a * p.n_heads + head] = (m_a * sl2 + __log2f(l_a)) * 0.69314718056f;
+            if (p.rowmax && (lane & 3) == 0) p.rowmax[g_a * p.n_heads + head] = m_a * sl2 * 0.69314718056f;
         }
         if (r_a + 8 < rows) {
             __nv_bfloat16 *op = p.out + (g_b * p.n_heads + head) * D + qd;
@@ -386,6 +388,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int j = 0; j < D / 8; j++)
                 *reinterpret_cast<uint32_t *>(op + 8 * j) = pack_bf16(o[4 * j + 2] * inv_b, o[4 * j + 3] * inv_b);
             if (p.lse && (lane & 3) == 0) p.lse[g_b * p.n_heads + head] = (m_b * sl2 + __log2f(l_b)) * 0.69314718056f;
+            if (p.rowmax && (lane & 3) == 0) p.rowmax[g_b * p.n_heads + head] = m_b * sl2 * 0.69314718056f;
         }
     }
 #else
@@ -482,6 +485,7 @@ int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *
     pp.mask = p->n_sparse > 0 ? a->block_mask : nullptr;
     pp.out = static_cast<__nv_bfloat16 *>(a->out);
     pp.lse = a->lse;
+    pp.rowmax = a->rowmax;
     pp.n_heads = p->shape.n_heads;
     pp.n_kv_heads = p->shape.n_kv_heads;
     pp.group = p->group;

@@ -1,0 +1,60 @@
+// What AnchorAttention's host code (anchor.cu) and its selection kernels
+// (anchor_kern.cu) share: one sequence's scalars, the workspace views and
+// the launchers. The anchor pass is the dense prefill kernel (prefill.cu) on
+// block masks, the sparse passes the gather kernel (gather.cu).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn/cuda/attn_cuda.h"
+
+constexpr int kAncB = 128; // query block and key block (positions, aligned to 0)
+
+// One selecting sequence of the planned step.
+struct AncSeq {
+    const int32_t *pages; // device: the sequence's page table
+    int64_t qrow0;        // first row of the chunk in the batch
+    int64_t crow0;        // first row in the compacted rows of the selecting sequences
+    int N, n_q, q_pos0;   // keys, chunk rows, first position
+    int qb0, nqb;         // first query block, blocks of the chunk
+    int g_first, ng;      // first group (index), groups of the chunk
+    int A, L;             // initial window, group (both multiples of 128)
+    float theta;
+    size_t mask_off; // words: the sequence's block masks in the anchor pass's mask buffer
+    int bidx;        // index in the planned batch
+    int has_own;     // the chunk's last block tests own keys (candidates exist and theta is finite)
+};
+
+// Workspace views for one sequence's kernels: rows are the sequence's own
+// (row r at position q_pos0 + r), already offset by crow0 where compacted.
+struct AncWork {
+    const __nv_bfloat16 *q; // (n_q, H, D) the sequence's queries
+    const float *rowmax;    // (n_q, H) the anchor pass's row max (natural units)
+    float *qbar, *abar;     // (H, max_blk, D), (H, max_blk)
+    int max_blk;
+    uint32_t *keep_bits, *own_bits; // (H, ng, wcap), (H, wcap): bit j % 32 of word j / 32 = key j
+    int64_t wcap;
+    int32_t *keep_list, *own_list; // (H, ng, max_kv), (H, max_kv) ascending key positions
+    int32_t *keep_cnt, *own_cnt;   // (H, ng), (H)
+    int64_t max_kv;
+};
+
+// Launchers (anchor_kern.cu), on stream; 0 or LC_EDEVICE.
+// The anchor pass's block masks of one sequence (attn_cuda.h's layout) at mask + sq.mask_off.
+int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st);
+// Pool, stripes (kept and own bits) and the compaction into lists.
+int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
+                      cudaStream_t st);
+// out (batch rows, bf16) and lse (or NULL) of the sequence's rows from the
+// anchor pass (o1 bf16, lse1), the stripes (o2, lse2) and, for rows from
+// own_r0 on, the own keys (o3, lse3 indexed from own_r0); all seq-local rows.
+int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
+                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     cudaStream_t st);
+// The pairs the sequence attended (all heads) into *pairs (written).
+int anc_pairs_launch(const AncSeq &sq, int H, const AncWork &w, unsigned long long *pairs, cudaStream_t st);
+// pairs[bidx[i]] += seq_pairs[i] for i < n.
+int anc_pairs_add_launch(const unsigned long long *seq_pairs, const int32_t *bidx, int n, unsigned long long *pairs,
+                         cudaStream_t st);

@@ -1,0 +1,363 @@
+// AnchorAttention's selection kernels (anchor_cuda.h says what each step
+// computes; anchor.cu runs them): the anchor pass's block masks, the pooled
+// queries and anchors, the stripe and own-key tests as bit sets (scores on
+// the tensor cores), their
+// compaction into ascending key lists, the LSE merge of the three passes and
+// the pair count. No float atomics anywhere: every sum runs in a fixed order.
+#include <math.h>
+
+#include "attn/cuda/anchor.cuh"
+#include "attn/cuda/sm90.cuh"
+#include "ops/cuda/cuda_check.cuh"
+
+namespace {
+
+constexpr int kScanThreads = 512;
+constexpr int kSelThreads = 128; // four warps
+constexpr int kSelKeys = 64;     // candidate keys per selection CTA
+
+// Row j of one head's K or V in the paged pool.
+__device__ __forceinline__ const __nv_bfloat16 *pool_row(const __nv_bfloat16 *pool, const int32_t *pages, int ps,
+                                                         int KH, int kh, int D, int64_t j) {
+    return pool + (((size_t)pages[j / ps] * KH + kh) * ps + j % ps) * D;
+}
+
+// grid (nqb, H), 32 threads: row (h, qb) of the anchor pass's masks. Key
+// block kb is on when it holds initial-window keys ([0, A)), local-window keys
+// ([g0, qb]) or when the group starts inside the initial window (then the
+// CPU attends [0, p] whole); bits above the diagonal stay 0.
+__global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
+    const int h = blockIdx.y, qb = sq.qb0 + blockIdx.x;
+    const int n_kb = (sq.N - 1) / kAncB + 1, words = (n_kb + 31) / 32;
+    const int g0 = qb * kAncB / sq.L * sq.L, a_kb = sq.A / kAncB, g_kb = g0 / kAncB;
+    const bool all = g0 <= sq.A;
+    uint32_t *row = mask + sq.mask_off + ((size_t)h * sq.nqb + blockIdx.x) * words;
+    for (int w = threadIdx.x; w < words; w += blockDim.x) {
+        uint32_t bits = 0;
+        for (int b = 0; b < 32; b++) {
+            const int kb = 32 * w + b;
+            if (kb <= qb && (all || kb < a_kb || kb >= g_kb)) bits |= 1u << b;
+        }
+        row[w] = bits;
+    }
+}
+
+// grid (nqb, H), D threads: block bi's mean scaled query (thread e, rows in
+// order: the CPU's f32 sum) and mean anchor (double, as the CPU).
+template <int D> __global__ void pool_kernel(AncSeq sq, int H, float scale, AncWork w) {
+    const int h = blockIdx.y, bi = blockIdx.x, e = threadIdx.x;
+    const int b0 = (sq.qb0 + bi) * kAncB, r_lo = max(b0, sq.q_pos0) - sq.q_pos0,
+              r_hi = min(b0 + kAncB, sq.N) - sq.q_pos0;
+    float s = 0;
+    for (int r = r_lo; r < r_hi; r++) s += __bfloat162float(w.q[((size_t)r * H + h) * D + e]) * scale;
+    w.qbar[((size_t)h * w.max_blk + bi) * D + e] = s / (float)(r_hi - r_lo);
+    if (e == 0) {
+        double am = 0;
+        for (int r = r_lo; r < r_hi; r++) am += w.rowmax[(size_t)r * H + h];
+        w.abar[(size_t)h * w.max_blk + bi] = (float)(am / (r_hi - r_lo));
+    }
+}
+
+// Two f32 values as bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi)),
+// part 0 the hi pair, 1 the lo pair: an MMA over both keeps about 16 bits
+// of the f32 mantissa, so the pooled scores match the CPU's f32 ones to far
+// below a threshold's sensitivity.
+__device__ __forceinline__ uint32_t split_bf16(const float *p, int part) {
+    const float2 x = *reinterpret_cast<const float2 *>(p);
+    const __nv_bfloat162 hv = __floats2bfloat162_rn(x.x, x.y);
+    if (part == 0) return *reinterpret_cast<const uint32_t *>(&hv);
+    const float2 hf = __bfloat1622float2(hv);
+    return pack_bf16(x.x - hf.x, x.y - hf.y);
+}
+
+// A warp's 64-bit set (key i of the tile = bit i) ORed over all its lanes.
+__device__ __forceinline__ unsigned long long warp_or(unsigned long long x) {
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// grid ((g_last0 - A) / 64, ng, H), kSelThreads: the 64 candidate keys j0 ..
+// j0 + 63 (j0 = A + 64 x: inside one page, never straddling g0, two bit
+// words) for group gi, on mma.sync. Key j of [A, g0) is kept when some
+// block b of the group in the chunk has qbar_b.k_j + theta >= abar_b (qbar
+// as bf16 hi + lo, so the pooled score keeps f32 precision); in the group
+// holding the chunk's last row, a key not kept is the last block's own when
+// some row r of that block has scale q_r.k_j + theta >= rowmax_r. Warps take
+// 16-row tiles of the pooled rows, then of the last block's rows; each ORs
+// its hits into the tile's words (integer OR: any order gives the same bits).
+template <int D>
+__global__ void __launch_bounds__(kSelThreads)
+    select_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
+    constexpr int RS = D + 8; // padded row (bf16): ldmatrix's eight rows in distinct banks
+    __shared__ __align__(16) __nv_bfloat16 ks[kSelKeys * RS];
+    __shared__ unsigned s_keep[2], s_own[2];
+    const int h = blockIdx.z, kh = h / (H / KH), gi = blockIdx.y;
+    const int g0 = (sq.g_first + gi) * sq.L, j0 = sq.A + kSelKeys * (int)blockIdx.x;
+    if (j0 >= g0) return; // past this group's candidates (CTA-uniform)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const bool last = g0 + sq.L >= sq.N, all = isinf(sq.theta) && sq.theta > 0;
+    if (tid < 2) {
+        s_keep[tid] = all ? ~0u : 0u;
+        s_own[tid] = 0u;
+    }
+    if (!all) { // the tile: 64 consecutive rows of one page
+        const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
+        constexpr int kVecs = D / 8;
+        for (int i = tid; i < kSelKeys * kVecs; i += kSelThreads) {
+            const int r = i / kVecs, x = (i % kVecs) * 8;
+            *reinterpret_cast<uint4 *>(ks + r * RS + x) = *reinterpret_cast<const uint4 *>(kt + (size_t)r * D + x);
+        }
+    }
+    __syncthreads();
+    const float theta = sq.theta;
+    const int g = lane >> 2, qd = (lane & 3) * 2, mat = lane >> 3, r8 = lane & 7;
+    const int tk = (mat >> 1) * 8 + r8; // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8 (mat % 2)
+    const uint32_t kb = smem_u32(ks);
+    // s (16 rows x 64 keys) += A K^T; s[nt]: keys 8 nt + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3])
+    auto scores = [&](const uint32_t(&a)[D / 16][4], float(&s)[kSelKeys / 8][4]) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+            for (int jj = 0; jj < kSelKeys / 16; jj++) {
+                uint32_t r[4];
+                ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
+                mma_bf16_16816(s[2 * jj], a[kk], r[0], r[1]);
+                mma_bf16_16816(s[2 * jj + 1], a[kk], r[2], r[3]);
+            }
+    };
+    if (!all) {
+        // pooled rows: the group's blocks in the chunk
+        const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
+        const int bi0 = q0 / kAncB - sq.qb0, nb = (q1 - 1) / kAncB - q0 / kAncB + 1;
+        unsigned long long hit = 0;
+        for (int mt = warp; 16 * mt < nb; mt += kSelThreads / 32) {
+            const int ra = 16 * mt + g, rb = ra + 8;
+            const float *pa = w.qbar + ((size_t)h * w.max_blk + bi0 + min(ra, nb - 1)) * D + qd;
+            const float *pb = w.qbar + ((size_t)h * w.max_blk + bi0 + min(rb, nb - 1)) * D + qd;
+            float s[kSelKeys / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll 1
+            for (int part = 0; part < 2; part++) { // hi, then lo: one set of fragments live at a time
+                uint32_t a[D / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    a[kk][0] = split_bf16(pa + 16 * kk, part);
+                    a[kk][1] = split_bf16(pb + 16 * kk, part);
+                    a[kk][2] = split_bf16(pa + 16 * kk + 8, part);
+                    a[kk][3] = split_bf16(pb + 16 * kk + 8, part);
+                }
+                scores(a, s);
+            }
+            const float aa = ra < nb ? w.abar[(size_t)h * w.max_blk + bi0 + ra] : INFINITY;
+            const float ab = rb < nb ? w.abar[(size_t)h * w.max_blk + bi0 + rb] : INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < kSelKeys / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (s[nt][e] + theta >= (e < 2 ? aa : ab)) hit |= 1ull << (8 * nt + qd + (e & 1));
+        }
+        hit = warp_or(hit);
+        if (lane == 0 && hit) {
+            atomicOr(&s_keep[0], (unsigned)hit);
+            atomicOr(&s_keep[1], (unsigned)(hit >> 32));
+        }
+        // the chunk's last block's rows, one by one
+        if (last && sq.has_own) {
+            const int r0 = max((sq.N - 1) / kAncB * kAncB, sq.q_pos0) - sq.q_pos0, nr = sq.n_q - r0;
+            unsigned long long mine = 0;
+            for (int mt = warp; 16 * mt < nr; mt += kSelThreads / 32) {
+                const int ra = r0 + 16 * mt + g, rb = ra + 8;
+                const bool va = ra < sq.n_q, vb = rb < sq.n_q;
+                const __nv_bfloat16 *pa = w.q + ((size_t)(va ? ra : r0) * H + h) * D + qd;
+                const __nv_bfloat16 *pb = w.q + ((size_t)(vb ? rb : r0) * H + h) * D + qd;
+                uint32_t a[D / 16][4];
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk++) {
+                    a[kk][0] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk);
+                    a[kk][1] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk);
+                    a[kk][2] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk + 8);
+                    a[kk][3] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk + 8);
+                }
+                float s[kSelKeys / 8][4];
+#pragma unroll
+                for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+                scores(a, s);
+                const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
+                const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < kSelKeys / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb)) mine |= 1ull << (8 * nt + qd + (e & 1));
+            }
+            mine = warp_or(mine);
+            if (lane == 0 && mine) {
+                atomicOr(&s_own[0], (unsigned)mine);
+                atomicOr(&s_own[1], (unsigned)(mine >> 32));
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < 2) {
+        const size_t wi = (size_t)j0 / 32 + tid;
+        w.keep_bits[((size_t)h * sq.ng + gi) * w.wcap + wi] = s_keep[tid];
+        if (last) w.own_bits[(size_t)h * w.wcap + wi] = s_own[tid] & ~s_keep[tid];
+    }
+}
+
+// Exclusive prefix of x over the block's threads in thread order, and the
+// block's total. Every thread calls it; w_tot: kScanThreads / 32 ints.
+__device__ __forceinline__ int block_scan(int x, int *w_tot, int *total) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int incl = x;
+#pragma unroll
+    for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
+    }
+    if (lane == 31) w_tot[warp] = incl;
+    __syncthreads();
+    int before = incl - x, tot = 0;
+    for (int i = 0; i < kScanThreads / 32; i++) {
+        if (i < warp) before += w_tot[i];
+        tot += w_tot[i];
+    }
+    __syncthreads(); // w_tot read by all before the next scan writes it
+    *total = tot;
+    return before;
+}
+
+// grid (ng + 1, H), kScanThreads: block gi < ng compacts group gi's kept
+// bits, block ng the own bits, into ascending positions (thread t takes one
+// 32-key word; a block scan in word order places its keys) and the count.
+__global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWork w) {
+    __shared__ int w_tot[kScanThreads / 32];
+    const int h = blockIdx.y, gi = blockIdx.x, own = gi == sq.ng;
+    const int g0 = (sq.g_first + (own ? sq.ng - 1 : gi)) * sq.L;
+    const uint32_t *bits = own ? w.own_bits + (size_t)h * w.wcap : w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
+    int32_t *out = own ? w.own_list + (size_t)h * w.max_kv : w.keep_list + ((size_t)h * sq.ng + gi) * w.max_kv;
+    const int w_lo = sq.A / 32, w_hi = own && !sq.has_own ? w_lo : max(w_lo, g0 / 32);
+    int before = 0;
+    for (int w0 = w_lo; w0 < w_hi; w0 += kScanThreads) {
+        const int wi = w0 + threadIdx.x;
+        const uint32_t b = wi < w_hi ? bits[wi] : 0u;
+        int tot;
+        int pos = before + block_scan(__popc(b), w_tot, &tot);
+        for (uint32_t x = b; x; x &= x - 1) out[pos++] = 32 * wi + __ffs(x) - 1;
+        before += tot;
+    }
+    if (threadIdx.x == 0) {
+        if (own)
+            w.own_cnt[h] = before;
+        else
+            w.keep_cnt[(size_t)h * sq.ng + gi] = before;
+    }
+}
+
+// grid (n_q), 256 threads, 3 H floats of dynamic shared memory: each row's
+// weights per head, then out = sum_i w_i o_i / sum_i w_i in the fixed order
+// anchor, stripes, own; lse = M + log sum_i w_i. The anchor pass attends the
+// row's own position, so its LSE is finite and M is too.
+__global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
+                             const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out,
+                             float *lse) {
+    extern __shared__ float wts[]; // (3, H)
+    const int r = blockIdx.x;
+    const bool own = r >= own_r0;
+    for (int h = threadIdx.x; h < H; h += blockDim.x) {
+        const float l1 = lse1[(size_t)r * H + h], l2 = lse2[(size_t)r * H + h];
+        const float l3 = own ? lse3[(size_t)(r - own_r0) * H + h] : -INFINITY;
+        const float M = fmaxf(l1, fmaxf(l2, l3));
+        const float w1 = expf(l1 - M), w2 = expf(l2 - M), w3 = expf(l3 - M); // exp(-inf) = 0
+        const float sum = w1 + w2 + w3, inv = 1.f / sum;
+        wts[h] = w1 * inv;
+        wts[H + h] = w2 * inv;
+        wts[2 * H + h] = w3 * inv;
+        if (lse) lse[((size_t)sq.qrow0 + r) * H + h] = M + logf(sum);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < H * D; e += blockDim.x) {
+        const int h = e / D;
+        const size_t i = (size_t)r * H * D + e;
+        float v = wts[h] * __bfloat162float(o1[i]) + wts[H + h] * o2[i];
+        if (own) v += wts[2 * H + h] * o3[(size_t)(r - own_r0) * H * D + e];
+        out[((size_t)sq.qrow0 + r) * H * D + e] = __float2bfloat16_rn(v);
+    }
+}
+
+// One thread: the pairs of the anchor pass (per row: [0, A) and [g0, p], or
+// [0, p] when g0 <= A; the same for every head), of the stripes (each group's
+// list length times the group's rows) and of the own keys (times the last
+// block's rows). Integer sums.
+__global__ void pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pairs) {
+    unsigned long long anchor = 0, sparse = 0;
+    for (int p = sq.q_pos0; p < sq.N; p++) {
+        const int g0 = p / sq.L * sq.L;
+        anchor += g0 <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - g0 + 1);
+    }
+    for (int gi = 0; gi < sq.ng; gi++) {
+        const int g0 = (sq.g_first + gi) * sq.L;
+        const int rows = min(g0 + sq.L, sq.N) - max(g0, sq.q_pos0);
+        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] * rows;
+    }
+    if (sq.has_own) {
+        const int rows = sq.N - max((sq.N - 1) / kAncB * kAncB, sq.q_pos0);
+        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.own_cnt[h] * rows;
+    }
+    *pairs = anchor * H + sparse;
+}
+
+__global__ void pairs_add_kernel(const unsigned long long *seq_pairs, const int32_t *bidx, int n,
+                                 unsigned long long *pairs) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) pairs[bidx[i]] += seq_pairs[i]; // bidx distinct
+}
+
+template <int D>
+int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w, cudaStream_t st) {
+    const int H = sh.n_heads;
+    pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
+    const int g_last0 = (sq.g_first + sq.ng - 1) * sq.L;
+    if (g_last0 > sq.A) // g_last0 - A: a multiple of 128
+        select_kernel<D><<<dim3((g_last0 - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
+            sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+    compact_kernel<<<dim3(sq.ng + 1, H), kScanThreads, 0, st>>>(sq, w);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+} // namespace
+
+int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st) {
+    mask_kernel<<<dim3(sq.nqb, H), 32, 0, st>>>(sq, mask);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
+                      cudaStream_t st) {
+    return sh.head_dim == 128 ? select_d<128>(sq, sh, k, w, st) : select_d<64>(sq, sh, k, w, st);
+}
+
+int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
+                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     cudaStream_t st) {
+    merge_kernel<<<sq.n_q, 256, sizeof(float) * 3 * H, st>>>(sq, H, D, o1, lse1, o2, lse2, o3, lse3, own_r0, out, lse);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int anc_pairs_launch(const AncSeq &sq, int H, const AncWork &w, unsigned long long *pairs, cudaStream_t st) {
+    pairs_kernel<<<1, 1, 0, st>>>(sq, H, w, pairs);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int anc_pairs_add_launch(const unsigned long long *seq_pairs, const int32_t *bidx, int n, unsigned long long *pairs,
+                         cudaStream_t st) {
+    if (n == 0) return 0;
+    pairs_add_kernel<<<1, 256, 0, st>>>(seq_pairs, bidx, n, pairs);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
