@@ -224,7 +224,7 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
                 CHECK(cp_sendrecv_start(c, cur, pack, (r + 1) % n, rb[k & 1], pack, (r + n - 1) % n, &rq) == 0);
             CU(cudaEventRecord(ev[3 * k + 1], st));
             if (b->compute) {
-                attn_cuda_args_t a = {dq, dout, NULL, cur, (char *)cur + kv_bytes, NULL, 0, 0, NULL};
+                attn_cuda_args_t a = {dq, dout, NULL, cur, (char *)cur + kv_bytes, NULL, 0, 0, NULL, NULL};
                 CHECK(attn_cuda_run(p, &a, st) == 0);
             }
             CU(cudaEventRecord(ev[3 * k + 2], st));
