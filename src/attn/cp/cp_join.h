@@ -39,6 +39,8 @@
  * returns by the deadline plus at most CPJ_GRACE_MS (one second), the time
  * host 0 takes to deliver its answers and a connected host waits for them
  * (host 0's deadline, counted from its own start, may fall after this one).
+ * One wait escapes it: a name lookup (getaddrinfo) lasts as long as the
+ * resolver's own timeouts when DNS does not answer; addresses never wait.
  *
  * Thread safety: no shared state; concurrent joins (the tests run every host
  * as a thread of one process) are fine. */
