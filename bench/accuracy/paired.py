@@ -82,20 +82,20 @@ def build(args, done):
     methods = [parse_method(m) for m in args.methods.split(",")]
     plan = [(int(l), int(n)) for l, n in (x.split(":") for x in args.plan.split(","))]
     gen = argparse.Namespace(lacuna=args.lacuna, model=args.model, seed=args.seed)
-    todo = []
+    pending = []
     for length, n in plan:  # sample-major: a run cut short still has every task
         for i in range(n):
             for task in args.tasks.split(","):
                 keys = [json.dumps({"length": length, "task": task, "sample": i, "method": m}, sort_keys=True)
                         for m, _ in methods]
                 if not all(k in done for k in keys):
-                    todo.append((length, i, task, keys))
+                    pending.append((length, i, task, keys))
     # Each haystack has its own random stream and is sized by the model's
     # tokenizer (a `lacuna tokenize` process per try): built on every core.
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as ex:
-        hays = list(ex.map(lambda t: retrieval.make_haystack(gen, t[2], t[0], t[1], text), todo))
+        hays = list(ex.map(lambda t: retrieval.make_haystack(gen, t[2], t[0], t[1], text), pending))
     lines = []
-    for (length, i, task, keys), (hay, qs) in zip(todo, hays):
+    for (length, i, task, keys), (hay, qs) in zip(pending, hays):
         q, ans = one_question(task, length, i, qs, args.seed)
         for (m, spec), key in zip(methods, keys):
             if key in done:
