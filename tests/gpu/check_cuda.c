@@ -641,6 +641,7 @@ static float g_temperature; // the requests' temperature (0: greedy)
 static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
 static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
 static int g_tidal;         // 1: the requests decode with TidalDecode (a 96-token budget)
+static int g_anchor;        // 1: the requests prefill with AnchorAttention (theta 3, windows of 128 and 256)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -665,6 +666,10 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
         p.attn.decode = ATTN_DECODE_TIDAL;
         p.attn.decode_budget = 96;
     }
+    if (g_anchor) {
+        p.attn.prefill = ATTN_PREFILL_ANCHOR;
+        p.attn.theta = 3.0f;
+    }
     if (g_flex) {
         p.attn.prefill = ATTN_PREFILL_FLEX;
         p.attn.min_budget = 64;
@@ -688,6 +693,10 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     if (g_tidal) { // TidalDecode on the tiny model's 3 layers: layer 0 dense, 1 selects, 2 attends the selection
         c.attn_default.dense_layers = 0;
         c.attn_default.tidal_select_layer = 1;
+    }
+    if (g_anchor) { // AnchorAttention's windows short enough for the test's prompts to have stripes
+        c.attn_default.anchor_init = 128;
+        c.attn_default.anchor_local = 256;
     }
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
@@ -745,7 +754,7 @@ START_TEST(test_sched_batch_invariance) {
 END_TEST
 
 /* Four greedy requests under a sparse method (*flag set while each is
- * submitted: g_quest, g_tidal or g_flex), each alone and then all at once, each beside
+ * submitted: g_quest, g_tidal, g_anchor or g_flex), each alone and then all at once, each beside
  * a dense request: the same tokens and log-probabilities bit for bit. The
  * prompts' tokens follow salt; mt gets the scheduler's metrics. */
 static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
@@ -814,6 +823,19 @@ START_TEST(test_sched_tidal) {
     const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
     fprintf(stderr, "check_cuda: mean decode density (TidalDecode and dense requests) %.3f\n", dd);
     ck_assert_msg(dd < 0.999, "TidalDecode reported density %g", dd);
+}
+END_TEST
+
+/* AnchorAttention on the GPU through the scheduler (chunks of 128, an
+ * initial window of 128, groups of 256, theta 3): alone and batched bitwise;
+ * the prefill density reported is below 1. */
+START_TEST(test_sched_anchor) {
+    const int lens[4] = {1500, 700, 300, 7};
+    sched_metrics_t mt;
+    sparse_alone_vs_batched(&g_anchor, lens, 6, 20, "GPU AnchorAttention", &mt);
+    const double pd = mt.density_count ? mt.prefill_density_sum / (double)mt.density_count : 1.0;
+    fprintf(stderr, "check_cuda: mean prefill density (AnchorAttention and dense requests) %.3f\n", pd);
+    ck_assert_msg(pd < 0.999, "AnchorAttention reported density %g", pd);
 }
 END_TEST
 
@@ -900,6 +922,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
     tcase_add_test(tc, test_sched_tidal);
+    tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
