@@ -20,7 +20,8 @@
 // A step: host arrays (tokens, positions, the cache slot of each row, the
 // CSR page tables) go to the GPU in one copy; every kernel of the step is
 // queued on one stream; only the logits come back. Nothing is allocated per
-// step unless a step needs more decode workspace than any before it.
+// step unless a step needs more than any before it (decode workspaces, the
+// sparse methods' objects and plans, created on first use and grown).
 //
 // CUDA graphs (piecewise, as vLLM does): a step of generated rows only runs
 // padded to a bucket of rows (a spare KV page takes the padding rows' K and

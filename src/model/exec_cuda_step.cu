@@ -26,7 +26,7 @@ typedef struct {
     int n_anchor;                    // prompt slices under AnchorAttention
     size_t mask_words;               // the step's block masks (FlexPrefill's, AnchorAttention's empty ones)
     int n_tidal;                     // TidalDecode rows (after the Quest rows; their own CSR)
-    size_t t_idx0;                   // their first kv_indices entry after the prompt slices' entries
+    size_t t_idx0;                   // their first entry in kv_indices (absolute)
     int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
     int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
     int n_lrows;
@@ -56,10 +56,15 @@ static int same_schedule(const attn_policy_t *a, const attn_policy_t *b) {
 static const attn_policy_t *anchor_policy(const model_seq_t *q) {
     const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
     if (!pol || pol->prefill != ATTN_PREFILL_ANCHOR) return NULL;
-    return pol->anchor_init >= 0 && pol->anchor_init % 128 == 0 && pol->anchor_local >= 128 &&
-                   pol->anchor_local % 128 == 0
-               ? pol
-               : NULL;
+    if ((pol->block <= 0 || pol->block == 128) && pol->anchor_init >= 0 && pol->anchor_init % 128 == 0 &&
+        pol->anchor_local >= 128 && pol->anchor_local % 128 == 0)
+        return pol;
+    static int warned; // the engine thread's
+    if (!warned++)
+        LC_WARN("cuda: AnchorAttention needs blocks of 128 and windows of whole blocks on a GPU "
+                "(anchor_init %d, anchor_local %d): such prompts prefill dense",
+                pol->anchor_init, pol->anchor_local);
+    return NULL;
 }
 
 /* The FlexPrefill policy of a prompt slice, or NULL (dense prefill). */
@@ -264,9 +269,10 @@ static int plan_quest(model_cuda_t *c, const step_t *st) {
     return 0;
 }
 
-/* The keys a sequence may reach: the model's context, else the KV store. */
+/* The keys a sequence may reach: the model's context, at most the KV store. */
 static int64_t max_context(const model_cuda_t *c) {
-    return c->m->hp.n_ctx_train > 0 ? c->m->hp.n_ctx_train : c->n_pages * c->page_size;
+    const int64_t store = c->n_pages * c->page_size;
+    return c->m->hp.n_ctx_train > 0 && c->m->hp.n_ctx_train < store ? c->m->hp.n_ctx_train : store;
 }
 
 /* The step's sparse prompt slices: the masks' room (empty unless FlexPrefill
@@ -276,8 +282,8 @@ static int plan_sparse_prefill(model_cuda_t *c, const step_t *st, const attn_cud
     int rc = grow_ws(c, (void **)&c->mask, &c->mask_bytes, st->mask_words * sizeof(uint32_t));
     if (rc) return rc;
     CUDA_CHECK_RET(cudaMemsetAsync(c->mask, 0, st->mask_words * sizeof(uint32_t), c->stream));
-    CUDA_CHECK_RET(cudaMemsetAsync(c->d_pairs, 0, 2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long),
-                                   c->stream));
+    CUDA_CHECK_RET(
+        cudaMemsetAsync(c->d_pairs, 0, 2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long), c->stream));
     if (st->n_flex) {
         if (!c->flex && (rc = attn_cuda_flex_create(&c->shape, c->max_seqs, c->max_tokens, max_context(c), &c->flex)))
             return rc;
@@ -418,6 +424,8 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
             rc = attn_cuda_flex_select(c->flex, c->q, a.k, c->mask, c->stream);
         if (st->n_flex || st->n_anchor) a.block_mask = c->mask;
         if (!rc) rc = attn_cuda_run(c->pf_plan, &a, c->stream);
+        /* (this counts the AnchorAttention slices' diagonal tiles too, into
+         * entries count_attention does not read for them) */
         if (!rc && st->n_flex) rc = attn_cuda_mask_pairs(c->pf_plan, c->mask, c->d_pairs, c->stream);
         a.block_mask = NULL;
         if (!rc && st->n_anchor) { // its slices' rows, over the dense run's (empty-mask) ones
@@ -645,7 +653,9 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
 }
 
 /* TidalDecode row e's keys over the step's layers: every key at a dense or
- * selection layer, the kept positions and the newest one after a selection. */
+ * selection layer, the kept positions and the newest one after a selection
+ * (counted as extra whenever the row keeps fewer than all: an upper bound by
+ * one key per layer and head when the selection already holds it). */
 static double tidal_computed(const model_cuda_t *c, int e) {
     const model_hparams_t *hp = &c->m->hp;
     const int64_t len = c->t_kv_len[e], keep = attn_tidal_count(c->t_plan, e);
