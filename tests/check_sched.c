@@ -496,6 +496,52 @@ START_TEST(test_short_behind_long) {
 }
 END_TEST
 
+/* The step-time budget cuts a dense prompt beside a running decode to a
+ * block of rows a step, but a request alone (nothing decoding, nothing
+ * waiting) takes its whole chunk: the budget protects others' latency only. */
+START_TEST(test_alone_takes_whole_chunk) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t dp[16], fp[300];
+    static out_t got[3];
+    mk_prompt(dp, 16, 1600, nv);
+    mk_prompt(fp, 300, 1601, nv);
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = 128;
+    c.max_batch_tokens = 512;
+    c.prefill_chunk = 512;
+    c.enable_prefix_cache = 0;
+    c.target_step_ms = 1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    sched_params_t p;
+    /* alone: the 300-token prompt in one step, though a row "costs" 1 ms */
+    s->ms_per_row = 1.0;
+    greedy_params(&p, fp, 300, 2);
+    submit(s, &got[0], &p);
+    ck_assert_int_gt(sched_step(s), 0);
+    drain(&got[0]);
+    ck_assert_int_eq(got[0].n[0], 1);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    /* beside a decode: one block of prompt rows a step */
+    greedy_params(&p, dp, 16, 60);
+    submit(s, &got[1], &p);
+    for (int i = 0; i < 3; i++) ck_assert_int_gt(sched_step(s), 0); // decoding now
+    s->ms_per_row = 1.0;
+    greedy_params(&p, fp, 300, 2);
+    submit(s, &got[2], &p);
+    ck_assert_int_gt(sched_step(s), 0);
+    drain(&got[2]);
+    ck_assert_int_eq(got[2].n[0], 0);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < 3; i++) finish_out(&got[i]);
+    assert_pool_clean(s);
+    sched_destroy(s);
+}
+END_TEST
+
 /* A sparse prefill's chunk cannot be cut (its selection depends on the chunk's
  * bounds): when it exceeds the step-time budget it still runs as the step's
  * first prompt work, beside the running decodes, instead of waiting for every
@@ -837,6 +883,7 @@ int main(void) {
     tcase_add_test(te, test_equal_prompts_in_order);
     tcase_add_test(te, test_short_behind_long);
     tcase_add_test(te, test_fixed_chunk_beside_decodes);
+    tcase_add_test(te, test_alone_takes_whole_chunk);
     tcase_add_test(te, test_choices);
     tcase_add_test(te, test_stop_conditions);
     tcase_add_test(te, test_submit_errors);

@@ -148,6 +148,12 @@ check_PROGRAMS += tests/check_cp
 tests_check_cp_SOURCES = tests/check_cp.c tests/check_cp_model.c $(TINYMODEL_SRC)
 tests_check_cp_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_cp_LDADD = $(CHECK_LDADD)
+
+# The start-up exchange of a ring spanning hosts, on loopback.
+check_PROGRAMS += tests/check_cp_join
+tests_check_cp_join_SOURCES = tests/check_cp_join.c
+tests_check_cp_join_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_cp_join_LDADD = $(CHECK_LDADD)
 endif
 
 # ---- integration: serving under concurrency ------------------------------------

@@ -479,11 +479,25 @@ static int ensure_logits(sched_t *s, size_t floats) {
     return 0;
 }
 
+/* 1 when the engine holds one request (running or still waiting) and it
+ * decodes nothing in this step: no stream to stall, no newcomer behind it. */
+static int alone(sched_t *s, int n_decode) {
+    if (n_decode > 0) return 0;
+    pthread_mutex_lock(&s->lock);
+    int live = s->waiting.n;
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < s->running.n && live <= 1; i++) live += s->running.v[i]->state != REQ_DONE;
+    return live <= 1;
+}
+
 /* Prompt rows a step may take: what fits the step-time target at the measured
  * cost per row (all of max_batch_tokens until a step was measured, or with
- * no target), never fewer than one block. */
-static int prompt_budget(const sched_t *s, int n_decode) {
-    if (s->cfg.target_step_ms <= 0 || s->ms_per_row <= 0) return s->cfg.max_batch_tokens;
+ * no target), never fewer than one block. A request alone takes its whole
+ * chunk (prefill_chunk): the target protects other requests' latency, and
+ * cutting a lone long prompt into steps of a few rows (a row's cost grows
+ * with its context) only slows it: 3.5x on a 32K prompt on two cores. */
+static int prompt_budget(sched_t *s, int n_decode) {
+    if (s->cfg.target_step_ms <= 0 || s->ms_per_row <= 0 || alone(s, n_decode)) return s->cfg.max_batch_tokens;
     double rows = s->cfg.target_step_ms / s->ms_per_row - n_decode;
     int min = s->cfg.block_size;
     if (rows < min) return min;

@@ -3,27 +3,28 @@
  * (src/attn/cpu/anchor.c) on the same f32 values of bf16-rounded queries,
  * keys and values.
  *
- * STATUS (written without a GPU; compiled, never run):
- *   done:     version 2 of anchor.cu: the anchor pass on the dense wgmma
+ * STATUS: ran on the H200 (2026-12-03, tests/gpu/run.sh anchor): every
+ * case passes, with the CPU's key sets (0 differing candidates) and pair
+ * counts (exact).
+ *   covers:   version 2 of anchor.cu: the anchor pass on the dense wgmma
  *             kernel (block masks + its rowmax output), stripe and own-key
  *             selection into ascending lists, the token-gather kernel on
  *             mma.sync (gather.cu) for both, the LSE merge, the pair count;
- *             this suite: outputs and LSE vs the CPU anchor kernel (random
- *             inputs with heavy columns, theta 1 / 3 / 12, small windows so
- *             that several groups and stripes occur, unaligned chunks on
- *             prefixes, chunks of fewer than 128 rows, d 64 / 128, pages 64 /
- *             128, GQA 1 / 4); the kept and own key sets per (head, group) vs
- *             the CPU's (attn__anchor_keys), up to 0.1% of the candidates
- *             (ties at the threshold); theta INFINITY vs the dense GPU
- *             kernel; every sequence alone vs in the batch, bitwise; errors;
+ *             outputs and LSE vs the CPU anchor kernel (random inputs with
+ *             heavy columns, theta 1 / 3 / 12, small windows so that several
+ *             groups and stripes occur, unaligned chunks on prefixes, chunks
+ *             of fewer than 128 rows, d 64 / 128, pages 64 / 128, GQA 1 / 4);
+ *             the kept and own key sets per (head, group) vs the CPU's
+ *             (attn__anchor_keys), up to 0.1% of the candidates (ties at the
+ *             threshold); theta INFINITY vs the dense GPU kernel; every
+ *             sequence alone vs in the batch, bitwise; errors;
  *             check_anchor_kern.c: the gather kernel and the dense kernel's
  *             rowmax against double-precision host references;
  *             ANCHOR_BENCH=1 timing with density and kernel efficiency.
- *   untested: everything above on a GPU (first run: tests/gpu/run.sh anchor).
- *             Checked without a GPU: it compiles (ptxas: the gather kernel
- *             218 / 154 registers at d 128 / 64, no spills) and skips (77).
- *   not done: the pooling (CUDA cores) and the
- *             merge are separate small kernels, not fused.
+ *   untested: test_partial_select (a batch where only some sequences
+ *             select, as the executor plans them), written after that run.
+ *   not done: the pooling (CUDA cores) and the merge are separate small
+ *             kernels, not fused.
  *
  * Agreement: per row and head, |gpu - cpu| <= 1e-2 * max|cpu row| elementwise
  * (the GPU output is bf16) and |lse_gpu - lse_cpu| <= 5e-3; rows whose selection differs near the
