@@ -496,6 +496,24 @@ START_TEST(test_short_behind_long) {
 }
 END_TEST
 
+/* A scheduler whose step-time budget is 1 ms (so that, once a row is said to
+ * cost 1 ms, it allows only the floor of one block of prompt rows), chunks
+ * of 512 rows, no prefix cache. */
+static sched_t *budget_sched(const model_t *m) {
+    sched_config_t c;
+    sched_config_default(&c);
+    c.kv_blocks = 128;
+    c.max_batch_tokens = 512;
+    c.prefill_chunk = 512;
+    c.enable_prefix_cache = 0;
+    c.max_running = 16;
+    c.target_step_ms = 1;
+    char err[256];
+    sched_t *s = sched_create(m, &c, err, sizeof err);
+    ck_assert_msg(s != NULL, "%s", err);
+    return s;
+}
+
 /* The step-time budget cuts a dense prompt beside a running decode to a
  * block of rows a step, but a request alone (nothing decoding, nothing
  * waiting) takes its whole chunk: the budget protects others' latency only. */
@@ -506,16 +524,7 @@ START_TEST(test_alone_takes_whole_chunk) {
     static out_t got[3];
     mk_prompt(dp, 16, 1600, nv);
     mk_prompt(fp, 300, 1601, nv);
-    sched_config_t c;
-    sched_config_default(&c);
-    c.kv_blocks = 128;
-    c.max_batch_tokens = 512;
-    c.prefill_chunk = 512;
-    c.enable_prefix_cache = 0;
-    c.target_step_ms = 1;
-    char err[256];
-    sched_t *s = sched_create(m, &c, err, sizeof err);
-    ck_assert_msg(s != NULL, "%s", err);
+    sched_t *s = budget_sched(m);
     sched_params_t p;
     /* alone: the 300-token prompt in one step, though a row "costs" 1 ms */
     s->ms_per_row = 1.0;
@@ -553,17 +562,7 @@ START_TEST(test_fixed_chunk_beside_decodes) {
     static out_t got[2];
     mk_prompt(dp, 16, 1500, nv);
     mk_prompt(fp, 300, 1501, nv);
-    sched_config_t c;
-    sched_config_default(&c);
-    c.kv_blocks = 128;
-    c.max_batch_tokens = 512;
-    c.prefill_chunk = 512;
-    c.enable_prefix_cache = 0;
-    c.max_running = 16;
-    c.target_step_ms = 1;
-    char err[256];
-    sched_t *s = sched_create(m, &c, err, sizeof err);
-    ck_assert_msg(s != NULL, "%s", err);
+    sched_t *s = budget_sched(m);
     sched_params_t p;
     greedy_params(&p, dp, 16, 60);
     submit(s, &got[0], &p);
