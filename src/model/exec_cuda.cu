@@ -20,7 +20,8 @@
 // A step: host arrays (tokens, positions, the cache slot of each row, the
 // CSR page tables) go to the GPU in one copy; every kernel of the step is
 // queued on one stream; only the logits come back. Nothing is allocated per
-// step unless a step needs more decode workspace than any before it.
+// step unless a step needs more than any before it (decode workspaces, the
+// sparse methods' objects and plans, created on first use and grown).
 //
 // CUDA graphs (piecewise, as vLLM does): a step of generated rows only runs
 // padded to a bucket of rows (a spare KV page takes the padding rows' K and
@@ -158,8 +159,11 @@ static int alloc_step(model_cuda_t *c) {
     c->pf_mask_off = (int32_t *)malloc(S * sizeof(int32_t));
     c->pf_flex = (uint8_t *)malloc(S);
     c->pf_fpol = (attn_cuda_flex_policy_t *)malloc(S * sizeof(attn_cuda_flex_policy_t));
-    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pairs, S * sizeof(unsigned long long)));
-    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pairs, S * sizeof(unsigned long long)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pairs, 2 * S * sizeof(unsigned long long)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pairs, 2 * S * sizeof(unsigned long long)));
+    c->pf_anc = (uint8_t *)malloc(S);
+    c->pf_apol = (attn_cuda_anchor_policy_t *)malloc(S * sizeof(attn_cuda_anchor_policy_t));
+    if (!c->pf_anc || !c->pf_apol) return LC_ENOMEM;
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_sum, 2 * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_sum, 2 * T * sizeof(int32_t)));
     int32_t **qa[5] = {&c->q_kv_indptr, &c->q_kv_len, &c->q_budget, &c->q_dl, &c->q_thr};
@@ -317,6 +321,8 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     attn_cuda_plan_destroy(c->dec_plan);
     for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
     attn_cuda_flex_destroy(c->flex);
+    attn_cuda_anchor_destroy(c->anc);
+    free(c->pf_anc), free(c->pf_apol);
     attn_cuda_plan_destroy(c->t_dense);
     attn_tidal_plan_destroy(c->t_plan);
     cudaFree(c->t_lse), cudaFree(c->t_ws);

@@ -11,6 +11,7 @@
 
 extern "C" {
 #include "attn/attn.h"
+#include "attn/cuda/anchor_cuda.h"
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
@@ -84,7 +85,16 @@ struct model_cuda {
     int32_t *pf_mask_off;                  // (max_seqs) host, -1 dense
     uint8_t *pf_flex;                      // (max_seqs) host
     attn_cuda_flex_policy_t *pf_fpol;      // (max_seqs) host
-    unsigned long long *d_pairs, *h_pairs; // (max_seqs) device, pinned
+    unsigned long long *d_pairs, *h_pairs; // (2 S) device, pinned: FlexPrefill's, then AnchorAttention's
+    /* AnchorAttention (attn/cuda/anchor_cuda.h), created by the first step
+     * that needs it for the smallest group it has seen: per prompt slice
+     * whether it runs it and its policy. Its slices sit in the dense plan
+     * with empty block masks (the diagonal tiles only), and the anchor run
+     * writes their rows after the dense run. */
+    attn_cuda_anchor_t *anc;
+    int anc_min_local;
+    uint8_t *pf_anc;                    // (max_seqs) host
+    attn_cuda_anchor_policy_t *pf_apol; // (max_seqs) host
     /* TidalDecode (attn/cuda/tidal_cuda.h): the step's TidalDecode rows
      * share one layer schedule (the server's; a request sets its budget
      * only). A dense decode plan of their own runs their dense and selection

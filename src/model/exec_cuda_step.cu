@@ -1,5 +1,6 @@
 // The CUDA executor's step (exec_cuda.cu says how a step runs): the rows in
-// attention order, the attention plans (dense, Quest, TidalDecode, FlexPrefill), the pieces between
+// attention order, the attention plans (dense, Quest, TidalDecode, FlexPrefill,
+// AnchorAttention), the pieces between
 // attention calls and their decode graphs, logits and the draws made on the
 // GPU, the density counters, the device's failure.
 #include "model/exec_cuda_int.cuh"
@@ -22,8 +23,10 @@ typedef struct {
     int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
     int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
     int n_flex;                      // prompt slices under FlexPrefill (block masks)
+    int n_anchor;                    // prompt slices under AnchorAttention
+    size_t mask_words;               // the step's block masks (FlexPrefill's, AnchorAttention's empty ones)
     int n_tidal;                     // TidalDecode rows (after the Quest rows; their own CSR)
-    size_t t_idx0;                   // their first kv_indices entry after the prompt slices' entries
+    size_t t_idx0;                   // their first entry in kv_indices (absolute)
     int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
     int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
     int n_lrows;
@@ -46,6 +49,22 @@ static const attn_policy_t *tidal_policy(const model_seq_t *q) {
 static int same_schedule(const attn_policy_t *a, const attn_policy_t *b) {
     return a->dense_layers == b->dense_layers && a->tidal_select_layer == b->tidal_select_layer &&
            a->tidal_reselect_layer == b->tidal_reselect_layer;
+}
+
+/* The AnchorAttention policy of a prompt slice the GPU can run (windows of
+ * whole 128-position blocks), or NULL (dense prefill, and density 1 says so). */
+static const attn_policy_t *anchor_policy(const model_seq_t *q) {
+    const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+    if (!pol || pol->prefill != ATTN_PREFILL_ANCHOR) return NULL;
+    if ((pol->block <= 0 || pol->block == 128) && pol->anchor_init >= 0 && pol->anchor_init % 128 == 0 &&
+        pol->anchor_local >= 128 && pol->anchor_local % 128 == 0)
+        return pol;
+    static int warned; // the engine thread's
+    if (!warned++)
+        LC_WARN("cuda: AnchorAttention needs blocks of 128 and windows of whole blocks on a GPU "
+                "(anchor_init %d, anchor_local %d): such prompts prefill dense",
+                pol->anchor_init, pol->anchor_local);
+    return NULL;
 }
 
 /* The FlexPrefill policy of a prompt slice, or NULL (dense prefill). */
@@ -100,22 +119,30 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         pf_pages += (size_t)np;
         row += q->n_tok;
         c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
-        const attn_policy_t *fp = flex_policy(q);
+        const attn_policy_t *fp = flex_policy(q), *ap = fp ? NULL : anchor_policy(q);
         const int e = st->n_pf_seqs;
         c->pf_flex[e] = fp != NULL;
+        c->pf_anc[e] = ap != NULL;
         c->pf_mask_off[e] = -1;
-        if (fp) {
+        if (fp || ap) { // FlexPrefill's masks; AnchorAttention's stay empty (its own run writes its rows)
             if (words > INT32_MAX) return LC_ERANGE;
             c->pf_mask_off[e] = (int32_t)words;
             words += attn_cuda_mask_words(q->n_tok, c->pf_kv_len[e], c->m->hp.n_heads);
+        }
+        if (fp) {
             c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma, fp->tau, fp->min_budget, fp->max_budget};
             st->n_flex++;
+        }
+        if (ap) {
+            c->pf_apol[e] = attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local};
+            st->n_anchor++;
         }
         st->n_pf_seqs++;
         c->pf_q_indptr[st->n_pf_seqs] = row;
         c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
     }
     st->n_pf_rows = row;
+    st->mask_words = words;
     /* generated rows: one decode entry each, over the pages up to its
      * position; dense decode rows first, then Quest rows, then TidalDecode
      * rows (each kind its own CSR) */
@@ -242,19 +269,44 @@ static int plan_quest(model_cuda_t *c, const step_t *st) {
     return 0;
 }
 
-/* FlexPrefill's selection for the step's prompt slices that run it: the
- * selection object on first use, the masks' room, the pairs counters. */
-static int plan_flex(model_cuda_t *c, const step_t *st, const attn_cuda_batch_t *pb) {
-    int rc;
-    if (!c->flex) {
-        const int64_t ctx = c->m->hp.n_ctx_train > 0 ? c->m->hp.n_ctx_train : c->n_pages * c->page_size;
-        if ((rc = attn_cuda_flex_create(&c->shape, c->max_seqs, c->max_tokens, ctx, &c->flex))) return rc;
-    }
-    size_t words = 0;
-    rc = attn_cuda_flex_plan(c->flex, pb, c->pf_flex, c->pf_fpol, c->pf_mask_off, &words, c->stream);
-    if (!rc) rc = grow_ws(c, (void **)&c->mask, &c->mask_bytes, words * sizeof(uint32_t));
+/* The keys a sequence may reach: the model's context, at most the KV store. */
+static int64_t max_context(const model_cuda_t *c) {
+    const int64_t store = c->n_pages * c->page_size;
+    return c->m->hp.n_ctx_train > 0 && c->m->hp.n_ctx_train < store ? c->m->hp.n_ctx_train : store;
+}
+
+/* The step's sparse prompt slices: the masks' room (empty unless FlexPrefill
+ * selects into them), the pairs counters, FlexPrefill's selection and
+ * AnchorAttention's plan, each object created on first use. */
+static int plan_sparse_prefill(model_cuda_t *c, const step_t *st, const attn_cuda_batch_t *pb) {
+    int rc = grow_ws(c, (void **)&c->mask, &c->mask_bytes, st->mask_words * sizeof(uint32_t));
     if (rc) return rc;
-    CUDA_CHECK_RET(cudaMemsetAsync(c->d_pairs, 0, (size_t)st->n_pf_seqs * sizeof(unsigned long long), c->stream));
+    CUDA_CHECK_RET(cudaMemsetAsync(c->mask, 0, st->mask_words * sizeof(uint32_t), c->stream));
+    CUDA_CHECK_RET(
+        cudaMemsetAsync(c->d_pairs, 0, 2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long), c->stream));
+    if (st->n_flex) {
+        if (!c->flex && (rc = attn_cuda_flex_create(&c->shape, c->max_seqs, c->max_tokens, max_context(c), &c->flex)))
+            return rc;
+        size_t words = 0;
+        if ((rc = attn_cuda_flex_plan(c->flex, pb, c->pf_flex, c->pf_fpol, c->pf_mask_off, &words, c->stream)))
+            return rc;
+    }
+    if (st->n_anchor) {
+        int local = c->anc_min_local;
+        for (int e = 0; e < st->n_pf_seqs; e++)
+            if (c->pf_anc[e] && (local == 0 || c->pf_apol[e].anchor_local < local)) local = c->pf_apol[e].anchor_local;
+        if (c->anc && local < c->anc_min_local) { // a smaller group than the workspace was sized for
+            CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
+            attn_cuda_anchor_destroy(c->anc);
+            c->anc = NULL;
+        }
+        if (!c->anc) {
+            if ((rc = attn_cuda_anchor_create(&c->shape, c->max_seqs, c->max_tokens, max_context(c), local, &c->anc)))
+                return rc;
+            c->anc_min_local = local;
+        }
+        if ((rc = attn_cuda_anchor_plan(c->anc, pb, c->pf_anc, c->pf_apol, c->stream))) return rc;
+    }
     return 0;
 }
 
@@ -317,10 +369,11 @@ static int plan_attention(model_cuda_t *c, const step_t *st) {
         if (rc) return rc;
     }
     if (st->n_pf_seqs) {
+        const int sparse = st->n_flex || st->n_anchor;
         attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_indptr,
-                                c->kv_indices, c->pf_kv_len,   st->n_flex ? c->pf_mask_off : NULL};
+                                c->kv_indices, c->pf_kv_len,   sparse ? c->pf_mask_off : NULL};
         int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
-        if (!rc && st->n_flex) rc = plan_flex(c, st, &pb);
+        if (!rc && sparse) rc = plan_sparse_prefill(c, st, &pb);
         if (rc) return rc;
     }
     if (st->n_dec) {
@@ -367,13 +420,18 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
         a.q = c->q;
         a.out = c->att;
         int rc = 0;
-        if (st->n_flex) { // this layer's masks, from its queries and keys
+        if (st->n_flex) // this layer's masks, from its queries and keys
             rc = attn_cuda_flex_select(c->flex, c->q, a.k, c->mask, c->stream);
-            a.block_mask = c->mask;
-        }
+        if (st->n_flex || st->n_anchor) a.block_mask = c->mask;
         if (!rc) rc = attn_cuda_run(c->pf_plan, &a, c->stream);
+        /* (this counts the AnchorAttention slices' diagonal tiles too, into
+         * entries count_attention does not read for them) */
         if (!rc && st->n_flex) rc = attn_cuda_mask_pairs(c->pf_plan, c->mask, c->d_pairs, c->stream);
         a.block_mask = NULL;
+        if (!rc && st->n_anchor) { // its slices' rows, over the dense run's (empty-mask) ones
+            rc = attn_cuda_anchor_run(c->anc, c->q, a.k, a.v, c->att, NULL, c->stream);
+            if (!rc) rc = attn_cuda_anchor_pairs(c->anc, c->d_pairs + c->max_seqs + 1, c->stream);
+        }
         if (rc) return rc;
     }
     if (st->n_dec) {
@@ -595,7 +653,9 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
 }
 
 /* TidalDecode row e's keys over the step's layers: every key at a dense or
- * selection layer, the kept positions and the newest one after a selection. */
+ * selection layer, the kept positions and the newest one after a selection
+ * (counted as extra whenever the row keeps fewer than all: an upper bound by
+ * one key per layer and head when the selection already holds it). */
 static double tidal_computed(const model_cuda_t *c, int e) {
     const model_hparams_t *hp = &c->m->hp;
     const int64_t len = c->t_kv_len[e], keep = attn_tidal_count(c->t_plan, e);
@@ -610,7 +670,8 @@ static double tidal_computed(const model_cuda_t *c, int e) {
 }
 
 /* The density counters: dense rows computed every pair; a FlexPrefill slice
- * what its masks selected (counted on the GPU over its layers); a Quest row,
+ * what its masks selected, an AnchorAttention slice what its windows, stripes
+ * and own keys held (both counted on the GPU over the layers); a Quest row,
  * per layer, the pages its plan attended (the newest one partly); a
  * TidalDecode row what its selection kept. */
 static void count_attention(const model_cuda_t *c, const model_batch_t *b, const step_t *st) {
@@ -623,7 +684,10 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
         if (!q->generated) {
-            if (q->attn) attn_state_count(q->attn, 0, c->pf_flex[f] ? (double)c->h_pairs[f] : all, all);
+            const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f]
+                                    : c->pf_anc[f] ? (double)c->h_pairs[c->max_seqs + 1 + f]
+                                                   : all;
+            if (q->attn) attn_state_count(q->attn, 0, computed, all);
             f++;
             continue;
         }
@@ -701,8 +765,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
             return rc;
         if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
     }
-    if (st.n_flex)
-        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_pairs, c->d_pairs, (size_t)st.n_pf_seqs * sizeof(unsigned long long),
+    if (st.n_flex || st.n_anchor)
+        CUDA_CHECK_RET(cudaMemcpyAsync(c->h_pairs, c->d_pairs,
+                                       2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long),
                                        cudaMemcpyDeviceToHost, c->stream));
     if ((rc = logits(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));

@@ -21,6 +21,8 @@
  *             check_anchor_kern.c: the gather kernel and the dense kernel's
  *             rowmax against double-precision host references;
  *             ANCHOR_BENCH=1 timing with density and kernel efficiency.
+ *   untested: test_partial_select (a batch where only some sequences
+ *             select, as the executor plans them), written after that run.
  *   not done: the pooling (CUDA cores) and the merge are separate small
  *             kernels, not fused.
  *
@@ -166,10 +168,12 @@ static int64_t max_len(const acase_t *c) {
 }
 
 /* Runs the GPU anchor prefill over sequences s0..s1-1 of the case (as their
- * own batch when s1 - s0 < n: the same pool, their q rows); out and lse of
- * those rows to host (bf16, f32), and unless NULL the pairs each sequence
- * attended (attn_cuda_anchor_pairs). */
-static void run_gpu_pairs(acase_t *c, int s0, int s1, uint16_t *out, float *lse, unsigned long long *pairs) {
+ * own batch when s1 - s0 < n: the same pool, their q rows), selecting those
+ * whose only[] entry is 1 (every one when only is NULL); out (filled with
+ * 0xff bytes first) and lse of those rows to host (bf16, f32), and unless
+ * NULL the pairs each sequence attended (attn_cuda_anchor_pairs). */
+static void run_gpu_sel(acase_t *c, int s0, int s1, const uint8_t *only, uint16_t *out, float *lse,
+                        unsigned long long *pairs) {
     const int H = c->sh.n_heads, D = c->sh.head_dim, n = s1 - s0;
     int32_t qi[MAXS + 1], ki[MAXS + 1], kl[MAXS];
     attn_cuda_anchor_policy_t pol[MAXS];
@@ -181,7 +185,7 @@ static void run_gpu_pairs(acase_t *c, int s0, int s1, uint16_t *out, float *lse,
     for (int s = 0; s < n; s++) {
         kl[s] = c->kv_len[s0 + s];
         pol[s] = c->seq[s0 + s].pol;
-        sel[s] = 1;
+        sel[s] = only ? only[s] : 1;
     }
     const attn_cuda_batch_t b = {
         .n_seqs = n, .q_indptr = qi, .kv_indptr = ki, .kv_indices = c->kv_indices + c->kv_indptr[s0], .kv_len = kl};
@@ -207,7 +211,13 @@ static void run_gpu_pairs(acase_t *c, int s0, int s1, uint16_t *out, float *lse,
     attn_cuda_anchor_destroy(a);
 }
 
-static void run_gpu(acase_t *c, int s0, int s1, uint16_t *out, float *lse) { run_gpu_pairs(c, s0, s1, out, lse, NULL); }
+static void run_gpu_pairs(acase_t *c, int s0, int s1, uint16_t *out, float *lse, unsigned long long *pairs) {
+    run_gpu_sel(c, s0, s1, NULL, out, lse, pairs);
+}
+
+static void run_gpu(acase_t *c, int s0, int s1, uint16_t *out, float *lse) {
+    run_gpu_sel(c, s0, s1, NULL, out, lse, NULL);
+}
 
 /* The dense GPU prefill of the whole case (out bf16, lse). */
 static void run_dense(acase_t *c, uint16_t *out, float *lse) {
@@ -514,6 +524,46 @@ START_TEST(test_alone_vs_batch) {
 }
 END_TEST
 
+/* A batch where only some sequences select AnchorAttention (as the executor
+ * plans a step with dense and FlexPrefill slices beside them): the selecting
+ * sequences' rows and pairs bitwise as each alone, the others' output rows
+ * untouched (still the 0xff fill) and their pairs 0. */
+START_TEST(test_partial_select) {
+    acase_t c;
+    rng = 35;
+    setup(&c, 8, 2, 128, 64);
+    add_seq(&c, 3100, 1300, 3.f, 256, 512);
+    add_seq(&c, 2777, 1000, 1.f, 384, 384);
+    add_seq(&c, 2300, 700, 2.f, 128, 512);
+    add_seq(&c, 1900, 300, 1.f, 128, 256);
+    build(&c);
+    const int H = 8, D = 128, rows = c.q_indptr[c.n];
+    uint16_t *bo = malloc(sizeof(uint16_t) * rows * H * D), *so = malloc(sizeof(uint16_t) * rows * H * D);
+    float *bl = malloc(sizeof(float) * rows * H), *sl = malloc(sizeof(float) * rows * H);
+    const uint8_t only[MAXS] = {0, 1, 0, 1};
+    unsigned long long bp[MAXS] = {0}, sp[MAXS] = {0};
+    run_gpu_sel(&c, 0, c.n, only, bo, bl, bp);
+    for (int s = 0; s < c.n; s++) {
+        const size_t r0 = (size_t)c.q_indptr[s] * H, nr = (size_t)c.seq[s].n_q * H;
+        if (!only[s]) {
+            for (size_t i = 0; i < nr * D; i++)
+                ck_assert_msg(bo[r0 * D + i] == 0xffff, "seq %d (not selecting): out row written at %zu", s, i);
+            ck_assert_msg(bp[s] == 0, "seq %d (not selecting): %llu pairs", s, bp[s]);
+            continue;
+        }
+        run_gpu_sel(&c, s, s + 1, NULL, so, sl, sp);
+        ck_assert_msg(memcmp(so, bo + r0 * D, sizeof(uint16_t) * nr * D) == 0, "seq %d: out differs alone", s);
+        ck_assert_msg(memcmp(sl, bl + r0, sizeof(float) * nr) == 0, "seq %d: lse differs alone", s);
+        ck_assert_msg(bp[s] == sp[0] && bp[s] > 0, "seq %d: pairs %llu batched, %llu alone", s, bp[s], sp[0]);
+    }
+    free(bo);
+    free(so);
+    free(bl);
+    free(sl);
+    release(&c);
+}
+END_TEST
+
 /* Bad policies and batches are refused with a status. */
 START_TEST(test_errors) {
     const attn_cuda_shape_t sh = {
@@ -708,6 +758,7 @@ int main(void) {
     tcase_add_test(tc, test_d64_pages128);
     tcase_add_test(tc, test_all_keys_dense);
     tcase_add_test(tc, test_alone_vs_batch);
+    tcase_add_test(tc, test_partial_select);
     suite_add_tcase(s, tc);
 run:;
     SRunner *sr = srunner_create(s);

@@ -641,6 +641,8 @@ static float g_temperature; // the requests' temperature (0: greedy)
 static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
 static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
 static int g_tidal;         // 1: the requests decode with TidalDecode (a 96-token budget)
+static int g_anchor;        // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
+static float g_theta = 3.0f;
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -665,6 +667,10 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
         p.attn.decode = ATTN_DECODE_TIDAL;
         p.attn.decode_budget = 96;
     }
+    if (g_anchor) {
+        p.attn.prefill = ATTN_PREFILL_ANCHOR;
+        p.attn.theta = g_theta;
+    }
     if (g_flex) {
         p.attn.prefill = ATTN_PREFILL_FLEX;
         p.attn.min_budget = 64;
@@ -688,6 +694,10 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     if (g_tidal) { // TidalDecode on the tiny model's 3 layers: layer 0 dense, 1 selects, 2 attends the selection
         c.attn_default.dense_layers = 0;
         c.attn_default.tidal_select_layer = 1;
+    }
+    if (g_anchor) { // AnchorAttention's windows short enough for the test's prompts to have stripes
+        c.attn_default.anchor_init = 128;
+        c.attn_default.anchor_local = 256;
     }
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
@@ -745,11 +755,12 @@ START_TEST(test_sched_batch_invariance) {
 END_TEST
 
 /* Four greedy requests under a sparse method (*flag set while each is
- * submitted: g_quest, g_tidal or g_flex), each alone and then all at once, each beside
+ * submitted: g_quest, g_tidal, g_anchor or g_flex), each alone and then all at once, each beside
  * a dense request: the same tokens and log-probabilities bit for bit. The
- * prompts' tokens follow salt; mt gets the scheduler's metrics. */
+ * prompts' tokens follow salt; mt gets the scheduler's metrics, use (may be
+ * NULL) each sparse request's usage alone. */
 static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
-                                    sched_metrics_t *mt) {
+                                    sched_metrics_t *mt, sched_usage_t use[4]) {
     g_temperature = 0;
     model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 4;
@@ -768,6 +779,7 @@ static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int 
         drain(&alone[r]);
         ck_assert(alone[r].done);
         ck_assert_int_eq(alone[r].n, max_tokens);
+        if (use) sched_req_usage(alone[r].r, &use[r]);
     }
     for (int r = 0; r < R; r++) {
         *flag = 1;
@@ -797,7 +809,7 @@ static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int 
 START_TEST(test_sched_quest) {
     const int lens[4] = {390, 250, 129, 7};
     sched_metrics_t mt;
-    sparse_alone_vs_batched(&g_quest, lens, 3, 40, "GPU Quest", &mt);
+    sparse_alone_vs_batched(&g_quest, lens, 3, 40, "GPU Quest", &mt, NULL);
     const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
     fprintf(stderr, "check_cuda: mean decode density (Quest and dense requests) %.3f\n", dd);
     ck_assert_msg(dd < 0.999, "Quest decode reported density %g", dd);
@@ -810,10 +822,63 @@ END_TEST
 START_TEST(test_sched_tidal) {
     const int lens[4] = {390, 250, 129, 7};
     sched_metrics_t mt;
-    sparse_alone_vs_batched(&g_tidal, lens, 4, 40, "GPU TidalDecode", &mt);
+    sparse_alone_vs_batched(&g_tidal, lens, 4, 40, "GPU TidalDecode", &mt, NULL);
     const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
     fprintf(stderr, "check_cuda: mean decode density (TidalDecode and dense requests) %.3f\n", dd);
     ck_assert_msg(dd < 0.999, "TidalDecode reported density %g", dd);
+}
+END_TEST
+
+/* AnchorAttention on the GPU through the scheduler (chunks of 128, an
+ * initial window of 128, groups of 256): at theta 3 alone and batched
+ * bitwise, each long prompt at a density strictly between 0 and 1 (the
+ * anchor kernels ran and dropped keys); at theta = INFINITY (every key, by
+ * the anchor kernels' own passes) the first token and its log-probability as
+ * a dense prefill's, within bf16 rounding. */
+START_TEST(test_sched_anchor) {
+    const int lens[4] = {1500, 700, 300, 7};
+    sched_metrics_t mt;
+    sched_usage_t use[4];
+    sparse_alone_vs_batched(&g_anchor, lens, 6, 20, "GPU AnchorAttention", &mt, use);
+    for (int r = 0; r < 4; r++) {
+        fprintf(stderr, "check_cuda: AnchorAttention request %d (%d tokens): prefill density %.3f\n", r, lens[r],
+                use[r].prefill_density);
+        ck_assert_int_eq(use[r].prefill_method, ATTN_PREFILL_ANCHOR);
+        if (lens[r] >= 700) // past the windows of its chunks: stripes chosen
+            ck_assert_msg(use[r].prefill_density > 0.02 && use[r].prefill_density < 0.98,
+                          "request %d: AnchorAttention density %g", r, use[r].prefill_density);
+    }
+    /* theta = INFINITY against dense, the same prompt */
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab;
+    static int32_t prompt[1500];
+    for (int i = 0; i < 1500; i++) prompt[i] = (int32_t)((13u * 7919u * (i + 9)) % (unsigned)V);
+    g_anchor = 1;
+    sched_t *s = gpu_sched(m, 0);
+    out_t dense, all;
+    g_anchor = 0;
+    submit(s, &dense, prompt, 1500, 4);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_anchor = 1;
+    g_theta = INFINITY;
+    submit(s, &all, prompt, 1500, 4);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_anchor = 0;
+    g_theta = 3.0f;
+    drain(&dense);
+    drain(&all);
+    sched_usage_t u;
+    sched_req_usage(all.r, &u);
+    ck_assert_int_eq(u.prefill_method, ATTN_PREFILL_ANCHOR);
+    fprintf(stderr, "check_cuda: AnchorAttention theta=inf: density %.3f, first token %d (%.5f), dense %d (%.5f)\n",
+            u.prefill_density, all.toks[0], all.lp[0], dense.toks[0], dense.lp[0]);
+    ck_assert_msg(u.prefill_density > 0.999, "theta = INFINITY computed density %g", u.prefill_density);
+    ck_assert_int_eq(all.toks[0], dense.toks[0]);
+    ck_assert_msg(fabsf(all.lp[0] - dense.lp[0]) < 0.05f, "first log-probability %g vs dense %g", all.lp[0],
+                  dense.lp[0]);
+    sched_req_release(dense.r), sched_req_release(all.r);
+    sched_destroy(s);
+    model_free(m);
 }
 END_TEST
 
@@ -823,7 +888,7 @@ END_TEST
 START_TEST(test_sched_flex) {
     const int lens[4] = {1500, 700, 300, 7};
     sched_metrics_t mt;
-    sparse_alone_vs_batched(&g_flex, lens, 5, 20, "GPU FlexPrefill", &mt);
+    sparse_alone_vs_batched(&g_flex, lens, 5, 20, "GPU FlexPrefill", &mt, NULL);
     const double pd = mt.density_count ? mt.prefill_density_sum / (double)mt.density_count : 1.0;
     fprintf(stderr, "check_cuda: mean prefill density (FlexPrefill and dense requests) %.3f\n", pd);
     ck_assert_msg(pd < 0.999, "FlexPrefill reported density %g", pd);
@@ -900,6 +965,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
     tcase_add_test(tc, test_sched_tidal);
+    tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     tcase_add_test(tc, test_device_lost);
