@@ -642,7 +642,7 @@ static int g_quest;         // 1: the requests decode with Quest (a 128-token bu
 static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
 static int g_tidal;         // 1: the requests decode with TidalDecode (a 96-token budget)
 static int g_anchor;        // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
-static float g_theta = 3.0f;
+static float g_theta = 0.5f; // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -864,7 +864,7 @@ START_TEST(test_sched_anchor) {
     submit(s, &all, prompt, 1500, 4);
     ck_assert_int_eq(sched_run_until_idle(s), 0);
     g_anchor = 0;
-    g_theta = 3.0f;
+    g_theta = 0.5f;
     drain(&dense);
     drain(&all);
     sched_usage_t u;
