@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -98,9 +99,9 @@ def bench_lacunad(a, vocab):
         if a.sparse:
             body["sparse_attention"] = json.loads(a.sparse)
         post_stream(port, dict(body, prompt=prompt_ids(64, vocab, 99)))  # warm-up
-        for n in a.prompts:  # a warm-up, then five prompts of each length, none cached: the median
-            got = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r))) for r in range(6)]
-            res["ttft"][n] = sorted(g[0] for g in got[1:])[2]
+        for n in a.prompts:  # a warm-up, then --reps prompts of each length, none cached: the median
+            got = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r))) for r in range(a.reps + 1)]
+            res["ttft"][n] = statistics.median(g[0] for g in got[1:])
             if got[-1][3] and got[-1][3].get("sparse_attention"):  # the prefill's density (usage)
                 res["ttft_sparse"][n] = got[-1][3]["sparse_attention"]
         for s in a.streams:
@@ -197,6 +198,7 @@ def main():
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--prompts", default="1024,8000")
     ap.add_argument("--streams", default="1,64")
+    ap.add_argument("--reps", type=int, default=5, help="timed prompts per length (after one warm-up): the median")
     ap.add_argument("--out")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--temperature", type=float, default=0.0,
@@ -209,7 +211,7 @@ def main():
                     help="an extra lacunad argument (repeat), e.g. --lacunad-arg=--set --lacunad-arg=engine.x=y")
     a = ap.parse_args()
     a.prompts = [int(x) for x in a.prompts.split(",")]
-    a.streams = [int(x) for x in a.streams.split(",")]
+    a.streams = [int(x) for x in a.streams.split(",") if x]  # "": no decode streams
     ours = bench_lacunad(a, a.vocab)
     print("lacunad:", json.dumps(ours), flush=True)  # kept if the transformers side runs out of time
     if a.out:
