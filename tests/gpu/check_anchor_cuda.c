@@ -497,6 +497,34 @@ START_TEST(test_all_keys_dense) {
 }
 END_TEST
 
+/* Output buffers of a batched run and of one sequence alone, (rows, H, D)
+ * and (rows, H). */
+typedef struct {
+    uint16_t *bo, *so;
+    float *bl, *sl;
+} obufs_t;
+
+static obufs_t obufs(int rows, int H, int D) {
+    obufs_t b = {malloc(sizeof(uint16_t) * rows * H * D), malloc(sizeof(uint16_t) * rows * H * D),
+                 malloc(sizeof(float) * rows * H), malloc(sizeof(float) * rows * H)};
+    ck_assert(b.bo && b.so && b.bl && b.sl);
+    return b;
+}
+
+static void obufs_free(obufs_t *b) {
+    free(b->bo);
+    free(b->so);
+    free(b->bl);
+    free(b->sl);
+}
+
+/* Sequence s alone (so, sl) against its rows of the batch (bo, bl), bitwise. */
+static void same_as_batch(const acase_t *c, const obufs_t *b, int s, int H, int D) {
+    const size_t r0 = (size_t)c->q_indptr[s] * H, nr = (size_t)c->seq[s].n_q * H;
+    ck_assert_msg(memcmp(b->so, b->bo + r0 * D, sizeof(uint16_t) * nr * D) == 0, "seq %d: out differs alone", s);
+    ck_assert_msg(memcmp(b->sl, b->bl + r0, sizeof(float) * nr) == 0, "seq %d: lse differs alone", s);
+}
+
 /* Each sequence planned alone gives bitwise its output in the batch. */
 START_TEST(test_alone_vs_batch) {
     acase_t c;
@@ -506,20 +534,14 @@ START_TEST(test_alone_vs_batch) {
     add_seq(&c, 2777, 1000, 1.f, 384, 384);
     add_seq(&c, 2300, 77, 12.f, 128, 512);
     build(&c);
-    const int H = 8, D = 128, rows = c.q_indptr[c.n];
-    uint16_t *bo = malloc(sizeof(uint16_t) * rows * H * D), *so = malloc(sizeof(uint16_t) * rows * H * D);
-    float *bl = malloc(sizeof(float) * rows * H), *sl = malloc(sizeof(float) * rows * H);
-    run_gpu(&c, 0, c.n, bo, bl);
+    const int H = 8, D = 128;
+    obufs_t b = obufs(c.q_indptr[c.n], H, D);
+    run_gpu(&c, 0, c.n, b.bo, b.bl);
     for (int s = 0; s < c.n; s++) {
-        const size_t r0 = (size_t)c.q_indptr[s] * H, nr = (size_t)c.seq[s].n_q * H;
-        run_gpu(&c, s, s + 1, so, sl);
-        ck_assert_msg(memcmp(so, bo + r0 * D, sizeof(uint16_t) * nr * D) == 0, "seq %d: out differs alone", s);
-        ck_assert_msg(memcmp(sl, bl + r0, sizeof(float) * nr) == 0, "seq %d: lse differs alone", s);
+        run_gpu(&c, s, s + 1, b.so, b.sl);
+        same_as_batch(&c, &b, s, H, D);
     }
-    free(bo);
-    free(so);
-    free(bl);
-    free(sl);
+    obufs_free(&b);
     release(&c);
 }
 END_TEST
@@ -537,29 +559,24 @@ START_TEST(test_partial_select) {
     add_seq(&c, 2300, 700, 2.f, 128, 512);
     add_seq(&c, 1900, 300, 1.f, 128, 256);
     build(&c);
-    const int H = 8, D = 128, rows = c.q_indptr[c.n];
-    uint16_t *bo = malloc(sizeof(uint16_t) * rows * H * D), *so = malloc(sizeof(uint16_t) * rows * H * D);
-    float *bl = malloc(sizeof(float) * rows * H), *sl = malloc(sizeof(float) * rows * H);
+    const int H = 8, D = 128;
+    obufs_t b = obufs(c.q_indptr[c.n], H, D);
     const uint8_t only[MAXS] = {0, 1, 0, 1};
     unsigned long long bp[MAXS] = {0}, sp[MAXS] = {0};
-    run_gpu_sel(&c, 0, c.n, only, bo, bl, bp);
+    run_gpu_sel(&c, 0, c.n, only, b.bo, b.bl, bp);
     for (int s = 0; s < c.n; s++) {
-        const size_t r0 = (size_t)c.q_indptr[s] * H, nr = (size_t)c.seq[s].n_q * H;
         if (!only[s]) {
-            for (size_t i = 0; i < nr * D; i++)
-                ck_assert_msg(bo[r0 * D + i] == 0xffff, "seq %d (not selecting): out row written at %zu", s, i);
+            const size_t r0 = (size_t)c.q_indptr[s] * H * D, n = (size_t)c.seq[s].n_q * H * D;
+            for (size_t i = 0; i < n; i++)
+                ck_assert_msg(b.bo[r0 + i] == 0xffff, "seq %d (not selecting): out row written at %zu", s, i);
             ck_assert_msg(bp[s] == 0, "seq %d (not selecting): %llu pairs", s, bp[s]);
             continue;
         }
-        run_gpu_sel(&c, s, s + 1, NULL, so, sl, sp);
-        ck_assert_msg(memcmp(so, bo + r0 * D, sizeof(uint16_t) * nr * D) == 0, "seq %d: out differs alone", s);
-        ck_assert_msg(memcmp(sl, bl + r0, sizeof(float) * nr) == 0, "seq %d: lse differs alone", s);
+        run_gpu_sel(&c, s, s + 1, NULL, b.so, b.sl, sp);
+        same_as_batch(&c, &b, s, H, D);
         ck_assert_msg(bp[s] == sp[0] && bp[s] > 0, "seq %d: pairs %llu batched, %llu alone", s, bp[s], sp[0]);
     }
-    free(bo);
-    free(so);
-    free(bl);
-    free(sl);
+    obufs_free(&b);
     release(&c);
 }
 END_TEST

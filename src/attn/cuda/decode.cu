@@ -100,18 +100,25 @@ __global__ void __launch_bounds__(kThreads, 2)
     __syncthreads();
 
     if (warp == kWarps) { // ---- producer -----------------------------------------------------
-        if (lane != 0) return;
+        // The warp reads the page ids of 32 stages at once (one round trip
+        // instead of one per stage before each load); lane 0 issues the loads.
         const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
+        int page = 0;
         for (int i = 0; i < n_stages; i++) {
-            const int st = i % kStages, key0 = key_begin + i * kStageKeys;
-            const int row = (pages[key0 / p.page_size] * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size;
-            mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);
-            mbar_arrive_expect_tx(&full[st], 2 * L::kKV);
+            if ((i & 31) == 0 && i + lane < n_stages) page = pages[(key_begin + (i + lane) * kStageKeys) / p.page_size];
+            const int pg = __shfl_sync(0xffffffffu, page, i & 31);
+            if (lane == 0) {
+                const int st = i % kStages, key0 = key_begin + i * kStageKeys;
+                const int row = (pg * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size;
+                mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);
+                mbar_arrive_expect_tx(&full[st], 2 * L::kKV);
 #pragma unroll
-            for (int h = 0; h < D / 64; h++) {
-                tma_load_2d(sK + st * L::kKV + h * L::kHalf, &tm_k, &full[st], h * 64, row);
-                tma_load_2d(sV + st * L::kKV + h * L::kHalf, &tm_v, &full[st], h * 64, row);
+                for (int h = 0; h < D / 64; h++) {
+                    tma_load_2d(sK + st * L::kKV + h * L::kHalf, &tm_k, &full[st], h * 64, row);
+                    tma_load_2d(sV + st * L::kKV + h * L::kHalf, &tm_v, &full[st], h * 64, row);
+                }
             }
+            __syncwarp();
         }
         return;
     }
@@ -304,14 +311,25 @@ __global__ void __launch_bounds__(kThreads, 2)
         if (p.lse) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
     }
     named_sync(kBarConsumers, kWarps * 32);
-    for (int e = tid; e < G * D; e += kWarps * 32) {
-        const int g = e / D, d = e % D;
-        const float *src = p.ws_o + (part * G + g) * D + d;
-        float v = 0.f;
-        // unrolled so that eight loads are in flight; the sum keeps chunk order
-#pragma unroll 8
-        for (int c = 0; c < n_chunks; c++) v += sm_w[g * ATTN_DEC_MAX_SPLITS + c] * __ldcg(src + (size_t)c * G * D);
-        p.out[(head0 + g) * D + d] = __float2bfloat16_rn(v);
+    // Four dims a thread (G x D / 4 <= 512 float4: one or a few per thread),
+    // sixteen chunks' loads in flight: this merge is the kernel's serial tail
+    // at batch 1. Each dim still sums its chunks in chunk order.
+    for (int e = tid; e < G * D / 4; e += kWarps * 32) {
+        const int g = e / (D / 4), d = 4 * (e % (D / 4));
+        const float4 *src = reinterpret_cast<const float4 *>(p.ws_o + (part * G + g) * D + d);
+        const float *w = sm_w + g * ATTN_DEC_MAX_SPLITS;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 16
+        for (int c = 0; c < n_chunks; c++) {
+            const float4 x = __ldcg(src + (size_t)c * G * D / 4);
+            v.x += w[c] * x.x;
+            v.y += w[c] * x.y;
+            v.z += w[c] * x.z;
+            v.w += w[c] * x.w;
+        }
+        __nv_bfloat16 *o = p.out + (head0 + g) * D + d;
+        *reinterpret_cast<__nv_bfloat162 *>(o) = __floats2bfloat162_rn(v.x, v.y);
+        *reinterpret_cast<__nv_bfloat162 *>(o + 2) = __floats2bfloat162_rn(v.z, v.w);
     }
     if (tid == 0) p.counters[seq * p.n_kv_heads + kvh] = 0;
 }
