@@ -33,8 +33,7 @@ static uint8_t *layout(int n, int bs, int align, int64_t pos0, int64_t n_tok) {
 /* View index of key u in pack j's view for a run ending in block b_last, or
  * -1 when the view does not hold it; rank_in_pack[b]: blocks of b's owner
  * before b. */
-static int64_t view_index(const uint8_t *owner, const int64_t *rank_in_pack, int bs, int64_t b_last, int j,
-                          int64_t u) {
+static int64_t view_index(const uint8_t *owner, const int64_t *rank_in_pack, int bs, int64_t b_last, int j, int64_t u) {
     const int64_t b = u / bs;
     if (b > b_last || owner[b] != j) return -1;
     return rank_in_pack[b] * bs + u % bs;
@@ -50,8 +49,8 @@ static void check_layout(int n, int bs, int align, int64_t pos0, int64_t n_tok) 
     for (int64_t b = 0; b < nb; b++) rank_in_pack[b] = seen[owner[b]]++;
     for (int j = 0; j < n; j++) {
         keys_total += cp_ring_keys(owner, nb, bs, end, j);
-        ck_assert_int_eq(cp_ring_pack(owner, nb, j, NULL), cp_ring_keys(owner, nb, bs, end, j) / bs +
-                                                                 ((cp_ring_keys(owner, nb, bs, end, j) % bs) != 0));
+        ck_assert_int_eq(cp_ring_pack(owner, nb, j, NULL),
+                         cp_ring_keys(owner, nb, bs, end, j) / bs + ((cp_ring_keys(owner, nb, bs, end, j) % bs) != 0));
     }
     ck_assert_int_eq(keys_total, end);
     for (int r = 0; r < n; r++) {
@@ -111,10 +110,11 @@ START_TEST(test_cover) {
     const struct {
         int bs, align;
         int64_t pos0, n_tok;
-    } c[] = {{16, 16, 0, 1},   {16, 16, 0, 333},  {16, 64, 0, 1000}, {64, 64, 0, 1025}, {16, 16, 100, 257},
+    } c[] = {{16, 16, 0, 1},    {16, 16, 0, 333},  {16, 64, 0, 1000}, {64, 64, 0, 1025},    {16, 16, 100, 257},
              {16, 64, 77, 500}, {64, 64, 64, 700}, {16, 16, 5, 3},    {64, 256, 1000, 1100}};
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
-        for (size_t k = 0; k < sizeof c / sizeof c[0]; k++) check_layout(ns[i], c[k].bs, c[k].align, c[k].pos0, c[k].n_tok);
+        for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+            check_layout(ns[i], c[k].bs, c[k].align, c[k].pos0, c[k].n_tok);
 }
 END_TEST
 
