@@ -730,8 +730,6 @@ static Suite *attn_cuda_suite(void) {
     TCase *prefill_small = tcase_create("prefill_small"); // small cases: also run under compute-sanitizer
     tcase_add_test(prefill_small, test_prefill_small);
     tcase_add_test(prefill_small, test_prefill_sparse_full);
-    tcase_add_test(prefill_small, test_prefill_qpos_default);
-    tcase_add_test(prefill_small, test_prefill_qpos);
     suite_add_tcase(s, prefill_small);
     TCase *decode_small = tcase_create("decode_small");
     tcase_add_test(decode_small, test_decode_small);
@@ -742,6 +740,8 @@ static Suite *attn_cuda_suite(void) {
     tcase_add_test(prefill, test_prefill_long_short);
     tcase_add_test(prefill, test_prefill_random);
     tcase_add_test(prefill, test_prefill_sparse);
+    tcase_add_test(prefill, test_prefill_qpos_default);
+    tcase_add_test(prefill, test_prefill_qpos);
     suite_add_tcase(s, prefill);
     TCase *decode = tcase_create("decode");
     tcase_add_test(decode, test_decode_d128_g4);
