@@ -192,7 +192,7 @@ END_TEST
  * into slice order. */
 typedef struct {
     int H, KH, D, ps;
-    int64_t pos0, n_tok, end, nb, pool, max_pack;
+    int64_t pos0, n_tok, end, nb, pool, max_pack, max_rows;
     int32_t *blocks;
     uint8_t *owner;
     void *dk, *dv;
@@ -212,10 +212,12 @@ static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, i
     w->owner = calloc((size_t)w->nb, 1);
     if (pos0 > 0) cp_zigzag(n, w->ps, w->ps, 0, pos0, w->owner);
     cp_zigzag(n, w->ps, w->ps, pos0, n_tok, w->owner);
-    for (int j = 0; j < n; j++) {
-        int64_t c = 0;
+    for (int j = 0; j < n; j++) { // the limits: the largest pack and the most rows of a rank
+        int64_t c = 0, rows = 0;
         for (int64_t b = 0; b < w->nb; b++) c += w->owner[b] == j;
+        for (int64_t t = pos0; t < w->end; t++) rows += w->owner[t / w->ps] == j;
         if (c > w->max_pack) w->max_pack = c;
+        if (rows > w->max_rows) w->max_rows = rows;
     }
     const size_t page = (size_t)KH * w->ps * D, pool_elems = page * w->pool, qn = (size_t)n_tok * H * D;
     CK_CUDA(cudaMalloc(&w->dk, 2 * pool_elems));
@@ -284,7 +286,7 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
     attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
-    cp_cuda_limits_t lim = {.max_tokens = w->end, .max_rows = w->n_tok, .max_pack_pages = w->max_pack};
+    cp_cuda_limits_t lim = {.max_tokens = w->end, .max_rows = w->max_rows, .max_pack_pages = w->max_pack};
     cp_cuda_plan_t *p = NULL;
     int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
@@ -394,6 +396,58 @@ START_TEST(test_ring_prefill) {
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
             ok &= check_prefill(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, 1000 + 10 * k + i);
     ck_assert_msg(ok, "the GPU ring differs from the single-rank kernel (see the FAIL lines)");
+}
+END_TEST
+
+/* Bad plans and batches: clear errors, nothing run. */
+START_TEST(test_ring_bad_input) {
+    if (!have_sm90("ring bad input")) return;
+    attn_cuda_shape_t sh = {8, 2, 64, 64, 10, 0.125f};
+    cp_cuda_limits_t lim = {.max_tokens = 256, .max_decode_seqs = 2};
+    cp_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 2, 2, &p), LC_EINVAL); // rank past the group
+    cp_cuda_limits_t none = {0};
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &none, 0, 2, &p), LC_EINVAL); // neither prefill nor decode
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
+    int32_t blocks[5] = {0, 1, 2, 3, 4};
+    uint8_t owner[5] = {0, 1, 1, 0, 0};
+    cp_cuda_seq_t seq = {0, 256, blocks, owner};
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_prefill_rows(p, NULL), 128);
+    seq.n_tok = 257; // past max_tokens
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_ERANGE);
+    seq.n_tok = 0;
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    seq.n_tok = 256;
+    owner[1] = 2; // no such rank
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    owner[1] = 1;
+    blocks[3] = 10; // past the pool, on this rank
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    blocks[3] = 3;
+    int32_t kl[2] = {100, 0}, ip[3] = {0, 2, 4};
+    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner};
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL); // an empty sequence
+    kl[1] = 129;                                                    // more keys than two pages
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL);
+    kl[1] = 128;
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), 0);
+    ck_assert_int_eq(cp_cuda_decode_owner(p, 0), 1);
+    ck_assert_int_eq(cp_cuda_decode_owner(p, 1), 0);
+    db.n_seqs = 3; // past max_decode_seqs
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_ERANGE);
+    // a communicator of another size
+    cp_dev_t *g = cp_dev_create(1, 0);
+    ck_assert_ptr_nonnull(g);
+    void *buf;
+    CK_CUDA(cudaMalloc(&buf, 1 << 20));
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_run_prefill(p, cp_dev_comm(g, 0), buf, buf, buf, buf, NULL), LC_EINVAL);
+    CK_CUDA(cudaDeviceSynchronize());
+    cudaFree(buf);
+    cp_dev_destroy(g);
+    cp_cuda_plan_destroy(p);
+    printf("  ok   ring bad input: clear errors\n");
 }
 END_TEST
 
@@ -613,6 +667,7 @@ int main(void) {
     tcase_add_test(tc, test_nccl);
 #else
     tcase_add_test(tc, test_device_local);
+    tcase_add_test(tc, test_ring_bad_input);
     tcase_add_test(tc, test_ring_prefill);
     tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_timing);
