@@ -390,7 +390,7 @@ extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *
                                   nullptr};
             if ((rc = attn_cuda_run(p->steps[s], &a, st))) return rc;
         }
-        if (p->rows > 0) {
+        if (p->rows > 0 && (r0 < p->rows || s == n - 1)) {
             ring_merge_kernel<<<warp_blocks(p->rows * H), 256, 0, st>>>(p->acc, p->run_lse, p->part_o, p->part_lse,
                                                                         p->rows, H, D, r0, s == 0, s == n - 1,
                                                                         (__nv_bfloat16 *)out, lse);
