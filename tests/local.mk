@@ -149,6 +149,12 @@ tests_check_cp_SOURCES = tests/check_cp.c tests/check_cp_model.c $(TINYMODEL_SRC
 tests_check_cp_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_cp_LDADD = $(CHECK_LDADD)
 
+# The GPU ring's host map (which rows, packs and views each ring step has).
+check_PROGRAMS += tests/check_cp_ring_map
+tests_check_cp_ring_map_SOURCES = tests/check_cp_ring_map.c
+tests_check_cp_ring_map_CFLAGS = $(CHECK_CFLAGS_ALL)
+tests_check_cp_ring_map_LDADD = $(CHECK_LDADD)
+
 # The start-up exchange of a ring spanning hosts, on loopback.
 check_PROGRAMS += tests/check_cp_join
 tests_check_cp_join_SOURCES = tests/check_cp_join.c

@@ -83,7 +83,8 @@ endif
 liblacuna_a_SOURCES += \
 	src/attn/cp/cp_comm.h src/attn/cp/cp_comm_int.h src/attn/cp/comm.c src/attn/cp/comm_threads.c \
 	src/attn/cp/cp_attn.h src/attn/cp/cp_int.h src/attn/cp/layout.c src/attn/cp/ring.c \
-	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c src/attn/cp/cp_flex.c
+	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c src/attn/cp/cp_flex.c \
+	src/attn/cp/cp_ring_map.h src/attn/cp/ring_map.c
 # The hosts of a ring spanning machines agree at start-up (plain C, sockets).
 liblacuna_a_SOURCES += \
 	src/attn/cp/cp_join.h src/attn/cp/cp_join_int.h src/attn/cp/cp_join.c src/attn/cp/cp_join_wire.c
@@ -91,19 +92,20 @@ liblacuna_a_SOURCES += \
 # attn/cp on the GPU: the device-local and NCCL communicators (NCCL's entry
 # points say LC_EUNSUPPORTED in a build without it), and their GPU Check
 # suites (tests/gpu/run.sh step cp), Check linked statically as above.
-CP_CUDA_SRC = src/attn/cp/comm_dev.cu src/attn/cp/comm_nccl.cu
-EXTRA_DIST += $(CP_CUDA_SRC) src/attn/cp/cp_comm_cuda.h tests/gpu/check_cp_cuda.c
+# The ring attention on the GPU kernels (ring_cuda.cu; cp_cuda.h).
+CP_CUDA_SRC = src/attn/cp/comm_dev.cu src/attn/cp/comm_nccl.cu src/attn/cp/ring_cuda.cu
+EXTRA_DIST += $(CP_CUDA_SRC) src/attn/cp/cp_comm_cuda.h src/attn/cp/cp_cuda.h tests/gpu/check_cp_cuda.c
 if HAVE_CUDA
-liblacuna_a_SOURCES += src/attn/cp/cp_comm_cuda.h $(CP_CUDA_SRC)
+liblacuna_a_SOURCES += src/attn/cp/cp_comm_cuda.h src/attn/cp/cp_cuda.h $(CP_CUDA_SRC)
 CUDA_SRCS += $(CP_CUDA_SRC)
 if HAVE_CHECK
 noinst_PROGRAMS += tests/gpu/check_cp_cuda
-tests_gpu_check_cp_cuda_SOURCES = tests/gpu/check_cp_cuda.c
+tests_gpu_check_cp_cuda_SOURCES = tests/gpu/check_cp_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_cp_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_cp_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 if HAVE_NCCL
 noinst_PROGRAMS += tests/gpu/check_cp_nccl
-tests_gpu_check_cp_nccl_SOURCES = tests/gpu/check_cp_cuda.c
+tests_gpu_check_cp_nccl_SOURCES = tests/gpu/check_cp_cuda.c $(GPU_FIXTURE)
 tests_gpu_check_cp_nccl_CFLAGS = $(CHECK_CFLAGS_ALL) -DCP_WITH_NCCL
 tests_gpu_check_cp_nccl_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) $(NCCL_LIBS) -lrt -lm
 endif

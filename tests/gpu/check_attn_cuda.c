@@ -17,6 +17,10 @@
  * the selected blocks (and the diagonal); a full mask equals the dense kernel
  * bitwise.
  *
+ * Explicit query positions (q_pos0): rows past the keys, straddling them,
+ * inside them, more rows than keys, against a double-precision reference;
+ * q_pos0 = kv_len - nq equals the default bitwise.
+ *
  * Runs where a GPU is; exits 77 (SKIP) where none is. Not part of make check:
  * tests/gpu/run_attn.sh runs it on the GPU machine, one case at a time
  * (CK_RUN_CASE=errors, prefill_small, decode_small, prefill, decode; the
@@ -58,6 +62,9 @@ typedef struct {
     uint32_t *mask;
     int32_t mask_off[16];
     void *dmask;
+    // explicit query positions (attn_cuda.h q_pos0), used when has_qpos
+    int has_qpos;
+    int32_t q_pos0[16];
 } batch_t;
 
 /* Block-sparse reference for sequence s: row by row over the keys of the
@@ -199,6 +206,7 @@ static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, co
     b->ref_lse = malloc(sizeof(float) * b->rows * H);
     attn_shape_t ash = {.n_heads = H, .n_kv_heads = KH, .head_dim = D, .scale = b->sh.scale};
     for (int s = 0; s < n; s++) {
+        if (!decode && seqs[s].nq > seqs[s].kv_len) continue; // rows past the keys: the caller's reference (q_pos0)
         attn_kv_t kv = {.k = kt,
                         .v = b->vf,
                         .blk_stride = page_elems,
@@ -251,7 +259,8 @@ static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_key
                             .kv_indptr = ki,
                             .kv_indices = b->kv_indices + b->kv_indptr[s0],
                             .kv_len = b->kv_len + s0,
-                            .mask_off = b->mask ? b->mask_off + s0 : NULL};
+                            .mask_off = b->mask ? b->mask_off + s0 : NULL,
+                            .q_pos0 = b->has_qpos ? b->q_pos0 + s0 : NULL};
     size_t ws = 0;
     ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
     const int64_t rows = b->q_indptr[s0 + ns] - b->q_indptr[s0];
@@ -506,6 +515,101 @@ START_TEST(test_prefill_sparse_full) {
 }
 END_TEST
 
+/* ---- explicit query positions (q_pos0) ------------------------------------------------ */
+/* Reference for sequence s with its rows at positions q_pos0[s] + r: the row
+ * sees keys 0 .. min(q_pos0[s] + r, kv_len - 1), in double. */
+static void qpos_ref(batch_t *b, int s) {
+    const int H = b->sh.n_heads, D = b->sh.head_dim, G = H / b->sh.n_kv_heads, ps = b->sh.page_size;
+    const int len = b->kv_len[s], nq = b->seq[s].nq;
+    const size_t page_elems = (size_t)b->sh.n_kv_heads * ps * D;
+    double *w = malloc(sizeof(double) * len), *acc = malloc(sizeof(double) * D);
+    for (int r = 0; r < nq; r++) {
+        const int last = b->q_pos0[s] + r < len - 1 ? b->q_pos0[s] + r : len - 1;
+        for (int h = 0; h < H; h++) {
+            const float *q = b->qf + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
+            double mx = -INFINITY, l = 0;
+            for (int j = 0; j <= last; j++) {
+                const float *k =
+                    b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
+                double d = 0;
+                for (int c = 0; c < D; c++) d += (double)q[c] * k[c];
+                w[j] = d * b->sh.scale;
+                if (w[j] > mx) mx = w[j];
+            }
+            for (int c = 0; c < D; c++) acc[c] = 0;
+            for (int j = 0; j <= last; j++) {
+                const double e = exp(w[j] - mx);
+                const float *v =
+                    b->vf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
+                l += e;
+                for (int c = 0; c < D; c++) acc[c] += e * v[c];
+            }
+            float *o = b->ref + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
+            for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / l);
+            b->ref_lse[(size_t)(b->q_indptr[s] + r) * H + h] = (float)(mx + log(l));
+        }
+    }
+    free(w);
+    free(acc);
+}
+
+/* Rows at every kind of position: past the keys (all visible: the ring's
+ * off-diagonal step), as many rows as keys or more, straddling kv_len,
+ * inside the keys (causal from an earlier position), the default position
+ * given explicitly; row counts not multiples of 128, odd lengths, shuffled
+ * pages (batch_build). Every variant against qpos_ref, each sequence alone
+ * bitwise equal to its rows of the batch (check_batch). */
+static void run_qpos_case(int H, int KH, int D, int ps, uint64_t seed, const char *name) {
+    static const struct {
+        int kv_len, nq, q_pos0;
+    } c[] = {{1000, 1000, 1000}, {333, 77, 5000}, {129, 300, 129}, {4097, 200, 1500}, {700, 260, 600}, {1, 5, 1},
+             {2000, 131, 1869},  {256, 128, 64},  {1025, 1, 1025}, {640, 129, 4000},  {77, 77, 0}};
+    const int n = (int)(sizeof c / sizeof c[0]);
+    seq_t seqs[16];
+    for (int s = 0; s < n; s++) seqs[s] = (seq_t){c[s].kv_len, c[s].nq};
+    rng = seed;
+    batch_t b;
+    batch_build(&b, H, KH, D, ps, 0, seqs, n, 1.f);
+    b.has_qpos = 1;
+    for (int s = 0; s < n; s++) {
+        b.q_pos0[s] = c[s].q_pos0;
+        qpos_ref(&b, s);
+    }
+    check_batch(&b, name, 0);
+    batch_free(&b);
+}
+
+START_TEST(test_prefill_qpos) {
+    run_qpos_case(8, 2, 128, 64, 101, "q_pos0 d128 g4 p64");
+    run_qpos_case(4, 4, 64, 128, 102, "q_pos0 d64 g1 p128");
+    run_qpos_case(16, 2, 128, 128, 103, "q_pos0 d128 g8 p128");
+}
+END_TEST
+
+/* q_pos0 = kv_len - nq given explicitly is the default, bit for bit. */
+START_TEST(test_prefill_qpos_default) {
+    const seq_t s[] = {{1000, 1000}, {300, 1}, {2000, 77}, {4100, 700}, {129, 128}};
+    rng = 111;
+    batch_t b;
+    batch_build(&b, 8, 2, 128, 64, 0, s, 5, 1.f);
+    const size_t on = (size_t)b.rows * 8 * 128;
+    uint16_t *o1 = malloc(2 * on), *o2 = malloc(2 * on);
+    float *l1 = malloc(sizeof(float) * b.rows * 8), *l2 = malloc(sizeof(float) * b.rows * 8);
+    run_gpu(&b, 0, b.n, 0, 0, o1, l1);
+    b.has_qpos = 1;
+    for (int i = 0; i < b.n; i++) b.q_pos0[i] = b.kv_len[i] - b.seq[i].nq;
+    run_gpu(&b, 0, b.n, 0, 0, o2, l2);
+    ck_assert_msg(memcmp(o1, o2, 2 * on) == 0 && memcmp(l1, l2, sizeof(float) * b.rows * 8) == 0,
+                  "q_pos0 = kv_len - nq differs from q_pos0 = NULL");
+    printf("  ok   q_pos0 = kv_len - nq equals q_pos0 = NULL bitwise\n");
+    free(o1);
+    free(o2);
+    free(l1);
+    free(l2);
+    batch_free(&b);
+}
+END_TEST
+
 /* ---- decode -------------------------------------------------------------------------- */
 START_TEST(test_decode_small) {
     const seq_t s[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}};
@@ -579,6 +683,22 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_ERANGE);
     qi[1] = 10;
     ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), 0);
+    // explicit query positions: rows past the keys are fine, a negative
+    // position or one combined with a block mask is not
+    int32_t qp[1] = {100}, mo[1] = {0};
+    len[0] = 5;
+    b.q_pos0 = qp;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), 0);
+    qp[0] = -1;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    qp[0] = INT32_MAX - 5; // the last row's position past int32
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    qp[0] = 100;
+    b.mask_off = mo;
+    ck_assert_int_eq(attn_cuda_plan(p, &b, NULL, &ws), LC_EINVAL);
+    b.mask_off = NULL;
+    b.q_pos0 = NULL;
+    len[0] = 100;
     attn_cuda_args_t a = {0};
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), LC_EINVAL); // missing pointers
     attn_cuda_plan_destroy(p);
@@ -587,6 +707,10 @@ START_TEST(test_bad_input) {
     ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &lim, &p), 0);
     int32_t ki2[2] = {0, 10}, idx2[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, len2[1] = {600};
     attn_cuda_batch_t b2 = {.n_seqs = 1, .kv_indptr = ki2, .kv_indices = idx2, .kv_len = len2};
+    int32_t qp2[1] = {0};
+    b2.q_pos0 = qp2; // prefill only
+    ck_assert_int_eq(attn_cuda_plan(p, &b2, NULL, &ws), LC_EINVAL);
+    b2.q_pos0 = NULL;
     ck_assert_int_eq(attn_cuda_plan(p, &b2, NULL, &ws), 0);
     ck_assert_uint_gt(ws, 0);
     void *buf;
@@ -616,6 +740,8 @@ static Suite *attn_cuda_suite(void) {
     tcase_add_test(prefill, test_prefill_long_short);
     tcase_add_test(prefill, test_prefill_random);
     tcase_add_test(prefill, test_prefill_sparse);
+    tcase_add_test(prefill, test_prefill_qpos_default);
+    tcase_add_test(prefill, test_prefill_qpos);
     suite_add_tcase(s, prefill);
     TCase *decode = tcase_create("decode");
     tcase_add_test(decode, test_decode_d128_g4);

@@ -6,13 +6,22 @@
  *   all-gather, all-reduce (rank-order sum: the same bits on every rank,
  *   checked against the host's sum), broadcast from every root, all-to-all
  *   of varying sizes, barrier; every buffer read back and checked.
- * - the ring's timing (device-local, N = 2, 4, 8 on one GPU): a Llama-3-8B
- *   layer at 128K tokens sharded N ways; per step each rank sends its KV pack
- *   (K and V of 2C tokens, C = 128K / 2N) round the ring while it runs the
- *   dense prefill kernel on 2C queries over 2C keys (the causal work of one
- *   zig-zag step). Printed: compute and transfer per step alone, and the step
- *   with both overlapped. On one GPU the N ranks share the SMs and HBM, so the
- *   step is N ranks' work; docs/scaling.md uses the one-rank compute.
+ * - ring attention on the GPU kernels (cp_cuda.h), device-local N = 1, 2,
+ *   3, 4, 8 on one GPU, against the single-rank attn_cuda_run over the whole
+ *   sequence (rel. L2 of the outputs < 1e-2, |LSE error| < 1e-3): prefill of
+ *   1, 1000, 4097 and 12345 tokens, slices on cached prefixes (3001 + 5000,
+ *   4096 + 333), 32/8 heads d 128 and 8/2 d 64, pages of 64 shuffled in the
+ *   pool, unused slots NaN; decode of 7 rows of 1 .. 12345 keys (zig-zag
+ *   prompts, generated blocks round the ranks). Each layer runs twice and
+ *   must give the same bits; N = 1 must give the single-rank kernel's bits.
+ *   One line per comparison with its worst errors.
+ * - the ring's timing (device-local, N = 1, 2, 4, 8 on one GPU): a
+ *   Llama-3-8B layer at 128K tokens, the real ring; per step each rank's
+ *   compute (attention and LSE merge) and its wait for the step's transfer,
+ *   from CUDA events on its stream, as a markdown table. On one GPU the N
+ *   ranks share the SMs and HBM, so a step's compute includes the slowdown
+ *   from the other ranks running at the same time; N = 1 is the single-rank
+ *   baseline.
  * Built with -DCP_WITH_NCCL (check_cp_nccl), the suite is the NCCL backend's
  * instead: the same checks with one rank per visible GPU (one on the H200).
  * Exits 77 (SKIP) without a GPU. */
@@ -26,15 +35,15 @@
 #include <string.h>
 
 #include "attn/cp/cp_comm.h"
+#include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_comm_cuda.h"
+#include "attn/cp/cp_cuda.h"
 #include "attn/cuda/attn_cuda.h"
 #include "common/status.h"
 
-#define CK_CUDA(x)                                                                                                     \
-    do {                                                                                                               \
-        cudaError_t e_ = (x);                                                                                          \
-        ck_assert_msg(e_ == cudaSuccess, "%s: %s", #x, cudaGetErrorString(e_));                                        \
-    } while (0)
+#include "gpu_fixture.h"
+#include "gpu_testutil.h"
+
 
 /* ---- a team of ranks, one host thread each -------------------------------------------- */
 typedef int (*rank_fn)(int rank, cp_comm_t *c, void *ud);
@@ -176,115 +185,451 @@ START_TEST(test_device_local) {
 }
 END_TEST
 
-/* ---- the ring's timing ------------------------------------------------------------------ */
-enum { RH = 32, RKH = 8, RD = 128, RPS = 64, RSTEPS_MAX = 8 };
+/* ---- ring attention on the GPU kernels (cp_cuda.h) ------------------------------------ */
+/* One sharded sequence: a shuffled pool of bf16 pages (unused slots NaN),
+ * its block table and zig-zag owners (a cached prefix [0, pos0) written as
+ * an earlier slice), the slice's queries; the ring's results gathered back
+ * into slice order. */
 typedef struct {
-    int64_t T;             // tokens of the whole prompt
-    int compute, transfer; // what the steps do
-    float ms_compute[CP_MAX_RANKS], ms_step[CP_MAX_RANKS];
-} ring_bench_t;
+    int H, KH, D, ps;
+    int64_t pos0, n_tok, end, nb, pool, max_pack, max_rows;
+    int32_t *blocks;
+    uint8_t *owner;
+    void *dk, *dv;
+    uint16_t *q;          // host (n_tok, H, D)
+    uint16_t *out, *out2; // the ring's outputs of two runs, slice rows
+    float *lse;
+    int timing; // ring_body: time the steps instead of checking
+    float ms_c[CP_MAX_RANKS][CP_MAX_RANKS], ms_w[CP_MAX_RANKS][CP_MAX_RANKS]; // [rank][step]
+} world_t;
 
+static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int random) {
+    memset(w, 0, sizeof *w);
+    w->H = H, w->KH = KH, w->D = D, w->ps = 64, w->pos0 = pos0, w->n_tok = n_tok, w->end = pos0 + n_tok;
+    w->nb = (w->end + w->ps - 1) / w->ps;
+    w->pool = w->nb + 3;
+    w->blocks = gpu_page_table(w->pool, w->nb, irand);
+    w->owner = calloc((size_t)w->nb, 1);
+    if (pos0 > 0) cp_zigzag(n, w->ps, w->ps, 0, pos0, w->owner);
+    cp_zigzag(n, w->ps, w->ps, pos0, n_tok, w->owner);
+    for (int j = 0; j < n; j++) { // the limits: the largest pack and the most rows of a rank
+        int64_t c = 0, rows = 0;
+        for (int64_t b = 0; b < w->nb; b++) c += w->owner[b] == j;
+        for (int64_t t = pos0; t < w->end; t++) rows += w->owner[t / w->ps] == j;
+        if (c > w->max_pack) w->max_pack = c;
+        if (rows > w->max_rows) w->max_rows = rows;
+    }
+    const size_t page = (size_t)KH * w->ps * D, pool_elems = page * w->pool, qn = (size_t)n_tok * H * D;
+    CK_CUDA(cudaMalloc(&w->dk, 2 * pool_elems));
+    CK_CUDA(cudaMalloc(&w->dv, 2 * pool_elems));
+    w->q = malloc(2 * qn);
+    w->out = malloc(2 * qn);
+    w->out2 = malloc(2 * qn);
+    w->lse = malloc(sizeof(float) * n_tok * H);
+    memset(w->out, 0xff, 2 * qn); // NaN: a row no rank wrote fails
+    memset(w->out2, 0xff, 2 * qn);
+    for (int64_t i = 0; i < n_tok * H; i++) w->lse[i] = NAN;
+    if (!random) { // timing: zeros (no NaN slots either)
+        CK_CUDA(cudaMemset(w->dk, 0, 2 * pool_elems));
+        CK_CUDA(cudaMemset(w->dv, 0, 2 * pool_elems));
+        memset(w->q, 0, 2 * qn);
+        return;
+    }
+    uint16_t *kb = malloc(2 * pool_elems), *vb = malloc(2 * pool_elems);
+    for (size_t i = 0; i < pool_elems; i++) kb[i] = vb[i] = 0x7fc0; // NaN
+    for (int64_t t = 0; t < w->end; t++)
+        for (int h = 0; h < KH; h++) {
+            const size_t o = (size_t)w->blocks[t / w->ps] * page + ((size_t)h * w->ps + t % w->ps) * D;
+            for (int c = 0; c < D; c++) kb[o + c] = f2bf(frand()), vb[o + c] = f2bf(frand());
+        }
+    for (size_t i = 0; i < qn; i++) w->q[i] = f2bf(frand());
+    CK_CUDA(cudaMemcpy(w->dk, kb, 2 * pool_elems, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(w->dv, vb, 2 * pool_elems, cudaMemcpyHostToDevice));
+    free(kb);
+    free(vb);
+}
+
+static void world_free(world_t *w) {
+    cudaFree(w->dk), cudaFree(w->dv);
+    free(w->blocks), free(w->owner), free(w->q), free(w->out), free(w->out2), free(w->lse);
+}
+
+/* The single-rank reference: attn_cuda_run over the whole sequence (the
+ * slice's rows causal over keys 0 .. end - 1). */
+static void ref_prefill(const world_t *w, uint16_t *out, float *lse) {
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    attn_cuda_limits_t lim = {1, w->n_tok, w->nb, 0};
+    attn_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &lim, &p), 0);
+    int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL};
+    ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, NULL), 0);
+    const size_t qn = (size_t)w->n_tok * w->H * w->D;
+    void *dq, *dout, *dlse;
+    CK_CUDA(cudaMalloc(&dq, 2 * qn));
+    CK_CUDA(cudaMalloc(&dout, 2 * qn));
+    CK_CUDA(cudaMalloc(&dlse, sizeof(float) * w->n_tok * w->H));
+    CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
+    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, NULL, NULL};
+    ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
+    CK_CUDA(cudaDeviceSynchronize());
+    CK_CUDA(cudaMemcpy(out, dout, 2 * qn, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(lse, dlse, sizeof(float) * w->n_tok * w->H, cudaMemcpyDeviceToHost));
+    cudaFree(dq), cudaFree(dout), cudaFree(dlse);
+    attn_cuda_plan_destroy(p);
+}
+
+/* Rank r: plans the ring, runs the layer twice (out, then out2), scatters
+ * its rows back into slice order. With w->timing: the second run timed. */
 static int ring_body(int r, cp_comm_t *c, void *ud) {
-    ring_bench_t *b = ud;
+    world_t *w = ud;
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
-    const int64_t L = 2 * (b->T / (2 * n)); // tokens a rank holds: 2 zig-zag chunks
-    const int64_t pages = (L + RPS - 1) / RPS;
-    const size_t kv_bytes = (size_t)pages * RKH * RPS * RD * 2; // one of K, V in bf16
-    const size_t pack = 2 * kv_bytes;
-    void *dq, *dout, *dk, *rb[2];
-    CU(cudaMalloc(&dq, (size_t)L * RH * RD * 2));
-    CU(cudaMalloc(&dout, (size_t)L * RH * RD * 2));
-    CU(cudaMalloc(&dk, pack)); // K then V: the rank's pack
-    CU(cudaMalloc(&rb[0], pack));
-    CU(cudaMalloc(&rb[1], pack));
-    CU(cudaMemsetAsync(dq, 0, (size_t)L * RH * RD * 2, st));
-    CU(cudaMemsetAsync(dk, 0, pack, st));
-    CU(cudaMemsetAsync(rb[0], 0, pack, st));
-    CU(cudaMemsetAsync(rb[1], 0, pack, st));
-    attn_cuda_shape_t sh = {RH, RKH, RD, RPS, pages, 1.0f / sqrtf((float)RD)};
-    attn_cuda_limits_t lim = {1, L, pages, 0};
-    attn_cuda_plan_t *p = NULL;
-    CHECK(attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &lim, &p) == 0);
-    int32_t q_indptr[2] = {0, (int32_t)L}, kv_indptr[2] = {0, (int32_t)pages}, kv_len[1] = {(int32_t)L};
-    int32_t *idx = malloc(sizeof(int32_t) * pages);
-    for (int64_t i = 0; i < pages; i++) idx[i] = (int32_t)i;
-    attn_cuda_batch_t bt = {1, q_indptr, kv_indptr, idx, kv_len, NULL};
-    size_t ws = 0;
-    CHECK(attn_cuda_plan(p, &bt, st, &ws) == 0);
-    cudaEvent_t ev[3 * RSTEPS_MAX + 1];
-    for (int i = 0; i < 3 * RSTEPS_MAX + 1; i++) CU(cudaEventCreate(&ev[i]));
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    cp_cuda_limits_t lim = {.max_tokens = w->end, .max_rows = w->max_rows, .max_pack_pages = w->max_pack};
+    cp_cuda_plan_t *p = NULL;
+    int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
+    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner};
+    CHECK(cp_cuda_plan_prefill(p, &seq, st) == 0);
+    const int64_t rows = cp_cuda_prefill_rows(p, NULL);
+    const size_t rb = (size_t)w->H * w->D * 2;
+    int64_t *pos = malloc(sizeof(int64_t) * (size_t)(rows + 1));
+    uint16_t *hq = malloc(rb * (size_t)(rows + 1)), *ho = malloc(rb * (size_t)(rows + 1));
+    float *hl = malloc(sizeof(float) * w->H * (size_t)(rows + 1));
+    CHECK(pos && hq && ho && hl && cp_cuda_prefill_rows(p, pos) == rows);
+    for (int64_t i = 0; i < rows; i++) memcpy((char *)hq + i * rb, (char *)w->q + (pos[i] - w->pos0) * rb, rb);
+    void *dq, *dout, *dout2;
+    float *dlse;
+    CU(cudaMalloc(&dq, rb * (size_t)(rows + 1)));
+    CU(cudaMalloc(&dout, rb * (size_t)(rows + 1)));
+    CU(cudaMalloc(&dout2, rb * (size_t)(rows + 1)));
+    CU(cudaMalloc((void **)&dlse, sizeof(float) * w->H * (size_t)(rows + 1)));
+    CU(cudaMemcpyAsync(dq, hq, rb * (size_t)rows, cudaMemcpyHostToDevice, st));
+    CHECK(cp_cuda_run_prefill(p, c, w->dk, w->dv, dq, dout, dlse) == 0);
+    cp_cuda_plan_timing_enable(p, w->timing);
+    CHECK(cp_cuda_run_prefill(p, c, w->dk, w->dv, dq, dout2, NULL) == 0);
+    CU(cudaStreamSynchronize(st));
+    CU(cudaMemcpy(ho, dout, rb * (size_t)rows, cudaMemcpyDeviceToHost));
+    CU(cudaMemcpy(hl, dlse, sizeof(float) * w->H * (size_t)rows, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < rows; i++) {
+        memcpy((char *)w->out + (pos[i] - w->pos0) * rb, (char *)ho + i * rb, rb);
+        memcpy(w->lse + (pos[i] - w->pos0) * w->H, hl + i * w->H, sizeof(float) * w->H);
+    }
+    CU(cudaMemcpy(ho, dout2, rb * (size_t)rows, cudaMemcpyDeviceToHost));
+    for (int64_t i = 0; i < rows; i++) memcpy((char *)w->out2 + (pos[i] - w->pos0) * rb, (char *)ho + i * rb, rb);
+    for (int k = 0; w->timing && k < n; k++) CHECK(cp_cuda_step_ms(p, k, &w->ms_c[r][k], &w->ms_w[r][k]) == 0);
     CHECK(cp_barrier(c) == 0);
-    for (int rep = 0; rep < 2; rep++) { // the first pass warms up
-        CU(cudaEventRecord(ev[0], st));
-        for (int k = 0; k < n; k++) {
-            void *cur = k == 0 ? dk : rb[(k - 1) & 1];
-            cp_req_t rq = {-1};
-            if (b->transfer && k < n - 1)
-                CHECK(cp_sendrecv_start(c, cur, pack, (r + 1) % n, rb[k & 1], pack, (r + n - 1) % n, &rq) == 0);
-            CU(cudaEventRecord(ev[3 * k + 1], st));
-            if (b->compute) {
-                attn_cuda_args_t a = {dq, dout, NULL, cur, (char *)cur + kv_bytes, NULL, 0, 0, NULL, NULL};
-                CHECK(attn_cuda_run(p, &a, st) == 0);
-            }
-            CU(cudaEventRecord(ev[3 * k + 2], st));
-            CHECK(cp_wait(c, &rq) == 0);
-            CU(cudaEventRecord(ev[3 * k + 3], st));
-        }
-        CU(cudaStreamSynchronize(st));
-        CHECK(cp_barrier(c) == 0);
-    }
-    float comp = 0, step = 0;
-    for (int k = 0; k < n; k++) {
-        float a, s;
-        CU(cudaEventElapsedTime(&a, ev[3 * k + 1], ev[3 * k + 2]));
-        CU(cudaEventElapsedTime(&s, k ? ev[3 * k] : ev[0], ev[3 * k + 3]));
-        comp += a, step += s;
-    }
-    b->ms_compute[r] = comp / n;
-    b->ms_step[r] = step / n;
-    for (int i = 0; i < 3 * RSTEPS_MAX + 1; i++) cudaEventDestroy(ev[i]);
-    attn_cuda_plan_destroy(p);
-    free(idx);
-    cudaFree(dq), cudaFree(dout), cudaFree(dk), cudaFree(rb[0]), cudaFree(rb[1]);
+    cudaFree(dq), cudaFree(dout), cudaFree(dout2), cudaFree(dlse);
+    free(pos), free(hq), free(ho), free(hl);
+    cp_cuda_plan_destroy(p);
     return 0;
 }
 
-static float ring_time(int n, int64_t T, int compute, int transfer, float *ms_compute) {
+/* rel L2 of the outputs and the largest |LSE difference| (non-finite: inf). */
+static void compare(const uint16_t *o, const float *l, const uint16_t *ro, const float *rl, int64_t rows, int H, int D,
+                    double *rel, double *lse_err) {
+    double se = 0, sr = 0, le = 0;
+    for (int64_t i = 0; i < rows * H * D; i++) {
+        const double g = bf2f(o[i]), f = bf2f(ro[i]);
+        se += isfinite(g) ? (g - f) * (g - f) : INFINITY;
+        sr += f * f;
+    }
+    for (int64_t i = 0; l && i < rows * H; i++) {
+        const double d = isfinite(l[i]) ? fabs((double)l[i] - rl[i]) : INFINITY;
+        if (d > le) le = d;
+    }
+    *rel = sqrt(se / (sr > 0 ? sr : 1));
+    *lse_err = le;
+}
+
+/* The ring with n ranks against the single-rank kernel: one line each. */
+static int check_prefill(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, uint64_t seed) {
+    rng = seed;
+    world_t w;
+    world_build(&w, H, KH, D, n, pos0, n_tok, 1);
+    const size_t qn = (size_t)n_tok * H * D;
+    uint16_t *ro = malloc(2 * qn);
+    float *rl = malloc(sizeof(float) * n_tok * H);
+    ref_prefill(&w, ro, rl);
     cp_dev_t *g = cp_dev_create(n, 0);
     ck_assert_ptr_nonnull(g);
     cp_comm_t *comms[CP_MAX_RANKS];
     for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-    ring_bench_t b = {.T = T, .compute = compute, .transfer = transfer};
-    ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &b), 0);
+    const int rc = team_run(comms, NULL, n, ring_body, &w);
     cp_dev_destroy(g);
-    float step = 0, comp = 0;
-    for (int r = 0; r < n; r++) step = b.ms_step[r] > step ? b.ms_step[r] : step, comp += b.ms_compute[r] / n;
-    if (ms_compute) *ms_compute = comp;
-    return step;
+    double rel, le;
+    compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
+    const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
+    // one rank: the same kernel over the same keys and tiles, so the same bits
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
+    printf("  %-4s prefill ring N=%d, %d/%d heads d%d, prefix %lld + slice %lld tokens vs one rank: rel L2 %.2e, "
+           "lse max err %.2e, run twice %s, %s single-rank bits\n",
+           ok ? "ok" : "FAIL", n, H, KH, D, (long long)pos0, (long long)n_tok, rel, le,
+           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+    free(ro), free(rl);
+    world_free(&w);
+    return ok;
 }
 
-START_TEST(test_ring_timing) {
-    int major = 0;
+/* The prefill kernel is sm_90a only. */
+static int have_sm90(const char *what) {
+    int major = 0, minor = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
-    if (major != 9) {
-        printf("ring timing: the prefill kernel needs sm_90; skipped on compute capability %d\n", major);
-        return;
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+    if (major == 9 && minor == 0) return 1;
+    printf("%s: the prefill kernel needs sm_90; skipped on sm_%d%d\n", what, major, minor);
+    return 0;
+}
+
+START_TEST(test_ring_prefill) {
+    if (!have_sm90("ring prefill")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    const struct {
+        int H, KH, D;
+        int64_t pos0, n_tok;
+    } c[] = {{32, 8, 128, 0, 1000},    {32, 8, 128, 0, 4097}, {8, 2, 64, 0, 12345}, {8, 2, 64, 0, 1000},
+             {32, 8, 128, 3001, 5000}, {8, 2, 64, 4096, 333}, {32, 8, 128, 0, 1}};
+    int ok = 1;
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            ok &= check_prefill(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, 1000 + 10 * k + i);
+    ck_assert_msg(ok, "the GPU ring differs from the single-rank kernel (see the FAIL lines)");
+}
+END_TEST
+
+/* Bad plans and batches: clear errors, nothing run. */
+START_TEST(test_ring_bad_input) {
+    if (!have_sm90("ring bad input")) return;
+    attn_cuda_shape_t sh = {8, 2, 64, 64, 10, 0.125f};
+    cp_cuda_limits_t lim = {.max_tokens = 256, .max_decode_seqs = 2};
+    cp_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 2, 2, &p), LC_EINVAL); // rank past the group
+    cp_cuda_limits_t none = {0};
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &none, 0, 2, &p), LC_EINVAL); // neither prefill nor decode
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
+    int32_t blocks[5] = {0, 1, 2, 3, 4};
+    uint8_t owner[5] = {0, 1, 1, 0, 0};
+    cp_cuda_seq_t seq = {0, 256, blocks, owner};
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_prefill_rows(p, NULL), 128);
+    seq.n_tok = 257; // past max_tokens
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_ERANGE);
+    seq.n_tok = 0;
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    seq.n_tok = 256;
+    owner[1] = 2; // no such rank
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    owner[1] = 1;
+    blocks[3] = 10; // past the pool, on this rank
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    blocks[3] = 3;
+    int32_t kl[2] = {100, 0}, ip[3] = {0, 2, 4};
+    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner};
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL); // an empty sequence
+    kl[1] = 129;                                                    // more keys than two pages
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL);
+    kl[1] = 128;
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), 0);
+    ck_assert_int_eq(cp_cuda_decode_owner(p, 0), 1);
+    ck_assert_int_eq(cp_cuda_decode_owner(p, 1), 0);
+    db.n_seqs = 3; // past max_decode_seqs
+    ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_ERANGE);
+    // a communicator of another size
+    cp_dev_t *g = cp_dev_create(1, 0);
+    ck_assert_ptr_nonnull(g);
+    void *buf;
+    CK_CUDA(cudaMalloc(&buf, 1 << 20));
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_run_prefill(p, cp_dev_comm(g, 0), buf, buf, buf, buf, NULL), LC_EINVAL);
+    CK_CUDA(cudaDeviceSynchronize());
+    cudaFree(buf);
+    cp_dev_destroy(g);
+    cp_cuda_plan_destroy(p);
+    printf("  ok   ring bad input: clear errors\n");
+}
+END_TEST
+
+/* ---- sharded decode ------------------------------------------------------------------- */
+enum { DS = 7 };
+typedef struct {
+    int H, KH, D, ps, n;
+    int32_t kv_len[DS], indptr[DS + 1];
+    int32_t *blocks;
+    uint8_t *owner;
+    int64_t pool;
+    void *dk, *dv, *dq;
+    uint16_t *out, *out2;
+    float *lse;
+} dec_world_t;
+
+static int dec_body(int r, cp_comm_t *c, void *ud) {
+    dec_world_t *w = ud;
+    const int n = cp_comm_size(c);
+    cudaStream_t st = cp_comm_stream(c);
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    cp_cuda_limits_t lim = {.max_decode_seqs = DS, .max_decode_pages = w->indptr[DS]};
+    cp_cuda_plan_t *p = NULL;
+    CHECK(cp_cuda_plan_create(&sh, &lim, r, n, &p) == 0);
+    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner};
+    CHECK(cp_cuda_plan_decode(p, &b, st) == 0);
+    const size_t rb = (size_t)w->H * w->D * 2;
+    void *dout, *dout2;
+    float *dlse;
+    CU(cudaMalloc(&dout, rb * DS));
+    CU(cudaMalloc(&dout2, rb * DS));
+    CU(cudaMalloc((void **)&dlse, sizeof(float) * w->H * DS));
+    CHECK(cp_cuda_run_decode(p, c, w->dk, w->dv, w->dq, dout, dlse) == 0);
+    CHECK(cp_cuda_run_decode(p, c, w->dk, w->dv, w->dq, dout2, NULL) == 0);
+    CU(cudaStreamSynchronize(st));
+    for (int s = 0; s < DS; s++) {
+        if (cp_cuda_decode_owner(p, s) != r) continue;
+        CU(cudaMemcpy((char *)w->out + s * rb, (char *)dout + s * rb, rb, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy((char *)w->out2 + s * rb, (char *)dout2 + s * rb, rb, cudaMemcpyDeviceToHost));
+        CU(cudaMemcpy(w->lse + s * w->H, dlse + s * w->H, sizeof(float) * w->H, cudaMemcpyDeviceToHost));
     }
+    CHECK(cp_barrier(c) == 0);
+    cudaFree(dout), cudaFree(dout2), cudaFree(dlse);
+    cp_cuda_plan_destroy(p);
+    return 0;
+}
+
+/* Sequences of 1 .. 12345 keys: a prompt sharded zig-zag, then generated
+ * tokens whose new blocks go round the ranks (cp_owner_next). */
+static int check_decode(int H, int KH, int D, int n, uint64_t seed) {
+    static const int lens[DS] = {1, 63, 64, 65, 1000, 4097, 12345}, gen[DS] = {0, 1, 0, 30, 200, 1, 700};
+    rng = seed;
+    dec_world_t w = {.H = H, .KH = KH, .D = D, .ps = 64, .n = n};
+    for (int s = 0; s < DS; s++) {
+        w.kv_len[s] = lens[s];
+        w.indptr[s + 1] = w.indptr[s] + (lens[s] + w.ps - 1) / w.ps;
+    }
+    const int64_t nb = w.indptr[DS];
+    w.pool = nb + 3;
+    w.blocks = gpu_page_table(w.pool, nb, irand);
+    w.owner = calloc((size_t)nb, 1);
+    for (int s = 0; s < DS; s++) {
+        const int prompt = lens[s] - gen[s] > 0 ? lens[s] - gen[s] : 1;
+        uint8_t *ow = w.owner + w.indptr[s];
+        cp_zigzag(n, w.ps, w.ps, 0, prompt, ow);
+        for (int64_t b = (prompt + w.ps - 1) / w.ps; b < w.indptr[s + 1] - w.indptr[s]; b++)
+            ow[b] = (uint8_t)cp_owner_next(n, b);
+    }
+    const size_t page = (size_t)KH * w.ps * D, pe = page * w.pool, qn = (size_t)DS * H * D;
+    uint16_t *kb = malloc(2 * pe), *vb = malloc(2 * pe), *q = malloc(2 * qn), *ro = malloc(2 * qn);
+    float *rl = malloc(sizeof(float) * DS * H);
+    for (size_t i = 0; i < pe; i++) kb[i] = vb[i] = 0x7fc0;
+    for (int s = 0; s < DS; s++)
+        for (int t = 0; t < lens[s]; t++)
+            for (int h = 0; h < KH; h++) {
+                const size_t o = (size_t)w.blocks[w.indptr[s] + t / w.ps] * page + ((size_t)h * w.ps + t % w.ps) * D;
+                for (int c = 0; c < D; c++) kb[o + c] = f2bf(frand()), vb[o + c] = f2bf(frand());
+            }
+    for (size_t i = 0; i < qn; i++) q[i] = f2bf(frand() * 2.f);
+    CK_CUDA(cudaMalloc(&w.dk, 2 * pe));
+    CK_CUDA(cudaMalloc(&w.dv, 2 * pe));
+    CK_CUDA(cudaMalloc(&w.dq, 2 * qn));
+    CK_CUDA(cudaMemcpy(w.dk, kb, 2 * pe, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(w.dv, vb, 2 * pe, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(w.dq, q, 2 * qn, cudaMemcpyHostToDevice));
+    // the single-rank reference: the decode kernel over every block
+    {
+        attn_cuda_shape_t sh = {H, KH, D, w.ps, w.pool, 1.0f / sqrtf((float)D)};
+        attn_cuda_limits_t lim = {DS, 0, nb, 0};
+        attn_cuda_plan_t *p = NULL;
+        ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &lim, &p), 0);
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        size_t ws = 0;
+        ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
+        void *dout, *dws = NULL;
+        float *dlse;
+        CK_CUDA(cudaMalloc(&dout, 2 * qn));
+        CK_CUDA(cudaMalloc((void **)&dlse, sizeof(float) * DS * H));
+        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
+        attn_cuda_args_t a = {w.dq, dout, dlse, w.dk, w.dv, dws, ws, 0, NULL, NULL};
+        ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
+        CK_CUDA(cudaDeviceSynchronize());
+        CK_CUDA(cudaMemcpy(ro, dout, 2 * qn, cudaMemcpyDeviceToHost));
+        CK_CUDA(cudaMemcpy(rl, dlse, sizeof(float) * DS * H, cudaMemcpyDeviceToHost));
+        cudaFree(dout), cudaFree(dlse), cudaFree(dws);
+        attn_cuda_plan_destroy(p);
+    }
+    w.out = malloc(2 * qn);
+    w.out2 = malloc(2 * qn);
+    w.lse = malloc(sizeof(float) * DS * H);
+    memset(w.out, 0xff, 2 * qn);
+    memset(w.out2, 0xff, 2 * qn);
+    for (int i = 0; i < DS * H; i++) w.lse[i] = NAN;
+    cp_dev_t *g = cp_dev_create(n, 0);
+    ck_assert_ptr_nonnull(g);
+    cp_comm_t *comms[CP_MAX_RANKS];
+    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+    const int rc = team_run(comms, NULL, n, dec_body, &w);
+    cp_dev_destroy(g);
+    double rel, le;
+    compare(w.out, w.lse, ro, rl, DS, H, D, &rel, &le);
+    const int same = memcmp(w.out, w.out2, 2 * qn) == 0;
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same;
+    printf("  %-4s decode N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one rank: rel L2 %.2e, lse max err "
+           "%.2e, run twice %s\n",
+           ok ? "ok" : "FAIL", n, H, KH, D, DS, rel, le, same ? "bitwise equal" : "DIFFERS");
+    cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq);
+    free(kb), free(vb), free(q), free(ro), free(rl), free(w.blocks), free(w.owner), free(w.out), free(w.out2),
+        free(w.lse);
+    return ok;
+}
+
+START_TEST(test_ring_decode) {
+    const int ns[] = {1, 2, 3, 4, 8};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        ok &= check_decode(32, 8, 128, ns[i], 2000 + i);
+        ok &= check_decode(8, 2, 64, ns[i], 2100 + i);
+    }
+    ck_assert_msg(ok, "the sharded GPU decode differs from the single-rank kernel (see the FAIL lines)");
+}
+END_TEST
+
+/* ---- the ring's timing ------------------------------------------------------------------ */
+/* A Llama-3-8B layer (32 q / 8 kv heads, d 128) at 128K tokens, the real
+ * ring on one GPU: per step, each rank's compute (attention and merge) and
+ * its wait for the step's transfer after it (CUDA events on its stream). On
+ * one GPU the N ranks share the SMs and HBM: a step's compute is inflated by
+ * the other ranks' work running at the same time. */
+START_TEST(test_ring_timing) {
+    if (!have_sm90("ring timing")) return;
     const int64_t T = 131072;
-    printf("ring step on one GPU, Llama-3-8B layer (32 q / 8 kv heads, d 128, bf16), %lld tokens:\n", (long long)T);
-    printf("| ranks | tokens/rank | pack MiB | 1 rank compute ms | transfer ms (all ranks) | compute ms (all ranks) | "
-           "step ms "
-           "(both, all ranks) |\n|---|---:|---:|---:|---:|---:|---:|\n");
-    for (int n = 2; n <= 8; n *= 2) {
-        float one, dummy;
-        ring_time(1, 2 * (T / (2 * n)), 1, 0, &one); // one rank's step alone: the work of a zig-zag step
-        float xfer = ring_time(n, T, 0, 1, &dummy);
-        float comp = ring_time(n, T, 1, 0, &dummy);
-        float both = ring_time(n, T, 1, 1, &dummy);
-        const double pack = 2.0 * (double)(2 * (T / (2 * n))) * RKH * RD * 2 / (1 << 20);
-        printf("| %d | %lld | %.0f | %.3f | %.3f | %.3f | %.3f |\n", n, (long long)(2 * (T / (2 * n))), pack, one, xfer,
-               comp, both);
+    printf("GPU ring on one GPU (device-local), Llama-3-8B layer (32 q / 8 kv heads, d 128, bf16, pages of 64), %lld "
+           "tokens, zig-zag:\n",
+           (long long)T);
+    printf("| ranks | tokens/rank | pack MiB | step | compute ms (mean / max over ranks) | wait ms (mean / max) |\n"
+           "|---|---:|---:|---:|---:|---:|\n");
+    for (int n = 1; n <= 8; n *= 2) {
+        world_t w;
+        world_build(&w, 32, 8, 128, n, 0, T, 0);
+        w.timing = 1;
+        cp_dev_t *g = cp_dev_create(n, 0);
+        ck_assert_ptr_nonnull(g);
+        cp_comm_t *comms[CP_MAX_RANKS];
+        for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+        ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
+        cp_dev_destroy(g);
+        const double pack = 2.0 * (double)w.max_pack * w.KH * w.ps * w.D * 2 / (1 << 20);
+        float tot_c = 0, tot_w = 0;
+        for (int k = 0; k < n; k++) {
+            float mc = 0, xc = 0, mw = 0, xw = 0;
+            for (int r = 0; r < n; r++) {
+                mc += w.ms_c[r][k] / n, mw += w.ms_w[r][k] / n;
+                xc = w.ms_c[r][k] > xc ? w.ms_c[r][k] : xc;
+                xw = w.ms_w[r][k] > xw ? w.ms_w[r][k] : xw;
+            }
+            tot_c += mc, tot_w += mw;
+            printf("| %d | %lld | %.0f | %d | %.3f / %.3f | %.3f / %.3f |\n", n, (long long)(T / n), pack, k, mc, xc,
+                   mw, xw);
+        }
+        printf("| %d | | | all | %.3f | %.3f |\n", n, tot_c, tot_w);
+        world_free(&w);
     }
 }
 END_TEST
@@ -322,6 +667,9 @@ int main(void) {
     tcase_add_test(tc, test_nccl);
 #else
     tcase_add_test(tc, test_device_local);
+    tcase_add_test(tc, test_ring_bad_input);
+    tcase_add_test(tc, test_ring_prefill);
+    tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_timing);
 #endif
     suite_add_tcase(s, tc);

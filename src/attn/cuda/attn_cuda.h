@@ -18,6 +18,13 @@
  *   q_indptr   (n_seqs+1)  prefill: sequence s's query rows q_indptr[s]..q_indptr[s+1]-1
  *              sit at positions kv_len[s]-nq_s .. kv_len[s]-1 (causal);
  *              decode: NULL, row s is sequence s's one query at position kv_len[s]-1.
+ *   q_pos0     (n_seqs) or NULL, prefill only: sequence s's rows sit at positions
+ *              q_pos0[s] .. q_pos0[s]+nq_s-1 instead, key j of its view visible to the
+ *              row at position t iff j <= t; so q_pos0[s] >= kv_len[s] makes every key
+ *              visible to every row (a query chunk against an earlier key chunk, as in
+ *              the ring of src/attn/cp), and nq_s may exceed kv_len[s]. NULL is the same
+ *              as q_pos0[s] = kv_len[s] - nq_s, bit for bit. Not with a block mask
+ *              (mask_off[s] >= 0 and q_pos0 given: LC_EINVAL).
  *   mask_off   (n_seqs) or NULL, prefill only: block-sparse sequences (below), -1 = dense.
  *
  * Block-sparse prefill (FlexPrefill's pattern; the mask from flex_cuda.h):
@@ -81,6 +88,7 @@ typedef struct {
     const int32_t *kv_indices; // (kv_indptr[n_seqs])
     const int32_t *kv_len;     // (n_seqs)
     const int32_t *mask_off;   // (n_seqs) prefill: word offset of s's block mask, -1 dense; NULL: all dense
+    const int32_t *q_pos0;     // (n_seqs) prefill: position of s's first query row; NULL: kv_len - nq (above)
 } attn_cuda_batch_t;
 
 /* uint32 words of one sequence's block mask (all heads) for a prefill chunk

@@ -46,7 +46,7 @@ int check_batch(const attn_cuda_plan_t *p, const attn_cuda_batch_t *b) {
     const int n = b->n_seqs;
     if (n < 0 || !b->kv_indptr || !b->kv_len || (n > 0 && !b->kv_indices && b->kv_indptr[n] > 0)) return LC_EINVAL;
     if (n > p->lim.max_seqs) return LC_ERANGE;
-    if (p->kind == ATTN_CUDA_PREFILL && !b->q_indptr) return LC_EINVAL;
+    if (p->kind == ATTN_CUDA_PREFILL ? !b->q_indptr : b->q_pos0 != nullptr) return LC_EINVAL;
     if (b->kv_indptr[0] != 0 || (p->kind == ATTN_CUDA_PREFILL && b->q_indptr[0] != 0)) return LC_EINVAL;
     const int ps = p->shape.page_size;
     for (int s = 0; s < n; s++) {
@@ -55,7 +55,14 @@ int check_batch(const attn_cuda_plan_t *p, const attn_cuda_batch_t *b) {
         if (np < 0 || len < 1 || len > np * ps) return LC_EINVAL;
         if (p->kind == ATTN_CUDA_PREFILL) {
             const int64_t nq = (int64_t)b->q_indptr[s + 1] - b->q_indptr[s];
-            if (nq < 0 || nq > len || (b->mask_off && b->mask_off[s] < -1)) return LC_EINVAL;
+            if (nq < 0 || (b->mask_off && b->mask_off[s] < -1)) return LC_EINVAL;
+            if (!b->q_pos0 && nq > len) return LC_EINVAL;
+            // An explicit query position: any rows at or past it (the kernels
+            // index positions in int32); no block mask, whose query blocks
+            // follow kv_len - nq.
+            if (b->q_pos0 &&
+                (b->q_pos0[s] < 0 || (int64_t)b->q_pos0[s] + nq > INT32_MAX || (b->mask_off && b->mask_off[s] >= 0)))
+                return LC_EINVAL;
         }
     }
     const int64_t pages = b->kv_indptr[n];
@@ -220,6 +227,8 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
         for (int s = 0; s < n; s++) {
             const int32_t mo = b->mask_off && b->q_indptr[s + 1] > b->q_indptr[s] ? b->mask_off[s] : -1;
             h[p->off_seq_info + 4 * s] = mo < 0 ? -1 : mo;
+            h[p->off_seq_info + 4 * s + 1] =
+                b->q_pos0 ? b->q_pos0[s] : b->kv_len[s] - (b->q_indptr[s + 1] - b->q_indptr[s]);
             p->n_sparse += mo >= 0;
         }
     } else {
@@ -231,12 +240,15 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     if (p->kind == ATTN_CUDA_PREFILL) {
         // Query tiles follow 128-position blocks (the block-sparse masks' query
         // blocks): a chunk on an unaligned prefix starts with a partial tile.
+        // A tile visits the KV tiles up to its last row's last visible key.
         for (int s = 0; s < n; s++) {
-            const int nq = b->q_indptr[s + 1] - b->q_indptr[s], len = b->kv_len[s], pos0 = len - nq;
+            const int nq = b->q_indptr[s + 1] - b->q_indptr[s], len = b->kv_len[s];
+            const int pos0 = h[p->off_seq_info + 4 * s + 1];
             for (int row0 = 0; row0 < nq;) {
                 const int room = kPrefillBM - (pos0 + row0) % kPrefillBM;
                 const int rows = nq - row0 < room ? nq - row0 : room;
-                const int tiles = (pos0 + row0 + rows - 1) / kPrefillBN + 1;
+                const int last = pos0 + row0 + rows - 1 < len - 1 ? pos0 + row0 + rows - 1 : len - 1;
+                const int tiles = last / kPrefillBN + 1;
                 for (int hd = 0; hd < p->shape.n_heads; hd++, n_items++) {
                     int32_t *it = items + 4 * n_items;
                     it[0] = s;

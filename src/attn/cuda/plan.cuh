@@ -23,7 +23,7 @@ typedef CUresult (*attn_encode_tiled_fn)(CUtensorMap *, CUtensorMapDataType, cuu
  * uploaded in one copy. Offsets are in int32 units, multiples of 4 (16 bytes):
  *   q_indptr (n_seqs+1), kv_indptr (n_seqs+1), kv_len (n_seqs),
  *   seq_info (n_seqs, 4): decode {chunk_keys, n_chunks, first partial, 0},
- *                         prefill {mask offset (-1 dense), 0, 0, 0},
+ *                         prefill {mask offset (-1 dense), position of row 0, 0, 0},
  *   items (n_items, 4): prefill {seq, first row, head, kv tiles},
  *                       decode {seq, kv head, chunk, chunk_keys},
  *   kv_indices (kv_indptr[n_seqs]). */

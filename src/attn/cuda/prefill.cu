@@ -13,7 +13,8 @@
 // ablation and as simpler references.
 //
 // Query tiles follow 128-position blocks, so only a tile's diagonal KV tile
-// (the first visited) crosses the diagonal; it is masked by position. KV
+// (the first visited) crosses the diagonal; it is masked by position (a row
+// placed past the keys by q_pos0 sees every key: its limit is the last). KV
 // tiles are visited from the diagonal down to key 0, or, for a block-sparse
 // sequence (attn_cuda.h), the diagonal and then the tiles whose mask bits are
 // set, from high to low (the producer and the consumers count the same bits). The last tile of a sequence may hold
@@ -172,11 +173,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int seq = it.x, head = it.z, kvh = head / p.group;
     const int kv_len = p.kv_len[seq];
     const int q0 = p.q_indptr[seq], nq = p.q_indptr[seq + 1] - q0;
-    const int row0 = it.y;                              // the tile's first query row within the sequence
-    const int pos0 = kv_len - nq + row0;                // position of tile row 0
-    const int rows = min(BM - pos0 % BM, nq - row0);    // valid rows of the tile (one 128-position block)
-    const int n_tiles = (pos0 + rows - 1) / BN + 1;     // the last is the diagonal tile
-    const bool diag_masked = (pos0 + 1) / BN < n_tiles; // it crosses the diagonal of some row
+    const int row0 = it.y;                           // the tile's first query row within the sequence
+    const int pos0 = p.seq_info[seq].y + row0;       // position of tile row 0 (kv_len - nq + row0 by default)
+    const int rows = min(BM - pos0 % BM, nq - row0); // valid rows of the tile (one 128-position block)
+    // A row at position t sees keys 0 .. min(t, kv_len - 1): rows past the
+    // keys (q_pos0, attn_cuda.h) see them all. Every row's last visible key
+    // lies in the first tile visited, so only that tile is masked.
+    const int n_tiles = min(pos0 + rows - 1, kv_len - 1) / BN + 1;       // the last is the diagonal tile
+    const bool diag_masked = (min(pos0, kv_len - 1) + 1) / BN < n_tiles; // it crosses the diagonal of some row
     // Block-sparse: this tile's mask row; the diagonal plus the set bits below it.
     const uint32_t *mrow = nullptr;
     int n_iter = n_tiles;
@@ -241,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int cw = wg - 1;                                   // consumer warpgroup: tile rows 64*cw ..
         const int r_a = 64 * cw + 16 * (warp & 3) + (lane >> 2); // tile row of s[4j], s[4j+1]; r_a + 8 for s[4j+2..3]
         const int qd = (lane & 3) * 2;
-        const int lim_a0 = pos0 + r_a, lim_b0 = lim_a0 + 8; // positions of the two rows
+        const int lim_a0 = min(pos0 + r_a, kv_len - 1), lim_b0 = min(pos0 + r_a + 8, kv_len - 1); // their last keys
         const float sl2 = p.scale_log2;
 
         float o[D / 2], s[BN / 2];

@@ -1,0 +1,127 @@
+/* Context-parallel attention on the GPU kernels (CUDA builds only): the
+ * pass-KV ring for a sharded prompt slice and the sharded decode, each rank
+ * computing with attn_cuda.h's kernels on device buffers and exchanging
+ * through a device communicator (cp_comm_cuda.h: device-local or NCCL).
+ *
+ * What is here:
+ *  - prefill, dense, pass-KV, one sharded sequence per plan: the slice
+ *    [pos0, pos0 + n_tok) on top of a cached prefix (pos0 >= 0), blocks owned
+ *    as the owner table says (cp_zigzag, cp_owner_next). Each rank gathers
+ *    the K/V pages of the blocks it owns into a pack (page-major, so the
+ *    kernels read it through a page view); the packs travel the ring (to
+ *    rank + 1), the send and receive of step k+1 started before the compute
+ *    of step k, into the other of two pack buffers. At step k a rank attends
+ *    its rows, run by run (cp_ring_map.h), to the visiting pack with one
+ *    attn_cuda_run: the rank's own blocks causally (step 0), earlier blocks in
+ *    full (q_pos0 past the keys), later ones not at all. The step's partials
+ *    (bf16 output and LSE) merge into the rows' running output (f32) in step
+ *    order; the last step writes out and lse. No float atomics: the result is
+ *    a function of N, the layout and the lengths only, bitwise.
+ *  - decode, dense: every row of the batch (one per sequence) is owned by the
+ *    rank holding its sequence's last block; its query reaches every rank
+ *    (an all-gather of the queries), each rank attends the blocks it holds
+ *    with the split-K decode kernel (its blocks as a page view, LSE out), an
+ *    all-gather of the partials lets the owner merge them in rank order.
+ *  - per-step timing (cp_timing_t of cp_attn.h), measured with CUDA events on
+ *    the rank's stream when enabled: compute (attention and merge of a ring
+ *    step) and the wait for the step's transfer after it.
+ * What is not: sparse prompt methods inside the GPU ring (FlexPrefill,
+ * AnchorAttention), sparse decode, pass-Q, several sharded sequences in one
+ * plan (one plan per sequence), sliding windows, and the executor's use of
+ * all this (parallel.context > 1 in src/model/exec_cuda*.cu).
+ *
+ * Buffers (device memory of the rank's GPU, bf16 unless said):
+ *   pool k, v: the rank's KV pool, (n_pool_pages, n_kv_heads, page_size, head_dim)
+ *              per layer as attn_cuda.h; a block's page id (the block table)
+ *              only needs to be valid on the rank that owns it.
+ *   prefill q, out: (rows, n_heads, head_dim), the rank's rows in position
+ *              order (cp_cuda_prefill_rows); lse: (rows, n_heads) f32 or NULL.
+ *   decode q, out: (n_seqs, n_heads, head_dim), row s = sequence s: the rank
+ *              reads and writes only the rows it owns (cp_cuda_decode_owner);
+ *              lse (n_seqs, n_heads) f32 or NULL, likewise.
+ *
+ * Plan, then run: cp_cuda_plan_create allocates everything for its limits;
+ * cp_cuda_plan_prefill / cp_cuda_plan_decode run on the host once per step
+ * (every rank with the same batch) and upload on the rank's stream; the
+ * per-layer runs allocate nothing. Every rank of the communicator calls the
+ * run for the same layer, from its own host thread (with its device current);
+ * the calls are ordered on the communicator's stream (cp_comm_stream).
+ * Errors: 0 or a negative lc status; LC_EDEVICE after a log line for a CUDA
+ * error, never an abort. */
+#ifndef LC_ATTN_CP_CUDA_H
+#define LC_ATTN_CP_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn/cp/cp_attn.h"
+#include "attn/cp/cp_comm.h"
+#include "attn/cuda/attn_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    int64_t max_tokens;       // prefill: most positions of a sharded sequence, its prefix included (0: no prefill)
+    int64_t max_rows;         // prefill: most rows of one rank (0: max_tokens)
+    int64_t max_pack_pages;   // prefill: most blocks one rank owns (0: all blocks of max_tokens)
+    int max_decode_seqs;      // decode: rows per step (0: no decode)
+    int64_t max_decode_pages; // decode: blocks of one rank over the batch (0: max_decode_seqs * max_tokens blocks)
+} cp_cuda_limits_t;
+
+typedef struct cp_cuda_plan cp_cuda_plan_t;
+
+/* For rank `rank` of n_ranks; shape: the rank's pool (attn_cuda.h; prefill
+ * needs sm_90). LC_EINVAL, LC_EUNSUPPORTED, LC_ENOMEM or LC_EDEVICE. */
+int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda_limits_t *lim, int rank, int n_ranks,
+                        cp_cuda_plan_t **out);
+void cp_cuda_plan_destroy(cp_cuda_plan_t *p);
+
+/* ---- prefill -------------------------------------------------------------------------- */
+typedef struct {
+    int64_t pos0, n_tok;   // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
+    const int32_t *blocks; // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
+    const uint8_t *owner;  // (same) the rank holding each block
+} cp_cuda_seq_t;
+
+/* Plans the ring for one sequence on stream (the communicator's). LC_EINVAL
+ * for a bad slice or owner, LC_ERANGE past the limits. */
+int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream);
+/* The planned rank's rows: their number; pos (may be NULL) gets their
+ * positions, in order. */
+int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos);
+/* One layer of the planned ring; collective over c. */
+int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
+                        float *lse);
+
+/* ---- decode --------------------------------------------------------------------------- */
+typedef struct {
+    int n_seqs;
+    const int32_t *kv_len;     // (n_seqs) keys of s, the new token's included (its query at kv_len - 1)
+    const int32_t *blk_indptr; // (n_seqs + 1) s's blocks are blocks[blk_indptr[s] .. blk_indptr[s + 1])
+    const int32_t *blocks;     // page ids in the owner's pool
+    const uint8_t *owner;      // (blk_indptr[n_seqs]) the rank holding each block
+} cp_cuda_dec_batch_t;
+
+int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream);
+/* The rank owning row s of the planned decode batch. */
+int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s);
+/* One layer of the planned decode; collective over c. */
+int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
+                       float *lse);
+
+/* ---- timing ----------------------------------------------------------------------------- */
+/* on = 1: every later prefill run records events around its steps and, at
+ * its end, waits for the device and adds the elapsed times to the plan's
+ * cp_timing_t (a measuring mode: the host no longer runs ahead). Off by
+ * default. */
+void cp_cuda_plan_timing_enable(cp_cuda_plan_t *p, int on);
+const cp_timing_t *cp_cuda_plan_timing(const cp_cuda_plan_t *p);
+/* The last timed run's step k: compute and wait in ms (k < N), or -1. */
+int cp_cuda_step_ms(const cp_cuda_plan_t *p, int k, float *compute_ms, float *wait_ms);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

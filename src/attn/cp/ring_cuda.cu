@@ -1,0 +1,523 @@
+// Context-parallel attention on the GPU kernels (cp_cuda.h): the plan, the
+// pass-KV ring of a sharded prompt slice, the sharded decode, and the two
+// small kernels they add to attn_cuda's: a page gather (packs, queries) and
+// the LSE merge of partial outputs.
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/cp/cp_cuda.h"
+#include "attn/cp/cp_ring_map.h"
+#include "attn/cuda/plan.cuh"
+#include "ops/cuda/cuda_check.cuh"
+
+namespace {
+
+// ---- kernels ----------------------------------------------------------------------------------
+// dst row i = src row idx[i], rows of row_u4 16-byte words (a KV page of all
+// heads, or a query row).
+__global__ void gather_rows_kernel(uint4 *dst, const uint4 *src, const int32_t *idx, int64_t n, int64_t row_u4) {
+    const int64_t total = n * row_u4;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / row_u4;
+        dst[i] = src[(int64_t)idx[r] * row_u4 + i % row_u4];
+    }
+}
+
+int gather_rows(void *dst, const void *src, const int32_t *idx, int64_t n, size_t row_bytes, cudaStream_t st) {
+    if (n <= 0) return 0;
+    const int64_t row_u4 = (int64_t)(row_bytes / 16), total = n * row_u4;
+    int64_t blocks = (total + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    gather_rows_kernel<<<(unsigned)blocks, 256, 0, st>>>((uint4 *)dst, (const uint4 *)src, idx, n, row_u4);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+// One ring step's partials into the rows' running output, one warp per (row,
+// head), rows [r0, rows) computed this step:
+//   lse = log(exp(lse_run) + exp(lse_step)), acc = acc e^(lse_run - lse) + o e^(lse_step - lse)
+// The first step sets acc = o (exactly); the last also writes out (bf16) and
+// lse for every row. Fixed order, no atomics: the same bits every time.
+__global__ void ring_merge_kernel(float *acc, float *run_lse, const __nv_bfloat16 *part_o, const float *part_lse,
+                                  int64_t rows, int n_heads, int D, int64_t r0, int first, int last, __nv_bfloat16 *out,
+                                  float *lse_out) {
+    const int64_t rh = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (rh >= rows * n_heads) return;
+    float *a = acc + rh * D;
+    float lr = run_lse[rh];
+    if (rh / n_heads >= r0) {
+        const float lp = part_lse[rh];
+        const __nv_bfloat16 *o = part_o + rh * D;
+        if (first) {
+            lr = lp;
+            for (int d = lane; d < D; d += 32) a[d] = __bfloat162float(o[d]);
+        } else {
+            const float m = fmaxf(lr, lp), l = m + logf(expf(lr - m) + expf(lp - m));
+            const float wa = expf(lr - l), wp = expf(lp - l);
+            for (int d = lane; d < D; d += 32) a[d] = a[d] * wa + __bfloat162float(o[d]) * wp;
+            lr = l;
+        }
+        __syncwarp();
+        if (lane == 0) run_lse[rh] = lr;
+    }
+    if (last) {
+        for (int d = lane; d < D; d += 32) out[rh * D + d] = __float2bfloat16_rn(a[d]);
+        if (lse_out && lane == 0) lse_out[rh] = lr;
+    }
+}
+
+// Decode: the owner's rows from every rank's partials, in rank order. gath
+// holds N messages of msg_bytes: o (n, H, D) bf16 then lse (n, H) f32, row i
+// of rank i's message being compact row cidx[i * n + s] (-1: none).
+__global__ void dec_merge_kernel(const uint8_t *gath, size_t msg_bytes, const int32_t *cidx, const int32_t *own,
+                                 int n_own, int n, int n_ranks, int n_heads, int D, __nv_bfloat16 *out,
+                                 float *lse_out) {
+    const int64_t w = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (w >= (int64_t)n_own * n_heads) return;
+    const int s = own[w / n_heads], h = (int)(w % n_heads);
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}; // D <= 128: four dims per lane
+    float lr = -INFINITY;
+    for (int i = 0; i < n_ranks; i++) {
+        const int ci = cidx[(int64_t)i * n + s];
+        if (ci < 0) continue;
+        const uint8_t *m = gath + (size_t)i * msg_bytes;
+        const __nv_bfloat16 *o = (const __nv_bfloat16 *)m + ((int64_t)ci * n_heads + h) * D;
+        const float lp = ((const float *)(m + (size_t)n * n_heads * D * 2))[(int64_t)ci * n_heads + h];
+        if (lr == -INFINITY) {
+            for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
+            lr = lp;
+            continue;
+        }
+        const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
+        const float wa = expf(lr - l), wp = expf(lp - l);
+        for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
+        lr = l;
+    }
+    for (int k = 0; k * 32 + lane < D; k++)
+        out[((int64_t)s * n_heads + h) * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
+    if (lse_out && lane == 0) lse_out[(int64_t)s * n_heads + h] = lr;
+}
+
+unsigned warp_blocks(int64_t warps) { return (unsigned)((warps + 7) / 8); } // 256 threads: 8 warps a block
+
+} // namespace
+
+struct cp_cuda_plan {
+    attn_cuda_shape_t shape; // the rank's pool
+    cp_cuda_limits_t lim;
+    int rank, n;
+    size_t page_bytes; // one page of K (or V), all kv heads
+    int64_t maxp;      // pages a pack holds
+
+    // host arena (pinned) and its device copy: [0, maxp) the own pack's page
+    // ids; then decode's sel (max_dec), cidx (n * max_dec), own rows (max_dec)
+    int32_t *h_arena, *d_arena;
+    size_t off_dec_sel, off_dec_cidx, off_dec_own, arena_ints;
+    cudaEvent_t up_pf, up_dec;
+    int up_pf_pending, up_dec_pending;
+    int32_t *h_idx; // host scratch: one step's kv_indices (CP_RING_MAX_RUNS * maxp), or decode's (max_decode_pages)
+
+    // prefill
+    attn_cuda_plan_t *steps[CP_MAX_RANKS]; // one per ring step
+    void *pack[2];                         // K pages at 0, V pages at maxp * page_bytes
+    __nv_bfloat16 *part_o;
+    float *part_lse, *acc, *run_lse;
+    int pf_planned, n_runs;
+    cp_ring_run_t runs[CP_RING_MAX_RUNS];
+    int64_t rows;
+    int64_t pack_pages[CP_MAX_RANKS];
+    int64_t step_row0[CP_MAX_RANKS]; // first row the step computes (rows: none)
+    double step_pairs[CP_MAX_RANKS];
+
+    // decode
+    attn_cuda_plan_t *dec;
+    void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
+    size_t dec_ws_cap, dec_ws_bytes;
+    int dec_planned, dec_n, dec_m, dec_n_own;
+    int *dec_row_owner; // host (max_dec)
+    int32_t *h_dec;     // host scratch: the decode batch's kv_indptr (max_dec + 1) and kv_len (max_dec)
+    double dec_pairs;
+
+    // timing
+    int timing;
+    cudaEvent_t ev[3 * CP_MAX_RANKS];
+    float step_c[CP_MAX_RANKS], step_w[CP_MAX_RANKS];
+    int timed;
+    cp_timing_t t;
+};
+
+extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
+    if (!p) return;
+    if (p->up_pf) cudaEventSynchronize(p->up_pf), cudaEventDestroy(p->up_pf);
+    if (p->up_dec) cudaEventSynchronize(p->up_dec), cudaEventDestroy(p->up_dec);
+    for (int i = 0; i < 3 * CP_MAX_RANKS; i++)
+        if (p->ev[i]) cudaEventDestroy(p->ev[i]);
+    for (int k = 0; k < CP_MAX_RANKS; k++) attn_cuda_plan_destroy(p->steps[k]);
+    attn_cuda_plan_destroy(p->dec);
+    cudaFreeHost(p->h_arena);
+    cudaFree(p->d_arena);
+    cudaFree(p->pack[0]), cudaFree(p->pack[1]);
+    cudaFree(p->part_o), cudaFree(p->part_lse), cudaFree(p->acc), cudaFree(p->run_lse);
+    cudaFree(p->dec_ws), cudaFree(p->dq_all), cudaFree(p->dq_c), cudaFree(p->dmsg), cudaFree(p->dgath);
+    free(p->h_idx);
+    free(p->dec_row_owner);
+    free(p->h_dec);
+    free(p);
+}
+
+#define CP_ALLOC(ptr, bytes)                                                                                           \
+    do {                                                                                                               \
+        if (cudaMalloc((void **)&(ptr), (bytes) ? (bytes) : 16) != cudaSuccess) goto fail;                             \
+    } while (0)
+
+extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda_limits_t *lim, int rank, int n_ranks,
+                                   cp_cuda_plan_t **out) {
+    if (!shape || !lim || !out || n_ranks < 1 || n_ranks > CP_MAX_RANKS || rank < 0 || rank >= n_ranks)
+        return LC_EINVAL;
+    *out = nullptr;
+    if (lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 ||
+        lim->max_decode_pages < 0 || (lim->max_tokens == 0 && lim->max_decode_seqs == 0) ||
+        lim->max_tokens > INT32_MAX || shape->page_size <= 0 || shape->n_heads <= 0 || shape->head_dim <= 0 ||
+        shape->n_kv_heads <= 0)
+        return LC_EINVAL;
+    cp_cuda_plan_t *p = (cp_cuda_plan_t *)calloc(1, sizeof *p);
+    if (!p) return LC_ENOMEM;
+    int rc = LC_ENOMEM;
+    const int H = shape->n_heads, D = shape->head_dim, ps = shape->page_size;
+    const int64_t blocks_max = (lim->max_tokens + ps - 1) / ps;
+    p->shape = *shape;
+    p->lim = *lim;
+    p->rank = rank;
+    p->n = n_ranks;
+    p->page_bytes = (size_t)shape->n_kv_heads * ps * D * 2;
+    p->maxp = lim->max_pack_pages ? lim->max_pack_pages : blocks_max;
+    if (!p->lim.max_rows) p->lim.max_rows = lim->max_tokens;
+    const int64_t max_dec = lim->max_decode_seqs;
+    if (!p->lim.max_decode_pages) p->lim.max_decode_pages = max_dec * (blocks_max ? blocks_max : 1);
+    p->off_dec_sel = (size_t)p->maxp;
+    p->off_dec_cidx = p->off_dec_sel + (size_t)max_dec;
+    p->off_dec_own = p->off_dec_cidx + (size_t)n_ranks * max_dec;
+    p->arena_ints = p->off_dec_own + (size_t)max_dec + 4;
+    {
+        const size_t scratch = (size_t)CP_RING_MAX_RUNS * p->maxp > (size_t)p->lim.max_decode_pages
+                                   ? (size_t)CP_RING_MAX_RUNS * p->maxp
+                                   : (size_t)p->lim.max_decode_pages;
+        p->h_idx = (int32_t *)malloc(sizeof(int32_t) * (scratch + 1));
+        p->dec_row_owner = (int *)malloc(sizeof(int) * (size_t)(max_dec + 1));
+        p->h_dec = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * max_dec + 2));
+        if (!p->h_idx || !p->dec_row_owner || !p->h_dec) goto fail;
+    }
+    rc = LC_EDEVICE;
+    if (cudaMallocHost((void **)&p->h_arena, p->arena_ints * sizeof(int32_t)) != cudaSuccess) goto fail;
+    CP_ALLOC(p->d_arena, p->arena_ints * sizeof(int32_t));
+    if (cudaEventCreateWithFlags(&p->up_pf, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&p->up_dec, cudaEventDisableTiming) != cudaSuccess)
+        goto fail;
+    for (int i = 0; i < 3 * n_ranks; i++)
+        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) goto fail;
+    if (lim->max_tokens > 0) {
+        attn_cuda_shape_t ps_shape = *shape;
+        ps_shape.n_pool_pages = p->maxp; // the steps read the packs
+        attn_cuda_limits_t al = {CP_RING_MAX_RUNS, p->lim.max_rows, (int64_t)CP_RING_MAX_RUNS * p->maxp, 0};
+        for (int k = 0; k < n_ranks; k++)
+            if ((rc = attn_cuda_plan_create(&ps_shape, ATTN_CUDA_PREFILL, &al, &p->steps[k]))) goto fail;
+        rc = LC_EDEVICE;
+        const size_t rows = (size_t)p->lim.max_rows;
+        CP_ALLOC(p->pack[0], 2 * (size_t)p->maxp * p->page_bytes);
+        CP_ALLOC(p->pack[1], 2 * (size_t)p->maxp * p->page_bytes);
+        CP_ALLOC(p->part_o, rows * H * D * 2);
+        CP_ALLOC(p->part_lse, rows * H * sizeof(float));
+        CP_ALLOC(p->acc, rows * H * D * sizeof(float));
+        CP_ALLOC(p->run_lse, rows * H * sizeof(float));
+    }
+    if (max_dec > 0) {
+        attn_cuda_limits_t al = {(int)max_dec, 0, p->lim.max_decode_pages, 0};
+        if ((rc = attn_cuda_plan_create(shape, ATTN_CUDA_DECODE, &al, &p->dec))) goto fail;
+        rc = LC_EDEVICE;
+        // the split-K workspace of the largest batch (attn_cuda_plan's formula)
+        p->dec_ws_cap = (size_t)max_dec * shape->n_kv_heads * ATTN_DEC_MAX_SPLITS * (H / shape->n_kv_heads) * (D + 1) *
+                        sizeof(float);
+        CP_ALLOC(p->dec_ws, p->dec_ws_cap);
+        const size_t qrow = (size_t)H * D * 2, msg = (size_t)max_dec * H * (D * 2 + sizeof(float));
+        CP_ALLOC(p->dq_all, (size_t)n_ranks * max_dec * qrow);
+        CP_ALLOC(p->dq_c, (size_t)max_dec * qrow);
+        CP_ALLOC(p->dmsg, msg);
+        CP_ALLOC(p->dgath, (size_t)n_ranks * msg);
+    }
+    *out = p;
+    return 0;
+fail:
+    cudaGetLastError(); // a failed allocation must not linger as the last error
+    if (rc == LC_EDEVICE) lc_log(LC_LOG_ERROR, "cp_cuda: cannot allocate rank %d's plan", rank);
+    cp_cuda_plan_destroy(p);
+    return rc;
+}
+
+// ---- prefill ------------------------------------------------------------------------------
+extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream) {
+    if (!p || !seq || !seq->blocks || !seq->owner || !p->steps[0]) return LC_EINVAL;
+    p->pf_planned = 0;
+    const int ps = p->shape.page_size, n = p->n, r = p->rank;
+    const int64_t end = seq->pos0 + seq->n_tok;
+    if (seq->pos0 < 0 || seq->n_tok < 1) return LC_EINVAL;
+    if (end > p->lim.max_tokens) return LC_ERANGE;
+    const int64_t nb = (end + ps - 1) / ps;
+    for (int64_t b = 0; b < nb; b++)
+        if (seq->owner[b] >= n) return LC_EINVAL;
+    int nr = cp_ring_runs(seq->owner, ps, seq->pos0, seq->n_tok, r, p->runs, CP_RING_MAX_RUNS);
+    if (nr < 0) return nr;
+    p->n_runs = nr;
+    p->rows = nr ? p->runs[nr - 1].row0 + p->runs[nr - 1].n : 0;
+    if (p->rows > p->lim.max_rows) return LC_ERANGE;
+    for (int j = 0; j < n; j++)
+        if ((p->pack_pages[j] = cp_ring_pack(seq->owner, nb, j, NULL)) > p->maxp) return LC_ERANGE;
+
+    cudaStream_t st = (cudaStream_t)stream;
+    if (p->up_pf_pending) { // the pinned section may still be the source of the last upload
+        CUDA_CHECK_RET(cudaEventSynchronize(p->up_pf));
+        p->up_pf_pending = 0;
+    }
+    int64_t np = 0;
+    for (int64_t b = 0; b < nb; b++) {
+        if (seq->owner[b] != r) continue;
+        if (seq->blocks[b] < 0 || seq->blocks[b] >= p->shape.n_pool_pages) return LC_EINVAL;
+        p->h_arena[np++] = seq->blocks[b];
+    }
+    if (np) {
+        CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena, p->h_arena, sizeof(int32_t) * np, cudaMemcpyHostToDevice, st));
+        CUDA_CHECK_RET(cudaEventRecord(p->up_pf, st));
+        p->up_pf_pending = 1;
+    }
+
+    // Each step's batch: the runs whose view of the visiting pack has keys (a
+    // suffix of the runs, cp_ring_map.h), one attn_cuda sequence each.
+    for (int k = 0; k < n; k++) {
+        const int j = cp_ring_visitor(r, k, n);
+        int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
+        int m = 0, first = nr;
+        double pairs = 0;
+        qi[0] = ki[0] = 0;
+        for (int i = 0; i < nr; i++) {
+            cp_ring_view_t v;
+            int rc = cp_ring_view(seq->owner, ps, end, &p->runs[i], j, &v);
+            if (rc) return rc;
+            if (v.kind == CP_PAIR_NONE) {
+                if (m > 0) return LC_EINVAL; // not a suffix: an owner table cp_ring_map.h does not describe
+                continue;
+            }
+            if (m == 0) first = i;
+            qi[m + 1] = qi[m] + (int32_t)p->runs[i].n;
+            ki[m + 1] = ki[m] + v.n_pages;
+            for (int32_t x = 0; x < v.n_pages; x++) p->h_idx[ki[m] + x] = x;
+            kl[m] = v.kv_len;
+            qp[m] = v.q_pos0;
+            for (int64_t row = 0; row < p->runs[i].n; row++)
+                pairs += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
+            m++;
+        }
+        p->step_row0[k] = m ? p->runs[first].row0 : p->rows;
+        p->step_pairs[k] = pairs * p->shape.n_heads;
+        if (m) {
+            attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
+            int rc = attn_cuda_plan(p->steps[k], &bt, stream, NULL);
+            if (rc) return rc;
+        }
+    }
+    p->pf_planned = 1;
+    return 0;
+}
+
+extern "C" int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos) {
+    if (!p || !p->pf_planned) return 0;
+    if (pos)
+        for (int i = 0; i < p->n_runs; i++)
+            for (int64_t t = 0; t < p->runs[i].n; t++) pos[p->runs[i].row0 + t] = p->runs[i].p0 + t;
+    return p->rows;
+}
+
+static int collect_timing(cp_cuda_plan_t *p) {
+    CUDA_CHECK_RET(cudaEventSynchronize(p->ev[3 * p->n - 1]));
+    for (int k = 0; k < p->n; k++) {
+        CUDA_CHECK_RET(cudaEventElapsedTime(&p->step_c[k], p->ev[3 * k], p->ev[3 * k + 1]));
+        CUDA_CHECK_RET(cudaEventElapsedTime(&p->step_w[k], p->ev[3 * k + 1], p->ev[3 * k + 2]));
+        p->t.compute_s += p->step_c[k] * 1e-3;
+        p->t.wait_s += p->step_w[k] * 1e-3;
+    }
+    p->timed = 1;
+    return 0;
+}
+
+extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
+                                   void *out, float *lse) {
+    if (!p || !c || !p->pf_planned || !k || !v || (p->rows > 0 && (!q || !out))) return LC_EINVAL;
+    if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
+    const int n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
+    const int nxt = (r + 1) % n, prv = (r + n - 1) % n;
+    const size_t vo = (size_t)p->maxp * p->page_bytes; // V's offset in a pack
+    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
+    int rc;
+    // the own pack: K and V pages of the blocks this rank holds
+    const int64_t own = p->pack_pages[r];
+    if ((rc = gather_rows(p->pack[0], k, p->d_arena, own, p->page_bytes, st)) ||
+        (rc = gather_rows((char *)p->pack[0] + vo, v, p->d_arena, own, p->page_bytes, st)))
+        return rc;
+    for (int s = 0; s < n; s++) {
+        char *cur = (char *)p->pack[s & 1], *nx = (char *)p->pack[(s + 1) & 1];
+        cp_req_t rk = {-1}, rv = {-1};
+        if (s < n - 1) { // the next step's pack, on its way while this step computes
+            const size_t sb = (size_t)p->pack_pages[cp_ring_visitor(r, s, n)] * p->page_bytes;
+            const size_t rb = (size_t)p->pack_pages[cp_ring_visitor(r, s + 1, n)] * p->page_bytes;
+            if ((rc = cp_sendrecv_start(c, cur, sb, nxt, nx, rb, prv, &rk)) ||
+                (rc = cp_sendrecv_start(c, cur + vo, sb, nxt, nx + vo, rb, prv, &rv)))
+                return rc;
+        }
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s], st));
+        const int64_t r0 = p->step_row0[s];
+        if (r0 < p->rows) {
+            attn_cuda_args_t a = {(const char *)q + (size_t)r0 * H * D * 2,
+                                  p->part_o + (size_t)r0 * H * D,
+                                  p->part_lse + (size_t)r0 * H,
+                                  cur,
+                                  cur + vo,
+                                  nullptr,
+                                  0,
+                                  0,
+                                  nullptr,
+                                  nullptr};
+            if ((rc = attn_cuda_run(p->steps[s], &a, st))) return rc;
+        }
+        if (p->rows > 0 && (r0 < p->rows || s == n - 1)) {
+            ring_merge_kernel<<<warp_blocks(p->rows * H), 256, 0, st>>>(p->acc, p->run_lse, p->part_o, p->part_lse,
+                                                                        p->rows, H, D, r0, s == 0, s == n - 1,
+                                                                        (__nv_bfloat16 *)out, lse);
+            CUDA_CHECK_RET(cudaGetLastError());
+        }
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s + 1], st));
+        if (s < n - 1 && ((rc = cp_wait(c, &rk)) || (rc = cp_wait(c, &rv)))) return rc;
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s + 2], st));
+        p->t.ring_steps++;
+        p->t.steps_skipped += r0 >= p->rows;
+        p->t.prefill_pairs += p->step_pairs[s];
+    }
+    return p->timing ? collect_timing(p) : 0;
+}
+
+// ---- decode -------------------------------------------------------------------------------
+extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream) {
+    if (!p || !b || !p->dec || b->n_seqs < 1 || !b->kv_len || !b->blk_indptr || !b->blocks || !b->owner)
+        return LC_EINVAL;
+    p->dec_planned = 0;
+    const int n = b->n_seqs, N = p->n, r = p->rank, ps = p->shape.page_size;
+    if (n > p->lim.max_decode_seqs) return LC_ERANGE;
+    if (b->blk_indptr[0] != 0) return LC_EINVAL;
+    for (int s = 0; s < n; s++) {
+        const int64_t nb = (int64_t)b->blk_indptr[s + 1] - b->blk_indptr[s];
+        if (b->kv_len[s] < 1 || nb * ps < b->kv_len[s]) return LC_EINVAL;
+        for (int64_t i = b->blk_indptr[s]; i < b->blk_indptr[s + 1]; i++)
+            if (b->owner[i] >= N) return LC_EINVAL;
+    }
+    cudaStream_t st = (cudaStream_t)stream;
+    if (p->up_dec_pending) {
+        CUDA_CHECK_RET(cudaEventSynchronize(p->up_dec));
+        p->up_dec_pending = 0;
+    }
+    int32_t *sel = p->h_arena + p->off_dec_sel, *cidx = p->h_arena + p->off_dec_cidx,
+            *own = p->h_arena + p->off_dec_own;
+    int32_t *ki = p->h_dec, *kl = p->h_dec + n + 1; // this rank's batch: kv_indptr, kv_len
+    int m = 0, n_own = 0, count[CP_MAX_RANKS] = {0};
+    int64_t pages = 0;
+    double pairs = 0;
+    ki[0] = 0;
+    int rc = 0;
+    for (int s = 0; s < n && !rc; s++) {
+        const int32_t *bl = b->blocks + b->blk_indptr[s];
+        const uint8_t *ow = b->owner + b->blk_indptr[s];
+        const int64_t nb = (b->kv_len[s] + ps - 1) / ps;
+        p->dec_row_owner[s] = ow[nb - 1];
+        if (ow[nb - 1] == r) own[n_own++] = s;
+        uint8_t holds[CP_MAX_RANKS] = {0};
+        for (int64_t i = 0; i < nb; i++) holds[ow[i]] = 1;
+        for (int i = 0; i < N; i++) cidx[(size_t)i * n + s] = holds[i] ? count[i]++ : -1;
+        if (!holds[r]) continue;
+        const int64_t keys = cp_ring_keys(ow, nb, ps, b->kv_len[s], r);
+        for (int64_t i = 0; i < nb && !rc; i++) {
+            if (ow[i] != r) continue;
+            if (bl[i] < 0 || bl[i] >= p->shape.n_pool_pages)
+                rc = LC_EINVAL;
+            else if (pages >= p->lim.max_decode_pages)
+                rc = LC_ERANGE;
+            else
+                p->h_idx[pages++] = bl[i];
+        }
+        sel[m] = (int32_t)(ow[nb - 1] * n + s);
+        kl[m] = (int32_t)keys;
+        ki[m + 1] = (int32_t)pages;
+        pairs += (double)keys * p->shape.n_heads;
+        m++;
+    }
+    if (!rc && m > 0) {
+        attn_cuda_batch_t bt = {m, nullptr, ki, p->h_idx, kl, nullptr, nullptr};
+        rc = attn_cuda_plan(p->dec, &bt, stream, &p->dec_ws_bytes);
+        if (!rc && p->dec_ws_bytes > p->dec_ws_cap) rc = LC_ERANGE;
+    }
+    if (rc) return rc;
+    CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena + p->off_dec_sel, sel,
+                                   sizeof(int32_t) * (p->off_dec_own + n_own - p->off_dec_sel), cudaMemcpyHostToDevice,
+                                   st));
+    CUDA_CHECK_RET(cudaEventRecord(p->up_dec, st));
+    p->up_dec_pending = 1;
+    p->dec_n = n;
+    p->dec_m = m;
+    p->dec_n_own = n_own;
+    p->dec_pairs = pairs;
+    p->dec_planned = 1;
+    return 0;
+}
+
+extern "C" int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s) {
+    return p && p->dec_planned && s >= 0 && s < p->dec_n ? p->dec_row_owner[s] : -1;
+}
+
+extern "C" int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
+                                  void *out, float *lse) {
+    if (!p || !c || !p->dec_planned || !k || !v || !q || !out) return LC_EINVAL;
+    if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
+    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
+    const size_t qrow = (size_t)H * D * 2, msg = (size_t)n * H * (D * 2 + sizeof(float));
+    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
+    int rc;
+    // every rank's queries; the rows this rank attends picked from their owners'
+    if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
+    if (p->dec_m > 0) {
+        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_dec_sel, p->dec_m, qrow, st))) return rc;
+        attn_cuda_args_t a = {
+            p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
+            nullptr, nullptr};
+        if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
+    }
+    if ((rc = cp_allgather(c, p->dmsg, msg, p->dgath))) return rc;
+    if (p->dec_n_own > 0) {
+        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, st>>>(
+            (const uint8_t *)p->dgath, msg, p->d_arena + p->off_dec_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n,
+            p->n, H, D, (__nv_bfloat16 *)out, lse);
+        CUDA_CHECK_RET(cudaGetLastError());
+    }
+    p->t.decode_pairs += p->dec_pairs;
+    return 0;
+}
+
+// ---- timing -------------------------------------------------------------------------------
+extern "C" void cp_cuda_plan_timing_enable(cp_cuda_plan_t *p, int on) {
+    if (p) p->timing = on != 0;
+}
+extern "C" const cp_timing_t *cp_cuda_plan_timing(const cp_cuda_plan_t *p) { return p ? &p->t : nullptr; }
+extern "C" int cp_cuda_step_ms(const cp_cuda_plan_t *p, int k, float *compute_ms, float *wait_ms) {
+    if (!p || !p->timed || k < 0 || k >= p->n) return -1;
+    if (compute_ms) *compute_ms = p->step_c[k];
+    if (wait_ms) *wait_ms = p->step_w[k];
+    return 0;
+}
