@@ -3,21 +3,22 @@ v of chosen layers of a model loaded by transformers (the default model from
 its GGUF, as bench/gpu_e2e.py loads it), from ONE forward of natural text.
 
 How: an attention function registered with transformers' AttentionInterface
-(4.51 and later, 5.x) under the name "lacuna_capture", set as the model's
-attention implementation, receives every layer's query (1, heads, L, d),
-key and value (1, kv_heads, L, d) after RoPE, keeps those of the chosen
-layers as (L, heads, d), and returns torch SDPA's causal attention on them
-(GQA, the layer's scaling) in transformers' layout (1, L, heads, d). Where
-transformers has masking_utils (4.53+, 5.x) the name is registered with
-AttentionMaskInterface too, as sdpa's mask: for one unpadded sequence that
-is no mask at all. An older 4.x (4.48-4.52: no AttentionMaskInterface, where
-any name but "sdpa" gets a dense L x L mask, 32 GB at 128K; 4.48-4.50 also
-without AttentionInterface, a plain dict) gets the function under "sdpa"
-itself for the forward, the original put back after. The forward is
-the decoder alone (no LM head: 128K x 49K logits are never made) and stops
-once the last chosen layer is captured. Shorter lengths are prefixes of the
-same capture: attention is causal, so a prefix's q, k, v are exactly those
-of a forward over the prefix alone.
+(4.57 and 5.x have it, 4.50 not) under the name "lacuna_capture", set as
+the model's attention implementation, receives every layer's query (1,
+heads, L, d), key and value (1, kv_heads, L, d) after RoPE, keeps those of
+the chosen layers as (L, heads, d), and returns torch SDPA's causal
+attention on them (K and V expanded to every head, the layer's scaling) in
+transformers' layout (1, L, heads, d). Where transformers has masking_utils
+(4.57 and 5.x, not 4.50) the name is registered with AttentionMaskInterface
+too, as sdpa's mask: for one unpadded sequence that is no mask at all. An
+older 4.x (no AttentionMaskInterface, where any name but "sdpa" gets a
+dense L x L mask, 32 GB at 128K; 4.48-4.50 also without AttentionInterface,
+a plain dict) gets the function under "sdpa" itself for the forward, the
+original put back after. The forward is the decoder alone (no LM head: 128K
+x 49K logits are never made) and stops once the last chosen layer is
+captured. Shorter lengths are prefixes of the same capture: attention is
+causal, so a prefix's q, k, v are exactly those of a forward over the
+prefix alone.
 
 The text: the repository's documents and C comments (bench/accuracy/corpus.py),
 tokenised once and repeated (with a paragraph break) when shorter than the
@@ -118,9 +119,12 @@ def capture(model, ids, layers):
             kept[li] = tuple(x[0].transpose(0, 1).contiguous() for x in (query, key, value))
             if len(kept) == len(want):
                 raise _Captured()
-        # one unpadded sequence: causal attention is exact, whatever mask transformers made
-        o = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                           enable_gqa=query.shape[1] != key.shape[1])
+        # one unpadded sequence: causal attention is exact, whatever mask transformers made. K and V
+        # expanded to every query head (transformers' repeat_kv order), so that no backend is ruled
+        # out for GQA and the math fallback (128K x 128K scores per head) is never taken
+        g = query.shape[1] // key.shape[1]
+        o = F.scaled_dot_product_attention(query, key.repeat_interleave(g, 1), value.repeat_interleave(g, 1),
+                                           is_causal=True, scale=scaling)
         return o.transpose(1, 2).contiguous(), None
 
     impl, undo = _install(attend)

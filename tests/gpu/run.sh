@@ -24,7 +24,8 @@
 #            with ANCHOR_BENCH=1 its timing, density and kernel efficiency
 #            against the dense prefill (random and structured inputs)
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
-#            public FlexPrefill reference, dense ours and SDPA beside them
+#            public FlexPrefill reference, our AnchorAttention (theta 12),
+#            dense ours and SDPA beside them
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
 #            scripts/fetch_peer_flexprefill.sh, carried with the device tool;
 #            FLEXREF_FLAGS e.g. "--quick" or "--lengths 128K")
