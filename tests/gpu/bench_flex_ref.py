@@ -505,15 +505,17 @@ def short(e):
     return f"{type(e).__name__}: {msg.splitlines()[0][:120]}" if msg else type(e).__name__
 
 
-def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
-    """Every method on one input; returns the rows and the input's sparsity."""
+def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
+    """Every method on one input: appends its rows to rows as they are
+    measured (a SIGTERM keeps those), then adds recall and the derived
+    columns."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     L, H, D = q.shape
     KH = k.shape[1]
     ps, nb, scale = 64, L // BLK, D ** -0.5
     budget, lim = args.budget_s, args.method_limit
-    rows, masks, lses = [], {}, {}
+    masks, lses = {}, {}
     t_case = time.perf_counter()
     positions = sample_positions(L, args.recall_rows)
     pos_t = torch.tensor(positions, device=DEV)
@@ -726,7 +728,6 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
     if both:
         print(f"    recall from the masks vs from the LSEs (dense, flex): max difference {max(both):.2e}", flush=True)
     print(f"    case done in {time.perf_counter() - t_case:.1f} s", flush=True)
-    return rows
 
 
 # --- output ----------------------------------------------------------------
@@ -1047,8 +1048,11 @@ def run_all(args, lib, bac, peer, peer_err, meta, lengths, names, real, rows):
                 i = list(INPUTS).index(name)  # an input's seed does not depend on --inputs
                 q, k, v = gen_inputs(INPUTS[name], L, 32, 8, 128, args.seed * 1000003 + i * 7919 + L, DEV)
             print(f"  {name} L={q.shape[0]} ({q.shape[1]}/{k.shape[1]} heads, d {q.shape[2]})", flush=True)
-            case = run_case(args, lib, bac, peer, peer_err, name, q, k, v)
-            rows += case
+            case = []
+            try:
+                run_case(args, lib, bac, peer, peer_err, name, q, k, v, case)
+            finally:  # a SIGTERM (Stopped) or a failure keeps the rows measured so far
+                rows += case
         except Exception as e:  # a broken CUDA context: keep what was measured
             print(f"  {name} L={L}: failed: {short(e)}; stopping", flush=True)
             rows.append(row(name, L, "all", note=f"failed: {short(e)}"))
