@@ -637,11 +637,11 @@ static void drain(out_t *o) {
         }
 }
 
-static float g_temperature; // the requests' temperature (0: greedy)
-static int g_quest;         // 1: the requests decode with Quest (a 128-token budget)
-static int g_flex;          // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
-static int g_tidal;         // 1: the requests decode with TidalDecode (a 96-token budget)
-static int g_anchor;        // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
+static float g_temperature;  // the requests' temperature (0: greedy)
+static int g_quest;          // 1: the requests decode with Quest (a 128-token budget)
+static int g_flex;           // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
+static int g_tidal;          // 1: the requests decode with TidalDecode (a 96-token budget)
+static int g_anchor;         // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
 static float g_theta = 0.5f; // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
