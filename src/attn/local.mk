@@ -32,12 +32,15 @@ EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
 	tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c \
-	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py
+	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py tests/gpu/bench_sparse_common.py \
+	tests/gpu/capture_hf.py
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
 ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o \
 	src/attn/cuda/flex_kern.o
+# AnchorAttention for tests/gpu/bench_flex_ref.py (its anchor pass runs on the prefill kernel above).
+ATTN_CUDA_OBJS += src/attn/cuda/anchor.o src/attn/cuda/anchor_kern.o src/attn/cuda/gather.o
 
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.

@@ -1,47 +1,93 @@
 #!/usr/bin/env python3
 """Side by side on one H200: our GPU FlexPrefill against the public FlexPrefill
-reference (github.com/bytedance/FlexPrefill, Apache-2.0, Triton kernels), with
-dense attention (ours and torch SDPA) as the baseline (issue 11, "Kernels").
+reference (github.com/bytedance/FlexPrefill, Apache-2.0, Triton kernels), our
+GPU AnchorAttention beside them, with dense attention (ours and torch SDPA)
+as the baseline (issue 11, "Kernels").
 
-One layer of causal prefill, 32 query / 8 KV heads, d 128, bf16, the same
-inputs for every method:
+One layer of causal prefill, bf16, the same inputs for every method:
+synthetic ones at 32 query / 8 KV heads, d 128, and real activations at the
+captured model's shape (the default model: 9 / 3 heads, d 64). Methods:
   sdpa dense      torch SDPA, the best of its default GQA choice and cuDNN on
-                  K/V expanded to 32 heads (as bench_attn_cuda.py); its output
+                  K/V expanded to all heads (as bench_attn_cuda.py); its output
                   is the reference of every error below
   ours dense      attn_cuda_run without a mask (libattn_cuda.so, paged pool)
-  ours flex g     attn_cuda_flex_select (the per-layer selection) then
-                  attn_cuda_run with its block mask; timed together, the
-                  selection alone and the kernel alone (attn_cuda_flex_plan
-                  is the once-per-step host part and is not timed)
+  ours flex g mbN attn_cuda_flex_select (the per-layer selection) then
+                  attn_cuda_run with its block mask, at gamma g and min_budget
+                  N tokens; timed together (ms), the selection alone and the
+                  kernel alone (attn_cuda_flex_plan is the once-per-step host
+                  part and is not timed)
+  ours anchor t   attn_cuda_anchor_run at theta t (nats), anchor_init and
+                  anchor_local 2048 (the policy defaults): ms = the run alone
+                  (per layer: anchor pass, selection, token gather, merge);
+                  attn_cuda_anchor_plan (once per step: page tables to the
+                  device, the anchor pass's plan) + run timed together is in
+                  the note and the JSON (plan_run_ms). The API has no entry
+                  for the passes alone; the "selection ms" column of the
+                  anchor rows is the same run at theta = -inf (row "ours
+                  anchor -inf": the anchor pass, every candidate key scored,
+                  empty stripe lists, the merge), the part that does not
+                  depend on theta
   ref flex g      the reference's flex_prefill_attention (its entry point),
                   and its two halves alone: get_active_blocks (selection) and
                   triton_block_wise_attention (kernel, with its index prep)
-at gamma 0.9 and 0.95, tau 0.1, min_budget 1024 tokens, no max_budget, block
-128 for both (the paper's defaults).
+The reference runs at tau 0.1, min_budget 1024 tokens, no max_budget, block
+128 (the paper's defaults); ours at the same tau and block.
 
 Per method: median time over CUDA events; density = computed query-key pairs /
-causal pairs (ours: attn_cuda_mask_pairs over the mask; the reference: the
-pairs its block list implies, counted the same way: an off-diagonal block
-128 x 128, a diagonal block 128 x 129 / 2; its own "computational ratio",
-selected blocks over the full square grid, is kept in the JSON); rel err =
-||o - o_sdpa|| / ||o_sdpa|| in f32; recall = the share of the dense softmax
-mass (f32) of sampled rows (--recall-rows positions spread over the sequence,
-every head) that falls on the keys the method computes (from the mask bits;
-1 for dense). Derived: kernel efficiency = density x t_dense(ours) /
-t_kernel; selection share = t_select / t_dense(ours); speed-up = the
-reference's total time / ours at the same gamma.
+causal pairs (ours flex: attn_cuda_mask_pairs over the mask; ours anchor:
+attn_cuda_anchor_pairs, exact integer sums; the reference: the pairs its
+block list implies, counted the same way: an off-diagonal block 128 x 128, a
+diagonal block 128 x 129 / 2; its own "computational ratio", selected blocks
+over the full square grid, is kept in the JSON); rel err = ||o - o_sdpa|| /
+||o_sdpa|| in f32; recall = the share of the dense softmax mass (f32) of
+sampled rows (--recall-rows positions spread over the sequence, every head)
+that falls on the keys the method computes: from the mask bits for the block
+masks (ours flex, the reference; 1 for dense), and for AnchorAttention, whose
+key lists are not read back here, from the LSE it returns: exp(lse_method -
+lse_dense) per sampled row and head, exactly the attended mass since each
+key is attended at most once (the JSON's recall_lse has the same for ours
+dense and flex, a check of the two ways). Derived: kernel efficiency =
+density x t_dense(ours) / t_kernel (AnchorAttention: / its whole run);
+selection share = t_select / t_dense(ours); speed-up vs ref = the
+reference's total time / ours at the same gamma and min_budget 1024.
+
+Equal error (bench_sparse_common.py says the rule exactly): per input and
+length, for each reference row our fastest FlexPrefill setting with a rel
+err <= the reference's (speed-up = ref ms / ours ms), for each FlexPrefill
+setting the fastest AnchorAttention setting at <= its error, and the other
+way round; printed after each case and at the end, and in the JSON
+("equal_error").
 
 Inputs (seeded, generated on the GPU): synthetic with an attention sink,
 locality (q.k a sum of cosines of the distance, like RoPE on a constant
 vector), heavy key columns, and noise, each head drawing its own strengths,
-at three sparsity levels; --real FILE adds captured q, k, v. Each input's
-line says how sparse it is: the share of a row's keys that holds 90% of its
-softmax mass (median and 90th percentile over the sampled rows).
+at three sparsity levels; --capture-hf GGUF captures real q, k, v of
+--capture-layers from one transformers forward of the repository's text
+(capture_hf.py: how, and what the text is) and runs every --capture-lengths
+prefix of them ("real L<layer>"); --real FILE adds q, k, v captured
+elsewhere. Each input's line says how sparse it is: the share of a row's
+keys that holds 90% of its softmax mass (median and 90th percentile over the
+sampled rows).
 
-A reference that fails to import or run (Triton versions) is a table row
-"failed: <reason>"; ours still runs. --dry-run checks the input builder, the
-mask packing, density, recall and table code on the CPU at 4K (exit 77 when
-torch is not installed).
+--preset equal-error: the run for the equal-error tables in a few minutes
+of GPU (the options it sets are in PRESETS; flags given explicitly win):
+synthetic moderate and sink at 32K and 128K, real at 32K, 64K and 128K
+(three layers), ours flex at gamma 0.7, 0.8, 0.9, 0.95 x min_budget 256 and
+1024, ours anchor at theta 3, 6, 9, 12 (and -inf), the reference at 0.9 and
+0.95, 3 timed calls per measurement, a guard per case. Estimate from
+docs/benchmarks.md's times: 128K synthetic about 35-40 s a case, 32K about
+6, real about 15 s per layer for its three lengths, capture and Triton
+compiles about 1 min: about 3.5-4 min in all.
+
+A method that fails (the reference on a shape its Triton kernels do not
+take, a capacity) is a table row "failed: <reason>"; the others still run.
+A case past --case-limit seconds skips its remaining methods (their rows
+say so); SIGTERM prints the rows so far. --dry-run checks on the CPU at 4K
+what needs no GPU: the input builder, the mask packing, density, recall
+(both ways), the table and the equal-error rule on FABRICATED rows (marked
+as such), and the capture on a tiny random transformers Llama when
+transformers is importable (with --capture-hf GGUF also the real model at
+2K tokens); exit 77 when torch is not installed.
 """
 import argparse
 import contextlib
@@ -56,12 +102,22 @@ import sys
 import time
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_sparse_common import equal_error, equal_error_table, lse_recall, row, table  # noqa: E402
+
 torch = None  # imported in main(): the module stays importable without torch
 DEV = "cuda"  # where the measured tensors live
 BLK = 128
-GAMMAS = (0.9, 0.95)
 TAU = 0.1
-MIN_BUDGET = 1024
+MIN_BUDGET = 1024  # the reference's (the paper's default)
+
+# --preset NAME: option defaults (flags given explicitly win)
+PRESETS = {
+    "equal-error": dict(inputs="moderate,sink", lengths="32K,128K", capture_lengths="32K,64K,128K",
+                        gammas="0.7,0.8,0.9,0.95", min_budgets="256,1024", thetas="3,6,9,12",
+                        ref_gammas="0.9,0.95", max_reps=3, budget_s=0.2, recall_rows=128, case_limit=120,
+                        method_limit=90),  # a first Triton compile (the reference) fits
+}
 
 # Synthetic inputs: per head, the logit (nats) of the local peak, of the sink,
 # of the heavy columns, the noise std, each drawn uniformly in its range; win:
@@ -138,33 +194,6 @@ def gen_inputs(spec, L, H, KH, D, seed, device):
     return q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
 
 
-def load_real(path, layer):
-    """q, k, v from FILE.pt (a dict with q, k, v or a tuple), FILE.npz, or a
-    directory with q.npy, k.npy, v.npy; (L, heads, d), or with a leading
-    batch of 1 or a leading layer axis (--real-layer picks one)."""
-    if os.path.isdir(path):
-        import numpy as np
-        t = [torch.from_numpy(np.load(os.path.join(path, n + ".npy"))) for n in "qkv"]
-    elif path.endswith(".npz"):
-        import numpy as np
-        z = np.load(path)
-        t = [torch.from_numpy(z[n]) for n in "qkv"]
-    else:
-        obj = torch.load(path, map_location="cpu")
-        t = [obj[n] for n in "qkv"] if isinstance(obj, dict) else list(obj)
-    out = []
-    for x in t:
-        if x.dim() == 4:
-            x = x[0] if x.shape[0] == 1 else x[layer]
-        if x.dim() != 3:
-            raise ValueError(f"{path}: expected (L, heads, d) tensors, got {tuple(x.shape)}")
-        out.append(x.to(torch.bfloat16).contiguous())
-    q, k, v = out
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[1] % k.shape[1]:
-        raise ValueError(f"{path}: inconsistent shapes q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)}")
-    return q, k, v
-
-
 def sample_positions(L, n):
     return sorted({((i + 1) * L) // n - 1 for i in range(n)})
 
@@ -199,21 +228,24 @@ def mask_density(m, L):
     return (off * BLK * BLK + diag * BLK * (BLK + 1) / 2) / (H * L * (L + 1) / 2)
 
 
-def analyse(q, k, masks, positions, scale):
+def analyse(q, k, masks, positions, scale, lses=None):
     """Over the sampled rows (every head): the share of a row's causal keys
-    holding 90% of its softmax mass (median, p90) and, per block mask, the
-    dense mass on the keys it computes (mean, 10th percentile)."""
+    holding 90% of its softmax mass (median, p90); per block mask, the dense
+    mass on the keys it computes (mean, 10th percentile); per entry of lses
+    (name -> (len(positions), H) f32 LSEs a method returned for those rows),
+    the same mass from the LSEs (bench_sparse_common.lse_recall)."""
     L, H, _ = q.shape
     g = H // k.shape[1]
     pos = torch.tensor(positions, device=q.device)
     keys = torch.arange(L, device=q.device)
-    fracs, rec = [], {name: [] for name in masks}
+    fracs, rec, lse_d = [], {name: [] for name in masks}, []
     kf = None
     for h in range(H):
         if h % g == 0:
             kf = k[:, h // g].float()
         s = (q[pos, h].float() @ kf.T) * scale
         s.masked_fill_(keys[None, :] > pos[:, None], float("-inf"))
+        lse_d.append(torch.logsumexp(s, -1))
         p = torch.softmax(s, -1)
         del s
         c = p.sort(-1, descending=True).values.cumsum(-1)
@@ -228,7 +260,9 @@ def analyse(q, k, masks, positions, scale):
     for name, r in rec.items():
         r = torch.cat(r)
         recall[name] = (float(r.mean()), float(r.quantile(0.1)))
-    return stats, recall
+    lse_d = torch.stack(lse_d, 1)
+    from_lse = {name: lse_recall(x.to(lse_d.device), lse_d) for name, x in (lses or {}).items()}
+    return stats, recall, from_lse
 
 
 def rel_err(x, ref):
@@ -318,14 +352,17 @@ def time_limit(seconds):
 def timed(fn, budget_s, max_reps):
     """Median seconds of fn() between CUDA events (host work inside fn, such
     as the reference's .item() calls, counts); one warm-up call (Triton
-    compiles there), then as many calls as fit the budget, 3 to max_reps."""
+    compiles there), then as many calls as fit the budget, 3 to max_reps
+    (3 at once when max_reps <= 3: no estimate call)."""
     fn()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    est = time.perf_counter() - t0
-    reps = max(3, min(max_reps, int(budget_s / max(est, 1e-6))))
+    reps = 3
+    if max_reps > 3:
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        est = time.perf_counter() - t0
+        reps = max(3, min(max_reps, int(budget_s / max(est, 1e-6))))
     evs = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -391,6 +428,57 @@ class FlexSel:
         self.lib.attn_cuda_flex_destroy(self.f)
 
 
+class AnchorSel:
+    """attn_cuda_anchor_t over one sequence of L rows (anchor_cuda.h)."""
+
+    def __init__(self, lib, bac, H, KH, D, ps, L, perm, local):
+        self.lib, self.bac = lib, bac
+
+        class Policy(ctypes.Structure):
+            _fields_ = [("theta", ctypes.c_float), ("anchor_init", ctypes.c_int), ("anchor_local", ctypes.c_int)]
+        self.Policy = Policy
+        vp = ctypes.c_void_p
+        lib.attn_cuda_anchor_create.argtypes = [ctypes.POINTER(bac.Shape), ctypes.c_int, ctypes.c_int64,
+                                                ctypes.c_int64, ctypes.c_int, ctypes.POINTER(vp)]
+        lib.attn_cuda_anchor_plan.argtypes = [vp, ctypes.POINTER(bac.Batch), ctypes.POINTER(ctypes.c_uint8),
+                                              ctypes.POINTER(Policy), vp]
+        lib.attn_cuda_anchor_run.argtypes = [vp, vp, vp, vp, vp, vp, vp]
+        lib.attn_cuda_anchor_pairs.argtypes = [vp, vp, vp]
+        lib.attn_cuda_anchor_destroy.argtypes = [vp]
+        lib.attn_cuda_anchor_destroy.restype = None
+        shape = bac.Shape(H, KH, D, ps, L // ps, D ** -0.5)
+        self.a = vp()
+        rc = lib.attn_cuda_anchor_create(ctypes.byref(shape), 1, L, L, local, ctypes.byref(self.a))
+        if rc:
+            raise RuntimeError(f"attn_cuda_anchor_create: {rc}")
+        self.keep = [bac.i32([0, L]), bac.i32([0, L // ps]), bac.i32(perm), bac.i32([L])]
+
+    def plan(self, theta, init, local):
+        b = self.bac.Batch(1, self.keep[0], self.keep[1], self.keep[2], self.keep[3], None)
+        sel = (ctypes.c_uint8 * 1)(1)
+        pol = (self.Policy * 1)(self.Policy(theta, init, local))
+        rc = self.lib.attn_cuda_anchor_plan(self.a, ctypes.byref(b), sel, pol, stream())
+        if rc:
+            raise RuntimeError(f"attn_cuda_anchor_plan: {rc}")
+
+    def run(self, q, pk, pv, out, lse):
+        rc = self.lib.attn_cuda_anchor_run(self.a, q.data_ptr(), pk.data_ptr(), pv.data_ptr(), out.data_ptr(),
+                                           lse.data_ptr(), stream())
+        if rc:
+            raise RuntimeError(f"attn_cuda_anchor_run: {rc}")
+
+    def pairs(self):
+        """The pairs of the last run, all heads (exact)."""
+        buf = torch.zeros(1, dtype=torch.int64, device=DEV)
+        rc = self.lib.attn_cuda_anchor_pairs(self.a, buf.data_ptr(), stream())
+        if rc:
+            raise RuntimeError(f"attn_cuda_anchor_pairs: {rc}")
+        return int(buf.item())
+
+    def close(self):
+        self.lib.attn_cuda_anchor_destroy(self.a)
+
+
 def stream():
     return ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
 
@@ -417,27 +505,29 @@ def short(e):
     return f"{type(e).__name__}: {msg.splitlines()[0][:120]}" if msg else type(e).__name__
 
 
-def row(inp, L, method, **kw):
-    r = {"input": inp, "length": L, "method": method, "ms": None, "select_ms": None, "kernel_ms": None,
-         "density": None, "rel_err": None, "recall": None, "recall_p10": None, "efficiency": None,
-         "select_share": None, "speedup_vs_ref": None, "note": ""}
-    r.update(kw)
-    return r
-
-
-def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
-    """Every method on one input; returns the rows and the input's sparsity."""
+def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
+    """Every method on one input: appends its rows to rows as they are
+    measured (a SIGTERM keeps those), then adds recall and the derived
+    columns."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     L, H, D = q.shape
     KH = k.shape[1]
     ps, nb, scale = 64, L // BLK, D ** -0.5
     budget, lim = args.budget_s, args.method_limit
-    rows, masks = [], {}
+    masks, lses = {}, {}
+    t_case = time.perf_counter()
+    positions = sample_positions(L, args.recall_rows)
+    pos_t = torch.tensor(positions, device=DEV)
 
     def attempt(method, fn, **kw):
+        left = args.case_limit - (time.perf_counter() - t_case) if args.case_limit else lim
+        if left < 1:
+            print(f"    {method}: skipped (the case's {args.case_limit} s guard)", flush=True)
+            rows.append(row(inp, L, method, note=f"skipped: the case's {args.case_limit} s guard", **kw))
+            return rows[-1]
         try:
-            with time_limit(lim):
+            with time_limit(max(1, int(min(lim, left)))):
                 r = fn()
                 torch.cuda.synchronize()
         except Exception as e:  # a method that fails is a row, the others go on
@@ -491,15 +581,16 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
         plans.append(dense)
         t = timed(lambda: dense.run(q, out, lse, pk, pv), budget, args.max_reps)
         dense.run(q, out, lse, pk, pv)
+        lses["ours dense"] = lse[pos_t].clone()
         return row(inp, L, "ours dense", ms=t * 1e3, kernel_ms=t * 1e3, density=1.0, rel_err=rel_err(out, o_ref),
                    recall=1.0, recall_p10=1.0)
     t_dense = attempt("ours dense", ours_dense)["ms"]
 
     words = lib.attn_cuda_mask_words(L, L, H)
     mask = torch.zeros(words, dtype=torch.int32, device=DEV)
-    flex, sparse = [None], [None]
+    flex, sparse, anc = [None], [None], [None]
 
-    def ours_flex(gamma):
+    def ours_flex(gamma, mb, name):
         def fn():
             if flex[0] is None:
                 if not hasattr(lib, "attn_cuda_flex_select"):
@@ -509,7 +600,7 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
                 plans.append(sparse[0])
             f, sp = flex[0], sparse[0]
             t0 = time.perf_counter()
-            f.plan(gamma, TAU, MIN_BUDGET, 0, words)  # once per step (all layers): not in the times
+            f.plan(gamma, TAU, mb, 0, words)  # once per step (all layers): not in the times
             torch.cuda.synchronize()
             t_plan = time.perf_counter() - t0
             t_sel = timed(lambda: f.select(q, pk, mask), budget, args.max_reps)
@@ -522,18 +613,45 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
             both()
             torch.cuda.synchronize()
             m = unpack_mask(mask, H, nb, nb)
-            masks[f"ours flex {gamma:g}"] = m
+            masks[name] = m
+            lses[name] = lse[pos_t].clone()
             dens = mask_pairs(lib, sp, mask) / (H * L * (L + 1) / 2)
             if abs(dens - mask_density(m, L)) > 1e-9:
                 raise RuntimeError(f"attn_cuda_mask_pairs density {dens} != the unpacked mask's {mask_density(m, L)}")
             qa = f.query_aware_heads()
-            return row(inp, L, f"ours flex {gamma:g}", gamma=gamma, ms=t_all * 1e3, select_ms=t_sel * 1e3,
-                       kernel_ms=t_ker * 1e3, density=dens, rel_err=rel_err(out, o_ref),
+            return row(inp, L, name, family="flex", gamma=gamma, min_budget=mb, ms=t_all * 1e3,
+                       select_ms=t_sel * 1e3, kernel_ms=t_ker * 1e3, density=dens, rel_err=rel_err(out, o_ref),
                        note=(f"{qa}/{H} heads query-aware; " if qa is not None else "") +
                        f"step plan {t_plan * 1e3:.2f} ms (host)")
         return fn
 
-    def ref_flex(gamma):
+    def ours_anchor(theta, name):
+        def fn():
+            if anc[0] is None:
+                if not hasattr(lib, "attn_cuda_anchor_run"):
+                    raise Unavailable("libattn_cuda.so has no attn_cuda_anchor_run (anchor.cu not built in)")
+                anc[0] = AnchorSel(lib, bac, H, KH, D, ps, L, perm, args.anchor_local)
+            a = anc[0]
+            t0 = time.perf_counter()
+            a.plan(theta, args.anchor_init, args.anchor_local)
+            torch.cuda.synchronize()
+            t_plan = time.perf_counter() - t0
+            t_run = timed(lambda: a.run(q, pk, pv, out, lse), budget, args.max_reps)
+
+            def both():
+                a.plan(theta, args.anchor_init, args.anchor_local)
+                a.run(q, pk, pv, out, lse)
+            t_both = timed(both, budget, args.max_reps)
+            a.run(q, pk, pv, out, lse)
+            lses[name] = lse[pos_t].clone()
+            dens = a.pairs() / (H * L * (L + 1) / 2)
+            fam, th = ("anchor", theta) if theta > -math.inf else ("anchor-fixed", "-inf")  # JSON has no -inf
+            return row(inp, L, name, family=fam, theta=th,
+                       ms=t_run * 1e3, plan_run_ms=t_both * 1e3, density=dens, rel_err=rel_err(out, o_ref),
+                       note=f"plan + run {t_both * 1e3:.2f} ms; step plan {t_plan * 1e3:.2f} ms (host)")
+        return fn
+
+    def ref_flex(gamma, name):
         def fn():
             if peer is None:
                 raise Unavailable(peer_err)
@@ -547,81 +665,85 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v):
             t_all = timed(lambda: peer.flex_prefill_attention(q4, k4, v4, gamma, TAU, min_budget=MIN_BUDGET,
                                                               max_budget=None, block_size=BLK), budget, args.max_reps)
             if L <= max(2 * BLK, MIN_BUDGET):  # its entry point runs dense attention there
-                masks[f"ref flex {gamma:g}"] = torch.ones(H, nb, nb, dtype=torch.bool, device=DEV).tril()
-                return row(inp, L, f"ref flex {gamma:g}", gamma=gamma, ms=t_all * 1e3, density=1.0, rel_err=err,
+                masks[name] = torch.ones(H, nb, nb, dtype=torch.bool, device=DEV).tril()
+                return row(inp, L, name, family="ref", gamma=gamma, ms=t_all * 1e3, density=1.0, rel_err=err,
                            note="dense at this length (its rule)")
             t_sel = timed(lambda: peer.get_active_blocks(q4, k4, v4, BLK, gamma, mb, xb, TAU, False), budget,
                           args.max_reps)
             idx = peer.get_active_blocks(q4, k4, v4, BLK, gamma, mb, xb, TAU, False)
             t_ker = timed(lambda: peer.triton_block_wise_attention(q4, k4, v4, idx, BLK), budget, args.max_reps)
             m = ref_mask(idx[0], H, nb, DEV)
-            masks[f"ref flex {gamma:g}"] = m
-            return row(inp, L, f"ref flex {gamma:g}", gamma=gamma, ms=t_all * 1e3, select_ms=t_sel * 1e3,
+            masks[name] = m
+            return row(inp, L, name, family="ref", gamma=gamma, ms=t_all * 1e3, select_ms=t_sel * 1e3,
                        kernel_ms=t_ker * 1e3, density=mask_density(m, L), rel_err=err, ref_ratio=ratio,
                        note=f"its ratio {ratio:.3f} (of the square grid)")
         return fn
 
-    for gamma in GAMMAS:
-        attempt(f"ours flex {gamma:g}", ours_flex(gamma), gamma=gamma)
+    for gamma in args.ref_gammas:
+        attempt(f"ref flex {gamma:g}", ref_flex(gamma, f"ref flex {gamma:g}"), family="ref", gamma=gamma)
+    for mb in args.min_budgets:
+        for gamma in args.gammas:
+            name = f"ours flex {gamma:g} mb{mb}"
+            attempt(name, ours_flex(gamma, mb, name), family="flex", gamma=gamma, min_budget=mb)
     if flex[0] is not None:
         flex[0].close()
-    for gamma in GAMMAS:
-        attempt(f"ref flex {gamma:g}", ref_flex(gamma), gamma=gamma)
+    if args.thetas:
+        fixed = attempt("ours anchor -inf", ours_anchor(-math.inf, "ours anchor -inf"), family="anchor-fixed")
+        for theta in args.thetas:
+            r = attempt(f"ours anchor {theta:g}", ours_anchor(theta, f"ours anchor {theta:g}"), family="anchor",
+                        theta=theta)
+            if r["ms"]:
+                r["select_ms"] = fixed["ms"]
+    if anc[0] is not None:
+        anc[0].close()
     for p in plans:
         p.close()
     del out, lse, pk, pv, mask, o_ref
 
     try:
-        stats, recall = analyse(q, k, masks, sample_positions(L, args.recall_rows), scale)
+        stats, recall, from_lse = analyse(q, k, masks, positions, scale, lses)
     except Exception as e:  # the rows measured so far still count
         print(f"    recall: failed: {short(e)}", flush=True)
-        stats, recall = {}, {}
-    ref_ms = {r.get("gamma"): r["ms"] for r in rows if r["method"].startswith("ref") and r["ms"]}
+        stats, recall, from_lse = {}, {}, {}
+    ref_ms = {r.get("gamma"): r["ms"] for r in rows if r["family"] == "ref" and r["ms"]}
     for r in rows:
         r["input_stats"] = stats
         if r["method"] in recall:
             r["recall"], r["recall_p10"] = recall[r["method"]]
-        if t_dense and r["density"] is not None and r["kernel_ms"] and "flex" in r["method"]:
-            r["efficiency"] = r["density"] * t_dense / r["kernel_ms"]
-        if t_dense and r["method"].startswith("ours flex") and r["select_ms"]:
+        elif r["recall"] is None and r["method"] in from_lse:  # dense keeps its 1 (its LSE form: a check)
+            r["recall"], r["recall_p10"] = from_lse[r["method"]]
+            r["recall_from"] = "lse"
+        if r["method"] in from_lse:
+            r["recall_lse"] = from_lse[r["method"]][0]
+        if t_dense and r["density"] is not None and r["ms"] and r["family"] in ("flex", "ref"):
+            r["efficiency"] = r["density"] * t_dense / r["kernel_ms"] if r["kernel_ms"] else None
+        if t_dense and r["density"] is not None and r["ms"] and r["family"] == "anchor":
+            r["efficiency"] = r["density"] * t_dense / r["ms"]
+        if t_dense and r["family"] in ("flex", "anchor") and r["select_ms"]:
             r["select_share"] = r["select_ms"] / t_dense
-        if r["method"].startswith("ours flex") and r["ms"] and ref_ms.get(r["gamma"]):
+        if r["family"] == "flex" and r.get("min_budget") == MIN_BUDGET and r["ms"] and ref_ms.get(r["gamma"]):
             r["speedup_vs_ref"] = ref_ms[r["gamma"]] / r["ms"]
-    return rows
+    both = [abs(r["recall"] - r["recall_lse"]) for r in rows if r.get("recall_lse") is not None
+            and r.get("recall_from") != "lse" and r["recall"] is not None]
+    if both:
+        print(f"    recall from the masks vs from the LSEs (dense, flex): max difference {max(both):.2e}", flush=True)
+    print(f"    case done in {time.perf_counter() - t_case:.1f} s", flush=True)
 
 
 # --- output ----------------------------------------------------------------
 
-HEADER = ("| input (keys holding 90% of a row's mass: median, p90) | length | method | ms | selection ms | kernel ms "
-          "| density | rel err | recall (mean, p10) | kernel eff. | selection / dense | speed-up vs ref | note |\n"
-          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-
-
-def fmt(x, spec, unit=""):
-    return "-" if x is None else format(x, spec) + unit
-
-
-def table(rows):
-    out = [HEADER]
-    for r in rows:
-        st = r.get("input_stats") or {}
-        inp = r["input"]
-        if st:
-            inp += f" ({st['median_keys_90'] * 100:.2g}%, {st['p90_keys_90'] * 100:.2g}%)"
-        rec = "-" if r["recall"] is None else f"{r['recall']:.4f}, {r['recall_p10']:.3f}"
-        out.append(f"| {inp} | {r['length'] // 1024}K | {r['method']} | {fmt(r['ms'], '.2f')} "
-                   f"| {fmt(r['select_ms'], '.2f')} | {fmt(r['kernel_ms'], '.2f')} | {fmt(r['density'], '.4f')} "
-                   f"| {fmt(r['rel_err'], '.4f')} | {rec} | {fmt(r['efficiency'], '.2f')} "
-                   f"| {fmt(r['select_share'], '.3f')} | {fmt(r['speedup_vs_ref'], '.2f', 'x')} | {r['note']} |")
-    return "\n".join(out)
-
-
-def report(args, rows, meta):
-    print("\ncommand: " + " ".join(["python3"] + sys.argv))
-    print(table(rows))
+def report(args, rows, meta, final=True):
+    """The tables (final: with the command) and the JSON so far."""
+    ee = equal_error(rows)
+    if final:
+        print("\ncommand: " + " ".join(["python3"] + sys.argv))
+        print(table(rows))
+        print("\nequal error (bench_sparse_common.py: rel err <= the target's, same input and length; fastest):")
+        print(equal_error_table(ee))
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"command": " ".join(["python3"] + sys.argv), **meta, "rows": rows}, f, indent=1)
+            json.dump({"command": " ".join(["python3"] + sys.argv), **meta, "rows": rows, "equal_error": ee}, f,
+                      indent=1)
 
 
 # --- the CPU dry run -------------------------------------------------------
@@ -632,7 +754,6 @@ def dry_run(args):
     densities against counted pairs, recall, the reference's block list, the
     table and the JSON. Exit 0 / 1 (a check failed)."""
     import torch.nn.functional as F
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_attn_cuda as bac
     L, H, KH, D = 4096, 32, 8, 128
     nb, scale = L // BLK, D ** -0.5
@@ -683,13 +804,19 @@ def dry_run(args):
         masks = {"full": causal.expand(H, nb, nb), "random 0.2": rnd, "sink+diagonal": sinkdiag,
                  "diagonal": eye.expand(H, nb, nb)}
         pos = sample_positions(L, args.recall_rows)
-        stats, rec = analyse(q, k, masks, pos, scale)
-        # recall of one mask once more, from the (H, L, L) key mask and all sampled rows at once
+        # recall of one mask once more, from the (H, L, L) key mask and all sampled rows at once, and the
+        # LSE of the attention over exactly that mask's keys (what a kernel returns) for the LSE form
         pp = torch.tensor(pos)
         sc = torch.einsum("phd,lhd->hpl", q[pp].float(), k.float().repeat_interleave(H // KH, 1)) * scale
         sc.masked_fill_(torch.arange(L)[None, None, :] > pp[None, :, None], float("-inf"))
-        bf = float((sc.softmax(-1) * keymask(sinkdiag)[:, pp, :]).sum(-1).mean())
+        km = keymask(sinkdiag)[:, pp, :]
+        lse_m = sc.masked_fill(~km, float("-inf")).logsumexp(-1).T.contiguous()  # (positions, H)
+        stats, rec, from_lse = analyse(q, k, masks, pos, scale, {"sink+diagonal": lse_m})
+        bf = float((sc.softmax(-1) * km).sum(-1).mean())
         check(abs(bf - rec["sink+diagonal"][0]) < 1e-5, f"{name}: recall {bf:.5f} as counted over the key mask")
+        d = max(abs(from_lse["sink+diagonal"][i] - rec["sink+diagonal"][i]) for i in (0, 1))
+        check(d < 1e-5, f"{name}: recall from the LSEs = from the mask ({d:.1e})")
+        del sc, km
         print(f"    {name}: 90% of a row's mass in a median {stats['median_keys_90'] * 100:.2f}% of its keys "
               f"(p90 {stats['p90_keys_90'] * 100:.1f}%); recall " +
               ", ".join(f"{n} {r[0]:.4f}" for n, r in rec.items()))
@@ -707,15 +834,79 @@ def dry_run(args):
                             recall=rec[mn][0], recall_p10=rec[mn][1], input_stats=stats, note="CPU, no timing"))
         check(errs["full"] < 1e-5, f"{name}: full mask == dense (rel err {errs['full']:.1e})")
         check(errs["sink+diagonal"] > errs["full"], f"{name}: sink+diagonal rel err {errs['sink+diagonal']:.3f}")
+    # the equal-error rule on FABRICATED rows; their table is printed, never written to --out
+    from bench_sparse_common import check_equal_error
+    check_equal_error(check)
+    meta = {"dry_run": True}
+    try:
+        import transformers  # noqa: F401
+        have_tf = True
+    except ImportError:
+        print("  note transformers is not installed: the capture is not checked")
+        have_tf = False
+    if have_tf:
+        import capture_hf
+        capture_hf.check_tiny(check, torch)
+        if args.capture_hf:
+            try:
+                rows += dry_capture(args, check, meta)
+            except Exception as e:
+                check(False, f"capture of {args.capture_hf}: {short(e)}")
     if args.peer:
         try:
             _, info = load_peer(args.peer)
             print(f"  ok   the reference imports on the CPU (shims: {info['shims'] or 'none'})")
         except Exception as e:  # no GPU here: import failures are reported, not fatal
             print(f"  note the reference does not import here: {str(e).splitlines()[0][:120]}")
-    report(args, rows, {"dry_run": True})
+    report(args, rows, meta)
     print(f"\ndry run: {'FAILED: ' + '; '.join(bad) if bad else 'all checks passed'}")
     return 1 if bad else 0
+
+
+# --- real activations ------------------------------------------------------
+
+def capture_real(args, device, dtype, n_tokens):
+    """q, k, v of --capture-layers from one forward of n_tokens of text
+    (capture_hf.py): ({layer: (q, k, v)}, info)."""
+    import capture_hf
+    t0 = time.perf_counter()
+    model, tok = capture_hf.load_gguf(args.capture_hf, device, dtype)
+    t1 = time.perf_counter()
+    ids, tinfo = capture_hf.corpus_ids(tok, n_tokens)
+    caps, info = capture_hf.capture(model, torch.tensor([ids], device=device), args.capture_layers)
+    del model
+    info.update(tinfo, gguf=os.path.basename(args.capture_hf), load_s=t1 - t0, capture_s=time.perf_counter() - t1)
+    print(f"# captured {args.capture_hf}: {n_tokens} tokens of {info['text']} (its {info['base_tokens']} tokens "
+          + (f"repeated from token {info['repeated_from']}" if info["repeated_from"] else "not repeated")
+          + f"), layers {info['layers']}, transformers {info['transformers']} ({info['implementation']}); "
+          f"load {info['load_s']:.1f} s, forward {info['capture_s']:.1f} s", flush=True)
+    return caps, info
+
+
+def dry_capture(args, check, meta):
+    """The real model on the CPU at 2K tokens: the capture's shapes, and the
+    analysis on them (no timing)."""
+    L = 2048
+    caps, info = capture_real(args, "cpu", torch.float32, L)
+    meta["capture"] = info
+    rows = []
+    for li, qkv in sorted(caps.items()):
+        q, k, v = (x.to(torch.bfloat16) for x in qkv)
+        H, KH, D = q.shape[1], k.shape[1], q.shape[2]
+        check(q.shape[0] == L and k.shape == (L, KH, D) and v.shape == k.shape and H % KH == 0,
+              f"real L{li}: q {tuple(q.shape)} k {tuple(k.shape)} v {tuple(v.shape)}")
+        check(all(bool(torch.isfinite(x.float()).all()) for x in (q, k, v)), f"real L{li}: finite")
+        nb = L // BLK
+        masks = {"full": torch.ones(H, nb, nb, dtype=torch.bool).tril(),
+                 "diagonal": torch.eye(nb, dtype=torch.bool).expand(H, nb, nb)}
+        stats, rec, _ = analyse(q, k, masks, sample_positions(L, 64), D ** -0.5)
+        check(abs(rec["full"][0] - 1) < 1e-5 and rec["diagonal"][0] < 1, f"real L{li}: recall full 1, diagonal "
+              f"{rec['diagonal'][0]:.4f}; 90% of a row's mass in a median {stats['median_keys_90'] * 100:.2f}% "
+              f"of its keys (p90 {stats['p90_keys_90'] * 100:.1f}%)")
+        for mn in masks:
+            rows.append(row(f"real L{li}", L, f"dry {mn}", density=mask_density(masks[mn], L), recall=rec[mn][0],
+                            recall_p10=rec[mn][1], input_stats=stats, note="CPU capture, no timing"))
+    return rows
 
 
 # --- main ------------------------------------------------------------------
@@ -731,22 +922,46 @@ def parse_lengths(s):
     return out
 
 
+def floats(s):
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def ints(s):
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="option defaults for a named run (PRESETS)")
     ap.add_argument("--lib", help="libattn_cuda.so (built as tests/gpu/libattn_cuda.so)")
     ap.add_argument("--peer", default=".peer/flexprefill", help="the fetched reference (fetch_peer_flexprefill.sh)")
-    ap.add_argument("--lengths", type=parse_lengths, default=parse_lengths("32K,64K,128K"))
+    ap.add_argument("--lengths", type=parse_lengths, default="32K,64K,128K", help="synthetic inputs' lengths")
     ap.add_argument("--quick", action="store_true", help="32K only")
     ap.add_argument("--inputs", default=",".join(INPUTS), help="synthetic inputs: " + ", ".join(INPUTS))
+    ap.add_argument("--gammas", type=floats, default="0.9,0.95", help="ours flex: gamma values")
+    ap.add_argument("--min-budgets", type=ints, default=str(MIN_BUDGET), help="ours flex: min_budget values (tokens)")
+    ap.add_argument("--ref-gammas", type=floats, default="0.9,0.95", help="the reference: gamma values")
+    ap.add_argument("--thetas", type=floats, default="12", help="ours anchor: theta values (nats; empty: none)")
+    ap.add_argument("--anchor-init", type=int, default=2048)
+    ap.add_argument("--anchor-local", type=int, default=2048)
     ap.add_argument("--real", help="captured q, k, v (.pt, .npz, or a directory of q.npy k.npy v.npy)")
     ap.add_argument("--real-layer", type=int, default=0, help="the layer when --real holds several")
+    ap.add_argument("--capture-hf", metavar="GGUF", help="capture real q, k, v from this model (capture_hf.py)")
+    ap.add_argument("--capture-lengths", type=parse_lengths, default="32K,64K,128K",
+                    help="prefixes of the capture to run (the forward is the longest)")
+    ap.add_argument("--capture-layers", type=ints, default="2,15,28", help="layers to capture")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--recall-rows", type=int, default=256, help="sampled positions (every head) for recall")
     ap.add_argument("--budget-s", type=float, default=2.0, help="seconds of timed calls per measurement")
     ap.add_argument("--max-reps", type=int, default=20)
     ap.add_argument("--method-limit", type=int, default=240, help="seconds a method may take at one length")
-    ap.add_argument("--out", help="write the rows as JSON here")
+    ap.add_argument("--case-limit", type=int, default=0,
+                    help="seconds a case (input, length) may take before its remaining methods are skipped (0: none)")
+    ap.add_argument("--out", help="write the rows as JSON here (rewritten after every case)")
     ap.add_argument("--dry-run", action="store_true", help="CPU checks at 4K, no GPU, no timing")
+    pre, _ = ap.parse_known_args()
+    if pre.preset:
+        ap.set_defaults(**PRESETS[pre.preset])
     args = ap.parse_args()
     try:
         load_torch()
@@ -760,7 +975,6 @@ def main():
     if not torch.cuda.is_available():
         print("SKIP: no GPU")
         return 77
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_attn_cuda as bac
     import triton
     lib = ctypes.CDLL(args.lib)
@@ -773,8 +987,10 @@ def main():
         peer_err = f"import: {short(e)}"
         print(f"# the reference: failed to import ({peer_err})")
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "cudnn": torch.backends.cudnn.version(), "peer": info, "peer_error": peer_err, "gammas": GAMMAS,
-            "tau": TAU, "min_budget": MIN_BUDGET, "block": BLK, "seed": args.seed}
+            "cudnn": torch.backends.cudnn.version(), "peer": info, "peer_error": peer_err, "preset": args.preset,
+            "gammas": args.gammas, "min_budgets": args.min_budgets, "ref_gammas": args.ref_gammas,
+            "thetas": args.thetas, "anchor_init": args.anchor_init, "anchor_local": args.anchor_local, "tau": TAU,
+            "ref_min_budget": MIN_BUDGET, "block": BLK, "seed": args.seed}
     print(f"# {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, cuDNN {meta['cudnn']}; "
           f"reference {info.get('commit', '-')[:12]} (shims: {info.get('shims') or 'none'})", flush=True)
     lengths = [32768] if args.quick else args.lengths
@@ -782,10 +998,23 @@ def main():
     for n in names:
         if n not in INPUTS:
             ap.error(f"unknown input {n} ({', '.join(INPUTS)})")
-    real = load_real(args.real, args.real_layer) if args.real else None
     rows = []
     signal.signal(signal.SIGTERM, on_term)
     try:
+        import capture_hf
+        real = {}
+        if args.real:
+            real["real"] = (capture_hf.load_real(args.real, args.real_layer), lengths)
+        if args.capture_hf:
+            try:
+                with time_limit(max(args.method_limit, 120)):  # the model's load is part of it
+                    caps, meta["capture"] = capture_real(args, DEV, torch.bfloat16, max(args.capture_lengths))
+                real.update({f"real L{li}": (qkv, args.capture_lengths) for li, qkv in sorted(caps.items())})
+            except Exception as e:  # the synthetic inputs still run
+                meta["capture_error"] = short(e)
+                print(f"# capture: failed: {short(e)}", flush=True)
+                rows.append(row("real", max(args.capture_lengths), "capture", note=f"failed: {short(e)}"))
+            torch.cuda.empty_cache()
         run_all(args, lib, bac, peer, peer_err, meta, lengths, names, real, rows)
     except Stopped:
         print("# stopped (SIGTERM): the rows so far", flush=True)
@@ -803,30 +1032,37 @@ class CaseFailed(Exception):
 
 
 def run_all(args, lib, bac, peer, peer_err, meta, lengths, names, real, rows):
-    for L in lengths:
-        cases = [(n, list(INPUTS).index(n)) for n in names]  # an input's seed does not depend on --inputs
-        if real is not None:
-            cases.append(("real", None))
-        for name, i in cases:
+    """Every case, shortest first: the synthetic inputs at lengths, each real
+    input (name -> ((q, k, v), its lengths)) at its lengths (prefixes)."""
+    cases = [(L, n) for L in lengths for n in names] + [(L, n) for n, (_, ls) in real.items() for L in ls]
+    cases.sort(key=lambda c: c[0])  # stable: synthetic before real at a length
+    for L, name in cases:
+        try:
+            if name in real:
+                t = real[name][0]
+                Lr = min(L, t[0].shape[0] // BLK * BLK)
+                if Lr < L and any(Lr == r["length"] and r["input"] == name for r in rows):
+                    continue  # shorter than asked and already measured at its own length
+                q, k, v = (x[:Lr].to(DEV) for x in t)
+            else:
+                i = list(INPUTS).index(name)  # an input's seed does not depend on --inputs
+                q, k, v = gen_inputs(INPUTS[name], L, 32, 8, 128, args.seed * 1000003 + i * 7919 + L, DEV)
+            print(f"  {name} L={q.shape[0]} ({q.shape[1]}/{k.shape[1]} heads, d {q.shape[2]})", flush=True)
+            case = []
             try:
-                if i is None:
-                    Lr = min(L, real[0].shape[0] // BLK * BLK)
-                    if Lr < L and any(Lr == r["length"] and r["input"] == "real" for r in rows):
-                        continue  # shorter than asked and already measured at its own length
-                    q, k, v = (t[:Lr].to(DEV) for t in real)
-                else:
-                    q, k, v = gen_inputs(INPUTS[name], L, 32, 8, 128, args.seed * 1000003 + i * 7919 + L, DEV)
-                print(f"  {name} L={q.shape[0]}", flush=True)
-                rows += run_case(args, lib, bac, peer, peer_err, name, q, k, v)
-            except Exception as e:  # a broken CUDA context: keep what was measured
-                print(f"  {name} L={L}: failed: {short(e)}; stopping", flush=True)
-                rows.append(row(name, L, "all", note=f"failed: {short(e)}"))
-                raise CaseFailed() from e
-            for r in rows[-(len(GAMMAS) * 2 + 2):]:
-                print(f"    {r['method']}: {fmt(r['ms'], '.2f', ' ms')} density {fmt(r['density'], '.4f')} "
-                      f"rel err {fmt(r['rel_err'], '.4f')} recall {fmt(r['recall'], '.4f')} {r['note']}", flush=True)
-            del q, k, v
-            torch.cuda.empty_cache()
+                run_case(args, lib, bac, peer, peer_err, name, q, k, v, case)
+            finally:  # a SIGTERM (Stopped) or a failure keeps the rows measured so far
+                rows += case
+        except Exception as e:  # a broken CUDA context: keep what was measured
+            print(f"  {name} L={L}: failed: {short(e)}; stopping", flush=True)
+            rows.append(row(name, L, "all", note=f"failed: {short(e)}"))
+            raise CaseFailed() from e
+        # the partial tables: a timeout after this still leaves them in the log
+        print(table(case), flush=True)
+        print(equal_error_table(equal_error(case)), flush=True)
+        report(args, rows, meta, final=False)
+        del q, k, v
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

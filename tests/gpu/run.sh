@@ -24,10 +24,18 @@
 #            with ANCHOR_BENCH=1 its timing, density and kernel efficiency
 #            against the dense prefill (random and structured inputs)
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
-#            public FlexPrefill reference, dense ours and SDPA beside them
+#            public FlexPrefill reference, our AnchorAttention (theta 12),
+#            dense ours and SDPA beside them
 #            (tests/gpu/bench_flex_ref.py; the reference in .peer/flexprefill,
 #            scripts/fetch_peer_flexprefill.sh, carried with the device tool;
 #            FLEXREF_FLAGS e.g. "--quick" or "--lengths 128K")
+#     equal-error  the same script's --preset equal-error: ours FlexPrefill
+#            against the reference, and AnchorAttention against FlexPrefill,
+#            at equal error, on synthetic inputs and on real q, k, v captured
+#            from the default model with this machine's transformers (when
+#            the model is here: its two parts, as for e2e; else synthetic
+#            only); about 4 min; EQERR_TIMEOUT (s, default 300: SIGTERM
+#            still prints the rows so far), EQERR_FLAGS more options
 #     tidal  TidalDecode sparse decode's Check suite (selection, output on
 #            the selection layer and the next, dense equality; cases small,
 #            then full), with TIDAL_SANITIZE=1 the small cases under
@@ -157,6 +165,15 @@ for step in "$@"; do
         timeout -k 10 "${FLEXREF_TIMEOUT:-580}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
             --peer .peer/flexprefill --out "$OUT/flexref.json" ${FLEXREF_FLAGS:-} 2>&1 | tee "$OUT/flexref.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail flexref 1
+        ;;
+    equal-error)
+        cap=()
+        if [ -f "$M" ]; then cap=(--capture-hf "$M"); else echo "equal-error: no model here: synthetic inputs only"; fi
+        # shellcheck disable=SC2086 # EQERR_FLAGS: several words
+        timeout -k 10 "${EQERR_TIMEOUT:-300}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
+            --peer .peer/flexprefill --preset equal-error "${cap[@]}" --out "$OUT/equal-error.json" \
+            ${EQERR_FLAGS:-} 2>&1 | tee "$OUT/equal-error.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail equal-error 1
         ;;
     tidal)
         : >"$OUT/tidal.log"
