@@ -32,6 +32,12 @@ for l in libpcre2-8.so.0 libinih.so.1 libgfortran.so.5 libquadmath.so.0 libgomp.
 done
 cp -L /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0 "$tmp/lib/"
 tar cJf "$out/libs.tar.xz" -C "$tmp" lib
+# The gguf package (pure Python) for transformers on the GPU machine, which
+# has none (`tests/gpu/run.sh equal-error` captures activations through it);
+# carry .gpu/py with that call.
+mkdir -p "$out/py"
+ls "$out"/py/gguf-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d "$out/py" gguf==0.19.0 ||
+    echo "gpu_bundle: could not fetch the gguf wheel (equal-error then runs the synthetic inputs only)" >&2
 rm -rf "$tmp"
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Two parts: 56 MiB travel alone (with the tree), the rest with the binaries.

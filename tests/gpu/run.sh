@@ -167,6 +167,13 @@ for step in "$@"; do
         [ "${PIPESTATUS[0]}" = 0 ] || fail flexref 1
         ;;
     equal-error)
+        # transformers reads a GGUF through the gguf package, which the GPU
+        # machine lacks: scripts/gpu_bundle.sh puts its wheel in .gpu/py
+        whl=("$G"/py/gguf-*.whl)
+        if ! python3 -c "import gguf" 2>/dev/null && [ -f "${whl[0]}" ]; then
+            mkdir -p /tmp/lacuna-py && python3 -m zipfile -e "${whl[0]}" /tmp/lacuna-py
+            export PYTHONPATH=/tmp/lacuna-py${PYTHONPATH:+:$PYTHONPATH}
+        fi
         cap=()
         if [ -f "$M" ]; then cap=(--capture-hf "$M"); else echo "equal-error: no model here: synthetic inputs only"; fi
         # shellcheck disable=SC2086 # EQERR_FLAGS: several words
