@@ -67,24 +67,28 @@ typedef struct {
     int32_t q_pos0[16];
 } batch_t;
 
-/* Block-sparse reference for sequence s: row by row over the keys of the
- * selected blocks and the diagonal block, in double. */
-static void sparse_ref(batch_t *b, int s) {
+/* Reference for sequence s, row by row in double: its rows at positions
+ * q_pos0[s] + r (has_qpos) or kv_len - nq + r, each seeing keys 0 ..
+ * min(position, kv_len - 1); a block-sparse sequence (mask_off >= 0) only
+ * the keys of its selected blocks and of its diagonal block. */
+static void seq_ref(batch_t *b, int s) {
     const int H = b->sh.n_heads, D = b->sh.head_dim, G = H / b->sh.n_kv_heads, ps = b->sh.page_size;
-    const int len = b->kv_len[s], nq = b->seq[s].nq, qb0 = (len - nq) / 128, n_kb = (len - 1) / 128 + 1;
+    const int len = b->kv_len[s], nq = b->seq[s].nq, pos0 = b->has_qpos ? b->q_pos0[s] : len - nq;
+    const int sparse = b->mask && b->mask_off[s] >= 0, qb0 = (len - nq) / 128, n_kb = (len - 1) / 128 + 1;
     const int words = (n_kb + 31) / 32;
     const size_t page_elems = (size_t)b->sh.n_kv_heads * ps * D;
     double *w = malloc(sizeof(double) * len), *acc = malloc(sizeof(double) * D);
     for (int r = 0; r < nq; r++) {
-        const int pos = len - nq + r, qb = pos / 128;
+        const int pos = pos0 + r, last = pos < len - 1 ? pos : len - 1, qb = pos / 128;
         for (int h = 0; h < H; h++) {
-            const uint32_t *row = b->mask + b->mask_off[s] + ((size_t)h * (n_kb - qb0) + qb - qb0) * words;
+            const uint32_t *row =
+                sparse ? b->mask + b->mask_off[s] + ((size_t)h * (n_kb - qb0) + qb - qb0) * words : NULL;
             const float *q = b->qf + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
             double mx = -INFINITY;
-            for (int j = 0; j <= pos; j++) {
+            for (int j = 0; j <= last; j++) {
                 const int kb = j / 128;
                 w[j] = NAN;
-                if (kb != qb && !(row[kb / 32] >> (kb % 32) & 1u)) continue;
+                if (row && kb != qb && !(row[kb / 32] >> (kb % 32) & 1u)) continue;
                 const float *k =
                     b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
                 double d = 0;
@@ -94,7 +98,7 @@ static void sparse_ref(batch_t *b, int s) {
             }
             double l = 0;
             for (int c = 0; c < D; c++) acc[c] = 0;
-            for (int j = 0; j <= pos; j++) {
+            for (int j = 0; j <= last; j++) {
                 if (isnan(w[j])) continue;
                 const double e = exp(w[j] - mx);
                 const float *v =
@@ -131,7 +135,7 @@ static void batch_sparsify(batch_t *b, float density) {
     CK_CUDA(cudaMalloc(&b->dmask, sizeof(uint32_t) * (total ? total : 1)));
     CK_CUDA(cudaMemcpy(b->dmask, b->mask, sizeof(uint32_t) * (total ? total : 1), cudaMemcpyHostToDevice));
     for (int s = 0; s < b->n; s++)
-        if (b->mask_off[s] >= 0) sparse_ref(b, s);
+        if (b->mask_off[s] >= 0) seq_ref(b, s);
 }
 
 static void batch_build(batch_t *b, int H, int KH, int D, int ps, int decode, const seq_t *seqs, int n, float qmag) {
@@ -516,48 +520,12 @@ START_TEST(test_prefill_sparse_full) {
 END_TEST
 
 /* ---- explicit query positions (q_pos0) ------------------------------------------------ */
-/* Reference for sequence s with its rows at positions q_pos0[s] + r: the row
- * sees keys 0 .. min(q_pos0[s] + r, kv_len - 1), in double. */
-static void qpos_ref(batch_t *b, int s) {
-    const int H = b->sh.n_heads, D = b->sh.head_dim, G = H / b->sh.n_kv_heads, ps = b->sh.page_size;
-    const int len = b->kv_len[s], nq = b->seq[s].nq;
-    const size_t page_elems = (size_t)b->sh.n_kv_heads * ps * D;
-    double *w = malloc(sizeof(double) * len), *acc = malloc(sizeof(double) * D);
-    for (int r = 0; r < nq; r++) {
-        const int last = b->q_pos0[s] + r < len - 1 ? b->q_pos0[s] + r : len - 1;
-        for (int h = 0; h < H; h++) {
-            const float *q = b->qf + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
-            double mx = -INFINITY, l = 0;
-            for (int j = 0; j <= last; j++) {
-                const float *k =
-                    b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
-                double d = 0;
-                for (int c = 0; c < D; c++) d += (double)q[c] * k[c];
-                w[j] = d * b->sh.scale;
-                if (w[j] > mx) mx = w[j];
-            }
-            for (int c = 0; c < D; c++) acc[c] = 0;
-            for (int j = 0; j <= last; j++) {
-                const double e = exp(w[j] - mx);
-                const float *v =
-                    b->vf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
-                l += e;
-                for (int c = 0; c < D; c++) acc[c] += e * v[c];
-            }
-            float *o = b->ref + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
-            for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / l);
-            b->ref_lse[(size_t)(b->q_indptr[s] + r) * H + h] = (float)(mx + log(l));
-        }
-    }
-    free(w);
-    free(acc);
-}
 
 /* Rows at every kind of position: past the keys (all visible: the ring's
  * off-diagonal step), as many rows as keys or more, straddling kv_len,
  * inside the keys (causal from an earlier position), the default position
  * given explicitly; row counts not multiples of 128, odd lengths, shuffled
- * pages (batch_build). Every variant against qpos_ref, each sequence alone
+ * pages (batch_build). Every variant against seq_ref, each sequence alone
  * bitwise equal to its rows of the batch (check_batch). */
 static void run_qpos_case(int H, int KH, int D, int ps, uint64_t seed, const char *name) {
     static const struct {
@@ -573,7 +541,7 @@ static void run_qpos_case(int H, int KH, int D, int ps, uint64_t seed, const cha
     b.has_qpos = 1;
     for (int s = 0; s < n; s++) {
         b.q_pos0[s] = c[s].q_pos0;
-        qpos_ref(&b, s);
+        seq_ref(&b, s);
     }
     check_batch(&b, name, 0);
     batch_free(&b);
