@@ -19,6 +19,7 @@
 #include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_ring_map.h"
 #include "common/status.h"
+#include "testutil.h"
 
 /* Owners of a sequence written as a prefix slice [0, pos0) and then the slice
  * [pos0, pos0 + n_tok), both zig-zag. */
@@ -162,9 +163,5 @@ int main(void) {
     tcase_add_test(tc, test_zigzag_chunks);
     tcase_add_test(tc, test_bad_input);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return tu_run(s);
 }
