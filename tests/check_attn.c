@@ -326,6 +326,7 @@ static void small_policy(attn_policy_t *p) {
     p->min_budget = 16;
     p->anchor_init = 32;
     p->anchor_local = 128;
+    p->anchor_lookback = 32;
     p->sink_tokens = 4;
     p->window_tokens = 64;
     p->dense_layers = 1;
@@ -489,14 +490,16 @@ START_TEST(test_planted_prefill) {
 }
 END_TEST
 
-/* AnchorAttention and a question at the end: a needle key that only the last
- * two rows attend to (the other rows of their group point away from it, so
- * every block's pooled query scores it far below the block's anchor). The
- * stripe test drops it for the whole group; the last block's per-row test
- * keeps it for that block, and the question rows get the dense answer. */
-START_TEST(test_anchor_question_rows) {
+/* AnchorAttention and a question: a needle key (at position needle) that
+ * only the question's rows [q_lo, q_hi) attend to (the other rows from 512
+ * on point away from it, so every block's pooled query scores it far below
+ * the block's anchor). The stripe test drops it for the whole group; the
+ * tail blocks' per-row test (a question at the end) or the lookback of the
+ * local window (a question just after a group boundary, the needle just
+ * before it) keeps it, and the question rows get the dense answer. */
+static void anchor_question_case(int n, int needle, int q_lo, int q_hi) {
     tkv_t t;
-    const int H = 2, KH = 1, d = 32, n = 608;
+    const int H = 2, KH = 1, d = 32;
     tkv_random(&t, H, KH, d, 16, n, 77);
     float u[32];
     double nn = 0;
@@ -506,12 +509,12 @@ START_TEST(test_anchor_question_rows) {
     }
     for (int c = 0; c < d; c++) u[c] /= (float)sqrt(nn);
     for (int64_t i = 0; i < (int64_t)n * KH * d; i++) t.kc[i] *= 0.3f;
-    for (int c = 0; c < d; c++) t.kc[(size_t)100 * d + c] = 12.0f * u[c]; // the needle, in [init, group start)
+    for (int c = 0; c < d; c++) t.kc[(size_t)needle * d + c] = 12.0f * u[c];
     tkv_build_pool(&t);
     float *q = rand_q(n, H, d, 0.3f);
-    for (int i = 512; i < n; i++) // the last group (128 rows): two question rows, the others pointing away
+    for (int i = 512; i < n; i++) // the question rows, the others pointing away
         for (int h = 0; h < H; h++)
-            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] += (i >= n - 2 ? 4.0f : -2.0f) * u[c];
+            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] += (i >= q_lo && i < q_hi ? 4.0f : -2.0f) * u[c];
     size_t no = (size_t)n * H * d;
     float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
     float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
@@ -524,15 +527,24 @@ START_TEST(test_anchor_question_rows) {
     for (int chunked = 0; chunked < 2; chunked++) {
         double dens =
             chunked ? run_prefill(&t, &p, q, chunks, 4, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
-        const size_t r0 = (size_t)(n - 2) * H * d;
-        double err = rel_err(out + r0, ref + r0, no - r0);
+        const size_t r0 = (size_t)q_lo * H * d;
+        double err = rel_err(out + r0, ref + r0, (size_t)(q_hi - q_lo) * H * d);
         // the needle carries ~90% of their weight: without it the error is ~1
-        ck_assert_msg(err < 0.2 && dens < 0.5, "chunked %d: question rows err %g, density %g", chunked, err, dens);
+        ck_assert_msg(err < 0.2 && dens < 0.5, "n %d, chunked %d: question rows err %g, density %g", n, chunked, err,
+                      dens);
         /* the needle's weight in the dense answer: the rows could tell */
-        ck_assert_msg(rl[(size_t)(n - 1) * H] > 7.0f, "needle score %g", rl[(size_t)(n - 1) * H]);
+        ck_assert_msg(rl[(size_t)(q_hi - 1) * H] > 7.0f, "needle score %g", rl[(size_t)(q_hi - 1) * H]);
     }
     free(q), free(ref), free(rl), free(out), free(lse);
     tkv_free(&t);
+}
+
+START_TEST(test_anchor_question_rows) {
+    anchor_question_case(608, 100, 606, 608); // the last two rows
+    /* a prompt that ends 3 rows into a block: the question sits in the block before */
+    anchor_question_case(611, 100, 600, 603);
+    /* the first rows of group [512, 640) and a needle 12 keys before it */
+    anchor_question_case(700, 500, 513, 516);
 }
 END_TEST
 

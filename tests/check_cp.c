@@ -461,6 +461,7 @@ START_TEST(test_prefill_anchor) {
     pol.block = 16;
     pol.anchor_init = 32;
     pol.anchor_local = 64;
+    pol.anchor_lookback = 32;
     pol.theta = 3.0f;
     const int Ns[] = {2, 3, 4, 8};
     double w[4] = {0}, wl = 0, el, dens = 0;

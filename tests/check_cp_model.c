@@ -178,6 +178,7 @@ START_TEST(test_model_sparse) {
     pol.block = 16;
     pol.anchor_init = 32;
     pol.anchor_local = 64;
+    pol.anchor_lookback = 32;
     pol.theta = 10.0f;
     pol.decode_budget = 128;
     pol.dense_layers = 1;
@@ -311,6 +312,7 @@ static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
     c.attn_default.block = 16;
     c.attn_default.anchor_init = 32;
     c.attn_default.anchor_local = 64;
+    c.attn_default.anchor_lookback = 32;
     c.attn_default.decode_budget = 96;
     c.attn_default.min_budget = 16;
     char err[256];

@@ -64,6 +64,7 @@ static sched_t *mk_sched(const model_t *m, int64_t blocks, int max_batch, int ch
     c.attn_default.min_budget = 32;
     c.attn_default.anchor_init = 32;
     c.attn_default.anchor_local = 64;
+    c.attn_default.anchor_lookback = 32;
     c.attn_default.window_tokens = 64;
     c.attn_default.decode_budget = 64;
     char err[256];
@@ -167,6 +168,7 @@ static sched_t *mk_sched_full(const model_t *m, int64_t blocks, int max_batch, i
     c.attn_default.min_budget = 32;
     c.attn_default.anchor_init = 32;
     c.attn_default.anchor_local = 64;
+    c.attn_default.anchor_lookback = 32;
     c.attn_default.window_tokens = 1 << 20;
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);

@@ -6,7 +6,9 @@
  * Input, one object per line:
  *   {"id": any, "prompt": "raw text"} or {"id": any, "messages": [{"role","content"}...]}
  *   optional: "max_tokens" (default -n), "sparse_attention": {"prefill", "decode",
- *   "gamma", "tau", "theta", "min_budget", "decode_budget"} (overrides the
+ *   "gamma", "tau", "theta", "min_budget", "decode_budget", and for
+ *   experiments AnchorAttention's geometry "anchor_init", "anchor_local",
+ *   "anchor_lookback", which the HTTP API does not take} (overrides the
  *   command line's policy field by field).
  * Output, one object per line: id, text, finish, prompt_tokens,
  * completion_tokens, cached_tokens, prefill_method, decode_method,
@@ -69,6 +71,9 @@ static int apply_spec(const cJSON *o, sched_attn_spec_t *sp) {
     if ((v = cJSON_GetObjectItem(o, "theta")) && cJSON_IsNumber(v)) sp->theta = (float)v->valuedouble;
     if ((v = cJSON_GetObjectItem(o, "min_budget")) && cJSON_IsNumber(v)) sp->min_budget = v->valueint;
     if ((v = cJSON_GetObjectItem(o, "decode_budget")) && cJSON_IsNumber(v)) sp->decode_budget = v->valueint;
+    if ((v = cJSON_GetObjectItem(o, "anchor_init")) && cJSON_IsNumber(v)) sp->anchor_init = v->valueint;
+    if ((v = cJSON_GetObjectItem(o, "anchor_local")) && cJSON_IsNumber(v)) sp->anchor_local = v->valueint;
+    if ((v = cJSON_GetObjectItem(o, "anchor_lookback")) && cJSON_IsNumber(v)) sp->anchor_lookback = v->valueint;
     return 0;
 }
 

@@ -75,14 +75,15 @@ typedef enum {
 /* A resolved policy: no "auto" here (the scheduler resolves auto per request). */
 typedef struct {
     attn_prefill_method_t prefill;
-    float gamma;      // FlexPrefill coverage (0,1], default 0.9
-    float tau;        // FlexPrefill JS-divergence threshold, default 0.1
-    int min_budget;   // FlexPrefill min tokens per vertical-slash head, default 1024
-    int max_budget;   // FlexPrefill max tokens, 0 = none
-    float theta;      // AnchorAttention threshold (nats), default 12; INFINITY = all keys
-    int block;        // sparse prefill block size, default 128
-    int anchor_init;  // AnchorAttention initial window, default 2048
-    int anchor_local; // AnchorAttention local window/group, default 2048
+    float gamma;         // FlexPrefill coverage (0,1], default 0.9
+    float tau;           // FlexPrefill JS-divergence threshold, default 0.1
+    int min_budget;      // FlexPrefill min tokens per vertical-slash head, default 1024
+    int max_budget;      // FlexPrefill max tokens, 0 = none
+    float theta;         // AnchorAttention threshold (nats), default 12; INFINITY = all keys
+    int block;           // sparse prefill block size, default 128
+    int anchor_init;     // AnchorAttention initial window, default 2048
+    int anchor_local;    // AnchorAttention local window/group, default 2048
+    int anchor_lookback; // AnchorAttention: a group's local window starts this far before it, default 1024
 
     attn_decode_method_t decode;
     int decode_budget;        // tokens kept by Quest / TidalDecode, default 2048

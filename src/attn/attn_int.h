@@ -122,9 +122,11 @@ attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, i
 int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
                          int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);
 /* For the GPU checks: the keys AnchorAttention's stripes keep for head h's
- * group starting at g0 (a group of the call), and the call's last block's own
- * keys (nonzero only when the group holds the call's last row): keep and own
- * (q_pos0 + n_q) bytes, 1 = attended. ar: attn__anchor_ws's per-thread size. */
+ * group starting at g0 (a group of the call), and the tail blocks' own keys
+ * (nonzero only when the group holds the call's last row): keep and own
+ * (q_pos0 + n_q) bytes; keep 1 = attended; own bit 1 = attended by the call's
+ * last block, bit 2 by the block before it. ar: attn__anchor_ws's per-thread
+ * size. */
 int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
                       int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own);
 

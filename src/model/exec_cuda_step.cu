@@ -57,13 +57,14 @@ static const attn_policy_t *anchor_policy(const model_seq_t *q) {
     const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
     if (!pol || pol->prefill != ATTN_PREFILL_ANCHOR) return NULL;
     if ((pol->block <= 0 || pol->block == 128) && pol->anchor_init >= 0 && pol->anchor_init % 128 == 0 &&
-        pol->anchor_local >= 128 && pol->anchor_local % 128 == 0)
+        pol->anchor_local >= 128 && pol->anchor_local % 128 == 0 && pol->anchor_lookback >= 0 &&
+        pol->anchor_lookback % 128 == 0)
         return pol;
     static int warned; // the engine thread's
     if (!warned++)
         LC_WARN("cuda: AnchorAttention needs blocks of 128 and windows of whole blocks on a GPU "
-                "(anchor_init %d, anchor_local %d): such prompts prefill dense",
-                pol->anchor_init, pol->anchor_local);
+                "(anchor_init %d, anchor_local %d, anchor_lookback %d): such prompts prefill dense",
+                pol->anchor_init, pol->anchor_local, pol->anchor_lookback);
     return NULL;
 }
 
@@ -134,7 +135,8 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             st->n_flex++;
         }
         if (ap) {
-            c->pf_apol[e] = attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local};
+            c->pf_apol[e] =
+                attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local, ap->anchor_lookback};
             st->n_anchor++;
         }
         st->n_pf_seqs++;

@@ -36,6 +36,7 @@ void sched_attn_spec_default(sched_attn_spec_t *s) {
     s->decode = SCHED_METHOD_AUTO;
     s->gamma = s->tau = s->theta = -1.0f;
     s->min_budget = s->decode_budget = -1;
+    s->anchor_init = s->anchor_local = s->anchor_lookback = -1;
 }
 
 static int set_f(float v) { return !isnan(v) && v >= 0.0f; }
@@ -57,6 +58,9 @@ void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spe
     if (set_f(spec->theta)) out->theta = spec->theta;
     if (spec->min_budget >= 0) out->min_budget = spec->min_budget;
     if (spec->decode_budget >= 0) out->decode_budget = spec->decode_budget;
+    if (spec->anchor_init >= 0) out->anchor_init = spec->anchor_init;
+    if (spec->anchor_local > 0) out->anchor_local = spec->anchor_local;
+    if (spec->anchor_lookback >= 0) out->anchor_lookback = spec->anchor_lookback;
 }
 
 /* ---- prefix-cache salts -------------------------------------------------------------- */
@@ -81,7 +85,8 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
                 (uint64_t)p->max_budget);
         break;
     case ATTN_PREFILL_ANCHOR:
-        h = mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local);
+        h = mix(mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local),
+                (uint64_t)p->anchor_lookback);
         break;
     case ATTN_PREFILL_STREAMING: h = mix(mix(mix(h, 3), (uint64_t)p->sink_tokens), (uint64_t)p->window_tokens); break;
     }

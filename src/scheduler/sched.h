@@ -67,6 +67,7 @@ typedef struct {
     int decode;  // attn_decode_method_t or SCHED_METHOD_AUTO
     float gamma, tau, theta;
     int min_budget, decode_budget;
+    int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's geometry (no HTTP field: `lacuna complete`'s)
 } sched_attn_spec_t;
 
 void sched_attn_spec_default(sched_attn_spec_t *s); // all auto / defaults

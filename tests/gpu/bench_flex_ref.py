@@ -17,7 +17,8 @@ captured model's shape (the default model: 9 / 3 heads, d 64). Methods:
                   kernel alone (attn_cuda_flex_plan is the once-per-step host
                   part and is not timed)
   ours anchor t   attn_cuda_anchor_run at theta t (nats), anchor_init and
-                  anchor_local 2048 (the policy defaults): ms = the run alone
+                  anchor_local 2048, anchor_lookback 1024 (the policy
+                  defaults): ms = the run alone
                   (per layer: anchor pass, selection, token gather, merge);
                   attn_cuda_anchor_plan (once per step: page tables to the
                   device, the anchor pass's plan) + run timed together is in
@@ -435,7 +436,8 @@ class AnchorSel:
         self.lib, self.bac = lib, bac
 
         class Policy(ctypes.Structure):
-            _fields_ = [("theta", ctypes.c_float), ("anchor_init", ctypes.c_int), ("anchor_local", ctypes.c_int)]
+            _fields_ = [("theta", ctypes.c_float), ("anchor_init", ctypes.c_int), ("anchor_local", ctypes.c_int),
+                        ("anchor_lookback", ctypes.c_int)]
         self.Policy = Policy
         vp = ctypes.c_void_p
         lib.attn_cuda_anchor_create.argtypes = [ctypes.POINTER(bac.Shape), ctypes.c_int, ctypes.c_int64,
@@ -453,10 +455,10 @@ class AnchorSel:
             raise RuntimeError(f"attn_cuda_anchor_create: {rc}")
         self.keep = [bac.i32([0, L]), bac.i32([0, L // ps]), bac.i32(perm), bac.i32([L])]
 
-    def plan(self, theta, init, local):
+    def plan(self, theta, init, local, lookback):
         b = self.bac.Batch(1, self.keep[0], self.keep[1], self.keep[2], self.keep[3], None)
         sel = (ctypes.c_uint8 * 1)(1)
-        pol = (self.Policy * 1)(self.Policy(theta, init, local))
+        pol = (self.Policy * 1)(self.Policy(theta, init, local, lookback))
         rc = self.lib.attn_cuda_anchor_plan(self.a, ctypes.byref(b), sel, pol, stream())
         if rc:
             raise RuntimeError(f"attn_cuda_anchor_plan: {rc}")
@@ -633,13 +635,13 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
                 anc[0] = AnchorSel(lib, bac, H, KH, D, ps, L, perm, args.anchor_local)
             a = anc[0]
             t0 = time.perf_counter()
-            a.plan(theta, args.anchor_init, args.anchor_local)
+            a.plan(theta, args.anchor_init, args.anchor_local, args.anchor_lookback)
             torch.cuda.synchronize()
             t_plan = time.perf_counter() - t0
             t_run = timed(lambda: a.run(q, pk, pv, out, lse), budget, args.max_reps)
 
             def both():
-                a.plan(theta, args.anchor_init, args.anchor_local)
+                a.plan(theta, args.anchor_init, args.anchor_local, args.anchor_lookback)
                 a.run(q, pk, pv, out, lse)
             t_both = timed(both, budget, args.max_reps)
             a.run(q, pk, pv, out, lse)
@@ -944,6 +946,7 @@ def main():
     ap.add_argument("--thetas", type=floats, default="12", help="ours anchor: theta values (nats; empty: none)")
     ap.add_argument("--anchor-init", type=int, default=2048)
     ap.add_argument("--anchor-local", type=int, default=2048)
+    ap.add_argument("--anchor-lookback", type=int, default=1024)
     ap.add_argument("--real", help="captured q, k, v (.pt, .npz, or a directory of q.npy k.npy v.npy)")
     ap.add_argument("--real-layer", type=int, default=0, help="the layer when --real holds several")
     ap.add_argument("--capture-hf", metavar="GGUF", help="capture real q, k, v from this model (capture_hf.py)")
@@ -989,7 +992,8 @@ def main():
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cudnn": torch.backends.cudnn.version(), "peer": info, "peer_error": peer_err, "preset": args.preset,
             "gammas": args.gammas, "min_budgets": args.min_budgets, "ref_gammas": args.ref_gammas,
-            "thetas": args.thetas, "anchor_init": args.anchor_init, "anchor_local": args.anchor_local, "tau": TAU,
+            "thetas": args.thetas, "anchor_init": args.anchor_init, "anchor_local": args.anchor_local,
+            "anchor_lookback": args.anchor_lookback, "tau": TAU,
             "ref_min_budget": MIN_BUDGET, "block": BLK, "seed": args.seed}
     print(f"# {meta['device']}, torch {meta['torch']}, triton {meta['triton']}, cuDNN {meta['cudnn']}; "
           f"reference {info.get('commit', '-')[:12]} (shims: {info.get('shims') or 'none'})", flush=True)

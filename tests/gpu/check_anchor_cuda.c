@@ -33,7 +33,8 @@
  *
  * ANCHOR_BENCH=1: instead of the checks, times the anchor prefill of a
  * 4096-row chunk at the end of 32K, 64K and 128K contexts (32 q / 8 kv heads,
- * d 128, pages of 64, anchor_init = anchor_local = 2048, theta 12) against
+ * d 128, pages of 64, anchor_init = anchor_local = 2048, anchor_lookback
+ * 1024, theta 12) against
  * the dense GPU prefill of the same chunk (mean of three run calls after a
  * warm-up, CUDA events; plan excluded), on random inputs (theta 12 keeps
  * nearly every key: the cost at full density) and on structured ones
@@ -253,6 +254,7 @@ static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dens
     pol.theta = sq->pol.theta;
     pol.anchor_init = sq->pol.anchor_init;
     pol.anchor_local = sq->pol.anchor_local;
+    pol.anchor_lookback = sq->pol.anchor_lookback;
     pol.block = 128;
     const attn_kv_t kv = {.k = c->kcpu,
                           .v = c->vcpu,
@@ -332,8 +334,10 @@ static void setup(acase_t *c, int H, int KH, int D, int ps) {
         (attn_cuda_shape_t){.n_heads = H, .n_kv_heads = KH, .head_dim = D, .page_size = ps, .scale = 1.f / sqrtf(D)};
 }
 
+/* The local window's lookback: the default 1024 for groups of 2048, half the
+ * group in whole blocks for shorter ones (none for groups of one block). */
 static void add_seq(acase_t *c, int kv_len, int n_q, float theta, int A, int L) {
-    c->seq[c->n++] = (aseq_t){kv_len, n_q, {theta, A, L}};
+    c->seq[c->n++] = (aseq_t){kv_len, n_q, {theta, A, L, L >= 2048 ? 1024 : L / 2 / 128 * 128}};
 }
 
 /* want_sparse: the case must drop keys somewhere (the selection is exercised). */
@@ -407,6 +411,7 @@ static int64_t keys_seq(acase_t *c, int s, int64_t *cand) {
     pol.theta = sq->pol.theta;
     pol.anchor_init = sq->pol.anchor_init;
     pol.anchor_local = L;
+    pol.anchor_lookback = sq->pol.anchor_lookback;
     pol.block = 128;
     const attn_kv_t kv = {.k = c->kcpu,
                           .v = c->vcpu,
@@ -428,7 +433,8 @@ static int64_t keys_seq(acase_t *c, int s, int64_t *cand) {
                 diff += (gk[j] != ck[j]) + (go[j] != co[j]);
                 ck_assert_msg(!(gk[j] && go[j]), "key %d both kept and own", j);
             }
-            *cand += g * L > sq->pol.anchor_init ? g * L - sq->pol.anchor_init : 0;
+            const int lo = g * L - sq->pol.anchor_lookback;
+            *cand += lo > sq->pol.anchor_init ? lo - sq->pol.anchor_init : 0;
         }
     free(gk);
     free(go);
@@ -594,7 +600,7 @@ START_TEST(test_errors) {
     int32_t qi[2] = {0, 100}, ki[2] = {0, 4}, kl[1] = {200}, idx[4] = {0, 1, 2, 9};
     const attn_cuda_batch_t b = {.n_seqs = 1, .q_indptr = qi, .kv_indptr = ki, .kv_indices = idx, .kv_len = kl};
     const uint8_t sel = 1;
-    attn_cuda_anchor_policy_t pol = {12.f, 0, 128};
+    attn_cuda_anchor_policy_t pol = {12.f, 0, 128, 0};
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), LC_EINVAL); // page 9 beyond the pool
     idx[3] = 3;
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), 0);
@@ -604,6 +610,9 @@ START_TEST(test_errors) {
     pol.anchor_init = 100; // the anchor pass's windows are whole blocks
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), LC_EINVAL);
     pol.anchor_init = 0;
+    pol.anchor_lookback = 64;
+    ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), LC_EINVAL);
+    pol.anchor_lookback = 0;
     pol.theta = NAN;
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), LC_EINVAL);
     pol.theta = 12.f;
@@ -714,7 +723,8 @@ static void structure(acase_t *c, int s) {
 }
 
 /* ANCHOR_BENCH=1: a 4096-row chunk at the end of 32K, 64K, 128K (32 q / 8 kv
- * heads, d 128, pages of 64; theta 12, anchor_init = anchor_local = 2048),
+ * heads, d 128, pages of 64; theta 12, anchor_init = anchor_local = 2048,
+ * anchor_lookback 1024),
  * random and structured inputs. Density: pairs attended / causal pairs;
  * kernel efficiency: density * t_dense / t_anchor. */
 static int bench(void) {

@@ -698,6 +698,7 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     if (g_anchor) { // AnchorAttention's windows short enough for the test's prompts to have stripes
         c.attn_default.anchor_init = 128;
         c.attn_default.anchor_local = 256;
+        c.attn_default.anchor_lookback = 128;
     }
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);

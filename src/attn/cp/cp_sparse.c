@@ -2,8 +2,9 @@
  *
  * AnchorAttention (attn/cpu/anchor.c has the single-rank kernel and the
  * method). Its three key sets per query block are the initial window
- * [0, A), the group's local window [g0, p] and the stripes chosen in
- * [A, g0) from the group's pooled queries and anchors. Here:
+ * [0, A), the group's local window [lo, p] (lo = g0 - lookback) and the
+ * stripes chosen in [A, lo) from the group's pooled queries and anchors.
+ * Here:
  * 1. halo: each rank fetches the blocks of the two windows its query blocks
  *    need and does not hold (one all-to-all for K, one for V; every rank
  *    knows every rank's needs from the layout, so no request travels);
@@ -12,14 +13,15 @@
  *    keeping the result as the first partial, and the pooled query and mean
  *    anchor of every block go to every rank (one all-reduce of a table each
  *    block's owner fills);
- * 3. the ring: at each step a rank scores the visiting keys of [A, g0) with
+ * 3. the ring: at each step a rank scores the visiting keys of [A, lo) with
  *    its groups' pooled queries (all the group's blocks, whichever rank holds
  *    them), keeps those within theta of some anchor, and attends its blocks
  *    to them; a step that keeps nothing computes nothing more.
- *    The call's last query block also tests the visiting candidates row by
- *    row against its rows' own anchors (their maxima over the windows, kept
- *    by its owner at step 2) and attends the keys only it finds, as the
- *    single-rank kernel does.
+ *    The call's last B rows (those in the last group) also test the
+ *    visiting candidates one by one against their own anchors (their maxima
+ *    over the windows, kept by their blocks' owners at step 2), and each of
+ *    the (at most two) blocks holding them attends the keys only its tested
+ *    rows find, as the single-rank kernel does.
  * The stripes are the single-rank kernel's, key for key; the output differs
  * from it by the order of the LSE merges only.
  *
@@ -36,7 +38,7 @@
 #define ANCHOR_CH 1024 // keys per stripe-scoring call
 
 typedef struct {
-    int64_t B, A, L;
+    int64_t B, A, L, LB;
     int max_blk;
 } anchor_geo_t;
 
@@ -45,9 +47,13 @@ static anchor_geo_t geo(const attn_policy_t *pol) {
     g.B = pol->block > 0 ? pol->block : 128;
     g.A = pol->anchor_init > 0 ? pol->anchor_init : 0;
     g.L = pol->anchor_local >= g.B ? pol->anchor_local : g.B;
+    g.LB = pol->anchor_lookback > 0 ? pol->anchor_lookback : 0;
     g.max_blk = (int)((g.L + g.B - 1) / g.B) + 1;
     return g;
 }
+
+/* The start of group g0's local window (the single-rank kernel's local_lo). */
+static int64_t local_lo(const anchor_geo_t *ge, int64_t g0) { return g0 - ge->LB > ge->A ? g0 - ge->LB : ge->A; }
 
 /* Groups of this rank's blocks: own[0 .. n_own) index qblk; a group's own
  * blocks are consecutive, and all its blocks (any rank) are qblk[q0 .. q0+nq). */
@@ -70,9 +76,9 @@ static void mark_needs(const cp_slice_t *sl, const anchor_geo_t *ge, int t, int 
     for (int i = 0; i < sl->n_qblk; i++) {
         const cp_qblk_t *qb = &sl->qblk[i];
         if (qb->owner != t) continue;
-        const int64_t g0 = qb->g * ge->L;
-        int64_t lo[2] = {0, g0}, hi[2] = {g0 <= ge->A ? qb->p1 : ge->A, qb->p1};
-        for (int w = 0; w < (g0 <= ge->A ? 1 : 2); w++)
+        const int64_t wl = local_lo(ge, qb->g * ge->L);
+        int64_t lo[2] = {0, wl}, hi[2] = {wl <= ge->A ? qb->p1 : ge->A, qb->p1};
+        for (int w = 0; w < (wl <= ge->A ? 1 : 2); w++)
             for (int64_t b = lo[w] / bs; b * bs < hi[w]; b++) need[b] = 1;
     }
 }
@@ -165,15 +171,15 @@ int cp__anchor_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thr
     free(need);
     const size_t stride = (size_t)p->shape.n_kv_heads * bs * d;
     *stage = (size_t)n_qblk * H * (d + 1) + (size_t)ns * stride * 2 + (size_t)n_qblk * 8 + 16 + // + own and group lists
-             (size_t)H * ge.B + 4; // the last block's row anchors
+             (size_t)2 * H * ge.B + 4; // the tail blocks' row anchors
     /* per thread: a block's tile, the pooled tile, its scores, the kept
      * stripes and the candidate ranges */
     int max_rg = 1;
     for (int t = 0; t < N; t++) max_rg = sl->hold[t].n_rg > max_rg ? sl->hold[t].n_rg : max_rg;
-    *per_thread = 2 * attn_tile_bytes((int)ge.B, d) + attn_tile_bytes(ge.max_blk, d) +
+    *per_thread = 3 * attn_tile_bytes((int)ge.B, d) + attn_tile_bytes(ge.max_blk, d) +
                   attn_arena_need(sizeof(float) * (size_t)((ge.max_blk + 3) & ~3) * ANCHOR_CH) +
-                  attn_arena_need(sizeof(float) * (size_t)((ge.B + 3) & ~3) * ANCHOR_CH) +
-                  2 * attn_arena_need(sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2)) +
+                  2 * attn_arena_need(sizeof(float) * (size_t)((ge.B + 3) & ~3) * ANCHOR_CH) +
+                  3 * attn_arena_need(sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2)) +
                   attn_arena_need(sizeof(attn_range_t) * (size_t)(max_rg + 2)) + 6 * 64;
     return 0;
 }
@@ -188,14 +194,18 @@ typedef struct {
     agroup_t *grp;
     int n_grp;
     int kept;      // stripes kept at this step, over all groups (skip accounting)
-    float *tail_m; // (H, B) the call's last block's row maxima over the windows (its owner's)
+    float *tail_m; // (2, H, B) the tail blocks' row maxima over the windows (their owners'), slot is_tail - 1
 } anchor_ctx_t;
 
-/* Whether qblk[bi] is the call's last query block (the single-rank kernel's
- * tail: its group reaches the end of the keys). */
+/* 1 when qblk[bi] is the call's last query block, 2 the block before it,
+ * when that block holds some of the call's last B rows and lies in the last
+ * group (the single-rank kernel's tail blocks, whose rows from n_kv - B on
+ * test the candidates one by one); else 0. */
 static int is_tail(const anchor_ctx_t *x, int bi) {
     const cp_qblk_t *qb = &x->sl->qblk[bi];
-    return bi == x->sl->n_qblk - 1 && qb->g * x->ge.L + x->ge.L >= x->sl->n_kv;
+    const int64_t n = x->sl->n_kv;
+    if (qb->g * x->ge.L + x->ge.L < n || qb->p1 - 1 < n - x->ge.B) return 0;
+    return qb->p0 / x->ge.B == (n - 1) / x->ge.B ? 1 : 2;
 }
 
 /* Appends key j to a sorted range list. */
@@ -233,7 +243,7 @@ static int anchor_pass(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
             if (!ok) continue;
             const int h = it % H, bi = x->own[x->n_own - 1 - it / H]; // later blocks first
             const cp_qblk_t *qb = &sl->qblk[bi];
-            const int64_t g0 = qb->g * x->ge.L;
+            const int64_t wl = local_lo(&x->ge, qb->g * x->ge.L);
             const int nr = (int)(qb->p1 - qb->p0);
             float *qbar = x->table + ((size_t)bi * H + h) * (d + 1);
             attn_tile_begin(&t, nr);
@@ -250,17 +260,18 @@ static int anchor_pass(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
             for (int e = 0; e < d; e++) qbar[e] /= (float)nr;
             attn_range_t rg[2];
             int n_rg = 0;
-            if (g0 <= x->ge.A) {
+            if (wl <= x->ge.A) {
                 rg[n_rg++] = (attn_range_t){0, qb->p1};
             } else {
                 rg[n_rg++] = (attn_range_t){0, x->ge.A};
-                rg[n_rg++] = (attn_range_t){g0, qb->p1};
+                rg[n_rg++] = (attn_range_t){wl, qb->p1};
             }
             attn_tile_run(&t, lview, h / G, rg, n_rg);
             double am = 0;
             for (int i = 0; i < t.nr; i++) am += t.m[i];
             qbar[d] = (float)(am / t.nr);
-            if (is_tail(x, bi)) memcpy(x->tail_m + (size_t)h * x->ge.B, t.m, sizeof(float) * (size_t)t.nr);
+            const int tl = is_tail(x, bi);
+            if (tl) memcpy(x->tail_m + ((size_t)(tl - 1) * H + h) * x->ge.B, t.m, sizeof(float) * (size_t)t.nr);
             attn_tile_finish(&t);
             for (int i = 0; i < nr; i++) {
                 const size_t row = (size_t)(qb->i0 + i) * H + h;
@@ -290,16 +301,19 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
     {
         attn_arena_t *ar = &p->arenas[attn_thread_num()];
         attn_arena_reset(ar);
-        attn_tile_t t, pt, tt;
+        attn_tile_t t, pt, tt[2];
         const int rows4 = (x->ge.max_blk + 3) & ~3;
-        int ok = attn_tile_init(&t, ar, (int)x->ge.B, d) == 0 && attn_tile_init(&pt, ar, x->ge.max_blk, d) == 0 &&
-                 attn_tile_init(&tt, ar, (int)x->ge.B, d) == 0;
-        float *S = attn_arena_alloc(ar, sizeof(float) * (size_t)rows4 * ANCHOR_CH);
-        float *Sr = attn_arena_alloc(ar, sizeof(float) * (size_t)((x->ge.B + 3) & ~3) * ANCHOR_CH);
-        attn_range_t *sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2));
-        attn_range_t *xo = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2));
+        int ok = attn_tile_init(&t, ar, (int)x->ge.B, d) == 0 && attn_tile_init(&pt, ar, x->ge.max_blk, d) == 0;
+        float *S = attn_arena_alloc(ar, sizeof(float) * (size_t)rows4 * ANCHOR_CH), *Sr[2];
+        attn_range_t *sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2)), *xo[2];
+        for (int k = 0; k < 2; k++) {
+            ok = ok && attn_tile_init(&tt[k], ar, (int)x->ge.B, d) == 0;
+            Sr[k] = attn_arena_alloc(ar, sizeof(float) * (size_t)((x->ge.B + 3) & ~3) * ANCHOR_CH);
+            xo[k] = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(sl->n_kv / 2 + 2));
+            ok = ok && Sr[k] && xo[k];
+        }
         attn_range_t *cand = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(hs->n_rg + 2));
-        ok = ok && S && Sr && sel && xo && cand;
+        ok = ok && S && sel && cand;
         if (!ok) {
 #pragma omp atomic write
             err = LC_ENOMEM;
@@ -309,22 +323,25 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
             if (!ok) continue;
             const int h = it % H, kh = h / G;
             const agroup_t *gr = &x->grp[x->n_grp - 1 - it / H];
-            const int64_t g0 = gr->g * x->ge.L;
-            if (g0 <= x->ge.A) continue; // the windows cover every key
-            /* candidates: the visiting keys in [A, g0) */
+            const int64_t wl = local_lo(&x->ge, gr->g * x->ge.L);
+            if (wl <= x->ge.A) continue; // the windows cover every key
+            /* candidates: the visiting keys in [A, wl) */
             int nc = 0;
             for (int u = 0; u < hs->n_rg; u++) {
                 int64_t lo = hs->rg[u].lo > x->ge.A ? hs->rg[u].lo : x->ge.A,
-                        hi = hs->rg[u].hi < g0 ? hs->rg[u].hi : g0;
+                        hi = hs->rg[u].hi < wl ? hs->rg[u].hi : wl;
                 if (lo < hi) cand[nc++] = (attn_range_t){lo, hi};
             }
             if (!nc) continue;
-            /* this rank holds the call's last block in this group: its rows test the candidates too */
-            const int last_bi = x->own[gr->own0 + gr->n_own - 1];
-            const cp_qblk_t *lqb = &sl->qblk[last_bi];
-            const int tail = theta != INFINITY && is_tail(x, last_bi);
-            if (tail) cp__load_block(p, lqb, h, &tt);
-            int n_sel = 0, n_xo = 0;
+            /* the tail blocks this rank holds in this group: their rows test the candidates too */
+            int tbi[2] = {-1, -1}, n_xo[2] = {0, 0};
+            for (int ob = 0; theta != INFINITY && ob < gr->n_own; ob++) {
+                const int bi = x->own[gr->own0 + ob], tl = is_tail(x, bi);
+                if (!tl) continue;
+                tbi[tl - 1] = bi;
+                cp__load_block(p, &sl->qblk[bi], h, &tt[tl - 1]);
+            }
+            int n_sel = 0;
             if (theta == INFINITY) {
                 memcpy(sel, cand, sizeof *cand * (size_t)nc);
                 n_sel = nc;
@@ -337,7 +354,8 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
                     for (int64_t j0 = cand[u].lo; j0 < cand[u].hi; j0 += ANCHOR_CH) {
                         const int64_t j1 = j0 + ANCHOR_CH < cand[u].hi ? j0 + ANCHOR_CH : cand[u].hi;
                         attn_tile_scores(&pt, view, kh, j0, j1, S, ANCHOR_CH);
-                        if (tail) attn_tile_scores(&tt, view, kh, j0, j1, Sr, ANCHOR_CH);
+                        for (int k = 0; k < 2; k++)
+                            if (tbi[k] >= 0) attn_tile_scores(&tt[k], view, kh, j0, j1, Sr[k], ANCHOR_CH);
                         for (int64_t j = j0; j < j1; j++) {
                             int keep = 0;
                             for (int b = 0; b < gr->nq && !keep; b++)
@@ -347,25 +365,28 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
                                 add_key(sel, &n_sel, j);
                                 continue;
                             }
-                            const float *tm = x->tail_m + (size_t)h * x->ge.B;
-                            for (int r = 0; tail && r < tt.nr; r++)
-                                if (Sr[(size_t)r * ANCHOR_CH + (j - j0)] + theta >= tm[r]) {
-                                    add_key(xo, &n_xo, j);
-                                    break;
-                                }
+                            for (int k = 0; k < 2; k++) {
+                                const float *tm = x->tail_m + ((size_t)k * H + h) * x->ge.B;
+                                for (int r = 0; tbi[k] >= 0 && r < tt[k].nr; r++)
+                                    if (tt[k].qpos[r] >= sl->n_kv - x->ge.B &&
+                                        Sr[k][(size_t)r * ANCHOR_CH + (j - j0)] + theta >= tm[r]) {
+                                        add_key(xo[k], &n_xo[k], j);
+                                        break;
+                                    }
+                            }
                         }
                     }
             }
-            if (!n_sel && !n_xo) continue;
-            kept += n_sel + n_xo;
+            if (!n_sel && !n_xo[0] && !n_xo[1]) continue;
+            kept += n_sel + n_xo[0] + n_xo[1];
             for (int ob = 0; ob < gr->n_own; ob++) {
                 const int bi = x->own[gr->own0 + ob];
                 const cp_qblk_t *qb = &sl->qblk[bi];
-                const int extra = bi == last_bi && n_xo > 0;
+                const int k = bi == tbi[0] ? 0 : bi == tbi[1] ? 1 : -1, extra = k >= 0 && n_xo[k] > 0;
                 if (!n_sel && !extra) continue;
                 cp__load_block(p, qb, h, &t);
                 if (n_sel) attn_tile_run(&t, view, kh, sel, n_sel);
-                if (extra) attn_tile_run(&t, view, kh, xo, n_xo);
+                if (extra) attn_tile_run(&t, view, kh, xo[k], n_xo[k]);
                 attn_tile_finish(&t);
                 cp__merge_block(p, qb, h, &t, acc, al);
                 comp += t.computed;

@@ -1,28 +1,38 @@
-/* AnchorAttention: per query head and per group of anchor_local queries,
+/* AnchorAttention: per query head and per group of anchor_local queries
+ * starting at g0,
  * 1. anchor pass: each query block attends the initial window
- *    [0, anchor_init) and its group's local window [g0, p] exactly; the
+ *    [0, anchor_init) and the group's local window [lo, p] exactly, lo =
+ *    g0 - anchor_lookback (the whole [0, p] when lo <= anchor_init); the
  *    running row max is the anchor;
- * 2. stripe selection: key j in [anchor_init, g0) is kept for the whole group
- *    if, for some query block b of the group, mean(q_b).k_j*scale + theta >=
- *    mean(anchor_b);
+ * 2. stripe selection: key j in [anchor_init, lo) is kept for the whole
+ *    group if, for some query block b of the group, mean(q_b).k_j*scale +
+ *    theta >= mean(anchor_b);
  * 3. the kept keys, gathered token by token, continue each block's online
  *    softmax.
  * The three key sets are disjoint, so every key is attended once or not at
- * all, at any length (no multiple-of-group requirement; the keys just before
- * a group are candidates like any other). Groups and blocks are aligned to
- * absolute positions; under chunked prefill a group's stripes are chosen from
- * the group's queries in the current chunk.
+ * all, at any length (no multiple-of-group requirement). Groups and blocks
+ * are aligned to absolute positions; under chunked prefill a group's stripes
+ * are chosen from the group's queries in the current chunk.
  *
- * One addition to the published method: the last query block of a call (the
- * end of the prompt, where a question sits, and the rows whose logits answer
- * it) also tests the candidates row by row, q_r.k_j*scale + theta >= m_r, and
- * attends the keys it finds beyond the group's stripes itself. The pooled
- * test averages q.k - m over a block's 128 rows, so a key that only the
- * question's few rows attend to scores like the filler around it and is
- * dropped for the whole group: a passkey 2K-4K tokens back was lost that way
- * at 93% density. Per-row scores of one block per call cost what FlexPrefill's
- * representative-query pass costs, and only that block attends the extra
- * keys. */
+ * Two additions to the published method, both for the rows a user's
+ * question sits in:
+ * - The lookback. In the paper a group's local window starts at the group,
+ *   so the rows just after each boundary (every 2,048 positions) see nothing
+ *   recent but what the pooled test keeps; a sentence cut by the boundary
+ *   loses its first half. Starting the window anchor_lookback (1024) keys
+ *   earlier gives every row at least that much exact recent context.
+ * - The row-by-row test. The call's last B (128) rows, where they lie in
+ *   its last group (the end of the prompt, where a question sits, and the
+ *   rows whose logits answer it; the last B rows rather than the last
+ *   block, whose few rows may hold only the end of the question), also test
+ *   the candidates one by one, q_r.k_j*scale + theta >= m_r; each of the
+ *   (at most two) blocks holding them attends the keys its tested rows find
+ *   beyond the group's stripes. The pooled test averages q.k - m over a
+ *   block's 128 rows, so a key that only the question's few rows attend to
+ *   scores like the filler around it and is dropped for the whole group: a
+ *   passkey 2K-4K tokens back was lost that way at 93% density. Per-row
+ *   scores of B rows per call cost what FlexPrefill's representative-query
+ *   pass costs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,28 +47,31 @@ typedef struct {
     const attn_policy_t *pol;
     const float *q;
     int64_t q_pos0, N;
-    int B;        // query block
-    int64_t A, L; // initial window, group (local window) length
-    int max_blk;  // query blocks one group can touch
+    int B;            // query block
+    int64_t A, L, LB; // initial window, group length, lookback of the local window
+    int max_blk;      // query blocks one group can touch
     const attn_kv_t *kv;
 } anchor_ctx_t;
 
 #define ANCHOR_CH 256 // keys per stripe-scoring pass
 
 typedef struct {
-    attn_tile_t *tiles; // (max_blk) one per query block of the group
-    attn_tile_t pt;     // pooled (mean) queries of the group's blocks
-    float *S;           // (max_blk rounded to 4, ANCHOR_CH) pooled scores
-    float *Sr;          // (B rounded to 4, ANCHOR_CH) the call's last block's own scores
-    float *abar;        // (max_blk) mean anchor of each block
-    attn_range_t *sel;  // (N / 2 + 1) selected stripes
-    attn_range_t *own;  // (N / 2 + 1) keys only the call's last block attends
+    attn_tile_t *tiles;   // (max_blk) one per query block of the group
+    attn_tile_t pt;       // pooled (mean) queries of the group's blocks
+    float *S;             // (max_blk rounded to 4, ANCHOR_CH) pooled scores
+    float *Sr[2];         // (B rounded to 4, ANCHOR_CH) each tail block's own scores
+    float *abar;          // (max_blk) mean anchor of each block
+    attn_range_t *sel;    // (N / 2 + 1) selected stripes
+    attn_range_t *own[2]; // (N / 2 + 1) keys only tail block t_first + i attends
+    int n_own[2];
+    int t_first, nt; // the group's tail blocks: tiles t_first .. t_first + nt - 1
 } anchor_scratch_t;
 
 static anchor_ctx_t anchor_ctx(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q,
                                int64_t q_pos0, const attn_kv_t *kv) {
-    anchor_ctx_t c = {shape, pol, q, q_pos0, q_pos0 + n_q, pol->block > 0 ? pol->block : 128, 0, 0, 0, kv};
+    anchor_ctx_t c = {shape, pol, q, q_pos0, q_pos0 + n_q, pol->block > 0 ? pol->block : 128, 0, 0, 0, 0, kv};
     c.A = pol->anchor_init > 0 ? pol->anchor_init : 0;
+    c.LB = pol->anchor_lookback > 0 ? pol->anchor_lookback : 0;
     c.L = pol->anchor_local >= c.B ? pol->anchor_local : c.B;
     c.max_blk = (int)((c.L + c.B - 1) / c.B) + 1;
     return c;
@@ -69,9 +82,9 @@ static size_t anchor_scratch_bytes(const anchor_ctx_t *c) {
     return attn_arena_need(sizeof(attn_tile_t) * c->max_blk) + (size_t)c->max_blk * attn_tile_bytes(c->B, d) +
            attn_tile_bytes(c->max_blk, d) +
            attn_arena_need(sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH) +
-           attn_arena_need(sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH) +
+           2 * attn_arena_need(sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH) +
            attn_arena_need(sizeof(float) * c->max_blk) +
-           2 * attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+           3 * attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
 }
 
 static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratch_t *x) {
@@ -82,12 +95,18 @@ static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratc
     for (int b = 0; !rc && b < c->max_blk; b++) rc = attn_tile_init(&x->tiles[b], ar, c->B, d);
     if (!rc) rc = attn_tile_init(&x->pt, ar, c->max_blk, d);
     x->S = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH);
-    x->Sr = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH);
+    for (int i = 0; i < 2; i++) {
+        x->Sr[i] = attn_arena_alloc(ar, sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH);
+        x->own[i] = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
+        if (!x->Sr[i] || !x->own[i]) rc = LC_ENOMEM;
+    }
     x->abar = attn_arena_alloc(ar, sizeof(float) * c->max_blk);
     x->sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
-    x->own = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
-    return rc || !x->S || !x->Sr || !x->abar || !x->sel || !x->own ? LC_ENOMEM : 0;
+    return rc || !x->S || !x->abar || !x->sel ? LC_ENOMEM : 0;
 }
+
+/* The start of group g0's local window: keys below it (from A on) are candidates. */
+static int64_t local_lo(const anchor_ctx_t *c, int64_t g0) { return g0 - c->LB > c->A ? g0 - c->LB : c->A; }
 
 /* Step 1: each query block of group g (head h) attends the initial window and
  * the group's local window exactly; its mean row max is the anchor. Returns
@@ -114,11 +133,12 @@ static int anchor_pass(const anchor_ctx_t *c, int h, int64_t g0, anchor_scratch_
         for (int e = 0; e < d; e++) qbar[e] /= (float)(p1 - p0);
         attn_range_t rg[2];
         int nr = 0;
-        if (g0 <= c->A) {
+        const int64_t lo = local_lo(c, g0);
+        if (lo <= c->A) {
             rg[nr++] = (attn_range_t){0, p1};
         } else {
             rg[nr++] = (attn_range_t){0, c->A};
-            rg[nr++] = (attn_range_t){g0, p1};
+            rg[nr++] = (attn_range_t){lo, p1};
         }
         attn_tile_run(t, c->kv, kh, rg, nr);
         double am = 0;
@@ -137,24 +157,31 @@ static void add_key(attn_range_t *rg, int *n, int64_t j) {
         rg[(*n)++] = (attn_range_t){j, j + 1};
 }
 
-/* Step 2: the stripes over [A, g0): key j is kept when some block's pooled
+/* Step 2: the stripes over [A, lo): key j is kept when some block's pooled
  * query scores it within theta of that block's anchor. When the group holds
- * the call's last block (tail), that block's rows also test each key not
- * kept, each against its own anchor (its running row max), into x->own.
- * Returns the stripes; *n_own the extra keys. */
-static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int tail, anchor_scratch_t *x, int *n_own) {
+ * the call's last block (tail), the call's last B rows test each key not
+ * kept one by one, each against its own anchor (its running row max), into
+ * x->own[i] for the block (tile t_first + i) they sit in. Returns the
+ * stripes. */
+static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int tail, anchor_scratch_t *x) {
     const int kh = h / (c->sh->n_heads / c->sh->n_kv_heads), d = c->sh->head_dim;
     const float theta = c->pol->theta;
+    const int64_t lo = local_lo(c, g0), tail_row = c->N - c->B; // rows from tail_row on test one by one
     int n_sel = 0;
-    *n_own = 0;
-    if (g0 <= c->A) return 0;
+    x->n_own[0] = x->n_own[1] = 0;
+    x->t_first = nb;
+    x->nt = 0;
+    if (lo <= c->A) return 0;
+    if (tail && theta != INFINITY)
+        for (int b = nb - 1; b >= 0 && x->tiles[b].qpos[x->tiles[b].nr - 1] >= tail_row; b--) x->t_first = b;
+    x->nt = nb - x->t_first;
     x->pt.nr = nb;
     for (int r = nb; r < ((nb + 3) & ~3); r++) memset(x->pt.q + (size_t)r * d, 0, sizeof(float) * d);
-    attn_tile_t *last = tail && theta != INFINITY ? &x->tiles[nb - 1] : NULL;
-    for (int64_t j0 = c->A; j0 < g0; j0 += ANCHOR_CH) {
-        int64_t j1 = j0 + ANCHOR_CH < g0 ? j0 + ANCHOR_CH : g0;
+    for (int64_t j0 = c->A; j0 < lo; j0 += ANCHOR_CH) {
+        int64_t j1 = j0 + ANCHOR_CH < lo ? j0 + ANCHOR_CH : lo;
         if (theta != INFINITY) attn_tile_scores(&x->pt, c->kv, kh, j0, j1, x->S, ANCHOR_CH);
-        if (last) attn_tile_scores(last, c->kv, kh, j0, j1, x->Sr, ANCHOR_CH);
+        for (int i = 0; i < x->nt; i++)
+            attn_tile_scores(&x->tiles[x->t_first + i], c->kv, kh, j0, j1, x->Sr[i], ANCHOR_CH);
         for (int64_t j = j0; j < j1; j++) {
             int keep = theta == INFINITY;
             for (int b = 0; b < nb && !keep; b++) keep = x->S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >= x->abar[b];
@@ -162,11 +189,14 @@ static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int 
                 add_key(x->sel, &n_sel, j);
                 continue;
             }
-            for (int r = 0; last && r < last->nr; r++)
-                if (x->Sr[(size_t)r * ANCHOR_CH + (j - j0)] + theta >= last->m[r]) {
-                    add_key(x->own, n_own, j);
-                    break;
-                }
+            for (int i = 0; i < x->nt; i++) {
+                const attn_tile_t *t = &x->tiles[x->t_first + i];
+                for (int r = 0; r < t->nr; r++)
+                    if (t->qpos[r] >= tail_row && x->Sr[i][(size_t)r * ANCHOR_CH + (j - j0)] + theta >= t->m[r]) {
+                        add_key(x->own[i], &x->n_own[i], j);
+                        break;
+                    }
+            }
         }
     }
     return n_sel;
@@ -203,14 +233,14 @@ int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, at
             const int h = it % H, kh = h / (H / shape->n_kv_heads);
             const int64_t g0 = (g_last - it / H) * c.L; // later groups first: they carry more keys
             const int nb = anchor_pass(&c, h, g0, &x);
-            int n_own;
-            const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x, &n_own);
-            /* step 3: continue each block with the stripes (the call's last
-             * block with its own keys too), finish, store */
+            const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x);
+            /* step 3: continue each block with the stripes (the tail blocks
+             * with their own keys too), finish, store */
             for (int b = 0; b < nb; b++) {
                 attn_tile_t *t = &x.tiles[b];
+                const int i = b - x.t_first;
                 if (n_sel > 0) attn_tile_run(t, kv, kh, x.sel, n_sel);
-                if (b == nb - 1 && n_own > 0) attn_tile_run(t, kv, kh, x.own, n_own);
+                if (i >= 0 && x.n_own[i] > 0) attn_tile_run(t, kv, kh, x.own[i], x.n_own[i]);
                 attn_tile_finish(t);
                 for (int r = 0; r < t->nr; r++) {
                     size_t row = (size_t)(t->qpos[r] - q_pos0) * H + h;
@@ -225,8 +255,9 @@ int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, at
     return err;
 }
 
-static void mark(uint8_t *f, const attn_range_t *rg, int n) {
-    for (int i = 0; i < n; i++) memset(f + rg[i].lo, 1, (size_t)(rg[i].hi - rg[i].lo));
+static void mark(uint8_t *f, const attn_range_t *rg, int n, uint8_t bit) {
+    for (int i = 0; i < n; i++)
+        for (int64_t j = rg[i].lo; j < rg[i].hi; j++) f[j] |= bit;
 }
 
 int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
@@ -240,11 +271,14 @@ int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_
     anchor_scratch_t x;
     if (anchor_scratch(&c, ar, &x)) return LC_ENOMEM;
     const int nb = anchor_pass(&c, h, g0, &x);
-    int n_own;
-    const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x, &n_own);
+    const int n_sel = anchor_stripes(&c, h, g0, nb, g0 + c.L >= N, &x);
     memset(keep, 0, (size_t)N);
     memset(own, 0, (size_t)N);
-    mark(keep, x.sel, n_sel);
-    mark(own, x.own, n_own);
+    mark(keep, x.sel, n_sel, 1);
+    /* bit 1: the call's last block, bit 2: the block before it */
+    for (int i = 0; i < x.nt; i++) {
+        const int last = x.tiles[x.t_first + i].qpos[0] / c.B == (N - 1) / c.B;
+        mark(own, x.own[i], x.n_own[i], last ? 1 : 2);
+    }
     return 0;
 }

@@ -42,7 +42,7 @@ struct attn_cuda_anchor {
     __nv_bfloat16 *qc, *o1;      // (max_q_rows, H, D) compacted queries, anchor pass output
     float *lse1, *rowmax, *lse2; // (max_q_rows, H)
     float *o2;                   // (max_q_rows, H, D) stripes output (one sequence at a time)
-    float *o3, *lse3;            // (128, H, D), (128, H) own-key output of the last block
+    float *o3, *lse3;            // (256, H, D), (256, H) own-key output of the tail blocks
     float *qbar, *abar;          // (H, max_blk, D), (H, max_blk)
     uint32_t *keep_bits, *own_bits, *mask;
     int32_t *keep_list, *own_list, *keep_cnt, *own_cnt;
@@ -108,17 +108,17 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
             sizeof(float) * R * H,                 // rowmax
             sizeof(float) * R * H,                 // lse2
             sizeof(float) * R * H * D,             // o2
-            sizeof(float) * kAncB * H * D,         // o3
-            sizeof(float) * kAncB * H,             // lse3
+            sizeof(float) * 2 * kAncB * H * D,     // o3
+            sizeof(float) * 2 * kAncB * H,         // lse3
             sizeof(float) * H * B * D,             // qbar
             sizeof(float) * H * B,                 // abar
             sizeof(uint32_t) * H * G * W,          // keep_bits
-            sizeof(uint32_t) * H * W,              // own_bits
+            sizeof(uint32_t) * H * 2 * W,          // own_bits
             sizeof(uint32_t) * a->mask_cap,        // mask
             sizeof(int32_t) * H * G * N,           // keep_list
-            sizeof(int32_t) * H * N,               // own_list
+            sizeof(int32_t) * H * 2 * N,           // own_list
             sizeof(int32_t) * H * G,               // keep_cnt
-            sizeof(int32_t) * H,                   // own_cnt
+            sizeof(int32_t) * H * 2,               // own_cnt
             sizeof(unsigned long long) * max_seqs, // seq_pairs
         };
         const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
@@ -199,7 +199,7 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
         if (!selects[s] || n_q == 0) continue;
         const attn_cuda_anchor_policy_t *pp = &pol[s];
         if (n_q < 0 || N < n_q || pp->anchor_init < 0 || pp->anchor_init % kAncB || pp->anchor_local % kAncB ||
-            isnan(pp->theta))
+            pp->anchor_lookback < 0 || pp->anchor_lookback % kAncB || isnan(pp->theta))
             return LC_EINVAL;
         if (pp->anchor_local < a->min_local || n_q > a->max_q_rows || N > a->max_kv_len) return LC_ERANGE;
         if (rows + n_q > a->max_q_rows) return LC_ERANGE;
@@ -224,12 +224,22 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
         sq->nqb = (N - 1) / kAncB - sq->qb0 + 1;
         sq->A = pp->anchor_init;
         sq->L = pp->anchor_local;
+        sq->LB = pp->anchor_lookback;
         sq->g_first = sq->q_pos0 / sq->L;
         sq->ng = (N - 1) / sq->L - sq->g_first + 1;
         sq->theta = pp->theta;
         sq->mask_off = mo;
         sq->bidx = s;
-        sq->has_own = (sq->g_first + sq->ng - 1) * sq->L > sq->A && !(isinf(pp->theta) && pp->theta > 0);
+        {
+            // the tail blocks: those holding the chunk's last 128 rows in the last group
+            const int g_last0 = (sq->g_first + sq->ng - 1) * sq->L, last_b = (N - 1) / kAncB;
+            int p0 = N - kAncB;
+            if (p0 < sq->q_pos0) p0 = sq->q_pos0;
+            if (p0 < g_last0) p0 = g_last0;
+            const int b0 = p0 / kAncB;
+            sq->own_b0 = b0;
+            sq->n_ob = anc_lo(*sq, g_last0) > sq->A && !(isinf(pp->theta) && pp->theta > 0) ? last_b - b0 + 1 : 0;
+        }
         if (sq->qrow0 != a->seqs[0].qrow0 + rows) a->contiguous = 0;
         a->h_bidx[i] = s;
         a->h_qi[i + 1] = (int32_t)(rows + n_q);
@@ -313,9 +323,9 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         w.rowmax = a->rowmax + sq.crow0 * H;
         // 2. stripes and own keys as ascending lists
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;
-        // 3. the own keys of the chunk's last block
-        const int last0 = (sq.N - 1) / kAncB * kAncB, own_p0 = last0 > sq.q_pos0 ? last0 : sq.q_pos0;
-        if (sq.has_own) {
+        // 3. the tail blocks' own keys, a list per block
+        const int own_p0 = anc_own_p0(sq);
+        if (sq.n_ob > 0) {
             attn_cuda_gather_args_t g = {};
             g.q = w.q + (size_t)(own_p0 - sq.q_pos0) * HD;
             g.k = k;
@@ -324,9 +334,11 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
             g.list = a->own_list;
             g.count = a->own_cnt;
             g.list_stride = a->max_kv_len;
-            g.n_lists = 1;
+            g.n_lists = 2;
             g.n_rows = sq.N - own_p0;
             g.pos0 = own_p0;
+            g.group = kAncB;
+            g.g_first = sq.own_b0;
             g.out = a->o3;
             g.lse = a->lse3;
             if ((rc = attn_cuda_gather(&a->sh, &g, st))) return rc;
@@ -350,7 +362,7 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         if ((rc = attn_cuda_gather(&a->sh, &g, st))) return rc;
         // 5. merge by LSE, and the pairs
         if ((rc = anc_merge_launch(sq, H, D, a->o1 + sq.crow0 * HD, a->lse1 + sq.crow0 * H, a->o2, a->lse2, a->o3,
-                                   a->lse3, sq.has_own ? own_p0 - sq.q_pos0 : sq.n_q, out, lse, st)))
+                                   a->lse3, sq.n_ob > 0 ? own_p0 - sq.q_pos0 : sq.n_q, out, lse, st)))
             return rc;
         if ((rc = anc_pairs_launch(sq, H, w, a->seq_pairs + i, st))) return rc;
     }
@@ -375,8 +387,8 @@ extern "C" int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long
     return anc_pairs_add_launch(a->seq_pairs, a->d_bidx, a->n_plan, pairs, (cudaStream_t)stream);
 }
 
-/* Key j's bit of a device bit set, words [w0, w1), into flags (host). */
-static int expand_bits(const uint32_t *dev, int64_t w0, int64_t w1, uint8_t *flags) {
+/* Key j's bit of a device bit set, words [w0, w1), ORed into flags (host) as bit. */
+static int expand_bits(const uint32_t *dev, int64_t w0, int64_t w1, uint8_t *flags, uint8_t bit) {
     if (w1 <= w0) return 0;
     uint32_t *h = (uint32_t *)malloc(sizeof(uint32_t) * (size_t)(w1 - w0));
     if (!h) return LC_ENOMEM;
@@ -386,7 +398,8 @@ static int expand_bits(const uint32_t *dev, int64_t w0, int64_t w1, uint8_t *fla
         return LC_EDEVICE;
     }
     for (int64_t w = w0; w < w1; w++)
-        for (int b = 0; b < 32; b++) flags[32 * w + b] = (h[w - w0] >> b) & 1u;
+        for (int b = 0; b < 32; b++)
+            if ((h[w - w0] >> b) & 1u) flags[32 * w + b] |= bit;
     free(h);
     return 0;
 }
@@ -400,9 +413,11 @@ extern "C" int attn_cuda_anchor_keys(const attn_cuda_anchor_t *a, int h, int gi,
     CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
     memset(keep, 0, (size_t)sq->N);
     memset(own, 0, (size_t)sq->N);
-    if (g0 <= sq->A) return 0; // no candidates: nothing was written
-    int rc = expand_bits(a->keep_bits + ((size_t)h * sq->ng + gi) * a->wcap, sq->A / 32, g0 / 32, keep);
-    if (!rc && g0 + sq->L >= sq->N && sq->has_own)
-        rc = expand_bits(a->own_bits + (size_t)h * a->wcap, sq->A / 32, g0 / 32, own);
+    const int lo = anc_lo(*sq, g0);
+    if (lo <= sq->A) return 0; // no candidates: nothing was written
+    int rc = expand_bits(a->keep_bits + ((size_t)h * sq->ng + gi) * a->wcap, sq->A / 32, lo / 32, keep, 1);
+    for (int t = 0; !rc && g0 + sq->L >= sq->N && t < sq->n_ob; t++) // bit 1: the last block, 2: the one before
+        rc = expand_bits(a->own_bits + ((size_t)h * 2 + t) * a->wcap, sq->A / 32, lo / 32, own,
+                         sq->own_b0 + t == (sq->N - 1) / kAncB ? 1 : 2);
     return rc;
 }

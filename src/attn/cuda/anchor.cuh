@@ -20,12 +20,27 @@ struct AncSeq {
     int N, n_q, q_pos0;   // keys, chunk rows, first position
     int qb0, nqb;         // first query block, blocks of the chunk
     int g_first, ng;      // first group (index), groups of the chunk
-    int A, L;             // initial window, group (both multiples of 128)
+    int A, L, LB;         // initial window, group, lookback of the local window (multiples of 128)
     float theta;
-    size_t mask_off; // words: the sequence's block masks in the anchor pass's mask buffer
-    int bidx;        // index in the planned batch
-    int has_own;     // the chunk's last block tests own keys (candidates exist and theta is finite)
+    size_t mask_off;  // words: the sequence's block masks in the anchor pass's mask buffer
+    int bidx;         // index in the planned batch
+    int own_b0, n_ob; // the tail blocks (own_b0 .. own_b0 + n_ob - 1, n_ob <= 2) that attend own keys:
+                      // those holding the chunk's last 128 rows in the last group, when it has candidates
+                      // and theta is finite; those rows (from anc_test_p0) test the candidates one by one
 };
+
+// The start of group g0's local window: keys from A below it are candidates.
+__host__ __device__ __forceinline__ int anc_lo(const AncSeq &sq, int g0) {
+    return g0 - sq.LB > sq.A ? g0 - sq.LB : sq.A;
+}
+// The first row (position) of the tail blocks.
+__host__ __device__ __forceinline__ int anc_own_p0(const AncSeq &sq) {
+    return sq.own_b0 * 128 > sq.q_pos0 ? sq.own_b0 * 128 : sq.q_pos0;
+}
+// The first row (position) that tests the candidates one by one: of the last 128.
+__host__ __device__ __forceinline__ int anc_test_p0(const AncSeq &sq) {
+    return sq.N - 128 > anc_own_p0(sq) ? sq.N - 128 : anc_own_p0(sq);
+}
 
 // Workspace views for one sequence's kernels: rows are the sequence's own
 // (row r at position q_pos0 + r), already offset by crow0 where compacted.
@@ -34,10 +49,10 @@ struct AncWork {
     const float *rowmax;    // (n_q, H) the anchor pass's row max (natural units)
     float *qbar, *abar;     // (H, max_blk, D), (H, max_blk)
     int max_blk;
-    uint32_t *keep_bits, *own_bits; // (H, ng, wcap), (H, wcap): bit j % 32 of word j / 32 = key j
+    uint32_t *keep_bits, *own_bits; // (H, ng, wcap), (H, 2, wcap): bit j % 32 of word j / 32 = key j
     int64_t wcap;
-    int32_t *keep_list, *own_list; // (H, ng, max_kv), (H, max_kv) ascending key positions
-    int32_t *keep_cnt, *own_cnt;   // (H, ng), (H)
+    int32_t *keep_list, *own_list; // (H, ng, max_kv), (H, 2, max_kv) ascending key positions
+    int32_t *keep_cnt, *own_cnt;   // (H, ng), (H, 2)
     int64_t max_kv;
 };
 
@@ -49,7 +64,8 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
                       cudaStream_t st);
 // out (batch rows, bf16) and lse (or NULL) of the sequence's rows from the
 // anchor pass (o1 bf16, lse1), the stripes (o2, lse2) and, for rows from
-// own_r0 on, the own keys (o3, lse3 indexed from own_r0); all seq-local rows.
+// own_r0 on (the tail blocks'), the own keys (o3, lse3 indexed from own_r0);
+// all seq-local rows.
 int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
                      const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
                      cudaStream_t st);

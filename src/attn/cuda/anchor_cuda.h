@@ -3,27 +3,29 @@
  * prefill step that runs AnchorAttention, the chunk's output and LSE.
  *
  * Blocks are B = 128 positions aligned to absolute positions, groups
- * anchor_local positions aligned likewise (anchor_init and anchor_local are
- * multiples of 128 here, so every window is whole blocks); the chunk of
- * sequence s holds n_q rows at q_pos0 = kv_len - n_q .. kv_len-1. Per query
- * head:
+ * anchor_local positions aligned likewise (anchor_init, anchor_local and
+ * anchor_lookback are multiples of 128 here, so every window is whole
+ * blocks); the chunk of sequence s holds n_q rows at q_pos0 = kv_len - n_q
+ * .. kv_len-1. Per query head:
  *   1. anchor pass (tensor cores): the dense prefill kernel (prefill.cu) on
  *      block masks that hold, for a row's block, the initial window [0, A)
- *      and its group's local window [g0, p] (the whole [0, p] when g0 <= A);
- *      it gives out1, lse1 and each row's max m, the anchor (attn_cuda.h's
- *      rowmax output);
+ *      and its group's local window [lo, p], lo = g0 - anchor_lookback (the
+ *      whole [0, p] when lo <= A); it gives out1, lse1 and each row's max
+ *      m, the anchor (attn_cuda.h's rowmax output);
  *   2. selection (anchor_kern.cu, scores on tensor cores): per query block
- *      the mean scaled query and mean anchor; key j in [A, g0) is kept for
+ *      the mean scaled query and mean anchor; key j in [A, lo) is kept for
  *      the group if some block b of the group in the chunk has qbar_b.k_j +
- *      theta >= abar_b; the group holding the chunk's last row also tests
- *      each key not kept against every row of the chunk's last block
- *      (q_r.k_j*scale + theta >= m_r): the "own" keys only that block
- *      attends. Both become
- *      ascending position lists per (head, group) by a block-wide prefix
- *      sum (in position order, whatever the thread timing);
+ *      theta >= abar_b; in the group holding the chunk's last row, the
+ *      chunk's last 128 rows in that group also test each key not kept,
+ *      each row against itself (q_r.k_j*scale + theta >= m_r): the "own"
+ *      keys only the row's block (one of the two tail blocks holding those
+ *      rows) attends. Both become
+ *      ascending position lists per (head, group) and per (head, tail
+ *      block) by a block-wide prefix sum (in position order, whatever the
+ *      thread timing);
  *   3. token gather (tensor cores, gather_cuda.h): every row attends its
- *      group's list, the last block's rows also the own list, each from its
- *      own online softmax: (out2, lse2), (out3, lse3);
+ *      group's list, the tail blocks' rows also their block's own list,
+ *      each from its own online softmax: (out2, lse2), (out3, lse3);
  *   4. merge: out and lse from the passes' (out, lse) by LSE weights, in the
  *      fixed order anchor, stripes, own.
  * The three key sets are disjoint, so every key is attended once or not at
@@ -54,9 +56,10 @@ extern "C" {
 
 /* A sequence's AnchorAttention parameters (attn_policy_t's; the block is 128). */
 typedef struct {
-    float theta;      // nats; INFINITY keeps every key
-    int anchor_init;  // initial window, a multiple of 128 (0: none)
-    int anchor_local; // group / local window, a multiple of 128, >= min_local of create
+    float theta;         // nats; INFINITY keeps every key
+    int anchor_init;     // initial window, a multiple of 128 (0: none)
+    int anchor_local;    // group / local window, a multiple of 128, >= min_local of create
+    int anchor_lookback; // the local window starts this far before its group, a multiple of 128
 } attn_cuda_anchor_policy_t;
 
 typedef struct attn_cuda_anchor attn_cuda_anchor_t;
@@ -76,8 +79,8 @@ void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a);
  * (n_seqs): 1 for the sequences that run AnchorAttention; pol (n_seqs, only
  * those entries read). Copies their page tables to the device and plans the
  * anchor pass, both on stream (the next plan waits for this upload). LC_EINVAL for an inconsistent
- * batch or a bad policy (anchor_init or anchor_local not a multiple of 128,
- * theta NaN), LC_ERANGE beyond the capacities. */
+ * batch or a bad policy (anchor_init, anchor_local or anchor_lookback not a
+ * multiple of 128, theta NaN), LC_ERANGE beyond the capacities. */
 int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
                           const attn_cuda_anchor_policy_t *pol, void *stream);
 
@@ -94,9 +97,10 @@ int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void 
 int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long long *pairs, void *stream);
 
 /* For tests: the keys of the last planned sequence's last run for head h and
- * its chunk's group gi (0 = the group of q_pos0): keep and own (kv_len bytes,
- * 1 = attended; own: the chunk's last block's own keys, set only in the
- * group of the last row). Synchronises the stream. */
+ * its chunk's group gi (0 = the group of q_pos0): keep (kv_len bytes, 1 =
+ * attended) and own (kv_len bytes, set only in the group of the last row:
+ * bit 1 the chunk's last block's own keys, bit 2 the block before's; as
+ * attn__anchor_keys). Synchronises the stream. */
 int attn_cuda_anchor_keys(const attn_cuda_anchor_t *a, int h, int gi, uint8_t *keep, uint8_t *own, void *stream);
 
 #ifdef __cplusplus

@@ -24,13 +24,13 @@ __device__ __forceinline__ const __nv_bfloat16 *pool_row(const __nv_bfloat16 *po
 
 // grid (nqb, H), 32 threads: row (h, qb) of the anchor pass's masks. Key
 // block kb is on when it holds initial-window keys ([0, A)), local-window keys
-// ([g0, qb]) or when the group starts inside the initial window (then the
-// CPU attends [0, p] whole); bits above the diagonal stay 0.
+// ([lo, qb]) or when the local window starts inside the initial window (then
+// the CPU attends [0, p] whole); bits above the diagonal stay 0.
 __global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
     const int h = blockIdx.y, qb = sq.qb0 + blockIdx.x;
     const int n_kb = (sq.N - 1) / kAncB + 1, words = (n_kb + 31) / 32;
-    const int g0 = qb * kAncB / sq.L * sq.L, a_kb = sq.A / kAncB, g_kb = g0 / kAncB;
-    const bool all = g0 <= sq.A;
+    const int lo = anc_lo(sq, qb * kAncB / sq.L * sq.L), a_kb = sq.A / kAncB, g_kb = lo / kAncB;
+    const bool all = lo <= sq.A;
     uint32_t *row = mask + sq.mask_off + ((size_t)h * sq.nqb + blockIdx.x) * words;
     for (int w = threadIdx.x; w < words; w += blockDim.x) {
         uint32_t bits = 0;
@@ -77,29 +77,31 @@ __device__ __forceinline__ unsigned long long warp_or(unsigned long long x) {
     return x;
 }
 
-// grid ((g_last0 - A) / 64, ng, H), kSelThreads: the 64 candidate keys j0 ..
-// j0 + 63 (j0 = A + 64 x: inside one page, never straddling g0, two bit
-// words) for group gi, on mma.sync. Key j of [A, g0) is kept when some
+// grid ((lo_last - A) / 64, ng, H), kSelThreads: the 64 candidate keys j0 ..
+// j0 + 63 (j0 = A + 64 x: inside one page, never straddling lo, two bit
+// words) for group gi, on mma.sync. Key j of [A, lo) is kept when some
 // block b of the group in the chunk has qbar_b.k_j + theta >= abar_b (qbar
 // as bf16 hi + lo, so the pooled score keeps f32 precision); in the group
-// holding the chunk's last row, a key not kept is the last block's own when
-// some row r of that block has scale q_r.k_j + theta >= rowmax_r. Warps take
-// 16-row tiles of the pooled rows, then of the last block's rows; each ORs
-// its hits into the tile's words (integer OR: any order gives the same bits).
+// holding the chunk's last row, a key not kept is tail block t's own when
+// some row r of that block among the chunk's last 128 has scale q_r.k_j +
+// theta >= rowmax_r. Warps take 16-row tiles of the pooled rows, then of
+// those last rows (a tile may straddle the two tail blocks: each row ORs
+// into its block's set); each ORs its hits into the tile's words (integer
+// OR: any order gives the same bits).
 template <int D>
 __global__ void __launch_bounds__(kSelThreads)
     select_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
     constexpr int RS = D + 8; // padded row (bf16): ldmatrix's eight rows in distinct banks
     __shared__ __align__(16) __nv_bfloat16 ks[kSelKeys * RS];
-    __shared__ unsigned s_keep[2], s_own[2];
+    __shared__ unsigned s_keep[2], s_own[2][2];
     const int h = blockIdx.z, kh = h / (H / KH), gi = blockIdx.y;
     const int g0 = (sq.g_first + gi) * sq.L, j0 = sq.A + kSelKeys * (int)blockIdx.x;
-    if (j0 >= g0) return; // past this group's candidates (CTA-uniform)
+    if (j0 >= anc_lo(sq, g0)) return; // past this group's candidates (CTA-uniform)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const bool last = g0 + sq.L >= sq.N, all = isinf(sq.theta) && sq.theta > 0;
     if (tid < 2) {
         s_keep[tid] = all ? ~0u : 0u;
-        s_own[tid] = 0u;
+        s_own[0][tid] = s_own[1][tid] = 0u;
     }
     if (!all) { // the tile: 64 consecutive rows of one page
         const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
@@ -163,10 +165,10 @@ __global__ void __launch_bounds__(kSelThreads)
             atomicOr(&s_keep[0], (unsigned)hit);
             atomicOr(&s_keep[1], (unsigned)(hit >> 32));
         }
-        // the chunk's last block's rows, one by one
-        if (last && sq.has_own) {
-            const int r0 = max((sq.N - 1) / kAncB * kAncB, sq.q_pos0) - sq.q_pos0, nr = sq.n_q - r0;
-            unsigned long long mine = 0;
+        // the chunk's last 128 rows, one by one
+        if (last && sq.n_ob > 0) {
+            const int r0 = anc_test_p0(sq) - sq.q_pos0, nr = sq.n_q - r0;
+            unsigned long long mine[2] = {0, 0};
             for (int mt = warp; 16 * mt < nr; mt += kSelThreads / 32) {
                 const int ra = r0 + 16 * mt + g, rb = ra + 8;
                 const bool va = ra < sq.n_q, vb = rb < sq.n_q;
@@ -186,16 +188,22 @@ __global__ void __launch_bounds__(kSelThreads)
                 scores(a, s);
                 const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
                 const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
+                // each row's tail block (0 or 1; an invalid row never hits)
+                const int ta = (sq.q_pos0 + ra) / kAncB - sq.own_b0 > 0, tb = (sq.q_pos0 + rb) / kAncB - sq.own_b0 > 0;
 #pragma unroll
                 for (int nt = 0; nt < kSelKeys / 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++)
-                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb)) mine |= 1ull << (8 * nt + qd + (e & 1));
+                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb))
+                            mine[e < 2 ? ta : tb] |= 1ull << (8 * nt + qd + (e & 1));
             }
-            mine = warp_or(mine);
-            if (lane == 0 && mine) {
-                atomicOr(&s_own[0], (unsigned)mine);
-                atomicOr(&s_own[1], (unsigned)(mine >> 32));
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                const unsigned long long m = warp_or(mine[t]);
+                if (lane == 0 && m) {
+                    atomicOr(&s_own[t][0], (unsigned)m);
+                    atomicOr(&s_own[t][1], (unsigned)(m >> 32));
+                }
             }
         }
     }
@@ -203,7 +211,8 @@ __global__ void __launch_bounds__(kSelThreads)
     if (tid < 2) {
         const size_t wi = (size_t)j0 / 32 + tid;
         w.keep_bits[((size_t)h * sq.ng + gi) * w.wcap + wi] = s_keep[tid];
-        if (last) w.own_bits[(size_t)h * w.wcap + wi] = s_own[tid] & ~s_keep[tid];
+        if (last)
+            for (int t = 0; t < 2; t++) w.own_bits[((size_t)h * 2 + t) * w.wcap + wi] = s_own[t][tid] & ~s_keep[tid];
     }
 }
 
@@ -229,16 +238,19 @@ __device__ __forceinline__ int block_scan(int x, int *w_tot, int *total) {
     return before;
 }
 
-// grid (ng + 1, H), kScanThreads: block gi < ng compacts group gi's kept
-// bits, block ng the own bits, into ascending positions (thread t takes one
-// 32-key word; a block scan in word order places its keys) and the count.
+// grid (ng + 2, H), kScanThreads: block gi < ng compacts group gi's kept
+// bits, block ng + t tail block t's own bits, into ascending positions
+// (thread t takes one 32-key word; a block scan in word order places its
+// keys) and the count.
 __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWork w) {
     __shared__ int w_tot[kScanThreads / 32];
-    const int h = blockIdx.y, gi = blockIdx.x, own = gi == sq.ng;
+    const int h = blockIdx.y, gi = blockIdx.x, own = gi >= sq.ng, t = gi - sq.ng;
     const int g0 = (sq.g_first + (own ? sq.ng - 1 : gi)) * sq.L;
-    const uint32_t *bits = own ? w.own_bits + (size_t)h * w.wcap : w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
-    int32_t *out = own ? w.own_list + (size_t)h * w.max_kv : w.keep_list + ((size_t)h * sq.ng + gi) * w.max_kv;
-    const int w_lo = sq.A / 32, w_hi = own && !sq.has_own ? w_lo : max(w_lo, g0 / 32);
+    const uint32_t *bits =
+        own ? w.own_bits + ((size_t)h * 2 + t) * w.wcap : w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
+    int32_t *out =
+        own ? w.own_list + ((size_t)h * 2 + t) * w.max_kv : w.keep_list + ((size_t)h * sq.ng + gi) * w.max_kv;
+    const int w_lo = sq.A / 32, w_hi = own && t >= sq.n_ob ? w_lo : max(w_lo, anc_lo(sq, g0) / 32);
     int before = 0;
     for (int w0 = w_lo; w0 < w_hi; w0 += kScanThreads) {
         const int wi = w0 + threadIdx.x;
@@ -250,7 +262,7 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWor
     }
     if (threadIdx.x == 0) {
         if (own)
-            w.own_cnt[h] = before;
+            w.own_cnt[h * 2 + t] = before;
         else
             w.keep_cnt[(size_t)h * sq.ng + gi] = before;
     }
@@ -287,24 +299,24 @@ __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, c
     }
 }
 
-// One thread: the pairs of the anchor pass (per row: [0, A) and [g0, p], or
-// [0, p] when g0 <= A; the same for every head), of the stripes (each group's
-// list length times the group's rows) and of the own keys (times the last
-// block's rows). Integer sums.
+// One thread: the pairs of the anchor pass (per row: [0, A) and [lo, p], or
+// [0, p] when lo <= A; the same for every head), of the stripes (each group's
+// list length times the group's rows) and of the own keys (each tail block's
+// list length times its rows). Integer sums.
 __global__ void pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pairs) {
     unsigned long long anchor = 0, sparse = 0;
     for (int p = sq.q_pos0; p < sq.N; p++) {
-        const int g0 = p / sq.L * sq.L;
-        anchor += g0 <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - g0 + 1);
+        const int lo = anc_lo(sq, p / sq.L * sq.L);
+        anchor += lo <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - lo + 1);
     }
     for (int gi = 0; gi < sq.ng; gi++) {
         const int g0 = (sq.g_first + gi) * sq.L;
         const int rows = min(g0 + sq.L, sq.N) - max(g0, sq.q_pos0);
         for (int h = 0; h < H; h++) sparse += (unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] * rows;
     }
-    if (sq.has_own) {
-        const int rows = sq.N - max((sq.N - 1) / kAncB * kAncB, sq.q_pos0);
-        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.own_cnt[h] * rows;
+    for (int t = 0; t < sq.n_ob; t++) {
+        const int b0 = (sq.own_b0 + t) * kAncB, rows = min(b0 + kAncB, sq.N) - max(b0, sq.q_pos0);
+        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.own_cnt[h * 2 + t] * rows;
     }
     *pairs = anchor * H + sparse;
 }
@@ -318,11 +330,11 @@ template <int D>
 int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w, cudaStream_t st) {
     const int H = sh.n_heads;
     pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
-    const int g_last0 = (sq.g_first + sq.ng - 1) * sq.L;
-    if (g_last0 > sq.A) // g_last0 - A: a multiple of 128
-        select_kernel<D><<<dim3((g_last0 - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
+    const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
+    if (lo_last > sq.A) // lo_last - A: a multiple of 128
+        select_kernel<D><<<dim3((lo_last - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
             sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
-    compact_kernel<<<dim3(sq.ng + 1, H), kScanThreads, 0, st>>>(sq, w);
+    compact_kernel<<<dim3(sq.ng + 2, H), kScanThreads, 0, st>>>(sq, w);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
