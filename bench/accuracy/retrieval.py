@@ -5,7 +5,8 @@ engine (`lacuna complete`: scheduler, paged KV, per-request sparse policy).
 Tasks (fixed seed, no download):
   passkey   a 5-digit pass key hidden at a random depth in repetitive filler;
   multikey  four "special magic number for <word>" needles at random depths in
-            natural text (the repository's docs and comments, corpus.py), one
+            natural text (the repository's docs and comments as of one commit,
+            corpus.py --frozen), one
             question per needle (the other three are distractors);
   vartrack  two chains VAR A = n ... VAR B = VAR A spread through natural
             text, one question per chain (one hop: the answer is never next
@@ -45,22 +46,14 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 WORDS = ["apple", "river", "candle", "falcon", "marble", "violet", "harbor", "meadow",
          "copper", "lantern", "orchid", "pepper", "saddle", "thunder", "walnut", "zephyr"]
 # prefill method -> smallest prompt length (tokens) where its defaults are sparse
-PREFILL = {"dense": 0, "flexprefill": 1100, "anchor": 4200, "streaming": 1100}
+PREFILL = {"dense": 0, "flexprefill": 1100, "anchor": 5200, "streaming": 1100}
 DECODE = ["quest", "tidal"]
 
 
 def corpus_text():
-    import contextlib
-    import io
-    buf = io.StringIO()
-    argv = sys.argv
-    sys.argv = ["corpus.py", "--min-chars", "400000"]
-    try:
-        with contextlib.redirect_stdout(buf):
-            corpus.main()
-    finally:
-        sys.argv = argv
-    return buf.getvalue()
+    """The natural text of multikey and vartrack: corpus.py's frozen snapshot
+    (the same prompts at every commit)."""
+    return corpus.text(400000, frozen=True)
 
 
 def insert(text, needles, rng):

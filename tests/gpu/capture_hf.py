@@ -20,8 +20,8 @@ captured. Shorter lengths are prefixes of the same capture: attention is
 causal, so a prefix's q, k, v are exactly those of a forward over the
 prefix alone.
 
-The text: the repository's documents and C comments (bench/accuracy/corpus.py),
-tokenised once and repeated (with a paragraph break) when shorter than the
+The text: the repository's documents and C comments as of one commit
+(bench/accuracy/corpus.py --frozen), tokenised once and repeated (with a paragraph break) when shorter than the
 longest length; the info says where the repetition starts.
 
 load_real reads q, k, v captured elsewhere (bench_flex_ref.py --real FILE).
@@ -38,29 +38,21 @@ class _Captured(Exception):
 
 
 def corpus_ids(tokenizer, n):
-    """n token ids of the repository's text, and where a repetition starts."""
+    """n token ids of the repository's text (corpus.py's frozen snapshot), and
+    where a repetition starts."""
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.path.join(here, "..", "..", "bench", "accuracy", "corpus.py")
     spec = importlib.util.spec_from_file_location("lacuna_corpus", path)
     corpus = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(corpus)
-    import contextlib
-    import io
-    import sys
-    buf, argv = io.StringIO(), sys.argv
-    sys.argv = ["corpus.py", "--min-chars", "0"]
-    try:
-        with contextlib.redirect_stdout(buf):
-            corpus.main()
-    finally:
-        sys.argv = argv
-    base = tokenizer(buf.getvalue(), add_special_tokens=False)["input_ids"]
-    again = tokenizer("\n\n" + buf.getvalue(), add_special_tokens=False)["input_ids"]
+    text = corpus.text(0, frozen=True)
+    base = tokenizer(text, add_special_tokens=False)["input_ids"]
+    again = tokenizer("\n\n" + text, add_special_tokens=False)["input_ids"]
     ids = list(base)
     while len(ids) < n:
         ids += again
-    return ids[:n], {"text": "bench/accuracy/corpus.py (docs and C comments)", "base_tokens": len(base),
-                     "repeated_from": len(base) if n > len(base) else None}
+    return ids[:n], {"text": "bench/accuracy/corpus.py --frozen (docs and C comments as of 4983e68)",
+                     "base_tokens": len(base), "repeated_from": len(base) if n > len(base) else None}
 
 
 def load_gguf(path, device, dtype):
