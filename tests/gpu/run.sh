@@ -58,7 +58,8 @@
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 #     paired the paired retrieval sweep (bench/accuracy/paired.py) through the
 #            GPU executor on the default model: PAIRED_PLAN (4096:100,8192:100),
-#            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256)
+#            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256),
+#            PAIRED_TASKS (all)
 # Output worth keeping goes to $OUT (the device tool brings it back).
 # Exit status: 77 without a GPU, else the first failing step's.
 set -uo pipefail
@@ -117,7 +118,7 @@ for step in "$@"; do
     quest)
         : >"$OUT/quest.log"
         for c in small full; do
-            ours env CK_RUN_CASE=$c timeout 900 "$G/bin/check_quest_cuda" 2>&1 | tee -a "$OUT/quest.log"
+            ours env -u QUEST_BENCH CK_RUN_CASE=$c timeout 900 "$G/bin/check_quest_cuda" 2>&1 | tee -a "$OUT/quest.log"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "check_quest_cuda $c" "$rc"
         done
@@ -127,7 +128,7 @@ for step in "$@"; do
                 excl=""
                 [ $tool = racecheck ] && excl="--kernel-name-exclude kns=decode_kernel"
                 # shellcheck disable=SC2086
-                ours env CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
+                ours env -u QUEST_BENCH CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
                     "$G/bin/check_quest_cuda" 2>&1 | tee -a "$OUT/quest.log"
                 rc=${PIPESTATUS[0]}
                 [ "$rc" = 0 ] || fail "check_quest_cuda small under $tool" "$rc"
@@ -140,7 +141,7 @@ for step in "$@"; do
         fi
         ;;
     flex)
-        ours timeout 900 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex.log"
+        ours env -u FLEX_BENCH timeout 900 "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flex.log"
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_flex_cuda" "$rc"
         if [ "${FLEX_BENCH:-0}" = 1 ]; then
@@ -150,7 +151,7 @@ for step in "$@"; do
         fi
         ;;
     anchor)
-        ours timeout 900 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor.log"
+        ours env -u ANCHOR_BENCH timeout 900 "$G/bin/check_anchor_cuda" 2>&1 | tee "$OUT/anchor.log"
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_anchor_cuda" "$rc"
         if [ "${ANCHOR_BENCH:-0}" = 1 ]; then
@@ -185,7 +186,7 @@ for step in "$@"; do
     tidal)
         : >"$OUT/tidal.log"
         for c in small full; do
-            ours env CK_RUN_CASE=$c timeout 900 "$G/bin/check_tidal_cuda" 2>&1 | tee -a "$OUT/tidal.log"
+            ours env -u TIDAL_BENCH CK_RUN_CASE=$c timeout 900 "$G/bin/check_tidal_cuda" 2>&1 | tee -a "$OUT/tidal.log"
             rc=${PIPESTATUS[0]}
             [ "$rc" = 0 ] || fail "check_tidal_cuda $c" "$rc"
         done
@@ -195,7 +196,7 @@ for step in "$@"; do
                 excl=""
                 [ $tool = racecheck ] && excl="--kernel-name-exclude kns=decode_kernel"
                 # shellcheck disable=SC2086
-                ours env CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
+                ours env -u TIDAL_BENCH CK_RUN_CASE=small timeout 900 compute-sanitizer --tool $tool $excl --error-exitcode 3 \
                     "$G/bin/check_tidal_cuda" 2>&1 | tee -a "$OUT/tidal.log"
                 rc=${PIPESTATUS[0]}
                 [ "$rc" = 0 ] || fail "check_tidal_cuda small under $tool" "$rc"
@@ -267,7 +268,8 @@ for step in "$@"; do
         LD_LIBRARY_PATH="$G/lib:$CUDA_LIB" timeout -k 10 ${PAIRED_TIMEOUT:-540} python3 bench/accuracy/paired.py \
             --lacuna "$G/bin/lacuna" --model "$M" --device cuda:0 --concurrency 16 \
             --plan "${PAIRED_PLAN:-4096:100,8192:100}" \
-            --methods "${PAIRED_METHODS:-dense,flexprefill,flexprefill:min_budget=256}" --out "$OUT/paired" 2>&1 |
+            --methods "${PAIRED_METHODS:-dense,flexprefill,flexprefill:min_budget=256}" \
+            ${PAIRED_TASKS:+--tasks "$PAIRED_TASKS"} --out "$OUT/paired" 2>&1 |
             tail -40 | tee "$OUT/paired.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail paired 1
         ;;
