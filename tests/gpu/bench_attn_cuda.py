@@ -49,7 +49,8 @@ class Batch(ctypes.Structure):
 class Args(ctypes.Structure):
     _fields_ = [("q", ctypes.c_void_p), ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("k", ctypes.c_void_p),
                 ("v", ctypes.c_void_p), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t),
-                ("variant", ctypes.c_int), ("block_mask", ctypes.c_void_p), ("rowmax", ctypes.c_void_p)]
+                ("variant", ctypes.c_int), ("block_mask", ctypes.c_void_p), ("rowmax", ctypes.c_void_p),
+                ("mask_only", ctypes.c_int)]
 
 
 def i32(values):

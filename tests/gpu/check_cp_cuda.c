@@ -270,7 +270,7 @@ static void ref_prefill(const world_t *w, uint16_t *out, float *lse) {
     CK_CUDA(cudaMalloc(&dout, 2 * qn));
     CK_CUDA(cudaMalloc(&dlse, sizeof(float) * w->n_tok * w->H));
     CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
-    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, NULL, NULL};
+    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, NULL, NULL, 0};
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
     CK_CUDA(cudaDeviceSynchronize());
     CK_CUDA(cudaMemcpy(out, dout, 2 * qn, cudaMemcpyDeviceToHost));
@@ -547,7 +547,7 @@ static int check_decode(int H, int KH, int D, int n, uint64_t seed) {
         CK_CUDA(cudaMalloc(&dout, 2 * qn));
         CK_CUDA(cudaMalloc((void **)&dlse, sizeof(float) * DS * H));
         if (ws) CK_CUDA(cudaMalloc(&dws, ws));
-        attn_cuda_args_t a = {w.dq, dout, dlse, w.dk, w.dv, dws, ws, 0, NULL, NULL};
+        attn_cuda_args_t a = {w.dq, dout, dlse, w.dk, w.dv, dws, ws, 0, NULL, NULL, 0};
         ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
         CK_CUDA(cudaDeviceSynchronize());
         CK_CUDA(cudaMemcpy(ro, dout, 2 * qn, cudaMemcpyDeviceToHost));

@@ -22,7 +22,7 @@ size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 struct attn_cuda_anchor {
     attn_cuda_shape_t sh;
     int max_seqs, min_local;
-    int64_t max_q_rows, max_kv_len, max_blk, max_grp, pages_cap, wcap;
+    int64_t max_q_rows, max_kv_len, max_blk, max_grp, pages_cap, wcap, fwcap;
     size_t mask_cap;      // words of block masks
     attn_cuda_plan_t *pf; // the anchor pass: the dense prefill kernel on block masks
 
@@ -41,11 +41,15 @@ struct attn_cuda_anchor {
     void *ws;
     __nv_bfloat16 *qc, *o1;      // (max_q_rows, H, D) compacted queries, anchor pass output
     float *lse1, *rowmax, *lse2; // (max_q_rows, H)
-    float *o2;                   // (max_q_rows, H, D) stripes output (one sequence at a time)
+    float *o2;                   // (max_q_rows, H, D) stripes (and own keys) output, compacted rows
     float *o3, *lse3;            // (256, H, D), (256, H) own-key output of the tail blocks
     float *qbar, *abar;          // (H, max_blk, D), (H, max_blk)
     uint32_t *keep_bits, *own_bits, *mask;
     int32_t *keep_list, *own_list, *keep_cnt, *own_cnt;
+    __nv_bfloat16 *o4;             // (max_q_rows, H, D) the whole kept blocks' pass (dense kernel, mask_only)
+    float *lse4;                   // (max_q_rows, H)
+    uint32_t *full_bits, *mask2;   // (H, max_grp, fwcap) whole kept blocks; their block masks (mask's layout)
+    int32_t *full_cnt;             // (H, max_grp)
     unsigned long long *seq_pairs; // (max_seqs)
 };
 
@@ -74,6 +78,7 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
     a->max_grp = max_q_rows / min_local + 2;
     a->pages_cap = (int64_t)max_seqs * ((max_kv_len + shape->page_size - 1) / shape->page_size);
     a->wcap = max_kv_len / 32 + 1;
+    a->fwcap = (max_kv_len / kAncB + 32) / 32 + 1;
     a->mask_cap = (size_t)H * (size_t)(max_q_rows / kAncB + 2 * (int64_t)max_seqs) *
                   (size_t)(((max_kv_len - 1) / kAncB + 1 + 31) / 32);
     if (a->pages_cap > INT32_MAX) {
@@ -120,6 +125,11 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
             sizeof(int32_t) * H * G,               // keep_cnt
             sizeof(int32_t) * H * 2,               // own_cnt
             sizeof(unsigned long long) * max_seqs, // seq_pairs
+            2 * R * H * D,                         // o4
+            sizeof(float) * R * H,                 // lse4
+            sizeof(uint32_t) * H * G * a->fwcap,   // full_bits
+            sizeof(uint32_t) * a->mask_cap,        // mask2
+            sizeof(int32_t) * H * G,               // full_cnt
         };
         const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
         size_t total = 0;
@@ -149,6 +159,11 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
         a->keep_cnt = (int32_t *)parts[15];
         a->own_cnt = (int32_t *)parts[16];
         a->seq_pairs = (unsigned long long *)parts[17];
+        a->o4 = (__nv_bfloat16 *)parts[18];
+        a->lse4 = (float *)parts[19];
+        a->full_bits = (uint32_t *)parts[20];
+        a->mask2 = (uint32_t *)parts[21];
+        a->full_cnt = (int32_t *)parts[22];
     }
     *out = a;
     return 0;
@@ -316,34 +331,19 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
     w.keep_cnt = a->keep_cnt;
     w.own_cnt = a->own_cnt;
     w.max_kv = a->max_kv_len;
+    w.full_bits = a->full_bits;
+    w.fwcap = a->fwcap;
+    w.full_cnt = a->full_cnt;
+    w.mask2 = a->mask2;
     const __nv_bfloat16 *kb = (const __nv_bfloat16 *)k;
-    for (int i = 0; i < a->n_plan; i++) { // one sequence at a time over the workspace
+    for (int i = 0; i < a->n_plan; i++) { // one sequence at a time over the selection workspace
         const AncSeq &sq = a->seqs[i];
         w.q = qs + sq.crow0 * HD;
         w.rowmax = a->rowmax + sq.crow0 * H;
-        // 2. stripes and own keys as ascending lists
+        float *o2 = a->o2 + sq.crow0 * HD, *lse2 = a->lse2 + sq.crow0 * H;
+        // 2. stripes and own keys as ascending lists, whole kept blocks as block masks
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;
-        // 3. the tail blocks' own keys, a list per block
-        const int own_p0 = anc_own_p0(sq);
-        if (sq.n_ob > 0) {
-            attn_cuda_gather_args_t g = {};
-            g.q = w.q + (size_t)(own_p0 - sq.q_pos0) * HD;
-            g.k = k;
-            g.v = v;
-            g.pages = sq.pages;
-            g.list = a->own_list;
-            g.count = a->own_cnt;
-            g.list_stride = a->max_kv_len;
-            g.n_lists = 2;
-            g.n_rows = sq.N - own_p0;
-            g.pos0 = own_p0;
-            g.group = kAncB;
-            g.g_first = sq.own_b0;
-            g.out = a->o3;
-            g.lse = a->lse3;
-            if ((rc = attn_cuda_gather(&a->sh, &g, st))) return rc;
-        }
-        // 4. every row over its group's stripes
+        // 3. every row over its group's stripes (but the whole blocks)
         attn_cuda_gather_args_t g = {};
         g.q = w.q;
         g.k = k;
@@ -357,14 +357,46 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         g.pos0 = sq.q_pos0;
         g.group = sq.L;
         g.g_first = sq.g_first;
-        g.out = a->o2;
-        g.lse = a->lse2;
+        g.out = o2;
+        g.lse = lse2;
         if ((rc = attn_cuda_gather(&a->sh, &g, st))) return rc;
-        // 5. merge by LSE, and the pairs
-        if ((rc = anc_merge_launch(sq, H, D, a->o1 + sq.crow0 * HD, a->lse1 + sq.crow0 * H, a->o2, a->lse2, a->o3,
-                                   a->lse3, sq.n_ob > 0 ? own_p0 - sq.q_pos0 : sq.n_q, out, lse, st)))
-            return rc;
+        // 4. the tail blocks' own keys, a list per block, folded into the stripes' rows
+        const int own_p0 = anc_own_p0(sq);
+        if (sq.n_ob > 0) {
+            attn_cuda_gather_args_t go = {};
+            go.q = w.q + (size_t)(own_p0 - sq.q_pos0) * HD;
+            go.k = k;
+            go.v = v;
+            go.pages = sq.pages;
+            go.list = a->own_list;
+            go.count = a->own_cnt;
+            go.list_stride = a->max_kv_len;
+            go.n_lists = 2;
+            go.n_rows = sq.N - own_p0;
+            go.pos0 = own_p0;
+            go.group = kAncB;
+            go.g_first = sq.own_b0;
+            go.out = a->o3;
+            go.lse = a->lse3;
+            if ((rc = attn_cuda_gather(&a->sh, &go, st))) return rc;
+            if ((rc = anc_own_merge_launch(sq, H, D, o2, lse2, a->o3, a->lse3, own_p0 - sq.q_pos0, st))) return rc;
+        }
         if ((rc = anc_pairs_launch(sq, H, w, a->seq_pairs + i, st))) return rc;
+    }
+    // 5. the whole kept blocks of every sequence on the dense kernel (their set bits only)
+    da.out = a->o4;
+    da.lse = a->lse4;
+    da.rowmax = NULL;
+    da.block_mask = a->mask2;
+    da.mask_only = 1;
+    if ((rc = attn_cuda_run(a->pf, &da, st))) return rc;
+    // 6. merge by LSE
+    for (int i = 0; i < a->n_plan; i++) {
+        const AncSeq &sq = a->seqs[i];
+        const size_t r0 = (size_t)sq.crow0;
+        if ((rc = anc_merge_launch(sq, H, D, a->o1 + r0 * HD, a->lse1 + r0 * H, a->o2 + r0 * HD, a->lse2 + r0 * H,
+                                   a->o4 + r0 * HD, a->lse4 + r0 * H, out, lse, st)))
+            return rc;
     }
     return 0;
 }

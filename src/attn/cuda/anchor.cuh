@@ -54,20 +54,29 @@ struct AncWork {
     int32_t *keep_list, *own_list; // (H, ng, max_kv), (H, 2, max_kv) ascending key positions
     int32_t *keep_cnt, *own_cnt;   // (H, ng), (H, 2)
     int64_t max_kv;
+    uint32_t *full_bits; // (H, ng, fwcap): bit kb % 32 of word kb / 32 = key block kb kept whole (its 128 keys)
+    int64_t fwcap;
+    int32_t *full_cnt; // (H, ng) whole kept blocks
+    uint32_t *mask2;   // the whole kept blocks as block masks (the anchor pass's layout, at mask_off)
 };
 
 // Launchers (anchor_kern.cu), on stream; 0 or LC_EDEVICE.
 // The anchor pass's block masks of one sequence (attn_cuda.h's layout) at mask + sq.mask_off.
 int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st);
-// Pool, stripes (kept and own bits) and the compaction into lists.
+// Pool, stripes (kept and own bits), the whole kept blocks (full_bits, their
+// block masks in mask2: they run on the dense kernel) and the compaction of
+// the other kept keys into lists.
 int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
                       cudaStream_t st);
+// Folds the own keys' (o3, lse3, indexed from own_r0) into the stripes' (o2,
+// lse2) for the rows from own_r0 on (the tail blocks'); seq-local rows.
+int anc_own_merge_launch(const AncSeq &sq, int H, int D, float *o2, float *lse2, const float *o3, const float *lse3,
+                         int own_r0, cudaStream_t st);
 // out (batch rows, bf16) and lse (or NULL) of the sequence's rows from the
-// anchor pass (o1 bf16, lse1), the stripes (o2, lse2) and, for rows from
-// own_r0 on (the tail blocks'), the own keys (o3, lse3 indexed from own_r0);
-// all seq-local rows.
+// anchor pass (o1 bf16, lse1), the stripes and own keys (o2, lse2) and the
+// whole kept blocks (o4 bf16, lse4); all seq-local rows.
 int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
-                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     const float *lse2, const __nv_bfloat16 *o4, const float *lse4, __nv_bfloat16 *out, float *lse,
                      cudaStream_t st);
 // The pairs the sequence attended (all heads) into *pairs (written).
 int anc_pairs_launch(const AncSeq &sq, int H, const AncWork &w, unsigned long long *pairs, cudaStream_t st);

@@ -1,9 +1,10 @@
 // AnchorAttention's selection kernels (anchor_cuda.h says what each step
 // computes; anchor.cu runs them): the anchor pass's block masks, the pooled
 // queries and anchors, the stripe and own-key tests as bit sets (scores on
-// the tensor cores), their
-// compaction into ascending key lists, the LSE merge of the three passes and
-// the pair count. No float atomics anywhere: every sum runs in a fixed order.
+// the tensor cores), the whole kept key blocks as block masks for the dense
+// kernel, the compaction of the other kept keys into ascending key lists,
+// the LSE merges of the passes and the pair count. No float atomics
+// anywhere: every sum runs in a fixed order.
 #include <math.h>
 
 #include "attn/cuda/anchor.cuh"
@@ -238,10 +239,45 @@ __device__ __forceinline__ int block_scan(int x, int *w_tot, int *total) {
     return before;
 }
 
+// grid (ng, H), 128 threads: group gi's key blocks of 128 kept whole (all
+// four bit words of the block set) into full_bits and their count, and the
+// group's query blocks' rows of mask2 (the anchor pass's mask layout) with
+// those blocks: the dense kernel attends them (mask_only), the gather kernel
+// the rest. Thread t takes mask words t, t + 128, ...
+__global__ void __launch_bounds__(128) promote_kernel(AncSeq sq, AncWork w) {
+    __shared__ int s_cnt;
+    const int h = blockIdx.y, gi = blockIdx.x;
+    const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
+    const int kb_lo = sq.A / kAncB, kb_hi = lo / kAncB; // the candidates' key blocks (none when lo <= A)
+    const int n_kb = (sq.N - 1) / kAncB + 1, words = (n_kb + 31) / 32;
+    const int qb_lo = max(g0, sq.q_pos0) / kAncB, qb_hi = (min(g0 + sq.L, sq.N) - 1) / kAncB;
+    const uint32_t *keep = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
+    uint32_t *full = w.full_bits + ((size_t)h * sq.ng + gi) * w.fwcap;
+    if (threadIdx.x == 0) s_cnt = 0;
+    __syncthreads();
+    int cnt = 0;
+    for (int wd = threadIdx.x; wd < words; wd += blockDim.x) {
+        uint32_t f = 0;
+        for (int b = 0; b < 32; b++) {
+            const int kb = 32 * wd + b;
+            if (kb < kb_lo || kb >= kb_hi) continue;
+            const uint32_t *k4 = keep + (size_t)kb * 4;
+            if ((k4[0] & k4[1] & k4[2] & k4[3]) == ~0u) f |= 1u << b;
+        }
+        full[wd] = f;
+        cnt += __popc(f);
+        for (int qb = qb_lo; qb <= qb_hi; qb++)
+            w.mask2[sq.mask_off + ((size_t)h * sq.nqb + (qb - sq.qb0)) * words + wd] = f;
+    }
+    atomicAdd(&s_cnt, cnt); // integer: the same sum in any order
+    __syncthreads();
+    if (threadIdx.x == 0) w.full_cnt[(size_t)h * sq.ng + gi] = s_cnt;
+}
+
 // grid (ng + 2, H), kScanThreads: block gi < ng compacts group gi's kept
-// bits, block ng + t tail block t's own bits, into ascending positions
-// (thread t takes one 32-key word; a block scan in word order places its
-// keys) and the count.
+// bits but its whole kept blocks, block ng + t tail block t's own bits, into
+// ascending positions (thread t takes one 32-key word; a block scan in word
+// order places its keys) and the count.
 __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWork w) {
     __shared__ int w_tot[kScanThreads / 32];
     const int h = blockIdx.y, gi = blockIdx.x, own = gi >= sq.ng, t = gi - sq.ng;
@@ -250,11 +286,13 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWor
         own ? w.own_bits + ((size_t)h * 2 + t) * w.wcap : w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
     int32_t *out =
         own ? w.own_list + ((size_t)h * 2 + t) * w.max_kv : w.keep_list + ((size_t)h * sq.ng + gi) * w.max_kv;
+    const uint32_t *full = own ? nullptr : w.full_bits + ((size_t)h * sq.ng + gi) * w.fwcap;
     const int w_lo = sq.A / 32, w_hi = own && t >= sq.n_ob ? w_lo : max(w_lo, anc_lo(sq, g0) / 32);
     int before = 0;
     for (int w0 = w_lo; w0 < w_hi; w0 += kScanThreads) {
         const int wi = w0 + threadIdx.x;
-        const uint32_t b = wi < w_hi ? bits[wi] : 0u;
+        uint32_t b = wi < w_hi ? bits[wi] : 0u;
+        if (full && b && (full[wi / 128] >> ((wi / 4) % 32) & 1u)) b = 0; // the dense kernel's
         int tot;
         int pos = before + block_scan(__popc(b), w_tot, &tot);
         for (uint32_t x = b; x; x &= x - 1) out[pos++] = 32 * wi + __ffs(x) - 1;
@@ -268,41 +306,66 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWor
     }
 }
 
+// grid (n_q - own_r0), 128 threads, 2 H floats of dynamic shared memory:
+// the tail rows' own-key pass (o3, lse3) folded into their stripes' (o2,
+// lse2) by LSE weights, in place; a row and head with neither stays (0,
+// -inf).
+__global__ void own_merge_kernel(int H, int D, float *o2, float *lse2, const float *o3, const float *lse3, int own_r0) {
+    extern __shared__ float wts[]; // (2, H)
+    const int r = own_r0 + blockIdx.x;
+    for (int h = threadIdx.x; h < H; h += blockDim.x) {
+        const float l2 = lse2[(size_t)r * H + h], l3 = lse3[(size_t)blockIdx.x * H + h], M = fmaxf(l2, l3);
+        if (M == -INFINITY) {
+            wts[h] = 1.f, wts[H + h] = 0.f;
+            continue;
+        }
+        const float w2 = expf(l2 - M), w3 = expf(l3 - M), inv = 1.f / (w2 + w3);
+        wts[h] = w2 * inv;
+        wts[H + h] = w3 * inv;
+        lse2[(size_t)r * H + h] = M + logf(w2 + w3);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < H * D; e += blockDim.x) {
+        const int h = e / D;
+        float *p = o2 + (size_t)r * H * D + e;
+        *p = wts[h] * *p + wts[H + h] * o3[(size_t)blockIdx.x * H * D + e];
+    }
+}
+
 // grid (n_q), 256 threads, 3 H floats of dynamic shared memory: each row's
 // weights per head, then out = sum_i w_i o_i / sum_i w_i in the fixed order
-// anchor, stripes, own; lse = M + log sum_i w_i. The anchor pass attends the
-// row's own position, so its LSE is finite and M is too.
+// anchor, stripes (with the own keys), whole blocks; lse = M + log sum_i
+// w_i. The anchor pass attends the row's own position, so its LSE is finite
+// and M is too.
 __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
-                             const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out,
+                             const float *lse2, const __nv_bfloat16 *o4, const float *lse4, __nv_bfloat16 *out,
                              float *lse) {
     extern __shared__ float wts[]; // (3, H)
     const int r = blockIdx.x;
-    const bool own = r >= own_r0;
     for (int h = threadIdx.x; h < H; h += blockDim.x) {
-        const float l1 = lse1[(size_t)r * H + h], l2 = lse2[(size_t)r * H + h];
-        const float l3 = own ? lse3[(size_t)(r - own_r0) * H + h] : -INFINITY;
-        const float M = fmaxf(l1, fmaxf(l2, l3));
-        const float w1 = expf(l1 - M), w2 = expf(l2 - M), w3 = expf(l3 - M); // exp(-inf) = 0
-        const float sum = w1 + w2 + w3, inv = 1.f / sum;
+        const float l1 = lse1[(size_t)r * H + h], l2 = lse2[(size_t)r * H + h], l4 = lse4[(size_t)r * H + h];
+        const float M = fmaxf(l1, fmaxf(l2, l4));
+        const float w1 = expf(l1 - M), w2 = expf(l2 - M), w4 = expf(l4 - M); // exp(-inf) = 0
+        const float sum = w1 + w2 + w4, inv = 1.f / sum;
         wts[h] = w1 * inv;
         wts[H + h] = w2 * inv;
-        wts[2 * H + h] = w3 * inv;
+        wts[2 * H + h] = w4 * inv;
         if (lse) lse[((size_t)sq.qrow0 + r) * H + h] = M + logf(sum);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < H * D; e += blockDim.x) {
         const int h = e / D;
         const size_t i = (size_t)r * H * D + e;
-        float v = wts[h] * __bfloat162float(o1[i]) + wts[H + h] * o2[i];
-        if (own) v += wts[2 * H + h] * o3[(size_t)(r - own_r0) * H * D + e];
+        const float v =
+            wts[h] * __bfloat162float(o1[i]) + wts[H + h] * o2[i] + wts[2 * H + h] * __bfloat162float(o4[i]);
         out[((size_t)sq.qrow0 + r) * H * D + e] = __float2bfloat16_rn(v);
     }
 }
 
 // One thread: the pairs of the anchor pass (per row: [0, A) and [lo, p], or
 // [0, p] when lo <= A; the same for every head), of the stripes (each group's
-// list length times the group's rows) and of the own keys (each tail block's
-// list length times its rows). Integer sums.
+// list length and whole blocks times the group's rows) and of the own keys
+// (each tail block's list length times its rows). Integer sums.
 __global__ void pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pairs) {
     unsigned long long anchor = 0, sparse = 0;
     for (int p = sq.q_pos0; p < sq.N; p++) {
@@ -312,7 +375,10 @@ __global__ void pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pa
     for (int gi = 0; gi < sq.ng; gi++) {
         const int g0 = (sq.g_first + gi) * sq.L;
         const int rows = min(g0 + sq.L, sq.N) - max(g0, sq.q_pos0);
-        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] * rows;
+        for (int h = 0; h < H; h++)
+            sparse += ((unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] +
+                       (unsigned long long)kAncB * w.full_cnt[(size_t)h * sq.ng + gi]) *
+                      rows;
     }
     for (int t = 0; t < sq.n_ob; t++) {
         const int b0 = (sq.own_b0 + t) * kAncB, rows = min(b0 + kAncB, sq.N) - max(b0, sq.q_pos0);
@@ -334,6 +400,7 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
     if (lo_last > sq.A) // lo_last - A: a multiple of 128
         select_kernel<D><<<dim3((lo_last - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
             sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+    promote_kernel<<<dim3(sq.ng, H), 128, 0, st>>>(sq, w);
     compact_kernel<<<dim3(sq.ng + 2, H), kScanThreads, 0, st>>>(sq, w);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
@@ -352,10 +419,18 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
     return sh.head_dim == 128 ? select_d<128>(sq, sh, k, w, st) : select_d<64>(sq, sh, k, w, st);
 }
 
+int anc_own_merge_launch(const AncSeq &sq, int H, int D, float *o2, float *lse2, const float *o3, const float *lse3,
+                         int own_r0, cudaStream_t st) {
+    if (own_r0 >= sq.n_q) return 0;
+    own_merge_kernel<<<sq.n_q - own_r0, 128, sizeof(float) * 2 * H, st>>>(H, D, o2, lse2, o3, lse3, own_r0);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
 int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
-                     const float *lse2, const float *o3, const float *lse3, int own_r0, __nv_bfloat16 *out, float *lse,
+                     const float *lse2, const __nv_bfloat16 *o4, const float *lse4, __nv_bfloat16 *out, float *lse,
                      cudaStream_t st) {
-    merge_kernel<<<sq.n_q, 256, sizeof(float) * 3 * H, st>>>(sq, H, D, o1, lse1, o2, lse2, o3, lse3, own_r0, out, lse);
+    merge_kernel<<<sq.n_q, 256, sizeof(float) * 3 * H, st>>>(sq, H, D, o1, lse1, o2, lse2, o4, lse4, out, lse);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }

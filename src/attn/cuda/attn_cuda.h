@@ -109,6 +109,9 @@ typedef struct {
     float *rowmax;              // prefill only, or NULL: (rows, n_heads) each row's largest scale * q.k over the
                                 // keys it attended (the online softmax's final max m; AnchorAttention's anchor).
                                 // Decode has no such output: attn_cuda_run() refuses it (LC_EINVAL).
+    int mask_only;              // prefill: block-sparse sequences attend their set bits only, not the diagonal
+                                // block (bits at or above it are ignored); a row with none gets out 0, lse and
+                                // rowmax -inf (AnchorAttention's whole kept blocks)
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;

@@ -46,6 +46,7 @@ struct PrefillParams {
     float *lse;                // (rows, n_heads) or NULL
     float *rowmax;             // (rows, n_heads) or NULL: m in natural units (scale * q.k)
     int n_heads, n_kv_heads, group, page_size;
+    int mask_only;    // block-sparse sequences: the set bits only, not the diagonal block (attn_cuda_args_t)
     float scale_log2; // scale * log2(e)
 };
 
@@ -179,16 +180,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     // A row at position t sees keys 0 .. min(t, kv_len - 1): rows past the
     // keys (q_pos0, attn_cuda.h) see them all. Every row's last visible key
     // lies in the first tile visited, so only that tile is masked.
-    const int n_tiles = min(pos0 + rows - 1, kv_len - 1) / BN + 1;       // the last is the diagonal tile
-    const bool diag_masked = (min(pos0, kv_len - 1) + 1) / BN < n_tiles; // it crosses the diagonal of some row
-    // Block-sparse: this tile's mask row; the diagonal plus the set bits below it.
+    const int n_tiles = min(pos0 + rows - 1, kv_len - 1) / BN + 1; // the last is the diagonal tile
+    // Block-sparse: this tile's mask row; the diagonal plus the set bits below
+    // it, or with mask_only the set bits alone (then no tile visited crosses
+    // the diagonal, and a row may visit none).
     const uint32_t *mrow = nullptr;
     int n_iter = n_tiles;
+    bool skip_diag = false;
     if (p.mask && p.seq_info[seq].x >= 0) {
         const int qb0 = (kv_len - nq) / BN, n_kb = (kv_len - 1) / BN + 1, words = (n_kb + 31) / 32;
         mrow = p.mask + p.seq_info[seq].x + ((size_t)head * (n_kb - qb0) + (pos0 / BN - qb0)) * words;
-        n_iter = 1 + count_bits_below(mrow, n_tiles - 1);
+        skip_diag = p.mask_only != 0;
+        n_iter = (skip_diag ? 0 : 1) + count_bits_below(mrow, n_tiles - 1);
     }
+    const bool diag_masked = !skip_diag && (min(pos0, kv_len - 1) + 1) / BN < n_tiles; // crosses some row's diagonal
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, wg = threadIdx.x >> 7;
     if (threadIdx.x == 0) {
@@ -211,7 +216,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int h = 0; h < D / 64; h++) tma_load_3d(sQ + h * BM * 128, &tm_q, bar_q, h * 64, head, q0 + row0);
             const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
             for (int i = 0, t = n_tiles - 1; i < n_iter; i++) {
-                if (i > 0) t = mrow ? prev_set_bit(mrow, t - 1) : t - 1;
+                if (i > 0 || skip_diag) t = mrow ? prev_set_bit(mrow, t - 1) : t - 1;
                 const int st = i % kStages;
                 const uint32_t ph = (i / kStages) & 1;
                 const int nb = min(BN / kBox, (kv_len - t * BN + kBox - 1) / kBox); // boxes holding valid keys
@@ -283,7 +288,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // once the tile has landed (both warpgroups share the stage).
         auto zero_tail_v = [&]() {
             const int z0 = kv_len - (n_tiles - 1) * BN;
-            if (z0 >= BN) return;
+            if (z0 >= BN || skip_diag) return; // (without the diagonal every tile visited is whole)
             mbar_wait(&v_full[0], 0);
             const int n = (BN - z0) * (D / 8);
             for (int c = threadIdx.x - 128; c < n; c += 256) {
@@ -294,10 +299,12 @@ __global__ void __launch_bounds__(kThreads, 1)
             named_sync(kBarVZero, 256);
         };
 
-        if (kPingpong && cw == 0) named_arrive(kBarSched, 256); // warpgroup 0 takes the first turn
+        if (kPingpong && cw == 0 && n_iter > 0) named_arrive(kBarSched, 256); // warpgroup 0 takes the first turn
         mbar_wait(bar_q, 0);
 
-        if constexpr (kOverlap) {
+        if (n_iter == 0) {
+            // mask_only and no bit set: out 0, lse -inf (l = 0 below)
+        } else if constexpr (kOverlap) {
             mbar_wait(&k_full[0], 0);
             wgmma_fence();
             issue_qk(0);
@@ -494,6 +501,7 @@ int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *
     pp.n_kv_heads = p->shape.n_kv_heads;
     pp.group = p->group;
     pp.page_size = p->shape.page_size;
+    pp.mask_only = a->mask_only;
     pp.scale_log2 = p->shape.scale * 1.4426950408889634f;
     if (p->shape.head_dim == 128) return launch_prefill<128>(a->variant, mq, mk, mv, pp, p->n_items, stream);
     return launch_prefill<64>(a->variant, mq, mk, mv, pp, p->n_items, stream);
