@@ -62,6 +62,7 @@ typedef struct {
     uint32_t *mask;
     int32_t mask_off[16];
     void *dmask;
+    int mask_only; // attn_cuda_args_t's: the masked sequences' set bits alone, no diagonal block
     // explicit query positions (attn_cuda.h q_pos0), used when has_qpos
     int has_qpos;
     int32_t q_pos0[16];
@@ -70,7 +71,8 @@ typedef struct {
 /* Reference for sequence s, row by row in double: its rows at positions
  * q_pos0[s] + r (has_qpos) or kv_len - nq + r, each seeing keys 0 ..
  * min(position, kv_len - 1); a block-sparse sequence (mask_off >= 0) only
- * the keys of its selected blocks and of its diagonal block. */
+ * the keys of its selected blocks and of its diagonal block (not that one
+ * with mask_only; a row left with no key: out 0, lse -inf). */
 static void seq_ref(batch_t *b, int s) {
     const int H = b->sh.n_heads, D = b->sh.head_dim, G = H / b->sh.n_kv_heads, ps = b->sh.page_size;
     const int len = b->kv_len[s], nq = b->seq[s].nq, pos0 = b->has_qpos ? b->q_pos0[s] : len - nq;
@@ -88,7 +90,7 @@ static void seq_ref(batch_t *b, int s) {
             for (int j = 0; j <= last; j++) {
                 const int kb = j / 128;
                 w[j] = NAN;
-                if (row && kb != qb && !(row[kb / 32] >> (kb % 32) & 1u)) continue;
+                if (row && (kb == qb ? b->mask_only : !(row[kb / 32] >> (kb % 32) & 1u))) continue;
                 const float *k =
                     b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
                 double d = 0;
@@ -107,8 +109,8 @@ static void seq_ref(batch_t *b, int s) {
                 for (int c = 0; c < D; c++) acc[c] += e * v[c];
             }
             float *o = b->ref + ((size_t)(b->q_indptr[s] + r) * H + h) * D;
-            for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / l);
-            b->ref_lse[(size_t)(b->q_indptr[s] + r) * H + h] = (float)(mx + log(l));
+            for (int c = 0; c < D; c++) o[c] = l > 0 ? (float)(acc[c] / l) : 0.f;
+            b->ref_lse[(size_t)(b->q_indptr[s] + r) * H + h] = l > 0 ? (float)(mx + log(l)) : -INFINITY;
         }
     }
     free(w);
@@ -283,7 +285,8 @@ static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_key
                           .workspace = dws,
                           .workspace_bytes = ws,
                           .variant = variant,
-                          .block_mask = b->dmask};
+                          .block_mask = b->dmask,
+                          .mask_only = b->mask_only};
     // twice: the decode merge counters must be back at zero after a run
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
@@ -320,7 +323,8 @@ static int check_vs_cpu(const batch_t *b, const uint16_t *out, const float *lse,
                     if (fabs(f) > mr) mr = fabs(f);
                 }
                 const float gl = lse[(size_t)r * H + h];
-                const double le = isfinite(gl) ? fabs((double)gl - b->ref_lse[(size_t)r * H + h]) : INFINITY;
+                const float rl = b->ref_lse[(size_t)r * H + h];
+                const double le = isfinite(gl) ? fabs((double)gl - rl) : gl == rl ? 0 : INFINITY; // -inf: no key
                 if (le > worst_lse) worst_lse = le;
             }
             const double rel = sqrt(se / (sr > 0 ? sr : 1)), mx = me / (mr > 0 ? mr : 1);
@@ -519,6 +523,25 @@ START_TEST(test_prefill_sparse_full) {
 }
 END_TEST
 
+/* mask_only (AnchorAttention's whole kept blocks): the set bits alone, no
+ * diagonal block; every sequence's first block, and at the low density many
+ * more rows, attend nothing and must give out 0 and lse -inf. Every variant
+ * against seq_ref, batch invariance (check_batch). */
+START_TEST(test_prefill_mask_only) {
+    const seq_t s[] = {{1000, 1000}, {5, 5}, {300, 1}, {2000, 77}, {4100, 700}, {1500, 1500}, {700, 130}, {256, 256}};
+    static const float dens[] = {0.3f, 0.05f};
+    for (int i = 0; i < 2; i++) {
+        rng = 95 + (uint64_t)i;
+        batch_t b;
+        batch_build(&b, 8, 2, 128, 64, 0, s, 8, 1.f);
+        b.mask_only = 1;
+        batch_sparsify(&b, dens[i]);
+        check_batch(&b, i ? "mask_only 0.05 d128 g4 p64" : "mask_only 0.3 d128 g4 p64", 0);
+        batch_free(&b);
+    }
+}
+END_TEST
+
 /* ---- explicit query positions (q_pos0) ------------------------------------------------ */
 
 /* Rows at every kind of position: past the keys (all visible: the ring's
@@ -698,6 +721,7 @@ static Suite *attn_cuda_suite(void) {
     TCase *prefill_small = tcase_create("prefill_small"); // small cases: also run under compute-sanitizer
     tcase_add_test(prefill_small, test_prefill_small);
     tcase_add_test(prefill_small, test_prefill_sparse_full);
+    tcase_add_test(prefill_small, test_prefill_mask_only);
     suite_add_tcase(s, prefill_small);
     TCase *decode_small = tcase_create("decode_small");
     tcase_add_test(decode_small, test_decode_small);
