@@ -289,6 +289,30 @@ extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batc
 
 namespace {
 
+// Rows [pos0, N) of sequence sq (queries q, from pos0) over key lists:
+// n_lists per head, list i for the rows of positions [group (g_first + i),
+// group (g_first + i + 1)) (gather_cuda.h).
+int gather(const attn_cuda_anchor_t *a, const AncSeq &sq, const __nv_bfloat16 *q, const void *k, const void *v,
+           const int32_t *list, const int32_t *count, int n_lists, int pos0, int group, int g_first, float *out,
+           float *lse, cudaStream_t st) {
+    attn_cuda_gather_args_t g = {};
+    g.q = q;
+    g.k = k;
+    g.v = v;
+    g.pages = sq.pages;
+    g.list = list;
+    g.count = count;
+    g.list_stride = a->max_kv_len;
+    g.n_lists = n_lists;
+    g.n_rows = sq.N - pos0;
+    g.pos0 = pos0;
+    g.group = group;
+    g.g_first = g_first;
+    g.out = out;
+    g.lse = lse;
+    return attn_cuda_gather(&a->sh, &g, st);
+}
+
 template <int D>
 int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, const void *v, __nv_bfloat16 *out,
             float *lse, cudaStream_t st) {
@@ -344,41 +368,15 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         // 2. stripes and own keys as ascending lists, whole kept blocks as block masks
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;
         // 3. every row over its group's stripes (but the whole blocks)
-        attn_cuda_gather_args_t g = {};
-        g.q = w.q;
-        g.k = k;
-        g.v = v;
-        g.pages = sq.pages;
-        g.list = a->keep_list;
-        g.count = a->keep_cnt;
-        g.list_stride = a->max_kv_len;
-        g.n_lists = sq.ng;
-        g.n_rows = sq.n_q;
-        g.pos0 = sq.q_pos0;
-        g.group = sq.L;
-        g.g_first = sq.g_first;
-        g.out = o2;
-        g.lse = lse2;
-        if ((rc = attn_cuda_gather(&a->sh, &g, st))) return rc;
+        if ((rc =
+                 gather(a, sq, w.q, k, v, a->keep_list, a->keep_cnt, sq.ng, sq.q_pos0, sq.L, sq.g_first, o2, lse2, st)))
+            return rc;
         // 4. the tail blocks' own keys, a list per block, folded into the stripes' rows
         const int own_p0 = anc_own_p0(sq);
         if (sq.n_ob > 0) {
-            attn_cuda_gather_args_t go = {};
-            go.q = w.q + (size_t)(own_p0 - sq.q_pos0) * HD;
-            go.k = k;
-            go.v = v;
-            go.pages = sq.pages;
-            go.list = a->own_list;
-            go.count = a->own_cnt;
-            go.list_stride = a->max_kv_len;
-            go.n_lists = 2;
-            go.n_rows = sq.N - own_p0;
-            go.pos0 = own_p0;
-            go.group = kAncB;
-            go.g_first = sq.own_b0;
-            go.out = a->o3;
-            go.lse = a->lse3;
-            if ((rc = attn_cuda_gather(&a->sh, &go, st))) return rc;
+            if ((rc = gather(a, sq, w.q + (size_t)(own_p0 - sq.q_pos0) * HD, k, v, a->own_list, a->own_cnt, 2, own_p0,
+                             kAncB, sq.own_b0, a->o3, a->lse3, st)))
+                return rc;
             if ((rc = anc_own_merge_launch(sq, H, D, o2, lse2, a->o3, a->lse3, own_p0 - sq.q_pos0, st))) return rc;
         }
         if ((rc = anc_pairs_launch(sq, H, w, a->seq_pairs + i, st))) return rc;
