@@ -78,6 +78,9 @@ static const centry_t table[] = {
     D("attention", "gamma", gamma, 0.0001, 1),
     D("attention", "tau", tau, 0, 1),
     D("attention", "theta", theta, 0, 1000),
+    I("attention", "anchor_init", anchor_init, 0, 1 << 24),
+    I("attention", "anchor_local", anchor_local, 1, 1 << 24),
+    I("attention", "anchor_lookback", anchor_lookback, 0, 1 << 24),
     I("attention", "min_budget", min_budget, 1, 1 << 24),
     I("attention", "decode_budget", decode_budget, 1, 1 << 24),
     I("attention", "sparse_prefill_min_tokens", sparse_prefill_min_tokens, 0, 1 << 30),
@@ -120,6 +123,9 @@ void lc_config_default(lc_config_t *c) {
     c->gamma = 0.9;
     c->tau = 0.1;
     c->theta = 12.0;
+    c->anchor_init = 2048;
+    c->anchor_local = 2048;
+    c->anchor_lookback = 1024;
     c->min_budget = 1024;
     c->decode_budget = 2048;
     c->sparse_prefill_min_tokens = 16384;

@@ -52,6 +52,7 @@ typedef struct {
     char prefill_method[32]; // dense | flexprefill | anchor | streaming
     char decode_method[32];  // dense | quest | tidal | streaming
     double gamma, tau, theta;
+    int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's windows (tokens)
     int min_budget;
     int decode_budget;
     int sparse_prefill_min_tokens;

@@ -174,6 +174,9 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->attn_default.gamma = (float)c->gamma;
     sc->attn_default.tau = (float)c->tau;
     sc->attn_default.theta = (float)c->theta;
+    sc->attn_default.anchor_init = c->anchor_init;
+    sc->attn_default.anchor_local = c->anchor_local;
+    sc->attn_default.anchor_lookback = c->anchor_lookback;
     sc->attn_default.min_budget = c->min_budget;
     sc->attn_default.decode_budget = c->decode_budget;
     sc->sparse_prefill_min_tokens = c->sparse_prefill_min_tokens;
