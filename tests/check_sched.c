@@ -113,6 +113,19 @@ START_TEST(test_policy) {
     ck_assert_float_eq(p.theta, 5.0f);
     ck_assert_float_eq(p.gamma, c.attn_default.gamma);
     ck_assert_int_eq(p.decode_budget, 256);
+    /* AnchorAttention's windows: the engine's unless the spec sets them */
+    c.attn_default.anchor_init = 512;
+    c.attn_default.anchor_lookback = 256;
+    sched__resolve_policy(&c, &sp, 100000, &p);
+    ck_assert_int_eq(p.anchor_init, 512);
+    ck_assert_int_eq(p.anchor_local, c.attn_default.anchor_local);
+    ck_assert_int_eq(p.anchor_lookback, 256);
+    sp.anchor_lookback = 0;
+    sp.anchor_local = 1024;
+    sched__resolve_policy(&c, &sp, 100000, &p);
+    ck_assert_int_eq(p.anchor_lookback, 0);
+    ck_assert_int_eq(p.anchor_local, 1024);
+    ck_assert_int_eq(p.anchor_init, 512);
 }
 END_TEST
 

@@ -62,6 +62,10 @@ START_TEST(test_parse_completion_full) {
     ck_assert_int_eq(r.attn.decode_budget, 512);
     ck_assert(fabsf(r.attn.gamma - 0.95f) < 1e-6);
     ck_assert(r.attn.tau < 0);
+    /* what the request does not set stays the engine's (sched_attn_spec_default) */
+    ck_assert_int_eq(r.attn.anchor_init, -1);
+    ck_assert_int_eq(r.attn.anchor_local, -1);
+    ck_assert_int_eq(r.attn.anchor_lookback, -1);
     srv_request_free(&r);
 }
 END_TEST

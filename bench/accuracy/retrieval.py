@@ -46,7 +46,7 @@ FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
 WORDS = ["apple", "river", "candle", "falcon", "marble", "violet", "harbor", "meadow",
          "copper", "lantern", "orchid", "pepper", "saddle", "thunder", "walnut", "zephyr"]
 # prefill method -> smallest prompt length (tokens) where its defaults are sparse
-PREFILL = {"dense": 0, "flexprefill": 1100, "anchor": 5200, "streaming": 1100}
+PREFILL = {"dense": 0, "flexprefill": 1100, "anchor": 4200, "streaming": 1100}
 DECODE = ["quest", "tidal"]
 
 

@@ -26,13 +26,6 @@ void srv_error_set(srv_error_t *e, int status, const char *type, const char *par
     va_end(ap);
 }
 
-void srv_attn_spec_default(sched_attn_spec_t *s) {
-    s->prefill = SCHED_METHOD_AUTO;
-    s->decode = SCHED_METHOD_AUTO;
-    s->gamma = s->tau = s->theta = -1.0f;
-    s->min_budget = s->decode_budget = -1;
-}
-
 static void sampling_default(sampler_params_t *p) {
     memset(p, 0, sizeof(*p));
     p->temperature = 1.0f;
@@ -192,7 +185,7 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
     static const char *const prefill[] = {"dense", "flexprefill", "anchor", "streaming"};
     static const char *const decode[] = {"dense", "quest", "tidal", "streaming"};
     static const char *const known[] = {"prefill", "decode", "gamma", "tau", "theta", "min_budget", "decode_budget"};
-    srv_attn_spec_default(a);
+    sched_attn_spec_default(a);
     const cJSON *v = field(o, "sparse_attention");
     if (!v) return 0;
     if (!cJSON_IsObject(v)) return BAD("sparse_attention", "Invalid type for 'sparse_attention': expected an object.");
@@ -317,7 +310,7 @@ static void request_init(srv_request_t *r, srv_req_kind_t kind) {
     r->logprobs = -1;
     r->add_special_tokens = -1;
     sampling_default(&r->sampling);
-    srv_attn_spec_default(&r->attn);
+    sched_attn_spec_default(&r->attn);
 }
 
 void srv_request_free(srv_request_t *r) {

@@ -139,7 +139,4 @@ int srv__check_fields(const struct cJSON *o, srv_req_kind_t kind, srv_error_t *e
 void srv__free_format(srv_request_t *r);
 void srv__free_message(srv_message_t *m);
 
-/* Fills the "server default" values of the spec (auto / negative). */
-void srv_attn_spec_default(sched_attn_spec_t *s);
-
 #endif

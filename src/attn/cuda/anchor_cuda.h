@@ -22,14 +22,18 @@
  *      rows) attends. Both become
  *      ascending position lists per (head, group) and per (head, tail
  *      block) by a block-wide prefix sum (in position order, whatever the
- *      thread timing);
+ *      thread timing), except the key blocks of 128 kept whole, which
+ *      become block masks for step 4;
  *   3. token gather (tensor cores, gather_cuda.h): every row attends its
  *      group's list, the tail blocks' rows also their block's own list,
- *      each from its own online softmax: (out2, lse2), (out3, lse3);
- *   4. merge: out and lse from the passes' (out, lse) by LSE weights, in the
- *      fixed order anchor, stripes, own.
- * The three key sets are disjoint, so every key is attended once or not at
- * all. theta = INFINITY keeps every key (dense).
+ *      each from its own online softmax; the own keys' (out, lse) are
+ *      folded into the stripes' by LSE weights: (out2, lse2);
+ *   4. whole blocks (tensor cores): the dense prefill kernel again, on the
+ *      whole kept blocks' masks with mask_only (attn_cuda.h): (out4, lse4);
+ *   5. merge: out and lse from the passes' (out, lse) by LSE weights, in the
+ *      fixed order anchor, stripes (with own keys), whole blocks.
+ * The key sets are disjoint, so every key is attended once or not at all.
+ * theta = INFINITY keeps every key (dense).
  *
  * Determinism: no float atomics; the anchor pass's tiles are the dense
  * kernel's (a tile depends on its own rows only), the other kernels run one
