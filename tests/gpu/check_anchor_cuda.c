@@ -726,13 +726,18 @@ static void structure(acase_t *c, int s) {
  * heads, d 128, pages of 64; theta 12, anchor_init = anchor_local = 2048,
  * anchor_lookback 1024),
  * random and structured inputs. Density: pairs attended / causal pairs;
- * kernel efficiency: density * t_dense / t_anchor. */
+ * kernel efficiency: density * t_dense / t_anchor. ANCHOR_BENCH_ONLY=KIND:CTX
+ * runs one case (KIND random or structured). */
 static int bench(void) {
     static const int ctx[] = {32768, 65536, 131072};
+    const char *only = getenv("ANCHOR_BENCH_ONLY"); // e.g. "structured:131072": that case alone (for ncu)
     printf("| inputs | context | rows | dense ms | anchor ms | density | kernel efficiency | anchor / dense |\n"
            "|---|---|---|---|---|---|---|---|\n");
     for (int kind = 0; kind < 2; kind++)
         for (int i = 0; i < 3; i++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s:%d", kind ? "structured" : "random", ctx[i]);
+            if (only && strcmp(only, name)) continue;
             acase_t c;
             rng = 5 + i;
             setup(&c, 32, 8, 128, 64);

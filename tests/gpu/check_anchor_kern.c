@@ -140,8 +140,9 @@ static void rand_list(int32_t *out, int n, int N) {
 }
 
 /* One gather call: n_rows rows at pos0, lists of group positions (0: one
- * list), list (h, gi) of length lens[(h * n_lists + gi) % n_lens]. */
-static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const int *lens, int n_lens,
+ * list), list (h, gi) of length lens[(h * n_lists + gi) % n_lens]; n_split
+ * > 1: the lists in parts (at least 64 entries each), merged here by LSE. */
+static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const int *lens, int n_lens, int n_split,
                         const char *what) {
     const int H = p->sh.n_heads, D = p->sh.head_dim, G = H / p->sh.n_kv_heads, pad = 16;
     const int g_first = group ? pos0 / group : 0;
@@ -157,7 +158,8 @@ static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const
     }
     float *qf;
     void *dq = make_q(p, n_rows, &qf);
-    const size_t on = (size_t)(n_rows + pad) * H * D, ln = (size_t)(n_rows + pad) * H;
+    const int parts = n_split > 1 ? n_split : 1;
+    const size_t on = (size_t)(parts * n_rows + pad) * H * D, ln = (size_t)(parts * n_rows + pad) * H;
     float *out = malloc(sizeof(float) * on), *lse = malloc(sizeof(float) * ln);
     for (size_t i = 0; i < on; i++) out[i] = 12345.f;
     for (size_t i = 0; i < ln; i++) lse[i] = 12345.f;
@@ -183,11 +185,30 @@ static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const
                                        .group = group,
                                        .g_first = g_first,
                                        .out = dout,
-                                       .lse = dlse};
+                                       .lse = dlse,
+                                       .n_split = n_split,
+                                       .split_len = 64};
     ck_assert_int_eq(attn_cuda_gather(&p->sh, &a, NULL), 0);
     CK_CUDA(cudaDeviceSynchronize());
     CK_CUDA(cudaMemcpy(out, dout, sizeof(float) * on, cudaMemcpyDeviceToHost));
     CK_CUDA(cudaMemcpy(lse, dlse, sizeof(float) * ln, cudaMemcpyDeviceToHost));
+    int touched = 0;
+    for (size_t i = (size_t)parts * n_rows * H * D; i < on; i++) touched += out[i] != 12345.f;
+    for (size_t i = (size_t)parts * n_rows * H; i < ln; i++) touched += lse[i] != 12345.f;
+    for (int r = 0; parts > 1 && r < n_rows; r++) // merge the parts into part 0's place, in part order
+        for (int h = 0; h < H; h++) {
+            const size_t ri = (size_t)r * H + h;
+            double M = -INFINITY, sum = 0, acc[128] = {0};
+            for (int z = 0; z < parts; z++) M = fmax(M, lse[(size_t)z * n_rows * H + ri]);
+            if (M == -INFINITY) continue; // every part empty: part 0 holds 0, -inf
+            for (int z = 0; z < parts; z++) {
+                const double wz = exp(lse[(size_t)z * n_rows * H + ri] - M);
+                sum += wz;
+                for (int e = 0; e < D; e++) acc[e] += wz * out[((size_t)z * n_rows * H + ri) * D + e];
+            }
+            for (int e = 0; e < D; e++) out[ri * D + e] = (float)(acc[e] / sum);
+            lse[ri] = (float)(M + log(sum));
+        }
 
     double worst = 0, worst_lse = 0;
     int wr = -1, wh = -1, we = -1;
@@ -215,9 +236,6 @@ static void gather_call(const kpool_t *p, int n_rows, int pos0, int group, const
                 }
             }
         }
-    int touched = 0;
-    for (size_t i = (size_t)n_rows * H * D; i < on; i++) touched += out[i] != 12345.f;
-    for (size_t i = (size_t)n_rows * H; i < ln; i++) touched += lse[i] != 12345.f;
     printf("gather %s (d %d, pages %d): max |out - ref| %.2e (row %d head %d dim %d: %g vs %g), max |lse - ref| %.2e\n",
            what, D, p->sh.page_size, worst, wr, wh, we, got_v, ref_v, worst_lse);
     ck_assert_msg(worst <= 4e-3, "gather %s d %d pages %d: out differs by %g at row %d head %d dim %d (%g vs %g)", what,
@@ -246,9 +264,12 @@ START_TEST(test_gather) {
         kpool_make(&p, 4, 2, D, ps, 6000);
         // three groups (and tiles) of 128 positions, rows from an unaligned position: every length on some
         // (head, group)
-        gather_call(&p, 300, 5037, 128, lens, 7, "groups");
+        gather_call(&p, 300, 5037, 128, lens, 7, 1, "groups");
         // one list per head for all rows (the own-key pass's form), two tiles
-        gather_call(&p, 200, 130, 0, lens_one, 7, "one list");
+        gather_call(&p, 200, 130, 0, lens_one, 7, 1, "one list");
+        // the same in parts (as the own-key pass runs): parts of 64 entries, of more, and empty ones
+        gather_call(&p, 200, 130, 0, lens_one, 7, 16, "one list in 16 parts");
+        gather_call(&p, 300, 5037, 128, lens, 7, 3, "groups in 3 parts");
         kpool_free(&p);
     }
 }

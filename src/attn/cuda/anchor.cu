@@ -42,8 +42,9 @@ struct attn_cuda_anchor {
     __nv_bfloat16 *qc, *o1;      // (max_q_rows, H, D) compacted queries, anchor pass output
     float *lse1, *rowmax, *lse2; // (max_q_rows, H)
     float *o2;                   // (max_q_rows, H, D) stripes (and own keys) output, compacted rows
-    float *o3, *lse3;            // (256, H, D), (256, H) own-key output of the tail blocks
-    float *qbar, *abar;          // (H, max_blk, D), (H, max_blk)
+    float *o3, *lse3;    // (kOwnSplit, 256, H, D), (kOwnSplit, 256, H) own-key output of the tail blocks, by part
+    __nv_bfloat16 *qbar; // (H, max_blk, 2, D) bf16 hi, lo
+    float *abar;         // (H, max_blk)
     uint32_t *keep_bits, *own_bits, *mask;
     int32_t *keep_list, *own_list, *keep_cnt, *own_cnt;
     __nv_bfloat16 *o4;             // (max_q_rows, H, D) the whole kept blocks' pass (dense kernel, mask_only)
@@ -107,29 +108,29 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
     {
         const size_t G = (size_t)a->max_grp, B = (size_t)a->max_blk, W = (size_t)a->wcap;
         const size_t sizes[] = {
-            2 * R * H * D,                         // qc
-            2 * R * H * D,                         // o1
-            sizeof(float) * R * H,                 // lse1
-            sizeof(float) * R * H,                 // rowmax
-            sizeof(float) * R * H,                 // lse2
-            sizeof(float) * R * H * D,             // o2
-            sizeof(float) * 2 * kAncB * H * D,     // o3
-            sizeof(float) * 2 * kAncB * H,         // lse3
-            sizeof(float) * H * B * D,             // qbar
-            sizeof(float) * H * B,                 // abar
-            sizeof(uint32_t) * H * G * W,          // keep_bits
-            sizeof(uint32_t) * H * 2 * W,          // own_bits
-            sizeof(uint32_t) * a->mask_cap,        // mask
-            sizeof(int32_t) * H * G * N,           // keep_list
-            sizeof(int32_t) * H * 2 * N,           // own_list
-            sizeof(int32_t) * H * G,               // keep_cnt
-            sizeof(int32_t) * H * 2,               // own_cnt
-            sizeof(unsigned long long) * max_seqs, // seq_pairs
-            2 * R * H * D,                         // o4
-            sizeof(float) * R * H,                 // lse4
-            sizeof(uint32_t) * H * G * a->fwcap,   // full_bits
-            sizeof(uint32_t) * a->mask_cap,        // mask2
-            sizeof(int32_t) * H * G,               // full_cnt
+            2 * R * H * D,                                 // qc
+            2 * R * H * D,                                 // o1
+            sizeof(float) * R * H,                         // lse1
+            sizeof(float) * R * H,                         // rowmax
+            sizeof(float) * R * H,                         // lse2
+            sizeof(float) * R * H * D,                     // o2
+            sizeof(float) * kOwnSplit * 2 * kAncB * H * D, // o3
+            sizeof(float) * kOwnSplit * 2 * kAncB * H,     // lse3
+            2 * 2 * H * B * D,                             // qbar (bf16 hi, lo)
+            sizeof(float) * H * B,                         // abar
+            sizeof(uint32_t) * H * G * W,                  // keep_bits
+            sizeof(uint32_t) * H * 2 * W,                  // own_bits
+            sizeof(uint32_t) * a->mask_cap,                // mask
+            sizeof(int32_t) * H * G * N,                   // keep_list
+            sizeof(int32_t) * H * 2 * N,                   // own_list
+            sizeof(int32_t) * H * G,                       // keep_cnt
+            sizeof(int32_t) * H * 2,                       // own_cnt
+            sizeof(unsigned long long) * max_seqs,         // seq_pairs
+            2 * R * H * D,                                 // o4
+            sizeof(float) * R * H,                         // lse4
+            sizeof(uint32_t) * H * G * a->fwcap,           // full_bits
+            sizeof(uint32_t) * a->mask_cap,                // mask2
+            sizeof(int32_t) * H * G,                       // full_cnt
         };
         const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
         size_t total = 0;
@@ -149,7 +150,7 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
         a->o2 = (float *)parts[5];
         a->o3 = (float *)parts[6];
         a->lse3 = (float *)parts[7];
-        a->qbar = (float *)parts[8];
+        a->qbar = (__nv_bfloat16 *)parts[8];
         a->abar = (float *)parts[9];
         a->keep_bits = (uint32_t *)parts[10];
         a->own_bits = (uint32_t *)parts[11];
@@ -293,8 +294,8 @@ namespace {
 // n_lists per head, list i for the rows of positions [group (g_first + i),
 // group (g_first + i + 1)) (gather_cuda.h).
 int gather(const attn_cuda_anchor_t *a, const AncSeq &sq, const __nv_bfloat16 *q, const void *k, const void *v,
-           const int32_t *list, const int32_t *count, int n_lists, int pos0, int group, int g_first, float *out,
-           float *lse, cudaStream_t st) {
+           const int32_t *list, const int32_t *count, int n_lists, int pos0, int group, int g_first, int n_split,
+           float *out, float *lse, cudaStream_t st) {
     attn_cuda_gather_args_t g = {};
     g.q = q;
     g.k = k;
@@ -310,6 +311,8 @@ int gather(const attn_cuda_anchor_t *a, const AncSeq &sq, const __nv_bfloat16 *q
     g.g_first = g_first;
     g.out = out;
     g.lse = lse;
+    g.n_split = n_split;
+    g.split_len = kOwnMinPart;
     return attn_cuda_gather(&a->sh, &g, st);
 }
 
@@ -368,14 +371,15 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         // 2. stripes and own keys as ascending lists, whole kept blocks as block masks
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;
         // 3. every row over its group's stripes (but the whole blocks)
-        if ((rc =
-                 gather(a, sq, w.q, k, v, a->keep_list, a->keep_cnt, sq.ng, sq.q_pos0, sq.L, sq.g_first, o2, lse2, st)))
+        if ((rc = gather(a, sq, w.q, k, v, a->keep_list, a->keep_cnt, sq.ng, sq.q_pos0, sq.L, sq.g_first, 1, o2, lse2,
+                         st)))
             return rc;
-        // 4. the tail blocks' own keys, a list per block, folded into the stripes' rows
+        // 4. the tail blocks' own keys, a list per block, folded into the stripes' rows: few rows, long
+        // lists, so each list runs in kOwnSplit parts
         const int own_p0 = anc_own_p0(sq);
         if (sq.n_ob > 0) {
             if ((rc = gather(a, sq, w.q + (size_t)(own_p0 - sq.q_pos0) * HD, k, v, a->own_list, a->own_cnt, 2, own_p0,
-                             kAncB, sq.own_b0, a->o3, a->lse3, st)))
+                             kAncB, sq.own_b0, kOwnSplit, a->o3, a->lse3, st)))
                 return rc;
             if ((rc = anc_own_merge_launch(sq, H, D, o2, lse2, a->o3, a->lse3, own_p0 - sq.q_pos0, st))) return rc;
         }

@@ -10,7 +10,9 @@
 
 #include "attn/cuda/attn_cuda.h"
 
-constexpr int kAncB = 128; // query block and key block (positions, aligned to 0)
+constexpr int kAncB = 128;       // query block and key block (positions, aligned to 0)
+constexpr int kOwnSplit = 16;    // parts of the tail blocks' own-key lists (gather_cuda.h: split lists)
+constexpr int kOwnMinPart = 256; // the least entries of such a part
 
 // One selecting sequence of the planned step.
 struct AncSeq {
@@ -47,7 +49,8 @@ __host__ __device__ __forceinline__ int anc_test_p0(const AncSeq &sq) {
 struct AncWork {
     const __nv_bfloat16 *q; // (n_q, H, D) the sequence's queries
     const float *rowmax;    // (n_q, H) the anchor pass's row max (natural units)
-    float *qbar, *abar;     // (H, max_blk, D), (H, max_blk)
+    __nv_bfloat16 *qbar;    // (H, max_blk, 2, D) each block's mean scaled query, bf16 hi then lo
+    float *abar;            // (H, max_blk) each block's mean anchor
     int max_blk;
     uint32_t *keep_bits, *own_bits; // (H, ng, wcap), (H, 2, wcap): bit j % 32 of word j / 32 = key j
     int64_t wcap;
@@ -68,8 +71,9 @@ int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st);
 // the other kept keys into lists.
 int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
                       cudaStream_t st);
-// Folds the own keys' (o3, lse3, indexed from own_r0) into the stripes' (o2,
-// lse2) for the rows from own_r0 on (the tail blocks'); seq-local rows.
+// Folds the own keys' kOwnSplit parts (o3, lse3: part z's rows at z (n_q -
+// own_r0) rows, row 0 at own_r0) into the stripes' (o2, lse2) for the rows
+// from own_r0 on (the tail blocks'), in part order; seq-local rows.
 int anc_own_merge_launch(const AncSeq &sq, int H, int D, float *o2, float *lse2, const float *o3, const float *lse3,
                          int own_r0, cudaStream_t st);
 // out (batch rows, bf16) and lse (or NULL) of the sequence's rows from the

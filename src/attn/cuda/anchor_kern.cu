@@ -15,7 +15,15 @@ namespace {
 
 constexpr int kScanThreads = 512;
 constexpr int kSelThreads = 128; // four warps
-constexpr int kSelKeys = 64;     // candidate keys per selection CTA
+constexpr int kSelSub = 64;      // keys per score tile (a sub-tile of the CTA's)
+constexpr int kSelKR = 256;      // candidate keys per selection CTA
+
+// The selection CTA's keys in shared memory: kSelKR rows of RS bf16. RS = D
+// + 8 pads a row by 16 bytes, so ldmatrix's eight rows fall in distinct banks.
+template <int D> struct SelSmem {
+    static constexpr int kRS = D + 8;
+    static constexpr int kBytes = kSelKR * kRS * 2;
+};
 
 // Row j of one head's K or V in the paged pool.
 __device__ __forceinline__ const __nv_bfloat16 *pool_row(const __nv_bfloat16 *pool, const int32_t *pages, int ps,
@@ -44,14 +52,21 @@ __global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
 }
 
 // grid (nqb, H), D threads: block bi's mean scaled query (thread e, rows in
-// order: the CPU's f32 sum) and mean anchor (double, as the CPU).
+// order: the CPU's f32 sum), stored as bf16 hi + lo (hi = bf16(x), lo =
+// bf16(x - hi): an MMA over both keeps about 16 bits of the f32 mantissa, so
+// the pooled scores match the CPU's f32 ones to far below a threshold's
+// sensitivity), and its mean anchor (double, as the CPU).
 template <int D> __global__ void pool_kernel(AncSeq sq, int H, float scale, AncWork w) {
     const int h = blockIdx.y, bi = blockIdx.x, e = threadIdx.x;
     const int b0 = (sq.qb0 + bi) * kAncB, r_lo = max(b0, sq.q_pos0) - sq.q_pos0,
               r_hi = min(b0 + kAncB, sq.N) - sq.q_pos0;
     float s = 0;
     for (int r = r_lo; r < r_hi; r++) s += __bfloat162float(w.q[((size_t)r * H + h) * D + e]) * scale;
-    w.qbar[((size_t)h * w.max_blk + bi) * D + e] = s / (float)(r_hi - r_lo);
+    const float x = s / (float)(r_hi - r_lo);
+    const __nv_bfloat16 hi = __float2bfloat16_rn(x);
+    __nv_bfloat16 *qb = w.qbar + ((size_t)h * w.max_blk + bi) * 2 * D;
+    qb[e] = hi;
+    qb[D + e] = __float2bfloat16_rn(x - __bfloat162float(hi));
     if (e == 0) {
         double am = 0;
         for (int r = r_lo; r < r_hi; r++) am += w.rowmax[(size_t)r * H + h];
@@ -59,16 +74,26 @@ template <int D> __global__ void pool_kernel(AncSeq sq, int H, float scale, AncW
     }
 }
 
-// Two f32 values as bf16 pairs hi + lo (hi = bf16(x), lo = bf16(x - hi)),
-// part 0 the hi pair, 1 the lo pair: an MMA over both keeps about 16 bits
-// of the f32 mantissa, so the pooled scores match the CPU's f32 ones to far
-// below a threshold's sensitivity.
-__device__ __forceinline__ uint32_t split_bf16(const float *p, int part) {
-    const float2 x = *reinterpret_cast<const float2 *>(p);
-    const __nv_bfloat162 hv = __floats2bfloat162_rn(x.x, x.y);
-    if (part == 0) return *reinterpret_cast<const uint32_t *>(&hv);
-    const float2 hf = __bfloat1622float2(hv);
-    return pack_bf16(x.x - hf.x, x.y - hf.y);
+// A 16-row m16n8k16 A fragment set (D / 16 k-steps) of bf16 rows: this
+// lane's row g at pa, row g + 8 at pb (both already offset by its qd).
+template <int D>
+__device__ __forceinline__ void load_frag(uint32_t (&a)[D / 16][4], const __nv_bfloat16 *pa, const __nv_bfloat16 *pb) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        a[kk][0] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk);
+        a[kk][1] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk);
+        a[kk][2] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk + 8);
+        a[kk][3] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk + 8);
+    }
+}
+
+// A lane's hit bits of a 64-key score tile (bit 2 nt + p: key 8 nt + qd + p)
+// as the tile's 64-bit set.
+__device__ __forceinline__ unsigned long long spread(uint32_t m, int qd) {
+    unsigned long long x = 0;
+#pragma unroll
+    for (int nt = 0; nt < kSelSub / 8; nt++) x |= (unsigned long long)((m >> (2 * nt)) & 3u) << (8 * nt + qd);
+    return x;
 }
 
 // A warp's 64-bit set (key i of the tile = bit i) ORed over all its lanes.
@@ -78,142 +103,170 @@ __device__ __forceinline__ unsigned long long warp_or(unsigned long long x) {
     return x;
 }
 
-// grid ((lo_last - A) / 64, ng, H), kSelThreads: the 64 candidate keys j0 ..
-// j0 + 63 (j0 = A + 64 x: inside one page, never straddling lo, two bit
-// words) for group gi, on mma.sync. Key j of [A, lo) is kept when some
-// block b of the group in the chunk has qbar_b.k_j + theta >= abar_b (qbar
-// as bf16 hi + lo, so the pooled score keeps f32 precision); in the group
-// holding the chunk's last row, a key not kept is tail block t's own when
-// some row r of that block among the chunk's last 128 has scale q_r.k_j +
-// theta >= rowmax_r. Warps take 16-row tiles of the pooled rows, then of
-// those last rows (a tile may straddle the two tail blocks: each row ORs
-// into its block's set); each ORs its hits into the tile's words (integer
-// OR: any order gives the same bits).
+// grid (ceil((lo_last - A) / kSelKR), KH), kSelThreads, SelSmem<D>::kBytes:
+// the candidate keys jc .. jc + 255 (jc = A + 256 x, below lo_last: the last
+// group's lo, the largest) of kv head kh, staged once in shared memory as
+// sub-tiles of 64 keys (each inside one page; the last may be cut at lo_last,
+// which lies 128-aligned) and scored for every query head of kh and every
+// group on mma.sync. Work unit u = gi * qph + hq (group-major, so that the
+// last group's heavier units spread over the warps): warp u % 4 takes group
+// gi of head h = kh * qph + hq, on the sub-tiles below the group's lo. Key j
+// of [A, lo) is kept when some block b of the group in the chunk has
+// qbar_b.k_j + theta >= abar_b (qbar as bf16 hi + lo, so the pooled score
+// keeps f32 precision); in the group holding the chunk's last row, a key not
+// kept is tail block t's own when some row r of that block among the chunk's
+// last 128 has scale q_r.k_j + theta >= rowmax_r. A unit's words are written
+// by its warp alone (the OR over its lanes): no atomics, no order.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads)
     select_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
-    constexpr int RS = D + 8; // padded row (bf16): ldmatrix's eight rows in distinct banks
-    __shared__ __align__(16) __nv_bfloat16 ks[kSelKeys * RS];
-    __shared__ unsigned s_keep[2], s_own[2][2];
-    const int h = blockIdx.z, kh = h / (H / KH), gi = blockIdx.y;
-    const int g0 = (sq.g_first + gi) * sq.L, j0 = sq.A + kSelKeys * (int)blockIdx.x;
-    if (j0 >= anc_lo(sq, g0)) return; // past this group's candidates (CTA-uniform)
+    constexpr int RS = SelSmem<D>::kRS;
+    constexpr int kSubs = kSelKR / kSelSub;
+    extern __shared__ __align__(16) uint8_t sel_smem[];
+    __nv_bfloat16 *ks = reinterpret_cast<__nv_bfloat16 *>(sel_smem);
+    const int kh = blockIdx.y, qph = H / KH, jc = sq.A + kSelKR * (int)blockIdx.x;
+    const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
+    const int nsub = min(kSelKR, lo_last - jc) / kSelSub; // >= 2: lo_last - jc is a positive multiple of 128
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const bool last = g0 + sq.L >= sq.N, all = isinf(sq.theta) && sq.theta > 0;
-    if (tid < 2) {
-        s_keep[tid] = all ? ~0u : 0u;
-        s_own[0][tid] = s_own[1][tid] = 0u;
-    }
-    if (!all) { // the tile: 64 consecutive rows of one page
-        const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
-        constexpr int kVecs = D / 8;
-        for (int i = tid; i < kSelKeys * kVecs; i += kSelThreads) {
-            const int r = i / kVecs, x = (i % kVecs) * 8;
-            *reinterpret_cast<uint4 *>(ks + r * RS + x) = *reinterpret_cast<const uint4 *>(kt + (size_t)r * D + x);
+    const bool all = isinf(sq.theta) && sq.theta > 0;
+    if (!all) { // every 16-byte piece in flight at once (cp.async); a sub-tile's 64 rows lie in one page
+        constexpr int kVecs = D / 8, kPer = kSelSub * kVecs / kSelThreads; // pieces of a sub-tile per thread
+#pragma unroll
+        for (int sub = 0; sub < kSubs; sub++) {
+            if (sub >= nsub) break;
+            const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, jc + kSelSub * sub);
+#pragma unroll
+            for (int i = 0; i < kPer; i++) {
+                const int v = tid + kSelThreads * i, r = v / kVecs, x = (v % kVecs) * 8;
+                cp_async16(smem_u32(ks + (kSelSub * sub + r) * RS + x), kt + (size_t)r * D + x, 16);
+            }
         }
+        cp_async_commit();
+        cp_async_wait<0>();
     }
     __syncthreads();
     const float theta = sq.theta;
     const int g = lane >> 2, qd = (lane & 3) * 2, mat = lane >> 3, r8 = lane & 7;
     const int tk = (mat >> 1) * 8 + r8; // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8 (mat % 2)
-    const uint32_t kb = smem_u32(ks);
-    // s (16 rows x 64 keys) += A K^T; s[nt]: keys 8 nt + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3])
-    auto scores = [&](const uint32_t(&a)[D / 16][4], float(&s)[kSelKeys / 8][4]) {
+    const uint32_t kb0 = smem_u32(ks);
+    // s (16 rows x 64 keys of sub-tile sub) += A K^T; s[nt]: keys 8 nt + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3])
+    auto scores = [&](const uint32_t(&a)[D / 16][4], int sub, float(&s)[kSelSub / 8][4]) {
+        const uint32_t kb = kb0 + (uint32_t)(sub * kSelSub * RS) * 2;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
 #pragma unroll
-            for (int jj = 0; jj < kSelKeys / 16; jj++) {
+            for (int jj = 0; jj < kSelSub / 16; jj++) {
                 uint32_t r[4];
                 ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
                 mma_bf16_16816(s[2 * jj], a[kk], r[0], r[1]);
                 mma_bf16_16816(s[2 * jj + 1], a[kk], r[2], r[3]);
             }
     };
-    if (!all) {
+    const int n_units = sq.ng * qph;
+    for (int u = warp; u < n_units; u += kSelThreads / 32) { // warp-uniform from here on
+        const int gi = u / qph, h = kh * qph + u % qph;
+        const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
+        const int ns = lo > jc ? min(nsub, (lo - jc) / kSelSub) : 0; // sub-tiles below lo
+        if (ns == 0) continue;
+        uint32_t *keep = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap + jc / 32;
+        if (all) {
+            if (lane < 2 * ns) keep[lane] = ~0u; // theta = inf: no tail blocks (n_ob = 0)
+            continue;
+        }
+        // this lane's hits per sub-tile: bit 2 nt + p = key 8 nt + qd + p (either of its rows); spread() makes
+        // the sub-tile's 64-bit set of them
+        uint32_t hit[kSubs] = {};
         // pooled rows: the group's blocks in the chunk
         const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
         const int bi0 = q0 / kAncB - sq.qb0, nb = (q1 - 1) / kAncB - q0 / kAncB + 1;
-        unsigned long long hit = 0;
-        for (int mt = warp; 16 * mt < nb; mt += kSelThreads / 32) {
+        for (int mt = 0; 16 * mt < nb; mt++) {
             const int ra = 16 * mt + g, rb = ra + 8;
-            const float *pa = w.qbar + ((size_t)h * w.max_blk + bi0 + min(ra, nb - 1)) * D + qd;
-            const float *pb = w.qbar + ((size_t)h * w.max_blk + bi0 + min(rb, nb - 1)) * D + qd;
-            float s[kSelKeys / 8][4];
-#pragma unroll
-            for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll 1
-            for (int part = 0; part < 2; part++) { // hi, then lo: one set of fragments live at a time
-                uint32_t a[D / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    a[kk][0] = split_bf16(pa + 16 * kk, part);
-                    a[kk][1] = split_bf16(pb + 16 * kk, part);
-                    a[kk][2] = split_bf16(pa + 16 * kk + 8, part);
-                    a[kk][3] = split_bf16(pb + 16 * kk + 8, part);
-                }
-                scores(a, s);
-            }
+            const __nv_bfloat16 *pa = w.qbar + ((size_t)h * w.max_blk + bi0 + min(ra, nb - 1)) * 2 * D + qd;
+            const __nv_bfloat16 *pb = w.qbar + ((size_t)h * w.max_blk + bi0 + min(rb, nb - 1)) * 2 * D + qd;
             const float aa = ra < nb ? w.abar[(size_t)h * w.max_blk + bi0 + ra] : INFINITY;
             const float ab = rb < nb ? w.abar[(size_t)h * w.max_blk + bi0 + rb] : INFINITY;
 #pragma unroll
-            for (int nt = 0; nt < kSelKeys / 8; nt++)
+            for (int sub = 0; sub < kSubs; sub++) {
+                if (sub >= ns) break;
+                float s[kSelSub / 8][4];
 #pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (s[nt][e] + theta >= (e < 2 ? aa : ab)) hit |= 1ull << (8 * nt + qd + (e & 1));
-        }
-        hit = warp_or(hit);
-        if (lane == 0 && hit) {
-            atomicOr(&s_keep[0], (unsigned)hit);
-            atomicOr(&s_keep[1], (unsigned)(hit >> 32));
-        }
-        // the chunk's last 128 rows, one by one
-        if (last && sq.n_ob > 0) {
-            const int r0 = anc_test_p0(sq) - sq.q_pos0, nr = sq.n_q - r0;
-            unsigned long long mine[2] = {0, 0};
-            for (int mt = warp; 16 * mt < nr; mt += kSelThreads / 32) {
-                const int ra = r0 + 16 * mt + g, rb = ra + 8;
-                const bool va = ra < sq.n_q, vb = rb < sq.n_q;
-                const __nv_bfloat16 *pa = w.q + ((size_t)(va ? ra : r0) * H + h) * D + qd;
-                const __nv_bfloat16 *pb = w.q + ((size_t)(vb ? rb : r0) * H + h) * D + qd;
-                uint32_t a[D / 16][4];
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk++) {
-                    a[kk][0] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk);
-                    a[kk][1] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk);
-                    a[kk][2] = *reinterpret_cast<const uint32_t *>(pa + 16 * kk + 8);
-                    a[kk][3] = *reinterpret_cast<const uint32_t *>(pb + 16 * kk + 8);
+                for (int nt = 0; nt < kSelSub / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll 1
+                for (int part = 0; part < 2; part++) { // hi, then lo: one set of fragments live at a time
+                    uint32_t a[D / 16][4];
+                    load_frag<D>(a, pa + part * D, pb + part * D);
+                    scores(a, sub, s);
                 }
-                float s[kSelKeys / 8][4];
 #pragma unroll
-                for (int nt = 0; nt < kSelKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-                scores(a, s);
-                const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
-                const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
-                // each row's tail block (0 or 1; an invalid row never hits)
-                const int ta = (sq.q_pos0 + ra) / kAncB - sq.own_b0 > 0, tb = (sq.q_pos0 + rb) / kAncB - sq.own_b0 > 0;
-#pragma unroll
-                for (int nt = 0; nt < kSelKeys / 8; nt++)
+                for (int nt = 0; nt < kSelSub / 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++)
-                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb))
-                            mine[e < 2 ? ta : tb] |= 1ull << (8 * nt + qd + (e & 1));
-            }
-#pragma unroll
-            for (int t = 0; t < 2; t++) {
-                const unsigned long long m = warp_or(mine[t]);
-                if (lane == 0 && m) {
-                    atomicOr(&s_own[t][0], (unsigned)m);
-                    atomicOr(&s_own[t][1], (unsigned)(m >> 32));
-                }
+                        if (s[nt][e] + theta >= (e < 2 ? aa : ab)) hit[sub] |= 1u << (2 * nt + (e & 1));
             }
         }
-    }
-    __syncthreads();
-    if (tid < 2) {
-        const size_t wi = (size_t)j0 / 32 + tid;
-        w.keep_bits[((size_t)h * sq.ng + gi) * w.wcap + wi] = s_keep[tid];
-        if (last)
-            for (int t = 0; t < 2; t++) w.own_bits[((size_t)h * 2 + t) * w.wcap + wi] = s_own[t][tid] & ~s_keep[tid];
+        unsigned long long kept[kSubs];
+#pragma unroll
+        for (int sub = 0; sub < kSubs; sub++) {
+            if (sub >= ns) break;
+            kept[sub] = warp_or(spread(hit[sub], qd));
+            if (lane < 2) keep[2 * sub + lane] = (unsigned)(kept[sub] >> (32 * lane));
+        }
+        // the chunk's last 128 rows, one by one
+        if (g0 + sq.L < sq.N || sq.n_ob == 0) continue;
+        uint32_t own0[kSubs] = {}, own1[kSubs] = {}; // as hit, for each tail block
+        const int r0 = anc_test_p0(sq) - sq.q_pos0, nr = sq.n_q - r0;
+        // row tile mt's fragments; the next tile's are loaded while this one's scores run
+        auto own_frag = [&](int mt, uint32_t(&f)[D / 16][4]) {
+            const int ra = r0 + 16 * mt + g, rb = ra + 8;
+            load_frag<D>(f, w.q + ((size_t)(ra < sq.n_q ? ra : r0) * H + h) * D + qd,
+                         w.q + ((size_t)(rb < sq.n_q ? rb : r0) * H + h) * D + qd);
+        };
+        uint32_t an[D / 16][4];
+        own_frag(0, an);
+        for (int mt = 0; 16 * mt < nr; mt++) {
+            const int ra = r0 + 16 * mt + g, rb = ra + 8;
+            const bool va = ra < sq.n_q, vb = rb < sq.n_q;
+            uint32_t a[D / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) a[kk][x] = an[kk][x];
+            if (16 * (mt + 1) < nr) own_frag(mt + 1, an);
+            const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
+            const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
+            // each row's tail block (0 or 1; an invalid row never hits)
+            const bool ta = (sq.q_pos0 + ra) / kAncB - sq.own_b0 > 0, tb = (sq.q_pos0 + rb) / kAncB - sq.own_b0 > 0;
+#pragma unroll
+            for (int sub = 0; sub < kSubs; sub++) {
+                if (sub >= ns) break;
+                float s[kSelSub / 8][4];
+#pragma unroll
+                for (int nt = 0; nt < kSelSub / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+                scores(a, sub, s);
+#pragma unroll
+                for (int nt = 0; nt < kSelSub / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb)) {
+                            const uint32_t bit = 1u << (2 * nt + (e & 1));
+                            if (e < 2 ? ta : tb)
+                                own1[sub] |= bit;
+                            else
+                                own0[sub] |= bit;
+                        }
+            }
+        }
+        uint32_t *own = w.own_bits + (size_t)h * 2 * w.wcap + jc / 32;
+#pragma unroll
+        for (int sub = 0; sub < kSubs; sub++) {
+            if (sub >= ns) break;
+            const unsigned long long m0 = warp_or(spread(own0[sub], qd)) & ~kept[sub],
+                                     m1 = warp_or(spread(own1[sub], qd)) & ~kept[sub];
+            if (lane < 2) {
+                own[2 * sub + lane] = (unsigned)(m0 >> (32 * lane));
+                own[w.wcap + 2 * sub + lane] = (unsigned)(m1 >> (32 * lane));
+            }
+        }
     }
 }
 
@@ -306,30 +359,29 @@ __global__ void __launch_bounds__(kScanThreads) compact_kernel(AncSeq sq, AncWor
     }
 }
 
-// grid (n_q - own_r0), 128 threads, 2 H floats of dynamic shared memory:
-// the tail rows' own-key pass (o3, lse3) folded into their stripes' (o2,
-// lse2) by LSE weights, in place; a row and head with neither stays (0,
-// -inf).
-__global__ void own_merge_kernel(int H, int D, float *o2, float *lse2, const float *o3, const float *lse3, int own_r0) {
-    extern __shared__ float wts[]; // (2, H)
-    const int r = own_r0 + blockIdx.x;
-    for (int h = threadIdx.x; h < H; h += blockDim.x) {
-        const float l2 = lse2[(size_t)r * H + h], l3 = lse3[(size_t)blockIdx.x * H + h], M = fmaxf(l2, l3);
-        if (M == -INFINITY) {
-            wts[h] = 1.f, wts[H + h] = 0.f;
-            continue;
-        }
-        const float w2 = expf(l2 - M), w3 = expf(l3 - M), inv = 1.f / (w2 + w3);
-        wts[h] = w2 * inv;
-        wts[H + h] = w3 * inv;
-        lse2[(size_t)r * H + h] = M + logf(w2 + w3);
+// grid (n_q - own_r0, H), D threads: the tail rows' own-key parts (o3,
+// lse3; part z's rows at z n_own rows) folded into their stripes' (o2, lse2)
+// by LSE weights in part order, in place, one (row, head) per CTA, one
+// element per thread (each thread forms the weights itself: the same
+// arithmetic in each); a row and head with none of them stays (0, -inf).
+__global__ void own_merge_kernel(int H, int D, float *o2, float *lse2, const float *o3, const float *lse3, int own_r0,
+                                 int n_own) {
+    const int i = blockIdx.x, h = blockIdx.y, r = own_r0 + i, e = threadIdx.x;
+    const size_t ri = (size_t)r * H + h;
+    const float l2 = lse2[ri];
+    float M = l2;
+    for (int z = 0; z < kOwnSplit; z++) M = fmaxf(M, lse3[((size_t)z * n_own + i) * H + h]);
+    if (M == -INFINITY) return;
+    float sum = expf(l2 - M), v = sum * o2[ri * D + e];
+    for (int z = 0; z < kOwnSplit; z++) {
+        const size_t zi = ((size_t)z * n_own + i) * H + h;
+        const float wz = expf(lse3[zi] - M); // exp(-inf) = 0: an empty part
+        sum += wz;
+        if (wz != 0.f) v += wz * o3[zi * D + e];
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < H * D; e += blockDim.x) {
-        const int h = e / D;
-        float *p = o2 + (size_t)r * H * D + e;
-        *p = wts[h] * *p + wts[H + h] * o3[(size_t)blockIdx.x * H * D + e];
-    }
+    __syncthreads(); // every thread has read lse2 before it changes
+    o2[ri * D + e] = v / sum;
+    if (e == 0) lse2[ri] = M + logf(sum);
 }
 
 // grid (n_q), 256 threads, 3 H floats of dynamic shared memory: each row's
@@ -362,29 +414,38 @@ __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, c
     }
 }
 
-// One thread: the pairs of the anchor pass (per row: [0, A) and [lo, p], or
-// [0, p] when lo <= A; the same for every head), of the stripes (each group's
-// list length and whole blocks times the group's rows) and of the own keys
-// (each tail block's list length times its rows). Integer sums.
-__global__ void pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pairs) {
+// One block of kPairsThreads: the pairs of the anchor pass (per row: [0, A)
+// and [lo, p], or [0, p] when lo <= A; the same for every head), of the
+// stripes (each group's list length and whole blocks times the group's rows)
+// and of the own keys (each tail block's list length times its rows). Each
+// thread sums a strided share, then the block adds them: integers, so any
+// order gives the same total.
+constexpr int kPairsThreads = 256;
+__global__ void __launch_bounds__(kPairsThreads) pairs_kernel(AncSeq sq, int H, AncWork w, unsigned long long *pairs) {
+    __shared__ unsigned long long s_tot;
+    if (threadIdx.x == 0) s_tot = 0;
+    __syncthreads();
     unsigned long long anchor = 0, sparse = 0;
-    for (int p = sq.q_pos0; p < sq.N; p++) {
+    for (int p = sq.q_pos0 + (int)threadIdx.x; p < sq.N; p += kPairsThreads) {
         const int lo = anc_lo(sq, p / sq.L * sq.L);
         anchor += lo <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - lo + 1);
     }
-    for (int gi = 0; gi < sq.ng; gi++) {
+    for (int i = threadIdx.x; i < sq.ng * H; i += kPairsThreads) {
+        const int gi = i / H, h = i % H;
         const int g0 = (sq.g_first + gi) * sq.L;
         const int rows = min(g0 + sq.L, sq.N) - max(g0, sq.q_pos0);
-        for (int h = 0; h < H; h++)
-            sparse += ((unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] +
-                       (unsigned long long)kAncB * w.full_cnt[(size_t)h * sq.ng + gi]) *
-                      rows;
+        sparse += ((unsigned long long)w.keep_cnt[(size_t)h * sq.ng + gi] +
+                   (unsigned long long)kAncB * w.full_cnt[(size_t)h * sq.ng + gi]) *
+                  rows;
     }
-    for (int t = 0; t < sq.n_ob; t++) {
+    for (int i = threadIdx.x; i < sq.n_ob * H; i += kPairsThreads) {
+        const int t = i / H, h = i % H;
         const int b0 = (sq.own_b0 + t) * kAncB, rows = min(b0 + kAncB, sq.N) - max(b0, sq.q_pos0);
-        for (int h = 0; h < H; h++) sparse += (unsigned long long)w.own_cnt[h * 2 + t] * rows;
+        sparse += (unsigned long long)w.own_cnt[h * 2 + t] * rows;
     }
-    *pairs = anchor * H + sparse;
+    atomicAdd(&s_tot, anchor * H + sparse);
+    __syncthreads();
+    if (threadIdx.x == 0) *pairs = s_tot;
 }
 
 __global__ void pairs_add_kernel(const unsigned long long *seq_pairs, const int32_t *bidx, int n,
@@ -397,9 +458,13 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
     const int H = sh.n_heads;
     pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
     const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
-    if (lo_last > sq.A) // lo_last - A: a multiple of 128
-        select_kernel<D><<<dim3((lo_last - sq.A) / kSelKeys, sq.ng, H), kSelThreads, 0, st>>>(
-            sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+    if (lo_last > sq.A) { // lo_last - A: a multiple of 128
+        CUDA_CHECK_RET(
+            cudaFuncSetAttribute(select_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, SelSmem<D>::kBytes));
+        select_kernel<D>
+            <<<dim3((lo_last - sq.A + kSelKR - 1) / kSelKR, sh.n_kv_heads), kSelThreads, SelSmem<D>::kBytes, st>>>(
+                sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+    }
     promote_kernel<<<dim3(sq.ng, H), 128, 0, st>>>(sq, w);
     compact_kernel<<<dim3(sq.ng + 2, H), kScanThreads, 0, st>>>(sq, w);
     CUDA_CHECK_RET(cudaGetLastError());
@@ -422,7 +487,7 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
 int anc_own_merge_launch(const AncSeq &sq, int H, int D, float *o2, float *lse2, const float *o3, const float *lse3,
                          int own_r0, cudaStream_t st) {
     if (own_r0 >= sq.n_q) return 0;
-    own_merge_kernel<<<sq.n_q - own_r0, 128, sizeof(float) * 2 * H, st>>>(H, D, o2, lse2, o3, lse3, own_r0);
+    own_merge_kernel<<<dim3(sq.n_q - own_r0, H), D, 0, st>>>(H, D, o2, lse2, o3, lse3, own_r0, sq.n_q - own_r0);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
@@ -436,7 +501,7 @@ int anc_merge_launch(const AncSeq &sq, int H, int D, const __nv_bfloat16 *o1, co
 }
 
 int anc_pairs_launch(const AncSeq &sq, int H, const AncWork &w, unsigned long long *pairs, cudaStream_t st) {
-    pairs_kernel<<<1, 1, 0, st>>>(sq, H, w, pairs);
+    pairs_kernel<<<1, kPairsThreads, 0, st>>>(sq, H, w, pairs);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }

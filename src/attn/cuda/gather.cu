@@ -29,6 +29,7 @@ struct GatherParams {
     const int32_t *pages, *list, *count;
     int64_t list_stride;
     int n_lists, n_rows, pos0, tile0, group, g_first;
+    int split_len; // 0: whole lists; else the least entries of a part (part blockIdx.z of gridDim.z)
     float *out, *lse;
     int n_heads, n_kv_heads, q_per_kv, page_size;
     float scale_log2;
@@ -43,15 +44,8 @@ template <int D> struct GatherSmem {
 };
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-__device__ __forceinline__ void cp_async16(uint32_t saddr, const void *g, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(g), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
 
-// grid (tiles, n_heads), block kThreads.
+// grid (tiles, n_heads, parts), block kThreads.
 template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(const GatherParams p) {
     using L = GatherSmem<D>;
     extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -61,23 +55,30 @@ template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(co
     const int t_pos = p.tile0 + kTileRows * (int)blockIdx.x; // position of the tile's first row slot
     const int gi = p.group ? t_pos / p.group - p.g_first : 0;
     const size_t li = (size_t)h * p.n_lists + gi;
-    const int n = p.count[li];
-    const int32_t *list = p.list + li * p.list_stride;
+    const int n_all = p.count[li], z = blockIdx.z;
+    int first = 0, n = n_all;
+    if (p.split_len) {
+        const int per = max(p.split_len, ((n_all + (int)gridDim.z - 1) / (int)gridDim.z + kKeys - 1) / kKeys * kKeys);
+        first = min(n_all, z * per);
+        n = min(n_all - first, per);
+    }
+    const int32_t *list = p.list + li * p.list_stride + first;
+    float *const out = p.out + (size_t)z * p.n_rows * H * D, *const lse = p.lse + (size_t)z * p.n_rows * H;
 
     // This thread's rows: MMA rows g and g + 8 of its warp's 16 (row indices of the call).
     const int g = lane >> 2, qd = (lane & 3) * 2;
     const int r_a = t_pos + 16 * warp + g - p.pos0, r_b = r_a + 8;
     const bool v_a = r_a >= 0 && r_a < p.n_rows, v_b = r_b >= 0 && r_b < p.n_rows;
-    float *o_a = p.out + ((size_t)(v_a ? r_a : 0) * H + h) * D + qd;
-    float *o_b = p.out + ((size_t)(v_b ? r_b : 0) * H + h) * D + qd;
+    float *o_a = out + ((size_t)(v_a ? r_a : 0) * H + h) * D + qd;
+    float *o_b = out + ((size_t)(v_b ? r_b : 0) * H + h) * D + qd;
     if (n <= 0) { // nothing to attend: weight 0 in any merge
 #pragma unroll
         for (int nn = 0; nn < D / 8; nn++) {
             if (v_a) *reinterpret_cast<float2 *>(o_a + 8 * nn) = make_float2(0.f, 0.f);
             if (v_b) *reinterpret_cast<float2 *>(o_b + 8 * nn) = make_float2(0.f, 0.f);
         }
-        if ((lane & 3) == 0 && v_a) p.lse[(size_t)r_a * H + h] = -INFINITY;
-        if ((lane & 3) == 0 && v_b) p.lse[(size_t)r_b * H + h] = -INFINITY;
+        if ((lane & 3) == 0 && v_a) lse[(size_t)r_a * H + h] = -INFINITY;
+        if ((lane & 3) == 0 && v_b) lse[(size_t)r_b * H + h] = -INFINITY;
         return;
     }
 
@@ -223,14 +224,14 @@ template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(co
         if (v_a) *reinterpret_cast<float2 *>(o_a + 8 * nn) = make_float2(o[nn][0] * inv_a, o[nn][1] * inv_a);
         if (v_b) *reinterpret_cast<float2 *>(o_b + 8 * nn) = make_float2(o[nn][2] * inv_b, o[nn][3] * inv_b);
     }
-    if ((lane & 3) == 0 && v_a) p.lse[(size_t)r_a * H + h] = (m_a * sl2 + __log2f(l_a)) * kLn2;
-    if ((lane & 3) == 0 && v_b) p.lse[(size_t)r_b * H + h] = (m_b * sl2 + __log2f(l_b)) * kLn2;
+    if ((lane & 3) == 0 && v_a) lse[(size_t)r_a * H + h] = (m_a * sl2 + __log2f(l_a)) * kLn2;
+    if ((lane & 3) == 0 && v_b) lse[(size_t)r_b * H + h] = (m_b * sl2 + __log2f(l_b)) * kLn2;
 }
 
-template <int D> int launch(const GatherParams &gp, int n_tiles, cudaStream_t st) {
+template <int D> int launch(const GatherParams &gp, int n_tiles, int n_split, cudaStream_t st) {
     CUDA_CHECK_RET(
         cudaFuncSetAttribute(gather_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, GatherSmem<D>::kBytes));
-    gather_kernel<D><<<dim3(n_tiles, gp.n_heads), kThreads, GatherSmem<D>::kBytes, st>>>(gp);
+    gather_kernel<D><<<dim3(n_tiles, gp.n_heads, n_split), kThreads, GatherSmem<D>::kBytes, st>>>(gp);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
@@ -242,7 +243,8 @@ extern "C" int attn_cuda_gather(const attn_cuda_shape_t *sh, const attn_cuda_gat
         return LC_EINVAL;
     if (sh->n_heads <= 0 || sh->n_kv_heads <= 0 || sh->n_heads % sh->n_kv_heads || sh->n_heads > 65535 ||
         a->n_rows < 0 || a->pos0 < 0 || a->n_lists <= 0 || a->list_stride < 0 || a->group < 0 || a->group % kTileRows ||
-        a->g_first < 0)
+        a->g_first < 0 || a->n_split < 0 || a->n_split > 65535 ||
+        (a->n_split > 1 && (a->split_len <= 0 || a->split_len % kKeys)))
         return LC_EINVAL;
     if ((sh->head_dim != 64 && sh->head_dim != 128) || (sh->page_size != 64 && sh->page_size != 128))
         return LC_EUNSUPPORTED;
@@ -262,6 +264,7 @@ extern "C" int attn_cuda_gather(const attn_cuda_shape_t *sh, const attn_cuda_gat
     gp.tile0 = a->pos0 / kTileRows * kTileRows;
     gp.group = a->group;
     gp.g_first = a->g_first;
+    gp.split_len = a->n_split > 1 ? a->split_len : 0;
     gp.out = a->out;
     gp.lse = a->lse;
     gp.n_heads = sh->n_heads;
@@ -271,5 +274,6 @@ extern "C" int attn_cuda_gather(const attn_cuda_shape_t *sh, const attn_cuda_gat
     gp.scale_log2 = sh->scale * 1.4426950408889634f;
     const int n_tiles = (a->pos0 + a->n_rows - 1) / kTileRows - a->pos0 / kTileRows + 1;
     cudaStream_t st = (cudaStream_t)stream;
-    return sh->head_dim == 128 ? launch<128>(gp, n_tiles, st) : launch<64>(gp, n_tiles, st);
+    const int n_split = a->n_split > 1 ? a->n_split : 1;
+    return sh->head_dim == 128 ? launch<128>(gp, n_tiles, n_split, st) : launch<64>(gp, n_tiles, n_split, st);
 }

@@ -17,7 +17,15 @@
  * - g_first (group a multiple of 128; group 0: list 0 for every tile), its
  * count[h * n_lists + gi] entries at list + (h * n_lists + gi) *
  * list_stride, key positions in [0, kv_len). An empty list gives out 0 and
- * lse -inf. */
+ * lse -inf.
+ *
+ * Split lists (n_split > 1): for rows that each face a long list (a few
+ * rows, many keys), each list of count c is cut into n_split parts of P =
+ * max(split_len, ceil(c / n_split) rounded up to 64) entries; part z
+ * (entries [z P, (z + 1) P)) runs in CTAs of its own and writes its
+ * normalised output and LSE at out + z n_rows H D and lse + z n_rows H (an
+ * empty part: 0 and -inf); the caller merges the parts by LSE in part order.
+ * The parts depend on the list alone, so the result is still the row's own. */
 #ifndef LC_ATTN_GATHER_CUDA_H
 #define LC_ATTN_GATHER_CUDA_H
 
@@ -42,10 +50,13 @@ typedef struct {
     int group, g_first;   // positions per list (a multiple of 128, or 0: one list), list of position 0's group
     float *out;           // (n_rows, n_heads, head_dim) f32, normalised
     float *lse;           // (n_rows, n_heads) natural log of sum exp(scale * q.k) over the list
+    int n_split;          // parts of each list (0 or 1: whole lists); out and lse then hold n_split of each
+    int split_len;        // the least entries per part, a multiple of 64 (n_split > 1)
 } attn_cuda_gather_args_t;
 
 /* Runs on stream. LC_EINVAL for bad arguments (missing pointers, group not a
- * multiple of 128, q / k / v not 16-byte aligned), LC_EUNSUPPORTED for a
+ * multiple of 128, q / k / v not 16-byte aligned, a split_len not a positive
+ * multiple of 64), LC_EUNSUPPORTED for a
  * shape other than head_dim 64 / 128, page_size 64 / 128, LC_EDEVICE from a
  * launch. Reads key positions as given: the caller keeps them below the
  * sequence's kv_len. */

@@ -294,14 +294,6 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const TidalSelectPa
 
 /* ---- attention ------------------------------------------------------------------------ */
 
-__device__ __forceinline__ void cp_async16(uint32_t saddr, const void *g, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(g), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Shared memory of attend_kernel: per warp two buffers of K[16][RS] and
 // V[16][RS] bf16. RS = D + 8 pads a row by 16 bytes, so the eight rows an
 // ldmatrix reads fall in distinct banks. After the loop the same bytes hold
