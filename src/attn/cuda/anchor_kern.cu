@@ -149,17 +149,26 @@ __global__ void __launch_bounds__(kSelThreads)
     const int g = lane >> 2, qd = (lane & 3) * 2, mat = lane >> 3, r8 = lane & 7;
     const int tk = (mat >> 1) * 8 + r8; // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8 (mat % 2)
     const uint32_t kb0 = smem_u32(ks);
-    // s (16 rows x 64 keys of sub-tile sub) += A K^T; s[nt]: keys 8 nt + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3])
-    auto scores = [&](const uint32_t(&a)[D / 16][4], int sub, float(&s)[kSelSub / 8][4]) {
+    // s0, s1 (16 rows x 64 keys of sub-tile sub) += A0 K^T, A1 K^T: two row tiles per staged key fragment
+    // (half the ldmatrix traffic, twice the independent MMAs); s[nt]: keys 8 nt + qd + {0, 1}, rows g
+    // ([0..1]) and g + 8 ([2..3])
+    auto scores2 = [&](const uint32_t(&a0)[D / 16][4], const uint32_t(&a1)[D / 16][4], int sub,
+                       float(&s0)[kSelSub / 8][4], float(&s1)[kSelSub / 8][4]) {
         const uint32_t kb = kb0 + (uint32_t)(sub * kSelSub * RS) * 2;
+#pragma unroll
+        for (int nt = 0; nt < kSelSub / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s0[nt][e] = s1[nt][e] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
 #pragma unroll
             for (int jj = 0; jj < kSelSub / 16; jj++) {
                 uint32_t r[4];
                 ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
-                mma_bf16_16816(s[2 * jj], a[kk], r[0], r[1]);
-                mma_bf16_16816(s[2 * jj + 1], a[kk], r[2], r[3]);
+                mma_bf16_16816(s0[2 * jj], a0[kk], r[0], r[1]);
+                mma_bf16_16816(s0[2 * jj + 1], a0[kk], r[2], r[3]);
+                mma_bf16_16816(s1[2 * jj], a1[kk], r[0], r[1]);
+                mma_bf16_16816(s1[2 * jj + 1], a1[kk], r[2], r[3]);
             }
     };
     const int n_units = sq.ng * qph;
@@ -185,23 +194,19 @@ __global__ void __launch_bounds__(kSelThreads)
             const __nv_bfloat16 *pb = w.qbar + ((size_t)h * w.max_blk + bi0 + min(rb, nb - 1)) * 2 * D + qd;
             const float aa = ra < nb ? w.abar[(size_t)h * w.max_blk + bi0 + ra] : INFINITY;
             const float ab = rb < nb ? w.abar[(size_t)h * w.max_blk + bi0 + rb] : INFINITY;
+            uint32_t ahi[D / 16][4], alo[D / 16][4];
+            load_frag<D>(ahi, pa, pb);
+            load_frag<D>(alo, pa + D, pb + D);
 #pragma unroll
             for (int sub = 0; sub < kSubs; sub++) {
                 if (sub >= ns) break;
-                float s[kSelSub / 8][4];
-#pragma unroll
-                for (int nt = 0; nt < kSelSub / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-#pragma unroll 1
-                for (int part = 0; part < 2; part++) { // hi, then lo: one set of fragments live at a time
-                    uint32_t a[D / 16][4];
-                    load_frag<D>(a, pa + part * D, pb + part * D);
-                    scores(a, sub, s);
-                }
+                float s0[kSelSub / 8][4], s1[kSelSub / 8][4];
+                scores2(ahi, alo, sub, s0, s1);
 #pragma unroll
                 for (int nt = 0; nt < kSelSub / 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++)
-                        if (s[nt][e] + theta >= (e < 2 ? aa : ab)) hit[sub] |= 1u << (2 * nt + (e & 1));
+                        if (s0[nt][e] + s1[nt][e] + theta >= (e < 2 ? aa : ab)) hit[sub] |= 1u << (2 * nt + (e & 1));
             }
         }
         unsigned long long kept[kSubs];
@@ -215,45 +220,42 @@ __global__ void __launch_bounds__(kSelThreads)
         if (g0 + sq.L < sq.N || sq.n_ob == 0) continue;
         uint32_t own0[kSubs] = {}, own1[kSubs] = {}; // as hit, for each tail block
         const int r0 = anc_test_p0(sq) - sq.q_pos0, nr = sq.n_q - r0;
-        // row tile mt's fragments; the next tile's are loaded while this one's scores run
-        auto own_frag = [&](int mt, uint32_t(&f)[D / 16][4]) {
-            const int ra = r0 + 16 * mt + g, rb = ra + 8;
-            load_frag<D>(f, w.q + ((size_t)(ra < sq.n_q ? ra : r0) * H + h) * D + qd,
-                         w.q + ((size_t)(rb < sq.n_q ? rb : r0) * H + h) * D + qd);
-        };
-        uint32_t an[D / 16][4];
-        own_frag(0, an);
-        for (int mt = 0; 16 * mt < nr; mt++) {
-            const int ra = r0 + 16 * mt + g, rb = ra + 8;
-            const bool va = ra < sq.n_q, vb = rb < sq.n_q;
-            uint32_t a[D / 16][4];
+        // two row tiles at a time; a tile past the rows has only invalid rows (anchor +inf: no hits)
+        for (int mt = 0; 16 * mt < nr; mt += 2) {
+            uint32_t a[2][D / 16][4];
+            float m[2][2];
+            bool t[2][2];
 #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++)
+            for (int i = 0; i < 2; i++) {
 #pragma unroll
-                for (int x = 0; x < 4; x++) a[kk][x] = an[kk][x];
-            if (16 * (mt + 1) < nr) own_frag(mt + 1, an);
-            const float ma = va ? w.rowmax[(size_t)ra * H + h] : INFINITY;
-            const float mb = vb ? w.rowmax[(size_t)rb * H + h] : INFINITY;
-            // each row's tail block (0 or 1; an invalid row never hits)
-            const bool ta = (sq.q_pos0 + ra) / kAncB - sq.own_b0 > 0, tb = (sq.q_pos0 + rb) / kAncB - sq.own_b0 > 0;
+                for (int hb = 0; hb < 2; hb++) { // rows g and g + 8 of tile mt + i
+                    const int r = r0 + 16 * (mt + i) + g + 8 * hb;
+                    const bool v = r < sq.n_q;
+                    m[i][hb] = v ? w.rowmax[(size_t)r * H + h] : INFINITY;
+                    t[i][hb] = (sq.q_pos0 + r) / kAncB - sq.own_b0 > 0; // the row's tail block: 0 or 1
+                }
+                const int ra = r0 + 16 * (mt + i) + g, rb = ra + 8;
+                load_frag<D>(a[i], w.q + ((size_t)(ra < sq.n_q ? ra : r0) * H + h) * D + qd,
+                             w.q + ((size_t)(rb < sq.n_q ? rb : r0) * H + h) * D + qd);
+            }
 #pragma unroll
             for (int sub = 0; sub < kSubs; sub++) {
                 if (sub >= ns) break;
-                float s[kSelSub / 8][4];
+                float s[2][kSelSub / 8][4];
+                scores2(a[0], a[1], sub, s[0], s[1]);
 #pragma unroll
-                for (int nt = 0; nt < kSelSub / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-                scores(a, sub, s);
+                for (int i = 0; i < 2; i++)
 #pragma unroll
-                for (int nt = 0; nt < kSelSub / 8; nt++)
+                    for (int nt = 0; nt < kSelSub / 8; nt++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (s[nt][e] * scale + theta >= (e < 2 ? ma : mb)) {
-                            const uint32_t bit = 1u << (2 * nt + (e & 1));
-                            if (e < 2 ? ta : tb)
-                                own1[sub] |= bit;
-                            else
-                                own0[sub] |= bit;
-                        }
+                        for (int e = 0; e < 4; e++)
+                            if (s[i][nt][e] * scale + theta >= m[i][e >> 1]) {
+                                const uint32_t bit = 1u << (2 * nt + (e & 1));
+                                if (t[i][e >> 1])
+                                    own1[sub] |= bit;
+                                else
+                                    own0[sub] |= bit;
+                            }
             }
         }
         uint32_t *own = w.own_bits + (size_t)h * 2 * w.wcap + jc / 32;
