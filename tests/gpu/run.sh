@@ -22,7 +22,8 @@
 #            GPU kernel and itself alone, its gather kernel and the dense
 #            rowmax against host references (tests/gpu/check_anchor_cuda),
 #            with ANCHOR_BENCH=1 its timing, density and kernel efficiency
-#            against the dense prefill (random and structured inputs)
+#            against the dense prefill (random and structured inputs;
+#            ANCHOR_BENCH_ONLY=structured:131072 one case, e.g. under ncu)
 #     flexref  our FlexPrefill (selection + block-sparse kernel) against the
 #            public FlexPrefill reference, our AnchorAttention (theta 12),
 #            dense ours and SDPA beside them
