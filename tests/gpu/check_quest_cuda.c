@@ -21,7 +21,8 @@
  *
  * QUEST_BENCH=1: instead of the checks, times selection + attention against
  * the dense decode (32 q / 8 kv heads, d 128, pages of 64, budget 2048) and
- * prints a markdown table; QUEST_SPLIT sets the attention's split-K chunk.
+ * prints a markdown table; QUEST_SPLIT sets the attention's split-K chunk,
+ * QUEST_BENCH_ONLY=CTX:BATCH runs one case (e.g. 131072:1, under ncu).
  *
  * Exits 77 (SKIP) without a GPU. Not part of make check: tests/gpu/run.sh
  * step quest. CK_RUN_CASE=small runs the quick cases alone. */
@@ -566,6 +567,7 @@ END_TEST
 static int bench(void) {
     enum { H = 32, KH = 8, D = 128, PS = 64, BUDGET = 2048, ITERS = 20, MAXB = 64 };
     const int ctxs[2] = {32768, 131072}, batches[4] = {1, 8, 32, 64};
+    const char *only = getenv("QUEST_BENCH_ONLY"); // e.g. "131072:1": that case alone (for ncu)
     const int64_t pages_max = (int64_t)MAXB * (131072 / PS);
     const attn_cuda_shape_t sh = {.n_heads = H,
                                   .n_kv_heads = KH,
@@ -616,6 +618,9 @@ static int bench(void) {
     for (int ci = 0; ci < 2; ci++)
         for (int bi = 0; bi < 4; bi++) {
             const int ctx = ctxs[ci], nb = batches[bi], np = ctx / PS;
+            char name[32];
+            snprintf(name, sizeof name, "%d:%d", ctx, nb);
+            if (only && strcmp(only, name)) continue;
             int32_t kvp[MAXB + 1], kl[MAXB], bud[MAXB];
             kvp[0] = 0;
             for (int s = 0; s < nb; s++) {

@@ -24,6 +24,7 @@ namespace {
 
 constexpr int kScorePages = 128; // pages per scoring CTA (one per thread)
 constexpr int kScoreChunk = 32;  // channels per shared-memory tile of the summaries
+constexpr int kScoreParts = 4;   // threads per page, each summing its share of the query heads
 constexpr int kSelThreads = 256;
 constexpr int kQuestSplitKeys = 256; // default split-K chunk of the attention
 constexpr int kMaxGroup = 16;
@@ -121,62 +122,75 @@ __global__ void summarize_newest_kernel(const __nv_bfloat16 *k, const int4 *seq_
 
 /* ---- scores ------------------------------------------------------------------------- */
 
-// grid (n_items, n_kv_heads), block kScorePages: thread r scores page p0 + r
-// (not the newest) for its kv head. Per query head the sum runs channel by
+// grid (n_items, n_kv_heads), block kScorePages * kScoreParts: thread r +
+// kScorePages j scores page p0 + r (not the newest) for its kv head's query
+// heads j, j + kScoreParts, ... (with one thread per page, one warp per
+// scheduler left the kernel waiting on each dependent step), the page's
+// maximum over the parts last. Per query head the sum runs channel by
 // channel with rounded products and adds (never fused), the max over heads
-// last: attn__quest_bound's arithmetic, so the scores are bitwise the CPU's.
-template <int MAXG> __global__ void __launch_bounds__(kScorePages) score_kernel(const ScoreParams p) {
+// last: attn__quest_bound's arithmetic, so the scores are the CPU's bit for
+// bit (the max over heads in another order can differ only in the sign of a
+// zero, which the selection's order keys do not see).
+template <int MAXG> __global__ void __launch_bounds__(kScorePages *kScoreParts) score_kernel(const ScoreParams p) {
     __shared__ float s_q[kMaxGroup * 128];
     __shared__ float s_mn[kScorePages][kScoreChunk + 1]; // +1: thread r reads row r, conflict-free
     __shared__ float s_mx[kScorePages][kScoreChunk + 1];
     __shared__ int s_pool[kScorePages];
+    __shared__ float s_best[kScoreParts][kScorePages];
+    constexpr int kHeads = (MAXG + kScoreParts - 1) / kScoreParts; // query heads per thread, at most
     const int4 it = p.items[blockIdx.x];
-    const int seq = it.x, p0 = it.y, kvh = blockIdx.y, tid = threadIdx.x;
+    const int seq = it.x, p0 = it.y, kvh = blockIdx.y, tid = threadIdx.x, r = tid % kScorePages,
+              part = tid / kScorePages;
     const int4 ia = p.seq_info[2 * seq], ib = p.seq_info[2 * seq + 1];
     const int n = ia.x - 1, rows = min(kScorePages, n - p0), G = p.group, D = p.D;
     const __nv_bfloat16 *qg = p.q + ((size_t)seq * p.n_heads + (size_t)kvh * G) * D;
-    for (int e = tid; e < G * D; e += kScorePages) s_q[e] = __bfloat162float(qg[e]);
+    for (int e = tid; e < G * D; e += kScorePages * kScoreParts) s_q[e] = __bfloat162float(qg[e]);
     if (tid < rows) s_pool[tid] = p.kv_indices[ib.x + p0 + tid];
-    float ub[MAXG];
+    float ub[kHeads];
 #pragma unroll
-    for (int g = 0; g < MAXG; g++) ub[g] = 0.f;
+    for (int i = 0; i < kHeads; i++) ub[i] = 0.f;
     for (int c0 = 0; c0 < D; c0 += kScoreChunk) {
         __syncthreads(); // s_pool and s_q written; the previous tile consumed
-        for (int e = tid; e < rows * (kScoreChunk / 4); e += kScorePages) {
-            const int r = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
-            const size_t src = ((size_t)s_pool[r] * p.n_kv_heads + kvh) * D + c0 + c4;
+        for (int e = tid; e < rows * (kScoreChunk / 4); e += kScorePages * kScoreParts) {
+            const int rr = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
+            const size_t src = ((size_t)s_pool[rr] * p.n_kv_heads + kvh) * D + c0 + c4;
             const float4 a = *reinterpret_cast<const float4 *>(p.kmin + src);
             const float4 b = *reinterpret_cast<const float4 *>(p.kmax + src);
-            s_mn[r][c4] = a.x;
-            s_mn[r][c4 + 1] = a.y;
-            s_mn[r][c4 + 2] = a.z;
-            s_mn[r][c4 + 3] = a.w;
-            s_mx[r][c4] = b.x;
-            s_mx[r][c4 + 1] = b.y;
-            s_mx[r][c4 + 2] = b.z;
-            s_mx[r][c4 + 3] = b.w;
+            s_mn[rr][c4] = a.x;
+            s_mn[rr][c4 + 1] = a.y;
+            s_mn[rr][c4 + 2] = a.z;
+            s_mn[rr][c4 + 3] = a.w;
+            s_mx[rr][c4] = b.x;
+            s_mx[rr][c4 + 1] = b.y;
+            s_mx[rr][c4 + 2] = b.z;
+            s_mx[rr][c4 + 3] = b.w;
         }
         __syncthreads();
-        if (tid < rows) {
+        if (r < rows && part < G) {
             for (int c = 0; c < kScoreChunk; c++) {
-                const float mn = s_mn[tid][c], mx = s_mx[tid][c];
+                const float mn = s_mn[r][c], mx = s_mx[r][c];
 #pragma unroll
-                for (int g = 0; g < MAXG; g++) {
+                for (int i = 0; i < kHeads; i++) {
+                    const int g = part + kScoreParts * i;
                     if (g < G) {
                         const float qc = s_q[g * D + c0 + c];
                         const float a = __fmul_rn(qc, mx), z = __fmul_rn(qc, mn);
-                        ub[g] = __fadd_rn(ub[g], a > z ? a : z);
+                        ub[i] = __fadd_rn(ub[i], a > z ? a : z);
                     }
                 }
             }
         }
     }
-    if (tid < rows) {
-        float best = -INFINITY;
+    float best = -INFINITY; // this part's heads, in head order
 #pragma unroll
-        for (int g = 0; g < MAXG; g++)
-            if (g < G) best = ub[g] > best ? ub[g] : best;
-        p.scores[(size_t)ia.z + (size_t)kvh * n + p0 + tid] = best;
+    for (int i = 0; i < kHeads; i++)
+        if (part + kScoreParts * i < G) best = ub[i] > best ? ub[i] : best;
+    s_best[part][r] = best;
+    __syncthreads();
+    if (part == 0 && r < rows) { // max over the parts (-inf for a part with no head)
+#pragma unroll
+        for (int j = 1; j < kScoreParts; j++) best = s_best[j][r] > best ? s_best[j][r] : best;
+        p.scores[(size_t)ia.z + (size_t)kvh * n + p0 + r] = best;
     }
 }
 
@@ -221,13 +235,22 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
             for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
             __syncthreads();
             // Scores crowd into few bins (the high bytes of similar floats):
-            // one atomic per distinct bin and warp, not one per key.
-            for (int base = 0; base < n; base += kSelThreads) {
-                const int i = base + tid;
-                const uint32_t u = i < n ? order_key(sc[i]) : 0u;
-                const unsigned bin = i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u; // 256: none
-                const unsigned peers = __match_any_sync(0xffffffffu, bin);
-                if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+            // one atomic per distinct bin and warp, not one per key. Four
+            // chunks' loads in flight at a time (one memory latency per four).
+            for (int base = 0; base < n; base += 4 * kSelThreads) {
+                uint32_t u[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int i = base + j * kSelThreads + tid;
+                    u[j] = i < n ? order_key(sc[i]) : 0u;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int i = base + j * kSelThreads + tid;
+                    const unsigned bin = i < n && (u[j] & mask) == prefix ? (u[j] >> shift) & 255u : 256u; // 256: none
+                    const unsigned peers = __match_any_sync(0xffffffffu, bin);
+                    if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+                }
             }
             __syncthreads();
             if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
@@ -265,9 +288,11 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
         const int need_eq = k; // keys equal to T to take, earliest first
         int eq_before = 0, sel_before = 0;
         const unsigned lt_mask = (1u << lane) - 1u;
+        uint32_t u_next = tid < n ? order_key(sc[tid]) : 0u; // each chunk's key loaded one chunk ahead
         for (int base = 0; base < n && sel_before < keep; base += kSelThreads) {
             const int i = base + tid;
-            const uint32_t u = i < n ? order_key(sc[i]) : 0u;
+            const uint32_t u = u_next;
+            u_next = i + kSelThreads < n ? order_key(sc[i + kSelThreads]) : 0u;
             const bool gt = i < n && u > T, eq = i < n && u == T;
             const unsigned be = __ballot_sync(0xffffffffu, eq);
             if (lane == 0) w_eq[warp] = __popc(be);
@@ -304,7 +329,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
 /* ---- launchers ---------------------------------------------------------------------- */
 
 template <int MAXG> int launch_score(const ScoreParams &sp, int n_items, int n_kv_heads, cudaStream_t st) {
-    score_kernel<MAXG><<<dim3(n_items, n_kv_heads), kScorePages, 0, st>>>(sp);
+    score_kernel<MAXG><<<dim3(n_items, n_kv_heads), kScorePages * kScoreParts, 0, st>>>(sp);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
