@@ -149,22 +149,40 @@ template <int MAXG> __global__ void __launch_bounds__(kScorePages *kScoreParts) 
     float ub[kHeads];
 #pragma unroll
     for (int i = 0; i < kHeads; i++) ub[i] = 0.f;
-    for (int c0 = 0; c0 < D; c0 += kScoreChunk) {
-        __syncthreads(); // s_pool and s_q written; the previous tile consumed
-        for (int e = tid; e < rows * (kScoreChunk / 4); e += kScorePages * kScoreParts) {
-            const int rr = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
-            const size_t src = ((size_t)s_pool[rr] * p.n_kv_heads + kvh) * D + c0 + c4;
-            const float4 a = *reinterpret_cast<const float4 *>(p.kmin + src);
-            const float4 b = *reinterpret_cast<const float4 *>(p.kmax + src);
-            s_mn[rr][c4] = a.x;
-            s_mn[rr][c4 + 1] = a.y;
-            s_mn[rr][c4 + 2] = a.z;
-            s_mn[rr][c4 + 3] = a.w;
-            s_mx[rr][c4] = b.x;
-            s_mx[rr][c4 + 1] = b.y;
-            s_mx[rr][c4 + 2] = b.z;
-            s_mx[rr][c4 + 3] = b.w;
+    // A tile's pieces (float4 of kmin and kmax), this thread's at e = tid + i * kThreads: the next tile's
+    // loads are in flight while this one is scored.
+    constexpr int kThreads = kScorePages * kScoreParts, kPieces = kScorePages * (kScoreChunk / 4) / kThreads;
+    float4 la[kPieces], lb[kPieces];
+    auto fetch = [&](int c0) {
+#pragma unroll
+        for (int i = 0; i < kPieces; i++) {
+            const int e = tid + i * kThreads, rr = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
+            if (rr < rows) {
+                const size_t src = ((size_t)s_pool[rr] * p.n_kv_heads + kvh) * D + c0 + c4;
+                la[i] = *reinterpret_cast<const float4 *>(p.kmin + src);
+                lb[i] = *reinterpret_cast<const float4 *>(p.kmax + src);
+            }
         }
+    };
+    __syncthreads(); // s_pool and s_q written
+    fetch(0);
+    for (int c0 = 0; c0 < D; c0 += kScoreChunk) {
+        if (c0) __syncthreads(); // the previous tile consumed
+#pragma unroll
+        for (int i = 0; i < kPieces; i++) {
+            const int e = tid + i * kThreads, rr = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
+            if (rr < rows) {
+                s_mn[rr][c4] = la[i].x;
+                s_mn[rr][c4 + 1] = la[i].y;
+                s_mn[rr][c4 + 2] = la[i].z;
+                s_mn[rr][c4 + 3] = la[i].w;
+                s_mx[rr][c4] = lb[i].x;
+                s_mx[rr][c4 + 1] = lb[i].y;
+                s_mx[rr][c4 + 2] = lb[i].z;
+                s_mx[rr][c4 + 3] = lb[i].w;
+            }
+        }
+        if (c0 + kScoreChunk < D) fetch(c0 + kScoreChunk);
         __syncthreads();
         if (r < rows && part < G) {
             for (int c = 0; c < kScoreChunk; c++) {
