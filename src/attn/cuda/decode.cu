@@ -297,18 +297,24 @@ __global__ void __launch_bounds__(kThreads, 2)
         sm_w[g * ATTN_DEC_MAX_SPLITS + c] = __ldcg(&p.ws_lse[(part + c) * G + g]);
     }
     named_sync(kBarConsumers, kWarps * 32);
-    if (tid < G) {
-        float mx = -INFINITY;
-        for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, sm_w[tid * ATTN_DEC_MAX_SPLITS + c]);
-        float sum = 0.f;
-        for (int c = 0; c < n_chunks; c++) {
-            const float w = exp2f(sm_w[tid * ATTN_DEC_MAX_SPLITS + c] - mx);
-            sm_w[tid * ATTN_DEC_MAX_SPLITS + c] = w;
-            sum += w;
-        }
+    // Each head's weights on one warp (heads warp, warp + 4, ...): a lane
+    // takes chunks lane and lane + 32, max and sum by shuffles in a fixed
+    // tree (a serial loop on G threads was a few microseconds of the tail).
+    static_assert(ATTN_DEC_MAX_SPLITS <= 64, "two chunks a lane");
+    for (int g = warp; g < G; g += kWarps) {
+        float *wg = sm_w + g * ATTN_DEC_MAX_SPLITS;
+        const float a = lane < n_chunks ? wg[lane] : -INFINITY, b = lane + 32 < n_chunks ? wg[lane + 32] : -INFINITY;
+        float mx = fmaxf(a, b);
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float ea = lane < n_chunks ? exp2f(a - mx) : 0.f, eb = lane + 32 < n_chunks ? exp2f(b - mx) : 0.f;
+        float sum = ea + eb;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
         const float inv = 1.f / sum;
-        for (int c = 0; c < n_chunks; c++) sm_w[tid * ATTN_DEC_MAX_SPLITS + c] *= inv;
-        if (p.lse) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
+        if (lane < n_chunks) wg[lane] = ea * inv;
+        if (lane + 32 < n_chunks) wg[lane + 32] = eb * inv;
+        if (lane == 0 && p.lse) p.lse[head0 + g] = (mx + log2f(sum)) * kLn2;
     }
     named_sync(kBarConsumers, kWarps * 32);
     // Four dims a thread (G x D / 4 <= 512 float4: one or a few per thread),
