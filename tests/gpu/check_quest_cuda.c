@@ -11,8 +11,10 @@
  * a query of the group), and pages copied from three templates (exact score
  * ties: the earlier page must win); head_dim 64 and 128, GQA groups 1 to 8
  * (and 16), page sizes 64 and 128; sequences shorter than a page, exact
- * multiples, ~32K tokens, budgets of 1 page, of all pages but one, dense
- * (0) and beyond the length, mixed in one batch.
+ * multiples, ~32K tokens, 128K-140K tokens (the selection's two paths: its
+ * keys in registers up to 2,048 scored pages, else re-read), budgets of 1
+ * page, of all pages but one, dense (0) and beyond the length, mixed in
+ * one batch.
  *
  * Tolerance (bf16 inputs and outputs, f32 accumulation): per (sequence, head)
  * largest element error < 2e-2 of that slice's largest |ref|, relative L2
@@ -515,6 +517,14 @@ START_TEST(test_long) {
 }
 END_TEST
 
+START_TEST(test_very_long) {
+    // the selection keeps up to 2,048 scored pages in registers and reads the
+    // rest from the workspace: 2,048 (the edge), 2,049 and 2,187 scored pages
+    const qseq_t s[] = {{131073, 32}, {131137, 32}, {140000, 64}, {5000, 8}};
+    check_case(8, 2, 128, 64, s, 4, MODE_HEAVY, 2.f, 0, 0, 71, "very long d128 g4 p64");
+}
+END_TEST
+
 START_TEST(test_full_budget) {
     // every page in the budget (or budget 0): dense, against the dense GPU kernel as well
     const qseq_t s[] = {{1, 1}, {700, 11}, {5000, 200}, {20000, 0}, {64, 1}, {4096, 64}};
@@ -703,6 +713,7 @@ static Suite *quest_suite(void) {
     tcase_add_test(full, test_ties);
     tcase_add_test(full, test_full_budget);
     tcase_add_test(full, test_long);
+    tcase_add_test(full, test_very_long);
     suite_add_tcase(s, full);
     return s;
 }

@@ -26,6 +26,7 @@ constexpr int kScorePages = 128; // pages per scoring CTA (one per thread)
 constexpr int kScoreChunk = 32;  // channels per shared-memory tile of the summaries
 constexpr int kScoreParts = 4;   // threads per page, each summing its share of the query heads
 constexpr int kSelThreads = 256;
+constexpr int kSelRegs = 8;          // scores a selection thread keeps in registers: 2,048 pages a (sequence, kv head)
 constexpr int kQuestSplitKeys = 256; // default split-K chunk of the attention
 constexpr int kMaxGroup = 16;
 
@@ -221,18 +222,149 @@ __device__ __forceinline__ uint32_t order_key(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// grid (n_seqs, n_kv_heads), block kSelThreads. Dense: every page. Sparse:
-// the threshold T is the keep-th largest key, found one byte at a time from
-// the top (a 256-bin histogram of the keys matching the bytes fixed so far);
-// the selection is every key > T plus the first (in page order) keys == T up
-// to keep, i.e. the CPU's sort by (score descending, page ascending) cut at
-// keep. A block-wide scan in page order writes them ascending; the newest
-// page goes last.
-__global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams p) {
+// The keys of one (sequence, kv head): its n page scores as order keys, the
+// ones past n as 0. kReg: all n (<= kSelRegs x kSelThreads) sit in registers,
+// loaded once (key i = r[i / kSelThreads] of thread i % kSelThreads); else
+// each pass reads them again from the workspace, four chunks' loads in flight.
+template <bool kReg> struct SelKeys {
+    const float *sc;
+    int n;
+    uint32_t r[kReg ? kSelRegs : 1];
+    __device__ __forceinline__ void load(int tid) {
+        if constexpr (kReg) {
+#pragma unroll
+            for (int j = 0; j < kSelRegs; j++) {
+                const int i = j * kSelThreads + tid;
+                r[j] = i < n ? order_key(sc[i]) : 0u;
+            }
+        }
+    }
+    // f(key, i) for every key of this thread (i < n), in chunk order.
+    template <class F> __device__ __forceinline__ void each(int tid, F f) const {
+        if constexpr (kReg) {
+#pragma unroll
+            for (int j = 0; j < kSelRegs; j++)
+                if (j * kSelThreads < n) f(r[j], j * kSelThreads + tid);
+        } else {
+            for (int base = 0; base < n; base += 4 * kSelThreads) {
+                uint32_t u[4];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const int i = base + j * kSelThreads + tid;
+                    u[j] = i < n ? order_key(sc[i]) : 0u;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    if (base + j * kSelThreads < n) f(u[j], base + j * kSelThreads + tid);
+            }
+        }
+    }
+};
+
+// The selection of one (sequence, kv head) of n scored pages (all but the
+// newest), keep of them (0 < keep < n + 1): the threshold T is the keep-th
+// largest key, found one byte at a time from the top (a 256-bin histogram of
+// the keys matching the bytes fixed so far); the selection is every key > T
+// plus the first (in page order) keys == T up to keep, i.e. the CPU's sort
+// by (score descending, page ascending) cut at keep. A block-wide scan in
+// page order writes them ascending.
+template <bool kReg>
+__device__ __forceinline__ void select_pages(const SelectParams &p, const float *sc, int n, int keep, size_t o,
+                                             int kvptr, int kvh) {
     __shared__ unsigned hist[256];
     __shared__ int s_bin, s_k;
     __shared__ int w_eq[kSelThreads / 32], w_sel[kSelThreads / 32];
-    const int seq = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, KH = p.n_kv_heads;
+    SelKeys<kReg> keys;
+    keys.sc = sc;
+    keys.n = n;
+    keys.load(tid);
+    uint32_t prefix = 0, mask = 0;
+    int k = keep; // rank wanted among the keys matching prefix, from the top (1-based)
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
+        __syncthreads();
+        // Scores crowd into few bins (the high bytes of similar floats): one
+        // atomic per distinct bin and warp, not one per key. A warp's lanes
+        // are all in or all out of a chunk (kSelThreads is a multiple of 32).
+        keys.each(tid, [&](uint32_t u, int i) {
+            const unsigned bin = i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u; // 256: none
+            const unsigned peers = __match_any_sync(0xffffffffu, bin);
+            if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+        });
+        __syncthreads();
+        if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
+            unsigned c[8], sum = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                c[i] = hist[255 - 8 * lane - i];
+                sum += c[i];
+            }
+            unsigned incl = sum;
+#pragma unroll
+            for (int off = 1; off < 32; off <<= 1) {
+                const unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
+                if (lane >= off) incl += v;
+            }
+            const unsigned hit = __ballot_sync(0xffffffffu, incl >= (unsigned)k);
+            if (lane == __ffs(hit) - 1) { // the candidates always hold k keys: hit != 0
+                unsigned run = incl - sum;
+                for (int i = 0; i < 8; i++) {
+                    if (run + c[i] >= (unsigned)k) {
+                        s_bin = 255 - 8 * lane - i;
+                        s_k = k - (int)run;
+                        break;
+                    }
+                    run += c[i];
+                }
+            }
+        }
+        __syncthreads();
+        prefix |= (uint32_t)s_bin << shift;
+        mask |= 255u << shift;
+        k = s_k;
+    }
+    const uint32_t T = prefix;
+    const int need_eq = k; // keys equal to T to take, earliest first
+    int eq_before = 0, sel_before = 0;
+    const unsigned lt_mask = (1u << lane) - 1u;
+    // in page order, a chunk of kSelThreads at a time (block-uniform: the
+    // loop ends on shared counts)
+    keys.each(tid, [&](uint32_t u, int i) {
+        if (sel_before >= keep) return;
+        const bool gt = i < n && u > T, eq = i < n && u == T;
+        const unsigned be = __ballot_sync(0xffffffffu, eq);
+        if (lane == 0) w_eq[warp] = __popc(be);
+        __syncthreads();
+        int eq_rank = eq_before + __popc(be & lt_mask), eq_tot = 0;
+        for (int w = 0; w < kSelThreads / 32; w++) {
+            if (w < warp) eq_rank += w_eq[w];
+            eq_tot += w_eq[w];
+        }
+        const bool take = gt || (eq && eq_rank < need_eq);
+        const unsigned bs = __ballot_sync(0xffffffffu, take);
+        if (lane == 0) w_sel[warp] = __popc(bs);
+        __syncthreads();
+        int pos = sel_before + __popc(bs & lt_mask), sel_tot = 0;
+        for (int w = 0; w < kSelThreads / 32; w++) {
+            if (w < warp) pos += w_sel[w];
+            sel_tot += w_sel[w];
+        }
+        if (take) {
+            p.sel[o + pos] = i;
+            p.inner_idx[o + pos] = p.kv_indices[kvptr + i] * KH + kvh;
+        }
+        eq_before += eq_tot;
+        sel_before += sel_tot;
+        __syncthreads(); // w_eq, w_sel read by all before the next chunk writes them
+    });
+}
+
+// grid (n_seqs, n_kv_heads), block kSelThreads. Dense: every page. Sparse:
+// select_pages over the scored pages, with the keys in registers when they
+// fit; the newest page goes last.
+__global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams p) {
+    const int seq = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x;
     const int4 ia = p.seq_info[2 * seq], ib = p.seq_info[2 * seq + 1];
     const int np = ia.x, count = ia.y, kvptr = ib.x;
     const size_t o = (size_t)ia.w + (size_t)kvh * count;
@@ -247,96 +379,10 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
     const int n = np - 1, keep = count - 1;
     const float *sc = p.scores + (size_t)ia.z + (size_t)kvh * n;
     if (keep > 0) {
-        uint32_t prefix = 0, mask = 0;
-        int k = keep; // rank wanted among the keys matching prefix, from the top (1-based)
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int i = tid; i < 256; i += kSelThreads) hist[i] = 0;
-            __syncthreads();
-            // Scores crowd into few bins (the high bytes of similar floats):
-            // one atomic per distinct bin and warp, not one per key. Four
-            // chunks' loads in flight at a time (one memory latency per four).
-            for (int base = 0; base < n; base += 4 * kSelThreads) {
-                uint32_t u[4];
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int i = base + j * kSelThreads + tid;
-                    u[j] = i < n ? order_key(sc[i]) : 0u;
-                }
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const int i = base + j * kSelThreads + tid;
-                    const unsigned bin = i < n && (u[j] & mask) == prefix ? (u[j] >> shift) & 255u : 256u; // 256: none
-                    const unsigned peers = __match_any_sync(0xffffffffu, bin);
-                    if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
-                }
-            }
-            __syncthreads();
-            if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
-                unsigned c[8], sum = 0;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    c[i] = hist[255 - 8 * lane - i];
-                    sum += c[i];
-                }
-                unsigned incl = sum;
-#pragma unroll
-                for (int off = 1; off < 32; off <<= 1) {
-                    const unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
-                    if (lane >= off) incl += v;
-                }
-                const unsigned hit = __ballot_sync(0xffffffffu, incl >= (unsigned)k);
-                if (lane == __ffs(hit) - 1) { // the candidates always hold k keys: hit != 0
-                    unsigned run = incl - sum;
-                    for (int i = 0; i < 8; i++) {
-                        if (run + c[i] >= (unsigned)k) {
-                            s_bin = 255 - 8 * lane - i;
-                            s_k = k - (int)run;
-                            break;
-                        }
-                        run += c[i];
-                    }
-                }
-            }
-            __syncthreads();
-            prefix |= (uint32_t)s_bin << shift;
-            mask |= 255u << shift;
-            k = s_k;
-        }
-        const uint32_t T = prefix;
-        const int need_eq = k; // keys equal to T to take, earliest first
-        int eq_before = 0, sel_before = 0;
-        const unsigned lt_mask = (1u << lane) - 1u;
-        uint32_t u_next = tid < n ? order_key(sc[tid]) : 0u; // each chunk's key loaded one chunk ahead
-        for (int base = 0; base < n && sel_before < keep; base += kSelThreads) {
-            const int i = base + tid;
-            const uint32_t u = u_next;
-            u_next = i + kSelThreads < n ? order_key(sc[i + kSelThreads]) : 0u;
-            const bool gt = i < n && u > T, eq = i < n && u == T;
-            const unsigned be = __ballot_sync(0xffffffffu, eq);
-            if (lane == 0) w_eq[warp] = __popc(be);
-            __syncthreads();
-            int eq_rank = eq_before + __popc(be & lt_mask), eq_tot = 0;
-            for (int w = 0; w < kSelThreads / 32; w++) {
-                if (w < warp) eq_rank += w_eq[w];
-                eq_tot += w_eq[w];
-            }
-            const bool take = gt || (eq && eq_rank < need_eq);
-            const unsigned bs = __ballot_sync(0xffffffffu, take);
-            if (lane == 0) w_sel[warp] = __popc(bs);
-            __syncthreads();
-            int pos = sel_before + __popc(bs & lt_mask), sel_tot = 0;
-            for (int w = 0; w < kSelThreads / 32; w++) {
-                if (w < warp) pos += w_sel[w];
-                sel_tot += w_sel[w];
-            }
-            if (take) {
-                p.sel[o + pos] = i;
-                p.inner_idx[o + pos] = p.kv_indices[kvptr + i] * KH + kvh;
-            }
-            eq_before += eq_tot;
-            sel_before += sel_tot;
-            __syncthreads(); // w_eq, w_sel read by all before the next chunk writes them
-        }
+        if (n <= kSelRegs * kSelThreads)
+            select_pages<true>(p, sc, n, keep, o, kvptr, kvh);
+        else
+            select_pages<false>(p, sc, n, keep, o, kvptr, kvh);
     }
     if (tid == 0) {
         p.sel[o + keep] = np - 1;
