@@ -22,7 +22,7 @@ ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/
 	src/attn/cuda/flex_cuda.h src/attn/cuda/flex.cuh
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
-ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh
+ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh src/attn/cuda/radix.cuh
 # AnchorAttention's prefill (anchor.cu host, anchor_kern.cu selection kernels) and the token-gather
 # attention it runs on (gather.cu); their GPU checks: tests/gpu/check_anchor_cuda.
 ATTN_CUDA_SRC += src/attn/cuda/anchor.cu src/attn/cuda/anchor_kern.cu src/attn/cuda/gather.cu

@@ -18,6 +18,7 @@
 
 #include "attn/cuda/plan.cuh"
 #include "attn/cuda/quest_cuda.h"
+#include "attn/cuda/radix.cuh"
 #include "ops/cuda/cuda_check.cuh"
 
 namespace {
@@ -215,13 +216,6 @@ template <int MAXG> __global__ void __launch_bounds__(kScorePages *kScoreParts) 
 
 /* ---- selection ---------------------------------------------------------------------- */
 
-// Order-preserving key of a score (larger score, larger key); -0 counts as +0
-// (the CPU compares the scores as floats, so they tie).
-__device__ __forceinline__ uint32_t order_key(float f) {
-    const uint32_t u = __float_as_uint(f == 0.f ? 0.f : f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 // The keys of one (sequence, kv head): its n page scores as order keys, the
 // ones past n as 0. kReg: all n (<= kSelRegs x kSelThreads) sit in registers,
 // loaded once (key i = r[i / kSelThreads] of thread i % kSelThreads); else
@@ -288,37 +282,10 @@ __device__ __forceinline__ void select_pages(const SelectParams &p, const float 
         // atomic per distinct bin and warp, not one per key. A warp's lanes
         // are all in or all out of a chunk (kSelThreads is a multiple of 32).
         keys.each(tid, [&](uint32_t u, int i) {
-            const unsigned bin = i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u; // 256: none
-            const unsigned peers = __match_any_sync(0xffffffffu, bin);
-            if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+            hist_add(hist, i < n && (u & mask) == prefix ? (u >> shift) & 255u : 256u, lane);
         });
         __syncthreads();
-        if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
-            unsigned c[8], sum = 0;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                c[i] = hist[255 - 8 * lane - i];
-                sum += c[i];
-            }
-            unsigned incl = sum;
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {
-                const unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
-                if (lane >= off) incl += v;
-            }
-            const unsigned hit = __ballot_sync(0xffffffffu, incl >= (unsigned)k);
-            if (lane == __ffs(hit) - 1) { // the candidates always hold k keys: hit != 0
-                unsigned run = incl - sum;
-                for (int i = 0; i < 8; i++) {
-                    if (run + c[i] >= (unsigned)k) {
-                        s_bin = 255 - 8 * lane - i;
-                        s_k = k - (int)run;
-                        break;
-                    }
-                    run += c[i];
-                }
-            }
-        }
+        if (warp == 0) radix_pick_bin(hist, lane, k, &s_bin, &s_k);
         __syncthreads();
         prefix |= (uint32_t)s_bin << shift;
         mask |= 255u << shift;

@@ -17,6 +17,7 @@
 // merge_kernel combines a row's chunks by LSE in chunk order.
 #include <math.h>
 
+#include "attn/cuda/radix.cuh"
 #include "attn/cuda/sm90.cuh"
 #include "attn/cuda/tidal.cuh"
 #include "ops/cuda/cuda_check.cuh"
@@ -30,20 +31,6 @@ constexpr int kAttThreads = 128; // four warps, 16 listed tokens at a time each
 constexpr float kLn2 = 0.69314718056f;
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-
-// Order-preserving key of a mass (larger mass, larger key); -0 counts as +0
-// (the CPU compares the masses as floats, so they tie).
-__device__ __forceinline__ uint32_t order_key(float f) {
-    const uint32_t u = __float_as_uint(f == 0.f ? 0.f : f);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// One atomic per distinct bin and warp (masses crowd into few top bytes);
-// every lane of the warp calls it, bin 256 meaning none.
-__device__ __forceinline__ void hist_add(unsigned *hist, unsigned bin, int lane) {
-    const unsigned peers = __match_any_sync(0xffffffffu, bin);
-    if (bin < 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
-}
 
 /* ---- mass ----------------------------------------------------------------------------- */
 
@@ -231,32 +218,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const TidalSelectPa
             }
         }
         __syncthreads();
-        if (warp == 0) { // lane l holds bins 255-8l down to 248-8l
-            unsigned cnt[8], sum = 0;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                cnt[i] = hist[255 - 8 * lane - i];
-                sum += cnt[i];
-            }
-            unsigned incl = sum;
-#pragma unroll
-            for (int off = 1; off < 32; off <<= 1) {
-                const unsigned v = __shfl_up_sync(0xffffffffu, incl, off);
-                if (lane >= off) incl += v;
-            }
-            const unsigned hit = __ballot_sync(0xffffffffu, incl >= (unsigned)k);
-            if (lane == __ffs(hit) - 1) { // the candidates always hold k keys: hit != 0
-                unsigned run = incl - sum;
-                for (int i = 0; i < 8; i++) {
-                    if (run + cnt[i] >= (unsigned)k) {
-                        s_bin = 255 - 8 * lane - i;
-                        s_k = k - (int)run;
-                        break;
-                    }
-                    run += cnt[i];
-                }
-            }
-        }
+        if (warp == 0) radix_pick_bin(hist, lane, k, &s_bin, &s_k);
         __syncthreads(); // s_bin, s_k written; hist read (the next pass clears it)
         prefix |= (uint32_t)s_bin << shift;
         mask |= 255u << shift;
