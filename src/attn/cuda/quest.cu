@@ -233,7 +233,9 @@ template <bool kReg> struct SelKeys {
             }
         }
     }
-    // f(key, i) for every key of this thread (i < n), in chunk order.
+    // f(key, i) for this thread's key of every chunk that holds keys, in
+    // chunk order; the whole block calls f alike (on the last chunk i may
+    // pass n, with key 0).
     template <class F> __device__ __forceinline__ void each(int tid, F f) const {
         if constexpr (kReg) {
 #pragma unroll
