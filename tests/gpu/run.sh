@@ -57,6 +57,11 @@
 #     e2e-sampled   lacunad alone, decode streams at temperature 0.8 (host sampling)
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
+#     steps8b  the attention kernels of decode steps in place, on the e2e8b
+#            model: `lacuna complete` (one 30,000-word prompt, dense prefill,
+#            24 tokens) under ncu, per decode method (STEPS8B_METHODS: dense
+#            quest tidal), each kernel's time per layer
+#            (bench/gpu_kernel_times.py; the prompt's launches skipped)
 #     paired the paired retrieval sweep (bench/accuracy/paired.py) through the
 #            GPU executor on the default model: PAIRED_PLAN (4096:100,8192:100),
 #            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256),
@@ -263,6 +268,25 @@ for step in "$@"; do
             --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
             --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
+        ;;
+    steps8b)
+        M8=/tmp/lacuna-llama8b-32768.gguf
+        if [ ! -f "$M8" ]; then
+            ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
+                --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
+        fi
+        P8=/tmp/lacuna-steps8b.jsonl
+        python3 -c 'import json; w = "the of and to in is it that was for on are with as his they be at one have this from or had by".split(); print(json.dumps({"id": 1, "prompt": " ".join(w[(i * 7) % len(w)] for i in range(30000))}))' >"$P8"
+        : >"$OUT/steps8b.md"
+        for m in ${STEPS8B_METHODS:-dense quest tidal}; do
+            # the prompt's 8 chunks x 32 layers of summaries are skipped, then 400 launches of decode steps
+            ours timeout 300 python3 bench/gpu_kernel_times.py --label "decode $m, 8B shape, ~30K context, one stream" \
+                --kernels 'decode_kernel|score_kernel|select_kernel|summarize|mass_kernel|attend_kernel|merge_kernel' \
+                --skip 512 --count 400 --per-kernel summarize_list -- \
+                "$G/bin/lacuna" complete -m "$M8" -i "$P8" -n 24 --decode "$m" --decode-budget 2048 \
+                --prefill dense --device cuda:0 2>&1 | tee -a "$OUT/steps8b.md"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "steps8b $m" 1
+        done
         ;;
     paired)
         [ -f "$M" ] || { fail "paired (no model)" 2; continue; }
