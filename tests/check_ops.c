@@ -4,6 +4,7 @@
 #include <check.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ops/ops.h"
 
@@ -123,6 +124,27 @@ START_TEST(test_gemma_ops) {
         double a = x[i] * 6.0, gelu = 0.5 * a * (1 + tanh(sqrt(2 / M_PI) * (a + 0.044715 * a * a * a)));
         ck_assert_double_eq_tol(g[i], gelu * w[i], 1e-5 * (1 + fabs(gelu)));
     }
+    /* the far tails (the exponential clamped), zero, and NaN carried */
+    const float far[] = {-400.0f, -30.0f, -9.5f, -1e-30f, 0.0f, -0.0f, 1e-30f, 9.5f, 30.0f, 400.0f, NAN};
+    enum { NF = sizeof far / sizeof far[0] };
+    float fg[NF], fu[NF];
+    for (int i = 0; i < NF; i++) fg[i] = far[i], fu[i] = 1.0f;
+    ops_geglu_tanh(fg, fu, NF);
+    for (int i = 0; i < NF - 1; i++) {
+        const double a = far[i], gelu = 0.5 * a * (1 + tanh(sqrt(2 / M_PI) * (a + 0.044715 * a * a * a)));
+        ck_assert_double_eq_tol(fg[i], gelu, 1e-6 * (1 + fabs(gelu)));
+    }
+    ck_assert(isnan(fg[NF - 1]));
+    /* an element's bits do not depend on where it sits (vectorised body or
+     * scalar tail): the same values alone, and at an odd offset of a longer
+     * array */
+    enum { NA = 37, NB = 101, OFF = 3 };
+    float ga[NA], ua[NA], gb[NB], ub[NB];
+    for (int i = 0; i < NB; i++) gb[i] = x[i % D] * 7, ub[i] = w[(i * 3) % D];
+    for (int i = 0; i < NA; i++) ga[i] = gb[OFF + i], ua[i] = ub[OFF + i];
+    ops_geglu_tanh(ga, ua, NA);
+    ops_geglu_tanh(gb, ub, NB);
+    ck_assert(memcmp(ga, gb + OFF, sizeof ga) == 0);
     float c[D];
     for (int i = 0; i < D; i++) c[i] = x[i] * 100;
     ops_softcap(c, D, 30.0f);
