@@ -93,6 +93,13 @@ CUDA_LIB=$(dirname "$(ls /usr/local/cuda/lib64/libcublasLt.so.* /usr/local/cuda*
     2>/dev/null | head -1)")
 # Our binaries see the carried libraries; Python (torch) keeps its own.
 ours() { LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"; }
+# The random-weight Llama-3-8B shape with context $1, written once (q8_0,
+# 128256-token synthetic vocabulary): its path in M8.
+model8b() {
+    M8=/tmp/lacuna-llama8b-$1.gguf
+    [ -f "$M8" ] || ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 \
+        --ff 14336 --ctx "$1" --type q8_0 --vocab-size 128256 --seed 8
+}
 
 # The default model, once its two parts are here.
 M=$G/model.gguf
@@ -259,22 +266,14 @@ for step in "$@"; do
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e-nographs 1
         ;;
     e2e8b)
-        M8=/tmp/lacuna-llama8b-${E2E8B_CTX:-32768}.gguf # E2E8B_CTX: its context (131072 for 128K prompts)
-        if [ ! -f "$M8" ]; then
-            ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
-                --ctx "${E2E8B_CTX:-32768}" --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
-        fi
+        model8b "${E2E8B_CTX:-32768}" || { fail "mkmodel 8b" 1; continue; } # E2E8B_CTX: 131072 for 128K prompts
         timeout -k 10 ${E2E_TIMEOUT:-500} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
             --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
             --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
         ;;
     steps8b)
-        M8=/tmp/lacuna-llama8b-32768.gguf
-        if [ ! -f "$M8" ]; then
-            ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 --ff 14336 \
-                --ctx 32768 --type q8_0 --vocab-size 128256 --seed 8 || { fail "mkmodel 8b" 1; continue; }
-        fi
+        model8b 32768 || { fail "mkmodel 8b" 1; continue; }
         P8=/tmp/lacuna-steps8b.jsonl
         python3 -c 'import json; w = "the of and to in is it that was for on are with as his they be at one have this from or had by".split(); print(json.dumps({"id": 1, "prompt": " ".join(w[(i * 7) % len(w)] for i in range(30000))}))' >"$P8"
         : >"$OUT/steps8b.md"
