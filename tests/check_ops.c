@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "ops/ops.h"
 
 static float frand(unsigned *s) {
@@ -202,6 +206,70 @@ START_TEST(test_rope) {
 }
 END_TEST
 
+/* A prompt chunk's norms, activations, adds and rotations split over the
+ * OpenMP team (by rows, or by spans of elements); what each row or element
+ * gets must not depend on that: the long call equals the same work done a
+ * row (or a short slice) at a time on one thread, bit for bit. Row lengths
+ * that are and are not multiples of 16 (RMSNorm's lanes). */
+START_TEST(test_long_calls_split) {
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(3); // an odd team, whatever this machine has
+#endif
+    enum { N = 300, E = 640, F = 2048, DT = 100 };
+    float *x = rnd((size_t)N * E, 21), *w = rnd(E, 22), *y = malloc(sizeof(float) * N * E), row[E];
+    ops_rmsnorm(y, x, w, N, E, 1e-6f);
+    for (int r = 0; r < N; r++) {
+        ops_rmsnorm(row, x + (size_t)r * E, w, 1, E, 1e-6f);
+        ck_assert(memcmp(row, y + (size_t)r * E, sizeof row) == 0);
+        double ss = 0;
+        for (int i = 0; i < E; i++) ss += (double)x[(size_t)r * E + i] * x[(size_t)r * E + i];
+        const double sc = 1.0 / sqrt(ss / E + 1e-6);
+        for (int i = 0; i < E; i++) ck_assert_double_eq_tol(row[i], x[(size_t)r * E + i] * sc * w[i], 1e-5);
+    }
+    /* rows of 100 in place (the tail lanes), as per-head norm calls them */
+    float *t = rnd((size_t)N * 7 * DT, 23), *t0 = malloc(sizeof(float) * N * 7 * DT);
+    memcpy(t0, t, sizeof(float) * N * 7 * DT);
+    ops_rmsnorm_heads(t, w, N, 7, DT, 1e-6f);
+    for (int r = 0; r < N * 7; r++) {
+        ops_rmsnorm(t0 + (size_t)r * DT, t0 + (size_t)r * DT, w, 1, DT, 1e-6f);
+        ck_assert(memcmp(t0 + (size_t)r * DT, t + (size_t)r * DT, DT * sizeof(float)) == 0);
+    }
+    /* GeGLU, SwiGLU and the add over N x F elements against slices of 37 */
+    const size_t n = (size_t)N * F;
+    float *g = rnd(n, 24), *u = rnd(n, 25), *g1 = malloc(n * sizeof(float)), *g2 = malloc(n * sizeof(float));
+    for (int op = 0; op < 3; op++) {
+        memcpy(g1, g, n * sizeof(float));
+        memcpy(g2, g, n * sizeof(float));
+        for (size_t i = 0; i < n; i += 37) {
+            const size_t m = n - i < 37 ? n - i : 37;
+            if (op == 0) ops_geglu_tanh(g1 + i, u + i, m);
+            if (op == 1) ops_swiglu(g1 + i, u + i, m);
+            if (op == 2) ops_add(g1 + i, u + i, m);
+        }
+        if (op == 0) ops_geglu_tanh(g2, u, n);
+        if (op == 1) ops_swiglu(g2, u, n);
+        if (op == 2) ops_add(g2, u, n);
+        ck_assert_msg(memcmp(g1, g2, n * sizeof(float)) == 0, "op %d differs when split", op);
+    }
+    /* RoPE on N rows of 5 heads of 256, positions inside and beyond the table */
+    ops_rope_t rp;
+    ck_assert_int_eq(ops_rope_init(&rp, 256, 200, 10000.0f, 1.0f), 0);
+    int64_t *pos = malloc(N * sizeof *pos);
+    for (int i = 0; i < N; i++) pos[i] = i * 7 % 400;
+    float *q = rnd((size_t)N * 5 * 256, 26), *q1 = malloc(sizeof(float) * N * 5 * 256);
+    memcpy(q1, q, sizeof(float) * N * 5 * 256);
+    ops_rope(&rp, q, N, pos, 5, 256, 1);
+    for (int i = 0; i < N; i++) ops_rope(&rp, q1 + (size_t)i * 5 * 256, 1, pos + i, 5, 256, 1);
+    ck_assert(memcmp(q, q1, sizeof(float) * N * 5 * 256) == 0);
+    ops_rope_fini(&rp);
+    free(x), free(w), free(y), free(t), free(t0), free(g), free(u), free(g1), free(g2), free(pos), free(q), free(q1);
+#ifdef _OPENMP
+    omp_set_num_threads(saved);
+#endif
+}
+END_TEST
+
 static Suite *ops_suite(void) {
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("cpu");
@@ -210,6 +278,7 @@ static Suite *ops_suite(void) {
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
     tcase_add_test(tc, test_gemma_ops);
+    tcase_add_test(tc, test_long_calls_split);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -6,7 +6,7 @@ liblacuna_a_SOURCES += \
 	src/ops/cpu/matmul.c src/ops/cpu/gemm.c src/ops/cpu/gemm.h \
 	src/ops/cpu/qformat.c src/ops/cpu/qformat.h src/ops/cpu/qpack.c src/ops/cpu/qdot_avx2.c \
 	src/ops/cpu/qdot_avx512.c \
-	src/ops/cpu/norm.c \
+	src/ops/cpu/norm.c src/ops/cpu/par.h \
 	src/ops/cpu/act.c \
 	src/ops/cpu/rope.c \
 	src/ops/cpu/threads.c src/ops/cpu/threads.h

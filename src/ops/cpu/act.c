@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ops/ops.h"
+#include "ops/cpu/par.h"
 
 /* A float's bits as an int that orders like the float (NaN aside). */
 static inline int32_t order_bits(float x) {
@@ -48,7 +49,7 @@ static inline float exp_fast(float x) {
     return p * scale;
 }
 
-void ops_geglu_tanh(float *restrict g, const float *restrict u, size_t n) {
+static void geglu_span(float *restrict g, const float *restrict u, size_t n) {
     /* gelu(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))), PyTorch's
      * approximate="tanh" (Gemma's gelu_pytorch_tanh), as x / (1 + e^(-2z))
      * with z = √(2/π) · (x + 0.044715 x³): (1 + tanh z) / 2 is the logistic
@@ -60,6 +61,10 @@ void ops_geglu_tanh(float *restrict g, const float *restrict u, size_t n) {
         const float x = g[i];
         g[i] = x / (1.0f + exp_fast(-k2 * (x + 0.044715f * x * x * x))) * u[i];
     }
+}
+
+void ops_geglu_tanh(float *restrict g, const float *restrict u, size_t n) {
+    OPS_PAR_SPANS(n, i0, m, geglu_span(g + i0, u + i0, m));
 }
 
 void ops_softcap(float *x, size_t n, float cap) {

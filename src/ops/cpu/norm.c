@@ -1,31 +1,66 @@
 /* Row-wise RMSNorm, softmax and elementwise ops: simple restrict loops that
  * the compiler vectorises at -O2 (sums accumulate in double only where the
- * row is long enough for rounding to matter against the references). */
+ * row is long enough for rounding to matter against the references).
+ *
+ * Long calls (a prompt chunk) split over the caller's OpenMP team, by rows or
+ * by spans of whole 16-element groups; an element's or a row's arithmetic
+ * does not depend on which thread or span it falls in, so the bits are the
+ * same as one thread's. */
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "ops/ops.h"
+#include "ops/cpu/par.h"
+
+/* Sum of squares of one row in 16 lanes: lane l adds x[i]² for i = l mod 16
+ * in order, then the lanes fold in a fixed tree (8, 4, 2, 1). Each product
+ * and sum is rounded on its own (C11 does not contract), so the vectorised
+ * loop and a scalar one give the same bits on every kernel set. One serial
+ * chain per row, as before, kept the loop scalar: a dependent add per
+ * element, and Gemma's prefill normalises 3,840 floats a token per layer. */
+static float sum_squares(const float *x, int dim) {
+    float lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= dim; i += 16)
+        for (int l = 0; l < 16; l++) lane[l] += x[i + l] * x[i + l];
+    for (int l = 0; i < dim; i++, l++) lane[l] += x[i] * x[i];
+    for (int w = 8; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
+    return lane[0];
+}
+
+static void rmsnorm_row(float *y, const float *x, const float *w, int dim, float eps) {
+    const float s = 1.0f / sqrtf(sum_squares(x, dim) / (float)dim + eps);
+    for (int i = 0; i < dim; i++) y[i] = x[i] * s * w[i];
+}
 
 void ops_rmsnorm(float *y, const float *x, const float *w, int n, int dim, float eps) {
-    for (int r = 0; r < n; r++) {
-        const float *xr = x + (size_t)r * dim;
-        float *yr = y + (size_t)r * dim;
-        float ss = 0.0f;
-        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
-        float s = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = 0; i < dim; i++) yr[i] = xr[i] * s * w[i];
-    }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (ops__par_worth((size_t)n * dim) && n > 1 && !omp_in_parallel())
+#endif
+    for (int r = 0; r < n; r++) rmsnorm_row(y + (size_t)r * dim, x + (size_t)r * dim, w, dim, eps);
 }
 
 void ops_rmsnorm_heads(float *x, const float *w, int n, int n_heads, int head_dim, float eps) {
     ops_rmsnorm(x, x, w, n * n_heads, head_dim, eps);
 }
 
-void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
+static void swiglu_span(float *restrict g, const float *restrict u, size_t n) {
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-void ops_add(float *restrict y, const float *restrict x, size_t n) {
+void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
+    OPS_PAR_SPANS(n, i0, m, swiglu_span(g + i0, u + i0, m));
+}
+
+static void add_span(float *restrict y, const float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void ops_add(float *restrict y, const float *restrict x, size_t n) {
+    OPS_PAR_SPANS(n, i0, m, add_span(y + i0, x + i0, m));
 }
 
 float ops_softmax(float *x, int n) {

@@ -5,8 +5,13 @@
 #include <math.h>
 #include <stdlib.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "common/status.h"
 #include "ops/ops.h"
+#include "ops/cpu/par.h"
 
 static double rope_angle(const ops_rope_t *r, int64_t pos, int i) {
     double inv = pow((double)r->freq_base, -2.0 * i / (double)r->rot_dim);
@@ -43,38 +48,45 @@ void ops_rope_fini(ops_rope_t *r) {
     r->cos = r->sin = NULL;
 }
 
-void ops_rope(const ops_rope_t *r, float *x, int n, const int64_t *pos, int n_heads, int head_dim, int neox) {
-    int half = r->rot_dim / 2;
+static void rope_row(const ops_rope_t *r, float *x, int64_t pos, int n_heads, int head_dim, int neox) {
+    const int half = r->rot_dim / 2;
     float cbuf[512], sbuf[512]; // on-the-fly rows beyond the table (head_dim <= 1024)
-    for (int t = 0; t < n; t++) {
-        const float *c, *s;
-        if (pos[t] >= 0 && pos[t] < r->n_pos) {
-            c = r->cos + (size_t)pos[t] * half;
-            s = r->sin + (size_t)pos[t] * half;
-        } else {
-            for (int i = 0; i < half && i < 512; i++) {
-                double a = rope_angle(r, pos[t], i);
-                cbuf[i] = (float)cos(a);
-                sbuf[i] = (float)sin(a);
-            }
-            c = cbuf;
-            s = sbuf;
+    const float *c, *s;
+    if (pos >= 0 && pos < r->n_pos) {
+        c = r->cos + (size_t)pos * half;
+        s = r->sin + (size_t)pos * half;
+    } else {
+        for (int i = 0; i < half && i < 512; i++) {
+            double a = rope_angle(r, pos, i);
+            cbuf[i] = (float)cos(a);
+            sbuf[i] = (float)sin(a);
         }
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)t * n_heads + h) * head_dim;
-            if (neox) {
-                for (int i = 0; i < half; i++) {
-                    float a = v[i], b = v[i + half];
-                    v[i] = a * c[i] - b * s[i];
-                    v[i + half] = a * s[i] + b * c[i];
-                }
-            } else {
-                for (int i = 0; i < half; i++) {
-                    float a = v[2 * i], b = v[2 * i + 1];
-                    v[2 * i] = a * c[i] - b * s[i];
-                    v[2 * i + 1] = a * s[i] + b * c[i];
-                }
+        c = cbuf;
+        s = sbuf;
+    }
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        if (neox) {
+            for (int i = 0; i < half; i++) {
+                float a = v[i], b = v[i + half];
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = a * s[i] + b * c[i];
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                float a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * c[i] - b * s[i];
+                v[2 * i + 1] = a * s[i] + b * c[i];
             }
         }
     }
+}
+
+void ops_rope(const ops_rope_t *r, float *x, int n, const int64_t *pos, int n_heads, int head_dim, int neox) {
+    // rows are independent: a prompt chunk's split over the team
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (ops__par_worth((size_t)n * n_heads * head_dim) && n > 1 &&               \
+                                              !omp_in_parallel())
+#endif
+    for (int t = 0; t < n; t++) rope_row(r, x + (size_t)t * n_heads * head_dim, pos[t], n_heads, head_dim, neox);
 }
