@@ -49,7 +49,7 @@ static inline float exp_fast(float x) {
     return p * scale;
 }
 
-static void geglu_span(float *restrict g, const float *restrict u, size_t n) {
+OPS_WIDE static void geglu_span(float *restrict g, const float *restrict u, size_t n) {
     /* gelu(x) = x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³))), PyTorch's
      * approximate="tanh" (Gemma's gelu_pytorch_tanh), as x / (1 + e^(-2z))
      * with z = √(2/π) · (x + 0.044715 x³): (1 + tanh z) / 2 is the logistic

@@ -20,7 +20,7 @@
  * loop and a scalar one give the same bits on every kernel set. One serial
  * chain per row, as before, kept the loop scalar: a dependent add per
  * element, and Gemma's prefill normalises 3,840 floats a token per layer. */
-static float sum_squares(const float *x, int dim) {
+static inline float sum_squares(const float *x, int dim) {
     float lane[16] = {0};
     int i = 0;
     for (; i + 16 <= dim; i += 16)
@@ -31,8 +31,9 @@ static float sum_squares(const float *x, int dim) {
     return lane[0];
 }
 
-static void rmsnorm_row(float *y, const float *x, const float *w, int dim, float eps) {
+OPS_WIDE static void rmsnorm_row(float *y, const float *x, const float *w, int dim, float eps) {
     const float s = 1.0f / sqrtf(sum_squares(x, dim) / (float)dim + eps);
+#pragma omp simd
     for (int i = 0; i < dim; i++) y[i] = x[i] * s * w[i];
 }
 
@@ -55,7 +56,8 @@ void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
     OPS_PAR_SPANS(n, i0, m, swiglu_span(g + i0, u + i0, m));
 }
 
-static void add_span(float *restrict y, const float *restrict x, size_t n) {
+OPS_WIDE static void add_span(float *restrict y, const float *restrict x, size_t n) {
+#pragma omp simd
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 

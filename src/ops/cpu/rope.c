@@ -48,7 +48,7 @@ void ops_rope_fini(ops_rope_t *r) {
     r->cos = r->sin = NULL;
 }
 
-static void rope_row(const ops_rope_t *r, float *x, int64_t pos, int n_heads, int head_dim, int neox) {
+OPS_WIDE static void rope_row(const ops_rope_t *r, float *x, int64_t pos, int n_heads, int head_dim, int neox) {
     const int half = r->rot_dim / 2;
     float cbuf[512], sbuf[512]; // on-the-fly rows beyond the table (head_dim <= 1024)
     const float *c, *s;
@@ -67,12 +67,14 @@ static void rope_row(const ops_rope_t *r, float *x, int64_t pos, int n_heads, in
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * head_dim;
         if (neox) {
+#pragma omp simd
             for (int i = 0; i < half; i++) {
                 float a = v[i], b = v[i + half];
                 v[i] = a * c[i] - b * s[i];
                 v[i + half] = a * s[i] + b * c[i];
             }
         } else {
+#pragma omp simd
             for (int i = 0; i < half; i++) {
                 float a = v[2 * i], b = v[2 * i + 1];
                 v[2 * i] = a * c[i] - b * s[i];
