@@ -109,6 +109,15 @@ START_TEST(test_rmsnorm_softmax_swiglu) {
         double a = x[i] * 4.0;
         ck_assert_double_eq_tol(g[i], a / (1 + exp(-a)) * w[i], 1e-5);
     }
+    /* SwiGLU's far tails (the exponential clamped), zero, and NaN carried */
+    const float far[] = {-400.0f, -90.0f, -30.0f, -0.0f, 0.0f, 30.0f, 90.0f, 400.0f, NAN};
+    enum { NF = sizeof far / sizeof far[0] };
+    float fg[NF], fu[NF];
+    for (int i = 0; i < NF; i++) fg[i] = far[i], fu[i] = 1.0f;
+    ops_swiglu(fg, fu, NF);
+    for (int i = 0; i < NF - 1; i++)
+        ck_assert_double_eq_tol(fg[i], far[i] / (1 + exp(-(double)far[i])), 1e-6 * (1 + fabs(far[i])));
+    ck_assert(isnan(fg[NF - 1]));
     float a[4] = {1, 2, 3, 4}, b[4] = {0.5f, -2, 0, 1};
     ops_add(a, b, 4);
     ck_assert(a[0] == 1.5f && a[1] == 0 && a[2] == 3 && a[3] == 5);

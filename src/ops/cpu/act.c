@@ -1,6 +1,7 @@
-/* Elementwise ops of the Gemma family: GeGLU with the tanh GELU, logit
- * soft-capping, scaling, and the scaled embedding lookup. Plain loops like
- * norm.c's; each row depends only on itself, whatever the batch. */
+/* Elementwise activations: SwiGLU (Llama), and for the Gemma family GeGLU
+ * with the tanh GELU, logit soft-capping, scaling, and the scaled embedding
+ * lookup. Plain loops like norm.c's; each row depends only on itself,
+ * whatever the batch. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -65,6 +66,17 @@ OPS_WIDE static void geglu_span(float *restrict g, const float *restrict u, size
 
 void ops_geglu_tanh(float *restrict g, const float *restrict u, size_t n) {
     OPS_PAR_SPANS(n, i0, m, geglu_span(g + i0, u + i0, m));
+}
+
+/* silu(x) · u = x / (1 + e^(-x)) · u with the same e^x: libm's expf, one
+ * call per element, kept the loop scalar. */
+OPS_WIDE static void swiglu_span(float *restrict g, const float *restrict u, size_t n) {
+#pragma omp simd
+    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_fast(-g[i])) * u[i];
+}
+
+void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
+    OPS_PAR_SPANS(n, i0, m, swiglu_span(g + i0, u + i0, m));
 }
 
 void ops_softcap(float *x, size_t n, float cap) {

@@ -48,14 +48,6 @@ void ops_rmsnorm_heads(float *x, const float *w, int n, int n_heads, int head_di
     ops_rmsnorm(x, x, w, n * n_heads, head_dim, eps);
 }
 
-static void swiglu_span(float *restrict g, const float *restrict u, size_t n) {
-    for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-}
-
-void ops_swiglu(float *restrict g, const float *restrict u, size_t n) {
-    OPS_PAR_SPANS(n, i0, m, swiglu_span(g + i0, u + i0, m));
-}
-
 OPS_WIDE static void add_span(float *restrict y, const float *restrict x, size_t n) {
 #pragma omp simd
     for (size_t i = 0; i < n; i++) y[i] += x[i];
