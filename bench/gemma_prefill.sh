@@ -9,9 +9,13 @@
 # question about one in the middle (8-16K tokens back: only the global layers
 # reach it). Requests run one at a time, max_tokens 4, greedy, prefill chunks
 # of 2048, prefix cache off; time = the request's time to its response
-# (prefill plus 3 decode steps). Prints a markdown table.
+# (prefill plus 3 decode steps). A method may carry settings, e.g.
+# "anchor:theta=6" or "flexprefill:gamma=0.8;tau=0.1" (sparse_attention keys).
+# ROUNDS > 1 runs every method that many times, in turn (dense, the methods,
+# dense, ...), so that a drift of the machine's speed touches all alike; the
+# table gives each one's median time. Prints a markdown table.
 #   bench/gemma_prefill.sh [BUILD_DIR] [MODEL]
-#   LENGTHS="16384 32768" METHODS="dense flexprefill anchor streaming" KEEP_LENGTHS="4096"
+#   LENGTHS="16384 32768" METHODS="dense flexprefill anchor streaming" KEEP_LENGTHS="4096" ROUNDS=1
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-.}
@@ -19,6 +23,7 @@ model=${2:-$here/../models/gemma-3-270m-q4_k_m.gguf}
 lengths=${LENGTHS:-16384 32768}
 methods=${METHODS:-dense flexprefill anchor streaming}
 keep_lengths=${KEEP_LENGTHS-4096}
+rounds=${ROUNDS:-1}
 tmp=$(mktemp -d)
 pid=
 trap '[ -z "$pid" ] || kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -65,8 +70,13 @@ ask = n // 2
 prompt = ("Here is a list of facts. " + " ".join(facts) +
           f" Question: what does the town of {names[ask]} trade in? Answer: {names[ask]} trades in")
 want = trades[(ask * 7) % len(trades)]
+name, _, knobs = method.partition(":")
+sparse = {"prefill": name, "decode": "dense"}
+for kv in filter(None, knobs.split(";")):
+    k, _, v = kv.partition("=")
+    sparse[k] = float(v)
 body = {"model": "gemma-3-270m-q4_k_m", "prompt": prompt, "max_tokens": 4, "temperature": 0,
-        "sparse_attention": {"prefill": method, "decode": "dense"}}
+        "sparse_attention": sparse}
 base = f"http://127.0.0.1:{port}"
 peak, done = [0.0], threading.Event()
 def poll():
@@ -96,7 +106,11 @@ PY
 echo "machine: $(getconf _NPROCESSORS_ONLN) CPUs ($(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //")), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 start false
 for n in $lengths; do
-    for m in $methods; do run "$m" "$n" "windows" >>"$tmp/rows.jsonl"; done
+    i=0
+    while [ $i -lt "$rounds" ]; do
+        for m in $methods; do run "$m" "$n" "windows" >>"$tmp/rows.jsonl"; done
+        i=$((i + 1))
+    done
 done
 for n in $keep_lengths; do
     case " $lengths " in *" $n "*) ;; *) run dense "$n" "windows" >>"$tmp/rows.jsonl" ;; esac
@@ -109,15 +123,19 @@ if [ -n "$keep_lengths" ]; then
 fi
 echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 python3 - "$tmp/rows.jsonl" <<'PY'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
-dense = {r["tokens"] // 1000: r["time_s"] for r in rows if r["method"] == "dense" and r["label"] == "windows"}
-print("| prompt tokens | prefill | KV layout | time (s) | speed-up vs dense | density | peak KV (MiB) | answer | right |")
-print("|---:|---|---|---:|---:|---:|---:|---|---|")
-for r in rows:
-    d = dense.get(r["tokens"] // 1000)
-    sp = f"{d / r['time_s']:.2f}x" if d and r["label"] == "windows" else ""
+import json, statistics, sys
+rows, groups = [json.loads(l) for l in open(sys.argv[1])], {}
+for r in rows:  # one line per (length, method, layout): the median of its rounds
+    groups.setdefault((r["tokens"], r["method"], r["label"]), []).append(r)
+med = {k: statistics.median(x["time_s"] for x in g) for k, g in groups.items()}
+dense = {k[0]: t for k, t in med.items() if k[1] == "dense" and k[2] == "windows"}
+print("| prompt tokens | prefill | KV layout | runs | time (s) | speed-up vs dense | density | peak KV (MiB) | answer | right |")
+print("|---:|---|---|---:|---:|---:|---:|---:|---|---|")
+for k, g in groups.items():
+    r, t, d = g[0], med[k], dense.get(k[0])
+    sp = f"{d / t:.2f}x" if d and k[2] == "windows" else ""
     dens = f"{r['density']:.3f}" if r["density"] is not None else ""
-    print(f"| {r['tokens']} | {r['method']} | {r['label']} | {r['time_s']:.0f} | {sp} | {dens} | "
-          f"{r['peak_kv_mib']:.0f} | {r['answer']!r} | {'yes' if r['right'] else 'no'} |")
+    times = "" if len(g) == 1 else " (" + ", ".join(f"{x['time_s']:.1f}" for x in g) + ")"
+    print(f"| {k[0]} | {k[1]} | {k[2]} | {len(g)} | {t:.1f}{times} | {sp} | {dens} | "
+          f"{max(x['peak_kv_mib'] for x in g):.0f} | {r['answer']!r} | {'yes' if r['right'] else 'no'} |")
 PY
