@@ -384,9 +384,17 @@ static long dry_run(int threaded) {
     scenario(0, 0, threaded, &res);
     ck_assert_int_eq(res.failed, 0);
     ck_assert_int_eq(res.completed, NREQ - 1); // all but the one cancelled
-    ck_assert_int_gt(res.cached, 0);
-    ck_assert_int_gt(res.probe_cached, 0);               // the probe reads what the run cached
-    if (!threaded) ck_assert_int_gt(res.preemptions, 0); // the thread's timing may avoid them
+    ck_assert_int_gt(res.probe_cached, 0);     // the probe reads what the run cached
+    /* Synchronously the scenario hits the prefix cache and preempts at fixed
+     * steps. On the thread, request 2 goes in once the client sees request
+     * 1's first token: when the client is slow to wake (a loaded machine),
+     * the pool's pressure may have evicted request 1's blocks by then, and
+     * the thread's timing may avoid preemptions; the synchronous sweeps
+     * cover both paths every time. */
+    if (!threaded) {
+        ck_assert_int_gt(res.cached, 0);
+        ck_assert_int_gt(res.preemptions, 0);
+    }
     ck_assert_int_gt(res.allocs, 50);
     return res.allocs;
 }
