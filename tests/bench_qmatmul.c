@@ -42,6 +42,11 @@ int main(int argc, char **argv) {
            "sgemm64_us", "q8pk_us", "exactpk_us");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         int in = shapes[s][0], out = shapes[s][1];
+        if (ops_w_row_bytes(type, in) == 0) { // K-quants need rows of whole 256-wide blocks
+            fprintf(stderr, "bench_qmatmul: %s cannot hold rows of %d weights (not whole blocks)\n",
+                    ggml_type_name((uint32_t)type), in);
+            return 2;
+        }
         float *wf = malloc((size_t)in * out * sizeof *wf), *x = malloc((size_t)512 * in * sizeof *x);
         float *y = malloc((size_t)512 * out * sizeof *y), *xp = calloc((size_t)576 * in, sizeof *xp);
         float *yp = malloc((size_t)576 * out * sizeof *yp);
