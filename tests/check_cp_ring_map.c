@@ -155,6 +155,18 @@ START_TEST(test_bad_input) {
 }
 END_TEST
 
+/* The ring's choice: pass-Q only on a cached prefix, when the slice's
+ * queries (n_tok x H) weigh no more than the KV (end x KH). */
+START_TEST(test_pass_q_rule) {
+    ck_assert_int_eq(cp_pass_q_pays(0, 1, 32, 8), 0);         // no prefix: pass-KV
+    ck_assert_int_eq(cp_pass_q_pays(3000, 1000, 32, 8), 1);   // 32,000 <= 32,000
+    ck_assert_int_eq(cp_pass_q_pays(2999, 1000, 32, 8), 0);   // 32,000 > 31,992
+    ck_assert_int_eq(cp_pass_q_pays(126976, 4096, 32, 8), 1); // a 4K chunk on 124K
+    ck_assert_int_eq(cp_pass_q_pays(3001, 5000, 32, 8), 0);
+    ck_assert_int_eq(cp_pass_q_pays(100, 100, 8, 8), 1); // MHA: any prefix
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cp_ring_map");
     TCase *tc = tcase_create("map");
@@ -162,6 +174,7 @@ int main(void) {
     tcase_add_test(tc, test_cover);
     tcase_add_test(tc, test_zigzag_chunks);
     tcase_add_test(tc, test_bad_input);
+    tcase_add_test(tc, test_pass_q_rule);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -201,6 +201,10 @@ typedef struct {
     float *lse;
     int timing; // ring_body: time the steps instead of checking
     float ms_c[CP_MAX_RANKS][CP_MAX_RANKS], ms_w[CP_MAX_RANKS][CP_MAX_RANKS]; // [rank][step]
+    float ms_a2a[CP_MAX_RANKS];                                               // pass-Q's all-to-all and merge
+    int mode;                                                                 // the slice's ring (cp_cuda_seq_t.mode)
+    int64_t max_q;                                                            // the plans' max_q_rows (0: pass-KV only)
+    int pass_q[CP_MAX_RANKS];                                                 // what each rank's plan chose
 } world_t;
 
 static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int random) {
@@ -286,13 +290,15 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
     attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
-    cp_cuda_limits_t lim = {.max_tokens = w->end, .max_rows = w->max_rows, .max_pack_pages = w->max_pack};
+    cp_cuda_limits_t lim = {
+        .max_tokens = w->end, .max_rows = w->max_rows, .max_pack_pages = w->max_pack, .max_q_rows = w->max_q};
     cp_cuda_plan_t *p = NULL;
     int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
-    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner};
+    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner, w->mode};
     CHECK(cp_cuda_plan_prefill(p, &seq, st) == 0);
+    w->pass_q[r] = cp_cuda_prefill_pass_q(p);
     const int64_t rows = cp_cuda_prefill_rows(p, NULL);
     const size_t rb = (size_t)w->H * w->D * 2;
     int64_t *pos = malloc(sizeof(int64_t) * (size_t)(rows + 1));
@@ -320,6 +326,7 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     CU(cudaMemcpy(ho, dout2, rb * (size_t)rows, cudaMemcpyDeviceToHost));
     for (int64_t i = 0; i < rows; i++) memcpy((char *)w->out2 + (pos[i] - w->pos0) * rb, (char *)ho + i * rb, rb);
     for (int k = 0; w->timing && k < n; k++) CHECK(cp_cuda_step_ms(p, k, &w->ms_c[r][k], &w->ms_w[r][k]) == 0);
+    w->ms_a2a[r] = (float)(cp_cuda_plan_timing(p)->collective_s * 1e3);
     CHECK(cp_barrier(c) == 0);
     cudaFree(dq), cudaFree(dout), cudaFree(dout2), cudaFree(dlse);
     free(pos), free(hq), free(ho), free(hl);
@@ -344,11 +351,17 @@ static void compare(const uint16_t *o, const float *l, const uint16_t *ro, const
     *lse_err = le;
 }
 
-/* The ring with n ranks against the single-rank kernel: one line each. */
-static int check_prefill(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, uint64_t seed) {
+/* The ring with n ranks against the single-rank kernel: one line each.
+ * mode: the slice's ring (CP_CUDA_AUTO with room for pass-Q, or forced);
+ * -1: plans without pass-Q's room (pass-KV). expect_q: the ring the plans
+ * must choose. */
+static int check_prefill_mode(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, uint64_t seed, int mode,
+                              int expect_q) {
     rng = seed;
     world_t w;
     world_build(&w, H, KH, D, n, pos0, n_tok, 1);
+    w.mode = mode < 0 ? CP_CUDA_AUTO : mode;
+    w.max_q = mode < 0 ? 0 : w.max_rows;
     const size_t qn = (size_t)n_tok * H * D;
     uint16_t *ro = malloc(2 * qn);
     float *rl = malloc(sizeof(float) * n_tok * H);
@@ -363,14 +376,22 @@ static int check_prefill(int H, int KH, int D, int n, int64_t pos0, int64_t n_to
     compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
     const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
     // one rank: the same kernel over the same keys and tiles, so the same bits
-    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
-    printf("  %-4s prefill ring N=%d, %d/%d heads d%d, prefix %lld + slice %lld tokens vs one rank: rel L2 %.2e, "
-           "lse max err %.2e, run twice %s, %s single-rank bits\n",
-           ok ? "ok" : "FAIL", n, H, KH, D, (long long)pos0, (long long)n_tok, rel, le,
-           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+    int chose = 1;
+    for (int r = 0; r < n; r++) chose &= w.pass_q[r] == expect_q;
+    const int ok =
+        rc == 0 && chose && rel < 1e-2 && le < 1e-3 && same && (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
+    printf("  %-4s prefill ring (%s%s) N=%d, %d/%d heads d%d, prefix %lld + slice %lld tokens vs one rank: rel L2 "
+           "%.2e, lse max err %.2e, run twice %s, %s single-rank bits\n",
+           ok ? "ok" : "FAIL", w.pass_q[0] ? "pass-Q" : "pass-KV", chose ? "" : ", NOT THE EXPECTED RING", n, H, KH, D,
+           (long long)pos0, (long long)n_tok, rel, le, same ? "bitwise equal" : "DIFFERS",
+           exact ? "equals the" : "differs from the");
     free(ro), free(rl);
     world_free(&w);
     return ok;
+}
+
+static int check_prefill(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, uint64_t seed) {
+    return check_prefill_mode(H, KH, D, n, pos0, n_tok, seed, -1, 0);
 }
 
 /* The prefill kernel is sm_90a only. */
@@ -399,6 +420,29 @@ START_TEST(test_ring_prefill) {
 }
 END_TEST
 
+/* Pass-Q: forced on slices with and without a cached prefix, and chosen
+ * automatically where the queries weigh less than the KV (cp_pass_q_pays)
+ * and not where they do not. */
+START_TEST(test_ring_prefill_pass_q) {
+    if (!have_sm90("ring prefill, pass-Q")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    const struct {
+        int H, KH, D;
+        int64_t pos0, n_tok;
+        int mode, expect_q;
+    } c[] = {{32, 8, 128, 3001, 5000, CP_CUDA_PASS_Q, 1}, {8, 2, 64, 4096, 333, CP_CUDA_PASS_Q, 1},
+             {32, 8, 128, 12000, 1, CP_CUDA_PASS_Q, 1},   {8, 2, 64, 0, 1000, CP_CUDA_PASS_Q, 1},
+             {32, 8, 128, 20000, 300, CP_CUDA_AUTO, 1},   {32, 8, 128, 3001, 5000, CP_CUDA_AUTO, 0},
+             {8, 2, 64, 4096, 333, CP_CUDA_PASS_KV, 0}};
+    int ok = 1;
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            ok &= check_prefill_mode(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, 5000 + 10 * k + i,
+                                     c[k].mode, c[k].expect_q);
+    ck_assert_msg(ok, "the GPU pass-Q ring differs from the single-rank kernel (see the FAIL lines)");
+}
+END_TEST
+
 /* Bad plans and batches: clear errors, nothing run. */
 START_TEST(test_ring_bad_input) {
     if (!have_sm90("ring bad input")) return;
@@ -411,7 +455,7 @@ START_TEST(test_ring_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
     int32_t blocks[5] = {0, 1, 2, 3, 4};
     uint8_t owner[5] = {0, 1, 1, 0, 0};
-    cp_cuda_seq_t seq = {0, 256, blocks, owner};
+    cp_cuda_seq_t seq = {0, 256, blocks, owner, CP_CUDA_AUTO};
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
     ck_assert_int_eq(cp_cuda_prefill_rows(p, NULL), 128);
     seq.n_tok = 257; // past max_tokens
@@ -425,6 +469,11 @@ START_TEST(test_ring_bad_input) {
     blocks[3] = 10; // past the pool, on this rank
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
     blocks[3] = 3;
+    seq.mode = CP_CUDA_PASS_Q; // without max_q_rows
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_ERANGE);
+    seq.mode = 7;
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    seq.mode = CP_CUDA_AUTO;
     int32_t kl[2] = {100, 0}, ip[3] = {0, 2, 4};
     cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner};
     ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL); // an empty sequence
@@ -633,6 +682,44 @@ START_TEST(test_ring_timing) {
     }
 }
 END_TEST
+
+/* Pass-KV against pass-Q on one slice: a 4,096-token chunk on a cached
+ * prefix of 126,976 (128K in all), the Llama-3-8B layer, device-local on one
+ * GPU. Per rank, the sum over steps of compute and wait, and pass-Q's
+ * all-to-all with the merge; mean and max over ranks. */
+START_TEST(test_ring_pass_q_timing) {
+    if (!have_sm90("ring timing, pass-Q")) return;
+    const int64_t P = 126976, T = 4096;
+    printf("GPU ring on one GPU (device-local), Llama-3-8B layer, a %lld-token chunk on a cached prefix of %lld:\n",
+           (long long)T, (long long)P);
+    printf("| ring | ranks | compute ms (mean / max) | wait ms (mean / max) | all-to-all and merge ms (mean / max) "
+           "|\n|---|---:|---:|---:|---:|\n");
+    for (int n = 2; n <= 8; n *= 2)
+        for (int q = 0; q < 2; q++) {
+            world_t w;
+            world_build(&w, 32, 8, 128, n, P, T, 0);
+            w.timing = 1;
+            w.mode = q ? CP_CUDA_PASS_Q : CP_CUDA_PASS_KV;
+            w.max_q = q ? w.max_rows : 0;
+            cp_dev_t *g = cp_dev_create(n, 0);
+            ck_assert_ptr_nonnull(g);
+            cp_comm_t *comms[CP_MAX_RANKS];
+            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+            ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
+            cp_dev_destroy(g);
+            float mc = 0, xc = 0, mw = 0, xw = 0, ma = 0, xa = 0;
+            for (int r = 0; r < n; r++) {
+                float c = 0, wt = 0;
+                for (int k = 0; k < n; k++) c += w.ms_c[r][k], wt += w.ms_w[r][k];
+                mc += c / n, mw += wt / n, ma += w.ms_a2a[r] / n;
+                xc = c > xc ? c : xc, xw = wt > xw ? wt : xw, xa = w.ms_a2a[r] > xa ? w.ms_a2a[r] : xa;
+            }
+            printf("| %s | %d | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f |\n", q ? "pass-Q" : "pass-KV", n, mc, xc, mw,
+                   xw, ma, xa);
+            world_free(&w);
+        }
+}
+END_TEST
 #else
 START_TEST(test_nccl) {
     if (!cp_nccl_available()) {
@@ -669,8 +756,10 @@ int main(void) {
     tcase_add_test(tc, test_device_local);
     tcase_add_test(tc, test_ring_bad_input);
     tcase_add_test(tc, test_ring_prefill);
+    tcase_add_test(tc, test_ring_prefill_pass_q);
     tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_timing);
+    tcase_add_test(tc, test_ring_pass_q_timing);
 #endif
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -17,6 +17,14 @@
  *    (bf16 output and LSE) merge into the rows' running output (f32) in step
  *    order; the last step writes out and lse. No float atomics: the result is
  *    a function of N, the layout and the lengths only, bitwise.
+ *  - prefill, dense, pass-Q, for a slice on a long cached prefix (where the
+ *    queries and the partials coming back weigh less than the KV the
+ *    pass-KV ring would move, or when asked for): the rank's query rows go
+ *    round the ring instead, double-buffered like the packs; at step k a rank
+ *    attends the visiting rows (of rank r - k), run by run, to the blocks it
+ *    holds, straight from its pool, into their partials (bf16 output and
+ *    LSE); one all-to-all brings every rank the partials of its rows, merged
+ *    in rank order. Needs lim.max_q_rows.
  *  - decode, dense: every row of the batch (one per sequence) is owned by the
  *    rank holding its sequence's last block; its query reaches every rank
  *    (an all-gather of the queries), each rank attends the blocks it holds
@@ -26,7 +34,7 @@
  *    the rank's stream when enabled: compute (attention and merge of a ring
  *    step) and the wait for the step's transfer after it.
  * What is not: sparse prompt methods inside the GPU ring (FlexPrefill,
- * AnchorAttention), sparse decode, pass-Q, several sharded sequences in one
+ * AnchorAttention), sparse decode, several sharded sequences in one
  * plan (one plan per sequence), sliding windows, and the executor's use of
  * all this (parallel.context > 1 in src/model/exec_cuda*.cu).
  *
@@ -68,7 +76,12 @@ typedef struct {
     int64_t max_pack_pages;   // prefill: most blocks one rank owns (0: all blocks of max_tokens)
     int max_decode_seqs;      // decode: rows per step (0: no decode)
     int64_t max_decode_pages; // decode: blocks of one rank over the batch (0: max_decode_seqs * max_tokens blocks)
+    int64_t max_q_rows;       // prefill, pass-Q: most rows of one rank (0: pass-KV only); its buffers take
+                              // about 4 (n_ranks + 1) x max_q_rows x n_heads x head_dim bytes
 } cp_cuda_limits_t;
+
+/* A slice's ring (cp_cuda_seq_t.mode); the values of the CPU ring's modes. */
+enum { CP_CUDA_AUTO = 0, CP_CUDA_PASS_KV = 1, CP_CUDA_PASS_Q = 2 };
 
 typedef struct cp_cuda_plan cp_cuda_plan_t;
 
@@ -83,11 +96,16 @@ typedef struct {
     int64_t pos0, n_tok;   // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
     const int32_t *blocks; // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
     const uint8_t *owner;  // (same) the rank holding each block
+    int mode;              // CP_CUDA_AUTO: pass-Q where cp_pass_q_pays and every rank's rows fit
+                           // max_q_rows, else pass-KV; CP_CUDA_PASS_KV, CP_CUDA_PASS_Q: that ring
 } cp_cuda_seq_t;
 
 /* Plans the ring for one sequence on stream (the communicator's). LC_EINVAL
- * for a bad slice or owner, LC_ERANGE past the limits. */
+ * for a bad slice, owner or mode, LC_ERANGE past the limits (pass-Q asked
+ * for without the room). */
 int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream);
+/* 1 when the planned slice runs the pass-Q ring, 0 for pass-KV. */
+int cp_cuda_prefill_pass_q(const cp_cuda_plan_t *p);
 /* The planned rank's rows: their number; pos (may be NULL) gets their
  * positions, in order. */
 int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos);

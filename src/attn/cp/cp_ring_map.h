@@ -71,6 +71,12 @@ int cp_ring_runs(const uint8_t *owner, int bs, int64_t pos0, int64_t n_tok, int 
  * view's lengths pass int32 (the kernels' positions), else 0. */
 int cp_ring_view(const uint8_t *owner, int bs, int64_t end, const cp_ring_run_t *run, int j, cp_ring_view_t *v);
 
+/* 1 when a slice of n_tok positions on a cached prefix of pos0 should pass
+ * its queries rather than the KV (the CPU ring's rule and the GPU ring's
+ * automatic choice): the queries, and the partials coming back, weigh less
+ * than the keys and values the pass-KV ring would move. */
+int cp_pass_q_pays(int64_t pos0, int64_t n_tok, int n_heads, int n_kv_heads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "attn/cp/cp_int.h"
+#include "attn/cp/cp_ring_map.h"
 #include "common/status.h"
 
 void cp_zigzag(int n_ranks, int block_size, int align, int64_t pos0, int64_t n_tok, uint8_t *owner) {
@@ -161,9 +162,8 @@ static int choose_mode(const cp_plan_t *p, const cp_seq_t *s, const attn_policy_
     const int sparse = pol && (pol->prefill == ATTN_PREFILL_FLEX || pol->prefill == ATTN_PREFILL_ANCHOR);
     if (p->force_mode == CP_PASS_Q && !sparse) return CP_PASS_Q;
     if (p->force_mode) return CP_PASS_KV;
-    if (sparse || s->pos0 == 0) return CP_PASS_KV;
-    return (double)s->n_tok * p->shape.n_heads <= (double)(s->pos0 + s->n_tok) * p->shape.n_kv_heads ? CP_PASS_Q
-                                                                                                     : CP_PASS_KV;
+    if (sparse) return CP_PASS_KV;
+    return cp_pass_q_pays(s->pos0, s->n_tok, p->shape.n_heads, p->shape.n_kv_heads) ? CP_PASS_Q : CP_PASS_KV;
 }
 
 static int check_batch(const cp_plan_t *p, const cp_batch_t *b) {

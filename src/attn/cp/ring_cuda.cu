@@ -69,6 +69,21 @@ __global__ void ring_merge_kernel(float *acc, float *run_lse, const __nv_bfloat1
     }
 }
 
+// Folds a partial (o, its LSE lp) into a row's running output: four dims a
+// lane (D <= 128) and the running LSE lr (-inf: nothing yet, the partial is
+// copied exactly).
+__device__ __forceinline__ void merge_part(float acc[4], float &lr, const __nv_bfloat16 *o, float lp, int lane, int D) {
+    if (lr == -INFINITY) {
+        for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
+        lr = lp;
+        return;
+    }
+    const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
+    const float wa = expf(lr - l), wp = expf(lp - l);
+    for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
+    lr = l;
+}
+
 // Decode: the owner's rows from every rank's partials, in rank order. gath
 // holds N messages of msg_bytes: o (n, H, D) bf16 then lse (n, H) f32, row i
 // of rank i's message being compact row cidx[i * n + s] (-1: none).
@@ -79,27 +94,50 @@ __global__ void dec_merge_kernel(const uint8_t *gath, size_t msg_bytes, const in
     const int lane = threadIdx.x & 31;
     if (w >= (int64_t)n_own * n_heads) return;
     const int s = own[w / n_heads], h = (int)(w % n_heads);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}; // D <= 128: four dims per lane
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
     float lr = -INFINITY;
     for (int i = 0; i < n_ranks; i++) {
         const int ci = cidx[(int64_t)i * n + s];
         if (ci < 0) continue;
         const uint8_t *m = gath + (size_t)i * msg_bytes;
         const __nv_bfloat16 *o = (const __nv_bfloat16 *)m + ((int64_t)ci * n_heads + h) * D;
-        const float lp = ((const float *)(m + (size_t)n * n_heads * D * 2))[(int64_t)ci * n_heads + h];
-        if (lr == -INFINITY) {
-            for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
-            lr = lp;
-            continue;
-        }
-        const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
-        const float wa = expf(lr - l), wp = expf(lp - l);
-        for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
-        lr = l;
+        merge_part(acc, lr, o, ((const float *)(m + (size_t)n * n_heads * D * 2))[(int64_t)ci * n_heads + h], lane, D);
     }
     for (int k = 0; k * 32 + lane < D; k++)
         out[((int64_t)s * n_heads + h) * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
     if (lse_out && lane == 0) lse_out[(int64_t)s * n_heads + h] = lr;
+}
+
+// Pass-Q: the first of the own rows each rank computed (earlier ones saw
+// none of its blocks).
+struct SrcRows {
+    int32_t r0[CP_MAX_RANKS];
+};
+
+// Pass-Q: the own rows from the partials every rank computed for them, in
+// rank order, one warp per (row, head). in holds N messages of msg_bytes:
+// o (rows, H, D) bf16 then lse (rows, H) f32.
+__global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t rows, int n_heads, int D,
+                                   const SrcRows src, int n_ranks, __nv_bfloat16 *out, float *lse_out) {
+    const int64_t rh = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (rh >= rows * n_heads) return;
+    const int64_t row = rh / n_heads;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float lr = -INFINITY;
+    for (int i = 0; i < n_ranks; i++) {
+        if (row < src.r0[i]) continue;
+        const uint8_t *m = in + (size_t)i * msg_bytes;
+        merge_part(acc, lr, (const __nv_bfloat16 *)m + rh * D,
+                   ((const float *)(m + (size_t)rows * n_heads * D * 2))[rh], lane, D);
+    }
+    for (int k = 0; k * 32 + lane < D; k++) out[rh * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
+    if (lse_out && lane == 0) lse_out[rh] = lr;
+}
+
+// A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
+size_t q_msg(int64_t rows, int n_heads, int D) {
+    return ((size_t)rows * n_heads * (2 * (size_t)D + sizeof(float)) + 255) / 256 * 256;
 }
 
 unsigned warp_blocks(int64_t warps) { return (unsigned)((warps + 7) / 8); } // 256 threads: 8 warps a block
@@ -133,6 +171,18 @@ struct cp_cuda_plan {
     int64_t step_row0[CP_MAX_RANKS]; // first row the step computes (rows: none)
     double step_pairs[CP_MAX_RANKS];
 
+    // pass-Q (lim.max_q_rows > 0): the queries go round instead, each rank
+    // attends the visiting rows to the blocks it holds (in its pool) and
+    // keeps the partials; an all-to-all brings every row its N partials
+    int pass_q;                             // the planned slice's ring
+    attn_cuda_plan_t *qsteps[CP_MAX_RANKS]; // step k: the rows of rank visitor(r, k) over this rank's pool pages
+    void *qrecv[2];                         // visiting queries, (max_q_rows, H, D) bf16
+    uint8_t *qpart, *qpartin;               // the partials sent (every origin's rows), received (own rows)
+    int64_t q_rows[CP_MAX_RANKS];           // rows of each rank
+    int64_t q_row0[CP_MAX_RANKS];           // step k: the origin's first row computed (q_rows: none)
+    size_t q_soff[CP_MAX_RANKS], q_sbytes[CP_MAX_RANKS], q_roff[CP_MAX_RANKS], q_rbytes[CP_MAX_RANKS];
+    SrcRows src; // each rank's first computed row of the own rows
+
     // decode
     attn_cuda_plan_t *dec;
     void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
@@ -144,7 +194,7 @@ struct cp_cuda_plan {
 
     // timing
     int timing;
-    cudaEvent_t ev[3 * CP_MAX_RANKS];
+    cudaEvent_t ev[3 * CP_MAX_RANKS + 2]; // per step: start, computed, waited; then pass-Q's all-to-all
     float step_c[CP_MAX_RANKS], step_w[CP_MAX_RANKS];
     int timed;
     cp_timing_t t;
@@ -154,14 +204,15 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
     if (!p) return;
     if (p->up_pf) cudaEventSynchronize(p->up_pf), cudaEventDestroy(p->up_pf);
     if (p->up_dec) cudaEventSynchronize(p->up_dec), cudaEventDestroy(p->up_dec);
-    for (int i = 0; i < 3 * CP_MAX_RANKS; i++)
+    for (int i = 0; i < 3 * CP_MAX_RANKS + 2; i++)
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
-    for (int k = 0; k < CP_MAX_RANKS; k++) attn_cuda_plan_destroy(p->steps[k]);
+    for (int k = 0; k < CP_MAX_RANKS; k++) attn_cuda_plan_destroy(p->steps[k]), attn_cuda_plan_destroy(p->qsteps[k]);
     attn_cuda_plan_destroy(p->dec);
     cudaFreeHost(p->h_arena);
     cudaFree(p->d_arena);
     cudaFree(p->pack[0]), cudaFree(p->pack[1]);
     cudaFree(p->part_o), cudaFree(p->part_lse), cudaFree(p->acc), cudaFree(p->run_lse);
+    cudaFree(p->qrecv[0]), cudaFree(p->qrecv[1]), cudaFree(p->qpart), cudaFree(p->qpartin);
     cudaFree(p->dec_ws), cudaFree(p->dq_all), cudaFree(p->dq_c), cudaFree(p->dmsg), cudaFree(p->dgath);
     free(p->h_idx);
     free(p->dec_row_owner);
@@ -180,9 +231,9 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         return LC_EINVAL;
     *out = nullptr;
     if (lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 ||
-        lim->max_decode_pages < 0 || (lim->max_tokens == 0 && lim->max_decode_seqs == 0) ||
-        lim->max_tokens > INT32_MAX || shape->page_size <= 0 || shape->n_heads <= 0 || shape->head_dim <= 0 ||
-        shape->n_kv_heads <= 0)
+        lim->max_decode_pages < 0 || lim->max_q_rows < 0 || (lim->max_q_rows > 0 && lim->max_tokens == 0) ||
+        (lim->max_tokens == 0 && lim->max_decode_seqs == 0) || lim->max_tokens > INT32_MAX || shape->page_size <= 0 ||
+        shape->n_heads <= 0 || shape->head_dim <= 0 || shape->n_kv_heads <= 0)
         return LC_EINVAL;
     cp_cuda_plan_t *p = (cp_cuda_plan_t *)calloc(1, sizeof *p);
     if (!p) return LC_ENOMEM;
@@ -217,8 +268,8 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
     if (cudaEventCreateWithFlags(&p->up_pf, cudaEventDisableTiming) != cudaSuccess ||
         cudaEventCreateWithFlags(&p->up_dec, cudaEventDisableTiming) != cudaSuccess)
         goto fail;
-    for (int i = 0; i < 3 * n_ranks; i++)
-        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) goto fail;
+    for (int i = 0; i < 3 * CP_MAX_RANKS + 2; i++)
+        if ((i < 3 * n_ranks || i >= 3 * CP_MAX_RANKS) && cudaEventCreate(&p->ev[i]) != cudaSuccess) goto fail;
     if (lim->max_tokens > 0) {
         attn_cuda_shape_t ps_shape = *shape;
         ps_shape.n_pool_pages = p->maxp; // the steps read the packs
@@ -233,6 +284,16 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         CP_ALLOC(p->part_lse, rows * H * sizeof(float));
         CP_ALLOC(p->acc, rows * H * D * sizeof(float));
         CP_ALLOC(p->run_lse, rows * H * sizeof(float));
+    }
+    if (lim->max_q_rows > 0) { // pass-Q: the steps read the pool
+        attn_cuda_limits_t al = {CP_RING_MAX_RUNS, lim->max_q_rows, (int64_t)CP_RING_MAX_RUNS * p->maxp, 0};
+        for (int k = 0; k < n_ranks; k++)
+            if ((rc = attn_cuda_plan_create(shape, ATTN_CUDA_PREFILL, &al, &p->qsteps[k]))) goto fail;
+        rc = LC_EDEVICE;
+        CP_ALLOC(p->qrecv[0], (size_t)lim->max_q_rows * H * D * 2);
+        CP_ALLOC(p->qrecv[1], (size_t)lim->max_q_rows * H * D * 2);
+        CP_ALLOC(p->qpart, (size_t)n_ranks * q_msg(lim->max_q_rows, H, D));
+        CP_ALLOC(p->qpartin, (size_t)n_ranks * q_msg(lim->max_q_rows, H, D));
     }
     if (max_dec > 0) {
         attn_cuda_limits_t al = {(int)max_dec, 0, p->lim.max_decode_pages, 0};
@@ -258,6 +319,70 @@ fail:
 }
 
 // ---- prefill ------------------------------------------------------------------------------
+// Pass-Q's steps (the own blocks' page ids at h_arena[0 .. np)) and its
+// all-to-all: step k attends the rows of rank visitor(r, k), run by run, to
+// this rank's blocks in the pool (the runs that see any: a suffix).
+static int plan_pass_q(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, int64_t np, void *stream) {
+    const int ps = p->shape.page_size, n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
+    const int64_t end = seq->pos0 + seq->n_tok;
+    size_t off = 0;
+    for (int t = 0; t < n; t++) {
+        p->q_soff[t] = off;
+        p->q_sbytes[t] = q_msg(p->q_rows[t], H, D);
+        off += p->q_sbytes[t];
+        p->q_roff[t] = (size_t)t * q_msg(p->rows, H, D);
+        p->q_rbytes[t] = q_msg(p->rows, H, D);
+        // rank t's first computed row of the own rows: the first own run that sees t's blocks
+        p->src.r0[t] = (int32_t)p->rows;
+        for (int i = 0; i < p->n_runs; i++) {
+            cp_ring_view_t v;
+            int rc = cp_ring_view(seq->owner, ps, end, &p->runs[i], t, &v);
+            if (rc) return rc;
+            if (v.kind != CP_PAIR_NONE) {
+                p->src.r0[t] = (int32_t)p->runs[i].row0;
+                break;
+            }
+        }
+    }
+    for (int k = 0; k < n; k++) {
+        const int org = cp_ring_visitor(r, k, n);
+        cp_ring_run_t runs[CP_RING_MAX_RUNS];
+        const int nr = cp_ring_runs(seq->owner, ps, seq->pos0, seq->n_tok, org, runs, CP_RING_MAX_RUNS);
+        if (nr < 0) return nr;
+        int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
+        int m = 0, first = nr;
+        double pairs = 0;
+        qi[0] = ki[0] = 0;
+        for (int i = 0; i < nr; i++) {
+            cp_ring_view_t v;
+            int rc = cp_ring_view(seq->owner, ps, end, &runs[i], r, &v);
+            if (rc) return rc;
+            if (v.kind == CP_PAIR_NONE) {
+                if (m > 0) return LC_EINVAL;
+                continue;
+            }
+            if (m == 0) first = i;
+            if (v.n_pages > np) return LC_EINVAL;
+            qi[m + 1] = qi[m] + (int32_t)runs[i].n;
+            ki[m + 1] = ki[m] + v.n_pages;
+            memcpy(p->h_idx + ki[m], p->h_arena, sizeof(int32_t) * (size_t)v.n_pages);
+            kl[m] = v.kv_len;
+            qp[m] = v.q_pos0;
+            for (int64_t row = 0; row < runs[i].n; row++)
+                pairs += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
+            m++;
+        }
+        p->q_row0[k] = m ? runs[first].row0 : p->q_rows[org];
+        p->step_pairs[k] = pairs * H;
+        if (m) {
+            attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
+            int rc = attn_cuda_plan(p->qsteps[k], &bt, stream, NULL);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
 extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream) {
     if (!p || !seq || !seq->blocks || !seq->owner || !p->steps[0]) return LC_EINVAL;
     p->pf_planned = 0;
@@ -275,6 +400,21 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
     if (p->rows > p->lim.max_rows) return LC_ERANGE;
     for (int j = 0; j < n; j++)
         if ((p->pack_pages[j] = cp_ring_pack(seq->owner, nb, j, NULL)) > p->maxp) return LC_ERANGE;
+    // the ring: pass-Q where asked for (or, automatically, where the queries
+    // weigh less than the KV) and its buffers hold every rank's rows
+    int fits = p->lim.max_q_rows > 0;
+    for (int t = 0; t < n; t++) {
+        cp_ring_run_t runs[CP_RING_MAX_RUNS];
+        const int nt = cp_ring_runs(seq->owner, ps, seq->pos0, seq->n_tok, t, runs, CP_RING_MAX_RUNS);
+        if (nt < 0) return nt;
+        p->q_rows[t] = nt ? runs[nt - 1].row0 + runs[nt - 1].n : 0;
+        fits &= p->q_rows[t] <= p->lim.max_q_rows;
+    }
+    if (seq->mode < CP_CUDA_AUTO || seq->mode > CP_CUDA_PASS_Q) return LC_EINVAL;
+    if (seq->mode == CP_CUDA_PASS_Q && !fits) return LC_ERANGE;
+    p->pass_q =
+        seq->mode == CP_CUDA_PASS_Q || (seq->mode == CP_CUDA_AUTO && fits &&
+                                        cp_pass_q_pays(seq->pos0, seq->n_tok, p->shape.n_heads, p->shape.n_kv_heads));
 
     cudaStream_t st = (cudaStream_t)stream;
     if (p->up_pf_pending) { // the pinned section may still be the source of the last upload
@@ -291,6 +431,12 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
         CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena, p->h_arena, sizeof(int32_t) * np, cudaMemcpyHostToDevice, st));
         CUDA_CHECK_RET(cudaEventRecord(p->up_pf, st));
         p->up_pf_pending = 1;
+    }
+    if (p->pass_q) {
+        int rc = plan_pass_q(p, seq, np, stream);
+        if (rc) return rc;
+        p->pf_planned = 1;
+        return 0;
     }
 
     // Each step's batch: the runs whose view of the visiting pack has keys (a
@@ -331,6 +477,8 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
     return 0;
 }
 
+extern "C" int cp_cuda_prefill_pass_q(const cp_cuda_plan_t *p) { return p && p->pf_planned ? p->pass_q : 0; }
+
 extern "C" int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos) {
     if (!p || !p->pf_planned) return 0;
     if (pos)
@@ -347,14 +495,69 @@ static int collect_timing(cp_cuda_plan_t *p) {
         p->t.compute_s += p->step_c[k] * 1e-3;
         p->t.wait_s += p->step_w[k] * 1e-3;
     }
+    if (p->pass_q) {
+        float ms = 0;
+        CUDA_CHECK_RET(cudaEventSynchronize(p->ev[3 * CP_MAX_RANKS + 1]));
+        CUDA_CHECK_RET(cudaEventElapsedTime(&ms, p->ev[3 * CP_MAX_RANKS], p->ev[3 * CP_MAX_RANKS + 1]));
+        p->t.collective_s += ms * 1e-3;
+    }
     p->timed = 1;
     return 0;
+}
+
+// Pass-Q: the query rows go round the ring (to rank + 1, the next step's
+// on their way during this step's compute, double-buffered); step k attends
+// the rows of rank visitor(r, k) to this rank's blocks into their partials;
+// then an all-to-all, and each rank merges its rows' N partials in rank order.
+static int run_pass_q(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
+                      float *lse) {
+    const int n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
+    const int nxt = (r + 1) % n, prv = (r + n - 1) % n;
+    const size_t rowb = (size_t)H * D * 2;
+    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
+    int rc;
+    for (int s = 0; s < n; s++) {
+        const int org = cp_ring_visitor(r, s, n);
+        const char *cur = s == 0 ? (const char *)q : (const char *)p->qrecv[(s - 1) & 1];
+        cp_req_t rq = {-1};
+        if (s < n - 1 && (rc = cp_sendrecv_start(c, cur, (size_t)p->q_rows[org] * rowb, nxt, p->qrecv[s & 1],
+                                                 (size_t)p->q_rows[cp_ring_visitor(r, s + 1, n)] * rowb, prv, &rq)))
+            return rc;
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s], st));
+        const int64_t r0 = p->q_row0[s];
+        if (r0 < p->q_rows[org]) {
+            uint8_t *m = p->qpart + p->q_soff[org];
+            attn_cuda_args_t a = {};
+            a.q = cur + (size_t)r0 * rowb;
+            a.out = m + (size_t)r0 * rowb;
+            a.lse = (float *)(m + (size_t)p->q_rows[org] * rowb) + (size_t)r0 * H;
+            a.k = k;
+            a.v = v;
+            if ((rc = attn_cuda_run(p->qsteps[s], &a, st))) return rc;
+        }
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s + 1], st));
+        if (s < n - 1 && (rc = cp_wait(c, &rq))) return rc;
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s + 2], st));
+        p->t.ring_steps++;
+        p->t.steps_skipped += r0 >= p->q_rows[org];
+        p->t.prefill_pairs += p->step_pairs[s];
+    }
+    if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS], st));
+    if ((rc = cp_alltoallv(c, p->qpart, p->q_soff, p->q_sbytes, p->qpartin, p->q_roff, p->q_rbytes))) return rc;
+    if (p->rows > 0) {
+        passq_merge_kernel<<<warp_blocks(p->rows * H), 256, 0, st>>>(p->qpartin, p->q_rbytes[0], p->rows, H, D, p->src,
+                                                                     n, (__nv_bfloat16 *)out, lse);
+        CUDA_CHECK_RET(cudaGetLastError());
+    }
+    if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS + 1], st));
+    return p->timing ? collect_timing(p) : 0;
 }
 
 extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
                                    void *out, float *lse) {
     if (!p || !c || !p->pf_planned || !k || !v || (p->rows > 0 && (!q || !out))) return LC_EINVAL;
     if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
+    if (p->pass_q) return run_pass_q(p, c, k, v, q, out, lse);
     const int n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
     const int nxt = (r + 1) % n, prv = (r + n - 1) % n;
     const size_t vo = (size_t)p->maxp * p->page_bytes; // V's offset in a pack

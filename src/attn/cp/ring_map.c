@@ -61,3 +61,7 @@ int cp_ring_view(const uint8_t *owner, int bs, int64_t end, const cp_ring_run_t 
     v->kind = keys == 0 ? CP_PAIR_NONE : before >= keys ? CP_PAIR_FULL : CP_PAIR_CAUSAL;
     return 0;
 }
+
+int cp_pass_q_pays(int64_t pos0, int64_t n_tok, int n_heads, int n_kv_heads) {
+    return pos0 > 0 && (double)n_tok * n_heads <= (double)(pos0 + n_tok) * n_kv_heads;
+}
