@@ -457,11 +457,15 @@ template <int D> __global__ void __launch_bounds__(kAttThreads) attend_kernel(co
     if (tid < G) p.ws_lse[part * G + tid] = sm_M[tid] * sl2 + log2f(sm_L[tid]);
 }
 
-// grid (n_rows, n_kv_heads), block 128: a row's chunks merged in chunk
-// order (chunk 0 is never empty, so the largest LSE is finite).
+// grid (n_rows, n_kv_heads, D / 32), block 128: a row's chunks merged in
+// chunk order (chunk 0 is never empty, so the largest LSE is finite), 32
+// dims of each head of the group per CTA: at one row the merge is a chain
+// of dependent loads, and more CTAs run more of them at once. Every CTA
+// computes the same weights; the first writes the LSE.
 __global__ void __launch_bounds__(128) merge_kernel(const TidalMergeParams p) {
     __shared__ float sm_w[kTidalMaxGroup][kTidalMaxSplits];
     const int row = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, G = p.group, D = p.D;
+    const int d0 = 32 * blockIdx.z;
     const int4 rb = p.rows[2 * row + 1];
     const int n_chunks = rb.z;
     const int64_t part = (int64_t)rb.w + (int64_t)kvh * n_chunks; // partial of chunk 0
@@ -482,14 +486,14 @@ __global__ void __launch_bounds__(128) merge_kernel(const TidalMergeParams p) {
         }
         const float inv = 1.f / sum;
         for (int c = 0; c < n_chunks; c++) sm_w[tid][c] *= inv;
-        if (p.lse) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
+        if (p.lse && blockIdx.z == 0) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
     }
     __syncthreads();
-    for (int e = tid; e < G * D; e += 128) {
-        const int g = e / D, d = e % D;
+    for (int e = tid; e < G * 32; e += 128) {
+        const int g = e / 32, d = d0 + e % 32;
         const float *src = p.ws_o + (part * G + g) * D + d;
         float v = 0.f;
-#pragma unroll 8
+#pragma unroll 16
         for (int c = 0; c < n_chunks; c++) v += sm_w[g][c] * src[(size_t)c * G * D];
         p.out[(head0 + g) * D + d] = __float2bfloat16_rn(v);
     }
@@ -532,7 +536,7 @@ int attn_tidal_attend_launch(int D, const TidalAttendParams &p, int n_items, int
 }
 
 int attn_tidal_merge_launch(const TidalMergeParams &p, int n_rows, int n_kv_heads, cudaStream_t st) {
-    merge_kernel<<<dim3(n_rows, n_kv_heads), 128, 0, st>>>(p);
+    merge_kernel<<<dim3(n_rows, n_kv_heads, p.D / 32), 128, 0, st>>>(p);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
