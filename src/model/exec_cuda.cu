@@ -274,6 +274,7 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     }
     gemm_modes(o, c);
     c->use_graphs = !o->gpu_no_graphs;
+    model_cuda__prof_create(c);
     if ((rc = ops_cuda_gemm_create((size_t)32 << 20, c->dec_mode, &c->gemm))) {
         snprintf(err, errlen, "cannot create the cuBLASLt handle");
         goto fail;
@@ -301,6 +302,7 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    model_cuda__prof_destroy(c);
     for (int b = 0; b < N_BUCKETS; b++) {
         if (!c->graphs[b]) continue;
         for (int i = 0; i <= c->m->hp.n_layers; i++)

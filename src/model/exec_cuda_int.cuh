@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 extern "C" {
 #include "attn/attn.h"
@@ -134,8 +135,14 @@ struct model_cuda {
     int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
     size_t cap_indices;
     unsigned char *covered; // (T) batch validation
+    struct step_prof *prof; // LACUNA_CUDA_PROFILE: where decode steps spend their time (NULL: off)
     char failure[256];      // set once the device is lost (model_cuda_failure)
 };
+
+/* The step profile (exec_cuda_step.cu): created from the environment,
+ * reported and freed with the executor. */
+void model_cuda__prof_create(model_cuda_t *c);
+void model_cuda__prof_destroy(model_cuda_t *c);
 
 /* The step's index arrays, each (max_tokens) int32, one after the other;
  * IX_PLEN: the valid tokens of the row's page once the row is written. */

@@ -62,6 +62,12 @@
 #            24 tokens) under ncu, per decode method (STEPS8B_METHODS: dense
 #            quest tidal), each kernel's time per layer
 #            (bench/gpu_kernel_times.py; the prompt's launches skipped)
+#     profile8b  where a decode step's time goes, on the e2e8b model:
+#            `lacuna complete` (the 30,000-word prompt, dense prefill, 128
+#            tokens) with LACUNA_CUDA_PROFILE=1, per decode method
+#            (PROFILE8B_RUNS: method:streams[:budget] ..., default dense:1
+#            quest:1 tidal:1 quest:1:1000000), the host and GPU phases of
+#            a decode step (the executor's step profile)
 #     paired the paired retrieval sweep (bench/accuracy/paired.py) through the
 #            GPU executor on the default model: PAIRED_PLAN (4096:100,8192:100),
 #            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256),
@@ -99,6 +105,11 @@ model8b() {
     M8=/tmp/lacuna-llama8b-$1.gguf
     [ -f "$M8" ] || ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 \
         --ff 14336 --ctx "$1" --type q8_0 --vocab-size 128256 --seed 8
+}
+
+# N copies (ids 1..N) of a 30,000-word prompt, as JSON lines for `lacuna complete`.
+prompt8b() {
+    python3 -c 'import json, sys; w = "the of and to in is it that was for on are with as his they be at one have this from or had by".split(); p = " ".join(w[(i * 7) % len(w)] for i in range(30000)); [print(json.dumps({"id": i + 1, "prompt": p})) for i in range(int(sys.argv[1]))]' "$1"
 }
 
 # The default model, once its two parts are here.
@@ -275,7 +286,7 @@ for step in "$@"; do
     steps8b)
         model8b 32768 || { fail "mkmodel 8b" 1; continue; }
         P8=/tmp/lacuna-steps8b.jsonl
-        python3 -c 'import json; w = "the of and to in is it that was for on are with as his they be at one have this from or had by".split(); print(json.dumps({"id": 1, "prompt": " ".join(w[(i * 7) % len(w)] for i in range(30000))}))' >"$P8"
+        prompt8b 1 >"$P8"
         : >"$OUT/steps8b.md"
         for m in ${STEPS8B_METHODS:-dense quest tidal}; do
             # the prompt's 8 chunks x 32 layers of summaries are skipped, then 400 launches of decode steps
@@ -285,6 +296,22 @@ for step in "$@"; do
                 "$G/bin/lacuna" complete -m "$M8" -i "$P8" -n 24 --decode "$m" --decode-budget 2048 \
                 --prefill dense --device cuda:0 2>&1 | tee -a "$OUT/steps8b.md"
             [ "${PIPESTATUS[0]}" = 0 ] || fail "steps8b $m" 1
+        done
+        ;;
+    profile8b)
+        model8b 32768 || { fail "mkmodel 8b" 1; continue; }
+        : >"$OUT/profile8b.log"
+        for r in ${PROFILE8B_RUNS:-dense:1 quest:1 tidal:1 quest:1:1000000}; do
+            IFS=: read -r m n bud <<<"$r"
+            P8=/tmp/lacuna-profile8b-$n.jsonl
+            prompt8b "$n" >"$P8"
+            echo "--- decode $m, $n stream(s), budget ${bud:-2048}" | tee -a "$OUT/profile8b.log"
+            ours env LACUNA_CUDA_PROFILE=1 timeout 300 "$G/bin/lacuna" complete -m "$M8" -i "$P8" -c "$n" -n 128 \
+                --decode "$m" --decode-budget "${bud:-2048}" --prefill dense --device cuda:0 -o "$OUT/profile8b-$m-$n.jsonl" \
+                2>&1 | grep -E "cuda profile|requests in|rror" | tee -a "$OUT/profile8b.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "profile8b $r" 1
+            python3 -c 'import json, sys; r = [json.loads(l) for l in open(sys.argv[1])]; print("ms/token after the first, per stream: %.3f" % (1e3 * sum((x["e2e_s"] - x["ttft_s"]) / max(1, x["completion_tokens"] - 1) for x in r) / len(r)))' \
+                "$OUT/profile8b-$m-$n.jsonl" | tee -a "$OUT/profile8b.log"
         done
         ;;
     paired)
