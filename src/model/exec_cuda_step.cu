@@ -235,53 +235,10 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     return 0;
 }
 
-/* ---- the step profile (LACUNA_CUDA_PROFILE=1) ----------------------------------------------------- */
-
-/* Where the decode steps (no prompt rows) spend their time: host phases by
- * the monotonic clock, GPU phases by events on the stream (before the
- * uploads, after the plans, after each piece and each attention call, after
- * the logits), summed over steps and reported when the executor goes. The
- * events cost a few µs of host time a layer; off, nothing is recorded. */
-enum { HP_BUILD, HP_UPLOAD, HP_PLAN, HP_ENQUEUE, HP_LOGITS, HP_SYNC, HP_COUNT, HP_N };
-enum { GP_PLAN, GP_PIECES, GP_ATTN, GP_LOGITS, GP_ALL, GP_N };
-
-struct step_prof {
-    int n_ev; // 2 (L + 1) + 2: start, planned, per piece and attention call, end
-    cudaEvent_t *ev;
-    double host[HP_N]; // seconds
-    double gpu[GP_N];  // milliseconds
-    double rows;       // decode rows, summed over steps
-    double create;     // seconds creating sparse decode plans (all steps)
-    long n_create;     // sparse decode plans created (all steps)
-    long n_grow;       // workspaces grown (all steps)
-    size_t grown;      // the largest size grown to
-    long steps;
-    struct timespec t[HP_N + 1];
-};
-
-static double prof_now(const model_cuda_t *c) {
-    if (!c->prof) return 0;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static void prof_created(model_cuda_t *c, double t0) {
-    if (!c->prof) return;
-    c->prof->create += prof_now(c) - t0;
-    c->prof->n_create++;
-}
-
-static void prof_grow(model_cuda_t *c, size_t need) {
-    if (!c->prof) return;
-    c->prof->n_grow++;
-    if (need > c->prof->grown) c->prof->grown = need;
-}
-
 /* Grows a device workspace (after the stream drains: the old one may be in use). */
 static int grow_ws(model_cuda_t *c, void **ws, size_t *have, size_t need) {
     if (need <= *have) return 0;
-    prof_grow(c, need);
+    model_cuda__prof_grow(c, need);
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
     cudaFree(*ws);
     *ws = NULL;
@@ -308,9 +265,9 @@ static int plan_quest(model_cuda_t *c, const step_t *st) {
     int32_t *budget = c->q_budget + st->n_quest + 1; // scratch after the budgets (2 T + 4 + L entries)
     for (int j = 0; j <= st->n_thr; j++) {
         if (j >= c->n_qp) {
-            const double t0 = prof_now(c);
+            const double t0 = model_cuda__prof_now(c);
             int rc = attn_quest_plan_create(&c->shape, &c->dec_lim, &c->qp[c->n_qp]);
-            prof_created(c, t0);
+            model_cuda__prof_created(c, t0);
             if (rc) return rc;
             c->n_qp++;
         }
@@ -386,10 +343,10 @@ static int plan_tidal(model_cuda_t *c, const step_t *st) {
         lim->max_budget = (int)grow_cap(budget, lim->max_budget, 256);
         lim->split_keys = 0;
         const attn_cuda_limits_t dl = {lim->max_rows, lim->max_rows, lim->max_pages, 0};
-        const double t0 = prof_now(c);
+        const double t0 = model_cuda__prof_now(c);
         int rc = attn_cuda_plan_create(&c->shape, ATTN_CUDA_DECODE, &dl, &c->t_dense);
         if (!rc) rc = attn_tidal_plan_create(&c->shape, lim, &c->t_plan);
-        prof_created(c, t0);
+        model_cuda__prof_created(c, t0);
         if (rc) {
             lim->max_rows = 0; // created again by the next step that needs them
             return rc;
@@ -768,90 +725,6 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
     }
 }
 
-static double ts_sec(const struct timespec *a, const struct timespec *b) {
-    return (double)(b->tv_sec - a->tv_sec) + 1e-9 * (double)(b->tv_nsec - a->tv_nsec);
-}
-
-void model_cuda__prof_create(model_cuda_t *c) {
-    const char *e = getenv("LACUNA_CUDA_PROFILE");
-    if (!e || !*e || !strcmp(e, "0")) return;
-    const int L = c->m->hp.n_layers;
-    struct step_prof *p = (struct step_prof *)calloc(1, sizeof *p);
-    if (p) p->ev = (cudaEvent_t *)calloc((size_t)2 * (L + 1) + 2, sizeof *p->ev);
-    if (!p || !p->ev) {
-        if (p) free(p);
-        LC_WARN("cuda: no memory for the step profile; it stays off");
-        return;
-    }
-    p->n_ev = 2 * (L + 1) + 2;
-    for (int i = 0; i < p->n_ev; i++)
-        if (cudaEventCreate(&p->ev[i]) != cudaSuccess) {
-            LC_WARN("cuda: cannot create the step profile's events; it stays off");
-            for (int j = 0; j < i; j++) cudaEventDestroy(p->ev[j]);
-            free(p->ev);
-            free(p);
-            return;
-        }
-    c->prof = p;
-}
-
-void model_cuda__prof_destroy(model_cuda_t *c) {
-    struct step_prof *p = c->prof;
-    if (!p) return;
-    if (p->steps) {
-        const double n = (double)p->steps, L = c->m->hp.n_layers;
-        double wall = 0;
-        for (int i = 0; i < HP_N; i++) wall += p->host[i];
-        LC_INFO("cuda profile: %ld decode steps, %.1f rows each; host ms/step: %.3f = build %.3f, upload %.3f, plan "
-                "%.3f, enqueue %.3f, logits and wait %.3f, sync %.3f, count %.3f; GPU ms/step: %.3f = uploads and "
-                "plans %.3f, pieces %.3f, attention %.3f (%.1f us a layer), logits %.3f",
-                p->steps, p->rows / n, 1e3 * wall / n, 1e3 * p->host[HP_BUILD] / n, 1e3 * p->host[HP_UPLOAD] / n,
-                1e3 * p->host[HP_PLAN] / n, 1e3 * p->host[HP_ENQUEUE] / n, 1e3 * p->host[HP_LOGITS] / n,
-                1e3 * p->host[HP_SYNC] / n, 1e3 * p->host[HP_COUNT] / n, p->gpu[GP_ALL] / n, p->gpu[GP_PLAN] / n,
-                p->gpu[GP_PIECES] / n, p->gpu[GP_ATTN] / n, 1e3 * p->gpu[GP_ATTN] / n / L, p->gpu[GP_LOGITS] / n);
-        LC_INFO("cuda profile: over all steps: %ld sparse decode plans created in %.3f s, %ld workspaces grown "
-                "(the largest to %zu bytes)",
-                p->n_create, p->create, p->n_grow, p->grown);
-    }
-    for (int i = 0; i < p->n_ev; i++) cudaEventDestroy(p->ev[i]);
-    free(p->ev);
-    free(p);
-    c->prof = NULL;
-}
-
-/* Host mark k (0: the step's start, k: the end of host phase k - 1). */
-static void prof_mark(model_cuda_t *c, int k) {
-    if (c->prof) clock_gettime(CLOCK_MONOTONIC, &c->prof->t[k]);
-}
-
-/* Event i on the stream: 0 before the uploads, 1 after the plans, 2 + 2 i
- * after piece i, 3 + 2 i after attention call i, n_ev - 1 after the logits. */
-static void prof_event(model_cuda_t *c, int i) {
-    if (c->prof) cudaEventRecord(c->prof->ev[i], c->stream);
-}
-
-static float prof_ms(const struct step_prof *p, int a, int b) {
-    float ms = 0;
-    return cudaEventElapsedTime(&ms, p->ev[a], p->ev[b]) == cudaSuccess ? ms : 0.0f;
-}
-
-/* After the step's sync: adds a decode step's phases. */
-static void prof_step(model_cuda_t *c, const step_t *st) {
-    struct step_prof *p = c->prof;
-    if (!p || st->n_pf_rows) return;
-    const int L = c->m->hp.n_layers, end = p->n_ev - 1;
-    for (int i = 0; i < HP_N; i++) p->host[i] += ts_sec(&p->t[i], &p->t[i + 1]);
-    p->gpu[GP_PLAN] += prof_ms(p, 0, 1);
-    for (int i = 0; i <= L; i++) {
-        p->gpu[GP_PIECES] += prof_ms(p, i ? 3 + 2 * (i - 1) : 1, 2 + 2 * i);
-        if (i < L) p->gpu[GP_ATTN] += prof_ms(p, 2 + 2 * i, 3 + 2 * i);
-    }
-    p->gpu[GP_LOGITS] += prof_ms(p, 2 + 2 * L, end);
-    p->gpu[GP_ALL] += prof_ms(p, 0, end);
-    p->rows += st->rows;
-    p->steps++;
-}
-
 extern "C" const char *model_cuda_failure(const model_cuda_t *c) { return c->failure[0] ? c->failure : NULL; }
 
 /* After a failed step: drains the stream and clears a passing error; an
@@ -882,44 +755,44 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     if (rc) return rc;
     if (b->n_seqs > c->max_seqs) return LC_EINVAL;
     step_t st;
-    prof_mark(c, 0);
+    model_cuda__prof_mark(c, 0);
     if ((rc = build_step(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaSetDevice(c->device));
     if (st.bucket >= 0 && !c->graphs[st.bucket] && (rc = capture_bucket(c, st.bucket))) return rc;
     const cudaGraphExec_t *g = st.bucket >= 0 && c->use_graphs ? c->graphs[st.bucket] : NULL;
     const int rows = g ? bucket_rows[st.bucket] : st.rows;
-    prof_mark(c, 1);
-    prof_event(c, 0);
+    model_cuda__prof_mark(c, 1);
+    model_cuda__prof_event(c, 0);
     CUDA_CHECK_RET(cudaMemcpyAsync(c->d_idx, c->h_idx, IX_N * (size_t)c->max_tokens * sizeof(int32_t),
                                    cudaMemcpyHostToDevice, c->stream));
     CUDA_CHECK_RET(
         cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
-    prof_mark(c, 2);
+    model_cuda__prof_mark(c, 2);
     if ((rc = plan_attention(c, &st))) return rc;
-    prof_mark(c, 3);
-    prof_event(c, 1);
+    model_cuda__prof_mark(c, 3);
+    model_cuda__prof_event(c, 1);
     const int L = c->m->hp.n_layers;
     for (int i = 0; i <= L; i++) {
         if (g)
             CUDA_CHECK_RET(cudaGraphLaunch(g[i], c->stream));
         else if ((rc = piece(c, rows, st.n_pf_rows, st.rowwise, i)))
             return rc;
-        prof_event(c, 2 + 2 * i);
+        model_cuda__prof_event(c, 2 + 2 * i);
         if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
-        if (i < L) prof_event(c, 3 + 2 * i);
+        if (i < L) model_cuda__prof_event(c, 3 + 2 * i);
     }
-    prof_mark(c, 4);
+    model_cuda__prof_mark(c, 4);
     if (st.n_flex || st.n_anchor)
         CUDA_CHECK_RET(cudaMemcpyAsync(c->h_pairs, c->d_pairs,
                                        2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long),
                                        cudaMemcpyDeviceToHost, c->stream));
     if ((rc = logits(c, b, &st))) return rc;
-    if (c->prof) prof_event(c, c->prof->n_ev - 1);
-    prof_mark(c, 5);
+    model_cuda__prof_event(c, -1);
+    model_cuda__prof_mark(c, 5);
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
-    prof_mark(c, 6);
+    model_cuda__prof_mark(c, 6);
     count_attention(c, b, &st);
-    prof_mark(c, 7);
-    prof_step(c, &st);
+    model_cuda__prof_mark(c, 7);
+    model_cuda__prof_step(c, st.n_pf_rows == 0, st.rows);
     return 0;
 }
