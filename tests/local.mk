@@ -170,6 +170,8 @@ EXTRA_DIST += tests/integration/test_hol.py
 EXTRA_DIST += tests/integration/test_determinism.py
 # Gemma 3 served (its fixture is distributed above; the test was not).
 EXTRA_DIST += tests/integration/test_gemma.py
+# The paired retrieval harness (bench/accuracy/paired.py): statistics, kernel sets.
+EXTRA_DIST += tests/integration/test_paired.py
 
 # ---- OpenBLAS core types ------------------------------------------------------
 # check_sched's batch-invariance cases under each OPENBLAS_CORETYPE this CPU

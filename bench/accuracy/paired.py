@@ -28,15 +28,28 @@ Statistics, per task (and all tasks together), length and method:
   lost with its exact (Clopper-Pearson) 95% upper bound: the issue's target
   is "loses no more than 1% of the answers dense gets right".
 
-Runs resume: results are appended to OUT/paired.jsonl as they come, and a
-request already answered there is not sent again.
+Kernel sets (--cpu-sets, CPU only). A sparse method's lost answer is often
+a near-tie between two numbers in the haystack that rounding decides: the
+same requests under another CPU kernel set (LACUNA_CPU=avx2: other
+summation orders in every matmul) flip some of them either way. With two or
+more sets every request runs under each (results in OUT/paired.jsonl for
+the machine's own set, "native", and OUT/paired.SET.jsonl for a forced
+one), each set gets its table, and a last table counts per sample across
+the sets: dense right under every set (the denominator), lost under every
+set (a persistent loss: the method's, not the rounding's), lost under some
+set only (a near-tie), and gained under every set.
+
+Runs resume: results are appended to OUT/paired[.SET].jsonl as they come,
+and a request already answered there is not sent again.
 
   python3 bench/accuracy/paired.py --lacuna build/lacuna --plan 4096:100 \\
       --methods dense,flexprefill,anchor --out bench/accuracy/results/smollm2
+  python3 bench/accuracy/paired.py --cpu-sets native,avx2 ... --out DIR
   python3 bench/accuracy/paired.py --summarize --out bench/accuracy/results/smollm2
 """
 import argparse
 import collections
+import glob
 import concurrent.futures
 import json
 import math
@@ -181,55 +194,148 @@ def load(path):
     return res
 
 
-def summarize(path, out_md=None):
-    res = load(path)
-    by = collections.defaultdict(dict)  # (task, length, method) -> {sample: (right, density)}
-    methods = []
-    for r in res.values():
+def collect(path):
+    """(task, length, method) -> {sample: (right, density, ttft)}, every task also under "all"."""
+    by = collections.defaultdict(dict)
+    for r in load(path).values():
         i = r["id"]
         if "error" in r:
             print(f"refused by the engine: {i} ({r['error']})", file=sys.stderr)
             continue
         by[(i["task"], i["length"], i["method"])][i["sample"]] = (i["answer"] in r["text"],
                                                                   r.get("prefill_density") or 1.0, r["ttft_s"])
-        if i["method"] not in methods:
-            methods.append(i["method"])
-    methods.sort(key=lambda m: (m != "dense", m))
     for (task, length, m), cur in list(by.items()):  # every task together: the target holds for each and all
         for i, v in cur.items():
             by[("all", length, m)][(task, i)] = v
+    return by
+
+
+def methods_of(by):
+    return sorted({k[2] for k in by}, key=lambda m: (m != "dense", m))
+
+
+def keys_of(by):
+    """(task, length) in table order: each task, then all tasks together."""
+    return [(t, l) for t in TASKS + ("all",) for l in sorted({k[1] for k in by if k[0] == t})]
+
+
+def table(by):
     rows = ["| task | length | method | n | accuracy [95% CI] | density | lost | gained | McNemar p | "
             "difference [95% CI] | lost / dense right [95% upper] |",
             "|---|---:|---|---:|---|---:|---:|---:|---:|---|---|"]
-    for task in TASKS + ("all",):
-        for length in sorted({k[1] for k in by if k[0] == task}):
-            ref = by.get((task, length, "dense"), {})
-            for m in methods:
-                cur = by.get((task, length, m))
-                if not cur:
-                    continue
-                n = len(cur)
-                k = sum(v[0] for v in cur.values())
-                lo, hi = wilson(k, n)
-                dens = sum(v[1] for v in cur.values()) / n
-                cell = f"| {task} | {length} | {m} | {n} | {k / n:.2f} [{lo:.2f}, {hi:.2f}] | {dens:.3f} |"
-                common = sorted(set(cur) & set(ref))
-                if m == "dense" or not common:
-                    rows.append(cell + " | | | | |")
-                    continue
-                pairs = [(int(ref[s][0]), int(cur[s][0])) for s in common]
-                lost = sum(1 for r, c in pairs if r and not c)
-                gained = sum(1 for r, c in pairs if c and not r)
-                right = sum(r for r, _ in pairs)
-                dlo, dhi = bootstrap_diff(pairs)
-                share = f"{lost}/{right} = {lost / right:.3f} [≤ {cp_upper(lost, right):.3f}]" if right else "–"
-                rows.append(cell + f" {lost} | {gained} | {mcnemar_exact(lost, gained):.3f} | "
-                            f"{(sum(c for _, c in pairs) - right) / len(pairs):+.3f} [{dlo:+.3f}, {dhi:+.3f}] | "
-                            f"{share} |")
-    table = "\n".join(rows)
-    print(table)
+    for task, length in keys_of(by):
+        ref = by.get((task, length, "dense"), {})
+        for m in methods_of(by):
+            cur = by.get((task, length, m))
+            if not cur:
+                continue
+            n = len(cur)
+            k = sum(v[0] for v in cur.values())
+            lo, hi = wilson(k, n)
+            dens = sum(v[1] for v in cur.values()) / n
+            cell = f"| {task} | {length} | {m} | {n} | {k / n:.2f} [{lo:.2f}, {hi:.2f}] | {dens:.3f} |"
+            common = sorted(set(cur) & set(ref))
+            if m == "dense" or not common:
+                rows.append(cell + " | | | | |")
+                continue
+            pairs = [(int(ref[s][0]), int(cur[s][0])) for s in common]
+            lost = sum(1 for r, c in pairs if r and not c)
+            gained = sum(1 for r, c in pairs if c and not r)
+            right = sum(r for r, _ in pairs)
+            dlo, dhi = bootstrap_diff(pairs)
+            share = f"{lost}/{right} = {lost / right:.3f} [≤ {cp_upper(lost, right):.3f}]" if right else "–"
+            rows.append(cell + f" {lost} | {gained} | {mcnemar_exact(lost, gained):.3f} | "
+                        f"{(sum(c for _, c in pairs) - right) / len(pairs):+.3f} [{dlo:+.3f}, {dhi:+.3f}] | "
+                        f"{share} |")
+    return "\n".join(rows)
+
+
+def across(bys):
+    """Per sample across kernel sets: only samples every set ran for dense and the method count."""
+    names = list(bys)
+    first = bys[names[0]]
+    rows = [f"| task | length | method | n | dense right under all {len(names)} | lost under all | "
+            "lost under some only | gained under all | McNemar p (all) | "
+            "persistent lost / dense right [95% upper] |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+    for task, length in keys_of(first):
+        for m in methods_of(first):
+            if m == "dense":
+                continue
+            sets = [(b.get((task, length, "dense"), {}), b.get((task, length, m), {})) for b in bys.values()]
+            common = set.intersection(*(set(d) & set(c) for d, c in sets))
+            if not common:
+                continue
+            ref_all = cur_all = lost_all = lost_some = gained_all = 0
+            for s in common:
+                r = [d[s][0] for d, _ in sets]
+                c = [x[s][0] for _, x in sets]
+                lost = [a and not b for a, b in zip(r, c)]
+                gain = [b and not a for a, b in zip(r, c)]
+                ref_all += all(r)
+                cur_all += all(c)
+                lost_all += all(lost)
+                lost_some += any(lost) and not all(lost)
+                gained_all += all(gain)
+            share = (f"{lost_all}/{ref_all} = {lost_all / ref_all:.3f} [≤ {cp_upper(lost_all, ref_all):.3f}]"
+                     if ref_all else "–")
+            rows.append(f"| {task} | {length} | {m} | {len(common)} | {ref_all} | {lost_all} | {lost_some} | "
+                        f"{gained_all} | {mcnemar_exact(lost_all, gained_all):.3f} | {share} |")
+    return "\n".join(rows)
+
+
+def result_files(out):
+    """{kernel set: results file}: paired.jsonl is the machine's own set."""
+    files = {"native": os.path.join(out, "paired.jsonl")}
+    for f in sorted(glob.glob(os.path.join(out, "paired.*.jsonl"))):
+        files[os.path.basename(f)[len("paired."):-len(".jsonl")]] = f
+    return {k: v for k, v in files.items() if os.path.exists(v)}
+
+
+def summarize(out, out_md=None):
+    bys = {k: collect(f) for k, f in result_files(out).items()}
+    parts = []
+    for k, by in bys.items():
+        if len(bys) > 1:
+            parts.append(f"Kernel set: {k}\n")
+        parts.append(table(by) + "\n")
+    if len(bys) > 1:
+        parts.append(f"Across the kernel sets ({', '.join(bys)}), per sample:\n")
+        parts.append(across(bys) + "\n")
+    text = "\n".join(parts)
+    print(text, end="")
     if out_md:
-        open(out_md, "w").write(table + "\n")
+        open(out_md, "w").write(text)
+
+
+def run(args, cpu):
+    """Every request of the plan not yet answered under kernel set cpu, through lacuna complete."""
+    if cpu not in ("native", "avx512", "avx2", "scalar"):
+        sys.exit(f"paired: unknown kernel set {cpu!r} (native, avx512, avx2, scalar)")
+    path = os.path.join(args.out, "paired.jsonl" if cpu == "native" else f"paired.{cpu}.jsonl")
+    lines = build(args, load(path))
+    print(f"paired: {len(lines)} requests to run under kernel set {cpu}", file=sys.stderr)
+    if not lines:
+        return
+    env = dict(os.environ)
+    env.pop("LACUNA_CPU", None)
+    if cpu != "native":
+        env["LACUNA_CPU"] = cpu
+    fd, req = tempfile.mkstemp(suffix=".jsonl")  # the prompts: large, not kept
+    with os.fdopen(fd, "w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    t0 = time.time()
+    part = path + ".part"
+    rc = subprocess.run([args.lacuna, "complete", "-m", args.model, "-i", req, "-o", part, "-c",
+                         str(args.concurrency), "--chunk", str(args.chunk), "--device", args.device],
+                        env=env).returncode
+    os.remove(req)
+    with open(path, "a") as out:  # what finished, also after an interruption
+        if os.path.exists(part):
+            out.write(open(part).read())
+            os.remove(part)
+    print(f"paired: {time.time() - t0:.0f} s (rc {rc})", file=sys.stderr)
 
 
 def main():
@@ -247,30 +353,16 @@ def main():
     ap.add_argument("--chunk", type=int, default=2048, help="prefill chunk (what sparse prefill chooses over)")
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="lacuna complete's device (cpu, cuda:0, auto)")
+    ap.add_argument("--cpu-sets", default="native",
+                    help="CPU kernel sets to run every request under: native (the machine's own), avx512, avx2, "
+                         "scalar (LACUNA_CPU), comma-separated")
     ap.add_argument("--summarize", action="store_true", help="only print the table from existing results")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "paired.jsonl")
     if not args.summarize:
-        lines = build(args, load(path))
-        print(f"paired: {len(lines)} requests to run", file=sys.stderr)
-        if lines:
-            fd, req = tempfile.mkstemp(suffix=".jsonl")  # the prompts: large, not kept
-            with os.fdopen(fd, "w") as f:
-                for line in lines:
-                    f.write(json.dumps(line) + "\n")
-            t0 = time.time()
-            part = path + ".part"
-            rc = subprocess.run([args.lacuna, "complete", "-m", args.model, "-i", req, "-o", part, "-c",
-                                 str(args.concurrency), "--chunk", str(args.chunk), "--device",
-                                 args.device]).returncode
-            os.remove(req)
-            with open(path, "a") as out:  # what finished, also after an interruption
-                if os.path.exists(part):
-                    out.write(open(part).read())
-                    os.remove(part)
-            print(f"paired: {time.time() - t0:.0f} s (rc {rc})", file=sys.stderr)
-    summarize(path, os.path.join(args.out, "paired.md"))
+        for cpu in args.cpu_sets.split(","):
+            run(args, cpu)
+    summarize(args.out, os.path.join(args.out, "paired.md"))
 
 
 if __name__ == "__main__":
