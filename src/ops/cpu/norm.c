@@ -7,9 +7,6 @@
  * does not depend on which thread or span it falls in, so the bits are the
  * same as one thread's. */
 #include <math.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "ops/ops.h"
 #include "ops/cpu/par.h"

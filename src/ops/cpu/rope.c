@@ -5,10 +5,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "common/status.h"
 #include "ops/ops.h"
 #include "ops/cpu/par.h"
