@@ -92,6 +92,7 @@ typedef struct {
     float *od, *ld, *o, *l; // (n_tok, H, d) / (n_tok, H) scratch
     float *rec;             // (n_tok * H) recall values
     FILE *csv;
+    FILE *rows; // --rows: per prompt row, each sampled layer and prefill setting
     int err;
 } eval_t;
 
@@ -118,6 +119,25 @@ static void compare(eval_t *e, size_t rows, int d, const float *od, const float 
     *relerr = den > 0 ? sqrt(num / den) : 0;
     *rmean = rs / (double)rows;
     *p05 = e->rec[(size_t)(0.05 * (double)(rows - 1))];
+}
+
+/* --rows: each row's relative error over its heads and its lowest recall
+ * (the 0..1 recall of its heads), for finding which rows a method loses. */
+static void write_rows(const eval_t *e, int i, int layer, int H, int d) {
+    const size_t HD = (size_t)H * d;
+    for (int r = 0; r < e->n_tok; r++) {
+        double num = 0, den = 0, rmin = 1;
+        for (size_t j = 0; j < HD; j++) {
+            const double x = (double)e->o[r * HD + j] - e->od[r * HD + j];
+            num += x * x;
+            den += (double)e->od[r * HD + j] * e->od[r * HD + j];
+        }
+        for (int h = 0; h < H; h++) {
+            const float l = e->l[(size_t)r * H + h], x = l == -INFINITY ? 0.0f : expf(l - e->ld[(size_t)r * H + h]);
+            if (x < rmin) rmin = x;
+        }
+        fprintf(e->rows, "\"%s\",%d,%d,%.6g,%.6g\n", settings[i].name, layer, r, den > 0 ? sqrt(num / den) : 0, rmin);
+    }
 }
 
 /* Setting i is among those asked for (--only). */
@@ -163,6 +183,7 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
             const size_t r0 = e->last > 0 && e->last < n_tok ? (size_t)(n_tok - e->last) : 0;
             compare(e, ((size_t)n_tok - r0) * H, d, e->od + r0 * H * d, e->ld + r0 * H, e->o + r0 * H * d,
                     e->l + r0 * H, &re, &rm, &p5);
+            if (e->rows) write_rows(e, i, layer, H, d);
             acc_t *a = &e->acc[i];
             a->relerr_sum += re, a->recall_sum += rm, a->p05_sum += p5, a->secs += secs, a->dens_sum += dens;
             a->layers++;
@@ -200,7 +221,7 @@ static void hook(void *ud, int layer, int seq, const attn_shape_t *sh, const flo
 }
 
 /* ---- one prompt length ---------------------------------------------------------------------- */
-static int eval_len(const model_t *m, const int32_t *ids, int n, const int *sample, int dec_rows, FILE *csv,
+static int eval_len(const model_t *m, const int32_t *ids, int n, const int *sample, int dec_rows, FILE *csv, FILE *rows,
                     int markdown, int last, const char *only) {
     const model_hparams_t *hp = model_hparams(m);
     const attn_shape_t sh = model_attn_shape(m);
@@ -210,7 +231,8 @@ static int eval_len(const model_t *m, const int32_t *ids, int n, const int *samp
                 .last = last,
                 .only = only,
                 .sample = sample,
-                .csv = csv};
+                .csv = csv,
+                .rows = rows};
     size_t QD = (size_t)sh.n_heads * sh.head_dim;
     int rc = LC_ENOMEM;
     char err[256];
@@ -300,27 +322,31 @@ static char *slurp(const char *path, size_t *len) {
 }
 
 static void eval_usage(FILE *f) {
-    fprintf(f,
-            "usage: lacuna attn-eval -m MODEL.gguf -f TEXT [-n 2048,4096,8192] [--layers LIST|all]\n"
-            "                        [--decode-rows R] [--csv FILE] [--markdown] [--last N] [--only LIST] [--special]\n"
-            "  -n LIST          prompt lengths in tokens (the text's first tokens)\n"
-            "  --layers LIST    layers for the prefill methods (default every 4th and the last)\n"
-            "  --decode-rows R  decode steps evaluated: the last R prompt positions (default 16)\n"
-            "  --last N         prefill metrics over the last N prompt rows only (a question at the end)\n"
-            "  --only LIST      only the settings whose names start with one of LIST (comma-separated)\n"
-            "  --special        special tokens in TEXT are tokens (a prompt rendered with its chat template)\n");
+    fprintf(f, "usage: lacuna attn-eval -m MODEL.gguf -f TEXT [-n 2048,4096,8192] [--layers LIST|all]\n"
+               "                        [--decode-rows R] [--csv FILE] [--rows FILE] [--markdown] [--last N]\n"
+               "                        [--only LIST] [--special]\n"
+               "  -n LIST          prompt lengths in tokens (the text's first tokens)\n"
+               "  --layers LIST    layers for the prefill methods (default every 4th and the last)\n"
+               "  --decode-rows R  decode steps evaluated: the last R prompt positions (default 16)\n"
+               "  --rows FILE      CSV of every prompt row's relative error and lowest recall over its heads,\n"
+               "                   per sampled layer and prefill setting (which rows a method loses)\n"
+               "  --last N         prefill metrics over the last N prompt rows only (a question at the end)\n"
+               "  --only LIST      only the settings whose names start with one of LIST (comma-separated)\n"
+               "  --special        special tokens in TEXT are tokens (a prompt rendered with its chat template)\n");
 }
 
 int cmd_attn_eval(int argc, char **argv) {
-    const char *model_path = NULL, *file = NULL, *lens = "2048,4096,8192", *layers = NULL, *csv_path = NULL;
+    const char *model_path = NULL, *file = NULL, *lens = "2048,4096,8192", *layers = NULL, *csv_path = NULL,
+               *rows_path = NULL;
     int markdown = 0, dec_rows = 16, last = 0, special = 0;
     const char *only = NULL;
-    enum { O_LAYERS = 256, O_ROWS, O_CSV, O_MD, O_LAST, O_ONLY, O_SPECIAL };
+    enum { O_LAYERS = 256, O_ROWS, O_CSV, O_MD, O_LAST, O_ONLY, O_SPECIAL, O_ROWS_CSV };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"file", required_argument, 0, 'f'},
                                          {"layers", required_argument, 0, O_LAYERS},
                                          {"decode-rows", required_argument, 0, O_ROWS},
                                          {"csv", required_argument, 0, O_CSV},
+                                         {"rows", required_argument, 0, O_ROWS_CSV},
                                          {"markdown", no_argument, 0, O_MD},
                                          {"last", required_argument, 0, O_LAST},
                                          {"only", required_argument, 0, O_ONLY},
@@ -337,6 +363,7 @@ int cmd_attn_eval(int argc, char **argv) {
         case O_LAYERS: layers = optarg; break;
         case O_ROWS: dec_rows = atoi(optarg); break;
         case O_CSV: csv_path = optarg; break;
+        case O_ROWS_CSV: rows_path = optarg; break;
         case O_MD: markdown = 1; break;
         case O_LAST: last = atoi(optarg); break;
         case O_ONLY: only = optarg; break;
@@ -366,9 +393,10 @@ int cmd_attn_eval(int argc, char **argv) {
     int rc = 1;
     tok_ids_t ids = {0};
     int *sample = calloc((size_t)hp->n_layers, sizeof *sample);
-    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
-    if (!sample || (csv_path && !csv)) goto out;
+    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL, *rows = rows_path ? fopen(rows_path, "w") : NULL;
+    if (!sample || (csv_path && !csv) || (rows_path && !rows)) goto out;
     if (csv) fprintf(csv, "tokens,kind,setting,layer,relerr,recall_mean,recall_p05,density,secs\n");
+    if (rows) fprintf(rows, "setting,layer,row,relerr,recall_min\n");
     if (!layers) {
         for (int l = 0; l < hp->n_layers; l += 4) sample[l] = 1;
         sample[hp->n_layers - 1] = 1;
@@ -395,12 +423,13 @@ int cmd_attn_eval(int argc, char **argv) {
             rc = LC_EINVAL;
             break;
         }
-        if ((rc = eval_len(m, ids.ids, n, sample, dec_rows, csv, markdown, last, only)))
+        if ((rc = eval_len(m, ids.ids, n, sample, dec_rows, csv, rows, markdown, last, only)))
             fprintf(stderr, "lacuna attn-eval: %s\n", lc_strerror(rc));
     }
     free(dup);
 out:
     if (csv) fclose(csv);
+    if (rows) fclose(rows);
     free(sample);
     tok_ids_free(&ids);
     model_free(m);

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import LACUNA
+from conftest import LACUNA, SRC
 
 MODEL = pathlib.Path(os.environ.get("LACUNA_MODEL", ""))
 
@@ -87,3 +87,26 @@ def test_complete_reports_a_refused_line_and_goes_on(tiny_model, tmp_path):
     assert "error" not in rows[0] and rows[0]["completion_tokens"] == 4
     assert rows[2]["completion_tokens"] == 3 and rows[2]["decode_method"] == "quest"
     assert "1 refused" in r.stderr
+
+
+def test_attn_eval_rows_show_where_a_method_drops_keys(tmp_path):
+    """lacuna attn-eval --rows: one line per prompt row, sampled layer and
+    setting. StreamingLLM with a 1024-token window is exact on the rows that
+    see no more keys than that and loses mass on the later ones."""
+    need_model()
+    rows = tmp_path / "rows.csv"
+    r = lacuna("attn-eval", "-m", str(MODEL), "-f", str(SRC / "docs" / "sparse-attention.md"), "-n", "1500", "--layers", "0,29", "--decode-rows", "1", "--only", "streaming w=1024",
+               "--rows", str(rows))
+    assert r.returncode == 0, r.stderr
+    lines = rows.read_text().splitlines()
+    assert lines[0] == "setting,layer,row,relerr,recall_min"
+    got = {}
+    for line in lines[1:]:
+        name, layer, row, err, rec = line.rsplit(",", 4)
+        assert name == '"streaming w=1024"'
+        got[(int(layer), int(row))] = (float(err), float(rec))
+    assert sorted(got) == [(l, i) for l in (0, 29) for i in range(1500)]
+    for l in (0, 29):
+        assert all(got[(l, i)] == (0.0, 1.0) for i in range(1000)), l
+        late = [got[(l, i)] for i in range(1100, 1500)]
+        assert max(e for e, _ in late) > 1e-3 and min(x for _, x in late) < 0.999, l
