@@ -49,8 +49,8 @@ and a request already answered there is not sent again.
 """
 import argparse
 import collections
-import glob
 import concurrent.futures
+import glob
 import json
 import math
 import os
@@ -266,14 +266,13 @@ def across(bys):
             common = set.intersection(*(set(d) & set(c) for d, c in sets))
             if not common:
                 continue
-            ref_all = cur_all = lost_all = lost_some = gained_all = 0
+            ref_all = lost_all = lost_some = gained_all = 0
             for s in common:
                 r = [d[s][0] for d, _ in sets]
                 c = [x[s][0] for _, x in sets]
                 lost = [a and not b for a, b in zip(r, c)]
                 gain = [b and not a for a, b in zip(r, c)]
                 ref_all += all(r)
-                cur_all += all(c)
                 lost_all += all(lost)
                 lost_some += any(lost) and not all(lost)
                 gained_all += all(gain)
