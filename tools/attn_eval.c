@@ -101,6 +101,13 @@ static int cmp_f(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* One row and head's recall: the dense softmax mass on the keys the method
+ * attended, from the two LSEs (0 when it attended none), at most 1. */
+static float recall_of(float l, float ld) {
+    const float x = l == -INFINITY ? 0.0f : expf(l - ld);
+    return x > 1.0f ? 1.0f : x;
+}
+
 /* relerr over rows x heads, and recall mean / 5th percentile from the LSEs. */
 static void compare(eval_t *e, size_t rows, int d, const float *od, const float *ld, const float *o, const float *l,
                     double *relerr, double *rmean, double *p05) {
@@ -111,8 +118,7 @@ static void compare(eval_t *e, size_t rows, int d, const float *od, const float 
         den += (double)od[i] * od[i];
     }
     for (size_t r = 0; r < rows; r++) {
-        float x = l[r] == -INFINITY ? 0.0f : expf(l[r] - ld[r]);
-        e->rec[r] = x > 1.0f ? 1.0f : x;
+        e->rec[r] = recall_of(l[r], ld[r]);
         rs += e->rec[r];
     }
     qsort(e->rec, rows, sizeof(float), cmp_f);
@@ -133,7 +139,7 @@ static void write_rows(const eval_t *e, int i, int layer, int H, int d) {
             den += (double)e->od[r * HD + j] * e->od[r * HD + j];
         }
         for (int h = 0; h < H; h++) {
-            const float l = e->l[(size_t)r * H + h], x = l == -INFINITY ? 0.0f : expf(l - e->ld[(size_t)r * H + h]);
+            const float x = recall_of(e->l[(size_t)r * H + h], e->ld[(size_t)r * H + h]);
             if (x < rmin) rmin = x;
         }
         fprintf(e->rows, "\"%s\",%d,%d,%.6g,%.6g\n", settings[i].name, layer, r, den > 0 ? sqrt(num / den) : 0, rmin);

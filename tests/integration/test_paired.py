@@ -68,15 +68,20 @@ def test_across_kernel_sets_counts_persistent_losses(tmp_path):
     assert cells[9].startswith("1/4 = 0.250")
 
 
+def paired_py(*args):
+    return subprocess.run([sys.executable, str(SRC / "bench" / "accuracy" / "paired.py"), *args],
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_run_writes_one_file_per_kernel_set(tmp_path):
     if not LACUNA.exists():
         pytest.skip("lacuna not built")
     model = make_model(tmp_path / "tiny.gguf", "--ctx", "1024")
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, str(SRC / "bench" / "accuracy" / "paired.py"), "--lacuna", str(LACUNA),
-                        "--model", str(model), "--format", "raw", "--plan", "256:2", "--tasks", "passkey",
-                        "--methods", "dense,flexprefill", "--max-tokens", "2", "--cpu-sets", "native,scalar",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    run = ("--lacuna", str(LACUNA), "--model", str(model), "--format", "raw", "--plan", "256:2", "--tasks",
+           "passkey", "--methods", "dense,flexprefill", "--max-tokens", "2", "--cpu-sets", "native,scalar",
+           "--out", str(out))
+    r = paired_py(*run)
     assert r.returncode == 0, r.stderr
     for name in ("paired.jsonl", "paired.scalar.jsonl"):
         lines = [json.loads(l) for l in (out / name).read_text().splitlines()]
@@ -85,11 +90,7 @@ def test_run_writes_one_file_per_kernel_set(tmp_path):
         assert all("error" not in x for x in lines)
     assert "Across the kernel sets (native, scalar)" in (out / "paired.md").read_text()
     # Run again: everything is answered, nothing is sent.
-    r = subprocess.run([sys.executable, str(SRC / "bench" / "accuracy" / "paired.py"), "--lacuna", str(LACUNA),
-                        "--model", str(model), "--format", "raw", "--plan", "256:2", "--tasks", "passkey",
-                        "--methods", "dense,flexprefill", "--cpu-sets", "native,scalar", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = paired_py(*run)
     assert r.returncode == 0 and "0 requests to run under kernel set scalar" in r.stderr
-    r = subprocess.run([sys.executable, str(SRC / "bench" / "accuracy" / "paired.py"), "--cpu-sets", "avx1024",
-                        "--out", str(out)], capture_output=True, text=True)
+    r = paired_py("--cpu-sets", "avx1024", "--out", str(out))
     assert r.returncode != 0 and "unknown kernel set 'avx1024'" in r.stderr
