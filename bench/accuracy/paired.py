@@ -8,7 +8,7 @@ generators: passkey (a pass key in filler), multikey (four magic numbers in
 natural text, one asked: three distractors), vartrack (two one-hop variable
 chains, one asked). Each (task, length, sample index) has its own random
 stream (--seed), so a sample never depends on which others were built, and
-a larger --samples extends a run rather than replacing it.
+a larger sample count in --plan extends a run rather than replacing it.
 
 Methods (--methods, comma-separated NAME or NAME:key=value;key=value):
 dense, flexprefill, anchor, streaming, each with the engine's defaults, and
@@ -38,6 +38,13 @@ one), each set gets its table, and a last table counts per sample across
 the sets: dense right under every set (the denominator), lost under every
 set (a persistent loss: the method's, not the rounding's), lost under some
 set only (a near-tie), and gained under every set.
+
+A results file of another machine joins the last table the same way: the
+GPU executor's OUT/paired.jsonl copied in as OUT/paired.gpu.jsonl makes
+bf16 on the GPU one more arithmetic beside the CPU's sets. --samples then
+keeps the CPU run to the samples that can count (those some method, dense
+included, answered right there): a sample wrong for every method under one
+set is lost, gained and right under all sets for none.
 
 Runs resume: results are appended to OUT/paired[.SET].jsonl as they come,
 and a request already answered there is not sent again.
@@ -90,14 +97,26 @@ def parse_method(s):
     return s, spec
 
 
+def parse_samples(s):
+    """'3,4,10-12' -> {3, 4, 10, 11, 12}."""
+    out = set()
+    for part in filter(None, s.split(",")):
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return out
+
+
 def build(args, done):
     text = retrieval.corpus_text()
     methods = [parse_method(m) for m in args.methods.split(",")]
     plan = [(int(l), int(n)) for l, n in (x.split(":") for x in args.plan.split(","))]
     gen = argparse.Namespace(lacuna=args.lacuna, model=args.model, seed=args.seed)
+    only = getattr(args, "samples", None)
     pending = []
     for length, n in plan:  # sample-major: a run cut short still has every task
         for i in range(n):
+            if only is not None and i not in only:
+                continue
             for task in args.tasks.split(","):
                 keys = [json.dumps({"length": length, "task": task, "sample": i, "method": m}, sort_keys=True)
                         for m, _ in methods]
@@ -347,6 +366,8 @@ def main():
     ap.add_argument("--plan", default="4096:100,8192:100,16384:20,32768:20",
                     help="LENGTH:SAMPLES per task, comma-separated")
     ap.add_argument("--methods", default="dense,flexprefill,anchor,flexprefill:min_budget=256,anchor:theta=9")
+    ap.add_argument("--samples", type=parse_samples, default=None,
+                    help="only these sample indices of each length, e.g. 3,4,10-12 (default: all of the plan's)")
     ap.add_argument("--format", choices=("chat", "raw"), default="chat")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=2048, help="prefill chunk (what sparse prefill chooses over)")

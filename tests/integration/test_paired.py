@@ -28,6 +28,8 @@ def test_statistics_match_closed_forms():
     lo, hi = paired.wilson(5, 10)
     assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
     assert all(math.isnan(x) for x in paired.wilson(0, 0))
+    assert paired.parse_samples("3,4,10-12") == {3, 4, 10, 11, 12}
+    assert paired.parse_samples("7") == {7}
 
 
 def write(path, verdicts, method_of):
@@ -92,5 +94,11 @@ def test_run_writes_one_file_per_kernel_set(tmp_path):
     # Run again: everything is answered, nothing is sent.
     r = paired_py(*run)
     assert r.returncode == 0 and "0 requests to run under kernel set scalar" in r.stderr
+    # --samples: a larger plan, but only sample 3 of it runs.
+    r = paired_py(*run[:run.index("--plan") + 1], "256:4", *run[run.index("--plan") + 2:run.index("--cpu-sets")],
+                  "--samples", "3", "--out", str(out))
+    assert r.returncode == 0 and "2 requests to run under kernel set native" in r.stderr, r.stderr
+    assert sorted({json.loads(l)["id"]["sample"] for l in (out / "paired.jsonl").read_text().splitlines()}) == \
+        [0, 1, 3]
     r = paired_py("--cpu-sets", "avx1024", "--out", str(out))
     assert r.returncode != 0 and "unknown kernel set 'avx1024'" in r.stderr
