@@ -68,12 +68,14 @@ struct model_cuda {
     attn_cuda_limits_t dec_lim;
     /* Quest decode (attn/cuda/quest_cuda.h): the per-channel key min and max
      * of every page a step writes, every layer, kept for any later Quest
-     * step; one plan per dense-layer threshold a step needs (grown on demand) */
+     * step; one plan per dense-layer threshold a step needs (created on
+     * demand, and created again larger when a step outgrows them) */
     float *kmin, *kmax;     // (L, n_pages + 1, n_kv_heads, head_dim)
     size_t sum_floats;      // one layer's
     int32_t *h_sum, *d_sum; // the step's written pages, then their valid tokens: (2, max_tokens), pinned / device
     attn_quest_plan_t **qp; // (n_layers + 2)
     int n_qp;
+    attn_cuda_limits_t q_lim; // the plans' capacities: grown by use, at most dec_lim
     void *q_ws;
     size_t q_ws_bytes;
     int32_t *q_kv_indptr, *q_kv_len, *q_budget, *q_dl, *q_thr; // host, (2 T + 4 + L)
@@ -138,6 +140,27 @@ struct model_cuda {
     struct step_prof *prof; // LACUNA_CUDA_PROFILE: where decode steps spend their time (NULL: off)
     char failure[256];      // set once the device is lost (model_cuda_failure)
 };
+
+/* Host side of a step: the rows in attention order (prompt rows first, then
+ * generated rows), both CSR views. rows: the rows the step computes (the
+ * batch's tokens, or a graph bucket's padded count). */
+typedef struct {
+    int n_pf_seqs, n_pf_rows, n_dec; // n_dec: dense decode rows, then n_quest Quest rows
+    int n_quest, n_thr;              // n_thr: the distinct dense_layers of the Quest rows (q_thr, ascending)
+    int n_flex;                      // prompt slices under FlexPrefill (block masks)
+    int n_anchor;                    // prompt slices under AnchorAttention
+    size_t mask_words;               // the step's block masks (FlexPrefill's, AnchorAttention's empty ones)
+    int n_tidal;                     // TidalDecode rows (after the Quest rows; their own CSR)
+    size_t t_idx0;                   // their first entry in kv_indices (absolute)
+    int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
+    int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
+    int n_lrows;
+    int rows, bucket; // bucket: the graph bucket's index, -1 without a graph
+} step_t;
+
+/* Plans the step's attention (exec_cuda_plan.cu): every plan its rows need,
+ * created or grown on demand, and the workspaces they size. */
+int model_cuda__plan_attention(model_cuda_t *c, const step_t *st);
 
 /* The step profile (exec_cuda_prof.cu): created from the environment,
  * reported and freed with the executor; every call does nothing when it is

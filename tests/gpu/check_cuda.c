@@ -817,6 +817,47 @@ START_TEST(test_sched_quest) {
 }
 END_TEST
 
+/* Quest's plans are sized by use (exec_cuda_plan.cu): twelve Quest requests
+ * of 1 to 500 prompt tokens, each alone (one row: the smallest plans), then
+ * all at once (the rows and their pages outgrow the plans step by step, and
+ * the plans are created again larger between steps): the same tokens and
+ * log-probabilities bit for bit. */
+START_TEST(test_sched_quest_grow) {
+    g_temperature = 0;
+    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, R = 12;
+    static int32_t prompts[12][500];
+    int lens[12];
+    for (int r = 0; r < R; r++) {
+        lens[r] = 1 + r * 45;
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 5) * 7919u * (i + 7)) % (unsigned)V);
+    }
+    g_quest = 1;
+    sched_t *s = gpu_sched(m, 0);
+    static out_t alone[12], batched[12];
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], 24);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, 24);
+    }
+    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], 24);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        ck_assert(batched[r].done);
+        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
+                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+                      "GPU Quest: request %d batched with 11 others differs from it alone", r);
+        sched_req_release(alone[r].r), sched_req_release(batched[r].r);
+    }
+    g_quest = 0;
+    sched_destroy(s);
+    model_free(m);
+}
+END_TEST
+
 /* TidalDecode on the GPU through the scheduler (a 96-position budget, layer
  * 1 selects, layer 2 attends): alone and batched bitwise; the density
  * reported is below 1. */
@@ -965,6 +1006,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
+    tcase_add_test(tc, test_sched_quest_grow);
     tcase_add_test(tc, test_sched_tidal);
     tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
