@@ -3,6 +3,7 @@
  * a full budget; and each method finding a planted pattern at a real budget. */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -548,6 +549,71 @@ START_TEST(test_anchor_question_rows) {
 }
 END_TEST
 
+/* The relative error of head h's rows [r0, n) of out against ref. */
+static double head_err(const float *out, const float *ref, int n, int H, int d, int h, int r0) {
+    double e = 0, r = 0;
+    for (int i = r0; i < n; i++)
+        for (int c = 0; c < d; c++) {
+            const double a = out[((size_t)i * H + h) * d + c], b = ref[((size_t)i * H + h) * d + c];
+            e += (a - b) * (a - b);
+            r += b * b;
+        }
+    return sqrt(e / r);
+}
+
+/* AnchorAttention's probe (anchor_probe): head 0's rows from 256 on each
+ * attend their own key 200 positions back (a diagonal far outside the local
+ * window; every other key scores near 0). Averaged over a block, no key
+ * scores within theta of the block's anchor, so the stripes leave the
+ * diagonal out and those rows lose nearly all their mass. With the probe the
+ * group's last block sees the missed mass and the head attends every
+ * candidate: the dense answer, at a higher density; whole and chunked. Head
+ * 1 attends key 5 (the initial window) from every row: the probe finds
+ * nothing missed there, and it stays sparse. */
+START_TEST(test_anchor_probe) {
+    tkv_t t;
+    const int H = 2, KH = 1, d = 32, n = 640, back = 200;
+    tkv_random(&t, H, KH, d, 16, n, 91);
+    for (int64_t i = 0; i < (int64_t)n * KH * d; i++) t.kc[i] *= 0.3f;
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 0.3f);
+    for (int i = 0; i < n; i++) // head 0 from row 256 on: scale q_i.k_(i-back) = 15 nats; head 1: key 5, always
+        for (int h = i < 256; h < H; h++) {
+            const float *k = t.kc + (size_t)(h ? 5 : i - back) * d;
+            double kk = 0;
+            for (int c = 0; c < d; c++) kk += (double)k[c] * k[c];
+            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] = (float)(15.0 / t.sh.scale * k[c] / kk);
+        }
+    const size_t no = (size_t)n * H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    attn_policy_t p;
+    small_policy(&p);
+    p.prefill = ATTN_PREFILL_ANCHOR;
+    p.theta = 2.0f;
+    const int whole[] = {0, n}, chunks[] = {0, 256, 512, n};
+    for (int chunked = 0; chunked < 2; chunked++) {
+        const int *cuts = chunked ? chunks : whole, n_cuts = chunked ? 4 : 2;
+        p.anchor_probe = 0;
+        const double d0 = run_prefill(&t, &p, q, cuts, n_cuts, out, lse);
+        const double e0 = head_err(out, ref, n, H, d, 0, 256);
+        p.anchor_probe = 0.02f;
+        const double d1 = run_prefill(&t, &p, q, cuts, n_cuts, out, lse);
+        const double e1 = head_err(out, ref, n, H, d, 0, 256), e1h = head_err(out, ref, n, H, d, 1, 0);
+        fprintf(stderr,
+                "anchor probe (chunked %d): without: head 0 err %.3g, density %.3f; with: head 0 err %.3g, head 1 err "
+                "%.3g, density %.3f\n",
+                chunked, e0, d0, e1, e1h, d1);
+        ck_assert_msg(e0 > 0.5, "the diagonal was not lost without the probe (err %g): the test tests nothing", e0);
+        ck_assert_msg(e1 < 1e-5 && e1h < 0.05 && d1 > d0 && d1 < 0.8,
+                      "with the probe: head 0 err %g, head 1 err %g, density %g (without: %g)", e1, e1h, d1, d0);
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
 /* ---- per-row invariance ------------------------------------------------------------ */
 /* The rows of a prompt computed in one chunk, in other chunks, as generated
  * (decode) rows one at a time, and inside a batch next to other sequences all
@@ -666,6 +732,7 @@ int main(void) {
     tcase_add_test(ts, test_planted_decode);
     tcase_add_test(ts, test_planted_prefill);
     tcase_add_test(ts, test_anchor_question_rows);
+    tcase_add_test(ts, test_anchor_probe);
     suite_add_tcase(s, ts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -452,7 +452,8 @@ END_TEST
 /* AnchorAttention inside the ring: the same stripes as the single-rank
  * kernel (a scaled-down geometry: blocks of 16, windows of 32 and 64), on
  * an empty and on a sharded prefix, with a real theta (the single-rank
- * density must be < 1, so the selection matters) and with theta = inf. */
+ * density must be < 1, so the selection matters), with the probe (it must
+ * fire somewhere and not everywhere) and with theta = inf. */
 START_TEST(test_prefill_anchor) {
     const attn_shape_t sh = {4, 2, 32, 1.0f / sqrtf(32.0f)};
     attn_policy_t pol;
@@ -487,6 +488,30 @@ START_TEST(test_prefill_anchor) {
             case_free(&k);
             free(table);
         }
+    /* the probe: at 0.5 some heads of some groups keep every candidate; the
+     * ring must decide as the single-rank kernel does */
+    pol.anchor_probe = 0.5f;
+    double dens_probe = 0;
+    for (int a = 0; a < 4; a++) {
+        rng_state = 4200 + a;
+        cpcase_t k;
+        int32_t *table;
+        case_prefill(&k, &sh, Ns[a], 16, a & 1 ? 64 : 16, a & 2 ? 200 : 0, 1001, 1, 0, 1, owner, &table, 3.0f);
+        attn_state_t *st = attn_state_create(&sh, 1, &pol);
+        k.seqs[0].state = st;
+        double e = case_check(&k, Ns[a], &st, &el);
+        const attn_stats_t *sts = attn_state_stats(st);
+        const double dn = sts->prefill_computed / sts->prefill_total;
+        dens_probe = dn > dens_probe ? dn : dens_probe;
+        w[a] = e > w[a] ? e : w[a];
+        wl = el > wl ? el : wl;
+        attn_state_destroy(st);
+        case_free(&k);
+        free(table);
+    }
+    ck_assert_msg(dens_probe > dens && dens_probe < 0.999, "with the probe: density %g (without: %g)", dens_probe,
+                  dens);
+    pol.anchor_probe = 0;
     pol.theta = INFINITY; // every key: dense
     for (int a = 0; a < 4; a += 3) {
         rng_state = 4100 + a;
@@ -502,8 +527,8 @@ START_TEST(test_prefill_anchor) {
         free(table);
     }
     printf("cp AnchorAttention prefill: max |out diff| N=2 %.2e, N=3 %.2e, N=4 %.2e, N=8 %.2e; max |lse diff| %.2e "
-           "(single-rank density <= %.2f)\n",
-           w[0], w[1], w[2], w[3], wl, dens);
+           "(single-rank density <= %.2f, with the probe <= %.2f)\n",
+           w[0], w[1], w[2], w[3], wl, dens, dens_probe);
 }
 END_TEST
 

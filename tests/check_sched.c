@@ -126,6 +126,14 @@ START_TEST(test_policy) {
     ck_assert_int_eq(p.anchor_lookback, 0);
     ck_assert_int_eq(p.anchor_local, 1024);
     ck_assert_int_eq(p.anchor_init, 512);
+    /* the probe: the engine's (off), unless the spec sets it; it changes the
+     * keys, so the prefix salt with it */
+    ck_assert_float_eq(p.anchor_probe, 0.0f);
+    const uint64_t salt0 = sched__prefill_salt(&p);
+    sp.anchor_probe = 0.02f;
+    sched__resolve_policy(&c, &sp, 100000, &p);
+    ck_assert_float_eq(p.anchor_probe, 0.02f);
+    ck_assert_uint_ne(sched__prefill_salt(&p), salt0);
 }
 END_TEST
 

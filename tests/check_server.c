@@ -440,7 +440,7 @@ START_TEST(test_config) {
     ck_assert_int_ge(fd, 0);
     const char *ini = "[server]\nport = 9000\nmax_n = 4\napi_keys = a, b\nauth_metrics = yes\n"
                       "[model]\npath = /m.gguf\n[engine]\nkv_blocks = 64\n[attention]\ndecode = tidal\n"
-                      "anchor_lookback = 512\n";
+                      "anchor_lookback = 512\nanchor_probe = 0.02\n";
     ck_assert_int_eq(write(fd, ini, strlen(ini)), (ssize_t)strlen(ini));
     close(fd);
     lc_config_t c;
@@ -460,6 +460,7 @@ START_TEST(test_config) {
     ck_assert_int_eq(c.max_running, 8);
     ck_assert_str_eq(c.decode_method, "tidal");
     ck_assert_int_eq(c.anchor_lookback, 512);
+    ck_assert_double_eq(c.anchor_probe, 0.02);
     ck_assert_int_eq(c.anchor_local, 2048);       /* default kept */
     ck_assert_int_eq(c.connection_timeout_s, 60); /* default kept */
     char **keys;

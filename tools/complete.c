@@ -8,7 +8,7 @@
  *   optional: "max_tokens" (default -n), "sparse_attention": {"prefill", "decode",
  *   "gamma", "tau", "theta", "min_budget", "decode_budget", and for
  *   experiments AnchorAttention's geometry "anchor_init", "anchor_local",
- *   "anchor_lookback", which the HTTP API does not take} (overrides the
+ *   "anchor_lookback", "anchor_probe", which the HTTP API does not take} (overrides the
  *   command line's policy field by field).
  * Output, one object per line: id, text, finish, prompt_tokens,
  * completion_tokens, cached_tokens, prefill_method, decode_method,
@@ -74,6 +74,7 @@ static int apply_spec(const cJSON *o, sched_attn_spec_t *sp) {
     if ((v = cJSON_GetObjectItem(o, "anchor_init")) && cJSON_IsNumber(v)) sp->anchor_init = v->valueint;
     if ((v = cJSON_GetObjectItem(o, "anchor_local")) && cJSON_IsNumber(v)) sp->anchor_local = v->valueint;
     if ((v = cJSON_GetObjectItem(o, "anchor_lookback")) && cJSON_IsNumber(v)) sp->anchor_lookback = v->valueint;
+    if ((v = cJSON_GetObjectItem(o, "anchor_probe")) && cJSON_IsNumber(v)) sp->anchor_probe = (float)v->valuedouble;
     return 0;
 }
 

@@ -84,6 +84,8 @@ typedef struct {
     int anchor_init;     // AnchorAttention initial window, default 2048
     int anchor_local;    // AnchorAttention local window/group, default 2048
     int anchor_lookback; // AnchorAttention: a group's local window starts this far before it, default 1024
+    float anchor_probe;  // AnchorAttention: the probe's missed share above which a head attends every candidate
+                         // of the group (anchor.c); 0 = no probe (default)
 
     attn_decode_method_t decode;
     int decode_budget;        // tokens kept by Quest / TidalDecode, default 2048

@@ -126,9 +126,12 @@ int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, at
  * (nonzero only when the group holds the call's last row): keep and own
  * (q_pos0 + n_q) bytes; keep 1 = attended; own bit 1 = attended by the call's
  * last block, bit 2 by the block before it. ar: attn__anchor_ws's per-thread
- * size. */
+ * size. probe_share (may be NULL): with a probe (pol->anchor_probe > 0), the
+ * mean missed share it measured (all candidates kept when it exceeds the
+ * probe), else NAN. */
 int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
-                      int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own);
+                      int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own,
+                      double *probe_share);
 
 /* StreamingLLM's mask (sinks plus a recent window, the baseline): prefill runs
  * attn_prefill_window with it, decode rows the same ranges. */

@@ -81,6 +81,7 @@ static const centry_t table[] = {
     I("attention", "anchor_init", anchor_init, 0, 1 << 24),
     I("attention", "anchor_local", anchor_local, 1, 1 << 24),
     I("attention", "anchor_lookback", anchor_lookback, 0, 1 << 24),
+    D("attention", "anchor_probe", anchor_probe, 0, 1),
     I("attention", "min_budget", min_budget, 1, 1 << 24),
     I("attention", "decode_budget", decode_budget, 1, 1 << 24),
     I("attention", "sparse_prefill_min_tokens", sparse_prefill_min_tokens, 0, 1 << 30),

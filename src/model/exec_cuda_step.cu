@@ -118,8 +118,8 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             st->n_flex++;
         }
         if (ap) {
-            c->pf_apol[e] =
-                attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local, ap->anchor_lookback};
+            c->pf_apol[e] = attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local, ap->anchor_lookback,
+                                                      ap->anchor_probe};
             st->n_anchor++;
         }
         st->n_pf_seqs++;

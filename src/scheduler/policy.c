@@ -37,6 +37,7 @@ void sched_attn_spec_default(sched_attn_spec_t *s) {
     s->gamma = s->tau = s->theta = -1.0f;
     s->min_budget = s->decode_budget = -1;
     s->anchor_init = s->anchor_local = s->anchor_lookback = -1;
+    s->anchor_probe = -1.0f;
 }
 
 static int set_f(float v) { return !isnan(v) && v >= 0.0f; }
@@ -61,6 +62,7 @@ void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spe
     if (spec->anchor_init >= 0) out->anchor_init = spec->anchor_init;
     if (spec->anchor_local > 0) out->anchor_local = spec->anchor_local;
     if (spec->anchor_lookback >= 0) out->anchor_lookback = spec->anchor_lookback;
+    if (set_f(spec->anchor_probe)) out->anchor_probe = spec->anchor_probe;
 }
 
 /* ---- prefix-cache salts -------------------------------------------------------------- */
@@ -85,8 +87,9 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
                 (uint64_t)p->max_budget);
         break;
     case ATTN_PREFILL_ANCHOR:
-        h = mix(mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local),
-                (uint64_t)p->anchor_lookback);
+        h = mix(mix(mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local),
+                    (uint64_t)p->anchor_lookback),
+                fbits(p->anchor_probe));
         break;
     case ATTN_PREFILL_STREAMING: h = mix(mix(mix(h, 3), (uint64_t)p->sink_tokens), (uint64_t)p->window_tokens); break;
     }

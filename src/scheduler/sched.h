@@ -68,6 +68,7 @@ typedef struct {
     float gamma, tau, theta;
     int min_budget, decode_budget;
     int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's geometry (no HTTP field: `lacuna complete`'s)
+    float anchor_probe;                             // AnchorAttention's probe (likewise)
 } sched_attn_spec_t;
 
 void sched_attn_spec_default(sched_attn_spec_t *s); // all auto / defaults

@@ -177,6 +177,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->attn_default.anchor_init = c->anchor_init;
     sc->attn_default.anchor_local = c->anchor_local;
     sc->attn_default.anchor_lookback = c->anchor_lookback;
+    sc->attn_default.anchor_probe = (float)c->anchor_probe;
     sc->attn_default.min_budget = c->min_budget;
     sc->attn_default.decode_budget = c->decode_budget;
     sc->sparse_prefill_min_tokens = c->sparse_prefill_min_tokens;

@@ -437,7 +437,7 @@ class AnchorSel:
 
         class Policy(ctypes.Structure):
             _fields_ = [("theta", ctypes.c_float), ("anchor_init", ctypes.c_int), ("anchor_local", ctypes.c_int),
-                        ("anchor_lookback", ctypes.c_int)]
+                        ("anchor_lookback", ctypes.c_int), ("probe", ctypes.c_float)]
         self.Policy = Policy
         vp = ctypes.c_void_p
         lib.attn_cuda_anchor_create.argtypes = [ctypes.POINTER(bac.Shape), ctypes.c_int, ctypes.c_int64,

@@ -22,7 +22,9 @@
  *             rowmax against double-precision host references;
  *             ANCHOR_BENCH=1 timing with density and kernel efficiency.
  *   untested: test_partial_select (a batch where only some sequences
- *             select, as the executor plans them), written after that run.
+ *             select, as the executor plans them), written after that run;
+ *             test_probe (the probe, anchor_probe: probe_kernel's
+ *             decisions and keys against the CPU's), written 2026-12-05.
  *   not done: the pooling (CUDA cores) and the merge are separate small
  *             kernels, not fused.
  *
@@ -255,6 +257,7 @@ static void run_cpu(const acase_t *c, int s, float *out, float *lse, float *dens
     pol.anchor_init = sq->pol.anchor_init;
     pol.anchor_local = sq->pol.anchor_local;
     pol.anchor_lookback = sq->pol.anchor_lookback;
+    pol.anchor_probe = sq->pol.probe;
     pol.block = 128;
     const attn_kv_t kv = {.k = c->kcpu,
                           .v = c->vcpu,
@@ -337,7 +340,7 @@ static void setup(acase_t *c, int H, int KH, int D, int ps) {
 /* The local window's lookback: the default 1024 for groups of 2048, half the
  * group in whole blocks for shorter ones (none for groups of one block). */
 static void add_seq(acase_t *c, int kv_len, int n_q, float theta, int A, int L) {
-    c->seq[c->n++] = (aseq_t){kv_len, n_q, {theta, A, L, L >= 2048 ? 1024 : L / 2 / 128 * 128}};
+    c->seq[c->n++] = (aseq_t){kv_len, n_q, {theta, A, L, L >= 2048 ? 1024 : L / 2 / 128 * 128, 0.f}};
 }
 
 /* want_sparse: the case must drop keys somewhere (the selection is exercised). */
@@ -387,10 +390,42 @@ START_TEST(test_d64_pages128) {
 }
 END_TEST
 
+/* The CPU's kept and own keys (attn__anchor_keys) of sequence s, head h,
+ * group g (absolute index), under probe (the sequence's policy otherwise);
+ * *share the probe's measure (NAN without one). */
+static void cpu_keys(const acase_t *c, int s, int h, int g, float probe, uint8_t *keep, uint8_t *own, double *share) {
+    const int H = c->sh.n_heads, D = c->sh.head_dim;
+    const aseq_t *sq = &c->seq[s];
+    const int N = sq->kv_len, n_q = sq->n_q, q_pos0 = N - n_q;
+    const attn_shape_t ash = {.n_heads = H, .n_kv_heads = c->sh.n_kv_heads, .head_dim = D, .scale = c->sh.scale};
+    attn_policy_t pol;
+    attn_policy_default(&pol);
+    pol.prefill = ATTN_PREFILL_ANCHOR;
+    pol.theta = sq->pol.theta;
+    pol.anchor_init = sq->pol.anchor_init;
+    pol.anchor_local = sq->pol.anchor_local;
+    pol.anchor_lookback = sq->pol.anchor_lookback;
+    pol.anchor_probe = probe;
+    pol.block = 128;
+    const attn_kv_t kv = {.k = c->kcpu,
+                          .v = c->vcpu,
+                          .blk_stride = page_elems(c),
+                          .blocks = c->kv_indices + c->kv_indptr[s],
+                          .block_size = c->sh.page_size,
+                          .n_kv = N};
+    const attn_ws_t ws = attn__anchor_ws(&ash, &pol, n_q, q_pos0);
+    attn_arena_t ar = {.base = malloc(ws.per_thread + 64), .cap = ws.per_thread + 64};
+    ck_assert_int_eq(attn__anchor_keys(&ash, &pol, &ar, c->qf + (size_t)c->q_indptr[s] * H * D, n_q, q_pos0, &kv, h,
+                                       (int64_t)g * sq->pol.anchor_local, keep, own, share),
+                     0);
+    free(ar.base);
+}
+
 /* Sequence s of the case alone on the GPU, then its kept and own keys per
- * (head, group) against the CPU's attn__anchor_keys: *cand the candidate
- * keys compared (both sets), returns the keys that differ. */
-static int64_t keys_seq(acase_t *c, int s, int64_t *cand) {
+ * (head, group) against the CPU's: *cand the candidate keys compared (both
+ * sets), *fired the (head, group)s whose probe kept every candidate on the
+ * CPU (may be NULL); returns the keys that differ. */
+static int64_t keys_seq(acase_t *c, int s, int64_t *cand, int *fired) {
     const int H = c->sh.n_heads, D = c->sh.head_dim;
     const aseq_t *sq = &c->seq[s];
     const int N = sq->kv_len, n_q = sq->n_q, q_pos0 = N - n_q, L = sq->pol.anchor_local;
@@ -404,35 +439,20 @@ static int64_t keys_seq(acase_t *c, int s, int64_t *cand) {
     const size_t r0 = (size_t)c->q_indptr[s] * H;
     ck_assert_int_eq(
         attn_cuda_anchor_run(a, (uint16_t *)c->dq + r0 * D, c->dk, c->dv, (uint16_t *)c->dout + r0 * D, NULL, NULL), 0);
-    const attn_shape_t ash = {.n_heads = H, .n_kv_heads = c->sh.n_kv_heads, .head_dim = D, .scale = c->sh.scale};
-    attn_policy_t pol;
-    attn_policy_default(&pol);
-    pol.prefill = ATTN_PREFILL_ANCHOR;
-    pol.theta = sq->pol.theta;
-    pol.anchor_init = sq->pol.anchor_init;
-    pol.anchor_local = L;
-    pol.anchor_lookback = sq->pol.anchor_lookback;
-    pol.block = 128;
-    const attn_kv_t kv = {.k = c->kcpu,
-                          .v = c->vcpu,
-                          .blk_stride = page_elems(c),
-                          .blocks = c->kv_indices + c->kv_indptr[s],
-                          .block_size = c->sh.page_size,
-                          .n_kv = N};
-    const attn_ws_t ws = attn__anchor_ws(&ash, &pol, n_q, q_pos0);
-    attn_arena_t ar = {.base = malloc(ws.per_thread + 64), .cap = ws.per_thread + 64};
     uint8_t *gk = malloc(N), *go = malloc(N), *ck = malloc(N), *co = malloc(N);
     int64_t diff = 0;
     *cand = 0;
+    if (fired) *fired = 0;
     for (int h = 0; h < H; h++)
         for (int g = q_pos0 / L; g <= (N - 1) / L; g++) {
+            double share;
             ck_assert_int_eq(attn_cuda_anchor_keys(a, h, g - q_pos0 / L, gk, go, NULL), 0);
-            ck_assert_int_eq(
-                attn__anchor_keys(&ash, &pol, &ar, c->qf + r0 * D, n_q, q_pos0, &kv, h, (int64_t)g * L, ck, co), 0);
+            cpu_keys(c, s, h, g, sq->pol.probe, ck, co, &share);
             for (int j = 0; j < N; j++) {
                 diff += (gk[j] != ck[j]) + (go[j] != co[j]);
                 ck_assert_msg(!(gk[j] && go[j]), "key %d both kept and own", j);
             }
+            if (fired && share > sq->pol.probe) ++*fired;
             const int lo = g * L - sq->pol.anchor_lookback;
             *cand += lo > sq->pol.anchor_init ? lo - sq->pol.anchor_init : 0;
         }
@@ -440,7 +460,6 @@ static int64_t keys_seq(acase_t *c, int s, int64_t *cand) {
     free(go);
     free(ck);
     free(co);
-    free(ar.base);
     attn_cuda_anchor_destroy(a);
     return diff;
 }
@@ -459,7 +478,7 @@ START_TEST(test_keys) {
         build(&c);
         for (int s = 0; s < c.n; s++) {
             int64_t cand;
-            const int64_t diff = keys_seq(&c, s, &cand);
+            const int64_t diff = keys_seq(&c, s, &cand, NULL);
             printf("keys theta %g seq %d: %lld of %lld candidates differ\n", thetas[i], s, (long long)diff,
                    (long long)cand);
             ck_assert_msg(diff * 1000 <= cand, "theta %g seq %d: %lld of %lld keys differ from the CPU", thetas[i], s,
@@ -467,6 +486,71 @@ START_TEST(test_keys) {
         }
         release(&c);
     }
+}
+END_TEST
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The probe (anchor_probe): the missed shares the CPU measures for every
+ * (head, group) with candidates at theta 3 (a probe of 1 measures, never
+ * fires), then a probe in the widest gap between them in their middle half
+ * (about half the heads keep every candidate, none within rounding of the
+ * probe); the GPU's key sets (which (head, group)s keep everything
+ * included) and outputs against the CPU's at that probe. */
+START_TEST(test_probe) {
+    acase_t c;
+    rng = 300;
+    setup(&c, 8, 2, 128, 64);
+    add_seq(&c, 3100, 3100, 3.f, 256, 512);
+    add_seq(&c, 2777, 1000, 3.f, 384, 384);
+    add_seq(&c, 2300, 77, 3.f, 128, 512);
+    build(&c);
+    double shares[1024];
+    int n = 0;
+    for (int s = 0; s < c.n; s++) {
+        const aseq_t *sq = &c.seq[s];
+        const int N = sq->kv_len, L = sq->pol.anchor_local;
+        uint8_t *k = malloc(N), *o = malloc(N);
+        for (int h = 0; h < c.sh.n_heads; h++)
+            for (int g = (N - sq->n_q) / L; g <= (N - 1) / L; g++) {
+                double share;
+                cpu_keys(&c, s, h, g, 1.f, k, o, &share);
+                if (!isnan(share) && n < 1024) shares[n++] = share;
+            }
+        free(k), free(o);
+    }
+    ck_assert_int_ge(n, 8);
+    qsort(shares, (size_t)n, sizeof *shares, cmp_double);
+    int at = n / 4;
+    for (int i = n / 4; i < 3 * n / 4; i++)
+        if (shares[i + 1] - shares[i] > shares[at + 1] - shares[at]) at = i;
+    const float probe = (float)(0.5 * (shares[at] + shares[at + 1]));
+    printf("probe: %d shares %.4f .. %.4f, probe %.5f in a gap of %.2g\n", n, shares[0], shares[n - 1], probe,
+           shares[at + 1] - shares[at]);
+    for (int s = 0; s < c.n; s++) c.seq[s].pol.probe = probe;
+    int fired_all = 0;
+    for (int s = 0; s < c.n; s++) {
+        int64_t cand;
+        int fired;
+        const int64_t diff = keys_seq(&c, s, &cand, &fired);
+        fired_all += fired;
+        printf("probe keys seq %d: %d (head, group)s keep every candidate; %lld of %lld candidates differ\n", s, fired,
+               (long long)diff, (long long)cand);
+        ck_assert_msg(diff * 1000 <= cand, "probe seq %d: %lld of %lld keys differ from the CPU", s, (long long)diff,
+                      (long long)cand);
+    }
+    ck_assert_msg(fired_all > 0 && fired_all < n, "the probe fired on %d of %d: the case tests no choice", fired_all,
+                  n);
+    int64_t pairs, sparse;
+    const int64_t bad = compare_cpu(&c, &pairs, &sparse);
+    printf("probe: %lld of %lld (row, head) pairs beyond tolerance, %lld sparse\n", (long long)bad, (long long)pairs,
+           (long long)sparse);
+    ck_assert_msg(bad * 100 <= pairs, "probe: %lld of %lld pairs differ from the CPU", (long long)bad,
+                  (long long)pairs);
+    release(&c);
 }
 END_TEST
 
@@ -600,7 +684,7 @@ START_TEST(test_errors) {
     int32_t qi[2] = {0, 100}, ki[2] = {0, 4}, kl[1] = {200}, idx[4] = {0, 1, 2, 9};
     const attn_cuda_batch_t b = {.n_seqs = 1, .q_indptr = qi, .kv_indptr = ki, .kv_indices = idx, .kv_len = kl};
     const uint8_t sel = 1;
-    attn_cuda_anchor_policy_t pol = {12.f, 0, 128, 0};
+    attn_cuda_anchor_policy_t pol = {12.f, 0, 128, 0, 0.f};
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), LC_EINVAL); // page 9 beyond the pool
     idx[3] = 3;
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &b, &sel, &pol, NULL), 0);
@@ -727,10 +811,13 @@ static void structure(acase_t *c, int s) {
  * anchor_lookback 1024),
  * random and structured inputs. Density: pairs attended / causal pairs;
  * kernel efficiency: density * t_dense / t_anchor. ANCHOR_BENCH_ONLY=KIND:CTX
- * runs one case (KIND random or structured). */
+ * runs one case (KIND random or structured); ANCHOR_BENCH_PROBE=P runs with
+ * the probe P (anchor_probe). */
 static int bench(void) {
     static const int ctx[] = {32768, 65536, 131072};
     const char *only = getenv("ANCHOR_BENCH_ONLY"); // e.g. "structured:131072": that case alone (for ncu)
+    const float probe = getenv("ANCHOR_BENCH_PROBE") ? (float)atof(getenv("ANCHOR_BENCH_PROBE")) : 0.f;
+    printf("probe %g\n", probe);
     printf("| inputs | context | rows | dense ms | anchor ms | density | kernel efficiency | anchor / dense |\n"
            "|---|---|---|---|---|---|---|---|\n");
     for (int kind = 0; kind < 2; kind++)
@@ -742,6 +829,7 @@ static int bench(void) {
             rng = 5 + i;
             setup(&c, 32, 8, 128, 64);
             add_seq(&c, ctx[i], 4096, 12.f, 2048, 2048);
+            c.seq[0].pol.probe = probe;
             build(&c);
             if (kind) structure(&c, 0);
             unsigned long long pairs = 0;
@@ -786,6 +874,7 @@ int main(void) {
     tc = tcase_create("stripes");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, test_keys);
+    tcase_add_test(tc, test_probe);
     tcase_add_test(tc, test_stripes);
     tcase_add_test(tc, test_d64_pages128);
     tcase_add_test(tc, test_all_keys_dense);

@@ -22,8 +22,18 @@
  *    over the windows, kept by their blocks' owners at step 2), and each of
  *    the (at most two) blocks holding them attends the keys only its tested
  *    rows find, as the single-rank kernel does.
+ * With a probe (anchor_probe > 0), between steps 2 and 3: every group's
+ * probe block (its last block of the call) goes to every rank with its
+ * rows' maxima and sums over the windows (one all-reduce of a table its
+ * owner fills); each rank scores the candidates it holds with every probe
+ * row, summing each row's mass over the keys the stripes keep and leave out
+ * (doubles), and the sums are gathered, so that every rank takes the single-
+ * rank kernel's decision per (group, head): past the probe's share the head
+ * attends every visiting candidate in the ring (and no own keys).
  * The stripes are the single-rank kernel's, key for key; the output differs
- * from it by the order of the LSE merges only.
+ * from it by the order of the LSE merges only (and a probe's sums by their
+ * order: a decision could differ only at the probe's value to double
+ * rounding).
  *
  * The query blocks of a slice must each lie on one rank: the zig-zag units
  * (cp_zigzag's align) are multiples of the method's block. */
@@ -54,6 +64,14 @@ static anchor_geo_t geo(const attn_policy_t *pol) {
 
 /* The start of group g0's local window (the single-rank kernel's local_lo). */
 static int64_t local_lo(const anchor_geo_t *ge, int64_t g0) { return g0 - ge->LB > ge->A ? g0 - ge->LB : ge->A; }
+
+/* 1 when the policy runs the probe. */
+static int probe_on(const attn_policy_t *pol) { return pol->anchor_probe > 0 && pol->theta != INFINITY; }
+
+/* The groups of the slice's query blocks (all ranks'), from the first's. */
+static int n_groups(const cp_slice_t *sl) {
+    return sl->n_qblk ? (int)(sl->qblk[sl->n_qblk - 1].g - sl->qblk[0].g + 1) : 0;
+}
 
 /* Groups of this rank's blocks: own[0 .. n_own) index qblk; a group's own
  * blocks are consecutive, and all its blocks (any rank) are qblk[q0 .. q0+nq). */
@@ -172,6 +190,11 @@ int cp__anchor_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thr
     const size_t stride = (size_t)p->shape.n_kv_heads * bs * d;
     *stage = (size_t)n_qblk * H * (d + 1) + (size_t)ns * stride * 2 + (size_t)n_qblk * 8 + 16 + // + own and group lists
              (size_t)2 * H * ge.B + 4; // the tail blocks' row anchors
+    if (probe_on(sl->pol)) { // the probe rows, the mass sums (this rank's, every rank's: doubles), the decisions
+        const size_t rows = (size_t)n_groups(sl) * H * ge.B;
+        *stage += rows * (d + 2) + 2 * rows * 2 * (size_t)(N + 1) + (size_t)n_groups(sl) * 3 * 2 +
+                  (size_t)n_groups(sl) * H + 64;
+    }
     /* per thread: a block's tile, the pooled tile, its scores, the kept
      * stripes and the candidate ranges */
     int max_rg = 1;
@@ -195,6 +218,17 @@ typedef struct {
     int n_grp;
     int kept;      // stripes kept at this step, over all groups (skip accounting)
     float *tail_m; // (2, H, B) the tail blocks' row maxima over the windows (their owners'), slot is_tail - 1
+    /* the probe (probe_on): per group of the slice (gi = g - the first
+     * group), its blocks in qblk (gq0, gnq) and per head its probe rows:
+     * scaled query, max and sum over the windows (pq, d + 2 floats a row);
+     * each row's mass kept and left out by the stripes over this rank's
+     * candidates (psum), every rank's (pall); fire: the head keeps every
+     * candidate */
+    int probe, n_gall;
+    int *gq0, *gnq;      // (n_gall)
+    float *pq;           // (n_gall, H, B, d + 2)
+    double *psum, *pall; // (n_gall, H, B, 2), (n_ranks, ...)
+    uint8_t *fire;       // (n_gall, H)
 } anchor_ctx_t;
 
 /* 1 when qblk[bi] is the call's last query block, 2 the block before it,
@@ -272,6 +306,14 @@ static int anchor_pass(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
             qbar[d] = (float)(am / t.nr);
             const int tl = is_tail(x, bi);
             if (tl) memcpy(x->tail_m + ((size_t)(tl - 1) * H + h) * x->ge.B, t.m, sizeof(float) * (size_t)t.nr);
+            if (x->probe && (bi + 1 == sl->n_qblk || sl->qblk[bi + 1].g != qb->g)) { // the group's probe block
+                float *pr = x->pq + ((size_t)(qb->g - sl->qblk[0].g) * H + h) * x->ge.B * (d + 2);
+                for (int i = 0; i < nr; i++) {
+                    memcpy(pr + (size_t)i * (d + 2), t.q + (size_t)i * d, sizeof(float) * d);
+                    pr[(size_t)i * (d + 2) + d] = t.m[i];
+                    pr[(size_t)i * (d + 2) + d + 1] = t.l[i];
+                }
+            }
             attn_tile_finish(&t);
             for (int i = 0; i < nr; i++) {
                 const size_t row = (size_t)(qb->i0 + i) * H + h;
@@ -283,6 +325,94 @@ static int anchor_pass(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
     }
     p->computed[sl->seq] += comp;
     return err;
+}
+
+/* The probe over the candidates this rank holds (lview): per group and head,
+ * each probe row's mass exp(s - m) over the keys the stripes keep and over
+ * those they leave out, into psum. */
+static int probe_sums(cp_plan_t *p, anchor_ctx_t *x, const attn_kv_t *lview) {
+    const attn_shape_t *sh = &p->shape;
+    const int H = sh->n_heads, G = H / sh->n_kv_heads, d = sh->head_dim, B = (int)x->ge.B;
+    const cp_slice_t *sl = x->sl;
+    const cp_hold_t *me = &sl->hold[p->rank];
+    const float theta = sl->pol->theta;
+    const int n_items = x->n_gall * H;
+    int err = 0;
+    memset(x->psum, 0, sizeof(double) * (size_t)n_items * B * 2);
+#pragma omp parallel num_threads(p->n_threads)
+    {
+        attn_arena_t *ar = &p->arenas[attn_thread_num()];
+        attn_arena_reset(ar);
+        attn_tile_t pt, tp;
+        int ok = attn_tile_init(&pt, ar, x->ge.max_blk, d) == 0 && attn_tile_init(&tp, ar, B, d) == 0;
+        float *S = attn_arena_alloc(ar, sizeof(float) * (size_t)((x->ge.max_blk + 3) & ~3) * ANCHOR_CH);
+        float *Sr = attn_arena_alloc(ar, sizeof(float) * (size_t)((B + 3) & ~3) * ANCHOR_CH);
+        ok = ok && S && Sr;
+        if (!ok) {
+#pragma omp atomic write
+            err = LC_ENOMEM;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int it = 0; it < n_items; it++) {
+            const int gi = it / H, h = it % H;
+            const int64_t g = sl->qblk[0].g + gi, wl = local_lo(&x->ge, g * x->ge.L);
+            if (!ok || wl <= x->ge.A) continue;
+            const int q0 = x->gq0[gi], nq = x->gnq[gi];
+            const cp_qblk_t *pb = &sl->qblk[q0 + nq - 1];
+            const int nr = (int)(pb->p1 - pb->p0);
+            const float *pr = x->pq + (size_t)it * B * (d + 2);
+            double *sum = x->psum + (size_t)it * B * 2;
+            attn_tile_begin(&pt, nq);
+            for (int b = 0; b < nq; b++)
+                memcpy(pt.q + (size_t)b * d, x->table + ((size_t)(q0 + b) * H + h) * (d + 1), sizeof(float) * d);
+            attn_tile_begin(&tp, nr);
+            for (int r = 0; r < nr; r++) memcpy(tp.q + (size_t)r * d, pr + (size_t)r * (d + 2), sizeof(float) * d);
+            for (int u = 0; u < me->n_rg; u++) {
+                const int64_t lo = me->rg[u].lo > x->ge.A ? me->rg[u].lo : x->ge.A,
+                              hi = me->rg[u].hi < wl ? me->rg[u].hi : wl;
+                for (int64_t j0 = lo; j0 < hi; j0 += ANCHOR_CH) {
+                    const int64_t j1 = j0 + ANCHOR_CH < hi ? j0 + ANCHOR_CH : hi;
+                    attn_tile_scores(&pt, lview, h / G, j0, j1, S, ANCHOR_CH);
+                    attn_tile_scores(&tp, lview, h / G, j0, j1, Sr, ANCHOR_CH);
+                    for (int64_t j = j0; j < j1; j++) {
+                        int keep = 0;
+                        for (int b = 0; b < nq && !keep; b++)
+                            keep = S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >=
+                                   x->table[((size_t)(q0 + b) * H + h) * (d + 1) + d];
+                        for (int r = 0; r < nr; r++)
+                            sum[2 * r + !keep] +=
+                                exp((double)Sr[(size_t)r * ANCHOR_CH + (j - j0)] - pr[(size_t)r * (d + 2) + d]);
+                    }
+                }
+            }
+        }
+    }
+    return err;
+}
+
+/* Every rank's sums (pall, rank order) into the decisions: per group and
+ * head, the mean over the probe rows of missed / (missed + kept), the
+ * windows' own sum counted kept, against the probe. */
+static void probe_decide(const cp_plan_t *p, anchor_ctx_t *x) {
+    const int H = p->shape.n_heads, d = p->shape.head_dim, B = (int)x->ge.B, N = p->n_ranks;
+    const cp_slice_t *sl = x->sl;
+    const size_t per_rank = (size_t)x->n_gall * H * B * 2;
+    for (int it = 0; it < x->n_gall * H; it++) {
+        const int gi = it / H;
+        const cp_qblk_t *pb = &sl->qblk[x->gq0[gi] + x->gnq[gi] - 1];
+        const int nr = (int)(pb->p1 - pb->p0);
+        double share = 0;
+        for (int r = 0; r < nr; r++) {
+            double kept = x->pq[((size_t)it * B + r) * (d + 2) + d + 1], missed = 0;
+            for (int t = 0; t < N; t++) {
+                const double *s = x->pall + t * per_rank + ((size_t)it * B + r) * 2;
+                kept += s[0];
+                missed += s[1];
+            }
+            share += missed / (missed + kept);
+        }
+        x->fire[it] = local_lo(&x->ge, (sl->qblk[0].g + gi) * x->ge.L) > x->ge.A && share / nr > sl->pol->anchor_probe;
+    }
 }
 
 /* Step 3 at one ring step: stripes of the visiting keys, then the blocks. */
@@ -335,14 +465,15 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
             if (!nc) continue;
             /* the tail blocks this rank holds in this group: their rows test the candidates too */
             int tbi[2] = {-1, -1}, n_xo[2] = {0, 0};
-            for (int ob = 0; theta != INFINITY && ob < gr->n_own; ob++) {
+            const int all = theta == INFINITY || (x->probe && x->fire[(gr->g - sl->qblk[0].g) * H + h]);
+            for (int ob = 0; !all && ob < gr->n_own; ob++) {
                 const int bi = x->own[gr->own0 + ob], tl = is_tail(x, bi);
                 if (!tl) continue;
                 tbi[tl - 1] = bi;
                 cp__load_block(p, &sl->qblk[bi], h, &tt[tl - 1]);
             }
             int n_sel = 0;
-            if (theta == INFINITY) {
+            if (all) {
                 memcpy(sel, cand, sizeof *cand * (size_t)nc);
                 n_sel = nc;
             } else {
@@ -414,6 +545,23 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
     x.own = (int *)(sendv + (size_t)ns * stride);
     x.grp = (agroup_t *)(((uintptr_t)(x.own + sl->n_qblk) + 15) & ~(uintptr_t)15);
     x.tail_m = (float *)(((uintptr_t)(x.grp + sl->n_qblk) + 15) & ~(uintptr_t)15);
+    x.probe = probe_on(sl->pol);
+    if (x.probe) {
+        const size_t rows = (size_t)n_groups(sl) * H * x.ge.B;
+        x.n_gall = n_groups(sl);
+        x.pq = x.tail_m + (size_t)2 * H * x.ge.B;
+        x.psum = (double *)(((uintptr_t)(x.pq + rows * (d + 2)) + 15) & ~(uintptr_t)15);
+        x.pall = x.psum + rows * 2;
+        x.gq0 = (int *)(x.pall + rows * 2 * N);
+        x.gnq = x.gq0 + x.n_gall;
+        x.fire = (uint8_t *)(x.gnq + x.n_gall);
+        for (int i = 0; i < sl->n_qblk; i++) {
+            const int gi = (int)(sl->qblk[i].g - sl->qblk[0].g);
+            if (i == 0 || sl->qblk[i - 1].g != sl->qblk[i].g) x.gq0[gi] = i, x.gnq[gi] = 0;
+            x.gnq[gi]++;
+        }
+        memset(x.pq, 0, sizeof(float) * rows * (d + 2));
+    }
     for (int i = 0; i < sl->n_qblk; i++) {
         if (sl->qblk[i].owner != r) continue;
         const int64_t g = sl->qblk[i].g;
@@ -461,8 +609,20 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
     const double t1 = lc_now_s();
     p->timing.compute_s += t1 - t0;
     rc = cp_allreduce_sum(c, x.table, (size_t)sl->n_qblk * H * (d + 1));
+    if (!rc && x.probe) rc = cp_allreduce_sum(c, x.pq, (size_t)x.n_gall * H * x.ge.B * (d + 2));
     p->timing.collective_s += lc_now_s() - t1;
     if (rc) return rc;
+    if (x.probe) { // the probe's sums over every rank's candidates, then the same decisions on every rank
+        const size_t bytes = sizeof(double) * (size_t)x.n_gall * H * x.ge.B * 2;
+        double t2 = lc_now_s();
+        if ((rc = probe_sums(p, &x, &lview))) return rc;
+        const double t3 = lc_now_s();
+        p->timing.compute_s += t3 - t2;
+        rc = cp_allgather(c, x.psum, bytes, x.pall);
+        p->timing.collective_s += lc_now_s() - t3;
+        if (rc) return rc;
+        probe_decide(p, &x);
+    }
     /* 3. the ring */
     if ((rc = cp__ring_kv(p, c, sl, anchor_step, &x))) return rc;
     cp__scatter_rows(p, sl, p->acc, out, lse);

@@ -32,7 +32,19 @@
  *   scores like the filler around it and is dropped for the whole group: a
  *   passkey 2K-4K tokens back was lost that way at 93% density. Per-row
  *   scores of B rows per call cost what FlexPrefill's representative-query
- *   pass costs. */
+ *   pass costs.
+ *
+ * And one option for the heads the pooled test cannot see (anchor_probe > 0,
+ * default off): heads whose rows each attend their own far keys (a
+ * diagonal, not a stripe), so that no key scores near a block's anchor once
+ * the block's queries are averaged. The group's last block in the call (the
+ * probe) scores every candidate row by row, and for each row r the share of
+ * its softmax mass over [0, lo) U [lo, p] that the stripes leave out,
+ * missed_r / (missed_r + kept_r) with the anchor pass's own mass in kept_r;
+ * when the mean share over the probe's rows exceeds anchor_probe, the head
+ * attends every candidate of the group (that group and head become dense).
+ * The probe costs a block's scores against the candidates, like the tail
+ * test. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,13 +68,15 @@ typedef struct {
 #define ANCHOR_CH 256 // keys per stripe-scoring pass
 
 typedef struct {
-    attn_tile_t *tiles;   // (max_blk) one per query block of the group
-    attn_tile_t pt;       // pooled (mean) queries of the group's blocks
-    float *S;             // (max_blk rounded to 4, ANCHOR_CH) pooled scores
-    float *Sr[2];         // (B rounded to 4, ANCHOR_CH) each tail block's own scores
-    float *abar;          // (max_blk) mean anchor of each block
-    attn_range_t *sel;    // (N / 2 + 1) selected stripes
-    attn_range_t *own[2]; // (N / 2 + 1) keys only tail block t_first + i attends
+    attn_tile_t *tiles;        // (max_blk) one per query block of the group
+    attn_tile_t pt;            // pooled (mean) queries of the group's blocks
+    float *S;                  // (max_blk rounded to 4, ANCHOR_CH) pooled scores
+    float *Sr[2];              // (B rounded to 4, ANCHOR_CH) each tail block's own scores
+    float *abar;               // (max_blk) mean anchor of each block
+    attn_range_t *sel;         // (N / 2 + 1) selected stripes
+    attn_range_t *own[2];      // (N / 2 + 1) keys only tail block t_first + i attends
+    double *p_kept, *p_missed; // (B) the probe's rows: softmax mass the stripes keep, leave out
+    double share;              // the probe's mean missed share (NAN without a probe)
     int n_own[2];
     int t_first, nt; // the group's tail blocks: tiles t_first .. t_first + nt - 1
 } anchor_scratch_t;
@@ -83,7 +97,7 @@ static size_t anchor_scratch_bytes(const anchor_ctx_t *c) {
            attn_tile_bytes(c->max_blk, d) +
            attn_arena_need(sizeof(float) * (size_t)((c->max_blk + 3) & ~3) * ANCHOR_CH) +
            2 * attn_arena_need(sizeof(float) * (size_t)((c->B + 3) & ~3) * ANCHOR_CH) +
-           attn_arena_need(sizeof(float) * c->max_blk) +
+           attn_arena_need(sizeof(float) * c->max_blk) + 2 * attn_arena_need(sizeof(double) * c->B) +
            3 * attn_arena_need(sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
 }
 
@@ -101,6 +115,9 @@ static int anchor_scratch(const anchor_ctx_t *c, attn_arena_t *ar, anchor_scratc
         if (!x->Sr[i] || !x->own[i]) rc = LC_ENOMEM;
     }
     x->abar = attn_arena_alloc(ar, sizeof(float) * c->max_blk);
+    x->p_kept = attn_arena_alloc(ar, sizeof(double) * c->B);
+    x->p_missed = attn_arena_alloc(ar, sizeof(double) * c->B);
+    if (!x->p_kept || !x->p_missed) rc = LC_ENOMEM;
     x->sel = attn_arena_alloc(ar, sizeof(attn_range_t) * (size_t)(c->N / 2 + 1));
     return rc || !x->S || !x->abar || !x->sel ? LC_ENOMEM : 0;
 }
@@ -161,7 +178,10 @@ static void add_key(attn_range_t *rg, int *n, int64_t j) {
  * query scores it within theta of that block's anchor. When the group holds
  * the call's last block (tail), the call's last B rows test each key not
  * kept one by one, each against its own anchor (its running row max), into
- * x->own[i] for the block (tile t_first + i) they sit in. Returns the
+ * x->own[i] for the block (tile t_first + i) they sit in. With a probe,
+ * the group's last block also sums each row's softmax mass over the
+ * candidates the stripes keep and leave out; past the probe's threshold the
+ * group's head keeps every candidate (and no own keys). Returns the
  * stripes. */
 static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int tail, anchor_scratch_t *x) {
     const int kh = h / (c->sh->n_heads / c->sh->n_kv_heads), d = c->sh->head_dim;
@@ -171,20 +191,37 @@ static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int 
     x->n_own[0] = x->n_own[1] = 0;
     x->t_first = nb;
     x->nt = 0;
+    x->share = NAN;
     if (lo <= c->A) return 0;
     if (tail && theta != INFINITY)
         for (int b = nb - 1; b >= 0 && x->tiles[b].qpos[x->tiles[b].nr - 1] >= tail_row; b--) x->t_first = b;
     x->nt = nb - x->t_first;
     x->pt.nr = nb;
+    /* the probe: the last block's tile; its scores are a tail block's when
+     * it is one, else they take Sr[0] (no tail block then) */
+    const attn_tile_t *pb = c->pol->anchor_probe > 0 && theta != INFINITY ? &x->tiles[nb - 1] : NULL;
+    const float *ps = NULL;
+    x->share = NAN;
+    if (pb)
+        for (int r = 0; r < pb->nr; r++) x->p_kept[r] = pb->l[r], x->p_missed[r] = 0;
     for (int r = nb; r < ((nb + 3) & ~3); r++) memset(x->pt.q + (size_t)r * d, 0, sizeof(float) * d);
     for (int64_t j0 = c->A; j0 < lo; j0 += ANCHOR_CH) {
         int64_t j1 = j0 + ANCHOR_CH < lo ? j0 + ANCHOR_CH : lo;
         if (theta != INFINITY) attn_tile_scores(&x->pt, c->kv, kh, j0, j1, x->S, ANCHOR_CH);
         for (int i = 0; i < x->nt; i++)
             attn_tile_scores(&x->tiles[x->t_first + i], c->kv, kh, j0, j1, x->Sr[i], ANCHOR_CH);
+        if (pb) {
+            ps = x->Sr[x->nt ? x->nt - 1 : 0];
+            if (!x->nt) attn_tile_scores((attn_tile_t *)pb, c->kv, kh, j0, j1, x->Sr[0], ANCHOR_CH);
+        }
         for (int64_t j = j0; j < j1; j++) {
             int keep = theta == INFINITY;
             for (int b = 0; b < nb && !keep; b++) keep = x->S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >= x->abar[b];
+            if (pb) {
+                double *mass = keep ? x->p_kept : x->p_missed;
+                for (int r = 0; r < pb->nr; r++)
+                    mass[r] += exp((double)ps[(size_t)r * ANCHOR_CH + (j - j0)] - pb->m[r]);
+            }
             if (keep) {
                 add_key(x->sel, &n_sel, j);
                 continue;
@@ -197,6 +234,16 @@ static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int 
                         break;
                     }
             }
+        }
+    }
+    if (pb) {
+        double share = 0;
+        for (int r = 0; r < pb->nr; r++) share += x->p_missed[r] / (x->p_missed[r] + x->p_kept[r]);
+        x->share = share / pb->nr;
+        if (x->share > c->pol->anchor_probe) { // the head attends every candidate
+            x->sel[0] = (attn_range_t){c->A, lo};
+            x->n_own[0] = x->n_own[1] = 0;
+            return 1;
         }
     }
     return n_sel;
@@ -261,7 +308,8 @@ static void mark(uint8_t *f, const attn_range_t *rg, int n, uint8_t bit) {
 }
 
 int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
-                      int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own) {
+                      int64_t q_pos0, const attn_kv_t *kv, int h, int64_t g0, uint8_t *keep, uint8_t *own,
+                      double *probe_share) {
     const int64_t N = q_pos0 + n_q;
     if (n_q <= 0 || q_pos0 < 0 || !q || !keep || !own || h < 0 || h >= shape->n_heads) return LC_EINVAL;
     int rc = attn_check_args(shape, kv, N);
@@ -280,5 +328,6 @@ int attn__anchor_keys(const attn_shape_t *shape, const attn_policy_t *pol, attn_
         const int last = x.tiles[x.t_first + i].qpos[0] / c.B == (N - 1) / c.B;
         mark(own, x.own[i], x.n_own[i], last ? 1 : 2);
     }
+    if (probe_share) *probe_share = x.share;
     return 0;
 }

@@ -215,7 +215,7 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
         if (!selects[s] || n_q == 0) continue;
         const attn_cuda_anchor_policy_t *pp = &pol[s];
         if (n_q < 0 || N < n_q || pp->anchor_init < 0 || pp->anchor_init % kAncB || pp->anchor_local % kAncB ||
-            pp->anchor_lookback < 0 || pp->anchor_lookback % kAncB || isnan(pp->theta))
+            pp->anchor_lookback < 0 || pp->anchor_lookback % kAncB || isnan(pp->theta) || !(pp->probe >= 0))
             return LC_EINVAL;
         if (pp->anchor_local < a->min_local || n_q > a->max_q_rows || N > a->max_kv_len) return LC_ERANGE;
         if (rows + n_q > a->max_q_rows) return LC_ERANGE;
@@ -244,6 +244,7 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
         sq->g_first = sq->q_pos0 / sq->L;
         sq->ng = (N - 1) / sq->L - sq->g_first + 1;
         sq->theta = pp->theta;
+        sq->probe = pp->probe;
         sq->mask_off = mo;
         sq->bidx = s;
         {
@@ -367,6 +368,7 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         const AncSeq &sq = a->seqs[i];
         w.q = qs + sq.crow0 * HD;
         w.rowmax = a->rowmax + sq.crow0 * H;
+        w.lse1 = a->lse1 + sq.crow0 * H;
         float *o2 = a->o2 + sq.crow0 * HD, *lse2 = a->lse2 + sq.crow0 * H;
         // 2. stripes and own keys as ascending lists, whole kept blocks as block masks
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;

@@ -24,6 +24,7 @@ struct AncSeq {
     int g_first, ng;      // first group (index), groups of the chunk
     int A, L, LB;         // initial window, group, lookback of the local window (multiples of 128)
     float theta;
+    float probe;      // anchor_probe (0: none)
     size_t mask_off;  // words: the sequence's block masks in the anchor pass's mask buffer
     int bidx;         // index in the planned batch
     int own_b0, n_ob; // the tail blocks (own_b0 .. own_b0 + n_ob - 1, n_ob <= 2) that attend own keys:
@@ -49,6 +50,7 @@ __host__ __device__ __forceinline__ int anc_test_p0(const AncSeq &sq) {
 struct AncWork {
     const __nv_bfloat16 *q; // (n_q, H, D) the sequence's queries
     const float *rowmax;    // (n_q, H) the anchor pass's row max (natural units)
+    const float *lse1;      // (n_q, H) the anchor pass's LSE
     __nv_bfloat16 *qbar;    // (H, max_blk, 2, D) each block's mean scaled query, bf16 hi then lo
     float *abar;            // (H, max_blk) each block's mean anchor
     int max_blk;

@@ -19,7 +19,11 @@
  *      chunk's last 128 rows in that group also test each key not kept,
  *      each row against itself (q_r.k_j*scale + theta >= m_r): the "own"
  *      keys only the row's block (one of the two tail blocks holding those
- *      rows) attends. Both become
+ *      rows) attends. With a probe (policy probe > 0), the group's last
+ *      block in the chunk then scores every candidate row by row and sums
+ *      each row's softmax mass over the keys kept and left out (the anchor
+ *      pass's own mass counted kept); past the probe's mean missed share the
+ *      head keeps every candidate of the group and no own keys. Both become
  *      ascending position lists per (head, group) and per (head, tail
  *      block) by a block-wide prefix sum (in position order, whatever the
  *      thread timing), except the key blocks of 128 kept whole, which
@@ -64,6 +68,8 @@ typedef struct {
     int anchor_init;     // initial window, a multiple of 128 (0: none)
     int anchor_local;    // group / local window, a multiple of 128, >= min_local of create
     int anchor_lookback; // the local window starts this far before its group, a multiple of 128
+    float probe;         // anchor_probe: the group's last block's missed share past which the head keeps every
+                         // candidate (anchor.c); 0: no probe
 } attn_cuda_anchor_policy_t;
 
 typedef struct attn_cuda_anchor attn_cuda_anchor_t;
@@ -84,7 +90,7 @@ void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a);
  * those entries read). Copies their page tables to the device and plans the
  * anchor pass, both on stream (the next plan waits for this upload). LC_EINVAL for an inconsistent
  * batch or a bad policy (anchor_init, anchor_local or anchor_lookback not a
- * multiple of 128, theta NaN), LC_ERANGE beyond the capacities. */
+ * multiple of 128, theta NaN, probe negative or NaN), LC_ERANGE beyond the capacities. */
 int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
                           const attn_cuda_anchor_policy_t *pol, void *stream);
 

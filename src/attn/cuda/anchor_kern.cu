@@ -103,6 +103,33 @@ __device__ __forceinline__ unsigned long long warp_or(unsigned long long x) {
     return x;
 }
 
+// s0, s1 (16 rows x 64 keys staged at shared address kb, rows of
+// SelSmem<D>::kRS) = A0 K^T, A1 K^T: two row tiles per staged key fragment
+// (half the ldmatrix traffic, twice the independent MMAs); s[nt]: keys 8 nt
+// + qd + {0, 1}, rows g ([0..1]) and g + 8 ([2..3]) of the lane's quad.
+template <int D>
+__device__ __forceinline__ void score_tiles(uint32_t kb, int lane, const uint32_t (&a0)[D / 16][4],
+                                            const uint32_t (&a1)[D / 16][4], float (&s0)[kSelSub / 8][4],
+                                            float (&s1)[kSelSub / 8][4]) {
+    constexpr int RS = SelSmem<D>::kRS;
+    const int mat = lane >> 3, tk = (mat >> 1) * 8 + (lane & 7); // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8
+#pragma unroll
+    for (int nt = 0; nt < kSelSub / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) s0[nt][e] = s1[nt][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int jj = 0; jj < kSelSub / 16; jj++) {
+            uint32_t r[4];
+            ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
+            mma_bf16_16816(s0[2 * jj], a0[kk], r[0], r[1]);
+            mma_bf16_16816(s0[2 * jj + 1], a0[kk], r[2], r[3]);
+            mma_bf16_16816(s1[2 * jj], a1[kk], r[0], r[1]);
+            mma_bf16_16816(s1[2 * jj + 1], a1[kk], r[2], r[3]);
+        }
+}
+
 // grid (ceil((lo_last - A) / kSelKR), KH), kSelThreads, SelSmem<D>::kBytes:
 // the candidate keys jc .. jc + 255 (jc = A + 256 x, below lo_last: the last
 // group's lo, the largest) of kv head kh, staged once in shared memory as
@@ -146,30 +173,11 @@ __global__ void __launch_bounds__(kSelThreads)
     }
     __syncthreads();
     const float theta = sq.theta;
-    const int g = lane >> 2, qd = (lane & 3) * 2, mat = lane >> 3, r8 = lane & 7;
-    const int tk = (mat >> 1) * 8 + r8; // ldmatrix: keys +0 / +8 (mat / 2) x dims +0 / +8 (mat % 2)
+    const int g = lane >> 2, qd = (lane & 3) * 2;
     const uint32_t kb0 = smem_u32(ks);
-    // s0, s1 (16 rows x 64 keys of sub-tile sub) += A0 K^T, A1 K^T: two row tiles per staged key fragment
-    // (half the ldmatrix traffic, twice the independent MMAs); s[nt]: keys 8 nt + qd + {0, 1}, rows g
-    // ([0..1]) and g + 8 ([2..3])
     auto scores2 = [&](const uint32_t(&a0)[D / 16][4], const uint32_t(&a1)[D / 16][4], int sub,
                        float(&s0)[kSelSub / 8][4], float(&s1)[kSelSub / 8][4]) {
-        const uint32_t kb = kb0 + (uint32_t)(sub * kSelSub * RS) * 2;
-#pragma unroll
-        for (int nt = 0; nt < kSelSub / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) s0[nt][e] = s1[nt][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-            for (int jj = 0; jj < kSelSub / 16; jj++) {
-                uint32_t r[4];
-                ldmatrix_x4(r, kb + (uint32_t)((16 * jj + tk) * RS + 16 * kk + 8 * (mat & 1)) * 2);
-                mma_bf16_16816(s0[2 * jj], a0[kk], r[0], r[1]);
-                mma_bf16_16816(s0[2 * jj + 1], a0[kk], r[2], r[3]);
-                mma_bf16_16816(s1[2 * jj], a1[kk], r[0], r[1]);
-                mma_bf16_16816(s1[2 * jj + 1], a1[kk], r[2], r[3]);
-            }
+        score_tiles<D>(kb0 + (uint32_t)(sub * kSelSub * RS) * 2, lane, a0, a1, s0, s1);
     };
     const int n_units = sq.ng * qph;
     for (int u = warp; u < n_units; u += kSelThreads / 32) { // warp-uniform from here on
@@ -270,6 +278,108 @@ __global__ void __launch_bounds__(kSelThreads)
             }
         }
     }
+}
+
+// grid (ng, H), kSelThreads, SelSmem<D>::kBytes * kSelSub / kSelKR (64
+// staged keys): the probe (anchor.c's method comment), after select_kernel.
+// Group gi's last block in the chunk (up to 128 rows: warp w takes rows 32 w
+// .. 32 w + 31 as two row tiles) scores every candidate of [A, lo), 64 keys
+// at a time staged by all threads, and each row sums exp(score - rowmax) in
+// double over the keys the stripes keep (keep bits) and over those they
+// leave out, lane by lane in key order, then over its quad's four lanes in a
+// fixed order; the anchor pass's own mass exp(lse1 - rowmax) counts kept.
+// Thread 0 sums the rows' missed / (missed + kept) in row order; past the
+// probe's share the head keeps every candidate of the group (all keep bits
+// of [A, lo)) and, in the group with the tail blocks, no own keys.
+template <int D>
+__global__ void __launch_bounds__(kSelThreads)
+    probe_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
+    constexpr int RS = SelSmem<D>::kRS;
+    extern __shared__ __align__(16) uint8_t sel_smem[];
+    __shared__ double s_share[kAncB];
+    __shared__ int s_fire;
+    __nv_bfloat16 *ks = reinterpret_cast<__nv_bfloat16 *>(sel_smem);
+    const int gi = blockIdx.x, h = blockIdx.y, kh = h / (H / KH);
+    const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
+    if (lo <= sq.A) return; // no candidates (the whole CTA)
+    const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
+    const int p0 = max((q1 - 1) / kAncB * kAncB, q0), nr = q1 - p0; // the probe's rows (positions p0 ..)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = (lane & 3) * 2;
+    const int rb = 32 * warp;    // the warp's first probe row
+    const bool active = rb < nr; // warp-uniform
+    uint32_t a[2][D / 16][4];
+    float m[2][2];
+    double kept[2][2] = {}, missed[2][2] = {};
+    if (active)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int ra = rb + 16 * i + g, rr = ra + 8; // rows g and g + 8 of tile i
+            m[i][0] = ra < nr ? w.rowmax[(size_t)(p0 - sq.q_pos0 + ra) * H + h] : INFINITY;
+            m[i][1] = rr < nr ? w.rowmax[(size_t)(p0 - sq.q_pos0 + rr) * H + h] : INFINITY;
+            load_frag<D>(a[i], w.q + ((size_t)(p0 - sq.q_pos0 + min(ra, nr - 1)) * H + h) * D + qd,
+                         w.q + ((size_t)(p0 - sq.q_pos0 + min(rr, nr - 1)) * H + h) * D + qd);
+        }
+    const uint32_t *keep = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
+    for (int j0 = sq.A; j0 < lo; j0 += kSelSub) { // 64 keys in one page (pages of 64 or 128; j0 % 64 == 0)
+        __syncthreads();                          // the last sub-tile's readers are done
+        constexpr int kVecs = D / 8, kPer = kSelSub * kVecs / kSelThreads;
+        const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
+#pragma unroll
+        for (int i = 0; i < kPer; i++) {
+            const int v = tid + kSelThreads * i, r = v / kVecs, x = (v % kVecs) * 8;
+            cp_async16(smem_u32(ks + r * RS + x), kt + (size_t)r * D + x, 16);
+        }
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (!active) continue;
+        float s[2][kSelSub / 8][4];
+        score_tiles<D>(smem_u32(ks), lane, a[0], a[1], s[0], s[1]);
+        const unsigned long long kw = (unsigned long long)keep[j0 / 32] | (unsigned long long)keep[j0 / 32 + 1] << 32;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int nt = 0; nt < kSelSub / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const double x = (double)expf(s[i][nt][e] * scale - m[i][e >> 1]); // invalid rows: 0
+                    if (kw >> (8 * nt + qd + (e & 1)) & 1ull)
+                        kept[i][e >> 1] += x;
+                    else
+                        missed[i][e >> 1] += x;
+                }
+    }
+    if (active)
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int hb = 0; hb < 2; hb++) {
+                double kq = kept[i][hb], mq = missed[i][hb];
+                kq += __shfl_xor_sync(0xffffffffu, kq, 1);
+                mq += __shfl_xor_sync(0xffffffffu, mq, 1);
+                kq += __shfl_xor_sync(0xffffffffu, kq, 2);
+                mq += __shfl_xor_sync(0xffffffffu, mq, 2);
+                const int r = rb + 16 * i + g + 8 * hb;
+                if ((lane & 3) == 0 && r < nr) {
+                    const size_t ri = (size_t)(p0 - sq.q_pos0 + r) * H + h;
+                    kq += (double)expf(w.lse1[ri] - w.rowmax[ri]);
+                    s_share[r] = mq / (mq + kq);
+                }
+            }
+    __syncthreads();
+    if (tid == 0) {
+        double t = 0;
+        for (int r = 0; r < nr; r++) t += s_share[r];
+        s_fire = t / nr > (double)sq.probe;
+    }
+    __syncthreads();
+    if (!s_fire) return;
+    uint32_t *kw = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
+    for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += kSelThreads) kw[wd] = ~0u;
+    if (g0 + sq.L >= sq.N && sq.n_ob > 0) // the tail blocks' own keys: none left
+        for (int t = 0; t < 2; t++)
+            for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += kSelThreads)
+                w.own_bits[((size_t)h * 2 + t) * w.wcap + wd] = 0u;
 }
 
 // Exclusive prefix of x over the block's threads in thread order, and the
@@ -465,6 +575,9 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
             cudaFuncSetAttribute(select_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, SelSmem<D>::kBytes));
         select_kernel<D>
             <<<dim3((lo_last - sq.A + kSelKR - 1) / kSelKR, sh.n_kv_heads), kSelThreads, SelSmem<D>::kBytes, st>>>(
+                sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+        if (sq.probe > 0 && !isinf(sq.theta))
+            probe_kernel<D><<<dim3(sq.ng, H), kSelThreads, SelSmem<D>::kBytes * kSelSub / kSelKR, st>>>(
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
     }
     promote_kernel<<<dim3(sq.ng, H), 128, 0, st>>>(sq, w);
