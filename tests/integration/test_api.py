@@ -8,7 +8,7 @@ import openai
 import pytest
 import requests
 
-from conftest import KEY
+from conftest import KEY, Daemon
 
 MODEL = "tiny"
 
@@ -201,6 +201,27 @@ def test_sparse_attention_accepted(daemon):
                                                              "decode_budget": 64}})
     assert r.status_code == 200
     assert "sparse_attention" in r.json()["usage"]
+
+
+def test_anchor_probe_config(tiny_model, tmp_path):
+    """attention.anchor_probe reaches the kernel through lacunad: the same
+    AnchorAttention request (windows short enough for the tiny model's 512
+    positions to have candidates) reports a lower prefill density without
+    the probe than with a probe the random model's flat heads exceed."""
+    dens = {}
+    for probe in ("0", "0.001"):
+        d = Daemon(tiny_model, tmp_path, conf={"attention": {
+            "anchor_init": "64", "anchor_local": "128", "anchor_lookback": "64", "anchor_probe": probe}})
+        try:
+            r = d.post("/v1/completions", {"model": MODEL, "prompt": "a b c d e f g h " * 56, "max_tokens": 1,
+                                           "sparse_attention": {"prefill": "anchor", "theta": 0.5}})
+            assert r.status_code == 200, r.text
+            sa = r.json()["usage"]["sparse_attention"]
+            assert sa["prefill"] == "anchor"
+            dens[probe] = sa["prefill_density"]
+        finally:
+            d.stop()
+    assert dens["0"] < 0.95 and dens["0.001"] > dens["0"], dens
 
 
 def test_client_errors(daemon):
