@@ -449,6 +449,29 @@ START_TEST(test_prefill_windows) {
 }
 END_TEST
 
+/* One AnchorAttention case (a sequence of n_tok rows at pos0, KV blocks of
+ * bs on N ranks) in the ring against the single-rank kernel: the largest
+ * output and LSE errors into *w and *wl; returns the prefill density. */
+static double anchor_case(const attn_shape_t *sh, const attn_policy_t *pol, int N, int bs, int64_t pos0, int n_tok,
+                          double *w, double *wl) {
+    uint8_t owner[256];
+    cpcase_t k;
+    int32_t *table;
+    double el;
+    case_prefill(&k, sh, N, 16, bs, pos0, n_tok, 1, 0, 1, owner, &table, 3.0f);
+    attn_state_t *st = attn_state_create(sh, 1, pol);
+    k.seqs[0].state = st;
+    const double e = case_check(&k, N, &st, &el);
+    const attn_stats_t *sts = attn_state_stats(st);
+    const double dn = sts->prefill_computed / sts->prefill_total;
+    *w = e > *w ? e : *w;
+    *wl = el > *wl ? el : *wl;
+    attn_state_destroy(st);
+    case_free(&k);
+    free(table);
+    return dn;
+}
+
 /* AnchorAttention inside the ring: the same stripes as the single-rank
  * kernel (a scaled-down geometry: blocks of 16, windows of 32 and 64), on
  * an empty and on a sharded prefix, with a real theta (the single-rank
@@ -465,28 +488,14 @@ START_TEST(test_prefill_anchor) {
     pol.anchor_lookback = 32;
     pol.theta = 3.0f;
     const int Ns[] = {2, 3, 4, 8};
-    double w[4] = {0}, wl = 0, el, dens = 0;
-    uint8_t owner[256];
+    double w[4] = {0}, wl = 0, dens = 0;
     for (int a = 0; a < 4; a++)
         for (int c = 0; c < 4; c++) {
             rng_state = 4000 + 10 * a + c;
-            const int64_t pos0 = c & 1 ? 200 : 0;
-            const int n_tok = c & 2 ? 1001 : 333;
-            cpcase_t k;
-            int32_t *table;
-            case_prefill(&k, &sh, Ns[a], 16, c & 2 ? 64 : 16, pos0, n_tok, 1, 0, 1, owner, &table, 3.0f);
-            attn_state_t *st = attn_state_create(&sh, 1, &pol);
-            k.seqs[0].state = st;
-            double e = case_check(&k, Ns[a], &st, &el);
-            const attn_stats_t *sts = attn_state_stats(st);
-            const double dn = sts->prefill_computed / sts->prefill_total;
+            const double dn =
+                anchor_case(&sh, &pol, Ns[a], c & 2 ? 64 : 16, c & 1 ? 200 : 0, c & 2 ? 1001 : 333, &w[a], &wl);
             ck_assert_msg(dn < 0.9, "single-rank density %g: the case does not test a selection", dn);
             dens = dn > dens ? dn : dens;
-            w[a] = e > w[a] ? e : w[a];
-            wl = el > wl ? el : wl;
-            attn_state_destroy(st);
-            case_free(&k);
-            free(table);
         }
     /* the probe: at 0.5 some heads of some groups keep every candidate; the
      * ring must decide as the single-rank kernel does */
@@ -494,20 +503,8 @@ START_TEST(test_prefill_anchor) {
     double dens_probe = 0;
     for (int a = 0; a < 4; a++) {
         rng_state = 4200 + a;
-        cpcase_t k;
-        int32_t *table;
-        case_prefill(&k, &sh, Ns[a], 16, a & 1 ? 64 : 16, a & 2 ? 200 : 0, 1001, 1, 0, 1, owner, &table, 3.0f);
-        attn_state_t *st = attn_state_create(&sh, 1, &pol);
-        k.seqs[0].state = st;
-        double e = case_check(&k, Ns[a], &st, &el);
-        const attn_stats_t *sts = attn_state_stats(st);
-        const double dn = sts->prefill_computed / sts->prefill_total;
+        const double dn = anchor_case(&sh, &pol, Ns[a], a & 1 ? 64 : 16, a & 2 ? 200 : 0, 1001, &w[a], &wl);
         dens_probe = dn > dens_probe ? dn : dens_probe;
-        w[a] = e > w[a] ? e : w[a];
-        wl = el > wl ? el : wl;
-        attn_state_destroy(st);
-        case_free(&k);
-        free(table);
     }
     ck_assert_msg(dens_probe > dens && dens_probe < 0.999, "with the probe: density %g (without: %g)", dens_probe,
                   dens);
@@ -515,16 +512,7 @@ START_TEST(test_prefill_anchor) {
     pol.theta = INFINITY; // every key: dense
     for (int a = 0; a < 4; a += 3) {
         rng_state = 4100 + a;
-        cpcase_t k;
-        int32_t *table;
-        case_prefill(&k, &sh, Ns[a], 16, 16, 100, 500, 1, 0, 1, owner, &table, 3.0f);
-        attn_state_t *st = attn_state_create(&sh, 1, &pol);
-        k.seqs[0].state = st;
-        double e = case_check(&k, Ns[a], &st, &el);
-        w[a] = e > w[a] ? e : w[a];
-        attn_state_destroy(st);
-        case_free(&k);
-        free(table);
+        anchor_case(&sh, &pol, Ns[a], 16, 100, 500, &w[a], &wl);
     }
     printf("cp AnchorAttention prefill: max |out diff| N=2 %.2e, N=3 %.2e, N=4 %.2e, N=8 %.2e; max |lse diff| %.2e "
            "(single-rank density <= %.2f, with the probe <= %.2f)\n",
