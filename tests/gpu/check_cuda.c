@@ -706,6 +706,30 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     return s;
 }
 
+/* The R requests (prompts[r], lens[r] tokens; n tokens each) on s, each
+ * alone, then all at once: alone[r] and batched[r] (done, n tokens each). */
+static void alone_then_together(sched_t *s, const int32_t *const *prompts, const int *lens, int R, int n, out_t *alone,
+                                out_t *batched) {
+    for (int r = 0; r < R; r++) {
+        submit(s, &alone[r], prompts[r], lens[r], n);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&alone[r]);
+        ck_assert(alone[r].done);
+        ck_assert_int_eq(alone[r].n, n);
+    }
+    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int r = 0; r < R; r++) {
+        drain(&batched[r]);
+        ck_assert(batched[r].done);
+    }
+}
+
+/* a and b the same tokens and log-probabilities, bit for bit. */
+static int same_out(const out_t *a, const out_t *b) {
+    return memcmp(a->toks, b->toks, sizeof a->toks) == 0 && memcmp(a->lp, b->lp, sizeof a->lp) == 0;
+}
+
 /* Greedy requests of different lengths, each alone and then all at once
  * (prompts chunked beside other requests' decodes), then all at once again
  * without CUDA graphs (decode steps alone run as graphs padded to a bucket):
@@ -720,21 +744,11 @@ START_TEST(test_sched_batch_invariance) {
         for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 1) * 7919u * (i + 3)) % (unsigned)V);
     sched_t *s = gpu_sched(m, 0);
     out_t alone[6], batched[6], plain[6];
+    const int32_t *pp[6];
+    for (int r = 0; r < R; r++) pp[r] = prompts[r];
+    alone_then_together(s, pp, lens, R, 40, alone, batched);
     for (int r = 0; r < R; r++) {
-        submit(s, &alone[r], prompts[r], lens[r], 40);
-        ck_assert_int_eq(sched_run_until_idle(s), 0);
-        drain(&alone[r]);
-        ck_assert(alone[r].done);
-        ck_assert_int_eq(alone[r].n, 40);
-    }
-    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], 40);
-    ck_assert_int_eq(sched_run_until_idle(s), 0);
-    for (int r = 0; r < R; r++) {
-        drain(&batched[r]);
-        ck_assert(batched[r].done);
-        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
-                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
-                      "GPU: request %d batched differs from it alone", r);
+        ck_assert_msg(same_out(&alone[r], &batched[r]), "GPU: request %d batched differs from it alone", r);
         sched_req_release(batched[r].r);
     }
     sched_destroy(s);
@@ -744,9 +758,7 @@ START_TEST(test_sched_batch_invariance) {
     for (int r = 0; r < R; r++) {
         drain(&plain[r]);
         ck_assert(plain[r].done);
-        ck_assert_msg(memcmp(alone[r].toks, plain[r].toks, sizeof alone[r].toks) == 0 &&
-                          memcmp(alone[r].lp, plain[r].lp, sizeof alone[r].lp) == 0,
-                      "GPU: request %d without graphs differs from it with graphs", r);
+        ck_assert_msg(same_out(&alone[r], &plain[r]), "GPU: request %d without graphs differs from it with graphs", r);
         sched_req_release(alone[r].r);
         sched_req_release(plain[r].r);
     }
@@ -835,20 +847,11 @@ START_TEST(test_sched_quest_grow) {
     g_quest = 1;
     sched_t *s = gpu_sched(m, 0);
     static out_t alone[12], batched[12];
+    const int32_t *pp[12];
+    for (int r = 0; r < R; r++) pp[r] = prompts[r];
+    alone_then_together(s, pp, lens, R, 24, alone, batched);
     for (int r = 0; r < R; r++) {
-        submit(s, &alone[r], prompts[r], lens[r], 24);
-        ck_assert_int_eq(sched_run_until_idle(s), 0);
-        drain(&alone[r]);
-        ck_assert(alone[r].done);
-        ck_assert_int_eq(alone[r].n, 24);
-    }
-    for (int r = 0; r < R; r++) submit(s, &batched[r], prompts[r], lens[r], 24);
-    ck_assert_int_eq(sched_run_until_idle(s), 0);
-    for (int r = 0; r < R; r++) {
-        drain(&batched[r]);
-        ck_assert(batched[r].done);
-        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
-                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
+        ck_assert_msg(same_out(&alone[r], &batched[r]),
                       "GPU Quest: request %d batched with 11 others differs from it alone", r);
         sched_req_release(alone[r].r), sched_req_release(batched[r].r);
     }

@@ -319,6 +319,49 @@ fail:
 }
 
 // ---- prefill ------------------------------------------------------------------------------
+// One ring step's batch: the runs (of one rank's rows) whose view of rank
+// keys's pack has keys (a suffix of them, cp_ring_map.h), one attn_cuda
+// sequence each, over the page ids pages[0 .. view's pages) (at most np) or,
+// when pages is NULL, the visiting pack's 0, 1, ...; planned on plan when
+// any run sees keys. *row0: the first such run's row (dflt when none),
+// *pairs: the step's query-key pairs over all heads.
+static int plan_step(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, const cp_ring_run_t *runs, int nr, int keys,
+                     const int32_t *pages, int64_t np, attn_cuda_plan_t *plan, int64_t dflt, int64_t *row0,
+                     double *pairs, void *stream) {
+    const int64_t end = seq->pos0 + seq->n_tok;
+    int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
+    int m = 0, first = nr;
+    double pr = 0;
+    qi[0] = ki[0] = 0;
+    for (int i = 0; i < nr; i++) {
+        cp_ring_view_t v;
+        int rc = cp_ring_view(seq->owner, p->shape.page_size, end, &runs[i], keys, &v);
+        if (rc) return rc;
+        if (v.kind == CP_PAIR_NONE) {
+            if (m > 0) return LC_EINVAL; // not a suffix: an owner table cp_ring_map.h does not describe
+            continue;
+        }
+        if (m == 0) first = i;
+        if (pages && v.n_pages > np) return LC_EINVAL;
+        qi[m + 1] = qi[m] + (int32_t)runs[i].n;
+        ki[m + 1] = ki[m] + v.n_pages;
+        if (pages)
+            memcpy(p->h_idx + ki[m], pages, sizeof(int32_t) * (size_t)v.n_pages);
+        else
+            for (int32_t x = 0; x < v.n_pages; x++) p->h_idx[ki[m] + x] = x;
+        kl[m] = v.kv_len;
+        qp[m] = v.q_pos0;
+        for (int64_t row = 0; row < runs[i].n; row++)
+            pr += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
+        m++;
+    }
+    *row0 = m ? runs[first].row0 : dflt;
+    *pairs = pr * p->shape.n_heads;
+    if (!m) return 0;
+    attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
+    return attn_cuda_plan(plan, &bt, stream, NULL);
+}
+
 // Pass-Q's steps (the own blocks' page ids at h_arena[0 .. np)) and its
 // all-to-all: step k attends the rows of rank visitor(r, k), run by run, to
 // this rank's blocks in the pool (the runs that see any: a suffix).
@@ -349,36 +392,9 @@ static int plan_pass_q(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, int64_t np, 
         cp_ring_run_t runs[CP_RING_MAX_RUNS];
         const int nr = cp_ring_runs(seq->owner, ps, seq->pos0, seq->n_tok, org, runs, CP_RING_MAX_RUNS);
         if (nr < 0) return nr;
-        int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
-        int m = 0, first = nr;
-        double pairs = 0;
-        qi[0] = ki[0] = 0;
-        for (int i = 0; i < nr; i++) {
-            cp_ring_view_t v;
-            int rc = cp_ring_view(seq->owner, ps, end, &runs[i], r, &v);
-            if (rc) return rc;
-            if (v.kind == CP_PAIR_NONE) {
-                if (m > 0) return LC_EINVAL;
-                continue;
-            }
-            if (m == 0) first = i;
-            if (v.n_pages > np) return LC_EINVAL;
-            qi[m + 1] = qi[m] + (int32_t)runs[i].n;
-            ki[m + 1] = ki[m] + v.n_pages;
-            memcpy(p->h_idx + ki[m], p->h_arena, sizeof(int32_t) * (size_t)v.n_pages);
-            kl[m] = v.kv_len;
-            qp[m] = v.q_pos0;
-            for (int64_t row = 0; row < runs[i].n; row++)
-                pairs += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
-            m++;
-        }
-        p->q_row0[k] = m ? runs[first].row0 : p->q_rows[org];
-        p->step_pairs[k] = pairs * H;
-        if (m) {
-            attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
-            int rc = attn_cuda_plan(p->qsteps[k], &bt, stream, NULL);
-            if (rc) return rc;
-        }
+        int rc = plan_step(p, seq, runs, nr, r, p->h_arena, np, p->qsteps[k], p->q_rows[org], &p->q_row0[k],
+                           &p->step_pairs[k], stream);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -439,39 +455,11 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
         return 0;
     }
 
-    // Each step's batch: the runs whose view of the visiting pack has keys (a
-    // suffix of the runs, cp_ring_map.h), one attn_cuda sequence each.
+    // Each step's batch: this rank's runs that see the visiting pack's keys.
     for (int k = 0; k < n; k++) {
-        const int j = cp_ring_visitor(r, k, n);
-        int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
-        int m = 0, first = nr;
-        double pairs = 0;
-        qi[0] = ki[0] = 0;
-        for (int i = 0; i < nr; i++) {
-            cp_ring_view_t v;
-            int rc = cp_ring_view(seq->owner, ps, end, &p->runs[i], j, &v);
-            if (rc) return rc;
-            if (v.kind == CP_PAIR_NONE) {
-                if (m > 0) return LC_EINVAL; // not a suffix: an owner table cp_ring_map.h does not describe
-                continue;
-            }
-            if (m == 0) first = i;
-            qi[m + 1] = qi[m] + (int32_t)p->runs[i].n;
-            ki[m + 1] = ki[m] + v.n_pages;
-            for (int32_t x = 0; x < v.n_pages; x++) p->h_idx[ki[m] + x] = x;
-            kl[m] = v.kv_len;
-            qp[m] = v.q_pos0;
-            for (int64_t row = 0; row < p->runs[i].n; row++)
-                pairs += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
-            m++;
-        }
-        p->step_row0[k] = m ? p->runs[first].row0 : p->rows;
-        p->step_pairs[k] = pairs * p->shape.n_heads;
-        if (m) {
-            attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
-            int rc = attn_cuda_plan(p->steps[k], &bt, stream, NULL);
-            if (rc) return rc;
-        }
+        int rc = plan_step(p, seq, p->runs, nr, cp_ring_visitor(r, k, n), NULL, 0, p->steps[k], p->rows,
+                           &p->step_row0[k], &p->step_pairs[k], stream);
+        if (rc) return rc;
     }
     p->pf_planned = 1;
     return 0;
