@@ -168,7 +168,7 @@ int model_cuda__plan_attention(model_cuda_t *c, const step_t *st);
  * uploads, 1 after its plans, 2 + 2 i after piece i, 3 + 2 i after
  * attention call i and -1 after the logits, then step after its sync; now
  * and created time the creation of sparse decode plans, grow counts a
- * workspace's growth to need bytes. */
+ * workspace grown to bytes (its new size). */
 void model_cuda__prof_create(model_cuda_t *c);
 void model_cuda__prof_destroy(model_cuda_t *c);
 void model_cuda__prof_mark(model_cuda_t *c, int k);
@@ -176,7 +176,7 @@ void model_cuda__prof_event(model_cuda_t *c, int i);
 void model_cuda__prof_step(model_cuda_t *c, int decode, int rows);
 double model_cuda__prof_now(const model_cuda_t *c);
 void model_cuda__prof_created(model_cuda_t *c, double t0);
-void model_cuda__prof_grow(model_cuda_t *c, size_t need);
+void model_cuda__prof_grow(model_cuda_t *c, size_t bytes);
 
 /* The step's index arrays, each (max_tokens) int32, one after the other;
  * IX_PLEN: the valid tokens of the row's page once the row is written. */

@@ -39,10 +39,10 @@ void model_cuda__prof_created(model_cuda_t *c, double t0) {
     c->prof->n_create++;
 }
 
-void model_cuda__prof_grow(model_cuda_t *c, size_t need) {
+void model_cuda__prof_grow(model_cuda_t *c, size_t bytes) {
     if (!c->prof) return;
     c->prof->n_grow++;
-    if (need > c->prof->grown) c->prof->grown = need;
+    if (bytes > c->prof->grown) c->prof->grown = bytes;
 }
 
 static double ts_sec(const struct timespec *a, const struct timespec *b) {
