@@ -199,9 +199,8 @@ static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int 
     x->pt.nr = nb;
     /* the probe: the last block's tile; its scores are a tail block's when
      * it is one, else they take Sr[0] (no tail block then) */
-    const attn_tile_t *pb = c->pol->anchor_probe > 0 && theta != INFINITY ? &x->tiles[nb - 1] : NULL;
-    const float *ps = NULL;
-    x->share = NAN;
+    attn_tile_t *pb = c->pol->anchor_probe > 0 && theta != INFINITY ? &x->tiles[nb - 1] : NULL;
+    const float *ps = x->Sr[x->nt ? x->nt - 1 : 0];
     if (pb)
         for (int r = 0; r < pb->nr; r++) x->p_kept[r] = pb->l[r], x->p_missed[r] = 0;
     for (int r = nb; r < ((nb + 3) & ~3); r++) memset(x->pt.q + (size_t)r * d, 0, sizeof(float) * d);
@@ -210,10 +209,7 @@ static int anchor_stripes(const anchor_ctx_t *c, int h, int64_t g0, int nb, int 
         if (theta != INFINITY) attn_tile_scores(&x->pt, c->kv, kh, j0, j1, x->S, ANCHOR_CH);
         for (int i = 0; i < x->nt; i++)
             attn_tile_scores(&x->tiles[x->t_first + i], c->kv, kh, j0, j1, x->Sr[i], ANCHOR_CH);
-        if (pb) {
-            ps = x->Sr[x->nt ? x->nt - 1 : 0];
-            if (!x->nt) attn_tile_scores((attn_tile_t *)pb, c->kv, kh, j0, j1, x->Sr[0], ANCHOR_CH);
-        }
+        if (pb && !x->nt) attn_tile_scores(pb, c->kv, kh, j0, j1, x->Sr[0], ANCHOR_CH);
         for (int64_t j = j0; j < j1; j++) {
             int keep = theta == INFINITY;
             for (int b = 0; b < nb && !keep; b++) keep = x->S[(size_t)b * ANCHOR_CH + (j - j0)] + theta >= x->abar[b];
