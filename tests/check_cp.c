@@ -486,6 +486,7 @@ START_TEST(test_prefill_anchor) {
     pol.anchor_init = 32;
     pol.anchor_local = 64;
     pol.anchor_lookback = 32;
+    pol.anchor_probe = 0; // below: the probe
     pol.theta = 3.0f;
     const int Ns[] = {2, 3, 4, 8};
     double w[4] = {0}, wl = 0, dens = 0;

@@ -126,13 +126,13 @@ START_TEST(test_policy) {
     ck_assert_int_eq(p.anchor_lookback, 0);
     ck_assert_int_eq(p.anchor_local, 1024);
     ck_assert_int_eq(p.anchor_init, 512);
-    /* the probe: the engine's (off), unless the spec sets it; it changes the
-     * keys, so the prefix salt with it */
-    ck_assert_float_eq(p.anchor_probe, 0.0f);
+    /* the probe: the engine's (0.01), unless the spec sets it (0: off); it
+     * changes the keys, so the prefix salt with it */
+    ck_assert_float_eq(p.anchor_probe, 0.01f);
     const uint64_t salt0 = sched__prefill_salt(&p);
-    sp.anchor_probe = 0.02f;
+    sp.anchor_probe = 0.0f;
     sched__resolve_policy(&c, &sp, 100000, &p);
-    ck_assert_float_eq(p.anchor_probe, 0.02f);
+    ck_assert_float_eq(p.anchor_probe, 0.0f);
     ck_assert_uint_ne(sched__prefill_salt(&p), salt0);
 }
 END_TEST

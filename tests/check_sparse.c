@@ -146,6 +146,7 @@ static const method_t methods[] = {
 static void set_method(sched_params_t *p, const method_t *m, int full) {
     p->attn.prefill = m->prefill;
     p->attn.decode = m->decode;
+    p->attn.anchor_probe = 0.0f; // the tiny model's flat heads would all fire the probe (check_attn tests it)
     if (full) {
         p->attn.gamma = 1.0f;
         p->attn.theta = INFINITY;

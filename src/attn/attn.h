@@ -85,7 +85,7 @@ typedef struct {
     int anchor_local;    // AnchorAttention local window/group, default 2048
     int anchor_lookback; // AnchorAttention: a group's local window starts this far before it, default 1024
     float anchor_probe;  // AnchorAttention: the probe's missed share above which a head attends every candidate
-                         // of the group (anchor.c); 0 = no probe (default)
+                         // of the group (anchor.c), default 0.01; 0 = no probe
 
     attn_decode_method_t decode;
     int decode_budget;        // tokens kept by Quest / TidalDecode, default 2048

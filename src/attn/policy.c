@@ -20,7 +20,7 @@ void attn_policy_default(attn_policy_t *p) {
     p->anchor_init = 2048;
     p->anchor_local = 2048;
     p->anchor_lookback = 1024;
-    p->anchor_probe = 0.0f;
+    p->anchor_probe = 0.01f;
     p->decode = ATTN_DECODE_DENSE;
     p->decode_budget = 2048;
     p->dense_layers = 2;

@@ -127,6 +127,7 @@ void lc_config_default(lc_config_t *c) {
     c->anchor_init = 2048;
     c->anchor_local = 2048;
     c->anchor_lookback = 1024;
+    c->anchor_probe = 0.01;
     c->min_budget = 1024;
     c->decode_budget = 2048;
     c->sparse_prefill_min_tokens = 16384;

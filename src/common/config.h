@@ -53,7 +53,7 @@ typedef struct {
     char decode_method[32];  // dense | quest | tidal | streaming
     double gamma, tau, theta;
     int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's windows (tokens)
-    double anchor_probe;                            // AnchorAttention's probe (0: off)
+    double anchor_probe;                            // AnchorAttention's probe (default 0.01; 0: off)
     int min_budget;
     int decode_budget;
     int sparse_prefill_min_tokens;

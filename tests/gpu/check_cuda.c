@@ -643,6 +643,7 @@ static int g_flex;           // 1: the requests prefill with FlexPrefill (min_bu
 static int g_tidal;          // 1: the requests decode with TidalDecode (a 96-token budget)
 static int g_anchor;         // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
 static float g_theta = 0.5f; // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
+static float g_probe = 0.0f; // AnchorAttention's probe; < 0: the engine's (it fires on most tiny-model heads)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -670,6 +671,7 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     if (g_anchor) {
         p.attn.prefill = ATTN_PREFILL_ANCHOR;
         p.attn.theta = g_theta;
+        p.attn.anchor_probe = g_probe;
     }
     if (g_flex) {
         p.attn.prefill = ATTN_PREFILL_FLEX;
@@ -879,11 +881,13 @@ END_TEST
  * bitwise, each long prompt at a density strictly between 0 and 1 (the
  * anchor kernels ran and dropped keys); at theta = INFINITY (every key, by
  * the anchor kernels' own passes) the first token and its log-probability as
- * a dense prefill's, within bf16 rounding. */
+ * a dense prefill's, within bf16 rounding. With the engine's probe,
+ * alone and batched bitwise again, each request at least as dense as
+ * without it. */
 START_TEST(test_sched_anchor) {
     const int lens[4] = {1500, 700, 300, 7};
     sched_metrics_t mt;
-    sched_usage_t use[4];
+    sched_usage_t use[4], probed[4];
     sparse_alone_vs_batched(&g_anchor, lens, 6, 20, "GPU AnchorAttention", &mt, use);
     for (int r = 0; r < 4; r++) {
         fprintf(stderr, "check_cuda: AnchorAttention request %d (%d tokens): prefill density %.3f\n", r, lens[r],
@@ -892,6 +896,16 @@ START_TEST(test_sched_anchor) {
         if (lens[r] >= 700) // past the windows of its chunks: stripes chosen
             ck_assert_msg(use[r].prefill_density > 0.02 && use[r].prefill_density < 0.98,
                           "request %d: AnchorAttention density %g", r, use[r].prefill_density);
+    }
+    g_probe = -1.0f;
+    sparse_alone_vs_batched(&g_anchor, lens, 6, 20, "GPU AnchorAttention with the probe", &mt, probed);
+    g_probe = 0.0f;
+    for (int r = 0; r < 4; r++) {
+        fprintf(stderr, "check_cuda: AnchorAttention request %d with the probe: prefill density %.3f\n", r,
+                probed[r].prefill_density);
+        ck_assert_msg(probed[r].prefill_density >= use[r].prefill_density - 1e-9,
+                      "request %d: density %g with the probe, %g without", r, probed[r].prefill_density,
+                      use[r].prefill_density);
     }
     /* theta = INFINITY against dense, the same prompt */
     model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
