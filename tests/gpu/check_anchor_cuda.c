@@ -3,9 +3,9 @@
  * (src/attn/cpu/anchor.c) on the same f32 values of bf16-rounded queries,
  * keys and values.
  *
- * STATUS: ran on the H200 (2026-12-03, tests/gpu/run.sh anchor): every
- * case passes, with the CPU's key sets (0 differing candidates) and pair
- * counts (exact).
+ * STATUS: ran on the H200 (2026-12-03, again 2026-12-06 with the probe and
+ * the partial-select case, tests/gpu/run.sh anchor): all 11 checks pass,
+ * with the CPU's key sets (0 differing candidates) and pair counts (exact).
  *   covers:   version 2 of anchor.cu: the anchor pass on the dense wgmma
  *             kernel (block masks + its rowmax output), stripe and own-key
  *             selection into ascending lists, the token-gather kernel on
@@ -20,11 +20,11 @@
  *             sequence alone vs in the batch, bitwise; errors;
  *             check_anchor_kern.c: the gather kernel and the dense kernel's
  *             rowmax against double-precision host references;
+ *             test_partial_select (a batch where only some sequences
+ *             select, as the executor plans them); test_probe (the probe,
+ *             anchor_probe: probe_kernel's decisions and keys against the
+ *             CPU's);
  *             ANCHOR_BENCH=1 timing with density and kernel efficiency.
- *   untested: test_partial_select (a batch where only some sequences
- *             select, as the executor plans them), written after that run;
- *             test_probe (the probe, anchor_probe: probe_kernel's
- *             decisions and keys against the CPU's), written 2026-12-05.
  *   not done: the pooling (CUDA cores) and the merge are separate small
  *             kernels, not fused.
  *
