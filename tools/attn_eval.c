@@ -43,6 +43,7 @@ static const setting_t settings[] = {
     {"flexprefill g=0.99", 0, ATTN_PREFILL_FLEX, 0.99f, 0, 1024, 0, 0, 0, 0},
     {"flexprefill g=0.90 min=256", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 256, 0, 0, 0, 0},
     {"anchor th=12", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0},
+    {"anchor th=12 probe=0.01", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.01f}, // the engine's defaults
     {"anchor th=12 probe=0.02", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.02f},
     {"anchor th=16", 0, ATTN_PREFILL_ANCHOR, 0, 16.0f, 0, 2048, 0, 0, 0},
     {"anchor th=12 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 512, 0, 0, 0},
