@@ -40,10 +40,10 @@ ls "$out"/py/gguf-*.whl >/dev/null 2>&1 || pip download -q --no-deps -d "$out/py
     echo "gpu_bundle: could not fetch the gguf wheel (equal-error then runs the synthetic inputs only)" >&2
 rm -rf "$tmp"
 m=models/SmolLM2-135M-Instruct.Q4_1.gguf
-# Two parts: 56 MiB travel alone (with the tree), the rest with the binaries.
+# Two parts: 50 MiB travel alone (with the tree, ~8 MiB), the rest with the binaries.
 if [ -f "$m" ] && { [ ! -f "$out/model.part1" ] || [ -f "$out/model.part2" ]; }; then
     rm -f "$out"/model.part*
-    split -b 56M -d -a 1 "$m" "$out/model.part"
+    split -b 50M -d -a 1 "$m" "$out/model.part"
     sha256sum "$m" | cut -d' ' -f1 > "$out/model.sha256"
 fi
 du -sh "$out"/* | sort -h
