@@ -492,6 +492,86 @@ START_TEST(test_planted_prefill) {
 }
 END_TEST
 
+/* Chunks through attn_plan / attn_run with the prompt ending at prompt_end
+ * (0: unknown); returns the prefill density. */
+static double run_prefill_to(const tkv_t *t, const attn_policy_t *pol, const float *q, const int *cuts, int n_cuts,
+                             int64_t prompt_end, float *out, float *lse) {
+    const int H = t->sh.n_heads, d = t->sh.head_dim;
+    attn_state_t *st = attn_state_create(&t->sh, 1, pol);
+    attn_plan_t *p = attn_plan_create(&t->sh, 1);
+    ck_assert(st && p);
+    const attn_store_t store = {.k = t->kv.k,
+                                .v = t->kv.v,
+                                .kmin = t->kv.kmin,
+                                .kmax = t->kv.kmax,
+                                .blk_stride = t->kv.blk_stride,
+                                .sum_stride = t->kv.sum_stride,
+                                .block_size = t->kv.block_size};
+    for (int c = 0; c + 1 < n_cuts; c++) {
+        const int a = cuts[c], n = cuts[c + 1] - a;
+        const attn_seq_t sq = {
+            .tok0 = 0, .n_tok = n, .pos0 = a, .blocks = t->kv.blocks, .state = st, .prompt_end = prompt_end};
+        const attn_batch_t b = {.n_rows = n, .n_seqs = 1, .seqs = &sq, .block_size = t->kv.block_size};
+        ck_assert_int_eq(attn_plan(p, &b), 0);
+        ck_assert_int_eq(attn_run(p, 0, 0, &store, q + (size_t)a * H * d, out + (size_t)a * H * d, lse + (size_t)a * H),
+                         0);
+    }
+    const attn_stats_t *s = attn_state_stats(st);
+    const double dens = s->prefill_computed / s->prefill_total;
+    attn_plan_destroy(p);
+    attn_state_destroy(st);
+    return dens;
+}
+
+/* FlexPrefill and the prompt's end: the query blocks holding the prompt's
+ * last `block` rows attend every key. On random inputs (attention flat, so
+ * gamma 0.9 leaves mass out everywhere else) the rows of those blocks equal
+ * dense to rounding, whole and chunked, while the rows before them do not,
+ * nor do the same rows when the end is unknown or beyond their reach; the
+ * density stays below 1. */
+START_TEST(test_flex_prompt_end) {
+    tkv_t t;
+    const int H = 4, KH = 2, d = 32, n = 1000, B = 16;
+    tkv_random(&t, H, KH, d, 16, n, 31);
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 1.0f);
+    const size_t no = (size_t)n * H * d, rs = (size_t)H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    attn_policy_t p;
+    small_policy(&p);
+    p.prefill = ATTN_PREFILL_FLEX;
+    const int whole[] = {0, n}, chunks[] = {0, 400, 701, n};
+    const int last = (n - B) / B * B; // 976: query blocks 61 and 62 hold the last 16 rows
+    for (int chunked = 0; chunked < 2; chunked++) {
+        const int *cuts = chunked ? chunks : whole, nc = chunked ? 4 : 2;
+        const double dens = run_prefill_to(&t, &p, q, cuts, nc, n, out, lse);
+        const double tail = rel_err(out + last * rs, ref + last * rs, (size_t)(n - last) * rs);
+        const double before = rel_err(out + 800 * rs, ref + 800 * rs, (size_t)(last - 800) * rs);
+        fprintf(stderr,
+                "check_attn: FlexPrefill to the prompt's end, chunked %d: density %.3f, last blocks' rows err "
+                "%.2g, rows 800-975 err %.3g\n",
+                chunked, dens, tail, before);
+        ck_assert_msg(tail < 1e-5, "chunked %d: the last rows' error %g", chunked, tail);
+        ck_assert_msg(dens < 0.99 && before > 1e-3, "chunked %d: density %g, earlier rows' error %g", chunked, dens,
+                      before);
+        // the end unknown: the same rows are selected like every other
+        run_prefill_to(&t, &p, q, cuts, nc, 0, out, lse);
+        const double unknown = rel_err(out + last * rs, ref + last * rs, (size_t)(n - last) * rs);
+        ck_assert_msg(unknown > 1e-3, "chunked %d, end unknown: the last rows' error %g", chunked, unknown);
+        // the prompt ends 10 rows after this call: only block 62 (rows 992-999) is in its last 16 rows
+        run_prefill_to(&t, &p, q, cuts, nc, n + 10, out, lse);
+        const double b62 = rel_err(out + 992 * rs, ref + 992 * rs, 8 * rs),
+                     b61 = rel_err(out + 976 * rs, ref + 976 * rs, 16 * rs);
+        ck_assert_msg(b62 < 1e-5 && b61 > 1e-3, "chunked %d, end beyond: block 62 err %g, block 61 err %g", chunked,
+                      b62, b61);
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
 /* AnchorAttention and a question: a needle key (at position needle) that
  * only the question's rows [q_lo, q_hi) attend to (the other rows from 512
  * on point away from it, so every block's pooled query scores it far below
@@ -734,6 +814,7 @@ int main(void) {
     tcase_add_test(ts, test_planted_prefill);
     tcase_add_test(ts, test_anchor_question_rows);
     tcase_add_test(ts, test_anchor_probe);
+    tcase_add_test(ts, test_flex_prompt_end);
     suite_add_tcase(s, ts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -77,6 +77,7 @@ enum { MAXTOK = 16 };
 typedef struct {
     sched_req_t *r;
     int32_t toks[2][MAXTOK];
+    float lp[2][MAXTOK]; // the tokens' log-probabilities, when asked for
     int n[2];
     int done;
 } out_t;
@@ -86,8 +87,10 @@ static void drain(out_t *o) {
     int n;
     while ((n = sched_req_poll(o->r, ev, 32)) > 0)
         for (int i = 0; i < n; i++) {
-            if (ev[i].kind == SCHED_EV_TOKEN && o->n[ev[i].choice] < MAXTOK)
+            if (ev[i].kind == SCHED_EV_TOKEN && o->n[ev[i].choice] < MAXTOK) {
+                o->lp[ev[i].choice][o->n[ev[i].choice]] = ev[i].lp.logprob;
                 o->toks[ev[i].choice][o->n[ev[i].choice]++] = ev[i].token;
+            }
             if (ev[i].kind == SCHED_EV_DONE) o->done = 1;
             sched_event_clear(&ev[i]);
         }
@@ -219,7 +222,11 @@ START_TEST(test_full_budget_equals_dense) {
                           u.prefill_density);
             ck_assert_msg(fabs(u.decode_density - 1.0) < 1e-9, "%s: decode density %g", methods[i].name,
                           u.decode_density);
-            ck_assert_int_eq(u.cached_tokens, pass ? (NP - 1) / 16 * 16 : 0);
+            /* FlexPrefill shares only the chunks before the one holding the
+             * prompt's last block (sched__prompt_shareable) */
+            const int cached =
+                methods[i].prefill == ATTN_PREFILL_FLEX ? (NP - 16) / 16 * 16 / 48 * 48 : (NP - 1) / 16 * 16;
+            ck_assert_int_eq(u.cached_tokens, pass ? cached : 0);
         }
         sched_destroy(s);
     }
@@ -359,6 +366,47 @@ START_TEST(test_prefix_salt) {
 }
 END_TEST
 
+/* FlexPrefill's prompt end and the prefix cache: a prompt Q of two whole
+ * chunks, then a longer prompt P that starts with Q. Q's last block of rows
+ * attended every key, so its second chunk's K/V is not what P computes
+ * there: P reuses only Q's first chunk, and its tokens and log-probabilities
+ * equal P's cold run bit for bit (reusing both chunks changes them). */
+START_TEST(test_flex_prompt_end_prefix) {
+    const model_t *m = tiny_model();
+    int nv = model_hparams(m)->n_vocab;
+    static int32_t prompt[NP];
+    mk_prompt(prompt, NP, 5, nv);
+    sched_params_t p;
+    out_t cold, o;
+    sched_usage_t u;
+    sched_t *s = mk_sched(m, 512, 512, 128, 0);
+    params(&p, prompt, NP, 6, 1);
+    set_method(&p, &methods[0], 0);
+    p.logprobs = 0;
+    submit(s, &cold, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&cold, &u);
+    ck_assert_double_lt(u.prefill_density, 0.999); // sparse: the chunks differ with their patterns
+    sched_destroy(s);
+    s = mk_sched(m, 512, 512, 128, 1);
+    params(&p, prompt, 256, 6, 1);
+    set_method(&p, &methods[0], 0);
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    params(&p, prompt, NP, 6, 1);
+    set_method(&p, &methods[0], 0);
+    p.logprobs = 0;
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, 128);
+    ck_assert_mem_eq(o.toks[0], cold.toks[0], 6 * sizeof(int32_t));
+    ck_assert_mem_eq(o.lp[0], cold.lp[0], 6 * sizeof(float));
+    sched_destroy(s);
+}
+END_TEST
+
 /* ---- Gemma 3: the sparse methods run on the global layers -------------------------------- */
 /* Two models with the same weights: in one every 2nd layer is global (1, 3,
  * 5 and 7; TidalDecode's selection layers 2 and 4 slide, so layers 3 and 5
@@ -442,6 +490,7 @@ int main(void) {
     tcase_add_test(tc, test_full_budget_preemption);
     tcase_add_test(tc, test_budgets_report_density);
     tcase_add_test(tc, test_prefix_salt);
+    tcase_add_test(tc, test_flex_prompt_end_prefix);
     tcase_add_test(tc, test_gemma_global_layers);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -154,7 +154,8 @@ typedef struct {
     model_exec_t *ctx; // the executor, for GEN_CHUNK-token prefill chunks
     kv_pool_t *kv;
     kv_seq_t seq;
-    float *logits; // (n_vocab): the last position's
+    float *logits;      // (n_vocab): the last position's
+    int64_t prompt_end; // the prompt's length (model_seq_t's prompt_end)
 } gen_seq_t;
 
 /* Runs n tokens at positions pos .. pos+n-1 (generated: tokens the model
@@ -165,6 +166,7 @@ static int forward(gen_seq_t *g, const int32_t *tokens, int n, int64_t pos, int 
                      .pos0 = pos,
                      .kv = &g->seq,
                      .generated = generated,
+                     .prompt_end = generated ? 0 : g->prompt_end,
                      .logits_mode = last ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
                      .logits = g->logits};
     model_batch_t b = {.n_tokens = n, .tokens = tokens, .n_seqs = 1, .seqs = &s};
@@ -180,6 +182,7 @@ static int forward(gen_seq_t *g, const int32_t *tokens, int n, int64_t pos, int 
 /* The prompt in chunks of `chunk` tokens; leaves its last logits. */
 static int prefill(gen_seq_t *g, const tok_ids_t *ids, int chunk) {
     const int n_prompt = (int)ids->n;
+    g->prompt_end = n_prompt;
     for (int p = 0; p < n_prompt; p += chunk) {
         int n = n_prompt - p < chunk ? n_prompt - p : chunk;
         int rc = forward(g, ids->ids + p, n, p, 0, p + n == n_prompt);

@@ -164,6 +164,11 @@ typedef struct {
      *    position did (the decode method with keys 0..pos) — one row when
      *    decoding, several when recomputing a preempted sequence. */
     int decode;
+    /* Prompt rows: one past the prompt's last position when the caller
+     * knows it (0: unknown). FlexPrefill's query blocks holding the prompt's
+     * last `block` rows attend every key (a question at the end of the
+     * prompt sits there; docs/sparse-attention.md, step 4). */
+    int64_t prompt_end;
 } attn_seq_t;
 
 typedef struct {
@@ -198,7 +203,8 @@ size_t attn_plan_workspace(const attn_plan_t *p);
  * attn_run. */
 /* Prefill: n_q query rows at positions q_pos0..q_pos0+n_q-1 attend causally to
  * keys 0..q_pos0+n_q-1 (kv->n_kv must be >= q_pos0 + n_q). Uses the policy's
- * prefill method (st may be NULL for dense).
+ * prefill method (st may be NULL for dense); the call's last row ends the
+ * prompt (attn_seq_t's prompt_end).
  *   q:   (n_q, n_heads, head_dim)
  *   out: (n_q, n_heads, head_dim)
  *   lse: (n_q, n_heads) or NULL

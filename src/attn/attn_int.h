@@ -80,11 +80,13 @@ typedef struct {
 
 /* Each returns 0 or a negative status; *computed receives the visible
  * query-key pairs the call attended, summed over query heads. arenas: one per
- * thread of the team; shared: one for the call. */
+ * thread of the team; shared: one for the call. prompt_end: attn_seq_t's
+ * (FlexPrefill: the query blocks holding the prompt's last rows attend every
+ * key; 0: unknown). */
 attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
 int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
-                       const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
-                       double *computed);
+                       const float *q, int n_q, int64_t q_pos0, int64_t prompt_end, const attn_kv_t *kv, float *out,
+                       float *lse, double *computed);
 /* FlexPrefill's pieces for the context-parallel ring (attn/cp): whether a
  * chunk runs dense; the scaled mean query of rows p0..p1-1 of head h (q: the
  * chunk's rows from q_pos0; the first min(d, 512) values into qp); and the
@@ -98,9 +100,9 @@ int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn
 int attn__flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0);
 void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos0, int64_t p0, int64_t p1, int h,
                            float *qp);
-int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
-                            const float *rep, const float *vert, const float *slash, const float *ksum,
-                            const float *qpool, attn_arena_t *ar, uint8_t *mask);
+int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0,
+                            int64_t prompt_end, int h, const float *rep, const float *vert, const float *slash,
+                            const float *ksum, const float *qpool, attn_arena_t *ar, uint8_t *mask);
 /* The pattern alone, for the GPU selection's tests: every head's block mask
  * of the chunk into masks (n_heads, n_qb, n_kb), 1 = compute, as
  * attn__prefill_flex chooses it (small chunks: every causal block), with the
@@ -117,7 +119,7 @@ typedef struct {
     float *vert, *slash, *cells;
 } attn_flex_trace_t;
 int attn__flex_masks(const attn_shape_t *sh, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
-                     int64_t q_pos0, const attn_kv_t *kv, uint8_t *masks, attn_flex_trace_t *trace);
+                     int64_t q_pos0, int64_t prompt_end, const attn_kv_t *kv, uint8_t *masks, attn_flex_trace_t *trace);
 attn_ws_t attn__anchor_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0);
 int attn__prefill_anchor(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, const float *q,
                          int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse, double *computed);

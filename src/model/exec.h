@@ -101,6 +101,9 @@ typedef struct {
      *    (8-bit activation matmul, the decode method) — one row when decoding,
      *    several when recomputing after a preemption. */
     int generated;
+    /* Prompt tokens: one past the prompt's last position (0: unknown), so
+     * that the prefill method knows which rows end the prompt (attn_seq_t). */
+    int64_t prompt_end;
     model_logits_t logits_mode;
     float *logits; // (1 or n_tok, n_vocab), host memory
     /* With MODEL_LOGITS_LAST, optional: the executor writes here the index of

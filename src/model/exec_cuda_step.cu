@@ -114,7 +114,9 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
             words += attn_cuda_mask_words(q->n_tok, c->pf_kv_len[e], c->m->hp.n_heads);
         }
         if (fp) {
-            c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma, fp->tau, fp->min_budget, fp->max_budget};
+            if (q->prompt_end > INT32_MAX) return LC_ERANGE;
+            c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma, fp->tau, fp->min_budget, fp->max_budget,
+                                                    q->generated ? 0 : (int)q->prompt_end};
             st->n_flex++;
         }
         if (ap) {

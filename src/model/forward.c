@@ -301,7 +301,8 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
                                                 .blocks = q->kv->blocks,
                                                 .group_stride = (size_t)q->kv->cap,
                                                 .state = q->attn,
-                                                .decode = q->generated};
+                                                .decode = q->generated,
+                                                .prompt_end = q->generated ? 0 : q->prompt_end};
             continue;
         }
         uint8_t *so = c->sown + off;
@@ -314,7 +315,8 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
                                           .blocks = q->kv->blocks,
                                           .owner = so,
                                           .state = q->attn,
-                                          .decode = q->generated};
+                                          .decode = q->generated,
+                                          .prompt_end = q->generated ? 0 : q->prompt_end};
     }
     int rc = 0;
     if (c->n_aseq) {

@@ -352,7 +352,10 @@ void sched__commit(sched_t *s, int n_seq, double now) {
         if (r->state == REQ_DONE) continue;
         if (s->slot[i].choice < 0) {
             r->pkv.n_tokens += ms->n_tok;
-            if (s->cfg.enable_prefix_cache) kv_prefix_commit(s->kv, &r->pkv, r->prompt, r->pkv.n_tokens);
+            if (s->cfg.enable_prefix_cache) {
+                const int64_t shareable = sched__prompt_shareable(&r->policy, r->p.n_prompt, s->cfg.prefill_chunk);
+                kv_prefix_commit(s->kv, &r->pkv, r->prompt, r->pkv.n_tokens < shareable ? r->pkv.n_tokens : shareable);
+            }
             kv_seq_trim(s->kv, &r->pkv); // sliding-window blocks no later step reads
             if (ms->logits_mode == 2) prompt_rows_lp(s, r, ms);
             if (r->pkv.n_tokens == r->p.n_prompt) prompt_complete(s, r, ms, now);

@@ -97,6 +97,12 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
     return h ? h : 1;
 }
 
+int64_t sched__prompt_shareable(const attn_policy_t *p, int64_t n_prompt, int64_t chunk) {
+    if (p->prefill != ATTN_PREFILL_FLEX || chunk <= 0) return n_prompt;
+    const int64_t B = p->block > 0 ? p->block : 128, last = (n_prompt > B ? n_prompt - B : 0) / B * B;
+    return last / chunk * chunk;
+}
+
 uint64_t sched__decode_salt(const attn_policy_t *p) {
     /* Generated tokens never share blocks with prompts: their rows take the
      * 8-bit matmul, prompt rows the exact one. */

@@ -82,6 +82,12 @@ void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spe
  * handed to a prompt. */
 uint64_t sched__prefill_salt(const attn_policy_t *p);
 uint64_t sched__decode_salt(const attn_policy_t *p);
+/* Prompt positions a request may register in the prefix cache: all of them,
+ * but under FlexPrefill only the whole chunks (of `chunk` rows) before the
+ * one holding the prompt's last block of rows. Those rows attend every key
+ * (attn_seq_t's prompt_end), so the K/V of their chunk (whose patterns their
+ * queries help choose) is not what a longer prompt computes there. */
+int64_t sched__prompt_shareable(const attn_policy_t *p, int64_t n_prompt, int64_t chunk);
 
 /* ---- the engine ---------------------------------------------------------------- */
 /* What one slice of the batch is for. */

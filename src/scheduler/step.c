@@ -18,7 +18,9 @@
  * result (attn.h: per-row arithmetic). Sparse prefill chooses its pattern per
  * chunk, so a request with a sparse prefill method is cut only at multiples
  * of prefill_chunk (a chunk that does not fit waits for the next step) and
- * reuses cached prompt blocks only up to such a multiple. Generated tokens go
+ * reuses cached prompt blocks only up to such a multiple (FlexPrefill
+ * registers none of the chunk holding its prompt's last rows, which attend
+ * every key: sched__prompt_shareable). Generated tokens go
  * through the decode arithmetic (8-bit matmul, the decode method), also when
  * recomputed, and their blocks are never shared with prompts.
  *
@@ -149,6 +151,7 @@ static void add_slice(sched_t *s, batch_t *b, sched_req_t *r, int choice, kv_seq
     ms->kv = kv;
     ms->attn = choice < 0 ? r->pattn : r->ch[choice].attn;
     ms->generated = generated;
+    ms->prompt_end = generated ? 0 : r->p.n_prompt;
     ms->logits_mode = logits;
     memcpy(s->btok + b->n_tok, toks + kv->n_tokens, (size_t)n * sizeof *toks);
     s->slot[b->n_seq] = (struct sched_slot){

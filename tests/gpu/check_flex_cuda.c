@@ -41,6 +41,7 @@
  * step flex. CK_RUN_CASE=small runs the quick cases alone. */
 #include <check.h>
 #include <cuda_runtime_api.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -276,6 +277,7 @@ static float next_below(const float *x, int64_t n, float T) {
 typedef struct {
     int heads, qa, vs, small, tie_heads;
     int64_t bits, ones, diff, excused; // causal blocks, of them kept, of them differing, of them excused
+    int64_t whole;                     // causal blocks of the query blocks holding the prompt's last rows
 } stats_t;
 
 /* Sequence s's GPU mask (at m) against the CPU's; returns the unexcused mismatches. */
@@ -311,10 +313,11 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
         tr[h].cells = tr[h].slash + N;
     }
     const int small = attn__flex_is_small(&pol, n_q, q_pos0);
-    ck_assert_int_eq(attn__flex_masks(&ash, &pol, &ar, c->qf + (size_t)c->q_indptr[s] * H * D, n_q, q_pos0, &kv, cm,
-                                      small ? NULL : tr),
+    ck_assert_int_eq(attn__flex_masks(&ash, &pol, &ar, c->qf + (size_t)c->q_indptr[s] * H * D, n_q, q_pos0,
+                                      sq->pol.prompt_end, &kv, cm, small ? NULL : tr),
                      0);
     int64_t bad = 0;
+    const int pe = sq->pol.prompt_end, whole_qb = pe > 0 ? (pe > BLK ? pe - BLK : 0) / BLK : INT_MAX;
     for (int h = 0; h < H; h++) {
         st->heads++;
         const attn_flex_trace_t *t = &tr[h];
@@ -361,6 +364,17 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
                 st->bits++;
                 st->ones += gb;
                 const int cb = cm[msz * h + (size_t)i * g.n_kb + kb];
+                if (qb >= whole_qb) { // the prompt's last rows: every block, on both sides
+                    st->whole++;
+                    if (!gb || !cb) {
+                        if (shown++ < 3)
+                            printf(
+                                "    seq %d head %d block (%d, %d): the prompt's last rows miss it (gpu %d cpu %d)\n",
+                                s, h, qb, kb, gb, cb);
+                        bad++;
+                    }
+                    continue;
+                }
                 if ((kb == 0 || kb == qb) && !gb) {
                     if (shown++ < 3) printf("    seq %d head %d block (%d, %d): sink/diagonal missing\n", s, h, qb, kb);
                     bad++;
@@ -644,8 +658,9 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
             }
         }
         branch[h] = (int8_t)br;
+        const int pe = c->seq[s].pol.prompt_end, whole_qb = pe > 0 ? (pe > BLK ? pe - BLK : 0) / BLK : INT_MAX;
         for (int i = 0; i < g.n_qb; i++) { // mask_kernel
-            const int qb = g.qb0 + i;
+            const int qb = g.qb0 + i, whole = small || qb >= whole_qb;
             const int p0 = qb * BLK > q_pos0 ? qb * BLK : q_pos0,
                       p1 = (qb + 1) * BLK - 1 < N - 1 ? (qb + 1) * BLK - 1 : N - 1;
             for (int wd = 0; wd < g.words; wd++) {
@@ -653,7 +668,7 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
                 for (int b = 0; b < 32; b++) {
                     const int kb = wd * 32 + b;
                     int bit = kb <= qb;
-                    if (!small && bit && kb != 0 && kb != qb) {
+                    if (!whole && bit && kb != 0 && kb != qb) {
                         if (br == 1) {
                             bit = okey_c(cells[(size_t)i * g.n_kb + kb]) >= Tqa;
                         } else {
@@ -710,6 +725,7 @@ static void mirror_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n,
     if (tot) {
         tot->qa += st.qa;
         tot->vs += st.vs;
+        tot->whole += st.whole;
     }
     case_free(&c);
     ck_assert_int_eq(bad, 0);
@@ -760,6 +776,7 @@ static void check_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, 
         tot->qa += st.qa;
         tot->vs += st.vs;
         tot->small += st.small;
+        tot->whole += st.whole;
     }
     free(mb);
     free(m1);
@@ -772,6 +789,11 @@ static void check_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, 
 
 static attn_cuda_flex_policy_t P(float gamma, float tau, int lo, int hi) {
     return (attn_cuda_flex_policy_t){.gamma = gamma, .tau = tau, .min_budget = lo, .max_budget = hi};
+}
+static attn_cuda_flex_policy_t PE(float gamma, float tau, int lo, int hi, int prompt_end) {
+    attn_cuda_flex_policy_t p = P(gamma, tau, lo, hi);
+    p.prompt_end = prompt_end;
+    return p;
 }
 
 /* ---- tests --------------------------------------------------------------------------- */
@@ -854,6 +876,29 @@ START_TEST(test_prefix_chunks) {
                          {3333, 3333, P(0.9f, 0.1f, 1024, 2048)}};
     check_case(8, 4, 128, 128, s, 4, 31, "prefix chunks d128 g2 p128", NULL);
 }
+END_TEST
+
+/* The query blocks holding the prompt's last 128 rows attend every key:
+ * chunks that end the prompt, one whose prompt ends 23 rows after it (its
+ * last two blocks), one whose prompt ends beyond its reach (none), with
+ * sparse budgets so that the rest of each mask is sparse. */
+static void prompt_end_case(int gpu) {
+    const fseq_t s[4] = {{9001, 1500, PE(0.9f, 0.1f, 256, 0, 9001)},
+                         {7777, 4096, PE(0.9f, 0.f, 0, 0, 7800)},
+                         {6100, 200, PE(0.95f, 1.f, 256, 0, 6400)},
+                         {5000, 5000, PE(0.9f, 0.f, 32, 0, 5000)}};
+    stats_t tot = {0};
+    if (gpu)
+        check_case(8, 4, 128, 128, s, 4, 61, "prompt end d128 g2 p128", &tot);
+    else
+        mirror_case(8, 4, 128, 128, s, 4, 61, "prompt end (mirror) d128 g2 p128", &tot);
+    // every head: query blocks 69-70 of the first (70 + 71 causal blocks), 59-60 of the second, 38-39 of the last
+    const int64_t want = 8 * ((70 + 71) + (60 + 61) + (39 + 40));
+    ck_assert_int_eq(tot.whole, want);
+}
+START_TEST(test_prompt_end) { prompt_end_case(1); }
+END_TEST
+START_TEST(test_prompt_end_mirror) { prompt_end_case(0); }
 END_TEST
 
 START_TEST(test_d64) {
@@ -1035,10 +1080,12 @@ static Suite *flex_suite(void) {
     tcase_add_test(full, test_prefix_chunks);
     tcase_add_test(full, test_d64);
     tcase_add_test(full, test_long);
+    tcase_add_test(full, test_prompt_end);
     suite_add_tcase(s, full);
     TCase *mirror = tcase_create("mirror");
     tcase_set_timeout(mirror, 600);
     tcase_add_test(mirror, test_mirror);
+    tcase_add_test(mirror, test_prompt_end_mirror);
     suite_add_tcase(s, mirror);
     return s;
 }

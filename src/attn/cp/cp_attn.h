@@ -83,6 +83,7 @@ typedef struct {
     const uint8_t *owner;      // (same) rank holding each block
     const attn_state_t *state; // policy (read only); NULL = dense
     int decode;                // as attn_seq_t: 1 = generated rows (decode method)
+    int64_t prompt_end;        // as attn_seq_t: one past the prompt's last position, 0 = unknown
 } cp_seq_t;
 
 typedef struct {

@@ -241,10 +241,10 @@ static int masks(cp_plan_t *p, flex_ctx_t *x) {
     for (int h = 0; h < H; h++) {
         attn_arena_t *ar = &p->arenas[attn_thread_num()];
         attn_arena_reset(ar);
-        int rc = attn__flex_pattern_from(sh, x->sl->pol, s->n_tok, s->pos0, h, st + x->o.rep + (size_t)h * R * d,
-                                         st + x->o.vert + (size_t)h * x->g.N, st + x->o.slash + (size_t)h * x->g.N,
-                                         st + x->o.ksum + (size_t)(h / G) * x->g.n_kb * d, st + x->o.qpool, ar,
-                                         x->mask + msz * h);
+        int rc = attn__flex_pattern_from(
+            sh, x->sl->pol, s->n_tok, s->pos0, s->prompt_end, h, st + x->o.rep + (size_t)h * R * d,
+            st + x->o.vert + (size_t)h * x->g.N, st + x->o.slash + (size_t)h * x->g.N,
+            st + x->o.ksum + (size_t)(h / G) * x->g.n_kb * d, st + x->o.qpool, ar, x->mask + msz * h);
         if (rc) {
 #pragma omp atomic write
             err = rc;

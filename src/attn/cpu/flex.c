@@ -13,6 +13,10 @@
  * - JS divergence uses natural logarithms (D = sqrt(JSD) <= sqrt(ln 2)).
  * - A slash offset s adds, per query block, the (at most two) key blocks the
  *   diagonal j = p - s crosses for the block's rows p.
+ * - The query blocks holding the prompt's last B rows (when the caller says
+ *   where the prompt ends) attend every key block: a question at the end of
+ *   the prompt sits there, and at gamma 0.9 a head's selection may leave a
+ *   tenth of its mass out.
  * - The vertical and slash budgets are token counts clamped to
  *   [min_budget, max_budget] each (max_budget 0: no cap).
  * Inputs with at most max(2 blocks, min_budget) keys run dense. */
@@ -70,6 +74,7 @@ typedef struct {
     int n_q;
     int64_t q_pos0, N; // N: keys visible to the chunk's last query
     int B, R, qb0, n_qb, n_kb;
+    int64_t whole_qb; // query blocks from this one on attend every key (the prompt's last B rows)
     const attn_kv_t *kv;
     const float *qpool; // (n_qb, n_heads, head_dim) scaled mean query per block, or NULL: from q
 } flex_ctx_t;
@@ -277,8 +282,14 @@ static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *
         flex_query_aware(c, h, x, mask, tr);
     else
         flex_vertical_slash(c, x, mask, tr);
-    /* step 4: sink and diagonal always */
-    for (int i = 0; i < c->n_qb; i++) mask[(size_t)i * c->n_kb] = mask[(size_t)i * c->n_kb + c->qb0 + i] = 1;
+    /* step 4: sink and diagonal always; and (ours) the query blocks holding
+     * the prompt's last B rows attend every key block (a question at the
+     * prompt's end sits there) */
+    for (int i = 0; i < c->n_qb; i++) {
+        uint8_t *m = mask + (size_t)i * c->n_kb;
+        m[0] = m[c->qb0 + i] = 1;
+        if (c->qb0 + i >= c->whole_qb) memset(m, 1, (size_t)(c->qb0 + i + 1));
+    }
 }
 
 /* Decides head h's block mask: mask (n_qb, n_kb), 1 = compute. */
@@ -349,13 +360,16 @@ static int flex_compute(const flex_ctx_t *c, attn_arena_t *arenas, const uint8_t
     return err;
 }
 
+/* prompt_end: attn_seq_t's (0: unknown). */
 static flex_ctx_t flex_ctx(const attn_shape_t *shape, const attn_policy_t *pol, const float *q, int n_q, int64_t q_pos0,
-                           const attn_kv_t *kv) {
+                           int64_t prompt_end, const attn_kv_t *kv) {
     const int B = pol->block > 0 ? pol->block : 128;
     const int64_t N = q_pos0 + n_q;
-    flex_ctx_t c = {shape, pol, q, n_q, q_pos0, N, B, n_q < B ? n_q : B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1,
-                    kv,    NULL};
+    flex_ctx_t c = {
+        shape,     pol, q,   n_q, q_pos0, N, B, n_q < B ? n_q : B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1,
+        INT64_MAX, kv,  NULL};
     c.n_qb = c.n_kb - c.qb0;
+    if (prompt_end > 0) c.whole_qb = (prompt_end > B ? prompt_end - B : 0) / B;
     return c;
 }
 
@@ -368,7 +382,7 @@ int attn__flex_is_small(const attn_policy_t *pol, int n_q, int64_t q_pos0) {
 attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int n_q, int64_t q_pos0) {
     attn_ws_t w = {attn_prefill_window_ws(shape), 0};
     if (attn__flex_is_small(pol, n_q, q_pos0)) return w;
-    flex_ctx_t c = flex_ctx(shape, pol, NULL, n_q, q_pos0, NULL);
+    flex_ctx_t c = flex_ctx(shape, pol, NULL, n_q, q_pos0, 0, NULL);
     size_t pat = flex_scratch_bytes(&c);
     size_t comp = attn_tile_bytes(c.B, shape->head_dim) + attn_arena_need(sizeof(attn_range_t) * c.n_kb);
     w.per_thread = pat > comp ? pat : comp;
@@ -377,15 +391,15 @@ attn_ws_t attn__flex_ws(const attn_shape_t *shape, const attn_policy_t *pol, int
 }
 
 int attn__prefill_flex(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *arenas, attn_arena_t *shared,
-                       const float *q, int n_q, int64_t q_pos0, const attn_kv_t *kv, float *out, float *lse,
-                       double *computed) {
+                       const float *q, int n_q, int64_t q_pos0, int64_t prompt_end, const attn_kv_t *kv, float *out,
+                       float *lse, double *computed) {
     if (attn__flex_is_small(pol, n_q, q_pos0))
         return attn_prefill_window(shape, arenas, q, n_q, q_pos0, kv, 0, ATTN_NO_WINDOW, out, lse, computed);
     const int64_t N = q_pos0 + n_q;
     int rc = attn_check_args(shape, kv, N);
     if (rc || q_pos0 < 0 || !q || !out) return rc ? rc : LC_EINVAL;
     const int H = shape->n_heads;
-    const flex_ctx_t c = flex_ctx(shape, pol, q, n_q, q_pos0, kv);
+    const flex_ctx_t c = flex_ctx(shape, pol, q, n_q, q_pos0, prompt_end, kv);
     const size_t msz = (size_t)c.n_qb * c.n_kb;
     attn_arena_reset(shared);
     uint8_t *mask = attn_arena_alloc(shared, msz * H);
@@ -420,10 +434,10 @@ void attn__flex_pool_query(const attn_shape_t *sh, const float *q, int64_t q_pos
     }
 }
 
-int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0, int h,
-                            const float *rep, const float *vert, const float *slash, const float *ksum,
-                            const float *qpool, attn_arena_t *ar, uint8_t *mask) {
-    flex_ctx_t c = flex_ctx(sh, pol, NULL, n_q, q_pos0, NULL);
+int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, int n_q, int64_t q_pos0,
+                            int64_t prompt_end, int h, const float *rep, const float *vert, const float *slash,
+                            const float *ksum, const float *qpool, attn_arena_t *ar, uint8_t *mask) {
+    flex_ctx_t c = flex_ctx(sh, pol, NULL, n_q, q_pos0, prompt_end, NULL);
     c.qpool = qpool;
     flex_scratch_t x;
     int rc = flex_scratch(&c, ar, &x);
@@ -442,9 +456,10 @@ int attn__flex_pattern_from(const attn_shape_t *sh, const attn_policy_t *pol, in
 
 /* ---- the masks alone (the GPU selection's reference) --------------------------------- */
 int attn__flex_masks(const attn_shape_t *sh, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int n_q,
-                     int64_t q_pos0, const attn_kv_t *kv, uint8_t *masks, attn_flex_trace_t *trace) {
+                     int64_t q_pos0, int64_t prompt_end, const attn_kv_t *kv, uint8_t *masks,
+                     attn_flex_trace_t *trace) {
     if (!sh || !pol || !ar || !masks || n_q <= 0 || q_pos0 < 0) return LC_EINVAL;
-    const flex_ctx_t c = flex_ctx(sh, pol, q, n_q, q_pos0, kv);
+    const flex_ctx_t c = flex_ctx(sh, pol, q, n_q, q_pos0, prompt_end, kv);
     const size_t msz = (size_t)c.n_qb * c.n_kb;
     if (attn__flex_is_small(pol, n_q, q_pos0)) {
         for (int h = 0; h < sh->n_heads; h++)

@@ -191,7 +191,8 @@ static int run_prefill(attn_plan_t *p, const attn_seq_t *s, int64_t window, cons
     int rc;
     switch (window > 0 ? ATTN_PREFILL_DENSE : pol ? pol->prefill : ATTN_PREFILL_DENSE) {
     case ATTN_PREFILL_FLEX:
-        rc = attn__prefill_flex(sh, pol, p->arenas, &p->shared, qs, s->n_tok, s->pos0, &kv, os, ls, &computed);
+        rc = attn__prefill_flex(sh, pol, p->arenas, &p->shared, qs, s->n_tok, s->pos0, s->prompt_end, &kv, os, ls,
+                                &computed);
         break;
     case ATTN_PREFILL_ANCHOR:
         rc = attn__prefill_anchor(sh, pol, p->arenas, qs, s->n_tok, s->pos0, &kv, os, ls, &computed);
@@ -237,7 +238,13 @@ static int run_one(const attn_shape_t *shape, attn_state_t *st, int layer, int64
     if (rc) return rc;
     attn_plan_t *p = attn_plan_create(shape, st ? st->n_layers : layer + 1);
     if (!p) return LC_ENOMEM;
-    attn_seq_t s = {.tok0 = 0, .n_tok = n_q, .pos0 = q_pos0, .blocks = kv->blocks, .state = st, .decode = decode};
+    attn_seq_t s = {.tok0 = 0,
+                    .n_tok = n_q,
+                    .pos0 = q_pos0,
+                    .blocks = kv->blocks,
+                    .state = st,
+                    .decode = decode,
+                    .prompt_end = decode ? 0 : q_pos0 + n_q};
     attn_batch_t b = {.n_rows = n_q, .n_seqs = 1, .seqs = &s, .block_size = kv->block_size};
     attn_store_t store = {.k = kv->k,
                           .v = kv->v,

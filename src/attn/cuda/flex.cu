@@ -7,6 +7,7 @@
 // sized at create: each sequence's kernels are launched with the sequence's
 // scalars in FlexParams, so a sequence's mask depends on nothing but its own
 // inputs.
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,7 +187,8 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
         const int64_t nq = (int64_t)b->q_indptr[s + 1] - b->q_indptr[s];
         if (np < 0 || len < 1 || len > np * ps || nq < 0 || nq > len) return LC_EINVAL;
         const attn_cuda_flex_policy_t *pp = &pol[s];
-        if (!(pp->gamma > 0.f) || isnan(pp->tau) || pp->min_budget < 0 || pp->max_budget < 0 || mask_off[s] < 0)
+        if (!(pp->gamma > 0.f) || isnan(pp->tau) || pp->min_budget < 0 || pp->max_budget < 0 || pp->prompt_end < 0 ||
+            mask_off[s] < 0)
             return LC_EINVAL;
         if (len > f->max_kv_len || nq > f->max_q_rows) return LC_ERANGE;
         if (nq == 0) continue; // no rows, no mask
@@ -264,6 +266,7 @@ extern "C" int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, c
         p.tau = sq->pol.tau;
         p.lo = sq->pol.min_budget;
         p.hi = sq->pol.max_budget;
+        p.whole_qb = sq->pol.prompt_end > 0 ? (sq->pol.prompt_end > kB ? sq->pol.prompt_end - kB : 0) / kB : INT_MAX;
         if (is_small(&sq->pol, sq->n_q, sq->kv_len)) {
             const int rc = attn_flex_small_launch(p, st);
             if (rc) return rc;

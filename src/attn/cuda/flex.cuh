@@ -18,7 +18,8 @@ struct FlexParams {
     int N, n_q, q_pos0, qrow0, R, P0; // P0 = N - R: position of representative row 0
     int qb0, n_kb, n_qb, words;
     float scale, gamma, tau;
-    int lo, hi; // vertical-slash budget clamp (hi 0: none)
+    int lo, hi;   // vertical-slash budget clamp (hi 0: none)
+    int whole_qb; // query blocks from this one on attend every key block (the prompt's last rows)
     // workspace (per head strides in elements)
     float *qs;            // (H, D, 128) representative rows, scaled, transposed; rows >= R zero
     float *pm, *pl;       // (H, n_kb_max, 128) tile row max / sum

@@ -28,7 +28,9 @@
  *      gamma * their total, then the count clamped to [min_budget, max_budget]
  *      (and to the keys) and T the count-th largest value; a block is kept if
  *      one of its columns or a diagonal crossing it is kept;
- *   4. the sink block 0 and the diagonal block always.
+ *   4. the sink block 0 and the diagonal block always, and every causal block
+ *      of the query blocks holding the prompt's last 128 rows (from
+ *      (prompt_end - 128) / 128 on, when prompt_end is set).
  * Thresholds come from a radix select on the floats' bits (256-bin
  * histograms of counts and of mass in 2^-50 fixed point), never a sort; ties
  * at T are all kept (the CPU keeps an arbitrary subset of them), so the masks
@@ -61,6 +63,7 @@ typedef struct {
     float tau;      // JS-distance threshold between the two patterns
     int min_budget; // vertical-slash: least columns / diagonals kept, >= 0
     int max_budget; // vertical-slash: most columns / diagonals kept, 0 = no cap
+    int prompt_end; // one past the prompt's last position (attn_seq_t's), 0 = unknown
 } attn_cuda_flex_policy_t;
 
 /* Mask words of one chunk of n_q rows ending at kv_len, for n_heads heads

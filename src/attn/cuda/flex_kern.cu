@@ -524,8 +524,9 @@ __global__ void colsel_kernel(const FlexParams p) {
 
 /* ---- step 4: the bits --------------------------------------------------------------------- */
 
-// grid (n_qb, H), block 128: one word per warp and pass. small: every causal
-// bit. Else sink and diagonal, plus query-aware cells >= T, or vertical-slash
+// grid (n_qb, H), block 128: one word per warp and pass. small, or a query
+// block from whole_qb on (the prompt's last rows): every causal bit. Else
+// sink and diagonal, plus query-aware cells >= T, or vertical-slash
 // blocks with a kept column or a kept diagonal o in [p0 - kb*B - (B-1),
 // p1 - kb*B] (the rows p0..p1 of the query block reach key block kb along o).
 template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
@@ -541,10 +542,11 @@ template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
     const float *row = p.cells + (size_t)h * p.sCells + (size_t)i * p.n_kb;
     const int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
     uint32_t *out = p.mask + ((size_t)h * p.n_qb + i) * p.words;
+    const bool whole = SMALL || qb >= p.whole_qb;
     for (int w = warp; w < p.words; w += blockDim.x / 32) {
         const int kb = w * 32 + lane;
         bool bit = kb <= qb;
-        if (!SMALL && bit && kb != 0 && kb != qb) {
+        if (!whole && bit && kb != 0 && kb != qb) {
             if (br == 1) {
                 bit = okey(row[kb]) >= T;
             } else {
