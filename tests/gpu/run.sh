@@ -55,6 +55,12 @@
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
 #     e2e-nographs  lacunad alone with engine.cuda_graphs = false (the A/B)
 #     e2e-sampled   lacunad alone, decode streams at temperature 0.8 (host sampling)
+#     e2e-methods  time to first token through lacunad per prefill method, one
+#            lacunad per method on the same prompts, no peer: E2EM_METHODS
+#            (dense anchor anchor-noprobe flexprefill; anchor-noprobe is
+#            AnchorAttention with attention.anchor_probe = 0), E2EM_MODEL
+#            (default: the default model; 8b: the e2e8b model at E2E8B_CTX),
+#            E2EM_FLAGS (more gpu_e2e.py options); e2e-METHOD.json each
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 #     steps8b  the attention kernels of decode steps in place, on the e2e8b
@@ -258,6 +264,28 @@ for step in "$@"; do
             --libpath "$G/lib:$CUDA_LIB" --model "$M" --lacunad-log "$OUT/e2e-lacunad.log" ${E2E_FLAGS:-} \
             --out "$OUT/e2e.json" 2>&1 | tee "$OUT/e2e.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e 1
+        ;;
+    e2e-methods)
+        if [ "${E2EM_MODEL:-}" = 8b ]; then
+            model8b "${E2E8B_CTX:-32768}" || { fail "mkmodel 8b" 1; continue; }
+            EM=$M8 EV=128256
+        else
+            [ -f "$M" ] || { fail "e2e-methods (no model)" 2; continue; }
+            EM=$M EV=49152
+        fi
+        for m in ${E2EM_METHODS:-dense anchor anchor-noprobe flexprefill}; do
+            extra=()
+            case $m in
+            anchor-noprobe) pm=anchor extra=(--lacunad-arg=--set --lacunad-arg=attention.anchor_probe=0) ;;
+            *) pm=$m ;;
+            esac
+            # shellcheck disable=SC2086
+            timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+                --libpath "$G/lib:$CUDA_LIB" --model "$EM" --vocab "$EV" --skip-hf --streams= \
+                --sparse="{\"prefill\":\"$pm\"}" "${extra[@]}" --lacunad-log "$OUT/e2e-$m-lacunad.log" \
+                ${E2EM_FLAGS:-} --out "$OUT/e2e-$m.json" 2>&1 | tail -8 | tee "$OUT/e2e-$m.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "e2e-methods $m" 1
+        done
         ;;
     e2e-sampled)
         # lacunad alone, the decode streams drawn at temperature 0.8 (every row's logits to the host sampler)
