@@ -308,8 +308,13 @@ static attn_plan_t *ref_plan(const cpcase_t *k, int i, attn_state_t *st) {
     const cp_seq_t *s = &k->seqs[i];
     attn_plan_t *p = attn_plan_create(&k->sh, k->n_layers);
     ck_assert_ptr_nonnull(p);
-    attn_seq_t a = {
-        .tok0 = 0, .n_tok = s->n_tok, .pos0 = s->pos0, .blocks = s->blocks, .state = st, .decode = s->decode};
+    attn_seq_t a = {.tok0 = 0,
+                    .n_tok = s->n_tok,
+                    .pos0 = s->pos0,
+                    .blocks = s->blocks,
+                    .state = st,
+                    .decode = s->decode,
+                    .prompt_end = s->prompt_end};
     attn_batch_t b = {.n_rows = s->n_tok, .n_seqs = 1, .seqs = &a, .block_size = k->bs};
     ck_assert_int_eq(attn_plan(p, &b), 0);
     return p;
@@ -550,7 +555,9 @@ static void plant_needles(cpcase_t *k, int l) {
 }
 
 /* FlexPrefill inside the ring: the pattern searched on every rank from
- * gathered summaries (scaled-down geometry: blocks of 16, min_budget 32). */
+ * gathered summaries (scaled-down geometry: blocks of 16, min_budget 32);
+ * in half the cases the prompt ends with the chunk or 9 rows after it, so
+ * that its last rows attend every key (attn_seq_t's prompt_end). */
 START_TEST(test_prefill_flex) {
     const attn_shape_t sh = {4, 2, 32, 1.0f / sqrtf(32.0f)};
     attn_policy_t pol;
@@ -570,6 +577,7 @@ START_TEST(test_prefill_flex) {
             int32_t *table;
             case_prefill(&k, &sh, Ns[a], 16, c & 2 ? 64 : 16, pos0, n_tok, 1, 0, 1, owner, &table, 0.3f);
             plant_needles(&k, 0);
+            if (c & 1) k.seqs[0].prompt_end = pos0 + n_tok + (a & 1 ? 9 : 0);
             attn_state_t *st = attn_state_create(&sh, 1, &pol);
             k.seqs[0].state = st;
             double e = case_check(&k, Ns[a], &st, &el);
