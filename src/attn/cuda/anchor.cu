@@ -52,6 +52,7 @@ struct attn_cuda_anchor {
     uint32_t *full_bits, *mask2;   // (H, max_grp, fwcap) whole kept blocks; their block masks (mask's layout)
     int32_t *full_cnt;             // (H, max_grp)
     unsigned long long *seq_pairs; // (max_seqs)
+    double *probe_part;            // (H, max_grp, max_kv_len / kProbeKeys + 1, 128, 2) the probe's split sums
 };
 
 extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_seqs, int64_t max_q_rows,
@@ -108,29 +109,30 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
     {
         const size_t G = (size_t)a->max_grp, B = (size_t)a->max_blk, W = (size_t)a->wcap;
         const size_t sizes[] = {
-            2 * R * H * D,                                 // qc
-            2 * R * H * D,                                 // o1
-            sizeof(float) * R * H,                         // lse1
-            sizeof(float) * R * H,                         // rowmax
-            sizeof(float) * R * H,                         // lse2
-            sizeof(float) * R * H * D,                     // o2
-            sizeof(float) * kOwnSplit * 2 * kAncB * H * D, // o3
-            sizeof(float) * kOwnSplit * 2 * kAncB * H,     // lse3
-            2 * 2 * H * B * D,                             // qbar (bf16 hi, lo)
-            sizeof(float) * H * B,                         // abar
-            sizeof(uint32_t) * H * G * W,                  // keep_bits
-            sizeof(uint32_t) * H * 2 * W,                  // own_bits
-            sizeof(uint32_t) * a->mask_cap,                // mask
-            sizeof(int32_t) * H * G * N,                   // keep_list
-            sizeof(int32_t) * H * 2 * N,                   // own_list
-            sizeof(int32_t) * H * G,                       // keep_cnt
-            sizeof(int32_t) * H * 2,                       // own_cnt
-            sizeof(unsigned long long) * max_seqs,         // seq_pairs
-            2 * R * H * D,                                 // o4
-            sizeof(float) * R * H,                         // lse4
-            sizeof(uint32_t) * H * G * a->fwcap,           // full_bits
-            sizeof(uint32_t) * a->mask_cap,                // mask2
-            sizeof(int32_t) * H * G,                       // full_cnt
+            2 * R * H * D,                                                              // qc
+            2 * R * H * D,                                                              // o1
+            sizeof(float) * R * H,                                                      // lse1
+            sizeof(float) * R * H,                                                      // rowmax
+            sizeof(float) * R * H,                                                      // lse2
+            sizeof(float) * R * H * D,                                                  // o2
+            sizeof(float) * kOwnSplit * 2 * kAncB * H * D,                              // o3
+            sizeof(float) * kOwnSplit * 2 * kAncB * H,                                  // lse3
+            2 * 2 * H * B * D,                                                          // qbar (bf16 hi, lo)
+            sizeof(float) * H * B,                                                      // abar
+            sizeof(uint32_t) * H * G * W,                                               // keep_bits
+            sizeof(uint32_t) * H * 2 * W,                                               // own_bits
+            sizeof(uint32_t) * a->mask_cap,                                             // mask
+            sizeof(int32_t) * H * G * N,                                                // keep_list
+            sizeof(int32_t) * H * 2 * N,                                                // own_list
+            sizeof(int32_t) * H * G,                                                    // keep_cnt
+            sizeof(int32_t) * H * 2,                                                    // own_cnt
+            sizeof(unsigned long long) * max_seqs,                                      // seq_pairs
+            2 * R * H * D,                                                              // o4
+            sizeof(float) * R * H,                                                      // lse4
+            sizeof(uint32_t) * H * G * a->fwcap,                                        // full_bits
+            sizeof(uint32_t) * a->mask_cap,                                             // mask2
+            sizeof(int32_t) * H * G,                                                    // full_cnt
+            sizeof(double) * 2 * kAncB * H * G * (size_t)(max_kv_len / kProbeKeys + 1), // probe_part
         };
         const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
         size_t total = 0;
@@ -165,6 +167,7 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
         a->full_bits = (uint32_t *)parts[20];
         a->mask2 = (uint32_t *)parts[21];
         a->full_cnt = (int32_t *)parts[22];
+        a->probe_part = (double *)parts[23];
     }
     *out = a;
     return 0;
@@ -363,6 +366,7 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
     w.fwcap = a->fwcap;
     w.full_cnt = a->full_cnt;
     w.mask2 = a->mask2;
+    w.probe_part = a->probe_part;
     const __nv_bfloat16 *kb = (const __nv_bfloat16 *)k;
     for (int i = 0; i < a->n_plan; i++) { // one sequence at a time over the selection workspace
         const AncSeq &sq = a->seqs[i];

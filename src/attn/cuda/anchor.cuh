@@ -13,6 +13,7 @@
 constexpr int kAncB = 128;       // query block and key block (positions, aligned to 0)
 constexpr int kOwnSplit = 16;    // parts of the tail blocks' own-key lists (gather_cuda.h: split lists)
 constexpr int kOwnMinPart = 256; // the least entries of such a part
+constexpr int kProbeKeys = 2048; // candidate keys per probe CTA (a multiple of 64): the probe's split
 
 // One selecting sequence of the planned step.
 struct AncSeq {
@@ -61,9 +62,16 @@ struct AncWork {
     int64_t max_kv;
     uint32_t *full_bits; // (H, ng, fwcap): bit kb % 32 of word kb / 32 = key block kb kept whole (its 128 keys)
     int64_t fwcap;
-    int32_t *full_cnt; // (H, ng) whole kept blocks
-    uint32_t *mask2;   // the whole kept blocks as block masks (the anchor pass's layout, at mask_off)
+    int32_t *full_cnt;  // (H, ng) whole kept blocks
+    uint32_t *mask2;    // the whole kept blocks as block masks (the anchor pass's layout, at mask_off)
+    double *probe_part; // (H, ng, splits, 128, 2) the probe rows' kept and missed mass, per split of kProbeKeys keys
 };
+
+// The probe's splits of kProbeKeys candidates for the sequence (0: no candidates).
+__host__ __device__ __forceinline__ int anc_probe_splits(const AncSeq &sq) {
+    const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
+    return lo_last > sq.A ? (lo_last - sq.A + kProbeKeys - 1) / kProbeKeys : 0;
+}
 
 // Launchers (anchor_kern.cu), on stream; 0 or LC_EDEVICE.
 // The anchor pass's block masks of one sequence (attn_cuda.h's layout) at mask + sq.mask_off.

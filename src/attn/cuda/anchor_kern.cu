@@ -280,28 +280,26 @@ __global__ void __launch_bounds__(kSelThreads)
     }
 }
 
-// grid (ng, H), kSelThreads, SelSmem<D>::kBytes * kSelSub / kSelKR (64
-// staged keys): the probe (anchor.c's method comment), after select_kernel.
-// Group gi's last block in the chunk (up to 128 rows: warp w takes rows 32 w
-// .. 32 w + 31 as two row tiles) scores every candidate of [A, lo), 64 keys
-// at a time staged by all threads, and each row sums exp(score - rowmax) in
-// double over the keys the stripes keep (keep bits) and over those they
-// leave out, lane by lane in key order, then over its quad's four lanes in a
-// fixed order; the anchor pass's own mass exp(lse1 - rowmax) counts kept.
-// Thread 0 sums the rows' missed / (missed + kept) in row order; past the
-// probe's share the head keeps every candidate of the group (all keep bits
-// of [A, lo)) and, in the group with the tail blocks, no own keys.
+// grid (ng, H, anc_probe_splits(sq)), kSelThreads, 2 x 64 staged keys: the
+// probe (anchor.c's method comment), after select_kernel, split over the
+// candidates. Group gi's last block in the chunk (up to 128 rows: warp w
+// takes rows 32 w .. 32 w + 31 as two row tiles) scores split z's candidates
+// of [A, lo) (kProbeKeys of them from A + z kProbeKeys), 64 keys at a time
+// staged by all threads (the next 64 loading while these are scored), and
+// each row sums exp(score - rowmax) in double over the keys the stripes keep
+// (keep bits) and over those they leave out, lane by lane in key order, then
+// over its quad's four lanes in a fixed order, into the split's slot of
+// probe_part (a split past lo writes zeros). probe_decide_kernel adds them.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads)
     probe_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
     constexpr int RS = SelSmem<D>::kRS;
     extern __shared__ __align__(16) uint8_t sel_smem[];
-    __shared__ double s_share[kAncB];
-    __shared__ int s_fire;
     __nv_bfloat16 *ks = reinterpret_cast<__nv_bfloat16 *>(sel_smem);
-    const int gi = blockIdx.x, h = blockIdx.y, kh = h / (H / KH);
+    const int gi = blockIdx.x, h = blockIdx.y, z = blockIdx.z, S = gridDim.z, kh = h / (H / KH);
     const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
-    if (lo <= sq.A) return; // no candidates (the whole CTA)
+    if (lo <= sq.A) return; // no candidates (the whole CTA; probe_decide_kernel skips the group too)
+    const int jb = sq.A + z * kProbeKeys, je = min(lo, jb + kProbeKeys);
     const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
     const int p0 = max((q1 - 1) / kAncB * kAncB, q0), nr = q1 - p0; // the probe's rows (positions p0 ..)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = (lane & 3) * 2;
@@ -320,52 +318,91 @@ __global__ void __launch_bounds__(kSelThreads)
                          w.q + ((size_t)(p0 - sq.q_pos0 + min(rr, nr - 1)) * H + h) * D + qd);
         }
     const uint32_t *keep = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
-    for (int j0 = sq.A; j0 < lo; j0 += kSelSub) { // 64 keys in one page (pages of 64 or 128; j0 % 64 == 0)
-        __syncthreads();                          // the last sub-tile's readers are done
+    // 64 keys in one page (pages of 64 or 128; j0 % 64 == 0) into buffer buf
+    auto stage = [&](int j0, int buf) {
         constexpr int kVecs = D / 8, kPer = kSelSub * kVecs / kSelThreads;
         const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, j0);
 #pragma unroll
         for (int i = 0; i < kPer; i++) {
             const int v = tid + kSelThreads * i, r = v / kVecs, x = (v % kVecs) * 8;
-            cp_async16(smem_u32(ks + r * RS + x), kt + (size_t)r * D + x, 16);
+            cp_async16(smem_u32(ks + (buf * kSelSub + r) * RS + x), kt + (size_t)r * D + x, 16);
         }
         cp_async_commit();
-        cp_async_wait<0>();
+    };
+    if (jb < je) stage(jb, 0);
+    for (int j0 = jb, it = 0; j0 < je; j0 += kSelSub, it++) {
+        const int buf = it & 1;
+        if (j0 + kSelSub < je) { // the next 64 in flight while these are scored
+            stage(j0 + kSelSub, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
-        if (!active) continue;
-        float s[2][kSelSub / 8][4];
-        score_tiles<D>(smem_u32(ks), lane, a[0], a[1], s[0], s[1]);
-        const unsigned long long kw = (unsigned long long)keep[j0 / 32] | (unsigned long long)keep[j0 / 32 + 1] << 32;
+        if (active) {
+            float s[2][kSelSub / 8][4];
+            score_tiles<D>(smem_u32(ks + buf * kSelSub * RS), lane, a[0], a[1], s[0], s[1]);
+            const unsigned long long kw = (unsigned long long)keep[j0 / 32] | (unsigned long long)keep[j0 / 32 + 1]
+                                                                                  << 32;
 #pragma unroll
-        for (int i = 0; i < 2; i++)
+            for (int i = 0; i < 2; i++)
 #pragma unroll
-            for (int nt = 0; nt < kSelSub / 8; nt++)
+                for (int nt = 0; nt < kSelSub / 8; nt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const double x = (double)expf(s[i][nt][e] * scale - m[i][e >> 1]); // invalid rows: 0
-                    if (kw >> (8 * nt + qd + (e & 1)) & 1ull)
-                        kept[i][e >> 1] += x;
-                    else
-                        missed[i][e >> 1] += x;
-                }
+                    for (int e = 0; e < 4; e++) {
+                        const double x = (double)expf(s[i][nt][e] * scale - m[i][e >> 1]); // invalid rows: 0
+                        if (kw >> (8 * nt + qd + (e & 1)) & 1ull)
+                            kept[i][e >> 1] += x;
+                        else
+                            missed[i][e >> 1] += x;
+                    }
+        }
+        __syncthreads(); // this buffer's readers are done before the next stage overwrites it
     }
-    if (active)
+    if (!active) return;
+    double *part = w.probe_part + (((size_t)h * sq.ng + gi) * S + z) * kAncB * 2;
 #pragma unroll
-        for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++)
 #pragma unroll
-            for (int hb = 0; hb < 2; hb++) {
-                double kq = kept[i][hb], mq = missed[i][hb];
-                kq += __shfl_xor_sync(0xffffffffu, kq, 1);
-                mq += __shfl_xor_sync(0xffffffffu, mq, 1);
-                kq += __shfl_xor_sync(0xffffffffu, kq, 2);
-                mq += __shfl_xor_sync(0xffffffffu, mq, 2);
-                const int r = rb + 16 * i + g + 8 * hb;
-                if ((lane & 3) == 0 && r < nr) {
-                    const size_t ri = (size_t)(p0 - sq.q_pos0 + r) * H + h;
-                    kq += (double)expf(w.lse1[ri] - w.rowmax[ri]);
-                    s_share[r] = mq / (mq + kq);
-                }
+        for (int hb = 0; hb < 2; hb++) {
+            double kq = kept[i][hb], mq = missed[i][hb];
+            kq += __shfl_xor_sync(0xffffffffu, kq, 1);
+            mq += __shfl_xor_sync(0xffffffffu, mq, 1);
+            kq += __shfl_xor_sync(0xffffffffu, kq, 2);
+            mq += __shfl_xor_sync(0xffffffffu, mq, 2);
+            const int r = rb + 16 * i + g + 8 * hb;
+            if ((lane & 3) == 0 && r < nr) {
+                part[2 * r] = kq;
+                part[2 * r + 1] = mq;
             }
+        }
+}
+
+// grid (ng, H), 128 threads: the probe's decision. Row r (thread r) adds its
+// splits' kept and missed mass in split order, the anchor pass's own mass
+// exp(lse1 - rowmax) counted kept, into its missed share; thread 0 sums the
+// rows' shares in row order; past the probe's share the head keeps every
+// candidate of the group (all keep bits of [A, lo)) and, in the group with
+// the tail blocks, no own keys.
+__global__ void probe_decide_kernel(AncSeq sq, int H, int S, AncWork w) {
+    __shared__ double s_share[kAncB];
+    __shared__ int s_fire;
+    const int gi = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
+    if (lo <= sq.A) return; // no candidates
+    const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
+    const int p0 = max((q1 - 1) / kAncB * kAncB, q0), nr = q1 - p0;
+    if (tid < nr) {
+        const double *part = w.probe_part + ((size_t)h * sq.ng + gi) * S * kAncB * 2 + 2 * tid;
+        double kq = 0, mq = 0;
+        for (int z = 0; z < S; z++) {
+            kq += part[(size_t)z * kAncB * 2];
+            mq += part[(size_t)z * kAncB * 2 + 1];
+        }
+        const size_t ri = (size_t)(p0 - sq.q_pos0 + tid) * H + h;
+        kq += (double)expf(w.lse1[ri] - w.rowmax[ri]);
+        s_share[tid] = mq / (mq + kq);
+    }
     __syncthreads();
     if (tid == 0) {
         double t = 0;
@@ -375,10 +412,10 @@ __global__ void __launch_bounds__(kSelThreads)
     __syncthreads();
     if (!s_fire) return;
     uint32_t *kw = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
-    for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += kSelThreads) kw[wd] = ~0u;
+    for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += blockDim.x) kw[wd] = ~0u;
     if (g0 + sq.L >= sq.N && sq.n_ob > 0) // the tail blocks' own keys: none left
         for (int t = 0; t < 2; t++)
-            for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += kSelThreads)
+            for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += blockDim.x)
                 w.own_bits[((size_t)h * 2 + t) * w.wcap + wd] = 0u;
 }
 
@@ -576,9 +613,12 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
         select_kernel<D>
             <<<dim3((lo_last - sq.A + kSelKR - 1) / kSelKR, sh.n_kv_heads), kSelThreads, SelSmem<D>::kBytes, st>>>(
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
-        if (sq.probe > 0 && !isinf(sq.theta))
-            probe_kernel<D><<<dim3(sq.ng, H), kSelThreads, SelSmem<D>::kBytes * kSelSub / kSelKR, st>>>(
+        if (sq.probe > 0 && !isinf(sq.theta)) {
+            const int S = anc_probe_splits(sq);
+            probe_kernel<D><<<dim3(sq.ng, H, S), kSelThreads, SelSmem<D>::kBytes * 2 * kSelSub / kSelKR, st>>>(
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+            probe_decide_kernel<<<dim3(sq.ng, H), kAncB, 0, st>>>(sq, H, S, w);
+        }
     }
     promote_kernel<<<dim3(sq.ng, H), 128, 0, st>>>(sq, w);
     compact_kernel<<<dim3(sq.ng + 2, H), kScanThreads, 0, st>>>(sq, w);
