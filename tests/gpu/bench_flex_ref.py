@@ -385,7 +385,7 @@ class FlexSel:
 
         class Policy(ctypes.Structure):
             _fields_ = [("gamma", ctypes.c_float), ("tau", ctypes.c_float), ("min_budget", ctypes.c_int),
-                        ("max_budget", ctypes.c_int)]
+                        ("max_budget", ctypes.c_int), ("prompt_end", ctypes.c_int)]  # prompt_end 0: unknown
         self.Policy = Policy
         vp = ctypes.c_void_p
         lib.attn_cuda_flex_create.argtypes = [ctypes.POINTER(bac.Shape), ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
