@@ -99,6 +99,10 @@ typedef struct {
 
 /* Fills the defaults listed above. */
 void attn_policy_default(attn_policy_t *p);
+/* FlexPrefill: the first position of the query blocks that attend every key
+ * because they hold the prompt's last `block` rows (attn_seq_t's prompt_end;
+ * INT64_MAX when it is 0, unknown). */
+int64_t attn_flex_whole_from(const attn_policy_t *pol, int64_t prompt_end);
 const char *attn_prefill_method_name(attn_prefill_method_t m);
 const char *attn_decode_method_name(attn_decode_method_t m);
 /* Parses "dense", "flexprefill", "anchor", "streaming" (prefill) and "dense",

@@ -9,6 +9,11 @@
 #include "attn/attn_int.h"
 #include "common/status.h"
 
+int64_t attn_flex_whole_from(const attn_policy_t *pol, int64_t prompt_end) {
+    const int64_t B = pol->block > 0 ? pol->block : 128;
+    return prompt_end > 0 ? (prompt_end > B ? prompt_end - B : 0) / B * B : INT64_MAX;
+}
+
 void attn_policy_default(attn_policy_t *p) {
     p->prefill = ATTN_PREFILL_DENSE;
     p->gamma = 0.9f;

@@ -98,9 +98,8 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
 }
 
 int64_t sched__prompt_shareable(const attn_policy_t *p, int64_t n_prompt, int64_t chunk) {
-    if (p->prefill != ATTN_PREFILL_FLEX || chunk <= 0) return n_prompt;
-    const int64_t B = p->block > 0 ? p->block : 128, last = (n_prompt > B ? n_prompt - B : 0) / B * B;
-    return last / chunk * chunk;
+    if (p->prefill != ATTN_PREFILL_FLEX || chunk <= 0 || n_prompt <= 0) return n_prompt;
+    return attn_flex_whole_from(p, n_prompt) / chunk * chunk;
 }
 
 uint64_t sched__decode_salt(const attn_policy_t *p) {

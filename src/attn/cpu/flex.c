@@ -369,7 +369,7 @@ static flex_ctx_t flex_ctx(const attn_shape_t *shape, const attn_policy_t *pol, 
         shape,     pol, q,   n_q, q_pos0, N, B, n_q < B ? n_q : B, (int)(q_pos0 / B), 0, (int)((N - 1) / B) + 1,
         INT64_MAX, kv,  NULL};
     c.n_qb = c.n_kb - c.qb0;
-    if (prompt_end > 0) c.whole_qb = (prompt_end > B ? prompt_end - B : 0) / B;
+    if (prompt_end > 0) c.whole_qb = attn_flex_whole_from(pol, prompt_end) / B;
     return c;
 }
 
