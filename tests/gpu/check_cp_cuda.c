@@ -15,6 +15,13 @@
  *   prompts, generated blocks round the ranks). Each layer runs twice and
  *   must give the same bits; N = 1 must give the single-rank kernel's bits.
  *   One line per comparison with its worst errors.
+ * - FlexPrefill inside the ring (zig-zag units of 128), N = 1, 2, 3, 4, 8,
+ *   against the single-rank FlexPrefill (its selection, then the
+ *   block-sparse kernel): the pairs the ranks computed add up to the
+ *   single-rank mask's exactly (the same mask), outputs within the same
+ *   bounds, N = 1 bit for bit; structured inputs (sparse masks) and random
+ *   ones, with and without a cached prefix, a short slice; bad plans.
+ *   Timing at 128K: FlexPrefill's ring against the dense ring, N = 1 .. 8.
  * - the ring's timing (device-local, N = 1, 2, 4, 8 on one GPU): a
  *   Llama-3-8B layer at 128K tokens, the real ring; per step each rank's
  *   compute (attention and LSE merge) and its wait for the step's transfer,
@@ -39,6 +46,7 @@
 #include "attn/cp/cp_comm_cuda.h"
 #include "attn/cp/cp_cuda.h"
 #include "attn/cuda/attn_cuda.h"
+#include "attn/cuda/flex_cuda.h"
 #include "common/status.h"
 
 #include "gpu_fixture.h"
@@ -205,17 +213,23 @@ typedef struct {
     int mode;                                                                 // the slice's ring (cp_cuda_seq_t.mode)
     int64_t max_q;                                                            // the plans' max_q_rows (0: pass-KV only)
     int pass_q[CP_MAX_RANKS];                                                 // what each rank's plan chose
+    const attn_cuda_flex_policy_t *flex;                                      // FlexPrefill (NULL: dense)
+    double sparse_pairs[CP_MAX_RANKS];                                        // each rank's, after both runs
 } world_t;
 
-static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int random) {
+/* random: 1 uniform values, 2 structured (FlexPrefill finds a sparse
+ * pattern): every query leans on one direction u, which the sink's keys and
+ * a few heavy columns carry. align: the zig-zag unit. */
+static void world_build_at(world_t *w, int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int random,
+                           int align) {
     memset(w, 0, sizeof *w);
     w->H = H, w->KH = KH, w->D = D, w->ps = 64, w->pos0 = pos0, w->n_tok = n_tok, w->end = pos0 + n_tok;
     w->nb = (w->end + w->ps - 1) / w->ps;
     w->pool = w->nb + 3;
     w->blocks = gpu_page_table(w->pool, w->nb, irand);
     w->owner = calloc((size_t)w->nb, 1);
-    if (pos0 > 0) cp_zigzag(n, w->ps, w->ps, 0, pos0, w->owner);
-    cp_zigzag(n, w->ps, w->ps, pos0, n_tok, w->owner);
+    if (pos0 > 0) cp_zigzag(n, w->ps, align, 0, pos0, w->owner);
+    cp_zigzag(n, w->ps, align, pos0, n_tok, w->owner);
     for (int j = 0; j < n; j++) { // the limits: the largest pack and the most rows of a rank
         int64_t c = 0, rows = 0;
         for (int64_t b = 0; b < w->nb; b++) c += w->owner[b] == j;
@@ -241,16 +255,26 @@ static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, i
     }
     uint16_t *kb = malloc(2 * pool_elems), *vb = malloc(2 * pool_elems);
     for (size_t i = 0; i < pool_elems; i++) kb[i] = vb[i] = 0x7fc0; // NaN
-    for (int64_t t = 0; t < w->end; t++)
+    for (int64_t t = 0; t < w->end; t++) {
+        const int heavy = random == 2 && (t < 16 || t % 1500 < 4);
         for (int h = 0; h < KH; h++) {
             const size_t o = (size_t)w->blocks[t / w->ps] * page + ((size_t)h * w->ps + t % w->ps) * D;
-            for (int c = 0; c < D; c++) kb[o + c] = f2bf(frand()), vb[o + c] = f2bf(frand());
+            for (int c = 0; c < D; c++)
+                kb[o + c] = f2bf(heavy         ? (c & 1 ? 3.0f : -3.0f)
+                                 : random == 2 ? 0.3f * frand()
+                                               : frand()),
+                       vb[o + c] = f2bf(frand());
         }
-    for (size_t i = 0; i < qn; i++) w->q[i] = f2bf(frand());
+    }
+    for (size_t i = 0; i < qn; i++) w->q[i] = f2bf(random == 2 ? (i & 1 ? 0.5f : -0.5f) + 0.5f * frand() : frand());
     CK_CUDA(cudaMemcpy(w->dk, kb, 2 * pool_elems, cudaMemcpyHostToDevice));
     CK_CUDA(cudaMemcpy(w->dv, vb, 2 * pool_elems, cudaMemcpyHostToDevice));
     free(kb);
     free(vb);
+}
+
+static void world_build(world_t *w, int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int random) {
+    world_build_at(w, H, KH, D, n, pos0, n_tok, random, 64);
 }
 
 static void world_free(world_t *w) {
@@ -290,14 +314,19 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
     attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
-    cp_cuda_limits_t lim = {
-        .max_tokens = w->end, .max_rows = w->max_rows, .max_pack_pages = w->max_pack, .max_q_rows = w->max_q};
+    cp_cuda_limits_t lim = {.max_tokens = w->end,
+                            .max_rows = w->max_rows,
+                            .max_pack_pages = w->max_pack,
+                            .max_q_rows = w->max_q,
+                            .flex = w->flex != NULL};
     cp_cuda_plan_t *p = NULL;
     int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
-    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner, w->mode};
-    CHECK(cp_cuda_plan_prefill(p, &seq, st) == 0);
+    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner, w->mode, w->flex};
+    rc = cp_cuda_plan_prefill(p, &seq, st);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_prefill: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
     w->pass_q[r] = cp_cuda_prefill_pass_q(p);
     const int64_t rows = cp_cuda_prefill_rows(p, NULL);
     const size_t rb = (size_t)w->H * w->D * 2;
@@ -313,10 +342,13 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
     CU(cudaMalloc(&dout2, rb * (size_t)(rows + 1)));
     CU(cudaMalloc((void **)&dlse, sizeof(float) * w->H * (size_t)(rows + 1)));
     CU(cudaMemcpyAsync(dq, hq, rb * (size_t)rows, cudaMemcpyHostToDevice, st));
-    CHECK(cp_cuda_run_prefill(p, c, w->dk, w->dv, dq, dout, dlse) == 0);
+    rc = cp_cuda_run_prefill(p, c, w->dk, w->dv, dq, dout, dlse);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_run_prefill: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
     cp_cuda_plan_timing_enable(p, w->timing);
     CHECK(cp_cuda_run_prefill(p, c, w->dk, w->dv, dq, dout2, NULL) == 0);
     CU(cudaStreamSynchronize(st));
+    CHECK(cp_cuda_sparse_pairs(p, st, &w->sparse_pairs[r]) == 0);
     CU(cudaMemcpy(ho, dout, rb * (size_t)rows, cudaMemcpyDeviceToHost));
     CU(cudaMemcpy(hl, dlse, sizeof(float) * w->H * (size_t)rows, cudaMemcpyDeviceToHost));
     for (int64_t i = 0; i < rows; i++) {
@@ -443,6 +475,135 @@ START_TEST(test_ring_prefill_pass_q) {
 }
 END_TEST
 
+/* ---- FlexPrefill inside the ring ----------------------------------------------------------- */
+/* The single-rank FlexPrefill: its selection (flex_cuda.h) over the whole
+ * sequence, then the block-sparse kernel; *pairs: the pairs its mask keeps. */
+static void ref_flex(const world_t *w, const attn_cuda_flex_policy_t *pol, uint16_t *out, float *lse, double *pairs) {
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    attn_cuda_limits_t lim = {1, w->n_tok, w->nb, 0};
+    attn_cuda_plan_t *p = NULL;
+    attn_cuda_flex_t *f = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &lim, &p), 0);
+    ck_assert_int_eq(attn_cuda_flex_create(&sh, 1, w->n_tok, w->end, &f), 0);
+    int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end}, mo[1] = {0};
+    const uint8_t sel[1] = {1};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, mo, NULL};
+    size_t words = 0;
+    ck_assert_int_eq(attn_cuda_flex_plan(f, &bt, sel, pol, mo, &words, NULL), 0);
+    ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, NULL), 0);
+    const size_t qn = (size_t)w->n_tok * w->H * w->D;
+    void *dq, *dout, *dlse;
+    uint32_t *dmask;
+    unsigned long long *dpairs, hp = 0;
+    CK_CUDA(cudaMalloc(&dq, 2 * qn));
+    CK_CUDA(cudaMalloc(&dout, 2 * qn));
+    CK_CUDA(cudaMalloc(&dlse, sizeof(float) * w->n_tok * w->H));
+    CK_CUDA(cudaMalloc((void **)&dmask, 4 * words));
+    CK_CUDA(cudaMalloc((void **)&dpairs, sizeof hp));
+    CK_CUDA(cudaMemset(dpairs, 0, sizeof hp));
+    CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
+    ck_assert_int_eq(attn_cuda_flex_select(f, dq, w->dk, dmask, NULL), 0);
+    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, dmask, NULL, 0};
+    ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
+    ck_assert_int_eq(attn_cuda_mask_pairs(p, dmask, dpairs, NULL), 0);
+    CK_CUDA(cudaDeviceSynchronize());
+    CK_CUDA(cudaMemcpy(out, dout, 2 * qn, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(lse, dlse, sizeof(float) * w->n_tok * w->H, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(&hp, dpairs, sizeof hp, cudaMemcpyDeviceToHost));
+    *pairs = (double)hp;
+    cudaFree(dq), cudaFree(dout), cudaFree(dlse), cudaFree(dmask), cudaFree(dpairs);
+    attn_cuda_flex_destroy(f);
+    attn_cuda_plan_destroy(p);
+}
+
+/* FlexPrefill's ring with n ranks against the single-rank FlexPrefill: the
+ * same mask (the pairs the ranks computed add up to the single-rank mask's,
+ * exactly), outputs within rounding, N = 1 bit for bit. */
+static int check_prefill_flex(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int data, float gamma,
+                              uint64_t seed) {
+    rng = seed;
+    world_t w;
+    world_build_at(&w, H, KH, D, n, pos0, n_tok, data, 128);
+    const attn_cuda_flex_policy_t pol = {gamma, 0.1f, 128, 0, (int)w.end};
+    w.flex = &pol;
+    const size_t qn = (size_t)n_tok * H * D;
+    uint16_t *ro = malloc(2 * qn);
+    float *rl = malloc(sizeof(float) * n_tok * H);
+    double ref_pairs = 0, dense = 0;
+    ref_flex(&w, &pol, ro, rl, &ref_pairs);
+    for (int64_t t = pos0; t < w.end; t++) dense += (double)(t + 1) * H;
+    cp_dev_t *g = cp_dev_create(n, 0);
+    ck_assert_ptr_nonnull(g);
+    cp_comm_t *comms[CP_MAX_RANKS];
+    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+    const int rc = team_run(comms, NULL, n, ring_body, &w);
+    cp_dev_destroy(g);
+    double rel, le, ring_pairs = 0;
+    compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
+    for (int r = 0; r < n; r++) ring_pairs += w.sparse_pairs[r];
+    const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && ring_pairs == 2 * ref_pairs &&
+                   (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
+    printf("  %-4s FlexPrefill ring N=%d, %d/%d heads d%d, %s, gamma %.2f, prefix %lld + slice %lld tokens vs one "
+           "rank: density %.3f, ring pairs %s, rel L2 %.2e, lse max err %.2e, run twice %s, %s single-rank bits\n",
+           ok ? "ok" : "FAIL", n, H, KH, D, data == 2 ? "structured" : "random", gamma, (long long)pos0,
+           (long long)n_tok, ref_pairs / dense, ring_pairs == 2 * ref_pairs ? "equal" : "DIFFER", rel, le,
+           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+    free(ro), free(rl);
+    world_free(&w);
+    return ok;
+}
+
+START_TEST(test_ring_prefill_flex) {
+    if (!have_sm90("ring prefill, FlexPrefill")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    const struct {
+        int H, KH, D;
+        int64_t pos0, n_tok;
+        int data;
+        float gamma;
+    } c[] = {{32, 8, 128, 0, 12345, 2, 0.9f}, {8, 2, 64, 0, 9000, 2, 0.95f},    {32, 8, 128, 3001, 7000, 2, 0.9f},
+             {8, 2, 64, 0, 4097, 1, 0.9f},    {32, 8, 128, 4096, 333, 2, 0.9f}, {8, 2, 64, 0, 200, 1, 0.9f}};
+    int ok = 1;
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            ok &= check_prefill_flex(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, c[k].data, c[k].gamma,
+                                     7000 + 10 * k + i);
+    ck_assert_msg(ok, "the GPU FlexPrefill ring differs from the single-rank FlexPrefill (see the FAIL lines)");
+}
+END_TEST
+
+/* FlexPrefill's plans refuse what they cannot run. */
+START_TEST(test_ring_flex_bad_input) {
+    if (!have_sm90("ring FlexPrefill bad input")) return;
+    attn_cuda_shape_t sh = {8, 2, 64, 64, 10, 0.125f};
+    cp_cuda_limits_t lim = {.max_tokens = 512, .flex = 1};
+    cp_cuda_plan_t *p = NULL, *dense = NULL;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
+    lim.flex = 0;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &dense), 0);
+    int32_t blocks[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    uint8_t owner[8] = {0, 0, 1, 1, 1, 1, 0, 0};
+    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 0, 0, 0};
+    cp_cuda_seq_t seq = {0, 512, blocks, owner, CP_CUDA_AUTO, &pol};
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_plan_prefill(dense, &seq, NULL), LC_ERANGE); // no room for FlexPrefill
+    owner[1] = 1;                                                         // a 128-position block split between ranks
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    owner[1] = 0;
+    seq.mode = CP_CUDA_PASS_Q; // FlexPrefill rides the pass-KV ring
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    seq.mode = CP_CUDA_AUTO;
+    const attn_cuda_flex_policy_t bad = {0.0f, 0.1f, 0, 0, 0}; // gamma 0
+    seq.flex = &bad;
+    ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    CK_CUDA(cudaDeviceSynchronize());
+    cp_cuda_plan_destroy(p);
+    cp_cuda_plan_destroy(dense);
+    printf("  ok   ring FlexPrefill bad input: clear errors\n");
+}
+END_TEST
+
 /* Bad plans and batches: clear errors, nothing run. */
 START_TEST(test_ring_bad_input) {
     if (!have_sm90("ring bad input")) return;
@@ -455,7 +616,7 @@ START_TEST(test_ring_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
     int32_t blocks[5] = {0, 1, 2, 3, 4};
     uint8_t owner[5] = {0, 1, 1, 0, 0};
-    cp_cuda_seq_t seq = {0, 256, blocks, owner, CP_CUDA_AUTO};
+    cp_cuda_seq_t seq = {0, 256, blocks, owner, CP_CUDA_AUTO, NULL};
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
     ck_assert_int_eq(cp_cuda_prefill_rows(p, NULL), 128);
     seq.n_tok = 257; // past max_tokens
@@ -683,6 +844,49 @@ START_TEST(test_ring_timing) {
 }
 END_TEST
 
+/* FlexPrefill's ring against the dense ring at 128K tokens on the structured
+ * inputs, the Llama-3-8B layer, device-local on one GPU: per rank the
+ * selection (the distributed one, with its all-reduces), the sum over steps
+ * of compute and wait; mean and max over ranks; the density. */
+START_TEST(test_ring_flex_timing) {
+    if (!have_sm90("ring timing, FlexPrefill")) return;
+    const int64_t T = 131072;
+    printf("GPU ring on one GPU (device-local), Llama-3-8B layer, %lld tokens, structured inputs, zig-zag units of "
+           "128: FlexPrefill (gamma 0.9, tau 0.1, min_budget 128) against dense\n",
+           (long long)T);
+    printf("| ring | ranks | density | selection ms (mean / max) | compute ms (mean / max) | wait ms (mean / max) "
+           "|\n|---|---:|---:|---:|---:|---:|\n");
+    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 128, 0, (int)T};
+    for (int n = 1; n <= 8; n *= 2)
+        for (int sp = 0; sp < 2; sp++) {
+            rng = 99;
+            world_t w;
+            world_build_at(&w, 32, 8, 128, n, 0, T, 2, 128);
+            w.timing = 1;
+            w.flex = sp ? &pol : NULL;
+            cp_dev_t *g = cp_dev_create(n, 0);
+            ck_assert_ptr_nonnull(g);
+            cp_comm_t *comms[CP_MAX_RANKS];
+            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+            ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
+            cp_dev_destroy(g);
+            float mc = 0, xc = 0, mw = 0, xw = 0, ma = 0, xa = 0;
+            double pairs = 0;
+            for (int r = 0; r < n; r++) {
+                float c = 0, wt = 0;
+                for (int k = 0; k < n; k++) c += w.ms_c[r][k], wt += w.ms_w[r][k];
+                mc += c / n, mw += wt / n, ma += w.ms_a2a[r] / n;
+                xc = c > xc ? c : xc, xw = wt > xw ? wt : xw, xa = w.ms_a2a[r] > xa ? w.ms_a2a[r] : xa;
+                pairs += w.sparse_pairs[r] / 2; // two runs
+            }
+            const double dense = (double)T * (T + 1) / 2 * 32;
+            printf("| %s | %d | %.3f | %.3f / %.3f | %.3f / %.3f | %.3f / %.3f |\n", sp ? "FlexPrefill" : "dense", n,
+                   sp ? pairs / dense : 1.0, ma, xa, mc, xc, mw, xw);
+            world_free(&w);
+        }
+}
+END_TEST
+
 /* Pass-KV against pass-Q on one slice: a 4,096-token chunk on a cached
  * prefix of 126,976 (128K in all), the Llama-3-8B layer, device-local on one
  * GPU. Per rank, the sum over steps of compute and wait, and pass-Q's
@@ -757,8 +961,11 @@ int main(void) {
     tcase_add_test(tc, test_ring_bad_input);
     tcase_add_test(tc, test_ring_prefill);
     tcase_add_test(tc, test_ring_prefill_pass_q);
+    tcase_add_test(tc, test_ring_prefill_flex);
+    tcase_add_test(tc, test_ring_flex_bad_input);
     tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_timing);
+    tcase_add_test(tc, test_ring_flex_timing);
     tcase_add_test(tc, test_ring_pass_q_timing);
 #endif
     suite_add_tcase(s, tc);

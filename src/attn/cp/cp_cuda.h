@@ -33,10 +33,25 @@
  *  - per-step timing (cp_timing_t of cp_attn.h), measured with CUDA events on
  *    the rank's stream when enabled: compute (attention and merge of a ring
  *    step) and the wait for the step's transfer after it.
- * What is not: sparse prompt methods inside the GPU ring (FlexPrefill,
- * AnchorAttention), sparse decode, several sharded sequences in one
- * plan (one plan per sequence), sliding windows, and the executor's use of
- * all this (parallel.context > 1 in src/model/exec_cuda*.cu).
+ *  - prefill, FlexPrefill, pass-KV (cp_cuda_seq_t.flex; every 128-position
+ *    block of the sequence on one rank: zig-zag units of a multiple of 128):
+ *    per layer the selection runs spread over the ranks
+ *    (attn_cuda_flex_dist_select: each rank scores the representative rows
+ *    against the keys it holds and pools its blocks, seven all-reduces of
+ *    tables every entry of which has one owner join them), so every rank
+ *    holds the mask one rank would compute over the whole sequence, bit for
+ *    bit. One kernel cuts it into each ring step's masks (the rank's query
+ *    blocks against the visiting pack's key blocks), and each step runs the
+ *    block-sparse kernel: step 0 (the own blocks) with the diagonal, the
+ *    others (every key before the rows) their set bits only (mask_only, the
+ *    rows placed at the pack's end plus their offset in their 128-block, so
+ *    that view blocks are whole blocks). A query block with no bit in the
+ *    visiting pack loads its queries and nothing else. The pairs computed
+ *    are counted on the device from the whole mask (cp_cuda_sparse_pairs).
+ * What is not: AnchorAttention inside the GPU ring, sparse decode, several
+ * sharded sequences in one plan (one plan per sequence), sliding windows,
+ * and the executor's use of all this (parallel.context > 1 in
+ * src/model/exec_cuda*.cu).
  *
  * Buffers (device memory of the rank's GPU, bf16 unless said):
  *   pool k, v: the rank's KV pool, (n_pool_pages, n_kv_heads, page_size, head_dim)
@@ -65,6 +80,7 @@
 #include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_comm.h"
 #include "attn/cuda/attn_cuda.h"
+#include "attn/cuda/flex_cuda.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -78,6 +94,8 @@ typedef struct {
     int64_t max_decode_pages; // decode: blocks of one rank over the batch (0: max_decode_seqs * max_tokens blocks)
     int64_t max_q_rows;       // prefill, pass-Q: most rows of one rank (0: pass-KV only); its buffers take
                               // about 4 (n_ranks + 1) x max_q_rows x n_heads x head_dim bytes
+    int flex;                 // prefill: 1 = room for FlexPrefill slices (the selection's workspace for
+                              // max_tokens keys, the whole mask and the steps' masks)
 } cp_cuda_limits_t;
 
 /* A slice's ring (cp_cuda_seq_t.mode); the values of the CPU ring's modes. */
@@ -93,16 +111,19 @@ void cp_cuda_plan_destroy(cp_cuda_plan_t *p);
 
 /* ---- prefill -------------------------------------------------------------------------- */
 typedef struct {
-    int64_t pos0, n_tok;   // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
-    const int32_t *blocks; // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
-    const uint8_t *owner;  // (same) the rank holding each block
-    int mode;              // CP_CUDA_AUTO: pass-Q where cp_pass_q_pays and every rank's rows fit
-                           // max_q_rows, else pass-KV; CP_CUDA_PASS_KV, CP_CUDA_PASS_Q: that ring
+    int64_t pos0, n_tok;                 // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
+    const int32_t *blocks;               // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
+    const uint8_t *owner;                // (same) the rank holding each block
+    int mode;                            // CP_CUDA_AUTO: pass-Q where cp_pass_q_pays and every rank's rows fit
+                                         // max_q_rows, else pass-KV; CP_CUDA_PASS_KV, CP_CUDA_PASS_Q: that ring
+    const attn_cuda_flex_policy_t *flex; // NULL: dense; else FlexPrefill with this policy (pass-KV only)
 } cp_cuda_seq_t;
 
 /* Plans the ring for one sequence on stream (the communicator's). LC_EINVAL
- * for a bad slice, owner or mode, LC_ERANGE past the limits (pass-Q asked
- * for without the room). */
+ * for a bad slice, owner, mode (pass-Q with FlexPrefill) or policy, or a
+ * 128-position block split between ranks under FlexPrefill; LC_ERANGE past
+ * the limits (pass-Q asked for without the room, FlexPrefill without
+ * lim.flex). */
 int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream);
 /* 1 when the planned slice runs the pass-Q ring, 0 for pass-KV. */
 int cp_cuda_prefill_pass_q(const cp_cuda_plan_t *p);
@@ -112,6 +133,11 @@ int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos);
 /* One layer of the planned ring; collective over c. */
 int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
                         float *lse);
+
+/* Query-key pairs (all heads) this rank computed in its FlexPrefill runs
+ * since the plan was created (counted on the device from the masks; waits
+ * for the rank's stream). Dense runs count in cp_timing_t.prefill_pairs. */
+int cp_cuda_sparse_pairs(cp_cuda_plan_t *p, void *stream, double *pairs);
 
 /* ---- decode --------------------------------------------------------------------------- */
 typedef struct {

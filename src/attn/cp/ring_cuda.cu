@@ -135,6 +135,56 @@ __global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t 
     if (lse_out && lane == 0) lse_out[rh] = lr;
 }
 
+// FlexPrefill: one ring step's masks from the whole one. A descriptor per
+// (step, run): its view's query blocks i (global query block ig0 + i of the
+// whole mask) against the view's key blocks kb (global block kbmap[kbm + kb]),
+// at word offset off, H rows of n_qb x words each (attn_cuda.h's layout).
+struct StepMask {
+    int32_t off, n_qb, words, ig0, n_kb, kbm;
+};
+
+// grid (descriptors, H, most view query blocks), block 32: one lane a word.
+__global__ void step_mask_kernel(const uint32_t *whole, int n_qb_w, int words_w, const StepMask *desc,
+                                 const int32_t *kbmap, uint32_t *out) {
+    const StepMask d = desc[blockIdx.x];
+    const int h = blockIdx.y, i = blockIdx.z;
+    if (i >= d.n_qb) return;
+    const uint32_t *row = whole + ((size_t)h * n_qb_w + d.ig0 + i) * words_w;
+    uint32_t *o = out + d.off + ((size_t)h * d.n_qb + i) * d.words;
+    for (int w = threadIdx.x; w < d.words; w += 32) {
+        uint32_t word = 0;
+        for (int b = 0; b < 32 && w * 32 + b < d.n_kb; b++) {
+            const int g = kbmap[d.kbm + w * 32 + b];
+            word |= ((row[g >> 5] >> (g & 31)) & 1u) << b;
+        }
+        o[w] = word;
+    }
+}
+
+// FlexPrefill: the pairs of this rank's query blocks (qbs[0 .. n), global)
+// under the whole mask, all heads: every set block below the diagonal whole,
+// the diagonal up to each row. Integer sums, so exact in any order.
+__global__ void own_pairs_kernel(const uint32_t *whole, int n_qb_w, int words_w, int qb0, int64_t pos0, int64_t end,
+                                 const int32_t *qbs, int n, int n_heads, unsigned long long *pairs) {
+    unsigned long long acc = 0;
+    for (int x = threadIdx.x; x < n * n_heads; x += blockDim.x) {
+        const int qb = qbs[x % n], h = x / n;
+        const int64_t p0 = (int64_t)qb * 128 > pos0 ? (int64_t)qb * 128 : pos0;
+        const int64_t p1 = (int64_t)(qb + 1) * 128 < end ? (int64_t)(qb + 1) * 128 : end;
+        const uint32_t *row = whole + ((size_t)h * n_qb_w + (qb - qb0)) * words_w;
+        int below = 0;
+        for (int w = 0; w < qb / 32; w++) below += __popc(row[w]);
+        if (qb & 31) below += __popc(row[qb / 32] & ((1u << (qb & 31)) - 1u));
+        acc += (unsigned long long)below * 128 * (p1 - p0) +
+               (unsigned long long)((p1 - p0) * (p0 + p1 + 1 - 2 * (int64_t)qb * 128) / 2);
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0 && acc) atomicAdd(pairs, acc);
+}
+
+// The ring's sum for the distributed selection (attn_cuda_flex_sum_fn).
+int ring_sum(void *ctx, float *buf, size_t n) { return cp_allreduce_sum((cp_comm_t *)ctx, buf, n); }
+
 // A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
 size_t q_msg(int64_t rows, int n_heads, int D) {
     return ((size_t)rows * n_heads * (2 * (size_t)D + sizeof(float)) + 255) / 256 * 256;
@@ -183,6 +233,26 @@ struct cp_cuda_plan {
     size_t q_soff[CP_MAX_RANKS], q_sbytes[CP_MAX_RANKS], q_roff[CP_MAX_RANKS], q_rbytes[CP_MAX_RANKS];
     SrcRows src; // each rank's first computed row of the own rows
 
+    // FlexPrefill (lim.flex): the selection spread over the ranks into the
+    // whole mask, the steps' masks cut from it, the pairs computed. The
+    // pinned fx arena (and its device copy): the descriptors (StepMask, n x
+    // CP_RING_MAX_RUNS), each rank's 128-blocks in order (kbmap, n x
+    // (maxp + 1)), this rank's query blocks (qbs, max_rows / 128 + 2)
+    attn_cuda_flex_t *flex;
+    int sparse;      // the planned slice runs FlexPrefill
+    uint32_t *gmask; // the whole mask (H, n_qb, words)
+    uint32_t *smask; // the steps' masks
+    size_t gmask_cap, smask_cap;
+    int32_t *h_fx, *d_fx; // pinned / device
+    size_t fx_kbmap, fx_qbs, fx_ints;
+    cudaEvent_t up_fx;
+    int up_fx_pending;
+    int n_desc, max_desc_qb, n_qbs, g_qb0, g_nqb, g_words;
+    int64_t spos0, send; // the planned slice
+    size_t smask_used;
+    unsigned long long *d_pairs, *h_pairs; // device counter, pinned copy
+    int32_t *h_held;                       // host scratch: held (bytes) and qrows of the dist plan
+
     // decode
     attn_cuda_plan_t *dec;
     void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
@@ -208,6 +278,11 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
     for (int k = 0; k < CP_MAX_RANKS; k++) attn_cuda_plan_destroy(p->steps[k]), attn_cuda_plan_destroy(p->qsteps[k]);
     attn_cuda_plan_destroy(p->dec);
+    if (p->up_fx) cudaEventSynchronize(p->up_fx), cudaEventDestroy(p->up_fx);
+    attn_cuda_flex_destroy(p->flex);
+    cudaFree(p->gmask), cudaFree(p->smask), cudaFree(p->d_fx), cudaFree(p->d_pairs);
+    cudaFreeHost(p->h_fx), cudaFreeHost(p->h_pairs);
+    free(p->h_held);
     cudaFreeHost(p->h_arena);
     cudaFree(p->d_arena);
     cudaFree(p->pack[0]), cudaFree(p->pack[1]);
@@ -230,10 +305,11 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
     if (!shape || !lim || !out || n_ranks < 1 || n_ranks > CP_MAX_RANKS || rank < 0 || rank >= n_ranks)
         return LC_EINVAL;
     *out = nullptr;
-    if (lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 ||
-        lim->max_decode_pages < 0 || lim->max_q_rows < 0 || (lim->max_q_rows > 0 && lim->max_tokens == 0) ||
-        (lim->max_tokens == 0 && lim->max_decode_seqs == 0) || lim->max_tokens > INT32_MAX || shape->page_size <= 0 ||
-        shape->n_heads <= 0 || shape->head_dim <= 0 || shape->n_kv_heads <= 0)
+    if (lim->flex < 0 || lim->flex > 1 || lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 ||
+        lim->max_decode_seqs < 0 || lim->max_decode_pages < 0 || lim->max_q_rows < 0 ||
+        (lim->max_q_rows > 0 && lim->max_tokens == 0) || (lim->max_tokens == 0 && lim->max_decode_seqs == 0) ||
+        lim->max_tokens > INT32_MAX || shape->page_size <= 0 || shape->n_heads <= 0 || shape->head_dim <= 0 ||
+        shape->n_kv_heads <= 0)
         return LC_EINVAL;
     cp_cuda_plan_t *p = (cp_cuda_plan_t *)calloc(1, sizeof *p);
     if (!p) return LC_ENOMEM;
@@ -285,6 +361,28 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         CP_ALLOC(p->acc, rows * H * D * sizeof(float));
         CP_ALLOC(p->run_lse, rows * H * sizeof(float));
     }
+    if (lim->flex && lim->max_tokens > 0) { // FlexPrefill
+        if ((rc = attn_cuda_flex_create(shape, 1, lim->max_tokens, lim->max_tokens, &p->flex))) goto fail;
+        rc = LC_ENOMEM;
+        const int64_t nkb = (lim->max_tokens - 1) / 128 + 1, words = (nkb + 31) / 32;
+        const int64_t pack_kb = p->maxp * ps / 128 + 1, pack_words = (pack_kb + 31) / 32;
+        p->gmask_cap = (size_t)H * nkb * words;
+        p->smask_cap = (size_t)n_ranks * H * (p->lim.max_rows / 128 + CP_RING_MAX_RUNS) * pack_words;
+        p->fx_kbmap = (size_t)6 * n_ranks * CP_RING_MAX_RUNS;
+        p->fx_qbs = p->fx_kbmap + (size_t)n_ranks * (p->maxp + 1);
+        p->fx_ints = p->fx_qbs + (size_t)(p->lim.max_rows / 128 + 2);
+        if (!(p->h_held = (int32_t *)malloc(sizeof(int32_t) * (size_t)(2 * nkb + 2)))) goto fail;
+        rc = LC_EDEVICE;
+        if (cudaMallocHost((void **)&p->h_fx, sizeof(int32_t) * p->fx_ints) != cudaSuccess ||
+            cudaMallocHost((void **)&p->h_pairs, sizeof(unsigned long long)) != cudaSuccess ||
+            cudaEventCreateWithFlags(&p->up_fx, cudaEventDisableTiming) != cudaSuccess)
+            goto fail;
+        CP_ALLOC(p->d_fx, sizeof(int32_t) * p->fx_ints);
+        CP_ALLOC(p->gmask, sizeof(uint32_t) * p->gmask_cap);
+        CP_ALLOC(p->smask, sizeof(uint32_t) * p->smask_cap);
+        CP_ALLOC(p->d_pairs, sizeof(unsigned long long));
+        if (cudaMemset(p->d_pairs, 0, sizeof(unsigned long long)) != cudaSuccess) goto fail;
+    }
     if (lim->max_q_rows > 0) { // pass-Q: the steps read the pool
         attn_cuda_limits_t al = {CP_RING_MAX_RUNS, lim->max_q_rows, (int64_t)CP_RING_MAX_RUNS * p->maxp, 0};
         for (int k = 0; k < n_ranks; k++)
@@ -329,7 +427,8 @@ static int plan_step(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, const cp_ring_
                      const int32_t *pages, int64_t np, attn_cuda_plan_t *plan, int64_t dflt, int64_t *row0,
                      double *pairs, void *stream) {
     const int64_t end = seq->pos0 + seq->n_tok;
-    int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS];
+    int32_t qi[CP_RING_MAX_RUNS + 1], ki[CP_RING_MAX_RUNS + 1], kl[CP_RING_MAX_RUNS], qp[CP_RING_MAX_RUNS],
+        mo[CP_RING_MAX_RUNS];
     int m = 0, first = nr;
     double pr = 0;
     qi[0] = ki[0] = 0;
@@ -353,13 +452,93 @@ static int plan_step(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, const cp_ring_
         qp[m] = v.q_pos0;
         for (int64_t row = 0; row < runs[i].n; row++)
             pr += (double)(v.q_pos0 + row + 1 < v.kv_len ? v.q_pos0 + row + 1 : v.kv_len);
+        if (p->sparse) { // the run's mask of this step, cut from the whole one by step_mask_kernel
+            const int64_t off = runs[i].p0 % 128;
+            if (v.kind == CP_PAIR_FULL) {
+                qp[m] = v.kv_len + (int32_t)off; // view blocks are whole blocks
+                if ((int64_t)qp[m] + runs[i].n > INT32_MAX) return LC_ERANGE;
+            } else if (v.q_pos0 % 128 != off) {
+                return LC_EINVAL; // a 128-position block split between ranks
+            }
+            const int n_qb = (int)((qp[m] + runs[i].n - 1) / 128 - qp[m] / 128 + 1), n_kb = (v.kv_len - 1) / 128 + 1;
+            const int words = (n_kb + 31) / 32;
+            const size_t need = (size_t)p->shape.n_heads * n_qb * words;
+            if (p->smask_used + need > p->smask_cap || p->n_desc >= p->n * CP_RING_MAX_RUNS) return LC_ERANGE;
+            StepMask *d = (StepMask *)p->h_fx + p->n_desc++;
+            *d = {(int32_t)p->smask_used,
+                  n_qb,
+                  words,
+                  (int32_t)(runs[i].p0 / 128 - p->g_qb0),
+                  n_kb,
+                  (int32_t)(p->fx_kbmap + (size_t)keys * (p->maxp + 1))};
+            if (n_qb > p->max_desc_qb) p->max_desc_qb = n_qb;
+            mo[m] = (int32_t)p->smask_used;
+            p->smask_used += need;
+        }
         m++;
     }
     *row0 = m ? runs[first].row0 : dflt;
     *pairs = pr * p->shape.n_heads;
     if (!m) return 0;
-    attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, NULL, qp};
+    attn_cuda_batch_t bt = {m, qi, ki, p->h_idx, kl, p->sparse ? mo : NULL, qp};
     return attn_cuda_plan(plan, &bt, stream, NULL);
+}
+
+// FlexPrefill's plan (pass-KV, after the runs): the distributed selection's
+// sequence, every rank's 128-blocks in order (kbmap), this rank's query
+// blocks; the steps' descriptors follow in plan_step. The fx arena is
+// uploaded once the steps are planned (upload_fx).
+static int plan_flex(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream) {
+    const int ps = p->shape.page_size, n = p->n, r = p->rank;
+    const int64_t end = seq->pos0 + seq->n_tok, nb = (end + ps - 1) / ps, nkb = (end - 1) / 128 + 1;
+    if (ps > 128 || 128 % ps) return LC_EINVAL;
+    const int per = 128 / ps; // pages per 128-block
+    for (int64_t b = 0; b < nb; b++)
+        if (seq->owner[b] != seq->owner[b - b % per]) return LC_EINVAL; // a block split between ranks
+    if (p->up_fx_pending) {
+        CUDA_CHECK_RET(cudaEventSynchronize(p->up_fx));
+        p->up_fx_pending = 0;
+    }
+    for (int j = 0; j < n; j++) {
+        int32_t *km = p->h_fx + p->fx_kbmap + (size_t)j * (p->maxp + 1);
+        int64_t c = 0;
+        for (int64_t g = 0; g < nkb; g++)
+            if (seq->owner[g * per] == j) km[c++] = (int32_t)g;
+        if (c > p->maxp + 1) return LC_ERANGE;
+    }
+    p->g_qb0 = (int)(seq->pos0 / 128);
+    p->g_nqb = (int)(nkb - p->g_qb0);
+    p->g_words = (int)((nkb + 31) / 32);
+    if ((size_t)p->shape.n_heads * p->g_nqb * p->g_words > p->gmask_cap) return LC_ERANGE;
+    uint8_t *held = (uint8_t *)p->h_held;
+    int32_t *qrows = p->h_held + (nkb + 3) / 4;
+    int32_t *qbs = p->h_fx + p->fx_qbs;
+    p->n_qbs = 0;
+    for (int64_t g = 0; g < nkb; g++) {
+        held[g] = seq->owner[g * per] == r;
+        if (g < p->g_qb0) continue;
+        qrows[g - p->g_qb0] = -1;
+        if (!held[g]) continue;
+        const int64_t pos = g * 128 > seq->pos0 ? g * 128 : seq->pos0;
+        for (int i = 0; i < p->n_runs; i++)
+            if (pos >= p->runs[i].p0 && pos < p->runs[i].p0 + p->runs[i].n)
+                qrows[g - p->g_qb0] = (int32_t)(p->runs[i].row0 + pos - p->runs[i].p0);
+        if (p->n_qbs >= (int)(p->lim.max_rows / 128 + 2)) return LC_ERANGE;
+        qbs[p->n_qbs++] = (int32_t)g;
+    }
+    attn_cuda_flex_dist_seq_t d = {(int)seq->n_tok, (int)end, seq->blocks, held, qrows, *seq->flex};
+    p->n_desc = 0;
+    p->max_desc_qb = 0;
+    p->smask_used = 0;
+    return attn_cuda_flex_dist_plan(p->flex, &d, NULL, stream);
+}
+
+static int upload_fx(cp_cuda_plan_t *p, void *stream) {
+    cudaStream_t st = (cudaStream_t)stream;
+    CUDA_CHECK_RET(cudaMemcpyAsync(p->d_fx, p->h_fx, sizeof(int32_t) * p->fx_ints, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaEventRecord(p->up_fx, st));
+    p->up_fx_pending = 1;
+    return 0;
 }
 
 // Pass-Q's steps (the own blocks' page ids at h_arena[0 .. np)) and its
@@ -427,10 +606,13 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
         fits &= p->q_rows[t] <= p->lim.max_q_rows;
     }
     if (seq->mode < CP_CUDA_AUTO || seq->mode > CP_CUDA_PASS_Q) return LC_EINVAL;
+    if (seq->flex && seq->mode == CP_CUDA_PASS_Q) return LC_EINVAL; // FlexPrefill rides the pass-KV ring
+    if (seq->flex && !p->flex) return LC_ERANGE;
     if (seq->mode == CP_CUDA_PASS_Q && !fits) return LC_ERANGE;
-    p->pass_q =
-        seq->mode == CP_CUDA_PASS_Q || (seq->mode == CP_CUDA_AUTO && fits &&
-                                        cp_pass_q_pays(seq->pos0, seq->n_tok, p->shape.n_heads, p->shape.n_kv_heads));
+    p->pass_q = !seq->flex && (seq->mode == CP_CUDA_PASS_Q ||
+                               (seq->mode == CP_CUDA_AUTO && fits &&
+                                cp_pass_q_pays(seq->pos0, seq->n_tok, p->shape.n_heads, p->shape.n_kv_heads)));
+    p->sparse = 0;
 
     cudaStream_t st = (cudaStream_t)stream;
     if (p->up_pf_pending) { // the pinned section may still be the source of the last upload
@@ -455,10 +637,21 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
         return 0;
     }
 
+    if (seq->flex) {
+        p->spos0 = seq->pos0;
+        p->send = end;
+        int rc = plan_flex(p, seq, stream);
+        if (rc) return rc;
+        p->sparse = 1;
+    }
     // Each step's batch: this rank's runs that see the visiting pack's keys.
     for (int k = 0; k < n; k++) {
         int rc = plan_step(p, seq, p->runs, nr, cp_ring_visitor(r, k, n), NULL, 0, p->steps[k], p->rows,
                            &p->step_row0[k], &p->step_pairs[k], stream);
+        if (rc) return rc;
+    }
+    if (p->sparse) {
+        int rc = upload_fx(p, stream);
         if (rc) return rc;
     }
     p->pf_planned = 1;
@@ -483,7 +676,7 @@ static int collect_timing(cp_cuda_plan_t *p) {
         p->t.compute_s += p->step_c[k] * 1e-3;
         p->t.wait_s += p->step_w[k] * 1e-3;
     }
-    if (p->pass_q) {
+    if (p->pass_q || p->sparse) { // pass-Q's all-to-all and merge, or FlexPrefill's selection
         float ms = 0;
         CUDA_CHECK_RET(cudaEventSynchronize(p->ev[3 * CP_MAX_RANKS + 1]));
         CUDA_CHECK_RET(cudaEventElapsedTime(&ms, p->ev[3 * CP_MAX_RANKS], p->ev[3 * CP_MAX_RANKS + 1]));
@@ -551,6 +744,22 @@ extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *
     const size_t vo = (size_t)p->maxp * p->page_bytes; // V's offset in a pack
     cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
     int rc;
+    // FlexPrefill: the whole mask (collective), the steps' masks, the pairs
+    if (p->sparse) {
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS], st));
+        if ((rc = attn_cuda_flex_dist_select(p->flex, q, k, p->gmask, ring_sum, c, st))) return rc;
+        if (p->n_desc > 0) {
+            step_mask_kernel<<<dim3(p->n_desc, H, p->max_desc_qb), 32, 0, st>>>(
+                p->gmask, p->g_nqb, p->g_words, (const StepMask *)p->d_fx, p->d_fx, p->smask);
+            CUDA_CHECK_RET(cudaGetLastError());
+        }
+        if (p->n_qbs > 0) {
+            own_pairs_kernel<<<1, 256, 0, st>>>(p->gmask, p->g_nqb, p->g_words, p->g_qb0, p->spos0, p->send,
+                                                p->d_fx + p->fx_qbs, p->n_qbs, H, p->d_pairs);
+            CUDA_CHECK_RET(cudaGetLastError());
+        }
+        if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS + 1], st));
+    }
     // the own pack: K and V pages of the blocks this rank holds
     const int64_t own = p->pack_pages[r];
     if ((rc = gather_rows(p->pack[0], k, p->d_arena, own, p->page_bytes, st)) ||
@@ -577,8 +786,9 @@ extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *
                                   nullptr,
                                   0,
                                   0,
+                                  p->sparse ? p->smask : nullptr,
                                   nullptr,
-                                  nullptr};
+                                  p->sparse && s > 0};
             if ((rc = attn_cuda_run(p->steps[s], &a, st))) return rc;
         }
         if (p->rows > 0 && (r0 < p->rows || s == n - 1)) {
@@ -592,9 +802,20 @@ extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *
         if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * s + 2], st));
         p->t.ring_steps++;
         p->t.steps_skipped += r0 >= p->rows;
-        p->t.prefill_pairs += p->step_pairs[s];
+        if (!p->sparse) p->t.prefill_pairs += p->step_pairs[s];
     }
     return p->timing ? collect_timing(p) : 0;
+}
+
+extern "C" int cp_cuda_sparse_pairs(cp_cuda_plan_t *p, void *stream, double *pairs) {
+    if (!p || !pairs) return LC_EINVAL;
+    *pairs = 0;
+    if (!p->d_pairs) return 0;
+    cudaStream_t st = (cudaStream_t)stream;
+    CUDA_CHECK_RET(cudaMemcpyAsync(p->h_pairs, p->d_pairs, sizeof(unsigned long long), cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK_RET(cudaStreamSynchronize(st));
+    *pairs = (double)*p->h_pairs;
+    return 0;
 }
 
 // ---- decode -------------------------------------------------------------------------------

@@ -23,8 +23,7 @@
  *              row at position t iff j <= t; so q_pos0[s] >= kv_len[s] makes every key
  *              visible to every row (a query chunk against an earlier key chunk, as in
  *              the ring of src/attn/cp), and nq_s may exceed kv_len[s]. NULL is the same
- *              as q_pos0[s] = kv_len[s] - nq_s, bit for bit. Not with a block mask
- *              (mask_off[s] >= 0 and q_pos0 given: LC_EINVAL).
+ *              as q_pos0[s] = kv_len[s] - nq_s, bit for bit.
  *   mask_off   (n_seqs) or NULL, prefill only: block-sparse sequences (below), -1 = dense.
  *
  * Block-sparse prefill (FlexPrefill's pattern; the mask from flex_cuda.h):
@@ -32,9 +31,11 @@
  * key block kb = key / 128. Sequence s with mask_off[s] >= 0 computes, for a
  * row in query block qb and head h, only the key blocks whose bit is set in
  *   block_mask[mask_off[s] + (h * n_qb + qb - qb0) * words + kb / 32], bit kb % 32,
- * with qb0 = (kv_len - nq) / 128, n_kb = (kv_len - 1) / 128 + 1,
- * n_qb = n_kb - qb0, words = (n_kb + 31) / 32 (attn_cuda_mask_words()), and
- * always its diagonal block kb = qb. Bits above the diagonal are ignored.
+ * with qb0 = q_pos0 / 128 (q_pos0 = kv_len - nq by default), n_kb =
+ * (kv_len - 1) / 128 + 1, n_qb = (q_pos0 + nq - 1) / 128 - qb0 + 1 (= n_kb -
+ * qb0 by default), words = (n_kb + 31) / 32 (attn_cuda_mask_words() for the
+ * default), and always its diagonal block kb = qb (for rows placed past the
+ * keys, the last key block). Bits above the diagonal are ignored.
  *
  * Plan/run: a plan object per kind (prefill, decode) is created once with
  * capacities. attn_cuda_plan() runs on the host once per step: it checks the
@@ -110,8 +111,9 @@ typedef struct {
                                 // keys it attended (the online softmax's final max m; AnchorAttention's anchor).
                                 // Decode has no such output: attn_cuda_run() refuses it (LC_EINVAL).
     int mask_only;              // prefill: block-sparse sequences attend their set bits only, not the diagonal
-                                // block (bits at or above it are ignored); a row with none gets out 0, lse and
-                                // rowmax -inf (AnchorAttention's whole kept blocks)
+                                // block (bits at or above it are ignored; rows placed past the keys by q_pos0:
+                                // every bit); a row with none gets out 0, lse and rowmax -inf
+                                // (AnchorAttention's whole kept blocks, the ring's steps past the own keys)
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;
@@ -134,7 +136,8 @@ int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, void *st
 
 /* Adds to pairs[s] (device, one per planned sequence) the query-key pairs
  * block-sparse sequence s computes under block_mask (all heads; the dense
- * ones get nothing): for density reports. Integer sums, so exact. */
+ * ones get nothing): for density reports. Integer sums, so exact.
+ * LC_EUNSUPPORTED when a block-sparse sequence was planned with q_pos0. */
 int attn_cuda_mask_pairs(const attn_cuda_plan_t *p, const uint32_t *block_mask, unsigned long long *pairs,
                          void *stream);
 

@@ -47,7 +47,9 @@ struct attn_cuda_flex {
     int64_t max_q_rows, max_kv_len;
     int n_kb_max, n_qb_max;
     size_t pages_cap;
-    int32_t *h_pages, *d_pages; // pinned / device: the selecting sequences' page tables
+    int32_t *h_pages, *d_pages; // pinned / device: the selecting sequences' page tables (pages_cap), then a
+                                // distributed plan's held tiles (n_kb_max) and query block rows (n_qb_max)
+    int dist, n_tiles;          // the plan is attn_cuda_flex_dist_plan's: its one sequence, n_tiles tiles held
     cudaEvent_t uploaded;
     int upload_pending;
     struct attn_cuda_flex_seq *seqs; // (max_seqs)
@@ -106,6 +108,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
         sizeof(int32_t) * H * nkb,     // colsel
         sizeof(int32_t) * H,           // branch
         sizeof(uint32_t) * H * 4,      // thr
+        sizeof(float) * kB * H * D,    // qrep32
+        sizeof(uint16_t) * kB * H * D, // qrep
     };
     const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
@@ -113,8 +117,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     rc = LC_ENOMEM;
     f->seqs = (struct attn_cuda_flex_seq *)calloc((size_t)max_seqs, sizeof *f->seqs);
     if (!f->seqs) goto fail;
-    if (cudaMallocHost((void **)&f->h_pages, sizeof(int32_t) * f->pages_cap) != cudaSuccess) goto fail;
-    if (cudaMalloc((void **)&f->d_pages, sizeof(int32_t) * f->pages_cap) != cudaSuccess) goto fail;
+    if (cudaMallocHost((void **)&f->h_pages, sizeof(int32_t) * (f->pages_cap + nkb + nqb)) != cudaSuccess) goto fail;
+    if (cudaMalloc((void **)&f->d_pages, sizeof(int32_t) * (f->pages_cap + nkb + nqb)) != cudaSuccess) goto fail;
     if (cudaMalloc(&f->ws, total) != cudaSuccess) goto fail;
     {
         char *w = (char *)f->ws;
@@ -140,6 +144,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
         b.colsel = (int32_t *)parts[14];
         b.branch = (int32_t *)parts[15];
         b.thr = (uint32_t *)parts[16];
+        b.qrep32 = (float *)parts[17];
+        b.qrep = (__nv_bfloat16 *)parts[18];
     }
     rc = LC_EDEVICE;
     if (cudaEventCreateWithFlags(&f->uploaded, cudaEventDisableTiming) != cudaSuccess) goto fail;
@@ -175,6 +181,7 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
                                    void *stream) {
     if (!f || !b || !selects || !pol || !mask_off) return LC_EINVAL;
     f->planned = 0;
+    f->dist = 0;
     const int n = b->n_seqs, ps = f->shape.page_size, H = f->shape.n_heads;
     if (n < 0 || !b->q_indptr || !b->kv_indptr || !b->kv_len) return LC_EINVAL;
     if (b->q_indptr[0] != 0 || b->kv_indptr[0] != 0) return LC_EINVAL;
@@ -231,42 +238,49 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
     return 0;
 }
 
+// One sequence's launch parameters.
+static FlexParams seq_params(const attn_cuda_flex_t *f, const struct attn_cuda_flex_seq *sq, const void *q,
+                             const void *k, uint32_t *mask) {
+    const attn_cuda_shape_t &sh = f->shape;
+    FlexParams p = f->base;
+    p.q = (const __nv_bfloat16 *)q;
+    p.k = (const __nv_bfloat16 *)k;
+    p.pages = f->d_pages + sq->page_off;
+    p.mask = mask + sq->mask_off;
+    p.H = sh.n_heads;
+    p.KH = sh.n_kv_heads;
+    p.G = sh.n_heads / sh.n_kv_heads;
+    p.D = sh.head_dim;
+    p.ps = sh.page_size;
+    p.N = sq->kv_len;
+    p.n_q = sq->n_q;
+    p.q_pos0 = sq->kv_len - sq->n_q;
+    p.qrow0 = sq->qrow0;
+    p.R = sq->n_q < kB ? sq->n_q : kB;
+    p.P0 = p.N - p.R;
+    p.rep_row0 = sq->qrow0 + sq->n_q - p.R;
+    p.qb0 = p.q_pos0 / kB;
+    p.n_kb = (p.N - 1) / kB + 1;
+    p.n_qb = p.n_kb - p.qb0;
+    p.words = (p.n_kb + 31) / 32;
+    p.scale = sh.scale;
+    p.gamma = sq->pol.gamma;
+    p.tau = sq->pol.tau;
+    p.lo = sq->pol.min_budget;
+    p.hi = sq->pol.max_budget;
+    p.whole_qb = sq->pol.prompt_end > 0 ? (sq->pol.prompt_end > kB ? sq->pol.prompt_end - kB : 0) / kB : INT_MAX;
+    return p;
+}
+
 extern "C" int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask,
                                      void *stream) {
-    if (!f || !f->planned) return LC_EINVAL;
+    if (!f || !f->planned || f->dist) return LC_EINVAL;
     if (f->n_sel == 0) return 0;
     if (!q || !k || !mask) return LC_EINVAL;
     cudaStream_t st = (cudaStream_t)stream;
-    const attn_cuda_shape_t &sh = f->shape;
-    const int H = sh.n_heads, KH = sh.n_kv_heads, D = sh.head_dim;
     for (int s = 0; s < f->n_sel; s++) {
         const struct attn_cuda_flex_seq *sq = &f->seqs[s];
-        FlexParams p = f->base;
-        p.q = (const __nv_bfloat16 *)q;
-        p.k = (const __nv_bfloat16 *)k;
-        p.pages = f->d_pages + sq->page_off;
-        p.mask = mask + sq->mask_off;
-        p.H = H;
-        p.KH = KH;
-        p.G = H / KH;
-        p.D = D;
-        p.ps = sh.page_size;
-        p.N = sq->kv_len;
-        p.n_q = sq->n_q;
-        p.q_pos0 = sq->kv_len - sq->n_q;
-        p.qrow0 = sq->qrow0;
-        p.R = sq->n_q < kB ? sq->n_q : kB;
-        p.P0 = p.N - p.R;
-        p.qb0 = p.q_pos0 / kB;
-        p.n_kb = (p.N - 1) / kB + 1;
-        p.n_qb = p.n_kb - p.qb0;
-        p.words = (p.n_kb + 31) / 32;
-        p.scale = sh.scale;
-        p.gamma = sq->pol.gamma;
-        p.tau = sq->pol.tau;
-        p.lo = sq->pol.min_budget;
-        p.hi = sq->pol.max_budget;
-        p.whole_qb = sq->pol.prompt_end > 0 ? (sq->pol.prompt_end > kB ? sq->pol.prompt_end - kB : 0) / kB : INT_MAX;
+        const FlexParams p = seq_params(f, sq, q, k, mask);
         if (is_small(&sq->pol, sq->n_q, sq->kv_len)) {
             const int rc = attn_flex_small_launch(p, st);
             if (rc) return rc;
@@ -276,6 +290,91 @@ extern "C" int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, c
         if (rc) return rc;
     }
     return 0;
+}
+
+/* ---- the selection spread over a ring's ranks --------------------------------------------- */
+extern "C" int attn_cuda_flex_dist_plan(attn_cuda_flex_t *f, const attn_cuda_flex_dist_seq_t *d, size_t *mask_words,
+                                        void *stream) {
+    if (!f || !d || !d->pages || !d->held || !d->qrows) return LC_EINVAL;
+    f->planned = 0;
+    f->dist = 0;
+    const int ps = f->shape.page_size, n_q = d->n_q, len = d->kv_len;
+    const attn_cuda_flex_policy_t *pp = &d->pol;
+    if (n_q < 1 || len < n_q || !(pp->gamma > 0.f) || isnan(pp->tau) || pp->min_budget < 0 || pp->max_budget < 0 ||
+        pp->prompt_end < 0)
+        return LC_EINVAL;
+    if (len > f->max_kv_len || n_q > f->max_q_rows || f->max_seqs < 1) return LC_ERANGE;
+    const int n_kb = (len - 1) / kB + 1, qb0 = (len - n_q) / kB, n_qb = n_kb - qb0, used = (len + ps - 1) / ps;
+    if ((size_t)used > f->pages_cap || n_qb > f->n_qb_max) return LC_ERANGE;
+    if (f->upload_pending) { // the pinned table may still feed the previous step's upload
+        CUDA_CHECK_RET(cudaEventSynchronize(f->uploaded));
+        f->upload_pending = 0;
+    }
+    int32_t *tiles = f->h_pages + f->pages_cap, *qrows = tiles + f->n_kb_max;
+    int nt = 0;
+    for (int kb = 0; kb < n_kb; kb++) {
+        if (d->held[kb] > 1) return LC_EINVAL;
+        if (d->held[kb]) tiles[nt++] = kb;
+        if (kb >= qb0 && (d->qrows[kb - qb0] >= 0) != (d->held[kb] != 0)) return LC_EINVAL; // rows where held
+    }
+    for (int j = 0; j < used; j++) {
+        const int32_t pg = d->pages[j];
+        if (d->held[j * ps / kB] && (pg < 0 || pg >= f->shape.n_pool_pages)) return LC_EINVAL;
+        f->h_pages[j] = d->held[j * ps / kB] ? pg : 0;
+    }
+    memcpy(qrows, d->qrows, sizeof(int32_t) * (size_t)n_qb);
+    cudaStream_t st = (cudaStream_t)stream;
+    CUDA_CHECK_RET(cudaMemcpyAsync(f->d_pages, f->h_pages, sizeof(int32_t) * used, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaMemcpyAsync(f->d_pages + f->pages_cap, tiles, sizeof(int32_t) * (size_t)(f->n_kb_max + n_qb),
+                                   cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaEventRecord(f->uploaded, st));
+    f->upload_pending = 1;
+    struct attn_cuda_flex_seq *q = &f->seqs[0];
+    q->n_q = n_q;
+    q->kv_len = len;
+    q->qrow0 = 0;
+    q->page_off = 0;
+    q->mask_off = 0;
+    q->pol = *pp;
+    f->n_sel = 1;
+    f->n_tiles = nt;
+    f->dist = 1;
+    f->planned = 1;
+    if (mask_words) *mask_words = attn_cuda_flex_mask_words(n_q, len, f->shape.n_heads);
+    return 0;
+}
+
+extern "C" int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask,
+                                          attn_cuda_flex_sum_fn sum, void *ctx, void *stream) {
+    if (!f || !f->planned || !f->dist || !k || !mask || !sum) return LC_EINVAL;
+    const struct attn_cuda_flex_seq *sq = &f->seqs[0];
+    cudaStream_t st = (cudaStream_t)stream;
+    FlexParams p = seq_params(f, sq, q, k, mask);
+    if (is_small(&sq->pol, sq->n_q, sq->kv_len)) return attn_flex_small_launch(p, st); // no sums: the same everywhere
+    const int H = p.H, KH = p.KH, D = p.D;
+    p.tiles = f->d_pages + f->pages_cap;
+    p.n_tiles = f->n_tiles;
+    p.qrows = p.tiles + f->n_kb_max;
+    p.qown = (const __nv_bfloat16 *)q;
+    p.q = p.qrep;
+    p.rep_row0 = 0;
+    // the spans the sums cover (every entry not held stays 0)
+    const size_t n_rep = (size_t)p.R * H * D, n_ml = (size_t)H * p.n_kb * kB, n_part = (size_t)H * p.n_kb * 256;
+    const size_t n_vert = (size_t)(H - 1) * p.sN + p.N, n_kpool = ((size_t)(KH - 1) * p.sKB + p.n_kb) * D;
+    const size_t n_qpool = (size_t)(H - 1) * p.sQpool + (size_t)p.n_qb * D;
+    int rc;
+    CUDA_CHECK_RET(cudaMemsetAsync(p.pm, 0, sizeof(float) * n_ml, st));
+    CUDA_CHECK_RET(cudaMemsetAsync(p.pl, 0, sizeof(float) * n_ml, st));
+    CUDA_CHECK_RET(cudaMemsetAsync(p.vert, 0, sizeof(float) * n_vert, st));
+    CUDA_CHECK_RET(cudaMemsetAsync(p.part, 0, sizeof(float) * n_part, st));
+    CUDA_CHECK_RET(cudaMemsetAsync(p.kpool, 0, sizeof(float) * n_kpool, st));
+    CUDA_CHECK_RET(cudaMemsetAsync(p.qpool, 0, sizeof(float) * n_qpool, st));
+    if ((rc = attn_flex_dist_launch(p, 0, st)) || (rc = sum(ctx, p.qrep32, n_rep))) return rc;
+    if ((rc = attn_flex_dist_launch(p, 1, st)) || (rc = sum(ctx, p.pm, n_ml)) || (rc = sum(ctx, p.pl, n_ml))) return rc;
+    if ((rc = attn_flex_dist_launch(p, 2, st)) || (rc = sum(ctx, p.vert, n_vert)) || (rc = sum(ctx, p.part, n_part)) ||
+        (rc = sum(ctx, p.kpool, n_kpool)) || (rc = sum(ctx, p.qpool, n_qpool)))
+        return rc;
+    return attn_flex_dist_launch(p, 3, st);
 }
 
 extern "C" int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *branch, void *stream) {

@@ -20,6 +20,15 @@ struct FlexParams {
     float scale, gamma, tau;
     int lo, hi;   // vertical-slash budget clamp (hi 0: none)
     int whole_qb; // query blocks from this one on attend every key block (the prompt's last rows)
+    int rep_row0; // row of q holding representative row 0 (qrow0 + n_q - R on one rank)
+    // A selection spread over the ranks of a ring (attn_cuda_flex_dist_*): this
+    // rank scores and pools only the key tiles it holds (tiles, n_tiles) and
+    // pools the query blocks it holds from qown (qrows[i]: the row of query
+    // block i's first position, -1 elsewhere); q is then the gathered
+    // representative rows (qrep). NULL tiles and qrows: one rank, all of them.
+    const int32_t *tiles, *qrows;
+    int n_tiles;
+    const __nv_bfloat16 *qown;
     // workspace (per head strides in elements)
     float *qs;            // (H, D, 128) representative rows, scaled, transposed; rows >= R zero
     float *pm, *pl;       // (H, n_kb_max, 128) tile row max / sum
@@ -34,6 +43,8 @@ struct FlexParams {
     int32_t *colsel;      // (H, n_kb_max)
     int32_t *branch;      // (H) 1 query-aware, 0 vertical-slash
     uint32_t *thr;        // (H, 4) order keys: query-aware, vertical, slash thresholds
+    float *qrep32;        // (128, H, D) dist: the representative rows this rank holds (0 elsewhere), then all
+    __nv_bfloat16 *qrep;  // (128, H, D) dist: the same in bf16
     size_t sN, sKB, sCells, sQpool;
 };
 
@@ -43,3 +54,10 @@ int attn_flex_kern_init(void); // the score kernel's shared memory limit, before
 int attn_flex_small_launch(const FlexParams &p, cudaStream_t st);
 // the whole selection of one sequence, its kernels in flex_kern.cu's order
 int attn_flex_select_launch(const FlexParams &p, cudaStream_t st);
+// The distributed selection, in phases around the caller's sums over the
+// ranks (flex.cu): 0 the held representative rows into qrep32 (sum them);
+// 1 their bf16 copy, the scores' row max and sum over the held tiles into
+// zeroed pm, pl (sum them); 2 the probabilities over the held tiles, the
+// held blocks' mean keys and query blocks' mean queries into zeroed vert,
+// part, kpool, qpool (sum them); 3 the rest, as on one rank, into the mask.
+int attn_flex_dist_launch(const FlexParams &p, int phase, cudaStream_t st);

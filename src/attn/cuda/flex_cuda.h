@@ -96,6 +96,39 @@ int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t *b, const u
  * layout); writes the masks of the selecting sequences into mask. */
 int attn_cuda_flex_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask, void *stream);
 
+/* ---- the selection of a sequence spread over a ring's ranks (src/attn/cp) ------------- */
+/* Every 128-position block of the sequence lies on one rank, which holds
+ * its keys (in its pool) and its query rows. Each rank scores the
+ * representative rows against the keys it holds and pools the blocks it
+ * holds; the caller's sum over the ranks (every rank the same bits, as
+ * cp_allreduce_sum) joins the pieces between the phases. Every entry has one
+ * owner and the others contribute 0, so the sums are exact and every rank
+ * gets the mask one rank computes over the whole sequence, bit for bit
+ * (attn_cuda_flex_select's, mask_off 0). */
+typedef struct {
+    int n_q, kv_len;      // the slice: rows at positions kv_len - n_q .. kv_len - 1 (keys before: cached)
+    const int32_t *pages; // (ceil(kv_len / page_size)) page ids in this rank's pool; read for held blocks only
+    const uint8_t *held;  // (ceil(kv_len / 128)) 1 for the 128-position blocks this rank holds, else 0
+    const int32_t *qrows; // (n_qb) the row of this rank's q holding query block qb0 + i's first position
+                          // (its first slice position), -1 for the blocks it does not hold
+    attn_cuda_flex_policy_t pol;
+} attn_cuda_flex_dist_seq_t;
+
+/* A sum over the ranks of n floats of device memory, in stream order. */
+typedef int (*attn_cuda_flex_sum_fn)(void *ctx, float *buf, size_t n);
+
+/* Host, once per step, on stream: plans the one sequence (uploads the held
+ * tiles, rows and page ids). *mask_words: the words of its mask. LC_EINVAL
+ * for an inconsistent sequence (rows where no block is held), LC_ERANGE
+ * beyond the capacities (max_seqs >= 1). attn_cuda_flex_select refuses a
+ * plan made here. */
+int attn_cuda_flex_dist_plan(attn_cuda_flex_t *f, const attn_cuda_flex_dist_seq_t *d, size_t *mask_words, void *stream);
+/* Device, once per layer, on stream: q this rank's rows (rows of qrows), k
+ * this layer's K pool; calls sum seven times (none for a small slice), the
+ * same calls on every rank; writes the whole mask. */
+int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask,
+                               attn_cuda_flex_sum_fn sum, void *ctx, void *stream);
+
 /* For tests: the pattern each head of the last selecting sequence of the
  * last select chose (n_heads entries: 1 query-aware, 0 vertical-slash, -1
  * dense because small). Synchronises the stream. */

@@ -18,6 +18,10 @@
 //   select     thresholds by radix select; slash prefix counts   grid H
 //   colsel     vertical-slash heads: blocks with a kept column    grid (n_kb, H)
 //   mask       bits, one warp ballot per word                    grid (n_qb, H)
+// Spread over a ring's ranks (attn_flex_dist_launch), each rank runs score,
+// kpool and qpool (every head) on the tiles and query blocks it holds, with
+// the representative rows gathered first (dist_rep, dist_cast), and the
+// caller sums the tables between the phases; the rest runs on every rank.
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -57,7 +61,7 @@ __global__ void rep_prep_kernel(const FlexParams p) {
     const int r = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
     float v = 0.f;
     if (r < p.R) {
-        const size_t row = (size_t)p.qrow0 + p.n_q - p.R + r;
+        const size_t row = (size_t)p.rep_row0 + r;
         v = __fmul_rn(__bfloat162float(p.q[(row * p.H + h) * p.D + e]), p.scale);
     }
     p.qs[((size_t)h * p.D + e) * kB + r] = v;
@@ -88,7 +92,7 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
     const int pitch = p.D + 8;
     __nv_bfloat16 *Kb = Qb + kB * pitch;
     __shared__ float s_m[kB], s_w[kB];
-    const int t = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
+    const int t = p.tiles ? p.tiles[blockIdx.x] : blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
     const int j0 = t * kB;
     if (MODE == 1 && tid < kB) {
         const int r = tid < p.R ? tid : 0;
@@ -102,7 +106,7 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
         const int r = i / per_row, c = i % per_row;
         uint4 v = make_uint4(0, 0, 0, 0);
         if (r < p.R) {
-            const size_t row = (size_t)p.qrow0 + p.n_q - p.R + r;
+            const size_t row = (size_t)p.rep_row0 + r;
             v = *reinterpret_cast<const uint4 *>(p.q + (row * p.H + h) * p.D + 8 * c);
         }
         *reinterpret_cast<uint4 *>(Qb + r * pitch + 8 * c) = v;
@@ -206,7 +210,7 @@ __global__ void slash_kernel(const FlexParams p) {
 // grid (n_kb, KH), block D: the block's keys summed in position order, then
 // divided by their count (flex_key_sums + flex_divergence's division).
 __global__ void kpool_kernel(const FlexParams p) {
-    const int kb = blockIdx.x, kh = blockIdx.y, e = threadIdx.x;
+    const int kb = p.tiles ? p.tiles[blockIdx.x] : blockIdx.x, kh = blockIdx.y, e = threadIdx.x;
     const int j0 = kb * kB, j1 = j0 + kB < p.N ? j0 + kB : p.N;
     float s = 0.f;
     for (int j = j0; j < j1; j++) s = __fadd_rn(s, key_at(p, kh, j, e));
@@ -271,15 +275,18 @@ __global__ void diverge_kernel(const FlexParams p) {
 
 /* ---- step 3a: query-aware cells --------------------------------------------------------- */
 
-// grid (n_qb, H), block D: attn__flex_pool_query of query block i.
+// grid (n_qb, H), block D: attn__flex_pool_query of query block i (for the
+// query-aware heads; distributed: of every head, for the blocks held).
 __global__ void qpool_kernel(const FlexParams p) {
     const int i = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
-    if (p.branch[h] != 1) return;
+    if (p.qrows ? p.qrows[i] < 0 : p.branch[h] != 1) return;
     const int qb = p.qb0 + i;
     const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0, p1 = (qb + 1) * kB < p.N ? (qb + 1) * kB : p.N;
+    const __nv_bfloat16 *q = p.qrows ? p.qown : p.q;
+    const int64_t row0 = p.qrows ? (int64_t)p.qrows[i] - p0 : (int64_t)p.qrow0 - p.q_pos0; // row of position 0
     double a = 0;
     for (int pos = p0; pos < p1; pos++)
-        a = __dadd_rn(a, (double)__bfloat162float(p.q[((size_t)(p.qrow0 + pos - p.q_pos0) * p.H + h) * p.D + e]));
+        a = __dadd_rn(a, (double)__bfloat162float(q[((size_t)(row0 + pos) * p.H + h) * p.D + e]));
     p.qpool[(size_t)h * p.sQpool + (size_t)i * p.D + e] = (float)__dmul_rn(__ddiv_rn(a, (double)(p1 - p0)), p.scale);
 }
 
@@ -563,6 +570,26 @@ template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
     }
 }
 
+/* ---- the distributed selection's own steps --------------------------------------------- */
+
+// grid (R, H), block D: representative row r (position P0 + r) into qrep32
+// where this rank holds its query block, else 0 (the owner's value after the
+// sum over the ranks: x + 0 is x).
+__global__ void dist_rep_kernel(const FlexParams p) {
+    const int r = blockIdx.x, h = blockIdx.y, e = threadIdx.x;
+    const int pos = p.P0 + r, qb = pos / kB, row = p.qrows[qb - p.qb0];
+    const int p0 = qb * kB > p.q_pos0 ? qb * kB : p.q_pos0;
+    p.qrep32[((size_t)r * p.H + h) * p.D + e] =
+        row < 0 ? 0.f : __bfloat162float(p.qown[((size_t)(row + pos - p0) * p.H + h) * p.D + e]);
+}
+
+// The summed rows back to bf16 (exact: each is one rank's bf16 value).
+__global__ void dist_cast_kernel(const FlexParams p) {
+    const size_t n = (size_t)p.R * p.H * p.D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p.qrep[i] = __float2bfloat16_rn(p.qrep32[i]);
+}
+
 } // namespace
 
 /* ---- launchers ------------------------------------------------------------------------ */
@@ -582,20 +609,49 @@ int attn_flex_small_launch(const FlexParams &p, cudaStream_t st) {
     return 0;
 }
 
+// The steps after the sums: the same on one rank and on every rank of a ring.
+static void launch_rest(const FlexParams &p, cudaStream_t st) {
+    const int H = p.H;
+    slash_kernel<<<dim3((p.N + 255) / 256, H), 256, 0, st>>>(p);
+    diverge_kernel<<<H, 256, 0, st>>>(p);
+    if (!p.qrows) qpool_kernel<<<dim3(p.n_qb, H), p.D, 0, st>>>(p);
+    cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
+    select_kernel<<<H, kSelThreads, 0, st>>>(p);
+    colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
+    mask_kernel<false><<<dim3(p.n_qb, H), 128, 0, st>>>(p);
+}
+
 int attn_flex_select_launch(const FlexParams &p, cudaStream_t st) {
     const int H = p.H, KH = p.KH, D = p.D;
     rep_prep_kernel<<<dim3(kB, H), D, 0, st>>>(p);
     score_kernel<0><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
     merge_ml_kernel<<<H, kB, 0, st>>>(p);
     score_kernel<1><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
-    slash_kernel<<<dim3((p.N + 255) / 256, H), 256, 0, st>>>(p);
     kpool_kernel<<<dim3(p.n_kb, KH), D, 0, st>>>(p);
-    diverge_kernel<<<H, 256, 0, st>>>(p);
-    qpool_kernel<<<dim3(p.n_qb, H), D, 0, st>>>(p);
-    cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
-    select_kernel<<<H, kSelThreads, 0, st>>>(p);
-    colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
-    mask_kernel<false><<<dim3(p.n_qb, H), 128, 0, st>>>(p);
+    launch_rest(p, st);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int attn_flex_dist_launch(const FlexParams &p, int phase, cudaStream_t st) {
+    const int H = p.H, KH = p.KH, D = p.D;
+    switch (phase) {
+    case 0: dist_rep_kernel<<<dim3(p.R, H), D, 0, st>>>(p); break;
+    case 1:
+        dist_cast_kernel<<<64, 256, 0, st>>>(p);
+        rep_prep_kernel<<<dim3(kB, H), D, 0, st>>>(p);
+        if (p.n_tiles > 0) score_kernel<0><<<dim3(p.n_tiles, H), kScoreThreads, kScoreSmem, st>>>(p);
+        break;
+    case 2:
+        merge_ml_kernel<<<H, kB, 0, st>>>(p);
+        if (p.n_tiles > 0) {
+            score_kernel<1><<<dim3(p.n_tiles, H), kScoreThreads, kScoreSmem, st>>>(p);
+            kpool_kernel<<<dim3(p.n_tiles, KH), D, 0, st>>>(p);
+        }
+        qpool_kernel<<<dim3(p.n_qb, H), D, 0, st>>>(p);
+        break;
+    default: launch_rest(p, st); break;
+    }
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }

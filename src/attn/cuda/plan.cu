@@ -58,11 +58,8 @@ int check_batch(const attn_cuda_plan_t *p, const attn_cuda_batch_t *b) {
             if (nq < 0 || (b->mask_off && b->mask_off[s] < -1)) return LC_EINVAL;
             if (!b->q_pos0 && nq > len) return LC_EINVAL;
             // An explicit query position: any rows at or past it (the kernels
-            // index positions in int32); no block mask, whose query blocks
-            // follow kv_len - nq.
-            if (b->q_pos0 &&
-                (b->q_pos0[s] < 0 || (int64_t)b->q_pos0[s] + nq > INT32_MAX || (b->mask_off && b->mask_off[s] >= 0)))
-                return LC_EINVAL;
+            // index positions in int32).
+            if (b->q_pos0 && (b->q_pos0[s] < 0 || (int64_t)b->q_pos0[s] + nq > INT32_MAX)) return LC_EINVAL;
         }
     }
     const int64_t pages = b->kv_indptr[n];
@@ -221,6 +218,7 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     memcpy(h + p->off_kv_indptr, b->kv_indptr, sizeof(int32_t) * (n + 1));
     memcpy(h + p->off_kv_len, b->kv_len, sizeof(int32_t) * n);
     p->n_sparse = 0;
+    p->sparse_qpos = 0;
     if (p->kind == ATTN_CUDA_PREFILL) {
         memcpy(h + p->off_q_indptr, b->q_indptr, sizeof(int32_t) * (n + 1));
         memset(h + p->off_seq_info, 0, sizeof(int32_t) * 4 * n);
@@ -230,6 +228,7 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
             h[p->off_seq_info + 4 * s + 1] =
                 b->q_pos0 ? b->q_pos0[s] : b->kv_len[s] - (b->q_indptr[s + 1] - b->q_indptr[s]);
             p->n_sparse += mo >= 0;
+            p->sparse_qpos |= mo >= 0 && b->q_pos0;
         }
     } else {
         for (int s = 0; s <= n; s++) h[p->off_q_indptr + s] = s;
@@ -325,6 +324,7 @@ extern "C" int attn_cuda_mask_pairs(const attn_cuda_plan_t *p, const uint32_t *b
                                     void *stream) {
     if (!p || !p->planned || p->kind != ATTN_CUDA_PREFILL || !pairs || (p->n_sparse > 0 && !block_mask))
         return LC_EINVAL;
+    if (p->sparse_qpos) return LC_EUNSUPPORTED; // the count assumes the default positions
     return attn_cuda_mask_pairs_launch(p, block_mask, pairs, (cudaStream_t)stream);
 }
 

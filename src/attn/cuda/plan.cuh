@@ -50,6 +50,7 @@ struct attn_cuda_plan {
     int n_items;
     size_t off_q_indptr, off_kv_indptr, off_kv_len, off_seq_info, off_items, off_kv_indices;
     int n_sparse;       // prefill: block-sparse sequences
+    int sparse_qpos;    // prefill: some block-sparse sequence has an explicit q_pos0 (no mask_pairs)
     int64_t n_partials; // decode: (kv head, chunk) partial results of split sequences
     size_t ws_bytes;
 };

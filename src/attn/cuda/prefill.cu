@@ -184,14 +184,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Block-sparse: this tile's mask row; the diagonal plus the set bits below
     // it, or with mask_only the set bits alone (then no tile visited crosses
     // the diagonal, and a row may visit none).
+    // The query blocks of the masks start at the sequence's first row's
+    // (q_pos0's) and end at its last row's; with mask_only the candidates
+    // are the set bits below the tile's own query block (every tile, for
+    // rows placed past the keys).
     const uint32_t *mrow = nullptr;
-    int n_iter = n_tiles;
+    int n_iter = n_tiles, t_first = n_tiles - 1;
     bool skip_diag = false;
     if (p.mask && p.seq_info[seq].x >= 0) {
-        const int qb0 = (kv_len - nq) / BN, n_kb = (kv_len - 1) / BN + 1, words = (n_kb + 31) / 32;
-        mrow = p.mask + p.seq_info[seq].x + ((size_t)head * (n_kb - qb0) + (pos0 / BN - qb0)) * words;
+        const int qpos = p.seq_info[seq].y, qb0 = qpos / BN, n_qb = (qpos + nq - 1) / BN - qb0 + 1;
+        const int words = ((kv_len - 1) / BN + 1 + 31) / 32;
+        mrow = p.mask + p.seq_info[seq].x + ((size_t)head * n_qb + (pos0 / BN - qb0)) * words;
         skip_diag = p.mask_only != 0;
-        n_iter = (skip_diag ? 0 : 1) + count_bits_below(mrow, n_tiles - 1);
+        if (skip_diag) t_first = min(n_tiles, pos0 / BN); // exclusive: the first tile is the bit below it
+        n_iter = (skip_diag ? 0 : 1) + count_bits_below(mrow, skip_diag ? t_first : n_tiles - 1);
     }
     const bool diag_masked = !skip_diag && (min(pos0, kv_len - 1) + 1) / BN < n_tiles; // crosses some row's diagonal
 
@@ -215,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int h = 0; h < D / 64; h++) tma_load_3d(sQ + h * BM * 128, &tm_q, bar_q, h * 64, head, q0 + row0);
             const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
-            for (int i = 0, t = n_tiles - 1; i < n_iter; i++) {
+            for (int i = 0, t = t_first; i < n_iter; i++) {
                 if (i > 0 || skip_diag) t = mrow ? prev_set_bit(mrow, t - 1) : t - 1;
                 const int st = i % kStages;
                 const uint32_t ph = (i / kStages) & 1;
