@@ -47,6 +47,7 @@
 #include "attn/cp/cp_cuda.h"
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
+#include "attn/cuda/quest_cuda.h"
 #include "common/status.h"
 
 #include "gpu_fixture.h"
@@ -636,7 +637,7 @@ START_TEST(test_ring_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
     seq.mode = CP_CUDA_AUTO;
     int32_t kl[2] = {100, 0}, ip[3] = {0, 2, 4};
-    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner};
+    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner, NULL};
     ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL); // an empty sequence
     kl[1] = 129;                                                    // more keys than two pages
     ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL);
@@ -672,6 +673,8 @@ typedef struct {
     void *dk, *dv, *dq;
     uint16_t *out, *out2;
     float *lse;
+    const int32_t *budget; // Quest's budgets (NULL: dense)
+    float *dkmin, *dkmax;  // the pool's summaries (Quest)
 } dec_world_t;
 
 static int dec_body(int r, cp_comm_t *c, void *ud) {
@@ -679,19 +682,28 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
     attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
-    cp_cuda_limits_t lim = {.max_decode_seqs = DS, .max_decode_pages = w->indptr[DS]};
+    cp_cuda_limits_t lim = {.max_tokens = w->budget ? 12345 : 0,
+                            .max_decode_seqs = DS,
+                            .max_decode_pages = w->indptr[DS],
+                            .quest = w->budget != NULL};
     cp_cuda_plan_t *p = NULL;
-    CHECK(cp_cuda_plan_create(&sh, &lim, r, n, &p) == 0);
-    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner};
-    CHECK(cp_cuda_plan_decode(p, &b, st) == 0);
+    int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
+    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner, w->budget};
+    rc = cp_cuda_plan_decode(p, &b, st);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_decode: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
     const size_t rb = (size_t)w->H * w->D * 2;
     void *dout, *dout2;
     float *dlse;
     CU(cudaMalloc(&dout, rb * DS));
     CU(cudaMalloc(&dout2, rb * DS));
     CU(cudaMalloc((void **)&dlse, sizeof(float) * w->H * DS));
-    CHECK(cp_cuda_run_decode(p, c, w->dk, w->dv, w->dq, dout, dlse) == 0);
-    CHECK(cp_cuda_run_decode(p, c, w->dk, w->dv, w->dq, dout2, NULL) == 0);
+    rc = cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout, dlse);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_run_decode_kv: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
+    CHECK(cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout2, NULL) == 0);
     CU(cudaStreamSynchronize(st));
     for (int s = 0; s < DS; s++) {
         if (cp_cuda_decode_owner(p, s) != r) continue;
@@ -706,8 +718,11 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
 }
 
 /* Sequences of 1 .. 12345 keys: a prompt sharded zig-zag, then generated
- * tokens whose new blocks go round the ranks (cp_owner_next). */
-static int check_decode(int H, int KH, int D, int n, uint64_t seed) {
+ * tokens whose new blocks go round the ranks (cp_owner_next). quest > 0:
+ * every row runs Quest with that budget in pages, against the single-rank
+ * Quest (its summaries of every page, its selection, the dense kernel over
+ * the selected pages); N = 1 must give its bits. */
+static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest) {
     static const int lens[DS] = {1, 63, 64, 65, 1000, 4097, 12345}, gen[DS] = {0, 1, 0, 30, 200, 1, 700};
     rng = seed;
     dec_world_t w = {.H = H, .KH = KH, .D = D, .ps = 64, .n = n};
@@ -743,8 +758,43 @@ static int check_decode(int H, int KH, int D, int n, uint64_t seed) {
     CK_CUDA(cudaMemcpy(w.dk, kb, 2 * pe, cudaMemcpyHostToDevice));
     CK_CUDA(cudaMemcpy(w.dv, vb, 2 * pe, cudaMemcpyHostToDevice));
     CK_CUDA(cudaMemcpy(w.dq, q, 2 * qn, cudaMemcpyHostToDevice));
-    // the single-rank reference: the decode kernel over every block
-    {
+    int32_t budget[DS];
+    attn_cuda_shape_t qsh = {H, KH, D, w.ps, w.pool, 1.0f / sqrtf((float)D)};
+    if (quest > 0) { // the summaries of every page, then the single-rank Quest
+        for (int s = 0; s < DS; s++) budget[s] = quest;
+        w.budget = budget;
+        const size_t sum_bytes = sizeof(float) * (size_t)w.pool * KH * D;
+        CK_CUDA(cudaMalloc((void **)&w.dkmin, sum_bytes));
+        CK_CUDA(cudaMalloc((void **)&w.dkmax, sum_bytes));
+        int32_t *plen = malloc(sizeof(int32_t) * (size_t)nb), *dpg, *dpl;
+        for (int s = 0; s < DS; s++)
+            for (int j = 0; j < w.indptr[s + 1] - w.indptr[s]; j++)
+                plen[w.indptr[s] + j] = lens[s] - j * w.ps < w.ps ? lens[s] - j * w.ps : w.ps;
+        CK_CUDA(cudaMalloc((void **)&dpg, sizeof(int32_t) * (size_t)nb));
+        CK_CUDA(cudaMalloc((void **)&dpl, sizeof(int32_t) * (size_t)nb));
+        CK_CUDA(cudaMemcpy(dpg, w.blocks, sizeof(int32_t) * (size_t)nb, cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemcpy(dpl, plen, sizeof(int32_t) * (size_t)nb, cudaMemcpyHostToDevice));
+        ck_assert_int_eq(attn_quest_summarize(&qsh, w.dk, dpg, dpl, (int)nb, w.dkmin, w.dkmax, NULL), 0);
+        attn_cuda_limits_t lim = {DS, 0, nb, 0};
+        attn_quest_plan_t *qp = NULL;
+        ck_assert_int_eq(attn_quest_plan_create(&qsh, &lim, &qp), 0);
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        size_t ws = 0;
+        ck_assert_int_eq(attn_quest_plan(qp, &bt, budget, NULL, &ws), 0);
+        void *dout, *dws = NULL;
+        float *dlse;
+        CK_CUDA(cudaMalloc(&dout, 2 * qn));
+        CK_CUDA(cudaMalloc((void **)&dlse, sizeof(float) * DS * H));
+        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
+        attn_quest_args_t a = {w.dq, dout, dlse, w.dk, w.dv, w.dkmin, w.dkmax, dws, ws};
+        ck_assert_int_eq(attn_quest_run(qp, &a, NULL), 0);
+        CK_CUDA(cudaDeviceSynchronize());
+        CK_CUDA(cudaMemcpy(ro, dout, 2 * qn, cudaMemcpyDeviceToHost));
+        CK_CUDA(cudaMemcpy(rl, dlse, sizeof(float) * DS * H, cudaMemcpyDeviceToHost));
+        cudaFree(dout), cudaFree(dlse), cudaFree(dws), cudaFree(dpg), cudaFree(dpl);
+        free(plen);
+        attn_quest_plan_destroy(qp);
+    } else { // the single-rank reference: the decode kernel over every block
         attn_cuda_shape_t sh = {H, KH, D, w.ps, w.pool, 1.0f / sqrtf((float)D)};
         attn_cuda_limits_t lim = {DS, 0, nb, 0};
         attn_cuda_plan_t *p = NULL;
@@ -779,16 +829,34 @@ static int check_decode(int H, int KH, int D, int n, uint64_t seed) {
     cp_dev_destroy(g);
     double rel, le;
     compare(w.out, w.lse, ro, rl, DS, H, D, &rel, &le);
-    const int same = memcmp(w.out, w.out2, 2 * qn) == 0;
-    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same;
-    printf("  %-4s decode N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one rank: rel L2 %.2e, lse max err "
-           "%.2e, run twice %s\n",
-           ok ? "ok" : "FAIL", n, H, KH, D, DS, rel, le, same ? "bitwise equal" : "DIFFERS");
-    cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq);
+    const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && (quest == 0 || n > 1 || exact);
+    printf("  %-4s decode%s N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one rank: rel L2 %.2e, lse max err "
+           "%.2e, run twice %s, %s single-rank bits\n",
+           ok ? "ok" : "FAIL", quest ? " (Quest, 8 pages)" : "", n, H, KH, D, DS, rel, le,
+           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+    cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq), cudaFree(w.dkmin), cudaFree(w.dkmax);
     free(kb), free(vb), free(q), free(ro), free(rl), free(w.blocks), free(w.owner), free(w.out), free(w.out2),
         free(w.lse);
     return ok;
 }
+
+static int check_decode(int H, int KH, int D, int n, uint64_t seed) { return check_decode_q(H, KH, D, n, seed, 0); }
+
+/* Quest inside the sharded decode: every rank scores its pages, the scores
+ * all-reduced, the single-rank selection on every rank, each attends its
+ * selected pages. */
+START_TEST(test_ring_decode_quest) {
+    if (!have_sm90("ring decode, Quest")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        ok &= check_decode_q(32, 8, 128, ns[i], 2200 + i, 8);
+        ok &= check_decode_q(8, 2, 64, ns[i], 2300 + i, 8);
+    }
+    ck_assert_msg(ok, "the sharded GPU Quest decode differs from the single-rank Quest (see the FAIL lines)");
+}
+END_TEST
 
 START_TEST(test_ring_decode) {
     const int ns[] = {1, 2, 3, 4, 8};
@@ -964,6 +1032,7 @@ int main(void) {
     tcase_add_test(tc, test_ring_prefill_flex);
     tcase_add_test(tc, test_ring_flex_bad_input);
     tcase_add_test(tc, test_ring_decode);
+    tcase_add_test(tc, test_ring_decode_quest);
     tcase_add_test(tc, test_ring_timing);
     tcase_add_test(tc, test_ring_flex_timing);
     tcase_add_test(tc, test_ring_pass_q_timing);

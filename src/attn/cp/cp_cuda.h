@@ -30,6 +30,12 @@
  *    (an all-gather of the queries), each rank attends the blocks it holds
  *    with the split-K decode kernel (its blocks as a page view, LSE out), an
  *    all-gather of the partials lets the owner merge them in rank order.
+ *  - decode, Quest (cp_cuda_dec_batch_t.budget): every rank plans the whole
+ *    batch (quest_cuda.h's distributed plan), scores the pages it holds from
+ *    its summaries, one all-reduce of the score table (each score has one
+ *    owner) gives every rank every score, so every rank makes the
+ *    single-rank selection, page for page; each attends the selected pages
+ *    it holds, and the partials merge as the dense ones do.
  *  - per-step timing (cp_timing_t of cp_attn.h), measured with CUDA events on
  *    the rank's stream when enabled: compute (attention and merge of a ring
  *    step) and the wait for the step's transfer after it.
@@ -48,7 +54,7 @@
  *    that view blocks are whole blocks). A query block with no bit in the
  *    visiting pack loads its queries and nothing else. The pairs computed
  *    are counted on the device from the whole mask (cp_cuda_sparse_pairs).
- * What is not: AnchorAttention inside the GPU ring, sparse decode, several
+ * What is not: AnchorAttention inside the GPU ring, TidalDecode, several
  * sharded sequences in one plan (one plan per sequence), sliding windows,
  * and the executor's use of all this (parallel.context > 1 in
  * src/model/exec_cuda*.cu).
@@ -81,6 +87,7 @@
 #include "attn/cp/cp_comm.h"
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
+#include "attn/cuda/quest_cuda.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -96,6 +103,8 @@ typedef struct {
                               // about 4 (n_ranks + 1) x max_q_rows x n_heads x head_dim bytes
     int flex;                 // prefill: 1 = room for FlexPrefill slices (the selection's workspace for
                               // max_tokens keys, the whole mask and the steps' masks)
+    int quest;                // decode: 1 = room for Quest rows (every rank plans the batch's whole page
+                              // tables: max_decode_seqs x blocks of max_tokens pages, at least one block)
 } cp_cuda_limits_t;
 
 /* A slice's ring (cp_cuda_seq_t.mode); the values of the CPU ring's modes. */
@@ -146,6 +155,8 @@ typedef struct {
     const int32_t *blk_indptr; // (n_seqs + 1) s's blocks are blocks[blk_indptr[s] .. blk_indptr[s + 1])
     const int32_t *blocks;     // page ids in the owner's pool
     const uint8_t *owner;      // (blk_indptr[n_seqs]) the rank holding each block
+    const int32_t *budget;     // (n_seqs) Quest's budget in pages per row (0: dense), or NULL: every row dense;
+                               // a batch with budgets is not counted in cp_timing_t.decode_pairs
 } cp_cuda_dec_batch_t;
 
 int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream);
@@ -154,6 +165,11 @@ int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s);
 /* One layer of the planned decode; collective over c. */
 int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
                        float *lse);
+/* The same with the layer's Quest summaries of the rank's pool (kmin, kmax:
+ * quest_cuda.h's layout, current for every page the rank holds), which a
+ * batch planned with budgets needs. */
+int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const float *kmin,
+                          const float *kmax, const void *q, void *out, float *lse);
 
 /* ---- timing ----------------------------------------------------------------------------- */
 /* on = 1: every later prefill run records events around its steps and, at

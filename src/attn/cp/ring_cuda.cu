@@ -182,7 +182,7 @@ __global__ void own_pairs_kernel(const uint32_t *whole, int n_qb_w, int words_w,
     if ((threadIdx.x & 31) == 0 && acc) atomicAdd(pairs, acc);
 }
 
-// The ring's sum for the distributed selection (attn_cuda_flex_sum_fn).
+// The ring's sum for the distributed selection (attn_cuda_sum_fn).
 int ring_sum(void *ctx, float *buf, size_t n) { return cp_allreduce_sum((cp_comm_t *)ctx, buf, n); }
 
 // A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
@@ -253,6 +253,13 @@ struct cp_cuda_plan {
     unsigned long long *d_pairs, *h_pairs; // device counter, pinned copy
     int32_t *h_held;                       // host scratch: held (bytes) and qrows of the dist plan
 
+    // decode, Quest (lim.quest): the distributed plan over the whole batch
+    attn_quest_plan_t *quest;
+    void *quest_ws;
+    size_t quest_ws_cap;
+    uint8_t *h_held_pages; // (quest's max_pages) this rank's pages of the batch
+    int dec_quest;         // the planned batch runs Quest
+
     // decode
     attn_cuda_plan_t *dec;
     void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
@@ -278,6 +285,9 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
         if (p->ev[i]) cudaEventDestroy(p->ev[i]);
     for (int k = 0; k < CP_MAX_RANKS; k++) attn_cuda_plan_destroy(p->steps[k]), attn_cuda_plan_destroy(p->qsteps[k]);
     attn_cuda_plan_destroy(p->dec);
+    attn_quest_plan_destroy(p->quest);
+    cudaFree(p->quest_ws);
+    free(p->h_held_pages);
     if (p->up_fx) cudaEventSynchronize(p->up_fx), cudaEventDestroy(p->up_fx);
     attn_cuda_flex_destroy(p->flex);
     cudaFree(p->gmask), cudaFree(p->smask), cudaFree(p->d_fx), cudaFree(p->d_pairs);
@@ -305,11 +315,11 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
     if (!shape || !lim || !out || n_ranks < 1 || n_ranks > CP_MAX_RANKS || rank < 0 || rank >= n_ranks)
         return LC_EINVAL;
     *out = nullptr;
-    if (lim->flex < 0 || lim->flex > 1 || lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 ||
-        lim->max_decode_seqs < 0 || lim->max_decode_pages < 0 || lim->max_q_rows < 0 ||
-        (lim->max_q_rows > 0 && lim->max_tokens == 0) || (lim->max_tokens == 0 && lim->max_decode_seqs == 0) ||
-        lim->max_tokens > INT32_MAX || shape->page_size <= 0 || shape->n_heads <= 0 || shape->head_dim <= 0 ||
-        shape->n_kv_heads <= 0)
+    if (lim->flex < 0 || lim->flex > 1 || lim->quest < 0 || lim->quest > 1 || lim->max_tokens < 0 ||
+        lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 || lim->max_decode_pages < 0 ||
+        lim->max_q_rows < 0 || (lim->max_q_rows > 0 && lim->max_tokens == 0) ||
+        (lim->max_tokens == 0 && lim->max_decode_seqs == 0) || lim->max_tokens > INT32_MAX || shape->page_size <= 0 ||
+        shape->n_heads <= 0 || shape->head_dim <= 0 || shape->n_kv_heads <= 0)
         return LC_EINVAL;
     cp_cuda_plan_t *p = (cp_cuda_plan_t *)calloc(1, sizeof *p);
     if (!p) return LC_ENOMEM;
@@ -401,6 +411,16 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         p->dec_ws_cap = (size_t)max_dec * shape->n_kv_heads * ATTN_DEC_MAX_SPLITS * (H / shape->n_kv_heads) * (D + 1) *
                         sizeof(float);
         CP_ALLOC(p->dec_ws, p->dec_ws_cap);
+        if (lim->quest) { // every sequence's whole page table on every rank
+            const int64_t qpages = max_dec * (blocks_max ? blocks_max : 1);
+            attn_cuda_limits_t ql = {(int)max_dec, 0, qpages, 0};
+            if ((rc = attn_quest_plan_create(shape, &ql, &p->quest))) goto fail;
+            rc = LC_ENOMEM;
+            if (!(p->h_held_pages = (uint8_t *)malloc((size_t)qpages))) goto fail;
+            rc = LC_EDEVICE;
+            p->quest_ws_cap = ((size_t)qpages * shape->n_kv_heads * sizeof(float) + 255) / 256 * 256 + p->dec_ws_cap;
+            CP_ALLOC(p->quest_ws, p->quest_ws_cap);
+        }
         const size_t qrow = (size_t)H * D * 2, msg = (size_t)max_dec * H * (D * 2 + sizeof(float));
         CP_ALLOC(p->dq_all, (size_t)n_ranks * max_dec * qrow);
         CP_ALLOC(p->dq_c, (size_t)max_dec * qrow);
@@ -823,6 +843,8 @@ extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t 
     if (!p || !b || !p->dec || b->n_seqs < 1 || !b->kv_len || !b->blk_indptr || !b->blocks || !b->owner)
         return LC_EINVAL;
     p->dec_planned = 0;
+    p->dec_quest = 0;
+    if (b->budget && !p->quest) return LC_ERANGE;
     const int n = b->n_seqs, N = p->n, r = p->rank, ps = p->shape.page_size;
     if (n > p->lim.max_decode_seqs) return LC_ERANGE;
     if (b->blk_indptr[0] != 0) return LC_EINVAL;
@@ -871,7 +893,25 @@ extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t 
         pairs += (double)keys * p->shape.n_heads;
         m++;
     }
-    if (!rc && m > 0) {
+    if (!rc && b->budget) {
+        // Quest: every row on every rank (its partial may be empty), the whole
+        // page tables with this rank's pages flagged; the rows' queries from
+        // their owners
+        const int64_t all = b->blk_indptr[n];
+        for (int s = 0; s < n; s++) {
+            if (b->budget[s] < 0) return LC_EINVAL;
+            sel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
+            for (int i = 0; i < N; i++) cidx[(size_t)i * n + s] = s;
+        }
+        for (int64_t i = 0; i < all; i++) p->h_held_pages[i] = b->owner[i] == r;
+        attn_cuda_batch_t bt = {n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
+        size_t ws = 0;
+        rc = attn_quest_dist_plan(p->quest, &bt, b->budget, p->h_held_pages, stream, &ws);
+        if (!rc && ws > p->quest_ws_cap) rc = LC_ERANGE;
+        p->dec_quest = 1;
+        m = n;
+        pairs = 0; // what each rank attends is chosen on the device: not counted
+    } else if (!rc && m > 0) {
         attn_cuda_batch_t bt = {m, nullptr, ki, p->h_idx, kl, nullptr, nullptr};
         rc = attn_cuda_plan(p->dec, &bt, stream, &p->dec_ws_bytes);
         if (!rc && p->dec_ws_bytes > p->dec_ws_cap) rc = LC_ERANGE;
@@ -896,7 +936,12 @@ extern "C" int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s) {
 
 extern "C" int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
                                   void *out, float *lse) {
-    if (!p || !c || !p->dec_planned || !k || !v || !q || !out) return LC_EINVAL;
+    return cp_cuda_run_decode_kv(p, c, k, v, nullptr, nullptr, q, out, lse);
+}
+
+extern "C" int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const float *kmin,
+                                     const float *kmax, const void *q, void *out, float *lse) {
+    if (!p || !c || !p->dec_planned || !k || !v || !q || !out || (p->dec_quest && (!kmin || !kmax))) return LC_EINVAL;
     if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
     const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
     const size_t qrow = (size_t)H * D * 2, msg = (size_t)n * H * (D * 2 + sizeof(float));
@@ -906,10 +951,17 @@ extern "C" int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k
     if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
     if (p->dec_m > 0) {
         if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_dec_sel, p->dec_m, qrow, st))) return rc;
-        attn_cuda_args_t a = {
-            p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
-            nullptr, nullptr};
-        if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
+        if (p->dec_quest) {
+            attn_quest_args_t a = {p->dq_c, p->dmsg,     (float *)((char *)p->dmsg + (size_t)n * qrow),
+                                   k,       v,           kmin,
+                                   kmax,    p->quest_ws, p->quest_ws_cap};
+            if ((rc = attn_quest_dist_run(p->quest, &a, ring_sum, c, st))) return rc;
+        } else {
+            attn_cuda_args_t a = {
+                p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
+                nullptr, nullptr};
+            if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
+        }
     }
     if ((rc = cp_allgather(c, p->dmsg, msg, p->dgath))) return rc;
     if (p->dec_n_own > 0) {

@@ -118,6 +118,11 @@ typedef struct {
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;
 
+/* A sum over the ranks of a context-parallel ring of n floats of device
+ * memory, in stream order, every rank getting the same bits (cp_allreduce_sum):
+ * the selections spread over the ranks (flex_cuda.h, quest_cuda.h) call it. */
+typedef int (*attn_cuda_sum_fn)(void *ctx, float *buf, size_t n);
+
 /* Checks the shape against what the kernels support (LC_EUNSUPPORTED: head_dim,
  * page_size, GQA group, or a GPU other than sm_90 for prefill) and allocates the
  * pinned and device buffers for the given capacities (LC_ENOMEM, LC_EDEVICE). */

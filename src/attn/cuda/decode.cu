@@ -235,8 +235,11 @@ __global__ void __launch_bounds__(kThreads, 2)
         M_a = fmaxf(M_a, sm_m[w * 16 + g_a]);
         M_b = fmaxf(M_b, sm_m[w * 16 + g_b]);
     }
-    // warp 0 always has a valid key, so M is finite; a warp without keys has m = -inf: factor 0
-    const float f_a = fast_exp2((m_a - M_a) * sl2), f_b = fast_exp2((m_b - M_b) * sl2);
+    // A warp without keys has m = -inf: factor 0. A chunk without keys (a
+    // sequence shorter than its plan: a ring rank's share of a Quest
+    // selection, quest.cu) has M = -inf: output 0, LSE -inf.
+    const float f_a = M_a == -INFINITY ? 0.f : fast_exp2((m_a - M_a) * sl2),
+                f_b = M_b == -INFINITY ? 0.f : fast_exp2((m_b - M_b) * sl2);
     float *sm_o = reinterpret_cast<float *>(sm); // [kWarps][16][D], over the stage buffers
 #pragma unroll
     for (int n = 0; n < D / 8; n++) {
@@ -249,8 +252,8 @@ __global__ void __launch_bounds__(kThreads, 2)
         float L_a = 0.f, L_b = 0.f;
 #pragma unroll
         for (int w = 0; w < kWarps; w++) {
-            L_a += fast_exp2((sm_m[w * 16 + g_a] - M_a) * sl2) * sm_l[w * 16 + g_a];
-            L_b += fast_exp2((sm_m[w * 16 + g_b] - M_b) * sl2) * sm_l[w * 16 + g_b];
+            if (M_a > -INFINITY) L_a += fast_exp2((sm_m[w * 16 + g_a] - M_a) * sl2) * sm_l[w * 16 + g_a];
+            if (M_b > -INFINITY) L_b += fast_exp2((sm_m[w * 16 + g_b] - M_b) * sl2) * sm_l[w * 16 + g_b];
         }
         sm_M[g_a] = M_a;
         sm_L[g_a] = L_a;
@@ -267,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, 2)
         float v = 0.f;
 #pragma unroll
         for (int w = 0; w < kWarps; w++) v += sm_o[(w * 16 + g) * D + d];
-        v /= sm_L[g];
+        v = sm_L[g] > 0.f ? v / sm_L[g] : 0.f;
         if (n_chunks == 1)
             p.out[(head0 + g) * D + d] = __float2bfloat16_rn(v);
         else
@@ -307,11 +310,13 @@ __global__ void __launch_bounds__(kThreads, 2)
         float mx = fmaxf(a, b);
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        const float ea = lane < n_chunks ? exp2f(a - mx) : 0.f, eb = lane + 32 < n_chunks ? exp2f(b - mx) : 0.f;
+        const bool any = mx > -INFINITY; // some chunk had keys
+        const float ea = any && lane < n_chunks ? exp2f(a - mx) : 0.f,
+                    eb = any && lane + 32 < n_chunks ? exp2f(b - mx) : 0.f;
         float sum = ea + eb;
 #pragma unroll
         for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-        const float inv = 1.f / sum;
+        const float inv = any ? 1.f / sum : 0.f;
         if (lane < n_chunks) wg[lane] = ea * inv;
         if (lane + 32 < n_chunks) wg[lane + 32] = eb * inv;
         if (lane == 0 && p.lse) p.lse[head0 + g] = (mx + log2f(sum)) * kLn2;

@@ -345,7 +345,7 @@ extern "C" int attn_cuda_flex_dist_plan(attn_cuda_flex_t *f, const attn_cuda_fle
 }
 
 extern "C" int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask,
-                                          attn_cuda_flex_sum_fn sum, void *ctx, void *stream) {
+                                          attn_cuda_sum_fn sum, void *ctx, void *stream) {
     if (!f || !f->planned || !f->dist || !k || !mask || !sum) return LC_EINVAL;
     const struct attn_cuda_flex_seq *sq = &f->seqs[0];
     cudaStream_t st = (cudaStream_t)stream;

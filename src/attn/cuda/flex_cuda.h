@@ -114,9 +114,6 @@ typedef struct {
     attn_cuda_flex_policy_t pol;
 } attn_cuda_flex_dist_seq_t;
 
-/* A sum over the ranks of n floats of device memory, in stream order. */
-typedef int (*attn_cuda_flex_sum_fn)(void *ctx, float *buf, size_t n);
-
 /* Host, once per step, on stream: plans the one sequence (uploads the held
  * tiles, rows and page ids). *mask_words: the words of its mask. LC_EINVAL
  * for an inconsistent sequence (rows where no block is held), LC_ERANGE
@@ -127,7 +124,7 @@ int attn_cuda_flex_dist_plan(attn_cuda_flex_t *f, const attn_cuda_flex_dist_seq_
  * this layer's K pool; calls sum seven times (none for a small slice), the
  * same calls on every rank; writes the whole mask. */
 int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void *q, const void *k, uint32_t *mask,
-                               attn_cuda_flex_sum_fn sum, void *ctx, void *stream);
+                               attn_cuda_sum_fn sum, void *ctx, void *stream);
 
 /* For tests: the pattern each head of the last selecting sequence of the
  * last select chose (n_heads entries: 1 query-aware, 0 vertical-slash, -1

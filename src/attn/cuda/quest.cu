@@ -62,7 +62,8 @@ struct attn_quest_plan {
     int upload_pending;
 
     int planned, n_seqs, n_items;
-    size_t off_seq_info, off_items, off_kv_indices;
+    int dist; // planned by attn_quest_dist_plan: the held flags at off_held
+    size_t off_seq_info, off_items, off_kv_indices, off_held;
     size_t n_scores;          // floats at the workspace's start
     size_t ws_scores, ws_all; // bytes
 };
@@ -82,6 +83,7 @@ struct ScoreParams {
     const int4 *seq_info;
     const int4 *items;
     const int32_t *kv_indices;
+    const int32_t *held;    // distributed: 1 where this rank holds the page (the others score 0); NULL: every page
     const __nv_bfloat16 *q; // (n_seqs, n_heads, D)
     const float *kmin;      // (n_pool_pages, n_kv_heads, D)
     const float *kmax;
@@ -114,11 +116,13 @@ __global__ void summarize_list_kernel(const __nv_bfloat16 *k, const int32_t *pag
     summarize_page(k, pages[blockIdx.x], len, blockIdx.y, n_kv_heads, page_size, blockDim.x, kmin, kmax);
 }
 
-// grid (n_seqs, n_kv_heads), block D: each sequence's newest page
+// grid (n_seqs, n_kv_heads), block D: each sequence's newest page (where
+// this rank holds it, when distributed: held not NULL)
 __global__ void summarize_newest_kernel(const __nv_bfloat16 *k, const int4 *seq_info, const int32_t *kv_indices,
-                                        int n_kv_heads, int page_size, float *kmin, float *kmax) {
+                                        const int32_t *held, int n_kv_heads, int page_size, float *kmin, float *kmax) {
     const int4 a = seq_info[2 * blockIdx.x], b = seq_info[2 * blockIdx.x + 1];
     const int np = a.x, kvptr = b.x, len = b.y - (np - 1) * page_size;
+    if (held && !held[kvptr + np - 1]) return;
     summarize_page(k, kv_indices[kvptr + np - 1], len, blockIdx.y, n_kv_heads, page_size, blockDim.x, kmin, kmax);
 }
 
@@ -147,7 +151,7 @@ template <int MAXG> __global__ void __launch_bounds__(kScorePages *kScoreParts) 
     const int n = ia.x - 1, rows = min(kScorePages, n - p0), G = p.group, D = p.D;
     const __nv_bfloat16 *qg = p.q + ((size_t)seq * p.n_heads + (size_t)kvh * G) * D;
     for (int e = tid; e < G * D; e += kScorePages * kScoreParts) s_q[e] = __bfloat162float(qg[e]);
-    if (tid < rows) s_pool[tid] = p.kv_indices[ib.x + p0 + tid];
+    if (tid < rows) s_pool[tid] = p.held && !p.held[ib.x + p0 + tid] ? -1 : p.kv_indices[ib.x + p0 + tid];
     float ub[kHeads];
 #pragma unroll
     for (int i = 0; i < kHeads; i++) ub[i] = 0.f;
@@ -159,10 +163,12 @@ template <int MAXG> __global__ void __launch_bounds__(kScorePages *kScoreParts) 
 #pragma unroll
         for (int i = 0; i < kPieces; i++) {
             const int e = tid + i * kThreads, rr = e / (kScoreChunk / 4), c4 = (e % (kScoreChunk / 4)) * 4;
-            if (rr < rows) {
+            if (rr < rows && s_pool[rr] >= 0) {
                 const size_t src = ((size_t)s_pool[rr] * p.n_kv_heads + kvh) * D + c0 + c4;
                 la[i] = *reinterpret_cast<const float4 *>(p.kmin + src);
                 lb[i] = *reinterpret_cast<const float4 *>(p.kmax + src);
+            } else { // a page held elsewhere: summaries 0, score 0 (its holder's score after the sum)
+                la[i] = lb[i] = make_float4(0.f, 0.f, 0.f, 0.f);
             }
         }
     };
@@ -359,6 +365,35 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const SelectParams 
     }
 }
 
+// Distributed: grid (n_seqs, n_kv_heads), one warp. The selection's pages
+// this rank holds, in order, become the inner sequence's table, and its
+// length their keys (the newest page's own count when held): the decode
+// kernel then reads only this rank's share (possibly none: output 0, LSE
+// -inf), planned at the whole selection's length.
+__global__ void compact_kernel(const SelectParams p, const int32_t *held, int page_size, int32_t *inner_len) {
+    const int seq = blockIdx.x, kvh = blockIdx.y, lane = threadIdx.x;
+    const int4 ia = p.seq_info[2 * seq], ib = p.seq_info[2 * seq + 1];
+    const int np = ia.x, count = ia.y, kvptr = ib.x, len = ib.y;
+    const size_t o = (size_t)ia.w + (size_t)kvh * count;
+    int c = 0;
+    bool newest = false;
+    for (int j0 = 0; j0 < count; j0 += 32) {
+        const int j = j0 + lane;
+        const int pg = j < count ? p.sel[o + j] : 0;
+        const bool h = j < count && held[kvptr + pg];
+        const unsigned b = __ballot_sync(0xffffffffu, h);
+        if (h) {
+            p.inner_idx[o + c + __popc(b & ((1u << lane) - 1u))] = p.kv_indices[kvptr + pg] * p.n_kv_heads + kvh;
+            if (pg == np - 1) newest = true;
+        }
+        c += __popc(b);
+    }
+    newest = __any_sync(0xffffffffu, newest);
+    if (lane == 0)
+        inner_len[seq * p.n_kv_heads + kvh] =
+            newest ? (c - 1) * page_size + (len - (np - 1) * page_size) : c * page_size;
+}
+
 /* ---- launchers ---------------------------------------------------------------------- */
 
 template <int MAXG> int launch_score(const ScoreParams &sp, int n_items, int n_kv_heads, cudaStream_t st) {
@@ -399,7 +434,8 @@ extern "C" int attn_quest_summarize_newest(const attn_quest_plan_t *p, const voi
     if (p->n_seqs == 0) return 0;
     summarize_newest_kernel<<<dim3(p->n_seqs, p->shape.n_kv_heads), p->shape.head_dim, 0, (cudaStream_t)stream>>>(
         (const __nv_bfloat16 *)k, reinterpret_cast<const int4 *>(p->d_arena + p->off_seq_info),
-        p->d_arena + p->off_kv_indices, p->shape.n_kv_heads, p->shape.page_size, kmin, kmax);
+        p->d_arena + p->off_kv_indices, p->dist ? p->d_arena + p->off_held : nullptr, p->shape.n_kv_heads,
+        p->shape.page_size, kmin, kmax);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
@@ -421,7 +457,7 @@ extern "C" int attn_quest_plan_create(const attn_cuda_shape_t *shape, const attn
     p->lim = *lim;
     p->group = shape->n_heads / KH;
     const size_t ms = (size_t)lim->max_seqs, mp = (size_t)lim->max_pages;
-    p->arena_ints = 8 * ms + 4 * (mp / kScorePages + ms) + round4(mp);
+    p->arena_ints = 8 * ms + 4 * (mp / kScorePages + ms) + 2 * round4(mp); // ..., kv_indices, held
     attn_cuda_shape_t ish = *shape; // one kv head, G query heads, pages (page, kv head)
     ish.n_heads = p->group;
     ish.n_kv_heads = 1;
@@ -470,10 +506,11 @@ extern "C" void attn_quest_plan_destroy(attn_quest_plan_t *p) {
     free(p);
 }
 
-extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget_pages,
-                               void *stream, size_t *workspace_bytes) {
+static int quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget_pages,
+                      const uint8_t *held, void *stream, size_t *workspace_bytes) {
     if (!p || !b || !budget_pages) return LC_EINVAL;
     p->planned = 0;
+    p->dist = held != nullptr;
     const int n = b->n_seqs, KH = p->shape.n_kv_heads, ps = p->shape.page_size;
     if (n < 0 || b->q_indptr || !b->kv_indptr || !b->kv_len) return LC_EINVAL;
     if (n > p->lim.max_seqs) return LC_ERANGE;
@@ -486,7 +523,7 @@ extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b,
     const int64_t pages = b->kv_indptr[n];
     if (pages > p->lim.max_pages) return LC_ERANGE;
     for (int64_t i = 0; i < pages; i++)
-        if (b->kv_indices[i] < 0 || b->kv_indices[i] >= p->shape.n_pool_pages) return LC_EINVAL;
+        if ((!held || held[i]) && (b->kv_indices[i] < 0 || b->kv_indices[i] >= p->shape.n_pool_pages)) return LC_EINVAL;
     if (p->upload_pending) { // the pinned arena may still feed the previous step's upload
         CUDA_CHECK_RET(cudaEventSynchronize(p->uploaded));
         p->upload_pending = 0;
@@ -529,8 +566,13 @@ extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b,
     }
     if (score_base > INT32_MAX) return LC_ERANGE;
     p->off_kv_indices = p->off_items + 4 * (size_t)n_items;
+    p->off_held = p->off_kv_indices + round4((size_t)pages);
     if (pages) memcpy(h + p->off_kv_indices, b->kv_indices, sizeof(int32_t) * (size_t)pages);
-    const size_t used = p->off_kv_indices + round4((size_t)pages);
+    for (int64_t i = 0; held && i < pages; i++) { // pages held elsewhere: flag 0, id 0 (never read)
+        h[p->off_held + i] = held[i] != 0;
+        if (!held[i]) h[p->off_kv_indices + i] = 0;
+    }
+    const size_t used = held ? p->off_held + round4((size_t)pages) : p->off_held;
     cudaStream_t st = (cudaStream_t)stream;
     CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena, h, used * sizeof(int32_t), cudaMemcpyHostToDevice, st));
     CUDA_CHECK_RET(cudaEventRecord(p->uploaded, st));
@@ -555,8 +597,20 @@ extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b,
     return 0;
 }
 
-extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, void *stream) {
-    if (!p || !a || !p->planned) return LC_EINVAL;
+extern "C" int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget_pages,
+                               void *stream, size_t *workspace_bytes) {
+    return quest_plan(p, b, budget_pages, nullptr, stream, workspace_bytes);
+}
+
+extern "C" int attn_quest_dist_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget_pages,
+                                    const uint8_t *held, void *stream, size_t *workspace_bytes) {
+    if (!held) return LC_EINVAL;
+    return quest_plan(p, b, budget_pages, held, stream, workspace_bytes);
+}
+
+static int quest_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, attn_cuda_sum_fn sum, void *ctx,
+                     void *stream) {
+    if (!p || !a || !p->planned || p->dist != (sum != nullptr)) return LC_EINVAL;
     if (!a->q || !a->out || !a->k || !a->v || !a->kmin || !a->kmax) return LC_EINVAL;
     if (a->workspace_bytes < p->ws_all || (p->ws_all > 0 && !a->workspace)) return LC_EINVAL;
     if (((uintptr_t)a->workspace | (uintptr_t)a->kmin | (uintptr_t)a->kmax) & 15) return LC_EINVAL;
@@ -572,6 +626,7 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
         sp.seq_info = seq_info;
         sp.items = reinterpret_cast<const int4 *>(p->d_arena + p->off_items);
         sp.kv_indices = kv_indices;
+        sp.held = p->dist ? p->d_arena + p->off_held : nullptr;
         sp.q = static_cast<const __nv_bfloat16 *>(a->q);
         sp.kmin = a->kmin;
         sp.kmax = a->kmax;
@@ -586,6 +641,7 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
                       : launch_score<16>(sp, p->n_items, KH, st);
         if (rc) return rc;
     }
+    if (p->dist && p->n_scores > 0 && (rc = sum(ctx, scores, p->n_scores))) return rc; // every page's score
     SelectParams sl;
     sl.seq_info = seq_info;
     sl.kv_indices = kv_indices;
@@ -595,6 +651,11 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
     sl.n_kv_heads = KH;
     select_kernel<<<dim3(p->n_seqs, KH), kSelThreads, 0, st>>>(sl);
     CUDA_CHECK_RET(cudaGetLastError());
+    if (p->dist) {
+        compact_kernel<<<dim3(p->n_seqs, KH), 32, 0, st>>>(sl, p->d_arena + p->off_held, p->shape.page_size,
+                                                           p->inner->d_arena + p->inner->off_kv_len);
+        CUDA_CHECK_RET(cudaGetLastError());
+    }
 
     attn_cuda_args_t ia = {};
     ia.q = a->q;
@@ -606,6 +667,16 @@ extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_
     ia.workspace_bytes = p->ws_all - p->ws_scores;
     ia.variant = 0;
     return attn_cuda_run(p->inner, &ia, stream);
+}
+
+extern "C" int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, void *stream) {
+    return quest_run(p, a, nullptr, nullptr, stream);
+}
+
+extern "C" int attn_quest_dist_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, attn_cuda_sum_fn sum,
+                                   void *ctx, void *stream) {
+    if (!sum) return LC_EINVAL;
+    return quest_run(p, a, sum, ctx, stream);
 }
 
 extern "C" int attn_quest_selected(const attn_quest_plan_t *p, int seq, int kv_head, int32_t *pages, int cap,

@@ -88,6 +88,22 @@ int attn_quest_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int3
 /* Runs one layer over the planned step on stream. */
 int attn_quest_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, void *stream);
 
+/* ---- Quest over a batch spread over a context-parallel ring's ranks (src/attn/cp) ---- */
+/* Each sequence's pages lie on several ranks; every rank plans the same batch
+ * (every sequence, its whole page table in logical order) with held[i] = 1
+ * for the pages of kv_indices it holds (the others' ids are not read). Per
+ * layer each rank scores the pages it holds (the others 0), sum (a sum over
+ * the ranks, attn_cuda.h) joins the scores, every rank makes the single-rank
+ * selection (the same scores bit for bit, so the same pages), and attends
+ * the selected pages it holds: out and lse are this rank's partial (lse
+ * -inf, out 0 when it holds none), to be merged by LSE with the others'.
+ * attn_quest_run refuses a plan made here, attn_quest_dist_run one made by
+ * attn_quest_plan. */
+int attn_quest_dist_plan(attn_quest_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget_pages,
+                         const uint8_t *held, void *stream, size_t *workspace_bytes);
+int attn_quest_dist_run(const attn_quest_plan_t *p, const attn_quest_args_t *a, attn_cuda_sum_fn sum, void *ctx,
+                        void *stream);
+
 /* Recomputes the summaries of every planned sequence's newest page (step 1 of
  * a decode step), on stream. */
 int attn_quest_summarize_newest(const attn_quest_plan_t *p, const void *k, float *kmin, float *kmax, void *stream);
