@@ -48,6 +48,7 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
+#include "attn/cuda/tidal_cuda.h"
 #include "common/status.h"
 
 #include "gpu_fixture.h"
@@ -637,7 +638,7 @@ START_TEST(test_ring_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
     seq.mode = CP_CUDA_AUTO;
     int32_t kl[2] = {100, 0}, ip[3] = {0, 2, 4};
-    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner, NULL};
+    cp_cuda_dec_batch_t db = {2, kl, ip, blocks, owner, NULL, NULL};
     ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL); // an empty sequence
     kl[1] = 129;                                                    // more keys than two pages
     ck_assert_int_eq(cp_cuda_plan_decode(p, &db, NULL), LC_EINVAL);
@@ -675,6 +676,9 @@ typedef struct {
     float *lse;
     const int32_t *budget; // Quest's budgets (NULL: dense)
     float *dkmin, *dkmax;  // the pool's summaries (Quest)
+    const int32_t *tidal;  // TidalDecode's budgets (NULL: none): out is the selection layer's, out2 (and
+    void *dq2;             // out3, its repeat) a later layer's with the queries dq2
+    uint16_t *out3;
 } dec_world_t;
 
 static int dec_body(int r, cp_comm_t *c, void *ud) {
@@ -682,15 +686,16 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
     const int n = cp_comm_size(c);
     cudaStream_t st = cp_comm_stream(c);
     attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
-    cp_cuda_limits_t lim = {.max_tokens = w->budget ? 12345 : 0,
+    cp_cuda_limits_t lim = {.max_tokens = w->budget || w->tidal ? 12345 : 0,
                             .max_decode_seqs = DS,
                             .max_decode_pages = w->indptr[DS],
-                            .quest = w->budget != NULL};
+                            .quest = w->budget != NULL,
+                            .tidal_budget = w->tidal ? 256 : 0};
     cp_cuda_plan_t *p = NULL;
     int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
-    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner, w->budget};
+    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner, w->budget, w->tidal};
     rc = cp_cuda_plan_decode(p, &b, st);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_decode: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
@@ -700,19 +705,28 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
     CU(cudaMalloc(&dout, rb * DS));
     CU(cudaMalloc(&dout2, rb * DS));
     CU(cudaMalloc((void **)&dlse, sizeof(float) * w->H * DS));
-    rc = cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout, dlse);
-    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_run_decode_kv: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    void *dout3 = NULL;
+    if (w->tidal) { // a selection layer, then a later layer twice
+        CU(cudaMalloc(&dout3, rb * DS));
+        rc = cp_cuda_run_decode_tidal(p, c, w->dk, w->dv, w->dq, dout, dlse, 1);
+        if (!rc) rc = cp_cuda_run_decode_tidal(p, c, w->dk, w->dv, w->dq2, dout2, NULL, 0);
+        if (!rc) rc = cp_cuda_run_decode_tidal(p, c, w->dk, w->dv, w->dq2, dout3, NULL, 0);
+    } else {
+        rc = cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout, dlse);
+        if (!rc) rc = cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout2, NULL);
+    }
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_run_decode: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
-    CHECK(cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout2, NULL) == 0);
     CU(cudaStreamSynchronize(st));
     for (int s = 0; s < DS; s++) {
         if (cp_cuda_decode_owner(p, s) != r) continue;
         CU(cudaMemcpy((char *)w->out + s * rb, (char *)dout + s * rb, rb, cudaMemcpyDeviceToHost));
         CU(cudaMemcpy((char *)w->out2 + s * rb, (char *)dout2 + s * rb, rb, cudaMemcpyDeviceToHost));
         CU(cudaMemcpy(w->lse + s * w->H, dlse + s * w->H, sizeof(float) * w->H, cudaMemcpyDeviceToHost));
+        if (dout3) CU(cudaMemcpy((char *)w->out3 + s * rb, (char *)dout3 + s * rb, rb, cudaMemcpyDeviceToHost));
     }
     CHECK(cp_barrier(c) == 0);
-    cudaFree(dout), cudaFree(dout2), cudaFree(dlse);
+    cudaFree(dout), cudaFree(dout2), cudaFree(dout3), cudaFree(dlse);
     cp_cuda_plan_destroy(p);
     return 0;
 }
@@ -722,7 +736,7 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
  * every row runs Quest with that budget in pages, against the single-rank
  * Quest (its summaries of every page, its selection, the dense kernel over
  * the selected pages); N = 1 must give its bits. */
-static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest) {
+static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest, int tidal) {
     static const int lens[DS] = {1, 63, 64, 65, 1000, 4097, 12345}, gen[DS] = {0, 1, 0, 30, 200, 1, 700};
     rng = seed;
     dec_world_t w = {.H = H, .KH = KH, .D = D, .ps = 64, .n = n};
@@ -815,8 +829,39 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest)
         cudaFree(dout), cudaFree(dlse), cudaFree(dws);
         attn_cuda_plan_destroy(p);
     }
+    // TidalDecode: the single-rank selection (the dense LSE above), then a later layer's queries over it
+    uint16_t *ro2 = malloc(2 * qn), *q2 = malloc(2 * qn);
+    int32_t tb[DS];
+    if (tidal > 0) {
+        for (int s = 0; s < DS; s++) tb[s] = tidal;
+        w.tidal = tb;
+        for (size_t i = 0; i < qn; i++) q2[i] = f2bf(frand() * 2.f);
+        CK_CUDA(cudaMalloc(&w.dq2, 2 * qn));
+        CK_CUDA(cudaMemcpy(w.dq2, q2, 2 * qn, cudaMemcpyHostToDevice));
+        attn_tidal_limits_t tl = {DS, nb, tidal, 0};
+        attn_tidal_plan_t *tp = NULL;
+        ck_assert_int_eq(attn_tidal_plan_create(&qsh, &tl, &tp), 0);
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        size_t ws = 0;
+        ck_assert_int_eq(attn_tidal_plan(tp, &bt, tb, NULL, &ws), 0);
+        void *dout, *dws = NULL;
+        float *dl;
+        CK_CUDA(cudaMalloc(&dout, 2 * qn));
+        CK_CUDA(cudaMalloc((void **)&dl, sizeof(float) * DS * H));
+        CK_CUDA(cudaMemcpy(dl, rl, sizeof(float) * DS * H, cudaMemcpyHostToDevice));
+        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
+        attn_tidal_select_args_t sa = {w.dq, w.dk, dl, dws, ws};
+        ck_assert_int_eq(attn_tidal_select(tp, &sa, NULL), 0);
+        attn_tidal_attend_args_t aa = {w.dq2, dout, NULL, w.dk, w.dv, dws, ws};
+        ck_assert_int_eq(attn_tidal_attend(tp, &aa, NULL), 0);
+        CK_CUDA(cudaDeviceSynchronize());
+        CK_CUDA(cudaMemcpy(ro2, dout, 2 * qn, cudaMemcpyDeviceToHost));
+        cudaFree(dout), cudaFree(dl), cudaFree(dws);
+        attn_tidal_plan_destroy(tp);
+    }
     w.out = malloc(2 * qn);
     w.out2 = malloc(2 * qn);
+    w.out3 = malloc(2 * qn);
     w.lse = malloc(sizeof(float) * DS * H);
     memset(w.out, 0xff, 2 * qn);
     memset(w.out2, 0xff, 2 * qn);
@@ -827,21 +872,47 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest)
     for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
     const int rc = team_run(comms, NULL, n, dec_body, &w);
     cp_dev_destroy(g);
-    double rel, le;
+    double rel, le, rel2 = 0, le2 = 0;
     compare(w.out, w.lse, ro, rl, DS, H, D, &rel, &le);
-    const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
-    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && (quest == 0 || n > 1 || exact);
-    printf("  %-4s decode%s N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one rank: rel L2 %.2e, lse max err "
-           "%.2e, run twice %s, %s single-rank bits\n",
-           ok ? "ok" : "FAIL", quest ? " (Quest, 8 pages)" : "", n, H, KH, D, DS, rel, le,
-           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
-    cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq), cudaFree(w.dkmin), cudaFree(w.dkmax);
+    if (tidal > 0) compare(w.out2, NULL, ro2, NULL, DS, H, D, &rel2, &le2);
+    const int same = tidal > 0 ? memcmp(w.out2, w.out3, 2 * qn) == 0 : memcmp(w.out, w.out2, 2 * qn) == 0;
+    const int exact = memcmp(tidal > 0 ? w.out2 : w.out, tidal > 0 ? ro2 : ro, 2 * qn) == 0;
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && rel2 < 1e-2 && same && (quest == 0 || n > 1 || exact);
+    if (tidal > 0)
+        printf("  %-4s decode (TidalDecode, %d positions) N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one "
+               "rank: selection layer rel L2 %.2e, lse max err %.2e; next layer rel L2 %.2e, run twice %s, %s "
+               "single-rank bits\n",
+               ok ? "ok" : "FAIL", tidal, n, H, KH, D, DS, rel, le, rel2, same ? "bitwise equal" : "DIFFERS",
+               exact ? "equals the" : "differs from the");
+    else
+        printf(
+            "  %-4s decode%s N=%d, %d/%d heads d%d, %d rows of 1 .. 12345 keys vs one rank: rel L2 %.2e, lse max err "
+            "%.2e, run twice %s, %s single-rank bits\n",
+            ok ? "ok" : "FAIL", quest ? " (Quest, 8 pages)" : "", n, H, KH, D, DS, rel, le,
+            same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+    cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq), cudaFree(w.dkmin), cudaFree(w.dkmax), cudaFree(w.dq2);
+    free(ro2), free(q2), free(w.out3);
     free(kb), free(vb), free(q), free(ro), free(rl), free(w.blocks), free(w.owner), free(w.out), free(w.out2),
         free(w.lse);
     return ok;
 }
 
-static int check_decode(int H, int KH, int D, int n, uint64_t seed) { return check_decode_q(H, KH, D, n, seed, 0); }
+static int check_decode(int H, int KH, int D, int n, uint64_t seed) { return check_decode_q(H, KH, D, n, seed, 0, 0); }
+
+/* TidalDecode inside the sharded decode: a selection layer (the dense
+ * sharded decode, every row's LSE to every rank, the masses all-reduced, the
+ * selection on every rank), then a later layer over each rank's share. */
+START_TEST(test_ring_decode_tidal) {
+    if (!have_sm90("ring decode, TidalDecode")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        ok &= check_decode_q(32, 8, 128, ns[i], 2400 + i, 0, 256);
+        ok &= check_decode_q(8, 2, 64, ns[i], 2500 + i, 0, 256);
+    }
+    ck_assert_msg(ok, "the sharded GPU TidalDecode differs from the single-rank TidalDecode (see the FAIL lines)");
+}
+END_TEST
 
 /* Quest inside the sharded decode: every rank scores its pages, the scores
  * all-reduced, the single-rank selection on every rank, each attends its
@@ -851,8 +922,8 @@ START_TEST(test_ring_decode_quest) {
     const int ns[] = {1, 2, 3, 4, 8};
     int ok = 1;
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
-        ok &= check_decode_q(32, 8, 128, ns[i], 2200 + i, 8);
-        ok &= check_decode_q(8, 2, 64, ns[i], 2300 + i, 8);
+        ok &= check_decode_q(32, 8, 128, ns[i], 2200 + i, 8, 0);
+        ok &= check_decode_q(8, 2, 64, ns[i], 2300 + i, 8, 0);
     }
     ck_assert_msg(ok, "the sharded GPU Quest decode differs from the single-rank Quest (see the FAIL lines)");
 }
@@ -1033,6 +1104,7 @@ int main(void) {
     tcase_add_test(tc, test_ring_flex_bad_input);
     tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_decode_quest);
+    tcase_add_test(tc, test_ring_decode_tidal);
     tcase_add_test(tc, test_ring_timing);
     tcase_add_test(tc, test_ring_flex_timing);
     tcase_add_test(tc, test_ring_pass_q_timing);

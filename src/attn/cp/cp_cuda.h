@@ -54,7 +54,13 @@
  *    that view blocks are whole blocks). A query block with no bit in the
  *    visiting pack loads its queries and nothing else. The pairs computed
  *    are counted on the device from the whole mask (cp_cuda_sparse_pairs).
- * What is not: AnchorAttention inside the GPU ring, TidalDecode, several
+ *  - decode, TidalDecode (cp_cuda_dec_batch_t.tidal): a selection layer is
+ *    the dense sharded decode, then every row's LSE goes to every rank, each
+ *    rank computes the attention mass of the positions it holds, the masses
+ *    (and their histograms) are all-reduced, and every rank selects; later
+ *    layers attend each rank's share of the selection (the positions it
+ *    holds, kept on the device) and merge by LSE as the dense decode does.
+ * What is not: AnchorAttention inside the GPU ring, several
  * sharded sequences in one plan (one plan per sequence), sliding windows,
  * and the executor's use of all this (parallel.context > 1 in
  * src/model/exec_cuda*.cu).
@@ -88,6 +94,7 @@
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
+#include "attn/cuda/tidal_cuda.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -105,6 +112,8 @@ typedef struct {
                               // max_tokens keys, the whole mask and the steps' masks)
     int quest;                // decode: 1 = room for Quest rows (every rank plans the batch's whole page
                               // tables: max_decode_seqs x blocks of max_tokens pages, at least one block)
+    int tidal_budget;         // decode: > 0 = room for TidalDecode rows of budgets up to this many positions
+                              // (needs max_tokens, as quest)
 } cp_cuda_limits_t;
 
 /* A slice's ring (cp_cuda_seq_t.mode); the values of the CPU ring's modes. */
@@ -157,6 +166,9 @@ typedef struct {
     const uint8_t *owner;      // (blk_indptr[n_seqs]) the rank holding each block
     const int32_t *budget;     // (n_seqs) Quest's budget in pages per row (0: dense), or NULL: every row dense;
                                // a batch with budgets is not counted in cp_timing_t.decode_pairs
+    const int32_t *tidal;      // (n_seqs) TidalDecode's budget in positions per row (>= 1), or NULL (not with
+                               // budget); a row whose budget covers its positions has at most
+                               // lim.tidal_budget + 1 of them
 } cp_cuda_dec_batch_t;
 
 int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream);
@@ -170,6 +182,14 @@ int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const voi
  * batch planned with budgets needs. */
 int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const float *kmin,
                           const float *kmax, const void *q, void *out, float *lse);
+/* A batch planned with TidalDecode budgets: layers before the step's first
+ * selection run cp_cuda_run_decode (dense); a selection layer (select = 1)
+ * runs the dense sharded decode, shares every row's LSE with every rank
+ * (one all-reduce), and selects (attn_tidal_dist_select); a later layer
+ * (select = 0) attends each rank's share of the selection and merges the
+ * partials as the dense decode does. */
+int cp_cuda_run_decode_tidal(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
+                             float *lse, int select);
 
 /* ---- timing ----------------------------------------------------------------------------- */
 /* on = 1: every later prefill run records events around its steps and, at

@@ -204,7 +204,7 @@ struct cp_cuda_plan {
     // host arena (pinned) and its device copy: [0, maxp) the own pack's page
     // ids; then decode's sel (max_dec), cidx (n * max_dec), own rows (max_dec)
     int32_t *h_arena, *d_arena;
-    size_t off_dec_sel, off_dec_cidx, off_dec_own, arena_ints;
+    size_t off_dec_sel, off_dec_cidx, off_dec_own, off_t_sel, off_t_cidx, arena_ints;
     cudaEvent_t up_pf, up_dec;
     int up_pf_pending, up_dec_pending;
     int32_t *h_idx; // host scratch: one step's kv_indices (CP_RING_MAX_RUNS * maxp), or decode's (max_decode_pages)
@@ -260,6 +260,14 @@ struct cp_cuda_plan {
     uint8_t *h_held_pages; // (quest's max_pages) this rank's pages of the batch
     int dec_quest;         // the planned batch runs Quest
 
+    // decode, TidalDecode (lim.tidal_budget): the distributed plan over the
+    // whole batch beside the dense one (the selection layers are dense)
+    attn_tidal_plan_t *tidal;
+    void *tidal_ws;
+    size_t tidal_ws_cap;
+    float *d_glse; // (max_dec, H) every row's LSE at a selection layer
+    int dec_tidal; // the planned batch runs TidalDecode
+
     // decode
     attn_cuda_plan_t *dec;
     void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
@@ -287,6 +295,8 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
     attn_cuda_plan_destroy(p->dec);
     attn_quest_plan_destroy(p->quest);
     cudaFree(p->quest_ws);
+    attn_tidal_plan_destroy(p->tidal);
+    cudaFree(p->tidal_ws), cudaFree(p->d_glse);
     free(p->h_held_pages);
     if (p->up_fx) cudaEventSynchronize(p->up_fx), cudaEventDestroy(p->up_fx);
     attn_cuda_flex_destroy(p->flex);
@@ -315,9 +325,9 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
     if (!shape || !lim || !out || n_ranks < 1 || n_ranks > CP_MAX_RANKS || rank < 0 || rank >= n_ranks)
         return LC_EINVAL;
     *out = nullptr;
-    if (lim->flex < 0 || lim->flex > 1 || lim->quest < 0 || lim->quest > 1 || lim->max_tokens < 0 ||
-        lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 || lim->max_decode_pages < 0 ||
-        lim->max_q_rows < 0 || (lim->max_q_rows > 0 && lim->max_tokens == 0) ||
+    if (lim->flex < 0 || lim->flex > 1 || lim->quest < 0 || lim->quest > 1 || lim->tidal_budget < 0 ||
+        lim->max_tokens < 0 || lim->max_rows < 0 || lim->max_pack_pages < 0 || lim->max_decode_seqs < 0 ||
+        lim->max_decode_pages < 0 || lim->max_q_rows < 0 || (lim->max_q_rows > 0 && lim->max_tokens == 0) ||
         (lim->max_tokens == 0 && lim->max_decode_seqs == 0) || lim->max_tokens > INT32_MAX || shape->page_size <= 0 ||
         shape->n_heads <= 0 || shape->head_dim <= 0 || shape->n_kv_heads <= 0)
         return LC_EINVAL;
@@ -338,7 +348,9 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
     p->off_dec_sel = (size_t)p->maxp;
     p->off_dec_cidx = p->off_dec_sel + (size_t)max_dec;
     p->off_dec_own = p->off_dec_cidx + (size_t)n_ranks * max_dec;
-    p->arena_ints = p->off_dec_own + (size_t)max_dec + 4;
+    p->off_t_sel = p->off_dec_own + (size_t)max_dec; // every row's query source, then every rank's row of it
+    p->off_t_cidx = p->off_t_sel + (size_t)max_dec;
+    p->arena_ints = p->off_t_cidx + (size_t)n_ranks * max_dec + 4;
     {
         const size_t scratch = (size_t)CP_RING_MAX_RUNS * p->maxp > (size_t)p->lim.max_decode_pages
                                    ? (size_t)CP_RING_MAX_RUNS * p->maxp
@@ -420,6 +432,20 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
             rc = LC_EDEVICE;
             p->quest_ws_cap = ((size_t)qpages * shape->n_kv_heads * sizeof(float) + 255) / 256 * 256 + p->dec_ws_cap;
             CP_ALLOC(p->quest_ws, p->quest_ws_cap);
+        }
+        if (lim->tidal_budget > 0) {
+            const int64_t tpages = max_dec * (blocks_max ? blocks_max : 1), KH = shape->n_kv_heads;
+            attn_tidal_limits_t tl = {(int)max_dec, tpages, lim->tidal_budget, 0};
+            if ((rc = attn_tidal_plan_create(shape, &tl, &p->tidal))) goto fail;
+            rc = LC_ENOMEM;
+            if (!p->h_held_pages && !(p->h_held_pages = (uint8_t *)malloc((size_t)tpages))) goto fail;
+            rc = LC_EDEVICE;
+            // its workspace: the masses (positions of every row, 16-byte runs) or the chunks' partials
+            const size_t mass = (size_t)max_dec * KH * (((size_t)tpages * ps + 3) & ~(size_t)3) * sizeof(float);
+            const size_t att = (size_t)max_dec * KH * 64 * (H / KH) * (D + 1) * sizeof(float) + 1024;
+            p->tidal_ws_cap = mass > att ? mass : att;
+            CP_ALLOC(p->tidal_ws, p->tidal_ws_cap);
+            CP_ALLOC(p->d_glse, (size_t)max_dec * H * sizeof(float));
         }
         const size_t qrow = (size_t)H * D * 2, msg = (size_t)max_dec * H * (D * 2 + sizeof(float));
         CP_ALLOC(p->dq_all, (size_t)n_ranks * max_dec * qrow);
@@ -843,8 +869,9 @@ extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t 
     if (!p || !b || !p->dec || b->n_seqs < 1 || !b->kv_len || !b->blk_indptr || !b->blocks || !b->owner)
         return LC_EINVAL;
     p->dec_planned = 0;
-    p->dec_quest = 0;
-    if (b->budget && !p->quest) return LC_ERANGE;
+    p->dec_quest = p->dec_tidal = 0;
+    if ((b->budget && !p->quest) || (b->tidal && !p->tidal)) return LC_ERANGE;
+    if (b->budget && b->tidal) return LC_EINVAL;
     const int n = b->n_seqs, N = p->n, r = p->rank, ps = p->shape.page_size;
     if (n > p->lim.max_decode_seqs) return LC_ERANGE;
     if (b->blk_indptr[0] != 0) return LC_EINVAL;
@@ -916,10 +943,26 @@ extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t 
         rc = attn_cuda_plan(p->dec, &bt, stream, &p->dec_ws_bytes);
         if (!rc && p->dec_ws_bytes > p->dec_ws_cap) rc = LC_ERANGE;
     }
+    if (!rc && b->tidal) {
+        // TidalDecode beside the dense plan: every row on every rank, the
+        // whole page tables with this rank's pages flagged
+        int32_t *tsel = p->h_arena + p->off_t_sel, *tcidx = p->h_arena + p->off_t_cidx;
+        for (int s = 0; s < n; s++) {
+            tsel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
+            for (int i = 0; i < N; i++) tcidx[(size_t)i * n + s] = s;
+        }
+        const int64_t all = b->blk_indptr[n];
+        for (int64_t i = 0; i < all; i++) p->h_held_pages[i] = b->owner[i] == r;
+        attn_cuda_batch_t bt = {n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
+        size_t ws = 0;
+        rc = attn_tidal_dist_plan(p->tidal, &bt, b->tidal, p->h_held_pages, stream, &ws);
+        if (!rc && ws > p->tidal_ws_cap) rc = LC_ERANGE;
+        p->dec_tidal = 1;
+    }
     if (rc) return rc;
     CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena + p->off_dec_sel, sel,
-                                   sizeof(int32_t) * (p->off_dec_own + n_own - p->off_dec_sel), cudaMemcpyHostToDevice,
-                                   st));
+                                   sizeof(int32_t) * (p->off_t_cidx + (size_t)N * n - p->off_dec_sel),
+                                   cudaMemcpyHostToDevice, st));
     CUDA_CHECK_RET(cudaEventRecord(p->up_dec, st));
     p->up_dec_pending = 1;
     p->dec_n = n;
@@ -971,6 +1014,51 @@ extern "C" int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void
         CUDA_CHECK_RET(cudaGetLastError());
     }
     p->t.decode_pairs += p->dec_pairs;
+    return 0;
+}
+
+// Every own row's LSE (rows s of the table) into the caller's.
+__global__ void copy_own_lse_kernel(const float *all, const int32_t *own, int n_own, int n_heads, float *lse) {
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_own * n_heads; i += gridDim.x * blockDim.x) {
+        const size_t x = (size_t)own[i / n_heads] * n_heads + i % n_heads;
+        lse[x] = all[x];
+    }
+}
+
+extern "C" int cp_cuda_run_decode_tidal(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
+                                        void *out, float *lse, int select) {
+    if (!p || !c || !p->dec_planned || !p->dec_tidal || !k || !v || !q || !out) return LC_EINVAL;
+    if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
+    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
+    const size_t qrow = (size_t)H * D * 2, msg = (size_t)n * H * (D * 2 + sizeof(float));
+    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
+    int rc;
+    if (select) {
+        // the dense layer, every row's LSE on every rank (owners fill the table), the selection
+        CUDA_CHECK_RET(cudaMemsetAsync(p->d_glse, 0, sizeof(float) * (size_t)n * H, st));
+        if ((rc = cp_cuda_run_decode(p, c, k, v, q, out, p->d_glse)) || (rc = ring_sum(c, p->d_glse, (size_t)n * H)))
+            return rc;
+        if (lse && p->dec_n_own > 0) {
+            copy_own_lse_kernel<<<8, 256, 0, st>>>(p->d_glse, p->d_arena + p->off_dec_own, p->dec_n_own, H, lse);
+            CUDA_CHECK_RET(cudaGetLastError());
+        }
+        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
+        attn_tidal_select_args_t a = {p->dq_c, k, p->d_glse, p->tidal_ws, p->tidal_ws_cap};
+        return attn_tidal_dist_select(p->tidal, &a, ring_sum, c, st);
+    }
+    // a later layer: each rank's share of the selection, merged on the row's owner
+    if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
+    if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
+    attn_tidal_attend_args_t a = {p->dq_c,     p->dmsg,        (float *)((char *)p->dmsg + (size_t)n * qrow), k, v,
+                                  p->tidal_ws, p->tidal_ws_cap};
+    if ((rc = attn_tidal_attend(p->tidal, &a, st))) return rc;
+    if ((rc = cp_allgather(c, p->dmsg, msg, p->dgath))) return rc;
+    if (p->dec_n_own > 0) {
+        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, st>>>(
+            (const uint8_t *)p->dgath, msg, p->d_arena + p->off_t_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n,
+            p->n, H, D, (__nv_bfloat16 *)out, lse);
+        CUDA_CHECK_RET(cudaGetLastError());
+    }
     return 0;
 }
 

@@ -42,6 +42,13 @@ struct attn_tidal_plan {
 
     int planned, selected, n_rows, n_sparse, n_mass_items, n_att_items;
     size_t off_rows, off_mass_items, off_att_items, off_kv_indices;
+    // distributed (attn_tidal_dist_plan): the held flags, each row's list
+    // base and capacity in the arena; this rank's lists and counts; the
+    // histograms as floats for their sum over the ranks
+    int dist;
+    size_t off_held, off_lbase, off_lcap, n_mass_floats;
+    int32_t *d_list, *d_count;
+    float *d_histf;
     size_t ws_mass, ws_att_o, ws_att, ws_all; // bytes: masses; partial outputs, then their LSEs
 };
 
@@ -99,7 +106,7 @@ extern "C" int attn_tidal_plan_create(const attn_cuda_shape_t *shape, const attn
     p->split_keys = lim->split_keys ? lim->split_keys : kTidalAttSplitKeys;
     // mass items: at most one per 512 positions plus one partial per row
     const size_t mass_items = mp * (size_t)shape->page_size / kTidalMassChunk + mr;
-    p->arena_ints = 8 * mr + 4 * mass_items + 4 * mr * kTidalMaxSplits + round4(mp);
+    p->arena_ints = 8 * mr + 4 * mass_items + 4 * mr * kTidalMaxSplits + 2 * round4(mp) + 2 * round4(mr);
     const size_t sel_n = mr * KH * (size_t)lim->max_budget, hist_n = mr * KH * 256;
     rc = LC_ENOMEM;
     p->h_rows = (int32_t *)malloc(sizeof(int32_t) * 8 * mr);
@@ -108,6 +115,10 @@ extern "C" int attn_tidal_plan_create(const attn_cuda_shape_t *shape, const attn
     if (cudaMalloc((void **)&p->d_arena, p->arena_ints * sizeof(int32_t)) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&p->d_sel, sel_n * sizeof(int32_t)) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&p->d_hist, hist_n * sizeof(unsigned)) != cudaSuccess) goto fail;
+    if (cudaMalloc((void **)&p->d_histf, hist_n * sizeof(float)) != cudaSuccess) goto fail;
+    if (cudaMalloc((void **)&p->d_count, mr * KH * sizeof(int32_t)) != cudaSuccess) goto fail;
+    if (cudaMalloc((void **)&p->d_list, mr * KH * ((size_t)lim->max_budget + 1) * sizeof(int32_t)) != cudaSuccess)
+        goto fail;
     rc = LC_EDEVICE;
     if (cudaMemset(p->d_sel, 0, sel_n * sizeof(int32_t)) != cudaSuccess) goto fail;
     if (cudaEventCreateWithFlags(&p->uploaded, cudaEventDisableTiming) != cudaSuccess) goto fail;
@@ -129,14 +140,18 @@ extern "C" void attn_tidal_plan_destroy(attn_tidal_plan_t *p) {
     cudaFree(p->d_arena);
     cudaFree(p->d_sel);
     cudaFree(p->d_hist);
+    cudaFree(p->d_histf);
+    cudaFree(p->d_count);
+    cudaFree(p->d_list);
     free(p->h_rows);
     free(p);
 }
 
-extern "C" int attn_tidal_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget, void *stream,
-                               size_t *workspace_bytes) {
+static int tidal_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget, const uint8_t *held,
+                      void *stream, size_t *workspace_bytes) {
     if (!p || !b || !budget) return LC_EINVAL;
     p->planned = p->selected = 0;
+    p->dist = held != nullptr;
     const int n = b->n_seqs, KH = p->shape.n_kv_heads, ps = p->shape.page_size, G = p->group;
     const int D = p->shape.head_dim;
     if (n < 0 || b->q_indptr || !b->kv_indptr || !b->kv_len) return LC_EINVAL;
@@ -146,11 +161,12 @@ extern "C" int attn_tidal_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b,
         const int64_t np = (int64_t)b->kv_indptr[r + 1] - b->kv_indptr[r], len = b->kv_len[r];
         if (np < 0 || len < 1 || len > np * ps || budget[r] < 1) return LC_EINVAL;
         if (budget[r] < len && budget[r] > p->lim.max_budget) return LC_ERANGE;
+        if (held && (budget[r] < len ? budget[r] + 1 : len) > p->lim.max_budget + 1) return LC_ERANGE; // its list
     }
     const int64_t pages = b->kv_indptr[n];
     if (pages > p->lim.max_pages) return LC_ERANGE;
     for (int64_t i = 0; i < pages; i++)
-        if (b->kv_indices[i] < 0 || b->kv_indices[i] >= p->shape.n_pool_pages) return LC_EINVAL;
+        if ((!held || held[i]) && (b->kv_indices[i] < 0 || b->kv_indices[i] >= p->shape.n_pool_pages)) return LC_EINVAL;
     if (p->upload_pending) { // the pinned arena may still feed the previous step's upload
         CUDA_CHECK_RET(cudaEventSynchronize(p->uploaded));
         p->upload_pending = 0;
@@ -201,7 +217,25 @@ extern "C" int attn_tidal_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b,
     p->off_kv_indices = p->off_att_items + 4 * (size_t)n_att;
     if (pages) memcpy(h + p->off_kv_indices, b->kv_indices, sizeof(int32_t) * (size_t)pages);
     memcpy(p->h_rows, rows, sizeof(int32_t) * 8 * (size_t)n);
-    const size_t used = p->off_kv_indices + round4((size_t)pages);
+    size_t used = p->off_kv_indices + round4((size_t)pages);
+    if (held) { // the held flags (ids of pages held elsewhere: 0, never read); each row's list base and capacity
+        p->off_held = used;
+        p->off_lbase = p->off_held + round4((size_t)pages);
+        p->off_lcap = p->off_lbase + round4((size_t)n);
+        used = p->off_lcap + round4((size_t)n);
+        for (int64_t i = 0; i < pages; i++) {
+            h[p->off_held + i] = held[i] != 0;
+            if (!held[i]) h[p->off_kv_indices + i] = 0;
+        }
+        int64_t lb = 0;
+        for (int r = 0; r < n; r++) {
+            const int len = b->kv_len[r], cnt = budget[r] < len ? budget[r] + 1 : len;
+            h[p->off_lbase + r] = (int32_t)lb;
+            h[p->off_lcap + r] = cnt;
+            lb += (int64_t)KH * cnt;
+        }
+    }
+    p->n_mass_floats = (size_t)mass_used;
     if (used > 0) {
         cudaStream_t st = (cudaStream_t)stream;
         CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena, h, used * sizeof(int32_t), cudaMemcpyHostToDevice, st));
@@ -226,8 +260,20 @@ static int check_ws(const attn_tidal_plan_t *p, const void *ws, size_t bytes) {
     return 0;
 }
 
-extern "C" int attn_tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, void *stream) {
-    if (!p || !a || !p->planned || !a->q || !a->k || !a->lse) return LC_EINVAL;
+extern "C" int attn_tidal_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget, void *stream,
+                               size_t *workspace_bytes) {
+    return tidal_plan(p, b, budget, nullptr, stream, workspace_bytes);
+}
+
+extern "C" int attn_tidal_dist_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget,
+                                    const uint8_t *held, void *stream, size_t *workspace_bytes) {
+    if (!held) return LC_EINVAL;
+    return tidal_plan(p, b, budget, held, stream, workspace_bytes);
+}
+
+static int tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, attn_cuda_sum_fn sum, void *ctx,
+                        void *stream) {
+    if (!p || !a || !p->planned || !a->q || !a->k || !a->lse || p->dist != (sum != nullptr)) return LC_EINVAL;
     int rc = check_ws(p, a->workspace, a->workspace_bytes);
     if (rc) return rc;
     if (p->n_sparse > 0) {
@@ -249,8 +295,16 @@ extern "C" int attn_tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_a
         mp.group = p->group;
         mp.page_size = p->shape.page_size;
         mp.scale = p->shape.scale;
+        mp.held = p->dist ? p->d_arena + p->off_held : nullptr;
         rc = attn_tidal_mass_launch(p->shape.head_dim, mp, p->n_mass_items, KH, st);
         if (rc) return rc;
+        if (p->dist) { // every position's mass and the histograms' counts, each from the rank holding it
+            const size_t nh = (size_t)p->n_rows * KH * 256;
+            if ((rc = sum(ctx, mp.mass, p->n_mass_floats)) ||
+                (rc = attn_tidal_hist_cast(p->d_hist, p->d_histf, nh, 1, st)) || (rc = sum(ctx, p->d_histf, nh)) ||
+                (rc = attn_tidal_hist_cast(p->d_hist, p->d_histf, nh, 0, st)))
+                return rc;
+        }
         TidalSelectParams sp;
         sp.rows = rows;
         sp.mass = mp.mass;
@@ -259,8 +313,31 @@ extern "C" int attn_tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_a
         sp.n_kv_heads = KH;
         if ((rc = attn_tidal_select_launch(sp, p->n_rows, KH, st))) return rc;
     }
+    if (p->dist && p->n_rows > 0) { // this rank's share of every list
+        TidalCompactParams cp;
+        cp.rows = reinterpret_cast<const int4 *>(p->d_arena + p->off_rows);
+        cp.sel = p->d_sel;
+        cp.held = p->d_arena + p->off_held;
+        cp.lbase = p->d_arena + p->off_lbase;
+        cp.lcap = p->d_arena + p->off_lcap;
+        cp.list = p->d_list;
+        cp.count = p->d_count;
+        cp.n_kv_heads = p->shape.n_kv_heads;
+        cp.page_size = p->shape.page_size;
+        if ((rc = attn_tidal_compact_launch(cp, p->n_rows, p->shape.n_kv_heads, (cudaStream_t)stream))) return rc;
+    }
     p->selected = 1;
     return 0;
+}
+
+extern "C" int attn_tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, void *stream) {
+    return tidal_select(p, a, nullptr, nullptr, stream);
+}
+
+extern "C" int attn_tidal_dist_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, attn_cuda_sum_fn sum,
+                                      void *ctx, void *stream) {
+    if (!sum) return LC_EINVAL;
+    return tidal_select(p, a, sum, ctx, stream);
 }
 
 extern "C" int attn_tidal_attend(const attn_tidal_plan_t *p, const attn_tidal_attend_args_t *a, void *stream) {
@@ -289,6 +366,10 @@ extern "C" int attn_tidal_attend(const attn_tidal_plan_t *p, const attn_tidal_at
     ap.group = p->group;
     ap.page_size = p->shape.page_size;
     ap.scale_log2 = p->shape.scale * 1.4426950408889634f;
+    ap.list = p->dist ? p->d_list : nullptr;
+    ap.list_base = p->dist ? p->d_arena + p->off_lbase : nullptr;
+    ap.list_cap = p->dist ? p->d_arena + p->off_lcap : nullptr;
+    ap.count = p->dist ? p->d_count : nullptr;
     rc = attn_tidal_attend_launch(D, ap, p->n_att_items, KH, st);
     if (rc) return rc;
     TidalMergeParams mp;

@@ -25,6 +25,7 @@ struct TidalMassParams {
     const float *lse;          // (n_rows, n_heads) natural log
     float *mass;               // workspace, at mass_base
     unsigned *hist;            // (n_rows, n_kv_heads, 256)
+    const int32_t *held;       // distributed: 1 for the pages this rank holds (others: mass 0, not counted)
     int n_heads, n_kv_heads, group, page_size;
     float scale;
 };
@@ -47,6 +48,20 @@ struct TidalAttendParams {
     float *ws_lse; // (n_parts, group) base-2 LSE of the scaled scores of each chunk (-inf: empty chunk)
     int n_heads, n_kv_heads, group, page_size;
     float scale_log2;
+    // distributed: this rank's share of each (row, kv head)'s list, positions
+    // ascending, at list + base[row] + kv_head * cap[row], count[row * KH +
+    // kv_head] of them (dist_compact_kernel); NULL: one rank (sel and newest)
+    const int32_t *list, *list_base, *list_cap, *count;
+};
+
+struct TidalCompactParams {
+    const int4 *rows;      // (n_rows, 2)
+    const int32_t *sel;    // the selection
+    const int32_t *held;   // (pages) 1 where this rank holds the page
+    const int32_t *lbase;  // (n_rows) first entry of the row's lists
+    const int32_t *lcap;   // (n_rows) entries per kv head
+    int32_t *list, *count; // out
+    int n_kv_heads, page_size;
 };
 
 struct TidalMergeParams {
@@ -63,3 +78,7 @@ int attn_tidal_mass_launch(int D, const TidalMassParams &p, int n_items, int n_k
 int attn_tidal_select_launch(const TidalSelectParams &p, int n_rows, int n_kv_heads, cudaStream_t st);
 int attn_tidal_attend_launch(int D, const TidalAttendParams &p, int n_items, int n_kv_heads, cudaStream_t st);
 int attn_tidal_merge_launch(const TidalMergeParams &p, int n_rows, int n_kv_heads, cudaStream_t st);
+// distributed: this rank's share of every (row, kv head)'s list (grid (n_rows, KH), one warp); the
+// histograms to floats (to sum them over the ranks) and back
+int attn_tidal_compact_launch(const TidalCompactParams &p, int n_rows, int n_kv_heads, cudaStream_t st);
+int attn_tidal_hist_cast(unsigned *hist, float *f, size_t n, int to_float, cudaStream_t st);

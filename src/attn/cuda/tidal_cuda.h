@@ -101,6 +101,24 @@ int attn_tidal_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, v
  * no attn_tidal_select() ran since the plan. */
 int attn_tidal_attend(const attn_tidal_plan_t *p, const attn_tidal_attend_args_t *a, void *stream);
 
+/* ---- TidalDecode over a batch spread over a context-parallel ring's ranks (src/attn/cp) -- */
+/* Every rank plans the same batch (every row, its whole page table) with
+ * held[i] = 1 for the pages of kv_indices it holds (the others' ids are not
+ * read); a row whose budget covers all its positions must have at most
+ * max_budget + 1 of them (LC_ERANGE). At a selection layer, a->lse is the
+ * row's LSE over all its keys (the merged dense ring's, the same on every
+ * rank): each rank computes the masses of the positions it holds, sum (a
+ * sum over the ranks, attn_cuda.h) joins the masses and the histograms, every
+ * rank selects (the single-rank selection, up to positions whose masses
+ * differ by the LSE's rounding) and keeps its share of each list (the
+ * selected positions it holds, the newest where it holds it). attn_tidal_attend
+ * then attends that share: out and lse are this rank's partial (out 0, lse
+ * -inf when it holds none), to be merged by LSE with the others'. */
+int attn_tidal_dist_plan(attn_tidal_plan_t *p, const attn_cuda_batch_t *b, const int32_t *budget, const uint8_t *held,
+                         void *stream, size_t *workspace_bytes);
+int attn_tidal_dist_select(attn_tidal_plan_t *p, const attn_tidal_select_args_t *a, attn_cuda_sum_fn sum, void *ctx,
+                           void *stream);
+
 /* The positions the last selection kept for (row, kv_head), ascending, into
  * pos (cap entries): returns their count (keep), LC_ERANGE when cap is too
  * small, LC_EINVAL without a selection. Synchronises the stream; for tests

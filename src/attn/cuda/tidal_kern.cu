@@ -70,6 +70,10 @@ template <int D> __global__ void __launch_bounds__(kMassThreads) mass_kernel(con
 
     const int end = min(n, p0 + kTidalMassChunk);
     for (int t0 = p0 + 32 * warp; t0 < end; t0 += 32 * (kMassThreads / 32)) {
+        if (p.held && !p.held[kvptr + t0 / ps]) { // held elsewhere: mass 0 (its holder's after the sum)
+            if (t0 + lane < n) mass[t0 + lane] = 0.f;
+            continue;
+        }
         const int32_t page = p.kv_indices[kvptr + t0 / ps];
         // Rows past n in this page are read (in bounds) and their masses dropped.
         const __nv_bfloat16 *kb = p.k + (((size_t)page * KH + kvh) * ps + t0 % ps) * D + 8 * c;
@@ -286,7 +290,10 @@ template <int D> __global__ void __launch_bounds__(kAttThreads) attend_kernel(co
     const int G = p.group, KH = p.n_kv_heads, ps = p.page_size;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int32_t *sel = ra.w < 0 ? nullptr : p.sel + (size_t)ra.w + (size_t)kvh * keep;
-    const int count = sel ? keep + (sel[keep - 1] != n - 1) : n; // entries of the list
+    const int32_t *list = p.list ? p.list + p.list_base[row] + (size_t)kvh * p.list_cap[row] : nullptr;
+    const int count = list  ? p.count[row * KH + kvh]         // distributed: this rank's share
+                      : sel ? keep + (sel[keep - 1] != n - 1) // entries of the list
+                            : n;
     const int i0 = chunk * chunk_keys, i1 = min(count, i0 + chunk_keys);
     const int64_t part = (int64_t)rb.w + (int64_t)kvh * n_chunks + chunk;
     if (i0 >= i1) { // the last chunk when the newest position was kept: nothing to attend
@@ -319,7 +326,7 @@ template <int D> __global__ void __launch_bounds__(kAttThreads) attend_kernel(co
     auto issue = [&](int t, int b) {
         int64_t off = -1; // lanes 0-15: element offset of entry t + lane in the pool
         if (lane < 16 && t + lane < i1) {
-            const int i = t + lane, pos = !sel ? i : i < keep ? sel[i] : n - 1;
+            const int i = t + lane, pos = list ? list[i] : !sel ? i : i < keep ? sel[i] : n - 1;
             const int64_t page = p.kv_indices[kvptr + pos / ps];
             off = ((page * KH + kvh) * ps + pos % ps) * D;
         }
@@ -458,7 +465,8 @@ template <int D> __global__ void __launch_bounds__(kAttThreads) attend_kernel(co
 }
 
 // grid (n_rows, n_kv_heads, D / 32), block 128: a row's chunks merged in
-// chunk order (chunk 0 is never empty, so the largest LSE is finite), 32
+// chunk order (on one rank chunk 0 is never empty; a ring rank's share may
+// be: then output 0, LSE -inf), 32
 // dims of each head of the group per CTA: at one row the merge is a chain
 // of dependent loads, and more CTAs run more of them at once. Every CTA
 // computes the same weights; the first writes the LSE.
@@ -480,11 +488,11 @@ __global__ void __launch_bounds__(128) merge_kernel(const TidalMergeParams p) {
         for (int c = 0; c < n_chunks; c++) mx = fmaxf(mx, sm_w[tid][c]);
         float sum = 0.f;
         for (int c = 0; c < n_chunks; c++) {
-            const float w = exp2f(sm_w[tid][c] - mx); // 0 for an empty chunk
+            const float w = mx > -INFINITY ? exp2f(sm_w[tid][c] - mx) : 0.f; // 0 for an empty chunk
             sm_w[tid][c] = w;
             sum += w;
         }
-        const float inv = 1.f / sum;
+        const float inv = sum > 0.f ? 1.f / sum : 0.f;
         for (int c = 0; c < n_chunks; c++) sm_w[tid][c] *= inv;
         if (p.lse && blockIdx.z == 0) p.lse[head0 + tid] = (mx + log2f(sum)) * kLn2;
     }
@@ -499,9 +507,53 @@ __global__ void __launch_bounds__(128) merge_kernel(const TidalMergeParams p) {
     }
 }
 
+/* ---- distributed: this rank's share -------------------------------------------------------- */
+
+// grid (n_rows, n_kv_heads), one warp: the row's list (its kept positions,
+// then its newest when not kept; every position when it keeps all) cut to
+// the positions on pages this rank holds, in order, and their count.
+__global__ void dist_compact_kernel(const TidalCompactParams p) {
+    const int row = blockIdx.x, kvh = blockIdx.y, lane = threadIdx.x, KH = p.n_kv_heads;
+    const int4 ra = p.rows[2 * row];
+    const int n = ra.x, keep = ra.y, kvptr = ra.z;
+    const int32_t *sel = ra.w < 0 ? nullptr : p.sel + (size_t)ra.w + (size_t)kvh * keep;
+    const int total = sel ? keep + (sel[keep - 1] != n - 1) : n;
+    int32_t *out = p.list + p.lbase[row] + (size_t)kvh * p.lcap[row];
+    int c = 0;
+    for (int j0 = 0; j0 < total; j0 += 32) {
+        const int j = j0 + lane;
+        const int pos = j >= total ? 0 : !sel ? j : j < keep ? sel[j] : n - 1;
+        const bool h = j < total && p.held[kvptr + pos / p.page_size];
+        const unsigned b = __ballot_sync(0xffffffffu, h);
+        if (h) out[c + __popc(b & ((1u << lane) - 1u))] = pos;
+        c += __popc(b);
+    }
+    if (lane == 0) p.count[row * KH + kvh] = c;
+}
+
+__global__ void hist_cast_kernel(unsigned *hist, float *f, size_t n, int to_float) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        if (to_float)
+            f[i] = (float)hist[i];
+        else
+            hist[i] = (unsigned)f[i]; // counts below 2^24: exact
+}
+
 } // namespace
 
 /* ---- launchers ------------------------------------------------------------------------ */
+
+int attn_tidal_compact_launch(const TidalCompactParams &p, int n_rows, int n_kv_heads, cudaStream_t st) {
+    dist_compact_kernel<<<dim3(n_rows, n_kv_heads), 32, 0, st>>>(p);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+int attn_tidal_hist_cast(unsigned *hist, float *f, size_t n, int to_float, cudaStream_t st) {
+    hist_cast_kernel<<<64, 256, 0, st>>>(hist, f, n, to_float);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
 
 int attn_tidal_attend_init(void) {
     CUDA_CHECK_RET(
