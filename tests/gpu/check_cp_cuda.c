@@ -50,6 +50,7 @@
 #include "attn/cuda/quest_cuda.h"
 #include "attn/cuda/tidal_cuda.h"
 #include "common/status.h"
+#include "common/timeutil.h"
 
 #include "gpu_fixture.h"
 #include "gpu_testutil.h"
@@ -679,6 +680,8 @@ typedef struct {
     const int32_t *tidal;  // TidalDecode's budgets (NULL: none): out is the selection layer's, out2 (and
     void *dq2;             // out3, its repeat) a later layer's with the queries dq2
     uint16_t *out3;
+    int64_t max_tok;              // timing: the plans' max_tokens
+    double t_ms[CP_MAX_RANKS][2]; // timing: a layer's ms per rank (TidalDecode: selection, later layer)
 } dec_world_t;
 
 static int dec_body(int r, cp_comm_t *c, void *ud) {
@@ -899,6 +902,108 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
 
 static int check_decode(int H, int KH, int D, int n, uint64_t seed) { return check_decode_q(H, KH, D, n, seed, 0, 0); }
 
+/* ---- sharded decode timing ------------------------------------------------------------ */
+/* One rank: the plan, a warm-up layer, then five layers timed on the host
+ * between barriers (the ranks share one GPU: a layer's time is the group's). */
+static int dec_time_body(int r, cp_comm_t *c, void *ud) {
+    dec_world_t *w = ud;
+    const int n = cp_comm_size(c);
+    cudaStream_t st = cp_comm_stream(c);
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    cp_cuda_limits_t lim = {.max_tokens = w->max_tok,
+                            .max_decode_seqs = DS,
+                            .max_decode_pages = w->indptr[DS],
+                            .quest = w->budget != NULL,
+                            .tidal_budget = w->tidal ? w->tidal[0] : 0};
+    cp_cuda_plan_t *p = NULL;
+    int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
+    if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
+    CHECK(rc == 0);
+    cp_cuda_dec_batch_t b = {DS, w->kv_len, w->indptr, w->blocks, w->owner, w->budget, w->tidal};
+    CHECK(cp_cuda_plan_decode(p, &b, st) == 0);
+    void *dout;
+    CU(cudaMalloc(&dout, (size_t)w->H * w->D * 2 * DS));
+    for (int kind = 0; kind < (w->tidal ? 2 : 1); kind++) {
+        double t0 = 0;
+        for (int it = 0; it < 6; it++) {
+            if (it == 1) { // after the warm-up
+                CU(cudaStreamSynchronize(st));
+                CHECK(cp_barrier(c) == 0);
+                CU(cudaStreamSynchronize(st));
+                t0 = lc_now_s();
+            }
+            if (w->tidal)
+                rc = cp_cuda_run_decode_tidal(p, c, w->dk, w->dv, w->dq, dout, NULL, kind == 0);
+            else
+                rc = cp_cuda_run_decode_kv(p, c, w->dk, w->dv, w->dkmin, w->dkmax, w->dq, dout, NULL);
+            CHECK(rc == 0);
+        }
+        CU(cudaStreamSynchronize(st));
+        CHECK(cp_barrier(c) == 0);
+        CU(cudaStreamSynchronize(st));
+        w->t_ms[r][kind] = (lc_now_s() - t0) * 1e3 / 5;
+    }
+    cudaFree(dout);
+    cp_cuda_plan_destroy(p);
+    return 0;
+}
+
+/* Seven rows of 131,072 keys (a zig-zag prompt), the Llama-3-8B layer, zeros
+ * (the times do not depend on the values): dense, Quest at 2,048 positions
+ * (32 pages) and TidalDecode at 2,048 positions, N = 1, 2, 4, 8 device-local
+ * ranks on one GPU. */
+START_TEST(test_ring_decode_timing) {
+    if (!have_sm90("ring decode timing")) return;
+    const int H = 32, KH = 8, D = 128, T = 131072;
+    printf("GPU sharded decode on one GPU (device-local), Llama-3-8B layer, %d rows of %d keys, ms per layer (the "
+           "group's, host-timed over 5 layers):\n",
+           DS, T);
+    printf("| ranks | dense | Quest 2,048 | TidalDecode 2,048: selection layer | TidalDecode: later layer |\n"
+           "|---:|---:|---:|---:|---:|\n");
+    for (int n = 1; n <= 8; n *= 2) {
+        dec_world_t w = {.H = H, .KH = KH, .D = D, .ps = 64, .n = n, .max_tok = T};
+        for (int s = 0; s < DS; s++) {
+            w.kv_len[s] = T;
+            w.indptr[s + 1] = w.indptr[s] + T / w.ps;
+        }
+        const int64_t nb = w.indptr[DS];
+        w.pool = nb;
+        w.blocks = gpu_page_table(w.pool, nb, irand);
+        w.owner = calloc((size_t)nb, 1);
+        for (int s = 0; s < DS; s++) cp_zigzag(n, w.ps, w.ps, 0, T, w.owner + w.indptr[s]);
+        const size_t pe = (size_t)KH * w.ps * D * w.pool, qn = (size_t)DS * H * D;
+        CK_CUDA(cudaMalloc(&w.dk, 2 * pe));
+        CK_CUDA(cudaMalloc(&w.dv, 2 * pe));
+        CK_CUDA(cudaMalloc(&w.dq, 2 * qn));
+        CK_CUDA(cudaMalloc((void **)&w.dkmin, sizeof(float) * (size_t)w.pool * KH * D));
+        CK_CUDA(cudaMalloc((void **)&w.dkmax, sizeof(float) * (size_t)w.pool * KH * D));
+        CK_CUDA(cudaMemset(w.dk, 0, 2 * pe));
+        CK_CUDA(cudaMemset(w.dv, 0, 2 * pe));
+        CK_CUDA(cudaMemset(w.dq, 0, 2 * qn));
+        CK_CUDA(cudaMemset(w.dkmin, 0, sizeof(float) * (size_t)w.pool * KH * D));
+        CK_CUDA(cudaMemset(w.dkmax, 0, sizeof(float) * (size_t)w.pool * KH * D));
+        int32_t qb[DS], tb[DS];
+        for (int s = 0; s < DS; s++) qb[s] = 2048 / w.ps, tb[s] = 2048;
+        double ms[3][2] = {{0}};
+        for (int m = 0; m < 3; m++) {
+            w.budget = m == 1 ? qb : NULL;
+            w.tidal = m == 2 ? tb : NULL;
+            cp_dev_t *g = cp_dev_create(n, 0);
+            ck_assert_ptr_nonnull(g);
+            cp_comm_t *comms[CP_MAX_RANKS];
+            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+            ck_assert_int_eq(team_run(comms, NULL, n, dec_time_body, &w), 0);
+            cp_dev_destroy(g);
+            for (int r = 0; r < n; r++)
+                for (int k = 0; k < 2; k++) ms[m][k] = w.t_ms[r][k] > ms[m][k] ? w.t_ms[r][k] : ms[m][k];
+        }
+        printf("| %d | %.3f | %.3f | %.3f | %.3f |\n", n, ms[0][0], ms[1][0], ms[2][0], ms[2][1]);
+        cudaFree(w.dk), cudaFree(w.dv), cudaFree(w.dq), cudaFree(w.dkmin), cudaFree(w.dkmax);
+        free(w.blocks), free(w.owner);
+    }
+}
+END_TEST
+
 /* TidalDecode inside the sharded decode: a selection layer (the dense
  * sharded decode, every row's LSE to every rank, the masses all-reduced, the
  * selection on every rank), then a later layer over each rank's share. */
@@ -1107,6 +1212,7 @@ int main(void) {
     tcase_add_test(tc, test_ring_decode_tidal);
     tcase_add_test(tc, test_ring_timing);
     tcase_add_test(tc, test_ring_flex_timing);
+    tcase_add_test(tc, test_ring_decode_timing);
     tcase_add_test(tc, test_ring_pass_q_timing);
 #endif
     suite_add_tcase(s, tc);

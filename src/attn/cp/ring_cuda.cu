@@ -441,7 +441,8 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
             if (!p->h_held_pages && !(p->h_held_pages = (uint8_t *)malloc((size_t)tpages))) goto fail;
             rc = LC_EDEVICE;
             // its workspace: the masses (positions of every row, 16-byte runs) or the chunks' partials
-            const size_t mass = (size_t)max_dec * KH * (((size_t)tpages * ps + 3) & ~(size_t)3) * sizeof(float);
+            const size_t row_keys = (size_t)(blocks_max ? blocks_max : 1) * ps;
+            const size_t mass = (size_t)max_dec * KH * ((row_keys + 3) & ~(size_t)3) * sizeof(float);
             const size_t att = (size_t)max_dec * KH * 64 * (H / KH) * (D + 1) * sizeof(float) + 1024;
             p->tidal_ws_cap = mass > att ? mass : att;
             CP_ALLOC(p->tidal_ws, p->tidal_ws_cap);
