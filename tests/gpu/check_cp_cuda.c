@@ -22,6 +22,12 @@
  *   bounds, N = 1 bit for bit; structured inputs (sparse masks) and random
  *   ones, with and without a cached prefix, a short slice; bad plans.
  *   Timing at 128K: FlexPrefill's ring against the dense ring, N = 1 .. 8.
+ * - Quest and TidalDecode inside the sharded decode, N = 1 .. 8, against
+ *   the single-rank Quest (its summaries, selection and kernel) and
+ *   TidalDecode (a selection layer on the dense LSE, then a later layer's
+ *   queries over the selection): outputs within the same bounds, N = 1 bit
+ *   for bit, every run repeatable. Timing: seven rows of 128K keys, dense,
+ *   Quest and TidalDecode per layer, N = 1, 2, 4, 8.
  * - the ring's timing (device-local, N = 1, 2, 4, 8 on one GPU): a
  *   Llama-3-8B layer at 128K tokens, the real ring; per step each rank's
  *   compute (attention and LSE merge) and its wait for the step's transfer,
