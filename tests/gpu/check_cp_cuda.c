@@ -93,6 +93,19 @@ static int team_run(cp_comm_t **comms, const int *devices, int n, rank_fn fn, vo
     return rc;
 }
 
+#ifndef CP_WITH_NCCL
+/* n device-local ranks on GPU 0 running fn, one host thread each. */
+static int dev_team_run(int n, rank_fn fn, void *ud) {
+    cp_dev_t *g = cp_dev_create(n, 0);
+    ck_assert_ptr_nonnull(g);
+    cp_comm_t *comms[CP_MAX_RANKS];
+    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+    const int rc = team_run(comms, NULL, n, fn, ud);
+    cp_dev_destroy(g);
+    return rc;
+}
+#endif
+
 /* ---- the communicator's checks on device buffers ------------------------------------ */
 #define CHECK(x)                                                                                                       \
     do {                                                                                                               \
@@ -407,12 +420,7 @@ static int check_prefill_mode(int H, int KH, int D, int n, int64_t pos0, int64_t
     uint16_t *ro = malloc(2 * qn);
     float *rl = malloc(sizeof(float) * n_tok * H);
     ref_prefill(&w, ro, rl);
-    cp_dev_t *g = cp_dev_create(n, 0);
-    ck_assert_ptr_nonnull(g);
-    cp_comm_t *comms[CP_MAX_RANKS];
-    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-    const int rc = team_run(comms, NULL, n, ring_body, &w);
-    cp_dev_destroy(g);
+    const int rc = dev_team_run(n, ring_body, &w);
     double rel, le;
     compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
     const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
@@ -541,12 +549,7 @@ static int check_prefill_flex(int H, int KH, int D, int n, int64_t pos0, int64_t
     double ref_pairs = 0, dense = 0;
     ref_flex(&w, &pol, ro, rl, &ref_pairs);
     for (int64_t t = pos0; t < w.end; t++) dense += (double)(t + 1) * H;
-    cp_dev_t *g = cp_dev_create(n, 0);
-    ck_assert_ptr_nonnull(g);
-    cp_comm_t *comms[CP_MAX_RANKS];
-    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-    const int rc = team_run(comms, NULL, n, ring_body, &w);
-    cp_dev_destroy(g);
+    const int rc = dev_team_run(n, ring_body, &w);
     double rel, le, ring_pairs = 0;
     compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
     for (int r = 0; r < n; r++) ring_pairs += w.sparse_pairs[r];
@@ -740,6 +743,30 @@ static int dec_body(int r, cp_comm_t *c, void *ud) {
     return 0;
 }
 
+/* A single-rank reference's device buffers: out (qn bf16), lse (n_lse f32),
+ * a workspace of ws bytes (none when 0); ref_finish copies out and (when
+ * lse is not NULL) the LSE back after the device is done, and frees them. */
+typedef struct {
+    void *out, *ws;
+    float *lse;
+    size_t qn, n_lse;
+} ref_buf_t;
+
+static ref_buf_t ref_alloc(size_t qn, size_t n_lse, size_t ws) {
+    ref_buf_t b = {NULL, NULL, NULL, qn, n_lse};
+    CK_CUDA(cudaMalloc(&b.out, 2 * qn));
+    CK_CUDA(cudaMalloc((void **)&b.lse, sizeof(float) * n_lse));
+    if (ws) CK_CUDA(cudaMalloc(&b.ws, ws));
+    return b;
+}
+
+static void ref_finish(ref_buf_t *b, uint16_t *out, float *lse) {
+    CK_CUDA(cudaDeviceSynchronize());
+    CK_CUDA(cudaMemcpy(out, b->out, 2 * b->qn, cudaMemcpyDeviceToHost));
+    if (lse) CK_CUDA(cudaMemcpy(lse, b->lse, sizeof(float) * b->n_lse, cudaMemcpyDeviceToHost));
+    cudaFree(b->out), cudaFree(b->lse), cudaFree(b->ws);
+}
+
 /* Sequences of 1 .. 12345 keys: a prompt sharded zig-zag, then generated
  * tokens whose new blocks go round the ranks (cp_owner_next). quest > 0:
  * every row runs Quest with that budget in pages, against the single-rank
@@ -804,17 +831,11 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
         size_t ws = 0;
         ck_assert_int_eq(attn_quest_plan(qp, &bt, budget, NULL, &ws), 0);
-        void *dout, *dws = NULL;
-        float *dlse;
-        CK_CUDA(cudaMalloc(&dout, 2 * qn));
-        CK_CUDA(cudaMalloc((void **)&dlse, sizeof(float) * DS * H));
-        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
-        attn_quest_args_t a = {w.dq, dout, dlse, w.dk, w.dv, w.dkmin, w.dkmax, dws, ws};
+        ref_buf_t rb = ref_alloc(qn, DS * H, ws);
+        attn_quest_args_t a = {w.dq, rb.out, rb.lse, w.dk, w.dv, w.dkmin, w.dkmax, rb.ws, ws};
         ck_assert_int_eq(attn_quest_run(qp, &a, NULL), 0);
-        CK_CUDA(cudaDeviceSynchronize());
-        CK_CUDA(cudaMemcpy(ro, dout, 2 * qn, cudaMemcpyDeviceToHost));
-        CK_CUDA(cudaMemcpy(rl, dlse, sizeof(float) * DS * H, cudaMemcpyDeviceToHost));
-        cudaFree(dout), cudaFree(dlse), cudaFree(dws), cudaFree(dpg), cudaFree(dpl);
+        ref_finish(&rb, ro, rl);
+        cudaFree(dpg), cudaFree(dpl);
         free(plen);
         attn_quest_plan_destroy(qp);
     } else { // the single-rank reference: the decode kernel over every block
@@ -825,17 +846,10 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
         size_t ws = 0;
         ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
-        void *dout, *dws = NULL;
-        float *dlse;
-        CK_CUDA(cudaMalloc(&dout, 2 * qn));
-        CK_CUDA(cudaMalloc((void **)&dlse, sizeof(float) * DS * H));
-        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
-        attn_cuda_args_t a = {w.dq, dout, dlse, w.dk, w.dv, dws, ws, 0, NULL, NULL, 0};
+        ref_buf_t rb = ref_alloc(qn, DS * H, ws);
+        attn_cuda_args_t a = {w.dq, rb.out, rb.lse, w.dk, w.dv, rb.ws, ws, 0, NULL, NULL, 0};
         ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
-        CK_CUDA(cudaDeviceSynchronize());
-        CK_CUDA(cudaMemcpy(ro, dout, 2 * qn, cudaMemcpyDeviceToHost));
-        CK_CUDA(cudaMemcpy(rl, dlse, sizeof(float) * DS * H, cudaMemcpyDeviceToHost));
-        cudaFree(dout), cudaFree(dlse), cudaFree(dws);
+        ref_finish(&rb, ro, rl);
         attn_cuda_plan_destroy(p);
     }
     // TidalDecode: the single-rank selection (the dense LSE above), then a later layer's queries over it
@@ -853,19 +867,13 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
         size_t ws = 0;
         ck_assert_int_eq(attn_tidal_plan(tp, &bt, tb, NULL, &ws), 0);
-        void *dout, *dws = NULL;
-        float *dl;
-        CK_CUDA(cudaMalloc(&dout, 2 * qn));
-        CK_CUDA(cudaMalloc((void **)&dl, sizeof(float) * DS * H));
-        CK_CUDA(cudaMemcpy(dl, rl, sizeof(float) * DS * H, cudaMemcpyHostToDevice));
-        if (ws) CK_CUDA(cudaMalloc(&dws, ws));
-        attn_tidal_select_args_t sa = {w.dq, w.dk, dl, dws, ws};
+        ref_buf_t rb = ref_alloc(qn, DS * H, ws);
+        CK_CUDA(cudaMemcpy(rb.lse, rl, sizeof(float) * DS * H, cudaMemcpyHostToDevice)); // the dense LSE
+        attn_tidal_select_args_t sa = {w.dq, w.dk, rb.lse, rb.ws, ws};
         ck_assert_int_eq(attn_tidal_select(tp, &sa, NULL), 0);
-        attn_tidal_attend_args_t aa = {w.dq2, dout, NULL, w.dk, w.dv, dws, ws};
+        attn_tidal_attend_args_t aa = {w.dq2, rb.out, NULL, w.dk, w.dv, rb.ws, ws};
         ck_assert_int_eq(attn_tidal_attend(tp, &aa, NULL), 0);
-        CK_CUDA(cudaDeviceSynchronize());
-        CK_CUDA(cudaMemcpy(ro2, dout, 2 * qn, cudaMemcpyDeviceToHost));
-        cudaFree(dout), cudaFree(dl), cudaFree(dws);
+        ref_finish(&rb, ro2, NULL);
         attn_tidal_plan_destroy(tp);
     }
     w.out = malloc(2 * qn);
@@ -875,12 +883,7 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
     memset(w.out, 0xff, 2 * qn);
     memset(w.out2, 0xff, 2 * qn);
     for (int i = 0; i < DS * H; i++) w.lse[i] = NAN;
-    cp_dev_t *g = cp_dev_create(n, 0);
-    ck_assert_ptr_nonnull(g);
-    cp_comm_t *comms[CP_MAX_RANKS];
-    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-    const int rc = team_run(comms, NULL, n, dec_body, &w);
-    cp_dev_destroy(g);
+    const int rc = dev_team_run(n, dec_body, &w);
     double rel, le, rel2 = 0, le2 = 0;
     compare(w.out, w.lse, ro, rl, DS, H, D, &rel, &le);
     if (tidal > 0) compare(w.out2, NULL, ro2, NULL, DS, H, D, &rel2, &le2);
@@ -905,8 +908,6 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         free(w.lse);
     return ok;
 }
-
-static int check_decode(int H, int KH, int D, int n, uint64_t seed) { return check_decode_q(H, KH, D, n, seed, 0, 0); }
 
 /* ---- sharded decode timing ------------------------------------------------------------ */
 /* One rank: the plan, a warm-up layer, then five layers timed on the host
@@ -994,12 +995,7 @@ START_TEST(test_ring_decode_timing) {
         for (int m = 0; m < 3; m++) {
             w.budget = m == 1 ? qb : NULL;
             w.tidal = m == 2 ? tb : NULL;
-            cp_dev_t *g = cp_dev_create(n, 0);
-            ck_assert_ptr_nonnull(g);
-            cp_comm_t *comms[CP_MAX_RANKS];
-            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-            ck_assert_int_eq(team_run(comms, NULL, n, dec_time_body, &w), 0);
-            cp_dev_destroy(g);
+            ck_assert_int_eq(dev_team_run(n, dec_time_body, &w), 0);
             for (int r = 0; r < n; r++)
                 for (int k = 0; k < 2; k++) ms[m][k] = w.t_ms[r][k] > ms[m][k] ? w.t_ms[r][k] : ms[m][k];
         }
@@ -1010,18 +1006,25 @@ START_TEST(test_ring_decode_timing) {
 }
 END_TEST
 
+/* N = 1, 2, 3, 4, 8 ranks, 32/8 heads d 128 (seeds seed + i) and 8/2 d 64
+ * (seed + 100 + i). */
+static int check_decode_all(uint64_t seed, int quest, int tidal) {
+    const int ns[] = {1, 2, 3, 4, 8};
+    int ok = 1;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        ok &= check_decode_q(32, 8, 128, ns[i], seed + i, quest, tidal);
+        ok &= check_decode_q(8, 2, 64, ns[i], seed + 100 + i, quest, tidal);
+    }
+    return ok;
+}
+
 /* TidalDecode inside the sharded decode: a selection layer (the dense
  * sharded decode, every row's LSE to every rank, the masses all-reduced, the
  * selection on every rank), then a later layer over each rank's share. */
 START_TEST(test_ring_decode_tidal) {
     if (!have_sm90("ring decode, TidalDecode")) return;
-    const int ns[] = {1, 2, 3, 4, 8};
-    int ok = 1;
-    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
-        ok &= check_decode_q(32, 8, 128, ns[i], 2400 + i, 0, 256);
-        ok &= check_decode_q(8, 2, 64, ns[i], 2500 + i, 0, 256);
-    }
-    ck_assert_msg(ok, "the sharded GPU TidalDecode differs from the single-rank TidalDecode (see the FAIL lines)");
+    ck_assert_msg(check_decode_all(2400, 0, 256),
+                  "the sharded GPU TidalDecode differs from the single-rank TidalDecode (see the FAIL lines)");
 }
 END_TEST
 
@@ -1030,24 +1033,14 @@ END_TEST
  * selected pages. */
 START_TEST(test_ring_decode_quest) {
     if (!have_sm90("ring decode, Quest")) return;
-    const int ns[] = {1, 2, 3, 4, 8};
-    int ok = 1;
-    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
-        ok &= check_decode_q(32, 8, 128, ns[i], 2200 + i, 8, 0);
-        ok &= check_decode_q(8, 2, 64, ns[i], 2300 + i, 8, 0);
-    }
-    ck_assert_msg(ok, "the sharded GPU Quest decode differs from the single-rank Quest (see the FAIL lines)");
+    ck_assert_msg(check_decode_all(2200, 8, 0),
+                  "the sharded GPU Quest decode differs from the single-rank Quest (see the FAIL lines)");
 }
 END_TEST
 
 START_TEST(test_ring_decode) {
-    const int ns[] = {1, 2, 3, 4, 8};
-    int ok = 1;
-    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
-        ok &= check_decode(32, 8, 128, ns[i], 2000 + i);
-        ok &= check_decode(8, 2, 64, ns[i], 2100 + i);
-    }
-    ck_assert_msg(ok, "the sharded GPU decode differs from the single-rank kernel (see the FAIL lines)");
+    ck_assert_msg(check_decode_all(2000, 0, 0),
+                  "the sharded GPU decode differs from the single-rank kernel (see the FAIL lines)");
 }
 END_TEST
 
@@ -1069,12 +1062,7 @@ START_TEST(test_ring_timing) {
         world_t w;
         world_build(&w, 32, 8, 128, n, 0, T, 0);
         w.timing = 1;
-        cp_dev_t *g = cp_dev_create(n, 0);
-        ck_assert_ptr_nonnull(g);
-        cp_comm_t *comms[CP_MAX_RANKS];
-        for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-        ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
-        cp_dev_destroy(g);
+        ck_assert_int_eq(dev_team_run(n, ring_body, &w), 0);
         const double pack = 2.0 * (double)w.max_pack * w.KH * w.ps * w.D * 2 / (1 << 20);
         float tot_c = 0, tot_w = 0;
         for (int k = 0; k < n; k++) {
@@ -1114,12 +1102,7 @@ START_TEST(test_ring_flex_timing) {
             world_build_at(&w, 32, 8, 128, n, 0, T, 2, 128);
             w.timing = 1;
             w.flex = sp ? &pol : NULL;
-            cp_dev_t *g = cp_dev_create(n, 0);
-            ck_assert_ptr_nonnull(g);
-            cp_comm_t *comms[CP_MAX_RANKS];
-            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-            ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
-            cp_dev_destroy(g);
+            ck_assert_int_eq(dev_team_run(n, ring_body, &w), 0);
             float mc = 0, xc = 0, mw = 0, xw = 0, ma = 0, xa = 0;
             double pairs = 0;
             for (int r = 0; r < n; r++) {
@@ -1155,12 +1138,7 @@ START_TEST(test_ring_pass_q_timing) {
             w.timing = 1;
             w.mode = q ? CP_CUDA_PASS_Q : CP_CUDA_PASS_KV;
             w.max_q = q ? w.max_rows : 0;
-            cp_dev_t *g = cp_dev_create(n, 0);
-            ck_assert_ptr_nonnull(g);
-            cp_comm_t *comms[CP_MAX_RANKS];
-            for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
-            ck_assert_int_eq(team_run(comms, NULL, n, ring_body, &w), 0);
-            cp_dev_destroy(g);
+            ck_assert_int_eq(dev_team_run(n, ring_body, &w), 0);
             float mc = 0, xc = 0, mw = 0, xw = 0, ma = 0, xa = 0;
             for (int r = 0; r < n; r++) {
                 float c = 0, wt = 0;

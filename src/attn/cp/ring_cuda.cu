@@ -866,6 +866,21 @@ extern "C" int cp_cuda_sparse_pairs(cp_cuda_plan_t *p, void *stream, double *pai
 }
 
 // ---- decode -------------------------------------------------------------------------------
+// Quest and TidalDecode: every row on every rank (its partial may be empty):
+// each row's query from its owner, every rank's partial of row s at row s;
+// the whole page tables with this rank's pages flagged. Returns the batch
+// (every row, its whole page table) the distributed plans take.
+static attn_cuda_batch_t plan_all_rows(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b) {
+    const int n = b->n_seqs, N = p->n;
+    int32_t *tsel = p->h_arena + p->off_t_sel, *tcidx = p->h_arena + p->off_t_cidx;
+    for (int s = 0; s < n; s++) {
+        tsel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
+        for (int i = 0; i < N; i++) tcidx[(size_t)i * n + s] = s;
+    }
+    for (int64_t i = 0; i < b->blk_indptr[n]; i++) p->h_held_pages[i] = b->owner[i] == p->rank;
+    return attn_cuda_batch_t{n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
+}
+
 extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream) {
     if (!p || !b || !p->dec || b->n_seqs < 1 || !b->kv_len || !b->blk_indptr || !b->blocks || !b->owner)
         return LC_EINVAL;
@@ -922,39 +937,22 @@ extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t 
         m++;
     }
     if (!rc && b->budget) {
-        // Quest: every row on every rank (its partial may be empty), the whole
-        // page tables with this rank's pages flagged; the rows' queries from
-        // their owners
-        const int64_t all = b->blk_indptr[n];
-        for (int s = 0; s < n; s++) {
+        // Quest instead of the dense plan
+        for (int s = 0; s < n; s++)
             if (b->budget[s] < 0) return LC_EINVAL;
-            sel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
-            for (int i = 0; i < N; i++) cidx[(size_t)i * n + s] = s;
-        }
-        for (int64_t i = 0; i < all; i++) p->h_held_pages[i] = b->owner[i] == r;
-        attn_cuda_batch_t bt = {n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
+        const attn_cuda_batch_t bt = plan_all_rows(p, b);
         size_t ws = 0;
         rc = attn_quest_dist_plan(p->quest, &bt, b->budget, p->h_held_pages, stream, &ws);
         if (!rc && ws > p->quest_ws_cap) rc = LC_ERANGE;
         p->dec_quest = 1;
-        m = n;
         pairs = 0; // what each rank attends is chosen on the device: not counted
     } else if (!rc && m > 0) {
         attn_cuda_batch_t bt = {m, nullptr, ki, p->h_idx, kl, nullptr, nullptr};
         rc = attn_cuda_plan(p->dec, &bt, stream, &p->dec_ws_bytes);
         if (!rc && p->dec_ws_bytes > p->dec_ws_cap) rc = LC_ERANGE;
     }
-    if (!rc && b->tidal) {
-        // TidalDecode beside the dense plan: every row on every rank, the
-        // whole page tables with this rank's pages flagged
-        int32_t *tsel = p->h_arena + p->off_t_sel, *tcidx = p->h_arena + p->off_t_cidx;
-        for (int s = 0; s < n; s++) {
-            tsel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
-            for (int i = 0; i < N; i++) tcidx[(size_t)i * n + s] = s;
-        }
-        const int64_t all = b->blk_indptr[n];
-        for (int64_t i = 0; i < all; i++) p->h_held_pages[i] = b->owner[i] == r;
-        attn_cuda_batch_t bt = {n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
+    if (!rc && b->tidal) { // TidalDecode beside the dense plan (its selection layers)
+        const attn_cuda_batch_t bt = plan_all_rows(p, b);
         size_t ws = 0;
         rc = attn_tidal_dist_plan(p->tidal, &bt, b->tidal, p->h_held_pages, stream, &ws);
         if (!rc && ws > p->tidal_ws_cap) rc = LC_ERANGE;
@@ -978,6 +976,22 @@ extern "C" int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s) {
     return p && p->dec_planned && s >= 0 && s < p->dec_n ? p->dec_row_owner[s] : -1;
 }
 
+// The decode's end: every rank's partials (dmsg) to every rank, and each
+// owner's rows merged from them in rank order (the partial rows at cidx).
+static int merge_partials(cp_cuda_plan_t *p, cp_comm_t *c, size_t off_cidx, void *out, float *lse) {
+    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
+    const size_t msg = (size_t)n * H * (D * 2 + sizeof(float));
+    int rc = cp_allgather(c, p->dmsg, msg, p->dgath);
+    if (rc) return rc;
+    if (p->dec_n_own > 0) {
+        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, (cudaStream_t)cp_comm_stream(c)>>>(
+            (const uint8_t *)p->dgath, msg, p->d_arena + off_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n, p->n,
+            H, D, (__nv_bfloat16 *)out, lse);
+        CUDA_CHECK_RET(cudaGetLastError());
+    }
+    return 0;
+}
+
 extern "C" int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
                                   void *out, float *lse) {
     return cp_cuda_run_decode_kv(p, c, k, v, nullptr, nullptr, q, out, lse);
@@ -988,32 +1002,25 @@ extern "C" int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void
     if (!p || !c || !p->dec_planned || !k || !v || !q || !out || (p->dec_quest && (!kmin || !kmax))) return LC_EINVAL;
     if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
     const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t qrow = (size_t)H * D * 2, msg = (size_t)n * H * (D * 2 + sizeof(float));
+    const size_t qrow = (size_t)H * D * 2;
     cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
     int rc;
     // every rank's queries; the rows this rank attends picked from their owners'
     if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
-    if (p->dec_m > 0) {
+    if (p->dec_quest) { // every row
+        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
+        attn_quest_args_t a = {p->dq_c, p->dmsg,     (float *)((char *)p->dmsg + (size_t)n * qrow),
+                               k,       v,           kmin,
+                               kmax,    p->quest_ws, p->quest_ws_cap};
+        if ((rc = attn_quest_dist_run(p->quest, &a, ring_sum, c, st))) return rc;
+    } else if (p->dec_m > 0) { // the rows this rank holds keys of
         if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_dec_sel, p->dec_m, qrow, st))) return rc;
-        if (p->dec_quest) {
-            attn_quest_args_t a = {p->dq_c, p->dmsg,     (float *)((char *)p->dmsg + (size_t)n * qrow),
-                                   k,       v,           kmin,
-                                   kmax,    p->quest_ws, p->quest_ws_cap};
-            if ((rc = attn_quest_dist_run(p->quest, &a, ring_sum, c, st))) return rc;
-        } else {
-            attn_cuda_args_t a = {
-                p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
-                nullptr, nullptr};
-            if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
-        }
+        attn_cuda_args_t a = {
+            p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
+            nullptr, nullptr};
+        if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
     }
-    if ((rc = cp_allgather(c, p->dmsg, msg, p->dgath))) return rc;
-    if (p->dec_n_own > 0) {
-        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, st>>>(
-            (const uint8_t *)p->dgath, msg, p->d_arena + p->off_dec_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n,
-            p->n, H, D, (__nv_bfloat16 *)out, lse);
-        CUDA_CHECK_RET(cudaGetLastError());
-    }
+    if ((rc = merge_partials(p, c, p->dec_quest ? p->off_t_cidx : p->off_dec_cidx, out, lse))) return rc;
     p->t.decode_pairs += p->dec_pairs;
     return 0;
 }
@@ -1031,7 +1038,7 @@ extern "C" int cp_cuda_run_decode_tidal(cp_cuda_plan_t *p, cp_comm_t *c, const v
     if (!p || !c || !p->dec_planned || !p->dec_tidal || !k || !v || !q || !out) return LC_EINVAL;
     if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
     const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t qrow = (size_t)H * D * 2, msg = (size_t)n * H * (D * 2 + sizeof(float));
+    const size_t qrow = (size_t)H * D * 2;
     cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
     int rc;
     if (select) {
@@ -1053,14 +1060,7 @@ extern "C" int cp_cuda_run_decode_tidal(cp_cuda_plan_t *p, cp_comm_t *c, const v
     attn_tidal_attend_args_t a = {p->dq_c,     p->dmsg,        (float *)((char *)p->dmsg + (size_t)n * qrow), k, v,
                                   p->tidal_ws, p->tidal_ws_cap};
     if ((rc = attn_tidal_attend(p->tidal, &a, st))) return rc;
-    if ((rc = cp_allgather(c, p->dmsg, msg, p->dgath))) return rc;
-    if (p->dec_n_own > 0) {
-        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, st>>>(
-            (const uint8_t *)p->dgath, msg, p->d_arena + p->off_t_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n,
-            p->n, H, D, (__nv_bfloat16 *)out, lse);
-        CUDA_CHECK_RET(cudaGetLastError());
-    }
-    return 0;
+    return merge_partials(p, c, p->off_t_cidx, out, lse);
 }
 
 // ---- timing -------------------------------------------------------------------------------
