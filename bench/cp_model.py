@@ -50,28 +50,46 @@ IB_GBS = 400.0 / 8  # 400 Gb/s InfiniBand per GPU, per direction
 LINK_EFF = 0.8  # share of a link's rate a large NCCL send/recv reaches
 STEP_LATENCY_S = 20e-6  # per ring step: launch, NCCL protocol, the LSE merge
 
+# ---- FlexPrefill inside the GPU ring, measured on one H100 (docs/scaling.md, 2026-12-06) ----
+# At 128K, structured inputs, gamma 0.9: density 0.32; the block-sparse kernel
+# kept 90% of the dense kernel's speed per pair; the selection took 4.2% of
+# the dense layer's attention time (9.2 of 218 ms). Its sums over the ranks
+# move about 20 H + (H + KH) D 4 / 128 bytes per token per layer (the tiles'
+# row maxima and sums, the vertical mass, the slash partials; the pooled
+# queries and keys), all-reduced before the ring's steps.
+FLEX_DENSITY, FLEX_KERNEL_EFF, FLEX_SEL_SHARE = 0.32, 0.90, 0.042
+FLEX_SEL_BYTES_PER_TOKEN_LAYER = 20 * HEADS + (HEADS + KV_HEADS) * HEAD_DIM * 4 // 128
 
-def prefill(n, gpus, link_gbs, density=1.0, kernel_eff=1.0, tp=1):
+
+def prefill(n, gpus, link_gbs, density=1.0, kernel_eff=1.0, tp=1, flex_sel=False):
     """Seconds to prefill n tokens on `gpus` GPUs.
 
     Context parallelism over cp = gpus / tp ranks (zig-zag, pass-KV ring); tp
     GPUs per rank split the heads (tp = 1: every GPU is a rank). Sparse
     attention computes `density` of the causal pairs at `kernel_eff` of the
-    dense kernel's speed per pair. Returns (total, attention compute, exposed
-    communication, linear layers)."""
+    dense kernel's speed per pair; flex_sel adds FlexPrefill's selection
+    (FLEX_SEL_SHARE of the dense layer, divided over the ranks, as compute)
+    and the all-reduce of its tables (exposed: it precedes the steps).
+    Returns (total, attention compute, exposed communication, linear layers)."""
     cp = gpus // tp
     # linear layers: every GPU its share of the tokens (and heads)
     t_lin = LIN_FLOP_PER_TOKEN * n / gpus / (GEMM_TFLOPS * 1e12)
     # attention per layer per GPU: the causal work divided evenly (zig-zag)
     ext = n / cp  # query/key extent of one ring step's blocks on a rank
     t_attn_layer = attn_flop_layer(n) * density / kernel_eff / gpus / (attn_tflops(ext) * 1e12)
+    t_sel = t_sel_comm = 0.0
+    if flex_sel:
+        t_sel = FLEX_SEL_SHARE * attn_flop_layer(n) / gpus / (attn_tflops(n) * 1e12)
+        if cp > 1:  # a ring all-reduce: 2 (cp - 1) / cp of the tables through each GPU's link
+            t_sel_comm = 2 * (cp - 1) / cp * n * FLEX_SEL_BYTES_PER_TOKEN_LAYER / tp / (link_gbs * LINK_EFF * 1e9)
+    t_attn_layer += t_sel
     if cp == 1:
         return t_lin + LAYERS * t_attn_layer, LAYERS * t_attn_layer, 0.0, t_lin
     t_step = t_attn_layer / cp
     # one step moves a rank's KV pack (its n/cp tokens); with tp the heads are split
     pack = n / cp * KV_BYTES_PER_TOKEN_LAYER / tp
     t_comm = pack / (link_gbs * LINK_EFF * 1e9)
-    exposed = (cp - 1) * max(0.0, t_comm - t_step) + cp * STEP_LATENCY_S
+    exposed = (cp - 1) * max(0.0, t_comm - t_step) + cp * STEP_LATENCY_S + t_sel_comm
     t_layer = cp * t_step + exposed
     return t_lin + LAYERS * t_layer, LAYERS * cp * t_step, LAYERS * exposed, t_lin
 
@@ -90,31 +108,31 @@ def fmt_t(s):
     return f"{s:.2f}" if s < 100 else f"{s:.0f}"
 
 
-def table_one_host(title, density=1.0, kernel_eff=1.0):
+def table_one_host(title, density=1.0, kernel_eff=1.0, flex_sel=False):
     print(f"\n{title}\n")
     print("| tokens | 1 GPU s | 2 GPUs s (eff.) | 4 GPUs s (eff.) | 8 GPUs s (eff.) | 8 GPUs: attention / exposed comm / linear s |")
     print("|---|---:|---:|---:|---:|---|")
     for n in (131072, 524288, 1048576):
         row = [f"{n // 1024}K"]
-        t1 = prefill(n, 1, NVLINK_GBS, density, kernel_eff)[0]
+        t1 = prefill(n, 1, NVLINK_GBS, density, kernel_eff, flex_sel=flex_sel)[0]
         row.append(fmt_t(t1))
         for g in (2, 4, 8):
-            tn, e = eff(n, g, link_gbs=NVLINK_GBS, density=density, kernel_eff=kernel_eff)
+            tn, e = eff(n, g, link_gbs=NVLINK_GBS, density=density, kernel_eff=kernel_eff, flex_sel=flex_sel)
             row.append(f"{fmt_t(tn)} ({e:.0%})")
-        _, a, x, l = prefill(n, 8, NVLINK_GBS, density, kernel_eff)
+        _, a, x, l = prefill(n, 8, NVLINK_GBS, density, kernel_eff, flex_sel=flex_sel)
         row.append(f"{a:.2f} / {x:.2f} / {l:.2f}")
         print("| " + " | ".join(row) + " |")
 
 
-def table_hosts(title, density=1.0, kernel_eff=1.0):
+def table_hosts(title, density=1.0, kernel_eff=1.0, flex_sel=False):
     print(f"\n{title}\n")
     print("| tokens | hosts x 8 GPUs | flat ring over IB: s (eff.) | TP8 x CP over hosts: s (eff.) |")
     print("|---|---|---:|---:|")
     for n in (131072, 524288, 1048576):
         for hosts in (2, 4, 16):
             g = 8 * hosts
-            flat, ef = eff(n, g, link_gbs=IB_GBS, density=density, kernel_eff=kernel_eff)
-            tpcp, et = eff(n, g, link_gbs=IB_GBS, density=density, kernel_eff=kernel_eff, tp=8)
+            flat, ef = eff(n, g, link_gbs=IB_GBS, density=density, kernel_eff=kernel_eff, flex_sel=flex_sel)
+            tpcp, et = eff(n, g, link_gbs=IB_GBS, density=density, kernel_eff=kernel_eff, tp=8, flex_sel=flex_sel)
             print(f"| {n // 1024}K | {hosts} x 8 | {fmt_t(flat)} ({ef:.0%}) | {fmt_t(tpcp)} ({et:.0%}) |")
 
 
@@ -162,7 +180,10 @@ if __name__ == "__main__":
     table_one_host("Dense, one host (NVLink 4):")
     table_one_host("Sparse (density 0.2 at 60% of the dense kernel's speed per pair), one host:", 0.2, 0.6)
     table_one_host("Sparse (density 0.05 at 60%), one host:", 0.05, 0.6)
+    table_one_host("FlexPrefill as measured in the ring (density 0.32 at 90%, its selection and the selection's "
+                   "all-reduce), one host:", FLEX_DENSITY, FLEX_KERNEL_EFF, flex_sel=True)
     table_hosts("Dense, several hosts (400 Gb/s InfiniBand per GPU):")
     table_hosts("Sparse (density 0.2 at 60%), several hosts:", 0.2, 0.6)
+    table_hosts("FlexPrefill as measured in the ring, several hosts:", FLEX_DENSITY, FLEX_KERNEL_EFF, flex_sel=True)
     crossover()
     meta()
