@@ -1,39 +1,13 @@
 // Context-parallel attention on the GPU kernels (cp_cuda.h): the plan, the
-// pass-KV ring of a sharded prompt slice, the sharded decode, and the two
-// small kernels they add to attn_cuda's: a page gather (packs, queries) and
-// the LSE merge of partial outputs.
-#include <cuda_bf16.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "attn/cp/cp_cuda.h"
-#include "attn/cp/cp_ring_map.h"
-#include "attn/cuda/plan.cuh"
-#include "ops/cuda/cuda_check.cuh"
+// pass-KV and pass-Q rings of a sharded prompt slice (dense and FlexPrefill),
+// the timing, and the kernels they add to attn_cuda's: the LSE merges of
+// ring steps and FlexPrefill's step masks. The sharded decode is
+// ring_cuda_decode.cu's; ring_cuda.cuh has what both share.
+#include "attn/cp/ring_cuda.cuh"
 
 namespace {
 
 // ---- kernels ----------------------------------------------------------------------------------
-// dst row i = src row idx[i], rows of row_u4 16-byte words (a KV page of all
-// heads, or a query row).
-__global__ void gather_rows_kernel(uint4 *dst, const uint4 *src, const int32_t *idx, int64_t n, int64_t row_u4) {
-    const int64_t total = n * row_u4;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / row_u4;
-        dst[i] = src[(int64_t)idx[r] * row_u4 + i % row_u4];
-    }
-}
-
-int gather_rows(void *dst, const void *src, const int32_t *idx, int64_t n, size_t row_bytes, cudaStream_t st) {
-    if (n <= 0) return 0;
-    const int64_t row_u4 = (int64_t)(row_bytes / 16), total = n * row_u4;
-    int64_t blocks = (total + 255) / 256;
-    if (blocks > 4096) blocks = 4096;
-    gather_rows_kernel<<<(unsigned)blocks, 256, 0, st>>>((uint4 *)dst, (const uint4 *)src, idx, n, row_u4);
-    CUDA_CHECK_RET(cudaGetLastError());
-    return 0;
-}
 
 // One ring step's partials into the rows' running output, one warp per (row,
 // head), rows [r0, rows) computed this step:
@@ -69,50 +43,6 @@ __global__ void ring_merge_kernel(float *acc, float *run_lse, const __nv_bfloat1
     }
 }
 
-// Folds a partial (o, its LSE lp) into a row's running output: four dims a
-// lane (D <= 128) and the running LSE lr (-inf: nothing yet, the partial is
-// copied exactly).
-__device__ __forceinline__ void merge_part(float acc[4], float &lr, const __nv_bfloat16 *o, float lp, int lane, int D) {
-    if (lr == -INFINITY) {
-        for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
-        lr = lp;
-        return;
-    }
-    const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
-    const float wa = expf(lr - l), wp = expf(lp - l);
-    for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
-    lr = l;
-}
-
-// Decode: the owner's rows from every rank's partials, in rank order. gath
-// holds N messages of msg_bytes: o (n, H, D) bf16 then lse (n, H) f32, row i
-// of rank i's message being compact row cidx[i * n + s] (-1: none).
-__global__ void dec_merge_kernel(const uint8_t *gath, size_t msg_bytes, const int32_t *cidx, const int32_t *own,
-                                 int n_own, int n, int n_ranks, int n_heads, int D, __nv_bfloat16 *out,
-                                 float *lse_out) {
-    const int64_t w = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (w >= (int64_t)n_own * n_heads) return;
-    const int s = own[w / n_heads], h = (int)(w % n_heads);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    float lr = -INFINITY;
-    for (int i = 0; i < n_ranks; i++) {
-        const int ci = cidx[(int64_t)i * n + s];
-        if (ci < 0) continue;
-        const uint8_t *m = gath + (size_t)i * msg_bytes;
-        const __nv_bfloat16 *o = (const __nv_bfloat16 *)m + ((int64_t)ci * n_heads + h) * D;
-        merge_part(acc, lr, o, ((const float *)(m + (size_t)n * n_heads * D * 2))[(int64_t)ci * n_heads + h], lane, D);
-    }
-    for (int k = 0; k * 32 + lane < D; k++)
-        out[((int64_t)s * n_heads + h) * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
-    if (lse_out && lane == 0) lse_out[(int64_t)s * n_heads + h] = lr;
-}
-
-// Pass-Q: the first of the own rows each rank computed (earlier ones saw
-// none of its blocks).
-struct SrcRows {
-    int32_t r0[CP_MAX_RANKS];
-};
 
 // Pass-Q: the own rows from the partials every rank computed for them, in
 // rank order, one warp per (row, head). in holds N messages of msg_bytes:
@@ -182,108 +112,15 @@ __global__ void own_pairs_kernel(const uint32_t *whole, int n_qb_w, int words_w,
     if ((threadIdx.x & 31) == 0 && acc) atomicAdd(pairs, acc);
 }
 
-// The ring's sum for the distributed selection (attn_cuda_sum_fn).
-int ring_sum(void *ctx, float *buf, size_t n) { return cp_allreduce_sum((cp_comm_t *)ctx, buf, n); }
 
 // A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
 size_t q_msg(int64_t rows, int n_heads, int D) {
     return ((size_t)rows * n_heads * (2 * (size_t)D + sizeof(float)) + 255) / 256 * 256;
 }
 
-unsigned warp_blocks(int64_t warps) { return (unsigned)((warps + 7) / 8); } // 256 threads: 8 warps a block
 
 } // namespace
 
-struct cp_cuda_plan {
-    attn_cuda_shape_t shape; // the rank's pool
-    cp_cuda_limits_t lim;
-    int rank, n;
-    size_t page_bytes; // one page of K (or V), all kv heads
-    int64_t maxp;      // pages a pack holds
-
-    // host arena (pinned) and its device copy: [0, maxp) the own pack's page
-    // ids; then decode's sel (max_dec), cidx (n * max_dec), own rows (max_dec)
-    int32_t *h_arena, *d_arena;
-    size_t off_dec_sel, off_dec_cidx, off_dec_own, off_t_sel, off_t_cidx, arena_ints;
-    cudaEvent_t up_pf, up_dec;
-    int up_pf_pending, up_dec_pending;
-    int32_t *h_idx; // host scratch: one step's kv_indices (CP_RING_MAX_RUNS * maxp), or decode's (max_decode_pages)
-
-    // prefill
-    attn_cuda_plan_t *steps[CP_MAX_RANKS]; // one per ring step
-    void *pack[2];                         // K pages at 0, V pages at maxp * page_bytes
-    __nv_bfloat16 *part_o;
-    float *part_lse, *acc, *run_lse;
-    int pf_planned, n_runs;
-    cp_ring_run_t runs[CP_RING_MAX_RUNS];
-    int64_t rows;
-    int64_t pack_pages[CP_MAX_RANKS];
-    int64_t step_row0[CP_MAX_RANKS]; // first row the step computes (rows: none)
-    double step_pairs[CP_MAX_RANKS];
-
-    // pass-Q (lim.max_q_rows > 0): the queries go round instead, each rank
-    // attends the visiting rows to the blocks it holds (in its pool) and
-    // keeps the partials; an all-to-all brings every row its N partials
-    int pass_q;                             // the planned slice's ring
-    attn_cuda_plan_t *qsteps[CP_MAX_RANKS]; // step k: the rows of rank visitor(r, k) over this rank's pool pages
-    void *qrecv[2];                         // visiting queries, (max_q_rows, H, D) bf16
-    uint8_t *qpart, *qpartin;               // the partials sent (every origin's rows), received (own rows)
-    int64_t q_rows[CP_MAX_RANKS];           // rows of each rank
-    int64_t q_row0[CP_MAX_RANKS];           // step k: the origin's first row computed (q_rows: none)
-    size_t q_soff[CP_MAX_RANKS], q_sbytes[CP_MAX_RANKS], q_roff[CP_MAX_RANKS], q_rbytes[CP_MAX_RANKS];
-    SrcRows src; // each rank's first computed row of the own rows
-
-    // FlexPrefill (lim.flex): the selection spread over the ranks into the
-    // whole mask, the steps' masks cut from it, the pairs computed. The
-    // pinned fx arena (and its device copy): the descriptors (StepMask, n x
-    // CP_RING_MAX_RUNS), each rank's 128-blocks in order (kbmap, n x
-    // (maxp + 1)), this rank's query blocks (qbs, max_rows / 128 + 2)
-    attn_cuda_flex_t *flex;
-    int sparse;      // the planned slice runs FlexPrefill
-    uint32_t *gmask; // the whole mask (H, n_qb, words)
-    uint32_t *smask; // the steps' masks
-    size_t gmask_cap, smask_cap;
-    int32_t *h_fx, *d_fx; // pinned / device
-    size_t fx_kbmap, fx_qbs, fx_ints;
-    cudaEvent_t up_fx;
-    int up_fx_pending;
-    int n_desc, max_desc_qb, n_qbs, g_qb0, g_nqb, g_words;
-    int64_t spos0, send; // the planned slice
-    size_t smask_used;
-    unsigned long long *d_pairs, *h_pairs; // device counter, pinned copy
-    int32_t *h_held;                       // host scratch: held (bytes) and qrows of the dist plan
-
-    // decode, Quest (lim.quest): the distributed plan over the whole batch
-    attn_quest_plan_t *quest;
-    void *quest_ws;
-    size_t quest_ws_cap;
-    uint8_t *h_held_pages; // (quest's max_pages) this rank's pages of the batch
-    int dec_quest;         // the planned batch runs Quest
-
-    // decode, TidalDecode (lim.tidal_budget): the distributed plan over the
-    // whole batch beside the dense one (the selection layers are dense)
-    attn_tidal_plan_t *tidal;
-    void *tidal_ws;
-    size_t tidal_ws_cap;
-    float *d_glse; // (max_dec, H) every row's LSE at a selection layer
-    int dec_tidal; // the planned batch runs TidalDecode
-
-    // decode
-    attn_cuda_plan_t *dec;
-    void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
-    size_t dec_ws_cap, dec_ws_bytes;
-    int dec_planned, dec_n, dec_m, dec_n_own;
-    int *dec_row_owner; // host (max_dec)
-    int32_t *h_dec;     // host scratch: the decode batch's kv_indptr (max_dec + 1) and kv_len (max_dec)
-    double dec_pairs;
-
-    // timing
-    int timing;
-    cudaEvent_t ev[3 * CP_MAX_RANKS + 2]; // per step: start, computed, waited; then pass-Q's all-to-all
-    float step_c[CP_MAX_RANKS], step_w[CP_MAX_RANKS];
-    int timed;
-    cp_timing_t t;
-};
 
 extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
     if (!p) return;
@@ -863,204 +700,6 @@ extern "C" int cp_cuda_sparse_pairs(cp_cuda_plan_t *p, void *stream, double *pai
     CUDA_CHECK_RET(cudaStreamSynchronize(st));
     *pairs = (double)*p->h_pairs;
     return 0;
-}
-
-// ---- decode -------------------------------------------------------------------------------
-// Quest and TidalDecode: every row on every rank (its partial may be empty):
-// each row's query from its owner, every rank's partial of row s at row s;
-// the whole page tables with this rank's pages flagged. Returns the batch
-// (every row, its whole page table) the distributed plans take.
-static attn_cuda_batch_t plan_all_rows(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b) {
-    const int n = b->n_seqs, N = p->n;
-    int32_t *tsel = p->h_arena + p->off_t_sel, *tcidx = p->h_arena + p->off_t_cidx;
-    for (int s = 0; s < n; s++) {
-        tsel[s] = (int32_t)(p->dec_row_owner[s] * n + s);
-        for (int i = 0; i < N; i++) tcidx[(size_t)i * n + s] = s;
-    }
-    for (int64_t i = 0; i < b->blk_indptr[n]; i++) p->h_held_pages[i] = b->owner[i] == p->rank;
-    return attn_cuda_batch_t{n, nullptr, b->blk_indptr, b->blocks, b->kv_len, nullptr, nullptr};
-}
-
-extern "C" int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream) {
-    if (!p || !b || !p->dec || b->n_seqs < 1 || !b->kv_len || !b->blk_indptr || !b->blocks || !b->owner)
-        return LC_EINVAL;
-    p->dec_planned = 0;
-    p->dec_quest = p->dec_tidal = 0;
-    if ((b->budget && !p->quest) || (b->tidal && !p->tidal)) return LC_ERANGE;
-    if (b->budget && b->tidal) return LC_EINVAL;
-    const int n = b->n_seqs, N = p->n, r = p->rank, ps = p->shape.page_size;
-    if (n > p->lim.max_decode_seqs) return LC_ERANGE;
-    if (b->blk_indptr[0] != 0) return LC_EINVAL;
-    for (int s = 0; s < n; s++) {
-        const int64_t nb = (int64_t)b->blk_indptr[s + 1] - b->blk_indptr[s];
-        if (b->kv_len[s] < 1 || nb * ps < b->kv_len[s]) return LC_EINVAL;
-        for (int64_t i = b->blk_indptr[s]; i < b->blk_indptr[s + 1]; i++)
-            if (b->owner[i] >= N) return LC_EINVAL;
-    }
-    cudaStream_t st = (cudaStream_t)stream;
-    if (p->up_dec_pending) {
-        CUDA_CHECK_RET(cudaEventSynchronize(p->up_dec));
-        p->up_dec_pending = 0;
-    }
-    int32_t *sel = p->h_arena + p->off_dec_sel, *cidx = p->h_arena + p->off_dec_cidx,
-            *own = p->h_arena + p->off_dec_own;
-    int32_t *ki = p->h_dec, *kl = p->h_dec + n + 1; // this rank's batch: kv_indptr, kv_len
-    int m = 0, n_own = 0, count[CP_MAX_RANKS] = {0};
-    int64_t pages = 0;
-    double pairs = 0;
-    ki[0] = 0;
-    int rc = 0;
-    for (int s = 0; s < n && !rc; s++) {
-        const int32_t *bl = b->blocks + b->blk_indptr[s];
-        const uint8_t *ow = b->owner + b->blk_indptr[s];
-        const int64_t nb = (b->kv_len[s] + ps - 1) / ps;
-        p->dec_row_owner[s] = ow[nb - 1];
-        if (ow[nb - 1] == r) own[n_own++] = s;
-        uint8_t holds[CP_MAX_RANKS] = {0};
-        for (int64_t i = 0; i < nb; i++) holds[ow[i]] = 1;
-        for (int i = 0; i < N; i++) cidx[(size_t)i * n + s] = holds[i] ? count[i]++ : -1;
-        if (!holds[r]) continue;
-        const int64_t keys = cp_ring_keys(ow, nb, ps, b->kv_len[s], r);
-        for (int64_t i = 0; i < nb && !rc; i++) {
-            if (ow[i] != r) continue;
-            if (bl[i] < 0 || bl[i] >= p->shape.n_pool_pages)
-                rc = LC_EINVAL;
-            else if (pages >= p->lim.max_decode_pages)
-                rc = LC_ERANGE;
-            else
-                p->h_idx[pages++] = bl[i];
-        }
-        sel[m] = (int32_t)(ow[nb - 1] * n + s);
-        kl[m] = (int32_t)keys;
-        ki[m + 1] = (int32_t)pages;
-        pairs += (double)keys * p->shape.n_heads;
-        m++;
-    }
-    if (!rc && b->budget) {
-        // Quest instead of the dense plan
-        for (int s = 0; s < n; s++)
-            if (b->budget[s] < 0) return LC_EINVAL;
-        const attn_cuda_batch_t bt = plan_all_rows(p, b);
-        size_t ws = 0;
-        rc = attn_quest_dist_plan(p->quest, &bt, b->budget, p->h_held_pages, stream, &ws);
-        if (!rc && ws > p->quest_ws_cap) rc = LC_ERANGE;
-        p->dec_quest = 1;
-        pairs = 0; // what each rank attends is chosen on the device: not counted
-    } else if (!rc && m > 0) {
-        attn_cuda_batch_t bt = {m, nullptr, ki, p->h_idx, kl, nullptr, nullptr};
-        rc = attn_cuda_plan(p->dec, &bt, stream, &p->dec_ws_bytes);
-        if (!rc && p->dec_ws_bytes > p->dec_ws_cap) rc = LC_ERANGE;
-    }
-    if (!rc && b->tidal) { // TidalDecode beside the dense plan (its selection layers)
-        const attn_cuda_batch_t bt = plan_all_rows(p, b);
-        size_t ws = 0;
-        rc = attn_tidal_dist_plan(p->tidal, &bt, b->tidal, p->h_held_pages, stream, &ws);
-        if (!rc && ws > p->tidal_ws_cap) rc = LC_ERANGE;
-        p->dec_tidal = 1;
-    }
-    if (rc) return rc;
-    CUDA_CHECK_RET(cudaMemcpyAsync(p->d_arena + p->off_dec_sel, sel,
-                                   sizeof(int32_t) * (p->off_t_cidx + (size_t)N * n - p->off_dec_sel),
-                                   cudaMemcpyHostToDevice, st));
-    CUDA_CHECK_RET(cudaEventRecord(p->up_dec, st));
-    p->up_dec_pending = 1;
-    p->dec_n = n;
-    p->dec_m = m;
-    p->dec_n_own = n_own;
-    p->dec_pairs = pairs;
-    p->dec_planned = 1;
-    return 0;
-}
-
-extern "C" int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s) {
-    return p && p->dec_planned && s >= 0 && s < p->dec_n ? p->dec_row_owner[s] : -1;
-}
-
-// The decode's end: every rank's partials (dmsg) to every rank, and each
-// owner's rows merged from them in rank order (the partial rows at cidx).
-static int merge_partials(cp_cuda_plan_t *p, cp_comm_t *c, size_t off_cidx, void *out, float *lse) {
-    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t msg = (size_t)n * H * (D * 2 + sizeof(float));
-    int rc = cp_allgather(c, p->dmsg, msg, p->dgath);
-    if (rc) return rc;
-    if (p->dec_n_own > 0) {
-        dec_merge_kernel<<<warp_blocks((int64_t)p->dec_n_own * H), 256, 0, (cudaStream_t)cp_comm_stream(c)>>>(
-            (const uint8_t *)p->dgath, msg, p->d_arena + off_cidx, p->d_arena + p->off_dec_own, p->dec_n_own, n, p->n,
-            H, D, (__nv_bfloat16 *)out, lse);
-        CUDA_CHECK_RET(cudaGetLastError());
-    }
-    return 0;
-}
-
-extern "C" int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
-                                  void *out, float *lse) {
-    return cp_cuda_run_decode_kv(p, c, k, v, nullptr, nullptr, q, out, lse);
-}
-
-extern "C" int cp_cuda_run_decode_kv(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const float *kmin,
-                                     const float *kmax, const void *q, void *out, float *lse) {
-    if (!p || !c || !p->dec_planned || !k || !v || !q || !out || (p->dec_quest && (!kmin || !kmax))) return LC_EINVAL;
-    if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
-    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t qrow = (size_t)H * D * 2;
-    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
-    int rc;
-    // every rank's queries; the rows this rank attends picked from their owners'
-    if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
-    if (p->dec_quest) { // every row
-        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
-        attn_quest_args_t a = {p->dq_c, p->dmsg,     (float *)((char *)p->dmsg + (size_t)n * qrow),
-                               k,       v,           kmin,
-                               kmax,    p->quest_ws, p->quest_ws_cap};
-        if ((rc = attn_quest_dist_run(p->quest, &a, ring_sum, c, st))) return rc;
-    } else if (p->dec_m > 0) { // the rows this rank holds keys of
-        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_dec_sel, p->dec_m, qrow, st))) return rc;
-        attn_cuda_args_t a = {
-            p->dq_c, p->dmsg, (float *)((char *)p->dmsg + (size_t)n * qrow), k, v, p->dec_ws, p->dec_ws_cap, 0,
-            nullptr, nullptr};
-        if ((rc = attn_cuda_run(p->dec, &a, st))) return rc;
-    }
-    if ((rc = merge_partials(p, c, p->dec_quest ? p->off_t_cidx : p->off_dec_cidx, out, lse))) return rc;
-    p->t.decode_pairs += p->dec_pairs;
-    return 0;
-}
-
-// Every own row's LSE (rows s of the table) into the caller's.
-__global__ void copy_own_lse_kernel(const float *all, const int32_t *own, int n_own, int n_heads, float *lse) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n_own * n_heads; i += gridDim.x * blockDim.x) {
-        const size_t x = (size_t)own[i / n_heads] * n_heads + i % n_heads;
-        lse[x] = all[x];
-    }
-}
-
-extern "C" int cp_cuda_run_decode_tidal(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
-                                        void *out, float *lse, int select) {
-    if (!p || !c || !p->dec_planned || !p->dec_tidal || !k || !v || !q || !out) return LC_EINVAL;
-    if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
-    const int n = p->dec_n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t qrow = (size_t)H * D * 2;
-    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
-    int rc;
-    if (select) {
-        // the dense layer, every row's LSE on every rank (owners fill the table), the selection
-        CUDA_CHECK_RET(cudaMemsetAsync(p->d_glse, 0, sizeof(float) * (size_t)n * H, st));
-        if ((rc = cp_cuda_run_decode(p, c, k, v, q, out, p->d_glse)) || (rc = ring_sum(c, p->d_glse, (size_t)n * H)))
-            return rc;
-        if (lse && p->dec_n_own > 0) {
-            copy_own_lse_kernel<<<8, 256, 0, st>>>(p->d_glse, p->d_arena + p->off_dec_own, p->dec_n_own, H, lse);
-            CUDA_CHECK_RET(cudaGetLastError());
-        }
-        if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
-        attn_tidal_select_args_t a = {p->dq_c, k, p->d_glse, p->tidal_ws, p->tidal_ws_cap};
-        return attn_tidal_dist_select(p->tidal, &a, ring_sum, c, st);
-    }
-    // a later layer: each rank's share of the selection, merged on the row's owner
-    if ((rc = cp_allgather(c, q, (size_t)n * qrow, p->dq_all))) return rc;
-    if ((rc = gather_rows(p->dq_c, p->dq_all, p->d_arena + p->off_t_sel, n, qrow, st))) return rc;
-    attn_tidal_attend_args_t a = {p->dq_c,     p->dmsg,        (float *)((char *)p->dmsg + (size_t)n * qrow), k, v,
-                                  p->tidal_ws, p->tidal_ws_cap};
-    if ((rc = attn_tidal_attend(p->tidal, &a, st))) return rc;
-    return merge_partials(p, c, p->off_t_cidx, out, lse);
 }
 
 // ---- timing -------------------------------------------------------------------------------

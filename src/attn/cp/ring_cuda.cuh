@@ -1,0 +1,155 @@
+// What the GPU ring's two halves share (cp_cuda.h): ring_cuda.cu has the plan,
+// the prefill rings and the timing, ring_cuda_decode.cu the sharded decode.
+// The plan object, the page gather, the LSE fold of one partial, the ring's
+// sum for the distributed selections.
+#pragma once
+#include <cuda_bf16.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn/cp/cp_cuda.h"
+#include "attn/cp/cp_ring_map.h"
+#include "attn/cuda/plan.cuh"
+#include "ops/cuda/cuda_check.cuh"
+
+namespace {
+
+// dst row i = src row idx[i], rows of row_u4 16-byte words (a KV page of all
+// heads, or a query row).
+__global__ void gather_rows_kernel(uint4 *dst, const uint4 *src, const int32_t *idx, int64_t n, int64_t row_u4) {
+    const int64_t total = n * row_u4;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / row_u4;
+        dst[i] = src[(int64_t)idx[r] * row_u4 + i % row_u4];
+    }
+}
+
+int gather_rows(void *dst, const void *src, const int32_t *idx, int64_t n, size_t row_bytes, cudaStream_t st) {
+    if (n <= 0) return 0;
+    const int64_t row_u4 = (int64_t)(row_bytes / 16), total = n * row_u4;
+    int64_t blocks = (total + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    gather_rows_kernel<<<(unsigned)blocks, 256, 0, st>>>((uint4 *)dst, (const uint4 *)src, idx, n, row_u4);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+// Folds a partial (o, its LSE lp) into a row's running output: four dims a
+// lane (D <= 128) and the running LSE lr (-inf: nothing yet, the partial is
+// copied exactly).
+__device__ __forceinline__ void merge_part(float acc[4], float &lr, const __nv_bfloat16 *o, float lp, int lane, int D) {
+    if (lr == -INFINITY) {
+        for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
+        lr = lp;
+        return;
+    }
+    const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
+    const float wa = expf(lr - l), wp = expf(lp - l);
+    for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
+    lr = l;
+}
+
+// The ring's sum for the distributed selection (attn_cuda_sum_fn).
+int ring_sum(void *ctx, float *buf, size_t n) { return cp_allreduce_sum((cp_comm_t *)ctx, buf, n); }
+
+unsigned warp_blocks(int64_t warps) { return (unsigned)((warps + 7) / 8); } // 256 threads: 8 warps a block
+
+// Pass-Q: the first of the own rows each rank computed (earlier ones saw
+// none of its blocks).
+struct SrcRows {
+    int32_t r0[CP_MAX_RANKS];
+};
+
+} // namespace
+
+struct cp_cuda_plan {
+    attn_cuda_shape_t shape; // the rank's pool
+    cp_cuda_limits_t lim;
+    int rank, n;
+    size_t page_bytes; // one page of K (or V), all kv heads
+    int64_t maxp;      // pages a pack holds
+
+    // host arena (pinned) and its device copy: [0, maxp) the own pack's page
+    // ids; then decode's sel (max_dec), cidx (n * max_dec), own rows (max_dec)
+    int32_t *h_arena, *d_arena;
+    size_t off_dec_sel, off_dec_cidx, off_dec_own, off_t_sel, off_t_cidx, arena_ints;
+    cudaEvent_t up_pf, up_dec;
+    int up_pf_pending, up_dec_pending;
+    int32_t *h_idx; // host scratch: one step's kv_indices (CP_RING_MAX_RUNS * maxp), or decode's (max_decode_pages)
+
+    // prefill
+    attn_cuda_plan_t *steps[CP_MAX_RANKS]; // one per ring step
+    void *pack[2];                         // K pages at 0, V pages at maxp * page_bytes
+    __nv_bfloat16 *part_o;
+    float *part_lse, *acc, *run_lse;
+    int pf_planned, n_runs;
+    cp_ring_run_t runs[CP_RING_MAX_RUNS];
+    int64_t rows;
+    int64_t pack_pages[CP_MAX_RANKS];
+    int64_t step_row0[CP_MAX_RANKS]; // first row the step computes (rows: none)
+    double step_pairs[CP_MAX_RANKS];
+
+    // pass-Q (lim.max_q_rows > 0): the queries go round instead, each rank
+    // attends the visiting rows to the blocks it holds (in its pool) and
+    // keeps the partials; an all-to-all brings every row its N partials
+    int pass_q;                             // the planned slice's ring
+    attn_cuda_plan_t *qsteps[CP_MAX_RANKS]; // step k: the rows of rank visitor(r, k) over this rank's pool pages
+    void *qrecv[2];                         // visiting queries, (max_q_rows, H, D) bf16
+    uint8_t *qpart, *qpartin;               // the partials sent (every origin's rows), received (own rows)
+    int64_t q_rows[CP_MAX_RANKS];           // rows of each rank
+    int64_t q_row0[CP_MAX_RANKS];           // step k: the origin's first row computed (q_rows: none)
+    size_t q_soff[CP_MAX_RANKS], q_sbytes[CP_MAX_RANKS], q_roff[CP_MAX_RANKS], q_rbytes[CP_MAX_RANKS];
+    SrcRows src; // each rank's first computed row of the own rows
+
+    // FlexPrefill (lim.flex): the selection spread over the ranks into the
+    // whole mask, the steps' masks cut from it, the pairs computed. The
+    // pinned fx arena (and its device copy): the descriptors (StepMask, n x
+    // CP_RING_MAX_RUNS), each rank's 128-blocks in order (kbmap, n x
+    // (maxp + 1)), this rank's query blocks (qbs, max_rows / 128 + 2)
+    attn_cuda_flex_t *flex;
+    int sparse;      // the planned slice runs FlexPrefill
+    uint32_t *gmask; // the whole mask (H, n_qb, words)
+    uint32_t *smask; // the steps' masks
+    size_t gmask_cap, smask_cap;
+    int32_t *h_fx, *d_fx; // pinned / device
+    size_t fx_kbmap, fx_qbs, fx_ints;
+    cudaEvent_t up_fx;
+    int up_fx_pending;
+    int n_desc, max_desc_qb, n_qbs, g_qb0, g_nqb, g_words;
+    int64_t spos0, send; // the planned slice
+    size_t smask_used;
+    unsigned long long *d_pairs, *h_pairs; // device counter, pinned copy
+    int32_t *h_held;                       // host scratch: held (bytes) and qrows of the dist plan
+
+    // decode, Quest (lim.quest): the distributed plan over the whole batch
+    attn_quest_plan_t *quest;
+    void *quest_ws;
+    size_t quest_ws_cap;
+    uint8_t *h_held_pages; // (quest's max_pages) this rank's pages of the batch
+    int dec_quest;         // the planned batch runs Quest
+
+    // decode, TidalDecode (lim.tidal_budget): the distributed plan over the
+    // whole batch beside the dense one (the selection layers are dense)
+    attn_tidal_plan_t *tidal;
+    void *tidal_ws;
+    size_t tidal_ws_cap;
+    float *d_glse; // (max_dec, H) every row's LSE at a selection layer
+    int dec_tidal; // the planned batch runs TidalDecode
+
+    // decode
+    attn_cuda_plan_t *dec;
+    void *dec_ws, *dq_all, *dq_c, *dmsg, *dgath;
+    size_t dec_ws_cap, dec_ws_bytes;
+    int dec_planned, dec_n, dec_m, dec_n_own;
+    int *dec_row_owner; // host (max_dec)
+    int32_t *h_dec;     // host scratch: the decode batch's kv_indptr (max_dec + 1) and kv_len (max_dec)
+    double dec_pairs;
+
+    // timing
+    int timing;
+    cudaEvent_t ev[3 * CP_MAX_RANKS + 2]; // per step: start, computed, waited; then pass-Q's all-to-all
+    float step_c[CP_MAX_RANKS], step_w[CP_MAX_RANKS];
+    int timed;
+    cp_timing_t t;
+};
