@@ -120,10 +120,6 @@ model_exec_t *model_exec_create(const model_t *m, const model_exec_opts_t *o, ch
     int rc;
     if (index < 0) {
         rc = create_cpu(e, o, err, errlen);
-    } else if (o->context_ranks > 1) {
-        snprintf(err, errlen, "parallel.context = %d: context parallelism runs on the CPU executor only in this build",
-                 o->context_ranks);
-        rc = LC_EUNSUPPORTED;
     } else {
 #ifdef HAVE_CUDA
         e->cuda = model_cuda_create(m, index, o, &e->kvc, &e->block_bytes, e->device, sizeof e->device, err, errlen);
@@ -224,7 +220,9 @@ int model_exec_forward(model_exec_t *e, kv_pool_t *kv, const model_batch_t *b) {
         return rc;
     }
 #ifdef HAVE_CUDA
-    return model_cuda_forward(e->cuda, b);
+    int rc = model_cuda_forward(e->cuda, b);
+    if (!rc) model_cuda_cp_account(e->cuda, kv);
+    return rc;
 #else
     return LC_EINVAL;
 #endif
@@ -255,6 +253,12 @@ void model_exec_cp_stats(model_exec_t *e, model_exec_cp_stats_t *out) {
         model_cpu_cp_stats(e->cpu, out);
         return;
     }
+#ifdef HAVE_CUDA
+    if (e->cuda) {
+        model_cuda_cp_stats(e->cuda, out);
+        return;
+    }
+#endif
     memset(out, 0, sizeof *out);
     out->ranks = 1;
 }

@@ -46,7 +46,8 @@ typedef struct {
     int gpu_no_graphs;      // GPU: 1 = decode steps launch every kernel (0: as CUDA graphs; exec_cuda.cu)
     /* Context parallelism ([parallel] in lacuna.conf): a sequence whose KV
      * reaches context_min_tokens runs its attention sharded over
-     * context_ranks ranks (attn/cp); 0 or 1: off. CPU executor only. */
+     * context_ranks ranks (attn/cp; on a GPU, device-local ranks of that
+     * GPU: exec_cuda_cp.cu); 0 or 1: off. */
     int context_ranks;
     int64_t context_min_tokens;
 } model_exec_opts_t;

@@ -179,8 +179,9 @@ static int alloc_step(model_cuda_t *c) {
     return 0;
 }
 
-/* Sizes the KV store and creates the attention plans for it. */
-static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size_t errlen) {
+/* The KV store's pages: o->kv_blocks, else kv_gpu_fraction of the free
+ * device memory (sets page_size, page_bytes and n_pages). */
+static int size_kv(model_cuda_t *c, const model_exec_opts_t *o) {
     const model_hparams_t *hp = &c->m->hp;
     c->page_size = o->block_size > 0 ? o->block_size : GPU_BLOCK;
     const size_t page_bytes = (size_t)hp->n_kv_heads * c->page_size * hp->head_dim * sizeof(bf16_t);
@@ -195,6 +196,21 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
         const double frac = o->kv_gpu_fraction > 0 ? o->kv_gpu_fraction : 0.85;
         c->n_pages = (int64_t)((double)free_b * frac / (double)per_page) - 1;
     }
+    return 0;
+}
+
+static attn_cuda_shape_t kv_shape(const model_cuda_t *c) {
+    const model_hparams_t *hp = &c->m->hp;
+    return attn_cuda_shape_t{hp->n_heads,  hp->n_kv_heads, hp->head_dim,
+                             c->page_size, c->n_pages + 1, model_attn_shape(c->m).scale};
+}
+
+/* Sizes the KV store and creates the attention plans for it. */
+static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size_t errlen) {
+    const model_hparams_t *hp = &c->m->hp;
+    int rc = size_kv(c, o);
+    if (rc) return rc;
+    const size_t page_bytes = c->page_bytes;
     if (c->n_pages < 1 || c->n_pages > INT32_MAX / 2) {
         snprintf(err, errlen, "no room for a KV store on the GPU");
         return LC_ENOMEM;
@@ -211,14 +227,13 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
         snprintf(err, errlen, "cannot allocate the GPU page summaries for %lld pages", (long long)c->n_pages);
         return LC_ENOMEM;
     }
-    attn_cuda_shape_t sh = {hp->n_heads,  hp->n_kv_heads, hp->head_dim,
-                            c->page_size, c->n_pages + 1, model_attn_shape(c->m).scale};
+    const attn_cuda_shape_t sh = kv_shape(c);
     const int64_t pages_per_seq = ((int64_t)hp->n_ctx_train + c->page_size - 1) / c->page_size + 1;
     attn_cuda_limits_t pl = {c->max_seqs, c->max_tokens, pages_per_seq * c->max_seqs, 0};
     attn_cuda_limits_t dl = {c->max_tokens, c->max_tokens, pages_per_seq * c->max_tokens, 0};
     c->shape = sh;
     c->dec_lim = dl;
-    int rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
+    rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
     if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan);
     if (rc) {
         snprintf(err, errlen,
@@ -287,7 +302,24 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
         snprintf(err, errlen, "cannot allocate the GPU buffers for %d tokens", c->max_tokens);
         goto fail;
     }
+    if (o->context_ranks > 1) {
+        /* the ranks' plans first, for the pool the free memory would give
+         * now (ids are checked against it); the pool then takes its share
+         * of what they leave, which is no more pages */
+        if ((rc = size_kv(c, o)) || c->n_pages < 1 || c->n_pages > INT32_MAX / 2) {
+            snprintf(err, errlen, "no room for a KV store on the GPU");
+            goto fail;
+        }
+        c->shape = kv_shape(c);
+        if ((rc = model_cuda__cp_create(c, o->context_ranks, o->context_min_tokens, err, errlen))) goto fail;
+    }
     if ((rc = alloc_kv(c, o, err, errlen))) goto fail;
+    if (o->context_ranks > 1) {
+        const size_t len = strlen(devname);
+        snprintf(devname + len, devlen > len ? devlen - len : 0,
+                 " (context parallel: %d ranks on this GPU from %lld tokens)", o->context_ranks,
+                 (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
+    }
     *kvc = model_kv_config(m, c->page_size, c->n_pages);
     *block_bytes = c->page_bytes * 2 * m->hp.n_layers;
     LC_INFO("%s: weights in bf16, KV store %lld pages of %d tokens (%.1f GiB)", devname, (long long)c->n_pages,
@@ -302,6 +334,7 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     if (!c) return;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    model_cuda__cp_destroy(c);
     model_cuda__prof_destroy(c);
     for (int b = 0; b < N_BUCKETS; b++) {
         if (!c->graphs[b]) continue;
@@ -351,6 +384,7 @@ extern "C" void model_cuda_copy_block(void *ud, int32_t dst, int32_t src) {
     model_cuda_t *c = (model_cuda_t *)ud;
     const size_t pb = c->page_bytes;
     cudaSetDevice(c->device);
+    model_cuda__cp_copy_owner(c, dst, src);
     for (int l = 0; l < c->m->hp.n_layers; l++)
         for (int kv = 0; kv < 2; kv++) {
             char *base = (char *)(kv ? layer_v(c, l) : layer_k(c, l));

@@ -34,6 +34,10 @@ void model_cuda_host_free(model_cuda_t *c, float *p);
  * device (an illegal address, a lost GPU: every later call fails too), the
  * reason. Such an executor never runs again. */
 const char *model_cuda_failure(const model_cuda_t *c);
+/* Context parallelism (parallel.context > 1): each rank's KV blocks in use
+ * in kv (after a step), and the counters (model_exec_cp_stats). */
+void model_cuda_cp_account(model_cuda_t *c, const kv_pool_t *kv);
+void model_cuda_cp_stats(model_cuda_t *c, model_exec_cp_stats_t *out);
 /* kv_copy_cb: copies block src to dst in every layer, ordered on the
  * executor's stream before any later step. */
 void model_cuda_copy_block(void *c, int32_t dst, int32_t src);

@@ -136,9 +136,10 @@ struct model_cuda {
     /* host scratch for the CSR views */
     int32_t *pf_q_indptr, *pf_kv_indptr, *pf_kv_len, *dec_kv_indptr, *dec_kv_len, *kv_indices;
     size_t cap_indices;
-    unsigned char *covered; // (T) batch validation
-    struct step_prof *prof; // LACUNA_CUDA_PROFILE: where decode steps spend their time (NULL: off)
-    char failure[256];      // set once the device is lost (model_cuda_failure)
+    unsigned char *covered;   // (T) batch validation
+    struct model_cuda_cp *cp; // context parallelism (parallel.context > 1; exec_cuda_cp.cu), else NULL
+    struct step_prof *prof;   // LACUNA_CUDA_PROFILE: where decode steps spend their time (NULL: off)
+    char failure[256];        // set once the device is lost (model_cuda_failure)
 };
 
 /* Host side of a step: the rows in attention order (prompt rows first, then
@@ -161,6 +162,23 @@ typedef struct {
 /* Plans the step's attention (exec_cuda_plan.cu): every plan its rows need,
  * created or grown on demand, and the workspaces they size. */
 int model_cuda__plan_attention(model_cuda_t *c, const step_t *st);
+
+/* Context parallelism (exec_cuda_cp.cu; every call does nothing without
+ * it): create after the KV store (ranks device-local ranks of this GPU,
+ * sharding sequences whose KV reaches min_tokens) and destroy before it;
+ * per step prepare (which slices are sharded: mode(s) MODE_* of the file;
+ * owners, plans) before the rows are laid out, rows after (their gather
+ * index), layer after each layer's single-rank attention, count after the
+ * step drained; copy_owner for a block copied on write. */
+typedef struct model_cuda_cp model_cuda_cp_t;
+int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *err, size_t errlen);
+void model_cuda__cp_destroy(model_cuda_t *c);
+int model_cuda__cp_mode(const model_cuda_t *c, int s); // 0: single-rank, 1: the ring, 2: a sharded decode row
+int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b);
+int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b);
+int model_cuda__cp_layer(model_cuda_t *c, int l);
+void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b);
+void model_cuda__cp_copy_owner(model_cuda_t *c, int32_t dst, int32_t src);
 
 /* The step profile (exec_cuda_prof.cu): created from the environment,
  * reported and freed with the executor; every call does nothing when it is

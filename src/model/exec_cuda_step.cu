@@ -95,7 +95,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     c->pf_q_indptr[0] = c->pf_kv_indptr[0] = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
-        if (q->generated) continue;
+        if (q->generated || model_cuda__cp_mode(c, s)) continue;
         const int np = (int)((q->pos0 + q->n_tok + P - 1) / P);
         for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
         c->row0[s] = row;
@@ -128,6 +128,14 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         c->pf_q_indptr[st->n_pf_seqs] = row;
         c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
     }
+    /* sharded prompt slices (exec_cuda_cp.cu): prompt rows after the plan's */
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (q->generated || !model_cuda__cp_mode(c, s)) continue;
+        for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
+        c->row0[s] = row;
+        row += q->n_tok;
+    }
     st->n_pf_rows = row;
     st->mask_words = words;
     /* generated rows: one decode entry each, over the pages up to its
@@ -140,7 +148,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         for (int s = 0; s < b->n_seqs; s++) {
             const model_seq_t *q = &b->seqs[s];
             const attn_policy_t *pol = quest_policy(q), *tpol = tidal_policy(q);
-            if (!q->generated || (pol ? 1 : tpol ? 2 : 0) != pass) continue;
+            if (!q->generated || model_cuda__cp_mode(c, s) || (pol ? 1 : tpol ? 2 : 0) != pass) continue;
             if (pass == 2 && !st->n_tidal) {
                 st->t_idx0 = pf_pages + dec_pages;
                 c->t_pol = *tpol;
@@ -175,6 +183,13 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 c->q_dl[e] = pol->dense_layers;
             }
         }
+    /* sharded generated slices (exec_cuda_cp.cu): the last rows */
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        if (!q->generated || !model_cuda__cp_mode(c, s)) continue;
+        c->row0[s] = row;
+        for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row++);
+    }
     /* Quest's thresholds: the distinct dense_layers, ascending */
     for (int e = 0; e < st->n_quest; e++) {
         int k = 0;
@@ -514,6 +529,7 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
     int e = 0, f = 0, t = 0; // Quest entries, prompt slices, TidalDecode entries, in slice order
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
+        if (model_cuda__cp_mode(c, s)) continue; // counted by model_cuda__cp_count
         const int quest = quest_policy(q) != NULL;
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
@@ -582,8 +598,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     if (b->n_seqs > c->max_seqs) return LC_EINVAL;
     step_t st;
     model_cuda__prof_mark(c, 0);
-    if ((rc = build_step(c, b, &st))) return rc;
     CUDA_CHECK_RET(cudaSetDevice(c->device));
+    if ((rc = model_cuda__cp_prepare(c, b))) return rc;
+    if ((rc = build_step(c, b, &st))) return rc;
     if (st.bucket >= 0 && !c->graphs[st.bucket] && (rc = capture_bucket(c, st.bucket))) return rc;
     const cudaGraphExec_t *g = st.bucket >= 0 && c->use_graphs ? c->graphs[st.bucket] : NULL;
     const int rows = g ? bucket_rows[st.bucket] : st.rows;
@@ -594,7 +611,7 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     CUDA_CHECK_RET(
         cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
     model_cuda__prof_mark(c, 2);
-    if ((rc = model_cuda__plan_attention(c, &st))) return rc;
+    if ((rc = model_cuda__plan_attention(c, &st)) || (rc = model_cuda__cp_rows(c, b))) return rc;
     model_cuda__prof_mark(c, 3);
     model_cuda__prof_event(c, 1);
     const int L = c->m->hp.n_layers;
@@ -604,7 +621,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
         else if ((rc = piece(c, rows, st.n_pf_rows, st.rowwise, i)))
             return rc;
         model_cuda__prof_event(c, 2 + 2 * i);
-        if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)))) return rc;
+        if (i < L &&
+            ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)) || (rc = model_cuda__cp_layer(c, i))))
+            return rc;
         if (i < L) model_cuda__prof_event(c, 3 + 2 * i);
     }
     model_cuda__prof_mark(c, 4);
@@ -618,6 +637,7 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     CUDA_CHECK_RET(cudaStreamSynchronize(c->stream));
     model_cuda__prof_mark(c, 6);
     count_attention(c, b, &st);
+    model_cuda__cp_count(c, b);
     model_cuda__prof_mark(c, 7);
     model_cuda__prof_step(c, st.n_pf_rows == 0, st.rows);
     return 0;

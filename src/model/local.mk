@@ -19,18 +19,18 @@ liblacuna_a_SOURCES += \
 
 # The CUDA executor (with CUDA only).
 if HAVE_CUDA
-liblacuna_a_SOURCES += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_int.cuh
-CUDA_SRCS += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu
+liblacuna_a_SOURCES += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_int.cuh
+CUDA_SRCS += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu
 endif
-EXTRA_DIST += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_int.cuh
+EXTRA_DIST += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_int.cuh
 
 # The GPU Check suite of the executor (tests/gpu/run.sh runs it on the GPU
 # machine; not in make check). Check linked statically so the binary travels.
-EXTRA_DIST += tests/gpu/check_cuda.c
+EXTRA_DIST += tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c
 if HAVE_CUDA
 if HAVE_CHECK
 noinst_PROGRAMS += tests/gpu/check_cuda
-tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tools/mkmodel.c tools/mkmodel_vocab.c
+tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tools/mkmodel.c tools/mkmodel_vocab.c
 tests_gpu_check_cuda_CFLAGS = $(CHECK_CFLAGS_ALL) -I$(top_srcdir)/tests
 tests_gpu_check_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(LC_LIBS) -lrt -lm
 endif

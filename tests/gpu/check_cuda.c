@@ -32,6 +32,8 @@
 #include "testutil.h"
 #include "tools/mkmodel.h"
 
+void cuda_cp_add(TCase *tc); // check_cuda_cp.c
+
 static uint64_t rng = 88172645463325252ULL;
 static float frand(void) { // uniform in [-1, 1)
     rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
@@ -374,7 +376,8 @@ static void run(rig_t *r, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, 
 
 /* Largest |a - b| over rows, relative to each row's largest |b|; and the
  * share of rows whose argmax agrees. */
-static void compare(const float *a, const float *b, int rows, int V, double *rel, double *top1) {
+void check_cuda_compare(const float *a, const float *b, int rows, int V, double *rel, double *top1);
+void check_cuda_compare(const float *a, const float *b, int rows, int V, double *rel, double *top1) {
     *rel = 0;
     int agree = 0;
     for (int r = 0; r < rows; r++) {
@@ -393,7 +396,8 @@ static void compare(const float *a, const float *b, int rows, int V, double *rel
     *top1 = (double)agree / rows;
 }
 
-static model_t *tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
+model_t *check_cuda_tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd);
+model_t *check_cuda_tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
     static char path[64];
     mkmodel_opts_t o;
     mkmodel_opts_default(&o);
@@ -420,7 +424,7 @@ static model_t *tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd) {
  * prompt in uneven chunks and 20 generated rows; the GPU alone vs batched
  * bitwise. */
 START_TEST(test_tiny_executor) {
-    model_t *m = _i == 0 ? tiny(GGML_TYPE_F32, 4, 2, 256) : tiny(GGML_TYPE_Q8_0, 4, 1, 512);
+    model_t *m = _i == 0 ? check_cuda_tiny(GGML_TYPE_F32, 4, 2, 256) : check_cuda_tiny(GGML_TYPE_Q8_0, 4, 1, 512);
     const int V = model_hparams(m)->n_vocab, N = 150, G = 20;
     int32_t tok[170];
     for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 13) % (unsigned)V);
@@ -436,7 +440,7 @@ START_TEST(test_tiny_executor) {
         run(&rg, &sg, tok + cuts[i], cuts[i + 1] - cuts[i], cuts[i], 0, gpu + (size_t)cuts[i] * V);
     for (int g = 0; g < G; g++) run(&rg, &sg, tok + N + g, 1, N + g, 1, gpu + (size_t)(N + g) * V);
     double rel, top1;
-    compare(gpu, cpu, N + G, V, &rel, &top1);
+    check_cuda_compare(gpu, cpu, N + G, V, &rel, &top1);
     fprintf(stderr,
             "check_cuda: tiny model (head_dim %d) GPU vs CPU: max relative logit error %.2e, top-1 agreement %.3f\n",
             model_hparams(m)->head_dim, rel, top1);
@@ -595,7 +599,7 @@ START_TEST(test_real_model_teacher_forced) {
         run(&rg, &sg, seq, N, 0, 0, gpu);
         kv_seq_release(rc.kv, &sc), kv_seq_release(rg.kv, &sg);
         double rel, top1;
-        compare(gpu, cpu, N, V, &rel, &top1);
+        check_cuda_compare(gpu, cpu, N, V, &rel, &top1);
         fprintf(stderr, "check_cuda: prompt %d: max relative logit error %.2e, top-1 agreement %.3f\n", p, rel, top1);
         worst_rel = fmax(worst_rel, rel);
         sum_top1 += top1;
@@ -738,7 +742,7 @@ static int same_out(const out_t *a, const out_t *b) {
  * the same tokens and log-probabilities, bit for bit. */
 START_TEST(test_sched_batch_invariance) {
     g_temperature = _i ? 0.8f : 0.0f; // 0.8: drawn on the GPU
-    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 6;
     static int32_t prompts[6][400];
     const int lens[6] = {7, 390, 64, 129, 1, 250};
@@ -777,7 +781,7 @@ END_TEST
 static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
                                     sched_metrics_t *mt, sched_usage_t use[4]) {
     g_temperature = 0;
-    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 4;
     static int32_t prompts[4][1600];
     for (int r = 0; r < R; r++) {
@@ -838,7 +842,7 @@ END_TEST
  * log-probabilities bit for bit. */
 START_TEST(test_sched_quest_grow) {
     g_temperature = 0;
-    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 12;
     static int32_t prompts[12][500];
     int lens[12];
@@ -908,7 +912,7 @@ START_TEST(test_sched_anchor) {
                       use[r].prefill_density);
     }
     /* theta = INFINITY against dense, the same prompt */
-    model_t *m = tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab;
     static int32_t prompt[1500];
     for (int i = 0; i < 1500; i++) prompt[i] = (int32_t)((13u * 7919u * (i + 9)) % (unsigned)V);
@@ -958,7 +962,7 @@ END_TEST
  * that faults makes the device unusable; the executor says so, the running
  * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
 START_TEST(test_device_lost) {
-    model_t *m = tiny(GGML_TYPE_F32, 4, 2, 256);
+    model_t *m = check_cuda_tiny(GGML_TYPE_F32, 4, 2, 256);
     sched_t *s = gpu_sched(m, 0);
     int32_t prompt[32];
     for (int i = 0; i < 32; i++) prompt[i] = 5 + i;
@@ -1028,6 +1032,7 @@ int main(void) {
     tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
+    cuda_cp_add(tc); // check_cuda_cp.c: context parallelism in the executor
     tcase_add_test(tc, test_device_lost);
     suite_add_tcase(s, tc);
     return tu_run(s);

@@ -61,9 +61,9 @@
  *    layers attend each rank's share of the selection (the positions it
  *    holds, kept on the device) and merge by LSE as the dense decode does.
  * What is not: AnchorAttention inside the GPU ring, several
- * sharded sequences in one plan (one plan per sequence), sliding windows,
- * and the executor's use of all this (parallel.context > 1 in
- * src/model/exec_cuda*.cu).
+ * sharded sequences in one plan (one plan per sequence: the executor,
+ * src/model/exec_cuda_cp.cu, plans each rank again between a step's
+ * sharded slices), sliding windows.
  *
  * Buffers (device memory of the rank's GPU, bf16 unless said):
  *   pool k, v: the rank's KV pool, (n_pool_pages, n_kv_heads, page_size, head_dim)
@@ -174,6 +174,12 @@ typedef struct {
 int cp_cuda_plan_decode(cp_cuda_plan_t *p, const cp_cuda_dec_batch_t *b, void *stream);
 /* The rank owning row s of the planned decode batch. */
 int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s);
+/* What row s of the planned decode batch attends, from the plan alone (the
+ * same on every rank): Quest's pages per KV head, or TidalDecode's kept
+ * positions per KV head (quest_cuda.h's attn_quest_count, tidal_cuda.h's
+ * attn_tidal_count); -1 for a dense batch or a bad index. For density
+ * counters. */
+int64_t cp_cuda_decode_count(const cp_cuda_plan_t *p, int s);
 /* One layer of the planned decode; collective over c. */
 int cp_cuda_run_decode(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
                        float *lse);

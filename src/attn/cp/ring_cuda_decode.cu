@@ -142,6 +142,13 @@ extern "C" int cp_cuda_decode_owner(const cp_cuda_plan_t *p, int s) {
     return p && p->dec_planned && s >= 0 && s < p->dec_n ? p->dec_row_owner[s] : -1;
 }
 
+extern "C" int64_t cp_cuda_decode_count(const cp_cuda_plan_t *p, int s) {
+    if (!p || !p->dec_planned || s < 0 || s >= p->dec_n) return -1;
+    if (p->dec_quest) return attn_quest_count(p->quest, s);
+    if (p->dec_tidal) return attn_tidal_count(p->tidal, s);
+    return -1;
+}
+
 // The decode's end: every rank's partials (dmsg) to every rank, and each
 // owner's rows merged from them in rank order (the partial rows at cidx).
 static int merge_partials(cp_cuda_plan_t *p, cp_comm_t *c, size_t off_cidx, void *out, float *lse) {

@@ -1,0 +1,704 @@
+// Context parallelism in the CUDA executor (parallel.context = N on a GPU):
+// a sequence whose KV reaches parallel.context_min_tokens runs its attention
+// through the GPU ring (attn/cp/cp_cuda.h) over N device-local ranks of the
+// executor's GPU (cp_comm_cuda.h), the rest of the step as before.
+//
+// What a step does with its sharded slices:
+//  - before the rows are laid out (model_cuda__cp_prepare): which slices are
+//    sharded; the owners of the blocks the step starts (a prompt slice's
+//    zig-zag, in units of 128 positions so that FlexPrefill's blocks lie on
+//    one rank; a generated token's block in turn, by 128-position unit; an
+//    unsharded slice's blocks to rank 0); every rank's plans: each prompt
+//    slice's ring (FlexPrefill where the request asked for it, else dense;
+//    pass-Q on a long cached prefix where it pays) and one decode plan for
+//    the sharded generated rows (dense and Quest rows together, or
+//    TidalDecode rows). A slice whose ring cannot be planned (beyond the
+//    plans' room, or a FlexPrefill block split by an earlier owner) runs on
+//    the single-rank kernels instead (one GPU holds every rank's blocks) or
+//    dense, with a warning once;
+//  - the rows (model_cuda__cp_rows): the sharded slices' rows sit after the
+//    single-rank plans' rows of their kind (prompt rows, generated rows),
+//    so those plans' CSR stays contiguous; a gather index maps each
+//    rank's rows (in the ring's order) to the step's rows;
+//  - every layer (model_cuda__cp_layer), after the single-rank attention on
+//    the executor's stream: the sharded rows' queries are gathered, the
+//    rank threads (one per rank: the device communicator matches transfers
+//    on the host) run the layer's ring and decode on their streams after an
+//    event of the executor's stream, and the executor's stream waits for
+//    their events before scattering the outputs back. Several sharded prompt
+//    slices in one step run one after another, each rank planning each
+//    again (plans hold one sequence);
+//  - after the step (model_cuda__cp_count): density per request from the
+//    ranks' pairs (FlexPrefill: the masks' pairs counted on the device;
+//    Quest and TidalDecode: their plans' counts), per-rank KV blocks and
+//    ring timing for /metrics.
+//
+// AnchorAttention has no ring on the GPU yet: its sharded slices prefill
+// dense (density 1 says so) after one warning. All ranks share this GPU's
+// pool, so a page id is valid on every rank; the multi-GPU executor (one
+// pool and one set of weights per GPU, NCCL) is not built.
+#include <pthread.h>
+
+#include "model/exec_cuda_int.cuh"
+
+extern "C" {
+#include "attn/cp/cp_attn.h"
+#include "attn/cp/cp_comm_cuda.h"
+#include "attn/cp/cp_cuda.h"
+#include "kv/kv.h"
+}
+
+#define CP_TIDAL_ROOM 4096 // TidalDecode budgets (positions) the ranks' plans hold
+
+enum { MODE_NONE = 0, MODE_RING = 1, MODE_DECODE = 2 };       // cp_mode of a slice
+enum { DEC_DENSE = 0, DEC_QUEST = 1, DEC_TIDAL = 2 };         // the sharded decode rows' kind
+enum { OP_DENSE = 0, OP_QUEST = 1, OP_SELECT = 2, OP_ATTEND = 3 }; // a layer's decode run
+
+typedef struct {
+    int s;                         // the batch slice
+    int flex;                      // 1: FlexPrefill
+    int64_t off;                   // its first row in cq
+    int64_t rank_off[CP_MAX_RANKS]; // rank r's rows from cq row off + rank_off[r]
+    cp_cuda_seq_t seq;
+    attn_cuda_flex_policy_t fpol;
+    double pairs[CP_MAX_RANKS]; // FlexPrefill pairs rank r computed in this step
+} cp_slice_t;
+
+struct model_cuda_cp {
+    model_cuda_t *c;
+    int n;
+    int64_t min_tokens;
+    cp_dev_t *group;
+    cp_cuda_plan_t *plans[CP_MAX_RANKS];
+    cudaEvent_t ev_main, ev_rank[CP_MAX_RANKS];
+    /* rank threads */
+    pthread_t th[CP_MAX_RANKS];
+    int n_started;
+    pthread_mutex_t lock;
+    pthread_cond_t go, done;
+    unsigned gen;
+    int n_done, quit;
+    int layer, op;
+    int rc[CP_MAX_RANKS];
+    /* blocks */
+    uint8_t *owner; // (n_pages + 1) the rank holding each page
+    /* the step */
+    uint8_t *mode;       // (max_seqs) MODE_* by slice
+    cp_slice_t *pf;      // (max_seqs) the sharded prompt slices
+    int n_pf, n_pf_flex; // and how many run FlexPrefill
+    int64_t pf_rows;     // their rows: cq rows 0 .. pf_rows - 1
+    uint8_t *sown;       // owners by sequence block of the ring slices, back to back
+    size_t cap_sown;
+    int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..) and their kind
+    int *dec_seq;        // (max_seqs) their slices
+    int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // the decode batch (host)
+    uint8_t *downer;
+    size_t cap_dblk;
+    int dec_thr;           // Quest: the planned budgets are those of layers >= dec_thr (-1: dense)
+    attn_policy_t tpol;    // TidalDecode: the rows' schedule
+    int t_selected;        // a selection layer ran in this step
+    int64_t *dcount;       // (max_seqs) Quest pages / TidalDecode positions per row, as planned
+    double *dcomputed;     // (max_seqs) a decode row's pairs over the step's layers
+    int32_t *h_idx, *d_idx; // (T) the step's row of each cq row: pinned, device
+    bf16_t *cq, *cout;      // (T, H d) the sharded rows' queries and outputs
+    double last_pairs[CP_MAX_RANKS];
+    /* counters for the metrics thread */
+    pthread_mutex_t slock;
+    uint64_t sharded_rows;
+    int64_t kvb[CP_MAX_RANKS];
+    cp_timing_t t[CP_MAX_RANKS];
+    int dirty; // a slice's plan failed after the last planned one: the ranks plan theirs again per layer
+    int warned_anchor, warned_ring, warned_flex, warned_dec;
+};
+
+/* ---- gather / scatter ----------------------------------------------------------------- */
+/* dst row j = src row idx[j] (gather) or dst row idx[j] = src row j
+ * (scatter); rows of `vecs` 16-byte vectors. */
+static __global__ void rows_kernel(const uint4 *src, uint4 *dst, const int32_t *idx, int vecs, int scatter) {
+    const int64_t j = blockIdx.x;
+    const int64_t from = scatter ? j : idx[j], to = scatter ? idx[j] : j;
+    for (int i = threadIdx.x; i < vecs; i += blockDim.x) dst[to * vecs + i] = src[from * vecs + i];
+}
+
+static int move_rows(const model_cuda_cp_t *x, const bf16_t *src, bf16_t *dst, int64_t rows, int scatter) {
+    const model_hparams_t *hp = &x->c->m->hp;
+    const int vecs = (int)((size_t)hp->n_heads * hp->head_dim * sizeof(bf16_t) / 16);
+    if (rows <= 0) return 0;
+    rows_kernel<<<(unsigned)rows, 128, 0, x->c->stream>>>((const uint4 *)src, (uint4 *)dst, x->d_idx, vecs, scatter);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+/* ---- rank threads ----------------------------------------------------------------------- */
+static int run_rank(model_cuda_cp_t *x, int r) {
+    model_cuda_t *c = x->c;
+    const int l = x->layer;
+    const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim;
+    cp_cuda_plan_t *p = x->plans[r];
+    cp_comm_t *cm = cp_dev_comm(x->group, r);
+    cudaStream_t st = (cudaStream_t)cp_comm_stream(cm);
+    const void *k = layer_k(c, l), *v = layer_v(c, l);
+    CUDA_CHECK_RET(cudaStreamWaitEvent(st, x->ev_main, 0));
+    int rc = 0;
+    for (int i = 0; i < x->n_pf && !rc; i++) {
+        cp_slice_t *sl = &x->pf[i];
+        if ((x->n_pf > 1 || x->dirty) && (rc = cp_cuda_plan_prefill(p, &sl->seq, st))) break;
+        const size_t row = (size_t)(sl->off + sl->rank_off[r]);
+        rc = cp_cuda_run_prefill(p, cm, k, v, x->cq + row * HD, x->cout + row * HD, NULL);
+        if (!rc && sl->flex) { // the pairs of this slice (the plan counts since its creation)
+            double now = 0;
+            if (x->n_pf_flex > 1 || l == c->m->hp.n_layers - 1) {
+                if ((rc = cp_cuda_sparse_pairs(p, st, &now))) break;
+                sl->pairs[r] += now - x->last_pairs[r];
+                x->last_pairs[r] = now;
+            }
+        }
+    }
+    if (!rc && x->n_dec) {
+        bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
+        switch (x->op) {
+        case OP_QUEST:
+            rc = cp_cuda_run_decode_kv(p, cm, k, v, c->kmin + (size_t)l * c->sum_floats,
+                                       c->kmax + (size_t)l * c->sum_floats, q, o, NULL);
+            break;
+        case OP_SELECT:
+        case OP_ATTEND: rc = cp_cuda_run_decode_tidal(p, cm, k, v, q, o, NULL, x->op == OP_SELECT); break;
+        default: rc = cp_cuda_run_decode(p, cm, k, v, q, o, NULL);
+        }
+    }
+    if (!rc) CUDA_CHECK_RET(cudaEventRecord(x->ev_rank[r], st));
+    return rc;
+}
+
+typedef struct {
+    model_cuda_cp_t *x;
+    int r;
+} targ_t;
+
+static void *rank_main(void *a) {
+    model_cuda_cp_t *x = ((targ_t *)a)->x;
+    const int r = ((targ_t *)a)->r;
+    free(a);
+    cudaSetDevice(x->c->device);
+    unsigned seen = 0;
+    pthread_mutex_lock(&x->lock);
+    for (;;) {
+        while (x->gen == seen && !x->quit) pthread_cond_wait(&x->go, &x->lock);
+        if (x->quit) break;
+        seen = x->gen;
+        pthread_mutex_unlock(&x->lock);
+        const int rc = run_rank(x, r);
+        pthread_mutex_lock(&x->lock);
+        x->rc[r] = rc;
+        if (++x->n_done == x->n) pthread_cond_signal(&x->done);
+    }
+    pthread_mutex_unlock(&x->lock);
+    return NULL;
+}
+
+/* Runs layer l on every rank; the first failing rank's status. */
+static int run_ranks(model_cuda_cp_t *x, int l, int op) {
+    pthread_mutex_lock(&x->lock);
+    x->layer = l;
+    x->op = op;
+    x->n_done = 0;
+    x->gen++;
+    pthread_cond_broadcast(&x->go);
+    while (x->n_done < x->n) pthread_cond_wait(&x->done, &x->lock);
+    pthread_mutex_unlock(&x->lock);
+    for (int r = 0; r < x->n; r++)
+        if (x->rc[r]) return x->rc[r];
+    return 0;
+}
+
+/* ---- creation ------------------------------------------------------------------------------ */
+int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *err, size_t errlen) {
+    const model_hparams_t *hp = &c->m->hp;
+    if (ranks > CP_MAX_RANKS || ranks > MODEL_CP_MAX_RANKS) {
+        snprintf(err, errlen, "parallel.context = %d: at most %d ranks", ranks, CP_MAX_RANKS);
+        return LC_EINVAL;
+    }
+    if (c->page_size > 128 || 128 % c->page_size) {
+        snprintf(err, errlen, "parallel.context needs GPU pages that divide 128 positions (pages of %d)",
+                 c->page_size);
+        return LC_EINVAL;
+    }
+    model_cuda_cp_t *x = (model_cuda_cp_t *)calloc(1, sizeof *x);
+    if (!x) return LC_ENOMEM;
+    c->cp = x;
+    x->c = c;
+    x->n = ranks;
+    x->min_tokens = min_tokens > 0 ? min_tokens : 1;
+    pthread_mutex_init(&x->lock, NULL);
+    pthread_cond_init(&x->go, NULL);
+    pthread_cond_init(&x->done, NULL);
+    pthread_mutex_init(&x->slock, NULL);
+    const int S = c->max_seqs, T = c->max_tokens;
+    const size_t HD = (size_t)hp->n_heads * hp->head_dim;
+    x->owner = (uint8_t *)calloc((size_t)c->n_pages + 1, 1);
+    x->mode = (uint8_t *)calloc((size_t)S, 1);
+    x->pf = (cp_slice_t *)calloc((size_t)S, sizeof *x->pf);
+    x->dec_seq = (int *)calloc((size_t)S, sizeof(int));
+    x->dcount = (int64_t *)calloc((size_t)S, sizeof(int64_t));
+    x->dcomputed = (double *)calloc((size_t)S, sizeof(double));
+    int32_t **ia[5] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl};
+    for (int i = 0; i < 5; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
+    if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len ||
+        !x->dindptr || !x->dbud || !x->dtidal || !x->ddl) {
+        snprintf(err, errlen, "out of memory");
+        return LC_ENOMEM;
+    }
+    if (cudaMallocHost((void **)&x->h_idx, (size_t)T * sizeof(int32_t)) != cudaSuccess ||
+        cudaMalloc((void **)&x->d_idx, (size_t)T * sizeof(int32_t)) != cudaSuccess ||
+        cudaMalloc((void **)&x->cq, (size_t)T * HD * sizeof(bf16_t)) != cudaSuccess ||
+        cudaMalloc((void **)&x->cout, (size_t)T * HD * sizeof(bf16_t)) != cudaSuccess ||
+        cudaEventCreateWithFlags(&x->ev_main, cudaEventDisableTiming) != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(err, errlen, "cannot allocate the context-parallel buffers on GPU %d", c->device);
+        return LC_ENOMEM;
+    }
+    for (int r = 0; r < ranks; r++)
+        if (cudaEventCreateWithFlags(&x->ev_rank[r], cudaEventDisableTiming) != cudaSuccess) {
+            snprintf(err, errlen, "cannot create CUDA events");
+            return LC_EDEVICE;
+        }
+    if (!(x->group = cp_dev_create(ranks, c->device))) {
+        snprintf(err, errlen, "cannot create %d device-local ranks on GPU %d", ranks, c->device);
+        return LC_EDEVICE;
+    }
+    /* Each rank's plan: the model's context, rows of a step; decode rows: at
+     * most the sequences of min_tokens the store holds (and max_seqs). */
+    const int64_t store = c->n_pages * c->page_size;
+    const int64_t ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < store ? hp->n_ctx_train : store;
+    int64_t dec = store / x->min_tokens + 1;
+    if (dec > S) dec = S;
+    cp_cuda_limits_t lim;
+    memset(&lim, 0, sizeof lim);
+    lim.max_tokens = ctx;
+    lim.max_rows = T < ctx ? T : ctx;
+    lim.max_q_rows = lim.max_rows;
+    lim.max_decode_seqs = (int)dec;
+    lim.flex = 1;
+    lim.quest = 1;
+    lim.tidal_budget = CP_TIDAL_ROOM;
+    for (int r = 0; r < ranks; r++) {
+        int rc = cp_cuda_plan_create(&c->shape, &lim, r, ranks, &x->plans[r]);
+        if (rc) {
+            snprintf(err, errlen,
+                     "cannot create context-parallel rank %d's plan for %lld positions (%s): lower "
+                     "engine.kv_gpu_fraction or parallel.context",
+                     r, (long long)ctx, lc_strerror(rc));
+            return rc;
+        }
+        cp_cuda_plan_timing_enable(x->plans[r], 1);
+    }
+    for (int r = 0; r < ranks; r++) {
+        targ_t *a = (targ_t *)malloc(sizeof *a);
+        if (!a) return LC_ENOMEM;
+        a->x = x;
+        a->r = r;
+        if (pthread_create(&x->th[r], NULL, rank_main, a)) {
+            free(a);
+            snprintf(err, errlen, "cannot start the context-parallel rank threads");
+            return LC_ENOMEM;
+        }
+        x->n_started++;
+    }
+    return 0;
+}
+
+void model_cuda__cp_destroy(model_cuda_t *c) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x) return;
+    pthread_mutex_lock(&x->lock);
+    x->quit = 1;
+    pthread_cond_broadcast(&x->go);
+    pthread_mutex_unlock(&x->lock);
+    for (int r = 0; r < x->n_started; r++) pthread_join(x->th[r], NULL);
+    cudaDeviceSynchronize();
+    for (int r = 0; r < x->n; r++) {
+        cp_cuda_plan_destroy(x->plans[r]);
+        if (x->ev_rank[r]) cudaEventDestroy(x->ev_rank[r]);
+    }
+    if (x->group) cp_dev_destroy(x->group);
+    if (x->ev_main) cudaEventDestroy(x->ev_main);
+    cudaFreeHost(x->h_idx), cudaFree(x->d_idx), cudaFree(x->cq), cudaFree(x->cout);
+    free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dcount), free(x->dcomputed);
+    free(x->dkv_len), free(x->dindptr), free(x->dbud), free(x->dtidal), free(x->ddl), free(x->dblocks);
+    free(x->downer), free(x->sown);
+    pthread_mutex_destroy(&x->lock), pthread_mutex_destroy(&x->slock);
+    pthread_cond_destroy(&x->go), pthread_cond_destroy(&x->done);
+    free(x);
+    c->cp = NULL;
+}
+
+void model_cuda__cp_copy_owner(model_cuda_t *c, int32_t dst, int32_t src) {
+    if (c->cp) c->cp->owner[dst] = c->cp->owner[src];
+}
+
+/* ---- a step ------------------------------------------------------------------------------- */
+int model_cuda__cp_mode(const model_cuda_t *c, int s) { return c->cp ? c->cp->mode[s] : MODE_NONE; }
+
+static const attn_policy_t *policy(const model_seq_t *q) { return q->attn ? attn_state_policy(q->attn) : NULL; }
+
+/* Grows the owners-by-sequence-block buffer to n bytes. */
+static int grow_u8(uint8_t **p, size_t *cap, size_t n) {
+    if (n <= *cap) return 0;
+    uint8_t *q = (uint8_t *)realloc(*p, n);
+    if (!q) return LC_ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* A prompt (or recomputed) slice on the ring: owners dealt, every rank
+ * planned, the rows counted; MODE_NONE when its ring cannot be planned. */
+static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *so) {
+    const attn_policy_t *pol = policy(q);
+    cp_slice_t *sl = &x->pf[x->n_pf];
+    memset(sl, 0, sizeof *sl);
+    sl->s = s;
+    sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, CP_CUDA_AUTO, NULL};
+    if (!q->generated && pol && pol->prefill == ATTN_PREFILL_FLEX) {
+        sl->fpol = attn_cuda_flex_policy_t{pol->gamma, pol->tau, pol->min_budget, pol->max_budget,
+                                           (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
+        sl->seq.flex = &sl->fpol;
+        sl->flex = 1;
+    } else if (!q->generated && pol && pol->prefill == ATTN_PREFILL_ANCHOR && !x->warned_anchor++) {
+        LC_WARN("cuda: AnchorAttention has no context-parallel ring on the GPU yet: sharded prompts that ask for it "
+                "prefill dense (their density reports 1)");
+    }
+    int rc = 0;
+    for (int r = 0; r < x->n && !rc; r++) {
+        cp_cuda_plan_t *p = x->plans[r];
+        void *st = cp_comm_stream(cp_dev_comm(x->group, r));
+        rc = cp_cuda_plan_prefill(p, &sl->seq, st);
+        if (rc == LC_EINVAL && sl->flex) { // a 128-position block split by earlier owners: the dense ring
+            if (!x->warned_flex++)
+                LC_WARN("cuda: a sharded FlexPrefill prompt whose cached blocks split a 128-position block between "
+                        "ranks prefills dense");
+            sl->seq.flex = NULL;
+            sl->flex = 0;
+            r = -1, rc = 0; // plan every rank again, dense
+        }
+    }
+    if (rc == LC_EINVAL || rc == LC_ERANGE) {
+        x->dirty = 1;
+        if (!x->warned_ring++)
+            LC_WARN("cuda: a sharded slice (%lld tokens at %lld) does not fit the ring's plans (%s): it runs on the "
+                    "single-rank kernels",
+                    (long long)q->n_tok, (long long)q->pos0, lc_strerror(rc));
+        return MODE_NONE;
+    }
+    if (rc) return rc;
+    int64_t row = 0;
+    for (int r = 0; r < x->n; r++) {
+        sl->rank_off[r] = row;
+        row += cp_cuda_prefill_rows(x->plans[r], NULL);
+    }
+    if (row != q->n_tok) return LC_EINVAL; // the ranks' rows cover the slice
+    sl->off = x->pf_rows;
+    /* cq row -> the slice's row (the step's row is added once the rows are laid out) */
+    for (int r = 0; r < x->n; r++) {
+        int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(q->n_tok + 1));
+        if (!pos) return LC_ENOMEM;
+        const int64_t nr = cp_cuda_prefill_rows(x->plans[r], pos);
+        for (int64_t i = 0; i < nr; i++) x->h_idx[sl->off + sl->rank_off[r] + i] = (int32_t)(pos[i] - q->pos0);
+        free(pos);
+    }
+    x->pf_rows += q->n_tok;
+    x->n_pf_flex += sl->flex;
+    x->n_pf++;
+    return MODE_RING;
+}
+
+/* The Quest budgets of layer l (dense below each row's dense_layers). */
+static int quest_budgets(const model_cuda_cp_t *x, int l, int32_t *out) {
+    int any = 0;
+    for (int i = 0; i < x->n_dec; i++) {
+        out[i] = x->ddl[i] >= 0 && l >= x->ddl[i] ? x->dbud[i] : 0;
+        any |= out[i] > 0;
+    }
+    return any;
+}
+
+/* Plans the sharded decode rows on every rank (budgets: Quest's, or NULL). */
+static int plan_decode(model_cuda_cp_t *x, const int32_t *budget) {
+    cp_cuda_dec_batch_t b = {x->n_dec, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget,
+                             x->dec_kind == DEC_TIDAL ? x->dtidal : NULL};
+    for (int r = 0; r < x->n; r++) {
+        int rc = cp_cuda_plan_decode(x->plans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
+        if (rc) return rc;
+    }
+    for (int i = 0; budget && i < x->n_dec; i++) x->dcount[i] = budget[i] ? cp_cuda_decode_count(x->plans[0], i) : -1;
+    if (x->dec_kind == DEC_TIDAL)
+        for (int i = 0; i < x->n_dec; i++) x->dcount[i] = cp_cuda_decode_count(x->plans[0], i);
+    return 0;
+}
+
+/* The sharded generated rows (one token each): their batch, its kind, its
+ * plan. Rows whose kind differs from the step's (TidalDecode beside dense or
+ * Quest rows) decode dense. */
+static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
+    model_cuda_t *c = x->c;
+    const int P = c->page_size;
+    size_t blocks = 0;
+    int tidal = 0, other = 0;
+    for (int i = 0; i < x->n_dec; i++) {
+        const model_seq_t *q = &b->seqs[x->dec_seq[i]];
+        const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
+        blocks += (size_t)((q->pos0 + 1 + P - 1) / P);
+        if (pol && pol->decode == ATTN_DECODE_TIDAL)
+            tidal++;
+        else
+            other++;
+    }
+    x->dec_kind = tidal && !other ? DEC_TIDAL : DEC_DENSE;
+    if (tidal && other && !x->warned_dec++)
+        LC_WARN("cuda: sharded TidalDecode rows beside other sharded rows decode dense in that step");
+    if (blocks > x->cap_dblk) {
+        int32_t *nb = (int32_t *)realloc(x->dblocks, blocks * sizeof(int32_t));
+        if (!nb) return LC_ENOMEM;
+        x->dblocks = nb;
+        uint8_t *no = (uint8_t *)realloc(x->downer, blocks);
+        if (!no) return LC_ENOMEM;
+        x->downer = no;
+        x->cap_dblk = blocks;
+    }
+    x->dindptr[0] = 0;
+    int quest = 0;
+    for (int i = 0; i < x->n_dec; i++) {
+        const model_seq_t *q = &b->seqs[x->dec_seq[i]];
+        const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
+        const int64_t len = q->pos0 + 1, nb = (len + P - 1) / P;
+        x->dkv_len[i] = (int32_t)len;
+        for (int64_t k = 0; k < nb; k++) {
+            x->dblocks[x->dindptr[i] + k] = q->kv->blocks[k];
+            x->downer[x->dindptr[i] + k] = x->owner[q->kv->blocks[k]];
+        }
+        x->dindptr[i + 1] = (int32_t)(x->dindptr[i] + nb);
+        x->ddl[i] = -1;
+        x->dtidal[i] = 1;
+        if (pol && pol->decode == ATTN_DECODE_QUEST && x->dec_kind == DEC_DENSE) {
+            int64_t bud = ((int64_t)pol->decode_budget + P - 1) / P;
+            x->dbud[i] = (int32_t)(bud < 1 ? 1 : bud);
+            x->ddl[i] = pol->dense_layers;
+            quest = 1;
+        }
+        if (x->dec_kind == DEC_TIDAL) {
+            if (i == 0) x->tpol = *pol;
+            if (pol->dense_layers != x->tpol.dense_layers || pol->tidal_select_layer != x->tpol.tidal_select_layer ||
+                pol->tidal_reselect_layer != x->tpol.tidal_reselect_layer)
+                return LC_EINVAL; // the scheduler gives every request the server's schedule
+            x->dtidal[i] = pol->decode_budget > 0 ? pol->decode_budget : 1; // beyond the room: LC_ERANGE
+        }
+        x->dcount[i] = -1;
+        x->dcomputed[i] = 0;
+    }
+    x->t_selected = 0;
+    x->dec_thr = -1;
+    if (x->dec_kind == DEC_DENSE && quest) x->dec_kind = DEC_QUEST;
+    if (x->dec_kind == DEC_QUEST) {
+        int32_t *v = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
+        if (!v) return LC_ENOMEM;
+        const int any = quest_budgets(x, 0, v);
+        int rc = plan_decode(x, any ? v : NULL);
+        free(v);
+        x->dec_thr = any ? 0 : -1;
+        return rc;
+    }
+    return plan_decode(x, NULL);
+}
+
+int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x) return 0;
+    const int P = c->page_size, per = 128 / P;
+    x->n_pf = x->n_pf_flex = x->n_dec = x->dirty = 0;
+    x->pf_rows = 0;
+    size_t need = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        need += (size_t)((q->pos0 + q->n_tok + P - 1) / P);
+    }
+    if (grow_u8(&x->sown, &x->cap_sown, need + 1)) return LC_ENOMEM;
+    size_t off = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const model_seq_t *q = &b->seqs[s];
+        const int64_t nb = (q->pos0 + q->n_tok + P - 1) / P, first = (q->pos0 + P - 1) / P;
+        const int32_t *blocks = q->kv->blocks;
+        x->mode[s] = MODE_NONE;
+        if (q->pos0 + q->n_tok < x->min_tokens) {
+            for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = 0;
+            continue;
+        }
+        if (q->generated && q->n_tok == 1) { // a decode row: a new block in turn, by 128-position unit
+            for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = (uint8_t)cp_owner_next(x->n, k / per);
+            x->dec_seq[x->n_dec++] = s;
+            x->mode[s] = MODE_DECODE;
+            continue;
+        }
+        uint8_t *so = x->sown + off;
+        off += (size_t)nb;
+        for (int64_t k = 0; k < nb; k++) so[k] = x->owner[blocks[k]];
+        cp_zigzag(x->n, P, 128, q->pos0, q->n_tok, so);
+        for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = so[k];
+        const int m = plan_ring(x, q, s, so);
+        if (m < 0) return m;
+        x->mode[s] = (uint8_t)m;
+    }
+    if (x->n_dec) {
+        int rc = plan_dec_rows(x, b);
+        if (rc == LC_ERANGE || rc == LC_EINVAL) { // beyond the plans' room: the single-rank kernels
+            if (!x->warned_ring++)
+                LC_WARN("cuda: %d sharded decode rows do not fit the ring's plans (%s): they run on the single-rank "
+                        "kernels",
+                        x->n_dec, lc_strerror(rc));
+            for (int i = 0; i < x->n_dec; i++) x->mode[x->dec_seq[i]] = MODE_NONE;
+            x->n_dec = 0;
+        } else if (rc) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x || (!x->n_pf && !x->n_dec)) return 0;
+    for (int i = 0; i < x->n_pf; i++) {
+        const cp_slice_t *sl = &x->pf[i];
+        const int64_t n = b->seqs[sl->s].n_tok;
+        for (int64_t j = 0; j < n; j++) x->h_idx[sl->off + j] += c->row0[sl->s];
+    }
+    for (int i = 0; i < x->n_dec; i++) x->h_idx[x->pf_rows + i] = c->row0[x->dec_seq[i]];
+    CUDA_CHECK_RET(cudaMemcpyAsync(x->d_idx, x->h_idx, (size_t)(x->pf_rows + x->n_dec) * sizeof(int32_t),
+                                   cudaMemcpyHostToDevice, c->stream));
+    return 0;
+}
+
+/* The decode run of layer l, re-planning Quest's budgets where they change. */
+static int decode_op(model_cuda_cp_t *x, int l, int *op) {
+    *op = OP_DENSE;
+    if (x->dec_kind == DEC_TIDAL) {
+        int sel = 0; // a selection layer is dense (with the selection after it)
+        const int tidal = attn_decode_layer(&x->tpol, l, &sel) == ATTN_DECODE_TIDAL;
+        if (sel) {
+            *op = OP_SELECT;
+            x->t_selected = 1;
+        } else if (tidal && x->t_selected) {
+            *op = OP_ATTEND;
+        }
+        return 0;
+    }
+    if (x->dec_kind != DEC_QUEST) return 0;
+    int32_t *v = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
+    if (!v) return LC_ENOMEM;
+    const int any = quest_budgets(x, l, v);
+    int rc = 0, changed = any != (x->dec_thr >= 0);
+    if (!changed && any) {
+        int32_t *w = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
+        if (!w) {
+            free(v);
+            return LC_ENOMEM;
+        }
+        quest_budgets(x, x->dec_thr, w);
+        changed = memcmp(v, w, sizeof(int32_t) * (size_t)x->n_dec) != 0;
+        free(w);
+    }
+    if (changed) {
+        rc = plan_decode(x, any ? v : NULL);
+        x->dec_thr = any ? l : -1;
+    }
+    free(v);
+    *op = any ? OP_QUEST : OP_DENSE;
+    return rc;
+}
+
+int model_cuda__cp_layer(model_cuda_t *c, int l) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x || (!x->n_pf && !x->n_dec)) return 0;
+    const int64_t rows = x->pf_rows + x->n_dec;
+    int op = OP_DENSE, rc;
+    if (x->n_dec && (rc = decode_op(x, l, &op))) return rc;
+    /* Quest pairs of this layer per row (the plan's count as planned now) */
+    for (int i = 0; i < x->n_dec; i++) {
+        const int64_t len = x->dkv_len[i], np = (len + c->page_size - 1) / c->page_size;
+        double tok = (double)len;
+        if (op == OP_QUEST && x->dbud[i] && l >= x->ddl[i] && x->ddl[i] >= 0) {
+            const int64_t pages = x->dcount[i];
+            if (pages >= 1 && pages < np) tok = (double)(pages - 1) * c->page_size + (double)(len - (np - 1) * c->page_size);
+        }
+        if (op == OP_ATTEND && x->dcount[i] >= 0) tok = (double)x->dcount[i] + (x->dcount[i] < len);
+        x->dcomputed[i] += tok * c->m->hp.n_heads;
+    }
+    if ((rc = move_rows(x, c->q, x->cq, rows, 0))) return rc;
+    CUDA_CHECK_RET(cudaEventRecord(x->ev_main, c->stream));
+    if ((rc = run_ranks(x, l, op))) return rc;
+    for (int r = 0; r < x->n; r++) CUDA_CHECK_RET(cudaStreamWaitEvent(c->stream, x->ev_rank[r], 0));
+    return move_rows(x, x->cout, c->att, rows, 1);
+}
+
+/* After the step (the stream drained): the sharded slices' density and the
+ * counters. */
+void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x) return;
+    const model_hparams_t *hp = &c->m->hp;
+    uint64_t rows = 0;
+    for (int i = 0; i < x->n_pf; i++) {
+        const cp_slice_t *sl = &x->pf[i];
+        const model_seq_t *q = &b->seqs[sl->s];
+        rows += (uint64_t)q->n_tok;
+        if (!q->attn) continue;
+        const double n = q->n_tok, all = (double)hp->n_heads * hp->n_layers * (n * (double)q->pos0 + 0.5 * n * (n + 1.0));
+        double computed = all;
+        if (sl->flex) {
+            computed = 0;
+            for (int r = 0; r < x->n; r++) computed += sl->pairs[r];
+        }
+        attn_state_count(q->attn, q->generated, computed, all);
+    }
+    for (int i = 0; i < x->n_dec; i++) {
+        const model_seq_t *q = &b->seqs[x->dec_seq[i]];
+        rows++;
+        if (!q->attn) continue;
+        const double all = (double)hp->n_heads * hp->n_layers * (double)(q->pos0 + 1);
+        attn_state_count(q->attn, 1, x->dcomputed[i], all);
+    }
+    pthread_mutex_lock(&x->slock);
+    x->sharded_rows += rows;
+    for (int r = 0; r < x->n; r++) x->t[r] = *cp_cuda_plan_timing(x->plans[r]);
+    pthread_mutex_unlock(&x->slock);
+}
+
+extern "C" void model_cuda_cp_account(model_cuda_t *c, const kv_pool_t *kv) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x) return;
+    int64_t n[CP_MAX_RANKS] = {0};
+    for (int64_t p = 0; p < c->n_pages; p++)
+        if (kv_pool_block_refs(kv, (int32_t)p) > 0) n[x->owner[p]]++;
+    pthread_mutex_lock(&x->slock);
+    memcpy(x->kvb, n, sizeof(int64_t) * (size_t)x->n);
+    pthread_mutex_unlock(&x->slock);
+}
+
+extern "C" void model_cuda_cp_stats(model_cuda_t *c, model_exec_cp_stats_t *out) {
+    memset(out, 0, sizeof *out);
+    out->ranks = 1;
+    model_cuda_cp_t *x = c->cp;
+    if (!x) return;
+    out->ranks = x->n;
+    out->min_tokens = x->min_tokens;
+    pthread_mutex_lock(&x->slock);
+    out->sharded_rows = x->sharded_rows;
+    for (int r = 0; r < x->n; r++) {
+        out->kv_blocks[r] = x->kvb[r];
+        out->ring_steps[r] = x->t[r].ring_steps;
+        out->steps_skipped[r] = x->t[r].steps_skipped;
+        out->compute_s[r] = x->t[r].compute_s;
+        out->wait_s[r] = x->t[r].wait_s;
+        out->collective_s[r] = x->t[r].collective_s;
+    }
+    pthread_mutex_unlock(&x->slock);
+}
