@@ -17,6 +17,7 @@
 #include "model/exec.h"
 #include "scheduler/sched.h"
 #include "server/metrics.h"
+#include "cp_exec_case.h"
 #include "tinymodel.h"
 
 TCase *cp_model_tcase(void);
@@ -40,49 +41,17 @@ static model_t *tiny(void) {
     return g_model = tiny_model_load(&o);
 }
 
-typedef struct {
-    model_exec_t *e;
-    kv_pool_t *kv;
-} ex_t;
-
-static ex_t mk_exec(const model_t *m, int ranks, int64_t min_tokens) {
-    char err[256];
-    model_exec_opts_t o = {.device = "cpu",
-                           .max_batch_tokens = 700,
-                           .block_size = 16,
-                           .kv_blocks = 200,
-                           .context_ranks = ranks,
-                           .context_min_tokens = min_tokens};
-    ex_t x = {model_exec_create(m, &o, err, sizeof err), NULL};
-    ck_assert_msg(x.e != NULL, "%s", err);
-    kv_config_t cfg = model_exec_kv_config(x.e);
-    ck_assert_ptr_nonnull(x.kv = kv_pool_create(&cfg));
-    ck_assert_int_eq(model_exec_bind(x.e, x.kv), 0);
-    return x;
-}
-
-static void ex_free(ex_t *x) {
-    kv_pool_destroy(x->kv);
-    model_exec_destroy(x->e);
-}
-
-/* Runs tokens [pos0, pos0 + n) of one sequence (every row's logits). */
-static void fwd(ex_t *x, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int generated, attn_state_t *st,
-                float *logits) {
-    ck_assert_int_eq(kv_seq_reserve(x->kv, s, pos0 + n), 0);
-    ck_assert_int_eq(kv_seq_prepare_write(x->kv, s, pos0, pos0 + n), 0);
-    model_seq_t q = {.tok0 = 0,
-                     .n_tok = n,
-                     .pos0 = pos0,
-                     .kv = s,
-                     .attn = st,
-                     .generated = generated,
-                     .logits_mode = MODEL_LOGITS_ALL,
-                     .logits = logits};
-    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &q};
-    ck_assert_int_eq(model_exec_forward(x->e, x->kv, &b), 0);
-    s->n_tokens = pos0 + n;
-}
+/* The CPU executor's case: blocks of 16, sharding from 100 tokens; a
+ * 600-token prompt in slices of 310 and 290, a fork at 240, 6 decode steps. */
+static const cp_exec_case_t g_case = {.device = "cpu",
+                                      .block_size = 16,
+                                      .kv_blocks = 200,
+                                      .max_batch_tokens = 700,
+                                      .min_tokens = 100,
+                                      .n_prompt = 600,
+                                      .split = 310,
+                                      .fork = 240,
+                                      .n_decode = 6};
 
 static int argmax(const float *x, int n) {
     int a = 0;
@@ -90,78 +59,47 @@ static int argmax(const float *x, int n) {
     return a;
 }
 
-/* A 600-token prompt in two slices, then a second sequence that shares the
- * first 250 tokens (its blocks forked, the partial one copied on write) and
- * prefills the rest, then 6 greedy decode steps of the first: the executor
- * with `ranks` ranks (sharding from 100 tokens) against one rank, logits of
- * every row. Returns the largest logit difference. */
+typedef struct {
+    int ranks;
+    double worst;
+} cmp_t;
+
+/* Every part: logits within 1e-3, the same argmax in every row. */
+static void compare(void *ud, const char *part, const float *sharded, const float *one, int rows, int V) {
+    cmp_t *c = ud;
+    const double e = max_diff(sharded, one, (size_t)rows * V);
+    ck_assert_msg(e <= 1e-3, "%d ranks, %s: logits differ by %g", c->ranks, part, e);
+    for (int r = 0; r < rows; r++)
+        ck_assert_msg(argmax(sharded + (size_t)r * V, V) == argmax(one + (size_t)r * V, V),
+                      "%d ranks, %s: row %d picks another token", c->ranks, part, r);
+    c->worst = e > c->worst ? e : c->worst;
+}
+
+/* cp_exec_case.h's scenario with `ranks` ranks against one rank, logits of
+ * every row; the per-rank counters show the ring ran, a sparse policy's
+ * density is counted from every rank's pairs. Returns the largest logit
+ * difference. */
 static double model_case(int ranks, const attn_policy_t *pol) {
-    const model_t *m = tiny();
-    const int V = model_hparams(m)->n_vocab, NP = 600, SPLIT = 310, FORK = 250, DEC = 6;
-    const attn_shape_t sh = model_attn_shape(m);
-    ex_t x[2] = {mk_exec(m, 1, 0), mk_exec(m, ranks, 100)};
-    int32_t tok[NP + DEC];
-    unsigned seed = 5u + (unsigned)ranks;
-    for (int i = 0; i < NP; i++) tok[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
-    float *lg[2] = {malloc(sizeof(float) * (size_t)NP * V), malloc(sizeof(float) * (size_t)NP * V)};
-    kv_seq_t s[2], f[2];
-    attn_state_t *st[2] = {NULL, NULL}, *sf[2] = {NULL, NULL};
-    double worst = 0;
-    for (int k = 0; k < 2; k++) {
-        kv_seq_init(&s[k]);
-        kv_seq_init(&f[k]);
-        if (pol) st[k] = attn_state_create(&sh, model_hparams(m)->n_layers, pol);
-        if (pol) sf[k] = attn_state_create(&sh, model_hparams(m)->n_layers, pol);
-    }
-#define COMPARE(n, what)                                                                                               \
-    do {                                                                                                               \
-        double e = max_diff(lg[1], lg[0], (size_t)(n)*V);                                                              \
-        ck_assert_msg(e <= 1e-3, "%d ranks, %s: logits differ by %g", ranks, what, e);                                 \
-        for (int r_ = 0; r_ < (n); r_++)                                                                               \
-            ck_assert_msg(argmax(lg[1] + (size_t)r_ * V, V) == argmax(lg[0] + (size_t)r_ * V, V),                      \
-                          "%d ranks, %s: row %d picks another token", ranks, what, r_);                                \
-        worst = e > worst ? e : worst;                                                                                 \
-    } while (0)
-    for (int k = 0; k < 2; k++) fwd(&x[k], &s[k], tok, SPLIT, 0, 0, st[k], lg[k]);
-    COMPARE(SPLIT, "first prompt slice");
-    for (int k = 0; k < 2; k++) fwd(&x[k], &s[k], tok + SPLIT, NP - SPLIT, SPLIT, 0, st[k], lg[k]);
-    COMPARE(NP - SPLIT, "second prompt slice");
-    for (int k = 0; k < 2; k++) { // a prefix hit: the first FORK tokens' blocks shared
-        ck_assert_int_eq(kv_seq_fork(x[k].kv, &s[k], &f[k]), 0);
-        kv_seq_truncate(x[k].kv, &f[k], FORK / 16 * 16);
-        fwd(&x[k], &f[k], tok + FORK / 16 * 16, NP - FORK / 16 * 16, FORK / 16 * 16, 0, sf[k], lg[k]);
-    }
-    COMPARE(NP - FORK / 16 * 16, "prompt on a shared prefix");
-    for (int t = 0; t < DEC; t++) { // teacher-forced: the forked sequence's last row picks the first token
-        tok[NP + t] = (int32_t)argmax(lg[0] + (size_t)(t ? 0 : NP - FORK / 16 * 16 - 1) * V, V);
-        for (int k = 0; k < 2; k++) fwd(&x[k], &s[k], tok + NP + t, 1, NP + t, 1, st[k], lg[k]);
-        COMPARE(1, "decode step");
-    }
-#undef COMPARE
-    model_exec_cp_stats_t cs;
-    model_exec_cp_stats(x[1].e, &cs);
-    ck_assert_int_eq(cs.ranks, ranks);
+    cp_exec_case_t cs = g_case;
+    cs.seed = 5u + (unsigned)ranks;
+    cmp_t c = {ranks, 0};
+    cp_exec_result_t res;
+    cp_exec_case_run(tiny(), &cs, ranks, pol, compare, &c, &res);
+    ck_assert_int_eq(res.cp.ranks, ranks);
     int64_t kvb = 0;
     uint64_t steps = 0;
-    for (int r = 0; r < ranks; r++) kvb += cs.kv_blocks[r], steps += cs.ring_steps[r];
-    ck_assert_int_eq(kvb, kv_pool_n_used(x[1].kv));
-    ck_assert_msg(cs.kv_blocks[ranks - 1] > 0 && steps > 0 && cs.sharded_rows > 0, "the sharded path did not run");
+    for (int r = 0; r < ranks; r++) kvb += res.cp.kv_blocks[r], steps += res.cp.ring_steps[r];
+    ck_assert_int_eq(kvb, res.kv_used);
+    ck_assert_msg(res.cp.kv_blocks[ranks - 1] > 0 && steps > 0 && res.cp.sharded_rows > 0,
+                  "the sharded path did not run");
     if (pol) { // density counted from every rank's pairs
-        const attn_stats_t *a = attn_state_stats(st[0]), *b = attn_state_stats(st[1]);
+        const attn_stats_t *a = &res.st[0], *b = &res.st[1];
         ck_assert_msg(fabs(a->prefill_computed - b->prefill_computed) <= 1e-6 * a->prefill_computed &&
                           fabs(a->prefill_total - b->prefill_total) <= 1e-6 * a->prefill_total,
                       "density: %g/%g vs %g/%g", b->prefill_computed, b->prefill_total, a->prefill_computed,
                       a->prefill_total);
     }
-    for (int k = 0; k < 2; k++) {
-        kv_seq_release(x[k].kv, &s[k]);
-        kv_seq_release(x[k].kv, &f[k]);
-        attn_state_destroy(st[k]);
-        attn_state_destroy(sf[k]);
-        ex_free(&x[k]);
-        free(lg[k]);
-    }
-    return worst;
+    return c.worst;
 }
 
 START_TEST(test_model_dense) {
@@ -195,93 +133,9 @@ START_TEST(test_model_sparse) {
 }
 END_TEST
 
-/* A sharded sequence's logits do not depend on its batch neighbours: A (a
- * 420-token prompt in two slices, then a decode step) run alone on one
- * executor and, on a second one configured alike, in steps with B (short:
- * never sharded) and C (sharded from its first slice) placed before and
- * after it, dense and sparse. The rows of A must be the same bits. */
-typedef struct {
-    kv_seq_t *s;
-    const int32_t *tok;
-    int n;
-    int64_t pos0;
-    int generated;
-    attn_state_t *st;
-    float *logits;
-} part_t;
-
-static void fwd_parts(ex_t *x, const part_t *p, int np) {
-    int32_t tok[700];
-    model_seq_t q[4];
-    int n = 0;
-    for (int i = 0; i < np; i++) {
-        ck_assert_int_eq(kv_seq_reserve(x->kv, p[i].s, p[i].pos0 + p[i].n), 0);
-        ck_assert_int_eq(kv_seq_prepare_write(x->kv, p[i].s, p[i].pos0, p[i].pos0 + p[i].n), 0);
-        q[i] = (model_seq_t){.tok0 = n,
-                             .n_tok = p[i].n,
-                             .pos0 = p[i].pos0,
-                             .kv = p[i].s,
-                             .attn = p[i].st,
-                             .generated = p[i].generated,
-                             .logits_mode = MODEL_LOGITS_ALL,
-                             .logits = p[i].logits};
-        memcpy(tok + n, p[i].tok, sizeof(int32_t) * (size_t)p[i].n);
-        n += p[i].n;
-    }
-    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = np, .seqs = q};
-    ck_assert_int_eq(model_exec_forward(x->e, x->kv, &b), 0);
-    for (int i = 0; i < np; i++) p[i].s->n_tokens = p[i].pos0 + p[i].n;
-}
-
-static void batch_case(const attn_policy_t *pol) {
-    const model_t *m = tiny();
-    const int V = model_hparams(m)->n_vocab, NA = 421, SPLIT = 300, NB = 40, NC = 200;
-    const attn_shape_t sh = model_attn_shape(m);
-    const int L = model_hparams(m)->n_layers;
-    ex_t x = mk_exec(m, 2, 100), y = mk_exec(m, 2, 100);
-    int32_t tok[NA + 1];
-    unsigned seed = 91;
-    for (int i = 0; i <= NA; i++) tok[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
-    float *la = malloc(sizeof(float) * (size_t)SPLIT * V), *lb = malloc(sizeof(float) * (size_t)SPLIT * V);
-    float *lo = malloc(sizeof(float) * (size_t)(NB + NC) * V);
-    kv_seq_t sa, ya, yb, yc;
-    kv_seq_init(&sa), kv_seq_init(&ya), kv_seq_init(&yb), kv_seq_init(&yc);
-    attn_state_t *st[4] = {NULL, NULL, NULL, NULL};
-    for (int k = 0; pol && k < 4; k++) st[k] = attn_state_create(&sh, L, pol);
-    /* step 1: A's first slice; alongside, B's prompt before it, C's after */
-    fwd_parts(&x, &(part_t){&sa, tok, SPLIT, 0, 0, st[0], la}, 1);
-    const part_t p1[3] = {{&yb, tok + 7, NB, 0, 0, st[2], lo},
-                          {&ya, tok, SPLIT, 0, 0, st[1], lb},
-                          {&yc, tok + 50, NC, 0, 0, st[3], lo + (size_t)NB * V}};
-    fwd_parts(&y, p1, 3);
-    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)SPLIT * V), "first slice: A's logits depend on its batch");
-    /* step 2: the rest of A's prompt after decode rows of B and C */
-    fwd_parts(&x, &(part_t){&sa, tok + SPLIT, NA - SPLIT, SPLIT, 0, st[0], la}, 1);
-    const part_t p2[3] = {{&yc, tok + 3, 1, NC, 1, st[3], lo},
-                          {&yb, tok + 4, 1, NB, 1, st[2], lo + V},
-                          {&ya, tok + SPLIT, NA - SPLIT, SPLIT, 0, st[1], lb}};
-    fwd_parts(&y, p2, 3);
-    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)(NA - SPLIT) * V),
-                  "second slice: A's logits depend on its batch");
-    /* step 3: a decode row of A between those of B and C */
-    fwd_parts(&x, &(part_t){&sa, tok + NA, 1, NA, 1, st[0], la}, 1);
-    const part_t p3[3] = {{&yb, tok + 5, 1, NB + 1, 1, st[2], lo},
-                          {&ya, tok + NA, 1, NA, 1, st[1], lb},
-                          {&yc, tok + 6, 1, NC + 1, 1, st[3], lo + V}};
-    fwd_parts(&y, p3, 3);
-    ck_assert_msg(!memcmp(la, lb, sizeof(float) * (size_t)V), "decode: A's logits depend on its batch");
-    model_exec_cp_stats_t cs;
-    model_exec_cp_stats(y.e, &cs);
-    ck_assert_msg(cs.sharded_rows > 0 && cs.ring_steps[1] > 0, "the sharded path did not run");
-    kv_seq_release(x.kv, &sa);
-    kv_seq_release(y.kv, &ya), kv_seq_release(y.kv, &yb), kv_seq_release(y.kv, &yc);
-    for (int k = 0; k < 4; k++) attn_state_destroy(st[k]);
-    ex_free(&x), ex_free(&y);
-    free(la), free(lb), free(lo);
-}
-
+/* cp_exec_case.h's batch invariance with 2 ranks, dense and sparse. */
 START_TEST(test_model_batch) {
-    batch_case(NULL);
+    cp_exec_batch_run(tiny(), &g_case, 2, NULL);
     attn_policy_t pol;
     attn_policy_default(&pol);
     pol.prefill = ATTN_PREFILL_FLEX;
@@ -290,7 +144,7 @@ START_TEST(test_model_batch) {
     pol.min_budget = 16;
     pol.decode_budget = 128;
     pol.dense_layers = 1;
-    batch_case(&pol);
+    cp_exec_batch_run(tiny(), &g_case, 2, &pol);
 }
 END_TEST
 

@@ -145,7 +145,7 @@ endif
 # ---- context parallelism (src/attn/cp) ----------------------------------------
 if HAVE_CHECK
 check_PROGRAMS += tests/check_cp
-tests_check_cp_SOURCES = tests/check_cp.c tests/check_cp_model.c $(TINYMODEL_SRC)
+tests_check_cp_SOURCES = tests/check_cp.c tests/check_cp_model.c tests/cp_exec_case.c tests/cp_exec_case.h $(TINYMODEL_SRC)
 tests_check_cp_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_check_cp_LDADD = $(CHECK_LDADD)
 

@@ -50,14 +50,14 @@ extern "C" {
 
 #define CP_TIDAL_ROOM 4096 // TidalDecode budgets (positions) the ranks' plans hold
 
-enum { MODE_NONE = 0, MODE_RING = 1, MODE_DECODE = 2 };       // cp_mode of a slice
-enum { DEC_DENSE = 0, DEC_QUEST = 1, DEC_TIDAL = 2 };         // the sharded decode rows' kind
+enum { MODE_NONE = 0, MODE_RING = 1, MODE_DECODE = 2 };            // cp_mode of a slice
+enum { DEC_DENSE = 0, DEC_QUEST = 1, DEC_TIDAL = 2 };              // the sharded decode rows' kind
 enum { OP_DENSE = 0, OP_QUEST = 1, OP_SELECT = 2, OP_ATTEND = 3 }; // a layer's decode run
 
 typedef struct {
-    int s;                         // the batch slice
-    int flex;                      // 1: FlexPrefill
-    int64_t off;                   // its first row in cq
+    int s;                          // the batch slice
+    int flex;                       // 1: FlexPrefill
+    int64_t off;                    // its first row in cq
     int64_t rank_off[CP_MAX_RANKS]; // rank r's rows from cq row off + rank_off[r]
     cp_cuda_seq_t seq;
     attn_cuda_flex_policy_t fpol;
@@ -94,11 +94,11 @@ struct model_cuda_cp {
     int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // the decode batch (host)
     uint8_t *downer;
     size_t cap_dblk;
-    int dec_thr;           // Quest: the planned budgets are those of layers >= dec_thr (-1: dense)
-    attn_policy_t tpol;    // TidalDecode: the rows' schedule
-    int t_selected;        // a selection layer ran in this step
-    int64_t *dcount;       // (max_seqs) Quest pages / TidalDecode positions per row, as planned
-    double *dcomputed;     // (max_seqs) a decode row's pairs over the step's layers
+    int dec_thr;            // Quest: the planned budgets are those of layers >= dec_thr (-1: dense)
+    attn_policy_t tpol;     // TidalDecode: the rows' schedule
+    int t_selected;         // a selection layer ran in this step
+    int64_t *dcount;        // (max_seqs) Quest pages / TidalDecode positions per row, as planned
+    double *dcomputed;      // (max_seqs) a decode row's pairs over the step's layers
     int32_t *h_idx, *d_idx; // (T) the step's row of each cq row: pinned, device
     bf16_t *cq, *cout;      // (T, H d) the sharded rows' queries and outputs
     double last_pairs[CP_MAX_RANKS];
@@ -219,8 +219,7 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
         return LC_EINVAL;
     }
     if (c->page_size > 128 || 128 % c->page_size) {
-        snprintf(err, errlen, "parallel.context needs GPU pages that divide 128 positions (pages of %d)",
-                 c->page_size);
+        snprintf(err, errlen, "parallel.context needs GPU pages that divide 128 positions (pages of %d)", c->page_size);
         return LC_EINVAL;
     }
     model_cuda_cp_t *x = (model_cuda_cp_t *)calloc(1, sizeof *x);
@@ -243,8 +242,8 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->dcomputed = (double *)calloc((size_t)S, sizeof(double));
     int32_t **ia[5] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl};
     for (int i = 0; i < 5; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
-    if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len ||
-        !x->dindptr || !x->dbud || !x->dtidal || !x->ddl) {
+    if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len || !x->dindptr ||
+        !x->dbud || !x->dtidal || !x->ddl) {
         snprintf(err, errlen, "out of memory");
         return LC_ENOMEM;
     }
@@ -424,8 +423,8 @@ static int quest_budgets(const model_cuda_cp_t *x, int l, int32_t *out) {
 
 /* Plans the sharded decode rows on every rank (budgets: Quest's, or NULL). */
 static int plan_decode(model_cuda_cp_t *x, const int32_t *budget) {
-    cp_cuda_dec_batch_t b = {x->n_dec, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget,
-                             x->dec_kind == DEC_TIDAL ? x->dtidal : NULL};
+    cp_cuda_dec_batch_t b = {
+        x->n_dec, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget, x->dec_kind == DEC_TIDAL ? x->dtidal : NULL};
     for (int r = 0; r < x->n; r++) {
         int rc = cp_cuda_plan_decode(x->plans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
         if (rc) return rc;
@@ -627,7 +626,8 @@ int model_cuda__cp_layer(model_cuda_t *c, int l) {
         double tok = (double)len;
         if (op == OP_QUEST && x->dbud[i] && l >= x->ddl[i] && x->ddl[i] >= 0) {
             const int64_t pages = x->dcount[i];
-            if (pages >= 1 && pages < np) tok = (double)(pages - 1) * c->page_size + (double)(len - (np - 1) * c->page_size);
+            if (pages >= 1 && pages < np)
+                tok = (double)(pages - 1) * c->page_size + (double)(len - (np - 1) * c->page_size);
         }
         if (op == OP_ATTEND && x->dcount[i] >= 0) tok = (double)x->dcount[i] + (x->dcount[i] < len);
         x->dcomputed[i] += tok * c->m->hp.n_heads;
@@ -651,7 +651,8 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
         const model_seq_t *q = &b->seqs[sl->s];
         rows += (uint64_t)q->n_tok;
         if (!q->attn) continue;
-        const double n = q->n_tok, all = (double)hp->n_heads * hp->n_layers * (n * (double)q->pos0 + 0.5 * n * (n + 1.0));
+        const double n = q->n_tok,
+                     all = (double)hp->n_heads * hp->n_layers * (n * (double)q->pos0 + 0.5 * n * (n + 1.0));
         double computed = all;
         if (sl->flex) {
             computed = 0;

@@ -1,0 +1,53 @@
+/* One context-parallel scenario through an executor, shared by the CPU suite
+ * (check_cp_model.c) and the GPU suite (gpu/check_cuda_cp.c): the same model
+ * through an executor with `ranks` ranks and through one with one rank, on
+ * the same tokens: a prompt in two slices, a second sequence on a shared
+ * (forked) prefix of the first, then teacher-forced decode steps of the
+ * first (the one-rank executor's greedy tokens). After each part the caller's
+ * compare gets both executors' logits of that part's rows. */
+#ifndef LC_TESTS_CP_EXEC_CASE_H
+#define LC_TESTS_CP_EXEC_CASE_H
+
+#include <stdint.h>
+
+#include "attn/attn.h"
+#include "model/exec.h"
+#include "model/model.h"
+
+typedef struct {
+    const char *device;     // "cpu", "cuda:0"
+    int block_size;         // 0: the device's
+    int64_t kv_blocks;      // the pool
+    int max_batch_tokens;   // >= the slices
+    int64_t min_tokens;     // the sharded executor's context_min_tokens
+    int n_prompt, split;    // the prompt and its first slice
+    int fork;               // the forked sequence keeps this prefix (whole blocks)
+    int n_decode;           // decode steps
+    int prompt_end;         // 1: the prompt slices say where the prompt ends (attn_seq_t's prompt_end)
+    unsigned seed;          // the prompt's tokens
+} cp_exec_case_t;
+
+/* part: "first prompt slice", "second prompt slice", "prompt on a shared
+ * prefix" or "decode step"; sharded and one: (rows, V) logits. */
+typedef void (*cp_exec_compare_fn)(void *ud, const char *part, const float *sharded, const float *one, int rows,
+                                   int V);
+
+typedef struct {
+    model_exec_cp_stats_t cp; // the sharded executor's, at the end
+    int64_t kv_used;          // its pool's blocks in use, at the end
+    attn_stats_t st[2];       // the first sequence's attention counters: one rank, sharded (pol only)
+} cp_exec_result_t;
+
+/* Runs the scenario (pol NULL: dense); check assertions fail the test. */
+void cp_exec_case_run(const model_t *m, const cp_exec_case_t *cs, int ranks, const attn_policy_t *pol,
+                      cp_exec_compare_fn compare, void *ud, cp_exec_result_t *out);
+
+/* Batch invariance: a sequence A (a 421-token prompt in slices of 300 and
+ * 121, then a decode row) alone on one executor with `ranks` ranks and, on a
+ * second one configured alike, in steps with B (40 tokens: below min_tokens
+ * of 100, never sharded) and C (200 tokens: sharded from its first slice)
+ * placed before and after it: A's logits must be the same bits (asserted).
+ * Needs max_batch_tokens >= 700. */
+void cp_exec_batch_run(const model_t *m, const cp_exec_case_t *cs, int ranks, const attn_policy_t *pol);
+
+#endif
