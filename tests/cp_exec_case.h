@@ -15,22 +15,21 @@
 #include "model/model.h"
 
 typedef struct {
-    const char *device;     // "cpu", "cuda:0"
-    int block_size;         // 0: the device's
-    int64_t kv_blocks;      // the pool
-    int max_batch_tokens;   // >= the slices
-    int64_t min_tokens;     // the sharded executor's context_min_tokens
-    int n_prompt, split;    // the prompt and its first slice
-    int fork;               // the forked sequence keeps this prefix (whole blocks)
-    int n_decode;           // decode steps
-    int prompt_end;         // 1: the prompt slices say where the prompt ends (attn_seq_t's prompt_end)
-    unsigned seed;          // the prompt's tokens
+    const char *device;   // "cpu", "cuda:0"
+    int block_size;       // 0: the device's
+    int64_t kv_blocks;    // the pool
+    int max_batch_tokens; // >= the slices
+    int64_t min_tokens;   // the sharded executor's context_min_tokens
+    int n_prompt, split;  // the prompt and its first slice
+    int fork;             // the forked sequence keeps this prefix (whole blocks)
+    int n_decode;         // decode steps
+    int prompt_end;       // 1: the prompt slices say where the prompt ends (attn_seq_t's prompt_end)
+    unsigned seed;        // the prompt's tokens
 } cp_exec_case_t;
 
 /* part: "first prompt slice", "second prompt slice", "prompt on a shared
  * prefix" or "decode step"; sharded and one: (rows, V) logits. */
-typedef void (*cp_exec_compare_fn)(void *ud, const char *part, const float *sharded, const float *one, int rows,
-                                   int V);
+typedef void (*cp_exec_compare_fn)(void *ud, const char *part, const float *sharded, const float *one, int rows, int V);
 
 typedef struct {
     model_exec_cp_stats_t cp; // the sharded executor's, at the end

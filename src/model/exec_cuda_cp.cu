@@ -33,10 +33,11 @@
 //    Quest and TidalDecode: their plans' counts), per-rank KV blocks and
 //    ring timing for /metrics.
 //
-// AnchorAttention has no ring on the GPU yet: its sharded slices prefill
-// dense (density 1 says so) after one warning. All ranks share this GPU's
-// pool, so a page id is valid on every rank; the multi-GPU executor (one
-// pool and one set of weights per GPU, NCCL) is not built.
+// AnchorAttention has no ring on the GPU yet: its prompt slices run on the
+// single-rank kernels (their owners dealt all the same). All ranks share
+// this GPU's pool, so a page id is valid on every rank, and any slice can
+// fall back to the single-rank kernels; the multi-GPU executor (one pool
+// and one set of weights per GPU, NCCL), where it could not, is not built.
 #include <pthread.h>
 
 #include "model/exec_cuda_int.cuh"
@@ -265,16 +266,21 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
         snprintf(err, errlen, "cannot create %d device-local ranks on GPU %d", ranks, c->device);
         return LC_EDEVICE;
     }
-    /* Each rank's plan: the model's context, rows of a step; decode rows: at
-     * most the sequences of min_tokens the store holds (and max_seqs). */
+    /* Each rank's plan: the model's context, its share of a step's rows;
+     * decode rows: at most the sequences of min_tokens the store holds (and
+     * max_seqs). */
     const int64_t store = c->n_pages * c->page_size;
     const int64_t ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < store ? hp->n_ctx_train : store;
     int64_t dec = store / x->min_tokens + 1;
     if (dec > S) dec = S;
+    /* A rank's rows of one slice (of at most T rows): two zig-zag chunks of
+     * ceil(units / 2N) units of 128 positions, and a unit begun earlier. */
+    const int64_t units = (T + 127) / 128 + 2, rows = (2 * ((units + 2 * ranks - 1) / (2 * ranks)) + 2) * 128;
     cp_cuda_limits_t lim;
     memset(&lim, 0, sizeof lim);
     lim.max_tokens = ctx;
-    lim.max_rows = T < ctx ? T : ctx;
+    lim.max_rows = rows < T ? rows : T;
+    if (lim.max_rows > ctx) lim.max_rows = ctx;
     lim.max_q_rows = lim.max_rows;
     lim.max_decode_seqs = (int)dec;
     lim.flex = 1;
@@ -363,9 +369,13 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
                                            (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
         sl->seq.flex = &sl->fpol;
         sl->flex = 1;
-    } else if (!q->generated && pol && pol->prefill == ATTN_PREFILL_ANCHOR && !x->warned_anchor++) {
-        LC_WARN("cuda: AnchorAttention has no context-parallel ring on the GPU yet: sharded prompts that ask for it "
-                "prefill dense (their density reports 1)");
+    } else if (!q->generated && pol && pol->prefill == ATTN_PREFILL_ANCHOR) {
+        /* no ring of its own yet: the single-rank kernels, which this GPU
+         * can run because it holds every rank's blocks */
+        if (!x->warned_anchor++)
+            LC_INFO("cuda: AnchorAttention has no context-parallel ring on the GPU yet: its sharded prompt slices run "
+                    "on the single-rank kernels");
+        return MODE_NONE;
     }
     int rc = 0;
     for (int r = 0; r < x->n && !rc; r++) {
