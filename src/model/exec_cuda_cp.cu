@@ -189,6 +189,7 @@ static void *rank_main(void *a) {
         seen = x->gen;
         pthread_mutex_unlock(&x->lock);
         const int rc = run_rank(x, r);
+        if (rc) cp_dev_abort(x->group); // the peers return from their transfers instead of waiting for this rank
         pthread_mutex_lock(&x->lock);
         x->rc[r] = rc;
         if (++x->n_done == x->n) pthread_cond_signal(&x->done);
@@ -207,9 +208,11 @@ static int run_ranks(model_cuda_cp_t *x, int l, int op) {
     pthread_cond_broadcast(&x->go);
     while (x->n_done < x->n) pthread_cond_wait(&x->done, &x->lock);
     pthread_mutex_unlock(&x->lock);
-    for (int r = 0; r < x->n; r++)
-        if (x->rc[r]) return x->rc[r];
-    return 0;
+    int rc = 0;
+    for (int r = 0; r < x->n && !rc; r++) rc = x->rc[r] != LC_ECANCELED ? x->rc[r] : 0; // the first cause
+    for (int r = 0; r < x->n && !rc; r++) rc = x->rc[r];
+    if (rc) cp_dev_reset(x->group); // the step fails; the next one starts clean
+    return rc;
 }
 
 /* ---- creation ------------------------------------------------------------------------------ */

@@ -215,6 +215,54 @@ START_TEST(test_device_local) {
 }
 END_TEST
 
+/* A rank that fails inside a step: rank 1 aborts the group instead of
+ * taking part in an all-reduce and a barrier; its peers return
+ * LC_ECANCELED instead of waiting for it. After a reset the same group runs
+ * the communicator's checks again. */
+typedef struct {
+    cp_dev_t *g;
+    float *buf; // (n, 64) device
+} abort_t;
+
+static int abort_body(int r, cp_comm_t *c, void *ud) {
+    abort_t *a = ud;
+    if (r == 1) {
+        cp_dev_abort(a->g);
+        return LC_EDEVICE; // as a rank whose kernel failed
+    }
+    const int rc1 = cp_allreduce_sum(c, a->buf + (size_t)r * 64, 64), rc2 = cp_barrier(c);
+    return rc1 == LC_ECANCELED && rc2 == LC_ECANCELED ? 0 : -100 - r;
+}
+
+START_TEST(test_device_local_abort) {
+    const int n = 3, exact = 1;
+    cp_dev_t *g = cp_dev_create(n, 0);
+    ck_assert_ptr_nonnull(g);
+    cp_comm_t *comms[CP_MAX_RANKS];
+    for (int r = 0; r < n; r++) comms[r] = cp_dev_comm(g, r);
+    abort_t a = {g, NULL};
+    ck_assert_int_eq(cudaMalloc((void **)&a.buf, sizeof(float) * 64 * n), cudaSuccess);
+    ck_assert_int_eq(cudaMemset(a.buf, 0, sizeof(float) * 64 * n), cudaSuccess);
+    for (int r = 0; r < n; r++) ck_assert_int_eq(cp_comm_reserve(comms[r], sizeof(float) * 64), 0);
+    member_t m[CP_MAX_RANKS];
+    pthread_t th[CP_MAX_RANKS];
+    for (int r = 0; r < n; r++) {
+        m[r] = (member_t){comms[r], 0, abort_body, &a, r, 0};
+        ck_assert_int_eq(pthread_create(&th[r], NULL, member_main, &m[r]), 0);
+    }
+    for (int r = 0; r < n; r++) pthread_join(th[r], NULL);
+    ck_assert_int_eq(m[0].rc, 0);
+    ck_assert_int_eq(m[2].rc, 0);
+    ck_assert_int_eq(m[1].rc, LC_EDEVICE);
+    ck_assert_int_eq(cudaDeviceSynchronize(), cudaSuccess);
+    cp_dev_reset(g);
+    ck_assert_int_eq(team_run(comms, NULL, n, comm_body, (void *)&exact), 0);
+    cudaFree(a.buf);
+    cp_dev_destroy(g);
+    printf("device-local communicator: an aborting rank releases its peers (LC_ECANCELED); after a reset: ok\n");
+}
+END_TEST
+
 /* ---- ring attention on the GPU kernels (cp_cuda.h) ------------------------------------ */
 /* One sharded sequence: a shuffled pool of bf16 pages (unused slots NaN),
  * its block table and zig-zag owners (a cached prefix [0, pos0) written as
@@ -1186,6 +1234,7 @@ int main(void) {
     tcase_add_test(tc, test_nccl);
 #else
     tcase_add_test(tc, test_device_local);
+    tcase_add_test(tc, test_device_local_abort);
     tcase_add_test(tc, test_ring_bad_input);
     tcase_add_test(tc, test_ring_prefill);
     tcase_add_test(tc, test_ring_prefill_pass_q);

@@ -67,6 +67,7 @@ struct cp_dev {
     dep_t *eps;
     int barrier_count;
     unsigned barrier_gen;
+    int aborted; // cp_dev_abort: every wait returns LC_ECANCELED
 };
 
 static void dq_push(dq_t *q, dhalf_t *h) { q->q[(q->head + q->n++) % CP_MAX_PENDING] = h; }
@@ -115,6 +116,12 @@ static int dev_start(cp_comm_t *c, const void *sbuf, size_t sbytes, int dst, voi
     if (src >= 0) CUDA_CHECK_RET(cudaEventRecord(hr->ready, ep->stream));
     dhalf_t *m1s = NULL, *m1r = NULL, *m2s = NULL, *m2r = NULL;
     pthread_mutex_lock(&g->lock);
+    if (g->aborted) {
+        hs->issued = hr->issued = 1;
+        hs->err = hr->err = LC_ECANCELED;
+        pthread_mutex_unlock(&g->lock);
+        return 0; // the wait reports it
+    }
     if (dst >= 0) {
         if ((m1r = dq_pop(&g->recvs[(size_t)c->rank * g->n + dst])))
             m1s = hs;
@@ -138,8 +145,10 @@ static int dev_wait(cp_comm_t *c, int slot) {
     cp_dev_t *g = ep->g;
     dslot_t *sl = &ep->slots[slot];
     pthread_mutex_lock(&g->lock);
-    while (!sl->send.issued || !sl->recv.issued) pthread_cond_wait(&g->cond, &g->lock);
+    while ((!sl->send.issued || !sl->recv.issued) && !g->aborted) pthread_cond_wait(&g->cond, &g->lock);
+    const int cut = !sl->send.issued || !sl->recv.issued;
     pthread_mutex_unlock(&g->lock);
+    if (cut) return LC_ECANCELED;
     if (sl->send.err || sl->recv.err) return sl->send.err ? sl->send.err : sl->recv.err;
     if (sl->send.posted) CUDA_CHECK_RET(cudaStreamWaitEvent(ep->stream, sl->send.done, 0));
     if (sl->recv.posted) CUDA_CHECK_RET(cudaStreamWaitEvent(ep->stream, sl->recv.done, 0));
@@ -172,10 +181,11 @@ static int dev_barrier(cp_comm_t *c) {
         g->barrier_gen++;
         pthread_cond_broadcast(&g->cond);
     } else {
-        while (gen == g->barrier_gen) pthread_cond_wait(&g->cond, &g->lock);
+        while (gen == g->barrier_gen && !g->aborted) pthread_cond_wait(&g->cond, &g->lock);
     }
+    const int cut = gen == g->barrier_gen && g->aborted;
     pthread_mutex_unlock(&g->lock);
-    return 0;
+    return cut ? LC_ECANCELED : 0;
 }
 
 static const cp_comm_ops_t dev_ops = {
@@ -220,6 +230,22 @@ fail:
     lc_log(LC_LOG_ERROR, "device-local communicator: cannot create %d ranks on device %d", n, device);
     cp_dev_destroy(g);
     return NULL;
+}
+
+extern "C" void cp_dev_abort(cp_dev_t *g) {
+    pthread_mutex_lock(&g->lock);
+    g->aborted = 1;
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+}
+
+extern "C" void cp_dev_reset(cp_dev_t *g) {
+    pthread_mutex_lock(&g->lock);
+    memset(g->sends, 0, sizeof *g->sends * (size_t)g->n * g->n);
+    memset(g->recvs, 0, sizeof *g->recvs * (size_t)g->n * g->n);
+    g->barrier_count = 0;
+    g->aborted = 0;
+    pthread_mutex_unlock(&g->lock);
 }
 
 extern "C" cp_comm_t *cp_dev_comm(cp_dev_t *g, int r) { return g && r >= 0 && r < g->n ? &g->comms[r] : NULL; }

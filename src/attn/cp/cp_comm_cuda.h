@@ -38,6 +38,14 @@ cp_dev_t *cp_dev_create(int n, int device);
 cp_comm_t *cp_dev_comm(cp_dev_t *g, int r);
 /* After every rank's work has been waited for. */
 void cp_dev_destroy(cp_dev_t *g);
+/* As cp_threads_abort and cp_threads_reset (cp_comm.h): abort fails every
+ * pending and later transfer and barrier of the group with LC_ECANCELED (a
+ * rank that fails inside a step calls it, so that its peers return instead
+ * of waiting for it; any thread); reset clears the abort and the queues
+ * once no rank is inside a call. Copies already issued still run on the
+ * device. */
+void cp_dev_abort(cp_dev_t *g);
+void cp_dev_reset(cp_dev_t *g);
 
 /* ---- NCCL ------------------------------------------------------------------------------ */
 /* 1 when the build has NCCL. */
