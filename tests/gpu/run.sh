@@ -50,6 +50,8 @@
 #            GPU (checks, then the ring's per-step compute and transfer
 #            times) and NCCL with one rank per GPU (check_cp_nccl, with the
 #            system's libnccl or else torch's)
+#     cp-serve  lacunad on this GPU with parallel.context = 4: a prompt past
+#            context_min_tokens through /v1/completions, /metrics' per-rank lines
 #     gemm   what batch-invariant (deterministic) matmuls cost against
 #            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
@@ -253,6 +255,29 @@ for step in "$@"; do
             tee -a "$OUT/cp.log"
         rc=${PIPESTATUS[0]}
         [ "$rc" = 0 ] || fail "check_cp_nccl" "$rc"
+        ;;
+    cp-serve)
+        # lacunad on this GPU with parallel.context = 4 (device-local ranks): a prompt past
+        # context_min_tokens through /v1/completions, then the per-rank lines of /metrics
+        Mt=/tmp/lacuna-cp-tiny.gguf port=18931
+        ours "$G/bin/lacuna" mkmodel -o "$Mt" --layers 4 --embd 256 --heads 4 --kv-heads 2 --ff 512 --ctx 8192 \
+            --type q8_0 --seed 3 >/dev/null || { fail "mkmodel cp-serve" 1; continue; }
+        LD_LIBRARY_PATH="$G/lib:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$G/bin/lacunad" --model "$Mt" \
+            --served-name cp-tiny --device cuda:0 --host 127.0.0.1 --port $port --set parallel.context=4 \
+            --set parallel.context_min_tokens=1024 >"$OUT/cp-serve-lacunad.log" 2>&1 &
+        dpid=$!
+        for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
+        prompt=$(python3 -c 'print(" ".join(["alpha beta gamma delta"] * 300))')
+        body=$(python3 -c 'import json, sys; print(json.dumps({"model": "cp-tiny", "prompt": sys.argv[1], "max_tokens": 8, "temperature": 0}))' "$prompt")
+        curl -sf "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' -d "$body" \
+            >"$OUT/cp-serve.json" || fail "cp-serve completion" 1
+        python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("cp-serve: usage", d["usage"], "text", repr(d["choices"][0]["text"]))' \
+            "$OUT/cp-serve.json" | tee "$OUT/cp-serve.log"
+        curl -sf "http://127.0.0.1:$port/metrics" | grep -E '^lacuna:cp_' | tee -a "$OUT/cp-serve.log"
+        grep -Eq '^lacuna:cp_sharded_rows_total\{.*\} [1-9]' "$OUT/cp-serve.log" &&
+            grep -Eq '^lacuna:cp_ring_steps_total\{.*rank="3"\} [1-9]' "$OUT/cp-serve.log" || fail "cp-serve metrics" 1
+        kill "$dpid" 2>/dev/null
+        wait "$dpid" 2>/dev/null
         ;;
     gemm)
         ours "$G/bin/bench_gemm" "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log"
