@@ -30,6 +30,10 @@
 // lengths and page tables change freely. Padding rows change nothing for the
 // real rows (every kernel outside attention works row by row, and the split
 // matmuls are batch-invariant), so graphs on and off give the same bits.
+//
+// Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
+// attention of long sequences through the GPU ring over device-local ranks
+// of this GPU, between the pieces like any attention call.
 #include "model/exec_cuda_int.cuh"
 
 /* ---- weights ------------------------------------------------------------------------ */

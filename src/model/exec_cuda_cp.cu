@@ -95,13 +95,15 @@ struct model_cuda_cp {
     int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // the decode batch (host)
     uint8_t *downer;
     size_t cap_dblk;
-    int dec_thr;            // Quest: the planned budgets are those of layers >= dec_thr (-1: dense)
-    attn_policy_t tpol;     // TidalDecode: the rows' schedule
-    int t_selected;         // a selection layer ran in this step
-    int64_t *dcount;        // (max_seqs) Quest pages / TidalDecode positions per row, as planned
-    double *dcomputed;      // (max_seqs) a decode row's pairs over the step's layers
-    int32_t *h_idx, *d_idx; // (T) the step's row of each cq row: pinned, device
-    bf16_t *cq, *cout;      // (T, H d) the sharded rows' queries and outputs
+    int32_t *qb_now, *qb_then; // (max_seqs) Quest budgets of a layer, of the planned one (scratch)
+    int dec_thr;               // Quest: the planned budgets are those of layer dec_thr (-1: dense)
+    attn_policy_t tpol;        // TidalDecode: the rows' schedule
+    int t_selected;            // a selection layer ran in this step
+    int64_t *dcount;           // (max_seqs) Quest pages / TidalDecode positions per row, as planned
+    double *dcomputed;         // (max_seqs) a decode row's pairs over the step's layers
+    int32_t *h_idx, *d_idx;    // (T) the step's row of each cq row: pinned, device
+    int64_t *pos;              // (T) a rank's rows' positions (scratch)
+    bf16_t *cq, *cout;         // (T, H d) the sharded rows' queries and outputs
     double last_pairs[CP_MAX_RANKS];
     /* counters for the metrics thread */
     pthread_mutex_t slock;
@@ -244,10 +246,11 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->dec_seq = (int *)calloc((size_t)S, sizeof(int));
     x->dcount = (int64_t *)calloc((size_t)S, sizeof(int64_t));
     x->dcomputed = (double *)calloc((size_t)S, sizeof(double));
-    int32_t **ia[5] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl};
-    for (int i = 0; i < 5; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
+    x->pos = (int64_t *)calloc((size_t)T + 1, sizeof(int64_t));
+    int32_t **ia[7] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl, &x->qb_now, &x->qb_then};
+    for (int i = 0; i < 7; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
     if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len || !x->dindptr ||
-        !x->dbud || !x->dtidal || !x->ddl) {
+        !x->dbud || !x->dtidal || !x->ddl || !x->qb_now || !x->qb_then || !x->pos) {
         snprintf(err, errlen, "out of memory");
         return LC_ENOMEM;
     }
@@ -333,6 +336,7 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     cudaFreeHost(x->h_idx), cudaFree(x->d_idx), cudaFree(x->cq), cudaFree(x->cout);
     free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dcount), free(x->dcomputed);
     free(x->dkv_len), free(x->dindptr), free(x->dbud), free(x->dtidal), free(x->ddl), free(x->dblocks);
+    free(x->qb_now), free(x->qb_then), free(x->pos);
     free(x->downer), free(x->sown);
     pthread_mutex_destroy(&x->lock), pthread_mutex_destroy(&x->slock);
     pthread_cond_destroy(&x->go), pthread_cond_destroy(&x->done);
@@ -412,11 +416,8 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     sl->off = x->pf_rows;
     /* cq row -> the slice's row (the step's row is added once the rows are laid out) */
     for (int r = 0; r < x->n; r++) {
-        int64_t *pos = (int64_t *)malloc(sizeof(int64_t) * (size_t)(q->n_tok + 1));
-        if (!pos) return LC_ENOMEM;
-        const int64_t nr = cp_cuda_prefill_rows(x->plans[r], pos);
-        for (int64_t i = 0; i < nr; i++) x->h_idx[sl->off + sl->rank_off[r] + i] = (int32_t)(pos[i] - q->pos0);
-        free(pos);
+        const int64_t nr = cp_cuda_prefill_rows(x->plans[r], x->pos);
+        for (int64_t i = 0; i < nr; i++) x->h_idx[sl->off + sl->rank_off[r] + i] = (int32_t)(x->pos[i] - q->pos0);
     }
     x->pf_rows += q->n_tok;
     x->n_pf_flex += sl->flex;
@@ -511,13 +512,9 @@ static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
     x->dec_thr = -1;
     if (x->dec_kind == DEC_DENSE && quest) x->dec_kind = DEC_QUEST;
     if (x->dec_kind == DEC_QUEST) {
-        int32_t *v = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
-        if (!v) return LC_ENOMEM;
-        const int any = quest_budgets(x, 0, v);
-        int rc = plan_decode(x, any ? v : NULL);
-        free(v);
+        const int any = quest_budgets(x, 0, x->qb_now);
         x->dec_thr = any ? 0 : -1;
-        return rc;
+        return plan_decode(x, any ? x->qb_now : NULL);
     }
     return plan_decode(x, NULL);
 }
@@ -604,25 +601,16 @@ static int decode_op(model_cuda_cp_t *x, int l, int *op) {
         return 0;
     }
     if (x->dec_kind != DEC_QUEST) return 0;
-    int32_t *v = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
-    if (!v) return LC_ENOMEM;
-    const int any = quest_budgets(x, l, v);
+    const int any = quest_budgets(x, l, x->qb_now);
     int rc = 0, changed = any != (x->dec_thr >= 0);
     if (!changed && any) {
-        int32_t *w = (int32_t *)malloc(sizeof(int32_t) * (size_t)x->n_dec);
-        if (!w) {
-            free(v);
-            return LC_ENOMEM;
-        }
-        quest_budgets(x, x->dec_thr, w);
-        changed = memcmp(v, w, sizeof(int32_t) * (size_t)x->n_dec) != 0;
-        free(w);
+        quest_budgets(x, x->dec_thr, x->qb_then);
+        changed = memcmp(x->qb_now, x->qb_then, sizeof(int32_t) * (size_t)x->n_dec) != 0;
     }
     if (changed) {
-        rc = plan_decode(x, any ? v : NULL);
+        rc = plan_decode(x, any ? x->qb_now : NULL);
         x->dec_thr = any ? l : -1;
     }
-    free(v);
     *op = any ? OP_QUEST : OP_DENSE;
     return rc;
 }
