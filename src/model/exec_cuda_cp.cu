@@ -303,6 +303,17 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
         }
         cp_cuda_plan_timing_enable(x->plans[r], 1);
     }
+    /* what a user with several GPUs would otherwise assume */
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess) cudaGetLastError(), n_dev = 1;
+    if (n_dev > 1)
+        LC_WARN("cuda: parallel.context = %d runs its %d ranks on GPU %d alone, not on this machine's %d GPUs: one GPU "
+                "per rank is not built yet, and ranks sharing a GPU are no faster than context = 1",
+                ranks, ranks, c->device, n_dev);
+    else
+        LC_INFO("cuda: parallel.context = %d: %d ranks share GPU %d (they exercise the ring; they are no faster than "
+                "context = 1)",
+                ranks, ranks, c->device);
     for (int r = 0; r < ranks; r++) {
         targ_t *a = (targ_t *)malloc(sizeof *a);
         if (!a) return LC_ENOMEM;
