@@ -18,27 +18,17 @@
 
 #include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_comm.h"
+#include "attn/cp/cp_team.h"
 #include "common/status.h"
 #include "model/model_internal.h"
 
 enum { JOB_NONE, JOB_PLAN, JOB_RUN };
 
-typedef struct {
-    model_cp_t *cp;
-    int rank;
-} rank_arg_t;
-
 struct model_cp {
     int n;
     cp_threads_t *group;
     cp_plan_t **plans;
-    pthread_t *th;
-    rank_arg_t *args;
-    int n_started;
-    pthread_mutex_t lock;
-    pthread_cond_t go, done;
-    unsigned gen;
-    int n_done, quit;
+    cp_team_t *team_th; // the rank threads
     /* the job */
     int kind, team;
     const cp_batch_t *batch;
@@ -47,64 +37,39 @@ struct model_cp {
     attn_store_t store;
     const float *q;
     float *out;
-    int *rc; // (n)
     /* counters for the metrics thread */
     pthread_mutex_t slock;
     cp_timing_t *timing; // (n) as of the last job
 };
 
-static void *rank_main(void *a) {
-    model_cp_t *cp = ((rank_arg_t *)a)->cp;
-    const int r = ((rank_arg_t *)a)->rank;
-    unsigned seen = 0;
-    pthread_mutex_lock(&cp->lock);
-    for (;;) {
-        while (cp->gen == seen && !cp->quit) pthread_cond_wait(&cp->go, &cp->lock);
-        if (cp->quit) break;
-        seen = cp->gen;
-        pthread_mutex_unlock(&cp->lock);
-        int rc;
-        cp_comm_t *c = cp_threads_comm(cp->group, r);
-        if (cp->kind == JOB_PLAN) {
+/* Rank r's part of the job set in cp (cp_team_t's job). */
+static int rank_job(void *ctx, int r) {
+    model_cp_t *cp = ctx;
+    if (cp->kind == JOB_PLAN) {
 #ifdef _OPENMP
-            omp_set_num_threads(cp->team);
+        omp_set_num_threads(cp->team);
 #endif
-            rc = cp_plan(cp->plans[r], cp->batch);
-        } else {
-            rc = cp_run(cp->plans[r], c, cp->layer, cp->window, &cp->store, cp->q, cp->out, NULL);
-        }
-        if (rc) cp_threads_abort(cp->group);
-        pthread_mutex_lock(&cp->lock);
-        cp->rc[r] = rc;
-        if (++cp->n_done == cp->n) pthread_cond_signal(&cp->done);
+        return cp_plan(cp->plans[r], cp->batch);
     }
-    pthread_mutex_unlock(&cp->lock);
-    return NULL;
+    return cp_run(cp->plans[r], cp_threads_comm(cp->group, r), cp->layer, cp->window, &cp->store, cp->q, cp->out, NULL);
 }
+
+static void rank_abort(void *ctx) { cp_threads_abort(((model_cp_t *)ctx)->group); }
 
 model_cp_t *model_cp_create(const attn_shape_t *shape, int n_layers, int n_ranks) {
     if (n_ranks < 2 || n_ranks > CP_MAX_RANKS) return NULL;
     model_cp_t *cp = calloc(1, sizeof *cp);
     if (!cp) return NULL;
     cp->n = n_ranks;
-    pthread_mutex_init(&cp->lock, NULL);
     pthread_mutex_init(&cp->slock, NULL);
-    pthread_cond_init(&cp->go, NULL);
-    pthread_cond_init(&cp->done, NULL);
     cp->group = cp_threads_create(n_ranks);
     cp->plans = calloc((size_t)n_ranks, sizeof *cp->plans);
-    cp->th = calloc((size_t)n_ranks, sizeof *cp->th);
-    cp->args = calloc((size_t)n_ranks, sizeof *cp->args);
-    cp->rc = calloc((size_t)n_ranks, sizeof *cp->rc);
     cp->timing = calloc((size_t)n_ranks, sizeof *cp->timing);
-    if (!cp->group || !cp->plans || !cp->th || !cp->args || !cp->rc || !cp->timing) goto fail;
+    if (!cp->group || !cp->plans || !cp->timing) goto fail;
     for (int r = 0; r < n_ranks; r++)
         if (!(cp->plans[r] = cp_plan_create(shape, n_layers, r, n_ranks))) goto fail;
-    for (int r = 0; r < n_ranks; r++) {
-        cp->args[r] = (rank_arg_t){cp, r};
-        if (pthread_create(&cp->th[r], NULL, rank_main, &cp->args[r])) goto fail;
-        cp->n_started++;
-    }
+    const cp_team_ops_t ops = {rank_job, rank_abort, NULL, cp};
+    if (!(cp->team_th = cp_team_create(n_ranks, &ops))) goto fail;
     return cp;
 fail:
     model_cp_destroy(cp);
@@ -113,32 +78,17 @@ fail:
 
 void model_cp_destroy(model_cp_t *cp) {
     if (!cp) return;
-    pthread_mutex_lock(&cp->lock);
-    cp->quit = 1;
-    pthread_cond_broadcast(&cp->go);
-    pthread_mutex_unlock(&cp->lock);
-    for (int r = 0; r < cp->n_started; r++) pthread_join(cp->th[r], NULL);
+    cp_team_destroy(cp->team_th);
     for (int r = 0; cp->plans && r < cp->n; r++) cp_plan_destroy(cp->plans[r]);
     cp_threads_destroy(cp->group);
-    pthread_mutex_destroy(&cp->lock);
     pthread_mutex_destroy(&cp->slock);
-    pthread_cond_destroy(&cp->go);
-    pthread_cond_destroy(&cp->done);
-    free(cp->plans), free(cp->th), free(cp->args), free(cp->rc), free(cp->timing);
+    free(cp->plans), free(cp->timing);
     free(cp);
 }
 
 /* Runs the job set in cp on every rank; the first failing status. */
 static int dispatch(model_cp_t *cp) {
-    pthread_mutex_lock(&cp->lock);
-    cp->n_done = 0;
-    cp->gen++;
-    pthread_cond_broadcast(&cp->go);
-    while (cp->n_done < cp->n) pthread_cond_wait(&cp->done, &cp->lock);
-    pthread_mutex_unlock(&cp->lock);
-    int rc = 0;
-    for (int r = 0; r < cp->n; r++)
-        if (cp->rc[r] && (!rc || rc == LC_ECANCELED)) rc = cp->rc[r]; // the cause, not its echoes
+    const int rc = cp_team_run(cp->team_th);
     if (rc) cp_threads_reset(cp->group);
     pthread_mutex_lock(&cp->slock);
     for (int r = 0; r < cp->n; r++) cp->timing[r] = *cp_plan_timing(cp->plans[r]);

@@ -31,7 +31,7 @@ int cp__decode_plan(cp_plan_t *p, size_t *per_thread) {
     for (int i = 0; i < p->n_seqs; i++)
         if (p->seqs[i].decode) n += p->seqs[i].n_tok;
     size_t cap = (size_t)p->cap_drows;
-    if (cp__grow((void **)&p->drows, &cap, (size_t)n, sizeof *p->drows)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->drows, &cap, (size_t)n, sizeof *p->drows)) return LC_ENOMEM;
     p->cap_drows = (int)cap;
     p->n_drows = 0;
     p->tidal_cap = 1;
@@ -79,15 +79,15 @@ int cp__decode_plan(cp_plan_t *p, size_t *per_thread) {
     }
     if (!n) return 0;
     const size_t nd = (size_t)n;
-    if (cp__grow((void **)&p->drg, &p->cap_drg, n_rg, sizeof *p->drg) ||
-        cp__grow((void **)&p->dq, &p->cap_dq, nd * H * d, sizeof(float)) ||
-        cp__grow((void **)&p->dpart, &p->cap_dpart, nd * H * (d + 1), sizeof(float)) ||
-        cp__grow((void **)&p->dall, &p->cap_dall, (size_t)N * nd * H * (d + 1), sizeof(float)) ||
-        cp__grow((void **)&p->dqs, &p->cap_dqs, n_qs, sizeof(float)) ||
-        cp__grow((void **)&p->dtm, &p->cap_dtm, n_tm, sizeof(float)) ||
-        cp__grow((void **)&p->dmax, &p->cap_dmax, (size_t)3 * (N + 1) * nd * H + 2, sizeof(float)) ||
-        cp__grow((void **)&p->dsel, &p->cap_dsel, nd * KH * p->tidal_cap, sizeof(int64_t)) ||
-        cp__grow((void **)&p->dseln, &p->cap_dseln, nd * KH, sizeof(int)))
+    if (lc_grow((void **)&p->drg, &p->cap_drg, n_rg, sizeof *p->drg) ||
+        lc_grow((void **)&p->dq, &p->cap_dq, nd * H * d, sizeof(float)) ||
+        lc_grow((void **)&p->dpart, &p->cap_dpart, nd * H * (d + 1), sizeof(float)) ||
+        lc_grow((void **)&p->dall, &p->cap_dall, (size_t)N * nd * H * (d + 1), sizeof(float)) ||
+        lc_grow((void **)&p->dqs, &p->cap_dqs, n_qs, sizeof(float)) ||
+        lc_grow((void **)&p->dtm, &p->cap_dtm, n_tm, sizeof(float)) ||
+        lc_grow((void **)&p->dmax, &p->cap_dmax, (size_t)3 * (N + 1) * nd * H + 2, sizeof(float)) ||
+        lc_grow((void **)&p->dsel, &p->cap_dsel, nd * KH * p->tidal_cap, sizeof(int64_t)) ||
+        lc_grow((void **)&p->dseln, &p->cap_dseln, nd * KH, sizeof(int)))
         return LC_ENOMEM;
     for (int i = 0; i < p->n_drows; i++) { // this rank's ranges of each row
         cp_drow_t *dr = &p->drows[i];

@@ -7,6 +7,7 @@
 #include "attn/attn_int.h"
 #include "attn/cp/cp_attn.h"
 #include "attn/cpu/kern.h"
+#include "common/mem.h"
 
 enum { CP_PASS_KV = 1, CP_PASS_Q = 2 };
 
@@ -137,8 +138,6 @@ struct cp_plan {
 /* ---- layout.c ---------------------------------------------------------------------- */
 /* Rows of a tile of the plan's query tiles (a GQA group of each position). */
 int cp__bq(const attn_shape_t *sh);
-/* Grows *ptr to n elements of size sz (plan time). */
-int cp__grow(void **ptr, size_t *cap, size_t n, size_t sz);
 
 /* ---- ring.c -------------------------------------------------------------------------- */
 /* Attends rows (n, H, d) at positions qpos to the keys of rg in kv, under an

@@ -34,17 +34,6 @@ int cp__bq(const attn_shape_t *sh) {
     return G <= 2 ? 48 : G <= 4 ? 32 : 16; // as the single-rank prefill tiles
 }
 
-int cp__grow(void **ptr, size_t *cap, size_t n, size_t sz) {
-    if (n <= *cap) return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < n) c *= 2;
-    void *q = realloc(*ptr, c * sz);
-    if (!q) return LC_ENOMEM;
-    *ptr = q;
-    *cap = c;
-    return 0;
-}
-
 /* ---- creation -------------------------------------------------------------------------- */
 cp_plan_t *cp_plan_create(const attn_shape_t *shape, int n_layers, int rank, int n_ranks) {
     if (!shape || shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->head_dim <= 0 ||
@@ -187,9 +176,9 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
     const int N = p->n_ranks, H = p->shape.n_heads, KH = p->shape.n_kv_heads, d = p->shape.head_dim;
     free_slices(p);
     size_t cap = (size_t)p->cap_seqs;
-    if (cp__grow((void **)&p->seqs, &cap, (size_t)b->n_seqs, sizeof *p->seqs)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->seqs, &cap, (size_t)b->n_seqs, sizeof *p->seqs)) return LC_ENOMEM;
     cap = (size_t)p->cap_seqs;
-    if (cp__grow((void **)&p->computed, &cap, (size_t)b->n_seqs, sizeof *p->computed)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->computed, &cap, (size_t)b->n_seqs, sizeof *p->computed)) return LC_ENOMEM;
     p->cap_seqs = (int)cap;
     memcpy(p->seqs, b->seqs, sizeof *p->seqs * (size_t)b->n_seqs);
     memset(p->computed, 0, sizeof *p->computed * (size_t)b->n_seqs);
@@ -199,7 +188,7 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
     int n_sl = 0;
     for (int i = 0; i < b->n_seqs; i++) n_sl += !b->seqs[i].decode;
     cap = (size_t)p->cap_slices;
-    if (cp__grow((void **)&p->slices, &cap, (size_t)n_sl, sizeof *p->slices)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->slices, &cap, (size_t)n_sl, sizeof *p->slices)) return LC_ENOMEM;
     p->cap_slices = (int)cap;
 
     const size_t stride = (size_t)KH * p->block_size * d;
@@ -255,22 +244,22 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
     const int G = H / KH, BQ = cp__bq(&p->shape);
     size_t pt_dense = attn_tile_bytes(BQ * G, d) + attn_arena_need(sizeof(attn_range_t) * (size_t)(2 * max_rg + 4));
     if (pt_dense > per_thread) per_thread = pt_dense;
-    if (cp__grow((void **)&p->pack, &p->cap_pack, need_pack, sizeof(float)) ||
-        cp__grow((void **)&p->qbuf, &p->cap_qbuf, need_q, sizeof(float)) ||
-        cp__grow((void **)&p->acc, &p->cap_acc, need_acc, sizeof(float)) ||
-        cp__grow((void **)&p->part, &p->cap_part, need_part, sizeof(float)) ||
-        cp__grow((void **)&p->partin, &p->cap_partin, need_partin, sizeof(float)) ||
-        cp__grow((void **)&p->stage, &p->cap_stage, need_stage, sizeof(float)) ||
-        cp__grow((void **)&p->a2a, &p->cap_a2a, (size_t)4 * N, sizeof(size_t)))
+    if (lc_grow((void **)&p->pack, &p->cap_pack, need_pack, sizeof(float)) ||
+        lc_grow((void **)&p->qbuf, &p->cap_qbuf, need_q, sizeof(float)) ||
+        lc_grow((void **)&p->acc, &p->cap_acc, need_acc, sizeof(float)) ||
+        lc_grow((void **)&p->part, &p->cap_part, need_part, sizeof(float)) ||
+        lc_grow((void **)&p->partin, &p->cap_partin, need_partin, sizeof(float)) ||
+        lc_grow((void **)&p->stage, &p->cap_stage, need_stage, sizeof(float)) ||
+        lc_grow((void **)&p->a2a, &p->cap_a2a, (size_t)4 * N, sizeof(size_t)))
         return LC_ENOMEM;
     size_t c0 = p->cap_rbuf, c1 = p->cap_rbuf;
-    if (cp__grow((void **)&p->rbuf[0], &c0, need_rbuf, sizeof(float)) ||
-        cp__grow((void **)&p->rbuf[1], &c1, need_rbuf, sizeof(float)))
+    if (lc_grow((void **)&p->rbuf[0], &c0, need_rbuf, sizeof(float)) ||
+        lc_grow((void **)&p->rbuf[1], &c1, need_rbuf, sizeof(float)))
         return LC_ENOMEM;
     p->cap_rbuf = c0;
     c0 = c1 = p->cap_qrecv;
-    if (cp__grow((void **)&p->qrecv[0], &c0, need_qrecv, sizeof(float)) ||
-        cp__grow((void **)&p->qrecv[1], &c1, need_qrecv, sizeof(float)))
+    if (lc_grow((void **)&p->qrecv[0], &c0, need_qrecv, sizeof(float)) ||
+        lc_grow((void **)&p->qrecv[1], &c1, need_qrecv, sizeof(float)))
         return LC_ENOMEM;
     p->cap_qrecv = c0;
 

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "attn/attn_int.h"
+#include "common/mem.h"
 #include "common/status.h"
 
 attn_plan_t *attn_plan_create(const attn_shape_t *shape, int n_layers) {
@@ -34,18 +35,6 @@ void attn_plan_destroy(attn_plan_t *p) {
 }
 
 size_t attn_plan_workspace(const attn_plan_t *p) { return p ? p->ws_cap : 0; }
-
-/* Grows *ptr to hold n elements of size sz (plan time only). */
-static int grow(void **ptr, size_t *cap, size_t n, size_t sz) {
-    if (n <= *cap) return 0;
-    size_t c = *cap ? *cap : 16;
-    while (c < n) c *= 2;
-    void *q = realloc(*ptr, c * sz);
-    if (!q) return LC_ENOMEM;
-    *ptr = q;
-    *cap = c;
-    return 0;
-}
 
 static int check_batch(const attn_plan_t *p, const attn_batch_t *b) {
     if (!b || b->n_rows <= 0 || b->n_seqs <= 0 || !b->seqs || b->block_size <= 0) return LC_EINVAL;
@@ -79,7 +68,7 @@ static int plan_decode(attn_plan_t *p, int block_size, size_t *per_thread) {
     for (int i = 0; i < p->n_seqs; i++)
         if (p->seqs[i].decode) n += p->seqs[i].n_tok;
     size_t cap = (size_t)p->cap_drows;
-    if (grow((void **)&p->drows, &cap, (size_t)n, sizeof *p->drows)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->drows, &cap, (size_t)n, sizeof *p->drows)) return LC_ENOMEM;
     p->cap_drows = (int)cap;
     size_t n_rg = 0, n_items = 0;
     p->n_drows = 0;
@@ -104,22 +93,22 @@ static int plan_decode(attn_plan_t *p, int block_size, size_t *per_thread) {
     }
     const size_t n_dk = (size_t)p->n_drows * KH;
     size_t c;
-    if (grow((void **)&p->drg, &p->cap_drg, n_rg, sizeof *p->drg)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->drg, &p->cap_drg, n_rg, sizeof *p->drg)) return LC_ENOMEM;
     c = p->cap_dk;
-    if (grow((void **)&p->drg_off, &c, n_dk, sizeof *p->drg_off)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->drg_off, &c, n_dk, sizeof *p->drg_off)) return LC_ENOMEM;
     c = p->cap_dk;
-    if (grow((void **)&p->drg_n, &c, n_dk, sizeof *p->drg_n)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->drg_n, &c, n_dk, sizeof *p->drg_n)) return LC_ENOMEM;
     c = p->cap_dk;
-    if (grow((void **)&p->dk_item0, &c, n_dk, sizeof *p->dk_item0)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->dk_item0, &c, n_dk, sizeof *p->dk_item0)) return LC_ENOMEM;
     c = p->cap_dk;
-    if (grow((void **)&p->dk_nitem, &c, n_dk, sizeof *p->dk_nitem)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->dk_nitem, &c, n_dk, sizeof *p->dk_nitem)) return LC_ENOMEM;
     p->cap_dk = c;
     c = p->cap_ditems;
-    if (grow((void **)&p->ditems, &c, n_items, sizeof *p->ditems)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->ditems, &c, n_items, sizeof *p->ditems)) return LC_ENOMEM;
     c = p->cap_ditems;
-    if (grow((void **)&p->dcomp, &c, n_items, sizeof *p->dcomp)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->dcomp, &c, n_items, sizeof *p->dcomp)) return LC_ENOMEM;
     c = p->cap_ditems;
-    if (grow((void **)&p->dpart, &c, n_items, sizeof(float) * G * (d + 1))) return LC_ENOMEM;
+    if (lc_grow((void **)&p->dpart, &c, n_items, sizeof(float) * G * (d + 1))) return LC_ENOMEM;
     p->cap_ditems = c;
     size_t off = 0;
     for (int i = 0; i < p->n_drows; i++)
@@ -135,7 +124,7 @@ int attn_plan(attn_plan_t *p, const attn_batch_t *b) {
     int rc = check_batch(p, b);
     if (rc) return rc;
     size_t cap = (size_t)p->cap_seqs;
-    if (grow((void **)&p->seqs, &cap, (size_t)b->n_seqs, sizeof *p->seqs)) return LC_ENOMEM;
+    if (lc_grow((void **)&p->seqs, &cap, (size_t)b->n_seqs, sizeof *p->seqs)) return LC_ENOMEM;
     p->cap_seqs = (int)cap;
     memcpy(p->seqs, b->seqs, (size_t)b->n_seqs * sizeof *p->seqs);
     p->n_seqs = b->n_seqs;
