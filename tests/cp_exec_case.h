@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "attn/attn.h"
+#include "kv/kv.h"
 #include "model/exec.h"
 #include "model/model.h"
 
@@ -48,5 +49,12 @@ void cp_exec_case_run(const model_t *m, const cp_exec_case_t *cs, int ranks, con
  * placed before and after it: A's logits must be the same bits (asserted).
  * Needs max_batch_tokens >= 700. */
 void cp_exec_batch_run(const model_t *m, const cp_exec_case_t *cs, int ranks, const attn_policy_t *pol);
+
+/* Tokens [pos0, pos0 + n) of one sequence through e (its KV reserved and
+ * written in kv), every row's logits; end: the prompt's end for a prompt
+ * slice (attn_seq_t's prompt_end; 0: none), st its attention state or NULL.
+ * Check assertions on any failure. */
+void cp_exec_forward(model_exec_t *e, kv_pool_t *kv, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0,
+                     int generated, int64_t end, attn_state_t *st, float *logits);
 
 #endif

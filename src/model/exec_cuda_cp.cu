@@ -6,16 +6,17 @@
 // What a step does with its sharded slices:
 //  - before the rows are laid out (model_cuda__cp_prepare): which slices are
 //    sharded; the owners of the blocks the step starts (a prompt slice's
-//    zig-zag, in units of 128 positions so that FlexPrefill's blocks lie on
-//    one rank; a generated token's block in turn, by 128-position unit; an
-//    unsharded slice's blocks to rank 0); every rank's plans: each prompt
-//    slice's ring (FlexPrefill where the request asked for it, else dense;
-//    pass-Q on a long cached prefix where it pays) and one decode plan for
-//    the sharded generated rows (dense and Quest rows together, or
+//    zig-zag, in units of 128 positions so that the sparse methods' blocks
+//    lie on one rank; a generated token's block in turn, by 128-position
+//    unit; an unsharded slice's blocks to rank 0); every rank's plans: each
+//    prompt slice's ring (FlexPrefill or AnchorAttention where the request
+//    asked for it, else dense; pass-Q on a long cached prefix where it pays;
+//    AnchorAttention's exchange is its own, cp_cuda.h) and one decode plan
+//    for the sharded generated rows (dense and Quest rows together, or
 //    TidalDecode rows). A slice whose ring cannot be planned (beyond the
-//    plans' room, or a FlexPrefill block split by an earlier owner) runs on
-//    the single-rank kernels instead (one GPU holds every rank's blocks) or
-//    dense, with a warning once;
+//    plans' room, or a sparse method's block split by an earlier owner) runs
+//    on the single-rank kernels instead (one GPU holds every rank's blocks)
+//    or dense, with a warning once;
 //  - the rows (model_cuda__cp_rows): the sharded slices' rows sit after the
 //    single-rank plans' rows of their kind (prompt rows, generated rows),
 //    so those plans' CSR stays contiguous; a gather index maps each
@@ -29,15 +30,14 @@
 //    slices in one step run one after another, each rank planning each
 //    again (plans hold one sequence);
 //  - after the step (model_cuda__cp_count): density per request from the
-//    ranks' pairs (FlexPrefill: the masks' pairs counted on the device;
-//    Quest and TidalDecode: their plans' counts), per-rank KV blocks and
-//    ring timing for /metrics.
+//    ranks' pairs (FlexPrefill and AnchorAttention: the pairs counted on the
+//    device; Quest and TidalDecode: their plans' counts), per-rank KV blocks
+//    and ring timing for /metrics.
 //
-// AnchorAttention has no ring on the GPU yet: its prompt slices run on the
-// single-rank kernels (their owners dealt all the same). All ranks share
-// this GPU's pool, so a page id is valid on every rank, and any slice can
-// fall back to the single-rank kernels; the multi-GPU executor (one pool
-// and one set of weights per GPU, NCCL), where it could not, is not built.
+// All ranks share this GPU's pool, so a page id is valid on every rank, and
+// any slice can fall back to the single-rank kernels; the multi-GPU
+// executor (one pool and one set of weights per GPU, NCCL), where it could
+// not, is not built.
 #include <pthread.h>
 
 #include "model/exec_cuda_int.cuh"
@@ -46,10 +46,13 @@ extern "C" {
 #include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_comm_cuda.h"
 #include "attn/cp/cp_cuda.h"
+#include "attn/cp/cp_team.h"
+#include "common/mem.h"
 #include "kv/kv.h"
 }
 
-#define CP_TIDAL_ROOM 4096 // TidalDecode budgets (positions) the ranks' plans hold
+#define CP_TIDAL_ROOM 4096   // TidalDecode budgets (positions) the ranks' plans hold
+#define CP_ANCHOR_LOCAL 1024 // the anchor_local the ranks' plans are first made for (a smaller one: again)
 
 enum { MODE_NONE = 0, MODE_RING = 1, MODE_DECODE = 2 };            // cp_mode of a slice
 enum { DEC_DENSE = 0, DEC_QUEST = 1, DEC_TIDAL = 2 };              // the sharded decode rows' kind
@@ -57,12 +60,13 @@ enum { OP_DENSE = 0, OP_QUEST = 1, OP_SELECT = 2, OP_ATTEND = 3 }; // a layer's 
 
 typedef struct {
     int s;                          // the batch slice
-    int flex;                       // 1: FlexPrefill
+    int sparse;                     // 1: FlexPrefill or AnchorAttention
     int64_t off;                    // its first row in cq
     int64_t rank_off[CP_MAX_RANKS]; // rank r's rows from cq row off + rank_off[r]
     cp_cuda_seq_t seq;
     attn_cuda_flex_policy_t fpol;
-    double pairs[CP_MAX_RANKS]; // FlexPrefill pairs rank r computed in this step
+    attn_cuda_anchor_policy_t apol;
+    double pairs[CP_MAX_RANKS]; // the sparse pairs rank r computed in this step
 } cp_slice_t;
 
 struct model_cuda_cp {
@@ -72,23 +76,16 @@ struct model_cuda_cp {
     cp_dev_t *group;
     cp_cuda_plan_t *plans[CP_MAX_RANKS];
     cudaEvent_t ev_main, ev_rank[CP_MAX_RANKS];
-    /* rank threads */
-    pthread_t th[CP_MAX_RANKS];
-    int n_started;
-    pthread_mutex_t lock;
-    pthread_cond_t go, done;
-    unsigned gen;
-    int n_done, quit;
-    int layer, op;
-    int rc[CP_MAX_RANKS];
+    cp_team_t *team; // the rank threads
+    int layer, op;   // their job: this layer's runs
     /* blocks */
     uint8_t *owner; // (n_pages + 1) the rank holding each page
     /* the step */
-    uint8_t *mode;       // (max_seqs) MODE_* by slice
-    cp_slice_t *pf;      // (max_seqs) the sharded prompt slices
-    int n_pf, n_pf_flex; // and how many run FlexPrefill
-    int64_t pf_rows;     // their rows: cq rows 0 .. pf_rows - 1
-    uint8_t *sown;       // owners by sequence block of the ring slices, back to back
+    uint8_t *mode;         // (max_seqs) MODE_* by slice
+    cp_slice_t *pf;        // (max_seqs) the sharded prompt slices
+    int n_pf, n_pf_sparse; // and how many run FlexPrefill or AnchorAttention
+    int64_t pf_rows;       // their rows: cq rows 0 .. pf_rows - 1
+    uint8_t *sown;         // owners by sequence block of the ring slices, back to back
     size_t cap_sown;
     int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..) and their kind
     int *dec_seq;        // (max_seqs) their slices
@@ -148,9 +145,9 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         if ((x->n_pf > 1 || x->dirty) && (rc = cp_cuda_plan_prefill(p, &sl->seq, st))) break;
         const size_t row = (size_t)(sl->off + sl->rank_off[r]);
         rc = cp_cuda_run_prefill(p, cm, k, v, x->cq + row * HD, x->cout + row * HD, NULL);
-        if (!rc && sl->flex) { // the pairs of this slice (the plan counts since its creation)
+        if (!rc && sl->sparse) { // the pairs of this slice (the plan counts since its creation)
             double now = 0;
-            if (x->n_pf_flex > 1 || l == c->m->hp.n_layers - 1) {
+            if (x->n_pf_sparse > 1 || l == c->m->hp.n_layers - 1) {
                 if ((rc = cp_cuda_sparse_pairs(p, st, &now))) break;
                 sl->pairs[r] += now - x->last_pairs[r];
                 x->last_pairs[r] = now;
@@ -173,46 +170,19 @@ static int run_rank(model_cuda_cp_t *x, int r) {
     return rc;
 }
 
-typedef struct {
-    model_cuda_cp_t *x;
-    int r;
-} targ_t;
-
-static void *rank_main(void *a) {
-    model_cuda_cp_t *x = ((targ_t *)a)->x;
-    const int r = ((targ_t *)a)->r;
-    free(a);
-    cudaSetDevice(x->c->device);
-    unsigned seen = 0;
-    pthread_mutex_lock(&x->lock);
-    for (;;) {
-        while (x->gen == seen && !x->quit) pthread_cond_wait(&x->go, &x->lock);
-        if (x->quit) break;
-        seen = x->gen;
-        pthread_mutex_unlock(&x->lock);
-        const int rc = run_rank(x, r);
-        if (rc) cp_dev_abort(x->group); // the peers return from their transfers instead of waiting for this rank
-        pthread_mutex_lock(&x->lock);
-        x->rc[r] = rc;
-        if (++x->n_done == x->n) pthread_cond_signal(&x->done);
-    }
-    pthread_mutex_unlock(&x->lock);
-    return NULL;
+static int rank_job(void *ctx, int r) { return run_rank((model_cuda_cp_t *)ctx, r); }
+// the peers return from their transfers instead of waiting for a failed rank
+static void rank_abort(void *ctx) { cp_dev_abort(((model_cuda_cp_t *)ctx)->group); }
+static void rank_init(void *ctx, int r) {
+    (void)r;
+    cudaSetDevice(((model_cuda_cp_t *)ctx)->c->device);
 }
 
 /* Runs layer l on every rank; the first failing rank's status. */
 static int run_ranks(model_cuda_cp_t *x, int l, int op) {
-    pthread_mutex_lock(&x->lock);
     x->layer = l;
     x->op = op;
-    x->n_done = 0;
-    x->gen++;
-    pthread_cond_broadcast(&x->go);
-    while (x->n_done < x->n) pthread_cond_wait(&x->done, &x->lock);
-    pthread_mutex_unlock(&x->lock);
-    int rc = 0;
-    for (int r = 0; r < x->n && !rc; r++) rc = x->rc[r] != LC_ECANCELED ? x->rc[r] : 0; // the first cause
-    for (int r = 0; r < x->n && !rc; r++) rc = x->rc[r];
+    const int rc = cp_team_run(x->team);
     if (rc) cp_dev_reset(x->group); // the step fails; the next one starts clean
     return rc;
 }
@@ -234,9 +204,6 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->c = c;
     x->n = ranks;
     x->min_tokens = min_tokens > 0 ? min_tokens : 1;
-    pthread_mutex_init(&x->lock, NULL);
-    pthread_cond_init(&x->go, NULL);
-    pthread_cond_init(&x->done, NULL);
     pthread_mutex_init(&x->slock, NULL);
     const int S = c->max_seqs, T = c->max_tokens;
     const size_t HD = (size_t)hp->n_heads * hp->head_dim;
@@ -290,6 +257,9 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     lim.max_q_rows = lim.max_rows;
     lim.max_decode_seqs = (int)dec;
     lim.flex = 1;
+    lim.max_anchor_rows = lim.max_rows < T ? T : lim.max_rows; // every row of a slice on every rank
+    if (lim.max_anchor_rows > ctx) lim.max_anchor_rows = ctx;
+    lim.anchor_min_local = CP_ANCHOR_LOCAL;
     lim.quest = 1;
     lim.tidal_budget = CP_TIDAL_ROOM;
     for (int r = 0; r < ranks; r++) {
@@ -314,17 +284,10 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
         LC_INFO("cuda: parallel.context = %d: %d ranks share GPU %d (they exercise the ring; they are no faster than "
                 "context = 1)",
                 ranks, ranks, c->device);
-    for (int r = 0; r < ranks; r++) {
-        targ_t *a = (targ_t *)malloc(sizeof *a);
-        if (!a) return LC_ENOMEM;
-        a->x = x;
-        a->r = r;
-        if (pthread_create(&x->th[r], NULL, rank_main, a)) {
-            free(a);
-            snprintf(err, errlen, "cannot start the context-parallel rank threads");
-            return LC_ENOMEM;
-        }
-        x->n_started++;
+    const cp_team_ops_t ops = {rank_job, rank_abort, rank_init, x};
+    if (!(x->team = cp_team_create(ranks, &ops))) {
+        snprintf(err, errlen, "cannot start the context-parallel rank threads");
+        return LC_ENOMEM;
     }
     return 0;
 }
@@ -332,11 +295,7 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
 void model_cuda__cp_destroy(model_cuda_t *c) {
     model_cuda_cp_t *x = c->cp;
     if (!x) return;
-    pthread_mutex_lock(&x->lock);
-    x->quit = 1;
-    pthread_cond_broadcast(&x->go);
-    pthread_mutex_unlock(&x->lock);
-    for (int r = 0; r < x->n_started; r++) pthread_join(x->th[r], NULL);
+    cp_team_destroy(x->team);
     cudaDeviceSynchronize();
     for (int r = 0; r < x->n; r++) {
         cp_cuda_plan_destroy(x->plans[r]);
@@ -349,8 +308,7 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     free(x->dkv_len), free(x->dindptr), free(x->dbud), free(x->dtidal), free(x->ddl), free(x->dblocks);
     free(x->qb_now), free(x->qb_then), free(x->pos);
     free(x->downer), free(x->sown);
-    pthread_mutex_destroy(&x->lock), pthread_mutex_destroy(&x->slock);
-    pthread_cond_destroy(&x->go), pthread_cond_destroy(&x->done);
+    pthread_mutex_destroy(&x->slock);
     free(x);
     c->cp = NULL;
 }
@@ -364,16 +322,6 @@ int model_cuda__cp_mode(const model_cuda_t *c, int s) { return c->cp ? c->cp->mo
 
 static const attn_policy_t *policy(const model_seq_t *q) { return q->attn ? attn_state_policy(q->attn) : NULL; }
 
-/* Grows the owners-by-sequence-block buffer to n bytes. */
-static int grow_u8(uint8_t **p, size_t *cap, size_t n) {
-    if (n <= *cap) return 0;
-    uint8_t *q = (uint8_t *)realloc(*p, n);
-    if (!q) return LC_ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
-}
-
 /* A prompt (or recomputed) slice on the ring: owners dealt, every rank
  * planned, the rows counted; MODE_NONE when its ring cannot be planned. */
 static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *so) {
@@ -381,40 +329,41 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     cp_slice_t *sl = &x->pf[x->n_pf];
     memset(sl, 0, sizeof *sl);
     sl->s = s;
-    sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, CP_CUDA_AUTO, NULL};
+    sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, CP_CUDA_AUTO, NULL, NULL};
+    const attn_policy_t *ap = pol && pol->prefill == ATTN_PREFILL_ANCHOR ? model_cuda__anchor_policy(q) : NULL;
     if (!q->generated && pol && pol->prefill == ATTN_PREFILL_FLEX) {
         sl->fpol = attn_cuda_flex_policy_t{pol->gamma, pol->tau, pol->min_budget, pol->max_budget,
                                            (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
         sl->seq.flex = &sl->fpol;
-        sl->flex = 1;
-    } else if (!q->generated && pol && pol->prefill == ATTN_PREFILL_ANCHOR) {
-        /* no ring of its own yet: the single-rank kernels, which this GPU
-         * can run because it holds every rank's blocks */
-        if (!x->warned_anchor++)
-            LC_INFO("cuda: AnchorAttention has no context-parallel ring on the GPU yet: its sharded prompt slices run "
-                    "on the single-rank kernels");
-        return MODE_NONE;
+        sl->sparse = 1;
+    } else if (ap) {
+        sl->apol = attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local, ap->anchor_lookback,
+                                             ap->anchor_probe};
+        sl->seq.anchor = &sl->apol;
+        sl->sparse = 1;
     }
     int rc = 0;
     for (int r = 0; r < x->n && !rc; r++) {
         cp_cuda_plan_t *p = x->plans[r];
         void *st = cp_comm_stream(cp_dev_comm(x->group, r));
         rc = cp_cuda_plan_prefill(p, &sl->seq, st);
-        if (rc == LC_EINVAL && sl->flex) { // a 128-position block split by earlier owners: the dense ring
+        if (rc == LC_EINVAL && sl->seq.flex) { // a 128-position block split by earlier owners: the dense ring
             if (!x->warned_flex++)
                 LC_WARN("cuda: a sharded FlexPrefill prompt whose cached blocks split a 128-position block between "
                         "ranks prefills dense");
             sl->seq.flex = NULL;
-            sl->flex = 0;
+            sl->sparse = 0;
             r = -1, rc = 0; // plan every rank again, dense
         }
     }
     if (rc == LC_EINVAL || rc == LC_ERANGE) {
         x->dirty = 1;
-        if (!x->warned_ring++)
-            LC_WARN("cuda: a sharded slice (%lld tokens at %lld) does not fit the ring's plans (%s): it runs on the "
-                    "single-rank kernels",
-                    (long long)q->n_tok, (long long)q->pos0, lc_strerror(rc));
+        if (sl->seq.anchor ? !x->warned_anchor++ : !x->warned_ring++)
+            LC_WARN("cuda: a sharded %sslice (%lld tokens at %lld) does not fit the ring's plans (%s%s): it runs on "
+                    "the single-rank kernels",
+                    sl->seq.anchor ? "AnchorAttention " : "", (long long)q->n_tok, (long long)q->pos0, lc_strerror(rc),
+                    sl->seq.anchor ? "; a 128-position block split between ranks, or no memory for its anchor_local"
+                                   : "");
         return MODE_NONE;
     }
     if (rc) return rc;
@@ -431,7 +380,7 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
         for (int64_t i = 0; i < nr; i++) x->h_idx[sl->off + sl->rank_off[r] + i] = (int32_t)(x->pos[i] - q->pos0);
     }
     x->pf_rows += q->n_tok;
-    x->n_pf_flex += sl->flex;
+    x->n_pf_sparse += sl->sparse;
     x->n_pf++;
     return MODE_RING;
 }
@@ -534,14 +483,14 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
     model_cuda_cp_t *x = c->cp;
     if (!x) return 0;
     const int P = c->page_size, per = 128 / P;
-    x->n_pf = x->n_pf_flex = x->n_dec = x->dirty = 0;
+    x->n_pf = x->n_pf_sparse = x->n_dec = x->dirty = 0;
     x->pf_rows = 0;
     size_t need = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         need += (size_t)((q->pos0 + q->n_tok + P - 1) / P);
     }
-    if (grow_u8(&x->sown, &x->cap_sown, need + 1)) return LC_ENOMEM;
+    if (lc_grow((void **)&x->sown, &x->cap_sown, need + 1, 1)) return LC_ENOMEM;
     size_t off = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
@@ -666,7 +615,7 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
         const double n = q->n_tok,
                      all = (double)hp->n_heads * hp->n_layers * (n * (double)q->pos0 + 0.5 * n * (n + 1.0));
         double computed = all;
-        if (sl->flex) {
+        if (sl->sparse) {
             computed = 0;
             for (int r = 0; r < x->n; r++) computed += sl->pairs[r];
         }

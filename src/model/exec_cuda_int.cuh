@@ -178,6 +178,10 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b);
 int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b);
 int model_cuda__cp_layer(model_cuda_t *c, int l);
 void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b);
+/* exec_cuda_step.cu: the AnchorAttention policy of a prompt slice the GPU can
+ * run (windows of whole 128-position blocks; a warning once otherwise), or
+ * NULL (dense prefill). */
+const attn_policy_t *model_cuda__anchor_policy(const model_seq_t *q);
 void model_cuda__cp_copy_owner(model_cuda_t *c, int32_t dst, int32_t src);
 
 /* The step profile (exec_cuda_prof.cu): created from the environment,

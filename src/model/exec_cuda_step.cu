@@ -35,8 +35,9 @@ static int same_schedule(const attn_policy_t *a, const attn_policy_t *b) {
 }
 
 /* The AnchorAttention policy of a prompt slice the GPU can run (windows of
- * whole 128-position blocks), or NULL (dense prefill, and density 1 says so). */
-static const attn_policy_t *anchor_policy(const model_seq_t *q) {
+ * whole 128-position blocks), or NULL (dense prefill, and density 1 says so).
+ * The sharded slices' too (exec_cuda_cp.cu). */
+const attn_policy_t *model_cuda__anchor_policy(const model_seq_t *q) {
     const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
     if (!pol || pol->prefill != ATTN_PREFILL_ANCHOR) return NULL;
     if ((pol->block <= 0 || pol->block == 128) && pol->anchor_init >= 0 && pol->anchor_init % 128 == 0 &&
@@ -103,7 +104,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         pf_pages += (size_t)np;
         row += q->n_tok;
         c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
-        const attn_policy_t *fp = flex_policy(q), *ap = fp ? NULL : anchor_policy(q);
+        const attn_policy_t *fp = flex_policy(q), *ap = fp ? NULL : model_cuda__anchor_policy(q);
         const int e = st->n_pf_seqs;
         c->pf_flex[e] = fp != NULL;
         c->pf_anc[e] = ap != NULL;

@@ -284,6 +284,7 @@ typedef struct {
     int64_t max_q;                                                            // the plans' max_q_rows (0: pass-KV only)
     int pass_q[CP_MAX_RANKS];                                                 // what each rank's plan chose
     const attn_cuda_flex_policy_t *flex;                                      // FlexPrefill (NULL: dense)
+    const attn_cuda_anchor_policy_t *anchor;                                  // AnchorAttention (NULL: not)
     double sparse_pairs[CP_MAX_RANKS];                                        // each rank's, after both runs
 } world_t;
 
@@ -388,12 +389,14 @@ static int ring_body(int r, cp_comm_t *c, void *ud) {
                             .max_rows = w->max_rows,
                             .max_pack_pages = w->max_pack,
                             .max_q_rows = w->max_q,
-                            .flex = w->flex != NULL};
+                            .flex = w->flex != NULL,
+                            .max_anchor_rows = w->anchor ? w->n_tok : 0,
+                            .anchor_min_local = w->anchor ? w->anchor->anchor_local : 0};
     cp_cuda_plan_t *p = NULL;
     int rc = cp_cuda_plan_create(&sh, &lim, r, n, &p);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_create: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
-    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner, w->mode, w->flex};
+    cp_cuda_seq_t seq = {w->pos0, w->n_tok, w->blocks, w->owner, w->mode, w->flex, w->anchor};
     rc = cp_cuda_plan_prefill(p, &seq, st);
     if (rc) fprintf(stderr, "rank %d of %d: cp_cuda_plan_prefill: %d (%s)\n", r, n, rc, lc_strerror(rc));
     CHECK(rc == 0);
@@ -633,6 +636,106 @@ START_TEST(test_ring_prefill_flex) {
 }
 END_TEST
 
+/* ---- AnchorAttention across the ranks -------------------------------------------------------- */
+/* The single-rank AnchorAttention (anchor_cuda.h) over the slice; *pairs:
+ * the pairs it attended. */
+static void ref_anchor(const world_t *w, const attn_cuda_anchor_policy_t *pol, uint16_t *out, float *lse,
+                       double *pairs) {
+    attn_cuda_shape_t sh = {w->H, w->KH, w->D, w->ps, w->pool, 1.0f / sqrtf((float)w->D)};
+    attn_cuda_anchor_t *a = NULL;
+    ck_assert_int_eq(attn_cuda_anchor_create(&sh, 1, w->n_tok, w->end, pol->anchor_local, &a), 0);
+    int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end};
+    const uint8_t sel[1] = {1};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL};
+    ck_assert_int_eq(attn_cuda_anchor_plan(a, &bt, sel, pol, NULL), 0);
+    const size_t qn = (size_t)w->n_tok * w->H * w->D;
+    void *dq, *dout, *dlse;
+    unsigned long long *dpairs, hp = 0;
+    CK_CUDA(cudaMalloc(&dq, 2 * qn));
+    CK_CUDA(cudaMalloc(&dout, 2 * qn));
+    CK_CUDA(cudaMalloc(&dlse, sizeof(float) * w->n_tok * w->H));
+    CK_CUDA(cudaMalloc((void **)&dpairs, sizeof hp));
+    CK_CUDA(cudaMemset(dpairs, 0, sizeof hp));
+    CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
+    ck_assert_int_eq(attn_cuda_anchor_run(a, dq, w->dk, w->dv, dout, dlse, NULL), 0);
+    ck_assert_int_eq(attn_cuda_anchor_pairs(a, dpairs, NULL), 0);
+    CK_CUDA(cudaDeviceSynchronize());
+    CK_CUDA(cudaMemcpy(out, dout, 2 * qn, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(lse, dlse, sizeof(float) * w->n_tok * w->H, cudaMemcpyDeviceToHost));
+    CK_CUDA(cudaMemcpy(&hp, dpairs, sizeof hp, cudaMemcpyDeviceToHost));
+    *pairs = (double)hp;
+    cudaFree(dq), cudaFree(dout), cudaFree(dlse), cudaFree(dpairs);
+    attn_cuda_anchor_destroy(a);
+}
+
+/* AnchorAttention over n ranks against the single-rank AnchorAttention: the
+ * same keys (the pairs the ranks attended add up to the single-rank count,
+ * exactly), outputs within rounding, N = 1 bit for bit; theta = inf against
+ * the dense kernel too. */
+static int check_prefill_anchor(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int data,
+                                attn_cuda_anchor_policy_t pol, uint64_t seed) {
+    rng = seed;
+    world_t w;
+    world_build_at(&w, H, KH, D, n, pos0, n_tok, data, 128);
+    w.anchor = &pol;
+    const size_t qn = (size_t)n_tok * H * D;
+    uint16_t *ro = malloc(2 * qn), *dout = malloc(2 * qn);
+    float *rl = malloc(sizeof(float) * n_tok * H), *dl = malloc(sizeof(float) * n_tok * H);
+    double ref_pairs = 0, dense = 0;
+    ref_anchor(&w, &pol, ro, rl, &ref_pairs);
+    for (int64_t t = pos0; t < w.end; t++) dense += (double)(t + 1) * H;
+    double drel = 0, dle = 0;
+    if (isinf(pol.theta)) { // full budget: the dense kernel
+        ref_prefill(&w, dout, dl);
+        compare(ro, rl, dout, dl, n_tok, H, D, &drel, &dle);
+    }
+    const int rc = dev_team_run(n, ring_body, &w);
+    double rel, le, ring_pairs = 0;
+    compare(w.out, w.lse, ro, rl, n_tok, H, D, &rel, &le);
+    for (int r = 0; r < n; r++) ring_pairs += w.sparse_pairs[r];
+    const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
+    const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && ring_pairs == 2 * ref_pairs && drel < 1e-2 &&
+                   (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
+    printf("  %-4s AnchorAttention N=%d, %d/%d heads d%d, %s, theta %g, init %d local %d lookback %d probe %g, prefix "
+           "%lld + slice %lld tokens vs one rank: density %.3f, ranks' pairs %s, rel L2 %.2e, lse max err %.2e, run "
+           "twice %s, %s single-rank bits%s",
+           ok ? "ok" : "FAIL", n, H, KH, D, data == 2 ? "structured" : "random", pol.theta, pol.anchor_init,
+           pol.anchor_local, pol.anchor_lookback, pol.probe, (long long)pos0, (long long)n_tok, ref_pairs / dense,
+           ring_pairs == 2 * ref_pairs ? "equal" : "DIFFER", rel, le, same ? "bitwise equal" : "DIFFERS",
+           exact ? "equals the" : "differs from the", isinf(pol.theta) ? "" : "\n");
+    if (isinf(pol.theta)) printf("; single rank vs dense: rel L2 %.2e, lse %.2e\n", drel, dle);
+    free(ro), free(rl), free(dout), free(dl);
+    world_free(&w);
+    return ok;
+}
+
+START_TEST(test_ring_prefill_anchor) {
+    if (!have_sm90("AnchorAttention across ranks")) return;
+    const int ns[] = {1, 2, 3, 4, 8};
+    const struct {
+        int H, KH, D;
+        int64_t pos0, n_tok;
+        int data;
+        attn_cuda_anchor_policy_t pol;
+    } c[] = {
+        {32, 8, 128, 0, 12345, 2, {12.f, 2048, 2048, 1024, 0.f}},
+        {32, 8, 128, 0, 12345, 2, {12.f, 2048, 2048, 1024, 0.01f}},
+        {8, 2, 64, 0, 9000, 2, {8.f, 128, 1024, 0, 0.05f}},
+        {32, 8, 128, 3001, 7000, 2, {12.f, 128, 1024, 512, 0.01f}},
+        {8, 2, 64, 0, 4097, 1, {4.f, 0, 512, 0, 0.f}},
+        {32, 8, 128, 4096, 333, 2, {12.f, 2048, 2048, 1024, 0.01f}},
+        {8, 2, 64, 0, 6000, 1, {INFINITY, 128, 1024, 0, 0.f}},
+        {8, 2, 64, 0, 200, 1, {12.f, 128, 128, 0, 0.f}},
+    };
+    int ok = 1;
+    for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
+            ok &= check_prefill_anchor(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, c[k].data, c[k].pol,
+                                       9000 + 10 * k + i);
+    ck_assert_msg(ok, "AnchorAttention across ranks differs from the single-rank AnchorAttention (see the FAIL lines)");
+}
+END_TEST
+
 /* FlexPrefill's plans refuse what they cannot run. */
 START_TEST(test_ring_flex_bad_input) {
     if (!have_sm90("ring FlexPrefill bad input")) return;
@@ -645,7 +748,7 @@ START_TEST(test_ring_flex_bad_input) {
     int32_t blocks[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     uint8_t owner[8] = {0, 0, 1, 1, 1, 1, 0, 0};
     const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 0, 0, 0};
-    cp_cuda_seq_t seq = {0, 512, blocks, owner, CP_CUDA_AUTO, &pol};
+    cp_cuda_seq_t seq = {0, 512, blocks, owner, CP_CUDA_AUTO, &pol, NULL};
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
     ck_assert_int_eq(cp_cuda_plan_prefill(dense, &seq, NULL), LC_ERANGE); // no room for FlexPrefill
     owner[1] = 1;                                                         // a 128-position block split between ranks
@@ -657,10 +760,40 @@ START_TEST(test_ring_flex_bad_input) {
     const attn_cuda_flex_policy_t bad = {0.0f, 0.1f, 0, 0, 0}; // gamma 0
     seq.flex = &bad;
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
+    // AnchorAttention: room, a split block, its exchange only, a bad policy, a local window below the room's
+    cp_cuda_plan_t *anc = NULL;
+    lim.max_anchor_rows = 512;
+    lim.anchor_min_local = 256;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &anc), 0);
+    const attn_cuda_anchor_policy_t apol = {12.f, 128, 256, 0, 0.01f};
+    cp_cuda_seq_t aseq = {0, 512, blocks, owner, CP_CUDA_AUTO, NULL, &apol};
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), 0);
+    ck_assert_int_eq(cp_cuda_plan_prefill(dense, &aseq, NULL), LC_ERANGE); // no room for AnchorAttention
+    owner[1] = 1;
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), LC_EINVAL);
+    owner[1] = 0;
+    aseq.mode = CP_CUDA_PASS_KV;
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), LC_EINVAL);
+    aseq.mode = CP_CUDA_AUTO;
+    aseq.flex = &pol; // not both
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), LC_EINVAL);
+    aseq.flex = NULL;
+    const attn_cuda_anchor_policy_t abad = {12.f, 100, 256, 0, 0.f}; // init not a multiple of 128
+    aseq.anchor = &abad;
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), LC_EINVAL);
+    const attn_cuda_anchor_policy_t asmall = {12.f, 128, 128, 0, 0.f}; // local below anchor_min_local: made again
+    aseq.anchor = &asmall;
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), 0);
+    aseq.n_tok = 513; // past max_anchor_rows (and max_tokens)
+    ck_assert_int_eq(cp_cuda_plan_prefill(anc, &aseq, NULL), LC_ERANGE);
+    lim.anchor_min_local = 100;
+    cp_cuda_plan_t *bad_lim = NULL;
+    ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &bad_lim), LC_EINVAL);
     CK_CUDA(cudaDeviceSynchronize());
+    cp_cuda_plan_destroy(anc);
     cp_cuda_plan_destroy(p);
     cp_cuda_plan_destroy(dense);
-    printf("  ok   ring FlexPrefill bad input: clear errors\n");
+    printf("  ok   ring FlexPrefill and AnchorAttention bad input: clear errors\n");
 }
 END_TEST
 
@@ -676,7 +809,7 @@ START_TEST(test_ring_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &p), 0);
     int32_t blocks[5] = {0, 1, 2, 3, 4};
     uint8_t owner[5] = {0, 1, 1, 0, 0};
-    cp_cuda_seq_t seq = {0, 256, blocks, owner, CP_CUDA_AUTO, NULL};
+    cp_cuda_seq_t seq = {0, 256, blocks, owner, CP_CUDA_AUTO, NULL, NULL};
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
     ck_assert_int_eq(cp_cuda_prefill_rows(p, NULL), 128);
     seq.n_tok = 257; // past max_tokens
@@ -1240,6 +1373,7 @@ int main(void) {
     tcase_add_test(tc, test_ring_prefill_pass_q);
     tcase_add_test(tc, test_ring_prefill_flex);
     tcase_add_test(tc, test_ring_flex_bad_input);
+    tcase_add_test(tc, test_ring_prefill_anchor);
     tcase_add_test(tc, test_ring_decode);
     tcase_add_test(tc, test_ring_decode_quest);
     tcase_add_test(tc, test_ring_decode_tidal);

@@ -18,6 +18,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "cp_exec_case.h"
 #include "common/cpu.h"
 #include "common/status.h"
 #include "kv/kv.h"
@@ -360,18 +361,7 @@ static void rig_free(rig_t *r) {
 
 /* n tokens of one sequence at pos0 (reserving blocks), logits of every row. */
 static void run(rig_t *r, kv_seq_t *s, const int32_t *tok, int n, int64_t pos0, int generated, float *logits) {
-    ck_assert_int_eq(kv_seq_reserve(r->kv, s, pos0 + n), 0);
-    ck_assert_int_eq(kv_seq_prepare_write(r->kv, s, pos0, pos0 + n), 0);
-    model_seq_t q = {.tok0 = 0,
-                     .n_tok = n,
-                     .pos0 = pos0,
-                     .kv = s,
-                     .generated = generated,
-                     .logits_mode = MODEL_LOGITS_ALL,
-                     .logits = logits};
-    model_batch_t b = {.n_tokens = n, .tokens = tok, .n_seqs = 1, .seqs = &q};
-    ck_assert_int_eq(model_exec_forward(r->e, r->kv, &b), 0);
-    s->n_tokens = pos0 + n;
+    cp_exec_forward(r->e, r->kv, s, tok, n, pos0, generated, 0, NULL, logits);
 }
 
 /* Largest |a - b| over rows, relative to each row's largest |b|; and the

@@ -60,10 +60,23 @@
  *    (and their histograms) are all-reduced, and every rank selects; later
  *    layers attend each rank's share of the selection (the positions it
  *    holds, kept on the device) and merge by LSE as the dense decode does.
- * What is not: AnchorAttention inside the GPU ring, several
- * sharded sequences in one plan (one plan per sequence: the executor,
- * src/model/exec_cuda_cp.cu, plans each rank again between a step's
- * sharded slices), sliding windows.
+ *  - prefill, AnchorAttention (cp_cuda_seq_t.anchor; every 128-position
+ *    block on one rank, as FlexPrefill): not a ring but all-to-alls. Every
+ *    rank gets every row of the slice (one all-to-all of the queries, put
+ *    in position order), runs the method over the keys it holds
+ *    (anchor_cuda.h's dist API: the anchor pass on its held window blocks,
+ *    every row's anchor as the maximum over the ranks, so the same stripes
+ *    as one rank, key for key, cut to its keys; the probe's sums over the
+ *    ranks) into a partial of every row, and one all-to-all brings every
+ *    rank its rows' N partials, merged in rank order (pass-Q's merge). A
+ *    rank attends only the pairs whose keys it holds, so the pairs the
+ *    ranks count add up to the single-rank count. The queries and partials
+ *    of the whole slice travel (about 2 n_tok H D bytes each way a rank)
+ *    where a ring moves the KV: at a prompt slice's length (KV heads a
+ *    quarter of the query heads) the queries weigh twice the KV.
+ * What is not: several sharded sequences in one plan (one plan per
+ * sequence: the executor, src/model/exec_cuda_cp.cu, plans each rank again
+ * between a step's sharded slices), sliding windows.
  *
  * Buffers (device memory of the rank's GPU, bf16 unless said):
  *   pool k, v: the rank's KV pool, (n_pool_pages, n_kv_heads, page_size, head_dim)
@@ -91,6 +104,7 @@
 
 #include "attn/cp/cp_attn.h"
 #include "attn/cp/cp_comm.h"
+#include "attn/cuda/anchor_cuda.h"
 #include "attn/cuda/attn_cuda.h"
 #include "attn/cuda/flex_cuda.h"
 #include "attn/cuda/quest_cuda.h"
@@ -114,6 +128,12 @@ typedef struct {
                               // tables: max_decode_seqs x blocks of max_tokens pages, at least one block)
     int tidal_budget;         // decode: > 0 = room for TidalDecode rows of budgets up to this many positions
                               // (needs max_tokens, as quest)
+    int64_t max_anchor_rows;  // prefill: > 0 = room for AnchorAttention slices of up to this many rows (every
+                              // rank holds the whole slice's queries and partials, and anchor_cuda.h's
+                              // workspace for this many rows over max_tokens keys)
+    int anchor_min_local;     // the smallest anchor_local the workspace is made for (a multiple of 128; 0:
+                              // 1024): it sizes the selection's key lists; a slice with a smaller one makes
+                              // the workspace again at plan time (an allocation)
 } cp_cuda_limits_t;
 
 /* A slice's ring (cp_cuda_seq_t.mode); the values of the CPU ring's modes. */
@@ -129,19 +149,23 @@ void cp_cuda_plan_destroy(cp_cuda_plan_t *p);
 
 /* ---- prefill -------------------------------------------------------------------------- */
 typedef struct {
-    int64_t pos0, n_tok;                 // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
-    const int32_t *blocks;               // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
-    const uint8_t *owner;                // (same) the rank holding each block
-    int mode;                            // CP_CUDA_AUTO: pass-Q where cp_pass_q_pays and every rank's rows fit
-                                         // max_q_rows, else pass-KV; CP_CUDA_PASS_KV, CP_CUDA_PASS_Q: that ring
-    const attn_cuda_flex_policy_t *flex; // NULL: dense; else FlexPrefill with this policy (pass-KV only)
+    int64_t pos0, n_tok;                     // the slice: positions pos0 .. pos0 + n_tok - 1 (0 .. pos0 - 1 cached)
+    const int32_t *blocks;                   // (ceil((pos0 + n_tok) / page_size)) page ids in the owner's pool
+    const uint8_t *owner;                    // (same) the rank holding each block
+    int mode;                                // CP_CUDA_AUTO: pass-Q where cp_pass_q_pays and every rank's rows fit
+                                             // max_q_rows, else pass-KV; CP_CUDA_PASS_KV, CP_CUDA_PASS_Q: that ring
+    const attn_cuda_flex_policy_t *flex;     // NULL: dense; else FlexPrefill with this policy (pass-KV only)
+    const attn_cuda_anchor_policy_t *anchor; // NULL: not; else AnchorAttention with this policy (not with
+                                             // flex; mode CP_CUDA_AUTO: its own exchange)
 } cp_cuda_seq_t;
 
 /* Plans the ring for one sequence on stream (the communicator's). LC_EINVAL
- * for a bad slice, owner, mode (pass-Q with FlexPrefill) or policy, or a
- * 128-position block split between ranks under FlexPrefill; LC_ERANGE past
- * the limits (pass-Q asked for without the room, FlexPrefill without
- * lim.flex). */
+ * for a bad slice, owner, mode (pass-Q with FlexPrefill, any but
+ * CP_CUDA_AUTO with AnchorAttention) or policy, or a 128-position block split
+ * between ranks under FlexPrefill or AnchorAttention; LC_ERANGE past the
+ * limits (pass-Q asked for without the room, FlexPrefill without lim.flex,
+ * AnchorAttention past lim.max_anchor_rows, or its workspace for a smaller
+ * anchor_local than the plan's out of memory). */
 int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream);
 /* 1 when the planned slice runs the pass-Q ring, 0 for pass-KV. */
 int cp_cuda_prefill_pass_q(const cp_cuda_plan_t *p);
@@ -152,8 +176,8 @@ int64_t cp_cuda_prefill_rows(const cp_cuda_plan_t *p, int64_t *pos);
 int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
                         float *lse);
 
-/* Query-key pairs (all heads) this rank computed in its FlexPrefill runs
- * since the plan was created (counted on the device from the masks; waits
+/* Query-key pairs (all heads) this rank computed in its FlexPrefill and
+ * AnchorAttention runs since the plan was created (counted on the device from the masks; waits
  * for the rank's stream). Dense runs count in cp_timing_t.prefill_pairs. */
 int cp_cuda_sparse_pairs(cp_cuda_plan_t *p, void *stream, double *pairs);
 

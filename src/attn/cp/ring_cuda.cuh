@@ -122,6 +122,23 @@ struct cp_cuda_plan {
     unsigned long long *d_pairs, *h_pairs; // device counter, pinned copy
     int32_t *h_held;                       // host scratch: held (bytes) and qrows of the dist plan
 
+    // AnchorAttention (lim.max_anchor_rows): the dist API over every row of
+    // the slice; the queries and the partials by all-to-all
+    attn_cuda_anchor_t *anc;
+    int anc_local;            // the smallest anchor_local its workspace holds
+    int anc_on;               // the planned slice runs AnchorAttention
+    void *aq_recv, *aq;       // every rank's rows as received (n x max_rows), the slice's rows in position order
+    __nv_bfloat16 *ao;        // this rank's partial of every row (max_anchor_rows, H, D)
+    float *alse;              // (max_anchor_rows, H)
+    uint8_t *asend, *arecv;   // the partials by destination (q_msg each); received (n x q_msg(max_rows))
+    int32_t *h_aidx, *d_aidx; // pinned / device (2 max_anchor_rows): slice row i's received row, then every
+                              // rank's rows' slice rows, rank after rank
+    uint8_t *h_aheld;         // (max_tokens / 128 + 1) the held 128-blocks
+    cudaEvent_t up_anc;
+    int up_anc_pending;
+    int64_t a_ntok;             // the planned slice's rows
+    size_t a_off[CP_MAX_RANKS]; // rank t's rows' first entry in the pack index
+
     // decode, Quest (lim.quest): the distributed plan over the whole batch
     attn_quest_plan_t *quest;
     void *quest_ws;

@@ -53,6 +53,16 @@ struct attn_cuda_anchor {
     int32_t *full_cnt;             // (H, max_grp)
     unsigned long long *seq_pairs; // (max_seqs)
     double *probe_part;            // (H, max_grp, max_kv_len / kProbeKeys + 1, 128, 2) the probe's split sums
+
+    // the dist API (attn_cuda_anchor_dist_reserve): one sequence, a rank's share of it
+    int dist;            // the planned step is a dist plan
+    int dist_ranks;      // reserved for this many ranks (0: none)
+    uint8_t *h_held;     // pinned (max_kv_len / 128 + 2): the held blocks, uploaded with the plan
+    uint8_t *d_held;     // their device copy (AncSeq.held)
+    int32_t *h_dpages;   // (pages_cap) the page table with 0 for the blocks held elsewhere
+    void *gsend, *grecv; // the all-gathers' send and receive buffers
+    float *glse;         // (max_q_rows, H) every row's LSE over its windows, all ranks
+    double *prow;        // (H, max_grp, 128, 2) this rank's probe sums by row
 };
 
 extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_seqs, int64_t max_q_rows,
@@ -186,6 +196,13 @@ extern "C" void attn_cuda_anchor_destroy(attn_cuda_anchor_t *a) {
     attn_cuda_plan_destroy(a->pf);
     cudaFreeHost(a->h_pages);
     cudaFreeHost(a->h_bidx);
+    cudaFreeHost(a->h_held);
+    cudaFree(a->d_held);
+    cudaFree(a->gsend);
+    cudaFree(a->grecv);
+    cudaFree(a->glse);
+    cudaFree(a->prow);
+    free(a->h_dpages);
     cudaFree(a->d_pages);
     cudaFree(a->d_bidx);
     cudaFree(a->ws);
@@ -250,6 +267,7 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
         sq->probe = pp->probe;
         sq->mask_off = mo;
         sq->bidx = s;
+        sq->held = NULL;
         {
             // the tail blocks: those holding the chunk's last 128 rows in the last group
             const int g_last0 = (sq->g_first + sq->ng - 1) * sq->L, last_b = (N - 1) / kAncB;
@@ -287,6 +305,7 @@ static int anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const 
 extern "C" int attn_cuda_anchor_plan(attn_cuda_anchor_t *a, const attn_cuda_batch_t *b, const uint8_t *selects,
                                      const attn_cuda_anchor_policy_t *pol, void *stream) {
     if (!a) return LC_EINVAL;
+    a->dist = 0;
     const int rc = anchor_plan(a, b, selects, pol, stream);
     if (rc) a->n_plan = 0; // a failed plan leaves nothing to run
     return rc;
@@ -320,37 +339,10 @@ int gather(const attn_cuda_anchor_t *a, const AncSeq &sq, const __nv_bfloat16 *q
     return attn_cuda_gather(&a->sh, &g, st);
 }
 
-template <int D>
-int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, const void *v, __nv_bfloat16 *out,
-            float *lse, cudaStream_t st) {
-    const int H = a->sh.n_heads;
-    const size_t HD = (size_t)H * D;
-    // 1. the anchor pass over the selecting sequences' rows, compacted unless they already are
-    const __nv_bfloat16 *qs = a->qc;
-    if (a->contiguous) {
-        qs = q + (size_t)a->seqs[0].qrow0 * HD;
-    } else {
-        for (int i = 0; i < a->n_plan; i++) {
-            const AncSeq &sq = a->seqs[i];
-            CUDA_CHECK_RET(cudaMemcpyAsync(a->qc + sq.crow0 * HD, q + sq.qrow0 * HD,
-                                           sizeof(__nv_bfloat16) * sq.n_q * HD, cudaMemcpyDeviceToDevice, st));
-        }
-    }
-    int rc;
-    for (int i = 0; i < a->n_plan; i++)
-        if ((rc = anc_mask_launch(a->seqs[i], H, a->mask, st))) return rc;
-    attn_cuda_args_t da;
-    memset(&da, 0, sizeof da);
-    da.q = qs;
-    da.out = a->o1;
-    da.lse = a->lse1;
-    da.rowmax = a->rowmax;
-    da.k = k;
-    da.v = v;
-    da.block_mask = a->mask;
-    if ((rc = attn_cuda_run(a->pf, &da, st))) return rc;
-
+// The selection's workspace views (the per-sequence q, rowmax, lse1 set by the caller).
+AncWork work(const attn_cuda_anchor_t *a) {
     AncWork w;
+    memset(&w, 0, sizeof w);
     w.qbar = a->qbar;
     w.abar = a->abar;
     w.max_blk = (int)a->max_blk;
@@ -367,6 +359,83 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
     w.full_cnt = a->full_cnt;
     w.mask2 = a->mask2;
     w.probe_part = a->probe_part;
+    w.mask1 = a->mask;
+    return w;
+}
+
+// Step 1 of every planned sequence: their block masks, then the dense kernel
+// on them (mask_only: 0, or 2 for a rank's share) into o1, lse1 and rowmax;
+// *da keeps the call for the whole blocks' pass.
+int anchor_pass(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, const void *v, int mask_only,
+                attn_cuda_args_t *da, cudaStream_t st) {
+    int rc;
+    for (int i = 0; i < a->n_plan; i++)
+        if ((rc = anc_mask_launch(a->seqs[i], a->sh.n_heads, a->mask, st))) return rc;
+    memset(da, 0, sizeof *da);
+    da->q = q;
+    da->out = a->o1;
+    da->lse = a->lse1;
+    da->rowmax = a->rowmax;
+    da->k = k;
+    da->v = v;
+    da->block_mask = a->mask;
+    da->mask_only = mask_only;
+    return attn_cuda_run(a->pf, da, st);
+}
+
+// Step 5: the anchor pass's call (da) again on the whole kept blocks' masks,
+// their set bits only, into o4 and lse4.
+int whole_blocks(const attn_cuda_anchor_t *a, attn_cuda_args_t *da, cudaStream_t st) {
+    da->out = a->o4;
+    da->lse = a->lse4;
+    da->rowmax = NULL;
+    da->block_mask = a->mask2;
+    da->mask_only = 1;
+    return attn_cuda_run(a->pf, da, st);
+}
+
+// Steps 3 and 4 of one sequence (anchor_cuda.h): its rows over its group's
+// stripes into (o2, lse2), then the tail blocks' own keys folded in.
+int sparse_passes(const attn_cuda_anchor_t *a, const AncSeq &sq, const __nv_bfloat16 *q, const void *k, const void *v,
+                  float *o2, float *lse2, cudaStream_t st) {
+    const int H = a->sh.n_heads, D = a->sh.head_dim;
+    const size_t HD = (size_t)H * D;
+    int rc;
+    if ((rc = gather(a, sq, q, k, v, a->keep_list, a->keep_cnt, sq.ng, sq.q_pos0, sq.L, sq.g_first, 1, o2, lse2, st)))
+        return rc;
+    // the tail blocks' own keys, a list per block, folded into the stripes' rows: few rows, long lists, so
+    // each list runs in kOwnSplit parts
+    const int own_p0 = anc_own_p0(sq);
+    if (sq.n_ob > 0) {
+        if ((rc = gather(a, sq, q + (size_t)(own_p0 - sq.q_pos0) * HD, k, v, a->own_list, a->own_cnt, 2, own_p0, kAncB,
+                         sq.own_b0, kOwnSplit, a->o3, a->lse3, st)))
+            return rc;
+        if ((rc = anc_own_merge_launch(sq, H, D, o2, lse2, a->o3, a->lse3, own_p0 - sq.q_pos0, st))) return rc;
+    }
+    return 0;
+}
+
+template <int D>
+int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, const void *v, __nv_bfloat16 *out,
+            float *lse, cudaStream_t st) {
+    const int H = a->sh.n_heads;
+    const size_t HD = (size_t)H * D;
+    // 1. the anchor pass over the selecting sequences' rows, compacted unless they already are
+    const __nv_bfloat16 *qs = a->qc;
+    if (a->contiguous) {
+        qs = q + (size_t)a->seqs[0].qrow0 * HD;
+    } else {
+        for (int i = 0; i < a->n_plan; i++) {
+            const AncSeq &sq = a->seqs[i];
+            CUDA_CHECK_RET(cudaMemcpyAsync(a->qc + sq.crow0 * HD, q + sq.qrow0 * HD,
+                                           sizeof(__nv_bfloat16) * sq.n_q * HD, cudaMemcpyDeviceToDevice, st));
+        }
+    }
+    attn_cuda_args_t da;
+    int rc = anchor_pass(a, qs, k, v, 0, &da, st);
+    if (rc) return rc;
+
+    AncWork w = work(a);
     const __nv_bfloat16 *kb = (const __nv_bfloat16 *)k;
     for (int i = 0; i < a->n_plan; i++) { // one sequence at a time over the selection workspace
         const AncSeq &sq = a->seqs[i];
@@ -376,28 +445,12 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
         float *o2 = a->o2 + sq.crow0 * HD, *lse2 = a->lse2 + sq.crow0 * H;
         // 2. stripes and own keys as ascending lists, whole kept blocks as block masks
         if ((rc = anc_select_launch(sq, a->sh, kb, w, st))) return rc;
-        // 3. every row over its group's stripes (but the whole blocks)
-        if ((rc = gather(a, sq, w.q, k, v, a->keep_list, a->keep_cnt, sq.ng, sq.q_pos0, sq.L, sq.g_first, 1, o2, lse2,
-                         st)))
-            return rc;
-        // 4. the tail blocks' own keys, a list per block, folded into the stripes' rows: few rows, long
-        // lists, so each list runs in kOwnSplit parts
-        const int own_p0 = anc_own_p0(sq);
-        if (sq.n_ob > 0) {
-            if ((rc = gather(a, sq, w.q + (size_t)(own_p0 - sq.q_pos0) * HD, k, v, a->own_list, a->own_cnt, 2, own_p0,
-                             kAncB, sq.own_b0, kOwnSplit, a->o3, a->lse3, st)))
-                return rc;
-            if ((rc = anc_own_merge_launch(sq, H, D, o2, lse2, a->o3, a->lse3, own_p0 - sq.q_pos0, st))) return rc;
-        }
+        // 3, 4. every row over its group's stripes (but the whole blocks), the tail blocks' own keys
+        if ((rc = sparse_passes(a, sq, w.q, k, v, o2, lse2, st))) return rc;
         if ((rc = anc_pairs_launch(sq, H, w, a->seq_pairs + i, st))) return rc;
     }
     // 5. the whole kept blocks of every sequence on the dense kernel (their set bits only)
-    da.out = a->o4;
-    da.lse = a->lse4;
-    da.rowmax = NULL;
-    da.block_mask = a->mask2;
-    da.mask_only = 1;
-    if ((rc = attn_cuda_run(a->pf, &da, st))) return rc;
+    if ((rc = whole_blocks(a, &da, st))) return rc;
     // 6. merge by LSE
     for (int i = 0; i < a->n_plan; i++) {
         const AncSeq &sq = a->seqs[i];
@@ -413,13 +466,116 @@ int anc_run(const attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, 
 
 extern "C" int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out,
                                     float *lse, void *stream) {
-    if (!a || !q || !k || !v || !out) return LC_EINVAL;
+    if (!a || !q || !k || !v || !out || a->dist) return LC_EINVAL;
     if (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15) return LC_EINVAL;
     if (a->n_plan == 0) return 0;
     const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q;
     __nv_bfloat16 *ob = (__nv_bfloat16 *)out;
     cudaStream_t st = (cudaStream_t)stream;
     return a->sh.head_dim == 64 ? anc_run<64>(a, qb, k, v, ob, lse, st) : anc_run<128>(a, qb, k, v, ob, lse, st);
+}
+
+// ---- the dist API ---------------------------------------------------------------------------
+
+extern "C" int attn_cuda_anchor_dist_reserve(attn_cuda_anchor_t *a, int n_ranks) {
+    if (!a || n_ranks < 1 || a->dist_ranks) return LC_EINVAL;
+    const size_t H = (size_t)a->sh.n_heads, R = (size_t)a->max_q_rows, G = (size_t)a->max_grp;
+    const size_t tab = sizeof(float) * 2 * R * H, probe = sizeof(double) * H * G * kAncB * 2;
+    const size_t nkb = (size_t)(a->max_kv_len / kAncB + 2);
+    if (cudaMallocHost((void **)&a->h_held, nkb) != cudaSuccess ||
+        cudaMalloc((void **)&a->d_held, nkb) != cudaSuccess ||
+        cudaMalloc(&a->gsend, tab > probe ? tab : probe) != cudaSuccess ||
+        cudaMalloc(&a->grecv, (size_t)n_ranks * (tab > probe ? tab : probe)) != cudaSuccess ||
+        cudaMalloc((void **)&a->glse, sizeof(float) * R * H) != cudaSuccess ||
+        cudaMalloc((void **)&a->prow, probe) != cudaSuccess ||
+        !(a->h_dpages = (int32_t *)malloc(sizeof(int32_t) * (size_t)a->pages_cap))) {
+        cudaGetLastError();
+        return LC_ENOMEM; // the buffers allocated stay for destroy
+    }
+    a->dist_ranks = n_ranks;
+    return 0;
+}
+
+extern "C" int attn_cuda_anchor_dist_plan(attn_cuda_anchor_t *a, const attn_cuda_anchor_dist_seq_t *d, void *stream) {
+    if (!a || !d || !d->pages || !d->held || d->n_q < 1 || d->kv_len < d->n_q) return LC_EINVAL;
+    a->n_plan = 0;
+    a->dist = 1;
+    if (!a->dist_ranks) return LC_ERANGE;
+    const int ps = a->sh.page_size;
+    const int64_t nb = ((int64_t)d->kv_len + ps - 1) / ps, nkb = ((int64_t)d->kv_len - 1) / kAncB + 1;
+    if (nb > a->pages_cap || d->kv_len > a->max_kv_len) return LC_ERANGE;
+    if (a->upload_pending) { // h_held may still be the source of the last upload
+        CUDA_CHECK_RET(cudaEventSynchronize(a->uploaded));
+        a->upload_pending = 0;
+    }
+    for (int64_t b = 0; b < nb; b++) a->h_dpages[b] = d->held[b * ps / kAncB] ? d->pages[b] : 0;
+    const int32_t qi[2] = {0, d->n_q}, ki[2] = {0, (int32_t)nb}, kl[1] = {d->kv_len};
+    const uint8_t sel[1] = {1};
+    const attn_cuda_batch_t b = {1, qi, ki, a->h_dpages, kl, NULL, NULL};
+    int rc = anchor_plan(a, &b, sel, &d->pol, stream);
+    if (rc || a->n_plan == 0) {
+        a->n_plan = 0;
+        return rc ? rc : LC_EINVAL;
+    }
+    CUDA_CHECK_RET(cudaEventSynchronize(a->uploaded)); // the plan's upload, before h_held changes under it
+    memcpy(a->h_held, d->held, (size_t)nkb);
+    cudaStream_t st = (cudaStream_t)stream;
+    CUDA_CHECK_RET(cudaMemcpyAsync(a->d_held, a->h_held, (size_t)nkb, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK_RET(cudaEventRecord(a->uploaded, st));
+    a->upload_pending = 1;
+    a->seqs[0].held = a->d_held;
+    return 0;
+}
+
+namespace {
+
+template <int D>
+int anc_dist_run(attn_cuda_anchor_t *a, const __nv_bfloat16 *q, const void *k, const void *v, __nv_bfloat16 *out,
+                 float *lse, attn_cuda_allgather_fn gather_fn, void *ctx, cudaStream_t st) {
+    const AncSeq &sq = a->seqs[0];
+    const int H = a->sh.n_heads, n_ranks = a->dist_ranks;
+    const int64_t n = (int64_t)sq.n_q * H;
+    // 1. the anchor pass over the held window blocks, the diagonal where held
+    attn_cuda_args_t da;
+    int rc = anchor_pass(a, q, k, v, 2, &da, st);
+    if (rc) return rc;
+    // every row's anchor and window LSE over the ranks (the local lse1 stays for the merge)
+    float *gs = (float *)a->gsend;
+    CUDA_CHECK_RET(cudaMemcpyAsync(gs, a->rowmax, sizeof(float) * n, cudaMemcpyDeviceToDevice, st));
+    CUDA_CHECK_RET(cudaMemcpyAsync(gs + n, a->lse1, sizeof(float) * n, cudaMemcpyDeviceToDevice, st));
+    if ((rc = gather_fn(ctx, gs, sizeof(float) * 2 * n, a->grecv))) return rc;
+    if ((rc = anc_fold_launch((const float *)a->grecv, n_ranks, n, a->rowmax, a->glse, st))) return rc;
+    // 2. the selection on the held keys; the probe's sums over the ranks between its halves
+    AncWork w = work(a);
+    w.q = q;
+    w.rowmax = a->rowmax;
+    w.lse1 = a->glse;
+    const bool probe = anc_probe_runs(sq);
+    if ((rc = anc_select_part_launch(sq, a->sh, (const __nv_bfloat16 *)k, w, probe ? a->prow : nullptr, st))) return rc;
+    const size_t pstride = (size_t)H * sq.ng * kAncB * 2; // doubles of one rank's table
+    if (probe && (rc = gather_fn(ctx, a->prow, sizeof(double) * pstride, a->grecv))) return rc;
+    if ((rc = anc_select_finish_launch(sq, H, w, probe ? (const double *)a->grecv : nullptr, n_ranks, pstride, st)))
+        return rc;
+    // 3, 4. stripes and own keys, held ones only
+    if ((rc = sparse_passes(a, sq, q, k, v, a->o2, a->lse2, st))) return rc;
+    if ((rc = anc_pairs_launch(sq, H, w, a->seq_pairs, st))) return rc;
+    // 5. the held whole kept blocks
+    if ((rc = whole_blocks(a, &da, st))) return rc;
+    // 6. this rank's partial
+    return anc_merge_launch(sq, H, D, a->o1, a->lse1, a->o2, a->lse2, a->o4, a->lse4, out, lse, st);
+}
+
+} // namespace
+
+extern "C" int attn_cuda_anchor_dist_run(attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out,
+                                         float *lse, attn_cuda_allgather_fn gather, void *ctx, void *stream) {
+    if (!a || !q || !k || !v || !out || !lse || !gather || !a->dist || a->n_plan != 1) return LC_EINVAL;
+    if (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)out) & 15) return LC_EINVAL;
+    const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q;
+    __nv_bfloat16 *ob = (__nv_bfloat16 *)out;
+    cudaStream_t st = (cudaStream_t)stream;
+    return a->sh.head_dim == 64 ? anc_dist_run<64>(a, qb, k, v, ob, lse, gather, ctx, st)
+                                : anc_dist_run<128>(a, qb, k, v, ob, lse, gather, ctx, st);
 }
 
 extern "C" int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long long *pairs, void *stream) {

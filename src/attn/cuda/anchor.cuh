@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,13 +26,19 @@ struct AncSeq {
     int g_first, ng;      // first group (index), groups of the chunk
     int A, L, LB;         // initial window, group, lookback of the local window (multiples of 128)
     float theta;
-    float probe;      // anchor_probe (0: none)
-    size_t mask_off;  // words: the sequence's block masks in the anchor pass's mask buffer
-    int bidx;         // index in the planned batch
-    int own_b0, n_ob; // the tail blocks (own_b0 .. own_b0 + n_ob - 1, n_ob <= 2) that attend own keys:
-                      // those holding the chunk's last 128 rows in the last group, when it has candidates
-                      // and theta is finite; those rows (from anc_test_p0) test the candidates one by one
+    float probe;         // anchor_probe (0: none)
+    size_t mask_off;     // words: the sequence's block masks in the anchor pass's mask buffer
+    int bidx;            // index in the planned batch
+    int own_b0, n_ob;    // the tail blocks (own_b0 .. own_b0 + n_ob - 1, n_ob <= 2) that attend own keys:
+                         // those holding the chunk's last 128 rows in the last group, when it has candidates
+                         // and theta is finite; those rows (from anc_test_p0) test the candidates one by one
+    const uint8_t *held; // device, (N / 128 + 1): the 128-key blocks this rank holds (a context-parallel
+                         // rank's share, anchor_cuda.h's dist API); NULL: every key. Every pass attends,
+                         // every test scores and every pair count counts held keys only
 };
+
+// Whether key j is in the sequence's held blocks.
+__device__ __forceinline__ bool anc_held(const AncSeq &sq, int j) { return !sq.held || sq.held[j >> 7]; }
 
 // The start of group g0's local window: keys from A below it are candidates.
 __host__ __device__ __forceinline__ int anc_lo(const AncSeq &sq, int g0) {
@@ -62,15 +69,21 @@ struct AncWork {
     int64_t max_kv;
     uint32_t *full_bits; // (H, ng, fwcap): bit kb % 32 of word kb / 32 = key block kb kept whole (its 128 keys)
     int64_t fwcap;
-    int32_t *full_cnt;  // (H, ng) whole kept blocks
-    uint32_t *mask2;    // the whole kept blocks as block masks (the anchor pass's layout, at mask_off)
-    double *probe_part; // (H, ng, splits, 128, 2) the probe rows' kept and missed mass, per split of kProbeKeys keys
+    int32_t *full_cnt;     // (H, ng) whole kept blocks
+    uint32_t *mask2;       // the whole kept blocks as block masks (the anchor pass's layout, at mask_off)
+    double *probe_part;    // (H, ng, splits, 128, 2) the probe rows' kept and missed mass, per split of kProbeKeys keys
+    const uint32_t *mask1; // the anchor pass's block masks (at mask_off): the held pair count reads them
 };
 
 // The probe's splits of kProbeKeys candidates for the sequence (0: no candidates).
 __host__ __device__ __forceinline__ int anc_probe_splits(const AncSeq &sq) {
     const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
     return lo_last > sq.A ? (lo_last - sq.A + kProbeKeys - 1) / kProbeKeys : 0;
+}
+
+// Whether the sequence runs the probe (it has candidates, a finite theta and a probe share).
+__host__ __device__ __forceinline__ bool anc_probe_runs(const AncSeq &sq) {
+    return sq.probe > 0 && !isinf(sq.theta) && anc_probe_splits(sq) > 0;
 }
 
 // Launchers (anchor_kern.cu), on stream; 0 or LC_EDEVICE.
@@ -81,6 +94,19 @@ int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st);
 // the other kept keys into lists.
 int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
                       cudaStream_t st);
+// The same in two halves around a sum over ranks (the dist API): the first
+// pools, tests the stripes and own keys on the held keys and, when the probe
+// runs, sums each probe row's split masses into probe_rows (H, ng, 128, 2)
+// doubles; the second decides the probe from n_ranks such tables
+// (probe_ranks, rank i's at i * rank_stride doubles, added in rank order),
+// promotes the whole blocks and compacts the lists.
+int anc_select_part_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
+                           double *probe_rows, cudaStream_t st);
+int anc_select_finish_launch(const AncSeq &sq, int H, const AncWork &w, const double *probe_ranks, int n_ranks,
+                             size_t rank_stride, cudaStream_t st);
+// n_ranks tables of 2 n floats (a rank's row maxima, then its LSEs) into
+// every row's largest maximum and its LSE over the ranks, in rank order.
+int anc_fold_launch(const float *in, int n_ranks, int64_t n, float *rowmax, float *lse, cudaStream_t st);
 // Folds the own keys' kOwnSplit parts (o3, lse3: part z's rows at z (n_q -
 // own_r0) rows, row 0 at own_r0) into the stripes' (o2, lse2) for the rows
 // from own_r0 on (the tail blocks'), in part order; seq-local rows.

@@ -106,6 +106,52 @@ int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, const void 
  * reports (density = pairs / (n_heads * causal pairs)). On stream, after run. */
 int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long long *pairs, void *stream);
 
+/* ---- one sequence spread over a context-parallel ring's ranks (src/attn/cp) ----------- */
+/* Every 128-position block of the sequence lies on one rank, which holds its
+ * keys (in its pool). Each rank runs every row of the slice (the caller
+ * gathers all the slice's queries onto every rank) over the keys it holds:
+ * the anchor pass on its held window blocks (the diagonal block where it
+ * holds it), the stripes, own keys and whole blocks among its held keys;
+ * its output is its partial (out, lse) of every row, which the caller
+ * merges over the ranks by LSE. Between the passes, the caller's all-gather
+ * (every rank the same call) joins:
+ *   1. every row's anchor (its largest score over the windows: the maximum
+ *      of the ranks' maxima, so exactly the single-rank anchor) and its LSE
+ *      over the windows (for the probe): 2 x n_q x n_heads floats a rank;
+ *   2. with a probe, each probe row's kept and missed mass over the
+ *      candidates (doubles, a rank's sums over the keys it holds).
+ * So every rank selects the single-rank kernel's stripes, key for key,
+ * restricted to its keys (the pooled queries and anchors are the same bits
+ * on every rank); a probe's decision differs from the single-rank one only
+ * where the sums' order moves its share across the threshold (double
+ * rounding). The pairs (attn_cuda_anchor_pairs) are this rank's share: the
+ * ranks' add up to the single-rank count exactly. */
+typedef struct {
+    int n_q, kv_len;      // the slice: rows at positions kv_len - n_q .. kv_len - 1 (keys before: cached)
+    const int32_t *pages; // (ceil(kv_len / page_size)) page ids in this rank's pool; read for held blocks only
+    const uint8_t *held;  // (ceil(kv_len / 128)) 1 for the 128-position blocks this rank holds, else 0
+    attn_cuda_anchor_policy_t pol;
+} attn_cuda_anchor_dist_seq_t;
+
+/* rbuf (n_ranks * bytes) receives every rank's sbuf, rank i's at i * bytes
+ * (cp_allgather), in stream order; device memory. */
+typedef int (*attn_cuda_allgather_fn)(void *ctx, const void *sbuf, size_t bytes, void *rbuf);
+
+/* Once, after create: room for the dist API with n_ranks ranks (the
+ * all-gathers' buffers). LC_EINVAL, LC_ENOMEM. */
+int attn_cuda_anchor_dist_reserve(attn_cuda_anchor_t *a, int n_ranks);
+/* Host, once per step, on stream: plans the one sequence. LC_EINVAL for an
+ * inconsistent sequence or policy, LC_ERANGE beyond the capacities or
+ * without the reserve. A later attn_cuda_anchor_run refuses this plan. */
+int attn_cuda_anchor_dist_plan(attn_cuda_anchor_t *a, const attn_cuda_anchor_dist_seq_t *d, void *stream);
+/* Device, once per layer, on stream: q (n_q, n_heads, head_dim) bf16, all
+ * the slice's rows in position order; k, v this layer's pools; writes this
+ * rank's partial out (bf16, q's layout) and lse (n_q, n_heads; a row with
+ * none of its keys here: out 0, lse -inf). Calls gather once, or twice with
+ * a probe, the same calls on every rank. */
+int attn_cuda_anchor_dist_run(attn_cuda_anchor_t *a, const void *q, const void *k, const void *v, void *out, float *lse,
+                              attn_cuda_allgather_fn gather, void *ctx, void *stream);
+
 /* For tests: the keys of the last planned sequence's last run for head h and
  * its chunk's group gi (0 = the group of q_pos0): keep (kv_len bytes, 1 =
  * attended) and own (kv_len bytes, set only in the group of the last row:

@@ -34,7 +34,7 @@ __device__ __forceinline__ const __nv_bfloat16 *pool_row(const __nv_bfloat16 *po
 // grid (nqb, H), 32 threads: row (h, qb) of the anchor pass's masks. Key
 // block kb is on when it holds initial-window keys ([0, A)), local-window keys
 // ([lo, qb]) or when the local window starts inside the initial window (then
-// the CPU attends [0, p] whole); bits above the diagonal stay 0.
+// the CPU attends [0, p] whole), and is held; bits above the diagonal stay 0.
 __global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
     const int h = blockIdx.y, qb = sq.qb0 + blockIdx.x;
     const int n_kb = (sq.N - 1) / kAncB + 1, words = (n_kb + 31) / 32;
@@ -45,7 +45,7 @@ __global__ void mask_kernel(AncSeq sq, uint32_t *mask) {
         uint32_t bits = 0;
         for (int b = 0; b < 32; b++) {
             const int kb = 32 * w + b;
-            if (kb <= qb && (all || kb < a_kb || kb >= g_kb)) bits |= 1u << b;
+            if (kb <= qb && (all || kb < a_kb || kb >= g_kb) && (!sq.held || sq.held[kb])) bits |= 1u << b;
         }
         row[w] = bits;
     }
@@ -161,6 +161,7 @@ __global__ void __launch_bounds__(kSelThreads)
 #pragma unroll
         for (int sub = 0; sub < kSubs; sub++) {
             if (sub >= nsub) break;
+            if (!anc_held(sq, jc + kSelSub * sub)) continue; // another rank's keys: never scored
             const __nv_bfloat16 *kt = pool_row(k, sq.pages, ps, KH, kh, D, jc + kSelSub * sub);
 #pragma unroll
             for (int i = 0; i < kPer; i++) {
@@ -186,8 +187,8 @@ __global__ void __launch_bounds__(kSelThreads)
         const int ns = lo > jc ? min(nsub, (lo - jc) / kSelSub) : 0; // sub-tiles below lo
         if (ns == 0) continue;
         uint32_t *keep = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap + jc / 32;
-        if (all) {
-            if (lane < 2 * ns) keep[lane] = ~0u; // theta = inf: no tail blocks (n_ob = 0)
+        if (all) { // theta = inf: no tail blocks (n_ob = 0)
+            if (lane < 2 * ns) keep[lane] = anc_held(sq, jc + 32 * lane) ? ~0u : 0u;
             continue;
         }
         // this lane's hits per sub-tile: bit 2 nt + p = key 8 nt + qd + p (either of its rows); spread() makes
@@ -208,6 +209,7 @@ __global__ void __launch_bounds__(kSelThreads)
 #pragma unroll
             for (int sub = 0; sub < kSubs; sub++) {
                 if (sub >= ns) break;
+                if (!anc_held(sq, jc + kSelSub * sub)) continue; // no hits
                 float s0[kSelSub / 8][4], s1[kSelSub / 8][4];
                 scores2(ahi, alo, sub, s0, s1);
 #pragma unroll
@@ -249,6 +251,7 @@ __global__ void __launch_bounds__(kSelThreads)
 #pragma unroll
             for (int sub = 0; sub < kSubs; sub++) {
                 if (sub >= ns) break;
+                if (!anc_held(sq, jc + kSelSub * sub)) continue; // no hits
                 float s[2][kSelSub / 8][4];
                 scores2(a[0], a[1], sub, s[0], s[1]);
 #pragma unroll
@@ -329,11 +332,17 @@ __global__ void __launch_bounds__(kSelThreads)
         }
         cp_async_commit();
     };
-    if (jb < je) stage(jb, 0);
-    for (int j0 = jb, it = 0; j0 < je; j0 += kSelSub, it++) {
-        const int buf = it & 1;
-        if (j0 + kSelSub < je) { // the next 64 in flight while these are scored
-            stage(j0 + kSelSub, buf ^ 1);
+    // the held keys only (CTA-uniform): from j, the first key of a held block
+    auto adv = [&](int j) {
+        while (j < je && !anc_held(sq, j)) j = (j & ~(kAncB - 1)) + kAncB;
+        return j;
+    };
+    int j0 = adv(jb);
+    if (j0 < je) stage(j0, 0);
+    for (int it = 0; j0 < je; it++) {
+        const int buf = it & 1, jn = adv(j0 + kSelSub);
+        if (jn < je) { // the next 64 in flight while these are scored
+            stage(jn, buf ^ 1);
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
@@ -358,6 +367,7 @@ __global__ void __launch_bounds__(kSelThreads)
                     }
         }
         __syncthreads(); // this buffer's readers are done before the next stage overwrites it
+        j0 = jn;
     }
     if (!active) return;
     double *part = w.probe_part + (((size_t)h * sq.ng + gi) * S + z) * kAncB * 2;
@@ -378,26 +388,62 @@ __global__ void __launch_bounds__(kSelThreads)
         }
 }
 
+// Group gi's probe rows: their first position p0 and count.
+__device__ __forceinline__ int probe_span(const AncSeq &sq, int g0, int *p0) {
+    const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
+    *p0 = max((q1 - 1) / kAncB * kAncB, q0);
+    return q1 - *p0;
+}
+
+// grid (ng, H), 128 threads: row r's (thread r's) kept and missed mass, its
+// splits added in split order, into rows (H, ng, 128, 2): a rank's share of
+// the probe's sums (the dist API), before the sum over the ranks.
+__global__ void probe_rows_kernel(AncSeq sq, int H, int S, AncWork w, double *rows) {
+    const int gi = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int g0 = (sq.g_first + gi) * sq.L;
+    int p0;
+    if (anc_lo(sq, g0) <= sq.A || tid >= probe_span(sq, g0, &p0)) return;
+    const double *part = w.probe_part + ((size_t)h * sq.ng + gi) * S * kAncB * 2 + 2 * tid;
+    double kq = 0, mq = 0;
+    for (int z = 0; z < S; z++) {
+        kq += part[(size_t)z * kAncB * 2];
+        mq += part[(size_t)z * kAncB * 2 + 1];
+    }
+    double *o = rows + (((size_t)h * sq.ng + gi) * kAncB + tid) * 2;
+    o[0] = kq;
+    o[1] = mq;
+}
+
 // grid (ng, H), 128 threads: the probe's decision. Row r (thread r) adds its
-// splits' kept and missed mass in split order, the anchor pass's own mass
-// exp(lse1 - rowmax) counted kept, into its missed share; thread 0 sums the
-// rows' shares in row order; past the probe's share the head keeps every
-// candidate of the group (all keep bits of [A, lo)) and, in the group with
-// the tail blocks, no own keys.
-__global__ void probe_decide_kernel(AncSeq sq, int H, int S, AncWork w) {
+// splits' kept and missed mass in split order (or, from ranks, the n_ranks
+// ranks' sums of probe_rows_kernel in rank order), the anchor pass's own
+// mass exp(lse1 - rowmax) counted kept, into its missed share; thread 0 sums
+// the rows' shares in row order; past the probe's share the head keeps every
+// (held) candidate of the group (the keep bits of [A, lo)) and, in the group
+// with the tail blocks, no own keys.
+__global__ void probe_decide_kernel(AncSeq sq, int H, int S, AncWork w, const double *ranks, int n_ranks,
+                                    size_t rstride) {
     __shared__ double s_share[kAncB];
     __shared__ int s_fire;
     const int gi = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const int g0 = (sq.g_first + gi) * sq.L, lo = anc_lo(sq, g0);
     if (lo <= sq.A) return; // no candidates
-    const int q0 = max(g0, sq.q_pos0), q1 = min(g0 + sq.L, sq.N);
-    const int p0 = max((q1 - 1) / kAncB * kAncB, q0), nr = q1 - p0;
+    int p0;
+    const int nr = probe_span(sq, g0, &p0);
     if (tid < nr) {
-        const double *part = w.probe_part + ((size_t)h * sq.ng + gi) * S * kAncB * 2 + 2 * tid;
         double kq = 0, mq = 0;
-        for (int z = 0; z < S; z++) {
-            kq += part[(size_t)z * kAncB * 2];
-            mq += part[(size_t)z * kAncB * 2 + 1];
+        if (ranks) {
+            const double *o = ranks + (((size_t)h * sq.ng + gi) * kAncB + tid) * 2;
+            for (int i = 0; i < n_ranks; i++) {
+                kq += o[i * rstride];
+                mq += o[i * rstride + 1];
+            }
+        } else {
+            const double *part = w.probe_part + ((size_t)h * sq.ng + gi) * S * kAncB * 2 + 2 * tid;
+            for (int z = 0; z < S; z++) {
+                kq += part[(size_t)z * kAncB * 2];
+                mq += part[(size_t)z * kAncB * 2 + 1];
+            }
         }
         const size_t ri = (size_t)(p0 - sq.q_pos0 + tid) * H + h;
         kq += (double)expf(w.lse1[ri] - w.rowmax[ri]);
@@ -412,7 +458,8 @@ __global__ void probe_decide_kernel(AncSeq sq, int H, int S, AncWork w) {
     __syncthreads();
     if (!s_fire) return;
     uint32_t *kw = w.keep_bits + ((size_t)h * sq.ng + gi) * w.wcap;
-    for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += blockDim.x) kw[wd] = ~0u;
+    for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += blockDim.x)
+        if (anc_held(sq, 32 * wd)) kw[wd] = ~0u;
     if (g0 + sq.L >= sq.N && sq.n_ob > 0) // the tail blocks' own keys: none left
         for (int t = 0; t < 2; t++)
             for (int wd = sq.A / 32 + tid; wd < lo / 32; wd += blockDim.x)
@@ -537,7 +584,8 @@ __global__ void own_merge_kernel(int H, int D, float *o2, float *lse2, const flo
 // weights per head, then out = sum_i w_i o_i / sum_i w_i in the fixed order
 // anchor, stripes (with the own keys), whole blocks; lse = M + log sum_i
 // w_i. The anchor pass attends the row's own position, so its LSE is finite
-// and M is too.
+// and M is too, except on a rank that holds none of the row's keys (the
+// dist API): then out 0 and lse -inf.
 __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, const float *lse1, const float *o2,
                              const float *lse2, const __nv_bfloat16 *o4, const float *lse4, __nv_bfloat16 *out,
                              float *lse) {
@@ -546,6 +594,11 @@ __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, c
     for (int h = threadIdx.x; h < H; h += blockDim.x) {
         const float l1 = lse1[(size_t)r * H + h], l2 = lse2[(size_t)r * H + h], l4 = lse4[(size_t)r * H + h];
         const float M = fmaxf(l1, fmaxf(l2, l4));
+        if (M == -INFINITY) { // nothing attended
+            wts[h] = wts[H + h] = wts[2 * H + h] = 0.f;
+            if (lse) lse[((size_t)sq.qrow0 + r) * H + h] = -INFINITY;
+            continue;
+        }
         const float w1 = expf(l1 - M), w2 = expf(l2 - M), w4 = expf(l4 - M); // exp(-inf) = 0
         const float sum = w1 + w2 + w4, inv = 1.f / sum;
         wts[h] = w1 * inv;
@@ -564,7 +617,9 @@ __global__ void merge_kernel(AncSeq sq, int H, int D, const __nv_bfloat16 *o1, c
 }
 
 // One block of kPairsThreads: the pairs of the anchor pass (per row: [0, A)
-// and [lo, p], or [0, p] when lo <= A; the same for every head), of the
+// and [lo, p], or [0, p] when lo <= A; the same for every head; with held
+// blocks, those of its masks: every set block below the diagonal whole, the
+// diagonal block, when set, up to each row), of the
 // stripes (each group's list length and whole blocks times the group's rows)
 // and of the own keys (each tail block's list length times its rows). Each
 // thread sums a strided share, then the block adds them: integers, so any
@@ -575,9 +630,24 @@ __global__ void __launch_bounds__(kPairsThreads) pairs_kernel(AncSeq sq, int H, 
     if (threadIdx.x == 0) s_tot = 0;
     __syncthreads();
     unsigned long long anchor = 0, sparse = 0;
-    for (int p = sq.q_pos0 + (int)threadIdx.x; p < sq.N; p += kPairsThreads) {
-        const int lo = anc_lo(sq, p / sq.L * sq.L);
-        anchor += lo <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - lo + 1);
+    if (sq.held) {
+        const int words = ((sq.N - 1) / kAncB + 1 + 31) / 32;
+        for (int i = threadIdx.x; i < sq.nqb * H; i += kPairsThreads) {
+            const int qb = sq.qb0 + i % sq.nqb;
+            const int p0 = max(qb * kAncB, sq.q_pos0), p1 = min((qb + 1) * kAncB, sq.N);
+            const uint32_t *row = w.mask1 + sq.mask_off + (size_t)i * words; // i = h * nqb + (qb - qb0)
+            int below = 0;
+            for (int wd = 0; wd < qb / 32; wd++) below += __popc(row[wd]);
+            if (qb & 31) below += __popc(row[qb / 32] & ((1u << (qb & 31)) - 1u));
+            sparse += (unsigned long long)below * kAncB * (p1 - p0);
+            if (row[qb / 32] >> (qb & 31) & 1u)
+                sparse += (unsigned long long)(p1 - p0) * (p0 + p1 + 1 - 2 * qb * kAncB) / 2;
+        }
+    } else {
+        for (int p = sq.q_pos0 + (int)threadIdx.x; p < sq.N; p += kPairsThreads) {
+            const int lo = anc_lo(sq, p / sq.L * sq.L);
+            anchor += lo <= sq.A ? (unsigned long long)p + 1 : (unsigned long long)sq.A + (p - lo + 1);
+        }
     }
     for (int i = threadIdx.x; i < sq.ng * H; i += kPairsThreads) {
         const int gi = i / H, h = i % H;
@@ -602,8 +672,11 @@ __global__ void pairs_add_kernel(const unsigned long long *seq_pairs, const int3
     for (int i = threadIdx.x; i < n; i += blockDim.x) pairs[bidx[i]] += seq_pairs[i]; // bidx distinct
 }
 
+// The selection up to the probe's decision: pooling, the stripe and own-key
+// tests and the probe's split sums (then, with probe_rows, their sums by row).
 template <int D>
-int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w, cudaStream_t st) {
+int select_part_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
+                  double *probe_rows, cudaStream_t st) {
     const int H = sh.n_heads;
     pool_kernel<D><<<dim3(sq.nqb, H), D, 0, st>>>(sq, H, sh.scale, w);
     const int lo_last = anc_lo(sq, (sq.g_first + sq.ng - 1) * sq.L);
@@ -613,17 +686,48 @@ int select_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 
         select_kernel<D>
             <<<dim3((lo_last - sq.A + kSelKR - 1) / kSelKR, sh.n_kv_heads), kSelThreads, SelSmem<D>::kBytes, st>>>(
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
-        if (sq.probe > 0 && !isinf(sq.theta)) {
+        if (anc_probe_runs(sq)) {
             const int S = anc_probe_splits(sq);
             probe_kernel<D><<<dim3(sq.ng, H, S), kSelThreads, SelSmem<D>::kBytes * 2 * kSelSub / kSelKR, st>>>(
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
-            probe_decide_kernel<<<dim3(sq.ng, H), kAncB, 0, st>>>(sq, H, S, w);
+            if (probe_rows) probe_rows_kernel<<<dim3(sq.ng, H), kAncB, 0, st>>>(sq, H, S, w, probe_rows);
         }
     }
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+// The rest: the probe's decision (from the splits, or from ranks), the whole
+// blocks, the lists.
+int select_finish(const AncSeq &sq, int H, const AncWork &w, const double *ranks, int n_ranks, size_t rstride,
+                  cudaStream_t st) {
+    if (anc_probe_runs(sq))
+        probe_decide_kernel<<<dim3(sq.ng, H), kAncB, 0, st>>>(sq, H, anc_probe_splits(sq), w, ranks, n_ranks, rstride);
     promote_kernel<<<dim3(sq.ng, H), 128, 0, st>>>(sq, w);
     compact_kernel<<<dim3(sq.ng + 2, H), kScanThreads, 0, st>>>(sq, w);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
+}
+
+// grid-stride over n: in holds n_ranks tables of 2 n floats (maxima, LSEs).
+__global__ void fold_kernel(const float *in, int n_ranks, int64_t n, float *rowmax, float *lse) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float m = -INFINITY, l = -INFINITY;
+        for (int r = 0; r < n_ranks; r++) {
+            const float *t = in + (size_t)r * 2 * n;
+            m = fmaxf(m, t[i]);
+            const float lp = t[n + i];
+            if (lp == -INFINITY) continue;
+            if (l == -INFINITY) {
+                l = lp;
+            } else {
+                const float mx = fmaxf(l, lp);
+                l = mx + logf(expf(l - mx) + expf(lp - mx));
+            }
+        }
+        rowmax[i] = m;
+        lse[i] = l;
+    }
 }
 
 } // namespace
@@ -636,7 +740,28 @@ int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st) {
 
 int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
                       cudaStream_t st) {
-    return sh.head_dim == 128 ? select_d<128>(sq, sh, k, w, st) : select_d<64>(sq, sh, k, w, st);
+    int rc = anc_select_part_launch(sq, sh, k, w, nullptr, st);
+    return rc ? rc : select_finish(sq, sh.n_heads, w, nullptr, 0, 0, st);
+}
+
+int anc_select_part_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
+                           double *probe_rows, cudaStream_t st) {
+    return sh.head_dim == 128 ? select_part_d<128>(sq, sh, k, w, probe_rows, st)
+                              : select_part_d<64>(sq, sh, k, w, probe_rows, st);
+}
+
+int anc_select_finish_launch(const AncSeq &sq, int H, const AncWork &w, const double *probe_ranks, int n_ranks,
+                             size_t rank_stride, cudaStream_t st) {
+    return select_finish(sq, H, w, probe_ranks, n_ranks, rank_stride, st);
+}
+
+int anc_fold_launch(const float *in, int n_ranks, int64_t n, float *rowmax, float *lse, cudaStream_t st) {
+    if (n <= 0) return 0;
+    int64_t blocks = (n + 255) / 256;
+    if (blocks > 4096) blocks = 4096;
+    fold_kernel<<<(unsigned)blocks, 256, 0, st>>>(in, n_ranks, n, rowmax, lse);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
 }
 
 int anc_own_merge_launch(const AncSeq &sq, int H, int D, float *o2, float *lse2, const float *o3, const float *lse3,

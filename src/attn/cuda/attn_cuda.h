@@ -113,7 +113,9 @@ typedef struct {
     int mask_only;              // prefill: block-sparse sequences attend their set bits only, not the diagonal
                                 // block (bits at or above it are ignored; rows placed past the keys by q_pos0:
                                 // every bit); a row with none gets out 0, lse and rowmax -inf
-                                // (AnchorAttention's whole kept blocks, the ring's steps past the own keys)
+                                // (AnchorAttention's whole kept blocks, the ring's steps past the own keys);
+                                // 2: the set bits only, the diagonal block included when its bit is set
+                                // (rows within the keys; a context-parallel rank's share of the anchor pass)
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;

@@ -331,7 +331,8 @@ extern "C" int attn_cuda_mask_pairs(const attn_cuda_plan_t *p, const uint32_t *b
 extern "C" int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, void *stream) {
     if (!p || !a || !p->planned) return LC_EINVAL;
     if (p->n_sparse > 0 && !a->block_mask) return LC_EINVAL;
-    if (!a->q || !a->out || !a->k || !a->v || ((a->rowmax || a->mask_only) && p->kind != ATTN_CUDA_PREFILL))
+    if (!a->q || !a->out || !a->k || !a->v || a->mask_only < 0 || a->mask_only > 2 ||
+        ((a->rowmax || a->mask_only) && p->kind != ATTN_CUDA_PREFILL))
         return LC_EINVAL;
     if (a->workspace_bytes < p->ws_bytes || (p->ws_bytes > 0 && !a->workspace)) return LC_EINVAL;
     if (a->variant < 0 || a->variant >= attn_cuda_variant_count(p)) return LC_EINVAL;

@@ -46,7 +46,8 @@ struct PrefillParams {
     float *lse;                // (rows, n_heads) or NULL
     float *rowmax;             // (rows, n_heads) or NULL: m in natural units (scale * q.k)
     int n_heads, n_kv_heads, group, page_size;
-    int mask_only;    // block-sparse sequences: the set bits only, not the diagonal block (attn_cuda_args_t)
+    int mask_only;    // block-sparse sequences: 1 the set bits only, not the diagonal block; 2 the diagonal
+                      // block only when set (attn_cuda_args_t)
     float scale_log2; // scale * log2(e)
 };
 
@@ -195,7 +196,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int qpos = p.seq_info[seq].y, qb0 = qpos / BN, n_qb = (qpos + nq - 1) / BN - qb0 + 1;
         const int words = ((kv_len - 1) / BN + 1 + 31) / 32;
         mrow = p.mask + p.seq_info[seq].x + ((size_t)head * n_qb + (pos0 / BN - qb0)) * words;
-        skip_diag = p.mask_only != 0;
+        // mask_only 2: the diagonal block too, when its bit is set (a context-parallel rank's share)
+        skip_diag = p.mask_only == 1 || (p.mask_only == 2 && !(mrow[(n_tiles - 1) >> 5] >> ((n_tiles - 1) & 31) & 1u));
         if (skip_diag) t_first = min(n_tiles, pos0 / BN); // exclusive: the first tile is the bit below it
         n_iter = (skip_diag ? 0 : 1) + count_bits_below(mrow, skip_diag ? t_first : n_tiles - 1);
     }
