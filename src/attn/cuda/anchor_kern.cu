@@ -143,7 +143,8 @@ __device__ __forceinline__ void score_tiles(uint32_t kb, int lane, const uint32_
 // keeps f32 precision); in the group holding the chunk's last row, a key not
 // kept is tail block t's own when some row r of that block among the chunk's
 // last 128 has scale q_r.k_j + theta >= rowmax_r. A unit's words are written
-// by its warp alone (the OR over its lanes): no atomics, no order.
+// by its warp alone (the OR over its lanes): no atomics, no order. With held
+// blocks (sq.held) the other keys are neither staged nor scored: no bits.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads)
     select_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
@@ -293,6 +294,7 @@ __global__ void __launch_bounds__(kSelThreads)
 // (keep bits) and over those they leave out, lane by lane in key order, then
 // over its quad's four lanes in a fixed order, into the split's slot of
 // probe_part (a split past lo writes zeros). probe_decide_kernel adds them.
+// With held blocks (sq.held) only the held keys are staged and summed.
 template <int D>
 __global__ void __launch_bounds__(kSelThreads)
     probe_kernel(AncSeq sq, int H, int KH, int ps, float scale, const __nv_bfloat16 *k, AncWork w) {
