@@ -95,8 +95,10 @@ liblacuna_a_SOURCES += \
 # attn/cp on the GPU: the device-local and NCCL communicators (NCCL's entry
 # points say LC_EUNSUPPORTED in a build without it), and their GPU Check
 # suites (tests/gpu/run.sh step cp), Check linked statically as above.
-# The ring attention on the GPU kernels (ring_cuda.cu, ring_cuda_decode.cu, ring_cuda.cuh; cp_cuda.h).
-CP_CUDA_SRC = src/attn/cp/comm_dev.cu src/attn/cp/comm_nccl.cu src/attn/cp/ring_cuda.cu src/attn/cp/ring_cuda_decode.cu
+# The ring attention on the GPU kernels (ring_cuda.cu, ring_cuda_decode.cu, ring_cuda_anchor.cu, ring_cuda.cuh;
+# cp_cuda.h).
+CP_CUDA_SRC = src/attn/cp/comm_dev.cu src/attn/cp/comm_nccl.cu src/attn/cp/ring_cuda.cu src/attn/cp/ring_cuda_decode.cu \
+	src/attn/cp/ring_cuda_anchor.cu
 EXTRA_DIST += $(CP_CUDA_SRC) src/attn/cp/ring_cuda.cuh src/attn/cp/cp_comm_cuda.h src/attn/cp/cp_cuda.h tests/gpu/check_cp_cuda.c
 if HAVE_CUDA
 liblacuna_a_SOURCES += src/attn/cp/cp_comm_cuda.h src/attn/cp/cp_cuda.h $(CP_CUDA_SRC)

@@ -1,5 +1,6 @@
 // Context-parallel attention on the GPU kernels (cp_cuda.h): the plan, the
-// pass-KV and pass-Q rings of a sharded prompt slice (dense and FlexPrefill),
+// pass-KV and pass-Q rings of a sharded prompt slice (dense and FlexPrefill;
+// AnchorAttention's all-to-alls are ring_cuda_anchor.cu's),
 // the timing, and the kernels they add to attn_cuda's: the LSE merges of
 // ring steps and FlexPrefill's step masks. The sharded decode is
 // ring_cuda_decode.cu's; ring_cuda.cuh has what both share.
@@ -43,27 +44,6 @@ __global__ void ring_merge_kernel(float *acc, float *run_lse, const __nv_bfloat1
     }
 }
 
-
-// Pass-Q: the own rows from the partials every rank computed for them, in
-// rank order, one warp per (row, head). in holds N messages of msg_bytes:
-// o (rows, H, D) bf16 then lse (rows, H) f32.
-__global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t rows, int n_heads, int D,
-                                   const SrcRows src, int n_ranks, __nv_bfloat16 *out, float *lse_out) {
-    const int64_t rh = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (rh >= rows * n_heads) return;
-    const int64_t row = rh / n_heads;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-    float lr = -INFINITY;
-    for (int i = 0; i < n_ranks; i++) {
-        if (row < src.r0[i]) continue;
-        const uint8_t *m = in + (size_t)i * msg_bytes;
-        merge_part(acc, lr, (const __nv_bfloat16 *)m + rh * D,
-                   ((const float *)(m + (size_t)rows * n_heads * D * 2))[rh], lane, D);
-    }
-    for (int k = 0; k * 32 + lane < D; k++) out[rh * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
-    if (lse_out && lane == 0) lse_out[rh] = lr;
-}
 
 // FlexPrefill: one ring step's masks from the whole one. A descriptor per
 // (step, run): its view's query blocks i (global query block ig0 + i of the
@@ -113,25 +93,6 @@ __global__ void own_pairs_kernel(const uint32_t *whole, int n_qb_w, int words_w,
 }
 
 
-// AnchorAttention: one destination's message of partials (q_msg's layout),
-// its rows' slice rows at idx; one warp per (row, head).
-__global__ void anc_pack_kernel(const __nv_bfloat16 *o, const float *lse, const int32_t *idx, int64_t rows, int n_heads,
-                                int D, uint8_t *msg) {
-    const int64_t rh = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
-    const int lane = threadIdx.x & 31;
-    if (rh >= rows * n_heads) return;
-    const int64_t src = (int64_t)idx[rh / n_heads] * n_heads + rh % n_heads;
-    __nv_bfloat16 *mo = (__nv_bfloat16 *)msg + rh * D;
-    for (int d = lane; d < D; d += 32) mo[d] = o[src * D + d];
-    if (lane == 0) ((float *)(msg + (size_t)rows * n_heads * D * 2))[rh] = lse[src];
-}
-
-// A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
-size_t q_msg(int64_t rows, int n_heads, int D) {
-    return ((size_t)rows * n_heads * (2 * (size_t)D + sizeof(float)) + 255) / 256 * 256;
-}
-
-
 } // namespace
 
 
@@ -150,12 +111,7 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
     free(p->h_held_pages);
     if (p->up_fx) cudaEventSynchronize(p->up_fx), cudaEventDestroy(p->up_fx);
     attn_cuda_flex_destroy(p->flex);
-    if (p->up_anc) cudaEventSynchronize(p->up_anc), cudaEventDestroy(p->up_anc);
-    attn_cuda_anchor_destroy(p->anc);
-    cudaFree(p->aq_recv), cudaFree(p->aq), cudaFree(p->ao), cudaFree(p->alse), cudaFree(p->asend), cudaFree(p->arecv);
-    cudaFree(p->d_aidx);
-    cudaFreeHost(p->h_aidx);
-    free(p->h_aheld);
+    cp_cuda__anchor_destroy(p);
     cudaFree(p->gmask), cudaFree(p->smask), cudaFree(p->d_fx), cudaFree(p->d_pairs);
     cudaFreeHost(p->h_fx), cudaFreeHost(p->h_pairs);
     free(p->h_held);
@@ -170,25 +126,6 @@ extern "C" void cp_cuda_plan_destroy(cp_cuda_plan_t *p) {
     free(p->h_dec);
     free(p);
 }
-
-// AnchorAttention's workspace for groups of at least `local` positions (its
-// key lists' size).
-static int anchor_make(cp_cuda_plan_t *p, int local) {
-    attn_cuda_anchor_destroy(p->anc);
-    p->anc = nullptr;
-    int rc = attn_cuda_anchor_create(&p->shape, 1, p->lim.max_anchor_rows, p->lim.max_tokens, local, &p->anc);
-    if (!rc && (rc = attn_cuda_anchor_dist_reserve(p->anc, p->n))) {
-        attn_cuda_anchor_destroy(p->anc);
-        p->anc = nullptr;
-    }
-    p->anc_local = rc ? 0 : local;
-    return rc;
-}
-
-#define CP_ALLOC(ptr, bytes)                                                                                           \
-    do {                                                                                                               \
-        if (cudaMalloc((void **)&(ptr), (bytes) ? (bytes) : 16) != cudaSuccess) goto fail;                             \
-    } while (0)
 
 extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda_limits_t *lim, int rank, int n_ranks,
                                    cp_cuda_plan_t **out) {
@@ -277,29 +214,8 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         CP_ALLOC(p->d_pairs, sizeof(unsigned long long));
         if (cudaMemset(p->d_pairs, 0, sizeof(unsigned long long)) != cudaSuccess) goto fail;
     }
-    if (lim->max_anchor_rows > 0) { // AnchorAttention
-        const int64_t R = lim->max_anchor_rows, nkb = (lim->max_tokens - 1) / 128 + 1;
-        if ((rc = anchor_make(p, lim->anchor_min_local ? lim->anchor_min_local : 1024))) goto fail;
-        rc = LC_ENOMEM;
-        if (!(p->h_aheld = (uint8_t *)malloc((size_t)nkb + 1))) goto fail;
-        rc = LC_EDEVICE;
-        if (cudaMallocHost((void **)&p->h_aidx, sizeof(int32_t) * 2 * (size_t)R) != cudaSuccess ||
-            cudaEventCreateWithFlags(&p->up_anc, cudaEventDisableTiming) != cudaSuccess)
-            goto fail;
-        CP_ALLOC(p->d_aidx, sizeof(int32_t) * 2 * (size_t)R);
-        CP_ALLOC(p->aq_recv, (size_t)n_ranks * p->lim.max_rows * H * D * 2);
-        CP_ALLOC(p->aq, (size_t)R * H * D * 2);
-        CP_ALLOC(p->ao, (size_t)R * H * D * 2);
-        CP_ALLOC(p->alse, (size_t)R * H * sizeof(float));
-        CP_ALLOC(p->asend, q_msg(R, H, D) + (size_t)n_ranks * 256);
-        CP_ALLOC(p->arecv, (size_t)n_ranks * q_msg(p->lim.max_rows, H, D));
-        if (!p->d_pairs) {
-            if (cudaMallocHost((void **)&p->h_pairs, sizeof(unsigned long long)) != cudaSuccess) goto fail;
-            CP_ALLOC(p->d_pairs, sizeof(unsigned long long));
-            if (cudaMemset(p->d_pairs, 0, sizeof(unsigned long long)) != cudaSuccess) goto fail;
-        }
-    }
-    if (lim->max_q_rows > 0) { // pass-Q: the steps read the pool
+    if (lim->max_anchor_rows > 0 && (rc = cp_cuda__anchor_create(p))) goto fail; // AnchorAttention
+    if (lim->max_q_rows > 0) {                                                   // pass-Q: the steps read the pool
         attn_cuda_limits_t al = {CP_RING_MAX_RUNS, lim->max_q_rows, (int64_t)CP_RING_MAX_RUNS * p->maxp, 0};
         for (int k = 0; k < n_ranks; k++)
             if ((rc = attn_cuda_plan_create(shape, ATTN_CUDA_PREFILL, &al, &p->qsteps[k]))) goto fail;
@@ -519,54 +435,6 @@ static int plan_pass_q(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, int64_t np, 
     return 0;
 }
 
-// AnchorAttention's plan (after the rows): the held blocks, where each slice
-// row arrives in the all-to-all of the queries (rank t's rows at t x
-// max_rows), each rank's rows' slice rows for the partials' messages, the
-// messages' sizes (pass-Q's), and the dist API's plan.
-static int plan_anchor(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream) {
-    const int ps = p->shape.page_size, n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
-    const int64_t end = seq->pos0 + seq->n_tok, nb = (end + ps - 1) / ps, nkb = (end - 1) / 128 + 1;
-    if (ps > 128 || 128 % ps) return LC_EINVAL;
-    const int per = 128 / ps; // pages per 128-block
-    for (int64_t b = 0; b < nb; b++)
-        if (seq->owner[b] != seq->owner[b - b % per]) return LC_EINVAL; // a block split between ranks
-    if (p->up_anc_pending) {
-        CUDA_CHECK_RET(cudaEventSynchronize(p->up_anc));
-        p->up_anc_pending = 0;
-    }
-    for (int64_t g = 0; g < nkb; g++) p->h_aheld[g] = seq->owner[g * per] == r;
-    int32_t *from = p->h_aidx, *pack = p->h_aidx + seq->n_tok;
-    size_t k = 0, off = 0;
-    for (int t = 0; t < n; t++) {
-        cp_ring_run_t runs[CP_RING_MAX_RUNS];
-        const int nt = cp_ring_runs(seq->owner, ps, seq->pos0, seq->n_tok, t, runs, CP_RING_MAX_RUNS);
-        if (nt < 0) return nt;
-        if (p->q_rows[t] > p->lim.max_rows) return LC_ERANGE; // its rows' slot in the queries' all-to-all
-        p->a_off[t] = k;
-        for (int i = 0; i < nt; i++)
-            for (int64_t j = 0; j < runs[i].n; j++) {
-                const int64_t slice_row = runs[i].p0 + j - seq->pos0;
-                from[slice_row] = (int32_t)((int64_t)t * p->lim.max_rows + runs[i].row0 + j);
-                pack[k++] = (int32_t)slice_row;
-            }
-        p->q_soff[t] = off;
-        p->q_sbytes[t] = q_msg(p->q_rows[t], H, D);
-        off += p->q_sbytes[t];
-        p->q_roff[t] = (size_t)t * q_msg(p->rows, H, D);
-        p->q_rbytes[t] = q_msg(p->rows, H, D);
-        p->src.r0[t] = 0; // every rank computed every row
-    }
-    if ((int64_t)k != seq->n_tok) return LC_EINVAL;
-    p->a_ntok = seq->n_tok;
-    cudaStream_t st = (cudaStream_t)stream;
-    CUDA_CHECK_RET(
-        cudaMemcpyAsync(p->d_aidx, p->h_aidx, sizeof(int32_t) * 2 * (size_t)seq->n_tok, cudaMemcpyHostToDevice, st));
-    CUDA_CHECK_RET(cudaEventRecord(p->up_anc, st));
-    p->up_anc_pending = 1;
-    const attn_cuda_anchor_dist_seq_t d = {(int)seq->n_tok, (int)end, seq->blocks, p->h_aheld, *seq->anchor};
-    return attn_cuda_anchor_dist_plan(p->anc, &d, stream);
-}
-
 extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream) {
     if (!p || !seq || !seq->blocks || !seq->owner || !p->steps[0]) return LC_EINVAL;
     p->pf_planned = 0;
@@ -600,19 +468,7 @@ extern "C" int cp_cuda_plan_prefill(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq,
     if (seq->flex && !p->flex) return LC_ERANGE;
     p->anc_on = 0;
     if (seq->anchor) {
-        if (!p->lim.max_anchor_rows || seq->n_tok > p->lim.max_anchor_rows) return LC_ERANGE;
-        const int local = seq->anchor->anchor_local, was = p->anc_local;
-        if (local >= 128 && local % 128 == 0 && (!p->anc || local < p->anc_local)) {
-            // a smaller group than the workspace holds: made again (a plan-time allocation, as the
-            // single-rank executor's); out of memory, the old one back and this slice refused
-            CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
-            if (anchor_make(p, local)) {
-                if (was) anchor_make(p, was);
-                return LC_ERANGE;
-            }
-        }
-        if (!p->anc) return LC_ERANGE;
-        int rc = plan_anchor(p, seq, stream);
+        int rc = cp_cuda__anchor_plan(p, seq, stream);
         if (rc) return rc;
         p->pass_q = p->sparse = 0;
         p->anc_on = 1;
@@ -745,66 +601,11 @@ static int run_pass_q(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void
     return p->timing ? collect_timing(p) : 0;
 }
 
-static int ring_allgather(void *ctx, const void *sbuf, size_t bytes, void *rbuf) {
-    return cp_allgather((cp_comm_t *)ctx, sbuf, bytes, rbuf);
-}
-
-// AnchorAttention: every rank's rows to every rank (in position order), the
-// dist API over every row, each rank's partials to their rows' owner, merged
-// in rank order. Timing: step 0's compute is the method's run (its two
-// all-gathers inside), the exchanges and the merge are collective time.
-static int run_anchor(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
-                      float *lse) {
-    const int n = p->n, H = p->shape.n_heads, D = p->shape.head_dim;
-    const size_t rowb = (size_t)H * D * 2;
-    cudaStream_t st = (cudaStream_t)cp_comm_stream(c);
-    int rc;
-    if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS], st));
-    size_t soff[CP_MAX_RANKS], sb[CP_MAX_RANKS], roff[CP_MAX_RANKS], rb[CP_MAX_RANKS];
-    for (int t = 0; t < n; t++) {
-        soff[t] = 0;
-        sb[t] = (size_t)p->rows * rowb;
-        roff[t] = (size_t)t * p->lim.max_rows * rowb;
-        rb[t] = (size_t)p->q_rows[t] * rowb;
-    }
-    if ((rc = cp_alltoallv(c, q, soff, sb, p->aq_recv, roff, rb))) return rc;
-    if ((rc = gather_rows(p->aq, p->aq_recv, p->d_aidx, p->a_ntok, rowb, st))) return rc;
-    if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[0], st));
-    if ((rc = attn_cuda_anchor_dist_run(p->anc, p->aq, k, v, p->ao, p->alse, ring_allgather, c, st))) return rc;
-    if ((rc = attn_cuda_anchor_pairs(p->anc, p->d_pairs, st))) return rc;
-    if (p->timing) CUDA_CHECK_RET(cudaEventRecord(p->ev[1], st));
-    for (int t = 0; t < n; t++)
-        if (p->q_rows[t] > 0) {
-            anc_pack_kernel<<<warp_blocks(p->q_rows[t] * H), 256, 0, st>>>(
-                p->ao, p->alse, p->d_aidx + p->a_ntok + p->a_off[t], p->q_rows[t], H, D, p->asend + p->q_soff[t]);
-            CUDA_CHECK_RET(cudaGetLastError());
-        }
-    if ((rc = cp_alltoallv(c, p->asend, p->q_soff, p->q_sbytes, p->arecv, p->q_roff, p->q_rbytes))) return rc;
-    if (p->rows > 0) {
-        passq_merge_kernel<<<warp_blocks(p->rows * H), 256, 0, st>>>(p->arecv, p->q_rbytes[0], p->rows, H, D, p->src, n,
-                                                                     (__nv_bfloat16 *)out, lse);
-        CUDA_CHECK_RET(cudaGetLastError());
-    }
-    if (!p->timing) return 0;
-    CUDA_CHECK_RET(cudaEventRecord(p->ev[3 * CP_MAX_RANKS + 1], st));
-    CUDA_CHECK_RET(cudaEventSynchronize(p->ev[3 * CP_MAX_RANKS + 1]));
-    float x = 0, y = 0, z = 0;
-    CUDA_CHECK_RET(cudaEventElapsedTime(&x, p->ev[3 * CP_MAX_RANKS], p->ev[0]));
-    CUDA_CHECK_RET(cudaEventElapsedTime(&y, p->ev[0], p->ev[1]));
-    CUDA_CHECK_RET(cudaEventElapsedTime(&z, p->ev[1], p->ev[3 * CP_MAX_RANKS + 1]));
-    for (int s = 0; s < n; s++) p->step_c[s] = p->step_w[s] = 0;
-    p->step_c[0] = y;
-    p->t.compute_s += y * 1e-3;
-    p->t.collective_s += (x + z) * 1e-3;
-    p->timed = 1;
-    return 0;
-}
-
 extern "C" int cp_cuda_run_prefill(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q,
                                    void *out, float *lse) {
     if (!p || !c || !p->pf_planned || !k || !v || (p->rows > 0 && (!q || !out))) return LC_EINVAL;
     if (cp_comm_size(c) != p->n || cp_comm_rank(c) != p->rank) return LC_EINVAL;
-    if (p->anc_on) return run_anchor(p, c, k, v, q, out, lse);
+    if (p->anc_on) return cp_cuda__anchor_run(p, c, k, v, q, out, lse);
     if (p->pass_q) return run_pass_q(p, c, k, v, q, out, lse);
     const int n = p->n, r = p->rank, H = p->shape.n_heads, D = p->shape.head_dim;
     const int nxt = (r + 1) % n, prv = (r + n - 1) % n;

@@ -1,7 +1,8 @@
-// What the GPU ring's two halves share (cp_cuda.h): ring_cuda.cu has the plan,
-// the prefill rings and the timing, ring_cuda_decode.cu the sharded decode.
-// The plan object, the page gather, the LSE fold of one partial, the ring's
-// sum for the distributed selections.
+// What the GPU ring's parts share (cp_cuda.h): ring_cuda.cu has the plan,
+// the prefill rings and the timing, ring_cuda_decode.cu the sharded decode,
+// ring_cuda_anchor.cu AnchorAttention's all-to-alls. The plan object, the
+// page gather, the LSE fold of one partial, pass-Q's messages and merge, the
+// ring's sum for the distributed selections.
 #pragma once
 #include <cuda_bf16.h>
 #include <math.h>
@@ -12,6 +13,12 @@
 #include "attn/cp/cp_ring_map.h"
 #include "attn/cuda/plan.cuh"
 #include "ops/cuda/cuda_check.cuh"
+
+// A device allocation in a create function with a `fail:` label.
+#define CP_ALLOC(ptr, bytes)                                                                                           \
+    do {                                                                                                               \
+        if (cudaMalloc((void **)&(ptr), (bytes) ? (bytes) : 16) != cudaSuccess) goto fail;                             \
+    } while (0)
 
 namespace {
 
@@ -60,6 +67,33 @@ unsigned warp_blocks(int64_t warps) { return (unsigned)((warps + 7) / 8); } // 2
 struct SrcRows {
     int32_t r0[CP_MAX_RANKS];
 };
+
+// Pass-Q: the own rows from the partials every rank computed for them, in
+// rank order, one warp per (row, head). in holds N messages of msg_bytes:
+// o (rows, H, D) bf16 then lse (rows, H) f32.
+__global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t rows, int n_heads, int D,
+                                   const SrcRows src, int n_ranks, __nv_bfloat16 *out, float *lse_out) {
+    const int64_t rh = blockIdx.x * (int64_t)(blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (rh >= rows * n_heads) return;
+    const int64_t row = rh / n_heads;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float lr = -INFINITY;
+    for (int i = 0; i < n_ranks; i++) {
+        if (row < src.r0[i]) continue;
+        const uint8_t *m = in + (size_t)i * msg_bytes;
+        merge_part(acc, lr, (const __nv_bfloat16 *)m + rh * D,
+                   ((const float *)(m + (size_t)rows * n_heads * D * 2))[rh], lane, D);
+    }
+    for (int k = 0; k * 32 + lane < D; k++) out[rh * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
+    if (lse_out && lane == 0) lse_out[rh] = lr;
+}
+
+// A pass-Q message: the partials of rows rows, o then lse, padded to 256 bytes.
+size_t q_msg(int64_t rows, int n_heads, int D) {
+    return ((size_t)rows * n_heads * (2 * (size_t)D + sizeof(float)) + 255) / 256 * 256;
+}
+
 
 } // namespace
 
@@ -170,3 +204,13 @@ struct cp_cuda_plan {
     int timed;
     cp_timing_t t;
 };
+
+// AnchorAttention across the ranks (ring_cuda_anchor.cu): its buffers at
+// create (lim.max_anchor_rows > 0) and destroy, the slice's plan (checks,
+// the workspace made again for a smaller anchor_local; sets anc_on) and a
+// layer's run.
+int cp_cuda__anchor_create(cp_cuda_plan_t *p);
+void cp_cuda__anchor_destroy(cp_cuda_plan_t *p);
+int cp_cuda__anchor_plan(cp_cuda_plan_t *p, const cp_cuda_seq_t *seq, void *stream);
+int cp_cuda__anchor_run(cp_cuda_plan_t *p, cp_comm_t *c, const void *k, const void *v, const void *q, void *out,
+                        float *lse);
