@@ -13,11 +13,12 @@ noinst_PROGRAMS += tests/bench_attn
 tests_bench_attn_SOURCES = tests/bench_attn.c
 tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 
-# attn/cuda: dense paged prefill (sm_90a wgmma) and decode (split-K) kernels,
+# attn/cuda: dense paged prefill (sm_90a wgmma; mma.sync for head_dim 256 and sliding windows) and decode
+# (split-K) kernels,
 # Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda),
 # FlexPrefill's selection (flex.cu host, flex_kern.cu kernels; tests/gpu/check_flex_cuda).
-ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/decode.cu src/attn/cuda/quest.cu \
-	src/attn/cuda/flex.cu src/attn/cuda/flex_kern.cu
+ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/prefill_mma.cu src/attn/cuda/decode.cu \
+	src/attn/cuda/quest.cu src/attn/cuda/flex.cu src/attn/cuda/flex_kern.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h \
 	src/attn/cuda/flex_cuda.h src/attn/cuda/flex.cuh
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).

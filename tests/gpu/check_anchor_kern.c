@@ -305,7 +305,7 @@ START_TEST(test_rowmax) {
     uint32_t *mask = malloc(sizeof(uint32_t) * words);
     for (size_t i = 0; i < words; i++) mask[i] = (uint32_t)irand(1 << 16) | (uint32_t)irand(1 << 16) << 16;
     const int32_t mo[2] = {-1, 0};
-    const attn_cuda_batch_t b = {2, qi, ki, idx, kl, mo, NULL};
+    const attn_cuda_batch_t b = {2, qi, ki, idx, kl, mo, NULL, 0};
     const int rows = qi[2];
     float *qf;
     void *dq = make_q(&p[0], rows, &qf);

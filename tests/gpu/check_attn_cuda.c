@@ -66,11 +66,12 @@ typedef struct {
     // explicit query positions (attn_cuda.h q_pos0), used when has_qpos
     int has_qpos;
     int32_t q_pos0[16];
+    int window; // attn_cuda_batch_t's sliding window (0: none)
 } batch_t;
 
 /* Reference for sequence s, row by row in double: its rows at positions
- * q_pos0[s] + r (has_qpos) or kv_len - nq + r, each seeing keys 0 ..
- * min(position, kv_len - 1); a block-sparse sequence (mask_off >= 0) only
+ * q_pos0[s] + r (has_qpos) or kv_len - nq + r, each seeing keys 0 (with a
+ * window, position - window + 1) .. min(position, kv_len - 1); a block-sparse sequence (mask_off >= 0) only
  * the keys of its selected blocks and of its diagonal block (not that one
  * with mask_only; a row left with no key: out 0, lse -inf). */
 static void seq_ref(batch_t *b, int s) {
@@ -82,6 +83,7 @@ static void seq_ref(batch_t *b, int s) {
     double *w = malloc(sizeof(double) * len), *acc = malloc(sizeof(double) * D);
     for (int r = 0; r < nq; r++) {
         const int pos = pos0 + r, last = pos < len - 1 ? pos : len - 1, qb = pos / 128;
+        const int first = b->window > 0 && pos - b->window + 1 > 0 ? pos - b->window + 1 : 0;
         for (int h = 0; h < H; h++) {
             const uint32_t *row =
                 sparse ? b->mask + b->mask_off[s] + ((size_t)h * (n_kb - qb0) + qb - qb0) * words : NULL;
@@ -90,7 +92,7 @@ static void seq_ref(batch_t *b, int s) {
             for (int j = 0; j <= last; j++) {
                 const int kb = j / 128;
                 w[j] = NAN;
-                if (row && (kb == qb ? b->mask_only : !(row[kb / 32] >> (kb % 32) & 1u))) continue;
+                if (j < first || (row && (kb == qb ? b->mask_only : !(row[kb / 32] >> (kb % 32) & 1u)))) continue;
                 const float *k =
                     b->kf + b->kv_indices[b->kv_indptr[s] + j / ps] * page_elems + ((size_t)(h / G) * ps + j % ps) * D;
                 double d = 0;
@@ -266,7 +268,8 @@ static void run_gpu(const batch_t *b, int s0, int ns, int variant, int split_key
                             .kv_indices = b->kv_indices + b->kv_indptr[s0],
                             .kv_len = b->kv_len + s0,
                             .mask_off = b->mask ? b->mask_off + s0 : NULL,
-                            .q_pos0 = b->has_qpos ? b->q_pos0 + s0 : NULL};
+                            .q_pos0 = b->has_qpos ? b->q_pos0 + s0 : NULL,
+                            .window = b->window};
     size_t ws = 0;
     ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
     const int64_t rows = b->q_indptr[s0 + ns] - b->q_indptr[s0];
@@ -397,6 +400,18 @@ static void run_case(int H, int KH, int D, int ps, int decode, const seq_t *seqs
     batch_t b;
     batch_build(&b, H, KH, D, ps, decode, seqs, n, qmag);
     check_batch(&b, name, split_keys);
+    batch_free(&b);
+}
+
+/* A dense batch under a sliding window (the reference recomputed with it). */
+static void run_window_case(int H, int KH, int D, int ps, int decode, const seq_t *seqs, int n, int window,
+                            uint64_t seed, const char *name) {
+    rng = seed;
+    batch_t b;
+    batch_build(&b, H, KH, D, ps, decode, seqs, n, 1.5f);
+    b.window = window;
+    for (int s = 0; s < n; s++) seq_ref(&b, s);
+    check_batch(&b, name, 0);
     batch_free(&b);
 }
 
@@ -601,7 +616,41 @@ START_TEST(test_prefill_qpos_default) {
 }
 END_TEST
 
+/* head_dim 256 (Gemma 3: 4 heads on one KV head), the mma.sync kernel, dense and block-sparse */
+START_TEST(test_prefill_d256) {
+    const seq_t s[] = {{1, 1}, {70, 70}, {130, 3}, {200, 129}, {1000, 1000}, {2000, 77}, {300, 1}};
+    run_case(4, 1, 256, 64, 0, s, 7, 1.f, 0, 301, "prefill d256 g4 p64");
+    run_case(8, 4, 256, 128, 0, s, 7, 2.f, 0, 302, "prefill d256 g2 p128 peaky");
+    run_sparse_case(4, 1, 256, 64, s, 7, 0.3f, 303, "prefill sparse 0.3 d256 g4 p64");
+    run_sparse_case(4, 1, 256, 128, s, 7, 1.f, 304, "prefill sparse all bits d256 g4 p128");
+}
+END_TEST
+
+/* Sliding windows (Gemma 3's local layers): rows at the window's edge, chunks
+ * on prefixes longer than the window, windows shorter than a page and than a
+ * stage; 256 dims, and 128 and 64 (the same kernel, a windowed plan). */
+START_TEST(test_prefill_window) {
+    const seq_t s[] = {{1000, 1000}, {600, 1}, {2000, 77}, {130, 130}, {700, 300}, {512, 512}, {513, 2}};
+    run_window_case(4, 1, 256, 64, 0, s, 7, 512, 311, "prefill window 512 d256 g4 p64");
+    run_window_case(4, 1, 256, 64, 0, s, 7, 96, 312, "prefill window 96 d256 g4 p64");
+    run_window_case(8, 2, 128, 128, 0, s, 7, 100, 313, "prefill window 100 d128 g4 p128");
+    run_window_case(4, 4, 64, 64, 0, s, 7, 33, 314, "prefill window 33 d64 g1 p64");
+    run_window_case(4, 1, 256, 64, 0, s, 7, 5000, 315, "prefill window 5000 (all) d256 g4 p64");
+}
+END_TEST
+
 /* ---- decode -------------------------------------------------------------------------- */
+/* head_dim 256, dense and windowed; windows at 128 dims too */
+START_TEST(test_decode_d256_window) {
+    const seq_t s[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}, {5000, 1}, {513, 1}, {40000, 1}};
+    run_case(4, 1, 256, 64, 1, s, 7, 1.f, 0, 321, "decode d256 g4 p64");
+    run_case(8, 1, 256, 128, 1, s, 7, 2.f, 64, 322, "decode d256 g8 p128 split64");
+    run_window_case(4, 1, 256, 64, 1, s, 7, 512, 323, "decode window 512 d256 g4 p64");
+    run_window_case(4, 1, 256, 64, 1, s, 7, 96, 324, "decode window 96 d256 g4 p64");
+    run_window_case(8, 2, 128, 128, 1, s, 7, 1000, 325, "decode window 1000 d128 g4 p128");
+}
+END_TEST
+
 START_TEST(test_decode_small) {
     const seq_t s[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}};
     run_case(4, 2, 128, 64, 1, s, 4, 1.f, 64, 61, "decode small d128 g2 p64 split64");
@@ -734,11 +783,14 @@ static Suite *attn_cuda_suite(void) {
     tcase_add_test(prefill, test_prefill_sparse);
     tcase_add_test(prefill, test_prefill_qpos_default);
     tcase_add_test(prefill, test_prefill_qpos);
+    tcase_add_test(prefill, test_prefill_d256);
+    tcase_add_test(prefill, test_prefill_window);
     suite_add_tcase(s, prefill);
     TCase *decode = tcase_create("decode");
     tcase_add_test(decode, test_decode_d128_g4);
     tcase_add_test(decode, test_decode_groups);
     tcase_add_test(decode, test_decode_many_splits);
+    tcase_add_test(decode, test_decode_d256_window);
     suite_add_tcase(s, decode);
     return s;
 }

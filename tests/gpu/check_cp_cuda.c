@@ -361,7 +361,7 @@ static void ref_prefill(const world_t *w, uint16_t *out, float *lse) {
     attn_cuda_plan_t *p = NULL;
     ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &lim, &p), 0);
     int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end};
-    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL, 0};
     ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, NULL), 0);
     const size_t qn = (size_t)w->n_tok * w->H * w->D;
     void *dq, *dout, *dlse;
@@ -555,7 +555,7 @@ static void ref_flex(const world_t *w, const attn_cuda_flex_policy_t *pol, uint1
     ck_assert_int_eq(attn_cuda_flex_create(&sh, 1, w->n_tok, w->end, &f), 0);
     int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end}, mo[1] = {0};
     const uint8_t sel[1] = {1};
-    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, mo, NULL};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, mo, NULL, 0};
     size_t words = 0;
     ck_assert_int_eq(attn_cuda_flex_plan(f, &bt, sel, pol, mo, &words, NULL), 0);
     ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, NULL), 0);
@@ -646,7 +646,7 @@ static void ref_anchor(const world_t *w, const attn_cuda_anchor_policy_t *pol, u
     ck_assert_int_eq(attn_cuda_anchor_create(&sh, 1, w->n_tok, w->end, pol->anchor_local, &a), 0);
     int32_t qi[2] = {0, (int32_t)w->n_tok}, ki[2] = {0, (int32_t)w->nb}, kl[1] = {(int32_t)w->end};
     const uint8_t sel[1] = {1};
-    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL};
+    attn_cuda_batch_t bt = {1, qi, ki, w->blocks, kl, NULL, NULL, 0};
     ck_assert_int_eq(attn_cuda_anchor_plan(a, &bt, sel, pol, NULL), 0);
     const size_t qn = (size_t)w->n_tok * w->H * w->D;
     void *dq, *dout, *dlse;
@@ -1009,7 +1009,7 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_cuda_limits_t lim = {DS, 0, nb, 0};
         attn_quest_plan_t *qp = NULL;
         ck_assert_int_eq(attn_quest_plan_create(&qsh, &lim, &qp), 0);
-        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL, 0};
         size_t ws = 0;
         ck_assert_int_eq(attn_quest_plan(qp, &bt, budget, NULL, &ws), 0);
         ref_buf_t rb = ref_alloc(qn, DS * H, ws);
@@ -1024,7 +1024,7 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_cuda_limits_t lim = {DS, 0, nb, 0};
         attn_cuda_plan_t *p = NULL;
         ck_assert_int_eq(attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &lim, &p), 0);
-        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL, 0};
         size_t ws = 0;
         ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
         ref_buf_t rb = ref_alloc(qn, DS * H, ws);
@@ -1045,7 +1045,7 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         attn_tidal_limits_t tl = {DS, nb, tidal, 0};
         attn_tidal_plan_t *tp = NULL;
         ck_assert_int_eq(attn_tidal_plan_create(&qsh, &tl, &tp), 0);
-        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL};
+        attn_cuda_batch_t bt = {DS, NULL, w.indptr, w.blocks, w.kv_len, NULL, NULL, 0};
         size_t ws = 0;
         ck_assert_int_eq(attn_tidal_plan(tp, &bt, tb, NULL, &ws), 0);
         ref_buf_t rb = ref_alloc(qn, DS * H, ws);

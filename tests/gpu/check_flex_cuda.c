@@ -909,6 +909,15 @@ START_TEST(test_d64) {
 }
 END_TEST
 
+/* head_dim 256 (Gemma 3's global layers: 4 heads on one KV head) */
+START_TEST(test_d256) {
+    const fseq_t s[3] = {
+        {4097, 2000, P(0.9f, 0.1f, 256, 512)}, {4500, 4500, P(0.95f, 0.f, 1024, 0)}, {3000, 129, P(0.9f, 1.f, 256, 0)}};
+    check_case(4, 1, 256, 64, s, 3, 43, "d256 g4 p64", NULL);
+    check_case(8, 4, 256, 128, s, 3, 44, "d256 g2 p128", NULL);
+}
+END_TEST
+
 START_TEST(test_long) {
     // ~20K keys, GQA group 8: many tiles per head, radix levels over long arrays
     const fseq_t s[2] = {{20001, 20001, P(0.9f, 0.1f, 1024, 0)}, {19000, 3000, P(0.95f, 0.1f, 256, 4096)}};
@@ -1079,6 +1088,7 @@ static Suite *flex_suite(void) {
     tcase_add_test(full, test_branches);
     tcase_add_test(full, test_prefix_chunks);
     tcase_add_test(full, test_d64);
+    tcase_add_test(full, test_d256);
     tcase_add_test(full, test_long);
     tcase_add_test(full, test_prompt_end);
     suite_add_tcase(s, full);

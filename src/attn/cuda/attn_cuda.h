@@ -66,7 +66,7 @@ extern "C" {
 typedef struct {
     int n_heads;          // query heads (GQA: a multiple of n_kv_heads; n_heads/n_kv_heads <= 16 for decode)
     int n_kv_heads;       // key/value heads
-    int head_dim;         // 64 or 128
+    int head_dim;         // 64, 128 or 256 (256: dense only, on the mma.sync prefill kernel; no sparse method)
     int page_size;        // tokens per page: 64 or 128
     int64_t n_pool_pages; // pages in one layer's K (and V) pool
     float scale;          // score scale, usually 1/sqrt(head_dim)
@@ -90,6 +90,11 @@ typedef struct {
     const int32_t *kv_len;     // (n_seqs)
     const int32_t *mask_off;   // (n_seqs) prefill: word offset of s's block mask, -1 dense; NULL: all dense
     const int32_t *q_pos0;     // (n_seqs) prefill: position of s's first query row; NULL: kv_len - nq (above)
+    /* > 0: a sliding window (Gemma 3's local layers): a row at position t
+     * sees keys t - window < j <= t only (prefill: with q_pos0, in the view's
+     * positions); the plan visits only the pages a row can see. Dense only
+     * (no mask_off); prefill runs it on the mma.sync kernel. 0: none. */
+    int window;
 } attn_cuda_batch_t;
 
 /* uint32 words of one sequence's block mask (all heads) for a prefill chunk

@@ -11,6 +11,9 @@
 // with an online softmax per warp. The four warps' partials combine in shared
 // memory in a fixed order.
 //
+// A sliding window (the plan's) starts chunk 0 at the 64-key stage of the
+// window's first key (seq_info.w) and masks the keys before it.
+//
 // A sequence with one chunk writes its output directly. Otherwise each chunk
 // writes (O, LSE) to the workspace; the last chunk of a (sequence, kv head) to
 // finish (an arrival counter in the plan, reset by that CTA) merges them in
@@ -33,7 +36,7 @@ struct DecodeParams {
     const int32_t *kv_indices; // page ids
     const int32_t *kv_len;     // (n_seqs)
     const int4 *items;         // (n_items) {seq, kv head, chunk, chunk_keys}
-    const int4 *seq_info;      // (n_seqs) {chunk_keys, n_chunks, first partial, 0}
+    const int4 *seq_info;      // (n_seqs) {chunk_keys, n_chunks, first partial, first key of chunk 0}
     const __nv_bfloat16 *q;    // (n_seqs, n_heads, D)
     __nv_bfloat16 *out;        // (n_seqs, n_heads, D)
     float *lse;                // (n_seqs, n_heads) or NULL
@@ -41,6 +44,7 @@ struct DecodeParams {
     float *ws_lse;             // (n_partials, group) base-2 LSE of the scaled scores of each chunk
     int *counters;             // (n_seqs, n_kv_heads) chunks finished, back to 0 after the merge
     int n_heads, n_kv_heads, group, page_size;
+    int window; // > 0: the query at kv_len - 1 sees keys from kv_len - window on
     float scale_log2;
 };
 
@@ -61,13 +65,9 @@ template <int D> struct DecodeSmem {
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
-// Keeps the bf16 halves of a (key k, key k+1) pair whose key is below nv.
-__device__ __forceinline__ uint32_t keep_keys(uint32_t v, int k, int nv) {
-    return v & ((k < nv ? 0x0000FFFFu : 0u) | (k + 1 < nv ? 0xFFFF0000u : 0u));
-}
-
+// Two CTAs an SM up to 128 dims; at 256 one (the stages and a 256-dim O).
 template <int D>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     decode_kernel(const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
                   const DecodeParams p) {
     using L = DecodeSmem<D>;
@@ -85,7 +85,8 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int4 si = p.seq_info[seq];
     const int chunk_keys = si.x, n_chunks = si.y;
     const int kv_len = p.kv_len[seq];
-    const int key_begin = chunk * chunk_keys, key_end = min(kv_len, key_begin + chunk_keys);
+    const int key_begin = si.w + chunk * chunk_keys, key_end = min(kv_len, key_begin + chunk_keys);
+    const int key_lo = p.window > 0 ? kv_len - p.window : 0; // keys below it are masked
     const int n_stages = (key_end - key_begin + kStageKeys - 1) / kStageKeys;
     const int G = p.group;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -147,8 +148,9 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int i = 0; i < n_stages; i++) {
         const int st = i % kStages;
         mbar_wait(&full[st], (i / kStages) & 1);
-        const int nv = key_end - (key_begin + i * kStageKeys + 16 * warp); // valid keys of this warp's 16
-        if (nv > 0) {
+        const int k0 = key_begin + i * kStageKeys + 16 * warp;
+        const int nv = key_end - k0, nlo = key_lo - k0; // valid keys of this warp's 16: [nlo, nv)
+        if (nv > 0 && nlo < 16 && nlo < nv) {
             // S (16 heads x 16 keys) = Q K^T; matrices: keys 0-7/8-15 (mat/2) x dims +0/+8 (mat%2)
             float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             const uint32_t kb = smem_u32(sK + st * L::kKV);
@@ -161,19 +163,21 @@ __global__ void __launch_bounds__(kThreads, 2)
                 mma_bf16_16816(s[1], qa[kk], r[2], r[3]);
             }
             // s[n][0..1]: head g_a, keys 8n+qd+{0,1}; s[n][2..3]: head g_b
-            if (nv < 16)
+            if (nv < 16 || nlo > 0)
 #pragma unroll
                 for (int n = 0; n < 2; n++)
 #pragma unroll
-                    for (int e = 0; e < 4; e++)
-                        if (8 * n + qd + (e & 1) >= nv) s[n][e] = -INFINITY;
+                    for (int e = 0; e < 4; e++) {
+                        const int k = 8 * n + qd + (e & 1);
+                        if (k >= nv || k < nlo) s[n][e] = -INFINITY;
+                    }
             float mx_a = fmaxf(m_a, fmaxf(fmaxf(s[0][0], s[0][1]), fmaxf(s[1][0], s[1][1])));
             float mx_b = fmaxf(m_b, fmaxf(fmaxf(s[0][2], s[0][3]), fmaxf(s[1][2], s[1][3])));
             mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
             mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
             mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
             mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-            // a warp's keys are never all masked (nv > 0), so the max is finite
+            // a warp's keys are never all masked (nlo < nv), so the max is finite
             const float sc_a = fast_exp2((m_a - mx_a) * sl2), sc_b = fast_exp2((m_b - mx_b) * sl2);
             const float base_a = mx_a * sl2, base_b = mx_b * sl2;
             m_a = mx_a;
@@ -363,7 +367,7 @@ int launch_decode(const CUtensorMap &mk, const CUtensorMap &mv, const DecodePara
 
 int attn_cuda_decode_init(void) {
     int rc;
-    if ((rc = set_smem<64>()) || (rc = set_smem<128>())) return rc;
+    if ((rc = set_smem<64>()) || (rc = set_smem<128>()) || (rc = set_smem<256>())) return rc;
     return 0;
 }
 
@@ -393,7 +397,9 @@ int attn_cuda_decode_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a
     dp.n_kv_heads = p->shape.n_kv_heads;
     dp.group = G;
     dp.page_size = p->shape.page_size;
+    dp.window = p->window;
     dp.scale_log2 = p->shape.scale * 1.4426950408889634f;
+    if (D == 256) return launch_decode<256>(mk, mv, dp, p->n_items, stream);
     if (D == 128) return launch_decode<128>(mk, mv, dp, p->n_items, stream);
     return launch_decode<64>(mk, mv, dp, p->n_items, stream);
 }

@@ -72,7 +72,7 @@ size_t attn_cuda_flex_mask_words(int n_q, int kv_len, int n_heads);
 
 typedef struct attn_cuda_flex attn_cuda_flex_t;
 
-/* shape: attn_cuda.h's (head_dim 64 or 128, page_size 64 or 128). Capacities:
+/* shape: attn_cuda.h's (head_dim 64, 128 or 256, page_size 64 or 128). Capacities:
  * max_seqs sequences and max_q_rows rows per step, max_kv_len keys per
  * sequence; the workspace is sized from them here (LC_ENOMEM, LC_EDEVICE),
  * LC_EUNSUPPORTED for a shape beyond the kernels, LC_ERANGE for limits whose

@@ -34,9 +34,11 @@ constexpr int kB = kFlexBlock;
 constexpr int kP = kB + 1; // pitch of the shared tiles (conflict-free columns)
 constexpr int kSelThreads = 1024;
 constexpr int kScoreThreads = 256;
-// score_kernel: the staged bf16 rows and keys (head_dim <= 128, pitch + 8), then S in their place
-constexpr size_t kScoreSmem = 2 * kB * (128 + 8) * 2 > sizeof(float) * kB *kP ? 2 * kB *(128 + 8) * 2
-                                                                              : sizeof(float) * kB *kP;
+constexpr int kMaxD = 256; // head_dim 64, 128 or 256
+// score_kernel: the staged bf16 rows and keys (pitch head_dim + 8), then S in their place
+constexpr size_t score_smem(int D) {
+    return 2 * kB * (D + 8) * 2 > sizeof(float) * kB * kP ? 2 * kB * (D + 8) * 2 : sizeof(float) * kB * kP;
+}
 constexpr double kFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
 
 // Order-preserving key of a float (larger value, larger key; -0 as +0).
@@ -237,7 +239,7 @@ template <bool MAX> __device__ double block_reduce(double v, double *red) {
 // grid H, block 256: ahat = softmax over blocks of mean(rep q) . block mean
 // key (double), atrue = vertical mass per block; JS distance against tau.
 __global__ void diverge_kernel(const FlexParams p) {
-    __shared__ double s_qm[128], red[32];
+    __shared__ double s_qm[kMaxD], red[32];
     const int h = blockIdx.x, kh = h / p.G, tid = threadIdx.x;
     if (tid < p.D) {
         double a = 0;
@@ -294,7 +296,7 @@ __global__ void qpool_kernel(const FlexParams p) {
 // over kb of pooled q . pooled k, / n_qb (flex_query_aware's arithmetic);
 // kb > qb: 0.
 __global__ void cells_kernel(const FlexParams p) {
-    __shared__ float s_qp[128];
+    __shared__ float s_qp[kMaxD];
     __shared__ double red[32];
     const int i = blockIdx.x, h = blockIdx.y, kh = h / p.G, tid = threadIdx.x, qb = p.qb0 + i;
     if (p.branch[h] != 1) return;
@@ -595,9 +597,9 @@ __global__ void dist_cast_kernel(const FlexParams p) {
 /* ---- launchers ------------------------------------------------------------------------ */
 
 int attn_flex_kern_init(void) {
-    if (cudaFuncSetAttribute(score_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kScoreSmem) !=
+    if (cudaFuncSetAttribute(score_kernel<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)score_smem(kMaxD)) !=
             cudaSuccess ||
-        cudaFuncSetAttribute(score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kScoreSmem) !=
+        cudaFuncSetAttribute(score_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)score_smem(kMaxD)) !=
             cudaSuccess)
         return LC_EDEVICE;
     return 0;
@@ -624,9 +626,9 @@ static void launch_rest(const FlexParams &p, cudaStream_t st) {
 int attn_flex_select_launch(const FlexParams &p, cudaStream_t st) {
     const int H = p.H, KH = p.KH, D = p.D;
     rep_prep_kernel<<<dim3(kB, H), D, 0, st>>>(p);
-    score_kernel<0><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
+    score_kernel<0><<<dim3(p.n_kb, H), kScoreThreads, score_smem(p.D), st>>>(p);
     merge_ml_kernel<<<H, kB, 0, st>>>(p);
-    score_kernel<1><<<dim3(p.n_kb, H), kScoreThreads, kScoreSmem, st>>>(p);
+    score_kernel<1><<<dim3(p.n_kb, H), kScoreThreads, score_smem(p.D), st>>>(p);
     kpool_kernel<<<dim3(p.n_kb, KH), D, 0, st>>>(p);
     launch_rest(p, st);
     CUDA_CHECK_RET(cudaGetLastError());
@@ -640,12 +642,12 @@ int attn_flex_dist_launch(const FlexParams &p, int phase, cudaStream_t st) {
     case 1:
         dist_cast_kernel<<<64, 256, 0, st>>>(p);
         rep_prep_kernel<<<dim3(kB, H), D, 0, st>>>(p);
-        if (p.n_tiles > 0) score_kernel<0><<<dim3(p.n_tiles, H), kScoreThreads, kScoreSmem, st>>>(p);
+        if (p.n_tiles > 0) score_kernel<0><<<dim3(p.n_tiles, H), kScoreThreads, score_smem(p.D), st>>>(p);
         break;
     case 2:
         merge_ml_kernel<<<H, kB, 0, st>>>(p);
         if (p.n_tiles > 0) {
-            score_kernel<1><<<dim3(p.n_tiles, H), kScoreThreads, kScoreSmem, st>>>(p);
+            score_kernel<1><<<dim3(p.n_tiles, H), kScoreThreads, score_smem(p.D), st>>>(p);
             kpool_kernel<<<dim3(p.n_tiles, KH), D, 0, st>>>(p);
         }
         qpool_kernel<<<dim3(p.n_qb, H), D, 0, st>>>(p);

@@ -47,6 +47,10 @@ int check_batch(const attn_cuda_plan_t *p, const attn_cuda_batch_t *b) {
     if (n < 0 || !b->kv_indptr || !b->kv_len || (n > 0 && !b->kv_indices && b->kv_indptr[n] > 0)) return LC_EINVAL;
     if (n > p->lim.max_seqs) return LC_ERANGE;
     if (p->kind == ATTN_CUDA_PREFILL ? !b->q_indptr : b->q_pos0 != nullptr) return LC_EINVAL;
+    if (b->window < 0) return LC_EINVAL;
+    if (b->window > 0 && b->mask_off)
+        for (int s = 0; s < n; s++)
+            if (b->mask_off[s] >= 0) return LC_EINVAL; // a window is dense
     if (b->kv_indptr[0] != 0 || (p->kind == ATTN_CUDA_PREFILL && b->q_indptr[0] != 0)) return LC_EINVAL;
     const int ps = p->shape.page_size;
     for (int s = 0; s < n; s++) {
@@ -114,7 +118,8 @@ extern "C" int attn_cuda_plan_create(const attn_cuda_shape_t *shape, attn_cuda_k
         lim->split_keys < 0 || lim->split_keys % ATTN_KV_BOX != 0 || lim->max_pages > INT32_MAX ||
         lim->max_q_rows > INT32_MAX)
         return LC_EINVAL;
-    if ((shape->head_dim != 64 && shape->head_dim != 128) || (shape->page_size != 64 && shape->page_size != 128))
+    if ((shape->head_dim != 64 && shape->head_dim != 128 && shape->head_dim != 256) ||
+        (shape->page_size != 64 && shape->page_size != 128))
         return LC_EUNSUPPORTED;
     if (kind == ATTN_CUDA_DECODE && shape->n_heads / shape->n_kv_heads > 16) return LC_EUNSUPPORTED;
     // Pool rows are addressed with 32-bit TMA coordinates.
@@ -162,6 +167,7 @@ extern "C" int attn_cuda_plan_create(const attn_cuda_shape_t *shape, attn_cuda_k
     }
     p->encode = (attn_encode_tiled_fn)fn;
     if ((rc = kind == ATTN_CUDA_PREFILL ? attn_cuda_prefill_init() : attn_cuda_decode_init())) goto fail;
+    if (kind == ATTN_CUDA_PREFILL && (rc = attn_cuda_prefill_mma_init())) goto fail;
     rc = LC_ENOMEM;
     if (cudaMallocHost((void **)&p->h_arena, p->arena_ints * sizeof(int32_t)) != cudaSuccess) goto fail;
     if (cudaMalloc((void **)&p->d_arena, p->arena_ints * sizeof(int32_t)) != cudaSuccess) goto fail;
@@ -247,7 +253,9 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
                 const int room = kPrefillBM - (pos0 + row0) % kPrefillBM;
                 const int rows = nq - row0 < room ? nq - row0 : room;
                 const int last = pos0 + row0 + rows - 1 < len - 1 ? pos0 + row0 + rows - 1 : len - 1;
-                const int tiles = last / kPrefillBN + 1;
+                // with a window, from the tile of the first row's first key
+                const int first = b->window > 0 && pos0 + row0 - b->window + 1 > 0 ? pos0 + row0 - b->window + 1 : 0;
+                const int tiles = last >= first ? last / kPrefillBN - first / kPrefillBN + 1 : 0;
                 for (int hd = 0; hd < p->shape.n_heads; hd++, n_items++) {
                     int32_t *it = items + 4 * n_items;
                     it[0] = s;
@@ -264,12 +272,15 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
         // Sequences with larger chunks (the long ones) first; within, (kv head, chunk) order.
         int32_t *info = h + p->off_seq_info;
         for (int s = 0; s < n; s++) {
-            const int ck = decode_chunk_keys(p->split_keys, p->max_splits, b->kv_len[s]);
-            const int nc = (b->kv_len[s] + ck - 1) / ck;
+            // with a window, the chunks start at the stage of its first key
+            const int lo = b->window > 0 && b->kv_len[s] > b->window ? b->kv_len[s] - b->window : 0;
+            const int base = lo / ATTN_KV_BOX * ATTN_KV_BOX, keys = b->kv_len[s] - base;
+            const int ck = decode_chunk_keys(p->split_keys, p->max_splits, keys);
+            const int nc = (keys + ck - 1) / ck;
             info[4 * s] = ck;
             info[4 * s + 1] = nc;
             info[4 * s + 2] = nc > 1 ? (int32_t)n_partials : 0;
-            info[4 * s + 3] = 0;
+            info[4 * s + 3] = base;
             if (nc > 1) n_partials += (int64_t)nc * p->shape.n_kv_heads;
         }
         if (n_partials > INT32_MAX) return LC_ERANGE;
@@ -306,6 +317,7 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
     CUDA_CHECK_RET(cudaEventRecord(p->uploaded, st));
     p->upload_pending = 1;
     p->n_seqs = n;
+    p->window = b->window;
     p->n_items = (int)n_items;
     p->n_partials = n_partials;
     p->ws_bytes = (size_t)n_partials * p->group * (p->shape.head_dim + 1) * sizeof(float);
@@ -343,13 +355,17 @@ extern "C" int attn_cuda_run(const attn_cuda_plan_t *p, const attn_cuda_args_t *
     return p->kind == ATTN_CUDA_PREFILL ? attn_cuda_prefill_launch(p, a, st) : attn_cuda_decode_launch(p, a, st);
 }
 
+// head_dim 256 has the mma.sync kernel alone (a windowed step at 64 or 128
+// dims takes it whatever the variant).
 extern "C" int attn_cuda_variant_count(const attn_cuda_plan_t *p) {
     if (!p) return 0;
+    if (p->kind == ATTN_CUDA_PREFILL && p->shape.head_dim == 256) return 1;
     return p->kind == ATTN_CUDA_PREFILL ? attn_cuda_prefill_variants() : attn_cuda_decode_variants();
 }
 
 extern "C" const char *attn_cuda_variant_name(const attn_cuda_plan_t *p, int variant) {
     if (!p) return NULL;
+    if (p->kind == ATTN_CUDA_PREFILL && p->shape.head_dim == 256) return variant == 0 ? "mma.sync" : NULL;
     return p->kind == ATTN_CUDA_PREFILL ? attn_cuda_prefill_variant_name(variant)
                                         : attn_cuda_decode_variant_name(variant);
 }

@@ -34,22 +34,6 @@ constexpr int kThreads = 384;                 // producer warpgroup + two consum
 [[maybe_unused]] constexpr int kBarVZero = 1; // named barriers: both consumers after zeroing V rows
 [[maybe_unused]] constexpr int kBarSched = 2; // 2, 3: consumer warpgroup 0, 1 may issue its GEMMs
 
-struct PrefillParams {
-    const int32_t *q_indptr;   // (n_seqs+1)
-    const int32_t *kv_indptr;  // (n_seqs+1)
-    const int32_t *kv_indices; // (kv_indptr[n_seqs]) page ids
-    const int32_t *kv_len;     // (n_seqs)
-    const int4 *items;         // (n_items) {seq, first row, head, kv tiles}
-    const int4 *seq_info;      // (n_seqs) {mask offset or -1, ...}
-    const uint32_t *mask;      // block masks, or NULL
-    __nv_bfloat16 *out;        // (rows, n_heads, D)
-    float *lse;                // (rows, n_heads) or NULL
-    float *rowmax;             // (rows, n_heads) or NULL: m in natural units (scale * q.k)
-    int n_heads, n_kv_heads, group, page_size;
-    int mask_only;    // block-sparse sequences: 1 the set bits only, not the diagonal block; 2 the diagonal
-                      // block only when set (attn_cuda_args_t)
-    float scale_log2; // scale * log2(e)
-};
 
 // Shared memory: operand tiles of R rows x D dims are stored as D/64 halves of
 // R rows x 128 bytes in the 128-byte swizzle, half h at h * R * 128.
@@ -64,23 +48,6 @@ template <int D> struct PrefillSmem {
 };
 
 #if LC_SM90A
-// Highest set bit of row at or below x (x >= 0 and such a bit exists).
-__device__ __forceinline__ int prev_set_bit(const uint32_t *row, int x) {
-    for (int w = x >> 5;; w--) {
-        uint32_t v = __ldg(row + w);
-        if (w == (x >> 5)) v &= (2u << (x & 31)) - 1u; // bits 0..x%32 (all of them for 31)
-        if (v || w == 0) return w * 32 + 31 - __clz(v);
-    }
-}
-
-// Set bits of row below x.
-__device__ __forceinline__ int count_bits_below(const uint32_t *row, int x) {
-    int c = 0;
-    for (int w = 0; w < (x >> 5); w++) c += __popc(__ldg(row + w));
-    if (x & 31) c += __popc(__ldg(row + (x >> 5)) & ((1u << (x & 31)) - 1u));
-    return c;
-}
-
 // Causal mask of one KV tile: keys past each row's position get -inf (a
 // select, so a NaN score of a stale slot is dropped too).
 template <int D> __device__ __forceinline__ void mask_tile(float (&s)[BN / 2], int lim_a, int lim_b, int qd) {
@@ -486,13 +453,7 @@ int attn_cuda_prefill_init(void) {
 int attn_cuda_prefill_variants(void) { return kNumVariants; }
 const char *attn_cuda_prefill_variant_name(int v) { return v >= 0 && v < kNumVariants ? kVariantNames[v] : NULL; }
 
-int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream) {
-    if (p->n_items == 0) return 0;
-    CUtensorMap mq, mk, mv;
-    int rc;
-    if ((rc = attn_cuda_map_q(p, a->q, &mq)) || (rc = attn_cuda_map_kv(p, a->k, &mk)) ||
-        (rc = attn_cuda_map_kv(p, a->v, &mv)))
-        return rc;
+PrefillParams attn_cuda_prefill_params(const attn_cuda_plan_t *p, const attn_cuda_args_t *a) {
     const int32_t *d = p->d_arena;
     PrefillParams pp;
     pp.q_indptr = d + p->off_q_indptr;
@@ -510,7 +471,20 @@ int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *
     pp.group = p->group;
     pp.page_size = p->shape.page_size;
     pp.mask_only = a->mask_only;
+    pp.window = p->window;
     pp.scale_log2 = p->shape.scale * 1.4426950408889634f;
+    return pp;
+}
+
+int attn_cuda_prefill_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream) {
+    if (p->shape.head_dim == 256 || p->window > 0) return attn_cuda_prefill_mma_launch(p, a, stream);
+    if (p->n_items == 0) return 0;
+    CUtensorMap mq, mk, mv;
+    int rc;
+    if ((rc = attn_cuda_map_q(p, a->q, &mq)) || (rc = attn_cuda_map_kv(p, a->k, &mk)) ||
+        (rc = attn_cuda_map_kv(p, a->v, &mv)))
+        return rc;
+    const PrefillParams pp = attn_cuda_prefill_params(p, a);
     if (p->shape.head_dim == 128) return launch_prefill<128>(a->variant, mq, mk, mv, pp, p->n_items, stream);
     return launch_prefill<64>(a->variant, mq, mk, mv, pp, p->n_items, stream);
 }

@@ -206,3 +206,27 @@ __device__ __forceinline__ float fast_exp2(float x) {
 }
 // Byte offset of 16-byte chunk c of row r in a 128-byte-swizzled tile.
 __device__ __forceinline__ uint32_t sw128(int r, int c) { return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// ---- block masks and key tails (the prefill and decode kernels) -------------------------
+// Highest set bit of a mask row at or below x (x >= 0 and such a bit exists).
+__device__ __forceinline__ int prev_set_bit(const uint32_t *row, int x) {
+    for (int w = x >> 5;; w--) {
+        uint32_t v = __ldg(row + w);
+        if (w == (x >> 5)) v &= (2u << (x & 31)) - 1u; // bits 0..x%32 (all of them for 31)
+        if (v || w == 0) return w * 32 + 31 - __clz(v);
+    }
+}
+
+// Set bits of a mask row below x.
+__device__ __forceinline__ int count_bits_below(const uint32_t *row, int x) {
+    int c = 0;
+    for (int w = 0; w < (x >> 5); w++) c += __popc(__ldg(row + w));
+    if (x & 31) c += __popc(__ldg(row + (x >> 5)) & ((1u << (x & 31)) - 1u));
+    return c;
+}
+
+// Keeps the bf16 halves of a (key k, key k+1) pair of V fragments whose key
+// is below nv (rows past kv_len may hold anything, NaN included).
+__device__ __forceinline__ uint32_t keep_keys(uint32_t v, int k, int nv) {
+    return v & ((k < nv ? 0x0000FFFFu : 0u) | (k + 1 < nv ? 0xFFFF0000u : 0u));
+}
