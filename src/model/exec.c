@@ -32,8 +32,11 @@ struct model_exec {
 
 #define CPU_BLOCK 16
 
-/* The CUDA executor runs llama-architecture models (exec_cuda.cu). */
-static int gpu_runs(const model_t *m) { return m->hp.arch_id == MODEL_ARCH_LLAMA; }
+/* The CUDA executor runs the llama and gemma3 architectures (exec_cuda.cu;
+ * Gemma 3 attends dense there so far). */
+static int gpu_runs(const model_t *m) {
+    return m->hp.arch_id == MODEL_ARCH_LLAMA || m->hp.arch_id == MODEL_ARCH_GEMMA3;
+}
 
 int model_exec_resolve(const model_t *m, const char *spec, int *index, char *err, size_t errlen) {
     if (!spec || !*spec) spec = "cpu";

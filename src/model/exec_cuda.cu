@@ -103,6 +103,12 @@ static int upload_weights(model_cuda_t *c) {
             (rc = upload_f32(L->attn_norm, (size_t)hp->n_embd, &G->attn_norm)) ||
             (rc = upload_f32(L->ffn_norm, (size_t)hp->n_embd, &G->ffn_norm)))
             goto done;
+        if (hp->qk_norm && ((rc = upload_f32(L->q_norm, (size_t)hp->head_dim, &G->q_norm)) ||
+                            (rc = upload_f32(L->k_norm, (size_t)hp->head_dim, &G->k_norm))))
+            goto done;
+        if (hp->post_norms && ((rc = upload_f32(L->post_attn_norm, (size_t)hp->n_embd, &G->post_attn_norm)) ||
+                               (rc = upload_f32(L->post_ffn_norm, (size_t)hp->n_embd, &G->post_ffn_norm))))
+            goto done;
     }
     {
         const ops_w_t *te[1] = {&m->tok_embd}, *ou[1] = {&m->output};
@@ -116,6 +122,13 @@ static int upload_weights(model_cuda_t *c) {
         c->n_table = m->rope.n_pos;
         if ((rc = upload_f32(m->rope.cos, (size_t)m->rope.n_pos * half, &c->rope_cos)) ||
             (rc = upload_f32(m->rope.sin, (size_t)m->rope.n_pos * half, &c->rope_sin)))
+            goto done;
+        if (m->rope_swa.cos && (m->rope_swa.n_pos != m->rope.n_pos || m->rope_swa.rot_dim != m->rope.rot_dim)) {
+            rc = LC_EINVAL; // one table size for both bases (model_load makes them so)
+            goto done;
+        }
+        if (m->rope_swa.cos && ((rc = upload_f32(m->rope_swa.cos, (size_t)m->rope.n_pos * half, &c->rope_swa_cos)) ||
+                                (rc = upload_f32(m->rope_swa.sin, (size_t)m->rope.n_pos * half, &c->rope_swa_sin))))
             goto done;
     }
     rc = 0;
@@ -139,6 +152,7 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMemset(c->att, 0, T * HD * sizeof(bf16_t))); // padding rows never see NaN
     CUDA_CHECK_RET(cudaMalloc((void **)&c->gu, T * 2 * F * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->h, T * F * sizeof(bf16_t)));
+    if (hp->post_norms) CUDA_CHECK_RET(cudaMalloc((void **)&c->proj, T * E * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->logits, (size_t)LOGIT_CHUNK * hp->n_vocab * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_idx, IX_N * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pos, T * sizeof(int64_t)));
@@ -239,6 +253,8 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     c->dec_lim = dl;
     rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
     if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan);
+    if (!rc && c->window) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan_w);
+    if (!rc && c->window) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan_w);
     if (rc) {
         snprintf(err, errlen,
                  "the GPU attention kernels do not support this model (%d heads, %d KV heads, head_dim %d, "
@@ -264,22 +280,43 @@ static void gemm_modes(const model_exec_opts_t *o, model_cuda_t *c) {
         c->pf_mode = OPS_GEMM_INVARIANT_SPLIT;
 }
 
+/* The sliding layers' window (one for all of them), 0 without them, -1
+ * (and the reason in err) for what the GPU executor does not run. */
+static int sliding_window(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen) {
+    const model_hparams_t *hp = &m->hp;
+    int w = 0;
+    for (int l = 0; l < hp->n_layers; l++) {
+        const int lw = hp->layer[l].window;
+        if (lw > 0 && w > 0 && lw != w) {
+            snprintf(err, errlen, "'%s': sliding layers with different windows (%d, %d) run on the CPU only", hp->name,
+                     w, lw);
+            return -1;
+        }
+        if (lw > 0) w = lw;
+    }
+    if (w > 0 && o->context_ranks > 1) {
+        snprintf(err, errlen,
+                 "parallel.context = %d: the GPU's context parallelism does not run sliding-window layers ('%s'); "
+                 "set parallel.context = 1",
+                 o->context_ranks, hp->name);
+        return -1;
+    }
+    return w;
+}
+
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
                                            size_t *block_bytes, char *devname, size_t devlen, char *err,
                                            size_t errlen) {
-    if (m->hp.arch_id != MODEL_ARCH_LLAMA) {
-        /* Gemma 3's QK-norm, post-norms, GeGLU, soft-capping and sliding
-         * layers run on the CPU executor only (so far). */
-        snprintf(err, errlen, "the CUDA executor runs llama-architecture models only; '%s' (%s) needs device=cpu",
-                 m->hp.name, m->hp.arch);
-        return NULL;
-    }
+    const int window = sliding_window(m, o, err, errlen);
+    if (window < 0) return NULL;
     model_cuda_t *c = (model_cuda_t *)calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     c->m = m;
+    c->window = window;
+    c->sparse_ok = window == 0 && (m->hp.head_dim == 64 || m->hp.head_dim == 128);
     c->device = device;
     c->max_tokens = o->max_batch_tokens;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;
@@ -350,14 +387,18 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
         for (int l = 0; l < c->m->hp.n_layers; l++) {
             layer_t *G = &c->layers[l];
             cudaFree(G->attn_norm), cudaFree(G->ffn_norm), cudaFree(G->wqkv), cudaFree(G->wo), cudaFree(G->wgu);
-            cudaFree(G->wdown);
+            cudaFree(G->wdown), cudaFree(G->q_norm), cudaFree(G->k_norm), cudaFree(G->post_attn_norm);
+            cudaFree(G->post_ffn_norm);
         }
     free(c->layers);
     if (c->output != c->tok_embd) cudaFree(c->output);
     cudaFree(c->tok_embd), cudaFree(c->out_norm), cudaFree(c->rope_cos), cudaFree(c->rope_sin);
+    cudaFree(c->rope_swa_cos), cudaFree(c->rope_swa_sin), cudaFree(c->proj);
     cudaFree(c->kv_mem), cudaFree(c->dec_ws);
     attn_cuda_plan_destroy(c->pf_plan);
     attn_cuda_plan_destroy(c->dec_plan);
+    attn_cuda_plan_destroy(c->pf_plan_w);
+    attn_cuda_plan_destroy(c->dec_plan_w);
     for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
     attn_cuda_flex_destroy(c->flex);
     attn_cuda_anchor_destroy(c->anc);

@@ -40,6 +40,9 @@ typedef struct {
     bf16_t *wo;                  // (n_embd, n_heads * head_dim)
     bf16_t *wgu;                 // (2 n_ff, n_embd): gate rows, then up
     bf16_t *wdown;               // (n_embd, n_ff)
+    /* Gemma 3 (NULL otherwise) */
+    float *q_norm, *k_norm;                // (head_dim) QK-norm
+    float *post_attn_norm, *post_ffn_norm; // (n_embd) on the block outputs, before the residual add
 } layer_t;
 
 struct model_cuda {
@@ -54,6 +57,7 @@ struct model_cuda {
     float *out_norm;            // (n_embd)
     float *rope_cos, *rope_sin; // (n_table, rot_dim / 2)
     int64_t n_table;
+    float *rope_swa_cos, *rope_swa_sin; // the sliding layers' base (Gemma 3), else NULL; n_table rows too
     /* KV store: per layer K and V, (n_pages, n_kv_heads, page_size, head_dim) bf16 */
     void *kv_mem;
     size_t layer_bytes; // one layer's K (or V): n_pages + 1 pages
@@ -62,6 +66,15 @@ struct model_cuda {
     int page_size;
     /* attention */
     attn_cuda_plan_t *pf_plan, *dec_plan;
+    /* Sliding-window layers (Gemma 3): their window (one for all of them; 0:
+     * none) and their plans, the same rows planned with it. The KV store
+     * keeps every position of every layer (one layer group). */
+    int window;
+    attn_cuda_plan_t *pf_plan_w, *dec_plan_w;
+    /* 1: every sparse method's kernels run this model (head_dim 64 or 128,
+     * no sliding layers); else FlexPrefill only (on the global layers), the
+     * other methods' slices dense (a warning once) */
+    int sparse_ok;
     void *dec_ws;
     size_t dec_ws_bytes;
     attn_cuda_shape_t shape;
@@ -118,6 +131,7 @@ struct model_cuda {
     float *qkv;      // (T, QKVD)
     bf16_t *q, *att; // (T, H d)
     float *gu;       // (T, 2F)
+    float *proj;     // (T, E) a block's output before its post-norm (Gemma 3), else NULL
     bf16_t *h;       // (T, F)
     float *logits;   // (LOGIT_CHUNK, V)
     /* the step's index arrays: device, and their pinned host twin */

@@ -16,15 +16,35 @@ static int grow_indices(model_cuda_t *c, size_t n) {
 }
 
 
+/* A slice's policy, or NULL. FlexPrefill runs every model (on Gemma 3's
+ * global layers); AnchorAttention, Quest and TidalDecode not yet head_dim
+ * 256 or sliding layers: such slices run dense (a warning once; the density
+ * reports what ran). */
+static const attn_policy_t *policy(const model_cuda_t *c, const model_seq_t *q) {
+    const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
+    if (!pol || c->sparse_ok) return pol;
+    if ((!q->generated && pol->prefill == ATTN_PREFILL_FLEX) || (q->generated && pol->decode == ATTN_DECODE_DENSE))
+        return pol;
+    if ((!q->generated && pol->prefill != ATTN_PREFILL_DENSE) || (q->generated && pol->decode != ATTN_DECODE_DENSE)) {
+        static int warned; // the engine thread's
+        if (!warned++)
+            LC_WARN("cuda: %s's kernels do not run %s (head_dim %d%s) yet: such requests attend dense on the GPU "
+                    "(device = cpu runs the method)",
+                    q->generated ? attn_decode_method_name(pol->decode) : attn_prefill_method_name(pol->prefill),
+                    c->m->hp.name, c->m->hp.head_dim, c->window ? ", sliding-window layers" : "");
+    }
+    return NULL;
+}
+
 /* The Quest policy of a slice of generated rows, or NULL (dense decode). */
-static const attn_policy_t *quest_policy(const model_seq_t *q) {
-    const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+static const attn_policy_t *quest_policy(const model_cuda_t *c, const model_seq_t *q) {
+    const attn_policy_t *pol = q->generated ? policy(c, q) : NULL;
     return pol && pol->decode == ATTN_DECODE_QUEST ? pol : NULL;
 }
 
 /* The TidalDecode policy of a slice of generated rows, or NULL. */
-static const attn_policy_t *tidal_policy(const model_seq_t *q) {
-    const attn_policy_t *pol = q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+static const attn_policy_t *tidal_policy(const model_cuda_t *c, const model_seq_t *q) {
+    const attn_policy_t *pol = q->generated ? policy(c, q) : NULL;
     return pol && pol->decode == ATTN_DECODE_TIDAL ? pol : NULL;
 }
 
@@ -53,8 +73,8 @@ const attn_policy_t *model_cuda__anchor_policy(const model_seq_t *q) {
 }
 
 /* The FlexPrefill policy of a prompt slice, or NULL (dense prefill). */
-static const attn_policy_t *flex_policy(const model_seq_t *q) {
-    const attn_policy_t *pol = !q->generated && q->attn ? attn_state_policy(q->attn) : NULL;
+static const attn_policy_t *flex_policy(const model_cuda_t *c, const model_seq_t *q) {
+    const attn_policy_t *pol = !q->generated ? policy(c, q) : NULL;
     return pol && pol->prefill == ATTN_PREFILL_FLEX ? pol : NULL;
 }
 
@@ -104,7 +124,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         pf_pages += (size_t)np;
         row += q->n_tok;
         c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
-        const attn_policy_t *fp = flex_policy(q), *ap = fp ? NULL : model_cuda__anchor_policy(q);
+        const attn_policy_t *fp = flex_policy(c, q), *ap = fp || !c->sparse_ok ? NULL : model_cuda__anchor_policy(q);
         const int e = st->n_pf_seqs;
         c->pf_flex[e] = fp != NULL;
         c->pf_anc[e] = ap != NULL;
@@ -148,7 +168,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
     for (int pass = 0; pass < 3; pass++)
         for (int s = 0; s < b->n_seqs; s++) {
             const model_seq_t *q = &b->seqs[s];
-            const attn_policy_t *pol = quest_policy(q), *tpol = tidal_policy(q);
+            const attn_policy_t *pol = quest_policy(c, q), *tpol = tidal_policy(c, q);
             if (!q->generated || model_cuda__cp_mode(c, s) || (pol ? 1 : tpol ? 2 : 0) != pass) continue;
             if (pass == 2 && !st->n_tidal) {
                 st->t_idx0 = pf_pages + dec_pages;
@@ -266,6 +286,22 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     memset(&a, 0, sizeof a);
     a.k = layer_k(c, l);
     a.v = layer_v(c, l);
+    if (hp->layer[l].window > 0) { // a sliding layer: every row dense over its window (no sparse slice here)
+        int rc = 0;
+        if (st->n_pf_seqs) {
+            a.q = c->q;
+            a.out = c->att;
+            rc = attn_cuda_run(c->pf_plan_w, &a, c->stream);
+        }
+        if (!rc && st->n_dec) {
+            a.q = c->q + (size_t)st->n_pf_rows * HD;
+            a.out = c->att + (size_t)st->n_pf_rows * HD;
+            a.workspace = c->dec_ws;
+            a.workspace_bytes = c->dec_ws_bytes;
+            rc = attn_cuda_run(c->dec_plan_w, &a, c->stream);
+        }
+        return rc;
+    }
     if (st->n_pf_seqs) {
         a.q = c->q;
         a.out = c->att;
@@ -315,7 +351,7 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
 /* Layer l's key summaries of the pages the step wrote (after its K/V are in
  * the pool, before any Quest row reads them). */
 static int summarize(model_cuda_t *c, const step_t *st, int l) {
-    if (!st->n_sum) return 0; // none listed: a rowwise step did it inside the pieces
+    if (!st->n_sum || !c->sparse_ok) return 0; // none listed: a rowwise step did it inside the pieces
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
                                 c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
 }
@@ -350,18 +386,24 @@ static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int rowwise, int l)
     qp.n_heads = hp->n_heads;
     qp.n_kv_heads = hp->n_kv_heads;
     qp.head_dim = hp->head_dim;
-    qp.rot_dim = c->m->rope.rot_dim;
+    const int swa = hp->layer[l].window > 0 && c->rope_swa_cos; // the sliding layers' RoPE base
+    const ops_rope_t *rope = swa ? &c->m->rope_swa : &c->m->rope;
+    qp.rot_dim = rope->rot_dim;
     qp.neox = hp->rope_neox;
     qp.n_table = c->n_table;
-    qp.freq_base = c->m->rope.freq_base;
-    qp.freq_scale = c->m->rope.freq_scale;
+    qp.freq_base = rope->freq_base;
+    qp.freq_scale = rope->freq_scale;
+    qp.q_norm = G->q_norm;
+    qp.k_norm = G->k_norm;
+    qp.norm_eps = hp->rms_eps;
     qp.q = c->q;
     qp.k_cache = layer_k(c, l);
     qp.v_cache = layer_v(c, l);
     qp.page_size = c->page_size;
     rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
-                           c->d_idx + IX_SLOT * c->max_tokens, c->rope_cos, c->rope_sin, &qp, c->stream);
-    if (rc || !rowwise) return rc;
+                           c->d_idx + IX_SLOT * c->max_tokens, swa ? c->rope_swa_cos : c->rope_cos,
+                           swa ? c->rope_swa_sin : c->rope_sin, &qp, c->stream);
+    if (rc || !rowwise || !c->sparse_ok) return rc; // (Quest's summaries: where Quest runs)
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_idx + IX_PAGE * c->max_tokens,
                                 c->d_idx + IX_PLEN * c->max_tokens, rows, c->kmin + (size_t)l * c->sum_floats,
                                 c->kmax + (size_t)l * c->sum_floats, c->stream);
@@ -373,11 +415,23 @@ static int layer_post(model_cuda_t *c, int rows, int pf_rows, int l) {
     const layer_t *G = &c->layers[l];
     const int E = hp->n_embd, F = hp->n_ff, HD = hp->n_heads * hp->head_dim;
     int rc;
-    if ((rc = gemm_rows(c, rows, pf_rows, E, HD, c->att, G->wo, c->x, 1, 1))) return rc;
+    /* the O and down projections add into the residual in their epilogue;
+     * with post-norms (Gemma 3) they go to proj, whose norm is added */
+    if (G->post_attn_norm) {
+        if ((rc = gemm_rows(c, rows, pf_rows, E, HD, c->att, G->wo, c->proj, 1, 0)) ||
+            (rc = ops_cuda_rmsnorm_add(c->x, c->proj, G->post_attn_norm, rows, E, hp->rms_eps, c->stream)))
+            return rc;
+    } else if ((rc = gemm_rows(c, rows, pf_rows, E, HD, c->att, G->wo, c->x, 1, 1))) {
+        return rc;
+    }
     if ((rc = ops_cuda_rmsnorm_bf16(c->x, NULL, G->ffn_norm, c->xb, rows, E, hp->rms_eps, c->stream))) return rc;
     if ((rc = gemm_rows(c, rows, pf_rows, 2 * F, E, c->xb, G->wgu, c->gu, 1, 0))) return rc;
-    if ((rc = ops_cuda_swiglu(c->gu, c->h, rows, F, c->stream))) return rc;
-    return gemm_rows(c, rows, pf_rows, E, F, c->h, G->wdown, c->x, 1, 1);
+    if ((rc = hp->ffn_geglu ? ops_cuda_geglu(c->gu, c->h, rows, F, c->stream)
+                            : ops_cuda_swiglu(c->gu, c->h, rows, F, c->stream)))
+        return rc;
+    if (!G->post_ffn_norm) return gemm_rows(c, rows, pf_rows, E, F, c->h, G->wdown, c->x, 1, 1);
+    if ((rc = gemm_rows(c, rows, pf_rows, E, F, c->h, G->wdown, c->proj, 1, 0))) return rc;
+    return ops_cuda_rmsnorm_add(c->x, c->proj, G->post_ffn_norm, rows, E, hp->rms_eps, c->stream);
 }
 
 /* Piece i of a step between attention calls: i = 0 embeds and runs layer
@@ -387,7 +441,8 @@ static int piece(model_cuda_t *c, int rows, int pf_rows, int rowwise, int i) {
     const model_hparams_t *hp = &c->m->hp;
     int rc = 0;
     if (i == 0)
-        rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, rows, hp->n_embd, 1.0f, c->x, c->stream);
+        rc = ops_cuda_embed(c->tok_embd, c->d_idx + IX_TOK * c->max_tokens, rows, hp->n_embd, hp->embd_scale, c->x,
+                            c->stream);
     else
         rc = layer_post(c, rows, pf_rows, i - 1);
     if (!rc && i < hp->n_layers) rc = layer_pre(c, rows, pf_rows, rowwise, i);
@@ -473,6 +528,8 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
         const int cnt = st->n_lrows - r0 < LOGIT_CHUNK ? st->n_lrows - r0 : LOGIT_CHUNK;
         int rc = ops_cuda_rmsnorm_bf16(c->x, d_lrows + r0, c->out_norm, c->xb, cnt, E, hp->rms_eps, c->stream);
         if (!rc) rc = ops_cuda_gemm_as(c->gemm, c->dec_mode, cnt, V, E, c->xb, c->output, c->logits, 1, 0, c->stream);
+        if (!rc && hp->final_softcap > 0)
+            rc = ops_cuda_softcap(c->logits, (size_t)cnt * V, hp->final_softcap, c->stream);
         if (!rc && n_argmax) rc = ops_cuda_argmax_rows(c->logits, cnt, V, c->d_argmax + r0, c->stream);
         if (!rc && n_draw)
             rc = ops_cuda_sample_rows(c->logits, cnt, V, c->d_invt + r0, c->d_u + r0, c->d_argmax + r0, c->stream);
@@ -519,7 +576,22 @@ static double tidal_computed(const model_cuda_t *c, int e) {
     return tok * hp->n_heads;
 }
 
-/* The density counters: dense rows computed every pair; a FlexPrefill slice
+/* Query-key pairs of rows at positions pos0 .. pos0 + n - 1 over the layers
+ * and heads: every earlier key on a global layer (with globals), a sliding
+ * layer's window (a row at p sees min(p + 1, window) keys). */
+static double dense_pairs(const model_cuda_t *c, int64_t pos0, int64_t n, int globals) {
+    const model_hparams_t *hp = &c->m->hp;
+    const double lo = (double)pos0 + 1, hi = (double)(pos0 + n); // keys of the first and last row
+    const double causal = 0.5 * (lo + hi) * (double)n, W = c->window;
+    double win = causal; // sum of min(a, W) over a = lo .. hi
+    if (W > 0 && hi > W) win = lo >= W ? W * (double)n : 0.5 * (lo + W) * (W - lo + 1) + W * (hi - W);
+    double pairs = 0;
+    for (int l = 0; l < hp->n_layers; l++) pairs += hp->layer[l].window > 0 ? win : globals ? causal : 0;
+    return pairs * hp->n_heads;
+}
+
+/* The density counters: dense rows computed every pair (a sliding layer its
+ * window's); a FlexPrefill slice
  * what its masks selected, an AnchorAttention slice what its windows, stripes
  * and own keys held (both counted on the GPU over the layers); a Quest row,
  * per layer, the pages its plan attended (the newest one partly); a
@@ -531,25 +603,26 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (model_cuda__cp_mode(c, s)) continue; // counted by model_cuda__cp_count
-        const int quest = quest_policy(q) != NULL;
+        const int quest = quest_policy(c, q) != NULL;
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
-        if (!q->generated) {
-            const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f]
+        const double dense = c->window ? dense_pairs(c, q->pos0, q->n_tok, 1) : all;
+        if (!q->generated) { // (FlexPrefill's pairs: the global layers'; the sliding layers' windows beside them)
+            const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f] + dense_pairs(c, q->pos0, q->n_tok, 0)
                                     : c->pf_anc[f] ? (double)c->h_pairs[c->max_seqs + 1 + f]
-                                                   : all;
+                                                   : dense;
             if (q->attn) attn_state_count(q->attn, 0, computed, all);
             f++;
             continue;
         }
-        if (!quest && tidal_policy(q)) {
+        if (!quest && tidal_policy(c, q)) {
             double computed = 0;
             for (int i = 0; i < q->n_tok; i++) computed += tidal_computed(c, t++);
             attn_state_count(q->attn, 1, computed, all);
             continue;
         }
         if (!quest) {
-            if (q->attn) attn_state_count(q->attn, q->generated, all, all);
+            if (q->attn) attn_state_count(q->attn, q->generated, dense, all);
             continue;
         }
         double computed = 0;

@@ -30,7 +30,8 @@ EXTRA_DIST += tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c
 if HAVE_CUDA
 if HAVE_CHECK
 noinst_PROGRAMS += tests/gpu/check_cuda
-tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tests/cp_exec_case.c tools/mkmodel.c tools/mkmodel_vocab.c
+tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tests/cp_exec_case.c tests/tinymodel.c \
+	tools/mkmodel.c tools/mkmodel_vocab.c
 tests_gpu_check_cuda_CFLAGS = $(CHECK_CFLAGS_ALL) -I$(top_srcdir)/tests
 tests_gpu_check_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(LC_LIBS) -lrt -lm
 endif

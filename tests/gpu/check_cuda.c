@@ -31,6 +31,7 @@
 #include "ops/ops.h"
 #include "scheduler/sched.h"
 #include "testutil.h"
+#include "tinymodel.h"
 #include "tools/mkmodel.h"
 
 void cuda_cp_add(TCase *tc); // check_cuda_cp.c
@@ -123,10 +124,58 @@ START_TEST(test_rmsnorm_embed_swiglu) {
 }
 END_TEST
 
-/* RoPE (both pairings, positions past the table), q to its permuted row, K and
- * V into shuffled pages of a poisoned cache. */
+/* Gemma 3's elementwise kernels against the CPU ops: GeGLU (tanh GELU), the
+ * post-norm added into the residual, logit soft-capping. */
+START_TEST(test_gemma_ops) {
+    const int n = 29, dim = 640, ff = 517;
+    float *gu = malloc(sizeof(float) * n * 2 * ff), *g = malloc(sizeof(float) * n * ff),
+          *u = malloc(sizeof(float) * n * ff);
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < ff; i++) {
+            g[r * ff + i] = gu[(size_t)r * 2 * ff + i] = frand() * 6.0f;
+            u[r * ff + i] = gu[(size_t)r * 2 * ff + ff + i] = frand() * 3.0f;
+        }
+    ops_geglu_tanh(g, u, (size_t)n * ff);
+    float *dgu = dev(gu, sizeof(float) * n * 2 * ff);
+    void *dh = dev(NULL, 2 * (size_t)n * ff);
+    ck_assert_int_eq(ops_cuda_geglu(dgu, dh, n, ff, NULL), 0);
+    uint16_t *h = malloc(2 * (size_t)n * ff);
+    back(h, dh, 2 * (size_t)n * ff);
+    for (int i = 0; i < n * ff; i++)
+        ck_assert_msg(fabsf(f32_of(h[i]) - g[i]) <= 4e-3f * fabsf(g[i]) + 1e-5f, "geglu [%d]: %g vs %g", i,
+                      f32_of(h[i]), g[i]);
+    /* x += rmsnorm(y) * w */
+    float *x = malloc(sizeof(float) * n * dim), *y = malloc(sizeof(float) * n * dim), *w = malloc(sizeof(float) * dim),
+          *ref = malloc(sizeof(float) * n * dim), *got = malloc(sizeof(float) * n * dim);
+    for (int i = 0; i < n * dim; i++) x[i] = frand() * 5.0f, y[i] = frand() * (i % 61 == 0 ? 100.0f : 3.0f);
+    for (int i = 0; i < dim; i++) w[i] = frand() + 1.0f;
+    ops_rmsnorm(ref, y, w, n, dim, 1e-6f);
+    for (int i = 0; i < n * dim; i++) ref[i] += x[i];
+    float *dx = dev(x, sizeof(float) * n * dim), *dy = dev(y, sizeof(float) * n * dim),
+          *dw = dev(w, sizeof(float) * dim);
+    ck_assert_int_eq(ops_cuda_rmsnorm_add(dx, dy, dw, n, dim, 1e-6f, NULL), 0);
+    back(got, dx, sizeof(float) * n * dim);
+    for (int i = 0; i < n * dim; i++)
+        ck_assert_msg(fabsf(got[i] - ref[i]) <= 1e-5f * (fabsf(ref[i]) + 1.0f), "rmsnorm_add [%d]: %g vs %g", i, got[i],
+                      ref[i]);
+    /* soft-capping, in place */
+    for (int i = 0; i < n * dim; i++) y[i] = frand() * 80.0f;
+    ck_assert_int_eq(cudaMemcpy(dy, y, sizeof(float) * n * dim, cudaMemcpyHostToDevice), cudaSuccess);
+    ck_assert_int_eq(ops_cuda_softcap(dy, (size_t)n * dim, 30.0f, NULL), 0);
+    ck_assert_int_eq(ops_cuda_softcap(dy, 4, 0.0f, NULL), LC_EINVAL);
+    back(got, dy, sizeof(float) * n * dim);
+    ops_softcap(y, (size_t)n * dim, 30.0f);
+    for (int i = 0; i < n * dim; i++) ck_assert(fabsf(got[i] - y[i]) <= 1e-5f * (fabsf(y[i]) + 1.0f));
+    cudaFree(dgu), cudaFree(dh), cudaFree(dx), cudaFree(dy), cudaFree(dw);
+    free(gu), free(g), free(u), free(h), free(x), free(y), free(w), free(ref), free(got);
+}
+END_TEST
+
+/* RoPE (both pairings, positions past the table; with QK-norm before it),
+ * q to its permuted row, K and V into shuffled pages of a poisoned cache. */
 START_TEST(test_qkv_post) {
-    for (int neox = 0; neox <= 1; neox++) {
+    for (int mode = 0; mode < 3; mode++) {
+        const int neox = mode % 2, qkn = mode == 2; // QK-norm: Gemma 3's NEOX halves
         const int H = 6, KH = 2, d = 64, rot = 48, P = 64, n_pages = 5, n = 11;
         const int QKVD = (H + 2 * KH) * d;
         ops_rope_t rope;
@@ -146,8 +195,15 @@ START_TEST(test_qkv_post) {
             memcpy(cq + (size_t)t * H * d, qkv + (size_t)t * QKVD, sizeof(float) * H * d);
             memcpy(ck + (size_t)t * KH * d, qkv + (size_t)t * QKVD + H * d, sizeof(float) * KH * d);
         }
+        float qw[64], kw[64];
+        for (int c = 0; c < d; c++) qw[c] = frand() + 1.0f, kw[c] = frand() + 1.0f;
+        if (qkn) {
+            ops_rmsnorm_heads(cq, qw, n, H, d, 1e-6f);
+            ops_rmsnorm_heads(ck, kw, n, KH, d, 1e-6f);
+        }
         ops_rope(&rope, cq, n, pos, H, d, neox);
         ops_rope(&rope, ck, n, pos, KH, d, neox);
+        float *dqw = dev(qw, sizeof qw), *dkw = dev(kw, sizeof kw);
         const size_t cache_elems = (size_t)n_pages * KH * P * d;
         uint16_t *poison = malloc(2 * cache_elems);
         for (size_t i = 0; i < cache_elems; i++) poison[i] = 0x7fc1; // NaN
@@ -158,7 +214,8 @@ START_TEST(test_qkv_post) {
               *dsin = dev(rope.sin, sizeof(float) * 100 * rot / 2);
         void *dq = dev(NULL, 2 * (size_t)n * H * d), *dk = dev(poison, 2 * cache_elems),
              *dv = dev(poison, 2 * cache_elems);
-        ops_cuda_qkv_t p = {H, KH, d, rot, neox, 100, 10000.0f, 1.0f, dq, dk, dv, P};
+        ops_cuda_qkv_t p = {H, KH, d, rot, neox, 100, 10000.0f, 1.0f, dq, dk, dv, P, NULL, NULL, 1e-6f};
+        if (qkn) p.q_norm = dqw, p.k_norm = dkw;
         ck_assert_int_eq(ops_cuda_qkv_post(dqkv, n, dpos, dperm, dpage, dslot, dcos, dsin, &p, NULL), 0);
         uint16_t *gq = malloc(2 * (size_t)n * H * d), *gk = malloc(2 * cache_elems), *gv = malloc(2 * cache_elems);
         back(gq, dq, 2 * (size_t)n * H * d);
@@ -181,7 +238,7 @@ START_TEST(test_qkv_post) {
         }
         ops_rope_fini(&rope);
         cudaFree(dqkv), cudaFree(dpos), cudaFree(dperm), cudaFree(dpage), cudaFree(dslot), cudaFree(dcos);
-        cudaFree(dsin), cudaFree(dq), cudaFree(dk), cudaFree(dv);
+        cudaFree(dsin), cudaFree(dq), cudaFree(dk), cudaFree(dv), cudaFree(dqw), cudaFree(dkw);
         free(qkv), free(cq), free(ck), free(poison), free(gq), free(gk), free(gv);
     }
 }
@@ -410,11 +467,32 @@ model_t *check_cuda_tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd)
     return m;
 }
 
-/* A tiny model through both executors (head_dim 64, then 128): a 150-token
- * prompt in uneven chunks and 20 generated rows; the GPU alone vs batched
- * bitwise. */
+/* A tiny Gemma 3 (tests/tinymodel.c): head_dim 256 on one KV head, layers 0
+ * and 1 sliding over 96 positions, layer 2 global, QK-norm, post-norms,
+ * GeGLU, scaled embeddings, logits soft-capped at 30. */
+static model_t *tiny_gemma(void) {
+    const tiny_opts_t o = {.name = "tiny-gemma3",
+                           .n_layers = 3,
+                           .n_embd = 512,
+                           .n_heads = 2,
+                           .n_kv_heads = 1,
+                           .n_ff = 1024,
+                           .n_ctx = 4096,
+                           .seed = 9,
+                           .qk_std = 2.0f,
+                           .window = 96,
+                           .swa_pattern = 3,
+                           .final_softcap = 30.0f};
+    return tiny_model_load(&o);
+}
+
+/* A tiny model through both executors (head_dim 64, then 128, then the tiny
+ * Gemma 3): a 150-token prompt in uneven chunks and 20 generated rows (past
+ * Gemma's window); the GPU alone vs batched bitwise. */
 START_TEST(test_tiny_executor) {
-    model_t *m = _i == 0 ? check_cuda_tiny(GGML_TYPE_F32, 4, 2, 256) : check_cuda_tiny(GGML_TYPE_Q8_0, 4, 1, 512);
+    model_t *m = _i == 0   ? check_cuda_tiny(GGML_TYPE_F32, 4, 2, 256)
+                 : _i == 1 ? check_cuda_tiny(GGML_TYPE_Q8_0, 4, 1, 512)
+                           : tiny_gemma();
     const int V = model_hparams(m)->n_vocab, N = 150, G = 20;
     int32_t tok[170];
     for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 13) % (unsigned)V);
@@ -634,6 +712,7 @@ static void drain(out_t *o) {
 static float g_temperature;  // the requests' temperature (0: greedy)
 static int g_quest;          // 1: the requests decode with Quest (a 128-token budget)
 static int g_flex;           // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
+static int g_no_prefix;      // 1: gpu_sched without the prefix cache
 static int g_tidal;          // 1: the requests decode with TidalDecode (a 96-token budget)
 static int g_anchor;         // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
 static float g_theta = 0.5f; // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
@@ -687,6 +766,7 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     c.max_batch_tokens = 512;
     c.prefill_chunk = 128;
     c.target_step_ms = -1;
+    c.enable_prefix_cache = !g_no_prefix;
     if (g_tidal) { // TidalDecode on the tiny model's 3 layers: layer 0 dense, 1 selects, 2 attends the selection
         c.attn_default.dense_layers = 0;
         c.attn_default.tidal_select_layer = 1;
@@ -725,6 +805,68 @@ static void alone_then_together(sched_t *s, const int32_t *const *prompts, const
 static int same_out(const out_t *a, const out_t *b) {
     return memcmp(a->toks, b->toks, sizeof a->toks) == 0 && memcmp(a->lp, b->lp, sizeof a->lp) == 0;
 }
+
+/* The tiny Gemma 3 through the scheduler on the GPU: requests alone and
+ * batched give the same bits; the prefill density counts the sliding
+ * layers' windows (2 of 3 layers at 96 positions: 0.6913 over a 300-token
+ * prompt). FlexPrefill runs on the global layer (its density at most
+ * dense's, above the windows' share); a Quest request attends dense there
+ * (its kernels do not take 256 dims yet), so it gives dense's bits. */
+START_TEST(test_sched_gemma) {
+    model_t *m = tiny_gemma();
+    const int V = model_hparams(m)->n_vocab, R = 3, n = 12;
+    static int32_t prompts[3][300];
+    const int lens[3] = {300, 97, 200};
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)((7919u * (i + 3) + 31u * r) % (unsigned)V);
+    const int32_t *pp[3] = {prompts[0], prompts[1], prompts[2]};
+    sched_t *s = gpu_sched(m, 0);
+    out_t alone[3], together[3];
+    alone_then_together(s, pp, lens, R, n, alone, together);
+    for (int r = 0; r < R; r++)
+        ck_assert_msg(same_out(&alone[r], &together[r]), "Gemma request %d: batched differs", r);
+    for (int r = 0; r < R; r++) sched_req_release(alone[r].r), sched_req_release(together[r].r);
+    sched_destroy(s);
+    g_no_prefix = 1; // each request computes its whole prompt (the densities below)
+    s = gpu_sched(m, 0);
+    g_no_prefix = 0;
+    out_t dense, flex, quest;
+    submit(s, &dense, prompts[0], 300, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_flex = 1;
+    submit(s, &flex, prompts[0], 300, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_flex = 0;
+    g_quest = 1;
+    submit(s, &quest, prompts[0], 300, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_quest = 0;
+    drain(&dense), drain(&flex), drain(&quest);
+    ck_assert(dense.done && flex.done && quest.done);
+    ck_assert_msg(same_out(&quest, &dense), "Gemma: a Quest request on the GPU differs from dense");
+    sched_usage_t ud, uf;
+    sched_req_usage(dense.r, &ud);
+    sched_req_usage(flex.r, &uf);
+    const double want = (45150.0 + 2 * (4656.0 + 96.0 * 204)) / (3 * 45150.0);
+    fprintf(stderr,
+            "check_cuda: tiny Gemma 3 on the GPU: prefill density %.4f dense, %.4f FlexPrefill (windows: %.4f)\n",
+            ud.prefill_density, uf.prefill_density, want);
+    ck_assert_msg(fabs(ud.prefill_density - want) < 1e-6, "dense prefill density %g, want %g", ud.prefill_density,
+                  want);
+    const double windows = 2 * (4656.0 + 96.0 * 204) / (3 * 45150.0); // the sliding layers' share
+    ck_assert_int_eq(uf.prefill_method, ATTN_PREFILL_FLEX);
+    ck_assert_msg(uf.prefill_density <= want + 1e-9 && uf.prefill_density > windows,
+                  "FlexPrefill prefill density %g (dense %g, the windows %g)", uf.prefill_density, want, windows);
+    sched_req_release(dense.r), sched_req_release(flex.r), sched_req_release(quest.r);
+    sched_destroy(s);
+    /* context parallelism does not take the sliding layers on the GPU: a clear refusal */
+    char err[256];
+    model_exec_opts_t o = {.device = "cuda:0", .max_batch_tokens = 64, .kv_blocks = 16, .context_ranks = 2};
+    ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
+    ck_assert_msg(strstr(err, "parallel.context") != NULL, "%s", err);
+    model_free(m);
+}
+END_TEST
 
 /* Greedy requests of different lengths, each alone and then all at once
  * (prompts chunked beside other requests' decodes), then all at once again
@@ -1011,16 +1153,18 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_rmsnorm_embed_swiglu);
     tcase_add_test(tc, test_qkv_post);
+    tcase_add_test(tc, test_gemma_ops);
     tcase_add_test(tc, test_argmax);
     tcase_add_test(tc, test_sample_rows);
     tcase_add_loop_test(tc, test_gemm, 0, 2);
-    tcase_add_loop_test(tc, test_tiny_executor, 0, 2);
+    tcase_add_loop_test(tc, test_tiny_executor, 0, 3);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
     tcase_add_test(tc, test_sched_quest_grow);
     tcase_add_test(tc, test_sched_tidal);
     tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
+    tcase_add_test(tc, test_sched_gemma);
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     cuda_cp_add(tc); // check_cuda_cp.c: context parallelism in the executor
     tcase_add_test(tc, test_device_lost);

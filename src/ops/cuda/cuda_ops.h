@@ -32,6 +32,10 @@ int ops_cuda_embed(const void *table, const int32_t *tok, int n, int dim, float 
 int ops_cuda_rmsnorm_bf16(const float *x, const int32_t *rows, const float *w, void *y, int n, int dim, float eps,
                           void *stream);
 
+/* x[r] += y[r] / rms(y[r]) * w (Gemma 3's post-norms).   x, y: (n, dim) f32; w: (dim) */
+int ops_cuda_rmsnorm_add(float *x, const float *y, const float *w, int n, int dim, float eps, void *stream);
+
+#define OPS_CUDA_QK_NORM_HEADS 512 // most q + k heads a token may have with QK-norm
 /* The fused QKV epilogue's shapes and outputs. */
 typedef struct {
     int n_heads, n_kv_heads, head_dim;
@@ -43,6 +47,10 @@ typedef struct {
     void *k_cache; // this layer's K pages: (n_pages, n_kv_heads, page_size, head_dim) bf16
     void *v_cache; // same layout
     int page_size;
+    /* QK-norm (Gemma 3), or NULL: each q (k) head scaled by its inverse RMS
+     * and q_norm (k_norm), (head_dim) f32, before RoPE. */
+    const float *q_norm, *k_norm;
+    float norm_eps;
 } ops_cuda_qkv_t;
 /* qkv: (n, (n_heads + 2 n_kv_heads) * head_dim) f32, q heads then k then v;
  * pos, perm, kv_page, kv_slot: (n); cos_t, sin_t: (n_table, rot_dim / 2). */
@@ -51,6 +59,10 @@ int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, const int32_t
                       void *stream);
 /* h = bf16(silu(g) * u).   gu: (n, 2 ff) f32, gate then up; h: (n, ff) bf16 */
 int ops_cuda_swiglu(const float *gu, void *h, int n, int ff, void *stream);
+/* h = bf16(gelu_tanh(g) * u), PyTorch's tanh GELU (Gemma 3's GeGLU).   as ops_cuda_swiglu */
+int ops_cuda_geglu(const float *gu, void *h, int n, int ff, void *stream);
+/* x[i] = cap * tanh(x[i] / cap), n values (final logit soft-capping), cap > 0 */
+int ops_cuda_softcap(float *x, size_t n, float cap, void *stream);
 /* out[r] = the index of row r's largest value, ties to the lowest index, NaN
  * below everything, -1 when none is above -inf.   x: (rows, cols) f32 */
 int ops_cuda_argmax_rows(const float *x, int rows, int cols, int32_t *out, void *stream);

@@ -1,7 +1,8 @@
 // The CUDA executor's non-matmul kernels: embedding gather, RMSNorm (f32
-// residual in, bf16 matmul input out), the fused QKV epilogue (RoPE on q and
-// k, q to its attention row, K and V into their cache pages), SwiGLU, and row
-// gathers. Each is a plain memory-bound kernel: one pass over its inputs.
+// residual in, bf16 matmul input out; Gemma 3's post-norm added into the
+// residual), the fused QKV epilogue (QK-norm, RoPE on q and k, q to its
+// attention row, K and V into their cache pages), SwiGLU and GeGLU, logit
+// soft-capping, and row gathers. Each is a plain memory-bound kernel: one pass over its inputs.
 // Math in f32; bf16 only where a tensor is stored for the tensor cores.
 // Checked against the CPU ops in tests/gpu/check_cuda.c.
 #include <cuda_bf16.h>
@@ -59,6 +60,24 @@ static __global__ void rmsnorm_bf16_kernel(const float *__restrict__ x, const in
 
 static int threads_for(int dim) { return dim >= 1024 ? 1024 : ((dim + 31) / 32) * 32; }
 
+// Row r of x += y[r] / rms(y[r]) * w (Gemma 3's norm of a block's output).
+static __global__ void rmsnorm_add_kernel(float *__restrict__ x, const float *__restrict__ y,
+                                          const float *__restrict__ w, int dim, float eps) {
+    const float *yr = y + (size_t)blockIdx.x * dim;
+    float *xr = x + (size_t)blockIdx.x * dim;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) ss += yr[i] * yr[i];
+    const float inv = rsqrtf(block_sum(ss) / (float)dim + eps);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) xr[i] += yr[i] * inv * w[i];
+}
+
+extern "C" int ops_cuda_rmsnorm_add(float *x, const float *y, const float *w, int n, int dim, float eps, void *stream) {
+    if (!x || !y || !w || n <= 0 || dim <= 0) return LC_EINVAL;
+    rmsnorm_add_kernel<<<n, threads_for(dim), 0, (cudaStream_t)stream>>>(x, y, w, dim, eps);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
 extern "C" int ops_cuda_rmsnorm_bf16(const float *x, const int32_t *rows, const float *w, void *y, int n, int dim,
                                      float eps, void *stream) {
     if (!x || !w || !y || n <= 0 || dim <= 0) return LC_EINVAL;
@@ -68,7 +87,8 @@ extern "C" int ops_cuda_rmsnorm_bf16(const float *x, const int32_t *rows, const 
 }
 
 // ---- QKV epilogue -----------------------------------------------------------------------------
-// One block per token. q/k: rotate pairs (adjacent, or the two halves for
+// One block per token. With QK-norm, each q and k head is first scaled by
+// its inverse RMS (one warp a head) and the norm's weights. q/k: rotate pairs (adjacent, or the two halves for
 // NEOX) of the first rot_dim dims by the angle table of the token's position;
 // q goes to row perm[t] of the attention input, k and v to slot kv_slot[t] of
 // page kv_page[t] in the layer's cache, layout (page, kv_head, page_size, d).
@@ -84,9 +104,21 @@ static __global__ void qkv_post_kernel(const float *__restrict__ qkv, const int6
     bf16 *kout = (bf16 *)p.k_cache + page_off, *vout = (bf16 *)p.v_cache + page_off;
     const size_t head_stride = (size_t)p.page_size * d; // next kv head inside a page
     const int n_rot = (p.n_heads + p.n_kv_heads) * d;   // q and k dims
+    __shared__ float inv_rms[OPS_CUDA_QK_NORM_HEADS];
+    if (p.q_norm) {
+        const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+        for (int h = warp; h < p.n_heads + p.n_kv_heads; h += n_warps) {
+            float ss = 0.f;
+            for (int c = lane; c < d; c += 32) ss += row[h * d + c] * row[h * d + c];
+            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            if (lane == 0) inv_rms[h] = rsqrtf(ss / (float)d + p.norm_eps);
+        }
+        __syncthreads();
+    }
     for (int i = threadIdx.x; i < n_rot + p.n_kv_heads * d; i += blockDim.x) {
         const int h = i / d, c = i % d;
-        float val = row[i];
+        const float *nw = !p.q_norm || i >= n_rot ? nullptr : h < p.n_heads ? p.q_norm : p.k_norm;
+        float val = nw ? row[i] * inv_rms[h] * nw[c] : row[i];
         if (i < n_rot && c < p.rot_dim) {
             int pair, j; // j: this dim's index in its pair set (0..half)
             if (p.neox) {
@@ -105,7 +137,7 @@ static __global__ void qkv_post_kernel(const float *__restrict__ qkv, const int6
                 cs = (float)cos(th);
                 sn = (float)sin(th);
             }
-            const float other = row[h * d + pair];
+            const float other = nw ? row[h * d + pair] * inv_rms[h] * nw[pair] : row[h * d + pair];
             const int first = p.neox ? c < half : (c & 1) == 0;
             val = first ? val * cs - other * sn : other * sn + val * cs;
         }
@@ -122,7 +154,8 @@ extern "C" int ops_cuda_qkv_post(const float *qkv, int n, const int64_t *pos, co
                                  const int32_t *kv_page, const int32_t *kv_slot, const float *cos_t, const float *sin_t,
                                  const ops_cuda_qkv_t *p, void *stream) {
     if (!qkv || n <= 0 || !pos || !kv_page || !kv_slot || !p || !p->q || !p->k_cache || !p->v_cache ||
-        p->rot_dim > p->head_dim || p->rot_dim % 2 || (p->n_table > 0 && (!cos_t || !sin_t)))
+        p->rot_dim > p->head_dim || p->rot_dim % 2 || (p->n_table > 0 && (!cos_t || !sin_t)) ||
+        (p->q_norm && (!p->k_norm || p->n_heads + p->n_kv_heads > OPS_CUDA_QK_NORM_HEADS)))
         return LC_EINVAL;
     qkv_post_kernel<<<n, 256, 0, (cudaStream_t)stream>>>(qkv, pos, perm, kv_page, kv_slot, cos_t, sin_t, *p);
     CUDA_CHECK_RET(cudaGetLastError());
@@ -144,6 +177,43 @@ extern "C" int ops_cuda_swiglu(const float *gu, void *h, int n, int ff, void *st
     const size_t total = (size_t)n * ff;
     const int blocks = (int)((total + 255) / 256 < 65536 ? (total + 255) / 256 : 65536);
     swiglu_kernel<<<blocks, 256, 0, (cudaStream_t)stream>>>(gu, (bf16 *)h, ff, total);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+// ---- GeGLU ------------------------------------------------------------------------------------
+// h = bf16(gelu_tanh(g) * u), the tanh GELU as the CPU writes it: x / (1 + e^(-2z)),
+// z = sqrt(2/pi) (x + 0.044715 x^3).
+static __global__ void geglu_kernel(const float *__restrict__ gu, bf16 *__restrict__ h, int ff, size_t total) {
+    const float k2 = 2.0f * 0.7978845608028654f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / ff, c = i % ff;
+        const float x = gu[r * 2 * ff + c], u = gu[r * 2 * ff + ff + c];
+        h[i] = __float2bfloat16(x / (1.f + expf(-k2 * (x + 0.044715f * x * x * x))) * u);
+    }
+}
+
+extern "C" int ops_cuda_geglu(const float *gu, void *h, int n, int ff, void *stream) {
+    if (!gu || !h || n <= 0 || ff <= 0) return LC_EINVAL;
+    const size_t total = (size_t)n * ff;
+    const int blocks = (int)((total + 255) / 256 < 65536 ? (total + 255) / 256 : 65536);
+    geglu_kernel<<<blocks, 256, 0, (cudaStream_t)stream>>>(gu, (bf16 *)h, ff, total);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
+// ---- logit soft-capping -----------------------------------------------------------------------
+static __global__ void softcap_kernel(float *__restrict__ x, size_t n, float cap) {
+    const float inv = 1.f / cap;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = cap * tanhf(x[i] * inv);
+}
+
+extern "C" int ops_cuda_softcap(float *x, size_t n, float cap, void *stream) {
+    if (!x || !(cap > 0.f)) return LC_EINVAL;
+    if (!n) return 0;
+    const int blocks = (int)((n + 255) / 256 < 65536 ? (n + 255) / 256 : 65536);
+    softcap_kernel<<<blocks, 256, 0, (cudaStream_t)stream>>>(x, n, cap);
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
