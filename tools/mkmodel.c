@@ -187,8 +187,11 @@ static int copy_vocab(gguf_writer_t *w, const char *path, const char *skip, char
 /* ---- the model ----------------------------------------------------------------------- */
 int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t errlen) {
     if (o->n_layers < 1 || o->n_embd < 2 || o->n_heads < 1 || o->n_kv_heads < 1 || o->n_ff < 1 || o->n_ctx < 1 ||
-        o->n_embd % o->n_heads || o->n_heads % o->n_kv_heads || (o->n_embd / o->n_heads) % 2) {
-        set_err(err, errlen, "bad dimensions: embd must split into heads of even size; heads a multiple of kv-heads");
+        o->head_dim < 0 || o->head_dim % 2 || o->window < 0 || o->swa_pattern < 0 ||
+        (!o->head_dim && (o->n_embd % o->n_heads || (o->n_embd / o->n_heads) % 2)) || o->n_heads % o->n_kv_heads) {
+        set_err(err, errlen,
+                "bad dimensions: embd must split into heads of even size (or an even --head-dim); heads a multiple "
+                "of kv-heads");
         return LC_EINVAL;
     }
     if (!ggml_block_size(o->type)) {
@@ -200,7 +203,10 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
         set_err(err, errlen, "out of memory");
         return LC_ENOMEM;
     }
-    int rc, E = o->n_embd, F = o->n_ff, HD = E / o->n_heads, KD = HD * o->n_kv_heads;
+    const int gemma = o->window > 0;
+    const char *a = gemma ? "gemma3" : "llama";
+    int rc, E = o->n_embd, F = o->n_ff, HD = o->head_dim > 0 ? o->head_dim : E / o->n_heads, KD = HD * o->n_kv_heads;
+    const int QD = HD * o->n_heads;
     int n_vocab =
         o->vocab_from
             ? copy_vocab(w, o->vocab_from, o->chat_template ? "tokenizer.chat_template" : NULL, err, errlen)
@@ -215,23 +221,30 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
         if (!o->vocab_from) set_err(err, errlen, "synthetic vocabulary: %s", lc_strerror(rc));
         goto out;
     }
-    char name[64];
-    snprintf(name, sizeof name, "mkmodel-L%d-E%d-%s", o->n_layers, E, ggml_type_name(o->type));
-    if ((rc = gguf_writer_set_str(w, "general.architecture", "llama")) ||
+    char name[64], k[96];
+    snprintf(name, sizeof name, "mkmodel-%s-L%d-E%d-%s", a, o->n_layers, E, ggml_type_name(o->type));
+#define KEY(sfx) (snprintf(k, sizeof k, "%s." sfx, a), k)
+    if ((rc = gguf_writer_set_str(w, "general.architecture", a)) ||
         (rc = gguf_writer_set_str(w, "general.name", name)) ||
-        (rc = gguf_writer_set_u32(w, "llama.context_length", (uint32_t)o->n_ctx)) ||
-        (rc = gguf_writer_set_u32(w, "llama.embedding_length", (uint32_t)E)) ||
-        (rc = gguf_writer_set_u32(w, "llama.block_count", (uint32_t)o->n_layers)) ||
-        (rc = gguf_writer_set_u32(w, "llama.feed_forward_length", (uint32_t)F)) ||
-        (rc = gguf_writer_set_u32(w, "llama.attention.head_count", (uint32_t)o->n_heads)) ||
-        (rc = gguf_writer_set_u32(w, "llama.attention.head_count_kv", (uint32_t)o->n_kv_heads)) ||
-        (rc = gguf_writer_set_f32(w, "llama.rope.freq_base", o->rope_theta)) ||
-        (rc = gguf_writer_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f)) ||
-        (rc = gguf_writer_set_u32(w, "llama.rope.dimension_count", (uint32_t)HD)) ||
-        (rc = gguf_writer_set_u32(w, "llama.vocab_size", (uint32_t)n_vocab))) {
+        (rc = gguf_writer_set_u32(w, KEY("context_length"), (uint32_t)o->n_ctx)) ||
+        (rc = gguf_writer_set_u32(w, KEY("embedding_length"), (uint32_t)E)) ||
+        (rc = gguf_writer_set_u32(w, KEY("block_count"), (uint32_t)o->n_layers)) ||
+        (rc = gguf_writer_set_u32(w, KEY("feed_forward_length"), (uint32_t)F)) ||
+        (rc = gguf_writer_set_u32(w, KEY("attention.head_count"), (uint32_t)o->n_heads)) ||
+        (rc = gguf_writer_set_u32(w, KEY("attention.head_count_kv"), (uint32_t)o->n_kv_heads)) ||
+        (rc = gguf_writer_set_f32(w, KEY("rope.freq_base"), o->rope_theta)) ||
+        (rc = gguf_writer_set_f32(w, KEY("attention.layer_norm_rms_epsilon"), gemma ? 1e-6f : 1e-5f)) ||
+        (rc = gguf_writer_set_u32(w, KEY("rope.dimension_count"), (uint32_t)HD)) ||
+        (rc = gguf_writer_set_u32(w, KEY("vocab_size"), (uint32_t)n_vocab)) ||
+        (gemma && ((rc = gguf_writer_set_u32(w, KEY("attention.key_length"), (uint32_t)HD)) ||
+                   (rc = gguf_writer_set_u32(w, KEY("attention.value_length"), (uint32_t)HD)) ||
+                   (rc = gguf_writer_set_u32(w, KEY("attention.sliding_window"), (uint32_t)o->window)) ||
+                   (rc = gguf_writer_set_u32(w, KEY("attention.sliding_window_pattern"),
+                                             (uint32_t)(o->swa_pattern > 0 ? o->swa_pattern : 6)))))) {
         set_err(err, errlen, "metadata: %s", lc_strerror(rc));
         goto out;
     }
+#undef KEY
     /* Scales keep activations O(1) through the layers: weights ~ N(0, 1/in),
      * norms near 1, embeddings ~ N(0, 1). Tied embeddings, like SmolLM2. */
     uint64_t st = o->seed;
@@ -246,11 +259,22 @@ int mkmodel_write(const mkmodel_opts_t *o, const char *path, char *err, size_t e
             float mean, std;
             int f32;
         } t[] = {
-            {"attn_norm", 1, E, 1.0f, 0.1f, 1}, {"attn_q", E, E, 0, se, 0},      {"attn_k", KD, E, 0, se, 0},
-            {"attn_v", KD, E, 0, se, 0},        {"attn_output", E, E, 0, se, 0}, {"ffn_norm", 1, E, 1.0f, 0.1f, 1},
-            {"ffn_gate", F, E, 0, se, 0},       {"ffn_up", F, E, 0, se, 0},      {"ffn_down", E, F, 0, sf, 0},
+            {"attn_norm", 1, E, 1.0f, 0.1f, 1},
+            {"attn_q", QD, E, 0, se, 0},
+            {"attn_k", KD, E, 0, se, 0},
+            {"attn_v", KD, E, 0, se, 0},
+            {"attn_output", E, QD, 0, 1.0f / sqrtf((float)QD), 0},
+            {"ffn_norm", 1, E, 1.0f, 0.1f, 1},
+            {"ffn_gate", F, E, 0, se, 0},
+            {"ffn_up", F, E, 0, se, 0},
+            {"ffn_down", E, F, 0, sf, 0},
+            /* gemma3 only */
+            {"attn_q_norm", 1, HD, 1.0f, 0.1f, 1},
+            {"attn_k_norm", 1, HD, 1.0f, 0.1f, 1},
+            {"post_attention_norm", 1, E, 1.0f, 0.1f, 1},
+            {"post_ffw_norm", 1, E, 1.0f, 0.1f, 1},
         };
-        for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        for (size_t i = 0; i < (gemma ? sizeof t / sizeof t[0] : 9); i++) {
             char tn[64];
             snprintf(tn, sizeof tn, "blk.%d.%s.weight", l, t[i].suffix);
             if ((rc = add_tensor(w, tn, t[i].rows, t[i].cols, t[i].f32 ? GGML_TYPE_F32 : o->type, t[i].mean, t[i].std,
@@ -287,8 +311,11 @@ static void mk_usage(FILE *f) {
                "                      [--vocab-from MODEL.gguf | --vocab synthetic] [--ctx N] [--seed S]\n"
                "                      [--type f32|f16|bf16|q8_0|q4_0|q4_1|q4_k|q6_k] [--template chatml|qwen2.5]\n"
                "                      [--vocab-size N (synthetic vocabulary padded with random words)]\n"
+               "                      [--window N [--swa-pattern K] (Gemma 3)] [--head-dim D]\n"
                "Writes a tiny random-weight Llama model (defaults: 2 layers, embd 64, 4 heads, 2 kv-heads,\n"
-               "ff 128, ctx 2048, f32, seed 1, the synthetic byte-level BPE vocabulary).\n");
+               "ff 128, ctx 2048, f32, seed 1, the synthetic byte-level BPE vocabulary); with --window a\n"
+               "Gemma 3 model whose every K-th layer (default 6) is global, the others sliding over N\n"
+               "positions; --head-dim: heads of D dims (default embd / heads).\n");
 }
 
 int cmd_mkmodel(int argc, char **argv) {
@@ -309,6 +336,9 @@ int cmd_mkmodel(int argc, char **argv) {
         {"ctx", required_argument, 0, 'c'},
         {"template", required_argument, 0, 'T'},
         {"vocab-size", required_argument, 0, 'N'},
+        {"window", required_argument, 0, 'W'},
+        {"swa-pattern", required_argument, 0, 'P'},
+        {"head-dim", required_argument, 0, 'D'},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -326,6 +356,9 @@ int cmd_mkmodel(int argc, char **argv) {
         case 's': o.seed = strtoull(optarg, NULL, 0); break;
         case 'V': o.vocab_from = optarg; break;
         case 'N': o.vocab_size = atoi(optarg); break;
+        case 'W': o.window = atoi(optarg); break;
+        case 'P': o.swa_pattern = atoi(optarg); break;
+        case 'D': o.head_dim = atoi(optarg); break;
         case 'T':
             if (!strcmp(optarg, "chatml")) {
                 o.chat_template = mkmodel_chatml_template;

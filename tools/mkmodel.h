@@ -1,4 +1,5 @@
-/* Tiny random-weight Llama GGUF models for tests (`lacuna mkmodel`). The
+/* Tiny random-weight Llama (or Gemma 3) GGUF models for tests and
+ * benchmarks (`lacuna mkmodel`). The
  * writer is a function so that the Check suites can make their own models
  * without running the CLI. */
 #ifndef LC_TOOLS_MKMODEL_H
@@ -22,6 +23,11 @@ typedef struct {
     const char *vocab_from;    // copy tokenizer.* from this GGUF; NULL = synthetic
     const char *chat_template; // tokenizer.chat_template text; NULL = the vocabulary's own
     int vocab_size;            // synthetic vocabulary padded to this many tokens; 0 = its natural size
+    /* > 0: a Gemma 3 (gemma3) model: QK-norm, post-norms, GeGLU, scaled
+     * embeddings, every swa_pattern-th layer global (default 6) and the
+     * others sliding over the last `window` positions */
+    int window, swa_pattern;
+    int head_dim; // 0: n_embd / n_heads
 } mkmodel_opts_t;
 
 void mkmodel_opts_default(mkmodel_opts_t *o);

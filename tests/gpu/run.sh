@@ -61,7 +61,8 @@
 #            lacunad per method on the same prompts, no peer: E2EM_METHODS
 #            (dense anchor anchor-noprobe flexprefill; anchor-noprobe is
 #            AnchorAttention with attention.anchor_probe = 0), E2EM_MODEL
-#            (default: the default model; 8b: the e2e8b model at E2E8B_CTX),
+#            (default: the default model; 8b: the e2e8b model at E2E8B_CTX;
+#            gemma: a random-weight Gemma 3 270M shape, modelgemma below),
 #            E2EM_FLAGS (more gpu_e2e.py options); e2e-METHOD.json each
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
@@ -77,9 +78,10 @@
 #            quest:1 tidal:1 quest:1:1000000), the host and GPU phases of
 #            a decode step (the executor's step profile)
 #     paired the paired retrieval sweep (bench/accuracy/paired.py) through the
-#            GPU executor on the default model: PAIRED_PLAN (4096:100,8192:100),
+#            GPU executor on the default model (PAIRED_MODEL=gemma: Gemma 3
+#            270M, its five parts stashed first, scripts/gpu_bundle.sh): PAIRED_PLAN (4096:100,8192:100),
 #            PAIRED_METHODS (dense,flexprefill,flexprefill:min_budget=256),
-#            PAIRED_TASKS (all)
+#            PAIRED_TASKS (all), PAIRED_FLAGS (more paired.py options, e.g. --format raw)
 # Output worth keeping goes to $OUT (the device tool brings it back).
 # Exit status: 77 without a GPU, else the first failing step's.
 set -uo pipefail
@@ -97,9 +99,13 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
     echo "SKIP: no GPU"
     exit 77
 fi
-if [ "${1:-}" = stash ]; then # the model's first part, kept for the next call on this machine
-    cp "$G/model.part0" /tmp/lacuna-model.part0 && echo "stashed model part 0"
-    exit $?
+if [ "${1:-}" = stash ]; then # model parts carried by this call, kept for the next calls on this machine
+    st=1
+    for f in "$G"/model.part0 "$G"/gemma.part[0-4] "$G"/gemma.sha256; do
+        [ -f "$f" ] && cp "$f" "/tmp/lacuna-$(basename "$f")" && echo "stashed $(basename "$f")" && st=0
+    done
+    [ $# -gt 1 ] || exit $st
+    shift
 fi
 [ -d "$G/lib" ] || tar xJf "$G/libs.tar.xz" -C "$G"
 [ -f "$G/bin.tar.xz" ] && tar xJf "$G/bin.tar.xz" -C "$G"
@@ -113,6 +119,15 @@ model8b() {
     M8=/tmp/lacuna-llama8b-$1.gguf
     [ -f "$M8" ] || ours "$G/bin/lacuna" mkmodel -o "$M8" --layers 32 --embd 4096 --heads 32 --kv-heads 8 \
         --ff 14336 --ctx "$1" --type q8_0 --vocab-size 128256 --seed 8
+}
+
+# The random-weight Gemma 3 270M shape (18 layers, 640 wide, 4 heads of 256
+# on one KV head, every 6th layer global, the others sliding over 512;
+# q8_0, 262144-token synthetic vocabulary, context 32768): its path in MG.
+modelgemma() {
+    MG=/tmp/lacuna-gemma270m.gguf
+    [ -f "$MG" ] || ours "$G/bin/lacuna" mkmodel -o "$MG" --layers 18 --embd 640 --heads 4 --kv-heads 1 \
+        --head-dim 256 --ff 2048 --ctx 32768 --window 512 --type q8_0 --vocab-size 262144 --seed 6
 }
 
 # N copies (ids 1..N) of a 30,000-word prompt, as JSON lines for `lacuna complete`.
@@ -134,6 +149,17 @@ if [ ! -f "$M" ] && [ -f "$p0" ] && [ -f "$G/model.part1" ]; then
     fi
 fi
 [ -f "$M" ] && export LACUNA_MODEL=$M
+# Gemma 3 270M, once its five parts are here (scripts/gpu_bundle.sh: stashed over calls)
+MGR=/tmp/lacuna-gemma3-270m.gguf
+if [ ! -f "$MGR" ] && [ -f /tmp/lacuna-gemma.sha256 ] && [ -f /tmp/lacuna-gemma.part4 ]; then
+    cat /tmp/lacuna-gemma.part[0-4] > "$MGR.tmp"
+    if [ "$(sha256sum "$MGR.tmp" | cut -d' ' -f1)" = "$(cat /tmp/lacuna-gemma.sha256)" ]; then
+        mv "$MGR.tmp" "$MGR" && echo "Gemma 3 270M assembled"
+    else
+        rm -f "$MGR.tmp"
+        fail "Gemma assembly (sha256)" 2
+    fi
+fi
 
 for step in "$@"; do
     echo "==> $step"
@@ -294,6 +320,9 @@ for step in "$@"; do
         if [ "${E2EM_MODEL:-}" = 8b ]; then
             model8b "${E2E8B_CTX:-32768}" || { fail "mkmodel 8b" 1; continue; }
             EM=$M8 EV=128256
+        elif [ "${E2EM_MODEL:-}" = gemma ]; then
+            modelgemma || { fail "mkmodel gemma" 1; continue; }
+            EM=$MG EV=262144
         else
             [ -f "$M" ] || { fail "e2e-methods (no model)" 2; continue; }
             EM=$M EV=49152
@@ -368,12 +397,14 @@ for step in "$@"; do
         done
         ;;
     paired)
-        [ -f "$M" ] || { fail "paired (no model)" 2; continue; }
+        PM=$M
+        [ "${PAIRED_MODEL:-}" = gemma ] && PM=$MGR
+        [ -f "$PM" ] || { fail "paired (no model)" 2; continue; }
         LD_LIBRARY_PATH="$G/lib:$CUDA_LIB" timeout -k 10 ${PAIRED_TIMEOUT:-540} python3 bench/accuracy/paired.py \
-            --lacuna "$G/bin/lacuna" --model "$M" --device cuda:0 --concurrency 16 \
+            --lacuna "$G/bin/lacuna" --model "$PM" --device cuda:0 --concurrency 16 \
             --plan "${PAIRED_PLAN:-4096:100,8192:100}" \
             --methods "${PAIRED_METHODS:-dense,flexprefill,flexprefill:min_budget=256}" \
-            ${PAIRED_TASKS:+--tasks "$PAIRED_TASKS"} --out "$OUT/paired" 2>&1 |
+            ${PAIRED_TASKS:+--tasks "$PAIRED_TASKS"} ${PAIRED_FLAGS:-} --out "$OUT/paired" 2>&1 |
             tail -40 | tee "$OUT/paired.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail paired 1
         ;;
