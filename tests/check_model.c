@@ -491,6 +491,54 @@ END_TEST
 
 /* mkmodel's synthetic vocabulary gives a working byte-level BPE tokenizer and
  * the ChatML template; --vocab-from copies a real model's tokenizer. */
+/* mkmodel's Gemma 3 shape (the GPU benchmarks' Gemma 3 270M stand-in):
+ * heads wider than n_embd / n_heads, every 3rd layer global, QK-norm and
+ * post-norms present; it runs on the CPU executor with finite logits. */
+START_TEST(test_mkmodel_gemma) {
+    mkmodel_opts_t o;
+    mkmodel_opts_default(&o);
+    o.n_layers = 6;
+    o.n_embd = 128;
+    o.n_heads = 2;
+    o.n_kv_heads = 1;
+    o.head_dim = 256;
+    o.window = 32;
+    o.swa_pattern = 3;
+    o.type = GGML_TYPE_Q8_0;
+    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
+    int fd = mkstemp(tmp_path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char err[512];
+    ck_assert_msg(mkmodel_write(&o, tmp_path, err, sizeof err) == 0, "%s", err);
+    model_t *m = model_load(tmp_path, err, sizeof err);
+    unlink(tmp_path);
+    ck_assert_msg(m != NULL, "%s", err);
+    const model_hparams_t *hp = model_hparams(m);
+    ck_assert_str_eq(hp->arch, "gemma3");
+    ck_assert_int_eq(hp->head_dim, 256);
+    ck_assert(hp->qk_norm && hp->post_norms && hp->ffn_geglu);
+    for (int l = 0; l < 6; l++) ck_assert_int_eq(hp->layer[l].window, (l + 1) % 3 ? 32 : 0);
+    o.head_dim = 7; // odd
+    ck_assert_int_eq(mkmodel_write(&o, tmp_path, err, sizeof err), LC_EINVAL);
+    model_exec_t *e = mk_exec(m, 64, 64);
+    kv_pool_t *kv = make_pool(e);
+    const int V = hp->n_vocab, n = 50;
+    int32_t tok[50];
+    tokens_for(tok, n, V, 5);
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    kv_seq_t s;
+    kv_seq_init(&s);
+    run_one(e, kv, &s, tok, n, 0, MODEL_LOGITS_LAST, 0, logits);
+    for (int i = 0; i < V; i++) ck_assert(isfinite(logits[i]));
+    kv_seq_release(kv, &s);
+    free(logits);
+    kv_pool_destroy(kv);
+    model_exec_destroy(e);
+    model_free(m);
+}
+END_TEST
+
 START_TEST(test_vocab_and_template) {
     model_t *m = tiny_model(GGML_TYPE_F32, 1);
     ck_assert_ptr_nonnull(model_chat_template(m));
@@ -675,6 +723,7 @@ static Suite *model_suite(void) {
     tcase_add_test(tc, test_quantized_types);
     tcase_add_test(tc, test_load_errors);
     tcase_add_test(tc, test_vocab_and_template);
+    tcase_add_test(tc, test_mkmodel_gemma);
     suite_add_tcase(s, tc);
     if (g_model_path) {
         tc = tcase_create("real");
