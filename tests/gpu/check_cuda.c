@@ -848,9 +848,10 @@ START_TEST(test_sched_gemma) {
     sched_req_usage(dense.r, &ud);
     sched_req_usage(flex.r, &uf);
     const double want = (45150.0 + 2 * (4656.0 + 96.0 * 204)) / (3 * 45150.0);
-    fprintf(stderr,
-            "check_cuda: tiny Gemma 3 on the GPU: prefill density %.4f dense, %.4f FlexPrefill (windows: %.4f)\n",
-            ud.prefill_density, uf.prefill_density, want);
+    fprintf(
+        stderr,
+        "check_cuda: tiny Gemma 3 on the GPU: prefill density %.4f dense, %.4f FlexPrefill (dense by count: %.4f)\n",
+        ud.prefill_density, uf.prefill_density, want);
     ck_assert_msg(fabs(ud.prefill_density - want) < 1e-6, "dense prefill density %g, want %g", ud.prefill_density,
                   want);
     const double windows = 2 * (4656.0 + 96.0 * 204) / (3 * 45150.0); // the sliding layers' share
