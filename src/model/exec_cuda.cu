@@ -31,6 +31,13 @@
 // real rows (every kernel outside attention works row by row, and the split
 // matmuls are batch-invariant), so graphs on and off give the same bits.
 //
+// Gemma 3: QK-norm runs in the QKV epilogue, the post-norms take the O and
+// down projections from a scratch (proj) into the residual, GeGLU replaces
+// SwiGLU, and the sliding layers attend through windowed plans of the same
+// rows (the store keeps every position of every layer: one layer group).
+// FlexPrefill runs on the global layers; AnchorAttention, Quest and
+// TidalDecode (64 and 128 dims, no windows) leave such a model's slices dense.
+//
 // Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
 // attention of long sequences through the GPU ring over device-local ranks
 // of this GPU, between the pieces like any attention call.
