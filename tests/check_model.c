@@ -29,22 +29,27 @@ static char tmp_path[64];
  * out and the program reports SKIP. */
 static const char *g_model_path;
 
+/* The model mkmodel writes for o, loaded (its temporary file removed). */
+static model_t *write_and_load(const mkmodel_opts_t *o) {
+    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
+    int fd = mkstemp(tmp_path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char err[512];
+    ck_assert_msg(mkmodel_write(o, tmp_path, err, sizeof err) == 0, "%s", err);
+    model_t *m = model_load(tmp_path, err, sizeof err);
+    ck_assert_msg(m != NULL, "%s", err);
+    unlink(tmp_path);
+    return m;
+}
+
 static model_t *tiny_model(uint32_t type, uint64_t seed) {
     mkmodel_opts_t o;
     mkmodel_opts_default(&o);
     o.type = type;
     o.seed = seed;
     o.n_layers = 3;
-    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
-    int fd = mkstemp(tmp_path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
-    char err[512];
-    ck_assert_msg(mkmodel_write(&o, tmp_path, err, sizeof err) == 0, "%s", err);
-    model_t *m = model_load(tmp_path, err, sizeof err);
-    ck_assert_msg(m != NULL, "%s", err);
-    unlink(tmp_path);
-    return m;
+    return write_and_load(&o);
 }
 
 /* A CPU executor for batches of up to max_tokens rows with a store of
@@ -489,8 +494,6 @@ START_TEST(test_load_errors) {
 }
 END_TEST
 
-/* mkmodel's synthetic vocabulary gives a working byte-level BPE tokenizer and
- * the ChatML template; --vocab-from copies a real model's tokenizer. */
 /* mkmodel's Gemma 3 shape (the GPU benchmarks' Gemma 3 270M stand-in):
  * heads wider than n_embd / n_heads, every 3rd layer global, QK-norm and
  * post-norms present; it runs on the CPU executor with finite logits. */
@@ -505,15 +508,8 @@ START_TEST(test_mkmodel_gemma) {
     o.window = 32;
     o.swa_pattern = 3;
     o.type = GGML_TYPE_Q8_0;
-    strcpy(tmp_path, "/tmp/check_model_XXXXXX");
-    int fd = mkstemp(tmp_path);
-    ck_assert_int_ge(fd, 0);
-    close(fd);
+    model_t *m = write_and_load(&o);
     char err[512];
-    ck_assert_msg(mkmodel_write(&o, tmp_path, err, sizeof err) == 0, "%s", err);
-    model_t *m = model_load(tmp_path, err, sizeof err);
-    unlink(tmp_path);
-    ck_assert_msg(m != NULL, "%s", err);
     const model_hparams_t *hp = model_hparams(m);
     ck_assert_str_eq(hp->arch, "gemma3");
     ck_assert_int_eq(hp->head_dim, 256);
@@ -539,6 +535,8 @@ START_TEST(test_mkmodel_gemma) {
 }
 END_TEST
 
+/* mkmodel's synthetic vocabulary gives a working byte-level BPE tokenizer and
+ * the ChatML template; --vocab-from copies a real model's tokenizer. */
 START_TEST(test_vocab_and_template) {
     model_t *m = tiny_model(GGML_TYPE_F32, 1);
     ck_assert_ptr_nonnull(model_chat_template(m));
