@@ -636,6 +636,50 @@ START_TEST(test_alone_vs_batch) {
 }
 END_TEST
 
+/* 256 dims (Gemma 3's global layers: 4 heads on one KV head): the anchor
+ * and whole-block passes on the mma.sync prefill kernel, the gather kernel
+ * with Q staged in shared memory, the selection's 256-dim scores. Key sets
+ * and outputs against the CPU (with and without the probe), each sequence
+ * alone bitwise as in the batch. */
+START_TEST(test_d256) {
+    static const float probes[] = {0.f, 0.02f};
+    for (int i = 0; i < 2; i++) {
+        acase_t c;
+        rng = 400 + i;
+        setup(&c, 4, 1, 256, 64);
+        add_seq(&c, 3100, 3100, 3.f, 256, 512);
+        add_seq(&c, 2777, 1000, 3.f, 384, 384);
+        add_seq(&c, 2300, 77, 12.f, 128, 512);
+        for (int s = 0; s < c.n; s++) c.seq[s].pol.probe = probes[i];
+        build(&c);
+        for (int s = 0; s < c.n; s++) {
+            int64_t cand;
+            const int64_t diff = keys_seq(&c, s, &cand, NULL);
+            printf("d256 keys probe %g seq %d: %lld of %lld candidates differ\n", probes[i], s, (long long)diff,
+                   (long long)cand);
+            ck_assert_msg(diff * 1000 <= cand, "d256 seq %d: %lld of %lld keys differ from the CPU", s, (long long)diff,
+                          (long long)cand);
+        }
+        const int H = 4, D = 256;
+        obufs_t b = obufs(c.q_indptr[c.n], H, D);
+        run_gpu(&c, 0, c.n, b.bo, b.bl);
+        for (int s = 0; s < c.n; s++) {
+            run_gpu(&c, s, s + 1, b.so, b.sl);
+            same_as_batch(&c, &b, s, H, D);
+        }
+        obufs_free(&b);
+        int64_t pairs, sparse;
+        const int64_t bad = compare_cpu(&c, &pairs, &sparse);
+        printf("d256 probe %g: %lld of %lld (row, head) pairs beyond tolerance, %lld sparse\n", probes[i],
+               (long long)bad, (long long)pairs, (long long)sparse);
+        ck_assert_msg(sparse > 0, "d256: the CPU kept every key: the case tests no selection");
+        ck_assert_msg(bad * 100 <= pairs, "d256: %lld of %lld pairs differ from the CPU", (long long)bad,
+                      (long long)pairs);
+        release(&c);
+    }
+}
+END_TEST
+
 /* A batch where only some sequences select AnchorAttention (as the executor
  * plans a step with dense and FlexPrefill slices beside them): the selecting
  * sequences' rows and pairs bitwise as each alone, the others' output rows
@@ -877,6 +921,7 @@ int main(void) {
     tcase_add_test(tc, test_probe);
     tcase_add_test(tc, test_stripes);
     tcase_add_test(tc, test_d64_pages128);
+    tcase_add_test(tc, test_d256);
     tcase_add_test(tc, test_all_keys_dense);
     tcase_add_test(tc, test_alone_vs_batch);
     tcase_add_test(tc, test_partial_select);

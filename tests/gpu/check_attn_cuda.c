@@ -555,6 +555,14 @@ START_TEST(test_prefill_mask_only) {
         check_batch(&b, i ? "mask_only 0.05 d128 g4 p64" : "mask_only 0.3 d128 g4 p64", 0);
         batch_free(&b);
     }
+    // 256 dims: the mma.sync kernel (Gemma 3's global layers)
+    rng = 97;
+    batch_t b;
+    batch_build(&b, 4, 1, 256, 64, 0, s, 8, 1.f);
+    b.mask_only = 1;
+    batch_sparsify(&b, 0.3f);
+    check_batch(&b, "mask_only 0.3 d256 g4 p64", 0);
+    batch_free(&b);
 }
 END_TEST
 

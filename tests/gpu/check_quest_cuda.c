@@ -497,6 +497,8 @@ START_TEST(test_groups) {
     check_case(16, 2, 64, 64, s, 5, MODE_HEAVY, 2.f, 0, 0, 34, "d64 g8 p64");
     check_case(16, 2, 128, 128, s, 5, MODE_RANDOM, 1.f, 0, 0, 35, "d128 g8 p128");
     check_case(16, 1, 128, 64, s, 5, MODE_HEAVY, 2.f, 0, 0, 36, "d128 g16 p64");
+    check_case(4, 1, 256, 64, s, 5, MODE_HEAVY, 2.f, 0, 0, 37, "d256 g4 p64"); // Gemma 3
+    check_case(8, 1, 256, 128, s, 5, MODE_RANDOM, 1.f, 0, 0, 38, "d256 g8 p128");
 }
 END_TEST
 
@@ -540,6 +542,9 @@ START_TEST(test_bad_input) {
     attn_quest_plan_t *p = NULL;
     attn_cuda_shape_t bad = sh;
     bad.head_dim = 96;
+    ck_assert_int_eq(attn_quest_plan_create(&bad, &lim, &p), LC_EUNSUPPORTED);
+    bad.head_dim = 256; // 4 query heads a kv head fit the scoring CTA at 256 dims, 16 do not
+    bad.n_heads = 32;
     ck_assert_int_eq(attn_quest_plan_create(&bad, &lim, &p), LC_EUNSUPPORTED);
     bad = sh;
     bad.n_heads = 7;

@@ -2,7 +2,7 @@
  * create, the plan (checks, the selecting sequences' page tables and the
  * anchor pass's dense plan over them) and the per-layer run (anchor_cuda.h
  * says what each pass computes; anchor_kern.cu holds the selection kernels,
- * gather.cu the sparse attention, prefill.cu the anchor pass). */
+ * gather.cu the sparse attention, the dense prefill kernels the anchor pass). */
 #include <cuda_bf16.h>
 #include <math.h>
 #include <stdlib.h>
@@ -72,8 +72,8 @@ extern "C" int attn_cuda_anchor_create(const attn_cuda_shape_t *shape, int max_s
         shape->n_pool_pages <= 0 || !(shape->scale > 0.f) || !isfinite(shape->scale))
         return LC_EINVAL;
     *out = NULL;
-    if ((shape->head_dim != 64 && shape->head_dim != 128) || (shape->page_size != 64 && shape->page_size != 128) ||
-        shape->n_heads > 65535)
+    if ((shape->head_dim != 64 && shape->head_dim != 128 && shape->head_dim != 256) ||
+        (shape->page_size != 64 && shape->page_size != 128) || shape->n_heads > 65535)
         return LC_EUNSUPPORTED;
     if (max_kv_len > INT32_MAX / 2 || max_q_rows > INT32_MAX / 2) return LC_ERANGE;
     attn_cuda_anchor_t *a = (attn_cuda_anchor_t *)calloc(1, sizeof *a);
@@ -472,7 +472,11 @@ extern "C" int attn_cuda_anchor_run(const attn_cuda_anchor_t *a, const void *q, 
     const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q;
     __nv_bfloat16 *ob = (__nv_bfloat16 *)out;
     cudaStream_t st = (cudaStream_t)stream;
-    return a->sh.head_dim == 64 ? anc_run<64>(a, qb, k, v, ob, lse, st) : anc_run<128>(a, qb, k, v, ob, lse, st);
+    switch (a->sh.head_dim) {
+    case 256: return anc_run<256>(a, qb, k, v, ob, lse, st);
+    case 128: return anc_run<128>(a, qb, k, v, ob, lse, st);
+    default: return anc_run<64>(a, qb, k, v, ob, lse, st);
+    }
 }
 
 // ---- the dist API ---------------------------------------------------------------------------
@@ -574,8 +578,11 @@ extern "C" int attn_cuda_anchor_dist_run(attn_cuda_anchor_t *a, const void *q, c
     const __nv_bfloat16 *qb = (const __nv_bfloat16 *)q;
     __nv_bfloat16 *ob = (__nv_bfloat16 *)out;
     cudaStream_t st = (cudaStream_t)stream;
-    return a->sh.head_dim == 64 ? anc_dist_run<64>(a, qb, k, v, ob, lse, gather, ctx, st)
-                                : anc_dist_run<128>(a, qb, k, v, ob, lse, gather, ctx, st);
+    switch (a->sh.head_dim) {
+    case 256: return anc_dist_run<256>(a, qb, k, v, ob, lse, gather, ctx, st);
+    case 128: return anc_dist_run<128>(a, qb, k, v, ob, lse, gather, ctx, st);
+    default: return anc_dist_run<64>(a, qb, k, v, ob, lse, gather, ctx, st);
+    }
 }
 
 extern "C" int attn_cuda_anchor_pairs(const attn_cuda_anchor_t *a, unsigned long long *pairs, void *stream) {

@@ -1,7 +1,8 @@
 // What AnchorAttention's host code (anchor.cu) and its selection kernels
 // (anchor_kern.cu) share: one sequence's scalars, the workspace views and
-// the launchers. The anchor pass is the dense prefill kernel (prefill.cu) on
-// block masks, the sparse passes the gather kernel (gather.cu).
+// the launchers. The anchor pass is the dense prefill kernel (prefill.cu, or
+// prefill_mma.cu at 256 dims) on block masks, the sparse passes the gather
+// kernel (gather.cu).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

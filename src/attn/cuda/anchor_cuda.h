@@ -7,7 +7,7 @@
  * anchor_lookback are multiples of 128 here, so every window is whole
  * blocks); the chunk of sequence s holds n_q rows at q_pos0 = kv_len - n_q
  * .. kv_len-1. Per query head:
- *   1. anchor pass (tensor cores): the dense prefill kernel (prefill.cu) on
+ *   1. anchor pass (tensor cores): the dense prefill kernel (attn_cuda_run) on
  *      block masks that hold, for a row's block, the initial window [0, A)
  *      and its group's local window [lo, p], lo = g0 - anchor_lookback (the
  *      whole [0, p] when lo <= A); it gives out1, lse1 and each row's max
@@ -74,7 +74,7 @@ typedef struct {
 
 typedef struct attn_cuda_anchor attn_cuda_anchor_t;
 
-/* shape: attn_cuda.h's (head_dim 64 or 128, page_size 64 or 128). Capacities:
+/* shape: attn_cuda.h's (head_dim 64, 128 or 256, page_size 64 or 128). Capacities:
  * max_seqs sequences and max_q_rows rows per step (the selecting sequences'
  * rows together), max_kv_len keys per sequence, min_local the smallest
  * anchor_local a plan may use (a multiple of 128: it bounds the groups of a

@@ -690,8 +690,12 @@ int select_part_d(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bflo
                 sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
         if (anc_probe_runs(sq)) {
             const int S = anc_probe_splits(sq);
-            probe_kernel<D><<<dim3(sq.ng, H, S), kSelThreads, SelSmem<D>::kBytes * 2 * kSelSub / kSelKR, st>>>(
-                sq, H, sh.n_kv_heads, sh.page_size, sh.scale, k, w);
+            constexpr int kProbeSmem = SelSmem<D>::kBytes * 2 * kSelSub / kSelKR; // two stages of 64 keys
+            if (kProbeSmem > 48 * 1024)                                           // (256 dims)
+                CUDA_CHECK_RET(
+                    cudaFuncSetAttribute(probe_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kProbeSmem));
+            probe_kernel<D><<<dim3(sq.ng, H, S), kSelThreads, kProbeSmem, st>>>(sq, H, sh.n_kv_heads, sh.page_size,
+                                                                                sh.scale, k, w);
             if (probe_rows) probe_rows_kernel<<<dim3(sq.ng, H), kAncB, 0, st>>>(sq, H, S, w, probe_rows);
         }
     }
@@ -748,8 +752,11 @@ int anc_select_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_
 
 int anc_select_part_launch(const AncSeq &sq, const attn_cuda_shape_t &sh, const __nv_bfloat16 *k, const AncWork &w,
                            double *probe_rows, cudaStream_t st) {
-    return sh.head_dim == 128 ? select_part_d<128>(sq, sh, k, w, probe_rows, st)
-                              : select_part_d<64>(sq, sh, k, w, probe_rows, st);
+    switch (sh.head_dim) {
+    case 256: return select_part_d<256>(sq, sh, k, w, probe_rows, st);
+    case 128: return select_part_d<128>(sq, sh, k, w, probe_rows, st);
+    default: return select_part_d<64>(sq, sh, k, w, probe_rows, st);
+    }
 }
 
 int anc_select_finish_launch(const AncSeq &sq, int H, const AncWork &w, const double *probe_ranks, int n_ranks,

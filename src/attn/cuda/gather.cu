@@ -36,11 +36,16 @@ struct GatherParams {
 };
 
 // Two stages of K[64][RS] and V[64][RS] bf16. RS = D + 8 pads a row by 16
-// bytes, so the eight rows one ldmatrix reads fall in distinct banks.
+// bytes, so the eight rows one ldmatrix reads fall in distinct banks. At 256
+// dims the tile's Q (128 rows of RS) follows them: beside a 256-dim O, Q's
+// fragments do not fit the registers, so the warps read them by ldmatrix.
 template <int D> struct GatherSmem {
+    static constexpr bool kQInSmem = D > 128;
     static constexpr int kRS = D + 8;
-    static constexpr int kTile = kKeys * kRS;        // one K or V stage, bf16
-    static constexpr int kBytes = 2 * 2 * kTile * 2; // {K, V} x 2 stages
+    static constexpr int kTile = kKeys * kRS; // one K or V stage, bf16
+    static constexpr int kQ = 2 * 2 * kTile;  // Q's offset (bf16 elements)
+    static constexpr int kBytes = (kQ + (kQInSmem ? kTileRows * kRS : 0)) * 2;
+    static_assert(kBytes <= 227 * 1024, "shared memory of one CTA");
 };
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
@@ -82,9 +87,21 @@ template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(co
         return;
     }
 
-    // Q as A fragments (rows outside the call are zero: finite scores, never stored).
-    uint32_t qa[D / 16][4];
-    {
+    // Q as A fragments (rows outside the call are zero: finite scores, never stored):
+    // in registers, or at 256 dims the warp's 16 rows in shared memory (each warp its own).
+    constexpr int kQK = L::kQInSmem ? 1 : D / 16;
+    uint32_t qa[kQK][4];
+    if constexpr (L::kQInSmem) {
+        __nv_bfloat16 *sq = sm + L::kQ + 16 * warp * L::kRS;
+#pragma unroll
+        for (int i = 0; i < 16 * D / 8 / 32; i++) { // 16-byte pieces of the warp's 16 rows
+            const int v = lane + 32 * i, rr = v / (D / 8), x = (v % (D / 8)) * 8, r = t_pos + 16 * warp + rr - p.pos0;
+            uint4 val = make_uint4(0, 0, 0, 0);
+            if (r >= 0 && r < p.n_rows) val = *reinterpret_cast<const uint4 *>(p.q + ((size_t)r * H + h) * D + x);
+            *reinterpret_cast<uint4 *>(sq + rr * L::kRS + x) = val;
+        }
+        __syncwarp();
+    } else {
         const __nv_bfloat16 *qp_a = p.q + ((size_t)(v_a ? r_a : 0) * H + h) * D + qd;
         const __nv_bfloat16 *qp_b = p.q + ((size_t)(v_b ? r_b : 0) * H + h) * D + qd;
 #pragma unroll
@@ -95,6 +112,9 @@ template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(co
             qa[kk][3] = v_b ? ld_u32(qp_b + 16 * kk + 8) : 0u;
         }
     }
+    // ldmatrix of a Q fragment: rows +0 / +8 (mat % 2) x dims +0 / +8 (mat / 2) of the warp's 16
+    const uint32_t qsm =
+        smem_u32(sm + L::kQ + (16 * warp + (lane >> 3 & 1) * 8 + (lane & 7)) * L::kRS + 8 * (lane >> 4));
     float o[D / 8][4];
 #pragma unroll
     for (int nn = 0; nn < D / 8; nn++) o[nn][0] = o[nn][1] = o[nn][2] = o[nn][3] = 0.f;
@@ -143,14 +163,17 @@ template <int D> __global__ void __launch_bounds__(kThreads, 1) gather_kernel(co
         for (int nt = 0; nt < kKeys / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
         const int tk = (mat >> 1) * 8 + r8;
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t(&a)[4] = qa[L::kQInSmem ? 0 : kk];
+            if constexpr (L::kQInSmem) ldmatrix_x4(a, qsm + 32 * kk);
 #pragma unroll
             for (int j = 0; j < kKeys / 16; j++) {
                 uint32_t r[4];
                 ldmatrix_x4(r, kb + (uint32_t)((16 * j + tk) * L::kRS + 16 * kk + 8 * (mat & 1)) * 2);
-                mma_bf16_16816(s[2 * j], qa[kk], r[0], r[1]);
-                mma_bf16_16816(s[2 * j + 1], qa[kk], r[2], r[3]);
+                mma_bf16_16816(s[2 * j], a, r[0], r[1]);
+                mma_bf16_16816(s[2 * j + 1], a, r[2], r[3]);
             }
+        }
         if (nv < kKeys)
 #pragma unroll
             for (int nt = 0; nt < kKeys / 8; nt++)
@@ -246,7 +269,8 @@ extern "C" int attn_cuda_gather(const attn_cuda_shape_t *sh, const attn_cuda_gat
         a->g_first < 0 || a->n_split < 0 || a->n_split > 65535 ||
         (a->n_split > 1 && (a->split_len <= 0 || a->split_len % kKeys)))
         return LC_EINVAL;
-    if ((sh->head_dim != 64 && sh->head_dim != 128) || (sh->page_size != 64 && sh->page_size != 128))
+    if ((sh->head_dim != 64 && sh->head_dim != 128 && sh->head_dim != 256) ||
+        (sh->page_size != 64 && sh->page_size != 128))
         return LC_EUNSUPPORTED;
     if (((uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->v | (uintptr_t)a->out) & 15) return LC_EINVAL;
     if (a->n_rows == 0) return 0;
@@ -275,5 +299,9 @@ extern "C" int attn_cuda_gather(const attn_cuda_shape_t *sh, const attn_cuda_gat
     const int n_tiles = (a->pos0 + a->n_rows - 1) / kTileRows - a->pos0 / kTileRows + 1;
     cudaStream_t st = (cudaStream_t)stream;
     const int n_split = a->n_split > 1 ? a->n_split : 1;
-    return sh->head_dim == 128 ? launch<128>(gp, n_tiles, n_split, st) : launch<64>(gp, n_tiles, n_split, st);
+    switch (sh->head_dim) {
+    case 256: return launch<256>(gp, n_tiles, n_split, st);
+    case 128: return launch<128>(gp, n_tiles, n_split, st);
+    default: return launch<64>(gp, n_tiles, n_split, st);
+    }
 }

@@ -57,7 +57,7 @@ typedef struct {
 /* Runs on stream. LC_EINVAL for bad arguments (missing pointers, group not a
  * multiple of 128, q / k / v not 16-byte aligned, a split_len not a positive
  * multiple of 64), LC_EUNSUPPORTED for a
- * shape other than head_dim 64 / 128, page_size 64 / 128, LC_EDEVICE from a
+ * shape other than head_dim 64 / 128 / 256, page_size 64 / 128, LC_EDEVICE from a
  * launch. Reads key positions as given: the caller keeps them below the
  * sequence's kv_len. */
 int attn_cuda_gather(const attn_cuda_shape_t *shape, const attn_cuda_gather_args_t *a, void *stream);

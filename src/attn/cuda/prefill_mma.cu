@@ -23,8 +23,8 @@
 //
 // Block-sparse sequences (FlexPrefill's masks, attn_cuda.h) visit their
 // diagonal block's stages, then both stages of every set bit below it, from
-// high to low; the loads and the warps walk the same sequence.
-// mask_only (AnchorAttention's passes) stays with the wgmma kernel.
+// high to low; the loads and the warps walk the same sequence. With
+// mask_only (AnchorAttention's whole kept blocks) the set bits alone.
 #include "attn/cuda/plan.cuh"
 #include "attn/cuda/sm90.cuh"
 #include "ops/cuda/cuda_check.cuh"
@@ -87,20 +87,31 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int st_hi = hi / kStageKeys;
     int n_stages = hi >= lo ? st_hi - lo / kStageKeys + 1 : 0;
     // A block-sparse tile: its mask row (attn_cuda.h), the diagonal block's
-    // stages and both stages of each set bit below it.
+    // stages and both stages of each set bit below it. With mask_only the
+    // set bits alone, below the tile's own query block (mask_only 2: the
+    // diagonal block too when its bit is set); then a tile may visit none.
     const uint32_t *mrow = nullptr;
+    int first_st = st_hi; // the walk's first stage
     if (p.mask && p.seq_info[seq].x >= 0 && n_stages > 0) {
         const int qpos = p.seq_info[seq].y, qb0 = qpos / BM, n_qb = (qpos + nq - 1) / BM - qb0 + 1;
         const int words = ((kv_len - 1) / BM + 1 + 31) / 32, diag = st_hi / 2;
         mrow = p.mask + p.seq_info[seq].x + ((size_t)head * n_qb + (pos0 / BM - qb0)) * words;
-        n_stages = st_hi - 2 * diag + 1 + 2 * count_bits_below(mrow, diag);
+        const bool skip_diag = p.mask_only == 1 || (p.mask_only == 2 && !(mrow[diag >> 5] >> (diag & 31) & 1u));
+        if (skip_diag) {
+            const int t_first = min(diag + 1, pos0 / BM); // exclusive
+            const int nb = count_bits_below(mrow, t_first);
+            n_stages = 2 * nb;
+            if (nb) first_st = 2 * prev_set_bit(mrow, t_first - 1) + 1;
+        } else {
+            n_stages = st_hi - 2 * diag + 1 + 2 * count_bits_below(mrow, diag);
+        }
     }
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
     // ---- the loads: thread 0 issues Q and stage 0 now, stage i + 1 at iteration i ---------------
     const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
-    int ld_stage = st_hi, ld_blk = st_hi / 2; // thread 0's walk, one stage ahead of the warps'
-    auto issue = [&](int i) {                 // stage i of the walk into buffer i % 2
+    int ld_stage = first_st, ld_blk = first_st / 2; // thread 0's walk, one stage ahead of the warps'
+    auto issue = [&](int i) {                       // stage i of the walk into buffer i % 2
         const int st = i % kStages, key0 = ld_stage * kStageKeys;
         const int row = (pages[key0 / p.page_size] * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size;
         mbar_arrive_expect_tx(&full[st], 2 * L::kKV);
@@ -149,7 +160,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint32_t qbase = smem_u32(sQ);
     if (n_stages > 0) mbar_wait(bar_q, 0);
 
-    for (int i = 0, stage = st_hi, blk = st_hi / 2; i < n_stages; i++) {
+    for (int i = 0, stage = first_st, blk = first_st / 2; i < n_stages; i++) {
         const int st = i % kStages, key0 = stage * kStageKeys;
         if (i + 1 < n_stages) next_stage(mrow, stage, blk);
         // buffer (i + 1) % 2 held stage i - 1, which every warp is done with (the barrier below)
@@ -294,7 +305,6 @@ int attn_cuda_prefill_mma_init(void) {
 }
 
 int attn_cuda_prefill_mma_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a, cudaStream_t stream) {
-    if (a->mask_only) return LC_EUNSUPPORTED; // AnchorAttention's passes: the wgmma kernel only
     if (p->n_items == 0) return 0;
     CUtensorMap mq, mk, mv;
     int rc;

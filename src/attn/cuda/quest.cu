@@ -406,8 +406,9 @@ int check_shape(const attn_cuda_shape_t *sh) {
     if (!sh || sh->n_heads <= 0 || sh->n_kv_heads <= 0 || sh->n_heads % sh->n_kv_heads != 0 || sh->n_pool_pages <= 0 ||
         !(sh->scale > 0.f) || !isfinite(sh->scale))
         return LC_EINVAL;
-    if ((sh->head_dim != 64 && sh->head_dim != 128) || (sh->page_size != 64 && sh->page_size != 128) ||
-        sh->n_heads / sh->n_kv_heads > kMaxGroup)
+    // the scoring CTA stages a kv head's queries: at most kMaxGroup of 128 dims (8 of 256)
+    if ((sh->head_dim != 64 && sh->head_dim != 128 && sh->head_dim != 256) ||
+        (sh->page_size != 64 && sh->page_size != 128) || sh->n_heads / sh->n_kv_heads * sh->head_dim > kMaxGroup * 128)
         return LC_EUNSUPPORTED;
     // page' = page * n_kv_heads + kv_head stays an int32
     if (sh->n_pool_pages * (int64_t)sh->n_kv_heads > INT32_MAX) return LC_EUNSUPPORTED;

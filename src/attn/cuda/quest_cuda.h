@@ -73,7 +73,8 @@ int attn_quest_summarize(const attn_cuda_shape_t *shape, const void *k, const in
                          int n, float *kmin, float *kmax, void *stream);
 
 /* Checks the shape (as attn_cuda_plan_create for decode, sm_90 included;
- * LC_EUNSUPPORTED beyond it) and allocates the plan's host and device
+ * head_dim 64, 128 or 256 with at most 16 query heads a kv head, 8 at 256
+ * dims; LC_EUNSUPPORTED beyond it) and allocates the plan's host and device
  * buffers. lim as for decode; lim->split_keys is the attention's smallest
  * split-K chunk in keys, a multiple of 64 (0: 256). */
 int attn_quest_plan_create(const attn_cuda_shape_t *shape, const attn_cuda_limits_t *lim, attn_quest_plan_t **out);
