@@ -35,7 +35,7 @@
 // down projections from a scratch (proj) into the residual, GeGLU replaces
 // SwiGLU, and the sliding layers attend through windowed plans of the same
 // rows (the store keeps every position of every layer: one layer group).
-// FlexPrefill runs on the global layers; AnchorAttention, Quest and
+// FlexPrefill and AnchorAttention run on the global layers; Quest and
 // TidalDecode (64 and 128 dims, no windows) leave such a model's slices dense.
 //
 // Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
@@ -323,7 +323,9 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     }
     c->m = m;
     c->window = window;
-    c->sparse_ok = window == 0 && (m->hp.head_dim == 64 || m->hp.head_dim == 128);
+    c->tidal_ok = window == 0 && (m->hp.head_dim == 64 || m->hp.head_dim == 128);
+    c->quest_ok = m->hp.head_dim == 64 || m->hp.head_dim == 128 ||
+                  (m->hp.head_dim == 256 && m->hp.n_heads / m->hp.n_kv_heads <= 8); // (quest_cuda.h)
     c->device = device;
     c->max_tokens = o->max_batch_tokens;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;

@@ -71,10 +71,12 @@ struct model_cuda {
      * keeps every position of every layer (one layer group). */
     int window;
     attn_cuda_plan_t *pf_plan_w, *dec_plan_w;
-    /* 1: every sparse method's kernels run this model (head_dim 64 or 128,
-     * no sliding layers); else FlexPrefill only (on the global layers), the
-     * other methods' slices dense (a warning once) */
-    int sparse_ok;
+    /* 1: TidalDecode's kernels run this model (head_dim 64 or 128, no
+     * sliding layers); else its slices decode dense (a warning once). The
+     * prefill methods and Quest run every model (on Gemma 3's global
+     * layers); quest_ok: the page summaries are kept (Quest's kernels take
+     * the shape). */
+    int tidal_ok, quest_ok;
     void *dec_ws;
     size_t dec_ws_bytes;
     attn_cuda_shape_t shape;

@@ -189,19 +189,23 @@ int model_cuda__plan_attention(model_cuda_t *c, const step_t *st) {
                                 c->kv_indices, c->pf_kv_len,   sparse ? c->pf_mask_off : NULL};
         int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
         if (!rc && sparse) rc = plan_sparse_prefill(c, st, &pb);
-        pb.window = c->window; // the sliding layers': dense (FlexPrefill runs on the global layers)
+        pb.window = c->window; // the sliding layers': dense (the sparse methods run on the global layers)
         pb.mask_off = NULL;
         if (!rc && c->window) rc = attn_cuda_plan(c->pf_plan_w, &pb, c->stream, &ws);
         if (rc) return rc;
     }
+    const int32_t *dec_idx = c->kv_indices + (st->n_pf_seqs ? c->pf_kv_indptr[st->n_pf_seqs] : 0);
     if (st->n_dec) {
-        const int32_t *dec_idx = c->kv_indices + c->pf_kv_indptr[st->n_pf_seqs];
         attn_cuda_batch_t db = {st->n_dec, NULL, c->dec_kv_indptr, dec_idx, c->dec_kv_len};
         int rc = attn_cuda_plan(c->dec_plan, &db, c->stream, &ws);
         if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // a larger split-K workspace than before
+        if (rc) return rc;
+    }
+    if (c->window && st->n_dec + st->n_quest) { // the sliding layers: the dense rows, then the Quest rows
+        attn_cuda_batch_t db = {st->n_dec + st->n_quest, NULL, c->dec_kv_indptr, dec_idx, c->dec_kv_len};
         db.window = c->window;
-        if (!rc && c->window) rc = attn_cuda_plan(c->dec_plan_w, &db, c->stream, &ws);
-        if (!rc && c->window) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // the two share it
+        int rc = attn_cuda_plan(c->dec_plan_w, &db, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // the dense plan's too
         if (rc) return rc;
     }
     return 0;

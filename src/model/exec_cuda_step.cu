@@ -16,23 +16,20 @@ static int grow_indices(model_cuda_t *c, size_t n) {
 }
 
 
-/* A slice's policy, or NULL. FlexPrefill runs every model (on Gemma 3's
- * global layers); AnchorAttention, Quest and TidalDecode not yet head_dim
- * 256 or sliding layers: such slices run dense (a warning once; the density
- * reports what ran). */
+/* A slice's policy, or NULL. The prefill methods and Quest run every model
+ * (on Gemma 3's global layers); TidalDecode not yet head_dim 256 or sliding
+ * layers: such slices decode dense (a warning once; the density reports what
+ * ran). */
 static const attn_policy_t *policy(const model_cuda_t *c, const model_seq_t *q) {
     const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
-    if (!pol || c->sparse_ok) return pol;
-    if ((!q->generated && pol->prefill == ATTN_PREFILL_FLEX) || (q->generated && pol->decode == ATTN_DECODE_DENSE))
-        return pol;
-    if ((!q->generated && pol->prefill != ATTN_PREFILL_DENSE) || (q->generated && pol->decode != ATTN_DECODE_DENSE)) {
-        static int warned; // the engine thread's
-        if (!warned++)
-            LC_WARN("cuda: %s's kernels do not run %s (head_dim %d%s) yet: such requests attend dense on the GPU "
-                    "(device = cpu runs the method)",
-                    q->generated ? attn_decode_method_name(pol->decode) : attn_prefill_method_name(pol->prefill),
-                    c->m->hp.name, c->m->hp.head_dim, c->window ? ", sliding-window layers" : "");
-    }
+    if (!pol || c->tidal_ok || !q->generated) return pol;
+    if (pol->decode == ATTN_DECODE_DENSE || pol->decode == ATTN_DECODE_QUEST) return pol;
+    static int warned; // the engine thread's
+    if (!warned++)
+        LC_WARN("cuda: %s's kernels do not run %s (head_dim %d%s) yet: such requests decode dense on the GPU "
+                "(device = cpu runs the method)",
+                attn_decode_method_name(pol->decode), c->m->hp.name, c->m->hp.head_dim,
+                c->window ? ", sliding-window layers" : "");
     return NULL;
 }
 
@@ -124,7 +121,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         pf_pages += (size_t)np;
         row += q->n_tok;
         c->pf_kv_len[st->n_pf_seqs] = (int32_t)(q->pos0 + q->n_tok);
-        const attn_policy_t *fp = flex_policy(c, q), *ap = fp || !c->sparse_ok ? NULL : model_cuda__anchor_policy(q);
+        const attn_policy_t *fp = flex_policy(c, q), *ap = fp ? NULL : model_cuda__anchor_policy(q);
         const int e = st->n_pf_seqs;
         c->pf_flex[e] = fp != NULL;
         c->pf_anc[e] = ap != NULL;
@@ -199,6 +196,9 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 const int e = st->n_quest++;
                 c->q_kv_len[e] = (int32_t)len;
                 c->q_kv_indptr[e + 1] = (int32_t)(dec_pages - (size_t)c->dec_kv_indptr[st->n_dec]);
+                /* the dense rows' CSR continued over the Quest rows: the sliding layers' windowed plan */
+                c->dec_kv_len[st->n_dec + e] = (int32_t)len;
+                c->dec_kv_indptr[st->n_dec + e + 1] = (int32_t)dec_pages;
                 c->q_budget[e] = (int32_t)(((int64_t)pol->decode_budget + P - 1) / P);
                 if (c->q_budget[e] < 1) c->q_budget[e] = 1;
                 c->q_dl[e] = pol->dense_layers;
@@ -293,7 +293,7 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
             a.out = c->att;
             rc = attn_cuda_run(c->pf_plan_w, &a, c->stream);
         }
-        if (!rc && st->n_dec) {
+        if (!rc && st->n_dec + st->n_quest) { // dense and Quest rows (Quest selects on the global layers)
             a.q = c->q + (size_t)st->n_pf_rows * HD;
             a.out = c->att + (size_t)st->n_pf_rows * HD;
             a.workspace = c->dec_ws;
@@ -351,7 +351,7 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
 /* Layer l's key summaries of the pages the step wrote (after its K/V are in
  * the pool, before any Quest row reads them). */
 static int summarize(model_cuda_t *c, const step_t *st, int l) {
-    if (!st->n_sum || !c->sparse_ok) return 0; // none listed: a rowwise step did it inside the pieces
+    if (!st->n_sum || !c->quest_ok) return 0; // none listed: a rowwise step did it inside the pieces
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
                                 c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
 }
@@ -403,7 +403,7 @@ static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int rowwise, int l)
     rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
                            c->d_idx + IX_SLOT * c->max_tokens, swa ? c->rope_swa_cos : c->rope_cos,
                            swa ? c->rope_swa_sin : c->rope_sin, &qp, c->stream);
-    if (rc || !rowwise || !c->sparse_ok) return rc; // (Quest's summaries: where Quest runs)
+    if (rc || !rowwise || !c->quest_ok) return rc; // (Quest's summaries: where Quest runs)
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_idx + IX_PAGE * c->max_tokens,
                                 c->d_idx + IX_PLEN * c->max_tokens, rows, c->kmin + (size_t)l * c->sum_floats,
                                 c->kmax + (size_t)l * c->sum_floats, c->stream);
@@ -607,9 +607,10 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
         const double dense = c->window ? dense_pairs(c, q->pos0, q->n_tok, 1) : all;
-        if (!q->generated) { // (FlexPrefill's pairs: the global layers'; the sliding layers' windows beside them)
-            const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f] + dense_pairs(c, q->pos0, q->n_tok, 0)
-                                    : c->pf_anc[f] ? (double)c->h_pairs[c->max_seqs + 1 + f]
+        if (!q->generated) { // (a sparse method's pairs: the global layers'; the sliding layers' windows beside them)
+            const double windows = dense_pairs(c, q->pos0, q->n_tok, 0);
+            const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f] + windows
+                                    : c->pf_anc[f] ? (double)c->h_pairs[c->max_seqs + 1 + f] + windows
                                                    : dense;
             if (q->attn) attn_state_count(q->attn, 0, computed, all);
             f++;
@@ -629,6 +630,10 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
         for (int i = 0; i < q->n_tok; i++, e++) {
             const int64_t len = c->q_kv_len[e], np = (len + P - 1) / P;
             for (int l = 0; l < hp->n_layers; l++) {
+                if (hp->layer[l].window > 0) { // a sliding layer: its window, dense
+                    computed += (double)(len < c->window ? len : c->window) * hp->n_heads;
+                    continue;
+                }
                 int j = 0;
                 while (j < st->n_thr && c->q_thr[j] <= l) j++;
                 const int64_t pages = attn_quest_count(c->qp[j], e);

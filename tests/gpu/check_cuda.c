@@ -809,9 +809,10 @@ static int same_out(const out_t *a, const out_t *b) {
 /* The tiny Gemma 3 through the scheduler on the GPU: requests alone and
  * batched give the same bits; the prefill density counts the sliding
  * layers' windows (2 of 3 layers at 96 positions: 0.6913 over a 300-token
- * prompt). FlexPrefill runs on the global layer (its density at most
- * dense's, above the windows' share); a Quest request attends dense there
- * (its kernels do not take 256 dims yet), so it gives dense's bits. */
+ * prompt). FlexPrefill and AnchorAttention run on the global layer (their
+ * density at most dense's, above the windows' share), and so does Quest
+ * (its decode density below dense's); each sparse request beside a dense
+ * one gives its bits alone. */
 START_TEST(test_sched_gemma) {
     model_t *m = tiny_gemma();
     const int V = model_hparams(m)->n_vocab, R = 3, n = 12;
@@ -828,8 +829,9 @@ START_TEST(test_sched_gemma) {
     for (int r = 0; r < R; r++) sched_req_release(alone[r].r), sched_req_release(together[r].r);
     sched_destroy(s);
     g_no_prefix = 1; // each request computes its whole prompt (the densities below)
+    g_anchor = 1;    // (AnchorAttention's short windows, for the request at the end)
     s = gpu_sched(m, 0);
-    g_no_prefix = 0;
+    g_no_prefix = g_anchor = 0;
     out_t dense, flex, quest;
     submit(s, &dense, prompts[0], 300, n);
     ck_assert_int_eq(sched_run_until_idle(s), 0);
@@ -837,16 +839,27 @@ START_TEST(test_sched_gemma) {
     submit(s, &flex, prompts[0], 300, n);
     ck_assert_int_eq(sched_run_until_idle(s), 0);
     g_flex = 0;
+    out_t quest2, qbeside;
     g_quest = 1;
     submit(s, &quest, prompts[0], 300, n);
     ck_assert_int_eq(sched_run_until_idle(s), 0);
+    submit(s, &quest2, prompts[0], 300, n);
     g_quest = 0;
-    drain(&dense), drain(&flex), drain(&quest);
-    ck_assert(dense.done && flex.done && quest.done);
-    ck_assert_msg(same_out(&quest, &dense), "Gemma: a Quest request on the GPU differs from dense");
-    sched_usage_t ud, uf;
+    submit(s, &qbeside, prompts[1], 97, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    drain(&dense), drain(&flex), drain(&quest), drain(&quest2), drain(&qbeside);
+    ck_assert(dense.done && flex.done && quest.done && quest2.done && qbeside.done);
+    ck_assert_msg(same_out(&quest, &quest2), "Gemma: a Quest request beside a dense one differs from it alone");
+    sched_usage_t ud, uf, uq;
     sched_req_usage(dense.r, &ud);
     sched_req_usage(flex.r, &uf);
+    sched_req_usage(quest.r, &uq);
+    /* Quest keeps 2 of the global layer's 5 pages; the sliding layers attend their windows */
+    fprintf(stderr, "check_cuda: tiny Gemma 3 on the GPU: decode density %.4f dense, %.4f Quest\n", ud.decode_density,
+            uq.decode_density);
+    ck_assert_int_eq(uq.decode_method, ATTN_DECODE_QUEST);
+    ck_assert_msg(uq.decode_density < ud.decode_density - 0.05 && uq.decode_density > 0.2,
+                  "Quest decode density %g (dense %g)", uq.decode_density, ud.decode_density);
     const double want = (45150.0 + 2 * (4656.0 + 96.0 * 204)) / (3 * 45150.0);
     fprintf(
         stderr,
@@ -859,6 +872,38 @@ START_TEST(test_sched_gemma) {
     ck_assert_msg(uf.prefill_density <= want + 1e-9 && uf.prefill_density > windows,
                   "FlexPrefill prefill density %g (dense %g, the windows %g)", uf.prefill_density, want, windows);
     sched_req_release(dense.r), sched_req_release(flex.r), sched_req_release(quest.r);
+    sched_req_release(quest2.r), sched_req_release(qbeside.r);
+    /* AnchorAttention on the global layer of a 1,000-token prompt (windows of
+     * 128 and 256, a lookback of 128): a density above the windows' share
+     * and below dense's; alone and beside a dense request, bitwise */
+    static int32_t longp[1000];
+    for (int i = 0; i < 1000; i++) longp[i] = (int32_t)((7919u * (i + 5)) % (unsigned)V);
+    out_t ldense, anc, anc2, beside;
+    submit(s, &ldense, longp, 1000, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    g_anchor = 1;
+    submit(s, &anc, longp, 1000, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    submit(s, &anc2, longp, 1000, n);
+    g_anchor = 0;
+    submit(s, &beside, prompts[2], 200, n);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    drain(&ldense), drain(&anc), drain(&anc2), drain(&beside);
+    ck_assert(ldense.done && anc.done && anc2.done && beside.done);
+    ck_assert_msg(same_out(&anc, &anc2), "Gemma: an AnchorAttention request beside a dense one differs from it alone");
+    sched_usage_t ul, ua;
+    sched_req_usage(ldense.r, &ul);
+    sched_req_usage(anc.r, &ua);
+    const double lwin = 2 * (4656.0 + 96.0 * 904) / (3 * 500500.0); // the sliding layers' share at 1,000 tokens
+    fprintf(stderr,
+            "check_cuda: tiny Gemma 3, 1,000 tokens: prefill density %.4f dense, %.4f AnchorAttention "
+            "(the windows %.4f)\n",
+            ul.prefill_density, ua.prefill_density, lwin);
+    ck_assert_int_eq(ua.prefill_method, ATTN_PREFILL_ANCHOR);
+    ck_assert_msg(ua.prefill_density > lwin && ua.prefill_density < ul.prefill_density - 1e-3,
+                  "AnchorAttention prefill density %g (dense %g, the windows %g)", ua.prefill_density,
+                  ul.prefill_density, lwin);
+    sched_req_release(ldense.r), sched_req_release(anc.r), sched_req_release(anc2.r), sched_req_release(beside.r);
     sched_destroy(s);
     /* context parallelism does not take the sliding layers on the GPU: a clear refusal */
     char err[256];
