@@ -464,8 +464,19 @@ static int64_t keys_seq(acase_t *c, int s, int64_t *cand, int *fired) {
     return diff;
 }
 
-/* The kept and own key sets equal the CPU's but for keys at the threshold
- * (up to 0.1% of the candidates: the pooled score's summation order). */
+/* Every sequence's kept and own key sets (c built) equal the CPU's but for
+ * keys at the threshold (up to 0.1% of the candidates: the pooled score's
+ * summation order). */
+static void keys_match(acase_t *c, const char *what) {
+    for (int s = 0; s < c->n; s++) {
+        int64_t cand;
+        const int64_t diff = keys_seq(c, s, &cand, NULL);
+        printf("keys %s seq %d: %lld of %lld candidates differ\n", what, s, (long long)diff, (long long)cand);
+        ck_assert_msg(diff * 1000 <= cand, "%s seq %d: %lld of %lld keys differ from the CPU", what, s, (long long)diff,
+                      (long long)cand);
+    }
+}
+
 START_TEST(test_keys) {
     static const float thetas[] = {1.f, 3.f};
     for (int i = 0; i < 2; i++) {
@@ -476,14 +487,7 @@ START_TEST(test_keys) {
         add_seq(&c, 2777, 1000, thetas[i], 384, 384);
         add_seq(&c, 2300, 77, thetas[i], 128, 512);
         build(&c);
-        for (int s = 0; s < c.n; s++) {
-            int64_t cand;
-            const int64_t diff = keys_seq(&c, s, &cand, NULL);
-            printf("keys theta %g seq %d: %lld of %lld candidates differ\n", thetas[i], s, (long long)diff,
-                   (long long)cand);
-            ck_assert_msg(diff * 1000 <= cand, "theta %g seq %d: %lld of %lld keys differ from the CPU", thetas[i], s,
-                          (long long)diff, (long long)cand);
-        }
+        keys_match(&c, thetas[i] < 2.f ? "theta 1" : "theta 3");
         release(&c);
     }
 }
@@ -615,7 +619,19 @@ static void same_as_batch(const acase_t *c, const obufs_t *b, int s, int H, int 
     ck_assert_msg(memcmp(b->sl, b->bl + r0, sizeof(float) * nr) == 0, "seq %d: lse differs alone", s);
 }
 
-/* Each sequence planned alone gives bitwise its output in the batch. */
+/* Each sequence of the built case c planned alone gives bitwise its output
+ * in the batch. */
+static void alone_equals_batch(acase_t *c) {
+    const int H = c->sh.n_heads, D = c->sh.head_dim;
+    obufs_t b = obufs(c->q_indptr[c->n], H, D);
+    run_gpu(c, 0, c->n, b.bo, b.bl);
+    for (int s = 0; s < c->n; s++) {
+        run_gpu(c, s, s + 1, b.so, b.sl);
+        same_as_batch(c, &b, s, H, D);
+    }
+    obufs_free(&b);
+}
+
 START_TEST(test_alone_vs_batch) {
     acase_t c;
     rng = 33;
@@ -624,14 +640,7 @@ START_TEST(test_alone_vs_batch) {
     add_seq(&c, 2777, 1000, 1.f, 384, 384);
     add_seq(&c, 2300, 77, 12.f, 128, 512);
     build(&c);
-    const int H = 8, D = 128;
-    obufs_t b = obufs(c.q_indptr[c.n], H, D);
-    run_gpu(&c, 0, c.n, b.bo, b.bl);
-    for (int s = 0; s < c.n; s++) {
-        run_gpu(&c, s, s + 1, b.so, b.sl);
-        same_as_batch(&c, &b, s, H, D);
-    }
-    obufs_free(&b);
+    alone_equals_batch(&c);
     release(&c);
 }
 END_TEST
@@ -652,22 +661,8 @@ START_TEST(test_d256) {
         add_seq(&c, 2300, 77, 12.f, 128, 512);
         for (int s = 0; s < c.n; s++) c.seq[s].pol.probe = probes[i];
         build(&c);
-        for (int s = 0; s < c.n; s++) {
-            int64_t cand;
-            const int64_t diff = keys_seq(&c, s, &cand, NULL);
-            printf("d256 keys probe %g seq %d: %lld of %lld candidates differ\n", probes[i], s, (long long)diff,
-                   (long long)cand);
-            ck_assert_msg(diff * 1000 <= cand, "d256 seq %d: %lld of %lld keys differ from the CPU", s, (long long)diff,
-                          (long long)cand);
-        }
-        const int H = 4, D = 256;
-        obufs_t b = obufs(c.q_indptr[c.n], H, D);
-        run_gpu(&c, 0, c.n, b.bo, b.bl);
-        for (int s = 0; s < c.n; s++) {
-            run_gpu(&c, s, s + 1, b.so, b.sl);
-            same_as_batch(&c, &b, s, H, D);
-        }
-        obufs_free(&b);
+        keys_match(&c, probes[i] > 0 ? "d256 probe" : "d256");
+        alone_equals_batch(&c);
         int64_t pairs, sparse;
         const int64_t bad = compare_cpu(&c, &pairs, &sparse);
         printf("d256 probe %g: %lld of %lld (row, head) pairs beyond tolerance, %lld sparse\n", probes[i],
