@@ -324,8 +324,8 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     c->m = m;
     c->window = window;
     c->tidal_ok = window == 0 && (m->hp.head_dim == 64 || m->hp.head_dim == 128);
-    c->quest_ok = m->hp.head_dim == 64 || m->hp.head_dim == 128 ||
-                  (m->hp.head_dim == 256 && m->hp.n_heads / m->hp.n_kv_heads <= 8); // (quest_cuda.h)
+    const int D = m->hp.head_dim, G = m->hp.n_heads / m->hp.n_kv_heads;
+    c->quest_ok = (D == 64 || D == 128 || D == 256) && G * D <= 16 * 128; // the shapes quest_cuda.h takes
     c->device = device;
     c->max_tokens = o->max_batch_tokens;
     c->max_seqs = o->max_seqs > 0 ? o->max_seqs : o->max_batch_tokens;

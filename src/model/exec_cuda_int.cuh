@@ -71,11 +71,11 @@ struct model_cuda {
      * keeps every position of every layer (one layer group). */
     int window;
     attn_cuda_plan_t *pf_plan_w, *dec_plan_w;
-    /* 1: TidalDecode's kernels run this model (head_dim 64 or 128, no
-     * sliding layers); else its slices decode dense (a warning once). The
-     * prefill methods and Quest run every model (on Gemma 3's global
-     * layers); quest_ok: the page summaries are kept (Quest's kernels take
-     * the shape). */
+    /* tidal_ok: TidalDecode's kernels run this model (head_dim 64 or 128,
+     * no sliding layers); quest_ok: Quest's take its shape (then the page
+     * summaries are kept). A slice whose method cannot run decodes dense (a
+     * warning once). The prefill methods run every model (on Gemma 3's
+     * global layers). */
     int tidal_ok, quest_ok;
     void *dec_ws;
     size_t dec_ws_bytes;

@@ -16,14 +16,14 @@ static int grow_indices(model_cuda_t *c, size_t n) {
 }
 
 
-/* A slice's policy, or NULL. The prefill methods and Quest run every model
- * (on Gemma 3's global layers); TidalDecode not yet head_dim 256 or sliding
- * layers: such slices decode dense (a warning once; the density reports what
- * ran). */
+/* A slice's policy, or NULL. The prefill methods run every model (on Gemma
+ * 3's global layers), Quest every shape its kernels take (quest_ok);
+ * TidalDecode (and StreamingLLM) not yet head_dim 256 or sliding layers:
+ * such slices decode dense (a warning once; the density reports what ran). */
 static const attn_policy_t *policy(const model_cuda_t *c, const model_seq_t *q) {
     const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
-    if (!pol || c->tidal_ok || !q->generated) return pol;
-    if (pol->decode == ATTN_DECODE_DENSE || pol->decode == ATTN_DECODE_QUEST) return pol;
+    if (!pol || !q->generated || pol->decode == ATTN_DECODE_DENSE) return pol;
+    if (pol->decode == ATTN_DECODE_QUEST ? c->quest_ok : c->tidal_ok) return pol;
     static int warned; // the engine thread's
     if (!warned++)
         LC_WARN("cuda: %s's kernels do not run %s (head_dim %d%s) yet: such requests decode dense on the GPU "
