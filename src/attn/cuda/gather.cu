@@ -1,8 +1,9 @@
 // Token-gather attention on mma.sync (gather_cuda.h has the contract).
 //
 // One CTA per (128-row tile, head), eight warps of 16 rows. Each warp keeps
-// its rows' Q as m16n8k16 A fragments in registers, its O (16 x D, f32) and
-// the online-softmax state (m, l) of its two rows per thread. The CTA walks
+// its rows' Q as m16n8k16 A fragments in registers (at 256 dims in shared
+// memory, read by ldmatrix), its O (16 x D, f32) and the online-softmax
+// state (m, l) of its two rows per thread. The CTA walks
 // the tile's list 64 entries at a time: warp w gathers entries 8 w .. 8 w +
 // 7 of the next 64 (K and V rows, cp.async from their pages) into the other
 // stage while all eight warps compute on this one; entries past the list are
