@@ -26,11 +26,11 @@ EXTRA_DIST += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_
 
 # The GPU Check suite of the executor (tests/gpu/run.sh runs it on the GPU
 # machine; not in make check). Check linked statically so the binary travels.
-EXTRA_DIST += tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c
+EXTRA_DIST += tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tests/gpu/check_cuda_sched.c
 if HAVE_CUDA
 if HAVE_CHECK
 noinst_PROGRAMS += tests/gpu/check_cuda
-tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tests/cp_exec_case.c tests/tinymodel.c \
+tests_gpu_check_cuda_SOURCES = tests/gpu/check_cuda.c tests/gpu/check_cuda_cp.c tests/gpu/check_cuda_sched.c tests/cp_exec_case.c tests/tinymodel.c \
 	tools/mkmodel.c tools/mkmodel_vocab.c
 tests_gpu_check_cuda_CFLAGS = $(CHECK_CFLAGS_ALL) -I$(top_srcdir)/tests
 tests_gpu_check_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(LC_LIBS) -lrt -lm
