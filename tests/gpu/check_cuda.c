@@ -2,8 +2,10 @@
  * CPU counterpart on random and adversarial inputs, the matmul's batch
  * invariance, and the whole forward pass of the GPU executor against the
  * CPU executor (tiny random models, and the real model teacher-forced on 5
- * prompts x 256 positions). Runs on the GPU machine (tests/gpu/run.sh); a
- * machine without a GPU makes it exit 77, never pass.
+ * prompts x 256 positions); check_cuda_sched.c adds the executor through
+ * the scheduler, check_cuda_cp.c its context parallelism. Runs on the GPU
+ * machine (tests/gpu/run.sh); a machine without a GPU makes it exit 77,
+ * never pass.
  *
  * Tolerances: bf16 rounds to 8 bits of mantissa (relative 2^-9 per value), so
  * one rounded output is within 4e-3 of the reference and a matmul over bf16
