@@ -35,8 +35,9 @@
 // down projections from a scratch (proj) into the residual, GeGLU replaces
 // SwiGLU, and the sliding layers attend through windowed plans of the same
 // rows (the store keeps every position of every layer: one layer group).
-// FlexPrefill and AnchorAttention run on the global layers; Quest and
-// TidalDecode (64 and 128 dims, no windows) leave such a model's slices dense.
+// FlexPrefill, AnchorAttention and Quest run on the global layers;
+// TidalDecode (64 and 128 dims, no windows) leaves such a model's slices
+// dense.
 //
 // Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
 // attention of long sequences through the GPU ring over device-local ranks
