@@ -24,9 +24,9 @@ ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
 ATTN_CUDA_SRC += src/attn/cuda/tidal.cu src/attn/cuda/tidal_kern.cu
 ATTN_CUDA_HDRS += src/attn/cuda/tidal_cuda.h src/attn/cuda/tidal.cuh src/attn/cuda/radix.cuh
-# AnchorAttention's prefill (anchor.cu host, anchor_kern.cu selection kernels) and the token-gather
+# AnchorAttention's prefill (anchor.cu host, anchor_kern.cu selection kernels, anchor_merge.cu merges) and the token-gather
 # attention it runs on (gather.cu); their GPU checks: tests/gpu/check_anchor_cuda.
-ATTN_CUDA_SRC += src/attn/cuda/anchor.cu src/attn/cuda/anchor_kern.cu src/attn/cuda/gather.cu
+ATTN_CUDA_SRC += src/attn/cuda/anchor.cu src/attn/cuda/anchor_kern.cu src/attn/cuda/anchor_merge.cu src/attn/cuda/gather.cu
 ATTN_CUDA_HDRS += src/attn/cuda/anchor_cuda.h src/attn/cuda/anchor.cuh src/attn/cuda/gather_cuda.h
 EXTRA_DIST += tests/gpu/check_anchor_cuda.c tests/gpu/check_anchor_kern.c tests/gpu/check_anchor_kern.h
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
@@ -41,7 +41,7 @@ CUDA_SRCS += $(ATTN_CUDA_SRC)
 ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o \
 	src/attn/cuda/flex_kern.o
 # AnchorAttention for tests/gpu/bench_flex_ref.py (its anchor pass runs on the prefill kernel above).
-ATTN_CUDA_OBJS += src/attn/cuda/anchor.o src/attn/cuda/anchor_kern.o src/attn/cuda/gather.o
+ATTN_CUDA_OBJS += src/attn/cuda/anchor.o src/attn/cuda/anchor_kern.o src/attn/cuda/anchor_merge.o src/attn/cuda/gather.o
 
 # The GPU checks run on the GPU machine (tests/gpu/run_attn.sh), not in make
 # check: built here, with Check linked statically so that the binary travels.

@@ -1,8 +1,9 @@
-// What AnchorAttention's host code (anchor.cu) and its selection kernels
-// (anchor_kern.cu) share: one sequence's scalars, the workspace views and
-// the launchers. The anchor pass is the dense prefill kernel (prefill.cu, or
-// prefill_mma.cu at 256 dims) on block masks, the sparse passes the gather
-// kernel (gather.cu).
+// What AnchorAttention's host code (anchor.cu) and its kernels (the
+// selection in anchor_kern.cu, the merges and pair count in anchor_merge.cu)
+// share: one sequence's scalars, the workspace views and the launchers.
+// The anchor pass is the dense prefill kernel (prefill.cu, or prefill_mma.cu
+// at 256 dims) on block masks, the sparse passes the gather kernel
+// (gather.cu).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -87,7 +88,7 @@ __host__ __device__ __forceinline__ bool anc_probe_runs(const AncSeq &sq) {
     return sq.probe > 0 && !isinf(sq.theta) && anc_probe_splits(sq) > 0;
 }
 
-// Launchers (anchor_kern.cu), on stream; 0 or LC_EDEVICE.
+// Launchers (anchor_kern.cu; from anc_fold_launch on, anchor_merge.cu), on stream; 0 or LC_EDEVICE.
 // The anchor pass's block masks of one sequence (attn_cuda.h's layout) at mask + sq.mask_off.
 int anc_mask_launch(const AncSeq &sq, int H, uint32_t *mask, cudaStream_t st);
 // Pool, stripes (kept and own bits), the whole kept blocks (full_bits, their
