@@ -21,6 +21,8 @@ strip --strip-debug "$out"/bin/lacunad "$out"/bin/lacuna "$out"/bin/check_cuda "
     "$out"/bin/check_flex_cuda
 cp "$b/tests/gpu/check_tidal_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/check_tidal_cuda
+make -C "$b" -s tests/gpu/libattn_cuda_trace.so # the decode kernel's phase timer (tests/gpu/trace_decode.py)
+cp "$b/tests/gpu/libattn_cuda_trace.so" "$out/bin/"
 cp "$b/tests/gpu/check_anchor_cuda" "$out/bin/"
 strip --strip-debug "$out"/bin/check_anchor_cuda
 tar cJf "$out/bin.tar.xz" -C "$out" bin

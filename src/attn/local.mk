@@ -81,6 +81,15 @@ tests/gpu/libattn_cuda.so: $(ATTN_CUDA_OBJS) $(top_srcdir)/src/common/log.c $(to
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -I$(top_srcdir)/src -I$(top_builddir) \
 		-c -o tests/gpu/status.pic.o $(top_srcdir)/src/common/status.c && \
 	$(NVCC) -shared -o $@ $(ATTN_CUDA_OBJS) tests/gpu/log.pic.o tests/gpu/status.pic.o
+
+# The same library with the decode kernel's phase timer (tests/gpu/trace_decode.py):
+# built on demand only (scripts/gpu_bundle.sh), never linked into the executor.
+CLEANFILES += tests/gpu/libattn_cuda_trace.so tests/gpu/decode_trace.o
+tests/gpu/libattn_cuda_trace.so: tests/gpu/libattn_cuda.so $(top_srcdir)/src/attn/cuda/decode.cu
+	$(AM_V_GEN)$(NVCC) $(NVCC_FLAGS) -DATTN_DEC_TRACE -c -o tests/gpu/decode_trace.o \
+		$(top_srcdir)/src/attn/cuda/decode.cu && \
+	$(NVCC) -shared -o $@ $(filter-out src/attn/cuda/decode.o,$(ATTN_CUDA_OBJS)) tests/gpu/decode_trace.o \
+		tests/gpu/log.pic.o tests/gpu/status.pic.o
 endif
 
 # attn/cp: context parallelism (communicators, ring attention over a sharded KV cache).

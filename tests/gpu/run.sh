@@ -52,6 +52,10 @@
 #            system's libnccl or else torch's)
 #     cp-serve  lacunad on this GPU with parallel.context = 4: a prompt past
 #            context_min_tokens through /v1/completions, /metrics' per-rank lines
+#     dectrace  where a batch-1 dense decode call's time goes: times at 8K-128K
+#            fitted to bytes / rate + a fixed cost, and the CTAs' phases from
+#            the kernel built with its timer (tests/gpu/trace_decode.py;
+#            DECTRACE_FLAGS e.g. "--splits 0,16,24")
 #     gemm   what batch-invariant (deterministic) matmuls cost against
 #            cuBLASLt's heuristic choice (tests/gpu/bench_gemm)
 #     e2e    lacunad on the GPU against transformers + SDPA (bench/gpu_e2e.py)
@@ -304,6 +308,12 @@ for step in "$@"; do
             grep -Eq '^lacuna:cp_ring_steps_total\{.*rank="3"\} [1-9]' "$OUT/cp-serve.log" || fail "cp-serve metrics" 1
         kill "$dpid" 2>/dev/null
         wait "$dpid" 2>/dev/null
+        ;;
+    dectrace)
+        # shellcheck disable=SC2086
+        ours python3 tests/gpu/trace_decode.py --lib "$G/bin/libattn_cuda.so" \
+            --trace-lib "$G/bin/libattn_cuda_trace.so" ${DECTRACE_FLAGS:-} 2>&1 | tee "$OUT/dectrace.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail dectrace 1
         ;;
     gemm)
         ours "$G/bin/bench_gemm" "$OUT/gemm.json" 2>&1 | tee "$OUT/gemm.log"

@@ -63,6 +63,30 @@ template <int D> struct DecodeSmem {
     static_assert(kWarps * 16 * D * 4 <= kBar, "the warps' O partials reuse the stage buffers");
 };
 
+// Built with -DATTN_DEC_TRACE (tests/gpu/trace_decode.py, not the library the
+// executor links), each CTA writes the global timer at its phases: entry, its
+// first TMA issued, its first stage arrived, its stages consumed, its partial
+// written, its merge done (the merging CTA only), and its SM.
+#ifdef ATTN_DEC_TRACE
+constexpr int kTraceCtas = 4096;
+__device__ unsigned long long g_dec_trace[kTraceCtas * 8];
+__device__ __forceinline__ void dec_trace(int i) {
+    if (blockIdx.x >= kTraceCtas) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    g_dec_trace[blockIdx.x * 8 + i] = t;
+    if (i == 0) {
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        g_dec_trace[blockIdx.x * 8 + 6] = sm;
+        g_dec_trace[blockIdx.x * 8 + 5] = 0;
+    }
+}
+#define DEC_TRACE(i) dec_trace(i)
+#else
+#define DEC_TRACE(i) ((void)0)
+#endif
+
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
 // Two CTAs an SM up to 128 dims; at 256 one (the stages and a 256-dim O).
@@ -79,6 +103,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     float *sm_M = reinterpret_cast<float *>(sm + L::kML), *sm_L = sm_M + 16;
     float *sm_w = reinterpret_cast<float *>(sm + L::kW);
     int *sm_flag = reinterpret_cast<int *>(sm + L::kFlag);
+    if (threadIdx.x == 0) DEC_TRACE(0);
 
     const int4 it = p.items[blockIdx.x];
     const int seq = it.x, kvh = it.y, chunk = it.z;
@@ -118,6 +143,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
                     tma_load_2d(sK + st * L::kKV + h * L::kHalf, &tm_k, &full[st], h * 64, row);
                     tma_load_2d(sV + st * L::kKV + h * L::kHalf, &tm_v, &full[st], h * 64, row);
                 }
+                if (i == 0) DEC_TRACE(1);
             }
             __syncwarp();
         }
@@ -148,6 +174,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     for (int i = 0; i < n_stages; i++) {
         const int st = i % kStages;
         mbar_wait(&full[st], (i / kStages) & 1);
+        if (i == 0 && threadIdx.x == 0) DEC_TRACE(2);
         const int k0 = key_begin + i * kStageKeys + 16 * warp;
         const int nv = key_end - k0, nlo = key_lo - k0; // valid keys of this warp's 16: [nlo, nv)
         if (nv > 0 && nlo < 16 && nlo < nv) {
@@ -221,6 +248,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
         if (lane == 0) mbar_arrive(&empty[st]);
     }
 
+    if (threadIdx.x == 0) DEC_TRACE(3);
     // ---- combine the four warps (fixed order) ------------------------------------------------
     l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
     l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
@@ -288,6 +316,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
             p.ws_lse[(part + chunk) * G + tid] = lse2;
         }
     }
+    if (tid == 0) DEC_TRACE(4);
     if (n_chunks == 1) return;
 
     // ---- the last chunk to finish merges all chunks in order -------------------------------------
@@ -347,6 +376,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
         *reinterpret_cast<__nv_bfloat162 *>(o + 2) = __floats2bfloat162_rn(v.z, v.w);
     }
     if (tid == 0) p.counters[seq * p.n_kv_heads + kvh] = 0;
+    if (tid == 0) DEC_TRACE(5);
 }
 
 template <int D> int set_smem() {
@@ -370,6 +400,15 @@ int attn_cuda_decode_init(void) {
     if ((rc = set_smem<64>()) || (rc = set_smem<128>()) || (rc = set_smem<256>())) return rc;
     return 0;
 }
+
+#ifdef ATTN_DEC_TRACE
+extern "C" int attn_cuda_decode_trace(unsigned long long *host, int n_ctas) {
+    if (n_ctas > kTraceCtas) n_ctas = kTraceCtas;
+    CUDA_CHECK_RET(cudaDeviceSynchronize());
+    CUDA_CHECK_RET(cudaMemcpyFromSymbol(host, g_dec_trace, (size_t)n_ctas * 8 * sizeof(unsigned long long)));
+    return n_ctas;
+}
+#endif
 
 int attn_cuda_decode_variants(void) { return 1; }
 const char *attn_cuda_decode_variant_name(int v) { return v == 0 ? "split-K mma.sync" : NULL; }
