@@ -6,9 +6,10 @@
  *   all-reduce (the same bits on every rank), broadcast, all-to-all, barrier
  *   and a size mismatch, for 1, 2, 3, 4 and 8 ranks;
  * - prefill: N = 2, 3, 4, 8 over lengths 1, 37, 300, 1001 (pass-KV), on a
- *   sharded prefix (pass-KV and pass-Q), sliding-window layers, StreamingLLM,
+ *   sharded prefix (pass-KV and pass-Q), sliding-window layers (on a table
+ *   of a layer group released below the window, too), StreamingLLM,
  *   AnchorAttention and FlexPrefill with real selections;
- * - decode: dense, sliding window, Quest, TidalDecode (layer by layer, so the
+ * - decode: dense, sliding window (released below it too), Quest, TidalDecode (layer by layer, so the
  *   selection flows), StreamingLLM, several sequences and a multi-row slice;
  * - model (check_cp_model.c): a tiny random model through the CPU executor
  *   with 2 and 3 ranks against 1 (two prompt slices, a forked prefix,
@@ -270,6 +271,7 @@ typedef struct {
     attn_shape_t sh;
     int n_layers, n_seqs, n_rows, bs, mode;
     int64_t window;  // the layers' own sliding window (0: none)
+    int group;       // the store's layer group: the sequences' table at blocks + group * group_stride
     pool_t kv[MAXL]; // one pool per layer, blocks of all sequences in one table each
     cp_seq_t seqs[MAXS];
     float *q[MAXL];   // (n_rows, H, d) per layer
@@ -284,10 +286,14 @@ static int case_body(int r, cp_comm_t *c, void *ud) {
     cp_plan_t *p = cp_plan_create(&k->sh, k->n_layers, r, N);
     if (!p) return LC_ENOMEM;
     cp_plan_force_mode(p, k->mode);
+    int64_t win[MAXL];
+    for (int l = 0; l < k->n_layers; l++) win[l] = k->window;
+    int rc = cp_plan_windows(p, win);
     cp_batch_t b = {.n_rows = k->n_rows, .n_seqs = k->n_seqs, .seqs = k->seqs, .block_size = k->bs};
-    int rc = cp_plan(p, &b);
+    if (!rc) rc = cp_plan(p, &b);
     for (int l = 0; !rc && l < k->n_layers; l++) {
         attn_store_t st = pool_store(&k->kv[l]);
+        st.group = k->group;
         rc = cp_run(p, c, l, k->window, &st, k->q[l], k->out[l], k->lse[l]);
     }
     cp_plan_destroy(p);
@@ -312,6 +318,7 @@ static attn_plan_t *ref_plan(const cpcase_t *k, int i, attn_state_t *st) {
                     .n_tok = s->n_tok,
                     .pos0 = s->pos0,
                     .blocks = s->blocks,
+                    .group_stride = s->group_stride,
                     .state = st,
                     .decode = s->decode,
                     .prompt_end = s->prompt_end};
@@ -340,6 +347,7 @@ static double case_check(cpcase_t *k, int N, attn_state_t **states, double *lse_
         for (int i = 0; i < k->n_seqs; i++) {
             const cp_seq_t *s = &k->seqs[i];
             attn_store_t st = pool_store(&k->kv[l]);
+            st.group = k->group;
             ck_assert_int_eq(attn_run(rp[i], l, k->window, &st, k->q[l] + (size_t)s->tok0 * rs, ro, rl), 0);
             double e = max_diff(k->out[l] + (size_t)s->tok0 * rs, ro, (size_t)s->n_tok * rs);
             double el = max_diff(k->lse[l] + (size_t)s->tok0 * H, rl, (size_t)s->n_tok * H);
@@ -380,6 +388,31 @@ static void case_prefill(cpcase_t *k, const attn_shape_t *sh, int N, int bs, int
     k->n_seqs = 1;
     k->n_rows = n_tok;
     k->seqs[0] = (cp_seq_t){.tok0 = 0, .n_tok = n_tok, .pos0 = pos0, .blocks = *table, .owner = owner};
+}
+
+/* Layer groups (kv.h): the case's layers read the second of two tables
+ * (store group 1), a sliding group's, whose entries below each sequence's
+ * first window block are released (-1) as kv_seq_trim leaves them; the
+ * first table is a decoy (another permutation of the pool). Neither the
+ * ranks nor the references may read a released entry or the decoy. table:
+ * the one the pools were filled through (cap entries); returns the pair,
+ * which the sequences now point into. */
+static int32_t *group_tables(cpcase_t *k, const int32_t *table, int cap) {
+    int32_t *g = malloc(sizeof(int32_t) * 2 * (size_t)cap), *decoy = shuffled_table(cap);
+    memcpy(g, decoy, sizeof(int32_t) * (size_t)cap);
+    memcpy(g + cap, table, sizeof(int32_t) * (size_t)cap);
+    free(decoy);
+    k->group = 1;
+    for (int i = 0; i < k->n_seqs; i++) {
+        cp_seq_t *s = &k->seqs[i];
+        const ptrdiff_t off = s->blocks - table;
+        s->blocks = g + off;
+        s->group_stride = (size_t)cap;
+        const int64_t lo =
+            s->pos0 - (k->window - 1 + ATTN_BK - 1); // kv_config_swa_first, model_kv_config_grouped's swa_keep
+        for (int64_t b = 0; lo > 0 && b < lo / k->bs; b++) g[cap + off + b] = -1;
+    }
+    return g;
 }
 
 /* ---- prefill ---------------------------------------------------------------------------- */
@@ -451,6 +484,39 @@ START_TEST(test_prefill_windows) {
         free(table);
     }
     printf("cp sliding window and streaming prefill: max |out diff| %.2e\n", worst);
+}
+END_TEST
+
+/* A sliding layer of a model with layer groups: its table released below
+ * the window (group_tables), prompt slices on a sharded prefix and from
+ * position 0, windows shorter and longer than a rank's chunk. */
+START_TEST(test_prefill_window_groups) {
+    const attn_shape_t sh = {6, 2, 16, 0.25f};
+    const struct {
+        int64_t pos0;
+        int n_tok;
+        int64_t window;
+        int align;
+    } cs[] = {{200, 333, 100, 32}, {640, 301, 48, 32},  {0, 700, 64, 32},
+              {515, 1, 100, 32},   {300, 260, 400, 32}, {240, 360, 48, 128}};
+    uint8_t owner[256];
+    double worst = 0, wl = 0, el;
+    for (int N = 2; N <= 8; N += N < 4 ? 1 : 4)
+        for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+            rng_state = 4000 + 10 * (uint64_t)N + i;
+            cpcase_t k;
+            int32_t *table;
+            case_prefill(&k, &sh, N, 16, cs[i].align, cs[i].pos0, cs[i].n_tok, 2, cs[i].window, 1, owner, &table, 1.5f);
+            const int cap = (int)((cs[i].pos0 + cs[i].n_tok + 15) / 16) + 3;
+            int32_t *g = group_tables(&k, table, cap);
+            double e = case_check(&k, N, NULL, &el);
+            worst = e > worst ? e : worst;
+            wl = el > wl ? el : wl;
+            case_free(&k);
+            free(table), free(g);
+        }
+    printf("cp sliding layers with released blocks (layer groups), prefill: max |out diff| %.2e, |lse diff| %.2e\n",
+           worst, wl);
 }
 END_TEST
 
@@ -602,8 +668,8 @@ END_TEST
 /* n_seqs sequences decoding one token each (seq 0 also a few rows of a
  * recomputation), KV sharded by an earlier zig-zag prompt and then
  * extended block by block; n_layers layers with a policy. */
-static double decode_case(int N, const attn_policy_t *pol, int n_layers, int64_t window, double *lse_err,
-                          uint64_t seed) {
+static double decode_case(int N, const attn_policy_t *pol, int n_layers, int64_t window, double *lse_err, uint64_t seed,
+                          int grouped) {
     const attn_shape_t sh = {8, 2, 32, 1.0f / sqrtf(32.0f)};
     const int bs = 16;
     rng_state = seed;
@@ -643,12 +709,13 @@ static double decode_case(int N, const attn_policy_t *pol, int n_layers, int64_t
         k.out[l] = malloc(sizeof(float) * (size_t)tok * sh.n_heads * sh.head_dim);
         k.lse[l] = malloc(sizeof(float) * (size_t)tok * sh.n_heads);
     }
+    int32_t *g = grouped ? group_tables(&k, table, n_blk_tot + 3) : NULL; // a sliding group's table
     attn_state_t *st[3] = {NULL, NULL, NULL};
     for (int i = 0; pol && i < 3; i++) k.seqs[i].state = st[i] = attn_state_create(&sh, n_layers, pol);
     double e = case_check(&k, N, pol ? st : NULL, lse_err);
     for (int i = 0; i < 3; i++) attn_state_destroy(st[i]);
     case_free(&k);
-    free(table);
+    free(table), free(g);
     return e;
 }
 
@@ -656,9 +723,12 @@ START_TEST(test_decode_dense) {
     const int Ns[] = {2, 3, 4, 8};
     double w[4], el, wl = 0;
     for (int a = 0; a < 4; a++) {
-        w[a] = decode_case(Ns[a], NULL, 1, 0, &el, 500 + a);
+        w[a] = decode_case(Ns[a], NULL, 1, 0, &el, 500 + a, 0);
         wl = el > wl ? el : wl;
-        double e2 = decode_case(Ns[a], NULL, 1, 150, &el, 600 + a); // a sliding-window layer
+        double e2 = decode_case(Ns[a], NULL, 1, 150, &el, 600 + a, 0); // a sliding-window layer
+        w[a] = e2 > w[a] ? e2 : w[a];
+        wl = el > wl ? el : wl;
+        e2 = decode_case(Ns[a], NULL, 2, 150, &el, 650 + a, 1); // one of a layer group, released below its window
         w[a] = e2 > w[a] ? e2 : w[a];
         wl = el > wl ? el : wl;
     }
@@ -685,11 +755,11 @@ START_TEST(test_decode_sparse) {
     const int Ns[] = {2, 3, 4, 8};
     double wq = 0, wt = 0, ws = 0, el, wl = 0;
     for (int a = 0; a < 4; a++) {
-        double e = decode_case(Ns[a], &quest, 3, 0, &el, 700 + a);
+        double e = decode_case(Ns[a], &quest, 3, 0, &el, 700 + a, 0);
         wq = e > wq ? e : wq, wl = el > wl ? el : wl;
-        e = decode_case(Ns[a], &tidal, 4, 0, &el, 800 + a);
+        e = decode_case(Ns[a], &tidal, 4, 0, &el, 800 + a, 0);
         wt = e > wt ? e : wt, wl = el > wl ? el : wl;
-        e = decode_case(Ns[a], &stream, 1, 0, &el, 900 + a);
+        e = decode_case(Ns[a], &stream, 1, 0, &el, 900 + a, 0);
         ws = e > ws ? e : ws, wl = el > wl ? el : wl;
     }
     printf("cp sparse decode: max |out diff| Quest %.2e, TidalDecode %.2e, streaming %.2e; max |lse diff| %.2e\n", wq,
@@ -709,6 +779,7 @@ int main(void) {
     tcase_add_test(tp, test_prefill_prefix_pass_kv);
     tcase_add_test(tp, test_prefill_prefix_pass_q);
     tcase_add_test(tp, test_prefill_windows);
+    tcase_add_test(tp, test_prefill_window_groups);
     tcase_add_test(tp, test_prefill_anchor);
     tcase_add_test(tp, test_prefill_flex);
     suite_add_tcase(s, tp);

@@ -41,6 +41,27 @@ static model_t *tiny(void) {
     return g_model = tiny_model_load(&o);
 }
 
+/* A tiny random Gemma 3 (6 layers, every 3rd global, the others sliding
+ * over 48 positions; head_dim 16): one global and two sliding layer groups,
+ * so the ranks read three block tables, and the sliding ones lose their
+ * blocks behind the window under the scheduler. */
+static model_t *g_gemma;
+static model_t *tiny_gemma(void) {
+    if (g_gemma) return g_gemma;
+    const tiny_opts_t o = {.name = "check-cp-gemma",
+                           .n_layers = 6,
+                           .n_embd = 64,
+                           .n_heads = 4,
+                           .n_kv_heads = 2,
+                           .n_ff = 128,
+                           .n_ctx = 2048,
+                           .seed = 23,
+                           .qk_std = 3.0f,
+                           .window = 48,
+                           .swa_pattern = 3};
+    return g_gemma = tiny_model_load(&o);
+}
+
 /* The CPU executor's case: blocks of 16, sharding from 100 tokens; a
  * 600-token prompt in slices of 310 and 290, a fork at 240, 6 decode steps. */
 static const cp_exec_case_t g_case = {.device = "cpu",
@@ -79,12 +100,13 @@ static void compare(void *ud, const char *part, const float *sharded, const floa
  * every row; the per-rank counters show the ring ran, a sparse policy's
  * density is counted from every rank's pairs. Returns the largest logit
  * difference. */
-static double model_case(int ranks, const attn_policy_t *pol) {
+static double model_case_on(const model_t *m, int fork, int ranks, const attn_policy_t *pol) {
     cp_exec_case_t cs = g_case;
     cs.seed = 5u + (unsigned)ranks;
+    if (fork) cs.fork = fork;
     cmp_t c = {ranks, 0};
     cp_exec_result_t res;
-    cp_exec_case_run(tiny(), &cs, ranks, pol, compare, &c, &res);
+    cp_exec_case_run(m, &cs, ranks, pol, compare, &c, &res);
     ck_assert_int_eq(res.cp.ranks, ranks);
     int64_t kvb = 0;
     uint64_t steps = 0;
@@ -101,6 +123,8 @@ static double model_case(int ranks, const attn_policy_t *pol) {
     }
     return c.worst;
 }
+
+static double model_case(int ranks, const attn_policy_t *pol) { return model_case_on(tiny(), 0, ranks, pol); }
 
 START_TEST(test_model_dense) {
     double e2 = model_case(2, NULL), e3 = model_case(3, NULL);
@@ -133,6 +157,32 @@ START_TEST(test_model_sparse) {
 }
 END_TEST
 
+/* Gemma 3's layer groups: the sliding layers' tables sharded like the
+ * global one, their windows fetched from the ranks before them. The fork
+ * at 304 keeps its prefix: the second slice's reservation released the
+ * sliding blocks before position 192 (the window, 48, and the tiles'
+ * alignment behind 310), and the windows from 304 on start after them. */
+START_TEST(test_model_gemma) {
+    double e2 = model_case_on(tiny_gemma(), 304, 2, NULL), e3 = model_case_on(tiny_gemma(), 304, 3, NULL);
+    attn_policy_t pol;
+    attn_policy_default(&pol);
+    pol.prefill = ATTN_PREFILL_ANCHOR;
+    pol.decode = ATTN_DECODE_TIDAL;
+    pol.block = 16;
+    pol.anchor_init = 32;
+    pol.anchor_local = 64;
+    pol.anchor_lookback = 32;
+    pol.theta = 10.0f;
+    pol.decode_budget = 128;
+    pol.tidal_select_layer = 0;
+    pol.tidal_reselect_layer = 3;
+    double s2 = model_case_on(tiny_gemma(), 304, 2, &pol);
+    printf("cp whole model (tiny Gemma 3, layer groups): max |logit diff| vs 1 rank: dense 2 ranks %.2e, 3 ranks "
+           "%.2e; AnchorAttention + TidalDecode, 2 ranks %.2e\n",
+           e2, e3, s2);
+}
+END_TEST
+
 /* cp_exec_case.h's batch invariance with 2 ranks, dense and sparse. */
 START_TEST(test_model_batch) {
     cp_exec_batch_run(tiny(), &g_case, 2, NULL);
@@ -151,12 +201,15 @@ END_TEST
 /* ---- through the scheduler ----------------------------------------------------------------- */
 enum { SCHED_GEN = 8 };
 /* One greedy request (a 500-token prompt in slices of 160) through an
- * engine with `ranks` ranks sharding from 128 tokens; its tokens into out.
- * With ranks > 1 the metrics text shows every rank. */
-static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
-    const model_t *m = tiny();
+ * engine on m with `ranks` ranks sharding from 128 tokens (keep: the
+ * sliding layers keep every position); its tokens into out, the most KV in
+ * use after a step into *peak, in blocks of one layer (a pool block holds
+ * the layers of one group). With ranks > 1 the metrics text shows every
+ * rank. */
+static void sched_case_on(const model_t *m, int keep, int ranks, int prefill, int decode, int32_t *out, int64_t *peak) {
     sched_config_t c;
     sched_config_default(&c);
+    c.kv_keep_sliding = keep;
     c.kv_blocks = 128;
     c.max_batch_tokens = 256;
     c.prefill_chunk = 160;
@@ -193,7 +246,12 @@ static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
     sched_req_t *r = sched_req_create(&p, &st);
     ck_assert_ptr_nonnull(r);
     ck_assert_int_eq(sched_submit(s, r), 0);
-    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    int64_t pk = 0;
+    for (int rc; (rc = sched_step(s)) > 0;) {
+        const int64_t used = kv_pool_n_used(sched_kv(s));
+        pk = used > pk ? used : pk;
+    }
+    if (peak) *peak = pk * model_hparams(m)->n_layers / kv_config_groups(kv_pool_config(sched_kv(s)));
     sched_event_t ev[32];
     int n, got = 0, done = 0;
     while ((n = sched_req_poll(r, ev, 32)) > 0)
@@ -222,6 +280,10 @@ static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
     sched_destroy(s);
 }
 
+static void sched_case(int ranks, int prefill, int decode, int32_t *out) {
+    sched_case_on(tiny(), 0, ranks, prefill, decode, out, NULL);
+}
+
 START_TEST(test_sched) {
     const int modes[4][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE},
                              {ATTN_PREFILL_ANCHOR, ATTN_DECODE_QUEST},
@@ -238,6 +300,32 @@ START_TEST(test_sched) {
 }
 END_TEST
 
+/* Gemma 3 through the scheduler: the same greedy tokens with 1, 2 and 3
+ * ranks, with the sliding layers' blocks released behind their windows, as
+ * with every position kept; the released layout peaks at fewer blocks. */
+START_TEST(test_sched_gemma) {
+    const int modes[2][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE}, {ATTN_PREFILL_ANCHOR, ATTN_DECODE_TIDAL}};
+    for (int k = 0; k < 2; k++) {
+        int32_t keep[SCHED_GEN], one[SCHED_GEN], two[SCHED_GEN], three[SCHED_GEN];
+        int64_t pk_keep, pk_one, pk_two, pk_three;
+        sched_case_on(tiny_gemma(), 1, 2, modes[k][0], modes[k][1], keep, &pk_keep);
+        sched_case_on(tiny_gemma(), 0, 1, modes[k][0], modes[k][1], one, &pk_one);
+        sched_case_on(tiny_gemma(), 0, 2, modes[k][0], modes[k][1], two, &pk_two);
+        sched_case_on(tiny_gemma(), 0, 3, modes[k][0], modes[k][1], three, &pk_three);
+        ck_assert_msg(!memcmp(one, keep, sizeof one) && !memcmp(one, two, sizeof one) &&
+                          !memcmp(one, three, sizeof one),
+                      "gemma, prefill %d decode %d: greedy tokens differ with context parallelism or layer groups",
+                      modes[k][0], modes[k][1]);
+        ck_assert_msg(pk_two == pk_one && pk_three == pk_one && pk_one < pk_keep,
+                      "gemma: peak KV layer-blocks: keep-all %lld, windows 1 rank %lld, 2 ranks %lld, 3 ranks %lld",
+                      (long long)pk_keep, (long long)pk_one, (long long)pk_two, (long long)pk_three);
+        printf("cp through the scheduler (tiny Gemma 3, prefill %d decode %d): the same tokens on 1-3 ranks; peak KV "
+               "%lld layer-blocks (keep-all %lld)\n",
+               modes[k][0], modes[k][1], (long long)pk_one, (long long)pk_keep);
+    }
+}
+END_TEST
+
 TCase *cp_model_tcase(void) {
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 300);
@@ -245,5 +333,7 @@ TCase *cp_model_tcase(void) {
     tcase_add_test(tm, test_model_sparse);
     tcase_add_test(tm, test_model_batch);
     tcase_add_test(tm, test_sched);
+    tcase_add_test(tm, test_model_gemma);
+    tcase_add_test(tm, test_sched_gemma);
     return tm;
 }

@@ -96,7 +96,7 @@ endif
 liblacuna_a_SOURCES += \
 	src/attn/cp/cp_comm.h src/attn/cp/cp_comm_int.h src/attn/cp/comm.c src/attn/cp/comm_threads.c \
 	src/attn/cp/cp_attn.h src/attn/cp/cp_int.h src/attn/cp/layout.c src/attn/cp/ring.c \
-	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c src/attn/cp/cp_flex.c \
+	src/attn/cp/cp_decode.c src/attn/cp/cp_sparse.c src/attn/cp/cp_flex.c src/attn/cp/cp_window.c \
 	src/attn/cp/cp_ring_map.h src/attn/cp/ring_map.c src/attn/cp/cp_team.h src/attn/cp/team.c
 # The hosts of a ring spanning machines agree at start-up (plain C, sockets).
 liblacuna_a_SOURCES += \

@@ -85,13 +85,6 @@ static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, si
         snprintf(err, errlen, "parallel.context = %d: at most %d ranks", o->context_ranks, MODEL_CP_MAX_RANKS);
         return LC_EINVAL;
     }
-    if (o->context_ranks > 1 && kv_config_groups(&kc) > 1) { // the ring reads one block table per sequence
-        snprintf(err, errlen,
-                 "parallel.context = %d: context parallelism does not shard KV layer groups yet (this model's "
-                 "sliding-window layers keep only their window); set engine.kv_keep_sliding = true or context = 1",
-                 o->context_ranks);
-        return LC_EINVAL;
-    }
     if (!(e->cpu =
               model_cpu_create(e->m, &kc, o->max_batch_tokens, max_seqs, o->context_ranks, o->context_min_tokens))) {
         snprintf(err, errlen, "out of memory for a KV store of %lld blocks (%.1f MiB) and scratch for %d tokens",

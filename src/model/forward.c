@@ -104,7 +104,7 @@ model_cpu_t *model_cpu_create(const model_t *m, const kv_config_t *kvc, int max_
     c->cp_n = cp_ranks > 1 ? cp_ranks : 1;
     c->cp_min = cp_min_tokens > 0 ? cp_min_tokens : 1;
     if (c->cp_n > 1) {
-        c->cp = model_cp_create(&shape, hp->n_layers, c->cp_n);
+        c->cp = model_cp_create(&shape, hp, c->cp_n);
         c->owner = calloc((size_t)kvc->n_blocks, 1);
         c->cseq = calloc((size_t)max_seqs, sizeof *c->cseq);
         c->cidx = calloc((size_t)max_seqs, sizeof *c->cidx);
@@ -211,21 +211,25 @@ static int shard_align(int bs, const attn_state_t *st) {
 /* The owners of a sharded slice's blocks by sequence block (so): earlier
  * blocks keep theirs; the blocks this step starts are dealt zig-zag (a
  * prompt slice) or in turn (generated tokens), and recorded per store
- * block. An unsharded slice's new blocks belong to rank 0. */
+ * block of every layer group's table (a sequence block has one owner in all
+ * of them). Group 0 keeps every position (kv.h). An unsharded slice's new
+ * blocks belong to rank 0. */
 static void assign_owners(model_cpu_t *c, const model_seq_t *q, uint8_t *so) {
-    const int bs = kv_store_config(c->store)->block_size;
+    const kv_config_t *kc = kv_store_config(c->store);
+    const int bs = kc->block_size, G = kv_config_groups(kc);
     const int64_t n_blk = (q->pos0 + q->n_tok + bs - 1) / bs, first = (q->pos0 + bs - 1) / bs;
-    const int32_t *blocks = q->kv->blocks;
-    if (!so) {
-        for (int64_t b = first; b < n_blk; b++) c->owner[blocks[b]] = 0;
-        return;
+    if (so) {
+        const int32_t *blocks = q->kv->blocks;
+        for (int64_t b = 0; b < n_blk; b++) so[b] = c->owner[blocks[b]];
+        if (q->generated)
+            for (int64_t b = first; b < n_blk; b++) so[b] = (uint8_t)cp_owner_next(c->cp_n, b);
+        else
+            cp_zigzag(c->cp_n, bs, shard_align(bs, q->attn), q->pos0, q->n_tok, so);
     }
-    for (int64_t b = 0; b < n_blk; b++) so[b] = c->owner[blocks[b]];
-    if (q->generated)
-        for (int64_t b = first; b < n_blk; b++) so[b] = (uint8_t)cp_owner_next(c->cp_n, b);
-    else
-        cp_zigzag(c->cp_n, bs, shard_align(bs, q->attn), q->pos0, q->n_tok, so);
-    for (int64_t b = first; b < n_blk; b++) c->owner[blocks[b]] = so[b];
+    for (int g = 0; g < G; g++) {
+        const int32_t *blocks = kv_seq_table(q->kv, g);
+        for (int64_t b = first; b < n_blk; b++) c->owner[blocks[b]] = so ? so[b] : 0;
+    }
 }
 
 /* Density counters of the sharded slices, from every rank's pairs. */
@@ -313,6 +317,7 @@ static int plan_attention(model_cpu_t *c, const model_batch_t *b) {
                                           .n_tok = q->n_tok,
                                           .pos0 = q->pos0,
                                           .blocks = q->kv->blocks,
+                                          .group_stride = (size_t)q->kv->cap,
                                           .owner = so,
                                           .state = q->attn,
                                           .decode = q->generated,

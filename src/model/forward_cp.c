@@ -56,10 +56,12 @@ static int rank_job(void *ctx, int r) {
 
 static void rank_abort(void *ctx) { cp_threads_abort(((model_cp_t *)ctx)->group); }
 
-model_cp_t *model_cp_create(const attn_shape_t *shape, int n_layers, int n_ranks) {
+model_cp_t *model_cp_create(const attn_shape_t *shape, const model_hparams_t *hp, int n_ranks) {
     if (n_ranks < 2 || n_ranks > CP_MAX_RANKS) return NULL;
     model_cp_t *cp = calloc(1, sizeof *cp);
-    if (!cp) return NULL;
+    int64_t *win = calloc((size_t)hp->n_layers, sizeof *win); // the layers' own windows
+    if (!cp || !win) return free(cp), free(win), NULL;
+    for (int l = 0; l < hp->n_layers; l++) win[l] = hp->layer[l].window;
     cp->n = n_ranks;
     pthread_mutex_init(&cp->slock, NULL);
     cp->group = cp_threads_create(n_ranks);
@@ -67,11 +69,14 @@ model_cp_t *model_cp_create(const attn_shape_t *shape, int n_layers, int n_ranks
     cp->timing = calloc((size_t)n_ranks, sizeof *cp->timing);
     if (!cp->group || !cp->plans || !cp->timing) goto fail;
     for (int r = 0; r < n_ranks; r++)
-        if (!(cp->plans[r] = cp_plan_create(shape, n_layers, r, n_ranks))) goto fail;
+        if (!(cp->plans[r] = cp_plan_create(shape, hp->n_layers, r, n_ranks)) || cp_plan_windows(cp->plans[r], win))
+            goto fail;
     const cp_team_ops_t ops = {rank_job, rank_abort, NULL, cp};
     if (!(cp->team_th = cp_team_create(n_ranks, &ops))) goto fail;
+    free(win);
     return cp;
 fail:
+    free(win);
     model_cp_destroy(cp);
     return NULL;
 }

@@ -66,7 +66,7 @@ void model_cpu_cp_stats(model_cpu_t *c, model_exec_cp_stats_t *out);
 
 /* The rank threads of the CPU executor's context parallelism (forward_cp.c). */
 typedef struct model_cp model_cp_t;
-model_cp_t *model_cp_create(const attn_shape_t *shape, int n_layers, int n_ranks);
+model_cp_t *model_cp_create(const attn_shape_t *shape, const model_hparams_t *hp, int n_ranks);
 void model_cp_destroy(model_cp_t *cp);
 /* Every rank plans b with an OpenMP team of team / n_ranks threads. */
 int model_cp_plan(model_cp_t *cp, const cp_batch_t *b, int team);

@@ -29,6 +29,10 @@
  *    search on every rank from all-reduced summaries (the representative
  *    rows' attention, pooled keys and queries) and skips steps the mask does
  *    not touch.
+ *  - a sliding-window layer (cp_run's window > 0): no ring. Each rank
+ *    fetches the blocks its rows' windows reach and it does not hold (one
+ *    all-to-all for K, one for V; every rank knows every rank's needs from
+ *    the layout), then attends its rows to them in one pass.
  * Per step, all sharded decode rows together: the row's owner shares its
  * query (an all-reduce), every rank attends its blocks (dense, or the
  * Quest / TidalDecode selection made globally from all-reduced page scores
@@ -80,6 +84,8 @@ typedef struct {
     int tok0, n_tok; // rows of the batch, at positions pos0 .. pos0 + n_tok - 1
     int64_t pos0;
     const int32_t *blocks;     // (ceil((pos0 + n_tok) / block_size)) block table into the store
+    size_t group_stride;       // as attn_seq_t: the table of a store of group g is blocks + g * group_stride;
+                               // a sliding layer's table may hold -1 (released) before its windows
     const uint8_t *owner;      // (same) rank holding each block
     const attn_state_t *state; // policy (read only); NULL = dense
     int decode;                // as attn_seq_t: 1 = generated rows (decode method)
@@ -107,12 +113,18 @@ typedef struct cp_plan cp_plan_t;
 /* For rank `rank` of n_ranks. NULL on OOM or a bad shape. */
 cp_plan_t *cp_plan_create(const attn_shape_t *shape, int n_layers, int rank, int n_ranks);
 void cp_plan_destroy(cp_plan_t *p);
+/* The layers' own sliding windows (n_layers entries, 0: none; at most
+ * CP_MAX_WINDOWS distinct values), before the first cp_plan: cp_plan sizes
+ * each window's fetches. 0, LC_EINVAL or LC_EUNSUPPORTED (too many distinct
+ * windows). */
+int cp_plan_windows(cp_plan_t *p, const int64_t *layer_window);
 /* Plans a step on the calling thread (its OpenMP team sizes the workspace).
  * Every rank plans the same batch. 0, LC_EINVAL or LC_ENOMEM. */
 int cp_plan(cp_plan_t *p, const cp_batch_t *b);
 /* Runs one layer of the planned step; collective over c (every rank of the
  * group calls it for the same layer). window > 0: the layer's own sliding
- * window (dense for every row). Writes out and lse (may be NULL) of this
+ * window (dense for every row), one cp_plan_windows gave; kv->group picks
+ * the sequences' table (cp_seq_t). Writes out and lse (may be NULL) of this
  * rank's rows.
  *   q, out: (n_rows, n_heads, head_dim);  lse: (n_rows, n_heads) */
 int cp_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,

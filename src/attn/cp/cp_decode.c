@@ -205,7 +205,7 @@ static int quest_scores(cp_plan_t *p, cp_comm_t *c, const attn_store_t *kv) {
         for (int kh = 0; kh < KH; kh++)
             for (int64_t pg = 0; pg < n_pages - 1; pg++) { // the newest page is always kept
                 if (s->owner[pg] != p->rank) continue;
-                const size_t b = (size_t)s->blocks[pg];
+                const size_t b = (size_t)cp__table(s, kv)[pg];
                 p->dqs[dr->qs_off + (size_t)kh * n_pages + pg] = attn__quest_bound(
                     p->dq + ((size_t)i * KH + kh) * G * d, G, d, kv->kmin + b * kv->sum_stride + (size_t)kh * d,
                     kv->kmax + b * kv->sum_stride + (size_t)kh * d);
@@ -269,7 +269,7 @@ static int tidal_select(cp_plan_t *p, cp_comm_t *c, const attn_store_t *kv) {
                 const attn_kv_t kvv = {.k = kv->k,
                                        .v = kv->v,
                                        .blk_stride = kv->blk_stride,
-                                       .blocks = p->seqs[dr->seq].blocks,
+                                       .blocks = cp__table(&p->seqs[dr->seq], kv),
                                        .block_size = p->block_size,
                                        .n_kv = n};
                 group_scores(p, dr, i, kh, &kvv, &t, S);
@@ -418,7 +418,7 @@ int cp__decode_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const 
             const attn_kv_t kvv = {.k = kv->k,
                                    .v = kv->v,
                                    .blk_stride = kv->blk_stride,
-                                   .blocks = p->seqs[dr->seq].blocks,
+                                   .blocks = cp__table(&p->seqs[dr->seq], kv),
                                    .block_size = p->block_size,
                                    .n_kv = dr->n_kv};
             attn_tile_begin(&t, G);

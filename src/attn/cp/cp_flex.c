@@ -333,7 +333,7 @@ int cp__flex_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_st
     const attn_kv_t local = {.k = kv->k,
                              .v = kv->v,
                              .blk_stride = kv->blk_stride,
-                             .blocks = s->blocks,
+                             .blocks = cp__table(s, kv),
                              .block_size = p->block_size,
                              .n_kv = sl->n_kv};
     double t0 = lc_now_s();

@@ -10,6 +10,7 @@
 #include "common/mem.h"
 
 enum { CP_PASS_KV = 1, CP_PASS_Q = 2 };
+#define CP_MAX_WINDOWS 4 // distinct sliding windows of a model's layers (cp_plan_windows)
 
 /* A tile of query rows: rows [i0, i1) of a rank's row list, consecutive
  * positions. */
@@ -37,6 +38,20 @@ typedef struct {
     int n_tiles;
 } cp_hold_t;
 
+/* A sliding window's fetches for one slice (cp_window.c): the blocks this
+ * rank's rows read under the window, grouped by the rank holding them (own
+ * ones included) in the order of the pack, and what this rank sends. */
+typedef struct {
+    int n_need;
+    int32_t *need;     // (n_need) sequence block indices; need[need_from[s] .. need_from[s+1]) held by rank s
+    int *need_from;    // (n_ranks + 1)
+    int *send_to;      // (n_ranks + 1) this rank's blocks for rank t: send_blk[send_to[t] .. send_to[t+1])
+    int32_t *send_blk; // sequence block indices
+    int32_t *ltbl;     // (n_blk) sequence block -> index in the pack (0 where not needed)
+    attn_range_t *rg;  // (n_rg) positions of the needed blocks, ascending, clipped to n_kv
+    int n_rg;
+} cp_win_t;
+
 /* One sharded prompt slice of the step. */
 typedef struct {
     int seq; // index in the batch
@@ -48,15 +63,17 @@ typedef struct {
     /* AnchorAttention (cp_sparse.c): the blocks this rank needs beyond its
      * own (the halo), and per source rank what goes where. */
     int n_halo;
-    int32_t *halo;     // (n_halo) sequence block indices, grouped by source rank, ascending within
-    int *halo_from;    // (n_ranks + 1) halo[halo_from[s] .. halo_from[s+1]) come from rank s
-    int *send_to;      // (n_ranks + 1) this rank's blocks for rank t: send_blk[send_to[t] .. send_to[t+1])
-    int32_t *send_blk; // sequence block indices
-    int32_t *ltbl;     // (n_blk) sequence block -> index in the pack, own blocks and halo
-    int n_qblk;        // query blocks of the slice (AnchorAttention's blocks, in position order)
-    cp_qblk_t *qblk;   // (n_qblk)
-    void *mem;         // one allocation behind the holdings
-    void *mem2;        // one allocation behind the sparse method's arrays
+    int32_t *halo;                // (n_halo) sequence block indices, grouped by source rank, ascending within
+    int *halo_from;               // (n_ranks + 1) halo[halo_from[s] .. halo_from[s+1]) come from rank s
+    int *send_to;                 // (n_ranks + 1) this rank's blocks for rank t: send_blk[send_to[t] .. send_to[t+1])
+    int32_t *send_blk;            // sequence block indices
+    int32_t *ltbl;                // (n_blk) sequence block -> index in the pack, own blocks and halo
+    int n_qblk;                   // query blocks of the slice (AnchorAttention's blocks, in position order)
+    cp_qblk_t *qblk;              // (n_qblk)
+    cp_win_t win[CP_MAX_WINDOWS]; // per planned window (cp_plan's windows)
+    void *mem;                    // one allocation behind the holdings
+    void *mem2;                   // one allocation behind the sparse method's arrays
+    void *mem3;                   // one allocation behind the windows' fetches
 } cp_slice_t;
 
 /* One sharded decode row of the step. */
@@ -79,6 +96,8 @@ struct cp_plan {
     attn_shape_t shape;
     int n_layers, rank, n_ranks;
     int force_mode;
+    int64_t windows[CP_MAX_WINDOWS]; // the distinct sliding windows of the layers
+    int n_windows;
     int n_threads;
     int block_size;
     int n_rows;
@@ -181,6 +200,19 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
 int cp__flex_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_thread);
 int cp__flex_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_store_t *kv, const float *q, float *out,
                  float *lse);
+
+/* The table of sequence s for a store of kv's group (cp_seq_t). */
+static inline const int32_t *cp__table(const cp_seq_t *s, const attn_store_t *kv) {
+    return s->blocks + (size_t)kv->group * s->group_stride;
+}
+
+/* ---- cp_window.c ------------------------------------------------------------------------ */
+/* Plan-time fetch lists of every planned window on a slice; the sizes of the
+ * pack (floats, K and V) and of the stage (the sends) they need. */
+int cp__window_plan(cp_plan_t *p, cp_slice_t *sl, size_t *pack, size_t *stage);
+/* A sliding-window layer (window windows[wi]) on a slice. */
+int cp__window_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, int wi, const attn_store_t *kv, const float *q,
+                   float *out, float *lse);
 
 /* ---- cp_decode.c ---------------------------------------------------------------------- */
 int cp__decode_plan(cp_plan_t *p, size_t *per_thread);

@@ -580,7 +580,7 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
     /* 1. the halo */
     double t0 = lc_now_s();
     for (int j = 0; j < ns; j++) {
-        const size_t id = (size_t)s->blocks[sl->send_blk[j]];
+        const size_t id = (size_t)cp__table(s, kv)[sl->send_blk[j]];
         memcpy(sendk + (size_t)j * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
         memcpy(sendv + (size_t)j * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
     }

@@ -50,7 +50,7 @@ cp_plan_t *cp_plan_create(const attn_shape_t *shape, int n_layers, int rank, int
 }
 
 static void free_slices(cp_plan_t *p) {
-    for (int i = 0; i < p->n_slices; i++) free(p->slices[i].mem), free(p->slices[i].mem2);
+    for (int i = 0; i < p->n_slices; i++) free(p->slices[i].mem), free(p->slices[i].mem2), free(p->slices[i].mem3);
     p->n_slices = 0;
 }
 
@@ -67,6 +67,24 @@ void cp_plan_destroy(cp_plan_t *p) {
 }
 
 void cp_plan_force_mode(cp_plan_t *p, int mode) { p->force_mode = mode; }
+
+int cp_plan_windows(cp_plan_t *p, const int64_t *layer_window) {
+    if (!p || !layer_window) return LC_EINVAL;
+    int n = 0;
+    int64_t w[CP_MAX_WINDOWS];
+    for (int l = 0; l < p->n_layers; l++) {
+        if (layer_window[l] < 0) return LC_EINVAL;
+        if (!layer_window[l]) continue;
+        int k = 0;
+        while (k < n && w[k] != layer_window[l]) k++;
+        if (k < n) continue;
+        if (n == CP_MAX_WINDOWS) return LC_EUNSUPPORTED;
+        w[n++] = layer_window[l];
+    }
+    memcpy(p->windows, w, sizeof(int64_t) * (size_t)n);
+    p->n_windows = n;
+    return 0;
+}
 double cp_plan_computed(const cp_plan_t *p, int i) { return i >= 0 && i < p->n_seqs ? p->computed[i] : 0; }
 const cp_timing_t *cp_plan_timing(const cp_plan_t *p) { return &p->timing; }
 
@@ -224,9 +242,13 @@ int cp_plan(cp_plan_t *p, const cp_batch_t *b) {
             if (st > need_stage) need_stage = st;
             if (pt > per_thread) per_thread = pt;
         }
-        /* the packs of pass-KV (sparse methods and their sliding-window
-         * layers included), the queries and running outputs of every slice;
-         * pass-Q's buffers where a slice chose it */
+        /* the sliding windows' fetches; the packs of pass-KV (sparse
+         * methods included), the queries and running outputs of every
+         * slice; pass-Q's buffers where a slice chose it */
+        size_t wpk = 0, wst = 0;
+        if ((rc = cp__window_plan(p, sl, &wpk, &wst))) return rc;
+        if (wpk > need_pack) need_pack = wpk;
+        if (wst > need_stage) need_stage = wst;
         const size_t pk = ((size_t)me->nb + (size_t)sl->n_halo) * stride * 2;
         if (pk > need_pack) need_pack = pk;
         if (max_nb * stride * 2 > need_rbuf) need_rbuf = max_nb * stride * 2;

@@ -128,7 +128,7 @@ attn_kv_t cp__pack_view(const cp_plan_t *p, const cp_slice_t *sl, int s, const f
 
 void cp__pack_own(cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, int nb_tot) {
     const cp_hold_t *me = &sl->hold[p->rank];
-    const int32_t *blocks = p->seqs[sl->seq].blocks;
+    const int32_t *blocks = cp__table(&p->seqs[sl->seq], kv);
     const size_t stride = (size_t)p->shape.n_kv_heads * p->block_size * p->shape.head_dim;
     float *vpack = p->pack + (size_t)nb_tot * stride;
 #pragma omp parallel for schedule(static) num_threads(p->n_threads)
@@ -272,7 +272,7 @@ static int pass_q(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, int64_t wind
     const attn_kv_t local = {.k = kv->k,
                              .v = kv->v,
                              .blk_stride = kv->blk_stride,
-                             .blocks = s->blocks,
+                             .blocks = cp__table(s, kv),
                              .block_size = p->block_size,
                              .n_kv = sl->n_kv};
     size_t *soff = p->a2a, *sbytes = soff + N, *roff = sbytes + N, *rbytes = roff + N;
@@ -333,10 +333,18 @@ int cp_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const attn_sto
         return LC_EINVAL;
     if (kv->blk_stride < (size_t)p->shape.n_kv_heads * p->block_size * p->shape.head_dim) return LC_EINVAL;
     if (attn_max_threads() > p->n_threads) return LC_EINVAL;
+    int wi = -1;
+    if (window > 0) { // the layer's own window: planned (cp_plan_windows)
+        for (int k = 0; k < p->n_windows; k++)
+            if (p->windows[k] == window) wi = k;
+        if (wi < 0) return LC_EINVAL;
+    }
     for (int i = 0; i < p->n_slices; i++) {
         const cp_slice_t *sl = &p->slices[i];
         int rc;
-        if (window == 0 && sl->pol && sl->pol->prefill == ATTN_PREFILL_ANCHOR)
+        if (wi >= 0)
+            rc = cp__window_run(p, c, sl, wi, kv, q, out, lse);
+        else if (window == 0 && sl->pol && sl->pol->prefill == ATTN_PREFILL_ANCHOR)
             rc = cp__anchor_run(p, c, sl, kv, q, out, lse);
         else if (window == 0 && sl->pol && sl->pol->prefill == ATTN_PREFILL_FLEX && sl->n_qblk)
             rc = cp__flex_run(p, c, sl, kv, q, out, lse);
