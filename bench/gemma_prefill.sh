@@ -13,9 +13,13 @@
 # "anchor:theta=6" or "flexprefill:gamma=0.8;tau=0.1" (sparse_attention keys).
 # ROUNDS > 1 runs every method that many times, in turn (dense, the methods,
 # dense, ...), so that a drift of the machine's speed touches all alike; the
-# table gives each one's median time. Prints a markdown table.
+# table gives each one's median time. CONTEXTS="1 2" runs the whole set
+# again with each count of context-parallel ranks (parallel.context, sharding
+# from 1024 tokens; on the CPU the ranks share its cores: the run shows the
+# answers, the KV and what sharding costs, not a speed-up). Prints a markdown
+# table.
 #   bench/gemma_prefill.sh [BUILD_DIR] [MODEL]
-#   LENGTHS="16384 32768" METHODS="dense flexprefill anchor streaming" KEEP_LENGTHS="4096" ROUNDS=1
+#   LENGTHS="16384 32768" METHODS="dense flexprefill anchor streaming" KEEP_LENGTHS="4096" ROUNDS=1 CONTEXTS=1
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-.}
@@ -24,11 +28,12 @@ lengths=${LENGTHS:-16384 32768}
 methods=${METHODS:-dense flexprefill anchor streaming}
 keep_lengths=${KEEP_LENGTHS-4096}
 rounds=${ROUNDS:-1}
+contexts=${CONTEXTS:-1}
 tmp=$(mktemp -d)
 pid=
 trap '[ -z "$pid" ] || kill $pid 2>/dev/null; rm -rf "$tmp"' EXIT
 
-start() { # $1: kv_keep_sliding
+start() { # $1: kv_keep_sliding, $2: context-parallel ranks
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     cat >"$tmp/lacuna.conf" <<EOF
 [server]
@@ -39,6 +44,9 @@ max_batch_tokens = 2048
 prefill_chunk = 2048
 prefix_cache = false
 kv_keep_sliding = $1
+[parallel]
+context = $2
+context_min_tokens = 1024
 EOF
     "$build/lacunad" --config "$tmp/lacuna.conf" --model "$model" --host 127.0.0.1 --port "$port" >"$tmp/log" 2>&1 &
     pid=$!
@@ -104,20 +112,26 @@ PY
 }
 
 echo "machine: $(getconf _NPROCESSORS_ONLN) CPUs ($(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed "s/^ //")), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-start false
-for n in $lengths; do
-    i=0
-    while [ $i -lt "$rounds" ]; do
-        for m in $methods; do run "$m" "$n" "windows" >>"$tmp/rows.jsonl"; done
-        i=$((i + 1))
+for c in $contexts; do
+    layout=windows
+    [ "$c" = 1 ] || layout="windows, $c ranks"
+    start false "$c"
+    for n in $lengths; do
+        i=0
+        while [ $i -lt "$rounds" ]; do
+            for m in $methods; do run "$m" "$n" "$layout" >>"$tmp/rows.jsonl"; done
+            i=$((i + 1))
+        done
     done
+    stop
 done
-for n in $keep_lengths; do
-    case " $lengths " in *" $n "*) ;; *) run dense "$n" "windows" >>"$tmp/rows.jsonl" ;; esac
-done
-stop
 if [ -n "$keep_lengths" ]; then
-    start true
+    start false 1
+    for n in $keep_lengths; do
+        case " $lengths " in *" $n "*) ;; *) run dense "$n" "windows" >>"$tmp/rows.jsonl" ;; esac
+    done
+    stop
+    start true 1
     for n in $keep_lengths; do run dense "$n" "every position" >>"$tmp/rows.jsonl"; done
     stop
 fi
@@ -128,12 +142,12 @@ rows, groups = [json.loads(l) for l in open(sys.argv[1])], {}
 for r in rows:  # one line per (length, method, layout): the median of its rounds
     groups.setdefault((r["tokens"], r["method"], r["label"]), []).append(r)
 med = {k: statistics.median(x["time_s"] for x in g) for k, g in groups.items()}
-dense = {k[0]: t for k, t in med.items() if k[1] == "dense" and k[2] == "windows"}
+dense = {(k[0], k[2]): t for k, t in med.items() if k[1] == "dense"}  # per length and layout
 print("| prompt tokens | prefill | KV layout | runs | time (s) | speed-up vs dense | density | peak KV (MiB) | answer | right |")
 print("|---:|---|---|---:|---:|---:|---:|---:|---|---|")
 for k, g in groups.items():
-    r, t, d = g[0], med[k], dense.get(k[0])
-    sp = f"{d / t:.2f}x" if d and k[2] == "windows" else ""
+    r, t, d = g[0], med[k], dense.get((k[0], k[2]))
+    sp = f"{d / t:.2f}x" if d and k[2] != "every position" else ""
     dens = f"{r['density']:.3f}" if r["density"] is not None else ""
     times = "" if len(g) == 1 else " (" + ", ".join(f"{x['time_s']:.1f}" for x in g) + ")"
     print(f"| {k[0]} | {k[1]} | {k[2]} | {len(g)} | {t:.1f}{times} | {sp} | {dens} | "
