@@ -38,8 +38,8 @@ EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tes
 if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
-ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/decode.o src/attn/cuda/flex.o \
-	src/attn/cuda/flex_kern.o
+ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/prefill_mma.o src/attn/cuda/decode.o \
+	src/attn/cuda/flex.o src/attn/cuda/flex_kern.o
 # AnchorAttention for tests/gpu/bench_flex_ref.py (its anchor pass runs on the prefill kernel above).
 ATTN_CUDA_OBJS += src/attn/cuda/anchor.o src/attn/cuda/anchor_kern.o src/attn/cuda/anchor_merge.o src/attn/cuda/gather.o
 
