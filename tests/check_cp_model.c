@@ -132,17 +132,24 @@ START_TEST(test_model_dense) {
 }
 END_TEST
 
-START_TEST(test_model_sparse) {
+/* AnchorAttention at the tiny models' scale (blocks of 16, windows of 32
+ * and 64, theta 10) with a decode method and a 128-token budget. */
+static attn_policy_t anchor_policy(attn_decode_method_t decode) {
     attn_policy_t pol;
     attn_policy_default(&pol);
     pol.prefill = ATTN_PREFILL_ANCHOR;
-    pol.decode = ATTN_DECODE_QUEST;
+    pol.decode = decode;
     pol.block = 16;
     pol.anchor_init = 32;
     pol.anchor_local = 64;
     pol.anchor_lookback = 32;
     pol.theta = 10.0f;
     pol.decode_budget = 128;
+    return pol;
+}
+
+START_TEST(test_model_sparse) {
+    attn_policy_t pol = anchor_policy(ATTN_DECODE_QUEST);
     pol.dense_layers = 1;
     double e2 = model_case(2, &pol);
     pol.decode = ATTN_DECODE_TIDAL;
@@ -164,16 +171,7 @@ END_TEST
  * alignment behind 310), and the windows from 304 on start after them. */
 START_TEST(test_model_gemma) {
     double e2 = model_case_on(tiny_gemma(), 304, 2, NULL), e3 = model_case_on(tiny_gemma(), 304, 3, NULL);
-    attn_policy_t pol;
-    attn_policy_default(&pol);
-    pol.prefill = ATTN_PREFILL_ANCHOR;
-    pol.decode = ATTN_DECODE_TIDAL;
-    pol.block = 16;
-    pol.anchor_init = 32;
-    pol.anchor_local = 64;
-    pol.anchor_lookback = 32;
-    pol.theta = 10.0f;
-    pol.decode_budget = 128;
+    attn_policy_t pol = anchor_policy(ATTN_DECODE_TIDAL);
     pol.tidal_select_layer = 0;
     pol.tidal_reselect_layer = 3;
     double s2 = model_case_on(tiny_gemma(), 304, 2, &pol);
