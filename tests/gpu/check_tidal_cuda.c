@@ -535,6 +535,8 @@ START_TEST(test_groups) {
     check_case(16, 2, 64, 64, r, 5, MODE_HEAVY, 2.f, 0, 34, "d64 g8 p64");
     check_case(16, 2, 128, 128, r, 5, MODE_RANDOM, 1.f, 0, 35, "d128 g8 p128");
     check_case(16, 1, 128, 64, r, 5, MODE_HEAVY, 2.f, 0, 36, "d128 g16 p64");
+    check_case(4, 1, 256, 64, r, 5, MODE_HEAVY, 2.f, 0, 37, "d256 g4 p64 (Gemma 3)");
+    check_case(16, 2, 256, 128, r, 5, MODE_RANDOM, 1.f, 0, 38, "d256 g8 p128");
 }
 END_TEST
 
@@ -562,6 +564,7 @@ START_TEST(test_full_budget) {
     const trow_t r[] = {{1, 1}, {700, 700}, {5000, 9000}, {20000, 20000}, {64, 64}, {4096, 5000}};
     check_case(32, 8, 128, 64, r, 6, MODE_RANDOM, 1.f, 0, 61, "full budget d128 g4 p64");
     check_case(8, 2, 64, 128, r, 6, MODE_HEAVY, 2.f, 0, 62, "full budget d64 g4 p128");
+    check_case(4, 1, 256, 64, r, 6, MODE_RANDOM, 1.f, 0, 63, "full budget d256 g4 p64");
 }
 END_TEST
 

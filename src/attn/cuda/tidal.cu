@@ -58,8 +58,8 @@ int check_shape(const attn_cuda_shape_t *sh) {
     if (!sh || sh->n_heads <= 0 || sh->n_kv_heads <= 0 || sh->n_heads % sh->n_kv_heads != 0 || sh->n_pool_pages <= 0 ||
         !(sh->scale > 0.f) || !isfinite(sh->scale))
         return LC_EINVAL;
-    if ((sh->head_dim != 64 && sh->head_dim != 128) || (sh->page_size != 64 && sh->page_size != 128) ||
-        sh->n_heads / sh->n_kv_heads > kTidalMaxGroup)
+    if ((sh->head_dim != 64 && sh->head_dim != 128 && sh->head_dim != 256) ||
+        (sh->page_size != 64 && sh->page_size != 128) || sh->n_heads / sh->n_kv_heads > kTidalMaxGroup)
         return LC_EUNSUPPORTED;
     return 0;
 }

@@ -78,7 +78,7 @@ typedef struct {
     size_t workspace_bytes; // >= what attn_tidal_plan() returned
 } attn_tidal_attend_args_t;
 
-/* Checks the shape (head_dim 64/128, page_size 64/128, n_heads / n_kv_heads
+/* Checks the shape (head_dim 64/128/256, page_size 64/128, n_heads / n_kv_heads
  * <= 16; LC_EUNSUPPORTED beyond, and on a GPU older than sm_90) and the
  * limits (LC_EINVAL), and allocates the plan's pinned and device buffers,
  * the selection among them (LC_ENOMEM, LC_EDEVICE). */

@@ -560,11 +560,15 @@ int attn_tidal_attend_init(void) {
         cudaFuncSetAttribute(attend_kernel<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, AttSmem<64>::kBytes));
     CUDA_CHECK_RET(
         cudaFuncSetAttribute(attend_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, AttSmem<128>::kBytes));
+    CUDA_CHECK_RET(
+        cudaFuncSetAttribute(attend_kernel<256>, cudaFuncAttributeMaxDynamicSharedMemorySize, AttSmem<256>::kBytes));
     return 0;
 }
 
 int attn_tidal_mass_launch(int D, const TidalMassParams &p, int n_items, int n_kv_heads, cudaStream_t st) {
-    if (D == 128)
+    if (D == 256)
+        mass_kernel<256><<<dim3(n_items, n_kv_heads), kMassThreads, 0, st>>>(p);
+    else if (D == 128)
         mass_kernel<128><<<dim3(n_items, n_kv_heads), kMassThreads, 0, st>>>(p);
     else
         mass_kernel<64><<<dim3(n_items, n_kv_heads), kMassThreads, 0, st>>>(p);
@@ -579,7 +583,9 @@ int attn_tidal_select_launch(const TidalSelectParams &p, int n_rows, int n_kv_he
 }
 
 int attn_tidal_attend_launch(int D, const TidalAttendParams &p, int n_items, int n_kv_heads, cudaStream_t st) {
-    if (D == 128)
+    if (D == 256)
+        attend_kernel<256><<<dim3(n_items, n_kv_heads), kAttThreads, AttSmem<256>::kBytes, st>>>(p);
+    else if (D == 128)
         attend_kernel<128><<<dim3(n_items, n_kv_heads), kAttThreads, AttSmem<128>::kBytes, st>>>(p);
     else
         attend_kernel<64><<<dim3(n_items, n_kv_heads), kAttThreads, AttSmem<64>::kBytes, st>>>(p);
