@@ -67,6 +67,34 @@ def engine_times(port):
     return vals
 
 
+class PeakKV:
+    """Polls /metrics' lacuna:kv_cache_used_bytes (every 20 ms) while a phase
+    runs: the largest value seen (the KV a phase held at its peak)."""
+
+    def __init__(self, port):
+        self.port, self.peak, self.stop = port, 0.0, threading.Event()
+        self.t = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self):
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                    for line in r.read().decode().splitlines():
+                        if line.startswith("lacuna:kv_cache_used_bytes"):
+                            self.peak = max(self.peak, float(line.rsplit(" ", 1)[1]))
+            except Exception:
+                pass
+            self.stop.wait(0.02)
+
+    def __enter__(self):
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+
+
 def prompt_ids(n, vocab, salt=0):
     """A deterministic token sequence (ids, so both sides read the same
     prompt); prompts of different salts share no prefix (no cache hits)."""
@@ -94,14 +122,17 @@ def bench_lacunad(a, vocab):
             raise RuntimeError("lacunad did not come up")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
             name = json.loads(r.read())["data"][0]["id"]
-        res = {"ttft": {}, "ttft_sparse": {}, "decode": {}}
+        res = {"ttft": {}, "ttft_sparse": {}, "ttft_peak_kv_bytes": {}, "decode": {}}
         body = {"model": name, "max_tokens": 1, "temperature": 0, "stream": True}
         if a.sparse:
             body["sparse_attention"] = json.loads(a.sparse)
         post_stream(port, dict(body, prompt=prompt_ids(64, vocab, 99)))  # warm-up
         for n in a.prompts:  # a warm-up, then --reps prompts of each length, none cached: the median
-            got = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r))) for r in range(a.reps + 1)]
+            with PeakKV(port) as pk:
+                got = [post_stream(port, dict(body, prompt=prompt_ids(n, vocab, 1000 * n + r)))
+                       for r in range(a.reps + 1)]
             res["ttft"][n] = statistics.median(g[0] for g in got[1:])
+            res["ttft_peak_kv_bytes"][n] = pk.peak
             if got[-1][3] and got[-1][3].get("sparse_attention"):  # the prefill's density (usage)
                 res["ttft_sparse"][n] = got[-1][3]["sparse_attention"]
         for s in a.streams:
@@ -123,10 +154,11 @@ def bench_lacunad(a, vocab):
             ts = [threading.Thread(target=run, args=(i,)) for i in range(s)]
             m0 = engine_times(port)
             t0 = time.perf_counter()
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
+            with PeakKV(port) as pk:
+                for t in ts:
+                    t.start()
+                for t in ts:
+                    t.join()
             wall = time.perf_counter() - t0
             m1 = engine_times(port)
             dm = {k: m1.get(k, 0) - m0.get(k, 0) for k in m1}
@@ -137,6 +169,7 @@ def bench_lacunad(a, vocab):
                                 "steps": dm.get("engine_steps_total"),
                                 "forward_s": dm.get("engine_forward_seconds_total"),
                                 "sample_s": dm.get("engine_sample_seconds_total"),
+                                "peak_kv_bytes": pk.peak,
                                 "sparse": out[0][3].get("sparse_attention") if out[0][3] else None}
         return res
     finally:  # the whole session, so nothing keeps the output pipes open
@@ -226,6 +259,8 @@ def main():
     rows = [("TTFT %d tokens (s)" % n, ours["ttft"][n], hf["ttft"][n] if hf else None) for n in a.prompts]
     rows += [("decode tok/s, %d stream%s" % (s, "s" if s > 1 else ""), ours["decode"][s]["tok_s"],
               hf["decode"][s]["tok_s"] if hf else None) for s in a.streams]
+    for n in a.prompts:
+        print(f"lacunad, TTFT {n} tokens: peak KV {ours['ttft_peak_kv_bytes'][n] / 2**20:.1f} MiB")
     print("| measure | lacunad | transformers + SDPA |")
     print("|---|---:|---:|")
     for name, o, h in rows:
@@ -234,7 +269,8 @@ def main():
         d = ours["decode"][s]
         if d.get("steps"):
             print(f"lacunad, {s} stream(s): {d['steps']:.0f} steps, forward {1e3 * d['forward_s'] / d['steps']:.3f} ms "
-                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step"
+                  f"and sampling {1e3 * d['sample_s'] / d['steps']:.3f} ms per step; peak KV "
+                  f"{d['peak_kv_bytes'] / 2**20:.1f} MiB"
                   + (f"; sparse {json.dumps(d['sparse'])}" if d.get("sparse") else ""))
     if a.out:
         with open(a.out, "w") as f:

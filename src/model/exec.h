@@ -36,9 +36,9 @@ typedef struct {
      * groups of their own the pool has kv_blocks * n_groups smaller blocks
      * (the same memory; kv.h). */
     int64_t kv_blocks;
-    /* CPU: 1 keeps every position of the sliding-window layers (one layer
-     * group, as for a model without them): the reference the grouped layout
-     * is tested against, and for tools that read every layer's whole cache. */
+    /* 1 keeps every position of the sliding-window layers (one layer group,
+     * as for a model without them): the reference the grouped layout is
+     * tested against, and for tools that read every layer's whole cache. */
     int kv_keep_sliding;
     size_t kv_bytes;        // CPU: KV memory budget when kv_blocks is 0
     double kv_gpu_fraction; // GPU: fraction of the free device memory for KV (0: 0.85)
@@ -70,8 +70,8 @@ int model_exec_is_gpu(const model_exec_t *e);
  * sticks: every later step would fail). */
 const char *model_exec_failure(const model_exec_t *e);
 /* The pool configuration the store holds: create the host pool from it.
- * Sliding-window layers (Gemma 3) sit in layer groups of their own on the
- * CPU unless kv_keep_sliding is set. */
+ * Sliding-window layers (Gemma 3) sit in layer groups of their own (on
+ * either device) unless kv_keep_sliding is set. */
 kv_config_t model_exec_kv_config(const model_exec_t *e);
 /* Bytes of store memory per block, bookkeeping included (metrics). */
 size_t model_exec_kv_block_bytes(const model_exec_t *e);

@@ -34,10 +34,12 @@
 // Gemma 3: QK-norm runs in the QKV epilogue, the post-norms take the O and
 // down projections from a scratch (proj) into the residual, GeGLU replaces
 // SwiGLU, and the sliding layers attend through windowed plans of the same
-// rows (the store keeps every position of every layer: one layer group).
-// FlexPrefill, AnchorAttention and Quest run on the global layers;
-// TidalDecode (64 and 128 dims, no windows) leaves such a model's slices
-// dense.
+// rows over their windows' pages. The store has the pool's layer groups
+// (kv.h): a block is a page of each slot of one group, so a sliding group's
+// blocks that its window left go back to the pool (exec_cuda_int.cuh).
+// FlexPrefill, AnchorAttention, Quest and TidalDecode run on the global
+// layers (a TidalDecode selection layer that slides hands its selection to
+// the next global layer, as on the CPU).
 //
 // Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
 // attention of long sequences through the GPU ring over device-local ranks
@@ -162,7 +164,7 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMalloc((void **)&c->h, T * F * sizeof(bf16_t)));
     if (hp->post_norms) CUDA_CHECK_RET(cudaMalloc((void **)&c->proj, T * E * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->logits, (size_t)LOGIT_CHUNK * hp->n_vocab * sizeof(float)));
-    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_idx, IX_N * T * sizeof(int32_t)));
+    CUDA_CHECK_RET(cudaMalloc((void **)&c->d_idx, ix_arrays(c) * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_pos, T * sizeof(int64_t)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_argmax, T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_argmax, T * sizeof(int32_t)));
@@ -170,7 +172,7 @@ static int alloc_step(model_cuda_t *c) {
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_invt, T * sizeof(float)));
     CUDA_CHECK_RET(cudaMalloc((void **)&c->d_u, T * sizeof(double)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_u, T * sizeof(double)));
-    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_idx, IX_N * T * sizeof(int32_t)));
+    CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_idx, ix_arrays(c) * T * sizeof(int32_t)));
     CUDA_CHECK_RET(cudaMallocHost((void **)&c->h_pos, T * sizeof(int64_t)));
     const size_t S = (size_t)c->max_seqs + 1;
     c->pf_q_indptr = (int32_t *)malloc(S * sizeof(int32_t));
@@ -199,6 +201,12 @@ static int alloc_step(model_cuda_t *c) {
     for (int i = 0; i < 3; i++)
         if (!(*ta[i] = (int32_t *)malloc((T + 1) * sizeof(int32_t)))) return LC_ENOMEM;
     c->qp = (attn_quest_plan_t **)calloc((size_t)c->m->hp.n_layers + 2, sizeof *c->qp);
+    c->pf_kvs = (const kv_seq_t **)calloc(S, sizeof *c->pf_kvs);
+    c->dec_kvs = (const kv_seq_t **)calloc(T + 1, sizeof *c->dec_kvs);
+    int32_t **wa[3] = {&c->w_kv_indptr, &c->w_kv_len, &c->w_first};
+    for (int i = 0; i < 3; i++)
+        if (!(*wa[i] = (int32_t *)malloc((T + S + 1) * sizeof(int32_t)))) return LC_ENOMEM;
+    if (!c->pf_kvs || !c->dec_kvs) return LC_ENOMEM;
     if (!c->pf_q_indptr || !c->pf_kv_indptr || !c->pf_kv_len || !c->dec_kv_indptr || !c->dec_kv_len || !c->covered ||
         !c->lrow_seq || !c->lrow_j || !c->row0 || !c->qp || !c->pf_mask_off || !c->pf_flex || !c->pf_fpol)
         return LC_ENOMEM;
@@ -212,10 +220,10 @@ static int size_kv(model_cuda_t *c, const model_exec_opts_t *o) {
     c->page_size = o->block_size > 0 ? o->block_size : GPU_BLOCK;
     const size_t page_bytes = (size_t)hp->n_kv_heads * c->page_size * hp->head_dim * sizeof(bf16_t);
     const size_t sum_bytes = (size_t)hp->n_kv_heads * hp->head_dim * sizeof(float) * 2; // Quest's min and max
-    const size_t per_page = (page_bytes * 2 + sum_bytes) * (size_t)hp->n_layers;
+    const size_t per_page = (page_bytes * 2 + sum_bytes) * (size_t)c->n_slots;
     c->page_bytes = page_bytes;
-    if (o->kv_blocks > 0) {
-        c->n_pages = o->kv_blocks;
+    if (o->kv_blocks > 0) { // blocks of every layer: as many of each group's
+        c->n_pages = o->kv_blocks * kv_config_groups(&c->kvc);
     } else {
         size_t free_b = 0, total_b = 0;
         CUDA_CHECK_RET(cudaMemGetInfo(&free_b, &total_b));
@@ -242,14 +250,15 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
         return LC_ENOMEM;
     }
     c->layer_bytes = (size_t)(c->n_pages + 1) * page_bytes;
-    if (cudaMalloc(&c->kv_mem, c->layer_bytes * 2 * hp->n_layers) != cudaSuccess) {
+    if (cudaMalloc(&c->kv_mem, c->layer_bytes * 2 * c->n_slots) != cudaSuccess) {
         snprintf(err, errlen, "cannot allocate a GPU KV store of %lld pages (%.1f GiB)", (long long)c->n_pages,
-                 (double)c->layer_bytes * 2 * hp->n_layers / (1 << 30));
+                 (double)c->layer_bytes * 2 * c->n_slots / (1 << 30));
         return LC_ENOMEM;
     }
+    c->kvc.n_blocks = c->n_pages;
     c->sum_floats = (size_t)(c->n_pages + 1) * hp->n_kv_heads * hp->head_dim;
-    if (cudaMalloc((void **)&c->kmin, c->sum_floats * sizeof(float) * hp->n_layers) != cudaSuccess ||
-        cudaMalloc((void **)&c->kmax, c->sum_floats * sizeof(float) * hp->n_layers) != cudaSuccess) {
+    if (cudaMalloc((void **)&c->kmin, c->sum_floats * sizeof(float) * c->n_slots) != cudaSuccess ||
+        cudaMalloc((void **)&c->kmax, c->sum_floats * sizeof(float) * c->n_slots) != cudaSuccess) {
         snprintf(err, errlen, "cannot allocate the GPU page summaries for %lld pages", (long long)c->n_pages);
         return LC_ENOMEM;
     }
@@ -261,8 +270,24 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
     c->dec_lim = dl;
     rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan);
     if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan);
-    if (!rc && c->window) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &pl, &c->pf_plan_w);
-    if (!rc && c->window) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &dl, &c->dec_plan_w);
+    if (!rc && c->window) { // the windowed plans list a window's pages (and a step's) per sequence
+        const int64_t span = ((int64_t)c->window + WPLAN_ALIGN) / c->page_size + 4; // (generous: rounding)
+        const attn_cuda_limits_t wpl = {c->max_seqs, c->max_tokens,
+                                        (span + 1) * c->max_seqs + (c->max_tokens + c->page_size - 1) / c->page_size,
+                                        0};
+        const attn_cuda_limits_t wdl = {c->max_tokens, c->max_tokens, (span + 1) * c->max_tokens, 0};
+        c->n_wplans = kv_config_groups(&c->kvc) > 1 ? c->kvc.n_groups - c->kvc.n_full_groups : 1;
+        c->pf_plan_w = (attn_cuda_plan_t **)calloc((size_t)c->n_wplans, sizeof *c->pf_plan_w);
+        c->dec_plan_w = (attn_cuda_plan_t **)calloc((size_t)c->n_wplans, sizeof *c->dec_plan_w);
+        if (!c->pf_plan_w || !c->dec_plan_w) {
+            c->n_wplans = 0;
+            rc = LC_ENOMEM;
+        }
+        for (int w = 0; w < c->n_wplans && !rc; w++) {
+            rc = attn_cuda_plan_create(&sh, ATTN_CUDA_PREFILL, &wpl, &c->pf_plan_w[w]);
+            if (!rc) rc = attn_cuda_plan_create(&sh, ATTN_CUDA_DECODE, &wdl, &c->dec_plan_w[w]);
+        }
+    }
     if (rc) {
         snprintf(err, errlen,
                  "the GPU attention kernels do not support this model (%d heads, %d KV heads, head_dim %d, "
@@ -324,8 +349,19 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     }
     c->m = m;
     c->window = window;
-    c->tidal_ok = window == 0 && (m->hp.head_dim == 64 || m->hp.head_dim == 128);
+    /* the layer groups: the sliding layers' own unless kv_keep_sliding */
+    c->kvc = window > 0 && !o->kv_keep_sliding ? model_kv_config_grouped(m, 1, 1) : model_kv_config(m, 1, 1);
+    c->n_slots = m->hp.n_layers / kv_config_groups(&c->kvc);
+    c->lgroup = (int *)calloc((size_t)m->hp.n_layers, sizeof(int));
+    c->lslot = (int *)calloc((size_t)m->hp.n_layers, sizeof(int));
+    if (!c->lgroup || !c->lslot) {
+        snprintf(err, errlen, "out of memory");
+        model_cuda_destroy(c);
+        return NULL;
+    }
+    model_kv_layers(m, &c->kvc, c->lgroup, c->lslot);
     const int D = m->hp.head_dim, G = m->hp.n_heads / m->hp.n_kv_heads;
+    c->tidal_ok = (D == 64 || D == 128 || D == 256) && G <= 16;           // the shapes tidal_cuda.h takes
     c->quest_ok = (D == 64 || D == 128 || D == 256) && G * D <= 16 * 128; // the shapes quest_cuda.h takes
     c->device = device;
     c->max_tokens = o->max_batch_tokens;
@@ -371,10 +407,12 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
                  " (context parallel: %d ranks on this GPU from %lld tokens)", o->context_ranks,
                  (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
     }
-    *kvc = model_kv_config(m, c->page_size, c->n_pages);
-    *block_bytes = c->page_bytes * 2 * m->hp.n_layers;
-    LC_INFO("%s: weights in bf16, KV store %lld pages of %d tokens (%.1f GiB)", devname, (long long)c->n_pages,
-            c->page_size, (double)c->layer_bytes * 2 * m->hp.n_layers / (1 << 30));
+    c->kvc.block_size = c->page_size;
+    *kvc = c->kvc;
+    *block_bytes = c->page_bytes * 2 * c->n_slots;
+    LC_INFO("%s: weights in bf16, KV store %lld pages of %d tokens (%.1f GiB%s)", devname, (long long)c->n_pages,
+            c->page_size, (double)c->layer_bytes * 2 * c->n_slots / (1 << 30),
+            kv_config_groups(&c->kvc) > 1 ? "; sliding layers keep their windows" : "");
     return c;
 fail:
     model_cuda_destroy(c);
@@ -407,8 +445,12 @@ extern "C" void model_cuda_destroy(model_cuda_t *c) {
     cudaFree(c->kv_mem), cudaFree(c->dec_ws);
     attn_cuda_plan_destroy(c->pf_plan);
     attn_cuda_plan_destroy(c->dec_plan);
-    attn_cuda_plan_destroy(c->pf_plan_w);
-    attn_cuda_plan_destroy(c->dec_plan_w);
+    for (int w = 0; w < c->n_wplans; w++) {
+        attn_cuda_plan_destroy(c->pf_plan_w[w]);
+        attn_cuda_plan_destroy(c->dec_plan_w[w]);
+    }
+    free(c->pf_plan_w), free(c->dec_plan_w), free(c->pf_kvs), free(c->dec_kvs), free(c->lgroup), free(c->lslot);
+    free(c->w_kv_indptr), free(c->w_kv_len), free(c->w_first), free(c->w_indices);
     for (int i = 0; c->qp && i < c->n_qp; i++) attn_quest_plan_destroy(c->qp[i]);
     attn_cuda_flex_destroy(c->flex);
     attn_cuda_anchor_destroy(c->anc);
@@ -440,9 +482,9 @@ extern "C" void model_cuda_copy_block(void *ud, int32_t dst, int32_t src) {
     const size_t pb = c->page_bytes;
     cudaSetDevice(c->device);
     model_cuda__cp_copy_owner(c, dst, src);
-    for (int l = 0; l < c->m->hp.n_layers; l++)
+    for (int sl = 0; sl < c->n_slots; sl++) // every slot: the block is the same page of each
         for (int kv = 0; kv < 2; kv++) {
-            char *base = (char *)(kv ? layer_v(c, l) : layer_k(c, l));
+            char *base = (char *)c->kv_mem + (size_t)(2 * sl + kv) * c->layer_bytes;
             if (cudaMemcpyAsync(base + (size_t)dst * pb, base + (size_t)src * pb, pb, cudaMemcpyDeviceToDevice,
                                 c->stream) != cudaSuccess)
                 LC_ERROR("cuda: copying KV block %d to %d failed", src, dst);

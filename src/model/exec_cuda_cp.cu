@@ -158,8 +158,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
         switch (x->op) {
         case OP_QUEST:
-            rc = cp_cuda_run_decode_kv(p, cm, k, v, c->kmin + (size_t)l * c->sum_floats,
-                                       c->kmax + (size_t)l * c->sum_floats, q, o, NULL);
+            rc = cp_cuda_run_decode_kv(p, cm, k, v, c->kmin + layer_sum(c, l), c->kmax + layer_sum(c, l), q, o, NULL);
             break;
         case OP_SELECT:
         case OP_ATTEND: rc = cp_cuda_run_decode_tidal(p, cm, k, v, q, o, NULL, x->op == OP_SELECT); break;

@@ -28,6 +28,7 @@ extern "C" {
 #define LOGIT_CHUNK 64          // logits rows per LM-head matmul
 #define STAGE_BYTES (64u << 20) // pinned staging for weight upload
 #define GPU_BLOCK 64            // KV tokens per page (the attention kernels take 64 or 128)
+#define WPLAN_ALIGN 128         // windowed plans start their keys at a multiple of this (the prefill's query tiles)
 #define N_BUCKETS 16            // graph sizes (rows of a decode step): 1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, ...
 
 static const int bucket_rows[N_BUCKETS] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 384, 512};
@@ -58,24 +59,39 @@ struct model_cuda {
     float *rope_cos, *rope_sin; // (n_table, rot_dim / 2)
     int64_t n_table;
     float *rope_swa_cos, *rope_swa_sin; // the sliding layers' base (Gemma 3), else NULL; n_table rows too
-    /* KV store: per layer K and V, (n_pages, n_kv_heads, page_size, head_dim) bf16 */
+    /* KV store: per slot (layer of a group, kv.h) K and V, (n_pages + 1,
+     * n_kv_heads, page_size, head_dim) bf16. With one layer group (a model
+     * without sliding layers, or kv_keep_sliding) the slots are the layers
+     * and a block is page b of every layer; with sliding groups (Gemma 3)
+     * a block is page b of each slot, of the one group that holds it. */
     void *kv_mem;
-    size_t layer_bytes; // one layer's K (or V): n_pages + 1 pages
-    size_t page_bytes;  // one page of one layer's K (or V)
-    int64_t n_pages;    // pages the block manager owns; page n_pages takes the graphs' padding rows
+    size_t layer_bytes; // one slot's K (or V): n_pages + 1 pages
+    size_t page_bytes;  // one page of one slot's K (or V)
+    int64_t n_pages;    // pages (blocks) the block manager owns; page n_pages takes the graphs' padding rows
     int page_size;
+    kv_config_t kvc;     // the pool's configuration (n_blocks = n_pages)
+    int n_slots;         // layers a block holds (n_layers / groups)
+    int *lgroup, *lslot; // (n_layers) each layer's group and slot
     /* attention */
     attn_cuda_plan_t *pf_plan, *dec_plan;
     /* Sliding-window layers (Gemma 3): their window (one for all of them; 0:
-     * none) and their plans, the same rows planned with it. The KV store
-     * keeps every position of every layer (one layer group). */
+     * none) and their windowed plans, the same rows over the pages of their
+     * windows only, one plan pair per sliding group (its own block table;
+     * one pair over the global table with one layer group): n_wplans. */
     int window;
-    attn_cuda_plan_t *pf_plan_w, *dec_plan_w;
-    /* tidal_ok: TidalDecode's kernels run this model (head_dim 64 or 128,
-     * no sliding layers); quest_ok: Quest's take its shape (then the page
-     * summaries are kept). A slice whose method cannot run decodes dense (a
-     * warning once). The prefill methods run every model (on Gemma 3's
-     * global layers). */
+    int n_wplans;
+    attn_cuda_plan_t **pf_plan_w, **dec_plan_w; // (n_wplans)
+    const kv_seq_t **pf_kvs, **dec_kvs;         // the step's prompt slices' and decode rows' tables (host)
+    int32_t *w_kv_indptr, *w_kv_len, *w_first;  // the windowed CSR (host): pages, keys, first page of each entry
+    int32_t *w_indices;
+    size_t cap_w_indices;
+    /* tidal_ok: TidalDecode's kernels take this shape (head_dim 64, 128 or
+     * 256, at most 16 query heads a KV head); quest_ok: Quest's take it
+     * (then the page summaries are kept). A slice whose method cannot run
+     * decodes dense (a warning once). Every method runs Gemma 3's global
+     * layers; its sliding layers attend their windows (a TidalDecode
+     * selection layer among them hands the selection to the next global
+     * layer, as on the CPU). */
     int tidal_ok, quest_ok;
     void *dec_ws;
     size_t dec_ws_bytes;
@@ -123,6 +139,7 @@ struct model_cuda {
     attn_tidal_limits_t t_lim; // the plans' capacities
     attn_policy_t t_pol;       // the step's schedule
     int t_selected;            // a selection ran in this step (later TidalDecode layers attend it)
+    int t_due;                 // a sliding layer was a selection layer: the next global layer selects
     float *t_lse;              // (rows, n_heads) the dense pass's LSE at a selection layer
     void *t_ws;                // the tidal plan's workspace
     size_t t_lse_bytes, t_ws_bytes;
@@ -217,17 +234,27 @@ void model_cuda__prof_created(model_cuda_t *c, double t0);
 void model_cuda__prof_grow(model_cuda_t *c, size_t bytes);
 
 /* The step's index arrays, each (max_tokens) int32, one after the other;
- * IX_PLEN: the valid tokens of the row's page once the row is written. */
+ * IX_PAGE: the row's page in the first group's table (the other groups'
+ * follow IX_LROWS: ix_page); IX_PLEN: the valid tokens of the row's page
+ * once the row is written. */
 enum { IX_TOK, IX_PAGE, IX_SLOT, IX_PLEN, IX_LROWS, IX_N };
+static inline int ix_page(const model_cuda_t *c, int g) { return g == 0 ? IX_PAGE : IX_N + g - 1; }
+static inline int ix_arrays(const model_cuda_t *c) { return IX_N + kv_config_groups(&c->kvc) - 1; }
 
 static inline size_t qkv_dim(const model_hparams_t *hp) {
     return (size_t)(hp->n_heads + 2 * hp->n_kv_heads) * hp->head_dim;
 }
 
-/* One layer's K and V pools (n_pages + 1 pages each). */
+/* Layer l's K and V pools (its slot's: n_pages + 1 pages each), and its
+ * Quest page summaries (global layers only). */
 static inline void *layer_k(const model_cuda_t *c, int l) {
-    return (char *)c->kv_mem + (size_t)(2 * l) * c->layer_bytes;
+    return (char *)c->kv_mem + (size_t)(2 * c->lslot[l]) * c->layer_bytes;
 }
 static inline void *layer_v(const model_cuda_t *c, int l) {
-    return (char *)c->kv_mem + (size_t)(2 * l + 1) * c->layer_bytes;
+    return (char *)c->kv_mem + (size_t)(2 * c->lslot[l] + 1) * c->layer_bytes;
+}
+static inline size_t layer_sum(const model_cuda_t *c, int l) { return (size_t)c->lslot[l] * c->sum_floats; }
+/* The windowed plan pair of sliding layer l. */
+static inline int layer_wplan(const model_cuda_t *c, int l) {
+    return c->n_wplans > 1 ? c->lgroup[l] - c->kvc.n_full_groups : 0;
 }

@@ -166,7 +166,75 @@ static int plan_tidal(model_cuda_t *c, const step_t *st) {
     if (!rc) rc = attn_tidal_plan(c->t_plan, &tb, c->t_budget, c->stream, &ws);
     if (!rc) rc = grow_ws(c, &c->t_ws, &c->t_ws_bytes, ws);
     if (!rc) rc = grow_ws(c, (void **)&c->t_lse, &c->t_lse_bytes, (size_t)n * c->m->hp.n_heads * sizeof(float));
-    c->t_selected = 0;
+    c->t_selected = c->t_due = 0;
+    return rc;
+}
+
+/* The windowed CSR of n entries (prompt slices with q_indptr, or decode
+ * rows without) over the pages of their windows: an entry's keys start at
+ * its first row's window start rounded down to WPLAN_ALIGN (so the kernels
+ * tile it as they would from key 0, bit for bit), and its page list and
+ * length start there too. The page ids come per plan (wplan_pages). */
+static int wplan_csr(model_cuda_t *c, int n, const int32_t *q_indptr, const int32_t *kv_len) {
+    const int P = c->page_size;
+    size_t pages = 0;
+    c->w_kv_indptr[0] = 0;
+    for (int e = 0; e < n; e++) {
+        const int64_t len = kv_len[e], rows = q_indptr ? q_indptr[e + 1] - q_indptr[e] : 1;
+        const int64_t lo = len - rows - c->window + 1; // the first row's first key
+        const int64_t first = lo > 0 ? lo / WPLAN_ALIGN * WPLAN_ALIGN / P : 0, np = (len + P - 1) / P;
+        c->w_first[e] = (int32_t)first;
+        c->w_kv_len[e] = (int32_t)(len - first * P);
+        pages += (size_t)(np - first);
+        c->w_kv_indptr[e + 1] = (int32_t)pages;
+    }
+    if (pages > c->cap_w_indices) {
+        int32_t *p = (int32_t *)realloc(c->w_indices, pages * sizeof(int32_t));
+        if (!p) return LC_ENOMEM;
+        c->w_indices = p;
+        c->cap_w_indices = pages;
+    }
+    return 0;
+}
+
+/* Plan w's page ids for the CSR of wplan_csr (the entries' tables): a
+ * sliding group's own table, or the one table with one layer group. An entry
+ * the window no longer needs (-1: released) takes the spare page: the
+ * kernels read from the window's 64-key stage on, never below it. */
+static void wplan_pages(model_cuda_t *c, int w, int n, const kv_seq_t *const *kvs) {
+    const int g = c->n_wplans > 1 ? c->kvc.n_full_groups + w : 0;
+    for (int e = 0; e < n; e++) {
+        const int32_t *t = kv_seq_table(kvs[e], g) + c->w_first[e];
+        int32_t *dst = c->w_indices + c->w_kv_indptr[e];
+        for (int32_t i = 0; i < c->w_kv_indptr[e + 1] - c->w_kv_indptr[e]; i++)
+            dst[i] = t[i] >= 0 ? t[i] : (int32_t)c->n_pages;
+    }
+}
+
+/* The sliding layers' plans: the prompt slices and every generated row over
+ * their windows, one plan pair per sliding group. */
+static int plan_windows(model_cuda_t *c, const step_t *st) {
+    size_t ws = 0;
+    int rc = 0;
+    if (st->n_pf_seqs) {
+        if ((rc = wplan_csr(c, st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_len))) return rc;
+        attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->w_kv_indptr, c->w_indices, c->w_kv_len, NULL};
+        pb.window = c->window;
+        for (int w = 0; w < c->n_wplans && !rc; w++) {
+            wplan_pages(c, w, st->n_pf_seqs, c->pf_kvs);
+            rc = attn_cuda_plan(c->pf_plan_w[w], &pb, c->stream, &ws);
+        }
+    }
+    const int n = st->n_dec + st->n_quest + st->n_tidal; // the dense rows, the Quest rows, the TidalDecode rows
+    if (rc || !n) return rc;
+    if ((rc = wplan_csr(c, n, NULL, c->dec_kv_len))) return rc;
+    attn_cuda_batch_t db = {n, NULL, c->w_kv_indptr, c->w_indices, c->w_kv_len};
+    db.window = c->window;
+    for (int w = 0; w < c->n_wplans && !rc; w++) {
+        wplan_pages(c, w, n, c->dec_kvs);
+        rc = attn_cuda_plan(c->dec_plan_w[w], &db, c->stream, &ws);
+        if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // the dense plan's too
+    }
     return rc;
 }
 
@@ -189,9 +257,6 @@ int model_cuda__plan_attention(model_cuda_t *c, const step_t *st) {
                                 c->kv_indices, c->pf_kv_len,   sparse ? c->pf_mask_off : NULL};
         int rc = attn_cuda_plan(c->pf_plan, &pb, c->stream, &ws);
         if (!rc && sparse) rc = plan_sparse_prefill(c, st, &pb);
-        pb.window = c->window; // the sliding layers': dense (the sparse methods run on the global layers)
-        pb.mask_off = NULL;
-        if (!rc && c->window) rc = attn_cuda_plan(c->pf_plan_w, &pb, c->stream, &ws);
         if (rc) return rc;
     }
     const int32_t *dec_idx = c->kv_indices + (st->n_pf_seqs ? c->pf_kv_indptr[st->n_pf_seqs] : 0);
@@ -201,12 +266,5 @@ int model_cuda__plan_attention(model_cuda_t *c, const step_t *st) {
         if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // a larger split-K workspace than before
         if (rc) return rc;
     }
-    if (c->window && st->n_dec + st->n_quest) { // the sliding layers: the dense rows, then the Quest rows
-        attn_cuda_batch_t db = {st->n_dec + st->n_quest, NULL, c->dec_kv_indptr, dec_idx, c->dec_kv_len};
-        db.window = c->window;
-        int rc = attn_cuda_plan(c->dec_plan_w, &db, c->stream, &ws);
-        if (!rc) rc = grow_ws(c, &c->dec_ws, &c->dec_ws_bytes, ws); // the dense plan's too
-        if (rc) return rc;
-    }
-    return 0;
+    return c->window ? plan_windows(c, st) : 0; // (the sparse methods run on the global layers)
 }

@@ -17,9 +17,9 @@ static int grow_indices(model_cuda_t *c, size_t n) {
 
 
 /* A slice's policy, or NULL. The prefill methods run every model (on Gemma
- * 3's global layers), Quest every shape its kernels take (quest_ok);
- * TidalDecode (and StreamingLLM) not yet head_dim 256 or sliding layers:
- * such slices decode dense (a warning once; the density reports what ran). */
+ * 3's global layers), Quest and TidalDecode every shape their kernels take
+ * (quest_ok, tidal_ok): other slices decode dense (a warning once; the
+ * density reports what ran). */
 static const attn_policy_t *policy(const model_cuda_t *c, const model_seq_t *q) {
     const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
     if (!pol || !q->generated || pol->decode == ATTN_DECODE_DENSE) return pol;
@@ -81,7 +81,8 @@ static void put_row(model_cuda_t *c, const model_batch_t *b, const model_seq_t *
     const int64_t pos = q->pos0 + i;
     c->h_idx[IX_TOK * T + r] = b->tokens[q->tok0 + i];
     c->h_pos[r] = pos;
-    c->h_idx[IX_PAGE * T + r] = q->kv->blocks[pos / P];
+    for (int g = 0; g < kv_config_groups(&c->kvc); g++)
+        c->h_idx[ix_page(c, g) * T + r] = kv_seq_table(q->kv, g)[pos / P];
     c->h_idx[IX_SLOT * T + r] = (int32_t)(pos % P);
     c->h_idx[IX_PLEN * T + r] = (int32_t)(pos % P) + 1;
 }
@@ -117,6 +118,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         const int np = (int)((q->pos0 + q->n_tok + P - 1) / P);
         for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
         c->row0[s] = row;
+        c->pf_kvs[st->n_pf_seqs] = q->kv;
         memcpy(c->kv_indices + pf_pages, q->kv->blocks, (size_t)np * sizeof(int32_t));
         pf_pages += (size_t)np;
         row += q->n_tok;
@@ -182,12 +184,16 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 dec_pages += (size_t)np;
                 if (tpol) {
                     const int e = st->n_tidal++;
+                    /* the sliding layers' windowed plan continues over them (after the Quest rows) */
+                    c->dec_kv_len[st->n_dec + st->n_quest + e] = (int32_t)len;
+                    c->dec_kvs[st->n_dec + st->n_quest + e] = q->kv;
                     c->t_kv_len[e] = (int32_t)len;
                     c->t_kv_indptr[e + 1] = (int32_t)(pf_pages + dec_pages - st->t_idx0);
                     c->t_budget[e] = tpol->decode_budget > 0 ? tpol->decode_budget : 1;
                     continue;
                 }
                 if (!pol) {
+                    c->dec_kvs[st->n_dec] = q->kv;
                     c->dec_kv_len[st->n_dec] = (int32_t)len;
                     st->n_dec++;
                     c->dec_kv_indptr[st->n_dec] = (int32_t)dec_pages;
@@ -198,6 +204,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 c->q_kv_indptr[e + 1] = (int32_t)(dec_pages - (size_t)c->dec_kv_indptr[st->n_dec]);
                 /* the dense rows' CSR continued over the Quest rows: the sliding layers' windowed plan */
                 c->dec_kv_len[st->n_dec + e] = (int32_t)len;
+                c->dec_kvs[st->n_dec + e] = q->kv;
                 c->dec_kv_indptr[st->n_dec + e + 1] = (int32_t)dec_pages;
                 c->q_budget[e] = (int32_t)(((int64_t)pol->decode_budget + P - 1) / P);
                 if (c->q_budget[e] < 1) c->q_budget[e] = 1;
@@ -249,7 +256,7 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         for (; row < bucket_rows[st->bucket]; row++) { // padding: token 0 at position 0 of the spare page
             c->h_idx[IX_TOK * T + row] = 0;
             c->h_pos[row] = 0;
-            c->h_idx[IX_PAGE * T + row] = (int32_t)c->n_pages;
+            for (int g = 0; g < kv_config_groups(&c->kvc); g++) c->h_idx[ix_page(c, g) * T + row] = (int32_t)c->n_pages;
             c->h_idx[IX_SLOT * T + row] = 0;
             c->h_idx[IX_PLEN * T + row] = 1;
         }
@@ -262,7 +269,10 @@ static int run_tidal(model_cuda_t *c, const step_t *st, int l, const attn_cuda_a
     const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim;
     const size_t r0 = (size_t)(st->n_pf_rows + st->n_dec + st->n_quest) * HD;
     int sel;
-    if (attn_decode_layer(&c->t_pol, l, &sel) == ATTN_DECODE_TIDAL && !sel && c->t_selected) {
+    const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, &sel);
+    if (m == ATTN_DECODE_TIDAL && c->t_due) sel = 1; // a sliding selection layer's choice, made here
+    c->t_due = 0;
+    if (m == ATTN_DECODE_TIDAL && !sel && c->t_selected) {
         attn_tidal_attend_args_t ta = {c->q + r0, c->att + r0, NULL, layer->k, layer->v, c->t_ws, c->t_ws_bytes};
         return attn_tidal_attend(c->t_plan, &ta, c->stream);
     }
@@ -287,19 +297,23 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     a.k = layer_k(c, l);
     a.v = layer_v(c, l);
     if (hp->layer[l].window > 0) { // a sliding layer: every row dense over its window (no sparse slice here)
+        const int w = layer_wplan(c, l);
         int rc = 0;
         if (st->n_pf_seqs) {
             a.q = c->q;
             a.out = c->att;
-            rc = attn_cuda_run(c->pf_plan_w, &a, c->stream);
+            rc = attn_cuda_run(c->pf_plan_w[w], &a, c->stream);
         }
-        if (!rc && st->n_dec + st->n_quest) { // dense and Quest rows (Quest selects on the global layers)
+        if (!rc && st->n_dec + st->n_quest + st->n_tidal) { // every generated row (sparse: on the global layers)
             a.q = c->q + (size_t)st->n_pf_rows * HD;
             a.out = c->att + (size_t)st->n_pf_rows * HD;
             a.workspace = c->dec_ws;
             a.workspace_bytes = c->dec_ws_bytes;
-            rc = attn_cuda_run(c->dec_plan_w, &a, c->stream);
+            rc = attn_cuda_run(c->dec_plan_w[w], &a, c->stream);
         }
+        int sel = 0;
+        if (st->n_tidal) attn_decode_layer(&c->t_pol, l, &sel);
+        if (sel) c->t_due = 1; // a selection layer: the next global layer selects
         return rc;
     }
     if (st->n_pf_seqs) {
@@ -337,8 +351,8 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
         qa.out = c->att + (size_t)(st->n_pf_rows + st->n_dec) * HD;
         qa.k = a.k;
         qa.v = a.v;
-        qa.kmin = c->kmin + (size_t)l * c->sum_floats;
-        qa.kmax = c->kmax + (size_t)l * c->sum_floats;
+        qa.kmin = c->kmin + layer_sum(c, l);
+        qa.kmax = c->kmax + layer_sum(c, l);
         qa.workspace = c->q_ws;
         qa.workspace_bytes = c->q_ws_bytes;
         int rc = attn_quest_run(c->qp[j], &qa, c->stream);
@@ -349,11 +363,13 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
 }
 
 /* Layer l's key summaries of the pages the step wrote (after its K/V are in
- * the pool, before any Quest row reads them). */
+ * the pool, before any Quest row reads them); a sliding layer's are never
+ * read (Quest selects on the global layers). */
 static int summarize(model_cuda_t *c, const step_t *st, int l) {
-    if (!st->n_sum || !c->quest_ok) return 0; // none listed: a rowwise step did it inside the pieces
+    if (!st->n_sum || !c->quest_ok || c->m->hp.layer[l].window > 0)
+        return 0; // none listed: a rowwise step did it inside the pieces
     return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_sum, c->d_sum + c->max_tokens, st->n_sum,
-                                c->kmin + (size_t)l * c->sum_floats, c->kmax + (size_t)l * c->sum_floats, c->stream);
+                                c->kmin + layer_sum(c, l), c->kmax + layer_sum(c, l), c->stream);
 }
 
 /* D = A · Wᵀ over rows [0, rows): the first pf_rows (prompt rows) in the
@@ -400,13 +416,12 @@ static int layer_pre(model_cuda_t *c, int rows, int pf_rows, int rowwise, int l)
     qp.k_cache = layer_k(c, l);
     qp.v_cache = layer_v(c, l);
     qp.page_size = c->page_size;
-    rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, c->d_idx + IX_PAGE * c->max_tokens,
-                           c->d_idx + IX_SLOT * c->max_tokens, swa ? c->rope_swa_cos : c->rope_cos,
-                           swa ? c->rope_swa_sin : c->rope_sin, &qp, c->stream);
-    if (rc || !rowwise || !c->quest_ok) return rc; // (Quest's summaries: where Quest runs)
-    return attn_quest_summarize(&c->shape, layer_k(c, l), c->d_idx + IX_PAGE * c->max_tokens,
-                                c->d_idx + IX_PLEN * c->max_tokens, rows, c->kmin + (size_t)l * c->sum_floats,
-                                c->kmax + (size_t)l * c->sum_floats, c->stream);
+    const int32_t *pages = c->d_idx + (size_t)ix_page(c, c->lgroup[l]) * c->max_tokens; // its group's table
+    rc = ops_cuda_qkv_post(c->qkv, rows, c->d_pos, NULL, pages, c->d_idx + IX_SLOT * c->max_tokens,
+                           swa ? c->rope_swa_cos : c->rope_cos, swa ? c->rope_swa_sin : c->rope_sin, &qp, c->stream);
+    if (rc || !rowwise || !c->quest_ok || hp->layer[l].window > 0) return rc; // (Quest's summaries: where it runs)
+    return attn_quest_summarize(&c->shape, layer_k(c, l), pages, c->d_idx + IX_PLEN * c->max_tokens, rows,
+                                c->kmin + layer_sum(c, l), c->kmax + layer_sum(c, l), c->stream);
 }
 
 /* Layer l after attention: x += att · Woᵀ, then the FFN. */
@@ -562,14 +577,24 @@ static int logits(model_cuda_t *c, const model_batch_t *b, const step_t *st) {
 /* TidalDecode row e's keys over the step's layers: every key at a dense or
  * selection layer, the kept positions and the newest one after a selection
  * (counted as extra whenever the row keeps fewer than all: an upper bound by
- * one key per layer and head when the selection already holds it). */
+ * one key per layer and head when the selection already holds it); a
+ * sliding layer its window (a selection layer there: at the next global
+ * layer, as run_tidal does). */
 static double tidal_computed(const model_cuda_t *c, int e) {
     const model_hparams_t *hp = &c->m->hp;
     const int64_t len = c->t_kv_len[e], keep = attn_tidal_count(c->t_plan, e);
     double tok = 0;
-    int selected = 0, sel;
+    int selected = 0, due = 0, sel;
     for (int l = 0; l < hp->n_layers; l++) {
-        const int sparse = attn_decode_layer(&c->t_pol, l, &sel) == ATTN_DECODE_TIDAL && !sel && selected;
+        const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, &sel);
+        if (hp->layer[l].window > 0) {
+            tok += (double)(len < c->window ? len : c->window);
+            due |= sel;
+            continue;
+        }
+        if (m == ATTN_DECODE_TIDAL && due) sel = 1;
+        due = 0;
+        const int sparse = m == ATTN_DECODE_TIDAL && !sel && selected;
         tok += sparse && keep >= 0 ? (double)keep + (keep < len) : (double)len;
         selected |= sel;
     }
@@ -671,8 +696,7 @@ extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
 }
 
 static int forward(model_cuda_t *c, const model_batch_t *b) {
-    const kv_config_t kvc = model_kv_config(c->m, c->page_size, c->n_pages);
-    int rc = model__check_batch(c->m, &kvc, c->max_tokens, b, c->covered);
+    int rc = model__check_batch(c->m, &c->kvc, c->max_tokens, b, c->covered);
     if (rc) return rc;
     if (b->n_seqs > c->max_seqs) return LC_EINVAL;
     step_t st;
@@ -685,8 +709,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     const int rows = g ? bucket_rows[st.bucket] : st.rows;
     model_cuda__prof_mark(c, 1);
     model_cuda__prof_event(c, 0);
-    CUDA_CHECK_RET(cudaMemcpyAsync(c->d_idx, c->h_idx, IX_N * (size_t)c->max_tokens * sizeof(int32_t),
-                                   cudaMemcpyHostToDevice, c->stream));
+    const size_t pitch = (size_t)c->max_tokens * sizeof(int32_t); // each index array's first rows
+    CUDA_CHECK_RET(cudaMemcpy2DAsync(c->d_idx, pitch, c->h_idx, pitch, (size_t)rows * sizeof(int32_t),
+                                     (size_t)ix_arrays(c), cudaMemcpyHostToDevice, c->stream));
     CUDA_CHECK_RET(
         cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
     model_cuda__prof_mark(c, 2);

@@ -406,9 +406,11 @@ typedef struct {
     kv_pool_t *kv;
 } rig_t;
 
-static rig_t rig(const model_t *m, const char *device, int max_tokens) {
+/* keep: 1 keeps every position of the sliding layers (one layer group). */
+static rig_t rig_keep(const model_t *m, const char *device, int max_tokens, int keep) {
     char err[256];
-    model_exec_opts_t o = {.device = device, .max_batch_tokens = max_tokens, .kv_blocks = 64, .kv_bytes = 0};
+    model_exec_opts_t o = {
+        .device = device, .max_batch_tokens = max_tokens, .kv_blocks = 64, .kv_bytes = 0, .kv_keep_sliding = keep};
     rig_t r;
     r.e = model_exec_create(m, &o, err, sizeof err);
     ck_assert_msg(r.e != NULL, "%s: %s", device, err);
@@ -418,6 +420,7 @@ static rig_t rig(const model_t *m, const char *device, int max_tokens) {
     ck_assert_int_eq(model_exec_bind(r.e, r.kv), 0);
     return r;
 }
+static rig_t rig(const model_t *m, const char *device, int max_tokens) { return rig_keep(m, device, max_tokens, 0); }
 static void rig_free(rig_t *r) {
     kv_pool_destroy(r->kv);
     model_exec_destroy(r->e);
@@ -574,6 +577,49 @@ START_TEST(test_tiny_executor) {
 }
 END_TEST
 
+/* The tiny Gemma 3's sliding layers keep only their windows in the GPU's
+ * store (its layer groups, kv.h): a 700-token prompt in uneven chunks and
+ * 40 generated rows give the bits of the store that keeps every position,
+ * while each sliding group has released the blocks its window left (and the
+ * pool handed them out again for later positions). */
+START_TEST(test_gemma_windows) {
+    model_t *m = check_cuda_tiny_gemma();
+    const int V = model_hparams(m)->n_vocab, N = 700, G = 40;
+    int32_t tok[740];
+    for (int i = 0; i < N + G; i++) tok[i] = (int32_t)((i * 7919u + 29) % (unsigned)V);
+    rig_t rk = rig_keep(m, "cuda:0", 256, 1), rw = rig_keep(m, "cuda:0", 256, 0);
+    const kv_config_t ck = model_exec_kv_config(rk.e), cw = model_exec_kv_config(rw.e);
+    ck_assert_int_eq(kv_config_groups(&ck), 1);
+    ck_assert_int_eq(kv_config_groups(&cw), 3); // the global layer, then each sliding layer
+    ck_assert_int_eq(cw.n_full_groups, 1);
+    ck_assert_int_eq(cw.n_blocks, 3 * ck.n_blocks);
+    float *lk = malloc(sizeof(float) * (N + G) * V), *lw = malloc(sizeof(float) * (N + G) * V);
+    rig_t *rigs[2] = {&rk, &rw};
+    float *outs[2] = {lk, lw};
+    kv_seq_t seqs[2];
+    const int cuts[] = {0, 1, 130, 257, 400, 577, N};
+    for (int k = 0; k < 2; k++) {
+        kv_seq_init(&seqs[k]);
+        for (int i = 0; i + 1 < 7; i++)
+            run(rigs[k], &seqs[k], tok + cuts[i], cuts[i + 1] - cuts[i], cuts[i], 0, outs[k] + (size_t)cuts[i] * V);
+        for (int g = 0; g < G; g++) run(rigs[k], &seqs[k], tok + N + g, 1, N + g, 1, outs[k] + (size_t)(N + g) * V);
+    }
+    ck_assert_msg(memcmp(lk, lw, sizeof(float) * (N + G) * V) == 0,
+                  "GPU: the windowed store's logits differ from the store that keeps every position");
+    const int P = cw.block_size, global = (N + G + P - 1) / P;
+    const int64_t window_blocks = (cw.swa_keep + P - 1) / P + 2; // a window and the step's own block
+    fprintf(stderr, "check_cuda: tiny Gemma 3, %d positions: %lld blocks of one layer held (every position: %d)\n",
+            N + G, (long long)kv_pool_n_used(rw.kv), 3 * global);
+    ck_assert_int_gt(seqs[1].swa_lo, 0);
+    ck_assert_int_le(kv_pool_n_used(rw.kv), global + 2 * window_blocks);
+    kv_seq_release(rk.kv, &seqs[0]), kv_seq_release(rw.kv, &seqs[1]);
+    ck_assert_int_eq(kv_pool_n_used(rw.kv), 0);
+    rig_free(&rk), rig_free(&rw);
+    free(lk), free(lw);
+    model_free(m);
+}
+END_TEST
+
 /* The real model, teacher-forced: 5 prompts x 256 positions through both
  * executors (the CPU's exact arithmetic): top-1 agreement >= 98% and logits
  * within bf16 tolerance. */
@@ -708,6 +754,7 @@ int main(void) {
     tcase_add_test(tc, test_sample_rows);
     tcase_add_loop_test(tc, test_gemm, 0, 2);
     tcase_add_loop_test(tc, test_tiny_executor, 0, 3);
+    tcase_add_test(tc, test_gemma_windows);
     cuda_sched_add(tc); // check_cuda_sched.c
     if ((g_model = tu_model_path())) tcase_add_test(tc, test_real_model_teacher_forced);
     cuda_cp_add(tc);          // check_cuda_cp.c: context parallelism in the executor

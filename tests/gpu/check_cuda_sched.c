@@ -16,6 +16,7 @@
 #include "common/status.h"
 #include "model/exec.h"
 #include "model/gguf.h"
+#include "tinymodel.h"
 #include "model/model.h"
 #include "ops/cuda/cuda_ops.h"
 #include "scheduler/sched.h"
@@ -54,14 +55,16 @@ static void drain(out_t *o) {
         }
 }
 
-static float g_temperature;  // the requests' temperature (0: greedy)
-static int g_quest;          // 1: the requests decode with Quest (a 128-token budget)
-static int g_flex;           // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
-static int g_no_prefix;      // 1: gpu_sched without the prefix cache
-static int g_tidal;          // 1: the requests decode with TidalDecode (a 96-token budget)
-static int g_anchor;         // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
-static float g_theta = 0.5f; // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
-static float g_probe = 0.0f; // AnchorAttention's probe; < 0: the engine's (it fires on most tiny-model heads)
+static float g_temperature;    // the requests' temperature (0: greedy)
+static int g_quest;            // 1: the requests decode with Quest (a 128-token budget)
+static int g_flex;             // 1: the requests prefill with FlexPrefill (min_budget 64, gamma 0.5)
+static int g_no_prefix;        // 1: gpu_sched without the prefix cache
+static int g_tidal;            // 1: the requests decode with TidalDecode (a 96-token budget)
+static int g_tidal_sel = 1;    // its selection layer (the tiny model's 3 layers: 0 dense, 1 selects, 2 attends)
+static int g_tidal_resel = -1; // its reselection layer (-1: the engine's)
+static int g_anchor;           // 1: the requests prefill with AnchorAttention (theta g_theta, windows of 128 and 256)
+static float g_theta = 0.5f;   // the tiny model's scores lie close: at 3 every stripe is kept (CPU and GPU alike)
+static float g_probe = 0.0f;   // AnchorAttention's probe; < 0: the engine's (it fires on most tiny-model heads)
 
 static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_tokens) {
     memset(o, 0, sizeof *o);
@@ -102,6 +105,8 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
     ck_assert_int_eq(sched_submit(s, o->r), 0);
 }
 
+static int g_keep_sliding; // 1: the sliding layers keep every position (one layer group)
+
 static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     sched_config_t c;
     sched_config_default(&c);
@@ -112,9 +117,11 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     c.prefill_chunk = 128;
     c.target_step_ms = -1;
     c.enable_prefix_cache = !g_no_prefix;
-    if (g_tidal) { // TidalDecode on the tiny model's 3 layers: layer 0 dense, 1 selects, 2 attends the selection
+    c.kv_keep_sliding = g_keep_sliding;
+    if (g_tidal) { // TidalDecode's layer schedule
         c.attn_default.dense_layers = 0;
-        c.attn_default.tidal_select_layer = 1;
+        c.attn_default.tidal_select_layer = g_tidal_sel;
+        c.attn_default.tidal_reselect_layer = g_tidal_resel;
     }
     if (g_anchor) { // AnchorAttention's windows short enough for the test's prompts to have stripes
         c.attn_default.anchor_init = 128;
@@ -171,7 +178,22 @@ START_TEST(test_sched_gemma) {
     alone_then_together(s, pp, lens, R, n, alone, together);
     for (int r = 0; r < R; r++)
         ck_assert_msg(same_out(&alone[r], &together[r]), "Gemma request %d: batched differs", r);
-    for (int r = 0; r < R; r++) sched_req_release(alone[r].r), sched_req_release(together[r].r);
+    sched_destroy(s);
+    /* the store that keeps every position of the sliding layers: the same bits */
+    g_keep_sliding = 1;
+    s = gpu_sched(m, 0);
+    g_keep_sliding = 0;
+    out_t kept[3];
+    for (int r = 0; r < R; r++) {
+        submit(s, &kept[r], prompts[r], lens[r], n);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        drain(&kept[r]);
+        ck_assert(kept[r].done);
+        ck_assert_msg(same_out(&alone[r], &kept[r]), "Gemma request %d: the windowed store differs from keeping all",
+                      r);
+    }
+    for (int r = 0; r < R; r++)
+        sched_req_release(alone[r].r), sched_req_release(together[r].r), sched_req_release(kept[r].r);
     sched_destroy(s);
     g_no_prefix = 1; // each request computes its whole prompt (the densities below)
     g_anchor = 1;    // (AnchorAttention's short windows, for the request at the end)
@@ -301,10 +323,9 @@ END_TEST
  * a dense request: the same tokens and log-probabilities bit for bit. The
  * prompts' tokens follow salt; mt gets the scheduler's metrics, use (may be
  * NULL) each sparse request's usage alone. */
-static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
-                                    sched_metrics_t *mt, sched_usage_t use[4]) {
+static void sparse_alone_vs_batched_on(model_t *m, int *flag, const int lens[4], int salt, int max_tokens,
+                                       const char *what, sched_metrics_t *mt, sched_usage_t use[4]) {
     g_temperature = 0;
-    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
     const int V = model_hparams(m)->n_vocab, R = 4;
     static int32_t prompts[4][1600];
     for (int r = 0; r < R; r++) {
@@ -343,6 +364,12 @@ static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int 
     *flag = 0;
     sched_destroy(s);
     model_free(m);
+}
+
+/* The same on the tiny Llama model (4 heads on 2 KV heads of 64). */
+static void sparse_alone_vs_batched(int *flag, const int lens[4], int salt, int max_tokens, const char *what,
+                                    sched_metrics_t *mt, sched_usage_t use[4]) {
+    sparse_alone_vs_batched_on(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), flag, lens, salt, max_tokens, what, mt, use);
 }
 
 /* Quest decode on the GPU through the scheduler (pages of 64, a 2-page
@@ -400,6 +427,53 @@ START_TEST(test_sched_tidal) {
     const double dd = mt.decode_density_count ? mt.decode_density_sum / (double)mt.decode_density_count : 1.0;
     fprintf(stderr, "check_cuda: mean decode density (TidalDecode and dense requests) %.3f\n", dd);
     ck_assert_msg(dd < 0.999, "TidalDecode reported density %g", dd);
+}
+END_TEST
+
+/* TidalDecode on a six-layer tiny Gemma 3 (2 heads of 256 on one KV head;
+ * layers 1, 3 and 5 global, the others sliding over 96 positions): layer 0
+ * is the selection layer but slides, so global layer 1 selects (as on the
+ * CPU), layer 3 attends the selection, layer 5 selects again; alone and
+ * batched bitwise, and each long request's density is what those layers
+ * computed, below dense's. */
+START_TEST(test_sched_tidal_gemma) {
+    const tiny_opts_t o = {.name = "tiny-gemma3-6",
+                           .n_layers = 6,
+                           .n_embd = 512,
+                           .n_heads = 2,
+                           .n_kv_heads = 1,
+                           .n_ff = 1024,
+                           .n_ctx = 4096,
+                           .seed = 13,
+                           .qk_std = 2.0f,
+                           .window = 96,
+                           .swa_pattern = 2,
+                           .final_softcap = 30.0f};
+    model_t *m = tiny_model_load(&o);
+    for (int l = 0; l < 6; l++) ck_assert_int_eq(model_hparams(m)->layer[l].window, l % 2 ? 0 : 96);
+    const int lens[4] = {390, 250, 129, 7}, n = 40;
+    sched_metrics_t mt;
+    sched_usage_t use[4];
+    g_tidal_sel = 0, g_tidal_resel = 5;
+    sparse_alone_vs_batched_on(m, &g_tidal, lens, 8, n, "GPU TidalDecode on Gemma 3", &mt, use);
+    g_tidal_sel = 1, g_tidal_resel = -1;
+    for (int r = 0; r < 3; r++) { // (the 7-token prompt stays within the budget)
+        /* over the steps' lengths L: dense 3 L + 3 min(L, 96); TidalDecode 2 L + 97 + 3 min(L, 96) */
+        double dense = 0, tidal = 0;
+        for (int i = 0; i < n - 1; i++) {
+            const double L = lens[r] + 1 + i, w = L < 96 ? L : 96;
+            dense += (3 * L + 3 * w) / (6 * L);
+            tidal += (2 * L + (L > 96 ? 97 : L) + 3 * w) / (6 * L);
+        }
+        dense /= n - 1, tidal /= n - 1;
+        fprintf(stderr,
+                "check_cuda: Gemma 3 TidalDecode request %d (%d tokens): decode density %.4f (dense %.4f, "
+                "by count %.4f)\n",
+                r, lens[r], use[r].decode_density, dense, tidal);
+        ck_assert_int_eq(use[r].decode_method, ATTN_DECODE_TIDAL);
+        ck_assert_msg(use[r].decode_density < dense - 0.02 && fabs(use[r].decode_density - tidal) < 0.02,
+                      "TidalDecode decode density %g (dense %g, by count %g)", use[r].decode_density, dense, tidal);
+    }
 }
 END_TEST
 
@@ -535,6 +609,7 @@ void cuda_sched_add(TCase *tc) {
     tcase_add_test(tc, test_sched_quest);
     tcase_add_test(tc, test_sched_quest_grow);
     tcase_add_test(tc, test_sched_tidal);
+    tcase_add_test(tc, test_sched_tidal_gemma);
     tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
     tcase_add_test(tc, test_sched_gemma);

@@ -68,6 +68,11 @@
 #            (default: the default model; 8b: the e2e8b model at E2E8B_CTX;
 #            gemma: a random-weight Gemma 3 270M shape, modelgemma below),
 #            E2EM_FLAGS (more gpu_e2e.py options); e2e-METHOD.json each
+#     kv-windows  the random-weight Gemma 3 270M shape through lacunad with
+#            its sliding layers keeping their windows and then every
+#            position (engine.kv_keep_sliding): time to first token at 30K
+#            tokens, 1 and 8 streams decoding after 30K-token prompts, and
+#            the peak KV memory of each (kv-windows-*.json)
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 #     steps8b  the attention kernels of decode steps in place, on the e2e8b
@@ -349,6 +354,18 @@ for step in "$@"; do
                 --sparse="{\"prefill\":\"$pm\"}" "${extra[@]}" --lacunad-log "$OUT/e2e-$m-lacunad.log" \
                 ${E2EM_FLAGS:-} --out "$OUT/e2e-$m.json" 2>&1 | tail -8 | tee "$OUT/e2e-$m.log"
             [ "${PIPESTATUS[0]}" = 0 ] || fail "e2e-methods $m" 1
+        done
+        ;;
+    kv-windows)
+        modelgemma || { fail "mkmodel gemma" 1; continue; }
+        for keep in false true; do
+            # shellcheck disable=SC2086
+            timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
+                --libpath "$G/lib:$CUDA_LIB" --model "$MG" --vocab 262144 --skip-hf --prompts 30000 --reps 2 \
+                --streams 1,8 --decode-prompt 30000 --lacunad-arg=--set \
+                --lacunad-arg=engine.kv_keep_sliding=$keep --lacunad-log "$OUT/kv-windows-$keep-lacunad.log" \
+                --out "$OUT/kv-windows-$keep.json" 2>&1 | tail -12 | tee "$OUT/kv-windows-$keep.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "kv-windows keep_sliding=$keep" 1
         done
         ;;
     e2e-sampled)
