@@ -256,5 +256,5 @@ static inline void *layer_v(const model_cuda_t *c, int l) {
 static inline size_t layer_sum(const model_cuda_t *c, int l) { return (size_t)c->lslot[l] * c->sum_floats; }
 /* The windowed plan pair of sliding layer l. */
 static inline int layer_wplan(const model_cuda_t *c, int l) {
-    return c->n_wplans > 1 ? c->lgroup[l] - c->kvc.n_full_groups : 0;
+    return kv_config_groups(&c->kvc) > 1 ? c->lgroup[l] - c->kvc.n_full_groups : 0;
 }

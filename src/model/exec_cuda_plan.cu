@@ -202,7 +202,7 @@ static int wplan_csr(model_cuda_t *c, int n, const int32_t *q_indptr, const int3
  * the window no longer needs (-1: released) takes the spare page: the
  * kernels read from the window's 64-key stage on, never below it. */
 static void wplan_pages(model_cuda_t *c, int w, int n, const kv_seq_t *const *kvs) {
-    const int g = c->n_wplans > 1 ? c->kvc.n_full_groups + w : 0;
+    const int g = kv_config_groups(&c->kvc) > 1 ? c->kvc.n_full_groups + w : 0; // (one sliding group: w = 0)
     for (int e = 0; e < n; e++) {
         const int32_t *t = kv_seq_table(kvs[e], g) + c->w_first[e];
         int32_t *dst = c->w_indices + c->w_kv_indptr[e];

@@ -106,6 +106,10 @@ static void submit(sched_t *s, out_t *o, const int32_t *prompt, int n, int max_t
 }
 
 static int g_keep_sliding; // 1: the sliding layers keep every position (one layer group)
+static int g_no_graphs;    // 1: sparse_alone_vs_batched_on's engine runs decode steps without CUDA graphs
+static int
+    g_report; // 1: sparse_alone_vs_batched_on reports where batched and alone differ (g_differ) instead of failing
+static int g_differ; // requests that differed (g_report)
 
 static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     sched_config_t c;
@@ -334,7 +338,7 @@ static void sparse_alone_vs_batched_on(model_t *m, int *flag, const int lens[4],
             prompts[r][i] = (int32_t)(((r + salt) * 7919u * (i + salt + 2)) % (unsigned)V);
     }
     *flag = 1; // before the scheduler: g_tidal sets its layer schedule
-    sched_t *s = gpu_sched(m, 0);
+    sched_t *s = gpu_sched(m, g_no_graphs);
     out_t alone[4], batched[4], dense[4];
     for (int r = 0; r < R; r++) {
         submit(s, &alone[r], prompts[r], lens[r], max_tokens);
@@ -355,9 +359,17 @@ static void sparse_alone_vs_batched_on(model_t *m, int *flag, const int lens[4],
         drain(&batched[r]);
         drain(&dense[r]);
         ck_assert(batched[r].done && dense[r].done);
-        ck_assert_msg(memcmp(alone[r].toks, batched[r].toks, sizeof alone[r].toks) == 0 &&
-                          memcmp(alone[r].lp, batched[r].lp, sizeof alone[r].lp) == 0,
-                      "%s: request %d batched differs from it alone", what, r);
+        int at = -1; // the first token whose id or log-probability differs
+        for (int i = 0; i < max_tokens && at < 0; i++)
+            if (alone[r].toks[i] != batched[r].toks[i] || memcmp(&alone[r].lp[i], &batched[r].lp[i], sizeof(float)))
+                at = i;
+        if (at >= 0)
+            fprintf(stderr,
+                    "check_cuda: %s: request %d (%d tokens) batched differs from it alone at token %d: %d %.9g vs %d "
+                    "%.9g\n",
+                    what, r, lens[r], at, alone[r].toks[at], alone[r].lp[at], batched[r].toks[at], batched[r].lp[at]);
+        g_differ += at >= 0;
+        ck_assert_msg(at < 0 || g_report, "%s: request %d batched differs from it alone", what, r);
         sched_req_release(alone[r].r), sched_req_release(batched[r].r), sched_req_release(dense[r].r);
     }
     sched_metrics(s, mt);
@@ -455,7 +467,34 @@ START_TEST(test_sched_tidal_gemma) {
     sched_metrics_t mt;
     sched_usage_t use[4];
     g_tidal_sel = 0, g_tidal_resel = 5;
-    sparse_alone_vs_batched_on(m, &g_tidal, lens, 8, n, "GPU TidalDecode on Gemma 3", &mt, use);
+    /* alone against batched in both KV layouts, with and without CUDA
+     * graphs, without the prefix cache, and the same model decoding dense:
+     * each reports the first token that differs, then one assertion. (This
+     * model has one sliding layer group: its windowed plans must read that
+     * group's table, not the global one.) */
+    static const struct {
+        int keep, no_graphs, no_prefix, tidal;
+        const char *what;
+    } v[] = {{1, 0, 0, 1, "GPU TidalDecode on Gemma 3 (every position)"},
+             {1, 1, 0, 1, "GPU TidalDecode on Gemma 3 (every position, no graphs)"},
+             {0, 1, 0, 1, "GPU TidalDecode on Gemma 3 (windows, no graphs)"},
+             {0, 0, 1, 1, "GPU TidalDecode on Gemma 3 (windows, no prefix cache)"},
+             {0, 0, 0, 0, "Gemma 3 (6 layers, d 256) decoding dense (windows)"},
+             {0, 0, 0, 1, "GPU TidalDecode on Gemma 3"}};
+    const size_t nv = sizeof v / sizeof v[0];
+    int differ = 0, none = 0;
+    g_report = 1;
+    for (size_t k = 0; k < nv; k++) {
+        g_keep_sliding = v[k].keep;
+        g_no_graphs = v[k].no_graphs;
+        g_no_prefix = v[k].no_prefix;
+        g_differ = 0;
+        sparse_alone_vs_batched_on(k + 1 == nv ? m : tiny_model_load(&o), v[k].tidal ? &g_tidal : &none, lens, 8, n,
+                                   v[k].what, &mt, k + 1 == nv ? use : NULL);
+        differ += g_differ;
+    }
+    g_keep_sliding = g_no_graphs = g_no_prefix = g_report = g_differ = 0;
+    ck_assert_msg(!differ, "Gemma 3 (6 layers): %d requests differ batched from alone (listed above)", differ);
     g_tidal_sel = 1, g_tidal_resel = -1;
     for (int r = 0; r < 3; r++) { // (the 7-token prompt stays within the budget)
         /* over the steps' lengths L: dense 3 L + 3 min(L, 96); TidalDecode 2 L + 97 + 3 min(L, 96) */
