@@ -169,6 +169,11 @@ int cp__attend(cp_plan_t *p, const float *q, const int64_t *qpos, const cp_tile_
 /* A kv view over a pack of `nb_tot` blocks held by source s of slice sl. */
 attn_kv_t cp__pack_view(const cp_plan_t *p, const cp_slice_t *sl, int s, const float *pack, int nb_tot,
                         size_t blk_stride);
+/* Copies the K and V of blocks list[0 .. n) (sequence block indices of
+ * slice sl, through kv's group table) to k_dst and v_dst, one block stride
+ * apart, on the rank's team. */
+void cp__copy_blocks(const cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, const int32_t *list, int n,
+                     float *k_dst, float *v_dst);
 /* Copies this rank's blocks of slice sl for layer `kv` into the pack
  * (K at pack, V at pack + nb_tot * blk_stride). */
 void cp__pack_own(cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, int nb_tot);

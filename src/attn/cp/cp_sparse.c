@@ -532,7 +532,6 @@ static int anchor_step(cp_plan_t *p, const cp_slice_t *sl, int src, const attn_k
 int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_store_t *kv, const float *q, float *out,
                    float *lse) {
     const int N = p->n_ranks, r = p->rank, H = p->shape.n_heads, d = p->shape.head_dim;
-    const cp_seq_t *s = &p->seqs[sl->seq];
     const cp_hold_t *me = &sl->hold[r];
     const size_t stride = (size_t)p->shape.n_kv_heads * p->block_size * d;
     const int nb_tot = me->nb + sl->n_halo;
@@ -579,11 +578,7 @@ int cp__anchor_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, const attn_
     cp__pack_own(p, sl, kv, nb_tot);
     /* 1. the halo */
     double t0 = lc_now_s();
-    for (int j = 0; j < ns; j++) {
-        const size_t id = (size_t)cp__table(s, kv)[sl->send_blk[j]];
-        memcpy(sendk + (size_t)j * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
-        memcpy(sendv + (size_t)j * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
-    }
+    cp__copy_blocks(p, sl, kv, sl->send_blk, ns, sendk, sendv);
     size_t *soff = p->a2a, *sbytes = soff + N, *roff = sbytes + N, *rbytes = roff + N;
     for (int t = 0; t < N; t++) {
         soff[t] = sizeof(float) * stride * (size_t)sl->send_to[t];

@@ -112,27 +112,18 @@ int cp__window_plan(cp_plan_t *p, cp_slice_t *sl, size_t *pack, size_t *stage) {
 int cp__window_run(cp_plan_t *p, cp_comm_t *c, const cp_slice_t *sl, int wi, const attn_store_t *kv, const float *q,
                    float *out, float *lse) {
     const int N = p->n_ranks, r = p->rank, H = p->shape.n_heads, d = p->shape.head_dim;
-    const cp_seq_t *s = &p->seqs[sl->seq];
     const cp_win_t *x = &sl->win[wi];
     const cp_hold_t *me = &sl->hold[r];
-    const int32_t *tbl = cp__table(s, kv);
     const size_t stride = (size_t)p->shape.n_kv_heads * p->block_size * d;
     const int ns = x->send_to[N];
     float *vpack = p->pack + (size_t)x->n_need * stride, *sendk = p->stage, *sendv = p->stage + (size_t)ns * stride;
     cp__gather_rows(p, sl, q);
     /* own blocks into the pack, the sends onto the stage, then the halo */
     double t0 = lc_now_s();
-    const int o0 = x->need_from[r], o1 = x->need_from[r + 1];
-    for (int i = o0; i < o1; i++) {
-        const size_t id = (size_t)tbl[x->need[i]];
-        memcpy(p->pack + (size_t)i * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
-        memcpy(vpack + (size_t)i * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
-    }
-    for (int j = 0; j < ns; j++) {
-        const size_t id = (size_t)tbl[x->send_blk[j]];
-        memcpy(sendk + (size_t)j * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
-        memcpy(sendv + (size_t)j * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
-    }
+    const size_t o0 = (size_t)x->need_from[r];
+    cp__copy_blocks(p, sl, kv, x->need + o0, x->need_from[r + 1] - x->need_from[r], p->pack + o0 * stride,
+                    vpack + o0 * stride);
+    cp__copy_blocks(p, sl, kv, x->send_blk, ns, sendk, sendv);
     size_t *soff = p->a2a, *sbytes = soff + N, *roff = sbytes + N, *rbytes = roff + N;
     for (int t = 0; t < N; t++) {
         soff[t] = sizeof(float) * stride * (size_t)x->send_to[t];

@@ -126,17 +126,22 @@ attn_kv_t cp__pack_view(const cp_plan_t *p, const cp_slice_t *sl, int s, const f
                        .n_kv = sl->n_kv};
 }
 
-void cp__pack_own(cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, int nb_tot) {
-    const cp_hold_t *me = &sl->hold[p->rank];
+void cp__copy_blocks(const cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, const int32_t *list, int n,
+                     float *k_dst, float *v_dst) {
     const int32_t *blocks = cp__table(&p->seqs[sl->seq], kv);
     const size_t stride = (size_t)p->shape.n_kv_heads * p->block_size * p->shape.head_dim;
-    float *vpack = p->pack + (size_t)nb_tot * stride;
 #pragma omp parallel for schedule(static) num_threads(p->n_threads)
-    for (int i = 0; i < me->nb; i++) {
-        const size_t id = (size_t)blocks[me->blk[i]];
-        memcpy(p->pack + (size_t)i * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
-        memcpy(vpack + (size_t)i * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
+    for (int i = 0; i < n; i++) {
+        const size_t id = (size_t)blocks[list[i]];
+        memcpy(k_dst + (size_t)i * stride, kv->k + id * kv->blk_stride, sizeof(float) * stride);
+        memcpy(v_dst + (size_t)i * stride, kv->v + id * kv->blk_stride, sizeof(float) * stride);
     }
+}
+
+void cp__pack_own(cp_plan_t *p, const cp_slice_t *sl, const attn_store_t *kv, int nb_tot) {
+    const cp_hold_t *me = &sl->hold[p->rank];
+    const size_t stride = (size_t)p->shape.n_kv_heads * p->block_size * p->shape.head_dim;
+    cp__copy_blocks(p, sl, kv, me->blk, me->nb, p->pack, p->pack + (size_t)nb_tot * stride);
 }
 
 /* ---- rows ------------------------------------------------------------------------------------ */
