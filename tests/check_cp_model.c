@@ -324,6 +324,94 @@ START_TEST(test_sched_gemma) {
 }
 END_TEST
 
+/* Batch invariance through the scheduler with context parallelism: a
+ * 500-token request's log-probabilities, bit for bit, alone and behind two
+ * others whose prompts take part of each step's budget (so the scheduler
+ * would cut its prompt elsewhere). The ring's result for a row depends on
+ * which rank holds which block, and a slice's zig-zag deals its own blocks:
+ * the scheduler cuts a prompt that may be sharded at multiples of
+ * prefill_chunk only, whatever runs beside it. Dense and AnchorAttention
+ * with TidalDecode, 2 ranks. */
+static void sched_lp(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, sched_req_t **r) {
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = n;
+    p.n_choices = 1;
+    p.max_tokens = SCHED_GEN;
+    p.ignore_eos = 1;
+    p.logprobs = 0;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    sched_attn_spec_default(&p.attn);
+    p.attn.prefill = prefill;
+    p.attn.decode = decode;
+    int st;
+    ck_assert_ptr_nonnull(*r = sched_req_create(&p, &st));
+    ck_assert_int_eq(sched_submit(s, *r), 0);
+}
+
+static int sched_take(sched_req_t *r, float *lp) {
+    sched_event_t ev[32];
+    int n, got = 0;
+    while ((n = sched_req_poll(r, ev, 32)) > 0)
+        for (int i = 0; i < n; i++) {
+            if (ev[i].kind == SCHED_EV_TOKEN && got < SCHED_GEN) lp[got++] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
+            sched_event_clear(&ev[i]);
+        }
+    sched_req_release(r);
+    return got;
+}
+
+START_TEST(test_sched_batch_invariant) {
+    const int modes[2][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE}, {ATTN_PREFILL_ANCHOR, ATTN_DECODE_TIDAL}};
+    const int V = model_hparams(tiny())->n_vocab;
+    int32_t prompt[3][500];
+    unsigned seed = 5;
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 500; i++) prompt[k][i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
+    for (int m = 0; m < 2; m++) {
+        float alone[SCHED_GEN], batched[SCHED_GEN], other[SCHED_GEN];
+        for (int pass = 0; pass < 2; pass++) {
+            sched_config_t c;
+            sched_config_default(&c);
+            c.kv_blocks = 256;
+            c.max_batch_tokens = 256;
+            c.prefill_chunk = 160;
+            c.target_step_ms = -1;
+            c.enable_prefix_cache = 0;
+            c.context_ranks = 2;
+            c.context_min_tokens = 128;
+            c.attn_default.block = 16;
+            c.attn_default.anchor_init = 32;
+            c.attn_default.anchor_local = 64;
+            c.attn_default.anchor_lookback = 32;
+            c.attn_default.decode_budget = 96;
+            char err[256];
+            sched_t *s = sched_create(tiny(), &c, err, sizeof err);
+            ck_assert_msg(s != NULL, "%s", err);
+            sched_req_t *a, *b = NULL, *d = NULL;
+            if (pass) { // two prompts ahead of it: 90 and 300 tokens, dense
+                sched_lp(s, prompt[1], 90, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &b);
+                sched_lp(s, prompt[2], 300, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &d);
+            }
+            sched_lp(s, prompt[0], 500, modes[m][0], modes[m][1], &a);
+            ck_assert_int_eq(sched_run_until_idle(s), 0);
+            ck_assert_int_eq(sched_take(a, pass ? batched : alone), SCHED_GEN);
+            if (b) ck_assert_int_eq(sched_take(b, other), SCHED_GEN);
+            if (d) ck_assert_int_eq(sched_take(d, other), SCHED_GEN);
+            sched_destroy(s);
+        }
+        int at = -1;
+        for (int i = 0; i < SCHED_GEN && at < 0; i++)
+            if (memcmp(&alone[i], &batched[i], sizeof(float))) at = i;
+        ck_assert_msg(at < 0, "prefill %d decode %d, 2 ranks: token %d's log-probability %.9g alone, %.9g batched",
+                      modes[m][0], modes[m][1], at, at < 0 ? 0 : alone[at], at < 0 ? 0 : batched[at]);
+    }
+}
+END_TEST
+
 TCase *cp_model_tcase(void) {
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 300);
@@ -333,5 +421,6 @@ TCase *cp_model_tcase(void) {
     tcase_add_test(tm, test_sched);
     tcase_add_test(tm, test_model_gemma);
     tcase_add_test(tm, test_sched_gemma);
+    tcase_add_test(tm, test_sched_batch_invariant);
     return tm;
 }

@@ -16,7 +16,9 @@
  *
  * Determinism. Where a prompt is cut into chunks never changes a dense row's
  * result (attn.h: per-row arithmetic). Sparse prefill chooses its pattern per
- * chunk, so a request with a sparse prefill method is cut only at multiples
+ * chunk, and context parallelism deals each sharded chunk's blocks to the
+ * ranks by the chunk, so a request with a sparse prefill method, or a prompt
+ * long enough to be sharded, is cut only at multiples
  * of prefill_chunk (a chunk that does not fit waits for the next step) and
  * reuses cached prompt blocks only up to such a multiple (FlexPrefill
  * registers none of the chunk holding its prompt's last rows, which attend
@@ -76,8 +78,14 @@ static int req_init_engine(sched_t *s, sched_req_t *r) {
     return 0;
 }
 
-/* 1 when r's prompt chunks must end at multiples of prefill_chunk. */
-static int fixed_chunks(const sched_req_t *r) { return r->policy.prefill != ATTN_PREFILL_DENSE; }
+/* 1 when r's prompt chunks must end at multiples of prefill_chunk: a sparse
+ * prefill method, or a prompt that context parallelism may shard (a sharded
+ * slice deals its blocks to the ranks in its own zig-zag, and a row's sum
+ * over the ranks' partials depends on who holds what). */
+static int fixed_chunks(const sched_t *s, const sched_req_t *r) {
+    const int64_t shard_from = s->cfg.context_min_tokens > 0 ? s->cfg.context_min_tokens : 1;
+    return r->policy.prefill != ATTN_PREFILL_DENSE || (s->cfg.context_ranks > 1 && r->p.n_prompt >= shard_from);
+}
 
 /* ---- preemption ------------------------------------------------------------------- */
 static void preempt(sched_t *s, int idx) {
@@ -255,7 +263,7 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
     const int pending = r->p.n_prompt - (int)r->pkv.n_tokens;
     const int want_lp = r->prompt_lps && !r->prompt_lp_done;
     int n;
-    if (fixed_chunks(r)) { // up to the next multiple of prefill_chunk, whole or not at all
+    if (fixed_chunks(s, r)) { // up to the next multiple of prefill_chunk, whole or not at all
         const int64_t C = s->cfg.prefill_chunk, end = (r->pkv.n_tokens / C + 1) * C;
         n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
         /* Over the step-time target only as the step's first prompt work: a
@@ -353,7 +361,7 @@ static int running_seqs(const sched_t *s) {
  * of prefill_chunk. Returns the tokens reused. */
 static int64_t attach_prefix(sched_t *s, sched_req_t *r) {
     if (!s->cfg.enable_prefix_cache || r->prompt_lps || r->pkv.n_blocks != 0) return 0;
-    return kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt, fixed_chunks(r) ? s->cfg.prefill_chunk : 0);
+    return kv_prefix_attach(s->kv, &r->pkv, r->prompt, r->p.n_prompt, fixed_chunks(s, r) ? s->cfg.prefill_chunk : 0);
 }
 
 /* Admits waiting requests (FIFO) while the budgets, max_running and the KV
