@@ -204,22 +204,29 @@ enum { SCHED_GEN = 8 };
  * use after a step into *peak, in blocks of one layer (a pool block holds
  * the layers of one group). With ranks > 1 the metrics text shows every
  * rank. */
+/* The scheduler of these tests: `ranks` ranks from 128 tokens, chunks of
+ * 160 in steps of at most 256 rows, the sparse methods' windows and budgets
+ * at this size. */
+static void sched_cfg(sched_config_t *c, int keep, int ranks) {
+    sched_config_default(c);
+    c->kv_keep_sliding = keep;
+    c->kv_blocks = 128;
+    c->max_batch_tokens = 256;
+    c->prefill_chunk = 160;
+    c->target_step_ms = -1;
+    c->context_ranks = ranks;
+    c->context_min_tokens = 128;
+    c->attn_default.block = 16;
+    c->attn_default.anchor_init = 32;
+    c->attn_default.anchor_local = 64;
+    c->attn_default.anchor_lookback = 32;
+    c->attn_default.decode_budget = 96;
+    c->attn_default.min_budget = 16;
+}
+
 static void sched_case_on(const model_t *m, int keep, int ranks, int prefill, int decode, int32_t *out, int64_t *peak) {
     sched_config_t c;
-    sched_config_default(&c);
-    c.kv_keep_sliding = keep;
-    c.kv_blocks = 128;
-    c.max_batch_tokens = 256;
-    c.prefill_chunk = 160;
-    c.target_step_ms = -1;
-    c.context_ranks = ranks;
-    c.context_min_tokens = 128;
-    c.attn_default.block = 16;
-    c.attn_default.anchor_init = 32;
-    c.attn_default.anchor_local = 64;
-    c.attn_default.anchor_lookback = 32;
-    c.attn_default.decode_budget = 96;
-    c.attn_default.min_budget = 16;
+    sched_cfg(&c, keep, ranks);
     char err[256];
     sched_t *s = sched_create(m, &c, err, sizeof err);
     ck_assert_msg(s != NULL, "%s", err);
@@ -375,19 +382,9 @@ START_TEST(test_sched_batch_invariant) {
         float alone[SCHED_GEN], batched[SCHED_GEN], other[SCHED_GEN];
         for (int pass = 0; pass < 2; pass++) {
             sched_config_t c;
-            sched_config_default(&c);
+            sched_cfg(&c, 0, 2);
             c.kv_blocks = 256;
-            c.max_batch_tokens = 256;
-            c.prefill_chunk = 160;
-            c.target_step_ms = -1;
             c.enable_prefix_cache = 0;
-            c.context_ranks = 2;
-            c.context_min_tokens = 128;
-            c.attn_default.block = 16;
-            c.attn_default.anchor_init = 32;
-            c.attn_default.anchor_local = 64;
-            c.attn_default.anchor_lookback = 32;
-            c.attn_default.decode_budget = 96;
             char err[256];
             sched_t *s = sched_create(tiny(), &c, err, sizeof err);
             ck_assert_msg(s != NULL, "%s", err);
