@@ -10,7 +10,8 @@
  *   3, 4, 8 on one GPU, against the single-rank attn_cuda_run over the whole
  *   sequence (rel. L2 of the outputs < 1e-2, |LSE error| < 1e-3): prefill of
  *   1, 1000, 4097 and 12345 tokens, slices on cached prefixes (3001 + 5000,
- *   4096 + 333), 32/8 heads d 128 and 8/2 d 64, pages of 64 shuffled in the
+ *   4096 + 333), 32/8 heads d 128, 8/2 d 64 and Gemma 3's 4/1 d 256 (every
+ *   part below too), pages of 64 shuffled in the
  *   pool, unused slots NaN; decode of 7 rows of 1 .. 12345 keys (zig-zag
  *   prompts, generated blocks round the ranks). Each layer runs twice and
  *   must give the same bits; N = 1 must give the single-rank kernel's bits.
@@ -511,7 +512,7 @@ START_TEST(test_ring_prefill) {
         int H, KH, D;
         int64_t pos0, n_tok;
     } c[] = {{32, 8, 128, 0, 1000},    {32, 8, 128, 0, 4097}, {8, 2, 64, 0, 12345}, {8, 2, 64, 0, 1000},
-             {32, 8, 128, 3001, 5000}, {8, 2, 64, 4096, 333}, {32, 8, 128, 0, 1}};
+             {32, 8, 128, 3001, 5000}, {8, 2, 64, 4096, 333}, {32, 8, 128, 0, 1},   {4, 1, 256, 1000, 3001}};
     int ok = 1;
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
@@ -533,7 +534,7 @@ START_TEST(test_ring_prefill_pass_q) {
     } c[] = {{32, 8, 128, 3001, 5000, CP_CUDA_PASS_Q, 1}, {8, 2, 64, 4096, 333, CP_CUDA_PASS_Q, 1},
              {32, 8, 128, 12000, 1, CP_CUDA_PASS_Q, 1},   {8, 2, 64, 0, 1000, CP_CUDA_PASS_Q, 1},
              {32, 8, 128, 20000, 300, CP_CUDA_AUTO, 1},   {32, 8, 128, 3001, 5000, CP_CUDA_AUTO, 0},
-             {8, 2, 64, 4096, 333, CP_CUDA_PASS_KV, 0}};
+             {8, 2, 64, 4096, 333, CP_CUDA_PASS_KV, 0},   {4, 1, 256, 3001, 2000, CP_CUDA_PASS_Q, 1}};
     int ok = 1;
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
@@ -626,7 +627,8 @@ START_TEST(test_ring_prefill_flex) {
         int data;
         float gamma;
     } c[] = {{32, 8, 128, 0, 12345, 2, 0.9f}, {8, 2, 64, 0, 9000, 2, 0.95f},    {32, 8, 128, 3001, 7000, 2, 0.9f},
-             {8, 2, 64, 0, 4097, 1, 0.9f},    {32, 8, 128, 4096, 333, 2, 0.9f}, {8, 2, 64, 0, 200, 1, 0.9f}};
+             {8, 2, 64, 0, 4097, 1, 0.9f},    {32, 8, 128, 4096, 333, 2, 0.9f}, {8, 2, 64, 0, 200, 1, 0.9f},
+             {4, 1, 256, 1024, 5000, 2, 0.9f}};
     int ok = 1;
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
@@ -726,6 +728,7 @@ START_TEST(test_ring_prefill_anchor) {
         {32, 8, 128, 4096, 333, 2, {12.f, 2048, 2048, 1024, 0.01f}},
         {8, 2, 64, 0, 6000, 1, {INFINITY, 128, 1024, 0, 0.f}},
         {8, 2, 64, 0, 200, 1, {12.f, 128, 128, 0, 0.f}},
+        {4, 1, 256, 0, 6000, 2, {12.f, 128, 1024, 512, 0.01f}},
     };
     int ok = 1;
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
@@ -1195,6 +1198,7 @@ static int check_decode_all(uint64_t seed, int quest, int tidal) {
     for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
         ok &= check_decode_q(32, 8, 128, ns[i], seed + i, quest, tidal);
         ok &= check_decode_q(8, 2, 64, ns[i], seed + 100 + i, quest, tidal);
+        ok &= check_decode_q(4, 1, 256, ns[i], seed + 200 + i, quest, tidal); // Gemma 3's heads
     }
     return ok;
 }

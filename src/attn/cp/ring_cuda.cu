@@ -138,7 +138,7 @@ extern "C" int cp_cuda_plan_create(const attn_cuda_shape_t *shape, const cp_cuda
         lim->max_anchor_rows < 0 || lim->max_anchor_rows > lim->max_tokens || lim->anchor_min_local < 0 ||
         lim->anchor_min_local % 128 || (lim->max_tokens == 0 && lim->max_decode_seqs == 0) ||
         lim->max_tokens > INT32_MAX || shape->page_size <= 0 || shape->n_heads <= 0 || shape->head_dim <= 0 ||
-        shape->n_kv_heads <= 0)
+        shape->head_dim > kMergeMaxD || shape->n_kv_heads <= 0)
         return LC_EINVAL;
     cp_cuda_plan_t *p = (cp_cuda_plan_t *)calloc(1, sizeof *p);
     if (!p) return LC_ENOMEM;

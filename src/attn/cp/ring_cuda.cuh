@@ -42,18 +42,25 @@ int gather_rows(void *dst, const void *src, const int32_t *idx, int64_t n, size_
     return 0;
 }
 
-// Folds a partial (o, its LSE lp) into a row's running output: four dims a
-// lane (D <= 128) and the running LSE lr (-inf: nothing yet, the partial is
-// copied exactly).
-__device__ __forceinline__ void merge_part(float acc[4], float &lr, const __nv_bfloat16 *o, float lp, int lane, int D) {
+constexpr int kMergeMaxD = 256; // the merges' lanes hold up to 8 dims each
+
+// Folds a partial (o, its LSE lp) into a row's running output: dims lane,
+// lane + 32, ... a lane (D <= kMergeMaxD) and the running LSE lr (-inf:
+// nothing yet, the partial is copied exactly).
+__device__ __forceinline__ void merge_part(float acc[kMergeMaxD / 32], float &lr, const __nv_bfloat16 *o, float lp,
+                                           int lane, int D) {
     if (lr == -INFINITY) {
-        for (int k = 0; k * 32 + lane < D; k++) acc[k] = __bfloat162float(o[k * 32 + lane]);
+#pragma unroll
+        for (int k = 0; k < kMergeMaxD / 32; k++)
+            if (k * 32 + lane < D) acc[k] = __bfloat162float(o[k * 32 + lane]);
         lr = lp;
         return;
     }
     const float mx = fmaxf(lr, lp), l = mx + logf(expf(lr - mx) + expf(lp - mx));
     const float wa = expf(lr - l), wp = expf(lp - l);
-    for (int k = 0; k * 32 + lane < D; k++) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
+#pragma unroll
+    for (int k = 0; k < kMergeMaxD / 32; k++)
+        if (k * 32 + lane < D) acc[k] = acc[k] * wa + __bfloat162float(o[k * 32 + lane]) * wp;
     lr = l;
 }
 
@@ -77,7 +84,7 @@ __global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t 
     const int lane = threadIdx.x & 31;
     if (rh >= rows * n_heads) return;
     const int64_t row = rh / n_heads;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[kMergeMaxD / 32] = {};
     float lr = -INFINITY;
     for (int i = 0; i < n_ranks; i++) {
         if (row < src.r0[i]) continue;
@@ -85,7 +92,9 @@ __global__ void passq_merge_kernel(const uint8_t *in, size_t msg_bytes, int64_t 
         merge_part(acc, lr, (const __nv_bfloat16 *)m + rh * D,
                    ((const float *)(m + (size_t)rows * n_heads * D * 2))[rh], lane, D);
     }
-    for (int k = 0; k * 32 + lane < D; k++) out[rh * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
+#pragma unroll
+    for (int k = 0; k < kMergeMaxD / 32; k++)
+        if (k * 32 + lane < D) out[rh * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
     if (lse_out && lane == 0) lse_out[rh] = lr;
 }
 

@@ -15,7 +15,7 @@ __global__ void dec_merge_kernel(const uint8_t *gath, size_t msg_bytes, const in
     const int lane = threadIdx.x & 31;
     if (w >= (int64_t)n_own * n_heads) return;
     const int s = own[w / n_heads], h = (int)(w % n_heads);
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    float acc[kMergeMaxD / 32] = {};
     float lr = -INFINITY;
     for (int i = 0; i < n_ranks; i++) {
         const int ci = cidx[(int64_t)i * n + s];
@@ -24,8 +24,9 @@ __global__ void dec_merge_kernel(const uint8_t *gath, size_t msg_bytes, const in
         const __nv_bfloat16 *o = (const __nv_bfloat16 *)m + ((int64_t)ci * n_heads + h) * D;
         merge_part(acc, lr, o, ((const float *)(m + (size_t)n * n_heads * D * 2))[(int64_t)ci * n_heads + h], lane, D);
     }
-    for (int k = 0; k * 32 + lane < D; k++)
-        out[((int64_t)s * n_heads + h) * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
+#pragma unroll
+    for (int k = 0; k < kMergeMaxD / 32; k++)
+        if (k * 32 + lane < D) out[((int64_t)s * n_heads + h) * D + k * 32 + lane] = __float2bfloat16_rn(acc[k]);
     if (lse_out && lane == 0) lse_out[(int64_t)s * n_heads + h] = lr;
 }
 
