@@ -19,7 +19,8 @@ static ex_t mk_exec(const model_t *m, const cp_exec_case_t *cs, int ranks, int64
                            .block_size = cs->block_size,
                            .kv_blocks = cs->kv_blocks,
                            .context_ranks = ranks,
-                           .context_min_tokens = min_tokens};
+                           .context_min_tokens = min_tokens,
+                           .kv_keep_sliding = cs->keep_sliding};
     ex_t x = {model_exec_create(m, &o, err, sizeof err), NULL};
     ck_assert_msg(x.e != NULL, "%s, %d ranks: %s", cs->device, ranks, err);
     kv_config_t cfg = model_exec_kv_config(x.e);

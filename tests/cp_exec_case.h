@@ -26,6 +26,7 @@ typedef struct {
     int n_decode;         // decode steps
     int prompt_end;       // 1: the prompt slices say where the prompt ends (attn_seq_t's prompt_end)
     unsigned seed;        // the prompt's tokens
+    int keep_sliding;     // 1: the sliding layers keep every position (engine.kv_keep_sliding)
 } cp_exec_case_t;
 
 /* part: "first prompt slice", "second prompt slice", "prompt on a shared

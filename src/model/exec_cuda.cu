@@ -42,8 +42,10 @@
 // the next global layer, as on the CPU).
 //
 // Context parallelism (parallel.context > 1): exec_cuda_cp.cu runs the
-// attention of long sequences through the GPU ring over device-local ranks
-// of this GPU, between the pieces like any attention call.
+// global layers' attention of long sequences through the GPU ring over
+// device-local ranks of this GPU, between the pieces like any attention
+// call; their sliding layers attend their windows through the windowed
+// plans with every other row.
 #include "model/exec_cuda_int.cuh"
 
 /* ---- weights ------------------------------------------------------------------------ */
@@ -315,7 +317,7 @@ static void gemm_modes(const model_exec_opts_t *o, model_cuda_t *c) {
 
 /* The sliding layers' window (one for all of them), 0 without them, -1
  * (and the reason in err) for what the GPU executor does not run. */
-static int sliding_window(const model_t *m, const model_exec_opts_t *o, char *err, size_t errlen) {
+static int sliding_window(const model_t *m, char *err, size_t errlen) {
     const model_hparams_t *hp = &m->hp;
     int w = 0;
     for (int l = 0; l < hp->n_layers; l++) {
@@ -327,20 +329,13 @@ static int sliding_window(const model_t *m, const model_exec_opts_t *o, char *er
         }
         if (lw > 0) w = lw;
     }
-    if (w > 0 && o->context_ranks > 1) {
-        snprintf(err, errlen,
-                 "parallel.context = %d: the GPU's context parallelism does not run sliding-window layers ('%s'); "
-                 "set parallel.context = 1",
-                 o->context_ranks, hp->name);
-        return -1;
-    }
     return w;
 }
 
 extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const model_exec_opts_t *o, kv_config_t *kvc,
                                            size_t *block_bytes, char *devname, size_t devlen, char *err,
                                            size_t errlen) {
-    const int window = sliding_window(m, o, err, errlen);
+    const int window = sliding_window(m, err, errlen);
     if (window < 0) return NULL;
     model_cuda_t *c = (model_cuda_t *)calloc(1, sizeof *c);
     if (!c) {
@@ -349,8 +344,11 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
     }
     c->m = m;
     c->window = window;
-    /* the layer groups: the sliding layers' own unless kv_keep_sliding */
+    /* the layer groups: the sliding layers' own unless kv_keep_sliding; the
+     * global layers read one table (the first group's), so a model whose
+     * global layers span several groups keeps every position */
     c->kvc = window > 0 && !o->kv_keep_sliding ? model_kv_config_grouped(m, 1, 1) : model_kv_config(m, 1, 1);
+    if (kv_config_groups(&c->kvc) > 1 && c->kvc.n_full_groups != 1) c->kvc = model_kv_config(m, 1, 1);
     c->n_slots = m->hp.n_layers / kv_config_groups(&c->kvc);
     c->lgroup = (int *)calloc((size_t)m->hp.n_layers, sizeof(int));
     c->lslot = (int *)calloc((size_t)m->hp.n_layers, sizeof(int));

@@ -11,9 +11,10 @@
 //    unit; an unsharded slice's blocks to rank 0); every rank's plans: each
 //    prompt slice's ring (FlexPrefill or AnchorAttention where the request
 //    asked for it, else dense; pass-Q on a long cached prefix where it pays;
-//    AnchorAttention's exchange is its own, cp_cuda.h) and one decode plan
-//    for the sharded generated rows (dense and Quest rows together, or
-//    TidalDecode rows). A slice whose ring cannot be planned (beyond the
+//    AnchorAttention's exchange is its own, cp_cuda.h) and the decode plans
+//    of the sharded generated rows (the dense and Quest rows together, the
+//    TidalDecode rows on plans of their own, so that no row's arithmetic
+//    depends on the methods of the rows beside it). A slice whose ring cannot be planned (beyond the
 //    plans' room, or a sparse method's block split by an earlier owner) runs
 //    on the single-rank kernels instead (one GPU holds every rank's blocks)
 //    or dense, with a warning once;
@@ -21,7 +22,13 @@
 //    single-rank plans' rows of their kind (prompt rows, generated rows),
 //    so those plans' CSR stays contiguous; a gather index maps each
 //    rank's rows (in the ring's order) to the step's rows;
-//  - every layer (model_cuda__cp_layer), after the single-rank attention on
+//  - a sliding-window layer (Gemma 3's) runs no ring: the windowed
+//    single-rank plans (exec_cuda_plan.cu) continue over the sharded rows,
+//    since a row reads no more than its window and every rank's pages are in
+//    this GPU's pool; a sliding group's blocks are held by the rank holding
+//    the global block of the same positions (share_windows), so /metrics'
+//    per-rank KV stays true to the positions each rank holds;
+//  - every global layer (model_cuda__cp_layer), after the single-rank attention on
 //    the executor's stream: the sharded rows' queries are gathered, the
 //    rank threads (one per rank: the device communicator matches transfers
 //    on the host) run the layer's ring and decode on their streams after an
@@ -55,7 +62,7 @@ extern "C" {
 #define CP_ANCHOR_LOCAL 1024 // the anchor_local the ranks' plans are first made for (a smaller one: again)
 
 enum { MODE_NONE = 0, MODE_RING = 1, MODE_DECODE = 2 };            // cp_mode of a slice
-enum { DEC_DENSE = 0, DEC_QUEST = 1, DEC_TIDAL = 2 };              // the sharded decode rows' kind
+enum { DEC_DENSE = 0, DEC_QUEST = 1 };                             // the sharded dense and Quest rows' kind
 enum { OP_DENSE = 0, OP_QUEST = 1, OP_SELECT = 2, OP_ATTEND = 3 }; // a layer's decode run
 
 typedef struct {
@@ -74,10 +81,14 @@ struct model_cuda_cp {
     int n;
     int64_t min_tokens;
     cp_dev_t *group;
-    cp_cuda_plan_t *plans[CP_MAX_RANKS];
+    cp_cuda_plan_t *plans[CP_MAX_RANKS];  // prompt slices, dense and Quest decode rows
+    cp_cuda_plan_t *tplans[CP_MAX_RANKS]; // TidalDecode rows (NULL without tidal_ok)
     cudaEvent_t ev_main, ev_rank[CP_MAX_RANKS];
     cp_team_t *team; // the rank threads
-    int layer, op;   // their job: this layer's runs
+    int layer, op;   // their job: this layer's runs (op: the dense and Quest rows', top: TidalDecode's)
+    int top;
+    int last_global; // the last layer without a sliding window (the ranks read their pairs after it)
+    int ring_mode;   // CP_CUDA_AUTO, or (LACUNA_CP_RING=kv or q, to measure) the ring every dense slice runs
     /* blocks */
     uint8_t *owner; // (n_pages + 1) the rank holding each page
     /* the step */
@@ -87,15 +98,18 @@ struct model_cuda_cp {
     int64_t pf_rows;       // their rows: cq rows 0 .. pf_rows - 1
     uint8_t *sown;         // owners by sequence block of the ring slices, back to back
     size_t cap_sown;
-    int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..) and their kind
+    int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..); the kind of the first n_oth
+    int n_oth;           // rows 0 .. n_oth - 1 dense or Quest (plans), the rest TidalDecode (tplans)
     int *dec_seq;        // (max_seqs) their slices
     int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // the decode batch (host)
+    int32_t *tindptr; // (max_seqs + 1) the TidalDecode rows' block offsets, from their first
     uint8_t *downer;
     size_t cap_dblk;
     int32_t *qb_now, *qb_then; // (max_seqs) Quest budgets of a layer, of the planned one (scratch)
     int dec_thr;               // Quest: the planned budgets are those of layer dec_thr (-1: dense)
     attn_policy_t tpol;        // TidalDecode: the rows' schedule
     int t_selected;            // a selection layer ran in this step
+    int t_due;                 // a sliding layer was a selection layer: the next global layer selects
     int64_t *dcount;           // (max_seqs) Quest pages / TidalDecode positions per row, as planned
     double *dcomputed;         // (max_seqs) a decode row's pairs over the step's layers
     int32_t *h_idx, *d_idx;    // (T) the step's row of each cq row: pinned, device
@@ -108,7 +122,7 @@ struct model_cuda_cp {
     int64_t kvb[CP_MAX_RANKS];
     cp_timing_t t[CP_MAX_RANKS];
     int dirty; // a slice's plan failed after the last planned one: the ranks plan theirs again per layer
-    int warned_anchor, warned_ring, warned_flex, warned_dec;
+    int warned_anchor, warned_ring, warned_flex;
 };
 
 /* ---- gather / scatter ----------------------------------------------------------------- */
@@ -140,31 +154,41 @@ static int run_rank(model_cuda_cp_t *x, int r) {
     const void *k = layer_k(c, l), *v = layer_v(c, l);
     CUDA_CHECK_RET(cudaStreamWaitEvent(st, x->ev_main, 0));
     int rc = 0;
+    const char *what = "a prompt slice's plan";
     for (int i = 0; i < x->n_pf && !rc; i++) {
         cp_slice_t *sl = &x->pf[i];
+        what = "a prompt slice's plan";
         if ((x->n_pf > 1 || x->dirty) && (rc = cp_cuda_plan_prefill(p, &sl->seq, st))) break;
         const size_t row = (size_t)(sl->off + sl->rank_off[r]);
+        what = "a prompt slice";
         rc = cp_cuda_run_prefill(p, cm, k, v, x->cq + row * HD, x->cout + row * HD, NULL);
         if (!rc && sl->sparse) { // the pairs of this slice (the plan counts since its creation)
             double now = 0;
-            if (x->n_pf_sparse > 1 || l == c->m->hp.n_layers - 1) {
+            if (x->n_pf_sparse > 1 || l == x->last_global) {
                 if ((rc = cp_cuda_sparse_pairs(p, st, &now))) break;
                 sl->pairs[r] += now - x->last_pairs[r];
                 x->last_pairs[r] = now;
             }
         }
     }
-    if (!rc && x->n_dec) {
-        bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
-        switch (x->op) {
-        case OP_QUEST:
+    bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
+    if (!rc && x->n_oth) { // the dense and Quest rows
+        what = x->op == OP_QUEST ? "the Quest decode rows" : "the dense decode rows";
+        if (x->op == OP_QUEST)
             rc = cp_cuda_run_decode_kv(p, cm, k, v, c->kmin + layer_sum(c, l), c->kmax + layer_sum(c, l), q, o, NULL);
-            break;
-        case OP_SELECT:
-        case OP_ATTEND: rc = cp_cuda_run_decode_tidal(p, cm, k, v, q, o, NULL, x->op == OP_SELECT); break;
-        default: rc = cp_cuda_run_decode(p, cm, k, v, q, o, NULL);
-        }
+        else
+            rc = cp_cuda_run_decode(p, cm, k, v, q, o, NULL);
     }
+    if (!rc && x->n_dec > x->n_oth) { // the TidalDecode rows, after them
+        cp_cuda_plan_t *tp = x->tplans[r];
+        what = "the TidalDecode rows";
+        q += (size_t)x->n_oth * HD, o += (size_t)x->n_oth * HD;
+        if (x->top == OP_DENSE)
+            rc = cp_cuda_run_decode(tp, cm, k, v, q, o, NULL);
+        else
+            rc = cp_cuda_run_decode_tidal(tp, cm, k, v, q, o, NULL, x->top == OP_SELECT);
+    }
+    if (rc) LC_WARN("cuda: context-parallel rank %d, layer %d, %s: %s", r, l, what, lc_strerror(rc));
     if (!rc) CUDA_CHECK_RET(cudaEventRecord(x->ev_rank[r], st));
     return rc;
 }
@@ -178,9 +202,10 @@ static void rank_init(void *ctx, int r) {
 }
 
 /* Runs layer l on every rank; the first failing rank's status. */
-static int run_ranks(model_cuda_cp_t *x, int l, int op) {
+static int run_ranks(model_cuda_cp_t *x, int l, int op, int top) {
     x->layer = l;
     x->op = op;
+    x->top = top;
     const int rc = cp_team_run(x->team);
     if (rc) cp_dev_reset(x->group); // the step fails; the next one starts clean
     return rc;
@@ -203,6 +228,10 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->c = c;
     x->n = ranks;
     x->min_tokens = min_tokens > 0 ? min_tokens : 1;
+    for (int l = 0; l < hp->n_layers; l++)
+        if (hp->layer[l].window <= 0) x->last_global = l;
+    const char *e = getenv("LACUNA_CP_RING");
+    x->ring_mode = e && !strcmp(e, "kv") ? CP_CUDA_PASS_KV : e && !strcmp(e, "q") ? CP_CUDA_PASS_Q : CP_CUDA_AUTO;
     pthread_mutex_init(&x->slock, NULL);
     const int S = c->max_seqs, T = c->max_tokens;
     const size_t HD = (size_t)hp->n_heads * hp->head_dim;
@@ -213,10 +242,10 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->dcount = (int64_t *)calloc((size_t)S, sizeof(int64_t));
     x->dcomputed = (double *)calloc((size_t)S, sizeof(double));
     x->pos = (int64_t *)calloc((size_t)T + 1, sizeof(int64_t));
-    int32_t **ia[7] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl, &x->qb_now, &x->qb_then};
-    for (int i = 0; i < 7; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
+    int32_t **ia[8] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl, &x->qb_now, &x->qb_then, &x->tindptr};
+    for (int i = 0; i < 8; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
     if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len || !x->dindptr ||
-        !x->dbud || !x->dtidal || !x->ddl || !x->qb_now || !x->qb_then || !x->pos) {
+        !x->dbud || !x->dtidal || !x->ddl || !x->qb_now || !x->qb_then || !x->tindptr || !x->pos) {
         snprintf(err, errlen, "out of memory");
         return LC_ENOMEM;
     }
@@ -260,9 +289,19 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     if (lim.max_anchor_rows > ctx) lim.max_anchor_rows = ctx;
     lim.anchor_min_local = CP_ANCHOR_LOCAL;
     lim.quest = 1;
-    lim.tidal_budget = CP_TIDAL_ROOM;
+    /* TidalDecode rows decode on plans of their own (a step's dense and
+     * Quest rows beside them keep theirs: no row's arithmetic depends on
+     * its neighbours' methods); their prefill room is one run's worth */
+    cp_cuda_limits_t tlim;
+    memset(&tlim, 0, sizeof tlim);
+    tlim.max_tokens = ctx;
+    tlim.max_rows = 128;
+    tlim.max_pack_pages = 1;
+    tlim.max_decode_seqs = (int)dec;
+    tlim.tidal_budget = CP_TIDAL_ROOM;
     for (int r = 0; r < ranks; r++) {
         int rc = cp_cuda_plan_create(&c->shape, &lim, r, ranks, &x->plans[r]);
+        if (!rc && c->tidal_ok) rc = cp_cuda_plan_create(&c->shape, &tlim, r, ranks, &x->tplans[r]);
         if (rc) {
             snprintf(err, errlen,
                      "cannot create context-parallel rank %d's plan for %lld positions (%s): lower "
@@ -298,6 +337,7 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     cudaDeviceSynchronize();
     for (int r = 0; r < x->n; r++) {
         cp_cuda_plan_destroy(x->plans[r]);
+        cp_cuda_plan_destroy(x->tplans[r]);
         if (x->ev_rank[r]) cudaEventDestroy(x->ev_rank[r]);
     }
     if (x->group) cp_dev_destroy(x->group);
@@ -305,7 +345,7 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     cudaFreeHost(x->h_idx), cudaFree(x->d_idx), cudaFree(x->cq), cudaFree(x->cout);
     free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dcount), free(x->dcomputed);
     free(x->dkv_len), free(x->dindptr), free(x->dbud), free(x->dtidal), free(x->ddl), free(x->dblocks);
-    free(x->qb_now), free(x->qb_then), free(x->pos);
+    free(x->qb_now), free(x->qb_then), free(x->tindptr), free(x->pos);
     free(x->downer), free(x->sown);
     pthread_mutex_destroy(&x->slock);
     free(x);
@@ -328,14 +368,16 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     cp_slice_t *sl = &x->pf[x->n_pf];
     memset(sl, 0, sizeof *sl);
     sl->s = s;
-    sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, CP_CUDA_AUTO, NULL, NULL};
+    sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, x->ring_mode, NULL, NULL};
     const attn_policy_t *ap = pol && pol->prefill == ATTN_PREFILL_ANCHOR ? model_cuda__anchor_policy(q) : NULL;
     if (!q->generated && pol && pol->prefill == ATTN_PREFILL_FLEX) {
         sl->fpol = attn_cuda_flex_policy_t{pol->gamma, pol->tau, pol->min_budget, pol->max_budget,
                                            (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
         sl->seq.flex = &sl->fpol;
+        sl->seq.mode = CP_CUDA_AUTO; // (pass-KV)
         sl->sparse = 1;
     } else if (ap) {
+        sl->seq.mode = CP_CUDA_AUTO; // (its own exchange)
         sl->apol = attn_cuda_anchor_policy_t{ap->theta, ap->anchor_init, ap->anchor_local, ap->anchor_lookback,
                                              ap->anchor_probe};
         sl->seq.anchor = &sl->apol;
@@ -387,47 +429,59 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
 /* The Quest budgets of layer l (dense below each row's dense_layers). */
 static int quest_budgets(const model_cuda_cp_t *x, int l, int32_t *out) {
     int any = 0;
-    for (int i = 0; i < x->n_dec; i++) {
+    for (int i = 0; i < x->n_oth; i++) {
         out[i] = x->ddl[i] >= 0 && l >= x->ddl[i] ? x->dbud[i] : 0;
         any |= out[i] > 0;
     }
     return any;
 }
 
-/* Plans the sharded decode rows on every rank (budgets: Quest's, or NULL). */
+/* Plans the sharded dense and Quest rows on every rank (budgets: Quest's,
+ * or NULL). */
 static int plan_decode(model_cuda_cp_t *x, const int32_t *budget) {
-    cp_cuda_dec_batch_t b = {
-        x->n_dec, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget, x->dec_kind == DEC_TIDAL ? x->dtidal : NULL};
+    cp_cuda_dec_batch_t b = {x->n_oth, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget, NULL};
     for (int r = 0; r < x->n; r++) {
         int rc = cp_cuda_plan_decode(x->plans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
         if (rc) return rc;
     }
-    for (int i = 0; budget && i < x->n_dec; i++) x->dcount[i] = budget[i] ? cp_cuda_decode_count(x->plans[0], i) : -1;
-    if (x->dec_kind == DEC_TIDAL)
-        for (int i = 0; i < x->n_dec; i++) x->dcount[i] = cp_cuda_decode_count(x->plans[0], i);
+    for (int i = 0; budget && i < x->n_oth; i++) x->dcount[i] = budget[i] ? cp_cuda_decode_count(x->plans[0], i) : -1;
     return 0;
 }
 
-/* The sharded generated rows (one token each): their batch, its kind, its
- * plan. Rows whose kind differs from the step's (TidalDecode beside dense or
- * Quest rows) decode dense. */
+/* Plans the sharded TidalDecode rows (n_oth ..) on every rank's own plan. */
+static int plan_tidal(model_cuda_cp_t *x) {
+    const int n = x->n_dec - x->n_oth, b0 = x->dindptr[x->n_oth];
+    for (int j = 0; j <= n; j++) x->tindptr[j] = x->dindptr[x->n_oth + j] - b0;
+    cp_cuda_dec_batch_t b = {n,    x->dkv_len + x->n_oth, x->tindptr, x->dblocks + b0, x->downer + b0,
+                             NULL, x->dtidal + x->n_oth};
+    for (int r = 0; r < x->n; r++) {
+        int rc = cp_cuda_plan_decode(x->tplans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
+        if (rc) return rc;
+    }
+    for (int j = 0; j < n; j++) x->dcount[x->n_oth + j] = cp_cuda_decode_count(x->tplans[0], j);
+    return 0;
+}
+
+/* The sharded generated rows (one token each): the dense and Quest rows
+ * first, then the TidalDecode rows (in batch order within each), their
+ * batches and plans. */
+static int is_tidal(const model_cuda_cp_t *x, const model_seq_t *q) {
+    const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
+    return pol && pol->decode == ATTN_DECODE_TIDAL && x->c->tidal_ok;
+}
+
 static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
     model_cuda_t *c = x->c;
     const int P = c->page_size;
     size_t blocks = 0;
-    int tidal = 0, other = 0;
+    int k = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < x->n_dec; i++)
+            if (is_tidal(x, &b->seqs[x->dec_seq[i]]) == pass) x->qb_then[k++] = x->dec_seq[i];
     for (int i = 0; i < x->n_dec; i++) {
-        const model_seq_t *q = &b->seqs[x->dec_seq[i]];
-        const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
-        blocks += (size_t)((q->pos0 + 1 + P - 1) / P);
-        if (pol && pol->decode == ATTN_DECODE_TIDAL)
-            tidal++;
-        else
-            other++;
+        x->dec_seq[i] = x->qb_then[i];
+        blocks += (size_t)((b->seqs[x->dec_seq[i]].pos0 + 1 + P - 1) / P);
     }
-    x->dec_kind = tidal && !other ? DEC_TIDAL : DEC_DENSE;
-    if (tidal && other && !x->warned_dec++)
-        LC_WARN("cuda: sharded TidalDecode rows beside other sharded rows decode dense in that step");
     if (blocks > x->cap_dblk) {
         int32_t *nb = (int32_t *)realloc(x->dblocks, blocks * sizeof(int32_t));
         if (!nb) return LC_ENOMEM;
@@ -438,27 +492,29 @@ static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
         x->cap_dblk = blocks;
     }
     x->dindptr[0] = 0;
+    x->n_oth = x->n_dec;
     int quest = 0;
     for (int i = 0; i < x->n_dec; i++) {
         const model_seq_t *q = &b->seqs[x->dec_seq[i]];
         const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
         const int64_t len = q->pos0 + 1, nb = (len + P - 1) / P;
         x->dkv_len[i] = (int32_t)len;
-        for (int64_t k = 0; k < nb; k++) {
-            x->dblocks[x->dindptr[i] + k] = q->kv->blocks[k];
-            x->downer[x->dindptr[i] + k] = x->owner[q->kv->blocks[k]];
+        for (int64_t j = 0; j < nb; j++) {
+            x->dblocks[x->dindptr[i] + j] = q->kv->blocks[j];
+            x->downer[x->dindptr[i] + j] = x->owner[q->kv->blocks[j]];
         }
         x->dindptr[i + 1] = (int32_t)(x->dindptr[i] + nb);
         x->ddl[i] = -1;
         x->dtidal[i] = 1;
-        if (pol && pol->decode == ATTN_DECODE_QUEST && x->dec_kind == DEC_DENSE) {
+        x->dbud[i] = 0;
+        if (pol && pol->decode == ATTN_DECODE_QUEST && c->quest_ok) {
             int64_t bud = ((int64_t)pol->decode_budget + P - 1) / P;
             x->dbud[i] = (int32_t)(bud < 1 ? 1 : bud);
             x->ddl[i] = pol->dense_layers;
             quest = 1;
         }
-        if (x->dec_kind == DEC_TIDAL) {
-            if (i == 0) x->tpol = *pol;
+        if (is_tidal(x, q)) {
+            if (x->n_oth == x->n_dec) x->n_oth = i, x->tpol = *pol;
             if (pol->dense_layers != x->tpol.dense_layers || pol->tidal_select_layer != x->tpol.tidal_select_layer ||
                 pol->tidal_reselect_layer != x->tpol.tidal_reselect_layer)
                 return LC_EINVAL; // the scheduler gives every request the server's schedule
@@ -467,22 +523,41 @@ static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
         x->dcount[i] = -1;
         x->dcomputed[i] = 0;
     }
-    x->t_selected = 0;
+    x->t_selected = x->t_due = 0;
     x->dec_thr = -1;
-    if (x->dec_kind == DEC_DENSE && quest) x->dec_kind = DEC_QUEST;
-    if (x->dec_kind == DEC_QUEST) {
+    x->dec_kind = quest ? DEC_QUEST : DEC_DENSE;
+    int rc = 0;
+    if (x->n_oth && x->dec_kind == DEC_QUEST) {
         const int any = quest_budgets(x, 0, x->qb_now);
         x->dec_thr = any ? 0 : -1;
-        return plan_decode(x, any ? x->qb_now : NULL);
+        rc = plan_decode(x, any ? x->qb_now : NULL);
+    } else if (x->n_oth) {
+        rc = plan_decode(x, NULL);
     }
-    return plan_decode(x, NULL);
+    if (!rc && x->n_dec > x->n_oth) rc = plan_tidal(x);
+    return rc;
+}
+
+/* The sliding groups' blocks k in [first, nb) of a sequence: held by the
+ * rank holding its global block k (the same positions). Their attention
+ * does not travel: every rank's pages are in this GPU's pool, and the
+ * sliding layers run the windowed single-rank plans over every row (a row
+ * reads no more than a window); the owners keep /metrics' per-rank KV true
+ * to the positions each rank holds. */
+static void share_windows(model_cuda_cp_t *x, const kv_seq_t *kv, int64_t first, int64_t nb) {
+    const kv_config_t *kc = &x->c->kvc;
+    for (int g = kc->n_full_groups; kv_config_groups(kc) > 1 && g < kc->n_groups; g++) {
+        const int32_t *t = kv_seq_table(kv, g);
+        for (int64_t k = first; k < nb; k++)
+            if (t[k] >= 0) x->owner[t[k]] = x->owner[kv->blocks[k]];
+    }
 }
 
 int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
     model_cuda_cp_t *x = c->cp;
     if (!x) return 0;
     const int P = c->page_size, per = 128 / P;
-    x->n_pf = x->n_pf_sparse = x->n_dec = x->dirty = 0;
+    x->n_pf = x->n_pf_sparse = x->n_dec = x->n_oth = x->dirty = 0;
     x->pf_rows = 0;
     size_t need = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -498,22 +573,21 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
         x->mode[s] = MODE_NONE;
         if (q->pos0 + q->n_tok < x->min_tokens) {
             for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = 0;
-            continue;
-        }
-        if (q->generated && q->n_tok == 1) { // a decode row: a new block in turn, by 128-position unit
+        } else if (q->generated && q->n_tok == 1) { // a decode row: a new block in turn, by 128-position unit
             for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = (uint8_t)cp_owner_next(x->n, k / per);
             x->dec_seq[x->n_dec++] = s;
             x->mode[s] = MODE_DECODE;
-            continue;
+        } else {
+            uint8_t *so = x->sown + off;
+            off += (size_t)nb;
+            for (int64_t k = 0; k < nb; k++) so[k] = x->owner[blocks[k]];
+            cp_zigzag(x->n, P, 128, q->pos0, q->n_tok, so);
+            for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = so[k];
+            const int m = plan_ring(x, q, s, so);
+            if (m < 0) return m;
+            x->mode[s] = (uint8_t)m;
         }
-        uint8_t *so = x->sown + off;
-        off += (size_t)nb;
-        for (int64_t k = 0; k < nb; k++) so[k] = x->owner[blocks[k]];
-        cp_zigzag(x->n, P, 128, q->pos0, q->n_tok, so);
-        for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = so[k];
-        const int m = plan_ring(x, q, s, so);
-        if (m < 0) return m;
-        x->mode[s] = (uint8_t)m;
+        share_windows(x, q->kv, first, nb);
     }
     if (x->n_dec) {
         int rc = plan_dec_rows(x, b);
@@ -523,7 +597,7 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
                         "kernels",
                         x->n_dec, lc_strerror(rc));
             for (int i = 0; i < x->n_dec; i++) x->mode[x->dec_seq[i]] = MODE_NONE;
-            x->n_dec = 0;
+            x->n_dec = x->n_oth = 0;
         } else if (rc) {
             return rc;
         }
@@ -545,26 +619,28 @@ int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b) {
     return 0;
 }
 
-/* The decode run of layer l, re-planning Quest's budgets where they change. */
-static int decode_op(model_cuda_cp_t *x, int l, int *op) {
-    *op = OP_DENSE;
-    if (x->dec_kind == DEC_TIDAL) {
+/* The decode runs of layer l: the dense and Quest rows' (op), re-planning
+ * Quest's budgets where they change, and the TidalDecode rows' (top). */
+static int decode_op(model_cuda_cp_t *x, int l, int *op, int *top) {
+    *op = *top = OP_DENSE;
+    if (x->n_dec > x->n_oth) {
         int sel = 0; // a selection layer is dense (with the selection after it)
         const int tidal = attn_decode_layer(&x->tpol, l, &sel) == ATTN_DECODE_TIDAL;
+        if (tidal && x->t_due) sel = 1; // a sliding selection layer's choice, made here
+        x->t_due = 0;
         if (sel) {
-            *op = OP_SELECT;
+            *top = OP_SELECT;
             x->t_selected = 1;
         } else if (tidal && x->t_selected) {
-            *op = OP_ATTEND;
+            *top = OP_ATTEND;
         }
-        return 0;
     }
-    if (x->dec_kind != DEC_QUEST) return 0;
+    if (!x->n_oth || x->dec_kind != DEC_QUEST) return 0;
     const int any = quest_budgets(x, l, x->qb_now);
     int rc = 0, changed = any != (x->dec_thr >= 0);
     if (!changed && any) {
         quest_budgets(x, x->dec_thr, x->qb_then);
-        changed = memcmp(x->qb_now, x->qb_then, sizeof(int32_t) * (size_t)x->n_dec) != 0;
+        changed = memcmp(x->qb_now, x->qb_then, sizeof(int32_t) * (size_t)x->n_oth) != 0;
     }
     if (changed) {
         rc = plan_decode(x, any ? x->qb_now : NULL);
@@ -578,23 +654,39 @@ int model_cuda__cp_layer(model_cuda_t *c, int l) {
     model_cuda_cp_t *x = c->cp;
     if (!x || (!x->n_pf && !x->n_dec)) return 0;
     const int64_t rows = x->pf_rows + x->n_dec;
-    int op = OP_DENSE, rc;
-    if (x->n_dec && (rc = decode_op(x, l, &op))) return rc;
+    int op = OP_DENSE, top = OP_DENSE, rc;
+    if (c->m->hp.layer[l].window > 0) { // a sliding layer: the windowed plans ran every row (share_windows)
+        int sel = 0;
+        if (x->n_dec > x->n_oth) attn_decode_layer(&x->tpol, l, &sel);
+        if (sel) x->t_due = 1; // a selection layer: the next global layer selects
+        for (int i = 0; i < x->n_dec; i++)
+            x->dcomputed[i] += (double)(x->dkv_len[i] < c->window ? x->dkv_len[i] : c->window) * c->m->hp.n_heads;
+        return 0;
+    }
+    if (x->n_dec && (rc = decode_op(x, l, &op, &top))) {
+        LC_WARN("cuda: layer %d: the sharded decode rows' plan (Quest's budgets) failed: %s", l, lc_strerror(rc));
+        return rc;
+    }
     /* Quest pairs of this layer per row (the plan's count as planned now) */
     for (int i = 0; i < x->n_dec; i++) {
         const int64_t len = x->dkv_len[i], np = (len + c->page_size - 1) / c->page_size;
         double tok = (double)len;
-        if (op == OP_QUEST && x->dbud[i] && l >= x->ddl[i] && x->ddl[i] >= 0) {
+        const int o = i < x->n_oth ? op : top;
+        if (o == OP_QUEST && x->dbud[i] && l >= x->ddl[i] && x->ddl[i] >= 0) {
             const int64_t pages = x->dcount[i];
             if (pages >= 1 && pages < np)
                 tok = (double)(pages - 1) * c->page_size + (double)(len - (np - 1) * c->page_size);
         }
-        if (op == OP_ATTEND && x->dcount[i] >= 0) tok = (double)x->dcount[i] + (x->dcount[i] < len);
+        if (o == OP_ATTEND && x->dcount[i] >= 0) tok = (double)x->dcount[i] + (x->dcount[i] < len);
         x->dcomputed[i] += tok * c->m->hp.n_heads;
     }
     if ((rc = move_rows(x, c->q, x->cq, rows, 0))) return rc;
     CUDA_CHECK_RET(cudaEventRecord(x->ev_main, c->stream));
-    if ((rc = run_ranks(x, l, op))) return rc;
+    if ((rc = run_ranks(x, l, op, top))) {
+        LC_WARN("cuda: layer %d: a context-parallel rank failed (%d prompt slices, %d decode rows, %d TidalDecode): %s",
+                l, x->n_pf, x->n_oth, x->n_dec - x->n_oth, lc_strerror(rc));
+        return rc;
+    }
     for (int r = 0; r < x->n; r++) CUDA_CHECK_RET(cudaStreamWaitEvent(c->stream, x->ev_rank[r], 0));
     return move_rows(x, x->cout, c->att, rows, 1);
 }
@@ -613,9 +705,9 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
         if (!q->attn) continue;
         const double n = q->n_tok,
                      all = (double)hp->n_heads * hp->n_layers * (n * (double)q->pos0 + 0.5 * n * (n + 1.0));
-        double computed = all;
-        if (sl->sparse) {
-            computed = 0;
+        double computed = c->window ? model_cuda__dense_pairs(c, q->pos0, q->n_tok, 1) : all;
+        if (sl->sparse) { // the global layers' pairs the ranks counted, the sliding layers' windows beside them
+            computed = c->window ? model_cuda__dense_pairs(c, q->pos0, q->n_tok, 0) : 0;
             for (int r = 0; r < x->n; r++) computed += sl->pairs[r];
         }
         attn_state_count(q->attn, q->generated, computed, all);
@@ -629,7 +721,15 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
     }
     pthread_mutex_lock(&x->slock);
     x->sharded_rows += rows;
-    for (int r = 0; r < x->n; r++) x->t[r] = *cp_cuda_plan_timing(x->plans[r]);
+    for (int r = 0; r < x->n; r++) {
+        x->t[r] = *cp_cuda_plan_timing(x->plans[r]);
+        if (!x->tplans[r]) continue;
+        const cp_timing_t *t = cp_cuda_plan_timing(x->tplans[r]);
+        x->t[r].compute_s += t->compute_s;
+        x->t[r].wait_s += t->wait_s;
+        x->t[r].collective_s += t->collective_s;
+        x->t[r].decode_pairs += t->decode_pairs;
+    }
     pthread_mutex_unlock(&x->slock);
 }
 

@@ -173,6 +173,7 @@ struct model_cuda {
     struct model_cuda_cp *cp; // context parallelism (parallel.context > 1; exec_cuda_cp.cu), else NULL
     struct step_prof *prof;   // LACUNA_CUDA_PROFILE: where decode steps spend their time (NULL: off)
     char failure[256];        // set once the device is lost (model_cuda_failure)
+    const char *stage;        // what the step was doing (a failed step's warning says)
 };
 
 /* Host side of a step: the rows in attention order (prompt rows first, then
@@ -185,6 +186,8 @@ typedef struct {
     int n_anchor;                    // prompt slices under AnchorAttention
     size_t mask_words;               // the step's block masks (FlexPrefill's, AnchorAttention's empty ones)
     int n_tidal;                     // TidalDecode rows (after the Quest rows; their own CSR)
+    int n_wpf, n_wdec;               // the sliding layers' windowed plans: prompt entries and generated rows,
+                                     // the sharded slices' (exec_cuda_cp.cu) after the others
     size_t t_idx0;                   // their first entry in kv_indices (absolute)
     int n_sum;                       // pages the step lists with their lengths (h_sum; none when rowwise)
     int rowwise;                     // 1: each row writes its own page (decode steps): summaries row by row
@@ -195,6 +198,11 @@ typedef struct {
 /* Plans the step's attention (exec_cuda_plan.cu): every plan its rows need,
  * created or grown on demand, and the workspaces they size. */
 int model_cuda__plan_attention(model_cuda_t *c, const step_t *st);
+
+/* Query-key pairs of rows at positions pos0 .. pos0 + n - 1 over the layers
+ * and heads: every earlier key on a global layer (with globals), a sliding
+ * layer's window (exec_cuda_step.cu). */
+double model_cuda__dense_pairs(const model_cuda_t *c, int64_t pos0, int64_t n, int globals);
 
 /* Context parallelism (exec_cuda_cp.cu; every call does nothing without
  * it): create after the KV store (ranks device-local ranks of this GPU,

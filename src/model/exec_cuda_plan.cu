@@ -212,20 +212,20 @@ static void wplan_pages(model_cuda_t *c, int w, int n, const kv_seq_t *const *kv
 }
 
 /* The sliding layers' plans: the prompt slices and every generated row over
- * their windows, one plan pair per sliding group. */
+ * their windows (the sharded ones' too), one plan pair per sliding group. */
 static int plan_windows(model_cuda_t *c, const step_t *st) {
     size_t ws = 0;
     int rc = 0;
-    if (st->n_pf_seqs) {
-        if ((rc = wplan_csr(c, st->n_pf_seqs, c->pf_q_indptr, c->pf_kv_len))) return rc;
-        attn_cuda_batch_t pb = {st->n_pf_seqs, c->pf_q_indptr, c->w_kv_indptr, c->w_indices, c->w_kv_len, NULL};
+    if (st->n_wpf) {
+        if ((rc = wplan_csr(c, st->n_wpf, c->pf_q_indptr, c->pf_kv_len))) return rc;
+        attn_cuda_batch_t pb = {st->n_wpf, c->pf_q_indptr, c->w_kv_indptr, c->w_indices, c->w_kv_len, NULL};
         pb.window = c->window;
         for (int w = 0; w < c->n_wplans && !rc; w++) {
-            wplan_pages(c, w, st->n_pf_seqs, c->pf_kvs);
+            wplan_pages(c, w, st->n_wpf, c->pf_kvs);
             rc = attn_cuda_plan(c->pf_plan_w[w], &pb, c->stream, &ws);
         }
     }
-    const int n = st->n_dec + st->n_quest + st->n_tidal; // the dense rows, the Quest rows, the TidalDecode rows
+    const int n = st->n_wdec; // the dense rows, the Quest rows, the TidalDecode rows, the sharded rows
     if (rc || !n) return rc;
     if ((rc = wplan_csr(c, n, NULL, c->dec_kv_len))) return rc;
     attn_cuda_batch_t db = {n, NULL, c->w_kv_indptr, c->w_indices, c->w_kv_len};

@@ -148,13 +148,19 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         c->pf_q_indptr[st->n_pf_seqs] = row;
         c->pf_kv_indptr[st->n_pf_seqs] = (int32_t)pf_pages;
     }
-    /* sharded prompt slices (exec_cuda_cp.cu): prompt rows after the plan's */
+    /* sharded prompt slices (exec_cuda_cp.cu): prompt rows after the plan's;
+     * on the sliding layers they attend their windows through the windowed
+     * plan, which continues over them (every rank's pages are in this pool) */
+    st->n_wpf = st->n_pf_seqs;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (q->generated || !model_cuda__cp_mode(c, s)) continue;
         for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row + i);
         c->row0[s] = row;
         row += q->n_tok;
+        c->pf_kvs[st->n_wpf] = q->kv;
+        c->pf_kv_len[st->n_wpf] = (int32_t)(q->pos0 + q->n_tok);
+        c->pf_q_indptr[++st->n_wpf] = row;
     }
     st->n_pf_rows = row;
     st->mask_words = words;
@@ -211,12 +217,18 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
                 c->q_dl[e] = pol->dense_layers;
             }
         }
-    /* sharded generated slices (exec_cuda_cp.cu): the last rows */
+    /* sharded generated slices (exec_cuda_cp.cu): the last rows, and the
+     * windowed decode plan's last entries */
+    st->n_wdec = st->n_dec + st->n_quest + st->n_tidal;
     for (int s = 0; s < b->n_seqs; s++) {
         const model_seq_t *q = &b->seqs[s];
         if (!q->generated || !model_cuda__cp_mode(c, s)) continue;
         c->row0[s] = row;
-        for (int i = 0; i < q->n_tok; i++) put_row(c, b, q, i, row++);
+        for (int i = 0; i < q->n_tok; i++) {
+            put_row(c, b, q, i, row++);
+            c->dec_kvs[st->n_wdec] = q->kv;
+            c->dec_kv_len[st->n_wdec++] = (int32_t)(q->pos0 + i + 1);
+        }
     }
     /* Quest's thresholds: the distinct dense_layers, ascending */
     for (int e = 0; e < st->n_quest; e++) {
@@ -299,12 +311,12 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
     if (hp->layer[l].window > 0) { // a sliding layer: every row dense over its window (no sparse slice here)
         const int w = layer_wplan(c, l);
         int rc = 0;
-        if (st->n_pf_seqs) {
+        if (st->n_wpf) {
             a.q = c->q;
             a.out = c->att;
             rc = attn_cuda_run(c->pf_plan_w[w], &a, c->stream);
         }
-        if (!rc && st->n_dec + st->n_quest + st->n_tidal) { // every generated row (sparse: on the global layers)
+        if (!rc && st->n_wdec) { // every generated row (sparse: on the global layers)
             a.q = c->q + (size_t)st->n_pf_rows * HD;
             a.out = c->att + (size_t)st->n_pf_rows * HD;
             a.workspace = c->dec_ws;
@@ -601,10 +613,8 @@ static double tidal_computed(const model_cuda_t *c, int e) {
     return tok * hp->n_heads;
 }
 
-/* Query-key pairs of rows at positions pos0 .. pos0 + n - 1 over the layers
- * and heads: every earlier key on a global layer (with globals), a sliding
- * layer's window (a row at p sees min(p + 1, window) keys). */
-static double dense_pairs(const model_cuda_t *c, int64_t pos0, int64_t n, int globals) {
+/* (A row at p sees min(p + 1, window) keys of a sliding layer.) */
+double model_cuda__dense_pairs(const model_cuda_t *c, int64_t pos0, int64_t n, int globals) {
     const model_hparams_t *hp = &c->m->hp;
     const double lo = (double)pos0 + 1, hi = (double)(pos0 + n); // keys of the first and last row
     const double causal = 0.5 * (lo + hi) * (double)n, W = c->window;
@@ -631,9 +641,9 @@ static void count_attention(const model_cuda_t *c, const model_batch_t *b, const
         const int quest = quest_policy(c, q) != NULL;
         const double n = q->n_tok, pairs = n * (double)q->pos0 + 0.5 * n * (n + 1.0);
         const double all = (double)hp->n_heads * hp->n_layers * pairs;
-        const double dense = c->window ? dense_pairs(c, q->pos0, q->n_tok, 1) : all;
+        const double dense = c->window ? model_cuda__dense_pairs(c, q->pos0, q->n_tok, 1) : all;
         if (!q->generated) { // (a sparse method's pairs: the global layers'; the sliding layers' windows beside them)
-            const double windows = dense_pairs(c, q->pos0, q->n_tok, 0);
+            const double windows = model_cuda__dense_pairs(c, q->pos0, q->n_tok, 0);
             const double computed = c->pf_flex[f]  ? (double)c->h_pairs[f] + windows
                                     : c->pf_anc[f] ? (double)c->h_pairs[c->max_seqs + 1 + f] + windows
                                                    : dense;
@@ -690,7 +700,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b);
 
 extern "C" int model_cuda_forward(model_cuda_t *c, const model_batch_t *b) {
     if (c->failure[0]) return LC_EDEVICE;
+    c->stage = "checks";
     int rc = forward(c, b);
+    if (rc) LC_WARN("cuda: a step failed in %s: %s", c->stage, lc_strerror(rc));
     if (rc == LC_EDEVICE || rc == LC_ENOMEM) check_device(c);
     return rc;
 }
@@ -702,7 +714,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     step_t st;
     model_cuda__prof_mark(c, 0);
     CUDA_CHECK_RET(cudaSetDevice(c->device));
+    c->stage = "the context-parallel plans";
     if ((rc = model_cuda__cp_prepare(c, b))) return rc;
+    c->stage = "the step's layout";
     if ((rc = build_step(c, b, &st))) return rc;
     if (st.bucket >= 0 && !c->graphs[st.bucket] && (rc = capture_bucket(c, st.bucket))) return rc;
     const cudaGraphExec_t *g = st.bucket >= 0 && c->use_graphs ? c->graphs[st.bucket] : NULL;
@@ -715,7 +729,9 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
     CUDA_CHECK_RET(
         cudaMemcpyAsync(c->d_pos, c->h_pos, (size_t)rows * sizeof(int64_t), cudaMemcpyHostToDevice, c->stream));
     model_cuda__prof_mark(c, 2);
+    c->stage = "the attention plans";
     if ((rc = model_cuda__plan_attention(c, &st)) || (rc = model_cuda__cp_rows(c, b))) return rc;
+    c->stage = "a layer";
     model_cuda__prof_mark(c, 3);
     model_cuda__prof_event(c, 1);
     const int L = c->m->hp.n_layers;
@@ -725,12 +741,14 @@ static int forward(model_cuda_t *c, const model_batch_t *b) {
         else if ((rc = piece(c, rows, st.n_pf_rows, st.rowwise, i)))
             return rc;
         model_cuda__prof_event(c, 2 + 2 * i);
-        if (i < L &&
-            ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)) || (rc = model_cuda__cp_layer(c, i))))
+        if (i < L && ((rc = summarize(c, &st, i)) || (rc = run_attention(c, &st, i)) ||
+                      (c->stage = "a layer's context-parallel attention", rc = model_cuda__cp_layer(c, i))))
             return rc;
+        c->stage = "a layer";
         if (i < L) model_cuda__prof_event(c, 3 + 2 * i);
     }
     model_cuda__prof_mark(c, 4);
+    c->stage = "the logits";
     if (st.n_flex || st.n_anchor)
         CUDA_CHECK_RET(cudaMemcpyAsync(c->h_pairs, c->d_pairs,
                                        2 * ((size_t)c->max_seqs + 1) * sizeof(unsigned long long),

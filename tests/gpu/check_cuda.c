@@ -497,6 +497,24 @@ model_t *check_cuda_tiny_gemma(void) {
     return tiny_model_load(&o);
 }
 
+/* The same with 6 layers, 1, 3 and 5 global (one sliding layer group). */
+model_t *check_cuda_tiny_gemma6(void);
+model_t *check_cuda_tiny_gemma6(void) {
+    const tiny_opts_t o = {.name = "tiny-gemma3-6",
+                           .n_layers = 6,
+                           .n_embd = 512,
+                           .n_heads = 2,
+                           .n_kv_heads = 1,
+                           .n_ff = 1024,
+                           .n_ctx = 4096,
+                           .seed = 13,
+                           .qk_std = 2.0f,
+                           .window = 96,
+                           .swa_pattern = 2,
+                           .final_softcap = 30.0f};
+    return tiny_model_load(&o);
+}
+
 /* A tiny model through both executors (head_dim 64, then 128, then the tiny
  * Gemma 3): a 150-token prompt in uneven chunks and 20 generated rows (past
  * Gemma's window); the GPU alone vs batched bitwise. */

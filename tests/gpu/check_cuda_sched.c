@@ -16,7 +16,6 @@
 #include "common/status.h"
 #include "model/exec.h"
 #include "model/gguf.h"
-#include "tinymodel.h"
 #include "model/model.h"
 #include "ops/cuda/cuda_ops.h"
 #include "scheduler/sched.h"
@@ -26,6 +25,7 @@ void cuda_device_lost_add(TCase *tc);
 /* check_cuda.c */
 model_t *check_cuda_tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd);
 model_t *check_cuda_tiny_gemma(void);
+model_t *check_cuda_tiny_gemma6(void);
 void *check_cuda_dev(const void *host, size_t bytes);
 
 typedef struct {
@@ -109,7 +109,8 @@ static int g_keep_sliding; // 1: the sliding layers keep every position (one lay
 static int g_no_graphs;    // 1: sparse_alone_vs_batched_on's engine runs decode steps without CUDA graphs
 static int
     g_report; // 1: sparse_alone_vs_batched_on reports where batched and alone differ (g_differ) instead of failing
-static int g_differ; // requests that differed (g_report)
+static int g_differ;  // requests that differed (g_report)
+static int g_context; // > 1: gpu_sched with this many context-parallel ranks, sharding from 128 tokens
 
 static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     sched_config_t c;
@@ -122,6 +123,10 @@ static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     c.target_step_ms = -1;
     c.enable_prefix_cache = !g_no_prefix;
     c.kv_keep_sliding = g_keep_sliding;
+    if (g_context > 1) {
+        c.context_ranks = g_context;
+        c.context_min_tokens = 128;
+    }
     if (g_tidal) { // TidalDecode's layer schedule
         c.attn_default.dense_layers = 0;
         c.attn_default.tidal_select_layer = g_tidal_sel;
@@ -276,12 +281,7 @@ START_TEST(test_sched_gemma) {
                   ul.prefill_density, lwin);
     sched_req_release(ldense.r), sched_req_release(anc.r), sched_req_release(anc2.r), sched_req_release(beside.r);
     sched_destroy(s);
-    /* context parallelism does not take the sliding layers on the GPU: a clear refusal */
-    char err[256];
-    model_exec_opts_t o = {.device = "cuda:0", .max_batch_tokens = 64, .kv_blocks = 16, .context_ranks = 2};
-    ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
-    ck_assert_msg(strstr(err, "parallel.context") != NULL, "%s", err);
-    model_free(m);
+    model_free(m); // (context parallelism on Gemma 3: test_sched_tidal_gemma, check_cuda_cp.c)
 }
 END_TEST
 
@@ -449,19 +449,7 @@ END_TEST
  * batched bitwise, and each long request's density is what those layers
  * computed, below dense's. */
 START_TEST(test_sched_tidal_gemma) {
-    const tiny_opts_t o = {.name = "tiny-gemma3-6",
-                           .n_layers = 6,
-                           .n_embd = 512,
-                           .n_heads = 2,
-                           .n_kv_heads = 1,
-                           .n_ff = 1024,
-                           .n_ctx = 4096,
-                           .seed = 13,
-                           .qk_std = 2.0f,
-                           .window = 96,
-                           .swa_pattern = 2,
-                           .final_softcap = 30.0f};
-    model_t *m = tiny_model_load(&o);
+    model_t *m = check_cuda_tiny_gemma6();
     for (int l = 0; l < 6; l++) ck_assert_int_eq(model_hparams(m)->layer[l].window, l % 2 ? 0 : 96);
     const int lens[4] = {390, 250, 129, 7}, n = 40;
     sched_metrics_t mt;
@@ -473,14 +461,18 @@ START_TEST(test_sched_tidal_gemma) {
      * model has one sliding layer group: its windowed plans must read that
      * group's table, not the global one.) */
     static const struct {
-        int keep, no_graphs, no_prefix, tidal;
+        int keep, no_graphs, no_prefix, tidal, context; // tidal 2: FlexPrefill and Quest
         const char *what;
-    } v[] = {{1, 0, 0, 1, "GPU TidalDecode on Gemma 3 (every position)"},
-             {1, 1, 0, 1, "GPU TidalDecode on Gemma 3 (every position, no graphs)"},
-             {0, 1, 0, 1, "GPU TidalDecode on Gemma 3 (windows, no graphs)"},
-             {0, 0, 1, 1, "GPU TidalDecode on Gemma 3 (windows, no prefix cache)"},
-             {0, 0, 0, 0, "Gemma 3 (6 layers, d 256) decoding dense (windows)"},
-             {0, 0, 0, 1, "GPU TidalDecode on Gemma 3"}};
+    } v[] = {{1, 0, 0, 1, 1, "GPU TidalDecode on Gemma 3 (every position)"},
+             {1, 1, 0, 1, 1, "GPU TidalDecode on Gemma 3 (every position, no graphs)"},
+             {0, 1, 0, 1, 1, "GPU TidalDecode on Gemma 3 (windows, no graphs)"},
+             {0, 0, 1, 1, 1, "GPU TidalDecode on Gemma 3 (windows, no prefix cache)"},
+             {0, 0, 0, 0, 1, "Gemma 3 (6 layers, d 256) decoding dense (windows)"},
+             {0, 0, 0, 0, 2, "Gemma 3 dense, 2 context-parallel ranks (windows)"},
+             {0, 0, 0, 1, 3, "GPU TidalDecode on Gemma 3, 3 context-parallel ranks (windows)"},
+             {0, 0, 0, 2, 4, "GPU FlexPrefill + Quest on Gemma 3, 4 context-parallel ranks (windows)"},
+             {1, 0, 0, 1, 2, "GPU TidalDecode on Gemma 3, 2 context-parallel ranks (every position)"},
+             {0, 0, 0, 1, 1, "GPU TidalDecode on Gemma 3"}};
     const size_t nv = sizeof v / sizeof v[0];
     int differ = 0, none = 0;
     g_report = 1;
@@ -488,12 +480,24 @@ START_TEST(test_sched_tidal_gemma) {
         g_keep_sliding = v[k].keep;
         g_no_graphs = v[k].no_graphs;
         g_no_prefix = v[k].no_prefix;
+        g_context = v[k].context;
+        g_flex = v[k].tidal == 2; // (2: every request FlexPrefill, the sparse ones Quest)
         g_differ = 0;
-        sparse_alone_vs_batched_on(k + 1 == nv ? m : tiny_model_load(&o), v[k].tidal ? &g_tidal : &none, lens, 8, n,
-                                   v[k].what, &mt, k + 1 == nv ? use : NULL);
+        sparse_alone_vs_batched_on(k + 1 == nv ? m : check_cuda_tiny_gemma6(),
+                                   v[k].tidal == 2 ? &g_quest
+                                   : v[k].tidal    ? &g_tidal
+                                                   : &none,
+                                   lens, 8, n, v[k].what, &mt, k + 1 == nv ? use : NULL);
         differ += g_differ;
+        if (v[k].context > 1) { // the sharded path ran
+            fprintf(stderr, "check_cuda: %s: %llu sharded rows, ring steps on the last rank %llu\n", v[k].what,
+                    (unsigned long long)mt.cp.sharded_rows, (unsigned long long)mt.cp.ring_steps[v[k].context - 1]);
+            ck_assert_msg(mt.cp.ranks == v[k].context && mt.cp.sharded_rows > 0 &&
+                              mt.cp.ring_steps[v[k].context - 1] > 0,
+                          "%s: the sharded path did not run", v[k].what);
+        }
     }
-    g_keep_sliding = g_no_graphs = g_no_prefix = g_report = g_differ = 0;
+    g_keep_sliding = g_no_graphs = g_no_prefix = g_report = g_differ = g_context = g_flex = 0;
     ck_assert_msg(!differ, "Gemma 3 (6 layers): %d requests differ batched from alone (listed above)", differ);
     g_tidal_sel = 1, g_tidal_resel = -1;
     for (int r = 0; r < 3; r++) { // (the 7-token prompt stays within the budget)
@@ -643,7 +647,16 @@ START_TEST(test_device_lost) {
 }
 END_TEST
 
+/* Before every test: the switches a failed test (its assertion jumps out)
+ * would otherwise leave set for the next one. */
+static void reset_switches(void) {
+    g_temperature = 0, g_theta = 0.5f, g_probe = 0.f, g_tidal_sel = 1, g_tidal_resel = -1;
+    g_quest = g_flex = g_no_prefix = g_tidal = g_anchor = 0;
+    g_keep_sliding = g_no_graphs = g_report = g_differ = g_context = 0;
+}
+
 void cuda_sched_add(TCase *tc) {
+    tcase_add_checked_fixture(tc, reset_switches, NULL);
     tcase_add_loop_test(tc, test_sched_batch_invariance, 0, 2);
     tcase_add_test(tc, test_sched_quest);
     tcase_add_test(tc, test_sched_quest_grow);
