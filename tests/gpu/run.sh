@@ -72,7 +72,8 @@
 #            its sliding layers keeping their windows and then every
 #            position (engine.kv_keep_sliding): time to first token at 30K
 #            tokens, 1 and 8 streams decoding after 30K-token prompts, and
-#            the peak KV memory of each (kv-windows-*.json)
+#            the peak KV memory of each (kv-windows-*.json); KVW_RUNS="false
+#            true cp4" adds the windows with parallel.context = 4 from 16K
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
 #     steps8b  the attention kernels of decode steps in place, on the e2e8b
@@ -358,14 +359,17 @@ for step in "$@"; do
         ;;
     kv-windows)
         modelgemma || { fail "mkmodel gemma" 1; continue; }
-        for keep in false true; do
+        for run in ${KVW_RUNS:-false true}; do # false, true: engine.kv_keep_sliding; cp4: false, 4 ranks from 16K
+            keep=$run extra=""
+            [ "$run" = cp4 ] && keep=false extra="--lacunad-arg=--set --lacunad-arg=parallel.context=4 \
+                --lacunad-arg=--set --lacunad-arg=parallel.context_min_tokens=16384"
             # shellcheck disable=SC2086
             timeout -k 10 ${E2E_TIMEOUT:-300} python3 bench/gpu_e2e.py --lacunad "$G/bin/lacunad" \
                 --libpath "$G/lib:$CUDA_LIB" --model "$MG" --vocab 262144 --skip-hf --prompts 30000 --reps 2 \
                 --streams 1,8 --decode-prompt 30000 --lacunad-arg=--set \
-                --lacunad-arg=engine.kv_keep_sliding=$keep --lacunad-log "$OUT/kv-windows-$keep-lacunad.log" \
-                --out "$OUT/kv-windows-$keep.json" 2>&1 | tail -12 | tee "$OUT/kv-windows-$keep.log"
-            [ "${PIPESTATUS[0]}" = 0 ] || fail "kv-windows keep_sliding=$keep" 1
+                --lacunad-arg=engine.kv_keep_sliding=$keep $extra --lacunad-log "$OUT/kv-windows-$run-lacunad.log" \
+                --out "$OUT/kv-windows-$run.json" 2>&1 | tail -12 | tee "$OUT/kv-windows-$run.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "kv-windows $run" 1
         done
         ;;
     e2e-sampled)
