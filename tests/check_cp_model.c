@@ -224,6 +224,27 @@ static void sched_cfg(sched_config_t *c, int keep, int ranks) {
     c->attn_default.min_budget = 16;
 }
 
+/* A greedy request of SCHED_GEN tokens (with their log-probabilities) on s. */
+static void sched_submit_greedy(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, sched_req_t **r) {
+    sched_params_t p;
+    memset(&p, 0, sizeof p);
+    p.prompt = prompt;
+    p.n_prompt = n;
+    p.n_choices = 1;
+    p.max_tokens = SCHED_GEN;
+    p.ignore_eos = 1;
+    p.logprobs = 0;
+    p.prompt_logprobs = -1;
+    sampler_params_default(&p.sampling);
+    p.sampling.temperature = 0;
+    sched_attn_spec_default(&p.attn);
+    p.attn.prefill = prefill;
+    p.attn.decode = decode;
+    int st;
+    ck_assert_ptr_nonnull(*r = sched_req_create(&p, &st));
+    ck_assert_int_eq(sched_submit(s, *r), 0);
+}
+
 static void sched_case_on(const model_t *m, int keep, int ranks, int prefill, int decode, int32_t *out, int64_t *peak) {
     sched_config_t c;
     sched_cfg(&c, keep, ranks);
@@ -234,23 +255,8 @@ static void sched_case_on(const model_t *m, int keep, int ranks, int prefill, in
     int32_t prompt[500];
     unsigned seed = 77;
     for (int i = 0; i < 500; i++) prompt[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
-    sched_params_t p;
-    memset(&p, 0, sizeof p);
-    p.prompt = prompt;
-    p.n_prompt = 500;
-    p.n_choices = 1;
-    p.max_tokens = SCHED_GEN;
-    p.ignore_eos = 1;
-    p.logprobs = p.prompt_logprobs = -1;
-    sampler_params_default(&p.sampling);
-    p.sampling.temperature = 0;
-    sched_attn_spec_default(&p.attn);
-    p.attn.prefill = prefill;
-    p.attn.decode = decode;
-    int st;
-    sched_req_t *r = sched_req_create(&p, &st);
-    ck_assert_ptr_nonnull(r);
-    ck_assert_int_eq(sched_submit(s, r), 0);
+    sched_req_t *r;
+    sched_submit_greedy(s, prompt, 500, prefill, decode, &r);
     int64_t pk = 0;
     for (int rc; (rc = sched_step(s)) > 0;) {
         const int64_t used = kv_pool_n_used(sched_kv(s));
@@ -331,34 +337,7 @@ START_TEST(test_sched_gemma) {
 }
 END_TEST
 
-/* Batch invariance through the scheduler with context parallelism: a
- * 500-token request's log-probabilities, bit for bit, alone and behind two
- * others whose prompts take part of each step's budget (so the scheduler
- * would cut its prompt elsewhere). The ring's result for a row depends on
- * which rank holds which block, and a slice's zig-zag deals its own blocks:
- * the scheduler cuts a prompt that may be sharded at multiples of
- * prefill_chunk only, whatever runs beside it. Dense and AnchorAttention
- * with TidalDecode, 2 ranks. */
-static void sched_lp(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, sched_req_t **r) {
-    sched_params_t p;
-    memset(&p, 0, sizeof p);
-    p.prompt = prompt;
-    p.n_prompt = n;
-    p.n_choices = 1;
-    p.max_tokens = SCHED_GEN;
-    p.ignore_eos = 1;
-    p.logprobs = 0;
-    p.prompt_logprobs = -1;
-    sampler_params_default(&p.sampling);
-    p.sampling.temperature = 0;
-    sched_attn_spec_default(&p.attn);
-    p.attn.prefill = prefill;
-    p.attn.decode = decode;
-    int st;
-    ck_assert_ptr_nonnull(*r = sched_req_create(&p, &st));
-    ck_assert_int_eq(sched_submit(s, *r), 0);
-}
-
+/* A request's tokens' log-probabilities (up to SCHED_GEN); releases it. */
 static int sched_take(sched_req_t *r, float *lp) {
     sched_event_t ev[32];
     int n, got = 0;
@@ -371,6 +350,14 @@ static int sched_take(sched_req_t *r, float *lp) {
     return got;
 }
 
+/* Batch invariance through the scheduler with context parallelism: a
+ * 500-token request's log-probabilities, bit for bit, alone and behind two
+ * others whose prompts take part of each step's budget (so the scheduler
+ * would cut its prompt elsewhere). The ring's result for a row depends on
+ * which rank holds which block, and a slice's zig-zag deals its own blocks:
+ * the scheduler cuts a prompt that may be sharded at multiples of
+ * prefill_chunk only, whatever runs beside it. Dense and AnchorAttention
+ * with TidalDecode, 2 ranks. */
 START_TEST(test_sched_batch_invariant) {
     const int modes[2][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE}, {ATTN_PREFILL_ANCHOR, ATTN_DECODE_TIDAL}};
     const int V = model_hparams(tiny())->n_vocab;
@@ -390,10 +377,10 @@ START_TEST(test_sched_batch_invariant) {
             ck_assert_msg(s != NULL, "%s", err);
             sched_req_t *a, *b = NULL, *d = NULL;
             if (pass) { // two prompts ahead of it: 90 and 300 tokens, dense
-                sched_lp(s, prompt[1], 90, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &b);
-                sched_lp(s, prompt[2], 300, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &d);
+                sched_submit_greedy(s, prompt[1], 90, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &b);
+                sched_submit_greedy(s, prompt[2], 300, ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE, &d);
             }
-            sched_lp(s, prompt[0], 500, modes[m][0], modes[m][1], &a);
+            sched_submit_greedy(s, prompt[0], 500, modes[m][0], modes[m][1], &a);
             ck_assert_int_eq(sched_run_until_idle(s), 0);
             ck_assert_int_eq(sched_take(a, pass ? batched : alone), SCHED_GEN);
             if (b) ck_assert_int_eq(sched_take(b, other), SCHED_GEN);
