@@ -264,7 +264,11 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
     const int want_lp = r->prompt_lps && !r->prompt_lp_done;
     int n;
     if (fixed_chunks(s, r)) { // up to the next multiple of prefill_chunk, whole or not at all
-        const int64_t C = s->cfg.prefill_chunk, end = (r->pkv.n_tokens / C + 1) * C;
+        /* a dense prompt that asked for its log-probabilities (one that may
+         * be sharded) keeps their rows' cap, its chunks still fixed */
+        int64_t C = s->cfg.prefill_chunk;
+        if (r->prompt_lps && r->policy.prefill == ATTN_PREFILL_DENSE && C > lp_chunk_cap(s)) C = lp_chunk_cap(s);
+        const int64_t end = (r->pkv.n_tokens / C + 1) * C;
         n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
         /* Over the step-time target only as the step's first prompt work: a
          * chunk that cannot be cut must not wait for the decodes to end. */
