@@ -224,14 +224,15 @@ static void sched_cfg(sched_config_t *c, int keep, int ranks) {
     c->attn_default.min_budget = 16;
 }
 
-/* A greedy request of SCHED_GEN tokens (with their log-probabilities) on s. */
-static void sched_submit_greedy(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, sched_req_t **r) {
+/* A greedy request of max_tokens tokens (with their log-probabilities) on s. */
+static void sched_submit_n(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, int max_tokens,
+                           sched_req_t **r) {
     sched_params_t p;
     memset(&p, 0, sizeof p);
     p.prompt = prompt;
     p.n_prompt = n;
     p.n_choices = 1;
-    p.max_tokens = SCHED_GEN;
+    p.max_tokens = max_tokens;
     p.ignore_eos = 1;
     p.logprobs = 0;
     p.prompt_logprobs = -1;
@@ -243,6 +244,11 @@ static void sched_submit_greedy(sched_t *s, const int32_t *prompt, int n, int pr
     int st;
     ck_assert_ptr_nonnull(*r = sched_req_create(&p, &st));
     ck_assert_int_eq(sched_submit(s, *r), 0);
+}
+
+/* The same, SCHED_GEN tokens. */
+static void sched_submit_greedy(sched_t *s, const int32_t *prompt, int n, int prefill, int decode, sched_req_t **r) {
+    sched_submit_n(s, prompt, n, prefill, decode, SCHED_GEN, r);
 }
 
 static void sched_case_on(const model_t *m, int keep, int ranks, int prefill, int decode, int32_t *out, int64_t *peak) {
@@ -337,18 +343,20 @@ START_TEST(test_sched_gemma) {
 }
 END_TEST
 
-/* A request's tokens' log-probabilities (up to SCHED_GEN); releases it. */
-static int sched_take(sched_req_t *r, float *lp) {
+/* A request's tokens' log-probabilities (up to cap); releases it. */
+static int sched_take_n(sched_req_t *r, float *lp, int cap) {
     sched_event_t ev[32];
     int n, got = 0;
     while ((n = sched_req_poll(r, ev, 32)) > 0)
         for (int i = 0; i < n; i++) {
-            if (ev[i].kind == SCHED_EV_TOKEN && got < SCHED_GEN) lp[got++] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
+            if (ev[i].kind == SCHED_EV_TOKEN && got < cap) lp[got++] = ev[i].has_lp ? ev[i].lp.logprob : NAN;
             sched_event_clear(&ev[i]);
         }
     sched_req_release(r);
     return got;
 }
+
+static int sched_take(sched_req_t *r, float *lp) { return sched_take_n(r, lp, SCHED_GEN); }
 
 /* Batch invariance through the scheduler with context parallelism: a
  * 500-token request's log-probabilities, bit for bit, alone and behind two
@@ -396,6 +404,70 @@ START_TEST(test_sched_batch_invariant) {
 }
 END_TEST
 
+/* Preemption with context parallelism: requests in a pool too small for
+ * all of them give the log-probabilities each gives alone, bit for bit. A
+ * preempted request recomputes its generated tokens; each of those rows
+ * must run as it ran when decoded: sharded from the position where its KV
+ * reached context_min_tokens (2 ranks from 128 tokens), on one rank before,
+ * its blocks held as then. Two pools: in the first the newest requests
+ * (prompts of 120 and 100 tokens) are preempted early; in the second the
+ * last one after 29 tokens, so that its recomputation runs from position
+ * 100 past 127, starting a block on the way. Dense, and AnchorAttention
+ * with TidalDecode. */
+START_TEST(test_sched_preemption) {
+    enum { R = 4, GEN = 40 };
+    const int modes[2][2] = {{ATTN_PREFILL_DENSE, ATTN_DECODE_DENSE}, {ATTN_PREFILL_ANCHOR, ATTN_DECODE_TIDAL}};
+    const int lens[R] = {200, 150, 120, 100}, pools[2] = {34, 45}; // at their ends: 15 + 12 + 10 + 9 blocks of 16
+    const int V = model_hparams(tiny())->n_vocab;
+    static int32_t prompt[R][200];
+    unsigned seed = 9;
+    for (int k = 0; k < R; k++)
+        for (int i = 0; i < lens[k]; i++) prompt[k][i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));
+    for (int m = 0; m < 2; m++)
+        for (int pass = 0; pass < 3; pass++) {
+            static float alone[R][GEN], tight[R][GEN];
+            sched_config_t c;
+            sched_cfg(&c, 0, 2);
+            c.kv_blocks = pass ? pools[pass - 1] : 256;
+            c.enable_prefix_cache = 0;
+            char err[256];
+            sched_t *s = sched_create(tiny(), &c, err, sizeof err);
+            ck_assert_msg(s != NULL, "%s", err);
+            sched_req_t *r[R];
+            for (int k = 0; k < R; k++) {
+                sched_submit_n(s, prompt[k], lens[k], modes[m][0], modes[m][1], GEN, &r[k]);
+                if (!pass) ck_assert_int_eq(sched_run_until_idle(s), 0); // each alone
+            }
+            ck_assert_int_eq(sched_run_until_idle(s), 0);
+            int preempted = 0;
+            for (int k = 0; k < R; k++) {
+                sched_usage_t u;
+                sched_req_usage(r[k], &u);
+                preempted += u.preemptions;
+                ck_assert_int_eq(sched_take_n(r[k], pass ? tight[k] : alone[k], GEN), GEN);
+            }
+            ck_assert_int_eq(kv_pool_n_used(sched_kv(s)), 0);
+            sched_destroy(s);
+            if (!pass) continue;
+            ck_assert_msg(preempted > 0, "prefill %d decode %d: a pool of %d blocks preempted nothing", modes[m][0],
+                          modes[m][1], pools[pass - 1]);
+            for (int k = 0; k < R; k++) {
+                int at = -1;
+                for (int i = 0; i < GEN && at < 0; i++)
+                    if (memcmp(&alone[k][i], &tight[k][i], sizeof(float))) at = i;
+                ck_assert_msg(at < 0,
+                              "prefill %d decode %d, 2 ranks, %d blocks: request %d (%d tokens), token %d's "
+                              "log-probability %.9g alone, %.9g after preemptions",
+                              modes[m][0], modes[m][1], pools[pass - 1], k, lens[k], at, at < 0 ? 0 : alone[k][at],
+                              at < 0 ? 0 : tight[k][at]);
+            }
+            printf("cp through the scheduler, prefill %d decode %d, %d blocks: %d preemptions, every request as "
+                   "alone\n",
+                   modes[m][0], modes[m][1], pools[pass - 1], preempted);
+        }
+}
+END_TEST
+
 TCase *cp_model_tcase(void) {
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 300);
@@ -406,5 +478,6 @@ TCase *cp_model_tcase(void) {
     tcase_add_test(tm, test_model_gemma);
     tcase_add_test(tm, test_sched_gemma);
     tcase_add_test(tm, test_sched_batch_invariant);
+    tcase_add_test(tm, test_sched_preemption);
     return tm;
 }

@@ -143,6 +143,7 @@ void model_exec_logits_free(model_exec_t *e, float *p);
 typedef struct {
     int ranks;                                  // 1: context parallelism off (nothing else is set)
     int64_t min_tokens;                         // sequences this long (KV after the step) are sharded
+    int max_decode_rows;                        // sharded generated rows one step holds (0: any number)
     uint64_t sharded_rows;                      // batch rows whose attention ran sharded
     int64_t kv_blocks[MODEL_CP_MAX_RANKS];      // KV blocks in use each rank holds (after the last step)
     uint64_t ring_steps[MODEL_CP_MAX_RANKS];    // ring steps run

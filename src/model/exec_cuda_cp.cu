@@ -100,18 +100,20 @@ struct model_cuda_cp {
     size_t cap_sown;
     int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..); the kind of the first n_oth
     int n_oth;           // rows 0 .. n_oth - 1 dense or Quest (plans), the rest TidalDecode (tplans)
-    int *dec_seq;        // (max_seqs) their slices
-    int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // the decode batch (host)
-    int32_t *tindptr; // (max_seqs + 1) the TidalDecode rows' block offsets, from their first
+    int max_dec;         // the most the ranks' decode plans hold (model_cuda_cp_decode_room)
+    int *dec_seq;        // (T) their slices
+    int *dec_off;        // (T) and rows in them (a recomputed slice of generated tokens has several)
+    int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // (T + 1) the decode batch (host)
+    int32_t *tindptr; // (T + 1) the TidalDecode rows' block offsets, from their first
     uint8_t *downer;
     size_t cap_dblk;
-    int32_t *qb_now, *qb_then; // (max_seqs) Quest budgets of a layer, of the planned one (scratch)
+    int32_t *qb_now, *qb_then; // (T + 1) Quest budgets of a layer, of the planned one (scratch)
     int dec_thr;               // Quest: the planned budgets are those of layer dec_thr (-1: dense)
     attn_policy_t tpol;        // TidalDecode: the rows' schedule
     int t_selected;            // a selection layer ran in this step
     int t_due;                 // a sliding layer was a selection layer: the next global layer selects
-    int64_t *dcount;           // (max_seqs) Quest pages / TidalDecode positions per row, as planned
-    double *dcomputed;         // (max_seqs) a decode row's pairs over the step's layers
+    int64_t *dcount;           // (T) Quest pages / TidalDecode positions per row, as planned
+    double *dcomputed;         // (T) a decode row's pairs over the step's layers
     int32_t *h_idx, *d_idx;    // (T) the step's row of each cq row: pinned, device
     int64_t *pos;              // (T) a rank's rows' positions (scratch)
     bf16_t *cq, *cout;         // (T, H d) the sharded rows' queries and outputs
@@ -238,14 +240,16 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     x->owner = (uint8_t *)calloc((size_t)c->n_pages + 1, 1);
     x->mode = (uint8_t *)calloc((size_t)S, 1);
     x->pf = (cp_slice_t *)calloc((size_t)S, sizeof *x->pf);
-    x->dec_seq = (int *)calloc((size_t)S, sizeof(int));
-    x->dcount = (int64_t *)calloc((size_t)S, sizeof(int64_t));
-    x->dcomputed = (double *)calloc((size_t)S, sizeof(double));
+    /* decode rows: a step's generated rows (recomputed slices have several) */
+    x->dec_seq = (int *)calloc((size_t)T + 1, sizeof(int));
+    x->dec_off = (int *)calloc((size_t)T + 1, sizeof(int));
+    x->dcount = (int64_t *)calloc((size_t)T + 1, sizeof(int64_t));
+    x->dcomputed = (double *)calloc((size_t)T + 1, sizeof(double));
     x->pos = (int64_t *)calloc((size_t)T + 1, sizeof(int64_t));
     int32_t **ia[8] = {&x->dkv_len, &x->dindptr, &x->dbud, &x->dtidal, &x->ddl, &x->qb_now, &x->qb_then, &x->tindptr};
-    for (int i = 0; i < 8; i++) *ia[i] = (int32_t *)calloc((size_t)S + 1, sizeof(int32_t));
-    if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dcount || !x->dcomputed || !x->dkv_len || !x->dindptr ||
-        !x->dbud || !x->dtidal || !x->ddl || !x->qb_now || !x->qb_then || !x->tindptr || !x->pos) {
+    for (int i = 0; i < 8; i++) *ia[i] = (int32_t *)calloc((size_t)T + 1, sizeof(int32_t));
+    if (!x->owner || !x->mode || !x->pf || !x->dec_seq || !x->dec_off || !x->dcount || !x->dcomputed || !x->dkv_len ||
+        !x->dindptr || !x->dbud || !x->dtidal || !x->ddl || !x->qb_now || !x->qb_then || !x->tindptr || !x->pos) {
         snprintf(err, errlen, "out of memory");
         return LC_ENOMEM;
     }
@@ -274,6 +278,7 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     const int64_t ctx = hp->n_ctx_train > 0 && hp->n_ctx_train < store ? hp->n_ctx_train : store;
     int64_t dec = store / x->min_tokens + 1;
     if (dec > S) dec = S;
+    x->max_dec = (int)dec;
     /* A rank's rows of one slice (of at most T rows): two zig-zag chunks of
      * ceil(units / 2N) units of 128 positions, and a unit begun earlier. */
     const int64_t units = (T + 127) / 128 + 2, rows = (2 * ((units + 2 * ranks - 1) / (2 * ranks)) + 2) * 128;
@@ -343,7 +348,7 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     if (x->group) cp_dev_destroy(x->group);
     if (x->ev_main) cudaEventDestroy(x->ev_main);
     cudaFreeHost(x->h_idx), cudaFree(x->d_idx), cudaFree(x->cq), cudaFree(x->cout);
-    free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dcount), free(x->dcomputed);
+    free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dec_off), free(x->dcount), free(x->dcomputed);
     free(x->dkv_len), free(x->dindptr), free(x->dbud), free(x->dtidal), free(x->ddl), free(x->dblocks);
     free(x->qb_now), free(x->qb_then), free(x->tindptr), free(x->pos);
     free(x->downer), free(x->sown);
@@ -361,8 +366,8 @@ int model_cuda__cp_mode(const model_cuda_t *c, int s) { return c->cp ? c->cp->mo
 
 static const attn_policy_t *policy(const model_seq_t *q) { return q->attn ? attn_state_policy(q->attn) : NULL; }
 
-/* A prompt (or recomputed) slice on the ring: owners dealt, every rank
- * planned, the rows counted; MODE_NONE when its ring cannot be planned. */
+/* A prompt slice on the ring: owners dealt, every rank planned, the rows
+ * counted; MODE_NONE when its ring cannot be planned. */
 static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *so) {
     const attn_policy_t *pol = policy(q);
     cp_slice_t *sl = &x->pf[x->n_pf];
@@ -370,7 +375,7 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     sl->s = s;
     sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, x->ring_mode, NULL, NULL};
     const attn_policy_t *ap = pol && pol->prefill == ATTN_PREFILL_ANCHOR ? model_cuda__anchor_policy(q) : NULL;
-    if (!q->generated && pol && pol->prefill == ATTN_PREFILL_FLEX) {
+    if (pol && pol->prefill == ATTN_PREFILL_FLEX) {
         sl->fpol = attn_cuda_flex_policy_t{pol->gamma, pol->tau, pol->min_budget, pol->max_budget,
                                            (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
         sl->seq.flex = &sl->fpol;
@@ -462,9 +467,9 @@ static int plan_tidal(model_cuda_cp_t *x) {
     return 0;
 }
 
-/* The sharded generated rows (one token each): the dense and Quest rows
- * first, then the TidalDecode rows (in batch order within each), their
- * batches and plans. */
+/* The sharded generated rows (a decode row, or each row of a recomputed
+ * slice): the dense and Quest rows first, then the TidalDecode rows (in
+ * batch order within each), their batches and plans. */
 static int is_tidal(const model_cuda_cp_t *x, const model_seq_t *q) {
     const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
     return pol && pol->decode == ATTN_DECODE_TIDAL && x->c->tidal_ok;
@@ -475,12 +480,14 @@ static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
     const int P = c->page_size;
     size_t blocks = 0;
     int k = 0;
-    for (int pass = 0; pass < 2; pass++)
+    for (int pass = 0; pass < 2; pass++) // (qb_now, qb_then: scratch here)
         for (int i = 0; i < x->n_dec; i++)
-            if (is_tidal(x, &b->seqs[x->dec_seq[i]]) == pass) x->qb_then[k++] = x->dec_seq[i];
+            if (is_tidal(x, &b->seqs[x->dec_seq[i]]) == pass)
+                x->qb_then[k] = x->dec_seq[i], x->qb_now[k++] = x->dec_off[i];
     for (int i = 0; i < x->n_dec; i++) {
         x->dec_seq[i] = x->qb_then[i];
-        blocks += (size_t)((b->seqs[x->dec_seq[i]].pos0 + 1 + P - 1) / P);
+        x->dec_off[i] = x->qb_now[i];
+        blocks += (size_t)((b->seqs[x->dec_seq[i]].pos0 + x->dec_off[i] + 1 + P - 1) / P);
     }
     if (blocks > x->cap_dblk) {
         int32_t *nb = (int32_t *)realloc(x->dblocks, blocks * sizeof(int32_t));
@@ -497,7 +504,7 @@ static int plan_dec_rows(model_cuda_cp_t *x, const model_batch_t *b) {
     for (int i = 0; i < x->n_dec; i++) {
         const model_seq_t *q = &b->seqs[x->dec_seq[i]];
         const attn_policy_t *pol = q->attn ? attn_state_policy(q->attn) : NULL;
-        const int64_t len = q->pos0 + 1, nb = (len + P - 1) / P;
+        const int64_t len = q->pos0 + x->dec_off[i] + 1, nb = (len + P - 1) / P;
         x->dkv_len[i] = (int32_t)len;
         for (int64_t j = 0; j < nb; j++) {
             x->dblocks[x->dindptr[i] + j] = q->kv->blocks[j];
@@ -573,9 +580,11 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
         x->mode[s] = MODE_NONE;
         if (q->pos0 + q->n_tok < x->min_tokens) {
             for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = 0;
-        } else if (q->generated && q->n_tok == 1) { // a decode row: a new block in turn, by 128-position unit
+        } else if (q->generated) {
+            /* decode rows (several when recomputed: each as it was decoded,
+             * sched.h): a new block in turn, by 128-position unit */
             for (int64_t k = first; k < nb; k++) x->owner[blocks[k]] = (uint8_t)cp_owner_next(x->n, k / per);
-            x->dec_seq[x->n_dec++] = s;
+            for (int i = 0; i < q->n_tok; i++, x->n_dec++) x->dec_seq[x->n_dec] = s, x->dec_off[x->n_dec] = i;
             x->mode[s] = MODE_DECODE;
         } else {
             uint8_t *so = x->sown + off;
@@ -613,7 +622,7 @@ int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b) {
         const int64_t n = b->seqs[sl->s].n_tok;
         for (int64_t j = 0; j < n; j++) x->h_idx[sl->off + j] += c->row0[sl->s];
     }
-    for (int i = 0; i < x->n_dec; i++) x->h_idx[x->pf_rows + i] = c->row0[x->dec_seq[i]];
+    for (int i = 0; i < x->n_dec; i++) x->h_idx[x->pf_rows + i] = c->row0[x->dec_seq[i]] + x->dec_off[i];
     CUDA_CHECK_RET(cudaMemcpyAsync(x->d_idx, x->h_idx, (size_t)(x->pf_rows + x->n_dec) * sizeof(int32_t),
                                    cudaMemcpyHostToDevice, c->stream));
     return 0;
@@ -716,7 +725,7 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b) {
         const model_seq_t *q = &b->seqs[x->dec_seq[i]];
         rows++;
         if (!q->attn) continue;
-        const double all = (double)hp->n_heads * hp->n_layers * (double)(q->pos0 + 1);
+        const double all = (double)hp->n_heads * hp->n_layers * (double)(q->pos0 + x->dec_off[i] + 1);
         attn_state_count(q->attn, 1, x->dcomputed[i], all);
     }
     pthread_mutex_lock(&x->slock);
@@ -751,6 +760,7 @@ extern "C" void model_cuda_cp_stats(model_cuda_t *c, model_exec_cp_stats_t *out)
     if (!x) return;
     out->ranks = x->n;
     out->min_tokens = x->min_tokens;
+    out->max_decode_rows = x->max_dec;
     pthread_mutex_lock(&x->slock);
     out->sharded_rows = x->sharded_rows;
     for (int r = 0; r < x->n; r++) {

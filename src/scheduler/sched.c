@@ -60,6 +60,11 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;
     if (s->cfg.target_step_ms == 0) s->cfg.target_step_ms = model_exec_is_gpu(s->exec) ? 50 : 250;
+    {
+        model_exec_cp_stats_t cs;
+        model_exec_cp_stats(s->exec, &cs);
+        s->cp_decode_rows = cs.ranks > 1 ? cs.max_decode_rows : 0;
+    }
     /* Every queue move of the engine fits in room reserved here: waiting
      * holds the admission limit plus every running request put back by a
      * preemption, running every admitted request plus the finished ones

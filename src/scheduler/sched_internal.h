@@ -121,6 +121,7 @@ struct sched {
     sched_config_t cfg;
     kv_pool_t *kv;
     model_exec_t *exec;
+    int cp_decode_rows; // sharded generated rows the executor holds in one step (0: any number)
     int32_t eos[2];
     int n_eos;
 

@@ -38,7 +38,11 @@
  * tokens, samplers, detokenizers and stop matchers are kept; on readmission
  * the prompt is recomputed into pkv, forked again, and each choice
  * recomputes its own generated tokens (as generated rows) before it decodes
- * again, so its output is unchanged. */
+ * again, so its output is unchanged. Under context parallelism a generated
+ * row ran sharded when its KV reached context_min_tokens and on one rank
+ * before: a recomputation is cut where that changes (the executors shard a
+ * whole slice or none of it), and takes no more sharded rows than the
+ * executor's decode plans hold beside the step's sharded decodes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +91,12 @@ static int fixed_chunks(const sched_t *s, const sched_req_t *r) {
     return r->policy.prefill != ATTN_PREFILL_DENSE || (s->cfg.context_ranks > 1 && r->p.n_prompt >= shard_from);
 }
 
+/* 1 when a slice of generated rows ending at position end (exclusive) runs
+ * sharded: its KV reaches context_min_tokens (forward.c, exec_cuda_cp.cu). */
+static int sharded_end(const sched_t *s, int64_t end) {
+    return s->cfg.context_ranks > 1 && end >= (s->cfg.context_min_tokens > 0 ? s->cfg.context_min_tokens : 1);
+}
+
 /* ---- preemption ------------------------------------------------------------------- */
 static void preempt(sched_t *s, int idx) {
     sched_req_t *r = s->running.v[idx];
@@ -116,6 +126,7 @@ typedef struct {
     int budget;    // rows left under max_batch_tokens
     int pf_budget; // prompt rows left under the step-time target
     int pf_rows;   // prompt rows taken so far
+    int cp_rows;   // sharded generated rows taken so far (context parallelism)
     int preempted;
 } batch_t;
 
@@ -243,6 +254,7 @@ static void schedule_decodes(sched_t *s, batch_t *b, sched_req_t *r) {
         int rc = room_or_preempt(s, b, r, &ch->kv, 1);
         if (rc < 0) return fail_request(s, b, r, rc);
         if (rc == 0) return;
+        b->cp_rows += sharded_end(s, ch->kv.n_tokens + 1);
         add_slice(s, b, r, c, &ch->kv, ch->toks, 1, MODEL_LOGITS_LAST, ROWS_GENERATED);
     }
 }
@@ -297,9 +309,16 @@ static int schedule_replays(sched_t *s, batch_t *b, sched_req_t *r, int shortest
         int pending = r->p.n_prompt + ch->n_gen - (int)ch->kv.n_tokens;
         if (pending <= 1) continue;
         int n = prompt_take(s, b, pending, shortest);
+        /* each row as it was decoded: one rank below the first sharded
+         * position, sharded from it, within the executor's sharded rows */
+        const int64_t pos0 = ch->kv.n_tokens, first = s->cfg.context_min_tokens > 0 ? s->cfg.context_min_tokens - 1 : 0;
+        if (s->cfg.context_ranks > 1 && pos0 < first && pos0 + n > first) n = (int)(first - pos0);
+        if (n > 0 && s->cp_decode_rows > 0 && sharded_end(s, pos0 + n) && n > s->cp_decode_rows - b->cp_rows)
+            n = s->cp_decode_rows - b->cp_rows;
         if (n <= 0) return 0;
         int rc = make_room(s, &ch->kv, n);
         if (rc) return rc == LC_ENOSPC ? 0 : rc;
+        if (sharded_end(s, pos0 + n)) b->cp_rows += n;
         add_slice(s, b, r, c, &ch->kv, ch->toks, n, n == pending ? MODEL_LOGITS_LAST : MODEL_LOGITS_NONE,
                   ROWS_GENERATED);
     }

@@ -109,15 +109,16 @@ static int g_keep_sliding; // 1: the sliding layers keep every position (one lay
 static int g_no_graphs;    // 1: sparse_alone_vs_batched_on's engine runs decode steps without CUDA graphs
 static int
     g_report; // 1: sparse_alone_vs_batched_on reports where batched and alone differ (g_differ) instead of failing
-static int g_differ;  // requests that differed (g_report)
-static int g_context; // > 1: gpu_sched with this many context-parallel ranks, sharding from 128 tokens
+static int g_differ;    // requests that differed (g_report)
+static int g_context;   // > 1: gpu_sched with this many context-parallel ranks, sharding from 128 tokens
+static int g_kv_blocks; // > 0: gpu_sched's pool, in pages of 64 (else 256)
 
 static sched_t *gpu_sched(const model_t *m, int no_graphs) {
     sched_config_t c;
     sched_config_default(&c);
     snprintf(c.device, sizeof c.device, "cuda:0");
     c.gpu_no_graphs = no_graphs;
-    c.kv_blocks = 256;
+    c.kv_blocks = g_kv_blocks > 0 ? g_kv_blocks : 256;
     c.max_batch_tokens = 512;
     c.prefill_chunk = 128;
     c.target_step_ms = -1;
@@ -598,6 +599,63 @@ START_TEST(test_sched_flex) {
 }
 END_TEST
 
+/* Preemption: four requests in a pool too small for them give the tokens
+ * and log-probabilities each gives alone, bit for bit; on one rank, and on
+ * 2 context-parallel ranks from 128 tokens, where a preempted request's
+ * recomputed generated rows must each run as they did when decoded: on one
+ * rank below position 127, as sharded decode rows from it (a recomputed
+ * slice of several rows among them). In these pools (the scheduler's cut
+ * worked out on the CPU with the same settings) the 100-token request is
+ * preempted after 29 and after 40 or 41 tokens, and recomputes positions
+ * 100-126 in one slice, then 127 on in another. Dense, and TidalDecode. */
+START_TEST(test_sched_preemption) {
+    enum { R = 4, GEN = 48 };
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    const int V = model_hparams(m)->n_vocab, lens[R] = {300, 200, 160, 100}, pools[2] = {10, 12};
+    static int32_t prompts[R][300];
+    for (int r = 0; r < R; r++)
+        for (int i = 0; i < lens[r]; i++) prompts[r][i] = (int32_t)(((r + 3) * 7919u * (i + 5)) % (unsigned)V);
+    for (int v = 0; v < 4; v++) {
+        const int ranks = v & 1 ? 2 : 1, tidal = v >> 1;
+        out_t alone[R], tight[R];
+        for (int pass = 0; pass < 3; pass++) {
+            g_context = ranks;
+            g_no_prefix = 1;
+            g_tidal = tidal;
+            g_kv_blocks = pass ? pools[pass - 1] : 0;
+            sched_t *s = gpu_sched(m, 0);
+            out_t *o = pass ? tight : alone;
+            for (int r = 0; r < R; r++) {
+                submit(s, &o[r], prompts[r], lens[r], GEN);
+                if (!pass) ck_assert_int_eq(sched_run_until_idle(s), 0); // each alone
+            }
+            ck_assert_int_eq(sched_run_until_idle(s), 0);
+            int preempted = 0;
+            for (int r = 0; r < R; r++) {
+                drain(&o[r]);
+                ck_assert(o[r].done && o[r].n == GEN);
+                sched_usage_t u;
+                sched_req_usage(o[r].r, &u);
+                preempted += u.preemptions;
+                if (pass) {
+                    ck_assert_msg(same_out(&alone[r], &tight[r]),
+                                  "%d rank(s)%s, a pool of %d pages: request %d (%d tokens) differs after preemptions",
+                                  ranks, tidal ? ", TidalDecode" : "", pools[pass - 1], r, lens[r]);
+                    sched_req_release(tight[r].r);
+                }
+            }
+            sched_destroy(s);
+            if (!pass) continue;
+            ck_assert_msg(preempted > 0, "a pool of %d pages preempted nothing", pools[pass - 1]);
+            fprintf(stderr, "check_cuda: %d rank(s)%s, a pool of %d pages: %d preemptions, every request as alone\n",
+                    ranks, tidal ? ", TidalDecode" : "", pools[pass - 1], preempted);
+        }
+        for (int r = 0; r < R; r++) sched_req_release(alone[r].r);
+    }
+    model_free(m);
+}
+END_TEST
+
 /* Last (it breaks the CUDA context for the rest of the process): a kernel
  * that faults makes the device unusable; the executor says so, the running
  * request ends with LC_EDEVICE, new submissions are refused, nothing hangs. */
@@ -652,7 +710,7 @@ END_TEST
 static void reset_switches(void) {
     g_temperature = 0, g_theta = 0.5f, g_probe = 0.f, g_tidal_sel = 1, g_tidal_resel = -1;
     g_quest = g_flex = g_no_prefix = g_tidal = g_anchor = 0;
-    g_keep_sliding = g_no_graphs = g_report = g_differ = g_context = 0;
+    g_keep_sliding = g_no_graphs = g_report = g_differ = g_context = g_kv_blocks = 0;
 }
 
 void cuda_sched_add(TCase *tc) {
@@ -665,6 +723,7 @@ void cuda_sched_add(TCase *tc) {
     tcase_add_test(tc, test_sched_anchor);
     tcase_add_test(tc, test_sched_flex);
     tcase_add_test(tc, test_sched_gemma);
+    tcase_add_test(tc, test_sched_preemption);
 }
 
 void cuda_device_lost_add(TCase *tc) { tcase_add_test(tc, test_device_lost); }
