@@ -127,12 +127,18 @@ void attn_state_destroy(attn_state_t *st);
 const attn_policy_t *attn_state_policy(const attn_state_t *st);
 const attn_stats_t *attn_state_stats(const attn_state_t *st);
 void attn_state_reset_stats(attn_state_t *st);
-/* The method a generated row under pol runs at layer (a model without
- * sliding-window layers), and in *select whether it chooses TidalDecode's
- * positions there, after its dense attention: the schedule the CPU kernels
- * follow, for executors that run their own kernels (the GPU). A TidalDecode
- * layer before any selection of the step runs dense. */
-attn_decode_method_t attn_decode_layer(const attn_policy_t *pol, int layer, int *select);
+/* TidalDecode's schedule, one rule for every executor and kernel set. The
+ * method a generated row under pol (NULL: dense) runs at global layer
+ * `layer`, and in *select whether it chooses TidalDecode's positions there,
+ * after its dense attention; a TidalDecode layer before any selection of the
+ * step runs dense. due: a selection handed on by sliding-window layers
+ * (attn_decode_due), which this layer makes. */
+attn_decode_method_t attn_decode_layer(const attn_policy_t *pol, int layer, int due, int *select);
+/* The handover after layer (sliding: a sliding-window layer, which attends
+ * its window whatever the policy): a sliding selection layer's choice is
+ * due at the next global layer; a global layer makes what was due. Start a
+ * step with 0. */
+int attn_decode_due(const attn_policy_t *pol, int layer, int sliding, int due);
 /* Adds query-key pairs to the decode (generated != 0) or prefill counters:
  * for executors whose attention runs outside these kernels (the GPU). */
 void attn_state_count(attn_state_t *st, int generated, double computed, double total);

@@ -151,13 +151,6 @@ size_t attn__decode_ws(const attn_shape_t *shape, const attn_policy_t *pol, int6
 int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_store_t *kv, const float *q, float *out,
                       float *lse);
 
-/* The decode method a row of this policy runs at this layer (NULL: dense);
- * *select: a TidalDecode selection layer (dense now, then choose the
- * positions). A selection layer with a sliding window (Gemma 3's local
- * layers attend their window whatever the policy) hands its role to the next
- * global layer: due (attn_drow_t's tidal_due). */
-attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int due, int *select);
-
 /* Method selection for decode rows (quest.c, tidal.c): the key ranges of row
  * dr for KV head kh into rg (at most rg_cap); return the count. */
 int attn__quest_ranges(const attn_shape_t *shape, const attn_policy_t *pol, attn_arena_t *ar, const float *q, int kh,

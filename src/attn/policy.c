@@ -111,8 +111,26 @@ const attn_policy_t *attn_state_policy(const attn_state_t *st) { return &st->pol
 const attn_stats_t *attn_state_stats(const attn_state_t *st) { return &st->stats; }
 void attn_state_reset_stats(attn_state_t *st) { st->stats = (attn_stats_t){0}; }
 
-attn_decode_method_t attn_decode_layer(const attn_policy_t *pol, int layer, int *select) {
-    return attn__decode_layer_method(pol, layer, 0, select);
+attn_decode_method_t attn_decode_layer(const attn_policy_t *pol, int layer, int due, int *select) {
+    *select = 0;
+    if (!pol) return ATTN_DECODE_DENSE;
+    attn_decode_method_t m = pol->decode;
+    if (m != ATTN_DECODE_STREAMING && layer < pol->dense_layers) return ATTN_DECODE_DENSE;
+    if (m == ATTN_DECODE_TIDAL) {
+        if (layer < pol->tidal_select_layer) return ATTN_DECODE_DENSE;
+        if (due || layer == pol->tidal_select_layer || layer == pol->tidal_reselect_layer) {
+            *select = 1;
+            return ATTN_DECODE_DENSE;
+        }
+    }
+    return m;
+}
+
+int attn_decode_due(const attn_policy_t *pol, int layer, int sliding, int due) {
+    if (!sliding) return 0;
+    int sel;
+    attn_decode_layer(pol, layer, 0, &sel);
+    return due || sel;
 }
 
 void attn_state_count(attn_state_t *st, int generated, double computed, double total) {

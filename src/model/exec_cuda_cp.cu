@@ -633,10 +633,9 @@ int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b) {
 static int decode_op(model_cuda_cp_t *x, int l, int *op, int *top) {
     *op = *top = OP_DENSE;
     if (x->n_dec > x->n_oth) {
-        int sel = 0; // a selection layer is dense (with the selection after it)
-        const int tidal = attn_decode_layer(&x->tpol, l, &sel) == ATTN_DECODE_TIDAL;
-        if (tidal && x->t_due) sel = 1; // a sliding selection layer's choice, made here
-        x->t_due = 0;
+        int sel; // a selection layer is dense (with the selection after it; t_due: a sliding one's, made here)
+        const int tidal = attn_decode_layer(&x->tpol, l, x->t_due, &sel) == ATTN_DECODE_TIDAL;
+        x->t_due = attn_decode_due(&x->tpol, l, 0, x->t_due);
         if (sel) {
             *top = OP_SELECT;
             x->t_selected = 1;
@@ -665,9 +664,7 @@ int model_cuda__cp_layer(model_cuda_t *c, int l) {
     const int64_t rows = x->pf_rows + x->n_dec;
     int op = OP_DENSE, top = OP_DENSE, rc;
     if (c->m->hp.layer[l].window > 0) { // a sliding layer: the windowed plans ran every row (share_windows)
-        int sel = 0;
-        if (x->n_dec > x->n_oth) attn_decode_layer(&x->tpol, l, &sel);
-        if (sel) x->t_due = 1; // a selection layer: the next global layer selects
+        if (x->n_dec > x->n_oth) x->t_due = attn_decode_due(&x->tpol, l, 1, x->t_due); // the next global layer selects
         for (int i = 0; i < x->n_dec; i++)
             x->dcomputed[i] += (double)(x->dkv_len[i] < c->window ? x->dkv_len[i] : c->window) * c->m->hp.n_heads;
         return 0;

@@ -280,11 +280,10 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
 static int run_tidal(model_cuda_t *c, const step_t *st, int l, const attn_cuda_args_t *layer) {
     const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim;
     const size_t r0 = (size_t)(st->n_pf_rows + st->n_dec + st->n_quest) * HD;
-    int sel;
-    const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, &sel);
-    if (m == ATTN_DECODE_TIDAL && c->t_due) sel = 1; // a sliding selection layer's choice, made here
-    c->t_due = 0;
-    if (m == ATTN_DECODE_TIDAL && !sel && c->t_selected) {
+    int sel; // (a sliding selection layer's choice is made here: t_due)
+    const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, c->t_due, &sel);
+    c->t_due = attn_decode_due(&c->t_pol, l, 0, c->t_due);
+    if (m == ATTN_DECODE_TIDAL && c->t_selected) {
         attn_tidal_attend_args_t ta = {c->q + r0, c->att + r0, NULL, layer->k, layer->v, c->t_ws, c->t_ws_bytes};
         return attn_tidal_attend(c->t_plan, &ta, c->stream);
     }
@@ -323,9 +322,8 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
             a.workspace_bytes = c->dec_ws_bytes;
             rc = attn_cuda_run(c->dec_plan_w[w], &a, c->stream);
         }
-        int sel = 0;
-        if (st->n_tidal) attn_decode_layer(&c->t_pol, l, &sel);
-        if (sel) c->t_due = 1; // a selection layer: the next global layer selects
+        if (st->n_tidal)
+            c->t_due = attn_decode_due(&c->t_pol, l, 1, c->t_due); // a selection layer: the next global one
         return rc;
     }
     if (st->n_pf_seqs) {
@@ -598,15 +596,14 @@ static double tidal_computed(const model_cuda_t *c, int e) {
     double tok = 0;
     int selected = 0, due = 0, sel;
     for (int l = 0; l < hp->n_layers; l++) {
-        const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, &sel);
-        if (hp->layer[l].window > 0) {
+        const int sliding = hp->layer[l].window > 0;
+        const attn_decode_method_t m = attn_decode_layer(&c->t_pol, l, due, &sel);
+        due = attn_decode_due(&c->t_pol, l, sliding, due);
+        if (sliding) {
             tok += (double)(len < c->window ? len : c->window);
-            due |= sel;
             continue;
         }
-        if (m == ATTN_DECODE_TIDAL && due) sel = 1;
-        due = 0;
-        const int sparse = m == ATTN_DECODE_TIDAL && !sel && selected;
+        const int sparse = m == ATTN_DECODE_TIDAL && selected;
         tok += sparse && keep >= 0 ? (double)keep + (keep < len) : (double)len;
         selected |= sel;
     }

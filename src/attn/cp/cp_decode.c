@@ -360,14 +360,11 @@ int cp__decode_run(cp_plan_t *p, cp_comm_t *c, int layer, int64_t window, const 
         cp_drow_t *dr = &p->drows[i];
         dr->sel = 0;
         if (window > 0) { // the model's own window: dense; a selection due here moves to the next global layer
-            int sel;
-            attn__decode_layer_method(dr->pol, layer, 0, &sel);
-            if (sel) dr->tidal_due = 1;
             dr->meth = ATTN_DECODE_DENSE;
         } else {
-            dr->meth = (int)attn__decode_layer_method(dr->pol, layer, dr->tidal_due, &dr->sel);
-            dr->tidal_due = 0;
+            dr->meth = (int)attn_decode_layer(dr->pol, layer, dr->tidal_due, &dr->sel);
         }
+        dr->tidal_due = attn_decode_due(dr->pol, layer, window > 0, dr->tidal_due);
     }
     if ((rc = quest_scores(p, c, kv))) return rc;
     p->timing.collective_s += lc_now_s() - t0;

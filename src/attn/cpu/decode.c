@@ -16,21 +16,6 @@
 #include "attn/attn_int.h"
 #include "common/status.h"
 
-attn_decode_method_t attn__decode_layer_method(const attn_policy_t *pol, int layer, int due, int *select) {
-    *select = 0;
-    if (!pol) return ATTN_DECODE_DENSE;
-    attn_decode_method_t m = pol->decode;
-    if (m != ATTN_DECODE_STREAMING && layer < pol->dense_layers) return ATTN_DECODE_DENSE;
-    if (m == ATTN_DECODE_TIDAL) {
-        if (layer < pol->tidal_select_layer) return ATTN_DECODE_DENSE;
-        if (due || layer == pol->tidal_select_layer || layer == pol->tidal_reselect_layer) {
-            *select = 1;
-            return ATTN_DECODE_DENSE;
-        }
-    }
-    return m;
-}
-
 int attn__decode_rg_cap(const attn_policy_t *pol, int64_t n_kv, int block_size) {
     int cap = 2;
     if (pol && pol->decode == ATTN_DECODE_QUEST) {
@@ -89,7 +74,7 @@ static int select_ranges(attn_plan_t *p, int layer, int64_t window, const attn_s
             attn_range_t *rg = p->drg + p->drg_off[i];
             const attn_kv_t kv = row_kv(p, store, dr);
             int sel, nr = 0;
-            switch (window > 0 ? ATTN_DECODE_DENSE : attn__decode_layer_method(pol, layer, dr->tidal_due, &sel)) {
+            switch (window > 0 ? ATTN_DECODE_DENSE : attn_decode_layer(pol, layer, dr->tidal_due, &sel)) {
             case ATTN_DECODE_STREAMING: {
                 int64_t sink, win;
                 attn__streaming_window(pol, &sink, &win);
@@ -210,7 +195,7 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
     int err = 0, any = 0;
     for (int i = 0; i < p->n_drows && !any; i++) { // no parallel region in the common case: no such row
         const attn_policy_t *pol = row_policy(p, &p->drows[i]);
-        if (pol && pol->decode == ATTN_DECODE_TIDAL) attn__decode_layer_method(pol, layer, p->drows[i].tidal_due, &any);
+        if (pol && pol->decode == ATTN_DECODE_TIDAL) attn_decode_layer(pol, layer, p->drows[i].tidal_due, &any);
     }
     if (!any) return 0;
 #pragma omp parallel num_threads(p->n_threads)
@@ -222,7 +207,7 @@ static int tidal_selections(attn_plan_t *p, int layer, const attn_store_t *store
             const attn_policy_t *pol = row_policy(p, dr);
             int sel;
             if (!pol || pol->decode != ATTN_DECODE_TIDAL) continue;
-            attn__decode_layer_method(pol, layer, dr->tidal_due, &sel);
+            attn_decode_layer(pol, layer, dr->tidal_due, &sel);
             if (!sel) continue;
             attn_arena_reset(ar);
             const attn_kv_t kv = row_kv(p, store, dr);
@@ -246,14 +231,8 @@ int attn__decode_rows(attn_plan_t *p, int layer, int64_t window, const attn_stor
     if ((rc = run_items(p, window, store, q, n_items))) return rc;
     merge_items(p, out, lse);
     if (window == 0 && (rc = tidal_selections(p, layer, store, q))) return rc;
-    for (int i = 0; i < p->n_drows; i++) { // selections made, or handed on by a sliding layer
-        int sel;
-        attn__decode_layer_method(row_policy(p, &p->drows[i]), layer, 0, &sel);
-        if (window == 0)
-            p->drows[i].tidal_due = 0;
-        else if (sel)
-            p->drows[i].tidal_due = 1;
-    }
+    for (int i = 0; i < p->n_drows; i++) // selections made, or handed on by a sliding layer
+        p->drows[i].tidal_due = attn_decode_due(row_policy(p, &p->drows[i]), layer, window > 0, p->drows[i].tidal_due);
     for (int i = 0; i < n_items; i++) {
         attn_state_t *st = p->seqs[p->drows[p->ditems[i].drow].seq].state;
         if (st) st->stats.decode_computed += p->dcomp[i];
