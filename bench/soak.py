@@ -22,9 +22,17 @@ the max of the first third); 429s during bursts, each with Retry-After;
 slowloris connections closed by request_deadline_s (+ the sweep period and
 slack); drain exit 0; restart healthy within a few seconds.
 
+With --long-frac F a share F of the well-behaved and vanishing requests
+carry long prompts (150-700 words) and a random `sparse_attention` (every
+prefill and decode method, sometimes small budgets), and --set SECTION.KEY=V
+changes the daemon's configuration: e.g. a GPU with context parallelism from
+a few hundred tokens and a KV pool small enough to preempt
+(tests/gpu/run.sh soak), which the same checks then hold to.
+
 Only the standard library is used. Usage:
   soak.py --lacunad build/lacunad --lacuna build/lacuna [--model M.gguf]
           [--duration 120] [--workdir DIR] [--json OUT]
+          [--long-frac F] [--model-ctx N] [--set SECTION.KEY=VALUE ...]
 """
 import argparse
 import http.client
@@ -58,6 +66,8 @@ RSS_MARGIN_FRAC = 0.10    # "flat": last third's max <= first third's max * (1 +
 RSS_MARGIN_ABS = 4 << 20
 RESTART_HEALTHY_S = 5.0
 
+LONG_FRAC = 0.0  # --long-frac: the share of requests with long prompts and a sparse_attention
+
 WORDS = ("the quick brown fox jumps over a lazy dog while seven tired engineers "
          "watch the queue fill and drain again").split()
 
@@ -79,7 +89,7 @@ class Daemon:
         self.port = port or free_port()
         self.conf = os.path.join(workdir, f"{tag}.conf")
         with open(self.conf, "w") as f:
-            for sec, kv in LIMITS.items():
+            for sec, kv in config(args).items():
                 f.write(f"[{sec}]\n" + "".join(f"{k} = {v}\n" for k, v in kv.items()))
         self.log_path = os.path.join(workdir, f"{tag}-{self.port}.log")
         self.log = open(self.log_path, "ab")
@@ -124,6 +134,18 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def config(args):
+    """LIMITS with the --set changes."""
+    out = {sec: dict(kv) for sec, kv in LIMITS.items()}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        sec, _, name = key.partition(".")
+        if not name or not _:
+            raise SystemExit(f"--set {item!r}: want SECTION.KEY=VALUE")
+        out.setdefault(sec, {})[name] = value
+    return out
 
 
 def get(port, path, timeout=5):
@@ -171,13 +193,30 @@ class Stats:
                 self.resp_ids[resp_id] = self.resp_ids.get(resp_id, 0) + 1
 
 
+def sparse_spec(rng):
+    """A random sparse_attention: every method, sometimes a small budget."""
+    a = {"prefill": rng.choice(["auto", "dense", "flexprefill", "anchor", "streaming"]),
+         "decode": rng.choice(["auto", "dense", "quest", "tidal", "streaming"])}
+    if rng.random() < 0.5:
+        a["decode_budget"] = rng.choice([64, 128, 300])
+    if rng.random() < 0.3:
+        a["gamma"], a["min_budget"] = rng.choice([0.5, 0.8, 0.95]), rng.choice([16, 128])
+    if rng.random() < 0.3:
+        a["theta"] = rng.choice([0.5, 3.0, 12.0])
+    return a
+
+
 def gen_body(rng, rid, chat, stream, max_tokens):
     b = {"model": "soak", "max_tokens": max_tokens, "user": rid, "temperature": rng.choice([0, 0.7, 1.0]),
          "seed": rng.randint(0, 1 << 30)}
+    words = None
+    if LONG_FRAC > 0 and rng.random() < LONG_FRAC:
+        words = rng.randint(150, 700)
+        b["sparse_attention"] = sparse_spec(rng)
     if chat:
-        b["messages"] = [{"role": "user", "content": prompt(rng)}]
+        b["messages"] = [{"role": "user", "content": prompt(rng, words)}]
     else:
-        b["prompt"] = prompt(rng)
+        b["prompt"] = prompt(rng, words)
     if stream:
         b["stream"] = True
         if rng.random() < 0.5:
@@ -495,9 +534,10 @@ def log_ids(path):
 def phase_soak(args, workdir, summary, st):
     d = Daemon(args, workdir)
     d.wait_healthy()
-    deadline_s = int(LIMITS["server"]["request_deadline_s"])
-    max_body = int(LIMITS["server"]["max_body_bytes"])
-    burst_n = 3 * (int(LIMITS["engine"]["max_running"]) + int(LIMITS["server"]["max_waiting"]))
+    cfg = config(args)
+    deadline_s = int(cfg["server"]["request_deadline_s"])
+    max_body = int(cfg["server"]["max_body_bytes"])
+    burst_n = 3 * (int(cfg["engine"]["max_running"]) + int(cfg["server"]["max_waiting"]))
     stop = threading.Event()
     threads = []
     seed = args.seed
@@ -540,7 +580,8 @@ def phase_soak(args, workdir, summary, st):
     idle, m = wait_idle(d)
     summary["idle_metrics"] = {k: m.get("lacuna:" + k) for k in
                                ("num_requests_running", "num_requests_waiting", "kv_blocks_used", "http_streams_open",
-                                "http_connections_open", "client_disconnects_total")}
+                                "http_connections_open", "client_disconnects_total", "num_preemptions_total",
+                                "cp_sharded_rows_total")}
     summary["http_codes"] = {k.split('"')[1]: int(v) for k, v in m.items() if k.startswith("lacuna:http_requests_total{")}
     if not idle:
         st.violate(f"not idle after the load: {summary['idle_metrics']}")
@@ -608,7 +649,7 @@ def phase_sigterm(args, workdir, summary, st, d):
     for t in th:
         t.join(timeout=60)
     try:
-        rc = d.proc.wait(timeout=int(LIMITS["server"]["drain_timeout_s"]) + 10)
+        rc = d.proc.wait(timeout=int(config(args)["server"]["drain_timeout_s"]) + 10)
     except subprocess.TimeoutExpired:
         rc = None
     summary["sigterm"] = {"exit": rc, "seconds": round(time.time() - t0, 2), "inflight": len(th),
@@ -660,7 +701,7 @@ def phase_kill9(args, workdir, summary, st):
 def make_model(args, workdir):
     path = os.path.join(workdir, "soak.gguf")
     subprocess.run([args.lacuna, "mkmodel", "-o", path, "--layers", "4", "--embd", "128", "--heads", "4",
-                    "--kv-heads", "2", "--ff", "384", "--vocab", "synthetic", "--ctx", "1024"],
+                    "--kv-heads", "2", "--ff", "384", "--vocab", "synthetic", "--ctx", str(args.model_ctx)],
                    check=True, capture_output=True)
     return path
 
@@ -678,7 +719,13 @@ def main():
     ap.add_argument("--workdir")
     ap.add_argument("--json", help="write the summary here")
     ap.add_argument("--no-rss-check", action="store_true", help="report RSS but do not judge it (sanitizer builds)")
+    ap.add_argument("--long-frac", type=float, default=0.0,
+                    help="share of requests with long prompts (150-700 words) and a random sparse_attention")
+    ap.add_argument("--model-ctx", type=int, default=1024, help="context of the mkmodel model (without --model)")
+    ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a daemon setting (repeatable)")
     args = ap.parse_args()
+    global LONG_FRAC
+    LONG_FRAC = args.long_frac
     workdir = args.workdir or tempfile.mkdtemp(prefix="lacuna-soak-")
     os.makedirs(workdir, exist_ok=True)
     if not args.model:
@@ -728,6 +775,8 @@ def print_table(s):
         im = s["idle_metrics"]
         rows.append(("idle: running / waiting / kv used",
                      f"{im['num_requests_running']:g} / {im['num_requests_waiting']:g} / {im['kv_blocks_used']:g}"))
+        rows.append(("preemptions / sharded rows (context parallelism)",
+                     f"{im.get('num_preemptions_total') or 0:g} / {im.get('cp_sharded_rows_total') or 0:g}"))
     if "rss_mib" in s:
         r = s["rss_mib"]
         rows.append(("RSS MiB first-third max / last-third max",

@@ -68,6 +68,12 @@
 #            (default: the default model; 8b: the e2e8b model at E2E8B_CTX;
 #            gemma: a random-weight Gemma 3 270M shape, modelgemma below),
 #            E2EM_FLAGS (more gpu_e2e.py options); e2e-METHOD.json each
+#     soak   bench/soak.py against lacunad on this GPU (SOAK_SECONDS, default
+#            60): its bad input, vanishing clients, bursts, SIGTERM and kill -9,
+#            with half the requests long (150-700 words) under a random
+#            sparse_attention, 2 context-parallel ranks from 256 tokens and a
+#            pool of 60 pages, so that requests are sharded and preempted
+#            (a random-weight model, 4 layers of 4 heads of 64); soak.json
 #     kv-windows  the random-weight Gemma 3 270M shape through lacunad with
 #            its sliding layers keeping their windows and then every
 #            position (engine.kv_keep_sliding): time to first token at 30K
@@ -371,6 +377,17 @@ for step in "$@"; do
                 --out "$OUT/kv-windows-$run.json" 2>&1 | tail -12 | tee "$OUT/kv-windows-$run.log"
             [ "${PIPESTATUS[0]}" = 0 ] || fail "kv-windows $run" 1
         done
+        ;;
+    soak)
+        MS=/tmp/lacuna-soak-gpu.gguf
+        [ -f "$MS" ] || ours "$G/bin/lacuna" mkmodel -o "$MS" --layers 4 --embd 256 --heads 4 --kv-heads 2 \
+            --ff 512 --vocab synthetic --ctx 4096 || { fail "mkmodel soak" 1; continue; }
+        ours timeout -k 10 $((${SOAK_SECONDS:-60} + 240)) python3 bench/soak.py --lacunad "$G/bin/lacunad" \
+            --model "$MS" --duration "${SOAK_SECONDS:-60}" --long-frac 0.5 --set model.device=cuda \
+            --set parallel.context=2 --set parallel.context_min_tokens=256 --set engine.kv_blocks=60 \
+            --workdir "$OUT/soak" --json "$OUT/soak.json" 2>&1 | tail -40 | tee "$OUT/soak.log"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail soak 1
+        rm -f "$OUT"/soak/*.gguf
         ;;
     e2e-sampled)
         # lacunad alone, the decode streams drawn at temperature 0.8 (every row's logits to the host sampler)
