@@ -661,6 +661,32 @@ START_TEST(test_prefill_flex) {
     printf("cp FlexPrefill prefill: max |out diff| N=2 %.2e, N=3 %.2e, N=4 %.2e, N=8 %.2e; max |lse diff| %.2e "
            "(single-rank density %.2f-%.2f)\n",
            w[0], w[1], w[2], w[3], wl, dens_min, dens);
+    /* Gemma 3's shape (4 query heads on one KV head of 256 dims), blocks of
+     * 128: a prompt's short last chunk on a prefix whose 128-position units
+     * went to the ranks in turn (as generated tokens' and short chunks' do):
+     * the visiting ranks hold many ranges, which a ring step's arena must
+     * hold beside its tile (it held a query block's key blocks twice over,
+     * one range short per visiting range: out of memory in the step) */
+    const attn_shape_t gs = {4, 1, 256, 1.0f / 16.0f};
+    pol.block = 128;
+    pol.min_budget = 128;
+    static uint8_t gown[256];
+    for (int n = 2; n <= 3; n++) { // a prompt's short last chunk (its arena is mostly the step's)
+        rng_state = 6000 + n;
+        cpcase_t k;
+        int32_t *table;
+        case_prefill(&k, &gs, n, 16, 128, 2304, 30, 1, 0, 1, gown, &table, 0.3f);
+        for (int b = 0; b < 2304 / 16; b++) gown[b] = (uint8_t)cp_owner_next(n, b / 8); // by 128 positions
+        plant_needles(&k, 0);
+        attn_state_t *st = attn_state_create(&gs, 1, &pol);
+        k.seqs[0].state = st;
+        const double e = case_check(&k, n, &st, &el);
+        ck_assert_msg(e < 1e-4, "Gemma-shaped FlexPrefill on a prefix held in turn, %d ranks: |out diff| %g", n, e);
+        printf("cp FlexPrefill prefill, 4/1 heads of 256 on a prefix held in turn, N=%d: max |out diff| %.2e\n", n, e);
+        attn_state_destroy(st);
+        case_free(&k);
+        free(table);
+    }
 }
 END_TEST
 

@@ -95,7 +95,12 @@ int cp__flex_plan(cp_plan_t *p, cp_slice_t *sl, size_t *stage, size_t *per_threa
     *stage = stage_layout(p, &g).end;
     attn_ws_t w = attn__flex_ws(&p->shape, sl->pol, s->n_tok, s->pos0);
     size_t pt = attn_tile_bytes(g.R, d) + attn_arena_need(sizeof(float) * (size_t)g.R * FLEX_CH);
-    size_t comp = attn_tile_bytes(g.B, d) + attn_arena_need(sizeof(attn_range_t) * (size_t)(g.n_kb + 2)) * 2;
+    /* a ring step: the tile, a query block's key blocks and their cut by
+     * the visiting rank's ranges (flex_step) */
+    int max_rg = 0;
+    for (int r = 0; r < p->n_ranks; r++) max_rg = sl->hold[r].n_rg > max_rg ? sl->hold[r].n_rg : max_rg;
+    size_t comp = attn_tile_bytes(g.B, d) + attn_arena_need(sizeof(attn_range_t) * (size_t)(g.n_kb + 2)) +
+                  attn_arena_need(sizeof(attn_range_t) * (size_t)(g.n_kb + max_rg + 2));
     pt = pt > comp ? pt : comp;
     *per_thread = w.per_thread > pt ? w.per_thread : pt;
     return 0;
