@@ -68,12 +68,15 @@
 #            (default: the default model; 8b: the e2e8b model at E2E8B_CTX;
 #            gemma: a random-weight Gemma 3 270M shape, modelgemma below),
 #            E2EM_FLAGS (more gpu_e2e.py options); e2e-METHOD.json each
-#     soak   bench/soak.py against lacunad on this GPU (SOAK_SECONDS, default
-#            60): its bad input, vanishing clients, bursts, SIGTERM and kill -9,
-#            with half the requests long (150-700 words) under a random
-#            sparse_attention, 2 context-parallel ranks from 256 tokens and a
-#            pool of 60 pages, so that requests are sharded and preempted
-#            (a random-weight model, 4 layers of 4 heads of 64); soak.json
+#     soak   bench/soak.py against lacunad on this GPU (SOAK_SECONDS each,
+#            default 60): its bad input, vanishing clients, bursts, SIGTERM and
+#            kill -9, with half the requests long (150-700 words) under a
+#            random sparse_attention, 2 context-parallel ranks from 256 tokens
+#            and a pool of 60 pages, so that requests are sharded and
+#            preempted; random-weight models (SOAK_MODELS: llama, 4 layers of
+#            4 heads of 64; gemma, Gemma 3 with 6 layers of 4 heads of 256 on
+#            one KV head, two global, the others sliding over 128);
+#            soak-MODEL.json, the daemon's warnings and errors counted
 #     kv-windows  the random-weight Gemma 3 270M shape through lacunad with
 #            its sliding layers keeping their windows and then every
 #            position (engine.kv_keep_sliding): time to first token at 30K
@@ -379,15 +382,22 @@ for step in "$@"; do
         done
         ;;
     soak)
-        MS=/tmp/lacuna-soak-gpu.gguf
-        [ -f "$MS" ] || ours "$G/bin/lacuna" mkmodel -o "$MS" --layers 4 --embd 256 --heads 4 --kv-heads 2 \
-            --ff 512 --vocab synthetic --ctx 4096 || { fail "mkmodel soak" 1; continue; }
-        ours timeout -k 10 $((${SOAK_SECONDS:-60} + 240)) python3 bench/soak.py --lacunad "$G/bin/lacunad" \
-            --model "$MS" --duration "${SOAK_SECONDS:-60}" --long-frac 0.5 --set model.device=cuda \
-            --set parallel.context=2 --set parallel.context_min_tokens=256 --set engine.kv_blocks=60 \
-            --workdir "$OUT/soak" --json "$OUT/soak.json" 2>&1 | tail -40 | tee "$OUT/soak.log"
-        [ "${PIPESTATUS[0]}" = 0 ] || fail soak 1
-        rm -f "$OUT"/soak/*.gguf
+        for sm in ${SOAK_MODELS:-llama gemma}; do
+            MS=/tmp/lacuna-soak-$sm.gguf
+            mk="--layers 4 --embd 256 --heads 4 --kv-heads 2 --ff 512"
+            [ "$sm" = gemma ] && mk="--layers 6 --embd 256 --heads 4 --kv-heads 1 --head-dim 256 --ff 512 --window 128 \
+                --swa-pattern 3"
+            # shellcheck disable=SC2086
+            [ -f "$MS" ] || ours "$G/bin/lacuna" mkmodel -o "$MS" $mk --vocab synthetic --ctx 4096 ||
+                { fail "mkmodel soak $sm" 1; continue; }
+            ours timeout -k 10 $((${SOAK_SECONDS:-60} + 240)) python3 bench/soak.py --lacunad "$G/bin/lacunad" \
+                --model "$MS" --duration "${SOAK_SECONDS:-60}" --long-frac 0.5 --set model.device=cuda \
+                --set parallel.context=2 --set parallel.context_min_tokens=256 --set engine.kv_blocks=60 \
+                --workdir "$OUT/soak-$sm" --json "$OUT/soak-$sm.json" 2>&1 | tail -40 | tee "$OUT/soak-$sm.log"
+            [ "${PIPESTATUS[0]}" = 0 ] || fail "soak $sm" 1
+            grep -h " warn \| error " "$OUT/soak-$sm"/*.log | sed 's/^[^ ]* //' | sort | uniq -c | sort -rn | head -20
+            rm -f "$OUT/soak-$sm"/*.gguf
+        done
         ;;
     e2e-sampled)
         # lacunad alone, the decode streams drawn at temperature 0.8 (every row's logits to the host sampler)
