@@ -23,8 +23,10 @@ slowloris connections closed by request_deadline_s (+ the sweep period and
 slack); drain exit 0; restart healthy within a few seconds.
 
 With --long-frac F a share F of the well-behaved and vanishing requests
-carry long prompts (150-700 words) and a random `sparse_attention` (every
-prefill and decode method, sometimes small budgets), and --set SECTION.KEY=V
+carry long prompts (150-700 words, half of them starting with one of three
+shared documents of up to 500 words, so that the prefix cache hits) and a random
+`sparse_attention` (every prefill and decode method, sometimes small
+budgets), and --set SECTION.KEY=V
 changes the daemon's configuration: e.g. a GPU with context parallelism from
 a few hundred tokens and a KV pool small enough to preempt
 (tests/gpu/run.sh soak), which the same checks then hold to.
@@ -193,6 +195,10 @@ class Stats:
                 self.resp_ids[resp_id] = self.resp_ids.get(resp_id, 0) + 1
 
 
+# Three documents that long prompts start with, half of the time (--long-frac).
+DOCS = [" ".join(random.Random(100 + i).choice(WORDS) for _ in range(n)) for i, n in enumerate((120, 300, 500))]
+
+
 def sparse_spec(rng):
     """A random sparse_attention: every method, sometimes a small budget."""
     a = {"prefill": rng.choice(["auto", "dense", "flexprefill", "anchor", "streaming"]),
@@ -209,14 +215,19 @@ def sparse_spec(rng):
 def gen_body(rng, rid, chat, stream, max_tokens):
     b = {"model": "soak", "max_tokens": max_tokens, "user": rid, "temperature": rng.choice([0, 0.7, 1.0]),
          "seed": rng.randint(0, 1 << 30)}
-    words = None
+    text = None
     if LONG_FRAC > 0 and rng.random() < LONG_FRAC:
-        words = rng.randint(150, 700)
+        n = rng.randint(150, 700)
+        if rng.random() < 0.5:  # a shared document first: prefix-cache hits on sharded blocks
+            doc = DOCS[rng.randrange(len(DOCS))]
+            text = doc + " " + prompt(rng, max(20, n - doc.count(" ") - 1))
+        else:
+            text = prompt(rng, n)
         b["sparse_attention"] = sparse_spec(rng)
     if chat:
-        b["messages"] = [{"role": "user", "content": prompt(rng, words)}]
+        b["messages"] = [{"role": "user", "content": text or prompt(rng)}]
     else:
-        b["prompt"] = prompt(rng, words)
+        b["prompt"] = text or prompt(rng)
     if stream:
         b["stream"] = True
         if rng.random() < 0.5:
@@ -581,7 +592,7 @@ def phase_soak(args, workdir, summary, st):
     summary["idle_metrics"] = {k: m.get("lacuna:" + k) for k in
                                ("num_requests_running", "num_requests_waiting", "kv_blocks_used", "http_streams_open",
                                 "http_connections_open", "client_disconnects_total", "num_preemptions_total",
-                                "cp_sharded_rows_total")}
+                                "cp_sharded_rows_total", "prefix_cache_hits_total")}
     summary["http_codes"] = {k.split('"')[1]: int(v) for k, v in m.items() if k.startswith("lacuna:http_requests_total{")}
     if not idle:
         st.violate(f"not idle after the load: {summary['idle_metrics']}")
@@ -775,8 +786,9 @@ def print_table(s):
         im = s["idle_metrics"]
         rows.append(("idle: running / waiting / kv used",
                      f"{im['num_requests_running']:g} / {im['num_requests_waiting']:g} / {im['kv_blocks_used']:g}"))
-        rows.append(("preemptions / sharded rows (context parallelism)",
-                     f"{im.get('num_preemptions_total') or 0:g} / {im.get('cp_sharded_rows_total') or 0:g}"))
+        rows.append(("preemptions / sharded rows (context parallelism) / prefix-cache hit tokens",
+                     f"{im.get('num_preemptions_total') or 0:g} / {im.get('cp_sharded_rows_total') or 0:g} / "
+                     f"{im.get('prefix_cache_hits_total') or 0:g}"))
     if "rss_mib" in s:
         r = s["rss_mib"]
         rows.append(("RSS MiB first-third max / last-third max",

@@ -71,9 +71,9 @@
 #     soak   bench/soak.py against lacunad on this GPU (SOAK_SECONDS each,
 #            default 60): its bad input, vanishing clients, bursts, SIGTERM and
 #            kill -9, with half the requests long (150-700 words) under a
-#            random sparse_attention, 2 context-parallel ranks from 256 tokens
-#            and a pool of 60 pages, so that requests are sharded and
-#            preempted; random-weight models (SOAK_MODELS: llama, 4 layers of
+#            random sparse_attention, SOAK_CONTEXT (default 2) context-parallel
+#            ranks from 256 tokens and a pool of 60 pages, so that requests
+#            are sharded and preempted (SOAK_SEED: the driver's seed); random-weight models (SOAK_MODELS: llama, 4 layers of
 #            4 heads of 64; gemma, Gemma 3 with 6 layers of 4 heads of 256 on
 #            one KV head, two global, the others sliding over 128);
 #            soak-MODEL.json, the daemon's warnings and errors counted
@@ -392,7 +392,8 @@ for step in "$@"; do
                 { fail "mkmodel soak $sm" 1; continue; }
             ours timeout -k 10 $((${SOAK_SECONDS:-60} + 240)) python3 bench/soak.py --lacunad "$G/bin/lacunad" \
                 --model "$MS" --duration "${SOAK_SECONDS:-60}" --long-frac 0.5 --set model.device=cuda \
-                --set parallel.context=2 --set parallel.context_min_tokens=256 --set engine.kv_blocks=60 \
+                --set parallel.context="${SOAK_CONTEXT:-2}" --set parallel.context_min_tokens=256 \
+                --set engine.kv_blocks=60 --seed "${SOAK_SEED:-1}" \
                 --workdir "$OUT/soak-$sm" --json "$OUT/soak-$sm.json" 2>&1 | tail -40 | tee "$OUT/soak-$sm.log"
             [ "${PIPESTATUS[0]}" = 0 ] || fail "soak $sm" 1
             grep -h " warn \| error " "$OUT/soak-$sm"/*.log | sed 's/^[^ ]* //' | sort | uniq -c | sort -rn | head -20
