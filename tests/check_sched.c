@@ -24,6 +24,7 @@
 #include "testutil.h"
 #include "schedutil.h"
 #include "tinymodel.h"
+#include "tools/mkmodel.h"
 
 /* ---- stop strings --------------------------------------------------------------- */
 static char *run_stops(char *const *stops, int n, const char *const *deltas, int *matched) {
@@ -609,6 +610,55 @@ START_TEST(test_fixed_chunk_beside_decodes) {
 }
 END_TEST
 
+/* A sparse prompt that asks for its log-probabilities holds its whole
+ * chunk's logits at once (its selection depends on the chunk): on a
+ * 70,000-token vocabulary its chunks are 128 rows (at most 64 MiB of logits),
+ * not prefill_chunk's 512; fixed, so its tokens are the same alone and
+ * beside another request, whose prompt takes part of every step. */
+START_TEST(test_sparse_prompt_logprobs_chunk) {
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/lacuna_check_sched_vocab_%d.gguf", (int)getpid());
+    mkmodel_opts_t mo;
+    mkmodel_opts_default(&mo);
+    mo.n_ctx = 1024;
+    mo.vocab_size = 70000;
+    char err[256];
+    ck_assert_msg(mkmodel_write(&mo, path, err, sizeof err) == 0, "%s", err);
+    model_t *m = model_load(path, err, sizeof err);
+    unlink(path);
+    ck_assert_msg(m != NULL, "%s", err);
+    const int nv = model_hparams(m)->n_vocab;
+    static int32_t fp[600], other[400];
+    mk_prompt(fp, 600, 1601, nv);
+    mk_prompt(other, 400, 1602, nv);
+    out_t alone, beside, o2;
+    for (int pass = 0; pass < 2; pass++) {
+        sched_t *s = mk_sched(m, 256, 1024, 512, 0);
+        sched_params_t p;
+        if (pass) {
+            greedy_params(&p, other, 400, 4);
+            submit(s, &o2, &p);
+        }
+        greedy_params(&p, fp, 600, 4);
+        p.attn.prefill = ATTN_PREFILL_FLEX;
+        p.attn.min_budget = 64;
+        p.prompt_logprobs = 1;
+        submit(s, pass ? &beside : &alone, &p);
+        if (!pass) ck_assert_int_eq(sched_step(s), 128); // the first chunk
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        finish_out(pass ? &beside : &alone);
+        if (pass) finish_out(&o2);
+        assert_pool_clean(s);
+        sched_destroy(s);
+    }
+    ck_assert_int_eq(alone.n_prompt_lps, 600);
+    ck_assert_int_eq(beside.n_prompt_lps, 600);
+    ck_assert(memcmp(&alone.prompt_lp1, &beside.prompt_lp1, sizeof(float)) == 0);
+    assert_same(&beside, &alone, 4, "a sparse prompt with log-probabilities beside another");
+    model_free(m);
+}
+END_TEST
+
 /* ---- choices, stop strings, logprobs ---------------------------------------------- */
 START_TEST(test_choices) {
     const model_t *m = tiny_model();
@@ -903,6 +953,7 @@ int main(void) {
     tcase_add_test(te, test_equal_prompts_in_order);
     tcase_add_test(te, test_short_behind_long);
     tcase_add_test(te, test_fixed_chunk_beside_decodes);
+    tcase_add_test(te, test_sparse_prompt_logprobs_chunk);
     tcase_add_test(te, test_alone_takes_whole_chunk);
     tcase_add_test(te, test_choices);
     tcase_add_test(te, test_stop_conditions);

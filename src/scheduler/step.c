@@ -135,6 +135,19 @@ static int lp_chunk_cap(const sched_t *s) {
     return cap < 1 ? 1 : cap;
 }
 
+/* The chunk of a sparse prompt that asks for its log-probabilities: its
+ * whole chunk's logits are held at once (the selection depends on the
+ * chunk, so the rows cannot be cut at lp_chunk_cap), so at most 64 MiB of
+ * them (prefill_chunk x a 262K vocabulary would be 4 GiB at a GPU's 4,096
+ * rows), in whole 128-row blocks, at least one; a fixed size, so still a
+ * function of the request alone. */
+static int64_t lp_sparse_chunk(const sched_t *s) {
+    int64_t rows = ((int64_t)64 << 20) / ((int64_t)sizeof(float) * (s->hp.n_vocab > 0 ? s->hp.n_vocab : 1));
+    rows = rows / 128 * 128;
+    if (rows < 128) rows = 128;
+    return rows < s->cfg.prefill_chunk ? rows : s->cfg.prefill_chunk;
+}
+
 /* Reserves and makes writable [kv->n_tokens, +n) for one slice. */
 static int make_room(sched_t *s, kv_seq_t *kv, int n) {
     int rc = kv_seq_reserve(s->kv, kv, kv->n_tokens + n);
@@ -276,10 +289,12 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
     const int want_lp = r->prompt_lps && !r->prompt_lp_done;
     int n;
     if (fixed_chunks(s, r)) { // up to the next multiple of prefill_chunk, whole or not at all
-        /* a dense prompt that asked for its log-probabilities (one that may
-         * be sharded) keeps their rows' cap, its chunks still fixed */
+        /* a prompt that asked for its log-probabilities holds fewer rows'
+         * logits: a dense one (that may be sharded) their rows' cap, a sparse
+         * one lp_sparse_chunk; its chunks still fixed */
         int64_t C = s->cfg.prefill_chunk;
         if (r->prompt_lps && r->policy.prefill == ATTN_PREFILL_DENSE && C > lp_chunk_cap(s)) C = lp_chunk_cap(s);
+        if (r->prompt_lps && r->policy.prefill != ATTN_PREFILL_DENSE) C = lp_sparse_chunk(s);
         const int64_t end = (r->pkv.n_tokens / C + 1) * C;
         n = (int)((end < r->p.n_prompt ? end : r->p.n_prompt) - r->pkv.n_tokens);
         /* Over the step-time target only as the step's first prompt work: a
