@@ -100,7 +100,7 @@ struct model_cuda_cp {
     size_t cap_sown;
     int n_dec, dec_kind; // sharded generated rows (cq rows pf_rows ..); the kind of the first n_oth
     int n_oth;           // rows 0 .. n_oth - 1 dense or Quest (plans), the rest TidalDecode (tplans)
-    int max_dec;         // the most the ranks' decode plans hold (model_cuda_cp_decode_room)
+    int max_dec;         // the most the ranks' decode plans hold (model_exec_cp_stats_t.max_decode_rows)
     int *dec_seq;        // (T) their slices
     int *dec_off;        // (T) and rows in them (a recomputed slice of generated tokens has several)
     int32_t *dkv_len, *dindptr, *dblocks, *dbud, *dtidal, *ddl; // (T + 1) the decode batch (host)
