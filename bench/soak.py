@@ -34,7 +34,7 @@ a few hundred tokens and a KV pool small enough to preempt
 Only the standard library is used. Usage:
   soak.py --lacunad build/lacunad --lacuna build/lacuna [--model M.gguf]
           [--duration 120] [--workdir DIR] [--json OUT]
-          [--long-frac F] [--model-ctx N] [--set SECTION.KEY=VALUE ...]
+          [--long-frac F] [--model-ctx N] [--set SECTION.KEY=VALUE ...] [--completions-only]
 """
 import argparse
 import http.client
@@ -69,6 +69,7 @@ RSS_MARGIN_ABS = 4 << 20
 RESTART_HEALTHY_S = 5.0
 
 LONG_FRAC = 0.0  # --long-frac: the share of requests with long prompts and a sparse_attention
+NO_CHAT = False  # --completions-only: a base model without a chat template
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven tired engineers "
          "watch the queue fill and drain again").split()
@@ -213,6 +214,7 @@ def sparse_spec(rng):
 
 
 def gen_body(rng, rid, chat, stream, max_tokens):
+    chat = chat and not NO_CHAT
     b = {"model": "soak", "max_tokens": max_tokens, "user": rid, "temperature": rng.choice([0, 0.7, 1.0]),
          "seed": rng.randint(0, 1 << 30)}
     text = None
@@ -240,7 +242,7 @@ def generate(port, st, rng, chat, stream, max_tokens, kind, timeout=60, started=
     transport error, which is a violation: nobody asked to be dropped)."""
     rid = st.rid(kind)
     body = gen_body(rng, rid, chat, stream, max_tokens)
-    path = "/v1/chat/completions" if chat else "/v1/completions"
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     data = json.dumps(body).encode()
     c = http.client.HTTPConnection(HOST, port, timeout=timeout)
     with st.lock:
@@ -604,7 +606,8 @@ def phase_soak(args, workdir, summary, st):
         limit = first * (1 + RSS_MARGIN_FRAC) + RSS_MARGIN_ABS
         summary["rss_mib"] = {"first_third_max": round(first / 2**20, 1), "last_third_max": round(last / 2**20, 1),
                               "peak": round(max(v for _, v in rss) / 2**20, 1), "limit": round(limit / 2**20, 1),
-                              "samples": len(rss)}
+                              "samples": len(rss),
+                              "series": [[round(t, 1), round(v / 2**20, 1)] for t, v in rss[::max(1, len(rss) // 60)]]}
         if last > limit and not args.no_rss_check:
             st.violate(f"RSS grew: last third max {last / 2**20:.1f} MiB > {limit / 2**20:.1f} MiB")
     # Each 200 answered once, and once in the daemon's log.
@@ -734,9 +737,12 @@ def main():
                     help="share of requests with long prompts (150-700 words) and a random sparse_attention")
     ap.add_argument("--model-ctx", type=int, default=1024, help="context of the mkmodel model (without --model)")
     ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a daemon setting (repeatable)")
+    ap.add_argument("--completions-only", action="store_true",
+                    help="no chat requests (a base model without a chat template, e.g. Gemma 3 270M)")
     args = ap.parse_args()
-    global LONG_FRAC
+    global LONG_FRAC, NO_CHAT
     LONG_FRAC = args.long_frac
+    NO_CHAT = args.completions_only
     workdir = args.workdir or tempfile.mkdtemp(prefix="lacuna-soak-")
     os.makedirs(workdir, exist_ok=True)
     if not args.model:
