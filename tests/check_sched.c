@@ -614,7 +614,8 @@ END_TEST
  * chunk's logits at once (its selection depends on the chunk): on a
  * 70,000-token vocabulary its chunks are 128 rows (at most 64 MiB of logits),
  * not prefill_chunk's 512; fixed, so its tokens are the same alone and
- * beside another request, whose prompt takes part of every step. */
+ * beside another request, whose prompt takes part of every step; and a step
+ * holds at most 128 MiB of them. */
 START_TEST(test_sparse_prompt_logprobs_chunk) {
     char path[128];
     snprintf(path, sizeof path, "/tmp/lacuna_check_sched_vocab_%d.gguf", (int)getpid());
@@ -655,6 +656,29 @@ START_TEST(test_sparse_prompt_logprobs_chunk) {
     ck_assert_int_eq(beside.n_prompt_lps, 600);
     ck_assert(memcmp(&alone.prompt_lp1, &beside.prompt_lp1, sizeof(float)) == 0);
     assert_same(&beside, &alone, 4, "a sparse prompt with log-probabilities beside another");
+    /* Five at once: a step holds at most 128 MiB of such logits (479 rows
+     * here), so three chunks of 128 run in the first step and two wait;
+     * each still gives its bits alone. */
+    sched_t *s = mk_sched(m, 256, 1024, 512, 0);
+    static out_t five[5];
+    for (int i = 0; i < 5; i++) {
+        sched_params_t p;
+        greedy_params(&p, fp, 600, 4);
+        p.attn.prefill = ATTN_PREFILL_FLEX;
+        p.attn.min_budget = 64;
+        p.prompt_logprobs = 1;
+        submit(s, &five[i], &p);
+    }
+    ck_assert_int_eq(sched_step(s), 3 * 128);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    for (int i = 0; i < 5; i++) {
+        finish_out(&five[i]);
+        ck_assert_int_eq(five[i].n_prompt_lps, 600);
+        ck_assert(memcmp(&alone.prompt_lp1, &five[i].prompt_lp1, sizeof(float)) == 0);
+        assert_same(&five[i], &alone, 4, "five sparse prompts with log-probabilities");
+    }
+    assert_pool_clean(s);
+    sched_destroy(s);
     model_free(m);
 }
 END_TEST

@@ -127,6 +127,7 @@ typedef struct {
     int pf_budget; // prompt rows left under the step-time target
     int pf_rows;   // prompt rows taken so far
     int cp_rows;   // sharded generated rows taken so far (context parallelism)
+    int lp_rows;   // prompt rows whose logits go to the host for their log-probabilities
     int preempted;
 } batch_t;
 
@@ -146,6 +147,12 @@ static int64_t lp_sparse_chunk(const sched_t *s) {
     rows = rows / 128 * 128;
     if (rows < 128) rows = 128;
     return rows < s->cfg.prefill_chunk ? rows : s->cfg.prefill_chunk;
+}
+
+/* Rows of prompt log-probabilities one step holds (128 MiB of logits; a
+ * slice past it waits for the next step unless it is the step's first). */
+static int64_t lp_step_rows(const sched_t *s) {
+    return ((int64_t)128 << 20) / ((int64_t)sizeof(float) * (s->hp.n_vocab > 0 ? s->hp.n_vocab : 1));
 }
 
 /* Reserves and makes writable [kv->n_tokens, +n) for one slice. */
@@ -305,8 +312,10 @@ static int schedule_prompt(sched_t *s, batch_t *b, sched_req_t *r, int shortest)
         if (want_lp && n > lp_chunk_cap(s)) n = lp_chunk_cap(s);
     }
     if (n <= 0) return 0;
+    if (want_lp && b->lp_rows > 0 && b->lp_rows + n > lp_step_rows(s)) return 0; // (its chunk, whole, next step)
     int rc = make_room(s, &r->pkv, n);
     if (rc) return rc == LC_ENOSPC ? 0 : rc;
+    if (want_lp) b->lp_rows += n;
     model_logits_t mode = want_lp                            ? MODEL_LOGITS_ALL
                           : n == pending && !r->sampled_once ? MODEL_LOGITS_LAST
                                                              : MODEL_LOGITS_NONE;
