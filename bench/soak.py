@@ -29,7 +29,8 @@ shared documents of up to 500 words, so that the prefix cache hits) and a random
 budgets), and --set SECTION.KEY=V
 changes the daemon's configuration: e.g. a GPU with context parallelism from
 a few hundred tokens and a KV pool small enough to preempt
-(tests/gpu/run.sh soak), which the same checks then hold to.
+(tests/gpu/run.sh soak), which the same checks then hold to. --time-scale X
+multiplies the time limits (a sanitizer build is several times slower).
 
 Only the standard library is used. Usage:
   soak.py --lacunad build/lacunad --lacuna build/lacuna [--model M.gguf]
@@ -70,6 +71,7 @@ RESTART_HEALTHY_S = 5.0
 
 LONG_FRAC = 0.0  # --long-frac: the share of requests with long prompts and a sparse_attention
 NO_CHAT = False  # --completions-only: a base model without a chat template
+TIME_SCALE = 1.0  # --time-scale: the time limits' factor (a sanitizer build is several times slower)
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven tired engineers "
          "watch the queue fill and drain again").split()
@@ -237,14 +239,14 @@ def gen_body(rng, rid, chat, stream, max_tokens):
     return b
 
 
-def generate(port, st, rng, chat, stream, max_tokens, kind, timeout=60, started=None):
+def generate(port, st, rng, chat, stream, max_tokens, kind, timeout=None, started=None):
     """One well-behaved request. Returns the HTTP status (or None on a
     transport error, which is a violation: nobody asked to be dropped)."""
     rid = st.rid(kind)
     body = gen_body(rng, rid, chat, stream, max_tokens)
     path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
     data = json.dumps(body).encode()
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout or 60 * TIME_SCALE)
     with st.lock:
         st.sent += 1
     try:
@@ -328,9 +330,9 @@ def raw_request(path, body, extra=b"", method=b"POST", key=KEY):
     return hdr + b"\r\n" + (body or b"")
 
 
-def read_status(s, timeout=10):
+def read_status(s, timeout=None):
     """Reads until the status line and headers arrived; (status, headers-bytes) or (None, b'')."""
-    s.settimeout(timeout)
+    s.settimeout(timeout or 10 * TIME_SCALE)
     got = b""
     try:
         while b"\r\n\r\n" not in got:
@@ -403,7 +405,8 @@ def slowloris_loop(port, st, stop, seed, deadline_s):
             hdr_end = data.index(b"\r\n\r\n") + 4
             s.sendall(data[:hdr_end])
             i = hdr_end
-        limit = deadline_s + SLOWLORIS_SLACK_S + 3
+        slack = SLOWLORIS_SLACK_S * TIME_SCALE
+        limit = deadline_s + slack + 3
         while time.time() - t0 < limit:
             try:
                 if i < len(data):
@@ -426,8 +429,8 @@ def slowloris_loop(port, st, stop, seed, deadline_s):
         else:
             with st.lock:
                 st.slowloris.append(closed_at)
-            if closed_at > deadline_s + SLOWLORIS_SLACK_S:
-                st.violate(f"slowloris ({kind}) closed after {closed_at:.1f}s > {deadline_s}+{SLOWLORIS_SLACK_S}s")
+            if closed_at > deadline_s + slack:
+                st.violate(f"slowloris ({kind}) closed after {closed_at:.1f}s > {deadline_s}+{slack}s")
         st.inc(f"slowloris:{kind}")
 
 
@@ -522,7 +525,7 @@ def burst_loop(port, st, stop, seed, n, every):
 
 # ---- phases ------------------------------------------------------------------------------------
 def wait_idle(d, timeout=15.0):
-    end = time.time() + timeout
+    end = time.time() + timeout * TIME_SCALE
     m = {}
     while time.time() < end:
         m = d.metrics()
@@ -695,7 +698,7 @@ def phase_kill9(args, workdir, summary, st):
         took = d2.wait_healthy(timeout=30)
         r = generate(port, st, random.Random(7), False, False, 4, "restart")
         summary["kill9"] = {"healthy_after_s": round(time.time() - t0, 2), "first_request": r}
-        if time.time() - t0 > RESTART_HEALTHY_S:
+        if time.time() - t0 > RESTART_HEALTHY_S * TIME_SCALE:
             st.violate(f"restart after kill -9 took {time.time() - t0:.1f}s")
         if r != 200:
             st.violate(f"first request after restart: {r}")
@@ -737,11 +740,14 @@ def main():
                     help="share of requests with long prompts (150-700 words) and a random sparse_attention")
     ap.add_argument("--model-ctx", type=int, default=1024, help="context of the mkmodel model (without --model)")
     ap.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="a daemon setting (repeatable)")
+    ap.add_argument("--time-scale", type=float, default=1.0,
+                    help="multiply the time limits (restart, slowloris slack, replies) by this (sanitizer builds)")
     ap.add_argument("--completions-only", action="store_true",
                     help="no chat requests (a base model without a chat template, e.g. Gemma 3 270M)")
     args = ap.parse_args()
-    global LONG_FRAC, NO_CHAT
+    global LONG_FRAC, NO_CHAT, TIME_SCALE
     LONG_FRAC = args.long_frac
+    TIME_SCALE = args.time_scale
     NO_CHAT = args.completions_only
     workdir = args.workdir or tempfile.mkdtemp(prefix="lacuna-soak-")
     os.makedirs(workdir, exist_ok=True)
