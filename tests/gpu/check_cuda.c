@@ -477,43 +477,32 @@ model_t *check_cuda_tiny(uint32_t type, int n_heads, int n_kv_heads, int n_embd)
     return m;
 }
 
-/* A tiny Gemma 3 (tests/tinymodel.c): head_dim 256 on one KV head, layers 0
- * and 1 sliding over 96 positions, layer 2 global, QK-norm, post-norms,
- * GeGLU, scaled embeddings, logits soft-capped at 30. */
-model_t *check_cuda_tiny_gemma(void);
-model_t *check_cuda_tiny_gemma(void) {
-    const tiny_opts_t o = {.name = "tiny-gemma3",
-                           .n_layers = 3,
+/* A tiny Gemma 3 (tests/tinymodel.c) of n_layers, every swa_pattern-th
+ * global, the others sliding over 96 positions: head_dim 256 on one KV head,
+ * QK-norm, post-norms, GeGLU, scaled embeddings, logits soft-capped at 30. */
+static model_t *tiny_gemma(const char *name, int n_layers, int swa_pattern, uint64_t seed) {
+    const tiny_opts_t o = {.name = name,
+                           .n_layers = n_layers,
                            .n_embd = 512,
                            .n_heads = 2,
                            .n_kv_heads = 1,
                            .n_ff = 1024,
                            .n_ctx = 4096,
-                           .seed = 9,
+                           .seed = seed,
                            .qk_std = 2.0f,
                            .window = 96,
-                           .swa_pattern = 3,
+                           .swa_pattern = swa_pattern,
                            .final_softcap = 30.0f};
     return tiny_model_load(&o);
 }
 
-/* The same with 6 layers, 1, 3 and 5 global (one sliding layer group). */
+/* 3 layers: 0 and 1 sliding, 2 global. */
+model_t *check_cuda_tiny_gemma(void);
+model_t *check_cuda_tiny_gemma(void) { return tiny_gemma("tiny-gemma3", 3, 3, 9); }
+
+/* 6 layers, 1, 3 and 5 global (one sliding layer group). */
 model_t *check_cuda_tiny_gemma6(void);
-model_t *check_cuda_tiny_gemma6(void) {
-    const tiny_opts_t o = {.name = "tiny-gemma3-6",
-                           .n_layers = 6,
-                           .n_embd = 512,
-                           .n_heads = 2,
-                           .n_kv_heads = 1,
-                           .n_ff = 1024,
-                           .n_ctx = 4096,
-                           .seed = 13,
-                           .qk_std = 2.0f,
-                           .window = 96,
-                           .swa_pattern = 2,
-                           .final_softcap = 30.0f};
-    return tiny_model_load(&o);
-}
+model_t *check_cuda_tiny_gemma6(void) { return tiny_gemma("tiny-gemma3-6", 6, 2, 13); }
 
 /* A tiny model through both executors (head_dim 64, then 128, then the tiny
  * Gemma 3): a 150-token prompt in uneven chunks and 20 generated rows (past
