@@ -32,8 +32,7 @@ struct model_exec {
 
 #define CPU_BLOCK 16
 
-/* The CUDA executor runs the llama and gemma3 architectures (exec_cuda.cu;
- * Gemma 3 attends dense there so far). */
+/* The CUDA executor runs the llama and gemma3 architectures (exec_cuda.cu). */
 static int gpu_runs(const model_t *m) {
     return m->hp.arch_id == MODEL_ARCH_LLAMA || m->hp.arch_id == MODEL_ARCH_GEMMA3;
 }
