@@ -43,7 +43,8 @@ class Limits(ctypes.Structure):
 
 class Batch(ctypes.Structure):
     _fields_ = [("n_seqs", ctypes.c_int), ("q_indptr", P32), ("kv_indptr", P32), ("kv_indices", P32),
-                ("kv_len", P32), ("mask_off", P32), ("q_pos0", P32)]  # as attn_cuda_batch_t (q_pos0: NULL)
+                ("kv_len", P32), ("mask_off", P32), ("q_pos0", P32),
+                ("window", ctypes.c_int)]  # as attn_cuda_batch_t (q_pos0: NULL, window: 0)
 
 
 class Args(ctypes.Structure):
