@@ -41,8 +41,12 @@ static void sleep_ms(int ms) {
     nanosleep(&ts, NULL);
 }
 
-/* A port nothing listens on now (bound, read, released). */
-static int free_port(int v6) {
+/* A port nothing listens on now (bound, read, released), never one this
+ * process was given before: a port just released may come back from the
+ * next bind, and a host list must not name one twice by accident. */
+static int given[512], n_given;
+
+static int bound_port(int v6) {
     int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
     ck_assert_int_ge(fd, 0);
     struct sockaddr_storage ss = {0};
@@ -61,6 +65,20 @@ static int free_port(int v6) {
     int port = ntohs(v6 ? ((struct sockaddr_in6 *)&ss)->sin6_port : ((struct sockaddr_in *)&ss)->sin_port);
     close(fd);
     return port;
+}
+
+static int free_port(int v6) {
+    for (int tries = 0; tries < 1000; tries++) {
+        const int port = bound_port(v6);
+        int seen = 0;
+        for (int i = 0; i < n_given && !seen; i++) seen = given[i] == port;
+        if (seen) continue;
+        ck_assert_int_lt(n_given, (int)(sizeof given / sizeof given[0]));
+        given[n_given++] = port;
+        return port;
+    }
+    ck_abort_msg("no fresh free port in 1000 binds");
+    return -1;
 }
 
 /* "127.0.0.1:p0,127.0.0.1:p1,..." with n free ports. */
