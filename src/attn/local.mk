@@ -31,6 +31,7 @@ ATTN_CUDA_HDRS += src/attn/cuda/anchor_cuda.h src/attn/cuda/anchor.cuh src/attn/
 EXTRA_DIST += tests/gpu/check_anchor_cuda.c tests/gpu/check_anchor_kern.c tests/gpu/check_anchor_kern.h
 EXTRA_DIST += tests/gpu/check_tidal_cuda.c
 EXTRA_DIST += $(ATTN_CUDA_SRC) $(ATTN_CUDA_HDRS) tests/gpu/check_attn_cuda.c tests/gpu/run_attn.sh \
+	tests/gpu/gpu_delay.cu tests/gpu/gpu_delay.h \
 	tests/gpu/check_quest_cuda.c tests/gpu/check_flex_cuda.c tests/gpu/gpu_testutil.h \
 	tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c \
 	tests/gpu/bench_attn_cuda.py tests/gpu/bench_flex_ref.py tests/gpu/bench_sparse_common.py \
@@ -49,7 +50,9 @@ if HAVE_CHECK
 # What the suites share (the page table, benchmark timing, main's skip and run).
 GPU_FIXTURE = tests/gpu/gpu_testutil.h tests/gpu/gpu_fixture.h tests/gpu/gpu_fixture.c
 noinst_PROGRAMS += tests/gpu/check_attn_cuda
-tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c $(GPU_FIXTURE)
+tests_gpu_check_attn_cuda_SOURCES = tests/gpu/check_attn_cuda.c tests/gpu/gpu_delay.cu tests/gpu/gpu_delay.h \
+	$(GPU_FIXTURE)
+CUDA_SRCS += tests/gpu/gpu_delay.cu
 tests_gpu_check_attn_cuda_CFLAGS = $(CHECK_CFLAGS_ALL)
 tests_gpu_check_attn_cuda_LDADD = liblacuna.a -l:libcheck_pic.a -l:libsubunit.a $(CUDA_LIBS) -lrt -lm
 noinst_PROGRAMS += tests/gpu/check_quest_cuda

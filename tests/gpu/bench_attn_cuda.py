@@ -51,7 +51,7 @@ class Args(ctypes.Structure):
     _fields_ = [("q", ctypes.c_void_p), ("out", ctypes.c_void_p), ("lse", ctypes.c_void_p), ("k", ctypes.c_void_p),
                 ("v", ctypes.c_void_p), ("workspace", ctypes.c_void_p), ("workspace_bytes", ctypes.c_size_t),
                 ("variant", ctypes.c_int), ("block_mask", ctypes.c_void_p), ("rowmax", ctypes.c_void_p),
-                ("mask_only", ctypes.c_int)]
+                ("mask_only", ctypes.c_int), ("pdl_fresh", ctypes.c_int)]
 
 
 def i32(values):
@@ -87,10 +87,10 @@ class Attn:
         n = self.lib.attn_cuda_variant_count(self.plan)
         return [self.lib.attn_cuda_variant_name(self.plan, v).decode() for v in range(n)]
 
-    def run(self, q, out, lse, k, v, variant=0, mask=None):
+    def run(self, q, out, lse, k, v, variant=0, mask=None, pdl_fresh=0):
         a = Args(q.data_ptr(), out.data_ptr(), lse.data_ptr() if lse is not None else None, k.data_ptr(),
                  v.data_ptr(), self.ws.data_ptr(), self.ws_bytes, variant,
-                 mask.data_ptr() if mask is not None else None)
+                 mask.data_ptr() if mask is not None else None, None, 0, pdl_fresh)
         rc = self.lib.attn_cuda_run(self.plan, ctypes.byref(a),
                                     ctypes.c_void_p(torch.cuda.current_stream().cuda_stream))
         if rc:
@@ -335,6 +335,24 @@ def bench_decode(lib, ctx, B, ps, reps, rows):
     print(f"    ours: {t * 1e6:.1f} us, {kv_bytes / t / 1e12:.2f} TB/s, rel err vs sdpa {err:.2e}")
     rows.append(("decode", f"ctx={ctx // 1024}K B={B} p{ps}", "split-K", t, kv_bytes / t / 1e12, t_sdpa,
                  kv_bytes / t_sdpa / 1e12 if t_sdpa else None, sdpa_name, err))
+
+    # The same calls as programmatic dependent launches (attn_cuda_args_t.pdl_fresh): each call's CTAs
+    # start as the previous call's free their SMs and load their first stages before it completes, as
+    # a decode step's attention may overlap the kernel before it. The output must not change.
+    out_plain = out.clone()
+    plans[0].run(q, out, lse, sets[0][2], sets[0][3], pdl_fresh=1)
+    torch.cuda.synchronize()
+    same = torch.equal(out, out_plain)
+
+    def ours_pdl(i):
+        s = i % n_sets
+        plans[s].run(q, out, lse, sets[s][2], sets[s][3], pdl_fresh=1)
+
+    t_pdl = graph_timed(ours_pdl, reps)
+    print(f"    ours, chained (PDL): {t_pdl * 1e6:.1f} us, {kv_bytes / t_pdl / 1e12:.2f} TB/s, "
+          f"output {'bitwise the same' if same else 'DIFFERS'}")
+    rows.append(("decode", f"ctx={ctx // 1024}K B={B} p{ps}", "split-K, PDL", t_pdl, kv_bytes / t_pdl / 1e12, t_sdpa,
+                 kv_bytes / t_sdpa / 1e12 if t_sdpa else None, sdpa_name, err if same else float("nan")))
     for p in plans:
         p.close()
 

@@ -36,6 +36,7 @@
 #include "attn/attn.h"
 #include "attn/cuda/attn_cuda.h"
 #include "common/status.h"
+#include "gpu_delay.h"
 #include "gpu_fixture.h"
 #include "gpu_testutil.h"
 
@@ -692,6 +693,109 @@ START_TEST(test_decode_many_splits) {
 }
 END_TEST
 
+/* ---- programmatic dependent launch (attn_cuda_args_t.pdl_fresh) ---------------------------
+ * The decode kernel launched with PDL right after a kernel that spins, then
+ * writes q and the K/V of each sequence's last F keys (all of them NaN until
+ * then): the output must equal an ordinary launch's bitwise. Then the same
+ * with the contract broken (keys 0-63 NaN as well, which the kernel may load
+ * early): the output must differ, which shows that the early loads do run
+ * before the writer completes, so the first run tested something. */
+static void pdl_poison(const batch_t *b, uint16_t *k, uint16_t *v, int s, int lo, int hi) {
+    const int KH = b->sh.n_kv_heads, ps = b->sh.page_size, D = b->sh.head_dim;
+    const size_t page_elems = (size_t)KH * ps * D;
+    for (int t = lo < 0 ? 0 : lo; t < hi; t++) {
+        const int32_t pg = b->kv_indices[b->kv_indptr[s] + t / ps];
+        for (int h = 0; h < KH; h++) {
+            const size_t o = pg * page_elems + ((size_t)h * ps + t % ps) * D;
+            for (int c = 0; c < D; c++) k[o + c] = v[o + c] = 0x7fc0;
+        }
+    }
+}
+
+START_TEST(test_decode_pdl) {
+    rng = 0x9d1u;
+    const int H = 32, KH = 8, D = 128, ps = 64, F = 3;
+    const seq_t seqs[] = {{1, 1}, {63, 1}, {65, 1}, {700, 1}, {5000, 1}, {9001, 1}};
+    batch_t b;
+    batch_build(&b, H, KH, D, ps, 1, seqs, 6, 1.f);
+    const size_t pool_bytes = 2 * (size_t)KH * ps * D * b.sh.n_pool_pages, q_bytes = 2 * (size_t)b.rows * H * D;
+    const size_t bytes = (2 * pool_bytes + q_bytes + 15) / 16 * 16;
+    uint16_t *ref = malloc(q_bytes), *got = malloc(q_bytes), *hk = malloc(pool_bytes), *hv = malloc(pool_bytes);
+    float *ref_lse = malloc(sizeof(float) * b.rows * H), *got_lse = malloc(sizeof(float) * b.rows * H);
+    run_gpu(&b, 0, b.n, 0, 0, ref, ref_lse);
+    ck_assert(check_vs_cpu(&b, ref, ref_lse, "decode pdl: the ordinary launch"));
+
+    attn_cuda_limits_t lim = {.max_seqs = 16, .max_q_rows = b.rows + 1, .max_pages = b.kv_indptr[b.n] + 1};
+    attn_cuda_plan_t *p = NULL;
+    ck_assert_int_eq(attn_cuda_plan_create(&b.sh, ATTN_CUDA_DECODE, &lim, &p), 0);
+    attn_cuda_batch_t bt = {.n_seqs = b.n, .kv_indptr = b.kv_indptr, .kv_indices = b.kv_indices, .kv_len = b.kv_len};
+    size_t ws = 0;
+    ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
+    uint8_t *good, *live;
+    void *dout, *dlse, *dws = NULL;
+    CK_CUDA(cudaMalloc((void **)&good, bytes));
+    CK_CUDA(cudaMalloc((void **)&live, bytes));
+    CK_CUDA(cudaMalloc(&dout, q_bytes));
+    CK_CUDA(cudaMalloc(&dlse, sizeof(float) * b.rows * H));
+    if (ws) CK_CUDA(cudaMalloc(&dws, ws));
+    CK_CUDA(cudaMemcpy(good, b.kb, pool_bytes, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(good + pool_bytes, b.vb, pool_bytes, cudaMemcpyHostToDevice));
+    CK_CUDA(cudaMemcpy(good + 2 * pool_bytes, b.qb, q_bytes, cudaMemcpyHostToDevice));
+    cudaStream_t st;
+    CK_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const attn_cuda_args_t a = {.q = live + 2 * pool_bytes,
+                                .out = dout,
+                                .lse = dlse,
+                                .k = live,
+                                .v = live + pool_bytes,
+                                .workspace = dws,
+                                .workspace_bytes = ws,
+                                .pdl_fresh = F};
+    int differs = 0;
+    for (int broken = 0; broken <= 1; broken++) {
+        memcpy(hk, b.kb, pool_bytes);
+        memcpy(hv, b.vb, pool_bytes);
+        for (int s = 0; s < b.n; s++) { // the writer's keys, and (broken) keys 0-63 of the longer ones
+            pdl_poison(&b, hk, hv, s, b.kv_len[s] - F, b.kv_len[s]);
+            if (broken && b.kv_len[s] > 64 + F + 64) pdl_poison(&b, hk, hv, s, 0, 64);
+        }
+        CK_CUDA(cudaMemcpy(live, hk, pool_bytes, cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemcpy(live + pool_bytes, hv, pool_bytes, cudaMemcpyHostToDevice));
+        CK_CUDA(cudaMemset(live + 2 * pool_bytes, 0xff, q_bytes)); // q: NaN until the writer ends
+        CK_CUDA(cudaMemset(dout, 0xff, q_bytes));
+        CK_CUDA(cudaMemset(dlse, 0xff, sizeof(float) * b.rows * H));
+        CK_CUDA(cudaDeviceSynchronize());
+        ck_assert_int_eq(gpu_delayed_copy(live, good, bytes, 2000000, st), 0); // 2 ms, then everything right
+        ck_assert_int_eq(attn_cuda_run(p, &a, st), 0);
+        CK_CUDA(cudaStreamSynchronize(st));
+        CK_CUDA(cudaMemcpy(got, dout, q_bytes, cudaMemcpyDeviceToHost));
+        CK_CUDA(cudaMemcpy(got_lse, dlse, sizeof(float) * b.rows * H, cudaMemcpyDeviceToHost));
+        const int same = !memcmp(got, ref, q_bytes) && !memcmp(got_lse, ref_lse, sizeof(float) * b.rows * H);
+        if (!broken)
+            ck_assert_msg(same, "decode pdl: the output differs from the ordinary launch's");
+        else
+            differs = !same;
+    }
+    printf("decode pdl: bitwise equal with the contract kept; with keys 0-63 written late too the output %s\n",
+           differs ? "differs (the early loads ran before the writer completed)" : "is the same");
+    ck_assert_msg(differs, "decode pdl: no early load was seen, so the kept-contract run tested nothing");
+    cudaStreamDestroy(st);
+    cudaFree(good);
+    cudaFree(live);
+    cudaFree(dout);
+    cudaFree(dlse);
+    cudaFree(dws);
+    attn_cuda_plan_destroy(p);
+    free(ref);
+    free(got);
+    free(hk);
+    free(hv);
+    free(ref_lse);
+    free(got_lse);
+    batch_free(&b);
+}
+END_TEST
+
 /* ---- bad input: clear errors, nothing launched ------------------------------------------ */
 START_TEST(test_bad_input) {
     attn_cuda_shape_t sh = {
@@ -800,6 +904,7 @@ static Suite *attn_cuda_suite(void) {
     tcase_add_test(decode, test_decode_groups);
     tcase_add_test(decode, test_decode_many_splits);
     tcase_add_test(decode, test_decode_d256_window);
+    tcase_add_test(decode, test_decode_pdl);
     suite_add_tcase(s, decode);
     return s;
 }

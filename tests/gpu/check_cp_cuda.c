@@ -370,7 +370,7 @@ static void ref_prefill(const world_t *w, uint16_t *out, float *lse) {
     CK_CUDA(cudaMalloc(&dout, 2 * qn));
     CK_CUDA(cudaMalloc(&dlse, sizeof(float) * w->n_tok * w->H));
     CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
-    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, NULL, NULL, 0};
+    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, NULL, NULL, 0, 0};
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
     CK_CUDA(cudaDeviceSynchronize());
     CK_CUDA(cudaMemcpy(out, dout, 2 * qn, cudaMemcpyDeviceToHost));
@@ -572,7 +572,7 @@ static void ref_flex(const world_t *w, const attn_cuda_flex_policy_t *pol, uint1
     CK_CUDA(cudaMemset(dpairs, 0, sizeof hp));
     CK_CUDA(cudaMemcpy(dq, w->q, 2 * qn, cudaMemcpyHostToDevice));
     ck_assert_int_eq(attn_cuda_flex_select(f, dq, w->dk, dmask, NULL), 0);
-    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, dmask, NULL, 0};
+    attn_cuda_args_t a = {dq, dout, dlse, w->dk, w->dv, NULL, 0, 0, dmask, NULL, 0, 0};
     ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
     ck_assert_int_eq(attn_cuda_mask_pairs(p, dmask, dpairs, NULL), 0);
     CK_CUDA(cudaDeviceSynchronize());
@@ -1031,7 +1031,7 @@ static int check_decode_q(int H, int KH, int D, int n, uint64_t seed, int quest,
         size_t ws = 0;
         ck_assert_int_eq(attn_cuda_plan(p, &bt, NULL, &ws), 0);
         ref_buf_t rb = ref_alloc(qn, DS * H, ws);
-        attn_cuda_args_t a = {w.dq, rb.out, rb.lse, w.dk, w.dv, rb.ws, ws, 0, NULL, NULL, 0};
+        attn_cuda_args_t a = {w.dq, rb.out, rb.lse, w.dk, w.dv, rb.ws, ws, 0, NULL, NULL, 0, 0};
         ck_assert_int_eq(attn_cuda_run(p, &a, NULL), 0);
         ref_finish(&rb, ro, rl);
         attn_cuda_plan_destroy(p);

@@ -121,6 +121,12 @@ typedef struct {
                                 // (AnchorAttention's whole kept blocks, the ring's steps past the own keys);
                                 // 2: the set bits only, the diagonal block included when its bit is set
                                 // (rows within the keys; a context-parallel rank's share of the anchor pass)
+    int pdl_fresh;              // decode: 0, an ordinary launch. n > 0: a programmatic dependent launch (sm_90
+                                // PDL): the kernel starts while the stream's previous kernel finishes, and its
+                                // first stages of each sequence's keys below kv_len - n load before that kernel
+                                // has completed (the plan too); q, the keys from kv_len - n on and every output
+                                // wait for it. So n must cover every key a kernel still running may write (the
+                                // step's new rows); the output is bitwise the same either way.
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;

@@ -18,6 +18,8 @@
 // writes (O, LSE) to the workspace; the last chunk of a (sequence, kv head) to
 // finish (an arrival counter in the plan, reset by that CTA) merges them in
 // chunk order, so the result does not depend on which CTA came last.
+#include <climits>
+
 #include "attn/cuda/plan.cuh"
 #include "attn/cuda/sm90.cuh"
 #include "ops/cuda/cuda_check.cuh"
@@ -45,6 +47,8 @@ struct DecodeParams {
     int *counters;             // (n_seqs, n_kv_heads) chunks finished, back to 0 after the merge
     int n_heads, n_kv_heads, group, page_size;
     int window; // > 0: the query at kv_len - 1 sees keys from kv_len - window on
+    int fresh;  // >= 0 (a programmatic dependent launch): stages of keys below kv_len - fresh load before the
+                // previous kernel has completed; < 0: nothing before it
     float scale_log2;
 };
 
@@ -89,6 +93,15 @@ __device__ __forceinline__ void dec_trace(int i) {
 
 __device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
 
+// Programmatic dependent launch (sm_90): a kernel launched with it may start
+// while the stream's previous kernel finishes. griddepcontrol.wait returns once
+// that kernel has completed and its writes are visible (at once without such a
+// launch); launch_dependents lets the next such kernel start its CTAs as SMs free.
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void griddep_launch_dependents() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 // Two CTAs an SM up to 128 dims; at 256 one (the stages and a 256-dim O).
 template <int D>
 __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
@@ -104,6 +117,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     float *sm_w = reinterpret_cast<float *>(sm + L::kW);
     int *sm_flag = reinterpret_cast<int *>(sm + L::kFlag);
     if (threadIdx.x == 0) DEC_TRACE(0);
+    griddep_launch_dependents();
 
     const int4 it = p.items[blockIdx.x];
     const int seq = it.x, kvh = it.y, chunk = it.z;
@@ -128,7 +142,12 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     if (warp == kWarps) { // ---- producer -----------------------------------------------------
         // The warp reads the page ids of 32 stages at once (one round trip
         // instead of one per stage before each load); lane 0 issues the loads.
+        // Under a programmatic dependent launch the first stages whose keys the
+        // previous kernel cannot be writing (below kv_len - fresh) load before
+        // it has completed; the plan (the page ids) was written before it.
         const int32_t *pages = p.kv_indices + p.kv_indptr[seq];
+        const int early_end = p.fresh >= 0 ? kv_len - p.fresh : INT_MIN;
+        bool waited = false;
         int page = 0;
         for (int i = 0; i < n_stages; i++) {
             if ((i & 31) == 0 && i + lane < n_stages) page = pages[(key_begin + (i + lane) * kStageKeys) / p.page_size];
@@ -136,6 +155,10 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
             if (lane == 0) {
                 const int st = i % kStages, key0 = key_begin + i * kStageKeys;
                 const int row = (pg * p.n_kv_heads + kvh) * p.page_size + key0 % p.page_size;
+                if (!waited && (i >= kStages || key0 + kStageKeys > early_end)) {
+                    griddep_wait();
+                    waited = true;
+                }
                 mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);
                 mbar_arrive_expect_tx(&full[st], 2 * L::kKV);
 #pragma unroll
@@ -154,6 +177,7 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     const int g_a = lane >> 2, g_b = g_a + 8, qd = (lane & 3) * 2;
     const float sl2 = p.scale_log2;
     uint32_t qa[D / 16][4];
+    griddep_wait(); // q, the outputs and the workspace belong to the previous kernels until they complete
     {
         const __nv_bfloat16 *qh = p.q + ((size_t)seq * p.n_heads + (size_t)kvh * G) * D + qd;
 #pragma unroll
@@ -272,14 +296,17 @@ __global__ void __launch_bounds__(kThreads, D == 256 ? 1 : 2)
     // selection, quest.cu) has M = -inf: output 0, LSE -inf.
     const float f_a = M_a == -INFINITY ? 0.f : fast_exp2((m_a - M_a) * sl2),
                 f_b = M_b == -INFINITY ? 0.f : fast_exp2((m_b - M_b) * sl2);
-    float *sm_o = reinterpret_cast<float *>(sm); // [kWarps][16][D], over the stage buffers
+    float *sm_o = reinterpret_cast<float *>(sm); // [kWarps][16][D], over the stage buffers (rows < G written)
+    if (g_a < G)
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-        *reinterpret_cast<float2 *>(sm_o + (warp * 16 + g_a) * D + 8 * n + qd) =
-            make_float2(o[n][0] * f_a, o[n][1] * f_a);
-        *reinterpret_cast<float2 *>(sm_o + (warp * 16 + g_b) * D + 8 * n + qd) =
-            make_float2(o[n][2] * f_b, o[n][3] * f_b);
-    }
+        for (int n = 0; n < D / 8; n++)
+            *reinterpret_cast<float2 *>(sm_o + (warp * 16 + g_a) * D + 8 * n + qd) =
+                make_float2(o[n][0] * f_a, o[n][1] * f_a);
+    if (g_b < G)
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            *reinterpret_cast<float2 *>(sm_o + (warp * 16 + g_b) * D + 8 * n + qd) =
+                make_float2(o[n][2] * f_b, o[n][3] * f_b);
     if (warp == 0 && (lane & 3) == 0) {
         float L_a = 0.f, L_b = 0.f;
 #pragma unroll
@@ -388,8 +415,19 @@ template <int D> int set_smem() {
 template <int D>
 int launch_decode(const CUtensorMap &mk, const CUtensorMap &mv, const DecodeParams &dp, int n_items,
                   cudaStream_t stream) {
-    decode_kernel<D><<<n_items, kThreads, DecodeSmem<D>::kAlloc, stream>>>(mk, mv, dp);
-    CUDA_CHECK_RET(cudaGetLastError());
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    cfg.gridDim = dim3(n_items);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = DecodeSmem<D>::kAlloc;
+    cfg.stream = stream;
+    if (dp.fresh >= 0) {
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    CUDA_CHECK_RET(cudaLaunchKernelEx(&cfg, decode_kernel<D>, mk, mv, dp));
     return 0;
 }
 
@@ -437,6 +475,7 @@ int attn_cuda_decode_launch(const attn_cuda_plan_t *p, const attn_cuda_args_t *a
     dp.group = G;
     dp.page_size = p->shape.page_size;
     dp.window = p->window;
+    dp.fresh = a->pdl_fresh > 0 ? a->pdl_fresh : -1;
     dp.scale_log2 = p->shape.scale * 1.4426950408889634f;
     if (D == 256) return launch_decode<256>(mk, mv, dp, p->n_items, stream);
     if (D == 128) return launch_decode<128>(mk, mv, dp, p->n_items, stream);
