@@ -379,7 +379,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
     ap.add_argument("--part", choices=("all", "prefill", "decode", "sparse"), default="all")
-    ap.add_argument("--quick", action="store_true", help="fewer sizes (8K prefill, 32K decode at B 1 and 8)")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes (8K prefill; decode at 32K, B 1 and 8, and 128K, B 1)")
     ap.add_argument("--table", help="also write the table rows (no header) to this file")
     args = ap.parse_args()
     lib = ctypes.CDLL(args.lib)
@@ -397,7 +397,7 @@ def main():
             bench_sparse(lib, L, 64, reps, rows)
             torch.cuda.empty_cache()
     if args.part in ("all", "decode"):
-        dec = [(32768, 1), (32768, 8)] if args.quick else [(c, b) for c in (32768, 131072) for b in (1, 8, 32, 64)]
+        dec = [(32768, 1), (32768, 8), (131072, 1)] if args.quick else [(c, b) for c in (32768, 131072) for b in (1, 8, 32, 64)]
         for ctx, B in dec:
             bench_decode(lib, ctx, B, 64, 30, rows)
             torch.cuda.empty_cache()
