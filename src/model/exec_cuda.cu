@@ -304,8 +304,6 @@ static int alloc_kv(model_cuda_t *c, const model_exec_opts_t *o, char *err, size
  * asked otherwise, wide for prompt rows and split for generated rows;
  * LACUNA_GPU_GEMM=wide|split|fast gives every row one mode (to measure them). */
 static void gemm_modes(const model_exec_opts_t *o, model_cuda_t *c) {
-    const char *p = getenv("LACUNA_CUDA_DECODE_PDL");
-    c->dec_pdl = p && !strcmp(p, "1");
     const char *e = getenv("LACUNA_GPU_GEMM");
     c->pf_mode = OPS_GEMM_INVARIANT_WIDE;
     c->dec_mode = OPS_GEMM_INVARIANT_SPLIT;

@@ -95,7 +95,6 @@ struct model_cuda {
     int tidal_ok, quest_ok;
     void *dec_ws;
     size_t dec_ws_bytes;
-    int dec_pdl; // the dense decode kernels as programmatic dependent launches (LACUNA_CUDA_DECODE_PDL=1)
     attn_cuda_shape_t shape;
     attn_cuda_limits_t dec_lim;
     /* Quest decode (attn/cuda/quest_cuda.h): the per-channel key min and max

@@ -320,7 +320,6 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
             a.out = c->att + (size_t)st->n_pf_rows * HD;
             a.workspace = c->dec_ws;
             a.workspace_bytes = c->dec_ws_bytes;
-            a.pdl_fresh = c->dec_pdl ? st->rows : 0;
             rc = attn_cuda_run(c->dec_plan_w[w], &a, c->stream);
         }
         if (st->n_tidal)
@@ -350,9 +349,6 @@ static int run_attention(model_cuda_t *c, const step_t *st, int l) {
         a.out = c->att + (size_t)st->n_pf_rows * HD;
         a.workspace = c->dec_ws;
         a.workspace_bytes = c->dec_ws_bytes;
-        /* (no sequence gained more keys in this step than it has rows: the
-         * K/V written before this kernel lie in the last st->rows positions) */
-        a.pdl_fresh = c->dec_pdl ? st->rows : 0;
         int rc = attn_cuda_run(c->dec_plan, &a, c->stream);
         if (rc) return rc;
     }

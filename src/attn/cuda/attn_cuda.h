@@ -126,7 +126,11 @@ typedef struct {
                                 // first stages of each sequence's keys below kv_len - n load before that kernel
                                 // has completed (the plan too); q, the keys from kv_len - n on and every output
                                 // wait for it. So n must cover every key a kernel still running may write (the
-                                // step's new rows); the output is bitwise the same either way.
+                                // step's new rows); the output is bitwise the same either way. It pays between
+                                // back-to-back kernels (batch-1 decode calls chained: 2.50 -> 2.73 TB/s at 32K
+                                // on an H100). The executor leaves it 0: its attention follows a CUDA graph's
+                                // launch, not a kernel, and with it a decode step took the same time
+                                // (docs/benchmarks.md).
 } attn_cuda_args_t;
 
 typedef struct attn_cuda_plan attn_cuda_plan_t;
