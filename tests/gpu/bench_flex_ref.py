@@ -73,12 +73,13 @@ sampled rows).
 --preset equal-error: the run for the equal-error tables in a few minutes
 of GPU (the options it sets are in PRESETS; flags given explicitly win):
 synthetic moderate and sink at 32K and 128K, real at 32K, 64K and 128K
-(three layers), ours flex at gamma 0.7, 0.8, 0.9, 0.95 x min_budget 256 and
-1024, ours anchor at theta 3, 6, 9, 12 (and -inf), the reference at 0.9 and
+(three layers), ours flex at gamma 0.5, 0.6, 0.7, 0.8, 0.9, 0.95 x min_budget
+256 and 1024, ours anchor at theta 3, 6, 9, 12 (and -inf), the reference at 0.9 and
 0.95, 3 timed calls per measurement, a guard per case. Estimate from
 docs/benchmarks.md's times: 128K synthetic about 35-40 s a case, 32K about
 6, real about 15 s per layer for its three lengths, capture and Triton
-compiles about 1 min: about 3.5-4 min in all.
+compiles about 1 min: about 3.5-4 min in all (2.3 min on an H100 on
+2026-12-07).
 
 A method that fails (the reference on a shape its Triton kernels do not
 take, a capacity) is a table row "failed: <reason>"; the others still run.
@@ -115,7 +116,7 @@ MIN_BUDGET = 1024  # the reference's (the paper's default)
 # --preset NAME: option defaults (flags given explicitly win)
 PRESETS = {
     "equal-error": dict(inputs="moderate,sink", lengths="32K,128K", capture_lengths="32K,64K,128K",
-                        gammas="0.7,0.8,0.9,0.95", min_budgets="256,1024", thetas="3,6,9,12",
+                        gammas="0.5,0.6,0.7,0.8,0.9,0.95", min_budgets="256,1024", thetas="3,6,9,12",
                         ref_gammas="0.9,0.95", max_reps=3, budget_s=0.2, recall_rows=128, case_limit=120,
                         method_limit=90),  # a first Triton compile (the reference) fits
 }
