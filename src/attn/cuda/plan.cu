@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+
 #include "attn/cuda/plan.cuh"
 #include "ops/cuda/cuda_check.cuh"
 
@@ -25,12 +27,24 @@ size_t arena_capacity(const attn_cuda_plan_t *p) {
     return round4(s + 1) * 2 + round4(s) + 4 * s + 4 * (size_t)max_items(p) + round4((size_t)p->lim.max_pages);
 }
 
-int cmp_prefill_items(const void *a, const void *b) {
-    const int32_t *x = (const int32_t *)a, *y = (const int32_t *)b;
-    if (x[3] != y[3]) return x[3] > y[3] ? -1 : 1; // more KV tiles first
+struct PrefillItem {
+    int32_t v[4]; // sequence, first row, head, KV tiles (the dense order's first key)
+};
+
+// The CTAs' launch order (results do not depend on it). Dense tiles: the
+// most KV tiles first (the tail), then sequence, row, head, so that the CTAs
+// running at once (a few query blocks, every head) walk the same KV tiles in
+// step and find them in L2. Block-sparse tiles come first, by sequence, then
+// head, then rows from the last: the CTAs running at once are then one
+// head's query blocks, which share its vertical columns and most of its
+// diagonals' blocks, where one query block's heads pick apart (32 heads,
+// d 128, 128K: the block-sparse kernel went from 0.73-0.86 of the dense
+// kernel's speed per computed block to 0.95-1.01; docs/benchmarks.md).
+bool dense_item_before(const PrefillItem &a, const PrefillItem &b) {
+    if (a.v[3] != b.v[3]) return a.v[3] > b.v[3];
     for (int i = 0; i < 3; i++)
-        if (x[i] != y[i]) return x[i] < y[i] ? -1 : 1;
-    return 0;
+        if (a.v[i] != b.v[i]) return a.v[i] < b.v[i];
+    return false;
 }
 
 // Decode chunk of a sequence: at least split_keys keys, at most max_splits
@@ -266,7 +280,15 @@ extern "C" int attn_cuda_plan(attn_cuda_plan_t *p, const attn_cuda_batch_t *b, v
                 row0 += rows;
             }
         }
-        qsort(items, (size_t)n_items, 4 * sizeof(int32_t), cmp_prefill_items);
+        PrefillItem *pi = reinterpret_cast<PrefillItem *>(items);
+        std::sort(pi, pi + n_items, [&](const PrefillItem &a, const PrefillItem &b) {
+            const bool sa = h[p->off_seq_info + 4 * a.v[0]] >= 0, sb = h[p->off_seq_info + 4 * b.v[0]] >= 0;
+            if (sa != sb) return sa;
+            if (!sa) return dense_item_before(a, b);
+            if (a.v[0] != b.v[0]) return a.v[0] < b.v[0];
+            if (a.v[2] != b.v[2]) return a.v[2] < b.v[2];
+            return a.v[1] > b.v[1];
+        });
         p->n_rows = b->q_indptr[n];
     } else {
         // Sequences with larger chunks (the long ones) first; within, (kv head, chunk) order.
