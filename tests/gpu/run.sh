@@ -85,6 +85,11 @@
 #            true cp4" adds the windows with parallel.context = 4 from 16K
 #     e2e8b  the same on a random-weight Llama-3-8B-shaped model written here
 #            by `lacuna mkmodel` (q8_0, 128256-token synthetic vocabulary)
+#     flexprof  where a FlexPrefill selection's time goes: each of its
+#            kernels' time under ncu (bench/gpu_kernel_times.py) over
+#            check_flex_cuda's benchmark at FLEXPROF_CTX keys (default
+#            131072; 32 q / 8 kv heads, d 128, a 4,096-row chunk, every head
+#            vertical-slash and then every head query-aware), per selection
 #     steps8b  the attention kernels of decode steps in place, on the e2e8b
 #            model: `lacuna complete` (one 30,000-word prompt, dense prefill,
 #            24 tokens) under ncu, per decode method (STEPS8B_METHODS: dense
@@ -423,6 +428,14 @@ for step in "$@"; do
             --libpath "$G/lib:$CUDA_LIB" --model "$M8" --lacunad-log "$OUT/e2e8b-lacunad.log" --vocab 128256 --prompts "${E2E8B_PROMPTS:-1024,8192,32000}" --streams 1,64 ${E2E8B_FLAGS:-} \
             --out "$OUT/e2e8b.json" 2>&1 | tee "$OUT/e2e8b.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail e2e8b 1
+        ;;
+    flexprof)
+        fctx=${FLEXPROF_CTX:-131072}
+        ours env FLEX_BENCH=1 FLEX_BENCH_CTX="$fctx" timeout 400 python3 bench/gpu_kernel_times.py \
+            --label "FlexPrefill's selection, 32 q / 8 kv heads, d 128, $fctx keys, a 4,096-row chunk" \
+            --kernels 'rep_prep|score_kernel|merge_ml|slash_kernel|kpool|diverge|qpool|cells_kernel|select_kernel|colsel|mask_kernel' \
+            --count 600 --per-kernel select_kernel -- "$G/bin/check_flex_cuda" 2>&1 | tee "$OUT/flexprof.md"
+        [ "${PIPESTATUS[0]}" = 0 ] || fail flexprof 1
         ;;
     steps8b)
         model8b 32768 || { fail "mkmodel 8b" 1; continue; }
