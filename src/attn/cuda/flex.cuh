@@ -45,11 +45,18 @@ struct FlexParams {
     uint32_t *thr;        // (H, 4) order keys: query-aware, vertical, slash thresholds
     float *qrep32;        // (128, H, D) dist: the representative rows this rank holds (0 elsewhere), then all
     __nv_bfloat16 *qrep;  // (128, H, D) dist: the same in bf16
+    // the thresholds' radix select runs on sel_ctas CTAs a head, which merge
+    // their histograms of each level in selhist and meet at selbar
+    unsigned long long *selhist; // (H, 3, 512): a level's counts, then masses; a ring of 3 (zeroed by the launch)
+    unsigned *selbar;            // (H) arrivals at the head's barrier (zeroed by the launch)
+    int sel_ctas;                // CTAs a head (>= 1; the thresholds do not depend on it)
     size_t sN, sKB, sCells, sQpool;
 };
 
 // Launchers (flex_kern.cu), on stream; 0 or LC_EDEVICE.
 int attn_flex_kern_init(void); // the score kernel's shared memory limit, before the first select
+// the select's CTAs a head for H heads on this device (all of them resident at once)
+int attn_flex_sel_ctas(int H);
 // a small sequence's mask (every causal bit): grid (n_qb, H)
 int attn_flex_small_launch(const FlexParams &p, cudaStream_t st);
 // the whole selection of one sequence, its kernels in flex_kern.cu's order

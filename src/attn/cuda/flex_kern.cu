@@ -24,6 +24,7 @@
 // caller sums the tables between the phases; the rest runs on every rank.
 #include <cuda_bf16.h>
 #include <math.h>
+#include <stdlib.h>
 
 #include "attn/cuda/flex.cuh"
 #include "ops/cuda/cuda_check.cuh"
@@ -336,19 +337,50 @@ struct Hist {
     unsigned long long above_mass, total;
 };
 
+// A head's CTAs of the select (grid (sel_ctas, H)): which part of the
+// candidates this CTA counts, and where the head's CTAs merge their counts.
+struct SelCtx {
+    int c, n_c;               // this CTA's part, the head's CTAs
+    unsigned long long *hist; // the head's ring of 3 merged histograms
+    unsigned *bar;            // the head's barrier counter
+    unsigned calls;           // levels counted so far (the same sequence on every CTA of the head)
+};
+
+// The head's CTAs wait for each other: each arrives once per level (the
+// counter only grows), so the k-th wait ends at k * n_c arrivals.
+__device__ void head_sync(const SelCtx &sc, unsigned target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(sc.bar, 1u);
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(sc.bar) : "memory");
+            if (v < target) __nanosleep(32);
+        } while (v < target);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
 // One radix level over x[0..n): counts (and masses) per byte at shift of the
-// keys whose higher bytes equal prefix. Warp-aggregated: one shared atomic
-// per distinct bin and warp; the integer sums make the order irrelevant.
+// keys whose higher bytes equal prefix. Each CTA of the head counts its part
+// of x. Warp-aggregated: one shared atomic per distinct bin and warp; the
+// head's CTAs then add their bins into the level's merged histogram (global
+// atomics) and read it back after they have all added: integer sums, so
+// neither the order nor the number of CTAs changes a count.
 __device__ void hist_level(const float *x, int64_t n, uint32_t prefix, uint32_t mask, int shift, bool want_mass,
-                           Hist &hs) {
+                           Hist &hs, SelCtx &sc) {
     const int tid = threadIdx.x, lane = tid & 31;
     for (int b = tid; b < 256; b += blockDim.x) hs.cnt[b] = 0, hs.mass[b] = 0;
     __syncthreads();
-    for (int64_t base = 0; base < n; base += blockDim.x) {
+    const int64_t part = ((n + sc.n_c - 1) / sc.n_c + blockDim.x - 1) / blockDim.x * blockDim.x;
+    const int64_t i0 = (int64_t)sc.c * part, i1 = i0 + part < n ? i0 + part : n;
+    for (int64_t base = i0; base < i1; base += blockDim.x) {
         const int64_t i = base + tid;
-        const float v = i < n ? x[i] : 0.f;
+        const float v = i < i1 ? x[i] : 0.f;
         const uint32_t u = okey(v);
-        const bool in = i < n && (u & mask) == prefix;
+        const bool in = i < i1 && (u & mask) == prefix;
         const int bin = in ? (int)((u >> shift) & 255u) : 256;
         const unsigned long long fx = in && want_mass ? tofx(v) : 0ull;
         unsigned pending = __ballot_sync(0xffffffffu, in);
@@ -366,6 +398,26 @@ __device__ void hist_level(const float *x, int64_t n, uint32_t prefix, uint32_t 
         }
     }
     __syncthreads();
+    if (sc.n_c > 1) {
+        unsigned long long *g = sc.hist + (size_t)(sc.calls % 3) * 512;
+        for (int b = tid; b < 256; b += blockDim.x) {
+            if (hs.cnt[b]) atomicAdd(&g[b], (unsigned long long)hs.cnt[b]);
+            if (hs.mass[b]) atomicAdd(&g[256 + b], hs.mass[b]);
+        }
+        head_sync(sc, (sc.calls + 1) * (unsigned)sc.n_c);
+        for (int b = tid; b < 256; b += blockDim.x) {
+            hs.cnt[b] = (unsigned)__ldcg(&g[b]);
+            hs.mass[b] = __ldcg(&g[256 + b]);
+        }
+        // The ring's next-but-one histogram was last read before this
+        // level's wait: clear it for the level after next.
+        if (sc.c == 0) {
+            unsigned long long *z = sc.hist + (size_t)((sc.calls + 2) % 3) * 512;
+            for (int b = tid; b < 512; b += blockDim.x) z[b] = 0ull;
+        }
+        __syncthreads();
+    }
+    sc.calls++;
 }
 
 // Warp 0: from the top bin down, the first bin where the running sums reach
@@ -416,10 +468,10 @@ template <bool BY_MASS> __device__ void find_bin(Hist &hs, unsigned long long ta
 }
 
 // The k-th largest key of x[0..n) (1 <= k <= n).
-__device__ uint32_t select_count(const float *x, int64_t n, unsigned k, Hist &hs) {
+__device__ uint32_t select_count(const float *x, int64_t n, unsigned k, Hist &hs, SelCtx &sc) {
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        hist_level(x, n, prefix, mask, shift, false, hs);
+        hist_level(x, n, prefix, mask, shift, false, hs, sc);
         find_bin<false>(hs, 0, k);
         __syncthreads();
         if (hs.bin < 0) return 0; // unreachable: the candidates hold k keys
@@ -435,12 +487,13 @@ __device__ uint32_t select_count(const float *x, int64_t n, unsigned k, Hist &hs
 // mass gamma (rel: gamma times their total, else gamma itself), all ties at T
 // in; *count = keys >= T. gamma >= 1 or a total short of the goal: T = 0,
 // every key (the CPU takes them all).
-__device__ uint32_t select_mass(const float *x, int64_t n, float gamma, bool rel, int64_t *count, Hist &hs) {
+__device__ uint32_t select_mass(const float *x, int64_t n, float gamma, bool rel, int64_t *count, Hist &hs,
+                                SelCtx &sc) {
     uint32_t prefix = 0, mask = 0;
     unsigned long long target = 0, above_mass = 0;
     int64_t above_cnt = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
-        hist_level(x, n, prefix, mask, shift, true, hs);
+        hist_level(x, n, prefix, mask, shift, true, hs, sc);
         if (shift == 24) {
             if (threadIdx.x < 32) { // the total mass, for the goal
                 unsigned long long s = 0;
@@ -476,30 +529,36 @@ __device__ uint32_t select_mass(const float *x, int64_t n, float gamma, bool rel
     return prefix;
 }
 
-// grid H, block kSelThreads: the head's thresholds; vertical-slash heads also
-// count the kept diagonals before each offset (cnt[o] for o = 0..N).
+// grid (sel_ctas, H), block kSelThreads, launched cooperatively (every CTA
+// resident: a head's CTAs wait for each other at each level): the head's
+// thresholds, the same on each of its CTAs, written by the first; it then
+// counts, for vertical-slash heads, the kept diagonals before each offset
+// (cnt[o] for o = 0..N).
 __global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p) {
     __shared__ Hist hs;
     __shared__ int w_sum[kSelThreads / 32];
-    const int h = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    SelCtx sc{(int)blockIdx.x, (int)gridDim.x, p.selhist + (size_t)h * 3 * 512, p.selbar + h, 0u};
+    const bool first = blockIdx.x == 0;
     int64_t count;
     if (p.branch[h] == 1) {
         const uint32_t T =
-            select_mass(p.cells + (size_t)h * p.sCells, (int64_t)p.n_qb * p.n_kb, p.gamma, false, &count, hs);
-        if (tid == 0) p.thr[4 * h] = T;
+            select_mass(p.cells + (size_t)h * p.sCells, (int64_t)p.n_qb * p.n_kb, p.gamma, false, &count, hs, sc);
+        if (first && tid == 0) p.thr[4 * h] = T;
         return;
     }
     uint32_t T[2];
     for (int w = 0; w < 2; w++) { // take_mass of flex_vertical_slash, for the columns then the diagonals
         const float *x = (w == 0 ? p.vert : p.slash) + (size_t)h * p.sN;
-        T[w] = select_mass(x, p.N, p.gamma, true, &count, hs);
+        T[w] = select_mass(x, p.N, p.gamma, true, &count, hs, sc);
         int64_t k = count;
         if (k < p.lo) k = p.lo;
         if (p.hi > 0 && k > p.hi) k = p.hi;
         if (k > p.N) k = p.N;
-        if (k != count) T[w] = k > 0 ? select_count(x, p.N, (unsigned)k, hs) : 0xffffffffu;
-        if (tid == 0) p.thr[4 * h + 1 + w] = T[w];
+        if (k != count) T[w] = k > 0 ? select_count(x, p.N, (unsigned)k, hs, sc) : 0xffffffffu;
+        if (first && tid == 0) p.thr[4 * h + 1 + w] = T[w];
     }
+    if (!first) return;
     const float *sl = p.slash + (size_t)h * p.sN;
     int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
     if (tid == 0) cnt[0] = 0;
@@ -605,6 +664,28 @@ int attn_flex_kern_init(void) {
     return 0;
 }
 
+// A head's CTAs of the select: as many as fit the device at once beside
+// the other heads' (a cooperative launch must), at most 16; 1 (an ordinary
+// launch) when fewer than 2 fit. A cooperative grid's CTAs are all resident
+// together even beside other streams' kernels (context-parallel ranks'
+// selections run at once on one GPU), so the waits end.
+// LACUNA_FLEX_SEL_CTAS=n asks for at most n (check_flex_cuda: 1 and the
+// default give the same masks).
+int attn_flex_sel_ctas(int H) {
+    int dev = 0, sms = 0, per_sm = 0, coop = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, select_kernel, kSelThreads, 0) != cudaSuccess)
+        return -1;
+    if (!coop) return 1;
+    int c = per_sm * sms / (H > 0 ? H : 1);
+    if (c > 16) c = 16;
+    const char *e = getenv("LACUNA_FLEX_SEL_CTAS");
+    if (e && atoi(e) >= 1 && atoi(e) < c) c = atoi(e);
+    return c >= 1 ? c : 1;
+}
+
 int attn_flex_small_launch(const FlexParams &p, cudaStream_t st) {
     mask_kernel<true><<<dim3(p.n_qb, p.H), 128, 0, st>>>(p);
     CUDA_CHECK_RET(cudaGetLastError());
@@ -612,15 +693,24 @@ int attn_flex_small_launch(const FlexParams &p, cudaStream_t st) {
 }
 
 // The steps after the sums: the same on one rank and on every rank of a ring.
-static void launch_rest(const FlexParams &p, cudaStream_t st) {
+static int launch_rest(const FlexParams &p, cudaStream_t st) {
     const int H = p.H;
     slash_kernel<<<dim3((p.N + 255) / 256, H), 256, 0, st>>>(p);
     diverge_kernel<<<H, 256, 0, st>>>(p);
     if (!p.qrows) qpool_kernel<<<dim3(p.n_qb, H), p.D, 0, st>>>(p);
     cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
-    select_kernel<<<H, kSelThreads, 0, st>>>(p);
+    if (p.sel_ctas > 1) { // a head's CTAs merge each level and wait for each other: all resident (cooperative)
+        CUDA_CHECK_RET(cudaMemsetAsync(p.selhist, 0, sizeof(unsigned long long) * (size_t)H * 3 * 512, st));
+        CUDA_CHECK_RET(cudaMemsetAsync(p.selbar, 0, sizeof(unsigned) * (size_t)H, st));
+        void *args[] = {const_cast<FlexParams *>(&p)};
+        CUDA_CHECK_RET(cudaLaunchCooperativeKernel((const void *)select_kernel, dim3(p.sel_ctas, H), dim3(kSelThreads),
+                                                   args, 0, st));
+    } else {
+        select_kernel<<<dim3(1, H), kSelThreads, 0, st>>>(p);
+    }
     colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
     mask_kernel<false><<<dim3(p.n_qb, H), 128, 0, st>>>(p);
+    return 0;
 }
 
 int attn_flex_select_launch(const FlexParams &p, cudaStream_t st) {
@@ -630,7 +720,8 @@ int attn_flex_select_launch(const FlexParams &p, cudaStream_t st) {
     merge_ml_kernel<<<H, kB, 0, st>>>(p);
     score_kernel<1><<<dim3(p.n_kb, H), kScoreThreads, score_smem(p.D), st>>>(p);
     kpool_kernel<<<dim3(p.n_kb, KH), D, 0, st>>>(p);
-    launch_rest(p, st);
+    const int rc = launch_rest(p, st);
+    if (rc) return rc;
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
@@ -652,7 +743,11 @@ int attn_flex_dist_launch(const FlexParams &p, int phase, cudaStream_t st) {
         }
         qpool_kernel<<<dim3(p.n_qb, H), D, 0, st>>>(p);
         break;
-    default: launch_rest(p, st); break;
+    default: {
+        const int rc = launch_rest(p, st);
+        if (rc) return rc;
+        break;
+    }
     }
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
