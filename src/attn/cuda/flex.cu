@@ -91,27 +91,27 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     b.sQpool = nqb * D;
     // the workspace, carved in 256-byte pieces
     const size_t sizes[] = {
-        sizeof(float) * H * D * kB,               // qs
-        sizeof(float) * H * nkb * kB,             // pm
-        sizeof(float) * H * nkb * kB,             // pl
-        sizeof(float) * H * kB,                   // mrow
-        sizeof(float) * H * kB,                   // lrow
-        sizeof(float) * H * N,                    // vert
-        sizeof(float) * H * N,                    // slash
-        sizeof(float) * H * nkb * 256,            // part
-        sizeof(float) * KH * nkb * D,             // kpool
-        sizeof(double) * H * nkb,                 // ahat
-        sizeof(double) * H * nkb,                 // atrue
-        sizeof(float) * H * nqb * D,              // qpool
-        sizeof(float) * H * b.sCells,             // cells
-        sizeof(int32_t) * H * (N + 1),            // cnt
-        sizeof(int32_t) * H * nkb,                // colsel
-        sizeof(int32_t) * H,                      // branch
-        sizeof(uint32_t) * H * 4,                 // thr
-        sizeof(float) * kB * H * D,               // qrep32
-        sizeof(uint16_t) * kB * H * D,            // qrep
-        sizeof(unsigned long long) * H * 3 * 512, // selhist
-        sizeof(unsigned) * H,                     // selbar
+        sizeof(float) * H * D * kB,                           // qs
+        sizeof(float) * H * nkb * kB,                         // pm
+        sizeof(float) * H * nkb * kB,                         // pl
+        sizeof(float) * H * kB,                               // mrow
+        sizeof(float) * H * kB,                               // lrow
+        sizeof(float) * H * N,                                // vert
+        sizeof(float) * H * N,                                // slash
+        sizeof(float) * H * nkb * 256,                        // part
+        sizeof(float) * KH * nkb * D,                         // kpool
+        sizeof(double) * H * nkb,                             // ahat
+        sizeof(double) * H * nkb,                             // atrue
+        sizeof(float) * H * nqb * D,                          // qpool
+        sizeof(float) * H * b.sCells,                         // cells
+        sizeof(int32_t) * H * (N + 1),                        // cnt
+        sizeof(int32_t) * H * nkb,                            // colsel
+        sizeof(int32_t) * H,                                  // branch
+        sizeof(uint32_t) * H * 4,                             // thr
+        sizeof(float) * kB * H * D,                           // qrep32
+        sizeof(uint16_t) * kB * H * D,                        // qrep
+        sizeof(unsigned long long) * H * kSelRing * kSelHist, // selhist
+        sizeof(unsigned) * H,                                 // selbar
     };
     const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;

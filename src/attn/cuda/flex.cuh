@@ -9,6 +9,11 @@
 
 constexpr int kFlexBlock = 128; // block (and key tile, and most representative rows)
 
+// The select's merged histograms: a level's 256 counts then 256 masses, in a
+// ring of kSelRing levels per head (workspace selhist).
+constexpr int kSelHist = 512;
+constexpr int kSelRing = 3;
+
 // One sequence's launch: its scalars and the workspace views.
 struct FlexParams {
     const __nv_bfloat16 *q, *k;
@@ -47,7 +52,7 @@ struct FlexParams {
     __nv_bfloat16 *qrep;  // (128, H, D) dist: the same in bf16
     // the thresholds' radix select runs on sel_ctas CTAs a head, which merge
     // their histograms of each level in selhist and meet at selbar
-    unsigned long long *selhist; // (H, 3, 512): a level's counts, then masses; a ring of 3 (zeroed by the launch)
+    unsigned long long *selhist; // (H, kSelRing, kSelHist): a level's counts, then masses; zeroed by the launch
     unsigned *selbar;            // (H) arrivals at the head's barrier (zeroed by the launch)
     int sel_ctas;                // CTAs a head (>= 1; the thresholds do not depend on it)
     size_t sN, sKB, sCells, sQpool;

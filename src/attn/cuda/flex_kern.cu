@@ -399,7 +399,7 @@ __device__ void hist_level(const float *x, int64_t n, uint32_t prefix, uint32_t 
     }
     __syncthreads();
     if (sc.n_c > 1) {
-        unsigned long long *g = sc.hist + (size_t)(sc.calls % 3) * 512;
+        unsigned long long *g = sc.hist + (size_t)(sc.calls % kSelRing) * kSelHist;
         for (int b = tid; b < 256; b += blockDim.x) {
             if (hs.cnt[b]) atomicAdd(&g[b], (unsigned long long)hs.cnt[b]);
             if (hs.mass[b]) atomicAdd(&g[256 + b], hs.mass[b]);
@@ -409,11 +409,11 @@ __device__ void hist_level(const float *x, int64_t n, uint32_t prefix, uint32_t 
             hs.cnt[b] = (unsigned)__ldcg(&g[b]);
             hs.mass[b] = __ldcg(&g[256 + b]);
         }
-        // The ring's next-but-one histogram was last read before this
-        // level's wait: clear it for the level after next.
+        // The previous level's histogram was last read before this level's
+        // wait: clear it for its next turn in the ring.
         if (sc.c == 0) {
-            unsigned long long *z = sc.hist + (size_t)((sc.calls + 2) % 3) * 512;
-            for (int b = tid; b < 512; b += blockDim.x) z[b] = 0ull;
+            unsigned long long *z = sc.hist + (size_t)((sc.calls + kSelRing - 1) % kSelRing) * kSelHist;
+            for (int b = tid; b < kSelHist; b += blockDim.x) z[b] = 0ull;
         }
         __syncthreads();
     }
@@ -538,7 +538,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p)
     __shared__ Hist hs;
     __shared__ int w_sum[kSelThreads / 32];
     const int h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    SelCtx sc{(int)blockIdx.x, (int)gridDim.x, p.selhist + (size_t)h * 3 * 512, p.selbar + h, 0u};
+    SelCtx sc{(int)blockIdx.x, (int)gridDim.x, p.selhist + (size_t)h * kSelRing * kSelHist, p.selbar + h, 0u};
     const bool first = blockIdx.x == 0;
     int64_t count;
     if (p.branch[h] == 1) {
@@ -700,7 +700,7 @@ static int launch_rest(const FlexParams &p, cudaStream_t st) {
     if (!p.qrows) qpool_kernel<<<dim3(p.n_qb, H), p.D, 0, st>>>(p);
     cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
     if (p.sel_ctas > 1) { // a head's CTAs merge each level and wait for each other: all resident (cooperative)
-        CUDA_CHECK_RET(cudaMemsetAsync(p.selhist, 0, sizeof(unsigned long long) * (size_t)H * 3 * 512, st));
+        CUDA_CHECK_RET(cudaMemsetAsync(p.selhist, 0, sizeof(unsigned long long) * (size_t)H * kSelRing * kSelHist, st));
         CUDA_CHECK_RET(cudaMemsetAsync(p.selbar, 0, sizeof(unsigned) * (size_t)H, st));
         void *args[] = {const_cast<FlexParams *>(&p)};
         CUDA_CHECK_RET(cudaLaunchCooperativeKernel((const void *)select_kernel, dim3(p.sel_ctas, H), dim3(kSelThreads),
