@@ -116,7 +116,7 @@ MIN_BUDGET = 1024  # the reference's (the paper's default)
 # --preset NAME: option defaults (flags given explicitly win)
 PRESETS = {
     "equal-error": dict(inputs="moderate,sink", lengths="32K,128K", capture_lengths="32K,64K,128K",
-                        gammas="0.5,0.6,0.7,0.8,0.9,0.95", min_budgets="64,256,1024", thetas="3,6,9,12",
+                        gammas="0.5,0.6,0.7,0.8,0.85,0.9,0.95", min_budgets="64,256,1024", thetas="3,6,9,12",
                         ref_gammas="0.9,0.95", max_reps=3, budget_s=0.2, recall_rows=128, case_limit=120,
                         method_limit=90),  # a first Triton compile (the reference) fits
 }

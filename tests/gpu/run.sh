@@ -35,7 +35,7 @@
 #            at equal error, on synthetic inputs and on real q, k, v captured
 #            from the default model with this machine's transformers (when
 #            the model is here: its two parts, as for e2e; else synthetic
-#            only); about 5 min; EQERR_TIMEOUT (s, default 420: SIGTERM
+#            only); about 5 min; EQERR_TIMEOUT (s, default 540: SIGTERM
 #            still prints the rows so far), EQERR_FLAGS more options
 #     tidal  TidalDecode sparse decode's Check suite (selection, output on
 #            the selection layer and the next, dense equality; cases small,
@@ -260,7 +260,7 @@ for step in "$@"; do
         cap=()
         if [ -f "$M" ]; then cap=(--capture-hf "$M"); else echo "equal-error: no model here: synthetic inputs only"; fi
         # shellcheck disable=SC2086 # EQERR_FLAGS: several words
-        timeout -k 10 "${EQERR_TIMEOUT:-420}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
+        timeout -k 10 "${EQERR_TIMEOUT:-540}" python3 tests/gpu/bench_flex_ref.py --lib "$G/bin/libattn_cuda.so" \
             --peer .peer/flexprefill --preset equal-error "${cap[@]}" --out "$OUT/equal-error.json" \
             ${EQERR_FLAGS:-} 2>&1 | tee "$OUT/equal-error.log"
         [ "${PIPESTATUS[0]}" = 0 ] || fail equal-error 1
