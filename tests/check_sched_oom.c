@@ -22,6 +22,10 @@
  *     during the run gives the same tokens and log-probabilities, bit for
  *     bit, as on a fresh engine (a failed step must not leave a cached block
  *     with K/V that were never written).
+ * A second mode fails only the allocations of a step's logits rows that hold
+ * a chunk's prompt logits: then that request alone fails and the others end
+ * bit for bit as on an engine where nothing failed (test_oom_prompt_logits_alone;
+ * failing the whole batch, as before, fails it).
  * Checked against sabotage: admission dropping a request whose engine state
  * could not be allocated fails every sweep; event queues that keep no room
  * for the terminal events fail the persistent ones. */
@@ -67,7 +71,18 @@ static int inject(void) {
     return 1;
 }
 
-void *__wrap_malloc(size_t n) { return inject() ? NULL : __real_malloc(n); }
+/* The other mode: every malloc of at least 12 rows of logits (a whole
+ * multiple of g_row_bytes) fails, and nothing else: a step that holds a
+ * chunk's prompt logits cannot get its logits rows. */
+static atomic_long g_row_bytes;
+static int inject_rows(size_t n) {
+    const long rb = atomic_load(&g_row_bytes);
+    if (rb <= 0 || n % (size_t)rb != 0 || n / (size_t)rb < 12) return 0;
+    atomic_fetch_add(&g_failed, 1);
+    return 1;
+}
+
+void *__wrap_malloc(size_t n) { return inject() || inject_rows(n) ? NULL : __real_malloc(n); }
 void *__wrap_calloc(size_t n, size_t size) { return inject() ? NULL : __real_calloc(n, size); }
 void *__wrap_realloc(void *p, size_t n) { return inject() ? NULL : __real_realloc(p, n); }
 int __wrap_posix_memalign(void **p, size_t align, size_t n) {
@@ -462,6 +477,55 @@ START_TEST(test_oom_create) {
 }
 END_TEST
 
+/* When a step cannot get its logits rows because a request asked for its
+ * prompt rows' logits, that request fails with the error and the others of
+ * the batch go on: each ends as on an engine where nothing failed (the same
+ * tokens and log-probabilities, bit for bit), and no KV block leaks. With
+ * the old rule (the whole batch fails) requests 0 and 3 fail here. */
+START_TEST(test_oom_prompt_logits_alone) {
+    const model_t *m = tiny_model();
+    const int nv = model_hparams(m)->n_vocab;
+    prompts_init(nv);
+    track_t ref[NREQ], t[NREQ];
+    for (int pass = 0; pass < 2; pass++) {
+        track_t *tt = pass ? t : ref;
+        memset(tt, 0, NREQ * sizeof *tt);
+        sched_t *s = mk_sched(m, 64, 0);
+        atomic_store(&g_failed, 0);
+        atomic_store(&g_row_bytes, pass ? (long)nv * (long)sizeof(float) : 0);
+        for (int i = 0; i < NREQ; i++)
+            if (i != 4) submit_track(s, &tt[i], i, 0);
+        ck_assert_int_eq(sched_run_until_idle(s), 0);
+        atomic_store(&g_row_bytes, 0);
+        for (int i = 0; i < NREQ; i++) {
+            if (!tt[i].r) continue;
+            poll_track(&tt[i]);
+            ck_assert_int_eq(tt[i].done, 1);
+            sched_req_release(tt[i].r);
+        }
+        ck_assert_int_eq(engine_left(s), 0);
+        ck_assert_int_eq(kv_pool_n_used(sched_kv(s)), 0);
+        sched_destroy(s);
+        if (pass) ck_assert_int_gt(atomic_load(&g_failed), 0);
+    }
+    ck_assert_int_eq(t[1].finish[0], SCHED_FINISH_ERROR);
+    ck_assert_int_eq(t[1].n[0], 0);
+    for (int i = 0; i < NREQ; i++) {
+        if (i == 1 || i == 4) continue;
+        for (int c = 0; c < t[i].n_choices; c++) {
+            ck_assert_int_eq(ref[i].finish[c], SCHED_FINISH_LENGTH);
+            ck_assert_msg(t[i].finish[c] == ref[i].finish[c], "request %d choice %d finished %d, alone %d", i, c,
+                          (int)t[i].finish[c], (int)ref[i].finish[c]);
+            ck_assert_int_eq(t[i].n[c], ref[i].n[c]);
+        }
+        const int n = t[i].n[0] < MAXTOK ? t[i].n[0] : MAXTOK;
+        ck_assert_msg(memcmp(t[i].toks, ref[i].toks, (size_t)n * sizeof(int32_t)) == 0 &&
+                          memcmp(t[i].lp, ref[i].lp, (size_t)n * sizeof(float)) == 0,
+                      "request %d: its output changed when request 1 failed", i);
+    }
+}
+END_TEST
+
 int main(void) {
     ops_cpu_init(NULL, 1); // the tiny model gains nothing from threads
     if (!getenv("CHECK_SCHED_OOM_LOG")) lc_log_set_level((lc_log_level_t)-1); // thousands of expected errors
@@ -469,6 +533,7 @@ int main(void) {
     TCase *tc = tcase_create("oom");
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, test_oom_create);
+    tcase_add_test(tc, test_oom_prompt_logits_alone);
     tcase_add_test(tc, test_oom_sync_once);
     tcase_add_test(tc, test_oom_sync_persistent);
     tcase_add_test(tc, test_oom_thread_once);

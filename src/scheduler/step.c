@@ -568,6 +568,24 @@ static void fail_batch(sched_t *s, int n_seq, int rc) {
     for (int i = 0; i < n_seq; i++) sched__finish_all(s, s->slot[i].r, SCHED_FINISH_ERROR, rc);
 }
 
+/* The step's logits rows could not be allocated: the requests that asked for
+ * their prompt rows' logits (every row of a chunk, up to 128 MiB) fail, and
+ * the step does not run, so that the others plan again without them (their
+ * reservations stay; nothing was written). Returns how many requests failed:
+ * 0 when no slice holds more than one row, and then the whole batch must. */
+static int fail_prompt_logits(sched_t *s, int n_seq, int rc) {
+    int failed = 0;
+    for (int i = 0; i < n_seq; i++) {
+        sched_req_t *r = s->slot[i].r;
+        if (s->slot[i].rows <= 1 || r->state == REQ_DONE) continue;
+        LC_ERROR("sched: request %llu: no room for its prompt rows' logits (%d rows): %s", (unsigned long long)r->id,
+                 s->slot[i].rows, lc_strerror(rc));
+        sched__finish_all(s, r, SCHED_FINISH_ERROR, rc);
+        failed++;
+    }
+    return failed;
+}
+
 int sched__plan(sched_t *s, int *n_tok, int *n_decode) {
     handle_cancels(s);
     batch_t b = {.budget = s->cfg.max_batch_tokens};
@@ -598,6 +616,7 @@ int sched__plan(sched_t *s, int *n_tok, int *n_decode) {
     for (int i = 0; i < b.n_seq; i++) rows += (size_t)s->slot[i].rows;
     int rc = ensure_logits(s, rows * nv);
     if (rc) {
+        if (fail_prompt_logits(s, b.n_seq, rc)) return 0;
         fail_batch(s, b.n_seq, rc);
         return rc;
     }
