@@ -748,12 +748,15 @@ static void check_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, 
     const size_t need = run_flex(&c, 0, n, offs, words, mb, NULL);
     ck_assert_uint_eq(need, words - GAP);
     printf("%s: H %d KH %d D %d page %d, %d seqs\n", name, H, KH, D, ps, n);
-    // the thresholds' select on one CTA a head: the same masks as on the device's count of CTAs
+    // the scores' tiles and the thresholds' select on one CTA a head: the same
+    // masks as on the device's count of CTAs
     setenv("LACUNA_FLEX_SEL_CTAS", "1", 1);
+    setenv("LACUNA_FLEX_SCORE_CTAS", "1", 1);
     run_flex(&c, 0, n, offs, words, m1, NULL);
     unsetenv("LACUNA_FLEX_SEL_CTAS");
+    unsetenv("LACUNA_FLEX_SCORE_CTAS");
     const int ctas_differ = memcmp(m1, mb, 4 * words) != 0;
-    printf("  %-4s select on one CTA a head vs several: %s\n", ctas_differ ? "FAIL" : "ok",
+    printf("  %-4s scores and select on one CTA a head vs several: %s\n", ctas_differ ? "FAIL" : "ok",
            ctas_differ ? "masks differ" : "the same masks");
     // words outside the masks untouched
     int64_t outside = 0;

@@ -155,6 +155,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     if (cudaEventCreateWithFlags(&f->uploaded, cudaEventDisableTiming) != cudaSuccess) goto fail;
     if (attn_flex_kern_init() != 0) goto fail;
     if ((b.sel_ctas = attn_flex_sel_ctas(H)) < 1) goto fail;
+    if ((b.score_ctas[0] = attn_flex_score_ctas(H, D, 0)) < 1 || (b.score_ctas[1] = attn_flex_score_ctas(H, D, 1)) < 1)
+        goto fail;
     *out = f;
     return 0;
 fail:
