@@ -384,6 +384,21 @@ extern "C" int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void 
     return attn_flex_dist_launch(p, 3, st);
 }
 
+extern "C" int attn_cuda_flex_last_sums(const attn_cuda_flex_t *f, float *vert, float *slash, void *stream) {
+    if (!f || !f->planned || !vert || !slash) return LC_EINVAL;
+    CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
+    if (f->n_sel == 0) return LC_EINVAL;
+    const struct attn_cuda_flex_seq *sq = &f->seqs[f->n_sel - 1];
+    if (is_small(&sq->pol, sq->n_q, sq->kv_len)) return LC_EINVAL;
+    const size_t N = (size_t)sq->kv_len;
+    const int H = f->shape.n_heads;
+    CUDA_CHECK_RET(cudaMemcpy2D(vert, N * sizeof(float), f->base.vert, f->base.sN * sizeof(float), N * sizeof(float),
+                                (size_t)H, cudaMemcpyDeviceToHost));
+    CUDA_CHECK_RET(cudaMemcpy2D(slash, N * sizeof(float), f->base.slash, f->base.sN * sizeof(float), N * sizeof(float),
+                                (size_t)H, cudaMemcpyDeviceToHost));
+    return 0;
+}
+
 extern "C" int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *branch, void *stream) {
     if (!f || !f->planned || !branch) return LC_EINVAL;
     const int H = f->shape.n_heads;

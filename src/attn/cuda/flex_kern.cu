@@ -67,10 +67,10 @@ __global__ void rep_prep_kernel(const FlexParams p) {
     p.qs[((size_t)h * p.D + e) * kB + r] = v;
 }
 
-// Key tile t's row r's page id (-1 past N): thread r < 128's part of a tile's staging.
+// Key tile t's row r's page id (-1 past N, or for t < 0): thread r < 128's part of a tile's staging.
 __device__ __forceinline__ int32_t score_page(const FlexParams &p, int t, int r) {
     const int j = t * kB + r;
-    return j < p.N ? p.pages[j / p.ps] : -1;
+    return t >= 0 && j < p.N ? p.pages[j / p.ps] : -1;
 }
 
 // The 16-byte pieces of key tile t (128 keys, zero past N) into Kb, in
@@ -126,9 +126,11 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
         cp_async16(smem_u32(Qb + r * pitch + 8 * c), src, r < p.R ? 16 : 0);
     }
     __shared__ int32_t s_pg[kB]; // the page ids of the rows of the tile being staged
-    if (tid < kB) s_pg[tid] = score_page(p, p.tiles ? p.tiles[blockIdx.x] : blockIdx.x, tid);
+    // the launch gives every CTA a tile (grid x <= n_t); one without would stage zeros
+    const int t_first = (int)blockIdx.x < n_t ? (p.tiles ? p.tiles[blockIdx.x] : (int)blockIdx.x) : -1;
+    if (tid < kB) s_pg[tid] = score_page(p, t_first, tid);
     __syncthreads();
-    score_stage_keys(p, p.tiles ? p.tiles[blockIdx.x] : blockIdx.x, kh, Kb, pitch, s_pg); // grid x <= n_t
+    score_stage_keys(p, t_first, kh, Kb, pitch, s_pg);
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int rlo = 16 * warp + g, rhi = rlo + 8;
     for (int ti = blockIdx.x; ti < n_t; ti += (int)gridDim.x) {
@@ -251,7 +253,7 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
             p.vert[(size_t)h * p.sN + j0 + tid] = v;
         }
     }
-    cp_async_wait<0>(); // a CTA without a tile: its rows' copies are done before it ends
+    cp_async_wait<0>(); // nothing left in flight when the CTA ends
 }
 
 // grid (ceil(R / 8), H), block 256: a warp a row r, its max and sum over the
