@@ -39,9 +39,9 @@ constexpr int kSelThreads = 1024;
 constexpr int kScoreThreads = 256;
 constexpr int kMaxD = 256; // head_dim 64, 128 or 256
 // score_kernel<MODE>: the staged bf16 rows and keys (pitch head_dim + 8);
-// MODE 1: half a tile's probabilities after them
+// MODE 0: two tiles' keys; MODE 1: one, and half a tile's probabilities
 constexpr size_t score_smem(int D, int mode) {
-    return (size_t)2 * kB * (D + 8) * 2 + (mode ? sizeof(float) * 64 * kSP : 0);
+    return mode ? (size_t)2 * kB * (D + 8) * 2 + sizeof(float) * 64 * kSP : (size_t)3 * kB * (D + 8) * 2;
 }
 constexpr double kFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
 
@@ -92,7 +92,8 @@ __device__ __forceinline__ void score_stage_keys(const FlexParams &p, int t, int
 // set), so a tile's arithmetic is the same whichever CTA takes it. The
 // representative rows are staged once; each tile's 128 keys (bf16, pitch
 // D + 8: conflict-free fragment loads; cp.async, zero past R rows and past
-// N keys) load while the previous tile's sums run. q.k on tensor cores
+// N keys) load while the previous tile's sums run (MODE 0, whose sums are
+// short: while its products run too, into a second buffer). q.k on tensor cores
 // (exact bf16 products, f32 sums), times the scale, masked -inf. Warp w
 // owns rows 16w .. 16w+15 against all 128 keys; lane (g, tq) rows 16w+g
 // and 16w+g+8, columns 8n+2tq and 8n+2tq+1 of n = 0..15.
@@ -110,6 +111,7 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
     __nv_bfloat16 *Qb = reinterpret_cast<__nv_bfloat16 *>(score_sm);
     __nv_bfloat16 *Kb = Qb + kB * pitch;
     float *S = reinterpret_cast<float *>(Kb + kB * pitch); // MODE 1: half a tile's probabilities
+    // MODE 0: the keys of tile k in buffer k % 2 (the second in S's place)
     __shared__ float s_m[kB], s_w[kB];
     __shared__ float s_col[kScoreThreads / 32][kB];
     const int h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
@@ -125,20 +127,34 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
         const __nv_bfloat16 *src = r < p.R ? p.q + (((size_t)p.rep_row0 + r) * p.H + h) * p.D + 8 * c : p.q;
         cp_async16(smem_u32(Qb + r * pitch + 8 * c), src, r < p.R ? 16 : 0);
     }
-    __shared__ int32_t s_pg[kB]; // the page ids of the rows of the tile being staged
+    // the page ids of the rows of the tiles to stage: MODE 1 the next tile's
+    // in s_pg[0]; MODE 0 tile k + 1's in s_pg[(k + 1) % 2]
+    __shared__ int32_t s_pg[2][kB];
     // the launch gives every CTA a tile (grid x <= n_t); one without would stage zeros
-    const int t_first = (int)blockIdx.x < n_t ? (p.tiles ? p.tiles[blockIdx.x] : (int)blockIdx.x) : -1;
-    if (tid < kB) s_pg[tid] = score_page(p, t_first, tid);
+    const auto tile_of = [&](int ti) { return ti < n_t ? (p.tiles ? p.tiles[ti] : ti) : -1; };
+    const int t_first = tile_of((int)blockIdx.x);
+    if (tid < kB) {
+        s_pg[0][tid] = score_page(p, t_first, tid);
+        if (MODE == 0) s_pg[1][tid] = score_page(p, tile_of((int)(blockIdx.x + gridDim.x)), tid);
+    }
     __syncthreads();
-    score_stage_keys(p, t_first, kh, Kb, pitch, s_pg);
+    score_stage_keys(p, t_first, kh, Kb, pitch, s_pg[0]);
     const int warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int rlo = 16 * warp + g, rhi = rlo + 8;
-    for (int ti = blockIdx.x; ti < n_t; ti += (int)gridDim.x) {
-        const int t = p.tiles ? p.tiles[ti] : ti, j0 = t * kB;
-        const int ti_n = ti + (int)gridDim.x, tn = ti_n < n_t ? (p.tiles ? p.tiles[ti_n] : ti_n) : -1;
+    for (int ti = blockIdx.x, it = 0; ti < n_t; ti += (int)gridDim.x, it++) {
+        const int t = tile_of(ti), j0 = t * kB;
+        const int tn = tile_of(ti + (int)gridDim.x); // the next tile (-1: none)
         cp_async_wait<0>();
-        __syncthreads(); // the tile's keys (and the rows) are here; the previous tile's sums are read
-        const int32_t pgn = tn >= 0 && tid < kB ? score_page(p, tn, tid) : -1; // lands during the products
+        __syncthreads(); // the tile's keys (and the rows) are here; the previous tile's products and sums are done
+        const __nv_bfloat16 *Kc = Kb + (MODE == 0 ? (it & 1) : 0) * kB * pitch;
+        int32_t pgn; // lands during the products: MODE 0 the tile after next's page ids, MODE 1 the next's
+        if (MODE == 0) {
+            if (tn >= 0) score_stage_keys(p, tn, kh, Kb + ((it + 1) & 1) * kB * pitch, pitch, s_pg[(it + 1) & 1]);
+            const int tnn = tile_of(ti + 2 * (int)gridDim.x);
+            pgn = tnn >= 0 && tid < kB ? score_page(p, tnn, tid) : -1;
+        } else {
+            pgn = tn >= 0 && tid < kB ? score_page(p, tn, tid) : -1;
+        }
         float acc[kB / 8][4];
 #pragma unroll
         for (int n = 0; n < kB / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
@@ -149,15 +165,20 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
                 *reinterpret_cast<const uint32_t *>(qa + kk + 8), *reinterpret_cast<const uint32_t *>(qb + kk + 8)};
 #pragma unroll
             for (int n = 0; n < kB / 8; n++) {
-                const __nv_bfloat16 *kr = Kb + (8 * n + g) * pitch + kk + 2 * tq;
+                const __nv_bfloat16 *kr = Kc + (8 * n + g) * pitch + kk + 2 * tq;
                 mma_bf16_16816(acc[n], a, *reinterpret_cast<const uint32_t *>(kr),
                                *reinterpret_cast<const uint32_t *>(kr + 8));
             }
         }
-        if (tid < kB) s_pg[tid] = pgn;
-        __syncthreads(); // every warp's products are done: the next tile's keys load while this one's sums run
-        if (tn >= 0) score_stage_keys(p, tn, kh, Kb, pitch, s_pg);
-            // the scaled scores, masked (rows >= R, keys >= N, above the causal line)
+        if (MODE == 0) {
+            // s_pg[it % 2] was last read staging this tile, before the loop's wait
+            if (tid < kB) s_pg[it & 1][tid] = pgn;
+        } else {
+            if (tid < kB) s_pg[0][tid] = pgn;
+            __syncthreads(); // every warp's products are done: the next tile's keys load while this one's sums run
+            if (tn >= 0) score_stage_keys(p, tn, kh, Kb, pitch, s_pg[0]);
+        }
+        // the scaled scores, masked (rows >= R, keys >= N, above the causal line)
 #pragma unroll
         for (int n = 0; n < kB / 8; n++)
 #pragma unroll
