@@ -215,8 +215,11 @@ static geom_t geom(int n_q, int kv_len) {
 
 /* Plans and selects sequences [s0, s0+ns) as one batch; their masks into
  * mask (host, words) at offs[]; branch (H) of the batch's last sequence. */
+/* Runs the select of sequences s0 .. s0+ns-1 into mask; branch (optional):
+ * the last sequence's heads' patterns; sums (optional, 2 x n_heads x its
+ * kv_len floats): its vertical then slash mass (zeros when it ran dense). */
 static size_t run_flex(const fcase_t *c, int s0, int ns, const int32_t *offs, size_t words, uint32_t *mask,
-                       int8_t *branch) {
+                       int8_t *branch, float *sums) {
     const int H = c->sh.n_heads, D = c->sh.head_dim;
     attn_cuda_flex_t *f = NULL;
     int64_t max_len = 1, rows = 1;
@@ -255,6 +258,12 @@ static size_t run_flex(const fcase_t *c, int s0, int ns, const int32_t *offs, si
     CK_CUDA(cudaDeviceSynchronize());
     CK_CUDA(cudaMemcpy(mask, dm, 4 * words, cudaMemcpyDeviceToHost));
     if (branch) ck_assert_int_eq(attn_cuda_flex_last_branches(f, branch, NULL), 0);
+    if (sums) {
+        const size_t n_last = (size_t)H * c->kv_len[s0 + ns - 1];
+        const int rc = attn_cuda_flex_last_sums(f, sums, sums + n_last, NULL);
+        ck_assert(rc == 0 || rc == LC_EINVAL);
+        if (rc) memset(sums, 0, sizeof(float) * 2 * n_last);
+    }
     cudaFree(dm);
     attn_cuda_flex_destroy(f);
     return need;
@@ -745,16 +754,27 @@ static void check_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, 
         words += attn_cuda_flex_mask_words(seqs[s].n_q, seqs[s].kv_len, H) + GAP;
     }
     uint32_t *mb = malloc(4 * words), *m1 = malloc(4 * words);
-    const size_t need = run_flex(&c, 0, n, offs, words, mb, NULL);
+    const size_t n_sums = 2 * (size_t)H * seqs[n - 1].kv_len;
+    float *sb = malloc(sizeof(float) * n_sums), *s1 = malloc(sizeof(float) * n_sums);
+    const size_t need = run_flex(&c, 0, n, offs, words, mb, NULL, sb);
     ck_assert_uint_eq(need, words - GAP);
     printf("%s: H %d KH %d D %d page %d, %d seqs\n", name, H, KH, D, ps, n);
-    // the thresholds' select on one CTA a head: the same masks as on the device's count of CTAs
+    // the scores' tiles and the thresholds' select on one CTA a head: the same
+    // masks as on the device's count of CTAs
     setenv("LACUNA_FLEX_SEL_CTAS", "1", 1);
-    run_flex(&c, 0, n, offs, words, m1, NULL);
+    setenv("LACUNA_FLEX_SCORE_CTAS", "1", 1);
+    run_flex(&c, 0, n, offs, words, m1, NULL, s1);
     unsetenv("LACUNA_FLEX_SEL_CTAS");
-    const int ctas_differ = memcmp(m1, mb, 4 * words) != 0;
-    printf("  %-4s select on one CTA a head vs several: %s\n", ctas_differ ? "FAIL" : "ok",
-           ctas_differ ? "masks differ" : "the same masks");
+    unsetenv("LACUNA_FLEX_SCORE_CTAS");
+    // the masks, and the last sequence's vertical and slash mass bit for bit
+    // (a last-bit difference there would seldom move a mask)
+    const int sums_differ = memcmp(s1, sb, sizeof(float) * n_sums) != 0;
+    const int ctas_differ = memcmp(m1, mb, 4 * words) != 0 || sums_differ;
+    printf("  %-4s scores and select on one CTA a head vs several: %s\n", ctas_differ ? "FAIL" : "ok",
+           ctas_differ ? (sums_differ ? "vertical or slash mass differs" : "masks differ")
+                       : "the same masks, vertical and slash mass");
+    free(sb);
+    free(s1);
     // words outside the masks untouched
     int64_t outside = 0;
     for (int s = 0; s <= n; s++) {
@@ -769,7 +789,7 @@ static void check_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, 
     for (int s = 0; s < n; s++) {
         const size_t mw = attn_cuda_flex_mask_words(seqs[s].n_q, seqs[s].kv_len, H);
         const int32_t o1 = GAP;
-        run_flex(&c, s, 1, &o1, mw + 2 * GAP, m1, br);
+        run_flex(&c, s, 1, &o1, mw + 2 * GAP, m1, br, NULL);
         if (memcmp(m1 + GAP, mb + offs[s], 4 * mw)) alone_diff++;
         bad += compare_seq(&c, s, mb + offs[s], br, &st);
     }

@@ -155,6 +155,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
     if (cudaEventCreateWithFlags(&f->uploaded, cudaEventDisableTiming) != cudaSuccess) goto fail;
     if (attn_flex_kern_init() != 0) goto fail;
     if ((b.sel_ctas = attn_flex_sel_ctas(H)) < 1) goto fail;
+    if ((b.score_ctas[0] = attn_flex_score_ctas(H, D, 0)) < 1 || (b.score_ctas[1] = attn_flex_score_ctas(H, D, 1)) < 1)
+        goto fail;
     *out = f;
     return 0;
 fail:
@@ -380,6 +382,21 @@ extern "C" int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void 
         (rc = sum(ctx, p.kpool, n_kpool)) || (rc = sum(ctx, p.qpool, n_qpool)))
         return rc;
     return attn_flex_dist_launch(p, 3, st);
+}
+
+extern "C" int attn_cuda_flex_last_sums(const attn_cuda_flex_t *f, float *vert, float *slash, void *stream) {
+    if (!f || !f->planned || !vert || !slash) return LC_EINVAL;
+    CUDA_CHECK_RET(cudaStreamSynchronize((cudaStream_t)stream));
+    if (f->n_sel == 0) return LC_EINVAL;
+    const struct attn_cuda_flex_seq *sq = &f->seqs[f->n_sel - 1];
+    if (is_small(&sq->pol, sq->n_q, sq->kv_len)) return LC_EINVAL;
+    const size_t N = (size_t)sq->kv_len;
+    const int H = f->shape.n_heads;
+    CUDA_CHECK_RET(cudaMemcpy2D(vert, N * sizeof(float), f->base.vert, f->base.sN * sizeof(float), N * sizeof(float),
+                                (size_t)H, cudaMemcpyDeviceToHost));
+    CUDA_CHECK_RET(cudaMemcpy2D(slash, N * sizeof(float), f->base.slash, f->base.sN * sizeof(float), N * sizeof(float),
+                                (size_t)H, cudaMemcpyDeviceToHost));
+    return 0;
 }
 
 extern "C" int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *branch, void *stream) {

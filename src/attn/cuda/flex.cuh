@@ -55,11 +55,14 @@ struct FlexParams {
     unsigned long long *selhist; // (H, kSelRing, kSelHist): a level's counts, then masses; zeroed by the launch
     unsigned *selbar;            // (H) arrivals at the head's barrier (zeroed by the launch)
     int sel_ctas;                // CTAs a head (>= 1; the thresholds do not depend on it)
+    int score_ctas[2];           // score_kernel<0>, <1>'s CTAs a head (>= 1; the tables do not depend on it)
     size_t sN, sKB, sCells, sQpool;
 };
 
 // Launchers (flex_kern.cu), on stream; 0 or LC_EDEVICE.
 int attn_flex_kern_init(void); // the score kernel's shared memory limit, before the first select
+// score_kernel<mode>'s CTAs a head for H heads of head_dim D: one wave of this device
+int attn_flex_score_ctas(int H, int D, int mode);
 // the select's CTAs a head for H heads on this device (all of them resident at once)
 int attn_flex_sel_ctas(int H);
 // a small sequence's mask (every causal bit): grid (n_qb, H)

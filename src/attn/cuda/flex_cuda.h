@@ -131,6 +131,12 @@ int attn_cuda_flex_dist_select(const attn_cuda_flex_t *f, const void *q, const v
  * dense because small). Synchronises the stream. */
 int attn_cuda_flex_last_branches(const attn_cuda_flex_t *f, int8_t *branch, void *stream);
 
+/* For tests: the vertical and slash mass of the last selecting sequence of
+ * the last select (n_heads x kv_len floats each, head-major: vert[h * kv_len
+ * + j]), as its scores left them. LC_EINVAL when that sequence ran dense
+ * (small). Synchronises the stream. */
+int attn_cuda_flex_last_sums(const attn_cuda_flex_t *f, float *vert, float *slash, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
