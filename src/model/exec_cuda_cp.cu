@@ -51,10 +51,10 @@
 // stream, peer writes), as is a block copied on write. Rank 0 attends from
 // this GPU's pool. This GPU still writes every row into its own pool and
 // runs the rest of the step, so any slice can still fall back to the
-// single-rank kernels. Not yet done: the queries and outputs of the
-// sharded rows stay in this GPU's memory (read and written by the ranks'
-// kernels through peer access), pools of their own size (each is the
-// store's), and the ranks' own layers (docs/scaling.md, "One GPU per rank").
+// single-rank kernels. Such a rank works on copies of its rows' queries
+// and outputs on its GPU (stage_rows). Not yet done: pools of their own
+// size (each is the store's), and the ranks' own layers (docs/scaling.md,
+// "One GPU per rank").
 #include <pthread.h>
 
 #include "model/exec_cuda_int.cuh"
@@ -89,11 +89,12 @@ typedef struct {
 struct model_cuda_cp {
     model_cuda_t *c;
     int n;
-    int dev[CP_MAX_RANKS];    // each rank's GPU (dev[0]: the executor's)
-    int own;                  // 1: parallel.devices given: ranks 1.. keep pools of their own
-    char *pool[CP_MAX_RANKS]; // rank r's K/V store (the layout of c->kv_mem; NULL: this GPU's)
-    int32_t *h_mir, *d_mir;   // (T) the step's rows: the rank whose pool takes the row's K/V (0: none); pinned / device
-    int mir_rows, n_mir;      // the step's rows, and how many go to a pool
+    int dev[CP_MAX_RANKS];                         // each rank's GPU (dev[0]: the executor's)
+    int own;                                       // 1: parallel.devices given: ranks 1.. keep pools of their own
+    char *pool[CP_MAX_RANKS];                      // rank r's K/V store (the layout of c->kv_mem; NULL: this GPU's)
+    bf16_t *sq[CP_MAX_RANKS], *sout[CP_MAX_RANKS]; // (T, H d) on rank r's GPU: its rows' queries and outputs, staged
+    int32_t *h_mir, *d_mir; // (T) the step's rows: the rank whose pool takes the row's K/V (0: none); pinned / device
+    int mir_rows, n_mir;    // the step's rows, and how many go to a pool
     int64_t min_tokens;
     cp_dev_t *group;
     cp_cuda_plan_t *plans[CP_MAX_RANKS];  // prompt slices, dense and Quest decode rows
@@ -161,6 +162,38 @@ static int move_rows(const model_cuda_cp_t *x, const bf16_t *src, bf16_t *dst, i
 }
 
 /* ---- rank threads ----------------------------------------------------------------------- */
+/* A rank with a pool of its own works on copies of its rows in its GPU's
+ * memory (sq, sout): its prompt rows and every decode row in (a rank reads
+ * the rows it holds and the decode rows it owns), then the rows it writes
+ * out (its prompt rows, the decode rows it owns), on its stream.
+ * out = 0: in; 1: out. */
+static int stage_rows(model_cuda_cp_t *x, int r, int out, cudaStream_t st) {
+    const model_cuda_t *c = x->c;
+    const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim, B = HD * sizeof(bf16_t);
+    bf16_t *from = out ? x->sout[r] : x->cq, *to = out ? x->cout : x->sq[r];
+    for (int i = 0; i < x->n_pf; i++) {
+        const cp_slice_t *sl = &x->pf[i];
+        const int64_t end = i + 1 < x->n_pf ? x->pf[i + 1].off : x->pf_rows;
+        const int64_t row = sl->off + sl->rank_off[r], last = r + 1 < x->n ? sl->off + sl->rank_off[r + 1] : end;
+        if (last > row)
+            CUDA_CHECK_RET(
+                cudaMemcpyAsync(to + row * HD, from + row * HD, (size_t)(last - row) * B, cudaMemcpyDefault, st));
+    }
+    if (!x->n_dec) return 0;
+    if (!out)
+        return cudaMemcpyAsync(to + x->pf_rows * HD, from + x->pf_rows * HD, (size_t)x->n_dec * B, cudaMemcpyDefault,
+                               st) == cudaSuccess
+                   ? 0
+                   : LC_EDEVICE;
+    for (int i = 0; i < x->n_dec; i++) {
+        const int own =
+            i < x->n_oth ? cp_cuda_decode_owner(x->plans[r], i) : cp_cuda_decode_owner(x->tplans[r], i - x->n_oth);
+        const size_t at = (size_t)(x->pf_rows + i) * HD;
+        if (own == r) CUDA_CHECK_RET(cudaMemcpyAsync(to + at, from + at, B, cudaMemcpyDefault, st));
+    }
+    return 0;
+}
+
 static int run_rank(model_cuda_cp_t *x, int r) {
     model_cuda_t *c = x->c;
     const int l = x->layer;
@@ -174,7 +207,12 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         v = x->pool[r] + ((const char *)v - (const char *)c->kv_mem);
     }
     CUDA_CHECK_RET(cudaStreamWaitEvent(st, x->ev_main, 0));
+    bf16_t *cq = x->cq, *cout = x->cout;
     int rc = 0;
+    if (x->sq[r]) {
+        cq = x->sq[r], cout = x->sout[r];
+        if ((rc = stage_rows(x, r, 0, st))) return rc;
+    }
     const char *what = "a prompt slice's plan";
     for (int i = 0; i < x->n_pf && !rc; i++) {
         cp_slice_t *sl = &x->pf[i];
@@ -182,7 +220,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         if ((x->n_pf > 1 || x->dirty) && (rc = cp_cuda_plan_prefill(p, &sl->seq, st))) break;
         const size_t row = (size_t)(sl->off + sl->rank_off[r]);
         what = "a prompt slice";
-        rc = cp_cuda_run_prefill(p, cm, k, v, x->cq + row * HD, x->cout + row * HD, NULL);
+        rc = cp_cuda_run_prefill(p, cm, k, v, cq + row * HD, cout + row * HD, NULL);
         if (!rc && sl->sparse) { // the pairs of this slice (the plan counts since its creation)
             double now = 0;
             if (x->n_pf_sparse > 1 || l == x->last_global) {
@@ -192,7 +230,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
             }
         }
     }
-    bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
+    bf16_t *q = cq + (size_t)x->pf_rows * HD, *o = cout + (size_t)x->pf_rows * HD;
     if (!rc && x->n_oth) { // the dense and Quest rows
         what = x->op == OP_QUEST ? "the Quest decode rows" : "the dense decode rows";
         if (x->op == OP_QUEST)
@@ -209,6 +247,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         else
             rc = cp_cuda_run_decode_tidal(tp, cm, k, v, q, o, NULL, x->top == OP_SELECT);
     }
+    if (!rc && x->sq[r]) what = "the rows' way back", rc = stage_rows(x, r, 1, st);
     if (rc) LC_WARN("cuda: context-parallel rank %d, layer %d, %s: %s", r, l, what, lc_strerror(rc));
     if (!rc) CUDA_CHECK_RET(cudaEventRecord(x->ev_rank[r], st));
     return rc;
@@ -443,6 +482,8 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
         cp_cuda_plan_destroy(x->tplans[r]);
         if (x->ev_rank[r]) cudaEventDestroy(x->ev_rank[r]);
         if (x->pool[r]) cudaFree(x->pool[r]);
+        if (x->sq[r]) cudaFree(x->sq[r]);
+        if (x->sout[r]) cudaFree(x->sout[r]);
     }
     cudaSetDevice(c->device);
     if (x->group) cp_dev_destroy(x->group);
@@ -467,13 +508,15 @@ int model_cuda__cp_pools(model_cuda_t *c, char *err, size_t errlen) {
     model_cuda_cp_t *x = c->cp;
     if (!x || !x->own) return 0;
     const size_t bytes = c->layer_bytes * 2 * c->n_slots;
+    const size_t rows = (size_t)c->max_tokens * c->m->hp.n_heads * c->m->hp.head_dim * sizeof(bf16_t);
     for (int r = 1; r < x->n; r++) {
         cudaSetDevice(x->dev[r]);
-        const cudaError_t e = cudaMalloc((void **)&x->pool[r], bytes);
+        cudaError_t e = cudaMalloc((void **)&x->pool[r], bytes);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&x->sq[r], rows);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&x->sout[r], rows);
         cudaSetDevice(c->device);
         if (e != cudaSuccess) {
             cudaGetLastError();
-            x->pool[r] = NULL;
             snprintf(err, errlen,
                      "parallel.devices: no room for rank %d's KV pool (%.1f MiB, the store's size) on GPU %d%s", r,
                      (double)bytes / (1 << 20), x->dev[r],
