@@ -9,7 +9,9 @@
  * not, so logits agree within bf16 tolerance (relative 3e-2, as the GPU
  * against the CPU) and top-1 in >= 95% of rows, not bit for bit; the
  * density a request reports and the per-rank counters must show that the
- * ring ran. */
+ * ring ran. With parallel.devices (ranks 1.. in pools of their own, on this
+ * GPU or, where the machine has them, on others) the logits must be the
+ * shared pool's bit for bit. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -265,10 +267,25 @@ START_TEST(test_cp_exec_devices) {
     cs = g_case;
     cs.devices = "0,0,0";
     cp_exec_batch_run(m, &cs, 3, NULL);
-    /* refused: a GPU that is not here, rank 0 elsewhere than the executor's,
-     * a count that is not the ranks' */
+    /* on GPUs of their own, where this machine has them (peer copies, the
+     * mirror's peer writes, the rows staged on each GPU) */
     int n_dev = 0;
     ck_assert_int_eq(cudaGetDeviceCount(&n_dev), cudaSuccess);
+    if (n_dev >= 2) {
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,1", NULL, "dense");
+        pol = sparse_policy(ATTN_DECODE_QUEST, 128);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 4, "0,1,0,1", &pol, "FlexPrefill + Quest");
+        pol = anchor_policy(0.01f);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,1", &pol,
+                     "AnchorAttention (probe) + Quest");
+    }
+    if (n_dev >= 4) {
+        pol = sparse_policy(ATTN_DECODE_TIDAL, 96);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 4, "0,1,2,3", &pol,
+                     "FlexPrefill + TidalDecode");
+    }
+    /* refused: a GPU that is not here, rank 0 elsewhere than the executor's,
+     * a count that is not the ranks' */
     char missing[32], first[32];
     snprintf(missing, sizeof missing, "0,%d", n_dev);
     snprintf(first, sizeof first, "%d,0", n_dev > 1 ? 1 : n_dev);
