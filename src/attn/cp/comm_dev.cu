@@ -96,8 +96,15 @@ static void issue(cp_dev_t *g, dhalf_t *s, dhalf_t *r) {
         if (e == cudaSuccess) e = cudaStreamWaitEvent(cs, s->ready, 0);
         if (e == cudaSuccess) e = cudaStreamWaitEvent(cs, r->ready, 0);
         if (e == cudaSuccess && s->bytes) e = cudaMemcpyAsync(r->rbuf, s->sbuf, s->bytes, cudaMemcpyDefault, cs);
-        if (e == cudaSuccess) e = cudaEventRecord(s->done, cs);
         if (e == cudaSuccess) e = cudaEventRecord(r->done, cs);
+        const dep_t *se = &g->eps[s->owner];
+        if (se->device == g->eps[r->owner].device) {
+            if (e == cudaSuccess) e = cudaEventRecord(s->done, cs);
+        } else { // an event is recorded on its own GPU's streams: the sender's copy stream, after the copy
+            if (e == cudaSuccess) e = cudaSetDevice(se->device);
+            if (e == cudaSuccess) e = cudaStreamWaitEvent(se->copy, r->done, 0);
+            if (e == cudaSuccess) e = cudaEventRecord(s->done, se->copy);
+        }
         if (e == cudaSuccess) e = cudaSetDevice(cur);
         if (e != cudaSuccess) {
             lc_log(LC_LOG_ERROR, "device-local transfer %d -> %d: %s", s->owner, r->owner, cudaGetErrorString(e));
