@@ -424,6 +424,12 @@ START_TEST(test_exec_devices) {
     o.device = "tpu";
     ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
     ck_assert_msg(strstr(err, "tpu") != NULL, "%s", err);
+    /* ranks on GPUs (parallel.devices) for a model on the CPU: refused */
+    o.device = "cpu";
+    o.context_ranks = 2;
+    o.context_devices = "0,1";
+    ck_assert_ptr_null(model_exec_create(m, &o, err, sizeof err));
+    ck_assert_msg(strstr(err, "parallel.devices") != NULL, "%s", err);
     model_free(m);
 }
 END_TEST

@@ -485,6 +485,20 @@ START_TEST(test_config) {
     char *argv5[] = {"lacunad", "--set", "server.nope=1", NULL};
     ck_assert_int_eq(lc_config_from_args(&c, 3, argv5, &action, err, sizeof(err)), LC_ENOTFOUND);
     ck_assert_str_eq(err, "unknown setting [server] nope");
+    /* parallel.devices: one CUDA index a rank */
+    char *argv6[] = {"lacunad", "--set", "parallel.context=4", "--set", "parallel.devices=0,1,2,3", NULL};
+    ck_assert_msg(lc_config_from_args(&c, 5, argv6, &action, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(c.context_devices, "0,1,2,3");
+    char *argv7[] = {"lacunad", "--set", "parallel.context=2", "--set", "parallel.devices=0,1,2", NULL};
+    ck_assert_int_eq(lc_config_from_args(&c, 5, argv7, &action, err, sizeof(err)), LC_EINVAL);
+    ck_assert_str_eq(err, "[parallel] devices lists 3 GPUs for context = 2 ranks");
+    const char *bad[] = {"parallel.devices=0,x", "parallel.devices=0,", "parallel.devices=0,-1", "parallel.devices=0;1",
+                         "parallel.devices=0,999"};
+    for (int i = 0; i < 5; i++) {
+        char *argv8[] = {"lacunad", "--set", "parallel.context=2", "--set", (char *)bad[i], NULL};
+        ck_assert_int_eq(lc_config_from_args(&c, 5, argv8, &action, err, sizeof(err)), LC_EINVAL);
+        ck_assert_msg(strstr(err, "[parallel] devices") != NULL, "%s: %s", bad[i], err);
+    }
     /* The printed config round-trips through the loader. */
     lc_config_default(&c);
     c.port = 1234;

@@ -12,7 +12,7 @@ typedef struct {
     kv_pool_t *kv;
 } ex_t;
 
-static ex_t mk_exec(const model_t *m, const cp_exec_case_t *cs, int ranks, int64_t min_tokens) {
+static ex_t mk_exec(const model_t *m, const cp_exec_case_t *cs, int ranks, int64_t min_tokens, const char *devices) {
     char err[256];
     model_exec_opts_t o = {.device = cs->device,
                            .max_batch_tokens = cs->max_batch_tokens,
@@ -20,7 +20,8 @@ static ex_t mk_exec(const model_t *m, const cp_exec_case_t *cs, int ranks, int64
                            .kv_blocks = cs->kv_blocks,
                            .context_ranks = ranks,
                            .context_min_tokens = min_tokens,
-                           .kv_keep_sliding = cs->keep_sliding};
+                           .kv_keep_sliding = cs->keep_sliding,
+                           .context_devices = devices};
     ex_t x = {model_exec_create(m, &o, err, sizeof err), NULL};
     ck_assert_msg(x.e != NULL, "%s, %d ranks: %s", cs->device, ranks, err);
     kv_config_t cfg = model_exec_kv_config(x.e);
@@ -69,7 +70,9 @@ void cp_exec_case_run(const model_t *m, const cp_exec_case_t *cs, int ranks, con
     const int DEC = cs->n_decode, L = model_hparams(m)->n_layers;
     const int64_t end = cs->prompt_end ? NP : 0;
     const attn_shape_t sh = model_attn_shape(m);
-    ex_t x[2] = {mk_exec(m, cs, 1, 0), mk_exec(m, cs, ranks, cs->min_tokens)};
+    const int ref = cs->ref_ranks > 1 ? cs->ref_ranks : 1;
+    ex_t x[2] = {mk_exec(m, cs, ref, ref > 1 ? cs->min_tokens : 0, NULL),
+                 mk_exec(m, cs, ranks, cs->min_tokens, cs->devices)};
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)(NP + DEC));
     ck_assert_ptr_nonnull(tok);
     unsigned seed = cs->seed;
@@ -156,7 +159,7 @@ void cp_exec_batch_run(const model_t *m, const cp_exec_case_t *cs, int ranks, co
     const int V = model_hparams(m)->n_vocab, NA = 421, SPLIT = 300, NB = 40, NC = 200;
     const attn_shape_t sh = model_attn_shape(m);
     const int L = model_hparams(m)->n_layers;
-    ex_t x = mk_exec(m, cs, ranks, cs->min_tokens), y = mk_exec(m, cs, ranks, cs->min_tokens);
+    ex_t x = mk_exec(m, cs, ranks, cs->min_tokens, cs->devices), y = mk_exec(m, cs, ranks, cs->min_tokens, cs->devices);
     int32_t tok[NA + 1];
     unsigned seed = 91;
     for (int i = 0; i <= NA; i++) tok[i] = 3 + (int32_t)(rand_r(&seed) % (unsigned)(V - 3));

@@ -27,6 +27,11 @@ typedef struct {
     int prompt_end;       // 1: the prompt slices say where the prompt ends (attn_seq_t's prompt_end)
     unsigned seed;        // the prompt's tokens
     int keep_sliding;     // 1: the sliding layers keep every position (engine.kv_keep_sliding)
+    /* GPU: the sharded executor's parallel.devices (NULL: none; the batch
+     * run's executors both), and the reference executor's ranks (0: one;
+     * more: sharded alike without devices, its pool shared) */
+    const char *devices;
+    int ref_ranks;
 } cp_exec_case_t;
 
 /* part: "first prompt slice", "second prompt slice", "prompt on a shared

@@ -88,6 +88,7 @@ static const centry_t table[] = {
     I("attention", "sparse_decode_min_tokens", sparse_decode_min_tokens, 0, 1 << 30),
     I("parallel", "context", context, 1, 64),
     L("parallel", "context_min_tokens", context_min_tokens, 1, 1LL << 40),
+    S("parallel", "devices", context_devices, NULL),
 };
 #define N_TABLE ((int)(sizeof(table) / sizeof(table[0])))
 
@@ -286,6 +287,25 @@ int lc_config_validate(const lc_config_t *c, char *err, size_t errlen) {
         errf(err, errlen, "[model] device: '%s' is not auto, cpu, cuda or cuda:N (N from 0 to %d)", c->device,
              LC_DEVICE_MAX_INDEX);
         return LC_EINVAL;
+    }
+    if (c->context_devices[0]) { // the indices' count here; the GPUs themselves when the executor starts
+        int n = 0;
+        for (const char *p = c->context_devices; *p;) {
+            char *end;
+            const long v = strtol(p, &end, 10);
+            if (end == p || *p == '-' || *p == '+' || v > LC_DEVICE_MAX_INDEX || (*end && *end != ',') ||
+                (*end == ',' && !end[1])) {
+                errf(err, errlen, "[parallel] devices: '%s' is not CUDA device indices (0 to %d) separated by commas",
+                     c->context_devices, LC_DEVICE_MAX_INDEX);
+                return LC_EINVAL;
+            }
+            n++;
+            p = *end ? end + 1 : end;
+        }
+        if (n != c->context) {
+            errf(err, errlen, "[parallel] devices lists %d GPUs for context = %d ranks", n, c->context);
+            return LC_EINVAL;
+        }
     }
     if (c->kv_blocks == 0 && c->kv_bytes == 0) {
         errf(err, errlen, "[engine] one of kv_blocks or kv_bytes must be set");

@@ -61,6 +61,7 @@ typedef struct {
     /* [parallel] */
     int context;                  // context parallelism: ranks (1: off)
     long long context_min_tokens; // a sequence this long runs sharded
+    char context_devices[256];    // GPU: each rank's CUDA device, "0,1,2,3" ("": all on the executor's GPU)
 
     /* Not settings: where the file came from. */
     char config_path[LC_CONFIG_STR];

@@ -84,6 +84,10 @@ static int create_cpu(model_exec_t *e, const model_exec_opts_t *o, char *err, si
         snprintf(err, errlen, "parallel.context = %d: at most %d ranks", o->context_ranks, MODEL_CP_MAX_RANKS);
         return LC_EINVAL;
     }
+    if (o->context_devices && *o->context_devices) {
+        snprintf(err, errlen, "parallel.devices = %s lists GPUs, and this model runs on the CPU", o->context_devices);
+        return LC_EUNSUPPORTED;
+    }
     if (!(e->cpu =
               model_cpu_create(e->m, &kc, o->max_batch_tokens, max_seqs, o->context_ranks, o->context_min_tokens))) {
         snprintf(err, errlen, "out of memory for a KV store of %lld blocks (%.1f MiB) and scratch for %d tokens",

@@ -50,6 +50,13 @@ typedef struct {
      * GPU: exec_cuda_cp.cu); 0 or 1: off. */
     int context_ranks;
     int64_t context_min_tokens;
+    /* GPU, with context_ranks > 1: each rank's CUDA device ("0,1,2,3";
+     * rank 0's must be the executor's). NULL or "": every rank on the
+     * executor's GPU, sharing its KV pool. Given (repeats allowed, so
+     * "0,0,0,0" tests the path on one GPU), ranks 1.. keep the blocks they
+     * hold in pools of their own on their GPUs and attend there; the
+     * executor's GPU still runs the rest of the step (exec_cuda_cp.cu). */
+    const char *context_devices;
 } model_exec_opts_t;
 
 /* Creates an executor for m (which must outlive it). NULL with a message in

@@ -396,14 +396,21 @@ extern "C" model_cuda_t *model_cuda_create(const model_t *m, int device, const m
             goto fail;
         }
         c->shape = kv_shape(c);
-        if ((rc = model_cuda__cp_create(c, o->context_ranks, o->context_min_tokens, err, errlen))) goto fail;
+        if ((rc = model_cuda__cp_create(c, o->context_ranks, o->context_min_tokens, o->context_devices, err, errlen)))
+            goto fail;
     }
     if ((rc = alloc_kv(c, o, err, errlen))) goto fail;
     if (o->context_ranks > 1) {
+        if ((rc = model_cuda__cp_pools(c, err, errlen))) goto fail;
         const size_t len = strlen(devname);
-        snprintf(devname + len, devlen > len ? devlen - len : 0,
-                 " (context parallel: %d ranks on this GPU from %lld tokens)", o->context_ranks,
-                 (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
+        if (o->context_devices && *o->context_devices)
+            snprintf(devname + len, devlen > len ? devlen - len : 0,
+                     " (context parallel: %d ranks on GPUs %s from %lld tokens)", o->context_ranks, o->context_devices,
+                     (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
+        else
+            snprintf(devname + len, devlen > len ? devlen - len : 0,
+                     " (context parallel: %d ranks on this GPU from %lld tokens)", o->context_ranks,
+                     (long long)(o->context_min_tokens > 0 ? o->context_min_tokens : 1));
     }
     c->kvc.block_size = c->page_size;
     *kvc = c->kvc;
@@ -487,6 +494,7 @@ extern "C" void model_cuda_copy_block(void *ud, int32_t dst, int32_t src) {
                                 c->stream) != cudaSuccess)
                 LC_ERROR("cuda: copying KV block %d to %d failed", src, dst);
         }
+    model_cuda__cp_copy_block(c, dst); // to the pool of the rank holding it, where it has one
 }
 
 /* Page-locked up to PINNED_MAX (a step's decode rows; echoing a long

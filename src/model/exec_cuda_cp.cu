@@ -41,10 +41,20 @@
 //    device; Quest and TidalDecode: their plans' counts), per-rank KV blocks
 //    and ring timing for /metrics.
 //
-// All ranks share this GPU's pool, so a page id is valid on every rank, and
-// any slice can fall back to the single-rank kernels; the multi-GPU
-// executor (one pool and one set of weights per GPU, NCCL), where it could
-// not, is not built.
+// Without parallel.devices all ranks share this GPU's pool, so a page id is
+// valid on every rank. With it (model_exec_opts_t.context_devices), rank r
+// runs on its listed GPU: its streams, plans and communicator endpoint
+// there (cp_dev_create_on: peer copies between GPUs), and ranks 1.. keep
+// the blocks they hold in a pool of their own there, with the store's page
+// ids: after each global layer's K/V write the rows written into a block a
+// rank >= 1 holds are copied to its pool (mirror_kernel, on this GPU's
+// stream, peer writes), as is a block copied on write. Rank 0 attends from
+// this GPU's pool. This GPU still writes every row into its own pool and
+// runs the rest of the step, so any slice can still fall back to the
+// single-rank kernels. Such a rank works on copies of its rows' queries
+// and outputs on its GPU (stage_rows). Not yet done: pools of their own
+// size (each is the store's), and the ranks' own layers (docs/scaling.md,
+// "One GPU per rank").
 #include <pthread.h>
 
 #include "model/exec_cuda_int.cuh"
@@ -79,6 +89,12 @@ typedef struct {
 struct model_cuda_cp {
     model_cuda_t *c;
     int n;
+    int dev[CP_MAX_RANKS];                         // each rank's GPU (dev[0]: the executor's)
+    int own;                                       // 1: parallel.devices given: ranks 1.. keep pools of their own
+    char *pool[CP_MAX_RANKS];                      // rank r's K/V store (the layout of c->kv_mem; NULL: this GPU's)
+    bf16_t *sq[CP_MAX_RANKS], *sout[CP_MAX_RANKS]; // (T, H d) on rank r's GPU: its rows' queries and outputs, staged
+    int32_t *h_mir, *d_mir; // (T) the step's rows: the rank whose pool takes the row's K/V (0: none); pinned / device
+    int mir_rows, n_mir;    // the step's rows, and how many go to a pool
     int64_t min_tokens;
     cp_dev_t *group;
     cp_cuda_plan_t *plans[CP_MAX_RANKS];  // prompt slices, dense and Quest decode rows
@@ -146,6 +162,38 @@ static int move_rows(const model_cuda_cp_t *x, const bf16_t *src, bf16_t *dst, i
 }
 
 /* ---- rank threads ----------------------------------------------------------------------- */
+/* A rank with a pool of its own works on copies of its rows in its GPU's
+ * memory (sq, sout): its prompt rows and every decode row in (a rank reads
+ * the rows it holds and the decode rows it owns), then the rows it writes
+ * out (its prompt rows, the decode rows it owns), on its stream.
+ * out = 0: in; 1: out. */
+static int stage_rows(model_cuda_cp_t *x, int r, int out, cudaStream_t st) {
+    const model_cuda_t *c = x->c;
+    const size_t HD = (size_t)c->m->hp.n_heads * c->m->hp.head_dim, B = HD * sizeof(bf16_t);
+    bf16_t *from = out ? x->sout[r] : x->cq, *to = out ? x->cout : x->sq[r];
+    for (int i = 0; i < x->n_pf; i++) {
+        const cp_slice_t *sl = &x->pf[i];
+        const int64_t end = i + 1 < x->n_pf ? x->pf[i + 1].off : x->pf_rows;
+        const int64_t row = sl->off + sl->rank_off[r], last = r + 1 < x->n ? sl->off + sl->rank_off[r + 1] : end;
+        if (last > row)
+            CUDA_CHECK_RET(
+                cudaMemcpyAsync(to + row * HD, from + row * HD, (size_t)(last - row) * B, cudaMemcpyDefault, st));
+    }
+    if (!x->n_dec) return 0;
+    if (!out)
+        return cudaMemcpyAsync(to + x->pf_rows * HD, from + x->pf_rows * HD, (size_t)x->n_dec * B, cudaMemcpyDefault,
+                               st) == cudaSuccess
+                   ? 0
+                   : LC_EDEVICE;
+    for (int i = 0; i < x->n_dec; i++) {
+        const int own =
+            i < x->n_oth ? cp_cuda_decode_owner(x->plans[r], i) : cp_cuda_decode_owner(x->tplans[r], i - x->n_oth);
+        const size_t at = (size_t)(x->pf_rows + i) * HD;
+        if (own == r) CUDA_CHECK_RET(cudaMemcpyAsync(to + at, from + at, B, cudaMemcpyDefault, st));
+    }
+    return 0;
+}
+
 static int run_rank(model_cuda_cp_t *x, int r) {
     model_cuda_t *c = x->c;
     const int l = x->layer;
@@ -154,8 +202,17 @@ static int run_rank(model_cuda_cp_t *x, int r) {
     cp_comm_t *cm = cp_dev_comm(x->group, r);
     cudaStream_t st = (cudaStream_t)cp_comm_stream(cm);
     const void *k = layer_k(c, l), *v = layer_v(c, l);
+    if (x->pool[r]) { // the same layout, its own memory
+        k = x->pool[r] + ((const char *)k - (const char *)c->kv_mem);
+        v = x->pool[r] + ((const char *)v - (const char *)c->kv_mem);
+    }
     CUDA_CHECK_RET(cudaStreamWaitEvent(st, x->ev_main, 0));
+    bf16_t *cq = x->cq, *cout = x->cout;
     int rc = 0;
+    if (x->sq[r]) {
+        cq = x->sq[r], cout = x->sout[r];
+        if ((rc = stage_rows(x, r, 0, st))) return rc;
+    }
     const char *what = "a prompt slice's plan";
     for (int i = 0; i < x->n_pf && !rc; i++) {
         cp_slice_t *sl = &x->pf[i];
@@ -163,7 +220,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         if ((x->n_pf > 1 || x->dirty) && (rc = cp_cuda_plan_prefill(p, &sl->seq, st))) break;
         const size_t row = (size_t)(sl->off + sl->rank_off[r]);
         what = "a prompt slice";
-        rc = cp_cuda_run_prefill(p, cm, k, v, x->cq + row * HD, x->cout + row * HD, NULL);
+        rc = cp_cuda_run_prefill(p, cm, k, v, cq + row * HD, cout + row * HD, NULL);
         if (!rc && sl->sparse) { // the pairs of this slice (the plan counts since its creation)
             double now = 0;
             if (x->n_pf_sparse > 1 || l == x->last_global) {
@@ -173,7 +230,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
             }
         }
     }
-    bf16_t *q = x->cq + (size_t)x->pf_rows * HD, *o = x->cout + (size_t)x->pf_rows * HD;
+    bf16_t *q = cq + (size_t)x->pf_rows * HD, *o = cout + (size_t)x->pf_rows * HD;
     if (!rc && x->n_oth) { // the dense and Quest rows
         what = x->op == OP_QUEST ? "the Quest decode rows" : "the dense decode rows";
         if (x->op == OP_QUEST)
@@ -190,6 +247,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
         else
             rc = cp_cuda_run_decode_tidal(tp, cm, k, v, q, o, NULL, x->top == OP_SELECT);
     }
+    if (!rc && x->sq[r]) what = "the rows' way back", rc = stage_rows(x, r, 1, st);
     if (rc) LC_WARN("cuda: context-parallel rank %d, layer %d, %s: %s", r, l, what, lc_strerror(rc));
     if (!rc) CUDA_CHECK_RET(cudaEventRecord(x->ev_rank[r], st));
     return rc;
@@ -198,10 +256,7 @@ static int run_rank(model_cuda_cp_t *x, int r) {
 static int rank_job(void *ctx, int r) { return run_rank((model_cuda_cp_t *)ctx, r); }
 // the peers return from their transfers instead of waiting for a failed rank
 static void rank_abort(void *ctx) { cp_dev_abort(((model_cuda_cp_t *)ctx)->group); }
-static void rank_init(void *ctx, int r) {
-    (void)r;
-    cudaSetDevice(((model_cuda_cp_t *)ctx)->c->device);
-}
+static void rank_init(void *ctx, int r) { cudaSetDevice(((model_cuda_cp_t *)ctx)->dev[r]); }
 
 /* Runs layer l on every rank; the first failing rank's status. */
 static int run_ranks(model_cuda_cp_t *x, int l, int op, int top) {
@@ -214,11 +269,77 @@ static int run_ranks(model_cuda_cp_t *x, int l, int op, int top) {
 }
 
 /* ---- creation ------------------------------------------------------------------------------ */
-int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *err, size_t errlen) {
+/* parallel.devices: ranks GPU indices separated by commas, the first the
+ * executor's; into dev. */
+static int parse_devices(const char *spec, int ranks, int self, int *dev, char *err, size_t errlen) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess) cudaGetLastError(), n_dev = 0;
+    const char *p = spec;
+    int n = 0;
+    while (*p) {
+        char *end;
+        const long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v >= n_dev || n >= ranks || (*end && *end != ',') || (*end == ',' && !end[1])) {
+            snprintf(err, errlen,
+                     "parallel.devices = %s: want %d CUDA device indices separated by commas, each below %d (the "
+                     "GPUs here)",
+                     spec, ranks, n_dev);
+            return LC_EINVAL;
+        }
+        dev[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    if (n != ranks) {
+        snprintf(err, errlen, "parallel.devices = %s: %d devices for parallel.context = %d ranks", spec, n, ranks);
+        return LC_EINVAL;
+    }
+    if (dev[0] != self) {
+        snprintf(err, errlen, "parallel.devices = %s: rank 0 must be on the executor's GPU (%d)", spec, self);
+        return LC_EINVAL;
+    }
+    return 0;
+}
+
+/* Peer access both ways between GPUs a and b (nothing when a == b). */
+static int enable_peers(int a, int b, char *err, size_t errlen) {
+    if (a == b) return 0;
+    int ab = 0, ba = 0;
+    if (cudaDeviceCanAccessPeer(&ab, a, b) != cudaSuccess || cudaDeviceCanAccessPeer(&ba, b, a) != cudaSuccess || !ab ||
+        !ba) {
+        cudaGetLastError();
+        snprintf(err, errlen, "parallel.devices: GPUs %d and %d cannot reach each other's memory (peer access)", a, b);
+        return LC_EUNSUPPORTED;
+    }
+    for (int k = 0; k < 2; k++) {
+        const int from = k ? b : a, to = k ? a : b;
+        cudaSetDevice(from);
+        const cudaError_t e = cudaDeviceEnablePeerAccess(to, 0);
+        if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) {
+            cudaGetLastError();
+            snprintf(err, errlen, "parallel.devices: peer access from GPU %d to %d: %s", from, to,
+                     cudaGetErrorString(e));
+            return LC_EDEVICE;
+        }
+        cudaGetLastError();
+    }
+    return 0;
+}
+
+int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, const char *devices, char *err,
+                          size_t errlen) {
     const model_hparams_t *hp = &c->m->hp;
     if (ranks > CP_MAX_RANKS || ranks > MODEL_CP_MAX_RANKS) {
         snprintf(err, errlen, "parallel.context = %d: at most %d ranks", ranks, CP_MAX_RANKS);
         return LC_EINVAL;
+    }
+    int dev[CP_MAX_RANKS];
+    for (int r = 0; r < ranks; r++) dev[r] = c->device;
+    const int own = devices && *devices;
+    if (own) {
+        int rc = parse_devices(devices, ranks, c->device, dev, err, errlen);
+        for (int r = 1; !rc && r < ranks; r++) rc = enable_peers(c->device, dev[r], err, errlen);
+        cudaSetDevice(c->device);
+        if (rc) return rc;
     }
     if (c->page_size > 128 || 128 % c->page_size) {
         snprintf(err, errlen, "parallel.context needs GPU pages that divide 128 positions (pages of %d)", c->page_size);
@@ -229,6 +350,8 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     c->cp = x;
     x->c = c;
     x->n = ranks;
+    x->own = own;
+    memcpy(x->dev, dev, sizeof(int) * (size_t)ranks);
     x->min_tokens = min_tokens > 0 ? min_tokens : 1;
     for (int l = 0; l < hp->n_layers; l++)
         if (hp->layer[l].window <= 0) x->last_global = l;
@@ -255,6 +378,8 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     }
     if (cudaMallocHost((void **)&x->h_idx, (size_t)T * sizeof(int32_t)) != cudaSuccess ||
         cudaMalloc((void **)&x->d_idx, (size_t)T * sizeof(int32_t)) != cudaSuccess ||
+        (own && (cudaMallocHost((void **)&x->h_mir, (size_t)T * sizeof(int32_t)) != cudaSuccess ||
+                 cudaMalloc((void **)&x->d_mir, (size_t)T * sizeof(int32_t)) != cudaSuccess)) ||
         cudaMalloc((void **)&x->cq, (size_t)T * HD * sizeof(bf16_t)) != cudaSuccess ||
         cudaMalloc((void **)&x->cout, (size_t)T * HD * sizeof(bf16_t)) != cudaSuccess ||
         cudaEventCreateWithFlags(&x->ev_main, cudaEventDisableTiming) != cudaSuccess) {
@@ -262,13 +387,19 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
         snprintf(err, errlen, "cannot allocate the context-parallel buffers on GPU %d", c->device);
         return LC_ENOMEM;
     }
-    for (int r = 0; r < ranks; r++)
-        if (cudaEventCreateWithFlags(&x->ev_rank[r], cudaEventDisableTiming) != cudaSuccess) {
+    for (int r = 0; r < ranks; r++) { // recorded on the rank's stream: on its GPU
+        cudaSetDevice(x->dev[r]);
+        const cudaError_t e = cudaEventCreateWithFlags(&x->ev_rank[r], cudaEventDisableTiming);
+        cudaSetDevice(c->device);
+        if (e != cudaSuccess) {
             snprintf(err, errlen, "cannot create CUDA events");
             return LC_EDEVICE;
         }
-    if (!(x->group = cp_dev_create(ranks, c->device))) {
-        snprintf(err, errlen, "cannot create %d device-local ranks on GPU %d", ranks, c->device);
+    }
+    x->group = own ? cp_dev_create_on(ranks, x->dev) : cp_dev_create(ranks, c->device);
+    cudaSetDevice(c->device);
+    if (!x->group) {
+        snprintf(err, errlen, "cannot create %d device-local ranks (rank 0 on GPU %d)", ranks, c->device);
         return LC_EDEVICE;
     }
     /* Each rank's plan: the model's context, its share of a step's rows;
@@ -305,8 +436,10 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     tlim.max_decode_seqs = (int)dec;
     tlim.tidal_budget = CP_TIDAL_ROOM;
     for (int r = 0; r < ranks; r++) {
+        cudaSetDevice(x->dev[r]); // a rank's plans live on its GPU
         int rc = cp_cuda_plan_create(&c->shape, &lim, r, ranks, &x->plans[r]);
         if (!rc && c->tidal_ok) rc = cp_cuda_plan_create(&c->shape, &tlim, r, ranks, &x->tplans[r]);
+        cudaSetDevice(c->device);
         if (rc) {
             snprintf(err, errlen,
                      "cannot create context-parallel rank %d's plan for %lld positions (%s): lower "
@@ -319,7 +452,10 @@ int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *
     /* what a user with several GPUs would otherwise assume */
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess) cudaGetLastError(), n_dev = 1;
-    if (n_dev > 1)
+    if (own)
+        LC_INFO("cuda: parallel.context = %d on GPUs %s (rank 0 on this one, which runs the rest of the step)", ranks,
+                devices);
+    else if (n_dev > 1)
         LC_WARN("cuda: parallel.context = %d runs its %d ranks on GPU %d alone, not on this machine's %d GPUs: one GPU "
                 "per rank is not built yet, and ranks sharing a GPU are no faster than context = 1",
                 ranks, ranks, c->device, n_dev);
@@ -339,13 +475,20 @@ void model_cuda__cp_destroy(model_cuda_t *c) {
     model_cuda_cp_t *x = c->cp;
     if (!x) return;
     cp_team_destroy(x->team);
-    cudaDeviceSynchronize();
     for (int r = 0; r < x->n; r++) {
+        cudaSetDevice(x->dev[r]);
+        cudaDeviceSynchronize();
         cp_cuda_plan_destroy(x->plans[r]);
         cp_cuda_plan_destroy(x->tplans[r]);
         if (x->ev_rank[r]) cudaEventDestroy(x->ev_rank[r]);
+        if (x->pool[r]) cudaFree(x->pool[r]);
+        if (x->sq[r]) cudaFree(x->sq[r]);
+        if (x->sout[r]) cudaFree(x->sout[r]);
     }
+    cudaSetDevice(c->device);
     if (x->group) cp_dev_destroy(x->group);
+    cudaSetDevice(c->device);
+    cudaFreeHost(x->h_mir), cudaFree(x->d_mir);
     if (x->ev_main) cudaEventDestroy(x->ev_main);
     cudaFreeHost(x->h_idx), cudaFree(x->d_idx), cudaFree(x->cq), cudaFree(x->cout);
     free(x->owner), free(x->mode), free(x->pf), free(x->dec_seq), free(x->dec_off), free(x->dcount), free(x->dcomputed);
@@ -361,7 +504,85 @@ void model_cuda__cp_copy_owner(model_cuda_t *c, int32_t dst, int32_t src) {
     if (c->cp) c->cp->owner[dst] = c->cp->owner[src];
 }
 
+int model_cuda__cp_pools(model_cuda_t *c, char *err, size_t errlen) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x || !x->own) return 0;
+    const size_t bytes = c->layer_bytes * 2 * c->n_slots;
+    const size_t rows = (size_t)c->max_tokens * c->m->hp.n_heads * c->m->hp.head_dim * sizeof(bf16_t);
+    for (int r = 1; r < x->n; r++) {
+        cudaSetDevice(x->dev[r]);
+        cudaError_t e = cudaMalloc((void **)&x->pool[r], bytes);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&x->sq[r], rows);
+        if (e == cudaSuccess) e = cudaMalloc((void **)&x->sout[r], rows);
+        cudaSetDevice(c->device);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            snprintf(err, errlen,
+                     "parallel.devices: no room for rank %d's KV pool (%.1f MiB, the store's size) on GPU %d%s", r,
+                     (double)bytes / (1 << 20), x->dev[r],
+                     x->dev[r] == c->device ? ": ranks sharing the executor's GPU need engine.kv_blocks set low" : "");
+            return LC_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+void model_cuda__cp_copy_block(model_cuda_t *c, int32_t dst) {
+    model_cuda_cp_t *x = c->cp;
+    if (!x || !x->own || !x->pool[x->owner[dst]]) return;
+    char *to = x->pool[x->owner[dst]];
+    const size_t pb = c->page_bytes, off = (size_t)dst * pb;
+    for (size_t part = 0; part < (size_t)2 * c->n_slots; part++) {
+        const size_t at = part * c->layer_bytes + off;
+        if (cudaMemcpyAsync(to + at, (char *)c->kv_mem + at, pb, cudaMemcpyDefault, c->stream) != cudaSuccess)
+            LC_ERROR("cuda: copying KV block %d to rank %d's pool failed", dst, x->owner[dst]);
+    }
+}
+
+/* The K and V rows a step wrote into blocks that ranks with pools of their
+ * own hold, from this GPU's pool into theirs (the same page ids): block i
+ * takes row i when mir[i] > 0; K and V of one slot at k and v (byte
+ * offsets of the store), a row's n_kv_heads x head_dim bf16 per page slot. */
+typedef struct {
+    char *pool[CP_MAX_RANKS];
+} pools_t;
+static __global__ void mirror_kernel(const __grid_constant__ pools_t to, const char *from, const int32_t *mir,
+                                     const int32_t *page, const int32_t *slot, size_t k, size_t v, int kh, int ps,
+                                     int d) {
+    const int i = blockIdx.x, r = mir[i];
+    if (r <= 0) return;
+    const size_t row = (size_t)d * sizeof(bf16_t), head = (size_t)ps * row, pg = (size_t)kh * head;
+    const size_t base = (size_t)page[i] * pg + (size_t)slot[i] * row;
+    for (int h = 0; h < kh; h++)
+        for (size_t b = threadIdx.x * 16; b < row; b += blockDim.x * 16) {
+            const size_t o = base + (size_t)h * head + b;
+            *(uint4 *)(to.pool[r] + k + o) = *(const uint4 *)(from + k + o);
+            *(uint4 *)(to.pool[r] + v + o) = *(const uint4 *)(from + v + o);
+        }
+}
+
+static int mirror_layer(model_cuda_cp_t *x, int l) {
+    model_cuda_t *c = x->c;
+    if (!x->own || !x->n_mir) return 0;
+    pools_t to;
+    memcpy(to.pool, x->pool, sizeof to.pool);
+    const int T = c->max_tokens;
+    const size_t k = (const char *)layer_k(c, l) - (const char *)c->kv_mem,
+                 v = (const char *)layer_v(c, l) - (const char *)c->kv_mem;
+    mirror_kernel<<<(unsigned)x->mir_rows, 64, 0, c->stream>>>(to, (const char *)c->kv_mem, x->d_mir,
+                                                               c->d_idx + IX_PAGE * T, c->d_idx + IX_SLOT * T, k, v,
+                                                               c->m->hp.n_kv_heads, c->page_size, c->m->hp.head_dim);
+    CUDA_CHECK_RET(cudaGetLastError());
+    return 0;
+}
+
 /* ---- a step ------------------------------------------------------------------------------- */
+/* Makes rank r's GPU current for the engine thread's calls into its plans
+ * (on_rank(x, 0): the executor's again). */
+static void on_rank(const model_cuda_cp_t *x, int r) {
+    if (x->own && x->dev[r] != x->dev[0]) cudaSetDevice(x->dev[r]);
+    if (x->own && r == 0) cudaSetDevice(x->dev[0]);
+}
 int model_cuda__cp_mode(const model_cuda_t *c, int s) { return c->cp ? c->cp->mode[s] : MODE_NONE; }
 
 static const attn_policy_t *policy(const model_seq_t *q) { return q->attn ? attn_state_policy(q->attn) : NULL; }
@@ -392,7 +613,9 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     for (int r = 0; r < x->n && !rc; r++) {
         cp_cuda_plan_t *p = x->plans[r];
         void *st = cp_comm_stream(cp_dev_comm(x->group, r));
+        on_rank(x, r);
         rc = cp_cuda_plan_prefill(p, &sl->seq, st);
+        on_rank(x, 0);
         if (rc == LC_EINVAL && sl->seq.flex) { // a 128-position block split by earlier owners: the dense ring
             if (!x->warned_flex++)
                 LC_WARN("cuda: a sharded FlexPrefill prompt whose cached blocks split a 128-position block between "
@@ -446,7 +669,9 @@ static int quest_budgets(const model_cuda_cp_t *x, int l, int32_t *out) {
 static int plan_decode(model_cuda_cp_t *x, const int32_t *budget) {
     cp_cuda_dec_batch_t b = {x->n_oth, x->dkv_len, x->dindptr, x->dblocks, x->downer, budget, NULL};
     for (int r = 0; r < x->n; r++) {
+        on_rank(x, r);
         int rc = cp_cuda_plan_decode(x->plans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
+        on_rank(x, 0);
         if (rc) return rc;
     }
     for (int i = 0; budget && i < x->n_oth; i++) x->dcount[i] = budget[i] ? cp_cuda_decode_count(x->plans[0], i) : -1;
@@ -460,7 +685,9 @@ static int plan_tidal(model_cuda_cp_t *x) {
     cp_cuda_dec_batch_t b = {n,    x->dkv_len + x->n_oth, x->tindptr, x->dblocks + b0, x->downer + b0,
                              NULL, x->dtidal + x->n_oth};
     for (int r = 0; r < x->n; r++) {
+        on_rank(x, r);
         int rc = cp_cuda_plan_decode(x->tplans[r], &b, cp_comm_stream(cp_dev_comm(x->group, r)));
+        on_rank(x, 0);
         if (rc) return rc;
     }
     for (int j = 0; j < n; j++) x->dcount[x->n_oth + j] = cp_cuda_decode_count(x->tplans[0], j);
@@ -616,7 +843,21 @@ int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b) {
 
 int model_cuda__cp_rows(model_cuda_t *c, const model_batch_t *b) {
     model_cuda_cp_t *x = c->cp;
-    if (!x || (!x->n_pf && !x->n_dec)) return 0;
+    if (!x) return 0;
+    if (x->own) { // every row written into a block held by a rank with its own pool, sharded or not
+        const int T = c->max_tokens;
+        x->mir_rows = b->n_tokens;
+        x->n_mir = 0;
+        for (int i = 0; i < b->n_tokens; i++) {
+            const int r = x->owner[c->h_idx[IX_PAGE * T + i]];
+            x->h_mir[i] = x->pool[r] ? r : 0;
+            x->n_mir += x->h_mir[i] > 0;
+        }
+        if (x->n_mir)
+            CUDA_CHECK_RET(cudaMemcpyAsync(x->d_mir, x->h_mir, (size_t)b->n_tokens * sizeof(int32_t),
+                                           cudaMemcpyHostToDevice, c->stream));
+    }
+    if (!x->n_pf && !x->n_dec) return 0;
     for (int i = 0; i < x->n_pf; i++) {
         const cp_slice_t *sl = &x->pf[i];
         const int64_t n = b->seqs[sl->s].n_tok;
@@ -660,9 +901,12 @@ static int decode_op(model_cuda_cp_t *x, int l, int *op, int *top) {
 
 int model_cuda__cp_layer(model_cuda_t *c, int l) {
     model_cuda_cp_t *x = c->cp;
-    if (!x || (!x->n_pf && !x->n_dec)) return 0;
+    if (!x) return 0;
+    int rc;
+    if (c->m->hp.layer[l].window <= 0 && (rc = mirror_layer(x, l))) return rc; // the ranks read global layers only
+    if (!x->n_pf && !x->n_dec) return 0;
     const int64_t rows = x->pf_rows + x->n_dec;
-    int op = OP_DENSE, top = OP_DENSE, rc;
+    int op = OP_DENSE, top = OP_DENSE;
     if (c->m->hp.layer[l].window > 0) { // a sliding layer: the windowed plans ran every row (share_windows)
         if (x->n_dec > x->n_oth) x->t_due = attn_decode_due(&x->tpol, l, 1, x->t_due); // the next global layer selects
         for (int i = 0; i < x->n_dec; i++)

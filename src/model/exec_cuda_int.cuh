@@ -205,14 +205,20 @@ int model_cuda__plan_attention(model_cuda_t *c, const step_t *st);
 double model_cuda__dense_pairs(const model_cuda_t *c, int64_t pos0, int64_t n, int globals);
 
 /* Context parallelism (exec_cuda_cp.cu; every call does nothing without
- * it): create after the KV store (ranks device-local ranks of this GPU,
- * sharding sequences whose KV reaches min_tokens) and destroy before it;
+ * it): create once the KV store is sized, before it is allocated (ranks:
+ * device-local ranks of this GPU, or of the GPUs `devices` lists, sharding
+ * sequences whose KV reaches min_tokens), pools after it is allocated, and
+ * destroy before it;
  * per step prepare (which slices are sharded: mode(s) MODE_* of the file;
  * owners, plans) before the rows are laid out, rows after (their gather
  * index), layer after each layer's single-rank attention, count after the
  * step drained; copy_owner for a block copied on write. */
 typedef struct model_cuda_cp model_cuda_cp_t;
-int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, char *err, size_t errlen);
+int model_cuda__cp_create(model_cuda_t *c, int ranks, int64_t min_tokens, const char *devices, char *err,
+                          size_t errlen);
+/* After the KV store: the pools of the ranks that keep their own (devices
+ * given), each the store's size on its rank's GPU. */
+int model_cuda__cp_pools(model_cuda_t *c, char *err, size_t errlen);
 void model_cuda__cp_destroy(model_cuda_t *c);
 int model_cuda__cp_mode(const model_cuda_t *c, int s); // 0: single-rank, 1: the ring, 2: a sharded decode row
 int model_cuda__cp_prepare(model_cuda_t *c, const model_batch_t *b);
@@ -224,6 +230,9 @@ void model_cuda__cp_count(model_cuda_t *c, const model_batch_t *b);
  * NULL (dense prefill). */
 const attn_policy_t *model_cuda__anchor_policy(const model_seq_t *q);
 void model_cuda__cp_copy_owner(model_cuda_t *c, int32_t dst, int32_t src);
+/* After block dst was copied in the store (stream order): the copy into the
+ * pool of the rank holding it, when that rank keeps its own. */
+void model_cuda__cp_copy_block(model_cuda_t *c, int32_t dst);
 
 /* The step profile (exec_cuda_prof.cu): created from the environment,
  * reported and freed with the executor; every call does nothing when it is

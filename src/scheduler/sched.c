@@ -55,7 +55,8 @@ sched_t *sched_create(const model_t *model, const sched_config_t *cfg, char *err
                             .gpu_fast_gemm = s->cfg.gpu_fast_gemm,
                             .gpu_no_graphs = s->cfg.gpu_no_graphs,
                             .context_ranks = s->cfg.context_ranks,
-                            .context_min_tokens = s->cfg.context_min_tokens};
+                            .context_min_tokens = s->cfg.context_min_tokens,
+                            .context_devices = s->cfg.context_devices};
     if (!(s->exec = model_exec_create(model, &eo, err, errlen))) goto fail;
     kv_config_t kc = model_exec_kv_config(s->exec);
     s->cfg.block_size = kc.block_size;

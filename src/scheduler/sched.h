@@ -45,6 +45,7 @@ typedef struct {
     int threads;                // OpenMP threads of the engine's steps; 0 = OMP_NUM_THREADS or all CPUs
     int context_ranks;          // context parallelism: ranks (0 or 1: off; model/exec.h)
     int64_t context_min_tokens; // sequences this long run sharded, default 32768
+    char context_devices[256];  // GPU: each rank's CUDA device ("": the executor's; model/exec.h)
 
     /* Attention: the default policy for "auto" and when it switches to sparse. */
     attn_policy_t attn_default;    // methods used when auto selects sparse

@@ -184,6 +184,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->sparse_decode_min_tokens = c->sparse_decode_min_tokens;
     sc->context_ranks = c->context;
     sc->context_min_tokens = c->context_min_tokens;
+    snprintf(sc->context_devices, sizeof sc->context_devices, "%s", c->context_devices);
 }
 
 static void load_after(uv_work_t *w, int status) {

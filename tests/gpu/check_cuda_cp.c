@@ -9,12 +9,16 @@
  * not, so logits agree within bf16 tolerance (relative 3e-2, as the GPU
  * against the CPU) and top-1 in >= 95% of rows, not bit for bit; the
  * density a request reports and the per-rank counters must show that the
- * ring ran. */
+ * ring ran. With parallel.devices (ranks 1.. in pools of their own, on this
+ * GPU or, where the machine has them, on others) the logits must be the
+ * shared pool's bit for bit. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cuda_runtime_api.h>
 
 #include "attn/attn.h"
 #include "cp_exec_case.h"
@@ -214,6 +218,95 @@ START_TEST(test_cp_exec_gemma) {
 }
 END_TEST
 
+/* Ranks keeping the blocks they hold in pools of their own
+ * (parallel.devices "0,0", "0,0,0", "0,0,0,0": every rank on this GPU,
+ * ranks 1.. reading pools the executor's K/V mirror writes) against the
+ * same ranks sharing the executor's pool: the same logits bit for bit
+ * (the same kernels on the same bytes), dense, with each sparse method and
+ * on Gemma 3's layer groups; a sequence alone and batched the same bits;
+ * lists the executor refuses. */
+static void compare_bits(void *ud, const char *part, const float *own, const float *shared, int rows, int V) {
+    ck_assert_msg(memcmp(own, shared, sizeof(float) * (size_t)rows * V) == 0,
+                  "%s, %s: the ranks' own pools give other logits than the shared pool", (const char *)ud, part);
+}
+
+static void devices_case(model_t *m, const cp_exec_case_t *base, int ranks, const char *devices,
+                         const attn_policy_t *pol, const char *what) {
+    cp_exec_case_t cs = *base;
+    cs.seed = 11u + (unsigned)ranks;
+    cs.devices = devices;
+    cs.ref_ranks = ranks;
+    cp_exec_result_t res;
+    cp_exec_case_run(m, &cs, ranks, pol, compare_bits, (void *)what, &res);
+    ck_assert_int_eq(res.cp.ranks, ranks);
+    ck_assert_msg(res.cp.kv_blocks[ranks - 1] > 0 && res.cp.sharded_rows > 0, "%s: the sharded path did not run", what);
+    fprintf(stderr, "check_cuda: %s, %d ranks on GPUs %s, pools of their own: the shared pool's logits, bit for bit\n",
+            what, ranks, devices);
+    model_free(m);
+}
+
+START_TEST(test_cp_exec_devices) {
+    devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,0", NULL, "dense");
+    devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 4, "0,0,0,0", NULL, "dense");
+    attn_policy_t pol = sparse_policy(ATTN_DECODE_QUEST, 128);
+    devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 3, "0,0,0", &pol, "FlexPrefill + Quest");
+    pol = sparse_policy(ATTN_DECODE_TIDAL, 96);
+    devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,0", &pol, "FlexPrefill + TidalDecode");
+    pol = anchor_policy(0.01f);
+    devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 3, "0,0,0", &pol,
+                 "AnchorAttention (probe) + Quest");
+    cp_exec_case_t cs = g_case;
+    cs.kv_blocks = 256;
+    devices_case(check_cuda_tiny_gemma6(), &cs, 2, "0,0", NULL, "Gemma 3 (6 layers), dense");
+    pol = sparse_policy(ATTN_DECODE_TIDAL, 96);
+    pol.tidal_select_layer = 0;
+    pol.tidal_reselect_layer = 4;
+    devices_case(check_cuda_tiny_gemma6(), &cs, 3, "0,0,0", &pol, "Gemma 3 (6 layers), FlexPrefill + TidalDecode");
+    /* alone and batched with pools of their own */
+    model_t *m = check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256);
+    cs = g_case;
+    cs.devices = "0,0,0";
+    cp_exec_batch_run(m, &cs, 3, NULL);
+    /* on GPUs of their own, where this machine has them (peer copies, the
+     * mirror's peer writes, the rows staged on each GPU) */
+    int n_dev = 0;
+    ck_assert_int_eq(cudaGetDeviceCount(&n_dev), cudaSuccess);
+    if (n_dev >= 2) {
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,1", NULL, "dense");
+        pol = sparse_policy(ATTN_DECODE_QUEST, 128);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 4, "0,1,0,1", &pol, "FlexPrefill + Quest");
+        pol = anchor_policy(0.01f);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 2, "0,1", &pol,
+                     "AnchorAttention (probe) + Quest");
+    }
+    if (n_dev >= 4) {
+        pol = sparse_policy(ATTN_DECODE_TIDAL, 96);
+        devices_case(check_cuda_tiny(GGML_TYPE_Q8_0, 4, 2, 256), &g_case, 4, "0,1,2,3", &pol,
+                     "FlexPrefill + TidalDecode");
+    }
+    /* refused: a GPU that is not here, rank 0 elsewhere than the executor's,
+     * a count that is not the ranks' */
+    char missing[32], first[32];
+    snprintf(missing, sizeof missing, "0,%d", n_dev);
+    snprintf(first, sizeof first, "%d,0", n_dev > 1 ? 1 : n_dev);
+    const char *bad[] = {missing, first, "0", "0,0,0"};
+    for (int i = 0; i < 4; i++) {
+        char err[256] = "";
+        model_exec_opts_t o = {.device = "cuda:0",
+                               .max_batch_tokens = 64,
+                               .kv_blocks = 16,
+                               .context_ranks = 2,
+                               .context_min_tokens = 100,
+                               .context_devices = bad[i]};
+        model_exec_t *e = model_exec_create(m, &o, err, sizeof err);
+        ck_assert_msg(e == NULL, "parallel.devices = %s was taken", bad[i]);
+        ck_assert_msg(strstr(err, "parallel.devices") != NULL, "%s: %s", bad[i], err);
+        fprintf(stderr, "check_cuda: parallel.devices = %s refused: %s\n", bad[i], err);
+    }
+    model_free(m);
+}
+END_TEST
+
 /* A sharded sequence alone and beside a short and a long one, its logits
  * the same bits: dense with 3 ranks, FlexPrefill and Quest with 2,
  * AnchorAttention with 3. */
@@ -234,4 +327,5 @@ void cuda_cp_add(TCase *tc) {
     tcase_add_test(tc, test_cp_exec_sparse);
     tcase_add_test(tc, test_cp_exec_batch);
     tcase_add_test(tc, test_cp_exec_gemma);
+    tcase_add_test(tc, test_cp_exec_devices);
 }

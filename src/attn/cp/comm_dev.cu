@@ -1,4 +1,6 @@
-// The device-local communicator: N ranks on one GPU (cp_comm_cuda.h). Each
+// The device-local communicator: N ranks on one GPU, or on several GPUs of
+// this process (cp_dev_create_on: copies between them are peer copies)
+// (cp_comm_cuda.h). Each
 // ordered pair of ranks is a channel with queues of posted sends and
 // receives, matched on the host under the group's lock as in the threads
 // backend; the poster that completes a match issues the copy: on the
@@ -54,12 +56,13 @@ struct dslot_t {
 
 struct dep_t {
     cp_dev_t *g;
+    int device; // the rank's GPU: its streams, events and buffers
     cudaStream_t stream, copy;
     dslot_t slots[CP_MAX_PENDING];
 };
 
 struct cp_dev {
-    int n, device;
+    int n;
     pthread_mutex_t lock;
     pthread_cond_t cond;
     dq_t *sends, *recvs; // (n, n): [src * n + dst]
@@ -85,12 +88,24 @@ static void issue(cp_dev_t *g, dhalf_t *s, dhalf_t *r) {
     int err = s->bytes != r->bytes ? LC_EINVAL : 0;
     cudaStream_t cs = g->eps[r->owner].copy;
     if (!err) {
-        cudaError_t e = cudaSetDevice(g->device);
+        // on the receiver's GPU (the poster's again after); from another GPU
+        // a peer copy (cudaMemcpyDefault: the pointers say where)
+        int cur = 0;
+        cudaError_t e = cudaGetDevice(&cur);
+        if (e == cudaSuccess) e = cudaSetDevice(g->eps[r->owner].device);
         if (e == cudaSuccess) e = cudaStreamWaitEvent(cs, s->ready, 0);
         if (e == cudaSuccess) e = cudaStreamWaitEvent(cs, r->ready, 0);
-        if (e == cudaSuccess && s->bytes) e = cudaMemcpyAsync(r->rbuf, s->sbuf, s->bytes, cudaMemcpyDeviceToDevice, cs);
-        if (e == cudaSuccess) e = cudaEventRecord(s->done, cs);
+        if (e == cudaSuccess && s->bytes) e = cudaMemcpyAsync(r->rbuf, s->sbuf, s->bytes, cudaMemcpyDefault, cs);
         if (e == cudaSuccess) e = cudaEventRecord(r->done, cs);
+        const dep_t *se = &g->eps[s->owner];
+        if (se->device == g->eps[r->owner].device) {
+            if (e == cudaSuccess) e = cudaEventRecord(s->done, cs);
+        } else { // an event is recorded on its own GPU's streams: the sender's copy stream, after the copy
+            if (e == cudaSuccess) e = cudaSetDevice(se->device);
+            if (e == cudaSuccess) e = cudaStreamWaitEvent(se->copy, r->done, 0);
+            if (e == cudaSuccess) e = cudaEventRecord(s->done, se->copy);
+        }
+        if (e == cudaSuccess) e = cudaSetDevice(cur);
         if (e != cudaSuccess) {
             lc_log(LC_LOG_ERROR, "device-local transfer %d -> %d: %s", s->owner, r->owner, cudaGetErrorString(e));
             err = LC_EDEVICE;
@@ -157,7 +172,7 @@ static int dev_wait(cp_comm_t *c, int slot) {
 
 static int dev_copy(cp_comm_t *c, void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src)
-        CUDA_CHECK_RET(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, (cudaStream_t)c->stream));
+        CUDA_CHECK_RET(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, (cudaStream_t)c->stream));
     return 0;
 }
 
@@ -193,15 +208,23 @@ static const cp_comm_ops_t dev_ops = {
 };
 
 extern "C" cp_dev_t *cp_dev_create(int n, int device) {
+    int devices[CP_MAX_RANKS];
     if (n < 1 || n > CP_MAX_RANKS) return NULL;
-    if (cudaSetDevice(device) != cudaSuccess) {
-        lc_log(LC_LOG_ERROR, "device-local communicator: no device %d", device);
-        return NULL;
-    }
+    for (int r = 0; r < n; r++) devices[r] = device;
+    return cp_dev_create_on(n, devices);
+}
+
+extern "C" cp_dev_t *cp_dev_create_on(int n, const int *devices) {
+    if (n < 1 || n > CP_MAX_RANKS || !devices) return NULL;
+    for (int r = 0; r < n; r++)
+        if (cudaSetDevice(devices[r]) != cudaSuccess) {
+            cudaGetLastError();
+            lc_log(LC_LOG_ERROR, "device-local communicator: no device %d", devices[r]);
+            return NULL;
+        }
     cp_dev_t *g = (cp_dev_t *)calloc(1, sizeof *g);
     if (!g) return NULL;
     g->n = n;
-    g->device = device;
     g->sends = (dq_t *)calloc((size_t)n * n, sizeof *g->sends);
     g->recvs = (dq_t *)calloc((size_t)n * n, sizeof *g->recvs);
     g->comms = (cp_comm_t *)calloc((size_t)n, sizeof *g->comms);
@@ -212,7 +235,9 @@ extern "C" cp_dev_t *cp_dev_create(int n, int device) {
     for (int r = 0; r < n; r++) {
         dep_t *ep = &g->eps[r];
         ep->g = g;
-        if (cudaStreamCreateWithFlags(&ep->stream, cudaStreamNonBlocking) != cudaSuccess ||
+        ep->device = devices[r];
+        if (cudaSetDevice(ep->device) != cudaSuccess ||
+            cudaStreamCreateWithFlags(&ep->stream, cudaStreamNonBlocking) != cudaSuccess ||
             cudaStreamCreateWithFlags(&ep->copy, cudaStreamNonBlocking) != cudaSuccess)
             goto fail;
         for (int s = 0; s < CP_MAX_PENDING; s++) {
@@ -225,9 +250,10 @@ extern "C" cp_dev_t *cp_dev_create(int n, int device) {
         cp__comm_init(&g->comms[r], &dev_ops, r, n, ep);
         g->comms[r].stream = ep->stream;
     }
+    cudaSetDevice(devices[0]);
     return g;
 fail:
-    lc_log(LC_LOG_ERROR, "device-local communicator: cannot create %d ranks on device %d", n, device);
+    lc_log(LC_LOG_ERROR, "device-local communicator: cannot create %d ranks (rank 0 on device %d)", n, devices[0]);
     cp_dev_destroy(g);
     return NULL;
 }
@@ -252,9 +278,11 @@ extern "C" cp_comm_t *cp_dev_comm(cp_dev_t *g, int r) { return g && r >= 0 && r 
 
 extern "C" void cp_dev_destroy(cp_dev_t *g) {
     if (!g) return;
-    cudaSetDevice(g->device);
+    int cur = 0;
+    cudaGetDevice(&cur);
     for (int r = 0; g->eps && r < g->n; r++) {
         dep_t *ep = &g->eps[r];
+        if (ep->g) cudaSetDevice(ep->device);
         if (g->comms && g->comms[r].ops) cp__comm_fini(&g->comms[r]);
         if (ep->stream) cudaStreamSynchronize(ep->stream), cudaStreamDestroy(ep->stream);
         if (ep->copy) cudaStreamSynchronize(ep->copy), cudaStreamDestroy(ep->copy);
@@ -266,6 +294,7 @@ extern "C" void cp_dev_destroy(cp_dev_t *g) {
             }
         }
     }
+    cudaSetDevice(cur);
     pthread_mutex_destroy(&g->lock);
     pthread_cond_destroy(&g->cond);
     free(g->sends), free(g->recvs), free(g->comms), free(g->eps);

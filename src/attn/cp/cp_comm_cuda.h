@@ -35,6 +35,11 @@ extern "C" {
 typedef struct cp_dev cp_dev_t;
 /* n ranks (1 .. CP_MAX_RANKS) on GPU `device`; NULL on an error (logged). */
 cp_dev_t *cp_dev_create(int n, int device);
+/* n ranks, rank r on GPU devices[r] (repeats allowed): each rank's streams,
+ * events and buffers on its GPU, a transfer between two GPUs a peer copy
+ * on the receiver's copy stream (the caller enables peer access between
+ * them). One process driving several GPUs without NCCL; NULL on an error. */
+cp_dev_t *cp_dev_create_on(int n, const int *devices);
 cp_comm_t *cp_dev_comm(cp_dev_t *g, int r);
 /* After every rank's work has been waited for. */
 void cp_dev_destroy(cp_dev_t *g);
