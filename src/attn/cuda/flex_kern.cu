@@ -34,14 +34,20 @@
 namespace {
 
 constexpr int kB = kFlexBlock;
-constexpr int kSP = kB + 2; // pitch of score_kernel's probabilities (float2 rows; diagonals conflict-free)
+// score_kernel<1>'s slash sums: a quarter tile (kQR rows) of probabilities at
+// a time, row lr's key c at column lr + kB - 1 - c (its diagonal's, less
+// the quarter's first row), pitch kDP (>= kQR + kB - 1; 164: the rows' stores
+// at most two-way bank conflicts)
+constexpr int kQR = 32;
+constexpr int kDP = 164;
+static_assert(kDP >= kQR + kB - 1, "a quarter's diagonals fit a row");
 constexpr int kSelThreads = 1024;
 constexpr int kScoreThreads = 256;
 constexpr int kMaxD = 256; // head_dim 64, 128 or 256
 // score_kernel<MODE>: the staged bf16 rows and keys (pitch head_dim + 8);
-// MODE 0: two tiles' keys; MODE 1: one, and half a tile's probabilities
+// MODE 0: two tiles' keys; MODE 1: one, and a quarter tile's probabilities
 constexpr size_t score_smem(int D, int mode) {
-    return mode ? (size_t)2 * kB * (D + 8) * 2 + sizeof(float) * 64 * kSP : (size_t)3 * kB * (D + 8) * 2;
+    return mode ? (size_t)2 * kB * (D + 8) * 2 + sizeof(float) * kQR * kDP : (size_t)3 * kB * (D + 8) * 2;
 }
 constexpr double kFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
 
@@ -110,12 +116,14 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
     const int pitch = p.D + 8;
     __nv_bfloat16 *Qb = reinterpret_cast<__nv_bfloat16 *>(score_sm);
     __nv_bfloat16 *Kb = Qb + kB * pitch;
-    float *S = reinterpret_cast<float *>(Kb + kB * pitch); // MODE 1: half a tile's probabilities
+    float *S = reinterpret_cast<float *>(Kb + kB * pitch); // MODE 1: a quarter tile's probabilities, skewed
     // MODE 0: the keys of tile k in buffer k % 2 (the second in S's place)
     __shared__ float s_m[kB], s_w[kB];
     __shared__ float s_col[kScoreThreads / 32][kB];
     const int h = blockIdx.y, kh = h / p.G, tid = threadIdx.x;
     const int n_t = p.tiles ? p.n_tiles : p.n_kb;
+    if (MODE == 1) // the cells no row writes (column < lr or > lr + kB - 1) stay 0
+        for (int i = tid; i < kQR * kDP; i += kScoreThreads) S[i] = 0.f;
     if (MODE == 1 && tid < kB) {
         const int r = tid < p.R ? tid : 0;
         s_m[tid] = p.mrow[(size_t)h * kB + r];
@@ -235,38 +243,40 @@ template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kerne
             }
             if (g == 0) s_col[warp][c] = v0, s_col[warp][c + 1] = v1;
         }
-        // the slash partials, rows 0-63 (warps 0-3) then rows 64-127 (warps 4-7);
-        // lane i of warp w keeps diagonal w + 8 i's sum over the first half
+        // the slash partials by quarter tiles of kQR rows (warps 2 q and 2 q + 1
+        // hold them): each row's probabilities go in skewed, so that diagonal
+        // dd = r + kB - 1 - c (key c of row r) is column dd - kQR q, and thread
+        // dd sums its column down the quarter's rows (even and odd rows apart,
+        // then the quarters in order; no shuffles, no index arithmetic)
         float mine = 0.f;
-        for (int half = 0; half < 2; half++) {
-            if ((warp >> 2) == half) {
-                float *Sw = S - half * 64 * kSP; // rows 64 half .. 64 half + 63 at S
+        for (int qq = 0; qq < kB / kQR; qq++) {
+            if ((warp >> 1) == qq) {
+                const int llo = rlo - kQR * qq, lhi = llo + 8;
+                float *slo = S + llo * kDP + llo + kB - 1, *shi = S + lhi * kDP + lhi + kB - 1;
 #pragma unroll
                 for (int n = 0; n < kB / 8; n++) {
                     const int c = 8 * n + 2 * tq;
-                    *reinterpret_cast<float2 *>(Sw + rlo * kSP + c) = make_float2(acc[n][0], acc[n][1]);
-                    *reinterpret_cast<float2 *>(Sw + rhi * kSP + c) = make_float2(acc[n][2], acc[n][3]);
+                    slo[-c] = acc[n][0];
+                    slo[-c - 1] = acc[n][1];
+                    shi[-c] = acc[n][2];
+                    shi[-c - 1] = acc[n][3];
                 }
             }
             __syncthreads();
-            const int h0 = 64 * half, h1 = h0 + 63;
-            for (int i = 0; i < (2 * kB) / (kScoreThreads / 32); i++) { // diagonal dd: key c = r + 127 - dd of row r
-                const int dd = warp + (kScoreThreads / 32) * i;
-                float v = 0.f;
-                if (dd < 2 * kB - 1) {
-                    int r0 = dd - (kB - 1) > 0 ? dd - (kB - 1) : 0, r1 = dd < p.R - 1 ? dd : p.R - 1;
-                    r0 = r0 > h0 ? r0 : h0;
-                    r1 = r1 < h1 ? r1 : h1;
-                    for (int r = r0 + lane; r <= r1; r += 32) v += S[(r - h0) * kSP + r + kB - 1 - dd];
-                }
+            const int col = tid - kQR * qq;
+            if (col >= 0 && col < kQR + kB - 1) {
+                float a0 = 0.f, a1 = 0.f;
 #pragma unroll
-                for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-                if (lane == i) mine = half ? mine + v : v;
+                for (int lr = 0; lr < kQR; lr += 2) {
+                    a0 += S[lr * kDP + col];
+                    a1 += S[(lr + 1) * kDP + col];
+                }
+                mine += a0 + a1;
             }
-            __syncthreads(); // this half is read
+            __syncthreads(); // this quarter is read
         }
         float *part = p.part + ((size_t)h * p.n_kb + t) * 256;
-        if (warp + (kScoreThreads / 32) * lane < 2 * kB - 1) part[warp + (kScoreThreads / 32) * lane] = mine;
+        if (tid < 2 * kB - 1) part[tid] = mine;
         if (tid < kB && j0 + tid < p.N) {
             float v = 0.f;
 #pragma unroll
