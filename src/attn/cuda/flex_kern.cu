@@ -108,9 +108,9 @@ __device__ __forceinline__ void score_stage_keys(const FlexParams &p, int t, int
 // MODE 1: probabilities exp(s - m) / (l R); column sums (vertical mass:
 // each warp's 16 rows by butterfly, then the 8 warps in order) and per
 // diagonal dd (offset P0 - j0 - 127 + dd) the sum over its rows (slash
-// partials: the probabilities of rows 0-63, then of rows 64-127, in shared
-// memory; a warp a diagonal, lane l rows l, l+32 of the half, the warp's
-// butterfly; the halves' sums added in that order).
+// partials: a quarter tile's probabilities at a time in shared memory,
+// skewed so that a diagonal is a column; thread dd sums its column, even
+// and odd rows apart, and adds the quarters in order).
 template <int MODE> __global__ void __launch_bounds__(kScoreThreads) score_kernel(const FlexParams p) {
     extern __shared__ __align__(16) unsigned char score_sm[];
     const int pitch = p.D + 8;
