@@ -287,6 +287,12 @@ START_TEST(test_policy_names) {
     ck_assert_int_eq(dm, ATTN_DECODE_TIDAL);
     ck_assert_str_eq(attn_decode_method_name(ATTN_DECODE_QUEST), "quest");
     ck_assert_int_eq(attn_decode_method_parse("sparse", &dm), LC_EINVAL);
+    attn_flex_select_t fs;
+    ck_assert_int_eq(p.flex_select, ATTN_FLEX_TOKENS);
+    ck_assert_int_eq(attn_flex_select_parse("blocks", &fs), 0);
+    ck_assert_int_eq(fs, ATTN_FLEX_BLOCKS);
+    ck_assert_str_eq(attn_flex_select_name(ATTN_FLEX_TOKENS), "tokens");
+    ck_assert_int_eq(attn_flex_select_parse("pooled", &fs), LC_EINVAL);
 }
 END_TEST
 
@@ -347,13 +353,14 @@ START_TEST(test_full_budget_prefill_equals_dense) {
     float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
     ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
     const int cuts[] = {0, 45, 200, 201, 389, 517};
-    for (int variant = 0; variant < 4; variant++) {
+    for (int variant = 0; variant < 5; variant++) {
         attn_policy_t p;
         small_policy(&p);
-        if (variant <= 1) { // FlexPrefill, both pattern kinds
+        if (variant <= 1 || variant == 4) { // FlexPrefill, both pattern kinds, both vertical-slash rules
             p.prefill = ATTN_PREFILL_FLEX;
             p.gamma = 1.0f;
             p.tau = variant == 0 ? 100.0f : 0.0f; // 100: query-aware; 0: vertical-slash
+            if (variant == 4) p.flex_select = ATTN_FLEX_BLOCKS;
         } else if (variant == 2) {
             p.prefill = ATTN_PREFILL_ANCHOR;
             p.theta = INFINITY;
@@ -486,6 +493,64 @@ START_TEST(test_planted_prefill) {
         else
             ck_assert_msg(err < 0.05 && dens < 0.6, "%s: err %g density %g",
                           attn_prefill_method_name((attn_prefill_method_t)m), err, dens);
+    }
+    free(q), free(ref), free(rl), free(out), free(lse);
+    tkv_free(&t);
+}
+END_TEST
+
+/* FlexPrefill's two vertical-slash rules on a sink-dominated input: keys
+ * 0..3 of each KV head aligned with every query of the group hold most of
+ * the mass, the rest spread thinly over random keys. The columns and
+ * diagonals that cover gamma's remainder are scattered over every block, so
+ * the tokens rule computes nearly all of them; the blocks rule takes
+ * (their count) / block + 1 pooled blocks. Both keep the output near dense;
+ * with gamma 1 the blocks rule is dense (test_full_budget_prefill_equals_dense). */
+START_TEST(test_flex_blocks_sink) {
+    tkv_t t;
+    const int H = 4, KH = 2, d = 32, n = 2048;
+    tkv_random(&t, H, KH, d, 16, n, 41);
+    float u[2][32];
+    for (int h = 0; h < KH; h++) {
+        double nn = 0;
+        for (int c = 0; c < d; c++) {
+            u[h][c] = frand();
+            nn += (double)u[h][c] * u[h][c];
+        }
+        for (int c = 0; c < d; c++) u[h][c] /= (float)sqrt(nn);
+    }
+    for (int64_t i = 0; i < (int64_t)n * KH * d; i++) t.kc[i] *= 0.3f;
+    for (int j = 0; j < 4; j++)
+        for (int h = 0; h < KH; h++)
+            for (int c = 0; c < d; c++) t.kc[((size_t)j * KH + h) * d + c] = 12.0f * u[h][c];
+    tkv_build_pool(&t);
+    float *q = rand_q(n, H, d, 0.3f);
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++)
+            for (int c = 0; c < d; c++) q[((size_t)i * H + h) * d + c] += 4.0f * u[h / (H / KH)][c];
+    const size_t no = (size_t)n * H * d;
+    float *ref = malloc(sizeof(float) * no), *rl = malloc(sizeof(float) * n * H);
+    float *out = malloc(sizeof(float) * no), *lse = malloc(sizeof(float) * n * H);
+    ck_assert_int_eq(attn_prefill_dense(&t.sh, q, n, 0, &t.kv, ref, rl), 0);
+    const int whole[] = {0, n}, cuts[] = {0, 700, 1333, n};
+    double dens[2][2], err[2][2];
+    for (int rule = 0; rule < 2; rule++)
+        for (int chunked = 0; chunked < 2; chunked++) {
+            attn_policy_t p;
+            small_policy(&p);
+            p.prefill = ATTN_PREFILL_FLEX;
+            p.tau = 0.0f; // vertical-slash
+            p.flex_select = rule ? ATTN_FLEX_BLOCKS : ATTN_FLEX_TOKENS;
+            dens[rule][chunked] =
+                chunked ? run_prefill(&t, &p, q, cuts, 4, out, lse) : run_prefill(&t, &p, q, whole, 2, out, lse);
+            err[rule][chunked] = rel_err(out, ref, no);
+            fprintf(stderr, "check_attn: flex %s %s: density %.3f rel err %.4f\n", rule ? "blocks" : "tokens",
+                    chunked ? "chunked" : "whole", dens[rule][chunked], err[rule][chunked]);
+        }
+    for (int chunked = 0; chunked < 2; chunked++) {
+        ck_assert_msg(dens[1][chunked] < 0.7 * dens[0][chunked], "blocks %g tokens %g", dens[1][chunked],
+                      dens[0][chunked]);
+        ck_assert_msg(err[0][chunked] < 0.1 && err[1][chunked] < 0.1, "errors %g %g", err[0][chunked], err[1][chunked]);
     }
     free(q), free(ref), free(rl), free(out), free(lse);
     tkv_free(&t);
@@ -815,6 +880,7 @@ int main(void) {
     tcase_add_test(ts, test_anchor_question_rows);
     tcase_add_test(ts, test_anchor_probe);
     tcase_add_test(ts, test_flex_prompt_end);
+    tcase_add_test(ts, test_flex_blocks_sink);
     suite_add_tcase(s, ts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -33,7 +33,7 @@ START_TEST(test_parse_completion_full) {
                     "\"seed\":42,\"top_k\":40,\"min_p\":0.1,\"repetition_penalty\":1.1,\"ignore_eos\":true,"
                     "\"min_tokens\":2,\"stop_token_ids\":[3,4],\"unknown_field\":{\"x\":1},"
                     "\"sparse_attention\":{\"prefill\":\"flexprefill\",\"gamma\":0.95,\"decode\":\"quest\","
-                    "\"decode_budget\":512}}";
+                    "\"decode_budget\":512,\"flex_select\":\"blocks\"}}";
     srv_request_t r;
     srv_error_t e;
     ck_assert_int_eq(srv_parse_completion(b, strlen(b), &LIM, &r, &e), 0);
@@ -62,6 +62,7 @@ START_TEST(test_parse_completion_full) {
     ck_assert_int_eq(r.attn.decode_budget, 512);
     ck_assert(fabsf(r.attn.gamma - 0.95f) < 1e-6);
     ck_assert(r.attn.tau < 0);
+    ck_assert_int_eq(r.attn.flex_select, ATTN_FLEX_BLOCKS);
     /* what the request does not set stays the engine's (sched_attn_spec_default) */
     ck_assert_int_eq(r.attn.anchor_init, -1);
     ck_assert_int_eq(r.attn.anchor_local, -1);
@@ -180,6 +181,11 @@ static const bad_case_t bad_cases[] = {
      "Invalid value for 'sparse_attention.prefill': expected one of auto, dense, flexprefill, anchor, streaming."},
     {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"gamma\":2}}", "sparse_attention.gamma",
      "Invalid value for 'sparse_attention.gamma': must be between 1e-06 and 1."},
+    {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"flex_select\":\"pooled\"}}",
+     "sparse_attention.flex_select",
+     "Invalid value for 'sparse_attention.flex_select': expected one of tokens, blocks."},
+    {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"flex_select\":1}}", "sparse_attention.flex_select",
+     "Invalid value for 'sparse_attention.flex_select': expected one of tokens, blocks."},
     {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":{\"budget\":2}}", "sparse_attention",
      "Unknown field 'sparse_attention.budget'."},
     {0, "{\"model\":\"m\",\"prompt\":\"x\",\"sparse_attention\":\"dense\"}", "sparse_attention",
@@ -440,7 +446,7 @@ START_TEST(test_config) {
     ck_assert_int_ge(fd, 0);
     const char *ini = "[server]\nport = 9000\nmax_n = 4\napi_keys = a, b\nauth_metrics = yes\n"
                       "[model]\npath = /m.gguf\n[engine]\nkv_blocks = 64\n[attention]\ndecode = tidal\n"
-                      "anchor_lookback = 512\nanchor_probe = 0.02\n";
+                      "anchor_lookback = 512\nanchor_probe = 0.02\nflex_select = blocks\n";
     ck_assert_int_eq(write(fd, ini, strlen(ini)), (ssize_t)strlen(ini));
     close(fd);
     lc_config_t c;
@@ -461,6 +467,7 @@ START_TEST(test_config) {
     ck_assert_str_eq(c.decode_method, "tidal");
     ck_assert_int_eq(c.anchor_lookback, 512);
     ck_assert_double_eq(c.anchor_probe, 0.02);
+    ck_assert_str_eq(c.flex_select, "blocks");
     ck_assert_int_eq(c.anchor_local, 2048);       /* default kept */
     ck_assert_int_eq(c.connection_timeout_s, 60); /* default kept */
     char **keys;

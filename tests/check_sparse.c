@@ -135,20 +135,23 @@ static void mk_prompt(int32_t *p, int n, unsigned seed, int n_vocab) {
 typedef struct {
     const char *name;
     int prefill, decode;
+    int flex_select; // -1: the server's
 } method_t;
 static const method_t methods[] = {
-    {"flexprefill", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE},
-    {"anchor", ATTN_PREFILL_ANCHOR, ATTN_DECODE_DENSE},
-    {"streaming", ATTN_PREFILL_STREAMING, ATTN_DECODE_DENSE},
-    {"quest", ATTN_PREFILL_DENSE, ATTN_DECODE_QUEST},
-    {"tidal", ATTN_PREFILL_DENSE, ATTN_DECODE_TIDAL},
-    {"streaming-decode", ATTN_PREFILL_DENSE, ATTN_DECODE_STREAMING},
+    {"flexprefill", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE, -1},
+    {"flexprefill-blocks", ATTN_PREFILL_FLEX, ATTN_DECODE_DENSE, ATTN_FLEX_BLOCKS},
+    {"anchor", ATTN_PREFILL_ANCHOR, ATTN_DECODE_DENSE, -1},
+    {"streaming", ATTN_PREFILL_STREAMING, ATTN_DECODE_DENSE, -1},
+    {"quest", ATTN_PREFILL_DENSE, ATTN_DECODE_QUEST, -1},
+    {"tidal", ATTN_PREFILL_DENSE, ATTN_DECODE_TIDAL, -1},
+    {"streaming-decode", ATTN_PREFILL_DENSE, ATTN_DECODE_STREAMING, -1},
 };
 #define N_METHODS (int)(sizeof methods / sizeof methods[0])
 
 static void set_method(sched_params_t *p, const method_t *m, int full) {
     p->attn.prefill = m->prefill;
     p->attn.decode = m->decode;
+    p->attn.flex_select = m->flex_select;
     p->attn.anchor_probe = 0.0f; // the tiny model's flat heads would all fire the probe (check_attn tests it)
     if (full) {
         p->attn.gamma = 1.0f;
@@ -354,10 +357,16 @@ START_TEST(test_prefix_salt) {
     finish(&o, &u);
     ck_assert_int_eq(u.cached_tokens, full);
     ck_assert_mem_eq(o.toks[0], ref.toks[0], 4 * sizeof(int32_t));
-    /* Another gamma is another salt. */
+    /* Another gamma is another salt, and so is the other vertical-slash rule. */
     params(&p, prompt, NP, 4, 1);
     set_method(&p, &methods[0], 0);
     p.attn.gamma = 0.5f;
+    submit(s, &o, &p);
+    ck_assert_int_eq(sched_run_until_idle(s), 0);
+    finish(&o, &u);
+    ck_assert_int_eq(u.cached_tokens, 0);
+    params(&p, prompt, NP, 4, 1);
+    set_method(&p, &methods[1], 0);
     submit(s, &o, &p);
     ck_assert_int_eq(sched_run_until_idle(s), 0);
     finish(&o, &u);

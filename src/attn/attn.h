@@ -72,20 +72,28 @@ typedef enum {
     ATTN_DECODE_STREAMING,
 } attn_decode_method_t;
 
+/* FlexPrefill's rule for a vertical-slash head's blocks. */
+typedef enum {
+    ATTN_FLEX_TOKENS = 0, // the paper's: the fewest columns and diagonals covering gamma, every block they touch
+    ATTN_FLEX_BLOCKS,     // the reference implementation's: (that column / diagonal count) / block + 1 blocks,
+                          // the largest by block-pooled mass (flex.c)
+} attn_flex_select_t;
+
 /* A resolved policy: no "auto" here (the scheduler resolves auto per request). */
 typedef struct {
     attn_prefill_method_t prefill;
-    float gamma;         // FlexPrefill coverage (0,1], default 0.9
-    float tau;           // FlexPrefill JS-divergence threshold, default 0.1
-    int min_budget;      // FlexPrefill min tokens per vertical-slash head, default 1024
-    int max_budget;      // FlexPrefill max tokens, 0 = none
-    float theta;         // AnchorAttention threshold (nats), default 12; INFINITY = all keys
-    int block;           // sparse prefill block size, default 128
-    int anchor_init;     // AnchorAttention initial window, default 2048
-    int anchor_local;    // AnchorAttention local window/group, default 2048
-    int anchor_lookback; // AnchorAttention: a group's local window starts this far before it, default 1024
-    float anchor_probe;  // AnchorAttention: the probe's missed share above which a head attends every candidate
-                         // of the group (anchor.c), default 0.01; 0 = no probe
+    float gamma;                    // FlexPrefill coverage (0,1], default 0.9
+    float tau;                      // FlexPrefill JS-divergence threshold, default 0.1
+    int min_budget;                 // FlexPrefill min tokens per vertical-slash head, default 1024
+    int max_budget;                 // FlexPrefill max tokens, 0 = none
+    attn_flex_select_t flex_select; // FlexPrefill vertical-slash rule, default tokens
+    float theta;                    // AnchorAttention threshold (nats), default 12; INFINITY = all keys
+    int block;                      // sparse prefill block size, default 128
+    int anchor_init;                // AnchorAttention initial window, default 2048
+    int anchor_local;               // AnchorAttention local window/group, default 2048
+    int anchor_lookback;            // AnchorAttention: a group's local window starts this far before it, default 1024
+    float anchor_probe; // AnchorAttention: the probe's missed share above which a head attends every candidate
+                        // of the group (anchor.c), default 0.01; 0 = no probe
 
     attn_decode_method_t decode;
     int decode_budget;        // tokens kept by Quest / TidalDecode, default 2048
@@ -109,6 +117,9 @@ const char *attn_decode_method_name(attn_decode_method_t m);
  * "quest", "tidal", "streaming" (decode); returns 0 or LC_EINVAL. */
 int attn_prefill_method_parse(const char *s, attn_prefill_method_t *out);
 int attn_decode_method_parse(const char *s, attn_decode_method_t *out);
+/* "tokens", "blocks". */
+const char *attn_flex_select_name(attn_flex_select_t s);
+int attn_flex_select_parse(const char *s, attn_flex_select_t *out);
 
 /* ---- per-sequence state ------------------------------------------------------------ */
 /* Density counters: query-key pairs computed vs. causal pairs, summed over

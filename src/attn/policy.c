@@ -20,6 +20,7 @@ void attn_policy_default(attn_policy_t *p) {
     p->tau = 0.1f;
     p->min_budget = 1024;
     p->max_budget = 0;
+    p->flex_select = ATTN_FLEX_TOKENS;
     p->theta = 12.0f;
     p->block = 128;
     p->anchor_init = 2048;
@@ -54,6 +55,19 @@ int attn_decode_method_parse(const char *s, attn_decode_method_t *out) {
     for (int i = 0; s && i < 4; i++)
         if (strcasecmp(s, decode_names[i]) == 0) {
             *out = (attn_decode_method_t)i;
+            return 0;
+        }
+    return LC_EINVAL;
+}
+
+static const char *const flex_select_names[] = {"tokens", "blocks"};
+
+const char *attn_flex_select_name(attn_flex_select_t s) { return (unsigned)s < 2 ? flex_select_names[s] : "unknown"; }
+
+int attn_flex_select_parse(const char *s, attn_flex_select_t *out) {
+    for (int i = 0; s && i < 2; i++)
+        if (strcasecmp(s, flex_select_names[i]) == 0) {
+            *out = (attn_flex_select_t)i;
             return 0;
         }
     return LC_EINVAL;

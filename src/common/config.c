@@ -83,6 +83,7 @@ static const centry_t table[] = {
     I("attention", "anchor_lookback", anchor_lookback, 0, 1 << 24),
     D("attention", "anchor_probe", anchor_probe, 0, 1),
     I("attention", "min_budget", min_budget, 1, 1 << 24),
+    S("attention", "flex_select", flex_select, "tokens|blocks"),
     I("attention", "decode_budget", decode_budget, 1, 1 << 24),
     I("attention", "sparse_prefill_min_tokens", sparse_prefill_min_tokens, 0, 1 << 30),
     I("attention", "sparse_decode_min_tokens", sparse_decode_min_tokens, 0, 1 << 30),
@@ -130,6 +131,7 @@ void lc_config_default(lc_config_t *c) {
     c->anchor_lookback = 1024;
     c->anchor_probe = 0.01;
     c->min_budget = 1024;
+    snprintf(c->flex_select, sizeof(c->flex_select), "tokens");
     c->decode_budget = 2048;
     c->sparse_prefill_min_tokens = 16384;
     c->sparse_decode_min_tokens = 8192;

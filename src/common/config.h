@@ -55,6 +55,7 @@ typedef struct {
     int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's windows (tokens)
     double anchor_probe;                            // AnchorAttention's probe (default 0.01; 0: off)
     int min_budget;
+    char flex_select[16]; // tokens | blocks
     int decode_budget;
     int sparse_prefill_min_tokens;
     int sparse_decode_min_tokens;

@@ -597,8 +597,12 @@ static int plan_ring(model_cuda_cp_t *x, const model_seq_t *q, int s, uint8_t *s
     sl->seq = cp_cuda_seq_t{q->pos0, q->n_tok, q->kv->blocks, so, x->ring_mode, NULL, NULL};
     const attn_policy_t *ap = pol && pol->prefill == ATTN_PREFILL_ANCHOR ? model_cuda__anchor_policy(q) : NULL;
     if (pol && pol->prefill == ATTN_PREFILL_FLEX) {
-        sl->fpol = attn_cuda_flex_policy_t{pol->gamma, pol->tau, pol->min_budget, pol->max_budget,
-                                           (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end)};
+        sl->fpol = attn_cuda_flex_policy_t{pol->gamma,
+                                           pol->tau,
+                                           pol->min_budget,
+                                           pol->max_budget,
+                                           (int)(q->prompt_end > INT32_MAX ? 0 : q->prompt_end),
+                                           pol->flex_select == ATTN_FLEX_BLOCKS};
         sl->seq.flex = &sl->fpol;
         sl->seq.mode = CP_CUDA_AUTO; // (pass-KV)
         sl->sparse = 1;

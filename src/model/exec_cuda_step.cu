@@ -135,8 +135,12 @@ static int build_step(model_cuda_t *c, const model_batch_t *b, step_t *st) {
         }
         if (fp) {
             if (q->prompt_end > INT32_MAX) return LC_ERANGE;
-            c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma, fp->tau, fp->min_budget, fp->max_budget,
-                                                    q->generated ? 0 : (int)q->prompt_end};
+            c->pf_fpol[e] = attn_cuda_flex_policy_t{fp->gamma,
+                                                    fp->tau,
+                                                    fp->min_budget,
+                                                    fp->max_budget,
+                                                    q->generated ? 0 : (int)q->prompt_end,
+                                                    fp->flex_select == ATTN_FLEX_BLOCKS};
             st->n_flex++;
         }
         if (ap) {

@@ -36,6 +36,7 @@ void sched_attn_spec_default(sched_attn_spec_t *s) {
     s->decode = SCHED_METHOD_AUTO;
     s->gamma = s->tau = s->theta = -1.0f;
     s->min_budget = s->decode_budget = -1;
+    s->flex_select = -1;
     s->anchor_init = s->anchor_local = s->anchor_lookback = -1;
     s->anchor_probe = -1.0f;
 }
@@ -58,6 +59,7 @@ void sched__resolve_policy(const sched_config_t *c, const sched_attn_spec_t *spe
     if (set_f(spec->tau)) out->tau = spec->tau;
     if (set_f(spec->theta)) out->theta = spec->theta;
     if (spec->min_budget >= 0) out->min_budget = spec->min_budget;
+    if (spec->flex_select >= 0) out->flex_select = (attn_flex_select_t)spec->flex_select;
     if (spec->decode_budget >= 0) out->decode_budget = spec->decode_budget;
     if (spec->anchor_init >= 0) out->anchor_init = spec->anchor_init;
     if (spec->anchor_local > 0) out->anchor_local = spec->anchor_local;
@@ -83,8 +85,9 @@ uint64_t sched__prefill_salt(const attn_policy_t *p) {
     switch (p->prefill) {
     case ATTN_PREFILL_DENSE: return 0;
     case ATTN_PREFILL_FLEX:
-        h = mix(mix(mix(mix(mix(h, 1), fbits(p->gamma)), fbits(p->tau)), (uint64_t)p->min_budget),
-                (uint64_t)p->max_budget);
+        h = mix(mix(mix(mix(mix(mix(h, 1), fbits(p->gamma)), fbits(p->tau)), (uint64_t)p->min_budget),
+                    (uint64_t)p->max_budget),
+                (uint64_t)p->flex_select);
         break;
     case ATTN_PREFILL_ANCHOR:
         h = mix(mix(mix(mix(mix(mix(h, 2), fbits(p->theta)), (uint64_t)p->anchor_init), (uint64_t)p->anchor_local),

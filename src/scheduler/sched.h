@@ -68,6 +68,7 @@ typedef struct {
     int decode;  // attn_decode_method_t or SCHED_METHOD_AUTO
     float gamma, tau, theta;
     int min_budget, decode_budget;
+    int flex_select;                                // attn_flex_select_t, or < 0: the server's
     int anchor_init, anchor_local, anchor_lookback; // AnchorAttention's geometry (no HTTP field: `lacuna complete`'s)
     float anchor_probe;                             // AnchorAttention's probe (likewise)
 } sched_attn_spec_t;

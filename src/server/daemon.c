@@ -179,6 +179,7 @@ static void sched_config_from(const lc_config_t *c, sched_config_t *sc) {
     sc->attn_default.anchor_lookback = c->anchor_lookback;
     sc->attn_default.anchor_probe = (float)c->anchor_probe;
     sc->attn_default.min_budget = c->min_budget;
+    attn_flex_select_parse(c->flex_select, &sc->attn_default.flex_select);
     sc->attn_default.decode_budget = c->decode_budget;
     sc->sparse_prefill_min_tokens = c->sparse_prefill_min_tokens;
     sc->sparse_decode_min_tokens = c->sparse_decode_min_tokens;

@@ -184,7 +184,8 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
     /* Order matches attn_prefill_method_t / attn_decode_method_t. */
     static const char *const prefill[] = {"dense", "flexprefill", "anchor", "streaming"};
     static const char *const decode[] = {"dense", "quest", "tidal", "streaming"};
-    static const char *const known[] = {"prefill", "decode", "gamma", "tau", "theta", "min_budget", "decode_budget"};
+    static const char *const known[] = {"prefill", "decode",     "gamma",         "tau",
+                                        "theta",   "min_budget", "decode_budget", "flex_select"};
     sched_attn_spec_default(a);
     const cJSON *v = field(o, "sparse_attention");
     if (!v) return 0;
@@ -216,6 +217,14 @@ static int parse_sparse(const cJSON *o, sched_attn_spec_t *a, srv_error_t *err) 
                        "Invalid value for 'sparse_attention.decode': expected one of auto, dense, quest, tidal, "
                        "streaming.");
         a->decode = idx;
+    }
+    m = field(v, "flex_select");
+    if (m) {
+        attn_flex_select_t fs;
+        if (!cJSON_IsString(m) || attn_flex_select_parse(m->valuestring, &fs))
+            return BAD("sparse_attention.flex_select",
+                       "Invalid value for 'sparse_attention.flex_select': expected one of tokens, blocks.");
+        a->flex_select = (int)fs;
     }
     srv_error_t sub;
     if (get_float(v, "gamma", 1e-6, 1, &a->gamma, &sub) < 0 || get_float(v, "tau", 0, 1, &a->tau, &sub) < 0 ||

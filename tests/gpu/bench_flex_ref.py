@@ -73,8 +73,9 @@ sampled rows).
 --preset equal-error: the run for the equal-error tables in a few minutes
 of GPU (the options it sets are in PRESETS; flags given explicitly win):
 synthetic moderate and sink at 32K and 128K, real at 32K, 64K and 128K
-(three layers), ours flex at gamma 0.5, 0.6, 0.7, 0.8, 0.9, 0.95 x min_budget
-256 and 1024, ours anchor at theta 3, 6, 9, 12 (and -inf), the reference at 0.9 and
+(three layers), ours flex at gamma 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95 x
+min_budget 64, 256 and 1024 x both vertical-slash rules (flex_select tokens
+and blocks), ours anchor at theta 3, 6, 9, 12 (and -inf), the reference at 0.9 and
 0.95, 3 timed calls per measurement, a guard per case. Estimate from
 docs/benchmarks.md's times: 128K synthetic about 35-40 s a case, 32K about
 6, real about 15 s per layer for its three lengths, capture and Triton
@@ -117,7 +118,8 @@ MIN_BUDGET = 1024  # the reference's (the paper's default)
 PRESETS = {
     "equal-error": dict(inputs="moderate,sink", lengths="32K,128K", capture_lengths="32K,64K,128K",
                         gammas="0.5,0.6,0.7,0.8,0.85,0.9,0.95", min_budgets="64,256,1024", thetas="3,6,9,12",
-                        ref_gammas="0.9,0.95", max_reps=3, budget_s=0.2, recall_rows=128, case_limit=120,
+                        flex_selects="tokens,blocks",
+                        ref_gammas="0.9,0.95", max_reps=3, budget_s=0.2, recall_rows=128, case_limit=180,
                         method_limit=90),  # a first Triton compile (the reference) fits
 }
 
@@ -386,7 +388,8 @@ class FlexSel:
 
         class Policy(ctypes.Structure):
             _fields_ = [("gamma", ctypes.c_float), ("tau", ctypes.c_float), ("min_budget", ctypes.c_int),
-                        ("max_budget", ctypes.c_int), ("prompt_end", ctypes.c_int)]  # prompt_end 0: unknown
+                        ("max_budget", ctypes.c_int), ("prompt_end", ctypes.c_int),  # prompt_end 0: unknown
+                        ("blocks", ctypes.c_int)]  # 1: flex_select "blocks"
         self.Policy = Policy
         vp = ctypes.c_void_p
         lib.attn_cuda_flex_create.argtypes = [ctypes.POINTER(bac.Shape), ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
@@ -404,10 +407,10 @@ class FlexSel:
             raise RuntimeError(f"attn_cuda_flex_create: {rc}")
         self.keep = [bac.i32([0, L]), bac.i32([0, L // ps]), bac.i32(perm), bac.i32([L])]
 
-    def plan(self, gamma, tau, min_budget, max_budget, mask_words):
+    def plan(self, gamma, tau, min_budget, max_budget, mask_words, blocks=0):
         b = self.bac.Batch(1, self.keep[0], self.keep[1], self.keep[2], self.keep[3], None)
         sel = (ctypes.c_uint8 * 1)(1)
-        pol = (self.Policy * 1)(self.Policy(gamma, tau, min_budget, max_budget))
+        pol = (self.Policy * 1)(self.Policy(gamma, tau, min_budget, max_budget, 0, blocks))
         need = ctypes.c_size_t()
         rc = self.lib.attn_cuda_flex_plan(self.f, ctypes.byref(b), sel, pol, self.bac.i32([0]), ctypes.byref(need),
                                           stream())
@@ -593,7 +596,7 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
     mask = torch.zeros(words, dtype=torch.int32, device=DEV)
     flex, sparse, anc = [None], [None], [None]
 
-    def ours_flex(gamma, mb, name):
+    def ours_flex(gamma, mb, name, blocks=0):
         def fn():
             if flex[0] is None:
                 if not hasattr(lib, "attn_cuda_flex_select"):
@@ -603,7 +606,7 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
                 plans.append(sparse[0])
             f, sp = flex[0], sparse[0]
             t0 = time.perf_counter()
-            f.plan(gamma, TAU, mb, 0, words)  # once per step (all layers): not in the times
+            f.plan(gamma, TAU, mb, 0, words, blocks)  # once per step (all layers): not in the times
             torch.cuda.synchronize()
             t_plan = time.perf_counter() - t0
             t_sel = timed(lambda: f.select(q, pk, mask), budget, args.max_reps)
@@ -622,7 +625,8 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
             if abs(dens - mask_density(m, L)) > 1e-9:
                 raise RuntimeError(f"attn_cuda_mask_pairs density {dens} != the unpacked mask's {mask_density(m, L)}")
             qa = f.query_aware_heads()
-            return row(inp, L, name, family="flex", gamma=gamma, min_budget=mb, ms=t_all * 1e3,
+            return row(inp, L, name, family="flex", gamma=gamma, min_budget=mb,
+                       flex_select="blocks" if blocks else "tokens", ms=t_all * 1e3,
                        select_ms=t_sel * 1e3, kernel_ms=t_ker * 1e3, density=dens, rel_err=rel_err(out, o_ref),
                        note=(f"{qa}/{H} heads query-aware; " if qa is not None else "") +
                        f"step plan {t_plan * 1e3:.2f} ms (host)")
@@ -684,10 +688,12 @@ def run_case(args, lib, bac, peer, peer_err, inp, q, k, v, rows):
 
     for gamma in args.ref_gammas:
         attempt(f"ref flex {gamma:g}", ref_flex(gamma, f"ref flex {gamma:g}"), family="ref", gamma=gamma)
-    for mb in args.min_budgets:
-        for gamma in args.gammas:
-            name = f"ours flex {gamma:g} mb{mb}"
-            attempt(name, ours_flex(gamma, mb, name), family="flex", gamma=gamma, min_budget=mb)
+    for sel in args.flex_selects:
+        for mb in args.min_budgets:
+            for gamma in args.gammas:
+                name = f"ours flex {gamma:g} mb{mb}" + (" blocks" if sel == "blocks" else "")
+                attempt(name, ours_flex(gamma, mb, name, sel == "blocks"), family="flex", gamma=gamma,
+                        min_budget=mb, flex_select=sel)
     if flex[0] is not None:
         flex[0].close()
     if args.thetas:
@@ -943,6 +949,8 @@ def main():
     ap.add_argument("--inputs", default=",".join(INPUTS), help="synthetic inputs: " + ", ".join(INPUTS))
     ap.add_argument("--gammas", type=floats, default="0.9,0.95", help="ours flex: gamma values")
     ap.add_argument("--min-budgets", type=ints, default=str(MIN_BUDGET), help="ours flex: min_budget values (tokens)")
+    ap.add_argument("--flex-selects", type=lambda s: [x for x in s.split(",") if x.strip()], default="tokens",
+                    help="ours flex: vertical-slash rules, tokens and/or blocks (flex_select)")
     ap.add_argument("--ref-gammas", type=floats, default="0.9,0.95", help="the reference: gamma values")
     ap.add_argument("--thetas", type=floats, default="12", help="ours anchor: theta values (nats; empty: none)")
     ap.add_argument("--anchor-init", type=int, default=2048)
@@ -967,6 +975,8 @@ def main():
     if pre.preset:
         ap.set_defaults(**PRESETS[pre.preset])
     args = ap.parse_args()
+    if set(args.flex_selects) - {"tokens", "blocks"}:
+        ap.error("--flex-selects: tokens and/or blocks")
     try:
         load_torch()
     except ImportError:
@@ -992,7 +1002,8 @@ def main():
         print(f"# the reference: failed to import ({peer_err})")
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "cudnn": torch.backends.cudnn.version(), "peer": info, "peer_error": peer_err, "preset": args.preset,
-            "gammas": args.gammas, "min_budgets": args.min_budgets, "ref_gammas": args.ref_gammas,
+            "gammas": args.gammas, "min_budgets": args.min_budgets, "flex_selects": args.flex_selects,
+            "ref_gammas": args.ref_gammas,
             "thetas": args.thetas, "anchor_init": args.anchor_init, "anchor_local": args.anchor_local,
             "anchor_lookback": args.anchor_lookback, "tau": TAU,
             "ref_min_budget": MIN_BUDGET, "block": BLK, "seed": args.seed}

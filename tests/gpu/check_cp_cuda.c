@@ -589,11 +589,11 @@ static void ref_flex(const world_t *w, const attn_cuda_flex_policy_t *pol, uint1
  * same mask (the pairs the ranks computed add up to the single-rank mask's,
  * exactly), outputs within rounding, N = 1 bit for bit. */
 static int check_prefill_flex(int H, int KH, int D, int n, int64_t pos0, int64_t n_tok, int data, float gamma,
-                              uint64_t seed) {
+                              int blocks, uint64_t seed) {
     rng = seed;
     world_t w;
     world_build_at(&w, H, KH, D, n, pos0, n_tok, data, 128);
-    const attn_cuda_flex_policy_t pol = {gamma, 0.1f, 128, 0, (int)w.end};
+    const attn_cuda_flex_policy_t pol = {gamma, 0.1f, 128, 0, (int)w.end, blocks};
     w.flex = &pol;
     const size_t qn = (size_t)n_tok * H * D;
     uint16_t *ro = malloc(2 * qn);
@@ -608,11 +608,11 @@ static int check_prefill_flex(int H, int KH, int D, int n, int64_t pos0, int64_t
     const int same = memcmp(w.out, w.out2, 2 * qn) == 0, exact = memcmp(w.out, ro, 2 * qn) == 0;
     const int ok = rc == 0 && rel < 1e-2 && le < 1e-3 && same && ring_pairs == 2 * ref_pairs &&
                    (n > 1 || (exact && !memcmp(w.lse, rl, 4 * qn / D)));
-    printf("  %-4s FlexPrefill ring N=%d, %d/%d heads d%d, %s, gamma %.2f, prefix %lld + slice %lld tokens vs one "
+    printf("  %-4s FlexPrefill%s ring N=%d, %d/%d heads d%d, %s, gamma %.2f, prefix %lld + slice %lld tokens vs one "
            "rank: density %.3f, ring pairs %s, rel L2 %.2e, lse max err %.2e, run twice %s, %s single-rank bits\n",
-           ok ? "ok" : "FAIL", n, H, KH, D, data == 2 ? "structured" : "random", gamma, (long long)pos0,
-           (long long)n_tok, ref_pairs / dense, ring_pairs == 2 * ref_pairs ? "equal" : "DIFFER", rel, le,
-           same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
+           ok ? "ok" : "FAIL", blocks ? " (blocks rule)" : "", n, H, KH, D, data == 2 ? "structured" : "random", gamma,
+           (long long)pos0, (long long)n_tok, ref_pairs / dense, ring_pairs == 2 * ref_pairs ? "equal" : "DIFFER", rel,
+           le, same ? "bitwise equal" : "DIFFERS", exact ? "equals the" : "differs from the");
     free(ro), free(rl);
     world_free(&w);
     return ok;
@@ -626,14 +626,16 @@ START_TEST(test_ring_prefill_flex) {
         int64_t pos0, n_tok;
         int data;
         float gamma;
-    } c[] = {{32, 8, 128, 0, 12345, 2, 0.9f}, {8, 2, 64, 0, 9000, 2, 0.95f},    {32, 8, 128, 3001, 7000, 2, 0.9f},
-             {8, 2, 64, 0, 4097, 1, 0.9f},    {32, 8, 128, 4096, 333, 2, 0.9f}, {8, 2, 64, 0, 200, 1, 0.9f},
-             {4, 1, 256, 1024, 5000, 2, 0.9f}};
+        int blocks;
+    } c[] = {
+        {32, 8, 128, 0, 12345, 2, 0.9f, 0},  {8, 2, 64, 0, 9000, 2, 0.95f, 0},    {32, 8, 128, 3001, 7000, 2, 0.9f, 0},
+        {8, 2, 64, 0, 4097, 1, 0.9f, 0},     {32, 8, 128, 4096, 333, 2, 0.9f, 0}, {8, 2, 64, 0, 200, 1, 0.9f, 0},
+        {4, 1, 256, 1024, 5000, 2, 0.9f, 0}, {32, 8, 128, 0, 12345, 2, 0.9f, 1},  {8, 2, 64, 3001, 7000, 2, 0.8f, 1}};
     int ok = 1;
     for (size_t k = 0; k < sizeof c / sizeof c[0]; k++)
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++)
             ok &= check_prefill_flex(c[k].H, c[k].KH, c[k].D, ns[i], c[k].pos0, c[k].n_tok, c[k].data, c[k].gamma,
-                                     7000 + 10 * k + i);
+                                     c[k].blocks, 7000 + 10 * k + i);
     ck_assert_msg(ok, "the GPU FlexPrefill ring differs from the single-rank FlexPrefill (see the FAIL lines)");
 }
 END_TEST
@@ -750,7 +752,7 @@ START_TEST(test_ring_flex_bad_input) {
     ck_assert_int_eq(cp_cuda_plan_create(&sh, &lim, 0, 2, &dense), 0);
     int32_t blocks[8] = {0, 1, 2, 3, 4, 5, 6, 7};
     uint8_t owner[8] = {0, 0, 1, 1, 1, 1, 0, 0};
-    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 0, 0, 0};
+    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 0, 0, 0, 0};
     cp_cuda_seq_t seq = {0, 512, blocks, owner, CP_CUDA_AUTO, &pol, NULL};
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), 0);
     ck_assert_int_eq(cp_cuda_plan_prefill(dense, &seq, NULL), LC_ERANGE); // no room for FlexPrefill
@@ -760,7 +762,7 @@ START_TEST(test_ring_flex_bad_input) {
     seq.mode = CP_CUDA_PASS_Q; // FlexPrefill rides the pass-KV ring
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
     seq.mode = CP_CUDA_AUTO;
-    const attn_cuda_flex_policy_t bad = {0.0f, 0.1f, 0, 0, 0}; // gamma 0
+    const attn_cuda_flex_policy_t bad = {0.0f, 0.1f, 0, 0, 0, 0}; // gamma 0
     seq.flex = &bad;
     ck_assert_int_eq(cp_cuda_plan_prefill(p, &seq, NULL), LC_EINVAL);
     // AnchorAttention: room, a split block, its exchange only, a bad policy, a local window below the room's
@@ -1279,7 +1281,7 @@ START_TEST(test_ring_flex_timing) {
            (long long)T);
     printf("| ring | ranks | density | selection ms (mean / max) | compute ms (mean / max) | wait ms (mean / max) "
            "|\n|---|---:|---:|---:|---:|---:|\n");
-    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 128, 0, (int)T};
+    const attn_cuda_flex_policy_t pol = {0.9f, 0.1f, 128, 0, (int)T, 0};
     for (int n = 1; n <= 8; n *= 2)
         for (int sp = 0; sp < 2; sp++) {
             rng = 99;

@@ -275,6 +275,16 @@ static int near_thr(float v, float T, float Tn) {
     const double tol = 1e-3 * fabs(T);
     return fabs((double)v - T) <= tol || (Tn >= 0 && fabs((double)v - Tn) <= tol);
 }
+/* The blocks rule's pooled sums of x[0..N) over n_kb blocks of 128, as
+ * flex.c computes them (2^-50 fixed point, block 0 +inf). */
+static void pool_sums(const float *x, int64_t N, int n_kb, float *pool) {
+    for (int b = 0; b < n_kb; b++) {
+        uint64_t a = 0;
+        for (int64_t j = (int64_t)b * BLK; j < (int64_t)(b + 1) * BLK && j < N; j++)
+            a += x[j] > 0.f ? (uint64_t)nearbyint((double)x[j] * 1125899906842624.0) : 0;
+        pool[b] = b == 0 ? INFINITY : (float)(double)a;
+    }
+}
 /* The largest value of x[0..n) below T (-1: none). */
 static float next_below(const float *x, int64_t n, float T) {
     float b = -1.f;
@@ -303,6 +313,7 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
     pol.tau = sq->pol.tau;
     pol.min_budget = sq->pol.min_budget;
     pol.max_budget = sq->pol.max_budget;
+    pol.flex_select = sq->pol.blocks ? ATTN_FLEX_BLOCKS : ATTN_FLEX_TOKENS;
     pol.block = BLK;
     const attn_kv_t kv = {.k = c->kcpu,
                           .v = c->kcpu,
@@ -326,6 +337,7 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
                                       sq->pol.prompt_end, &kv, cm, small ? NULL : tr),
                      0);
     int64_t bad = 0;
+    float *vp = malloc(sizeof(float) * 2 * g.n_kb), *sp = vp + g.n_kb; // the blocks rule's pooled sums
     const int pe = sq->pol.prompt_end, whole_qb = pe > 0 ? (pe > BLK ? pe - BLK : 0) / BLK : INT_MAX;
     for (int h = 0; h < H; h++) {
         st->heads++;
@@ -348,6 +360,12 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
             if (t->branch) {
                 st->qa++;
                 Tn_qa = next_below(t->cells, (int64_t)msz, t->thr_qa);
+            } else if (sq->pol.blocks) {
+                st->vs++;
+                pool_sums(t->vert, N, g.n_kb, vp);
+                pool_sums(t->slash, N, g.n_kb, sp);
+                Tn_v = next_below(vp, g.n_kb, t->thr_v);
+                Tn_s = next_below(sp, g.n_kb, t->thr_s);
             } else {
                 st->vs++;
                 Tn_v = next_below(t->vert, N, t->thr_v);
@@ -394,6 +412,8 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
                 int ok = 0;
                 if (!small && t->branch) {
                     ok = near_thr(t->cells[(size_t)i * g.n_kb + kb], t->thr_qa, Tn_qa);
+                } else if (!small && sq->pol.blocks) {
+                    ok = near_thr(vp[kb], t->thr_v, Tn_v) || near_thr(sp[qb - kb], t->thr_s, Tn_s);
                 } else if (!small) {
                     for (int64_t j = (int64_t)kb * BLK; j < (int64_t)(kb + 1) * BLK && j < N && !ok; j++)
                         ok = near_thr(t->vert[j], t->thr_v, Tn_v);
@@ -420,6 +440,7 @@ static int64_t compare_seq(const fcase_t *c, int s, const uint32_t *m, const int
     free(cm);
     free(tr);
     free(bufs);
+    free(vp);
     return bad;
 }
 
@@ -824,6 +845,12 @@ static attn_cuda_flex_policy_t PE(float gamma, float tau, int lo, int hi, int pr
     return p;
 }
 
+static attn_cuda_flex_policy_t PB(float gamma, float tau, int lo, int hi, int prompt_end) {
+    attn_cuda_flex_policy_t p = PE(gamma, tau, lo, hi, prompt_end);
+    p.blocks = 1;
+    return p;
+}
+
 /* ---- tests --------------------------------------------------------------------------- */
 START_TEST(test_bad_input) {
     const attn_cuda_shape_t sh = {
@@ -856,6 +883,10 @@ START_TEST(test_bad_input) {
     pol[1].min_budget = -1;
     ck_assert_int_eq(attn_cuda_flex_plan(f, &b, sel, pol, off, &words, NULL), LC_EINVAL);
     pol[1].min_budget = 0;
+    pol[1].blocks = 2; // a rule that does not exist
+    ck_assert_int_eq(attn_cuda_flex_plan(f, &b, sel, pol, off, &words, NULL), LC_EINVAL);
+    pol[1].blocks = 1;
+    ck_assert_int_eq(attn_cuda_flex_plan(f, &b, sel, pol, off, &words, NULL), 0);
     idx[5] = 8; // outside the pool
     ck_assert_int_eq(attn_cuda_flex_plan(f, &b, sel, pol, off, &words, NULL), LC_EINVAL);
     idx[5] = 5;
@@ -943,6 +974,23 @@ START_TEST(test_d256) {
         {4097, 2000, P(0.9f, 0.1f, 256, 512)}, {4500, 4500, P(0.95f, 0.f, 1024, 0)}, {3000, 129, P(0.9f, 1.f, 256, 0)}};
     check_case(4, 1, 256, 64, s, 3, 43, "d256 g4 p64", NULL);
     check_case(8, 4, 256, 128, s, 3, 44, "d256 g2 p128", NULL);
+}
+END_TEST
+
+/* The blocks rule (flex_select "blocks"): every head vertical-slash (tau 0)
+ * or the data deciding, min_budget 0 to 1024, a max_budget cap, chunks on
+ * unaligned prefixes, beside a token-rule sequence in the same batch. */
+START_TEST(test_blocks) {
+    stats_t tot = {0};
+    const fseq_t s[5] = {{9001, 1500, PB(0.9f, 0.f, 256, 0, 9001)},
+                         {7777, 4096, PB(0.95f, 0.f, 0, 2048, 0)},
+                         {6100, 6100, PB(0.9f, 0.1f, 1024, 0, 0)},
+                         {5000, 5000, PE(0.9f, 0.f, 256, 0, 0)},
+                         {8000, 8000, PB(0.5f, 0.f, 64, 0, 8000)}};
+    check_case(8, 4, 128, 128, s, 5, 71, "blocks d128 g2 p128", &tot);
+    ck_assert_int_gt(tot.vs, 0);
+    const fseq_t d[2] = {{4500, 4500, PB(0.9f, 0.f, 256, 0, 0)}, {3000, 1200, PB(0.95f, 0.f, 1024, 512, 0)}};
+    check_case(8, 2, 64, 64, d, 2, 72, "blocks d64 g4 p64", NULL);
 }
 END_TEST
 
@@ -1119,6 +1167,7 @@ static Suite *flex_suite(void) {
     tcase_add_test(full, test_d256);
     tcase_add_test(full, test_long);
     tcase_add_test(full, test_prompt_end);
+    tcase_add_test(full, test_blocks);
     suite_add_tcase(s, full);
     TCase *mirror = tcase_create("mirror");
     tcase_set_timeout(mirror, 600);

@@ -18,7 +18,9 @@
  *   the prompt sits there, and at gamma 0.9 a head's selection may leave a
  *   tenth of its mass out.
  * - The vertical and slash budgets are token counts clamped to
- *   [min_budget, max_budget] each (max_budget 0: no cap).
+ *   [min_budget, max_budget] each (max_budget 0: no cap); flex_select
+ *   "blocks" instead takes the reference implementation's block counts of
+ *   block-pooled columns and diagonals (flex_vertical_slash_blocks).
  * Inputs with at most max(2 blocks, min_budget) keys run dense. */
 #include <math.h>
 #include <stdlib.h>
@@ -266,6 +268,55 @@ static void flex_vertical_slash(const flex_ctx_t *c, flex_scratch_t *x, uint8_t 
     }
 }
 
+/* Mass in 2^-50 fixed point: a block's pooled sum is exact, so the same in
+ * any order of summation (the GPU's too). */
+static uint64_t flex_fx(float v) { return v > 0.f ? (uint64_t)nearbyint((double)v * 1125899906842624.0) : 0; }
+
+/* flex_select "blocks": how many pooled columns (or diagonals) to keep: the
+ * tokens of x that cover gamma, / B, + 1, clamped to the budgets in blocks
+ * (rounded up) and to the n_kb there are. */
+static int64_t flex_block_count(const flex_ctx_t *c, const float *x, flex_scratch_t *s) {
+    const int64_t B = c->B, n = take_mass(x, c->N, c->pol->gamma, 0, 0, s->tmp, s->idx);
+    const int64_t lo = (c->pol->min_budget + B - 1) / B,
+                  hi = c->pol->max_budget > 0 ? (c->pol->max_budget + B - 1) / B : 0;
+    int64_t nb = n / B + 1;
+    if (nb < lo) nb = lo;
+    if (hi > 0 && nb > hi) nb = hi;
+    return nb < c->n_kb ? nb : c->n_kb;
+}
+
+/* x summed over blocks of B entries into pool (n_kb), entry 0 +inf (kept
+ * first); returns the k-th largest. */
+static float flex_pool_thr(const flex_ctx_t *c, const float *x, int64_t k, float *pool, vi_t *tmp) {
+    for (int b = 0; b < c->n_kb; b++) {
+        uint64_t a = 0;
+        for (int64_t j = (int64_t)b * c->B; j < (int64_t)(b + 1) * c->B && j < c->N; j++) a += flex_fx(x[j]);
+        pool[b] = b == 0 ? INFINITY : (float)(double)a;
+        tmp[b] = (vi_t){pool[b], b};
+    }
+    qsort(tmp, (size_t)c->n_kb, sizeof *tmp, cmp_vi_desc);
+    return tmp[k - 1].v;
+}
+
+/* Step 3b with flex_select "blocks", the reference implementation's rule:
+ * flex_block_count's number of the block-pooled columns and of the pooled
+ * diagonals (offset block o: offsets [o*B, (o+1)*B)), the largest (all ties
+ * at the last one), key block 0 and offset block 0 among them. Pooled
+ * column block kb adds (qb, kb) to every query block qb >= kb; offset block
+ * o adds (qb, qb - o). The blocks a mass spread over many columns of few
+ * blocks needs are few; a kept diagonal adds one block per query block row. */
+static void flex_vertical_slash_blocks(const flex_ctx_t *c, flex_scratch_t *x, uint8_t *mask, attn_flex_trace_t *tr) {
+    float *vp = (float *)x->ahat, *sp = (float *)x->atrue; // free after the divergence
+    const float tv = flex_pool_thr(c, x->vert, flex_block_count(c, x->vert, x), vp, x->tmp);
+    const float ts = flex_pool_thr(c, x->slash, flex_block_count(c, x->slash, x), sp, x->tmp);
+    if (tr) tr->thr_v = tv, tr->thr_s = ts;
+    for (int i = 0; i < c->n_qb; i++) {
+        const int qb = c->qb0 + i;
+        uint8_t *m = mask + (size_t)i * c->n_kb;
+        for (int kb = 0; kb <= qb; kb++) m[kb] |= vp[kb] >= tv || sp[qb - kb] >= ts;
+    }
+}
+
 /* Steps 2b to 4 on the summaries in x (representative rows in x->t, vertical
  * and slash mass, key sums): head h's block mask. */
 static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *mask, attn_flex_trace_t *tr) {
@@ -280,6 +331,8 @@ static void flex_decide(const flex_ctx_t *c, int h, flex_scratch_t *x, uint8_t *
     }
     if (dist < c->pol->tau)
         flex_query_aware(c, h, x, mask, tr);
+    else if (c->pol->flex_select == ATTN_FLEX_BLOCKS)
+        flex_vertical_slash_blocks(c, x, mask, tr);
     else
         flex_vertical_slash(c, x, mask, tr);
     /* step 4: sink and diagonal always; and (ours) the query blocks holding

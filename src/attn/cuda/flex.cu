@@ -112,6 +112,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
         sizeof(uint16_t) * kB * H * D,                        // qrep
         sizeof(unsigned long long) * H * kSelRing * kSelHist, // selhist
         sizeof(unsigned) * H,                                 // selbar
+        sizeof(float) * H * nkb,                              // vpool
+        sizeof(float) * H * nkb,                              // spool
     };
     const int n_parts = (int)(sizeof sizes / sizeof sizes[0]);
     size_t total = 0;
@@ -150,6 +152,8 @@ extern "C" int attn_cuda_flex_create(const attn_cuda_shape_t *shape, int max_seq
         b.qrep = (__nv_bfloat16 *)parts[18];
         b.selhist = (unsigned long long *)parts[19];
         b.selbar = (unsigned *)parts[20];
+        b.vpool = (float *)parts[21];
+        b.spool = (float *)parts[22];
     }
     rc = LC_EDEVICE;
     if (cudaEventCreateWithFlags(&f->uploaded, cudaEventDisableTiming) != cudaSuccess) goto fail;
@@ -202,7 +206,7 @@ extern "C" int attn_cuda_flex_plan(attn_cuda_flex_t *f, const attn_cuda_batch_t 
         if (np < 0 || len < 1 || len > np * ps || nq < 0 || nq > len) return LC_EINVAL;
         const attn_cuda_flex_policy_t *pp = &pol[s];
         if (!(pp->gamma > 0.f) || isnan(pp->tau) || pp->min_budget < 0 || pp->max_budget < 0 || pp->prompt_end < 0 ||
-            mask_off[s] < 0)
+            (unsigned)pp->blocks > 1 || mask_off[s] < 0)
             return LC_EINVAL;
         if (len > f->max_kv_len || nq > f->max_q_rows) return LC_ERANGE;
         if (nq == 0) continue; // no rows, no mask
@@ -275,6 +279,7 @@ static FlexParams seq_params(const attn_cuda_flex_t *f, const struct attn_cuda_f
     p.tau = sq->pol.tau;
     p.lo = sq->pol.min_budget;
     p.hi = sq->pol.max_budget;
+    p.blocks = sq->pol.blocks;
     p.whole_qb = sq->pol.prompt_end > 0 ? (sq->pol.prompt_end > kB ? sq->pol.prompt_end - kB : 0) / kB : INT_MAX;
     return p;
 }
@@ -308,7 +313,7 @@ extern "C" int attn_cuda_flex_dist_plan(attn_cuda_flex_t *f, const attn_cuda_fle
     const int ps = f->shape.page_size, n_q = d->n_q, len = d->kv_len;
     const attn_cuda_flex_policy_t *pp = &d->pol;
     if (n_q < 1 || len < n_q || !(pp->gamma > 0.f) || isnan(pp->tau) || pp->min_budget < 0 || pp->max_budget < 0 ||
-        pp->prompt_end < 0)
+        pp->prompt_end < 0 || (unsigned)pp->blocks > 1)
         return LC_EINVAL;
     if (len > f->max_kv_len || n_q > f->max_q_rows || f->max_seqs < 1) return LC_ERANGE;
     const int n_kb = (len - 1) / kB + 1, qb0 = (len - n_q) / kB, n_qb = n_kb - qb0, used = (len + ps - 1) / ps;

@@ -24,6 +24,7 @@ struct FlexParams {
     int qb0, n_kb, n_qb, words;
     float scale, gamma, tau;
     int lo, hi;   // vertical-slash budget clamp (hi 0: none)
+    int blocks;   // vertical-slash heads keep block-pooled columns and diagonals (attn_cuda_flex_policy_t's)
     int whole_qb; // query blocks from this one on attend every key block (the prompt's last rows)
     int rep_row0; // row of q holding representative row 0 (qrow0 + n_q - R on one rank)
     // A selection spread over the ranks of a ring (attn_cuda_flex_dist_*): this
@@ -46,6 +47,7 @@ struct FlexParams {
     float *cells;         // (H, n_qb_max * n_kb_max): (n_qb, n_kb) dense per head
     int32_t *cnt;         // (H, Nmax + 1) selected diagonals before each offset
     int32_t *colsel;      // (H, n_kb_max)
+    float *vpool, *spool; // (H, n_kb_max) blocks: pooled vertical mass per key block, slash per offset block
     int32_t *branch;      // (H) 1 query-aware, 0 vertical-slash
     uint32_t *thr;        // (H, 4) order keys: query-aware, vertical, slash thresholds
     float *qrep32;        // (128, H, D) dist: the representative rows this rank holds (0 elsewhere), then all

@@ -27,7 +27,13 @@
  *      vertical-slash: the same for the vertical and the slash mass against
  *      gamma * their total, then the count clamped to [min_budget, max_budget]
  *      (and to the keys) and T the count-th largest value; a block is kept if
- *      one of its columns or a diagonal crossing it is kept;
+ *      one of its columns or a diagonal crossing it is kept. With blocks
+ *      set (the CPU's flex_select "blocks"), that count / 128 + 1 (clamped to
+ *      the budgets in blocks, rounded up) is how many of the block-pooled
+ *      columns and of the pooled diagonals (offset blocks [128 o, 128 o +
+ *      128)) to keep, pooled sums in 2^-50 fixed point (exact), block 0 and
+ *      offset block 0 first: (qb, kb) is kept if kb's pooled columns or
+ *      offset block qb - kb's pooled diagonals are;
  *   4. the sink block 0 and the diagonal block always, and every causal block
  *      of the query blocks holding the prompt's last 128 rows (from
  *      (prompt_end - 128) / 128 on, when prompt_end is set).
@@ -64,6 +70,8 @@ typedef struct {
     int min_budget; // vertical-slash: least columns / diagonals kept, >= 0
     int max_budget; // vertical-slash: most columns / diagonals kept, 0 = no cap
     int prompt_end; // one past the prompt's last position (attn_seq_t's), 0 = unknown
+    int blocks;     // vertical-slash rule: 0 the columns and diagonals (tokens), 1 the block-pooled ones
+                    // (attn_policy_t's flex_select ATTN_FLEX_BLOCKS)
 } attn_cuda_flex_policy_t;
 
 /* Mask words of one chunk of n_q rows ending at kv_len, for n_heads heads

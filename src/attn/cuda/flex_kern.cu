@@ -16,8 +16,10 @@
 //   diverge    JS distance, the head's pattern                   grid H
 //   qpool      query-aware heads: mean query per query block     grid (n_qb, H)
 //   cells      query-aware heads: block softmax per query block  grid (n_qb, H)
+//   pool       blocks rule: pooled vertical / slash per block    grid (n_kb, H)
 //   select     thresholds by radix select; slash prefix counts   grid (sel_ctas, H)
 //   colsel     vertical-slash heads: blocks with a kept column    grid (n_kb, H)
+//              (not for the blocks rule: the mask reads the pools)
 //   mask       bits, one warp ballot per word                    grid (n_qb, H)
 // Spread over a ring's ranks (attn_flex_dist_launch), each rank runs score,
 // kpool and qpool (every head) on the tiles and query blocks it holds, with
@@ -711,6 +713,16 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p)
     for (int w = 0; w < 2; w++) { // take_mass of flex_vertical_slash, for the columns then the diagonals
         const float *x = (w == 0 ? p.vert : p.slash) + (size_t)h * p.sN;
         T[w] = select_mass(x, p.N, p.gamma, true, &count, hs, sc);
+        if (p.blocks) { // flex_block_count, then the count-th largest pooled sum
+            const int64_t lo = (p.lo + kB - 1) / kB, hi = p.hi > 0 ? (p.hi + kB - 1) / kB : 0;
+            int64_t nb = count / kB + 1;
+            if (nb < lo) nb = lo;
+            if (hi > 0 && nb > hi) nb = hi;
+            if (nb > p.n_kb) nb = p.n_kb;
+            T[w] = select_count((w == 0 ? p.vpool : p.spool) + (size_t)h * p.sKB, p.n_kb, (unsigned)nb, hs, sc);
+            if (first && tid == 0) p.thr[4 * h + 1 + w] = T[w];
+            continue;
+        }
         int64_t k = count;
         if (k < p.lo) k = p.lo;
         if (p.hi > 0 && k > p.hi) k = p.hi;
@@ -718,7 +730,7 @@ __global__ void __launch_bounds__(kSelThreads) select_kernel(const FlexParams p)
         if (k != count) T[w] = k > 0 ? select_count(x, p.N, (unsigned)k, hs, sc) : 0xffffffffu;
         if (first && tid == 0) p.thr[4 * h + 1 + w] = T[w];
     }
-    if (!first) return;
+    if (!first || p.blocks) return;
     const float *sl = p.slash + (size_t)h * p.sN;
     int32_t *cnt = p.cnt + (size_t)h * (p.sN + 1);
     if (tid == 0) cnt[0] = 0;
@@ -750,6 +762,32 @@ __global__ void colsel_kernel(const FlexParams p) {
     if (threadIdx.x == 0) p.colsel[(size_t)h * p.sKB + kb] = any;
 }
 
+// grid (n_kb, H), block 128: vertical-slash heads of the blocks rule, block
+// kb's pooled vertical mass and offset block kb's pooled slash mass, each a
+// 2^-50 fixed-point sum (exact: any order gives it) as a float; block 0 of
+// both +inf (the sink and the diagonal count first).
+__global__ void pool_kernel(const FlexParams p) {
+    __shared__ unsigned long long w_sum[2][kB / 32];
+    const int kb = blockIdx.x, h = blockIdx.y, j = kb * kB + threadIdx.x, lane = threadIdx.x & 31,
+              warp = threadIdx.x >> 5;
+    if (p.branch[h] != 0) return;
+    unsigned long long v = j < p.N ? tofx(p.vert[(size_t)h * p.sN + j]) : 0ull,
+                       s = j < p.N ? tofx(p.slash[(size_t)h * p.sN + j]) : 0ull;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, off);
+        s += __shfl_xor_sync(0xffffffffu, s, off);
+    }
+    if (lane == 0) w_sum[0][warp] = v, w_sum[1][warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        v = s = 0ull;
+        for (int w = 0; w < kB / 32; w++) v += w_sum[0][w], s += w_sum[1][w];
+        p.vpool[(size_t)h * p.sKB + kb] = kb == 0 ? INFINITY : __double2float_rn(__ull2double_rn(v));
+        p.spool[(size_t)h * p.sKB + kb] = kb == 0 ? INFINITY : __double2float_rn(__ull2double_rn(s));
+    }
+}
+
 /* ---- step 4: the bits --------------------------------------------------------------------- */
 
 // grid (n_qb, H), block 128: one word per warp and pass. small, or a query
@@ -777,6 +815,9 @@ template <bool SMALL> __global__ void mask_kernel(const FlexParams p) {
         if (!whole && bit && kb != 0 && kb != qb) {
             if (br == 1) {
                 bit = okey(row[kb]) >= T;
+            } else if (p.blocks) {
+                bit = okey(p.vpool[(size_t)h * p.sKB + kb]) >= p.thr[4 * h + 1] ||
+                      okey(p.spool[(size_t)h * p.sKB + qb - kb]) >= p.thr[4 * h + 2];
             } else {
                 bit = p.colsel[(size_t)h * p.sKB + kb] != 0;
                 if (!bit) {
@@ -883,6 +924,7 @@ static int launch_rest(const FlexParams &p, cudaStream_t st) {
     diverge_kernel<<<H, 256, 0, st>>>(p);
     if (!p.qrows) qpool_kernel<<<dim3(p.n_qb, H), p.D, 0, st>>>(p);
     cells_kernel<<<dim3(p.n_qb, H), 256, 0, st>>>(p);
+    if (p.blocks) pool_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
     if (p.sel_ctas > 1) { // a head's CTAs merge each level and wait for each other: all resident (cooperative)
         CUDA_CHECK_RET(cudaMemsetAsync(p.selhist, 0, sizeof(unsigned long long) * (size_t)H * kSelRing * kSelHist, st));
         CUDA_CHECK_RET(cudaMemsetAsync(p.selbar, 0, sizeof(unsigned) * (size_t)H, st));
@@ -892,7 +934,7 @@ static int launch_rest(const FlexParams &p, cudaStream_t st) {
     } else {
         select_kernel<<<dim3(1, H), kSelThreads, 0, st>>>(p);
     }
-    colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
+    if (!p.blocks) colsel_kernel<<<dim3(p.n_kb, H), kB, 0, st>>>(p);
     mask_kernel<false><<<dim3(p.n_qb, H), 128, 0, st>>>(p);
     return 0;
 }
