@@ -561,11 +561,12 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
     double *ahat = malloc(sizeof(double) * g.n_kb), *atrue = malloc(sizeof(double) * g.n_kb);
     int32_t *cnt = malloc(sizeof(int32_t) * (N + 1));
     uint8_t *colsel = malloc(g.n_kb);
+    float *vpool = malloc(sizeof(float) * 2 * g.n_kb), *spool = vpool + g.n_kb;
     float m[BLK], w[BLK];
     for (int h = 0; h < H; h++) {
         const int small = N <= small_at;
         int br = -1;
-        uint32_t Tqa = 0;
+        uint32_t Tqa = 0, T[2] = {0, 0};
         if (!small) {
             const mctx_t x = {c, s, h / G, R, P0, N, qs};
             for (int r = 0; r < R; r++)
@@ -669,10 +670,20 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
                 }
                 Tqa = select_mass_c(cells, (int64_t)g.n_qb * g.n_kb, sq->pol.gamma, 0, &count);
             } else {
-                uint32_t T[2];
                 for (int v = 0; v < 2; v++) {
                     const float *xs = v == 0 ? vert : slash;
                     T[v] = select_mass_c(xs, N, sq->pol.gamma, 1, &count);
+                    if (sq->pol.blocks) { // pool_kernel, then the count-th largest pooled sum
+                        const int64_t lo = (sq->pol.min_budget + BLK - 1) / BLK,
+                                      hi = sq->pol.max_budget > 0 ? (sq->pol.max_budget + BLK - 1) / BLK : 0;
+                        int64_t nb = count / BLK + 1;
+                        nb = nb < lo ? lo : nb;
+                        nb = hi > 0 && nb > hi ? hi : nb;
+                        nb = nb > g.n_kb ? g.n_kb : nb;
+                        pool_sums(xs, N, g.n_kb, v == 0 ? vpool : spool);
+                        T[v] = select_count_c(v == 0 ? vpool : spool, g.n_kb, (uint64_t)nb);
+                        continue;
+                    }
                     int64_t k = count;
                     if (k < sq->pol.min_budget) k = sq->pol.min_budget;
                     if (sq->pol.max_budget > 0 && k > sq->pol.max_budget) k = sq->pol.max_budget;
@@ -701,6 +712,8 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
                     if (!whole && bit && kb != 0 && kb != qb) {
                         if (br == 1) {
                             bit = okey_c(cells[(size_t)i * g.n_kb + kb]) >= Tqa;
+                        } else if (sq->pol.blocks) {
+                            bit = okey_c(vpool[kb]) >= T[0] || okey_c(spool[qb - kb]) >= T[1];
                         } else {
                             bit = colsel[kb];
                             if (!bit) {
@@ -730,6 +743,7 @@ static void mirror_select(const fcase_t *c, int s, uint32_t *mask, int8_t *branc
     free(atrue);
     free(cnt);
     free(colsel);
+    free(vpool);
 }
 
 static void mirror_case(int H, int KH, int D, int ps, const fseq_t *seqs, int n, uint64_t seed, const char *name,
@@ -1015,6 +1029,11 @@ START_TEST(test_mirror) {
     const fseq_t sp[3] = {
         {6000, 6000, P(0.9f, 0.f, 0, 0)}, {6000, 6000, P(0.9f, 1.f, 0, 0)}, {7001, 1500, P(0.9f, 0.1f, 32, 0)}};
     mirror_case(4, 2, 128, 64, sp, 3, 13, "mirror sparse d128 g2 p64", &tot);
+    // the blocks rule
+    const fseq_t bl[3] = {{6000, 6000, PB(0.9f, 0.f, 0, 0, 0)},
+                          {7001, 1500, PB(0.95f, 0.1f, 256, 1024, 7001)},
+                          {5000, 5000, PB(0.5f, 0.f, 64, 0, 0)}};
+    mirror_case(4, 2, 128, 64, bl, 3, 14, "mirror blocks d128 g2 p64", &tot);
     ck_assert_int_gt(tot.qa, 0);
     ck_assert_int_gt(tot.vs, 0);
 }
