@@ -241,7 +241,7 @@ END_TEST
 START_TEST(test_full_budget_preemption) {
     const model_t *m = tiny_model();
     int nv = model_hparams(m)->n_vocab;
-    static int32_t prompt[N_METHODS][200];
+    static int32_t prompt[N_METHODS][150 + 10 * N_METHODS]; // request i: 150 + 10 i tokens
     static out_t ref[N_METHODS], got[N_METHODS];
     sched_params_t p;
     sched_t *s = mk_sched_full(m, 256, 512, 512, 0);
