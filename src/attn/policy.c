@@ -38,39 +38,38 @@ void attn_policy_default(attn_policy_t *p) {
 
 static const char *const prefill_names[] = {"dense", "flexprefill", "anchor", "streaming"};
 static const char *const decode_names[] = {"dense", "quest", "tidal", "streaming"};
+static const char *const flex_select_names[] = {"tokens", "blocks"};
+
+/* The index of s among names[0..n) (case-insensitive), or -1. */
+static int name_index(const char *s, const char *const *names, int n) {
+    for (int i = 0; s && i < n; i++)
+        if (strcasecmp(s, names[i]) == 0) return i;
+    return -1;
+}
 
 const char *attn_prefill_method_name(attn_prefill_method_t m) { return (unsigned)m < 4 ? prefill_names[m] : "unknown"; }
 const char *attn_decode_method_name(attn_decode_method_t m) { return (unsigned)m < 4 ? decode_names[m] : "unknown"; }
+const char *attn_flex_select_name(attn_flex_select_t s) { return (unsigned)s < 2 ? flex_select_names[s] : "unknown"; }
 
 int attn_prefill_method_parse(const char *s, attn_prefill_method_t *out) {
-    for (int i = 0; s && i < 4; i++)
-        if (strcasecmp(s, prefill_names[i]) == 0) {
-            *out = (attn_prefill_method_t)i;
-            return 0;
-        }
-    return LC_EINVAL;
+    const int i = name_index(s, prefill_names, 4);
+    if (i < 0) return LC_EINVAL;
+    *out = (attn_prefill_method_t)i;
+    return 0;
 }
 
 int attn_decode_method_parse(const char *s, attn_decode_method_t *out) {
-    for (int i = 0; s && i < 4; i++)
-        if (strcasecmp(s, decode_names[i]) == 0) {
-            *out = (attn_decode_method_t)i;
-            return 0;
-        }
-    return LC_EINVAL;
+    const int i = name_index(s, decode_names, 4);
+    if (i < 0) return LC_EINVAL;
+    *out = (attn_decode_method_t)i;
+    return 0;
 }
 
-static const char *const flex_select_names[] = {"tokens", "blocks"};
-
-const char *attn_flex_select_name(attn_flex_select_t s) { return (unsigned)s < 2 ? flex_select_names[s] : "unknown"; }
-
 int attn_flex_select_parse(const char *s, attn_flex_select_t *out) {
-    for (int i = 0; s && i < 2; i++)
-        if (strcasecmp(s, flex_select_names[i]) == 0) {
-            *out = (attn_flex_select_t)i;
-            return 0;
-        }
-    return LC_EINVAL;
+    const int i = name_index(s, flex_select_names, 2);
+    if (i < 0) return LC_EINVAL;
+    *out = (attn_flex_select_t)i;
+    return 0;
 }
 
 /* ---- state ------------------------------------------------------------------------ */
