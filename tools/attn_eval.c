@@ -34,32 +34,40 @@ typedef struct {
     int method;
     float gamma, theta;
     int min_budget, anchor_win, window, budget;
-    float probe; // AnchorAttention's anchor_probe
+    float probe;     // AnchorAttention's anchor_probe
+    int flex_blocks; // FlexPrefill's flex_select "blocks"
 } setting_t;
 
 static const setting_t settings[] = {
-    {"flexprefill g=0.90", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 1024, 0, 0, 0, 0},
-    {"flexprefill g=0.95", 0, ATTN_PREFILL_FLEX, 0.95f, 0, 1024, 0, 0, 0, 0},
-    {"flexprefill g=0.99", 0, ATTN_PREFILL_FLEX, 0.99f, 0, 1024, 0, 0, 0, 0},
-    {"flexprefill g=0.90 min=256", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 256, 0, 0, 0, 0},
-    {"anchor th=12", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0},
-    {"anchor th=12 probe=0.01", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.01f}, // the engine's defaults
-    {"anchor th=12 probe=0.02", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.02f},
-    {"anchor th=16", 0, ATTN_PREFILL_ANCHOR, 0, 16.0f, 0, 2048, 0, 0, 0},
-    {"anchor th=12 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 512, 0, 0, 0},
-    {"anchor th=9 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 9.0f, 0, 512, 0, 0, 0},
-    {"anchor th=6 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 6.0f, 0, 512, 0, 0, 0},
-    {"streaming w=1024", 0, ATTN_PREFILL_STREAMING, 0, 0, 0, 0, 1024, 0, 0},
-    {"streaming w=2048", 0, ATTN_PREFILL_STREAMING, 0, 0, 0, 0, 2048, 0, 0},
-    {"quest B=256", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 256, 0},
-    {"quest B=512", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 512, 0},
-    {"quest B=1024", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 1024, 0},
-    {"quest B=2048", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 2048, 0},
-    {"tidal B=256", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 256, 0},
-    {"tidal B=512", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 512, 0},
-    {"tidal B=1024", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 1024, 0},
-    {"tidal B=2048", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 2048, 0},
-    {"streaming-decode w=1024", 1, ATTN_DECODE_STREAMING, 0, 0, 0, 0, 1024, 0, 0},
+    {"flexprefill g=0.90", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 1024, 0, 0, 0, 0, 0},
+    {"flexprefill g=0.95", 0, ATTN_PREFILL_FLEX, 0.95f, 0, 1024, 0, 0, 0, 0, 0},
+    {"flexprefill g=0.99", 0, ATTN_PREFILL_FLEX, 0.99f, 0, 1024, 0, 0, 0, 0, 0},
+    {"flexprefill g=0.90 min=256", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 256, 0, 0, 0, 0, 0},
+    {"flexprefill g=0.80 min=64", 0, ATTN_PREFILL_FLEX, 0.80f, 0, 64, 0, 0, 0, 0, 0},
+    {"flexprefill g=0.70 min=64", 0, ATTN_PREFILL_FLEX, 0.70f, 0, 64, 0, 0, 0, 0, 0},
+    {"flexprefill blocks g=0.90", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 1024, 0, 0, 0, 0, 1},
+    {"flexprefill blocks g=0.95", 0, ATTN_PREFILL_FLEX, 0.95f, 0, 1024, 0, 0, 0, 0, 1},
+    {"flexprefill blocks g=0.99", 0, ATTN_PREFILL_FLEX, 0.99f, 0, 1024, 0, 0, 0, 0, 1},
+    {"flexprefill blocks g=0.999", 0, ATTN_PREFILL_FLEX, 0.999f, 0, 1024, 0, 0, 0, 0, 1},
+    {"flexprefill blocks g=0.90 min=256", 0, ATTN_PREFILL_FLEX, 0.90f, 0, 256, 0, 0, 0, 0, 1},
+    {"anchor th=12", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0, 0},
+    {"anchor th=12 probe=0.01", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.01f, 0}, // the engine's defaults
+    {"anchor th=12 probe=0.02", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 2048, 0, 0, 0.02f, 0},
+    {"anchor th=16", 0, ATTN_PREFILL_ANCHOR, 0, 16.0f, 0, 2048, 0, 0, 0, 0},
+    {"anchor th=12 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 12.0f, 0, 512, 0, 0, 0, 0},
+    {"anchor th=9 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 9.0f, 0, 512, 0, 0, 0, 0},
+    {"anchor th=6 win=512", 0, ATTN_PREFILL_ANCHOR, 0, 6.0f, 0, 512, 0, 0, 0, 0},
+    {"streaming w=1024", 0, ATTN_PREFILL_STREAMING, 0, 0, 0, 0, 1024, 0, 0, 0},
+    {"streaming w=2048", 0, ATTN_PREFILL_STREAMING, 0, 0, 0, 0, 2048, 0, 0, 0},
+    {"quest B=256", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 256, 0, 0},
+    {"quest B=512", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 512, 0, 0},
+    {"quest B=1024", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 1024, 0, 0},
+    {"quest B=2048", 1, ATTN_DECODE_QUEST, 0, 0, 0, 0, 0, 2048, 0, 0},
+    {"tidal B=256", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 256, 0, 0},
+    {"tidal B=512", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 512, 0, 0},
+    {"tidal B=1024", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 1024, 0, 0},
+    {"tidal B=2048", 1, ATTN_DECODE_TIDAL, 0, 0, 0, 0, 0, 2048, 0, 0},
+    {"streaming-decode w=1024", 1, ATTN_DECODE_STREAMING, 0, 0, 0, 0, 1024, 0, 0, 0},
 };
 #define N_SET (int)(sizeof settings / sizeof settings[0])
 
@@ -75,6 +83,7 @@ static void setting_policy(const setting_t *s, attn_policy_t *p) {
         if (s->min_budget) p->min_budget = s->min_budget;
         if (s->anchor_win) p->anchor_init = p->anchor_local = s->anchor_win;
         p->anchor_probe = s->probe;
+        p->flex_select = s->flex_blocks ? ATTN_FLEX_BLOCKS : ATTN_FLEX_TOKENS;
     }
     if (s->window) p->window_tokens = s->window;
 }
