@@ -211,6 +211,8 @@ def sparse_spec(rng):
     if rng.random() < 0.3:
         a["gamma"], a["min_budget"] = rng.choice([0.5, 0.8, 0.95]), rng.choice([16, 128])
     if rng.random() < 0.3:
+        a["flex_select"] = rng.choice(["tokens", "blocks"])
+    if rng.random() < 0.3:
         a["theta"] = rng.choice([0.5, 3.0, 12.0])
     return a
 

@@ -203,6 +203,23 @@ def test_sparse_attention_accepted(daemon):
     assert "sparse_attention" in r.json()["usage"]
 
 
+def test_flex_select(daemon):
+    """sparse_attention.flex_select through lacunad: both rules answer under
+    FlexPrefill (the tiny model's 512 positions are 4 blocks, too few for
+    them to differ: check_attn and check_sparse compare their densities),
+    and a rule that does not exist is a 400 naming the field."""
+    for rule in ("tokens", "blocks"):
+        r = daemon.post("/v1/completions", {"model": MODEL, "prompt": "a b c d e f g h " * 56, "max_tokens": 1,
+                                            "sparse_attention": {"prefill": "flexprefill", "tau": 0, "gamma": 0.9,
+                                                                 "min_budget": 16, "flex_select": rule}})
+        assert r.status_code == 200, r.text
+        sa = r.json()["usage"]["sparse_attention"]
+        assert sa["prefill"] == "flexprefill" and 0 < sa["prefill_density"] <= 1, sa
+    r = daemon.post("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1,
+                                        "sparse_attention": {"flex_select": "pooled"}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "sparse_attention.flex_select", r.text
+
+
 def test_anchor_probe_config(tiny_model, tmp_path):
     """attention.anchor_probe reaches the kernel through lacunad: the same
     AnchorAttention request (windows short enough for the tiny model's 512
