@@ -16,9 +16,9 @@ tests_bench_attn_LDADD = liblacuna.a $(LC_LIBS)
 # attn/cuda: dense paged prefill (sm_90a wgmma; mma.sync for head_dim 256 and sliding windows) and decode
 # (split-K) kernels,
 # Quest sparse decode (quest.cu; its GPU checks: tests/gpu/check_quest_cuda),
-# FlexPrefill's selection (flex.cu host, flex_kern.cu kernels; tests/gpu/check_flex_cuda).
+# FlexPrefill's selection (flex.cu host, flex_kern.cu and flex_sel.cu kernels; tests/gpu/check_flex_cuda).
 ATTN_CUDA_SRC = src/attn/cuda/plan.cu src/attn/cuda/prefill.cu src/attn/cuda/prefill_mma.cu src/attn/cuda/decode.cu \
-	src/attn/cuda/quest.cu src/attn/cuda/flex.cu src/attn/cuda/flex_kern.cu
+	src/attn/cuda/quest.cu src/attn/cuda/flex.cu src/attn/cuda/flex_kern.cu src/attn/cuda/flex_sel.cu
 ATTN_CUDA_HDRS = src/attn/cuda/attn_cuda.h src/attn/cuda/plan.cuh src/attn/cuda/sm90.cuh src/attn/cuda/quest_cuda.h \
 	src/attn/cuda/flex_cuda.h src/attn/cuda/flex.cuh
 # TidalDecode sparse decode (tidal.cu host, tidal_kern.cu kernels; its GPU checks: tests/gpu/check_tidal_cuda).
@@ -40,7 +40,7 @@ if HAVE_CUDA
 liblacuna_a_SOURCES += $(ATTN_CUDA_HDRS) $(ATTN_CUDA_SRC)
 CUDA_SRCS += $(ATTN_CUDA_SRC)
 ATTN_CUDA_OBJS = src/attn/cuda/plan.o src/attn/cuda/prefill.o src/attn/cuda/prefill_mma.o src/attn/cuda/decode.o \
-	src/attn/cuda/flex.o src/attn/cuda/flex_kern.o
+	src/attn/cuda/flex.o src/attn/cuda/flex_kern.o src/attn/cuda/flex_sel.o
 # AnchorAttention for tests/gpu/bench_flex_ref.py (its anchor pass runs on the prefill kernel above).
 ATTN_CUDA_OBJS += src/attn/cuda/anchor.o src/attn/cuda/anchor_kern.o src/attn/cuda/anchor_merge.o src/attn/cuda/gather.o
 

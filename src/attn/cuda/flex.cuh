@@ -7,7 +7,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-constexpr int kFlexBlock = 128; // block (and key tile, and most representative rows)
+constexpr int kFlexBlock = 128;                // block (and key tile, and most representative rows)
+constexpr double kFlexFx = 1125899906842624.0; // 2^50: mass in fixed point, exact integer sums
+
+// Order-preserving key of a float (larger value, larger key; -0 as +0).
+static __device__ __forceinline__ uint32_t okey(float f) {
+    const uint32_t u = __float_as_uint(f == 0.f ? 0.f : f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+// Mass in 2^-50 fixed point.
+static __device__ __forceinline__ unsigned long long tofx(float v) {
+    return v > 0.f ? __double2ull_rn((double)v * kFlexFx) : 0ull;
+}
 
 // The select's merged histograms: a level's 256 counts then 256 masses, in a
 // ring of kSelRing levels per head (workspace selhist).
@@ -71,6 +82,8 @@ int attn_flex_sel_ctas(int H);
 int attn_flex_small_launch(const FlexParams &p, cudaStream_t st);
 // the whole selection of one sequence, its kernels in flex_kern.cu's order
 int attn_flex_select_launch(const FlexParams &p, cudaStream_t st);
+// its last steps (flex_sel.cu): the thresholds and the bits from the summaries
+int attn_flex_choose_launch(const FlexParams &p, cudaStream_t st);
 // The distributed selection, in phases around the caller's sums over the
 // ranks (flex.cu): 0 the held representative rows into qrep32 (sum them);
 // 1 their bf16 copy, the scores' row max and sum over the held tiles into
