@@ -19,10 +19,10 @@ liblacuna_a_SOURCES += \
 
 # The CUDA executor (with CUDA only).
 if HAVE_CUDA
-liblacuna_a_SOURCES += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_int.cuh
-CUDA_SRCS += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu
+liblacuna_a_SOURCES += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_cp_make.cu src/model/exec_cuda_int.cuh src/model/exec_cuda_cp.cuh
+CUDA_SRCS += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_cp_make.cu
 endif
-EXTRA_DIST += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_int.cuh
+EXTRA_DIST += src/model/exec_cuda.cu src/model/exec_cuda_step.cu src/model/exec_cuda_plan.cu src/model/exec_cuda_prof.cu src/model/exec_cuda_cp.cu src/model/exec_cuda_cp_make.cu src/model/exec_cuda_int.cuh src/model/exec_cuda_cp.cuh
 
 # The GPU Check suite of the executor (tests/gpu/run.sh runs it on the GPU
 # machine; not in make check). Check linked statically so the binary travels.
