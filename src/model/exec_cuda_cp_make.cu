@@ -325,4 +325,3 @@ int model_cuda__cp_mirror(model_cuda_cp_t *x, int l) {
     CUDA_CHECK_RET(cudaGetLastError());
     return 0;
 }
-
